@@ -1,0 +1,145 @@
+//! `dispatch-relay deliveries` and `dispatch-relay redeliver`: read and
+//! re-queue deliveries in the store, which may be in use by a running relay
+//! (SQLite's WAL mode lets both work at once).
+
+use std::path::Path;
+
+use super::{CliError, invalid, load_config, open_existing_store, runtime, store_path};
+use crate::config;
+use crate::inbound::rfc3339;
+use crate::redeliver::{self, Redelivered};
+use crate::store::{ListFilter, Status, now_ms};
+
+/// The store location without requiring the configuration's secrets: the
+/// listing commands must work even where GITHUB_TOKEN is not set.
+fn store_location(config_path: &Path) -> Result<std::path::PathBuf, CliError> {
+    let configured = std::fs::read_to_string(config_path)
+        .ok()
+        .and_then(|text| config::store_url(&text));
+    store_path(config_path, configured.as_deref())
+}
+
+pub async fn list(
+    config_path: &Path,
+    status: Option<String>,
+    route: Option<String>,
+    limit: usize,
+    json: bool,
+) -> Result<(), CliError> {
+    let status = match status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            invalid(anyhow::anyhow!(
+                "--status `{s}`: use pending, delivered or failed"
+            ))
+        })?),
+    };
+    let store = open_existing_store(&store_location(config_path)?)?;
+    let deliveries = store
+        .list(ListFilter {
+            status,
+            route,
+            since_ms: None,
+            limit,
+        })
+        .await
+        .map_err(runtime)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&deliveries).map_err(runtime)?
+        );
+        return Ok(());
+    }
+    if deliveries.is_empty() {
+        println!("no deliveries");
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<16}  {:<9}  {:<24}  TARGETS",
+        "ID", "ROUTE", "STATUS", "RECEIVED"
+    );
+    for d in deliveries {
+        let targets: Vec<String> = d
+            .targets
+            .iter()
+            .map(|t| format!("{}:{}({})", t.repo, t.status.as_str(), t.attempts))
+            .collect();
+        println!(
+            "{:<36}  {:<16}  {:<9}  {:<24}  {}",
+            d.id,
+            d.route,
+            d.status.as_str(),
+            rfc3339(d.received_at_ms),
+            targets.join(" ")
+        );
+        if let Some(error) = d.error {
+            println!("{:<36}  error: {error}", "");
+        }
+    }
+    Ok(())
+}
+
+pub async fn redeliver(
+    config_path: &Path,
+    id: Option<String>,
+    route: Option<String>,
+    since: Option<String>,
+) -> Result<(), CliError> {
+    let loaded = load_config(config_path)?;
+    let since_ms = match since {
+        None => None,
+        Some(text) => {
+            let duration = config::parse_duration(&text)
+                .map_err(|e| invalid(anyhow::anyhow!("--since `{text}`: {e}")))?;
+            Some(now_ms() - duration.as_millis() as i64)
+        }
+    };
+    let store = open_existing_store(&store_path(
+        config_path,
+        loaded.config.store.url.as_deref(),
+    )?)?;
+    let failed = store
+        .failed_deliveries(route, since_ms, id.clone())
+        .await
+        .map_err(runtime)?;
+    if failed.is_empty() {
+        if let Some(id) = id {
+            return Err(invalid(anyhow::anyhow!(
+                "delivery {id} is not failed (or does not exist); only failed deliveries are redelivered"
+            )));
+        }
+        println!("no failed deliveries to redeliver");
+        return Ok(());
+    }
+    let (mut queued, mut still_failing) = (0, 0);
+    for delivery in failed {
+        let id = delivery.id.clone();
+        match redeliver::redeliver(&store, &loaded.config, delivery)
+            .await
+            .map_err(runtime)?
+        {
+            Some(Redelivered::Requeued) => {
+                queued += 1;
+                println!("{id}: queued again");
+            }
+            Some(Redelivered::Rerendered) => {
+                queued += 1;
+                println!("{id}: rendered again and queued");
+            }
+            Some(Redelivered::StillFailing(reason)) => {
+                still_failing += 1;
+                println!("{id}: still fails to render: {reason}");
+            }
+            None => println!("{id}: no longer failed, left alone"),
+        }
+    }
+    store.close().await;
+    println!("{queued} queued, {still_failing} still failing");
+    if still_failing > 0 {
+        return Err(invalid(anyhow::anyhow!(
+            "{still_failing} deliveries still fail to render"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The command line: argument definitions (each doc comment is the `--help`
+//! text) and the commands. Errors carry their exit code: 1 for invalid input
+//! (bad configuration, bad flags), 2 for runtime failures.
+
+mod deliveries;
+mod render;
+mod serve;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Loaded};
+use crate::store::{self, Store, Synchronous};
+
+/// A self-hosted gateway from webhooks to GitHub repository_dispatch and
+/// workflow_dispatch, with a durable queue.
+#[derive(Debug, Parser)]
+#[command(name = "dispatch-relay", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The routing table.
+        #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
+        config: PathBuf,
+        /// Address to listen on (overrides server.listen; default 0.0.0.0:8080).
+        #[arg(long, env = "RELAY_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Validate routes.yaml exactly as `serve` would and summarise each route.
+    Check {
+        #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
+        config: PathBuf,
+        /// Also ask GitHub whether every static target repository is reachable.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Dry run: evaluate `when`, render every target of a route for a body and
+    /// print the exact GitHub requests, without sending anything.
+    Render {
+        #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
+        config: PathBuf,
+        /// The route id.
+        #[arg(long)]
+        route: String,
+        /// A file holding the request body (`-` for standard input).
+        #[arg(long)]
+        body: PathBuf,
+        /// A request header, `Name: value`; repeat for several.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Check the signature too (skipped by default).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// List recent deliveries from the store.
+    Deliveries {
+        #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
+        config: PathBuf,
+        /// pending, delivered or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-queue failed deliveries; a delivery that failed to render is
+    /// rendered again with the current routes.
+    Redeliver {
+        #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
+        config: PathBuf,
+        /// One delivery by id.
+        #[arg(long, conflicts_with = "failed", required_unless_present = "failed")]
+        id: Option<String>,
+        /// Every failed delivery (narrow with --route and --since).
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, requires = "failed")]
+        route: Option<String>,
+        /// Only deliveries received within this long, e.g. `2h`.
+        #[arg(long, requires = "failed")]
+        since: Option<String>,
+    },
+}
+
+/// An error with its exit code.
+#[derive(Debug)]
+pub enum CliError {
+    /// Exit 1: the input (configuration, flags, files) is wrong.
+    Invalid(anyhow::Error),
+    /// Exit 2: something failed at runtime.
+    Runtime(anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Invalid(_) => 1,
+            CliError::Runtime(_) => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Invalid(e) | CliError::Runtime(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+pub fn invalid(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::Invalid(e.into())
+}
+
+pub fn runtime(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::Runtime(e.into())
+}
+
+/// Runs a command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve { config, listen } => serve::serve(&config, listen).await,
+        Command::Check { config, online } => check(&config, online).await,
+        Command::Render {
+            config,
+            route,
+            body,
+            headers,
+            verify,
+        } => render::render(&config, &route, &body, &headers, verify),
+        Command::Deliveries {
+            config,
+            status,
+            route,
+            limit,
+            json,
+        } => deliveries::list(&config, status, route, limit, json).await,
+        Command::Redeliver {
+            config,
+            id,
+            failed: _,
+            route,
+            since,
+        } => deliveries::redeliver(&config, id, route, since).await,
+    }
+}
+
+/// The process environment, as the configuration loader sees it.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Reads and loads the configuration: the one code path of `serve`, `check`,
+/// `render` and `redeliver`.
+pub fn load_config(path: &Path) -> Result<Loaded, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
+    config::load(&path.display().to_string(), &text, &process_env)
+        .map_err(|errors| invalid(anyhow::anyhow!("{errors}")))
+}
+
+/// Where the store lives: `RELAY_DATABASE_URL`, else `store.url`, else
+/// `dispatch-relay.db` beside routes.yaml.
+pub fn store_path(config_path: &Path, configured: Option<&str>) -> Result<PathBuf, CliError> {
+    let base = config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let url = process_env("RELAY_DATABASE_URL")
+        .or_else(|| configured.map(str::to_string))
+        .unwrap_or_else(|| "sqlite:dispatch-relay.db".to_string());
+    store::sqlite_path(&url, base).map_err(invalid)
+}
+
+/// Opens an existing store for the inspection commands.
+pub fn open_existing_store(path: &Path) -> Result<Store, CliError> {
+    if !path.exists() {
+        return Err(invalid(anyhow::anyhow!(
+            "no store at {} (has `dispatch-relay serve` run with this configuration?)",
+            path.display()
+        )));
+    }
+    Store::open(path, Synchronous::Full).map_err(runtime)
+}
+
+async fn check(path: &Path, online: bool) -> Result<(), CliError> {
+    let loaded = load_config(path)?;
+    for warning in &loaded.warnings {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
+    println!(
+        "{}: ok, {} route{}",
+        path.display(),
+        loaded.config.routes.len(),
+        if loaded.config.routes.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    for route in &loaded.config.routes {
+        println!("  {}", config::summary(route));
+    }
+    if online {
+        return Err(invalid(anyhow::anyhow!(
+            "--online is not available yet: the configuration itself is valid"
+        )));
+    }
+    Ok(())
+}

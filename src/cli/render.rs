@@ -1,0 +1,82 @@
+//! `dispatch-relay render`: the dry run. It goes through the same parsing,
+//! `when` and rendering as the webhook handler and prints the requests that
+//! would be sent.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use super::{CliError, invalid, load_config};
+use crate::inbound;
+use crate::routing::{self, Plan};
+use crate::verify;
+
+pub fn render(
+    config_path: &Path,
+    route_id: &str,
+    body_path: &Path,
+    header_args: &[String],
+    check_signature: bool,
+) -> Result<(), CliError> {
+    let loaded = load_config(config_path)?;
+    let config = &loaded.config;
+    let Some(route) = config.routes.iter().find(|r| r.id == route_id) else {
+        let known: Vec<&str> = config.routes.iter().map(|r| r.id.as_str()).collect();
+        return Err(invalid(anyhow::anyhow!(
+            "no route `{route_id}` in {} (routes: {})",
+            config_path.display(),
+            known.join(", ")
+        )));
+    };
+    let body = if body_path == Path::new("-") {
+        let mut buffer = Vec::new();
+        std::io::stdin().read_to_end(&mut buffer).map_err(invalid)?;
+        buffer
+    } else {
+        std::fs::read(body_path)
+            .map_err(|e| invalid(anyhow::anyhow!("cannot read {}: {e}", body_path.display())))?
+    };
+    let mut headers = BTreeMap::new();
+    for raw in header_args {
+        let Some((name, value)) = raw.split_once(':') else {
+            return Err(invalid(anyhow::anyhow!(
+                "--header `{raw}` is not `Name: value`"
+            )));
+        };
+        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+    }
+    if check_signature {
+        verify::verify(&route.verify, &headers, &body)
+            .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
+        println!("# signature: ok");
+    }
+    let content_type = headers.get("content-type").cloned();
+    let parsed = inbound::parse_body(content_type.as_deref(), &body).map_err(invalid)?;
+    let delivery_id = "00000000-0000-0000-0000-000000000000";
+    let ctx = inbound::context(
+        &route.id,
+        parsed,
+        &headers,
+        &[],
+        delivery_id,
+        crate::store::now_ms(),
+    );
+    match routing::plan(route, &ctx).map_err(invalid)? {
+        Plan::Skipped => {
+            println!("# `when` is false for this body: nothing would be sent");
+        }
+        Plan::Dispatch(targets) => {
+            for target in targets {
+                println!(
+                    "{} {}{}",
+                    target.request.method(),
+                    config.github.api_url,
+                    target.request.path(&target.repo)
+                );
+                let body = serde_json::to_string_pretty(&target.request.body()).map_err(invalid)?;
+                println!("{body}\n");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! `dispatch-relay serve`: builds the store, the worker and the HTTP server,
+//! then runs until SIGTERM or SIGINT.
+//!
+//! Shutdown sequence: stop taking webhooks (503), let the worker finish the
+//! GitHub calls in flight within a grace period (the rest stay queued on
+//! disk), stop HTTP, flush the store, exit 0.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{CliError, invalid, load_config, runtime, store_path};
+use crate::config::{Credential, Synchronous as ConfigSynchronous};
+use crate::dispatch::Dispatcher;
+use crate::dispatch::pacing::Pacer;
+use crate::github::{Credentials, GitHubClient};
+use crate::ingress::{AppState, Application};
+use crate::secret::Secret;
+use crate::store::{Store, Synchronous};
+use crate::telemetry::Metrics;
+
+/// How long in-flight GitHub calls may take to finish at shutdown.
+const DRAIN_GRACE: Duration = Duration::from_secs(20);
+
+pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), CliError> {
+    let loaded = load_config(config_path)?;
+    for warning in &loaded.warnings {
+        tracing::warn!(warning = %warning, "Configuration warning");
+    }
+    let config = Arc::new(loaded.config);
+    let metrics = Metrics::new();
+    metrics.config_loaded(true, crate::store::now_ms() as f64 / 1000.0);
+
+    let db_path = store_path(config_path, config.store.url.as_deref())?;
+    let synchronous = match config.store.synchronous {
+        ConfigSynchronous::Full => Synchronous::Full,
+        ConfigSynchronous::Normal => Synchronous::Normal,
+    };
+    let store = Store::open(&db_path, synchronous)
+        .with_context(|| format!("cannot open the store at {}", db_path.display()))
+        .map_err(runtime)?;
+
+    let credentials = match &config.github.credential {
+        Credential::Token(token) => Credentials::Token(token.clone()),
+        Credential::App(_) => {
+            return Err(invalid(anyhow::anyhow!(
+                "github.app is not supported by this build yet; use github.token"
+            )));
+        }
+    };
+    let client =
+        GitHubClient::new(&config.github.api_url, config.github.timeout).map_err(runtime)?;
+    let dispatcher = Dispatcher {
+        store: store.clone(),
+        client,
+        credentials: Arc::new(credentials),
+        retry: config.retry.clone(),
+        pacer: Arc::new(Pacer::new(&config.github.pacing)),
+        metrics: metrics.clone(),
+    }
+    .spawn();
+
+    let admin_token = super::process_env("RELAY_ADMIN_TOKEN")
+        .filter(|t| !t.is_empty())
+        .map(Secret::new);
+    let listen = listen
+        .or_else(|| config.server.listen.clone())
+        .unwrap_or_else(|| "0.0.0.0:8080".to_string());
+    let state = Arc::new(AppState::new(
+        config.clone(),
+        store.clone(),
+        metrics,
+        dispatcher.clone(),
+        admin_token,
+    ));
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let app = Application::build(state.clone(), &listen, workers)
+        .with_context(|| format!("cannot listen on {listen}"))
+        .map_err(runtime)?;
+    let handle = app.handle();
+    tracing::info!(
+        addr = %app.addr(),
+        store = %db_path.display(),
+        routes = config.routes.len(),
+        "Listening"
+    );
+    let server = tokio::spawn(app.run_until_stopped());
+
+    let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+    state.begin_shutdown();
+    if dispatcher.shutdown(DRAIN_GRACE).await {
+        tracing::info!("In-flight dispatches finished");
+    } else {
+        tracing::warn!(
+            "Some dispatches were still in flight after the grace period; they will be sent again at the next start"
+        );
+    }
+    handle.stop(true).await;
+    let _ = server.await;
+    store.close().await;
+    tracing::info!("Stopped");
+    Ok(())
+}

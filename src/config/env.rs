@@ -1,0 +1,166 @@
+//! `${VAR}` and `${VAR:-default}` substitution in the string values of the
+//! parsed YAML tree. Substituting after parsing means a secret full of YAML
+//! syntax (`:`, `#`, quotes) is taken literally. `$$` writes a literal `$`;
+//! a `$` followed by anything else is kept as it is.
+
+use serde_norway::Value;
+
+use super::path::Path;
+
+/// A substitution that could not be made.
+#[derive(Debug)]
+pub(crate) struct EnvError {
+    pub(crate) path: Path,
+    pub(crate) message: String,
+}
+
+/// Substitutes variables in every string value under `value`, collecting
+/// one error per string that cannot be substituted.
+pub(crate) fn substitute_tree(
+    value: &mut Value,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<EnvError>,
+) {
+    match value {
+        Value::String(text) => {
+            if text.contains('$') {
+                match substitute(text, env) {
+                    Ok(done) => *text = done,
+                    Err(message) => errors.push(EnvError {
+                        path: path.clone(),
+                        message,
+                    }),
+                }
+            }
+        }
+        Value::Sequence(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                substitute_tree(item, &path.index(index), env, errors);
+            }
+        }
+        Value::Mapping(map) => {
+            for (key, item) in map.iter_mut() {
+                let child = match key {
+                    Value::String(key) => path.key(key),
+                    other => path.key(&scalar_text(other)),
+                };
+                substitute_tree(item, &child, env, errors);
+            }
+        }
+        Value::Tagged(tagged) => substitute_tree(&mut tagged.value, path, env, errors),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// The text of a scalar key, for paths.
+pub(crate) fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Number(number) => number.to_string(),
+        Value::Bool(flag) => flag.to_string(),
+        Value::Null => "null".to_owned(),
+        _ => "?".to_owned(),
+    }
+}
+
+/// Substitutes the variables of one string.
+pub(crate) fn substitute(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('{') {
+            let Some(end) = inner.find('}') else {
+                return Err(format!(
+                    "`${{` is not closed; write `${{NAME}}` for a variable or `$$` for a literal `$`"
+                ));
+            };
+            let spec = &inner[..end];
+            let (name, default) = match spec.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (spec, None),
+            };
+            if !is_variable_name(name) {
+                return Err(format!(
+                    "`${{{spec}}}` does not name a variable; names use letters, digits and `_`"
+                ));
+            }
+            // As in the shell, a default also replaces a variable that is set
+            // but empty.
+            let value = match (env(name), default) {
+                (Some(value), Some(default)) if value.is_empty() => Some(default.to_owned()),
+                (Some(value), _) => Some(value),
+                (None, default) => default.map(str::to_owned),
+            };
+            match value {
+                Some(value) => out.push_str(&value),
+                None => {
+                    return Err(format!(
+                        "environment variable `{name}` is not set (write `${{{name}:-default}}` to give it a default)"
+                    ));
+                }
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::substitute;
+
+    #[test]
+    fn substitution() {
+        let env = |name: &str| match name {
+            "TOKEN" => Some("t:#'\"{x}".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let cases: [(&str, Result<&str, &str>); 13] = [
+            ("plain", Ok("plain")),
+            ("${TOKEN}", Ok("t:#'\"{x}")),
+            ("a-${TOKEN}-b", Ok("a-t:#'\"{x}-b")),
+            ("${MISSING:-fallback}", Ok("fallback")),
+            ("${MISSING:-}", Ok("")),
+            ("${EMPTY:-fallback}", Ok("fallback")),
+            ("$$", Ok("$")),
+            ("${EMPTY}", Ok("")),
+            ("$${TOKEN}", Ok("${TOKEN}")),
+            ("cost $5", Ok("cost $5")),
+            (
+                "${MISSING}",
+                Err("environment variable `MISSING` is not set"),
+            ),
+            ("${TOKEN", Err("is not closed")),
+            ("${1X}", Err("does not name a variable")),
+        ];
+        for (text, expected) in cases {
+            match (substitute(text, &env), expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{text}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{text}: {got}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Where every node of the YAML file sits. The YAML tree used for loading
+//! carries no positions, so a second, event-level pass over the text records
+//! the line and column of every key and value by path; an error is then
+//! placed at the deepest node of its path that exists in the file.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+use super::path::{Path, Seg};
+
+/// A line and a column, both from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pos {
+    pub(crate) line: usize,
+    pub(crate) column: usize,
+}
+
+impl Pos {
+    fn from_marker(mark: Marker) -> Self {
+        // yaml-rust2 counts lines from 1 and columns from 0.
+        Pos {
+            line: mark.line().max(1),
+            column: mark.col() + 1,
+        }
+    }
+}
+
+/// Positions of the nodes of one file.
+#[derive(Debug, Default)]
+pub(crate) struct Locations {
+    values: HashMap<Path, Pos>,
+    keys: HashMap<Path, Pos>,
+}
+
+impl Locations {
+    /// Records the positions in `text`. A file the event parser cannot read
+    /// yields no positions; the loader has already reported its syntax.
+    pub(crate) fn of(text: &str) -> Self {
+        let mut recorder = Recorder {
+            locations: Locations::default(),
+            stack: Vec::new(),
+            documents: 0,
+        };
+        let mut parser = Parser::new_from_str(text);
+        if parser.load(&mut recorder, false).is_err() {
+            return Locations::default();
+        }
+        recorder.locations
+    }
+
+    /// The position of the deepest existing node on `path`.
+    pub(crate) fn value(&self, path: &Path) -> Pos {
+        self.find(path, false)
+    }
+
+    /// Like [`Locations::value`], but a path ending in an existing key gives
+    /// the key's own position (for unknown keys).
+    pub(crate) fn key(&self, path: &Path) -> Pos {
+        self.find(path, true)
+    }
+
+    fn find(&self, path: &Path, prefer_key: bool) -> Pos {
+        let mut segs = path.0.clone();
+        loop {
+            let here = Path(segs.clone());
+            if prefer_key && let Some(pos) = self.keys.get(&here) {
+                return *pos;
+            }
+            if let Some(pos) = self.values.get(&here) {
+                return *pos;
+            }
+            if segs.pop().is_none() {
+                return Pos { line: 1, column: 1 };
+            }
+        }
+    }
+}
+
+enum Frame {
+    Map {
+        path: Path,
+        key: Option<Seg>,
+    },
+    Seq {
+        path: Path,
+        next: usize,
+    },
+    /// A complex (non-scalar) key, which no path can name.
+    Skip,
+}
+
+struct Recorder {
+    locations: Locations,
+    stack: Vec<Frame>,
+    documents: usize,
+}
+
+impl Recorder {
+    /// The path of the node that starts now, or `None` when it is a key
+    /// (recorded separately) or inside something no path can name.
+    fn node_path(&mut self, scalar_key: Option<&str>, mark: Marker) -> Option<Path> {
+        match self.stack.last_mut() {
+            None => (self.documents == 1).then(Path::root),
+            Some(Frame::Skip) => None,
+            Some(Frame::Seq { path, next }) => {
+                let child = path.index(*next);
+                *next += 1;
+                Some(child)
+            }
+            Some(Frame::Map { path, key }) => match key.take() {
+                Some(seg) => {
+                    let mut child = path.clone();
+                    child.0.push(seg);
+                    Some(child)
+                }
+                None => {
+                    // This node is a key.
+                    let seg = Seg::Key(scalar_key.unwrap_or("?").to_owned());
+                    let mut child = path.clone();
+                    child.0.push(seg.clone());
+                    self.locations.keys.insert(child, Pos::from_marker(mark));
+                    *key = Some(seg);
+                    None
+                }
+            },
+        }
+    }
+
+    fn is_key_position(&self) -> bool {
+        matches!(self.stack.last(), Some(Frame::Map { key: None, .. }))
+    }
+}
+
+impl MarkedEventReceiver for Recorder {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        match event {
+            Event::DocumentStart => self.documents += 1,
+            Event::Scalar(text, ..) => {
+                let is_key = self.is_key_position();
+                let path = self.node_path(Some(&text), mark);
+                if !is_key && let Some(path) = path {
+                    self.locations.values.insert(path, Pos::from_marker(mark));
+                }
+            }
+            Event::Alias(_) => {
+                if let Some(path) = self.node_path(None, mark) {
+                    self.locations.values.insert(path, Pos::from_marker(mark));
+                }
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                let is_map = matches!(event, Event::MappingStart(..));
+                let frame = if self.is_key_position() {
+                    // A complex key: its contents have no path, and the
+                    // value after it is filed under `?`.
+                    self.node_path(None, mark);
+                    Frame::Skip
+                } else {
+                    match self.node_path(None, mark) {
+                        Some(path) => {
+                            self.locations
+                                .values
+                                .insert(path.clone(), Pos::from_marker(mark));
+                            if is_map {
+                                Frame::Map { path, key: None }
+                            } else {
+                                Frame::Seq { path, next: 0 }
+                            }
+                        }
+                        None => Frame::Skip,
+                    }
+                };
+                self.stack.push(frame);
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! Loading `routes.yaml`: parsing, `${VAR}` substitution, validation and
+//! template compilation, producing a [`Config`] that `serve`, `check` and
+//! `render` all use. Loading is a pure function of the file's text and an
+//! environment lookup, so it never reads process variables or files itself.
+//!
+//! Loading happens in phases so that every problem is reported at once:
+//! the YAML is parsed into a tree (a syntax error stops here, alone); a
+//! second pass over the text records where every node sits; variables are
+//! substituted in string values; each top-level section and each route is
+//! deserialized on its own into the `raw` structs, which reject unknown
+//! keys; and `validate` turns those into the types below, collecting every
+//! error with its path and its line and column.
+//!
+//! This module is the only one that knows the YAML library.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::secret::Secret;
+use crate::template;
+
+mod env;
+mod locate;
+mod path;
+mod raw;
+mod units;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use units::{parse_duration, parse_size};
+
+/// A validated configuration with its templates compiled.
+#[derive(Debug)]
+pub struct Config {
+    /// How to reach and authenticate to GitHub.
+    pub github: GithubConfig,
+    /// The HTTP listener.
+    pub server: ServerConfig,
+    /// The delivery store.
+    pub store: StoreConfig,
+    /// How failed dispatches are retried.
+    pub retry: RetryConfig,
+    /// Where failure alerts go.
+    pub notify: Vec<NotifyTarget>,
+    /// The routing table, in file order.
+    pub routes: Vec<Route>,
+    /// The environment every template of this configuration is compiled in.
+    pub templates: Arc<template::Engine>,
+}
+
+impl Config {
+    /// Finds a route by id.
+    pub fn route(&self, id: &str) -> Option<&Route> {
+        self.routes.iter().find(|route| route.id == id)
+    }
+}
+
+/// The result of a successful load: the configuration and what `check`
+/// should warn about.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    /// Accepted but risky settings.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// The `github` section.
+#[derive(Debug)]
+pub struct GithubConfig {
+    /// The API base URL without a trailing slash; `GITHUB_API_URL` overrides
+    /// the file.
+    pub api_url: String,
+    /// The token or GitHub App the relay authenticates as.
+    pub credential: Credential,
+    /// How fast requests go out per credential.
+    pub pacing: Pacing,
+    /// The timeout of one GitHub request.
+    pub timeout: Duration,
+}
+
+/// How the relay authenticates to GitHub.
+#[derive(Debug)]
+pub enum Credential {
+    /// A personal access token (classic or fine-grained).
+    Token(Secret),
+    /// A GitHub App.
+    App(AppCredential),
+}
+
+/// A GitHub App's identity.
+#[derive(Debug)]
+pub struct AppCredential {
+    /// The app id or client id (the JWT issuer).
+    pub id: String,
+    /// Where the app's private key comes from.
+    pub private_key: PrivateKeySource,
+    /// A fixed installation; when absent it is looked up per repository.
+    pub installation_id: Option<u64>,
+}
+
+/// Where a GitHub App private key comes from.
+#[derive(Debug)]
+pub enum PrivateKeySource {
+    /// A PEM file, read when the credential is first used.
+    File(PathBuf),
+    /// The PEM text itself, usually from an environment variable.
+    Inline(Secret),
+}
+
+/// Pacing of mutating GitHub requests per credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// No pacing at all (benchmarks, GHES without limits).
+    Off,
+    /// GitHub's guidance by default: one at a time, 1 s apart, 80 a minute.
+    Paced {
+        /// Requests in flight at once.
+        concurrency: u32,
+        /// The least time between two requests.
+        min_interval: Duration,
+        /// The most requests in any minute.
+        per_minute: u32,
+    },
+}
+
+/// The `server` section.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// The listen address from the file; `--listen` and `RELAY_LISTEN` win.
+    pub listen: Option<String>,
+    /// The default body limit of routes, in bytes.
+    pub max_body: u64,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// The `store` section.
+#[derive(Debug)]
+pub struct StoreConfig {
+    /// The store URL from the file; `RELAY_DATABASE_URL` wins.
+    pub url: Option<String>,
+    /// How long finished deliveries are kept.
+    pub retention: Duration,
+    /// SQLite's `synchronous` setting.
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's durability setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Synchronous {
+    /// Every commit reaches the disk before it returns (the default).
+    Full,
+    /// Faster; a power loss may lose the last commits, never corrupt.
+    Normal,
+}
+
+/// The `retry` section.
+#[derive(Clone, Debug)]
+pub struct RetryConfig {
+    /// Attempts before a dispatch fails for good.
+    pub max_attempts: u32,
+    /// The first backoff; it doubles on every retry.
+    pub initial_backoff: Duration,
+    /// The cap of one backoff.
+    pub max_backoff: Duration,
+    /// The time after which a dispatch fails whatever its attempts.
+    pub give_up_after: Duration,
+}
+
+/// One failure alert destination.
+#[derive(Debug)]
+pub struct NotifyTarget {
+    /// What kind of endpoint it is.
+    pub kind: NotifyKind,
+}
+
+/// The kinds of failure alert endpoints.
+#[derive(Debug)]
+pub enum NotifyKind {
+    /// A Slack incoming webhook URL.
+    Slack(Secret),
+    /// A generic URL that receives a JSON POST.
+    Url(Secret),
+}
+
+/// One route of the routing table.
+#[derive(Debug)]
+pub struct Route {
+    /// The id; the webhook URL is `/hooks/{id}`.
+    pub id: String,
+    /// How senders authenticate.
+    pub verify: Verify,
+    /// The inbound rate limit, if any.
+    pub rate_limit: Option<RateLimit>,
+    /// Requests for which this is false are answered and not dispatched.
+    pub when: Option<template::Condition>,
+    /// The targets, in order.
+    pub dispatch: Vec<Target>,
+    /// Patterns a templated `repo` must match, such as `acme/*`.
+    pub allowed_repos: Vec<String>,
+    /// The body limit in bytes.
+    pub max_body: u64,
+    /// Source addresses allowed to call the route; empty allows all.
+    pub source_ips: Vec<ipnet::IpNet>,
+    /// The template of the dedupe key; when absent the sender's delivery id
+    /// is used where the verify method has one.
+    pub dedupe_key: Option<template::StringTemplate>,
+    /// Coalescing of bursts, if configured.
+    pub debounce: Option<Debounce>,
+}
+
+/// An inbound rate limit (token bucket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// The sustained rate.
+    pub per_second: u32,
+    /// The bucket size.
+    pub burst: u32,
+}
+
+/// Coalescing a burst into one dispatch per target (the last payload wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Debounce {
+    /// Quiet time after the last request before dispatching.
+    pub window: Duration,
+    /// The longest a burst may delay its dispatch, if capped.
+    pub max_wait: Option<Duration>,
+}
+
+/// How a route authenticates its senders.
+#[derive(Debug)]
+pub enum Verify {
+    /// No authentication (`verify: none`); `check` warns about it.
+    None,
+    /// An HMAC of the raw body.
+    Hmac(HmacVerify),
+    /// GitHub's `X-Hub-Signature-256`.
+    Github {
+        /// Accepted secrets; several while rotating.
+        secrets: Vec<Secret>,
+    },
+    /// A header equal to a configured value.
+    Token {
+        /// The header name, lower-cased.
+        header: String,
+        /// Accepted values; several while rotating.
+        values: Vec<Secret>,
+    },
+    /// HTTP Basic authentication.
+    Basic {
+        /// The expected user name.
+        username: String,
+        /// Accepted passwords; several while rotating.
+        passwords: Vec<Secret>,
+    },
+}
+
+impl Verify {
+    /// The method's name as written in `routes.yaml`.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Verify::None => "none",
+            Verify::Hmac(_) => "hmac",
+            Verify::Github { .. } => "github",
+            Verify::Token { .. } => "token",
+            Verify::Basic { .. } => "basic",
+        }
+    }
+
+    /// Whether the method authenticates the sender at all.
+    pub fn authenticates(&self) -> bool {
+        !matches!(self, Verify::None)
+    }
+}
+
+/// Settings of the `hmac` method.
+#[derive(Debug)]
+pub struct HmacVerify {
+    /// Accepted secrets; several while rotating.
+    pub secrets: Vec<Secret>,
+    /// The signature header, lower-cased.
+    pub header: String,
+    /// The hash function.
+    pub algorithm: HmacAlgorithm,
+    /// How the signature is written.
+    pub encoding: SignatureEncoding,
+    /// Text before the signature in the header, such as `sha256=`.
+    pub prefix: Option<String>,
+}
+
+/// HMAC hash functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HmacAlgorithm {
+    /// HMAC-SHA1, for older senders.
+    Sha1,
+    /// HMAC-SHA256 (the default).
+    Sha256,
+    /// HMAC-SHA512.
+    Sha512,
+}
+
+/// Encodings of a signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureEncoding {
+    /// Hexadecimal, either case (the default).
+    Hex,
+    /// Standard base64.
+    Base64,
+}
+
+/// One dispatch target of a route.
+#[derive(Debug)]
+pub struct Target {
+    /// The repository, `owner/name`.
+    pub repo: RepoSpec,
+    /// What is sent to it.
+    pub kind: TargetKind,
+}
+
+/// A target's repository.
+#[derive(Debug)]
+pub enum RepoSpec {
+    /// A fixed `owner/name`, checked at load.
+    Static(String),
+    /// A template, checked against `allowed_repos` on every render.
+    Templated(template::StringTemplate),
+}
+
+impl RepoSpec {
+    /// The repository as written.
+    pub fn source(&self) -> &str {
+        match self {
+            RepoSpec::Static(repo) => repo,
+            RepoSpec::Templated(template) => template.source(),
+        }
+    }
+}
+
+/// What a target sends.
+#[derive(Debug)]
+pub enum TargetKind {
+    /// A `repository_dispatch` event.
+    Repository {
+        /// The event type, 1 to 100 characters once rendered.
+        event_type: template::StringTemplate,
+        /// The payload, an object of at most 10 keys under 64 KB.
+        client_payload: template::ValueTemplate,
+    },
+    /// A `workflow_dispatch` of one workflow.
+    Workflow {
+        /// The workflow file name or id.
+        workflow: template::StringTemplate,
+        /// The branch or tag to run on.
+        git_ref: template::StringTemplate,
+        /// The inputs, at most 25, each rendered as a string.
+        inputs: template::ValueTemplate,
+    },
+}
+
+/// One configuration error, with the place it was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file name as given to [`load`].
+    pub file: String,
+    /// The line, from 1.
+    pub line: usize,
+    /// The column, from 1.
+    pub column: usize,
+    /// The path of the offending value, such as
+    /// `routes[1].dispatch[0].event_type`; empty for the whole file.
+    pub path: String,
+    /// What is wrong, as a sentence.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every error of one load, in file order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A setting that is accepted but deserves the operator's attention.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The path of the setting.
+    pub path: String,
+    /// Why it deserves attention.
+    pub message: String,
+    /// The line, from 1.
+    pub line: usize,
+    /// The column, from 1.
+    pub column: usize,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.line, self.column, self.path, self.message
+        )
+    }
+}
+
+/// Loads a configuration from the text of `file_name`.
+///
+/// `env` looks up variables for `${VAR}` substitution and for the
+/// `GITHUB_API_URL` override; the caller passes the process environment,
+/// tests pass a map.
+pub fn load(
+    file_name: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigErrors> {
+    validate::load(file_name, text, env)
+}
+
+/// A one-line description of a route for `dispatch-relay check`, such as
+/// `blog-cms (hmac) -> acme/blog:cms-{{ body.model }}`.
+pub fn summary(route: &Route) -> String {
+    let targets: Vec<String> = route
+        .dispatch
+        .iter()
+        .map(|target| match &target.kind {
+            TargetKind::Repository { event_type, .. } => {
+                format!("{}:{}", target.repo.source(), event_type.source())
+            }
+            TargetKind::Workflow {
+                workflow, git_ref, ..
+            } => format!(
+                "{}:{}@{}",
+                target.repo.source(),
+                workflow.source(),
+                git_ref.source()
+            ),
+        })
+        .collect();
+    let mut line = format!(
+        "{} ({}) -> {}",
+        route.id,
+        route.verify.method(),
+        targets.join(", ")
+    );
+    if let Some(when) = &route.when {
+        line.push_str(&format!(" when {}", when.source()));
+    }
+    line
+}
+
+/// Reads `store.url` from the text without validating the rest, so that the
+/// inspection commands find the store even where the configuration's
+/// secrets are not set.
+pub fn store_url(text: &str) -> Option<String> {
+    let value: serde_norway::Value = serde_norway::from_str(text).ok()?;
+    value.get("store")?.get("url")?.as_str().map(str::to_string)
+}

@@ -1,0 +1,260 @@
+//! The shapes of `routes.yaml` as written: plain serde structs that reject
+//! unknown keys. Values that need checking beyond their type (durations,
+//! sizes, templates, addresses) stay text here and are checked by
+//! `validate`. Sections whose shape depends on their content (`verify`,
+//! `pacing`, each dispatch target) stay YAML values and are deserialized
+//! separately, so one mistake does not hide the next.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use serde_norway::Value;
+
+/// A number that may also be written as a string holding a number, which
+/// is what `${VAR}` substitution produces (`per_second: ${RATE:-5}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Num<T>(pub(crate) T);
+
+impl<'de, T> Deserialize<'de> for Num<T>
+where
+    T: TryFrom<u64> + FromStr,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NumVisitor<T>(PhantomData<T>);
+
+        impl<T: TryFrom<u64> + FromStr> Visitor<'_> for NumVisitor<T> {
+            type Value = Num<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                T::try_from(v)
+                    .map(Num)
+                    .map_err(|_| E::custom(format!("{v} is too large")))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!(
+                        "{v} is negative; expected a whole number"
+                    ))),
+                }
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                v.trim()
+                    .parse()
+                    .map(Num)
+                    .map_err(|_| E::custom(format!("`{v}` is not a whole number")))
+            }
+        }
+
+        deserializer.deserialize_any(NumVisitor(PhantomData))
+    }
+}
+
+/// A scalar taken as text: durations, sizes and ids may be written as
+/// strings or as bare numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Text(pub(crate) String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+
+        impl Visitor<'_> for TextVisitor {
+            type Value = Text;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Text(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Text(v.to_string()))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Text(v.to_string()))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGithub {
+    pub(crate) api_url: Option<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) app: Option<RawApp>,
+    pub(crate) pacing: Option<Value>,
+    pub(crate) timeout: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApp {
+    pub(crate) id: Text,
+    pub(crate) private_key_file: Option<String>,
+    pub(crate) private_key: Option<String>,
+    pub(crate) installation_id: Option<Num<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPacing {
+    pub(crate) concurrency: Option<Num<u32>>,
+    pub(crate) min_interval: Option<Text>,
+    pub(crate) per_minute: Option<Num<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub(crate) listen: Option<String>,
+    pub(crate) max_body: Option<Text>,
+    #[serde(default)]
+    pub(crate) trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub(crate) url: Option<String>,
+    pub(crate) retention: Option<Text>,
+    pub(crate) synchronous: Option<RawSynchronous>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawSynchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub(crate) max_attempts: Option<Num<u32>>,
+    pub(crate) initial_backoff: Option<Text>,
+    pub(crate) max_backoff: Option<Text>,
+    pub(crate) give_up_after: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNotify {
+    pub(crate) slack: Option<String>,
+    pub(crate) url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub(crate) id: String,
+    pub(crate) verify: Option<Value>,
+    pub(crate) rate_limit: Option<RawRateLimit>,
+    pub(crate) when: Option<String>,
+    pub(crate) dispatch: Option<Vec<Value>>,
+    #[serde(default)]
+    pub(crate) allowed_repos: Vec<String>,
+    pub(crate) max_body: Option<Text>,
+    #[serde(default)]
+    pub(crate) source_ips: Vec<String>,
+    pub(crate) dedupe_key: Option<String>,
+    pub(crate) debounce: Option<RawDebounce>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub(crate) per_second: Num<u32>,
+    pub(crate) burst: Option<Num<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDebounce {
+    pub(crate) window: Text,
+    pub(crate) max_wait: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTarget {
+    pub(crate) repo: String,
+    pub(crate) event_type: Option<String>,
+    pub(crate) client_payload: Option<serde_json::Value>,
+    pub(crate) workflow: Option<String>,
+    #[serde(rename = "ref")]
+    pub(crate) git_ref: Option<String>,
+    pub(crate) inputs: Option<serde_json::Value>,
+}
+
+/// The verify methods, by the key that selects them. Adding a method means
+/// adding its name here and its raw struct below.
+pub(crate) const VERIFY_METHODS: [&str; 4] = ["hmac", "github", "token", "basic"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHmac {
+    pub(crate) secret: Option<String>,
+    pub(crate) secrets: Option<Vec<String>>,
+    pub(crate) header: String,
+    pub(crate) algorithm: Option<RawAlgorithm>,
+    pub(crate) encoding: Option<RawEncoding>,
+    pub(crate) prefix: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawAlgorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawEncoding {
+    Hex,
+    Base64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGithubVerify {
+    pub(crate) secret: Option<String>,
+    pub(crate) secrets: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawToken {
+    pub(crate) header: String,
+    pub(crate) value: Option<String>,
+    pub(crate) values: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBasic {
+    pub(crate) username: String,
+    pub(crate) password: Option<String>,
+    pub(crate) passwords: Option<Vec<String>>,
+}

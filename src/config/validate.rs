@@ -1,0 +1,1227 @@
+//! Turning the parsed file into a [`Config`]: running the phases described in
+//! the module above, checking every value, compiling every template, and
+//! collecting every error and warning with its path and position.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_norway::Value;
+
+use super::env::{scalar_text, substitute_tree};
+use super::locate::{Locations, Pos};
+use super::path::{Path, Seg};
+use super::raw::{self, Num, Text};
+use super::units::{parse_duration, parse_size};
+use super::*;
+use crate::routing;
+use crate::template::{EngineBuilder, TemplateError};
+
+const DEFAULT_API_URL: &str = "https://api.github.com";
+const DEFAULT_MAX_BODY: u64 = 1 << 20;
+const TOP_LEVEL_KEYS: [&str; 6] = ["github", "server", "store", "retry", "notify", "routes"];
+
+/// Collects errors and warnings, placing each in the file.
+struct Report<'a> {
+    file: &'a str,
+    locations: Locations,
+    errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
+}
+
+impl Report<'_> {
+    fn error_at(&mut self, pos: Pos, path: &Path, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// An error about the value at `path`.
+    fn error(&mut self, path: &Path, message: impl Into<String>) {
+        let pos = self.locations.value(path);
+        self.error_at(pos, path, message);
+    }
+
+    /// An error about the key that ends `path` (an unknown key).
+    fn key_error(&mut self, path: &Path, message: impl Into<String>) {
+        let pos = self.locations.key(path);
+        self.error_at(pos, path, message);
+    }
+
+    fn warn(&mut self, path: &Path, message: impl Into<String>) {
+        let pos = self.locations.value(path);
+        self.warnings.push(ConfigWarning {
+            path: path.to_string(),
+            message: message.into(),
+            line: pos.line,
+            column: pos.column,
+        });
+    }
+
+    /// Deserializes one part of the file, reporting the first serde error
+    /// inside it at its own path.
+    fn parse<T: DeserializeOwned>(&mut self, value: Value, base: &Path) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(parsed) => Some(parsed),
+            Err(err) => {
+                let mut path = base.clone();
+                for segment in err.path().iter() {
+                    match segment {
+                        serde_path_to_error::Segment::Seq { index } => {
+                            path.0.push(Seg::Index(*index));
+                        }
+                        serde_path_to_error::Segment::Map { key } => {
+                            path.0.push(Seg::Key(key.clone()));
+                        }
+                        serde_path_to_error::Segment::Enum { .. }
+                        | serde_path_to_error::Segment::Unknown => {}
+                    }
+                }
+                let message = strip_location(&err.into_inner().to_string());
+                self.serde_error(path, &message);
+                None
+            }
+        }
+    }
+
+    /// Rewrites serde's messages into the file's vocabulary (keys, values)
+    /// and adds a suggestion for near misses.
+    fn serde_error(&mut self, path: Path, message: &str) {
+        if let Some(rest) = message.strip_prefix("unknown field `")
+            && let Some((name, expected)) = rest.split_once('`')
+        {
+            let expected = backticked(expected);
+            let key_path = path.key(name);
+            let message = unknown("key", name, &expected);
+            self.key_error(&key_path, message);
+        } else if let Some(rest) = message.strip_prefix("unknown variant `")
+            && let Some((name, expected)) = rest.split_once('`')
+        {
+            let expected = backticked(expected);
+            self.error(&path, unknown("value", name, &expected));
+        } else if let Some(rest) = message.strip_prefix("missing field `") {
+            let name = rest.trim_end_matches('`');
+            self.error(&path, format!("missing key `{name}`"));
+        } else {
+            self.error(&path, message.to_owned());
+        }
+    }
+}
+
+/// Removes the " at line L column C" serde_norway appends, since every
+/// error carries its position separately.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// The names between backticks in serde's "expected one of `a`, `b`".
+fn backticked(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// "unknown key `x`; did you mean `y`?" or, without a near miss, the list of
+/// what is expected.
+fn unknown(what: &str, name: &str, expected: &[String]) -> String {
+    let mut message = format!("unknown {what} `{name}`");
+    if let Some(close) = did_you_mean(name, expected) {
+        message.push_str(&format!("; did you mean `{close}`?"));
+    } else if !expected.is_empty() {
+        let list: Vec<String> = expected.iter().map(|e| format!("`{e}`")).collect();
+        message.push_str(&format!("; expected one of {}", list.join(", ")));
+    }
+    message
+}
+
+/// The expected name closest to `name`, if it is close enough to be a typo.
+fn did_you_mean<'a>(name: &str, expected: &'a [String]) -> Option<&'a str> {
+    expected
+        .iter()
+        .map(|candidate| (strsim::jaro_winkler(name, candidate), candidate))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate.as_str())
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|name| (*name).to_owned()).collect()
+}
+
+pub(super) fn load(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigErrors> {
+    let mut root: Value = match serde_norway::from_str(text) {
+        Ok(root) => root,
+        Err(err) => {
+            // A syntax error makes everything after it unreliable, so it is
+            // reported alone.
+            let (line, column) = err.location().map_or((1, 1), |at| (at.line(), at.column()));
+            return Err(ConfigErrors(vec![ConfigError {
+                file: file.to_owned(),
+                line,
+                column,
+                path: String::new(),
+                message: strip_location(&err.to_string()),
+            }]));
+        }
+    };
+    let mut report = Report {
+        file,
+        locations: Locations::of(text),
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+
+    let mut env_errors = Vec::new();
+    substitute_tree(&mut root, &Path::root(), env, &mut env_errors);
+    for error in env_errors {
+        report.error(&error.path, error.message);
+    }
+
+    let config = build(&mut report, root, env);
+    let mut errors = report.errors;
+    if errors.is_empty()
+        && let Some(config) = config
+    {
+        let mut warnings = report.warnings;
+        warnings.sort_by_key(|w| (w.line, w.column));
+        return Ok(Loaded { config, warnings });
+    }
+    errors.sort_by_key(|e| (e.line, e.column));
+    Err(ConfigErrors(errors))
+}
+
+fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
+    let root_path = Path::root();
+    let mut sections: HashMap<&'static str, (Value, Path)> = HashMap::new();
+    match root {
+        Value::Mapping(map) => {
+            for (key, value) in map {
+                let name = scalar_text(&key);
+                let path = root_path.key(&name);
+                match TOP_LEVEL_KEYS.iter().find(|known| **known == name) {
+                    Some(known) => {
+                        sections.insert(known, (value, path));
+                    }
+                    None => report.key_error(&path, unknown("key", &name, &names(&TOP_LEVEL_KEYS))),
+                }
+            }
+        }
+        Value::Null => {
+            report.error(
+                &root_path,
+                "the file is empty; it needs a `github` section and `routes`",
+            );
+            return None;
+        }
+        _ => {
+            report.error(
+                &root_path,
+                "the file must be a map with `github` and `routes` at the top",
+            );
+            return None;
+        }
+    }
+
+    let mut builder = EngineBuilder::new();
+    let github = match sections.remove("github") {
+        Some((value, path)) => github(report, value, &path, env),
+        None => {
+            report.error(
+                &root_path,
+                "missing key `github` (a `token` or an `app` to authenticate to GitHub)",
+            );
+            None
+        }
+    };
+    let server = section::<raw::RawServer>(report, sections.remove("server"))
+        .and_then(|(raw, path)| server(report, raw, &path));
+    let store = section::<raw::RawStore>(report, sections.remove("store"))
+        .and_then(|(raw, path)| store(report, raw, &path));
+    let retry = section::<raw::RawRetry>(report, sections.remove("retry"))
+        .and_then(|(raw, path)| retry(report, raw, &path));
+    let notify = match sections.remove("notify") {
+        Some((value, path)) => notify(report, value, &path),
+        None => Some(Vec::new()),
+    };
+    let default_max_body = server.as_ref().map_or(DEFAULT_MAX_BODY, |s| s.max_body);
+    let routes = match sections.remove("routes") {
+        Some((value, path)) => routes(report, &mut builder, value, &path, default_max_body),
+        None => {
+            report.error(&root_path, "missing key `routes`");
+            None
+        }
+    };
+    let templates = builder.finish();
+    Some(Config {
+        github: github?,
+        server: server?,
+        store: store?,
+        retry: retry?,
+        notify: notify?,
+        routes: routes?,
+        templates,
+    })
+}
+
+/// Deserializes an optional section, falling back to its defaults when it
+/// is absent or empty.
+fn section<T: DeserializeOwned + Default>(
+    report: &mut Report,
+    entry: Option<(Value, Path)>,
+) -> Option<(T, Path)> {
+    match entry {
+        None | Some((Value::Null, _)) => Some((T::default(), Path::root())),
+        Some((value, path)) => report.parse(value, &path).map(|raw| (raw, path)),
+    }
+}
+
+fn duration(
+    report: &mut Report,
+    text: Option<Text>,
+    path: &Path,
+    default: Duration,
+) -> Option<Duration> {
+    match text {
+        None => Some(default),
+        Some(Text(text)) => parse_duration(&text)
+            .map_err(|message| report.error(path, message))
+            .ok(),
+    }
+}
+
+fn size(report: &mut Report, text: Option<Text>, path: &Path, default: u64) -> Option<u64> {
+    match text {
+        None => Some(default),
+        Some(Text(text)) => match parse_size(&text) {
+            Ok(0) => {
+                report.error(path, "must be more than 0 bytes");
+                None
+            }
+            Ok(bytes) => Some(bytes),
+            Err(message) => {
+                report.error(path, message);
+                None
+            }
+        },
+    }
+}
+
+fn positive(
+    report: &mut Report,
+    value: Option<Num<u32>>,
+    path: &Path,
+    default: u32,
+) -> Option<u32> {
+    match value {
+        None => Some(default),
+        Some(Num(0)) => {
+            report.error(path, "must be at least 1");
+            None
+        }
+        Some(Num(n)) => Some(n),
+    }
+}
+
+fn networks(report: &mut Report, list: &[String], path: &Path) -> Option<Vec<ipnet::IpNet>> {
+    let mut ok = true;
+    let mut nets = Vec::with_capacity(list.len());
+    for (index, text) in list.iter().enumerate() {
+        let text = text.trim();
+        // A bare address means that one host.
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => {
+                report.error(
+                    &path.index(index),
+                    format!("`{text}` is not an IP address or a CIDR range such as 10.0.0.0/8"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(nets)
+}
+
+fn github(
+    report: &mut Report,
+    value: Value,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<GithubConfig> {
+    let raw: raw::RawGithub = report.parse(value, path)?;
+    let mut ok = true;
+
+    let api_url = env("GITHUB_API_URL")
+        .filter(|url| !url.is_empty())
+        .or(raw.api_url)
+        .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+    let api_url = api_url.trim_end_matches('/').to_owned();
+    if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        report.error(
+            &path.key("api_url"),
+            format!("`{api_url}` is not an http(s) URL"),
+        );
+        ok = false;
+    }
+
+    let credential = match (raw.token, raw.app) {
+        (Some(token), None) => {
+            if token.is_empty() {
+                report.error(&path.key("token"), "is empty");
+                None
+            } else {
+                Some(Credential::Token(Secret::new(token)))
+            }
+        }
+        (None, Some(app)) => github_app(report, app, &path.key("app")),
+        (Some(_), Some(_)) => {
+            report.error(path, "has both `token` and `app`; keep one");
+            None
+        }
+        (None, None) => {
+            report.error(
+                path,
+                "needs a `token` or an `app` to authenticate to GitHub",
+            );
+            None
+        }
+    };
+
+    let pacing = match raw.pacing {
+        None => Some(default_pacing()),
+        Some(value) => pacing(report, value, &path.key("pacing")),
+    };
+    let timeout = duration(
+        report,
+        raw.timeout,
+        &path.key("timeout"),
+        Duration::from_secs(10),
+    );
+    if timeout == Some(Duration::ZERO) {
+        report.error(&path.key("timeout"), "must be longer than 0");
+        ok = false;
+    }
+
+    ok.then_some(())?;
+    Some(GithubConfig {
+        api_url,
+        credential: credential?,
+        pacing: pacing?,
+        timeout: timeout?,
+    })
+}
+
+fn github_app(report: &mut Report, app: raw::RawApp, path: &Path) -> Option<Credential> {
+    let id = app.id.0.trim().to_owned();
+    if id.is_empty() {
+        report.error(&path.key("id"), "is empty");
+        return None;
+    }
+    let private_key = match (app.private_key_file, app.private_key) {
+        (Some(file), None) if !file.is_empty() => PrivateKeySource::File(PathBuf::from(file)),
+        (None, Some(key)) if !key.is_empty() => PrivateKeySource::Inline(Secret::new(key)),
+        (Some(_), Some(_)) => {
+            report.error(
+                path,
+                "has both `private_key_file` and `private_key`; keep one",
+            );
+            return None;
+        }
+        (Some(_), None) => {
+            report.error(&path.key("private_key_file"), "is empty");
+            return None;
+        }
+        (None, Some(_)) => {
+            report.error(&path.key("private_key"), "is empty");
+            return None;
+        }
+        (None, None) => {
+            report.error(path, "needs `private_key_file` or `private_key`");
+            return None;
+        }
+    };
+    Some(Credential::App(AppCredential {
+        id,
+        private_key,
+        installation_id: app.installation_id.map(|Num(id)| id),
+    }))
+}
+
+fn default_pacing() -> Pacing {
+    Pacing::Paced {
+        concurrency: 1,
+        min_interval: Duration::from_secs(1),
+        per_minute: 80,
+    }
+}
+
+fn pacing(report: &mut Report, value: Value, path: &Path) -> Option<Pacing> {
+    match value {
+        Value::String(text) if text == "off" => return Some(Pacing::Off),
+        Value::Bool(false) => return Some(Pacing::Off),
+        Value::Null => return Some(default_pacing()),
+        Value::Mapping(_) => {}
+        _ => {
+            report.error(
+                path,
+                "must be `off` or a map of `concurrency`, `min_interval` and `per_minute`",
+            );
+            return None;
+        }
+    }
+    let raw: raw::RawPacing = report.parse(value, path)?;
+    let concurrency = positive(report, raw.concurrency, &path.key("concurrency"), 1);
+    let min_interval = duration(
+        report,
+        raw.min_interval,
+        &path.key("min_interval"),
+        Duration::from_secs(1),
+    );
+    let per_minute = positive(report, raw.per_minute, &path.key("per_minute"), 80);
+    Some(Pacing::Paced {
+        concurrency: concurrency?,
+        min_interval: min_interval?,
+        per_minute: per_minute?,
+    })
+}
+
+fn server(report: &mut Report, raw: raw::RawServer, path: &Path) -> Option<ServerConfig> {
+    let max_body = size(
+        report,
+        raw.max_body,
+        &path.key("max_body"),
+        DEFAULT_MAX_BODY,
+    );
+    let trusted_proxies = networks(report, &raw.trusted_proxies, &path.key("trusted_proxies"));
+    Some(ServerConfig {
+        listen: raw.listen.filter(|listen| !listen.is_empty()),
+        max_body: max_body?,
+        trusted_proxies: trusted_proxies?,
+    })
+}
+
+fn store(report: &mut Report, raw: raw::RawStore, path: &Path) -> Option<StoreConfig> {
+    let retention = duration(
+        report,
+        raw.retention,
+        &path.key("retention"),
+        Duration::from_secs(7 * 86_400),
+    );
+    let synchronous = match raw.synchronous {
+        None | Some(raw::RawSynchronous::Full) => Synchronous::Full,
+        Some(raw::RawSynchronous::Normal) => Synchronous::Normal,
+    };
+    Some(StoreConfig {
+        url: raw.url.filter(|url| !url.is_empty()),
+        retention: retention?,
+        synchronous,
+    })
+}
+
+fn retry(report: &mut Report, raw: raw::RawRetry, path: &Path) -> Option<RetryConfig> {
+    let max_attempts = positive(report, raw.max_attempts, &path.key("max_attempts"), 10);
+    let initial_backoff = duration(
+        report,
+        raw.initial_backoff,
+        &path.key("initial_backoff"),
+        Duration::from_secs(1),
+    );
+    let max_backoff = duration(
+        report,
+        raw.max_backoff,
+        &path.key("max_backoff"),
+        Duration::from_secs(600),
+    );
+    let give_up_after = duration(
+        report,
+        raw.give_up_after,
+        &path.key("give_up_after"),
+        Duration::from_secs(86_400),
+    );
+    if let (Some(initial), Some(max)) = (initial_backoff, max_backoff)
+        && initial > max
+    {
+        report.error(&path.key("initial_backoff"), "is longer than `max_backoff`");
+        return None;
+    }
+    Some(RetryConfig {
+        max_attempts: max_attempts?,
+        initial_backoff: initial_backoff?,
+        max_backoff: max_backoff?,
+        give_up_after: give_up_after?,
+    })
+}
+
+fn notify(report: &mut Report, value: Value, path: &Path) -> Option<Vec<NotifyTarget>> {
+    let list: Vec<Value> = match value {
+        Value::Null => return Some(Vec::new()),
+        value => report.parse(value, path)?,
+    };
+    let mut ok = true;
+    let mut targets = Vec::with_capacity(list.len());
+    for (index, item) in list.into_iter().enumerate() {
+        let item_path = path.index(index);
+        let Some(raw) = report.parse::<raw::RawNotify>(item, &item_path) else {
+            ok = false;
+            continue;
+        };
+        let kind = match (raw.slack, raw.url) {
+            (Some(url), None) => {
+                Some((NotifyKind::Slack as fn(Secret) -> NotifyKind, url, "slack"))
+            }
+            (None, Some(url)) => Some((NotifyKind::Url as fn(Secret) -> NotifyKind, url, "url")),
+            _ => None,
+        };
+        match kind {
+            Some((make, url, key)) if url.starts_with("https://") || url.starts_with("http://") => {
+                targets.push(NotifyTarget {
+                    kind: make(Secret::new(url)),
+                });
+                let _ = key;
+            }
+            Some((_, _, key)) => {
+                // The URL is a secret, so the message does not quote it.
+                report.error(&item_path.key(key), "is not an http(s) URL");
+                ok = false;
+            }
+            None => {
+                report.error(&item_path, "needs exactly one of `slack` or `url`");
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(targets)
+}
+
+fn routes(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    value: Value,
+    path: &Path,
+    default_max_body: u64,
+) -> Option<Vec<Route>> {
+    let list: Vec<Value> = match value {
+        Value::Sequence(list) => list,
+        Value::Null => Vec::new(),
+        _ => {
+            report.error(path, "must be a list of routes");
+            return None;
+        }
+    };
+    if list.is_empty() {
+        report.warn(
+            path,
+            "there are no routes; every webhook will be answered 404",
+        );
+    }
+    let mut ok = true;
+    let mut routes = Vec::with_capacity(list.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (index, item) in list.into_iter().enumerate() {
+        let route_path = path.index(index);
+        let Some(raw) = report.parse::<raw::RawRoute>(item, &route_path) else {
+            ok = false;
+            continue;
+        };
+        if let Some(first) = seen.get(&raw.id) {
+            report.error(
+                &route_path.key("id"),
+                format!("`{}` is already the id of routes[{first}]", raw.id),
+            );
+            ok = false;
+        } else {
+            seen.insert(raw.id.clone(), index);
+        }
+        match route(report, builder, raw, &route_path, default_max_body) {
+            Some(route) => routes.push(route),
+            None => ok = false,
+        }
+    }
+    ok.then_some(routes)
+}
+
+fn valid_route_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn route(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    raw: raw::RawRoute,
+    path: &Path,
+    default_max_body: u64,
+) -> Option<Route> {
+    let errors_before = report.errors.len();
+    if !valid_route_id(&raw.id) {
+        report.error(
+            &path.key("id"),
+            format!(
+                "`{}` is not a valid route id; use letters, digits, `_`, `.` and `-`",
+                raw.id
+            ),
+        );
+    }
+
+    let verify = match raw.verify {
+        Some(value) => verify(report, value, &path.key("verify")),
+        None => {
+            report.error(
+                path,
+                "missing key `verify`; write `verify: none` to accept unauthenticated requests",
+            );
+            None
+        }
+    };
+
+    let rate_limit = raw.rate_limit.and_then(|limit| {
+        let limit_path = path.key("rate_limit");
+        let per_second = positive(
+            report,
+            Some(limit.per_second),
+            &limit_path.key("per_second"),
+            1,
+        )?;
+        let burst = positive(report, limit.burst, &limit_path.key("burst"), per_second)?;
+        Some(RateLimit { per_second, burst })
+    });
+
+    let when = raw.when.and_then(|source| {
+        let when_path = path.key("when");
+        let source = strip_braces(&source);
+        builder
+            .condition(&when_path.to_string(), source)
+            .map_err(|err| report.error(&when_path, err.to_string()))
+            .ok()
+    });
+
+    let dedupe_key = raw.dedupe_key.and_then(|source| {
+        let key_path = path.key("dedupe_key");
+        builder
+            .string(&key_path.to_string(), &source)
+            .map_err(|err| report.error(&key_path, err.to_string()))
+            .ok()
+    });
+
+    let debounce = raw.debounce.and_then(|raw| {
+        let debounce_path = path.key("debounce");
+        let window_path = debounce_path.key("window");
+        let window = duration(report, Some(raw.window), &window_path, Duration::ZERO)?;
+        if window.is_zero() {
+            report.error(&window_path, "must be longer than 0");
+            return None;
+        }
+        let max_wait = match raw.max_wait {
+            None => None,
+            Some(text) => {
+                let wait_path = debounce_path.key("max_wait");
+                let wait = duration(report, Some(text), &wait_path, Duration::ZERO)?;
+                if wait < window {
+                    report.error(&wait_path, "is shorter than `window`");
+                    return None;
+                }
+                Some(wait)
+            }
+        };
+        Some(Debounce { window, max_wait })
+    });
+
+    let max_body = size(
+        report,
+        raw.max_body,
+        &path.key("max_body"),
+        default_max_body,
+    );
+    let source_ips = networks(report, &raw.source_ips, &path.key("source_ips"));
+
+    let allowed_path = path.key("allowed_repos");
+    for (index, pattern) in raw.allowed_repos.iter().enumerate() {
+        // A pattern must be a repository name once its `*`s are filled in.
+        if routing::check_repo(&pattern.replace('*', "x")).is_err() {
+            report.error(
+                &allowed_path.index(index),
+                format!("`{pattern}` is not a repository pattern such as `acme/*` or `acme/blog`"),
+            );
+        }
+    }
+
+    let dispatch_path = path.key("dispatch");
+    let mut dispatch = Vec::new();
+    match raw.dispatch {
+        None => report.error(path, "missing key `dispatch` (the list of targets)"),
+        Some(list) if list.is_empty() => {
+            report.error(
+                &dispatch_path,
+                "is empty; a route needs at least one target",
+            );
+        }
+        Some(list) => {
+            for (index, item) in list.into_iter().enumerate() {
+                let target_path = dispatch_path.index(index);
+                if let Some(target) = target(
+                    report,
+                    builder,
+                    item,
+                    &target_path,
+                    &raw.allowed_repos,
+                    &allowed_path,
+                ) {
+                    dispatch.push(target);
+                }
+            }
+        }
+    }
+
+    if report.errors.len() > errors_before {
+        return None;
+    }
+    Some(Route {
+        id: raw.id,
+        verify: verify?,
+        rate_limit,
+        when,
+        dispatch,
+        allowed_repos: raw.allowed_repos,
+        max_body: max_body?,
+        source_ips: source_ips?,
+        dedupe_key,
+        debounce,
+    })
+}
+
+/// `when` is an expression, but users often wrap it in `{{ }}` out of habit;
+/// both mean the same.
+fn strip_braces(source: &str) -> &str {
+    crate::template::lone_expression(source).unwrap_or(source)
+}
+
+fn secret_list(
+    report: &mut Report,
+    path: &Path,
+    (one_key, one): (&str, Option<String>),
+    (many_key, many): (&str, Option<Vec<String>>),
+) -> Option<Vec<Secret>> {
+    let list = match (one, many) {
+        (Some(one), None) => vec![(path.key(one_key), one)],
+        (None, Some(many)) => {
+            let many_path = path.key(many_key);
+            if many.is_empty() {
+                report.error(&many_path, "is empty");
+                return None;
+            }
+            many.into_iter()
+                .enumerate()
+                .map(|(index, value)| (many_path.index(index), value))
+                .collect()
+        }
+        (Some(_), Some(_)) => {
+            report.error(
+                path,
+                format!("has both `{one_key}` and `{many_key}`; keep one"),
+            );
+            return None;
+        }
+        (None, None) => {
+            report.error(path, format!("needs `{one_key}` or `{many_key}`"));
+            return None;
+        }
+    };
+    let mut ok = true;
+    let mut secrets = Vec::with_capacity(list.len());
+    for (item_path, value) in list {
+        if value.is_empty() {
+            // Usually an environment variable that is set but empty; an
+            // empty secret would let anyone in.
+            report.error(&item_path, "is empty");
+            ok = false;
+        } else {
+            secrets.push(Secret::new(value));
+        }
+    }
+    ok.then_some(secrets)
+}
+
+fn header_name(report: &mut Report, path: &Path, header: &str) -> Option<String> {
+    let valid = !header.is_empty()
+        && header
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+    if !valid {
+        report.error(path, format!("`{header}` is not a valid header name"));
+        return None;
+    }
+    Some(header.to_ascii_lowercase())
+}
+
+fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
+    let methods = names(&raw::VERIFY_METHODS);
+    let map = match value {
+        Value::String(text) if text == "none" => {
+            report.warn(path, "the route accepts unauthenticated requests");
+            return Some(Verify::None);
+        }
+        Value::String(text) => {
+            let mut expected = methods.clone();
+            expected.insert(0, "none".to_owned());
+            report.error(path, unknown("verify method", &text, &expected));
+            return None;
+        }
+        Value::Mapping(map) => map,
+        _ => {
+            report.error(
+                path,
+                "must be `none` or a map holding one method, such as `hmac:`",
+            );
+            return None;
+        }
+    };
+    if map.len() != 1 {
+        let found: Vec<String> = map
+            .keys()
+            .map(|k| format!("`{}`", scalar_text(k)))
+            .collect();
+        let message = if found.is_empty() {
+            "holds no method; use one of `hmac`, `github`, `token`, `basic`, or `none`".to_owned()
+        } else {
+            format!("must hold exactly one method, found {}", found.join(", "))
+        };
+        report.error(path, message);
+        return None;
+    }
+    let (key, value) = map.into_iter().next()?;
+    let method = scalar_text(&key);
+    let method_path = path.key(&method);
+    match method.as_str() {
+        "hmac" => {
+            let raw: raw::RawHmac = report.parse(value, &method_path)?;
+            let secrets = secret_list(
+                report,
+                &method_path,
+                ("secret", raw.secret),
+                ("secrets", raw.secrets),
+            );
+            let header = header_name(report, &method_path.key("header"), &raw.header);
+            Some(Verify::Hmac(HmacVerify {
+                secrets: secrets?,
+                header: header?,
+                algorithm: match raw.algorithm {
+                    Some(raw::RawAlgorithm::Sha1) => HmacAlgorithm::Sha1,
+                    None | Some(raw::RawAlgorithm::Sha256) => HmacAlgorithm::Sha256,
+                    Some(raw::RawAlgorithm::Sha512) => HmacAlgorithm::Sha512,
+                },
+                encoding: match raw.encoding {
+                    None | Some(raw::RawEncoding::Hex) => SignatureEncoding::Hex,
+                    Some(raw::RawEncoding::Base64) => SignatureEncoding::Base64,
+                },
+                prefix: raw.prefix.filter(|prefix| !prefix.is_empty()),
+            }))
+        }
+        "github" => {
+            let raw: raw::RawGithubVerify = report.parse(value, &method_path)?;
+            let secrets = secret_list(
+                report,
+                &method_path,
+                ("secret", raw.secret),
+                ("secrets", raw.secrets),
+            )?;
+            Some(Verify::Github { secrets })
+        }
+        "token" => {
+            let raw: raw::RawToken = report.parse(value, &method_path)?;
+            let values = secret_list(
+                report,
+                &method_path,
+                ("value", raw.value),
+                ("values", raw.values),
+            );
+            let header = header_name(report, &method_path.key("header"), &raw.header);
+            Some(Verify::Token {
+                header: header?,
+                values: values?,
+            })
+        }
+        "basic" => {
+            let raw: raw::RawBasic = report.parse(value, &method_path)?;
+            let passwords = secret_list(
+                report,
+                &method_path,
+                ("password", raw.password),
+                ("passwords", raw.passwords),
+            );
+            if raw.username.is_empty() || raw.username.contains(':') {
+                report.error(
+                    &method_path.key("username"),
+                    "must be non-empty and contain no `:`",
+                );
+                return None;
+            }
+            Some(Verify::Basic {
+                username: raw.username,
+                passwords: passwords?,
+            })
+        }
+        other => {
+            report.key_error(&method_path, unknown("verify method", other, &methods));
+            None
+        }
+    }
+}
+
+fn target(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    value: Value,
+    path: &Path,
+    allowed_repos: &[String],
+    allowed_path: &Path,
+) -> Option<Target> {
+    let raw: raw::RawTarget = report.parse(value, path)?;
+    let errors_before = report.errors.len();
+
+    let repo_path = path.key("repo");
+    let repo_template = compile_string(report, builder, &repo_path, &raw.repo);
+    let repo = repo_template.and_then(|template| match template.is_static() {
+        Some(repo) => {
+            let repo = repo.to_owned();
+            routing::check_repo(&repo)
+                .map_err(|limit| report.error(&repo_path, limit.to_string()))
+                .ok()?;
+            Some(RepoSpec::Static(repo))
+        }
+        None => {
+            if allowed_repos.is_empty() {
+                report.error(
+                    &repo_path,
+                    "is a template, so the route needs `allowed_repos` (patterns such as `acme/*`) to bound it",
+                );
+                let _ = allowed_path;
+                return None;
+            }
+            Some(RepoSpec::Templated(template))
+        }
+    });
+
+    let kind = match (raw.event_type, raw.workflow) {
+        (Some(event_type), None) => {
+            for (key, present) in [
+                ("ref", raw.git_ref.is_some()),
+                ("inputs", raw.inputs.is_some()),
+            ] {
+                if present {
+                    report.key_error(
+                        &path.key(key),
+                        format!(
+                            "`{key}` belongs to workflow targets; this target has `event_type`"
+                        ),
+                    );
+                }
+            }
+            repository_target(report, builder, path, &event_type, raw.client_payload)
+        }
+        (None, Some(workflow)) => {
+            if raw.client_payload.is_some() {
+                report.key_error(
+                    &path.key("client_payload"),
+                    "`client_payload` belongs to repository_dispatch targets; this target has `workflow`",
+                );
+            }
+            workflow_target(report, builder, path, &workflow, raw.git_ref, raw.inputs)
+        }
+        (Some(_), Some(_)) => {
+            report.error(
+                path,
+                "has both `event_type` and `workflow`; a target is either a repository_dispatch or a workflow_dispatch",
+            );
+            None
+        }
+        (None, None) => {
+            report.error(
+                path,
+                "needs `event_type` (repository_dispatch) or `workflow` and `ref` (workflow_dispatch)",
+            );
+            None
+        }
+    };
+    if report.errors.len() > errors_before {
+        return None;
+    }
+    Some(Target {
+        repo: repo?,
+        kind: kind?,
+    })
+}
+
+fn compile_string(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    path: &Path,
+    source: &str,
+) -> Option<crate::template::StringTemplate> {
+    builder
+        .string(&path.to_string(), source)
+        .map_err(|err| report.error(path, err.to_string()))
+        .ok()
+}
+
+fn compile_value(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    path: &Path,
+    value: &serde_json::Value,
+) -> Option<crate::template::ValueTemplate> {
+    builder
+        .value(&path.to_string(), value)
+        .map_err(|errors| {
+            for err in errors {
+                report.error(&path.join_template(err.at()), template_message(&err));
+            }
+        })
+        .ok()
+}
+
+fn template_message(err: &TemplateError) -> String {
+    err.to_string()
+}
+
+fn repository_target(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    path: &Path,
+    event_type: &str,
+    client_payload: Option<serde_json::Value>,
+) -> Option<TargetKind> {
+    let event_path = path.key("event_type");
+    let event_type = compile_string(report, builder, &event_path, event_type).and_then(|t| {
+        if let Some(text) = t.is_static() {
+            routing::check_event_type(text)
+                .map_err(|limit| report.error(&event_path, format!("event_type {limit}")))
+                .ok()?;
+        }
+        Some(t)
+    });
+
+    let payload_path = path.key("client_payload");
+    let payload = client_payload.unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+    let shape_ok = match &payload {
+        serde_json::Value::Object(_) => true,
+        serde_json::Value::String(text) if crate::template::lone_expression(text).is_some() => true,
+        other => {
+            report.error(
+                &payload_path,
+                format!(
+                    "must be a map, or a single `{{{{ expression }}}}` that renders an object; found {}",
+                    routing::json_type(other)
+                ),
+            );
+            false
+        }
+    };
+    let client_payload = shape_ok
+        .then(|| compile_value(report, builder, &payload_path, &payload))
+        .flatten()
+        .and_then(|t| {
+            if let Some(keys) = t.top_level_keys() {
+                routing::check_payload_keys(keys)
+                    .map_err(|limit| report.error(&payload_path, format!("client_payload {limit}")))
+                    .ok()?;
+            }
+            if let Some(value) = t.static_value() {
+                routing::check_client_payload(value)
+                    .map_err(|limit| report.error(&payload_path, format!("client_payload {limit}")))
+                    .ok()?;
+            }
+            Some(t)
+        });
+    Some(TargetKind::Repository {
+        event_type: event_type?,
+        client_payload: client_payload?,
+    })
+}
+
+fn workflow_target(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    path: &Path,
+    workflow: &str,
+    git_ref: Option<String>,
+    inputs: Option<serde_json::Value>,
+) -> Option<TargetKind> {
+    let workflow_path = path.key("workflow");
+    if workflow.is_empty() {
+        report.error(&workflow_path, "is empty");
+    }
+    let workflow = compile_string(report, builder, &workflow_path, workflow);
+
+    let ref_path = path.key("ref");
+    let git_ref = match git_ref {
+        Some(git_ref) if git_ref.is_empty() => {
+            report.error(&ref_path, "is empty");
+            None
+        }
+        Some(git_ref) => compile_string(report, builder, &ref_path, &git_ref),
+        None => {
+            report.error(
+                path,
+                "missing key `ref` (the branch or tag the workflow runs on)",
+            );
+            None
+        }
+    };
+
+    let inputs_path = path.key("inputs");
+    let inputs = inputs.unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+    let shape_ok = match &inputs {
+        serde_json::Value::Object(_) => true,
+        serde_json::Value::String(text) if crate::template::lone_expression(text).is_some() => true,
+        other => {
+            report.error(
+                &inputs_path,
+                format!(
+                    "must be a map, or a single `{{{{ expression }}}}` that renders an object; found {}",
+                    routing::json_type(other)
+                ),
+            );
+            false
+        }
+    };
+    let inputs = shape_ok
+        .then(|| compile_value(report, builder, &inputs_path, &inputs))
+        .flatten()
+        .and_then(|t| {
+            if let Some(keys) = t.top_level_keys() {
+                routing::check_input_count(keys)
+                    .map_err(|limit| report.error(&inputs_path, format!("inputs {limit}")))
+                    .ok()?;
+            }
+            if let Some(value) = t.static_value() {
+                routing::check_inputs(value)
+                    .map_err(|limit| report.error(&inputs_path, format!("inputs {limit}")))
+                    .ok()?;
+            }
+            Some(t)
+        });
+    Some(TargetKind::Workflow {
+        workflow: workflow?,
+        git_ref: git_ref?,
+        inputs: inputs?,
+    })
+}

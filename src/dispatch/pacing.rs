@@ -1,0 +1,165 @@
+//! Pacing of requests per GitHub credential.
+//!
+//! GitHub's guidance for mutating requests is to make them one at a time, at
+//! least a second apart, and to stay under about 80 a minute; going faster
+//! trips secondary rate limits, which then stop every dispatch. A `Pacer`
+//! enforces that per credential and, when GitHub answers with a rate limit,
+//! pauses the credential's whole queue until GitHub's wait is over.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::Pacing;
+
+/// The most requests in flight when pacing is off. It bounds memory and
+/// sockets under a deep queue; the fake GitHub of the benchmarks saturates
+/// well below it.
+pub const UNPACED_IN_FLIGHT: usize = 64;
+
+/// Pacing state for one credential.
+#[derive(Debug)]
+pub struct Pacer {
+    slots: Arc<Semaphore>,
+    min_interval: Duration,
+    per_minute: Option<DefaultDirectRateLimiter>,
+    /// The earliest moment the next request may start (min_interval).
+    next_start: Mutex<Instant>,
+    /// Set while GitHub has asked us to wait.
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    pub fn new(pacing: &Pacing) -> Pacer {
+        match pacing {
+            Pacing::Off => Pacer {
+                slots: Arc::new(Semaphore::new(UNPACED_IN_FLIGHT)),
+                min_interval: Duration::ZERO,
+                per_minute: None,
+                next_start: Mutex::new(Instant::now()),
+                paused_until: Mutex::new(None),
+            },
+            Pacing::Paced {
+                concurrency,
+                min_interval,
+                per_minute,
+            } => Pacer {
+                slots: Arc::new(Semaphore::new((*concurrency).max(1) as usize)),
+                min_interval: *min_interval,
+                per_minute: NonZeroU32::new(*per_minute)
+                    .map(|n| RateLimiter::direct(Quota::per_minute(n))),
+                next_start: Mutex::new(Instant::now()),
+                paused_until: Mutex::new(None),
+            },
+        }
+    }
+
+    /// Waits for a free slot (concurrency), then takes every other slot that
+    /// is free right now, up to `max`, so one lease can fill them all.
+    pub async fn slots(&self, max: usize) -> Vec<OwnedSemaphorePermit> {
+        let Ok(first) = self.slots.clone().acquire_owned().await else {
+            return Vec::new();
+        };
+        let mut permits = vec![first];
+        while permits.len() < max {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        permits
+    }
+
+    /// Waits while GitHub has paused this credential.
+    pub async fn wait_unpaused(&self) {
+        loop {
+            let until = *self.paused_until.lock().expect("pacer lock");
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// Waits for this request's turn: after any pause, `min_interval` after
+    /// the previous start, and within the per-minute budget.
+    pub async fn wait_turn(&self) {
+        self.wait_unpaused().await;
+        if let Some(limiter) = &self.per_minute {
+            limiter.until_ready().await;
+        }
+        if !self.min_interval.is_zero() {
+            let start = {
+                let mut next = self.next_start.lock().expect("pacer lock");
+                let start = (*next).max(Instant::now());
+                *next = start + self.min_interval;
+                start
+            };
+            tokio::time::sleep_until(start).await;
+        }
+        // A pause may have begun while this request waited its turn.
+        self.wait_unpaused().await;
+    }
+
+    /// Pauses the credential for `wait` (GitHub's retry-after or reset).
+    pub fn pause(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut paused = self.paused_until.lock().expect("pacer lock");
+        if paused.is_none_or(|t| t < until) {
+            *paused = Some(until);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_requests_start_min_interval_apart() {
+        let pacer = Pacer::new(&Pacing::Paced {
+            concurrency: 1,
+            min_interval: Duration::from_secs(1),
+            per_minute: 80,
+        });
+        let start = Instant::now();
+        for expected in 0..3u64 {
+            pacer.wait_turn().await;
+            assert_eq!(start.elapsed().as_secs(), expected);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_request_until_it_ends() {
+        let pacer = Pacer::new(&Pacing::Off);
+        let start = Instant::now();
+        pacer.pause(Duration::from_secs(30));
+        pacer.pause(Duration::from_secs(5));
+        pacer.wait_turn().await;
+        assert_eq!(
+            start.elapsed().as_secs(),
+            30,
+            "a shorter pause never shortens a longer one"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_follow_concurrency() {
+        let pacer = Pacer::new(&Pacing::Paced {
+            concurrency: 2,
+            min_interval: Duration::ZERO,
+            per_minute: 0,
+        });
+        let held = pacer.slots(10).await;
+        assert_eq!(held.len(), 2);
+        drop(held);
+        assert_eq!(
+            Pacer::new(&Pacing::Off).slots(1000).await.len(),
+            UNPACED_IN_FLIGHT
+        );
+    }
+}

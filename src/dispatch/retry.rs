@@ -1,0 +1,432 @@
+//! Retry classification: what to do with GitHub's answer to one attempt.
+//!
+//! `classify` is a pure function of the answer, the job's history, the retry
+//! policy, the clock and a jitter sample, so every rule of the delivery
+//! contract is pinned by the table of unit tests below rather than by timing
+//! tests.
+
+use std::time::Duration;
+
+use crate::config::RetryConfig;
+use crate::github::{Answer, TransportError};
+
+/// What the worker saw for one attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    Answer(&'a Answer),
+    Transport(&'a TransportError),
+}
+
+/// Where the job stands when its attempt is classified.
+#[derive(Debug, Clone, Copy)]
+pub struct History {
+    /// Failed attempts before this one that count against `max_attempts`
+    /// (rate-limit answers do not: waiting them out is not a failure).
+    pub failures: u32,
+    /// Time since the webhook was accepted.
+    pub age: Duration,
+}
+
+/// The decision for a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Delivered,
+    Retry {
+        delay: Duration,
+        /// Set for rate limits: the whole credential's queue waits this long,
+        /// because further requests with it would only be refused too.
+        pause_credential: Option<Duration>,
+        counts_as_failure: bool,
+        reason: String,
+    },
+    Fail {
+        reason: String,
+    },
+}
+
+/// The wait when GitHub signals a rate limit without saying for how long;
+/// GitHub's guidance for secondary limits is to wait at least a minute.
+pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+pub const BAD_CREDENTIALS: &str = "bad credentials: token invalid or expired";
+
+pub const NOT_FOUND: &str = "repository not found, or the credential cannot see it — a classic PAT needs `repo`, \
+a fine-grained token Contents: write, an App must be installed on the repository with Contents: write";
+
+/// Decides what happens after one attempt.
+///
+/// `now_epoch_secs` reads `x-ratelimit-reset`; `jitter` is a sample from
+/// `[0, 1)` that spreads retries ("full jitter": the delay is uniform between
+/// zero and the exponential bound), so that many jobs failing together do not
+/// come back together.
+pub fn classify(
+    outcome: Outcome<'_>,
+    history: History,
+    policy: &RetryConfig,
+    now_epoch_secs: u64,
+    jitter: f64,
+) -> Action {
+    let answer = match outcome {
+        Outcome::Transport(error) => return transient(error.to_string(), history, policy, jitter),
+        Outcome::Answer(answer) => answer,
+    };
+    let status = answer.status;
+    let message = answer.message.as_deref().unwrap_or("").trim();
+    if (200..300).contains(&status) {
+        return Action::Delivered;
+    }
+    if let Some(wait) = rate_limit_wait(answer, now_epoch_secs) {
+        let reason = format!(
+            "rate limited by GitHub ({status}), waiting {}s",
+            wait.as_secs()
+        );
+        if history.age + wait > policy.give_up_after {
+            return Action::Fail {
+                reason: format!("{reason}: that passes retry.give_up_after, giving up"),
+            };
+        }
+        return Action::Retry {
+            delay: wait,
+            pause_credential: Some(wait),
+            counts_as_failure: false,
+            reason,
+        };
+    }
+    match status {
+        401 => Action::Fail {
+            reason: BAD_CREDENTIALS.to_string(),
+        },
+        404 => Action::Fail {
+            reason: NOT_FOUND.to_string(),
+        },
+        422 => Action::Fail {
+            reason: with_message("GitHub rejected the request (422)", message),
+        },
+        403 => Action::Fail {
+            reason: with_message(
+                "forbidden (403): the credential lacks a permission this dispatch needs",
+                message,
+            ),
+        },
+        408 | 500..=599 => transient(
+            with_message(&format!("GitHub answered {status}"), message),
+            history,
+            policy,
+            jitter,
+        ),
+        _ => Action::Fail {
+            reason: with_message(&format!("GitHub answered {status}"), message),
+        },
+    }
+}
+
+fn with_message(lead: &str, message: &str) -> String {
+    if message.is_empty() {
+        lead.to_string()
+    } else {
+        format!("{lead}: {message}")
+    }
+}
+
+/// A failure that may pass: retry with backoff until the policy runs out.
+fn transient(reason: String, history: History, policy: &RetryConfig, jitter: f64) -> Action {
+    let failures = history.failures + 1;
+    if failures >= policy.max_attempts {
+        return Action::Fail {
+            reason: format!("gave up after {failures} attempts: {reason}"),
+        };
+    }
+    let delay = backoff(failures, policy, jitter);
+    if history.age + delay > policy.give_up_after {
+        return Action::Fail {
+            reason: format!(
+                "gave up after {failures} attempts (retry.give_up_after reached): {reason}"
+            ),
+        };
+    }
+    Action::Retry {
+        delay,
+        pause_credential: None,
+        counts_as_failure: true,
+        reason,
+    }
+}
+
+/// Full-jitter exponential backoff: uniform in `[0, min(max, initial·2^(n-1))]`.
+pub fn backoff(failures: u32, policy: &RetryConfig, jitter: f64) -> Duration {
+    let exponent = failures.saturating_sub(1).min(30);
+    let bound = policy
+        .initial_backoff
+        .saturating_mul(1u32 << exponent)
+        .min(policy.max_backoff);
+    bound.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// How long GitHub asks us to wait, when the answer is a rate limit.
+fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration> {
+    let message = answer.message.as_deref().unwrap_or("").to_ascii_lowercase();
+    let is_limit = match answer.status {
+        429 => true,
+        403 => {
+            answer.rate.retry_after_secs.is_some()
+                || answer.rate.remaining == Some(0)
+                || message.contains("rate limit")
+        }
+        _ => false,
+    };
+    if !is_limit {
+        return None;
+    }
+    if let Some(secs) = answer.rate.retry_after_secs {
+        return Some(Duration::from_secs(secs.max(1)));
+    }
+    if answer.rate.remaining == Some(0) {
+        if let Some(reset) = answer.rate.reset_epoch_secs {
+            return Some(Duration::from_secs(
+                reset.saturating_sub(now_epoch_secs).max(1),
+            ));
+        }
+    }
+    Some(DEFAULT_RATE_LIMIT_WAIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::github::RateHeaders;
+
+    fn policy() -> RetryConfig {
+        RetryConfig {
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(600),
+            give_up_after: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    fn answer(status: u16, message: &str, rate: RateHeaders) -> Answer {
+        Answer {
+            status,
+            rate,
+            message: (!message.is_empty()).then(|| message.to_string()),
+            body: None,
+        }
+    }
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn fresh() -> History {
+        History {
+            failures: 0,
+            age: Duration::from_secs(1),
+        }
+    }
+
+    /// (delay, credential pause, counts as failure)
+    type RetryParts = (Duration, Option<Duration>, bool);
+
+    fn retry(delay: u64, pause: Option<u64>, counts: bool) -> RetryParts {
+        (
+            Duration::from_secs(delay),
+            pause.map(Duration::from_secs),
+            counts,
+        )
+    }
+
+    fn retry_parts(action: &Action) -> Option<RetryParts> {
+        match action {
+            Action::Retry {
+                delay,
+                pause_credential,
+                counts_as_failure,
+                ..
+            } => Some((*delay, *pause_credential, *counts_as_failure)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn answers_map_to_actions() {
+        let none = RateHeaders::default();
+        let retry_after = RateHeaders {
+            retry_after_secs: Some(7),
+            ..none
+        };
+        let exhausted = RateHeaders {
+            remaining: Some(0),
+            reset_epoch_secs: Some(NOW + 120),
+            ..none
+        };
+        // (answer, jitter, expected retry parts or expected failure text)
+        let cases: Vec<(Answer, Option<RetryParts>, &str)> = vec![
+            (answer(204, "", none), None, "delivered"),
+            (answer(200, "", none), None, "delivered"),
+            (
+                answer(502, "Bad Gateway", none),
+                Some(retry(1, None, true)),
+                "",
+            ),
+            (answer(503, "", none), Some(retry(1, None, true)), ""),
+            (answer(500, "", none), Some(retry(1, None, true)), ""),
+            (
+                answer(429, "", retry_after),
+                Some(retry(7, Some(7), false)),
+                "",
+            ),
+            (answer(429, "", none), Some(retry(60, Some(60), false)), ""),
+            (
+                answer(403, "API rate limit exceeded for user", exhausted),
+                Some(retry(120, Some(120), false)),
+                "",
+            ),
+            (
+                answer(
+                    403,
+                    "You have exceeded a secondary rate limit. Please wait a few minutes",
+                    none,
+                ),
+                Some(retry(60, Some(60), false)),
+                "",
+            ),
+            (
+                answer(
+                    403,
+                    "You have exceeded a secondary rate limit.",
+                    retry_after,
+                ),
+                Some(retry(7, Some(7), false)),
+                "",
+            ),
+            (answer(401, "Bad credentials", none), None, BAD_CREDENTIALS),
+            (answer(404, "Not Found", none), None, NOT_FOUND),
+            (
+                answer(
+                    422,
+                    "Invalid request. client_payload has too many properties",
+                    none,
+                ),
+                None,
+                "GitHub rejected the request (422): Invalid request. client_payload has too many properties",
+            ),
+            (
+                answer(
+                    403,
+                    "Resource not accessible by personal access token",
+                    none,
+                ),
+                None,
+                "forbidden (403): the credential lacks a permission this dispatch needs: Resource not accessible by personal access token",
+            ),
+            (
+                answer(400, "Problems parsing JSON", none),
+                None,
+                "GitHub answered 400: Problems parsing JSON",
+            ),
+        ];
+        for (answer, expected_retry, expected_text) in cases {
+            let action = classify(Outcome::Answer(&answer), fresh(), &policy(), NOW, 1.0);
+            match (&action, expected_retry) {
+                (Action::Retry { .. }, Some(expected)) => {
+                    assert_eq!(
+                        retry_parts(&action),
+                        Some(expected),
+                        "status {}",
+                        answer.status
+                    )
+                }
+                (Action::Delivered, None) => assert_eq!(expected_text, "delivered"),
+                (Action::Fail { reason }, None) => {
+                    assert_eq!(reason, expected_text, "status {}", answer.status)
+                }
+                _ => panic!("status {}: unexpected {action:?}", answer.status),
+            }
+        }
+    }
+
+    #[test]
+    fn transport_errors_are_retried() {
+        for error in [
+            TransportError::Timeout,
+            TransportError::Connect("refused".into()),
+            TransportError::Other("reset".into()),
+        ] {
+            let action = classify(Outcome::Transport(&error), fresh(), &policy(), NOW, 0.5);
+            assert_eq!(
+                retry_parts(&action),
+                Some((Duration::from_millis(500), None, true))
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_full_jitter() {
+        let p = policy();
+        let table = [
+            (1, 1.0, 1),
+            (2, 1.0, 2),
+            (3, 1.0, 4),
+            (10, 1.0, 512),
+            (11, 1.0, 600),
+            (40, 1.0, 600),
+            (3, 0.0, 0),
+        ];
+        for (failures, jitter, secs) in table {
+            assert_eq!(
+                backoff(failures, &p, jitter),
+                Duration::from_secs(secs),
+                "failures {failures}"
+            );
+        }
+        assert_eq!(backoff(3, &p, 0.5), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn attempts_run_out() {
+        let error = TransportError::Timeout;
+        let history = History {
+            failures: 9,
+            age: Duration::from_secs(100),
+        };
+        match classify(Outcome::Transport(&error), history, &policy(), NOW, 0.5) {
+            Action::Fail { reason } => assert_eq!(
+                reason,
+                "gave up after 10 attempts: timed out waiting for GitHub"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn give_up_after_bounds_retries_and_rate_limit_waits() {
+        let old = History {
+            failures: 1,
+            age: Duration::from_secs(24 * 3600 - 1),
+        };
+        let answer_502 = answer(502, "", RateHeaders::default());
+        assert!(matches!(
+            classify(Outcome::Answer(&answer_502), old, &policy(), NOW, 1.0),
+            Action::Fail { .. }
+        ));
+        let limited = answer(429, "", RateHeaders::default());
+        assert!(matches!(
+            classify(Outcome::Answer(&limited), old, &policy(), NOW, 1.0),
+            Action::Fail { .. }
+        ));
+    }
+
+    #[test]
+    fn rate_limits_do_not_use_up_attempts() {
+        let limited = answer(429, "", RateHeaders::default());
+        let history = History {
+            failures: 9,
+            age: Duration::from_secs(10),
+        };
+        assert!(matches!(
+            classify(Outcome::Answer(&limited), history, &policy(), NOW, 1.0),
+            Action::Retry {
+                counts_as_failure: false,
+                ..
+            }
+        ));
+    }
+}

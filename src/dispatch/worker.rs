@@ -1,0 +1,262 @@
+//! The dispatch worker: leases due jobs from the store, waits for the
+//! credential's turn, sends each to GitHub, classifies the answer and
+//! records it.
+//!
+//! The worker never propagates an error for a single job: it classifies and
+//! records it. A store failure makes the loop back off and try again; the
+//! leased jobs come back after a restart, which is why delivery is
+//! at-least-once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::pacing::Pacer;
+use super::retry::{self, Action, History, Outcome};
+use crate::config::RetryConfig;
+use crate::github::{Answer, Credentials, GitHubClient};
+use crate::store::{AttemptRecord, Job, JobNext, Store, now_ms};
+use crate::telemetry::{DispatchOutcome, Metrics};
+
+/// How long a lease lasts. It only has to outlive one send including its
+/// pacing wait (a primary rate-limit pause lasts at most an hour); leases are
+/// cleared when the relay starts, so a crash never leaves jobs stuck.
+const LEASE: Duration = Duration::from_secs(2 * 3600);
+
+/// How often an idle worker looks at the store even without a wake-up, as a
+/// safety net; accepted webhooks wake it at once.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// The pieces a worker needs.
+pub struct Dispatcher {
+    pub store: Store,
+    pub client: GitHubClient,
+    pub credentials: Arc<Credentials>,
+    pub retry: RetryConfig,
+    pub pacer: Arc<Pacer>,
+    pub metrics: Metrics,
+}
+
+/// Lets the accept path wake the worker and `serve` stop it.
+#[derive(Clone, Debug)]
+pub struct DispatcherHandle {
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl DispatcherHandle {
+    /// Tells the worker that new jobs are due.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stops leasing, lets in-flight sends finish within `grace`, and returns
+    /// whether they all did.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+impl Dispatcher {
+    /// Starts the worker loop on the current runtime.
+    pub fn spawn(self) -> DispatcherHandle {
+        let handle = DispatcherHandle {
+            wake: Arc::new(Notify::new()),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        let worker = Arc::new(self);
+        let loop_handle = handle.clone();
+        handle
+            .tracker
+            .spawn(async move { worker.run(loop_handle).await });
+        handle
+    }
+
+    async fn run(self: Arc<Self>, handle: DispatcherHandle) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = handle.shutdown.cancelled() => return,
+                _ = self.pacer.wait_unpaused() => {}
+            }
+            let slots = tokio::select! {
+                biased;
+                _ = handle.shutdown.cancelled() => return,
+                slots = self.pacer.slots(usize::MAX) => slots,
+            };
+            let jobs = match self
+                .store
+                .lease_due(now_ms(), slots.len(), LEASE.as_millis() as i64)
+                .await
+            {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::error!(error = %e, "Could not lease jobs; retrying shortly");
+                    drop(slots);
+                    self.idle(&handle, Some(IDLE_POLL)).await;
+                    continue;
+                }
+            };
+            if jobs.is_empty() {
+                drop(slots);
+                let next_due = self.store.next_due_ms().await.ok().flatten();
+                let wait = next_due
+                    .map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64));
+                self.idle(&handle, wait).await;
+                continue;
+            }
+            for (job, slot) in jobs.into_iter().zip(slots) {
+                let worker = self.clone();
+                let shutdown = handle.shutdown.clone();
+                let span = tracing::info_span!("dispatch", delivery_id = %job.delivery_id, route = %job.route, repo = %job.repo);
+                handle.tracker.spawn(
+                    async move { worker.send_one(job, slot, shutdown).await }.instrument(span),
+                );
+            }
+        }
+    }
+
+    /// Sleeps until woken, until `wait` passes (capped by the idle poll), or
+    /// until shutdown.
+    async fn idle(&self, handle: &DispatcherHandle, wait: Option<Duration>) {
+        let wait = wait.unwrap_or(IDLE_POLL).min(IDLE_POLL);
+        if wait.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = handle.shutdown.cancelled() => {}
+            _ = handle.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    async fn send_one(&self, job: Job, slot: OwnedSemaphorePermit, shutdown: CancellationToken) {
+        // Waiting for the turn is abandoned on shutdown: the job has not been
+        // sent, so its lease is given back and it stays queued.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                let _ = self.store.release(vec![job.id]).await;
+                return;
+            }
+            _ = self.pacer.wait_turn() => {}
+        }
+        let token = match self.credentials.token_for(&job.repo).await {
+            Ok(token) => token,
+            Err(e) => {
+                // Without a credential nothing can be sent; treat it like a
+                // transient failure so the job waits for the next try.
+                let answer = Err(crate::github::TransportError::Other(e.to_string()));
+                self.finish(job, now_ms(), Duration::ZERO, answer).await;
+                drop(slot);
+                return;
+            }
+        };
+        let started_ms = now_ms();
+        let started = std::time::Instant::now();
+        let answer = self.client.post_json(&job.path, &job.body, &token).await;
+        let elapsed = started.elapsed();
+        self.finish(job, started_ms, elapsed, answer).await;
+        drop(slot);
+    }
+
+    async fn finish(
+        &self,
+        job: Job,
+        started_ms: i64,
+        elapsed: Duration,
+        answer: Result<Answer, crate::github::TransportError>,
+    ) {
+        let endpoint = if job.path.ends_with("/actions/workflows")
+            || job.path.contains("/actions/workflows/")
+        {
+            "workflow_dispatch"
+        } else {
+            "repository_dispatch"
+        };
+        let status = answer.as_ref().ok().map(|a| a.status);
+        self.metrics
+            .github_request(endpoint, status, elapsed.as_secs_f64());
+        if let Ok(a) = &answer {
+            if let Some(remaining) = a.rate.remaining {
+                self.metrics
+                    .rate_limit_remaining(&self.credentials.label(&job.repo), remaining);
+            }
+        }
+        let outcome = match &answer {
+            Ok(a) => Outcome::Answer(a),
+            Err(e) => Outcome::Transport(e),
+        };
+        let history = History {
+            failures: job.failures,
+            age: Duration::from_millis(now_ms().saturating_sub(job.received_at_ms).max(0) as u64),
+        };
+        let now_epoch = (now_ms() / 1000) as u64;
+        let jitter: f64 = rand::thread_rng().r#gen();
+        let action = retry::classify(outcome, history, &self.retry, now_epoch, jitter);
+        let detail = match &answer {
+            Ok(a) => match &a.message {
+                Some(m) => format!("{} {}", a.status, m),
+                None => a.status.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        let next = match &action {
+            Action::Delivered => {
+                self.metrics
+                    .dispatch(&job.route, DispatchOutcome::Delivered);
+                let latency = (now_ms() - job.received_at_ms).max(0) as f64 / 1000.0;
+                self.metrics.delivered(&job.route, latency);
+                tracing::info!(status = ?status, attempts = job.attempts + 1, "Dispatch delivered");
+                JobNext::Delivered
+            }
+            Action::Retry {
+                delay,
+                pause_credential,
+                counts_as_failure,
+                reason,
+            } => {
+                self.metrics.dispatch(&job.route, DispatchOutcome::Retried);
+                if let Some(wait) = pause_credential {
+                    self.pacer.pause(*wait);
+                }
+                tracing::warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "Dispatch will be retried");
+                JobNext::Retry {
+                    at_ms: now_ms() + delay.as_millis() as i64,
+                    counts_as_failure: *counts_as_failure,
+                }
+            }
+            Action::Fail { reason } => {
+                self.metrics.dispatch(&job.route, DispatchOutcome::Failed);
+                tracing::error!(reason = %reason, status = ?status, "Dispatch failed for good");
+                JobNext::Failed {
+                    reason: reason.clone(),
+                }
+            }
+        };
+        let record = AttemptRecord {
+            job_id: job.id,
+            started_at_ms: started_ms,
+            duration_ms: elapsed.as_millis() as i64,
+            status_code: status,
+            detail,
+            next,
+        };
+        if let Err(e) = self.store.record(record).await {
+            // The job stays leased; the next start sends it again, which is
+            // the at-least-once promise.
+            tracing::error!(error = %e, "Could not record the attempt");
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! From a raw request to the template context, and from a rendered plan to
+//! the jobs the store keeps. Pure: the HTTP handler, `render` and
+//! `redeliver` all go through these functions, so a webhook is understood the
+//! same way whichever door it comes in by.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Map, Value};
+
+use crate::config::{Route, Verify};
+use crate::routing::{DispatchRequest, RenderedTarget};
+use crate::store::{NewJob, StoredRequest};
+use crate::template::Context;
+
+/// The body could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is not valid JSON: {0}")]
+    Json(String),
+    #[error("the form field `payload` is not valid JSON: {0}")]
+    FormPayload(String),
+    #[error("the body is not valid UTF-8")]
+    NotUtf8,
+}
+
+/// Headers that carry credentials; they are never stored.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
+/// Builds the stored form of a request, leaving out credential headers
+/// (including the route's own token header).
+pub fn stored_request(
+    route: &Route,
+    content_type: Option<&str>,
+    query: Vec<(String, String)>,
+    headers: &BTreeMap<String, String>,
+    body: &[u8],
+) -> StoredRequest {
+    let token_header = match &route.verify {
+        Verify::Token { header, .. } => Some(header.as_str()),
+        _ => None,
+    };
+    let headers = headers
+        .iter()
+        .filter(|(name, _)| {
+            !CREDENTIAL_HEADERS.contains(&name.as_str()) && Some(name.as_str()) != token_header
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let (body, body_base64) = match std::str::from_utf8(body) {
+        Ok(text) => (text.to_string(), false),
+        Err(_) => (STANDARD.encode(body), true),
+    };
+    StoredRequest {
+        content_type: content_type.map(str::to_string),
+        query,
+        headers,
+        body,
+        body_base64,
+    }
+}
+
+/// The raw body bytes of a stored request.
+pub fn stored_body(request: &StoredRequest) -> Vec<u8> {
+    if request.body_base64 {
+        STANDARD.decode(&request.body).unwrap_or_default()
+    } else {
+        request.body.as_bytes().to_vec()
+    }
+}
+
+/// Parses a body by its content type: JSON as is; form-encoded as an object
+/// of fields whose `payload` field, when it holds JSON, is parsed (GitHub
+/// and Slack send form bodies so); an empty body is `null`. Anything else is
+/// tried as JSON and otherwise kept as a string.
+pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, BodyError> {
+    let mime = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    if mime == "application/x-www-form-urlencoded" {
+        let mut fields = Map::new();
+        for (key, value) in url::form_urlencoded::parse(body) {
+            let value = if key == "payload" {
+                serde_json::from_str(&value).map_err(|e| BodyError::FormPayload(e.to_string()))?
+            } else {
+                Value::String(value.into_owned())
+            };
+            fields.insert(key.into_owned(), value);
+        }
+        return Ok(Value::Object(fields));
+    }
+    let is_json = mime.is_empty()
+        || mime == "application/json"
+        || mime.ends_with("+json")
+        || mime.ends_with("/json");
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) => Ok(value),
+        Err(e) if is_json => Err(BodyError::Json(e.to_string())),
+        Err(_) => std::str::from_utf8(body)
+            .map(|text| Value::String(text.to_string()))
+            .map_err(|_| BodyError::NotUtf8),
+    }
+}
+
+/// Builds the template context of a request.
+pub fn context(
+    route: &str,
+    body: Value,
+    headers: &BTreeMap<String, String>,
+    query: &[(String, String)],
+    delivery_id: &str,
+    received_at_ms: i64,
+) -> Context {
+    Context {
+        body,
+        headers: headers.clone(),
+        query: query.iter().cloned().collect(),
+        route: route.to_string(),
+        delivery_id: delivery_id.to_string(),
+        received_at: rfc3339(received_at_ms),
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 in UTC.
+pub fn rfc3339(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// The jobs for a rendered plan, one per target.
+pub fn jobs(targets: &[RenderedTarget]) -> Vec<NewJob> {
+    targets
+        .iter()
+        .map(|t| NewJob {
+            target_index: t.target_index,
+            repo: t.repo.clone(),
+            label: t.request.label().to_string(),
+            path: t.request.path(&t.repo),
+            body: t.request.body().to_string(),
+        })
+        .collect()
+}
+
+/// The `dispatches` list of a 202 answer.
+pub fn dispatch_summary(targets: &[RenderedTarget]) -> Value {
+    Value::Array(
+        targets
+            .iter()
+            .map(|t| match &t.request {
+                DispatchRequest::Repository { event_type, .. } => {
+                    serde_json::json!({"repo": t.repo, "event_type": event_type})
+                }
+                DispatchRequest::Workflow {
+                    workflow, git_ref, ..
+                } => {
+                    serde_json::json!({"repo": t.repo, "workflow": workflow, "ref": git_ref})
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bodies_parse_by_content_type() {
+        type Case<'a> = (Option<&'a str>, &'a [u8], Result<Value, ()>);
+        let cases: Vec<Case> = vec![
+            (Some("application/json"), br#"{"a":1}"#, Ok(json!({"a": 1}))),
+            (
+                Some("application/json; charset=utf-8"),
+                br#"[1,true]"#,
+                Ok(json!([1, true])),
+            ),
+            (
+                Some("application/vnd.contentful.management.v1+json"),
+                br#"{"b":2}"#,
+                Ok(json!({"b": 2})),
+            ),
+            (None, br#"{"c":3}"#, Ok(json!({"c": 3}))),
+            (
+                Some("text/plain; charset=UTF-8"),
+                br#"{"d":4}"#,
+                Ok(json!({"d": 4})),
+            ),
+            (Some("text/plain"), b"hello", Ok(json!("hello"))),
+            (Some("application/json"), b"{nope", Err(())),
+            (Some("application/json"), b"", Ok(Value::Null)),
+            (
+                Some("application/x-www-form-urlencoded"),
+                b"payload=%7B%22ref%22%3A%22main%22%7D&x=a+b",
+                Ok(json!({"payload": {"ref": "main"}, "x": "a b"})),
+            ),
+            (
+                Some("application/x-www-form-urlencoded"),
+                b"payload=%7Bnope",
+                Err(()),
+            ),
+        ];
+        for (content_type, body, expected) in cases {
+            let got = parse_body(content_type, body).map_err(|_| ());
+            assert_eq!(
+                got,
+                expected,
+                "{content_type:?} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn received_at_is_rfc3339() {
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

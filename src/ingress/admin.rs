@@ -1,0 +1,111 @@
+//! The admin API: list deliveries, show one with its attempts, redeliver.
+//! Disabled unless `RELAY_ADMIN_TOKEN` is set; the bearer token is compared
+//! in constant time.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use super::error::IngressError;
+use super::state::AppState;
+use crate::redeliver::{self, Redelivered};
+use crate::store::{ListFilter, Status};
+
+fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError> {
+    let Some(expected) = &state.admin_token else {
+        return Err(IngressError::AdminDisabled);
+    };
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
+        Ok(())
+    } else {
+        Err(IngressError::Unauthorized {
+            basic_challenge: false,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    route: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, IngressError> {
+    authorize(&state, &request)?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            IngressError::BadRequest(format!(
+                "unknown status `{s}`: use pending, delivered or failed"
+            ))
+        })?),
+    };
+    let filter = ListFilter {
+        status,
+        route: query.route.clone(),
+        since_ms: None,
+        limit: query.limit.unwrap_or(50).min(1000),
+    };
+    let deliveries = state
+        .store
+        .list(filter)
+        .await
+        .map_err(|e| IngressError::Unavailable(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"deliveries": deliveries})))
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, IngressError> {
+    authorize(&state, &request)?;
+    match state
+        .store
+        .get(&id)
+        .await
+        .map_err(|e| IngressError::Unavailable(e.to_string()))?
+    {
+        Some((delivery, attempts)) => Ok(HttpResponse::Ok()
+            .json(serde_json::json!({"delivery": delivery, "attempts": attempts}))),
+        None => Err(IngressError::NotFound(id.into_inner())),
+    }
+}
+
+pub async fn redeliver(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, IngressError> {
+    authorize(&state, &request)?;
+    let routes = state.routes();
+    let outcome = redeliver::redeliver_one(&state.store, &routes.config, &id)
+        .await
+        .map_err(|e| IngressError::Unavailable(e.to_string()))?;
+    match outcome {
+        Some(Redelivered::Requeued) | Some(Redelivered::Rerendered) => {
+            state.dispatcher.wake();
+            Ok(HttpResponse::Accepted()
+                .json(serde_json::json!({"delivery_id": id.into_inner(), "requeued": true})))
+        }
+        Some(Redelivered::StillFailing(reason)) => Err(IngressError::Unprocessable(reason)),
+        None => Err(IngressError::Conflict(format!(
+            "delivery `{}` is not failed (or does not exist); only failed deliveries are redelivered",
+            id.into_inner()
+        ))),
+    }
+}

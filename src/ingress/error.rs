@@ -1,0 +1,104 @@
+//! The HTTP errors of the webhook endpoint: one variant per status of the
+//! HTTP contract, each answered as `{"error": code, "message": sentence}`.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::telemetry::WebhookOutcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("no route `{0}` is configured")]
+    UnknownRoute(String),
+    #[error("missing or invalid credentials")]
+    Unauthorized { basic_challenge: bool },
+    #[error("requests from this address are not allowed for this route")]
+    Forbidden,
+    #[error("the body is larger than this route's limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("too many requests for this route; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the admin API is disabled: set RELAY_ADMIN_TOKEN to enable it")]
+    AdminDisabled,
+    #[error("delivery `{0}` not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl IngressError {
+    fn code(&self) -> &'static str {
+        match self {
+            IngressError::UnknownRoute(_) => "unknown_route",
+            IngressError::Unauthorized { .. } => "unauthorized",
+            IngressError::Forbidden => "forbidden",
+            IngressError::TooLarge { .. } => "too_large",
+            IngressError::BadRequest(_) => "bad_request",
+            IngressError::Unprocessable(_) => "unprocessable",
+            IngressError::RateLimited { .. } => "rate_limited",
+            IngressError::Unavailable(_) => "unavailable",
+            IngressError::AdminDisabled => "admin_disabled",
+            IngressError::NotFound(_) => "not_found",
+            IngressError::Conflict(_) => "conflict",
+        }
+    }
+
+    /// The webhook outcome for metrics, where this error ends a webhook.
+    pub fn outcome(&self) -> Option<WebhookOutcome> {
+        Some(match self {
+            IngressError::Unauthorized { .. } => WebhookOutcome::Unauthorized,
+            IngressError::Forbidden => WebhookOutcome::Forbidden,
+            IngressError::TooLarge { .. } => WebhookOutcome::TooLarge,
+            IngressError::BadRequest(_) => WebhookOutcome::BadRequest,
+            IngressError::Unprocessable(_) => WebhookOutcome::Unprocessable,
+            IngressError::RateLimited { .. } => WebhookOutcome::RateLimited,
+            IngressError::Unavailable(_) => WebhookOutcome::Unavailable,
+            _ => return None,
+        })
+    }
+}
+
+impl ResponseError for IngressError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            IngressError::UnknownRoute(_)
+            | IngressError::NotFound(_)
+            | IngressError::AdminDisabled => StatusCode::NOT_FOUND,
+            IngressError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            IngressError::Forbidden => StatusCode::FORBIDDEN,
+            IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            IngressError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            IngressError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Conflict(_) => StatusCode::CONFLICT,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            IngressError::Unauthorized {
+                basic_challenge: true,
+            } => {
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, r#"Basic realm="dispatch-relay""#));
+            }
+            IngressError::RateLimited { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_secs)));
+            }
+            IngressError::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from(5u64)));
+            }
+            _ => {}
+        }
+        response.json(serde_json::json!({"error": self.code(), "message": self.to_string()}))
+    }
+}

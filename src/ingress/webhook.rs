@@ -1,0 +1,242 @@
+//! `POST /hooks/{route}`: verify, parse, render, commit, answer.
+//!
+//! The handler never calls GitHub. Its work ends at a durable commit; only
+//! then does it answer 202 and wake the dispatch worker.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use governor::clock::{Clock, DefaultClock};
+
+use super::error::IngressError;
+use super::state::AppState;
+use crate::inbound;
+use crate::routing::{self, Plan};
+use crate::store::{Accepted, NewDelivery, now_ms};
+use crate::telemetry::WebhookOutcome;
+use crate::verify;
+
+pub async fn head(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, IngressError> {
+    // MinIO checks a target with HEAD before using it; answering 200 for a
+    // configured route is all it needs. Never 410: some senders delete the
+    // webhook on 410.
+    let routes = state.routes();
+    match routes.route(&path) {
+        Some(_) => Ok(HttpResponse::Ok().finish()),
+        None => Err(IngressError::UnknownRoute(path.into_inner())),
+    }
+}
+
+pub async fn post(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, IngressError> {
+    let route_id = path.into_inner();
+    let routes = state.routes();
+    let Some((index, route)) = routes.route(&route_id) else {
+        return Err(IngressError::UnknownRoute(route_id));
+    };
+    let result = accept(&state, &routes, index, &request, payload).await;
+    let outcome = match &result {
+        Ok((_, outcome)) => Some(*outcome),
+        Err(e) => e.outcome(),
+    };
+    if let Some(outcome) = outcome {
+        state.metrics.webhook(&route.id, outcome);
+    }
+    result.map(|(response, _)| response)
+}
+
+async fn accept(
+    state: &AppState,
+    routes: &super::state::LiveRoutes,
+    index: usize,
+    request: &HttpRequest,
+    payload: web::Payload,
+) -> Result<(HttpResponse, WebhookOutcome), IngressError> {
+    let route = &routes.config.routes[index];
+    if state.is_shutting_down() {
+        return Err(IngressError::Unavailable(
+            "the relay is shutting down; retry shortly".into(),
+        ));
+    }
+    if !route.source_ips.is_empty() {
+        let client = client_ip(request, &routes.config.server.trusted_proxies);
+        if !client.is_some_and(|ip| route.source_ips.iter().any(|net| net.contains(&ip))) {
+            tracing::warn!(route = %route.id, client = ?client, "Refused a webhook from an address outside source_ips");
+            return Err(IngressError::Forbidden);
+        }
+    }
+    let body = read_body(request, payload, route.max_body).await?;
+    let headers = header_map(request);
+    if let Err(e) = verify::verify(&route.verify, &headers, &body) {
+        tracing::warn!(route = %route.id, reason = %e, "Refused a webhook that failed verification");
+        return Err(IngressError::Unauthorized {
+            basic_challenge: e.wants_basic_challenge(),
+        });
+    }
+    if let Some(limiter) = routes.limiter(index) {
+        if let Err(not_until) = limiter.check() {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(IngressError::RateLimited {
+                retry_after_secs: retry_after_secs.max(1),
+            });
+        }
+    }
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let parsed = inbound::parse_body(content_type.as_deref(), &body)
+        .map_err(|e| IngressError::BadRequest(e.to_string()))?;
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(request.query_string().as_bytes())
+            .into_owned()
+            .collect();
+    let delivery_id = uuid::Uuid::now_v7().to_string();
+    let received_at_ms = now_ms();
+    let ctx = inbound::context(
+        &route.id,
+        parsed,
+        &headers,
+        &query,
+        &delivery_id,
+        received_at_ms,
+    );
+    let dedupe_key =
+        routing::dedupe_key(route, &ctx).map_err(|e| IngressError::Unprocessable(e.to_string()))?;
+    let plan = routing::plan(route, &ctx);
+    let stored = inbound::stored_request(route, content_type.as_deref(), query, &headers, &body);
+    let (jobs, failure, summary) = match plan {
+        Ok(Plan::Skipped) => {
+            tracing::debug!(route = %route.id, "Skipped a webhook: `when` is false");
+            return Ok((
+                HttpResponse::Ok().json(serde_json::json!({"skipped": true})),
+                WebhookOutcome::Skipped,
+            ));
+        }
+        Ok(Plan::Dispatch(targets)) => (
+            inbound::jobs(&targets),
+            None,
+            inbound::dispatch_summary(&targets),
+        ),
+        Err(e) => (Vec::new(), Some(e.to_string()), serde_json::Value::Null),
+    };
+    let delivery = NewDelivery {
+        id: delivery_id.clone(),
+        route: route.id.clone(),
+        received_at_ms,
+        dedupe_key,
+        request: stored,
+        jobs,
+        failure: failure.clone(),
+    };
+    let accepted = state.store.accept(delivery).await.map_err(|e| {
+        tracing::error!(route = %route.id, delivery_id = %delivery_id, error = %e, "Could not store a webhook");
+        IngressError::Unavailable("the store is unavailable; retry shortly".into())
+    })?;
+    match accepted {
+        Accepted::Duplicate { original_id } => {
+            tracing::info!(route = %route.id, delivery_id = %original_id, "Duplicate webhook ignored");
+            Ok((
+                HttpResponse::Ok()
+                    .json(serde_json::json!({"delivery_id": original_id, "duplicate": true})),
+                WebhookOutcome::Duplicate,
+            ))
+        }
+        Accepted::Stored => match failure {
+            Some(reason) => {
+                tracing::warn!(route = %route.id, delivery_id = %delivery_id, reason = %reason, "Stored a webhook that failed to render");
+                Err(IngressError::Unprocessable(format!(
+                    "{reason} (stored as failed delivery {delivery_id}; fix routes.yaml and redeliver it)"
+                )))
+            }
+            None => {
+                state.dispatcher.wake();
+                tracing::info!(route = %route.id, delivery_id = %delivery_id, "Webhook accepted");
+                Ok((
+                    HttpResponse::Accepted().json(
+                        serde_json::json!({"delivery_id": delivery_id, "dispatches": summary}),
+                    ),
+                    WebhookOutcome::Accepted,
+                ))
+            }
+        },
+    }
+}
+
+/// Reads the body, refusing it as soon as it passes `limit`.
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: u64,
+) -> Result<Vec<u8>, IngressError> {
+    let declared = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(IngressError::TooLarge { limit });
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(limit) as usize);
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| IngressError::BadRequest(format!("could not read the body: {e}")))?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(IngressError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Lower-cased header names to values; repeated headers are joined with
+/// ", " as HTTP allows.
+pub fn header_map(request: &HttpRequest) -> BTreeMap<String, String> {
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in request.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        map.entry(name.as_str().to_string())
+            .and_modify(|existing| {
+                existing.push_str(", ");
+                existing.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    map
+}
+
+/// The client's address: the peer, or — when the peer is a trusted proxy —
+/// the nearest `X-Forwarded-For` hop that is not itself a trusted proxy.
+fn client_ip(request: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let peer = request.peer_addr()?.ip();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !is_trusted(ip))
+            .unwrap_or(peer),
+    )
+}

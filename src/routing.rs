@@ -1,0 +1,537 @@
+//! Turning one route and one inbound request into the exact GitHub requests
+//! to send: evaluating `when`, rendering every target, and enforcing
+//! GitHub's limits before anything is stored or sent. The limit checks here
+//! are also what `config` applies to static templates at load time, so a
+//! limit is written down exactly once.
+
+use std::fmt;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Map, Value};
+
+use crate::config::{RepoSpec, Route, TargetKind};
+use crate::template::{Context, Prepared, RenderError};
+
+#[cfg(test)]
+mod tests;
+
+/// The longest `event_type` GitHub accepts, in characters.
+pub const MAX_EVENT_TYPE_CHARS: usize = 100;
+/// The most top-level properties GitHub accepts in `client_payload`.
+pub const MAX_CLIENT_PAYLOAD_KEYS: usize = 10;
+/// `client_payload` must serialize to fewer bytes than this.
+pub const MAX_CLIENT_PAYLOAD_BYTES: usize = 65536;
+/// The most `inputs` GitHub accepts in a `workflow_dispatch`.
+pub const MAX_WORKFLOW_INPUTS: usize = 25;
+
+/// Headers that carry the sender's own delivery id, in order of preference.
+/// They are believed only on routes whose verify method authenticates the
+/// sender, since otherwise anyone could suppress a delivery by replaying an
+/// id.
+const SENDER_DELIVERY_HEADERS: [&str; 3] =
+    ["x-github-delivery", "webhook-id", "x-amz-sns-message-id"];
+
+/// What to do with one accepted request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// `when` was false: answer and send nothing.
+    Skipped,
+    /// Send these requests, one per target, in order.
+    Dispatch(Vec<RenderedTarget>),
+}
+
+/// One target, rendered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderedTarget {
+    /// The target's index in the route's `dispatch` list.
+    pub target_index: usize,
+    /// The repository, `owner/name`.
+    pub repo: String,
+    /// The request to send.
+    pub request: DispatchRequest,
+}
+
+/// A request to GitHub's dispatch endpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DispatchRequest {
+    /// `POST /repos/{repo}/dispatches`.
+    Repository {
+        /// The event type the workflows filter on.
+        event_type: String,
+        /// The payload the workflows read.
+        client_payload: Map<String, Value>,
+    },
+    /// `POST /repos/{repo}/actions/workflows/{workflow}/dispatches`.
+    Workflow {
+        /// The workflow file name or id.
+        workflow: String,
+        /// The branch or tag to run on.
+        git_ref: String,
+        /// The inputs, every value a string.
+        inputs: Map<String, Value>,
+    },
+}
+
+/// Characters left as they are in a path segment (RFC 3986 unreserved).
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+impl DispatchRequest {
+    /// The HTTP method; both endpoints take a POST.
+    pub fn method(&self) -> &'static str {
+        "POST"
+    }
+
+    /// The API path for `repo`, relative to the API base URL.
+    pub fn path(&self, repo: &str) -> String {
+        match self {
+            DispatchRequest::Repository { .. } => format!("/repos/{repo}/dispatches"),
+            DispatchRequest::Workflow { workflow, .. } => format!(
+                "/repos/{repo}/actions/workflows/{}/dispatches",
+                utf8_percent_encode(workflow, PATH_SEGMENT)
+            ),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        match self {
+            DispatchRequest::Repository {
+                event_type,
+                client_payload,
+            } => serde_json::json!({
+                "event_type": event_type,
+                "client_payload": client_payload,
+            }),
+            DispatchRequest::Workflow {
+                git_ref, inputs, ..
+            } => {
+                let mut body = Map::new();
+                body.insert("ref".to_owned(), Value::String(git_ref.clone()));
+                if !inputs.is_empty() {
+                    body.insert("inputs".to_owned(), Value::Object(inputs.clone()));
+                }
+                Value::Object(body)
+            }
+        }
+    }
+
+    /// A short name for answers and logs: the event type or the workflow.
+    pub fn label(&self) -> &str {
+        match self {
+            DispatchRequest::Repository { event_type, .. } => event_type,
+            DispatchRequest::Workflow { workflow, .. } => workflow,
+        }
+    }
+}
+
+/// A GitHub limit (or a shape rule) that a value breaks.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// `event_type` rendered empty.
+    #[error("is empty; GitHub needs 1 to {MAX_EVENT_TYPE_CHARS} characters")]
+    EventTypeEmpty,
+    /// `event_type` is too long.
+    #[error("is {chars} characters long; GitHub accepts at most {MAX_EVENT_TYPE_CHARS}")]
+    EventTypeTooLong {
+        /// Its length in characters.
+        chars: usize,
+    },
+    /// `client_payload` or `inputs` is not an object.
+    #[error("must be an object, not {found}")]
+    NotAnObject {
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// Too many top-level properties in `client_payload`.
+    #[error("has {keys} top-level properties; GitHub accepts at most {MAX_CLIENT_PAYLOAD_KEYS}")]
+    TooManyPayloadKeys {
+        /// The number found.
+        keys: usize,
+    },
+    /// `client_payload` is too large.
+    #[error(
+        "is {bytes} bytes as JSON; GitHub accepts less than {MAX_CLIENT_PAYLOAD_BYTES} (64 KB)"
+    )]
+    PayloadTooLarge {
+        /// Its serialized size.
+        bytes: usize,
+    },
+    /// Too many workflow inputs.
+    #[error("has {inputs} inputs; GitHub accepts at most {MAX_WORKFLOW_INPUTS}")]
+    TooManyInputs {
+        /// The number found.
+        inputs: usize,
+    },
+    /// A workflow input that is an object or a list.
+    #[error("input `{name}` is {found}; workflow inputs must be strings, numbers or booleans")]
+    InputNotScalar {
+        /// The input's name.
+        name: String,
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// A string field that rendered empty.
+    #[error("is empty")]
+    Empty,
+    /// A repository that is not `owner/name`.
+    #[error(
+        "`{repo}` is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`"
+    )]
+    BadRepo {
+        /// The rendered repository.
+        repo: String,
+    },
+    /// A templated repository outside `allowed_repos`.
+    #[error("`{repo}` is not in the route's allowed_repos ({allowed})")]
+    RepoNotAllowed {
+        /// The rendered repository.
+        repo: String,
+        /// The patterns, comma-separated.
+        allowed: String,
+    },
+}
+
+/// Why a route could not be planned for one request.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RoutingError {
+    /// `when` failed to evaluate.
+    #[error("when failed: {0}")]
+    When(RenderError),
+    /// A target's template failed to render.
+    #[error("target {index}: {field} failed to render: {source}")]
+    Render {
+        /// The target's index in `dispatch`.
+        index: usize,
+        /// The field that failed.
+        field: Field,
+        /// What went wrong.
+        source: RenderError,
+    },
+    /// A rendered target breaks a limit.
+    #[error("target {index}: {field} {limit}")]
+    Limit {
+        /// The target's index in `dispatch`.
+        index: usize,
+        /// The field that breaks it.
+        field: Field,
+        /// The limit broken.
+        limit: LimitError,
+    },
+    /// The dedupe key failed to render.
+    #[error("dedupe_key failed: {0}")]
+    DedupeKey(RenderError),
+}
+
+/// A target field, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    /// `repo`.
+    Repo,
+    /// `event_type`.
+    EventType,
+    /// `client_payload`.
+    ClientPayload,
+    /// `workflow`.
+    Workflow,
+    /// `ref`.
+    Ref,
+    /// `inputs`.
+    Inputs,
+}
+
+impl Field {
+    /// The key as written in `routes.yaml`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Field::Repo => "repo",
+            Field::EventType => "event_type",
+            Field::ClientPayload => "client_payload",
+            Field::Workflow => "workflow",
+            Field::Ref => "ref",
+            Field::Inputs => "inputs",
+        }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// Evaluates `when`, then renders every target of `route` for `ctx`.
+///
+/// A failure in any target fails the whole plan: a delivery is accepted
+/// whole or not at all.
+pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
+    let prepared = ctx.prepare();
+    if let Some(when) = &route.when
+        && !when.eval_prepared(&prepared).map_err(RoutingError::When)?
+    {
+        return Ok(Plan::Skipped);
+    }
+    let mut rendered = Vec::with_capacity(route.dispatch.len());
+    for (index, target) in route.dispatch.iter().enumerate() {
+        let render_err = |field: Field| {
+            move |source| RoutingError::Render {
+                index,
+                field,
+                source,
+            }
+        };
+        let limit_err = |field: Field| {
+            move |limit| RoutingError::Limit {
+                index,
+                field,
+                limit,
+            }
+        };
+
+        let repo = match &target.repo {
+            RepoSpec::Static(repo) => repo.clone(),
+            RepoSpec::Templated(template) => {
+                let repo = template
+                    .render_prepared(&prepared)
+                    .map_err(render_err(Field::Repo))?;
+                check_templated_repo(&repo, &route.allowed_repos)
+                    .map_err(limit_err(Field::Repo))?;
+                repo
+            }
+        };
+        let request = match &target.kind {
+            TargetKind::Repository {
+                event_type,
+                client_payload,
+            } => {
+                let event_type = event_type
+                    .render_prepared(&prepared)
+                    .map_err(render_err(Field::EventType))?;
+                check_event_type(&event_type).map_err(limit_err(Field::EventType))?;
+                let payload = client_payload
+                    .render_prepared(&prepared)
+                    .map_err(render_err(Field::ClientPayload))?;
+                let client_payload =
+                    check_client_payload(payload).map_err(limit_err(Field::ClientPayload))?;
+                DispatchRequest::Repository {
+                    event_type,
+                    client_payload,
+                }
+            }
+            TargetKind::Workflow {
+                workflow,
+                git_ref,
+                inputs,
+            } => {
+                let workflow = workflow
+                    .render_prepared(&prepared)
+                    .map_err(render_err(Field::Workflow))?;
+                check_not_empty(&workflow).map_err(limit_err(Field::Workflow))?;
+                let git_ref = git_ref
+                    .render_prepared(&prepared)
+                    .map_err(render_err(Field::Ref))?;
+                check_not_empty(&git_ref).map_err(limit_err(Field::Ref))?;
+                let inputs = inputs
+                    .render_prepared(&prepared)
+                    .map_err(render_err(Field::Inputs))?;
+                let inputs = check_inputs(inputs).map_err(limit_err(Field::Inputs))?;
+                DispatchRequest::Workflow {
+                    workflow,
+                    git_ref,
+                    inputs,
+                }
+            }
+        };
+        rendered.push(RenderedTarget {
+            target_index: index,
+            repo,
+            request,
+        });
+    }
+    Ok(Plan::Dispatch(rendered))
+}
+
+/// The key that makes a repeated delivery a duplicate, if any.
+///
+/// A configured `dedupe_key` wins (an empty rendering means no key);
+/// otherwise the sender's own delivery id header is used, but only on routes
+/// that authenticate the sender.
+pub fn dedupe_key(route: &Route, ctx: &Context) -> Result<Option<String>, RoutingError> {
+    dedupe_key_prepared(route, ctx, None)
+}
+
+/// [`dedupe_key`] reusing a context already prepared for [`plan`].
+pub fn dedupe_key_prepared(
+    route: &Route,
+    ctx: &Context,
+    prepared: Option<&Prepared>,
+) -> Result<Option<String>, RoutingError> {
+    if let Some(template) = &route.dedupe_key {
+        let key = match prepared {
+            Some(prepared) => template.render_prepared(prepared),
+            None => template.render(ctx),
+        }
+        .map_err(RoutingError::DedupeKey)?;
+        return Ok((!key.is_empty()).then_some(key));
+    }
+    if !route.verify.authenticates() {
+        return Ok(None);
+    }
+    Ok(SENDER_DELIVERY_HEADERS
+        .iter()
+        .find_map(|name| ctx.headers.get(*name))
+        .filter(|value| !value.is_empty())
+        .cloned())
+}
+
+/// Checks an `event_type`: 1 to 100 characters.
+pub fn check_event_type(event_type: &str) -> Result<(), LimitError> {
+    match event_type.chars().count() {
+        0 => Err(LimitError::EventTypeEmpty),
+        chars if chars > MAX_EVENT_TYPE_CHARS => Err(LimitError::EventTypeTooLong { chars }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a rendered `client_payload`: an object of at most 10 top-level
+/// properties whose JSON is under 64 KB.
+pub fn check_client_payload(payload: Value) -> Result<Map<String, Value>, LimitError> {
+    let Value::Object(map) = payload else {
+        return Err(LimitError::NotAnObject {
+            found: json_type(&payload),
+        });
+    };
+    check_payload_keys(map.len())?;
+    // Serializing to a byte counter would avoid the allocation, but the
+    // payload is serialized again when it is stored, and this keeps the
+    // check obviously equal to what GitHub measures.
+    let bytes = serde_json::to_vec(&map).map_or(0, |json| json.len());
+    if bytes >= MAX_CLIENT_PAYLOAD_BYTES {
+        return Err(LimitError::PayloadTooLarge { bytes });
+    }
+    Ok(map)
+}
+
+/// Checks the number of top-level properties of `client_payload`.
+pub fn check_payload_keys(keys: usize) -> Result<(), LimitError> {
+    if keys > MAX_CLIENT_PAYLOAD_KEYS {
+        return Err(LimitError::TooManyPayloadKeys { keys });
+    }
+    Ok(())
+}
+
+/// Checks the number of workflow inputs.
+pub fn check_input_count(inputs: usize) -> Result<(), LimitError> {
+    if inputs > MAX_WORKFLOW_INPUTS {
+        return Err(LimitError::TooManyInputs { inputs });
+    }
+    Ok(())
+}
+
+/// Checks rendered workflow `inputs` and turns every value into a string:
+/// numbers and booleans become their JSON text and `null` (an undefined
+/// value, under lenient rendering) becomes the empty string, while objects
+/// and lists are refused.
+pub fn check_inputs(inputs: Value) -> Result<Map<String, Value>, LimitError> {
+    let Value::Object(map) = inputs else {
+        return Err(LimitError::NotAnObject {
+            found: json_type(&inputs),
+        });
+    };
+    check_input_count(map.len())?;
+    map.into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                Value::String(text) => text,
+                Value::Null => String::new(),
+                Value::Bool(_) | Value::Number(_) => value.to_string(),
+                Value::Array(_) | Value::Object(_) => {
+                    let found = json_type(&value);
+                    return Err(LimitError::InputNotScalar { name, found });
+                }
+            };
+            Ok((name, Value::String(text)))
+        })
+        .collect()
+}
+
+fn check_not_empty(text: &str) -> Result<(), LimitError> {
+    if text.is_empty() {
+        return Err(LimitError::Empty);
+    }
+    Ok(())
+}
+
+/// Checks that `repo` is `owner/name` with GitHub's allowed characters.
+pub fn check_repo(repo: &str) -> Result<(), LimitError> {
+    let valid_part = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && part != "."
+            && part != ".."
+    };
+    match repo.split_once('/') {
+        Some((owner, name)) if valid_part(owner) && valid_part(name) => Ok(()),
+        _ => Err(LimitError::BadRepo {
+            repo: repo.to_owned(),
+        }),
+    }
+}
+
+/// Checks a rendered repository against the route's `allowed_repos`.
+pub fn check_templated_repo(repo: &str, allowed: &[String]) -> Result<(), LimitError> {
+    check_repo(repo)?;
+    if allowed.iter().any(|pattern| repo_matches(pattern, repo)) {
+        return Ok(());
+    }
+    Err(LimitError::RepoNotAllowed {
+        repo: repo.to_owned(),
+        allowed: allowed.join(", "),
+    })
+}
+
+/// Whether `repo` matches a pattern such as `acme/*` or `acme/site-*`.
+///
+/// `*` matches any run of characters except `/`, so `acme/*` never reaches
+/// another owner. GitHub names are case-insensitive and so is the match.
+pub fn repo_matches(pattern: &str, repo: &str) -> bool {
+    fn glob(pattern: &[u8], text: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => text.is_empty(),
+            Some((b'*', rest)) => {
+                // Try every split of `text` that stays within one segment.
+                let mut i = 0;
+                loop {
+                    if glob(rest, &text[i..]) {
+                        return true;
+                    }
+                    if i == text.len() || text[i] == b'/' {
+                        return false;
+                    }
+                    i += 1;
+                }
+            }
+            Some((c, rest)) => text
+                .split_first()
+                .is_some_and(|(t, text)| t.eq_ignore_ascii_case(c) && glob(rest, text)),
+        }
+    }
+    glob(pattern.as_bytes(), repo.as_bytes())
+}
+
+/// The JSON type of a value, for messages.
+pub fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,457 @@
+//! The durable store: deliveries (one per accepted webhook), their jobs (one
+//! per GitHub target) and every attempt to send a job.
+//!
+//! This is the only module that knows SQLite. All writes go through one
+//! writer thread that owns the write connection and commits every command
+//! waiting in its queue in a single transaction ("group commit"): a burst of
+//! webhooks costs one disk flush per batch instead of one per request, and
+//! each caller still learns only after the flush that its data is on disk.
+//! Reads use a separate connection, so listing deliveries never waits behind
+//! the writer.
+
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+pub use writer::Synchronous;
+use writer::{Command, Writer};
+
+/// Errors the store reports to its callers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("invalid store url `{0}`: expected sqlite:PATH")]
+    BadUrl(String),
+    #[error("delivery {0} not found")]
+    NotFound(String),
+}
+
+/// The inbound request as stored, so that a failed delivery can be rendered
+/// again later with the routes of that moment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredRequest {
+    pub content_type: Option<String>,
+    pub query: Vec<(String, String)>,
+    /// Lower-cased header names. Credential headers are removed before
+    /// storing, because the store must never hold secrets.
+    pub headers: Vec<(String, String)>,
+    /// The raw body as UTF-8 where it is valid, so that the stored row stays
+    /// readable with the sqlite3 shell; other bodies are kept base64-encoded.
+    pub body: String,
+    pub body_base64: bool,
+}
+
+/// One GitHub request to make, as rendered at accept time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub target_index: usize,
+    pub repo: String,
+    pub label: String,
+    pub path: String,
+    pub body: String,
+}
+
+/// What the accept path commits for one webhook.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub route: String,
+    pub received_at_ms: i64,
+    pub dedupe_key: Option<String>,
+    pub request: StoredRequest,
+    /// Empty when `failure` is set.
+    pub jobs: Vec<NewJob>,
+    /// Set when rendering failed: the delivery is stored as failed, with no
+    /// jobs, so that `redeliver` can recover it after the routes are fixed.
+    pub failure: Option<String>,
+}
+
+/// The answer to [`Store::accept`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    Stored,
+    /// A delivery with the same route and dedupe key already exists.
+    Duplicate {
+        original_id: String,
+    },
+}
+
+/// A job leased to a worker.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub delivery_id: String,
+    pub route: String,
+    pub target_index: usize,
+    pub repo: String,
+    pub label: String,
+    pub path: String,
+    pub body: String,
+    /// Every send so far, including those answered with a rate limit.
+    pub attempts: u32,
+    /// Sends that failed for reasons other than rate limiting; these count
+    /// against `retry.max_attempts`.
+    pub failures: u32,
+    pub created_at_ms: i64,
+    pub received_at_ms: i64,
+}
+
+/// The result of one attempt, recorded with the job's next state.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub job_id: i64,
+    pub started_at_ms: i64,
+    pub duration_ms: i64,
+    /// GitHub's status code, or `None` for a transport error.
+    pub status_code: Option<u16>,
+    /// A short account of GitHub's answer or the transport error.
+    pub detail: String,
+    pub next: JobNext,
+}
+
+/// What happens to a job after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobNext {
+    Delivered,
+    Retry { at_ms: i64, counts_as_failure: bool },
+    Failed { reason: String },
+}
+
+/// Job and delivery states as stored and shown to users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        match text {
+            "pending" => Some(Status::Pending),
+            "delivered" => Some(Status::Delivered),
+            "failed" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A delivery as listed by `deliveries` and the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliverySummary {
+    pub id: String,
+    pub route: String,
+    pub status: Status,
+    pub received_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub error: Option<String>,
+    pub targets: Vec<JobSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub target_index: usize,
+    pub repo: String,
+    pub label: String,
+    pub status: Status,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptSummary {
+    pub target_index: usize,
+    pub started_at_ms: i64,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    pub detail: String,
+}
+
+/// Filters for listing deliveries.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub route: Option<String>,
+    pub since_ms: Option<i64>,
+    pub limit: usize,
+}
+
+/// Counts of jobs by state, for the `queue_depth` gauge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub pending: u64,
+    pub retrying: u64,
+    pub failed: u64,
+}
+
+/// A delivery to be sent again, as found by [`Store::failed_deliveries`].
+#[derive(Debug, Clone)]
+pub struct FailedDelivery {
+    pub id: String,
+    pub route: String,
+    pub received_at_ms: i64,
+    pub request: StoredRequest,
+    /// True when the delivery has jobs (they failed at GitHub); false when it
+    /// failed at render time and must be rendered again.
+    pub has_jobs: bool,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    writer: Writer,
+    reader: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Turns `sqlite:PATH` (or a bare path) into a file path; relative paths are
+/// taken relative to `base`, the directory of routes.yaml.
+pub fn sqlite_path(url: &str, base: &Path) -> Result<PathBuf, StoreError> {
+    let raw = if let Some(rest) = url.strip_prefix("sqlite://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("sqlite:") {
+        rest
+    } else if url.contains("://") {
+        return Err(StoreError::BadUrl(url.to_string()));
+    } else {
+        url
+    };
+    if raw.is_empty() {
+        return Err(StoreError::BadUrl(url.to_string()));
+    }
+    let path = PathBuf::from(raw);
+    Ok(if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    })
+}
+
+impl Store {
+    /// Opens (and creates or migrates) the SQLite store at `path`.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Store, StoreError> {
+        let conn = open_connection(path)?;
+        schema::migrate(&conn)?;
+        let writer = Writer::start(conn, synchronous)?;
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Store {
+            writer,
+            reader: Arc::new(Mutex::new(reader)),
+            path: Arc::new(path.to_path_buf()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer.send(make(tx))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?
+    }
+
+    /// Commits a delivery and its jobs in one transaction, durably, before
+    /// returning.
+    pub async fn accept(&self, delivery: NewDelivery) -> Result<Accepted, StoreError> {
+        self.call(|reply| Command::Accept {
+            delivery: Box::new(delivery),
+            reply,
+        })
+        .await
+    }
+
+    /// Leases up to `limit` due jobs for `lease_ms`.
+    pub async fn lease_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.call(|reply| Command::Lease {
+            now_ms,
+            limit,
+            lease_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Records an attempt and moves the job (and, when its last job finishes,
+    /// the delivery) to its next state.
+    pub async fn record(&self, attempt: AttemptRecord) -> Result<(), StoreError> {
+        self.call(|reply| Command::Record {
+            attempt: Box::new(attempt),
+            reply,
+        })
+        .await
+    }
+
+    /// Gives back leases that were never used (shutdown), so the next start
+    /// sends those jobs at once instead of waiting for the lease to expire.
+    pub async fn release(&self, job_ids: Vec<i64>) -> Result<(), StoreError> {
+        self.call(|reply| Command::Release { job_ids, reply }).await
+    }
+
+    /// Checks that the store accepts writes (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|reply| Command::Ping { reply }).await
+    }
+
+    /// Re-queues the failed jobs of a delivery whose jobs failed at GitHub.
+    /// Returns false when the delivery is not in the failed state, so that a
+    /// delivery is never sent again once delivered.
+    pub async fn requeue_failed(&self, delivery_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.call(|reply| Command::RequeueFailed {
+            delivery_id: delivery_id.to_string(),
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Replaces a render-failed delivery's outcome with freshly rendered jobs
+    /// (or a new render failure). Returns false when the delivery is not a
+    /// render failure any more, for example because another redeliver won.
+    pub async fn rerender(
+        &self,
+        delivery_id: &str,
+        jobs: Vec<NewJob>,
+        failure: Option<String>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.call(|reply| Command::Rerender {
+            delivery_id: delivery_id.to_string(),
+            jobs,
+            failure,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Earliest `next_attempt_at` of a pending job that is not leased, so the
+    /// worker can sleep exactly until then.
+    pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT MIN(next_attempt_at) FROM jobs WHERE status = 'pending'",
+                    [],
+                    |row| row.get::<_, Option<i64>>(0),
+                )
+                .optional()?
+                .flatten())
+        })
+        .await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .map_err(|_| StoreError::Unavailable("reader lock poisoned".into()))?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    /// Lists deliveries, newest first.
+    pub async fn list(&self, filter: ListFilter) -> Result<Vec<DeliverySummary>, StoreError> {
+        self.read(move |conn| schema::list(conn, &filter)).await
+    }
+
+    /// One delivery with its attempts.
+    pub async fn get(
+        &self,
+        id: &str,
+    ) -> Result<Option<(DeliverySummary, Vec<AttemptSummary>)>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| schema::get(conn, &id)).await
+    }
+
+    /// Failed deliveries matching the filter, oldest first.
+    pub async fn failed_deliveries(
+        &self,
+        route: Option<String>,
+        since_ms: Option<i64>,
+        id: Option<String>,
+    ) -> Result<Vec<FailedDelivery>, StoreError> {
+        self.read(move |conn| schema::failed(conn, route.as_deref(), since_ms, id.as_deref()))
+            .await
+    }
+
+    /// Counts jobs by state.
+    pub async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
+        self.read(schema::depth).await
+    }
+
+    /// Stops the writer after it has committed everything queued so far.
+    pub async fn close(&self) {
+        self.writer.close().await;
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() && !parent.exists() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // WAL lets the reader connection work while the writer commits.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// Milliseconds since the Unix epoch, the store's unit of time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,453 @@
+//! The SQLite schema and every statement the store runs.
+//!
+//! A delivery's status is kept in its row and updated in the same statement
+//! batch that finishes its last job, so listing deliveries never has to
+//! aggregate jobs.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{
+    Accepted, AttemptRecord, AttemptSummary, DeliverySummary, FailedDelivery, Job, JobNext,
+    JobSummary, ListFilter, NewDelivery, NewJob, QueueDepth, Status, StoreError, StoredRequest,
+};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS deliveries (
+    id            TEXT PRIMARY KEY,
+    route         TEXT NOT NULL,
+    received_at   INTEGER NOT NULL,
+    status        TEXT NOT NULL,
+    dedupe_key    TEXT,
+    request       TEXT NOT NULL,
+    error         TEXT,
+    finished_at   INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS deliveries_dedupe ON deliveries (route, dedupe_key) WHERE dedupe_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received_at);
+CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, received_at);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id              INTEGER PRIMARY KEY,
+    delivery_id     TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    target_index    INTEGER NOT NULL,
+    repo            TEXT NOT NULL,
+    label           TEXT NOT NULL,
+    path            TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    leased_until    INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    finished_at     INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_id);
+
+CREATE TABLE IF NOT EXISTS attempts (
+    id           INTEGER PRIMARY KEY,
+    job_id       INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    started_at   INTEGER NOT NULL,
+    duration_ms  INTEGER NOT NULL,
+    status_code  INTEGER,
+    detail       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id);
+"#;
+
+pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
+        )));
+    }
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+fn insert_jobs(
+    conn: &Connection,
+    delivery_id: &str,
+    jobs: &[NewJob],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO jobs (delivery_id, target_index, repo, label, path, body, status, next_attempt_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+    )?;
+    for job in jobs {
+        stmt.execute(params![
+            delivery_id,
+            job.target_index as i64,
+            job.repo,
+            job.label,
+            job.path,
+            job.body,
+            now_ms
+        ])?;
+    }
+    Ok(())
+}
+
+pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, StoreError> {
+    if let Some(key) = &d.dedupe_key {
+        let existing: Option<String> = conn
+            .prepare_cached("SELECT id FROM deliveries WHERE route = ?1 AND dedupe_key = ?2")?
+            .query_row(params![d.route, key], |r| r.get(0))
+            .optional()?;
+        if let Some(original_id) = existing {
+            return Ok(Accepted::Duplicate { original_id });
+        }
+    }
+    let request =
+        serde_json::to_string(&d.request).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let (status, finished) = match &d.failure {
+        Some(_) => (Status::Failed, Some(d.received_at_ms)),
+        None if d.jobs.is_empty() => (Status::Delivered, Some(d.received_at_ms)),
+        None => (Status::Pending, None),
+    };
+    conn.prepare_cached(
+        "INSERT INTO deliveries (id, route, received_at, status, dedupe_key, request, error, finished_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        d.id,
+        d.route,
+        d.received_at_ms,
+        status.as_str(),
+        d.dedupe_key,
+        request,
+        d.failure,
+        finished
+    ])?;
+    insert_jobs(conn, &d.id, &d.jobs, d.received_at_ms)?;
+    Ok(Accepted::Stored)
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: row.get(0)?,
+        delivery_id: row.get(1)?,
+        route: row.get(2)?,
+        target_index: row.get::<_, i64>(3)? as usize,
+        repo: row.get(4)?,
+        label: row.get(5)?,
+        path: row.get(6)?,
+        body: row.get(7)?,
+        attempts: row.get::<_, i64>(8)? as u32,
+        failures: row.get::<_, i64>(9)? as u32,
+        created_at_ms: row.get(10)?,
+        received_at_ms: row.get(11)?,
+    })
+}
+
+pub(super) fn lease(
+    conn: &Connection,
+    now_ms: i64,
+    limit: usize,
+    lease_ms: i64,
+) -> Result<Vec<Job>, StoreError> {
+    let ids: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT id FROM jobs
+             WHERE status = 'pending' AND next_attempt_at <= ?1 AND (leased_until IS NULL OR leased_until < ?1)
+             ORDER BY next_attempt_at, id LIMIT ?2",
+        )?
+        .query_map(params![now_ms, limit as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    let mut mark = conn.prepare_cached("UPDATE jobs SET leased_until = ?2 WHERE id = ?1")?;
+    let mut fetch = conn.prepare_cached(
+        "SELECT j.id, j.delivery_id, d.route, j.target_index, j.repo, j.label, j.path, j.body,
+                j.attempts, j.failures, j.created_at, d.received_at
+         FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?1",
+    )?;
+    for id in ids {
+        mark.execute(params![id, now_ms + lease_ms])?;
+        jobs.push(fetch.query_row(params![id], job_from_row)?);
+    }
+    Ok(jobs)
+}
+
+pub(super) fn record(conn: &Connection, a: &AttemptRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO attempts (job_id, started_at, duration_ms, status_code, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        a.job_id,
+        a.started_at_ms,
+        a.duration_ms,
+        a.status_code.map(i64::from),
+        a.detail
+    ])?;
+    let finished_at = a.started_at_ms + a.duration_ms;
+    match &a.next {
+        JobNext::Delivered => {
+            conn.prepare_cached(
+                "UPDATE jobs SET status = 'delivered', attempts = attempts + 1, leased_until = NULL,
+                 last_error = NULL, finished_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![a.job_id, finished_at])?;
+        }
+        JobNext::Retry {
+            at_ms,
+            counts_as_failure,
+        } => {
+            conn.prepare_cached(
+                "UPDATE jobs SET attempts = attempts + 1, failures = failures + ?3, next_attempt_at = ?2,
+                 leased_until = NULL, last_error = ?4 WHERE id = ?1",
+            )?
+            .execute(params![a.job_id, at_ms, i64::from(*counts_as_failure), a.detail])?;
+        }
+        JobNext::Failed { reason } => {
+            conn.prepare_cached(
+                "UPDATE jobs SET status = 'failed', attempts = attempts + 1, failures = failures + 1,
+                 leased_until = NULL, last_error = ?2, finished_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![a.job_id, reason, finished_at])?;
+        }
+    }
+    if !matches!(a.next, JobNext::Retry { .. }) {
+        settle_delivery_of_job(conn, a.job_id, finished_at)?;
+    }
+    Ok(())
+}
+
+/// Moves a delivery to delivered or failed once none of its jobs is pending.
+fn settle_delivery_of_job(conn: &Connection, job_id: i64, now_ms: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE deliveries SET
+            status = CASE
+                WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = deliveries.id AND status = 'pending') THEN 'pending'
+                WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = deliveries.id AND status = 'failed') THEN 'failed'
+                ELSE 'delivered' END,
+            finished_at = CASE
+                WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = deliveries.id AND status = 'pending') THEN NULL
+                ELSE ?2 END,
+            error = (SELECT group_concat(repo || ': ' || last_error, '; ') FROM jobs
+                     WHERE delivery_id = deliveries.id AND status = 'failed')
+         WHERE id = (SELECT delivery_id FROM jobs WHERE id = ?1)",
+    )?
+    .execute(params![job_id, now_ms])?;
+    Ok(())
+}
+
+pub(super) fn release(conn: &Connection, job_ids: &[i64]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE jobs SET leased_until = NULL WHERE id = ?1 AND status = 'pending'",
+    )?;
+    for id in job_ids {
+        stmt.execute(params![id])?;
+    }
+    Ok(())
+}
+
+pub(super) fn requeue_failed(
+    conn: &Connection,
+    delivery_id: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let status: Option<String> = conn
+        .query_row(
+            "SELECT status FROM deliveries WHERE id = ?1",
+            params![delivery_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if status.as_deref() != Some("failed") {
+        return Ok(false);
+    }
+    let requeued = conn.execute(
+        "UPDATE jobs SET status = 'pending', next_attempt_at = ?2, failures = 0, leased_until = NULL, finished_at = NULL
+         WHERE delivery_id = ?1 AND status = 'failed'",
+        params![delivery_id, now_ms],
+    )?;
+    if requeued == 0 {
+        return Ok(false);
+    }
+    conn.execute(
+        "UPDATE deliveries SET status = 'pending', error = NULL, finished_at = NULL WHERE id = ?1",
+        params![delivery_id],
+    )?;
+    Ok(true)
+}
+
+pub(super) fn rerender(
+    conn: &Connection,
+    delivery_id: &str,
+    jobs: &[NewJob],
+    failure: Option<&str>,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let row: Option<(String, i64)> = conn
+        .query_row(
+            "SELECT status, (SELECT COUNT(*) FROM jobs WHERE delivery_id = ?1) FROM deliveries WHERE id = ?1",
+            params![delivery_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match row {
+        Some((status, 0)) if status == "failed" => {}
+        _ => return Ok(false),
+    }
+    if let Some(reason) = failure {
+        conn.execute(
+            "UPDATE deliveries SET error = ?2, finished_at = ?3 WHERE id = ?1",
+            params![delivery_id, reason, now_ms],
+        )?;
+        return Ok(true);
+    }
+    insert_jobs(conn, delivery_id, jobs, now_ms)?;
+    let status = if jobs.is_empty() {
+        "delivered"
+    } else {
+        "pending"
+    };
+    conn.execute(
+        "UPDATE deliveries SET status = ?2, error = NULL, finished_at = NULL WHERE id = ?1",
+        params![delivery_id, status],
+    )?;
+    Ok(true)
+}
+
+fn summary_from_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<DeliverySummary> {
+    let id: String = row.get(0)?;
+    let status: String = row.get(2)?;
+    let targets = conn
+        .prepare_cached(
+            "SELECT target_index, repo, label, status, attempts, last_error FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
+        )?
+        .query_map(params![id], |r| {
+            let status: String = r.get(3)?;
+            Ok(JobSummary {
+                target_index: r.get::<_, i64>(0)? as usize,
+                repo: r.get(1)?,
+                label: r.get(2)?,
+                status: Status::parse(&status).unwrap_or(Status::Pending),
+                attempts: r.get::<_, i64>(4)? as u32,
+                last_error: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(DeliverySummary {
+        id,
+        route: row.get(1)?,
+        status: Status::parse(&status).unwrap_or(Status::Pending),
+        received_at_ms: row.get(3)?,
+        finished_at_ms: row.get(4)?,
+        error: row.get(5)?,
+        targets,
+    })
+}
+
+pub(super) fn list(conn: &Connection, f: &ListFilter) -> Result<Vec<DeliverySummary>, StoreError> {
+    let limit = if f.limit == 0 { 50 } else { f.limit } as i64;
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, route, status, received_at, finished_at, error FROM deliveries
+         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR route = ?2) AND (?3 IS NULL OR received_at >= ?3)
+         ORDER BY received_at DESC, id DESC LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(
+        params![f.status.map(Status::as_str), f.route, f.since_ms, limit],
+        |row| summary_from_row(conn, row),
+    )?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+pub(super) fn get(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<(DeliverySummary, Vec<AttemptSummary>)>, StoreError> {
+    let summary = conn
+        .prepare_cached("SELECT id, route, status, received_at, finished_at, error FROM deliveries WHERE id = ?1")?
+        .query_row(params![id], |row| summary_from_row(conn, row))
+        .optional()?;
+    let Some(summary) = summary else {
+        return Ok(None);
+    };
+    let attempts = conn
+        .prepare_cached(
+            "SELECT j.target_index, a.started_at, a.duration_ms, a.status_code, a.detail
+             FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.delivery_id = ?1 ORDER BY a.id",
+        )?
+        .query_map(params![id], |r| {
+            Ok(AttemptSummary {
+                target_index: r.get::<_, i64>(0)? as usize,
+                started_at_ms: r.get(1)?,
+                duration_ms: r.get(2)?,
+                status_code: r.get::<_, Option<i64>>(3)?.map(|c| c as u16),
+                detail: r.get(4)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((summary, attempts)))
+}
+
+pub(super) fn failed(
+    conn: &Connection,
+    route: Option<&str>,
+    since_ms: Option<i64>,
+    id: Option<&str>,
+) -> Result<Vec<FailedDelivery>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, route, received_at, request, (SELECT COUNT(*) FROM jobs WHERE delivery_id = deliveries.id)
+         FROM deliveries
+         WHERE status = 'failed' AND (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR received_at >= ?2) AND (?3 IS NULL OR id = ?3)
+         ORDER BY received_at, id",
+    )?;
+    let rows = stmt.query_map(params![route, since_ms, id], |r| {
+        let request: String = r.get(3)?;
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            request,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, route, received_at_ms, request, jobs): (String, String, i64, String, i64) = row?;
+        let request: StoredRequest = serde_json::from_str(&request)
+            .map_err(|e| StoreError::Unavailable(format!("stored request of {id}: {e}")))?;
+        out.push(FailedDelivery {
+            id,
+            route,
+            received_at_ms,
+            request,
+            has_jobs: jobs > 0,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn depth(conn: &Connection) -> Result<QueueDepth, StoreError> {
+    let mut depth = QueueDepth::default();
+    let mut stmt = conn.prepare_cached(
+        "SELECT status, attempts > 0, COUNT(*) FROM jobs WHERE status != 'delivered' GROUP BY status, attempts > 0",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, bool>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (status, retried, count) = row?;
+        let count = count as u64;
+        match (status.as_str(), retried) {
+            ("pending", false) => depth.pending += count,
+            ("pending", true) => depth.retrying += count,
+            ("failed", _) => depth.failed += count,
+            _ => {}
+        }
+    }
+    Ok(depth)
+}

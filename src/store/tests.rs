@@ -1,0 +1,182 @@
+//! Unit tests of the store against a real SQLite file in a temporary
+//! directory.
+
+use super::*;
+
+fn delivery(id: &str, dedupe: Option<&str>, jobs: usize) -> NewDelivery {
+    NewDelivery {
+        id: id.to_string(),
+        route: "r".into(),
+        received_at_ms: 1_000,
+        dedupe_key: dedupe.map(str::to_string),
+        request: StoredRequest {
+            content_type: Some("application/json".into()),
+            query: vec![],
+            headers: vec![],
+            body: "{}".into(),
+            body_base64: false,
+        },
+        jobs: (0..jobs)
+            .map(|i| NewJob {
+                target_index: i,
+                repo: format!("acme/r{i}"),
+                label: "deploy".into(),
+                path: format!("/repos/acme/r{i}/dispatches"),
+                body: "{}".into(),
+            })
+            .collect(),
+        failure: None,
+    }
+}
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+    (dir, store)
+}
+
+fn attempt(job: &Job, next: JobNext) -> AttemptRecord {
+    AttemptRecord {
+        job_id: job.id,
+        started_at_ms: 2_000,
+        duration_ms: 5,
+        status_code: Some(204),
+        detail: "204".into(),
+        next,
+    }
+}
+
+#[tokio::test]
+async fn accepted_jobs_are_leased_once_and_settle_the_delivery() {
+    let (_dir, store) = open();
+    assert_eq!(
+        store.accept(delivery("d1", None, 2)).await.unwrap(),
+        Accepted::Stored
+    );
+    let jobs = store.lease_due(5_000, 10, 60_000).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(
+        store.lease_due(5_000, 10, 60_000).await.unwrap().is_empty(),
+        "a leased job is not leased again"
+    );
+    store
+        .record(attempt(&jobs[0], JobNext::Delivered))
+        .await
+        .unwrap();
+    let (d, _) = store.get("d1").await.unwrap().unwrap();
+    assert_eq!(d.status, Status::Pending);
+    store
+        .record(attempt(
+            &jobs[1],
+            JobNext::Failed {
+                reason: "not found".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let (d, attempts) = store.get("d1").await.unwrap().unwrap();
+    assert_eq!(d.status, Status::Failed);
+    assert_eq!(attempts.len(), 2);
+    assert!(d.error.unwrap().contains("acme/r1: not found"));
+}
+
+#[tokio::test]
+async fn a_repeated_dedupe_key_returns_the_original() {
+    let (_dir, store) = open();
+    store.accept(delivery("d1", Some("k"), 1)).await.unwrap();
+    let again = store.accept(delivery("d2", Some("k"), 1)).await.unwrap();
+    assert_eq!(
+        again,
+        Accepted::Duplicate {
+            original_id: "d1".into()
+        }
+    );
+    assert_eq!(store.list(ListFilter::default()).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn retry_makes_the_job_due_again_only_at_its_time() {
+    let (_dir, store) = open();
+    store.accept(delivery("d1", None, 1)).await.unwrap();
+    let job = store.lease_due(5_000, 10, 60_000).await.unwrap().remove(0);
+    store
+        .record(attempt(
+            &job,
+            JobNext::Retry {
+                at_ms: 9_000,
+                counts_as_failure: true,
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(store.lease_due(8_999, 10, 60_000).await.unwrap().is_empty());
+    let again = store.lease_due(9_000, 10, 60_000).await.unwrap();
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(again[0].failures, 1);
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(9_000));
+}
+
+#[tokio::test]
+async fn requeue_only_touches_failed_deliveries() {
+    let (_dir, store) = open();
+    store.accept(delivery("d1", None, 1)).await.unwrap();
+    let job = store.lease_due(5_000, 10, 60_000).await.unwrap().remove(0);
+    assert!(
+        !store.requeue_failed("d1", 6_000).await.unwrap(),
+        "pending is not failed"
+    );
+    store
+        .record(attempt(&job, JobNext::Failed { reason: "x".into() }))
+        .await
+        .unwrap();
+    assert!(store.requeue_failed("d1", 6_000).await.unwrap());
+    assert!(
+        !store.requeue_failed("d1", 6_000).await.unwrap(),
+        "a requeued delivery is not requeued twice"
+    );
+    let job = store.lease_due(6_000, 10, 60_000).await.unwrap().remove(0);
+    store
+        .record(attempt(&job, JobNext::Delivered))
+        .await
+        .unwrap();
+    assert!(
+        !store.requeue_failed("d1", 7_000).await.unwrap(),
+        "a delivered one never again"
+    );
+}
+
+#[tokio::test]
+async fn a_render_failure_is_stored_failed_and_can_be_rerendered() {
+    let (_dir, store) = open();
+    let mut d = delivery("d1", None, 0);
+    d.failure = Some("client_payload has 11 keys".into());
+    store.accept(d).await.unwrap();
+    let failed = store.failed_deliveries(None, None, None).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(!failed[0].has_jobs);
+    let jobs = delivery("x", None, 1).jobs;
+    assert!(
+        store
+            .rerender("d1", jobs.clone(), None, 3_000)
+            .await
+            .unwrap()
+    );
+    assert!(!store.rerender("d1", jobs, None, 3_000).await.unwrap());
+    assert_eq!(store.lease_due(3_000, 10, 1_000).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn leases_survive_a_reopen_as_due_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let store = Store::open(&path, Synchronous::Full).unwrap();
+        store.accept(delivery("d1", None, 3)).await.unwrap();
+        assert_eq!(store.lease_due(5_000, 10, 600_000).await.unwrap().len(), 3);
+        store.close().await;
+    }
+    let store = Store::open(&path, Synchronous::Full).unwrap();
+    assert_eq!(store.lease_due(5_000, 10, 600_000).await.unwrap().len(), 3);
+    let depth = store.queue_depth().await.unwrap();
+    assert_eq!(depth.pending, 3);
+}

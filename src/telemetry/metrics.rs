@@ -1,0 +1,280 @@
+//! The Prometheus metrics of the relay, named `dispatch_relay_*`.
+//!
+//! Call sites use typed methods with enums for outcomes, so label values stay
+//! within fixed sets and a route label can only come from the configuration.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::store::QueueDepth;
+
+/// What happened to an incoming webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    Accepted,
+    Duplicate,
+    Skipped,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    TooLarge,
+    BadRequest,
+    Unprocessable,
+    Unavailable,
+}
+
+impl WebhookOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookOutcome::Accepted => "accepted",
+            WebhookOutcome::Duplicate => "duplicate",
+            WebhookOutcome::Skipped => "skipped",
+            WebhookOutcome::Unauthorized => "unauthorized",
+            WebhookOutcome::Forbidden => "forbidden",
+            WebhookOutcome::RateLimited => "rate_limited",
+            WebhookOutcome::TooLarge => "too_large",
+            WebhookOutcome::BadRequest => "bad_request",
+            WebhookOutcome::Unprocessable => "unprocessable",
+            WebhookOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What happened to one attempt to send a dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchOutcome {
+    Delivered,
+    Retried,
+    Failed,
+}
+
+impl DispatchOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DispatchOutcome::Delivered => "delivered",
+            DispatchOutcome::Retried => "retried",
+            DispatchOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Every metric the relay exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    webhooks_received: IntCounterVec,
+    dispatches: IntCounterVec,
+    github_request_duration: HistogramVec,
+    delivery_latency: HistogramVec,
+    queue_depth: IntGaugeVec,
+    rate_limit_remaining: IntGaugeVec,
+    token_mints: IntCounterVec,
+    config_reloads: IntCounterVec,
+    config_last_reload_success: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("dispatch_relay")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let webhooks_received = IntCounterVec::new(
+            opts(
+                "webhooks_received_total",
+                "Incoming webhooks by route and outcome.",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("valid metric");
+        let dispatches = IntCounterVec::new(
+            opts(
+                "dispatches_total",
+                "Attempts to send a dispatch to GitHub by route and outcome.",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("valid metric");
+        let github_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "github_request_duration_seconds",
+                "Duration of requests to the GitHub API.",
+            )
+            .namespace("dispatch_relay")
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["endpoint", "status_class"],
+        )
+        .expect("valid metric");
+        let delivery_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "delivery_latency_seconds",
+                "Time from accepting a webhook to GitHub accepting its dispatch.",
+            )
+            .namespace("dispatch_relay")
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        let queue_depth = IntGaugeVec::new(
+            opts("queue_depth", "Jobs in the store by state."),
+            &["state"],
+        )
+        .expect("valid metric");
+        let rate_limit_remaining = IntGaugeVec::new(
+            opts(
+                "github_rate_limit_remaining",
+                "GitHub's x-ratelimit-remaining for each credential.",
+            ),
+            &["credential"],
+        )
+        .expect("valid metric");
+        let token_mints = IntCounterVec::new(
+            opts(
+                "github_token_mints_total",
+                "GitHub App installation token mints by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            opts("config_reloads_total", "Configuration reloads by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_last_reload_success = Gauge::with_opts(opts(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully.",
+        ))
+        .expect("valid metric");
+        for collector in [
+            Box::new(webhooks_received.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(dispatches.clone()),
+            Box::new(github_request_duration.clone()),
+            Box::new(delivery_latency.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(rate_limit_remaining.clone()),
+            Box::new(token_mints.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_last_reload_success.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            webhooks_received,
+            dispatches,
+            github_request_duration,
+            delivery_latency,
+            queue_depth,
+            rate_limit_remaining,
+            token_mints,
+            config_reloads,
+            config_last_reload_success,
+        }
+    }
+
+    pub fn webhook(&self, route: &str, outcome: WebhookOutcome) {
+        self.webhooks_received
+            .with_label_values(&[route, outcome.as_str()])
+            .inc();
+    }
+
+    pub fn dispatch(&self, route: &str, outcome: DispatchOutcome) {
+        self.dispatches
+            .with_label_values(&[route, outcome.as_str()])
+            .inc();
+    }
+
+    /// `endpoint` is the operation name (`repository_dispatch`, …), never a
+    /// path, so that repository names do not multiply the series.
+    pub fn github_request(&self, endpoint: &str, status: Option<u16>, seconds: f64) {
+        let class = match status {
+            Some(s) => match s / 100 {
+                2 => "2xx",
+                3 => "3xx",
+                4 => "4xx",
+                5 => "5xx",
+                _ => "other",
+            },
+            None => "error",
+        };
+        self.github_request_duration
+            .with_label_values(&[endpoint, class])
+            .observe(seconds);
+    }
+
+    pub fn delivered(&self, route: &str, latency_seconds: f64) {
+        self.delivery_latency
+            .with_label_values(&[route])
+            .observe(latency_seconds);
+    }
+
+    pub fn set_queue_depth(&self, depth: QueueDepth) {
+        self.queue_depth
+            .with_label_values(&["pending"])
+            .set(depth.pending as i64);
+        self.queue_depth
+            .with_label_values(&["retrying"])
+            .set(depth.retrying as i64);
+        self.queue_depth
+            .with_label_values(&["failed"])
+            .set(depth.failed as i64);
+    }
+
+    /// `credential` is a fixed name (`token`, `app:<installation id>`), never
+    /// the secret.
+    pub fn rate_limit_remaining(&self, credential: &str, remaining: u64) {
+        self.rate_limit_remaining
+            .with_label_values(&[credential])
+            .set(remaining.min(i64::MAX as u64) as i64);
+    }
+
+    pub fn token_mint(&self, ok: bool) {
+        self.token_mints
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    pub fn config_loaded(&self, ok: bool, now_epoch_secs: f64) {
+        self.config_reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+        if ok {
+            self.config_last_reload_success.set(now_epoch_secs);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder
+            .encode(&self.registry.gather(), &mut buffer)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

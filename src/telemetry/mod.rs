@@ -1,0 +1,44 @@
+//! Logs and metrics: the tracing subscriber (pretty or JSON) and the
+//! Prometheus registry with one typed method per event worth counting.
+
+mod metrics;
+
+pub use metrics::{DispatchOutcome, Metrics, WebhookOutcome};
+
+use tracing_subscriber::EnvFilter;
+
+/// Log output format, chosen with `RELAY_LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl LogFormat {
+    pub fn from_env_value(value: Option<&str>) -> LogFormat {
+        match value {
+            Some(v) if v.eq_ignore_ascii_case("json") => LogFormat::Json,
+            _ => LogFormat::Pretty,
+        }
+    }
+}
+
+/// Installs the global subscriber. Logs go to stderr so that commands which
+/// print results (`check`, `render`, `deliveries`) keep stdout clean.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+}

@@ -1,0 +1,646 @@
+//! Compiling and rendering the templates in `routes.yaml`: string templates
+//! (`event_type`, `repo`, `workflow`, `ref`, `dedupe_key`), value templates
+//! with typed rendering (`client_payload`, `inputs`) and conditions (`when`).
+//!
+//! Every template of one loaded configuration lives in one shared minijinja
+//! [`Environment`], compiled exactly once when the configuration is loaded and
+//! never parsed again while requests are served. Templates are named after
+//! their place in the configuration (for example
+//! `routes[0].dispatch[1].client_payload.entry`), so every error names the
+//! field that failed.
+//!
+//! Undefined values are lenient, as in Jinja: `{{ body.missing }}` renders as
+//! an empty string inside text and as `null` when it is the whole value.
+//! Evaluation failures (a type error, a bad filter argument, an unknown
+//! filter) are [`RenderError`]s.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use minijinja::{AutoEscape, Environment, Value as MjValue, context};
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+mod tests;
+
+/// The variable a compiled expression stores its value in. Expressions are
+/// compiled as `{% set __relay_value = (EXPR) %}` templates so that they can
+/// live inside the shared environment; the name is deliberately unlikely to
+/// collide with anything a user writes.
+const VALUE_VAR: &str = "__relay_value";
+
+/// What a template sees about one inbound request.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Context {
+    /// The parsed request body (JSON as is, form fields as an object).
+    pub body: serde_json::Value,
+    /// Header names, lower-cased, to their values.
+    pub headers: BTreeMap<String, String>,
+    /// Query-string parameters.
+    pub query: BTreeMap<String, String>,
+    /// The id of the route that received the request.
+    pub route: String,
+    /// The relay's id for this delivery.
+    pub delivery_id: String,
+    /// When the relay received the request, in RFC 3339.
+    pub received_at: String,
+}
+
+impl Context {
+    /// Converts the context into minijinja's value model.
+    ///
+    /// The conversion walks the whole body, so the accept path does it once
+    /// per request and renders every template of the route from the result.
+    pub fn prepare(&self) -> Prepared {
+        Prepared(context! {
+            body => MjValue::from_serialize(&self.body),
+            headers => MjValue::from_serialize(&self.headers),
+            query => MjValue::from_serialize(&self.query),
+            route => self.route.as_str(),
+            delivery => context! {
+                id => self.delivery_id.as_str(),
+                received_at => self.received_at.as_str(),
+            },
+        })
+    }
+}
+
+/// A [`Context`] already converted for rendering; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Prepared(MjValue);
+
+/// A template or expression that failed to compile.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TemplateError {
+    /// A string template with a syntax error.
+    #[error("invalid template: {detail}")]
+    Template {
+        /// Where inside a value template the string is (empty for a plain
+        /// string template).
+        at: Vec<PathSegment>,
+        /// minijinja's description of the problem.
+        detail: String,
+    },
+    /// An expression (a `when`, or a lone `{{ expression }}` in a value
+    /// template) with a syntax error.
+    #[error("invalid expression: {detail}")]
+    Expression {
+        /// Where inside a value template the expression is (empty for a
+        /// `when`).
+        at: Vec<PathSegment>,
+        /// minijinja's description of the problem.
+        detail: String,
+    },
+}
+
+impl TemplateError {
+    /// Where inside a value template the error is; empty for strings and
+    /// conditions.
+    pub fn at(&self) -> &[PathSegment] {
+        match self {
+            TemplateError::Template { at, .. } | TemplateError::Expression { at, .. } => at,
+        }
+    }
+}
+
+/// One step into a value template: a map key or a list index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathSegment {
+    /// A key of a map.
+    Key(String),
+    /// An index into a list.
+    Index(usize),
+}
+
+/// A template that failed while rendering one request.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{name}: {detail}")]
+pub struct RenderError {
+    /// The template's name: its place in the configuration.
+    pub name: String,
+    /// What went wrong, in minijinja's words.
+    pub detail: String,
+}
+
+/// The compiled templates of one configuration.
+///
+/// Templates hold an `Arc` of their engine; the environment inside is set
+/// once, by [`EngineBuilder::finish`], after every template of the
+/// configuration has been added to it.
+pub struct Engine {
+    env: OnceLock<Environment<'static>>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.env.get().map_or(0, |env| env.templates().count());
+        f.debug_struct("Engine").field("templates", &count).finish()
+    }
+}
+
+impl Engine {
+    fn env(&self, name: &str) -> Result<&Environment<'static>, RenderError> {
+        // Only a template rendered before its builder finished can get here,
+        // which is a programming error; it is still reported, not a panic.
+        self.env.get().ok_or_else(|| RenderError {
+            name: name.to_owned(),
+            detail: "the template engine was used before it was finished".to_owned(),
+        })
+    }
+}
+
+/// Collects the templates of one configuration into one environment.
+pub struct EngineBuilder {
+    env: Environment<'static>,
+    engine: Arc<Engine>,
+    names: HashSet<String>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("templates", &self.names.len())
+            .finish()
+    }
+}
+
+impl EngineBuilder {
+    /// Starts an environment with Jinja's builtins, `tojson` and `urldecode`.
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        // Rendered text must match what the user wrote, including a final
+        // newline from a YAML block scalar, exactly as a static string does.
+        env.set_keep_trailing_newline(true);
+        // The output is JSON data or identifiers, never HTML.
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_debug(false);
+        env.add_filter("urldecode", urldecode);
+        EngineBuilder {
+            env,
+            engine: Arc::new(Engine {
+                env: OnceLock::new(),
+            }),
+            names: HashSet::new(),
+        }
+    }
+
+    /// Compiles a string template named `name`.
+    pub fn string(&mut self, name: &str, source: &str) -> Result<StringTemplate, TemplateError> {
+        self.string_at(name, source, &[])
+    }
+
+    /// Compiles a condition (a Jinja expression) named `name`.
+    pub fn condition(&mut self, name: &str, source: &str) -> Result<Condition, TemplateError> {
+        let expr = self.expression(name, source, &[])?;
+        Ok(Condition { expr })
+    }
+
+    /// Compiles a value template; strings in it are templates with typed
+    /// rendering. Every compile error in the tree is returned, each with its
+    /// place inside the value.
+    pub fn value(
+        &mut self,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<ValueTemplate, Vec<TemplateError>> {
+        let mut errors = Vec::new();
+        let mut at = Vec::new();
+        let root = self.node(name, value, &mut at, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let static_value = root.static_value();
+        Ok(ValueTemplate { root, static_value })
+    }
+
+    /// Freezes the environment; the templates compiled so far become usable.
+    pub fn finish(self) -> Arc<Engine> {
+        // The cell is new and only set here, so it cannot already be full.
+        let _ = self.engine.env.set(self.env);
+        self.engine
+    }
+
+    fn unique_name(&mut self, name: &str) -> String {
+        let mut candidate = name.to_owned();
+        let mut n = 2;
+        while !self.names.insert(candidate.clone()) {
+            candidate = format!("{name} ({n})");
+            n += 1;
+        }
+        candidate
+    }
+
+    fn string_at(
+        &mut self,
+        name: &str,
+        source: &str,
+        at: &[PathSegment],
+    ) -> Result<StringTemplate, TemplateError> {
+        if is_plain_text(source) {
+            return Ok(StringTemplate {
+                source: source.to_owned(),
+                compiled: None,
+            });
+        }
+        let name = self.unique_name(name);
+        self.env
+            .add_template_owned(name.clone(), source.to_owned())
+            .map_err(|err| TemplateError::Template {
+                at: at.to_vec(),
+                detail: describe(&err, source),
+            })?;
+        Ok(StringTemplate {
+            source: source.to_owned(),
+            compiled: Some(Compiled {
+                engine: Arc::clone(&self.engine),
+                name,
+            }),
+        })
+    }
+
+    fn expression(
+        &mut self,
+        name: &str,
+        source: &str,
+        at: &[PathSegment],
+    ) -> Result<Expr, TemplateError> {
+        let invalid = |detail: String| TemplateError::Expression {
+            at: at.to_vec(),
+            detail,
+        };
+        // Parsing the expression on its own first gives the user an error
+        // about what they wrote rather than about the wrapper, and makes sure
+        // the source is exactly one expression before it is spliced in.
+        if let Err(err) = self.env.compile_expression(source) {
+            return Err(invalid(describe(&err, source)));
+        }
+        let name = self.unique_name(name);
+        let wrapper = format!("{{% set {VALUE_VAR} = ({source}) %}}");
+        self.env
+            .add_template_owned(name.clone(), wrapper)
+            .map_err(|err| invalid(describe(&err, source)))?;
+        Ok(Expr {
+            source: source.to_owned(),
+            compiled: Compiled {
+                engine: Arc::clone(&self.engine),
+                name,
+            },
+        })
+    }
+
+    fn node(
+        &mut self,
+        name: &str,
+        value: &serde_json::Value,
+        at: &mut Vec<PathSegment>,
+        errors: &mut Vec<TemplateError>,
+    ) -> Node {
+        match value {
+            serde_json::Value::String(text) => {
+                let child = child_name(name, at);
+                let compiled = match lone_expression(text) {
+                    Some(expr) => self.expression(&child, expr, at).map(Node::Expr),
+                    None => self.string_at(&child, text, at).map(|t| match t.compiled {
+                        None => Node::Static(serde_json::Value::String(t.source)),
+                        Some(_) => Node::Text(t),
+                    }),
+                };
+                compiled.unwrap_or_else(|err| {
+                    errors.push(err);
+                    Node::Static(serde_json::Value::Null)
+                })
+            }
+            serde_json::Value::Array(items) => {
+                let mut nodes = Vec::with_capacity(items.len());
+                for (index, item) in items.iter().enumerate() {
+                    at.push(PathSegment::Index(index));
+                    nodes.push(self.node(name, item, at, errors));
+                    at.pop();
+                }
+                Node::Array(nodes)
+            }
+            serde_json::Value::Object(map) => {
+                let mut entries = Vec::with_capacity(map.len());
+                for (key, item) in map {
+                    at.push(PathSegment::Key(key.clone()));
+                    entries.push((key.clone(), self.node(name, item, at, errors)));
+                    at.pop();
+                }
+                Node::Object(entries)
+            }
+            scalar => Node::Static(scalar.clone()),
+        }
+    }
+}
+
+/// The name of a string inside a value template, e.g. `base.entry[0]`.
+fn child_name(base: &str, at: &[PathSegment]) -> String {
+    let mut name = base.to_owned();
+    for segment in at {
+        match segment {
+            PathSegment::Key(key) => {
+                name.push('.');
+                name.push_str(key);
+            }
+            PathSegment::Index(index) => {
+                name.push_str(&format!("[{index}]"));
+            }
+        }
+    }
+    name
+}
+
+/// Whether a string contains no template syntax at all.
+fn is_plain_text(source: &str) -> bool {
+    !(source.contains("{{") || source.contains("{%") || source.contains("{#"))
+}
+
+/// Returns the expression of a string that is exactly one `{{ expression }}`
+/// (surrounding whitespace allowed), or `None` for any other string.
+pub fn lone_expression(source: &str) -> Option<&str> {
+    let inner = source.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    // `{{ a }} and {{ b }}` also starts and ends with braces; it is text.
+    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") || inner.contains("{#")
+    {
+        return None;
+    }
+    // Whitespace-control markers sit directly against the braces.
+    let inner = inner.strip_prefix(['-', '+']).unwrap_or(inner);
+    let inner = inner.strip_suffix(['-', '+']).unwrap_or(inner);
+    let inner = inner.trim();
+    (!inner.is_empty()).then_some(inner)
+}
+
+/// Describes a minijinja error as `kind: detail`, with the line when the
+/// template has several, followed by the chain of causes.
+fn describe(err: &minijinja::Error, source: &str) -> String {
+    let mut text = match err.detail() {
+        Some(detail) => format!("{}: {}", err.kind(), detail),
+        None => err.kind().to_string(),
+    };
+    if source.contains('\n')
+        && let Some(line) = err.line()
+    {
+        text.push_str(&format!(" (line {line} of the template)"));
+    }
+    let mut cause = std::error::Error::source(err);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
+/// The `urldecode` filter: form rules, so `+` is a space, then percent
+/// decoding; bytes that are not UTF-8 are replaced rather than failing the
+/// whole render.
+fn urldecode(value: MjValue) -> String {
+    if value.is_undefined() || value.is_none() {
+        return String::new();
+    }
+    let text = match value.as_str() {
+        Some(text) => text.replace('+', " "),
+        None => value.to_string().replace('+', " "),
+    };
+    percent_encoding::percent_decode_str(&text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+#[derive(Clone)]
+struct Compiled {
+    engine: Arc<Engine>,
+    name: String,
+}
+
+impl Compiled {
+    fn error(&self, err: &minijinja::Error, source: &str) -> RenderError {
+        RenderError {
+            name: self.name.clone(),
+            detail: describe(err, source),
+        }
+    }
+}
+
+/// A compiled string template.
+#[derive(Clone)]
+pub struct StringTemplate {
+    source: String,
+    compiled: Option<Compiled>,
+}
+
+impl fmt::Debug for StringTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("StringTemplate").field(&self.source).finish()
+    }
+}
+
+impl StringTemplate {
+    /// Renders the template for one request.
+    pub fn render(&self, ctx: &Context) -> Result<String, RenderError> {
+        match &self.compiled {
+            None => Ok(self.source.clone()),
+            Some(_) => self.render_prepared(&ctx.prepare()),
+        }
+    }
+
+    /// Renders the template from an already prepared context.
+    pub fn render_prepared(&self, ctx: &Prepared) -> Result<String, RenderError> {
+        let Some(compiled) = &self.compiled else {
+            return Ok(self.source.clone());
+        };
+        let env = compiled.engine.env(&compiled.name)?;
+        env.get_template(&compiled.name)
+            .and_then(|template| template.render(&ctx.0))
+            .map_err(|err| compiled.error(&err, &self.source))
+    }
+
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The text, when the template contains no template syntax.
+    pub fn is_static(&self) -> Option<&str> {
+        match self.compiled {
+            None => Some(&self.source),
+            Some(_) => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Expr {
+    source: String,
+    compiled: Compiled,
+}
+
+impl Expr {
+    fn eval(&self, ctx: &Prepared) -> Result<MjValue, RenderError> {
+        let compiled = &self.compiled;
+        let env = compiled.engine.env(&compiled.name)?;
+        let template = env
+            .get_template(&compiled.name)
+            .map_err(|err| compiled.error(&err, &self.source))?;
+        let captured = template
+            .render_captured(&ctx.0)
+            .map_err(|err| compiled.error(&err, &self.source))?;
+        Ok(captured
+            .state()
+            .lookup(VALUE_VAR)
+            .unwrap_or(MjValue::UNDEFINED))
+    }
+}
+
+/// A route's `when`: a Jinja expression judged by Jinja truthiness.
+#[derive(Clone)]
+pub struct Condition {
+    expr: Expr,
+}
+
+impl fmt::Debug for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Condition").field(&self.expr.source).finish()
+    }
+}
+
+impl Condition {
+    /// Evaluates the condition for one request.
+    pub fn eval(&self, ctx: &Context) -> Result<bool, RenderError> {
+        self.eval_prepared(&ctx.prepare())
+    }
+
+    /// Evaluates the condition from an already prepared context.
+    pub fn eval_prepared(&self, ctx: &Prepared) -> Result<bool, RenderError> {
+        Ok(self.expr.eval(ctx)?.is_true())
+    }
+
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.expr.source
+    }
+}
+
+#[derive(Clone)]
+enum Node {
+    Static(serde_json::Value),
+    Text(StringTemplate),
+    Expr(Expr),
+    Array(Vec<Node>),
+    Object(Vec<(String, Node)>),
+}
+
+impl Node {
+    fn static_value(&self) -> Option<serde_json::Value> {
+        match self {
+            Node::Static(value) => Some(value.clone()),
+            Node::Text(_) | Node::Expr(_) => None,
+            Node::Array(items) => items.iter().map(Node::static_value).collect(),
+            Node::Object(entries) => entries
+                .iter()
+                .map(|(key, node)| Some((key.clone(), node.static_value()?)))
+                .collect::<Option<serde_json::Map<_, _>>>()
+                .map(serde_json::Value::Object),
+        }
+    }
+
+    fn render(&self, ctx: &Prepared) -> Result<serde_json::Value, RenderError> {
+        Ok(match self {
+            Node::Static(value) => value.clone(),
+            Node::Text(template) => serde_json::Value::String(template.render_prepared(ctx)?),
+            Node::Expr(expr) => {
+                let value = expr.eval(ctx)?;
+                serde_json::to_value(&value).map_err(|err| RenderError {
+                    name: expr.compiled.name.clone(),
+                    detail: format!("the value cannot be represented as JSON: {err}"),
+                })?
+            }
+            Node::Array(items) => serde_json::Value::Array(
+                items
+                    .iter()
+                    .map(|item| item.render(ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Node::Object(entries) => {
+                let mut map = serde_json::Map::with_capacity(entries.len());
+                for (key, node) in entries {
+                    map.insert(key.clone(), node.render(ctx)?);
+                }
+                serde_json::Value::Object(map)
+            }
+        })
+    }
+
+    fn fmt_source(&self) -> serde_json::Value {
+        match self {
+            Node::Static(value) => value.clone(),
+            Node::Text(template) => serde_json::Value::String(template.source.clone()),
+            Node::Expr(expr) => serde_json::Value::String(format!("{{{{ {} }}}}", expr.source)),
+            Node::Array(items) => items.iter().map(Node::fmt_source).collect(),
+            Node::Object(entries) => serde_json::Value::Object(
+                entries
+                    .iter()
+                    .map(|(key, node)| (key.clone(), node.fmt_source()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A compiled tree of values whose strings are templates with typed
+/// rendering: a string that is exactly one `{{ expression }}` yields the
+/// expression's value with its JSON type, any other string yields a string,
+/// other scalars pass through and maps and lists render recursively. Map keys
+/// are not templates.
+#[derive(Clone)]
+pub struct ValueTemplate {
+    root: Node,
+    static_value: Option<serde_json::Value>,
+}
+
+impl fmt::Debug for ValueTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ValueTemplate")
+            .field(&self.root.fmt_source())
+            .finish()
+    }
+}
+
+impl ValueTemplate {
+    /// Renders the tree for one request.
+    pub fn render(&self, ctx: &Context) -> Result<serde_json::Value, RenderError> {
+        match &self.static_value {
+            Some(value) => Ok(value.clone()),
+            None => self.render_prepared(&ctx.prepare()),
+        }
+    }
+
+    /// Renders the tree from an already prepared context.
+    pub fn render_prepared(&self, ctx: &Prepared) -> Result<serde_json::Value, RenderError> {
+        match &self.static_value {
+            Some(value) => Ok(value.clone()),
+            None => self.root.render(ctx),
+        }
+    }
+
+    /// The value, when nothing in the tree is templated.
+    pub fn static_value(&self) -> Option<serde_json::Value> {
+        self.static_value.clone()
+    }
+
+    /// The number of keys, when the tree is a map (its keys are fixed).
+    pub fn top_level_keys(&self) -> Option<usize> {
+        match &self.root {
+            Node::Object(entries) => Some(entries.len()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Table-driven tests of compiling and rendering templates.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn ctx() -> Context {
+    Context {
+        body: json!({
+            "model": "post",
+            "count": 3,
+            "price": 1.5,
+            "draft": false,
+            "entry": {"id": 7, "tags": ["a", "b"]},
+            "list": [1, 2],
+            "nothing": null,
+            "key": "a+b%20c%C3%A9",
+        }),
+        headers: [("x-event".to_owned(), "publish".to_owned())].into(),
+        query: [("ref".to_owned(), "main".to_owned())].into(),
+        route: "blog".to_owned(),
+        delivery_id: "d-1".to_owned(),
+        received_at: "2026-01-01T00:00:00Z".to_owned(),
+    }
+}
+
+#[test]
+fn string_templates_render() {
+    let cases = [
+        ("plain", "plain"),
+        ("cms-{{ body.model }}", "cms-post"),
+        ("{{ headers['x-event'] }}/{{ query.ref }}", "publish/main"),
+        ("{{ route }}:{{ delivery.id }}", "blog:d-1"),
+        ("{{ delivery.received_at }}", "2026-01-01T00:00:00Z"),
+        ("{{ body.key | urldecode }}", "a b cé"),
+        ("{{ 'x%2By' | urldecode }}", "x+y"),
+        ("{{ '%FF' | urldecode }}", "\u{FFFD}"),
+        ("{{ body.entry | tojson }}", r#"{"id":7,"tags":["a","b"]}"#),
+        ("[{{ body.missing }}]", "[]"),
+        ("{% if body.draft %}d{% else %}p{% endif %}", "p"),
+        ("line\n", "line\n"),
+        ("{{ body.model }}\n", "post\n"),
+    ];
+    let mut builder = EngineBuilder::new();
+    let compiled: Vec<_> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (source, _))| builder.string(&format!("t{i}"), source).unwrap())
+        .collect();
+    builder.finish();
+    for ((source, expected), template) in cases.iter().zip(&compiled) {
+        assert_eq!(template.render(&ctx()).unwrap(), *expected, "{source}");
+        assert_eq!(template.source(), *source);
+    }
+}
+
+#[test]
+fn static_detection() {
+    let cases = [
+        ("deploy", Some("deploy")),
+        ("a { b } $", Some("a { b } $")),
+        ("{{ x }}", None),
+        ("{% if x %}y{% endif %}", None),
+        ("{# note #}x", None),
+    ];
+    let mut builder = EngineBuilder::new();
+    for (source, expected) in cases {
+        let template = builder.string("t", source).unwrap();
+        assert_eq!(template.is_static(), expected, "{source}");
+    }
+}
+
+#[test]
+fn lone_expressions_are_recognised() {
+    let cases = [
+        ("{{ body }}", Some("body")),
+        ("  {{body.x}}\n", Some("body.x")),
+        ("{{- body -}}", Some("body")),
+        ("{{ -5 }}", Some("-5")),
+        ("{{ a }} and {{ b }}", None),
+        ("x {{ a }}", None),
+        ("{{ a }}x", None),
+        ("{{ }}", None),
+        ("plain", None),
+    ];
+    for (source, expected) in cases {
+        assert_eq!(lone_expression(source), expected, "{source}");
+    }
+}
+
+#[test]
+fn typed_rendering_keeps_json_types() {
+    let cases: Vec<(Value, Value)> = vec![
+        (json!("{{ body.count }}"), json!(3)),
+        (json!("{{ body.price }}"), json!(1.5)),
+        (json!("{{ body.draft }}"), json!(false)),
+        (
+            json!("{{ body.entry }}"),
+            json!({"id": 7, "tags": ["a", "b"]}),
+        ),
+        (json!("{{ body.list }}"), json!([1, 2])),
+        (json!("{{ body.nothing }}"), Value::Null),
+        (json!("{{ body.missing }}"), Value::Null),
+        (json!("{{ body.model }}"), json!("post")),
+        (json!("n={{ body.count }}"), json!("n=3")),
+        (json!("{{ body.count }} {{ body.count }}"), json!("3 3")),
+        (json!(" {{ body.count + 1 }} "), json!(4)),
+        (json!(false), json!(false)),
+        (json!(12), json!(12)),
+        (json!(null), Value::Null),
+        (
+            json!({"a": ["{{ body.count }}", "x{{ body.count }}", true], "b": {"c": "{{ body.entry.id }}"}}),
+            json!({"a": [3, "x3", true], "b": {"c": 7}}),
+        ),
+    ];
+    let mut builder = EngineBuilder::new();
+    let compiled: Vec<_> = cases
+        .iter()
+        .map(|(source, _)| builder.value("payload", source).unwrap())
+        .collect();
+    builder.finish();
+    for ((source, expected), template) in cases.iter().zip(&compiled) {
+        assert_eq!(&template.render(&ctx()).unwrap(), expected, "{source}");
+    }
+}
+
+#[test]
+fn static_values_and_key_counts() {
+    let mut builder = EngineBuilder::new();
+    let fixed = builder.value("a", &json!({"a": 1, "b": ["x"]})).unwrap();
+    let templated = builder.value("b", &json!({"a": "{{ body }}"})).unwrap();
+    let whole = builder.value("c", &json!("{{ body }}")).unwrap();
+    builder.finish();
+    assert_eq!(fixed.static_value(), Some(json!({"a": 1, "b": ["x"]})));
+    assert_eq!(fixed.top_level_keys(), Some(2));
+    assert_eq!(templated.static_value(), None);
+    assert_eq!(templated.top_level_keys(), Some(1));
+    assert_eq!(whole.top_level_keys(), None);
+    assert_eq!(whole.render(&ctx()).unwrap(), ctx().body);
+}
+
+#[test]
+fn conditions_use_jinja_truthiness() {
+    let cases = [
+        ("body.model == 'post'", true),
+        ("body.model in ['page', 'post']", true),
+        ("body.count > 5", false),
+        ("body.missing", false),
+        ("body.list", true),
+        ("body.nothing", false),
+        (
+            "headers['x-event'] == 'publish' and query.ref == 'main'",
+            true,
+        ),
+        ("not body.draft", true),
+    ];
+    let mut builder = EngineBuilder::new();
+    let compiled: Vec<_> = cases
+        .iter()
+        .map(|(source, _)| builder.condition("when", source).unwrap())
+        .collect();
+    builder.finish();
+    for ((source, expected), condition) in cases.iter().zip(&compiled) {
+        assert_eq!(condition.eval(&ctx()).unwrap(), *expected, "{source}");
+    }
+}
+
+#[test]
+fn compile_errors_are_reported_with_their_place() {
+    let mut builder = EngineBuilder::new();
+    let err = builder.string("t", "{{ body.x ").unwrap_err();
+    assert!(matches!(err, TemplateError::Template { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("invalid template: syntax error"),
+        "{err}"
+    );
+
+    let err = builder.condition("when", "body.x ==").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("invalid expression: syntax error"),
+        "{err}"
+    );
+
+    let err = builder.condition("when", "a) %}{% set b = (1").unwrap_err();
+    assert!(matches!(err, TemplateError::Expression { .. }), "{err}");
+
+    let errors = builder
+        .value(
+            "p",
+            &json!({"ok": "{{ x }}", "bad": ["{{ x + }}", "{% if %}"]}),
+        )
+        .unwrap_err();
+    let places: Vec<_> = errors.iter().map(|e| e.at().to_vec()).collect();
+    assert_eq!(
+        places,
+        vec![
+            vec![PathSegment::Key("bad".into()), PathSegment::Index(0)],
+            vec![PathSegment::Key("bad".into()), PathSegment::Index(1)],
+        ]
+    );
+}
+
+#[test]
+fn render_errors_name_the_template() {
+    let mut builder = EngineBuilder::new();
+    let text = builder
+        .string("routes[0].dispatch[0].event_type", "{{ body.model + 1 }}")
+        .unwrap();
+    // minijinja resolves filters while rendering, so an unknown filter is a
+    // render error rather than a compile error.
+    let unknown = builder.string("u", "{{ body.entry | nofilter }}").unwrap();
+    let value = builder
+        .value(
+            "routes[0].dispatch[0].client_payload",
+            &json!({"n": "{{ body.model * body.entry }}"}),
+        )
+        .unwrap();
+    builder.finish();
+    let err = text.render(&ctx()).unwrap_err();
+    assert_eq!(err.name, "routes[0].dispatch[0].event_type");
+    assert!(
+        err.to_string()
+            .starts_with("routes[0].dispatch[0].event_type: invalid operation"),
+        "{err}"
+    );
+    let err = value.render(&ctx()).unwrap_err();
+    assert_eq!(err.name, "routes[0].dispatch[0].client_payload.n");
+    let err = unknown.render(&ctx()).unwrap_err();
+    assert!(err.to_string().contains("nofilter"), "{err}");
+}
+
+#[test]
+fn a_prepared_context_renders_the_same() {
+    let mut builder = EngineBuilder::new();
+    let template = builder.string("t", "{{ body.model }}-{{ route }}").unwrap();
+    builder.finish();
+    let prepared = ctx().prepare();
+    assert_eq!(template.render_prepared(&prepared).unwrap(), "post-blog");
+}

@@ -1,0 +1,358 @@
+//! Sender authentication: checks an incoming request against its route's
+//! `verify` method. Pure: it sees the headers and the raw body, nothing else.
+//!
+//! Every comparison of a secret-derived value is constant-time. The error
+//! says which check failed, for the log only: the sender gets a bare 401 so
+//! that a forger learns nothing from the answer.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use subtle::ConstantTimeEq;
+
+use crate::config::{HmacAlgorithm, HmacVerify, SignatureEncoding, Verify};
+use crate::secret::Secret;
+
+/// Why a request was refused. Never includes a secret or a signature value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("header `{0}` is missing")]
+    MissingHeader(String),
+    #[error("header `{0}` is not in the expected format")]
+    Malformed(String),
+    #[error("signature in `{0}` does not match any configured secret")]
+    BadSignature(String),
+    #[error("header `{0}` does not match the configured value")]
+    BadToken(String),
+    #[error("basic credentials are missing")]
+    MissingBasic,
+    #[error("basic credentials do not match")]
+    BadBasic,
+}
+
+impl VerifyError {
+    /// True when the sender should be told how to authenticate
+    /// (`WWW-Authenticate`), as HTTP Basic clients expect on a first try.
+    pub fn wants_basic_challenge(&self) -> bool {
+        matches!(self, VerifyError::MissingBasic)
+    }
+}
+
+/// Checks the request; `headers` has lower-cased names.
+pub fn verify(
+    method: &Verify,
+    headers: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Result<(), VerifyError> {
+    match method {
+        Verify::None => Ok(()),
+        Verify::Hmac(config) => verify_hmac(config, headers, body),
+        Verify::Github { secrets } => {
+            let config = HmacVerify {
+                secrets: secrets.clone(),
+                header: "x-hub-signature-256".into(),
+                algorithm: HmacAlgorithm::Sha256,
+                encoding: SignatureEncoding::Hex,
+                prefix: Some("sha256=".into()),
+            };
+            verify_hmac(&config, headers, body)
+        }
+        Verify::Token { header, values } => {
+            let got = header_value(headers, header)?;
+            if values
+                .iter()
+                .any(|v| constant_time_eq(got.as_bytes(), v.expose().as_bytes()))
+            {
+                Ok(())
+            } else {
+                Err(VerifyError::BadToken(header.clone()))
+            }
+        }
+        Verify::Basic {
+            username,
+            passwords,
+        } => verify_basic(username, passwords, headers),
+    }
+}
+
+fn header_value<'a>(
+    headers: &'a BTreeMap<String, String>,
+    name: &str,
+) -> Result<&'a str, VerifyError> {
+    headers
+        .get(name)
+        .map(|v| v.trim())
+        .ok_or_else(|| VerifyError::MissingHeader(name.to_string()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // ct_eq on slices of different lengths returns false without looking at
+    // the contents; the length of a configured token is not a secret worth
+    // hiding, its bytes are.
+    a.ct_eq(b).into()
+}
+
+fn verify_hmac(
+    config: &HmacVerify,
+    headers: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Result<(), VerifyError> {
+    let raw = header_value(headers, &config.header)?;
+    let encoded = match &config.prefix {
+        Some(prefix) => raw
+            .strip_prefix(prefix.as_str())
+            .ok_or_else(|| VerifyError::Malformed(config.header.clone()))?,
+        None => raw,
+    };
+    let signature = match config.encoding {
+        SignatureEncoding::Hex => hex::decode(encoded.trim()),
+        SignatureEncoding::Base64 => STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| hex::FromHexError::OddLength),
+    }
+    .map_err(|_| VerifyError::Malformed(config.header.clone()))?;
+    if config
+        .secrets
+        .iter()
+        .any(|secret| hmac_matches(config.algorithm, secret, body, &signature))
+    {
+        Ok(())
+    } else {
+        Err(VerifyError::BadSignature(config.header.clone()))
+    }
+}
+
+/// Computes the HMAC of `body` and compares it with `signature` in constant
+/// time (`verify_slice` does the comparison).
+pub fn hmac_matches(
+    algorithm: HmacAlgorithm,
+    secret: &Secret,
+    body: &[u8],
+    signature: &[u8],
+) -> bool {
+    let key = secret.expose().as_bytes();
+    match algorithm {
+        HmacAlgorithm::Sha1 => mac::<Hmac<sha1::Sha1>>(key, body)
+            .verify_slice(signature)
+            .is_ok(),
+        HmacAlgorithm::Sha256 => mac::<Hmac<sha2::Sha256>>(key, body)
+            .verify_slice(signature)
+            .is_ok(),
+        HmacAlgorithm::Sha512 => mac::<Hmac<sha2::Sha512>>(key, body)
+            .verify_slice(signature)
+            .is_ok(),
+    }
+}
+
+fn mac<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8]) -> M {
+    let mut mac =
+        <M as hmac::digest::KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(body);
+    mac
+}
+
+/// Computes a signature as a sender would, for `render --verify`'s
+/// counterpart in tests and the benchmarks.
+pub fn sign(algorithm: HmacAlgorithm, secret: &str, body: &[u8]) -> Vec<u8> {
+    let key = secret.as_bytes();
+    match algorithm {
+        HmacAlgorithm::Sha1 => mac::<Hmac<sha1::Sha1>>(key, body)
+            .finalize()
+            .into_bytes()
+            .to_vec(),
+        HmacAlgorithm::Sha256 => mac::<Hmac<sha2::Sha256>>(key, body)
+            .finalize()
+            .into_bytes()
+            .to_vec(),
+        HmacAlgorithm::Sha512 => mac::<Hmac<sha2::Sha512>>(key, body)
+            .finalize()
+            .into_bytes()
+            .to_vec(),
+    }
+}
+
+fn verify_basic(
+    username: &str,
+    passwords: &[Secret],
+    headers: &BTreeMap<String, String>,
+) -> Result<(), VerifyError> {
+    let Some(value) = headers.get("authorization") else {
+        return Err(VerifyError::MissingBasic);
+    };
+    let Some(encoded) = value
+        .trim()
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .map(|(_, rest)| rest.trim())
+    else {
+        return Err(VerifyError::MissingBasic);
+    };
+    let decoded = STANDARD
+        .decode(encoded)
+        .map_err(|_| VerifyError::BadBasic)?;
+    let text = String::from_utf8(decoded).map_err(|_| VerifyError::BadBasic)?;
+    let (user, password) = text.split_once(':').ok_or(VerifyError::BadBasic)?;
+    let user_ok = constant_time_eq(user.as_bytes(), username.as_bytes());
+    let password_ok = passwords.iter().fold(false, |ok, p| {
+        ok | constant_time_eq(password.as_bytes(), p.expose().as_bytes())
+    });
+    if user_ok && password_ok {
+        Ok(())
+    } else {
+        Err(VerifyError::BadBasic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn secrets(list: &[&str]) -> Vec<Secret> {
+        list.iter().map(|s| Secret::new(s.to_string())).collect()
+    }
+
+    const BODY: &[u8] = br#"{"event":"entry.publish"}"#;
+
+    #[test]
+    fn hmac_accepts_each_rotated_secret_and_rejects_tampering() {
+        let config = HmacVerify {
+            secrets: secrets(&["old", "new"]),
+            header: "x-signature".into(),
+            algorithm: HmacAlgorithm::Sha256,
+            encoding: SignatureEncoding::Hex,
+            prefix: Some("sha256=".into()),
+        };
+        let method = Verify::Hmac(config);
+        for secret in ["old", "new"] {
+            let sig = format!(
+                "sha256={}",
+                hex::encode(sign(HmacAlgorithm::Sha256, secret, BODY))
+            );
+            assert_eq!(
+                verify(&method, &headers(&[("x-signature", &sig)]), BODY),
+                Ok(())
+            );
+            assert_eq!(
+                verify(
+                    &method,
+                    &headers(&[("x-signature", &sig)]),
+                    b"{\"event\":\"entry.publisH\"}"
+                ),
+                Err(VerifyError::BadSignature("x-signature".into()))
+            );
+        }
+        let wrong = format!(
+            "sha256={}",
+            hex::encode(sign(HmacAlgorithm::Sha256, "other", BODY))
+        );
+        assert!(verify(&method, &headers(&[("x-signature", &wrong)]), BODY).is_err());
+        let unprefixed = hex::encode(sign(HmacAlgorithm::Sha256, "new", BODY));
+        assert_eq!(
+            verify(&method, &headers(&[("x-signature", &unprefixed)]), BODY),
+            Err(VerifyError::Malformed("x-signature".into()))
+        );
+        assert_eq!(
+            verify(&method, &headers(&[]), BODY),
+            Err(VerifyError::MissingHeader("x-signature".into()))
+        );
+    }
+
+    #[test]
+    fn hmac_algorithms_and_encodings() {
+        for algorithm in [
+            HmacAlgorithm::Sha1,
+            HmacAlgorithm::Sha256,
+            HmacAlgorithm::Sha512,
+        ] {
+            for encoding in [SignatureEncoding::Hex, SignatureEncoding::Base64] {
+                let raw = sign(algorithm, "k", BODY);
+                let value = match encoding {
+                    SignatureEncoding::Hex => hex::encode(&raw),
+                    SignatureEncoding::Base64 => STANDARD.encode(&raw),
+                };
+                let method = Verify::Hmac(HmacVerify {
+                    secrets: secrets(&["k"]),
+                    header: "sig".into(),
+                    algorithm,
+                    encoding,
+                    prefix: None,
+                });
+                assert_eq!(
+                    verify(&method, &headers(&[("sig", &value)]), BODY),
+                    Ok(()),
+                    "{algorithm:?} {encoding:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn github_style_signature() {
+        let method = Verify::Github {
+            secrets: secrets(&["s3cret"]),
+        };
+        let sig = format!(
+            "sha256={}",
+            hex::encode(sign(HmacAlgorithm::Sha256, "s3cret", BODY))
+        );
+        assert_eq!(
+            verify(&method, &headers(&[("x-hub-signature-256", &sig)]), BODY),
+            Ok(())
+        );
+        let sha1 = format!(
+            "sha1={}",
+            hex::encode(sign(HmacAlgorithm::Sha1, "s3cret", BODY))
+        );
+        assert!(verify(&method, &headers(&[("x-hub-signature-256", &sha1)]), BODY).is_err());
+    }
+
+    #[test]
+    fn token_and_basic() {
+        let token = Verify::Token {
+            header: "authorization".into(),
+            values: secrets(&["Bearer abc"]),
+        };
+        assert_eq!(
+            verify(&token, &headers(&[("authorization", "Bearer abc")]), BODY),
+            Ok(())
+        );
+        assert!(verify(&token, &headers(&[("authorization", "Bearer abd")]), BODY).is_err());
+        assert!(verify(&token, &headers(&[]), BODY).is_err());
+
+        let basic = Verify::Basic {
+            username: "jenkins".into(),
+            passwords: secrets(&["pw"]),
+        };
+        let good = format!("Basic {}", STANDARD.encode("jenkins:pw"));
+        let bad = format!("Basic {}", STANDARD.encode("jenkins:px"));
+        assert_eq!(
+            verify(&basic, &headers(&[("authorization", &good)]), BODY),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&basic, &headers(&[("authorization", &bad)]), BODY),
+            Err(VerifyError::BadBasic)
+        );
+        let missing = verify(&basic, &headers(&[]), BODY).unwrap_err();
+        assert!(missing.wants_basic_challenge());
+    }
+
+    #[test]
+    fn errors_never_carry_the_secret() {
+        let method = Verify::Token {
+            header: "x-token".into(),
+            values: secrets(&["hunter2"]),
+        };
+        let err = verify(&method, &headers(&[("x-token", "hunter3")]), BODY).unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("hunter"));
+    }
+}

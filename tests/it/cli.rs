@@ -1,0 +1,145 @@
+//! The command line against real files: `check` with good and broken
+//! configurations, `render`'s dry run, and the example routes.yaml.
+
+use std::process::Command;
+
+use crate::helpers::{SECRET, binary, signature};
+
+fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RELAY_CONFIG");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = "github:\n  token: x\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        evnt_type: deploy\n  - id: two\n    verify:\n      hmac:\n        secret: s\n        header: X-Sig\n        algoritm: sha256\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    std::fs::write(dir.path().join("routes.yaml"), broken).unwrap();
+    let (code, _, stderr) = run(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("routes.yaml:8:9:"),
+        "the misspelt event_type is on line 8, column 9:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("event_type"),
+        "a did-you-mean names the right key:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("routes.yaml:14:9:"),
+        "the second route's error is reported too:\n{stderr}"
+    );
+}
+
+#[test]
+fn check_names_a_missing_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "github:\n  token: ${NOT_SET_ANYWHERE}\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
+    let (code, _, stderr) = run(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("NOT_SET_ANYWHERE"), "{stderr}");
+    assert!(stderr.contains("routes.yaml:2:"), "{stderr}");
+}
+
+#[test]
+fn the_example_routes_yaml_passes_check() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/routes.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(example, dir.path().join("routes.yaml")).unwrap();
+    let env = [
+        ("GITHUB_TOKEN", "ghp_example"),
+        ("CMS_WEBHOOK_SECRET", "cms-secret"),
+        ("JENKINS_PASSWORD", "jenkins-password"),
+        ("MINIO_TOKEN", "minio-token"),
+    ];
+    let (code, stdout, stderr) = run(dir.path(), &["check"], &env);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(
+        !stdout.contains("cms-secret") && !stderr.contains("cms-secret"),
+        "check never prints secrets"
+    );
+}
+
+#[test]
+fn render_prints_the_exact_requests_and_can_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "github:\n  token: ${GITHUB_TOKEN}\nroutes:\n  - id: cms\n    verify:\n      hmac:\n        secret: ${WEBHOOK_SECRET}\n        header: X-Signature-256\n        prefix: \"sha256=\"\n    when: body.event == 'publish'\n    dispatch:\n      - repo: acme/blog\n        event_type: \"cms-{{ body.model }}\"\n        client_payload:\n          entry: \"{{ body.entry }}\"\n";
+    std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
+    let body = r#"{"event":"publish","model":"post","entry":{"id":1}}"#;
+    std::fs::write(dir.path().join("body.json"), body).unwrap();
+    let env = [("GITHUB_TOKEN", "ghp_x"), ("WEBHOOK_SECRET", SECRET)];
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &["render", "--route", "cms", "--body", "body.json"],
+        &env,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("POST https://api.github.com/repos/acme/blog/dispatches"),
+        "{stdout}"
+    );
+    let json_start = stdout.find('{').unwrap();
+    let printed: serde_json::Value = serde_json::from_str(stdout[json_start..].trim()).unwrap();
+    assert_eq!(
+        printed,
+        serde_json::json!({"event_type": "cms-post", "client_payload": {"entry": {"id": 1}}})
+    );
+
+    let good = format!("X-Signature-256: {}", signature(SECRET, body.as_bytes()));
+    let (code, stdout, _) = run(
+        dir.path(),
+        &[
+            "render",
+            "--route",
+            "cms",
+            "--body",
+            "body.json",
+            "--verify",
+            "--header",
+            &good,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0);
+    assert!(stdout.contains("signature: ok"));
+    let bad = format!("X-Signature-256: {}", signature("wrong", body.as_bytes()));
+    let (code, _, stderr) = run(
+        dir.path(),
+        &[
+            "render",
+            "--route",
+            "cms",
+            "--body",
+            "body.json",
+            "--verify",
+            "--header",
+            &bad,
+        ],
+        &env,
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("verification failed"), "{stderr}");
+
+    std::fs::write(dir.path().join("draft.json"), r#"{"event":"draft"}"#).unwrap();
+    let (code, stdout, _) = run(
+        dir.path(),
+        &["render", "--route", "cms", "--body", "draft.json"],
+        &env,
+    );
+    assert_eq!(code, 0);
+    assert!(stdout.contains("nothing would be sent"), "{stdout}");
+}

@@ -1,0 +1,233 @@
+//! What reaches GitHub, and what happens when GitHub refuses: typed
+//! rendering, retries, rate limits and permanent failures with their
+//! explanations.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::fake_github::Scripted;
+use crate::helpers::{TOKEN, hmac_route, spawn_app};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn one_target(repo: &str) -> String {
+    format!(
+        "      - repo: {repo}\n        event_type: deploy\n        client_payload:\n          id: \"{{{{ body.id }}}}\"\n"
+    )
+}
+
+fn status_of(delivery: &Value) -> &str {
+    delivery["status"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_rendering_reaches_github_with_the_required_headers() {
+    let dispatch = r#"      - repo: acme/blog
+        event_type: "cms-{{ body.model }}"
+        client_payload:
+          model: "{{ body.model }}"
+          entry: "{{ body.entry }}"
+          count: "{{ body.count }}"
+          ok: "{{ body.ok }}"
+          tags: "{{ body.tags }}"
+          missing: "{{ body.nothing is defined }}"
+          text: "id {{ body.count }}"
+          unit: false
+          ratio: 0.5
+          route: "{{ route }}"
+"#;
+    let app = spawn_app(&hmac_route("cms", dispatch)).await;
+    let body = r#"{"model":"post","entry":{"id":42,"title":"Hi","nested":{"a":[1,2]}},"count":3,"ok":true,"tags":["a","b"]}"#;
+    assert_eq!(app.post_signed("cms", body).await.status(), 202);
+    let sent = app.github.wait_for_dispatches(1, WAIT).await;
+    let request = &sent[0];
+    assert_eq!(request.path, "/repos/acme/blog/dispatches");
+    assert_eq!(
+        request.body,
+        Some(json!({
+            "event_type": "cms-post",
+            "client_payload": {
+                "model": "post",
+                "entry": {"id": 42, "title": "Hi", "nested": {"a": [1, 2]}},
+                "count": 3,
+                "ok": true,
+                "tags": ["a", "b"],
+                "missing": false,
+                "text": "id 3",
+                "unit": false,
+                "ratio": 0.5,
+                "route": "cms"
+            }
+        }))
+    );
+    assert_eq!(
+        request.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_eq!(
+        request.header("accept"),
+        Some("application/vnd.github+json")
+    );
+    assert_eq!(request.header("x-github-api-version"), Some("2022-11-28"));
+    assert!(
+        request
+            .header("user-agent")
+            .is_some_and(|ua| ua.starts_with("dispatch-relay/"))
+    );
+    assert_eq!(app.github.violations(), Vec::<String>::new());
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 1 && status_of(&list[0]) == "delivered"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fan_out_sends_one_job_per_target() {
+    let targets = format!("{}{}", one_target("acme/blog"), one_target("acme/docs"));
+    let app = spawn_app(&hmac_route("cms", &targets)).await;
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    let sent = app.github.wait_for_dispatches(2, WAIT).await;
+    let mut paths: Vec<&str> = sent.iter().map(|r| r.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["/repos/acme/blog/dispatches", "/repos/acme/docs/dispatches"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_bad_gateways_then_success_is_delivered_once() {
+    let app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::Status(502), Scripted::Status(502)],
+    );
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && status_of(&list[0]) == "delivered"
+        })
+        .await;
+    assert_eq!(list[0]["targets"][0]["attempts"], 3);
+    assert_eq!(app.github.dispatches().len(), 1, "delivered exactly once");
+    let attempts: Vec<u16> = app.github.requests().iter().map(|r| r.status).collect();
+    assert_eq!(attempts, [502, 502, 204]);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"dispatch_relay_dispatches_total{outcome="retried",route="cms"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"dispatch_relay_dispatches_total{outcome="delivered",route="cms"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_found_and_bad_credentials_fail_with_an_explanation() {
+    let targets = format!("{}{}", one_target("acme/private"), one_target("acme/blog"));
+    let app = spawn_app(&hmac_route("cms", &targets)).await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::BadCredentials]);
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && status_of(&list[0]) == "failed"
+        })
+        .await;
+    let targets = list[0]["targets"].as_array().unwrap();
+    let error_of = |repo: &str| {
+        targets
+            .iter()
+            .find(|t| t["repo"] == repo)
+            .and_then(|t| t["last_error"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        error_of("acme/private")
+            .starts_with("repository not found, or the credential cannot see it")
+    );
+    assert!(error_of("acme/private").contains("Contents: write"));
+    assert_eq!(
+        error_of("acme/blog"),
+        "bad credentials: token invalid or expired"
+    );
+    for t in targets {
+        assert_eq!(t["attempts"], 1, "permanent failures are not retried");
+    }
+    // The listing in text form says why too.
+    let output = app.cli(&["deliveries", "--status", "failed"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("repository not found"), "{text}");
+    // No log line or stored row carries the token.
+    assert!(!app.logs().iter().any(|l| l.contains(TOKEN)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_is_respected() {
+    let app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::RateLimited {
+            retry_after_secs: 2,
+        }],
+    );
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    app.github.wait_for_dispatches(1, WAIT).await;
+    let requests = app.github.requests();
+    assert_eq!(requests.len(), 2);
+    let waited = requests[1].received_at - requests[0].received_at;
+    assert!(
+        waited >= Duration::from_secs(2),
+        "retried after {waited:?}, before retry-after"
+    );
+    app.wait_for_deliveries(WAIT, |list| status_of(&list[0]) == "delivered")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_render_failure_is_stored_answered_422_and_recovered_by_redeliver() {
+    // A template that produces 11 top-level keys breaks GitHub's limit.
+    let dispatch = "      - repo: acme/blog\n        event_type: deploy\n        client_payload: \"{{ body }}\"\n";
+    let app = spawn_app(&hmac_route("cms", dispatch)).await;
+    let body: Value = (0..11)
+        .map(|i| (format!("k{i}"), json!(i)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let response = app.post_signed("cms", &body.to_string()).await;
+    assert_eq!(response.status(), 422);
+    let answer: Value = response.json().await.unwrap();
+    assert!(
+        answer["message"].as_str().unwrap().contains("10"),
+        "{answer}"
+    );
+    let list = app.deliveries(&[]);
+    assert_eq!(list.len(), 1);
+    assert_eq!(status_of(&list[0]), "failed");
+
+    // Fix the route, redeliver: it is rendered again and sent.
+    let fixed = std::fs::read_to_string(app.config_path()).unwrap().replace(
+        "client_payload: \"{{ body }}\"",
+        "client_payload:\n          first: \"{{ body.k0 }}\"",
+    );
+    app.write_config(&fixed);
+    let output = app.cli(&["redeliver", "--failed"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let sent = app.github.wait_for_dispatches(1, WAIT).await;
+    assert_eq!(
+        sent[0].body.as_ref().unwrap()["client_payload"],
+        json!({"first": 0})
+    );
+    // Redelivering again finds nothing failed: never twice.
+    app.wait_for_deliveries(WAIT, |list| status_of(&list[0]) == "delivered")
+        .await;
+    let again = app.cli(&["redeliver", "--failed"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("no failed deliveries"));
+    assert_eq!(app.github.dispatches().len(), 1);
+}

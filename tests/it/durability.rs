@@ -1,0 +1,127 @@
+//! Nothing accepted is lost: a `kill -9` in the middle of sending, restarts,
+//! and the graceful SIGTERM drain.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{hmac_route, spawn_app};
+
+const TARGET: &str = "      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          n: \"{{ body.n }}\"\n          delivery: \"{{ delivery.id }}\"\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_survives_kill_9_in_the_middle_of_sending() {
+    let mut app = spawn_app(&hmac_route("cms", TARGET)).await;
+    // Slow GitHub down so that the crash lands while requests are in flight.
+    app.github.set_latency(Duration::from_millis(30));
+    let mut accepted = HashSet::new();
+    let sends = (0..200).map(|n| {
+        let body = format!(r#"{{"n":{n}}}"#);
+        let app = &app;
+        async move {
+            let response = app.post_signed("cms", &body).await;
+            assert_eq!(response.status(), 202);
+            response.json::<Value>().await.unwrap()["delivery_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    });
+    for id in futures_util::future::join_all(sends).await {
+        accepted.insert(id);
+    }
+    assert_eq!(accepted.len(), 200);
+    // Crash once some, but not all, have reached GitHub.
+    app.github
+        .wait_for_dispatches(5, Duration::from_secs(15))
+        .await;
+    app.kill9();
+    let before = app.github.dispatches().len();
+    assert!(
+        before < 200,
+        "the crash should land mid-queue ({before} already sent)"
+    );
+
+    app.github.set_latency(Duration::ZERO);
+    app.restart();
+    let delivered_ids = |app: &crate::helpers::TestApp| -> HashSet<String> {
+        app.github
+            .dispatches()
+            .iter()
+            .map(|r| {
+                r.body.as_ref().unwrap()["client_payload"]["delivery"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut delivered = delivered_ids(&app);
+    while !accepted.is_subset(&delivered) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        delivered = delivered_ids(&app);
+    }
+    let missing: Vec<_> = accepted.difference(&delivered).collect();
+    let unknown: Vec<_> = delivered.difference(&accepted).collect();
+    assert!(
+        missing.is_empty(),
+        "accepted but never delivered: {missing:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "delivered but never accepted: {unknown:?}"
+    );
+    // At-least-once: a job is sent twice only if the crash fell between
+    // GitHub's answer and its record; that is at most the requests in flight.
+    let duplicates = app.github.dispatches().len() - 200;
+    assert!(duplicates <= 64, "{duplicates} duplicates");
+    let list = app
+        .wait_for_deliveries(Duration::from_secs(30), |list| {
+            list.len() == 200 && list.iter().all(|d| d["status"] == "delivered")
+        })
+        .await;
+    assert_eq!(list.len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_refuses_new_webhooks_finishes_in_flight_and_exits_0() {
+    let mut app = spawn_app(&hmac_route("cms", TARGET)).await;
+    app.github.set_latency(Duration::from_millis(1500));
+    assert_eq!(app.post_signed("cms", r#"{"n":1}"#).await.status(), 202);
+    // Wait until the dispatch is in flight at GitHub.
+    let start = std::time::Instant::now();
+    while app.github.requests().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the dispatch never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.sigterm();
+    // While draining, new webhooks get 503 with Retry-After.
+    let mut refused = None;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        match app.http.post(app.url("/hooks/cms")).body("{}").send().await {
+            Ok(response) if response.status() == 503 => {
+                refused = Some(response);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(_) => break,
+        }
+    }
+    let refused = refused.expect("a webhook during shutdown is answered 503");
+    assert!(refused.headers().contains_key("retry-after"));
+    let status = app.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(
+        app.github.dispatches().len(),
+        1,
+        "the in-flight dispatch finished"
+    );
+    let list = app.deliveries(&[]);
+    assert_eq!(list[0]["status"], "delivered");
+}

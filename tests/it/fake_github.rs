@@ -1,0 +1,1522 @@
+//! An in-process fake of the GitHub REST API that the integration tests and the benchmarks point
+//! the relay at. It owns everything a test needs to stand in for api.github.com: a real HTTP
+//! server on a loopback port, request matching and validation against GitHub's own OpenAPI
+//! description (`tests/fixtures/github/openapi-subset.json`), GitHub's status codes, headers and
+//! error bodies, the state a test sets up (tokens, repositories, a GitHub App and its
+//! installations, latency, scripted failures), and the record of what the relay sent. Anything
+//! the relay does that real GitHub would reject or that the description does not allow is kept as
+//! a violation, so a test can end with `assert!(fake.violations().is_empty())`. The file depends
+//! on nothing else in the test tree, so a bench binary can include it with
+//! `#[path = "..."] mod fake_github;`.
+
+// A bench binary or a test suite uses only part of this API, and that must not warn.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use jsonschema::Validator;
+use rand::Rng;
+use serde_json::{Map, Value, json};
+
+/// Where the OpenAPI description lives. The path is relative to the crate root, so the file works
+/// unchanged from the test tree and from a bench binary of the same crate.
+const SPEC_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/github/openapi-subset.json"
+);
+
+/// The API version the relay must pin. GitHub answers unpinned requests with this version too,
+/// but the relay pinning it is what keeps it safe from future breaking changes.
+pub const API_VERSION: &str = "2022-11-28";
+
+/// The versions GitHub currently accepts; any other value is refused with a 400.
+const SUPPORTED_API_VERSIONS: &[&str] = &["2022-11-28", "2026-03-10"];
+
+/// The documentation link GitHub puts on errors that are not tied to one operation.
+const GENERIC_DOCS: &str = "https://docs.github.com/rest";
+const PRIMARY_LIMIT_DOCS: &str =
+    "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api";
+const SECONDARY_LIMIT_DOCS: &str = "https://docs.github.com/free-pro-team@latest/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits";
+
+/// GitHub's hourly allowance for an authenticated user on the `core` resource.
+const RATE_LIMIT: u64 = 5000;
+
+/// How long a `Scripted::Hang` holds its request. It only has to outlast any sensible client
+/// timeout; dropping the fake ends it sooner.
+const HANG_FOR: Duration = Duration::from_secs(3600);
+
+/// How long an installation token lives unless a test says otherwise; GitHub's tokens last an hour.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// GitHub refuses App JWTs that are valid for longer than ten minutes.
+const MAX_JWT_LIFETIME_SECS: i64 = 600;
+
+/// GitHub tolerates this much clock drift on a JWT's `iat` and `exp`.
+const JWT_LEEWAY_SECS: i64 = 60;
+
+/// The two operations that carry dispatches; scripted answers apply to them only.
+const OP_REPOSITORY_DISPATCH: &str = "repos/create-dispatch-event";
+const OP_WORKFLOW_DISPATCH: &str = "actions/create-workflow-dispatch";
+const OP_GET_REPO_INSTALLATION: &str = "apps/get-repo-installation";
+const OP_CREATE_INSTALLATION_TOKEN: &str = "apps/create-installation-access-token";
+
+/// An answer a test queues for the next dispatch to one repository, to exercise the relay's
+/// handling of GitHub's failure modes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scripted {
+    /// Answer with this status and a GitHub-like body for it (500, 502, 503, 504, ...). A 2xx
+    /// status answers with an empty body and counts as a successful dispatch.
+    Status(u16),
+    /// A 429 carrying `retry-after`, which is how GitHub signals some secondary limits.
+    RateLimited { retry_after_secs: u64 },
+    /// A 403 with `x-ratelimit-remaining: 0` and `x-ratelimit-reset` this many seconds ahead.
+    PrimaryRateLimit { reset_in_secs: u64 },
+    /// A 403 with GitHub's secondary-rate-limit message, with `retry-after` when given.
+    SecondaryRateLimit { retry_after_secs: Option<u64> },
+    /// A 422 whose message is this text.
+    Unprocessable(String),
+    /// No answer at all for far longer than any client timeout.
+    Hang,
+    /// The 404 GitHub gives for a repository the token cannot see.
+    NotFound,
+    /// The 401 GitHub gives for an unknown or revoked token.
+    BadCredentials,
+}
+
+/// One request the fake received, with the status it answered.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The path without the query string, exactly as sent (still percent-encoded).
+    pub path: String,
+    /// The query string, without the `?`, when there was one.
+    pub query: Option<String>,
+    /// The operationId of the documented operation the request matched, if any.
+    pub operation_id: Option<String>,
+    /// Header names are lower-case, in the order they arrived.
+    pub headers: Vec<(String, String)>,
+    /// The body when it parsed as JSON.
+    pub body: Option<Value>,
+    pub received_at: Instant,
+    /// The status the fake answered with; 0 means it never answered (`Scripted::Hang`).
+    pub status: u16,
+}
+
+impl RecordedRequest {
+    /// The first value of a header, looked up case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether this was a repository_dispatch or workflow_dispatch request.
+    pub fn is_dispatch(&self) -> bool {
+        matches!(
+            self.operation_id.as_deref(),
+            Some(OP_REPOSITORY_DISPATCH | OP_WORKFLOW_DISPATCH)
+        )
+    }
+
+    fn is_successful_dispatch(&self) -> bool {
+        self.is_dispatch() && (200..300).contains(&self.status)
+    }
+}
+
+/// A running fake. Dropping it stops the server.
+pub struct FakeGitHub {
+    url: String,
+    shared: Arc<Shared>,
+    handle: actix_web::dev::ServerHandle,
+    /// Behind a mutex only so that the fake is `Sync` and can be shared between tasks.
+    stopped: Mutex<mpsc::Receiver<()>>,
+}
+
+impl FakeGitHub {
+    /// Binds `127.0.0.1:0` and serves in the background until the value is dropped.
+    ///
+    /// The server runs on a thread of its own under its own actix System. That keeps it
+    /// independent of the test's runtime flavour, and it keeps serving while a test blocks its
+    /// own runtime or while the relay's requests hang.
+    pub async fn start() -> FakeGitHub {
+        let shared = Arc::new(Shared::new(spec()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stopped_tx, stopped_rx) = mpsc::channel();
+        let for_server = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("fake-github".into())
+            .spawn(move || {
+                let system = actix_web::rt::System::new();
+                let result = system.block_on(async move {
+                    let data = web::Data::from(for_server);
+                    let server = HttpServer::new(move || {
+                        App::new()
+                            .app_data(data.clone())
+                            .app_data(web::PayloadConfig::new(8 * 1024 * 1024))
+                            .default_service(web::to(handle))
+                    })
+                    .workers(2)
+                    .disable_signals()
+                    .shutdown_timeout(0)
+                    .bind(("127.0.0.1", 0))?;
+                    let addr: SocketAddr = server.addrs()[0];
+                    let server = server.run();
+                    // The receiver only disappears if the starting test was cancelled, in which
+                    // case serving on is harmless until the process ends.
+                    let _ = ready_tx.send((addr, server.handle()));
+                    server.await
+                });
+                if let Err(error) = result {
+                    eprintln!("fake GitHub server stopped with an error: {error}");
+                }
+                let _ = stopped_tx.send(());
+            })
+            .expect("spawn the fake GitHub server thread");
+        let (addr, handle) = ready_rx
+            .await
+            .expect("the fake GitHub server failed to bind 127.0.0.1:0");
+        let url = format!("http://{addr}");
+        shared
+            .base_url
+            .set(url.clone())
+            .expect("base URL is set once");
+        FakeGitHub {
+            url,
+            shared,
+            handle,
+            stopped: Mutex::new(stopped_rx),
+        }
+    }
+
+    /// The base URL to give the relay as `GITHUB_API_URL`, like `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Accepts this personal access token (sent as `Bearer` or `token`) from now on.
+    pub fn add_token(&self, token: &str) {
+        lock(&self.shared.tokens).insert(
+            token.to_owned(),
+            Grant {
+                installation_id: None,
+                expires_at: None,
+            },
+        );
+    }
+
+    /// Makes `owner/name` exist. Names are matched case-insensitively, as on GitHub.
+    pub fn add_repo(&self, full_name: &str) {
+        lock(&self.shared.repos).insert(repo_key(full_name));
+    }
+
+    /// Delays every answer by this much, to keep requests in flight.
+    pub fn set_latency(&self, latency: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.latency_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Queues answers for the next dispatches (of either kind) to `owner/name`. They are used in
+    /// order, one per request, after which normal behaviour resumes. Requests that GitHub would
+    /// reject before reaching the repository (bad JSON, schema failures, missing `User-Agent`) do
+    /// not use up a scripted answer.
+    pub fn push_responses(&self, full_name: &str, answers: Vec<Scripted>) {
+        lock(&self.shared.scripts)
+            .entry(repo_key(full_name))
+            .or_default()
+            .extend(answers);
+    }
+
+    /// Lets the GitHub App with this id authenticate with RS256 JWTs signed by the private key
+    /// matching `public_key_pem`.
+    pub fn enable_app(&self, app_id: u64, public_key_pem: &str) {
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_key_pem.as_bytes())
+            .expect("enable_app needs an RSA public key in PEM form");
+        *lock(&self.shared.app) = Some(AppConfig { app_id, key });
+    }
+
+    /// Installs the App on `owner/name` (which also makes the repository exist). Installation
+    /// tokens minted for `installation_id` can dispatch to every repository installed under it.
+    pub fn add_installation(&self, full_name: &str, installation_id: u64) {
+        let key = repo_key(full_name);
+        lock(&self.shared.repos).insert(key.clone());
+        lock(&self.shared.installations).insert(key, installation_id);
+    }
+
+    /// How long installation tokens minted from now on stay valid.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        *lock(&self.shared.token_lifetime) = lifetime;
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.log).requests.clone()
+    }
+
+    /// Only the dispatch requests that were answered with a 2xx.
+    pub fn dispatches(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.log)
+            .requests
+            .iter()
+            .filter(|r| r.is_successful_dispatch())
+            .cloned()
+            .collect()
+    }
+
+    /// Everything the relay did that GitHub or its API description does not allow.
+    pub fn violations(&self) -> Vec<String> {
+        lock(&self.shared.log).violations.clone()
+    }
+
+    /// Forgets recorded requests, violations and queued scripted answers. Tokens, repositories,
+    /// the App and latency stay as they are.
+    pub fn clear(&self) {
+        let mut log = lock(&self.shared.log);
+        log.requests.clear();
+        log.violations.clear();
+        log.successful_dispatches = 0;
+        drop(log);
+        lock(&self.shared.scripts).clear();
+    }
+
+    /// Waits until at least `n` successful dispatches have been recorded and returns them all,
+    /// or panics after `deadline` saying how many arrived and what the last requests were.
+    pub async fn wait_for_dispatches(&self, n: usize, deadline: Duration) -> Vec<RecordedRequest> {
+        match self.try_wait_for_dispatches(n, deadline).await {
+            Ok(dispatches) => dispatches,
+            Err(message) => panic!("{message}"),
+        }
+    }
+
+    /// Like [`FakeGitHub::wait_for_dispatches`], but returns the explanation instead of panicking.
+    pub async fn try_wait_for_dispatches(
+        &self,
+        n: usize,
+        deadline: Duration,
+    ) -> Result<Vec<RecordedRequest>, String> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            // The waiter is registered before the count is read, so a request recorded between
+            // the read and the await still wakes this loop.
+            let notified = self.shared.recorded.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&self.shared.log).successful_dispatches >= n {
+                return Ok(self.dispatches());
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return Err(self.describe_shortfall(n, deadline));
+            }
+        }
+    }
+
+    fn describe_shortfall(&self, n: usize, deadline: Duration) -> String {
+        let log = lock(&self.shared.log);
+        let arrived = log.successful_dispatches;
+        let mut message = format!(
+            "expected {n} successful dispatches within {deadline:?}, but {arrived} arrived \
+             ({} requests in all)",
+            log.requests.len()
+        );
+        let last = log.requests.len().saturating_sub(5);
+        if log.requests.is_empty() {
+            message.push_str("; no requests reached the fake");
+        } else {
+            message.push_str("; last requests:");
+            for r in &log.requests[last..] {
+                let _ = write!(message, "\n  {} {} -> {}", r.method, r.path, r.status);
+                if let Some(body) = &r.body {
+                    let _ = write!(message, " {body}");
+                }
+            }
+        }
+        if !log.violations.is_empty() {
+            let _ = write!(message, "\nviolations: {:#?}", log.violations);
+        }
+        message
+    }
+}
+
+impl Drop for FakeGitHub {
+    fn drop(&mut self) {
+        // A forced stop drops in-flight requests, including hung ones. The stop command is sent
+        // when `stop` is called; its future only reports completion, so it need not be polled.
+        drop(self.handle.stop(false));
+        // Waiting for the thread makes the port reliably free afterwards, but a bounded wait
+        // keeps a stuck shutdown from hanging the test.
+        let _ = lock(&self.stopped).recv_timeout(Duration::from_secs(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API description, compiled once per process.
+
+/// One documented operation with its validators compiled.
+struct Operation {
+    method: String,
+    /// Path template split on `/`; `Some(name)` marks a `{name}` parameter segment.
+    segments: Vec<Segment>,
+    operation_id: String,
+    docs_url: String,
+    path_params: Vec<(String, Validator)>,
+    body: Option<BodySpec>,
+    /// Compiled schemas of the documented JSON responses, by status, used to check that the fake
+    /// itself only sends what GitHub documents.
+    responses: HashMap<u16, Validator>,
+}
+
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+struct BodySpec {
+    required: bool,
+    validator: Validator,
+}
+
+struct Spec {
+    operations: Vec<Operation>,
+}
+
+fn spec() -> Arc<Spec> {
+    static SPEC: OnceLock<Arc<Spec>> = OnceLock::new();
+    SPEC.get_or_init(|| Arc::new(Spec::load())).clone()
+}
+
+impl Spec {
+    fn load() -> Spec {
+        let text = std::fs::read_to_string(SPEC_PATH)
+            .unwrap_or_else(|e| panic!("read the OpenAPI description at {SPEC_PATH}: {e}"));
+        let doc: Value = serde_json::from_str(&text).expect("the OpenAPI description is JSON");
+        // Every compiled schema carries the converted components, so `$ref`s into
+        // `#/components/...` resolve inside the schema's own document.
+        let components = convert_components(&doc["components"]);
+        let mut operations = Vec::new();
+        for (template, item) in doc["paths"].as_object().expect("paths is an object") {
+            let item = item.as_object().expect("a path item is an object");
+            for (method, op) in item {
+                if !matches!(
+                    method.as_str(),
+                    "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace"
+                ) {
+                    continue;
+                }
+                operations.push(Operation::compile(
+                    &doc,
+                    &components,
+                    template,
+                    method,
+                    op,
+                    item.get("parameters"),
+                ));
+            }
+        }
+        // A literal segment is more specific than a parameter, so operations with more literals
+        // are tried first, the way GitHub's router prefers them.
+        operations.sort_by_key(|op| {
+            std::cmp::Reverse(
+                op.segments
+                    .iter()
+                    .filter(|s| matches!(s, Segment::Literal(_)))
+                    .count(),
+            )
+        });
+        Spec { operations }
+    }
+
+    /// Finds the operation for a method and raw path, with the decoded path parameters.
+    fn find(&self, method: &str, path: &str) -> Option<(&Operation, Vec<(String, String)>)> {
+        let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+        'ops: for op in &self.operations {
+            if !op.method.eq_ignore_ascii_case(method) || op.segments.len() != parts.len() {
+                continue;
+            }
+            let mut params = Vec::new();
+            for (segment, part) in op.segments.iter().zip(&parts) {
+                match segment {
+                    Segment::Literal(literal) if literal == part => {}
+                    Segment::Param(name) if !part.is_empty() => {
+                        params.push((name.clone(), percent_decode(part)));
+                    }
+                    _ => continue 'ops,
+                }
+            }
+            return Some((op, params));
+        }
+        None
+    }
+}
+
+impl Operation {
+    fn compile(
+        doc: &Value,
+        components: &Value,
+        template: &str,
+        method: &str,
+        op: &Value,
+        shared_params: Option<&Value>,
+    ) -> Operation {
+        let operation_id = op["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {template} has no operationId"))
+            .to_owned();
+        let segments = template
+            .trim_start_matches('/')
+            .split('/')
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => Segment::Param(name.to_owned()),
+                    None => Segment::Literal(s.to_owned()),
+                },
+            )
+            .collect();
+        let mut path_params = Vec::new();
+        let params = shared_params
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .chain(op["parameters"].as_array().into_iter().flatten());
+        for param in params {
+            let param = resolve(doc, param);
+            if param["in"] != "path" {
+                continue;
+            }
+            if let (Some(name), Some(schema)) = (param["name"].as_str(), param.get("schema")) {
+                path_params.push((name.to_owned(), compile_schema(schema, components)));
+            }
+        }
+        let body = op.get("requestBody").map(|body| {
+            let body = resolve(doc, body);
+            let schema = &body["content"]["application/json"]["schema"];
+            BodySpec {
+                required: body["required"].as_bool().unwrap_or(false),
+                validator: compile_schema(schema, components),
+            }
+        });
+        let mut responses = HashMap::new();
+        if let Some(documented) = op["responses"].as_object() {
+            for (status, response) in documented {
+                let response = resolve(doc, response);
+                let schema = &response["content"]["application/json"]["schema"];
+                if let (Ok(status), false) = (status.parse::<u16>(), schema.is_null()) {
+                    responses.insert(status, compile_schema(schema, components));
+                }
+            }
+        }
+        Operation {
+            method: method.to_owned(),
+            segments,
+            docs_url: op["externalDocs"]["url"]
+                .as_str()
+                .unwrap_or(GENERIC_DOCS)
+                .to_owned(),
+            operation_id,
+            path_params,
+            body,
+            responses,
+        }
+    }
+
+    fn is_dispatch(&self) -> bool {
+        matches!(
+            self.operation_id.as_str(),
+            OP_REPOSITORY_DISPATCH | OP_WORKFLOW_DISPATCH
+        )
+    }
+}
+
+/// Follows a `$ref` to a component object (parameters, request bodies, responses).
+fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value.get("$ref").and_then(Value::as_str) {
+        Some(reference) => {
+            let pointer = reference
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("only local references are supported: {reference}"));
+            resolve(
+                doc,
+                doc.pointer(pointer)
+                    .unwrap_or_else(|| panic!("unresolved reference {reference}")),
+            )
+        }
+        None => value,
+    }
+}
+
+/// Compiles an OpenAPI 3.0 schema as JSON Schema draft 4, which OpenAPI 3.0 schemas are based on.
+fn compile_schema(schema: &Value, components: &Value) -> Validator {
+    // Wrapping the schema in `allOf` lets `components` sit beside it without being a sibling of
+    // a `$ref`, which draft 4 would ignore.
+    let document = json!({
+        "allOf": [convert_schema(schema)],
+        "components": components,
+    });
+    jsonschema::draft4::options()
+        .build(&document)
+        .unwrap_or_else(|e| panic!("compile schema {schema}: {e}"))
+}
+
+fn convert_components(components: &Value) -> Value {
+    let schemas = components["schemas"]
+        .as_object()
+        .map(|schemas| {
+            schemas
+                .iter()
+                .map(|(name, schema)| (name.clone(), convert_schema(schema)))
+                .collect::<Map<_, _>>()
+        })
+        .unwrap_or_default();
+    json!({ "schemas": schemas })
+}
+
+/// Turns an OpenAPI 3.0 schema object into draft 4 JSON Schema. OpenAPI's `nullable: true`
+/// becomes an `anyOf` with `null`, siblings of `$ref` are dropped as OpenAPI 3.0 says, and
+/// annotation-only keywords that draft 4 does not know are removed. The walk follows the schema's
+/// structure so that a property that happens to be named `nullable` is left alone.
+fn convert_schema(schema: &Value) -> Value {
+    let Some(object) = schema.as_object() else {
+        return schema.clone();
+    };
+    if let Some(reference) = object.get("$ref") {
+        return json!({ "$ref": reference });
+    }
+    let mut out = Map::new();
+    let mut nullable = false;
+    for (key, value) in object {
+        let converted = match key.as_str() {
+            "nullable" => {
+                nullable = value.as_bool().unwrap_or(false);
+                continue;
+            }
+            "example" | "examples" | "discriminator" | "xml" | "externalDocs" | "deprecated"
+            | "readOnly" | "writeOnly" => continue,
+            k if k.starts_with("x-") => continue,
+            "properties" | "patternProperties" => Value::Object(
+                value
+                    .as_object()
+                    .map(|props| {
+                        props
+                            .iter()
+                            .map(|(name, s)| (name.clone(), convert_schema(s)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            "items" | "additionalProperties" | "not" => convert_schema(value),
+            "allOf" | "anyOf" | "oneOf" => Value::Array(
+                value
+                    .as_array()
+                    .map(|list| list.iter().map(convert_schema).collect())
+                    .unwrap_or_default(),
+            ),
+            _ => value.clone(),
+        };
+        out.insert(key.clone(), converted);
+    }
+    if nullable {
+        json!({ "anyOf": [{ "type": "null" }, Value::Object(out)] })
+    } else {
+        Value::Object(out)
+    }
+}
+
+/// Path segments arrive percent-encoded; parameters are validated and looked up decoded.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let hex = |b: u8| char::from(b).to_digit(16);
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', high, low]) => hex(*high).zip(hex(*low)),
+            _ => None,
+        };
+        match escaped {
+            Some((high, low)) => {
+                // Both digits are below 16, so the byte cannot overflow.
+                out.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A path segment is always text, but the description types some parameters as integers. The
+/// segment is accepted when either its text or its numeric reading satisfies the schema.
+fn path_param_is_valid(validator: &Validator, raw: &str) -> bool {
+    if validator.is_valid(&Value::String(raw.to_owned())) {
+        return true;
+    }
+    match serde_json::from_str::<Value>(raw) {
+        Ok(number @ Value::Number(_)) => validator.is_valid(&number),
+        _ => false,
+    }
+}
+
+/// Phrases schema failures the way GitHub's request validation does, for example
+/// `"event_type" wasn't supplied.` or `For 'properties/event_type', 5 is not a string.`
+fn describe_schema_errors(validator: &Validator, body: &Value) -> Vec<String> {
+    validator
+        .iter_errors(body)
+        .map(|error| {
+            let path = error.instance_path.as_str();
+            let location = if path.is_empty() {
+                "links/0/schema".to_owned()
+            } else {
+                format!("properties{path}")
+            };
+            match &error.kind {
+                jsonschema::error::ValidationErrorKind::Required { property } => {
+                    format!("{property} wasn't supplied.")
+                }
+                jsonschema::error::ValidationErrorKind::MaxProperties { limit } => format!(
+                    "No more than {limit} properties are allowed; {} were supplied.",
+                    error.instance.as_object().map_or(0, Map::len)
+                ),
+                jsonschema::error::ValidationErrorKind::Type { .. } => {
+                    let expected = error
+                        .to_string()
+                        .rsplit(" is not of type ")
+                        .next()
+                        .unwrap_or("the expected type")
+                        .trim_matches('"')
+                        .to_owned();
+                    format!(
+                        "For '{location}', {} is not {} {expected}.",
+                        error.instance,
+                        if expected.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                            "an"
+                        } else {
+                            "a"
+                        }
+                    )
+                }
+                _ => format!("For '{location}', {error}."),
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// State.
+
+struct Grant {
+    /// `None` for a personal access token, which sees every repository.
+    installation_id: Option<u64>,
+    expires_at: Option<SystemTime>,
+}
+
+struct AppConfig {
+    app_id: u64,
+    key: jsonwebtoken::DecodingKey,
+}
+
+#[derive(Default)]
+struct Log {
+    requests: Vec<RecordedRequest>,
+    violations: Vec<String>,
+    /// Kept alongside `requests` so that waiting for dispatches costs the same however many
+    /// requests a benchmark has sent.
+    successful_dispatches: usize,
+}
+
+/// The `core` rate-limit window shown in headers. It rolls over instead of running out, so only
+/// scripted answers ever show an exhausted limit and long benchmarks are never throttled.
+struct RateWindow {
+    used: u64,
+    reset: u64,
+}
+
+struct Shared {
+    spec: Arc<Spec>,
+    base_url: OnceLock<String>,
+    tokens: Mutex<HashMap<String, Grant>>,
+    repos: Mutex<HashSet<String>>,
+    installations: Mutex<HashMap<String, u64>>,
+    app: Mutex<Option<AppConfig>>,
+    token_lifetime: Mutex<Duration>,
+    scripts: Mutex<HashMap<String, VecDeque<Scripted>>>,
+    latency_nanos: AtomicU64,
+    rate: Mutex<RateWindow>,
+    next_run_id: AtomicU64,
+    log: Mutex<Log>,
+    recorded: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn new(spec: Arc<Spec>) -> Shared {
+        Shared {
+            spec,
+            base_url: OnceLock::new(),
+            tokens: Mutex::default(),
+            repos: Mutex::default(),
+            installations: Mutex::default(),
+            app: Mutex::default(),
+            token_lifetime: Mutex::new(DEFAULT_TOKEN_LIFETIME),
+            scripts: Mutex::default(),
+            latency_nanos: AtomicU64::new(0),
+            rate: Mutex::new(RateWindow {
+                used: 0,
+                reset: epoch_secs() + 3600,
+            }),
+            next_run_id: AtomicU64::new(1),
+            log: Mutex::default(),
+            recorded: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn violation(&self, method: &str, path: &str, message: impl std::fmt::Display) {
+        lock(&self.log)
+            .violations
+            .push(format!("{method} {path}: {message}"));
+    }
+
+    /// Counts one request against the window and returns `(used, remaining, reset)`.
+    fn take_rate(&self) -> (u64, u64, u64) {
+        let mut window = lock(&self.rate);
+        let now = epoch_secs();
+        if now >= window.reset || window.used >= RATE_LIMIT - 1 {
+            window.used = 0;
+            window.reset = now + 3600;
+        }
+        window.used += 1;
+        (window.used, RATE_LIMIT - window.used, window.reset)
+    }
+}
+
+/// A poisoned lock only means another test thread panicked; the data is still usable and the
+/// panic itself is what the test reports.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn repo_key(full_name: &str) -> String {
+    full_name.to_ascii_lowercase()
+}
+
+fn epoch_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers.
+
+/// What the fake decided to answer, before the common headers are added.
+struct Answer {
+    status: u16,
+    body: Option<Value>,
+    /// Extra headers; a rate-limit header here replaces the window's value.
+    headers: Vec<(&'static str, String)>,
+    hang: bool,
+}
+
+impl Answer {
+    fn empty(status: u16) -> Answer {
+        Answer {
+            status,
+            body: None,
+            headers: Vec::new(),
+            hang: false,
+        }
+    }
+
+    fn json(status: u16, body: Value) -> Answer {
+        Answer {
+            status,
+            body: Some(body),
+            headers: Vec::new(),
+            hang: false,
+        }
+    }
+
+    /// GitHub's usual error shape: a message, a documentation link and the status as a string.
+    fn error(status: u16, message: &str, docs: &str) -> Answer {
+        Answer::json(
+            status,
+            json!({
+                "message": message,
+                "documentation_url": docs,
+                "status": status.to_string(),
+            }),
+        )
+    }
+
+    fn with_header(mut self, name: &'static str, value: impl ToString) -> Answer {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+}
+
+fn not_found_route() -> Answer {
+    Answer::error(404, "Not Found", GENERIC_DOCS)
+}
+
+fn bad_credentials() -> Answer {
+    Answer::error(401, "Bad credentials", GENERIC_DOCS)
+}
+
+fn request_id() -> String {
+    let mut rng = rand::thread_rng();
+    format!(
+        "{:04X}:{:06X}:{:07X}:{:07X}:{:08X}",
+        rng.gen_range(0..0x1_0000u32),
+        rng.gen_range(0..0x100_0000u32),
+        rng.gen_range(0..0x1000_0000u32),
+        rng.gen_range(0..0x1000_0000u32),
+        epoch_secs() & 0xFFFF_FFFF,
+    )
+}
+
+fn scripted_answer(script: &Scripted, op: &Operation, request_id: &str) -> Answer {
+    match script {
+        Scripted::Status(status) => match status {
+            200..=299 => Answer::empty(*status),
+            500 | 502 => Answer::json(*status, json!({ "message": "Server Error" })),
+            503 => Answer::json(
+                503,
+                json!({ "message": "Service Unavailable", "documentation_url": GENERIC_DOCS, "status": "503" }),
+            ),
+            504 => Answer::json(
+                504,
+                json!({ "message": "We couldn't respond to your request in time. Sorry about that. Please try resubmitting your request and contact us if the problem persists." }),
+            ),
+            other => {
+                let reason = StatusCode::from_u16(*other)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("Error");
+                Answer::error(*other, reason, GENERIC_DOCS)
+            }
+        },
+        Scripted::RateLimited { retry_after_secs } => Answer::error(
+            429,
+            &secondary_limit_message(request_id),
+            SECONDARY_LIMIT_DOCS,
+        )
+        .with_header("retry-after", retry_after_secs),
+        Scripted::PrimaryRateLimit { reset_in_secs } => Answer::error(
+            403,
+            &format!(
+                "API rate limit exceeded for user ID 1. If you reach out to GitHub Support for \
+                 help, please include the request ID {request_id} and timestamp {} UTC.",
+                utc_timestamp(epoch_secs(), ' ')
+            ),
+            PRIMARY_LIMIT_DOCS,
+        )
+        .with_header("x-ratelimit-remaining", 0)
+        .with_header("x-ratelimit-used", RATE_LIMIT)
+        .with_header("x-ratelimit-reset", epoch_secs() + reset_in_secs),
+        Scripted::SecondaryRateLimit { retry_after_secs } => {
+            let answer = Answer::error(
+                403,
+                &secondary_limit_message(request_id),
+                SECONDARY_LIMIT_DOCS,
+            );
+            match retry_after_secs {
+                Some(secs) => answer.with_header("retry-after", secs),
+                None => answer,
+            }
+        }
+        Scripted::Unprocessable(message) => Answer::error(422, message, &op.docs_url),
+        Scripted::Hang => Answer {
+            hang: true,
+            ..Answer::empty(0)
+        },
+        Scripted::NotFound => Answer::error(404, "Not Found", &op.docs_url),
+        Scripted::BadCredentials => bad_credentials(),
+    }
+}
+
+fn secondary_limit_message(request_id: &str) -> String {
+    format!(
+        "You have exceeded a secondary rate limit. Please wait a few minutes before you try \
+         again. If you reach out to GitHub Support for help, please include the request ID \
+         {request_id}."
+    )
+}
+
+/// Formats epoch seconds as `YYYY-MM-DD<sep>HH:MM:SS` in UTC; `T` plus a trailing `Z` makes the
+/// ISO 8601 form GitHub uses in JSON.
+fn utc_timestamp(secs: u64, separator: char) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil conversion.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}{separator}{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The request pipeline.
+
+/// The credential in the `Authorization` header.
+enum Credential {
+    Missing,
+    /// A scheme other than `Bearer` or `token`, or no value after it.
+    Unsupported,
+    Token(String),
+}
+
+fn credential(req: &HttpRequest) -> Credential {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Credential::Missing;
+    };
+    let value = value.to_str().unwrap_or("");
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    let token = token.trim();
+    if (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
+        && !token.is_empty()
+    {
+        Credential::Token(token.to_owned())
+    } else {
+        Credential::Unsupported
+    }
+}
+
+async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+    let received_at = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let path = req.path().to_owned();
+    let query = (!req.query_string().is_empty()).then(|| req.query_string().to_owned());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let parsed_body = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice::<Value>(&body).ok()
+    };
+    let request_id = request_id();
+
+    let spec = Arc::clone(&shared.spec);
+    let matched = spec.find(&method, &path);
+    let op = matched.as_ref().map(|(op, _)| *op);
+    let answer = decide(
+        &shared,
+        &req,
+        &body,
+        parsed_body.as_ref(),
+        matched,
+        &request_id,
+    );
+    let operation_id = op.map(|op| op.operation_id.clone());
+
+    if let (Some(op), Some(body)) = (op, &answer.body) {
+        // The fake checks its own documented answers too, so a test never passes against a
+        // response shape GitHub would not send.
+        if let Some(validator) = op.responses.get(&answer.status) {
+            for detail in describe_schema_errors(validator, body) {
+                shared.violation(
+                    &method,
+                    &path,
+                    format!(
+                        "the fake's own {} answer is undocumented: {detail}",
+                        answer.status
+                    ),
+                );
+            }
+        }
+    }
+
+    let recorded = RecordedRequest {
+        method,
+        path,
+        query,
+        operation_id,
+        headers,
+        body: parsed_body,
+        received_at,
+        status: answer.status,
+    };
+    {
+        let mut log = lock(&shared.log);
+        log.successful_dispatches += usize::from(recorded.is_successful_dispatch());
+        log.requests.push(recorded);
+    }
+    shared.recorded.notify_waiters();
+
+    let latency = Duration::from_nanos(shared.latency_nanos.load(Ordering::Relaxed));
+    if answer.hang {
+        actix_web::rt::time::sleep(HANG_FOR).await;
+    } else if !latency.is_zero() {
+        actix_web::rt::time::sleep(latency).await;
+    }
+    respond(&shared, answer, &request_id)
+}
+
+fn respond(shared: &Shared, answer: Answer, request_id: &str) -> HttpResponse {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = HttpResponse::build(status);
+    let (used, remaining, reset) = shared.take_rate();
+    let overridden = |name: &str| answer.headers.iter().any(|(n, _)| *n == name);
+    response.insert_header(("server", "github.com"));
+    response.insert_header(("x-github-request-id", request_id));
+    response.insert_header(("x-github-media-type", "github.v3; format=json"));
+    response.insert_header(("x-github-api-version-selected", API_VERSION));
+    response.insert_header(("x-ratelimit-limit", RATE_LIMIT.to_string()));
+    response.insert_header(("x-ratelimit-resource", "core"));
+    if !overridden("x-ratelimit-remaining") {
+        response.insert_header(("x-ratelimit-remaining", remaining.to_string()));
+    }
+    if !overridden("x-ratelimit-used") {
+        response.insert_header(("x-ratelimit-used", used.to_string()));
+    }
+    if !overridden("x-ratelimit-reset") {
+        response.insert_header(("x-ratelimit-reset", reset.to_string()));
+    }
+    for (name, value) in &answer.headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.insert_header((*name, value));
+        }
+    }
+    match answer.body {
+        Some(body) => response
+            .insert_header((header::CONTENT_TYPE, "application/json; charset=utf-8"))
+            .body(body.to_string()),
+        None => response.finish(),
+    }
+}
+
+/// Runs the checks GitHub runs, in its order, and picks the answer.
+fn decide(
+    shared: &Shared,
+    req: &HttpRequest,
+    raw_body: &[u8],
+    body: Option<&Value>,
+    matched: Option<(&Operation, Vec<(String, String)>)>,
+    request_id: &str,
+) -> Answer {
+    let method = req.method().as_str();
+    let path = req.path();
+    let Some((op, params)) = matched else {
+        shared.violation(
+            method,
+            path,
+            "matches no operation in the GitHub API description",
+        );
+        return not_found_route();
+    };
+
+    for (name, value) in &params {
+        let valid = op
+            .path_params
+            .iter()
+            .find(|(n, _)| n == name)
+            .is_none_or(|(_, validator)| path_param_is_valid(validator, value));
+        if !valid {
+            shared.violation(
+                method,
+                path,
+                format!("path parameter {name}={value:?} does not match its schema"),
+            );
+            return not_found_route();
+        }
+    }
+
+    if !check_headers(shared, req, op, !raw_body.is_empty()) {
+        // GitHub's edge refuses requests without a User-Agent before the API sees them.
+        return Answer::json(
+            403,
+            json!({
+                "message": "Request forbidden by administrative rules. Please make sure your request has a User-Agent header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required). Check https://developer.github.com for other possible causes.",
+            }),
+        );
+    }
+    let unsupported_version = req
+        .headers()
+        .get("x-github-api-version")
+        .and_then(|v| v.to_str().ok())
+        .filter(|version| !SUPPORTED_API_VERSIONS.contains(version));
+    if let Some(version) = unsupported_version {
+        return Answer::error(
+            400,
+            &format!("API version {version} is not supported."),
+            "https://docs.github.com/rest/overview/api-versions",
+        );
+    }
+
+    if let Some(spec) = &op.body {
+        if raw_body.is_empty() {
+            if spec.required {
+                shared.violation(method, path, "the required JSON body is missing");
+                return Answer::error(
+                    422,
+                    "Invalid request.\n\nFor 'links/0/schema', nil is not an object.",
+                    &op.docs_url,
+                );
+            }
+        } else {
+            let Some(body) = body else {
+                shared.violation(method, path, "the body is not valid JSON");
+                return Answer::error(400, "Problems parsing JSON", &op.docs_url);
+            };
+            let details = describe_schema_errors(&spec.validator, body);
+            if !details.is_empty() {
+                shared.violation(
+                    method,
+                    path,
+                    format!("the body fails the request schema: {}", details.join(" ")),
+                );
+                return Answer::error(
+                    422,
+                    &format!("Invalid request.\n\n{}", details.join("\n")),
+                    &op.docs_url,
+                );
+            }
+        }
+    }
+
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    };
+
+    if op.is_dispatch() {
+        let repo = repo_key(&format!("{}/{}", param("owner"), param("repo")));
+        let script = lock(&shared.scripts)
+            .get_mut(&repo)
+            .and_then(VecDeque::pop_front);
+        if let Some(script) = script {
+            return scripted_answer(&script, op, request_id);
+        }
+    }
+
+    // New operations are new arms here: each arm authenticates the way GitHub does for that
+    // operation and produces its answer.
+    match op.operation_id.as_str() {
+        OP_REPOSITORY_DISPATCH => {
+            let repo = format!("{}/{}", param("owner"), param("repo"));
+            match authorize_repo(shared, req, &repo, op) {
+                Ok(()) => Answer::empty(204),
+                Err(answer) => answer,
+            }
+        }
+        OP_WORKFLOW_DISPATCH => {
+            let (owner, name) = (param("owner"), param("repo"));
+            if let Err(answer) = authorize_repo(shared, req, &format!("{owner}/{name}"), op) {
+                return answer;
+            }
+            if body.and_then(|b| b.get("return_run_details")) == Some(&Value::Bool(true)) {
+                let run_id = shared.next_run_id.fetch_add(1, Ordering::Relaxed);
+                let base = shared
+                    .base_url
+                    .get()
+                    .map_or("https://api.github.com", String::as_str);
+                Answer::json(
+                    200,
+                    json!({
+                        "workflow_run_id": run_id,
+                        "run_url": format!("{base}/repos/{owner}/{name}/actions/runs/{run_id}"),
+                        "html_url": format!("https://github.com/{owner}/{name}/actions/runs/{run_id}"),
+                    }),
+                )
+            } else {
+                Answer::empty(204)
+            }
+        }
+        OP_GET_REPO_INSTALLATION => {
+            let app_id = match authenticate_app(shared, req) {
+                Ok(app_id) => app_id,
+                Err(answer) => return answer,
+            };
+            let (owner, name) = (param("owner"), param("repo"));
+            let installation = lock(&shared.installations)
+                .get(&repo_key(&format!("{owner}/{name}")))
+                .copied();
+            match installation {
+                Some(id) => Answer::json(200, installation_body(shared, app_id, id, owner)),
+                None => Answer::error(404, "Not Found", &op.docs_url),
+            }
+        }
+        OP_CREATE_INSTALLATION_TOKEN => {
+            if let Err(answer) = authenticate_app(shared, req) {
+                return answer;
+            }
+            let id: Option<u64> = param("installation_id").parse().ok();
+            let known = id.filter(|id| lock(&shared.installations).values().any(|i| i == id));
+            let Some(id) = known else {
+                return Answer::error(404, "Not Found", &op.docs_url);
+            };
+            let lifetime = *lock(&shared.token_lifetime);
+            let token = format!(
+                "ghs_{}",
+                rand::thread_rng()
+                    .sample_iter(&rand::distributions::Alphanumeric)
+                    .take(36)
+                    .map(char::from)
+                    .collect::<String>()
+            );
+            let expires_at = SystemTime::now() + lifetime;
+            lock(&shared.tokens).insert(
+                token.clone(),
+                Grant {
+                    installation_id: Some(id),
+                    expires_at: Some(expires_at),
+                },
+            );
+            let expires_secs = expires_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Answer::json(
+                201,
+                json!({
+                    "token": token,
+                    "expires_at": format!("{}Z", utc_timestamp(expires_secs, 'T')),
+                    "permissions": { "actions": "write", "contents": "write", "metadata": "read" },
+                    "repository_selection": "selected",
+                }),
+            )
+        }
+        other => {
+            shared.violation(
+                method,
+                path,
+                format!("operation {other} is documented but the fake does not implement it yet"),
+            );
+            not_found_route()
+        }
+    }
+}
+
+/// Records a violation for every header GitHub asks clients to send that is missing or wrong.
+/// Returns false when the request lacks a User-Agent, which GitHub refuses outright.
+fn check_headers(shared: &Shared, req: &HttpRequest, op: &Operation, has_body: bool) -> bool {
+    let method = req.method().as_str();
+    let path = req.path();
+    let get = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    match credential(req) {
+        Credential::Missing => shared.violation(method, path, "no Authorization header"),
+        Credential::Unsupported => shared.violation(
+            method,
+            path,
+            "Authorization is neither `Bearer <token>` nor `token <token>`",
+        ),
+        Credential::Token(_) => {}
+    }
+    match get("accept") {
+        Some(accept)
+            if accept
+                .split(',')
+                .any(|a| a.trim() == "application/vnd.github+json") => {}
+        other => shared.violation(
+            method,
+            path,
+            format!("Accept is {other:?}, expected application/vnd.github+json"),
+        ),
+    }
+    match get("x-github-api-version") {
+        Some(API_VERSION) => {}
+        other => shared.violation(
+            method,
+            path,
+            format!("X-GitHub-Api-Version is {other:?}, expected {API_VERSION}"),
+        ),
+    }
+    if has_body && op.body.is_some() {
+        let json = get("content-type").is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            shared.violation(
+                method,
+                path,
+                "a JSON body sent without Content-Type: application/json",
+            );
+        }
+    }
+    let has_agent = get("user-agent").is_some_and(|ua| !ua.trim().is_empty());
+    if !has_agent {
+        shared.violation(method, path, "no User-Agent header");
+    }
+    has_agent
+}
+
+/// Authenticates a token request and checks that the token can see the repository.
+fn authorize_repo(
+    shared: &Shared,
+    req: &HttpRequest,
+    repo: &str,
+    op: &Operation,
+) -> Result<(), Answer> {
+    let token = match credential(req) {
+        Credential::Token(token) => token,
+        Credential::Missing => {
+            return Err(Answer::error(401, "Requires authentication", GENERIC_DOCS));
+        }
+        Credential::Unsupported => return Err(bad_credentials()),
+    };
+    let installation_id = {
+        let tokens = lock(&shared.tokens);
+        let grant = tokens.get(&token).ok_or_else(bad_credentials)?;
+        if grant
+            .expires_at
+            .is_some_and(|expiry| SystemTime::now() >= expiry)
+        {
+            return Err(bad_credentials());
+        }
+        grant.installation_id
+    };
+    let key = repo_key(repo);
+    let visible = lock(&shared.repos).contains(&key)
+        && installation_id.is_none_or(|id| {
+            lock(&shared.installations)
+                .get(&key)
+                .is_some_and(|i| *i == id)
+        });
+    if visible {
+        Ok(())
+    } else {
+        // GitHub does not reveal whether a repository exists to a token that cannot see it.
+        Err(Answer::error(404, "Not Found", &op.docs_url))
+    }
+}
+
+/// Verifies an App JWT the way GitHub does and returns the App's id.
+fn authenticate_app(shared: &Shared, req: &HttpRequest) -> Result<u64, Answer> {
+    let undecodable = || Answer::error(401, "A JSON web token could not be decoded", GENERIC_DOCS);
+    let Credential::Token(jwt) = credential(req) else {
+        return Err(Answer::error(401, "Requires authentication", GENERIC_DOCS));
+    };
+    let app = lock(&shared.app);
+    let Some(app) = app.as_ref() else {
+        return Err(undecodable());
+    };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    // Only `exp` is left to the library: it reads `iss` as a string, while GitHub also accepts
+    // the App id as a number, so `iss` and `iat` are checked below.
+    validation.set_required_spec_claims(&["exp"]);
+    validation.leeway = JWT_LEEWAY_SECS.unsigned_abs();
+    let claims = match jsonwebtoken::decode::<Value>(&jwt, &app.key, &validation) {
+        Ok(data) => data.claims,
+        Err(error) => {
+            return Err(match error.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => Answer::error(
+                    401,
+                    "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires",
+                    GENERIC_DOCS,
+                ),
+                _ => undecodable(),
+            });
+        }
+    };
+    let (Some(iat), Some(exp)) = (claims["iat"].as_i64(), claims["exp"].as_i64()) else {
+        return Err(Answer::error(
+            401,
+            "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued",
+            GENERIC_DOCS,
+        ));
+    };
+    let now = i64::try_from(epoch_secs()).unwrap_or(i64::MAX);
+    if iat > now + JWT_LEEWAY_SECS {
+        return Err(Answer::error(
+            401,
+            "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued",
+            GENERIC_DOCS,
+        ));
+    }
+    if exp - iat > MAX_JWT_LIFETIME_SECS {
+        return Err(Answer::error(
+            401,
+            "'Expiration time' claim ('exp') is too far in the future",
+            GENERIC_DOCS,
+        ));
+    }
+    // GitHub accepts the App id as a number or a string in `iss`.
+    let issuer_matches = match &claims["iss"] {
+        Value::Number(n) => n.as_u64() == Some(app.app_id),
+        Value::String(s) => s == &app.app_id.to_string(),
+        _ => false,
+    };
+    if !issuer_matches {
+        return Err(undecodable());
+    }
+    Ok(app.app_id)
+}
+
+/// An installation object shaped like GitHub's documented example, for this App and owner.
+fn installation_body(shared: &Shared, app_id: u64, installation_id: u64, owner: &str) -> Value {
+    let base = shared
+        .base_url
+        .get()
+        .map_or("https://api.github.com", String::as_str);
+    json!({
+        "id": installation_id,
+        "account": {
+            "login": owner,
+            "id": 1,
+            "node_id": "MDEyOk9yZ2FuaXphdGlvbjE=",
+            "avatar_url": "https://github.com/images/error/hubot_happy.gif",
+            "gravatar_id": "",
+            "url": format!("https://api.github.com/users/{owner}"),
+            "html_url": format!("https://github.com/{owner}"),
+            "followers_url": format!("https://api.github.com/users/{owner}/followers"),
+            "following_url": format!("https://api.github.com/users/{owner}/following{{/other_user}}"),
+            "gists_url": format!("https://api.github.com/users/{owner}/gists{{/gist_id}}"),
+            "starred_url": format!("https://api.github.com/users/{owner}/starred{{/owner}}{{/repo}}"),
+            "subscriptions_url": format!("https://api.github.com/users/{owner}/subscriptions"),
+            "organizations_url": format!("https://api.github.com/users/{owner}/orgs"),
+            "repos_url": format!("https://api.github.com/users/{owner}/repos"),
+            "events_url": format!("https://api.github.com/users/{owner}/events{{/privacy}}"),
+            "received_events_url": format!("https://api.github.com/users/{owner}/received_events"),
+            "type": "Organization",
+            "site_admin": false
+        },
+        "repository_selection": "selected",
+        "access_tokens_url": format!("{base}/app/installations/{installation_id}/access_tokens"),
+        "repositories_url": format!("{base}/installation/repositories"),
+        "html_url": format!("https://github.com/organizations/{owner}/settings/installations/{installation_id}"),
+        "app_id": app_id,
+        "client_id": "Iv1.ab1112223334445c",
+        "target_id": 1,
+        "target_type": "Organization",
+        "permissions": { "actions": "write", "contents": "write", "metadata": "read" },
+        "events": [],
+        "created_at": "2018-02-09T20:51:14Z",
+        "updated_at": "2018-02-09T20:51:14Z",
+        "single_file_name": null,
+        "app_slug": "dispatch-relay",
+        "suspended_at": null,
+        "suspended_by": null
+    })
+}

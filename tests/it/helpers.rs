@@ -1,0 +1,309 @@
+//! `spawn_app()`: runs the built `dispatch-relay` binary on port 0 with a
+//! temporary directory (routes.yaml and the SQLite store) and a fake GitHub,
+//! and gives tests typed helpers to drive it over real sockets.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use dispatch_relay::config::HmacAlgorithm;
+use serde_json::Value;
+
+use crate::fake_github::FakeGitHub;
+
+pub const TOKEN: &str = "ghp_testtoken0123456789abcdefghijklmnopqrstu";
+pub const SECRET: &str = "s3cr3t-with-$pecial: chars";
+
+/// The path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_dispatch-relay")
+}
+
+/// The usual head of a test routes.yaml: the fake GitHub through the
+/// environment, no pacing, fast retries.
+pub const TEST_HEAD: &str = r#"
+github:
+  token: ${GITHUB_TOKEN}
+  pacing: off
+  timeout: 2s
+retry:
+  initial_backoff: 10ms
+  max_backoff: 50ms
+"#;
+
+/// A route verified with HMAC-SHA256 over `X-Signature-256: sha256=<hex>`.
+pub fn hmac_route(id: &str, dispatch: &str) -> String {
+    format!(
+        r#"
+  - id: {id}
+    verify:
+      hmac:
+        secret: ${{WEBHOOK_SECRET}}
+        header: X-Signature-256
+        prefix: "sha256="
+    dispatch:
+{dispatch}
+"#
+    )
+}
+
+pub struct TestApp {
+    pub github: FakeGitHub,
+    pub dir: tempfile::TempDir,
+    pub base_url: String,
+    pub http: reqwest::Client,
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<String>>>,
+    env: Vec<(String, String)>,
+}
+
+impl TestApp {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("routes.yaml")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("dispatch-relay.db")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// Posts a body signed for an HMAC route.
+    pub async fn post_signed(&self, route: &str, body: &str) -> reqwest::Response {
+        self.post_signed_with(route, body, &[]).await
+    }
+
+    pub async fn post_signed_with(
+        &self,
+        route: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(self.url(&format!("/hooks/{route}")))
+            .header("content-type", "application/json")
+            .header("x-signature-256", signature(SECRET, body.as_bytes()))
+            .body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("relay answers")
+    }
+
+    /// Every log line the relay wrote so far (JSON objects).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `dispatch-relay deliveries --json` until `accept` holds for the
+    /// listed deliveries, or panics at the deadline.
+    pub async fn wait_for_deliveries(
+        &self,
+        deadline: Duration,
+        accept: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let list = self.deliveries(&["--limit", "1000"]);
+            if accept(&list) {
+                return list;
+            }
+            if start.elapsed() > deadline {
+                panic!("deliveries never reached the expected state: {list:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs `dispatch-relay deliveries --json` and returns the list.
+    pub fn deliveries(&self, extra: &[&str]) -> Vec<Value> {
+        let output = self.cli(&[&["deliveries", "--json"], extra].concat());
+        assert!(
+            output.status.success(),
+            "deliveries failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("deliveries prints JSON")
+    }
+
+    /// Runs a CLI command against this app's configuration and store.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(binary());
+        command.args(args).arg("--config").arg(self.config_path());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        command
+            .env_remove("RELAY_DATABASE_URL")
+            .output()
+            .expect("run the CLI")
+    }
+
+    /// Rewrites routes.yaml (for redeliver-after-fix stories).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Kills the relay with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                panic!("the relay did not exit within {deadline:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the relay again on the same directory and store.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let (child, base_url, logs) = start_relay(self.dir.path(), &self.env);
+        self.child = Some(child);
+        self.base_url = base_url;
+        self.logs = logs;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `sha256=<hex>` of the body under `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    format!(
+        "sha256={}",
+        hex::encode(dispatch_relay::verify::sign(
+            HmacAlgorithm::Sha256,
+            secret,
+            body
+        ))
+    )
+}
+
+/// Starts a relay with `TEST_HEAD` plus the given routes (a YAML list body).
+pub async fn spawn_app(routes: &str) -> TestApp {
+    spawn_app_with(TEST_HEAD, routes, &[]).await
+}
+
+/// Starts a relay with a custom head, routes and extra environment.
+pub async fn spawn_app_with(head: &str, routes: &str, extra_env: &[(&str, &str)]) -> TestApp {
+    let github = FakeGitHub::start().await;
+    github.add_token(TOKEN);
+    for repo in ["acme/blog", "acme/docs", "acme/site"] {
+        github.add_repo(repo);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        format!("{head}\nroutes:\n{routes}"),
+    )
+    .unwrap();
+    let mut env: Vec<(String, String)> = vec![
+        ("GITHUB_TOKEN".into(), TOKEN.into()),
+        ("GITHUB_API_URL".into(), github.url()),
+        ("WEBHOOK_SECRET".into(), SECRET.into()),
+    ];
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let (child, base_url, logs) = start_relay(dir.path(), &env);
+    TestApp {
+        github,
+        dir,
+        base_url,
+        http: reqwest::Client::new(),
+        child: Some(child),
+        logs,
+        env,
+    }
+}
+
+type Started = (Child, String, Arc<Mutex<Vec<String>>>);
+
+fn start_relay(dir: &std::path::Path, env: &[(String, String)]) -> Started {
+    let mut command = Command::new(binary());
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.join("routes.yaml"))
+        .env("RELAY_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env_remove("RELAY_DATABASE_URL")
+        .env_remove("RELAY_LISTEN")
+        .env_remove("RELAY_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("start the relay");
+    let stderr = child.stderr.take().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                if event["message"] == "Listening" {
+                    let _ = addr_tx.send(event["addr"].as_str().unwrap_or_default().to_string());
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(addr) => addr,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the relay did not start: {:#?}", logs.lock().unwrap());
+        }
+    };
+    (child, format!("http://{addr}"), logs)
+}

@@ -1,0 +1,413 @@
+//! Webhook intake over HTTP: each verification method, each status code of
+//! the HTTP contract, with its JSON error body.
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::helpers::{SECRET, TEST_HEAD, hmac_route, signature, spawn_app, spawn_app_with};
+
+const DEPLOY: &str = "      - repo: acme/blog\n        event_type: deploy\n";
+
+async fn json_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn assert_error(body: &Value, code: &str) {
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hmac_accepts_a_signed_request_and_rejects_a_tampered_one() {
+    let app = spawn_app(&hmac_route("cms", DEPLOY)).await;
+    let body = r#"{"event":"entry.publish"}"#;
+    let (status, answer) = json_of(app.post_signed("cms", body).await).await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(answer["delivery_id"].as_str().is_some());
+    assert_eq!(
+        answer["dispatches"],
+        json!([{"repo": "acme/blog", "event_type": "deploy"}])
+    );
+
+    let tampered = app
+        .http
+        .post(app.url("/hooks/cms"))
+        .header("x-signature-256", signature(SECRET, body.as_bytes()))
+        .body(r#"{"event":"entry.publisH"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = json_of(tampered).await;
+    assert_eq!(status, 401);
+    assert_error(&answer, "unauthorized");
+    let wrong_secret = app
+        .http
+        .post(app.url("/hooks/cms"))
+        .header("x-signature-256", signature("other", body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_secret.status(), 401);
+    let unsigned = app
+        .http
+        .post(app.url("/hooks/cms"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn github_token_basic_and_none_methods() {
+    let routes = format!(
+        r#"
+  - id: gh
+    verify:
+      github:
+        secret: ${{WEBHOOK_SECRET}}
+    dispatch:
+{DEPLOY}
+  - id: minio
+    verify:
+      token:
+        header: Authorization
+        value: Bearer ${{MINIO_TOKEN}}
+    dispatch:
+{DEPLOY}
+  - id: jenkins
+    verify:
+      basic:
+        username: jenkins
+        password: ${{JENKINS_PASSWORD}}
+    dispatch:
+{DEPLOY}
+  - id: open
+    verify: none
+    dispatch:
+{DEPLOY}
+"#
+    );
+    let app = spawn_app_with(
+        TEST_HEAD,
+        &routes,
+        &[
+            ("MINIO_TOKEN", "minio-token-1"),
+            ("JENKINS_PASSWORD", "pa:ss"),
+        ],
+    )
+    .await;
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    let post = |route: &str, headers: Vec<(&'static str, String)>| {
+        let mut request = app
+            .http
+            .post(app.url(&format!("/hooks/{route}")))
+            .body(body);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        request.send()
+    };
+
+    let good = post(
+        "gh",
+        vec![("x-hub-signature-256", signature(SECRET, body.as_bytes()))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(good.status(), 202);
+    let bad = post(
+        "gh",
+        vec![("x-hub-signature-256", signature("nope", body.as_bytes()))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), 401);
+
+    assert_eq!(
+        post(
+            "minio",
+            vec![("authorization", "Bearer minio-token-1".into())]
+        )
+        .await
+        .unwrap()
+        .status(),
+        202
+    );
+    assert_eq!(
+        post(
+            "minio",
+            vec![("authorization", "Bearer minio-token-2".into())]
+        )
+        .await
+        .unwrap()
+        .status(),
+        401
+    );
+
+    let basic = |user: &str, password: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    };
+    assert_eq!(
+        post(
+            "jenkins",
+            vec![("authorization", basic("jenkins", "pa:ss"))]
+        )
+        .await
+        .unwrap()
+        .status(),
+        202
+    );
+    assert_eq!(
+        post(
+            "jenkins",
+            vec![("authorization", basic("jenkins", "pa:sx"))]
+        )
+        .await
+        .unwrap()
+        .status(),
+        401
+    );
+    let challenge = post("jenkins", vec![]).await.unwrap();
+    assert_eq!(challenge.status(), 401);
+    assert_eq!(
+        challenge.headers()["www-authenticate"],
+        r#"Basic realm="dispatch-relay""#
+    );
+
+    assert_eq!(post("open", vec![]).await.unwrap().status(), 202);
+    app.github
+        .wait_for_dispatches(4, std::time::Duration::from_secs(10))
+        .await;
+    // The stored requests never keep credential headers.
+    let db = std::fs::read(app.db_path()).unwrap();
+    let wal = std::fs::read(app.dir.path().join("dispatch-relay.db-wal")).unwrap_or_default();
+    for haystack in [db, wal] {
+        let text = String::from_utf8_lossy(&haystack);
+        assert!(!text.contains("minio-token-1"), "a token was stored");
+        assert!(
+            !text.contains(&basic("jenkins", "pa:ss")[6..]),
+            "basic credentials were stored"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_status_of_the_contract() {
+    let routes = format!(
+        r#"
+  - id: cms
+    verify:
+      hmac:
+        secret: ${{WEBHOOK_SECRET}}
+        header: X-Signature-256
+        prefix: "sha256="
+    max_body: 1KiB
+    when: body.event == "publish"
+    dedupe_key: "{{{{ body.id }}}}"
+    dispatch:
+      - repo: acme/blog
+        event_type: "{{{{ body.kind }}}}"
+        client_payload:
+          id: "{{{{ body.id }}}}"
+  - id: office
+    verify: none
+    source_ips: [10.1.2.0/24]
+    dispatch:
+{DEPLOY}
+  - id: limited
+    verify: none
+    rate_limit: {{ per_second: 1, burst: 2 }}
+    when: "false"
+    dispatch:
+{DEPLOY}
+"#
+    );
+    let app = spawn_app(&routes).await;
+
+    let (status, body) = json_of(
+        app.http
+            .post(app.url("/hooks/nope"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_error(&body, "unknown_route");
+
+    let head = app.http.head(app.url("/hooks/cms")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+
+    let (status, body) = json_of(
+        app.post_signed("cms", r#"{"event":"draft","id":1,"kind":"deploy"}"#)
+            .await,
+    )
+    .await;
+    assert_eq!((status, &body), (200, &json!({"skipped": true})));
+
+    let first = r#"{"event":"publish","id":7,"kind":"deploy"}"#;
+    let (status, accepted) = json_of(app.post_signed("cms", first).await).await;
+    assert_eq!(status, 202, "{accepted}");
+    let (status, duplicate) = json_of(app.post_signed("cms", first).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        duplicate,
+        json!({"delivery_id": accepted["delivery_id"], "duplicate": true})
+    );
+
+    let (status, body) = json_of(
+        app.post_signed("cms", r#"{"event":"publish","id":8,"kind":""}"#)
+            .await,
+    )
+    .await;
+    assert_eq!(status, 422, "an empty event_type breaks GitHub's limit");
+    assert_error(&body, "unprocessable");
+    assert!(
+        body["message"].as_str().unwrap().contains("event_type"),
+        "{body}"
+    );
+
+    let (status, body) = json_of(app.post_signed("cms", "{not json").await).await;
+    assert_eq!(status, 400);
+    assert_error(&body, "bad_request");
+
+    let big = format!(r#"{{"event":"publish","pad":"{}"}}"#, "x".repeat(2000));
+    let (status, body) = json_of(app.post_signed("cms", &big).await).await;
+    assert_eq!(status, 413);
+    assert_error(&body, "too_large");
+
+    // A burst of 2 at one per second: the third quick request is refused.
+    let mut limited = None;
+    for _ in 0..10 {
+        let response = app
+            .http
+            .post(app.url("/hooks/limited"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("the inbound rate limit answers 429");
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after));
+    let (_, body) = json_of(limited).await;
+    assert_error(&body, "rate_limited");
+
+    let (status, body) = json_of(
+        app.http
+            .post(app.url("/hooks/office"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_error(&body, "forbidden");
+
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(
+        "dispatch_relay_webhooks_received_total{outcome=\"rate_limited\",route=\"limited\"}"
+    ));
+    for outcome in [
+        "accepted",
+        "duplicate",
+        "skipped",
+        "unprocessable",
+        "bad_request",
+        "too_large",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "dispatch_relay_webhooks_received_total{{outcome=\"{outcome}\",route=\"cms\"}}"
+            )),
+            "missing {outcome} in\n{metrics}"
+        );
+    }
+    assert!(metrics.contains(
+        "dispatch_relay_webhooks_received_total{outcome=\"forbidden\",route=\"office\"} 1"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_readiness_and_unknown_paths() {
+    let app = spawn_app(&hmac_route("cms", DEPLOY)).await;
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let (status, body) = json_of(app.http.get(app.url("/nowhere")).send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    assert_error(&body, "not_found");
+    let (status, body) = json_of(
+        app.http
+            .get(app.url("/admin/deliveries"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "the admin API is off without RELAY_ADMIN_TOKEN"
+    );
+    assert_error(&body, "admin_disabled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn form_bodies_with_a_json_payload_field() {
+    let routes = r#"
+  - id: form
+    verify: none
+    dispatch:
+      - repo: acme/blog
+        event_type: "push-{{ body.payload.ref | replace('refs/heads/', '') }}"
+        client_payload:
+          after: "{{ body.payload.after }}"
+          note: "{{ body.note }}"
+"#;
+    let app = spawn_app(routes).await;
+    let response = app
+        .http
+        .post(app.url("/hooks/form"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("payload=%7B%22ref%22%3A%22refs%2Fheads%2Fmain%22%2C%22after%22%3A%22abc%22%7D&note=a+b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let sent = app
+        .github
+        .wait_for_dispatches(1, std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        sent[0].body,
+        Some(json!({"event_type": "push-main", "client_payload": {"after": "abc", "note": "a b"}}))
+    );
+}
