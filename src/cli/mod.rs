@@ -3,6 +3,7 @@
 //! (bad configuration, bad flags), 2 for runtime failures.
 
 mod deliveries;
+mod reload;
 mod render;
 mod serve;
 
@@ -164,10 +165,16 @@ pub fn process_env(name: &str) -> Option<String> {
 /// Reads and loads the configuration: the one code path of `serve`, `check`,
 /// `render` and `redeliver`.
 pub fn load_config(path: &Path) -> Result<Loaded, CliError> {
+    load_config_text(path).map(|(loaded, _)| loaded)
+}
+
+/// Like [`load_config`], also returning the text that was loaded.
+pub fn load_config_text(path: &Path) -> Result<(Loaded, String), CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
-    config::load(&path.display().to_string(), &text, &process_env)
-        .map_err(|errors| invalid(anyhow::anyhow!("{errors}")))
+    let loaded = config::load(&path.display().to_string(), &text, &process_env)
+        .map_err(|errors| invalid(anyhow::anyhow!("{errors}")))?;
+    Ok((loaded, text))
 }
 
 /// Where the store lives: `RELAY_DATABASE_URL`, else `store.url`, else

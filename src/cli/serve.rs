@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{CliError, invalid, load_config, runtime, store_path};
+use super::reload::Reloader;
+use super::{CliError, invalid, load_config_text, runtime, store_path};
 use crate::config::{Credential, Synchronous as ConfigSynchronous};
 use crate::dispatch::Dispatcher;
 use crate::dispatch::pacing::Pacer;
@@ -26,7 +27,7 @@ use crate::telemetry::Metrics;
 const DRAIN_GRACE: Duration = Duration::from_secs(20);
 
 pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), CliError> {
-    let loaded = load_config(config_path)?;
+    let (loaded, loaded_text) = load_config_text(config_path)?;
     for warning in &loaded.warnings {
         tracing::warn!(warning = %warning, "Configuration warning");
     }
@@ -72,7 +73,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     let state = Arc::new(AppState::new(
         config.clone(),
         store.clone(),
-        metrics,
+        metrics.clone(),
         dispatcher.clone(),
         admin_token,
     ));
@@ -90,6 +91,14 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         "Listening"
     );
     let server = tokio::spawn(app.run_until_stopped());
+    let stop_reloading = tokio_util::sync::CancellationToken::new();
+    let reloader = Reloader {
+        path: config_path.to_path_buf(),
+        loaded_text,
+        state: state.clone(),
+        metrics,
+    };
+    tokio::spawn(reloader.run(stop_reloading.clone()));
 
     let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
@@ -97,6 +106,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
         _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
     }
+    stop_reloading.cancel();
     state.begin_shutdown();
     if dispatcher.shutdown(DRAIN_GRACE).await {
         tracing::info!("In-flight dispatches finished");

@@ -79,9 +79,10 @@ pub(crate) fn substitute(
             rest = tail;
         } else if let Some(inner) = after.strip_prefix('{') {
             let Some(end) = inner.find('}') else {
-                return Err(format!(
-                    "`${{` is not closed; write `${{NAME}}` for a variable or `$$` for a literal `$`"
-                ));
+                return Err(
+                    "`${` is not closed; write `${NAME}` for a variable or `$$` for a literal `$`"
+                        .to_owned(),
+                );
             };
             let spec = &inner[..end];
             let (name, default) = match spec.split_once(":-") {

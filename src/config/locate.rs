@@ -120,7 +120,16 @@ impl Recorder {
                     let seg = Seg::Key(scalar_key.unwrap_or("?").to_owned());
                     let mut child = path.clone();
                     child.0.push(seg.clone());
-                    self.locations.keys.insert(child, Pos::from_marker(mark));
+                    let pos = Pos::from_marker(mark);
+                    self.locations.keys.insert(child, pos);
+                    // A block mapping is reported where its indicator was
+                    // recognised, at the first key's `:`; its first key is
+                    // where a reader looks for it.
+                    if let Some(start) = self.locations.values.get_mut(path)
+                        && (pos.line, pos.column) < (start.line, start.column)
+                    {
+                        *start = pos;
+                    }
                     *key = Some(seg);
                     None
                 }

@@ -1,1 +1,439 @@
+//! Table-driven tests of loading `routes.yaml`: what is accepted, and for
+//! every rejection the exact path, position and message.
 
+use std::time::Duration;
+
+use super::*;
+
+/// The environment every test sees; loading never reads the real one.
+fn env(name: &str) -> Option<String> {
+    match name {
+        "GITHUB_TOKEN" => Some("ghp_test".to_owned()),
+        "CMS_WEBHOOK_SECRET" => Some("s3cr3t: #not-a-comment".to_owned()),
+        "GITHUB_APP_ID" => Some("42".to_owned()),
+        "SLACK_WEBHOOK_URL" => Some("https://hooks.slack.com/services/T/B/X".to_owned()),
+        "OLD_SECRET" => Some("old".to_owned()),
+        "NEW_SECRET" => Some("new".to_owned()),
+        "GH_HOOK_SECRET" => Some("gh".to_owned()),
+        "MINIO_TOKEN" => Some("minio".to_owned()),
+        "EMPTY" => Some(String::new()),
+        _ => None,
+    }
+}
+
+fn load_ok(text: &str) -> Loaded {
+    match load("routes.yaml", text, &env) {
+        Ok(loaded) => loaded,
+        Err(errors) => panic!("expected the file to load, got:\n{errors}"),
+    }
+}
+
+fn load_err(text: &str) -> Vec<ConfigError> {
+    match load("routes.yaml", text, &env) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(ConfigErrors(errors)) => errors,
+    }
+}
+
+/// A minimal valid file with `extra` appended to its one route.
+fn with_route(extra: &str) -> String {
+    format!(
+        "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: e\n{extra}"
+    )
+}
+
+#[test]
+fn design_example_loads() {
+    let loaded = load_ok(include_str!("fixtures/design-example.yaml"));
+    let config = loaded.config;
+    assert_eq!(config.github.api_url, "https://api.github.com");
+    match &config.github.credential {
+        Credential::Token(token) => assert_eq!(token.expose(), "ghp_test"),
+        other => panic!("{other:?}"),
+    }
+    let route = &config.routes[0];
+    assert_eq!(route.id, "blog-cms");
+    match &route.verify {
+        Verify::Hmac(hmac) => {
+            assert_eq!(hmac.secrets[0].expose(), "s3cr3t: #not-a-comment");
+            assert_eq!(hmac.header, "x-signature-256");
+            assert_eq!(hmac.algorithm, HmacAlgorithm::Sha256);
+            assert_eq!(hmac.encoding, SignatureEncoding::Hex);
+            assert_eq!(hmac.prefix.as_deref(), Some("sha256="));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        route.rate_limit,
+        Some(RateLimit {
+            per_second: 5,
+            burst: 20
+        })
+    );
+    assert!(route.when.is_some());
+    assert_eq!(route.max_body, 1 << 20);
+    assert_eq!(
+        summary(route),
+        "blog-cms (hmac) -> acme/blog:cms-{{ body.model }} when body.event in [\"entry.publish\", \"entry.unpublish\"]"
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    // Defaults of the sections the example leaves out.
+    assert_eq!(
+        config.github.pacing,
+        Pacing::Paced {
+            concurrency: 1,
+            min_interval: Duration::from_secs(1),
+            per_minute: 80
+        }
+    );
+    assert_eq!(config.github.timeout, Duration::from_secs(10));
+    assert_eq!(config.store.retention, Duration::from_secs(7 * 86_400));
+    assert_eq!(config.store.synchronous, Synchronous::Full);
+    assert_eq!(config.retry.max_attempts, 10);
+    assert_eq!(config.retry.max_backoff, Duration::from_secs(600));
+    assert_eq!(config.retry.give_up_after, Duration::from_secs(86_400));
+}
+
+#[test]
+fn design_example_needs_its_variables() {
+    let text = include_str!("fixtures/design-example.yaml");
+    let errors = load("routes.yaml", text, &|_| None).unwrap_err().0;
+    let found: Vec<(String, usize)> = errors.iter().map(|e| (e.path.clone(), e.line)).collect();
+    assert_eq!(
+        found,
+        vec![
+            ("github.token".to_owned(), 3),
+            ("routes[0].verify.hmac.secret".to_owned(), 13),
+        ]
+    );
+    assert!(
+        errors[0].message.contains("`GITHUB_TOKEN` is not set"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn kitchen_sink_loads() {
+    let loaded = load_ok(include_str!("fixtures/kitchen-sink.yaml"));
+    let config = &loaded.config;
+    assert_eq!(config.github.api_url, "https://ghe.example.com/api/v3");
+    match &config.github.credential {
+        Credential::App(app) => {
+            assert_eq!(app.id, "42");
+            assert!(matches!(app.private_key, PrivateKeySource::File(_)));
+            assert_eq!(app.installation_id, Some(12345));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        config.github.pacing,
+        Pacing::Paced {
+            concurrency: 2,
+            min_interval: Duration::from_millis(500),
+            per_minute: 60
+        }
+    );
+    assert_eq!(config.server.max_body, 2 << 20);
+    assert_eq!(config.server.trusted_proxies.len(), 2);
+    assert_eq!(config.store.synchronous, Synchronous::Normal);
+    assert_eq!(config.retry.initial_backoff, Duration::from_secs(2));
+    assert_eq!(config.notify.len(), 2);
+    assert_eq!(config.routes.len(), 5);
+
+    let blog = &config.routes[0];
+    assert_eq!(
+        blog.rate_limit,
+        Some(RateLimit {
+            per_second: 5,
+            burst: 5
+        })
+    );
+    assert_eq!(
+        blog.debounce,
+        Some(Debounce {
+            window: Duration::from_secs(30),
+            max_wait: Some(Duration::from_secs(300))
+        })
+    );
+    assert_eq!(blog.max_body, 65_536);
+    assert!(matches!(blog.dispatch[1].repo, RepoSpec::Templated(_)));
+    match &blog.dispatch[0].kind {
+        TargetKind::Repository { client_payload, .. } => {
+            assert_eq!(client_payload.top_level_keys(), Some(3));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(config.routes[4].verify.method(), "none");
+    assert_eq!(
+        summary(&config.routes[3]),
+        "jenkins_notify (basic) -> acme/ci:report.yml@main"
+    );
+    let warnings: Vec<_> = loaded
+        .warnings
+        .iter()
+        .map(|w| (w.path.as_str(), w.line))
+        .collect();
+    assert_eq!(warnings, vec![("routes[4].verify", 91)]);
+}
+
+#[test]
+fn github_api_url_comes_from_the_environment_first() {
+    let text = "github:\n  token: t\n  api_url: https://a.example/\nroutes: []\n";
+    let env =
+        |name: &str| (name == "GITHUB_API_URL").then(|| "https://b.example/api/v3/".to_owned());
+    let loaded = load("routes.yaml", text, &env).unwrap();
+    assert_eq!(loaded.config.github.api_url, "https://b.example/api/v3");
+}
+
+#[test]
+fn pacing_can_be_off() {
+    for text in ["pacing: off", "pacing: false"] {
+        let loaded = load_ok(&format!("github:\n  token: t\n  {text}\nroutes: []\n"));
+        assert_eq!(loaded.config.github.pacing, Pacing::Off, "{text}");
+    }
+}
+
+#[test]
+fn environment_substitution() {
+    let cases = [
+        ("event_type: ${MISSING:-deploy}", "deploy"),
+        ("event_type: x-${EMPTY}", "x-"),
+        ("event_type: $${NOT_A_VAR}", "${NOT_A_VAR}"),
+        ("event_type: cost-$$5", "cost-$5"),
+        ("event_type: a$b", "a$b"),
+    ];
+    for (line, expected) in cases {
+        let text = format!(
+            "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        {line}\n"
+        );
+        let loaded = load_ok(&text);
+        match &loaded.config.routes[0].dispatch[0].kind {
+            TargetKind::Repository { event_type, .. } => {
+                assert_eq!(event_type.is_static(), Some(expected), "{line}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn substituted_numbers_are_numbers() {
+    let loaded = load_ok(&with_route(
+        "    rate_limit:\n      per_second: \"${MISSING:-7}\"\n      burst: ${MISSING:-9}\n",
+    ));
+    assert_eq!(
+        loaded.config.routes[0].rate_limit,
+        Some(RateLimit {
+            per_second: 7,
+            burst: 9
+        })
+    );
+}
+
+/// Each case: the file, then the expected (path, line, column, message
+/// fragment) of every error, in order.
+#[test]
+fn rejections() {
+    type Expected = (&'static str, usize, usize, &'static str);
+    let base = "github:\n  token: t\nroutes:\n";
+    let cases: Vec<(String, Vec<Expected>)> = vec![
+        (
+            "github: [\n".to_owned(),
+            vec![("", 2, 1, "did not find expected node content")],
+        ),
+        (
+            "".to_owned(),
+            vec![("", 1, 1, "the file is empty")],
+        ),
+        (
+            "github:\n  token: t\nroutes: []\nroute: []\n".to_owned(),
+            vec![("route", 4, 1, "unknown key `route`; did you mean `routes`?")],
+        ),
+        (
+            "github:\n  tokn: t\nroutes: []\n".to_owned(),
+            vec![("github.tokn", 2, 3, "unknown key `tokn`; did you mean `token`?")],
+        ),
+        (
+            "github: {}\nroutes: []\n".to_owned(),
+            vec![("github", 1, 9, "needs a `token` or an `app`")],
+        ),
+        (
+            "github:\n  token: ${NOPE}\nroutes: []\n".to_owned(),
+            vec![("github.token", 2, 10, "environment variable `NOPE` is not set")],
+        ),
+        (
+            format!(
+                "{base}  - id: a\n    verify:\n      hmac:\n        secret: x\n        header: X-Sig\n        sekret: y\n    dispatch: [{{repo: acme/a, event_type: e}}]\n  - id: b\n    verify:\n      hmac:\n        secret: x\n        header: X-Sig\n        algoritm: sha1\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"
+            ),
+            vec![
+                ("routes[0].verify.hmac.sekret", 9, 9, "unknown key `sekret`; did you mean `secret`?"),
+                ("routes[1].verify.hmac.algoritm", 16, 9, "unknown key `algoritm`; did you mean `algorithm`?"),
+            ],
+        ),
+        (
+            format!("{base}  - id: a\n    verify:\n      hmac: {{secret: x}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
+            vec![("routes[0].verify.hmac", 6, 13, "missing key `header`")],
+        ),
+        (
+            format!("{base}  - id: a\n    verify:\n      hmac: {{secret: x, header: h, algorithm: sha384}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
+            vec![("routes[0].verify.hmac.algorithm", 6, 47, "unknown value `sha384`")],
+        ),
+        (
+            format!("{base}  - id: a\n    verify:\n      hamc: {{secret: x}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
+            vec![("routes[0].verify.hamc", 6, 7, "unknown verify method `hamc`; did you mean `hmac`?")],
+        ),
+        (
+            format!("{base}  - id: a\n    verify:\n      github: {{secret: x}}\n      token: {{header: h, value: v}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
+            vec![("routes[0].verify", 6, 7, "must hold exactly one method, found `github`, `token`")],
+        ),
+        (
+            format!("{base}  - id: a\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
+            vec![("routes[0]", 4, 5, "missing key `verify`")],
+        ),
+        (
+            format!("{base}  - id: a\n    verify:\n      github: {{secret: \"${{EMPTY}}\"}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
+            vec![("routes[0].verify.github.secret", 6, 24, "is empty")],
+        ),
+        (
+            format!("{base}  - id: a b\n    verify: none\n    dispatch: [{{repo: acme/a, event_type: e}}]\n  - id: a b\n    verify: none\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
+            vec![
+                ("routes[0].id", 4, 9, "not a valid route id"),
+                ("routes[1].id", 7, 9, "already the id of routes[0]"),
+                ("routes[1].id", 7, 9, "not a valid route id"),
+            ],
+        ),
+        (
+            with_route("        workflow: w.yml\n"),
+            vec![("routes[0].dispatch[0]", 7, 9, "has both `event_type` and `workflow`")],
+        ),
+        (
+            format!("{base}  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/a\n"),
+            vec![("routes[0].dispatch[0]", 7, 9, "needs `event_type`")],
+        ),
+        (
+            format!("{base}  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/a\n        workflow: w.yml\n"),
+            vec![("routes[0].dispatch[0]", 7, 9, "missing key `ref`")],
+        ),
+        (
+            format!("{base}  - id: a\n    verify: none\n    dispatch:\n      - repo: \"{{{{ body.repo }}}}\"\n        event_type: e\n"),
+            vec![("routes[0].dispatch[0].repo", 7, 15, "needs `allowed_repos`")],
+        ),
+        (
+            format!("{base}  - id: a\n    verify: none\n    dispatch:\n      - repo: acme\n        event_type: e\n"),
+            vec![("routes[0].dispatch[0].repo", 7, 15, "`acme` is not a repository name")],
+        ),
+        (
+            with_route(&format!("      - repo: acme/b\n        event_type: {}\n", "x".repeat(101))),
+            vec![("routes[0].dispatch[1].event_type", 10, 21, "event_type is 101 characters long; GitHub accepts at most 100")],
+        ),
+        (
+            with_route(&format!(
+                "        client_payload: {{{}}}\n",
+                (0..11).map(|i| format!("k{i}: 1")).collect::<Vec<_>>().join(", ")
+            )),
+            vec![("routes[0].dispatch[0].client_payload", 9, 25, "client_payload has 11 top-level properties; GitHub accepts at most 10")],
+        ),
+        (
+            with_route(&format!("        client_payload: {{big: \"{}\"}}\n", "x".repeat(65_536))),
+            vec![("routes[0].dispatch[0].client_payload", 9, 25, "client_payload is 65546 bytes as JSON")],
+        ),
+        (
+            with_route("        client_payload: [1]\n"),
+            vec![("routes[0].dispatch[0].client_payload", 9, 25, "must be a map")],
+        ),
+        (
+            with_route("        client_payload: {a: \"{{ x + }}\", b: [\"{% if %}\"]}\n"),
+            vec![
+                ("routes[0].dispatch[0].client_payload.a", 9, 29, "invalid expression: syntax error"),
+                ("routes[0].dispatch[0].client_payload.b[0]", 9, 46, "invalid template: syntax error"),
+            ],
+        ),
+        (
+            format!(
+                "{base}  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/a\n        workflow: w.yml\n        ref: main\n        inputs: {{{}}}\n",
+                (0..26).map(|i| format!("i{i}: x")).collect::<Vec<_>>().join(", ")
+            ),
+            vec![("routes[0].dispatch[0].inputs", 10, 17, "inputs has 26 inputs; GitHub accepts at most 25")],
+        ),
+        (
+            format!("{base}  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/a\n        workflow: w.yml\n        ref: main\n        inputs: {{a: {{b: 1}}}}\n"),
+            vec![("routes[0].dispatch[0].inputs", 10, 17, "input `a` is an object")],
+        ),
+        (
+            with_route("        inputs: {a: 1}\n"),
+            vec![("routes[0].dispatch[0].inputs", 9, 9, "`inputs` belongs to workflow targets")],
+        ),
+        (
+            with_route("    when: body.x ==\n"),
+            vec![("routes[0].when", 9, 11, "invalid expression: syntax error")],
+        ),
+        (
+            with_route("    rate_limit: {per_second: 0}\n    max_body: 10 parsecs\n    source_ips: [nope]\n"),
+            vec![
+                ("routes[0].rate_limit.per_second", 9, 30, "must be at least 1"),
+                ("routes[0].max_body", 10, 15, "`parsecs` is not a size unit"),
+                ("routes[0].source_ips[0]", 11, 18, "`nope` is not an IP address"),
+            ],
+        ),
+        (
+            with_route("    rate_limit: {per_second: \"${MISSING:-fast}\"}\n"),
+            vec![("routes[0].rate_limit.per_second", 9, 30, "`fast` is not a whole number")],
+        ),
+        (
+            "github:\n  token: t\nretry:\n  max_backoff: 10\n  initial_backoff: 1x\nstore:\n  synchronous: ful\nroutes: []\n".to_owned(),
+            vec![
+                ("retry.max_backoff", 4, 16, "`10` has no unit"),
+                ("retry.initial_backoff", 5, 20, "`x` is not a duration unit"),
+                ("store.synchronous", 7, 16, "unknown value `ful`; did you mean `full`?"),
+            ],
+        ),
+        (
+            "github:\n  token: t\nnotify:\n  - slack: x\n    url: y\n  - url: ftp://nope\nroutes: []\n".to_owned(),
+            vec![
+                ("notify[0]", 4, 5, "needs exactly one of `slack` or `url`"),
+                ("notify[1].url", 6, 10, "is not an http(s) URL"),
+            ],
+        ),
+    ];
+    for (text, expected) in cases {
+        let errors = load_err(&text);
+        let got: Vec<(String, usize, usize, String)> = errors
+            .iter()
+            .map(|e| (e.path.clone(), e.line, e.column, e.message.clone()))
+            .collect();
+        assert_eq!(got.len(), expected.len(), "{text}\n{got:#?}");
+        for (got, want) in got.iter().zip(&expected) {
+            assert_eq!(
+                (got.0.as_str(), got.1, got.2),
+                (want.0, want.1, want.2),
+                "{text}\n{got:#?}"
+            );
+            assert!(
+                got.3.contains(want.3),
+                "{text}\nmessage: {}\nwant: {}",
+                got.3,
+                want.3
+            );
+        }
+    }
+}
+
+#[test]
+fn errors_print_one_per_line() {
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: nope\n    dispatch: [{repo: acme/a, event_type: e}]\n  - id: b\n    verify: none\n    dispatch: [{repo: acme, event_type: e}]\n";
+    let errors = load("routes.yaml", text, &env).unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        "routes.yaml:5:13: routes[0].verify: unknown verify method `nope`; did you mean `none`?\n\
+         routes.yaml:9:23: routes[1].dispatch[0].repo: `acme` is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`"
+    );
+}
+
+#[test]
+fn secrets_never_reach_debug_output() {
+    let loaded = load_ok(include_str!("fixtures/design-example.yaml"));
+    let printed = format!("{:?}", loaded.config);
+    assert!(!printed.contains("s3cr3t"), "{printed}");
+    assert!(!printed.contains("ghp_test"), "{printed}");
+}

@@ -16,7 +16,7 @@ use super::raw::{self, Num, Text};
 use super::units::{parse_duration, parse_size};
 use super::*;
 use crate::routing;
-use crate::template::{EngineBuilder, TemplateError};
+use crate::template::EngineBuilder;
 
 const DEFAULT_API_URL: &str = "https://api.github.com";
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
@@ -96,7 +96,11 @@ impl Report<'_> {
             && let Some((name, expected)) = rest.split_once('`')
         {
             let expected = backticked(expected);
-            let key_path = path.key(name);
+            // serde_path_to_error already ends the path with the unknown key.
+            let key_path = match path.0.last() {
+                Some(Seg::Key(last)) if last == name => path,
+                _ => path.key(name),
+            };
             let message = unknown("key", name, &expected);
             self.key_error(&key_path, message);
         } else if let Some(rest) = message.strip_prefix("unknown variant `")
@@ -113,13 +117,29 @@ impl Report<'_> {
     }
 }
 
-/// Removes the " at line L column C" serde_norway appends, since every
-/// error carries its position separately.
+/// Removes every " at line L column C" serde_norway writes into its
+/// messages, since every error carries its position separately.
 fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_owned(),
-        None => message.to_owned(),
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(" at line ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + " at line ".len()..];
+        let digits = |text: &str| {
+            text.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len())
+        };
+        let line_end = digits(after);
+        match after[line_end..].strip_prefix(" column ") {
+            Some(column) if line_end > 0 => rest = &column[digits(column)..],
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 /// The names between backticks in serde's "expected one of `a`, `b`".
@@ -582,29 +602,24 @@ fn notify(report: &mut Report, value: Value, path: &Path) -> Option<Vec<NotifyTa
             ok = false;
             continue;
         };
-        let kind = match (raw.slack, raw.url) {
-            (Some(url), None) => {
-                Some((NotifyKind::Slack as fn(Secret) -> NotifyKind, url, "slack"))
-            }
-            (None, Some(url)) => Some((NotifyKind::Url as fn(Secret) -> NotifyKind, url, "url")),
-            _ => None,
-        };
-        match kind {
-            Some((make, url, key)) if url.starts_with("https://") || url.starts_with("http://") => {
-                targets.push(NotifyTarget {
-                    kind: make(Secret::new(url)),
-                });
-                let _ = key;
-            }
-            Some((_, _, key)) => {
-                // The URL is a secret, so the message does not quote it.
-                report.error(&item_path.key(key), "is not an http(s) URL");
-                ok = false;
-            }
-            None => {
+        let (key, url, make): (&str, String, fn(Secret) -> NotifyKind) = match (raw.slack, raw.url)
+        {
+            (Some(url), None) => ("slack", url, NotifyKind::Slack),
+            (None, Some(url)) => ("url", url, NotifyKind::Url),
+            _ => {
                 report.error(&item_path, "needs exactly one of `slack` or `url`");
                 ok = false;
+                continue;
             }
+        };
+        if url.starts_with("https://") || url.starts_with("http://") {
+            targets.push(NotifyTarget {
+                kind: make(Secret::new(url)),
+            });
+        } else {
+            // The URL is a secret, so the message does not quote it.
+            report.error(&item_path.key(key), "is not an http(s) URL");
+            ok = false;
         }
     }
     ok.then_some(targets)
@@ -777,14 +792,9 @@ fn route(
         Some(list) => {
             for (index, item) in list.into_iter().enumerate() {
                 let target_path = dispatch_path.index(index);
-                if let Some(target) = target(
-                    report,
-                    builder,
-                    item,
-                    &target_path,
-                    &raw.allowed_repos,
-                    &allowed_path,
-                ) {
+                if let Some(target) =
+                    target(report, builder, item, &target_path, &raw.allowed_repos)
+                {
                     dispatch.push(target);
                 }
             }
@@ -992,7 +1002,6 @@ fn target(
     value: Value,
     path: &Path,
     allowed_repos: &[String],
-    allowed_path: &Path,
 ) -> Option<Target> {
     let raw: raw::RawTarget = report.parse(value, path)?;
     let errors_before = report.errors.len();
@@ -1013,7 +1022,6 @@ fn target(
                     &repo_path,
                     "is a template, so the route needs `allowed_repos` (patterns such as `acme/*`) to bound it",
                 );
-                let _ = allowed_path;
                 return None;
             }
             Some(RepoSpec::Templated(template))
@@ -1092,14 +1100,10 @@ fn compile_value(
         .value(&path.to_string(), value)
         .map_err(|errors| {
             for err in errors {
-                report.error(&path.join_template(err.at()), template_message(&err));
+                report.error(&path.join_template(err.at()), err.to_string());
             }
         })
         .ok()
-}
-
-fn template_message(err: &TemplateError) -> String {
-    err.to_string()
 }
 
 fn repository_target(

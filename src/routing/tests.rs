@@ -1,1 +1,308 @@
+//! Table-driven tests of planning dispatches, the limits and dedupe keys.
 
+use serde_json::{Value, json};
+
+use super::*;
+use crate::config::{self, Config};
+
+fn config(routes: &str) -> Config {
+    let text = format!("github:\n  token: t\nroutes:\n{routes}");
+    match config::load("routes.yaml", &text, &|_| None) {
+        Ok(loaded) => loaded.config,
+        Err(errors) => panic!("{errors}"),
+    }
+}
+
+fn ctx(body: Value) -> Context {
+    Context {
+        body,
+        headers: [("x-github-delivery".to_owned(), "gh-1".to_owned())].into(),
+        route: "r".to_owned(),
+        delivery_id: "d-1".to_owned(),
+        received_at: "2026-01-01T00:00:00Z".to_owned(),
+        ..Context::default()
+    }
+}
+
+const ROUTES: &str = r#"
+  - id: r
+    verify: {github: {secret: s}}
+    when: body.event == "publish"
+    allowed_repos: ["acme/site-*"]
+    dispatch:
+      - repo: acme/blog
+        event_type: "cms-{{ body.model }}"
+        client_payload:
+          model: "{{ body.model }}"
+          entry: "{{ body.entry }}"
+          fixed: false
+      - repo: "acme/site-{{ body.locale }}"
+        workflow: "{{ body.workflow | default('deploy.yml') }}"
+        ref: main
+        inputs:
+          count: "{{ body.count }}"
+          flag: "{{ body.flag }}"
+          name: "n-{{ body.model }}"
+          missing: "{{ body.nope }}"
+"#;
+
+#[test]
+fn plans_every_target_in_order() {
+    let config = config(ROUTES);
+    let route = &config.routes[0];
+    let body = json!({
+        "event": "publish", "model": "post", "entry": {"id": 1},
+        "locale": "fr", "count": 3, "flag": true, "workflow": "my flow.yml",
+    });
+    let Plan::Dispatch(targets) = plan(route, &ctx(body)).unwrap() else {
+        panic!("expected a dispatch");
+    };
+    assert_eq!(targets.len(), 2);
+    let first = &targets[0];
+    assert_eq!((first.target_index, first.repo.as_str()), (0, "acme/blog"));
+    assert_eq!(first.request.method(), "POST");
+    assert_eq!(
+        first.request.path(&first.repo),
+        "/repos/acme/blog/dispatches"
+    );
+    assert_eq!(first.request.label(), "cms-post");
+    assert_eq!(
+        first.request.body(),
+        json!({"event_type": "cms-post", "client_payload": {"model": "post", "entry": {"id": 1}, "fixed": false}})
+    );
+    let second = &targets[1];
+    assert_eq!(
+        (second.target_index, second.repo.as_str()),
+        (1, "acme/site-fr")
+    );
+    assert_eq!(
+        second.request.path(&second.repo),
+        "/repos/acme/site-fr/actions/workflows/my%20flow.yml/dispatches"
+    );
+    assert_eq!(second.request.label(), "my flow.yml");
+    assert_eq!(
+        second.request.body(),
+        json!({"ref": "main", "inputs": {"count": "3", "flag": "true", "name": "n-post", "missing": ""}})
+    );
+}
+
+#[test]
+fn when_decides_whether_to_dispatch() {
+    let config = config(ROUTES);
+    let route = &config.routes[0];
+    let cases = [
+        (json!({"event": "publish", "locale": "fr"}), true),
+        (json!({"event": "unpublish", "locale": "fr"}), false),
+        (json!({}), false),
+    ];
+    for (body, dispatches) in cases {
+        let planned = plan(route, &ctx(body.clone())).unwrap();
+        assert_eq!(matches!(planned, Plan::Dispatch(_)), dispatches, "{body}");
+    }
+}
+
+#[test]
+fn workflow_body_omits_empty_inputs() {
+    let request = DispatchRequest::Workflow {
+        workflow: "deploy.yml".to_owned(),
+        git_ref: "main".to_owned(),
+        inputs: Map::new(),
+    };
+    assert_eq!(request.body(), json!({"ref": "main"}));
+}
+
+#[test]
+fn rendered_limits_fail_the_whole_plan() {
+    let routes = r#"
+  - id: r
+    verify: none
+    allowed_repos: ["acme/*"]
+    dispatch:
+      - repo: acme/ok
+        event_type: ok
+      - repo: "{{ body.repo }}"
+        event_type: "{{ body.event_type }}"
+        client_payload: "{{ body.payload }}"
+      - repo: acme/wf
+        workflow: w.yml
+        ref: "{{ body.ref }}"
+        inputs: "{{ body.inputs }}"
+"#;
+    let config = config(routes);
+    let route = &config.routes[0];
+    let good =
+        json!({"repo": "acme/x", "event_type": "e", "payload": {}, "ref": "main", "inputs": {}});
+    assert!(matches!(plan(route, &ctx(good.clone())), Ok(Plan::Dispatch(t)) if t.len() == 3));
+
+    let eleven: Map<String, Value> = (0..11).map(|i| (format!("k{i}"), json!(i))).collect();
+    let twenty_six: Map<String, Value> = (0..26).map(|i| (format!("i{i}"), json!("x"))).collect();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "repo",
+            json!("other/x"),
+            "target 1: repo `other/x` is not in the route's allowed_repos (acme/*)",
+        ),
+        (
+            "repo",
+            json!("acme/x/y"),
+            "target 1: repo `acme/x/y` is not a repository name",
+        ),
+        (
+            "repo",
+            json!("acme/a b"),
+            "target 1: repo `acme/a b` is not a repository name",
+        ),
+        (
+            "event_type",
+            json!("x".repeat(101)),
+            "target 1: event_type is 101 characters long; GitHub accepts at most 100",
+        ),
+        ("event_type", json!(""), "target 1: event_type is empty"),
+        (
+            "payload",
+            Value::Object(eleven),
+            "target 1: client_payload has 11 top-level properties; GitHub accepts at most 10",
+        ),
+        (
+            "payload",
+            json!({"big": "x".repeat(65_536)}),
+            "target 1: client_payload is 65546 bytes as JSON; GitHub accepts less than 65536",
+        ),
+        (
+            "payload",
+            json!([1]),
+            "target 1: client_payload must be an object, not a list",
+        ),
+        ("ref", json!(""), "target 2: ref is empty"),
+        (
+            "inputs",
+            Value::Object(twenty_six),
+            "target 2: inputs has 26 inputs; GitHub accepts at most 25",
+        ),
+        (
+            "inputs",
+            json!({"a": [1]}),
+            "target 2: inputs input `a` is a list",
+        ),
+    ];
+    for (field, value, expected) in cases {
+        let mut body = good.clone();
+        body[field] = value;
+        let err = plan(route, &ctx(body)).unwrap_err();
+        assert!(err.to_string().starts_with(expected), "{field}: {err}");
+    }
+}
+
+#[test]
+fn render_errors_name_the_target_and_field() {
+    let routes = r#"
+  - id: r
+    verify: none
+    dispatch:
+      - repo: acme/a
+        event_type: "{{ body.n + 'x' }}"
+"#;
+    let config = config(routes);
+    let err = plan(&config.routes[0], &ctx(json!({"n": 1}))).unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "target 0: event_type failed to render: routes[0].dispatch[0].event_type: invalid operation"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn dedupe_keys() {
+    let routes = r#"
+  - id: signed
+    verify: {github: {secret: s}}
+    dispatch: [{repo: acme/a, event_type: e}]
+  - id: open
+    verify: none
+    dispatch: [{repo: acme/a, event_type: e}]
+  - id: custom
+    verify: none
+    dedupe_key: "{{ body.id }}"
+    dispatch: [{repo: acme/a, event_type: e}]
+"#;
+    let config = config(routes);
+    let headers = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    // Route index, body, headers, expected key.
+    type Case = (
+        usize,
+        Value,
+        Vec<(&'static str, &'static str)>,
+        Option<&'static str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            0,
+            json!({}),
+            vec![("x-github-delivery", "gh-1"), ("webhook-id", "w")],
+            Some("gh-1"),
+        ),
+        (0, json!({}), vec![("webhook-id", "w")], Some("w")),
+        (
+            0,
+            json!({}),
+            vec![("x-amz-sns-message-id", "sns")],
+            Some("sns"),
+        ),
+        (0, json!({}), vec![("x-request-id", "r")], None),
+        (1, json!({}), vec![("x-github-delivery", "gh-1")], None),
+        (
+            2,
+            json!({"id": 7}),
+            vec![("x-github-delivery", "gh-1")],
+            Some("7"),
+        ),
+        (2, json!({}), vec![], None),
+    ];
+    for (route, body, pairs, expected) in cases {
+        let mut context = ctx(body);
+        context.headers = headers(&pairs);
+        let key = dedupe_key(&config.routes[route], &context).unwrap();
+        assert_eq!(key.as_deref(), expected, "route {route} {pairs:?}");
+    }
+}
+
+#[test]
+fn repo_patterns() {
+    let cases = [
+        ("acme/*", "acme/blog", true),
+        ("acme/*", "ACME/Blog", true),
+        ("acme/*", "other/blog", false),
+        ("acme/site-*", "acme/site-fr", true),
+        ("acme/site-*", "acme/docs", false),
+        ("*/blog", "anyone/blog", true),
+        ("acme/blog", "acme/blog", true),
+        ("acme/blog", "acme/blog2", false),
+        ("acme*", "acme/blog", false),
+    ];
+    for (pattern, repo, expected) in cases {
+        assert_eq!(repo_matches(pattern, repo), expected, "{pattern} {repo}");
+    }
+}
+
+#[test]
+fn repo_names() {
+    let cases = [
+        ("acme/blog", true),
+        ("a-b_c.d/e.f-g_h", true),
+        ("acme", false),
+        ("acme/", false),
+        ("/blog", false),
+        ("acme/blog/x", false),
+        ("acme/bl og", false),
+        ("acme/..", false),
+    ];
+    for (repo, ok) in cases {
+        assert_eq!(check_repo(repo).is_ok(), ok, "{repo}");
+    }
+}

@@ -125,3 +125,80 @@ async fn sigterm_refuses_new_webhooks_finishes_in_flight_and_exits_0() {
     let list = app.deliveries(&[]);
     assert_eq!(list[0]["status"], "delivered");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_valid_edit_adds_a_route_and_an_invalid_one_keeps_the_old_routes() {
+    let app = spawn_app(&hmac_route("cms", TARGET)).await;
+    assert_eq!(
+        app.http
+            .post(app.url("/hooks/new"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let original = std::fs::read_to_string(app.config_path()).unwrap();
+    let added = format!(
+        "{original}\n  - id: new\n    verify: none\n    dispatch:\n      - repo: acme/docs\n        event_type: added\n"
+    );
+    app.write_config(&added);
+    // Requests keep being answered while the file changes; the new route
+    // appears without a restart.
+    let start = std::time::Instant::now();
+    loop {
+        let old = app.post_signed("cms", r#"{"n":1}"#).await;
+        assert_eq!(
+            old.status(),
+            202,
+            "the old route keeps working during a reload"
+        );
+        let status = app
+            .http
+            .post(app.url("/hooks/new"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 404);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the new route never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An invalid edit is refused and counted; the routes in force stay.
+    app.write_config(&added.replace("verify: none", "verify: nonsense"));
+    let start = std::time::Instant::now();
+    while !app
+        .metrics()
+        .await
+        .contains(r#"dispatch_relay_config_reloads_total{result="failure"} 1"#)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the invalid edit was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.http
+            .post(app.url("/hooks/new"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert!(
+        app.logs()
+            .iter()
+            .any(|l| l.contains("previous one stays in force") && l.contains("routes.yaml:"))
+    );
+}

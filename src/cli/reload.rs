@@ -1,0 +1,94 @@
+//! Hot reload of routes.yaml, on SIGHUP and when the file changes.
+//!
+//! The file is read once a second and compared with what was last loaded;
+//! comparing contents rather than modification times also catches the
+//! symlink swaps of Kubernetes ConfigMaps and editors that replace the file.
+//! A new configuration is validated in full and swapped in atomically; an
+//! invalid one is logged with its line and column and the old one keeps
+//! serving. Queued jobs live in the store, not in the configuration, so a
+//! reload can neither lose nor duplicate them, and a removed route's queued
+//! jobs still finish.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::config;
+use crate::ingress::AppState;
+use crate::telemetry::Metrics;
+
+/// How often the file is compared with the loaded text.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Reloader {
+    pub path: PathBuf,
+    pub loaded_text: String,
+    pub state: Arc<AppState>,
+    pub metrics: Metrics,
+}
+
+impl Reloader {
+    /// Runs until `stop` is cancelled.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGHUP; reloading on file change only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let forced = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+                _ = tick.tick() => false,
+            };
+            self.check(forced);
+        }
+    }
+
+    fn check(&mut self, forced: bool) {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) => {
+                if forced {
+                    tracing::error!(path = %self.path.display(), error = %e, "Cannot read the configuration; keeping the current one");
+                    self.metrics.config_loaded(false, 0.0);
+                }
+                return;
+            }
+        };
+        if !forced && text == self.loaded_text {
+            return;
+        }
+        let name = self.path.display().to_string();
+        match config::load(&name, &text, &super::process_env) {
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
+                    tracing::warn!(warning = %warning, "Configuration warning");
+                }
+                let routes = loaded.config.routes.len();
+                self.state.replace_routes(Arc::new(loaded.config));
+                self.metrics
+                    .config_loaded(true, crate::store::now_ms() as f64 / 1000.0);
+                tracing::info!(
+                    routes,
+                    trigger = if forced { "SIGHUP" } else { "file change" },
+                    "Configuration reloaded"
+                );
+            }
+            Err(errors) => {
+                self.metrics.config_loaded(false, 0.0);
+                tracing::error!(errors = %errors, "The new configuration is invalid; the previous one stays in force");
+            }
+        }
+        // Remember the text even when invalid, so one bad save is reported
+        // once, not every second.
+        self.loaded_text = text;
+    }
+}
