@@ -23,6 +23,31 @@ use crate::secret::Secret;
 use crate::store::{Store, Synchronous};
 use crate::telemetry::Metrics;
 
+/// How often finished deliveries past `store.retention` are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Keeps the store bounded: deletes finished deliveries older than the
+/// retention, at start and then every hour.
+async fn prune_periodically(
+    store: Store,
+    retention: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = crate::store::now_ms() - retention.as_millis() as i64;
+        match store.prune_finished(cutoff).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "Pruned finished deliveries past the retention"),
+            Err(e) => tracing::error!(error = %e, "Could not prune finished deliveries"),
+        }
+    }
+}
+
 /// How long in-flight GitHub calls may take to finish at shutdown.
 const DRAIN_GRACE: Duration = Duration::from_secs(20);
 
@@ -99,6 +124,11 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         metrics,
     };
     tokio::spawn(reloader.run(stop_reloading.clone()));
+    tokio::spawn(prune_periodically(
+        store.clone(),
+        config.store.retention,
+        stop_reloading.clone(),
+    ));
 
     let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;

@@ -325,6 +325,27 @@ impl Store {
         self.call(|reply| Command::Release { job_ids, reply }).await
     }
 
+    /// Deletes finished deliveries that finished before `cutoff_ms`, in
+    /// batches so that the writer is never held for long, and returns how
+    /// many went.
+    pub async fn prune_finished(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        const BATCH: usize = 1000;
+        let mut total = 0;
+        loop {
+            let deleted = self
+                .call(|reply| Command::Prune {
+                    cutoff_ms,
+                    limit: BATCH,
+                    reply,
+                })
+                .await?;
+            total += deleted;
+            if deleted < BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Checks that the store accepts writes (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.call(|reply| Command::Ping { reply }).await

@@ -451,3 +451,18 @@ pub(super) fn depth(conn: &Connection) -> Result<QueueDepth, StoreError> {
     }
     Ok(depth)
 }
+
+/// Deletes up to `limit` finished deliveries (delivered or failed) that
+/// finished before `cutoff_ms`, with their jobs and attempts. Pending
+/// deliveries are never pruned, however old.
+pub(super) fn prune(conn: &Connection, cutoff_ms: i64, limit: usize) -> Result<usize, StoreError> {
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM deliveries WHERE id IN (
+                SELECT id FROM deliveries
+                WHERE status IN ('delivered', 'failed') AND COALESCE(finished_at, received_at) < ?1
+                LIMIT ?2)",
+        )?
+        .execute(params![cutoff_ms, limit as i64])?;
+    Ok(deleted)
+}

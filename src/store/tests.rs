@@ -180,3 +180,45 @@ async fn leases_survive_a_reopen_as_due_jobs() {
     let depth = store.queue_depth().await.unwrap();
     assert_eq!(depth.pending, 3);
 }
+
+#[tokio::test]
+async fn pruning_removes_only_finished_deliveries_older_than_the_cutoff() {
+    let (_dir, store) = open();
+    let mut old_pending = delivery("old-pending", None, 1);
+    old_pending.received_at_ms = 100;
+    store.accept(old_pending).await.unwrap();
+    let mut old_failed = delivery("old-failed", None, 0);
+    old_failed.received_at_ms = 100;
+    old_failed.failure = Some("render".into());
+    store.accept(old_failed).await.unwrap();
+    let mut old_delivered = delivery("old-delivered", Some("k"), 1);
+    old_delivered.received_at_ms = 100;
+    store.accept(old_delivered).await.unwrap();
+    let jobs = store.lease_due(1_000, 10, 1_000).await.unwrap();
+    let job = jobs
+        .iter()
+        .find(|j| j.delivery_id == "old-delivered")
+        .unwrap();
+    let mut record = attempt(job, JobNext::Delivered);
+    record.started_at_ms = 200;
+    store.record(record).await.unwrap();
+    let mut recent = delivery("recent-failed", None, 0);
+    recent.received_at_ms = 5_000;
+    recent.failure = Some("render".into());
+    store.accept(recent).await.unwrap();
+
+    assert_eq!(store.prune_finished(1_000).await.unwrap(), 2);
+    let left: Vec<String> = store
+        .list(ListFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(left, ["recent-failed", "old-pending"]);
+    // The dedupe key of a pruned delivery is free again.
+    assert_eq!(
+        store.accept(delivery("again", Some("k"), 1)).await.unwrap(),
+        Accepted::Stored
+    );
+}

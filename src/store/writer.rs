@@ -60,6 +60,11 @@ pub(super) enum Command {
         now_ms: i64,
         reply: Reply<bool>,
     },
+    Prune {
+        cutoff_ms: i64,
+        limit: usize,
+        reply: Reply<usize>,
+    },
     Ping {
         reply: Reply<()>,
     },
@@ -72,6 +77,7 @@ enum Pending {
     Lease(Reply<Vec<Job>>, Result<Vec<Job>, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
     Bool(Reply<bool>, Result<bool, StoreError>),
+    Count(Reply<usize>, Result<usize, StoreError>),
 }
 
 impl Pending {
@@ -90,6 +96,7 @@ impl Pending {
             Pending::Lease(r, v) => send(r, v, commit),
             Pending::Unit(r, v) => send(r, v, commit),
             Pending::Bool(r, v) => send(r, v, commit),
+            Pending::Count(r, v) => send(r, v, commit),
         }
     }
 }
@@ -199,6 +206,7 @@ fn fail(command: Command, message: &str) {
         Command::RequeueFailed { reply, .. } | Command::Rerender { reply, .. } => {
             drop(reply.send(Err(err())))
         }
+        Command::Prune { reply, .. } => drop(reply.send(Err(err()))),
     }
 }
 
@@ -262,6 +270,11 @@ fn execute(tx: &mut Transaction<'_>, command: Command) -> Pending {
                 schema::rerender(c, &delivery_id, &jobs, failure.as_deref(), now_ms)
             }),
         ),
+        Command::Prune {
+            cutoff_ms,
+            limit,
+            reply,
+        } => Pending::Count(reply, scoped(tx, |c| schema::prune(c, cutoff_ms, limit))),
         Command::Ping { reply } => {
             Pending::Unit(reply, scoped(tx, |c| Ok(c.execute_batch("SELECT 1")?)))
         }
