@@ -15,7 +15,7 @@ use super::error::IngressError;
 use super::state::AppState;
 use crate::inbound;
 use crate::routing::{self, Plan};
-use crate::store::{Accepted, NewDelivery, now_ms};
+use crate::store::{Accepted, DebounceWindow, NewDelivery, now_ms};
 use crate::telemetry::WebhookOutcome;
 use crate::verify;
 
@@ -140,12 +140,28 @@ async fn accept(
         request: stored,
         jobs,
         failure: failure.clone(),
+        debounce: route.debounce.as_ref().map(|d| DebounceWindow {
+            window_ms: d.window.as_millis() as i64,
+            max_wait_ms: d.max_wait.map(|m| m.as_millis() as i64),
+        }),
     };
     let accepted = state.store.accept(delivery).await.map_err(|e| {
         tracing::error!(route = %route.id, delivery_id = %delivery_id, error = %e, "Could not store a webhook");
         IngressError::Unavailable("the store is unavailable; retry shortly".into())
     })?;
     match accepted {
+        Accepted::Coalesced { into, coalesced } => {
+            state.metrics.coalesced(&route.id);
+            tracing::debug!(route = %route.id, delivery_id = %into, coalesced, "Webhook merged into the open debounce window");
+            Ok((
+                HttpResponse::Accepted().json(serde_json::json!({
+                    "delivery_id": into,
+                    "dispatches": summary,
+                    "coalesced": coalesced,
+                })),
+                WebhookOutcome::Accepted,
+            ))
+        }
         Accepted::Duplicate { original_id } => {
             tracing::info!(route = %route.id, delivery_id = %original_id, "Duplicate webhook ignored");
             Ok((

@@ -73,6 +73,16 @@ pub struct NewDelivery {
     /// Set when rendering failed: the delivery is stored as failed, with no
     /// jobs, so that `redeliver` can recover it after the routes are fixed.
     pub failure: Option<String>,
+    /// Set for a debounced route: the webhook may be merged into the route's
+    /// open window instead of becoming a delivery of its own.
+    pub debounce: Option<DebounceWindow>,
+}
+
+/// A route's debounce settings, in store time units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebounceWindow {
+    pub window_ms: i64,
+    pub max_wait_ms: Option<i64>,
 }
 
 /// The answer to [`Store::accept`].
@@ -82,6 +92,12 @@ pub enum Accepted {
     /// A delivery with the same route and dedupe key already exists.
     Duplicate {
         original_id: String,
+    },
+    /// Merged into the open debounce window of delivery `into`, which now
+    /// carries this webhook's payload.
+    Coalesced {
+        into: String,
+        coalesced: u32,
     },
 }
 
@@ -163,6 +179,8 @@ pub struct DeliverySummary {
     pub received_at_ms: i64,
     pub finished_at_ms: Option<i64>,
     pub error: Option<String>,
+    /// Later webhooks merged into this delivery by debounce.
+    pub coalesced: u32,
     pub targets: Vec<JobSummary>,
 }
 

@@ -7,8 +7,9 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    Accepted, AttemptRecord, AttemptSummary, DeliverySummary, FailedDelivery, Job, JobNext,
-    JobSummary, ListFilter, NewDelivery, NewJob, QueueDepth, Status, StoreError, StoredRequest,
+    Accepted, AttemptRecord, AttemptSummary, DebounceWindow, DeliverySummary, FailedDelivery, Job,
+    JobNext, JobSummary, ListFilter, NewDelivery, NewJob, QueueDepth, Status, StoreError,
+    StoredRequest,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -22,7 +23,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     dedupe_key    TEXT,
     request       TEXT NOT NULL,
     error         TEXT,
-    finished_at   INTEGER
+    finished_at   INTEGER,
+    -- Set on deliveries of a debounced route while their window is open.
+    debounce_first_at INTEGER,
+    -- How many later webhooks were merged into this one by debounce.
+    coalesced     INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS deliveries_dedupe ON deliveries (route, dedupe_key) WHERE dedupe_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received_at);
@@ -77,9 +82,19 @@ fn insert_jobs(
     jobs: &[NewJob],
     now_ms: i64,
 ) -> Result<(), StoreError> {
+    insert_jobs_due(conn, delivery_id, jobs, now_ms, now_ms)
+}
+
+fn insert_jobs_due(
+    conn: &Connection,
+    delivery_id: &str,
+    jobs: &[NewJob],
+    now_ms: i64,
+    due_ms: i64,
+) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO jobs (delivery_id, target_index, repo, label, path, body, status, next_attempt_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?8, ?7)",
     )?;
     for job in jobs {
         stmt.execute(params![
@@ -89,10 +104,58 @@ fn insert_jobs(
             job.label,
             job.path,
             job.body,
-            now_ms
+            now_ms,
+            due_ms
         ])?;
     }
     Ok(())
+}
+
+/// The moment a debounced dispatch is due: `window` after the latest
+/// webhook, but never later than `max_wait` after the first.
+fn debounce_due(d: &DebounceWindow, first_ms: i64, now_ms: i64) -> i64 {
+    let due = now_ms + d.window_ms;
+    match d.max_wait_ms {
+        Some(max) => due.min(first_ms + max),
+        None => due,
+    }
+}
+
+/// Merges a webhook into the open debounce window of its route, if there is
+/// one: the window's jobs are replaced by this webhook's (the last payload
+/// wins) and pushed back by `window`. A window is open while none of its jobs
+/// has been leased or tried.
+fn coalesce(
+    conn: &Connection,
+    d: &NewDelivery,
+    window: &DebounceWindow,
+    request: &str,
+) -> Result<Option<Accepted>, StoreError> {
+    let open: Option<(String, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT id, debounce_first_at, coalesced FROM deliveries d
+             WHERE route = ?1 AND status = 'pending' AND debounce_first_at IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id
+                               AND (j.leased_until IS NOT NULL OR j.attempts > 0 OR j.status != 'pending'))
+             ORDER BY received_at DESC LIMIT 1",
+        )?
+        .query_row(params![d.route], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((id, first_ms, coalesced)) = open else {
+        return Ok(None);
+    };
+    conn.prepare_cached("DELETE FROM jobs WHERE delivery_id = ?1")?
+        .execute(params![id])?;
+    let due = debounce_due(window, first_ms, d.received_at_ms);
+    insert_jobs_due(conn, &id, &d.jobs, d.received_at_ms, due)?;
+    conn.prepare_cached(
+        "UPDATE deliveries SET request = ?2, coalesced = coalesced + 1 WHERE id = ?1",
+    )?
+    .execute(params![id, request])?;
+    Ok(Some(Accepted::Coalesced {
+        into: id,
+        coalesced: (coalesced + 1) as u32,
+    }))
 }
 
 pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, StoreError> {
@@ -107,14 +170,23 @@ pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, Sto
     }
     let request =
         serde_json::to_string(&d.request).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let debounce = d
+        .debounce
+        .as_ref()
+        .filter(|_| d.failure.is_none() && !d.jobs.is_empty());
+    if let Some(window) = debounce {
+        if let Some(merged) = coalesce(conn, d, window, &request)? {
+            return Ok(merged);
+        }
+    }
     let (status, finished) = match &d.failure {
         Some(_) => (Status::Failed, Some(d.received_at_ms)),
         None if d.jobs.is_empty() => (Status::Delivered, Some(d.received_at_ms)),
         None => (Status::Pending, None),
     };
     conn.prepare_cached(
-        "INSERT INTO deliveries (id, route, received_at, status, dedupe_key, request, error, finished_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO deliveries (id, route, received_at, status, dedupe_key, request, error, finished_at, debounce_first_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         d.id,
@@ -124,9 +196,13 @@ pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, Sto
         d.dedupe_key,
         request,
         d.failure,
-        finished
+        finished,
+        debounce.map(|_| d.received_at_ms)
     ])?;
-    insert_jobs(conn, &d.id, &d.jobs, d.received_at_ms)?;
+    let due = debounce.map_or(d.received_at_ms, |w| {
+        debounce_due(w, d.received_at_ms, d.received_at_ms)
+    });
+    insert_jobs_due(conn, &d.id, &d.jobs, d.received_at_ms, due)?;
     Ok(Accepted::Stored)
 }
 
@@ -342,6 +418,7 @@ fn summary_from_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Delive
         received_at_ms: row.get(3)?,
         finished_at_ms: row.get(4)?,
         error: row.get(5)?,
+        coalesced: row.get::<_, i64>(6)? as u32,
         targets,
     })
 }
@@ -349,7 +426,7 @@ fn summary_from_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Delive
 pub(super) fn list(conn: &Connection, f: &ListFilter) -> Result<Vec<DeliverySummary>, StoreError> {
     let limit = if f.limit == 0 { 50 } else { f.limit } as i64;
     let mut stmt = conn.prepare_cached(
-        "SELECT id, route, status, received_at, finished_at, error FROM deliveries
+        "SELECT id, route, status, received_at, finished_at, error, coalesced FROM deliveries
          WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR route = ?2) AND (?3 IS NULL OR received_at >= ?3)
          ORDER BY received_at DESC, id DESC LIMIT ?4",
     )?;
@@ -365,7 +442,7 @@ pub(super) fn get(
     id: &str,
 ) -> Result<Option<(DeliverySummary, Vec<AttemptSummary>)>, StoreError> {
     let summary = conn
-        .prepare_cached("SELECT id, route, status, received_at, finished_at, error FROM deliveries WHERE id = ?1")?
+        .prepare_cached("SELECT id, route, status, received_at, finished_at, error, coalesced FROM deliveries WHERE id = ?1")?
         .query_row(params![id], |row| summary_from_row(conn, row))
         .optional()?;
     let Some(summary) = summary else {

@@ -26,6 +26,7 @@ fn delivery(id: &str, dedupe: Option<&str>, jobs: usize) -> NewDelivery {
             })
             .collect(),
         failure: None,
+        debounce: None,
     }
 }
 
@@ -221,4 +222,54 @@ async fn pruning_removes_only_finished_deliveries_older_than_the_cutoff() {
         store.accept(delivery("again", Some("k"), 1)).await.unwrap(),
         Accepted::Stored
     );
+}
+
+#[tokio::test]
+async fn debounce_merges_a_burst_into_one_delivery_bounded_by_max_wait() {
+    let (_dir, store) = open();
+    let window = DebounceWindow {
+        window_ms: 1_000,
+        max_wait_ms: Some(2_500),
+    };
+    let at = |id: &str, ms: i64| {
+        let mut d = delivery(id, None, 2);
+        d.received_at_ms = ms;
+        d.jobs[0].body = format!("{{\"from\":\"{id}\"}}");
+        d.debounce = Some(window);
+        d
+    };
+    assert_eq!(
+        store.accept(at("first", 10_000)).await.unwrap(),
+        Accepted::Stored
+    );
+    for (i, ms) in [10_500, 11_000, 11_900].into_iter().enumerate() {
+        assert_eq!(
+            store.accept(at(&format!("later{i}"), ms)).await.unwrap(),
+            Accepted::Coalesced {
+                into: "first".into(),
+                coalesced: i as u32 + 1
+            }
+        );
+    }
+    // The window keeps moving (11_900 + 1_000) but max_wait caps it at 12_500.
+    assert!(
+        store
+            .lease_due(12_499, 10, 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let jobs = store.lease_due(12_500, 10, 60_000).await.unwrap();
+    assert_eq!(jobs.len(), 2, "one job per target");
+    assert_eq!(
+        jobs[0].body, r#"{"from":"later2"}"#,
+        "the last payload wins"
+    );
+    // Once leased, the window is closed: the next webhook opens a new one.
+    assert_eq!(
+        store.accept(at("next", 12_600)).await.unwrap(),
+        Accepted::Stored
+    );
+    let (first, _) = store.get("first").await.unwrap().unwrap();
+    assert_eq!(first.coalesced, 3);
 }

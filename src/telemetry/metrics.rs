@@ -65,6 +65,7 @@ impl DispatchOutcome {
 pub struct Metrics {
     registry: Registry,
     webhooks_received: IntCounterVec,
+    webhooks_coalesced: IntCounterVec,
     dispatches: IntCounterVec,
     github_request_duration: HistogramVec,
     delivery_latency: HistogramVec,
@@ -100,6 +101,14 @@ impl Metrics {
                 "Incoming webhooks by route and outcome.",
             ),
             &["route", "outcome"],
+        )
+        .expect("valid metric");
+        let webhooks_coalesced = IntCounterVec::new(
+            opts(
+                "webhooks_coalesced_total",
+                "Accepted webhooks merged into an open debounce window instead of dispatching on their own.",
+            ),
+            &["route"],
         )
         .expect("valid metric");
         let dispatches = IntCounterVec::new(
@@ -167,6 +176,7 @@ impl Metrics {
         .expect("valid metric");
         for collector in [
             Box::new(webhooks_received.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(webhooks_coalesced.clone()),
             Box::new(dispatches.clone()),
             Box::new(github_request_duration.clone()),
             Box::new(delivery_latency.clone()),
@@ -183,6 +193,7 @@ impl Metrics {
         Metrics {
             registry,
             webhooks_received,
+            webhooks_coalesced,
             dispatches,
             github_request_duration,
             delivery_latency,
@@ -198,6 +209,11 @@ impl Metrics {
         self.webhooks_received
             .with_label_values(&[route, outcome.as_str()])
             .inc();
+    }
+
+    /// A webhook merged into a debounce window (also counted as accepted).
+    pub fn coalesced(&self, route: &str) {
+        self.webhooks_coalesced.with_label_values(&[route]).inc();
     }
 
     pub fn dispatch(&self, route: &str, outcome: DispatchOutcome) {

@@ -14,3 +14,5 @@ mod dispatch;
 mod durability;
 // The command line: check, render, deliveries, redeliver.
 mod cli;
+// Operating it: debounce, the admin API, redelivery.
+mod operations;

@@ -1,0 +1,195 @@
+//! Operating the relay: debounce, the admin API, redelivery semantics.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::{TEST_HEAD, spawn_app, spawn_app_with};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn debounced_route(window: &str, max_wait: &str) -> String {
+    format!(
+        r#"
+  - id: uploads
+    verify: none
+    debounce: {{ window: {window}, max_wait: {max_wait} }}
+    dispatch:
+      - repo: acme/blog
+        event_type: rebuild
+        client_payload:
+          n: "{{{{ body.n }}}}"
+      - repo: acme/docs
+        event_type: rebuild
+        client_payload:
+          n: "{{{{ body.n }}}}"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_500_gives_one_dispatch_per_target() {
+    let app = spawn_app(&debounced_route("2s", "30s")).await;
+    let sends = (0..500).map(|n| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .post(app.url("/hooks/uploads"))
+                .body(format!(r#"{{"n":{n}}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            response.json::<Value>().await.unwrap()["delivery_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    });
+    let ids = futures_util::future::join_all(sends).await;
+    let first = ids[0].clone();
+    assert!(
+        ids.iter().all(|id| *id == first),
+        "every webhook of the burst joins one delivery"
+    );
+    let sent = app.github.wait_for_dispatches(2, WAIT).await;
+    assert_eq!(sent.len(), 2);
+    assert_ne!(sent[0].path, sent[1].path, "one per target");
+    let list = app
+        .wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "delivered")
+        .await;
+    assert_eq!(list[0]["coalesced"], 499);
+    // Nothing else arrives later.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"dispatch_relay_webhooks_coalesced_total{route="uploads"} 499"#),
+        "{metrics}"
+    );
+    assert_eq!(app.github.dispatches().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_in_the_middle_of_a_window_still_sends() {
+    let mut app = spawn_app(&debounced_route("2s", "10s")).await;
+    for n in 0..3 {
+        let response = app
+            .http
+            .post(app.url("/hooks/uploads"))
+            .body(format!(r#"{{"n":{n}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    app.kill9();
+    assert!(
+        app.github.requests().is_empty(),
+        "nothing was sent before the window closed"
+    );
+    app.restart();
+    let sent = app.github.wait_for_dispatches(2, WAIT).await;
+    for request in &sent {
+        assert_eq!(
+            request.body.as_ref().unwrap()["client_payload"]["n"],
+            2,
+            "the last payload wins"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_wait_bounds_the_delay_under_a_continuous_stream() {
+    let app = spawn_app(&debounced_route("1s", "2s")).await;
+    let start = Instant::now();
+    // A webhook every 200 ms keeps the 1 s window open for ever; max_wait
+    // must cut it at 2 s after the first.
+    let mut n = 0;
+    while app.github.dispatches().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "max_wait never ended the window"
+        );
+        let response = app
+            .http
+            .post(app.url("/hooks/uploads"))
+            .body(format!(r#"{{"n":{n}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let waited = app.github.dispatches()[0].received_at - start;
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "dispatched after {waited:?}, before max_wait"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_lists_shows_and_redelivers_once() {
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
+    let accepted: Value = app
+        .http
+        .post(app.url("/hooks/cms"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["delivery_id"].as_str().unwrap().to_string();
+    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
+        .await;
+
+    let admin = |path: &str, token: &str| {
+        app.http
+            .get(app.url(path))
+            .bearer_auth(token.to_string())
+            .send()
+    };
+    assert_eq!(
+        admin("/admin/deliveries", "wrong").await.unwrap().status(),
+        401
+    );
+    let list: Value = admin("/admin/deliveries?status=failed", "admin-secret")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["deliveries"][0]["id"], id.as_str());
+    let one: Value = admin(&format!("/admin/deliveries/{id}"), "admin-secret")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["attempts"][0]["status_code"], 404);
+    assert!(
+        one["delivery"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("repository not found")
+    );
+
+    // Make the repository visible, then redeliver: delivered, and a second
+    // redeliver is refused because the delivery is no longer failed.
+    app.github.add_repo("acme/missing");
+    let redeliver = || {
+        app.http
+            .post(app.url(&format!("/admin/deliveries/{id}/redeliver")))
+            .bearer_auth("admin-secret")
+            .send()
+    };
+    assert_eq!(redeliver().await.unwrap().status(), 202);
+    app.github.wait_for_dispatches(1, WAIT).await;
+    app.wait_for_deliveries(WAIT, |l| l[0]["status"] == "delivered")
+        .await;
+    assert_eq!(redeliver().await.unwrap().status(), 409);
+    assert_eq!(app.github.dispatches().len(), 1);
+}
