@@ -7,7 +7,8 @@
 //!   (typed minijinja rendering), `routing` (route + request → GitHub
 //!   requests), `verify` (sender authentication), `inbound` (body parsing,
 //!   context, stored form), `dispatch::retry` (classification);
-//! - edges: `ingress` (actix-web), `store` (SQLite), `github` (reqwest);
+//! - edges: `ingress` (actix-web), `store` (SQLite), `github` and `notify`
+//!   (reqwest);
 //! - glue: `dispatch` (the worker), `redeliver`, `telemetry`, `cli`.
 
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod dispatch;
 pub mod github;
 pub mod inbound;
 pub mod ingress;
+pub mod notify;
 pub mod redeliver;
 pub mod routing;
 pub mod secret;

@@ -40,6 +40,7 @@ pub struct Dispatcher {
     pub retry: RetryConfig,
     pub pacer: Arc<Pacer>,
     pub metrics: Metrics,
+    pub notifier: crate::notify::Notifier,
 }
 
 /// Lets the accept path wake the worker and `serve` stop it.
@@ -240,6 +241,12 @@ impl Dispatcher {
             Action::Fail { reason } => {
                 self.metrics.dispatch(&job.route, DispatchOutcome::Failed);
                 tracing::error!(reason = %reason, status = ?status, "Dispatch failed for good");
+                self.notifier.failed(crate::notify::Failure {
+                    route: job.route.clone(),
+                    delivery_id: job.delivery_id.clone(),
+                    repo: job.repo.clone(),
+                    reason: reason.clone(),
+                });
                 JobNext::Failed {
                     reason: reason.clone(),
                 }

@@ -307,3 +307,78 @@ fn start_relay(dir: &std::path::Path, env: &[(String, String)]) -> Started {
     };
     (child, format!("http://{addr}"), logs)
 }
+
+/// A stand-in for an alert destination (a Slack incoming webhook or any URL
+/// taking a JSON POST): answers 200 and records every body.
+pub struct Recorder {
+    pub url: String,
+    bodies: Arc<Mutex<Vec<Value>>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Recorder {
+    pub fn start() -> Recorder {
+        let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let sink = bodies.clone();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = actix_web::HttpServer::new(move || {
+                    let sink = sink.clone();
+                    actix_web::App::new().default_service(actix_web::web::to(
+                        move |body: actix_web::web::Bytes| {
+                            let sink = sink.clone();
+                            async move {
+                                sink.lock()
+                                    .unwrap()
+                                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                                actix_web::HttpResponse::Ok().body("ok")
+                            }
+                        },
+                    ))
+                })
+                .workers(1)
+                .disable_signals()
+                .bind(("127.0.0.1", 0))
+                .unwrap();
+                let addr = server.addrs()[0];
+                let server = server.run();
+                tx.send((addr, server.handle())).unwrap();
+                let _ = server.await;
+            });
+        });
+        let (addr, handle) = rx.recv().unwrap();
+        Recorder {
+            url: format!("http://{addr}/services/T000/B000/XXXX"),
+            bodies,
+            handle,
+        }
+    }
+
+    pub fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+
+    /// Polls until at least `n` bodies arrived, or panics at the deadline.
+    pub async fn wait_for(&self, n: usize, deadline: Duration) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let bodies = self.bodies();
+            if bodies.len() >= n {
+                return bodies;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "only {} of {n} alerts arrived: {bodies:?}",
+                bodies.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.handle.stop(false);
+    }
+}

@@ -193,3 +193,35 @@ async fn the_admin_api_lists_shows_and_redelivers_once() {
     assert_eq!(redeliver().await.unwrap().status(), 409);
     assert_eq!(app.github.dispatches().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary() {
+    let slack = crate::helpers::Recorder::start();
+    let head = format!("{TEST_HEAD}notify:\n  - slack: ${{SLACK_WEBHOOK_URL}}\n");
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
+    let app = spawn_app_with(&head, routes, &[("SLACK_WEBHOOK_URL", slack.url.as_str())]).await;
+    for _ in 0..100 {
+        let response = app
+            .http
+            .post(app.url("/hooks/cms"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    app.wait_for_deliveries(WAIT, |l| {
+        l.len() == 100 && l.iter().all(|d| d["status"] == "failed")
+    })
+    .await;
+    let alerts = slack.wait_for(1, WAIT).await;
+    let text = alerts[0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("dispatch-relay: 100 dispatches failed for good (cms: 100)"),
+        "{text}"
+    );
+    assert!(text.contains("repository not found"));
+    // The URL is a secret: never in the logs.
+    assert!(!app.logs().iter().any(|l| l.contains("/services/T000")));
+    assert_eq!(slack.bodies().len(), 1, "one summary, not a flood");
+}

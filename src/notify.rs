@@ -1,0 +1,257 @@
+//! Failure alerts: tells a Slack incoming webhook or a generic URL when a
+//! dispatch fails for good.
+//!
+//! Alerts are gathered for a few seconds before the first message, so that a
+//! burst becomes one summary; after a message, a destination hears from us at
+//! most once a minute, with a summary of everything that failed meanwhile.
+//! An outage therefore sends a handful of summaries, not a flood. Like the
+//! GitHub client this is an outbound edge and uses reqwest; the destination
+//! URLs hold tokens and are never logged.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::{NotifyKind, NotifyTarget};
+use crate::secret::Secret;
+
+/// How long the first failure waits for others to join its message.
+const GATHER: Duration = Duration::from_secs(5);
+
+/// The least time between two messages to one destination.
+const COOLDOWN: Duration = Duration::from_secs(60);
+
+/// At most this many failures are queued for alerting; beyond it they are
+/// only counted, so a long outage cannot grow memory.
+const QUEUE: usize = 10_000;
+
+/// How many failures a summary describes one by one.
+const EXAMPLES: usize = 5;
+
+/// A dispatch that failed for good.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub route: String,
+    pub delivery_id: String,
+    pub repo: String,
+    pub reason: String,
+}
+
+/// Sends failures to the alert task; cheap to clone, never blocks.
+#[derive(Clone, Debug, Default)]
+pub struct Notifier {
+    sender: Option<mpsc::Sender<Failure>>,
+}
+
+impl Notifier {
+    /// A notifier that sends nothing (no `notify:` configured).
+    pub fn disabled() -> Notifier {
+        Notifier { sender: None }
+    }
+
+    /// Starts one alert task per destination.
+    pub fn start(targets: &[NotifyTarget]) -> Notifier {
+        if targets.is_empty() {
+            return Notifier::disabled();
+        }
+        let (sender, mut receiver) = mpsc::channel::<Failure>(QUEUE);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .user_agent(crate::github::USER_AGENT_VALUE)
+            .build()
+            .unwrap_or_default();
+        let mut lanes = Vec::new();
+        for (index, target) in targets.iter().enumerate() {
+            let (lane, lane_receiver) = mpsc::channel::<Failure>(QUEUE);
+            let destination = match &target.kind {
+                NotifyKind::Slack(url) => Destination::Slack(url.clone()),
+                NotifyKind::Url(url) => Destination::Url(url.clone()),
+            };
+            tokio::spawn(run_destination(
+                index,
+                destination,
+                http.clone(),
+                lane_receiver,
+            ));
+            lanes.push(lane);
+        }
+        tokio::spawn(async move {
+            while let Some(failure) = receiver.recv().await {
+                for lane in &lanes {
+                    let _ = lane.try_send(failure.clone());
+                }
+            }
+        });
+        Notifier {
+            sender: Some(sender),
+        }
+    }
+
+    /// Reports a failure; dropped (after a log line) if the queue is full.
+    pub fn failed(&self, failure: Failure) {
+        if let Some(sender) = &self.sender {
+            if sender.try_send(failure).is_err() {
+                tracing::warn!(
+                    "The alert queue is full; a failure was not sent to notify destinations"
+                );
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Destination {
+    Slack(Secret),
+    Url(Secret),
+}
+
+async fn run_destination(
+    index: usize,
+    destination: Destination,
+    http: reqwest::Client,
+    mut failures: mpsc::Receiver<Failure>,
+) {
+    let mut batch: Vec<Failure> = Vec::new();
+    while let Some(first) = failures.recv().await {
+        batch.push(first);
+        // Gather what arrives soon after, then keep collecting through the
+        // cooldown before the next message.
+        let gathered = tokio::time::Instant::now() + GATHER;
+        while let Ok(Some(more)) = tokio::time::timeout_at(gathered, failures.recv()).await {
+            batch.push(more);
+        }
+        loop {
+            let message = render(&destination, &batch);
+            send(index, &destination, &http, message).await;
+            batch.clear();
+            let cooled = tokio::time::Instant::now() + COOLDOWN;
+            while let Ok(Some(more)) = tokio::time::timeout_at(cooled, failures.recv()).await {
+                batch.push(more);
+            }
+            if batch.is_empty() {
+                break;
+            }
+        }
+    }
+}
+
+/// The message for a batch of failures: one failure is described, several
+/// are summarised with counts per route and a few examples.
+fn render(destination: &Destination, batch: &[Failure]) -> serde_json::Value {
+    let text = if let [one] = batch {
+        format!(
+            "dispatch-relay: a dispatch to {} failed for good (route {}, delivery {}): {}",
+            one.repo, one.route, one.delivery_id, one.reason
+        )
+    } else {
+        let mut per_route: BTreeMap<&str, usize> = BTreeMap::new();
+        for f in batch {
+            *per_route.entry(&f.route).or_default() += 1;
+        }
+        let routes: Vec<String> = per_route.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        let examples: Vec<String> = batch
+            .iter()
+            .take(EXAMPLES)
+            .map(|f| format!("• {} (delivery {}): {}", f.repo, f.delivery_id, f.reason))
+            .collect();
+        format!(
+            "dispatch-relay: {} dispatches failed for good ({}). `dispatch-relay deliveries --status failed` lists them; `dispatch-relay redeliver --failed` sends them again.\n{}",
+            batch.len(),
+            routes.join(", "),
+            examples.join("\n")
+        )
+    };
+    match destination {
+        Destination::Slack(_) => serde_json::json!({ "text": text }),
+        Destination::Url(_) => serde_json::json!({
+            "event": "dispatch_failed",
+            "count": batch.len(),
+            "text": text,
+            "failures": batch.iter().take(100).map(|f| serde_json::json!({
+                "route": f.route, "delivery_id": f.delivery_id, "repo": f.repo, "reason": f.reason,
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+async fn send(
+    index: usize,
+    destination: &Destination,
+    http: &reqwest::Client,
+    message: serde_json::Value,
+) {
+    let url = match destination {
+        Destination::Slack(url) | Destination::Url(url) => url.expose(),
+    };
+    match http.post(url).json(&message).send().await {
+        Ok(response) if response.status().is_success() => {
+            tracing::info!(destination = index, "Failure alert sent");
+        }
+        Ok(response) => {
+            tracing::warn!(
+                destination = index,
+                status = response.status().as_u16(),
+                "A notify destination refused the failure alert"
+            );
+        }
+        Err(e) => {
+            // reqwest's error would print the URL, which holds a token.
+            let kind = if e.is_timeout() {
+                "timeout"
+            } else if e.is_connect() {
+                "connection failed"
+            } else {
+                "request failed"
+            };
+            tracing::warn!(
+                destination = index,
+                error = kind,
+                "Could not send a failure alert"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(route: &str, n: usize) -> Failure {
+        Failure {
+            route: route.into(),
+            delivery_id: format!("d{n}"),
+            repo: "acme/blog".into(),
+            reason: "repository not found".into(),
+        }
+    }
+
+    #[test]
+    fn one_failure_is_described_and_many_are_summarised() {
+        let slack =
+            Destination::Slack(Secret::new("https://hooks.slack.com/services/T/B/X".into()));
+        let one = render(&slack, &[failure("cms", 1)]);
+        assert!(
+            one["text"]
+                .as_str()
+                .unwrap()
+                .contains("acme/blog failed for good (route cms, delivery d1)")
+        );
+        let many: Vec<Failure> = (0..100)
+            .map(|n| failure(if n % 2 == 0 { "cms" } else { "s3" }, n))
+            .collect();
+        let summary = render(&slack, &many);
+        let text = summary["text"].as_str().unwrap();
+        assert!(
+            text.starts_with("dispatch-relay: 100 dispatches failed for good (cms: 50, s3: 50)"),
+            "{text}"
+        );
+        assert_eq!(text.matches('•').count(), EXAMPLES);
+        let url = Destination::Url(Secret::new("https://example.com/alerts".into()));
+        assert_eq!(render(&url, &many)["count"], 100);
+        assert!(
+            !text.contains("hooks.slack.com"),
+            "the destination URL is a secret"
+        );
+    }
+}
