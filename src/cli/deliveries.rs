@@ -41,6 +41,7 @@ pub async fn list(
             route,
             since_ms: None,
             limit,
+            offset: 0,
         })
         .await
         .map_err(runtime)?;

@@ -38,6 +38,8 @@ pub struct ListQuery {
     status: Option<String>,
     route: Option<String>,
     limit: Option<usize>,
+    /// Deliveries to skip, for paging through a long list.
+    offset: Option<usize>,
 }
 
 pub async fn list(
@@ -58,14 +60,18 @@ pub async fn list(
         status,
         route: query.route.clone(),
         since_ms: None,
-        limit: query.limit.unwrap_or(50).min(1000),
+        limit: query.limit.unwrap_or(50).clamp(1, 1000),
+        offset: query.offset.unwrap_or(0),
     };
+    let (filter_limit, offset) = (filter.limit, filter.offset);
     let deliveries = state
         .store
         .list(filter)
         .await
         .map_err(|e| IngressError::Unavailable(e.to_string()))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"deliveries": deliveries})))
+    let next_offset = (deliveries.len() == filter_limit).then_some(offset + deliveries.len());
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"deliveries": deliveries, "next_offset": next_offset})))
 }
 
 pub async fn get(
@@ -92,6 +98,15 @@ pub async fn redeliver(
     id: web::Path<String>,
 ) -> Result<HttpResponse, IngressError> {
     authorize(&state, &request)?;
+    if state
+        .store
+        .get(&id)
+        .await
+        .map_err(|e| IngressError::Unavailable(e.to_string()))?
+        .is_none()
+    {
+        return Err(IngressError::NotFound(id.into_inner()));
+    }
     let routes = state.routes();
     let outcome = redeliver::redeliver_one(&state.store, &routes.config, &id)
         .await
@@ -104,7 +119,7 @@ pub async fn redeliver(
         }
         Some(Redelivered::StillFailing(reason)) => Err(IngressError::Unprocessable(reason)),
         None => Err(IngressError::Conflict(format!(
-            "delivery `{}` is not failed (or does not exist); only failed deliveries are redelivered",
+            "delivery `{}` is not failed; only failed deliveries are redelivered",
             id.into_inner()
         ))),
     }

@@ -76,6 +76,9 @@ impl AppState {
         dispatcher: DispatcherHandle,
         admin_token: Option<Secret>,
     ) -> AppState {
+        for route in &config.routes {
+            metrics.init_route(&route.id);
+        }
         AppState {
             routes: RwLock::new(Arc::new(LiveRoutes::new(config))),
             store,
@@ -93,6 +96,9 @@ impl AppState {
     }
 
     pub fn replace_routes(&self, config: Arc<Config>) {
+        for route in &config.routes {
+            self.metrics.init_route(&route.id);
+        }
         *self.routes.write().expect("routes lock") = Arc::new(LiveRoutes::new(config));
     }
 

@@ -210,6 +210,8 @@ pub struct ListFilter {
     pub route: Option<String>,
     pub since_ms: Option<i64>,
     pub limit: usize,
+    /// Deliveries to skip (newest first), for paging.
+    pub offset: usize,
 }
 
 /// Counts of jobs by state, for the `queue_depth` gauge.

@@ -428,10 +428,16 @@ pub(super) fn list(conn: &Connection, f: &ListFilter) -> Result<Vec<DeliverySumm
     let mut stmt = conn.prepare_cached(
         "SELECT id, route, status, received_at, finished_at, error, coalesced FROM deliveries
          WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR route = ?2) AND (?3 IS NULL OR received_at >= ?3)
-         ORDER BY received_at DESC, id DESC LIMIT ?4",
+         ORDER BY received_at DESC, id DESC LIMIT ?4 OFFSET ?5",
     )?;
     let rows = stmt.query_map(
-        params![f.status.map(Status::as_str), f.route, f.since_ms, limit],
+        params![
+            f.status.map(Status::as_str),
+            f.route,
+            f.since_ms,
+            limit,
+            f.offset as i64
+        ],
         |row| summary_from_row(conn, row),
     )?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)

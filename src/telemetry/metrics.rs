@@ -26,6 +26,19 @@ pub enum WebhookOutcome {
 }
 
 impl WebhookOutcome {
+    pub const ALL: [WebhookOutcome; 10] = [
+        WebhookOutcome::Accepted,
+        WebhookOutcome::Duplicate,
+        WebhookOutcome::Skipped,
+        WebhookOutcome::Unauthorized,
+        WebhookOutcome::Forbidden,
+        WebhookOutcome::RateLimited,
+        WebhookOutcome::TooLarge,
+        WebhookOutcome::BadRequest,
+        WebhookOutcome::Unprocessable,
+        WebhookOutcome::Unavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             WebhookOutcome::Accepted => "accepted",
@@ -51,6 +64,12 @@ pub enum DispatchOutcome {
 }
 
 impl DispatchOutcome {
+    pub const ALL: [DispatchOutcome; 3] = [
+        DispatchOutcome::Delivered,
+        DispatchOutcome::Retried,
+        DispatchOutcome::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DispatchOutcome::Delivered => "delivered",
@@ -190,6 +209,10 @@ impl Metrics {
                 .register(collector)
                 .expect("metric registered once");
         }
+        for result in ["success", "failure"] {
+            token_mints.with_label_values(&[result]);
+            config_reloads.with_label_values(&[result]);
+        }
         Metrics {
             registry,
             webhooks_received,
@@ -203,6 +226,21 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
         }
+    }
+
+    /// Creates every series of a route at zero, so that alert rules using
+    /// `increase()` see the first event after a start instead of a series
+    /// that appears out of nowhere.
+    pub fn init_route(&self, route: &str) {
+        for outcome in WebhookOutcome::ALL {
+            self.webhooks_received
+                .with_label_values(&[route, outcome.as_str()]);
+        }
+        for outcome in DispatchOutcome::ALL {
+            self.dispatches
+                .with_label_values(&[route, outcome.as_str()]);
+        }
+        self.webhooks_coalesced.with_label_values(&[route]);
     }
 
     pub fn webhook(&self, route: &str, outcome: WebhookOutcome) {
@@ -268,7 +306,7 @@ impl Metrics {
 
     pub fn token_mint(&self, ok: bool) {
         self.token_mints
-            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .with_label_values(&[if ok { "success" } else { "failure" }])
             .inc();
     }
 

@@ -155,7 +155,16 @@ async fn not_found_and_bad_credentials_fail_with_an_explanation() {
         "bad credentials: token invalid or expired"
     );
     for t in targets {
-        assert_eq!(t["attempts"], 1, "permanent failures are not retried");
+        assert_eq!(
+            t["attempts"],
+            1,
+            "permanent failures are not retried: {t}\n{:#?}",
+            app.github
+                .requests()
+                .iter()
+                .map(|r| (r.path.clone(), r.status))
+                .collect::<Vec<_>>()
+        );
     }
     // The listing in text form says why too.
     let output = app.cli(&["deliveries", "--status", "failed"]);

@@ -27,7 +27,7 @@ pub const TEST_HEAD: &str = r#"
 github:
   token: ${GITHUB_TOKEN}
   pacing: off
-  timeout: 2s
+  timeout: 10s
 retry:
   initial_backoff: 10ms
   max_backoff: 50ms
@@ -379,6 +379,6 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        let _ = self.handle.stop(false);
+        drop(self.handle.stop(false));
     }
 }
