@@ -8,12 +8,12 @@
 //! GitHub client this is an outbound edge and uses reqwest; the destination
 //! URLs hold tokens and are never logged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::{NotifyKind, NotifyTarget};
+use crate::config::{Config, NotifyKind, NotifyTarget};
 use crate::secret::Secret;
 
 /// How long the first failure waits for others to join its message.
@@ -50,35 +50,51 @@ impl Notifier {
         Notifier { sender: None }
     }
 
-    /// Starts one alert task per destination.
-    pub fn start(targets: &[NotifyTarget]) -> Notifier {
-        if targets.is_empty() {
+    /// Starts one alert task per destination: the top-level `notify` list
+    /// serves every route that has no `notify` of its own.
+    pub fn start(config: &Config) -> Notifier {
+        let any = !config.notify.is_empty() || config.routes.iter().any(|r| !r.notify.is_empty());
+        if !any {
             return Notifier::disabled();
         }
-        let (sender, mut receiver) = mpsc::channel::<Failure>(QUEUE);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .user_agent(crate::github::USER_AGENT_VALUE)
             .build()
             .unwrap_or_default();
-        let mut lanes = Vec::new();
-        for (index, target) in targets.iter().enumerate() {
-            let (lane, lane_receiver) = mpsc::channel::<Failure>(QUEUE);
-            let destination = match &target.kind {
-                NotifyKind::Slack(url) => Destination::Slack(url.clone()),
-                NotifyKind::Url(url) => Destination::Url(url.clone()),
-            };
-            tokio::spawn(run_destination(
-                index,
-                destination,
-                http.clone(),
-                lane_receiver,
-            ));
-            lanes.push(lane);
-        }
+        let mut next_index = 0;
+        let mut start_lanes = |targets: &[NotifyTarget]| -> Vec<mpsc::Sender<Failure>> {
+            targets
+                .iter()
+                .map(|target| {
+                    let (lane, lane_receiver) = mpsc::channel::<Failure>(QUEUE);
+                    let destination = match &target.kind {
+                        NotifyKind::Slack(url) => Destination::Slack(url.clone()),
+                        NotifyKind::Url(url) => Destination::Url(url.clone()),
+                    };
+                    tokio::spawn(run_destination(
+                        next_index,
+                        destination,
+                        http.clone(),
+                        lane_receiver,
+                    ));
+                    next_index += 1;
+                    lane
+                })
+                .collect()
+        };
+        let default_lanes = start_lanes(&config.notify);
+        let route_lanes: HashMap<String, Vec<mpsc::Sender<Failure>>> = config
+            .routes
+            .iter()
+            .filter(|r| !r.notify.is_empty())
+            .map(|r| (r.id.clone(), start_lanes(&r.notify)))
+            .collect();
+        let (sender, mut receiver) = mpsc::channel::<Failure>(QUEUE);
         tokio::spawn(async move {
             while let Some(failure) = receiver.recv().await {
-                for lane in &lanes {
+                let lanes = route_lanes.get(&failure.route).unwrap_or(&default_lanes);
+                for lane in lanes {
                     let _ = lane.try_send(failure.clone());
                 }
             }

@@ -86,7 +86,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         retry: config.retry.clone(),
         pacer: Arc::new(Pacer::new(&config.github.pacing)),
         metrics: metrics.clone(),
-        notifier: crate::notify::Notifier::start(&config.notify),
+        notifier: crate::notify::Notifier::start(&config),
     }
     .spawn();
 

@@ -212,6 +212,9 @@ pub struct Route {
     pub dedupe_key: Option<template::StringTemplate>,
     /// Coalescing of bursts, if configured.
     pub debounce: Option<Debounce>,
+    /// Where this route's permanent failures are reported; empty means the
+    /// top-level `notify` list.
+    pub notify: Vec<NotifyTarget>,
 }
 
 /// An inbound rate limit (token bucket).

@@ -178,6 +178,7 @@ pub(crate) struct RawRoute {
     pub(crate) source_ips: Vec<String>,
     pub(crate) dedupe_key: Option<String>,
     pub(crate) debounce: Option<RawDebounce>,
+    pub(crate) notify: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]

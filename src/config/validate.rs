@@ -737,6 +737,11 @@ fn route(
             .ok()
     });
 
+    let route_notify = match raw.notify {
+        None => Some(Vec::new()),
+        Some(value) => notify(report, value, &path.key("notify")),
+    };
+
     let debounce = raw.debounce.and_then(|raw| {
         let debounce_path = path.key("debounce");
         let window_path = debounce_path.key("window");
@@ -815,6 +820,7 @@ fn route(
         source_ips: source_ips?,
         dedupe_key,
         debounce,
+        notify: route_notify?,
     })
 }
 

@@ -197,9 +197,32 @@ async fn the_admin_api_lists_shows_and_redelivers_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary() {
     let slack = crate::helpers::Recorder::start();
+    let team = crate::helpers::Recorder::start();
     let head = format!("{TEST_HEAD}notify:\n  - slack: ${{SLACK_WEBHOOK_URL}}\n");
-    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
-    let app = spawn_app_with(&head, routes, &[("SLACK_WEBHOOK_URL", slack.url.as_str())]).await;
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n  - id: s3\n    verify: none\n    notify:\n      - url: ${TEAM_ALERTS_URL}\n    dispatch:\n      - repo: acme/gone\n        event_type: deploy\n";
+    let app = spawn_app_with(
+        &head,
+        routes,
+        &[
+            ("SLACK_WEBHOOK_URL", slack.url.as_str()),
+            ("TEAM_ALERTS_URL", team.url.as_str()),
+        ],
+    )
+    .await;
+    // A route with its own `notify` reports there, not to the top-level list.
+    assert_eq!(
+        app.http
+            .post(app.url("/hooks/s3"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let alert = team.wait_for(1, WAIT).await;
+    assert_eq!(alert[0]["event"], "dispatch_failed");
+    assert_eq!(alert[0]["failures"][0]["repo"], "acme/gone");
     for _ in 0..100 {
         let response = app
             .http
@@ -211,7 +234,10 @@ async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary(
         assert_eq!(response.status(), 202);
     }
     app.wait_for_deliveries(WAIT, |l| {
-        l.len() == 100 && l.iter().all(|d| d["status"] == "failed")
+        l.iter()
+            .filter(|d| d["route"] == "cms" && d["status"] == "failed")
+            .count()
+            == 100
     })
     .await;
     let alerts = slack.wait_for(1, WAIT).await;
