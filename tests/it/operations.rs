@@ -251,3 +251,90 @@ async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary(
     assert!(!app.logs().iter().any(|l| l.contains("/services/T000")));
     assert_eq!(slack.bodies().len(), 1, "one summary, not a flood");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fan_out_is_paced_per_credential_and_each_target_is_tracked_on_its_own() {
+    let head = "github:\n  token: ${GITHUB_TOKEN}\n  pacing: { concurrency: 1, min_interval: 300ms, per_minute: 80 }\nretry:\n  initial_backoff: 10ms\n  max_backoff: 50ms\n";
+    let routes = "  - id: fan\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: a\n      - repo: acme/docs\n        event_type: b\n      - repo: acme/site\n        event_type: c\n";
+    let app = spawn_app_with(head, routes, &[]).await;
+    app.github
+        .push_responses("acme/docs", vec![crate::fake_github::Scripted::Status(503)]);
+    assert_eq!(
+        app.http
+            .post(app.url("/hooks/fan"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let list = app
+        .wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "delivered")
+        .await;
+    let attempts: Vec<u64> = list[0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["attempts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        attempts,
+        [1, 2, 1],
+        "only the target that failed was retried"
+    );
+    let requests = app.github.requests();
+    assert_eq!(requests.len(), 4);
+    for pair in requests.windows(2) {
+        let gap = pair[1].received_at - pair[0].received_at;
+        assert!(
+            gap >= Duration::from_millis(290),
+            "requests {gap:?} apart, under min_interval"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_route_still_finishes_its_queued_jobs() {
+    let routes = "  - id: old\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let app = spawn_app(routes).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![crate::fake_github::Scripted::Status(502); 3],
+    );
+    assert_eq!(
+        app.http
+            .post(app.url("/hooks/old"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let without = std::fs::read_to_string(app.config_path())
+        .unwrap()
+        .replace("id: old", "id: new");
+    app.write_config(&without);
+    let start = Instant::now();
+    while app
+        .http
+        .head(app.url("/hooks/old"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 404
+    {
+        assert!(start.elapsed() < WAIT, "the reload never happened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.github.wait_for_dispatches(1, WAIT).await;
+    let list = app
+        .wait_for_deliveries(WAIT, |l| {
+            l.iter()
+                .any(|d| d["route"] == "old" && d["status"] == "delivered")
+        })
+        .await;
+    assert_eq!(list.iter().filter(|d| d["route"] == "old").count(), 1);
+}
