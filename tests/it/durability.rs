@@ -129,16 +129,7 @@ async fn sigterm_refuses_new_webhooks_finishes_in_flight_and_exits_0() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_valid_edit_adds_a_route_and_an_invalid_one_keeps_the_old_routes() {
     let app = spawn_app(&hmac_route("cms", TARGET)).await;
-    assert_eq!(
-        app.http
-            .post(app.url("/hooks/new"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(app.post("new", "{}").await.status(), 404);
     let original = std::fs::read_to_string(app.config_path()).unwrap();
     let added = format!(
         "{original}\n  - id: new\n    verify: none\n    dispatch:\n      - repo: acme/docs\n        event_type: added\n"
@@ -154,14 +145,7 @@ async fn a_valid_edit_adds_a_route_and_an_invalid_one_keeps_the_old_routes() {
             202,
             "the old route keeps working during a reload"
         );
-        let status = app
-            .http
-            .post(app.url("/hooks/new"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = app.post("new", "{}").await.status();
         if status == 202 {
             break;
         }
@@ -186,16 +170,7 @@ async fn a_valid_edit_adds_a_route_and_an_invalid_one_keeps_the_old_routes() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        app.http
-            .post(app.url("/hooks/new"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        202
-    );
+    assert_eq!(app.post("new", "{}").await.status(), 202);
     assert!(
         app.logs()
             .iter()

@@ -72,6 +72,16 @@ impl TestApp {
         format!("{}{}", self.base_url, path)
     }
 
+    /// Posts an unsigned body to a route.
+    pub async fn post(&self, route: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/hooks/{route}")))
+            .body(body)
+            .send()
+            .await
+            .expect("relay answers")
+    }
+
     /// Posts a body signed for an HMAC route.
     pub async fn post_signed(&self, route: &str, body: &str) -> reqwest::Response {
         self.post_signed_with(route, body, &[]).await

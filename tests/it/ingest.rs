@@ -54,13 +54,7 @@ async fn hmac_accepts_a_signed_request_and_rejects_a_tampered_one() {
         .await
         .unwrap();
     assert_eq!(wrong_secret.status(), 401);
-    let unsigned = app
-        .http
-        .post(app.url("/hooks/cms"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let unsigned = app.post("cms", body).await;
     assert_eq!(unsigned.status(), 401);
 }
 
@@ -234,15 +228,7 @@ async fn every_status_of_the_contract() {
     );
     let app = spawn_app(&routes).await;
 
-    let (status, body) = json_of(
-        app.http
-            .post(app.url("/hooks/nope"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = json_of(app.post("nope", "{}").await).await;
     assert_eq!(status, 404);
     assert_error(&body, "unknown_route");
 
@@ -290,13 +276,7 @@ async fn every_status_of_the_contract() {
     // A burst of 2 at one per second: the third quick request is refused.
     let mut limited = None;
     for _ in 0..10 {
-        let response = app
-            .http
-            .post(app.url("/hooks/limited"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let response = app.post("limited", "{}").await;
         if response.status() == 429 {
             limited = Some(response);
             break;
@@ -312,15 +292,7 @@ async fn every_status_of_the_contract() {
     let (_, body) = json_of(limited).await;
     assert_error(&body, "rate_limited");
 
-    let (status, body) = json_of(
-        app.http
-            .post(app.url("/hooks/office"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = json_of(app.post("office", "{}").await).await;
     assert_eq!(status, 403);
     assert_error(&body, "forbidden");
 

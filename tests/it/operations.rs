@@ -33,13 +33,7 @@ async fn a_burst_of_500_gives_one_dispatch_per_target() {
     let sends = (0..500).map(|n| {
         let app = &app;
         async move {
-            let response = app
-                .http
-                .post(app.url("/hooks/uploads"))
-                .body(format!(r#"{{"n":{n}}}"#))
-                .send()
-                .await
-                .unwrap();
+            let response = app.post("uploads", format!(r#"{{"n":{n}}}"#)).await;
             assert_eq!(response.status(), 202);
             response.json::<Value>().await.unwrap()["delivery_id"]
                 .as_str()
@@ -73,13 +67,7 @@ async fn a_burst_of_500_gives_one_dispatch_per_target() {
 async fn a_restart_in_the_middle_of_a_window_still_sends() {
     let mut app = spawn_app(&debounced_route("2s", "10s")).await;
     for n in 0..3 {
-        let response = app
-            .http
-            .post(app.url("/hooks/uploads"))
-            .body(format!(r#"{{"n":{n}}}"#))
-            .send()
-            .await
-            .unwrap();
+        let response = app.post("uploads", format!(r#"{{"n":{n}}}"#)).await;
         assert_eq!(response.status(), 202);
     }
     app.kill9();
@@ -110,13 +98,7 @@ async fn max_wait_bounds_the_delay_under_a_continuous_stream() {
             start.elapsed() < Duration::from_secs(10),
             "max_wait never ended the window"
         );
-        let response = app
-            .http
-            .post(app.url("/hooks/uploads"))
-            .body(format!(r#"{{"n":{n}}}"#))
-            .send()
-            .await
-            .unwrap();
+        let response = app.post("uploads", format!(r#"{{"n":{n}}}"#)).await;
         assert_eq!(response.status(), 202);
         n += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -132,16 +114,7 @@ async fn max_wait_bounds_the_delay_under_a_continuous_stream() {
 async fn the_admin_api_lists_shows_and_redelivers_once() {
     let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
     let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
-    let accepted: Value = app
-        .http
-        .post(app.url("/hooks/cms"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
     let id = accepted["delivery_id"].as_str().unwrap().to_string();
     app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
         .await;
@@ -210,27 +183,12 @@ async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary(
     )
     .await;
     // A route with its own `notify` reports there, not to the top-level list.
-    assert_eq!(
-        app.http
-            .post(app.url("/hooks/s3"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        202
-    );
+    assert_eq!(app.post("s3", "{}").await.status(), 202);
     let alert = team.wait_for(1, WAIT).await;
     assert_eq!(alert[0]["event"], "dispatch_failed");
     assert_eq!(alert[0]["failures"][0]["repo"], "acme/gone");
     for _ in 0..100 {
-        let response = app
-            .http
-            .post(app.url("/hooks/cms"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let response = app.post("cms", "{}").await;
         assert_eq!(response.status(), 202);
     }
     app.wait_for_deliveries(WAIT, |l| {
@@ -259,16 +217,7 @@ async fn fan_out_is_paced_per_credential_and_each_target_is_tracked_on_its_own()
     let app = spawn_app_with(head, routes, &[]).await;
     app.github
         .push_responses("acme/docs", vec![crate::fake_github::Scripted::Status(503)]);
-    assert_eq!(
-        app.http
-            .post(app.url("/hooks/fan"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        202
-    );
+    assert_eq!(app.post("fan", "{}").await.status(), 202);
     let list = app
         .wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "delivered")
         .await;
@@ -302,16 +251,7 @@ async fn a_removed_route_still_finishes_its_queued_jobs() {
         "acme/blog",
         vec![crate::fake_github::Scripted::Status(502); 3],
     );
-    assert_eq!(
-        app.http
-            .post(app.url("/hooks/old"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        202
-    );
+    assert_eq!(app.post("old", "{}").await.status(), 202);
     let without = std::fs::read_to_string(app.config_path())
         .unwrap()
         .replace("id: old", "id: new");
