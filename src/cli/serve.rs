@@ -68,6 +68,11 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     let store = Store::open(&db_path, synchronous)
         .with_context(|| format!("cannot open the store at {}", db_path.display()))
         .map_err(runtime)?;
+    store
+        .release_all_leases()
+        .await
+        .context("cannot recover the leases of a previous run")
+        .map_err(runtime)?;
 
     let credentials = match &config.github.credential {
         Credential::Token(token) => Credentials::Token(token.clone()),

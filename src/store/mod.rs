@@ -366,6 +366,15 @@ impl Store {
         }
     }
 
+    /// Gives back every lease. Only `serve` calls this, once at start: one
+    /// process owns the queue, so a lease still set then belongs to a process
+    /// that died mid-send, and its job must be sent again. The inspection
+    /// commands never call it, so running them beside `serve` cannot make a
+    /// job in flight look free.
+    pub async fn release_all_leases(&self) -> Result<(), StoreError> {
+        self.call(|reply| Command::ReleaseAll { reply }).await
+    }
+
     /// Checks that the store accepts writes (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.call(|reply| Command::Ping { reply }).await

@@ -177,6 +177,15 @@ async fn leases_survive_a_reopen_as_due_jobs() {
         store.close().await;
     }
     let store = Store::open(&path, Synchronous::Full).unwrap();
+    assert!(
+        store
+            .lease_due(5_000, 10, 600_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "opening the store (as the inspection commands do) leaves leases alone"
+    );
+    store.release_all_leases().await.unwrap();
     assert_eq!(store.lease_due(5_000, 10, 600_000).await.unwrap().len(), 3);
     let depth = store.queue_depth().await.unwrap();
     assert_eq!(depth.pending, 3);

@@ -65,6 +65,9 @@ pub(super) enum Command {
         limit: usize,
         reply: Reply<usize>,
     },
+    ReleaseAll {
+        reply: Reply<()>,
+    },
     Ping {
         reply: Reply<()>,
     },
@@ -119,12 +122,6 @@ impl Writer {
             Synchronous::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", level)?;
-        // Startup is the only moment no job can be in flight, so any lease
-        // still set belongs to a process that died; give the jobs back.
-        conn.execute(
-            "UPDATE jobs SET leased_until = NULL WHERE leased_until IS NOT NULL",
-            [],
-        )?;
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
@@ -202,6 +199,7 @@ fn fail(command: Command, message: &str) {
         Command::Lease { reply, .. } => drop(reply.send(Err(err()))),
         Command::Record { reply, .. }
         | Command::Release { reply, .. }
+        | Command::ReleaseAll { reply }
         | Command::Ping { reply } => drop(reply.send(Err(err()))),
         Command::RequeueFailed { reply, .. } | Command::Rerender { reply, .. } => {
             drop(reply.send(Err(err())))
@@ -275,6 +273,16 @@ fn execute(tx: &mut Transaction<'_>, command: Command) -> Pending {
             limit,
             reply,
         } => Pending::Count(reply, scoped(tx, |c| schema::prune(c, cutoff_ms, limit))),
+        Command::ReleaseAll { reply } => Pending::Unit(
+            reply,
+            scoped(tx, |c| {
+                c.execute(
+                    "UPDATE jobs SET leased_until = NULL WHERE leased_until IS NOT NULL",
+                    [],
+                )?;
+                Ok(())
+            }),
+        ),
         Command::Ping { reply } => {
             Pending::Unit(reply, scoped(tx, |c| Ok(c.execute_batch("SELECT 1")?)))
         }
