@@ -14,3 +14,5 @@ mod dispatch;
 mod durability;
 // The command line: check, render, deliveries, redeliver.
 mod cli;
+// Repository rules: module docs in src/, configuration examples in the docs that load.
+mod tidy;
