@@ -90,7 +90,8 @@ fn first_key(yaml: &str) -> Option<&str> {
 }
 
 fn has_section(yaml: &str, key: &str) -> bool {
-    yaml.lines().any(|line| line.starts_with(&format!("{key}:")))
+    yaml.lines()
+        .any(|line| line.starts_with(&format!("{key}:")))
 }
 
 #[test]
