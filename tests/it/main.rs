@@ -16,3 +16,5 @@ mod durability;
 mod cli;
 // Operating it: debounce, the admin API, redelivery.
 mod operations;
+// Repository rules: module docs in src/, configuration examples in the docs that load.
+mod tidy;

@@ -1,0 +1,129 @@
+//! Repository rules checked as tests: every source file explains itself with
+//! a `//!` paragraph, and every configuration example in the user
+//! documentation loads with the loader `serve` uses, so the docs cannot drift
+//! from the code unnoticed.
+
+use std::path::{Path, PathBuf};
+
+/// The top-level keys of routes.yaml; a YAML block in the docs whose first
+/// key is one of them is a configuration example.
+const TOP_LEVEL_KEYS: [&str; 6] = ["github", "server", "store", "retry", "notify", "routes"];
+
+/// The documents whose configuration examples must load, and the example
+/// file at the root.
+const DOCS: [&str; 2] = ["README.md", "docs/configuration.md"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_source_file_starts_with_a_module_doc() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    assert!(!files.is_empty(), "no files found under src/");
+    let missing: Vec<String> = files
+        .iter()
+        .filter(|path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            !text.starts_with("//!")
+        })
+        .map(|path| path.strip_prefix(root()).unwrap().display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "these files do not start with a `//!` paragraph saying what they are for:\n  {}",
+        missing.join("\n  ")
+    );
+}
+
+/// The values the documented examples read from the environment.
+fn fake_env(name: &str) -> Option<String> {
+    let value = match name {
+        "SLACK_WEBHOOK_URL" => "https://hooks.slack.com/services/T0/B0/x",
+        "GITHUB_TOKEN" | "CMS_WEBHOOK_SECRET" | "JENKINS_PASSWORD" | "MINIO_TOKEN"
+        | "GH_HOOK_SECRET" | "RELEASE_TOKEN" | "SITE_TOKEN" | "CAREFUL_TOKEN" => "fake-value",
+        _ => return None,
+    };
+    Some(value.to_string())
+}
+
+/// The ```yaml blocks of a Markdown text, with the line each starts on.
+fn yaml_blocks(markdown: &str) -> Vec<(usize, String)> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (index, line) in markdown.lines().enumerate() {
+        match &mut current {
+            None if line.trim_start().starts_with("```yaml") => {
+                current = Some((index + 2, String::new()));
+            }
+            Some(_) if line.trim_start().starts_with("```") => {
+                blocks.extend(current.take());
+            }
+            Some((_, text)) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+/// The first key of a YAML block, skipping comments and blank lines.
+fn first_key(yaml: &str) -> Option<&str> {
+    let line = yaml
+        .lines()
+        .find(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))?;
+    line.split(':').next()
+}
+
+fn has_section(yaml: &str, key: &str) -> bool {
+    yaml.lines()
+        .any(|line| line.starts_with(&format!("{key}:")))
+}
+
+#[test]
+fn documented_configuration_examples_load() {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for doc in DOCS {
+        let markdown = std::fs::read_to_string(root().join(doc)).unwrap();
+        for (line, block) in yaml_blocks(&markdown) {
+            if !first_key(&block).is_some_and(|key| TOP_LEVEL_KEYS.contains(&key)) {
+                continue;
+            }
+            // An example showing one section is a fragment of a file: give it
+            // the two required sections so the loader judges the rest.
+            let mut text = block.clone();
+            if !has_section(&text, "github") {
+                text = format!("github:\n  token: fake-token\n{text}");
+            }
+            if !has_section(&text, "routes") {
+                text.push_str("routes: []\n");
+            }
+            checked += 1;
+            let name = format!("{doc}:{line}");
+            if let Err(errors) = dispatch_relay::config::load(&name, &text, &fake_env) {
+                failures.push(format!("the example at {name} does not load:\n{errors}"));
+            }
+        }
+    }
+    let example = std::fs::read_to_string(root().join("routes.yaml")).unwrap();
+    if let Err(errors) = dispatch_relay::config::load("routes.yaml", &example, &fake_env) {
+        failures.push(format!("the example routes.yaml does not load:\n{errors}"));
+    }
+    assert!(checked > 0, "no configuration examples found in {DOCS:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
