@@ -73,6 +73,14 @@ impl Reloader {
                     tracing::warn!(warning = %warning, "Configuration warning");
                 }
                 let routes = loaded.config.routes.len();
+                let current = self.state.routes();
+                let restart_only = restart_only_changes(&current.config, &loaded.config);
+                if !restart_only.is_empty() {
+                    tracing::warn!(
+                        sections = %restart_only.join(", "),
+                        "These settings changed but only take effect at the next restart"
+                    );
+                }
                 self.state.replace_routes(Arc::new(loaded.config));
                 self.metrics
                     .config_loaded(true, crate::store::now_ms() as f64 / 1000.0);
@@ -91,4 +99,36 @@ impl Reloader {
         // once, not every second.
         self.loaded_text = text;
     }
+}
+
+/// The sections a reload cannot apply (the worker, the credential and the
+/// store are built once at start) that differ between two configurations.
+/// Secrets print as `[redacted]`, so a changed token alone is not noticed.
+fn restart_only_changes(old: &config::Config, new: &config::Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if format!("{:?}", old.github) != format!("{:?}", new.github) {
+        changed.push("github");
+    }
+    if format!("{:?}", old.retry) != format!("{:?}", new.retry) {
+        changed.push("retry");
+    }
+    if format!("{:?}", old.store) != format!("{:?}", new.store) {
+        changed.push("store");
+    }
+    if old.server.listen != new.server.listen {
+        changed.push("server.listen");
+    }
+    let route_notify = |c: &config::Config| -> Vec<String> {
+        c.routes
+            .iter()
+            .filter(|r| !r.notify.is_empty())
+            .map(|r| format!("{}{:?}", r.id, r.notify))
+            .collect()
+    };
+    if format!("{:?}", old.notify) != format!("{:?}", new.notify)
+        || route_notify(old) != route_notify(new)
+    {
+        changed.push("notify");
+    }
+    changed
 }

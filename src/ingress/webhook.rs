@@ -113,9 +113,12 @@ async fn accept(
         &delivery_id,
         received_at_ms,
     );
-    let dedupe_key =
-        routing::dedupe_key(route, &ctx).map_err(|e| IngressError::Unprocessable(e.to_string()))?;
-    let plan = routing::plan(route, &ctx);
+    // A dedupe key that fails to render is a render failure like any other:
+    // the webhook is authenticated, so it is stored as failed, not dropped.
+    let (dedupe_key, plan) = match routing::dedupe_key(route, &ctx) {
+        Ok(key) => (key, routing::plan(route, &ctx)),
+        Err(e) => (None, Err(e)),
+    };
     let stored = inbound::stored_request(route, content_type.as_deref(), query, &headers, &body);
     let (jobs, failure, summary) = match plan {
         Ok(Plan::Skipped) => {
