@@ -917,7 +917,10 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
             .map(|k| format!("`{}`", scalar_text(k)))
             .collect();
         let message = if found.is_empty() {
-            format!("holds no method; use one of {}, or `none`", methods.join(", "))
+            format!(
+                "holds no method; use one of {}, or `none`",
+                methods.join(", ")
+            )
         } else {
             format!("must hold exactly one method, found {}", found.join(", "))
         };

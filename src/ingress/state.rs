@@ -151,7 +151,11 @@ impl AppState {
 
     /// A certificate fetched earlier from `url`.
     pub fn cached_sns_cert(&self, url: &str) -> Option<SigningKey> {
-        self.sns_certs.lock().expect("cert cache lock").get(url).cloned()
+        self.sns_certs
+            .lock()
+            .expect("cert cache lock")
+            .get(url)
+            .cloned()
     }
 
     pub fn cache_sns_cert(&self, url: &str, key: SigningKey) {

@@ -285,7 +285,9 @@ async fn confirm_subscription(
     let result = if scheme_ok {
         outbound::get(url).await.map(|_| ())
     } else {
-        Err(outbound::GetError::Transport("SubscribeURL is not an http(s) URL".into()))
+        Err(outbound::GetError::Transport(
+            "SubscribeURL is not an http(s) URL".into(),
+        ))
     };
     match result {
         Ok(()) => {

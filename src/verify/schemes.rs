@@ -18,7 +18,8 @@ type HmacSha256 = Hmac<sha2::Sha256>;
 
 /// HMAC-SHA256 of the concatenation of `parts`.
 fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    let mut mac =
+        <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
     for part in parts {
         mac.update(part);
     }
@@ -62,7 +63,12 @@ fn timestamp(text: &str, header: &str) -> Result<i64, VerifyError> {
 
 /// Checks a signed timestamp in milliseconds against the clock, either
 /// way: a timestamp far in the future is as suspicious as an old one.
-fn fresh(signed_ms: i64, request: &Request<'_>, timed: &TimedSecrets, header: &str) -> Result<(), VerifyError> {
+fn fresh(
+    signed_ms: i64,
+    request: &Request<'_>,
+    timed: &TimedSecrets,
+    header: &str,
+) -> Result<(), VerifyError> {
     let tolerance = i64::try_from(timed.tolerance.as_millis()).unwrap_or(i64::MAX);
     if request.now_ms.abs_diff(signed_ms) > tolerance.unsigned_abs() {
         return Err(VerifyError::Stale(header.to_string()));
@@ -77,8 +83,13 @@ fn decode_hex(text: &str, header: &str) -> Result<Vec<u8>, VerifyError> {
 /// Standard Webhooks: `base64(HMAC(key, id.ts.body))` in a space-separated
 /// list of `v1,<sig>` entries (several during a key rotation); the key is
 /// the base64 after `whsec_`. Svix sends the same under `svix-*` names.
-pub(super) fn standard_webhooks(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), VerifyError> {
-    let prefix = if request.headers.contains_key("webhook-signature") || !request.headers.contains_key("svix-signature") {
+pub(super) fn standard_webhooks(
+    timed: &TimedSecrets,
+    request: &Request<'_>,
+) -> Result<(), VerifyError> {
+    let prefix = if request.headers.contains_key("webhook-signature")
+        || !request.headers.contains_key("svix-signature")
+    {
         "webhook"
     } else {
         "svix"
@@ -99,10 +110,7 @@ pub(super) fn standard_webhooks(timed: &TimedSecrets, request: &Request<'_>) -> 
     if candidates.is_empty() {
         return Err(VerifyError::Malformed(sig_header));
     }
-    let keys = timed
-        .secrets
-        .iter()
-        .filter_map(standard_webhooks_key);
+    let keys = timed.secrets.iter().filter_map(standard_webhooks_key);
     let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts_text.as_bytes(), b".", request.body];
     if !any_matches(keys, &parts, &candidates) {
         return Err(VerifyError::BadSignature(sig_header));
@@ -208,7 +216,10 @@ pub(super) fn stripe(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), 
     let value = header_value(request.headers, HEADER)?;
     let mut ts_text = None;
     let mut candidates = Vec::new();
-    for (key, item) in value.split(',').filter_map(|part| part.trim().split_once('=')) {
+    for (key, item) in value
+        .split(',')
+        .filter_map(|part| part.trim().split_once('='))
+    {
         match key {
             "t" => ts_text = Some(item),
             // v0 is Stripe's test-mode scheme; it is ignored on purpose.

@@ -89,7 +89,14 @@ impl Envelope {
             "2" => 2,
             other => return Err(SnsRefusal::UnknownSignatureVersion(truncate(other))),
         };
-        let mut required = vec!["MessageId", "TopicArn", "Message", "Timestamp", "Signature", "SigningCertURL"];
+        let mut required = vec![
+            "MessageId",
+            "TopicArn",
+            "Message",
+            "Timestamp",
+            "Signature",
+            "SigningCertURL",
+        ];
         if kind != MessageType::Notification {
             required.extend(["SubscribeURL", "Token"]);
         }
@@ -145,9 +152,14 @@ impl Envelope {
     /// that is present, in byte order, with JSON-decoded values.
     pub fn string_to_sign(&self) -> String {
         let keys: &[&str] = match self.kind {
-            MessageType::Notification => {
-                &["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
-            }
+            MessageType::Notification => &[
+                "Message",
+                "MessageId",
+                "Subject",
+                "Timestamp",
+                "TopicArn",
+                "Type",
+            ],
             _ => &[
                 "Message",
                 "MessageId",
@@ -240,23 +252,29 @@ pub fn verify_signature(envelope: &Envelope, keys: &[SigningKey]) -> Result<(), 
         .decode(envelope.field("Signature").unwrap_or_default())
         .map_err(|_| SnsRefusal::SignatureEncoding)?;
     let text = envelope.string_to_sign();
-    let ok = keys.iter().any(|SigningKey(key)| match envelope.signature_version {
-        1 => key
-            .verify(
-                Pkcs1v15Sign::new::<sha1::Sha1>(),
-                &sha1::Sha1::digest(text.as_bytes()),
-                &signature,
-            )
-            .is_ok(),
-        _ => key
-            .verify(
-                Pkcs1v15Sign::new::<sha2::Sha256>(),
-                &sha2::Sha256::digest(text.as_bytes()),
-                &signature,
-            )
-            .is_ok(),
-    });
-    if ok { Ok(()) } else { Err(SnsRefusal::BadSignature) }
+    let ok = keys
+        .iter()
+        .any(|SigningKey(key)| match envelope.signature_version {
+            1 => key
+                .verify(
+                    Pkcs1v15Sign::new::<sha1::Sha1>(),
+                    &sha1::Sha1::digest(text.as_bytes()),
+                    &signature,
+                )
+                .is_ok(),
+            _ => key
+                .verify(
+                    Pkcs1v15Sign::new::<sha2::Sha256>(),
+                    &sha2::Sha256::digest(text.as_bytes()),
+                    &signature,
+                )
+                .is_ok(),
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(SnsRefusal::BadSignature)
+    }
 }
 
 /// The parsed `Message` (JSON when it is JSON, otherwise the text) and the

@@ -14,3 +14,7 @@ mod dispatch;
 mod durability;
 // The command line: check, render, deliveries, redeliver.
 mod cli;
+// The sender recipes in docs/: every routes block loads and runs its signed samples.
+mod recipes;
+// Sender schemes through the library: samples, forgeries, SNS, networks, property tests.
+mod senders;
