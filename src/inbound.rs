@@ -23,6 +23,39 @@ pub enum BodyError {
     FormPayload(String),
     #[error("the body is not valid UTF-8")]
     NotUtf8,
+    #[error("the body is not an SNS message: {0}")]
+    Sns(crate::verify::sns::SnsRefusal),
+}
+
+/// A request body as templates see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    /// `body` in the template context.
+    pub body: Value,
+    /// `sns` in the template context: the envelope on `sns` routes.
+    pub sns: Option<Value>,
+}
+
+/// Parses a body the way its route's sender writes it: on `sns` routes the
+/// envelope's `Message` becomes the body (parsed when it is JSON) and the
+/// envelope goes to `sns`; elsewhere [`parse_body`].
+pub fn parse_for_route(
+    route: &Route,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Parsed, BodyError> {
+    if let Verify::Sns(_) = route.verify {
+        let envelope = crate::verify::sns::Envelope::parse(body).map_err(BodyError::Sns)?;
+        let (body, sns) = crate::verify::sns::unwrap(&envelope);
+        return Ok(Parsed {
+            body,
+            sns: Some(sns),
+        });
+    }
+    Ok(Parsed {
+        body: parse_body(content_type, body)?,
+        sns: None,
+    })
 }
 
 /// Headers that carry credentials; they are never stored.
@@ -116,13 +149,33 @@ pub fn context(
     delivery_id: &str,
     received_at_ms: i64,
 ) -> Context {
+    context_for(
+        route,
+        Parsed { body, sns: None },
+        headers,
+        query,
+        delivery_id,
+        received_at_ms,
+    )
+}
+
+/// [`context`] for a body parsed by [`parse_for_route`].
+pub fn context_for(
+    route: &str,
+    parsed: Parsed,
+    headers: &BTreeMap<String, String>,
+    query: &[(String, String)],
+    delivery_id: &str,
+    received_at_ms: i64,
+) -> Context {
     Context {
-        body,
+        body: parsed.body,
         headers: headers.clone(),
         query: query.iter().cloned().collect(),
         route: route.to_string(),
         delivery_id: delivery_id.to_string(),
         received_at: rfc3339(received_at_ms),
+        sns: parsed.sns,
     }
 }
 

@@ -57,10 +57,10 @@ pub async fn redeliver(
         Some(route) => {
             let body = inbound::stored_body(&delivery.request);
             let headers = delivery.request.headers.iter().cloned().collect();
-            match inbound::parse_body(delivery.request.content_type.as_deref(), &body) {
+            match inbound::parse_for_route(route, delivery.request.content_type.as_deref(), &body) {
                 Err(e) => Err(e.to_string()),
                 Ok(parsed) => {
-                    let ctx = inbound::context(
+                    let ctx = inbound::context_for(
                         &route.id,
                         parsed,
                         &headers,

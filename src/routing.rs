@@ -28,8 +28,14 @@ pub const MAX_WORKFLOW_INPUTS: usize = 25;
 /// They are believed only on routes whose verify method authenticates the
 /// sender, since otherwise anyone could suppress a delivery by replaying an
 /// id.
-const SENDER_DELIVERY_HEADERS: [&str; 3] =
-    ["x-github-delivery", "webhook-id", "x-amz-sns-message-id"];
+const SENDER_DELIVERY_HEADERS: [&str; 6] = [
+    "x-github-delivery",
+    "webhook-id",
+    "svix-id",
+    "x-amz-sns-message-id",
+    "x-contentful-idempotency-key",
+    "idempotency-key",
+];
 
 /// What to do with one accepted request.
 #[derive(Clone, Debug, PartialEq)]
@@ -379,6 +385,17 @@ pub fn dedupe_key_prepared(
     }
     if !route.verify.authenticates() {
         return Ok(None);
+    }
+    // On `sns` routes the envelope's MessageId is signed, unlike the
+    // header that repeats it, so it is the one to believe.
+    if let Some(id) = ctx
+        .sns
+        .as_ref()
+        .and_then(|sns| sns.get("MessageId"))
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+    {
+        return Ok(Some(id.to_string()));
     }
     Ok(SENDER_DELIVERY_HEADERS
         .iter()

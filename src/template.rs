@@ -45,6 +45,10 @@ pub struct Context {
     pub delivery_id: String,
     /// When the relay received the request, in RFC 3339.
     pub received_at: String,
+    /// The SNS envelope on `sns` routes (whose `body` is the parsed
+    /// `Message`); absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sns: Option<serde_json::Value>,
 }
 
 impl Context {
@@ -62,6 +66,7 @@ impl Context {
                 id => self.delivery_id.as_str(),
                 received_at => self.received_at.as_str(),
             },
+            sns => self.sns.as_ref().map(MjValue::from_serialize),
         })
     }
 }

@@ -101,13 +101,20 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     let listen = listen
         .or_else(|| config.server.listen.clone())
         .unwrap_or_else(|| "0.0.0.0:8080".to_string());
-    let state = Arc::new(AppState::new(
-        config.clone(),
-        store.clone(),
-        metrics.clone(),
-        dispatcher.clone(),
-        admin_token,
-    ));
+    let state = Arc::new(
+        AppState::new(
+            config.clone(),
+            store.clone(),
+            metrics.clone(),
+            dispatcher.clone(),
+            admin_token,
+        )
+        // Test hook: fixes the clock that signed timestamps are judged by, so
+        // the suite can replay recorded sender samples (docs/decisions.md).
+        .with_fixed_verify_clock(
+            super::process_env("RELAY_TEST_CLOCK_MS").and_then(|v| v.trim().parse().ok()),
+        ),
+    );
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);

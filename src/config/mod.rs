@@ -261,6 +261,42 @@ pub enum Verify {
         /// Accepted passwords; several while rotating.
         passwords: Vec<Secret>,
     },
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`; Svix's `svix-*` names too).
+    StandardWebhooks(TimedSecrets),
+    /// Contentful's signed canonical request.
+    Contentful(TimedSecrets),
+    /// Sanity's `sanity-webhook-signature: t=<ms>,v1=<base64url>`.
+    Sanity(TimedSecrets),
+    /// Ghost's `X-Ghost-Signature: sha256=<hex>, t=<ms>`.
+    Ghost(TimedSecrets),
+    /// Stripe's scheme, `Stripe-Signature: t=<s>,v1=<hex>`.
+    Stripe(TimedSecrets),
+    /// Slack's request signing, `X-Slack-Signature: v0=<hex>`.
+    Slack(TimedSecrets),
+    /// Amazon SNS: an RSA signature over the envelope.
+    Sns(SnsVerify),
+}
+
+/// Secrets of a scheme that signs a timestamp, and how far that timestamp
+/// may be from the relay's clock.
+#[derive(Debug)]
+pub struct TimedSecrets {
+    /// Accepted secrets; several while rotating.
+    pub secrets: Vec<Secret>,
+    /// The largest accepted distance between the signed timestamp and now,
+    /// either way.
+    pub tolerance: Duration,
+}
+
+/// Settings of the `sns` method.
+#[derive(Debug, Default)]
+pub struct SnsVerify {
+    /// Topics whose messages are accepted; empty accepts any topic.
+    pub topic_arns: Vec<String>,
+    /// Local PEM certificates to verify with instead of fetching
+    /// `SigningCertURL`; read when the routes are loaded.
+    pub certificates: Vec<PathBuf>,
 }
 
 impl Verify {
@@ -272,6 +308,13 @@ impl Verify {
             Verify::Github { .. } => "github",
             Verify::Token { .. } => "token",
             Verify::Basic { .. } => "basic",
+            Verify::StandardWebhooks(_) => "standard_webhooks",
+            Verify::Contentful(_) => "contentful",
+            Verify::Sanity(_) => "sanity",
+            Verify::Ghost(_) => "ghost",
+            Verify::Stripe(_) => "stripe",
+            Verify::Slack(_) => "slack",
+            Verify::Sns(_) => "sns",
         }
     }
 

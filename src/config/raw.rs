@@ -209,7 +209,19 @@ pub(crate) struct RawTarget {
 
 /// The verify methods, by the key that selects them. Adding a method means
 /// adding its name here and its raw struct below.
-pub(crate) const VERIFY_METHODS: [&str; 4] = ["hmac", "github", "token", "basic"];
+pub(crate) const VERIFY_METHODS: [&str; 11] = [
+    "hmac",
+    "github",
+    "token",
+    "basic",
+    "standard_webhooks",
+    "contentful",
+    "sanity",
+    "ghost",
+    "stripe",
+    "slack",
+    "sns",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,4 +270,22 @@ pub(crate) struct RawBasic {
     pub(crate) username: String,
     pub(crate) password: Option<String>,
     pub(crate) passwords: Option<Vec<String>>,
+}
+
+/// The shared shape of the schemes that sign a timestamp with a secret.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimed {
+    pub(crate) secret: Option<String>,
+    pub(crate) secrets: Option<Vec<String>>,
+    pub(crate) tolerance: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSns {
+    #[serde(default)]
+    pub(crate) topic_arns: Vec<String>,
+    #[serde(default)]
+    pub(crate) certificates: Vec<String>,
 }

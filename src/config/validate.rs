@@ -672,11 +672,18 @@ fn routes(
     ok.then_some(routes)
 }
 
+/// A route id is one or more segments joined by `/`, so that a recipe's
+/// URL can read `/hooks/contentful/acme-blog`; Contentful signs the path,
+/// so the id must be able to hold the path the sender was given.
 fn valid_route_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    id.split('/').all(|segment| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    })
 }
 
 fn route(
@@ -691,7 +698,7 @@ fn route(
         report.error(
             &path.key("id"),
             format!(
-                "`{}` is not a valid route id; use letters, digits, `_`, `.` and `-`",
+                "`{}` is not a valid route id; use letters, digits, `_`, `.` and `-`, in segments separated by `/`",
                 raw.id
             ),
         );
@@ -916,7 +923,10 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
             .map(|k| format!("`{}`", scalar_text(k)))
             .collect();
         let message = if found.is_empty() {
-            "holds no method; use one of `hmac`, `github`, `token`, `basic`, or `none`".to_owned()
+            format!(
+                "holds no method; use one of {}, or `none`",
+                methods.join(", ")
+            )
         } else {
             format!("must hold exactly one method, found {}", found.join(", "))
         };
@@ -993,6 +1003,86 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
             Some(Verify::Basic {
                 username: raw.username,
                 passwords: passwords?,
+            })
+        }
+        "standard_webhooks" | "contentful" | "sanity" | "ghost" | "stripe" | "slack" => {
+            let raw: raw::RawTimed = report.parse(value, &method_path)?;
+            let default = match method.as_str() {
+                // Contentful's own toolkit refuses requests older than 30 s.
+                "contentful" => Duration::from_secs(30),
+                // The reference libraries of the others use five minutes.
+                _ => Duration::from_secs(300),
+            };
+            let tolerance = duration(
+                report,
+                raw.tolerance,
+                &method_path.key("tolerance"),
+                default,
+            );
+            let secrets = secret_list(
+                report,
+                &method_path,
+                ("secret", raw.secret),
+                ("secrets", raw.secrets),
+            )?;
+            if method == "standard_webhooks" {
+                let mut ok = true;
+                for (index, secret) in secrets.iter().enumerate() {
+                    if crate::verify::standard_webhooks_key(secret).is_none() {
+                        // The message names the position, never the value.
+                        report.error(
+                            &method_path.key("secrets").index(index),
+                            "is not a Standard Webhooks secret: expected `whsec_` followed by base64",
+                        );
+                        ok = false;
+                    }
+                }
+                if !ok {
+                    return None;
+                }
+            }
+            let timed = TimedSecrets {
+                secrets,
+                tolerance: tolerance?,
+            };
+            Some(match method.as_str() {
+                "standard_webhooks" => Verify::StandardWebhooks(timed),
+                "contentful" => Verify::Contentful(timed),
+                "sanity" => Verify::Sanity(timed),
+                "ghost" => Verify::Ghost(timed),
+                "stripe" => Verify::Stripe(timed),
+                _ => Verify::Slack(timed),
+            })
+        }
+        "sns" => {
+            let raw: raw::RawSns = report.parse(value, &method_path)?;
+            let mut ok = true;
+            for (index, arn) in raw.topic_arns.iter().enumerate() {
+                if !arn.starts_with("arn:") || arn.split(':').count() < 6 {
+                    report.error(
+                        &method_path.key("topic_arns").index(index),
+                        format!("`{arn}` is not a topic ARN such as `arn:aws:sns:eu-west-1:111122223333:uploads`"),
+                    );
+                    ok = false;
+                }
+            }
+            for (index, file) in raw.certificates.iter().enumerate() {
+                if file.trim().is_empty() {
+                    report.error(&method_path.key("certificates").index(index), "is empty");
+                    ok = false;
+                }
+            }
+            if raw.topic_arns.is_empty() {
+                report.warn(
+                    &method_path,
+                    "accepts messages of any SNS topic; list the expected ones in `topic_arns`",
+                );
+            }
+            ok.then(|| {
+                Verify::Sns(SnsVerify {
+                    topic_arns: raw.topic_arns,
+                    certificates: raw.certificates.into_iter().map(PathBuf::from).collect(),
+                })
             })
         }
         other => {

@@ -4,6 +4,8 @@
 //! what the retry classifier needs (status, rate-limit headers, message).
 //! It never decides what to do with the answer: that is `dispatch::retry`.
 
+pub mod outbound;
+
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};

@@ -42,8 +42,8 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(|err, _| {
                     error::IngressError::BadRequest(format!("invalid query: {err}")).into()
                 }))
-                .route("/hooks/{route}", web::post().to(webhook::post))
-                .route("/hooks/{route}", web::head().to(webhook::head))
+                .route("/hooks/{route:.+}", web::post().to(webhook::post))
+                .route("/hooks/{route:.+}", web::head().to(webhook::head))
                 .route("/healthz", web::get().to(ops::healthz))
                 .route("/readyz", web::get().to(ops::readyz))
                 .route("/metrics", web::get().to(ops::metrics))

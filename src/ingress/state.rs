@@ -1,24 +1,35 @@
 //! The state shared by every request handler: the live routes with their
 //! inbound rate limiters, the store, metrics and the worker's wake-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::config::Config;
+use crate::config::{Config, Verify};
 use crate::dispatch::DispatcherHandle;
 use crate::secret::Secret;
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use crate::verify::sns::SigningKey;
+
+/// The pinned certificates of an `sns` route, read when the routes are
+/// loaded, or why they could not be.
+pub type PinnedKeys = Result<Arc<Vec<SigningKey>>, String>;
+
+/// Certificates fetched from `SigningCertURL` are kept by URL; AWS rotates
+/// them rarely, so a small bound only matters against a flood of distinct
+/// (valid-looking) URLs.
+const MAX_CACHED_CERTS: usize = 64;
 
 /// The configuration in force, indexed for the request path.
 pub struct LiveRoutes {
     pub config: Arc<Config>,
     by_id: HashMap<String, usize>,
     limiters: Vec<Option<Arc<DefaultDirectRateLimiter>>>,
+    sns_pinned: Vec<Option<PinnedKeys>>,
 }
 
 impl LiveRoutes {
@@ -41,10 +52,25 @@ impl LiveRoutes {
                 )))
             })
             .collect();
+        let sns_pinned = config
+            .routes
+            .iter()
+            .map(|r| match &r.verify {
+                Verify::Sns(sns) if !sns.certificates.is_empty() => {
+                    let keys = read_pinned(&sns.certificates);
+                    if let Err(e) = &keys {
+                        tracing::error!(route = %r.id, error = %e, "Cannot read the pinned SNS certificates; the route refuses every message");
+                    }
+                    Some(keys)
+                }
+                _ => None,
+            })
+            .collect();
         LiveRoutes {
             config,
             by_id,
             limiters,
+            sns_pinned,
         }
     }
 
@@ -56,6 +82,22 @@ impl LiveRoutes {
     pub fn limiter(&self, index: usize) -> Option<&DefaultDirectRateLimiter> {
         self.limiters.get(index).and_then(|l| l.as_deref())
     }
+
+    /// The pinned SNS certificates of a route, when it has some.
+    pub fn sns_pinned(&self, index: usize) -> Option<&PinnedKeys> {
+        self.sns_pinned.get(index).and_then(Option::as_ref)
+    }
+}
+
+/// Reads PEM certificate files (relative paths from the working
+/// directory). Reading happens at load and reload, never per request.
+fn read_pinned(files: &[std::path::PathBuf]) -> PinnedKeys {
+    let mut keys = Vec::with_capacity(files.len());
+    for file in files {
+        let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        keys.push(SigningKey::from_pem(&pem).map_err(|e| format!("{}: {e}", file.display()))?);
+    }
+    Ok(Arc::new(keys))
 }
 
 /// Shared by all handlers through `web::Data`.
@@ -66,6 +108,11 @@ pub struct AppState {
     pub dispatcher: DispatcherHandle,
     pub admin_token: Option<Secret>,
     shutting_down: AtomicBool,
+    /// A fixed clock for signed timestamps, set only by the test hook
+    /// `RELAY_TEST_CLOCK_MS` (see docs/decisions.md).
+    verify_clock_ms: Option<i64>,
+    sns_certs: Mutex<HashMap<String, SigningKey>>,
+    sns_confirmed: Mutex<HashSet<String>>,
 }
 
 impl AppState {
@@ -86,7 +133,58 @@ impl AppState {
             dispatcher,
             admin_token,
             shutting_down: AtomicBool::new(false),
+            verify_clock_ms: None,
+            sns_certs: Mutex::new(HashMap::new()),
+            sns_confirmed: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Fixes the clock that signed timestamps are judged by; the test
+    /// hook that lets the suite verify recorded samples byte for byte.
+    pub fn with_fixed_verify_clock(mut self, now_ms: Option<i64>) -> AppState {
+        self.verify_clock_ms = now_ms;
+        self
+    }
+
+    /// The time signed timestamps are judged by, in Unix milliseconds.
+    pub fn verify_now_ms(&self) -> i64 {
+        self.verify_clock_ms
+            .unwrap_or_else(crate::verify::system_now_ms)
+    }
+
+    /// A certificate fetched earlier from `url`.
+    pub fn cached_sns_cert(&self, url: &str) -> Option<SigningKey> {
+        self.sns_certs
+            .lock()
+            .expect("cert cache lock")
+            .get(url)
+            .cloned()
+    }
+
+    pub fn cache_sns_cert(&self, url: &str, key: SigningKey) {
+        let mut cache = self.sns_certs.lock().expect("cert cache lock");
+        if cache.len() >= MAX_CACHED_CERTS {
+            cache.clear();
+        }
+        cache.insert(url.to_string(), key);
+    }
+
+    /// Records that the subscription confirmation `message_id` is being
+    /// handled; false when it already was, so a retried confirmation does
+    /// not GET `SubscribeURL` again.
+    pub fn claim_sns_confirmation(&self, message_id: &str) -> bool {
+        self.sns_confirmed
+            .lock()
+            .expect("confirmation lock")
+            .insert(message_id.to_string())
+    }
+
+    /// Forgets a claim whose GET failed, so that SNS's retry tries again.
+    pub fn release_sns_confirmation(&self, message_id: &str) {
+        self.sns_confirmed
+            .lock()
+            .expect("confirmation lock")
+            .remove(message_id);
     }
 
     /// The routes in force; a reload swaps them atomically, and a request

@@ -13,11 +13,14 @@ use governor::clock::{Clock, DefaultClock};
 
 use super::error::IngressError;
 use super::state::AppState;
+use crate::config::Verify;
+use crate::github::outbound;
 use crate::inbound;
 use crate::routing::{self, Plan};
 use crate::store::{Accepted, DebounceWindow, NewDelivery, now_ms};
 use crate::telemetry::WebhookOutcome;
 use crate::verify;
+use crate::verify::sns::{self, Envelope, MessageType, SigningKey};
 
 pub async fn head(
     state: web::Data<AppState>,
@@ -77,12 +80,28 @@ async fn accept(
     }
     let body = read_body(request, payload, route.max_body).await?;
     let headers = header_map(request);
-    if let Err(e) = verify::verify(&route.verify, &headers, &body) {
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let signed = verify::Request {
+        method: request.method().as_str(),
+        path: path_and_query,
+        headers: &headers,
+        body: &body,
+        now_ms: state.verify_now_ms(),
+    };
+    if let Err(e) = verify::verify_request(&route.verify, &signed) {
         tracing::warn!(route = %route.id, reason = %e, "Refused a webhook that failed verification");
         return Err(IngressError::Unauthorized {
             basic_challenge: e.wants_basic_challenge(),
         });
     }
+    let envelope = match &route.verify {
+        Verify::Sns(_) => Some(verify_sns(state, routes, index, &body).await?),
+        _ => None,
+    };
     if let Some(limiter) = routes.limiter(index) {
         if let Err(not_until) = limiter.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -92,20 +111,45 @@ async fn accept(
             });
         }
     }
+    if let Some(envelope) = &envelope {
+        match envelope.kind {
+            MessageType::Notification => {}
+            MessageType::SubscriptionConfirmation => {
+                return confirm_subscription(state, &route.id, envelope).await;
+            }
+            MessageType::UnsubscribeConfirmation => {
+                // Its SubscribeURL would subscribe again: log, count, and
+                // leave it alone.
+                tracing::info!(route = %route.id, topic = %envelope.topic_arn(), "SNS subscription was deleted");
+                state.metrics.sns_subscription(&route.id, "unsubscribed");
+                return Ok((
+                    HttpResponse::Ok().json(serde_json::json!({"skipped": true})),
+                    WebhookOutcome::Skipped,
+                ));
+            }
+        }
+    }
     let content_type = request
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let parsed = inbound::parse_body(content_type.as_deref(), &body)
+    let parsed = inbound::parse_for_route(route, content_type.as_deref(), &body)
         .map_err(|e| IngressError::BadRequest(e.to_string()))?;
+    if envelope.is_some() && sns::is_s3_test_event(&parsed.body) {
+        tracing::info!(route = %route.id, "Acknowledged S3's s3:TestEvent without relaying it");
+        return Ok((
+            HttpResponse::Ok().json(serde_json::json!({"skipped": true})),
+            WebhookOutcome::Skipped,
+        ));
+    }
     let query: Vec<(String, String)> =
         url::form_urlencoded::parse(request.query_string().as_bytes())
             .into_owned()
             .collect();
     let delivery_id = uuid::Uuid::now_v7().to_string();
     let received_at_ms = now_ms();
-    let ctx = inbound::context(
+    let ctx = inbound::context_for(
         &route.id,
         parsed,
         &headers,
@@ -191,6 +235,93 @@ async fn accept(
                 ))
             }
         },
+    }
+}
+
+/// The signature check of an `sns` route, after the pure checks passed:
+/// finds the signing key (pinned, cached or fetched from the already
+/// checked `SigningCertURL`) and verifies the envelope with it.
+async fn verify_sns(
+    state: &AppState,
+    routes: &super::state::LiveRoutes,
+    index: usize,
+    body: &[u8],
+) -> Result<Envelope, IngressError> {
+    let route = &routes.config.routes[index];
+    let refuse = |reason: &dyn std::fmt::Display| {
+        tracing::warn!(route = %route.id, reason = %reason, "Refused an SNS message that failed verification");
+        IngressError::Unauthorized {
+            basic_challenge: false,
+        }
+    };
+    let envelope = Envelope::parse(body).map_err(|e| refuse(&e))?;
+    let keys: Vec<SigningKey> = match routes.sns_pinned(index) {
+        Some(Ok(keys)) => keys.as_ref().clone(),
+        Some(Err(e)) => return Err(refuse(&format!("pinned certificates unavailable: {e}"))),
+        None => {
+            let url = envelope.signing_cert_url();
+            match state.cached_sns_cert(url) {
+                Some(key) => vec![key],
+                None => {
+                    let pem = outbound::get(url).await.map_err(|e| {
+                        tracing::warn!(route = %route.id, error = %e, "Could not fetch the SNS signing certificate");
+                        IngressError::Unavailable(
+                            "the signing certificate could not be fetched; retry shortly".into(),
+                        )
+                    })?;
+                    let key = SigningKey::from_pem(&pem).map_err(|e| refuse(&e))?;
+                    state.cache_sns_cert(url, key.clone());
+                    vec![key]
+                }
+            }
+        }
+    };
+    sns::verify_signature(&envelope, &keys).map_err(|e| refuse(&e))?;
+    Ok(envelope)
+}
+
+/// Confirms a verified `SubscriptionConfirmation` by a GET of its
+/// `SubscribeURL`, once per message id; a failed GET answers 503 so that
+/// SNS sends the confirmation again.
+async fn confirm_subscription(
+    state: &AppState,
+    route: &str,
+    envelope: &Envelope,
+) -> Result<(HttpResponse, WebhookOutcome), IngressError> {
+    let confirmed = || {
+        (
+            HttpResponse::Ok().json(serde_json::json!({"confirmed": true})),
+            WebhookOutcome::Skipped,
+        )
+    };
+    let message_id = envelope.message_id();
+    if !state.claim_sns_confirmation(message_id) {
+        tracing::info!(route = %route, message_id = %message_id, "SNS subscription confirmation repeated; already confirmed");
+        return Ok(confirmed());
+    }
+    let url = envelope.field("SubscribeURL").unwrap_or_default();
+    let scheme_ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "https" | "http"));
+    let result = if scheme_ok {
+        outbound::get(url).await.map(|_| ())
+    } else {
+        Err(outbound::GetError::Transport(
+            "SubscribeURL is not an http(s) URL".into(),
+        ))
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(route = %route, topic = %envelope.topic_arn(), "Confirmed the SNS subscription");
+            state.metrics.sns_subscription(route, "confirmed");
+            Ok(confirmed())
+        }
+        Err(e) => {
+            state.release_sns_confirmation(message_id);
+            state.metrics.sns_subscription(route, "confirm_failed");
+            tracing::warn!(route = %route, topic = %envelope.topic_arn(), error = %e, "Could not confirm the SNS subscription");
+            Err(IngressError::Unavailable(
+                "the subscription could not be confirmed; SNS will retry".into(),
+            ))
+        }
     }
 }
 

@@ -93,6 +93,7 @@ pub struct Metrics {
     token_mints: IntCounterVec,
     config_reloads: IntCounterVec,
     config_last_reload_success: Gauge,
+    sns_subscriptions: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -193,6 +194,14 @@ impl Metrics {
             "When the configuration was last loaded successfully.",
         ))
         .expect("valid metric");
+        let sns_subscriptions = IntCounterVec::new(
+            opts(
+                "sns_subscriptions_total",
+                "SNS subscription confirmations and unsubscriptions by route and result.",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(webhooks_received.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(webhooks_coalesced.clone()),
@@ -204,6 +213,7 @@ impl Metrics {
             Box::new(token_mints.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload_success.clone()),
+            Box::new(sns_subscriptions.clone()),
         ] {
             registry
                 .register(collector)
@@ -225,6 +235,7 @@ impl Metrics {
             token_mints,
             config_reloads,
             config_last_reload_success,
+            sns_subscriptions,
         }
     }
 
@@ -241,6 +252,14 @@ impl Metrics {
                 .with_label_values(&[route, outcome.as_str()]);
         }
         self.webhooks_coalesced.with_label_values(&[route]);
+    }
+
+    /// Counts an SNS subscription event: `confirmed`, `confirm_failed` or
+    /// `unsubscribed`.
+    pub fn sns_subscription(&self, route: &str, result: &str) {
+        self.sns_subscriptions
+            .with_label_values(&[route, result])
+            .inc();
     }
 
     pub fn webhook(&self, route: &str, outcome: WebhookOutcome) {

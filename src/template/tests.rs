@@ -21,6 +21,7 @@ fn ctx() -> Context {
         route: "blog".to_owned(),
         delivery_id: "d-1".to_owned(),
         received_at: "2026-01-01T00:00:00Z".to_owned(),
+        sns: None,
     }
 }
 

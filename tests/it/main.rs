@@ -18,3 +18,7 @@ mod cli;
 mod operations;
 // Repository rules: module docs in src/, configuration examples in the docs that load.
 mod tidy;
+// The sender recipes in docs/: every routes block loads and runs its signed samples.
+mod recipes;
+// Sender schemes through the library: samples, forgeries, SNS, networks, property tests.
+mod senders;

@@ -1,0 +1,292 @@
+//! Amazon SNS envelopes: parsing, the rules for `SigningCertURL`, the
+//! documented string-to-sign and the RSA signature check (version 1 is
+//! SHA1withRSA, version 2 SHA256withRSA, both PKCS #1 v1.5).
+//!
+//! Pure like the rest of `verify`: obtaining the certificate is IO, so the
+//! HTTP edge fetches it (or reads the pinned `certificates:` files), parses
+//! it with [`SigningKey::from_pem`] and hands the keys to
+//! [`verify_signature`]. The certificate URL rules are checked before any
+//! fetch, so the relay never downloads a key from a host an attacker
+//! chose.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rsa::pkcs8::DecodePublicKey;
+use rsa::{Pkcs1v15Sign, RsaPublicKey};
+use serde_json::{Map, Value};
+use sha1::Digest;
+use x509_cert::Certificate;
+use x509_cert::der::{DecodePem, Encode};
+
+use crate::config::SnsVerify;
+
+/// Why an SNS message was refused; for the log only.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnsRefusal {
+    #[error("the body is not an SNS envelope ({0})")]
+    NotAnEnvelope(&'static str),
+    #[error("message type `{0}` is not one SNS sends")]
+    UnknownType(String),
+    #[error("signature version `{0}` is not 1 or 2")]
+    UnknownSignatureVersion(String),
+    #[error("SigningCertURL {0}")]
+    CertUrl(&'static str),
+    #[error("topic `{0}` is not in this route's topic_arns")]
+    Topic(String),
+    #[error("the signature is not valid base64")]
+    SignatureEncoding,
+    #[error("the signature does not match the signing certificate")]
+    BadSignature,
+    #[error("no signing certificate is available: {0}")]
+    NoCertificate(String),
+}
+
+/// The three kinds of message SNS posts to an HTTP subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageType {
+    /// A published message.
+    Notification,
+    /// Sent once when the subscription is created; confirm it by GET of
+    /// `SubscribeURL`.
+    SubscriptionConfirmation,
+    /// Sent when the subscription is deleted; its `SubscribeURL` would
+    /// subscribe again, so it is never visited.
+    UnsubscribeConfirmation,
+}
+
+/// A parsed SNS envelope.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    /// The message type.
+    pub kind: MessageType,
+    /// `SignatureVersion`: 1 or 2.
+    pub signature_version: u8,
+    /// The whole envelope as sent, for the template context (`sns`).
+    pub fields: Map<String, Value>,
+}
+
+impl Envelope {
+    /// Parses the JSON envelope SNS posts (as `text/plain`).
+    pub fn parse(body: &[u8]) -> Result<Envelope, SnsRefusal> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|_| SnsRefusal::NotAnEnvelope("not JSON"))?;
+        let Value::Object(fields) = value else {
+            return Err(SnsRefusal::NotAnEnvelope("not a JSON object"));
+        };
+        let text = |name: &'static str| match fields.get(name) {
+            Some(Value::String(s)) => Ok(s.as_str()),
+            Some(_) => Err(SnsRefusal::NotAnEnvelope("a field is not a string")),
+            None => Err(SnsRefusal::NotAnEnvelope("a required field is missing")),
+        };
+        let kind = match text("Type")? {
+            "Notification" => MessageType::Notification,
+            "SubscriptionConfirmation" => MessageType::SubscriptionConfirmation,
+            "UnsubscribeConfirmation" => MessageType::UnsubscribeConfirmation,
+            other => return Err(SnsRefusal::UnknownType(truncate(other))),
+        };
+        let signature_version = match text("SignatureVersion")? {
+            "1" => 1,
+            "2" => 2,
+            other => return Err(SnsRefusal::UnknownSignatureVersion(truncate(other))),
+        };
+        let mut required = vec![
+            "MessageId",
+            "TopicArn",
+            "Message",
+            "Timestamp",
+            "Signature",
+            "SigningCertURL",
+        ];
+        if kind != MessageType::Notification {
+            required.extend(["SubscribeURL", "Token"]);
+        }
+        for name in required {
+            text(name)?;
+        }
+        if let Some(subject) = fields.get("Subject") {
+            if !subject.is_string() {
+                return Err(SnsRefusal::NotAnEnvelope("a field is not a string"));
+            }
+        }
+        Ok(Envelope {
+            kind,
+            signature_version,
+            fields,
+        })
+    }
+
+    /// A string field; present for every field [`Envelope::parse`]
+    /// requires.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).and_then(Value::as_str)
+    }
+
+    /// `MessageId`, the same on every retry: the default dedupe key.
+    pub fn message_id(&self) -> &str {
+        self.field("MessageId").unwrap_or_default()
+    }
+
+    /// `TopicArn`.
+    pub fn topic_arn(&self) -> &str {
+        self.field("TopicArn").unwrap_or_default()
+    }
+
+    /// `SigningCertURL`.
+    pub fn signing_cert_url(&self) -> &str {
+        self.field("SigningCertURL").unwrap_or_default()
+    }
+
+    /// The checks that need no certificate: the certificate URL's rules
+    /// and the route's topic allow-list.
+    pub fn check_unsigned_parts(&self, config: &SnsVerify) -> Result<(), SnsRefusal> {
+        check_cert_url(self.signing_cert_url())?;
+        if !config.topic_arns.is_empty()
+            && !config.topic_arns.iter().any(|arn| arn == self.topic_arn())
+        {
+            return Err(SnsRefusal::Topic(truncate(self.topic_arn())));
+        }
+        Ok(())
+    }
+
+    /// The documented string to sign: `Name\nValue\n` for each signed key
+    /// that is present, in byte order, with JSON-decoded values.
+    pub fn string_to_sign(&self) -> String {
+        let keys: &[&str] = match self.kind {
+            MessageType::Notification => &[
+                "Message",
+                "MessageId",
+                "Subject",
+                "Timestamp",
+                "TopicArn",
+                "Type",
+            ],
+            _ => &[
+                "Message",
+                "MessageId",
+                "SubscribeURL",
+                "Timestamp",
+                "Token",
+                "TopicArn",
+                "Type",
+            ],
+        };
+        let mut out = String::new();
+        for key in keys {
+            if let Some(value) = self.field(key) {
+                out.push_str(key);
+                out.push('\n');
+                out.push_str(value);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(120).collect()
+}
+
+/// The rules of the AWS validators for `SigningCertURL`: https, a host of
+/// the form `sns.<region>.amazonaws.com` (or `.com.cn`), a path ending in
+/// `.pem`. Without the host rule any S3 bucket on amazonaws.com would do.
+pub fn check_cert_url(text: &str) -> Result<(), SnsRefusal> {
+    let url = url::Url::parse(text).map_err(|_| SnsRefusal::CertUrl("is not a URL"))?;
+    if url.scheme() != "https" {
+        return Err(SnsRefusal::CertUrl("is not https"));
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.port().is_some() {
+        return Err(SnsRefusal::CertUrl("carries credentials or a port"));
+    }
+    let host = url.host_str().unwrap_or_default();
+    let region = host
+        .strip_prefix("sns.")
+        .and_then(|rest| {
+            rest.strip_suffix(".amazonaws.com")
+                .or_else(|| rest.strip_suffix(".amazonaws.com.cn"))
+        })
+        .unwrap_or_default();
+    let region_ok = region.len() >= 3
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !region_ok {
+        return Err(SnsRefusal::CertUrl("is not on sns.<region>.amazonaws.com"));
+    }
+    if !url.path().ends_with(".pem") {
+        return Err(SnsRefusal::CertUrl("does not end in .pem"));
+    }
+    Ok(())
+}
+
+/// An RSA public key taken from a signing certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SigningKey(RsaPublicKey);
+
+/// A certificate that could not be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a usable RSA certificate: {0}")]
+pub struct CertError(String);
+
+impl SigningKey {
+    /// Reads the RSA public key of a PEM certificate.
+    pub fn from_pem(pem: &[u8]) -> Result<SigningKey, CertError> {
+        let cert = Certificate::from_pem(pem).map_err(|e| CertError(e.to_string()))?;
+        let spki = cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| CertError(e.to_string()))?;
+        RsaPublicKey::from_public_key_der(&spki)
+            .map(SigningKey)
+            .map_err(|e| CertError(e.to_string()))
+    }
+}
+
+/// Checks the envelope's signature with any of `keys`.
+pub fn verify_signature(envelope: &Envelope, keys: &[SigningKey]) -> Result<(), SnsRefusal> {
+    if keys.is_empty() {
+        return Err(SnsRefusal::NoCertificate("none configured".into()));
+    }
+    let signature = STANDARD
+        .decode(envelope.field("Signature").unwrap_or_default())
+        .map_err(|_| SnsRefusal::SignatureEncoding)?;
+    let text = envelope.string_to_sign();
+    let ok = keys
+        .iter()
+        .any(|SigningKey(key)| match envelope.signature_version {
+            1 => key
+                .verify(
+                    Pkcs1v15Sign::new::<sha1::Sha1>(),
+                    &sha1::Sha1::digest(text.as_bytes()),
+                    &signature,
+                )
+                .is_ok(),
+            _ => key
+                .verify(
+                    Pkcs1v15Sign::new::<sha2::Sha256>(),
+                    &sha2::Sha256::digest(text.as_bytes()),
+                    &signature,
+                )
+                .is_ok(),
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(SnsRefusal::BadSignature)
+    }
+}
+
+/// The parsed `Message` (JSON when it is JSON, otherwise the text) and the
+/// envelope, as the template context shows them.
+pub fn unwrap(envelope: &Envelope) -> (Value, Value) {
+    let message = envelope.field("Message").unwrap_or_default();
+    let body = serde_json::from_str(message).unwrap_or_else(|_| Value::String(message.to_string()));
+    (body, Value::Object(envelope.fields.clone()))
+}
+
+/// True for the `s3:TestEvent` S3 sends once when a notification
+/// configuration is saved: it has no records and must not be relayed.
+pub fn is_s3_test_event(body: &Value) -> bool {
+    body.get("Event").and_then(Value::as_str) == Some("s3:TestEvent")
+}

@@ -1,0 +1,671 @@
+//! Sender schemes through the library and over HTTP: the samples verify at
+//! the fixed clock and fail with another secret or clock; SNS confirmations,
+//! certificate URL rules and topics; source_ips behind trusted proxies; and
+//! property tests that arbitrary input never panics, never passes without
+//! the secret and never leaks it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use dispatch_relay::config::Verify;
+use dispatch_relay::verify::sns::{self, Envelope, SigningKey};
+use dispatch_relay::verify::{self, Request, VerifyError};
+use proptest::prelude::*;
+use rsa::pkcs8::DecodePrivateKey;
+use rsa::{Pkcs1v15Sign, RsaPrivateKey};
+use serde_json::{Value, json};
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{TEST_HEAD, spawn_app_with};
+use crate::recipes::{
+    SAMPLES_NOW_MS, load_block, recipe_env, repo_root, routes_blocks, sample, samples_dir,
+};
+
+const SIGNED: [&str; 10] = [
+    "contentful-entry-publish",
+    "sanity-document-update",
+    "ghost-post-published",
+    "standard-webhooks-payload-cms",
+    "stripe-style-event",
+    "slack-block-actions",
+    "s3-via-sns-notification",
+    "s3-testevent-via-sns",
+    "sns-subscription-confirmation",
+    "sns-unsubscribe-confirmation",
+];
+
+fn env_map(wrong: bool) -> BTreeMap<String, String> {
+    recipe_env()
+        .into_iter()
+        .map(|(k, v)| {
+            let value = if !wrong {
+                v.to_string()
+            } else if v.starts_with("whsec_YW") {
+                // Still a valid Standard Webhooks secret, just another key.
+                "whsec_b3RoZXIta2V5LW90aGVyLWtleS1vdGhlci1rZXkh".to_string()
+            } else {
+                format!("{v}-wrong")
+            };
+            (k.to_string(), value)
+        })
+        .collect()
+}
+
+/// The verify method of the recipe route that serves `path`.
+fn recipe_verify(path: &str, wrong_secret: bool) -> Verify {
+    let id = path.strip_prefix("/hooks/").unwrap();
+    for block in routes_blocks() {
+        let config = load_block(&block, &env_map(wrong_secret));
+        if let Some(position) = config.routes.iter().position(|r| r.id == id) {
+            let mut config = config;
+            return config.routes.swap_remove(position).verify;
+        }
+    }
+    panic!("no recipe route `{id}`")
+}
+
+fn sample_cert() -> SigningKey {
+    SigningKey::from_pem(&std::fs::read(samples_dir().join("sns-test-signing-cert.pem")).unwrap())
+        .unwrap()
+}
+
+/// Verifies a sample with the recipe route as the relay would, SNS
+/// signature included.
+fn check(name: &str, now_ms: i64, wrong_secret: bool) -> Result<(), VerifyError> {
+    let sample = sample(name);
+    let method = recipe_verify(&sample.path, wrong_secret);
+    let headers = sample.header_map();
+    verify::verify_request(
+        &method,
+        &Request {
+            method: "POST",
+            path: &sample.path,
+            headers: &headers,
+            body: &sample.body,
+            now_ms,
+        },
+    )?;
+    if let Verify::Sns(_) = method {
+        let envelope = Envelope::parse(&sample.body).map_err(VerifyError::Sns)?;
+        let key = if wrong_secret {
+            test_key_cert()
+        } else {
+            sample_cert()
+        };
+        sns::verify_signature(&envelope, &[key]).map_err(VerifyError::Sns)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn samples_verify_at_the_fixed_clock_and_not_with_another_secret_or_clock() {
+    for name in SIGNED {
+        assert_eq!(check(name, SAMPLES_NOW_MS, false), Ok(()), "{name}");
+        assert!(
+            check(name, SAMPLES_NOW_MS, true).is_err(),
+            "{name} with another secret"
+        );
+    }
+    for name in crate::recipes::TIMESTAMPED {
+        for skew in [6 * 60 * 1000, -6 * 60 * 1000] {
+            assert!(
+                matches!(
+                    check(name, SAMPLES_NOW_MS + skew, false),
+                    Err(VerifyError::Stale(_))
+                ),
+                "{name} at {skew} ms"
+            );
+        }
+        // Inside the window (Contentful's is 30 s) it still verifies.
+        assert_eq!(
+            check(name, SAMPLES_NOW_MS + 20_000, false),
+            Ok(()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn sns_string_to_sign_matches_the_documented_one() {
+    for name in [
+        "s3-via-sns-notification",
+        "s3-testevent-via-sns",
+        "sns-subscription-confirmation",
+        "sns-unsubscribe-confirmation",
+    ] {
+        let sample = sample(name);
+        let expected =
+            std::fs::read_to_string(samples_dir().join(format!("{name}.string-to-sign.txt")))
+                .unwrap();
+        let envelope = Envelope::parse(&sample.body).unwrap();
+        assert_eq!(envelope.string_to_sign(), expected, "{name}");
+    }
+}
+
+#[test]
+fn standard_webhooks_reference_vector() {
+    // The test vector of the reference library (sources.md §7).
+    let method = verify_of("standard_webhooks: {secret: whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD}");
+    let headers: BTreeMap<String, String> = [
+        ("webhook-id", "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk"),
+        ("webhook-timestamp", "1649367553"),
+        (
+            "webhook-signature",
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let body = br#"{"email":"test@example.com","username":"test_user"}"#;
+    let request = |now_ms| Request {
+        method: "POST",
+        path: "/hooks/x",
+        headers: &headers,
+        body,
+        now_ms,
+    };
+    assert_eq!(
+        verify::verify_request(&method, &request(1_649_367_553_000)),
+        Ok(())
+    );
+    assert!(verify::verify_request(&method, &request(1_649_367_553_000 + 301_000)).is_err());
+}
+
+#[test]
+fn cert_urls_off_amazon_or_over_http_are_refused() {
+    for bad in [
+        "http://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://evil.example/SimpleNotificationService-abc.pem",
+        "https://s3.amazonaws.com/attacker-bucket/cert.pem",
+        "https://sns.eu-west-1.amazonaws.com.evil.example/cert.pem",
+        "https://sns.eu.amazonaws.com/x.pem",
+        "https://sns.eu-west-1.amazonaws.com/cert.txt",
+        "https://user:pw@sns.eu-west-1.amazonaws.com/cert.pem",
+        "not a url",
+    ] {
+        assert!(sns::check_cert_url(bad).is_err(), "{bad}");
+    }
+    for good in [
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123.pem",
+        "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-0123.pem",
+    ] {
+        assert_eq!(sns::check_cert_url(good), Ok(()), "{good}");
+    }
+}
+
+fn verify_of(yaml: &str) -> Verify {
+    let text = format!(
+        "{TEST_HEAD}\nroutes:\n  - id: r\n    verify:\n      {yaml}\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n"
+    );
+    let mut config = dispatch_relay::config::load("t.yaml", &text, &|name| {
+        (name == "GITHUB_TOKEN").then(|| "t".to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+    .config;
+    config.routes.remove(0).verify
+}
+
+// ---------------------------------------------------------------------------
+// SNS over HTTP, with a test key whose certificate the route pins.
+
+fn test_key() -> RsaPrivateKey {
+    let pem = std::fs::read_to_string(repo_root().join("tests/fixtures/sns/test-signing-key.pem"))
+        .unwrap();
+    RsaPrivateKey::from_pkcs8_pem(&pem).unwrap()
+}
+
+fn test_cert_path() -> std::path::PathBuf {
+    repo_root().join("tests/fixtures/sns/test-signing-cert.pem")
+}
+
+fn test_key_cert() -> SigningKey {
+    SigningKey::from_pem(&std::fs::read(test_cert_path()).unwrap()).unwrap()
+}
+
+const TOPIC: &str = "arn:aws:sns:eu-west-1:111122223333:acme-uploads";
+
+/// Signs an envelope as SNS would, with signature version 1 or 2.
+fn signed_envelope(mut fields: serde_json::Map<String, Value>, version: u8) -> Vec<u8> {
+    fields.insert("SignatureVersion".into(), json!(version.to_string()));
+    fields.insert(
+        "SigningCertURL".into(),
+        json!("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-test.pem"),
+    );
+    fields.insert("Signature".into(), json!(""));
+    let text = Envelope::parse(&serde_json::to_vec(&Value::Object(fields.clone())).unwrap())
+        .unwrap()
+        .string_to_sign();
+    let key = test_key();
+    let signature = if version == 1 {
+        key.sign(
+            Pkcs1v15Sign::new::<sha1::Sha1>(),
+            &sha1::Sha1::digest(text.as_bytes()),
+        )
+    } else {
+        key.sign(
+            Pkcs1v15Sign::new::<sha2::Sha256>(),
+            &sha2::Sha256::digest(text.as_bytes()),
+        )
+    }
+    .unwrap();
+    fields.insert("Signature".into(), json!(STANDARD.encode(signature)));
+    serde_json::to_vec_pretty(&Value::Object(fields)).unwrap()
+}
+
+fn notification(message_id: &str, message: &Value) -> serde_json::Map<String, Value> {
+    json!({
+        "Type": "Notification",
+        "MessageId": message_id,
+        "TopicArn": TOPIC,
+        "Subject": "Amazon S3 Notification",
+        "Message": message.to_string(),
+        "Timestamp": "2026-11-20T09:59:59.734Z",
+        "UnsubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=Unsubscribe",
+    })
+    .as_object()
+    .unwrap()
+    .clone()
+}
+
+/// A tiny HTTP server standing in for SNS's SubscribeURL: it counts GETs.
+async fn fake_subscribe_endpoint() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                let mut read = 0;
+                while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                if buffer.starts_with(b"GET /confirm?Token=tok-123 ") {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: 29\r\nconnection: close\r\n\r\n<ConfirmSubscriptionResponse/>";
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), hits)
+}
+
+fn sns_route() -> String {
+    format!(
+        r#"
+  - id: sns/uploads
+    verify:
+      sns:
+        topic_arns: [{TOPIC}]
+        certificates: [{}]
+    when: body.Records is defined
+    dispatch:
+      - repo: acme/blog
+        event_type: s3-upload
+        client_payload:
+          key: "{{{{ body.Records[0].s3.object.key | urldecode }}}}"
+          raw: "{{{{ body.Records[0].s3.object.key }}}}"
+          message_id: "{{{{ sns.MessageId }}}}"
+          subject: "{{{{ sns.Subject }}}}"
+"#,
+        test_cert_path().display()
+    )
+}
+
+async fn post_sns(app: &crate::helpers::TestApp, kind: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = app
+        .http
+        .post(app.url("/hooks/sns/uploads"))
+        .header("content-type", "text/plain; charset=UTF-8")
+        .header("x-amz-sns-message-type", kind)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sns_confirms_once_relays_decoded_keys_and_refuses_forgeries() {
+    let (base, hits) = fake_subscribe_endpoint().await;
+    let app = spawn_app_with(TEST_HEAD, &sns_route(), &[]).await;
+
+    // A confirmation signed with version 1 is confirmed by one GET.
+    let confirmation = json!({
+        "Type": "SubscriptionConfirmation",
+        "MessageId": "confirm-1",
+        "Token": "tok-123",
+        "TopicArn": TOPIC,
+        "Message": "You have chosen to subscribe to the topic.\nTo confirm the subscription, visit the SubscribeURL included in this message.",
+        "SubscribeURL": format!("{base}/confirm?Token=tok-123"),
+        "Timestamp": "2026-11-20T09:50:04.751Z",
+    });
+    let body = signed_envelope(confirmation.as_object().unwrap().clone(), 1);
+    // A forged confirmation (the URL changed after signing) is refused and
+    // nothing is fetched.
+    let forged = String::from_utf8(body.clone())
+        .unwrap()
+        .replace("tok-123\"", "tok-124\"");
+    let (status, _) = post_sns(&app, "SubscriptionConfirmation", forged.into_bytes()).await;
+    assert_eq!(status, 401);
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+
+    let (status, json) = post_sns(&app, "SubscriptionConfirmation", body.clone()).await;
+    assert_eq!(
+        (status, json["confirmed"].clone()),
+        (200, json!(true)),
+        "{json}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "SubscribeURL fetched once");
+    // SNS retrying the same confirmation does not fetch it again.
+    let (status, _) = post_sns(&app, "SubscriptionConfirmation", body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "SubscribeURL fetched exactly once"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"dispatch_relay_sns_subscriptions_total{result="confirmed",route="sns/uploads"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        app.logs()
+            .iter()
+            .any(|l| l.contains("Confirmed the SNS subscription"))
+    );
+
+    // A notification signed with version 2; its key has spaces and
+    // non-ASCII characters, form-encoded as S3 writes them.
+    let s3 = json!({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"},
+        "object": {"key": "caf%C3%A9+menu/%E2%9C%93+r%C3%A9sum%C3%A9+c%2B%2B.jpg"}}}]});
+    let body = signed_envelope(notification("note-1", &s3), 2);
+    let (status, json) = post_sns(&app, "Notification", body.clone()).await;
+    assert_eq!(status, 202, "{json}");
+    let (status, json2) = post_sns(&app, "Notification", body).await;
+    assert_eq!(
+        (status, json2["duplicate"].clone()),
+        (200, json!(true)),
+        "MessageId dedupes"
+    );
+    assert_eq!(json2["delivery_id"], json["delivery_id"]);
+
+    // Another topic, even correctly signed, is refused.
+    let mut other = notification("note-2", &s3);
+    other.insert(
+        "TopicArn".into(),
+        json!("arn:aws:sns:eu-west-1:111122223333:other"),
+    );
+    let (status, _) = post_sns(&app, "Notification", signed_envelope(other, 2)).await;
+    assert_eq!(status, 401);
+
+    // A signed s3:TestEvent is answered and not relayed.
+    let test_event = json!({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"});
+    let (status, json) = post_sns(
+        &app,
+        "Notification",
+        signed_envelope(notification("note-3", &test_event), 2),
+    )
+    .await;
+    assert_eq!(
+        (status, json["skipped"].clone()),
+        (200, json!(true)),
+        "{json}"
+    );
+
+    let dispatches = app
+        .github
+        .wait_for_dispatches(1, Duration::from_secs(10))
+        .await;
+    assert_eq!(dispatches.len(), 1, "only the one notification is relayed");
+    let payload = &dispatches[0].body.as_ref().unwrap()["client_payload"];
+    assert_eq!(payload["key"], "café menu/✓ résumé c++.jpg");
+    assert_eq!(payload["message_id"], "note-1");
+    assert_eq!(payload["subject"], "Amazon S3 Notification");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sns_refuses_cert_urls_off_amazon_over_http() {
+    let cert = samples_dir().join("sns-test-signing-cert.pem");
+    let route = format!(
+        r#"
+  - id: sns/acme-blog
+    verify:
+      sns:
+        certificates: [{}]
+    dispatch: [{{repo: acme/blog, event_type: s3-upload}}]
+"#,
+        cert.display()
+    );
+    let app = spawn_app_with(TEST_HEAD, &route, &[]).await;
+    let sample = sample("s3-via-sns-notification");
+    let original = String::from_utf8(sample.body.clone()).unwrap();
+    let url = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem";
+    assert!(original.contains(url));
+    // SigningCertURL is not signed, so the sample still verifies with the
+    // pinned certificate: only the URL rule refuses these.
+    for bad in [
+        "http://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123.pem",
+        "https://attacker-bucket.s3.amazonaws.com/SimpleNotificationService-0123.pem",
+    ] {
+        let (status, _) =
+            post_sns_to(&app, "/hooks/sns/acme-blog", original.replace(url, bad)).await;
+        assert_eq!(status, 401, "{bad}");
+    }
+    let (status, json) = post_sns_to(&app, "/hooks/sns/acme-blog", original).await;
+    assert_eq!(status, 202, "{json}");
+    assert!(
+        app.logs()
+            .iter()
+            .any(|l| l.contains("SigningCertURL is not https"))
+    );
+}
+
+async fn post_sns_to(app: &crate::helpers::TestApp, path: &str, body: String) -> (u16, Value) {
+    let response = app
+        .http
+        .post(app.url(path))
+        .header("content-type", "text/plain; charset=UTF-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+// ---------------------------------------------------------------------------
+// source_ips and trusted_proxies.
+
+const NETWORK_ROUTE: &str = r#"
+  - id: office
+    verify:
+      token:
+        header: X-Token
+        value: t0ken
+    source_ips: [10.0.0.0/8]
+    dispatch: [{repo: acme/blog, event_type: e}]
+"#;
+
+async fn post_from(app: &crate::helpers::TestApp, forwarded: Option<&str>) -> u16 {
+    let mut request = app
+        .http
+        .post(app.url("/hooks/office"))
+        .header("x-token", "t0ken")
+        .header("content-type", "application/json")
+        .body("{}");
+    if let Some(chain) = forwarded {
+        request = request.header("x-forwarded-for", chain);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    // Without trusted proxies the header is ignored: the peer is 127.0.0.1.
+    let app = spawn_app_with(TEST_HEAD, NETWORK_ROUTE, &[]).await;
+    assert_eq!(post_from(&app, None).await, 403);
+    assert_eq!(post_from(&app, Some("10.1.2.3")).await, 403);
+
+    let head = format!("{TEST_HEAD}\nserver:\n  trusted_proxies: [127.0.0.1/32]\n");
+    let app = spawn_app_with(&head, NETWORK_ROUTE, &[]).await;
+    assert_eq!(
+        post_from(&app, None).await,
+        403,
+        "the proxy itself is not allowed"
+    );
+    assert_eq!(post_from(&app, Some("10.1.2.3")).await, 202);
+    // The nearest untrusted hop counts, not what the client wrote first.
+    assert_eq!(post_from(&app, Some("10.9.9.9, 192.0.2.7")).await, 403);
+    assert_eq!(
+        post_from(&app, Some("192.0.2.7, 10.1.2.4, 127.0.0.1")).await,
+        202
+    );
+    let start = Instant::now();
+    app.github
+        .wait_for_dispatches(2, Duration::from_secs(10))
+        .await;
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+// ---------------------------------------------------------------------------
+// Property tests.
+
+const PROP_SECRET: &str = "prop-Secret-7c1d2e3f";
+
+fn prop_methods() -> Vec<Verify> {
+    let whsec = format!("whsec_{}", STANDARD.encode(PROP_SECRET));
+    [
+        format!("hmac: {{secret: {PROP_SECRET}, header: X-Sig}}"),
+        format!("github: {{secret: {PROP_SECRET}}}"),
+        format!("token: {{header: X-Token, value: {PROP_SECRET}}}"),
+        format!("basic: {{username: u, password: {PROP_SECRET}}}"),
+        format!("standard_webhooks: {{secret: {whsec}}}"),
+        format!("contentful: {{secret: {PROP_SECRET}}}"),
+        format!("sanity: {{secret: {PROP_SECRET}}}"),
+        format!("ghost: {{secret: {PROP_SECRET}}}"),
+        format!("stripe: {{secret: {PROP_SECRET}}}"),
+        format!("slack: {{secret: {PROP_SECRET}}}"),
+        "sns: {}".to_string(),
+    ]
+    .iter()
+    .map(|yaml| verify_of(yaml))
+    .collect()
+}
+
+fn header_names() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "x-sig",
+        "x-hub-signature-256",
+        "x-token",
+        "authorization",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "svix-signature",
+        "x-contentful-signature",
+        "x-contentful-signed-headers",
+        "x-contentful-timestamp",
+        "sanity-webhook-signature",
+        "x-ghost-signature",
+        "stripe-signature",
+        "x-slack-signature",
+        "x-slack-request-timestamp",
+    ])
+    .prop_map(str::to_string)
+}
+
+fn header_values() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "\\PC{0,80}",
+        "(t=[0-9]{1,14}[, ]+)?(v1|v0|sha256)=[A-Za-z0-9_+/=-]{0,70}(, t=[0-9]{0,14})?",
+        "v1,[A-Za-z0-9+/=]{0,60}( v1,[A-Za-z0-9+/=]{0,60})?",
+        "[0-9]{0,14}",
+        "Basic [A-Za-z0-9+/=]{0,40}",
+        "x-contentful-timestamp(,content-type)?",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_requests_never_pass_without_the_secret_and_never_leak_it(
+        headers in prop::collection::btree_map(header_names(), header_values(), 0..8),
+        body in prop::collection::vec(any::<u8>(), 0..256),
+        now_ms in 0i64..4_000_000_000_000,
+    ) {
+        for method in prop_methods() {
+            let request = Request { method: "POST", path: "/hooks/r", headers: &headers, body: &body, now_ms };
+            let result = verify::verify_request(&method, &request);
+            if let Verify::Sns(_) = method {
+                // SNS passes the pure checks only for a real envelope; the
+                // signature is checked separately and needs a certificate.
+                if result.is_ok() {
+                    let envelope = Envelope::parse(&body).unwrap();
+                    prop_assert!(sns::verify_signature(&envelope, &[test_key_cert()]).is_err());
+                }
+                continue;
+            }
+            let err = result.expect_err("verified without the secret");
+            let shown = format!("{err} {err:?}");
+            prop_assert!(!shown.contains(PROP_SECRET), "{shown}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_bodies_never_panic_the_parsers(
+        body in prop::collection::vec(any::<u8>(), 0..512),
+        content_type in prop::sample::select(vec![
+            "application/json", "application/x-www-form-urlencoded", "text/plain", "",
+            "application/vnd.contentful.management.v1+json",
+        ]),
+    ) {
+        let _ = dispatch_relay::inbound::parse_body(Some(content_type), &body);
+        if let Ok(envelope) = Envelope::parse(&body) {
+            let _ = envelope.string_to_sign();
+            let _ = sns::unwrap(&envelope);
+        }
+    }
+
+    #[test]
+    fn arbitrary_form_and_json_bodies_render_without_panicking(
+        key in "\\PC{0,40}",
+        value in "\\PC{0,40}",
+    ) {
+        let body = json!({"Records": [{"s3": {"object": {"key": format!("{key}%{value}+")}}}], key.clone(): value});
+        let ctx = dispatch_relay::inbound::context("r", body, &BTreeMap::new(), &[], "d", 0);
+        let _ = dispatch_relay::routing::dedupe_key(&sns_like_route(), &ctx);
+    }
+}
+
+fn sns_like_route() -> dispatch_relay::config::Route {
+    let text = format!(
+        "{TEST_HEAD}\nroutes:\n  - id: r\n    verify: none\n    dedupe_key: \"{{{{ body.Records[0].s3.object.key | urldecode }}}}\"\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n"
+    );
+    let mut config = dispatch_relay::config::load("t.yaml", &text, &|name| {
+        (name == "GITHUB_TOKEN").then(|| "t".to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+    .config;
+    config.routes.remove(0)
+}
