@@ -116,6 +116,9 @@ pub struct AttemptRecord {
     /// A short account of GitHub's answer or the transport error.
     pub detail: String,
     pub next: JobNext,
+    /// What GitHub returned worth keeping on a delivered job, as JSON: the
+    /// `workflow_run_id` and `html_url` of a workflow dispatch.
+    pub result: Option<String>,
 }
 
 /// What happens to a job after an attempt.
@@ -174,6 +177,9 @@ pub struct JobSummary {
     pub status: Status,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// The run a workflow dispatch created, when GitHub said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,0 +1,1 @@
+//! The App manifest conversion of `setup github-app`.

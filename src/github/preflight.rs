@@ -1,0 +1,1 @@
+//! The reachability check of `check --online` and `serve`.
