@@ -198,7 +198,7 @@ pub fn open_existing_store(path: &Path) -> Result<Store, CliError> {
             path.display()
         )));
     }
-    Store::open(path, Synchronous::Full).map_err(runtime)
+    Store::open_alongside(path, Synchronous::Full).map_err(runtime)
 }
 
 async fn check(path: &Path, online: bool) -> Result<(), CliError> {

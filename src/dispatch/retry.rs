@@ -69,11 +69,11 @@ pub enum Action {
     Fail {
         reason: String,
     },
-    /// Send again now (after `wait`), with a newly minted App token when
-    /// `renew` is set, else with the same one (GitHub had not replicated it).
+    /// Send again after `wait` with a newly minted App token. A token only
+    /// seconds old may merely not have reached every GitHub server yet
+    /// (replication lag), so then the wait is not zero.
     Reauthenticate {
         wait: Duration,
-        renew: bool,
         reason: String,
     },
     /// The server refused `return_run_details` (older GitHub Enterprise
@@ -149,7 +149,6 @@ pub fn classify(
                 } else {
                     Duration::ZERO
                 },
-                renew: !fresh,
                 reason: with_message(
                     &format!("GitHub refused the App installation token ({status})"),
                     message,
@@ -509,7 +508,7 @@ mod tests {
     }
 
     #[test]
-    fn app_tokens_refused_by_github_are_renewed_or_retried_once() {
+    fn app_tokens_refused_by_github_are_renewed_once() {
         let none = RateHeaders::default();
         let app = |age_secs: u64, retried: bool| History {
             app_token: Some(AppToken {
@@ -520,14 +519,14 @@ mod tests {
         };
         let forbidden = answer(403, "Resource not accessible by integration", none);
         let unauthorized = answer(401, "Bad credentials", none);
-        // (answer, history, expected (wait secs, renew) or the failure text)
-        type Expected<'a> = Result<(u64, bool), &'a str>;
+        // (answer, history, expected wait in seconds or the failure text)
+        type Expected<'a> = Result<u64, &'a str>;
         let cases: Vec<(&Answer, History, Expected)> = vec![
             // An old token that GitHub no longer accepts: mint another, now.
-            (&unauthorized, app(600, false), Ok((0, true))),
+            (&unauthorized, app(600, false), Ok(0)),
             // A token seconds old: GitHub may not know it everywhere yet.
-            (&unauthorized, app(2, false), Ok((1, false))),
-            (&forbidden, app(2, false), Ok((1, false))),
+            (&unauthorized, app(2, false), Ok(1)),
+            (&forbidden, app(2, false), Ok(1)),
             // Only once.
             (&unauthorized, app(600, true), Err(BAD_CREDENTIALS)),
             (&unauthorized, app(2, true), Err(BAD_CREDENTIALS)),
@@ -545,8 +544,8 @@ mod tests {
         for (answer, history, expected) in cases {
             let action = classify(Outcome::Answer(answer), history, &policy(), NOW, 1.0);
             match (&action, expected) {
-                (Action::Reauthenticate { wait, renew, .. }, Ok((secs, expect_renew))) => {
-                    assert_eq!((*wait, *renew), (Duration::from_secs(secs), expect_renew))
+                (Action::Reauthenticate { wait, .. }, Ok(secs)) => {
+                    assert_eq!(*wait, Duration::from_secs(secs))
                 }
                 (Action::Fail { reason }, Err(text)) => assert_eq!(reason, text),
                 _ => panic!("{history:?} {}: unexpected {action:?}", answer.status),

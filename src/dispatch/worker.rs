@@ -197,15 +197,9 @@ impl Dispatcher {
             };
             let action = self.classify(outcome, history);
             match action {
-                Action::Reauthenticate {
-                    wait,
-                    renew,
-                    reason,
-                } => {
-                    tracing::warn!(reason = %reason, renew, "Sending again with a renewed App token");
-                    if renew {
-                        self.credentials.invalidate(&job.repo, scope, &token.secret);
-                    }
+                Action::Reauthenticate { wait, reason } => {
+                    tracing::warn!(reason = %reason, wait_ms = wait.as_millis() as u64, "Sending again with a renewed App token");
+                    self.credentials.invalidate(&job.repo, scope, &token.secret);
                     retried_auth = true;
                     tokio::time::sleep(wait).await;
                     continue;

@@ -260,9 +260,24 @@ pub fn sqlite_path(url: &str, base: &Path) -> Result<PathBuf, StoreError> {
 impl Store {
     /// Opens (and creates or migrates) the SQLite store at `path`.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Store, StoreError> {
+        Store::open_with(path, synchronous, true)
+    }
+
+    /// Opens the store for the inspection commands (`deliveries`,
+    /// `redeliver`) while a relay may be running: unlike [`Store::open`] it
+    /// leaves the running relay's leases alone.
+    pub fn open_alongside(path: &Path, synchronous: Synchronous) -> Result<Store, StoreError> {
+        Store::open_with(path, synchronous, false)
+    }
+
+    fn open_with(
+        path: &Path,
+        synchronous: Synchronous,
+        clear_leases: bool,
+    ) -> Result<Store, StoreError> {
         let conn = open_connection(path)?;
         schema::migrate(&conn)?;
-        let writer = Writer::start(conn, synchronous)?;
+        let writer = Writer::start(conn, synchronous, clear_leases)?;
         let reader = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,

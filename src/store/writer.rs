@@ -106,18 +106,25 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn start(conn: Connection, synchronous: Synchronous) -> Result<Writer, StoreError> {
+    pub(super) fn start(
+        conn: Connection,
+        synchronous: Synchronous,
+        clear_leases: bool,
+    ) -> Result<Writer, StoreError> {
         let level = match synchronous {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", level)?;
-        // Startup is the only moment no job can be in flight, so any lease
-        // still set belongs to a process that died; give the jobs back.
-        conn.execute(
-            "UPDATE jobs SET leased_until = NULL WHERE leased_until IS NOT NULL",
-            [],
-        )?;
+        // The relay's startup is the only moment no job can be in flight, so
+        // any lease still set belongs to a process that died; give the jobs
+        // back. An inspection command must not: the relay may be running.
+        if clear_leases {
+            conn.execute(
+                "UPDATE jobs SET leased_until = NULL WHERE leased_until IS NOT NULL",
+                [],
+            )?;
+        }
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())

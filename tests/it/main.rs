@@ -14,3 +14,5 @@ mod dispatch;
 mod durability;
 // The command line: check, render, deliveries, redeliver.
 mod cli;
+// The relay as a GitHub App: tokens, renewal, scopes, and workflow run details.
+mod app;
