@@ -3,14 +3,9 @@
 //! It sends one prepared request and reports what GitHub answered, reduced to
 //! what the retry classifier needs (status, rate-limit headers, message).
 //! It never decides what to do with the answer: that is `dispatch::retry`.
-//! Submodules hold the rest of what talks to GitHub: `app` (GitHub App
-//! authentication and its token cache), `preflight` (the reachability check
-//! of `check --online` and `serve`) and `manifest` (the App manifest
-//! conversion of `setup github-app`).
+//! The `app` submodule holds GitHub App authentication and its token cache.
 
 pub mod app;
-pub mod manifest;
-pub mod preflight;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -1,1 +1,0 @@
-//! The App manifest conversion of `setup github-app`.

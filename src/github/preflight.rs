@@ -1,1 +1,0 @@
-//! The reachability check of `check --online` and `serve`.
