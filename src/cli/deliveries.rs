@@ -77,6 +77,17 @@ pub async fn list(
         if let Some(error) = d.error {
             println!("{:<36}  error: {error}", "");
         }
+        for t in &d.targets {
+            if let Some(result) = &t.result {
+                println!(
+                    "{:<36}  {}: workflow run {} {}",
+                    "",
+                    t.repo,
+                    result["workflow_run_id"],
+                    result["html_url"].as_str().unwrap_or_default()
+                );
+            }
+        }
     }
     Ok(())
 }

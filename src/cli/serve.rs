@@ -13,8 +13,8 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::reload::Reloader;
-use super::{CliError, invalid, load_config_text, runtime, store_path};
-use crate::config::{Credential, Synchronous as ConfigSynchronous};
+use super::{CliError, load_config_text, runtime, store_path};
+use crate::config::Synchronous as ConfigSynchronous;
 use crate::dispatch::Dispatcher;
 use crate::dispatch::pacing::Pacer;
 use crate::github::{Credentials, GitHubClient};
@@ -74,20 +74,17 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         .context("cannot recover the leases of a previous run")
         .map_err(runtime)?;
 
-    let credentials = match &config.github.credential {
-        Credential::Token(token) => Credentials::Token(token.clone()),
-        Credential::App(_) => {
-            return Err(invalid(anyhow::anyhow!(
-                "github.app is not supported by this build yet; use github.token"
-            )));
-        }
-    };
     let client =
         GitHubClient::new(&config.github.api_url, config.github.timeout).map_err(runtime)?;
+    let credentials = Arc::new(Credentials::from_config(
+        &config.github.credential,
+        client.clone(),
+        Some(metrics.clone()),
+    ));
     let dispatcher = Dispatcher {
         store: store.clone(),
         client,
-        credentials: Arc::new(credentials),
+        credentials: credentials.clone(),
         retry: config.retry.clone(),
         pacer: Arc::new(Pacer::new(&config.github.pacing)),
         metrics: metrics.clone(),

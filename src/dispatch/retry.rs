@@ -15,17 +15,44 @@ use crate::github::{Answer, TransportError};
 pub enum Outcome<'a> {
     Answer(&'a Answer),
     Transport(&'a TransportError),
+    /// No token could be had; `permanent` when waiting cannot help (the App
+    /// is not installed on the repository, the key is wrong, ...).
+    NoCredential {
+        reason: &'a str,
+        permanent: bool,
+    },
 }
 
 /// Where the job stands when its attempt is classified.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct History {
     /// Failed attempts before this one that count against `max_attempts`
     /// (rate-limit answers do not: waiting them out is not a failure).
     pub failures: u32,
     /// Time since the webhook was accepted.
     pub age: Duration,
+    /// Set when the token was a GitHub App installation token.
+    pub app_token: Option<AppToken>,
+    /// Whether this attempt asked for `return_run_details`.
+    pub sent_run_details: bool,
 }
+
+/// What the rules for App tokens need to know about the token that was sent.
+#[derive(Debug, Clone, Copy)]
+pub struct AppToken {
+    /// Time since the token was minted.
+    pub age: Duration,
+    /// Whether this send already followed a 401/403 with a token (renewed or
+    /// waited for): an App token is retried once, not forever.
+    pub retried: bool,
+}
+
+/// A token younger than this that GitHub refuses may simply not have
+/// reached every GitHub server yet (replication lag).
+pub const FRESH_TOKEN: Duration = Duration::from_secs(10);
+
+/// How long to wait before sending a freshly minted token again.
+pub const REPLICATION_WAIT: Duration = Duration::from_secs(1);
 
 /// The decision for a job.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +67,18 @@ pub enum Action {
         reason: String,
     },
     Fail {
+        reason: String,
+    },
+    /// Send again after `wait` with a newly minted App token. A token only
+    /// seconds old may merely not have reached every GitHub server yet
+    /// (replication lag), so then the wait is not zero.
+    Reauthenticate {
+        wait: Duration,
+        reason: String,
+    },
+    /// The server refused `return_run_details` (older GitHub Enterprise
+    /// Server): send again at once without it.
+    ResendWithoutRunDetails {
         reason: String,
     },
 }
@@ -68,6 +107,15 @@ pub fn classify(
 ) -> Action {
     let answer = match outcome {
         Outcome::Transport(error) => return transient(error.to_string(), history, policy, jitter),
+        Outcome::NoCredential { reason, permanent } => {
+            return if permanent {
+                Action::Fail {
+                    reason: reason.to_string(),
+                }
+            } else {
+                transient(reason.to_string(), history, policy, jitter)
+            };
+        }
         Outcome::Answer(answer) => answer,
     };
     let status = answer.status;
@@ -90,6 +138,30 @@ pub fn classify(
             pause_credential: Some(wait),
             counts_as_failure: false,
             reason,
+        };
+    }
+    if let Some(token) = history.app_token.filter(|t| !t.retried) {
+        let fresh = token.age < FRESH_TOKEN;
+        if status == 401 || (status == 403 && fresh) {
+            return Action::Reauthenticate {
+                wait: if fresh {
+                    REPLICATION_WAIT
+                } else {
+                    Duration::ZERO
+                },
+                reason: with_message(
+                    &format!("GitHub refused the App installation token ({status})"),
+                    message,
+                ),
+            };
+        }
+    }
+    if history.sent_run_details && matches!(status, 400 | 422) {
+        return Action::ResendWithoutRunDetails {
+            reason: with_message(
+                &format!("GitHub refused the workflow dispatch with return_run_details ({status})"),
+                message,
+            ),
         };
     }
     match status {
@@ -210,6 +282,7 @@ mod tests {
             rate,
             message: (!message.is_empty()).then(|| message.to_string()),
             body: None,
+            date: None,
         }
     }
 
@@ -219,6 +292,7 @@ mod tests {
         History {
             failures: 0,
             age: Duration::from_secs(1),
+            ..History::default()
         }
     }
 
@@ -386,6 +460,7 @@ mod tests {
         let history = History {
             failures: 9,
             age: Duration::from_secs(100),
+            ..History::default()
         };
         match classify(Outcome::Transport(&error), history, &policy(), NOW, 0.5) {
             Action::Fail { reason } => assert_eq!(
@@ -401,6 +476,7 @@ mod tests {
         let old = History {
             failures: 1,
             age: Duration::from_secs(24 * 3600 - 1),
+            ..History::default()
         };
         let answer_502 = answer(502, "", RateHeaders::default());
         assert!(matches!(
@@ -420,6 +496,7 @@ mod tests {
         let history = History {
             failures: 9,
             age: Duration::from_secs(10),
+            ..History::default()
         };
         assert!(matches!(
             classify(Outcome::Answer(&limited), history, &policy(), NOW, 1.0),
@@ -428,5 +505,98 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn app_tokens_refused_by_github_are_renewed_once() {
+        let none = RateHeaders::default();
+        let app = |age_secs: u64, retried: bool| History {
+            app_token: Some(AppToken {
+                age: Duration::from_secs(age_secs),
+                retried,
+            }),
+            ..fresh()
+        };
+        let forbidden = answer(403, "Resource not accessible by integration", none);
+        let unauthorized = answer(401, "Bad credentials", none);
+        // (answer, history, expected wait in seconds or the failure text)
+        type Expected<'a> = Result<u64, &'a str>;
+        let cases: Vec<(&Answer, History, Expected)> = vec![
+            // An old token that GitHub no longer accepts: mint another, now.
+            (&unauthorized, app(600, false), Ok(0)),
+            // A token seconds old: GitHub may not know it everywhere yet.
+            (&unauthorized, app(2, false), Ok(1)),
+            (&forbidden, app(2, false), Ok(1)),
+            // Only once.
+            (&unauthorized, app(600, true), Err(BAD_CREDENTIALS)),
+            (&unauthorized, app(2, true), Err(BAD_CREDENTIALS)),
+            // A 403 with an old token is a real permission problem.
+            (
+                &forbidden,
+                app(600, false),
+                Err(
+                    "forbidden (403): the credential lacks a permission this dispatch needs: Resource not accessible by integration",
+                ),
+            ),
+            // A personal token is never renewed.
+            (&unauthorized, fresh(), Err(BAD_CREDENTIALS)),
+        ];
+        for (answer, history, expected) in cases {
+            let action = classify(Outcome::Answer(answer), history, &policy(), NOW, 1.0);
+            match (&action, expected) {
+                (Action::Reauthenticate { wait, .. }, Ok(secs)) => {
+                    assert_eq!(*wait, Duration::from_secs(secs))
+                }
+                (Action::Fail { reason }, Err(text)) => assert_eq!(reason, text),
+                _ => panic!("{history:?} {}: unexpected {action:?}", answer.status),
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_run_details_field_is_dropped_once() {
+        let none = RateHeaders::default();
+        let with_field = History {
+            sent_run_details: true,
+            ..fresh()
+        };
+        for status in [400, 422] {
+            let refused = answer(status, "Invalid request", none);
+            assert!(matches!(
+                classify(Outcome::Answer(&refused), with_field, &policy(), NOW, 1.0),
+                Action::ResendWithoutRunDetails { .. }
+            ));
+            assert!(matches!(
+                classify(Outcome::Answer(&refused), fresh(), &policy(), NOW, 1.0),
+                Action::Fail { .. }
+            ));
+        }
+        let ok = answer(200, "", none);
+        assert_eq!(
+            classify(Outcome::Answer(&ok), with_field, &policy(), NOW, 1.0),
+            Action::Delivered
+        );
+    }
+
+    #[test]
+    fn missing_credentials_fail_or_wait_as_told() {
+        let permanent = Outcome::NoCredential {
+            reason: "the GitHub App is not installed on acme/blog",
+            permanent: true,
+        };
+        assert_eq!(
+            classify(permanent, fresh(), &policy(), NOW, 1.0),
+            Action::Fail {
+                reason: "the GitHub App is not installed on acme/blog".into()
+            }
+        );
+        let passing = Outcome::NoCredential {
+            reason: "could not reach GitHub",
+            permanent: false,
+        };
+        assert_eq!(
+            retry_parts(&classify(passing, fresh(), &policy(), NOW, 1.0)),
+            Some((Duration::from_secs(1), None, true))
+        );
     }
 }

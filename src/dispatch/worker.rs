@@ -17,9 +17,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::pacing::Pacer;
-use super::retry::{self, Action, History, Outcome};
+use super::retry::{self, Action, AppToken, History, Outcome};
 use crate::config::RetryConfig;
-use crate::github::{Answer, Credentials, GitHubClient};
+use crate::github::{Answer, Credentials, GitHubClient, Scope};
 use crate::store::{AttemptRecord, Job, JobNext, Store, now_ms};
 use crate::telemetry::{DispatchOutcome, Metrics};
 
@@ -153,35 +153,134 @@ impl Dispatcher {
             }
             _ = self.pacer.wait_turn() => {}
         }
-        let token = match self.credentials.token_for(&job.repo).await {
-            Ok(token) => token,
-            Err(e) => {
-                // Without a credential nothing can be sent; treat it like a
-                // transient failure so the job waits for the next try.
-                let answer = Err(crate::github::TransportError::Other(e.to_string()));
-                self.finish(job, now_ms(), Duration::ZERO, answer).await;
-                drop(slot);
-                return;
+        let scope = Scope::for_path(&job.path);
+        let mut with_run_details = scope == Scope::Workflow && self.client.run_details_supported();
+        let mut retried_auth = false;
+        let mut dropped_run_details = false;
+        // One job may need a few sends: a refused App token is renewed (or,
+        // when it is seconds old, waited for) and sent once more, and a
+        // server that refuses `return_run_details` is asked again without it.
+        // Those follow-ups are part of one attempt.
+        loop {
+            let started_ms = now_ms();
+            let started = std::time::Instant::now();
+            let token = match self.credentials.token_for(&job.repo, scope).await {
+                Ok(token) => token,
+                Err(e) => {
+                    let reason = e.to_string();
+                    let outcome = Outcome::NoCredential {
+                        reason: &reason,
+                        permanent: e.is_permanent(),
+                    };
+                    let history = self.history(&job, None, false);
+                    let action = self.classify(outcome, history);
+                    self.finish(&job, started_ms, Duration::ZERO, None, reason, action)
+                        .await;
+                    break;
+                }
+            };
+            let body = if with_run_details {
+                with_field(&job.body, "return_run_details")
+            } else {
+                job.body.clone()
+            };
+            let answer = self.client.post_json(&job.path, &body, &token.secret).await;
+            let elapsed = started.elapsed();
+            self.observe(&job, &answer, elapsed);
+            let app_token = token.minted_at.map(|at| AppToken {
+                age: at.elapsed(),
+                retried: retried_auth,
+            });
+            let history = self.history(&job, app_token, with_run_details);
+            let outcome = match &answer {
+                Ok(a) => Outcome::Answer(a),
+                Err(e) => Outcome::Transport(e),
+            };
+            let action = self.classify(outcome, history);
+            match action {
+                Action::Reauthenticate { wait, reason } => {
+                    tracing::warn!(reason = %reason, wait_ms = wait.as_millis() as u64, "Sending again with a renewed App token");
+                    self.credentials.invalidate(&job.repo, scope, &token.secret);
+                    retried_auth = true;
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Action::ResendWithoutRunDetails { reason } => {
+                    tracing::warn!(reason = %reason, "Sending the workflow dispatch again without return_run_details");
+                    with_run_details = false;
+                    dropped_run_details = true;
+                    continue;
+                }
+                action => {
+                    if dropped_run_details && action == Action::Delivered {
+                        // Only a success without the field proves that the
+                        // field was the problem; then it is not sent to this
+                        // host again.
+                        self.client.forget_run_details();
+                        tracing::info!(
+                            "This GitHub does not support return_run_details; workflow dispatches will not ask for run details"
+                        );
+                    }
+                    let status = answer.as_ref().ok().map(|a| a.status);
+                    let detail = match &answer {
+                        Ok(a) => match &a.message {
+                            Some(m) => format!("{} {}", a.status, m),
+                            None => a.status.to_string(),
+                        },
+                        Err(e) => e.to_string(),
+                    };
+                    let result = answer
+                        .as_ref()
+                        .ok()
+                        .filter(|_| action == Action::Delivered)
+                        .and_then(run_details);
+                    if let Some(result) = &result {
+                        tracing::info!(
+                            workflow_run_id = %result["workflow_run_id"],
+                            html_url = %result["html_url"].as_str().unwrap_or_default(),
+                            "Workflow run created"
+                        );
+                    }
+                    self.finish_with(
+                        &job,
+                        started_ms,
+                        elapsed,
+                        status,
+                        detail,
+                        action,
+                        result.map(|r| r.to_string()),
+                    )
+                    .await;
+                    break;
+                }
             }
-        };
-        let started_ms = now_ms();
-        let started = std::time::Instant::now();
-        let answer = self.client.post_json(&job.path, &job.body, &token).await;
-        let elapsed = started.elapsed();
-        self.finish(job, started_ms, elapsed, answer).await;
+        }
         drop(slot);
     }
 
-    async fn finish(
+    fn history(&self, job: &Job, app_token: Option<AppToken>, sent_run_details: bool) -> History {
+        History {
+            failures: job.failures,
+            age: Duration::from_millis(now_ms().saturating_sub(job.received_at_ms).max(0) as u64),
+            app_token,
+            sent_run_details,
+        }
+    }
+
+    fn classify(&self, outcome: Outcome<'_>, history: History) -> Action {
+        let now_epoch = (now_ms() / 1000) as u64;
+        let jitter: f64 = rand::thread_rng().r#gen();
+        retry::classify(outcome, history, &self.retry, now_epoch, jitter)
+    }
+
+    /// Counts one request in the metrics.
+    fn observe(
         &self,
-        job: Job,
-        started_ms: i64,
+        job: &Job,
+        answer: &Result<Answer, crate::github::TransportError>,
         elapsed: Duration,
-        answer: Result<Answer, crate::github::TransportError>,
     ) {
-        let endpoint = if job.path.ends_with("/actions/workflows")
-            || job.path.contains("/actions/workflows/")
-        {
+        let endpoint = if job.path.contains("/actions/workflows/") {
             "workflow_dispatch"
         } else {
             "repository_dispatch"
@@ -189,30 +288,38 @@ impl Dispatcher {
         let status = answer.as_ref().ok().map(|a| a.status);
         self.metrics
             .github_request(endpoint, status, elapsed.as_secs_f64());
-        if let Ok(a) = &answer {
+        if let Ok(a) = answer {
             if let Some(remaining) = a.rate.remaining {
                 self.metrics
                     .rate_limit_remaining(&self.credentials.label(&job.repo), remaining);
             }
         }
-        let outcome = match &answer {
-            Ok(a) => Outcome::Answer(a),
-            Err(e) => Outcome::Transport(e),
-        };
-        let history = History {
-            failures: job.failures,
-            age: Duration::from_millis(now_ms().saturating_sub(job.received_at_ms).max(0) as u64),
-        };
-        let now_epoch = (now_ms() / 1000) as u64;
-        let jitter: f64 = rand::thread_rng().r#gen();
-        let action = retry::classify(outcome, history, &self.retry, now_epoch, jitter);
-        let detail = match &answer {
-            Ok(a) => match &a.message {
-                Some(m) => format!("{} {}", a.status, m),
-                None => a.status.to_string(),
-            },
-            Err(e) => e.to_string(),
-        };
+    }
+
+    async fn finish(
+        &self,
+        job: &Job,
+        started_ms: i64,
+        elapsed: Duration,
+        status: Option<u16>,
+        detail: String,
+        action: Action,
+    ) {
+        self.finish_with(job, started_ms, elapsed, status, detail, action, None)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_with(
+        &self,
+        job: &Job,
+        started_ms: i64,
+        elapsed: Duration,
+        status: Option<u16>,
+        detail: String,
+        action: Action,
+        result: Option<String>,
+    ) {
         let next = match &action {
             Action::Delivered => {
                 self.metrics
@@ -238,7 +345,11 @@ impl Dispatcher {
                     counts_as_failure: *counts_as_failure,
                 }
             }
-            Action::Fail { reason } => {
+            Action::Fail { reason }
+            | Action::Reauthenticate { reason, .. }
+            | Action::ResendWithoutRunDetails { reason } => {
+                // The send loop handles the last two; should one ever reach
+                // here it is recorded as the failure it describes.
                 self.metrics.dispatch(&job.route, DispatchOutcome::Failed);
                 tracing::error!(reason = %reason, status = ?status, "Dispatch failed for good");
                 self.notifier.failed(crate::notify::Failure {
@@ -259,6 +370,7 @@ impl Dispatcher {
             status_code: status,
             detail,
             next,
+            result,
         };
         if let Err(e) = self.store.record(record).await {
             // The job stays leased; the next start sends it again, which is
@@ -266,4 +378,25 @@ impl Dispatcher {
             tracing::error!(error = %e, "Could not record the attempt");
         }
     }
+}
+
+/// Adds `"field": true` to a JSON object body.
+fn with_field(body: &str, field: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert(field.to_string(), serde_json::Value::Bool(true));
+            serde_json::Value::Object(map).to_string()
+        }
+        _ => body.to_string(),
+    }
+}
+
+/// The run details of a workflow dispatch answer, when it has them.
+fn run_details(answer: &Answer) -> Option<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(answer.body.as_deref()?).ok()?;
+    let run_id = value.get("workflow_run_id")?.as_u64()?;
+    Some(serde_json::json!({
+        "workflow_run_id": run_id,
+        "html_url": value.get("html_url").and_then(|v| v.as_str()),
+    }))
 }

@@ -3,9 +3,13 @@
 //! It sends one prepared request and reports what GitHub answered, reduced to
 //! what the retry classifier needs (status, rate-limit headers, message).
 //! It never decides what to do with the answer: that is `dispatch::retry`.
+//! The `app` submodule holds GitHub App authentication and its token cache.
 
+pub mod app;
 pub mod outbound;
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
@@ -23,6 +27,11 @@ pub const USER_AGENT_VALUE: &str = concat!("dispatch-relay/", env!("CARGO_PKG_VE
 /// documentation link, bounded so a misbehaving proxy cannot bloat the store.
 const MAX_BODY_KEPT: usize = 2048;
 
+/// How much of a successful body is kept. Successful answers are parsed
+/// (a repository, an installation, a token), so they must stay whole; the
+/// bound only protects memory from a misbehaving proxy.
+const MAX_SUCCESS_BODY: usize = 1024 * 1024;
+
 /// What GitHub answered, reduced to the parts that matter.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Answer {
@@ -32,6 +41,9 @@ pub struct Answer {
     pub message: Option<String>,
     /// The JSON body on success (workflow dispatch with run details).
     pub body: Option<String>,
+    /// GitHub's `Date` header, used to correct clock skew when a GitHub App
+    /// JWT is refused for its `iat` or `exp`.
+    pub date: Option<String>,
 }
 
 /// The rate-limit headers GitHub sends.
@@ -61,6 +73,10 @@ pub enum TransportError {
 pub struct GitHubClient {
     http: reqwest::Client,
     api_url: String,
+    /// Hosts known to refuse `return_run_details` in a workflow dispatch
+    /// (older GitHub Enterprise Server answers 400 or 422), so that the field
+    /// is only tried once per host.
+    no_run_details: Arc<Mutex<HashSet<String>>>,
 }
 
 impl GitHubClient {
@@ -85,11 +101,33 @@ impl GitHubClient {
         Ok(GitHubClient {
             http,
             api_url: api_url.trim_end_matches('/').to_string(),
+            no_run_details: Arc::default(),
         })
     }
 
     pub fn api_url(&self) -> &str {
         &self.api_url
+    }
+
+    /// The host part of the API URL, the key for what is remembered per host.
+    fn host(&self) -> String {
+        url::Url::parse(&self.api_url)
+            .ok()
+            .and_then(|u| {
+                u.host_str()
+                    .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
+            })
+            .unwrap_or_else(|| self.api_url.clone())
+    }
+
+    /// Whether workflow dispatches to this host should ask for run details.
+    pub fn run_details_supported(&self) -> bool {
+        !lock(&self.no_run_details).contains(&self.host())
+    }
+
+    /// Remembers that this host refuses `return_run_details`.
+    pub fn forget_run_details(&self) {
+        lock(&self.no_run_details).insert(self.host());
     }
 
     /// Sends `POST {api_url}{path}` with a JSON body and a bearer token.
@@ -99,24 +137,61 @@ impl GitHubClient {
         body: &str,
         token: &Secret,
     ) -> Result<Answer, TransportError> {
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+        self.send(reqwest::Method::POST, path, Some(body), token)
+            .await
+    }
+
+    /// Sends `GET {api_url}{path}` with a bearer token.
+    pub async fn get(&self, path: &str, token: &Secret) -> Result<Answer, TransportError> {
+        self.send(reqwest::Method::GET, path, None, token).await
+    }
+
+    /// Sends one request; `auth` is a token or an App JWT, sent as `Bearer`.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+        auth: &Secret,
+    ) -> Result<Answer, TransportError> {
+        let mut header =
+            HeaderValue::from_str(&format!("Bearer {}", auth.expose())).map_err(|_| {
                 TransportError::Other(
                     "the token contains characters not allowed in a header".into(),
                 )
             })?;
-        auth.set_sensitive(true);
+        header.set_sensitive(true);
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.api_url, path))
+            .header(AUTHORIZATION, header);
+        if let Some(body) = body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.map_err(transport_error)?;
+        read_answer(response).await
+    }
+
+    /// Sends an unauthenticated JSON POST (the App manifest conversion needs
+    /// no credential: the one-time code is the proof).
+    pub async fn post_anonymous(&self, path: &str) -> Result<Answer, TransportError> {
         let response = self
             .http
             .post(format!("{}{}", self.api_url, path))
-            .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/json")
-            .body(body.to_string())
+            .body("{}")
             .send()
             .await
             .map_err(transport_error)?;
         read_answer(response).await
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere; the set is still valid.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn transport_error(e: reqwest::Error) -> TransportError {
@@ -153,8 +228,18 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
         remaining: header("x-ratelimit-remaining"),
         reset_epoch_secs: header("x-ratelimit-reset"),
     };
+    let date = response
+        .headers()
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let text = response.text().await.map_err(transport_error)?;
-    let text = truncate(&text, MAX_BODY_KEPT);
+    let keep = if (200..300).contains(&status) {
+        MAX_SUCCESS_BODY
+    } else {
+        MAX_BODY_KEPT
+    };
+    let text = truncate(&text, keep);
     let message = if (200..300).contains(&status) {
         None
     } else {
@@ -175,6 +260,7 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
         rate,
         message,
         body,
+        date,
     })
 }
 
@@ -189,30 +275,4 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-/// Where tokens for GitHub come from.
-#[derive(Debug)]
-pub enum Credentials {
-    /// A personal access token (or any fixed token).
-    Token(Secret),
-}
-
-/// A credential could not produce a token.
-#[derive(Debug, thiserror::Error)]
-#[error("no GitHub token available: {0}")]
-pub struct CredentialError(pub String);
-
-impl Credentials {
-    /// The token to use for a dispatch to `repo`.
-    pub async fn token_for(&self, _repo: &str) -> Result<Secret, CredentialError> {
-        match self {
-            Credentials::Token(token) => Ok(token.clone()),
-        }
-    }
-
-    /// A name for the credential that is safe for logs and metric labels.
-    pub fn label(&self, _repo: &str) -> String {
-        match self {
-            Credentials::Token(_) => "token".to_string(),
-        }
-    }
-}
+pub use app::{AppAuth, CredentialError, Credentials, IssuedToken, Scope};

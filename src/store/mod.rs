@@ -132,6 +132,9 @@ pub struct AttemptRecord {
     /// A short account of GitHub's answer or the transport error.
     pub detail: String,
     pub next: JobNext,
+    /// What GitHub returned worth keeping on a delivered job, as JSON: the
+    /// `workflow_run_id` and `html_url` of a workflow dispatch.
+    pub result: Option<String>,
 }
 
 /// What happens to a job after an attempt.
@@ -192,6 +195,9 @@ pub struct JobSummary {
     pub status: Status,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// The run a workflow dispatch created, when GitHub said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -272,7 +278,8 @@ pub fn sqlite_path(url: &str, base: &Path) -> Result<PathBuf, StoreError> {
 }
 
 impl Store {
-    /// Opens (and creates or migrates) the SQLite store at `path`.
+    /// Opens (and creates or migrates) the SQLite store at `path`. Leases
+    /// are left as they are: see [`Store::release_all_leases`].
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Store, StoreError> {
         let conn = open_connection(path)?;
         schema::migrate(&conn)?;

@@ -72,7 +72,21 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )));
     }
     conn.execute_batch(SCHEMA)?;
+    add_job_result_column(conn)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+/// Adds `jobs.result` (run details of a workflow dispatch) to stores made
+/// before it existed. Checking for the column, rather than bumping the schema
+/// version, keeps the change additive: an older relay simply ignores it.
+fn add_job_result_column(conn: &Connection) -> Result<(), StoreError> {
+    let present = conn
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'result'")?
+        .exists([])?;
+    if !present {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN result TEXT")?;
+    }
     Ok(())
 }
 
@@ -267,9 +281,9 @@ pub(super) fn record(conn: &Connection, a: &AttemptRecord) -> Result<(), StoreEr
         JobNext::Delivered => {
             conn.prepare_cached(
                 "UPDATE jobs SET status = 'delivered', attempts = attempts + 1, leased_until = NULL,
-                 last_error = NULL, finished_at = ?2 WHERE id = ?1",
+                 last_error = NULL, finished_at = ?2, result = ?3 WHERE id = ?1",
             )?
-            .execute(params![a.job_id, finished_at])?;
+            .execute(params![a.job_id, finished_at, a.result])?;
         }
         JobNext::Retry {
             at_ms,
@@ -397,7 +411,7 @@ fn summary_from_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Delive
     let status: String = row.get(2)?;
     let targets = conn
         .prepare_cached(
-            "SELECT target_index, repo, label, status, attempts, last_error FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
+            "SELECT target_index, repo, label, status, attempts, last_error, result FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
         )?
         .query_map(params![id], |r| {
             let status: String = r.get(3)?;
@@ -408,6 +422,9 @@ fn summary_from_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Delive
                 status: Status::parse(&status).unwrap_or(Status::Pending),
                 attempts: r.get::<_, i64>(4)? as u32,
                 last_error: r.get(5)?,
+                result: r
+                    .get::<_, Option<String>>(6)?
+                    .and_then(|text| serde_json::from_str(&text).ok()),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

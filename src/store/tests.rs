@@ -44,6 +44,7 @@ fn attempt(job: &Job, next: JobNext) -> AttemptRecord {
         status_code: Some(204),
         detail: "204".into(),
         next,
+        result: None,
     }
 }
 

@@ -67,6 +67,19 @@ const OP_REPOSITORY_DISPATCH: &str = "repos/create-dispatch-event";
 const OP_WORKFLOW_DISPATCH: &str = "actions/create-workflow-dispatch";
 const OP_GET_REPO_INSTALLATION: &str = "apps/get-repo-installation";
 const OP_CREATE_INSTALLATION_TOKEN: &str = "apps/create-installation-access-token";
+const OP_GET_REPO: &str = "repos/get";
+const OP_CREATE_FROM_MANIFEST: &str = "apps/create-from-manifest";
+
+/// The private key of the test App, which the manifest conversion hands out.
+pub const TEST_APP_KEY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/app/test-app.pem"
+);
+/// Its public key, for `enable_app`.
+pub const TEST_APP_PUBLIC_KEY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/app/test-app.pub.pem"
+);
 
 /// An answer a test queues for the next dispatch to one repository, to exercise the relay's
 /// handling of GitHub's failure modes.
@@ -210,6 +223,8 @@ impl FakeGitHub {
             Grant {
                 installation_id: None,
                 expires_at: None,
+                repositories: None,
+                permissions: None,
             },
         );
     }
@@ -255,6 +270,56 @@ impl FakeGitHub {
     /// How long installation tokens minted from now on stay valid.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         *lock(&self.shared.token_lifetime) = lifetime;
+    }
+
+    /// Limits what installation `installation_id` was granted, e.g.
+    /// `{"contents": "write", "metadata": "read"}`; token requests asking for more are refused
+    /// with GitHub's 422.
+    pub fn set_installation_permissions(&self, installation_id: u64, permissions: Value) {
+        let Value::Object(map) = permissions else {
+            panic!("permissions are a JSON object");
+        };
+        lock(&self.shared.installation_permissions).insert(installation_id, map);
+    }
+
+    /// Issues installation tokens in GitHub's newer long format (hundreds of characters) instead
+    /// of the classic 40-character `ghs_` form.
+    pub fn set_long_tokens(&self, long: bool) {
+        self.shared.long_tokens.store(long, Ordering::Relaxed);
+    }
+
+    /// Refuses workflow dispatches that carry `return_run_details`, as GitHub Enterprise Server
+    /// releases from before the field do (422).
+    pub fn set_reject_run_details(&self, reject: bool) {
+        self.shared
+            .reject_run_details
+            .store(reject, Ordering::Relaxed);
+    }
+
+    /// Moves the fake's clock this many seconds ahead of the host's (negative: behind). It
+    /// applies to JWT checks and to the `Date` header.
+    pub fn set_clock_offset(&self, secs: i64) {
+        self.shared.clock_offset_secs.store(secs, Ordering::Relaxed);
+    }
+
+    /// Makes every installation token issued so far expire now.
+    pub fn expire_installation_tokens(&self) {
+        let now = SystemTime::now() - Duration::from_secs(1);
+        for grant in lock(&self.shared.tokens).values_mut() {
+            if grant.installation_id.is_some() {
+                grant.expires_at = Some(now);
+            }
+        }
+    }
+
+    /// The requests of one documented operation, e.g. `apps/create-installation-access-token`.
+    pub fn requests_of(&self, operation_id: &str) -> Vec<RecordedRequest> {
+        lock(&self.shared.log)
+            .requests
+            .iter()
+            .filter(|r| r.operation_id.as_deref() == Some(operation_id))
+            .cloned()
+            .collect()
     }
 
     /// Every request received so far, oldest first.
@@ -718,6 +783,11 @@ struct Grant {
     /// `None` for a personal access token, which sees every repository.
     installation_id: Option<u64>,
     expires_at: Option<SystemTime>,
+    /// The repository names an installation token was narrowed to (lower-case, without the
+    /// owner); `None` when it covers the whole installation.
+    repositories: Option<HashSet<String>>,
+    /// The permissions the token was granted; `None` for a personal access token.
+    permissions: Option<Map<String, Value>>,
 }
 
 struct AppConfig {
@@ -755,6 +825,17 @@ struct Shared {
     next_run_id: AtomicU64,
     log: Mutex<Log>,
     recorded: tokio::sync::Notify,
+    /// Permissions granted to each installation; installations not listed grant
+    /// `DEFAULT_INSTALLATION_PERMISSIONS`.
+    installation_permissions: Mutex<HashMap<u64, Map<String, Value>>>,
+    /// Whether installation tokens come in GitHub's newer, much longer format.
+    long_tokens: std::sync::atomic::AtomicBool,
+    /// Plays an older GitHub Enterprise Server that refuses `return_run_details`.
+    reject_run_details: std::sync::atomic::AtomicBool,
+    /// Seconds the fake's clock runs ahead of the host's, for JWT checks and `Date`.
+    clock_offset_secs: std::sync::atomic::AtomicI64,
+    /// Manifests posted to the "create app" page, by the code handed back.
+    manifest_codes: Mutex<HashMap<String, Value>>,
 }
 
 impl Shared {
@@ -776,6 +857,11 @@ impl Shared {
             next_run_id: AtomicU64::new(1),
             log: Mutex::default(),
             recorded: tokio::sync::Notify::new(),
+            installation_permissions: Mutex::default(),
+            long_tokens: std::sync::atomic::AtomicBool::new(false),
+            reject_run_details: std::sync::atomic::AtomicBool::new(false),
+            clock_offset_secs: std::sync::atomic::AtomicI64::new(0),
+            manifest_codes: Mutex::default(),
         }
     }
 
@@ -808,6 +894,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn repo_key(full_name: &str) -> String {
     full_name.to_ascii_lowercase()
+}
+
+/// The fake's own clock: the host's plus the offset a test set.
+fn fake_epoch_secs(shared: &Shared) -> i64 {
+    i64::try_from(epoch_secs()).unwrap_or(i64::MAX)
+        + shared.clock_offset_secs.load(Ordering::Relaxed)
 }
 
 fn epoch_secs() -> u64 {
@@ -1025,6 +1117,9 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
     };
     let request_id = request_id();
 
+    if let Some(response) = web_page(&shared, &method, &path, &body) {
+        return response;
+    }
     let spec = Arc::clone(&shared.spec);
     let matched = spec.find(&method, &path);
     let op = matched.as_ref().map(|(op, _)| *op);
@@ -1087,6 +1182,7 @@ fn respond(shared: &Shared, answer: Answer, request_id: &str) -> HttpResponse {
     let (used, remaining, reset) = shared.take_rate();
     let overridden = |name: &str| answer.headers.iter().any(|(n, _)| *n == name);
     response.insert_header(("server", "github.com"));
+    response.insert_header(("date", http_date(fake_epoch_secs(shared))));
     response.insert_header(("x-github-request-id", request_id));
     response.insert_header(("x-github-media-type", "github.v3; format=json"));
     response.insert_header(("x-github-api-version-selected", API_VERSION));
@@ -1235,6 +1331,17 @@ fn decide(
             if let Err(answer) = authorize_repo(shared, req, &format!("{owner}/{name}"), op) {
                 return answer;
             }
+            if let Err(answer) = require_permission(shared, req, "actions") {
+                return answer;
+            }
+            let asks_details = body.and_then(|b| b.get("return_run_details")).is_some();
+            if asks_details && shared.reject_run_details.load(Ordering::Relaxed) {
+                return Answer::error(
+                    422,
+                    "Invalid request.\n\n\"return_run_details\" is not a permitted key.",
+                    &op.docs_url,
+                );
+            }
             if body.and_then(|b| b.get("return_run_details")) == Some(&Value::Bool(true)) {
                 let run_id = shared.next_run_id.fetch_add(1, Ordering::Relaxed);
                 let base = shared
@@ -1276,21 +1383,91 @@ fn decide(
             let Some(id) = known else {
                 return Answer::error(404, "Not Found", &op.docs_url);
             };
+            let granted = lock(&shared.installation_permissions)
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(default_installation_permissions);
+            let requested = body
+                .and_then(|b| b.get("permissions"))
+                .and_then(Value::as_object)
+                .cloned();
+            if let Some(requested) = &requested {
+                let exceeds = requested.iter().any(|(name, level)| {
+                    !matches!(
+                        (granted.get(name).and_then(Value::as_str), level.as_str()),
+                        (Some("write"), _) | (Some("read"), Some("read"))
+                    )
+                });
+                if exceeds {
+                    return Answer::error(
+                        422,
+                        "The permissions requested are not granted to this installation.",
+                        &op.docs_url,
+                    );
+                }
+            }
+            let repositories = body
+                .and_then(|b| b.get("repositories"))
+                .and_then(Value::as_array)
+                .map(|names| {
+                    names
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_ascii_lowercase)
+                        .collect::<HashSet<String>>()
+                });
+            if let Some(names) = &repositories {
+                let installations = lock(&shared.installations);
+                let all_installed = names.iter().all(|name| {
+                    installations.iter().any(|(repo, inst)| {
+                        *inst == id && repo.split_once('/').is_some_and(|(_, n)| n == name)
+                    })
+                });
+                if !all_installed {
+                    return Answer::error(
+                        422,
+                        "There is at least one repository that does not exist or is not accessible to the parent installation.",
+                        &op.docs_url,
+                    );
+                }
+            }
             let lifetime = *lock(&shared.token_lifetime);
-            let token = format!(
-                "ghs_{}",
-                rand::thread_rng()
-                    .sample_iter(&rand::distributions::Alphanumeric)
-                    .take(36)
-                    .map(char::from)
-                    .collect::<String>()
-            );
+            let token = if shared.long_tokens.load(Ordering::Relaxed) {
+                // GitHub's newer installation tokens are far longer than 40 characters and may
+                // hold `.`, `-` and `_`; clients must treat them as opaque.
+                let mut rng = rand::thread_rng();
+                let part = |rng: &mut rand::rngs::ThreadRng, n: usize| {
+                    rng.sample_iter(&rand::distributions::Alphanumeric)
+                        .take(n)
+                        .map(char::from)
+                        .collect::<String>()
+                };
+                format!(
+                    "ghs_{}.{}-{}_{}",
+                    part(&mut rng, 120),
+                    part(&mut rng, 200),
+                    part(&mut rng, 100),
+                    part(&mut rng, 60)
+                )
+            } else {
+                format!(
+                    "ghs_{}",
+                    rand::thread_rng()
+                        .sample_iter(&rand::distributions::Alphanumeric)
+                        .take(36)
+                        .map(char::from)
+                        .collect::<String>()
+                )
+            };
             let expires_at = SystemTime::now() + lifetime;
+            let permissions = requested.clone().unwrap_or_else(|| granted.clone());
             lock(&shared.tokens).insert(
                 token.clone(),
                 Grant {
                     installation_id: Some(id),
                     expires_at: Some(expires_at),
+                    repositories,
+                    permissions: Some(permissions.clone()),
                 },
             );
             let expires_secs = expires_at
@@ -1301,10 +1478,63 @@ fn decide(
                 json!({
                     "token": token,
                     "expires_at": format!("{}Z", utc_timestamp(expires_secs, 'T')),
-                    "permissions": { "actions": "write", "contents": "write", "metadata": "read" },
+                    "permissions": permissions,
                     "repository_selection": "selected",
                 }),
             )
+        }
+        OP_GET_REPO => {
+            let (owner, name) = (param("owner"), param("repo"));
+            if let Err(answer) = authorize_repo(shared, req, &format!("{owner}/{name}"), op) {
+                return answer;
+            }
+            let push =
+                token_permission(shared, req, "contents").is_none_or(|level| level == "write");
+            let mut repo = example_for(&response_schema("/repos/{owner}/{repo}", "get", "200"));
+            let base = shared
+                .base_url
+                .get()
+                .map_or("https://api.github.com", String::as_str);
+            repo["name"] = json!(name);
+            repo["full_name"] = json!(format!("{owner}/{name}"));
+            repo["private"] = json!(true);
+            repo["url"] = json!(format!("{base}/repos/{owner}/{name}"));
+            repo["html_url"] = json!(format!("https://github.com/{owner}/{name}"));
+            repo["permissions"] = json!({"admin": false, "maintain": false, "push": push, "triage": push, "pull": true});
+            Answer::json(200, repo)
+        }
+        OP_CREATE_FROM_MANIFEST => {
+            let code = param("code").to_owned();
+            let Some(manifest) = lock(&shared.manifest_codes).remove(&code) else {
+                return Answer::error(404, "Not Found", &op.docs_url);
+            };
+            let mut app = example_for(&response_schema(
+                "/app-manifests/{code}/conversions",
+                "post",
+                "201",
+            ));
+            let app_id = 4242;
+            let slug = manifest["name"]
+                .as_str()
+                .unwrap_or("app")
+                .to_ascii_lowercase()
+                .replace(' ', "-");
+            app["id"] = json!(app_id);
+            app["slug"] = json!(slug);
+            app["name"] = json!(manifest["name"]);
+            app["client_id"] = json!("Iv23liTestClientId");
+            app["client_secret"] = json!("test-client-secret");
+            app["webhook_secret"] = Value::Null;
+            app["html_url"] = json!(format!(
+                "{}/apps/{slug}",
+                shared
+                    .base_url
+                    .get()
+                    .map_or("https://github.com", String::as_str)
+            ));
+            app["permissions"] = manifest["default_permissions"].clone();
+            app["pem"] = json!(std::fs::read_to_string(TEST_APP_KEY).expect("the test App key"));
+            Answer::json(201, app)
         }
         other => {
             shared.violation(
@@ -1395,6 +1625,15 @@ fn authorize_repo(
         {
             return Err(bad_credentials());
         }
+        if let Some(names) = &grant.repositories {
+            let name = repo
+                .split_once('/')
+                .map_or(repo, |(_, n)| n)
+                .to_ascii_lowercase();
+            if !names.contains(&name) {
+                return Err(Answer::error(404, "Not Found", &op.docs_url));
+            }
+        }
         grant.installation_id
     };
     let key = repo_key(repo);
@@ -1427,6 +1666,8 @@ fn authenticate_app(shared: &Shared, req: &HttpRequest) -> Result<u64, Answer> {
     // the App id as a number, so `iss` and `iat` are checked below.
     validation.set_required_spec_claims(&["exp"]);
     validation.leeway = JWT_LEEWAY_SECS.unsigned_abs();
+    // Expiry is checked below against the fake's own clock, which a test may move.
+    validation.validate_exp = false;
     let claims = match jsonwebtoken::decode::<Value>(&jwt, &app.key, &validation) {
         Ok(data) => data.claims,
         Err(error) => {
@@ -1447,7 +1688,14 @@ fn authenticate_app(shared: &Shared, req: &HttpRequest) -> Result<u64, Answer> {
             GENERIC_DOCS,
         ));
     };
-    let now = i64::try_from(epoch_secs()).unwrap_or(i64::MAX);
+    let now = fake_epoch_secs(shared);
+    if exp < now - JWT_LEEWAY_SECS {
+        return Err(Answer::error(
+            401,
+            "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires",
+            GENERIC_DOCS,
+        ));
+    }
     if iat > now + JWT_LEEWAY_SECS {
         return Err(Answer::error(
             401,
@@ -1519,4 +1767,206 @@ fn installation_body(shared: &Shared, app_id: u64, installation_id: u64, owner: 
         "suspended_at": null,
         "suspended_by": null
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Installation token permissions, example bodies and the github.com web pages.
+
+/// What an installation grants unless a test says otherwise.
+fn default_installation_permissions() -> Map<String, Value> {
+    let Value::Object(map) = json!({"actions": "write", "contents": "write", "metadata": "read"})
+    else {
+        unreachable!()
+    };
+    map
+}
+
+/// The level an installation token holds for `permission`; `None` for a personal access token
+/// (or an unknown token), which is not limited this way.
+fn token_permission(shared: &Shared, req: &HttpRequest, permission: &str) -> Option<String> {
+    let Credential::Token(token) = credential(req) else {
+        return None;
+    };
+    let tokens = lock(&shared.tokens);
+    let permissions = tokens.get(&token)?.permissions.as_ref()?;
+    Some(
+        permissions
+            .get(permission)
+            .and_then(Value::as_str)
+            .unwrap_or("none")
+            .to_owned(),
+    )
+}
+
+/// Refuses an installation token without write access to `permission`, as GitHub does.
+fn require_permission(shared: &Shared, req: &HttpRequest, permission: &str) -> Result<(), Answer> {
+    match token_permission(shared, req, permission).as_deref() {
+        None | Some("write") => Ok(()),
+        Some(_) => Err(Answer::error(
+            403,
+            "Resource not accessible by integration",
+            GENERIC_DOCS,
+        )),
+    }
+}
+
+/// The raw OpenAPI document, for building example answers.
+fn raw_doc() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let text = std::fs::read_to_string(SPEC_PATH).expect("read the OpenAPI description");
+        serde_json::from_str(&text).expect("the OpenAPI description is JSON")
+    })
+}
+
+/// The documented JSON schema of one answer.
+fn response_schema(path: &str, method: &str, status: &str) -> Value {
+    let doc = raw_doc();
+    let response = resolve(doc, &doc["paths"][path][method]["responses"][status]);
+    resolve(doc, &response["content"]["application/json"]["schema"]).clone()
+}
+
+/// A value that satisfies `schema`: every required property filled with a plain value of its
+/// type. Tests then set the fields they care about.
+fn example_for(schema: &Value) -> Value {
+    let doc = raw_doc();
+    let schema = resolve(doc, schema);
+    if let Some(parts) = schema.get("allOf").and_then(Value::as_array) {
+        let mut merged = Map::new();
+        for part in parts {
+            if let Value::Object(map) = example_for(part) {
+                merged.extend(map);
+            }
+        }
+        return Value::Object(merged);
+    }
+    if let Some(first) = schema
+        .get("anyOf")
+        .or_else(|| schema.get("oneOf"))
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    {
+        return example_for(first);
+    }
+    if schema.get("nullable") == Some(&Value::Bool(true)) {
+        return Value::Null;
+    }
+    if let Some(first) = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    {
+        return first.clone();
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") | None if schema.get("properties").is_some() => {
+            let mut out = Map::new();
+            let required = schema.get("required").and_then(Value::as_array);
+            for name in required.into_iter().flatten().filter_map(Value::as_str) {
+                let property = &schema["properties"][name];
+                out.insert(name.to_owned(), example_for(property));
+            }
+            Value::Object(out)
+        }
+        Some("object") => json!({}),
+        Some("array") => json!([]),
+        Some("integer") | Some("number") => json!(1),
+        Some("boolean") => json!(false),
+        Some("string") => match schema.get("format").and_then(Value::as_str) {
+            Some("date-time") => json!("2024-01-01T00:00:00Z"),
+            Some("uri") => json!("https://api.github.com/"),
+            _ => json!("x"),
+        },
+        _ => Value::Null,
+    }
+}
+
+/// Formats epoch seconds as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn http_date(secs: i64) -> String {
+    let secs = u64::try_from(secs).unwrap_or(0);
+    let stamp = utc_timestamp(secs, ' ');
+    let (date, clock) = stamp.split_once(' ').unwrap_or((&stamp, ""));
+    let mut parts = date.split('-');
+    let (year, month, day) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or("1").parse::<usize>().unwrap_or(1),
+        parts.next().unwrap_or(""),
+    );
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    let weekday = WEEKDAYS[((secs / 86_400) % 7) as usize];
+    format!("{weekday}, {day} {} {year} {clock} GMT", MONTHS[month - 1])
+}
+
+/// The github.com web pages the App manifest flow visits, outside the REST API: the
+/// "create app" page, which GitHub shows for confirmation and then redirects back from with a
+/// one-time code. The fake skips the confirmation and redirects at once.
+fn web_page(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Option<HttpResponse> {
+    let is_create_page = path == "/settings/apps/new"
+        || (path.starts_with("/organizations/") && path.ends_with("/settings/apps/new"));
+    if !is_create_page {
+        return None;
+    }
+    let record = |status: u16, form: Option<Value>| {
+        let mut log = lock(&shared.log);
+        log.requests.push(RecordedRequest {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: None,
+            operation_id: Some("web/create-app".to_owned()),
+            headers: Vec::new(),
+            body: form,
+            received_at: Instant::now(),
+            status,
+        });
+    };
+    if method != "POST" {
+        record(405, None);
+        return Some(HttpResponse::MethodNotAllowed().finish());
+    }
+    let fields: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    let manifest = fields
+        .get("manifest")
+        .and_then(|m| serde_json::from_str::<Value>(m).ok());
+    let Some(manifest) = manifest else {
+        shared.violation(method, path, "the form has no JSON `manifest` field");
+        record(422, None);
+        return Some(HttpResponse::UnprocessableEntity().body("Invalid manifest"));
+    };
+    let mut problems = Vec::new();
+    for required in ["url"] {
+        if manifest.get(required).and_then(Value::as_str).is_none() {
+            problems.push(format!("`{required}` is missing"));
+        }
+    }
+    let redirect = manifest.get("redirect_url").and_then(Value::as_str);
+    if redirect.is_none() {
+        problems.push("`redirect_url` is missing".to_owned());
+    }
+    for problem in &problems {
+        shared.violation(method, path, format!("manifest: {problem}"));
+    }
+    let code: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect();
+    let state = fields.get("state").cloned().unwrap_or_default();
+    record(302, Some(json!({"manifest": manifest, "state": state})));
+    let Some(redirect) = redirect else {
+        return Some(HttpResponse::UnprocessableEntity().body("Invalid manifest"));
+    };
+    lock(&shared.manifest_codes).insert(code.clone(), manifest.clone());
+    let mut target = url::Url::parse(redirect).ok()?;
+    target
+        .query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &state);
+    Some(
+        HttpResponse::Found()
+            .insert_header((header::LOCATION, target.to_string()))
+            .finish(),
+    )
 }

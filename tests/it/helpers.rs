@@ -135,7 +135,10 @@ impl TestApp {
                 return list;
             }
             if start.elapsed() > deadline {
-                panic!("deliveries never reached the expected state: {list:#?}");
+                panic!(
+                    "deliveries never reached the expected state: {list:#?}\nrelay log: {:#?}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

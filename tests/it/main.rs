@@ -22,3 +22,5 @@ mod tidy;
 mod recipes;
 // Sender schemes through the library: samples, forgeries, SNS, networks, property tests.
 mod senders;
+// The relay as a GitHub App: tokens, renewal, scopes, and workflow run details.
+mod app;

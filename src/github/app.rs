@@ -1,0 +1,584 @@
+//! Where GitHub tokens come from: a fixed token, or a GitHub App whose
+//! installation tokens this module mints, caches and renews.
+//!
+//! For an App it owns the whole token life cycle of design §5: the RS256 JWT
+//! (`iat` 60 s in the past, valid for at most ten minutes, corrected for
+//! clock skew from GitHub's `Date` header when GitHub refuses it), the
+//! installation id looked up per repository and cached, and installation
+//! tokens narrowed to one repository and the permissions a dispatch needs,
+//! cached per (installation, repository, permission set), renewed five
+//! minutes before they expire, and minted one at a time per installation so
+//! that a burst of dispatches costs one mint. Tokens are opaque strings of
+//! any length; they only ever live in [`Secret`]s, so they never reach a log,
+//! an error message or a metric.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use super::{Answer, GitHubClient, TransportError, lock};
+use crate::config::{AppCredential, PrivateKeySource};
+use crate::secret::Secret;
+use crate::telemetry::Metrics;
+
+/// How long before `expires_at` a cached installation token is replaced.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
+
+/// How far in the past the JWT's `iat` is put, to absorb clock drift.
+const JWT_BACKDATE_SECS: i64 = 60;
+
+/// The JWT's lifetime counted from the backdated `iat`: GitHub refuses more
+/// than ten minutes.
+const JWT_LIFETIME_SECS: i64 = 600;
+
+/// The permissions a dispatch needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// `repository_dispatch`: Contents write, Metadata read.
+    Contents,
+    /// `workflow_dispatch`: also Actions write.
+    Workflow,
+}
+
+impl Scope {
+    /// The scope a dispatch to this API path needs.
+    pub fn for_path(path: &str) -> Scope {
+        if path.contains("/actions/workflows/") {
+            Scope::Workflow
+        } else {
+            Scope::Contents
+        }
+    }
+
+    /// The `permissions` object of the token request.
+    pub fn permissions(self) -> Value {
+        match self {
+            Scope::Contents => json!({"contents": "write", "metadata": "read"}),
+            Scope::Workflow => json!({"actions": "write", "contents": "write", "metadata": "read"}),
+        }
+    }
+}
+
+/// A token ready to send, with what the retry rules need to know about it.
+#[derive(Clone, Debug)]
+pub struct IssuedToken {
+    pub secret: Secret,
+    /// When an App installation token was minted; `None` for a fixed token.
+    pub minted_at: Option<Instant>,
+}
+
+/// Why no token could be had. Every message is safe to log and store: none
+/// holds a token, a JWT or key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("the GitHub App private key cannot be used: {0}")]
+    Key(String),
+    #[error(
+        "GitHub refused the App's JWT ({0}): check github.app.id and that the private key belongs to this App"
+    )]
+    AppRejected(String),
+    #[error(
+        "the GitHub App is not installed on {0}: install it on the repository (Contents: write, Metadata: read)"
+    )]
+    NotInstalled(String),
+    #[error("the GitHub App installation lacks a permission this dispatch needs ({0})")]
+    MissingPermission(String),
+    #[error("could not reach GitHub for an App token: {0}")]
+    Transport(TransportError),
+    #[error("GitHub answered {0} to an App token request: {1}")]
+    Unexpected(u16, String),
+}
+
+impl CredentialError {
+    /// Whether trying again later cannot help (the configuration or the
+    /// installation must change first).
+    pub fn is_permanent(&self) -> bool {
+        !matches!(
+            self,
+            CredentialError::Transport(_) | CredentialError::Unexpected(500..=599, _)
+        )
+    }
+}
+
+/// Where tokens for GitHub come from.
+#[derive(Debug)]
+pub enum Credentials {
+    /// A personal access token (or any fixed token).
+    Token(Secret),
+    /// A GitHub App (boxed: its caches make it much larger than a token).
+    App(Box<AppAuth>),
+}
+
+impl Credentials {
+    /// The credentials a configuration describes.
+    pub fn from_config(
+        credential: &crate::config::Credential,
+        client: GitHubClient,
+        metrics: Option<Metrics>,
+    ) -> Credentials {
+        match credential {
+            crate::config::Credential::Token(token) => Credentials::Token(token.clone()),
+            crate::config::Credential::App(app) => {
+                Credentials::App(Box::new(AppAuth::new(app, client, metrics)))
+            }
+        }
+    }
+
+    /// The token to use for a dispatch of `scope` to `repo`.
+    pub async fn token_for(
+        &self,
+        repo: &str,
+        scope: Scope,
+    ) -> Result<IssuedToken, CredentialError> {
+        match self {
+            Credentials::Token(token) => Ok(IssuedToken {
+                secret: token.clone(),
+                minted_at: None,
+            }),
+            Credentials::App(app) => app.token_for(repo, scope).await,
+        }
+    }
+
+    /// Drops a token GitHub refused, so that the next `token_for` mints a new
+    /// one. A token already replaced by another task is left alone.
+    pub fn invalidate(&self, repo: &str, scope: Scope, refused: &Secret) {
+        if let Credentials::App(app) = self {
+            app.invalidate(repo, scope, refused);
+        }
+    }
+
+    /// Whether tokens are App installation tokens (which can be renewed).
+    pub fn is_app(&self) -> bool {
+        matches!(self, Credentials::App(_))
+    }
+
+    /// A name for the credential that is safe for logs and metric labels.
+    pub fn label(&self, repo: &str) -> String {
+        match self {
+            Credentials::Token(_) => "token".to_string(),
+            Credentials::App(app) => match app.cached_installation(repo) {
+                Some(id) => format!("app:{id}"),
+                None => "app".to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct CachedToken {
+    secret: Secret,
+    minted_at: Instant,
+    /// When the token is replaced: five minutes before `expires_at`, or
+    /// half way through its life when GitHub grants less than ten minutes.
+    renew_at: SystemTime,
+}
+
+/// GitHub App authentication with its caches.
+pub struct AppAuth {
+    client: GitHubClient,
+    app_id: String,
+    key_source: KeySource,
+    key: Mutex<Option<Arc<EncodingKey>>>,
+    fixed_installation: Option<u64>,
+    metrics: Option<Metrics>,
+    /// GitHub's clock minus ours, in seconds, learnt from a refused JWT.
+    skew_secs: AtomicI64,
+    installations: Mutex<HashMap<String, u64>>,
+    /// Lookups are rare (once per repository), so one lock for all of them
+    /// keeps a burst for a new repository down to one request.
+    lookup: tokio::sync::Mutex<()>,
+    tokens: Mutex<HashMap<(u64, String, Scope), CachedToken>>,
+    minting: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+enum KeySource {
+    File(std::path::PathBuf),
+    Inline(Secret),
+}
+
+impl std::fmt::Debug for AppAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppAuth")
+            .field("app_id", &self.app_id)
+            .field("installation_id", &self.fixed_installation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppAuth {
+    pub fn new(app: &AppCredential, client: GitHubClient, metrics: Option<Metrics>) -> AppAuth {
+        AppAuth {
+            client,
+            app_id: app.id.clone(),
+            key_source: match &app.private_key {
+                PrivateKeySource::File(path) => KeySource::File(path.clone()),
+                PrivateKeySource::Inline(pem) => KeySource::Inline(pem.clone()),
+            },
+            key: Mutex::new(None),
+            fixed_installation: app.installation_id,
+            metrics,
+            skew_secs: AtomicI64::new(0),
+            installations: Mutex::default(),
+            lookup: tokio::sync::Mutex::new(()),
+            tokens: Mutex::default(),
+            minting: Mutex::default(),
+        }
+    }
+
+    /// The signing key, read on first use so that `serve` starts even while
+    /// a mounted secret is not there yet.
+    fn key(&self) -> Result<Arc<EncodingKey>, CredentialError> {
+        if let Some(key) = lock(&self.key).as_ref() {
+            return Ok(key.clone());
+        }
+        let pem = match &self.key_source {
+            KeySource::File(path) => std::fs::read(path).map_err(|e| {
+                CredentialError::Key(format!("cannot read {}: {e}", path.display()))
+            })?,
+            KeySource::Inline(pem) => pem.expose().as_bytes().to_vec(),
+        };
+        // The error of the PEM parser never quotes the key, but a fixed text
+        // keeps that a promise rather than an observation.
+        let key = EncodingKey::from_rsa_pem(&pem).map_err(|_| {
+            CredentialError::Key("it is not an RSA private key in PEM form".to_string())
+        })?;
+        let key = Arc::new(key);
+        *lock(&self.key) = Some(key.clone());
+        Ok(key)
+    }
+
+    /// A fresh JWT for the App.
+    fn jwt(&self) -> Result<Secret, CredentialError> {
+        let now = epoch_secs() + self.skew_secs.load(Ordering::Relaxed);
+        let iat = now - JWT_BACKDATE_SECS;
+        // GitHub reads `iss` as the app id (number or string) or client id.
+        let iss = match self.app_id.parse::<u64>() {
+            Ok(id) => json!(id),
+            Err(_) => json!(self.app_id),
+        };
+        let claims = json!({"iat": iat, "exp": iat + JWT_LIFETIME_SECS, "iss": iss});
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &*self.key()?)
+            .map(Secret::new)
+            .map_err(|_| CredentialError::Key("signing the JWT failed".to_string()))
+    }
+
+    /// Sends a request authenticated as the App. When GitHub refuses the JWT
+    /// for its times, the skew is learnt from the `Date` header and the
+    /// request is sent once more.
+    async fn as_app(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<Answer, CredentialError> {
+        let mut corrected = false;
+        loop {
+            let jwt = self.jwt()?;
+            let answer = self
+                .client
+                .send(method.clone(), path, body, &jwt)
+                .await
+                .map_err(CredentialError::Transport)?;
+            if answer.status == 401 && !corrected && is_clock_complaint(&answer) {
+                if let Some(skew) = answer.date.as_deref().and_then(skew_from_date) {
+                    tracing::warn!(
+                        skew_secs = skew,
+                        "GitHub refused the App JWT for its times; correcting for clock skew"
+                    );
+                    self.skew_secs.store(skew, Ordering::Relaxed);
+                    corrected = true;
+                    continue;
+                }
+            }
+            return Ok(answer);
+        }
+    }
+
+    /// The installation id for `repo`, from the configuration, the cache or
+    /// GitHub.
+    pub async fn installation_for(&self, repo: &str) -> Result<u64, CredentialError> {
+        if let Some(id) = self.fixed_installation {
+            return Ok(id);
+        }
+        let key = repo.to_ascii_lowercase();
+        if let Some(id) = self.cached_installation(&key) {
+            return Ok(id);
+        }
+        let _one_at_a_time = self.lookup.lock().await;
+        if let Some(id) = self.cached_installation(&key) {
+            return Ok(id);
+        }
+        let answer = self
+            .as_app(
+                reqwest::Method::GET,
+                &format!("/repos/{repo}/installation"),
+                None,
+            )
+            .await?;
+        match answer.status {
+            200 => {
+                let id = parse_body(&answer)
+                    .and_then(|v| v.get("id").and_then(Value::as_u64))
+                    .ok_or_else(|| {
+                        CredentialError::Unexpected(200, "an installation without an id".into())
+                    })?;
+                lock(&self.installations).insert(key, id);
+                Ok(id)
+            }
+            401 => Err(CredentialError::AppRejected(message(&answer))),
+            404 => Err(CredentialError::NotInstalled(repo.to_string())),
+            status => Err(CredentialError::Unexpected(status, message(&answer))),
+        }
+    }
+
+    fn cached_installation(&self, repo: &str) -> Option<u64> {
+        self.fixed_installation.or_else(|| {
+            lock(&self.installations)
+                .get(&repo.to_ascii_lowercase())
+                .copied()
+        })
+    }
+
+    fn cached_token(&self, key: &(u64, String, Scope)) -> Option<IssuedToken> {
+        let tokens = lock(&self.tokens);
+        let cached = tokens.get(key)?;
+        (SystemTime::now() < cached.renew_at).then(|| IssuedToken {
+            secret: cached.secret.clone(),
+            minted_at: Some(cached.minted_at),
+        })
+    }
+
+    fn mint_lock(&self, installation: u64) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.minting).entry(installation).or_default().clone()
+    }
+
+    /// A token for a dispatch of `scope` to `repo`: the cached one while it
+    /// is fresh, else a new one minted under the installation's lock.
+    pub async fn token_for(
+        &self,
+        repo: &str,
+        scope: Scope,
+    ) -> Result<IssuedToken, CredentialError> {
+        let installation = self.installation_for(repo).await?;
+        let key = (installation, repo.to_ascii_lowercase(), scope);
+        if let Some(token) = self.cached_token(&key) {
+            return Ok(token);
+        }
+        let mint_lock = self.mint_lock(installation);
+        let _one_mint_at_a_time = mint_lock.lock().await;
+        // Whoever held the lock before may have minted this very token.
+        if let Some(token) = self.cached_token(&key) {
+            return Ok(token);
+        }
+        let result = self.mint(installation, repo, scope).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.token_mint(result.is_ok());
+        }
+        let cached = result?;
+        let token = IssuedToken {
+            secret: cached.secret.clone(),
+            minted_at: Some(cached.minted_at),
+        };
+        lock(&self.tokens).insert(key, cached);
+        Ok(token)
+    }
+
+    async fn mint(
+        &self,
+        installation: u64,
+        repo: &str,
+        scope: Scope,
+    ) -> Result<CachedToken, CredentialError> {
+        let name = repo.split_once('/').map_or(repo, |(_, name)| name);
+        let body = json!({"repositories": [name], "permissions": scope.permissions()});
+        let answer = self
+            .as_app(
+                reqwest::Method::POST,
+                &format!("/app/installations/{installation}/access_tokens"),
+                Some(&body.to_string()),
+            )
+            .await?;
+        match answer.status {
+            200..=299 => {}
+            401 => return Err(CredentialError::AppRejected(message(&answer))),
+            404 => {
+                // The installation is gone (uninstalled, or a stale cache):
+                // forget it so the next try looks it up again.
+                lock(&self.installations).retain(|_, id| *id != installation);
+                return Err(CredentialError::NotInstalled(repo.to_string()));
+            }
+            403 | 422 => {
+                return Err(CredentialError::MissingPermission(format!(
+                    "asked for {} on {repo}: {}",
+                    scope.permissions(),
+                    message(&answer)
+                )));
+            }
+            status => return Err(CredentialError::Unexpected(status, message(&answer))),
+        }
+        let value = parse_body(&answer).ok_or_else(|| {
+            CredentialError::Unexpected(answer.status, "a token answer that is not JSON".into())
+        })?;
+        let secret = value
+            .get("token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(|t| Secret::new(t.to_string()))
+            .ok_or_else(|| {
+                CredentialError::Unexpected(answer.status, "a token answer without a token".into())
+            })?;
+        let now = SystemTime::now();
+        let expires_at = value
+            .get("expires_at")
+            .and_then(Value::as_str)
+            .and_then(parse_rfc3339)
+            // GitHub's clock may differ from ours; the skew learnt from JWTs
+            // moves its expiry onto our clock.
+            .map(|at| shift(at, -self.skew_secs.load(Ordering::Relaxed)))
+            .unwrap_or(now + Duration::from_secs(3600));
+        Ok(CachedToken {
+            secret,
+            minted_at: Instant::now(),
+            renew_at: renew_at(now, expires_at),
+        })
+    }
+
+    fn invalidate(&self, repo: &str, scope: Scope, refused: &Secret) {
+        let Some(installation) = self.cached_installation(repo) else {
+            return;
+        };
+        let key = (installation, repo.to_ascii_lowercase(), scope);
+        let mut tokens = lock(&self.tokens);
+        if tokens
+            .get(&key)
+            .is_some_and(|t| t.secret.expose() == refused.expose())
+        {
+            tokens.remove(&key);
+        }
+    }
+
+    /// Checks that the App can dispatch to `repo` with `scope`: the
+    /// installation lookup and a scoped mint. Used by the preflight.
+    pub async fn probe(&self, repo: &str, scope: Scope) -> Result<IssuedToken, CredentialError> {
+        self.token_for(repo, scope).await
+    }
+}
+
+/// When a token minted at `now` that expires at `expires_at` is replaced:
+/// five minutes before expiry, but never later than half way through its
+/// life, so that a short-lived token is still used for a while.
+pub fn renew_at(now: SystemTime, expires_at: SystemTime) -> SystemTime {
+    let life = expires_at.duration_since(now).unwrap_or(Duration::ZERO);
+    expires_at - RENEW_BEFORE.min(life / 2)
+}
+
+fn shift(at: SystemTime, secs: i64) -> SystemTime {
+    if secs >= 0 {
+        at + Duration::from_secs(secs as u64)
+    } else {
+        at - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+fn epoch_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn parse_body(answer: &Answer) -> Option<Value> {
+    serde_json::from_str(answer.body.as_deref()?).ok()
+}
+
+fn message(answer: &Answer) -> String {
+    answer
+        .message
+        .clone()
+        .unwrap_or_else(|| format!("status {}", answer.status))
+}
+
+/// Whether a 401 to a JWT complains about `iat` or `exp`.
+fn is_clock_complaint(answer: &Answer) -> bool {
+    let message = answer.message.as_deref().unwrap_or("");
+    ["'iat'", "'exp'", "Issued at", "Expiration time"]
+        .iter()
+        .any(|needle| message.contains(needle))
+}
+
+/// GitHub's clock minus ours, from an HTTP `Date` header.
+pub fn skew_from_date(date: &str) -> Option<i64> {
+    let theirs = parse_http_date(date)?;
+    Some(theirs - epoch_secs())
+}
+
+/// The IMF-fixdate layout of HTTP's `Date` header.
+const HTTP_DATE: &str =
+    "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT";
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to epoch seconds.
+pub fn parse_http_date(date: &str) -> Option<i64> {
+    let format = time::format_description::parse_borrowed::<2>(HTTP_DATE).ok()?;
+    time::PrimitiveDateTime::parse(date.trim(), &format)
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
+}
+
+fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(at.unix_timestamp()).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_renewed_five_minutes_before_expiry_or_half_way() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let hour = now + Duration::from_secs(3600);
+        assert_eq!(renew_at(now, hour), hour - RENEW_BEFORE);
+        let short = now + Duration::from_secs(60);
+        assert_eq!(renew_at(now, short), now + Duration::from_secs(30));
+        assert_eq!(renew_at(now, now), now);
+    }
+
+    #[test]
+    fn http_dates_parse_and_give_the_skew() {
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(parse_http_date("yesterday"), None);
+        let ahead = time::OffsetDateTime::now_utc() + time::Duration::minutes(15);
+        let format = time::format_description::parse_borrowed::<2>(HTTP_DATE).unwrap();
+        let skew = skew_from_date(&ahead.format(&format).unwrap()).unwrap();
+        assert!((899..=901).contains(&skew), "{skew}");
+    }
+
+    #[test]
+    fn scopes_ask_for_the_least_permissions() {
+        assert_eq!(Scope::for_path("/repos/a/b/dispatches"), Scope::Contents);
+        assert_eq!(
+            Scope::for_path("/repos/a/b/actions/workflows/x.yml/dispatches"),
+            Scope::Workflow
+        );
+        assert_eq!(
+            Scope::Contents.permissions(),
+            json!({"contents": "write", "metadata": "read"})
+        );
+        assert_eq!(Scope::Workflow.permissions()["actions"], "write");
+    }
+
+    #[test]
+    fn credential_errors_say_whether_waiting_helps() {
+        assert!(CredentialError::NotInstalled("a/b".into()).is_permanent());
+        assert!(CredentialError::AppRejected("x".into()).is_permanent());
+        assert!(!CredentialError::Transport(TransportError::Timeout).is_permanent());
+        assert!(!CredentialError::Unexpected(502, "x".into()).is_permanent());
+    }
+}

@@ -1,0 +1,390 @@
+//! The relay authenticating as a GitHub App against the fake GitHub: installation lookup,
+//! scoped and cached installation tokens, renewal before expiry, one mint per burst, a refused
+//! token renewed and sent again, and workflow dispatches with and without run details.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::fake_github::{
+    FakeGitHub, RecordedRequest, Scripted, TEST_APP_KEY, TEST_APP_PUBLIC_KEY,
+};
+use crate::helpers::{TestApp, hmac_route, spawn_app, spawn_app_with};
+
+const WAIT: Duration = Duration::from_secs(20);
+pub const APP_ID: u64 = 31337;
+const MINT: &str = "apps/create-installation-access-token";
+const LOOKUP: &str = "apps/get-repo-installation";
+
+/// The head of routes.yaml for a relay that authenticates as the test App.
+pub fn app_head(pacing: &str) -> String {
+    format!(
+        r#"
+github:
+  app:
+    id: "${{GITHUB_APP_ID}}"
+    private_key_file: {TEST_APP_KEY}
+  pacing: {pacing}
+  timeout: 5s
+retry:
+  initial_backoff: 10ms
+  max_backoff: 50ms
+"#
+    )
+}
+
+/// Makes the fake GitHub know the test App, installed on acme/blog and acme/docs.
+pub fn enable_test_app(github: &FakeGitHub) {
+    let public = std::fs::read_to_string(TEST_APP_PUBLIC_KEY).unwrap();
+    github.enable_app(APP_ID, &public);
+    github.add_installation("acme/blog", 7);
+    github.add_installation("acme/docs", 7);
+}
+
+async fn spawn_as_app(routes: &str, pacing: &str) -> TestApp {
+    let app = spawn_app_with(
+        &app_head(pacing),
+        routes,
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+    )
+    .await;
+    enable_test_app(&app.github);
+    app
+}
+
+fn blog_target() -> &'static str {
+    "      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          n: \"{{ body.n }}\"\n"
+}
+
+fn bearer(request: &RecordedRequest) -> String {
+    request
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .expect("a bearer token")
+        .to_string()
+}
+
+fn all_delivered(list: &[Value], n: usize) -> bool {
+    list.len() == n && list.iter().all(|d| d["status"] == "delivered")
+}
+
+async fn post_n(app: &TestApp, route: &str, n: usize) {
+    for i in 0..n {
+        let status = app
+            .post_signed(route, &format!(r#"{{"n":{i}}}"#))
+            .await
+            .status();
+        assert_eq!(status, 202);
+    }
+}
+
+/// No token, JWT or key material may ever reach the logs.
+fn assert_no_secrets_in_logs(app: &TestApp) {
+    let logs = app.logs().join("\n");
+    for request in app.github.requests() {
+        if let Some(token) = request
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+        {
+            assert!(!logs.contains(token), "a credential reached the logs");
+        }
+    }
+    assert!(!logs.contains("PRIVATE KEY"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_dispatches_for_one_installation_cause_one_mint_and_one_lookup() {
+    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
+    app.github.set_latency(Duration::from_millis(50));
+    let posts = (0..50).map(|i| {
+        let app = &app;
+        async move {
+            app.post_signed("cms", &format!(r#"{{"n":{i}}}"#))
+                .await
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(posts).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    let sent = app.github.wait_for_dispatches(50, WAIT).await;
+    assert_eq!(app.github.requests_of(MINT).len(), 1);
+    assert_eq!(app.github.requests_of(LOOKUP).len(), 1);
+    let tokens: HashSet<String> = sent.iter().map(bearer).collect();
+    assert_eq!(tokens.len(), 1);
+    assert!(tokens.iter().all(|t| t.starts_with("ghs_")));
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 50))
+        .await;
+    assert!(
+        app.metrics()
+            .await
+            .contains("dispatch_relay_github_token_mints_total{result=\"success\"} 1")
+    );
+    assert_eq!(app.github.violations(), Vec::<String>::new());
+    assert_no_secrets_in_logs(&app);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mints_are_narrowed_to_the_repository_and_the_permissions_of_the_target() {
+    let targets = "      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/docs\n        workflow: deploy.yml\n        ref: main\n        inputs:\n          n: \"{{ body.n }}\"\n";
+    let app = spawn_as_app(&hmac_route("cms", targets), "off").await;
+    post_n(&app, "cms", 1).await;
+    let sent = app.github.wait_for_dispatches(2, WAIT).await;
+    let mut bodies: Vec<(String, Value)> = app
+        .github
+        .requests_of(MINT)
+        .iter()
+        .map(|r| (r.path.clone(), r.body.clone().unwrap()))
+        .collect();
+    bodies.sort_by_key(|(_, b)| b["repositories"][0].as_str().unwrap().to_string());
+    assert_eq!(
+        bodies,
+        vec![
+            (
+                "/app/installations/7/access_tokens".to_string(),
+                json!({"repositories": ["blog"], "permissions": {"contents": "write", "metadata": "read"}})
+            ),
+            (
+                "/app/installations/7/access_tokens".to_string(),
+                json!({"repositories": ["docs"], "permissions": {"actions": "write", "contents": "write", "metadata": "read"}})
+            ),
+        ]
+    );
+    // Each scope has its own token.
+    assert_ne!(bearer(&sent[0]), bearer(&sent[1]));
+    // The JWT names the App and lives at most ten minutes, 60 s backdated.
+    let mint = &app.github.requests_of(MINT)[0];
+    let jwt = bearer(mint);
+    let claims: Value = {
+        use base64::Engine;
+        let part = jwt.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(claims["iss"], json!(APP_ID));
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+    );
+    assert!(exp - iat <= 600, "{claims}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - 70..=now - 50).contains(&iat), "{claims}");
+    assert_eq!(app.github.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_installation_lookup_is_cached_and_tokens_are_reused_until_renewal() {
+    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
+    // GitHub's long token format, far beyond 40 characters, is used as is.
+    app.github.set_long_tokens(true);
+    // A short life: the token is renewed half way through it (or five minutes before
+    // expiry for GitHub's hour-long tokens).
+    app.github.set_token_lifetime(Duration::from_secs(3));
+    post_n(&app, "cms", 3).await;
+    let first = app.github.wait_for_dispatches(3, WAIT).await;
+    let first_token = bearer(&first[0]);
+    assert!(first_token.len() > 100);
+    assert!(first.iter().all(|r| bearer(r) == first_token));
+    assert_eq!(app.github.requests_of(MINT).len(), 1);
+    let minted = app.github.requests_of(MINT)[0].received_at;
+
+    // Keep dispatching until the relay renews; it must do so before the token expires.
+    let start = Instant::now();
+    let mut n = 3;
+    let renewed = loop {
+        post_n(&app, "cms", 1).await;
+        n += 1;
+        let sent = app.github.wait_for_dispatches(n, WAIT).await;
+        let last = sent.last().unwrap();
+        if bearer(last) != first_token {
+            break last.received_at;
+        }
+        assert!(start.elapsed() < WAIT, "the token was never renewed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let age = renewed.duration_since(minted);
+    assert!(
+        age >= Duration::from_millis(900) && age < Duration::from_secs(3),
+        "renewed after {age:?}"
+    );
+    assert_eq!(app.github.requests_of(MINT).len(), 2);
+    assert_eq!(app.github.requests_of(LOOKUP).len(), 1);
+    // No dispatch was ever refused.
+    assert!(app.github.requests().iter().all(|r| r.status != 401));
+    assert_no_secrets_in_logs(&app);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_expiring_mid_queue_causes_no_failed_delivery() {
+    let app = spawn_as_app(
+        &hmac_route("cms", blog_target()),
+        "{ concurrency: 1, min_interval: 100ms, per_minute: 6000 }",
+    )
+    .await;
+    post_n(&app, "cms", 12).await;
+    app.github.wait_for_dispatches(4, WAIT).await;
+    // GitHub revokes the token while jobs are still queued.
+    app.github.expire_installation_tokens();
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 12))
+        .await;
+    let refused = app
+        .github
+        .requests()
+        .iter()
+        .filter(|r| r.is_dispatch() && r.status == 401)
+        .count();
+    assert!(refused >= 1, "the expiry never showed");
+    assert_eq!(app.github.dispatches().len(), 12);
+    assert_eq!(app.github.requests_of(MINT).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_right_after_a_mint_is_retried_with_a_new_token() {
+    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::BadCredentials]);
+    post_n(&app, "cms", 1).await;
+    let list = app
+        .wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+    assert_eq!(list[0]["targets"][0]["attempts"], 1);
+    let dispatches: Vec<RecordedRequest> = app
+        .github
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_dispatch())
+        .collect();
+    assert_eq!(
+        dispatches.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![401, 204]
+    );
+    assert_ne!(bearer(&dispatches[0]), bearer(&dispatches[1]));
+    // The retry waited out GitHub's replication lag rather than hammering.
+    assert!(
+        dispatches[1]
+            .received_at
+            .duration_since(dispatches[0].received_at)
+            >= Duration::from_millis(900)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_401_fails_with_the_bad_credentials_explanation() {
+    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::BadCredentials, Scripted::BadCredentials],
+    );
+    post_n(&app, "cms", 1).await;
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && list[0]["status"] == "failed"
+        })
+        .await;
+    assert!(
+        list[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("bad credentials")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_without_the_app_fails_with_the_reason() {
+    let targets = "      - repo: acme/site\n        event_type: deploy\n";
+    let app = spawn_as_app(&hmac_route("cms", targets), "off").await;
+    post_n(&app, "cms", 1).await;
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && list[0]["status"] == "failed"
+        })
+        .await;
+    let error = list[0]["error"].as_str().unwrap();
+    assert!(error.contains("not installed on acme/site"), "{error}");
+    assert!(app.github.dispatches().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_skewed_clock_is_corrected_from_githubs_date_header() {
+    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
+    // GitHub's clock runs 20 minutes ahead: the relay's first JWT looks expired to it.
+    app.github.set_clock_offset(20 * 60);
+    post_n(&app, "cms", 1).await;
+    app.github.wait_for_dispatches(1, WAIT).await;
+    let lookups = app.github.requests_of(LOOKUP);
+    assert_eq!(
+        lookups.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![401, 200]
+    );
+    assert_eq!(app.github.requests_of(MINT)[0].status, 201);
+}
+
+const WORKFLOW_TARGET: &str = "      - repo: acme/docs\n        workflow: deploy.yml\n        ref: main\n        inputs:\n          n: \"{{ body.n }}\"\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workflow_dispatches_record_the_run_they_created() {
+    let app = spawn_app(&hmac_route("cms", WORKFLOW_TARGET)).await;
+    post_n(&app, "cms", 1).await;
+    let sent = app.github.wait_for_dispatches(1, WAIT).await;
+    assert_eq!(
+        sent[0].body,
+        Some(json!({"ref": "main", "inputs": {"n": "0"}, "return_run_details": true}))
+    );
+    let list = app
+        .wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+    let result = &list[0]["targets"][0]["result"];
+    assert!(result["workflow_run_id"].as_u64().is_some(), "{list:#?}");
+    assert!(
+        result["html_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://github.com/acme/docs/actions/runs/")
+    );
+    // The text listing shows the run too, and the log has it.
+    let output = app.cli(&["deliveries"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("workflow run"), "{text}");
+    assert!(
+        app.logs()
+            .iter()
+            .any(|l| l.contains("Workflow run created") && l.contains("workflow_run_id"))
+    );
+    assert_eq!(app.github.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_run_details_is_asked_once_and_then_no_more() {
+    let app = spawn_app(&hmac_route("cms", WORKFLOW_TARGET)).await;
+    app.github.set_reject_run_details(true);
+    post_n(&app, "cms", 1).await;
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+    post_n(&app, "cms", 1).await;
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 2))
+        .await;
+    let sent: Vec<(u16, bool)> = app
+        .github
+        .requests()
+        .iter()
+        .filter(|r| r.is_dispatch())
+        .map(|r| {
+            (
+                r.status,
+                r.body
+                    .as_ref()
+                    .is_some_and(|b| b.get("return_run_details").is_some()),
+            )
+        })
+        .collect();
+    assert_eq!(sent, vec![(422, true), (204, false), (204, false)]);
+    let list = app.deliveries(&[]);
+    assert!(list.iter().all(|d| d["targets"][0].get("result").is_none()));
+}
