@@ -219,9 +219,38 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
     for route in &loaded.config.routes {
         println!("  {}", config::summary(route));
     }
-    if online {
+    if !online {
+        return Ok(());
+    }
+    let config = &loaded.config;
+    let client = crate::github::GitHubClient::new(&config.github.api_url, config.github.timeout)
+        .map_err(runtime)?;
+    let credentials = crate::github::app::Credentials::from_config(
+        &config.github.credential,
+        client.clone(),
+        None,
+    );
+    let targets = crate::github::preflight::static_targets(config);
+    println!(
+        "online: asking {} about {} repositories",
+        config.github.api_url,
+        targets.len()
+    );
+    let findings = crate::github::preflight::check(&credentials, &client, &targets).await;
+    let mut failed = 0;
+    for finding in &findings {
+        match &finding.result {
+            Ok(()) => println!("  ok    {}", finding.target.repo),
+            Err(reason) => {
+                failed += 1;
+                println!("  FAIL  {}: {reason}", finding.target.repo);
+            }
+        }
+    }
+    if failed > 0 {
         return Err(invalid(anyhow::anyhow!(
-            "--online is not available yet: the configuration itself is valid"
+            "{failed} of {} repositories cannot receive dispatches with this credential",
+            findings.len()
         )));
     }
     Ok(())

@@ -23,6 +23,29 @@ use crate::secret::Secret;
 use crate::store::{Store, Synchronous};
 use crate::telemetry::Metrics;
 
+/// Runs the same preflight as `check --online` and logs what it finds. It
+/// never stops the relay: a repository can be fixed while it runs, and the
+/// queue keeps whatever cannot be sent yet.
+async fn preflight(
+    credentials: Arc<Credentials>,
+    client: GitHubClient,
+    targets: Vec<crate::github::preflight::Target>,
+) {
+    let findings = crate::github::preflight::check(&credentials, &client, &targets).await;
+    let mut ok = 0;
+    for finding in findings {
+        match finding.result {
+            Ok(()) => ok += 1,
+            Err(reason) => tracing::warn!(
+                repo = %finding.target.repo,
+                reason = %reason,
+                "Preflight: this repository cannot receive dispatches yet"
+            ),
+        }
+    }
+    tracing::info!(ok, of = targets.len(), "Preflight finished");
+}
+
 /// How often finished deliveries past `store.retention` are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -80,6 +103,11 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         &config.github.credential,
         client.clone(),
         Some(metrics.clone()),
+    ));
+    tokio::spawn(preflight(
+        credentials.clone(),
+        client.clone(),
+        crate::github::preflight::static_targets(&config),
     ));
     let dispatcher = Dispatcher {
         store: store.clone(),

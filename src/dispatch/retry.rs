@@ -281,8 +281,7 @@ mod tests {
             status,
             rate,
             message: (!message.is_empty()).then(|| message.to_string()),
-            body: None,
-            date: None,
+            ..Answer::default()
         }
     }
 

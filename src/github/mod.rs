@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod outbound;
+pub mod preflight;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,9 @@ pub struct Answer {
     /// GitHub's `Date` header, used to correct clock skew when a GitHub App
     /// JWT is refused for its `iat` or `exp`.
     pub date: Option<String>,
+    /// `x-oauth-scopes`: the scopes of a classic personal access token
+    /// (absent for fine-grained tokens and App tokens).
+    pub oauth_scopes: Option<String>,
 }
 
 /// The rate-limit headers GitHub sends.
@@ -233,6 +237,11 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
         .get(reqwest::header::DATE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let oauth_scopes = response
+        .headers()
+        .get("x-oauth-scopes")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let text = response.text().await.map_err(transport_error)?;
     let keep = if (200..300).contains(&status) {
         MAX_SUCCESS_BODY
@@ -261,6 +270,7 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
         message,
         body,
         date,
+        oauth_scopes,
     })
 }
 

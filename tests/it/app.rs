@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use crate::fake_github::{
     FakeGitHub, RecordedRequest, Scripted, TEST_APP_KEY, TEST_APP_PUBLIC_KEY,
 };
-use crate::helpers::{TestApp, hmac_route, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, hmac_route, spawn_app, spawn_app_prepared};
 
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(60);
 pub const APP_ID: u64 = 31337;
 const MINT: &str = "apps/create-installation-access-token";
 const LOOKUP: &str = "apps/get-repo-installation";
@@ -43,14 +43,13 @@ pub fn enable_test_app(github: &FakeGitHub) {
 }
 
 async fn spawn_as_app(routes: &str, pacing: &str) -> TestApp {
-    let app = spawn_app_with(
+    spawn_app_prepared(
         &app_head(pacing),
         routes,
         &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        enable_test_app,
     )
-    .await;
-    enable_test_app(&app.github);
-    app
+    .await
 }
 
 fn blog_target() -> &'static str {

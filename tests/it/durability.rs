@@ -34,7 +34,7 @@ async fn a_burst_survives_kill_9_in_the_middle_of_sending() {
     assert_eq!(accepted.len(), 200);
     // Crash once some, but not all, have reached GitHub.
     app.github
-        .wait_for_dispatches(5, Duration::from_secs(15))
+        .wait_for_dispatches(5, Duration::from_secs(60))
         .await;
     app.kill9();
     let before = app.github.dispatches().len();
@@ -92,9 +92,9 @@ async fn sigterm_refuses_new_webhooks_finishes_in_flight_and_exits_0() {
     assert_eq!(app.post_signed("cms", r#"{"n":1}"#).await.status(), 202);
     // Wait until the dispatch is in flight at GitHub.
     let start = std::time::Instant::now();
-    while app.github.requests().is_empty() {
+    while app.github.dispatch_attempts().is_empty() {
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(60),
             "the dispatch never started"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -151,7 +151,7 @@ async fn a_valid_edit_adds_a_route_and_an_invalid_one_keeps_the_old_routes() {
         }
         assert_eq!(status, 404);
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(30),
             "the new route never appeared"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -165,7 +165,7 @@ async fn a_valid_edit_adds_a_route_and_an_invalid_one_keeps_the_old_routes() {
         .contains(r#"dispatch_relay_config_reloads_total{result="failure"} 1"#)
     {
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(30),
             "the invalid edit was never noticed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -229,6 +229,21 @@ impl FakeGitHub {
         );
     }
 
+    /// Accepts this fine-grained personal access token with read-only access
+    /// to contents: it sees repositories but may not dispatch to them.
+    pub fn add_read_only_token(&self, token: &str) {
+        let permissions = json!({"contents": "read", "metadata": "read"});
+        lock(&self.shared.tokens).insert(
+            token.to_owned(),
+            Grant {
+                installation_id: None,
+                expires_at: None,
+                repositories: None,
+                permissions: permissions.as_object().cloned(),
+            },
+        );
+    }
+
     /// Makes `owner/name` exist. Names are matched case-insensitively, as on GitHub.
     pub fn add_repo(&self, full_name: &str) {
         lock(&self.shared.repos).insert(repo_key(full_name));
@@ -325,6 +340,17 @@ impl FakeGitHub {
     /// Every request received so far, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.log).requests.clone()
+    }
+
+    /// Every dispatch request, whatever it was answered (other operations,
+    /// such as the relay's start-up preflight reads, are left out).
+    pub fn dispatch_attempts(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.log)
+            .requests
+            .iter()
+            .filter(|r| r.is_dispatch())
+            .cloned()
+            .collect()
     }
 
     /// Only the dispatch requests that were answered with a 2xx.

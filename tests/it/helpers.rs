@@ -245,11 +245,23 @@ pub async fn spawn_app(routes: &str) -> TestApp {
 
 /// Starts a relay with a custom head, routes and extra environment.
 pub async fn spawn_app_with(head: &str, routes: &str, extra_env: &[(&str, &str)]) -> TestApp {
+    spawn_app_prepared(head, routes, extra_env, |_| {}).await
+}
+
+/// Like [`spawn_app_with`], with the fake GitHub prepared by `prepare`
+/// before the relay starts (its start-up preflight already talks to GitHub).
+pub async fn spawn_app_prepared(
+    head: &str,
+    routes: &str,
+    extra_env: &[(&str, &str)],
+    prepare: impl FnOnce(&FakeGitHub),
+) -> TestApp {
     let github = FakeGitHub::start().await;
     github.add_token(TOKEN);
     for repo in ["acme/blog", "acme/docs", "acme/site"] {
         github.add_repo(repo);
     }
+    prepare(&github);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("routes.yaml"),
@@ -311,7 +323,7 @@ fn start_relay(dir: &std::path::Path, env: &[(String, String)]) -> Started {
             sink.lock().unwrap().push(line);
         }
     });
-    let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+    let addr = match addr_rx.recv_timeout(Duration::from_secs(60)) {
         Ok(addr) => addr,
         Err(_) => {
             let _ = child.kill();

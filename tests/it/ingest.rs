@@ -180,7 +180,7 @@ async fn github_token_basic_and_none_methods() {
 
     assert_eq!(post("open", vec![]).await.unwrap().status(), 202);
     app.github
-        .wait_for_dispatches(4, std::time::Duration::from_secs(10))
+        .wait_for_dispatches(4, std::time::Duration::from_secs(60))
         .await;
     // The stored requests never keep credential headers.
     let db = std::fs::read(app.db_path()).unwrap();
@@ -376,7 +376,7 @@ async fn form_bodies_with_a_json_payload_field() {
     assert_eq!(response.status(), 202);
     let sent = app
         .github
-        .wait_for_dispatches(1, std::time::Duration::from_secs(10))
+        .wait_for_dispatches(1, std::time::Duration::from_secs(60))
         .await;
     assert_eq!(
         sent[0].body,

@@ -24,3 +24,5 @@ mod recipes;
 mod senders;
 // The relay as a GitHub App: tokens, renewal, scopes, and workflow run details.
 mod app;
+// check --online and serve's start-up preflight: why a repository cannot receive dispatches.
+mod preflight;

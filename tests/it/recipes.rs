@@ -438,7 +438,7 @@ async fn recipes_accept_their_samples_and_refuse_tampering() {
     }
     let dispatches = app
         .github
-        .wait_for_dispatches(expected_dispatches, std::time::Duration::from_secs(20))
+        .wait_for_dispatches(expected_dispatches, std::time::Duration::from_secs(60))
         .await;
     let s3_keys: Vec<String> = dispatches
         .iter()

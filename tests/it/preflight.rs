@@ -1,0 +1,99 @@
+//! `check --online` and the start-up preflight of `serve`: each reason a
+//! repository cannot receive dispatches, told apart.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::app::{APP_ID, app_head, enable_test_app};
+use crate::helpers::{TEST_HEAD, TOKEN, binary, spawn_app_prepared, spawn_app_with};
+
+const TARGETS: &str = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/private\n        event_type: deploy\n      - repo: acme/docs\n        workflow: deploy.yml\n        ref: main\n";
+
+fn check_online(app: &crate::helpers::TestApp, token: &str) -> (i32, String) {
+    let output = Command::new(binary())
+        .args(["check", "--online", "--config"])
+        .arg(app.config_path())
+        .env("GITHUB_API_URL", app.github.url())
+        .env("GITHUB_TOKEN", token)
+        .env("GITHUB_APP_ID", APP_ID.to_string())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_online_explains_each_failure_of_a_token() {
+    let app = spawn_app_with(TEST_HEAD, TARGETS, &[]).await;
+    let (code, text) = check_online(&app, TOKEN);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("  ok    acme/blog"), "{text}");
+    assert!(text.contains("  ok    acme/docs"), "{text}");
+    assert!(
+        text.contains(
+            "  FAIL  acme/private: repository not found, or the credential cannot see it"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 of 3 repositories cannot receive dispatches"),
+        "{text}"
+    );
+
+    app.github.add_read_only_token("github_pat_readonly");
+    let (_, text) = check_online(&app, "github_pat_readonly");
+    assert!(
+        text.contains("FAIL  acme/blog: missing permission: the credential can see acme/blog but not write to it (a dispatch needs Contents: write)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Contents: write and Actions: write"),
+        "{text}"
+    );
+
+    let (code, text) = check_online(&app, "ghp_revoked");
+    assert_eq!(code, 1);
+    assert!(
+        text.contains("FAIL  acme/blog: bad credentials: token invalid or expired"),
+        "{text}"
+    );
+    assert!(!text.contains("ghp_revoked"), "the token is never printed");
+
+    // `serve` runs the same preflight at start and logs what it finds.
+    let start = Instant::now();
+    while !app.logs().iter().any(|l| {
+        l.contains("Preflight: this repository cannot receive dispatches yet")
+            && l.contains("acme/private")
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no preflight warning: {:#?}",
+            app.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_online_says_when_the_app_is_not_installed() {
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/site\n        event_type: deploy\n";
+    let app = spawn_app_prepared(
+        &app_head("off"),
+        routes,
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        enable_test_app,
+    )
+    .await;
+    let (code, text) = check_online(&app, TOKEN);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("  ok    acme/blog"), "{text}");
+    assert!(
+        text.contains("FAIL  acme/site: the GitHub App is not installed on acme/site"),
+        "{text}"
+    );
+    assert_eq!(app.github.violations(), Vec::<String>::new());
+}
