@@ -231,8 +231,9 @@ pub struct RateLimit {
 pub struct Debounce {
     /// Quiet time after the last request before dispatching.
     pub window: Duration,
-    /// The longest a burst may delay its dispatch, if capped.
-    pub max_wait: Option<Duration>,
+    /// The longest a burst may delay its dispatch (default: five minutes, or
+    /// the window when that is longer).
+    pub max_wait: Duration,
 }
 
 /// How a route authenticates its senders.

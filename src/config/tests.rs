@@ -153,7 +153,7 @@ fn kitchen_sink_loads() {
         blog.debounce,
         Some(Debounce {
             window: Duration::from_secs(30),
-            max_wait: Some(Duration::from_secs(300))
+            max_wait: Duration::from_secs(300)
         })
     );
     assert_eq!(blog.max_body, 65_536);

@@ -20,6 +20,10 @@ use crate::template::EngineBuilder;
 
 const DEFAULT_API_URL: &str = "https://api.github.com";
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
+/// The default `debounce.max_wait`: a burst never delays its dispatch by
+/// more than this (or by more than the window, when that is longer).
+const DEFAULT_DEBOUNCE_MAX_WAIT: Duration = Duration::from_secs(300);
+
 const TOP_LEVEL_KEYS: [&str; 6] = ["github", "server", "store", "retry", "notify", "routes"];
 
 /// Collects errors and warnings, placing each in the file.
@@ -758,7 +762,9 @@ fn route(
             return None;
         }
         let max_wait = match raw.max_wait {
-            None => None,
+            // Without a bound a steady stream would postpone the dispatch for
+            // ever; five minutes (or the window, if longer) is the default.
+            None => window.max(DEFAULT_DEBOUNCE_MAX_WAIT),
             Some(text) => {
                 let wait_path = debounce_path.key("max_wait");
                 let wait = duration(report, Some(text), &wait_path, Duration::ZERO)?;
@@ -766,7 +772,7 @@ fn route(
                     report.error(&wait_path, "is shorter than `window`");
                     return None;
                 }
-                Some(wait)
+                wait
             }
         };
         Some(Debounce { window, max_wait })

@@ -110,21 +110,14 @@ pub fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> 
         .and_then(|b| serde_json::from_str(b).ok())
         .unwrap_or_default();
     if let Some(scopes) = &answer.oauth_scopes {
-        // A classic token: `repo` covers everything; `public_repo` only
-        // public repositories.
+        // A classic token: `repo` covers both dispatch endpoints (the
+        // `workflow` scope is for editing workflow files, not running them);
+        // `public_repo` only covers public repositories.
         let scopes: Vec<&str> = scopes.split(',').map(str::trim).collect();
         let private = repo["private"].as_bool().unwrap_or(true);
         let covered = scopes.contains(&"repo") || (!private && scopes.contains(&"public_repo"));
         if !covered {
             return Err("missing permission: the classic token needs the `repo` scope".to_string());
-        }
-        if target.scope == Scope::Workflow
-            && !scopes.contains(&"workflow")
-            && !scopes.contains(&"repo")
-        {
-            return Err(
-                "missing permission: the classic token needs the `workflow` scope".to_string(),
-            );
         }
     }
     if !app && repo["permissions"]["push"] == false {

@@ -189,7 +189,7 @@ async fn accept(
         failure: failure.clone(),
         debounce: route.debounce.as_ref().map(|d| DebounceWindow {
             window_ms: d.window.as_millis() as i64,
-            max_wait_ms: d.max_wait.map(|m| m.as_millis() as i64),
+            max_wait_ms: Some(d.max_wait.as_millis() as i64),
         }),
     };
     let accepted = state.store.accept(delivery).await.map_err(|e| {

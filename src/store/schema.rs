@@ -33,6 +33,16 @@ CREATE UNIQUE INDEX IF NOT EXISTS deliveries_dedupe ON deliveries (route, dedupe
 CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received_at);
 CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, received_at);
 
+-- The dedupe keys of webhooks merged into another delivery by debounce, so
+-- that a repeat of one of them is still recognised as a duplicate.
+CREATE TABLE IF NOT EXISTS coalesced_keys (
+    route        TEXT NOT NULL,
+    dedupe_key   TEXT NOT NULL,
+    delivery_id  TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    PRIMARY KEY (route, dedupe_key)
+);
+CREATE INDEX IF NOT EXISTS coalesced_keys_delivery ON coalesced_keys (delivery_id);
+
 CREATE TABLE IF NOT EXISTS jobs (
     id              INTEGER PRIMARY KEY,
     delivery_id     TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
@@ -166,6 +176,12 @@ fn coalesce(
         "UPDATE deliveries SET request = ?2, coalesced = coalesced + 1 WHERE id = ?1",
     )?
     .execute(params![id, request])?;
+    if let Some(key) = &d.dedupe_key {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO coalesced_keys (route, dedupe_key, delivery_id) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![d.route, key, id])?;
+    }
     Ok(Some(Accepted::Coalesced {
         into: id,
         coalesced: (coalesced + 1) as u32,
@@ -175,7 +191,12 @@ fn coalesce(
 pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, StoreError> {
     if let Some(key) = &d.dedupe_key {
         let existing: Option<String> = conn
-            .prepare_cached("SELECT id FROM deliveries WHERE route = ?1 AND dedupe_key = ?2")?
+            .prepare_cached(
+                "SELECT id FROM deliveries WHERE route = ?1 AND dedupe_key = ?2
+                 UNION ALL
+                 SELECT delivery_id FROM coalesced_keys WHERE route = ?1 AND dedupe_key = ?2
+                 LIMIT 1",
+            )?
             .query_row(params![d.route, key], |r| r.get(0))
             .optional()?;
         if let Some(original_id) = existing {

@@ -269,17 +269,28 @@ async fn debounce_merges_a_burst_into_one_delivery_bounded_by_max_wait() {
             .unwrap()
             .is_empty()
     );
+    // A merged webhook's own dedupe key is remembered too.
+    let mut keyed = at("keyed", 12_000);
+    keyed.dedupe_key = Some("k-merged".into());
+    assert!(matches!(
+        store.accept(keyed.clone()).await.unwrap(),
+        Accepted::Coalesced { .. }
+    ));
+    keyed.id = "keyed-again".into();
+    assert_eq!(
+        store.accept(keyed).await.unwrap(),
+        Accepted::Duplicate {
+            original_id: "first".into()
+        }
+    );
     let jobs = store.lease_due(12_500, 10, 60_000).await.unwrap();
     assert_eq!(jobs.len(), 2, "one job per target");
-    assert_eq!(
-        jobs[0].body, r#"{"from":"later2"}"#,
-        "the last payload wins"
-    );
+    assert_eq!(jobs[0].body, r#"{"from":"keyed"}"#, "the last payload wins");
     // Once leased, the window is closed: the next webhook opens a new one.
     assert_eq!(
         store.accept(at("next", 12_600)).await.unwrap(),
         Accepted::Stored
     );
     let (first, _) = store.get("first").await.unwrap().unwrap();
-    assert_eq!(first.coalesced, 3);
+    assert_eq!(first.coalesced, 4);
 }

@@ -312,9 +312,19 @@ async fn a_repository_without_the_app_fails_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_skewed_clock_is_corrected_from_githubs_date_header() {
-    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
-    // GitHub's clock runs 20 minutes ahead: the relay's first JWT looks expired to it.
-    app.github.set_clock_offset(20 * 60);
+    // GitHub's clock runs 20 minutes ahead: the relay's first JWT looks
+    // expired to it (whether the start-up preflight or the first dispatch
+    // sends it).
+    let app = spawn_app_prepared(
+        &app_head("off"),
+        &hmac_route("cms", blog_target()),
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        |github| {
+            enable_test_app(github);
+            github.set_clock_offset(20 * 60);
+        },
+    )
+    .await;
     post_n(&app, "cms", 1).await;
     app.github.wait_for_dispatches(1, WAIT).await;
     let lookups = app.github.requests_of(LOOKUP);
