@@ -142,7 +142,7 @@ def main():
             f"| jobs by status in the store | {by_status} |",
             f"| dispatches/s delivered (first to last arrival) | {delivered / span_s:,.0f} |",
             f"| accept→delivered p50 / p99 | {percentile(latencies, 50):,.0f} ms / {percentile(latencies, 99):,.0f} ms |",
-            f"| relay peak RSS (VmHWM) / highest sampled RSS | {mb(f['relay_rss_kb'])} / {mb(f.get('rss_samples_kb', 0))} |",
+            f"| relay peak RSS (VmHWM at the end / highest 200 ms sample) | {mb(f['relay_rss_kb'])} / {mb(f.get('rss_samples_kb', 0))} |",
             f"| store size on disk | {int(f.get('db_bytes', 0)) / 1e6:.1f} MB |",
             f"| fake GitHub violations | {fake.get('violations', 0):.0f} |",
             f"| every 202 delivered | **{'yes' if ok else 'NO'}** |",
