@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Turns the figures bench/run gathered into one table, prints it and appends
+it to bench/RESULTS.md with the date and the machine.
+
+Usage: report.py MODE FIGURES STORE RESULTS SETTINGS
+
+FIGURES holds one line per figure, `name value...`; the wrk lines carry
+key=value pairs from bench/post.lua. Latencies from accept to delivery come
+from the relay's own store: a job's finished_at (when GitHub answered) minus
+its delivery's received_at.
+"""
+
+import datetime
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+
+
+def pairs(text):
+    out = {}
+    tokens = text.split()
+    for i, token in enumerate(tokens):
+        if "=" in token:
+            k, v = token.split("=", 1)
+            out[k] = float(v)
+        elif i + 1 < len(tokens) and "=" not in tokens[i + 1]:
+            # "count 12 first_ms 34" style, from the fake's statistics.
+            try:
+                out[token] = float(tokens[i + 1])
+            except ValueError:
+                pass
+    return out
+
+
+def load(path):
+    figures = {}
+    for line in open(path):
+        name, _, rest = line.strip().partition(" ")
+        figures[name] = rest
+    return figures
+
+
+def rate(wrk):
+    ok = wrk["requests"] - wrk["status_errors"]
+    return ok / (wrk["duration_us"] / 1e6)
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def store_figures(store):
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    latencies = sorted(
+        row[0]
+        for row in db.execute(
+            "SELECT j.finished_at - d.received_at FROM jobs j JOIN deliveries d ON d.id = j.delivery_id"
+            " WHERE j.status = 'delivered'"
+        )
+    )
+    by_status = dict(db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+    deliveries, first, last = db.execute(
+        "SELECT count(*), min(received_at), max(received_at) FROM deliveries"
+    ).fetchone()
+    return latencies, by_status, deliveries, first, last
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return f"nproc {os.cpu_count()}, {cpu}, kernel {platform.release()}, commit {commit}"
+
+
+def mb(kb):
+    return f"{float(kb) / 1024:.1f} MB"
+
+
+def main():
+    mode, figures_path, store, results, settings = sys.argv[1:6]
+    f = load(figures_path)
+    fake = pairs(f.get("fake", ""))
+    latencies, by_status, deliveries, first_rx, last_rx = store_figures(store)
+    accepted = int(f.get("relay_accepted", "0"))
+    delivered = int(fake.get("count", 0))
+    span_s = max((fake.get("last_ms", 0) - fake.get("first_ms", 0)) / 1000, 1e-3)
+    lines = []
+    if mode == "load":
+        ceiling, relay = pairs(f["ceiling"]), pairs(f["relay"])
+        c_rate, r_rate = rate(ceiling), rate(relay)
+        lines += [
+            "| server | accepted req/s | p50 | p99 | × ceiling | peak RSS | non-2xx |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| ceiling (actix-web, read body, 202) | {c_rate:,.0f} | {ceiling['p50_us'] / 1000:.2f} ms"
+            f" | {ceiling['p99_us'] / 1000:.2f} ms | 1.00 | {mb(f['ceiling_rss_kb'])} | {ceiling['status_errors']:.0f} |",
+            f"| relay (HMAC, parse, when, render, durable commit) | {r_rate:,.0f} | {relay['p50_us'] / 1000:.2f} ms"
+            f" | {relay['p99_us'] / 1000:.2f} ms | **{r_rate / c_rate:.2f}** | {mb(f['relay_rss_kb'])} | {relay['status_errors']:.0f} |",
+            "",
+            "| end to end (pacing off, fake GitHub) | |",
+            "|---|---:|",
+            f"| webhooks accepted (relay metric) | {accepted:,} |",
+            f"| dispatches delivered to the fake | {delivered:,} |",
+            f"| dispatches/s delivered (first to last arrival) | {delivered / span_s:,.0f} |",
+            f"| accept→delivered p50 / p99 | {percentile(latencies, 50):.0f} ms / {percentile(latencies, 99):.0f} ms |",
+            f"| fake GitHub violations | {fake.get('violations', 0):.0f} |",
+        ]
+    else:
+        burst = pairs(f["burst"])
+        rx_span = max(((last_rx or 0) - (first_rx or 0)) / 1000, 1e-3)
+        lost = accepted - by_status.get("delivered", 0)
+        ok = (
+            lost == 0
+            and delivered >= accepted
+            and burst["other"] == 0
+            and burst["accepted"] <= accepted
+        )
+        lines += [
+            "| burst | |",
+            "|---|---:|",
+            f"| answers seen by wrk: 202 / 503+429 / other / socket errors | {burst['accepted']:,.0f} / {burst['refused']:,.0f}"
+            f" / {burst['other']:,.0f} / {burst['socket_errors']:,.0f} |",
+            f"| webhooks accepted (relay metric) | {accepted:,} |",
+            f"| accept rate (store: first to last received_at) | {deliveries / rx_span:,.0f}/s |",
+            f"| queue depth right after the burst | {f.get('queue_after_burst', '?')} |",
+            f"| dispatches delivered to the fake | {delivered:,} |",
+            f"| jobs by status in the store | {by_status} |",
+            f"| dispatches/s delivered (first to last arrival) | {delivered / span_s:,.0f} |",
+            f"| accept→delivered p50 / p99 | {percentile(latencies, 50):,.0f} ms / {percentile(latencies, 99):,.0f} ms |",
+            f"| relay peak RSS (VmHWM at the end / highest 200 ms sample) | {mb(f['relay_rss_kb'])} / {mb(f.get('rss_samples_kb', 0))} |",
+            f"| store size on disk | {int(f.get('db_bytes', 0)) / 1e6:.1f} MB |",
+            f"| fake GitHub violations | {fake.get('violations', 0):.0f} |",
+            f"| every 202 delivered | **{'yes' if ok else 'NO'}** |",
+        ]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = [f"## {now} — bench/run {'' if mode == 'load' else 'burst'}".rstrip(), "", f"{machine()}; {settings}", ""]
+    text = "\n".join(header + lines) + "\n"
+    print(text)
+    new = not os.path.exists(results)
+    with open(results, "a") as out:
+        if new:
+            out.write("# Benchmark results\n\nAppended by `bench/run`; see bench/README.md.\n\n")
+        out.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
