@@ -1226,37 +1226,15 @@ fn repository_target(
     });
 
     let payload_path = path.key("client_payload");
-    let payload = client_payload.unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-    let shape_ok = match &payload {
-        serde_json::Value::Object(_) => true,
-        serde_json::Value::String(text) if crate::template::lone_expression(text).is_some() => true,
-        other => {
-            report.error(
-                &payload_path,
-                format!(
-                    "must be a map, or a single `{{{{ expression }}}}` that renders an object; found {}",
-                    routing::json_type(other)
-                ),
-            );
-            false
-        }
-    };
-    let client_payload = shape_ok
-        .then(|| compile_value(report, builder, &payload_path, &payload))
-        .flatten()
-        .and_then(|t| {
-            if let Some(keys) = t.top_level_keys() {
-                routing::check_payload_keys(keys)
-                    .map_err(|limit| report.error(&payload_path, format!("client_payload {limit}")))
-                    .ok()?;
-            }
-            if let Some(value) = t.static_value() {
-                routing::check_client_payload(value)
-                    .map_err(|limit| report.error(&payload_path, format!("client_payload {limit}")))
-                    .ok()?;
-            }
-            Some(t)
-        });
+    let client_payload = object_template(
+        report,
+        builder,
+        &payload_path,
+        client_payload,
+        "client_payload",
+        routing::check_payload_keys,
+        |value| routing::check_client_payload(value).map(drop),
+    );
     Some(TargetKind::Repository {
         event_type: event_type?,
         client_payload: client_payload?,
@@ -1294,13 +1272,41 @@ fn workflow_target(
     };
 
     let inputs_path = path.key("inputs");
-    let inputs = inputs.unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-    let shape_ok = match &inputs {
+    let inputs = object_template(
+        report,
+        builder,
+        &inputs_path,
+        inputs,
+        "inputs",
+        routing::check_input_count,
+        |value| routing::check_inputs(value).map(drop),
+    );
+    Some(TargetKind::Workflow {
+        workflow: workflow?,
+        git_ref: git_ref?,
+        inputs: inputs?,
+    })
+}
+
+/// Compiles a `client_payload` or `inputs` template: a map, or one
+/// `{{ expression }}` that renders an object (absent means `{}`), checked
+/// against GitHub's limits wherever they are known at load time.
+fn object_template(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    path: &Path,
+    value: Option<serde_json::Value>,
+    field: &str,
+    check_keys: fn(usize) -> Result<(), routing::LimitError>,
+    check_static: fn(serde_json::Value) -> Result<(), routing::LimitError>,
+) -> Option<crate::template::ValueTemplate> {
+    let value = value.unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+    let shape_ok = match &value {
         serde_json::Value::Object(_) => true,
         serde_json::Value::String(text) if crate::template::lone_expression(text).is_some() => true,
         other => {
             report.error(
-                &inputs_path,
+                path,
                 format!(
                     "must be a map, or a single `{{{{ expression }}}}` that renders an object; found {}",
                     routing::json_type(other)
@@ -1309,25 +1315,19 @@ fn workflow_target(
             false
         }
     };
-    let inputs = shape_ok
-        .then(|| compile_value(report, builder, &inputs_path, &inputs))
-        .flatten()
-        .and_then(|t| {
-            if let Some(keys) = t.top_level_keys() {
-                routing::check_input_count(keys)
-                    .map_err(|limit| report.error(&inputs_path, format!("inputs {limit}")))
-                    .ok()?;
-            }
-            if let Some(value) = t.static_value() {
-                routing::check_inputs(value)
-                    .map_err(|limit| report.error(&inputs_path, format!("inputs {limit}")))
-                    .ok()?;
-            }
-            Some(t)
-        });
-    Some(TargetKind::Workflow {
-        workflow: workflow?,
-        git_ref: git_ref?,
-        inputs: inputs?,
-    })
+    if !shape_ok {
+        return None;
+    }
+    let template = compile_value(report, builder, path, &value)?;
+    if let Some(keys) = template.top_level_keys() {
+        check_keys(keys)
+            .map_err(|limit| report.error(path, format!("{field} {limit}")))
+            .ok()?;
+    }
+    if let Some(value) = template.static_value() {
+        check_static(value)
+            .map_err(|limit| report.error(path, format!("{field} {limit}")))
+            .ok()?;
+    }
+    Some(template)
 }

@@ -174,8 +174,14 @@ impl Dispatcher {
                     };
                     let history = self.history(&job, None, false);
                     let action = self.classify(outcome, history);
-                    self.finish(&job, started_ms, Duration::ZERO, None, reason, action)
-                        .await;
+                    let sent = Sent {
+                        started_ms,
+                        elapsed: Duration::ZERO,
+                        status: None,
+                        detail: reason,
+                        result: None,
+                    };
+                    self.finish(&job, sent, action).await;
                     break;
                 }
             };
@@ -241,16 +247,14 @@ impl Dispatcher {
                             "Workflow run created"
                         );
                     }
-                    self.finish_with(
-                        &job,
+                    let sent = Sent {
                         started_ms,
                         elapsed,
                         status,
                         detail,
-                        action,
-                        result.map(|r| r.to_string()),
-                    )
-                    .await;
+                        result: result.map(|r| r.to_string()),
+                    };
+                    self.finish(&job, sent, action).await;
                     break;
                 }
             }
@@ -296,30 +300,14 @@ impl Dispatcher {
         }
     }
 
-    async fn finish(
-        &self,
-        job: &Job,
-        started_ms: i64,
-        elapsed: Duration,
-        status: Option<u16>,
-        detail: String,
-        action: Action,
-    ) {
-        self.finish_with(job, started_ms, elapsed, status, detail, action, None)
-            .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn finish_with(
-        &self,
-        job: &Job,
-        started_ms: i64,
-        elapsed: Duration,
-        status: Option<u16>,
-        detail: String,
-        action: Action,
-        result: Option<String>,
-    ) {
+    async fn finish(&self, job: &Job, sent: Sent, action: Action) {
+        let Sent {
+            started_ms,
+            elapsed,
+            status,
+            detail,
+            result,
+        } = sent;
         let next = match &action {
             Action::Delivered => {
                 self.metrics
@@ -378,6 +366,18 @@ impl Dispatcher {
             tracing::error!(error = %e, "Could not record the attempt");
         }
     }
+}
+
+/// What one attempt sent and got back, as it is recorded.
+struct Sent {
+    started_ms: i64,
+    elapsed: Duration,
+    /// GitHub's status, `None` when no answer came.
+    status: Option<u16>,
+    /// A short account of the answer or the error.
+    detail: String,
+    /// The run details of a workflow dispatch, as JSON.
+    result: Option<String>,
 }
 
 /// Adds `"field": true` to a JSON object body.
