@@ -261,10 +261,11 @@ pub fn escape(text: &str) -> String {
 
 const STYLE: &str = r#"
 :root { color-scheme: light dark; --bg: #f6f8fa; --card: #ffffff; --text: #1f2328; --muted: #59636e;
-  --border: #d1d9e0; --accent: #1f883d; --accent-hover: #1a7f37; --code: #eff2f5; --bad: #cf222e; }
+  --border: #d1d9e0; --accent: #1f883d; --accent-hover: #1a7f37; --code: #eff2f5; --bad: #cf222e;
+  --link: #0969da; }
 @media (prefers-color-scheme: dark) {
   :root { --bg: #0d1117; --card: #151b23; --text: #e6edf3; --muted: #9198a1; --border: #3d444d;
-    --accent: #238636; --accent-hover: #2ea043; --code: #212830; --bad: #f85149; }
+    --accent: #238636; --accent-hover: #2ea043; --code: #212830; --bad: #f85149; --link: #4493f8; }
 }
 * { box-sizing: border-box; }
 body { margin: 0; background: var(--bg); color: var(--text);
@@ -275,6 +276,7 @@ main { max-width: 44rem; margin: 3rem auto; padding: 0 1rem; }
 h1 { font-size: 1.6rem; line-height: 1.25; margin: 0 0 1rem; }
 h2 { font-size: 1.05rem; margin: 1.75rem 0 .5rem; }
 p, li { color: var(--text); }
+a { color: var(--link); }
 .muted { color: var(--muted); font-size: .92rem; }
 ol { padding-left: 1.3rem; } li { margin: .35rem 0; }
 table { border-collapse: collapse; width: 100%; font-size: .95rem; }

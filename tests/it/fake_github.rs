@@ -1508,11 +1508,23 @@ fn decide(
             let Some(manifest) = lock(&shared.manifest_codes).remove(&code) else {
                 return Answer::error(404, "Not Found", &op.docs_url);
             };
-            let mut app = example_for(&response_schema(
-                "/app-manifests/{code}/conversions",
-                "post",
-                "201",
-            ));
+            // The answer is an `integration` (documented as nullable, so its example would be
+            // null) merged with the conversion's own fields.
+            let mut integration = raw_doc()["components"]["schemas"]["integration"].clone();
+            if let Some(schema) = integration.as_object_mut() {
+                schema.remove("nullable");
+            }
+            let mut app = example_for(&integration);
+            if let (Some(app), Value::Object(extra)) = (
+                app.as_object_mut(),
+                example_for(&response_schema(
+                    "/app-manifests/{code}/conversions",
+                    "post",
+                    "201",
+                )),
+            ) {
+                app.extend(extra);
+            }
             let app_id = 4242;
             let slug = manifest["name"]
                 .as_str()
@@ -1973,7 +1985,10 @@ fn web_page(
         record(422, None);
         return Some(HttpResponse::UnprocessableEntity().body("Missing state"));
     };
-    record(302, Some(json!({"manifest": manifest, "state": state})));
+    record(
+        302,
+        Some(json!({"manifest": manifest, "state": state, "code": code})),
+    );
     let Some(redirect) = redirect else {
         return Some(HttpResponse::UnprocessableEntity().body("Invalid manifest"));
     };

@@ -24,3 +24,5 @@ mod recipes;
 mod senders;
 // The relay as a GitHub App: tokens, renewal, scopes, and workflow run details.
 mod app;
+// `setup github-app`: the manifest flow in headless Chromium against the fake GitHub.
+mod setup;
