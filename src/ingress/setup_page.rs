@@ -102,6 +102,10 @@ impl SetupListener {
                 .default_service(web::to(not_found))
         })
         .workers(1)
+        // Every answer closes its connection, so that the stop after the
+        // result page waits only for that page, not for a browser's idle
+        // keep-alive connections.
+        .keep_alive(actix_web::http::KeepAlive::Disabled)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
         .listen(self.listener)?

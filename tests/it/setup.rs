@@ -33,7 +33,11 @@ struct Setup {
 
 impl Setup {
     fn start(github: &FakeGitHub, dir: &Path, extra: &[&str]) -> Setup {
-        let mut child = setup_command(github, dir, extra)
+        Setup::spawn(setup_command(github, dir, extra), dir)
+    }
+
+    fn spawn(mut command: Command, dir: &Path) -> Setup {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -249,8 +253,10 @@ async fn a_wrong_state_is_refused_and_the_right_one_creates_the_app() {
         .unwrap();
     let forged = http
         .get(format!(
-            "{}callback?code=stolen&state=0{}",
+            "{}callback?code=stolen&state={}{}",
             setup.url,
+            // One hex digit changed, so only the comparison can tell them apart.
+            if state.starts_with('0') { '1' } else { '0' },
             &state[1..]
         ))
         .send()
@@ -347,6 +353,42 @@ async fn an_existing_key_file_is_refused_before_anything_starts() {
         .unwrap();
     assert_eq!(bad_org.status.code(), Some(1));
     assert!(github.requests().is_empty());
+}
+
+#[tokio::test]
+async fn the_create_page_follows_the_organization_and_the_configured_api_url() {
+    let github = FakeGitHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::start(&github, dir.path(), &["--org", "acme"]);
+    let (_, state) = page_state(&setup.url).await;
+    let page = reqwest::get(&setup.url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let action = format!(
+        "action=\"{}/organizations/acme/settings/apps/new?state={state}\"",
+        github.url()
+    );
+    assert!(page.contains(&action), "{page}");
+    assert!(page.contains("the organization <strong>acme</strong>"));
+    drop(setup);
+
+    // A GitHub Enterprise Server named in routes.yaml, with nothing in the environment.
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        "github:\n  api_url: https://ghe.example.com/api/v3\n  token: t\nroutes: []\n",
+    )
+    .unwrap();
+    let mut command = setup_command(&github, dir.path(), &[]);
+    command
+        .env_remove("GITHUB_API_URL")
+        .env_remove("GITHUB_WEB_URL");
+    let setup = Setup::spawn(command, dir.path());
+    let (page, state) = page_state(&setup.url).await;
+    let action = format!("action=\"https://ghe.example.com/settings/apps/new?state={state}\"");
+    assert!(page.contains(&action), "{page}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -517,8 +559,10 @@ impl Drop for Browser {
                     "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
                     self.session
                 );
+                // chromedriver answers once Chromium has quit; the first bytes of the
+                // answer are enough (it may keep the connection open after it).
                 if std::io::Write::write_all(&mut stream, request.as_bytes()).is_ok() {
-                    let _ = stream.read_to_end(&mut Vec::new());
+                    let _ = stream.read(&mut [0u8; 512]);
                 }
             }
         }
