@@ -6,6 +6,7 @@ mod deliveries;
 mod reload;
 mod render;
 mod serve;
+mod setup;
 
 use std::path::{Path, PathBuf};
 
@@ -92,6 +93,11 @@ pub enum Command {
         #[arg(long, requires = "failed")]
         since: Option<String>,
     },
+    /// One-time setup: `setup github-app` creates the relay's GitHub App.
+    Setup {
+        #[command(subcommand)]
+        target: setup::SetupTarget,
+    },
 }
 
 /// An error with its exit code.
@@ -154,6 +160,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             route,
             since,
         } => deliveries::redeliver(&config, id, route, since).await,
+        Command::Setup { target } => setup::run(target).await,
     }
 }
 

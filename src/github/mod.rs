@@ -3,9 +3,11 @@
 //! It sends one prepared request and reports what GitHub answered, reduced to
 //! what the retry classifier needs (status, rate-limit headers, message).
 //! It never decides what to do with the answer: that is `dispatch::retry`.
-//! The `app` submodule holds GitHub App authentication and its token cache.
+//! The `app` submodule holds GitHub App authentication and its token cache;
+//! `manifest` holds the App manifest flow of `dispatch-relay setup github-app`.
 
 pub mod app;
+pub mod manifest;
 pub mod outbound;
 pub mod preflight;
 
@@ -178,14 +180,12 @@ impl GitHubClient {
         read_answer(response).await
     }
 
-    /// Sends an unauthenticated JSON POST (the App manifest conversion needs
-    /// no credential: the one-time code is the proof).
+    /// Sends an unauthenticated POST without a body (the App manifest
+    /// conversion takes neither: the one-time code in the path is the proof).
     pub async fn post_anonymous(&self, path: &str) -> Result<Answer, TransportError> {
         let response = self
             .http
             .post(format!("{}{}", self.api_url, path))
-            .header(CONTENT_TYPE, "application/json")
-            .body("{}")
             .send()
             .await
             .map_err(transport_error)?;

@@ -1,10 +1,12 @@
 //! The HTTP side: the only module that knows actix-web. It binds the
 //! listener, routes requests to the webhook, operations and admin handlers,
-//! and answers errors as JSON.
+//! and answers errors as JSON. `setup_page` is the second, separate server:
+//! the local page of `dispatch-relay setup github-app`.
 
 mod admin;
 pub mod error;
 mod ops;
+pub mod setup_page;
 pub mod state;
 mod webhook;
 

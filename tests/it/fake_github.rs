@@ -1149,7 +1149,7 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
     };
     let request_id = request_id();
 
-    if let Some(response) = web_page(&shared, &method, &path, &body) {
+    if let Some(response) = web_page(&shared, &method, &path, query.as_deref(), &body) {
         return response;
     }
     let spec = Arc::clone(&shared.spec);
@@ -1540,11 +1540,23 @@ fn decide(
             let Some(manifest) = lock(&shared.manifest_codes).remove(&code) else {
                 return Answer::error(404, "Not Found", &op.docs_url);
             };
-            let mut app = example_for(&response_schema(
-                "/app-manifests/{code}/conversions",
-                "post",
-                "201",
-            ));
+            // The answer is an `integration` (documented as nullable, so its example would be
+            // null) merged with the conversion's own fields.
+            let mut integration = raw_doc()["components"]["schemas"]["integration"].clone();
+            if let Some(schema) = integration.as_object_mut() {
+                schema.remove("nullable");
+            }
+            let mut app = example_for(&integration);
+            if let (Some(app), Value::Object(extra)) = (
+                app.as_object_mut(),
+                example_for(&response_schema(
+                    "/app-manifests/{code}/conversions",
+                    "post",
+                    "201",
+                )),
+            ) {
+                app.extend(extra);
+            }
             let app_id = 4242;
             let slug = manifest["name"]
                 .as_str()
@@ -1586,6 +1598,8 @@ fn check_headers(shared: &Shared, req: &HttpRequest, op: &Operation, has_body: b
     let path = req.path();
     let get = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     match credential(req) {
+        // The manifest conversion takes no credential: the one-time code is the proof.
+        Credential::Missing if op.operation_id == OP_CREATE_FROM_MANIFEST => {}
         Credential::Missing => shared.violation(method, path, "no Authorization header"),
         Credential::Unsupported => shared.violation(
             method,
@@ -1612,6 +1626,9 @@ fn check_headers(shared: &Shared, req: &HttpRequest, op: &Operation, has_body: b
             path,
             format!("X-GitHub-Api-Version is {other:?}, expected {API_VERSION}"),
         ),
+    }
+    if has_body && op.body.is_none() {
+        shared.violation(method, path, "a body sent to an operation that takes none");
     }
     if has_body && op.body.is_some() {
         let json = get("content-type").is_some_and(|ct| {
@@ -1935,7 +1952,13 @@ fn http_date(secs: i64) -> String {
 /// The github.com web pages the App manifest flow visits, outside the REST API: the
 /// "create app" page, which GitHub shows for confirmation and then redirects back from with a
 /// one-time code. The fake skips the confirmation and redirects at once.
-fn web_page(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Option<HttpResponse> {
+fn web_page(
+    shared: &Shared,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Option<HttpResponse> {
     let is_create_page = path == "/settings/apps/new"
         || (path.starts_with("/organizations/") && path.ends_with("/settings/apps/new"));
     if !is_create_page {
@@ -1946,7 +1969,7 @@ fn web_page(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Option<Ht
         log.requests.push(RecordedRequest {
             method: method.to_owned(),
             path: path.to_owned(),
-            query: None,
+            query: query.map(str::to_owned),
             operation_id: Some("web/create-app".to_owned()),
             headers: Vec::new(),
             body: form,
@@ -1985,8 +2008,19 @@ fn web_page(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Option<Ht
         .take(20)
         .map(char::from)
         .collect();
-    let state = fields.get("state").cloned().unwrap_or_default();
-    record(302, Some(json!({"manifest": manifest, "state": state})));
+    // GitHub documents `state` as a query parameter of the form's action URL.
+    let state = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(name, _)| name == "state")
+        .map(|(_, value)| value.into_owned());
+    let Some(state) = state else {
+        shared.violation(method, path, "the form's action URL has no `state`");
+        record(422, None);
+        return Some(HttpResponse::UnprocessableEntity().body("Missing state"));
+    };
+    record(
+        302,
+        Some(json!({"manifest": manifest, "state": state, "code": code})),
+    );
     let Some(redirect) = redirect else {
         return Some(HttpResponse::UnprocessableEntity().body("Invalid manifest"));
     };

@@ -26,3 +26,5 @@ mod senders;
 mod app;
 // check --online and serve's start-up preflight: why a repository cannot receive dispatches.
 mod preflight;
+// `setup github-app`: the manifest flow in headless Chromium against the fake GitHub.
+mod setup;

@@ -11,7 +11,7 @@ const TOP_LEVEL_KEYS: [&str; 6] = ["github", "server", "store", "retry", "notify
 
 /// The documents whose configuration examples must load, and the example
 /// file at the root.
-const DOCS: [&str; 2] = ["README.md", "docs/configuration.md"];
+const DOCS: [&str; 3] = ["README.md", "docs/configuration.md", "docs/github.md"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
