@@ -345,20 +345,19 @@ impl FakeGitHub {
     /// Every dispatch request, whatever it was answered (other operations,
     /// such as the relay's start-up preflight reads, are left out).
     pub fn dispatch_attempts(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.log)
-            .requests
-            .iter()
-            .filter(|r| r.is_dispatch())
-            .cloned()
-            .collect()
+        self.requests_where(RecordedRequest::is_dispatch)
     }
 
     /// Only the dispatch requests that were answered with a 2xx.
     pub fn dispatches(&self) -> Vec<RecordedRequest> {
+        self.requests_where(RecordedRequest::is_successful_dispatch)
+    }
+
+    fn requests_where(&self, keep: impl Fn(&RecordedRequest) -> bool) -> Vec<RecordedRequest> {
         lock(&self.shared.log)
             .requests
             .iter()
-            .filter(|r| r.is_successful_dispatch())
+            .filter(|r| keep(r))
             .cloned()
             .collect()
     }
