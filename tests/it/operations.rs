@@ -208,6 +208,11 @@ async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary(
     // The URL is a secret: never in the logs.
     assert!(!app.logs().iter().any(|l| l.contains("/services/T000")));
     assert_eq!(slack.bodies().len(), 1, "one summary, not a flood");
+    assert_eq!(
+        team.bodies().len(),
+        1,
+        "the single failure was reported once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
