@@ -294,3 +294,22 @@ async fn debounce_merges_a_burst_into_one_delivery_bounded_by_max_wait() {
     let (first, _) = store.get("first").await.unwrap().unwrap();
     assert_eq!(first.coalesced, 4);
 }
+
+#[tokio::test]
+async fn a_failing_command_costs_its_batch_nothing() {
+    let (_dir, store) = open();
+    // The second accept reuses the first one's id and fails on the primary
+    // key; whether or not the three land in one batch, the others commit.
+    let (first, clash, other) = tokio::join!(
+        store.accept(delivery("d1", None, 1)),
+        store.accept(delivery("d1", None, 1)),
+        store.accept(delivery("d2", None, 1)),
+    );
+    assert_eq!(first.unwrap(), Accepted::Stored);
+    assert!(clash.is_err());
+    assert_eq!(other.unwrap(), Accepted::Stored);
+    let jobs = store.lease_due(5_000, 10, 60_000).await.unwrap();
+    let mut owners: Vec<&str> = jobs.iter().map(|j| j.delivery_id.as_str()).collect();
+    owners.sort();
+    assert_eq!(owners, ["d1", "d2"], "no job of the failed command remains");
+}
