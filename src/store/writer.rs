@@ -215,8 +215,7 @@ fn execute(tx: &mut Transaction<'_>, command: Command) -> Pending {
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         // Cached statements rather than rusqlite's `Savepoint`, which parses
-        // its SQL again for every command: on the accept path that parsing
-        // cost about a twentieth of the relay's instructions.
+        // its SQL again for every command of every batch.
         let conn: &Connection = tx;
         conn.prepare_cached("SAVEPOINT command")?.execute([])?;
         match f(conn) {
