@@ -218,28 +218,24 @@ impl FakeGitHub {
 
     /// Accepts this personal access token (sent as `Bearer` or `token`) from now on.
     pub fn add_token(&self, token: &str) {
-        lock(&self.shared.tokens).insert(
-            token.to_owned(),
-            Grant {
-                installation_id: None,
-                expires_at: None,
-                repositories: None,
-                permissions: None,
-            },
-        );
+        self.add_personal_token(token, None);
     }
 
     /// Accepts this fine-grained personal access token with read-only access
     /// to contents: it sees repositories but may not dispatch to them.
     pub fn add_read_only_token(&self, token: &str) {
         let permissions = json!({"contents": "read", "metadata": "read"});
+        self.add_personal_token(token, permissions.as_object().cloned());
+    }
+
+    fn add_personal_token(&self, token: &str, permissions: Option<Map<String, Value>>) {
         lock(&self.shared.tokens).insert(
             token.to_owned(),
             Grant {
                 installation_id: None,
                 expires_at: None,
                 repositories: None,
-                permissions: permissions.as_object().cloned(),
+                permissions,
             },
         );
     }

@@ -407,3 +407,21 @@ impl Drop for Recorder {
         drop(self.handle.stop(false));
     }
 }
+
+/// Every file under `dir` (recursively) whose name ends with `.{extension}`.
+pub fn files_with_extension(dir: &std::path::Path, extension: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == extension) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -26,18 +26,11 @@ use crate::recipes::{
     SAMPLES_NOW_MS, load_block, recipe_env, repo_root, routes_blocks, sample, samples_dir,
 };
 
-const SIGNED: [&str; 10] = [
-    "contentful-entry-publish",
-    "sanity-document-update",
-    "ghost-post-published",
-    "standard-webhooks-payload-cms",
-    "stripe-style-event",
-    "slack-block-actions",
-    "s3-via-sns-notification",
-    "s3-testevent-via-sns",
-    "sns-subscription-confirmation",
-    "sns-unsubscribe-confirmation",
-];
+/// Every signed sample: those whose signature covers the body, and the SNS
+/// messages whose signed string leaves the body out.
+fn signed() -> impl Iterator<Item = &'static str> {
+    crate::recipes::body_signed().chain(["s3-testevent-via-sns", "sns-subscription-confirmation"])
+}
 
 fn env_map(wrong: bool) -> BTreeMap<String, String> {
     recipe_env()
@@ -104,7 +97,7 @@ fn check(name: &str, now_ms: i64, wrong_secret: bool) -> Result<(), VerifyError>
 
 #[test]
 fn samples_verify_at_the_fixed_clock_and_not_with_another_secret_or_clock() {
-    for name in SIGNED {
+    for name in signed() {
         assert_eq!(check(name, SAMPLES_NOW_MS, false), Ok(()), "{name}");
         assert!(
             check(name, SAMPLES_NOW_MS, true).is_err(),
@@ -200,15 +193,21 @@ fn cert_urls_off_amazon_or_over_http_are_refused() {
 }
 
 fn verify_of(yaml: &str) -> Verify {
+    single_route(&format!("verify:\n      {yaml}")).verify
+}
+
+/// Loads a configuration of one route `r` made of `settings` (YAML at the
+/// route's indentation) and one static target.
+fn single_route(settings: &str) -> dispatch_relay::config::Route {
     let text = format!(
-        "{TEST_HEAD}\nroutes:\n  - id: r\n    verify:\n      {yaml}\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n"
+        "{TEST_HEAD}\nroutes:\n  - id: r\n    {settings}\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n"
     );
     let mut config = dispatch_relay::config::load("t.yaml", &text, &|name| {
         (name == "GITHUB_TOKEN").then(|| "t".to_string())
     })
     .unwrap_or_else(|e| panic!("{e}"))
     .config;
-    config.routes.remove(0).verify
+    config.routes.remove(0)
 }
 
 // ---------------------------------------------------------------------------
@@ -657,13 +656,7 @@ proptest! {
 }
 
 fn sns_like_route() -> dispatch_relay::config::Route {
-    let text = format!(
-        "{TEST_HEAD}\nroutes:\n  - id: r\n    verify: none\n    dedupe_key: \"{{{{ body.Records[0].s3.object.key | urldecode }}}}\"\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n"
-    );
-    let mut config = dispatch_relay::config::load("t.yaml", &text, &|name| {
-        (name == "GITHUB_TOKEN").then(|| "t".to_string())
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-    .config;
-    config.routes.remove(0)
+    single_route(
+        "verify: none\n    dedupe_key: \"{{ body.Records[0].s3.object.key | urldecode }}\"",
+    )
 }

@@ -3,7 +3,7 @@
 //! documentation loads with the loader `serve` uses, so the docs cannot drift
 //! from the code unnoticed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The top-level keys of routes.yaml; a YAML block in the docs whose first
 /// key is one of them is a configuration example.
@@ -17,21 +17,9 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|ext| ext == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn every_source_file_starts_with_a_module_doc() {
-    let mut files = Vec::new();
-    rust_files(&root().join("src"), &mut files);
+    let files = crate::helpers::files_with_extension(&root().join("src"), "rs");
     assert!(!files.is_empty(), "no files found under src/");
     let missing: Vec<String> = files
         .iter()
