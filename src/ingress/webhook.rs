@@ -163,7 +163,6 @@ async fn accept(
         Ok(key) => (key, routing::plan(route, &ctx)),
         Err(e) => (None, Err(e)),
     };
-    let stored = inbound::stored_request(route, content_type.as_deref(), query, &headers, &body);
     let (jobs, failure, summary) = match plan {
         Ok(Plan::Skipped) => {
             tracing::debug!(route = %route.id, "Skipped a webhook: `when` is false");
@@ -179,6 +178,8 @@ async fn accept(
         ),
         Err(e) => (Vec::new(), Some(e.to_string()), serde_json::Value::Null),
     };
+    // Only a webhook that will be stored pays for its stored form.
+    let stored = inbound::stored_request(route, content_type.as_deref(), query, &headers, &body);
     let delivery = NewDelivery {
         id: delivery_id.clone(),
         route: route.id.clone(),
@@ -189,7 +190,7 @@ async fn accept(
         failure: failure.clone(),
         debounce: route.debounce.as_ref().map(|d| DebounceWindow {
             window_ms: d.window.as_millis() as i64,
-            max_wait_ms: Some(d.max_wait.as_millis() as i64),
+            max_wait_ms: d.max_wait.as_millis() as i64,
         }),
     };
     let accepted = state.store.accept(delivery).await.map_err(|e| {

@@ -82,7 +82,7 @@ pub struct NewDelivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DebounceWindow {
     pub window_ms: i64,
-    pub max_wait_ms: Option<i64>,
+    pub max_wait_ms: i64,
 }
 
 /// The answer to [`Store::accept`].

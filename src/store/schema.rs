@@ -138,11 +138,7 @@ fn insert_jobs_due(
 /// The moment a debounced dispatch is due: `window` after the latest
 /// webhook, but never later than `max_wait` after the first.
 fn debounce_due(d: &DebounceWindow, first_ms: i64, now_ms: i64) -> i64 {
-    let due = now_ms + d.window_ms;
-    match d.max_wait_ms {
-        Some(max) => due.min(first_ms + max),
-        None => due,
-    }
+    (now_ms + d.window_ms).min(first_ms + d.max_wait_ms)
 }
 
 /// Merges a webhook into the open debounce window of its route, if there is

@@ -239,7 +239,7 @@ async fn debounce_merges_a_burst_into_one_delivery_bounded_by_max_wait() {
     let (_dir, store) = open();
     let window = DebounceWindow {
         window_ms: 1_000,
-        max_wait_ms: Some(2_500),
+        max_wait_ms: 2_500,
     };
     let at = |id: &str, ms: i64| {
         let mut d = delivery(id, None, 2);
