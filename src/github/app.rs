@@ -460,12 +460,6 @@ impl AppAuth {
             tokens.remove(&key);
         }
     }
-
-    /// Checks that the App can dispatch to `repo` with `scope`: the
-    /// installation lookup and a scoped mint. Used by the preflight.
-    pub async fn probe(&self, repo: &str, scope: Scope) -> Result<IssuedToken, CredentialError> {
-        self.token_for(repo, scope).await
-    }
 }
 
 /// When a token minted at `now` that expires at `expires_at` is replaced:
