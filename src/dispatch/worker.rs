@@ -360,13 +360,30 @@ impl Dispatcher {
             next,
             result,
         };
-        if let Err(e) = self.store.record(record).await {
-            // The job stays leased; the next start sends it again, which is
-            // the at-least-once promise.
-            tracing::error!(error = %e, "Could not record the attempt");
+        // A store that is briefly unavailable (another process holding the
+        // write lock past the busy timeout) must not leave the job leased
+        // until the next start, so recording is tried a few times.
+        let mut wait = Duration::from_millis(200);
+        for attempt in 1..=RECORD_TRIES {
+            match self.store.record(record.clone()).await {
+                Ok(()) => return,
+                Err(e) if attempt < RECORD_TRIES => {
+                    tracing::warn!(error = %e, attempt, "Could not record the attempt; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => {
+                    // The job stays leased; the next start sends it again,
+                    // which is the at-least-once promise.
+                    tracing::error!(error = %e, "Could not record the attempt");
+                }
+            }
         }
     }
 }
+
+/// How many times an attempt's outcome is offered to the store.
+const RECORD_TRIES: u32 = 5;
 
 /// What one attempt sent and got back, as it is recorded.
 struct Sent {

@@ -81,22 +81,30 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
         )));
     }
+    if version == SCHEMA_VERSION && has_job_result_column(conn)? {
+        // Up to date: write nothing. `deliveries` and `redeliver` open the
+        // store beside a running relay, and must not take its write lock.
+        return Ok(());
+    }
     conn.execute_batch(SCHEMA)?;
-    add_job_result_column(conn)?;
+    if !has_job_result_column(conn)? {
+        add_job_result_column(conn)?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
+}
+
+fn has_job_result_column(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'result'")?
+        .exists([])?)
 }
 
 /// Adds `jobs.result` (run details of a workflow dispatch) to stores made
 /// before it existed. Checking for the column, rather than bumping the schema
 /// version, keeps the change additive: an older relay simply ignores it.
 fn add_job_result_column(conn: &Connection) -> Result<(), StoreError> {
-    let present = conn
-        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'result'")?
-        .exists([])?;
-    if !present {
-        conn.execute_batch("ALTER TABLE jobs ADD COLUMN result TEXT")?;
-    }
+    conn.execute_batch("ALTER TABLE jobs ADD COLUMN result TEXT")?;
     Ok(())
 }
 

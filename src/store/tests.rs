@@ -313,3 +313,25 @@ async fn a_failing_command_costs_its_batch_nothing() {
     owners.sort();
     assert_eq!(owners, ["d1", "d2"], "no job of the failed command remains");
 }
+
+#[tokio::test]
+async fn opening_an_up_to_date_store_takes_no_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let relay = Store::open(&path, Synchronous::Full).unwrap();
+    relay.accept(delivery("d1", None, 1)).await.unwrap();
+    // Another process holds the write lock, as a busy relay does.
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = std::time::Instant::now();
+    let inspector = Store::open(&path, Synchronous::Full).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "opening waited for the write lock"
+    );
+    assert_eq!(
+        inspector.list(ListFilter::default()).await.unwrap().len(),
+        1
+    );
+    holder.execute_batch("ROLLBACK").unwrap();
+}

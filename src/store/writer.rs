@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, Transaction};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::{Accepted, AttemptRecord, Job, NewDelivery, NewJob, StoreError, schema};
@@ -168,7 +168,11 @@ fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>) {
             }
         }
         let mut pending = Vec::with_capacity(batch.len());
-        let commit = match conn.transaction() {
+        // IMMEDIATE takes the write lock at BEGIN, where SQLite's busy
+        // timeout waits for another process (an inspection command) to
+        // finish; a deferred transaction that reads first and writes later
+        // fails at once with "database is locked" instead.
+        let commit = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(mut tx) => {
                 for command in batch {
                     pending.push(execute(&mut tx, command));
