@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn delivery(id: &str, dedupe: Option<&str>, jobs: usize) -> NewDelivery {
+pub(super) fn delivery(id: &str, dedupe: Option<&str>, jobs: usize) -> NewDelivery {
     NewDelivery {
         id: id.to_string(),
         route: "r".into(),

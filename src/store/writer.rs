@@ -1,10 +1,11 @@
 //! The single writer thread and its group commit.
 //!
 //! Callers send commands over a channel; the thread takes the first command,
-//! then every command already waiting (up to a bound), runs each inside its
-//! own savepoint of one transaction, commits once, and only then answers each
-//! caller. A command that fails rolls back to its savepoint alone, so one bad
-//! request never costs the others in its batch their commit.
+//! then every command already waiting (up to a bound), runs them all in one
+//! transaction, commits once, and only then answers each caller. When a
+//! command fails, the batch is run again with each command inside its own
+//! savepoint, so one bad request never costs the others in its batch their
+//! commit.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -73,33 +74,71 @@ pub(super) enum Command {
     },
 }
 
-/// A command's effect, waiting for the batch's commit before it is sent to
-/// the caller.
-enum Pending {
-    Accept(Reply<Accepted>, Result<Accepted, StoreError>),
-    Lease(Reply<Vec<Job>>, Result<Vec<Job>, StoreError>),
-    Unit(Reply<()>, Result<(), StoreError>),
-    Bool(Reply<bool>, Result<bool, StoreError>),
-    Count(Reply<usize>, Result<usize, StoreError>),
+/// What a command produced, waiting for the batch's commit before it is
+/// sent to the caller.
+enum Outcome {
+    Accepted(Accepted),
+    Jobs(Vec<Job>),
+    Unit,
+    Bool(bool),
+    Count(usize),
 }
 
-impl Pending {
-    fn answer(self, commit: &Result<(), String>) {
-        fn send<T>(reply: Reply<T>, result: Result<T, StoreError>, commit: &Result<(), String>) {
-            let result = match commit {
-                Ok(()) => result,
-                Err(e) => Err(StoreError::Unavailable(e.clone())),
-            };
+impl Command {
+    /// Sends the command's outcome to its caller, or the commit's error when
+    /// the batch did not commit.
+    fn answer(self, outcome: Result<Outcome, StoreError>, commit: &Result<(), String>) {
+        fn send<T>(reply: Reply<T>, result: Result<T, StoreError>) {
             // The caller may have gone away (a client hung up); its data is
             // committed all the same, which is what at-least-once needs.
             let _ = reply.send(result);
         }
+        let outcome = match commit {
+            Ok(()) => outcome,
+            Err(e) => Err(StoreError::Unavailable(e.clone())),
+        };
+        // A mismatch between a command and its outcome cannot happen (each
+        // command produces its own kind); it would answer "unavailable".
+        let mismatch = || StoreError::Unavailable("internal: unexpected store outcome".into());
         match self {
-            Pending::Accept(r, v) => send(r, v, commit),
-            Pending::Lease(r, v) => send(r, v, commit),
-            Pending::Unit(r, v) => send(r, v, commit),
-            Pending::Bool(r, v) => send(r, v, commit),
-            Pending::Count(r, v) => send(r, v, commit),
+            Command::Accept { reply, .. } => send(
+                reply,
+                outcome.and_then(|o| match o {
+                    Outcome::Accepted(a) => Ok(a),
+                    _ => Err(mismatch()),
+                }),
+            ),
+            Command::Lease { reply, .. } => send(
+                reply,
+                outcome.and_then(|o| match o {
+                    Outcome::Jobs(jobs) => Ok(jobs),
+                    _ => Err(mismatch()),
+                }),
+            ),
+            Command::Record { reply, .. }
+            | Command::Release { reply, .. }
+            | Command::ReleaseAll { reply }
+            | Command::Ping { reply } => send(
+                reply,
+                outcome.and_then(|o| match o {
+                    Outcome::Unit => Ok(()),
+                    _ => Err(mismatch()),
+                }),
+            ),
+            Command::RequeueFailed { reply, .. } | Command::Rerender { reply, .. } => send(
+                reply,
+                outcome.and_then(|o| match o {
+                    Outcome::Bool(b) => Ok(b),
+                    _ => Err(mismatch()),
+                }),
+            ),
+            Command::Prune { reply, .. } => send(
+                reply,
+                outcome.and_then(|o| match o {
+                    Outcome::Count(n) => Ok(n),
+                    _ => Err(mismatch()),
+                }),
+            ),
         }
     }
 }
@@ -167,130 +206,193 @@ fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        let mut pending = Vec::with_capacity(batch.len());
-        // IMMEDIATE takes the write lock at BEGIN, where SQLite's busy
-        // timeout waits for another process (an inspection command) to
-        // finish; a deferred transaction that reads first and writes later
-        // fails at once with "database is locked" instead.
-        let commit = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(mut tx) => {
-                for command in batch {
-                    pending.push(execute(&mut tx, command));
-                }
-                tx.commit().map_err(|e| e.to_string())
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for command in batch {
-                    fail(command, &message);
-                }
-                continue;
-            }
-        };
+        let (outcomes, commit) = commit_batch(&mut conn, &batch);
         if let Err(e) = &commit {
             tracing::error!(error = %e, "Store commit failed");
         }
-        for p in pending {
-            p.answer(&commit);
+        for (command, outcome) in batch.into_iter().zip(outcomes) {
+            command.answer(outcome, &commit);
         }
     }
 }
 
-fn fail(command: Command, message: &str) {
-    let err = || StoreError::Unavailable(message.to_string());
-    match command {
-        Command::Accept { reply, .. } => drop(reply.send(Err(err()))),
-        Command::Lease { reply, .. } => drop(reply.send(Err(err()))),
-        Command::Record { reply, .. }
-        | Command::Release { reply, .. }
-        | Command::ReleaseAll { reply }
-        | Command::Ping { reply } => drop(reply.send(Err(err()))),
-        Command::RequeueFailed { reply, .. } | Command::Rerender { reply, .. } => {
-            drop(reply.send(Err(err())))
+/// Runs a batch in one transaction and commits it.
+///
+/// The batch first runs without savepoints, because nearly every batch
+/// succeeds whole and a savepoint per command costs a statement pair and a
+/// sub-journal page copy for every page it touches. Only when a command
+/// fails is the transaction rolled back and the batch run again, each
+/// command inside its own savepoint, so that the failed one is undone alone
+/// and the others still commit.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &[Command],
+) -> (Vec<Result<Outcome, StoreError>>, Result<(), String>) {
+    let unavailable = |e: rusqlite::Error| {
+        let message = e.to_string();
+        let outcomes = batch
+            .iter()
+            .map(|_| Err(StoreError::Unavailable(message.clone())))
+            .collect();
+        (outcomes, Err(message))
+    };
+    let outcomes = match begin(conn) {
+        Ok(tx) => {
+            let outcomes: Vec<_> = batch.iter().map(|c| execute(&tx, c)).collect();
+            if outcomes.iter().all(Result::is_ok) {
+                return (outcomes, tx.commit().map_err(|e| e.to_string()));
+            }
+            outcomes
         }
-        Command::Prune { reply, .. } => drop(reply.send(Err(err()))),
+        Err(e) => return unavailable(e),
+    };
+    drop(outcomes);
+    let tx = match begin(conn) {
+        Ok(tx) => tx,
+        Err(e) => return unavailable(e),
+    };
+    let outcomes = batch.iter().map(|c| scoped(&tx, c)).collect();
+    let commit = tx.commit().map_err(|e| e.to_string());
+    (outcomes, commit)
+}
+
+/// Opens the batch's transaction. IMMEDIATE takes the write lock at BEGIN,
+/// where SQLite's busy timeout waits for another process (an inspection
+/// command) to finish; a deferred transaction that reads first and writes
+/// later fails at once with "database is locked" instead.
+fn begin(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
+
+/// Runs one command inside a savepoint, so that its failure undoes its own
+/// changes and nothing else.
+fn scoped(conn: &Connection, command: &Command) -> Result<Outcome, StoreError> {
+    // Cached statements rather than rusqlite's `Savepoint`, which parses its
+    // SQL again for every use.
+    conn.prepare_cached("SAVEPOINT command")?.execute([])?;
+    match execute(conn, command) {
+        Ok(v) => {
+            conn.prepare_cached("RELEASE command")?.execute([])?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
+            conn.prepare_cached("RELEASE command")?.execute([])?;
+            Err(e)
+        }
     }
 }
 
-/// Runs one command inside a savepoint of the batch's transaction.
-fn execute(tx: &mut Transaction<'_>, command: Command) -> Pending {
-    fn scoped<T>(
-        tx: &mut Transaction<'_>,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        // Cached statements rather than rusqlite's `Savepoint`, which parses
-        // its SQL again for every command of every batch.
-        let conn: &Connection = tx;
-        conn.prepare_cached("SAVEPOINT command")?.execute([])?;
-        match f(conn) {
-            Ok(v) => {
-                conn.prepare_cached("RELEASE command")?.execute([])?;
-                Ok(v)
-            }
-            Err(e) => {
-                conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
-                conn.prepare_cached("RELEASE command")?.execute([])?;
-                Err(e)
-            }
-        }
-    }
-    match command {
-        Command::Accept { delivery, reply } => {
-            let r = scoped(tx, |c| schema::accept(c, &delivery));
-            Pending::Accept(reply, r)
-        }
+/// Runs one command's statements.
+fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
+    Ok(match command {
+        Command::Accept { delivery, .. } => Outcome::Accepted(schema::accept(c, delivery)?),
         Command::Lease {
             now_ms,
             limit,
             lease_ms,
-            reply,
-        } => Pending::Lease(
-            reply,
-            scoped(tx, |c| schema::lease(c, now_ms, limit, lease_ms)),
-        ),
-        Command::Record { attempt, reply } => {
-            Pending::Unit(reply, scoped(tx, |c| schema::record(c, &attempt)))
+            ..
+        } => Outcome::Jobs(schema::lease(c, *now_ms, *limit, *lease_ms)?),
+        Command::Record { attempt, .. } => {
+            schema::record(c, attempt)?;
+            Outcome::Unit
         }
-        Command::Release { job_ids, reply } => {
-            Pending::Unit(reply, scoped(tx, |c| schema::release(c, &job_ids)))
+        Command::Release { job_ids, .. } => {
+            schema::release(c, job_ids)?;
+            Outcome::Unit
         }
         Command::RequeueFailed {
             delivery_id,
             now_ms,
-            reply,
-        } => Pending::Bool(
-            reply,
-            scoped(tx, |c| schema::requeue_failed(c, &delivery_id, now_ms)),
-        ),
+            ..
+        } => Outcome::Bool(schema::requeue_failed(c, delivery_id, *now_ms)?),
         Command::Rerender {
             delivery_id,
             jobs,
             failure,
             now_ms,
-            reply,
-        } => Pending::Bool(
-            reply,
-            scoped(tx, |c| {
-                schema::rerender(c, &delivery_id, &jobs, failure.as_deref(), now_ms)
-            }),
-        ),
+            ..
+        } => Outcome::Bool(schema::rerender(
+            c,
+            delivery_id,
+            jobs,
+            failure.as_deref(),
+            *now_ms,
+        )?),
         Command::Prune {
-            cutoff_ms,
-            limit,
-            reply,
-        } => Pending::Count(reply, scoped(tx, |c| schema::prune(c, cutoff_ms, limit))),
-        Command::ReleaseAll { reply } => Pending::Unit(
-            reply,
-            scoped(tx, |c| {
-                c.execute(
-                    "UPDATE jobs SET leased_until = NULL WHERE leased_until IS NOT NULL",
-                    [],
-                )?;
-                Ok(())
-            }),
-        ),
-        Command::Ping { reply } => {
-            Pending::Unit(reply, scoped(tx, |c| Ok(c.execute_batch("SELECT 1")?)))
+            cutoff_ms, limit, ..
+        } => Outcome::Count(schema::prune(c, *cutoff_ms, *limit)?),
+        Command::ReleaseAll { .. } => {
+            c.execute(
+                "UPDATE jobs SET leased_until = NULL WHERE leased_until IS NOT NULL",
+                [],
+            )?;
+            Outcome::Unit
         }
+        Command::Ping { .. } => {
+            c.execute_batch("SELECT 1")?;
+            Outcome::Unit
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(id: &str) -> (Command, oneshot::Receiver<Result<Accepted, StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        let delivery = crate::store::tests::delivery(id, None, 1);
+        (
+            Command::Accept {
+                delivery: Box::new(delivery),
+                reply,
+            },
+            answer,
+        )
+    }
+
+    #[test]
+    fn a_batch_with_a_failing_command_is_replayed_so_the_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("store.db")).unwrap();
+        schema::migrate(&conn).unwrap();
+        // One batch: the second command clashes with the first on the
+        // primary key, which fails the first pass and forces the replay.
+        let (commands, answers): (Vec<_>, Vec<_>) =
+            ["d1", "d1", "d2"].into_iter().map(accept).unzip();
+        let (outcomes, commit) = commit_batch(&mut conn, &commands);
+        assert_eq!(commit, Ok(()));
+        for (command, outcome) in commands.into_iter().zip(outcomes) {
+            command.answer(outcome, &commit);
+        }
+        let results: Vec<_> = answers
+            .into_iter()
+            .map(|mut a| a.try_recv().unwrap().is_ok())
+            .collect();
+        assert_eq!(results, [true, false, true]);
+        let stored: Vec<String> = conn
+            .prepare("SELECT delivery_id FROM jobs ORDER BY delivery_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(stored, ["d1", "d2"], "the failed command left nothing");
+    }
+
+    #[test]
+    fn a_batch_that_succeeds_commits_in_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("store.db")).unwrap();
+        schema::migrate(&conn).unwrap();
+        let (commands, _answers): (Vec<_>, Vec<_>) = ["a", "b"].into_iter().map(accept).unzip();
+        let (outcomes, commit) = commit_batch(&mut conn, &commands);
+        assert_eq!(commit, Ok(()));
+        assert!(outcomes.iter().all(Result::is_ok));
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 2);
     }
 }
