@@ -88,7 +88,19 @@ impl Command {
     /// Sends the command's outcome to its caller, or the commit's error when
     /// the batch did not commit.
     fn answer(self, outcome: Result<Outcome, StoreError>, commit: &Result<(), String>) {
-        fn send<T>(reply: Reply<T>, result: Result<T, StoreError>) {
+        /// Sends the outcome's value when it is of the kind `pick` takes.
+        /// A mismatch cannot happen (each command produces its own kind);
+        /// it would answer "unavailable".
+        fn send<T>(
+            reply: Reply<T>,
+            outcome: Result<Outcome, StoreError>,
+            pick: impl FnOnce(Outcome) -> Option<T>,
+        ) {
+            let result = outcome.and_then(|o| {
+                pick(o).ok_or_else(|| {
+                    StoreError::Unavailable("internal: unexpected store outcome".into())
+                })
+            });
             // The caller may have gone away (a client hung up); its data is
             // committed all the same, which is what at-least-once needs.
             let _ = reply.send(result);
@@ -97,48 +109,32 @@ impl Command {
             Ok(()) => outcome,
             Err(e) => Err(StoreError::Unavailable(e.clone())),
         };
-        // A mismatch between a command and its outcome cannot happen (each
-        // command produces its own kind); it would answer "unavailable".
-        let mismatch = || StoreError::Unavailable("internal: unexpected store outcome".into());
         match self {
-            Command::Accept { reply, .. } => send(
-                reply,
-                outcome.and_then(|o| match o {
-                    Outcome::Accepted(a) => Ok(a),
-                    _ => Err(mismatch()),
-                }),
-            ),
-            Command::Lease { reply, .. } => send(
-                reply,
-                outcome.and_then(|o| match o {
-                    Outcome::Jobs(jobs) => Ok(jobs),
-                    _ => Err(mismatch()),
-                }),
-            ),
+            Command::Accept { reply, .. } => send(reply, outcome, |o| match o {
+                Outcome::Accepted(a) => Some(a),
+                _ => None,
+            }),
+            Command::Lease { reply, .. } => send(reply, outcome, |o| match o {
+                Outcome::Jobs(jobs) => Some(jobs),
+                _ => None,
+            }),
             Command::Record { reply, .. }
             | Command::Release { reply, .. }
             | Command::ReleaseAll { reply }
-            | Command::Ping { reply } => send(
-                reply,
-                outcome.and_then(|o| match o {
-                    Outcome::Unit => Ok(()),
-                    _ => Err(mismatch()),
-                }),
-            ),
-            Command::RequeueFailed { reply, .. } | Command::Rerender { reply, .. } => send(
-                reply,
-                outcome.and_then(|o| match o {
-                    Outcome::Bool(b) => Ok(b),
-                    _ => Err(mismatch()),
-                }),
-            ),
-            Command::Prune { reply, .. } => send(
-                reply,
-                outcome.and_then(|o| match o {
-                    Outcome::Count(n) => Ok(n),
-                    _ => Err(mismatch()),
-                }),
-            ),
+            | Command::Ping { reply } => send(reply, outcome, |o| match o {
+                Outcome::Unit => Some(()),
+                _ => None,
+            }),
+            Command::RequeueFailed { reply, .. } | Command::Rerender { reply, .. } => {
+                send(reply, outcome, |o| match o {
+                    Outcome::Bool(b) => Some(b),
+                    _ => None,
+                })
+            }
+            Command::Prune { reply, .. } => send(reply, outcome, |o| match o {
+                Outcome::Count(n) => Some(n),
+                _ => None,
+            }),
         }
     }
 }
