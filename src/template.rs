@@ -14,6 +14,7 @@
 //! Evaluation failures (a type error, a bad filter argument, an unknown
 //! filter) are [`RenderError`]s.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -21,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 use minijinja::{AutoEscape, Environment, Value as MjValue, context};
 use serde::{Deserialize, Serialize};
 
+mod direct;
 #[cfg(test)]
 mod tests;
 
@@ -52,12 +54,31 @@ pub struct Context {
 }
 
 impl Context {
-    /// Converts the context into minijinja's value model.
+    /// Prepares the context for rendering every template of a route.
     ///
-    /// The conversion walks the whole body, so the accept path does it once
-    /// per request and renders every template of the route from the result.
-    pub fn prepare(&self) -> Prepared {
-        Prepared(context! {
+    /// Templates that only copy fields read the context directly; the
+    /// conversion into minijinja's value model walks the whole body, so it
+    /// is made at most once, by the first template that needs the engine.
+    pub fn prepare(&self) -> Prepared<'_> {
+        Prepared {
+            context: self,
+            engine_value: OnceCell::new(),
+            direct: true,
+        }
+    }
+
+    /// Like [`Context::prepare`], but every template goes through the
+    /// engine; the tests compare both ways.
+    #[cfg(test)]
+    fn prepare_engine_only(&self) -> Prepared<'_> {
+        Prepared {
+            direct: false,
+            ..self.prepare()
+        }
+    }
+
+    fn to_engine_value(&self) -> MjValue {
+        context! {
             body => MjValue::from_serialize(&self.body),
             headers => MjValue::from_serialize(&self.headers),
             query => MjValue::from_serialize(&self.query),
@@ -67,13 +88,31 @@ impl Context {
                 received_at => self.received_at.as_str(),
             },
             sns => self.sns.as_ref().map(MjValue::from_serialize),
-        })
+        }
     }
 }
 
-/// A [`Context`] already converted for rendering; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Prepared(MjValue);
+/// A [`Context`] being rendered: the context itself, and its conversion
+/// for the engine, made when first needed.
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    context: &'a Context,
+    engine_value: OnceCell<MjValue>,
+    /// Whether templates may be evaluated without the engine.
+    direct: bool,
+}
+
+impl Prepared<'_> {
+    fn engine_value(&self) -> &MjValue {
+        self.engine_value
+            .get_or_init(|| self.context.to_engine_value())
+    }
+
+    /// The context, when templates may read it directly.
+    fn direct(&self) -> Option<&Context> {
+        self.direct.then_some(self.context)
+    }
+}
 
 /// A template or expression that failed to compile.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -252,6 +291,7 @@ impl EngineBuilder {
             return Ok(StringTemplate {
                 source: source.to_owned(),
                 compiled: None,
+                direct: None,
             });
         }
         let name = self.unique_name(name);
@@ -267,6 +307,7 @@ impl EngineBuilder {
                 engine: Arc::clone(&self.engine),
                 name,
             }),
+            direct: direct::Text::parse(source),
         })
     }
 
@@ -293,6 +334,7 @@ impl EngineBuilder {
             .map_err(|err| invalid(describe(&err, source)))?;
         Ok(Expr {
             source: source.to_owned(),
+            direct: direct::VarPath::parse(source),
             compiled: Compiled {
                 engine: Arc::clone(&self.engine),
                 name,
@@ -440,6 +482,8 @@ impl Compiled {
 pub struct StringTemplate {
     source: String,
     compiled: Option<Compiled>,
+    /// The same template for direct evaluation, when it is that simple.
+    direct: Option<direct::Text>,
 }
 
 impl fmt::Debug for StringTemplate {
@@ -462,9 +506,14 @@ impl StringTemplate {
         let Some(compiled) = &self.compiled else {
             return Ok(self.source.clone());
         };
+        if let (Some(direct), Some(context)) = (&self.direct, ctx.direct())
+            && let Some(text) = direct.render(context)
+        {
+            return Ok(text);
+        }
         let env = compiled.engine.env(&compiled.name)?;
         env.get_template(&compiled.name)
-            .and_then(|template| template.render(&ctx.0))
+            .and_then(|template| template.render(ctx.engine_value()))
             .map_err(|err| compiled.error(&err, &self.source))
     }
 
@@ -486,9 +535,25 @@ impl StringTemplate {
 struct Expr {
     source: String,
     compiled: Compiled,
+    /// The expression as a plain variable path, when it is one.
+    direct: Option<direct::VarPath>,
 }
 
 impl Expr {
+    /// The expression's value as JSON, directly when it is a plain path.
+    fn value(&self, ctx: &Prepared) -> Result<serde_json::Value, RenderError> {
+        if let (Some(path), Some(context)) = (&self.direct, ctx.direct())
+            && let Some(value) = path.value(context)
+        {
+            return Ok(value);
+        }
+        let value = self.eval(ctx)?;
+        serde_json::to_value(&value).map_err(|err| RenderError {
+            name: self.compiled.name.clone(),
+            detail: format!("the value cannot be represented as JSON: {err}"),
+        })
+    }
+
     fn eval(&self, ctx: &Prepared) -> Result<MjValue, RenderError> {
         let compiled = &self.compiled;
         let env = compiled.engine.env(&compiled.name)?;
@@ -496,7 +561,7 @@ impl Expr {
             .get_template(&compiled.name)
             .map_err(|err| compiled.error(&err, &self.source))?;
         let captured = template
-            .render_captured(&ctx.0)
+            .render_captured(ctx.engine_value())
             .map_err(|err| compiled.error(&err, &self.source))?;
         Ok(captured
             .state()
@@ -561,13 +626,7 @@ impl Node {
         Ok(match self {
             Node::Static(value) => value.clone(),
             Node::Text(template) => serde_json::Value::String(template.render_prepared(ctx)?),
-            Node::Expr(expr) => {
-                let value = expr.eval(ctx)?;
-                serde_json::to_value(&value).map_err(|err| RenderError {
-                    name: expr.compiled.name.clone(),
-                    detail: format!("the value cannot be represented as JSON: {err}"),
-                })?
-            }
+            Node::Expr(expr) => expr.value(ctx)?,
             Node::Array(items) => serde_json::Value::Array(
                 items
                     .iter()

@@ -237,6 +237,85 @@ fn a_prepared_context_renders_the_same() {
     let mut builder = EngineBuilder::new();
     let template = builder.string("t", "{{ body.model }}-{{ route }}").unwrap();
     builder.finish();
-    let prepared = ctx().prepare();
+    let context = ctx();
+    let prepared = context.prepare();
     assert_eq!(template.render_prepared(&prepared).unwrap(), "post-blog");
+}
+
+#[test]
+fn direct_evaluation_gives_what_the_engine_gives() {
+    let mut with_sns = ctx();
+    with_sns.sns = Some(json!({"TopicArn": "arn:aws:sns:eu-west-1:1:t"}));
+    with_sns.body = json!("not a map");
+    let contexts = [ctx(), with_sns, Context::default()];
+    // (source, whether it is simple enough to skip the engine)
+    let strings = [
+        ("{{ body.model }}", true),
+        ("cms-{{ body.model }}-{{ body.count }}", true),
+        (
+            "{{ body.draft }}/{{ body.nothing }}/{{ body.missing }}",
+            true,
+        ),
+        ("{{ body.entry.id }}", true),
+        ("{{ body.entry.missing }}", true),
+        ("{{ body.missing.deeper }}", true),
+        ("{{ body.model.deeper }}", true),
+        ("{{ body.price }} {{ body.list }} {{ body.entry }}", true),
+        (
+            "{{ headers[\"x-event\"] }}:{{ headers['x-missing'] }}",
+            true,
+        ),
+        (
+            "{{ query.ref }} {{ route }} {{ delivery.id }} {{ delivery.received_at }}",
+            true,
+        ),
+        ("{{ delivery.other }} {{ delivery }} {{ headers }}", true),
+        ("{{body.model}} }} {", true),
+        ("{{ sns.TopicArn }}", false),
+        ("{{ body.model | upper }}", false),
+        ("{{- body.model }}", false),
+        ("{% if body.draft %}d{% endif %}", false),
+        ("{{ body.list.0 }}", false),
+    ];
+    let values = [
+        json!("{{ body.entry }}"),
+        json!("{{ body.price }}"),
+        json!("{{ body.nothing }}"),
+        json!("{{ body.missing }}"),
+        json!("{{ body.missing.deeper }}"),
+        json!("{{ headers['x-event'] }}"),
+        json!("{{ headers }}"),
+        json!({"a": "{{ route }}", "b": ["{{ delivery.id }}", "{{ body.count }}"]}),
+    ];
+    let mut builder = EngineBuilder::new();
+    let compiled_strings: Vec<_> = strings
+        .iter()
+        .map(|(source, _)| builder.string("t", source).unwrap())
+        .collect();
+    let compiled_values: Vec<_> = values
+        .iter()
+        .map(|source| builder.value("v", source).unwrap())
+        .collect();
+    builder.finish();
+    for ((source, simple), template) in strings.iter().zip(&compiled_strings) {
+        assert_eq!(template.direct.is_some(), *simple, "{source}");
+    }
+    for context in &contexts {
+        for ((source, _), template) in strings.iter().zip(&compiled_strings) {
+            assert_eq!(
+                template.render_prepared(&context.prepare()),
+                template.render_prepared(&context.prepare_engine_only()),
+                "{source} with body {}",
+                context.body
+            );
+        }
+        for (source, template) in values.iter().zip(&compiled_values) {
+            assert_eq!(
+                template.render_prepared(&context.prepare()),
+                template.render_prepared(&context.prepare_engine_only()),
+                "{source} with body {}",
+                context.body
+            );
+        }
+    }
 }
