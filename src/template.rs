@@ -56,9 +56,10 @@ pub struct Context {
 impl Context {
     /// Prepares the context for rendering every template of a route.
     ///
-    /// Templates that only copy fields read the context directly; the
-    /// conversion into minijinja's value model walks the whole body, so it
-    /// is made at most once, by the first template that needs the engine.
+    /// Templates that only copy fields read the context directly. The others
+    /// need it converted into minijinja's value model: only the parts of the
+    /// body they read, when the analysis of the template says which; the
+    /// whole body otherwise, and then at most once per request.
     pub fn prepare(&self) -> Prepared<'_> {
         Prepared {
             context: self,
@@ -77,9 +78,9 @@ impl Context {
         }
     }
 
-    fn to_engine_value(&self) -> MjValue {
+    fn to_engine_value_with(&self, body: MjValue) -> MjValue {
         context! {
-            body => MjValue::from_serialize(&self.body),
+            body => body,
             headers => MjValue::from_serialize(&self.headers),
             query => MjValue::from_serialize(&self.query),
             route => self.route.as_str(),
@@ -92,8 +93,8 @@ impl Context {
     }
 }
 
-/// A [`Context`] being rendered: the context itself, and its conversion
-/// for the engine, made when first needed.
+/// A [`Context`] being rendered: the context itself, and its whole
+/// conversion for the engine, made when first needed.
 #[derive(Debug)]
 pub struct Prepared<'a> {
     context: &'a Context,
@@ -103,9 +104,20 @@ pub struct Prepared<'a> {
 }
 
 impl Prepared<'_> {
-    fn engine_value(&self) -> &MjValue {
-        self.engine_value
-            .get_or_init(|| self.context.to_engine_value())
+    /// The context for the engine, holding as much of the body as a
+    /// template that reads `reads` needs.
+    fn engine_value(&self, reads: &BodyReads) -> std::borrow::Cow<'_, MjValue> {
+        match reads {
+            BodyReads::Paths(paths) if self.direct => {
+                let paths: Vec<&[String]> = paths.iter().map(Vec::as_slice).collect();
+                let body = convert_paths(&self.context.body, &paths);
+                std::borrow::Cow::Owned(self.context.to_engine_value_with(body))
+            }
+            _ => std::borrow::Cow::Borrowed(self.engine_value.get_or_init(|| {
+                self.context
+                    .to_engine_value_with(MjValue::from_serialize(&self.context.body))
+            })),
+        }
     }
 
     /// The context, when templates may read it directly.
@@ -271,6 +283,13 @@ impl EngineBuilder {
         self.engine
     }
 
+    /// What of the body the template just added as `name` reads.
+    fn reads(&self, name: &str) -> BodyReads {
+        self.env
+            .get_template(name)
+            .map_or(BodyReads::Whole, |template| BodyReads::of(&template))
+    }
+
     fn unique_name(&mut self, name: &str) -> String {
         let mut candidate = name.to_owned();
         let mut n = 2;
@@ -305,6 +324,7 @@ impl EngineBuilder {
             source: source.to_owned(),
             compiled: Some(Compiled {
                 engine: Arc::clone(&self.engine),
+                reads: self.reads(&name),
                 name,
             }),
             direct: direct::Text::parse(source),
@@ -337,6 +357,7 @@ impl EngineBuilder {
             direct: direct::VarPath::parse(source),
             compiled: Compiled {
                 engine: Arc::clone(&self.engine),
+                reads: self.reads(&name),
                 name,
             },
         })
@@ -466,6 +487,77 @@ fn urldecode(value: MjValue) -> String {
 struct Compiled {
     engine: Arc<Engine>,
     name: String,
+    /// What of the body the template reads.
+    reads: BodyReads,
+}
+
+/// The parts of the request body a template reads, found by minijinja's
+/// static analysis, so that only those are converted for the engine.
+#[derive(Clone, Debug, PartialEq)]
+enum BodyReads {
+    /// The template uses the body as a whole (iterates it, subscripts it,
+    /// hands it to a filter...).
+    Whole,
+    /// Only these chains of attributes, e.g. `["event"]` for `body.event`.
+    Paths(Vec<Vec<String>>),
+}
+
+impl BodyReads {
+    /// Reads the analysis of a compiled template: the variables it uses,
+    /// with chains of attribute lookups spelt out (`body.entry.id`).
+    fn of(template: &minijinja::Template<'_, '_>) -> BodyReads {
+        let mut paths = Vec::new();
+        for variable in template.undeclared_variables(true) {
+            let mut parts = variable.split('.');
+            if parts.next() != Some("body") {
+                continue;
+            }
+            let path: Vec<String> = parts.map(str::to_owned).collect();
+            if path.is_empty() {
+                return BodyReads::Whole;
+            }
+            paths.push(path);
+        }
+        BodyReads::Paths(paths).sorted()
+    }
+
+    /// The same reads in a stable order (the analysis returns a set).
+    fn sorted(self) -> BodyReads {
+        match self {
+            BodyReads::Paths(mut paths) => {
+                paths.sort();
+                BodyReads::Paths(paths)
+            }
+            whole => whole,
+        }
+    }
+}
+
+/// Converts the parts of `value` that `paths` reach: maps keep only the
+/// keys on a path, and whatever a path ends on (or cannot go through) is
+/// converted whole.
+fn convert_paths(value: &serde_json::Value, paths: &[&[String]]) -> MjValue {
+    let serde_json::Value::Object(map) = value else {
+        return MjValue::from_serialize(value);
+    };
+    if paths.iter().any(|path| path.is_empty()) {
+        return MjValue::from_serialize(value);
+    }
+    let mut partial: BTreeMap<String, MjValue> = BTreeMap::new();
+    for (index, path) in paths.iter().enumerate() {
+        let key = &path[0];
+        if partial.contains_key(key) {
+            continue;
+        }
+        let Some(child) = map.get(key) else { continue };
+        let rests: Vec<&[String]> = paths[index..]
+            .iter()
+            .filter(|other| &other[0] == key)
+            .map(|other| &other[1..])
+            .collect();
+        partial.insert(key.clone(), convert_paths(child, &rests));
+    }
+    MjValue::from(partial)
 }
 
 impl Compiled {
@@ -513,7 +605,7 @@ impl StringTemplate {
         }
         let env = compiled.engine.env(&compiled.name)?;
         env.get_template(&compiled.name)
-            .and_then(|template| template.render(ctx.engine_value()))
+            .and_then(|template| template.render(ctx.engine_value(&compiled.reads).as_ref()))
             .map_err(|err| compiled.error(&err, &self.source))
     }
 
@@ -561,7 +653,7 @@ impl Expr {
             .get_template(&compiled.name)
             .map_err(|err| compiled.error(&err, &self.source))?;
         let captured = template
-            .render_captured(ctx.engine_value())
+            .render_captured(ctx.engine_value(&compiled.reads).as_ref())
             .map_err(|err| compiled.error(&err, &self.source))?;
         Ok(captured
             .state()

@@ -276,6 +276,28 @@ fn direct_evaluation_gives_what_the_engine_gives() {
         ("{{- body.model }}", false),
         ("{% if body.draft %}d{% endif %}", false),
         ("{{ body.list.0 }}", false),
+        (
+            "{{ body.entry.tags | join(',') }} {{ body.entry | tojson }}",
+            false,
+        ),
+        ("{{ body.missing.deeper | default('x') }}", false),
+        ("{{ body.model.deeper | default('x') }}", false),
+        ("{% for t in body.entry.tags %}{{ t }}{% endfor %}", false),
+        ("{{ body['model'] }} {{ body | length }}", false),
+        (
+            "{{ body.entry.id + body.count }} {{ body.nothing is none }}",
+            false,
+        ),
+        ("{% set e = body.entry %}{{ e.id }}", false),
+    ];
+    let conditions = [
+        "body.model in ['post', 'page']",
+        "body.entry.id > 3 and body.count == 3",
+        "body.missing is defined",
+        "body.entry.tags | length > 1",
+        "body.nothing is none",
+        "body.missing.deeper",
+        "headers['x-event'] == 'publish' and route == 'blog'",
     ];
     let values = [
         json!("{{ body.entry }}"),
@@ -296,26 +318,47 @@ fn direct_evaluation_gives_what_the_engine_gives() {
         .iter()
         .map(|source| builder.value("v", source).unwrap())
         .collect();
+    let compiled_conditions: Vec<_> = conditions
+        .iter()
+        .map(|source| builder.condition("when", source).unwrap())
+        .collect();
     builder.finish();
+    // The engine is handed only the parts of the body a template reads.
+    assert_eq!(
+        compiled_conditions[1].expr.compiled.reads,
+        BodyReads::Paths(vec![
+            vec!["count".into()],
+            vec!["entry".into(), "id".into()]
+        ])
+        .sorted()
+    );
+    let whole = strings
+        .iter()
+        .position(|(s, _)| s.contains("length"))
+        .unwrap();
+    let reads = |i: usize| compiled_strings[i].compiled.as_ref().unwrap().reads.clone();
+    assert_eq!(reads(whole), BodyReads::Whole);
     for ((source, simple), template) in strings.iter().zip(&compiled_strings) {
         assert_eq!(template.direct.is_some(), *simple, "{source}");
     }
     for context in &contexts {
-        for ((source, _), template) in strings.iter().zip(&compiled_strings) {
+        // Renders one template both ways and compares.
+        let both_ways = |source: &dyn std::fmt::Display, render: &dyn Fn(&Prepared) -> String| {
             assert_eq!(
-                template.render_prepared(&context.prepare()),
-                template.render_prepared(&context.prepare_engine_only()),
+                render(&context.prepare()),
+                render(&context.prepare_engine_only()),
                 "{source} with body {}",
                 context.body
             );
+        };
+        for ((source, _), template) in strings.iter().zip(&compiled_strings) {
+            both_ways(source, &|p| format!("{:?}", template.render_prepared(p)));
+        }
+        for (source, condition) in conditions.iter().zip(&compiled_conditions) {
+            both_ways(source, &|p| format!("{:?}", condition.eval_prepared(p)));
         }
         for (source, template) in values.iter().zip(&compiled_values) {
-            assert_eq!(
-                template.render_prepared(&context.prepare()),
-                template.render_prepared(&context.prepare_engine_only()),
-                "{source} with body {}",
-                context.body
-            );
+            both_ways(source, &|p| format!("{:?}", template.render_prepared(p)));
         }
     }
 }
