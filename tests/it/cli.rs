@@ -143,3 +143,47 @@ fn render_prints_the_exact_requests_and_can_verify() {
     assert_eq!(code, 0);
     assert!(stdout.contains("nothing would be sent"), "{stdout}");
 }
+
+#[test]
+fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = "github:\n  token: ghp_test\nstore:\n  url: sqlite:relay.db\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
+    let mut child = Command::new(binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            "routes.yaml",
+        ])
+        .current_dir(dir.path())
+        .env_remove("RELAY_LOG_FORMAT")
+        .env_remove("RELAY_DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("Listening") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("the relay logs that it listens");
+    assert!(line.contains("INFO"), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "no ANSI escapes in piped logs: {line:?}"
+    );
+}
