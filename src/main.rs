@@ -15,7 +15,9 @@ async fn main() {
         _ => "warn",
     };
     telemetry::init(format, default_filter);
-    if let Err(e) = cli::run(cli).await {
+    let result = cli::run(cli).await;
+    telemetry::flush();
+    if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(e.exit_code());
     }

@@ -1,8 +1,10 @@
 //! Logs and metrics: the tracing subscriber (pretty or JSON) and the
 //! Prometheus registry with one typed method per event worth counting.
 
+mod log_buffer;
 mod metrics;
 
+pub use log_buffer::flush;
 pub use metrics::{DispatchOutcome, Metrics, WebhookOutcome};
 
 use tracing_subscriber::EnvFilter;
@@ -32,7 +34,7 @@ pub fn init(format: LogFormat, default_filter: &str) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log_buffer::BufferedStderr::start())
         .with_ansi(ansi)
         .with_target(false);
     let _ = match format {

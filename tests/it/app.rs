@@ -79,8 +79,8 @@ async fn post_n(app: &TestApp, route: &str, n: usize) {
 }
 
 /// No token, JWT or key material may ever reach the logs.
-fn assert_no_secrets_in_logs(app: &TestApp) {
-    let logs = app.logs().join("\n");
+fn assert_no_secrets_in_logs(app: &mut TestApp) {
+    let logs = app.stop_and_read_logs().join("\n");
     for request in app.github.requests() {
         if let Some(token) = request
             .header("authorization")
@@ -94,7 +94,7 @@ fn assert_no_secrets_in_logs(app: &TestApp) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_concurrent_dispatches_for_one_installation_cause_one_mint_and_one_lookup() {
-    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
+    let mut app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
     app.github.set_latency(Duration::from_millis(50));
     let posts = (0..50).map(|i| {
         let app = &app;
@@ -120,7 +120,7 @@ async fn fifty_concurrent_dispatches_for_one_installation_cause_one_mint_and_one
             .contains("dispatch_relay_github_token_mints_total{result=\"success\"} 1")
     );
     assert_eq!(app.github.violations(), Vec::<String>::new());
-    assert_no_secrets_in_logs(&app);
+    assert_no_secrets_in_logs(&mut app);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,12 +180,22 @@ async fn mints_are_narrowed_to_the_repository_and_the_permissions_of_the_target(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_installation_lookup_is_cached_and_tokens_are_reused_until_renewal() {
-    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
-    // GitHub's long token format, far beyond 40 characters, is used as is.
-    app.github.set_long_tokens(true);
-    // A short life: the token is renewed half way through it (or five minutes before
-    // expiry for GitHub's hour-long tokens).
-    app.github.set_token_lifetime(Duration::from_secs(3));
+    // Set before the relay starts, because its startup preflight already
+    // mints a token.
+    let mut app = spawn_app_prepared(
+        &app_head("off"),
+        &hmac_route("cms", blog_target()),
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        |github| {
+            enable_test_app(github);
+            // GitHub's long token format, far beyond 40 characters, is used as is.
+            github.set_long_tokens(true);
+            // A short life: the token is renewed half way through it (or five
+            // minutes before expiry for GitHub's hour-long tokens).
+            github.set_token_lifetime(Duration::from_secs(3));
+        },
+    )
+    .await;
     post_n(&app, "cms", 3).await;
     let first = app.github.wait_for_dispatches(3, WAIT).await;
     let first_token = bearer(&first[0]);
@@ -217,7 +227,7 @@ async fn the_installation_lookup_is_cached_and_tokens_are_reused_until_renewal()
     assert_eq!(app.github.requests_of(LOOKUP).len(), 1);
     // No dispatch was ever refused.
     assert!(app.github.requests().iter().all(|r| r.status != 401));
-    assert_no_secrets_in_logs(&app);
+    assert_no_secrets_in_logs(&mut app);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -361,11 +371,8 @@ async fn workflow_dispatches_record_the_run_they_created() {
     let output = app.cli(&["deliveries"]);
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("workflow run"), "{text}");
-    assert!(
-        app.logs()
-            .iter()
-            .any(|l| l.contains("Workflow run created") && l.contains("workflow_run_id"))
-    );
+    app.wait_for_log(|l| l.contains("Workflow run created") && l.contains("workflow_run_id"))
+        .await;
     assert_eq!(app.github.violations(), Vec::<String>::new());
 }
 

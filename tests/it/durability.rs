@@ -171,9 +171,6 @@ async fn a_valid_edit_adds_a_route_and_an_invalid_one_keeps_the_old_routes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(app.post("new", "{}").await.status(), 202);
-    assert!(
-        app.logs()
-            .iter()
-            .any(|l| l.contains("previous one stays in force") && l.contains("routes.yaml:"))
-    );
+    app.wait_for_log(|l| l.contains("previous one stays in force") && l.contains("routes.yaml:"))
+        .await;
 }

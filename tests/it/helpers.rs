@@ -56,6 +56,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     child: Option<Child>,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The thread that reads the relay's stderr; it ends with the process.
+    log_reader: Option<std::thread::JoinHandle<()>>,
     env: Vec<(String, String)>,
 }
 
@@ -105,9 +107,39 @@ impl TestApp {
         request.send().await.expect("relay answers")
     }
 
-    /// Every log line the relay wrote so far (JSON objects).
+    /// Every log line the relay wrote so far (JSON objects). The relay
+    /// writes informational lines in batches, a few milliseconds late: to
+    /// see one, use [`TestApp::wait_for_log`]; to see them all, use
+    /// [`TestApp::stop_and_read_logs`].
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Polls the log until a line satisfies `wanted`, or panics at the
+    /// deadline.
+    pub async fn wait_for_log(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.logs().into_iter().find(|l| wanted(l)) {
+                return line;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                panic!("no such log line: {:#?}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the relay with SIGTERM and returns every line it logged, up to
+    /// the last one written at exit.
+    pub fn stop_and_read_logs(&mut self) -> Vec<String> {
+        self.sigterm();
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "the relay exited with {status}");
+        if let Some(reader) = self.log_reader.take() {
+            reader.join().unwrap();
+        }
+        self.logs()
     }
 
     pub async fn metrics(&self) -> String {
@@ -210,10 +242,11 @@ impl TestApp {
     /// Starts the relay again on the same directory and store.
     pub fn restart(&mut self) {
         self.kill9();
-        let (child, base_url, logs) = start_relay(self.dir.path(), &self.env);
+        let (child, base_url, logs, log_reader) = start_relay(self.dir.path(), &self.env);
         self.child = Some(child);
         self.base_url = base_url;
         self.logs = logs;
+        self.log_reader = Some(log_reader);
     }
 }
 
@@ -278,7 +311,7 @@ pub async fn spawn_app_prepared(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    let (child, base_url, logs) = start_relay(dir.path(), &env);
+    let (child, base_url, logs, log_reader) = start_relay(dir.path(), &env);
     TestApp {
         github,
         dir,
@@ -286,11 +319,17 @@ pub async fn spawn_app_prepared(
         http: reqwest::Client::new(),
         child: Some(child),
         logs,
+        log_reader: Some(log_reader),
         env,
     }
 }
 
-type Started = (Child, String, Arc<Mutex<Vec<String>>>);
+type Started = (
+    Child,
+    String,
+    Arc<Mutex<Vec<String>>>,
+    std::thread::JoinHandle<()>,
+);
 
 fn start_relay(dir: &std::path::Path, env: &[(String, String)]) -> Started {
     let mut command = Command::new(binary());
@@ -312,7 +351,7 @@ fn start_relay(dir: &std::path::Path, env: &[(String, String)]) -> Started {
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (addr_tx, addr_rx) = mpsc::channel();
     let sink = logs.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Ok(event) = serde_json::from_str::<Value>(&line) {
@@ -330,7 +369,7 @@ fn start_relay(dir: &std::path::Path, env: &[(String, String)]) -> Started {
             panic!("the relay did not start: {:#?}", logs.lock().unwrap());
         }
     };
-    (child, format!("http://{addr}"), logs)
+    (child, format!("http://{addr}"), logs, reader)
 }
 
 /// A stand-in for an alert destination (a Slack incoming webhook or any URL

@@ -355,7 +355,7 @@ async fn recipes_accept_their_samples_and_refuse_tampering() {
     let (routes, blocks) = all_routes();
     let env = env_with_clock(SAMPLES_NOW_MS);
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let app = spawn_app_with(TEST_HEAD, &routes, &env_ref).await;
+    let mut app = spawn_app_with(TEST_HEAD, &routes, &env_ref).await;
     let mut expected_dispatches = 0;
     for block in &blocks {
         for name in &block.samples {
@@ -441,7 +441,7 @@ async fn recipes_accept_their_samples_and_refuse_tampering() {
         "{s3_keys:?}"
     );
     assert!(
-        !app.logs().join("\n").contains("acme-fake"),
+        !app.stop_and_read_logs().join("\n").contains("acme-fake"),
         "a secret reached the log"
     );
 }
@@ -465,11 +465,7 @@ async fn recipes_refuse_samples_outside_their_window() {
             // The answer never says which check failed; the log does.
             assert!(!json.to_string().contains("timestamp"), "{json}");
         }
-        assert!(
-            app.logs()
-                .iter()
-                .any(|l| l.contains("outside the route's tolerance")),
-            "the log names the reason"
-        );
+        app.wait_for_log(|l| l.contains("outside the route's tolerance"))
+            .await;
     }
 }

@@ -387,11 +387,8 @@ async fn sns_confirms_once_relays_decoded_keys_and_refuses_forgeries() {
         ),
         "{metrics}"
     );
-    assert!(
-        app.logs()
-            .iter()
-            .any(|l| l.contains("Confirmed the SNS subscription"))
-    );
+    app.wait_for_log(|l| l.contains("Confirmed the SNS subscription"))
+        .await;
 
     // A notification signed with version 2; its key has spaces and
     // non-ASCII characters, form-encoded as S3 writes them.
@@ -472,11 +469,8 @@ async fn sns_refuses_cert_urls_off_amazon_over_http() {
     }
     let (status, json) = post_sns_to(&app, "/hooks/sns/acme-blog", original).await;
     assert_eq!(status, 202, "{json}");
-    assert!(
-        app.logs()
-            .iter()
-            .any(|l| l.contains("SigningCertURL is not https"))
-    );
+    app.wait_for_log(|l| l.contains("SigningCertURL is not https"))
+        .await;
 }
 
 async fn post_sns_to(app: &crate::helpers::TestApp, path: &str, body: String) -> (u16, Value) {
