@@ -255,7 +255,10 @@ impl EngineBuilder {
     /// Compiles a condition (a Jinja expression) named `name`.
     pub fn condition(&mut self, name: &str, source: &str) -> Result<Condition, TemplateError> {
         let expr = self.expression(name, source, &[])?;
-        Ok(Condition { expr })
+        Ok(Condition {
+            expr,
+            direct: direct::Condition::parse(source),
+        })
     }
 
     /// Compiles a value template; strings in it are templates with typed
@@ -666,6 +669,9 @@ impl Expr {
 #[derive(Clone)]
 pub struct Condition {
     expr: Expr,
+    /// The same condition for direct evaluation, when it only compares a
+    /// field with string constants.
+    direct: Option<direct::Condition>,
 }
 
 impl fmt::Debug for Condition {
@@ -682,6 +688,11 @@ impl Condition {
 
     /// Evaluates the condition from an already prepared context.
     pub fn eval_prepared(&self, ctx: &Prepared) -> Result<bool, RenderError> {
+        if let (Some(direct), Some(context)) = (&self.direct, ctx.direct())
+            && let Some(value) = direct.eval(context)
+        {
+            return Ok(value);
+        }
         Ok(self.expr.eval(ctx)?.is_true())
     }
 

@@ -12,7 +12,10 @@
 //! is certain and says "ask the engine" everywhere else: a float, a list or a
 //! map printed inside text, a path through something that is not a map, a
 //! variable other than `body`, `headers`, `query`, `route` and `delivery`.
-//! A table test renders every case both ways.
+//! Conditions of the most common form, a field compared with string
+//! constants (`body.event in ["entry.publish", "entry.unpublish"]`), are
+//! evaluated directly too, when the field is a string. A table test
+//! evaluates every case both ways.
 
 use super::Context;
 
@@ -206,4 +209,85 @@ impl Text {
         }
         Some(out)
     }
+}
+
+/// A `when` that compares one field with string constants:
+/// `PATH in ['a', "b"]`, `PATH == 'a'` or `PATH != 'a'`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Condition {
+    path: VarPath,
+    test: Test,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Test {
+    In(Vec<String>),
+    Equal(String),
+    NotEqual(String),
+}
+
+impl Condition {
+    /// Parses one of the three forms; anything else is left to the engine.
+    pub(super) fn parse(source: &str) -> Option<Condition> {
+        let source = source.trim();
+        let end = source.find(char::is_whitespace)?;
+        let path = VarPath::parse(&source[..end])?;
+        let rest = source[end..].trim_start();
+        let test = if let Some(list) = rest.strip_prefix("in") {
+            let list = list.trim().strip_prefix('[')?.strip_suffix(']')?;
+            let mut items = Vec::new();
+            let mut rest = list.trim();
+            while !rest.is_empty() {
+                let (item, after) = split_string_literal(rest)?;
+                items.push(item.to_owned());
+                rest = after.trim_start();
+                if let Some(after_comma) = rest.strip_prefix(',') {
+                    rest = after_comma.trim_start();
+                    if rest.is_empty() {
+                        return None;
+                    }
+                } else if !rest.is_empty() {
+                    return None;
+                }
+            }
+            Test::In(items)
+        } else if let Some(value) = rest.strip_prefix("==") {
+            Test::Equal(whole_string_literal(value)?)
+        } else if let Some(value) = rest.strip_prefix("!=") {
+            Test::NotEqual(whole_string_literal(value)?)
+        } else {
+            return None;
+        };
+        Some(Condition { path, test })
+    }
+
+    /// The condition's value when the field is a string; `None` otherwise,
+    /// for the engine's comparison rules.
+    pub(super) fn eval(&self, ctx: &Context) -> Option<bool> {
+        let text = match self.path.lookup(ctx)? {
+            Found::Text(text) => text,
+            Found::Json(serde_json::Value::String(text)) => text.as_str(),
+            _ => return None,
+        };
+        Some(match &self.test {
+            Test::In(items) => items.iter().any(|item| item == text),
+            Test::Equal(value) => value == text,
+            Test::NotEqual(value) => value != text,
+        })
+    }
+}
+
+/// Splits a leading `'...'` or `"..."` without escapes off `text`.
+fn split_string_literal(text: &str) -> Option<(&str, &str)> {
+    let quote = text.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+    let inner = &text[1..];
+    let end = inner.find(quote)?;
+    let literal = &inner[..end];
+    (!literal.contains('\\')).then_some((literal, &inner[end + 1..]))
+}
+
+/// The string constant that is all of `text`.
+fn whole_string_literal(text: &str) -> Option<String> {
+    let (literal, rest) = split_string_literal(text.trim())?;
+    rest.trim().is_empty().then(|| literal.to_owned())
 }

@@ -290,14 +290,28 @@ fn direct_evaluation_gives_what_the_engine_gives() {
         ),
         ("{% set e = body.entry %}{{ e.id }}", false),
     ];
+    // (source, whether it is simple enough to skip the engine)
     let conditions = [
-        "body.model in ['post', 'page']",
-        "body.entry.id > 3 and body.count == 3",
-        "body.missing is defined",
-        "body.entry.tags | length > 1",
-        "body.nothing is none",
-        "body.missing.deeper",
-        "headers['x-event'] == 'publish' and route == 'blog'",
+        ("body.model in ['post', 'page']", true),
+        ("body.model in [\"page\", 'x in y']", true),
+        ("body.model == 'post'", true),
+        ("body.model != \"post\"", true),
+        ("headers['x-event'] == 'publish'", true),
+        ("body.count in ['3']", true),
+        ("body.entry in ['x']", true),
+        ("body.missing in ['x']", true),
+        ("body.missing != 'x'", true),
+        ("body.model in ['post',]", false),
+        ("body.model in ['po\\'st']", false),
+        ("body.model == 'post' and true", false),
+        ("body.model not in ['post']", false),
+        ("route == 'blog'", true),
+        ("body.entry.id > 3 and body.count == 3", false),
+        ("body.missing is defined", false),
+        ("body.entry.tags | length > 1", false),
+        ("body.nothing is none", false),
+        ("body.missing.deeper", false),
+        ("headers['x-event'] == 'publish' and route == 'blog'", false),
     ];
     let values = [
         json!("{{ body.entry }}"),
@@ -320,12 +334,19 @@ fn direct_evaluation_gives_what_the_engine_gives() {
         .collect();
     let compiled_conditions: Vec<_> = conditions
         .iter()
-        .map(|source| builder.condition("when", source).unwrap())
+        .map(|(source, _)| builder.condition("when", source).unwrap())
         .collect();
     builder.finish();
+    for ((source, simple), condition) in conditions.iter().zip(&compiled_conditions) {
+        assert_eq!(condition.direct.is_some(), *simple, "{source}");
+    }
     // The engine is handed only the parts of the body a template reads.
+    let and = conditions
+        .iter()
+        .position(|(s, _)| s.starts_with("body.entry.id > 3"))
+        .unwrap();
     assert_eq!(
-        compiled_conditions[1].expr.compiled.reads,
+        compiled_conditions[and].expr.compiled.reads,
         BodyReads::Paths(vec![
             vec!["count".into()],
             vec!["entry".into(), "id".into()]
@@ -354,7 +375,7 @@ fn direct_evaluation_gives_what_the_engine_gives() {
         for ((source, _), template) in strings.iter().zip(&compiled_strings) {
             both_ways(source, &|p| format!("{:?}", template.render_prepared(p)));
         }
-        for (source, condition) in conditions.iter().zip(&compiled_conditions) {
+        for ((source, _), condition) in conditions.iter().zip(&compiled_conditions) {
             both_ways(source, &|p| format!("{:?}", condition.eval_prepared(p)));
         }
         for (source, template) in values.iter().zip(&compiled_values) {
