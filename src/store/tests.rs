@@ -335,3 +335,24 @@ async fn opening_an_up_to_date_store_takes_no_write_lock() {
     );
     holder.execute_batch("ROLLBACK").unwrap();
 }
+
+#[tokio::test]
+async fn a_new_store_has_large_pages_and_an_old_one_keeps_its_own() {
+    let (dir, store) = open();
+    let page_size = |path: &std::path::Path| -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(page_size(store.path()), PAGE_SIZE);
+    // A store created with SQLite's default pages opens as it is.
+    let old = dir.path().join("old.db");
+    Connection::open(&old)
+        .unwrap()
+        .execute_batch("PRAGMA page_size = 4096; CREATE TABLE t (x); PRAGMA journal_mode = WAL;")
+        .unwrap();
+    let reopened = Store::open(&old, Synchronous::Full).unwrap();
+    reopened.accept(delivery("d1", None, 1)).await.unwrap();
+    assert_eq!(page_size(&old), 4096);
+}
