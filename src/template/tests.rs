@@ -271,6 +271,10 @@ fn direct_evaluation_gives_what_the_engine_gives() {
         ),
         ("{{ delivery.other }} {{ delivery }} {{ headers }}", true),
         ("{{body.model}} }} {", true),
+        (
+            "{{ body.items }}|{{ body.keys }}|{{ body.none }}|{{ body.true }}",
+            true,
+        ),
         ("{{ sns.TopicArn }}", false),
         ("{{ body.model | upper }}", false),
         ("{{- body.model }}", false),
