@@ -356,3 +356,23 @@ async fn a_new_store_has_large_pages_and_an_old_one_keeps_its_own() {
     reopened.accept(delivery("d1", None, 1)).await.unwrap();
     assert_eq!(page_size(&old), 4096);
 }
+
+#[test]
+fn the_wal_is_checkpointed_every_four_megabytes_whatever_the_page_size() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, page_size, pages) in [("new.db", None, 256), ("old.db", Some(4096), 1024)] {
+        let path = dir.path().join(name);
+        if let Some(size) = page_size {
+            Connection::open(&path)
+                .unwrap()
+                .execute_batch(&format!("PRAGMA page_size = {size}; CREATE TABLE t (x);"))
+                .unwrap();
+        }
+        let conn = open_connection(&path).unwrap();
+        writer::tune(&conn, Synchronous::Full).unwrap();
+        let autocheckpoint: i64 = conn
+            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+            .unwrap();
+        assert_eq!(autocheckpoint, pages, "{name}");
+    }
+}

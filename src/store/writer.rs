@@ -139,6 +139,9 @@ impl Command {
     }
 }
 
+/// How much of the WAL is copied back into the database at a time.
+const CHECKPOINT_BYTES: i64 = 4 * 1024 * 1024;
+
 /// The most commands committed together. Large enough to absorb a burst at
 /// full speed, small enough that one commit stays short.
 const MAX_BATCH: usize = 512;
@@ -152,11 +155,7 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn start(conn: Connection, synchronous: Synchronous) -> Result<Writer, StoreError> {
-        let level = match synchronous {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", level)?;
+        tune(&conn, synchronous)?;
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
@@ -191,6 +190,27 @@ impl Writer {
             drop(handle);
         }
     }
+}
+
+/// Sets the writer connection's durability and checkpoint size.
+pub(super) fn tune(conn: &Connection, synchronous: Synchronous) -> Result<(), StoreError> {
+    let level = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", level)?;
+    // SQLite checkpoints every 1000 pages by default, which with 4 KiB pages
+    // copies 4 MB at a time. Keeping that amount whatever the page size
+    // keeps each checkpoint, during which the writer commits nothing, as
+    // short: with 16 KiB pages and the default, the accept path's p99 rose
+    // from about 5 ms to 8 ms.
+    let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        (CHECKPOINT_BYTES / page_size.max(512)).max(1),
+    )?;
+    Ok(())
 }
 
 fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>) {
