@@ -63,6 +63,7 @@ impl Context {
     pub fn prepare(&self) -> Prepared<'_> {
         Prepared {
             context: self,
+            engine_parts: OnceCell::new(),
             engine_value: OnceCell::new(),
             direct: true,
         }
@@ -78,17 +79,43 @@ impl Context {
         }
     }
 
-    fn to_engine_value_with(&self, body: MjValue) -> MjValue {
-        context! {
-            body => body,
-            headers => MjValue::from_serialize(&self.headers),
-            query => MjValue::from_serialize(&self.query),
-            route => self.route.as_str(),
-            delivery => context! {
+    /// Everything but the body, converted for the engine.
+    fn engine_parts(&self) -> EngineParts {
+        EngineParts {
+            headers: MjValue::from_serialize(&self.headers),
+            query: MjValue::from_serialize(&self.query),
+            route: MjValue::from(self.route.as_str()),
+            delivery: context! {
                 id => self.delivery_id.as_str(),
                 received_at => self.received_at.as_str(),
             },
-            sns => self.sns.as_ref().map(MjValue::from_serialize),
+            sns: self
+                .sns
+                .as_ref()
+                .map_or(MjValue::from(()), MjValue::from_serialize),
+        }
+    }
+}
+
+/// The parts of a converted context other than the body; cheap to clone.
+#[derive(Clone, Debug)]
+struct EngineParts {
+    headers: MjValue,
+    query: MjValue,
+    route: MjValue,
+    delivery: MjValue,
+    sns: MjValue,
+}
+
+impl EngineParts {
+    fn with_body(&self, body: MjValue) -> MjValue {
+        context! {
+            body => body,
+            headers => self.headers.clone(),
+            query => self.query.clone(),
+            route => self.route.clone(),
+            delivery => self.delivery.clone(),
+            sns => self.sns.clone(),
         }
     }
 }
@@ -98,6 +125,7 @@ impl Context {
 #[derive(Debug)]
 pub struct Prepared<'a> {
     context: &'a Context,
+    engine_parts: OnceCell<EngineParts>,
     engine_value: OnceCell<MjValue>,
     /// Whether templates may be evaluated without the engine.
     direct: bool,
@@ -111,13 +139,18 @@ impl Prepared<'_> {
             BodyReads::Paths(paths) if self.direct => {
                 let paths: Vec<&[String]> = paths.iter().map(Vec::as_slice).collect();
                 let body = convert_paths(&self.context.body, &paths);
-                std::borrow::Cow::Owned(self.context.to_engine_value_with(body))
+                std::borrow::Cow::Owned(self.engine_parts().with_body(body))
             }
             _ => std::borrow::Cow::Borrowed(self.engine_value.get_or_init(|| {
-                self.context
-                    .to_engine_value_with(MjValue::from_serialize(&self.context.body))
+                self.engine_parts()
+                    .with_body(MjValue::from_serialize(&self.context.body))
             })),
         }
+    }
+
+    fn engine_parts(&self) -> &EngineParts {
+        self.engine_parts
+            .get_or_init(|| self.context.engine_parts())
     }
 
     /// The context, when templates may read it directly.
