@@ -10,7 +10,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value};
 
 use crate::config::{RepoSpec, Route, TargetKind};
-use crate::template::{Context, Prepared, RenderError};
+use crate::template::{Context, RenderError};
 
 #[cfg(test)]
 mod tests;
@@ -366,21 +366,8 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
 /// otherwise the sender's own delivery id header is used, but only on routes
 /// that authenticate the sender.
 pub fn dedupe_key(route: &Route, ctx: &Context) -> Result<Option<String>, RoutingError> {
-    dedupe_key_prepared(route, ctx, None)
-}
-
-/// [`dedupe_key`] reusing a context already prepared for [`plan`].
-pub fn dedupe_key_prepared(
-    route: &Route,
-    ctx: &Context,
-    prepared: Option<&Prepared>,
-) -> Result<Option<String>, RoutingError> {
     if let Some(template) = &route.dedupe_key {
-        let key = match prepared {
-            Some(prepared) => template.render_prepared(prepared),
-            None => template.render(ctx),
-        }
-        .map_err(RoutingError::DedupeKey)?;
+        let key = template.render(ctx).map_err(RoutingError::DedupeKey)?;
         return Ok((!key.is_empty()).then_some(key));
     }
     if !route.verify.authenticates() {
