@@ -36,6 +36,12 @@ pub struct Parsed {
     pub sns: Option<Value>,
 }
 
+impl From<Value> for Parsed {
+    fn from(body: Value) -> Parsed {
+        Parsed { body, sns: None }
+    }
+}
+
 /// Parses a body the way its route's sender writes it: on `sns` routes the
 /// envelope's `Message` becomes the body (parsed when it is JSON) and the
 /// envelope goes to `sns`; elsewhere [`parse_body`].
@@ -140,34 +146,17 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, Body
     }
 }
 
-/// Builds the template context of a request.
+/// Builds the template context of a request from its parsed body (a plain
+/// `Value` converts into a [`Parsed`] without an SNS envelope).
 pub fn context(
     route: &str,
-    body: Value,
+    parsed: impl Into<Parsed>,
     headers: &BTreeMap<String, String>,
     query: &[(String, String)],
     delivery_id: &str,
     received_at_ms: i64,
 ) -> Context {
-    context_for(
-        route,
-        Parsed { body, sns: None },
-        headers,
-        query,
-        delivery_id,
-        received_at_ms,
-    )
-}
-
-/// [`context`] for a body parsed by [`parse_for_route`].
-pub fn context_for(
-    route: &str,
-    parsed: Parsed,
-    headers: &BTreeMap<String, String>,
-    query: &[(String, String)],
-    delivery_id: &str,
-    received_at_ms: i64,
-) -> Context {
+    let parsed = parsed.into();
     Context {
         body: parsed.body,
         headers: headers.clone(),

@@ -60,7 +60,7 @@ pub async fn redeliver(
             match inbound::parse_for_route(route, delivery.request.content_type.as_deref(), &body) {
                 Err(e) => Err(e.to_string()),
                 Ok(parsed) => {
-                    let ctx = inbound::context_for(
+                    let ctx = inbound::context(
                         &route.id,
                         parsed,
                         &headers,

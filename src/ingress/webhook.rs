@@ -149,7 +149,7 @@ async fn accept(
             .collect();
     let delivery_id = uuid::Uuid::now_v7().to_string();
     let received_at_ms = now_ms();
-    let ctx = inbound::context_for(
+    let ctx = inbound::context(
         &route.id,
         parsed,
         &headers,

@@ -81,31 +81,46 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
         )));
     }
-    if version == SCHEMA_VERSION && has_job_result_column(conn)? {
+    if version == SCHEMA_VERSION && missing_columns(conn)?.is_empty() {
         // Up to date: write nothing. `deliveries` and `redeliver` open the
         // store beside a running relay, and must not take its write lock.
         return Ok(());
     }
     conn.execute_batch(SCHEMA)?;
-    if !has_job_result_column(conn)? {
-        add_job_result_column(conn)?;
+    for (table, column, declaration) in missing_columns(conn)? {
+        conn.execute_batch(&format!(
+            "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+        ))?;
     }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
 
-fn has_job_result_column(conn: &Connection) -> Result<bool, StoreError> {
-    Ok(conn
-        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'result'")?
-        .exists([])?)
-}
+/// Columns added after the first schema, as (table, column, declaration).
+/// `CREATE TABLE IF NOT EXISTS` leaves an existing table as it is, so a
+/// store made before a column existed gets it added here. Adding columns,
+/// rather than bumping the schema version, keeps the change additive: an
+/// older relay simply ignores them.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("deliveries", "debounce_first_at", "INTEGER"),
+    ("deliveries", "coalesced", "INTEGER NOT NULL DEFAULT 0"),
+    // Run details of a workflow dispatch.
+    ("jobs", "result", "TEXT"),
+];
 
-/// Adds `jobs.result` (run details of a workflow dispatch) to stores made
-/// before it existed. Checking for the column, rather than bumping the schema
-/// version, keeps the change additive: an older relay simply ignores it.
-fn add_job_result_column(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch("ALTER TABLE jobs ADD COLUMN result TEXT")?;
-    Ok(())
+fn missing_columns(
+    conn: &Connection,
+) -> Result<Vec<(&'static str, &'static str, &'static str)>, StoreError> {
+    let mut missing = Vec::new();
+    for &(table, column, declaration) in ADDED_COLUMNS {
+        let present = conn
+            .prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+            .exists([table, column])?;
+        if !present {
+            missing.push((table, column, declaration));
+        }
+    }
+    Ok(missing)
 }
 
 fn insert_jobs(

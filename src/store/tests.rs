@@ -376,3 +376,48 @@ fn the_wal_is_checkpointed_every_four_megabytes_whatever_the_page_size() {
         assert_eq!(autocheckpoint, pages, "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_store_made_by_the_first_schema_gains_the_later_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("first.db");
+    // The tables as the first release created them, at schema version 1.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE deliveries (id TEXT PRIMARY KEY, route TEXT NOT NULL,
+                 received_at INTEGER NOT NULL, status TEXT NOT NULL, dedupe_key TEXT,
+                 request TEXT NOT NULL, error TEXT, finished_at INTEGER);
+             CREATE TABLE jobs (id INTEGER PRIMARY KEY,
+                 delivery_id TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+                 target_index INTEGER NOT NULL, repo TEXT NOT NULL, label TEXT NOT NULL,
+                 path TEXT NOT NULL, body TEXT NOT NULL, status TEXT NOT NULL,
+                 attempts INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+                 next_attempt_at INTEGER NOT NULL, leased_until INTEGER, last_error TEXT,
+                 created_at INTEGER NOT NULL, finished_at INTEGER);
+             CREATE TABLE attempts (id INTEGER PRIMARY KEY,
+                 job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+                 started_at INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
+                 status_code INTEGER, detail TEXT NOT NULL);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    let store = Store::open(&path, Synchronous::Full).unwrap();
+    let mut debounced = delivery("d1", None, 1);
+    debounced.debounce = Some(DebounceWindow {
+        window_ms: 1_000,
+        max_wait_ms: 5_000,
+    });
+    assert_eq!(store.accept(debounced).await.unwrap(), Accepted::Stored);
+    let listed = store
+        .list(ListFilter {
+            status: None,
+            route: None,
+            since_ms: None,
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+}
