@@ -82,7 +82,7 @@ pub enum CredentialError {
     )]
     AppRejected(String),
     #[error(
-        "the GitHub App is not installed on {0}: install it on the repository (Contents: write, Metadata: read)"
+        "the GitHub App is not installed on {0}: install it on the repository (Contents: write, Metadata: read; Actions: write for workflow dispatches)"
     )]
     NotInstalled(String),
     #[error("the GitHub App installation lacks a permission this dispatch needs ({0})")]

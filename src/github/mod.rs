@@ -199,8 +199,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn transport_error(e: reqwest::Error) -> TransportError {
-    // reqwest's Display includes the URL, which holds no secret here (the
-    // token travels in a header), so it is safe to keep.
+    // reqwest's Display includes the URL, and the manifest conversion's URL
+    // carries its one-time code, which buys the App's private key: the URL
+    // is dropped from every error.
+    let e = e.without_url();
     if e.is_timeout() {
         TransportError::Timeout
     } else if e.is_connect() {
