@@ -272,6 +272,13 @@ fn rejections() {
             ],
         ),
         (
+            format!("{base}  - id: a\n    verify:\n      standard_webhooks:\n        secret: not-base64!\n    dispatch: [{{repo: acme/a, event_type: e}}]\n  - id: b\n    verify:\n      standard_webhooks:\n        secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, not-base64!]\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
+            vec![
+                ("routes[0].verify.standard_webhooks.secret", 7, 17, "is not a Standard Webhooks secret"),
+                ("routes[1].verify.standard_webhooks.secrets[1]", 12, 59, "is not a Standard Webhooks secret"),
+            ],
+        ),
+        (
             format!("{base}  - id: a\n    verify:\n      hmac: {{secret: x}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
             vec![("routes[0].verify.hmac", 6, 13, "missing key `header`")],
         ),

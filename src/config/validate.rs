@@ -843,11 +843,19 @@ fn strip_braces(source: &str) -> &str {
     crate::template::lone_expression(source).unwrap_or(source)
 }
 
+/// Why a secret's form is wrong, if it is; the message names the secret's
+/// place, never its value.
+type SecretCheck = fn(&Secret) -> Option<&'static str>;
+
+/// Accepts any non-empty secret.
+const ANY_SECRET: SecretCheck = |_| None;
+
 fn secret_list(
     report: &mut Report,
     path: &Path,
     (one_key, one): (&str, Option<String>),
     (many_key, many): (&str, Option<Vec<String>>),
+    check: SecretCheck,
 ) -> Option<Vec<Secret>> {
     let list = match (one, many) {
         (Some(one), None) => vec![(path.key(one_key), one)],
@@ -883,7 +891,14 @@ fn secret_list(
             report.error(&item_path, "is empty");
             ok = false;
         } else {
-            secrets.push(Secret::new(value));
+            let secret = Secret::new(value);
+            match check(&secret) {
+                Some(problem) => {
+                    report.error(&item_path, problem);
+                    ok = false;
+                }
+                None => secrets.push(secret),
+            }
         }
     }
     ok.then_some(secrets)
@@ -950,6 +965,7 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                 &method_path,
                 ("secret", raw.secret),
                 ("secrets", raw.secrets),
+                ANY_SECRET,
             );
             let header = header_name(report, &method_path.key("header"), &raw.header);
             Some(Verify::Hmac(HmacVerify {
@@ -974,6 +990,7 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                 &method_path,
                 ("secret", raw.secret),
                 ("secrets", raw.secrets),
+                ANY_SECRET,
             )?;
             Some(Verify::Github { secrets })
         }
@@ -984,6 +1001,7 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                 &method_path,
                 ("value", raw.value),
                 ("values", raw.values),
+                ANY_SECRET,
             );
             let header = header_name(report, &method_path.key("header"), &raw.header);
             Some(Verify::Token {
@@ -998,6 +1016,7 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                 &method_path,
                 ("password", raw.password),
                 ("passwords", raw.passwords),
+                ANY_SECRET,
             );
             if raw.username.is_empty() || raw.username.contains(':') {
                 report.error(
@@ -1013,52 +1032,43 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
         }
         "standard_webhooks" | "contentful" | "sanity" | "ghost" | "stripe" | "slack" => {
             let raw: raw::RawTimed = report.parse(value, &method_path)?;
-            let default = match method.as_str() {
-                // Contentful's own toolkit refuses requests older than 30 s.
-                "contentful" => Duration::from_secs(30),
-                // The reference libraries of the others use five minutes.
-                _ => Duration::from_secs(300),
-            };
+            // The reference libraries use five minutes, except Contentful's
+            // own toolkit, which refuses requests older than 30 s.
+            let five_minutes = Duration::from_secs(300);
+            let (default_tolerance, check, build): (_, SecretCheck, fn(TimedSecrets) -> Verify) =
+                match method.as_str() {
+                    "standard_webhooks" => (
+                        five_minutes,
+                        |secret| {
+                            crate::verify::standard_webhooks_key(secret).is_none().then_some(
+                                "is not a Standard Webhooks secret: expected `whsec_` followed by base64",
+                            )
+                        },
+                        Verify::StandardWebhooks,
+                    ),
+                    "contentful" => (Duration::from_secs(30), ANY_SECRET, Verify::Contentful),
+                    "sanity" => (five_minutes, ANY_SECRET, Verify::Sanity),
+                    "ghost" => (five_minutes, ANY_SECRET, Verify::Ghost),
+                    "stripe" => (five_minutes, ANY_SECRET, Verify::Stripe),
+                    _ => (five_minutes, ANY_SECRET, Verify::Slack),
+                };
             let tolerance = duration(
                 report,
                 raw.tolerance,
                 &method_path.key("tolerance"),
-                default,
+                default_tolerance,
             );
             let secrets = secret_list(
                 report,
                 &method_path,
                 ("secret", raw.secret),
                 ("secrets", raw.secrets),
+                check,
             )?;
-            if method == "standard_webhooks" {
-                let mut ok = true;
-                for (index, secret) in secrets.iter().enumerate() {
-                    if crate::verify::standard_webhooks_key(secret).is_none() {
-                        // The message names the position, never the value.
-                        report.error(
-                            &method_path.key("secrets").index(index),
-                            "is not a Standard Webhooks secret: expected `whsec_` followed by base64",
-                        );
-                        ok = false;
-                    }
-                }
-                if !ok {
-                    return None;
-                }
-            }
-            let timed = TimedSecrets {
+            Some(build(TimedSecrets {
                 secrets,
                 tolerance: tolerance?,
-            };
-            Some(match method.as_str() {
-                "standard_webhooks" => Verify::StandardWebhooks(timed),
-                "contentful" => Verify::Contentful(timed),
-                "sanity" => Verify::Sanity(timed),
-                "ghost" => Verify::Ghost(timed),
-                "stripe" => Verify::Stripe(timed),
-                _ => Verify::Slack(timed),
-            })
+            }))
         }
         "sns" => {
             let raw: raw::RawSns = report.parse(value, &method_path)?;
