@@ -106,12 +106,12 @@ impl Notifier {
 
     /// Reports a failure; dropped (after a log line) if the queue is full.
     pub fn failed(&self, failure: Failure) {
-        if let Some(sender) = &self.sender {
-            if sender.try_send(failure).is_err() {
-                tracing::warn!(
-                    "The alert queue is full; a failure was not sent to notify destinations"
-                );
-            }
+        if let Some(sender) = &self.sender
+            && sender.try_send(failure).is_err()
+        {
+            tracing::warn!(
+                "The alert queue is full; a failure was not sent to notify destinations"
+            );
         }
     }
 }

@@ -87,12 +87,12 @@ pub async fn github_app(options: AppSetup) -> Result<(), CliError> {
         .filter(|v| !v.trim().is_empty())
         .map(|v| v.trim().trim_end_matches('/').to_owned())
         .unwrap_or_else(|| manifest::web_url(&api_url));
-    if let Some(org) = &options.org {
-        if !manifest::is_valid_org(org) {
-            return Err(invalid(anyhow!(
-                "--org {org:?} is not a GitHub organization name (letters, digits and single hyphens)"
-            )));
-        }
+    if let Some(org) = &options.org
+        && !manifest::is_valid_org(org)
+    {
+        return Err(invalid(anyhow!(
+            "--org {org:?} is not a GitHub organization name (letters, digits and single hyphens)"
+        )));
     }
     let homepage = match &options.public_url {
         Some(url) => check_public_url(url)?,
@@ -381,11 +381,9 @@ pub fn write_key(path: &Path, pem: &Secret, force: bool) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&target);
         return Err(e).with_context(|| format!("cannot write {}", target.display()));
     }
-    if force {
-        if let Err(e) = std::fs::rename(&target, path) {
-            let _ = std::fs::remove_file(&target);
-            return Err(e).with_context(|| format!("cannot replace {}", path.display()));
-        }
+    if force && let Err(e) = std::fs::rename(&target, path) {
+        let _ = std::fs::remove_file(&target);
+        return Err(e).with_context(|| format!("cannot replace {}", path.display()));
     }
     Ok(())
 }

@@ -252,12 +252,12 @@ fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration> {
     if let Some(secs) = answer.rate.retry_after_secs {
         return Some(Duration::from_secs(secs.max(1)));
     }
-    if answer.rate.remaining == Some(0) {
-        if let Some(reset) = answer.rate.reset_epoch_secs {
-            return Some(Duration::from_secs(
-                reset.saturating_sub(now_epoch_secs).max(1),
-            ));
-        }
+    if answer.rate.remaining == Some(0)
+        && let Some(reset) = answer.rate.reset_epoch_secs
+    {
+        return Some(Duration::from_secs(
+            reset.saturating_sub(now_epoch_secs).max(1),
+        ));
     }
     Some(DEFAULT_RATE_LIMIT_WAIT)
 }

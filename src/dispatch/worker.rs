@@ -292,11 +292,11 @@ impl Dispatcher {
         let status = answer.as_ref().ok().map(|a| a.status);
         self.metrics
             .github_request(endpoint, status, elapsed.as_secs_f64());
-        if let Ok(a) = answer {
-            if let Some(remaining) = a.rate.remaining {
-                self.metrics
-                    .rate_limit_remaining(&self.credentials.label(&job.repo), remaining);
-            }
+        if let Ok(a) = answer
+            && let Some(remaining) = a.rate.remaining
+        {
+            self.metrics
+                .rate_limit_remaining(&self.credentials.label(&job.repo), remaining);
         }
     }
 

@@ -283,16 +283,18 @@ impl AppAuth {
                 .send(method.clone(), path, body, &jwt)
                 .await
                 .map_err(CredentialError::Transport)?;
-            if answer.status == 401 && !corrected && is_clock_complaint(&answer) {
-                if let Some(skew) = answer.date.as_deref().and_then(skew_from_date) {
-                    tracing::warn!(
-                        skew_secs = skew,
-                        "GitHub refused the App JWT for its times; correcting for clock skew"
-                    );
-                    self.skew_secs.store(skew, Ordering::Relaxed);
-                    corrected = true;
-                    continue;
-                }
+            if answer.status == 401
+                && !corrected
+                && is_clock_complaint(&answer)
+                && let Some(skew) = answer.date.as_deref().and_then(skew_from_date)
+            {
+                tracing::warn!(
+                    skew_secs = skew,
+                    "GitHub refused the App JWT for its times; correcting for clock skew"
+                );
+                self.skew_secs.store(skew, Ordering::Relaxed);
+                corrected = true;
+                continue;
             }
             return Ok(answer);
         }

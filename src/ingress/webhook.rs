@@ -102,14 +102,14 @@ async fn accept(
         Verify::Sns(_) => Some(verify_sns(state, routes, index, &body).await?),
         _ => None,
     };
-    if let Some(limiter) = routes.limiter(index) {
-        if let Err(not_until) = limiter.check() {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return Err(IngressError::RateLimited {
-                retry_after_secs: retry_after_secs.max(1),
-            });
-        }
+    if let Some(limiter) = routes.limiter(index)
+        && let Err(not_until) = limiter.check()
+    {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Err(IngressError::RateLimited {
+            retry_after_secs: retry_after_secs.max(1),
+        });
     }
     if let Some(envelope) = &envelope {
         match envelope.kind {

@@ -228,10 +228,10 @@ pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, Sto
         .debounce
         .as_ref()
         .filter(|_| d.failure.is_none() && !d.jobs.is_empty());
-    if let Some(window) = debounce {
-        if let Some(merged) = coalesce(conn, d, window, &request)? {
-            return Ok(merged);
-        }
+    if let Some(window) = debounce
+        && let Some(merged) = coalesce(conn, d, window, &request)?
+    {
+        return Ok(merged);
     }
     let (status, finished) = match &d.failure {
         Some(_) => (Status::Failed, Some(d.received_at_ms)),

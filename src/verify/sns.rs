@@ -103,10 +103,10 @@ impl Envelope {
         for name in required {
             text(name)?;
         }
-        if let Some(subject) = fields.get("Subject") {
-            if !subject.is_string() {
-                return Err(SnsRefusal::NotAnEnvelope("a field is not a string"));
-            }
+        if let Some(subject) = fields.get("Subject")
+            && !subject.is_string()
+        {
+            return Err(SnsRefusal::NotAnEnvelope("a field is not a string"));
         }
         Ok(Envelope {
             kind,
