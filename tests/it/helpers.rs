@@ -354,10 +354,10 @@ fn start_relay(dir: &std::path::Path, env: &[(String, String)]) -> Started {
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                if event["message"] == "Listening" {
-                    let _ = addr_tx.send(event["addr"].as_str().unwrap_or_default().to_string());
-                }
+            if let Ok(event) = serde_json::from_str::<Value>(&line)
+                && event["message"] == "Listening"
+            {
+                let _ = addr_tx.send(event["addr"].as_str().unwrap_or_default().to_string());
             }
             sink.lock().unwrap().push(line);
         }
@@ -463,4 +463,11 @@ pub fn files_with_extension(dir: &std::path::Path, extension: &str) -> Vec<PathB
     }
     out.sort();
     out
+}
+
+/// The status of an answer and its JSON body (`null` when it has none).
+pub async fn json_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
 }

@@ -4,15 +4,11 @@
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::helpers::{SECRET, TEST_HEAD, hmac_route, signature, spawn_app, spawn_app_with};
+use crate::helpers::{
+    SECRET, TEST_HEAD, hmac_route, json_of, signature, spawn_app, spawn_app_with,
+};
 
 const DEPLOY: &str = "      - repo: acme/blog\n        event_type: deploy\n";
-
-async fn json_of(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body)
-}
 
 fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["error"], code, "{body}");

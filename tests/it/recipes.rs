@@ -268,10 +268,7 @@ async fn post(
         }
         request = request.header(k, v);
     }
-    let response = request.send().await.expect("relay answers");
-    let status = response.status().as_u16();
-    let json = response.json().await.unwrap_or(Value::Null);
-    (status, json)
+    crate::helpers::json_of(request.send().await.expect("relay answers")).await
 }
 
 fn all_routes() -> (String, Vec<RoutesBlock>) {

@@ -327,17 +327,25 @@ fn sns_route() -> String {
 }
 
 async fn post_sns(app: &crate::helpers::TestApp, kind: &str, body: Vec<u8>) -> (u16, Value) {
-    let response = app
+    post_sns_to(app, "/hooks/sns/uploads", Some(kind), body).await
+}
+
+/// Posts an SNS message as SNS does, with its message-type header when
+/// `kind` is given.
+async fn post_sns_to(
+    app: &crate::helpers::TestApp,
+    path: &str,
+    kind: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let mut request = app
         .http
-        .post(app.url("/hooks/sns/uploads"))
-        .header("content-type", "text/plain; charset=UTF-8")
-        .header("x-amz-sns-message-type", kind)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+        .post(app.url(path))
+        .header("content-type", "text/plain; charset=UTF-8");
+    if let Some(kind) = kind {
+        request = request.header("x-amz-sns-message-type", kind);
+    }
+    crate::helpers::json_of(request.body(body).send().await.unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -463,27 +471,19 @@ async fn sns_refuses_cert_urls_off_amazon_over_http() {
         "http://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123.pem",
         "https://attacker-bucket.s3.amazonaws.com/SimpleNotificationService-0123.pem",
     ] {
-        let (status, _) =
-            post_sns_to(&app, "/hooks/sns/acme-blog", original.replace(url, bad)).await;
+        let (status, _) = post_sns_to(
+            &app,
+            "/hooks/sns/acme-blog",
+            None,
+            original.replace(url, bad),
+        )
+        .await;
         assert_eq!(status, 401, "{bad}");
     }
-    let (status, json) = post_sns_to(&app, "/hooks/sns/acme-blog", original).await;
+    let (status, json) = post_sns_to(&app, "/hooks/sns/acme-blog", None, original).await;
     assert_eq!(status, 202, "{json}");
     app.wait_for_log(|l| l.contains("SigningCertURL is not https"))
         .await;
-}
-
-async fn post_sns_to(app: &crate::helpers::TestApp, path: &str, body: String) -> (u16, Value) {
-    let response = app
-        .http
-        .post(app.url(path))
-        .header("content-type", "text/plain; charset=UTF-8")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 // ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //! documentation loads with the loader `serve` uses, so the docs cannot drift
 //! from the code unnoticed.
 
-use std::path::PathBuf;
+use crate::recipes::repo_root;
 
 /// The top-level keys of routes.yaml; a YAML block in the docs whose first
 /// key is one of them is a configuration example.
@@ -13,13 +13,9 @@ const TOP_LEVEL_KEYS: [&str; 6] = ["github", "server", "store", "retry", "notify
 /// file at the root.
 const DOCS: [&str; 3] = ["README.md", "docs/configuration.md", "docs/github.md"];
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 #[test]
 fn every_source_file_starts_with_a_module_doc() {
-    let files = crate::helpers::files_with_extension(&root().join("src"), "rs");
+    let files = crate::helpers::files_with_extension(&repo_root().join("src"), "rs");
     assert!(!files.is_empty(), "no files found under src/");
     let missing: Vec<String> = files
         .iter()
@@ -27,7 +23,12 @@ fn every_source_file_starts_with_a_module_doc() {
             let text = std::fs::read_to_string(path).unwrap();
             !text.starts_with("//!")
         })
-        .map(|path| path.strip_prefix(root()).unwrap().display().to_string())
+        .map(|path| {
+            path.strip_prefix(repo_root())
+                .unwrap()
+                .display()
+                .to_string()
+        })
         .collect();
     assert!(
         missing.is_empty(),
@@ -87,7 +88,7 @@ fn documented_configuration_examples_load() {
     let mut failures = Vec::new();
     let mut checked = 0;
     for doc in DOCS {
-        let markdown = std::fs::read_to_string(root().join(doc)).unwrap();
+        let markdown = std::fs::read_to_string(repo_root().join(doc)).unwrap();
         for (line, block) in yaml_blocks(&markdown) {
             if !first_key(&block).is_some_and(|key| TOP_LEVEL_KEYS.contains(&key)) {
                 continue;
@@ -108,7 +109,7 @@ fn documented_configuration_examples_load() {
             }
         }
     }
-    let example = std::fs::read_to_string(root().join("routes.yaml")).unwrap();
+    let example = std::fs::read_to_string(repo_root().join("routes.yaml")).unwrap();
     if let Err(errors) = dispatch_relay::config::load("routes.yaml", &example, &fake_env) {
         failures.push(format!("the example routes.yaml does not load:\n{errors}"));
     }
