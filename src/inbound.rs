@@ -23,7 +23,8 @@ pub enum BodyError {
     FormPayload(String),
     #[error("the body is not valid UTF-8")]
     NotUtf8,
-    #[error("the body is not an SNS message: {0}")]
+    // Each refusal already says what is wrong with the envelope.
+    #[error("{0}")]
     Sns(crate::verify::sns::SnsRefusal),
 }
 

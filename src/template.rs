@@ -623,10 +623,7 @@ impl fmt::Debug for StringTemplate {
 impl StringTemplate {
     /// Renders the template for one request.
     pub fn render(&self, ctx: &Context) -> Result<String, RenderError> {
-        match &self.compiled {
-            None => Ok(self.source.clone()),
-            Some(_) => self.render_prepared(&ctx.prepare()),
-        }
+        self.render_prepared(&ctx.prepare())
     }
 
     /// Renders the template from an already prepared context.
@@ -817,10 +814,7 @@ impl fmt::Debug for ValueTemplate {
 impl ValueTemplate {
     /// Renders the tree for one request.
     pub fn render(&self, ctx: &Context) -> Result<serde_json::Value, RenderError> {
-        match &self.static_value {
-            Some(value) => Ok(value.clone()),
-            None => self.render_prepared(&ctx.prepare()),
-        }
+        self.render_prepared(&ctx.prepare())
     }
 
     /// Renders the tree from an already prepared context.

@@ -123,15 +123,6 @@ fn missing_columns(
     Ok(missing)
 }
 
-fn insert_jobs(
-    conn: &Connection,
-    delivery_id: &str,
-    jobs: &[NewJob],
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    insert_jobs_due(conn, delivery_id, jobs, now_ms, now_ms)
-}
-
 fn insert_jobs_due(
     conn: &Connection,
     delivery_id: &str,
@@ -368,6 +359,16 @@ fn settle_delivery_of_job(conn: &Connection, job_id: i64, now_ms: i64) -> Result
     Ok(())
 }
 
+/// Clears every lease; run once by `serve` at start, when no job can be in
+/// flight.
+pub(super) fn release_all(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE jobs SET leased_until = NULL WHERE leased_until IS NOT NULL",
+        [],
+    )?;
+    Ok(())
+}
+
 pub(super) fn release(conn: &Connection, job_ids: &[i64]) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
         "UPDATE jobs SET leased_until = NULL WHERE id = ?1 AND status = 'pending'",
@@ -433,7 +434,7 @@ pub(super) fn rerender(
         )?;
         return Ok(true);
     }
-    insert_jobs(conn, delivery_id, jobs, now_ms)?;
+    insert_jobs_due(conn, delivery_id, jobs, now_ms, now_ms)?;
     let status = if jobs.is_empty() {
         "delivered"
     } else {

@@ -252,17 +252,16 @@ fn commit_batch(
             .collect();
         (outcomes, Err(message))
     };
-    let outcomes = match begin(conn) {
+    match begin(conn) {
         Ok(tx) => {
             let outcomes: Vec<_> = batch.iter().map(|c| execute(&tx, c)).collect();
             if outcomes.iter().all(Result::is_ok) {
                 return (outcomes, tx.commit().map_err(|e| e.to_string()));
             }
-            outcomes
+            // Dropping the transaction rolls the whole batch back.
         }
         Err(e) => return unavailable(e),
-    };
-    drop(outcomes);
+    }
     let tx = match begin(conn) {
         Ok(tx) => tx,
         Err(e) => return unavailable(e),
@@ -339,10 +338,7 @@ fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
             cutoff_ms, limit, ..
         } => Outcome::Count(schema::prune(c, *cutoff_ms, *limit)?),
         Command::ReleaseAll { .. } => {
-            c.execute(
-                "UPDATE jobs SET leased_until = NULL WHERE leased_until IS NOT NULL",
-                [],
-            )?;
+            schema::release_all(c)?;
             Outcome::Unit
         }
         Command::Ping { .. } => {

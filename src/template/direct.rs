@@ -65,18 +65,9 @@ impl VarPath {
                 keys.push(key.to_owned());
                 rest = after;
             } else if let Some(after_bracket) = rest.strip_prefix('[') {
-                let quote = after_bracket
-                    .chars()
-                    .next()
-                    .filter(|c| *c == '"' || *c == '\'')?;
-                let inner = &after_bracket[1..];
-                let end = inner.find(quote)?;
-                let key = &inner[..end];
-                if key.contains('\\') {
-                    return None;
-                }
+                let (key, after) = split_string_literal(after_bracket)?;
                 keys.push(key.to_owned());
-                rest = inner[end + 1..].strip_prefix(']')?;
+                rest = after.strip_prefix(']')?;
             } else {
                 return None;
             }
