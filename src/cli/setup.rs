@@ -18,14 +18,11 @@ use anyhow::{Context, anyhow};
 use rand::RngCore;
 
 use super::{CliError, invalid, load_config, process_env, runtime};
+use crate::config::{DEFAULT_API_URL, resolve_api_url};
 use crate::github::GitHubClient;
 use crate::github::manifest::{self, ConversionError, CreatedApp};
 use crate::ingress::setup_page::{Callback, Outcome, Page, SetupListener};
 use crate::secret::Secret;
-
-/// The API GitHub.com serves, when neither routes.yaml nor the environment
-/// names another.
-const DEFAULT_API_URL: &str = "https://api.github.com";
 
 /// The address tried first: a fixed port is easy to forward from a remote
 /// machine (`ssh -L 3000:127.0.0.1:3000`); a free one is picked when taken.
@@ -279,11 +276,6 @@ fn yaml_scalar(text: &str) -> String {
 /// must load, while the default `routes.yaml` is only read when it exists
 /// and loads, since a first setup often comes before a working file.
 fn api_url(config: Option<&Path>) -> Result<String, CliError> {
-    let from_env = || {
-        process_env("GITHUB_API_URL")
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| v.trim().trim_end_matches('/').to_owned())
-    };
     match config {
         Some(path) => Ok(load_config(path)?.config.github.api_url),
         None => {
@@ -296,7 +288,7 @@ fn api_url(config: Option<&Path>) -> Result<String, CliError> {
                     ),
                 }
             }
-            Ok(from_env().unwrap_or_else(|| DEFAULT_API_URL.to_owned()))
+            Ok(resolve_api_url(process_env("GITHUB_API_URL"), None))
         }
     }
 }

@@ -18,7 +18,20 @@ use super::*;
 use crate::routing;
 use crate::template::EngineBuilder;
 
-const DEFAULT_API_URL: &str = "https://api.github.com";
+/// GitHub.com's API.
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
+
+/// The API base URL without a trailing slash: `GITHUB_API_URL` when it is
+/// set and not blank, else the configured one, else GitHub.com's.
+pub fn resolve_api_url(from_env: Option<String>, configured: Option<String>) -> String {
+    from_env
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty())
+        .or(configured)
+        .unwrap_or_else(|| DEFAULT_API_URL.to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
 /// The default `debounce.max_wait`: a burst never delays its dispatch by
 /// more than this (or by more than the window, when that is longer).
@@ -392,11 +405,7 @@ fn github(
     let raw: raw::RawGithub = report.parse(value, path)?;
     let mut ok = true;
 
-    let api_url = env("GITHUB_API_URL")
-        .filter(|url| !url.is_empty())
-        .or(raw.api_url)
-        .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
-    let api_url = api_url.trim_end_matches('/').to_owned();
+    let api_url = resolve_api_url(env("GITHUB_API_URL"), raw.api_url);
     if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
         report.error(
             &path.key("api_url"),
