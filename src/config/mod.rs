@@ -105,7 +105,7 @@ pub struct AppCredential {
 }
 
 /// Where a GitHub App private key comes from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum PrivateKeySource {
     /// A PEM file, read when the credential is first used.
     File(PathBuf),

@@ -181,7 +181,7 @@ struct CachedToken {
 pub struct AppAuth {
     client: GitHubClient,
     app_id: String,
-    key_source: KeySource,
+    key_source: PrivateKeySource,
     key: Mutex<Option<Arc<EncodingKey>>>,
     fixed_installation: Option<u64>,
     metrics: Option<Metrics>,
@@ -193,11 +193,6 @@ pub struct AppAuth {
     lookup: tokio::sync::Mutex<()>,
     tokens: Mutex<HashMap<(u64, String, Scope), CachedToken>>,
     minting: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-enum KeySource {
-    File(std::path::PathBuf),
-    Inline(Secret),
 }
 
 impl std::fmt::Debug for AppAuth {
@@ -214,10 +209,7 @@ impl AppAuth {
         AppAuth {
             client,
             app_id: app.id.clone(),
-            key_source: match &app.private_key {
-                PrivateKeySource::File(path) => KeySource::File(path.clone()),
-                PrivateKeySource::Inline(pem) => KeySource::Inline(pem.clone()),
-            },
+            key_source: app.private_key.clone(),
             key: Mutex::new(None),
             fixed_installation: app.installation_id,
             metrics,
@@ -236,10 +228,10 @@ impl AppAuth {
             return Ok(key.clone());
         }
         let pem = match &self.key_source {
-            KeySource::File(path) => std::fs::read(path).map_err(|e| {
+            PrivateKeySource::File(path) => std::fs::read(path).map_err(|e| {
                 CredentialError::Key(format!("cannot read {}: {e}", path.display()))
             })?,
-            KeySource::Inline(pem) => pem.expose().as_bytes().to_vec(),
+            PrivateKeySource::Inline(pem) => pem.expose().as_bytes().to_vec(),
         };
         // The error of the PEM parser never quotes the key, but a fixed text
         // keeps that a promise rather than an observation.
