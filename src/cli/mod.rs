@@ -256,7 +256,7 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
     }
     if failed > 0 {
         return Err(invalid(anyhow::anyhow!(
-            "{failed} of {} repositories cannot receive dispatches with this credential",
+            "{failed} of {} repositories cannot receive dispatches (reasons above)",
             findings.len()
         )));
     }

@@ -192,7 +192,7 @@ impl Dispatcher {
             };
             let answer = self.client.post_json(&job.path, &body, &token.secret).await;
             let elapsed = started.elapsed();
-            self.observe(&job, &answer, elapsed);
+            self.observe(&job, scope, &answer, elapsed);
             let app_token = token.minted_at.map(|at| AppToken {
                 age: at.elapsed(),
                 retried: retried_auth,
@@ -281,13 +281,13 @@ impl Dispatcher {
     fn observe(
         &self,
         job: &Job,
+        scope: Scope,
         answer: &Result<Answer, crate::github::TransportError>,
         elapsed: Duration,
     ) {
-        let endpoint = if job.path.contains("/actions/workflows/") {
-            "workflow_dispatch"
-        } else {
-            "repository_dispatch"
+        let endpoint = match scope {
+            Scope::Workflow => "workflow_dispatch",
+            Scope::Contents => "repository_dispatch",
         };
         let status = answer.as_ref().ok().map(|a| a.status);
         self.metrics
