@@ -98,15 +98,6 @@ pub async fn redeliver(
     id: web::Path<String>,
 ) -> Result<HttpResponse, IngressError> {
     authorize(&state, &request)?;
-    if state
-        .store
-        .get(&id)
-        .await
-        .map_err(|e| IngressError::Unavailable(e.to_string()))?
-        .is_none()
-    {
-        return Err(IngressError::NotFound(id.into_inner()));
-    }
     let routes = state.routes();
     let outcome = redeliver::redeliver_one(&state.store, &routes.config, &id)
         .await
@@ -118,9 +109,15 @@ pub async fn redeliver(
                 .json(serde_json::json!({"delivery_id": id.into_inner(), "requeued": true})))
         }
         Some(Redelivered::StillFailing(reason)) => Err(IngressError::Unprocessable(reason)),
-        None => Err(IngressError::Conflict(format!(
-            "delivery `{}` is not failed; only failed deliveries are redelivered",
-            id.into_inner()
-        ))),
+        // Nothing was requeued: either there is no such delivery, or it is
+        // not failed.
+        None => match state.store.get(&id).await {
+            Ok(None) => Err(IngressError::NotFound(id.into_inner())),
+            Ok(Some(_)) => Err(IngressError::Conflict(format!(
+                "delivery `{}` is not failed; only failed deliveries are redelivered",
+                id.into_inner()
+            ))),
+            Err(e) => Err(IngressError::Unavailable(e.to_string())),
+        },
     }
 }
