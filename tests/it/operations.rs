@@ -165,6 +165,15 @@ async fn the_admin_api_lists_shows_and_redelivers_once() {
         .await;
     assert_eq!(redeliver().await.unwrap().status(), 409);
     assert_eq!(app.github.dispatches().len(), 1);
+    // An id the store does not know is 404, not 409.
+    let unknown = app
+        .http
+        .post(app.url("/admin/deliveries/no-such-id/redeliver"))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]
