@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::{CliError, invalid, load_config};
+use crate::config::Verify;
 use crate::inbound;
 use crate::routing::{self, Plan};
 use crate::verify;
@@ -46,12 +47,32 @@ pub fn render(
         headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
     }
     if check_signature {
-        verify::verify(&route.verify, &headers, &body)
+        // The request as the relay would see it: a POST to the route's path,
+        // which Contentful's signature covers.
+        let path = format!("/hooks/{}", route.id);
+        let request = verify::Request {
+            method: "POST",
+            path: &path,
+            headers: &headers,
+            body: &body,
+            now_ms: verify::system_now_ms(),
+        };
+        verify::verify_request(&route.verify, &request)
             .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
-        println!("# signature: ok");
+        match route.verify {
+            // The envelope's signature needs SNS's certificate, which only
+            // `serve` fetches.
+            Verify::Sns(_) => println!(
+                "# SNS envelope: ok (its signature is checked by serve, with the signing certificate)"
+            ),
+            _ => println!("# signature: ok"),
+        }
     }
+    // The body as the server reads it: on `sns` routes, the envelope's
+    // Message.
     let content_type = headers.get("content-type").cloned();
-    let parsed = inbound::parse_body(content_type.as_deref(), &body).map_err(invalid)?;
+    let parsed =
+        inbound::parse_for_route(route, content_type.as_deref(), &body).map_err(invalid)?;
     let delivery_id = "00000000-0000-0000-0000-000000000000";
     let ctx = inbound::context(
         &route.id,

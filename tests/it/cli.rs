@@ -187,3 +187,28 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
         "no ANSI escapes in piped logs: {line:?}"
     );
 }
+
+#[test]
+fn render_reads_an_sns_envelope_as_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "github:\n  token: ghp_x\nroutes:\n  - id: uploads\n    verify:\n      sns:\n        topic_arns: [arn:aws:sns:eu-west-1:111122223333:acme-blog-assets-events]\n    dispatch:\n      - repo: acme/blog\n        event_type: s3-upload\n        client_payload:\n          event: \"{{ body.Records[0].eventName }}\"\n";
+    std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/samples/s3-via-sns-notification.json"
+    );
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &["render", "--route", "uploads", "--body", sample, "--verify"],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("# SNS envelope: ok"), "{stdout}");
+    let json_start = stdout.find('{').unwrap();
+    let printed: serde_json::Value = serde_json::from_str(stdout[json_start..].trim()).unwrap();
+    assert_eq!(
+        printed["client_payload"],
+        serde_json::json!({"event": "ObjectCreated:Put"}),
+        "the body is the envelope's Message: {stdout}"
+    );
+}
