@@ -256,13 +256,14 @@ async fn verify_sns(
         }
     };
     let envelope = Envelope::parse(body).map_err(|e| refuse(&e))?;
-    let keys: Vec<SigningKey> = match routes.sns_pinned(index) {
-        Some(Ok(keys)) => keys.as_ref().clone(),
+    let fetched: SigningKey;
+    let keys: &[SigningKey] = match routes.sns_pinned(index) {
+        Some(Ok(keys)) => keys,
         Some(Err(e)) => return Err(refuse(&format!("pinned certificates unavailable: {e}"))),
         None => {
             let url = envelope.signing_cert_url();
-            match state.cached_sns_cert(url) {
-                Some(key) => vec![key],
+            fetched = match state.cached_sns_cert(url) {
+                Some(key) => key,
                 None => {
                     let pem = outbound::get(url).await.map_err(|e| {
                         tracing::warn!(route = %route.id, error = %e, "Could not fetch the SNS signing certificate");
@@ -272,12 +273,13 @@ async fn verify_sns(
                     })?;
                     let key = SigningKey::from_pem(&pem).map_err(|e| refuse(&e))?;
                     state.cache_sns_cert(url, key.clone());
-                    vec![key]
+                    key
                 }
-            }
+            };
+            std::slice::from_ref(&fetched)
         }
     };
-    sns::verify_signature(&envelope, &keys).map_err(|e| refuse(&e))?;
+    sns::verify_signature(&envelope, keys).map_err(|e| refuse(&e))?;
     Ok(envelope)
 }
 
