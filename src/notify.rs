@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, NotifyKind, NotifyTarget};
-use crate::secret::Secret;
 
 /// How long the first failure waits for others to join its message.
 const GATHER: Duration = Duration::from_secs(5);
@@ -44,18 +43,14 @@ pub struct Notifier {
     sender: Option<mpsc::Sender<Failure>>,
 }
 
+/// The default notifier sends nothing (no `notify:` configured).
 impl Notifier {
-    /// A notifier that sends nothing (no `notify:` configured).
-    pub fn disabled() -> Notifier {
-        Notifier { sender: None }
-    }
-
     /// Starts one alert task per destination: the top-level `notify` list
     /// serves every route that has no `notify` of its own.
     pub fn start(config: &Config) -> Notifier {
         let any = !config.notify.is_empty() || config.routes.iter().any(|r| !r.notify.is_empty());
         if !any {
-            return Notifier::disabled();
+            return Notifier::default();
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -68,10 +63,7 @@ impl Notifier {
                 .iter()
                 .map(|target| {
                     let (lane, lane_receiver) = mpsc::channel::<Failure>(QUEUE);
-                    let destination = match &target.kind {
-                        NotifyKind::Slack(url) => Destination::Slack(url.clone()),
-                        NotifyKind::Url(url) => Destination::Url(url.clone()),
-                    };
+                    let destination = target.kind.clone();
                     tokio::spawn(run_destination(
                         next_index,
                         destination,
@@ -116,15 +108,9 @@ impl Notifier {
     }
 }
 
-#[derive(Debug, Clone)]
-enum Destination {
-    Slack(Secret),
-    Url(Secret),
-}
-
 async fn run_destination(
     index: usize,
-    destination: Destination,
+    destination: NotifyKind,
     http: reqwest::Client,
     mut failures: mpsc::Receiver<Failure>,
 ) {
@@ -154,7 +140,7 @@ async fn run_destination(
 
 /// The message for a batch of failures: one failure is described, several
 /// are summarised with counts per route and a few examples.
-fn render(destination: &Destination, batch: &[Failure]) -> serde_json::Value {
+fn render(destination: &NotifyKind, batch: &[Failure]) -> serde_json::Value {
     let text = if let [one] = batch {
         format!(
             "dispatch-relay: a dispatch to {} failed for good (route {}, delivery {}): {}",
@@ -179,8 +165,8 @@ fn render(destination: &Destination, batch: &[Failure]) -> serde_json::Value {
         )
     };
     match destination {
-        Destination::Slack(_) => serde_json::json!({ "text": text }),
-        Destination::Url(_) => serde_json::json!({
+        NotifyKind::Slack(_) => serde_json::json!({ "text": text }),
+        NotifyKind::Url(_) => serde_json::json!({
             "event": "dispatch_failed",
             "count": batch.len(),
             "text": text,
@@ -193,12 +179,12 @@ fn render(destination: &Destination, batch: &[Failure]) -> serde_json::Value {
 
 async fn send(
     index: usize,
-    destination: &Destination,
+    destination: &NotifyKind,
     http: &reqwest::Client,
     message: serde_json::Value,
 ) {
     let url = match destination {
-        Destination::Slack(url) | Destination::Url(url) => url.expose(),
+        NotifyKind::Slack(url) | NotifyKind::Url(url) => url.expose(),
     };
     match http.post(url).json(&message).send().await {
         Ok(response) if response.status().is_success() => {
@@ -232,6 +218,7 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
     fn failure(route: &str, n: usize) -> Failure {
         Failure {
@@ -244,8 +231,7 @@ mod tests {
 
     #[test]
     fn one_failure_is_described_and_many_are_summarised() {
-        let slack =
-            Destination::Slack(Secret::new("https://hooks.slack.com/services/T/B/X".into()));
+        let slack = NotifyKind::Slack(Secret::new("https://hooks.slack.com/services/T/B/X".into()));
         let one = render(&slack, &[failure("cms", 1)]);
         assert!(
             one["text"]
@@ -263,7 +249,7 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches('•').count(), EXAMPLES);
-        let url = Destination::Url(Secret::new("https://example.com/alerts".into()));
+        let url = NotifyKind::Url(Secret::new("https://example.com/alerts".into()));
         assert_eq!(render(&url, &many)["count"], 100);
         assert!(
             !text.contains("hooks.slack.com"),

@@ -181,7 +181,7 @@ pub struct NotifyTarget {
 }
 
 /// The kinds of failure alert endpoints.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum NotifyKind {
     /// A Slack incoming webhook URL.
     Slack(Secret),
