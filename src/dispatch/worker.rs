@@ -154,9 +154,9 @@ impl Dispatcher {
             _ = self.pacer.wait_turn() => {}
         }
         let scope = Scope::for_path(&job.path);
-        let mut with_run_details = scope == Scope::Workflow && self.client.run_details_supported();
+        let wanted_run_details = scope == Scope::Workflow && self.client.run_details_supported();
+        let mut with_run_details = wanted_run_details;
         let mut retried_auth = false;
-        let mut dropped_run_details = false;
         // One job may need a few sends: a refused App token is renewed (or,
         // when it is seconds old, waited for) and sent once more, and a
         // server that refuses `return_run_details` is asked again without it.
@@ -186,9 +186,9 @@ impl Dispatcher {
                 }
             };
             let body = if with_run_details {
-                with_field(&job.body, "return_run_details")
+                std::borrow::Cow::Owned(with_field(&job.body, "return_run_details"))
             } else {
-                job.body.clone()
+                std::borrow::Cow::Borrowed(job.body.as_str())
             };
             let answer = self.client.post_json(&job.path, &body, &token.secret).await;
             let elapsed = started.elapsed();
@@ -214,10 +214,10 @@ impl Dispatcher {
                 Action::ResendWithoutRunDetails { reason } => {
                     tracing::warn!(reason = %reason, "Sending the workflow dispatch again without return_run_details");
                     with_run_details = false;
-                    dropped_run_details = true;
                     continue;
                 }
                 action => {
+                    let dropped_run_details = wanted_run_details && !with_run_details;
                     if dropped_run_details && action == Action::Delivered {
                         // Only a success without the field proves that the
                         // field was the problem; then it is not sent to this
