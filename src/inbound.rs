@@ -152,7 +152,7 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, Body
 pub fn context(
     route: &str,
     parsed: impl Into<Parsed>,
-    headers: &BTreeMap<String, String>,
+    headers: BTreeMap<String, String>,
     query: &[(String, String)],
     delivery_id: &str,
     received_at_ms: i64,
@@ -160,7 +160,7 @@ pub fn context(
     let parsed = parsed.into();
     Context {
         body: parsed.body,
-        headers: headers.clone(),
+        headers,
         query: query.iter().cloned().collect(),
         route: route.to_string(),
         delivery_id: delivery_id.to_string(),
@@ -190,7 +190,7 @@ pub fn jobs(targets: &[RenderedTarget]) -> Vec<NewJob> {
             repo: t.repo.clone(),
             label: t.request.label().to_string(),
             path: t.request.path(&t.repo),
-            body: t.request.body().to_string(),
+            body: t.request.body_json(),
         })
         .collect()
 }

@@ -63,7 +63,7 @@ pub async fn redeliver(
                     let ctx = inbound::context(
                         &route.id,
                         parsed,
-                        &headers,
+                        headers,
                         &delivery.request.query,
                         &delivery.id,
                         delivery.received_at_ms,

@@ -7,6 +7,7 @@
 use std::fmt;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::{RepoSpec, Route, TargetKind};
@@ -78,6 +79,24 @@ pub enum DispatchRequest {
     },
 }
 
+/// The body of a dispatch request, borrowed. Fields are declared in the
+/// order of their JSON names, so the text is the same as a serialized
+/// [`Value`] (whose objects are sorted by key).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BodyView<'a> {
+    Repository {
+        client_payload: &'a Map<String, Value>,
+        event_type: &'a str,
+    },
+    Workflow {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        inputs: Option<&'a Map<String, Value>>,
+        #[serde(rename = "ref")]
+        git_ref: &'a str,
+    },
+}
+
 /// Characters left as they are in a path segment (RFC 3986 unreserved).
 const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -104,24 +123,31 @@ impl DispatchRequest {
 
     /// The JSON body.
     pub fn body(&self) -> Value {
+        serde_json::to_value(self.body_view()).unwrap_or(Value::Null)
+    }
+
+    /// The JSON body as sent, serialized straight from the rendered parts
+    /// rather than through a copied [`Value`]: the accept path stores it for
+    /// every webhook.
+    pub fn body_json(&self) -> String {
+        serde_json::to_string(&self.body_view()).unwrap_or_default()
+    }
+
+    fn body_view(&self) -> BodyView<'_> {
         match self {
             DispatchRequest::Repository {
                 event_type,
                 client_payload,
-            } => serde_json::json!({
-                "event_type": event_type,
-                "client_payload": client_payload,
-            }),
+            } => BodyView::Repository {
+                client_payload,
+                event_type,
+            },
             DispatchRequest::Workflow {
                 git_ref, inputs, ..
-            } => {
-                let mut body = Map::new();
-                body.insert("ref".to_owned(), Value::String(git_ref.clone()));
-                if !inputs.is_empty() {
-                    body.insert("inputs".to_owned(), Value::Object(inputs.clone()));
-                }
-                Value::Object(body)
-            }
+            } => BodyView::Workflow {
+                inputs: (!inputs.is_empty()).then_some(inputs),
+                git_ref,
+            },
         }
     }
 

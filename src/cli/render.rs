@@ -77,7 +77,7 @@ pub fn render(
     let ctx = inbound::context(
         &route.id,
         parsed,
-        &headers,
+        headers,
         &[],
         delivery_id,
         crate::store::now_ms(),

@@ -152,7 +152,7 @@ async fn accept(
     let ctx = inbound::context(
         &route.id,
         parsed,
-        &headers,
+        headers,
         &query,
         &delivery_id,
         received_at_ms,
@@ -179,7 +179,8 @@ async fn accept(
         Err(e) => (Vec::new(), Some(e.to_string()), serde_json::Value::Null),
     };
     // Only a webhook that will be stored pays for its stored form.
-    let stored = inbound::stored_request(route, content_type.as_deref(), query, &headers, &body);
+    let stored =
+        inbound::stored_request(route, content_type.as_deref(), query, &ctx.headers, &body);
     let delivery = NewDelivery {
         id: delivery_id.clone(),
         route: route.id.clone(),

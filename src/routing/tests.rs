@@ -112,6 +112,42 @@ fn workflow_body_omits_empty_inputs() {
 }
 
 #[test]
+fn stored_body_text_is_the_serialized_body() {
+    let payload = json!({"z": [1, {"b": "\"q\""}], "a": null, "m": "é"});
+    let Value::Object(payload) = payload else {
+        unreachable!()
+    };
+    let requests = [
+        DispatchRequest::Repository {
+            event_type: "cms-article".to_owned(),
+            client_payload: payload.clone(),
+        },
+        DispatchRequest::Repository {
+            event_type: "empty".to_owned(),
+            client_payload: Map::new(),
+        },
+        DispatchRequest::Workflow {
+            workflow: "deploy.yml".to_owned(),
+            git_ref: "main".to_owned(),
+            inputs: Map::new(),
+        },
+        DispatchRequest::Workflow {
+            workflow: "deploy.yml".to_owned(),
+            git_ref: "v1".to_owned(),
+            inputs: payload,
+        },
+    ];
+    for request in requests {
+        assert_eq!(
+            request.body_json(),
+            request.body().to_string(),
+            "{request:?}"
+        );
+        assert!(request.body().is_object(), "{request:?}");
+    }
+}
+
+#[test]
 fn rendered_limits_fail_the_whole_plan() {
     let routes = r#"
   - id: r

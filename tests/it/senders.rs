@@ -644,7 +644,7 @@ proptest! {
         value in "\\PC{0,40}",
     ) {
         let body = json!({"Records": [{"s3": {"object": {"key": format!("{key}%{value}+")}}}], key.clone(): value});
-        let ctx = dispatch_relay::inbound::context("r", body, &BTreeMap::new(), &[], "d", 0);
+        let ctx = dispatch_relay::inbound::context("r", body, BTreeMap::new(), &[], "d", 0);
         let _ = dispatch_relay::routing::dedupe_key(&sns_like_route(), &ctx);
     }
 }
