@@ -103,32 +103,78 @@ impl Reloader {
 
 /// The sections a reload cannot apply (the worker, the credential and the
 /// store are built once at start) that differ between two configurations.
-/// Secrets print as `[redacted]`, so a changed token alone is not noticed.
+/// Sections are compared by value, secrets included: a rotated token is
+/// exactly the change an operator must be told needs a restart.
 fn restart_only_changes(old: &config::Config, new: &config::Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    if format!("{:?}", old.github) != format!("{:?}", new.github) {
+    if old.github != new.github {
         changed.push("github");
     }
-    if format!("{:?}", old.retry) != format!("{:?}", new.retry) {
+    if old.retry != new.retry {
         changed.push("retry");
     }
-    if format!("{:?}", old.store) != format!("{:?}", new.store) {
+    if old.store != new.store {
         changed.push("store");
     }
     if old.server.listen != new.server.listen {
         changed.push("server.listen");
     }
-    let route_notify = |c: &config::Config| -> Vec<String> {
+    fn route_notify(c: &config::Config) -> Vec<(&str, &[config::NotifyTarget])> {
         c.routes
             .iter()
             .filter(|r| !r.notify.is_empty())
-            .map(|r| format!("{}{:?}", r.id, r.notify))
+            .map(|r| (r.id.as_str(), r.notify.as_slice()))
             .collect()
-    };
-    if format!("{:?}", old.notify) != format!("{:?}", new.notify)
-        || route_notify(old) != route_notify(new)
-    {
+    }
+    if old.notify != new.notify || route_notify(old) != route_notify(new) {
         changed.push("notify");
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(token: &str, max_attempts: u32, hook_url: &str, route_secret: &str) -> config::Config {
+        let text = format!(
+            "github:\n  token: {token}\nretry:\n  max_attempts: {max_attempts}\nroutes:\n  - id: r\n    verify:\n      token:\n        header: X-Token\n        value: {route_secret}\n    notify:\n      - url: {hook_url}\n    dispatch:\n      - repo: acme/blog\n        event_type: e\n"
+        );
+        match config::load("routes.yaml", &text, &|_| None) {
+            Ok(loaded) => loaded.config,
+            Err(errors) => panic!("{errors}"),
+        }
+    }
+
+    #[test]
+    fn secret_changes_in_restart_only_sections_are_named() {
+        let base = || load("ghp_old", 5, "https://alerts.example/a", "hook-old");
+        let cases: [(config::Config, &[&str]); 5] = [
+            (base(), &[]),
+            (
+                load("ghp_new", 5, "https://alerts.example/a", "hook-old"),
+                &["github"],
+            ),
+            (
+                load("ghp_old", 6, "https://alerts.example/a", "hook-old"),
+                &["retry"],
+            ),
+            (
+                load("ghp_old", 5, "https://alerts.example/b", "hook-old"),
+                &["notify"],
+            ),
+            // A route's own secret is applied by the reload itself.
+            (
+                load("ghp_old", 5, "https://alerts.example/a", "hook-new"),
+                &[],
+            ),
+        ];
+        for (index, (new, expected)) in cases.iter().enumerate() {
+            assert_eq!(
+                restart_only_changes(&base(), new),
+                *expected,
+                "case {index}"
+            );
+        }
+    }
 }

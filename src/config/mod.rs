@@ -71,7 +71,7 @@ pub struct Loaded {
 }
 
 /// The `github` section.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct GithubConfig {
     /// The API base URL without a trailing slash; `GITHUB_API_URL` overrides
     /// the file.
@@ -85,7 +85,7 @@ pub struct GithubConfig {
 }
 
 /// How the relay authenticates to GitHub.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Credential {
     /// A personal access token (classic or fine-grained).
     Token(Secret),
@@ -94,7 +94,7 @@ pub enum Credential {
 }
 
 /// A GitHub App's identity.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct AppCredential {
     /// The app id or client id (the JWT issuer).
     pub id: String,
@@ -105,7 +105,7 @@ pub struct AppCredential {
 }
 
 /// Where a GitHub App private key comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PrivateKeySource {
     /// A PEM file, read when the credential is first used.
     File(PathBuf),
@@ -141,7 +141,7 @@ pub struct ServerConfig {
 }
 
 /// The `store` section.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct StoreConfig {
     /// The store URL from the file; `RELAY_DATABASE_URL` wins.
     pub url: Option<String>,
@@ -161,7 +161,7 @@ pub enum Synchronous {
 }
 
 /// The `retry` section.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RetryConfig {
     /// Attempts before a dispatch fails for good.
     pub max_attempts: u32,
@@ -174,14 +174,14 @@ pub struct RetryConfig {
 }
 
 /// One failure alert destination.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct NotifyTarget {
     /// What kind of endpoint it is.
     pub kind: NotifyKind,
 }
 
 /// The kinds of failure alert endpoints.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum NotifyKind {
     /// A Slack incoming webhook URL.
     Slack(Secret),
