@@ -1048,11 +1048,7 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                 match method.as_str() {
                     "standard_webhooks" => (
                         five_minutes,
-                        |secret| {
-                            crate::verify::standard_webhooks_key(secret).is_none().then_some(
-                                "is not a Standard Webhooks secret: expected `whsec_` followed by base64",
-                            )
-                        },
+                        |secret| crate::verify::standard_webhooks_key(secret).err(),
                         Verify::StandardWebhooks,
                     ),
                     "contentful" => (Duration::from_secs(30), ANY_SECRET, Verify::Contentful),

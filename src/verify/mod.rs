@@ -124,13 +124,45 @@ pub fn verify_request(method: &Verify, request: &Request<'_>) -> Result<(), Veri
     }
 }
 
-/// The key of a Standard Webhooks secret: the base64 after `whsec_` (the
-/// reference library decodes the string without the prefix too).
-pub fn standard_webhooks_key(secret: &Secret) -> Option<Vec<u8>> {
-    let text = secret.expose();
-    let encoded = text.strip_prefix("whsec_").unwrap_or(text);
-    STANDARD.decode(encoded).ok().filter(|key| !key.is_empty())
+/// A key of a Standard Webhooks route, as the sender shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StandardWebhooksKey {
+    /// `whsec_…`: the HMAC key of `v1` signatures.
+    Symmetric(Vec<u8>),
+    /// `whpk_…`: an ed25519 public key that `v1a` signatures are checked
+    /// against.
+    Public(Vec<u8>),
 }
+
+/// Reads a Standard Webhooks key: the base64 after `whsec_` (the reference
+/// library decodes the string without the prefix too), or a 32-byte ed25519
+/// public key after `whpk_`.
+pub fn standard_webhooks_key(secret: &Secret) -> Result<StandardWebhooksKey, &'static str> {
+    let text = secret.expose();
+    if let Some(encoded) = text.strip_prefix("whpk_") {
+        return match STANDARD.decode(encoded) {
+            Ok(key) if key.len() == ED25519_PUBLIC_KEY_LEN => Ok(StandardWebhooksKey::Public(key)),
+            _ => Err(
+                "is not a Standard Webhooks public key: expected `whpk_` followed by the base64 of 32 bytes",
+            ),
+        };
+    }
+    if text.starts_with("whsk_") {
+        return Err(
+            "is the sender's private signing key (`whsk_…`); configure its public key, `whpk_…`",
+        );
+    }
+    let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+    match STANDARD.decode(encoded) {
+        Ok(key) if !key.is_empty() => Ok(StandardWebhooksKey::Symmetric(key)),
+        _ => Err(
+            "is not a Standard Webhooks secret: expected `whsec_` followed by base64, or a public key `whpk_`",
+        ),
+    }
+}
+
+/// The length of an ed25519 public key.
+const ED25519_PUBLIC_KEY_LEN: usize = 32;
 
 fn header_value<'a>(
     headers: &'a BTreeMap<String, String>,

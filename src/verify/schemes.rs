@@ -3,6 +3,8 @@
 //! builds the exact bytes its sender signs (see docs/sources/), computes
 //! HMAC-SHA256 with every configured secret, compares in constant time and
 //! then checks that the signed timestamp is within the route's tolerance.
+//! Standard Webhooks may also sign asymmetrically (`v1a`, ed25519), checked
+//! against the configured public keys.
 //!
 //! The signature is checked before the timestamp so that the log says
 //! "stale" only for a request that really came from the sender.
@@ -11,7 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 
-use super::{Request, VerifyError, header_value, standard_webhooks_key};
+use super::{Request, StandardWebhooksKey, VerifyError, header_value, standard_webhooks_key};
 use crate::config::TimedSecrets;
 
 type HmacSha256 = Hmac<sha2::Sha256>;
@@ -80,9 +82,11 @@ fn decode_hex(text: &str, header: &str) -> Result<Vec<u8>, VerifyError> {
     hex::decode(text.trim()).map_err(|_| VerifyError::Malformed(header.to_string()))
 }
 
-/// Standard Webhooks: `base64(HMAC(key, id.ts.body))` in a space-separated
-/// list of `v1,<sig>` entries (several during a key rotation); the key is
-/// the base64 after `whsec_`. Svix sends the same under `svix-*` names.
+/// Standard Webhooks: a space-separated list of `<version>,<base64>`
+/// entries (several during a key rotation) over `id.ts.body`. `v1` is
+/// `HMAC(key, …)` with the key after `whsec_`; `v1a` is an ed25519 signature
+/// checked against the public keys (`whpk_`) of the route's trust list.
+/// Unknown versions are ignored. Svix sends the same under `svix-*` names.
 pub(super) fn standard_webhooks(
     timed: &TimedSecrets,
     request: &Request<'_>,
@@ -101,18 +105,44 @@ pub(super) fn standard_webhooks(
     let ts_text = header_value(request.headers, &ts_header)?;
     let signatures = header_value(request.headers, &sig_header)?;
     let ts = timestamp(ts_text, &ts_header)?;
-    let candidates: Vec<Vec<u8>> = signatures
-        .split(' ')
-        .filter_map(|entry| entry.split_once(','))
-        .filter(|(version, _)| *version == "v1")
-        .filter_map(|(_, sig)| STANDARD.decode(sig).ok())
-        .collect();
-    if candidates.is_empty() {
+    let mut symmetric: Vec<Vec<u8>> = Vec::new();
+    let mut asymmetric: Vec<Vec<u8>> = Vec::new();
+    for (version, signature) in signatures.split(' ').filter_map(|e| e.split_once(',')) {
+        let list = match version {
+            "v1" => &mut symmetric,
+            "v1a" => &mut asymmetric,
+            _ => continue,
+        };
+        if let Ok(decoded) = STANDARD.decode(signature) {
+            list.push(decoded);
+        }
+    }
+    if symmetric.is_empty() && asymmetric.is_empty() {
         return Err(VerifyError::Malformed(sig_header));
     }
-    let keys = timed.secrets.iter().filter_map(standard_webhooks_key);
+    let keys: Vec<StandardWebhooksKey> = timed
+        .secrets
+        .iter()
+        .filter_map(|secret| standard_webhooks_key(secret).ok())
+        .collect();
     let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts_text.as_bytes(), b".", request.body];
-    if !any_matches(keys, &parts, &candidates) {
+    let hmac_keys = keys.iter().filter_map(|key| match key {
+        StandardWebhooksKey::Symmetric(key) => Some(key.clone()),
+        StandardWebhooksKey::Public(_) => None,
+    });
+    let mut found = any_matches(hmac_keys, &parts, &symmetric);
+    if !asymmetric.is_empty() {
+        let signed = parts.concat();
+        for key in &keys {
+            if let StandardWebhooksKey::Public(key) = key {
+                let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key);
+                found |= asymmetric
+                    .iter()
+                    .any(|signature| key.verify(&signed, signature).is_ok());
+            }
+        }
+    }
+    if !found {
         return Err(VerifyError::BadSignature(sig_header));
     }
     fresh(ts.saturating_mul(1000), request, timed, &ts_header)

@@ -170,6 +170,166 @@ fn standard_webhooks_reference_vector() {
     assert!(verify::verify_request(&method, &request(1_649_367_553_000 + 301_000)).is_err());
 }
 
+/// A `whpk_` public key and `v1a` signatures made with its private key
+/// (a fixed seed, so that failures reproduce).
+struct Ed25519Sender(ring::signature::Ed25519KeyPair);
+
+impl Ed25519Sender {
+    fn new(seed: u8) -> Self {
+        Ed25519Sender(ring::signature::Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap())
+    }
+
+    fn public_key(&self) -> String {
+        use ring::signature::KeyPair;
+        format!("whpk_{}", STANDARD.encode(self.0.public_key().as_ref()))
+    }
+
+    fn sign(&self, id: &str, ts: &str, body: &[u8]) -> String {
+        let signed = [id.as_bytes(), b".", ts.as_bytes(), b".", body].concat();
+        format!("v1a,{}", STANDARD.encode(self.0.sign(&signed).as_ref()))
+    }
+}
+
+#[test]
+fn standard_webhooks_v1a_signatures_are_checked_against_the_public_keys() {
+    let sender = Ed25519Sender::new(7);
+    let other = Ed25519Sender::new(8);
+    let hmac_secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let (id, ts, now_ms) = ("msg_1", "1700000000", 1_700_000_000_000);
+    let body: &[u8] = br#"{"type":"entry.published"}"#;
+    let good = sender.sign(id, ts, body);
+    let trusted = verify_of(&format!(
+        "standard_webhooks: {{secrets: [{hmac_secret}, {}]}}",
+        sender.public_key()
+    ));
+    let untrusted = verify_of(&format!(
+        "standard_webhooks: {{secrets: [{hmac_secret}, {}]}}",
+        other.public_key()
+    ));
+    let hmac_only = verify_of(&format!("standard_webhooks: {{secret: {hmac_secret}}}"));
+    type Case<'a> = (&'a str, &'a Verify, String, &'a [u8], i64, bool);
+    let cases: Vec<Case> = vec![
+        (
+            "signed by a trusted key",
+            &trusted,
+            good.clone(),
+            body,
+            now_ms,
+            true,
+        ),
+        (
+            "beside an unknown version and a wrong v1",
+            &trusted,
+            format!("v2,abc v1,AAAA {good}"),
+            body,
+            now_ms,
+            true,
+        ),
+        (
+            "one of two signatures during a rotation",
+            &trusted,
+            format!("{} {good}", other.sign(id, ts, body)),
+            body,
+            now_ms,
+            true,
+        ),
+        (
+            "a changed body",
+            &trusted,
+            good.clone(),
+            br#"{"type":"x"}"#,
+            now_ms,
+            false,
+        ),
+        (
+            "a key not on the list",
+            &untrusted,
+            good.clone(),
+            body,
+            now_ms,
+            false,
+        ),
+        (
+            "a route with no public key",
+            &hmac_only,
+            good.clone(),
+            body,
+            now_ms,
+            false,
+        ),
+        (
+            "a stale timestamp",
+            &trusted,
+            good.clone(),
+            body,
+            now_ms + 301_000,
+            false,
+        ),
+        (
+            "v1a that is not base64",
+            &trusted,
+            "v1a,!!".to_string(),
+            body,
+            now_ms,
+            false,
+        ),
+    ];
+    for (name, method, signature, body, now_ms, accepted) in cases {
+        let headers: BTreeMap<String, String> = [
+            ("webhook-id", id),
+            ("webhook-timestamp", ts),
+            ("webhook-signature", signature.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let result = verify::verify_request(
+            method,
+            &Request {
+                method: "POST",
+                path: "/hooks/r",
+                headers: &headers,
+                body,
+                now_ms,
+            },
+        );
+        assert_eq!(result.is_ok(), accepted, "{name}: {result:?}");
+    }
+}
+
+#[test]
+fn standard_webhooks_private_or_short_keys_are_refused_when_loading() {
+    let sender = Ed25519Sender::new(7);
+    let cases = [
+        ("whsk_AAAA", "private signing key"),
+        ("whpk_AAAA", "32 bytes"),
+        ("whpk_not-base64!", "32 bytes"),
+    ];
+    for (key, expected) in cases {
+        let text = format!(
+            "{TEST_HEAD}\nroutes:\n  - id: r\n    verify:\n      standard_webhooks: {{secret: {key}}}\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n"
+        );
+        let errors = dispatch_relay::config::load("t.yaml", &text, &|name| {
+            (name == "GITHUB_TOKEN").then(|| "t".to_string())
+        })
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(errors.contains(expected), "{key}: {errors}");
+        assert!(
+            errors.contains("standard_webhooks.secret"),
+            "{key}: {errors}"
+        );
+    }
+    assert!(matches!(
+        verify_of(&format!(
+            "standard_webhooks: {{secret: {}}}",
+            sender.public_key()
+        )),
+        Verify::StandardWebhooks(_)
+    ));
+}
+
 #[test]
 fn cert_urls_off_amazon_or_over_http_are_refused() {
     for bad in [
