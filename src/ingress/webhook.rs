@@ -180,7 +180,7 @@ async fn accept(
     };
     // Only a webhook that will be stored pays for its stored form.
     let stored =
-        inbound::stored_request(route, content_type.as_deref(), query, &ctx.headers, &body);
+        inbound::stored_request(route, content_type.as_deref(), &query, &ctx.headers, &body);
     let delivery = NewDelivery {
         id: delivery_id.clone(),
         route: route.id.clone(),

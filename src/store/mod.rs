@@ -50,6 +50,36 @@ pub struct StoredRequest {
     pub body_base64: bool,
 }
 
+/// A [`StoredRequest`] already encoded as the JSON the store keeps.
+///
+/// The accept path encodes the request on the HTTP worker that received
+/// it, straight from borrowed parts, so that neither an owned copy of every
+/// header nor the encoding itself falls to the single writer thread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedRequest(String);
+
+impl EncodedRequest {
+    /// Encodes a request as stored. `capacity` is a guess of the encoded
+    /// length, so that the text is not copied as it grows.
+    pub fn encode(request: &impl Serialize, capacity: usize) -> EncodedRequest {
+        let mut text = Vec::with_capacity(capacity);
+        // Serializing strings, numbers and lists into memory cannot fail.
+        let _ = serde_json::to_writer(&mut text, request);
+        EncodedRequest(String::from_utf8(text).unwrap_or_default())
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&StoredRequest> for EncodedRequest {
+    fn from(request: &StoredRequest) -> EncodedRequest {
+        EncodedRequest::encode(request, request.body.len() + 256)
+    }
+}
+
 /// One GitHub request to make, as rendered at accept time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
@@ -67,7 +97,7 @@ pub struct NewDelivery {
     pub route: String,
     pub received_at_ms: i64,
     pub dedupe_key: Option<String>,
-    pub request: StoredRequest,
+    pub request: EncodedRequest,
     /// Empty when `failure` is set.
     pub jobs: Vec<NewJob>,
     /// Set when rendering failed: the delivery is stored as failed, with no

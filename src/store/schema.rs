@@ -213,14 +213,13 @@ pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, Sto
             return Ok(Accepted::Duplicate { original_id });
         }
     }
-    let request =
-        serde_json::to_string(&d.request).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let request = d.request.as_str();
     let debounce = d
         .debounce
         .as_ref()
         .filter(|_| d.failure.is_none() && !d.jobs.is_empty());
     if let Some(window) = debounce
-        && let Some(merged) = coalesce(conn, d, window, &request)?
+        && let Some(merged) = coalesce(conn, d, window, request)?
     {
         return Ok(merged);
     }

@@ -9,13 +9,13 @@ pub(super) fn delivery(id: &str, dedupe: Option<&str>, jobs: usize) -> NewDelive
         route: "r".into(),
         received_at_ms: 1_000,
         dedupe_key: dedupe.map(str::to_string),
-        request: StoredRequest {
+        request: EncodedRequest::from(&StoredRequest {
             content_type: Some("application/json".into()),
             query: vec![],
             headers: vec![],
             body: "{}".into(),
             body_base64: false,
-        },
+        }),
         jobs: (0..jobs)
             .map(|i| NewJob {
                 target_index: i,
