@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde::Serialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::{Route, Verify};
 use crate::routing::{DispatchRequest, RenderedTarget};
 use crate::store::{EncodedRequest, NewJob, StoredRequest};
-use crate::template::Context;
+use crate::template::{BodyShape, Context};
 
 /// The body could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,7 +63,7 @@ pub fn parse_for_route(
         });
     }
     Ok(Parsed {
-        body: parse_body(content_type, body)?,
+        body: parse_body_shaped(content_type, body, &route.body_shape)?,
         sns: None,
     })
 }
@@ -139,6 +140,18 @@ pub fn stored_body(request: &StoredRequest) -> Vec<u8> {
 /// and Slack send form bodies so); an empty body is `null`. Anything else is
 /// tried as JSON and otherwise kept as a string.
 pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, BodyError> {
+    parse_body_shaped(content_type, body, &BodyShape::whole())
+}
+
+/// [`parse_body`], keeping of a JSON body only what `shape` names: the
+/// parts the route's templates read. The rest is still checked as JSON but
+/// never copied, which spares the allocations of every field no template
+/// reads.
+pub fn parse_body_shaped(
+    content_type: Option<&str>,
+    body: &[u8],
+    shape: &BodyShape,
+) -> Result<Value, BodyError> {
     let mime = content_type
         .and_then(|c| c.split(';').next())
         .map(|c| c.trim().to_ascii_lowercase())
@@ -162,12 +175,141 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, Body
         || mime == "application/json"
         || mime.ends_with("+json")
         || mime.ends_with("/json");
-    match serde_json::from_slice::<Value>(body) {
+    match parse_json_shaped(body, shape) {
         Ok(value) => Ok(value),
         Err(e) if is_json => Err(BodyError::Json(e.to_string())),
         Err(_) => std::str::from_utf8(body)
             .map(|text| Value::String(text.to_string()))
             .map_err(|_| BodyError::NotUtf8),
+    }
+}
+
+/// Parses JSON to `shape`. Skipped values are checked as JSON grammar but
+/// not as UTF-8, so a body that is not UTF-8 is parsed whole, which refuses
+/// it as before. A body the shaped parse refuses is parsed whole again, so
+/// that the error (and its position, which skipping may report a column
+/// off) is exactly the one a whole parse gives.
+fn parse_json_shaped(body: &[u8], shape: &BodyShape) -> Result<Value, serde_json::Error> {
+    if shape.whole || std::str::from_utf8(body).is_err() {
+        return serde_json::from_slice(body);
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let shaped = Shaped(shape)
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value));
+    shaped.or_else(|_| serde_json::from_slice(body))
+}
+
+/// Deserializes a value to a [`BodyShape`]: an object keeps the keys the
+/// shape names, and anything else is built exactly as [`Value`] builds it.
+struct Shaped<'s>(&'s BodyShape);
+
+impl<'de> DeserializeSeed<'de> for Shaped<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        if self.0.whole {
+            return Value::deserialize(deserializer);
+        }
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Shaped<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut kept = Map::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            match self.0.keys.get(key.as_ref()) {
+                Some(inner) => {
+                    kept.insert(key.into_owned(), map.next_value_seed(Shaped(inner))?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(kept))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element::<Value>()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        Value::deserialize(deserializer)
+    }
+}
+
+/// An object key, borrowed from the body unless it has escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
     }
 }
 
@@ -333,6 +475,61 @@ mod tests {
             assert_eq!(encoded, EncodedRequest::from(&expected));
             assert_eq!(stored_body(&decoded), body);
             assert!(!encoded.as_str().contains("secret"), "{}", encoded.as_str());
+        }
+    }
+
+    #[test]
+    fn shaped_parsing_keeps_what_is_read_and_refuses_what_whole_parsing_refuses() {
+        // Reads `body.a` and `body.b.c`.
+        let shape = BodyShape {
+            whole: false,
+            keys: [
+                ("a".to_owned(), BodyShape::whole()),
+                (
+                    "b".to_owned(),
+                    BodyShape {
+                        whole: false,
+                        keys: [("c".to_owned(), BodyShape::whole())].into(),
+                    },
+                ),
+            ]
+            .into(),
+        };
+        let parse = |text: &[u8]| parse_body_shaped(Some("application/json"), text, &shape);
+        let kept: [(&[u8], Value); 8] = [
+            (
+                br#"{"a":[1,{"x":2}],"b":{"c":"k","d":1},"z":{"deep":["zzz"]}}"#,
+                json!({"a": [1, {"x": 2}], "b": {"c": "k"}}),
+            ),
+            (br#"{"b":5,"a":null}"#, json!({"b": 5, "a": null})),
+            (br#"[{"a":1,"z":2}]"#, json!([{"a": 1, "z": 2}])),
+            (br#""text""#, json!("text")),
+            (br#"{"a":1,"a":2.5}"#, json!({"a": 2.5})),
+            (br#"{"\u0061":true,"\u007a":1}"#, json!({"a": true})),
+            (br#"{"b":{"c":1},"b":{"d":2}}"#, json!({"b": {}})),
+            (b" {} ", json!({})),
+        ];
+        for (text, expected) in kept {
+            assert_eq!(
+                parse(text),
+                Ok(expected),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        let refused: [&[u8]; 7] = [
+            b"{\"z\":\"\x01\"}",
+            br#"{"z":"\q"}"#,
+            br#"{"z":1.}"#,
+            br#"{"a":1} x"#,
+            br#"{"z":[1,2}"#,
+            b"{\"z\":\"\xff\"}",
+            br#"{"z":"#,
+        ];
+        for text in refused {
+            let whole = parse_body(Some("application/json"), text);
+            assert!(whole.is_err(), "{}", String::from_utf8_lossy(text));
+            assert_eq!(parse(text), whole, "{}", String::from_utf8_lossy(text));
         }
     }
 

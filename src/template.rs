@@ -244,6 +244,9 @@ pub struct EngineBuilder {
     env: Environment<'static>,
     engine: Arc<Engine>,
     names: HashSet<String>,
+    /// What of the body the templates added since the last
+    /// [`EngineBuilder::take_body_shape`] read.
+    shape: BodyShape,
 }
 
 impl Default for EngineBuilder {
@@ -277,7 +280,14 @@ impl EngineBuilder {
                 env: OnceLock::new(),
             }),
             names: HashSet::new(),
+            shape: BodyShape::default(),
         }
+    }
+
+    /// What of the body the templates compiled since the last call read,
+    /// together: the shape a route's body is parsed to.
+    pub fn take_body_shape(&mut self) -> BodyShape {
+        std::mem::take(&mut self.shape)
     }
 
     /// Compiles a string template named `name`.
@@ -319,11 +329,15 @@ impl EngineBuilder {
         self.engine
     }
 
-    /// What of the body the template just added as `name` reads.
-    fn reads(&self, name: &str) -> BodyReads {
-        self.env
+    /// What of the body the template just added as `name` reads; it is
+    /// also added to the shape being collected.
+    fn reads(&mut self, name: &str) -> BodyReads {
+        let reads = self
+            .env
             .get_template(name)
-            .map_or(BodyReads::Whole, |template| BodyReads::of(&template))
+            .map_or(BodyReads::Whole, |template| BodyReads::of(&template));
+        self.shape.add(&reads);
+        reads
     }
 
     fn unique_name(&mut self, name: &str) -> String {
@@ -565,6 +579,44 @@ impl BodyReads {
                 BodyReads::Paths(paths)
             }
             whole => whole,
+        }
+    }
+}
+
+/// The parts of a request body that templates read, as a tree of object
+/// keys. A body parsed to a shape keeps, in every object on the way, only
+/// the keys the tree names; a value the tree ends on, or that is not an
+/// object, is kept whole. That is what [`convert_paths`] hands the engine,
+/// so templates render the same from the shaped body as from the whole one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BodyShape {
+    /// The whole value at this point is read.
+    pub whole: bool,
+    /// The keys read inside the value at this point, when it is an object.
+    pub keys: BTreeMap<String, BodyShape>,
+}
+
+impl BodyShape {
+    /// A shape that keeps the whole body.
+    pub fn whole() -> BodyShape {
+        BodyShape {
+            whole: true,
+            keys: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, reads: &BodyReads) {
+        match reads {
+            BodyReads::Whole => self.whole = true,
+            BodyReads::Paths(paths) => {
+                for path in paths {
+                    let mut node = &mut *self;
+                    for key in path {
+                        node = node.keys.entry(key.clone()).or_default();
+                    }
+                    node.whole = true;
+                }
+            }
         }
     }
 }

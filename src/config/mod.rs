@@ -216,6 +216,9 @@ pub struct Route {
     /// Where this route's permanent failures are reported; empty means the
     /// top-level `notify` list.
     pub notify: Vec<NotifyTarget>,
+    /// What of a request body this route's templates read; bodies are
+    /// parsed to this shape.
+    pub body_shape: template::BodyShape,
 }
 
 /// An inbound rate limit (token bucket).

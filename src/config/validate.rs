@@ -707,6 +707,8 @@ fn route(
     default_max_body: u64,
 ) -> Option<Route> {
     let errors_before = report.errors.len();
+    // Whatever an earlier, invalid route left in the builder is not ours.
+    builder.take_body_shape();
     if !valid_route_id(&raw.id) {
         report.error(
             &path.key("id"),
@@ -843,6 +845,7 @@ fn route(
         dedupe_key,
         debounce,
         notify: route_notify?,
+        body_shape: builder.take_body_shape(),
     })
 }
 

@@ -327,21 +327,32 @@ fn direct_evaluation_gives_what_the_engine_gives() {
         json!("{{ headers }}"),
         json!({"a": "{{ route }}", "b": ["{{ delivery.id }}", "{{ body.count }}"]}),
     ];
+    // Each template is compiled with the shape of the body it reads, which
+    // is what a route with only that template would parse bodies to.
     let mut builder = EngineBuilder::new();
     let compiled_strings: Vec<_> = strings
         .iter()
-        .map(|(source, _)| builder.string("t", source).unwrap())
+        .map(|(source, _)| {
+            let template = builder.string("t", source).unwrap();
+            (template, builder.take_body_shape())
+        })
         .collect();
     let compiled_values: Vec<_> = values
         .iter()
-        .map(|source| builder.value("v", source).unwrap())
+        .map(|source| {
+            let template = builder.value("v", source).unwrap();
+            (template, builder.take_body_shape())
+        })
         .collect();
     let compiled_conditions: Vec<_> = conditions
         .iter()
-        .map(|(source, _)| builder.condition("when", source).unwrap())
+        .map(|(source, _)| {
+            let condition = builder.condition("when", source).unwrap();
+            (condition, builder.take_body_shape())
+        })
         .collect();
     builder.finish();
-    for ((source, simple), condition) in conditions.iter().zip(&compiled_conditions) {
+    for ((source, simple), (condition, _)) in conditions.iter().zip(&compiled_conditions) {
         assert_eq!(condition.direct.is_some(), *simple, "{source}");
     }
     // The engine is handed only the parts of the body a template reads.
@@ -350,7 +361,7 @@ fn direct_evaluation_gives_what_the_engine_gives() {
         .position(|(s, _)| s.starts_with("body.entry.id > 3"))
         .unwrap();
     assert_eq!(
-        compiled_conditions[and].expr.compiled.reads,
+        compiled_conditions[and].0.expr.compiled.reads,
         BodyReads::Paths(vec![
             vec!["count".into()],
             vec!["entry".into(), "id".into()]
@@ -361,29 +372,54 @@ fn direct_evaluation_gives_what_the_engine_gives() {
         .iter()
         .position(|(s, _)| s.contains("length"))
         .unwrap();
-    let reads = |i: usize| compiled_strings[i].compiled.as_ref().unwrap().reads.clone();
+    let reads = |i: usize| {
+        compiled_strings[i]
+            .0
+            .compiled
+            .as_ref()
+            .unwrap()
+            .reads
+            .clone()
+    };
     assert_eq!(reads(whole), BodyReads::Whole);
-    for ((source, simple), template) in strings.iter().zip(&compiled_strings) {
+    assert!(compiled_strings[whole].1.whole);
+    for ((source, simple), (template, _)) in strings.iter().zip(&compiled_strings) {
         assert_eq!(template.direct.is_some(), *simple, "{source}");
     }
     for context in &contexts {
-        // Renders one template both ways and compares.
-        let both_ways = |source: &dyn std::fmt::Display, render: &dyn Fn(&Prepared) -> String| {
+        let body_text = context.body.to_string();
+        // Renders one template three ways and compares: directly, with the
+        // engine, and directly from the body parsed to the template's shape.
+        let three_ways = |source: &dyn std::fmt::Display,
+                          shape: &BodyShape,
+                          render: &dyn Fn(&Prepared) -> String| {
+            let engine = render(&context.prepare_engine_only());
+            let what = format!("{source} with body {body_text}");
+            assert_eq!(render(&context.prepare()), engine, "{what}");
+            let shaped = Context {
+                body: crate::inbound::parse_body_shaped(None, body_text.as_bytes(), shape).unwrap(),
+                ..context.clone()
+            };
             assert_eq!(
-                render(&context.prepare()),
-                render(&context.prepare_engine_only()),
-                "{source} with body {}",
-                context.body
+                render(&shaped.prepare()),
+                engine,
+                "{what}, shaped to {shape:?}"
             );
         };
-        for ((source, _), template) in strings.iter().zip(&compiled_strings) {
-            both_ways(source, &|p| format!("{:?}", template.render_prepared(p)));
+        for ((source, _), (template, shape)) in strings.iter().zip(&compiled_strings) {
+            three_ways(source, shape, &|p| {
+                format!("{:?}", template.render_prepared(p))
+            });
         }
-        for ((source, _), condition) in conditions.iter().zip(&compiled_conditions) {
-            both_ways(source, &|p| format!("{:?}", condition.eval_prepared(p)));
+        for ((source, _), (condition, shape)) in conditions.iter().zip(&compiled_conditions) {
+            three_ways(source, shape, &|p| {
+                format!("{:?}", condition.eval_prepared(p))
+            });
         }
-        for (source, template) in values.iter().zip(&compiled_values) {
-            both_ways(source, &|p| format!("{:?}", template.render_prepared(p)));
+        for (source, (template, shape)) in values.iter().zip(&compiled_values) {
+            three_ways(source, shape, &|p| {
+                format!("{:?}", template.render_prepared(p))
+            });
         }
     }
 }
