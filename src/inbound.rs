@@ -361,23 +361,52 @@ pub fn jobs(targets: &[RenderedTarget]) -> Vec<NewJob> {
         .collect()
 }
 
+/// The answer to an accepted webhook: the delivery and what it will send.
+/// Fields are in the order of their names, as a `serde_json::Value` would
+/// write them.
+#[derive(Debug, Serialize)]
+pub struct AcceptedAnswer<'a> {
+    /// How many webhooks were merged into this delivery by debounce.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalesced: Option<u32>,
+    pub delivery_id: &'a str,
+    pub dispatches: Vec<DispatchSummary<'a>>,
+}
+
+/// One entry of the `dispatches` list of an answer.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum DispatchSummary<'a> {
+    Repository {
+        event_type: &'a str,
+        repo: &'a str,
+    },
+    Workflow {
+        #[serde(rename = "ref")]
+        git_ref: &'a str,
+        repo: &'a str,
+        workflow: &'a str,
+    },
+}
+
 /// The `dispatches` list of a 202 answer.
-pub fn dispatch_summary(targets: &[RenderedTarget]) -> Value {
-    Value::Array(
-        targets
-            .iter()
-            .map(|t| match &t.request {
-                DispatchRequest::Repository { event_type, .. } => {
-                    serde_json::json!({"repo": t.repo, "event_type": event_type})
-                }
-                DispatchRequest::Workflow {
-                    workflow, git_ref, ..
-                } => {
-                    serde_json::json!({"repo": t.repo, "workflow": workflow, "ref": git_ref})
-                }
-            })
-            .collect(),
-    )
+pub fn dispatch_summary(targets: &[RenderedTarget]) -> Vec<DispatchSummary<'_>> {
+    targets
+        .iter()
+        .map(|t| match &t.request {
+            DispatchRequest::Repository { event_type, .. } => DispatchSummary::Repository {
+                event_type,
+                repo: &t.repo,
+            },
+            DispatchRequest::Workflow {
+                workflow, git_ref, ..
+            } => DispatchSummary::Workflow {
+                git_ref,
+                repo: &t.repo,
+                workflow,
+            },
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -530,6 +559,55 @@ mod tests {
             let whole = parse_body(Some("application/json"), text);
             assert!(whole.is_err(), "{}", String::from_utf8_lossy(text));
             assert_eq!(parse(text), whole, "{}", String::from_utf8_lossy(text));
+        }
+    }
+
+    #[test]
+    fn accepted_answers_list_every_dispatch() {
+        let targets = [
+            RenderedTarget {
+                target_index: 0,
+                repo: "acme/site".to_owned(),
+                request: DispatchRequest::Repository {
+                    event_type: "deploy".to_owned(),
+                    client_payload: Map::new(),
+                },
+            },
+            RenderedTarget {
+                target_index: 1,
+                repo: "acme/docs".to_owned(),
+                request: DispatchRequest::Workflow {
+                    workflow: "build.yml".to_owned(),
+                    git_ref: "main".to_owned(),
+                    inputs: Map::new(),
+                },
+            },
+        ];
+        let dispatches = json!([
+            {"repo": "acme/site", "event_type": "deploy"},
+            {"repo": "acme/docs", "workflow": "build.yml", "ref": "main"},
+        ]);
+        let cases = [
+            (
+                None,
+                json!({"delivery_id": "d-1", "dispatches": dispatches}),
+            ),
+            (
+                Some(4),
+                json!({"delivery_id": "d-1", "dispatches": dispatches, "coalesced": 4}),
+            ),
+        ];
+        for (coalesced, expected) in cases {
+            let answer = AcceptedAnswer {
+                coalesced,
+                delivery_id: "d-1",
+                dispatches: dispatch_summary(&targets),
+            };
+            // The same text as the Value, whose keys are sorted.
+            assert_eq!(
+                serde_json::to_string(&answer).unwrap(),
+                expected.to_string()
+            );
         }
     }
 

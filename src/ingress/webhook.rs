@@ -163,7 +163,7 @@ async fn accept(
         Ok(key) => (key, routing::plan(route, &ctx)),
         Err(e) => (None, Err(e)),
     };
-    let (jobs, failure, summary) = match plan {
+    let (jobs, failure, targets) = match plan {
         Ok(Plan::Skipped) => {
             tracing::debug!(route = %route.id, "Skipped a webhook: `when` is false");
             return Ok((
@@ -171,12 +171,8 @@ async fn accept(
                 WebhookOutcome::Skipped,
             ));
         }
-        Ok(Plan::Dispatch(targets)) => (
-            inbound::jobs(&targets),
-            None,
-            inbound::dispatch_summary(&targets),
-        ),
-        Err(e) => (Vec::new(), Some(e.to_string()), serde_json::Value::Null),
+        Ok(Plan::Dispatch(targets)) => (inbound::jobs(&targets), None, targets),
+        Err(e) => (Vec::new(), Some(e.to_string()), Vec::new()),
     };
     // Only a webhook that will be stored pays for its stored form.
     let stored =
@@ -203,11 +199,11 @@ async fn accept(
             state.metrics.coalesced(&route.id);
             tracing::debug!(route = %route.id, delivery_id = %into, coalesced, "Webhook merged into the open debounce window");
             Ok((
-                HttpResponse::Accepted().json(serde_json::json!({
-                    "delivery_id": into,
-                    "dispatches": summary,
-                    "coalesced": coalesced,
-                })),
+                HttpResponse::Accepted().json(inbound::AcceptedAnswer {
+                    coalesced: Some(coalesced),
+                    delivery_id: &into,
+                    dispatches: inbound::dispatch_summary(&targets),
+                }),
                 WebhookOutcome::Accepted,
             ))
         }
@@ -230,9 +226,11 @@ async fn accept(
                 state.dispatcher.wake();
                 tracing::info!(route = %route.id, delivery_id = %delivery_id, "Webhook accepted");
                 Ok((
-                    HttpResponse::Accepted().json(
-                        serde_json::json!({"delivery_id": delivery_id, "dispatches": summary}),
-                    ),
+                    HttpResponse::Accepted().json(inbound::AcceptedAnswer {
+                        coalesced: None,
+                        delivery_id: &delivery_id,
+                        dispatches: inbound::dispatch_summary(&targets),
+                    }),
                     WebhookOutcome::Accepted,
                 ))
             }
