@@ -293,6 +293,9 @@ fn direct_evaluation_gives_what_the_engine_gives() {
             false,
         ),
         ("{% set e = body.entry %}{{ e.id }}", false),
+        ("{% set k = 'model' %}{{ body[k] }}", false),
+        ("{{ body[headers['x-field'] or 'count'] }}", false),
+        ("{% for k, v in body | items %}{{ k }}{% endfor %}", false),
     ];
     // (source, whether it is simple enough to skip the engine)
     let conditions = [
