@@ -56,16 +56,22 @@ pub fn parse_for_route(
 ) -> Result<Parsed, BodyError> {
     if let Verify::Sns(_) = route.verify {
         let envelope = crate::verify::sns::Envelope::parse(body).map_err(BodyError::Sns)?;
-        let (body, sns) = crate::verify::sns::unwrap(&envelope);
-        return Ok(Parsed {
-            body,
-            sns: Some(sns),
-        });
+        return Ok(from_envelope(&envelope));
     }
     Ok(Parsed {
         body: parse_body_shaped(content_type, body, &route.body_shape)?,
         sns: None,
     })
+}
+
+/// The body of an `sns` route from its already parsed envelope: the
+/// `Message` (parsed when it is JSON) as `body`, the envelope as `sns`.
+pub fn from_envelope(envelope: &crate::verify::sns::Envelope) -> Parsed {
+    let (body, sns) = crate::verify::sns::unwrap(envelope);
+    Parsed {
+        body,
+        sns: Some(sns),
+    }
 }
 
 /// Headers that carry credentials; they are never stored.
