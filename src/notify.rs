@@ -57,30 +57,34 @@ impl Notifier {
             .user_agent(crate::github::USER_AGENT_VALUE)
             .build()
             .unwrap_or_default();
-        let mut next_index = 0;
-        let mut start_lanes = |targets: &[NotifyTarget]| -> Vec<mpsc::Sender<Failure>> {
+        // Each destination is named in logs by its place in routes.yaml
+        // (`notify[0]`, `routes[2].notify[1]`): its URL holds a token.
+        let start_lanes = |list: &str, targets: &[NotifyTarget]| -> Vec<mpsc::Sender<Failure>> {
             targets
                 .iter()
-                .map(|target| {
+                .enumerate()
+                .map(|(index, target)| {
                     let (lane, lane_receiver) = mpsc::channel::<Failure>(QUEUE);
-                    let destination = target.kind.clone();
                     tokio::spawn(run_destination(
-                        next_index,
-                        destination,
+                        format!("{list}[{index}]"),
+                        target.kind.clone(),
                         http.clone(),
                         lane_receiver,
                     ));
-                    next_index += 1;
                     lane
                 })
                 .collect()
         };
-        let default_lanes = start_lanes(&config.notify);
+        let default_lanes = start_lanes("notify", &config.notify);
         let route_lanes: HashMap<String, Vec<mpsc::Sender<Failure>>> = config
             .routes
             .iter()
-            .filter(|r| !r.notify.is_empty())
-            .map(|r| (r.id.clone(), start_lanes(&r.notify)))
+            .enumerate()
+            .filter(|(_, r)| !r.notify.is_empty())
+            .map(|(index, r)| {
+                let list = format!("routes[{index}].notify");
+                (r.id.clone(), start_lanes(&list, &r.notify))
+            })
             .collect();
         let (sender, mut receiver) = mpsc::channel::<Failure>(QUEUE);
         tokio::spawn(async move {
@@ -109,7 +113,7 @@ impl Notifier {
 }
 
 async fn run_destination(
-    index: usize,
+    place: String,
     destination: NotifyKind,
     http: reqwest::Client,
     mut failures: mpsc::Receiver<Failure>,
@@ -125,7 +129,7 @@ async fn run_destination(
         }
         loop {
             let message = render(&destination, &batch);
-            send(index, &destination, &http, message).await;
+            send(&place, &destination, &http, message).await;
             batch.clear();
             let cooled = tokio::time::Instant::now() + COOLDOWN;
             while let Ok(Some(more)) = tokio::time::timeout_at(cooled, failures.recv()).await {
@@ -178,7 +182,7 @@ fn render(destination: &NotifyKind, batch: &[Failure]) -> serde_json::Value {
 }
 
 async fn send(
-    index: usize,
+    place: &str,
     destination: &NotifyKind,
     http: &reqwest::Client,
     message: serde_json::Value,
@@ -188,11 +192,11 @@ async fn send(
     };
     match http.post(url).json(&message).send().await {
         Ok(response) if response.status().is_success() => {
-            tracing::info!(destination = index, "Failure alert sent");
+            tracing::info!(destination = %place, "Failure alert sent");
         }
         Ok(response) => {
             tracing::warn!(
-                destination = index,
+                destination = %place,
                 status = response.status().as_u16(),
                 "A notify destination refused the failure alert"
             );
@@ -207,7 +211,7 @@ async fn send(
                 "request failed"
             };
             tracing::warn!(
-                destination = index,
+                destination = %place,
                 error = kind,
                 "Could not send a failure alert"
             );

@@ -220,9 +220,17 @@ async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary(
         1,
         "the single failure was reported once"
     );
-    // The URL is a secret: never in the logs.
+    // The URL is a secret: never in the logs, which name each destination
+    // by its place in routes.yaml instead.
     let logs = app.stop_and_read_logs();
     assert!(!logs.iter().any(|l| l.contains("/services/T000")));
+    for place in ["notify[0]", "routes[1].notify[0]"] {
+        assert!(
+            logs.iter().any(|l| l.contains("Failure alert sent")
+                && l.contains(&format!("\"destination\":\"{place}\""))),
+            "{place}: {logs:#?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
