@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -150,9 +150,9 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, Body
 }
 
 /// [`parse_body`], keeping of a JSON body only what `shape` names: the
-/// parts the route's templates read. The rest is still checked as JSON but
-/// never copied, which spares the allocations of every field no template
-/// reads.
+/// parts the route's templates read. The rest is checked exactly as a whole
+/// parse checks it but never copied, which spares the allocations of every
+/// field no template reads.
 pub fn parse_body_shaped(
     content_type: Option<&str>,
     body: &[u8],
@@ -190,13 +190,10 @@ pub fn parse_body_shaped(
     }
 }
 
-/// Parses JSON to `shape`. Skipped values are checked as JSON grammar but
-/// not as UTF-8, so a body that is not UTF-8 is parsed whole, which refuses
-/// it as before. A body the shaped parse refuses is parsed whole again, so
-/// that the error (and its position, which skipping may report a column
-/// off) is exactly the one a whole parse gives.
+/// Parses JSON to `shape`. A body the shaped parse refuses is parsed whole
+/// again, so that the error is word for word the one a whole parse gives.
 fn parse_json_shaped(body: &[u8], shape: &BodyShape) -> Result<Value, serde_json::Error> {
-    if shape.whole || std::str::from_utf8(body).is_err() {
+    if shape.whole {
         return serde_json::from_slice(body);
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
@@ -235,9 +232,7 @@ impl<'de> Visitor<'de> for Shaped<'_> {
                 Some(inner) => {
                     kept.insert(key.into_owned(), map.next_value_seed(Shaped(inner))?);
                 }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                None => map.next_value_seed(Skip)?,
             }
         }
         Ok(Value::Object(kept))
@@ -285,6 +280,63 @@ impl<'de> Visitor<'de> for Shaped<'_> {
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         Value::deserialize(deserializer)
+    }
+}
+
+/// Reads a value and drops it. Unlike serde's `IgnoredAny`, which only
+/// follows the grammar, it goes through the parser as a `Value` would: the
+/// UTF-8 and surrogate pairs of strings, the range of numbers and the
+/// nesting limit are checked, so a body is refused exactly when a whole
+/// parse refuses it. Strings without escapes are read in place, not copied.
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry_seed(Skip, Skip)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
 }
 
@@ -552,7 +604,11 @@ mod tests {
                 String::from_utf8_lossy(text)
             );
         }
-        let refused: [&[u8]; 7] = [
+        let nested = format!("{{\"a\":1,\"z\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        let refused: [&[u8]; 10] = [
+            br#"{"a":1,"z":"\ud800"}"#,
+            br#"{"a":1,"z":1e400}"#,
+            nested.as_bytes(),
             b"{\"z\":\"\x01\"}",
             br#"{"z":"\q"}"#,
             br#"{"z":1.}"#,

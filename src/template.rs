@@ -329,13 +329,21 @@ impl EngineBuilder {
         self.engine
     }
 
-    /// What of the body the template just added as `name` reads; it is
-    /// also added to the shape being collected.
-    fn reads(&mut self, name: &str) -> BodyReads {
-        let reads = self
-            .env
-            .get_template(name)
-            .map_or(BodyReads::Whole, |template| BodyReads::of(&template));
+    /// What of the body the template just added as `name`, written as
+    /// `source`, reads; it is also added to the shape being collected.
+    fn reads(&mut self, name: &str, source: &str) -> BodyReads {
+        // minijinja's analysis records a `set`, `with` or macro target before
+        // reading its value, so `{% set body = body.data %}` would count as
+        // reading nothing; and included templates are not analysed at all.
+        // Such templates are rare in routes, and reading the whole body is
+        // always right.
+        let reads = if uses_statements_the_analysis_misreads(source) {
+            BodyReads::Whole
+        } else {
+            self.env
+                .get_template(name)
+                .map_or(BodyReads::Whole, |template| BodyReads::of(&template))
+        };
         self.shape.add(&reads);
         reads
     }
@@ -374,7 +382,7 @@ impl EngineBuilder {
             source: source.to_owned(),
             compiled: Some(Compiled {
                 engine: Arc::clone(&self.engine),
-                reads: self.reads(&name),
+                reads: self.reads(&name, source),
                 name,
             }),
             direct: direct::Text::parse(source),
@@ -407,7 +415,7 @@ impl EngineBuilder {
             direct: direct::VarPath::parse(source),
             compiled: Compiled {
                 engine: Arc::clone(&self.engine),
-                reads: self.reads(&name),
+                reads: self.reads(&name, source),
                 name,
             },
         })
@@ -581,6 +589,26 @@ impl BodyReads {
             whole => whole,
         }
     }
+}
+
+/// Whether a template has a statement that assigns a name (`set`, `with`,
+/// a macro or call block's arguments) or pulls in another template
+/// (`include`, `import`, `from`, `extends`), whose reads the static analysis
+/// cannot be trusted to report.
+fn uses_statements_the_analysis_misreads(source: &str) -> bool {
+    const STATEMENTS: &[&str] = &[
+        "set", "with", "macro", "call", "include", "import", "from", "extends",
+    ];
+    source.match_indices("{%").any(|(at, _)| {
+        let rest = source[at + 2..]
+            .trim_start_matches(['-', '+', '~'])
+            .trim_start();
+        let keyword: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        STATEMENTS.contains(&keyword.as_str())
+    })
 }
 
 /// The parts of a request body that templates read, as a tree of object

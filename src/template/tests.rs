@@ -294,6 +294,16 @@ fn direct_evaluation_gives_what_the_engine_gives() {
         ),
         ("{% set e = body.entry %}{{ e.id }}", false),
         ("{% set k = 'model' %}{{ body[k] }}", false),
+        ("{% set body = body.entry %}{{ body.id }}", false),
+        (
+            "{% with body = body.entry %}{{ body.id }}{% endwith %}",
+            false,
+        ),
+        (
+            "{% macro m(body=body) %}{{ body.model }}{% endmacro %}{{ m() }}",
+            false,
+        ),
+        ("{%- set e = body.entry -%}{{ e.tags }}", false),
         ("{{ body[headers['x-field'] or 'count'] }}", false),
         ("{% for k, v in body | items %}{{ k }}{% endfor %}", false),
     ];
