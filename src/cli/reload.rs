@@ -28,6 +28,11 @@ pub struct Reloader {
     pub loaded_text: String,
     pub state: Arc<AppState>,
     pub metrics: Metrics,
+    /// The configuration `serve` started with. Restart-only sections keep
+    /// its values until the next restart, so a reload is compared with it,
+    /// not with the last reload: a token rotated two reloads ago is still
+    /// waiting for a restart.
+    pub started: Arc<config::Config>,
 }
 
 impl Reloader {
@@ -73,8 +78,7 @@ impl Reloader {
                     tracing::warn!(warning = %warning, "Configuration warning");
                 }
                 let routes = loaded.config.routes.len();
-                let current = self.state.routes();
-                let restart_only = restart_only_changes(&current.config, &loaded.config);
+                let restart_only = restart_only_changes(&self.started, &loaded.config);
                 if !restart_only.is_empty() {
                     tracing::warn!(
                         sections = %restart_only.join(", "),

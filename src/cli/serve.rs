@@ -158,6 +158,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     let reloader = Reloader {
         path: config_path.to_path_buf(),
         loaded_text,
+        started: state.routes().config.clone(),
         state: state.clone(),
         metrics,
     };

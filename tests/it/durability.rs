@@ -174,3 +174,44 @@ async fn a_valid_edit_adds_a_route_and_an_invalid_one_keeps_the_old_routes() {
     app.wait_for_log(|l| l.contains("previous one stays in force") && l.contains("routes.yaml:"))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_token_is_named_as_needing_a_restart_until_the_relay_restarts() {
+    let app = spawn_app(&hmac_route("cms", TARGET)).await;
+    let original = std::fs::read_to_string(app.config_path()).unwrap();
+    assert!(original.contains("token: ${GITHUB_TOKEN}"), "{original}");
+    let rotated = original.replace("token: ${GITHUB_TOKEN}", "token: ghp_rotatedTokenValue");
+    let warnings = || {
+        app.logs()
+            .into_iter()
+            .filter(|l| l.contains("only take effect at the next restart"))
+            .collect::<Vec<_>>()
+    };
+    // Each edit is told apart by a route it adds.
+    for (round, extra) in ["a", "b"].into_iter().enumerate() {
+        app.write_config(&format!(
+            "{rotated}\n  - id: {extra}\n    verify: none\n    dispatch:\n      - repo: acme/docs\n        event_type: e\n"
+        ));
+        let start = std::time::Instant::now();
+        while warnings().len() < round + 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no warning after edit {round}: {:#?}",
+                app.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The second edit leaves the token as the first one set it; the
+        // relay still uses the token it started with, so it still says so.
+        assert!(
+            warnings()[round].contains(r#""sections":"github""#),
+            "{:#?}",
+            warnings()
+        );
+    }
+    assert!(
+        !app.logs()
+            .iter()
+            .any(|l| l.contains("ghp_rotatedTokenValue"))
+    );
+}
