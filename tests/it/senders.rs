@@ -207,6 +207,20 @@ fn standard_webhooks_v1a_signatures_are_checked_against_the_public_keys() {
         other.public_key()
     ));
     let hmac_only = verify_of(&format!("standard_webhooks: {{secret: {hmac_secret}}}"));
+    let whsec_key = STANDARD
+        .decode(hmac_secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let public_key_bytes = STANDARD
+        .decode(sender.public_key().trim_start_matches("whpk_"))
+        .unwrap();
+    // A v1 signature of the request under `key`.
+    let hmac_b64 = |key: &[u8]| {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(body);
+        STANDARD.encode(mac.finalize().into_bytes())
+    };
     type Case<'a> = (&'a str, &'a Verify, String, &'a [u8], i64, bool);
     let cases: Vec<Case> = vec![
         (
@@ -269,6 +283,38 @@ fn standard_webhooks_v1a_signatures_are_checked_against_the_public_keys() {
             "v1a that is not base64",
             &trusted,
             "v1a,!!".to_string(),
+            body,
+            now_ms,
+            false,
+        ),
+        (
+            "a v1 HMAC keyed with the public key",
+            &trusted,
+            format!("v1,{}", hmac_b64(&public_key_bytes)),
+            body,
+            now_ms,
+            false,
+        ),
+        (
+            "a v1a entry holding the whsec HMAC",
+            &trusted,
+            format!("v1a,{}", hmac_b64(&whsec_key)),
+            body,
+            now_ms,
+            false,
+        ),
+        (
+            "the whsec HMAC as v1 on the same route",
+            &trusted,
+            format!("v1,{}", hmac_b64(&whsec_key)),
+            body,
+            now_ms,
+            true,
+        ),
+        (
+            "only unknown versions",
+            &trusted,
+            "v2,abc".to_string(),
             body,
             now_ms,
             false,
