@@ -566,6 +566,10 @@ impl BodyReads {
     fn of(template: &minijinja::Template<'_, '_>) -> BodyReads {
         let mut paths = Vec::new();
         for variable in template.undeclared_variables(true) {
+            // `debug()` prints the whole context, body included.
+            if variable == "debug" {
+                return BodyReads::Whole;
+            }
             let mut parts = variable.split('.');
             if parts.next() != Some("body") {
                 continue;
@@ -591,13 +595,23 @@ impl BodyReads {
     }
 }
 
-/// Whether a template has a statement that assigns a name (`set`, `with`,
-/// a macro or call block's arguments) or pulls in another template
-/// (`include`, `import`, `from`, `extends`), whose reads the static analysis
-/// cannot be trusted to report.
+/// Whether a template has a statement whose reads the static analysis
+/// cannot be trusted to report: one that assigns a name (`set`, `with`, a
+/// macro or call block's arguments), pulls in another template (`include`,
+/// `import`, `from`, `extends`), or takes an expression the analysis skips
+/// (`filter` and `autoescape` blocks).
 fn uses_statements_the_analysis_misreads(source: &str) -> bool {
     const STATEMENTS: &[&str] = &[
-        "set", "with", "macro", "call", "include", "import", "from", "extends",
+        "set",
+        "with",
+        "macro",
+        "call",
+        "include",
+        "import",
+        "from",
+        "extends",
+        "filter",
+        "autoescape",
     ];
     source.match_indices("{%").any(|(at, _)| {
         let rest = source[at + 2..]

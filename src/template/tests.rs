@@ -304,6 +304,15 @@ fn direct_evaluation_gives_what_the_engine_gives() {
             false,
         ),
         ("{%- set e = body.entry -%}{{ e.tags }}", false),
+        (
+            "{% filter replace('X', body.model) %}X{% endfilter %}",
+            false,
+        ),
+        (
+            "{% autoescape body.draft == false %}{{ '<' }}{% endautoescape %}",
+            false,
+        ),
+        ("{{ debug() }}", false),
         ("{{ body[headers['x-field'] or 'count'] }}", false),
         ("{% for k, v in body | items %}{{ k }}{% endfor %}", false),
     ];

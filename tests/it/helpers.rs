@@ -200,9 +200,13 @@ impl TestApp {
             .expect("run the CLI")
     }
 
-    /// Rewrites routes.yaml (for redeliver-after-fix stories).
+    /// Rewrites routes.yaml (for redeliver-after-fix stories) by renaming a
+    /// complete file into place, so that the relay never reads half of it.
     pub fn write_config(&self, text: &str) {
-        std::fs::write(self.config_path(), text).unwrap();
+        let path = self.config_path();
+        let partial = path.with_extension("yaml.partial");
+        std::fs::write(&partial, text).unwrap();
+        std::fs::rename(&partial, &path).unwrap();
     }
 
     /// Kills the relay with SIGKILL, as a crash would.
