@@ -289,7 +289,8 @@ async fn verify_sns(
 
 /// Confirms a verified `SubscriptionConfirmation` by a GET of its
 /// `SubscribeURL`, once per message id; a failed GET answers 503 so that
-/// SNS sends the confirmation again.
+/// SNS sends the confirmation again. A `SubscribeURL` that is not http(s)
+/// can never be confirmed, so it is answered 400, which SNS does not retry.
 async fn confirm_subscription(
     state: &AppState,
     route: &str,
@@ -301,21 +302,20 @@ async fn confirm_subscription(
             WebhookOutcome::Skipped,
         )
     };
+    let url = envelope.field("SubscribeURL").unwrap_or_default();
+    if !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "https" | "http")) {
+        state.metrics.sns_subscription(route, "confirm_failed");
+        tracing::warn!(route = %route, topic = %envelope.topic_arn(), "Refused an SNS subscription confirmation whose SubscribeURL is not an http(s) URL");
+        return Err(IngressError::BadRequest(
+            "the SubscribeURL is not an http(s) URL; this confirmation cannot be used".into(),
+        ));
+    }
     let message_id = envelope.message_id();
     if !state.claim_sns_confirmation(message_id) {
         tracing::info!(route = %route, message_id = %message_id, "SNS subscription confirmation repeated; already confirmed");
         return Ok(confirmed());
     }
-    let url = envelope.field("SubscribeURL").unwrap_or_default();
-    let scheme_ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "https" | "http"));
-    let result = if scheme_ok {
-        outbound::get(url).await.map(|_| ())
-    } else {
-        Err(outbound::GetError::Transport(
-            "SubscribeURL is not an http(s) URL".into(),
-        ))
-    };
-    match result {
+    match outbound::get(url).await.map(|_| ()) {
         Ok(()) => {
             tracing::info!(route = %route, topic = %envelope.topic_arn(), "Confirmed the SNS subscription");
             state.metrics.sns_subscription(route, "confirmed");

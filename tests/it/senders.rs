@@ -604,6 +604,27 @@ async fn sns_confirms_once_relays_decoded_keys_and_refuses_forgeries() {
     app.wait_for_log(|l| l.contains("Confirmed the SNS subscription"))
         .await;
 
+    // A signed confirmation whose SubscribeURL is not http(s) can never be
+    // confirmed: 400, which SNS does not retry, and nothing is fetched.
+    let mut unusable = confirmation.as_object().unwrap().clone();
+    unusable.insert("MessageId".into(), json!("confirm-2"));
+    unusable.insert("SubscribeURL".into(), json!("file:///etc/passwd"));
+    let (status, json) = post_sns(
+        &app,
+        "SubscriptionConfirmation",
+        signed_envelope(unusable, 1),
+    )
+    .await;
+    assert_eq!(status, 400, "{json}");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SubscribeURL"),
+        "{json}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "nothing more was fetched");
+
     // A notification signed with version 2; its key has spaces and
     // non-ASCII characters, form-encoded as S3 writes them.
     let s3 = json!({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"},
