@@ -151,7 +151,13 @@ def main():
             f"| every 202 delivered | **{'yes' if ok else 'NO'}** |",
         ]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = [f"## {now} — bench/run {'' if mode == 'load' else 'burst'}".rstrip(), "", f"{machine()}; {settings}", ""]
+    probe = f"host probe {f.get('probe_before_ms', '?')}/{f.get('probe_after_ms', '?')} ms before/after"
+    header = [
+        f"## {now} — bench/run {'' if mode == 'load' else 'burst'}".rstrip(),
+        "",
+        f"{machine()}; {settings}; {probe}",
+        "",
+    ]
     text = "\n".join(header + lines) + "\n"
     print(text)
     new = not os.path.exists(results)
