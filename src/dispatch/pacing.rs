@@ -50,8 +50,12 @@ impl Pacer {
             } => Pacer {
                 slots: Arc::new(Semaphore::new((*concurrency).max(1) as usize)),
                 min_interval: *min_interval,
-                per_minute: NonZeroU32::new(*per_minute)
-                    .map(|n| RateLimiter::direct(Quota::per_minute(n))),
+                // `Quota::per_minute(n)` also allows a burst of n at once,
+                // which with a short `min_interval` would let about twice n
+                // through in one minute; a burst of one spreads them evenly.
+                per_minute: NonZeroU32::new(*per_minute).map(|n| {
+                    RateLimiter::direct(Quota::per_minute(n).allow_burst(NonZeroU32::MIN))
+                }),
                 next_start: Mutex::new(Instant::now()),
                 paused_until: Mutex::new(None),
             },
@@ -121,16 +125,31 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn paced_requests_start_min_interval_apart() {
+        // No per-minute budget here: governor keeps real time, not the
+        // test's paused clock.
         let pacer = Pacer::new(&Pacing::Paced {
             concurrency: 1,
             min_interval: Duration::from_secs(1),
-            per_minute: 80,
+            per_minute: 0,
         });
         let start = Instant::now();
         for expected in 0..3u64 {
             pacer.wait_turn().await;
             assert_eq!(start.elapsed().as_secs(), expected);
         }
+    }
+
+    #[test]
+    fn the_per_minute_budget_has_no_burst() {
+        let pacer = Pacer::new(&Pacing::Paced {
+            concurrency: 1,
+            min_interval: Duration::ZERO,
+            per_minute: 80,
+        });
+        let limiter = pacer.per_minute.as_ref().unwrap();
+        assert!(limiter.check().is_ok());
+        // A burst of 80 would let this one through at once as well.
+        assert!(limiter.check().is_err(), "the next one waits 60/80 s");
     }
 
     #[tokio::test(start_paused = true)]

@@ -163,7 +163,6 @@ impl Dispatcher {
         // Those follow-ups are part of one attempt.
         loop {
             let started_ms = now_ms();
-            let started = std::time::Instant::now();
             let token = match self.credentials.token_for(&job.repo, scope).await {
                 Ok(token) => token,
                 Err(e) => {
@@ -190,6 +189,9 @@ impl Dispatcher {
             } else {
                 std::borrow::Cow::Borrowed(job.body.as_str())
             };
+            // Timed from here, so that the request's duration (in the metric
+            // and the attempt) leaves out minting or looking up a token.
+            let started = std::time::Instant::now();
             let answer = self.client.post_json(&job.path, &body, &token.secret).await;
             let elapsed = started.elapsed();
             self.observe(&job, scope, &answer, elapsed);
@@ -265,7 +267,9 @@ impl Dispatcher {
     fn history(&self, job: &Job, app_token: Option<AppToken>, sent_run_details: bool) -> History {
         History {
             failures: job.failures,
-            age: Duration::from_millis(now_ms().saturating_sub(job.received_at_ms).max(0) as u64),
+            // Counted from when the job was queued, so that a redelivered
+            // job gets the whole of `retry.give_up_after` again.
+            age: Duration::from_millis(now_ms().saturating_sub(job.created_at_ms).max(0) as u64),
             app_token,
             sent_run_details,
         }

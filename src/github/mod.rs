@@ -244,7 +244,14 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
         .get("x-oauth-scopes")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let text = response.text().await.map_err(transport_error)?;
+    // Once GitHub has answered 2xx the dispatch happened: a body that then
+    // fails to arrive must not turn it into a transport error, which would
+    // send it again (a second workflow run). Only its details are lost.
+    let text = match response.text().await {
+        Ok(text) => text,
+        Err(_) if (200..300).contains(&status) => String::new(),
+        Err(e) => return Err(transport_error(e)),
+    };
     let keep = if (200..300).contains(&status) {
         MAX_SUCCESS_BODY
     } else {

@@ -147,6 +147,8 @@ pub struct Job {
     /// Sends that failed for reasons other than rate limiting; these count
     /// against `retry.max_attempts`.
     pub failures: u32,
+    /// When the job was queued: with its webhook, or when its delivery was
+    /// redelivered. `retry.give_up_after` counts from here.
     pub created_at_ms: i64,
     pub received_at_ms: i64,
 }
@@ -449,13 +451,15 @@ impl Store {
         .await
     }
 
-    /// Earliest `next_attempt_at` of a pending job that is not leased, so the
-    /// worker can sleep exactly until then.
+    /// The earliest moment a pending job can be leased (when it is due and
+    /// its lease, if any, has run out), so the worker can sleep until then.
+    /// A job being sent right now is leased: counting only its due time, in
+    /// the past, would wake the worker again at once, again and again.
     pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
         self.read(|conn| {
             Ok(conn
                 .query_row(
-                    "SELECT MIN(next_attempt_at) FROM jobs WHERE status = 'pending'",
+                    "SELECT MIN(MAX(next_attempt_at, COALESCE(leased_until + 1, 0))) FROM jobs WHERE status = 'pending'",
                     [],
                     |row| row.get::<_, Option<i64>>(0),
                 )

@@ -394,7 +394,7 @@ pub(super) fn requeue_failed(
         return Ok(false);
     }
     let requeued = conn.execute(
-        "UPDATE jobs SET status = 'pending', next_attempt_at = ?2, failures = 0, leased_until = NULL, finished_at = NULL
+        "UPDATE jobs SET status = 'pending', next_attempt_at = ?2, created_at = ?2, failures = 0, leased_until = NULL, finished_at = NULL
          WHERE delivery_id = ?1 AND status = 'failed'",
         params![delivery_id, now_ms],
     )?;

@@ -61,6 +61,11 @@ async fn accepted_jobs_are_leased_once_and_settle_the_delivery() {
         store.lease_due(5_000, 10, 60_000).await.unwrap().is_empty(),
         "a leased job is not leased again"
     );
+    assert_eq!(
+        store.next_due_ms().await.unwrap(),
+        Some(65_001),
+        "a leased job is next leasable when its lease runs out"
+    );
     store
         .record(attempt(&jobs[0], JobNext::Delivered))
         .await
@@ -112,10 +117,12 @@ async fn retry_makes_the_job_due_again_only_at_its_time() {
         .await
         .unwrap();
     assert!(store.lease_due(8_999, 10, 60_000).await.unwrap().is_empty());
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(9_000));
     let again = store.lease_due(9_000, 10, 60_000).await.unwrap();
     assert_eq!(again[0].attempts, 1);
     assert_eq!(again[0].failures, 1);
-    assert_eq!(store.next_due_ms().await.unwrap(), Some(9_000));
+    // Leased again, it can next be leased when that lease runs out.
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(69_001));
 }
 
 #[tokio::test]
@@ -137,6 +144,9 @@ async fn requeue_only_touches_failed_deliveries() {
         "a requeued delivery is not requeued twice"
     );
     let job = store.lease_due(6_000, 10, 60_000).await.unwrap().remove(0);
+    // A requeued job is young again: `retry.give_up_after` counts from the
+    // redelivery, not from when the webhook first came in.
+    assert_eq!((job.received_at_ms, job.created_at_ms), (1_000, 6_000));
     store
         .record(attempt(&job, JobNext::Delivered))
         .await
