@@ -162,11 +162,17 @@ async fn accept(
         &delivery_id,
         received_at_ms,
     );
-    // A dedupe key that fails to render is a render failure like any other:
-    // the webhook is authenticated, so it is stored as failed, not dropped.
-    let (dedupe_key, plan) = match routing::dedupe_key(route, &ctx) {
-        Ok(key) => (key, routing::plan(route, &ctx)),
-        Err(e) => (None, Err(e)),
+    // `when` decides first: a webhook the route skips needs no dedupe key,
+    // and one that cannot be rendered must not turn a skip into a 422. A
+    // dedupe key that fails to render is then a render failure like any
+    // other: the webhook is authenticated, so it is stored as failed, not
+    // dropped.
+    let (dedupe_key, plan) = match routing::plan(route, &ctx) {
+        Ok(Plan::Skipped) => (None, Ok(Plan::Skipped)),
+        plan => match routing::dedupe_key(route, &ctx) {
+            Ok(key) => (key, plan),
+            Err(e) => (None, Err(e)),
+        },
     };
     let (jobs, failure, targets) = match plan {
         Ok(Plan::Skipped) => {
@@ -376,24 +382,95 @@ pub fn header_map(request: &HttpRequest) -> BTreeMap<String, String> {
 
 /// The client's address: the peer, or — when the peer is a trusted proxy —
 /// the nearest `X-Forwarded-For` hop that is not itself a trusted proxy.
+/// IPv4 peers of a dual-stack listener (`::ffff:a.b.c.d`) count as IPv4.
+/// A hop that cannot be read gives no address at all (the request is
+/// refused): skipping it would believe a hop further left, which the client
+/// wrote itself.
 fn client_ip(request: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
-    let peer = request.peer_addr()?.ip();
+    let peer = request.peer_addr()?.ip().to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    let forwarded: Vec<IpAddr> = request
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
+    let headers = request.headers().get_all("x-forwarded-for");
+    let hops: Vec<&str> = headers
+        .map(|v| v.to_str().unwrap_or("?"))
         .flat_map(|v| v.split(','))
-        .filter_map(|hop| hop.trim().parse().ok())
         .collect();
-    Some(
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|ip| !is_trusted(ip))
-            .unwrap_or(peer),
-    )
+    for hop in hops.into_iter().rev() {
+        let ip = forwarded_hop(hop)?;
+        if !is_trusted(&ip) {
+            return Some(ip);
+        }
+    }
+    Some(peer)
+}
+
+/// One `X-Forwarded-For` hop as proxies write it: an address, with or
+/// without a port (`192.0.2.7:5555`, `[2001:db8::1]:443`) or brackets.
+fn forwarded_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    let ip = hop
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            hop.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .and_then(|h| h.parse().ok())
+        })?;
+    Some(ip.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_hop_and_unreadable_hops_refuse() {
+        let trusted: Vec<ipnet::IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let cases: [(&str, Option<&str>, Option<IpAddr>); 10] = [
+            ("192.0.2.1:40000", Some("10.1.2.3"), ip("192.0.2.1")),
+            ("127.0.0.1:40000", None, ip("127.0.0.1")),
+            ("127.0.0.1:40000", Some("10.1.2.3"), ip("10.1.2.3")),
+            (
+                "127.0.0.1:40000",
+                Some("10.9.9.9, 192.0.2.7"),
+                ip("192.0.2.7"),
+            ),
+            (
+                "127.0.0.1:40000",
+                Some("10.1.2.3, 192.0.2.7:5555"),
+                ip("192.0.2.7"),
+            ),
+            (
+                "127.0.0.1:40000",
+                Some("10.1.2.3, [2001:db8::1]:443"),
+                ip("2001:db8::1"),
+            ),
+            ("127.0.0.1:40000", Some("10.1.2.3, unknown"), None),
+            (
+                "127.0.0.1:40000",
+                Some("10.1.2.3, 127.0.0.1"),
+                ip("10.1.2.3"),
+            ),
+            // A dual-stack listener sees IPv4 clients as IPv4-mapped.
+            ("[::ffff:127.0.0.1]:40000", Some("10.1.2.3"), ip("10.1.2.3")),
+            ("[::ffff:192.0.2.1]:40000", None, ip("192.0.2.1")),
+        ];
+        for (peer, forwarded, expected) in cases {
+            let mut request =
+                actix_web::test::TestRequest::default().peer_addr(peer.parse().unwrap());
+            if let Some(value) = forwarded {
+                request = request.insert_header(("x-forwarded-for", value));
+            }
+            let request = request.to_http_request();
+            assert_eq!(
+                client_ip(&request, &trusted),
+                expected,
+                "{peer} {forwarded:?}"
+            );
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::fake_github::Scripted;
-use crate::helpers::{TOKEN, hmac_route, spawn_app};
+use crate::helpers::{TEST_HEAD, TOKEN, hmac_route, spawn_app, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -245,4 +245,21 @@ async fn a_render_failure_is_stored_answered_422_and_recovered_by_redeliver() {
     let again = app.cli(&["redeliver", "--failed"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("no failed deliveries"));
     assert_eq!(app.github.dispatches().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_decides_before_the_dedupe_key_is_rendered() {
+    let routes = "  - id: cms\n    verify: none\n    when: body.kind == 'publish'\n    dedupe_key: \"{{ body.entry.id }}\"\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    // A webhook the route skips is skipped, even though its dedupe key
+    // could not be rendered.
+    let skipped = app.post("cms", r#"{"kind":"other"}"#).await;
+    assert_eq!(skipped.status(), 200);
+    assert_eq!(skipped.json::<Value>().await.unwrap()["skipped"], true);
+    // One the route wants, whose key cannot be rendered, is stored as failed.
+    let failed = app.post("cms", r#"{"kind":"publish"}"#).await;
+    assert_eq!(failed.status(), 422);
+    let list = app.deliveries(&[]);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(status_of(&list[0]), "failed");
 }
