@@ -261,6 +261,9 @@ fn dedupe_keys() {
     verify: none
     dedupe_key: "{{ body.id }}"
     dispatch: [{repo: acme/a, event_type: e}]
+  - id: standard
+    verify: {standard_webhooks: {secret: whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD}}
+    dispatch: [{repo: acme/a, event_type: e}]
 "#;
     let config = config(routes);
     let headers = |pairs: &[(&str, &str)]| {
@@ -299,6 +302,25 @@ fn dedupe_keys() {
             Some("7"),
         ),
         (2, json!({}), vec![], None),
+        // Standard Webhooks signs its id: another id header added to a
+        // replay does not make it new.
+        (
+            3,
+            json!({}),
+            vec![("x-github-delivery", "added"), ("webhook-id", "msg_1")],
+            Some("msg_1"),
+        ),
+        (
+            3,
+            json!({}),
+            vec![
+                ("svix-signature", "v1,x"),
+                ("svix-id", "msg_2"),
+                ("webhook-id", "added"),
+            ],
+            Some("msg_2"),
+        ),
+        (3, json!({}), vec![("x-github-delivery", "added")], None),
     ];
     for (route, body, pairs, expected) in cases {
         let mut context = ctx(body);

@@ -124,6 +124,17 @@ pub fn verify_request(method: &Verify, request: &Request<'_>) -> Result<(), Veri
     }
 }
 
+/// The header names a Standard Webhooks request uses: `webhook-*`, or
+/// Svix's `svix-*` when only a `svix-signature` is present. The signature is
+/// checked over the id of the same family, so that id is the one to trust.
+pub fn standard_webhooks_prefix(headers: &BTreeMap<String, String>) -> &'static str {
+    if headers.contains_key("webhook-signature") || !headers.contains_key("svix-signature") {
+        "webhook"
+    } else {
+        "svix"
+    }
+}
+
 /// A key of a Standard Webhooks route, as the sender shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StandardWebhooksKey {

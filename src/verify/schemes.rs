@@ -91,13 +91,7 @@ pub(super) fn standard_webhooks(
     timed: &TimedSecrets,
     request: &Request<'_>,
 ) -> Result<(), VerifyError> {
-    let prefix = if request.headers.contains_key("webhook-signature")
-        || !request.headers.contains_key("svix-signature")
-    {
-        "webhook"
-    } else {
-        "svix"
-    };
+    let prefix = super::standard_webhooks_prefix(request.headers);
     let id_header = format!("{prefix}-id");
     let ts_header = format!("{prefix}-timestamp");
     let sig_header = format!("{prefix}-signature");
