@@ -7,7 +7,16 @@ use dispatch_relay::telemetry::{self, LogFormat};
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `--help` and `--version` end here too, and are not errors.
+            // Bad flags are invalid input: exit 1, not clap's 2, which the
+            // relay keeps for failures at run time.
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     let format = LogFormat::from_env_value(std::env::var("RELAY_LOG_FORMAT").ok().as_deref());
     // Inspection commands keep quiet unless asked; the server logs its work.
     let default_filter = match cli.command {
@@ -17,8 +26,15 @@ async fn main() {
     telemetry::init(format, default_filter);
     let result = cli::run(cli).await;
     telemetry::flush();
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(e.exit_code());
+    match result {
+        Ok(()) => {}
+        Err(e @ cli::CliError::Config(_)) => {
+            eprintln!("{e}");
+            std::process::exit(e.exit_code());
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(e.exit_code());
+        }
     }
 }

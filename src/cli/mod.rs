@@ -103,6 +103,9 @@ pub enum Command {
 /// An error with its exit code.
 #[derive(Debug)]
 pub enum CliError {
+    /// Exit 1: routes.yaml is invalid; one `file:line:col: message` line
+    /// per error, printed as they are so that editors can jump to them.
+    Config(String),
     /// Exit 1: the input (configuration, flags, files) is wrong.
     Invalid(anyhow::Error),
     /// Exit 2: something failed at runtime.
@@ -112,7 +115,7 @@ pub enum CliError {
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Invalid(_) => 1,
+            CliError::Config(_) | CliError::Invalid(_) => 1,
             CliError::Runtime(_) => 2,
         }
     }
@@ -121,6 +124,7 @@ impl CliError {
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            CliError::Config(lines) => f.write_str(lines),
             CliError::Invalid(e) | CliError::Runtime(e) => write!(f, "{e:#}"),
         }
     }
@@ -180,7 +184,7 @@ pub fn load_config_text(path: &Path) -> Result<(Loaded, String), CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
     let loaded = config::load(&path.display().to_string(), &text, &process_env)
-        .map_err(|errors| invalid(anyhow::anyhow!("{errors}")))?;
+        .map_err(|errors| CliError::Config(errors.to_string()))?;
     Ok((loaded, text))
 }
 

@@ -41,6 +41,27 @@ fn check_reports_every_error_with_file_line_and_column() {
         stderr.contains("routes.yaml:14:9:"),
         "the second route's error is reported too:\n{stderr}"
     );
+    assert!(
+        stderr.lines().all(|l| l.starts_with("routes.yaml:")),
+        "every line is file:line:col: message, as editors read them:\n{stderr}"
+    );
+}
+
+#[test]
+fn bad_flags_exit_1_and_help_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["redeliver"][..],
+        &["deliveries", "--limit", "x"],
+        &["serve", "--no-such-flag"],
+    ] {
+        let (code, _, stderr) = run(dir.path(), args, &[]);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(!stderr.is_empty(), "{args:?} says what is wrong");
+    }
+    let (code, stdout, _) = run(dir.path(), &["--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("check"), "{stdout}");
 }
 
 #[test]
