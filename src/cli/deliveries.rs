@@ -13,9 +13,11 @@ use crate::store::{ListFilter, Status, now_ms};
 /// The store location without requiring the configuration's secrets: the
 /// listing commands must work even where GITHUB_TOKEN is not set.
 fn store_location(config_path: &Path) -> Result<std::path::PathBuf, CliError> {
-    let configured = std::fs::read_to_string(config_path)
-        .ok()
-        .and_then(|text| config::store_url(&text));
+    let configured = match std::fs::read_to_string(config_path) {
+        Ok(text) => config::store_url(&text, &super::process_env)
+            .map_err(|e| invalid(anyhow::anyhow!("{}: {e}", config_path.display())))?,
+        Err(_) => None,
+    };
     store_path(config_path, configured.as_deref())
 }
 

@@ -527,8 +527,23 @@ pub fn summary(route: &Route) -> String {
 
 /// Reads `store.url` from the text without validating the rest, so that the
 /// inspection commands find the store even where the configuration's
-/// secrets are not set.
-pub fn store_url(text: &str) -> Option<String> {
-    let value: serde_norway::Value = serde_norway::from_str(text).ok()?;
-    value.get("store")?.get("url")?.as_str().map(str::to_string)
+/// secrets are not set. `${VAR}` in it is substituted as `serve` does; an
+/// unset variable is an error, since the store's place is then unknown.
+pub fn store_url(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, String> {
+    let Ok(value) = serde_norway::from_str::<serde_norway::Value>(text) else {
+        return Ok(None);
+    };
+    match value
+        .get("store")
+        .and_then(|s| s.get("url"))
+        .and_then(|u| u.as_str())
+    {
+        None => Ok(None),
+        Some(url) => env::substitute(url, env)
+            .map(Some)
+            .map_err(|e| format!("store.url: {e}")),
+    }
 }

@@ -444,3 +444,31 @@ fn secrets_never_reach_debug_output() {
     assert!(!printed.contains("s3cr3t"), "{printed}");
     assert!(!printed.contains("ghp_test"), "{printed}");
 }
+
+#[test]
+fn the_store_url_is_read_with_variables_and_without_the_rest() {
+    let data = |name: &str| (name == "DATA").then(|| "/var/lib/relay".to_owned());
+    // The rest of the file may be invalid or need secrets that are not set.
+    let cases: [(&str, Result<Option<&str>, &str>); 5] = [
+        ("routes: []\n", Ok(None)),
+        (
+            "github:\n  token: ${UNSET}\nstore:\n  url: sqlite:${DATA}/r.db\n",
+            Ok(Some("sqlite:/var/lib/relay/r.db")),
+        ),
+        (
+            "store:\n  url: sqlite:${NOPE:-/tmp}/r.db\n",
+            Ok(Some("sqlite:/tmp/r.db")),
+        ),
+        ("store:\n  url: sqlite:${NOPE}/r.db\n", Err("NOPE")),
+        ("not: [valid", Ok(None)),
+    ];
+    for (text, expected) in cases {
+        match (store_url(text, &data), expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got.as_deref(), want, "{text}"),
+            (Err(got), Err(want)) => {
+                assert!(got.contains(want) && got.starts_with("store.url"), "{got}")
+            }
+            (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+        }
+    }
+}
