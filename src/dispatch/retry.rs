@@ -20,6 +20,9 @@ pub enum Outcome<'a> {
     NoCredential {
         reason: &'a str,
         permanent: bool,
+        /// Set when GitHub rate-limited the token request itself: the
+        /// credential must wait this long, like a rate-limited dispatch.
+        rate_limited: Option<Duration>,
     },
 }
 
@@ -107,7 +110,14 @@ pub fn classify(
 ) -> Action {
     let answer = match outcome {
         Outcome::Transport(error) => return transient(error.to_string(), history, policy, jitter),
-        Outcome::NoCredential { reason, permanent } => {
+        Outcome::NoCredential {
+            reason,
+            rate_limited: Some(wait),
+            ..
+        } => return rate_limited(reason.to_string(), wait, history, policy),
+        Outcome::NoCredential {
+            reason, permanent, ..
+        } => {
             return if permanent {
                 Action::Fail {
                     reason: reason.to_string(),
@@ -124,21 +134,12 @@ pub fn classify(
         return Action::Delivered;
     }
     if let Some(wait) = rate_limit_wait(answer, now_epoch_secs) {
-        let reason = format!(
-            "rate limited by GitHub ({status}), waiting {}s",
-            wait.as_secs()
+        return rate_limited(
+            format!("rate limited by GitHub ({status})"),
+            wait,
+            history,
+            policy,
         );
-        if history.age + wait > policy.give_up_after {
-            return Action::Fail {
-                reason: format!("{reason}: that passes retry.give_up_after, giving up"),
-            };
-        }
-        return Action::Retry {
-            delay: wait,
-            pause_credential: Some(wait),
-            counts_as_failure: false,
-            reason,
-        };
     }
     if let Some(token) = history.app_token.filter(|t| !t.retried) {
         let fresh = token.age < FRESH_TOKEN;
@@ -192,6 +193,24 @@ pub fn classify(
     }
 }
 
+/// A rate limit: the whole credential waits `wait`, and the job with it,
+/// unless that would pass `give_up_after`. Rate limits do not count as
+/// failures.
+fn rate_limited(lead: String, wait: Duration, history: History, policy: &RetryConfig) -> Action {
+    let reason = format!("{lead}, waiting {}s", wait.as_secs());
+    if history.age + wait > policy.give_up_after {
+        return Action::Fail {
+            reason: format!("{reason}: that passes retry.give_up_after, giving up"),
+        };
+    }
+    Action::Retry {
+        delay: wait,
+        pause_credential: Some(wait),
+        counts_as_failure: false,
+        reason,
+    }
+}
+
 fn with_message(lead: &str, message: &str) -> String {
     if message.is_empty() {
         lead.to_string()
@@ -235,7 +254,7 @@ pub fn backoff(failures: u32, policy: &RetryConfig, jitter: f64) -> Duration {
 }
 
 /// How long GitHub asks us to wait, when the answer is a rate limit.
-fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration> {
+pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration> {
     let message = answer.message.as_deref().unwrap_or("").to_ascii_lowercase();
     let is_limit = match answer.status {
         429 => true,
@@ -582,6 +601,7 @@ mod tests {
         let permanent = Outcome::NoCredential {
             reason: "the GitHub App is not installed on acme/blog",
             permanent: true,
+            rate_limited: None,
         };
         assert_eq!(
             classify(permanent, fresh(), &policy(), NOW, 1.0),
@@ -592,10 +612,26 @@ mod tests {
         let passing = Outcome::NoCredential {
             reason: "could not reach GitHub",
             permanent: false,
+            rate_limited: None,
         };
         assert_eq!(
             retry_parts(&classify(passing, fresh(), &policy(), NOW, 1.0)),
             Some((Duration::from_secs(1), None, true))
+        );
+        // A rate-limited token request pauses the credential and is not a
+        // failure, like a rate-limited dispatch.
+        let limited = Outcome::NoCredential {
+            reason: "GitHub rate-limited an App token request (403)",
+            permanent: false,
+            rate_limited: Some(Duration::from_secs(60)),
+        };
+        assert_eq!(
+            retry_parts(&classify(limited, fresh(), &policy(), NOW, 1.0)),
+            Some((
+                Duration::from_secs(60),
+                Some(Duration::from_secs(60)),
+                false
+            ))
         );
     }
 }

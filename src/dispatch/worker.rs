@@ -170,6 +170,7 @@ impl Dispatcher {
                     let outcome = Outcome::NoCredential {
                         reason: &reason,
                         permanent: e.is_permanent(),
+                        rate_limited: e.rate_limit_wait(),
                     };
                     let history = self.history(&job, None, false);
                     let action = self.classify(outcome, history);

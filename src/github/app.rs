@@ -89,6 +89,12 @@ pub enum CredentialError {
     MissingPermission(String),
     #[error("could not reach GitHub for an App token: {0}")]
     Transport(TransportError),
+    #[error("GitHub rate-limited an App token request ({status}): {message}")]
+    RateLimited {
+        status: u16,
+        message: String,
+        wait: std::time::Duration,
+    },
     #[error("GitHub answered {0} to an App token request: {1}")]
     Unexpected(u16, String),
 }
@@ -99,8 +105,35 @@ impl CredentialError {
     pub fn is_permanent(&self) -> bool {
         !matches!(
             self,
-            CredentialError::Transport(_) | CredentialError::Unexpected(500..=599, _)
+            CredentialError::Transport(_)
+                | CredentialError::Unexpected(500..=599, _)
+                | CredentialError::RateLimited { .. }
         )
+    }
+
+    /// How long the credential must wait, when GitHub rate-limited the
+    /// token request itself.
+    pub fn rate_limit_wait(&self) -> Option<std::time::Duration> {
+        match self {
+            CredentialError::RateLimited { wait, .. } => Some(*wait),
+            _ => None,
+        }
+    }
+
+    /// The error for a token or installation answer that is a rate limit
+    /// (a 429, or a 403 that says so); such an answer must not be read as
+    /// a missing permission, which would fail the dispatch for good.
+    fn rate_limited(answer: &Answer) -> Option<CredentialError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        crate::dispatch::retry::rate_limit_wait(answer, now).map(|wait| {
+            CredentialError::RateLimited {
+                status: answer.status,
+                message: message(answer),
+                wait,
+            }
+        })
     }
 }
 
@@ -313,6 +346,9 @@ impl AppAuth {
                 None,
             )
             .await?;
+        if let Some(limited) = CredentialError::rate_limited(&answer) {
+            return Err(limited);
+        }
         match answer.status {
             200 => {
                 let id = parse_body(&answer)
@@ -396,6 +432,9 @@ impl AppAuth {
                 Some(&body.to_string()),
             )
             .await?;
+        if let Some(limited) = CredentialError::rate_limited(&answer) {
+            return Err(limited);
+        }
         match answer.status {
             200..=299 => {}
             401 => return Err(CredentialError::AppRejected(message(&answer))),
@@ -546,6 +585,42 @@ mod tests {
         let format = time::format_description::parse_borrowed::<2>(HTTP_DATE).unwrap();
         let skew = skew_from_date(&ahead.format(&format).unwrap()).unwrap();
         assert!((899..=901).contains(&skew), "{skew}");
+    }
+
+    #[test]
+    fn rate_limited_token_answers_wait_instead_of_failing_for_good() {
+        let answer = |status: u16, message: &str, retry_after: Option<u64>| Answer {
+            status,
+            message: Some(message.to_owned()),
+            rate: super::super::RateHeaders {
+                retry_after_secs: retry_after,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cases = [
+            (
+                answer(403, "You have exceeded a secondary rate limit", None),
+                Some(60),
+            ),
+            (answer(429, "Too many requests", Some(30)), Some(30)),
+            (
+                answer(403, "Resource not accessible by integration", None),
+                None,
+            ),
+            (answer(404, "Not Found", None), None),
+        ];
+        for (answer, wait) in cases {
+            let error = CredentialError::rate_limited(&answer);
+            assert_eq!(
+                error.as_ref().and_then(CredentialError::rate_limit_wait),
+                wait.map(Duration::from_secs),
+                "{answer:?}"
+            );
+            if let Some(error) = error {
+                assert!(!error.is_permanent(), "{error}");
+            }
+        }
     }
 
     #[test]
