@@ -19,10 +19,7 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(bearer_token)
         .unwrap_or("");
     if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
         Ok(())
@@ -31,6 +28,15 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError
             basic_challenge: false,
         })
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme name
+/// is case-insensitive (RFC 9110), so `BEARER` and `bearer` work too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,5 +125,25 @@ pub async fn redeliver(
             ))),
             Err(e) => Err(IngressError::Unavailable(e.to_string())),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let cases = [
+            ("Bearer t0k", Some("t0k")),
+            ("bearer t0k", Some("t0k")),
+            ("BEARER  t0k", Some("t0k")),
+            ("Basic dTpw", None),
+            ("Bearer", None),
+            ("t0k", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(bearer_token(value), expected, "{value}");
+        }
     }
 }
