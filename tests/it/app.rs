@@ -377,6 +377,28 @@ async fn workflow_dispatches_record_the_run_they_created() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_2xx_whose_body_never_arrives_is_delivered_and_not_sent_again() {
+    let head = crate::helpers::TEST_HEAD.replace("timeout: 10s", "timeout: 1s");
+    assert_ne!(head, crate::helpers::TEST_HEAD, "the head sets a timeout");
+    let app =
+        crate::helpers::spawn_app_with(&head, &hmac_route("cms", WORKFLOW_TARGET)[..], &[]).await;
+    app.github
+        .push_responses("acme/docs", vec![crate::fake_github::Scripted::StalledBody]);
+    post_n(&app, "cms", 1).await;
+    let list = app
+        .wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+    assert!(list[0]["targets"][0]["result"].is_null(), "{list:#?}");
+    let dispatches = app
+        .github
+        .requests()
+        .iter()
+        .filter(|r| r.is_dispatch())
+        .count();
+    assert_eq!(dispatches, 1, "the workflow was started once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_server_without_run_details_is_asked_once_and_then_no_more() {
     let app = spawn_app(&hmac_route("cms", WORKFLOW_TARGET)).await;
     app.github.set_reject_run_details(true);

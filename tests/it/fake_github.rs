@@ -98,6 +98,9 @@ pub enum Scripted {
     Unprocessable(String),
     /// No answer at all for far longer than any client timeout.
     Hang,
+    /// A 200 whose JSON body starts but never finishes, as when the connection stalls after
+    /// the status line: the dispatch happened, its details never arrive.
+    StalledBody,
     /// The 404 GitHub gives for a repository the token cannot see.
     NotFound,
     /// The 401 GitHub gives for an unknown or revoked token.
@@ -945,6 +948,8 @@ struct Answer {
     /// Extra headers; a rate-limit header here replaces the window's value.
     headers: Vec<(&'static str, String)>,
     hang: bool,
+    /// Send the status and headers, then only the start of a body.
+    stall_body: bool,
 }
 
 impl Answer {
@@ -954,6 +959,7 @@ impl Answer {
             body: None,
             headers: Vec::new(),
             hang: false,
+            stall_body: false,
         }
     }
 
@@ -963,6 +969,7 @@ impl Answer {
             body: Some(body),
             headers: Vec::new(),
             hang: false,
+            stall_body: false,
         }
     }
 
@@ -1058,6 +1065,10 @@ fn scripted_answer(script: &Scripted, op: &Operation, request_id: &str) -> Answe
         Scripted::Hang => Answer {
             hang: true,
             ..Answer::empty(0)
+        },
+        Scripted::StalledBody => Answer {
+            stall_body: true,
+            ..Answer::empty(200)
         },
         Scripted::NotFound => Answer::error(404, "Not Found", &op.docs_url),
         Scripted::BadCredentials => bad_credentials(),
@@ -1228,6 +1239,18 @@ fn respond(shared: &Shared, answer: Answer, request_id: &str) -> HttpResponse {
         if let Ok(value) = HeaderValue::from_str(value) {
             response.insert_header((*name, value));
         }
+    }
+    if answer.stall_body {
+        let start = futures_util::stream::once(async {
+            Ok::<_, actix_web::Error>(web::Bytes::from_static(b"{\"workflow_run_id\":"))
+        });
+        let stall = futures_util::stream::once(async {
+            actix_web::rt::time::sleep(HANG_FOR).await;
+            Ok::<_, actix_web::Error>(web::Bytes::from_static(b"1}"))
+        });
+        return response
+            .insert_header((header::CONTENT_TYPE, "application/json; charset=utf-8"))
+            .streaming(futures_util::StreamExt::chain(start, stall));
     }
     match answer.body {
         Some(body) => response
