@@ -393,6 +393,24 @@ impl AppAuth {
         repo: &str,
         scope: Scope,
     ) -> Result<IssuedToken, CredentialError> {
+        let looked_up_before =
+            self.fixed_installation.is_none() && self.cached_installation(repo).is_some();
+        match self.token_for_installation(repo, scope).await {
+            // The remembered installation is gone (the App was installed
+            // again under a new id): minting forgot it, and one new lookup
+            // decides whether the App is still installed on the repository.
+            Err(CredentialError::NotInstalled(_)) if looked_up_before => {
+                self.token_for_installation(repo, scope).await
+            }
+            result => result,
+        }
+    }
+
+    async fn token_for_installation(
+        &self,
+        repo: &str,
+        scope: Scope,
+    ) -> Result<IssuedToken, CredentialError> {
         let installation = self.installation_for(repo).await?;
         let key = (installation, repo.to_ascii_lowercase(), scope);
         if let Some(token) = self.cached_token(&key) {

@@ -255,6 +255,26 @@ async fn a_token_expiring_mid_queue_causes_no_failed_delivery() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_app_installed_again_under_a_new_id_keeps_delivering() {
+    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
+    post_n(&app, "cms", 1).await;
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+    // Uninstalled and installed again: a new installation id, and the old
+    // installation's tokens stop working.
+    app.github.add_installation("acme/blog", 8);
+    app.github.add_installation("acme/docs", 8);
+    app.github.expire_installation_tokens();
+    post_n(&app, "cms", 1).await;
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 2 && list.iter().all(|d| d["status"] != "pending")
+        })
+        .await;
+    assert!(all_delivered(&list, 2), "{list:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_401_right_after_a_mint_is_retried_with_a_new_token() {
     let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
     app.github
