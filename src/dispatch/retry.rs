@@ -181,12 +181,36 @@ pub fn classify(
                 message,
             ),
         },
-        408 | 500..=599 => transient(
-            with_message(&format!("GitHub answered {status}"), message),
-            history,
-            policy,
-            jitter,
-        ),
+        408 | 500..=599 => {
+            let action = transient(
+                with_message(&format!("GitHub answered {status}"), message),
+                history,
+                policy,
+                jitter,
+            );
+            // A server that says when to come back (`retry-after` on a 503)
+            // is not asked sooner than that.
+            match (action, answer.rate.retry_after_secs) {
+                (Action::Retry { delay, reason, .. }, Some(secs)) => {
+                    let asked = Duration::from_secs(secs);
+                    if history.age + asked > policy.give_up_after {
+                        Action::Fail {
+                            reason: format!(
+                                "{reason}: its retry-after passes retry.give_up_after, giving up"
+                            ),
+                        }
+                    } else {
+                        Action::Retry {
+                            delay: delay.max(asked),
+                            pause_credential: None,
+                            counts_as_failure: true,
+                            reason,
+                        }
+                    }
+                }
+                (action, _) => action,
+            }
+        }
         _ => Action::Fail {
             reason: with_message(&format!("GitHub answered {status}"), message),
         },
@@ -359,6 +383,7 @@ mod tests {
                 "",
             ),
             (answer(503, "", none), Some(retry(1, None, true)), ""),
+            (answer(503, "", retry_after), Some(retry(7, None, true)), ""),
             (answer(500, "", none), Some(retry(1, None, true)), ""),
             (
                 answer(429, "", retry_after),

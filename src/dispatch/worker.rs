@@ -142,16 +142,23 @@ impl Dispatcher {
         }
     }
 
-    async fn send_one(&self, job: Job, slot: OwnedSemaphorePermit, shutdown: CancellationToken) {
-        // Waiting for the turn is abandoned on shutdown: the job has not been
-        // sent, so its lease is given back and it stays queued.
+    /// Waits for the credential's turn. Waiting is abandoned on shutdown:
+    /// nothing has been dispatched, so the job's lease is given back, it
+    /// stays queued, and this answers false.
+    async fn wait_turn(&self, job: &Job, shutdown: &CancellationToken) -> bool {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
                 let _ = self.store.release(vec![job.id]).await;
-                return;
+                false
             }
-            _ = self.pacer.wait_turn() => {}
+            _ = self.pacer.wait_turn() => true,
+        }
+    }
+
+    async fn send_one(&self, job: Job, slot: OwnedSemaphorePermit, shutdown: CancellationToken) {
+        if !self.wait_turn(&job, &shutdown).await {
+            return;
         }
         let scope = Scope::for_path(&job.path);
         let wanted_run_details = scope == Scope::Workflow && self.client.run_details_supported();
@@ -212,11 +219,19 @@ impl Dispatcher {
                     self.credentials.invalidate(&job.repo, scope, &token.secret);
                     retried_auth = true;
                     tokio::time::sleep(wait).await;
+                    // The send again is a request like any other: it waits
+                    // its turn, so pacing holds across follow-ups too.
+                    if !self.wait_turn(&job, &shutdown).await {
+                        return;
+                    }
                     continue;
                 }
                 Action::ResendWithoutRunDetails { reason } => {
                     tracing::warn!(reason = %reason, "Sending the workflow dispatch again without return_run_details");
                     with_run_details = false;
+                    if !self.wait_turn(&job, &shutdown).await {
+                        return;
+                    }
                     continue;
                 }
                 action => {

@@ -419,6 +419,35 @@ async fn a_2xx_whose_body_never_arrives_is_delivered_and_not_sent_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_send_again_without_run_details_waits_its_turn() {
+    let head = crate::helpers::TEST_HEAD.replace(
+        "pacing: off",
+        "pacing: { concurrency: 1, min_interval: 400ms, per_minute: 6000 }",
+    );
+    assert_ne!(head, crate::helpers::TEST_HEAD, "the head sets pacing");
+    let app = crate::helpers::spawn_app_with(&head, &hmac_route("cms", WORKFLOW_TARGET), &[]).await;
+    app.github.set_reject_run_details(true);
+    post_n(&app, "cms", 1).await;
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+    let sent: Vec<RecordedRequest> = app
+        .github
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_dispatch())
+        .collect();
+    assert_eq!(
+        sent.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![422, 204]
+    );
+    let gap = sent[1].received_at.duration_since(sent[0].received_at);
+    assert!(
+        gap >= Duration::from_millis(390),
+        "sent again after {gap:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_server_without_run_details_is_asked_once_and_then_no_more() {
     let app = spawn_app(&hmac_route("cms", WORKFLOW_TARGET)).await;
     app.github.set_reject_run_details(true);
