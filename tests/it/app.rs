@@ -64,6 +64,15 @@ fn bearer(request: &RecordedRequest) -> String {
         .to_string()
 }
 
+/// The dispatch requests the fake GitHub received, in order.
+fn dispatch_requests(app: &TestApp) -> Vec<RecordedRequest> {
+    app.github
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_dispatch())
+        .collect()
+}
+
 fn all_delivered(list: &[Value], n: usize) -> bool {
     list.len() == n && list.iter().all(|d| d["status"] == "delivered")
 }
@@ -284,12 +293,7 @@ async fn a_401_right_after_a_mint_is_retried_with_a_new_token() {
         .wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
         .await;
     assert_eq!(list[0]["targets"][0]["attempts"], 1);
-    let dispatches: Vec<RecordedRequest> = app
-        .github
-        .requests()
-        .into_iter()
-        .filter(|r| r.is_dispatch())
-        .collect();
+    let dispatches = dispatch_requests(&app);
     assert_eq!(
         dispatches.iter().map(|r| r.status).collect::<Vec<_>>(),
         vec![401, 204]
@@ -409,13 +413,11 @@ async fn a_2xx_whose_body_never_arrives_is_delivered_and_not_sent_again() {
         .wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
         .await;
     assert!(list[0]["targets"][0]["result"].is_null(), "{list:#?}");
-    let dispatches = app
-        .github
-        .requests()
-        .iter()
-        .filter(|r| r.is_dispatch())
-        .count();
-    assert_eq!(dispatches, 1, "the workflow was started once");
+    assert_eq!(
+        dispatch_requests(&app).len(),
+        1,
+        "the workflow was started once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -430,12 +432,7 @@ async fn a_send_again_without_run_details_waits_its_turn() {
     post_n(&app, "cms", 1).await;
     app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
         .await;
-    let sent: Vec<RecordedRequest> = app
-        .github
-        .requests()
-        .into_iter()
-        .filter(|r| r.is_dispatch())
-        .collect();
+    let sent = dispatch_requests(&app);
     assert_eq!(
         sent.iter().map(|r| r.status).collect::<Vec<_>>(),
         vec![422, 204]
@@ -457,11 +454,8 @@ async fn a_server_without_run_details_is_asked_once_and_then_no_more() {
     post_n(&app, "cms", 1).await;
     app.wait_for_deliveries(WAIT, |list| all_delivered(list, 2))
         .await;
-    let sent: Vec<(u16, bool)> = app
-        .github
-        .requests()
+    let sent: Vec<(u16, bool)> = dispatch_requests(&app)
         .iter()
-        .filter(|r| r.is_dispatch())
         .map(|r| {
             (
                 r.status,
