@@ -13,10 +13,13 @@ use crate::store::{ListFilter, Status, now_ms};
 /// The store location without requiring the configuration's secrets: the
 /// listing commands must work even where GITHUB_TOKEN is not set.
 fn store_location(config_path: &Path) -> Result<std::path::PathBuf, CliError> {
+    // RELAY_DATABASE_URL wins over the file, so the file's value (and any
+    // variable it needs) only matters without it.
+    let from_env = super::process_env("RELAY_DATABASE_URL").is_some();
     let configured = match std::fs::read_to_string(config_path) {
-        Ok(text) => config::store_url(&text, &super::process_env)
+        Ok(text) if !from_env => config::store_url(&text, &super::process_env)
             .map_err(|e| invalid(anyhow::anyhow!("{}: {e}", config_path.display())))?,
-        Err(_) => None,
+        _ => None,
     };
     store_path(config_path, configured.as_deref())
 }

@@ -32,7 +32,8 @@ pub struct History {
     /// Failed attempts before this one that count against `max_attempts`
     /// (rate-limit answers do not: waiting them out is not a failure).
     pub failures: u32,
-    /// Time since the webhook was accepted.
+    /// Time since the job was queued: with its webhook, or when its
+    /// delivery was redelivered.
     pub age: Duration,
     /// Set when the token was a GitHub App installation token.
     pub app_token: Option<AppToken>,

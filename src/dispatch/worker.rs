@@ -169,7 +169,6 @@ impl Dispatcher {
         // server that refuses `return_run_details` is asked again without it.
         // Those follow-ups are part of one attempt.
         loop {
-            let started_ms = now_ms();
             let token = match self.credentials.token_for(&job.repo, scope).await {
                 Ok(token) => token,
                 Err(e) => {
@@ -182,7 +181,7 @@ impl Dispatcher {
                     let history = self.history(&job, None, false);
                     let action = self.classify(outcome, history);
                     let sent = Sent {
-                        started_ms,
+                        started_ms: now_ms(),
                         elapsed: Duration::ZERO,
                         status: None,
                         detail: reason,
@@ -197,8 +196,9 @@ impl Dispatcher {
             } else {
                 std::borrow::Cow::Borrowed(job.body.as_str())
             };
-            // Timed from here, so that the request's duration (in the metric
-            // and the attempt) leaves out minting or looking up a token.
+            // Timed from here, so that the request's start and duration (in
+            // the metric and the attempt) leave out getting a token.
+            let started_ms = now_ms();
             let started = std::time::Instant::now();
             let answer = self.client.post_json(&job.path, &body, &token.secret).await;
             let elapsed = started.elapsed();

@@ -103,10 +103,12 @@ impl CredentialError {
     /// Whether trying again later cannot help (the configuration or the
     /// installation must change first).
     pub fn is_permanent(&self) -> bool {
+        // A 2xx whose body could not be read (the connection dropped
+        // mid-answer) is a glitch like a 5xx, not a reason to give up.
         !matches!(
             self,
             CredentialError::Transport(_)
-                | CredentialError::Unexpected(500..=599, _)
+                | CredentialError::Unexpected(200..=299 | 500..=599, _)
                 | CredentialError::RateLimited { .. }
         )
     }
@@ -639,6 +641,12 @@ mod tests {
                 assert!(!error.is_permanent(), "{error}");
             }
         }
+        // A token answer whose body was lost is tried again, too.
+        assert!(
+            !CredentialError::Unexpected(201, "a token answer that is not JSON".into())
+                .is_permanent()
+        );
+        assert!(CredentialError::Unexpected(400, "Bad request".into()).is_permanent());
     }
 
     #[test]

@@ -233,3 +233,30 @@ fn render_reads_an_sns_envelope_as_serve_does() {
         "the body is the envelope's Message: {stdout}"
     );
 }
+
+#[test]
+fn deliveries_reads_store_url_variables_unless_relay_database_url_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        "github:\n  token: ${GITHUB_TOKEN}\nstore:\n  url: sqlite:${STORE_DIR}/r.db\nroutes: []\n";
+    std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
+    // The variable is substituted as serve does.
+    let (code, _, stderr) = run(dir.path(), &["deliveries"], &[("STORE_DIR", "/nowhere/a")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("/nowhere/a/r.db"), "{stderr}");
+    // Unset, it is named.
+    let (code, _, stderr) = run(dir.path(), &["deliveries"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("STORE_DIR"), "{stderr}");
+    // RELAY_DATABASE_URL wins, and then the file's variable does not matter.
+    let (code, _, stderr) = run(
+        dir.path(),
+        &["deliveries"],
+        &[("RELAY_DATABASE_URL", "sqlite:/nowhere/b.db")],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("/nowhere/b.db") && !stderr.contains("STORE_DIR"),
+        "{stderr}"
+    );
+}
