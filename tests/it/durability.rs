@@ -188,15 +188,15 @@ async fn a_rotated_token_is_named_as_needing_a_restart_until_the_relay_restarts(
             .collect::<Vec<_>>()
     };
     // Each edit is told apart by a route it adds.
-    for (round, extra) in ["a", "b"].into_iter().enumerate() {
+    for (edit, extra) in ["a", "b"].into_iter().enumerate() {
         app.write_config(&format!(
             "{rotated}\n  - id: {extra}\n    verify: none\n    dispatch:\n      - repo: acme/docs\n        event_type: e\n"
         ));
         let start = std::time::Instant::now();
-        while warnings().len() < round + 1 {
+        while warnings().len() < edit + 1 {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "no warning after edit {round}: {:#?}",
+                "no warning after edit {edit}: {:#?}",
                 app.logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -204,7 +204,7 @@ async fn a_rotated_token_is_named_as_needing_a_restart_until_the_relay_restarts(
         // The second edit leaves the token as the first one set it; the
         // relay still uses the token it started with, so it still says so.
         assert!(
-            warnings()[round].contains(r#""sections":"github""#),
+            warnings()[edit].contains(r#""sections":"github""#),
             "{:#?}",
             warnings()
         );
