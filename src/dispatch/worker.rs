@@ -203,6 +203,14 @@ impl Dispatcher {
             let answer = self.client.post_json(&job.path, &body, &token.secret).await;
             let elapsed = started.elapsed();
             self.observe(&job, scope, &answer, elapsed);
+            // A rate limit is the credential's, whatever becomes of this
+            // job: even one that gives up (its wait would pass
+            // give_up_after) holds the others back for that long.
+            if let Ok(a) = &answer
+                && let Some(wait) = retry::rate_limit_wait(a, (now_ms() / 1000) as u64)
+            {
+                self.pacer.pause(wait);
+            }
             let app_token = token.minted_at.map(|at| AppToken {
                 age: at.elapsed(),
                 retried: retried_auth,

@@ -263,3 +263,39 @@ async fn when_decides_before_the_dedupe_key_is_rendered() {
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(status_of(&list[0]), "failed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_holds_the_credential_back_even_when_its_job_gives_up() {
+    let head = TEST_HEAD.replace("retry:\n", "retry:\n  give_up_after: 1s\n");
+    assert_ne!(head, TEST_HEAD);
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let app = spawn_app_with(&head, routes, &[]).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::RateLimited {
+            retry_after_secs: 3,
+        }],
+    );
+    // Waiting 3 s would pass give_up_after: the first dispatch fails at once.
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
+        .await;
+    // The next one still waits out GitHub's limit.
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    app.wait_for_deliveries(WAIT, |l| {
+        l.len() == 2 && l.iter().any(|d| d["status"] == "delivered")
+    })
+    .await;
+    let sent: Vec<_> = app
+        .github
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_dispatch())
+        .collect();
+    assert_eq!(
+        sent.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![429, 204]
+    );
+    let gap = sent[1].received_at.duration_since(sent[0].received_at);
+    assert!(gap >= Duration::from_millis(2_900), "sent after {gap:?}");
+}
