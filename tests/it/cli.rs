@@ -22,11 +22,17 @@ fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, Stri
     )
 }
 
+/// A temporary directory holding `text` as its routes.yaml.
+fn dir_with_routes(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
+    dir
+}
+
 #[test]
 fn check_reports_every_error_with_file_line_and_column() {
-    let dir = tempfile::tempdir().unwrap();
     let broken = "github:\n  token: x\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        evnt_type: deploy\n  - id: two\n    verify:\n      hmac:\n        secret: s\n        header: X-Sig\n        algoritm: sha256\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
-    std::fs::write(dir.path().join("routes.yaml"), broken).unwrap();
+    let dir = dir_with_routes(broken);
     let (code, _, stderr) = run(dir.path(), &["check"], &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
@@ -66,9 +72,8 @@ fn bad_flags_exit_1_and_help_exits_0() {
 
 #[test]
 fn check_names_a_missing_environment_variable() {
-    let dir = tempfile::tempdir().unwrap();
     let text = "github:\n  token: ${NOT_SET_ANYWHERE}\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
-    std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
+    let dir = dir_with_routes(text);
     let (code, _, stderr) = run(dir.path(), &["check"], &[]);
     assert_eq!(code, 1);
     assert!(stderr.contains("NOT_SET_ANYWHERE"), "{stderr}");
@@ -97,9 +102,8 @@ fn the_example_routes_yaml_passes_check() {
 
 #[test]
 fn render_prints_the_exact_requests_and_can_verify() {
-    let dir = tempfile::tempdir().unwrap();
     let text = "github:\n  token: ${GITHUB_TOKEN}\nroutes:\n  - id: cms\n    verify:\n      hmac:\n        secret: ${WEBHOOK_SECRET}\n        header: X-Signature-256\n        prefix: \"sha256=\"\n    when: body.event == 'publish'\n    dispatch:\n      - repo: acme/blog\n        event_type: \"cms-{{ body.model }}\"\n        client_payload:\n          entry: \"{{ body.entry }}\"\n";
-    std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
+    let dir = dir_with_routes(text);
     let body = r#"{"event":"publish","model":"post","entry":{"id":1}}"#;
     std::fs::write(dir.path().join("body.json"), body).unwrap();
     let env = [("GITHUB_TOKEN", "ghp_x"), ("WEBHOOK_SECRET", SECRET)];
@@ -170,9 +174,8 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
-    let dir = tempfile::tempdir().unwrap();
     let text = "github:\n  token: ghp_test\nstore:\n  url: sqlite:relay.db\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
-    std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
+    let dir = dir_with_routes(text);
     let mut child = Command::new(binary())
         .args([
             "serve",
@@ -211,9 +214,8 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
 
 #[test]
 fn render_reads_an_sns_envelope_as_serve_does() {
-    let dir = tempfile::tempdir().unwrap();
     let text = "github:\n  token: ghp_x\nroutes:\n  - id: uploads\n    verify:\n      sns:\n        topic_arns: [arn:aws:sns:eu-west-1:111122223333:acme-blog-assets-events]\n    dispatch:\n      - repo: acme/blog\n        event_type: s3-upload\n        client_payload:\n          event: \"{{ body.Records[0].eventName }}\"\n";
-    std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
+    let dir = dir_with_routes(text);
     let sample = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/samples/s3-via-sns-notification.json"
@@ -236,10 +238,9 @@ fn render_reads_an_sns_envelope_as_serve_does() {
 
 #[test]
 fn deliveries_reads_store_url_variables_unless_relay_database_url_wins() {
-    let dir = tempfile::tempdir().unwrap();
     let text =
         "github:\n  token: ${GITHUB_TOKEN}\nstore:\n  url: sqlite:${STORE_DIR}/r.db\nroutes: []\n";
-    std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
+    let dir = dir_with_routes(text);
     // The variable is substituted as serve does.
     let (code, _, stderr) = run(dir.path(), &["deliveries"], &[("STORE_DIR", "/nowhere/a")]);
     assert_eq!(code, 1, "{stderr}");
