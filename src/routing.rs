@@ -10,7 +10,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::{RepoSpec, Route, TargetKind, Verify};
+use crate::config::{RepoSpec, Route, TargetKind};
 use crate::template::{Context, RenderError};
 
 #[cfg(test)]
@@ -410,18 +410,7 @@ pub fn dedupe_key(route: &Route, ctx: &Context) -> Result<Option<String>, Routin
     {
         return Ok(Some(id.to_string()));
     }
-    // A scheme that signs its id header is believed on that header alone:
-    // otherwise a replay within the tolerance could add another id header
-    // from the list below and pass as new.
-    let signed = match &route.verify {
-        Verify::StandardWebhooks(_) => {
-            match crate::verify::standard_webhooks_prefix(&ctx.headers) {
-                "svix" => Some("svix-id"),
-                _ => Some("webhook-id"),
-            }
-        }
-        _ => None,
-    };
+    let signed = crate::verify::signed_id_header(&route.verify, &ctx.headers);
     let names: &[&str] = match &signed {
         Some(name) => std::slice::from_ref(name),
         None => &SENDER_DELIVERY_HEADERS,

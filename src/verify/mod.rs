@@ -124,14 +124,44 @@ pub fn verify_request(method: &Verify, request: &Request<'_>) -> Result<(), Veri
     }
 }
 
+/// The header names of one Standard Webhooks request.
+pub(crate) struct StandardWebhooksHeaders {
+    pub id: &'static str,
+    pub timestamp: &'static str,
+    pub signature: &'static str,
+}
+
 /// The header names a Standard Webhooks request uses: `webhook-*`, or
 /// Svix's `svix-*` when only a `svix-signature` is present. The signature is
 /// checked over the id of the same family, so that id is the one to trust.
-pub fn standard_webhooks_prefix(headers: &BTreeMap<String, String>) -> &'static str {
+pub(crate) fn standard_webhooks_headers(
+    headers: &BTreeMap<String, String>,
+) -> StandardWebhooksHeaders {
     if headers.contains_key("webhook-signature") || !headers.contains_key("svix-signature") {
-        "webhook"
+        StandardWebhooksHeaders {
+            id: "webhook-id",
+            timestamp: "webhook-timestamp",
+            signature: "webhook-signature",
+        }
     } else {
-        "svix"
+        StandardWebhooksHeaders {
+            id: "svix-id",
+            timestamp: "svix-timestamp",
+            signature: "svix-signature",
+        }
+    }
+}
+
+/// The delivery-id header a method's signature covers, when it has one:
+/// only that header may then serve as the dedupe key, or a replay could add
+/// another id header and pass as new.
+pub fn signed_id_header(
+    method: &Verify,
+    headers: &BTreeMap<String, String>,
+) -> Option<&'static str> {
+    match method {
+        Verify::StandardWebhooks(_) => Some(standard_webhooks_headers(headers).id),
+        _ => None,
     }
 }
 

@@ -91,14 +91,12 @@ pub(super) fn standard_webhooks(
     timed: &TimedSecrets,
     request: &Request<'_>,
 ) -> Result<(), VerifyError> {
-    let prefix = super::standard_webhooks_prefix(request.headers);
-    let id_header = format!("{prefix}-id");
-    let ts_header = format!("{prefix}-timestamp");
-    let sig_header = format!("{prefix}-signature");
-    let id = header_value(request.headers, &id_header)?;
-    let ts_text = header_value(request.headers, &ts_header)?;
-    let signatures = header_value(request.headers, &sig_header)?;
-    let ts = timestamp(ts_text, &ts_header)?;
+    let names = super::standard_webhooks_headers(request.headers);
+    let (ts_header, sig_header) = (names.timestamp, names.signature);
+    let id = header_value(request.headers, names.id)?;
+    let ts_text = header_value(request.headers, ts_header)?;
+    let signatures = header_value(request.headers, sig_header)?;
+    let ts = timestamp(ts_text, ts_header)?;
     let mut symmetric: Vec<Vec<u8>> = Vec::new();
     let mut asymmetric: Vec<Vec<u8>> = Vec::new();
     for (version, signature) in signatures.split(' ').filter_map(|e| e.split_once(',')) {
@@ -112,7 +110,7 @@ pub(super) fn standard_webhooks(
         }
     }
     if symmetric.is_empty() && asymmetric.is_empty() {
-        return Err(VerifyError::Malformed(sig_header));
+        return Err(VerifyError::Malformed(sig_header.to_string()));
     }
     let keys: Vec<StandardWebhooksKey> = timed
         .secrets
@@ -137,9 +135,9 @@ pub(super) fn standard_webhooks(
         }
     }
     if !found {
-        return Err(VerifyError::BadSignature(sig_header));
+        return Err(VerifyError::BadSignature(sig_header.to_string()));
     }
-    fresh(ts.saturating_mul(1000), request, timed, &ts_header)
+    fresh(ts.saturating_mul(1000), request, timed, ts_header)
 }
 
 /// Contentful: hex `HMAC(secret, METHOD\nPATH\nk:v;k:v\nBODY)` over the
