@@ -126,9 +126,7 @@ impl CredentialError {
     /// (a 429, or a 403 that says so); such an answer must not be read as
     /// a missing permission, which would fail the dispatch for good.
     fn rate_limited(answer: &Answer) -> Option<CredentialError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = epoch_secs().max(0) as u64;
         crate::dispatch::retry::rate_limit_wait(answer, now).map(|wait| {
             CredentialError::RateLimited {
                 status: answer.status,

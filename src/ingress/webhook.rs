@@ -132,13 +132,12 @@ async fn accept(
     let content_type = request
         .headers()
         .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .and_then(|v| v.to_str().ok());
     // An `sns` route's envelope was parsed to check its signature; the
     // body is taken from it rather than parsed a second time.
     let parsed = match &envelope {
         Some(envelope) => inbound::from_envelope(envelope),
-        None => inbound::parse_for_route(route, content_type.as_deref(), &body)
+        None => inbound::parse_for_route(route, content_type, &body)
             .map_err(|e| IngressError::BadRequest(e.to_string()))?,
     };
     if envelope.is_some() && sns::is_s3_test_event(&parsed.body) {
@@ -186,8 +185,7 @@ async fn accept(
         Err(e) => (Vec::new(), Some(e.to_string()), Vec::new()),
     };
     // Only a webhook that will be stored pays for its stored form.
-    let stored =
-        inbound::stored_request(route, content_type.as_deref(), &query, &ctx.headers, &body);
+    let stored = inbound::stored_request(route, content_type, &query, &ctx.headers, &body);
     let delivery = NewDelivery {
         id: delivery_id.clone(),
         route: route.id.clone(),
@@ -205,18 +203,21 @@ async fn accept(
         tracing::error!(route = %route.id, delivery_id = %delivery_id, error = %e, "Could not store a webhook");
         IngressError::Unavailable("the store is unavailable; retry shortly".into())
     })?;
+    let accepted_answer = |delivery_id: &str, coalesced: Option<u32>| {
+        (
+            HttpResponse::Accepted().json(inbound::AcceptedAnswer {
+                coalesced,
+                delivery_id,
+                dispatches: inbound::dispatch_summary(&targets),
+            }),
+            WebhookOutcome::Accepted,
+        )
+    };
     match accepted {
         Accepted::Coalesced { into, coalesced } => {
             state.metrics.coalesced(&route.id);
             tracing::debug!(route = %route.id, delivery_id = %into, coalesced, "Webhook merged into the open debounce window");
-            Ok((
-                HttpResponse::Accepted().json(inbound::AcceptedAnswer {
-                    coalesced: Some(coalesced),
-                    delivery_id: &into,
-                    dispatches: inbound::dispatch_summary(&targets),
-                }),
-                WebhookOutcome::Accepted,
-            ))
+            Ok(accepted_answer(&into, Some(coalesced)))
         }
         Accepted::Duplicate { original_id } => {
             tracing::info!(route = %route.id, delivery_id = %original_id, "Duplicate webhook ignored");
@@ -236,14 +237,7 @@ async fn accept(
             None => {
                 state.dispatcher.wake();
                 tracing::info!(route = %route.id, delivery_id = %delivery_id, "Webhook accepted");
-                Ok((
-                    HttpResponse::Accepted().json(inbound::AcceptedAnswer {
-                        coalesced: None,
-                        delivery_id: &delivery_id,
-                        dispatches: inbound::dispatch_summary(&targets),
-                    }),
-                    WebhookOutcome::Accepted,
-                ))
+                Ok(accepted_answer(&delivery_id, None))
             }
         },
     }
