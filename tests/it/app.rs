@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use crate::fake_github::{
     FakeGitHub, RecordedRequest, Scripted, TEST_APP_KEY, TEST_APP_PUBLIC_KEY,
 };
-use crate::helpers::{TestApp, hmac_route, spawn_app, spawn_app_prepared};
+use crate::helpers::{
+    TEST_HEAD, TestApp, hmac_route, spawn_app, spawn_app_prepared, spawn_app_with,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 pub const APP_ID: u64 = 31337;
@@ -62,15 +64,6 @@ fn bearer(request: &RecordedRequest) -> String {
         .and_then(|h| h.strip_prefix("Bearer "))
         .expect("a bearer token")
         .to_string()
-}
-
-/// The dispatch requests the fake GitHub received, in order.
-fn dispatch_requests(app: &TestApp) -> Vec<RecordedRequest> {
-    app.github
-        .requests()
-        .into_iter()
-        .filter(|r| r.is_dispatch())
-        .collect()
 }
 
 fn all_delivered(list: &[Value], n: usize) -> bool {
@@ -293,7 +286,7 @@ async fn a_401_right_after_a_mint_is_retried_with_a_new_token() {
         .wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
         .await;
     assert_eq!(list[0]["targets"][0]["attempts"], 1);
-    let dispatches = dispatch_requests(&app);
+    let dispatches = app.github.dispatch_attempts();
     assert_eq!(
         dispatches.iter().map(|r| r.status).collect::<Vec<_>>(),
         vec![401, 204]
@@ -402,10 +395,9 @@ async fn workflow_dispatches_record_the_run_they_created() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_2xx_whose_body_never_arrives_is_delivered_and_not_sent_again() {
-    let head = crate::helpers::TEST_HEAD.replace("timeout: 10s", "timeout: 1s");
-    assert_ne!(head, crate::helpers::TEST_HEAD, "the head sets a timeout");
-    let app =
-        crate::helpers::spawn_app_with(&head, &hmac_route("cms", WORKFLOW_TARGET)[..], &[]).await;
+    let head = TEST_HEAD.replace("timeout: 10s", "timeout: 1s");
+    assert_ne!(head, TEST_HEAD, "the head sets a timeout");
+    let app = spawn_app_with(&head, &hmac_route("cms", WORKFLOW_TARGET), &[]).await;
     app.github
         .push_responses("acme/docs", vec![crate::fake_github::Scripted::StalledBody]);
     post_n(&app, "cms", 1).await;
@@ -414,7 +406,7 @@ async fn a_2xx_whose_body_never_arrives_is_delivered_and_not_sent_again() {
         .await;
     assert!(list[0]["targets"][0]["result"].is_null(), "{list:#?}");
     assert_eq!(
-        dispatch_requests(&app).len(),
+        app.github.dispatch_attempts().len(),
         1,
         "the workflow was started once"
     );
@@ -422,17 +414,17 @@ async fn a_2xx_whose_body_never_arrives_is_delivered_and_not_sent_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_send_again_without_run_details_waits_its_turn() {
-    let head = crate::helpers::TEST_HEAD.replace(
+    let head = TEST_HEAD.replace(
         "pacing: off",
         "pacing: { concurrency: 1, min_interval: 400ms, per_minute: 6000 }",
     );
-    assert_ne!(head, crate::helpers::TEST_HEAD, "the head sets pacing");
-    let app = crate::helpers::spawn_app_with(&head, &hmac_route("cms", WORKFLOW_TARGET), &[]).await;
+    assert_ne!(head, TEST_HEAD, "the head sets pacing");
+    let app = spawn_app_with(&head, &hmac_route("cms", WORKFLOW_TARGET), &[]).await;
     app.github.set_reject_run_details(true);
     post_n(&app, "cms", 1).await;
     app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
         .await;
-    let sent = dispatch_requests(&app);
+    let sent = app.github.dispatch_attempts();
     assert_eq!(
         sent.iter().map(|r| r.status).collect::<Vec<_>>(),
         vec![422, 204]
@@ -454,7 +446,9 @@ async fn a_server_without_run_details_is_asked_once_and_then_no_more() {
     post_n(&app, "cms", 1).await;
     app.wait_for_deliveries(WAIT, |list| all_delivered(list, 2))
         .await;
-    let sent: Vec<(u16, bool)> = dispatch_requests(&app)
+    let sent: Vec<(u16, bool)> = app
+        .github
+        .dispatch_attempts()
         .iter()
         .map(|r| {
             (

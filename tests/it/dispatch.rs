@@ -286,12 +286,7 @@ async fn a_rate_limit_holds_the_credential_back_even_when_its_job_gives_up() {
         l.len() == 2 && l.iter().any(|d| d["status"] == "delivered")
     })
     .await;
-    let sent: Vec<_> = app
-        .github
-        .requests()
-        .into_iter()
-        .filter(|r| r.is_dispatch())
-        .collect();
+    let sent = app.github.dispatch_attempts();
     assert_eq!(
         sent.iter().map(|r| r.status).collect::<Vec<_>>(),
         vec![429, 204]
