@@ -1,0 +1,156 @@
+//! The durable reference of the benchmarks: the least a server can do to
+//! accept a webhook durably. It checks the HMAC signature, parses the JSON
+//! body, evaluates the bench route's `when` and renders its payload with
+//! minijinja, then appends one row (the body and the payload) to a single
+//! SQLite table without indexes. One writer thread commits every waiting row
+//! in one transaction (`synchronous=FULL`, WAL) and only then answers each
+//! request 202.
+//!
+//! It stores what a relay needs at the least and keeps no index, no
+//! delivery record, no job queue, no metrics and no logs, so its rate is an
+//! upper bound for any durable relay on the machine: what it loses against
+//! the ceiling is the cost of parsing and of the commit itself; what the
+//! relay loses against it is the cost of everything else the relay does.
+//!
+//! Usage: `group_commit ADDR DB` with `BENCH_SECRET` set to the HMAC secret.
+
+use std::sync::mpsc;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::oneshot;
+
+struct Row {
+    body: web::Bytes,
+    payload: String,
+    received_at_ms: i64,
+    reply: oneshot::Sender<i64>,
+}
+
+struct State {
+    secret: Vec<u8>,
+    templates: minijinja::Environment<'static>,
+    writer: mpsc::Sender<Row>,
+}
+
+const PAYLOAD: &str = r#"{"event_type":"cms-{{ body.model }}","client_payload":{"model":{{ body.model|tojson }},"entry":"{{ body.entry.id }}","locale":{{ body.entry.locale|tojson }},"action":{{ body.event|tojson }},"delivery":"{{ id }}"}}"#;
+
+async fn accept(request: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let signature = request
+        .headers()
+        .get("x-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+        .and_then(|v| hex::decode(v).ok());
+    let mut mac = Hmac::<Sha256>::new_from_slice(&state.secret).expect("any key length");
+    mac.update(&body);
+    if signature.is_none_or(|s| mac.verify_slice(&s).is_err()) {
+        return HttpResponse::Unauthorized().json(serde_json::json!({"error": "bad signature"}));
+    }
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return HttpResponse::BadRequest().json(serde_json::json!({"error": e.to_string()}));
+        }
+    };
+    let event = value.get("event").and_then(|e| e.as_str()).unwrap_or("");
+    if !["entry.publish", "entry.unpublish"].contains(&event) {
+        return HttpResponse::Ok().json(serde_json::json!({"status": "skipped"}));
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let payload = state
+        .templates
+        .get_template("payload")
+        .and_then(|t| t.render(minijinja::context! { body => minijinja::Value::from_serialize(&value), id => &id }));
+    let payload = match payload {
+        Ok(p) => p,
+        Err(e) => {
+            return HttpResponse::UnprocessableEntity()
+                .json(serde_json::json!({"error": e.to_string()}));
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let row = Row {
+        body,
+        payload,
+        received_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        reply,
+    };
+    if state.writer.send(row).is_err() {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    match answer.await {
+        Ok(_) => HttpResponse::Accepted().json(serde_json::json!({"id": id})),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
+}
+
+/// Commits every waiting row in one transaction, then answers each.
+fn write(mut conn: rusqlite::Connection, rows: mpsc::Receiver<Row>) {
+    while let Ok(first) = rows.recv() {
+        let mut batch = vec![first];
+        batch.extend(rows.try_iter().take(511));
+        let tx = conn.transaction().expect("begin");
+        let mut ids = Vec::with_capacity(batch.len());
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO intake (received_at, body, payload) VALUES (?1, ?2, ?3)",
+                )
+                .expect("prepare");
+            for row in &batch {
+                insert
+                    .execute(rusqlite::params![row.received_at_ms, &row.body[..], row.payload])
+                    .expect("insert");
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit().expect("commit");
+        for (row, id) in batch.into_iter().zip(ids) {
+            let _ = row.reply.send(id);
+        }
+    }
+}
+
+#[actix_web::main]
+async fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:18083".into());
+    let db = args.next().expect("usage: group_commit ADDR DB");
+    let secret = std::env::var("BENCH_SECRET").expect("BENCH_SECRET is not set");
+
+    let conn = rusqlite::Connection::open(db).expect("open the store");
+    conn.execute_batch(
+        "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+         CREATE TABLE IF NOT EXISTS intake (
+             id INTEGER PRIMARY KEY, received_at INTEGER NOT NULL, body BLOB NOT NULL, payload TEXT NOT NULL)",
+    )
+    .expect("create the table");
+    let (writer, rows) = mpsc::channel();
+    std::thread::spawn(move || write(conn, rows));
+
+    let mut templates = minijinja::Environment::new();
+    templates
+        .add_template("payload", PAYLOAD)
+        .expect("the template parses");
+    let state = web::Data::new(State {
+        secret: secret.into_bytes(),
+        templates,
+        writer,
+    });
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/hooks/{route}", web::post().to(accept))
+    })
+    .workers(workers)
+    .bind(addr)?
+    .run()
+    .await
+}
