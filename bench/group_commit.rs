@@ -12,7 +12,15 @@
 //! the ceiling is the cost of parsing and of the commit itself; what the
 //! relay loses against it is the cost of everything else the relay does.
 //!
-//! Usage: `group_commit ADDR DB` with `BENCH_SECRET` set to the HMAC secret.
+//! With `--rows relay` it writes instead the rows the relay writes for each
+//! webhook, into the relay's own schema (`src/store/schema.sql`): a delivery
+//! holding the request as received (headers and body, as JSON text) and one
+//! job holding the rendered dispatch, with their indexes and foreign key.
+//! The two variants side by side split the relay's distance from the
+//! reference into what it records and how it handles a request.
+//!
+//! Usage: `group_commit ADDR DB [--rows relay]` with `BENCH_SECRET` set to
+//! the HMAC secret.
 
 use std::sync::mpsc;
 
@@ -22,13 +30,17 @@ use sha2::Sha256;
 use tokio::sync::oneshot;
 
 struct Row {
+    id: String,
+    /// The request as the relay stores it, in `--rows relay` mode.
+    request: Option<String>,
     body: web::Bytes,
     payload: String,
     received_at_ms: i64,
-    reply: oneshot::Sender<i64>,
+    reply: oneshot::Sender<()>,
 }
 
 struct State {
+    relay_rows: bool,
     secret: Vec<u8>,
     templates: minijinja::Environment<'static>,
     writer: mpsc::Sender<Row>,
@@ -59,10 +71,11 @@ async fn accept(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
         return HttpResponse::Ok().json(serde_json::json!({"status": "skipped"}));
     }
     let id = uuid::Uuid::now_v7().to_string();
-    let payload = state
-        .templates
-        .get_template("payload")
-        .and_then(|t| t.render(minijinja::context! { body => minijinja::Value::from_serialize(&value), id => &id }));
+    let payload = state.templates.get_template("payload").and_then(|t| {
+        t.render(
+            minijinja::context! { body => minijinja::Value::from_serialize(&value), id => &id },
+        )
+    });
     let payload = match payload {
         Ok(p) => p,
         Err(e) => {
@@ -70,8 +83,26 @@ async fn accept(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
                 .json(serde_json::json!({"error": e.to_string()}));
         }
     };
+    let request = state.relay_rows.then(|| {
+        let mut headers: Vec<(&str, &str)> = request
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+            .collect();
+        headers.sort();
+        serde_json::json!({
+            "content_type": "application/json",
+            "query": [],
+            "headers": headers,
+            "body": String::from_utf8_lossy(&body),
+            "body_base64": false,
+        })
+        .to_string()
+    });
     let (reply, answer) = oneshot::channel();
     let row = Row {
+        id: id.clone(),
+        request,
         body,
         payload,
         received_at_ms: std::time::SystemTime::now()
@@ -94,41 +125,65 @@ fn write(mut conn: rusqlite::Connection, rows: mpsc::Receiver<Row>) {
         let mut batch = vec![first];
         batch.extend(rows.try_iter().take(511));
         let tx = conn.transaction().expect("begin");
-        let mut ids = Vec::with_capacity(batch.len());
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO intake (received_at, body, payload) VALUES (?1, ?2, ?3)",
-                )
-                .expect("prepare");
-            for row in &batch {
-                insert
-                    .execute(rusqlite::params![row.received_at_ms, &row.body[..], row.payload])
-                    .expect("insert");
-                ids.push(tx.last_insert_rowid());
-            }
+        for row in &batch {
+            insert(&tx, row).expect("insert");
         }
         tx.commit().expect("commit");
-        for (row, id) in batch.into_iter().zip(ids) {
-            let _ = row.reply.send(id);
+        for row in batch {
+            let _ = row.reply.send(());
         }
     }
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, row: &Row) -> rusqlite::Result<()> {
+    let Some(request) = &row.request else {
+        tx.prepare_cached("INSERT INTO intake (received_at, body, payload) VALUES (?1, ?2, ?3)")?
+            .execute(rusqlite::params![
+                row.received_at_ms,
+                &row.body[..],
+                row.payload
+            ])?;
+        return Ok(());
+    };
+    tx.prepare_cached(
+        "INSERT INTO deliveries (id, route, received_at, status, request) VALUES (?1, 'cms', ?2, 'pending', ?3)",
+    )?
+    .execute(rusqlite::params![row.id, row.received_at_ms, request])?;
+    tx.prepare_cached(
+        "INSERT INTO jobs (delivery_id, target_index, repo, label, path, body, status, next_attempt_at, created_at)
+         VALUES (?1, 0, 'acme/bench', 'cms-article', '/repos/acme/bench/dispatches', ?2, 'pending', ?3, ?3)",
+    )?
+    .execute(rusqlite::params![row.id, row.payload, row.received_at_ms])?;
+    Ok(())
 }
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:18083".into());
-    let db = args.next().expect("usage: group_commit ADDR DB");
+    let usage = "usage: group_commit ADDR DB [--rows relay]";
+    let db = args.next().expect(usage);
+    let relay_rows = match (args.next().as_deref(), args.next().as_deref()) {
+        (None, _) => false,
+        (Some("--rows"), Some("relay")) => true,
+        _ => panic!("{usage}"),
+    };
     let secret = std::env::var("BENCH_SECRET").expect("BENCH_SECRET is not set");
 
     let conn = rusqlite::Connection::open(db).expect("open the store");
+    // The relay's own settings: 16 KiB pages, WAL, foreign keys checked.
     conn.execute_batch(
         "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
-         CREATE TABLE IF NOT EXISTS intake (
-             id INTEGER PRIMARY KEY, received_at INTEGER NOT NULL, body BLOB NOT NULL, payload TEXT NOT NULL)",
+         PRAGMA foreign_keys = ON;",
     )
-    .expect("create the table");
+    .expect("set up the store");
+    let schema = if relay_rows {
+        include_str!("../src/store/schema.sql")
+    } else {
+        "CREATE TABLE IF NOT EXISTS intake (
+             id INTEGER PRIMARY KEY, received_at INTEGER NOT NULL, body BLOB NOT NULL, payload TEXT NOT NULL)"
+    };
+    conn.execute_batch(schema).expect("create the tables");
     let (writer, rows) = mpsc::channel();
     std::thread::spawn(move || write(conn, rows));
 
@@ -137,6 +192,7 @@ async fn main() -> std::io::Result<()> {
         .add_template("payload", PAYLOAD)
         .expect("the template parses");
     let state = web::Data::new(State {
+        relay_rows,
         secret: secret.into_bytes(),
         templates,
         writer,

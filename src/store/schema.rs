@@ -14,65 +14,9 @@ use super::{
 
 const SCHEMA_VERSION: i64 = 1;
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS deliveries (
-    id            TEXT PRIMARY KEY,
-    route         TEXT NOT NULL,
-    received_at   INTEGER NOT NULL,
-    status        TEXT NOT NULL,
-    dedupe_key    TEXT,
-    request       TEXT NOT NULL,
-    error         TEXT,
-    finished_at   INTEGER,
-    -- Set on deliveries of a debounced route while their window is open.
-    debounce_first_at INTEGER,
-    -- How many later webhooks were merged into this one by debounce.
-    coalesced     INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS deliveries_dedupe ON deliveries (route, dedupe_key) WHERE dedupe_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received_at);
-CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, received_at);
-
--- The dedupe keys of webhooks merged into another delivery by debounce, so
--- that a repeat of one of them is still recognised as a duplicate.
-CREATE TABLE IF NOT EXISTS coalesced_keys (
-    route        TEXT NOT NULL,
-    dedupe_key   TEXT NOT NULL,
-    delivery_id  TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
-    PRIMARY KEY (route, dedupe_key)
-);
-CREATE INDEX IF NOT EXISTS coalesced_keys_delivery ON coalesced_keys (delivery_id);
-
-CREATE TABLE IF NOT EXISTS jobs (
-    id              INTEGER PRIMARY KEY,
-    delivery_id     TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
-    target_index    INTEGER NOT NULL,
-    repo            TEXT NOT NULL,
-    label           TEXT NOT NULL,
-    path            TEXT NOT NULL,
-    body            TEXT NOT NULL,
-    status          TEXT NOT NULL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    failures        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at INTEGER NOT NULL,
-    leased_until    INTEGER,
-    last_error      TEXT,
-    created_at      INTEGER NOT NULL,
-    finished_at     INTEGER
-);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_attempt_at) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_id);
-
-CREATE TABLE IF NOT EXISTS attempts (
-    id           INTEGER PRIMARY KEY,
-    job_id       INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    started_at   INTEGER NOT NULL,
-    duration_ms  INTEGER NOT NULL,
-    status_code  INTEGER,
-    detail       TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id);
-"#;
+/// The tables and indexes. A file of its own so that the benchmarks' durable
+/// reference can write the same rows into the same schema.
+const SCHEMA: &str = include_str!("schema.sql");
 
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
