@@ -83,22 +83,7 @@ async fn accept(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
                 .json(serde_json::json!({"error": e.to_string()}));
         }
     };
-    let request = state.relay_rows.then(|| {
-        let mut headers: Vec<(&str, &str)> = request
-            .headers()
-            .iter()
-            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
-            .collect();
-        headers.sort();
-        serde_json::json!({
-            "content_type": "application/json",
-            "query": [],
-            "headers": headers,
-            "body": String::from_utf8_lossy(&body),
-            "body_base64": false,
-        })
-        .to_string()
-    });
+    let request = state.relay_rows.then(|| stored_request(&request, &body));
     let (reply, answer) = oneshot::channel();
     let row = Row {
         id: id.clone(),
@@ -117,6 +102,33 @@ async fn accept(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
         Ok(_) => HttpResponse::Accepted().json(serde_json::json!({"id": id})),
         Err(_) => HttpResponse::ServiceUnavailable().finish(),
     }
+}
+
+/// The request as the relay stores it: the content type, the query, the
+/// headers sorted by name, and the body as text.
+fn stored_request(request: &HttpRequest, body: &[u8]) -> String {
+    #[derive(serde::Serialize)]
+    struct StoredRequest<'a> {
+        content_type: &'a str,
+        query: [(); 0],
+        headers: Vec<(&'a str, &'a str)>,
+        body: std::borrow::Cow<'a, str>,
+        body_base64: bool,
+    }
+    let mut headers: Vec<(&str, &str)> = request
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+        .collect();
+    headers.sort_unstable();
+    let stored = StoredRequest {
+        content_type: "application/json",
+        query: [],
+        headers,
+        body: String::from_utf8_lossy(body),
+        body_base64: false,
+    };
+    serde_json::to_string(&stored).expect("a string map serializes")
 }
 
 /// Commits every waiting row in one transaction, then answers each.
