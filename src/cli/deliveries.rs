@@ -138,7 +138,7 @@ pub async fn redeliver(
         {
             Some(Redelivered::Requeued) => {
                 queued += 1;
-                println!("{id}: queued again");
+                println!("{id}: failed targets rendered again and queued");
             }
             Some(Redelivered::Rerendered) => {
                 queued += 1;
@@ -146,7 +146,7 @@ pub async fn redeliver(
             }
             Some(Redelivered::StillFailing(reason)) => {
                 still_failing += 1;
-                println!("{id}: still fails to render: {reason}");
+                println!("{id}: still failed: {reason}");
             }
             None => println!("{id}: no longer failed, left alone"),
         }
@@ -155,7 +155,7 @@ pub async fn redeliver(
     println!("{queued} queued, {still_failing} still failing");
     if still_failing > 0 {
         return Err(invalid(anyhow::anyhow!(
-            "{still_failing} deliveries still fail to render"
+            "{still_failing} deliveries still cannot be sent"
         )));
     }
     Ok(())

@@ -267,9 +267,37 @@ pub struct FailedDelivery {
     pub route: String,
     pub received_at_ms: i64,
     pub request: StoredRequest,
-    /// True when the delivery has jobs (they failed at GitHub); false when it
-    /// failed at render time and must be rendered again.
-    pub has_jobs: bool,
+    /// The targets whose jobs failed at GitHub; empty when the delivery
+    /// failed at render time and has no jobs.
+    pub failed_targets: Vec<usize>,
+}
+
+/// A failed delivery rendered again with the routes in force now.
+#[derive(Debug, Clone)]
+pub enum Rerendering {
+    /// The jobs to queue. After a failure at GitHub they replace the failed
+    /// jobs of the same targets; after a render failure they are its first
+    /// jobs, and its dedupe key is stored with them.
+    Jobs {
+        jobs: Vec<NewJob>,
+        dedupe_key: Option<String>,
+    },
+    /// Why it cannot be sent; it stays failed with this reason.
+    Failed(String),
+}
+
+/// What re-rendering did to a failed delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rerendered {
+    /// Its jobs are queued.
+    Queued,
+    /// It stays failed, with the rendering's reason.
+    StillFailed,
+    /// Not sent: another delivery has the same dedupe key. It stays failed
+    /// and says so.
+    Duplicate { original_id: String },
+    /// It is not failed (any more), or does not exist: nothing was done.
+    NotFailed,
 }
 
 /// A handle to the store; cheap to clone.
@@ -422,29 +450,18 @@ impl Store {
     /// Re-queues the failed jobs of a delivery whose jobs failed at GitHub.
     /// Returns false when the delivery is not in the failed state, so that a
     /// delivery is never sent again once delivered.
-    pub async fn requeue_failed(&self, delivery_id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        self.call(|reply| Command::RequeueFailed {
-            delivery_id: delivery_id.to_string(),
-            now_ms,
-            reply,
-        })
-        .await
-    }
-
-    /// Replaces a render-failed delivery's outcome with freshly rendered jobs
-    /// (or a new render failure). Returns false when the delivery is not a
-    /// render failure any more, for example because another redeliver won.
+    /// Replaces a failed delivery's outcome with a new rendering (see
+    /// [`Rerendering`]). Delivered and pending deliveries are left alone, so
+    /// redelivering twice never sends anything twice.
     pub async fn rerender(
         &self,
         delivery_id: &str,
-        jobs: Vec<NewJob>,
-        failure: Option<String>,
+        rendering: Rerendering,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Rerendered, StoreError> {
         self.call(|reply| Command::Rerender {
             delivery_id: delivery_id.to_string(),
-            jobs,
-            failure,
+            rendering,
             now_ms,
             reply,
         })

@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
     Accepted, AttemptRecord, AttemptSummary, DebounceWindow, DeliverySummary, FailedDelivery, Job,
-    JobNext, JobSummary, ListFilter, NewDelivery, NewJob, QueueDepth, Status, StoreError,
-    StoredRequest,
+    JobNext, JobSummary, ListFilter, NewDelivery, NewJob, QueueDepth, Rerendered, Rerendering,
+    Status, StoreError, StoredRequest,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -322,72 +322,106 @@ pub(super) fn release(conn: &Connection, job_ids: &[i64]) -> Result<(), StoreErr
     Ok(())
 }
 
-pub(super) fn requeue_failed(
+/// Replaces a failed delivery's outcome with a new rendering, in one
+/// transaction, so that a concurrent redelivery finds it no longer failed.
+///
+/// After a render failure the delivery has no jobs: the new ones are
+/// inserted, and its dedupe key, which may never have been stored, is
+/// checked against the other deliveries first. After a failure at GitHub the
+/// jobs given replace the failed jobs of the same targets; delivered targets
+/// are not touched.
+pub(super) fn rerender(
     conn: &Connection,
     delivery_id: &str,
+    rendering: &Rerendering,
     now_ms: i64,
-) -> Result<bool, StoreError> {
-    let status: Option<String> = conn
+) -> Result<Rerendered, StoreError> {
+    let row: Option<(String, String, i64)> = conn
         .query_row(
-            "SELECT status FROM deliveries WHERE id = ?1",
+            "SELECT status, route, (SELECT COUNT(*) FROM jobs WHERE delivery_id = ?1) FROM deliveries WHERE id = ?1",
             params![delivery_id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    if status.as_deref() != Some("failed") {
-        return Ok(false);
+    let Some((status, route, job_count)) = row else {
+        return Ok(Rerendered::NotFailed);
+    };
+    if status != Status::Failed.as_str() {
+        return Ok(Rerendered::NotFailed);
     }
-    let requeued = conn.execute(
-        "UPDATE jobs SET status = 'pending', next_attempt_at = ?2, created_at = ?2, failures = 0, leased_until = NULL, finished_at = NULL
-         WHERE delivery_id = ?1 AND status = 'failed'",
-        params![delivery_id, now_ms],
-    )?;
-    if requeued == 0 {
-        return Ok(false);
-    }
+    let stay_failed = |reason: &str| {
+        conn.execute(
+            "UPDATE deliveries SET error = ?2, finished_at = ?3 WHERE id = ?1",
+            params![delivery_id, reason, now_ms],
+        )
+    };
+    let jobs = match rendering {
+        Rerendering::Failed(reason) => {
+            stay_failed(reason)?;
+            return Ok(Rerendered::StillFailed);
+        }
+        Rerendering::Jobs { jobs, .. } if jobs.is_empty() => {
+            stay_failed("nothing to send")?;
+            return Ok(Rerendered::StillFailed);
+        }
+        Rerendering::Jobs { jobs, dedupe_key } if job_count == 0 => {
+            if let Some(key) = dedupe_key {
+                let original: Option<String> = conn
+                    .prepare_cached(
+                        "SELECT id FROM deliveries WHERE route = ?1 AND dedupe_key = ?2 AND id != ?3
+                         UNION ALL
+                         SELECT delivery_id FROM coalesced_keys WHERE route = ?1 AND dedupe_key = ?2 AND delivery_id != ?3
+                         LIMIT 1",
+                    )?
+                    .query_row(params![route, key, delivery_id], |r| r.get(0))
+                    .optional()?;
+                if let Some(original_id) = original {
+                    stay_failed(&format!(
+                        "not sent: delivery {original_id} has the same dedupe key"
+                    ))?;
+                    return Ok(Rerendered::Duplicate { original_id });
+                }
+                conn.execute(
+                    "UPDATE deliveries SET dedupe_key = ?2 WHERE id = ?1",
+                    params![delivery_id, key],
+                )?;
+            }
+            insert_jobs_due(conn, delivery_id, jobs, now_ms, now_ms)?;
+            jobs
+        }
+        Rerendering::Jobs { jobs, .. } => {
+            // A requeued job is young again: `retry.give_up_after` counts
+            // from the redelivery, not from the webhook's arrival.
+            let mut replace = conn.prepare_cached(
+                "UPDATE jobs SET repo = ?3, label = ?4, path = ?5, body = ?6, status = 'pending',
+                     next_attempt_at = ?7, created_at = ?7, failures = 0, leased_until = NULL, finished_at = NULL
+                 WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
+            )?;
+            let mut replaced = 0;
+            for job in jobs {
+                replaced += replace.execute(params![
+                    delivery_id,
+                    job.target_index as i64,
+                    job.repo,
+                    job.label,
+                    job.path,
+                    job.body,
+                    now_ms
+                ])?;
+            }
+            if replaced == 0 {
+                stay_failed("nothing to send: none of its failed targets was rendered again")?;
+                return Ok(Rerendered::StillFailed);
+            }
+            jobs
+        }
+    };
+    debug_assert!(!jobs.is_empty());
     conn.execute(
         "UPDATE deliveries SET status = 'pending', error = NULL, finished_at = NULL WHERE id = ?1",
         params![delivery_id],
     )?;
-    Ok(true)
-}
-
-pub(super) fn rerender(
-    conn: &Connection,
-    delivery_id: &str,
-    jobs: &[NewJob],
-    failure: Option<&str>,
-    now_ms: i64,
-) -> Result<bool, StoreError> {
-    let row: Option<(String, i64)> = conn
-        .query_row(
-            "SELECT status, (SELECT COUNT(*) FROM jobs WHERE delivery_id = ?1) FROM deliveries WHERE id = ?1",
-            params![delivery_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    match row {
-        Some((status, 0)) if status == "failed" => {}
-        _ => return Ok(false),
-    }
-    if let Some(reason) = failure {
-        conn.execute(
-            "UPDATE deliveries SET error = ?2, finished_at = ?3 WHERE id = ?1",
-            params![delivery_id, reason, now_ms],
-        )?;
-        return Ok(true);
-    }
-    insert_jobs_due(conn, delivery_id, jobs, now_ms, now_ms)?;
-    let status = if jobs.is_empty() {
-        "delivered"
-    } else {
-        "pending"
-    };
-    conn.execute(
-        "UPDATE deliveries SET status = ?2, error = NULL, finished_at = NULL WHERE id = ?1",
-        params![delivery_id, status],
-    )?;
-    Ok(true)
+    Ok(Rerendered::Queued)
 }
 
 fn summary_from_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<DeliverySummary> {
@@ -480,7 +514,8 @@ pub(super) fn failed(
     id: Option<&str>,
 ) -> Result<Vec<FailedDelivery>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, route, received_at, request, (SELECT COUNT(*) FROM jobs WHERE delivery_id = deliveries.id)
+        "SELECT id, route, received_at, request,
+                (SELECT group_concat(target_index) FROM jobs WHERE delivery_id = deliveries.id AND status = 'failed')
          FROM deliveries
          WHERE status = 'failed' AND (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR received_at >= ?2) AND (?3 IS NULL OR id = ?3)
          ORDER BY received_at, id",
@@ -492,12 +527,18 @@ pub(super) fn failed(
             r.get(1)?,
             r.get(2)?,
             request,
-            r.get::<_, i64>(4)?,
+            r.get::<_, Option<String>>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, route, received_at_ms, request, jobs): (String, String, i64, String, i64) = row?;
+        let (id, route, received_at_ms, request, failed_targets): (
+            String,
+            String,
+            i64,
+            String,
+            Option<String>,
+        ) = row?;
         let request: StoredRequest = serde_json::from_str(&request)
             .map_err(|e| StoreError::Unavailable(format!("stored request of {id}: {e}")))?;
         out.push(FailedDelivery {
@@ -505,7 +546,11 @@ pub(super) fn failed(
             route,
             received_at_ms,
             request,
-            has_jobs: jobs > 0,
+            failed_targets: failed_targets
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|i| i.parse().ok())
+                .collect(),
         });
     }
     Ok(out)

@@ -125,36 +125,112 @@ async fn retry_makes_the_job_due_again_only_at_its_time() {
     assert_eq!(store.next_due_ms().await.unwrap(), None);
 }
 
+/// Re-renders `id` with jobs for `targets`, all sent to `repo`.
+async fn rerender(store: &Store, id: &str, targets: &[usize], repo: &str, now: i64) -> Rerendered {
+    store
+        .rerender(id, jobs_for(targets, repo, None), now)
+        .await
+        .unwrap()
+}
+
+fn jobs_for(targets: &[usize], repo: &str, dedupe_key: Option<&str>) -> Rerendering {
+    Rerendering::Jobs {
+        jobs: targets
+            .iter()
+            .map(|&i| NewJob {
+                target_index: i,
+                repo: repo.into(),
+                label: "deploy".into(),
+                path: format!("/repos/{repo}/dispatches"),
+                body: "{}".into(),
+            })
+            .collect(),
+        dedupe_key: dedupe_key.map(str::to_string),
+    }
+}
+
 #[tokio::test]
-async fn requeue_only_touches_failed_deliveries() {
+async fn rerendering_only_touches_failed_deliveries_and_their_failed_targets() {
     let (_dir, store) = open();
-    store.accept(delivery("d1", None, 1)).await.unwrap();
-    let job = store.lease_due(5_000, 10, 60_000).await.unwrap().remove(0);
-    assert!(
-        !store.requeue_failed("d1", 6_000).await.unwrap(),
+    store.accept(delivery("d1", None, 2)).await.unwrap();
+    let jobs = store.lease_due(5_000, 10, 60_000).await.unwrap();
+    assert_eq!(
+        rerender(&store, "d1", &[1], "acme/fixed", 6_000).await,
+        Rerendered::NotFailed,
         "pending is not failed"
     );
     store
-        .record(attempt(&job, JobNext::Failed { reason: "x".into() }))
+        .record(attempt(&jobs[0], JobNext::Delivered))
         .await
         .unwrap();
-    assert!(store.requeue_failed("d1", 6_000).await.unwrap());
-    assert!(
-        !store.requeue_failed("d1", 6_000).await.unwrap(),
+    store
+        .record(attempt(
+            &jobs[1],
+            JobNext::Failed {
+                reason: "404".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let failed = store.failed_deliveries(None, None, None).await.unwrap();
+    assert_eq!(failed[0].failed_targets, [1]);
+
+    // Target 0 was delivered: a rendering of it is not sent again.
+    assert_eq!(
+        rerender(&store, "d1", &[0, 1], "acme/fixed", 6_000).await,
+        Rerendered::Queued
+    );
+    assert_eq!(
+        rerender(&store, "d1", &[1], "acme/fixed", 6_000).await,
+        Rerendered::NotFailed,
         "a requeued delivery is not requeued twice"
     );
-    let job = store.lease_due(6_000, 10, 60_000).await.unwrap().remove(0);
+    let requeued = store.lease_due(6_000, 10, 60_000).await.unwrap();
+    assert_eq!(requeued.len(), 1);
+    let job = &requeued[0];
+    assert_eq!((job.target_index, job.repo.as_str()), (1, "acme/fixed"));
+    assert_eq!(job.path, "/repos/acme/fixed/dispatches", "rendered anew");
     // A requeued job is young again: `retry.give_up_after` counts from the
     // redelivery, not from when the webhook first came in.
     assert_eq!((job.received_at_ms, job.created_at_ms), (1_000, 6_000));
     store
-        .record(attempt(&job, JobNext::Delivered))
+        .record(attempt(job, JobNext::Delivered))
         .await
         .unwrap();
-    assert!(
-        !store.requeue_failed("d1", 7_000).await.unwrap(),
+    assert_eq!(
+        rerender(&store, "d1", &[1], "acme/fixed", 7_000).await,
+        Rerendered::NotFailed,
         "a delivered one never again"
     );
+}
+
+#[tokio::test]
+async fn a_rendering_that_fails_again_keeps_the_delivery_failed_with_the_new_reason() {
+    let (_dir, store) = open();
+    store.accept(delivery("d1", None, 1)).await.unwrap();
+    let job = store.lease_due(5_000, 10, 60_000).await.unwrap().remove(0);
+    store
+        .record(attempt(
+            &job,
+            JobNext::Failed {
+                reason: "404".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let still = Rerendering::Failed("route `r` is no longer configured".into());
+    assert_eq!(
+        store.rerender("d1", still, 6_000).await.unwrap(),
+        Rerendered::StillFailed
+    );
+    // Renderings for no failed target leave it failed too.
+    assert_eq!(
+        rerender(&store, "d1", &[3], "acme/x", 6_000).await,
+        Rerendered::StillFailed
+    );
+    let (summary, _) = store.get("d1").await.unwrap().unwrap();
+    assert_eq!(summary.status, Status::Failed);
+    assert!(store.lease_due(6_000, 10, 60_000).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -165,16 +241,59 @@ async fn a_render_failure_is_stored_failed_and_can_be_rerendered() {
     store.accept(d).await.unwrap();
     let failed = store.failed_deliveries(None, None, None).await.unwrap();
     assert_eq!(failed.len(), 1);
-    assert!(!failed[0].has_jobs);
-    let jobs = delivery("x", None, 1).jobs;
-    assert!(
-        store
-            .rerender("d1", jobs.clone(), None, 3_000)
-            .await
-            .unwrap()
+    assert!(failed[0].failed_targets.is_empty());
+    assert_eq!(
+        rerender(&store, "d1", &[0], "acme/r0", 3_000).await,
+        Rerendered::Queued
     );
-    assert!(!store.rerender("d1", jobs, None, 3_000).await.unwrap());
+    assert_eq!(
+        rerender(&store, "d1", &[0], "acme/r0", 3_000).await,
+        Rerendered::NotFailed
+    );
     assert_eq!(store.lease_due(3_000, 10, 1_000).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_rerendered_delivery_whose_dedupe_key_is_taken_is_not_sent() {
+    let (_dir, store) = open();
+    // The first copy failed to render before its key could be stored; a
+    // retry of the same event was then accepted with the key.
+    let mut first = delivery("d1", None, 0);
+    first.failure = Some("dedupe_key: undefined value".into());
+    store.accept(first).await.unwrap();
+    store
+        .accept(delivery("d2", Some("evt-1"), 1))
+        .await
+        .unwrap();
+    let with_key = jobs_for(&[0], "acme/r0", Some("evt-1"));
+    assert_eq!(
+        store.rerender("d1", with_key, 3_000).await.unwrap(),
+        Rerendered::Duplicate {
+            original_id: "d2".into()
+        }
+    );
+    let (summary, _) = store.get("d1").await.unwrap().unwrap();
+    assert_eq!(summary.status, Status::Failed);
+    assert!(summary.error.unwrap().contains("d2"));
+    // With no other holder the key is stored, so a later repeat is a
+    // duplicate of it.
+    let mut third = delivery("d3", None, 0);
+    third.failure = Some("render".into());
+    store.accept(third).await.unwrap();
+    let fresh_key = jobs_for(&[0], "acme/r0", Some("evt-3"));
+    assert_eq!(
+        store.rerender("d3", fresh_key, 3_000).await.unwrap(),
+        Rerendered::Queued
+    );
+    assert_eq!(
+        store
+            .accept(delivery("d4", Some("evt-3"), 1))
+            .await
+            .unwrap(),
+        Accepted::Duplicate {
+            original_id: "d3".into()
+        }
+    );
 }
 
 #[tokio::test]

@@ -14,7 +14,9 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::{Accepted, AttemptRecord, Job, NewDelivery, NewJob, StoreError, schema};
+use super::{
+    Accepted, AttemptRecord, Job, NewDelivery, Rerendered, Rerendering, StoreError, schema,
+};
 
 /// How hard SQLite flushes at each commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,17 +51,11 @@ pub(super) enum Command {
         job_ids: Vec<i64>,
         reply: Reply<()>,
     },
-    RequeueFailed {
-        delivery_id: String,
-        now_ms: i64,
-        reply: Reply<bool>,
-    },
     Rerender {
         delivery_id: String,
-        jobs: Vec<NewJob>,
-        failure: Option<String>,
+        rendering: Rerendering,
         now_ms: i64,
-        reply: Reply<bool>,
+        reply: Reply<Rerendered>,
     },
     Prune {
         cutoff_ms: i64,
@@ -80,7 +76,7 @@ enum Outcome {
     Accepted(Accepted),
     Jobs(Vec<Job>),
     Unit,
-    Bool(bool),
+    Rerendered(Rerendered),
     Count(usize),
 }
 
@@ -125,12 +121,10 @@ impl Command {
                 Outcome::Unit => Some(()),
                 _ => None,
             }),
-            Command::RequeueFailed { reply, .. } | Command::Rerender { reply, .. } => {
-                send(reply, outcome, |o| match o {
-                    Outcome::Bool(b) => Some(b),
-                    _ => None,
-                })
-            }
+            Command::Rerender { reply, .. } => send(reply, outcome, |o| match o {
+                Outcome::Rerendered(r) => Some(r),
+                _ => None,
+            }),
             Command::Prune { reply, .. } => send(reply, outcome, |o| match o {
                 Outcome::Count(n) => Some(n),
                 _ => None,
@@ -316,24 +310,12 @@ fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
             schema::release(c, job_ids)?;
             Outcome::Unit
         }
-        Command::RequeueFailed {
-            delivery_id,
-            now_ms,
-            ..
-        } => Outcome::Bool(schema::requeue_failed(c, delivery_id, *now_ms)?),
         Command::Rerender {
             delivery_id,
-            jobs,
-            failure,
+            rendering,
             now_ms,
             ..
-        } => Outcome::Bool(schema::rerender(
-            c,
-            delivery_id,
-            jobs,
-            failure.as_deref(),
-            *now_ms,
-        )?),
+        } => Outcome::Rerendered(schema::rerender(c, delivery_id, rendering, *now_ms)?),
         Command::Prune {
             cutoff_ms, limit, ..
         } => Outcome::Count(schema::prune(c, *cutoff_ms, *limit)?),

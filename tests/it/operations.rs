@@ -301,3 +301,90 @@ async fn a_removed_route_still_finishes_its_queued_jobs() {
         .await;
     assert_eq!(list.iter().filter(|d| d["route"] == "old").count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redeliver_renders_a_github_failure_again_with_the_fixed_routes_and_only_its_failed_target()
+{
+    // A fan-out where the second target names a misspelt repository: GitHub
+    // answers 404 and the delivery fails, while the first target is sent.
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/dcos\n        event_type: deploy\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    assert_eq!(app.post("cms", r#"{"n":1}"#).await.status(), 202);
+    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
+        .await;
+    let sent_to = |repo: &str| {
+        app.github
+            .dispatches()
+            .iter()
+            .filter(|d| d.path == format!("/repos/{repo}/dispatches"))
+            .count()
+    };
+    assert_eq!(sent_to("acme/blog"), 1);
+
+    // Fix the spelling and redeliver: the failed target is rendered again
+    // with the routes in force now and reaches the right repository; the
+    // target that was delivered is not sent twice.
+    let fixed = std::fs::read_to_string(app.config_path())
+        .unwrap()
+        .replace("acme/dcos", "acme/docs");
+    app.write_config(&fixed);
+    let output = app.cli(&["redeliver", "--failed"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    app.wait_for_deliveries(WAIT, |l| l[0]["status"] == "delivered")
+        .await;
+    assert_eq!(sent_to("acme/docs"), 1);
+    assert_eq!(
+        sent_to("acme/blog"),
+        1,
+        "the delivered target is not sent again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redeliver_leaves_a_delivery_failed_when_the_route_now_skips_it() {
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
+    let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
+    let id = accepted["delivery_id"].as_str().unwrap().to_string();
+    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
+        .await;
+    let skipping = std::fs::read_to_string(app.config_path()).unwrap().replace(
+        "    verify: none\n",
+        "    verify: none\n    when: body.kind == 'publish'\n",
+    );
+    app.write_config(&skipping);
+    app.wait_for_log(|line| line.contains("Configuration reloaded"))
+        .await;
+
+    // Nothing is sent, and the delivery is not called delivered: it stays
+    // failed and says why.
+    let answer = app
+        .http
+        .post(app.url(&format!("/admin/deliveries/{id}/redeliver")))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 422);
+    let body: Value = answer.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("`when` is false"),
+        "{body}"
+    );
+    let list = app.deliveries(&[]);
+    assert_eq!(list[0]["status"], "failed");
+    assert!(
+        list[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("`when` is false")
+    );
+    assert_eq!(app.github.dispatch_attempts().len(), 1);
+}
