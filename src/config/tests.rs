@@ -472,3 +472,25 @@ fn the_store_url_is_read_with_variables_and_without_the_rest() {
         }
     }
 }
+
+#[test]
+fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
+    let misplaced = [
+        // A Slack URL where a destination map was expected.
+        "github:\n  token: t\nnotify:\n  - ${SLACK_WEBHOOK_URL}\nroutes: []\n".to_owned(),
+        // The HMAC secret where a list of secrets was expected.
+        format!(
+            "github:\n  token: t\nroutes:\n  - id: r\n    verify:\n      hmac:\n        secrets: ${{CMS_WEBHOOK_SECRET}}\n        header: X-Sig\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"
+        ),
+    ];
+    for text in misplaced {
+        let errors = load_err(&text);
+        let printed = ConfigErrors(errors).to_string();
+        assert!(
+            printed.contains("invalid type: a string, expected"),
+            "{printed}"
+        );
+        assert!(!printed.contains("hooks.slack.com"), "{printed}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+    }
+}

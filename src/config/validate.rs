@@ -99,7 +99,7 @@ impl Report<'_> {
                         | serde_path_to_error::Segment::Unknown => {}
                     }
                 }
-                let message = strip_location(&err.into_inner().to_string());
+                let message = without_value(&strip_location(&err.into_inner().to_string()));
                 self.serde_error(path, &message);
                 None
             }
@@ -157,6 +157,24 @@ fn strip_location(message: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Drops the quoted value from serde's "invalid type: string \"…\",
+/// expected …" and "invalid value: …" messages. `${VAR}` is substituted
+/// before the file is read into its structs, so the value may be a secret
+/// (a Slack URL given where a list was expected, an HMAC secret where a map
+/// was); the error's position already shows where it is.
+fn without_value(message: &str) -> String {
+    for kind in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(kind)
+            && let Some((unexpected, expected)) = rest.rsplit_once(", expected ")
+            && let Some((what, _value)) = unexpected.split_once(' ')
+            && matches!(what, "string" | "character")
+        {
+            return format!("{kind}a {what}, expected {expected}");
+        }
+    }
+    message.to_owned()
 }
 
 /// The names between backticks in serde's "expected one of `a`, `b`".
