@@ -166,7 +166,8 @@ pub(crate) struct RawNotify {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
-    pub(crate) id: String,
+    // Text, so that `id: 2024` is read as the id "2024".
+    pub(crate) id: Text,
     pub(crate) verify: Option<Value>,
     pub(crate) rate_limit: Option<RawRateLimit>,
     pub(crate) when: Option<String>,
@@ -199,11 +200,13 @@ pub(crate) struct RawDebounce {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTarget {
     pub(crate) repo: String,
-    pub(crate) event_type: Option<String>,
+    // Text, so that a workflow id (`workflow: 161335`), a numeric tag or
+    // event type written without quotes is read as text.
+    pub(crate) event_type: Option<Text>,
     pub(crate) client_payload: Option<serde_json::Value>,
-    pub(crate) workflow: Option<String>,
+    pub(crate) workflow: Option<Text>,
     #[serde(rename = "ref")]
-    pub(crate) git_ref: Option<String>,
+    pub(crate) git_ref: Option<Text>,
     pub(crate) inputs: Option<serde_json::Value>,
 }
 

@@ -494,3 +494,12 @@ fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
         assert!(!printed.contains("s3cr3t"), "{printed}");
     }
 }
+
+#[test]
+fn numbers_written_without_quotes_are_read_as_text() {
+    let text = "github:\n  token: t\nroutes:\n  - id: 2024\n    verify: none\n    dispatch:\n      - repo: acme/a\n        workflow: 161335\n        ref: 2024\n      - repo: acme/b\n        event_type: 7\n";
+    let loaded = load_ok(text);
+    let route = &loaded.config.routes[0];
+    assert_eq!(route.id, "2024");
+    assert_eq!(summary(route), "2024 (none) -> acme/a:161335@2024, acme/b:7");
+}

@@ -686,14 +686,14 @@ fn routes(
             ok = false;
             continue;
         };
-        if let Some(first) = seen.get(&raw.id) {
+        if let Some(first) = seen.get(&raw.id.0) {
             report.error(
                 &route_path.key("id"),
-                format!("`{}` is already the id of routes[{first}]", raw.id),
+                format!("`{}` is already the id of routes[{first}]", raw.id.0),
             );
             ok = false;
         } else {
-            seen.insert(raw.id.clone(), index);
+            seen.insert(raw.id.0.clone(), index);
         }
         match route(report, builder, raw, &route_path, default_max_body) {
             Some(route) => routes.push(route),
@@ -727,12 +727,12 @@ fn route(
     let errors_before = report.errors.len();
     // Whatever an earlier, invalid route left in the builder is not ours.
     builder.take_body_shape();
-    if !valid_route_id(&raw.id) {
+    if !valid_route_id(&raw.id.0) {
         report.error(
             &path.key("id"),
             format!(
                 "`{}` is not a valid route id; use letters, digits, `_`, `.` and `-`, in segments separated by `/`",
-                raw.id
+                raw.id.0
             ),
         );
     }
@@ -852,7 +852,7 @@ fn route(
         return None;
     }
     Some(Route {
-        id: raw.id,
+        id: raw.id.0,
         verify: verify?,
         rate_limit,
         when,
@@ -1181,7 +1181,7 @@ fn target(
                     );
                 }
             }
-            repository_target(report, builder, path, &event_type, raw.client_payload)
+            repository_target(report, builder, path, &event_type.0, raw.client_payload)
         }
         (None, Some(workflow)) => {
             if raw.client_payload.is_some() {
@@ -1190,7 +1190,14 @@ fn target(
                     "`client_payload` belongs to repository_dispatch targets; this target has `workflow`",
                 );
             }
-            workflow_target(report, builder, path, &workflow, raw.git_ref, raw.inputs)
+            workflow_target(
+                report,
+                builder,
+                path,
+                &workflow.0,
+                raw.git_ref.map(|r| r.0),
+                raw.inputs,
+            )
         }
         (Some(_), Some(_)) => {
             report.error(
