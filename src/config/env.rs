@@ -77,6 +77,11 @@ pub(crate) fn substitute(
         if let Some(tail) = after.strip_prefix('$') {
             out.push('$');
             rest = tail;
+        } else if after.starts_with("{{") {
+            // A dollar sign before a template expression, as in
+            // `Total: ${{ body.total }}`, is text, not a variable.
+            out.push('$');
+            rest = after;
         } else if let Some(inner) = after.strip_prefix('{') {
             let Some(end) = inner.find('}') else {
                 return Err(
@@ -138,7 +143,7 @@ mod tests {
             "EMPTY" => Some(String::new()),
             _ => None,
         };
-        let cases: [(&str, Result<&str, &str>); 13] = [
+        let cases: [(&str, Result<&str, &str>); 14] = [
             ("plain", Ok("plain")),
             ("${TOKEN}", Ok("t:#'\"{x}")),
             ("a-${TOKEN}-b", Ok("a-t:#'\"{x}-b")),
@@ -149,6 +154,7 @@ mod tests {
             ("${EMPTY}", Ok("")),
             ("$${TOKEN}", Ok("${TOKEN}")),
             ("cost $5", Ok("cost $5")),
+            ("Total: ${{ body.total }}", Ok("Total: ${{ body.total }}")),
             (
                 "${MISSING}",
                 Err("environment variable `MISSING` is not set"),
