@@ -22,8 +22,6 @@ use crate::template::{BodyShape, Context};
 pub enum BodyError {
     #[error("the body is not valid JSON: {0}")]
     Json(String),
-    #[error("the form field `payload` is not valid JSON: {0}")]
-    FormPayload(String),
     #[error("the body is not valid UTF-8")]
     NotUtf8,
     // Each refusal already says what is wrong with the envelope.
@@ -168,10 +166,14 @@ pub fn parse_body_shaped(
     if mime == "application/x-www-form-urlencoded" {
         let mut fields = Map::new();
         for (key, value) in url::form_urlencoded::parse(body) {
-            let value = if key == "payload" {
-                serde_json::from_str(&value).map_err(|e| BodyError::FormPayload(e.to_string()))?
-            } else {
-                Value::String(value.into_owned())
+            // A `payload` field holding JSON (GitHub, Slack and Jenkins
+            // plugins send such forms) is parsed; any other value, in it or
+            // in another field, is kept as text, like a body that is not
+            // JSON.
+            let value = match key.as_ref() {
+                "payload" => serde_json::from_str(&value)
+                    .unwrap_or_else(|_| Value::String(value.into_owned())),
+                _ => Value::String(value.into_owned()),
             };
             fields.insert(key.into_owned(), value);
         }
@@ -504,7 +506,7 @@ mod tests {
             (
                 Some("application/x-www-form-urlencoded"),
                 b"payload=%7Bnope",
-                Err(()),
+                Ok(json!({"payload": "{nope"})),
             ),
         ];
         for (content_type, body, expected) in cases {

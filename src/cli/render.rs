@@ -44,7 +44,14 @@ pub fn render(
                 "--header `{raw}` is not `Name: value`"
             )));
         };
-        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+        // A repeated header is joined with ", ", as `serve` sees it.
+        headers
+            .entry(name.trim().to_ascii_lowercase())
+            .and_modify(|existing: &mut String| {
+                existing.push_str(", ");
+                existing.push_str(value.trim());
+            })
+            .or_insert_with(|| value.trim().to_string());
     }
     if check_signature {
         // The request as the relay would see it: a POST to the route's path,

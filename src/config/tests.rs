@@ -501,5 +501,24 @@ fn numbers_written_without_quotes_are_read_as_text() {
     let loaded = load_ok(text);
     let route = &loaded.config.routes[0];
     assert_eq!(route.id, "2024");
-    assert_eq!(summary(route), "2024 (none) -> acme/a:161335@2024, acme/b:7");
+    assert_eq!(
+        summary(route),
+        "2024 (none) -> acme/a:161335@2024, acme/b:7"
+    );
+}
+
+#[test]
+fn a_listen_address_serve_cannot_bind_is_refused() {
+    for listen in ["0.0.0.0:8080", "[::]:8080", "localhost:8080", "127.0.0.1:0"] {
+        let text = format!("github:\n  token: t\nserver:\n  listen: \"{listen}\"\nroutes: []\n");
+        load_ok(&text);
+    }
+    for listen in ["0.0.0.0:99999", "localhost8080", ":8080", "host name:80"] {
+        let text = format!("github:\n  token: t\nserver:\n  listen: \"{listen}\"\nroutes: []\n");
+        let errors = load_err(&text);
+        assert_eq!(errors.len(), 1, "{listen}");
+        assert_eq!(errors[0].path, "server.listen", "{listen}");
+        assert_eq!((errors[0].line, errors[0].column), (4, 11), "{listen}");
+        assert!(errors[0].message.contains("host:port"), "{listen}");
+    }
 }

@@ -561,11 +561,40 @@ fn server(report: &mut Report, raw: raw::RawServer, path: &Path) -> Option<Serve
         DEFAULT_MAX_BODY,
     );
     let trusted_proxies = networks(report, &raw.trusted_proxies, &path.key("trusted_proxies"));
+    let listen = raw.listen.filter(|listen| !listen.is_empty());
+    if let Some(listen) = &listen
+        && !is_listen_address(listen)
+    {
+        report.error(
+            &path.key("listen"),
+            format!("`{listen}` is not an address to listen on; write `host:port`, such as `0.0.0.0:8080` or `[::]:8080`"),
+        );
+        return None;
+    }
     Some(ServerConfig {
-        listen: raw.listen.filter(|listen| !listen.is_empty()),
+        listen,
         max_body: max_body?,
         trusted_proxies: trusted_proxies?,
     })
+}
+
+/// Whether `serve` can bind `text`: a host (a name, an IPv4 address or a
+/// bracketed IPv6 one) and a port number. Checked here so that `check`
+/// refuses what `serve` would fail on.
+fn is_listen_address(text: &str) -> bool {
+    if text.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok()
+                && !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+        None => false,
+    }
 }
 
 fn store(report: &mut Report, raw: raw::RawStore, path: &Path) -> Option<StoreConfig> {

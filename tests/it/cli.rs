@@ -261,3 +261,27 @@ fn deliveries_reads_store_url_variables_unless_relay_database_url_wins() {
         "{stderr}"
     );
 }
+
+#[test]
+fn render_joins_a_repeated_header_as_serve_does() {
+    let text = "github:\n  token: t\nroutes:\n  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          tags: \"{{ headers['x-tag'] }}\"\n";
+    let dir = dir_with_routes(text);
+    std::fs::write(dir.path().join("body.json"), "{}").unwrap();
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &[
+            "render",
+            "--route",
+            "cms",
+            "--body",
+            "body.json",
+            "--header",
+            "X-Tag: a",
+            "--header",
+            "x-tag: b",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(r#""tags": "a, b""#), "{stdout}");
+}
