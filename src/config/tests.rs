@@ -479,9 +479,8 @@ fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
         // A Slack URL where a destination map was expected.
         "github:\n  token: t\nnotify:\n  - ${SLACK_WEBHOOK_URL}\nroutes: []\n".to_owned(),
         // The HMAC secret where a list of secrets was expected.
-        format!(
-            "github:\n  token: t\nroutes:\n  - id: r\n    verify:\n      hmac:\n        secrets: ${{CMS_WEBHOOK_SECRET}}\n        header: X-Sig\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"
-        ),
+        "github:\n  token: t\nroutes:\n  - id: r\n    verify:\n      hmac:\n        secrets: ${CMS_WEBHOOK_SECRET}\n        header: X-Sig\n    dispatch: [{repo: acme/a, event_type: e}]\n"
+            .to_owned(),
     ];
     for text in misplaced {
         let errors = load_err(&text);
