@@ -14,12 +14,16 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::retry::DEFAULT_RATE_LIMIT_WAIT;
 use crate::config::Pacing;
 
 /// The most requests in flight when pacing is off. It bounds memory and
 /// sockets under a deep queue; the fake GitHub of the benchmarks saturates
 /// well below it.
 pub const UNPACED_IN_FLIGHT: usize = 64;
+
+/// The longest pause after rate limits that do not say how long to wait.
+pub const MAX_UNSTATED_PAUSE: Duration = Duration::from_secs(16 * 60);
 
 /// Pacing state for one credential.
 #[derive(Debug)]
@@ -31,6 +35,8 @@ pub struct Pacer {
     next_start: Mutex<Instant>,
     /// Set while GitHub has asked us to wait.
     paused_until: Mutex<Option<Instant>>,
+    /// Rate limits in a row that did not say how long to wait.
+    unstated_in_a_row: Mutex<u32>,
 }
 
 impl Pacer {
@@ -42,6 +48,7 @@ impl Pacer {
                 per_minute: None,
                 next_start: Mutex::new(Instant::now()),
                 paused_until: Mutex::new(None),
+                unstated_in_a_row: Mutex::new(0),
             },
             Pacing::Paced {
                 concurrency,
@@ -58,6 +65,7 @@ impl Pacer {
                 }),
                 next_start: Mutex::new(Instant::now()),
                 paused_until: Mutex::new(None),
+                unstated_in_a_row: Mutex::new(0),
             },
         }
     }
@@ -107,6 +115,31 @@ impl Pacer {
         }
         // A pause may have begun while this request waited its turn.
         self.wait_unpaused().await;
+    }
+
+    /// Pauses the credential after a rate limit that did not say how long
+    /// to wait (a secondary limit without `retry-after`), and returns the
+    /// pause. GitHub asks for at least a minute, and for exponentially
+    /// longer waits while such limits repeat, warning that continuing to
+    /// make requests may get an integration banned: the pause doubles with
+    /// each one in a row, up to [`MAX_UNSTATED_PAUSE`].
+    pub fn pause_unstated(&self) -> Duration {
+        let in_a_row = {
+            let mut count = self.unstated_in_a_row.lock().expect("pacer lock");
+            *count = count.saturating_add(1);
+            *count
+        };
+        let wait = DEFAULT_RATE_LIMIT_WAIT
+            .saturating_mul(1u32 << (in_a_row - 1).min(8))
+            .min(MAX_UNSTATED_PAUSE);
+        self.pause(wait);
+        wait
+    }
+
+    /// Records an answer from GitHub that was not a rate limit, which ends
+    /// a run of unstated ones.
+    pub fn answered(&self) {
+        *self.unstated_in_a_row.lock().expect("pacer lock") = 0;
     }
 
     /// Pauses the credential for `wait` (GitHub's retry-after or reset).
@@ -164,6 +197,24 @@ mod tests {
             30,
             "a shorter pause never shortens a longer one"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unstated_rate_limits_in_a_row_pause_longer_each_time() {
+        let pacer = Pacer::new(&Pacing::Off);
+        let minutes = |n: u64| Duration::from_secs(60 * n);
+        let pauses: Vec<Duration> = (0..7).map(|_| pacer.pause_unstated()).collect();
+        assert_eq!(
+            pauses,
+            [1, 2, 4, 8, 16, 16, 16].map(minutes),
+            "doubling from GitHub's minute, up to a cap"
+        );
+        // Any other answer ends the run.
+        pacer.answered();
+        assert_eq!(pacer.pause_unstated(), minutes(1));
+        let start = Instant::now();
+        pacer.wait_turn().await;
+        assert_eq!(start.elapsed(), minutes(16), "the longest pause holds");
     }
 
     #[tokio::test(start_paused = true)]

@@ -46,16 +46,18 @@ pub struct History {
 pub struct AppToken {
     /// Time since the token was minted.
     pub age: Duration,
-    /// Whether this send already followed a 401/403 with a token (renewed or
-    /// waited for): an App token is retried once, not forever.
+    /// Whether this attempt already renewed a refused token: a refused App
+    /// token is renewed once, not forever.
     pub retried: bool,
 }
 
 /// A token younger than this that GitHub refuses may simply not have
-/// reached every GitHub server yet (replication lag).
-pub const FRESH_TOKEN: Duration = Duration::from_secs(10);
+/// reached every GitHub server yet (replication lag): it is sent again,
+/// unchanged, once it is this old. A token minted anew instead would be as
+/// young as the refused one, and as likely to be refused.
+pub const FRESH_TOKEN: Duration = Duration::from_secs(3);
 
-/// How long to wait before sending a freshly minted token again.
+/// The shortest wait before a refused fresh token is sent again.
 pub const REPLICATION_WAIT: Duration = Duration::from_secs(1);
 
 /// The decision for a job.
@@ -73,11 +75,12 @@ pub enum Action {
     Fail {
         reason: String,
     },
-    /// Send again after `wait` with a newly minted App token. A token only
-    /// seconds old may merely not have reached every GitHub server yet
-    /// (replication lag), so then the wait is not zero.
+    /// Send again after `wait`: with the same App token when it is only
+    /// seconds old and may merely not have reached every GitHub server yet
+    /// (replication lag), else (`renew`) with a newly minted one.
     Reauthenticate {
         wait: Duration,
+        renew: bool,
         reason: String,
     },
     /// The server refused `return_run_details` (older GitHub Enterprise
@@ -142,15 +145,17 @@ pub fn classify(
             policy,
         );
     }
-    if let Some(token) = history.app_token.filter(|t| !t.retried) {
+    if let Some(token) = history.app_token {
         let fresh = token.age < FRESH_TOKEN;
-        if status == 401 || (status == 403 && fresh) {
+        let refused = status == 401 || (status == 403 && fresh);
+        if refused && (fresh || !token.retried) {
             return Action::Reauthenticate {
                 wait: if fresh {
-                    REPLICATION_WAIT
+                    (FRESH_TOKEN - token.age).max(REPLICATION_WAIT)
                 } else {
                     Duration::ZERO
                 },
+                renew: !fresh,
                 reason: with_message(
                     &format!("GitHub refused the App installation token ({status})"),
                     message,
@@ -278,6 +283,15 @@ pub fn backoff(failures: u32, policy: &RetryConfig, jitter: f64) -> Duration {
     bound.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
+/// Whether a rate-limited answer says how long to wait (`retry-after`, or
+/// `x-ratelimit-reset` with nothing remaining). When it does not, the wait
+/// is [`DEFAULT_RATE_LIMIT_WAIT`], which the pacer lengthens while such
+/// answers repeat.
+pub fn states_its_wait(answer: &Answer) -> bool {
+    answer.rate.retry_after_secs.is_some()
+        || (answer.rate.remaining == Some(0) && answer.rate.reset_epoch_secs.is_some())
+}
+
 /// How long GitHub asks us to wait, when the answer is a rate limit.
 pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration> {
     let message = answer.message.as_deref().unwrap_or("").to_ascii_lowercase();
@@ -299,9 +313,11 @@ pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration>
     if answer.rate.remaining == Some(0)
         && let Some(reset) = answer.rate.reset_epoch_secs
     {
-        return Some(Duration::from_secs(
-            reset.saturating_sub(now_epoch_secs).max(1),
-        ));
+        // The reset is GitHub's time: measured against GitHub's own clock
+        // when the answer says what it was, a host clock minutes off
+        // neither hammers a limit that has not reset nor waits too long.
+        let now = answer.rate.date_epoch_secs.unwrap_or(now_epoch_secs);
+        return Some(Duration::from_secs(reset.saturating_sub(now).max(1)));
     }
     Some(DEFAULT_RATE_LIMIT_WAIT)
 }
@@ -374,6 +390,14 @@ mod tests {
             reset_epoch_secs: Some(NOW + 120),
             ..none
         };
+        // GitHub's clock is three minutes behind ours: its reset is still
+        // 30 s away, which our clock alone would read as past.
+        let exhausted_by_its_clock = RateHeaders {
+            remaining: Some(0),
+            reset_epoch_secs: Some(NOW - 150),
+            date_epoch_secs: Some(NOW - 180),
+            ..none
+        };
         // (answer, jitter, expected retry parts or expected failure text)
         let cases: Vec<(Answer, Option<RetryParts>, &str)> = vec![
             (answer(204, "", none), None, "delivered"),
@@ -395,6 +419,15 @@ mod tests {
             (
                 answer(403, "API rate limit exceeded for user", exhausted),
                 Some(retry(120, Some(120), false)),
+                "",
+            ),
+            (
+                answer(
+                    403,
+                    "API rate limit exceeded for user",
+                    exhausted_by_its_clock,
+                ),
+                Some(retry(30, Some(30), false)),
                 "",
             ),
             (
@@ -552,32 +585,36 @@ mod tests {
     }
 
     #[test]
-    fn app_tokens_refused_by_github_are_renewed_once() {
+    fn app_tokens_refused_by_github_are_sent_again_then_renewed_once() {
         let none = RateHeaders::default();
-        let app = |age_secs: u64, retried: bool| History {
+        let app = |age_ms: u64, retried: bool| History {
             app_token: Some(AppToken {
-                age: Duration::from_secs(age_secs),
+                age: Duration::from_millis(age_ms),
                 retried,
             }),
             ..fresh()
         };
         let forbidden = answer(403, "Resource not accessible by integration", none);
         let unauthorized = answer(401, "Bad credentials", none);
-        // (answer, history, expected wait in seconds or the failure text)
-        type Expected<'a> = Result<u64, &'a str>;
+        // (answer, history, expected (wait in ms, renew) or the failure text)
+        type Expected<'a> = Result<(u64, bool), &'a str>;
         let cases: Vec<(&Answer, History, Expected)> = vec![
-            // An old token that GitHub no longer accepts: mint another, now.
-            (&unauthorized, app(600, false), Ok(0)),
-            // A token seconds old: GitHub may not know it everywhere yet.
-            (&unauthorized, app(2, false), Ok(1)),
-            (&forbidden, app(2, false), Ok(1)),
-            // Only once.
-            (&unauthorized, app(600, true), Err(BAD_CREDENTIALS)),
-            (&unauthorized, app(2, true), Err(BAD_CREDENTIALS)),
-            // A 403 with an old token is a real permission problem.
+            // A token seconds old: GitHub may not know it everywhere yet, so
+            // the same token goes again once it is three seconds old.
+            (&unauthorized, app(200, false), Ok((2_800, false))),
+            (&forbidden, app(200, false), Ok((2_800, false))),
+            (&unauthorized, app(2_500, false), Ok((1_000, false))),
+            // A renewed token gets the same grace.
+            (&unauthorized, app(200, true), Ok((2_800, false))),
+            // An older token that GitHub does not accept: mint another, now.
+            (&unauthorized, app(3_000, false), Ok((0, true))),
+            (&unauthorized, app(600_000, false), Ok((0, true))),
+            // Renewed once only.
+            (&unauthorized, app(3_000, true), Err(BAD_CREDENTIALS)),
+            // A 403 with an older token is a real permission problem.
             (
                 &forbidden,
-                app(600, false),
+                app(600_000, false),
                 Err(
                     "forbidden (403): the credential lacks a permission this dispatch needs: Resource not accessible by integration",
                 ),
@@ -588,8 +625,12 @@ mod tests {
         for (answer, history, expected) in cases {
             let action = classify(Outcome::Answer(answer), history, &policy(), NOW, 1.0);
             match (&action, expected) {
-                (Action::Reauthenticate { wait, .. }, Ok(secs)) => {
-                    assert_eq!(*wait, Duration::from_secs(secs))
+                (Action::Reauthenticate { wait, renew, .. }, Ok((ms, expected_renew))) => {
+                    assert_eq!(
+                        (*wait, *renew),
+                        (Duration::from_millis(ms), expected_renew),
+                        "{history:?}"
+                    )
                 }
                 (Action::Fail { reason }, Err(text)) => assert_eq!(reason, text),
                 _ => panic!("{history:?} {}: unexpected {action:?}", answer.status),

@@ -206,10 +206,16 @@ impl Dispatcher {
             // A rate limit is the credential's, whatever becomes of this
             // job: even one that gives up (its wait would pass
             // give_up_after) holds the others back for that long.
-            if let Ok(a) = &answer
-                && let Some(wait) = retry::rate_limit_wait(a, (now_ms() / 1000) as u64)
-            {
-                self.pacer.pause(wait);
+            if let Ok(a) = &answer {
+                match retry::rate_limit_wait(a, (now_ms() / 1000) as u64) {
+                    Some(wait) if retry::states_its_wait(a) => self.pacer.pause(wait),
+                    // GitHub's guidance for a secondary limit that says
+                    // nothing: wait at least a minute, longer each time.
+                    Some(_) => {
+                        self.pacer.pause_unstated();
+                    }
+                    None => self.pacer.answered(),
+                }
             }
             let app_token = token.minted_at.map(|at| AppToken {
                 age: at.elapsed(),
@@ -222,10 +228,18 @@ impl Dispatcher {
             };
             let action = self.classify(outcome, history);
             match action {
-                Action::Reauthenticate { wait, reason } => {
-                    tracing::warn!(reason = %reason, wait_ms = wait.as_millis() as u64, "Sending again with a renewed App token");
-                    self.credentials.invalidate(&job.repo, scope, &token.secret);
-                    retried_auth = true;
+                Action::Reauthenticate {
+                    wait,
+                    renew,
+                    reason,
+                } => {
+                    if renew {
+                        tracing::warn!(reason = %reason, "Sending again with a renewed App token");
+                        self.credentials.invalidate(&job.repo, scope, &token.secret);
+                        retried_auth = true;
+                    } else {
+                        tracing::warn!(reason = %reason, wait_ms = wait.as_millis() as u64, "Sending the App token again once GitHub has had time to learn it");
+                    }
                     tokio::time::sleep(wait).await;
                     // The send again is a request like any other: it waits
                     // its turn, so pacing holds across follow-ups too.

@@ -61,6 +61,9 @@ pub struct RateHeaders {
     pub remaining: Option<u64>,
     /// `x-ratelimit-reset`, in seconds since the Unix epoch.
     pub reset_epoch_secs: Option<u64>,
+    /// GitHub's clock when it answered (the `Date` header), in seconds
+    /// since the Unix epoch, to read `reset_epoch_secs` against.
+    pub date_epoch_secs: Option<u64>,
 }
 
 /// A request that never got an HTTP answer.
@@ -229,16 +232,20 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok())
     };
-    let rate = RateHeaders {
-        retry_after_secs: header("retry-after"),
-        remaining: header("x-ratelimit-remaining"),
-        reset_epoch_secs: header("x-ratelimit-reset"),
-    };
     let date = response
         .headers()
         .get(reqwest::header::DATE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let rate = RateHeaders {
+        retry_after_secs: header("retry-after"),
+        remaining: header("x-ratelimit-remaining"),
+        reset_epoch_secs: header("x-ratelimit-reset"),
+        date_epoch_secs: date
+            .as_deref()
+            .and_then(app::parse_http_date)
+            .and_then(|secs| u64::try_from(secs).ok()),
+    };
     let oauth_scopes = response
         .headers()
         .get("x-oauth-scopes")
