@@ -77,6 +77,10 @@ pub struct IssuedToken {
 pub enum CredentialError {
     #[error("the GitHub App private key cannot be used: {0}")]
     Key(String),
+    /// The key file is not there (yet) or cannot be opened: a secret
+    /// mounted after the relay started, a permission being fixed.
+    #[error("the GitHub App private key file cannot be read yet: {0}")]
+    KeyUnreadable(String),
     #[error(
         "GitHub refused the App's JWT ({0}): check github.app.id and that the private key belongs to this App"
     )]
@@ -108,6 +112,7 @@ impl CredentialError {
         !matches!(
             self,
             CredentialError::Transport(_)
+                | CredentialError::KeyUnreadable(_)
                 | CredentialError::Unexpected(200..=299 | 500..=599, _)
                 | CredentialError::RateLimited { .. }
         )
@@ -261,9 +266,9 @@ impl AppAuth {
             return Ok(key.clone());
         }
         let pem = match &self.key_source {
-            PrivateKeySource::File(path) => std::fs::read(path).map_err(|e| {
-                CredentialError::Key(format!("cannot read {}: {e}", path.display()))
-            })?,
+            // Retried like a network failure: the next attempt may find it.
+            PrivateKeySource::File(path) => std::fs::read(path)
+                .map_err(|e| CredentialError::KeyUnreadable(format!("{}: {e}", path.display())))?,
             PrivateKeySource::Inline(pem) => pem.expose().as_bytes().to_vec(),
         };
         // The error of the PEM parser never quotes the key, but a fixed text

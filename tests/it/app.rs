@@ -469,3 +469,28 @@ async fn a_server_without_run_details_is_asked_once_and_then_no_more() {
     let list = app.deliveries(&[]);
     assert!(list.iter().all(|d| d["targets"][0].get("result").is_none()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_key_mounted_after_start_is_waited_for_not_failed_on() {
+    // The key file appears only after the first webhook, as a secret
+    // mounted late by an orchestrator would.
+    let mount = tempfile::tempdir().unwrap();
+    let key_path = mount.path().join("github-app.pem");
+    let head = app_head("off")
+        .replace(TEST_APP_KEY, key_path.to_str().unwrap())
+        .replace("retry:\n", "retry:\n  max_attempts: 1000\n");
+    let app = spawn_app_prepared(
+        &head,
+        &hmac_route("cms", blog_target()),
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        enable_test_app,
+    )
+    .await;
+    post_n(&app, "cms", 1).await;
+    app.wait_for_log(|line| line.contains("private key file cannot be read yet"))
+        .await;
+    assert_eq!(app.deliveries(&[])[0]["status"], "pending");
+    std::fs::copy(TEST_APP_KEY, &key_path).unwrap();
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+}
