@@ -33,6 +33,9 @@ pub struct Reloader {
     /// not with the last reload: a token rotated two reloads ago is still
     /// waiting for a restart.
     pub started: Arc<config::Config>,
+    /// The read error of the last check, while the file cannot be read,
+    /// and whether it has been reported.
+    pub unreadable: Option<(String, bool)>,
 }
 
 impl Reloader {
@@ -59,12 +62,25 @@ impl Reloader {
 
     fn check(&mut self, forced: bool) {
         let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
+            Ok(text) => {
+                self.unreadable = None;
+                text
+            }
             Err(e) => {
-                if forced {
+                // An editor or a ConfigMap update may replace the file with
+                // a moment in between; an error still there a second later
+                // is reported, once, and counted as a failed reload.
+                let error = e.to_string();
+                let (seen_before, reported) = match &self.unreadable {
+                    Some((last, reported)) if *last == error => (true, *reported),
+                    _ => (false, false),
+                };
+                let report = forced || (seen_before && !reported);
+                if report {
                     tracing::error!(path = %self.path.display(), error = %e, "Cannot read the configuration; keeping the current one");
                     self.metrics.config_loaded(false, 0.0);
                 }
+                self.unreadable = Some((error, reported || report));
                 return;
             }
         };

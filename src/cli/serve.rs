@@ -161,6 +161,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         started: state.routes().config.clone(),
         state: state.clone(),
         metrics,
+        unreadable: None,
     };
     tokio::spawn(reloader.run(stop_reloading.clone()));
     tokio::spawn(prune_periodically(

@@ -215,3 +215,28 @@ async fn a_rotated_token_is_named_as_needing_a_restart_until_the_relay_restarts(
             .any(|l| l.contains("ghp_rotatedTokenValue"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configuration_file_that_cannot_be_read_is_reported_once_and_counted() {
+    let app = spawn_app(&hmac_route("cms", TARGET)).await;
+    let path = app.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    app.wait_for_log(|l| l.contains("Cannot read the configuration"))
+        .await;
+    let failures = r#"dispatch_relay_config_reloads_total{result="failure"} 1"#;
+    assert!(app.metrics().await.contains(failures));
+    // The routes in force keep serving, and the error is not repeated every
+    // second while it lasts.
+    assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
+    app.write_config(&text.replace("routes:", "# restored\nroutes:"));
+    app.wait_for_log(|l| l.contains("Configuration reloaded"))
+        .await;
+    let reports = app
+        .logs()
+        .iter()
+        .filter(|l| l.contains("Cannot read the configuration"))
+        .count();
+    assert_eq!(reports, 1);
+    assert!(app.metrics().await.contains(failures));
+}
