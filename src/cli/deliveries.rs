@@ -47,6 +47,7 @@ pub async fn list(
             since_ms: None,
             limit,
             offset: 0,
+            before: None,
         })
         .await
         .map_err(runtime)?;

@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 use super::error::IngressError;
 use super::state::AppState;
 use crate::redeliver::{self, Redelivered};
-use crate::store::{ListFilter, Status};
+use crate::store::{DeliverySummary, ListFilter, Status};
 
 fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError> {
     let Some(expected) = &state.admin_token else {
@@ -46,19 +46,43 @@ pub struct ListQuery {
     limit: Option<usize>,
     /// Deliveries to skip, for paging through a long list.
     offset: Option<usize>,
+    /// The `next_before` of the previous page: deliveries after it.
+    before: Option<String>,
+}
+
+/// A delivery's place in the listing, as `next_before` gives it and
+/// `before` takes it: `<received_at_ms>.<id>`.
+fn cursor(delivery: &DeliverySummary) -> String {
+    format!("{}.{}", delivery.received_at_ms, delivery.id)
+}
+
+fn parse_cursor(text: &str) -> Option<(i64, String)> {
+    let (ms, id) = text.split_once('.')?;
+    Some((ms.parse().ok()?, id.to_owned()))
 }
 
 pub async fn list(
     state: web::Data<AppState>,
     request: HttpRequest,
-    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, IngressError> {
+    // The token first: without it, even a malformed query says nothing
+    // about the endpoint.
     authorize(&state, &request)?;
+    let query = web::Query::<ListQuery>::from_query(request.query_string())
+        .map_err(|e| IngressError::BadRequest(format!("invalid query: {e}")))?;
     let status = match query.status.as_deref() {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
             IngressError::BadRequest(format!(
                 "unknown status `{s}`: use pending, delivered or failed"
+            ))
+        })?),
+    };
+    let before = match query.before.as_deref() {
+        None => None,
+        Some(text) => Some(parse_cursor(text).ok_or_else(|| {
+            IngressError::BadRequest(format!(
+                "`before` must be the `next_before` of a previous page, not `{text}`"
             ))
         })?),
     };
@@ -68,6 +92,7 @@ pub async fn list(
         since_ms: None,
         limit: query.limit.unwrap_or(50).clamp(1, 1000),
         offset: query.offset.unwrap_or(0),
+        before,
     };
     let (filter_limit, offset) = (filter.limit, filter.offset);
     let deliveries = state
@@ -75,9 +100,14 @@ pub async fn list(
         .list(filter)
         .await
         .map_err(|e| IngressError::Unavailable(e.to_string()))?;
-    let next_offset = (deliveries.len() == filter_limit).then_some(offset + deliveries.len());
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({"deliveries": deliveries, "next_offset": next_offset})))
+    let full = deliveries.len() == filter_limit;
+    let next_offset = full.then_some(offset + deliveries.len());
+    let next_before = deliveries.last().filter(|_| full).map(cursor);
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "deliveries": deliveries,
+        "next_offset": next_offset,
+        "next_before": next_before,
+    })))
 }
 
 pub async fn get(

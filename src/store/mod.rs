@@ -250,6 +250,10 @@ pub struct ListFilter {
     pub limit: usize,
     /// Deliveries to skip (newest first), for paging.
     pub offset: usize,
+    /// Only deliveries after this one in the listing's order (newest
+    /// first), given as its (received_at_ms, id): paging that neither skips
+    /// nor repeats when deliveries arrive or change status meanwhile.
+    pub before: Option<(i64, String)>,
 }
 
 /// Counts of jobs by state, for the `queue_depth` gauge.

@@ -463,15 +463,22 @@ pub(super) fn list(conn: &Connection, f: &ListFilter) -> Result<Vec<DeliverySumm
     let mut stmt = conn.prepare_cached(
         "SELECT id, route, status, received_at, finished_at, error, coalesced FROM deliveries
          WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR route = ?2) AND (?3 IS NULL OR received_at >= ?3)
+           AND (?6 IS NULL OR received_at < ?6 OR (received_at = ?6 AND id < ?7))
          ORDER BY received_at DESC, id DESC LIMIT ?4 OFFSET ?5",
     )?;
+    let (before_ms, before_id) = match &f.before {
+        Some((ms, id)) => (Some(*ms), Some(id.as_str())),
+        None => (None, None),
+    };
     let rows = stmt.query_map(
         params![
             f.status.map(Status::as_str),
             f.route,
             f.since_ms,
             limit,
-            f.offset as i64
+            f.offset as i64,
+            before_ms,
+            before_id
         ],
         |row| summary_from_row(conn, row),
     )?;

@@ -545,6 +545,7 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns() {
             since_ms: None,
             limit: 10,
             offset: 0,
+            before: None,
         })
         .await
         .unwrap();

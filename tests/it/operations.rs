@@ -388,3 +388,63 @@ async fn redeliver_leaves_a_delivery_failed_when_the_route_now_skips_it() {
     );
     assert_eq!(app.github.dispatch_attempts().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_redelivered() {
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
+    for n in 0..5 {
+        assert_eq!(
+            app.post("cms", format!(r#"{{"n":{n}}}"#)).await.status(),
+            202
+        );
+    }
+    app.wait_for_deliveries(WAIT, |l| {
+        l.len() == 5 && l.iter().all(|d| d["status"] == "failed")
+    })
+    .await;
+    app.github.add_repo("acme/missing");
+    let admin_get = |path: String, token: &'static str| {
+        let request = app.http.get(app.url(&path)).bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+
+    // Walk the failed list two at a time, redelivering each page before
+    // asking for the next: every delivery is seen exactly once.
+    let mut seen = Vec::new();
+    let mut path = "/admin/deliveries?status=failed&limit=2".to_owned();
+    loop {
+        let page: Value = admin_get(path.clone(), "admin-secret")
+            .await
+            .json()
+            .await
+            .unwrap();
+        for delivery in page["deliveries"].as_array().unwrap() {
+            let id = delivery["id"].as_str().unwrap().to_owned();
+            let redeliver = app
+                .http
+                .post(app.url(&format!("/admin/deliveries/{id}/redeliver")))
+                .bearer_auth("admin-secret")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(redeliver.status(), 202);
+            seen.push(id);
+        }
+        match page["next_before"].as_str() {
+            Some(cursor) => {
+                path = format!("/admin/deliveries?status=failed&limit=2&before={cursor}")
+            }
+            None => break,
+        }
+    }
+    let unique: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!((seen.len(), unique.len()), (5, 5), "{seen:?}");
+
+    // The token is checked before the query is read.
+    let bad_query = "/admin/deliveries?limit=x".to_owned();
+    assert_eq!(admin_get(bad_query.clone(), "wrong").await.status(), 401);
+    assert_eq!(admin_get(bad_query, "admin-secret").await.status(), 400);
+    let bad_cursor = "/admin/deliveries?before=nonsense".to_owned();
+    assert_eq!(admin_get(bad_cursor, "admin-secret").await.status(), 400);
+}
