@@ -4,9 +4,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{TEST_HEAD, spawn_app, spawn_app_with};
+use crate::helpers::{TEST_HEAD, TestApp, spawn_app, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// `POST /admin/deliveries/{id}/redeliver` with the tests' admin token.
+async fn admin_redeliver(app: &TestApp, id: &str) -> reqwest::Response {
+    app.http
+        .post(app.url(&format!("/admin/deliveries/{id}/redeliver")))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+}
 
 fn debounced_route(window: &str, max_wait: &str) -> String {
     format!(
@@ -362,13 +372,7 @@ async fn redeliver_leaves_a_delivery_failed_when_the_route_now_skips_it() {
 
     // Nothing is sent, and the delivery is not called delivered: it stays
     // failed and says why.
-    let answer = app
-        .http
-        .post(app.url(&format!("/admin/deliveries/{id}/redeliver")))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap();
+    let answer = admin_redeliver(&app, &id).await;
     assert_eq!(answer.status(), 422);
     let body: Value = answer.json().await.unwrap();
     assert!(
@@ -421,14 +425,7 @@ async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_re
             .unwrap();
         for delivery in page["deliveries"].as_array().unwrap() {
             let id = delivery["id"].as_str().unwrap().to_owned();
-            let redeliver = app
-                .http
-                .post(app.url(&format!("/admin/deliveries/{id}/redeliver")))
-                .bearer_auth("admin-secret")
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(redeliver.status(), 202);
+            assert_eq!(admin_redeliver(&app, &id).await.status(), 202);
             seen.push(id);
         }
         match page["next_before"].as_str() {
