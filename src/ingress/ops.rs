@@ -16,7 +16,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             serde_json::json!({"error": "unavailable", "message": "the relay is shutting down"}),
         );
     }
-    match state.store.ping().await {
+    match state.store.check_writable().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Err(e) => {
             tracing::error!(error = %e, "Readiness check failed: the store does not take writes");

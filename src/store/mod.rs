@@ -446,14 +446,13 @@ impl Store {
         self.call(|reply| Command::ReleaseAll { reply }).await
     }
 
-    /// Checks that the store accepts writes (readiness).
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.call(|reply| Command::Ping { reply }).await
+    /// Checks that the store accepts writes (readiness): it commits a write
+    /// of its own, so a full disk or a file that became read-only shows
+    /// here, as it would for the next webhook.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        self.call(|reply| Command::CheckWritable { reply }).await
     }
 
-    /// Re-queues the failed jobs of a delivery whose jobs failed at GitHub.
-    /// Returns false when the delivery is not in the failed state, so that a
-    /// delivery is never sent again once delivered.
     /// Replaces a failed delivery's outcome with a new rendering (see
     /// [`Rerendering`]). Delivered and pending deliveries are left alone, so
     /// redelivering twice never sends anything twice.

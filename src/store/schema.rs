@@ -25,7 +25,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
         )));
     }
-    if version == SCHEMA_VERSION && missing_columns(conn)?.is_empty() {
+    if version == SCHEMA_VERSION && missing_columns(conn)?.is_empty() && !missing_tables(conn)? {
         // Up to date: write nothing. `deliveries` and `redeliver` open the
         // store beside a running relay, and must not take its write lock.
         return Ok(());
@@ -38,6 +38,21 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
+}
+
+/// Tables added after the first schema; `SCHEMA` creates them when missing.
+const ADDED_TABLES: &[&str] = &["readiness"];
+
+fn missing_tables(conn: &Connection) -> Result<bool, StoreError> {
+    for table in ADDED_TABLES {
+        let present = conn
+            .prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")?
+            .exists([table])?;
+        if !present {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Columns added after the first schema, as (table, column, declaration).
@@ -140,6 +155,17 @@ fn coalesce(
         into: id,
         coalesced: (coalesced + 1) as u32,
     }))
+}
+
+/// Rewrites the readiness row: a write that commits only if the store
+/// takes writes.
+pub(super) fn check_writable(conn: &Connection, now_ms: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO readiness (id, checked_at) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+    )?
+    .execute([now_ms])?;
+    Ok(())
 }
 
 pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, StoreError> {

@@ -55,3 +55,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     detail       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id);
+
+-- One row, rewritten by every readiness check: a check that commits a
+-- write fails as the next webhook's commit would.
+CREATE TABLE IF NOT EXISTS readiness (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at  INTEGER NOT NULL
+);

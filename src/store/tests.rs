@@ -507,7 +507,7 @@ fn the_wal_is_checkpointed_every_four_megabytes_whatever_the_page_size() {
 }
 
 #[tokio::test]
-async fn a_store_made_by_the_first_schema_gains_the_later_columns() {
+async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("first.db");
     // The tables as the first release created them, at schema version 1.
@@ -550,4 +550,6 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns() {
         .await
         .unwrap();
     assert_eq!(listed.len(), 1);
+    // And the later tables: readiness writes its row.
+    store.check_writable().await.unwrap();
 }

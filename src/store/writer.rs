@@ -65,7 +65,12 @@ pub(super) enum Command {
     ReleaseAll {
         reply: Reply<()>,
     },
+    /// Marks the end of the queued work (closing).
     Ping {
+        reply: Reply<()>,
+    },
+    /// Commits a write of its own (readiness).
+    CheckWritable {
         reply: Reply<()>,
     },
 }
@@ -117,7 +122,8 @@ impl Command {
             Command::Record { reply, .. }
             | Command::Release { reply, .. }
             | Command::ReleaseAll { reply }
-            | Command::Ping { reply } => send(reply, outcome, |o| match o {
+            | Command::Ping { reply }
+            | Command::CheckWritable { reply } => send(reply, outcome, |o| match o {
                 Outcome::Unit => Some(()),
                 _ => None,
             }),
@@ -325,6 +331,10 @@ fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
         }
         Command::Ping { .. } => {
             c.execute_batch("SELECT 1")?;
+            Outcome::Unit
+        }
+        Command::CheckWritable { .. } => {
+            schema::check_writable(c, super::now_ms())?;
             Outcome::Unit
         }
     })

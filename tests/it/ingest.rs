@@ -330,6 +330,19 @@ async fn health_readiness_and_unknown_paths() {
     );
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    // Readiness committed a write of its own to the store's file: a full
+    // disk or a read-only file would have failed it as it fails a webhook.
+    let store = rusqlite::Connection::open_with_flags(
+        app.db_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let checked_at: i64 = store
+        .query_row("SELECT checked_at FROM readiness WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(checked_at > 1_700_000_000_000, "{checked_at}");
     let (status, body) = json_of(app.http.get(app.url("/nowhere")).send().await.unwrap()).await;
     assert_eq!(status, 404);
     assert_error(&body, "not_found");
