@@ -337,8 +337,12 @@ impl Dispatcher {
         if let Ok(a) = answer
             && let Some(remaining) = a.rate.remaining
         {
-            self.metrics
-                .rate_limit_remaining(&self.credentials.label(&job.repo), remaining);
+            let window = a.rate.reset_epoch_secs.zip(a.rate.limit);
+            self.metrics.rate_limit_remaining(
+                &self.credentials.label(&job.repo),
+                remaining,
+                window,
+            );
         }
     }
 

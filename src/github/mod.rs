@@ -59,6 +59,8 @@ pub struct RateHeaders {
     pub retry_after_secs: Option<u64>,
     /// `x-ratelimit-remaining`.
     pub remaining: Option<u64>,
+    /// `x-ratelimit-limit`: what `remaining` returns to at the reset.
+    pub limit: Option<u64>,
     /// `x-ratelimit-reset`, in seconds since the Unix epoch.
     pub reset_epoch_secs: Option<u64>,
     /// GitHub's clock when it answered (the `Date` header), in seconds
@@ -240,6 +242,7 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
     let rate = RateHeaders {
         retry_after_secs: header("retry-after"),
         remaining: header("x-ratelimit-remaining"),
+        limit: header("x-ratelimit-limit"),
         reset_epoch_secs: header("x-ratelimit-reset"),
         date_epoch_secs: date
             .as_deref()

@@ -8,6 +8,9 @@ use prometheus::{
     TextEncoder,
 };
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use crate::store::QueueDepth;
 
 /// What happened to an incoming webhook.
@@ -94,6 +97,16 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     config_last_reload_success: Gauge,
     sns_subscriptions: IntCounterVec,
+    /// Per credential, when GitHub's current rate-limit window resets and
+    /// the limit it resets to, so that the remaining-requests gauge does
+    /// not stay at its last low value once the window has reset.
+    rate_limit_windows: Arc<Mutex<HashMap<String, RateLimitWindow>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RateLimitWindow {
+    reset_epoch_secs: u64,
+    limit: u64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -236,6 +249,7 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             sns_subscriptions,
+            rate_limit_windows: Arc::default(),
         }
     }
 
@@ -317,10 +331,49 @@ impl Metrics {
 
     /// `credential` is a fixed name (`token`, `app:<installation id>`), never
     /// the secret.
-    pub fn rate_limit_remaining(&self, credential: &str, remaining: u64) {
+    /// Records GitHub's `x-ratelimit-remaining` for a credential, with the
+    /// window's reset time and limit when GitHub sent them: once the reset
+    /// has passed, the gauge reads the full limit again even if no request
+    /// has been made since.
+    pub fn rate_limit_remaining(
+        &self,
+        credential: &str,
+        remaining: u64,
+        window: Option<(u64, u64)>,
+    ) {
         self.rate_limit_remaining
             .with_label_values(&[credential])
             .set(remaining.min(i64::MAX as u64) as i64);
+        let mut windows = self.rate_limit_windows.lock().expect("metrics lock");
+        match window {
+            Some((reset_epoch_secs, limit)) => {
+                windows.insert(
+                    credential.to_owned(),
+                    RateLimitWindow {
+                        reset_epoch_secs,
+                        limit,
+                    },
+                );
+            }
+            None => {
+                windows.remove(credential);
+            }
+        }
+    }
+
+    /// Sets the remaining-requests gauge of every credential whose window
+    /// has reset by `now_epoch_secs` to its limit.
+    fn refresh_rate_limits(&self, now_epoch_secs: u64) {
+        let mut windows = self.rate_limit_windows.lock().expect("metrics lock");
+        windows.retain(|credential, window| {
+            if window.reset_epoch_secs > now_epoch_secs {
+                return true;
+            }
+            self.rate_limit_remaining
+                .with_label_values(&[credential.as_str()])
+                .set(window.limit.min(i64::MAX as u64) as i64);
+            false
+        });
     }
 
     pub fn token_mint(&self, ok: bool) {
@@ -340,6 +393,10 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.refresh_rate_limits(now);
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();
         if encoder
@@ -349,5 +406,25 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remaining_gauge_reads_the_full_limit_once_the_window_has_reset() {
+        let metrics = Metrics::new();
+        let gauge = |m: &Metrics| m.rate_limit_remaining.with_label_values(&["token"]).get();
+        metrics.rate_limit_remaining("token", 40, Some((1_000, 5_000)));
+        metrics.refresh_rate_limits(999);
+        assert_eq!(gauge(&metrics), 40, "the window has not reset yet");
+        metrics.refresh_rate_limits(1_000);
+        assert_eq!(gauge(&metrics), 5_000);
+        // Without a window, nothing is assumed.
+        metrics.rate_limit_remaining("token", 12, None);
+        metrics.refresh_rate_limits(2_000);
+        assert_eq!(gauge(&metrics), 12);
     }
 }
