@@ -493,8 +493,7 @@ fn is_plain_text(source: &str) -> bool {
 pub fn lone_expression(source: &str) -> Option<&str> {
     let inner = source.trim().strip_prefix("{{")?.strip_suffix("}}")?;
     // `{{ a }} and {{ b }}` also starts and ends with braces; it is text.
-    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") || inner.contains("{#")
-    {
+    if !is_one_expression(inner) {
         return None;
     }
     // Whitespace-control markers sit directly against the braces.
@@ -502,6 +501,36 @@ pub fn lone_expression(source: &str) -> Option<&str> {
     let inner = inner.strip_suffix(['-', '+']).unwrap_or(inner);
     let inner = inner.trim();
     (!inner.is_empty()).then_some(inner)
+}
+
+/// Whether the text between a string's outer `{{` and `}}` is one
+/// expression: no brace closes it early and no tag or comment starts in it.
+/// Braces of map literals (`{'id': body.id, 'meta': {'v': 1}}`) and
+/// anything inside string literals are part of the expression, as
+/// minijinja's lexer reads them.
+fn is_one_expression(inner: &str) -> bool {
+    let mut depth = 0usize;
+    let mut quote = None;
+    let mut chars = inner.chars().peekable();
+    while let Some(c) = chars.next() {
+        if let Some(open) = quote {
+            if c == '\\' {
+                chars.next();
+            } else if c == open {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '{' if depth == 0 && matches!(chars.peek(), Some('{' | '%' | '#')) => return false,
+            '{' => depth += 1,
+            '}' if depth == 0 => return false,
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    depth == 0 && quote.is_none()
 }
 
 /// Describes a minijinja error as `kind: detail`, with the line when the

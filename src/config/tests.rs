@@ -521,3 +521,10 @@ fn a_listen_address_serve_cannot_bind_is_refused() {
         assert!(errors[0].message.contains("host:port"), "{listen}");
     }
 }
+
+#[test]
+fn a_client_payload_that_is_one_map_literal_loads() {
+    load_ok(&with_route(
+        "        client_payload: \"{{ {'model': body.model, 'entry': {'id': body.entry.id}} }}\"\n",
+    ));
+}

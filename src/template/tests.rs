@@ -83,6 +83,15 @@ fn lone_expressions_are_recognised() {
         ("{{ a }}x", None),
         ("{{ }}", None),
         ("plain", None),
+        ("{{ a }}{{ b }}", None),
+        ("{{ a }} {% if x %}{{ b }}", None),
+        // Map literals and strings may hold braces of their own.
+        (
+            "{{ {'id': body.id, 'meta': {'v': body.v}} }}",
+            Some("{'id': body.id, 'meta': {'v': body.v}}"),
+        ),
+        ("{{ '}}' ~ body.x }}", Some("'}}' ~ body.x")),
+        ("{{ \"a\\\"}}\" }}", Some("\"a\\\"}}\"")),
     ];
     for (source, expected) in cases {
         assert_eq!(lone_expression(source), expected, "{source}");
@@ -106,6 +115,10 @@ fn typed_rendering_keeps_json_types() {
         (json!("n={{ body.count }}"), json!("n=3")),
         (json!("{{ body.count }} {{ body.count }}"), json!("3 3")),
         (json!(" {{ body.count + 1 }} "), json!(4)),
+        (
+            json!("{{ {'id': body.entry.id, 'meta': {'n': body.count}} }}"),
+            json!({"id": 7, "meta": {"n": 3}}),
+        ),
         (json!(false), json!(false)),
         (json!(12), json!(12)),
         (json!(null), Value::Null),
