@@ -11,7 +11,9 @@
 use crate::config::Config;
 use crate::inbound;
 use crate::routing::{self, Plan};
-use crate::store::{FailedDelivery, NewJob, Rerendered, Rerendering, Store, StoreError, now_ms};
+use crate::store::{
+    FailedDelivery, NewJob, Rerendered, Rerendering, Store, StoreError, StoredTarget, now_ms,
+};
 
 /// What redelivery did to one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,9 +57,7 @@ pub async fn redeliver(
     };
     Ok(
         match store.rerender(&delivery.id, rendering, now_ms()).await? {
-            Rerendered::Queued if delivery.failed_targets.is_empty() => {
-                Some(Redelivered::Rerendered)
-            }
+            Rerendered::Queued if delivery.failed_to_render() => Some(Redelivered::Rerendered),
             Rerendered::Queued => Some(Redelivered::Requeued),
             Rerendered::StillFailed => Some(Redelivered::StillFailing(
                 reason.unwrap_or_else(|| "nothing to send".into()),
@@ -103,19 +103,109 @@ fn render_again(
         }
     };
     let mut jobs = inbound::jobs(&targets);
-    if delivery.failed_targets.is_empty() {
+    if delivery.failed_to_render() {
         // It failed at render time, so its dedupe key may never have been
         // stored; without it, a repeat of the same event would be sent
         // again.
         let dedupe_key = routing::dedupe_key(route, &ctx).map_err(|e| e.to_string())?;
         return Ok((jobs, dedupe_key));
     }
-    jobs.retain(|job| delivery.failed_targets.contains(&job.target_index));
-    if jobs.is_empty() {
-        return Err(format!(
-            "not sent: its failed targets are no longer in route `{}`",
-            route.id
-        ));
-    }
+    lines_up(&delivery.targets, &jobs, &route.id)?;
+    jobs.retain(|job| {
+        delivery
+            .targets
+            .iter()
+            .any(|t| t.failed && t.index == job.target_index)
+    });
     Ok((jobs, None))
+}
+
+/// Checks that the route's targets now line up with the delivery's jobs, so
+/// that a new rendering replaces the job of the same target: every target
+/// the delivery had is still there, in its place, and each delivered one
+/// still names the same repository (a failed one may name another: that is
+/// the fix of a misspelt repository). Targets added at the end since are
+/// fine, and are not sent. When targets were removed or reordered, a place
+/// in the list may now hold a target that was delivered; sending it would
+/// send it twice, so the delivery is not sent.
+fn lines_up(stored: &[StoredTarget], jobs: &[NewJob], route: &str) -> Result<(), String> {
+    let shifted = stored.iter().find(|target| {
+        match jobs.iter().find(|job| job.target_index == target.index) {
+            None => true,
+            Some(job) => !target.failed && !job.repo.eq_ignore_ascii_case(&target.repo),
+        }
+    });
+    match shifted {
+        None => Ok(()),
+        Some(target) => Err(format!(
+            "not sent: the targets of route `{route}` were removed or reordered since it was received \
+             (dispatch[{}] was {}), so the failed ones cannot be told apart from the delivered ones",
+            target.index, target.repo
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(index: usize, repo: &str, failed: bool) -> StoredTarget {
+        StoredTarget {
+            index,
+            repo: repo.into(),
+            failed,
+        }
+    }
+
+    fn job(index: usize, repo: &str) -> NewJob {
+        NewJob {
+            target_index: index,
+            repo: repo.into(),
+            label: "deploy".into(),
+            path: format!("/repos/{repo}/dispatches"),
+            body: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn renderings_line_up_with_the_stored_targets_only_when_no_delivered_one_moved() {
+        // Then: acme/blog delivered, acme/dcos failed (misspelt).
+        let then = [stored(0, "acme/blog", false), stored(1, "acme/dcos", true)];
+        let cases: [(&str, Vec<NewJob>, bool); 5] = [
+            (
+                "the misspelling fixed",
+                vec![job(0, "acme/blog"), job(1, "acme/docs")],
+                true,
+            ),
+            (
+                "a target added at the end",
+                vec![
+                    job(0, "acme/blog"),
+                    job(1, "acme/docs"),
+                    job(2, "acme/site"),
+                ],
+                true,
+            ),
+            (
+                "the failed target removed",
+                vec![job(0, "acme/blog")],
+                false,
+            ),
+            (
+                "the delivered target removed",
+                vec![job(0, "acme/docs")],
+                false,
+            ),
+            (
+                "reordered",
+                vec![job(0, "acme/docs"), job(1, "acme/blog")],
+                false,
+            ),
+        ];
+        for (case, now, expected) in cases {
+            assert_eq!(lines_up(&then, &now, "cms").is_ok(), expected, "{case}");
+        }
+        let refused = lines_up(&then, &[job(0, "acme/docs")], "cms").unwrap_err();
+        assert!(refused.contains("removed or reordered"), "{refused}");
+    }
 }

@@ -271,9 +271,26 @@ pub struct FailedDelivery {
     pub route: String,
     pub received_at_ms: i64,
     pub request: StoredRequest,
-    /// The targets whose jobs failed at GitHub; empty when the delivery
-    /// failed at render time and has no jobs.
-    pub failed_targets: Vec<usize>,
+    /// Its jobs, one per target of the route when it was received; empty
+    /// when it failed at render time.
+    pub targets: Vec<StoredTarget>,
+}
+
+impl FailedDelivery {
+    /// Whether it failed at render time, and so has no jobs.
+    pub fn failed_to_render(&self) -> bool {
+        self.targets.is_empty()
+    }
+}
+
+/// One job of a failed delivery, as redelivery needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTarget {
+    /// Its place in the route's `dispatch` list when the webhook came.
+    pub index: usize,
+    pub repo: String,
+    /// Failed at GitHub; otherwise delivered.
+    pub failed: bool,
 }
 
 /// A failed delivery rendered again with the routes in force now.

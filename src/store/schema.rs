@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::{
     Accepted, AttemptRecord, AttemptSummary, DebounceWindow, DeliverySummary, FailedDelivery, Job,
     JobNext, JobSummary, ListFilter, NewDelivery, NewJob, QueueDepth, Rerendered, Rerendering,
-    Status, StoreError, StoredRequest,
+    Status, StoreError, StoredRequest, StoredTarget,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -547,43 +547,36 @@ pub(super) fn failed(
     id: Option<&str>,
 ) -> Result<Vec<FailedDelivery>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, route, received_at, request,
-                (SELECT group_concat(target_index) FROM jobs WHERE delivery_id = deliveries.id AND status = 'failed')
-         FROM deliveries
+        "SELECT id, route, received_at, request FROM deliveries
          WHERE status = 'failed' AND (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR received_at >= ?2) AND (?3 IS NULL OR id = ?3)
          ORDER BY received_at, id",
     )?;
     let rows = stmt.query_map(params![route, since_ms, id], |r| {
-        let request: String = r.get(3)?;
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            request,
-            r.get::<_, Option<String>>(4)?,
-        ))
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, route, received_at_ms, request, failed_targets): (
-            String,
-            String,
-            i64,
-            String,
-            Option<String>,
-        ) = row?;
+        let (id, route, received_at_ms, request): (String, String, i64, String) = row?;
         let request: StoredRequest = serde_json::from_str(&request)
             .map_err(|e| StoreError::Unavailable(format!("stored request of {id}: {e}")))?;
+        let targets = conn
+            .prepare_cached(
+                "SELECT target_index, repo, status = 'failed' FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
+            )?
+            .query_map(params![id], |r| {
+                Ok(StoredTarget {
+                    index: r.get::<_, i64>(0)? as usize,
+                    repo: r.get(1)?,
+                    failed: r.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
         out.push(FailedDelivery {
             id,
             route,
             received_at_ms,
             request,
-            failed_targets: failed_targets
-                .unwrap_or_default()
-                .split(',')
-                .filter_map(|i| i.parse().ok())
-                .collect(),
+            targets,
         });
     }
     Ok(out)

@@ -173,7 +173,12 @@ async fn rerendering_only_touches_failed_deliveries_and_their_failed_targets() {
         .await
         .unwrap();
     let failed = store.failed_deliveries(None, None, None).await.unwrap();
-    assert_eq!(failed[0].failed_targets, [1]);
+    let targets: Vec<_> = failed[0]
+        .targets
+        .iter()
+        .map(|t| (t.index, t.failed))
+        .collect();
+    assert_eq!(targets, [(0, false), (1, true)]);
 
     // Target 0 was delivered: a rendering of it is not sent again.
     assert_eq!(
@@ -241,7 +246,7 @@ async fn a_render_failure_is_stored_failed_and_can_be_rerendered() {
     store.accept(d).await.unwrap();
     let failed = store.failed_deliveries(None, None, None).await.unwrap();
     assert_eq!(failed.len(), 1);
-    assert!(failed[0].failed_targets.is_empty());
+    assert!(failed[0].failed_to_render());
     assert_eq!(
         rerender(&store, "d1", &[0], "acme/r0", 3_000).await,
         Rerendered::Queued

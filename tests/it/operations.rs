@@ -445,3 +445,30 @@ async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_re
     let bad_cursor = "/admin/deliveries?before=nonsense".to_owned();
     assert_eq!(admin_get(bad_cursor, "admin-secret").await.status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redeliver_refuses_when_targets_were_removed_rather_than_send_a_delivered_one_twice() {
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/gone\n        event_type: deploy\n      - repo: acme/blog\n        event_type: deploy\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
+        .await;
+    // The dead repository is taken out of the route: acme/blog moves into
+    // the place of the target that failed.
+    let without = std::fs::read_to_string(app.config_path())
+        .unwrap()
+        .replace("      - repo: acme/gone\n        event_type: deploy\n", "");
+    app.write_config(&without);
+    let output = app.cli(&["redeliver", "--failed"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("removed or reordered"), "{stdout}");
+    let to_blog = app
+        .github
+        .dispatch_attempts()
+        .iter()
+        .filter(|d| d.path == "/repos/acme/blog/dispatches")
+        .count();
+    assert_eq!(to_blog, 1, "the delivered target is not sent twice");
+    assert_eq!(app.deliveries(&[])[0]["status"], "failed");
+}
