@@ -60,7 +60,7 @@ where
 }
 
 /// A scalar taken as text: durations, sizes and ids may be written as
-/// strings or as bare numbers.
+/// strings or as bare whole numbers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Text(pub(crate) String);
 
@@ -83,8 +83,12 @@ impl<'de> Deserialize<'de> for Text {
                 Ok(Text(v.to_string()))
             }
 
+            // YAML has already turned `1.10` into the number 1.1 here, so
+            // the text as written (a branch, a tag) cannot be recovered.
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(Text(v.to_string()))
+                Err(E::custom(format!(
+                    "`{v}` was read as a decimal number, which may have lost digits (1.10 reads as 1.1); write the value in quotes"
+                )))
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {

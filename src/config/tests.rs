@@ -528,3 +528,16 @@ fn a_client_payload_that_is_one_map_literal_loads() {
         "        client_payload: \"{{ {'model': body.model, 'entry': {'id': body.entry.id}} }}\"\n",
     ));
 }
+
+#[test]
+fn a_decimal_number_where_text_is_expected_is_refused_with_a_hint() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch:\n      - repo: acme/a\n        workflow: w.yml\n        ref: 1.10\n";
+    let errors = load_err(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "routes[0].dispatch[0].ref");
+    assert!(
+        errors[0].message.contains("write the value in quotes"),
+        "{}",
+        errors[0].message
+    );
+}
