@@ -123,7 +123,14 @@ impl Pacer {
     /// longer waits while such limits repeat, warning that continuing to
     /// make requests may get an integration banned: the pause doubles with
     /// each one in a row, up to [`MAX_UNSTATED_PAUSE`].
+    ///
+    /// Answers to requests that were already in flight when the pause began
+    /// belong to the same limit: they neither lengthen the pause nor, for a
+    /// success, end the run.
     pub fn pause_unstated(&self) -> Duration {
+        if let Some(left) = self.pause_left() {
+            return left;
+        }
         let in_a_row = {
             let mut count = self.unstated_in_a_row.lock().expect("pacer lock");
             *count = count.saturating_add(1);
@@ -137,9 +144,19 @@ impl Pacer {
     }
 
     /// Records an answer from GitHub that was not a rate limit, which ends
-    /// a run of unstated ones.
+    /// a run of unstated ones, unless it arrives during a pause (it was
+    /// sent before the limit).
     pub fn answered(&self) {
-        *self.unstated_in_a_row.lock().expect("pacer lock") = 0;
+        if self.pause_left().is_none() {
+            *self.unstated_in_a_row.lock().expect("pacer lock") = 0;
+        }
+    }
+
+    /// How much of a pause is left, if one is running.
+    fn pause_left(&self) -> Option<Duration> {
+        let until = (*self.paused_until.lock().expect("pacer lock"))?;
+        let now = Instant::now();
+        (until > now).then(|| until - now)
     }
 
     /// Pauses the credential for `wait` (GitHub's retry-after or reset).
@@ -203,18 +220,22 @@ mod tests {
     async fn unstated_rate_limits_in_a_row_pause_longer_each_time() {
         let pacer = Pacer::new(&Pacing::Off);
         let minutes = |n: u64| Duration::from_secs(60 * n);
-        let pauses: Vec<Duration> = (0..7).map(|_| pacer.pause_unstated()).collect();
+        let mut pauses = Vec::new();
+        for _ in 0..7 {
+            pauses.push(pacer.pause_unstated());
+            // Answers to requests already in flight belong to this limit.
+            assert_eq!(pacer.pause_unstated(), *pauses.last().unwrap());
+            pacer.answered();
+            pacer.wait_turn().await;
+        }
         assert_eq!(
             pauses,
             [1, 2, 4, 8, 16, 16, 16].map(minutes),
             "doubling from GitHub's minute, up to a cap"
         );
-        // Any other answer ends the run.
+        // An answer that is not a rate limit, after the pause, ends the run.
         pacer.answered();
         assert_eq!(pacer.pause_unstated(), minutes(1));
-        let start = Instant::now();
-        pacer.wait_turn().await;
-        assert_eq!(start.elapsed(), minutes(16), "the longest pause holds");
     }
 
     #[tokio::test(start_paused = true)]
