@@ -164,12 +164,19 @@ impl Dispatcher {
         let wanted_run_details = scope == Scope::Workflow && self.client.run_details_supported();
         let mut with_run_details = wanted_run_details;
         let mut retried_auth = false;
-        // One job may need a few sends: a refused App token is renewed (or,
-        // when it is seconds old, waited for) and sent once more, and a
-        // server that refuses `return_run_details` is asked again without it.
-        // Those follow-ups are part of one attempt.
+        // A refused token only seconds old goes again itself, not whatever
+        // token the cache holds by then.
+        let mut same_token = None;
+        // One job may need a few sends: a refused App token is sent again
+        // once GitHub can know it, or renewed once, and a server that
+        // refuses `return_run_details` is asked again without it. Those
+        // follow-ups are part of one attempt.
         loop {
-            let token = match self.credentials.token_for(&job.repo, scope).await {
+            let token = match same_token.take() {
+                Some(token) => Ok(token),
+                None => self.credentials.token_for(&job.repo, scope).await,
+            };
+            let token = match token {
                 Ok(token) => token,
                 Err(e) => {
                     let reason = e.to_string();
@@ -239,6 +246,7 @@ impl Dispatcher {
                         retried_auth = true;
                     } else {
                         tracing::warn!(reason = %reason, wait_ms = wait.as_millis() as u64, "Sending the App token again once GitHub has had time to learn it");
+                        same_token = Some(token.clone());
                     }
                     tokio::time::sleep(wait).await;
                     // The send again is a request like any other: it waits
