@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::config::RetryConfig;
-use crate::github::{Answer, TransportError};
+use crate::github::{Answer, RateHeaders, TransportError};
 
 /// What the worker saw for one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -292,6 +292,16 @@ pub fn states_its_wait(answer: &Answer) -> bool {
         || (answer.rate.remaining == Some(0) && answer.rate.reset_epoch_secs.is_some())
 }
 
+/// `x-ratelimit-reset` on the host's clock: GitHub states it in its own
+/// time, so it is moved by how far GitHub's `Date` is from `now_epoch_secs`.
+pub fn reset_on_our_clock(rate: &RateHeaders, now_epoch_secs: u64) -> Option<u64> {
+    let reset = rate.reset_epoch_secs?;
+    Some(match rate.date_epoch_secs {
+        Some(date) => (reset + now_epoch_secs).saturating_sub(date),
+        None => reset,
+    })
+}
+
 /// How long GitHub asks us to wait, when the answer is a rate limit.
 pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration> {
     let message = answer.message.as_deref().unwrap_or("").to_ascii_lowercase();
@@ -325,7 +335,6 @@ pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::github::RateHeaders;
 
     fn policy() -> RetryConfig {
         RetryConfig {
@@ -492,6 +501,24 @@ mod tests {
                 _ => panic!("status {}: unexpected {action:?}", answer.status),
             }
         }
+    }
+
+    #[test]
+    fn a_reset_in_githubs_time_is_moved_onto_our_clock() {
+        let rate = |reset, date| RateHeaders {
+            reset_epoch_secs: reset,
+            date_epoch_secs: date,
+            ..RateHeaders::default()
+        };
+        // GitHub's clock is 180 s behind ours: its reset 30 s ahead is
+        // NOW + 30 here, not NOW - 150.
+        let behind = rate(Some(NOW - 150), Some(NOW - 180));
+        assert_eq!(reset_on_our_clock(&behind, NOW), Some(NOW + 30));
+        assert_eq!(
+            reset_on_our_clock(&rate(Some(NOW + 60), None), NOW),
+            Some(NOW + 60)
+        );
+        assert_eq!(reset_on_our_clock(&rate(None, Some(NOW)), NOW), None);
     }
 
     #[test]

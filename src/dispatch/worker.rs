@@ -345,14 +345,8 @@ impl Dispatcher {
         if let Ok(a) = answer
             && let Some(remaining) = a.rate.remaining
         {
-            // The reset is in GitHub's time; the metrics compare it with the
-            // host's clock, so it is moved by how far apart the two are.
             let now = (now_ms() / 1000).max(0) as u64;
-            let on_our_clock = |reset: u64| match a.rate.date_epoch_secs {
-                Some(date) => (reset + now).saturating_sub(date),
-                None => reset,
-            };
-            let window = a.rate.reset_epoch_secs.map(on_our_clock).zip(a.rate.limit);
+            let window = retry::reset_on_our_clock(&a.rate, now).zip(a.rate.limit);
             self.metrics.rate_limit_remaining(
                 &self.credentials.label(&job.repo),
                 remaining,
