@@ -20,6 +20,9 @@ use crate::store::{
 pub enum Redelivered {
     /// Its failed targets were rendered again and queued.
     Requeued,
+    /// Its failed jobs were queued again as first rendered, because the
+    /// route's targets changed since (see [`same_places`]).
+    RequeuedAsRendered,
     /// It had failed to render; it was rendered again and its jobs queued.
     Rerendered,
     /// It cannot be sent and stays failed, with this reason.
@@ -47,18 +50,19 @@ pub async fn redeliver(
     config: &Config,
     delivery: FailedDelivery,
 ) -> Result<Option<Redelivered>, StoreError> {
-    let rendering = match render_again(config, &delivery) {
-        Ok((jobs, dedupe_key)) => Rerendering::Jobs { jobs, dedupe_key },
-        Err(reason) => Rerendering::Failed(reason),
+    let rendering = render_again(config, &delivery);
+    let queued = match &rendering {
+        Rerendering::AsRendered => Redelivered::RequeuedAsRendered,
+        _ if delivery.failed_to_render() => Redelivered::Rerendered,
+        _ => Redelivered::Requeued,
     };
     let reason = match &rendering {
         Rerendering::Failed(reason) => Some(reason.clone()),
-        Rerendering::Jobs { .. } => None,
+        _ => None,
     };
     Ok(
         match store.rerender(&delivery.id, rendering, now_ms()).await? {
-            Rerendered::Queued if delivery.failed_to_render() => Some(Redelivered::Rerendered),
-            Rerendered::Queued => Some(Redelivered::Requeued),
+            Rerendered::Queued => Some(queued),
             Rerendered::StillFailed => Some(Redelivered::StillFailing(
                 reason.unwrap_or_else(|| "nothing to send".into()),
             )),
@@ -70,22 +74,24 @@ pub async fn redeliver(
     )
 }
 
-/// Renders a failed delivery again with the routes in force now: the jobs
-/// to queue and, after a render failure, its dedupe key, or why it cannot
-/// be sent.
-fn render_again(
-    config: &Config,
-    delivery: &FailedDelivery,
-) -> Result<(Vec<NewJob>, Option<String>), String> {
-    let route = config
-        .routes
-        .iter()
-        .find(|r| r.id == delivery.route)
-        .ok_or_else(|| format!("route `{}` is no longer configured", delivery.route))?;
+/// Renders a failed delivery again with the routes in force now.
+fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
+    let route = match config.routes.iter().find(|r| r.id == delivery.route) {
+        Some(route) => route,
+        None => {
+            return Rerendering::Failed(format!(
+                "route `{}` is no longer configured",
+                delivery.route
+            ));
+        }
+    };
     let body = inbound::stored_body(&delivery.request);
     let headers = delivery.request.headers.iter().cloned().collect();
-    let parsed = inbound::parse_for_route(route, delivery.request.content_type.as_deref(), &body)
-        .map_err(|e| e.to_string())?;
+    let parsed =
+        match inbound::parse_for_route(route, delivery.request.content_type.as_deref(), &body) {
+            Ok(parsed) => parsed,
+            Err(e) => return Rerendering::Failed(e.to_string()),
+        };
     let ctx = inbound::context(
         &route.id,
         parsed,
@@ -94,118 +100,147 @@ fn render_again(
         &delivery.id,
         delivery.received_at_ms,
     );
-    let targets = match routing::plan(route, &ctx).map_err(|e| e.to_string())? {
-        Plan::Dispatch(targets) => targets,
+    let targets = match routing::plan(route, &ctx) {
+        Ok(Plan::Dispatch(targets)) => targets,
         // The relay has no state for a webhook it skips; saying so keeps
         // the delivery failed rather than calling it delivered.
-        Plan::Skipped => {
-            return Err("not sent: the route's `when` is false for it now".into());
+        Ok(Plan::Skipped) => {
+            return Rerendering::Failed("not sent: the route's `when` is false for it now".into());
         }
+        Err(e) => return Rerendering::Failed(e.to_string()),
     };
     let mut jobs = inbound::jobs(&targets);
     if delivery.failed_to_render() {
         // It failed at render time, so its dedupe key may never have been
         // stored; without it, a repeat of the same event would be sent
         // again.
-        let dedupe_key = routing::dedupe_key(route, &ctx).map_err(|e| e.to_string())?;
-        return Ok((jobs, dedupe_key));
+        return match routing::dedupe_key(route, &ctx) {
+            Ok(dedupe_key) => Rerendering::Jobs { jobs, dedupe_key },
+            Err(e) => Rerendering::Failed(e.to_string()),
+        };
     }
-    lines_up(&delivery.targets, &jobs, &route.id)?;
+    if !same_places(&delivery.targets, &jobs) {
+        return Rerendering::AsRendered;
+    }
     jobs.retain(|job| {
         delivery
             .targets
             .iter()
             .any(|t| t.failed && t.index == job.target_index)
     });
-    Ok((jobs, None))
+    Rerendering::Jobs {
+        jobs,
+        dedupe_key: None,
+    }
 }
 
-/// Checks that the route's targets now line up with the delivery's jobs, so
-/// that a new rendering replaces the job of the same target: every target
-/// the delivery had is still there, in its place, and each delivered one
-/// still names the same repository (a failed one may name another: that is
-/// the fix of a misspelt repository). Targets added at the end since are
-/// fine, and are not sent. When targets were removed or reordered, a place
-/// in the list may now hold a target that was delivered; sending it would
-/// send it twice, so the delivery is not sent.
-fn lines_up(stored: &[StoredTarget], jobs: &[NewJob], route: &str) -> Result<(), String> {
-    let shifted = stored.iter().find(|target| {
-        match jobs.iter().find(|job| job.target_index == target.index) {
-            None => true,
-            Some(job) => !target.failed && !job.repo.eq_ignore_ascii_case(&target.repo),
-        }
-    });
-    match shifted {
-        None => Ok(()),
-        Some(target) => Err(format!(
-            "not sent: the targets of route `{route}` were removed or reordered since it was received \
-             (dispatch[{}] was {}), so the failed ones cannot be told apart from the delivered ones",
-            target.index, target.repo
-        )),
-    }
+/// Whether the route's targets are where they were when the webhook came,
+/// so that a new rendering can replace the failed job of the same place in
+/// the `dispatch` list: as many targets as the delivery has jobs, and in
+/// each delivered place the same repository and event type or workflow (a
+/// failed place may hold a fixed target: a misspelt repository, a wrong
+/// ref). When targets were added, removed or reordered, a place may hold
+/// another target than before, delivered or new; the failed jobs then go
+/// again as first rendered, which can never send a target twice.
+fn same_places(stored: &[StoredTarget], jobs: &[NewJob]) -> bool {
+    stored.len() == jobs.len()
+        && stored.iter().all(|target| {
+            jobs.iter()
+                .find(|job| job.target_index == target.index)
+                .is_some_and(|job| {
+                    target.failed
+                        || (job.repo.eq_ignore_ascii_case(&target.repo)
+                            && job.label == target.label)
+                })
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stored(index: usize, repo: &str, failed: bool) -> StoredTarget {
+    fn stored(index: usize, repo: &str, label: &str, failed: bool) -> StoredTarget {
         StoredTarget {
             index,
             repo: repo.into(),
+            label: label.into(),
             failed,
         }
     }
 
-    fn job(index: usize, repo: &str) -> NewJob {
+    fn job(index: usize, repo: &str, label: &str) -> NewJob {
         NewJob {
             target_index: index,
             repo: repo.into(),
-            label: "deploy".into(),
+            label: label.into(),
             path: format!("/repos/{repo}/dispatches"),
             body: "{}".into(),
         }
     }
 
     #[test]
-    fn renderings_line_up_with_the_stored_targets_only_when_no_delivered_one_moved() {
-        // Then: acme/blog delivered, acme/dcos failed (misspelt).
-        let then = [stored(0, "acme/blog", false), stored(1, "acme/dcos", true)];
-        let cases: [(&str, Vec<NewJob>, bool); 5] = [
+    fn a_new_rendering_replaces_failed_jobs_only_when_every_target_kept_its_place() {
+        // Then: acme/blog delivered, acme/dcos failed (misspelt); and two
+        // workflows of one repository, build delivered, deploy failed.
+        let then = [
+            stored(0, "acme/blog", "deploy", false),
+            stored(1, "acme/dcos", "deploy", true),
+        ];
+        let workflows = [
+            stored(0, "acme/site", "build.yml", false),
+            stored(1, "acme/site", "deploy.yml", true),
+        ];
+        let cases = [
             (
-                "the misspelling fixed",
-                vec![job(0, "acme/blog"), job(1, "acme/docs")],
+                "the misspelling fixed in place",
+                &then,
+                vec![job(0, "acme/blog", "deploy"), job(1, "acme/docs", "deploy")],
                 true,
             ),
             (
-                "a target added at the end",
+                "a target added",
+                &then,
                 vec![
-                    job(0, "acme/blog"),
-                    job(1, "acme/docs"),
-                    job(2, "acme/site"),
+                    job(0, "acme/blog", "deploy"),
+                    job(1, "acme/docs", "deploy"),
+                    job(2, "acme/site", "deploy"),
                 ],
-                true,
-            ),
-            (
-                "the failed target removed",
-                vec![job(0, "acme/blog")],
                 false,
             ),
             (
-                "the delivered target removed",
-                vec![job(0, "acme/docs")],
+                "a target inserted before the failed one",
+                &then,
+                vec![
+                    job(0, "acme/blog", "deploy"),
+                    job(1, "acme/new", "deploy"),
+                    job(2, "acme/docs", "deploy"),
+                ],
+                false,
+            ),
+            (
+                "the failed target removed",
+                &then,
+                vec![job(0, "acme/blog", "deploy")],
                 false,
             ),
             (
                 "reordered",
-                vec![job(0, "acme/docs"), job(1, "acme/blog")],
+                &then,
+                vec![job(0, "acme/docs", "deploy"), job(1, "acme/blog", "deploy")],
+                false,
+            ),
+            (
+                "two workflows of one repository swapped",
+                &workflows,
+                vec![
+                    job(0, "acme/site", "deploy.yml"),
+                    job(1, "acme/site", "build.yml"),
+                ],
                 false,
             ),
         ];
-        for (case, now, expected) in cases {
-            assert_eq!(lines_up(&then, &now, "cms").is_ok(), expected, "{case}");
+        for (case, stored, now, expected) in cases {
+            assert_eq!(same_places(stored, &now), expected, "{case}");
         }
-        let refused = lines_up(&then, &[job(0, "acme/docs")], "cms").unwrap_err();
-        assert!(refused.contains("removed or reordered"), "{refused}");
     }
 }

@@ -141,6 +141,12 @@ pub async fn redeliver(
                 queued += 1;
                 println!("{id}: failed targets rendered again and queued");
             }
+            Some(Redelivered::RequeuedAsRendered) => {
+                queued += 1;
+                println!(
+                    "{id}: failed targets queued again as first rendered (the route's targets changed since it was received)"
+                );
+            }
             Some(Redelivered::Rerendered) => {
                 queued += 1;
                 println!("{id}: rendered again and queued");

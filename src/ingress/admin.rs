@@ -139,10 +139,19 @@ pub async fn redeliver(
         .await
         .map_err(|e| IngressError::Unavailable(e.to_string()))?;
     match outcome {
-        Some(Redelivered::Requeued) | Some(Redelivered::Rerendered) => {
+        Some(
+            outcome @ (Redelivered::Requeued
+            | Redelivered::Rerendered
+            | Redelivered::RequeuedAsRendered),
+        ) => {
             state.dispatcher.wake();
-            Ok(HttpResponse::Accepted()
-                .json(serde_json::json!({"delivery_id": id.into_inner(), "requeued": true})))
+            Ok(HttpResponse::Accepted().json(serde_json::json!({
+                "delivery_id": id.into_inner(),
+                "requeued": true,
+                // Set when the route's targets changed since the webhook
+                // came, so its failed jobs went as first rendered.
+                "as_first_rendered": outcome == Redelivered::RequeuedAsRendered,
+            })))
         }
         Some(Redelivered::StillFailing(reason)) => Err(IngressError::Unprocessable(reason)),
         // Nothing was requeued: either there is no such delivery, or it is

@@ -289,6 +289,8 @@ pub struct StoredTarget {
     /// Its place in the route's `dispatch` list when the webhook came.
     pub index: usize,
     pub repo: String,
+    /// Its event type, or its workflow.
+    pub label: String,
     /// Failed at GitHub; otherwise delivered.
     pub failed: bool,
 }
@@ -303,6 +305,10 @@ pub enum Rerendering {
         jobs: Vec<NewJob>,
         dedupe_key: Option<String>,
     },
+    /// Its failed jobs go again as they were first rendered (a delivery
+    /// that failed at GitHub whose route's targets no longer line up with
+    /// its jobs).
+    AsRendered,
     /// Why it cannot be sent; it stays failed with this reason.
     Failed(String),
 }

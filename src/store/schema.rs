@@ -381,7 +381,7 @@ pub(super) fn rerender(
             params![delivery_id, reason, now_ms],
         )
     };
-    let jobs = match rendering {
+    match rendering {
         Rerendering::Failed(reason) => {
             stay_failed(reason)?;
             return Ok(Rerendered::StillFailed);
@@ -413,7 +413,18 @@ pub(super) fn rerender(
                 )?;
             }
             insert_jobs_due(conn, delivery_id, jobs, now_ms, now_ms)?;
-            jobs
+        }
+        Rerendering::AsRendered => {
+            let requeued = conn.execute(
+                "UPDATE jobs SET status = 'pending', next_attempt_at = ?2, created_at = ?2, failures = 0,
+                     leased_until = NULL, finished_at = NULL
+                 WHERE delivery_id = ?1 AND status = 'failed'",
+                params![delivery_id, now_ms],
+            )?;
+            if requeued == 0 {
+                stay_failed("nothing to send: it has no failed jobs")?;
+                return Ok(Rerendered::StillFailed);
+            }
         }
         Rerendering::Jobs { jobs, .. } => {
             // A requeued job is young again: `retry.give_up_after` counts
@@ -439,10 +450,8 @@ pub(super) fn rerender(
                 stay_failed("nothing to send: none of its failed targets was rendered again")?;
                 return Ok(Rerendered::StillFailed);
             }
-            jobs
         }
-    };
-    debug_assert!(!jobs.is_empty());
+    }
     conn.execute(
         "UPDATE deliveries SET status = 'pending', error = NULL, finished_at = NULL WHERE id = ?1",
         params![delivery_id],
@@ -561,13 +570,14 @@ pub(super) fn failed(
             .map_err(|e| StoreError::Unavailable(format!("stored request of {id}: {e}")))?;
         let targets = conn
             .prepare_cached(
-                "SELECT target_index, repo, status = 'failed' FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
+                "SELECT target_index, repo, label, status = 'failed' FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
             )?
             .query_map(params![id], |r| {
                 Ok(StoredTarget {
                     index: r.get::<_, i64>(0)? as usize,
                     repo: r.get(1)?,
-                    failed: r.get(2)?,
+                    label: r.get(2)?,
+                    failed: r.get(3)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

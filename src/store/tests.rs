@@ -210,6 +210,39 @@ async fn rerendering_only_touches_failed_deliveries_and_their_failed_targets() {
 }
 
 #[tokio::test]
+async fn failed_jobs_can_go_again_as_first_rendered() {
+    let (_dir, store) = open();
+    store.accept(delivery("d1", None, 2)).await.unwrap();
+    let jobs = store.lease_due(5_000, 10, 60_000).await.unwrap();
+    store
+        .record(attempt(&jobs[0], JobNext::Delivered))
+        .await
+        .unwrap();
+    store
+        .record(attempt(
+            &jobs[1],
+            JobNext::Failed {
+                reason: "404".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .rerender("d1", Rerendering::AsRendered, 6_000)
+            .await
+            .unwrap(),
+        Rerendered::Queued
+    );
+    let again = store.lease_due(6_000, 10, 60_000).await.unwrap();
+    assert_eq!(again.len(), 1, "only the failed job");
+    assert_eq!(
+        (again[0].target_index, again[0].repo.as_str()),
+        (1, "acme/r1")
+    );
+}
+
+#[tokio::test]
 async fn a_rendering_that_fails_again_keeps_the_delivery_failed_with_the_new_reason() {
     let (_dir, store) = open();
     store.accept(delivery("d1", None, 1)).await.unwrap();
