@@ -125,6 +125,19 @@ async fn retry_makes_the_job_due_again_only_at_its_time() {
     assert_eq!(store.next_due_ms().await.unwrap(), None);
 }
 
+/// Records the first of two leased jobs as delivered and the second as
+/// failed at GitHub, which fails their delivery.
+async fn deliver_first_fail_second(store: &Store, jobs: &[Job]) {
+    store
+        .record(attempt(&jobs[0], JobNext::Delivered))
+        .await
+        .unwrap();
+    let failed = JobNext::Failed {
+        reason: "404".into(),
+    };
+    store.record(attempt(&jobs[1], failed)).await.unwrap();
+}
+
 /// Re-renders `id` with jobs for `targets`, all sent to `repo`.
 async fn rerender(store: &Store, id: &str, targets: &[usize], repo: &str, now: i64) -> Rerendered {
     store
@@ -159,19 +172,7 @@ async fn rerendering_only_touches_failed_deliveries_and_their_failed_targets() {
         Rerendered::NotFailed,
         "pending is not failed"
     );
-    store
-        .record(attempt(&jobs[0], JobNext::Delivered))
-        .await
-        .unwrap();
-    store
-        .record(attempt(
-            &jobs[1],
-            JobNext::Failed {
-                reason: "404".into(),
-            },
-        ))
-        .await
-        .unwrap();
+    deliver_first_fail_second(&store, &jobs).await;
     let failed = store.failed_deliveries(None, None, None).await.unwrap();
     let targets: Vec<_> = failed[0]
         .targets
@@ -214,19 +215,7 @@ async fn failed_jobs_can_go_again_as_first_rendered() {
     let (_dir, store) = open();
     store.accept(delivery("d1", None, 2)).await.unwrap();
     let jobs = store.lease_due(5_000, 10, 60_000).await.unwrap();
-    store
-        .record(attempt(&jobs[0], JobNext::Delivered))
-        .await
-        .unwrap();
-    store
-        .record(attempt(
-            &jobs[1],
-            JobNext::Failed {
-                reason: "404".into(),
-            },
-        ))
-        .await
-        .unwrap();
+    deliver_first_fail_second(&store, &jobs).await;
     assert_eq!(
         store
             .rerender("d1", Rerendering::AsRendered, 6_000)
