@@ -35,8 +35,9 @@ pub struct Pacer {
     next_start: Mutex<Instant>,
     /// Set while GitHub has asked us to wait.
     paused_until: Mutex<Option<Instant>>,
-    /// Rate limits in a row that did not say how long to wait.
-    unstated_in_a_row: Mutex<u32>,
+    /// Rate limits in a row that did not say how long to wait, and when
+    /// the pause the last of them set ends.
+    unstated: Mutex<(u32, Option<Instant>)>,
 }
 
 impl Pacer {
@@ -48,7 +49,7 @@ impl Pacer {
                 per_minute: None,
                 next_start: Mutex::new(Instant::now()),
                 paused_until: Mutex::new(None),
-                unstated_in_a_row: Mutex::new(0),
+                unstated: Mutex::new((0, None)),
             },
             Pacing::Paced {
                 concurrency,
@@ -65,7 +66,7 @@ impl Pacer {
                 }),
                 next_start: Mutex::new(Instant::now()),
                 paused_until: Mutex::new(None),
-                unstated_in_a_row: Mutex::new(0),
+                unstated: Mutex::new((0, None)),
             },
         }
     }
@@ -128,35 +129,33 @@ impl Pacer {
     /// belong to the same limit: they neither lengthen the pause nor, for a
     /// success, end the run.
     pub fn pause_unstated(&self) -> Duration {
-        if let Some(left) = self.pause_left() {
-            return left;
-        }
-        let in_a_row = {
-            let mut count = self.unstated_in_a_row.lock().expect("pacer lock");
-            *count = count.saturating_add(1);
-            *count
+        let now = Instant::now();
+        let wait = {
+            let mut unstated = self.unstated.lock().expect("pacer lock");
+            let (in_a_row, until) = &mut *unstated;
+            if let Some(until) = until.filter(|until| *until > now) {
+                // The same limit, seen by a request already in flight.
+                return until - now;
+            }
+            *in_a_row = in_a_row.saturating_add(1);
+            let wait = DEFAULT_RATE_LIMIT_WAIT
+                .saturating_mul(1u32 << (*in_a_row - 1).min(8))
+                .min(MAX_UNSTATED_PAUSE);
+            *until = Some(now + wait);
+            wait
         };
-        let wait = DEFAULT_RATE_LIMIT_WAIT
-            .saturating_mul(1u32 << (in_a_row - 1).min(8))
-            .min(MAX_UNSTATED_PAUSE);
         self.pause(wait);
         wait
     }
 
     /// Records an answer from GitHub that was not a rate limit, which ends
-    /// a run of unstated ones, unless it arrives during a pause (it was
-    /// sent before the limit).
+    /// a run of unstated ones, unless it arrives during the pause the last
+    /// of them set (it was sent before that limit).
     pub fn answered(&self) {
-        if self.pause_left().is_none() {
-            *self.unstated_in_a_row.lock().expect("pacer lock") = 0;
+        let mut unstated = self.unstated.lock().expect("pacer lock");
+        if unstated.1.is_none_or(|until| until <= Instant::now()) {
+            *unstated = (0, None);
         }
-    }
-
-    /// How much of a pause is left, if one is running.
-    fn pause_left(&self) -> Option<Duration> {
-        let until = (*self.paused_until.lock().expect("pacer lock"))?;
-        let now = Instant::now();
-        (until > now).then(|| until - now)
     }
 
     /// Pauses the credential for `wait` (GitHub's retry-after or reset).
@@ -236,6 +235,16 @@ mod tests {
         // An answer that is not a rate limit, after the pause, ends the run.
         pacer.answered();
         assert_eq!(pacer.pause_unstated(), minutes(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unstated_limit_during_a_stated_pause_still_pauses_a_minute() {
+        let pacer = Pacer::new(&Pacing::Off);
+        pacer.pause(Duration::from_secs(2));
+        assert_eq!(pacer.pause_unstated(), DEFAULT_RATE_LIMIT_WAIT);
+        let start = Instant::now();
+        pacer.wait_turn().await;
+        assert_eq!(start.elapsed(), DEFAULT_RATE_LIMIT_WAIT);
     }
 
     #[tokio::test(start_paused = true)]

@@ -297,7 +297,9 @@ pub fn states_its_wait(answer: &Answer) -> bool {
 pub fn reset_on_our_clock(rate: &RateHeaders, now_epoch_secs: u64) -> Option<u64> {
     let reset = rate.reset_epoch_secs?;
     Some(match rate.date_epoch_secs {
-        Some(date) => (reset + now_epoch_secs).saturating_sub(date),
+        // Both come from GitHub's headers, so neither is trusted not to be
+        // absurd: the arithmetic saturates rather than overflows.
+        Some(date) => reset.saturating_add(now_epoch_secs).saturating_sub(date),
         None => reset,
     })
 }
@@ -519,6 +521,7 @@ mod tests {
             Some(NOW + 60)
         );
         assert_eq!(reset_on_our_clock(&rate(None, Some(NOW)), NOW), None);
+        assert!(reset_on_our_clock(&rate(Some(u64::MAX), Some(NOW)), NOW).is_some());
     }
 
     #[test]
