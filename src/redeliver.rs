@@ -20,9 +20,11 @@ use crate::store::{
 pub enum Redelivered {
     /// Its failed targets were rendered again and queued.
     Requeued,
-    /// Its failed jobs were queued again as first rendered, because the
-    /// route's targets changed since (see [`same_places`]).
-    RequeuedAsRendered,
+    /// Its failed jobs whose targets are still in the route were queued
+    /// again as first rendered, because the route's targets changed since
+    /// (see [`same_places`]); `dropped` failed jobs are no longer in the
+    /// route and stay failed.
+    RequeuedAsRendered { dropped: usize },
     /// It had failed to render; it was rendered again and its jobs queued.
     Rerendered,
     /// It cannot be sent and stays failed, with this reason.
@@ -52,7 +54,9 @@ pub async fn redeliver(
 ) -> Result<Option<Redelivered>, StoreError> {
     let rendering = render_again(config, &delivery);
     let queued = match &rendering {
-        Rerendering::AsRendered => Redelivered::RequeuedAsRendered,
+        Rerendering::AsRendered { targets } => Redelivered::RequeuedAsRendered {
+            dropped: delivery.targets.iter().filter(|t| t.failed).count() - targets.len(),
+        },
         _ if delivery.failed_to_render() => Redelivered::Rerendered,
         _ => Redelivered::Requeued,
     };
@@ -120,7 +124,26 @@ fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
         };
     }
     if !same_places(&delivery.targets, &jobs) {
-        return Rerendering::AsRendered;
+        // A failed job goes again only while its target is still in the
+        // route: removing a target is how an operator says to stop sending
+        // there.
+        let still_routed = |target: &StoredTarget| {
+            jobs.iter()
+                .any(|job| job.repo.eq_ignore_ascii_case(&target.repo) && job.label == target.label)
+        };
+        let targets = delivery
+            .targets
+            .iter()
+            .filter(|target| target.failed && still_routed(target))
+            .map(|target| target.index)
+            .collect::<Vec<_>>();
+        if targets.is_empty() {
+            return Rerendering::Failed(format!(
+                "not sent: its failed targets are no longer in route `{}`",
+                route.id
+            ));
+        }
+        return Rerendering::AsRendered { targets };
     }
     jobs.retain(|job| {
         delivery
@@ -137,11 +160,12 @@ fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
 /// Whether the route's targets are where they were when the webhook came,
 /// so that a new rendering can replace the failed job of the same place in
 /// the `dispatch` list: as many targets as the delivery has jobs, and in
-/// each delivered place the same repository and event type or workflow (a
-/// failed place may hold a fixed target: a misspelt repository, a wrong
-/// ref). When targets were added, removed or reordered, a place may hold
-/// another target than before, delivered or new; the failed jobs then go
-/// again as first rendered, which can never send a target twice.
+/// each delivered place exactly the request that was sent (repository,
+/// event type or workflow, ref, payload). A failed place may hold a fixed
+/// target: a misspelt repository, a wrong ref. When targets were added,
+/// removed, reordered or edited where they were delivered, a place may
+/// hold another target than before; the failed jobs then go again as first
+/// rendered, which can never send a target twice.
 fn same_places(stored: &[StoredTarget], jobs: &[NewJob]) -> bool {
     stored.len() == jobs.len()
         && stored.iter().all(|target| {
@@ -149,8 +173,9 @@ fn same_places(stored: &[StoredTarget], jobs: &[NewJob]) -> bool {
                 .find(|job| job.target_index == target.index)
                 .is_some_and(|job| {
                     target.failed
-                        || (job.repo.eq_ignore_ascii_case(&target.repo)
-                            && job.label == target.label)
+                        || (job.path.eq_ignore_ascii_case(&target.path)
+                            && job.label == target.label
+                            && job.body == target.body)
                 })
         })
 }
@@ -160,10 +185,13 @@ mod tests {
     use super::*;
 
     fn stored(index: usize, repo: &str, label: &str, failed: bool) -> StoredTarget {
+        let sent = job(index, repo, label);
         StoredTarget {
             index,
             repo: repo.into(),
             label: label.into(),
+            path: sent.path,
+            body: sent.body,
             failed,
         }
     }
@@ -174,8 +202,13 @@ mod tests {
             repo: repo.into(),
             label: label.into(),
             path: format!("/repos/{repo}/dispatches"),
-            body: "{}".into(),
+            body: format!(r#"{{"event_type":"{label}"}}"#),
         }
+    }
+
+    fn with_body(mut job: NewJob, body: &str) -> NewJob {
+        job.body = body.into();
+        job
     }
 
     #[test]
@@ -235,6 +268,15 @@ mod tests {
                 vec![
                     job(0, "acme/site", "deploy.yml"),
                     job(1, "acme/site", "build.yml"),
+                ],
+                false,
+            ),
+            (
+                "a delivered place now sending another ref of the same workflow",
+                &workflows,
+                vec![
+                    with_body(job(0, "acme/site", "build.yml"), r#"{"ref":"release"}"#),
+                    job(1, "acme/site", "deploy.yml"),
                 ],
                 false,
             ),

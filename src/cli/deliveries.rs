@@ -141,11 +141,16 @@ pub async fn redeliver(
                 queued += 1;
                 println!("{id}: failed targets rendered again and queued");
             }
-            Some(Redelivered::RequeuedAsRendered) => {
+            Some(Redelivered::RequeuedAsRendered { dropped }) => {
                 queued += 1;
                 println!(
                     "{id}: failed targets queued again as first rendered (the route's targets changed since it was received)"
                 );
+                if dropped > 0 {
+                    println!(
+                        "{id}: {dropped} failed targets are no longer in the route and stay failed"
+                    );
+                }
             }
             Some(Redelivered::Rerendered) => {
                 queued += 1;

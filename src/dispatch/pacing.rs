@@ -160,7 +160,10 @@ impl Pacer {
 
     /// Pauses the credential for `wait` (GitHub's retry-after or reset).
     pub fn pause(&self, wait: Duration) {
-        let until = Instant::now() + wait;
+        // Waits come from GitHub's headers, capped, but an instant far
+        // enough ahead must still not overflow the clock.
+        let now = Instant::now();
+        let until = now.checked_add(wait).unwrap_or(now + MAX_UNSTATED_PAUSE);
         let mut paused = self.paused_until.lock().expect("pacer lock");
         if paused.is_none_or(|t| t < until) {
             *paused = Some(until);

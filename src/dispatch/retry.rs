@@ -94,6 +94,11 @@ pub enum Action {
 /// GitHub's guidance for secondary limits is to wait at least a minute.
 pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 
+/// The longest wait taken from GitHub's headers. A day is longer than any
+/// real rate limit and than the default `retry.give_up_after`; a larger
+/// number in a header is not believed (and would overflow the clock).
+pub const MAX_ASKED_WAIT_SECS: u64 = 24 * 3600;
+
 pub const BAD_CREDENTIALS: &str = "bad credentials: token invalid or expired";
 
 pub const NOT_FOUND: &str = "repository not found, or the credential cannot see it — a classic PAT needs `repo`, \
@@ -198,7 +203,7 @@ pub fn classify(
             // is not asked sooner than that.
             match (action, answer.rate.retry_after_secs) {
                 (Action::Retry { delay, reason, .. }, Some(secs)) => {
-                    let asked = Duration::from_secs(secs);
+                    let asked = Duration::from_secs(secs.min(MAX_ASKED_WAIT_SECS));
                     if history.age + asked > policy.give_up_after {
                         Action::Fail {
                             reason: format!(
@@ -320,7 +325,7 @@ pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration>
         return None;
     }
     if let Some(secs) = answer.rate.retry_after_secs {
-        return Some(Duration::from_secs(secs.max(1)));
+        return Some(Duration::from_secs(secs.clamp(1, MAX_ASKED_WAIT_SECS)));
     }
     if answer.rate.remaining == Some(0)
         && let Some(reset) = answer.rate.reset_epoch_secs
@@ -329,7 +334,9 @@ pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration>
         // when the answer says what it was, a host clock minutes off
         // neither hammers a limit that has not reset nor waits too long.
         let now = answer.rate.date_epoch_secs.unwrap_or(now_epoch_secs);
-        return Some(Duration::from_secs(reset.saturating_sub(now).max(1)));
+        return Some(Duration::from_secs(
+            reset.saturating_sub(now).clamp(1, MAX_ASKED_WAIT_SECS),
+        ));
     }
     Some(DEFAULT_RATE_LIMIT_WAIT)
 }
@@ -522,6 +529,40 @@ mod tests {
         );
         assert_eq!(reset_on_our_clock(&rate(None, Some(NOW)), NOW), None);
         assert!(reset_on_our_clock(&rate(Some(u64::MAX), Some(NOW)), NOW).is_some());
+    }
+
+    #[test]
+    fn absurd_waits_in_headers_are_capped_at_a_day() {
+        let huge = RateHeaders {
+            retry_after_secs: Some(u64::MAX),
+            ..RateHeaders::default()
+        };
+        let day = Duration::from_secs(MAX_ASKED_WAIT_SECS);
+        assert_eq!(rate_limit_wait(&answer(429, "", huge), NOW), Some(day));
+        let exhausted = RateHeaders {
+            remaining: Some(0),
+            reset_epoch_secs: Some(u64::MAX),
+            ..RateHeaders::default()
+        };
+        assert_eq!(rate_limit_wait(&answer(403, "", exhausted), NOW), Some(day));
+        // Neither overflows when the job's age is added.
+        let old = History {
+            age: Duration::from_secs(3600),
+            ..fresh()
+        };
+        for status in [429, 503] {
+            let action = classify(
+                Outcome::Answer(&answer(status, "", huge)),
+                old,
+                &policy(),
+                NOW,
+                1.0,
+            );
+            assert!(
+                matches!(action, Action::Fail { .. }),
+                "{status}: {action:?}"
+            );
+        }
     }
 
     #[test]

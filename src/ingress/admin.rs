@@ -142,15 +142,21 @@ pub async fn redeliver(
         Some(
             outcome @ (Redelivered::Requeued
             | Redelivered::Rerendered
-            | Redelivered::RequeuedAsRendered),
+            | Redelivered::RequeuedAsRendered { .. }),
         ) => {
             state.dispatcher.wake();
+            // Set when the route's targets changed since the webhook came,
+            // so its failed jobs went as first rendered, and those whose
+            // targets left the route stayed failed.
+            let dropped = match outcome {
+                Redelivered::RequeuedAsRendered { dropped } => Some(dropped),
+                _ => None,
+            };
             Ok(HttpResponse::Accepted().json(serde_json::json!({
                 "delivery_id": id.into_inner(),
                 "requeued": true,
-                // Set when the route's targets changed since the webhook
-                // came, so its failed jobs went as first rendered.
-                "as_first_rendered": outcome == Redelivered::RequeuedAsRendered,
+                "as_first_rendered": dropped.is_some(),
+                "left_failed": dropped.unwrap_or(0),
             })))
         }
         Some(Redelivered::StillFailing(reason)) => Err(IngressError::Unprocessable(reason)),

@@ -291,6 +291,9 @@ pub struct StoredTarget {
     pub repo: String,
     /// Its event type, or its workflow.
     pub label: String,
+    /// The request path and the JSON body it was sent with.
+    pub path: String,
+    pub body: String,
     /// Failed at GitHub; otherwise delivered.
     pub failed: bool,
 }
@@ -305,10 +308,10 @@ pub enum Rerendering {
         jobs: Vec<NewJob>,
         dedupe_key: Option<String>,
     },
-    /// Its failed jobs go again as they were first rendered (a delivery
-    /// that failed at GitHub whose route's targets no longer line up with
-    /// its jobs).
-    AsRendered,
+    /// The failed jobs of these targets go again as they were first
+    /// rendered (a delivery that failed at GitHub whose route's targets no
+    /// longer line up with its jobs); its other failed jobs stay failed.
+    AsRendered { targets: Vec<usize> },
     /// Why it cannot be sent; it stays failed with this reason.
     Failed(String),
 }

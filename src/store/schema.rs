@@ -414,15 +414,18 @@ pub(super) fn rerender(
             }
             insert_jobs_due(conn, delivery_id, jobs, now_ms, now_ms)?;
         }
-        Rerendering::AsRendered => {
-            let requeued = conn.execute(
-                "UPDATE jobs SET status = 'pending', next_attempt_at = ?2, created_at = ?2, failures = 0,
+        Rerendering::AsRendered { targets } => {
+            let mut requeue = conn.prepare_cached(
+                "UPDATE jobs SET status = 'pending', next_attempt_at = ?3, created_at = ?3, failures = 0,
                      leased_until = NULL, finished_at = NULL
-                 WHERE delivery_id = ?1 AND status = 'failed'",
-                params![delivery_id, now_ms],
+                 WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
             )?;
+            let mut requeued = 0;
+            for target in targets {
+                requeued += requeue.execute(params![delivery_id, *target as i64, now_ms])?;
+            }
             if requeued == 0 {
-                stay_failed("nothing to send: it has no failed jobs")?;
+                stay_failed("nothing to send: none of its failed targets is in the route now")?;
                 return Ok(Rerendered::StillFailed);
             }
         }
@@ -570,14 +573,16 @@ pub(super) fn failed(
             .map_err(|e| StoreError::Unavailable(format!("stored request of {id}: {e}")))?;
         let targets = conn
             .prepare_cached(
-                "SELECT target_index, repo, label, status = 'failed' FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
+                "SELECT target_index, repo, label, path, body, status = 'failed' FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
             )?
             .query_map(params![id], |r| {
                 Ok(StoredTarget {
                     index: r.get::<_, i64>(0)? as usize,
                     repo: r.get(1)?,
                     label: r.get(2)?,
-                    failed: r.get(3)?,
+                    path: r.get(3)?,
+                    body: r.get(4)?,
+                    failed: r.get(5)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

@@ -218,7 +218,7 @@ async fn failed_jobs_can_go_again_as_first_rendered() {
     deliver_first_fail_second(&store, &jobs).await;
     assert_eq!(
         store
-            .rerender("d1", Rerendering::AsRendered, 6_000)
+            .rerender("d1", Rerendering::AsRendered { targets: vec![1] }, 6_000)
             .await
             .unwrap(),
         Rerendered::Queued

@@ -425,7 +425,10 @@ async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_re
             .unwrap();
         for delivery in page["deliveries"].as_array().unwrap() {
             let id = delivery["id"].as_str().unwrap().to_owned();
-            assert_eq!(admin_redeliver(&app, &id).await.status(), 202);
+            let answer = admin_redeliver(&app, &id).await;
+            assert_eq!(answer.status(), 202);
+            let answer: Value = answer.json().await.unwrap();
+            assert_eq!(answer["as_first_rendered"], false, "{answer}");
             seen.push(id);
         }
         match page["next_before"].as_str() {
@@ -447,23 +450,28 @@ async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_re
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn redeliver_after_targets_were_removed_sends_the_failed_job_as_first_rendered_and_no_delivered_one_twice()
- {
-    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/gone\n        event_type: deploy\n      - repo: acme/blog\n        event_type: deploy\n";
-    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
-    assert_eq!(app.post("cms", "{}").await.status(), 202);
+async fn redeliver_after_targets_changed_sends_failed_jobs_as_first_rendered_unless_removed() {
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/gone\n        event_type: deploy\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/late\n        event_type: deploy\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
+    let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
+    let id = accepted["delivery_id"].as_str().unwrap().to_string();
     app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
         .await;
-    // The dead repository is taken out of the route: acme/blog moves into
-    // the place of the target that failed.
-    let without = std::fs::read_to_string(app.config_path())
+    // acme/late now exists; acme/gone is taken out of the route, so
+    // acme/blog, which was delivered, moves into a failed target's place.
+    app.github.add_repo("acme/late");
+    let changed = std::fs::read_to_string(app.config_path())
         .unwrap()
         .replace("      - repo: acme/gone\n        event_type: deploy\n", "");
-    app.write_config(&without);
-    let output = app.cli(&["redeliver", "--failed"]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
-    assert!(stdout.contains("as first rendered"), "{stdout}");
+    app.write_config(&changed);
+    app.wait_for_log(|line| line.contains("Configuration reloaded"))
+        .await;
+    let answer: Value = admin_redeliver(&app, &id).await.json().await.unwrap();
+    assert_eq!(answer["as_first_rendered"], true, "{answer}");
+    assert_eq!(
+        answer["left_failed"], 1,
+        "acme/gone left the route: {answer}"
+    );
     let sent_to = |repo: &str| {
         app.github
             .dispatch_attempts()
@@ -472,8 +480,11 @@ async fn redeliver_after_targets_were_removed_sends_the_failed_job_as_first_rend
             .count()
     };
     let start = std::time::Instant::now();
-    while sent_to("acme/gone") < 2 {
-        assert!(start.elapsed() < WAIT, "the failed job never went again");
+    while sent_to("acme/late") < 2 {
+        assert!(
+            start.elapsed() < WAIT,
+            "the failed job that is still routed never went again"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     app.wait_for_deliveries(WAIT, |l| l[0]["status"] == "failed")
@@ -483,4 +494,24 @@ async fn redeliver_after_targets_were_removed_sends_the_failed_job_as_first_rend
         1,
         "the delivered target is not sent twice"
     );
+    assert_eq!(
+        sent_to("acme/gone"),
+        1,
+        "a target taken out of the route is not sent again"
+    );
+
+    // With every failed target gone from the route, nothing is sent.
+    let only_blog = changed.replace("      - repo: acme/late\n        event_type: deploy\n", "");
+    app.write_config(&only_blog);
+    let deadline = std::time::Instant::now();
+    loop {
+        let output = app.cli(&["redeliver", "--id", &id]);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if stdout.contains("no longer in route") {
+            assert_eq!(output.status.code(), Some(1));
+            break;
+        }
+        assert!(deadline.elapsed() < WAIT, "{stdout}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
