@@ -96,13 +96,19 @@ fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
             Ok(parsed) => parsed,
             Err(e) => return Rerendering::Failed(e.to_string()),
         };
+    // Rendered as its jobs were: a webhook merged by debounce saw its own
+    // id and time, and the stored request is that webhook's.
+    let (rendered_id, rendered_at) = match &delivery.rendered_as {
+        Some((id, at)) => (id.as_str(), *at),
+        None => (delivery.id.as_str(), delivery.received_at_ms),
+    };
     let ctx = inbound::context(
         &route.id,
         parsed,
         headers,
         &delivery.request.query,
-        &delivery.id,
-        delivery.received_at_ms,
+        rendered_id,
+        rendered_at,
     );
     let targets = match routing::plan(route, &ctx) {
         Ok(Plan::Dispatch(targets)) => targets,

@@ -274,6 +274,10 @@ pub struct FailedDelivery {
     /// Its jobs, one per target of the route when it was received; empty
     /// when it failed at render time.
     pub targets: Vec<StoredTarget>,
+    /// The delivery id and receive time its jobs were rendered with, when
+    /// not its own: debounce merged a later webhook into it, rendered as
+    /// itself.
+    pub rendered_as: Option<(String, i64)>,
 }
 
 impl FailedDelivery {

@@ -65,6 +65,10 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("deliveries", "coalesced", "INTEGER NOT NULL DEFAULT 0"),
     // Run details of a workflow dispatch.
     ("jobs", "result", "TEXT"),
+    // The delivery id and receive time a merged webhook's jobs were
+    // rendered with (debounce), for redelivery to render them alike.
+    ("jobs", "rendered_as_id", "TEXT"),
+    ("jobs", "rendered_as_at", "INTEGER"),
 ];
 
 fn missing_columns(
@@ -82,17 +86,23 @@ fn missing_columns(
     Ok(missing)
 }
 
+/// Inserts a delivery's jobs. `rendered_as` is the delivery id and receive
+/// time their templates saw when those are not the delivery's own: a
+/// webhook merged into an open debounce window was rendered as itself.
 fn insert_jobs_due(
     conn: &Connection,
     delivery_id: &str,
     jobs: &[NewJob],
     now_ms: i64,
     due_ms: i64,
+    rendered_as: Option<(&str, i64)>,
 ) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO jobs (delivery_id, target_index, repo, label, path, body, status, next_attempt_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?8, ?7)",
+        "INSERT INTO jobs (delivery_id, target_index, repo, label, path, body, status, next_attempt_at, created_at,
+                           rendered_as_id, rendered_as_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?8, ?7, ?9, ?10)",
     )?;
+    let (rendered_id, rendered_at) = rendered_as.unzip();
     for job in jobs {
         stmt.execute(params![
             delivery_id,
@@ -102,7 +112,9 @@ fn insert_jobs_due(
             job.path,
             job.body,
             now_ms,
-            due_ms
+            due_ms,
+            rendered_id,
+            rendered_at
         ])?;
     }
     Ok(())
@@ -140,7 +152,14 @@ fn coalesce(
     conn.prepare_cached("DELETE FROM jobs WHERE delivery_id = ?1")?
         .execute(params![id])?;
     let due = debounce_due(window, first_ms, d.received_at_ms);
-    insert_jobs_due(conn, &id, &d.jobs, d.received_at_ms, due)?;
+    insert_jobs_due(
+        conn,
+        &id,
+        &d.jobs,
+        d.received_at_ms,
+        due,
+        Some((&d.id, d.received_at_ms)),
+    )?;
     conn.prepare_cached(
         "UPDATE deliveries SET request = ?2, coalesced = coalesced + 1 WHERE id = ?1",
     )?
@@ -216,7 +235,7 @@ pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, Sto
     let due = debounce.map_or(d.received_at_ms, |w| {
         debounce_due(w, d.received_at_ms, d.received_at_ms)
     });
-    insert_jobs_due(conn, &d.id, &d.jobs, d.received_at_ms, due)?;
+    insert_jobs_due(conn, &d.id, &d.jobs, d.received_at_ms, due, None)?;
     Ok(Accepted::Stored)
 }
 
@@ -412,7 +431,7 @@ pub(super) fn rerender(
                     params![delivery_id, key],
                 )?;
             }
-            insert_jobs_due(conn, delivery_id, jobs, now_ms, now_ms)?;
+            insert_jobs_due(conn, delivery_id, jobs, now_ms, now_ms, None)?;
         }
         Rerendering::AsRendered { targets } => {
             let mut requeue = conn.prepare_cached(
@@ -571,6 +590,13 @@ pub(super) fn failed(
         let (id, route, received_at_ms, request): (String, String, i64, String) = row?;
         let request: StoredRequest = serde_json::from_str(&request)
             .map_err(|e| StoreError::Unavailable(format!("stored request of {id}: {e}")))?;
+        let rendered_as = conn
+            .prepare_cached(
+                "SELECT rendered_as_id, rendered_as_at FROM jobs
+                 WHERE delivery_id = ?1 AND rendered_as_id IS NOT NULL LIMIT 1",
+            )?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
         let targets = conn
             .prepare_cached(
                 "SELECT target_index, repo, label, path, body, status = 'failed' FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
@@ -592,6 +618,7 @@ pub(super) fn failed(
             received_at_ms,
             request,
             targets,
+            rendered_as,
         });
     }
     Ok(out)

@@ -515,3 +515,47 @@ async fn redeliver_after_targets_changed_sends_failed_jobs_as_first_rendered_unl
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_debounced_delivery_is_redelivered_rendered_as_the_webhook_it_sent() {
+    let routes = r#"
+  - id: uploads
+    verify: none
+    debounce: { window: 300ms, max_wait: 5s }
+    dispatch:
+      - repo: acme/blog
+        event_type: rebuild
+        client_payload:
+          delivery: "{{ delivery.id }}"
+      - repo: acme/dcos
+        event_type: rebuild
+        client_payload:
+          delivery: "{{ delivery.id }}"
+"#;
+    let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
+    let first: Value = app.post("uploads", "{}").await.json().await.unwrap();
+    let id = first["delivery_id"].as_str().unwrap().to_string();
+    let second: Value = app.post("uploads", "{}").await.json().await.unwrap();
+    assert_eq!(second["coalesced"], 1, "{second}");
+    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
+        .await;
+    let fixed = std::fs::read_to_string(app.config_path())
+        .unwrap()
+        .replace("acme/dcos", "acme/docs");
+    app.write_config(&fixed);
+    app.wait_for_log(|line| line.contains("Configuration reloaded"))
+        .await;
+    // The targets did not move: the fixed one is rendered again, as the
+    // merged webhook was, and carries what the delivered one carried.
+    let answer: Value = admin_redeliver(&app, &id).await.json().await.unwrap();
+    assert_eq!(answer["as_first_rendered"], false, "{answer}");
+    let sent = app.github.wait_for_dispatches(2, WAIT).await;
+    let payload_of = |repo: &str| {
+        sent.iter()
+            .find(|d| d.path == format!("/repos/{repo}/dispatches"))
+            .and_then(|d| d.body.clone())
+            .map(|b| b["client_payload"]["delivery"].clone())
+            .unwrap()
+    };
+    assert_eq!(payload_of("acme/docs"), payload_of("acme/blog"));
+}
