@@ -294,3 +294,34 @@ async fn a_rate_limit_holds_the_credential_back_even_when_its_job_gives_up() {
     let gap = sent[1].received_at.duration_since(sent[0].received_at);
     assert!(gap >= Duration::from_millis(2_900), "sent after {gap:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_remaining_gauge_returns_to_the_limit_once_githubs_window_resets() {
+    let head = TEST_HEAD.replace("retry:\n", "retry:\n  give_up_after: 1s\n");
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let app = spawn_app_with(&head, routes, &[]).await;
+    // An exhausted primary limit, resetting in 2 s; the job gives up, so
+    // the credential is quiet afterwards.
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::PrimaryRateLimit { reset_in_secs: 2 }],
+    );
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    let gauge = |value: u64| {
+        format!("dispatch_relay_github_rate_limit_remaining{{credential=\"token\"}} {value}")
+    };
+    let start = std::time::Instant::now();
+    while !app.metrics().await.contains(&gauge(0)) {
+        assert!(start.elapsed() < WAIT, "the exhausted limit never showed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while !app.metrics().await.contains(&gauge(5000)) {
+        assert!(
+            start.elapsed() < WAIT,
+            "the gauge never came back after the reset"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing was sent in between: the gauge came back on its own.
+    assert_eq!(app.github.dispatch_attempts().len(), 1);
+}
