@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, NotifyKind, NotifyTarget};
 
@@ -21,8 +23,9 @@ const GATHER: Duration = Duration::from_secs(5);
 /// The least time between two messages to one destination.
 const COOLDOWN: Duration = Duration::from_secs(60);
 
-/// At most this many failures are queued for alerting; beyond it they are
-/// only counted, so a long outage cannot grow memory.
+/// At most this many failures are queued for alerting, and at most this
+/// many wait in one destination's next message; beyond it they are only
+/// counted, so a long outage cannot grow memory.
 const QUEUE: usize = 10_000;
 
 /// How many failures a summary describes one by one.
@@ -41,6 +44,10 @@ pub struct Failure {
 #[derive(Clone, Debug, Default)]
 pub struct Notifier {
     sender: Option<mpsc::Sender<Failure>>,
+    /// Ends the gathering and cooldown waits at shutdown, so that what is
+    /// waiting goes out at once.
+    stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
 /// The default notifier sends nothing (no `notify:` configured).
@@ -52,6 +59,8 @@ impl Notifier {
         if !any {
             return Notifier::default();
         }
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .user_agent(crate::github::USER_AGENT_VALUE)
@@ -65,7 +74,7 @@ impl Notifier {
                 .enumerate()
                 .map(|(index, target)| {
                     let (lane, lane_receiver) = mpsc::channel::<Failure>(QUEUE);
-                    tokio::spawn(run_destination(
+                    tasks.spawn(run_destination(
                         format!("{list}[{index}]"),
                         target.kind.clone(),
                         http.clone(),
@@ -87,17 +96,45 @@ impl Notifier {
             })
             .collect();
         let (sender, mut receiver) = mpsc::channel::<Failure>(QUEUE);
-        tokio::spawn(async move {
-            while let Some(failure) = receiver.recv().await {
+        let stopping = stop.clone();
+        tasks.spawn(async move {
+            let forward = |failure: Failure| {
                 let lanes = route_lanes.get(&failure.route).unwrap_or(&default_lanes);
                 for lane in lanes {
                     let _ = lane.try_send(failure.clone());
                 }
+            };
+            loop {
+                tokio::select! {
+                    received = receiver.recv() => match received {
+                        Some(failure) => forward(failure),
+                        None => break,
+                    },
+                    _ = stopping.cancelled() => {
+                        while let Ok(failure) = receiver.try_recv() {
+                            forward(failure);
+                        }
+                        break;
+                    }
+                }
             }
+            // Dropping the lanes closes them: each destination sends what
+            // it holds at once and ends.
         });
         Notifier {
             sender: Some(sender),
+            stop,
+            tasks,
         }
+    }
+
+    /// Sends what every destination holds now, without waiting for the
+    /// gathering or the cooldown, and waits up to `grace` for it to go: a
+    /// failure recorded just before a restart is still reported.
+    pub async fn close(&self, grace: Duration) -> bool {
+        self.stop.cancel();
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 
     /// Reports a failure; dropped (after a log line) if the queue is full.
@@ -118,34 +155,52 @@ async fn run_destination(
     http: reqwest::Client,
     mut failures: mpsc::Receiver<Failure>,
 ) {
-    let mut batch: Vec<Failure> = Vec::new();
+    let mut batch = Batch::default();
     while let Some(first) = failures.recv().await {
         batch.push(first);
         // Gather what arrives soon after, then keep collecting through the
-        // cooldown before the next message.
+        // cooldown before the next message. A closed channel (shutdown)
+        // ends both waits at once.
         let gathered = tokio::time::Instant::now() + GATHER;
         while let Ok(Some(more)) = tokio::time::timeout_at(gathered, failures.recv()).await {
             batch.push(more);
         }
         loop {
-            let message = render(&destination, &batch);
+            let message = render(&destination, &batch.held, batch.total);
             send(&place, &destination, &http, message).await;
-            batch.clear();
+            batch = Batch::default();
             let cooled = tokio::time::Instant::now() + COOLDOWN;
             while let Ok(Some(more)) = tokio::time::timeout_at(cooled, failures.recv()).await {
                 batch.push(more);
             }
-            if batch.is_empty() {
+            if batch.total == 0 {
                 break;
             }
         }
     }
 }
 
+/// The failures of one destination's next message: the first [`QUEUE`]
+/// held, the rest only counted.
+#[derive(Default)]
+struct Batch {
+    held: Vec<Failure>,
+    total: usize,
+}
+
+impl Batch {
+    fn push(&mut self, failure: Failure) {
+        self.total += 1;
+        if self.held.len() < QUEUE {
+            self.held.push(failure);
+        }
+    }
+}
+
 /// The message for a batch of failures: one failure is described, several
 /// are summarised with counts per route and a few examples.
-fn render(destination: &NotifyKind, batch: &[Failure]) -> serde_json::Value {
-    let text = if let [one] = batch {
+fn render(destination: &NotifyKind, batch: &[Failure], total: usize) -> serde_json::Value {
+    let text = if let ([one], 1) = (batch, total) {
         format!(
             "dispatch-relay: a dispatch to {} failed for good (route {}, delivery {}): {}",
             one.repo, one.route, one.delivery_id, one.reason
@@ -163,7 +218,7 @@ fn render(destination: &NotifyKind, batch: &[Failure]) -> serde_json::Value {
             .collect();
         format!(
             "dispatch-relay: {} dispatches failed for good ({}). `dispatch-relay deliveries --status failed` lists them; `dispatch-relay redeliver --failed` sends them again.\n{}",
-            batch.len(),
+            total,
             routes.join(", "),
             examples.join("\n")
         )
@@ -172,7 +227,7 @@ fn render(destination: &NotifyKind, batch: &[Failure]) -> serde_json::Value {
         NotifyKind::Slack(_) => serde_json::json!({ "text": text }),
         NotifyKind::Url(_) => serde_json::json!({
             "event": "dispatch_failed",
-            "count": batch.len(),
+            "count": total,
             "text": text,
             "failures": batch.iter().take(100).map(|f| serde_json::json!({
                 "route": f.route, "delivery_id": f.delivery_id, "repo": f.repo, "reason": f.reason,
@@ -234,9 +289,27 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_holds_at_most_the_queue_and_counts_the_rest() {
+        let mut batch = Batch::default();
+        for n in 0..QUEUE + 5 {
+            batch.push(failure("cms", n));
+        }
+        assert_eq!((batch.held.len(), batch.total), (QUEUE, QUEUE + 5));
+        let slack = NotifyKind::Slack(Secret::new("https://hooks.slack.com/services/T/B/X".into()));
+        let text = render(&slack, &batch.held, batch.total)["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            text.starts_with("dispatch-relay: 10005 dispatches failed"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn one_failure_is_described_and_many_are_summarised() {
         let slack = NotifyKind::Slack(Secret::new("https://hooks.slack.com/services/T/B/X".into()));
-        let one = render(&slack, &[failure("cms", 1)]);
+        let one = render(&slack, &[failure("cms", 1)], 1);
         assert!(
             one["text"]
                 .as_str()
@@ -246,7 +319,7 @@ mod tests {
         let many: Vec<Failure> = (0..100)
             .map(|n| failure(if n % 2 == 0 { "cms" } else { "s3" }, n))
             .collect();
-        let summary = render(&slack, &many);
+        let summary = render(&slack, &many, 100);
         let text = summary["text"].as_str().unwrap();
         assert!(
             text.starts_with("dispatch-relay: 100 dispatches failed for good (cms: 50, s3: 50)"),
@@ -254,7 +327,7 @@ mod tests {
         );
         assert_eq!(text.matches('•').count(), EXAMPLES);
         let url = NotifyKind::Url(Secret::new("https://example.com/alerts".into()));
-        assert_eq!(render(&url, &many)["count"], 100);
+        assert_eq!(render(&url, &many, 100)["count"], 100);
         assert!(
             !text.contains("hooks.slack.com"),
             "the destination URL is a secret"

@@ -74,6 +74,10 @@ async fn prune_periodically(
 /// How long in-flight GitHub calls may take to finish at shutdown.
 const DRAIN_GRACE: Duration = Duration::from_secs(20);
 
+/// How long failure alerts still waiting to be sent may take at shutdown:
+/// one request per destination, each with a 10 s timeout.
+const ALERT_GRACE: Duration = Duration::from_secs(10);
+
 pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), CliError> {
     let (loaded, loaded_text) = load_config_text(config_path)?;
     for warning in &loaded.warnings {
@@ -109,6 +113,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         client.clone(),
         crate::github::preflight::static_targets(&config),
     ));
+    let notifier = crate::notify::Notifier::start(&config);
     let dispatcher = Dispatcher {
         store: store.clone(),
         client,
@@ -116,7 +121,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         retry: config.retry.clone(),
         pacer: Arc::new(Pacer::new(&config.github.pacing)),
         metrics: metrics.clone(),
-        notifier: crate::notify::Notifier::start(&config),
+        notifier: notifier.clone(),
     }
     .spawn();
 
@@ -184,6 +189,10 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         tracing::warn!(
             "Some dispatches were still in flight after the grace period; they will be sent again at the next start"
         );
+    }
+    // After the dispatches, so that their failures are in the alerts too.
+    if !notifier.close(ALERT_GRACE).await {
+        tracing::warn!("Some failure alerts could not be sent before stopping");
     }
     handle.stop(true).await;
     let _ = server.await;

@@ -559,3 +559,22 @@ async fn a_debounced_delivery_is_redelivered_rendered_as_the_webhook_it_sent() {
     };
     assert_eq!(payload_of("acme/docs"), payload_of("acme/blog"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_alert_still_being_gathered_is_sent_when_the_relay_stops() {
+    let team = crate::helpers::Recorder::start();
+    let head = format!("{TEST_HEAD}notify:\n  - url: ${{TEAM_ALERTS_URL}}\n");
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
+    let mut app = spawn_app_with(&head, routes, &[("TEAM_ALERTS_URL", team.url.as_str())]).await;
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
+        .await;
+    // The alert waits a few seconds for others to join it; a restart in
+    // that time must not lose it.
+    assert!(team.bodies().is_empty(), "sent before the relay stopped");
+    app.stop_and_read_logs();
+    let alert = team.bodies();
+    assert_eq!(alert.len(), 1, "{alert:?}");
+    assert_eq!(alert[0]["event"], "dispatch_failed");
+    assert_eq!(alert[0]["failures"][0]["repo"], "acme/missing");
+}
