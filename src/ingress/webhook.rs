@@ -270,6 +270,9 @@ async fn verify_sns(
                 Some(key) => key,
                 None => {
                     let pem = outbound::get(url).await.map_err(|e| {
+                        if names_no_certificate(&e) {
+                            return refuse(&format!("signing certificate URL: {e}"));
+                        }
                         tracing::warn!(route = %route.id, error = %e, "Could not fetch the SNS signing certificate");
                         IngressError::Unavailable(
                             "the signing certificate could not be fetched; retry shortly".into(),
@@ -285,6 +288,18 @@ async fn verify_sns(
     };
     sns::verify_signature(&envelope, keys).map_err(|e| refuse(&e))?;
     Ok(envelope)
+}
+
+/// Whether fetching an SNS signing certificate failed because AWS says there
+/// is no such certificate (a 4xx) or sent something that is not one (too
+/// large): then the envelope is not from SNS and is refused like a bad
+/// signature. A 5xx or a network failure may pass, and is answered "retry
+/// later".
+fn names_no_certificate(error: &outbound::GetError) -> bool {
+    matches!(
+        error,
+        outbound::GetError::Status(400..=499) | outbound::GetError::TooLarge
+    )
 }
 
 /// Confirms a verified `SubscriptionConfirmation` by a GET of its
@@ -419,6 +434,21 @@ fn forwarded_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_missing_certificate_refuses_the_envelope() {
+        use outbound::GetError;
+        let cases = [
+            (GetError::Status(403), true),
+            (GetError::Status(404), true),
+            (GetError::TooLarge, true),
+            (GetError::Status(503), false),
+            (GetError::Transport("connection reset".into()), false),
+        ];
+        for (error, refused) in cases {
+            assert_eq!(names_no_certificate(&error), refused, "{error}");
+        }
+    }
 
     #[test]
     fn the_client_is_the_nearest_untrusted_hop_and_unreadable_hops_refuse() {

@@ -99,7 +99,13 @@ pub(super) fn standard_webhooks(
     let ts = timestamp(ts_text, ts_header)?;
     let mut symmetric: Vec<Vec<u8>> = Vec::new();
     let mut asymmetric: Vec<Vec<u8>> = Vec::new();
-    for (version, signature) in signatures.split(' ').filter_map(|e| e.split_once(',')) {
+    // Entries are space-delimited. A sender that repeats the header gets
+    // its lines joined with ", ", which leaves a comma on every entry but
+    // the last; it is not part of the base64.
+    let entries = signatures
+        .split(' ')
+        .map(|entry| entry.strip_suffix(',').unwrap_or(entry));
+    for (version, signature) in entries.filter_map(|e| e.split_once(',')) {
         let list = match version {
             "v1" => &mut symmetric,
             "v1a" => &mut asymmetric,

@@ -168,6 +168,22 @@ fn standard_webhooks_reference_vector() {
         Ok(())
     );
     assert!(verify::verify_request(&method, &request(1_649_367_553_000 + 301_000)).is_err());
+
+    // A sender that repeats the header: the lines arrive joined with ", ",
+    // and the matching entry is not the last.
+    let mut joined = headers.clone();
+    joined.insert(
+        "webhook-signature".into(),
+        "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=, v1,c29tZXRoaW5nIGVsc2U=".into(),
+    );
+    let request = Request {
+        method: "POST",
+        path: "/hooks/x",
+        headers: &joined,
+        body,
+        now_ms: 1_649_367_553_000,
+    };
+    assert_eq!(verify::verify_request(&method, &request), Ok(()));
 }
 
 /// A `whpk_` public key and `v1a` signatures made with its private key
