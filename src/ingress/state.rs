@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -112,7 +113,44 @@ pub struct AppState {
     /// `RELAY_TEST_CLOCK_MS` (see docs/decisions.md).
     verify_clock_ms: Option<i64>,
     sns_certs: Mutex<HashMap<String, SigningKey>>,
+    sns_cert_misses: Mutex<CertMisses>,
+    /// Bounds the certificate fetches running at once: each is an outbound
+    /// request that a forged envelope can ask for.
+    sns_cert_fetches: tokio::sync::Semaphore,
     sns_confirmed: Mutex<HashSet<String>>,
+}
+
+/// How long a certificate URL that AWS said does not exist is refused
+/// without asking again.
+const CERT_MISS_TTL: Duration = Duration::from_secs(600);
+
+/// How many SNS certificate fetches may run at once.
+const CERT_FETCHES: usize = 4;
+
+/// SNS certificate URLs that AWS said do not exist, remembered for
+/// [`CERT_MISS_TTL`], so that forged envelopes naming one cost no further
+/// outbound request.
+#[derive(Default)]
+struct CertMisses(HashMap<String, Instant>);
+
+impl CertMisses {
+    fn remember(&mut self, url: &str, now: Instant) {
+        if self.0.len() >= MAX_CACHED_CERTS {
+            self.0.clear();
+        }
+        self.0.insert(url.to_string(), now + CERT_MISS_TTL);
+    }
+
+    fn known(&mut self, url: &str, now: Instant) -> bool {
+        match self.0.get(url) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                self.0.remove(url);
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 impl AppState {
@@ -135,6 +173,8 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             verify_clock_ms: None,
             sns_certs: Mutex::new(HashMap::new()),
+            sns_cert_misses: Mutex::default(),
+            sns_cert_fetches: tokio::sync::Semaphore::new(CERT_FETCHES),
             sns_confirmed: Mutex::new(HashSet::new()),
         }
     }
@@ -159,6 +199,26 @@ impl AppState {
             .expect("cert cache lock")
             .get(url)
             .cloned()
+    }
+
+    /// Whether AWS said lately that there is no certificate at `url`.
+    pub fn sns_cert_known_missing(&self, url: &str) -> bool {
+        self.sns_cert_misses
+            .lock()
+            .expect("cert cache lock")
+            .known(url, Instant::now())
+    }
+
+    pub fn remember_missing_sns_cert(&self, url: &str) {
+        self.sns_cert_misses
+            .lock()
+            .expect("cert cache lock")
+            .remember(url, Instant::now());
+    }
+
+    /// Waits for a turn to fetch a certificate.
+    pub async fn sns_cert_fetch_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.sns_cert_fetches.acquire().await.ok()
     }
 
     pub fn cache_sns_cert(&self, url: &str, key: SigningKey) {
@@ -206,5 +266,25 @@ impl AppState {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_certificate_is_remembered_for_a_while() {
+        let mut misses = CertMisses::default();
+        let now = Instant::now();
+        let url = "https://sns.us-east-1.amazonaws.com/x.pem";
+        assert!(!misses.known(url, now));
+        misses.remember(url, now);
+        assert!(misses.known(url, now + CERT_MISS_TTL - Duration::from_secs(1)));
+        assert!(
+            !misses.known(url, now + CERT_MISS_TTL),
+            "asked again after a while"
+        );
+        assert!(!misses.known(url, now), "and forgotten once expired");
     }
 }

@@ -266,28 +266,68 @@ async fn verify_sns(
         Some(Err(e)) => return Err(refuse(&format!("pinned certificates unavailable: {e}"))),
         None => {
             let url = envelope.signing_cert_url();
-            fetched = match state.cached_sns_cert(url) {
-                Some(key) => key,
-                None => {
-                    let pem = outbound::get(url).await.map_err(|e| {
-                        if names_no_certificate(&e) {
-                            return refuse(&format!("signing certificate URL: {e}"));
-                        }
-                        tracing::warn!(route = %route.id, error = %e, "Could not fetch the SNS signing certificate");
-                        IngressError::Unavailable(
-                            "the signing certificate could not be fetched; retry shortly".into(),
-                        )
-                    })?;
-                    let key = SigningKey::from_pem(&pem).map_err(|e| refuse(&e))?;
-                    state.cache_sns_cert(url, key.clone());
-                    key
-                }
-            };
+            fetched =
+                match state.cached_sns_cert(url) {
+                    Some(key) => key,
+                    None => fetch_signing_key(state, &route.id, url)
+                        .await
+                        .map_err(|fetch| match fetch {
+                            CertFetch::Refused(reason) => refuse(&reason),
+                            CertFetch::Unavailable => IngressError::Unavailable(
+                                "the signing certificate could not be fetched; retry shortly"
+                                    .into(),
+                            ),
+                        })?,
+                };
             std::slice::from_ref(&fetched)
         }
     };
     sns::verify_signature(&envelope, keys).map_err(|e| refuse(&e))?;
     Ok(envelope)
+}
+
+/// Why no signing key came from a certificate URL.
+enum CertFetch {
+    /// AWS says there is no such certificate, or sent something that is
+    /// not one: the envelope is not from SNS.
+    Refused(String),
+    /// A failure that may pass; SNS retries on 503.
+    Unavailable,
+}
+
+/// Fetches and caches the signing key at an SNS certificate URL, a few
+/// fetches at a time; a URL AWS said has no certificate is refused for a
+/// while without asking again.
+async fn fetch_signing_key(
+    state: &AppState,
+    route: &str,
+    url: &str,
+) -> Result<SigningKey, CertFetch> {
+    let missing =
+        || CertFetch::Refused("signing certificate URL: AWS said lately it has none".into());
+    if state.sns_cert_known_missing(url) {
+        return Err(missing());
+    }
+    let _turn = state.sns_cert_fetch_turn().await;
+    // While this request waited its turn, another may have fetched the
+    // certificate or learnt that there is none.
+    if let Some(key) = state.cached_sns_cert(url) {
+        return Ok(key);
+    }
+    if state.sns_cert_known_missing(url) {
+        return Err(missing());
+    }
+    let pem = outbound::get(url).await.map_err(|e| {
+        if names_no_certificate(&e) {
+            state.remember_missing_sns_cert(url);
+            return CertFetch::Refused(format!("signing certificate URL: {e}"));
+        }
+        tracing::warn!(route = %route, error = %e, "Could not fetch the SNS signing certificate");
+        CertFetch::Unavailable
+    })?;
+    let key = SigningKey::from_pem(&pem).map_err(|e| CertFetch::Refused(e.to_string()))?;
+    state.cache_sns_cert(url, key.clone());
+    Ok(key)
 }
 
 /// Whether fetching an SNS signing certificate failed because AWS says there
