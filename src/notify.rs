@@ -139,12 +139,19 @@ impl Notifier {
 
     /// Reports a failure; dropped (after a log line) if the queue is full.
     pub fn failed(&self, failure: Failure) {
-        if let Some(sender) = &self.sender
-            && sender.try_send(failure).is_err()
-        {
-            tracing::warn!(
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        match sender.try_send(failure) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!(
                 "The alert queue is full; a failure was not sent to notify destinations"
-            );
+            ),
+            // After `close`: a dispatch still in flight past the shutdown
+            // grace failed. It is in the store as failed.
+            Err(mpsc::error::TrySendError::Closed(_)) => tracing::warn!(
+                "The relay is stopping; a failure was not sent to notify destinations"
+            ),
         }
     }
 }
@@ -166,7 +173,7 @@ async fn run_destination(
             batch.push(more);
         }
         loop {
-            let message = render(&destination, &batch.held, batch.total);
+            let message = render(&destination, &batch);
             send(&place, &destination, &http, message).await;
             batch = Batch::default();
             let cooled = tokio::time::Instant::now() + COOLDOWN;
@@ -186,11 +193,14 @@ async fn run_destination(
 struct Batch {
     held: Vec<Failure>,
     total: usize,
+    /// Failures per route, of all of them, held or not.
+    per_route: BTreeMap<String, usize>,
 }
 
 impl Batch {
     fn push(&mut self, failure: Failure) {
         self.total += 1;
+        *self.per_route.entry(failure.route.clone()).or_default() += 1;
         if self.held.len() < QUEUE {
             self.held.push(failure);
         }
@@ -199,19 +209,20 @@ impl Batch {
 
 /// The message for a batch of failures: one failure is described, several
 /// are summarised with counts per route and a few examples.
-fn render(destination: &NotifyKind, batch: &[Failure], total: usize) -> serde_json::Value {
-    let text = if let ([one], 1) = (batch, total) {
+fn render(destination: &NotifyKind, batch: &Batch) -> serde_json::Value {
+    let (held, total) = (&batch.held, batch.total);
+    let text = if let ([one], 1) = (held.as_slice(), total) {
         format!(
             "dispatch-relay: a dispatch to {} failed for good (route {}, delivery {}): {}",
             one.repo, one.route, one.delivery_id, one.reason
         )
     } else {
-        let mut per_route: BTreeMap<&str, usize> = BTreeMap::new();
-        for f in batch {
-            *per_route.entry(&f.route).or_default() += 1;
-        }
-        let routes: Vec<String> = per_route.iter().map(|(r, n)| format!("{r}: {n}")).collect();
-        let examples: Vec<String> = batch
+        let routes: Vec<String> = batch
+            .per_route
+            .iter()
+            .map(|(r, n)| format!("{r}: {n}"))
+            .collect();
+        let examples: Vec<String> = held
             .iter()
             .take(EXAMPLES)
             .map(|f| format!("• {} (delivery {}): {}", f.repo, f.delivery_id, f.reason))
@@ -229,7 +240,7 @@ fn render(destination: &NotifyKind, batch: &[Failure], total: usize) -> serde_js
             "event": "dispatch_failed",
             "count": total,
             "text": text,
-            "failures": batch.iter().take(100).map(|f| serde_json::json!({
+            "failures": held.iter().take(100).map(|f| serde_json::json!({
                 "route": f.route, "delivery_id": f.delivery_id, "repo": f.repo, "reason": f.reason,
             })).collect::<Vec<_>>(),
         }),
@@ -288,38 +299,38 @@ mod tests {
         }
     }
 
+    fn batch_of(failures: impl IntoIterator<Item = Failure>) -> Batch {
+        let mut batch = Batch::default();
+        for f in failures {
+            batch.push(f);
+        }
+        batch
+    }
+
     #[test]
     fn a_batch_holds_at_most_the_queue_and_counts_the_rest() {
-        let mut batch = Batch::default();
-        for n in 0..QUEUE + 5 {
-            batch.push(failure("cms", n));
-        }
+        let batch = batch_of((0..QUEUE + 5).map(|n| failure("cms", n)));
         assert_eq!((batch.held.len(), batch.total), (QUEUE, QUEUE + 5));
         let slack = NotifyKind::Slack(Secret::new("https://hooks.slack.com/services/T/B/X".into()));
-        let text = render(&slack, &batch.held, batch.total)["text"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let text = render(&slack, &batch)["text"].as_str().unwrap().to_owned();
         assert!(
-            text.starts_with("dispatch-relay: 10005 dispatches failed"),
-            "{text}"
+            text.starts_with("dispatch-relay: 10005 dispatches failed for good (cms: 10005)"),
+            "the counts cover every failure, held or not: {text}"
         );
     }
 
     #[test]
     fn one_failure_is_described_and_many_are_summarised() {
         let slack = NotifyKind::Slack(Secret::new("https://hooks.slack.com/services/T/B/X".into()));
-        let one = render(&slack, &[failure("cms", 1)], 1);
+        let one = render(&slack, &batch_of([failure("cms", 1)]));
         assert!(
             one["text"]
                 .as_str()
                 .unwrap()
                 .contains("acme/blog failed for good (route cms, delivery d1)")
         );
-        let many: Vec<Failure> = (0..100)
-            .map(|n| failure(if n % 2 == 0 { "cms" } else { "s3" }, n))
-            .collect();
-        let summary = render(&slack, &many, 100);
+        let many = batch_of((0..100).map(|n| failure(if n % 2 == 0 { "cms" } else { "s3" }, n)));
+        let summary = render(&slack, &many);
         let text = summary["text"].as_str().unwrap();
         assert!(
             text.starts_with("dispatch-relay: 100 dispatches failed for good (cms: 50, s3: 50)"),
@@ -327,7 +338,7 @@ mod tests {
         );
         assert_eq!(text.matches('•').count(), EXAMPLES);
         let url = NotifyKind::Url(Secret::new("https://example.com/alerts".into()));
-        assert_eq!(render(&url, &many, 100)["count"], 100);
+        assert_eq!(render(&url, &many)["count"], 100);
         assert!(
             !text.contains("hooks.slack.com"),
             "the destination URL is a secret"

@@ -331,14 +331,16 @@ async fn fetch_signing_key(
 }
 
 /// Whether fetching an SNS signing certificate failed because AWS says there
-/// is no such certificate (a 4xx) or sent something that is not one (too
-/// large): then the envelope is not from SNS and is refused like a bad
-/// signature. A 5xx or a network failure may pass, and is answered "retry
-/// later".
+/// is no such certificate (403, 404, 410) or sent something that is not one
+/// (too large): then the envelope is not from SNS and is refused like a bad
+/// signature. Anything else may pass, and is answered "retry later".
 fn names_no_certificate(error: &outbound::GetError) -> bool {
+    // Only the answers that say the certificate is not there: SNS does not
+    // retry a message refused with a 4xx, so a 429 or a 408, which only ask
+    // to come back later, must stay a 503.
     matches!(
         error,
-        outbound::GetError::Status(400..=499) | outbound::GetError::TooLarge
+        outbound::GetError::Status(403 | 404 | 410) | outbound::GetError::TooLarge
     )
 }
 
@@ -482,6 +484,9 @@ mod tests {
             (GetError::Status(403), true),
             (GetError::Status(404), true),
             (GetError::TooLarge, true),
+            (GetError::Status(410), true),
+            (GetError::Status(429), false),
+            (GetError::Status(408), false),
             (GetError::Status(503), false),
             (GetError::Transport("connection reset".into()), false),
         ];
