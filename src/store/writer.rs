@@ -244,8 +244,7 @@ fn commit_batch(
     conn: &mut Connection,
     batch: &[Command],
 ) -> (Vec<Result<Outcome, StoreError>>, Result<(), String>) {
-    let unavailable = |e: rusqlite::Error| {
-        let message = e.to_string();
+    let unavailable = |message: String| {
         let outcomes = batch
             .iter()
             .map(|_| Err(StoreError::Unavailable(message.clone())))
@@ -254,19 +253,41 @@ fn commit_batch(
     };
     match begin(conn) {
         Ok(tx) => {
-            let outcomes: Vec<_> = batch.iter().map(|c| execute(&tx, c)).collect();
-            if outcomes.iter().all(Result::is_ok) {
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for command in batch {
+                match execute(&tx, command) {
+                    Ok(outcome) => outcomes.push(Ok(outcome)),
+                    // The batch is run again with savepoints anyway; going
+                    // on here could run the rest outside any transaction
+                    // if SQLite has already rolled this one back.
+                    Err(_) => break,
+                }
+            }
+            if outcomes.len() == batch.len() {
                 return (outcomes, tx.commit().map_err(|e| e.to_string()));
             }
             // Dropping the transaction rolls the whole batch back.
         }
-        Err(e) => return unavailable(e),
+        Err(e) => return unavailable(e.to_string()),
     }
     let tx = match begin(conn) {
         Ok(tx) => tx,
-        Err(e) => return unavailable(e),
+        Err(e) => return unavailable(e.to_string()),
     };
-    let outcomes = batch.iter().map(|c| scoped(&tx, c)).collect();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for command in batch {
+        let outcome = scoped(&tx, command);
+        if let Err(e) = &outcome
+            && tx.is_autocommit()
+        {
+            // SQLite rolled the whole transaction back (a full disk, an I/O
+            // error): nothing of the batch is stored, and running on would
+            // commit each later statement on its own. Every caller is told
+            // so, and nothing is half done.
+            return unavailable(e.to_string());
+        }
+        outcomes.push(outcome);
+    }
     let commit = tx.commit().map_err(|e| e.to_string());
     (outcomes, commit)
 }
@@ -383,6 +404,48 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(stored, ["d1", "d2"], "the failed command left nothing");
+    }
+
+    #[test]
+    fn a_batch_whose_transaction_sqlite_rolls_back_commits_nothing_and_answers_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("store.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        schema::migrate(&conn).unwrap();
+        // A full disk: the file may not grow by a page. A request too large
+        // for what is left makes SQLite roll the whole transaction back.
+        let pages: i64 = conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "max_page_count", pages + 2)
+            .unwrap();
+        let (small, _a) = accept("small");
+        let (big, _b) = accept("big");
+        let Command::Accept { delivery, .. } = &big else {
+            unreachable!()
+        };
+        let mut huge = (**delivery).clone();
+        huge.request = crate::store::EncodedRequest::from(&crate::store::StoredRequest {
+            content_type: None,
+            query: vec![],
+            headers: vec![],
+            body: "x".repeat(1 << 20),
+            body_base64: false,
+        });
+        let (reply, _c) = oneshot::channel();
+        let big = Command::Accept {
+            delivery: Box::new(huge),
+            reply,
+        };
+        let (after, _d) = accept("after");
+        let commands = [small, big, after];
+        let (outcomes, commit) = commit_batch(&mut conn, &commands);
+        assert!(commit.is_err(), "{commit:?}");
+        assert!(outcomes.iter().all(Result::is_err));
+        let stored: i64 = conn
+            .query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 0, "nothing is half stored");
     }
 
     #[test]
