@@ -25,7 +25,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
         )));
     }
-    if version == SCHEMA_VERSION && missing_columns(conn)?.is_empty() && !missing_tables(conn)? {
+    if version == SCHEMA_VERSION && missing_columns(conn)?.is_empty() && !missing_objects(conn)? {
         // Up to date: write nothing. `deliveries` and `redeliver` open the
         // store beside a running relay, and must not take its write lock.
         return Ok(());
@@ -36,18 +36,30 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
         ))?;
     }
+    conn.execute_batch(INDEXES_ON_ADDED_COLUMNS)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
 
-/// Tables added after the first schema; `SCHEMA` creates them when missing.
-const ADDED_TABLES: &[&str] = &["readiness"];
+/// Indexes over columns that older stores only gain in [`ADDED_COLUMNS`],
+/// so they are created after those.
+const INDEXES_ON_ADDED_COLUMNS: &str = "
+-- The open debounce windows of a route, found without walking every pending
+-- delivery of every route; deliveries of routes without debounce are not in
+-- it, so accepting them costs nothing more.
+CREATE INDEX IF NOT EXISTS deliveries_debounce_open ON deliveries (route, received_at)
+    WHERE debounce_first_at IS NOT NULL AND status = 'pending';
+";
 
-fn missing_tables(conn: &Connection) -> Result<bool, StoreError> {
-    for table in ADDED_TABLES {
+/// Tables and indexes added after the first schema; the migration creates
+/// them when missing.
+const ADDED_OBJECTS: &[&str] = &["readiness", "deliveries_debounce_open"];
+
+fn missing_objects(conn: &Connection) -> Result<bool, StoreError> {
+    for name in ADDED_OBJECTS {
         let present = conn
-            .prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")?
-            .exists([table])?;
+            .prepare_cached("SELECT 1 FROM sqlite_schema WHERE name = ?1")?
+            .exists([name])?;
         if !present {
             return Ok(true);
         }
@@ -126,6 +138,14 @@ fn debounce_due(d: &DebounceWindow, first_ms: i64, now_ms: i64) -> i64 {
     (now_ms + d.window_ms).min(first_ms + d.max_wait_ms)
 }
 
+/// The open debounce window of a route: its newest pending debounced
+/// delivery none of whose jobs has been leased or tried.
+pub(super) const OPEN_WINDOW: &str = "SELECT id, debounce_first_at, coalesced FROM deliveries d
+     WHERE route = ?1 AND status = 'pending' AND debounce_first_at IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id
+                       AND (j.leased_until IS NOT NULL OR j.attempts > 0 OR j.status != 'pending'))
+     ORDER BY received_at DESC LIMIT 1";
+
 /// Merges a webhook into the open debounce window of its route, if there is
 /// one: the window's jobs are replaced by this webhook's (the last payload
 /// wins) and pushed back by `window`. A window is open while none of its jobs
@@ -137,13 +157,7 @@ fn coalesce(
     request: &str,
 ) -> Result<Option<Accepted>, StoreError> {
     let open: Option<(String, i64, i64)> = conn
-        .prepare_cached(
-            "SELECT id, debounce_first_at, coalesced FROM deliveries d
-             WHERE route = ?1 AND status = 'pending' AND debounce_first_at IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id
-                               AND (j.leased_until IS NOT NULL OR j.attempts > 0 OR j.status != 'pending'))
-             ORDER BY received_at DESC LIMIT 1",
-        )?
+        .prepare_cached(OPEN_WINDOW)?
         .query_row(params![d.route], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     let Some((id, first_ms, coalesced)) = open else {

@@ -577,6 +577,20 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
         .await
         .unwrap();
     assert_eq!(listed.len(), 1);
-    // And the later tables: readiness writes its row.
+    // And the later tables and indexes: readiness writes its row, and the
+    // open debounce window is found through its own index.
     store.check_writable().await.unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", schema::OPEN_WINDOW))
+        .unwrap()
+        .query_map(["r"], |r| r.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("deliveries_debounce_open")),
+        "{plan:?}"
+    );
 }
