@@ -78,6 +78,35 @@ const DRAIN_GRACE: Duration = Duration::from_secs(20);
 /// one request per destination, each with a 10 s timeout.
 const ALERT_GRACE: Duration = Duration::from_secs(10);
 
+/// Takes the store for this process: an exclusive lock on a file beside it
+/// (`<store>.lock`), held until exit. Two relays on one store would each
+/// clear the other's leases at start and send the same dispatches twice;
+/// the second is refused instead. `deliveries` and `redeliver` do not take
+/// it: they may run beside the relay.
+fn own_store(db_path: &Path) -> Result<std::fs::File, CliError> {
+    let mut lock_path = db_path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))
+        .map_err(runtime)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(runtime(anyhow::anyhow!(
+            "another `dispatch-relay serve` is using the store {} (it holds {}); two relays on one store would send dispatches twice",
+            db_path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(runtime(
+            anyhow::Error::new(e).context(format!("cannot lock {}", lock_path.display())),
+        )),
+    }
+}
+
 pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), CliError> {
     let (loaded, loaded_text) = load_config_text(config_path)?;
     for warning in &loaded.warnings {
@@ -92,6 +121,8 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         ConfigSynchronous::Full => Synchronous::Full,
         ConfigSynchronous::Normal => Synchronous::Normal,
     };
+    // Held until the process exits.
+    let _owner = own_store(&db_path)?;
     let store = Store::open(&db_path, synchronous)
         .with_context(|| format!("cannot open the store at {}", db_path.display()))
         .map_err(runtime)?;

@@ -240,3 +240,19 @@ async fn a_configuration_file_that_cannot_be_read_is_reported_once_and_counted()
     assert_eq!(reports, 1);
     assert!(app.metrics().await.contains(failures));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_relay_on_the_same_store_is_refused() {
+    let app = spawn_app(&hmac_route("cms", TARGET)).await;
+    let (code, stderr) = app.cli_with_deadline(
+        &["serve", "--listen", "127.0.0.1:0"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("another `dispatch-relay serve` is using the store"),
+        "{stderr}"
+    );
+    // The first keeps serving.
+    assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
+}

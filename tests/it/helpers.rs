@@ -200,6 +200,39 @@ impl TestApp {
             .expect("run the CLI")
     }
 
+    /// Starts a CLI command against this app's configuration and store,
+    /// and returns its exit status and stderr, or kills it and panics if it
+    /// is still running after `deadline` (a second `serve` that should have
+    /// been refused).
+    pub fn cli_with_deadline(&self, args: &[&str], deadline: Duration) -> (Option<i32>, String) {
+        let mut command = Command::new(binary());
+        command.args(args).arg("--config").arg(self.config_path());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .env_remove("RELAY_DATABASE_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the CLI");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
+                return (status.code(), stderr);
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`{}` still running after {deadline:?}", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Rewrites routes.yaml (for redeliver-after-fix stories) by renaming a
     /// complete file into place, so that the relay never reads half of it.
     pub fn write_config(&self, text: &str) {
