@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Loaded};
-use crate::store::{self, Store, Synchronous};
+use crate::store::{self, Store};
 
 /// A self-hosted gateway from webhooks to GitHub repository_dispatch and
 /// workflow_dispatch, with a durable queue.
@@ -209,7 +209,7 @@ pub fn open_existing_store(path: &Path) -> Result<Store, CliError> {
             path.display()
         )));
     }
-    Store::open(path, Synchronous::Full).map_err(runtime)
+    Store::open_beside_relay(path).map_err(runtime)
 }
 
 async fn check(path: &Path, online: bool) -> Result<(), CliError> {

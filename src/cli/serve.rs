@@ -87,6 +87,12 @@ fn own_store(db_path: &Path) -> Result<std::fs::File, CliError> {
     let mut lock_path = db_path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = std::path::PathBuf::from(lock_path);
+    // The store creates its directory when missing; the lock comes first.
+    if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))
+            .map_err(runtime)?;
+    }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -375,8 +375,24 @@ impl Store {
     /// Opens (and creates or migrates) the SQLite store at `path`. Leases
     /// are left as they are: see [`Store::release_all_leases`].
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Store, StoreError> {
+        Store::open_with(path, synchronous, true)
+    }
+
+    /// Opens the store for an inspection command (`deliveries`,
+    /// `redeliver`), which may run beside the relay: it brings the schema
+    /// up to date but leaves building new indexes to `serve`, since that
+    /// scans a table under the write lock the relay needs.
+    pub fn open_beside_relay(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, Synchronous::Full, false)
+    }
+
+    fn open_with(
+        path: &Path,
+        synchronous: Synchronous,
+        build_indexes: bool,
+    ) -> Result<Store, StoreError> {
         let conn = open_connection(path)?;
-        schema::migrate(&conn)?;
+        schema::migrate(&conn, build_indexes)?;
         let writer = Writer::start(conn, synchronous)?;
         let reader = Connection::open_with_flags(
             path,

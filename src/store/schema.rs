@@ -18,14 +18,23 @@ const SCHEMA_VERSION: i64 = 1;
 /// reference can write the same rows into the same schema.
 const SCHEMA: &str = include_str!("schema.sql");
 
-pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+/// Creates or brings up to date the store's schema. `build_indexes` is false
+/// for the inspection commands, which may open the store beside a running
+/// relay: building an index scans its table under the write lock, so only
+/// `serve` builds the indexes added since the first schema.
+pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Unavailable(format!(
             "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
         )));
     }
-    if version == SCHEMA_VERSION && missing_columns(conn)?.is_empty() && !missing_objects(conn)? {
+    let indexes_missing = build_indexes && missing(conn, ADDED_INDEXES)?;
+    if version == SCHEMA_VERSION
+        && missing_columns(conn)?.is_empty()
+        && !missing(conn, ADDED_TABLES)?
+        && !indexes_missing
+    {
         // Up to date: write nothing. `deliveries` and `redeliver` open the
         // store beside a running relay, and must not take its write lock.
         return Ok(());
@@ -36,7 +45,9 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
         ))?;
     }
-    conn.execute_batch(INDEXES_ON_ADDED_COLUMNS)?;
+    if build_indexes {
+        conn.execute_batch(INDEXES_ON_ADDED_COLUMNS)?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
@@ -51,12 +62,15 @@ CREATE INDEX IF NOT EXISTS deliveries_debounce_open ON deliveries (route, receiv
     WHERE debounce_first_at IS NOT NULL AND status = 'pending';
 ";
 
-/// Tables and indexes added after the first schema; the migration creates
-/// them when missing.
-const ADDED_OBJECTS: &[&str] = &["readiness", "deliveries_debounce_open"];
+/// Tables added after the first schema; `SCHEMA` creates them when missing.
+const ADDED_TABLES: &[&str] = &["readiness"];
 
-fn missing_objects(conn: &Connection) -> Result<bool, StoreError> {
-    for name in ADDED_OBJECTS {
+/// Indexes added after the first schema, in [`INDEXES_ON_ADDED_COLUMNS`].
+const ADDED_INDEXES: &[&str] = &["deliveries_debounce_open"];
+
+/// Whether any of these tables or indexes is missing.
+fn missing(conn: &Connection, names: &[&str]) -> Result<bool, StoreError> {
+    for name in names {
         let present = conn
             .prepare_cached("SELECT 1 FROM sqlite_schema WHERE name = ?1")?
             .exists([name])?;

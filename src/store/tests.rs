@@ -534,6 +534,30 @@ fn the_wal_is_checkpointed_every_four_megabytes_whatever_the_page_size() {
 }
 
 #[tokio::test]
+async fn only_serve_builds_a_new_index_on_a_store_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    Store::open(&path, Synchronous::Full).unwrap().close().await;
+    // A store of the release before the index.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP INDEX deliveries_debounce_open")
+        .unwrap();
+    let has_index = || {
+        Connection::open(&path)
+            .unwrap()
+            .prepare("SELECT 1 FROM sqlite_schema WHERE name = 'deliveries_debounce_open'")
+            .unwrap()
+            .exists([])
+            .unwrap()
+    };
+    Store::open_beside_relay(&path).unwrap().close().await;
+    assert!(!has_index(), "an inspection command leaves it to serve");
+    Store::open(&path, Synchronous::Full).unwrap().close().await;
+    assert!(has_index());
+}
+
+#[tokio::test]
 async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("first.db");

@@ -312,8 +312,13 @@ fn scoped(conn: &Connection, command: &Command) -> Result<Outcome, StoreError> {
             Ok(v)
         }
         Err(e) => {
-            conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
-            conn.prepare_cached("RELEASE command")?.execute([])?;
+            // SQLite may have rolled the whole transaction back already (a
+            // full disk): then there is no savepoint to return to, and the
+            // error to report is this one, not "no such savepoint".
+            if !conn.is_autocommit() {
+                conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
+                conn.prepare_cached("RELEASE command")?.execute([])?;
+            }
             Err(e)
         }
     }
@@ -381,7 +386,7 @@ mod tests {
     fn a_batch_with_a_failing_command_is_replayed_so_the_others_commit() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("store.db")).unwrap();
-        schema::migrate(&conn).unwrap();
+        schema::migrate(&conn, true).unwrap();
         // One batch: the second command clashes with the first on the
         // primary key, which fails the first pass and forces the replay.
         let (commands, answers): (Vec<_>, Vec<_>) =
@@ -411,7 +416,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("store.db")).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        schema::migrate(&conn).unwrap();
+        schema::migrate(&conn, true).unwrap();
         // A full disk: the file may not grow by a page. A request too large
         // for what is left makes SQLite roll the whole transaction back.
         let pages: i64 = conn
@@ -442,6 +447,10 @@ mod tests {
         let (outcomes, commit) = commit_batch(&mut conn, &commands);
         assert!(commit.is_err(), "{commit:?}");
         assert!(outcomes.iter().all(Result::is_err));
+        assert!(
+            commit.as_ref().unwrap_err().contains("full"),
+            "the cause is reported, not the lost savepoint: {commit:?}"
+        );
         let stored: i64 = conn
             .query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
             .unwrap();
@@ -452,7 +461,7 @@ mod tests {
     fn a_batch_that_succeeds_commits_in_one_pass() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("store.db")).unwrap();
-        schema::migrate(&conn).unwrap();
+        schema::migrate(&conn, true).unwrap();
         let (commands, _answers): (Vec<_>, Vec<_>) = ["a", "b"].into_iter().map(accept).unzip();
         let (outcomes, commit) = commit_batch(&mut conn, &commands);
         assert_eq!(commit, Ok(()));

@@ -256,3 +256,16 @@ async fn a_second_relay_on_the_same_store_is_refused() {
     // The first keeps serving.
     assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_in_a_directory_that_does_not_exist_yet_is_created_with_its_lock() {
+    let head = format!(
+        "{}store:\n  url: sqlite:state/nested/relay.db\n",
+        crate::helpers::TEST_HEAD
+    );
+    let app = crate::helpers::spawn_app_with(&head, &hmac_route("cms", TARGET), &[]).await;
+    assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
+    let dir = app.config_path().parent().unwrap().join("state/nested");
+    assert!(dir.join("relay.db").exists());
+    assert!(dir.join("relay.db.lock").exists());
+}
