@@ -276,21 +276,22 @@ fn commit_batch(
     };
     let mut outcomes = Vec::with_capacity(batch.len());
     for command in batch {
-        let outcome = scoped(&tx, command);
-        if let Err(e) = &outcome
-            && tx.is_autocommit()
-        {
-            // SQLite rolled the whole transaction back (a full disk, an I/O
-            // error): nothing of the batch is stored, and running on would
-            // commit each later statement on its own. Every caller is told
-            // so, and nothing is half done.
-            return unavailable(e.to_string());
+        match scoped(&tx, command) {
+            Ok(outcome) => outcomes.push(outcome),
+            // The transaction cannot go on: SQLite rolled it back by itself
+            // (a full disk, an I/O error), or a failed command's changes
+            // could not be undone. Nothing of the batch is committed, and
+            // every caller is told so; running on would commit statements
+            // on their own, or a failed command's half.
+            Err(BatchBroken(e)) => return unavailable(e.to_string()),
         }
-        outcomes.push(outcome);
     }
     let commit = tx.commit().map_err(|e| e.to_string());
     (outcomes, commit)
 }
+
+/// A failure that ends the whole batch, not just its command.
+struct BatchBroken(StoreError);
 
 /// Opens the batch's transaction. IMMEDIATE takes the write lock at BEGIN,
 /// where SQLite's busy timeout waits for another process (an inspection
@@ -301,25 +302,38 @@ fn begin(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
 }
 
 /// Runs one command inside a savepoint, so that its failure undoes its own
-/// changes and nothing else.
-fn scoped(conn: &Connection, command: &Command) -> Result<Outcome, StoreError> {
+/// changes and nothing else. The outer error means the batch cannot go on.
+fn scoped(
+    conn: &Connection,
+    command: &Command,
+) -> Result<Result<Outcome, StoreError>, BatchBroken> {
+    let broken = |e: rusqlite::Error| BatchBroken(e.into());
     // Cached statements rather than rusqlite's `Savepoint`, which parses its
     // SQL again for every use.
-    conn.prepare_cached("SAVEPOINT command")?.execute([])?;
+    conn.prepare_cached("SAVEPOINT command")
+        .and_then(|mut s| s.execute([]))
+        .map_err(broken)?;
     match execute(conn, command) {
         Ok(v) => {
-            conn.prepare_cached("RELEASE command")?.execute([])?;
-            Ok(v)
+            conn.prepare_cached("RELEASE command")
+                .and_then(|mut s| s.execute([]))
+                .map_err(broken)?;
+            Ok(Ok(v))
         }
+        // SQLite rolled the whole transaction back already (a full disk):
+        // there is no savepoint to return to, and the cause is this error,
+        // not "no such savepoint".
+        Err(e) if conn.is_autocommit() => Err(BatchBroken(e)),
         Err(e) => {
-            // SQLite may have rolled the whole transaction back already (a
-            // full disk): then there is no savepoint to return to, and the
-            // error to report is this one, not "no such savepoint".
-            if !conn.is_autocommit() {
-                conn.prepare_cached("ROLLBACK TO command")?.execute([])?;
-                conn.prepare_cached("RELEASE command")?.execute([])?;
+            let undone = conn
+                .prepare_cached("ROLLBACK TO command")
+                .and_then(|mut s| s.execute([]))
+                .and_then(|_| conn.prepare_cached("RELEASE command"))
+                .and_then(|mut s| s.execute([]));
+            match undone {
+                Ok(_) => Ok(Err(e)),
+                Err(_) => Err(BatchBroken(e)),
             }
-            Err(e)
         }
     }
 }
