@@ -327,15 +327,15 @@ pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration>
     if let Some(secs) = answer.rate.retry_after_secs {
         return Some(Duration::from_secs(secs.clamp(1, MAX_ASKED_WAIT_SECS)));
     }
+    // The reset is GitHub's time: moved onto our clock, a host clock minutes
+    // off neither hammers a limit that has not reset nor waits too long.
     if answer.rate.remaining == Some(0)
-        && let Some(reset) = answer.rate.reset_epoch_secs
+        && let Some(reset) = reset_on_our_clock(&answer.rate, now_epoch_secs)
     {
-        // The reset is GitHub's time: measured against GitHub's own clock
-        // when the answer says what it was, a host clock minutes off
-        // neither hammers a limit that has not reset nor waits too long.
-        let now = answer.rate.date_epoch_secs.unwrap_or(now_epoch_secs);
         return Some(Duration::from_secs(
-            reset.saturating_sub(now).clamp(1, MAX_ASKED_WAIT_SECS),
+            reset
+                .saturating_sub(now_epoch_secs)
+                .clamp(1, MAX_ASKED_WAIT_SECS),
         ));
     }
     Some(DEFAULT_RATE_LIMIT_WAIT)

@@ -316,7 +316,7 @@ impl AppAuth {
             if answer.status == 401
                 && !corrected
                 && is_clock_complaint(&answer)
-                && let Some(skew) = answer.date.as_deref().and_then(skew_from_date)
+                && let Some(skew) = answer.rate.date_epoch_secs.map(skew_from)
             {
                 tracing::warn!(
                     skew_secs = skew,
@@ -559,10 +559,9 @@ fn is_clock_complaint(answer: &Answer) -> bool {
         .any(|needle| message.contains(needle))
 }
 
-/// GitHub's clock minus ours, from an HTTP `Date` header.
-pub fn skew_from_date(date: &str) -> Option<i64> {
-    let theirs = parse_http_date(date)?;
-    Some(theirs - epoch_secs())
+/// GitHub's clock minus ours, from the time of its `Date` header.
+pub fn skew_from(github_epoch_secs: u64) -> i64 {
+    i64::try_from(github_epoch_secs).unwrap_or(i64::MAX) - epoch_secs()
 }
 
 /// The IMF-fixdate layout of HTTP's `Date` header.
@@ -606,7 +605,8 @@ mod tests {
         assert_eq!(parse_http_date("yesterday"), None);
         let ahead = time::OffsetDateTime::now_utc() + time::Duration::minutes(15);
         let format = time::format_description::parse_borrowed::<2>(HTTP_DATE).unwrap();
-        let skew = skew_from_date(&ahead.format(&format).unwrap()).unwrap();
+        let date = parse_http_date(&ahead.format(&format).unwrap()).unwrap();
+        let skew = skew_from(date as u64);
         assert!((899..=901).contains(&skew), "{skew}");
     }
 

@@ -44,9 +44,6 @@ pub struct Answer {
     pub message: Option<String>,
     /// The JSON body on success (workflow dispatch with run details).
     pub body: Option<String>,
-    /// GitHub's `Date` header, used to correct clock skew when a GitHub App
-    /// JWT is refused for its `iat` or `exp`.
-    pub date: Option<String>,
     /// `x-oauth-scopes`: the scopes of a classic personal access token
     /// (absent for fine-grained tokens and App tokens).
     pub oauth_scopes: Option<String>,
@@ -64,7 +61,8 @@ pub struct RateHeaders {
     /// `x-ratelimit-reset`, in seconds since the Unix epoch.
     pub reset_epoch_secs: Option<u64>,
     /// GitHub's clock when it answered (the `Date` header), in seconds
-    /// since the Unix epoch, to read `reset_epoch_secs` against.
+    /// since the Unix epoch: `reset_epoch_secs` is read against it, and a
+    /// GitHub App JWT refused for its `iat` or `exp` is corrected by it.
     pub date_epoch_secs: Option<u64>,
 }
 
@@ -237,15 +235,13 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
     let date = response
         .headers()
         .get(reqwest::header::DATE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .and_then(|v| v.to_str().ok());
     let rate = RateHeaders {
         retry_after_secs: header("retry-after"),
         remaining: header("x-ratelimit-remaining"),
         limit: header("x-ratelimit-limit"),
         reset_epoch_secs: header("x-ratelimit-reset"),
         date_epoch_secs: date
-            .as_deref()
             .and_then(app::parse_http_date)
             .and_then(|secs| u64::try_from(secs).ok()),
     };
@@ -288,7 +284,6 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
         rate,
         message,
         body,
-        date,
         oauth_scopes,
     })
 }
