@@ -278,8 +278,7 @@ async fn a_rate_limit_holds_the_credential_back_even_when_its_job_gives_up() {
     );
     // Waiting 3 s would pass give_up_after: the first dispatch fails at once.
     assert_eq!(app.post("cms", "{}").await.status(), 202);
-    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
-        .await;
+    app.wait_for_one_failed_delivery().await;
     // The next one still waits out GitHub's limit.
     assert_eq!(app.post("cms", "{}").await.status(), 202);
     app.wait_for_deliveries(WAIT, |l| {

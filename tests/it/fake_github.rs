@@ -352,6 +352,21 @@ impl FakeGitHub {
         self.requests_where(RecordedRequest::is_successful_dispatch)
     }
 
+    /// How many `repository_dispatch` requests to `owner/name` were tried.
+    pub fn dispatch_attempts_to(&self, repo: &str) -> usize {
+        let path = format!("/repos/{repo}/dispatches");
+        self.dispatch_attempts()
+            .iter()
+            .filter(|d| d.path == path)
+            .count()
+    }
+
+    /// How many `repository_dispatch` requests to `owner/name` succeeded.
+    pub fn dispatches_to(&self, repo: &str) -> usize {
+        let path = format!("/repos/{repo}/dispatches");
+        self.dispatches().iter().filter(|d| d.path == path).count()
+    }
+
     fn requests_where(&self, keep: impl Fn(&RecordedRequest) -> bool) -> Vec<RecordedRequest> {
         lock(&self.shared.log)
             .requests

@@ -233,6 +233,21 @@ impl TestApp {
         }
     }
 
+    /// Rewrites routes.yaml and waits until the relay has reloaded it.
+    pub async fn reload_config(&self, text: &str) {
+        self.write_config(text);
+        self.wait_for_log(|line| line.contains("Configuration reloaded"))
+            .await;
+    }
+
+    /// Waits until the store holds exactly one delivery, and it has failed.
+    pub async fn wait_for_one_failed_delivery(&self) {
+        self.wait_for_deliveries(Duration::from_secs(60), |l| {
+            l.len() == 1 && l[0]["status"] == "failed"
+        })
+        .await;
+    }
+
     /// Rewrites routes.yaml (for redeliver-after-fix stories) by renaming a
     /// complete file into place, so that the relay never reads half of it.
     pub fn write_config(&self, text: &str) {

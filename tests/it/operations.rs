@@ -126,8 +126,7 @@ async fn the_admin_api_lists_shows_and_redelivers_once() {
     let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
     let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
     let id = accepted["delivery_id"].as_str().unwrap().to_string();
-    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
-        .await;
+    app.wait_for_one_failed_delivery().await;
 
     let admin = |path: &str, token: &str| {
         app.http
@@ -320,15 +319,8 @@ async fn redeliver_renders_a_github_failure_again_with_the_fixed_routes_and_only
     let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/dcos\n        event_type: deploy\n";
     let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
     assert_eq!(app.post("cms", r#"{"n":1}"#).await.status(), 202);
-    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
-        .await;
-    let sent_to = |repo: &str| {
-        app.github
-            .dispatches()
-            .iter()
-            .filter(|d| d.path == format!("/repos/{repo}/dispatches"))
-            .count()
-    };
+    app.wait_for_one_failed_delivery().await;
+    let sent_to = |repo: &str| app.github.dispatches_to(repo);
     assert_eq!(sent_to("acme/blog"), 1);
 
     // Fix the spelling and redeliver: the failed target is rendered again
@@ -360,15 +352,12 @@ async fn redeliver_leaves_a_delivery_failed_when_the_route_now_skips_it() {
     let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
     let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
     let id = accepted["delivery_id"].as_str().unwrap().to_string();
-    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
-        .await;
+    app.wait_for_one_failed_delivery().await;
     let skipping = std::fs::read_to_string(app.config_path()).unwrap().replace(
         "    verify: none\n",
         "    verify: none\n    when: body.kind == 'publish'\n",
     );
-    app.write_config(&skipping);
-    app.wait_for_log(|line| line.contains("Configuration reloaded"))
-        .await;
+    app.reload_config(&skipping).await;
 
     // Nothing is sent, and the delivery is not called delivered: it stays
     // failed and says why.
@@ -455,30 +444,21 @@ async fn redeliver_after_targets_changed_sends_failed_jobs_as_first_rendered_unl
     let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
     let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
     let id = accepted["delivery_id"].as_str().unwrap().to_string();
-    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
-        .await;
+    app.wait_for_one_failed_delivery().await;
     // acme/late now exists; acme/gone is taken out of the route, so
     // acme/blog, which was delivered, moves into a failed target's place.
     app.github.add_repo("acme/late");
     let changed = std::fs::read_to_string(app.config_path())
         .unwrap()
         .replace("      - repo: acme/gone\n        event_type: deploy\n", "");
-    app.write_config(&changed);
-    app.wait_for_log(|line| line.contains("Configuration reloaded"))
-        .await;
+    app.reload_config(&changed).await;
     let answer: Value = admin_redeliver(&app, &id).await.json().await.unwrap();
     assert_eq!(answer["as_first_rendered"], true, "{answer}");
     assert_eq!(
         answer["left_failed"], 1,
         "acme/gone left the route: {answer}"
     );
-    let sent_to = |repo: &str| {
-        app.github
-            .dispatch_attempts()
-            .iter()
-            .filter(|d| d.path == format!("/repos/{repo}/dispatches"))
-            .count()
-    };
+    let sent_to = |repo: &str| app.github.dispatch_attempts_to(repo);
     let start = std::time::Instant::now();
     while sent_to("acme/late") < 2 {
         assert!(
@@ -537,14 +517,11 @@ async fn a_debounced_delivery_is_redelivered_rendered_as_the_webhook_it_sent() {
     let id = first["delivery_id"].as_str().unwrap().to_string();
     let second: Value = app.post("uploads", "{}").await.json().await.unwrap();
     assert_eq!(second["coalesced"], 1, "{second}");
-    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
-        .await;
+    app.wait_for_one_failed_delivery().await;
     let fixed = std::fs::read_to_string(app.config_path())
         .unwrap()
         .replace("acme/dcos", "acme/docs");
-    app.write_config(&fixed);
-    app.wait_for_log(|line| line.contains("Configuration reloaded"))
-        .await;
+    app.reload_config(&fixed).await;
     // The targets did not move: the fixed one is rendered again, as the
     // merged webhook was, and carries what the delivered one carried.
     let answer: Value = admin_redeliver(&app, &id).await.json().await.unwrap();
@@ -567,8 +544,7 @@ async fn a_failure_alert_still_being_gathered_is_sent_when_the_relay_stops() {
     let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
     let mut app = spawn_app_with(&head, routes, &[("TEAM_ALERTS_URL", team.url.as_str())]).await;
     assert_eq!(app.post("cms", "{}").await.status(), 202);
-    app.wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
-        .await;
+    app.wait_for_one_failed_delivery().await;
     // The alert waits a few seconds for others to join it; a restart in
     // that time must not lose it.
     assert!(team.bodies().is_empty(), "sent before the relay stopped");
