@@ -70,9 +70,9 @@ pub async fn redeliver(
             Rerendered::StillFailed => Some(Redelivered::StillFailing(
                 reason.unwrap_or_else(|| "nothing to send".into()),
             )),
-            Rerendered::Duplicate { original_id } => Some(Redelivered::StillFailing(format!(
-                "not sent: delivery {original_id} has the same dedupe key"
-            ))),
+            Rerendered::Duplicate { original_id } => Some(Redelivered::StillFailing(
+                Rerendered::duplicate_reason(&original_id),
+            )),
             Rerendered::NotFailed => None,
         },
     )

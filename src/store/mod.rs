@@ -334,6 +334,14 @@ pub enum Rerendered {
     NotFailed,
 }
 
+impl Rerendered {
+    /// The reason a delivery not sent as a duplicate of `original_id`
+    /// stays failed with.
+    pub fn duplicate_reason(original_id: &str) -> String {
+        format!("not sent: delivery {original_id} has the same dedupe key")
+    }
+}
+
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {

@@ -449,9 +449,7 @@ pub(super) fn rerender(
                     .query_row(params![route, key, delivery_id], |r| r.get(0))
                     .optional()?;
                 if let Some(original_id) = original {
-                    stay_failed(&format!(
-                        "not sent: delivery {original_id} has the same dedupe key"
-                    ))?;
+                    stay_failed(&Rerendered::duplicate_reason(&original_id))?;
                     return Ok(Rerendered::Duplicate { original_id });
                 }
                 conn.execute(
