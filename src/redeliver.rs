@@ -135,7 +135,7 @@ fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
         // there.
         let still_routed = |target: &StoredTarget| {
             jobs.iter()
-                .any(|job| job.repo.eq_ignore_ascii_case(&target.repo) && job.label == target.label)
+                .any(|job| job.path.eq_ignore_ascii_case(&target.path) && job.label == target.label)
         };
         let targets = delivery
             .targets
@@ -194,7 +194,6 @@ mod tests {
         let sent = job(index, repo, label);
         StoredTarget {
             index,
-            repo: repo.into(),
             label: label.into(),
             path: sent.path,
             body: sent.body,

@@ -292,10 +292,10 @@ impl FailedDelivery {
 pub struct StoredTarget {
     /// Its place in the route's `dispatch` list when the webhook came.
     pub index: usize,
-    pub repo: String,
     /// Its event type, or its workflow.
     pub label: String,
-    /// The request path and the JSON body it was sent with.
+    /// The request path (which names the repository) and the JSON body it
+    /// was sent with.
     pub path: String,
     pub body: String,
     /// Failed at GitHub; otherwise delivered.

@@ -625,16 +625,15 @@ pub(super) fn failed(
             .optional()?;
         let targets = conn
             .prepare_cached(
-                "SELECT target_index, repo, label, path, body, status = 'failed' FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
+                "SELECT target_index, label, path, body, status = 'failed' FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
             )?
             .query_map(params![id], |r| {
                 Ok(StoredTarget {
                     index: r.get::<_, i64>(0)? as usize,
-                    repo: r.get(1)?,
-                    label: r.get(2)?,
-                    path: r.get(3)?,
-                    body: r.get(4)?,
-                    failed: r.get(5)?,
+                    label: r.get(1)?,
+                    path: r.get(2)?,
+                    body: r.get(3)?,
+                    failed: r.get(4)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
