@@ -214,6 +214,9 @@ pub fn open_existing_store(path: &Path) -> Result<Store, CliError> {
 
 async fn check(path: &Path, online: bool) -> Result<(), CliError> {
     let loaded = load_config(path)?;
+    // `serve` reads them at start and at every reload; so does `check`.
+    crate::ingress::read_pinned_certificates(&loaded.config)
+        .map_err(|e| CliError::Config(e.in_file(&path.display().to_string())))?;
     for warning in &loaded.warnings {
         eprintln!("{}: warning: {warning}", path.display());
     }

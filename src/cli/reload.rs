@@ -3,9 +3,13 @@
 //! The file is read once a second and compared with what was last loaded;
 //! comparing contents rather than modification times also catches the
 //! symlink swaps of Kubernetes ConfigMaps and editors that replace the file.
-//! A new configuration is validated in full and swapped in atomically; an
-//! invalid one is logged with its line and column and the old one keeps
-//! serving. Queued jobs live in the store, not in the configuration, so a
+//! A changed text is loaded once two reads in a row agree, so that a file
+//! caught half-written (a shell redirect, a copy in progress) is not taken
+//! for the new configuration: cut between two routes, it would even be
+//! valid, with the later routes missing. SIGHUP loads at once. A new
+//! configuration is validated in full (its pinned certificates read too)
+//! and swapped in atomically; an invalid one is logged with its line and
+//! column and the old one keeps serving. Queued jobs live in the store, not in the configuration, so a
 //! reload can neither lose nor duplicate them, and a removed route's queued
 //! jobs still finish.
 
@@ -13,11 +17,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::ingress::AppState;
+use crate::ingress::{AppState, LiveRoutes};
 use crate::telemetry::Metrics;
 
 /// How often the file is compared with the loaded text.
@@ -25,7 +29,7 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Reloader {
     pub path: PathBuf,
-    pub loaded_text: String,
+    pub watch: FileWatch,
     pub state: Arc<AppState>,
     pub metrics: Metrics,
     /// The configuration `serve` started with. Restart-only sections keep
@@ -33,91 +37,143 @@ pub struct Reloader {
     /// not with the last reload: a token rotated two reloads ago is still
     /// waiting for a restart.
     pub started: Arc<config::Config>,
-    /// The read error of the last check, while the file cannot be read,
-    /// and whether it has been reported.
-    pub unreadable: Option<(String, bool)>,
 }
 
-impl Reloader {
-    /// Runs until `stop` is cancelled.
-    pub async fn run(mut self, stop: CancellationToken) {
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot listen for SIGHUP; reloading on file change only");
-                None
-            }
-        };
-        let mut tick = tokio::time::interval(WATCH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let forced = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
-                _ = tick.tick() => false,
-            };
-            self.check(forced);
+/// What the latest read of the file calls for.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    Nothing,
+    /// The file cannot be read, and this is the moment to say so.
+    ReportUnreadable(String),
+    /// Load this text; the second field names what triggered it.
+    Load(String, &'static str),
+}
+
+/// The file's side of reloading, without IO: given each read of the file,
+/// decides whether to load it, wait, or report it unreadable.
+#[derive(Debug, Default)]
+pub struct FileWatch {
+    /// The text last loaded, valid or not, so that one bad save is
+    /// reported once, not every second.
+    loaded_text: String,
+    /// The read error of the last check, while the file cannot be read,
+    /// and whether it has been reported.
+    unreadable: Option<(String, bool)>,
+    /// A changed text read once, waiting for the next read to agree.
+    settling: Option<String>,
+}
+
+impl FileWatch {
+    pub fn new(loaded_text: String) -> FileWatch {
+        FileWatch {
+            loaded_text,
+            ..FileWatch::default()
         }
     }
 
-    fn check(&mut self, forced: bool) {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => {
-                self.unreadable = None;
-                text
-            }
-            Err(e) => {
+    /// Takes one read of the file; `forced` when SIGHUP asked for it.
+    pub fn step(&mut self, read: Result<String, String>, forced: bool) -> Step {
+        let text = match read {
+            Ok(text) => text,
+            Err(error) => {
+                self.settling = None;
                 // An editor or a ConfigMap update may replace the file with
                 // a moment in between; an error still there a second later
                 // is reported, once, and counted as a failed reload.
-                let error = e.to_string();
                 let (seen_before, reported) = match &self.unreadable {
                     Some((last, reported)) if *last == error => (true, *reported),
                     _ => (false, false),
                 };
                 let report = forced || (seen_before && !reported);
-                if report {
-                    tracing::error!(path = %self.path.display(), error = %e, "Cannot read the configuration; keeping the current one");
-                    self.metrics.config_loaded(false, 0.0);
-                }
-                self.unreadable = Some((error, reported || report));
-                return;
+                self.unreadable = Some((error.clone(), reported || report));
+                return if report {
+                    Step::ReportUnreadable(error)
+                } else {
+                    Step::Nothing
+                };
             }
         };
-        if !forced && text == self.loaded_text {
-            return;
+        // A file that was reported unreadable and is back records a reload,
+        // even with the text already in force: otherwise the failure stays
+        // the latest outcome, and the alert on it keeps firing.
+        let recovered = matches!(self.unreadable.take(), Some((_, true)));
+        let trigger = if forced {
+            "SIGHUP"
+        } else if recovered && text == self.loaded_text {
+            "file readable again"
+        } else if text == self.loaded_text {
+            self.settling = None;
+            return Step::Nothing;
+        } else if self.settling.as_ref() != Some(&text) {
+            self.settling = Some(text);
+            return Step::Nothing;
+        } else {
+            "file change"
+        };
+        self.settling = None;
+        self.loaded_text = text.clone();
+        Step::Load(text, trigger)
+    }
+}
+
+impl Reloader {
+    /// Runs until `stop` is cancelled, reloading on `hangup` (listened for
+    /// by `serve` before it started, so that none is missed) and on change.
+    pub async fn run(mut self, mut hangup: Signal, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let forced = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = hangup.recv() => true,
+                _ = tick.tick() => false,
+            };
+            let read = std::fs::read_to_string(&self.path).map_err(|e| e.to_string());
+            match self.watch.step(read, forced) {
+                Step::Nothing => {}
+                Step::ReportUnreadable(error) => {
+                    tracing::error!(path = %self.path.display(), error = %error, "Cannot read the configuration; keeping the current one");
+                    self.metrics.config_loaded(false, 0.0);
+                }
+                Step::Load(text, trigger) => self.load(&text, trigger),
+            }
         }
+    }
+
+    /// Validates `text` and swaps it in, or keeps the configuration in
+    /// force and reports why.
+    fn load(&self, text: &str, trigger: &str) {
         let name = self.path.display().to_string();
-        match config::load(&name, &text, &super::process_env) {
-            Ok(loaded) => {
-                for warning in &loaded.warnings {
+        let loaded = config::load(&name, text, &super::process_env)
+            .map_err(|errors| errors.to_string())
+            .and_then(|loaded| {
+                let routes =
+                    LiveRoutes::new(Arc::new(loaded.config)).map_err(|e| e.in_file(&name))?;
+                Ok((routes, loaded.warnings))
+            });
+        match loaded {
+            Ok((routes, warnings)) => {
+                for warning in &warnings {
                     tracing::warn!(warning = %warning, "Configuration warning");
                 }
-                let routes = loaded.config.routes.len();
-                let restart_only = restart_only_changes(&self.started, &loaded.config);
+                let count = routes.config.routes.len();
+                let restart_only = restart_only_changes(&self.started, &routes.config);
                 if !restart_only.is_empty() {
                     tracing::warn!(
                         sections = %restart_only.join(", "),
                         "These settings changed but only take effect at the next restart"
                     );
                 }
-                self.state.replace_routes(Arc::new(loaded.config));
+                self.state.replace_routes(routes);
                 self.metrics
                     .config_loaded(true, crate::store::now_ms() as f64 / 1000.0);
-                tracing::info!(
-                    routes,
-                    trigger = if forced { "SIGHUP" } else { "file change" },
-                    "Configuration reloaded"
-                );
+                tracing::info!(routes = count, trigger, "Configuration reloaded");
             }
             Err(errors) => {
                 self.metrics.config_loaded(false, 0.0);
                 tracing::error!(errors = %errors, "The new configuration is invalid; the previous one stays in force");
             }
         }
-        // Remember the text even when invalid, so one bad save is reported
-        // once, not every second.
-        self.loaded_text = text;
     }
 }
 
@@ -155,6 +211,91 @@ fn restart_only_changes(old: &config::Config, new: &config::Config) -> Vec<&'sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each case is a sequence of reads (`Ok` text or `Err` error, and
+    /// whether SIGHUP forced it) and the steps they must give, starting
+    /// from "a" in force.
+    #[test]
+    fn the_watch_loads_settled_text_and_reports_unreadable_files_once() {
+        let ok = |t: &str| (Ok(t.to_string()), false);
+        let err = |e: &str| (Err(e.to_string()), false);
+        let hup = |t: &str| (Ok(t.to_string()), true);
+        let load = |t: &str, trigger| Step::Load(t.to_string(), trigger);
+        let unreadable = |e: &str| Step::ReportUnreadable(e.to_string());
+        use Step::Nothing;
+        type Read = (Result<String, String>, bool);
+        let cases: Vec<(&str, Vec<Read>, Vec<Step>)> = vec![
+            ("unchanged", vec![ok("a"), ok("a")], vec![Nothing, Nothing]),
+            (
+                "a change is loaded once two reads agree",
+                vec![ok("b"), ok("b"), ok("b")],
+                vec![Nothing, load("b", "file change"), Nothing],
+            ),
+            (
+                "a file caught half-written is never loaded",
+                vec![ok("b-half"), ok("b"), ok("b")],
+                vec![Nothing, Nothing, load("b", "file change")],
+            ),
+            (
+                "a change undone before it settled loads nothing",
+                vec![ok("b"), ok("a"), ok("a")],
+                vec![Nothing, Nothing, Nothing],
+            ),
+            (
+                "SIGHUP loads at once, even the text in force",
+                vec![hup("a"), hup("b-half"), ok("b-half")],
+                vec![load("a", "SIGHUP"), load("b-half", "SIGHUP"), Nothing],
+            ),
+            (
+                "an error is reported the second time, once",
+                vec![err("gone"), err("gone"), err("gone")],
+                vec![Nothing, unreadable("gone"), Nothing],
+            ),
+            (
+                "a moment without the file is not reported",
+                vec![err("gone"), ok("a"), err("gone")],
+                vec![Nothing, Nothing, Nothing],
+            ),
+            (
+                "SIGHUP reports an unreadable file at once",
+                vec![(Err("denied".to_string()), true)],
+                vec![unreadable("denied")],
+            ),
+            (
+                "a reported file back unchanged records a reload",
+                vec![err("gone"), err("gone"), ok("a"), ok("a")],
+                vec![
+                    Nothing,
+                    unreadable("gone"),
+                    load("a", "file readable again"),
+                    Nothing,
+                ],
+            ),
+            (
+                "a reported file back changed settles first",
+                vec![err("gone"), err("gone"), ok("b"), ok("b")],
+                vec![
+                    Nothing,
+                    unreadable("gone"),
+                    Nothing,
+                    load("b", "file change"),
+                ],
+            ),
+            (
+                "a different error is a new one",
+                vec![err("gone"), err("denied"), err("denied")],
+                vec![Nothing, Nothing, unreadable("denied")],
+            ),
+        ];
+        for (name, reads, expected) in cases {
+            let mut watch = FileWatch::new("a".to_string());
+            let steps: Vec<Step> = reads
+                .into_iter()
+                .map(|(read, forced)| watch.step(read, forced))
+                .collect();
+            assert_eq!(steps, expected, "{name}");
+        }
+    }
 
     fn load(token: &str, max_attempts: u32, hook_url: &str, route_secret: &str) -> config::Config {
         let text = format!(

@@ -18,7 +18,7 @@ use crate::config::Synchronous as ConfigSynchronous;
 use crate::dispatch::Dispatcher;
 use crate::dispatch::pacing::Pacer;
 use crate::github::{Credentials, GitHubClient};
-use crate::ingress::{AppState, Application};
+use crate::ingress::{AppState, Application, LiveRoutes};
 use crate::secret::Secret;
 use crate::store::{Store, Synchronous};
 use crate::telemetry::Metrics;
@@ -114,11 +114,19 @@ fn own_store(db_path: &Path) -> Result<std::fs::File, CliError> {
 }
 
 pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), CliError> {
+    // Listened for before anything that can take a while (reading the
+    // configuration, opening or migrating the store): until a process
+    // handles SIGHUP, the signal ends it, and systemd counts an end by
+    // SIGHUP as a clean exit that `Restart=on-failure` does not undo. A
+    // `systemctl reload` right after a start would stop the relay for good.
+    let hangup = signal(SignalKind::hangup()).map_err(runtime)?;
     let (loaded, loaded_text) = load_config_text(config_path)?;
     for warning in &loaded.warnings {
         tracing::warn!(warning = %warning, "Configuration warning");
     }
     let config = Arc::new(loaded.config);
+    let routes = LiveRoutes::new(config.clone())
+        .map_err(|e| CliError::Config(e.in_file(&config_path.display().to_string())))?;
     let metrics = Metrics::new();
     metrics.config_loaded(true, crate::store::now_ms() as f64 / 1000.0);
 
@@ -170,7 +178,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         .unwrap_or_else(|| "0.0.0.0:8080".to_string());
     let state = Arc::new(
         AppState::new(
-            config.clone(),
+            routes,
             store.clone(),
             metrics.clone(),
             dispatcher.clone(),
@@ -199,13 +207,12 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     let stop_reloading = tokio_util::sync::CancellationToken::new();
     let reloader = Reloader {
         path: config_path.to_path_buf(),
-        loaded_text,
+        watch: super::reload::FileWatch::new(loaded_text),
         started: state.routes().config.clone(),
         state: state.clone(),
         metrics,
-        unreadable: None,
     };
-    tokio::spawn(reloader.run(stop_reloading.clone()));
+    tokio::spawn(reloader.run(hangup, stop_reloading.clone()));
     tokio::spawn(prune_periodically(
         store.clone(),
         config.store.retention,

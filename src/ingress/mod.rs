@@ -17,7 +17,7 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpResponse, web};
 
-pub use state::AppState;
+pub use state::{AppState, LiveRoutes, read_pinned_certificates};
 
 /// How long actix waits for open connections to finish after a stop.
 const HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -16,10 +16,6 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::verify::sns::SigningKey;
 
-/// The pinned certificates of an `sns` route, read when the routes are
-/// loaded, or why they could not be.
-pub type PinnedKeys = Result<Arc<Vec<SigningKey>>, String>;
-
 /// Certificates fetched from `SigningCertURL` are kept by URL; AWS rotates
 /// them rarely, so a small bound only matters against a flood of distinct
 /// (valid-looking) URLs.
@@ -30,11 +26,15 @@ pub struct LiveRoutes {
     pub config: Arc<Config>,
     by_id: HashMap<String, usize>,
     limiters: Vec<Option<Arc<DefaultDirectRateLimiter>>>,
-    sns_pinned: Vec<Option<PinnedKeys>>,
+    sns_pinned: Vec<Option<Arc<Vec<SigningKey>>>>,
 }
 
 impl LiveRoutes {
-    pub fn new(config: Arc<Config>) -> LiveRoutes {
+    /// Indexes a configuration, reading the pinned certificates of its
+    /// `sns` routes. A certificate that cannot be read makes the whole
+    /// configuration unusable, as a validation error does: the route would
+    /// otherwise refuse every message, and SNS drops what is refused.
+    pub fn new(config: Arc<Config>) -> Result<LiveRoutes, PinnedCertificatesError> {
         let by_id = config
             .routes
             .iter()
@@ -53,26 +53,13 @@ impl LiveRoutes {
                 )))
             })
             .collect();
-        let sns_pinned = config
-            .routes
-            .iter()
-            .map(|r| match &r.verify {
-                Verify::Sns(sns) if !sns.certificates.is_empty() => {
-                    let keys = read_pinned(&sns.certificates);
-                    if let Err(e) = &keys {
-                        tracing::error!(route = %r.id, error = %e, "Cannot read the pinned SNS certificates; the route refuses every message");
-                    }
-                    Some(keys)
-                }
-                _ => None,
-            })
-            .collect();
-        LiveRoutes {
+        let sns_pinned = read_pinned_certificates(&config)?;
+        Ok(LiveRoutes {
             config,
             by_id,
             limiters,
             sns_pinned,
-        }
+        })
     }
 
     pub fn route(&self, id: &str) -> Option<(usize, &crate::config::Route)> {
@@ -85,20 +72,67 @@ impl LiveRoutes {
     }
 
     /// The pinned SNS certificates of a route, when it has some.
-    pub fn sns_pinned(&self, index: usize) -> Option<&PinnedKeys> {
-        self.sns_pinned.get(index).and_then(Option::as_ref)
+    pub fn sns_pinned(&self, index: usize) -> Option<&[SigningKey]> {
+        self.sns_pinned.get(index)?.as_deref().map(Vec::as_slice)
     }
 }
 
-/// Reads PEM certificate files (relative paths from the working
-/// directory). Reading happens at load and reload, never per request.
-fn read_pinned(files: &[std::path::PathBuf]) -> PinnedKeys {
-    let mut keys = Vec::with_capacity(files.len());
-    for file in files {
-        let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        keys.push(SigningKey::from_pem(&pem).map_err(|e| format!("{}: {e}", file.display()))?);
+/// Pinned SNS certificates that could not be read, one line per file, each
+/// naming the route and the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct PinnedCertificatesError(pub Vec<String>);
+
+impl PinnedCertificatesError {
+    /// The lines prefixed with the configuration file they come from, as
+    /// validation errors are.
+    pub fn in_file(&self, file: &str) -> String {
+        self.0
+            .iter()
+            .map(|line| format!("{file}: {line}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
-    Ok(Arc::new(keys))
+}
+
+/// Reads the pinned certificates of every `sns` route (PEM files, relative
+/// paths from the working directory). `check`, `serve` and every reload
+/// read them, never a request.
+pub fn read_pinned_certificates(
+    config: &Config,
+) -> Result<Vec<Option<Arc<Vec<SigningKey>>>>, PinnedCertificatesError> {
+    let mut errors = Vec::new();
+    let mut pinned = Vec::with_capacity(config.routes.len());
+    for (index, route) in config.routes.iter().enumerate() {
+        let Verify::Sns(sns) = &route.verify else {
+            pinned.push(None);
+            continue;
+        };
+        if sns.certificates.is_empty() {
+            pinned.push(None);
+            continue;
+        }
+        let mut keys = Vec::with_capacity(sns.certificates.len());
+        for file in &sns.certificates {
+            let key = std::fs::read(file)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| SigningKey::from_pem(&pem).map_err(|e| e.to_string()));
+            match key {
+                Ok(key) => keys.push(key),
+                Err(e) => errors.push(format!(
+                    "routes[{index}] ({}): verify.sns.certificates: cannot read {}: {e}",
+                    route.id,
+                    file.display()
+                )),
+            }
+        }
+        pinned.push(Some(Arc::new(keys)));
+    }
+    if errors.is_empty() {
+        Ok(pinned)
+    } else {
+        Err(PinnedCertificatesError(errors))
+    }
 }
 
 /// Shared by all handlers through `web::Data`.
@@ -155,17 +189,17 @@ impl CertMisses {
 
 impl AppState {
     pub fn new(
-        config: Arc<Config>,
+        routes: LiveRoutes,
         store: Store,
         metrics: Metrics,
         dispatcher: DispatcherHandle,
         admin_token: Option<Secret>,
     ) -> AppState {
-        for route in &config.routes {
+        for route in &routes.config.routes {
             metrics.init_route(&route.id);
         }
         AppState {
-            routes: RwLock::new(Arc::new(LiveRoutes::new(config))),
+            routes: RwLock::new(Arc::new(routes)),
             store,
             metrics,
             dispatcher,
@@ -253,11 +287,11 @@ impl AppState {
         self.routes.read().expect("routes lock").clone()
     }
 
-    pub fn replace_routes(&self, config: Arc<Config>) {
-        for route in &config.routes {
+    pub fn replace_routes(&self, routes: LiveRoutes) {
+        for route in &routes.config.routes {
             self.metrics.init_route(&route.id);
         }
-        *self.routes.write().expect("routes lock") = Arc::new(LiveRoutes::new(config));
+        *self.routes.write().expect("routes lock") = Arc::new(routes);
     }
 
     pub fn begin_shutdown(&self) {

@@ -229,9 +229,21 @@ async fn a_configuration_file_that_cannot_be_read_is_reported_once_and_counted()
     // The routes in force keep serving, and the error is not repeated every
     // second while it lasts.
     assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
-    app.write_config(&text.replace("routes:", "# restored\nroutes:"));
-    app.wait_for_log(|l| l.contains("Configuration reloaded"))
+    // The file comes back as it was: the relay says it reloaded, so that
+    // the failure is no longer the latest outcome (the alert on it stops).
+    let successes = r#"dispatch_relay_config_reloads_total{result="success"}"#;
+    let count = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(successes))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let before = count(&app.metrics().await);
+    app.write_config(&text);
+    app.wait_for_log(|l| l.contains("Configuration reloaded") && l.contains("file readable again"))
         .await;
+    let metrics = app.metrics().await;
+    assert_eq!(count(&metrics), before + 1.0, "{metrics}");
     let reports = app
         .logs()
         .iter()
@@ -268,4 +280,108 @@ async fn a_store_in_a_directory_that_does_not_exist_yet_is_created_with_its_lock
     let dir = app.config_path().parent().unwrap().join("state/nested");
     assert!(dir.join("relay.db").exists());
     assert!(dir.join("relay.db.lock").exists());
+}
+
+/// A `systemctl reload` sent while the relay is still starting must not end
+/// it: until a process handles SIGHUP, the signal kills it, and systemd
+/// takes an end by SIGHUP for a clean exit that it does not restart. The
+/// configuration is served through a FIFO, which holds the relay in its
+/// first step (reading it) until the test has sent the signal.
+#[test]
+fn a_sighup_while_starting_is_a_reload_not_an_exit() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = "github:\n  token: t\n  api_url: http://127.0.0.1:9\nroutes:\n  - id: open\n    verify: none\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let real = dir.path().join("real.yaml");
+    std::fs::write(&real, text).unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let config = dir.path().join("routes.yaml");
+    std::os::unix::fs::symlink(&fifo, &config).unwrap();
+
+    let mut relay = Command::new(crate::helpers::binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("RELAY_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env_remove("RELAY_DATABASE_URL")
+        .env_remove("RELAY_LISTEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = relay.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+
+    // Opening the FIFO for writing returns once the relay has opened it to
+    // read its configuration. Done on a thread, so that a relay that never
+    // gets there fails the test instead of hanging it.
+    let (writer_tx, writer) = std::sync::mpsc::channel();
+    let fifo_path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = writer_tx.send(std::fs::OpenOptions::new().write(true).open(fifo_path));
+    });
+    let mut writer = writer
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the relay opened its configuration")
+        .unwrap();
+    // Later reads (the reload) find the file itself.
+    let swap = dir.path().join("routes.yaml.new");
+    std::os::unix::fs::symlink(&real, &swap).unwrap();
+    std::fs::rename(&swap, &config).unwrap();
+    let pid = relay.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A relay killed by the signal has closed its end; the write then fails.
+    let _ = writer.write_all(text.as_bytes());
+    drop(writer);
+
+    let start = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let mut listening = false;
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("Configuration reloaded") && l.contains("SIGHUP"))
+    {
+        if let Ok(Some(status)) = relay.try_wait() {
+            panic!(
+                "the relay exited ({status}) after SIGHUP:\n{}",
+                seen.join("\n")
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no reload after SIGHUP:\n{}",
+            seen.join("\n")
+        );
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(50)) {
+            listening |= line.contains("\"Listening\"");
+            seen.push(line);
+        }
+    }
+    assert!(listening, "{}", seen.join("\n"));
+    assert!(
+        relay.try_wait().unwrap().is_none(),
+        "the relay keeps running"
+    );
+    let _ = relay.kill();
+    let _ = relay.wait();
 }

@@ -729,6 +729,65 @@ async fn sns_refuses_cert_urls_off_amazon_over_http() {
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_certificate_that_cannot_be_read_is_a_configuration_error() {
+    let cert = samples_dir().join("sns-test-signing-cert.pem");
+    let route = format!(
+        r#"
+  - id: sns/acme-blog
+    verify:
+      sns:
+        certificates: [{}]
+    dispatch: [{{repo: acme/blog, event_type: s3-upload}}]
+"#,
+        cert.display()
+    );
+    let app = spawn_app_with(TEST_HEAD, &route, &[]).await;
+    let sample = sample("s3-via-sns-notification");
+    let post = || post_sns_to(&app, "/hooks/sns/acme-blog", None, sample.body.clone());
+    let first = post().await;
+    assert_eq!(first.0, 202, "{}", first.1);
+
+    // A typo in the path: the reload is refused, and the route keeps
+    // verifying with the certificate it has. Swapped in, it would refuse
+    // every message, and SNS drops what is refused.
+    let original = std::fs::read_to_string(app.config_path()).unwrap();
+    let typo = cert.with_extension("pme");
+    let broken = original.replace(&cert.display().to_string(), &typo.display().to_string());
+    app.write_config(&broken);
+    let line = app
+        .wait_for_log(|l| l.contains("previous one stays in force"))
+        .await;
+    assert!(line.contains("verify.sns.certificates"), "{line}");
+    assert!(line.contains("sns-test-signing-cert.pme"), "{line}");
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"dispatch_relay_config_reloads_total{result="failure"} 1"#)
+    );
+    // Verified with the old certificate: the same message again is a
+    // duplicate, not a 401.
+    let again = post().await;
+    assert_eq!(
+        (again.0, &again.1["duplicate"]),
+        (200, &json!(true)),
+        "{}",
+        again.1
+    );
+
+    // `check` and `serve` say the same, naming the file and the route.
+    for command in [&["check"][..], &["serve", "--listen", "127.0.0.1:0"]] {
+        let (code, stderr) = app.cli_with_deadline(command, Duration::from_secs(30));
+        assert_eq!(code, Some(1), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains(
+                "routes.yaml: routes[0] (sns/acme-blog): verify.sns.certificates: cannot read"
+            ),
+            "{command:?}: {stderr}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // source_ips and trusted_proxies.
 
