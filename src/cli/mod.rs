@@ -76,8 +76,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-queue failed deliveries; a delivery that failed to render is
-    /// rendered again with the current routes.
+    /// Render failed deliveries again with the current routes and re-queue
+    /// their failed targets; targets already delivered are not sent again.
     Redeliver {
         #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
         config: PathBuf,
