@@ -217,6 +217,8 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
     // `serve` reads them at start and at every reload; so does `check`.
     crate::ingress::read_pinned_certificates(&loaded.config)
         .map_err(|e| CliError::Config(e.in_file(&path.display().to_string())))?;
+    // The store's location is refused by `serve` before it opens anything.
+    store_path(path, loaded.config.store.url.as_deref())?;
     for warning in &loaded.warnings {
         eprintln!("{}: warning: {warning}", path.display());
     }

@@ -29,7 +29,8 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
-    #[error("invalid store url `{0}`: expected sqlite:PATH")]
+    /// Carries only the scheme: a database url may hold a password.
+    #[error("invalid store url: {0}; expected sqlite:PATH")]
     BadUrl(String),
     #[error("delivery {0} not found")]
     NotFound(String),
@@ -363,13 +364,15 @@ pub fn sqlite_path(url: &str, base: &Path) -> Result<PathBuf, StoreError> {
         rest
     } else if let Some(rest) = url.strip_prefix("sqlite:") {
         rest
-    } else if url.contains("://") {
-        return Err(StoreError::BadUrl(url.to_string()));
+    } else if let Some((scheme, _)) = url.split_once("://") {
+        return Err(StoreError::BadUrl(format!(
+            "the scheme `{scheme}` is not supported (the store is SQLite only)"
+        )));
     } else {
         url
     };
     if raw.is_empty() {
-        return Err(StoreError::BadUrl(url.to_string()));
+        return Err(StoreError::BadUrl("it names no file".to_string()));
     }
     let path = PathBuf::from(raw);
     Ok(if path.is_absolute() {

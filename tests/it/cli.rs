@@ -170,6 +170,31 @@ fn render_prints_the_exact_requests_and_can_verify() {
 }
 
 #[test]
+fn render_prints_a_workflow_dispatch_as_the_worker_first_sends_it() {
+    let text = "github:\n  token: t\nroutes:\n  - id: build\n    verify: none\n    dispatch:\n      - repo: acme/site\n        workflow: deploy.yml\n        ref: main\n        inputs:\n          entry: \"{{ body.id }}\"\n";
+    let dir = dir_with_routes(text);
+    std::fs::write(dir.path().join("body.json"), r#"{"id":"7"}"#).unwrap();
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &["render", "--route", "build", "--body", "body.json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(
+            "POST https://api.github.com/repos/acme/site/actions/workflows/deploy.yml/dispatches"
+        ),
+        "{stdout}"
+    );
+    let printed: serde_json::Value =
+        serde_json::from_str(stdout[stdout.find('{').unwrap()..].trim()).unwrap();
+    assert_eq!(
+        printed,
+        serde_json::json!({"ref": "main", "inputs": {"entry": "7"}, "return_run_details": true})
+    );
+}
+
+#[test]
 fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
@@ -260,6 +285,29 @@ fn deliveries_reads_store_url_variables_unless_relay_database_url_wins() {
         stderr.contains("/nowhere/b.db") && !stderr.contains("STORE_DIR"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_store_url_serve_would_refuse_fails_check_without_its_password() {
+    let text =
+        "github:\n  token: t\nstore:\n  url: postgres://relay:s3cretPass@db/relay\nroutes: []\n";
+    let dir = dir_with_routes(text);
+    for args in [
+        &["check"][..],
+        &["serve", "--listen", "127.0.0.1:0"],
+        &["deliveries"],
+    ] {
+        let (code, stdout, stderr) = run(dir.path(), args, &[]);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("the scheme `postgres` is not supported"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("s3cretPass") && !stdout.contains("s3cretPass"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 #[test]
