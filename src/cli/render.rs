@@ -9,8 +9,9 @@ use std::path::Path;
 use super::{CliError, invalid, load_config};
 use crate::config::Verify;
 use crate::inbound;
-use crate::routing::{self, Plan};
+use crate::routing::{self, DispatchRequest, Plan};
 use crate::verify;
+use serde_json::Value;
 
 pub fn render(
     config_path: &Path,
@@ -101,7 +102,16 @@ pub fn render(
                     config.github.api_url,
                     target.request.path(&target.repo)
                 );
-                let body = serde_json::to_string_pretty(&target.request.body()).map_err(invalid)?;
+                let mut body = target.request.body();
+                if let (DispatchRequest::Workflow { .. }, Value::Object(fields)) =
+                    (&target.request, &mut body)
+                {
+                    // The worker asks for the run it starts, so the body
+                    // printed is the one sent (docs/github.md says when the
+                    // field is left out).
+                    fields.insert("return_run_details".to_string(), Value::Bool(true));
+                }
+                let body = serde_json::to_string_pretty(&body).map_err(invalid)?;
                 println!("{body}\n");
             }
         }
