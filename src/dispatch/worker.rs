@@ -7,7 +7,8 @@
 //! leased jobs come back after a restart, which is why delivery is
 //! at-least-once.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -25,8 +26,43 @@ use crate::telemetry::{DispatchOutcome, Metrics};
 
 /// How long a lease lasts. It only has to outlive one send including its
 /// pacing wait (a primary rate-limit pause lasts at most an hour); leases are
-/// cleared when the relay starts, so a crash never leaves jobs stuck.
+/// cleared when the relay starts, so a crash never leaves jobs stuck. Pauses
+/// can follow one another past it, though: [`InFlight`] keeps a job whose
+/// lease ran out while it waited here from being sent again.
 const LEASE: Duration = Duration::from_secs(2 * 3600);
+
+/// The jobs this process is sending. A new lease can take a job whose lease
+/// ran out while it waited for its turn; the worker then leaves it to the
+/// send already under way, which records its outcome (and clears the new
+/// lease) as it would have.
+#[derive(Clone, Debug, Default)]
+struct InFlight(Arc<Mutex<HashSet<i64>>>);
+
+/// A job's place in [`InFlight`], given up when its send ends, however it
+/// ends.
+struct Claim {
+    in_flight: InFlight,
+    job_id: i64,
+}
+
+impl InFlight {
+    /// Claims a job for one send, unless one is already under way.
+    fn claim(&self, job_id: i64) -> Option<Claim> {
+        let fresh = self.0.lock().expect("in-flight lock").insert(job_id);
+        fresh.then(|| Claim {
+            in_flight: self.clone(),
+            job_id,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.in_flight.0.lock() {
+            jobs.remove(&self.job_id);
+        }
+    }
+}
 
 /// How often an idle worker looks at the store even without a wake-up, as a
 /// safety net; accepted webhooks wake it at once.
@@ -49,6 +85,7 @@ pub struct DispatcherHandle {
     wake: Arc<Notify>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    in_flight: InFlight,
 }
 
 impl DispatcherHandle {
@@ -75,6 +112,7 @@ impl Dispatcher {
             wake: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            in_flight: InFlight::default(),
         };
         let worker = Arc::new(self);
         let loop_handle = handle.clone();
@@ -109,6 +147,13 @@ impl Dispatcher {
                     continue;
                 }
             };
+            let jobs: Vec<(Job, Claim)> = jobs
+                .into_iter()
+                .filter_map(|job| {
+                    let claim = handle.in_flight.claim(job.id)?;
+                    Some((job, claim))
+                })
+                .collect();
             if jobs.is_empty() {
                 drop(slots);
                 let next_due = self.store.next_due_ms().await.ok().flatten();
@@ -117,12 +162,16 @@ impl Dispatcher {
                 self.idle(&handle, wait).await;
                 continue;
             }
-            for (job, slot) in jobs.into_iter().zip(slots) {
+            for ((job, claim), slot) in jobs.into_iter().zip(slots) {
                 let worker = self.clone();
                 let shutdown = handle.shutdown.clone();
                 let span = tracing::info_span!("dispatch", delivery_id = %job.delivery_id, route = %job.route, repo = %job.repo);
                 handle.tracker.spawn(
-                    async move { worker.send_one(job, slot, shutdown).await }.instrument(span),
+                    async move {
+                        worker.send_one(job, slot, shutdown).await;
+                        drop(claim);
+                    }
+                    .instrument(span),
                 );
             }
         }
@@ -471,4 +520,22 @@ fn run_details(answer: &Answer) -> Option<serde_json::Value> {
         "workflow_run_id": run_id,
         "html_url": value.get("html_url").and_then(|v| v.as_str()),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_in_flight_is_not_claimed_again_until_its_send_ends() {
+        let in_flight = InFlight::default();
+        let first = in_flight.claim(7).expect("a job not in flight is claimed");
+        assert!(in_flight.claim(7).is_none(), "a second lease leaves it");
+        assert!(in_flight.claim(8).is_some(), "other jobs are unaffected");
+        drop(first);
+        assert!(
+            in_flight.claim(7).is_some(),
+            "claimed again once its send ended"
+        );
+    }
 }
