@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::{Answer, GitHubClient, TransportError, lock};
 use crate::config::{AppCredential, PrivateKeySource};
@@ -220,7 +221,8 @@ pub struct AppAuth {
     client: GitHubClient,
     app_id: String,
     key_source: PrivateKeySource,
-    key: Mutex<Option<Arc<EncodingKey>>>,
+    /// The signing key, with the SHA-256 of the PEM it was read from.
+    key: Mutex<Option<([u8; 32], Arc<EncodingKey>)>>,
     fixed_installation: Option<u64>,
     metrics: Option<Metrics>,
     /// GitHub's clock minus ours, in seconds, learnt from a refused JWT.
@@ -259,25 +261,49 @@ impl AppAuth {
         }
     }
 
-    /// The signing key, read on first use so that `serve` starts even while
-    /// a mounted secret is not there yet.
+    /// The signing key. A key file is read each time a JWT is made (once
+    /// per token or installation lookup, not per dispatch): on first use, so
+    /// that `serve` starts even while a mounted secret is not there yet, and
+    /// after, so that a rotated key (a Kubernetes Secret updated in place)
+    /// is used without a restart. A file that cannot be read or parsed after
+    /// it once was (a copy still being written) leaves the last key in use.
     fn key(&self) -> Result<Arc<EncodingKey>, CredentialError> {
-        if let Some(key) = lock(&self.key).as_ref() {
-            return Ok(key.clone());
-        }
         let pem = match &self.key_source {
-            // Retried like a network failure: the next attempt may find it.
-            PrivateKeySource::File(path) => std::fs::read(path)
-                .map_err(|e| CredentialError::KeyUnreadable(format!("{}: {e}", path.display())))?,
+            PrivateKeySource::File(path) => match std::fs::read(path) {
+                Ok(pem) => pem,
+                Err(e) => {
+                    if let Some((_, key)) = lock(&self.key).as_ref() {
+                        return Ok(key.clone());
+                    }
+                    // Retried like a network failure: the next attempt may find it.
+                    return Err(CredentialError::KeyUnreadable(format!(
+                        "{}: {e}",
+                        path.display()
+                    )));
+                }
+            },
             PrivateKeySource::Inline(pem) => pem.expose().as_bytes().to_vec(),
         };
-        // The error of the PEM parser never quotes the key, but a fixed text
-        // keeps that a promise rather than an observation.
-        let key = EncodingKey::from_rsa_pem(&pem).map_err(|_| {
-            CredentialError::Key("it is not an RSA private key in PEM form".to_string())
-        })?;
-        let key = Arc::new(key);
-        *lock(&self.key) = Some(key.clone());
+        let digest: [u8; 32] = Sha256::digest(&pem).into();
+        if let Some((read, key)) = lock(&self.key).as_ref()
+            && *read == digest
+        {
+            return Ok(key.clone());
+        }
+        let key = match EncodingKey::from_rsa_pem(&pem) {
+            Ok(key) => Arc::new(key),
+            Err(_) => {
+                if let Some((_, key)) = lock(&self.key).as_ref() {
+                    return Ok(key.clone());
+                }
+                // The error of the PEM parser never quotes the key, but a
+                // fixed text keeps that a promise rather than an observation.
+                return Err(CredentialError::Key(
+                    "it is not an RSA private key in PEM form".to_string(),
+                ));
+            }
+        };
+        *lock(&self.key) = Some((digest, key.clone()));
         Ok(key)
     }
 

@@ -494,3 +494,48 @@ async fn a_private_key_mounted_after_start_is_waited_for_not_failed_on() {
     app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_private_key_file_is_used_without_a_restart() {
+    // The key file lives where a mounted Secret would, updated in place.
+    let secrets = tempfile::tempdir().unwrap();
+    let key_file = secrets.path().join("app.pem");
+    std::fs::copy(TEST_APP_KEY, &key_file).unwrap();
+    let head = app_head("off").replace(TEST_APP_KEY, &key_file.display().to_string());
+    let app = spawn_app_prepared(
+        &head,
+        &hmac_route("cms", blog_target()),
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        enable_test_app,
+    )
+    .await;
+    post_n(&app, "cms", 1).await;
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+
+    // The key is rotated: GitHub knows only the new one, and the old key's
+    // installation tokens are gone.
+    let fixtures = std::path::Path::new(TEST_APP_KEY).parent().unwrap();
+    let rotated_public =
+        std::fs::read_to_string(fixtures.join("test-app-rotated.pub.pem")).unwrap();
+    app.github.enable_app(APP_ID, &rotated_public);
+    let staged = secrets.path().join("app.pem.new");
+    std::fs::copy(fixtures.join("test-app-rotated.pem"), &staged).unwrap();
+    std::fs::rename(&staged, &key_file).unwrap();
+    app.github.expire_installation_tokens();
+
+    post_n(&app, "cms", 1).await;
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 2 && list.iter().all(|d| d["status"] != "pending")
+        })
+        .await;
+    assert!(all_delivered(&list, 2), "{list:#?}");
+    let mints = app.github.requests_of(MINT);
+    assert_eq!(
+        mints.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![201, 201],
+        "the second token was minted with the new key"
+    );
+    assert_eq!(app.github.violations(), Vec::<String>::new());
+}
