@@ -70,6 +70,17 @@ fn all_delivered(list: &[Value], n: usize) -> bool {
     list.len() == n && list.iter().all(|d| d["status"] == "delivered")
 }
 
+/// Waits until the second of two deliveries has an outcome, and checks both
+/// were delivered.
+async fn assert_second_delivered(app: &TestApp) {
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 2 && list.iter().all(|d| d["status"] != "pending")
+        })
+        .await;
+    assert!(all_delivered(&list, 2), "{list:#?}");
+}
+
 async fn post_n(app: &TestApp, route: &str, n: usize) {
     for i in 0..n {
         let status = app
@@ -268,12 +279,7 @@ async fn an_app_installed_again_under_a_new_id_keeps_delivering() {
     app.github.add_installation("acme/docs", 8);
     app.github.expire_installation_tokens();
     post_n(&app, "cms", 1).await;
-    let list = app
-        .wait_for_deliveries(WAIT, |list| {
-            list.len() == 2 && list.iter().all(|d| d["status"] != "pending")
-        })
-        .await;
-    assert!(all_delivered(&list, 2), "{list:#?}");
+    assert_second_delivered(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -525,12 +531,7 @@ async fn a_rotated_private_key_file_is_used_without_a_restart() {
     app.github.expire_installation_tokens();
 
     post_n(&app, "cms", 1).await;
-    let list = app
-        .wait_for_deliveries(WAIT, |list| {
-            list.len() == 2 && list.iter().all(|d| d["status"] != "pending")
-        })
-        .await;
-    assert!(all_delivered(&list, 2), "{list:#?}");
+    assert_second_delivered(&app).await;
     let mints = app.github.requests_of(MINT);
     assert_eq!(
         mints.iter().map(|r| r.status).collect::<Vec<_>>(),
