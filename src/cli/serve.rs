@@ -36,6 +36,11 @@ async fn preflight(
     for finding in findings {
         match finding.result {
             Ok(()) => ok += 1,
+            Err(reason) if finding.unanswered => tracing::warn!(
+                repo = %finding.target.repo,
+                reason = %reason,
+                "Preflight: GitHub could not be asked about this repository"
+            ),
             Err(reason) => tracing::warn!(
                 repo = %finding.target.repo,
                 reason = %reason,
@@ -121,6 +126,17 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     // `systemctl reload` right after a start would stop the relay for good.
     let hangup = signal(SignalKind::hangup()).map_err(runtime)?;
     let (loaded, loaded_text) = load_config_text(config_path)?;
+    // `server.listen` was checked with the file; the flag (or RELAY_LISTEN)
+    // is input too: a malformed one exits 1, as a malformed file does, and
+    // only an address that cannot be bound (in use, not local) exits 2.
+    if let Some(flag) = listen
+        .as_deref()
+        .filter(|l| !crate::config::is_listen_address(l))
+    {
+        return Err(CliError::Invalid(anyhow::anyhow!(
+            "--listen (or RELAY_LISTEN): `{flag}` is not an address to listen on; write `host:port`, such as `0.0.0.0:8080` or `[::]:8080`"
+        )));
+    }
     for warning in &loaded.warnings {
         tracing::warn!(warning = %warning, "Configuration warning");
     }

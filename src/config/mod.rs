@@ -32,7 +32,7 @@ mod validate;
 mod tests;
 
 pub use units::{parse_duration, parse_size};
-pub use validate::{DEFAULT_API_URL, resolve_api_url};
+pub use validate::{DEFAULT_API_URL, is_listen_address, resolve_api_url};
 
 /// A validated configuration with its templates compiled.
 #[derive(Debug)]

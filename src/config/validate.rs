@@ -581,7 +581,7 @@ fn server(report: &mut Report, raw: raw::RawServer, path: &Path) -> Option<Serve
 /// Whether `serve` can bind `text`: a host (a name, an IPv4 address or a
 /// bracketed IPv6 one) and a port number. Checked here so that `check`
 /// refuses what `serve` would fail on.
-fn is_listen_address(text: &str) -> bool {
+pub fn is_listen_address(text: &str) -> bool {
     if text.parse::<std::net::SocketAddr>().is_ok() {
         return true;
     }

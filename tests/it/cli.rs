@@ -311,6 +311,23 @@ fn a_store_url_serve_would_refuse_fails_check_without_its_password() {
 }
 
 #[test]
+fn a_malformed_listen_flag_is_invalid_input_and_exits_1() {
+    let dir = dir_with_routes("github:\n  token: t\nroutes: []\n");
+    let (code, _, stderr) = run(dir.path(), &["serve", "--listen", "localhost"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("`localhost` is not an address to listen on"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(dir.path(), &["serve"], &[("RELAY_LISTEN", "0.0.0.0:http")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        !dir.path().join("dispatch-relay.db").exists(),
+        "nothing was opened"
+    );
+}
+
+#[test]
 fn render_joins_a_repeated_header_as_serve_does() {
     let text = "github:\n  token: t\nroutes:\n  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          tags: \"{{ headers['x-tag'] }}\"\n";
     let dir = dir_with_routes(text);
