@@ -253,19 +253,34 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
         targets.len()
     );
     let findings = crate::github::preflight::check(&credentials, &client, &targets).await;
-    let mut failed = 0;
+    let (mut failed, mut unanswered) = (0, 0);
     for finding in &findings {
         match &finding.result {
             Ok(()) => println!("  ok    {}", finding.target.repo),
+            Err(reason) if finding.unanswered => {
+                unanswered += 1;
+                println!(
+                    "  ????  {}: GitHub did not answer: {reason}",
+                    finding.target.repo
+                );
+            }
             Err(reason) => {
                 failed += 1;
                 println!("  FAIL  {}: {reason}", finding.target.repo);
             }
         }
     }
+    // Exit 1 says the configuration or the credential needs fixing; exit 2
+    // that GitHub could not be asked, which running it again may settle.
     if failed > 0 {
         return Err(invalid(anyhow::anyhow!(
             "{failed} of {} repositories cannot receive dispatches (reasons above)",
+            findings.len()
+        )));
+    }
+    if unanswered > 0 {
+        return Err(runtime(anyhow::anyhow!(
+            "GitHub could not be asked about {unanswered} of {} repositories (reasons above)",
             findings.len()
         )));
     }

@@ -24,6 +24,10 @@ pub struct Target {
 pub struct Finding {
     pub target: Target,
     pub result: Result<(), String>,
+    /// GitHub could not be asked (the network, a 5xx, a rate limit, a
+    /// token it could not issue for now): the reason says nothing about
+    /// the repository itself.
+    pub unanswered: bool,
 }
 
 /// The distinct static targets of a configuration (templated repositories
@@ -56,29 +60,40 @@ pub async fn check(
 ) -> Vec<Finding> {
     let mut findings = Vec::with_capacity(targets.len());
     for target in targets {
-        let result = check_one(credentials, client, target).await;
+        let (result, unanswered) = match check_one(credentials, client, target).await {
+            Ok(result) => (result, false),
+            Err(reason) => (Err(reason), true),
+        };
         findings.push(Finding {
             target: target.clone(),
             result,
+            unanswered,
         });
     }
     findings
 }
 
+/// Asks about one target; the outer error is a question GitHub did not
+/// answer, the inner one GitHub's answer.
 async fn check_one(
     credentials: &Credentials,
     client: &GitHubClient,
     target: &Target,
-) -> Result<(), String> {
-    let token = credentials
-        .token_for(&target.repo, target.scope)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Result<(), String>, String> {
+    let token = match credentials.token_for(&target.repo, target.scope).await {
+        Ok(token) => token,
+        Err(e) if e.is_permanent() => return Ok(Err(e.to_string())),
+        Err(e) => return Err(e.to_string()),
+    };
     let answer = client
         .get(&format!("/repos/{}", target.repo), &token.secret)
         .await
         .map_err(|e| e.to_string())?;
-    judge(&answer, target, credentials.is_app())
+    let judged = judge(&answer, target, credentials.is_app());
+    if answer.status == 429 || answer.status >= 500 {
+        return Err(judged.err().unwrap_or_default());
+    }
+    Ok(judged)
 }
 
 /// Reads GitHub's answer to `GET /repos/{owner}/{repo}`. Pure, so every

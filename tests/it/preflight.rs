@@ -55,6 +55,27 @@ async fn check_online_explains_each_failure_of_a_token() {
         "{text}"
     );
 
+    // GitHub out of reach says nothing about the repositories: exit 2, as
+    // for any failure at run time, so that CI can tell it from a refusal.
+    let output = Command::new(binary())
+        .args(["check", "--online", "--config"])
+        .arg(app.config_path())
+        .env("GITHUB_API_URL", "http://127.0.0.1:9")
+        .env("GITHUB_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("  ????  acme/blog: GitHub did not answer: "),
+        "{text}"
+    );
+    assert!(
+        text.contains("GitHub could not be asked about 3 of 3 repositories"),
+        "{text}"
+    );
+
     let (code, text) = check_online(&app, "ghp_revoked");
     assert_eq!(code, 1);
     assert!(
