@@ -27,7 +27,10 @@ async fn main() {
     let result = cli::run(cli).await;
     telemetry::flush();
     match result {
-        Ok(()) => {}
+        // The command's work is done. Returning would drop the runtime,
+        // which waits for any blocking thread still running (a name lookup
+        // held by a dead resolver, say) with no bound; the exit must not.
+        Ok(()) => std::process::exit(0),
         Err(e @ cli::CliError::Config(_)) => {
             eprintln!("{e}");
             std::process::exit(e.exit_code());

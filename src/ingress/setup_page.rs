@@ -22,6 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 /// How long a stop waits for the result page to reach the browser.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long past [`SHUTDOWN_TIMEOUT`] a stop may take before the page is
+/// dropped without waiting further.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// What the start page shows and what its form sends.
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -124,12 +128,23 @@ pub struct SetupServer {
 
 impl SetupServer {
     /// Stops accepting, lets the page being answered reach the browser, and
-    /// waits for the server to end.
+    /// waits for the server to end, for a bounded time: the setup's result
+    /// is known by then, and the terminal must get it even if a browser
+    /// connection keeps the server from winding down.
     pub async fn stop(self) {
-        self.handle.stop(true).await;
-        // The server's own result only says whether it stopped cleanly,
-        // which no longer matters once the setup is over.
-        let _ = self.task.await;
+        let SetupServer { handle, mut task } = self;
+        let stopped = async {
+            handle.stop(true).await;
+            // The server's own result only says whether it stopped cleanly,
+            // which no longer matters once the setup is over.
+            let _ = (&mut task).await;
+        };
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT + STOP_GRACE, stopped)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
 }
 
