@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Loaded};
+use crate::github::preflight::Verdict;
 use crate::store::{self, Store};
 
 /// A self-hosted gateway from webhooks to GitHub repository_dispatch and
@@ -255,18 +256,16 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
     let findings = crate::github::preflight::check(&credentials, &client, &targets).await;
     let (mut failed, mut unanswered) = (0, 0);
     for finding in &findings {
-        match &finding.result {
-            Ok(()) => println!("  ok    {}", finding.target.repo),
-            Err(reason) if finding.unanswered => {
+        let repo = &finding.target.repo;
+        match &finding.verdict {
+            Verdict::Ok => println!("  ok    {repo}"),
+            Verdict::Unanswered(reason) => {
                 unanswered += 1;
-                println!(
-                    "  ????  {}: GitHub did not answer: {reason}",
-                    finding.target.repo
-                );
+                println!("  ????  {repo}: not answered: {reason}");
             }
-            Err(reason) => {
+            Verdict::Fail(reason) => {
                 failed += 1;
-                println!("  FAIL  {}: {reason}", finding.target.repo);
+                println!("  FAIL  {repo}: {reason}");
             }
         }
     }

@@ -17,6 +17,7 @@ use super::{CliError, load_config_text, runtime, store_path};
 use crate::config::Synchronous as ConfigSynchronous;
 use crate::dispatch::Dispatcher;
 use crate::dispatch::pacing::Pacer;
+use crate::github::preflight::Verdict;
 use crate::github::{Credentials, GitHubClient};
 use crate::ingress::{AppState, Application, LiveRoutes};
 use crate::secret::Secret;
@@ -34,14 +35,14 @@ async fn preflight(
     let findings = crate::github::preflight::check(&credentials, &client, &targets).await;
     let mut ok = 0;
     for finding in findings {
-        match finding.result {
-            Ok(()) => ok += 1,
-            Err(reason) if finding.unanswered => tracing::warn!(
+        match finding.verdict {
+            Verdict::Ok => ok += 1,
+            Verdict::Unanswered(reason) => tracing::warn!(
                 repo = %finding.target.repo,
                 reason = %reason,
                 "Preflight: GitHub could not be asked about this repository"
             ),
-            Err(reason) => tracing::warn!(
+            Verdict::Fail(reason) => tracing::warn!(
                 repo = %finding.target.repo,
                 reason = %reason,
                 "Preflight: this repository cannot receive dispatches yet"

@@ -309,19 +309,27 @@ pub fn reset_on_our_clock(rate: &RateHeaders, now_epoch_secs: u64) -> Option<u64
     })
 }
 
-/// How long GitHub asks us to wait, when the answer is a rate limit.
-pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration> {
-    let message = answer.message.as_deref().unwrap_or("").to_ascii_lowercase();
-    let is_limit = match answer.status {
+/// Whether the answer is a rate limit: a 429, or a 403 that says so.
+pub fn is_rate_limit(answer: &Answer) -> bool {
+    match answer.status {
         429 => true,
         403 => {
             answer.rate.retry_after_secs.is_some()
                 || answer.rate.remaining == Some(0)
-                || message.contains("rate limit")
+                || answer
+                    .message
+                    .as_deref()
+                    .unwrap_or("")
+                    .to_ascii_lowercase()
+                    .contains("rate limit")
         }
         _ => false,
-    };
-    if !is_limit {
+    }
+}
+
+/// How long GitHub asks us to wait, when the answer is a rate limit.
+pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration> {
+    if !is_rate_limit(answer) {
         return None;
     }
     if let Some(secs) = answer.rate.retry_after_secs {

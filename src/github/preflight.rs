@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::app::{Credentials, Scope};
+use super::app::{CredentialError, Credentials, Scope};
 use super::{Answer, GitHubClient};
 use crate::dispatch::retry::{BAD_CREDENTIALS, NOT_FOUND};
 
@@ -19,15 +19,23 @@ pub struct Target {
     pub scope: Scope,
 }
 
-/// The finding for one target: `Ok` or the reason it cannot be dispatched to.
+/// The finding for one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     pub target: Target,
-    pub result: Result<(), String>,
-    /// GitHub could not be asked (the network, a 5xx, a rate limit, a
-    /// token it could not issue for now): the reason says nothing about
-    /// the repository itself.
-    pub unanswered: bool,
+    pub verdict: Verdict,
+}
+
+/// What the preflight learnt about one repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    /// It cannot receive dispatches, for this reason.
+    Fail(String),
+    /// GitHub could not be asked, or did not say (the network, a 5xx, a
+    /// timeout, a rate limit): the reason says nothing about the
+    /// repository, and asking again later may.
+    Unanswered(String),
 }
 
 /// The distinct static targets of a configuration (templated repositories
@@ -60,40 +68,54 @@ pub async fn check(
 ) -> Vec<Finding> {
     let mut findings = Vec::with_capacity(targets.len());
     for target in targets {
-        let (result, unanswered) = match check_one(credentials, client, target).await {
-            Ok(result) => (result, false),
-            Err(reason) => (Err(reason), true),
-        };
         findings.push(Finding {
             target: target.clone(),
-            result,
-            unanswered,
+            verdict: check_one(credentials, client, target).await,
         });
     }
     findings
 }
 
-/// Asks about one target; the outer error is a question GitHub did not
-/// answer, the inner one GitHub's answer.
-async fn check_one(
-    credentials: &Credentials,
-    client: &GitHubClient,
-    target: &Target,
-) -> Result<Result<(), String>, String> {
+async fn check_one(credentials: &Credentials, client: &GitHubClient, target: &Target) -> Verdict {
     let token = match credentials.token_for(&target.repo, target.scope).await {
         Ok(token) => token,
-        Err(e) if e.is_permanent() => return Ok(Err(e.to_string())),
-        Err(e) => return Err(e.to_string()),
+        // A key file that cannot be read is the configuration's to fix, as
+        // every refusal is; the network, a 5xx or a rate limit are not.
+        Err(e @ CredentialError::KeyUnreadable(_)) => return Verdict::Fail(e.to_string()),
+        Err(e) if e.is_permanent() => return Verdict::Fail(e.to_string()),
+        Err(e) => return Verdict::Unanswered(e.to_string()),
     };
-    let answer = client
+    let answer = match client
         .get(&format!("/repos/{}", target.repo), &token.secret)
         .await
-        .map_err(|e| e.to_string())?;
-    let judged = judge(&answer, target, credentials.is_app());
-    if answer.status == 429 || answer.status >= 500 {
-        return Err(judged.err().unwrap_or_default());
+    {
+        Ok(answer) => answer,
+        Err(e) => return Verdict::Unanswered(e.to_string()),
+    };
+    if let Some(reason) = unanswered(&answer) {
+        return Verdict::Unanswered(reason);
     }
-    Ok(judged)
+    match judge(&answer, target, credentials.is_app()) {
+        Ok(()) => Verdict::Ok,
+        Err(reason) => Verdict::Fail(reason),
+    }
+}
+
+/// Why an answer says nothing about the repository, when it does not: a
+/// rate limit (a 429, or a 403 that says so), a timeout or a server error.
+pub fn unanswered(answer: &Answer) -> Option<String> {
+    let what = if crate::dispatch::retry::is_rate_limit(answer) {
+        "rate-limited"
+    } else if answer.status == 408 || answer.status >= 500 {
+        "failed"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "GitHub {what} the request ({}): {}",
+        answer.status,
+        answer.message.as_deref().unwrap_or("")
+    ))
 }
 
 /// Reads GitHub's answer to `GET /repos/{owner}/{repo}`. Pure, so every
@@ -167,6 +189,50 @@ mod tests {
         Target {
             repo: "acme/blog".into(),
             scope,
+        }
+    }
+
+    #[test]
+    fn rate_limits_timeouts_and_server_errors_are_unanswered_questions() {
+        let with = |status: u16, message: &str, remaining: Option<u64>| {
+            let mut answer = answer(status, "", None);
+            answer.message = Some(message.to_string());
+            answer.rate.remaining = remaining;
+            answer
+        };
+        let cases = [
+            (
+                with(403, "API rate limit exceeded for installation", Some(0)),
+                true,
+            ),
+            (
+                with(403, "You have exceeded a secondary rate limit", None),
+                true,
+            ),
+            (with(429, "Too many requests", None), true),
+            (with(408, "timeout", None), true),
+            (with(502, "Server Error", None), true),
+            (with(503, "Service Unavailable", None), true),
+            (
+                with(
+                    403,
+                    "Resource protected by organization SAML enforcement",
+                    Some(4000),
+                ),
+                false,
+            ),
+            (with(404, "Not Found", None), false),
+            (with(401, "Bad credentials", None), false),
+            (with(200, "", None), false),
+        ];
+        for (answer, expected) in cases {
+            assert_eq!(
+                unanswered(&answer).is_some(),
+                expected,
+                "{} {:?}",
+                answer.status,
+                answer.message
+            );
         }
     }
 

@@ -68,7 +68,7 @@ async fn check_online_explains_each_failure_of_a_token() {
         + &String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(
-        text.contains("  ????  acme/blog: GitHub did not answer: "),
+        text.contains("  ????  acme/blog: not answered: could not connect to GitHub"),
         "{text}"
     );
     assert!(
