@@ -7,7 +7,7 @@
 //! leased jobs come back after a restart, which is why delivery is
 //! at-least-once.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,12 +31,14 @@ use crate::telemetry::{DispatchOutcome, Metrics};
 /// lease ran out while it waited here from being sent again.
 const LEASE: Duration = Duration::from_secs(2 * 3600);
 
-/// The jobs this process is sending. A new lease can take a job whose lease
-/// ran out while it waited for its turn; the worker then leaves it to the
-/// send already under way, which records its outcome (and clears the new
-/// lease) as it would have.
+/// The jobs this process is sending, each with whether a new lease took it
+/// meanwhile. A new lease can take a job whose lease ran out while it
+/// waited for its turn, or one whose outcome was just recorded as "retry
+/// now" while its send was winding up; the worker leaves it to the send
+/// under way, which gives that lease back when it ends, so that the job is
+/// neither sent twice nor left leased with nothing sending it.
 #[derive(Clone, Debug, Default)]
-struct InFlight(Arc<Mutex<HashSet<i64>>>);
+struct InFlight(Arc<Mutex<HashMap<i64, bool>>>);
 
 /// A job's place in [`InFlight`], given up when its send ends, however it
 /// ends.
@@ -46,13 +48,31 @@ struct Claim {
 }
 
 impl InFlight {
-    /// Claims a job for one send, unless one is already under way.
+    /// Claims a job for one send, unless one is already under way (which
+    /// then learns that the job was leased again).
     fn claim(&self, job_id: i64) -> Option<Claim> {
-        let fresh = self.0.lock().expect("in-flight lock").insert(job_id);
-        fresh.then(|| Claim {
+        let mut jobs = self.0.lock().expect("in-flight lock");
+        if let Some(leased_again) = jobs.get_mut(&job_id) {
+            *leased_again = true;
+            return None;
+        }
+        jobs.insert(job_id, false);
+        Some(Claim {
             in_flight: self.clone(),
             job_id,
         })
+    }
+}
+
+impl Claim {
+    /// Ends the send's claim, answering whether a lease taken meanwhile
+    /// must be given back.
+    fn finish(self) -> bool {
+        self.in_flight
+            .0
+            .lock()
+            .map(|mut jobs| jobs.remove(&self.job_id).unwrap_or(false))
+            .unwrap_or(false)
     }
 }
 
@@ -168,8 +188,15 @@ impl Dispatcher {
                 let span = tracing::info_span!("dispatch", delivery_id = %job.delivery_id, route = %job.route, repo = %job.repo);
                 handle.tracker.spawn(
                     async move {
+                        let job_id = job.id;
                         worker.send_one(job, slot, shutdown).await;
-                        drop(claim);
+                        if claim.finish() {
+                            // Only a pending job's lease is cleared: one
+                            // that finished keeps its outcome.
+                            if let Err(e) = worker.store.release(vec![job_id]).await {
+                                tracing::warn!(error = %e, "Could not give back a lease taken while the job was being sent; it runs out in two hours");
+                            }
+                        }
                     }
                     .instrument(span),
                 );
@@ -530,12 +557,20 @@ mod tests {
     fn a_job_in_flight_is_not_claimed_again_until_its_send_ends() {
         let in_flight = InFlight::default();
         let first = in_flight.claim(7).expect("a job not in flight is claimed");
+        let other = in_flight.claim(8).expect("other jobs are unaffected");
         assert!(in_flight.claim(7).is_none(), "a second lease leaves it");
-        assert!(in_flight.claim(8).is_some(), "other jobs are unaffected");
-        drop(first);
+        assert!(first.finish(), "the send gives the second lease back");
+        assert!(
+            !other.finish(),
+            "a job leased once has nothing to give back"
+        );
+        let again = in_flight
+            .claim(7)
+            .expect("claimed again once its send ended");
+        drop(again);
         assert!(
             in_flight.claim(7).is_some(),
-            "claimed again once its send ended"
+            "a claim dropped unfinished ends too"
         );
     }
 }
