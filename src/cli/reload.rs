@@ -37,6 +37,9 @@ pub struct Reloader {
     /// not with the last reload: a token rotated two reloads ago is still
     /// waiting for a restart.
     pub started: Arc<config::Config>,
+    /// A text refused only because a pinned certificate could not be read,
+    /// tried again every second until it can.
+    pub waiting_for_certificates: Option<String>,
 }
 
 /// What the latest read of the file calls for.
@@ -130,7 +133,7 @@ impl Reloader {
             };
             let read = std::fs::read_to_string(&self.path).map_err(|e| e.to_string());
             match self.watch.step(read, forced) {
-                Step::Nothing => {}
+                Step::Nothing => self.retry_certificates(),
                 Step::ReportUnreadable(error) => {
                     tracing::error!(path = %self.path.display(), error = %error, "Cannot read the configuration; keeping the current one");
                     self.metrics.config_loaded(false, 0.0);
@@ -142,39 +145,73 @@ impl Reloader {
 
     /// Validates `text` and swaps it in, or keeps the configuration in
     /// force and reports why.
-    fn load(&self, text: &str, trigger: &str) {
-        let name = self.path.display().to_string();
-        let loaded = config::load(&name, text, &super::process_env)
-            .map_err(|errors| errors.to_string())
-            .and_then(|loaded| {
-                let routes =
-                    LiveRoutes::new(Arc::new(loaded.config)).map_err(|e| e.in_file(&name))?;
-                Ok((routes, loaded.warnings))
-            });
-        match loaded {
-            Ok((routes, warnings)) => {
-                for warning in &warnings {
-                    tracing::warn!(warning = %warning, "Configuration warning");
-                }
-                let count = routes.config.routes.len();
-                let restart_only = restart_only_changes(&self.started, &routes.config);
-                if !restart_only.is_empty() {
-                    tracing::warn!(
-                        sections = %restart_only.join(", "),
-                        "These settings changed but only take effect at the next restart"
-                    );
-                }
-                self.state.replace_routes(routes);
-                self.metrics
-                    .config_loaded(true, crate::store::now_ms() as f64 / 1000.0);
-                tracing::info!(routes = count, trigger, "Configuration reloaded");
-            }
-            Err(errors) => {
+    fn load(&mut self, text: &str, trigger: &str) {
+        self.waiting_for_certificates = None;
+        match self.prepare(text) {
+            Ok((routes, warnings)) => self.apply(routes, &warnings, trigger),
+            Err(failure) => {
                 self.metrics.config_loaded(false, 0.0);
-                tracing::error!(errors = %errors, "The new configuration is invalid; the previous one stays in force");
+                tracing::error!(errors = %failure.errors, "The new configuration is invalid; the previous one stays in force");
+                if failure.certificates_only {
+                    self.waiting_for_certificates = Some(text.to_string());
+                }
             }
         }
     }
+
+    /// Tries again a configuration refused only because a pinned
+    /// certificate could not be read: the file holding it may arrive after
+    /// routes.yaml (two volumes synced apart), and nothing else would make
+    /// the relay look again. Failures are not reported again.
+    fn retry_certificates(&mut self) {
+        let Some(text) = self.waiting_for_certificates.clone() else {
+            return;
+        };
+        if let Ok((routes, warnings)) = self.prepare(&text) {
+            self.waiting_for_certificates = None;
+            self.apply(routes, &warnings, "certificates readable");
+        }
+    }
+
+    fn prepare(&self, text: &str) -> Result<(LiveRoutes, Vec<String>), LoadFailure> {
+        let name = self.path.display().to_string();
+        let loaded =
+            config::load(&name, text, &super::process_env).map_err(|errors| LoadFailure {
+                errors: errors.to_string(),
+                certificates_only: false,
+            })?;
+        let warnings = loaded.warnings.iter().map(ToString::to_string).collect();
+        let routes = LiveRoutes::new(Arc::new(loaded.config)).map_err(|e| LoadFailure {
+            errors: e.in_file(&name),
+            certificates_only: true,
+        })?;
+        Ok((routes, warnings))
+    }
+
+    fn apply(&self, routes: LiveRoutes, warnings: &[String], trigger: &str) {
+        for warning in warnings {
+            tracing::warn!(warning = %warning, "Configuration warning");
+        }
+        let count = routes.config.routes.len();
+        let restart_only = restart_only_changes(&self.started, &routes.config);
+        if !restart_only.is_empty() {
+            tracing::warn!(
+                sections = %restart_only.join(", "),
+                "These settings changed but only take effect at the next restart"
+            );
+        }
+        self.state.replace_routes(routes);
+        self.metrics
+            .config_loaded(true, crate::store::now_ms() as f64 / 1000.0);
+        tracing::info!(routes = count, trigger, "Configuration reloaded");
+    }
+}
+
+/// Why a text was not loaded.
+struct LoadFailure {
+    errors: String,
+    /// The text itself is valid; only a pinned certificate could not be read.
+    certificates_only: bool,
 }
 
 /// The sections a reload cannot apply (the worker, the credential and the

@@ -228,6 +228,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         started: state.routes().config.clone(),
         state: state.clone(),
         metrics,
+        waiting_for_certificates: None,
     };
     tokio::spawn(reloader.run(hangup, stop_reloading.clone()));
     tokio::spawn(prune_periodically(

@@ -786,6 +786,20 @@ async fn a_pinned_certificate_that_cannot_be_read_is_a_configuration_error() {
             "{command:?}: {stderr}"
         );
     }
+
+    // The certificate arrives after routes.yaml (another volume, synced
+    // later): the relay loads the file then, without another edit.
+    std::fs::copy(&cert, &typo).unwrap();
+    app.wait_for_log(|l| {
+        l.contains("Configuration reloaded") && l.contains("certificates readable")
+    })
+    .await;
+    let reports = app
+        .logs()
+        .iter()
+        .filter(|l| l.contains("previous one stays in force"))
+        .count();
+    assert_eq!(reports, 1, "the refusal is reported once, not every second");
 }
 
 // ---------------------------------------------------------------------------
