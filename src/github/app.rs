@@ -223,6 +223,8 @@ pub struct AppAuth {
     key_source: PrivateKeySource,
     /// The signing key, with the SHA-256 of the PEM it was read from.
     key: Mutex<Option<([u8; 32], Arc<EncodingKey>)>>,
+    /// The last problem with the key file reported, so it is logged once.
+    key_problem: Mutex<Option<String>>,
     fixed_installation: Option<u64>,
     metrics: Option<Metrics>,
     /// GitHub's clock minus ours, in seconds, learnt from a refused JWT.
@@ -251,6 +253,7 @@ impl AppAuth {
             app_id: app.id.clone(),
             key_source: app.private_key.clone(),
             key: Mutex::new(None),
+            key_problem: Mutex::new(None),
             fixed_installation: app.installation_id,
             metrics,
             skew_secs: AtomicI64::new(0),
@@ -272,8 +275,8 @@ impl AppAuth {
             PrivateKeySource::File(path) => match std::fs::read(path) {
                 Ok(pem) => pem,
                 Err(e) => {
-                    if let Some((_, key)) = lock(&self.key).as_ref() {
-                        return Ok(key.clone());
+                    if let Some(key) = self.keep_last_key(&format!("cannot be read: {e}")) {
+                        return Ok(key);
                     }
                     // Retried like a network failure: the next attempt may find it.
                     return Err(CredentialError::KeyUnreadable(format!(
@@ -293,8 +296,8 @@ impl AppAuth {
         let key = match EncodingKey::from_rsa_pem(&pem) {
             Ok(key) => Arc::new(key),
             Err(_) => {
-                if let Some((_, key)) = lock(&self.key).as_ref() {
-                    return Ok(key.clone());
+                if let Some(key) = self.keep_last_key("is not an RSA private key in PEM form") {
+                    return Ok(key);
                 }
                 // The error of the PEM parser never quotes the key, but a
                 // fixed text keeps that a promise rather than an observation.
@@ -303,8 +306,28 @@ impl AppAuth {
                 ));
             }
         };
-        *lock(&self.key) = Some((digest, key.clone()));
+        if lock(&self.key).replace((digest, key.clone())).is_some() {
+            tracing::info!(
+                "The GitHub App's private key file changed; new tokens are requested with the new key"
+            );
+        }
+        *lock(&self.key_problem) = None;
         Ok(key)
+    }
+
+    /// The key in use when the file no longer gives one, if one was read;
+    /// says so once for each new problem.
+    fn keep_last_key(&self, problem: &str) -> Option<Arc<EncodingKey>> {
+        let key = lock(&self.key).as_ref()?.1.clone();
+        let mut reported = lock(&self.key_problem);
+        if reported.as_deref() != Some(problem) {
+            tracing::warn!(
+                problem,
+                "The GitHub App's private key file no longer gives a key; the last one read stays in use"
+            );
+            *reported = Some(problem.to_string());
+        }
+        Some(key)
     }
 
     /// A fresh JWT for the App.

@@ -538,5 +538,19 @@ async fn a_rotated_private_key_file_is_used_without_a_restart() {
         vec![201, 201],
         "the second token was minted with the new key"
     );
+    app.wait_for_log(|l| l.contains("private key file changed"))
+        .await;
+
+    // A copy caught half-written leaves the key in use, and says so.
+    std::fs::write(&key_file, "-----BEGIN RSA PRIVATE KEY-----\nMIIE").unwrap();
+    app.github.expire_installation_tokens();
+    post_n(&app, "cms", 1).await;
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 3))
+        .await;
+    let line = app
+        .wait_for_log(|l| l.contains("no longer gives a key"))
+        .await;
+    assert!(line.contains("is not an RSA private key"), "{line}");
+    assert!(!line.contains("MIIE"), "{line}");
     assert_eq!(app.github.violations(), Vec::<String>::new());
 }
