@@ -102,15 +102,13 @@ pub fn render(
                     config.github.api_url,
                     target.request.path(&target.repo)
                 );
-                let mut body = target.request.body();
-                if let (DispatchRequest::Workflow { .. }, Value::Object(fields)) =
-                    (&target.request, &mut body)
-                {
-                    // The worker asks for the run it starts, so the body
-                    // printed is the one sent (docs/github.md says when the
-                    // field is left out).
-                    fields.insert("return_run_details".to_string(), Value::Bool(true));
+                // The body the worker first sends (docs/github.md says when
+                // a workflow dispatch's `return_run_details` is left out).
+                let mut body = target.request.body_json();
+                if let DispatchRequest::Workflow { .. } = &target.request {
+                    body = crate::dispatch::with_run_details_asked(&body);
                 }
+                let body: Value = serde_json::from_str(&body).map_err(invalid)?;
                 let body = serde_json::to_string_pretty(&body).map_err(invalid)?;
                 println!("{body}\n");
             }

@@ -129,7 +129,10 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     let (loaded, loaded_text) = load_config_text(config_path)?;
     // `server.listen` was checked with the file; the flag (or RELAY_LISTEN)
     // is input too: a malformed one exits 1, as a malformed file does, and
-    // only an address that cannot be bound (in use, not local) exits 2.
+    // only an address that cannot be bound (in use, not local) exits 2. An
+    // empty one (`RELAY_LISTEN=` in an environment file) is unset, as an
+    // empty `server.listen` is.
+    let listen = listen.filter(|l| !l.is_empty());
     if let Some(flag) = listen
         .as_deref()
         .filter(|l| !crate::config::is_listen_address(l))

@@ -275,7 +275,7 @@ impl Dispatcher {
                 }
             };
             let body = if with_run_details {
-                std::borrow::Cow::Owned(with_field(&job.body, "return_run_details"))
+                std::borrow::Cow::Owned(with_run_details_asked(&job.body))
             } else {
                 std::borrow::Cow::Borrowed(job.body.as_str())
             };
@@ -528,11 +528,15 @@ struct Sent {
     result: Option<String>,
 }
 
-/// Adds `"field": true` to a JSON object body.
-fn with_field(body: &str, field: &str) -> String {
+/// A workflow dispatch's body as first sent: asking GitHub for the run it
+/// starts (`"return_run_details": true`). `render` prints the same.
+pub fn with_run_details_asked(body: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(body) {
         Ok(serde_json::Value::Object(mut map)) => {
-            map.insert(field.to_string(), serde_json::Value::Bool(true));
+            map.insert(
+                "return_run_details".to_string(),
+                serde_json::Value::Bool(true),
+            );
             serde_json::Value::Object(map).to_string()
         }
         _ => body.to_string(),

@@ -325,6 +325,26 @@ fn a_malformed_listen_flag_is_invalid_input_and_exits_1() {
         !dir.path().join("dispatch-relay.db").exists(),
         "nothing was opened"
     );
+    // Empty is unset (`RELAY_LISTEN=` in an environment file): the file's
+    // address is used.
+    let dir = dir_with_routes(
+        "github:\n  token: t\n  api_url: http://127.0.0.1:9\nserver:\n  listen: 127.0.0.1:0\nroutes: []\n",
+    );
+    let mut relay = Command::new(binary())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("RELAY_CONFIG")
+        .env("RELAY_LISTEN", "")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(relay.stderr.take().unwrap());
+    let listening = std::io::BufRead::lines(stderr)
+        .map_while(Result::ok)
+        .find(|line| line.contains("Listening"));
+    let _ = relay.kill();
+    let _ = relay.wait();
+    assert!(listening.is_some_and(|l| l.contains("127.0.0.1:")));
 }
 
 #[test]
