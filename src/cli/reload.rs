@@ -1,17 +1,17 @@
 //! Hot reload of routes.yaml, on SIGHUP and when the file changes.
 //!
 //! The file is read once a second and compared with what was last loaded;
-//! comparing contents rather than modification times also catches the
-//! symlink swaps of Kubernetes ConfigMaps and editors that replace the file.
-//! A changed text is loaded once two reads in a row agree, so that a file
-//! caught half-written (a shell redirect, a copy in progress) is not taken
-//! for the new configuration: cut between two routes, it would even be
-//! valid, with the later routes missing. SIGHUP loads at once. A new
-//! configuration is validated in full (its pinned certificates read too)
-//! and swapped in atomically; an invalid one is logged with its line and
-//! column and the old one keeps serving. Queued jobs live in the store, not in the configuration, so a
-//! reload can neither lose nor duplicate them, and a removed route's queued
-//! jobs still finish.
+//! comparing contents rather than modification times also catches the symlink
+//! swaps of Kubernetes ConfigMaps and editors that replace the file. A changed
+//! text is loaded once two reads in a row agree, so that a file caught
+//! half-written (a shell redirect, a copy in progress) is not taken for the
+//! new configuration: cut between two routes, it would even be valid, with the
+//! later routes missing. SIGHUP loads at once. A new configuration is
+//! validated in full (its pinned certificates read too) and swapped in
+//! atomically; an invalid one is logged with its line and column and the old
+//! one keeps serving. Queued jobs live in the store, not in the configuration,
+//! so a reload can neither lose nor duplicate them, and a removed route's
+//! queued jobs still finish.
 
 use std::path::PathBuf;
 use std::sync::Arc;
