@@ -731,7 +731,10 @@ async fn sns_refuses_cert_urls_off_amazon_over_http() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pinned_certificate_that_cannot_be_read_is_a_configuration_error() {
-    let cert = samples_dir().join("sns-test-signing-cert.pem");
+    // A copy of the certificate, in a directory of the test's own.
+    let certs = tempfile::tempdir().unwrap();
+    let cert = certs.path().join("sns-test-signing-cert.pem");
+    std::fs::copy(samples_dir().join("sns-test-signing-cert.pem"), &cert).unwrap();
     let route = format!(
         r#"
   - id: sns/acme-blog
