@@ -132,8 +132,12 @@ impl Reloader {
                 _ = tick.tick() => false,
             };
             let read = std::fs::read_to_string(&self.path).map_err(|e| e.to_string());
+            let unchanged = read.as_deref().ok() == self.waiting_for_certificates.as_deref();
             match self.watch.step(read, forced) {
-                Step::Nothing => self.retry_certificates(),
+                // Only while the file still holds the text that waits: a
+                // newer text, settling, is loaded on its own.
+                Step::Nothing if unchanged => self.retry_certificates(),
+                Step::Nothing => {}
                 Step::ReportUnreadable(error) => {
                     tracing::error!(path = %self.path.display(), error = %error, "Cannot read the configuration; keeping the current one");
                     self.metrics.config_loaded(false, 0.0);

@@ -34,9 +34,10 @@ const LEASE: Duration = Duration::from_secs(2 * 3600);
 /// The jobs this process is sending, each with whether a new lease took it
 /// meanwhile. A new lease can take a job whose lease ran out while it
 /// waited for its turn, or one whose outcome was just recorded as "retry
-/// now" while its send was winding up; the worker leaves it to the send
-/// under way, which gives that lease back when it ends, so that the job is
-/// neither sent twice nor left leased with nothing sending it.
+/// now" while its send was winding up. This set, not the lease, is what
+/// keeps the job from being sent twice: the worker leaves it to the send
+/// under way, which gives the new lease back when it ends, so that the job
+/// is not left leased with nothing sending it.
 #[derive(Clone, Debug, Default)]
 struct InFlight(Arc<Mutex<HashMap<i64, bool>>>);
 
@@ -44,7 +45,9 @@ struct InFlight(Arc<Mutex<HashMap<i64, bool>>>);
 /// ends.
 struct Claim {
     in_flight: InFlight,
-    job_id: i64,
+    /// Taken by [`Claim::finish`], so that the entry is removed once: a
+    /// second removal could take the entry of the job's next send.
+    job_id: Option<i64>,
 }
 
 impl InFlight {
@@ -59,7 +62,7 @@ impl InFlight {
         jobs.insert(job_id, false);
         Some(Claim {
             in_flight: self.clone(),
-            job_id,
+            job_id: Some(job_id),
         })
     }
 }
@@ -67,20 +70,21 @@ impl InFlight {
 impl Claim {
     /// Ends the send's claim, answering whether a lease taken meanwhile
     /// must be given back.
-    fn finish(self) -> bool {
-        self.in_flight
-            .0
-            .lock()
-            .map(|mut jobs| jobs.remove(&self.job_id).unwrap_or(false))
-            .unwrap_or(false)
+    fn finish(mut self) -> bool {
+        self.release().unwrap_or(false)
+    }
+
+    /// Removes the entry, once; answers whether the job was leased again.
+    fn release(&mut self) -> Option<bool> {
+        let job_id = self.job_id.take()?;
+        let mut jobs = self.in_flight.0.lock().ok()?;
+        jobs.remove(&job_id)
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if let Ok(mut jobs) = self.in_flight.0.lock() {
-            jobs.remove(&self.job_id);
-        }
+        self.release();
     }
 }
 
@@ -185,6 +189,7 @@ impl Dispatcher {
             for ((job, claim), slot) in jobs.into_iter().zip(slots) {
                 let worker = self.clone();
                 let shutdown = handle.shutdown.clone();
+                let waker = handle.clone();
                 let span = tracing::info_span!("dispatch", delivery_id = %job.delivery_id, route = %job.route, repo = %job.repo);
                 handle.tracker.spawn(
                     async move {
@@ -193,8 +198,9 @@ impl Dispatcher {
                         if claim.finish() {
                             // Only a pending job's lease is cleared: one
                             // that finished keeps its outcome.
-                            if let Err(e) = worker.store.release(vec![job_id]).await {
-                                tracing::warn!(error = %e, "Could not give back a lease taken while the job was being sent; it runs out in two hours");
+                            match worker.store.release(vec![job_id]).await {
+                                Ok(()) => waker.wake(),
+                                Err(e) => tracing::warn!(error = %e, "Could not give back a lease taken while the job was being sent; it runs out in two hours"),
                             }
                         }
                     }

@@ -291,7 +291,10 @@ impl AppAuth {
         if let Some((read, key)) = lock(&self.key).as_ref()
             && *read == digest
         {
-            return Ok(key.clone());
+            let key = key.clone();
+            // The file gives the key again: a later problem is new.
+            *lock(&self.key_problem) = None;
+            return Ok(key);
         }
         let key = match EncodingKey::from_rsa_pem(&pem) {
             Ok(key) => Arc::new(key),
