@@ -187,6 +187,11 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         pacer: Arc::new(Pacer::new(&config.github.pacing)),
         metrics: metrics.clone(),
         notifier: notifier.clone(),
+        // Test hook: a short lease, so that the suite can let one run out
+        // while its job waits out a pause (docs/decisions.md, decision 10).
+        lease: super::process_env("RELAY_TEST_LEASE_MS")
+            .and_then(|v| v.trim().parse().ok())
+            .map_or(crate::dispatch::LEASE, Duration::from_millis),
     }
     .spawn();
 

@@ -29,7 +29,7 @@ use crate::telemetry::{DispatchOutcome, Metrics};
 /// cleared when the relay starts, so a crash never leaves jobs stuck. Pauses
 /// can follow one another past it, though: [`InFlight`] keeps a job whose
 /// lease ran out while it waited here from being sent again.
-const LEASE: Duration = Duration::from_secs(2 * 3600);
+pub const LEASE: Duration = Duration::from_secs(2 * 3600);
 
 /// The jobs this process is sending, each with whether a new lease took it
 /// meanwhile. A new lease can take a job whose lease ran out while it
@@ -101,6 +101,8 @@ pub struct Dispatcher {
     pub pacer: Arc<Pacer>,
     pub metrics: Metrics,
     pub notifier: crate::notify::Notifier,
+    /// How long a lease lasts: [`LEASE`], except under the test hook.
+    pub lease: Duration,
 }
 
 /// Lets the accept path wake the worker and `serve` stop it.
@@ -160,7 +162,7 @@ impl Dispatcher {
             };
             let jobs = match self
                 .store
-                .lease_due(now_ms(), slots.len(), LEASE.as_millis() as i64)
+                .lease_due(now_ms(), slots.len(), self.lease.as_millis() as i64)
                 .await
             {
                 Ok(jobs) => jobs,

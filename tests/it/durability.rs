@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{hmac_route, spawn_app};
+use crate::fake_github::Scripted;
+use crate::helpers::{TEST_HEAD, hmac_route, spawn_app, spawn_app_with};
 
 const TARGET: &str = "      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          n: \"{{ body.n }}\"\n          delivery: \"{{ delivery.id }}\"\n";
 
@@ -384,4 +385,61 @@ fn a_sighup_while_starting_is_a_reload_not_an_exit() {
     );
     let _ = relay.kill();
     let _ = relay.wait();
+}
+
+/// A job whose lease runs out while it waits out a rate-limit pause is sent
+/// once, by the send already waiting, not again by a new lease. The lease is
+/// shortened through the test hook `RELAY_TEST_LEASE_MS` so that it runs out
+/// within the pause.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_lease_runs_out_during_a_pause_is_sent_once() {
+    let head = TEST_HEAD.replace(
+        "  pacing: off\n",
+        "  pacing:\n    concurrency: 2\n    min_interval: 500ms\n",
+    );
+    assert_ne!(head, TEST_HEAD);
+    let app = spawn_app_with(
+        &head,
+        &hmac_route("cms", TARGET),
+        &[("RELAY_TEST_LEASE_MS", "300")],
+    )
+    .await;
+    // The first dispatch is rate-limited for two seconds, and answered late
+    // enough that the second webhook's job is leased before the pause and
+    // waits it out, past its 300 ms lease.
+    app.github.set_latency(Duration::from_millis(200));
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::RateLimited {
+            retry_after_secs: 2,
+        }],
+    );
+    for n in 0..2 {
+        let status = app
+            .post_signed("cms", &format!(r#"{{"n":{n}}}"#))
+            .await
+            .status();
+        assert_eq!(status, 202);
+    }
+    app.wait_for_deliveries(Duration::from_secs(60), |list| {
+        list.len() == 2 && list.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    // A second send of the waiting job would come one `min_interval` after
+    // the first: watched for three times as long.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            app.github.dispatches_to("acme/blog"),
+            2,
+            "each webhook is dispatched once: {:#?}",
+            app.github.dispatch_attempts()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.github.dispatch_attempts_to("acme/blog"),
+        3,
+        "the rate-limited one and two sends"
+    );
 }
