@@ -75,6 +75,24 @@ pub fn from_envelope(envelope: &crate::verify::sns::Envelope) -> Parsed {
 /// Headers that carry credentials; they are never stored.
 const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
 
+/// Whether a header carries a credential: `authorization`,
+/// `proxy-authorization`, `cookie`, or the route's own token header.
+fn is_credential(route: &Route, name: &str) -> bool {
+    CREDENTIAL_HEADERS.contains(&name)
+        || matches!(&route.verify, Verify::Token { header, .. } if header.as_str() == name)
+}
+
+/// The headers without those that carry credentials. Templates are given
+/// these, once the request is verified, so that no payload or dedupe key can
+/// carry a sender's secret to GitHub or into the store.
+pub fn without_credentials(
+    route: &Route,
+    mut headers: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    headers.retain(|name, _| !is_credential(route, name));
+    headers
+}
+
 /// Builds the stored form of a request, leaving out credential headers
 /// (including the route's own token header), and encodes it.
 pub fn stored_request(
@@ -84,15 +102,9 @@ pub fn stored_request(
     headers: &BTreeMap<String, String>,
     body: &[u8],
 ) -> EncodedRequest {
-    let token_header = match &route.verify {
-        Verify::Token { header, .. } => Some(header.as_str()),
-        _ => None,
-    };
     let headers: Vec<(&str, &str)> = headers
         .iter()
-        .filter(|(name, _)| {
-            !CREDENTIAL_HEADERS.contains(&name.as_str()) && Some(name.as_str()) != token_header
-        })
+        .filter(|(name, _)| !is_credential(route, name))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let (body, body_base64) = match std::str::from_utf8(body) {

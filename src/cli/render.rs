@@ -85,7 +85,7 @@ pub fn render(
     let ctx = inbound::context(
         &route.id,
         parsed,
-        headers,
+        inbound::without_credentials(route, headers),
         &[],
         delivery_id,
         crate::store::now_ms(),

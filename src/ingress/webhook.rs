@@ -156,7 +156,7 @@ async fn accept(
     let ctx = inbound::context(
         &route.id,
         parsed,
-        headers,
+        inbound::without_credentials(route, headers),
         &query,
         &delivery_id,
         received_at_ms,

@@ -392,3 +392,61 @@ async fn form_bodies_with_a_json_payload_field() {
         Some(json!({"event_type": "push-main", "client_payload": {"after": "abc", "note": "a b"}}))
     );
 }
+
+/// A sender's credentials are checked, then kept from the templates: a
+/// payload that forwards every header can carry neither the route's token
+/// nor an `Authorization` or `Cookie` header to GitHub or into the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_headers_never_reach_a_payload() {
+    let route = r#"
+  - id: forward
+    verify:
+      token:
+        header: X-Token
+        value: route-secret-value
+    dispatch:
+      - repo: acme/blog
+        event_type: forwarded
+        client_payload: "{{ {'headers': headers} }}"
+"#;
+    let app = spawn_app_with(TEST_HEAD, route, &[]).await;
+    let answer = app
+        .http
+        .post(app.url("/hooks/forward"))
+        .header("x-token", "route-secret-value")
+        .header("authorization", "Bearer sender-bearer-value")
+        .header("cookie", "session=sender-cookie-value")
+        .header("x-build", "42")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let dispatches = app
+        .github
+        .wait_for_dispatches(1, std::time::Duration::from_secs(30))
+        .await;
+    let payload = &dispatches[0].body.as_ref().unwrap()["client_payload"]["headers"];
+    assert_eq!(payload["x-build"], "42", "{payload}");
+    let text = payload.to_string();
+    for secret in [
+        "route-secret-value",
+        "sender-bearer-value",
+        "sender-cookie-value",
+    ] {
+        assert!(!text.contains(secret), "{secret} forwarded: {text}");
+    }
+    let store = std::fs::read(app.dir.path().join("dispatch-relay.db")).unwrap_or_default();
+    let wal = std::fs::read(app.dir.path().join("dispatch-relay.db-wal")).unwrap_or_default();
+    for secret in [
+        "route-secret-value",
+        "sender-bearer-value",
+        "sender-cookie-value",
+    ] {
+        let found = [&store, &wal]
+            .iter()
+            .any(|bytes| bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        assert!(!found, "{secret} stored");
+    }
+}
