@@ -51,7 +51,7 @@ where
                 v.trim()
                     .parse()
                     .map(Num)
-                    .map_err(|_| E::custom(format!("`{v}` is not a whole number")))
+                    .map_err(|_| E::custom("not a whole number"))
             }
         }
 

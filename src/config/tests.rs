@@ -284,7 +284,7 @@ fn rejections() {
         ),
         (
             format!("{base}  - id: a\n    verify:\n      hmac: {{secret: x, header: h, algorithm: sha384}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
-            vec![("routes[0].verify.hmac.algorithm", 6, 47, "unknown value `sha384`")],
+            vec![("routes[0].verify.hmac.algorithm", 6, 47, "unknown value; did you mean `sha1`?")],
         ),
         (
             format!("{base}  - id: a\n    verify:\n      hamc: {{secret: x}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
@@ -385,14 +385,14 @@ fn rejections() {
         ),
         (
             with_route("    rate_limit: {per_second: \"${MISSING:-fast}\"}\n"),
-            vec![("routes[0].rate_limit.per_second", 9, 30, "`fast` is not a whole number")],
+            vec![("routes[0].rate_limit.per_second", 9, 30, "not a whole number")],
         ),
         (
             "github:\n  token: t\nretry:\n  max_backoff: 10\n  initial_backoff: 1x\nstore:\n  synchronous: ful\nroutes: []\n".to_owned(),
             vec![
                 ("retry.max_backoff", 4, 16, "`10` has no unit"),
                 ("retry.initial_backoff", 5, 20, "`x` is not a duration unit"),
-                ("store.synchronous", 7, 16, "unknown value `ful`; did you mean `full`?"),
+                ("store.synchronous", 7, 16, "unknown value; did you mean `full`?"),
             ],
         ),
         (
@@ -432,7 +432,7 @@ fn errors_print_one_per_line() {
     let errors = load("routes.yaml", text, &env).unwrap_err();
     assert_eq!(
         errors.to_string(),
-        "routes.yaml:5:13: routes[0].verify: unknown verify method `nope`; did you mean `none`?\n\
+        "routes.yaml:5:13: routes[0].verify: unknown verify method; did you mean `none`?\n\
          routes.yaml:9:23: routes[1].dispatch[0].repo: `acme` is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`"
     );
 }
@@ -490,6 +490,31 @@ fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
             "{printed}"
         );
         assert!(!printed.contains("hooks.slack.com"), "{printed}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+    }
+    // A secret where a name, a number or a header was expected.
+    let route = |verify: &str, extra: &str| {
+        format!(
+            "github:\n  token: t\nroutes:\n  - id: r\n    verify: {verify}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n{extra}"
+        )
+    };
+    let misnamed = [
+        route("${CMS_WEBHOOK_SECRET}", ""),
+        route(
+            "{hmac: {secret: x, header: X-Sig, algorithm: \"${CMS_WEBHOOK_SECRET}\"}}",
+            "",
+        ),
+        route(
+            "{token: {header: \"Bearer ${CMS_WEBHOOK_SECRET}\", value: v}}",
+            "",
+        ),
+        route(
+            "none",
+            "    rate_limit: {per_second: \"${CMS_WEBHOOK_SECRET}\"}\n",
+        ),
+    ];
+    for text in misnamed {
+        let printed = ConfigErrors(load_err(&text)).to_string();
         assert!(!printed.contains("s3cr3t"), "{printed}");
     }
 }

@@ -124,7 +124,7 @@ impl Report<'_> {
             && let Some((name, expected)) = rest.split_once('`')
         {
             let expected = backticked(expected);
-            self.error(&path, unknown("value", name, &expected));
+            self.error(&path, unknown_value("value", name, &expected));
         } else if let Some(rest) = message.strip_prefix("missing field `") {
             let name = rest.trim_end_matches('`');
             self.error(&path, format!("missing key `{name}`"));
@@ -189,7 +189,17 @@ fn backticked(text: &str) -> Vec<String> {
 /// "unknown key `x`; did you mean `y`?" or, without a near miss, the list of
 /// what is expected.
 fn unknown(what: &str, name: &str, expected: &[String]) -> String {
-    let mut message = format!("unknown {what} `{name}`");
+    suggest(format!("unknown {what} `{name}`"), name, expected)
+}
+
+/// [`unknown`] for a value rather than a key: the value is not quoted,
+/// since `${VAR}` may have put a secret there.
+fn unknown_value(what: &str, name: &str, expected: &[String]) -> String {
+    suggest(format!("unknown {what}"), name, expected)
+}
+
+/// Adds to `message` the expected name closest to `name`, or the list.
+fn suggest(mut message: String, name: &str, expected: &[String]) -> String {
     if let Some(close) = did_you_mean(name, expected) {
         message.push_str(&format!("; did you mean `{close}`?"));
     } else if !expected.is_empty() {
@@ -969,7 +979,10 @@ fn header_name(report: &mut Report, path: &Path, header: &str) -> Option<String>
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
     if !valid {
-        report.error(path, format!("`{header}` is not a valid header name"));
+        report.error(
+            path,
+            "not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+        );
         return None;
     }
     Some(header.to_ascii_lowercase())
@@ -985,7 +998,7 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
         Value::String(text) => {
             let mut expected = methods.clone();
             expected.insert(0, "none".to_owned());
-            report.error(path, unknown("verify method", &text, &expected));
+            report.error(path, unknown_value("verify method", &text, &expected));
             return None;
         }
         Value::Mapping(map) => map,
