@@ -233,8 +233,8 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
             "s"
         }
     );
-    for route in &loaded.config.routes {
-        println!("  {}", config::summary(route));
+    for (index, route) in loaded.config.routes.iter().enumerate() {
+        println!("  {}", config::summary(route, index, &loaded.written));
     }
     if !online {
         return Ok(());

@@ -3,6 +3,8 @@
 //! syntax (`:`, `#`, quotes) is taken literally. `$$` writes a literal `$`;
 //! a `$` followed by anything else is kept as it is.
 
+use std::collections::BTreeMap;
+
 use serde_norway::Value;
 
 use super::path::Path;
@@ -21,12 +23,19 @@ pub(crate) fn substitute_tree(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut Vec<EnvError>,
+    written: &mut BTreeMap<String, String>,
 ) {
     match value {
         Value::String(text) => {
             if text.contains('$') {
                 match substitute(text, env) {
-                    Ok(done) => *text = done,
+                    Ok(done) => {
+                        // What the file says, for output that must not
+                        // show what a variable put there.
+                        if done != *text {
+                            written.insert(path.to_string(), std::mem::replace(text, done));
+                        }
+                    }
                     Err(message) => errors.push(EnvError {
                         path: path.clone(),
                         message,
@@ -36,7 +45,7 @@ pub(crate) fn substitute_tree(
         }
         Value::Sequence(items) => {
             for (index, item) in items.iter_mut().enumerate() {
-                substitute_tree(item, &path.index(index), env, errors);
+                substitute_tree(item, &path.index(index), env, errors, written);
             }
         }
         Value::Mapping(map) => {
@@ -45,10 +54,10 @@ pub(crate) fn substitute_tree(
                     Value::String(key) => path.key(key),
                     other => path.key(&scalar_text(other)),
                 };
-                substitute_tree(item, &child, env, errors);
+                substitute_tree(item, &child, env, errors, written);
             }
         }
-        Value::Tagged(tagged) => substitute_tree(&mut tagged.value, path, env, errors),
+        Value::Tagged(tagged) => substitute_tree(&mut tagged.value, path, env, errors, written),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }

@@ -13,6 +13,7 @@
 //!
 //! This module is the only one that knows the YAML library.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,6 +69,9 @@ pub struct Loaded {
     pub config: Config,
     /// Accepted but risky settings.
     pub warnings: Vec<ConfigWarning>,
+    /// The text the file holds, by path (`routes[0].when`), of every value
+    /// a `${VAR}` changed: what output shows in place of the value.
+    pub written: BTreeMap<String, String>,
 }
 
 /// The `github` section.
@@ -493,24 +497,36 @@ pub fn load(
     validate::load(file_name, text, env)
 }
 
-/// A one-line description of a route for `dispatch-relay check`, such as
-/// `blog-cms (hmac) -> acme/blog:cms-{{ body.model }}`.
-pub fn summary(route: &Route) -> String {
+/// A one-line description of the route at `index` for `dispatch-relay
+/// check`, such as `blog-cms (hmac) -> acme/blog:cms-{{ body.model }}`. A
+/// value set through `${VAR}` is shown as the file writes it (`written`,
+/// from [`Loaded`]), since the variable may hold a secret.
+pub fn summary(route: &Route, index: usize, written: &BTreeMap<String, String>) -> String {
+    let shown = |path: String, value: &str| -> String {
+        written
+            .get(&path)
+            .cloned()
+            .unwrap_or_else(|| value.to_owned())
+    };
     let targets: Vec<String> = route
         .dispatch
         .iter()
-        .map(|target| match &target.kind {
-            TargetKind::Repository { event_type, .. } => {
-                format!("{}:{}", target.repo.source(), event_type.source())
+        .enumerate()
+        .map(|(t, target)| {
+            let at = |key: &str| format!("routes[{index}].dispatch[{t}].{key}");
+            let repo = shown(at("repo"), target.repo.source());
+            match &target.kind {
+                TargetKind::Repository { event_type, .. } => {
+                    format!("{repo}:{}", shown(at("event_type"), event_type.source()))
+                }
+                TargetKind::Workflow {
+                    workflow, git_ref, ..
+                } => format!(
+                    "{repo}:{}@{}",
+                    shown(at("workflow"), workflow.source()),
+                    shown(at("ref"), git_ref.source())
+                ),
             }
-            TargetKind::Workflow {
-                workflow, git_ref, ..
-            } => format!(
-                "{}:{}@{}",
-                target.repo.source(),
-                workflow.source(),
-                git_ref.source()
-            ),
         })
         .collect();
     let mut line = format!(
@@ -520,7 +536,8 @@ pub fn summary(route: &Route) -> String {
         targets.join(", ")
     );
     if let Some(when) = &route.when {
-        line.push_str(&format!(" when {}", when.source()));
+        let when = shown(format!("routes[{index}].when"), when.source());
+        line.push_str(&format!(" when {when}"));
     }
     line
 }

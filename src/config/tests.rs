@@ -73,7 +73,7 @@ fn design_example_loads() {
     assert!(route.when.is_some());
     assert_eq!(route.max_body, 1 << 20);
     assert_eq!(
-        summary(route),
+        summary(route, 0, &loaded.written),
         "blog-cms (hmac) -> acme/blog:cms-{{ body.model }} when body.event in [\"entry.publish\", \"entry.unpublish\"]"
     );
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
@@ -166,7 +166,7 @@ fn kitchen_sink_loads() {
     }
     assert_eq!(config.routes[4].verify.method(), "none");
     assert_eq!(
-        summary(&config.routes[3]),
+        summary(&config.routes[3], 3, &loaded.written),
         "jenkins_notify (basic) -> acme/ci:report.yml@main"
     );
     let warnings: Vec<_> = loaded
@@ -520,13 +520,25 @@ fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
 }
 
 #[test]
+fn the_route_summary_shows_variables_as_written() {
+    let text = "github:\n  token: t\nroutes:\n  - id: q\n    verify: none\n    when: query.token == \"${CMS_WEBHOOK_SECRET}\"\n    dispatch:\n      - repo: acme/a\n        event_type: e\n";
+    let loaded = load_ok(text);
+    let route = &loaded.config.routes[0];
+    assert!(route.when.as_ref().unwrap().source().contains("s3cr3t"));
+    assert_eq!(
+        summary(route, 0, &loaded.written),
+        "q (none) -> acme/a:e when query.token == \"${CMS_WEBHOOK_SECRET}\""
+    );
+}
+
+#[test]
 fn numbers_written_without_quotes_are_read_as_text() {
     let text = "github:\n  token: t\nroutes:\n  - id: 2024\n    verify: none\n    dispatch:\n      - repo: acme/a\n        workflow: 161335\n        ref: 2024\n      - repo: acme/b\n        event_type: 7\n";
     let loaded = load_ok(text);
     let route = &loaded.config.routes[0];
     assert_eq!(route.id, "2024");
     assert_eq!(
-        summary(route),
+        summary(route, 0, &loaded.written),
         "2024 (none) -> acme/a:161335@2024, acme/b:7"
     );
 }

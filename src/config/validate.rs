@@ -2,7 +2,7 @@
 //! the module above, checking every value, compiling every template, and
 //! collecting every error and warning with its path and position.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -251,7 +251,8 @@ pub(super) fn load(
     };
 
     let mut env_errors = Vec::new();
-    substitute_tree(&mut root, &Path::root(), env, &mut env_errors);
+    let mut written = BTreeMap::new();
+    substitute_tree(&mut root, &Path::root(), env, &mut env_errors, &mut written);
     for error in env_errors {
         report.error(&error.path, error.message);
     }
@@ -263,7 +264,11 @@ pub(super) fn load(
     {
         let mut warnings = report.warnings;
         warnings.sort_by_key(|w| (w.line, w.column));
-        return Ok(Loaded { config, warnings });
+        return Ok(Loaded {
+            config,
+            warnings,
+            written,
+        });
     }
     errors.sort_by_key(|e| (e.line, e.column));
     Err(ConfigErrors(errors))
