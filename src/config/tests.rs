@@ -517,6 +517,20 @@ fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
         let printed = ConfigErrors(load_err(&text)).to_string();
         assert!(!printed.contains("s3cr3t"), "{printed}");
     }
+    // A password in the GitHub url, from a variable or not.
+    for api_url in [
+        "ftp://${CMS_WEBHOOK_SECRET}",
+        "https://relay:${CMS_WEBHOOK_SECRET}@ghe.example.com/api/v3",
+        "https://relay:hunter2@ghe.example.com/api/v3",
+    ] {
+        let text = format!("github:\n  token: t\n  api_url: \"{api_url}\"\nroutes: []\n");
+        let printed = ConfigErrors(load_err(&text)).to_string();
+        assert!(printed.contains("github.api_url"), "{printed}");
+        assert!(
+            !printed.contains("s3cr3t") && !printed.contains("hunter2"),
+            "{printed}"
+        );
+    }
 }
 
 #[test]

@@ -439,10 +439,19 @@ fn github(
     let mut ok = true;
 
     let api_url = resolve_api_url(env("GITHUB_API_URL"), raw.api_url);
+    // The url is printed by `check --online`, `render` and `setup`, and may
+    // come from a variable: it is never quoted, and may not carry a
+    // password (the credential is the token or the App).
+    let authority = api_url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
     if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        report.error(&path.key("api_url"), "is not an http(s) URL");
+        ok = false;
+    } else if authority.contains('@') {
         report.error(
             &path.key("api_url"),
-            format!("`{api_url}` is not an http(s) URL"),
+            "holds a user or a password; GitHub is authenticated with the token or the App",
         );
         ok = false;
     }

@@ -374,6 +374,13 @@ pub fn sqlite_path(url: &str, base: &Path) -> Result<PathBuf, StoreError> {
     if raw.is_empty() {
         return Err(StoreError::BadUrl("it names no file".to_string()));
     }
+    // `sqlite://user:password@host/file` is not a file name: refused
+    // without being quoted, since it holds a password.
+    if url.starts_with("sqlite://") && raw.split('/').next().unwrap_or("").contains('@') {
+        return Err(StoreError::BadUrl(
+            "it names a user or a host; a SQLite store is a file (`sqlite:PATH`)".to_string(),
+        ));
+    }
     let path = PathBuf::from(raw);
     Ok(if path.is_absolute() {
         path

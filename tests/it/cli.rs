@@ -289,20 +289,32 @@ fn deliveries_reads_store_url_variables_unless_relay_database_url_wins() {
 
 #[test]
 fn a_store_url_serve_would_refuse_fails_check_without_its_password() {
-    let text =
-        "github:\n  token: t\nstore:\n  url: postgres://relay:s3cretPass@db/relay\nroutes: []\n";
-    let dir = dir_with_routes(text);
+    for (url, reason) in [
+        (
+            "postgres://relay:s3cretPass@db/relay",
+            "the scheme `postgres` is not supported",
+        ),
+        (
+            "sqlite://relay:s3cretPass@db.internal/relay.db",
+            "it names a user or a host",
+        ),
+    ] {
+        let dir = dir_with_routes(&format!(
+            "github:\n  token: t\nstore:\n  url: {url}\nroutes: []\n"
+        ));
+        refused_without_password(dir.path(), reason);
+    }
+}
+
+fn refused_without_password(dir: &std::path::Path, reason: &str) {
     for args in [
         &["check"][..],
         &["serve", "--listen", "127.0.0.1:0"],
         &["deliveries"],
     ] {
-        let (code, stdout, stderr) = run(dir.path(), args, &[]);
+        let (code, stdout, stderr) = run(dir, args, &[]);
         assert_eq!(code, 1, "{args:?}: {stderr}");
-        assert!(
-            stderr.contains("the scheme `postgres` is not supported"),
-            "{args:?}: {stderr}"
-        );
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
         assert!(
             !stderr.contains("s3cretPass") && !stdout.contains("s3cretPass"),
             "{args:?}: {stderr}"
