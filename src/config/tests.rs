@@ -379,8 +379,8 @@ fn rejections() {
             with_route("    rate_limit: {per_second: 0}\n    max_body: 10 parsecs\n    source_ips: [nope]\n"),
             vec![
                 ("routes[0].rate_limit.per_second", 9, 30, "must be at least 1"),
-                ("routes[0].max_body", 10, 15, "`parsecs` is not a size unit"),
-                ("routes[0].source_ips[0]", 11, 18, "`nope` is not an IP address"),
+                ("routes[0].max_body", 10, 15, "not a size unit"),
+                ("routes[0].source_ips[0]", 11, 18, "not an IP address"),
             ],
         ),
         (
@@ -390,8 +390,8 @@ fn rejections() {
         (
             "github:\n  token: t\nretry:\n  max_backoff: 10\n  initial_backoff: 1x\nstore:\n  synchronous: ful\nroutes: []\n".to_owned(),
             vec![
-                ("retry.max_backoff", 4, 16, "`10` has no unit"),
-                ("retry.initial_backoff", 5, 20, "`x` is not a duration unit"),
+                ("retry.max_backoff", 4, 16, "a duration needs a unit"),
+                ("retry.initial_backoff", 5, 20, "not a duration unit"),
                 ("store.synchronous", 7, 16, "unknown value; did you mean `full`?"),
             ],
         ),
@@ -512,6 +512,14 @@ fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
             "none",
             "    rate_limit: {per_second: \"${CMS_WEBHOOK_SECRET}\"}\n",
         ),
+        route("none", "    max_body: \"${CMS_WEBHOOK_SECRET}\"\n"),
+        route("none", "    source_ips: [\"${CMS_WEBHOOK_SECRET}\"]\n"),
+        route(
+            "none",
+            "    debounce: {window: \"${CMS_WEBHOOK_SECRET}\"}\n",
+        ),
+        route("none", "    allowed_repos: [\"${CMS_WEBHOOK_SECRET}\"]\n"),
+        route("{sns: {topic_arns: [\"${CMS_WEBHOOK_SECRET}\"]}}", ""),
     ];
     for text in misnamed {
         let printed = ConfigErrors(load_err(&text)).to_string();

@@ -420,7 +420,7 @@ fn networks(report: &mut Report, list: &[String], path: &Path) -> Option<Vec<ipn
             Err(_) => {
                 report.error(
                     &path.index(index),
-                    format!("`{text}` is not an IP address or a CIDR range such as 10.0.0.0/8"),
+                    "not an IP address or a CIDR range such as 10.0.0.0/8",
                 );
                 ok = false;
             }
@@ -442,13 +442,12 @@ fn github(
     // The url is printed by `check --online`, `render` and `setup`, and may
     // come from a variable: it is never quoted, and may not carry a
     // password (the credential is the token or the App).
-    let authority = api_url
-        .split_once("://")
-        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+    let credentials = url::Url::parse(&api_url)
+        .is_ok_and(|url| !url.username().is_empty() || url.password().is_some());
     if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
         report.error(&path.key("api_url"), "is not an http(s) URL");
         ok = false;
-    } else if authority.contains('@') {
+    } else if credentials {
         report.error(
             &path.key("api_url"),
             "holds a user or a password; GitHub is authenticated with the token or the App",
@@ -591,7 +590,7 @@ fn server(report: &mut Report, raw: raw::RawServer, path: &Path) -> Option<Serve
     {
         report.error(
             &path.key("listen"),
-            format!("`{listen}` is not an address to listen on; write `host:port`, such as `0.0.0.0:8080` or `[::]:8080`"),
+            "not an address to listen on; write `host:port`, such as `0.0.0.0:8080` or `[::]:8080`",
         );
         return None;
     }
@@ -742,7 +741,7 @@ fn routes(
         if let Some(first) = seen.get(&raw.id.0) {
             report.error(
                 &route_path.key("id"),
-                format!("`{}` is already the id of routes[{first}]", raw.id.0),
+                format!("already the id of routes[{first}]"),
             );
             ok = false;
         } else {
@@ -783,10 +782,7 @@ fn route(
     if !valid_route_id(&raw.id.0) {
         report.error(
             &path.key("id"),
-            format!(
-                "`{}` is not a valid route id; use letters, digits, `_`, `.` and `-`, in segments separated by `/`",
-                raw.id.0
-            ),
+            "not a valid route id; use letters, digits, `_`, `.` and `-`, in segments separated by `/`",
         );
     }
 
@@ -874,7 +870,7 @@ fn route(
         if routing::check_repo(&pattern.replace('*', "x")).is_err() {
             report.error(
                 &allowed_path.index(index),
-                format!("`{pattern}` is not a repository pattern such as `acme/*` or `acme/blog`"),
+                "not a repository pattern such as `acme/*` or `acme/blog`",
             );
         }
     }
@@ -993,10 +989,7 @@ fn header_name(report: &mut Report, path: &Path, header: &str) -> Option<String>
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
     if !valid {
-        report.error(
-            path,
-            "not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
-        );
+        report.error(path, "not a valid HTTP header name");
         return None;
     }
     Some(header.to_ascii_lowercase())
@@ -1159,7 +1152,7 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                 if !arn.starts_with("arn:") || arn.split(':').count() < 6 {
                     report.error(
                         &method_path.key("topic_arns").index(index),
-                        format!("`{arn}` is not a topic ARN such as `arn:aws:sns:eu-west-1:111122223333:uploads`"),
+                        "not a topic ARN such as `arn:aws:sns:eu-west-1:111122223333:uploads`",
                     );
                     ok = false;
                 }
