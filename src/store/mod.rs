@@ -375,8 +375,14 @@ pub fn sqlite_path(url: &str, base: &Path) -> Result<PathBuf, StoreError> {
         return Err(StoreError::BadUrl("it names no file".to_string()));
     }
     // `sqlite://user:password@host/file` is not a file name: refused
-    // without being quoted, since it holds a password.
-    if url.starts_with("sqlite://") && raw.split('/').next().unwrap_or("").contains('@') {
+    // without being quoted, since it holds a password. (A file name may hold
+    // an `@`, as in `sqlite://backup@2024.db`; a `:` before it may not.)
+    let first_segment = raw.split('/').next().unwrap_or("");
+    if url.starts_with("sqlite://")
+        && first_segment
+            .split_once('@')
+            .is_some_and(|(user, _)| user.contains(':'))
+    {
         return Err(StoreError::BadUrl(
             "it names a user or a host; a SQLite store is a file (`sqlite:PATH`)".to_string(),
         ));

@@ -618,3 +618,38 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
         "{plan:?}"
     );
 }
+
+#[test]
+fn store_urls_name_files_and_never_repeat_a_password() {
+    let base = std::path::Path::new("/etc/relay");
+    let cases = [
+        ("sqlite:relay.db", Ok("/etc/relay/relay.db")),
+        ("sqlite:///data/relay.db", Ok("/data/relay.db")),
+        ("sqlite://relay.db", Ok("/etc/relay/relay.db")),
+        (
+            "sqlite://backup@2024/relay.db",
+            Ok("/etc/relay/backup@2024/relay.db"),
+        ),
+        ("/data/relay@2.db", Ok("/data/relay@2.db")),
+        (
+            "sqlite://relay:hunter2@db.internal/relay.db",
+            Err("names a user or a host"),
+        ),
+        (
+            "postgres://relay:hunter2@db/relay",
+            Err("the scheme `postgres` is not supported"),
+        ),
+        ("sqlite:", Err("names no file")),
+    ];
+    for (url, expected) in cases {
+        match (sqlite_path(url, base), expected) {
+            (Ok(path), Ok(want)) => assert_eq!(path, std::path::PathBuf::from(want), "{url}"),
+            (Err(e), Err(want)) => {
+                let text = e.to_string();
+                assert!(text.contains(want), "{url}: {text}");
+                assert!(!text.contains("hunter2"), "{url}: {text}");
+            }
+            (got, want) => panic!("{url}: {got:?}, expected {want:?}"),
+        }
+    }
+}
