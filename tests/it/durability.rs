@@ -395,7 +395,7 @@ fn a_sighup_while_starting_is_a_reload_not_an_exit() {
 async fn a_job_whose_lease_runs_out_during_a_pause_is_sent_once() {
     let head = TEST_HEAD.replace(
         "  pacing: off\n",
-        "  pacing:\n    concurrency: 2\n    min_interval: 500ms\n",
+        "  pacing:\n    concurrency: 2\n    min_interval: 2s\n",
     );
     assert_ne!(head, TEST_HEAD);
     let app = spawn_app_with(
@@ -404,10 +404,11 @@ async fn a_job_whose_lease_runs_out_during_a_pause_is_sent_once() {
         &[("RELAY_TEST_LEASE_MS", "300")],
     )
     .await;
-    // The first dispatch is rate-limited for two seconds, and answered late
-    // enough that the second webhook's job is leased before the pause and
-    // waits it out, past its 300 ms lease.
-    app.github.set_latency(Duration::from_millis(200));
+    // The first dispatch is rate-limited for two seconds, answered after a
+    // second: the second webhook's job is leased meanwhile, its turn comes
+    // (two seconds after the first start) during the pause, and it waits the
+    // pause out, long past its 300 ms lease.
+    app.github.set_latency(Duration::from_secs(1));
     app.github.push_responses(
         "acme/blog",
         vec![Scripted::RateLimited {
@@ -425,10 +426,11 @@ async fn a_job_whose_lease_runs_out_during_a_pause_is_sent_once() {
         list.len() == 2 && list.iter().all(|d| d["status"] == "delivered")
     })
     .await;
-    // A second send of the waiting job would come one `min_interval` after
-    // the first: watched for three times as long.
+    // A second send of the waiting job would start a `min_interval` after
+    // the retry of the first and be answered a second later: watched for
+    // longer than that.
     let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_millis(1500) {
+    while start.elapsed() < Duration::from_secs(4) {
         assert_eq!(
             app.github.dispatches_to("acme/blog"),
             2,
