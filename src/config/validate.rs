@@ -442,12 +442,13 @@ fn github(
     // The url is printed by `check --online`, `render` and `setup`, and may
     // come from a variable: it is never quoted, and may not carry a
     // password (the credential is the token or the App).
-    let credentials = url::Url::parse(&api_url)
-        .is_ok_and(|url| !url.username().is_empty() || url.password().is_some());
-    if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+    let parsed = url::Url::parse(&api_url)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "https" | "http"));
+    if parsed.is_none() {
         report.error(&path.key("api_url"), "is not an http(s) URL");
         ok = false;
-    } else if credentials {
+    } else if parsed.is_some_and(|url| !url.username().is_empty() || url.password().is_some()) {
         report.error(
             &path.key("api_url"),
             "holds a user or a password; GitHub is authenticated with the token or the App",
