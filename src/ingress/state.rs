@@ -71,6 +71,22 @@ impl LiveRoutes {
         self.limiters.get(index).and_then(|l| l.as_deref())
     }
 
+    /// Takes over the inbound rate limiters of the routes whose id and
+    /// `rate_limit` are those of `old`: a reload (a SIGHUP, a ConfigMap
+    /// sync) must not hand every route a fresh burst.
+    fn keep_limiters_of(&mut self, old: &LiveRoutes) {
+        for (index, route) in self.config.routes.iter().enumerate() {
+            let Some((old_index, old_route)) = old.route(&route.id) else {
+                continue;
+            };
+            if old_route.rate_limit == route.rate_limit
+                && let Some(limiter) = old.limiters.get(old_index).cloned().flatten()
+            {
+                self.limiters[index] = Some(limiter);
+            }
+        }
+    }
+
     /// The pinned SNS certificates of a route, when it has some.
     pub fn sns_pinned(&self, index: usize) -> Option<&[SigningKey]> {
         self.sns_pinned.get(index)?.as_deref().map(Vec::as_slice)
@@ -287,11 +303,13 @@ impl AppState {
         self.routes.read().expect("routes lock").clone()
     }
 
-    pub fn replace_routes(&self, routes: LiveRoutes) {
+    pub fn replace_routes(&self, mut routes: LiveRoutes) {
         for route in &routes.config.routes {
             self.metrics.init_route(&route.id);
         }
-        *self.routes.write().expect("routes lock") = Arc::new(routes);
+        let mut live = self.routes.write().expect("routes lock");
+        routes.keep_limiters_of(&live);
+        *live = Arc::new(routes);
     }
 
     pub fn begin_shutdown(&self) {
@@ -306,6 +324,35 @@ impl AppState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_keeps_the_buckets_of_routes_whose_rate_limit_is_unchanged() {
+        let config = |per_second: u32| {
+            let text = format!(
+                "github:\n  token: t\nroutes:\n  - id: kept\n    verify: none\n    rate_limit: {{per_second: 1, burst: 1}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n  - id: changed\n    verify: none\n    rate_limit: {{per_second: {per_second}, burst: 1}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"
+            );
+            let loaded = crate::config::load("routes.yaml", &text, &|_| None).unwrap();
+            LiveRoutes::new(Arc::new(loaded.config)).unwrap()
+        };
+        let old = config(1);
+        for index in 0..2 {
+            assert!(old.limiter(index).unwrap().check().is_ok());
+            assert!(
+                old.limiter(index).unwrap().check().is_err(),
+                "burst used up"
+            );
+        }
+        let mut new = config(2);
+        new.keep_limiters_of(&old);
+        assert!(
+            new.limiter(0).unwrap().check().is_err(),
+            "an unchanged limit keeps its used-up bucket"
+        );
+        assert!(
+            new.limiter(1).unwrap().check().is_ok(),
+            "a changed limit starts full"
+        );
+    }
 
     #[test]
     fn a_missing_certificate_is_remembered_for_a_while() {
