@@ -54,6 +54,18 @@ async fn spawn_as_app(routes: &str, pacing: &str) -> TestApp {
     .await
 }
 
+/// [`spawn_as_app`] with `head`, signing with the key file at `key_file`
+/// (which may not exist yet) instead of the fixture's.
+async fn spawn_as_app_with_key_file(head: &str, key_file: &std::path::Path) -> TestApp {
+    spawn_app_prepared(
+        &head.replace(TEST_APP_KEY, &key_file.display().to_string()),
+        &hmac_route("cms", blog_target()),
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        enable_test_app,
+    )
+    .await
+}
+
 fn blog_target() -> &'static str {
     "      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          n: \"{{ body.n }}\"\n"
 }
@@ -482,16 +494,8 @@ async fn a_private_key_mounted_after_start_is_waited_for_not_failed_on() {
     // mounted late by an orchestrator would.
     let mount = tempfile::tempdir().unwrap();
     let key_path = mount.path().join("github-app.pem");
-    let head = app_head("off")
-        .replace(TEST_APP_KEY, key_path.to_str().unwrap())
-        .replace("retry:\n", "retry:\n  max_attempts: 1000\n");
-    let app = spawn_app_prepared(
-        &head,
-        &hmac_route("cms", blog_target()),
-        &[("GITHUB_APP_ID", &APP_ID.to_string())],
-        enable_test_app,
-    )
-    .await;
+    let head = app_head("off").replace("retry:\n", "retry:\n  max_attempts: 1000\n");
+    let app = spawn_as_app_with_key_file(&head, &key_path).await;
     post_n(&app, "cms", 1).await;
     app.wait_for_log(|line| line.contains("private key file cannot be read yet"))
         .await;
@@ -507,14 +511,7 @@ async fn a_rotated_private_key_file_is_used_without_a_restart() {
     let secrets = tempfile::tempdir().unwrap();
     let key_file = secrets.path().join("app.pem");
     std::fs::copy(TEST_APP_KEY, &key_file).unwrap();
-    let head = app_head("off").replace(TEST_APP_KEY, &key_file.display().to_string());
-    let app = spawn_app_prepared(
-        &head,
-        &hmac_route("cms", blog_target()),
-        &[("GITHUB_APP_ID", &APP_ID.to_string())],
-        enable_test_app,
-    )
-    .await;
+    let app = spawn_as_app_with_key_file(&app_head("off"), &key_file).await;
     post_n(&app, "cms", 1).await;
     app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
         .await;

@@ -228,12 +228,7 @@ async fn a_render_failure_is_stored_answered_422_and_recovered_by_redeliver() {
         "client_payload:\n          first: \"{{ body.k0 }}\"",
     );
     app.write_config(&fixed);
-    let output = app.cli(&["redeliver", "--failed"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    app.redeliver_failed();
     let sent = app.github.wait_for_dispatches(1, WAIT).await;
     assert_eq!(
         sent[0].body.as_ref().unwrap()["client_payload"],

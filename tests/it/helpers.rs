@@ -240,6 +240,16 @@ impl TestApp {
             .await;
     }
 
+    /// Runs `dispatch-relay redeliver --failed` and checks that it succeeded.
+    pub fn redeliver_failed(&self) {
+        let output = self.cli(&["redeliver", "--failed"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Waits until the store holds exactly one delivery, and it has failed.
     pub async fn wait_for_one_failed_delivery(&self) {
         self.wait_for_deliveries(Duration::from_secs(60), |l| {

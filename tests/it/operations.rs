@@ -37,6 +37,24 @@ fn debounced_route(window: &str, max_wait: &str) -> String {
     )
 }
 
+/// A route whose one target does not exist, so that its deliveries fail.
+const MISSING_TARGET: &str = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
+
+/// A relay with the admin API on (token `admin-secret`) and one delivery
+/// to [`MISSING_TARGET`], failed; answers it and the delivery's id.
+async fn one_failed_delivery() -> (crate::helpers::TestApp, String) {
+    let app = spawn_app_with(
+        TEST_HEAD,
+        MISSING_TARGET,
+        &[("RELAY_ADMIN_TOKEN", "admin-secret")],
+    )
+    .await;
+    let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
+    let id = accepted["delivery_id"].as_str().unwrap().to_string();
+    app.wait_for_one_failed_delivery().await;
+    (app, id)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_500_gives_one_dispatch_per_target() {
     let app = spawn_app(&debounced_route("2s", "30s")).await;
@@ -122,11 +140,7 @@ async fn max_wait_bounds_the_delay_under_a_continuous_stream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_api_lists_shows_and_redelivers_once() {
-    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
-    let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
-    let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
-    let id = accepted["delivery_id"].as_str().unwrap().to_string();
-    app.wait_for_one_failed_delivery().await;
+    let (app, id) = one_failed_delivery().await;
 
     let admin = |path: &str, token: &str| {
         app.http
@@ -330,12 +344,7 @@ async fn redeliver_renders_a_github_failure_again_with_the_fixed_routes_and_only
         .unwrap()
         .replace("acme/dcos", "acme/docs");
     app.write_config(&fixed);
-    let output = app.cli(&["redeliver", "--failed"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    app.redeliver_failed();
     app.wait_for_deliveries(WAIT, |l| l[0]["status"] == "delivered")
         .await;
     assert_eq!(sent_to("acme/docs"), 1);
@@ -348,11 +357,7 @@ async fn redeliver_renders_a_github_failure_again_with_the_fixed_routes_and_only
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redeliver_leaves_a_delivery_failed_when_the_route_now_skips_it() {
-    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
-    let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
-    let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
-    let id = accepted["delivery_id"].as_str().unwrap().to_string();
-    app.wait_for_one_failed_delivery().await;
+    let (app, id) = one_failed_delivery().await;
     let skipping = std::fs::read_to_string(app.config_path()).unwrap().replace(
         "    verify: none\n",
         "    verify: none\n    when: body.kind == 'publish'\n",
@@ -384,7 +389,7 @@ async fn redeliver_leaves_a_delivery_failed_when_the_route_now_skips_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_redelivered() {
-    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
+    let routes = MISSING_TARGET;
     let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
     for n in 0..5 {
         assert_eq!(
@@ -541,7 +546,7 @@ async fn a_debounced_delivery_is_redelivered_rendered_as_the_webhook_it_sent() {
 async fn a_failure_alert_still_being_gathered_is_sent_when_the_relay_stops() {
     let team = crate::helpers::Recorder::start();
     let head = format!("{TEST_HEAD}notify:\n  - url: ${{TEAM_ALERTS_URL}}\n");
-    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n";
+    let routes = MISSING_TARGET;
     let mut app = spawn_app_with(&head, routes, &[("TEAM_ALERTS_URL", team.url.as_str())]).await;
     assert_eq!(app.post("cms", "{}").await.status(), 202);
     app.wait_for_one_failed_delivery().await;

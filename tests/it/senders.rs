@@ -690,10 +690,9 @@ async fn sns_confirms_once_relays_decoded_keys_and_refuses_forgeries() {
     assert_eq!(payload["subject"], "Amazon S3 Notification");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sns_refuses_cert_urls_off_amazon_over_http() {
-    let cert = samples_dir().join("sns-test-signing-cert.pem");
-    let route = format!(
+/// Route `sns/acme-blog`, verifying with the certificate at `cert` pinned.
+fn pinned_sns_route(cert: &std::path::Path) -> String {
+    format!(
         r#"
   - id: sns/acme-blog
     verify:
@@ -702,8 +701,13 @@ async fn sns_refuses_cert_urls_off_amazon_over_http() {
     dispatch: [{{repo: acme/blog, event_type: s3-upload}}]
 "#,
         cert.display()
-    );
-    let app = spawn_app_with(TEST_HEAD, &route, &[]).await;
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sns_refuses_cert_urls_off_amazon_over_http() {
+    let cert = samples_dir().join("sns-test-signing-cert.pem");
+    let app = spawn_app_with(TEST_HEAD, &pinned_sns_route(&cert), &[]).await;
     let sample = sample("s3-via-sns-notification");
     let original = String::from_utf8(sample.body.clone()).unwrap();
     let url = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem";
@@ -735,17 +739,7 @@ async fn a_pinned_certificate_that_cannot_be_read_is_a_configuration_error() {
     let certs = tempfile::tempdir().unwrap();
     let cert = certs.path().join("sns-test-signing-cert.pem");
     std::fs::copy(samples_dir().join("sns-test-signing-cert.pem"), &cert).unwrap();
-    let route = format!(
-        r#"
-  - id: sns/acme-blog
-    verify:
-      sns:
-        certificates: [{}]
-    dispatch: [{{repo: acme/blog, event_type: s3-upload}}]
-"#,
-        cert.display()
-    );
-    let app = spawn_app_with(TEST_HEAD, &route, &[]).await;
+    let app = spawn_app_with(TEST_HEAD, &pinned_sns_route(&cert), &[]).await;
     let sample = sample("s3-via-sns-notification");
     let post = || post_sns_to(&app, "/hooks/sns/acme-blog", None, sample.body.clone());
     let first = post().await;
