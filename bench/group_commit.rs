@@ -22,9 +22,11 @@
 //! Usage: `group_commit ADDR DB [--rows relay]` with `BENCH_SECRET` set to
 //! the HMAC secret.
 
+use std::collections::BTreeMap;
 use std::sync::mpsc;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use dispatch_relay::store::EncodedRequest;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::oneshot;
@@ -32,7 +34,7 @@ use tokio::sync::oneshot;
 struct Row {
     id: String,
     /// The request as the relay stores it, in `--rows relay` mode.
-    request: Option<String>,
+    request: Option<EncodedRequest>,
     body: web::Bytes,
     payload: String,
     received_at_ms: i64,
@@ -104,31 +106,16 @@ async fn accept(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
     }
 }
 
-/// The request as the relay stores it: the content type, the query, the
-/// headers sorted by name, and the body as text.
-fn stored_request(request: &HttpRequest, body: &[u8]) -> String {
-    #[derive(serde::Serialize)]
-    struct StoredRequest<'a> {
-        content_type: &'a str,
-        query: [(); 0],
-        headers: Vec<(&'a str, &'a str)>,
-        body: std::borrow::Cow<'a, str>,
-        body_base64: bool,
-    }
-    let mut headers: Vec<(&str, &str)> = request
+/// The request as the relay stores it, encoded by the relay's own code.
+fn stored_request(request: &HttpRequest, body: &[u8]) -> EncodedRequest {
+    let headers: BTreeMap<String, String> = request
         .headers()
         .iter()
-        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
         .collect();
-    headers.sort_unstable();
-    let stored = StoredRequest {
-        content_type: "application/json",
-        query: [],
-        headers,
-        body: String::from_utf8_lossy(body),
-        body_base64: false,
-    };
-    serde_json::to_string(&stored).expect("a string map serializes")
+    dispatch_relay::inbound::stored_request(Some("application/json"), &[], &headers, body)
 }
 
 /// Commits every waiting row in one transaction, then answers each.
@@ -160,7 +147,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, row: &Row) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO deliveries (id, route, received_at, status, request) VALUES (?1, 'cms', ?2, 'pending', ?3)",
     )?
-    .execute(rusqlite::params![row.id, row.received_at_ms, request])?;
+    .execute(rusqlite::params![row.id, row.received_at_ms, request.as_str()])?;
     tx.prepare_cached(
         "INSERT INTO jobs (delivery_id, target_index, repo, label, path, body, status, next_attempt_at, created_at)
          VALUES (?1, 0, 'acme/bench', 'cms-article', '/repos/acme/bench/dispatches', ?2, 'pending', ?3, ?3)",

@@ -72,31 +72,33 @@ pub fn from_envelope(envelope: &crate::verify::sns::Envelope) -> Parsed {
     }
 }
 
-/// Headers that carry credentials; they are never stored.
+/// Headers that carry credentials; templates never see them, and they are
+/// never stored.
 const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
 
-/// Whether a header carries a credential: `authorization`,
-/// `proxy-authorization`, `cookie`, or the route's own token header.
-fn is_credential(route: &Route, name: &str) -> bool {
-    CREDENTIAL_HEADERS.contains(&name)
-        || matches!(&route.verify, Verify::Token { header, .. } if header.as_str() == name)
-}
-
-/// The headers without those that carry credentials. Templates are given
-/// these, once the request is verified, so that no payload or dedupe key can
-/// carry a sender's secret to GitHub or into the store.
+/// The headers without those that carry credentials: `authorization`,
+/// `proxy-authorization`, `cookie` and the route's own token header.
+/// Templates are given these, once the request is verified, and they are
+/// what is stored, so that no payload or dedupe key can carry a sender's
+/// secret to GitHub, and the store never holds one.
 pub fn without_credentials(
     route: &Route,
     mut headers: BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    headers.retain(|name, _| !is_credential(route, name));
+    let token_header = match &route.verify {
+        Verify::Token { header, .. } => Some(header.as_str()),
+        _ => None,
+    };
+    headers.retain(|name, _| {
+        !CREDENTIAL_HEADERS.contains(&name.as_str()) && Some(name.as_str()) != token_header
+    });
     headers
 }
 
-/// Builds the stored form of a request, leaving out credential headers
-/// (including the route's own token header), and encodes it.
+/// Builds the stored form of a request and encodes it. `headers` are those
+/// templates saw: [`without_credentials`] has already left out every header
+/// that carries a credential.
 pub fn stored_request(
-    route: &Route,
     content_type: Option<&str>,
     query: &[(String, String)],
     headers: &BTreeMap<String, String>,
@@ -104,7 +106,6 @@ pub fn stored_request(
 ) -> EncodedRequest {
     let headers: Vec<(&str, &str)> = headers
         .iter()
-        .filter(|(name, _)| !is_credential(route, name))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let (body, body_base64) = match std::str::from_utf8(body) {
@@ -560,7 +561,8 @@ mod tests {
             (&[0xff, 0x00, 0x41], "/wBB", true),
         ];
         for (body, stored_text, base64) in cases {
-            let encoded = stored_request(route, Some("application/json"), &query, &headers, body);
+            let seen = without_credentials(route, headers.clone());
+            let encoded = stored_request(Some("application/json"), &query, &seen, body);
             let expected = StoredRequest {
                 content_type: Some("application/json".to_owned()),
                 query: query.clone(),

@@ -185,7 +185,7 @@ async fn accept(
         Err(e) => (Vec::new(), Some(e.to_string()), Vec::new()),
     };
     // Only a webhook that will be stored pays for its stored form.
-    let stored = inbound::stored_request(route, content_type, &query, &ctx.headers, &body);
+    let stored = inbound::stored_request(content_type, &query, &ctx.headers, &body);
     let delivery = NewDelivery {
         id: delivery_id.clone(),
         route: route.id.clone(),
