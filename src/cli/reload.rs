@@ -37,9 +37,10 @@ pub struct Reloader {
     /// not with the last reload: a token rotated two reloads ago is still
     /// waiting for a restart.
     pub started: Arc<config::Config>,
-    /// A text refused only because a pinned certificate could not be read,
-    /// tried again every second until it can.
-    pub waiting_for_certificates: Option<String>,
+    /// A configuration refused only because a pinned certificate could not
+    /// be read, with its warnings: its certificates are read again every
+    /// second, while the file still holds it.
+    pub waiting_for_certificates: Option<(Arc<config::Config>, Vec<String>)>,
 }
 
 /// What the latest read of the file calls for.
@@ -72,6 +73,11 @@ impl FileWatch {
             loaded_text,
             ..FileWatch::default()
         }
+    }
+
+    /// The text last loaded, valid or not.
+    pub fn loaded_text(&self) -> &str {
+        &self.loaded_text
     }
 
     /// Takes one read of the file; `forced` when SIGHUP asked for it.
@@ -132,7 +138,7 @@ impl Reloader {
                 _ = tick.tick() => false,
             };
             let read = std::fs::read_to_string(&self.path).map_err(|e| e.to_string());
-            let unchanged = read.as_deref().ok() == self.waiting_for_certificates.as_deref();
+            let unchanged = read.as_deref().ok() == Some(self.watch.loaded_text());
             match self.watch.step(read, forced) {
                 // Only while the file still holds the text that waits: a
                 // newer text, settling, is loaded on its own.
@@ -151,45 +157,40 @@ impl Reloader {
     /// force and reports why.
     fn load(&mut self, text: &str, trigger: &str) {
         self.waiting_for_certificates = None;
-        match self.prepare(text) {
-            Ok((routes, warnings)) => self.apply(routes, &warnings, trigger),
-            Err(failure) => {
-                self.metrics.config_loaded(false, 0.0);
-                tracing::error!(errors = %failure.errors, "The new configuration is invalid; the previous one stays in force");
-                if failure.certificates_only {
-                    self.waiting_for_certificates = Some(text.to_string());
-                }
+        let name = self.path.display().to_string();
+        let loaded = match config::load(&name, text, &super::process_env) {
+            Ok(loaded) => loaded,
+            Err(errors) => return self.refused(&errors.to_string()),
+        };
+        let config = Arc::new(loaded.config);
+        let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        match LiveRoutes::new(config.clone()) {
+            Ok(routes) => self.apply(routes, &warnings, trigger),
+            Err(e) => {
+                self.refused(&e.in_file(&name));
+                self.waiting_for_certificates = Some((config, warnings));
             }
         }
     }
 
-    /// Tries again a configuration refused only because a pinned
-    /// certificate could not be read: the file holding it may arrive after
+    fn refused(&self, errors: &str) {
+        self.metrics.config_loaded(false, 0.0);
+        tracing::error!(errors = %errors, "The new configuration is invalid; the previous one stays in force");
+    }
+
+    /// Reads again the certificates of a configuration refused only because
+    /// one could not be read: the file holding it may arrive after
     /// routes.yaml (two volumes synced apart), and nothing else would make
     /// the relay look again. Failures are not reported again.
     fn retry_certificates(&mut self) {
-        let Some(text) = self.waiting_for_certificates.clone() else {
+        let Some((config, _)) = &self.waiting_for_certificates else {
             return;
         };
-        if let Ok((routes, warnings)) = self.prepare(&text) {
-            self.waiting_for_certificates = None;
+        if let Ok(routes) = LiveRoutes::new(config.clone())
+            && let Some((_, warnings)) = self.waiting_for_certificates.take()
+        {
             self.apply(routes, &warnings, "certificates readable");
         }
-    }
-
-    fn prepare(&self, text: &str) -> Result<(LiveRoutes, Vec<String>), LoadFailure> {
-        let name = self.path.display().to_string();
-        let loaded =
-            config::load(&name, text, &super::process_env).map_err(|errors| LoadFailure {
-                errors: errors.to_string(),
-                certificates_only: false,
-            })?;
-        let warnings = loaded.warnings.iter().map(ToString::to_string).collect();
-        let routes = LiveRoutes::new(Arc::new(loaded.config)).map_err(|e| LoadFailure {
-            errors: e.in_file(&name),
-            certificates_only: true,
-        })?;
-        Ok((routes, warnings))
     }
 
     fn apply(&self, routes: LiveRoutes, warnings: &[String], trigger: &str) {
@@ -209,13 +210,6 @@ impl Reloader {
             .config_loaded(true, crate::store::now_ms() as f64 / 1000.0);
         tracing::info!(routes = count, trigger, "Configuration reloaded");
     }
-}
-
-/// Why a text was not loaded.
-struct LoadFailure {
-    errors: String,
-    /// The text itself is valid; only a pinned certificate could not be read.
-    certificates_only: bool,
 }
 
 /// The sections a reload cannot apply (the worker, the credential and the
