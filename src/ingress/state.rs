@@ -26,7 +26,7 @@ pub struct LiveRoutes {
     pub config: Arc<Config>,
     by_id: HashMap<String, usize>,
     limiters: Vec<Option<Arc<DefaultDirectRateLimiter>>>,
-    sns_pinned: Vec<Option<Arc<Vec<SigningKey>>>>,
+    sns_pinned: Vec<Option<Vec<SigningKey>>>,
 }
 
 impl LiveRoutes {
@@ -89,7 +89,7 @@ impl LiveRoutes {
 
     /// The pinned SNS certificates of a route, when it has some.
     pub fn sns_pinned(&self, index: usize) -> Option<&[SigningKey]> {
-        self.sns_pinned.get(index)?.as_deref().map(Vec::as_slice)
+        self.sns_pinned.get(index)?.as_deref()
     }
 }
 
@@ -116,7 +116,7 @@ impl PinnedCertificatesError {
 /// read them, never a request.
 pub fn read_pinned_certificates(
     config: &Config,
-) -> Result<Vec<Option<Arc<Vec<SigningKey>>>>, PinnedCertificatesError> {
+) -> Result<Vec<Option<Vec<SigningKey>>>, PinnedCertificatesError> {
     let mut errors = Vec::new();
     let mut pinned = Vec::with_capacity(config.routes.len());
     for (index, route) in config.routes.iter().enumerate() {
@@ -142,7 +142,7 @@ pub fn read_pinned_certificates(
                 )),
             }
         }
-        pinned.push(Some(Arc::new(keys)));
+        pinned.push(Some(keys));
     }
     if errors.is_empty() {
         Ok(pinned)
@@ -307,9 +307,11 @@ impl AppState {
         for route in &routes.config.routes {
             self.metrics.init_route(&route.id);
         }
-        let mut live = self.routes.write().expect("routes lock");
-        routes.keep_limiters_of(&live);
-        *live = Arc::new(routes);
+        // The reloader is the only writer: the routes read now are those
+        // the swap replaces, and webhooks are not held while limiters are
+        // matched.
+        routes.keep_limiters_of(&self.routes());
+        *self.routes.write().expect("routes lock") = Arc::new(routes);
     }
 
     pub fn begin_shutdown(&self) {
