@@ -108,12 +108,16 @@ impl CredentialError {
     /// Whether trying again later cannot help (the configuration or the
     /// installation must change first).
     pub fn is_permanent(&self) -> bool {
-        // A 2xx whose body could not be read (the connection dropped
-        // mid-answer) is a glitch like a 5xx, not a reason to give up.
-        !matches!(
+        !(self.github_did_not_answer() || matches!(self, CredentialError::KeyUnreadable(_)))
+    }
+
+    /// Whether GitHub could not be asked, or did not say: the network, a
+    /// rate limit, a 5xx, or a 2xx whose body could not be read (the
+    /// connection dropped mid-answer), a glitch like a 5xx.
+    pub fn github_did_not_answer(&self) -> bool {
+        matches!(
             self,
             CredentialError::Transport(_)
-                | CredentialError::KeyUnreadable(_)
                 | CredentialError::Unexpected(200..=299 | 500..=599, _)
                 | CredentialError::RateLimited { .. }
         )

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::app::{CredentialError, Credentials, Scope};
+use super::app::{Credentials, Scope};
 use super::{Answer, GitHubClient};
 use crate::dispatch::retry::{BAD_CREDENTIALS, NOT_FOUND};
 
@@ -79,11 +79,10 @@ pub async fn check(
 async fn check_one(credentials: &Credentials, client: &GitHubClient, target: &Target) -> Verdict {
     let token = match credentials.token_for(&target.repo, target.scope).await {
         Ok(token) => token,
+        Err(e) if e.github_did_not_answer() => return Verdict::Unanswered(e.to_string()),
         // A key file that cannot be read is the configuration's to fix, as
-        // every refusal is; the network, a 5xx or a rate limit are not.
-        Err(e @ CredentialError::KeyUnreadable(_)) => return Verdict::Fail(e.to_string()),
-        Err(e) if e.is_permanent() => return Verdict::Fail(e.to_string()),
-        Err(e) => return Verdict::Unanswered(e.to_string()),
+        // every refusal is.
+        Err(e) => return Verdict::Fail(e.to_string()),
     };
     let answer = match client
         .get(&format!("/repos/{}", target.repo), &token.secret)
