@@ -72,6 +72,18 @@ pub fn from_envelope(envelope: &crate::verify::sns::Envelope) -> Parsed {
     }
 }
 
+/// Adds a header to the map templates see: a repeated header's values are
+/// joined with ", ", as HTTP allows.
+pub fn append_header(headers: &mut BTreeMap<String, String>, name: &str, value: &str) {
+    headers
+        .entry(name.to_ascii_lowercase())
+        .and_modify(|existing| {
+            existing.push_str(", ");
+            existing.push_str(value);
+        })
+        .or_insert_with(|| value.to_owned());
+}
+
 /// Headers that carry credentials; templates never see them, and they are
 /// never stored.
 const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];

@@ -46,13 +46,7 @@ pub fn render(
             )));
         };
         // A repeated header is joined with ", ", as `serve` sees it.
-        headers
-            .entry(name.trim().to_ascii_lowercase())
-            .and_modify(|existing: &mut String| {
-                existing.push_str(", ");
-                existing.push_str(value.trim());
-            })
-            .or_insert_with(|| value.trim().to_string());
+        inbound::append_header(&mut headers, name.trim(), value.trim());
     }
     if check_signature {
         // The request as the relay would see it: a POST to the route's path,

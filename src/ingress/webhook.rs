@@ -417,15 +417,13 @@ async fn read_body(
 /// Lower-cased header names to values; repeated headers are joined with
 /// ", " as HTTP allows.
 pub fn header_map(request: &HttpRequest) -> BTreeMap<String, String> {
-    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    let mut map = BTreeMap::new();
     for (name, value) in request.headers() {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        map.entry(name.as_str().to_string())
-            .and_modify(|existing| {
-                existing.push_str(", ");
-                existing.push_str(&value);
-            })
-            .or_insert(value);
+        inbound::append_header(
+            &mut map,
+            name.as_str(),
+            &String::from_utf8_lossy(value.as_bytes()),
+        );
     }
     map
 }
