@@ -29,7 +29,11 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
             "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
         )));
     }
-    let indexes_missing = build_indexes && missing(conn, ADDED_INDEXES)?;
+    let index_names: Vec<&str> = INDEXES_ON_ADDED_COLUMNS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    let indexes_missing = build_indexes && missing(conn, &index_names)?;
     if version == SCHEMA_VERSION
         && missing_columns(conn)?.is_empty()
         && !missing(conn, ADDED_TABLES)?
@@ -46,27 +50,28 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
         ))?;
     }
     if build_indexes {
-        conn.execute_batch(INDEXES_ON_ADDED_COLUMNS)?;
+        for (_, create) in INDEXES_ON_ADDED_COLUMNS {
+            conn.execute_batch(create)?;
+        }
     }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
 
-/// Indexes over columns that older stores only gain in [`ADDED_COLUMNS`],
-/// so they are created after those.
-const INDEXES_ON_ADDED_COLUMNS: &str = "
--- The open debounce windows of a route, found without walking every pending
--- delivery of every route; deliveries of routes without debounce are not in
--- it, so accepting them costs nothing more.
-CREATE INDEX IF NOT EXISTS deliveries_debounce_open ON deliveries (route, received_at)
-    WHERE debounce_first_at IS NOT NULL AND status = 'pending';
-";
+/// Indexes added after the first schema, over columns that older stores
+/// only gain in [`ADDED_COLUMNS`], so they are created after those: each
+/// name with its statement.
+const INDEXES_ON_ADDED_COLUMNS: &[(&str, &str)] = &[(
+    // The open debounce windows of a route, found without walking every
+    // pending delivery of every route; deliveries of routes without
+    // debounce are not in it, so accepting them costs nothing more.
+    "deliveries_debounce_open",
+    "CREATE INDEX IF NOT EXISTS deliveries_debounce_open ON deliveries (route, received_at)
+         WHERE debounce_first_at IS NOT NULL AND status = 'pending'",
+)];
 
 /// Tables added after the first schema; `SCHEMA` creates them when missing.
 const ADDED_TABLES: &[&str] = &["readiness"];
-
-/// Indexes added after the first schema, in [`INDEXES_ON_ADDED_COLUMNS`].
-const ADDED_INDEXES: &[&str] = &["deliveries_debounce_open"];
 
 /// Whether any of these tables or indexes is missing.
 fn missing(conn: &Connection, names: &[&str]) -> Result<bool, StoreError> {
