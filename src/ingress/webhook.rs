@@ -100,6 +100,21 @@ async fn accept(
     }
     let envelope = match &route.verify {
         Verify::Sns(_) => Some(verify_sns(state, routes, index, &body).await?),
+        // SNS raw message delivery has no signed notifications, so such a
+        // route verifies another way (`basic`), but the subscription's
+        // confirmation still comes as a signed envelope. Taken for a
+        // webhook, it would be dispatched and the subscription never
+        // confirmed, so no notification would ever come.
+        _ if sns::announces_subscription_message(&headers) => {
+            let envelope = verify_sns(state, routes, index, &body).await?;
+            if envelope.kind == MessageType::Notification {
+                tracing::warn!(route = %route.id, "Refused an SNS notification sent as a subscription message");
+                return Err(IngressError::BadRequest(
+                    "x-amz-sns-message-type names a subscription message, but the envelope is a Notification".into(),
+                ));
+            }
+            Some(envelope)
+        }
         _ => None,
     };
     if let Some(limiter) = routes.limiter(index)
@@ -243,9 +258,10 @@ async fn accept(
     }
 }
 
-/// The signature check of an `sns` route, after the pure checks passed:
-/// finds the signing key (pinned, cached or fetched from the already
-/// checked `SigningCertURL`) and verifies the envelope with it.
+/// The signature check of an SNS envelope, after the route's own method
+/// passed: checks `SigningCertURL` (again, for an `sns` route), finds the
+/// signing key (pinned, cached or fetched from that URL) and verifies the
+/// envelope with it.
 async fn verify_sns(
     state: &AppState,
     routes: &super::state::LiveRoutes,
@@ -260,6 +276,9 @@ async fn verify_sns(
         }
     };
     let envelope = Envelope::parse(body).map_err(|e| refuse(&e))?;
+    // The URL is fetched below: it must be SNS's before anything is asked
+    // of it, whichever method brought the envelope here.
+    sns::check_cert_url(envelope.signing_cert_url()).map_err(|e| refuse(&e))?;
     let fetched: SigningKey;
     let keys: &[SigningKey] = match routes.sns_pinned(index) {
         Some(keys) => keys,

@@ -9,6 +9,8 @@
 //! fetch, so the relay never downloads a key from a host an attacker
 //! chose.
 
+use std::collections::BTreeMap;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rsa::pkcs8::DecodePublicKey;
@@ -289,4 +291,16 @@ pub fn unwrap(envelope: &Envelope) -> (Value, Value) {
 /// configuration is saved: it has no records and must not be relayed.
 pub fn is_s3_test_event(body: &Value) -> bool {
     body.get("Event").and_then(Value::as_str) == Some("s3:TestEvent")
+}
+
+/// True when the `x-amz-sns-message-type` header names a subscription
+/// message (`SubscriptionConfirmation` or `UnsubscribeConfirmation`). SNS
+/// sends these as signed envelopes even to a subscription with raw message
+/// delivery, whose notifications carry no envelope at all. `headers` has
+/// lower-cased names.
+pub fn announces_subscription_message(headers: &BTreeMap<String, String>) -> bool {
+    headers.get("x-amz-sns-message-type").is_some_and(|kind| {
+        let kind = kind.trim();
+        kind == "SubscriptionConfirmation" || kind == "UnsubscribeConfirmation"
+    })
 }

@@ -704,6 +704,91 @@ fn pinned_sns_route(cert: &std::path::Path) -> String {
     )
 }
 
+/// SNS raw message delivery: the route verifies with `basic`, but SNS still
+/// sends the subscription's confirmation as a signed envelope. It must not
+/// be taken for a webhook (stored, then dispatched with empty fields, and
+/// the subscription never confirmed). Its certificate is SNS's, which tests
+/// cannot fetch, so the relay answers that it could not check it (503, and
+/// SNS sends it again) or, where AWS answers, that it has no such
+/// certificate (401). Either way nothing is stored or dispatched, while a
+/// raw notification on the same route is relayed as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_raw_delivery_route_does_not_relay_subscription_messages() {
+    let routes = r#"
+  - id: sns/raw
+    verify:
+      basic: {username: sns-gw, password: pw}
+    dispatch:
+      - repo: acme/blog
+        event_type: s3-upload
+        client_payload:
+          key: "{{ body.Records[0].s3.object.key }}"
+"#;
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    let (base, hits) = fake_subscribe_endpoint().await;
+    let post = |kind: &'static str, body: Vec<u8>| {
+        app.http
+            .post(app.url("/hooks/sns/raw"))
+            .basic_auth("sns-gw", Some("pw"))
+            .header("content-type", "text/plain; charset=UTF-8")
+            .header("x-amz-sns-message-type", kind)
+            .body(body)
+            .send()
+    };
+    for kind in ["SubscriptionConfirmation", "UnsubscribeConfirmation"] {
+        let message = json!({
+            "Type": kind,
+            "MessageId": format!("{kind}-1"),
+            "Token": "tok-123",
+            "TopicArn": TOPIC,
+            "Message": "You have chosen to subscribe to the topic.",
+            "SubscribeURL": format!("{base}/confirm?Token=tok-123"),
+            "Timestamp": "2026-11-20T09:50:04.751Z",
+        });
+        let body = signed_envelope(message.as_object().unwrap().clone(), 1);
+        let (status, json) = crate::helpers::json_of(post(kind, body).await.unwrap()).await;
+        assert!(matches!(status, 401 | 503), "{kind}: {status} {json}");
+        assert!(json["message"].is_string(), "{kind}: {json}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing unverified is confirmed"
+    );
+    // A header naming a subscription message on a body that is no
+    // envelope is refused like a forged one.
+    let (status, _) = crate::helpers::json_of(
+        post("SubscriptionConfirmation", b"{\"Records\": []}".to_vec())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    let raw = json!({"Records": [{"s3": {"object": {"key": "a.jpg"}}}]});
+    let (status, json) = crate::helpers::json_of(
+        post("Notification", raw.to_string().into_bytes())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{json}");
+    let sent = app
+        .github
+        .wait_for_dispatches(1, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        sent[0].body.as_ref().unwrap()["client_payload"]["key"],
+        "a.jpg"
+    );
+    assert_eq!(
+        app.deliveries(&[]).len(),
+        1,
+        "only the notification is stored"
+    );
+    assert_eq!(app.github.dispatches().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sns_refuses_cert_urls_off_amazon_over_http() {
     let cert = samples_dir().join("sns-test-signing-cert.pem");
