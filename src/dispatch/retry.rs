@@ -145,7 +145,7 @@ pub fn classify(
     if let Some(wait) = rate_limit_wait(answer, now_epoch_secs) {
         return rate_limited(
             format!("rate limited by GitHub ({status})"),
-            wait,
+            wait.duration(),
             history,
             policy,
         );
@@ -288,13 +288,25 @@ pub fn backoff(failures: u32, policy: &RetryConfig, jitter: f64) -> Duration {
     bound.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
-/// Whether a rate-limited answer says how long to wait (`retry-after`, or
-/// `x-ratelimit-reset` with nothing remaining). When it does not, the wait
-/// is [`DEFAULT_RATE_LIMIT_WAIT`], which the pacer lengthens while such
-/// answers repeat.
-pub fn states_its_wait(answer: &Answer) -> bool {
-    answer.rate.retry_after_secs.is_some()
-        || (answer.rate.remaining == Some(0) && answer.rate.reset_epoch_secs.is_some())
+/// How long a rate-limited answer asks us to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitWait {
+    /// GitHub said how long: `retry-after`, or `x-ratelimit-reset` with
+    /// nothing remaining.
+    Stated(Duration),
+    /// It did not. The wait is [`DEFAULT_RATE_LIMIT_WAIT`], which the pacer
+    /// lengthens while such answers repeat.
+    Unstated,
+}
+
+impl RateLimitWait {
+    /// The wait of this one answer.
+    pub fn duration(self) -> Duration {
+        match self {
+            RateLimitWait::Stated(wait) => wait,
+            RateLimitWait::Unstated => DEFAULT_RATE_LIMIT_WAIT,
+        }
+    }
 }
 
 /// `x-ratelimit-reset` on the host's clock: GitHub states it in its own
@@ -328,25 +340,27 @@ pub fn is_rate_limit(answer: &Answer) -> bool {
 }
 
 /// How long GitHub asks us to wait, when the answer is a rate limit.
-pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<Duration> {
+pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<RateLimitWait> {
     if !is_rate_limit(answer) {
         return None;
     }
     if let Some(secs) = answer.rate.retry_after_secs {
-        return Some(Duration::from_secs(secs.clamp(1, MAX_ASKED_WAIT_SECS)));
+        return Some(RateLimitWait::Stated(Duration::from_secs(
+            secs.clamp(1, MAX_ASKED_WAIT_SECS),
+        )));
     }
     // The reset is GitHub's time: moved onto our clock, a host clock minutes
     // off neither hammers a limit that has not reset nor waits too long.
     if answer.rate.remaining == Some(0)
         && let Some(reset) = reset_on_our_clock(&answer.rate, now_epoch_secs)
     {
-        return Some(Duration::from_secs(
+        return Some(RateLimitWait::Stated(Duration::from_secs(
             reset
                 .saturating_sub(now_epoch_secs)
                 .clamp(1, MAX_ASKED_WAIT_SECS),
-        ));
+        )));
     }
-    Some(DEFAULT_RATE_LIMIT_WAIT)
+    Some(RateLimitWait::Unstated)
 }
 
 #[cfg(test)]
@@ -540,19 +554,69 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limit_states_its_wait_only_through_retry_after_or_an_exhausted_reset() {
+        let headers = |retry_after, remaining, reset| RateHeaders {
+            retry_after_secs: retry_after,
+            remaining,
+            reset_epoch_secs: reset,
+            ..RateHeaders::default()
+        };
+        let secs = |s| Some(RateLimitWait::Stated(Duration::from_secs(s)));
+        let table = [
+            (429, "", headers(Some(7), None, None), secs(7)),
+            (403, "", headers(Some(7), Some(10), None), secs(7)),
+            (429, "", headers(None, Some(0), Some(NOW + 42)), secs(42)),
+            // A reset with requests left is not the reason for the limit.
+            (
+                429,
+                "",
+                headers(None, Some(5), Some(NOW + 42)),
+                Some(RateLimitWait::Unstated),
+            ),
+            (
+                403,
+                "You have exceeded a secondary rate limit.",
+                headers(None, None, None),
+                Some(RateLimitWait::Unstated),
+            ),
+            (
+                403,
+                "Resource not accessible by integration",
+                headers(None, None, None),
+                None,
+            ),
+            (500, "", headers(Some(7), None, None), None),
+        ];
+        for (status, message, rate, expected) in table {
+            assert_eq!(
+                rate_limit_wait(&answer(status, message, rate), NOW),
+                expected,
+                "{status} {message:?}"
+            );
+        }
+        assert_eq!(RateLimitWait::Unstated.duration(), DEFAULT_RATE_LIMIT_WAIT);
+    }
+
+    #[test]
     fn absurd_waits_in_headers_are_capped_at_a_day() {
         let huge = RateHeaders {
             retry_after_secs: Some(u64::MAX),
             ..RateHeaders::default()
         };
         let day = Duration::from_secs(MAX_ASKED_WAIT_SECS);
-        assert_eq!(rate_limit_wait(&answer(429, "", huge), NOW), Some(day));
+        assert_eq!(
+            rate_limit_wait(&answer(429, "", huge), NOW),
+            Some(RateLimitWait::Stated(day))
+        );
         let exhausted = RateHeaders {
             remaining: Some(0),
             reset_epoch_secs: Some(u64::MAX),
             ..RateHeaders::default()
         };
-        assert_eq!(rate_limit_wait(&answer(403, "", exhausted), NOW), Some(day));
+        assert_eq!(
+            rate_limit_wait(&answer(403, "", exhausted), NOW),
+            Some(RateLimitWait::Stated(day))
+        );
         // Neither overflows when the job's age is added.
         let old = History {
             age: Duration::from_secs(3600),

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::pacing::Pacer;
-use super::retry::{self, Action, AppToken, History, Outcome};
+use super::retry::{self, Action, AppToken, History, Outcome, RateLimitWait};
 use crate::config::RetryConfig;
 use crate::github::{Answer, Credentials, GitHubClient, Scope};
 use crate::store::{AttemptRecord, Job, JobNext, Store, now_ms};
@@ -299,10 +299,10 @@ impl Dispatcher {
             // give_up_after) holds the others back for that long.
             if let Ok(a) = &answer {
                 match retry::rate_limit_wait(a, (now_ms() / 1000) as u64) {
-                    Some(wait) if retry::states_its_wait(a) => self.pacer.pause(wait),
+                    Some(RateLimitWait::Stated(wait)) => self.pacer.pause(wait),
                     // GitHub's guidance for a secondary limit that says
                     // nothing: wait at least a minute, longer each time.
-                    Some(_) => {
+                    Some(RateLimitWait::Unstated) => {
                         self.pacer.pause_unstated();
                     }
                     None => self.pacer.answered(),

@@ -141,7 +141,7 @@ impl CredentialError {
             CredentialError::RateLimited {
                 status: answer.status,
                 message: message(answer),
-                wait,
+                wait: wait.duration(),
             }
         })
     }
