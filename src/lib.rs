@@ -12,6 +12,7 @@
 //! - glue: `dispatch` (the worker), `redeliver`, `telemetry`, `cli`.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod github;

@@ -8,11 +8,12 @@
 //! delivery is never touched, so redelivering twice cannot send anything
 //! twice.
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::inbound;
 use crate::routing::{self, Plan};
 use crate::store::{
-    FailedDelivery, NewJob, Rerendered, Rerendering, Store, StoreError, StoredTarget, now_ms,
+    FailedDelivery, NewJob, Rerendered, Rerendering, Store, StoreError, StoredTarget,
 };
 
 /// What redelivery did to one delivery.

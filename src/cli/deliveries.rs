@@ -5,10 +5,11 @@
 use std::path::Path;
 
 use super::{CliError, invalid, load_config, open_existing_store, runtime, store_path};
+use crate::clock::now_ms;
 use crate::config;
 use crate::inbound::rfc3339;
 use crate::redeliver::{self, Redelivered};
-use crate::store::{ListFilter, Status, now_ms};
+use crate::store::{ListFilter, Status};
 
 /// The store location without requiring the configuration's secrets: the
 /// listing commands must work even where GITHUB_TOKEN is not set.

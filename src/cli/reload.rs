@@ -207,7 +207,7 @@ impl Reloader {
         }
         self.state.replace_routes(routes);
         self.metrics
-            .config_loaded(true, crate::store::now_ms() as f64 / 1000.0);
+            .config_loaded(true, crate::clock::now_ms() as f64 / 1000.0);
         tracing::info!(routes = count, trigger, "Configuration reloaded");
     }
 }

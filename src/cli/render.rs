@@ -57,7 +57,7 @@ pub fn render(
             path: &path,
             headers: &headers,
             body: &body,
-            now_ms: verify::system_now_ms(),
+            now_ms: crate::clock::now_ms(),
         };
         verify::verify_request(&route.verify, &request)
             .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
@@ -82,7 +82,7 @@ pub fn render(
         inbound::without_credentials(route, headers),
         &[],
         delivery_id,
-        crate::store::now_ms(),
+        crate::clock::now_ms(),
     );
     match routing::plan(route, &ctx).map_err(invalid)? {
         Plan::Skipped => {

@@ -68,7 +68,7 @@ async fn prune_periodically(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let cutoff = crate::store::now_ms() - retention.as_millis() as i64;
+        let cutoff = crate::clock::now_ms() - retention.as_millis() as i64;
         match store.prune_finished(cutoff).await {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "Pruned finished deliveries past the retention"),
@@ -148,7 +148,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     let routes = LiveRoutes::new(config.clone())
         .map_err(|e| CliError::Config(e.in_file(&config_path.display().to_string())))?;
     let metrics = Metrics::new();
-    metrics.config_loaded(true, crate::store::now_ms() as f64 / 1000.0);
+    metrics.config_loaded(true, crate::clock::now_ms() as f64 / 1000.0);
 
     let db_path = store_path(config_path, config.store.url.as_deref())?;
     let synchronous = match config.store.synchronous {

@@ -19,9 +19,10 @@ use tracing::Instrument;
 
 use super::pacing::Pacer;
 use super::retry::{self, Action, AppToken, History, Outcome, RateLimitWait};
+use crate::clock::{self, now_ms};
 use crate::config::RetryConfig;
 use crate::github::{Answer, Credentials, GitHubClient, Scope};
-use crate::store::{AttemptRecord, Job, JobNext, Store, now_ms};
+use crate::store::{AttemptRecord, Job, JobNext, Store};
 use crate::telemetry::{DispatchOutcome, Metrics};
 
 /// How long a lease lasts. It only has to outlive one send including its
@@ -298,7 +299,7 @@ impl Dispatcher {
             // job: even one that gives up (its wait would pass
             // give_up_after) holds the others back for that long.
             if let Ok(a) = &answer {
-                match retry::rate_limit_wait(a, (now_ms() / 1000) as u64) {
+                match retry::rate_limit_wait(a, clock::now_epoch_secs()) {
                     Some(RateLimitWait::Stated(wait)) => self.pacer.pause(wait),
                     // GitHub's guidance for a secondary limit that says
                     // nothing: wait at least a minute, longer each time.
@@ -406,7 +407,7 @@ impl Dispatcher {
     }
 
     fn classify(&self, outcome: Outcome<'_>, history: History) -> Action {
-        let now_epoch = (now_ms() / 1000) as u64;
+        let now_epoch = clock::now_epoch_secs();
         let jitter: f64 = rand::thread_rng().r#gen();
         retry::classify(outcome, history, &self.retry, now_epoch, jitter)
     }
@@ -429,7 +430,7 @@ impl Dispatcher {
         if let Ok(a) = answer
             && let Some(remaining) = a.rate.remaining
         {
-            let now = (now_ms() / 1000).max(0) as u64;
+            let now = clock::now_epoch_secs();
             let window = retry::reset_on_our_clock(&a.rate, now).zip(a.rate.limit);
             self.metrics.rate_limit_remaining(
                 &self.credentials.label(&job.repo),

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::clock;
+
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -136,7 +138,7 @@ impl CredentialError {
     /// (a 429, or a 403 that says so); such an answer must not be read as
     /// a missing permission, which would fail the dispatch for good.
     fn rate_limited(answer: &Answer) -> Option<CredentialError> {
-        let now = epoch_secs().max(0) as u64;
+        let now = clock::now_epoch_secs();
         crate::dispatch::retry::rate_limit_wait(answer, now).map(|wait| {
             CredentialError::RateLimited {
                 status: answer.status,
@@ -339,7 +341,7 @@ impl AppAuth {
 
     /// A fresh JWT for the App.
     fn jwt(&self) -> Result<Secret, CredentialError> {
-        let now = epoch_secs() + self.skew_secs.load(Ordering::Relaxed);
+        let now = clock::now_epoch_secs() as i64 + self.skew_secs.load(Ordering::Relaxed);
         let iat = now - JWT_BACKDATE_SECS;
         // GitHub reads `iss` as the app id (number or string) or client id.
         let iss = match self.app_id.parse::<u64>() {
@@ -590,12 +592,6 @@ fn shift(at: SystemTime, secs: i64) -> SystemTime {
     }
 }
 
-fn epoch_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 fn parse_body(answer: &Answer) -> Option<Value> {
     serde_json::from_str(answer.body.as_deref()?).ok()
 }
@@ -617,7 +613,7 @@ fn is_clock_complaint(answer: &Answer) -> bool {
 
 /// GitHub's clock minus ours, from the time of its `Date` header.
 pub fn skew_from(github_epoch_secs: u64) -> i64 {
-    i64::try_from(github_epoch_secs).unwrap_or(i64::MAX) - epoch_secs()
+    i64::try_from(github_epoch_secs).unwrap_or(i64::MAX) - clock::now_epoch_secs() as i64
 }
 
 /// The IMF-fixdate layout of HTTP's `Date` header.

@@ -238,8 +238,7 @@ impl AppState {
 
     /// The time signed timestamps are judged by, in Unix milliseconds.
     pub fn verify_now_ms(&self) -> i64 {
-        self.verify_clock_ms
-            .unwrap_or_else(crate::verify::system_now_ms)
+        self.verify_clock_ms.unwrap_or_else(crate::clock::now_ms)
     }
 
     /// A certificate fetched earlier from `url`.

@@ -13,11 +13,12 @@ use governor::clock::{Clock, DefaultClock};
 
 use super::error::IngressError;
 use super::state::AppState;
+use crate::clock::now_ms;
 use crate::config::Verify;
 use crate::github::outbound;
 use crate::inbound;
 use crate::routing::{self, Plan};
-use crate::store::{Accepted, DebounceWindow, NewDelivery, now_ms};
+use crate::store::{Accepted, DebounceWindow, NewDelivery};
 use crate::telemetry::WebhookOutcome;
 use crate::verify;
 use crate::verify::sns::{self, Envelope, MessageType, SigningKey};

@@ -374,7 +374,7 @@ fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
             Outcome::Unit
         }
         Command::CheckWritable { .. } => {
-            schema::check_writable(c, super::now_ms())?;
+            schema::check_writable(c, crate::clock::now_ms())?;
             Outcome::Unit
         }
     })

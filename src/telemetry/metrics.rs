@@ -393,10 +393,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.refresh_rate_limits(now);
+        self.refresh_rate_limits(crate::clock::now_epoch_secs());
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();
         if encoder

@@ -67,14 +67,6 @@ impl VerifyError {
     }
 }
 
-/// The system clock in Unix milliseconds.
-pub fn system_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Checks a request against the route's method.
 ///
 /// SNS needs the signing certificate, which is IO to obtain: for `sns`
@@ -350,7 +342,7 @@ mod tests {
                 path: "/",
                 headers,
                 body,
-                now_ms: system_now_ms(),
+                now_ms: crate::clock::now_ms(),
             },
         )
     }
