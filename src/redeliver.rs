@@ -61,16 +61,10 @@ pub async fn redeliver(
         _ if delivery.failed_to_render() => Redelivered::Rerendered,
         _ => Redelivered::Requeued,
     };
-    let reason = match &rendering {
-        Rerendering::Failed(reason) => Some(reason.clone()),
-        _ => None,
-    };
     Ok(
         match store.rerender(&delivery.id, rendering, now_ms()).await? {
             Rerendered::Queued => Some(queued),
-            Rerendered::StillFailed => Some(Redelivered::StillFailing(
-                reason.unwrap_or_else(|| "nothing to send".into()),
-            )),
+            Rerendered::StillFailed(reason) => Some(Redelivered::StillFailing(reason)),
             Rerendered::Duplicate { original_id } => Some(Redelivered::StillFailing(
                 Rerendered::duplicate_reason(&original_id),
             )),
@@ -134,10 +128,7 @@ fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
         // A failed job goes again only while its target is still in the
         // route: removing a target is how an operator says to stop sending
         // there.
-        let still_routed = |target: &StoredTarget| {
-            jobs.iter()
-                .any(|job| job.path.eq_ignore_ascii_case(&target.path) && job.label == target.label)
-        };
+        let still_routed = |target: &StoredTarget| jobs.iter().any(|job| same_target(job, target));
         let targets = delivery
             .targets
             .iter()
@@ -179,12 +170,16 @@ fn same_places(stored: &[StoredTarget], jobs: &[NewJob]) -> bool {
             jobs.iter()
                 .find(|job| job.target_index == target.index)
                 .is_some_and(|job| {
-                    target.failed
-                        || (job.path.eq_ignore_ascii_case(&target.path)
-                            && job.label == target.label
-                            && job.body == target.body)
+                    target.failed || (same_target(job, target) && job.body == target.body)
                 })
         })
+}
+
+/// Whether a new rendering goes where a stored job went: the same endpoint
+/// (repository and workflow; GitHub's names ignore case) and the same event
+/// type or ref.
+fn same_target(job: &NewJob, target: &StoredTarget) -> bool {
+    job.path.eq_ignore_ascii_case(&target.path) && job.label == target.label
 }
 
 #[cfg(test)]

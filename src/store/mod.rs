@@ -326,8 +326,9 @@ pub enum Rerendering {
 pub enum Rerendered {
     /// Its jobs are queued.
     Queued,
-    /// It stays failed, with the rendering's reason.
-    StillFailed,
+    /// It stays failed, with this reason (the rendering's, or why none of
+    /// its jobs could be queued).
+    StillFailed(String),
     /// Not sent: another delivery has the same dedupe key. It stays failed
     /// and says so.
     Duplicate { original_id: String },

@@ -427,20 +427,19 @@ pub(super) fn rerender(
     if status != Status::Failed.as_str() {
         return Ok(Rerendered::NotFailed);
     }
-    let stay_failed = |reason: &str| {
+    let stay_failed = |reason: &str| -> Result<Rerendered, StoreError> {
         conn.execute(
             "UPDATE deliveries SET error = ?2, finished_at = ?3 WHERE id = ?1",
             params![delivery_id, reason, now_ms],
-        )
+        )?;
+        Ok(Rerendered::StillFailed(reason.to_string()))
     };
     match rendering {
         Rerendering::Failed(reason) => {
-            stay_failed(reason)?;
-            return Ok(Rerendered::StillFailed);
+            return stay_failed(reason);
         }
         Rerendering::Jobs { jobs, .. } if jobs.is_empty() => {
-            stay_failed("nothing to send")?;
-            return Ok(Rerendered::StillFailed);
+            return stay_failed("nothing to send");
         }
         Rerendering::Jobs { jobs, dedupe_key } if job_count == 0 => {
             if let Some(key) = dedupe_key {
@@ -475,8 +474,9 @@ pub(super) fn rerender(
                 requeued += requeue.execute(params![delivery_id, *target as i64, now_ms])?;
             }
             if requeued == 0 {
-                stay_failed("nothing to send: none of its failed targets is in the route now")?;
-                return Ok(Rerendered::StillFailed);
+                return stay_failed(
+                    "nothing to send: none of its failed targets is in the route now",
+                );
             }
         }
         Rerendering::Jobs { jobs, .. } => {
@@ -500,8 +500,9 @@ pub(super) fn rerender(
                 ])?;
             }
             if replaced == 0 {
-                stay_failed("nothing to send: none of its failed targets was rendered again")?;
-                return Ok(Rerendered::StillFailed);
+                return stay_failed(
+                    "nothing to send: none of its failed targets was rendered again",
+                );
             }
         }
     }

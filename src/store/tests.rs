@@ -248,12 +248,14 @@ async fn a_rendering_that_fails_again_keeps_the_delivery_failed_with_the_new_rea
     let still = Rerendering::Failed("route `r` is no longer configured".into());
     assert_eq!(
         store.rerender("d1", still, 6_000).await.unwrap(),
-        Rerendered::StillFailed
+        Rerendered::StillFailed("route `r` is no longer configured".into())
     );
     // Renderings for no failed target leave it failed too.
     assert_eq!(
         rerender(&store, "d1", &[3], "acme/x", 6_000).await,
-        Rerendered::StillFailed
+        Rerendered::StillFailed(
+            "nothing to send: none of its failed targets was rendered again".into()
+        )
     );
     let (summary, _) = store.get("d1").await.unwrap().unwrap();
     assert_eq!(summary.status, Status::Failed);
