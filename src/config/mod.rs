@@ -301,7 +301,8 @@ pub struct TimedSecrets {
 /// Settings of the `sns` method.
 #[derive(Debug, Default)]
 pub struct SnsVerify {
-    /// Topics whose messages are accepted; empty accepts any topic.
+    /// Topics whose messages are accepted; never empty in a loaded
+    /// configuration.
     pub topic_arns: Vec<String>,
     /// Local PEM certificates to verify with instead of fetching
     /// `SigningCertURL`; read when the routes are loaded.

@@ -600,3 +600,13 @@ fn a_decimal_number_where_text_is_expected_is_refused_with_a_hint() {
         errors[0].message
     );
 }
+
+#[test]
+fn an_sns_route_must_list_its_topics() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify:\n      sns: {certificates: [c.pem]}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let errors = load_err(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "routes[0].verify.sns.topic_arns");
+    assert_eq!(errors[0].line, 6);
+    assert!(errors[0].message.contains("any AWS account"), "{errors:?}");
+}

@@ -1164,11 +1164,16 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                     ok = false;
                 }
             }
+            // Any AWS account can subscribe the relay's URL to a topic of
+            // its own, and SNS signs that topic's messages like any other:
+            // without a list, the relay would confirm the subscription and
+            // dispatch whatever the stranger publishes.
             if raw.topic_arns.is_empty() {
-                report.warn(
-                    &method_path,
-                    "accepts messages of any SNS topic; list the expected ones in `topic_arns`",
+                report.error(
+                    &method_path.key("topic_arns"),
+                    "is required: list the topics whose messages this route takes; otherwise any AWS account could subscribe the relay to its own topic",
                 );
+                ok = false;
             }
             ok.then(|| {
                 Verify::Sns(SnsVerify {

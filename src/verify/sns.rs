@@ -142,9 +142,7 @@ impl Envelope {
     /// and the route's topic allow-list.
     pub fn check_unsigned_parts(&self, config: &SnsVerify) -> Result<(), SnsRefusal> {
         check_cert_url(self.signing_cert_url())?;
-        if !config.topic_arns.is_empty()
-            && !config.topic_arns.iter().any(|arn| arn == self.topic_arn())
-        {
+        if !config.topic_arns.iter().any(|arn| arn == self.topic_arn()) {
             return Err(SnsRefusal::Topic(truncate(self.topic_arn())));
         }
         Ok(())

@@ -664,6 +664,22 @@ async fn sns_confirms_once_relays_decoded_keys_and_refuses_forgeries() {
     );
     let (status, _) = post_sns(&app, "Notification", signed_envelope(other, 2)).await;
     assert_eq!(status, 401);
+    // So is a subscription to another topic: any AWS account can subscribe
+    // the relay to its own topic, and SNS signs it all the same.
+    let mut stranger = confirmation.as_object().unwrap().clone();
+    stranger.insert("MessageId".into(), json!("confirm-3"));
+    stranger.insert(
+        "TopicArn".into(),
+        json!("arn:aws:sns:eu-west-1:999999999999:stranger"),
+    );
+    let (status, _) = post_sns(
+        &app,
+        "SubscriptionConfirmation",
+        signed_envelope(stranger, 2),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "nothing more was fetched");
 
     // A signed s3:TestEvent is answered and not relayed.
     let test_event = json!({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"});
@@ -697,6 +713,7 @@ fn pinned_sns_route(cert: &std::path::Path) -> String {
   - id: sns/acme-blog
     verify:
       sns:
+        topic_arns: [arn:aws:sns:eu-west-1:111122223333:acme-blog-assets-events]
         certificates: [{}]
     dispatch: [{{repo: acme/blog, event_type: s3-upload}}]
 "#,
@@ -954,7 +971,7 @@ fn prop_methods() -> Vec<Verify> {
         format!("ghost: {{secret: {PROP_SECRET}}}"),
         format!("stripe: {{secret: {PROP_SECRET}}}"),
         format!("slack: {{secret: {PROP_SECRET}}}"),
-        "sns: {}".to_string(),
+        "sns: {topic_arns: [arn:aws:sns:eu-west-1:1:t]}".to_string(),
     ]
     .iter()
     .map(|yaml| verify_of(yaml))
