@@ -168,7 +168,14 @@ pub fn classify(
             };
         }
     }
-    if history.sent_run_details && matches!(status, 400 | 422) {
+    // Only a refusal that names the field: any other 422 (a ref not yet
+    // pushed, an input the workflow does not take) would be answered the
+    // same without it, and a resend that then succeeded by luck would stop
+    // the relay asking for run details at all.
+    if history.sent_run_details
+        && matches!(status, 400 | 422)
+        && message.contains("return_run_details")
+    {
         return Action::ResendWithoutRunDetails {
             reason: with_message(
                 &format!("GitHub refused the workflow dispatch with return_run_details ({status})"),
@@ -788,8 +795,9 @@ mod tests {
             sent_run_details: true,
             ..fresh()
         };
+        let refusal = "Invalid request.\n\n\"return_run_details\" is not a permitted key.";
         for status in [400, 422] {
-            let refused = answer(status, "Invalid request", none);
+            let refused = answer(status, refusal, none);
             assert!(matches!(
                 classify(Outcome::Answer(&refused), with_field, &policy(), NOW, 1.0),
                 Action::ResendWithoutRunDetails { .. }
@@ -799,6 +807,13 @@ mod tests {
                 Action::Fail { .. }
             ));
         }
+        // Another refusal is not the field's: it fails as it would
+        // without it.
+        let no_ref = answer(422, "No ref found for: main", none);
+        assert!(matches!(
+            classify(Outcome::Answer(&no_ref), with_field, &policy(), NOW, 1.0),
+            Action::Fail { .. }
+        ));
         let ok = answer(200, "", none);
         assert_eq!(
             classify(Outcome::Answer(&ok), with_field, &policy(), NOW, 1.0),
