@@ -493,4 +493,56 @@ mod tests {
         let err = verify(&method, &headers(&[("x-token", "hunter3")]), BODY).unwrap_err();
         assert!(!format!("{err} {err:?}").contains("hunter"));
     }
+
+    #[test]
+    fn contentful_signs_its_normalised_path_and_query() {
+        // Computed with Contentful's toolkit rules: the query escaped as a
+        // component, then the whole encoded as a URI.
+        let table = [
+            ("/hooks/contentful/acme-blog", "/hooks/contentful/acme-blog"),
+            (
+                "/hooks/contentful/acme-blog?env=prod",
+                "/hooks/contentful/acme-blog?env%253Dprod",
+            ),
+            ("/h?a=1&b=2", "/h?a%253D1%2526b%253D2"),
+            ("/h?x=%41 y?z", "/h?x%253D%252541%2520y"),
+            ("/h%20x?", "/h%2520x"),
+            ("/h?q=caf%C3%A9", "/h?q%253Dcaf%2525C3%2525A9"),
+        ];
+        for (arrived, signed) in table {
+            assert_eq!(schemes::contentful_path(arrived), signed, "{arrived}");
+        }
+
+        let now_ms = crate::clock::now_ms();
+        let timestamp = now_ms.to_string();
+        let method = Verify::Contentful(crate::config::TimedSecrets {
+            secrets: secrets(&["s"]),
+            tolerance: std::time::Duration::from_secs(30),
+        });
+        let signed_headers = "x-contentful-signed-headers,x-contentful-timestamp";
+        let canonical = format!(
+            "POST\n/hooks/c?env%253Dprod\nx-contentful-signed-headers:{signed_headers};x-contentful-timestamp:{timestamp}\n{}",
+            String::from_utf8_lossy(BODY)
+        );
+        let signature = hex::encode(sign(HmacAlgorithm::Sha256, "s", canonical.as_bytes()));
+        let headers = headers(&[
+            ("x-contentful-signature", &signature),
+            ("x-contentful-signed-headers", signed_headers),
+            ("x-contentful-timestamp", &timestamp),
+        ]);
+        let at = |path| {
+            verify_request(
+                &method,
+                &Request {
+                    method: "POST",
+                    path,
+                    headers: &headers,
+                    body: BODY,
+                    now_ms,
+                },
+            )
+        };
+        assert_eq!(at("/hooks/c?env=prod"), Ok(()));
+        assert!(at("/hooks/c?env=test").is_err());
+    }
 }

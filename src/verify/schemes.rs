@@ -12,6 +12,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::{Request, StandardWebhooksKey, VerifyError, header_value, standard_webhooks_key};
 use crate::config::TimedSecrets;
@@ -172,10 +173,11 @@ pub(super) fn contentful(timed: &TimedSecrets, request: &Request<'_>) -> Result<
         canonical_headers.push(format!("{name}:{value}"));
     }
     let canonical_headers = canonical_headers.join(";");
+    let path = contentful_path(request.path);
     let parts: [&[u8]; 7] = [
         request.method.as_bytes(),
         b"\n",
-        request.path.as_bytes(),
+        path.as_bytes(),
         b"\n",
         canonical_headers.as_bytes(),
         b"\n",
@@ -185,6 +187,49 @@ pub(super) fn contentful(timed: &TimedSecrets, request: &Request<'_>) -> Result<
         return Err(VerifyError::BadSignature(SIGNATURE.to_string()));
     }
     fresh(ts, request, timed, TIMESTAMP)
+}
+
+/// What JavaScript's `encodeURIComponent` (and Node's `querystring.escape`)
+/// leave as they are.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+/// What JavaScript's `encodeURI` leaves as it is: the above and the
+/// characters that delimit a URI's parts.
+const URI: &AsciiSet = &URI_COMPONENT
+    .remove(b';')
+    .remove(b',')
+    .remove(b'/')
+    .remove(b'?')
+    .remove(b':')
+    .remove(b'@')
+    .remove(b'&')
+    .remove(b'=')
+    .remove(b'+')
+    .remove(b'$')
+    .remove(b'#');
+
+/// The path Contentful signs, from the path and query as they arrived: its
+/// toolkit's `getNormalizedEncodedURI`, which splits at `?`, keeps only the
+/// first two parts, escapes the query as a component and then encodes the
+/// whole as a URI. A query is thus escaped twice (`?env=prod` is signed as
+/// `?env%253Dprod`), and a path without one is unchanged.
+pub(super) fn contentful_path(path_and_query: &str) -> String {
+    let mut parts = path_and_query.split('?');
+    let mut joined = parts.next().unwrap_or_default().to_string();
+    if let Some(search) = parts.next().filter(|search| !search.is_empty()) {
+        joined.push('?');
+        joined.extend(utf8_percent_encode(search, URI_COMPONENT));
+    }
+    utf8_percent_encode(&joined, URI).to_string()
 }
 
 /// Sanity: `sanity-webhook-signature: t=<ms>,v1=<base64url>` over `t.body`.
