@@ -39,6 +39,9 @@ pub struct History {
     pub app_token: Option<AppToken>,
     /// Whether this attempt asked for `return_run_details`.
     pub sent_run_details: bool,
+    /// Whether the job is a workflow dispatch, whose 404 usually means a
+    /// missing workflow file rather than a missing repository.
+    pub workflow: bool,
 }
 
 /// What the rules for App tokens need to know about the token that was sent.
@@ -103,6 +106,12 @@ pub const BAD_CREDENTIALS: &str = "bad credentials: token invalid or expired";
 
 pub const NOT_FOUND: &str = "repository not found, or the credential cannot see it — a classic PAT needs `repo`, \
 a fine-grained token Contents: write, an App must be installed on the repository with Contents: write";
+
+/// Why a workflow dispatch was answered 404.
+pub const WORKFLOW_NOT_FOUND: &str = "workflow not found: the file named in `workflow` must exist on the \
+repository's default branch; or the repository is not found, or the credential cannot see it — a classic PAT \
+needs `repo` and `workflow`, a fine-grained token Actions: write, an App must be installed on the repository \
+with Actions: write";
 
 /// Decides what happens after one attempt.
 ///
@@ -188,7 +197,12 @@ pub fn classify(
             reason: BAD_CREDENTIALS.to_string(),
         },
         404 => Action::Fail {
-            reason: NOT_FOUND.to_string(),
+            reason: if history.workflow {
+                WORKFLOW_NOT_FOUND
+            } else {
+                NOT_FOUND
+            }
+            .to_string(),
         },
         422 => Action::Fail {
             reason: with_message("GitHub rejected the request (422)", message),
@@ -422,6 +436,23 @@ mod tests {
                 ..
             } => Some((*delay, *pause_credential, *counts_as_failure)),
             _ => None,
+        }
+    }
+
+    #[test]
+    fn a_workflow_dispatch_not_found_names_the_workflow_file_first() {
+        let not_found = answer(404, "Not Found", RateHeaders::default());
+        let workflow = History {
+            workflow: true,
+            ..fresh()
+        };
+        for (history, reason) in [(fresh(), NOT_FOUND), (workflow, WORKFLOW_NOT_FOUND)] {
+            assert_eq!(
+                classify(Outcome::Answer(&not_found), history, &policy(), NOW, 1.0),
+                Action::Fail {
+                    reason: reason.to_string()
+                }
+            );
         }
     }
 

@@ -403,6 +403,7 @@ impl Dispatcher {
             age: Duration::from_millis(now_ms().saturating_sub(job.created_at_ms).max(0) as u64),
             app_token,
             sent_run_details,
+            workflow: Scope::for_path(&job.path) == Scope::Workflow,
         }
     }
 
