@@ -94,6 +94,9 @@ fn missing(conn: &Connection, names: &[&str]) -> Result<bool, StoreError> {
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("deliveries", "debounce_first_at", "INTEGER"),
     ("deliveries", "coalesced", "INTEGER NOT NULL DEFAULT 0"),
+    // Where a debounced delivery's jobs go; a window opened before it
+    // existed is joined by nothing and is sent when it is due.
+    ("deliveries", "debounce_targets", "TEXT"),
     // Run details of a workflow dispatch.
     ("jobs", "result", "TEXT"),
     // The delivery id and receive time a merged webhook's jobs were
@@ -157,27 +160,46 @@ fn debounce_due(d: &DebounceWindow, first_ms: i64, now_ms: i64) -> i64 {
     (now_ms + d.window_ms).min(first_ms + d.max_wait_ms)
 }
 
-/// The open debounce window of a route: its newest pending debounced
-/// delivery none of whose jobs has been leased or tried.
+/// What a debounced webhook's jobs are keyed by: the places they go, each
+/// endpoint (lower-cased, as GitHub's names ignore case) with its event
+/// type or ref, in order. Only webhooks bound for the same places share a
+/// window; one that renders another repository or event type must not
+/// replace a dispatch it has nothing to do with.
+fn debounce_targets(jobs: &[NewJob]) -> String {
+    let mut places: Vec<(String, &str)> = jobs
+        .iter()
+        .map(|job| (job.path.to_ascii_lowercase(), job.label.as_str()))
+        .collect();
+    places.sort();
+    places.dedup();
+    serde_json::to_string(&places).unwrap_or_default()
+}
+
+/// The open debounce window of a route for webhooks bound for the same
+/// places: its newest pending debounced delivery with those targets none
+/// of whose jobs has been leased or tried.
 pub(super) const OPEN_WINDOW: &str = "SELECT id, debounce_first_at, coalesced FROM deliveries d
-     WHERE route = ?1 AND status = 'pending' AND debounce_first_at IS NOT NULL
+     WHERE route = ?1 AND debounce_targets = ?2 AND status = 'pending' AND debounce_first_at IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id
                        AND (j.leased_until IS NOT NULL OR j.attempts > 0 OR j.status != 'pending'))
      ORDER BY received_at DESC LIMIT 1";
 
-/// Merges a webhook into the open debounce window of its route, if there is
-/// one: the window's jobs are replaced by this webhook's (the last payload
-/// wins) and pushed back by `window`. A window is open while none of its jobs
-/// has been leased or tried.
+/// Merges a webhook into the open debounce window of its route and
+/// targets, if there is one: the window's jobs are replaced by this
+/// webhook's (the last payload wins) and pushed back by `window`. A window is
+/// open while none of its jobs has been leased or tried.
 fn coalesce(
     conn: &Connection,
     d: &NewDelivery,
+    targets: &str,
     window: &DebounceWindow,
     request: &str,
 ) -> Result<Option<Accepted>, StoreError> {
     let open: Option<(String, i64, i64)> = conn
         .prepare_cached(OPEN_WINDOW)?
-        .query_row(params![d.route], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row(params![d.route, targets], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?;
     let Some((id, first_ms, coalesced)) = open else {
         return Ok(None);
@@ -240,8 +262,9 @@ pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, Sto
         .debounce
         .as_ref()
         .filter(|_| d.failure.is_none() && !d.jobs.is_empty());
-    if let Some(window) = debounce
-        && let Some(merged) = coalesce(conn, d, window, request)?
+    let targets = debounce.map(|_| debounce_targets(&d.jobs));
+    if let (Some(window), Some(targets)) = (debounce, &targets)
+        && let Some(merged) = coalesce(conn, d, targets, window, request)?
     {
         return Ok(merged);
     }
@@ -251,8 +274,9 @@ pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, Sto
         None => (Status::Pending, None),
     };
     conn.prepare_cached(
-        "INSERT INTO deliveries (id, route, received_at, status, dedupe_key, request, error, finished_at, debounce_first_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO deliveries (id, route, received_at, status, dedupe_key, request, error, finished_at,
+                                 debounce_first_at, debounce_targets)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         d.id,
@@ -263,7 +287,8 @@ pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, Sto
         request,
         d.failure,
         finished,
-        debounce.map(|_| d.received_at_ms)
+        debounce.map(|_| d.received_at_ms),
+        targets
     ])?;
     let due = debounce.map_or(d.received_at_ms, |w| {
         debounce_due(w, d.received_at_ms, d.received_at_ms)

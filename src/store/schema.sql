@@ -10,7 +10,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     -- Set on deliveries of a debounced route while their window is open.
     debounce_first_at INTEGER,
     -- How many later webhooks were merged into this one by debounce.
-    coalesced     INTEGER NOT NULL DEFAULT 0
+    coalesced     INTEGER NOT NULL DEFAULT 0,
+    -- Where a debounced delivery's jobs go (see `debounce_targets`): only
+    -- webhooks bound for the same places join its window.
+    debounce_targets TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS deliveries_dedupe ON deliveries (route, dedupe_key) WHERE dedupe_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received_at);

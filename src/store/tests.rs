@@ -454,6 +454,73 @@ async fn debounce_merges_a_burst_into_one_delivery_bounded_by_max_wait() {
 }
 
 #[tokio::test]
+async fn debounce_merges_only_webhooks_bound_for_the_same_places() {
+    let (_dir, store) = open();
+    let window = DebounceWindow {
+        window_ms: 1_000,
+        max_wait_ms: 5_000,
+    };
+    let to = |id: &str, repo: &str, label: &str, ms: i64| {
+        let mut d = delivery(id, None, 1);
+        d.received_at_ms = ms;
+        d.jobs[0].repo = repo.into();
+        d.jobs[0].path = format!("/repos/{repo}/dispatches");
+        d.jobs[0].label = label.into();
+        d.debounce = Some(window);
+        d
+    };
+    assert_eq!(
+        store
+            .accept(to("a", "acme/site-a", "cms-page", 10_000))
+            .await
+            .unwrap(),
+        Accepted::Stored
+    );
+    // Another repository, or another event type, opens its own window.
+    assert_eq!(
+        store
+            .accept(to("b", "acme/site-b", "cms-page", 10_100))
+            .await
+            .unwrap(),
+        Accepted::Stored
+    );
+    assert_eq!(
+        store
+            .accept(to("c", "acme/site-a", "cms-post", 10_200))
+            .await
+            .unwrap(),
+        Accepted::Stored
+    );
+    // The same places, whatever the case of the name, join theirs.
+    assert_eq!(
+        store
+            .accept(to("a2", "Acme/Site-A", "cms-page", 10_300))
+            .await
+            .unwrap(),
+        Accepted::Coalesced {
+            into: "a".into(),
+            coalesced: 1
+        }
+    );
+    let mut sent: Vec<(String, String)> = store
+        .lease_due(20_000, 10, 60_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|job| (job.repo, job.label))
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            ("Acme/Site-A".to_string(), "cms-page".to_string()),
+            ("acme/site-a".to_string(), "cms-post".to_string()),
+            ("acme/site-b".to_string(), "cms-page".to_string()),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_failing_command_costs_its_batch_nothing() {
     let (_dir, store) = open();
     // The second accept reuses the first one's id and fails on the primary
@@ -610,7 +677,7 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
     let plan: Vec<String> = conn
         .prepare(&format!("EXPLAIN QUERY PLAN {}", schema::OPEN_WINDOW))
         .unwrap()
-        .query_map(["r"], |r| r.get(3))
+        .query_map(["r", "[]"], |r| r.get(3))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
