@@ -29,10 +29,7 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
             "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
         )));
     }
-    let index_names: Vec<&str> = INDEXES_ON_ADDED_COLUMNS
-        .iter()
-        .map(|(name, _)| *name)
-        .collect();
+    let index_names: Vec<&str> = ADDED_INDEXES.iter().map(|(name, _)| *name).collect();
     let indexes_missing = build_indexes && missing(conn, &index_names)?;
     if version == SCHEMA_VERSION
         && missing_columns(conn)?.is_empty()
@@ -50,7 +47,7 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
         ))?;
     }
     if build_indexes {
-        for (_, create) in INDEXES_ON_ADDED_COLUMNS {
+        for (_, create) in ADDED_INDEXES {
             conn.execute_batch(create)?;
         }
     }
@@ -58,17 +55,31 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
     Ok(())
 }
 
-/// Indexes added after the first schema, over columns that older stores
-/// only gain in [`ADDED_COLUMNS`], so they are created after those: each
-/// name with its statement.
-const INDEXES_ON_ADDED_COLUMNS: &[(&str, &str)] = &[(
-    // The open debounce windows of a route, found without walking every
-    // pending delivery of every route; deliveries of routes without
-    // debounce are not in it, so accepting them costs nothing more.
-    "deliveries_debounce_open",
-    "CREATE INDEX IF NOT EXISTS deliveries_debounce_open ON deliveries (route, received_at)
+/// Indexes added after the first schema, each name with its statement.
+/// Some cover columns that older stores only gain in [`ADDED_COLUMNS`], so
+/// all are created after those.
+const ADDED_INDEXES: &[(&str, &str)] = &[
+    (
+        // The open debounce windows of a route, found without walking every
+        // pending delivery of every route; deliveries of routes without
+        // debounce are not in it, so accepting them costs nothing more.
+        "deliveries_debounce_open",
+        "CREATE INDEX IF NOT EXISTS deliveries_debounce_open ON deliveries (route, received_at)
          WHERE debounce_first_at IS NOT NULL AND status = 'pending'",
-)];
+    ),
+    // The retried and the failed jobs, counted for `queue_depth` at every
+    // scrape. A job sent and delivered at its first attempt never enters
+    // either, so the accept path and the usual send cost nothing more.
+    (
+        "jobs_retrying",
+        "CREATE INDEX IF NOT EXISTS jobs_retrying ON jobs (attempts)
+         WHERE status = 'pending' AND attempts > 0",
+    ),
+    (
+        "jobs_failed",
+        "CREATE INDEX IF NOT EXISTS jobs_failed ON jobs (delivery_id) WHERE status = 'failed'",
+    ),
+];
 
 /// Tables added after the first schema; `SCHEMA` creates them when missing.
 const ADDED_TABLES: &[&str] = &["readiness"];
@@ -574,29 +585,60 @@ fn summary_from_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Delive
 
 pub(super) fn list(conn: &Connection, f: &ListFilter) -> Result<Vec<DeliverySummary>, StoreError> {
     let limit = if f.limit == 0 { 50 } else { f.limit } as i64;
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, route, status, received_at, finished_at, error, coalesced FROM deliveries
-         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR route = ?2) AND (?3 IS NULL OR received_at >= ?3)
-           AND (?6 IS NULL OR received_at < ?6 OR (received_at = ?6 AND id < ?7))
-         ORDER BY received_at DESC, id DESC LIMIT ?4 OFFSET ?5",
-    )?;
-    let (before_ms, before_id) = match &f.before {
-        Some((ms, id)) => (Some(*ms), Some(id.as_str())),
-        None => (None, None),
+    // Only the filters given are written into the statement: SQLite cannot
+    // use an index for `(?1 IS NULL OR status = ?1)`, and listing a status
+    // or paging far down would walk every delivery newest first. Each
+    // combination is its own cached statement; the parameters keep their
+    // numbers whichever are used.
+    let mut stmt = conn.prepare_cached(&list_statement(f))?;
+    stmt.raw_bind_parameter(4, limit)?;
+    stmt.raw_bind_parameter(5, f.offset as i64)?;
+    if let Some(status) = f.status {
+        stmt.raw_bind_parameter(1, status.as_str())?;
+    }
+    if let Some(route) = &f.route {
+        stmt.raw_bind_parameter(2, route)?;
+    }
+    if let Some(since_ms) = f.since_ms {
+        stmt.raw_bind_parameter(3, since_ms)?;
+    }
+    if let Some((before_ms, before_id)) = &f.before {
+        stmt.raw_bind_parameter(6, before_ms)?;
+        stmt.raw_bind_parameter(7, before_id)?;
+    }
+    let mut rows = stmt.raw_query();
+    let mut listed = Vec::new();
+    while let Some(row) = rows.next()? {
+        listed.push(summary_from_row(conn, row)?);
+    }
+    Ok(listed)
+}
+
+/// The listing's statement with only the filters given.
+pub(super) fn list_statement(f: &ListFilter) -> String {
+    let mut conditions = Vec::new();
+    if f.status.is_some() {
+        conditions.push("status = ?1");
+    }
+    if f.route.is_some() {
+        conditions.push("route = ?2");
+    }
+    if f.since_ms.is_some() {
+        conditions.push("received_at >= ?3");
+    }
+    if f.before.is_some() {
+        conditions.push("received_at <= ?6 AND (received_at < ?6 OR id < ?7)");
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
     };
-    let rows = stmt.query_map(
-        params![
-            f.status.map(Status::as_str),
-            f.route,
-            f.since_ms,
-            limit,
-            f.offset as i64,
-            before_ms,
-            before_id
-        ],
-        |row| summary_from_row(conn, row),
-    )?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    format!(
+        "SELECT id, route, status, received_at, finished_at, error, coalesced FROM deliveries
+         {filter}
+         ORDER BY received_at DESC, id DESC LIMIT ?4 OFFSET ?5"
+    )
 }
 
 pub(super) fn get(
@@ -628,20 +670,33 @@ pub(super) fn get(
     Ok(Some((summary, attempts)))
 }
 
+pub(super) const FAILED_BY_ID: &str = "SELECT id, route, received_at, request FROM deliveries
+     WHERE id = ?3 AND status = 'failed' AND (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR received_at >= ?2)";
+const FAILED_DELIVERIES: &str = "SELECT id, route, received_at, request FROM deliveries
+     WHERE status = 'failed' AND (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR received_at >= ?2)
+     ORDER BY received_at, id";
+
 pub(super) fn failed(
     conn: &Connection,
     route: Option<&str>,
     since_ms: Option<i64>,
     id: Option<&str>,
 ) -> Result<Vec<FailedDelivery>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, route, received_at, request FROM deliveries
-         WHERE status = 'failed' AND (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR received_at >= ?2) AND (?3 IS NULL OR id = ?3)
-         ORDER BY received_at, id",
-    )?;
-    let rows = stmt.query_map(params![route, since_ms, id], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    })?;
+    // One delivery is found by its key: with `(?3 IS NULL OR id = ?3)`
+    // SQLite would walk every failed delivery to find it.
+    let read = |r: &Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+    let mut by_id;
+    let mut all;
+    let rows = match id {
+        Some(id) => {
+            by_id = conn.prepare_cached(FAILED_BY_ID)?;
+            by_id.query_map(params![route, since_ms, id], read)?
+        }
+        None => {
+            all = conn.prepare_cached(FAILED_DELIVERIES)?;
+            all.query_map(params![route, since_ms], read)?
+        }
+    };
     let mut out = Vec::new();
     for row in rows {
         let (id, route, received_at_ms, request): (String, String, i64, String) = row?;
@@ -680,42 +735,44 @@ pub(super) fn failed(
     Ok(out)
 }
 
+pub(super) const QUEUED_JOBS: &str = "SELECT COUNT(*) FROM jobs WHERE status = 'pending'";
+pub(super) const RETRYING_JOBS: &str =
+    "SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND attempts > 0";
+pub(super) const FAILED_JOBS: &str = "SELECT COUNT(*) FROM jobs WHERE status = 'failed'";
+
 pub(super) fn depth(conn: &Connection) -> Result<QueueDepth, StoreError> {
-    let mut depth = QueueDepth::default();
-    let mut stmt = conn.prepare_cached(
-        "SELECT status, attempts > 0, COUNT(*) FROM jobs WHERE status != 'delivered' GROUP BY status, attempts > 0",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, bool>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (status, retried, count) = row?;
-        let count = count as u64;
-        match (status.as_str(), retried) {
-            ("pending", false) => depth.pending += count,
-            ("pending", true) => depth.retrying += count,
-            ("failed", _) => depth.failed += count,
-            _ => {}
-        }
-    }
-    Ok(depth)
+    // Each count is read from an index holding only the jobs it counts
+    // (`jobs_due`, `jobs_retrying`, `jobs_failed`), so a scrape costs what
+    // is queued or failed, not the delivered jobs kept for `retention`.
+    let count = |sql: &str| -> Result<u64, StoreError> {
+        Ok(conn
+            .prepare_cached(sql)?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
+    };
+    let queued = count(QUEUED_JOBS)?;
+    let retrying = count(RETRYING_JOBS)?;
+    Ok(QueueDepth {
+        pending: queued.saturating_sub(retrying),
+        retrying,
+        failed: count(FAILED_JOBS)?,
+    })
 }
 
 /// Deletes up to `limit` finished deliveries (delivered or failed) that
 /// finished before `cutoff_ms`, with their jobs and attempts. Pending
 /// deliveries are never pruned, however old.
+/// Finished deliveries past the cutoff. A delivery finishes after it was
+/// received, so `received_at < ?1` only narrows the search, and lets the
+/// status index bound it: without it the last batch of every run read
+/// every finished delivery kept.
+pub(super) const PRUNABLE: &str = "SELECT id FROM deliveries
+     WHERE status IN ('delivered', 'failed') AND received_at < ?1
+       AND COALESCE(finished_at, received_at) < ?1
+     LIMIT ?2";
+
 pub(super) fn prune(conn: &Connection, cutoff_ms: i64, limit: usize) -> Result<usize, StoreError> {
     let deleted = conn
-        .prepare_cached(
-            "DELETE FROM deliveries WHERE id IN (
-                SELECT id FROM deliveries
-                WHERE status IN ('delivered', 'failed') AND COALESCE(finished_at, received_at) < ?1
-                LIMIT ?2)",
-        )?
+        .prepare_cached(&format!("DELETE FROM deliveries WHERE id IN ({PRUNABLE})"))?
         .execute(params![cutoff_ms, limit as i64])?;
     Ok(deleted)
 }

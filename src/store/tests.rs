@@ -722,3 +722,59 @@ fn store_urls_name_files_and_never_repeat_a_password() {
         }
     }
 }
+
+/// The plan SQLite makes for `sql`, one step a line.
+fn plan_of(conn: &Connection, sql: &str) -> String {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let mut rows = stmt.raw_query();
+    let mut steps = Vec::new();
+    while let Some(row) = rows.next().unwrap() {
+        steps.push(row.get::<_, String>(3).unwrap());
+    }
+    steps.join("\n")
+}
+
+#[tokio::test]
+async fn reads_that_a_large_store_repeats_are_found_through_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = Store::open(&path, Synchronous::Normal).unwrap();
+    store.accept(delivery("d1", None, 1)).await.unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let listing = |status: Option<Status>, before: Option<(i64, String)>| {
+        schema::list_statement(&ListFilter {
+            status,
+            route: None,
+            since_ms: None,
+            limit: 50,
+            offset: 0,
+            before,
+        })
+    };
+    // (statement, a step its plan must have); none may scan a whole table.
+    let cases = [
+        (schema::QUEUED_JOBS.to_string(), "jobs_due"),
+        (schema::RETRYING_JOBS.to_string(), "jobs_retrying"),
+        (schema::FAILED_JOBS.to_string(), "jobs_failed"),
+        (schema::FAILED_BY_ID.to_string(), "(id=?)"),
+        (schema::PRUNABLE.to_string(), "received_at<?"),
+        (
+            listing(Some(Status::Failed), None),
+            "deliveries_status (status=?)",
+        ),
+        (
+            listing(None, Some((1_000, "d".into()))),
+            "deliveries_received (received_at<?)",
+        ),
+    ];
+    for (sql, wanted) in cases {
+        let plan = plan_of(&conn, &sql);
+        assert!(plan.contains(wanted), "{sql}\n{plan}");
+        assert!(
+            !plan
+                .lines()
+                .any(|step| step.starts_with("SCAN") && !step.contains("INDEX")),
+            "{sql}\n{plan}"
+        );
+    }
+}
