@@ -319,3 +319,56 @@ async fn the_remaining_gauge_returns_to_the_limit_once_githubs_window_resets() {
     // Nothing was sent in between: the gauge came back on its own.
     assert_eq!(app.github.dispatch_attempts().len(), 1);
 }
+
+/// A fine-grained token granted Contents: read sees the repository but may
+/// not dispatch to it: GitHub answers 403, and the delivery fails at once
+/// saying which permission is missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_that_can_only_read_fails_as_forbidden() {
+    let app = spawn_app_with(
+        TEST_HEAD,
+        &hmac_route("cms", &one_target("acme/blog")),
+        &[("GITHUB_TOKEN", "github_pat_readonly")],
+    )
+    .await;
+    app.github.add_read_only_token("github_pat_readonly");
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && status_of(&list[0]) == "failed"
+        })
+        .await;
+    let target = &list[0]["targets"][0];
+    let error = target["last_error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("forbidden (403)"), "{target}");
+    assert!(
+        error.contains("Resource not accessible by personal access token"),
+        "{target}"
+    );
+    assert_eq!(target["attempts"], 1, "{target}");
+}
+
+/// GitHub states `x-ratelimit-reset` on its own clock. With GitHub three
+/// minutes behind the host, a reset 3 s ahead reads as past on the host's
+/// clock alone; read against GitHub's `Date`, it is still 3 s away, and the
+/// relay waits for it (decision 32).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_reset_is_read_on_githubs_clock() {
+    let app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
+    app.github.set_clock_offset(-180);
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::PrimaryRateLimit { reset_in_secs: 3 }],
+    );
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    app.github.wait_for_dispatches(1, WAIT).await;
+    let requests = app.github.dispatch_attempts();
+    assert_eq!(requests.len(), 2);
+    let waited = requests[1].received_at - requests[0].received_at;
+    // GitHub's `Date` has whole seconds, so the reset may read up to a
+    // second nearer than it is.
+    assert!(
+        waited >= Duration::from_secs(2),
+        "retried after {waited:?}, before the reset"
+    );
+}

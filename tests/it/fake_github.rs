@@ -947,6 +947,13 @@ fn fake_epoch_secs(shared: &Shared) -> i64 {
         + shared.clock_offset_secs.load(Ordering::Relaxed)
 }
 
+/// A moment of the host's clock as GitHub states it, on its own clock: GitHub
+/// states every time (`Date`, `x-ratelimit-reset`, `expires_at`) on one clock.
+fn stated_secs(shared: &Shared, host_secs: u64) -> u64 {
+    let offset = shared.clock_offset_secs.load(Ordering::Relaxed);
+    host_secs.saturating_add_signed(offset)
+}
+
 fn epoch_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1026,7 +1033,9 @@ fn request_id() -> String {
     )
 }
 
-fn scripted_answer(script: &Scripted, op: &Operation, request_id: &str) -> Answer {
+/// The answer a test scripted; `now` is the fake's clock, on which GitHub
+/// states its times.
+fn scripted_answer(script: &Scripted, op: &Operation, request_id: &str, now: u64) -> Answer {
     match script {
         Scripted::Status(status) => match status {
             200..=299 => Answer::empty(*status),
@@ -1058,13 +1067,13 @@ fn scripted_answer(script: &Scripted, op: &Operation, request_id: &str) -> Answe
             &format!(
                 "API rate limit exceeded for user ID 1. If you reach out to GitHub Support for \
                  help, please include the request ID {request_id} and timestamp {} UTC.",
-                utc_timestamp(epoch_secs(), ' ')
+                utc_timestamp(now, ' ')
             ),
             PRIMARY_LIMIT_DOCS,
         )
         .with_header("x-ratelimit-remaining", 0)
         .with_header("x-ratelimit-used", RATE_LIMIT)
-        .with_header("x-ratelimit-reset", epoch_secs() + reset_in_secs),
+        .with_header("x-ratelimit-reset", now + reset_in_secs),
         Scripted::SecondaryRateLimit { retry_after_secs } => {
             let answer = Answer::error(
                 403,
@@ -1248,7 +1257,7 @@ fn respond(shared: &Shared, answer: Answer, request_id: &str) -> HttpResponse {
         response.insert_header(("x-ratelimit-used", used.to_string()));
     }
     if !overridden("x-ratelimit-reset") {
-        response.insert_header(("x-ratelimit-reset", reset.to_string()));
+        response.insert_header(("x-ratelimit-reset", stated_secs(shared, reset).to_string()));
     }
     for (name, value) in &answer.headers {
         if let Ok(value) = HeaderValue::from_str(value) {
@@ -1377,7 +1386,8 @@ fn decide(
             .get_mut(&repo)
             .and_then(VecDeque::pop_front);
         if let Some(script) = script {
-            return scripted_answer(&script, op, request_id);
+            let now = stated_secs(shared, epoch_secs());
+            return scripted_answer(&script, op, request_id, now);
         }
     }
 
@@ -1386,10 +1396,25 @@ fn decide(
     match op.operation_id.as_str() {
         OP_REPOSITORY_DISPATCH => {
             let repo = format!("{}/{}", param("owner"), param("repo"));
-            match authorize_repo(shared, req, &repo, op) {
-                Ok(()) => Answer::empty(204),
-                Err(answer) => answer,
+            if let Err(answer) = authorize_repo(shared, req, &repo, op) {
+                return answer;
             }
+            if let Err(answer) = require_permission(shared, req, "contents") {
+                return answer;
+            }
+            // The documented limit the schema cannot state: the payload is at
+            // most 65,535 characters.
+            let payload_chars = body
+                .and_then(|b| b.get("client_payload"))
+                .map_or(0, |payload| payload.to_string().chars().count());
+            if payload_chars > 65_535 {
+                return Answer::error(
+                    422,
+                    "Invalid request.\n\nclient_payload is too large.",
+                    &op.docs_url,
+                );
+            }
+            Answer::empty(204)
         }
         OP_WORKFLOW_DISPATCH => {
             let (owner, name) = (param("owner"), param("repo"));
@@ -1535,9 +1560,12 @@ fn decide(
                     permissions: Some(permissions.clone()),
                 },
             );
-            let expires_secs = expires_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let expires_secs = stated_secs(
+                shared,
+                expires_at
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            );
             Answer::json(
                 201,
                 json!({
@@ -1880,15 +1908,25 @@ fn token_permission(shared: &Shared, req: &HttpRequest, permission: &str) -> Opt
     )
 }
 
-/// Refuses an installation token without write access to `permission`, as GitHub does.
+/// Refuses a token without write access to `permission` (an installation token or a
+/// fine-grained personal token), as GitHub does, naming the kind of token.
 fn require_permission(shared: &Shared, req: &HttpRequest, permission: &str) -> Result<(), Answer> {
     match token_permission(shared, req, permission).as_deref() {
         None | Some("write") => Ok(()),
-        Some(_) => Err(Answer::error(
-            403,
-            "Resource not accessible by integration",
-            GENERIC_DOCS,
-        )),
+        Some(_) => {
+            let installation = match credential(req) {
+                Credential::Token(token) => lock(&shared.tokens)
+                    .get(&token)
+                    .is_some_and(|grant| grant.installation_id.is_some()),
+                _ => false,
+            };
+            let message = if installation {
+                "Resource not accessible by integration"
+            } else {
+                "Resource not accessible by personal access token"
+            };
+            Err(Answer::error(403, message, GENERIC_DOCS))
+        }
     }
 }
 
