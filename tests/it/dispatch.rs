@@ -180,6 +180,16 @@ async fn not_found_and_bad_credentials_fail_with_an_explanation() {
     assert!(!logs.iter().any(|l| l.contains(TOKEN)));
 }
 
+/// Posts one signed webhook whose first dispatch the test scripted to be
+/// refused, and returns how long the relay waited before the second.
+async fn wait_between_two_attempts(app: &crate::helpers::TestApp) -> Duration {
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    app.github.wait_for_dispatches(1, WAIT).await;
+    let requests = app.github.dispatch_attempts();
+    assert_eq!(requests.len(), 2);
+    requests[1].received_at - requests[0].received_at
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_after_is_respected() {
     let app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
@@ -189,11 +199,7 @@ async fn retry_after_is_respected() {
             retry_after_secs: 2,
         }],
     );
-    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
-    app.github.wait_for_dispatches(1, WAIT).await;
-    let requests = app.github.dispatch_attempts();
-    assert_eq!(requests.len(), 2);
-    let waited = requests[1].received_at - requests[0].received_at;
+    let waited = wait_between_two_attempts(&app).await;
     assert!(
         waited >= Duration::from_secs(2),
         "retried after {waited:?}, before retry-after"
@@ -360,11 +366,7 @@ async fn a_rate_limit_reset_is_read_on_githubs_clock() {
         "acme/blog",
         vec![Scripted::PrimaryRateLimit { reset_in_secs: 3 }],
     );
-    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
-    app.github.wait_for_dispatches(1, WAIT).await;
-    let requests = app.github.dispatch_attempts();
-    assert_eq!(requests.len(), 2);
-    let waited = requests[1].received_at - requests[0].received_at;
+    let waited = wait_between_two_attempts(&app).await;
     // GitHub's `Date` has whole seconds, so the reset may read up to a
     // second nearer than it is.
     assert!(
