@@ -68,24 +68,29 @@ impl Notifier {
             .unwrap_or_default();
         // Each destination is named in logs by its place in routes.yaml
         // (`notify[0]`, `routes[2].notify[1]`): its URL holds a token.
-        let start_lanes = |list: &str, targets: &[NotifyTarget]| -> Vec<mpsc::Sender<Failure>> {
+        let start_lanes = |list: &str, targets: &[NotifyTarget]| -> Vec<Lane> {
             targets
                 .iter()
                 .enumerate()
                 .map(|(index, target)| {
-                    let (lane, lane_receiver) = mpsc::channel::<Failure>(QUEUE);
+                    let place = format!("{list}[{index}]");
+                    let (sender, lane_receiver) = mpsc::channel::<Failure>(QUEUE);
                     tasks.spawn(run_destination(
-                        format!("{list}[{index}]"),
+                        place.clone(),
                         target.kind.clone(),
                         http.clone(),
                         lane_receiver,
                     ));
-                    lane
+                    Lane {
+                        place,
+                        sender,
+                        refusing: false,
+                    }
                 })
                 .collect()
         };
-        let default_lanes = start_lanes("notify", &config.notify);
-        let route_lanes: HashMap<String, Vec<mpsc::Sender<Failure>>> = config
+        let mut default_lanes = start_lanes("notify", &config.notify);
+        let mut route_lanes: HashMap<String, Vec<Lane>> = config
             .routes
             .iter()
             .enumerate()
@@ -98,10 +103,12 @@ impl Notifier {
         let (sender, mut receiver) = mpsc::channel::<Failure>(QUEUE);
         let stopping = stop.clone();
         tasks.spawn(async move {
-            let forward = |failure: Failure| {
-                let lanes = route_lanes.get(&failure.route).unwrap_or(&default_lanes);
+            let mut forward = |failure: Failure| {
+                let lanes = route_lanes
+                    .get_mut(&failure.route)
+                    .unwrap_or(&mut default_lanes);
                 for lane in lanes {
-                    let _ = lane.try_send(failure.clone());
+                    lane.send(failure.clone());
                 }
             };
             loop {
@@ -152,6 +159,34 @@ impl Notifier {
             Err(mpsc::error::TrySendError::Closed(_)) => tracing::warn!(
                 "The relay is stopping; a failure was not sent to notify destinations"
             ),
+        }
+    }
+}
+
+/// One destination's queue, as the forwarding task holds it.
+struct Lane {
+    /// Where the destination is written in routes.yaml, such as `notify[0]`.
+    place: String,
+    sender: mpsc::Sender<Failure>,
+    /// Whether the last failure was refused: a destination that hangs on
+    /// its sends fills its queue, and that is logged once, not for every
+    /// failure that follows.
+    refusing: bool,
+}
+
+impl Lane {
+    fn send(&mut self, failure: Failure) {
+        match self.sender.try_send(failure) {
+            Ok(()) => self.refusing = false,
+            Err(mpsc::error::TrySendError::Full(_)) if !self.refusing => {
+                self.refusing = true;
+                tracing::warn!(
+                    destination = %self.place,
+                    "The destination's alert queue is full; failures are not sent to it until it drains"
+                );
+            }
+            // Already logged; or the destination's task ended (shutdown).
+            Err(_) => {}
         }
     }
 }
@@ -297,6 +332,26 @@ mod tests {
             repo: "acme/blog".into(),
             reason: "repository not found".into(),
         }
+    }
+
+    #[test]
+    fn a_full_lane_is_reported_once_until_it_drains() {
+        let (sender, mut receiver) = mpsc::channel(1);
+        let mut lane = Lane {
+            place: "notify[0]".into(),
+            sender,
+            refusing: false,
+        };
+        lane.send(failure("r", 1));
+        assert!(!lane.refusing);
+        lane.send(failure("r", 2));
+        assert!(lane.refusing, "the second failure finds the lane full");
+        lane.send(failure("r", 3));
+        assert!(lane.refusing);
+        assert_eq!(receiver.try_recv().unwrap().delivery_id, "d1");
+        lane.send(failure("r", 4));
+        assert!(!lane.refusing, "a drained lane takes failures again");
+        assert_eq!(receiver.try_recv().unwrap().delivery_id, "d4");
     }
 
     fn batch_of(failures: impl IntoIterator<Item = Failure>) -> Batch {
