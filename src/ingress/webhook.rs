@@ -56,7 +56,15 @@ pub async fn post(
     if let Some(outcome) = outcome {
         state.metrics.webhook(&route.id, outcome);
     }
-    result.map(|(response, _)| response)
+    let slack = matches!(route.verify, Verify::Slack(_));
+    result.map(|(response, _)| match response.status().is_success() {
+        // Slack takes only `200 OK` as an interaction's acknowledgement,
+        // and reads a body as an answer to the user (a modal's
+        // `response_action`): anything else shows the user an error and
+        // invites a second click. The delivery id is in the log line.
+        true if slack => HttpResponse::Ok().finish(),
+        _ => response,
+    })
 }
 
 async fn accept(

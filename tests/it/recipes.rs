@@ -386,6 +386,20 @@ async fn recipes_accept_their_samples_and_refuse_tampering() {
             let (status, json) =
                 post(&app, &sample.path, &sample.headers, sample.body.clone()).await;
             match name.as_str() {
+                "slack-block-actions" => {
+                    // Slack takes only an empty `200 OK` as the
+                    // acknowledgement, for the first click and a repeat.
+                    assert_eq!((status, &json), (200, &Value::Null), "{name}");
+                    expected_dispatches += 1;
+                    let (again, json2) =
+                        post(&app, &sample.path, &sample.headers, sample.body.clone()).await;
+                    assert_eq!((again, &json2), (200, &Value::Null), "{name}");
+                    let metrics = app.metrics().await;
+                    assert!(
+                        metrics.contains(r#"dispatch_relay_webhooks_received_total{outcome="duplicate",route="slack/interactivity"} 1"#),
+                        "{name}: the repeat is a duplicate\n{metrics}"
+                    );
+                }
                 "s3-testevent-via-sns" | "sns-unsubscribe-confirmation" => {
                     assert_eq!(
                         (status, &json["skipped"]),
