@@ -525,6 +525,15 @@ impl AppAuth {
                 lock(&self.installations).retain(|_, id| *id != installation);
                 return Err(CredentialError::NotInstalled(repo.to_string()));
             }
+            // "There is at least one repository that does not exist or is
+            // not accessible to the parent installation": the repository
+            // left the remembered installation (transferred to another
+            // owner, or taken out of the installation's selection). It is
+            // forgotten, so that one new lookup finds where it is now.
+            422 if message(&answer).to_ascii_lowercase().contains("repository") => {
+                lock(&self.installations).remove(&repo.to_ascii_lowercase());
+                return Err(CredentialError::NotInstalled(repo.to_string()));
+            }
             403 | 422 => {
                 return Err(CredentialError::MissingPermission(format!(
                     "asked for {} on {repo}: {}",

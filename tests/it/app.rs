@@ -294,6 +294,22 @@ async fn an_app_installed_again_under_a_new_id_keeps_delivering() {
     assert_second_delivered(&app).await;
 }
 
+/// A repository transferred to an owner whose installation of the App has
+/// another id, while the first installation lives on for other
+/// repositories: minting from the remembered installation is refused with
+/// 422, and one new lookup finds the repository's installation now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_moved_to_another_installation_keeps_delivering() {
+    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
+    post_n(&app, "cms", 1).await;
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+    app.github.add_installation("acme/blog", 9);
+    app.github.expire_installation_tokens();
+    post_n(&app, "cms", 1).await;
+    assert_second_delivered(&app).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_401_right_after_a_mint_sends_the_same_token_again_once_github_knows_it() {
     let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
