@@ -357,8 +357,11 @@ impl AppAuth {
     /// Sends a request authenticated as the App. When GitHub refuses the JWT
     /// for its times, the skew is learnt from the `Date` header and the
     /// request is sent once more.
+    /// Sends one request as the App. `endpoint` names the operation in the
+    /// request-duration metric (never the path, which holds a repository).
     async fn as_app(
         &self,
+        endpoint: &str,
         method: reqwest::Method,
         path: &str,
         body: Option<&str>,
@@ -366,11 +369,13 @@ impl AppAuth {
         let mut corrected = false;
         loop {
             let jwt = self.jwt()?;
-            let answer = self
-                .client
-                .send(method.clone(), path, body, &jwt)
-                .await
-                .map_err(CredentialError::Transport)?;
+            let started = Instant::now();
+            let sent = self.client.send(method.clone(), path, body, &jwt).await;
+            if let Some(metrics) = &self.metrics {
+                let status = sent.as_ref().ok().map(|a| a.status);
+                metrics.github_request(endpoint, status, started.elapsed().as_secs_f64());
+            }
+            let answer = sent.map_err(CredentialError::Transport)?;
             if answer.status == 401
                 && !corrected
                 && is_clock_complaint(&answer)
@@ -404,6 +409,7 @@ impl AppAuth {
         }
         let answer = self
             .as_app(
+                "repo_installation",
                 reqwest::Method::GET,
                 &format!("/repos/{repo}/installation"),
                 None,
@@ -508,6 +514,7 @@ impl AppAuth {
         let body = json!({"repositories": [name], "permissions": scope.permissions()});
         let answer = self
             .as_app(
+                "installation_token",
                 reqwest::Method::POST,
                 &format!("/app/installations/{installation}/access_tokens"),
                 Some(&body.to_string()),

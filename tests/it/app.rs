@@ -139,11 +139,20 @@ async fn fifty_concurrent_dispatches_for_one_installation_cause_one_mint_and_one
     assert!(tokens.iter().all(|t| t.starts_with("ghs_")));
     app.wait_for_deliveries(WAIT, |list| all_delivered(list, 50))
         .await;
+    let metrics = app.metrics().await;
     assert!(
-        app.metrics()
-            .await
-            .contains("dispatch_relay_github_token_mints_total{result=\"success\"} 1")
+        metrics.contains("dispatch_relay_github_token_mints_total{result=\"success\"} 1"),
+        "{metrics}"
     );
+    // The App's own requests are timed like the dispatches.
+    for endpoint in ["installation_token", "repo_installation"] {
+        assert!(
+            metrics.contains(&format!(
+                "dispatch_relay_github_request_duration_seconds_count{{endpoint=\"{endpoint}\",status_class=\"2xx\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
     assert_eq!(app.github.violations(), Vec::<String>::new());
     assert_no_secrets_in_logs(&mut app);
 }
