@@ -395,8 +395,7 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
 /// that authenticate the sender.
 pub fn dedupe_key(route: &Route, ctx: &Context) -> Result<Option<String>, RoutingError> {
     if let Some(template) = &route.dedupe_key {
-        let key = template.render(ctx).map_err(RoutingError::DedupeKey)?;
-        return Ok((!key.is_empty()).then_some(key));
+        return template.render_key(ctx).map_err(RoutingError::DedupeKey);
     }
     if !route.verify.authenticates() {
         return Ok(None);

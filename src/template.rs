@@ -9,17 +9,19 @@
 //! `routes[0].dispatch[1].client_payload.entry`), so every error names the
 //! field that failed.
 //!
-//! Undefined values are lenient, as in Jinja: `{{ body.missing }}` renders as
-//! an empty string inside text and as `null` when it is the whole value.
-//! Evaluation failures (a type error, a bad filter argument, an unknown
-//! filter) are [`RenderError`]s.
+//! Undefined values are lenient and chain: `{{ body.missing }}` and
+//! `{{ body.missing.id }}` render as an empty string inside text and as
+//! `null` when they are the whole value. Evaluation failures (a type error,
+//! a bad filter argument) are [`RenderError`]s; a filter, test or function
+//! that does not exist is a compile error where evaluating an empty request
+//! reaches it.
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use minijinja::{AutoEscape, Environment, Value as MjValue, context};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value as MjValue, context};
 use serde::{Deserialize, Serialize};
 
 mod direct;
@@ -31,6 +33,11 @@ mod tests;
 /// live inside the shared environment; the name is deliberately unlikely to
 /// collide with anything a user writes.
 const VALUE_VAR: &str = "__relay_value";
+
+/// Set (to true) in the context a key template is rendered with: a missing
+/// value it prints then fails the rendering instead of printing nothing
+/// (see [`StringTemplate::render_key`]).
+const KEY_VAR: &str = "__relay_key";
 
 /// What a template sees about one inbound request.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -273,6 +280,22 @@ impl EngineBuilder {
         // The output is JSON data or identifiers, never HTML.
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_debug(false);
+        // A field of a missing object is undefined too, not an error:
+        // `body.entry.id` on an event without `entry` renders as nothing,
+        // and `when: body.entry.draft is defined` is false rather than a
+        // 422 for every such event.
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.set_formatter(|out, state, value| {
+            if (value.is_undefined() || value.is_none())
+                && state.lookup(KEY_VAR).is_some_and(|key| key.is_true())
+            {
+                return Err(minijinja::Error::new(
+                    ErrorKind::UndefinedError,
+                    "the key prints a missing value",
+                ));
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
         env.add_filter("urldecode", urldecode);
         EngineBuilder {
             env,
@@ -372,12 +395,16 @@ impl EngineBuilder {
             });
         }
         let name = self.unique_name(name);
+        let invalid = |detail: String| TemplateError::Template {
+            at: at.to_vec(),
+            detail,
+        };
         self.env
             .add_template_owned(name.clone(), source.to_owned())
-            .map_err(|err| TemplateError::Template {
-                at: at.to_vec(),
-                detail: describe(&err, source),
-            })?;
+            .map_err(|err| invalid(describe(&err, source)))?;
+        if let Some(detail) = self.unknown_name(source, false) {
+            return Err(invalid(detail));
+        }
         Ok(StringTemplate {
             source: source.to_owned(),
             compiled: Some(Compiled {
@@ -410,6 +437,9 @@ impl EngineBuilder {
         self.env
             .add_template_owned(name.clone(), wrapper)
             .map_err(|err| invalid(describe(&err, source)))?;
+        if let Some(detail) = self.unknown_name(source, true) {
+            return Err(invalid(detail));
+        }
         Ok(Expr {
             source: source.to_owned(),
             direct: direct::VarPath::parse(source),
@@ -419,6 +449,37 @@ impl EngineBuilder {
                 name,
             },
         })
+    }
+
+    /// A filter, test or function the template names that does not exist,
+    /// described. minijinja looks names up only when it evaluates them, so
+    /// a misspelt `| lowr` compiles, passes `check`, and then fails every
+    /// webhook. The template is therefore evaluated once against a request
+    /// with nothing in it, undefined values chaining through attribute
+    /// lookups as they always do, so that evaluation reaches the names; any
+    /// other failure of that empty request says nothing about the template
+    /// and is ignored.
+    /// A name only reached in a branch the empty request does not take is
+    /// still found at render time.
+    fn unknown_name(&self, source: &str, expression: bool) -> Option<String> {
+        let result = if expression {
+            self.env
+                .compile_expression(source)
+                .and_then(|expr| expr.eval(context! {}).map(drop))
+        } else {
+            self.env.render_str(source, context! {}).map(drop)
+        };
+        match result {
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::UnknownFilter | ErrorKind::UnknownTest | ErrorKind::UnknownFunction
+                ) =>
+            {
+                Some(describe(&err, source))
+            }
+            _ => None,
+        }
     }
 
     fn node(
@@ -763,6 +824,28 @@ impl StringTemplate {
         env.get_template(&compiled.name)
             .and_then(|template| template.render(ctx.engine_value(&compiled.reads).as_ref()))
             .map_err(|err| compiled.error(&err, &self.source))
+    }
+
+    /// Renders the template as a key (`dedupe_key`): `None` when it prints
+    /// a value the request does not have, or renders to nothing. Printed as
+    /// nothing, a missing value would make every such request's key the
+    /// same text (`order-` for `order-{{ body.id }}`), and each one after
+    /// the first would be dropped as a duplicate.
+    pub fn render_key(&self, ctx: &Context) -> Result<Option<String>, RenderError> {
+        let Some(compiled) = &self.compiled else {
+            return Ok((!self.source.is_empty()).then(|| self.source.clone()));
+        };
+        let prepared = ctx.prepare();
+        let env = compiled.engine.env(&compiled.name)?;
+        let values = prepared.engine_value(&compiled.reads);
+        let rendered = env.get_template(&compiled.name).and_then(|template| {
+            template.render(context! { __relay_key => true, ..values.as_ref().clone() })
+        });
+        match rendered {
+            Ok(key) => Ok((!key.is_empty()).then_some(key)),
+            Err(err) if err.kind() == ErrorKind::UndefinedError => Ok(None),
+            Err(err) => Err(compiled.error(&err, &self.source)),
+        }
     }
 
     /// The template as written.

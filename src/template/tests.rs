@@ -222,9 +222,14 @@ fn render_errors_name_the_template() {
     let text = builder
         .string("routes[0].dispatch[0].event_type", "{{ body.model + 1 }}")
         .unwrap();
-    // minijinja resolves filters while rendering, so an unknown filter is a
-    // render error rather than a compile error.
-    let unknown = builder.string("u", "{{ body.entry | nofilter }}").unwrap();
+    // An unknown filter behind a branch the empty request does not take is
+    // only found when rendering.
+    let unknown = builder
+        .string(
+            "u",
+            "{% if body.entry %}{{ body.entry | nofilter }}{% endif %}",
+        )
+        .unwrap();
     let value = builder
         .value(
             "routes[0].dispatch[0].client_payload",
@@ -457,4 +462,87 @@ fn direct_evaluation_gives_what_the_engine_gives() {
             });
         }
     }
+}
+
+#[test]
+fn unknown_filters_tests_and_functions_are_compile_errors() {
+    let mut builder = EngineBuilder::new();
+    for (source, name) in [
+        ("{{ body.model | lowr }}", "lowr"),
+        ("cms-{{ body.entry.id | urldecod }}", "urldecod"),
+        ("{{ body.x is defind }}", "defind"),
+        ("{{ lenght(body.tags) }}", "lenght"),
+    ] {
+        let err = builder.string("t", source).unwrap_err();
+        assert!(err.to_string().contains(name), "{source}: {err}");
+    }
+    for (source, name) in [
+        ("body.model | lenght > 0", "lenght"),
+        ("body.entry.draft is truthyy", "truthyy"),
+    ] {
+        let err = builder.condition("w", source).unwrap_err();
+        assert!(err.to_string().contains(name), "{source}: {err}");
+    }
+    let err = builder
+        .value("p", &json!({"a": "{{ body.key | urldecod }}"}))
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("urldecod"), "{err:?}");
+    // Known names compile, whatever the empty request makes of them.
+    builder
+        .string(
+            "ok",
+            "{{ body.model | lower }}-{{ body.n + 1 }}-{{ body.key | urldecode }}",
+        )
+        .unwrap();
+    builder
+        .condition("ok2", "body.entry.id is defined and body.tags | length > 0")
+        .unwrap();
+}
+
+#[test]
+fn fields_of_missing_objects_are_undefined_not_errors() {
+    let mut builder = EngineBuilder::new();
+    let text = builder.string("t", "id={{ body.missing.id }}").unwrap();
+    let guarded = builder
+        .condition("w", "body.missing.published is defined")
+        .unwrap();
+    let negated = builder.condition("n", "not body.missing.draft").unwrap();
+    let value = builder
+        .value(
+            "p",
+            &json!({"id": "{{ body.missing.id }}", "d": "{{ body.missing.id | default('x') }}"}),
+        )
+        .unwrap();
+    builder.finish();
+    assert_eq!(text.render(&ctx()).unwrap(), "id=");
+    assert!(!guarded.eval(&ctx()).unwrap());
+    assert!(negated.eval(&ctx()).unwrap());
+    assert_eq!(value.render(&ctx()).unwrap(), json!({"id": null, "d": "x"}));
+}
+
+#[test]
+fn a_key_that_prints_a_missing_value_is_no_key() {
+    let mut builder = EngineBuilder::new();
+    let mut key = |source: &str| builder.string("routes[0].dedupe_key", source).unwrap();
+    let order = key("order-{{ body.id }}");
+    let model = key("order-{{ body.model }}-{{ body.entry.id }}");
+    let chained = key("{{ body.missing.id }}-{{ body.count }}");
+    let null = key("n-{{ body.nothing }}");
+    let defaulted = key("{{ body.missing.id | default('x') }}");
+    let fixed = key("always");
+    let broken = key("{{ body.model + 1 }}");
+    builder.finish();
+    assert_eq!(order.render_key(&ctx()).unwrap(), None);
+    assert_eq!(
+        model.render_key(&ctx()).unwrap().as_deref(),
+        Some("order-post-7")
+    );
+    assert_eq!(chained.render_key(&ctx()).unwrap(), None);
+    assert_eq!(null.render_key(&ctx()).unwrap(), None);
+    assert_eq!(defaulted.render_key(&ctx()).unwrap().as_deref(), Some("x"));
+    assert_eq!(fixed.render_key(&ctx()).unwrap().as_deref(), Some("always"));
+    assert!(broken.render_key(&ctx()).is_err());
+    // Rendered as text, the same template still prints a missing value as
+    // nothing.
+    assert_eq!(order.render(&ctx()).unwrap(), "order-");
 }

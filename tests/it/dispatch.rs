@@ -250,7 +250,7 @@ async fn a_render_failure_is_stored_answered_422_and_recovered_by_redeliver() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn when_decides_before_the_dedupe_key_is_rendered() {
-    let routes = "  - id: cms\n    verify: none\n    when: body.kind == 'publish'\n    dedupe_key: \"{{ body.entry.id }}\"\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let routes = "  - id: cms\n    verify: none\n    when: body.kind == 'publish'\n    dedupe_key: \"{{ body.kind + 1 }}\"\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
     let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
     // A webhook the route skips is skipped, even though its dedupe key
     // could not be rendered.
@@ -373,4 +373,27 @@ async fn a_rate_limit_reset_is_read_on_githubs_clock() {
         waited >= Duration::from_secs(2),
         "retried after {waited:?}, before the reset"
     );
+}
+
+/// A dedupe key that prints a field the webhook lacks is no key: printed
+/// as nothing, every such webhook would share the key `order-` and all but
+/// the first would be dropped as duplicates.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dedupe_key_missing_its_field_drops_nothing() {
+    let routes = "  - id: cms\n    verify: none\n    dedupe_key: \"order-{{ body.order.id }}\"\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    for body in [r#"{"n":1}"#, r#"{"n":2}"#] {
+        assert_eq!(app.post("cms", body).await.status(), 202, "{body}");
+    }
+    // With the field, the key works as before.
+    let with_id = r#"{"order":{"id":7}}"#;
+    assert_eq!(app.post("cms", with_id).await.status(), 202);
+    let again = app.post("cms", with_id).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["duplicate"], true);
+    app.github.wait_for_dispatches(3, WAIT).await;
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 3 && list.iter().all(|d| status_of(d) == "delivered")
+    })
+    .await;
 }
