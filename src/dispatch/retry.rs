@@ -110,8 +110,7 @@ a fine-grained token Contents: write, an App must be installed on the repository
 /// Why a workflow dispatch was answered 404.
 pub const WORKFLOW_NOT_FOUND: &str = "workflow not found: the file named in `workflow` must exist on the \
 repository's default branch; or the repository is not found, or the credential cannot see it — a classic PAT \
-needs `repo` and `workflow`, a fine-grained token Actions: write, an App must be installed on the repository \
-with Actions: write";
+needs `repo`, a fine-grained token Actions: write, an App must be installed on the repository with Actions: write";
 
 /// Decides what happens after one attempt.
 ///

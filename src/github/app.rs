@@ -92,6 +92,14 @@ pub enum CredentialError {
         "the GitHub App is not installed on {0}: install it on the repository (Contents: write, Metadata: read; Actions: write for workflow dispatches)"
     )]
     NotInstalled(String),
+    #[error(
+        "GitHub App installation {installation} (github.app.installation_id) does not include {repo}: {message}"
+    )]
+    OutsidePinnedInstallation {
+        installation: u64,
+        repo: String,
+        message: String,
+    },
     #[error("the GitHub App installation lacks a permission this dispatch needs ({0})")]
     MissingPermission(String),
     #[error("could not reach GitHub for an App token: {0}")]
@@ -538,6 +546,15 @@ impl AppAuth {
             // owner, or taken out of the installation's selection). It is
             // forgotten, so that one new lookup finds where it is now.
             422 if message(&answer).to_ascii_lowercase().contains("repository") => {
+                // A pinned installation is not looked up: the id in
+                // routes.yaml is what to fix, and GitHub's words say why.
+                if self.fixed_installation.is_some() {
+                    return Err(CredentialError::OutsidePinnedInstallation {
+                        installation,
+                        repo: repo.to_string(),
+                        message: message(&answer),
+                    });
+                }
                 lock(&self.installations).remove(&repo.to_ascii_lowercase());
                 return Err(CredentialError::NotInstalled(repo.to_string()));
             }

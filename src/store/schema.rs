@@ -744,17 +744,17 @@ pub(super) fn depth(conn: &Connection) -> Result<QueueDepth, StoreError> {
     // Each count is read from an index holding only the jobs it counts
     // (`jobs_due`, `jobs_retrying`, `jobs_failed`), so a scrape costs what
     // is queued or failed, not the delivered jobs kept for `retention`.
-    let count = |sql: &str| -> Result<u64, StoreError> {
-        Ok(conn
-            .prepare_cached(sql)?
-            .query_row([], |r| r.get::<_, i64>(0))? as u64)
-    };
-    let queued = count(QUEUED_JOBS)?;
-    let retrying = count(RETRYING_JOBS)?;
+    // One statement, so that the three counts come from one snapshot:
+    // `pending` is the queued jobs less the retried ones.
+    let (queued, retrying, failed): (i64, i64, i64) = conn
+        .prepare_cached(&format!(
+            "SELECT ({QUEUED_JOBS}), ({RETRYING_JOBS}), ({FAILED_JOBS})"
+        ))?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(QueueDepth {
-        pending: queued.saturating_sub(retrying),
-        retrying,
-        failed: count(FAILED_JOBS)?,
+        pending: queued.saturating_sub(retrying) as u64,
+        retrying: retrying as u64,
+        failed: failed as u64,
     })
 }
 

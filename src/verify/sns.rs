@@ -302,3 +302,37 @@ pub fn announces_subscription_message(headers: &BTreeMap<String, String>) -> boo
         kind == "SubscriptionConfirmation" || kind == "UnsubscribeConfirmation"
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_listed_topics_pass_and_an_empty_list_passes_none() {
+        let envelope = Envelope::parse(
+            br#"{"Type": "Notification", "MessageId": "m", "Message": "{}",
+                 "TopicArn": "arn:aws:sns:eu-west-1:111122223333:uploads",
+                 "Timestamp": "2026-11-20T09:59:59.734Z", "SignatureVersion": "1", "Signature": "",
+                 "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123.pem"}"#,
+        )
+        .unwrap();
+        let listing = |arns: &[&str]| SnsVerify {
+            topic_arns: arns.iter().map(|arn| arn.to_string()).collect(),
+            certificates: Vec::new(),
+        };
+        assert_eq!(
+            envelope
+                .check_unsigned_parts(&listing(&["arn:aws:sns:eu-west-1:111122223333:uploads"])),
+            Ok(())
+        );
+        for arns in [&["arn:aws:sns:eu-west-1:999999999999:uploads"][..], &[]] {
+            assert!(
+                matches!(
+                    envelope.check_unsigned_parts(&listing(arns)),
+                    Err(SnsRefusal::Topic(_))
+                ),
+                "{arns:?}"
+            );
+        }
+    }
+}

@@ -386,6 +386,43 @@ async fn a_repository_without_the_app_fails_with_the_reason() {
     assert!(app.github.dispatches().is_empty());
 }
 
+/// With `installation_id` pinned, a repository outside that installation
+/// fails naming the setting, with GitHub's own words.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_outside_the_pinned_installation_names_the_setting() {
+    let targets = "      - repo: acme/site\n        event_type: deploy\n";
+    let head = app_head("off").replace(
+        "    private_key_file:",
+        "    installation_id: 7\n    private_key_file:",
+    );
+    let app = spawn_app_prepared(
+        &head,
+        &hmac_route("cms", targets),
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        |github| {
+            enable_test_app(github);
+            github.add_installation("acme/site", 8);
+        },
+    )
+    .await;
+    post_n(&app, "cms", 1).await;
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && list[0]["status"] == "failed"
+        })
+        .await;
+    let error = list[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("installation 7 (github.app.installation_id) does not include acme/site"),
+        "{error}"
+    );
+    assert!(
+        error.contains("not accessible to the parent installation"),
+        "{error}"
+    );
+    assert!(app.github.dispatches().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_skewed_clock_is_corrected_from_githubs_date_header() {
     // GitHub's clock runs 20 minutes ahead: the relay's first JWT looks
