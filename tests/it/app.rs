@@ -371,17 +371,22 @@ async fn a_token_refused_after_its_grace_is_renewed_once_then_fails_with_the_exp
     assert_ne!(tokens[1], tokens[2]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_repository_without_the_app_fails_with_the_reason() {
-    let targets = "      - repo: acme/site\n        event_type: deploy\n";
-    let app = spawn_as_app(&hmac_route("cms", targets), "off").await;
-    post_n(&app, "cms", 1).await;
+/// Posts one webhook to route `cms` and returns the error it failed with.
+async fn post_one_that_fails(app: &TestApp) -> String {
+    post_n(app, "cms", 1).await;
     let list = app
         .wait_for_deliveries(WAIT, |list| {
             list.len() == 1 && list[0]["status"] == "failed"
         })
         .await;
-    let error = list[0]["error"].as_str().unwrap();
+    list[0]["error"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_without_the_app_fails_with_the_reason() {
+    let targets = "      - repo: acme/site\n        event_type: deploy\n";
+    let app = spawn_as_app(&hmac_route("cms", targets), "off").await;
+    let error = post_one_that_fails(&app).await;
     assert!(error.contains("not installed on acme/site"), "{error}");
     assert!(app.github.dispatches().is_empty());
 }
@@ -405,13 +410,7 @@ async fn a_repository_outside_the_pinned_installation_names_the_setting() {
         },
     )
     .await;
-    post_n(&app, "cms", 1).await;
-    let list = app
-        .wait_for_deliveries(WAIT, |list| {
-            list.len() == 1 && list[0]["status"] == "failed"
-        })
-        .await;
-    let error = list[0]["error"].as_str().unwrap();
+    let error = post_one_that_fails(&app).await;
     assert!(
         error.contains("installation 7 (github.app.installation_id) does not include acme/site"),
         "{error}"
