@@ -22,6 +22,9 @@ pub const MAX_EVENT_TYPE_CHARS: usize = 100;
 pub const MAX_CLIENT_PAYLOAD_KEYS: usize = 10;
 /// `client_payload` must serialize to fewer bytes than this.
 pub const MAX_CLIENT_PAYLOAD_BYTES: usize = 65536;
+/// GitHub's limit on workflow `inputs`: "The maximum payload for inputs is
+/// 65,535 characters."
+pub const MAX_WORKFLOW_INPUTS_CHARS: usize = 65_535;
 /// The most `inputs` GitHub accepts in a `workflow_dispatch`.
 pub const MAX_WORKFLOW_INPUTS: usize = 25;
 
@@ -208,9 +211,22 @@ pub enum LimitError {
         /// The JSON type found.
         found: &'static str,
     },
+    /// The workflow inputs are too large.
+    #[error("are {chars} characters as JSON; GitHub accepts at most {MAX_WORKFLOW_INPUTS_CHARS}")]
+    InputsTooLarge {
+        /// Their serialized length in characters.
+        chars: usize,
+    },
     /// A string field that rendered empty.
     #[error("is empty")]
     Empty,
+    /// A workflow that names no file: `.` or `..` would change the API
+    /// path itself.
+    #[error("`{workflow}` is not a workflow: give its file name (`deploy.yml`) or its id")]
+    BadWorkflow {
+        /// The rendered workflow.
+        workflow: String,
+    },
     /// A repository that is not `owner/name`.
     #[error(
         "`{repo}` is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`"
@@ -236,14 +252,16 @@ pub enum RoutingError {
     #[error("when failed: {0}")]
     When(RenderError),
     /// A target's template failed to render.
-    #[error("target {index}: {field} failed to render: {source}")]
+    // The field is not named `source`: thiserror would take it for the
+    // cause, and error chains (anyhow's `{:#}`) would print it twice.
+    #[error("target {index}: {field} failed to render: {error}")]
     Render {
         /// The target's index in `dispatch`.
         index: usize,
         /// The field that failed.
         field: Field,
         /// What went wrong.
-        source: RenderError,
+        error: RenderError,
     },
     /// A rendered target breaks a limit.
     #[error("target {index}: {field} {limit}")]
@@ -311,10 +329,10 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
     let mut rendered = Vec::with_capacity(route.dispatch.len());
     for (index, target) in route.dispatch.iter().enumerate() {
         let render_err = |field: Field| {
-            move |source| RoutingError::Render {
+            move |error| RoutingError::Render {
                 index,
                 field,
-                source,
+                error,
             }
         };
         let limit_err = |field: Field| {
@@ -363,7 +381,7 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
                 let workflow = workflow
                     .render_prepared(&prepared)
                     .map_err(render_err(Field::Workflow))?;
-                check_not_empty(&workflow).map_err(limit_err(Field::Workflow))?;
+                check_workflow(&workflow).map_err(limit_err(Field::Workflow))?;
                 let git_ref = git_ref
                     .render_prepared(&prepared)
                     .map_err(render_err(Field::Ref))?;
@@ -468,30 +486,55 @@ pub fn check_input_count(inputs: usize) -> Result<(), LimitError> {
 }
 
 /// Checks rendered workflow `inputs` and turns every value into a string:
-/// numbers and booleans become their JSON text and `null` (an undefined
-/// value, under lenient rendering) becomes the empty string, while objects
-/// and lists are refused.
+/// numbers and booleans become their JSON text, objects and lists are
+/// refused, and an input whose value is `null` (an undefined value, under
+/// lenient rendering) is left out, so that the workflow's own default
+/// applies: an empty string would replace it, and GitHub refuses one for a
+/// required or `choice` input. A lone expression that renders `null` is no
+/// inputs at all.
 pub fn check_inputs(inputs: Value) -> Result<Map<String, Value>, LimitError> {
-    let Value::Object(map) = inputs else {
-        return Err(LimitError::NotAnObject {
-            found: json_type(&inputs),
-        });
+    let map = match inputs {
+        Value::Object(map) => map,
+        Value::Null => Map::new(),
+        other => {
+            return Err(LimitError::NotAnObject {
+                found: json_type(&other),
+            });
+        }
     };
     check_input_count(map.len())?;
-    map.into_iter()
+    let inputs = map
+        .into_iter()
+        .filter(|(_, value)| !value.is_null())
         .map(|(name, value)| {
             let text = match value {
                 Value::String(text) => text,
-                Value::Null => String::new(),
                 Value::Bool(_) | Value::Number(_) => value.to_string(),
-                Value::Array(_) | Value::Object(_) => {
+                Value::Null | Value::Array(_) | Value::Object(_) => {
                     let found = json_type(&value);
                     return Err(LimitError::InputNotScalar { name, found });
                 }
             };
             Ok((name, Value::String(text)))
         })
-        .collect()
+        .collect::<Result<Map<String, Value>, LimitError>>()?;
+    let chars = Value::Object(inputs.clone()).to_string().chars().count();
+    if chars > MAX_WORKFLOW_INPUTS_CHARS {
+        return Err(LimitError::InputsTooLarge { chars });
+    }
+    Ok(inputs)
+}
+
+/// Checks a rendered `workflow`: a file name or an id, not empty, and not
+/// `.` or `..`, which would change the path of the request itself.
+pub fn check_workflow(workflow: &str) -> Result<(), LimitError> {
+    check_not_empty(workflow)?;
+    if workflow == "." || workflow == ".." {
+        return Err(LimitError::BadWorkflow {
+            workflow: workflow.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn check_not_empty(text: &str) -> Result<(), LimitError> {

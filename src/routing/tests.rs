@@ -82,8 +82,35 @@ fn plans_every_target_in_order() {
     assert_eq!(second.request.label(), "my flow.yml");
     assert_eq!(
         second.request.body(),
-        json!({"ref": "main", "inputs": {"count": "3", "flag": "true", "name": "n-post", "missing": ""}})
+        json!({"ref": "main", "inputs": {"count": "3", "flag": "true", "name": "n-post"}}),
+        "an input whose value is missing is left out, for the workflow's default"
     );
+}
+
+#[test]
+fn workflow_inputs_and_names_are_held_to_githubs_rules() {
+    // A lone expression that is undefined is no inputs at all.
+    assert_eq!(check_inputs(Value::Null).unwrap(), Map::new());
+    let big = "x".repeat(MAX_WORKFLOW_INPUTS_CHARS);
+    assert!(matches!(
+        check_inputs(json!({"data": big})),
+        Err(LimitError::InputsTooLarge { .. })
+    ));
+    let fits = "x".repeat(MAX_WORKFLOW_INPUTS_CHARS - 20);
+    assert!(check_inputs(json!({"data": fits})).is_ok());
+    assert!(matches!(
+        check_inputs(json!(["a"])),
+        Err(LimitError::NotAnObject { .. })
+    ));
+    for bad in [".", ".."] {
+        assert!(matches!(
+            check_workflow(bad),
+            Err(LimitError::BadWorkflow { .. })
+        ));
+    }
+    assert!(matches!(check_workflow(""), Err(LimitError::Empty)));
+    assert_eq!(check_workflow("deploy.yml"), Ok(()));
+    assert_eq!(check_workflow("161335"), Ok(()));
 }
 
 #[test]
