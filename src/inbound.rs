@@ -185,6 +185,10 @@ pub fn parse_body_shaped(
         .and_then(|c| c.split(';').next())
         .map(|c| c.trim().to_ascii_lowercase())
         .unwrap_or_default();
+    // A UTF-8 byte order mark, which .NET's `Encoding.UTF8` and PowerShell
+    // write, is not part of the text (RFC 8259 allows ignoring it). The
+    // signature was checked over the bytes as they came.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
@@ -521,6 +525,17 @@ mod tests {
                 Ok(json!({"d": 4})),
             ),
             (Some("text/plain"), b"hello", Ok(json!("hello"))),
+            // A UTF-8 byte order mark is not part of the text.
+            (
+                Some("application/json"),
+                b"\xEF\xBB\xBF{\"e\":5}",
+                Ok(json!({"e": 5})),
+            ),
+            (
+                Some("text/plain"),
+                b"\xEF\xBB\xBF{\"f\":6}",
+                Ok(json!({"f": 6})),
+            ),
             (Some("application/json"), b"{nope", Err(())),
             (Some("application/json"), b"", Ok(Value::Null)),
             (
