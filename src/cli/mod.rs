@@ -190,16 +190,22 @@ pub fn load_config_text(path: &Path) -> Result<(Loaded, String), CliError> {
 }
 
 /// Where the store lives: `RELAY_DATABASE_URL`, else `store.url`, else
-/// `dispatch-relay.db` beside routes.yaml.
+/// `dispatch-relay.db` beside routes.yaml. An empty value (`RELAY_DATABASE_URL=`
+/// in an env file, `url: ${DB_URL:-}`) is unset, as for `serve`.
 pub fn store_path(config_path: &Path, configured: Option<&str>) -> Result<PathBuf, CliError> {
     let base = config_path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let url = process_env("RELAY_DATABASE_URL")
-        .or_else(|| configured.map(str::to_string))
-        .unwrap_or_else(|| "sqlite:dispatch-relay.db".to_string());
-    store::sqlite_path(&url, base).map_err(invalid)
+    let (source, url) = match (
+        process_env("RELAY_DATABASE_URL").filter(|url| !url.trim().is_empty()),
+        configured.filter(|url| !url.trim().is_empty()),
+    ) {
+        (Some(url), _) => ("RELAY_DATABASE_URL", url),
+        (None, Some(url)) => ("store.url", url.to_string()),
+        (None, None) => ("the default store", "sqlite:dispatch-relay.db".to_string()),
+    };
+    store::sqlite_path(&url, base).map_err(|e| invalid(anyhow::anyhow!("{source}: {e}")))
 }
 
 /// Opens an existing store for the inspection commands.

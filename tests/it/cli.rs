@@ -285,6 +285,27 @@ fn deliveries_reads_store_url_variables_unless_relay_database_url_wins() {
         stderr.contains("/nowhere/b.db") && !stderr.contains("STORE_DIR"),
         "{stderr}"
     );
+    // An empty RELAY_DATABASE_URL (an env file's `RELAY_DATABASE_URL=`) is
+    // unset, as for serve.
+    let (code, _, stderr) = run(
+        dir.path(),
+        &["deliveries"],
+        &[("RELAY_DATABASE_URL", ""), ("STORE_DIR", "/nowhere/c")],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("/nowhere/c/r.db"), "{stderr}");
+}
+
+#[test]
+fn an_empty_store_url_is_the_default_store_for_every_command() {
+    let dir = dir_with_routes("github:\n  token: t\nstore:\n  url: \"${DB_URL:-}\"\nroutes: []\n");
+    let (code, _, stderr) = run(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    // No store yet: `deliveries` looks for the default one beside the file.
+    let (code, _, stderr) = run(dir.path(), &["deliveries"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("dispatch-relay.db"), "{stderr}");
+    assert!(!stderr.contains("names no file"), "{stderr}");
 }
 
 #[test]
