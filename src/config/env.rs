@@ -80,6 +80,8 @@ pub(crate) fn substitute(
 ) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
+    // Every unset variable of the string is named, not only the first.
+    let mut unset: Vec<&str> = Vec::new();
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..at]);
         let after = &rest[at + 1..];
@@ -108,6 +110,13 @@ pub(crate) fn substitute(
                     "`${{{spec}}}` does not name a variable; names use letters, digits and `_`"
                 ));
             }
+            // `${A:-${B:-x}}` would end at the first `}` and leave the
+            // rest as text: refused rather than silently wrong.
+            if default.is_some_and(|default| default.contains("${")) {
+                return Err(format!(
+                    "the default of `${{{name}:-...}}` holds another variable; a default is plain text"
+                ));
+            }
             // As in the shell, a default also replaces a variable that is set
             // but empty.
             let value = match (env(name), default) {
@@ -117,11 +126,7 @@ pub(crate) fn substitute(
             };
             match value {
                 Some(value) => out.push_str(&value),
-                None => {
-                    return Err(format!(
-                        "environment variable `{name}` is not set (write `${{{name}:-default}}` to give it a default)"
-                    ));
-                }
+                None => unset.push(name),
             }
             rest = &inner[end + 1..];
         } else {
@@ -130,7 +135,20 @@ pub(crate) fn substitute(
         }
     }
     out.push_str(rest);
-    Ok(out)
+    match unset.as_slice() {
+        [] => Ok(out),
+        [name] => Err(format!(
+            "environment variable `{name}` is not set (write `${{{name}:-default}}` to give it a default)"
+        )),
+        names => Err(format!(
+            "environment variables {} are not set (write `${{NAME:-default}}` to give one a default)",
+            names
+                .iter()
+                .map(|name| format!("`{name}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 fn is_variable_name(name: &str) -> bool {
@@ -152,7 +170,7 @@ mod tests {
             "EMPTY" => Some(String::new()),
             _ => None,
         };
-        let cases: [(&str, Result<&str, &str>); 14] = [
+        let cases: [(&str, Result<&str, &str>); 16] = [
             ("plain", Ok("plain")),
             ("${TOKEN}", Ok("t:#'\"{x}")),
             ("a-${TOKEN}-b", Ok("a-t:#'\"{x}-b")),
@@ -170,6 +188,11 @@ mod tests {
             ),
             ("${TOKEN", Err("is not closed")),
             ("${1X}", Err("does not name a variable")),
+            ("${A:-${B:-tok}}", Err("holds another variable")),
+            (
+                "${M1}-${M2}",
+                Err("environment variables `M1`, `M2` are not set"),
+            ),
         ];
         for (text, expected) in cases {
             match (substitute(text, &env), expected) {
