@@ -55,7 +55,11 @@ impl Notifier {
     /// Starts one alert task per destination: the top-level `notify` list
     /// serves every route that has no `notify` of its own.
     pub fn start(config: &Config) -> Notifier {
-        let any = !config.notify.is_empty() || config.routes.iter().any(|r| !r.notify.is_empty());
+        let any = !config.notify.is_empty()
+            || config
+                .routes
+                .iter()
+                .any(|r| r.notify.as_ref().is_some_and(|list| !list.is_empty()));
         if !any {
             return Notifier::default();
         }
@@ -94,10 +98,12 @@ impl Notifier {
             .routes
             .iter()
             .enumerate()
-            .filter(|(_, r)| !r.notify.is_empty())
-            .map(|(index, r)| {
+            .filter_map(|(index, r)| {
+                // A route's own list, even an empty one, replaces the
+                // top-level list: `notify: []` silences the route.
+                let own = r.notify.as_ref()?;
                 let list = format!("routes[{index}].notify");
-                (r.id.clone(), start_lanes(&list, &r.notify))
+                Some((r.id.clone(), start_lanes(&list, own)))
             })
             .collect();
         let (sender, mut receiver) = mpsc::channel::<Failure>(QUEUE);

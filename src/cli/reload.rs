@@ -233,8 +233,7 @@ fn restart_only_changes(old: &config::Config, new: &config::Config) -> Vec<&'sta
     fn route_notify(c: &config::Config) -> Vec<(&str, &[config::NotifyTarget])> {
         c.routes
             .iter()
-            .filter(|r| !r.notify.is_empty())
-            .map(|r| (r.id.as_str(), r.notify.as_slice()))
+            .filter_map(|r| Some((r.id.as_str(), r.notify.as_deref()?)))
             .collect()
     }
     if old.notify != new.notify || route_notify(old) != route_notify(new) {

@@ -217,9 +217,9 @@ pub struct Route {
     pub dedupe_key: Option<template::StringTemplate>,
     /// Coalescing of bursts, if configured.
     pub debounce: Option<Debounce>,
-    /// Where this route's permanent failures are reported; empty means the
-    /// top-level `notify` list.
-    pub notify: Vec<NotifyTarget>,
+    /// Where this route's permanent failures are reported: `None` means the
+    /// top-level `notify` list, and an empty list (`notify: []`) nowhere.
+    pub notify: Option<Vec<NotifyTarget>>,
     /// What of a request body this route's templates read; bodies are
     /// parsed to this shape.
     pub body_shape: template::BodyShape,

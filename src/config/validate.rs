@@ -828,8 +828,9 @@ fn route(
     });
 
     let route_notify = match raw.notify {
-        None => Some(Vec::new()),
-        Some(value) => notify(report, value, &path.key("notify")),
+        // `notify:` with nothing after it says nothing either.
+        None | Some(Value::Null) => Some(None),
+        Some(value) => notify(report, value, &path.key("notify")).map(Some),
     };
 
     let debounce = raw.debounce.and_then(|raw| {

@@ -204,7 +204,7 @@ async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary(
     let slack = crate::helpers::Recorder::start();
     let team = crate::helpers::Recorder::start();
     let head = format!("{TEST_HEAD}notify:\n  - slack: ${{SLACK_WEBHOOK_URL}}\n");
-    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n  - id: s3\n    verify: none\n    notify:\n      - url: ${TEAM_ALERTS_URL}\n    dispatch:\n      - repo: acme/gone\n        event_type: deploy\n";
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/missing\n        event_type: deploy\n  - id: s3\n    verify: none\n    notify:\n      - url: ${TEAM_ALERTS_URL}\n    dispatch:\n      - repo: acme/gone\n        event_type: deploy\n  - id: quiet\n    verify: none\n    notify: []\n    dispatch:\n      - repo: acme/nowhere\n        event_type: deploy\n";
     let mut app = spawn_app_with(
         &head,
         routes,
@@ -213,6 +213,14 @@ async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary(
             ("TEAM_ALERTS_URL", team.url.as_str()),
         ],
     )
+    .await;
+    // A route with `notify: []` reports nowhere: its failure is in neither
+    // the summary nor a message of its own (both counted below).
+    assert_eq!(app.post("quiet", "{}").await.status(), 202);
+    app.wait_for_deliveries(WAIT, |l| {
+        l.iter()
+            .any(|d| d["route"] == "quiet" && d["status"] == "failed")
+    })
     .await;
     // A route with its own `notify` reports there, not to the top-level list.
     assert_eq!(app.post("s3", "{}").await.status(), 202);
