@@ -610,3 +610,12 @@ fn an_sns_route_must_list_its_topics() {
     assert_eq!(errors[0].line, 6);
     assert!(errors[0].message.contains("any AWS account"), "{errors:?}");
 }
+
+#[test]
+fn a_zero_signature_tolerance_is_refused() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify:\n      slack: {secret: s, tolerance: 0s}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let errors = load_err(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "routes[0].verify.slack.tolerance");
+    assert_eq!(errors[0].message, "must be longer than 0");
+}

@@ -1134,7 +1134,16 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                 raw.tolerance,
                 &method_path.key("tolerance"),
                 default_tolerance,
-            );
+            )
+            .filter(|tolerance| {
+                // No signed timestamp is ever exactly now: a zero tolerance
+                // would refuse every request.
+                let zero = tolerance.is_zero();
+                if zero {
+                    report.error(&method_path.key("tolerance"), "must be longer than 0");
+                }
+                !zero
+            });
             let secrets = secret_list(
                 report,
                 &method_path,
