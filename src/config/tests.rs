@@ -619,3 +619,13 @@ fn a_zero_signature_tolerance_is_refused() {
     assert_eq!(errors[0].path, "routes[0].verify.slack.tolerance");
     assert_eq!(errors[0].message, "must be longer than 0");
 }
+
+#[test]
+fn a_scalar_where_a_map_belongs_is_named_in_the_files_words() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    debounce: 30s\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let errors = load_err(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "routes[0].debounce");
+    assert!(errors[0].message.contains("expected a map"), "{errors:?}");
+    assert!(!errors[0].message.contains("Raw"), "{errors:?}");
+}

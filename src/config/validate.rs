@@ -129,9 +129,26 @@ impl Report<'_> {
             let name = rest.trim_end_matches('`');
             self.error(&path, format!("missing key `{name}`"));
         } else {
-            self.error(&path, message.to_owned());
+            self.error(&path, without_struct_names(message));
         }
     }
+}
+
+/// serde names what it expected by the Rust type (`expected struct
+/// RawDebounce`); the file only knows maps.
+fn without_struct_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("struct Raw") {
+        out.push_str(&rest[..at]);
+        out.push_str("a map");
+        let name = &rest[at + "struct ".len()..];
+        rest = &name[name
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(name.len())..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Removes every " at line L column C" serde_norway writes into its
