@@ -5,6 +5,20 @@ use clap::Parser;
 use dispatch_relay::cli::{self, Cli, Command};
 use dispatch_relay::telemetry::{self, LogFormat};
 
+/// Lets a command that prints end quietly when its reader goes away
+/// (`dispatch-relay deliveries | head`), as command-line tools do. Rust
+/// ignores SIGPIPE, so every print to a closed pipe would panic instead.
+/// The servers keep ignoring it; their sockets report a closed peer as an
+/// error of the write.
+fn restore_default_sigpipe() {
+    // SAFETY: `signal` only sets the process's disposition for SIGPIPE; no
+    // code of these commands relies on SIGPIPE being ignored, and their
+    // sockets (`check --online`) write with MSG_NOSIGNAL.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let cli = match Cli::try_parse() {
@@ -17,6 +31,9 @@ async fn main() {
             std::process::exit(if e.use_stderr() { 1 } else { 0 });
         }
     };
+    if !matches!(cli.command, Command::Serve { .. } | Command::Setup { .. }) {
+        restore_default_sigpipe();
+    }
     let format = LogFormat::from_env_value(std::env::var("RELAY_LOG_FORMAT").ok().as_deref());
     // Inspection commands keep quiet unless asked; the server logs its work.
     let default_filter = match cli.command {

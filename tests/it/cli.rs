@@ -403,3 +403,33 @@ fn render_joins_a_repeated_header_as_serve_does() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(r#""tags": "a, b""#), "{stdout}");
 }
+
+/// A command whose reader goes away (`dispatch-relay check | head -1`) ends
+/// as command-line tools do, by SIGPIPE, not with a panic and exit 101.
+#[test]
+fn a_closed_pipe_ends_a_printing_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let routes: String = (0..200)
+        .map(|i| format!("  - id: r{i}\n    verify: none\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n"))
+        .collect();
+    let dir = dir_with_routes(&format!("github:\n  token: t\nroutes:\n{routes}"));
+    let mut child = Command::new(binary())
+        .arg("check")
+        .current_dir(dir.path())
+        .env_remove("RELAY_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closing the read end before the summary is written makes its first
+    // write find no reader.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        output.status.signal() == Some(libc::SIGPIPE) || output.status.code() == Some(0),
+        "{:?}: {stderr}",
+        output.status
+    );
+}
