@@ -58,6 +58,10 @@ pub enum Command {
         /// A request header, `Name: value`; repeat for several.
         #[arg(long = "header")]
         headers: Vec<String>,
+        /// The query string of the webhook URL (`ref=main&env=prod`), as
+        /// templates read it as `query` and signatures cover it.
+        #[arg(long)]
+        query: Option<String>,
         /// Check the signature too (skipped by default).
         #[arg(long)]
         verify: bool,
@@ -149,8 +153,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             route,
             body,
             headers,
+            query,
             verify,
-        } => render::render(&config, &route, &body, &headers, verify),
+        } => render::render(
+            &config,
+            &route,
+            render::Request {
+                body: &body,
+                headers: &headers,
+                query: query.as_deref().unwrap_or_default(),
+            },
+            verify,
+        ),
         Command::Deliveries {
             config,
             status,

@@ -13,13 +13,28 @@ use crate::routing::{self, DispatchRequest, Plan};
 use crate::verify;
 use serde_json::Value;
 
+/// The webhook to render, as given on the command line.
+pub struct Request<'a> {
+    /// The file holding the body (`-` for standard input).
+    pub body: &'a Path,
+    /// `Name: value` headers.
+    pub headers: &'a [String],
+    /// The URL's query string, without `?`.
+    pub query: &'a str,
+}
+
 pub fn render(
     config_path: &Path,
     route_id: &str,
-    body_path: &Path,
-    header_args: &[String],
+    request: Request<'_>,
     check_signature: bool,
 ) -> Result<(), CliError> {
+    let Request {
+        body: body_path,
+        headers: header_args,
+        query,
+    } = request;
+    let query = query.trim_start_matches('?');
     let loaded = load_config(config_path)?;
     let config = &loaded.config;
     let Some(route) = config.routes.iter().find(|r| r.id == route_id) else {
@@ -49,9 +64,12 @@ pub fn render(
         inbound::append_header(&mut headers, name.trim(), value.trim());
     }
     if check_signature {
-        // The request as the relay would see it: a POST to the route's path,
-        // which Contentful's signature covers.
-        let path = format!("/hooks/{}", route.id);
+        // The request as the relay would see it: a POST to the route's path
+        // and query, which Contentful's signature covers.
+        let path = match query {
+            "" => format!("/hooks/{}", route.id),
+            query => format!("/hooks/{}?{query}", route.id),
+        };
         let request = verify::Request {
             method: "POST",
             path: &path,
@@ -75,12 +93,15 @@ pub fn render(
     let content_type = headers.get("content-type").cloned();
     let parsed =
         inbound::parse_for_route(route, content_type.as_deref(), &body).map_err(invalid)?;
+    let query: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
     let delivery_id = "00000000-0000-0000-0000-000000000000";
     let ctx = inbound::context(
         &route.id,
         parsed,
         inbound::without_credentials(route, headers),
-        &[],
+        &query,
         delivery_id,
         crate::clock::now_ms(),
     );
@@ -89,6 +110,12 @@ pub fn render(
             println!("# `when` is false for this body: nothing would be sent");
         }
         Plan::Dispatch(targets) => {
+            // The key `serve` would store, so that a key that cannot be
+            // rendered, or is the same for every webhook, shows here.
+            match routing::dedupe_key(route, &ctx).map_err(invalid)? {
+                Some(key) => println!("# dedupe key: {key}"),
+                None => println!("# dedupe key: none (every copy of this webhook is sent)"),
+            }
             for target in targets {
                 println!(
                     "{} {}{}",

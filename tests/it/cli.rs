@@ -170,6 +170,41 @@ fn render_prints_the_exact_requests_and_can_verify() {
 }
 
 #[test]
+fn render_reads_the_query_and_shows_the_dedupe_key_serve_would_store() {
+    let text = "github:\n  token: t\nroutes:\n  - id: cms\n    verify: none\n    dedupe_key: \"order-{{ body.order.id }}\"\n    dispatch:\n      - repo: acme/blog\n        event_type: \"deploy-{{ query.env }}\"\n";
+    let dir = dir_with_routes(text);
+    std::fs::write(dir.path().join("with.json"), r#"{"order":{"id":7}}"#).unwrap();
+    std::fs::write(dir.path().join("without.json"), r#"{"n":1}"#).unwrap();
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &[
+            "render",
+            "--route",
+            "cms",
+            "--body",
+            "with.json",
+            "--query",
+            "env=prod&x=1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("# dedupe key: order-7"), "{stdout}");
+    assert!(
+        stdout.contains(r#""event_type": "deploy-prod""#),
+        "{stdout}"
+    );
+    // A key that lacks its field is no key, as serve stores it.
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &["render", "--route", "cms", "--body", "without.json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("# dedupe key: none"), "{stdout}");
+}
+
+#[test]
 fn render_prints_a_workflow_dispatch_as_the_worker_first_sends_it() {
     let text = "github:\n  token: t\nroutes:\n  - id: build\n    verify: none\n    dispatch:\n      - repo: acme/site\n        workflow: deploy.yml\n        ref: main\n        inputs:\n          entry: \"{{ body.id }}\"\n";
     let dir = dir_with_routes(text);
