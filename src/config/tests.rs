@@ -629,3 +629,19 @@ fn a_scalar_where_a_map_belongs_is_named_in_the_files_words() {
     assert!(errors[0].message.contains("expected a map"), "{errors:?}");
     assert!(!errors[0].message.contains("Raw"), "{errors:?}");
 }
+
+#[test]
+fn a_bad_github_api_url_variable_is_named_as_the_variable() {
+    let text = "github:\n  token: t\nroutes: []\n";
+    let env = |name: &str| (name == "GITHUB_API_URL").then(|| "ghe.example.com/api/v3".to_owned());
+    let errors = match load("routes.yaml", text, &env) {
+        Ok(_) => panic!("a bad GITHUB_API_URL must be refused"),
+        Err(ConfigErrors(errors)) => errors,
+    };
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "github");
+    assert_eq!(
+        errors[0].message,
+        "GITHUB_API_URL (which overrides github.api_url) is not an http(s) URL"
+    );
+}

@@ -455,7 +455,17 @@ fn github(
     let raw: raw::RawGithub = report.parse(value, path)?;
     let mut ok = true;
 
-    let api_url = resolve_api_url(env("GITHUB_API_URL"), raw.api_url);
+    let from_env = env("GITHUB_API_URL").filter(|url| !url.trim().is_empty());
+    // An error in the variable is not on any line of the file: it is named
+    // as what it is, at the `github` section it overrides.
+    let (url_path, url_name) = match from_env {
+        Some(_) => (
+            path.clone(),
+            "GITHUB_API_URL (which overrides github.api_url) ",
+        ),
+        None => (path.key("api_url"), ""),
+    };
+    let api_url = resolve_api_url(from_env, raw.api_url);
     // The url is printed by `check --online`, `render` and `setup`, and may
     // come from a variable: it is never quoted, and may not carry a
     // password (the credential is the token or the App).
@@ -463,12 +473,14 @@ fn github(
         .ok()
         .filter(|url| matches!(url.scheme(), "https" | "http"));
     if parsed.is_none() {
-        report.error(&path.key("api_url"), "is not an http(s) URL");
+        report.error(&url_path, format!("{url_name}is not an http(s) URL"));
         ok = false;
     } else if parsed.is_some_and(|url| !url.username().is_empty() || url.password().is_some()) {
         report.error(
-            &path.key("api_url"),
-            "holds a user or a password; GitHub is authenticated with the token or the App",
+            &url_path,
+            format!(
+                "{url_name}holds a user or a password; GitHub is authenticated with the token or the App"
+            ),
         );
         ok = false;
     }
