@@ -645,3 +645,45 @@ fn a_bad_github_api_url_variable_is_named_as_the_variable() {
         "GITHUB_API_URL (which overrides github.api_url) is not an http(s) URL"
     );
 }
+
+#[test]
+fn every_unknown_key_of_a_mapping_is_reported_at_once() {
+    let text = "github:\n  token: t\n  tiemout: 5s\n  pacing: {concurency: 2}\nroutes:\n  - id: one\n    whn: body.x\n    max_bdy: 1MB\n    verify: none\n    dispatch: [{repo: acme/blog, event_type: e}]\n  - id: two\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        evnt_type: e\n        client_payloa: {}\n";
+    let mut found: Vec<(String, usize, String)> = load_err(text)
+        .into_iter()
+        .map(|e| (e.path, e.line, e.message))
+        .collect();
+    found.sort();
+    let expected = [
+        (
+            "github.tiemout",
+            3,
+            "unknown key `tiemout`; did you mean `timeout`?",
+        ),
+        (
+            "routes[0].max_bdy",
+            8,
+            "unknown key `max_bdy`; did you mean `max_body`?",
+        ),
+        (
+            "routes[0].whn",
+            7,
+            "unknown key `whn`; did you mean `when`?",
+        ),
+        (
+            "routes[1].dispatch[0].client_payloa",
+            16,
+            "unknown key `client_payloa`; did you mean `client_payload`?",
+        ),
+        (
+            "routes[1].dispatch[0].evnt_type",
+            15,
+            "unknown key `evnt_type`; did you mean `event_type`?",
+        ),
+    ];
+    let expected: Vec<(String, usize, String)> = expected
+        .iter()
+        .map(|(path, line, message)| (path.to_string(), *line, message.to_string()))
+        .collect();
+    assert_eq!(found, expected);
+}

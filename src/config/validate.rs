@@ -82,9 +82,34 @@ impl Report<'_> {
 
     /// Deserializes one part of the file, reporting the first serde error
     /// inside it at its own path.
-    fn parse<T: DeserializeOwned>(&mut self, value: Value, base: &Path) -> Option<T> {
+    ///
+    /// serde stops at the first unknown key, so a mapping's keys are first
+    /// checked against the fields of `T`: every unknown key is reported,
+    /// then left out, and the rest is deserialized, so that the mapping's
+    /// other unknown keys and wrong types are reported with it. The field an
+    /// unknown key misspells is then missing, and the checks that follow
+    /// would report its absence again, so a mapping with an unknown key is
+    /// checked no further.
+    fn parse<T: DeserializeOwned>(&mut self, mut value: Value, base: &Path) -> Option<T> {
+        let mut had_unknown = false;
+        if let (Value::Mapping(map), Some(fields)) = (&mut value, struct_fields::<T>()) {
+            let unknown_keys: Vec<Value> = map
+                .keys()
+                .filter(|key| !key.as_str().is_some_and(|key| fields.contains(&key)))
+                .cloned()
+                .collect();
+            let expected: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
+            for key in unknown_keys {
+                let name = scalar_text(&key);
+                self.key_error(&base.key(&name), unknown("key", &name, &expected));
+                map.remove(&key);
+                had_unknown = true;
+            }
+        }
         match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(_) if had_unknown => None,
             Ok(parsed) => Some(parsed),
+            Err(err) if had_unknown && err.inner().to_string().starts_with("missing field") => None,
             Err(err) => {
                 let mut path = base.clone();
                 for segment in err.path().iter() {
@@ -149,6 +174,50 @@ fn without_struct_names(message: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The fields of a struct `T` as serde names them, or `None` when `T` is not
+/// deserialized as a struct. serde hands them to `deserialize_struct`, so a
+/// deserializer that only records them and stops finds them without any
+/// input.
+fn struct_fields<T: DeserializeOwned>() -> Option<&'static [&'static str]> {
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("field names read")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    struct FieldNames<'a>(&'a mut Option<&'static [&'static str]>);
+    impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = Some(fields);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields = None;
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields
 }
 
 /// Removes every " at line L column C" serde_norway writes into its
