@@ -150,7 +150,16 @@ impl MarkedEventReceiver for Recorder {
                 let is_key = self.is_key_position();
                 let path = self.node_path(Some(&text), mark);
                 if !is_key && let Some(path) = path {
-                    self.locations.values.insert(path, Pos::from_marker(mark));
+                    // A value left empty (`header:` and nothing after it)
+                    // is a null the parser places where the next token
+                    // starts, often the next key's line; it is placed at
+                    // its own key instead. An explicit `~` is on that line
+                    // anyway.
+                    let pos = match self.locations.keys.get(&path) {
+                        Some(key) if text.is_empty() || text == "~" => *key,
+                        _ => Pos::from_marker(mark),
+                    };
+                    self.locations.values.insert(path, pos);
                 }
             }
             Event::Alias(_) => {

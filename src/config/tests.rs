@@ -687,3 +687,13 @@ fn every_unknown_key_of_a_mapping_is_reported_at_once() {
         .collect();
     assert_eq!(found, expected);
 }
+
+#[test]
+fn an_empty_value_is_reported_on_its_own_line() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify:\n      hmac:\n        header:\n        secret: s\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let errors = load_err(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "routes[0].verify.hmac.header");
+    assert_eq!(errors[0].line, 7, "{errors:?}");
+    assert_eq!(errors[0].message, "is empty, expected a string");
+}

@@ -154,7 +154,10 @@ impl Report<'_> {
             let name = rest.trim_end_matches('`');
             self.error(&path, format!("missing key `{name}`"));
         } else {
-            self.error(&path, without_struct_names(message));
+            // A key with nothing after it is YAML's null, which serde calls a
+            // unit value.
+            let message = message.replace("invalid type: unit value", "is empty");
+            self.error(&path, without_struct_names(&message));
         }
     }
 }
