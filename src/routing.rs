@@ -220,6 +220,14 @@ pub enum LimitError {
     /// A string field that rendered empty.
     #[error("is empty")]
     Empty,
+    /// A `ref` git would refuse as a branch or tag name.
+    #[error("`{git_ref}` is not a branch or tag name: {why}")]
+    BadRef {
+        /// The rendered ref.
+        git_ref: String,
+        /// The rule it breaks.
+        why: &'static str,
+    },
     /// A workflow that names no file: `.` or `..` would change the API
     /// path itself.
     #[error("`{workflow}` is not a workflow: give its file name (`deploy.yml`) or its id")]
@@ -385,7 +393,7 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
                 let git_ref = git_ref
                     .render_prepared(&prepared)
                     .map_err(render_err(Field::Ref))?;
-                check_not_empty(&git_ref).map_err(limit_err(Field::Ref))?;
+                check_ref(&git_ref).map_err(limit_err(Field::Ref))?;
                 let inputs = inputs
                     .render_prepared(&prepared)
                     .map_err(render_err(Field::Inputs))?;
@@ -523,6 +531,36 @@ pub fn check_inputs(inputs: Value) -> Result<Map<String, Value>, LimitError> {
         return Err(LimitError::InputsTooLarge { chars });
     }
     Ok(inputs)
+}
+
+/// Checks a rendered `ref` against the rules of `git check-ref-format` that
+/// a body can break (a field with a trailing newline, a space, `..`), so
+/// that GitHub's refusal comes before the 202 rather than after it.
+pub fn check_ref(git_ref: &str) -> Result<(), LimitError> {
+    check_not_empty(git_ref)?;
+    let why = if git_ref
+        .chars()
+        .any(|c| c.is_control() || c == ' ' || "~^:?*[\\".contains(c))
+    {
+        Some("it holds a space, a control character or one of ~ ^ : ? * [ \\")
+    } else if git_ref.contains("..") || git_ref.contains("@{") || git_ref.contains("//") {
+        Some("it holds `..`, `@{` or `//`")
+    } else if git_ref.starts_with(['/', '-', '.'])
+        || git_ref.ends_with(['/', '.'])
+        || git_ref.ends_with(".lock")
+        || git_ref == "@"
+    {
+        Some("it starts with `/`, `-` or `.`, ends with `/`, `.` or `.lock`, or is `@`")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(LimitError::BadRef {
+            git_ref: git_ref.to_owned(),
+            why,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Checks a rendered `workflow`: a file name or an id, not empty, and not

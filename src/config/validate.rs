@@ -1470,7 +1470,14 @@ fn workflow_target(
             report.error(&ref_path, "is empty");
             None
         }
-        Some(git_ref) => compile_string(report, builder, &ref_path, &git_ref),
+        Some(git_ref) => compile_string(report, builder, &ref_path, &git_ref).and_then(|t| {
+            if let Some(text) = t.is_static() {
+                routing::check_ref(text)
+                    .map_err(|limit| report.error(&ref_path, limit.to_string()))
+                    .ok()?;
+            }
+            Some(t)
+        }),
         None => {
             report.error(
                 path,

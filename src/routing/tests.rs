@@ -109,6 +109,42 @@ fn workflow_inputs_and_names_are_held_to_githubs_rules() {
         ));
     }
     assert!(matches!(check_workflow(""), Err(LimitError::Empty)));
+    for good in [
+        "main",
+        "release/1.10",
+        "v2.0.0",
+        "refs/heads/main",
+        "0123abc",
+    ] {
+        assert_eq!(check_ref(good), Ok(()), "{good}");
+    }
+    for bad in [
+        "main\n",
+        "my branch",
+        "a..b",
+        "a~1",
+        "x^",
+        "a:b",
+        "what?",
+        "re*",
+        "[x",
+        "a\\b",
+        "/main",
+        "main/",
+        "-x",
+        ".hidden",
+        "x.lock",
+        "a@{1}",
+        "a//b",
+        "@",
+        "end.",
+    ] {
+        assert!(
+            matches!(check_ref(bad), Err(LimitError::BadRef { .. })),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(check_ref(""), Err(LimitError::Empty)));
     assert_eq!(check_workflow("deploy.yml"), Ok(()));
     assert_eq!(check_workflow("161335"), Ok(()));
 }
