@@ -8,12 +8,11 @@ use dispatch_relay::telemetry::{self, LogFormat};
 /// Lets a command that prints end quietly when its reader goes away
 /// (`dispatch-relay deliveries | head`), as command-line tools do. Rust
 /// ignores SIGPIPE, so every print to a closed pipe would panic instead.
-/// The servers keep ignoring it; their sockets report a closed peer as an
-/// error of the write.
+/// The servers and `check --online` keep ignoring it: their sockets report
+/// a closed peer as an error of the write.
 fn restore_default_sigpipe() {
     // SAFETY: `signal` only sets the process's disposition for SIGPIPE; no
-    // code of these commands relies on SIGPIPE being ignored, and their
-    // sockets (`check --online`) write with MSG_NOSIGNAL.
+    // code of these commands writes to a socket.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
@@ -31,7 +30,12 @@ async fn main() {
             std::process::exit(if e.use_stderr() { 1 } else { 0 });
         }
     };
-    if !matches!(cli.command, Command::Serve { .. } | Command::Setup { .. }) {
+    // `check --online` talks to GitHub over TLS, whose writes are not all
+    // sent with MSG_NOSIGNAL: it keeps SIGPIPE ignored, like the servers.
+    if !matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Setup { .. } | Command::Check { online: true, .. }
+    ) {
         restore_default_sigpipe();
     }
     let format = LogFormat::from_env_value(std::env::var("RELAY_LOG_FORMAT").ok().as_deref());

@@ -75,8 +75,8 @@ pub enum Command {
         status: Option<String>,
         #[arg(long)]
         route: Option<String>,
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
-        limit: u16,
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -171,7 +171,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             route,
             limit,
             json,
-        } => deliveries::list(&config, status, route, usize::from(limit), json).await,
+        } => {
+            deliveries::list(
+                &config,
+                status,
+                route,
+                usize::try_from(limit).unwrap_or(usize::MAX),
+                json,
+            )
+            .await
+        }
         Command::Redeliver {
             config,
             id,

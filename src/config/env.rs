@@ -126,6 +126,7 @@ pub(crate) fn substitute(
             };
             match value {
                 Some(value) => out.push_str(&value),
+                None if unset.contains(&name) => {}
                 None => unset.push(name),
             }
             rest = &inner[end + 1..];
@@ -170,7 +171,7 @@ mod tests {
             "EMPTY" => Some(String::new()),
             _ => None,
         };
-        let cases: [(&str, Result<&str, &str>); 16] = [
+        let cases: [(&str, Result<&str, &str>); 17] = [
             ("plain", Ok("plain")),
             ("${TOKEN}", Ok("t:#'\"{x}")),
             ("a-${TOKEN}-b", Ok("a-t:#'\"{x}-b")),
@@ -192,6 +193,10 @@ mod tests {
             (
                 "${M1}-${M2}",
                 Err("environment variables `M1`, `M2` are not set"),
+            ),
+            (
+                "${M1}-${M2}-${M1}",
+                Err("environment variables `M1`, `M2` are not set ("),
             ),
         ];
         for (text, expected) in cases {

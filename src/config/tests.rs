@@ -697,3 +697,11 @@ fn an_empty_value_is_reported_on_its_own_line() {
     assert_eq!(errors[0].line, 7, "{errors:?}");
     assert_eq!(errors[0].message, "is empty, expected a string");
 }
+
+#[test]
+fn after_an_unknown_key_the_first_other_error_in_the_file_is_reported() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    extra: 1\n    verify: none\n    rate_limit: {brst: 2}\n    debounce: {maxwait: 2s}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let mut paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
+    paths.sort();
+    assert_eq!(paths, ["routes[0].extra", "routes[0].rate_limit.brst"]);
+}

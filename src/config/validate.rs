@@ -102,14 +102,25 @@ impl Report<'_> {
             for key in unknown_keys {
                 let name = scalar_text(&key);
                 self.key_error(&base.key(&name), unknown("key", &name, &expected));
-                map.remove(&key);
+                // `remove` would move the last key into its place, and serde
+                // would then report another of the mapping's errors first
+                // than the file's order says.
+                map.shift_remove(&key);
                 had_unknown = true;
             }
         }
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(_) if had_unknown => None,
             Ok(parsed) => Some(parsed),
-            Err(err) if had_unknown && err.inner().to_string().starts_with("missing field") => None,
+            // Only a field of this mapping itself, which an unknown key may
+            // misspell; a missing field deeper down is reported as usual.
+            Err(err)
+                if had_unknown
+                    && err.path().iter().next().is_none()
+                    && err.inner().to_string().starts_with("missing field") =>
+            {
+                None
+            }
             Err(err) => {
                 let mut path = base.clone();
                 for segment in err.path().iter() {

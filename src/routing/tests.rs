@@ -96,6 +96,10 @@ fn workflow_inputs_and_names_are_held_to_githubs_rules() {
         check_inputs(json!({"data": big})),
         Err(LimitError::InputsTooLarge { .. })
     ));
+    // Inputs left out for being null are not counted against the 25.
+    let mut many: Map<String, Value> = (0..25).map(|i| (format!("i{i}"), json!("v"))).collect();
+    many.insert("unset".into(), Value::Null);
+    assert_eq!(check_inputs(Value::Object(many)).unwrap().len(), 25);
     let fits = "x".repeat(MAX_WORKFLOW_INPUTS_CHARS - 20);
     assert!(check_inputs(json!({"data": fits})).is_ok());
     assert!(matches!(
