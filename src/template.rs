@@ -34,11 +34,6 @@ mod tests;
 /// collide with anything a user writes.
 const VALUE_VAR: &str = "__relay_value";
 
-/// Set (to true) in the context a key template is rendered with: a missing
-/// value it prints then fails the rendering instead of printing nothing
-/// (see [`StringTemplate::render_key`]).
-const KEY_VAR: &str = "__relay_key";
-
 /// What a template sees about one inbound request.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Context {
@@ -226,6 +221,8 @@ pub struct RenderError {
 /// configuration has been added to it.
 pub struct Engine {
     env: OnceLock<Environment<'static>>,
+    /// Key templates again, where a missing value is an error.
+    keys: OnceLock<Environment<'static>>,
 }
 
 impl fmt::Debug for Engine {
@@ -237,9 +234,20 @@ impl fmt::Debug for Engine {
 
 impl Engine {
     fn env(&self, name: &str) -> Result<&Environment<'static>, RenderError> {
+        Self::finished(&self.env, name)
+    }
+
+    fn keys(&self, name: &str) -> Result<&Environment<'static>, RenderError> {
+        Self::finished(&self.keys, name)
+    }
+
+    fn finished<'a>(
+        cell: &'a OnceLock<Environment<'static>>,
+        name: &str,
+    ) -> Result<&'a Environment<'static>, RenderError> {
         // Only a template rendered before its builder finished can get here,
         // which is a programming error; it is still reported, not a panic.
-        self.env.get().ok_or_else(|| RenderError {
+        cell.get().ok_or_else(|| RenderError {
             name: name.to_owned(),
             detail: "the template engine was used before it was finished".to_owned(),
         })
@@ -249,6 +257,9 @@ impl Engine {
 /// Collects the templates of one configuration into one environment.
 pub struct EngineBuilder {
     env: Environment<'static>,
+    /// Where key templates (`dedupe_key`) are compiled: a missing value is
+    /// an error there.
+    keys: Environment<'static>,
     engine: Arc<Engine>,
     names: HashSet<String>,
     /// What of the body the templates added since the last
@@ -273,34 +284,46 @@ impl fmt::Debug for EngineBuilder {
 impl EngineBuilder {
     /// Starts an environment with Jinja's builtins, `tojson` and `urldecode`.
     pub fn new() -> Self {
-        let mut env = Environment::new();
-        // Rendered text must match what the user wrote, including a final
-        // newline from a YAML block scalar, exactly as a static string does.
-        env.set_keep_trailing_newline(true);
-        // The output is JSON data or identifiers, never HTML.
-        env.set_auto_escape_callback(|_| AutoEscape::None);
-        env.set_debug(false);
+        let new_environment = || {
+            let mut env = Environment::new();
+            // Rendered text must match what the user wrote, including a final
+            // newline from a YAML block scalar, exactly as a static string does.
+            env.set_keep_trailing_newline(true);
+            // The output is JSON data or identifiers, never HTML.
+            env.set_auto_escape_callback(|_| AutoEscape::None);
+            env.set_debug(false);
+            env
+        };
+        let mut env = new_environment();
         // A field of a missing object is undefined too, not an error:
         // `body.entry.id` on an event without `entry` renders as nothing,
         // and `when: body.entry.draft is defined` is false rather than a
         // 422 for every such event.
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
-        env.set_formatter(|out, state, value| {
-            if (value.is_undefined() || value.is_none())
-                && state.lookup(KEY_VAR).is_some_and(|key| key.is_true())
-            {
+        env.add_filter("urldecode", urldecode);
+        // Keys are rendered where a missing value is an error, whether it
+        // is printed, passed to a filter or joined with `~`, so that a key
+        // cannot silently become the same text for every request (see
+        // [`StringTemplate::render_key`]). `is defined` and `default` still
+        // work, and so does `if` on a missing value.
+        let mut keys = new_environment();
+        keys.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+        keys.set_formatter(|out, state, value| {
+            if value.is_none() {
                 return Err(minijinja::Error::new(
                     ErrorKind::UndefinedError,
-                    "the key prints a missing value",
+                    "the key prints a null value",
                 ));
             }
             minijinja::escape_formatter(out, state, value)
         });
-        env.add_filter("urldecode", urldecode);
+        keys.add_filter("urldecode", urldecode_present);
         EngineBuilder {
             env,
+            keys,
             engine: Arc::new(Engine {
                 env: OnceLock::new(),
+                keys: OnceLock::new(),
             }),
             names: HashSet::new(),
             shape: BodyShape::default(),
@@ -347,8 +370,9 @@ impl EngineBuilder {
 
     /// Freezes the environment; the templates compiled so far become usable.
     pub fn finish(self) -> Arc<Engine> {
-        // The cell is new and only set here, so it cannot already be full.
+        // The cells are new and only set here, so they cannot already be full.
         let _ = self.engine.env.set(self.env);
+        let _ = self.engine.keys.set(self.keys);
         self.engine
     }
 
@@ -379,6 +403,21 @@ impl EngineBuilder {
             n += 1;
         }
         candidate
+    }
+
+    /// Compiles a key template (`dedupe_key`) named `name`, rendered with
+    /// [`StringTemplate::render_key`].
+    pub fn key(&mut self, name: &str, source: &str) -> Result<StringTemplate, TemplateError> {
+        let template = self.string_at(name, source, &[])?;
+        if let Some(compiled) = &template.compiled {
+            self.keys
+                .add_template_owned(compiled.name.clone(), source.to_owned())
+                .map_err(|err| TemplateError::Template {
+                    at: Vec::new(),
+                    detail: describe(&err, source),
+                })?;
+        }
+        Ok(template)
     }
 
     fn string_at(
@@ -615,6 +654,18 @@ fn describe(err: &minijinja::Error, source: &str) -> String {
     text
 }
 
+/// The `urldecode` filter of key templates: a missing value is an error
+/// there, as for every other filter.
+fn urldecode_present(value: MjValue) -> Result<String, minijinja::Error> {
+    if value.is_undefined() || value.is_none() {
+        return Err(minijinja::Error::new(
+            ErrorKind::UndefinedError,
+            "urldecode of a missing value",
+        ));
+    }
+    Ok(urldecode(value))
+}
+
 /// The `urldecode` filter: form rules, so `+` is a space, then percent
 /// decoding; bytes that are not UTF-8 are replaced rather than failing the
 /// whole render.
@@ -826,9 +877,10 @@ impl StringTemplate {
             .map_err(|err| compiled.error(&err, &self.source))
     }
 
-    /// Renders the template as a key (`dedupe_key`): `None` when it prints
-    /// a value the request does not have, or renders to nothing. Printed as
-    /// nothing, a missing value would make every such request's key the
+    /// Renders a template compiled with [`EngineBuilder::key`] as a key:
+    /// `None` when it uses a value the request does not have (printed,
+    /// filtered or joined), prints a `null`, or renders to nothing. Printed
+    /// as nothing, a missing value would make every such request's key the
     /// same text (`order-` for `order-{{ body.id }}`), and each one after
     /// the first would be dropped as a duplicate.
     pub fn render_key(&self, ctx: &Context) -> Result<Option<String>, RenderError> {
@@ -836,11 +888,11 @@ impl StringTemplate {
             return Ok((!self.source.is_empty()).then(|| self.source.clone()));
         };
         let prepared = ctx.prepare();
-        let env = compiled.engine.env(&compiled.name)?;
+        let env = compiled.engine.keys(&compiled.name)?;
         let values = prepared.engine_value(&compiled.reads);
-        let rendered = env.get_template(&compiled.name).and_then(|template| {
-            template.render(context! { __relay_key => true, ..values.as_ref().clone() })
-        });
+        let rendered = env
+            .get_template(&compiled.name)
+            .and_then(|template| template.render(values.as_ref()));
         match rendered {
             Ok(key) => Ok((!key.is_empty()).then_some(key)),
             Err(err) if err.kind() == ErrorKind::UndefinedError => Ok(None),

@@ -934,7 +934,7 @@ fn route(
     let dedupe_key = raw.dedupe_key.and_then(|source| {
         let key_path = path.key("dedupe_key");
         builder
-            .string(&key_path.to_string(), &source)
+            .key(&key_path.to_string(), &source)
             .map_err(|err| report.error(&key_path, err.to_string()))
             .ok()
     });

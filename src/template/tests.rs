@@ -523,15 +523,32 @@ fn fields_of_missing_objects_are_undefined_not_errors() {
 #[test]
 fn a_key_that_prints_a_missing_value_is_no_key() {
     let mut builder = EngineBuilder::new();
-    let mut key = |source: &str| builder.string("routes[0].dedupe_key", source).unwrap();
+    let mut key = |source: &str| builder.key("routes[0].dedupe_key", source).unwrap();
     let order = key("order-{{ body.id }}");
     let model = key("order-{{ body.model }}-{{ body.entry.id }}");
     let chained = key("{{ body.missing.id }}-{{ body.count }}");
     let null = key("n-{{ body.nothing }}");
-    let defaulted = key("{{ body.missing.id | default('x') }}");
+    // A default stands in for a missing field, not for a field of a
+    // missing object: that is still no key.
+    let defaulted = key("{{ body.id | default('x') }}");
+    let chained_default = key("{{ body.missing.id | default('x') }}");
     let fixed = key("always");
     let broken = key("{{ body.model + 1 }}");
+    // Through a filter or `~`, a missing value is still missing.
+    let filtered = [
+        key("order-{{ body.id | lower }}"),
+        key("order-{{ body.id | string }}"),
+        key("order-{{ body.id | trim }}"),
+        key("order-{{ body.id | urldecode }}"),
+        key("order-{{ body.id ~ '' }}"),
+        key("{% if body.id %}x{% endif %}-{{ body.missing.id }}"),
+    ];
+    let guarded = key("{% if body.id is defined %}{{ body.id }}{% else %}none{% endif %}");
     builder.finish();
+    for template in &filtered {
+        assert_eq!(template.render_key(&ctx()).unwrap(), None, "{template:?}");
+    }
+    assert_eq!(guarded.render_key(&ctx()).unwrap().as_deref(), Some("none"));
     assert_eq!(order.render_key(&ctx()).unwrap(), None);
     assert_eq!(
         model.render_key(&ctx()).unwrap().as_deref(),
@@ -540,6 +557,7 @@ fn a_key_that_prints_a_missing_value_is_no_key() {
     assert_eq!(chained.render_key(&ctx()).unwrap(), None);
     assert_eq!(null.render_key(&ctx()).unwrap(), None);
     assert_eq!(defaulted.render_key(&ctx()).unwrap().as_deref(), Some("x"));
+    assert_eq!(chained_default.render_key(&ctx()).unwrap(), None);
     assert_eq!(fixed.render_key(&ctx()).unwrap().as_deref(), Some("always"));
     assert!(broken.render_key(&ctx()).is_err());
     // Rendered as text, the same template still prints a missing value as
