@@ -350,13 +350,19 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
                 limit,
             }
         };
+        // The fields that say where the dispatch goes take only values the
+        // request has: a missing one must not send it somewhere else.
+        let present = |template: &crate::template::StringTemplate, field: Field| {
+            template
+                .render_present(&prepared)
+                .map_err(render_err(field))?
+                .ok_or_else(|| render_err(field)(template.missing_value()))
+        };
 
         let repo = match &target.repo {
             RepoSpec::Static(repo) => repo.clone(),
             RepoSpec::Templated(template) => {
-                let repo = template
-                    .render_prepared(&prepared)
-                    .map_err(render_err(Field::Repo))?;
+                let repo = present(template, Field::Repo)?;
                 check_templated_repo(&repo, &route.allowed_repos)
                     .map_err(limit_err(Field::Repo))?;
                 repo
@@ -367,9 +373,7 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
                 event_type,
                 client_payload,
             } => {
-                let event_type = event_type
-                    .render_prepared(&prepared)
-                    .map_err(render_err(Field::EventType))?;
+                let event_type = present(event_type, Field::EventType)?;
                 check_event_type(&event_type).map_err(limit_err(Field::EventType))?;
                 let payload = client_payload
                     .render_prepared(&prepared)
@@ -386,13 +390,9 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
                 git_ref,
                 inputs,
             } => {
-                let workflow = workflow
-                    .render_prepared(&prepared)
-                    .map_err(render_err(Field::Workflow))?;
+                let workflow = present(workflow, Field::Workflow)?;
                 check_workflow(&workflow).map_err(limit_err(Field::Workflow))?;
-                let git_ref = git_ref
-                    .render_prepared(&prepared)
-                    .map_err(render_err(Field::Ref))?;
+                let git_ref = present(git_ref, Field::Ref)?;
                 check_ref(&git_ref).map_err(limit_err(Field::Ref))?;
                 let inputs = inputs
                     .render_prepared(&prepared)

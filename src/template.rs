@@ -405,9 +405,14 @@ impl EngineBuilder {
         candidate
     }
 
-    /// Compiles a key template (`dedupe_key`) named `name`, rendered with
-    /// [`StringTemplate::render_key`].
-    pub fn key(&mut self, name: &str, source: &str) -> Result<StringTemplate, TemplateError> {
+    /// Compiles a string template that may only use values the request has
+    /// (a dedupe key, and the fields that say where a dispatch goes), named
+    /// `name`; it is rendered with [`StringTemplate::render_present`].
+    pub fn strict_string(
+        &mut self,
+        name: &str,
+        source: &str,
+    ) -> Result<StringTemplate, TemplateError> {
         let template = self.string_at(name, source, &[])?;
         if let Some(compiled) = &template.compiled {
             self.keys
@@ -877,26 +882,52 @@ impl StringTemplate {
             .map_err(|err| compiled.error(&err, &self.source))
     }
 
-    /// Renders a template compiled with [`EngineBuilder::key`] as a key:
-    /// `None` when it uses a value the request does not have (printed,
-    /// filtered or joined), prints a `null`, or renders to nothing. Printed
-    /// as nothing, a missing value would make every such request's key the
-    /// same text (`order-` for `order-{{ body.id }}`), and each one after
-    /// the first would be dropped as a duplicate.
+    /// Renders a template compiled with [`EngineBuilder::strict_string`] as
+    /// a key: `None` when it uses a value the request does not have, or
+    /// renders to nothing. Printed as nothing, a missing value would make
+    /// every such request's key the same text (`order-` for
+    /// `order-{{ body.id }}`), and each one after the first would be
+    /// dropped as a duplicate.
     pub fn render_key(&self, ctx: &Context) -> Result<Option<String>, RenderError> {
+        Ok(self
+            .render_present(&ctx.prepare())?
+            .filter(|key| !key.is_empty()))
+    }
+
+    /// Renders a template compiled with [`EngineBuilder::strict_string`]:
+    /// `None` when it uses a value the request does not have (prints it,
+    /// filters it or joins it with `~`) or prints a `null`.
+    pub fn render_present(&self, ctx: &Prepared) -> Result<Option<String>, RenderError> {
         let Some(compiled) = &self.compiled else {
-            return Ok((!self.source.is_empty()).then(|| self.source.clone()));
+            return Ok(Some(self.source.clone()));
         };
-        let prepared = ctx.prepare();
+        if let (Some(direct), Some(context)) = (&self.direct, ctx.direct())
+            && let Some(text) = direct.render_present(context)
+        {
+            return Ok(text);
+        }
         let env = compiled.engine.keys(&compiled.name)?;
-        let values = prepared.engine_value(&compiled.reads);
         let rendered = env
             .get_template(&compiled.name)
-            .and_then(|template| template.render(values.as_ref()));
+            .and_then(|template| template.render(ctx.engine_value(&compiled.reads).as_ref()));
         match rendered {
-            Ok(key) => Ok((!key.is_empty()).then_some(key)),
+            Ok(text) => Ok(Some(text)),
             Err(err) if err.kind() == ErrorKind::UndefinedError => Ok(None),
             Err(err) => Err(compiled.error(&err, &self.source)),
+        }
+    }
+
+    /// The error of a [`StringTemplate::render_present`] that found a value
+    /// missing.
+    pub fn missing_value(&self) -> RenderError {
+        RenderError {
+            name: self
+                .compiled
+                .as_ref()
+                .map_or_else(String::new, |compiled| compiled.name.clone()),
+            detail: "it uses a value the request does not have (or that is null); test it with \
+                     `is defined` or give it a `| default(...)`"
+                .to_owned(),
         }
     }
 

@@ -934,7 +934,7 @@ fn route(
     let dedupe_key = raw.dedupe_key.and_then(|source| {
         let key_path = path.key("dedupe_key");
         builder
-            .key(&key_path.to_string(), &source)
+            .strict_string(&key_path.to_string(), &source)
             .map_err(|err| report.error(&key_path, err.to_string()))
             .ok()
     });
@@ -1406,8 +1406,11 @@ fn compile_string(
     path: &Path,
     source: &str,
 ) -> Option<crate::template::StringTemplate> {
+    // These fields say where a dispatch goes: a value the request lacks
+    // must not make it go somewhere else (`acme/site-` for
+    // `acme/site-{{ body.locale }}`).
     builder
-        .string(&path.to_string(), source)
+        .strict_string(&path.to_string(), source)
         .map_err(|err| report.error(path, err.to_string()))
         .ok()
 }

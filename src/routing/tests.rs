@@ -158,13 +158,55 @@ fn when_decides_whether_to_dispatch() {
     let config = config(ROUTES);
     let route = &config.routes[0];
     let cases = [
-        (json!({"event": "publish", "locale": "fr"}), true),
-        (json!({"event": "unpublish", "locale": "fr"}), false),
+        (
+            json!({"event": "publish", "model": "post", "locale": "fr"}),
+            true,
+        ),
+        (
+            json!({"event": "unpublish", "model": "post", "locale": "fr"}),
+            false,
+        ),
         (json!({}), false),
     ];
     for (body, dispatches) in cases {
         let planned = plan(route, &ctx(body.clone())).unwrap();
         assert_eq!(matches!(planned, Plan::Dispatch(_)), dispatches, "{body}");
+    }
+}
+
+#[test]
+fn a_missing_value_never_sends_a_dispatch_somewhere_else() {
+    let config = config(ROUTES);
+    let route = &config.routes[0];
+    // Without `locale`, `acme/site-{{ body.locale }}` would be `acme/site-`,
+    // which `acme/site-*` admits; without `model`, the event type `cms-`.
+    for (body, field) in [
+        (json!({"event": "publish", "model": "post"}), "repo"),
+        (json!({"event": "publish", "locale": "fr"}), "event_type"),
+        // A default stands in for a missing field...
+        (
+            json!({"event": "publish", "model": "post", "locale": "fr"}),
+            "",
+        ),
+        // ...not for a null one, which is no workflow either.
+        (
+            json!({"event": "publish", "model": "post", "locale": "fr", "workflow": null}),
+            "workflow",
+        ),
+    ] {
+        match (plan(route, &ctx(body.clone())), field) {
+            (Ok(Plan::Dispatch(_)), "") => {}
+            (
+                Err(RoutingError::Render {
+                    field: got, error, ..
+                }),
+                field,
+            ) => {
+                assert_eq!(got.to_string(), field, "{body}");
+                assert!(error.detail.contains("does not have"), "{error}");
+            }
+            (other, field) => panic!("{body}: {field}: {other:?}"),
+        }
     }
 }
 

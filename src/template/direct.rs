@@ -200,6 +200,23 @@ impl Text {
         }
         Some(out)
     }
+
+    /// Renders the text when every value it prints is present: the outer
+    /// `None` when one needs the engine, the inner one when one is missing
+    /// or `null`.
+    pub(super) fn render_present(&self, ctx: &Context) -> Option<Option<String>> {
+        let mut out = String::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Literal(text) => out.push_str(text),
+                Piece::Var(path) => match path.lookup(ctx)? {
+                    Found::Undefined | Found::Json(serde_json::Value::Null) => return Some(None),
+                    _ => path.print(ctx, &mut out)?,
+                },
+            }
+        }
+        Some(Some(out))
+    }
 }
 
 /// A `when` that compares one field with string constants:

@@ -523,7 +523,11 @@ fn fields_of_missing_objects_are_undefined_not_errors() {
 #[test]
 fn a_key_that_prints_a_missing_value_is_no_key() {
     let mut builder = EngineBuilder::new();
-    let mut key = |source: &str| builder.key("routes[0].dedupe_key", source).unwrap();
+    let mut key = |source: &str| {
+        builder
+            .strict_string("routes[0].dedupe_key", source)
+            .unwrap()
+    };
     let order = key("order-{{ body.id }}");
     let model = key("order-{{ body.model }}-{{ body.entry.id }}");
     let chained = key("{{ body.missing.id }}-{{ body.count }}");

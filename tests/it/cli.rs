@@ -197,11 +197,28 @@ fn render_reads_the_query_and_shows_the_dedupe_key_serve_would_store() {
     // A key that lacks its field is no key, as serve stores it.
     let (code, stdout, stderr) = run(
         dir.path(),
-        &["render", "--route", "cms", "--body", "without.json"],
+        &[
+            "render",
+            "--route",
+            "cms",
+            "--body",
+            "without.json",
+            "--query",
+            "env=prod",
+        ],
         &[],
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("# dedupe key: none"), "{stdout}");
+    // Without the query, the event type would lack its value: refused,
+    // not sent as `deploy-`.
+    let (code, _, stderr) = run(
+        dir.path(),
+        &["render", "--route", "cms", "--body", "with.json"],
+        &[],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("event_type failed to render"), "{stderr}");
 }
 
 #[test]
