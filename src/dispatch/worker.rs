@@ -455,7 +455,7 @@ impl Dispatcher {
                     .dispatch(&job.route, DispatchOutcome::Delivered);
                 let latency = (now_ms() - job.received_at_ms).max(0) as f64 / 1000.0;
                 self.metrics.delivered(&job.route, latency);
-                tracing::info!(status = ?status, attempts = job.attempts + 1, "Dispatch delivered");
+                tracing::info!(status, attempts = job.attempts + 1, "Dispatch delivered");
                 JobNext::Delivered
             }
             Action::Retry {
@@ -480,7 +480,7 @@ impl Dispatcher {
                 // The send loop handles the last two; should one ever reach
                 // here it is recorded as the failure it describes.
                 self.metrics.dispatch(&job.route, DispatchOutcome::Failed);
-                tracing::error!(reason = %reason, status = ?status, "Dispatch failed for good");
+                tracing::error!(reason = %reason, status, "Dispatch failed for good");
                 self.notifier.failed(crate::notify::Failure {
                     route: job.route.clone(),
                     delivery_id: job.delivery_id.clone(),

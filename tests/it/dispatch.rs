@@ -76,10 +76,18 @@ async fn typed_rendering_reaches_github_with_the_required_headers() {
             .is_some_and(|ua| ua.starts_with("dispatch-relay/"))
     );
     assert_eq!(app.github.violations(), Vec::<String>::new());
-    app.wait_for_deliveries(WAIT, |list| {
-        list.len() == 1 && status_of(&list[0]) == "delivered"
-    })
-    .await;
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && status_of(&list[0]) == "delivered"
+        })
+        .await;
+    // The JSON log line of the delivery, found as operations.md says, with
+    // GitHub's status as a number.
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let line = app.wait_for_log(|l| l.contains("Dispatch delivered")).await;
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["span"]["delivery_id"], id.as_str(), "{line}");
+    assert_eq!(line["status"], 204, "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
