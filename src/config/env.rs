@@ -82,6 +82,11 @@ pub(crate) fn substitute(
     let mut rest = text;
     // Every unset variable of the string is named, not only the first.
     let mut unset: Vec<&str> = Vec::new();
+    // A variable written without a default but set to the empty string
+    // (an env file's `MINIO_TOKEN=`) is almost always one not filled in:
+    // `Bearer ${MINIO_TOKEN}` would then be a token of its own that no
+    // sender sends, and the route would refuse everything.
+    let mut empty: Vec<&str> = Vec::new();
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..at]);
         let after = &rest[at + 1..];
@@ -125,6 +130,11 @@ pub(crate) fn substitute(
                 (None, default) => default.map(str::to_owned),
             };
             match value {
+                Some(value) if value.is_empty() && default.is_none() => {
+                    if !empty.contains(&name) {
+                        empty.push(name);
+                    }
+                }
                 Some(value) => out.push_str(&value),
                 None if unset.contains(&name) => {}
                 None => unset.push(name),
@@ -136,6 +146,11 @@ pub(crate) fn substitute(
         }
     }
     out.push_str(rest);
+    if let Some(name) = empty.first().filter(|_| unset.is_empty()) {
+        return Err(format!(
+            "environment variable `{name}` is set but empty (write `${{{name}:-}}` where an empty value is meant)"
+        ));
+    }
     match unset.as_slice() {
         [] => Ok(out),
         [name] => Err(format!(
@@ -171,7 +186,7 @@ mod tests {
             "EMPTY" => Some(String::new()),
             _ => None,
         };
-        let cases: [(&str, Result<&str, &str>); 17] = [
+        let cases: [(&str, Result<&str, &str>); 18] = [
             ("plain", Ok("plain")),
             ("${TOKEN}", Ok("t:#'\"{x}")),
             ("a-${TOKEN}-b", Ok("a-t:#'\"{x}-b")),
@@ -179,7 +194,11 @@ mod tests {
             ("${MISSING:-}", Ok("")),
             ("${EMPTY:-fallback}", Ok("fallback")),
             ("$$", Ok("$")),
-            ("${EMPTY}", Ok("")),
+            (
+                "${EMPTY}",
+                Err("`EMPTY` is set but empty (write `${EMPTY:-}`"),
+            ),
+            ("a-${EMPTY:-}-b", Ok("a--b")),
             ("$${TOKEN}", Ok("${TOKEN}")),
             ("cost $5", Ok("cost $5")),
             ("Total: ${{ body.total }}", Ok("Total: ${{ body.total }}")),

@@ -198,7 +198,7 @@ fn pacing_can_be_off() {
 fn environment_substitution() {
     let cases = [
         ("event_type: ${MISSING:-deploy}", "deploy"),
-        ("event_type: x-${EMPTY}", "x-"),
+        ("event_type: x-${EMPTY:-}", "x-"),
         ("event_type: $${NOT_A_VAR}", "${NOT_A_VAR}"),
         ("event_type: cost-$$5", "cost-$5"),
         ("event_type: a$b", "a$b"),
@@ -300,6 +300,10 @@ fn rejections() {
         ),
         (
             format!("{base}  - id: a\n    verify:\n      github: {{secret: \"${{EMPTY}}\"}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
+            vec![("routes[0].verify.github.secret", 6, 24, "`EMPTY` is set but empty")],
+        ),
+        (
+            format!("{base}  - id: a\n    verify:\n      github: {{secret: \"${{EMPTY:-}}\"}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
             vec![("routes[0].verify.github.secret", 6, 24, "is empty")],
         ),
         (
@@ -704,4 +708,20 @@ fn after_an_unknown_key_the_first_other_error_in_the_file_is_reported() {
     let mut paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
     paths.sort();
     assert_eq!(paths, ["routes[0].extra", "routes[0].rate_limit.brst"]);
+}
+
+#[test]
+fn an_unquoted_variable_in_flow_style_gets_a_hint() {
+    let errors = load_err(&with_route(
+        "    rate_limit: { per_second: ${MISSING:-5}, burst: 20 }\n",
+    ));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].message.contains("write a variable in quotes"),
+        "{errors:?}"
+    );
+    // Quoted, it loads.
+    load_ok(&with_route(
+        "    rate_limit: { per_second: \"${MISSING:-5}\", burst: 20 }\n",
+    ));
 }

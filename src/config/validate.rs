@@ -334,12 +334,19 @@ pub(super) fn load(
             // A syntax error makes everything after it unreliable, so it is
             // reported alone.
             let (line, column) = err.location().map_or((1, 1), |at| (at.line(), at.column()));
+            let mut message = strip_location(&err.to_string());
+            // `{ per_second: ${RATE} }`: in YAML's flow style the `{` of an
+            // unquoted variable is syntax.
+            let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or_default();
+            if line_text.contains("${") && message.contains("flow") {
+                message.push_str("; inside `{ }` or `[ ]`, write a variable in quotes: \"${VAR}\"");
+            }
             return Err(ConfigErrors(vec![ConfigError {
                 file: file.to_owned(),
                 line,
                 column,
                 path: String::new(),
-                message: strip_location(&err.to_string()),
+                message,
             }]));
         }
     };
