@@ -125,9 +125,16 @@ pub async fn redeliver(
         .map_err(runtime)?;
     if failed.is_empty() {
         if let Some(id) = id {
-            return Err(invalid(anyhow::anyhow!(
-                "delivery {id} is not failed (or does not exist); only failed deliveries are redelivered"
-            )));
+            // Told apart, as the admin API tells 404 from 409: a typo in
+            // the id is not a delivery that needs nothing.
+            let found = store.get(&id).await.map_err(runtime)?;
+            return Err(invalid(match found {
+                None => anyhow::anyhow!("no delivery {id} in the store"),
+                Some((summary, _)) => anyhow::anyhow!(
+                    "delivery {id} is {}, not failed; only failed deliveries are redelivered",
+                    summary.status.as_str()
+                ),
+            }));
         }
         println!("no failed deliveries to redeliver");
         return Ok(());

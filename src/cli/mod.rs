@@ -83,11 +83,12 @@ pub enum Command {
     },
     /// Render failed deliveries again with the current routes and re-queue
     /// their failed targets; targets already delivered are not sent again.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "failed"])))]
     Redeliver {
         #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
         config: PathBuf,
         /// One delivery by id.
-        #[arg(long, conflicts_with = "failed", required_unless_present = "failed")]
+        #[arg(long)]
         id: Option<String>,
         /// Every failed delivery (narrow with --route and --since).
         #[arg(long)]

@@ -65,6 +65,12 @@ fn bad_flags_exit_1_and_help_exits_0() {
         assert_eq!(code, 1, "{args:?}: {stderr}");
         assert!(!stderr.is_empty(), "{args:?} says what is wrong");
     }
+    // Neither --id nor --failed: clap names the choice, not a command line
+    // it would itself refuse.
+    let (_, _, stderr) = run(dir.path(), &["redeliver", "--failed", "--id", "x"], &[]);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+    let (_, _, stderr) = run(dir.path(), &["redeliver"], &[]);
+    assert!(stderr.contains("<--id <ID>|--failed>"), "{stderr}");
     let (code, stdout, _) = run(dir.path(), &["--help"], &[]);
     assert_eq!(code, 0);
     assert!(stdout.contains("check"), "{stdout}");

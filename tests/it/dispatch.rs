@@ -253,6 +253,15 @@ async fn a_render_failure_is_stored_answered_422_and_recovered_by_redeliver() {
         .await;
     let again = app.cli(&["redeliver", "--failed"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("no failed deliveries"));
+    // By id, a delivered delivery and an unknown id are told apart.
+    let id = app.deliveries(&[])[0]["id"].as_str().unwrap().to_string();
+    let delivered = app.cli(&["redeliver", "--id", &id]);
+    let text = String::from_utf8_lossy(&delivered.stderr);
+    assert_eq!(delivered.status.code(), Some(1), "{text}");
+    assert!(text.contains("is delivered, not failed"), "{text}");
+    let unknown = app.cli(&["redeliver", "--id", "no-such-id"]);
+    let text = String::from_utf8_lossy(&unknown.stderr);
+    assert!(text.contains("no delivery no-such-id"), "{text}");
     assert_eq!(app.github.dispatches().len(), 1);
 }
 
