@@ -31,6 +31,8 @@ pub enum IngressError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("this route takes webhooks by POST (and answers HEAD)")]
+    MethodNotAllowed,
 }
 
 impl IngressError {
@@ -47,6 +49,7 @@ impl IngressError {
             IngressError::AdminDisabled => "admin_disabled",
             IngressError::NotFound(_) => "not_found",
             IngressError::Conflict(_) => "conflict",
+            IngressError::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -79,6 +82,7 @@ impl ResponseError for IngressError {
             IngressError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Conflict(_) => StatusCode::CONFLICT,
+            IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -96,6 +100,9 @@ impl ResponseError for IngressError {
             }
             IngressError::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from(5u64)));
+            }
+            IngressError::MethodNotAllowed => {
+                response.insert_header((header::ALLOW, "POST, HEAD"));
             }
             _ => {}
         }

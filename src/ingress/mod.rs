@@ -46,6 +46,7 @@ impl Application {
                 }))
                 .route("/hooks/{route:.+}", web::post().to(webhook::post))
                 .route("/hooks/{route:.+}", web::head().to(webhook::head))
+                .route("/hooks/{route:.+}", web::route().to(webhook::other_method))
                 .route("/healthz", web::get().to(ops::healthz))
                 .route("/readyz", web::get().to(ops::readyz))
                 .route("/metrics", web::get().to(ops::metrics))

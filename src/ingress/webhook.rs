@@ -37,6 +37,19 @@ pub async fn head(
     }
 }
 
+/// Any other method on a webhook URL: 405 naming the methods a configured
+/// route takes, so that a URL checked in a browser does not look missing.
+pub async fn other_method(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, IngressError> {
+    let routes = state.routes();
+    match routes.route(&path) {
+        Some(_) => Err(IngressError::MethodNotAllowed),
+        None => Err(IngressError::UnknownRoute(path.into_inner())),
+    }
+}
+
 pub async fn post(
     state: web::Data<AppState>,
     path: web::Path<String>,

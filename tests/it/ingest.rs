@@ -230,6 +230,17 @@ async fn every_status_of_the_contract() {
 
     let head = app.http.head(app.url("/hooks/cms")).send().await.unwrap();
     assert_eq!(head.status(), 200);
+    // A GET (a URL checked in a browser) is told the route exists.
+    let get = app.http.get(app.url("/hooks/cms")).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+    assert_eq!(
+        get.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST, HEAD")
+    );
+    let (_, body) = json_of(get).await;
+    assert_error(&body, "method_not_allowed");
+    let (status, _) = json_of(app.http.get(app.url("/hooks/nope")).send().await.unwrap()).await;
+    assert_eq!(status, 404);
 
     let (status, body) = json_of(
         app.post_signed("cms", r#"{"event":"draft","id":1,"kind":"deploy"}"#)
