@@ -332,7 +332,7 @@ fn rejections() {
         ),
         (
             format!("{base}  - id: a\n    verify: none\n    dispatch:\n      - repo: acme\n        event_type: e\n"),
-            vec![("routes[0].dispatch[0].repo", 7, 15, "`acme` is not a repository name")],
+            vec![("routes[0].dispatch[0].repo", 7, 15, "is not a repository name")],
         ),
         (
             with_route(&format!("      - repo: acme/b\n        event_type: {}\n", "x".repeat(101))),
@@ -437,7 +437,7 @@ fn errors_print_one_per_line() {
     assert_eq!(
         errors.to_string(),
         "routes.yaml:5:13: routes[0].verify: unknown verify method; did you mean `none`?\n\
-         routes.yaml:9:23: routes[1].dispatch[0].repo: `acme` is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`"
+         routes.yaml:9:23: routes[1].dispatch[0].repo: is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`"
     );
 }
 
@@ -524,6 +524,8 @@ fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
         ),
         route("none", "    allowed_repos: [\"${CMS_WEBHOOK_SECRET}\"]\n"),
         route("{sns: {topic_arns: [\"${CMS_WEBHOOK_SECRET}\"]}}", ""),
+        "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{repo: \"${CMS_WEBHOOK_SECRET}\", event_type: e}]\n".to_owned(),
+        "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{repo: acme/a, workflow: w.yml, ref: \"${CMS_WEBHOOK_SECRET}\"}]\n".to_owned(),
     ];
     for text in misnamed {
         let printed = ConfigErrors(load_err(&text)).to_string();

@@ -1333,8 +1333,14 @@ fn target(
     let repo = repo_template.and_then(|template| match template.is_static() {
         Some(repo) => {
             let repo = repo.to_owned();
+            // Not quoted: the value may come from a variable.
             routing::check_repo(&repo)
-                .map_err(|limit| report.error(&repo_path, limit.to_string()))
+                .map_err(|_| {
+                    report.error(
+                        &repo_path,
+                        "is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`",
+                    )
+                })
                 .ok()?;
             Some(RepoSpec::Static(repo))
         }
@@ -1493,8 +1499,17 @@ fn workflow_target(
         }
         Some(git_ref) => compile_string(report, builder, &ref_path, &git_ref).and_then(|t| {
             if let Some(text) = t.is_static() {
+                // Not quoted: the value may come from a variable.
                 routing::check_ref(text)
-                    .map_err(|limit| report.error(&ref_path, limit.to_string()))
+                    .map_err(|limit| {
+                        let message = match limit {
+                            routing::LimitError::BadRef { why, .. } => {
+                                format!("is not a branch or tag name: {why}")
+                            }
+                            other => other.to_string(),
+                        };
+                        report.error(&ref_path, message)
+                    })
                     .ok()?;
             }
             Some(t)
