@@ -301,23 +301,44 @@ impl EngineBuilder {
         // 422 for every such event.
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.add_filter("urldecode", urldecode);
-        // Keys are rendered where a missing value is an error, whether it
-        // is printed, passed to a filter or joined with `~`, so that a key
-        // cannot silently become the same text for every request (see
-        // [`StringTemplate::render_key`]). `is defined` and `default` still
-        // work, and so does `if` on a missing value.
+        // Keys and the fields that say where a dispatch goes are rendered
+        // where a missing or null value they print is an error, directly or
+        // through a filter that would print it as text, so that such a
+        // value cannot silently become `acme/site-` or the key `order-`
+        // (see [`StringTemplate::render_present`]). Lookups chain as in the
+        // main environment, so `is defined`, `default` and `if` work on
+        // fields of missing objects too.
         let mut keys = new_environment();
-        keys.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+        keys.set_undefined_behavior(UndefinedBehavior::Chainable);
         keys.set_formatter(|out, state, value| {
-            if value.is_none() {
-                return Err(minijinja::Error::new(
-                    ErrorKind::UndefinedError,
-                    "the key prints a null value",
-                ));
-            }
+            refuse_missing(value)?;
             minijinja::escape_formatter(out, state, value)
         });
-        keys.add_filter("urldecode", urldecode_present);
+        keys.add_filter("__relay_urldecode", urldecode);
+        keys.add_filter("__relay_lower", minijinja::filters::lower);
+        keys.add_filter("__relay_upper", minijinja::filters::upper);
+        keys.add_filter("__relay_trim", minijinja::filters::trim);
+        keys.add_filter("__relay_title", minijinja::filters::title);
+        keys.add_filter("__relay_capitalize", minijinja::filters::capitalize);
+        keys.add_filter("__relay_string", minijinja::filters::string);
+        keys.add_filter("__relay_replace", minijinja::filters::replace);
+        keys.add_filter("__relay_join", minijinja::filters::join);
+        keys.add_filter("__relay_tojson", minijinja::filters::tojson);
+        for name in PRINTING_FILTERS {
+            let original = format!("__relay_{name}");
+            keys.add_filter(
+                name,
+                move |state: &minijinja::State,
+                      value: MjValue,
+                      rest: minijinja::value::Rest<MjValue>| {
+                    refuse_missing(&value)?;
+                    let mut args = Vec::with_capacity(rest.len() + 1);
+                    args.push(value);
+                    args.extend(rest.iter().cloned());
+                    state.apply_filter(&original, &args)
+                },
+            );
+        }
         EngineBuilder {
             env,
             keys,
@@ -659,16 +680,31 @@ fn describe(err: &minijinja::Error, source: &str) -> String {
     text
 }
 
-/// The `urldecode` filter of key templates: a missing value is an error
-/// there, as for every other filter.
-fn urldecode_present(value: MjValue) -> Result<String, minijinja::Error> {
+/// The filters that turn a value into text, which would print a missing
+/// value as `""` or `"none"`: in the strict environment they refuse one.
+const PRINTING_FILTERS: [&str; 10] = [
+    "urldecode",
+    "lower",
+    "upper",
+    "trim",
+    "title",
+    "capitalize",
+    "string",
+    "replace",
+    "join",
+    "tojson",
+];
+
+/// An undefined or null value is an error where it would be printed in a
+/// strict field.
+fn refuse_missing(value: &MjValue) -> Result<(), minijinja::Error> {
     if value.is_undefined() || value.is_none() {
         return Err(minijinja::Error::new(
             ErrorKind::UndefinedError,
-            "urldecode of a missing value",
+            "a value the request does not have (or a null) would be printed",
         ));
     }
-    Ok(urldecode(value))
+    Ok(())
 }
 
 /// The `urldecode` filter: form rules, so `+` is a space, then percent
@@ -925,8 +961,9 @@ impl StringTemplate {
                 .compiled
                 .as_ref()
                 .map_or_else(String::new, |compiled| compiled.name.clone()),
-            detail: "it uses a value the request does not have (or that is null); test it with \
-                     `is defined` or give it a `| default(...)`"
+            detail: "it prints a value the request does not have, or a null; test it with \
+                     `is defined` and `is not none`, or give it a `| default(...)` (`default(..., true)` \
+                     also replaces a null)"
                 .to_owned(),
         }
     }
