@@ -130,7 +130,14 @@ pub async fn github_app(options: AppSetup) -> Result<(), CliError> {
             .map(|(n, l, w)| ((*n).to_owned(), (*l).to_owned(), (*w).to_owned()))
             .collect(),
     };
-    let (server, mut callbacks) = listener.start(page, state).map_err(runtime)?;
+    let port = addr.port();
+    let hosts = vec![
+        format!("{host}:{port}"),
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ];
+    let (server, mut callbacks) = listener.start(page, state, hosts).map_err(runtime)?;
     println!("Open {local_url}/ in a browser to create the GitHub App on {web_url}.");
     println!("Waiting for GitHub to send the browser back (stop with Ctrl-C)...");
     flush_stdout();

@@ -87,15 +87,19 @@ impl SetupListener {
 
     /// Starts serving `page`; callbacks carrying `state` arrive on the
     /// returned receiver, at most one of them.
+    /// Serves the page. `hosts` are the `Host` values the browser may use
+    /// (the page's address, and the local machine's names on its port).
     pub fn start(
         self,
         page: Page,
         state: String,
+        hosts: Vec<String>,
     ) -> std::io::Result<(SetupServer, mpsc::Receiver<Callback>)> {
         let (sender, receiver) = mpsc::channel(1);
         let shared = web::Data::new(Shared {
             page,
             state,
+            hosts,
             sender: Mutex::new(Some(sender)),
         });
         let server = HttpServer::new(move || {
@@ -151,6 +155,11 @@ impl SetupServer {
 struct Shared {
     page: Page,
     state: String,
+    /// The `Host` values a request may carry. Any other is refused: a web
+    /// page whose name is made to resolve to this machine (DNS rebinding)
+    /// could otherwise read the `state` from `/` and send a code of its own
+    /// choosing to `/callback`.
+    hosts: Vec<String>,
     /// Taken by the first callback with the right state: the code is used once.
     sender: Mutex<Option<mpsc::Sender<Callback>>>,
 }
@@ -161,8 +170,32 @@ pub fn state_matches(expected: &str, received: &str) -> bool {
     expected.len() == received.len() && bool::from(expected.as_bytes().ct_eq(received.as_bytes()))
 }
 
-async fn start_page(shared: web::Data<Shared>) -> HttpResponse {
+async fn start_page(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    if let Some(refused) = foreign_host(&req, &shared) {
+        return refused;
+    }
     html(StatusCode::OK, render_start(&shared.page))
+}
+
+/// The answer to a request whose `Host` is not one of this page's names.
+fn foreign_host(req: &HttpRequest, shared: &Shared) -> Option<HttpResponse> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if shared
+        .hosts
+        .iter()
+        .any(|allowed| allowed.eq_ignore_ascii_case(host))
+    {
+        return None;
+    }
+    Some(failure(
+        StatusCode::MISDIRECTED_REQUEST,
+        "Wrong address",
+        "Open the setup page at the address the command printed.",
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -172,6 +205,9 @@ struct CallbackQuery {
 }
 
 async fn callback(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    if let Some(refused) = foreign_host(&req, &shared) {
+        return refused;
+    }
     let query = web::Query::<CallbackQuery>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .unwrap_or(CallbackQuery {

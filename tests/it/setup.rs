@@ -274,6 +274,19 @@ async fn a_wrong_state_is_refused_and_the_right_one_creates_the_app() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 400);
+    // A page whose name was made to resolve here (DNS rebinding) is told
+    // nothing: neither the state on `/` nor a hearing on `/callback`.
+    for path in ["", "callback?code=stolen&state=x"] {
+        let rebound = http
+            .get(format!("{}{path}", setup.url))
+            .header("host", "attacker.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rebound.status(), 421, "{path}");
+        let text = rebound.text().await.unwrap();
+        assert!(!text.contains(&state), "{path}: {text}");
+    }
     assert!(github.requests_of(CONVERSION).is_empty());
     assert!(setup.running(), "a forged callback does not end the setup");
 
