@@ -24,9 +24,7 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError
     if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
         Ok(())
     } else {
-        Err(IngressError::Unauthorized {
-            basic_challenge: false,
-        })
+        Err(IngressError::AdminUnauthorized)
     }
 }
 
@@ -44,8 +42,9 @@ pub struct ListQuery {
     status: Option<String>,
     route: Option<String>,
     limit: Option<usize>,
-    /// Deliveries to skip, for paging through a long list.
-    offset: Option<usize>,
+    /// Deliveries to skip, for paging through a long list. At most what
+    /// SQLite takes as an OFFSET.
+    offset: Option<u32>,
     /// The `next_before` of the previous page: deliveries after it.
     before: Option<String>,
 }
@@ -91,7 +90,7 @@ pub async fn list(
         route: query.route.clone(),
         since_ms: None,
         limit: query.limit.unwrap_or(50).clamp(1, 1000),
-        offset: query.offset.unwrap_or(0),
+        offset: query.offset.unwrap_or(0) as usize,
         before,
     };
     let (filter_limit, offset) = (filter.limit, filter.offset);

@@ -33,13 +33,15 @@ pub enum IngressError {
     Conflict(String),
     #[error("this route takes webhooks by POST (and answers HEAD)")]
     MethodNotAllowed,
+    #[error("missing or wrong admin token: send `Authorization: Bearer <RELAY_ADMIN_TOKEN>`")]
+    AdminUnauthorized,
 }
 
 impl IngressError {
     fn code(&self) -> &'static str {
         match self {
             IngressError::UnknownRoute(_) => "unknown_route",
-            IngressError::Unauthorized { .. } => "unauthorized",
+            IngressError::Unauthorized { .. } | IngressError::AdminUnauthorized => "unauthorized",
             IngressError::Forbidden => "forbidden",
             IngressError::TooLarge { .. } => "too_large",
             IngressError::BadRequest(_) => "bad_request",
@@ -74,7 +76,9 @@ impl ResponseError for IngressError {
             IngressError::UnknownRoute(_)
             | IngressError::NotFound(_)
             | IngressError::AdminDisabled => StatusCode::NOT_FOUND,
-            IngressError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            IngressError::Unauthorized { .. } | IngressError::AdminUnauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
             IngressError::Forbidden => StatusCode::FORBIDDEN,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -103,6 +107,13 @@ impl ResponseError for IngressError {
             }
             IngressError::MethodNotAllowed => {
                 response.insert_header((header::ALLOW, "POST, HEAD"));
+            }
+            // RFC 6750: a 401 for a bearer token says so.
+            IngressError::AdminUnauthorized => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    r#"Bearer realm="dispatch-relay admin""#,
+                ));
             }
             _ => {}
         }

@@ -46,7 +46,8 @@ async fn one_failed_delivery() -> (crate::helpers::TestApp, String) {
     let app = spawn_app_with(
         TEST_HEAD,
         MISSING_TARGET,
-        &[("RELAY_ADMIN_TOKEN", "admin-secret")],
+        // As read from a file: the final newline is not part of the token.
+        &[("RELAY_ADMIN_TOKEN", "admin-secret\n")],
     )
     .await;
     let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
@@ -148,10 +149,23 @@ async fn the_admin_api_lists_shows_and_redelivers_once() {
             .bearer_auth(token.to_string())
             .send()
     };
+    let refused = admin("/admin/deliveries", "wrong").await.unwrap();
+    assert_eq!(refused.status(), 401);
     assert_eq!(
-        admin("/admin/deliveries", "wrong").await.unwrap().status(),
-        401
+        refused
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some(r#"Bearer realm="dispatch-relay admin""#)
     );
+    // An offset past what SQLite takes is refused, not read as 0.
+    let far = admin(
+        "/admin/deliveries?offset=9223372036854775808",
+        "admin-secret",
+    )
+    .await
+    .unwrap();
+    assert_eq!(far.status(), 400);
     let list: Value = admin("/admin/deliveries?status=failed", "admin-secret")
         .await
         .unwrap()
