@@ -20,7 +20,7 @@ use rand::RngCore;
 use super::{CliError, invalid, load_config, process_env, runtime};
 use crate::config::{DEFAULT_API_URL, resolve_api_url};
 use crate::github::GitHubClient;
-use crate::github::manifest::{self, ConversionError, CreatedApp};
+use crate::github::manifest::{self, CreatedApp};
 use crate::ingress::setup_page::{Callback, Outcome, Page, SetupListener};
 use crate::secret::Secret;
 
@@ -63,9 +63,13 @@ pub struct AppSetup {
     /// it before creating the App).
     #[arg(long)]
     pub name: Option<String>,
-    /// A routes.yaml to read `github.api_url` from (default: ./routes.yaml
-    /// when it exists and loads; GITHUB_API_URL overrides it).
-    #[arg(long, env = "RELAY_CONFIG")]
+    /// A routes.yaml to read `github.api_url` from (default: RELAY_CONFIG,
+    /// else ./routes.yaml, when it exists and loads; GITHUB_API_URL
+    /// overrides it).
+    // Not read from RELAY_CONFIG: the container images set it, and setup
+    // must treat that file as the default one (used when it loads), not as
+    // one asked for on the command line.
+    #[arg(long)]
     pub config: Option<PathBuf>,
 }
 
@@ -226,15 +230,15 @@ async fn finish(
     force: bool,
     api_url: &str,
 ) -> Result<Done, Failure> {
+    // GitHub creates the App before it sends the browser back with the
+    // code: what failed here is fetching its key, not creating it.
     let app = manifest::convert(client, code).await.map_err(|e| Failure {
-        title: "GitHub did not create the App".to_owned(),
-        detail: match e {
-            ConversionError::UnknownCode => format!(
-                "{e}. Run `dispatch-relay setup github-app` again; if an App was created, \
-                     delete it from your GitHub settings first."
-            ),
-            other => format!("{other}. Run `dispatch-relay setup github-app` again."),
-        },
+        title: "The App's key could not be fetched".to_owned(),
+        detail: format!(
+            "{e}. GitHub created the App before sending you back; delete it from your GitHub \
+             settings (Developer settings, GitHub Apps) and run `dispatch-relay setup github-app` \
+             again, or generate a private key on its settings page and configure it by hand."
+        ),
         created_slug: None,
     })?;
     if let Err(e) = write_key(key_file, &app.pem, force) {
@@ -286,12 +290,18 @@ fn api_url(config: Option<&Path>) -> Result<String, CliError> {
     match config {
         Some(path) => Ok(load_config(path)?.config.github.api_url),
         None => {
-            let default = Path::new("routes.yaml");
+            // RELAY_CONFIG names the default file where it is set (the
+            // container images set it), but as a default: a file that does
+            // not load is only a warning, as `./routes.yaml` is.
+            let default = process_env("RELAY_CONFIG")
+                .filter(|path| !path.trim().is_empty())
+                .map_or_else(|| PathBuf::from("routes.yaml"), PathBuf::from);
             if default.exists() {
-                match load_config(default) {
+                match load_config(&default) {
                     Ok(loaded) => return Ok(loaded.config.github.api_url),
                     Err(e) => eprintln!(
-                        "warning: routes.yaml does not load, so its github.api_url is not used: {e}"
+                        "warning: {} does not load, so its github.api_url is not used: {e}",
+                        default.display()
                     ),
                 }
             }

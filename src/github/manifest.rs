@@ -162,6 +162,11 @@ struct Conversion {
 /// Exchanges the one-time code for the new App. The call needs no
 /// credential: the code, valid for an hour and usable once, is the proof.
 pub async fn convert(client: &GitHubClient, code: &str) -> Result<CreatedApp, ConversionError> {
+    // GitHub's codes are letters and digits; anything else (`..` would
+    // change the request's path) is not one.
+    if code.is_empty() || !code.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(ConversionError::UnknownCode);
+    }
     let path = format!(
         "/app-manifests/{}/conversions",
         utf8_percent_encode(code, PATH_SEGMENT)
