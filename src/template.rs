@@ -315,15 +315,19 @@ impl EngineBuilder {
             minijinja::escape_formatter(out, state, value)
         });
         keys.add_filter("__relay_urldecode", urldecode);
-        keys.add_filter("__relay_lower", minijinja::filters::lower);
-        keys.add_filter("__relay_upper", minijinja::filters::upper);
-        keys.add_filter("__relay_trim", minijinja::filters::trim);
-        keys.add_filter("__relay_title", minijinja::filters::title);
-        keys.add_filter("__relay_capitalize", minijinja::filters::capitalize);
-        keys.add_filter("__relay_string", minijinja::filters::string);
-        keys.add_filter("__relay_replace", minijinja::filters::replace);
-        keys.add_filter("__relay_join", minijinja::filters::join);
-        keys.add_filter("__relay_tojson", minijinja::filters::tojson);
+        macro_rules! builtin_originals {
+            ($($name:ident),* $(,)?) => {
+                $(keys.add_filter(concat!("__relay_", stringify!($name)), minijinja::filters::$name);)*
+            };
+        }
+        builtin_originals!(
+            safe, escape, upper, lower, title, capitalize, replace, length, dictsort, items,
+            reverse, trim, join, split, lines, abs, int, float, sum, attr, round, first, last, min,
+            max, sort, list, string, bool, slice, batch, tojson, indent, select, selectattr,
+            reject, rejectattr, map, groupby, unique, chain, zip, pprint, format,
+        );
+        keys.add_filter("__relay_e", minijinja::filters::escape);
+        keys.add_filter("__relay_count", minijinja::filters::length);
         for name in PRINTING_FILTERS {
             let original = format!("__relay_{name}");
             keys.add_filter(
@@ -332,6 +336,16 @@ impl EngineBuilder {
                       value: MjValue,
                       rest: minijinja::value::Rest<MjValue>| {
                     refuse_missing(&value)?;
+                    for argument in rest.iter() {
+                        refuse_missing(argument)?;
+                    }
+                    // A list built from missing values (`[body.a, body.b] |
+                    // join(':')`) prints them as nothing too.
+                    if value.kind() == minijinja::value::ValueKind::Seq {
+                        for item in value.try_iter()? {
+                            refuse_missing(&item)?;
+                        }
+                    }
                     let mut args = Vec::with_capacity(rest.len() + 1);
                     args.push(value);
                     args.extend(rest.iter().cloned());
@@ -527,6 +541,11 @@ impl EngineBuilder {
     /// A name only reached in a branch the empty request does not take is
     /// still found at render time.
     fn unknown_name(&self, source: &str, expression: bool) -> Option<String> {
+        // The strict environment's own names for the builtins are not the
+        // user's to call (`map('__relay_lower')` would skip its checks).
+        if source.contains("__relay_") {
+            return Some("names starting with `__relay_` are the relay's own".to_owned());
+        }
         let result = if expression {
             self.env
                 .compile_expression(source)
@@ -680,19 +699,58 @@ fn describe(err: &minijinja::Error, source: &str) -> String {
     text
 }
 
-/// The filters that turn a value into text, which would print a missing
-/// value as `""` or `"none"`: in the strict environment they refuse one.
-const PRINTING_FILTERS: [&str; 10] = [
+/// The builtin filters, but `default` (`d`), which exists to stand in for a
+/// missing value: in the strict environment each refuses a missing or null
+/// input, argument or list item, which it would otherwise print as nothing,
+/// `none`, `0` or `[]`. `urldecode` is the relay's own.
+const PRINTING_FILTERS: [&str; 47] = [
     "urldecode",
-    "lower",
+    "safe",
+    "escape",
+    "e",
     "upper",
-    "trim",
+    "lower",
     "title",
     "capitalize",
-    "string",
     "replace",
+    "length",
+    "count",
+    "dictsort",
+    "items",
+    "reverse",
+    "trim",
     "join",
+    "split",
+    "lines",
+    "abs",
+    "int",
+    "float",
+    "sum",
+    "attr",
+    "round",
+    "first",
+    "last",
+    "min",
+    "max",
+    "sort",
+    "list",
+    "string",
+    "bool",
+    "slice",
+    "batch",
     "tojson",
+    "indent",
+    "select",
+    "selectattr",
+    "reject",
+    "rejectattr",
+    "map",
+    "groupby",
+    "unique",
+    "chain",
+    "zip",
+    "pprint",
+    "format",
 ];
 
 /// An undefined or null value is an error where it would be printed in a
@@ -931,8 +989,9 @@ impl StringTemplate {
     }
 
     /// Renders a template compiled with [`EngineBuilder::strict_string`]:
-    /// `None` when it uses a value the request does not have (prints it,
-    /// filters it or joins it with `~`) or prints a `null`.
+    /// `None` when it prints a value the request does not have, or a
+    /// `null`, directly or through a filter (see `PRINTING_FILTERS`).
+    /// Joining with `~` and looping with `for` are not caught.
     pub fn render_present(&self, ctx: &Prepared) -> Result<Option<String>, RenderError> {
         let Some(compiled) = &self.compiled else {
             return Ok(Some(self.source.clone()));

@@ -135,12 +135,19 @@ pub async fn github_app(options: AppSetup) -> Result<(), CliError> {
             .collect(),
     };
     let port = addr.port();
-    let hosts = vec![
-        format!("{host}:{port}"),
-        format!("localhost:{port}"),
-        format!("127.0.0.1:{port}"),
-        format!("[::1]:{port}"),
-    ];
+    let mut hosts: Vec<String> = [host.as_str(), "localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .map(|name| format!("{name}:{port}"))
+        .collect();
+    // A browser leaves the default port out of `Host`.
+    if port == 80 {
+        hosts.extend([
+            host.clone(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "[::1]".into(),
+        ]);
+    }
     let (server, mut callbacks) = listener.start(page, state, hosts).map_err(runtime)?;
     println!("Open {local_url}/ in a browser to create the GitHub App on {web_url}.");
     println!("Waiting for GitHub to send the browser back (stop with Ctrl-C)...");

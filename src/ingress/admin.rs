@@ -42,8 +42,9 @@ pub struct ListQuery {
     status: Option<String>,
     route: Option<String>,
     limit: Option<usize>,
-    /// Deliveries to skip, for paging through a long list. At most what
-    /// SQLite takes as an OFFSET.
+    /// Deliveries to skip, for paging through a long list. A 32-bit number,
+    /// so that any value given fits SQLite's OFFSET and the sum with the
+    /// page's length cannot overflow; a larger one is a 400.
     offset: Option<u32>,
     /// The `next_before` of the previous page: deliveries after it.
     before: Option<String>,

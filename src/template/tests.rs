@@ -487,6 +487,11 @@ fn unknown_filters_tests_and_functions_are_compile_errors() {
         .value("p", &json!({"a": "{{ body.key | urldecod }}"}))
         .unwrap_err();
     assert!(format!("{err:?}").contains("urldecod"), "{err:?}");
+    // The strict environment's own names are not the user's.
+    let err = builder
+        .string("t", "{{ body.tags | map('__relay_lower') | join }}")
+        .unwrap_err();
+    assert!(err.to_string().contains("__relay_"), "{err}");
     // Known names compile, whatever the empty request makes of them.
     builder
         .string(
@@ -539,6 +544,15 @@ fn a_key_that_prints_a_missing_value_is_no_key() {
     let nested_test = key("{% if body.missing.id is defined %}a{% else %}b{% endif %}");
     let filtered_null = key("n-{{ body.nothing | lower }}");
     let joined_missing = key("{{ body.missing | join(',') }}");
+    let joined_items = [
+        key("{{ [body.model, body.missing] | join(':') }}"),
+        key("{{ [body.model, body.nothing] | join(':') }}"),
+        key("order-{{ body.missing | int }}"),
+        key("{{ 'k-%s' | format(body.missing) }}"),
+        key("k-{{ body.missing | length }}"),
+        key("k-{{ body.missing | list | join }}"),
+    ];
+    let tojson_indented = key("{{ body.entry | tojson(indent=2) }}");
     let fixed = key("always");
     let broken = key("{{ body.model + 1 }}");
     // Through a filter or `~`, a missing value is still missing.
@@ -573,6 +587,16 @@ fn a_key_that_prints_a_missing_value_is_no_key() {
     );
     assert_eq!(filtered_null.render_key(&ctx()).unwrap(), None);
     assert_eq!(joined_missing.render_key(&ctx()).unwrap(), None);
+    for template in &joined_items {
+        assert_eq!(template.render_key(&ctx()).unwrap(), None, "{template:?}");
+    }
+    // Arguments, keyword ones included, reach the filter as written.
+    assert!(
+        tojson_indented
+            .render_key(&ctx())
+            .unwrap()
+            .is_some_and(|json| json.contains("\n  \"id\": 7")),
+    );
     assert_eq!(fixed.render_key(&ctx()).unwrap().as_deref(), Some("always"));
     assert!(broken.render_key(&ctx()).is_err());
     // Rendered as text, the same template still prints a missing value as

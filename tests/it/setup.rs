@@ -463,9 +463,12 @@ impl Browser {
             };
             let start = Instant::now();
             let ready = loop {
+                // Bounded: the port may have gone to a server that never
+                // answers.
                 let answer = browser
                     .http
                     .get(format!("{}/status", browser.base))
+                    .timeout(Duration::from_secs(2))
                     .send()
                     .await
                     .ok();
