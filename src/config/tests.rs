@@ -727,3 +727,19 @@ fn an_unquoted_variable_in_flow_style_gets_a_hint() {
         "    rate_limit: { per_second: \"${MISSING:-5}\", burst: 20 }\n",
     ));
 }
+
+#[test]
+fn a_strict_field_joined_with_a_tilde_is_warned_about() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: \"{{ 'cms-' ~ body.model }}\"\n";
+    let joins = |text: &str| -> Vec<String> {
+        load_ok(text)
+            .warnings
+            .into_iter()
+            .filter(|w| w.message.contains("joins with"))
+            .map(|w| w.path)
+            .collect()
+    };
+    assert_eq!(joins(text), ["routes[0].dispatch[0].event_type"]);
+    let plain = "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: \"cms-{{ body.model }}\"\n";
+    assert!(joins(plain).is_empty());
+}

@@ -1422,10 +1422,28 @@ fn compile_string(
     // These fields say where a dispatch goes: a value the request lacks
     // must not make it go somewhere else (`acme/site-` for
     // `acme/site-{{ body.locale }}`).
-    builder
+    let template = builder
         .strict_string(&path.to_string(), source)
         .map_err(|err| report.error(path, err.to_string()))
-        .ok()
+        .ok()?;
+    warn_on_unchecked_joins(report, path, source);
+    Some(template)
+}
+
+/// The strict fields catch a missing value that is printed or filtered, not
+/// one joined with `~` or looped over: such a template is named, since it
+/// may send a dispatch somewhere else (`cms-` for `'cms-' ~ body.model`).
+fn warn_on_unchecked_joins(report: &mut Report, path: &Path, source: &str) {
+    let expressions = source.split("{{").skip(1).chain(source.split("{%").skip(1));
+    let unchecked = expressions
+        .filter_map(|rest| rest.split(['}', '%']).next())
+        .any(|code| code.contains('~') || code.trim_start().starts_with("for "));
+    if unchecked {
+        report.warn(
+            path,
+            "joins with `~` or loops with `for`: a missing value there prints as nothing; print each value on its own (`cms-{{ body.model }}`) so that a missing one is caught",
+        );
+    }
 }
 
 fn compile_value(
