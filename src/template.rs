@@ -330,18 +330,30 @@ impl EngineBuilder {
         keys.add_filter("__relay_count", minijinja::filters::length);
         for name in PRINTING_FILTERS {
             let original = format!("__relay_{name}");
+            // The filters that drop missing values are left to do so; what
+            // they give is checked where it is printed.
+            let drops_missing = matches!(name, "select" | "reject" | "selectattr" | "rejectattr");
+            // Those that print their arguments or their list's items.
+            let prints_arguments = matches!(name, "replace" | "format" | "join" | "indent");
+            let prints_items = name == "join";
             keys.add_filter(
                 name,
                 move |state: &minijinja::State,
                       value: MjValue,
                       rest: minijinja::value::Rest<MjValue>| {
                     refuse_missing(&value)?;
-                    for argument in rest.iter() {
-                        refuse_missing(argument)?;
+                    if !drops_missing {
+                        for argument in rest.iter() {
+                            // A `none` written as an argument (`batch(3,
+                            // none)`) is a value; an undefined one is not.
+                            if prints_arguments || argument.is_undefined() {
+                                refuse_missing(argument)?;
+                            }
+                        }
                     }
                     // A list built from missing values (`[body.a, body.b] |
                     // join(':')`) prints them as nothing too.
-                    if value.kind() == minijinja::value::ValueKind::Seq {
+                    if prints_items && value.kind() == minijinja::value::ValueKind::Seq {
                         for item in value.try_iter()? {
                             refuse_missing(&item)?;
                         }
@@ -542,8 +554,12 @@ impl EngineBuilder {
     /// still found at render time.
     fn unknown_name(&self, source: &str, expression: bool) -> Option<String> {
         // The strict environment's own names for the builtins are not the
-        // user's to call (`map('__relay_lower')` would skip its checks).
-        if source.contains("__relay_") {
+        // user's to call (`map('__relay_lower')` would skip its checks): a
+        // filter or a filter's name in quotes. A field named so is fine.
+        let calls_own_name = source
+            .match_indices("__relay_")
+            .any(|(at, _)| source[..at].trim_end().ends_with(['|', '\'', '"']));
+        if calls_own_name {
             return Some("names starting with `__relay_` are the relay's own".to_owned());
         }
         let result = if expression {

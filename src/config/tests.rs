@@ -740,6 +740,35 @@ fn a_strict_field_joined_with_a_tilde_is_warned_about() {
             .collect()
     };
     assert_eq!(joins(text), ["routes[0].dispatch[0].event_type"]);
-    let plain = "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: \"cms-{{ body.model }}\"\n";
-    assert!(joins(plain).is_empty());
+    let with_event_type = |event_type: &str| {
+        format!(
+            "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dedupe_key: \"{{{{ 'order-' ~ body.id }}}}\"\n    dispatch:\n      - repo: acme/blog\n        event_type: |-\n          {event_type}\n"
+        )
+    };
+    // Joins and loops that may print nothing for a missing value, a key
+    // among them.
+    for event_type in [
+        "deploy{%- for l in body.labels %}-{{ l }}{% endfor %}",
+        "{{ '%s' | format(body.a) ~ body.b }}",
+        "{{ body.a | replace('}', '') ~ body.b }}",
+    ] {
+        assert_eq!(
+            joins(&with_event_type(event_type)),
+            ["routes[0].dedupe_key", "routes[0].dispatch[0].event_type"],
+            "{event_type}"
+        );
+    }
+    // A `~` in a string, or in a condition that prints nothing, is not one.
+    for event_type in [
+        "cms-{{ body.model }}",
+        "{{ body.version | replace('~', '-') }}",
+        "{{ body.labels | join('~') }}",
+        "{% if (body.a ~ 'x') == 'ax' %}y{% else %}n{% endif %}",
+    ] {
+        assert_eq!(
+            joins(&with_event_type(event_type)),
+            ["routes[0].dedupe_key"],
+            "{event_type}"
+        );
+    }
 }

@@ -553,6 +553,21 @@ fn a_key_that_prints_a_missing_value_is_no_key() {
         key("k-{{ body.missing | list | join }}"),
     ];
     let tojson_indented = key("{{ body.entry | tojson(indent=2) }}");
+    // Present values render as anywhere: filters that drop missing values,
+    // a list holding a null, a `none` written as an argument.
+    let present = [
+        (
+            "{{ [body.model, body.missing] | select('defined') | join('-') }}",
+            "post",
+        ),
+        ("{{ [1, none, 3] | reject('none') | join('-') }}", "1-3"),
+        ("{{ [1, none, 3] | length }}", "3"),
+        ("{{ [1, none, 3] | first }}", "1"),
+        ("{{ body.list | batch(3, none) | list | length }}", "1"),
+        ("{{ body.entry.tags | map('upper') | join('') }}", "AB"),
+        ("{{ body.__relay_field | default('ok') }}", "ok"),
+    ]
+    .map(|(source, expected)| (key(source), expected));
     let fixed = key("always");
     let broken = key("{{ body.model + 1 }}");
     // Through a filter or `~`, a missing value is still missing.
@@ -589,6 +604,13 @@ fn a_key_that_prints_a_missing_value_is_no_key() {
     assert_eq!(joined_missing.render_key(&ctx()).unwrap(), None);
     for template in &joined_items {
         assert_eq!(template.render_key(&ctx()).unwrap(), None, "{template:?}");
+    }
+    for (template, expected) in &present {
+        assert_eq!(
+            template.render_key(&ctx()).unwrap().as_deref(),
+            Some(*expected),
+            "{template:?}"
+        );
     }
     // Arguments, keyword ones included, reach the filter as written.
     assert!(
