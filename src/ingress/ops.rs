@@ -28,9 +28,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    // The queue depth is read at scrape time so the gauge is never stale.
-    if let Ok(depth) = state.store.queue_depth().await {
-        state.metrics.set_queue_depth(depth);
+    // The queue depth is read at scrape time. When the store cannot be read
+    // the gauges keep their last values, so the failure is logged, not
+    // passed over: /readyz reports the store too.
+    match state.store.queue_depth().await {
+        Ok(depth) => state.metrics.set_queue_depth(depth),
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not read the queue depth; the gauge keeps its last value");
+        }
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
