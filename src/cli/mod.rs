@@ -45,7 +45,8 @@ pub enum Command {
         online: bool,
     },
     /// Dry run: evaluate `when`, render every target of a route for a body and
-    /// print the exact GitHub requests, without sending anything.
+    /// print the dedupe key and the exact GitHub requests, without sending
+    /// anything.
     Render {
         #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
         config: PathBuf,

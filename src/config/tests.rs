@@ -772,3 +772,11 @@ fn a_strict_field_joined_with_a_tilde_is_warned_about() {
         );
     }
 }
+
+#[test]
+fn a_static_workflow_of_dots_is_refused_at_load() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{repo: acme/a, workflow: \"..\", ref: main}]\n";
+    let errors = load_err(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "routes[0].dispatch[0].workflow");
+}

@@ -1551,7 +1551,19 @@ fn workflow_target(
     if workflow.is_empty() {
         report.error(&workflow_path, "is empty");
     }
-    let workflow = compile_string(report, builder, &workflow_path, workflow);
+    let workflow = compile_string(report, builder, &workflow_path, workflow).and_then(|t| {
+        if let Some(text) = t.is_static()
+            && !text.is_empty()
+            && routing::check_workflow(text).is_err()
+        {
+            report.error(
+                &workflow_path,
+                "is not a workflow: give its file name (`deploy.yml`) or its id",
+            );
+            return None;
+        }
+        Some(t)
+    });
 
     let ref_path = path.key("ref");
     let git_ref = match git_ref {
