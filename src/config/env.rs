@@ -24,6 +24,7 @@ pub(crate) fn substitute_tree(
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut Vec<EnvError>,
     written: &mut BTreeMap<String, String>,
+    defaulted: &mut Vec<(Path, String)>,
 ) {
     match value {
         Value::String(text) => {
@@ -32,6 +33,9 @@ pub(crate) fn substitute_tree(
                     Ok(done) => {
                         // What the file says, for output that must not
                         // show what a variable put there.
+                        if let Some(name) = default_text_used(text, env) {
+                            defaulted.push((path.clone(), name));
+                        }
                         if done != *text {
                             written.insert(path.to_string(), std::mem::replace(text, done));
                         }
@@ -45,7 +49,7 @@ pub(crate) fn substitute_tree(
         }
         Value::Sequence(items) => {
             for (index, item) in items.iter_mut().enumerate() {
-                substitute_tree(item, &path.index(index), env, errors, written);
+                substitute_tree(item, &path.index(index), env, errors, written, defaulted);
             }
         }
         Value::Mapping(map) => {
@@ -54,12 +58,32 @@ pub(crate) fn substitute_tree(
                     Value::String(key) => path.key(key),
                     other => path.key(&scalar_text(other)),
                 };
-                substitute_tree(item, &child, env, errors, written);
+                substitute_tree(item, &child, env, errors, written, defaulted);
             }
         }
-        Value::Tagged(tagged) => substitute_tree(&mut tagged.value, path, env, errors, written),
+        Value::Tagged(tagged) => {
+            substitute_tree(&mut tagged.value, path, env, errors, written, defaulted)
+        }
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
+}
+
+/// The name of a variable whose non-empty default, written in the file,
+/// `text` takes (`${OLD:-some-text}` with `OLD` unset or empty).
+fn default_text_used(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        let inner = &rest[at + 2..];
+        let end = inner.find('}')?;
+        if let Some((name, default)) = inner[..end].split_once(":-")
+            && !default.is_empty()
+            && env(name).is_none_or(|value| value.is_empty())
+        {
+            return Some(name.to_owned());
+        }
+        rest = &inner[end + 1..];
+    }
+    None
 }
 
 /// The text of a scalar key, for paths.

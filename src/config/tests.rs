@@ -780,3 +780,16 @@ fn a_static_workflow_of_dots_is_refused_at_load() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].path, "routes[0].dispatch[0].workflow");
 }
+
+#[test]
+fn a_secret_from_a_default_written_in_the_file_is_warned_about() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify:\n      hmac:\n        secrets: [\"${CMS_WEBHOOK_SECRET}\", \"${MISSING:-known-to-all}\"]\n        header: X-Sig\n    dispatch:\n      - repo: acme/a\n        event_type: \"${MISSING:-deploy}\"\n";
+    let warnings = load_ok(text).warnings;
+    let paths: Vec<&str> = warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(paths, ["routes[0].verify.hmac.secrets[1]"], "{warnings:?}");
+    assert!(warnings[0].message.contains("`MISSING`"), "{warnings:?}");
+    assert!(
+        !warnings[0].message.contains("known-to-all"),
+        "{warnings:?}"
+    );
+}

@@ -190,6 +190,23 @@ fn without_struct_names(message: &str) -> String {
     out
 }
 
+/// Whether a value at `path` is a secret: a webhook secret, a token, a
+/// password or a private key.
+fn is_secret_path(path: &Path) -> bool {
+    let key = path.0.iter().rev().find_map(|seg| match seg {
+        Seg::Key(key) => Some(key.as_str()),
+        Seg::Index(_) => None,
+    });
+    matches!(
+        key,
+        Some("secret" | "secrets" | "password" | "passwords" | "token" | "private_key")
+    ) || (matches!(key, Some("value" | "values"))
+        && path
+            .0
+            .iter()
+            .any(|seg| matches!(seg, Seg::Key(k) if k == "token")))
+}
+
 /// The fields of a struct `T` as serde names them, or `None` when `T` is not
 /// deserialized as a struct. serde hands them to `deserialize_struct`, so a
 /// deserializer that only records them and stops finds them without any
@@ -359,9 +376,29 @@ pub(super) fn load(
 
     let mut env_errors = Vec::new();
     let mut written = BTreeMap::new();
-    substitute_tree(&mut root, &Path::root(), env, &mut env_errors, &mut written);
+    let mut defaulted = Vec::new();
+    substitute_tree(
+        &mut root,
+        &Path::root(),
+        env,
+        &mut env_errors,
+        &mut written,
+        &mut defaulted,
+    );
     for error in env_errors {
         report.error(&error.path, error.message);
+    }
+    // A secret that comes from a default written in the file is known to
+    // anyone who reads the file (or its documentation).
+    for (path, name) in defaulted {
+        if is_secret_path(&path) {
+            report.warn(
+                &path,
+                format!(
+                    "is a secret taken from the default of `${{{name}:-...}}`, written in the file; set `{name}` instead"
+                ),
+            );
+        }
     }
 
     let config = build(&mut report, root, env);
