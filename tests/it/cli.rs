@@ -181,19 +181,13 @@ fn render_reads_the_query_and_shows_the_dedupe_key_serve_would_store() {
     let dir = dir_with_routes(text);
     std::fs::write(dir.path().join("with.json"), r#"{"order":{"id":7}}"#).unwrap();
     std::fs::write(dir.path().join("without.json"), r#"{"n":1}"#).unwrap();
-    let (code, stdout, stderr) = run(
-        dir.path(),
-        &[
-            "render",
-            "--route",
-            "cms",
-            "--body",
-            "with.json",
-            "--query",
-            "env=prod&x=1",
-        ],
-        &[],
-    );
+    // `render --route cms --body FILE [--query QUERY]`.
+    let render = |body: &str, query: Option<&str>| {
+        let mut args = vec!["render", "--route", "cms", "--body", body];
+        args.extend(query.map(|query| ["--query", query]).into_iter().flatten());
+        run(dir.path(), &args, &[])
+    };
+    let (code, stdout, stderr) = render("with.json", Some("env=prod&x=1"));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("# dedupe key: order-7"), "{stdout}");
     assert!(
@@ -201,28 +195,12 @@ fn render_reads_the_query_and_shows_the_dedupe_key_serve_would_store() {
         "{stdout}"
     );
     // A key that lacks its field is no key, as serve stores it.
-    let (code, stdout, stderr) = run(
-        dir.path(),
-        &[
-            "render",
-            "--route",
-            "cms",
-            "--body",
-            "without.json",
-            "--query",
-            "env=prod",
-        ],
-        &[],
-    );
+    let (code, stdout, stderr) = render("without.json", Some("env=prod"));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("# dedupe key: none"), "{stdout}");
     // Without the query, the event type would lack its value: refused,
     // not sent as `deploy-`.
-    let (code, _, stderr) = run(
-        dir.path(),
-        &["render", "--route", "cms", "--body", "with.json"],
-        &[],
-    );
+    let (code, _, stderr) = render("with.json", None);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("event_type failed to render"), "{stderr}");
 }
