@@ -517,7 +517,7 @@ pub fn check_inputs(inputs: Value) -> Result<Map<String, Value>, LimitError> {
             let text = match value {
                 Value::String(text) => text,
                 Value::Bool(_) | Value::Number(_) => value.to_string(),
-                Value::Null | Value::Array(_) | Value::Object(_) => {
+                Value::Array(_) | Value::Object(_) | Value::Null => {
                     let found = json_type(&value);
                     return Err(LimitError::InputNotScalar { name, found });
                 }
@@ -527,7 +527,7 @@ pub fn check_inputs(inputs: Value) -> Result<Map<String, Value>, LimitError> {
         .collect::<Result<Map<String, Value>, LimitError>>()?;
     // Counted as sent: an input left out is not one of GitHub's 25.
     check_input_count(inputs.len())?;
-    let chars = Value::Object(inputs.clone()).to_string().chars().count();
+    let chars = serde_json::to_string(&inputs).map_or(0, |text| text.chars().count());
     if chars > MAX_WORKFLOW_INPUTS_CHARS {
         return Err(LimitError::InputsTooLarge { chars });
     }

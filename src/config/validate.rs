@@ -975,14 +975,9 @@ fn route(
             .ok()
     });
 
-    let dedupe_key = raw.dedupe_key.and_then(|source| {
-        let key_path = path.key("dedupe_key");
-        builder
-            .strict_string(&key_path.to_string(), &source)
-            .inspect(|_| warn_on_unchecked_joins(report, &key_path, &source))
-            .map_err(|err| report.error(&key_path, err.to_string()))
-            .ok()
-    });
+    let dedupe_key = raw
+        .dedupe_key
+        .and_then(|source| compile_string(report, builder, &path.key("dedupe_key"), &source));
 
     let route_notify = match raw.notify {
         // `notify:` with nothing after it says nothing either.

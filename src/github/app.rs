@@ -364,8 +364,7 @@ impl AppAuth {
 
     /// Sends a request authenticated as the App. When GitHub refuses the JWT
     /// for its times, the skew is learnt from the `Date` header and the
-    /// request is sent once more.
-    /// Sends one request as the App. `endpoint` names the operation in the
+    /// request is sent once more. `endpoint` names the operation in the
     /// request-duration metric (never the path, which holds a repository).
     async fn as_app(
         &self,

@@ -86,9 +86,9 @@ impl SetupListener {
     }
 
     /// Starts serving `page`; callbacks carrying `state` arrive on the
-    /// returned receiver, at most one of them.
-    /// Serves the page. `hosts` are the `Host` values the browser may use
-    /// (the page's address, and the local machine's names on its port).
+    /// returned receiver, at most one of them. `hosts` are the `Host` values
+    /// the browser may use (the page's address, and the local machine's
+    /// names on its port).
     pub fn start(
         self,
         page: Page,

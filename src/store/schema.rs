@@ -758,9 +758,6 @@ pub(super) fn depth(conn: &Connection) -> Result<QueueDepth, StoreError> {
     })
 }
 
-/// Deletes up to `limit` finished deliveries (delivered or failed) that
-/// finished before `cutoff_ms`, with their jobs and attempts. Pending
-/// deliveries are never pruned, however old.
 /// Finished deliveries past the cutoff. A delivery finishes after it was
 /// received, so `received_at < ?1` only narrows the search, and lets the
 /// status index bound it: without it the last batch of every run read
@@ -770,6 +767,9 @@ pub(super) const PRUNABLE: &str = "SELECT id FROM deliveries
        AND COALESCE(finished_at, received_at) < ?1
      LIMIT ?2";
 
+/// Deletes up to `limit` finished deliveries (delivered or failed) that
+/// finished before `cutoff_ms`, with their jobs and attempts. Pending
+/// deliveries are never pruned, however old.
 pub(super) fn prune(conn: &Connection, cutoff_ms: i64, limit: usize) -> Result<usize, StoreError> {
     let deleted = conn
         .prepare_cached(&format!("DELETE FROM deliveries WHERE id IN ({PRUNABLE})"))?
