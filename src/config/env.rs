@@ -29,13 +29,14 @@ pub(crate) fn substitute_tree(
     match value {
         Value::String(text) => {
             if text.contains('$') {
-                match substitute(text, env) {
+                let mut defaults = Vec::new();
+                match substitute_noting_defaults(text, env, &mut defaults) {
                     Ok(done) => {
-                        // What the file says, for output that must not
-                        // show what a variable put there.
-                        if let Some(name) = default_text_used(text, env) {
+                        if let Some(name) = defaults.into_iter().next() {
                             defaulted.push((path.clone(), name));
                         }
+                        // What the file says, for output that must not
+                        // show what a variable put there.
                         if done != *text {
                             written.insert(path.to_string(), std::mem::replace(text, done));
                         }
@@ -68,24 +69,6 @@ pub(crate) fn substitute_tree(
     }
 }
 
-/// The name of a variable whose non-empty default, written in the file,
-/// `text` takes (`${OLD:-some-text}` with `OLD` unset or empty).
-fn default_text_used(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
-    let mut rest = text;
-    while let Some(at) = rest.find("${") {
-        let inner = &rest[at + 2..];
-        let end = inner.find('}')?;
-        if let Some((name, default)) = inner[..end].split_once(":-")
-            && !default.is_empty()
-            && env(name).is_none_or(|value| value.is_empty())
-        {
-            return Some(name.to_owned());
-        }
-        rest = &inner[end + 1..];
-    }
-    None
-}
-
 /// The text of a scalar key, for paths.
 pub(crate) fn scalar_text(value: &Value) -> String {
     match value {
@@ -101,6 +84,16 @@ pub(crate) fn scalar_text(value: &Value) -> String {
 pub(crate) fn substitute(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    substitute_noting_defaults(text, env, &mut Vec::new())
+}
+
+/// [`substitute`], adding to `defaults` the name of each variable whose
+/// non-empty default, written in the file, it took.
+fn substitute_noting_defaults(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    defaults: &mut Vec<String>,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -148,11 +141,16 @@ pub(crate) fn substitute(
             }
             // As in the shell, a default also replaces a variable that is set
             // but empty.
-            let value = match (env(name), default) {
-                (Some(value), Some(default)) if value.is_empty() => Some(default.to_owned()),
-                (Some(value), _) => Some(value),
-                (None, default) => default.map(str::to_owned),
+            let (value, from_default) = match (env(name), default) {
+                (Some(value), Some(default)) if value.is_empty() => {
+                    (Some(default.to_owned()), true)
+                }
+                (Some(value), _) => (Some(value), false),
+                (None, default) => (default.map(str::to_owned), default.is_some()),
             };
+            if from_default && default.is_some_and(|default| !default.is_empty()) {
+                defaults.push(name.to_owned());
+            }
             match value {
                 Some(value) if value.is_empty() && default.is_none() => {
                     if !empty.contains(&name) {
