@@ -314,22 +314,28 @@ impl EngineBuilder {
             refuse_missing(value)?;
             minijinja::escape_formatter(out, state, value)
         });
-        keys.add_filter("__relay_urldecode", urldecode);
-        macro_rules! builtin_originals {
+        // Every builtin filter but `default` (`d`), which exists to stand in
+        // for a missing value, and the relay's `urldecode`: each refuses a
+        // missing or null value it would otherwise print as nothing, `none`,
+        // `0` or `[]`, then calls the original.
+        macro_rules! originals {
             ($($name:ident),* $(,)?) => {
-                $(keys.add_filter(concat!("__relay_", stringify!($name)), minijinja::filters::$name);)*
+                [$((stringify!($name), MjValue::from_function(minijinja::filters::$name))),*]
             };
         }
-        builtin_originals!(
+        let originals = originals!(
             safe, escape, upper, lower, title, capitalize, replace, length, dictsort, items,
             reverse, trim, join, split, lines, abs, int, float, sum, attr, round, first, last, min,
             max, sort, list, string, bool, slice, batch, tojson, indent, select, selectattr,
             reject, rejectattr, map, groupby, unique, chain, zip, pprint, format,
-        );
-        keys.add_filter("__relay_e", minijinja::filters::escape);
-        keys.add_filter("__relay_count", minijinja::filters::length);
-        for name in PRINTING_FILTERS {
-            let original = format!("__relay_{name}");
+        )
+        .into_iter()
+        .chain([
+            ("e", MjValue::from_function(minijinja::filters::escape)),
+            ("count", MjValue::from_function(minijinja::filters::length)),
+            ("urldecode", MjValue::from_function(urldecode)),
+        ]);
+        for (name, original) in originals {
             // The filters that drop missing values are left to do so; what
             // they give is checked where it is printed.
             let drops_missing = matches!(name, "select" | "reject" | "selectattr" | "rejectattr");
@@ -361,7 +367,7 @@ impl EngineBuilder {
                     let mut args = Vec::with_capacity(rest.len() + 1);
                     args.push(value);
                     args.extend(rest.iter().cloned());
-                    state.apply_filter(&original, &args)
+                    original.call(state, &args)
                 },
             );
         }
@@ -553,9 +559,9 @@ impl EngineBuilder {
     /// A name only reached in a branch the empty request does not take is
     /// still found at render time.
     fn unknown_name(&self, source: &str, expression: bool) -> Option<String> {
-        // The strict environment's own names for the builtins are not the
-        // user's to call (`map('__relay_lower')` would skip its checks): a
-        // filter or a filter's name in quotes. A field named so is fine.
+        // Names starting with `__relay_` are the relay's own (the variable
+        // a compiled expression stores its value in): not a filter's or a
+        // filter name's in quotes. A field named so is fine.
         let calls_own_name = source
             .match_indices("__relay_")
             .any(|(at, _)| source[..at].trim_end().ends_with(['|', '\'', '"']));
@@ -714,60 +720,6 @@ fn describe(err: &minijinja::Error, source: &str) -> String {
     }
     text
 }
-
-/// The builtin filters, but `default` (`d`), which exists to stand in for a
-/// missing value: in the strict environment each refuses a missing or null
-/// input, argument or list item, which it would otherwise print as nothing,
-/// `none`, `0` or `[]`. `urldecode` is the relay's own.
-const PRINTING_FILTERS: [&str; 47] = [
-    "urldecode",
-    "safe",
-    "escape",
-    "e",
-    "upper",
-    "lower",
-    "title",
-    "capitalize",
-    "replace",
-    "length",
-    "count",
-    "dictsort",
-    "items",
-    "reverse",
-    "trim",
-    "join",
-    "split",
-    "lines",
-    "abs",
-    "int",
-    "float",
-    "sum",
-    "attr",
-    "round",
-    "first",
-    "last",
-    "min",
-    "max",
-    "sort",
-    "list",
-    "string",
-    "bool",
-    "slice",
-    "batch",
-    "tojson",
-    "indent",
-    "select",
-    "selectattr",
-    "reject",
-    "rejectattr",
-    "map",
-    "groupby",
-    "unique",
-    "chain",
-    "zip",
-    "pprint",
-    "format",
-];
 
 /// An undefined or null value is an error where it would be printed in a
 /// strict field.
@@ -1006,7 +958,7 @@ impl StringTemplate {
 
     /// Renders a template compiled with [`EngineBuilder::strict_string`]:
     /// `None` when it prints a value the request does not have, or a
-    /// `null`, directly or through a filter (see `PRINTING_FILTERS`).
+    /// `null`, directly or through a filter (see [`EngineBuilder::new`]).
     /// Joining with `~` and looping with `for` are not caught.
     pub fn render_present(&self, ctx: &Prepared) -> Result<Option<String>, RenderError> {
         let Some(compiled) = &self.compiled else {
