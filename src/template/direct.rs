@@ -80,13 +80,12 @@ impl VarPath {
         match self.root {
             Root::Body => {
                 let mut value = &ctx.body;
-                for (index, key) in self.keys.iter().enumerate() {
+                for key in &self.keys {
                     match value.as_object()?.get(key) {
                         Some(next) => value = next,
-                        // Only the last step may be missing: an attribute of
-                        // undefined is an error, which the engine words.
-                        None if index + 1 == self.keys.len() => return Some(Found::Undefined),
-                        None => return None,
+                        // Undefined values chain: a field of a missing
+                        // object is undefined too, as in the engine.
+                        None => return Some(Found::Undefined),
                     }
                 }
                 Some(Found::Json(value))
@@ -120,10 +119,10 @@ impl VarPath {
         })
     }
 
-    /// Appends the path's value as the engine prints it.
-    fn print(&self, ctx: &Context, out: &mut String) -> Option<()> {
+    /// Appends a value as the engine prints it.
+    fn print(found: Found<'_>, out: &mut String) -> Option<()> {
         use serde_json::Value;
-        match self.lookup(ctx)? {
+        match found {
             Found::Text(text) => out.push_str(text),
             Found::Json(Value::String(text)) => out.push_str(text),
             Found::Json(Value::Number(n)) if n.is_i64() || n.is_u64() => {
@@ -191,28 +190,35 @@ impl Text {
 
     /// Renders the text; `None` when one of its values needs the engine.
     pub(super) fn render(&self, ctx: &Context) -> Option<String> {
-        let mut out = String::new();
-        for piece in &self.0 {
-            match piece {
-                Piece::Literal(text) => out.push_str(text),
-                Piece::Var(path) => path.print(ctx, &mut out)?,
-            }
-        }
-        Some(out)
+        self.render_checked(ctx, false).flatten()
     }
 
     /// Renders the text when every value it prints is present: the outer
     /// `None` when one needs the engine, the inner one when one is missing
     /// or `null`.
     pub(super) fn render_present(&self, ctx: &Context) -> Option<Option<String>> {
+        self.render_checked(ctx, true)
+    }
+
+    /// [`Text::render_present`] when `refuse_missing`, else the text with
+    /// missing values printed as nothing.
+    fn render_checked(&self, ctx: &Context, refuse_missing: bool) -> Option<Option<String>> {
         let mut out = String::new();
         for piece in &self.0 {
             match piece {
                 Piece::Literal(text) => out.push_str(text),
-                Piece::Var(path) => match path.lookup(ctx)? {
-                    Found::Undefined | Found::Json(serde_json::Value::Null) => return Some(None),
-                    _ => path.print(ctx, &mut out)?,
-                },
+                Piece::Var(path) => {
+                    let found = path.lookup(ctx)?;
+                    if refuse_missing
+                        && matches!(
+                            found,
+                            Found::Undefined | Found::Json(serde_json::Value::Null)
+                        )
+                    {
+                        return Some(None);
+                    }
+                    VarPath::print(found, &mut out)?;
+                }
             }
         }
         Some(Some(out))
