@@ -16,8 +16,7 @@ use crate::store::{ListFilter, Status};
 fn store_location(config_path: &Path) -> Result<std::path::PathBuf, CliError> {
     // RELAY_DATABASE_URL wins over the file, so the file's value (and any
     // variable it needs) only matters without it.
-    let from_env =
-        super::process_env("RELAY_DATABASE_URL").is_some_and(|url| !url.trim().is_empty());
+    let from_env = super::process_setting("RELAY_DATABASE_URL").is_some();
     let configured = match std::fs::read_to_string(config_path) {
         Ok(text) if !from_env => config::store_url(&text, &super::process_env)
             .map_err(|e| invalid(anyhow::anyhow!("{}: {e}", config_path.display())))?,

@@ -199,6 +199,15 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// A setting read from the environment, trimmed; an empty one (`NAME=` in
+/// an env file) is unset. `${VAR}` substitution does not use this: there an
+/// empty variable is an error worth naming.
+pub fn process_setting(name: &str) -> Option<String> {
+    process_env(name)
+        .map(|value| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
 /// Reads and loads the configuration: the one code path of `serve`, `check`,
 /// `render` and `redeliver`.
 pub fn load_config(path: &Path) -> Result<Loaded, CliError> {
@@ -223,7 +232,7 @@ pub fn store_path(config_path: &Path, configured: Option<&str>) -> Result<PathBu
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let (source, url) = match (
-        process_env("RELAY_DATABASE_URL").filter(|url| !url.trim().is_empty()),
+        process_setting("RELAY_DATABASE_URL"),
         configured.filter(|url| !url.trim().is_empty()),
     ) {
         (Some(url), _) => ("RELAY_DATABASE_URL", url),

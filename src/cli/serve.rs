@@ -197,10 +197,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
 
     // Trimmed: a token read from a file keeps its final newline, which no
     // `Authorization` header can carry, and every request would be refused.
-    let admin_token = super::process_env("RELAY_ADMIN_TOKEN")
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .map(Secret::new);
+    let admin_token = super::process_setting("RELAY_ADMIN_TOKEN").map(Secret::new);
     let listen = listen
         .or_else(|| config.server.listen.clone())
         .unwrap_or_else(|| "0.0.0.0:8080".to_string());

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use rand::RngCore;
 
-use super::{CliError, invalid, load_config, process_env, runtime};
+use super::{CliError, invalid, load_config, process_env, process_setting, runtime};
 use crate::config::{DEFAULT_API_URL, resolve_api_url};
 use crate::github::GitHubClient;
 use crate::github::manifest::{self, CreatedApp};
@@ -84,9 +84,8 @@ pub async fn run(target: SetupTarget) -> Result<(), CliError> {
 /// exchange has failed) and the result page has been served.
 pub async fn github_app(options: AppSetup) -> Result<(), CliError> {
     let api_url = api_url(options.config.as_deref())?;
-    let web_url = process_env("GITHUB_WEB_URL")
-        .filter(|v| !v.trim().is_empty())
-        .map(|v| v.trim().trim_end_matches('/').to_owned())
+    let web_url = process_setting("GITHUB_WEB_URL")
+        .map(|v| v.trim_end_matches('/').to_owned())
         .unwrap_or_else(|| manifest::web_url(&api_url));
     if let Some(org) = &options.org
         && !manifest::is_valid_org(org)
@@ -300,8 +299,7 @@ fn api_url(config: Option<&Path>) -> Result<String, CliError> {
             // RELAY_CONFIG names the default file where it is set (the
             // container images set it), but as a default: a file that does
             // not load is only a warning, as `./routes.yaml` is.
-            let default = process_env("RELAY_CONFIG")
-                .filter(|path| !path.trim().is_empty())
+            let default = process_setting("RELAY_CONFIG")
                 .map_or_else(|| PathBuf::from("routes.yaml"), PathBuf::from);
             if default.exists() {
                 match load_config(&default) {
