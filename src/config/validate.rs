@@ -45,9 +45,26 @@ struct Report<'a> {
     locations: Locations,
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigWarning>,
+    /// The values that took a `${VAR:-default}` written in the file, with
+    /// the variable's name.
+    defaulted: Vec<(Path, String)>,
 }
 
 impl Report<'_> {
+    /// Warns when the secret at `path` came from a default written in the
+    /// file: anyone who reads the file (or its documentation) knows it.
+    fn secret_at(&mut self, path: &Path) {
+        if let Some(at) = self.defaulted.iter().position(|(p, _)| p == path) {
+            let (path, name) = self.defaulted.swap_remove(at);
+            self.warn(
+                &path,
+                format!(
+                    "is a secret taken from the default of `${{{name}:-...}}`, written in the file; set `{name}` instead"
+                ),
+            );
+        }
+    }
+
     fn error_at(&mut self, pos: Pos, path: &Path, message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_owned(),
@@ -188,23 +205,6 @@ fn without_struct_names(message: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// Whether a value at `path` is a secret: a webhook secret, a token, a
-/// password or a private key.
-fn is_secret_path(path: &Path) -> bool {
-    let key = path.0.iter().rev().find_map(|seg| match seg {
-        Seg::Key(key) => Some(key.as_str()),
-        Seg::Index(_) => None,
-    });
-    matches!(
-        key,
-        Some("secret" | "secrets" | "password" | "passwords" | "token" | "private_key")
-    ) || (matches!(key, Some("value" | "values"))
-        && path
-            .0
-            .iter()
-            .any(|seg| matches!(seg, Seg::Key(k) if k == "token")))
 }
 
 /// The fields of a struct `T` as serde names them, or `None` when `T` is not
@@ -372,33 +372,21 @@ pub(super) fn load(
         locations: Locations::of(text),
         errors: Vec::new(),
         warnings: Vec::new(),
+        defaulted: Vec::new(),
     };
 
     let mut env_errors = Vec::new();
     let mut written = BTreeMap::new();
-    let mut defaulted = Vec::new();
     substitute_tree(
         &mut root,
         &Path::root(),
         env,
         &mut env_errors,
         &mut written,
-        &mut defaulted,
+        &mut report.defaulted,
     );
     for error in env_errors {
         report.error(&error.path, error.message);
-    }
-    // A secret that comes from a default written in the file is known to
-    // anyone who reads the file (or its documentation).
-    for (path, name) in defaulted {
-        if is_secret_path(&path) {
-            report.warn(
-                &path,
-                format!(
-                    "is a secret taken from the default of `${{{name}:-...}}`, written in the file; set `{name}` instead"
-                ),
-            );
-        }
     }
 
     let config = build(&mut report, root, env);
@@ -618,6 +606,7 @@ fn github(
                 report.error(&path.key("token"), "is empty");
                 None
             } else {
+                report.secret_at(&path.key("token"));
                 Some(Credential::Token(Secret::new(token)))
             }
         }
@@ -667,7 +656,10 @@ fn github_app(report: &mut Report, app: raw::RawApp, path: &Path) -> Option<Cred
     }
     let private_key = match (app.private_key_file, app.private_key) {
         (Some(file), None) if !file.is_empty() => PrivateKeySource::File(PathBuf::from(file)),
-        (None, Some(key)) if !key.is_empty() => PrivateKeySource::Inline(Secret::new(key)),
+        (None, Some(key)) if !key.is_empty() => {
+            report.secret_at(&path.key("private_key"));
+            PrivateKeySource::Inline(Secret::new(key))
+        }
         (Some(_), Some(_)) => {
             report.error(
                 path,
@@ -853,6 +845,7 @@ fn notify(report: &mut Report, value: Value, path: &Path) -> Option<Vec<NotifyTa
             }
         };
         if url.starts_with("https://") || url.starts_with("http://") {
+            report.secret_at(&item_path.key(key));
             targets.push(NotifyTarget {
                 kind: make(Secret::new(url)),
             });
@@ -1124,6 +1117,7 @@ fn secret_list(
             report.error(&item_path, "is empty");
             ok = false;
         } else {
+            report.secret_at(&item_path);
             let secret = Secret::new(value);
             match check(&secret) {
                 Some(problem) => {
