@@ -175,6 +175,19 @@ pub fn classify(
                 ),
             };
         }
+        // A token stays valid after its repository moves to another
+        // installation of the App (a transfer, or a change to the
+        // installation's selection), and GitHub then answers it 404 until
+        // it expires, up to an hour later. One token from the repository's
+        // installation as looked up now settles whether the 404 is real.
+        if status == 404 && !token.retried {
+            return Action::Reauthenticate {
+                wait: Duration::ZERO,
+                renew: true,
+                reason: "GitHub answered 404 to the App installation token; looking the repository's installation up again"
+                    .to_string(),
+            };
+        }
     }
     // Only a refusal that names the field: any other 422 (a ref not yet
     // pushed, an input the workflow does not take) would be answered the
@@ -765,7 +778,7 @@ mod tests {
     }
 
     #[test]
-    fn app_tokens_refused_by_github_are_sent_again_then_renewed_once() {
+    fn app_tokens_refused_or_not_found_are_sent_again_then_renewed_once() {
         let none = RateHeaders::default();
         let app = |age_ms: u64, retried: bool| History {
             app_token: Some(AppToken {
@@ -776,6 +789,7 @@ mod tests {
         };
         let forbidden = answer(403, "Resource not accessible by integration", none);
         let unauthorized = answer(401, "Bad credentials", none);
+        let not_found = answer(404, "Not Found", none);
         // (answer, history, expected (wait in ms, renew) or the failure text)
         type Expected<'a> = Result<(u64, bool), &'a str>;
         let cases: Vec<(&Answer, History, Expected)> = vec![
@@ -791,6 +805,12 @@ mod tests {
             (&unauthorized, app(600_000, false), Ok((0, true))),
             // Renewed once only.
             (&unauthorized, app(3_000, true), Err(BAD_CREDENTIALS)),
+            // A 404 may come from a token of the installation the repository
+            // left: renewed once, young or old, then the 404 stands.
+            (&not_found, app(200, false), Ok((0, true))),
+            (&not_found, app(600_000, false), Ok((0, true))),
+            (&not_found, app(600_000, true), Err(NOT_FOUND)),
+            (&not_found, fresh(), Err(NOT_FOUND)),
             // A 403 with an older token is a real permission problem.
             (
                 &forbidden,

@@ -196,8 +196,9 @@ impl Credentials {
         }
     }
 
-    /// Drops a token GitHub refused, so that the next `token_for` mints a new
-    /// one. A token already replaced by another task is left alone.
+    /// Drops a token GitHub refused, and the repository's installation with
+    /// it, so that the next `token_for` looks the installation up and mints
+    /// a new token. A token already replaced by another task is left alone.
     pub fn invalidate(&self, repo: &str, scope: Scope, refused: &Secret) {
         if let Credentials::App(app) = self {
             app.invalidate(repo, scope, refused);
@@ -597,13 +598,19 @@ impl AppAuth {
         let Some(installation) = self.cached_installation(repo) else {
             return;
         };
-        let key = (installation, repo.to_ascii_lowercase(), scope);
+        let repo = repo.to_ascii_lowercase();
+        let key = (installation, repo.clone(), scope);
         let mut tokens = lock(&self.tokens);
         if tokens
             .get(&key)
             .is_some_and(|t| t.secret.expose() == refused.expose())
         {
             tokens.remove(&key);
+            // The repository may have left the installation (transferred, or
+            // taken out of its selection) or the App may have been installed
+            // again: the next token comes from the installation GitHub names
+            // now.
+            lock(&self.installations).remove(&repo);
         }
     }
 }

@@ -319,6 +319,34 @@ async fn a_repository_moved_to_another_installation_keeps_delivering() {
     assert_second_delivered(&app).await;
 }
 
+/// The same move while the token of the first installation is still
+/// valid: GitHub answers that token 404, and the relay looks the
+/// installation up again instead of failing until the token expires.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_moved_while_its_token_is_valid_is_found_at_its_new_installation() {
+    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
+    post_n(&app, "cms", 1).await;
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+    app.github.add_installation("acme/blog", 9);
+    post_n(&app, "cms", 1).await;
+    assert_second_delivered(&app).await;
+    let dispatches = app.github.dispatch_attempts();
+    assert_eq!(
+        dispatches.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![204, 404, 204]
+    );
+    assert_eq!(bearer(&dispatches[0]), bearer(&dispatches[1]));
+    assert_ne!(bearer(&dispatches[1]), bearer(&dispatches[2]));
+    let lookups = app
+        .github
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/repos/acme/blog/installation")
+        .count();
+    assert_eq!(lookups, 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_401_right_after_a_mint_sends_the_same_token_again_once_github_knows_it() {
     let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
