@@ -140,6 +140,8 @@ pub struct ServerConfig {
     pub listen: Option<String>,
     /// The default body limit of routes, in bytes.
     pub max_body: u64,
+    /// How long a request's body may take to arrive once its headers have.
+    pub body_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }

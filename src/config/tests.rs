@@ -627,6 +627,25 @@ fn a_zero_signature_tolerance_is_refused() {
 }
 
 #[test]
+fn a_body_timeout_is_read_and_zero_is_refused() {
+    let text = |timeout: &str| {
+        format!(
+            "github:\n  token: t\nserver:\n  body_timeout: {timeout}\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n"
+        )
+    };
+    let loaded = load_ok(&text("2500ms"));
+    assert_eq!(
+        loaded.config.server.body_timeout,
+        Duration::from_millis(2500)
+    );
+    let errors = load_err(&text("0s"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "server.body_timeout");
+    assert_eq!(errors[0].line, 4);
+    assert_eq!(errors[0].message, "must be longer than 0");
+}
+
+#[test]
 fn a_scalar_where_a_map_belongs_is_named_in_the_files_words() {
     let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    debounce: 30s\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
     let errors = load_err(text);

@@ -33,6 +33,9 @@ pub fn resolve_api_url(from_env: Option<String>, configured: Option<String>) -> 
         .to_owned()
 }
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
+/// Long enough for a large body on a slow link; short enough that a client
+/// that stops sending does not hold its connection for long.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default `debounce.max_wait`: a burst never delays its dispatch by
 /// more than this (or by more than the window, when that is longer).
 const DEFAULT_DEBOUNCE_MAX_WAIT: Duration = Duration::from_secs(300);
@@ -732,6 +735,16 @@ fn server(report: &mut Report, raw: raw::RawServer, path: &Path) -> Option<Serve
         &path.key("max_body"),
         DEFAULT_MAX_BODY,
     );
+    let body_timeout = duration(
+        report,
+        raw.body_timeout,
+        &path.key("body_timeout"),
+        DEFAULT_BODY_TIMEOUT,
+    );
+    if body_timeout == Some(Duration::ZERO) {
+        report.error(&path.key("body_timeout"), "must be longer than 0");
+        return None;
+    }
     let trusted_proxies = networks(report, &raw.trusted_proxies, &path.key("trusted_proxies"));
     let listen = raw.listen.filter(|listen| !listen.is_empty());
     if let Some(listen) = &listen
@@ -746,6 +759,7 @@ fn server(report: &mut Report, raw: raw::RawServer, path: &Path) -> Option<Serve
     Some(ServerConfig {
         listen,
         max_body: max_body?,
+        body_timeout: body_timeout?,
         trusted_proxies: trusted_proxies?,
     })
 }

@@ -19,6 +19,8 @@ pub enum IngressError {
     TooLarge { limit: u64 },
     #[error("{0}")]
     BadRequest(String),
+    #[error("the body did not arrive within {secs} s (server.body_timeout)")]
+    BodyTimeout { secs: f64 },
     #[error("{0}")]
     Unprocessable(String),
     #[error("too many requests for this route; retry in {retry_after_secs} s")]
@@ -45,6 +47,7 @@ impl IngressError {
             IngressError::Forbidden => "forbidden",
             IngressError::TooLarge { .. } => "too_large",
             IngressError::BadRequest(_) => "bad_request",
+            IngressError::BodyTimeout { .. } => "timeout",
             IngressError::Unprocessable(_) => "unprocessable",
             IngressError::RateLimited { .. } => "rate_limited",
             IngressError::Unavailable(_) => "unavailable",
@@ -61,7 +64,11 @@ impl IngressError {
             IngressError::Unauthorized { .. } => WebhookOutcome::Unauthorized,
             IngressError::Forbidden => WebhookOutcome::Forbidden,
             IngressError::TooLarge { .. } => WebhookOutcome::TooLarge,
-            IngressError::BadRequest(_) => WebhookOutcome::BadRequest,
+            // The metric's outcomes are a fixed set: a body that never
+            // arrived is a bad request there.
+            IngressError::BadRequest(_) | IngressError::BodyTimeout { .. } => {
+                WebhookOutcome::BadRequest
+            }
             IngressError::Unprocessable(_) => WebhookOutcome::Unprocessable,
             IngressError::RateLimited { .. } => WebhookOutcome::RateLimited,
             IngressError::Unavailable(_) => WebhookOutcome::Unavailable,
@@ -82,6 +89,7 @@ impl ResponseError for IngressError {
             IngressError::Forbidden => StatusCode::FORBIDDEN,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            IngressError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IngressError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             IngressError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

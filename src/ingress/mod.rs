@@ -22,6 +22,48 @@ pub use state::{AppState, LiveRoutes, read_pinned_certificates};
 /// How long actix waits for open connections to finish after a stop.
 const HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Open files kept for everything but inbound connections: the store's
+/// files, connections to GitHub (at most 64 at once with pacing off) and to
+/// notify destinations, and the configuration file read on reload.
+const RESERVED_FILES: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit, as a server that
+/// holds one file per connection should, and returns the limit in force.
+fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` and `setrlimit` only read and write the struct
+    // passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// How many connections each HTTP worker holds open at most: the open-file
+/// limit, less the relay's own files, shared among the workers. A worker at
+/// its share stops accepting until a connection closes, so a flood of idle
+/// connections makes new ones wait in the listen queue instead of leaving
+/// the relay unable to open its own files ("too many open files").
+fn connections_per_worker(open_file_limit: u64, workers: usize) -> usize {
+    let share = open_file_limit.saturating_sub(RESERVED_FILES) / workers as u64;
+    // actix's own default is the upper bound; a tiny limit still serves.
+    share.clamp(16, 25_000) as usize
+}
+
 /// A bound, not yet running, HTTP server.
 pub struct Application {
     server: Server,
@@ -37,6 +79,7 @@ impl Application {
     ) -> std::io::Result<Application> {
         let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
+        let max_connections = connections_per_worker(raise_open_file_limit(), workers.max(1));
         let data = web::Data::from(state);
         let server = actix_web::HttpServer::new(move || {
             App::new()
@@ -63,6 +106,7 @@ impl Application {
         .disable_signals()
         .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT.as_secs())
         .workers(workers.max(1))
+        .max_connections(max_connections)
         .listen(listener)?
         .run();
         Ok(Application { server, addr })
@@ -84,4 +128,28 @@ impl Application {
 async fn not_found() -> HttpResponse {
     HttpResponse::NotFound()
         .json(serde_json::json!({"error": "not_found", "message": "no such endpoint"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connections_per_worker;
+
+    #[test]
+    fn connections_are_shared_from_the_open_file_limit() {
+        // (open-file limit, workers, connections per worker)
+        let cases = [
+            (1024, 2, 384),
+            (20_000, 4, 4_936),
+            (1 << 20, 2, 25_000),
+            // Less than the reserve: a few connections still.
+            (100, 2, 16),
+        ];
+        for (limit, workers, expected) in cases {
+            assert_eq!(
+                connections_per_worker(limit, workers),
+                expected,
+                "{limit} {workers}"
+            );
+        }
+    }
 }

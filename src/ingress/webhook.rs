@@ -100,7 +100,13 @@ async fn accept(
             return Err(IngressError::Forbidden);
         }
     }
-    let body = read_body(request, payload, route.max_body).await?;
+    let body = read_body(
+        request,
+        payload,
+        route.max_body,
+        routes.config.server.body_timeout,
+    )
+    .await?;
     let headers = header_map(request);
     let path_and_query = request
         .uri()
@@ -429,8 +435,28 @@ async fn confirm_subscription(
     }
 }
 
-/// Reads the body, refusing it as soon as it passes `limit`.
+/// The most memory set aside for a body before its bytes arrive: a client
+/// that only claims a large `Content-Length` costs no more than this.
+const BODY_RESERVE: u64 = 64 * 1024;
+
+/// Reads the body, refusing it as soon as it passes `limit`, or when it has
+/// not all arrived within `timeout`. Without the deadline a client that
+/// stops half way would hold its connection, and a file descriptor, for as
+/// long as it likes; enough of them would shut every sender out.
 async fn read_body(
+    request: &HttpRequest,
+    payload: web::Payload,
+    limit: u64,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, IngressError> {
+    tokio::time::timeout(timeout, read_body_within(request, payload, limit))
+        .await
+        .map_err(|_| IngressError::BodyTimeout {
+            secs: timeout.as_secs_f64(),
+        })?
+}
+
+async fn read_body_within(
     request: &HttpRequest,
     mut payload: web::Payload,
     limit: u64,
@@ -443,7 +469,8 @@ async fn read_body(
     if declared.is_some_and(|len| len > limit) {
         return Err(IngressError::TooLarge { limit });
     }
-    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(limit) as usize);
+    let mut body =
+        Vec::with_capacity(declared.unwrap_or(1024).min(limit).min(BODY_RESERVE) as usize);
     while let Some(chunk) = payload.next().await {
         let chunk =
             chunk.map_err(|e| IngressError::BadRequest(format!("could not read the body: {e}")))?;

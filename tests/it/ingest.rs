@@ -1,6 +1,8 @@
 //! Webhook intake over HTTP: each verification method, each status code of
 //! the HTTP contract, with its JSON error body.
 
+use std::time::Duration;
+
 use base64::Engine;
 use serde_json::{Value, json};
 
@@ -460,4 +462,52 @@ async fn credential_headers_never_reach_a_payload() {
             .any(|bytes| bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
         assert!(!found, "{secret} stored");
     }
+}
+
+/// A client that stops sending half way through its body is answered 408
+/// once `server.body_timeout` has passed, and nothing of it is stored;
+/// meanwhile other senders are answered as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_stops_arriving_is_answered_408() {
+    let head = format!("{TEST_HEAD}server:\n  body_timeout: 1s\n");
+    let route = r#"
+  - id: open
+    verify: none
+    dispatch:
+      - repo: acme/blog
+        event_type: test
+"#;
+    let app = spawn_app_with(&head, route, &[]).await;
+    let addr = app.url("").trim_start_matches("http://").to_string();
+    let started = std::time::Instant::now();
+    let stalled = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+            .write_all(b"POST /hooks/open HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{\"a\"")
+            .unwrap();
+        let mut answer = Vec::new();
+        // The relay closes the connection after its answer, since the rest
+        // of the body never came.
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    // Another sender is not held up by the stalled one.
+    assert_eq!(app.post("open", "{}").await.status(), 202);
+    let answer = stalled.await.unwrap();
+    let waited = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"timeout""#), "{answer}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(15),
+        "answered after {waited:?}"
+    );
+    // Only the other sender's webhook was stored.
+    assert_eq!(app.deliveries(&[]).len(), 1);
+    assert!(app.metrics().await.contains(
+        r#"dispatch_relay_webhooks_received_total{outcome="bad_request",route="open"} 1"#
+    ));
 }
