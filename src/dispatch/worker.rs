@@ -197,7 +197,7 @@ impl Dispatcher {
                 handle.tracker.spawn(
                     async move {
                         let job_id = job.id;
-                        worker.send_one(job, slot, shutdown).await;
+                        let retry_scheduled = worker.send_one(job, slot, shutdown).await;
                         if claim.finish() {
                             // Only a pending job's lease is cleared: one
                             // that finished keeps its outcome.
@@ -205,6 +205,12 @@ impl Dispatcher {
                                 Ok(()) => waker.wake(),
                                 Err(e) => tracing::warn!(error = %e, "Could not give back a lease taken while the job was being sent; it runs out in two hours"),
                             }
+                        } else if retry_scheduled {
+                            // The worker found nothing due while this job
+                            // was leased, and would otherwise look again
+                            // only at its idle poll, later than a retry due
+                            // in under a second.
+                            waker.wake();
                         }
                     }
                     .instrument(span),
@@ -241,9 +247,16 @@ impl Dispatcher {
         }
     }
 
-    async fn send_one(&self, job: Job, slot: OwnedSemaphorePermit, shutdown: CancellationToken) {
+    /// Sends one job until GitHub's answer settles it, and answers whether
+    /// a retry was scheduled.
+    async fn send_one(
+        &self,
+        job: Job,
+        slot: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) -> bool {
         if !self.wait_turn(&job, &shutdown).await {
-            return;
+            return false;
         }
         let scope = Scope::for_path(&job.path);
         let wanted_run_details = scope == Scope::Workflow && self.client.run_details_supported();
@@ -256,7 +269,7 @@ impl Dispatcher {
         // once GitHub can know it, or renewed once, and a server that
         // refuses `return_run_details` is asked again without it. Those
         // follow-ups are part of one attempt.
-        loop {
+        let retry_scheduled = loop {
             let token = match same_token.take() {
                 Some(token) => Ok(token),
                 None => self.credentials.token_for(&job.repo, scope).await,
@@ -279,8 +292,7 @@ impl Dispatcher {
                         detail: reason,
                         result: None,
                     };
-                    self.finish(&job, sent, action).await;
-                    break;
+                    break self.finish(&job, sent, action).await;
                 }
             };
             let body = if with_run_details {
@@ -337,7 +349,7 @@ impl Dispatcher {
                     // The send again is a request like any other: it waits
                     // its turn, so pacing holds across follow-ups too.
                     if !self.wait_turn(&job, &shutdown).await {
-                        return;
+                        return false;
                     }
                     continue;
                 }
@@ -345,7 +357,7 @@ impl Dispatcher {
                     tracing::warn!(reason = %reason, "Sending the workflow dispatch again without return_run_details");
                     with_run_details = false;
                     if !self.wait_turn(&job, &shutdown).await {
-                        return;
+                        return false;
                     }
                     continue;
                 }
@@ -387,12 +399,12 @@ impl Dispatcher {
                         detail,
                         result: result.map(|r| r.to_string()),
                     };
-                    self.finish(&job, sent, action).await;
-                    break;
+                    break self.finish(&job, sent, action).await;
                 }
             }
-        }
+        };
         drop(slot);
+        retry_scheduled
     }
 
     fn history(&self, job: &Job, app_token: Option<AppToken>, sent_run_details: bool) -> History {
@@ -441,7 +453,8 @@ impl Dispatcher {
         }
     }
 
-    async fn finish(&self, job: &Job, sent: Sent, action: Action) {
+    /// Records the attempt and answers whether it scheduled a retry.
+    async fn finish(&self, job: &Job, sent: Sent, action: Action) -> bool {
         let Sent {
             started_ms,
             elapsed,
@@ -504,10 +517,11 @@ impl Dispatcher {
         // A store that is briefly unavailable (another process holding the
         // write lock past the busy timeout) must not leave the job leased
         // until the next start, so recording is tried a few times.
+        let retry_scheduled = matches!(record.next, JobNext::Retry { .. });
         let mut wait = Duration::from_millis(200);
         for attempt in 1..=RECORD_TRIES {
             match self.store.record(record.clone()).await {
-                Ok(()) => return,
+                Ok(()) => return retry_scheduled,
                 Err(e) if attempt < RECORD_TRIES => {
                     tracing::warn!(error = %e, attempt, "Could not record the attempt; trying again");
                     tokio::time::sleep(wait).await;
@@ -520,6 +534,7 @@ impl Dispatcher {
                 }
             }
         }
+        false
     }
 }
 

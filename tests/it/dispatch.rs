@@ -126,6 +126,13 @@ async fn two_bad_gateways_then_success_is_delivered_once() {
         .map(|r| r.status)
         .collect();
     assert_eq!(attempts, [502, 502, 204]);
+    // Each retry goes at its backoff (at most 50 ms here), not at the
+    // worker's next idle look at the store, a second later.
+    let sent = app.github.dispatch_attempts();
+    for pair in sent.windows(2) {
+        let gap = pair[1].received_at.duration_since(pair[0].received_at);
+        assert!(gap < Duration::from_millis(700), "retried after {gap:?}");
+    }
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"dispatch_relay_dispatches_total{outcome="retried",route="cms"} 2"#),
