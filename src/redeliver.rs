@@ -92,7 +92,7 @@ fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
             Err(e) => return Rerendering::Failed(e.to_string()),
         };
     // Rendered as its jobs were: a webhook merged by debounce saw its own
-    // id and time, and the stored request is that webhook's.
+    // time and the window's id, and the stored request is that webhook's.
     let (rendered_id, rendered_at) = match &delivery.rendered_as {
         Some((id, at)) => (id.as_str(), *at),
         None => (delivery.id.as_str(), delivery.received_at_ms),

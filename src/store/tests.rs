@@ -402,7 +402,8 @@ async fn debounce_merges_a_burst_into_one_delivery_bounded_by_max_wait() {
     let at = |id: &str, ms: i64| {
         let mut d = delivery(id, None, 2);
         d.received_at_ms = ms;
-        d.jobs[0].body = format!("{{\"from\":\"{id}\"}}");
+        // As a template printing `delivery.id` would render it.
+        d.jobs[0].body = format!("{{\"delivery\":\"{id}\",\"at\":{ms}}}");
         d.debounce = Some(window);
         d
     };
@@ -443,7 +444,8 @@ async fn debounce_merges_a_burst_into_one_delivery_bounded_by_max_wait() {
     );
     let jobs = store.lease_due(12_500, 10, 60_000).await.unwrap();
     assert_eq!(jobs.len(), 2, "one job per target");
-    assert_eq!(jobs[0].body, r#"{"from":"keyed"}"#, "the last payload wins");
+    // The last payload wins, and the id it printed is the window's.
+    assert_eq!(jobs[0].body, r#"{"delivery":"first","at":12000}"#);
     // Once leased, the window is closed: the next webhook opens a new one.
     assert_eq!(
         store.accept(at("next", 12_600)).await.unwrap(),

@@ -29,6 +29,7 @@ fn debounced_route(window: &str, max_wait: &str) -> String {
         event_type: rebuild
         client_payload:
           n: "{{{{ body.n }}}}"
+          delivery: "{{{{ delivery.id }}}}"
       - repo: acme/docs
         event_type: rebuild
         client_payload:
@@ -79,6 +80,11 @@ async fn a_burst_of_500_gives_one_dispatch_per_target() {
     let sent = app.github.wait_for_dispatches(2, WAIT).await;
     assert_eq!(sent.len(), 2);
     assert_ne!(sent[0].path, sent[1].path, "one per target");
+    // The payload is the last webhook's, and the delivery id it names is
+    // the one every sender was answered with.
+    let blog = sent.iter().find(|r| r.path.contains("acme/blog")).unwrap();
+    let payload = &blog.body.as_ref().unwrap()["client_payload"];
+    assert_eq!(payload["delivery"], first.as_str(), "{payload}");
     let list = app
         .wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "delivered")
         .await;
