@@ -126,6 +126,12 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     // SIGHUP as a clean exit that `Restart=on-failure` does not undo. A
     // `systemctl reload` right after a start would stop the relay for good.
     let hangup = signal(SignalKind::hangup()).map_err(runtime)?;
+    // Likewise for stopping: a SIGTERM during start-up is kept until the
+    // relay is up and then stops it cleanly (exit 0), where the signal's
+    // default action would end it with 143, a failed stop to a service
+    // manager.
+    let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
     let (loaded, loaded_text) = load_config_text(config_path)?;
     // `server.listen` was checked with the file; the flag (or RELAY_LISTEN)
     // is input too: a malformed one exits 1, as a malformed file does, and
@@ -245,8 +251,6 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         stop_reloading.clone(),
     ));
 
-    let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
         _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
