@@ -7,7 +7,7 @@
 //! leased jobs come back after a restart, which is why delivery is
 //! at-least-once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,8 +39,21 @@ pub const LEASE: Duration = Duration::from_secs(2 * 3600);
 /// keeps the job from being sent twice: the worker leaves it to the send
 /// under way, which gives the new lease back when it ends, so that the job
 /// is not left leased with nothing sending it.
+///
+/// A send can also end while the worker is taking leases: the store may
+/// have handed out the job, still pending, just before its outcome was
+/// recorded, and by the time the worker looks here the job is no longer in
+/// flight. So the sends that end during a lease are noted too, and the
+/// worker gives their new leases back instead of sending them again.
 #[derive(Clone, Debug, Default)]
-struct InFlight(Arc<Mutex<HashMap<i64, bool>>>);
+struct InFlight(Arc<Mutex<InFlightJobs>>);
+
+#[derive(Debug, Default)]
+struct InFlightJobs {
+    sending: HashMap<i64, bool>,
+    /// Set while the worker takes leases: the jobs whose sends ended since.
+    ended_while_leasing: Option<HashSet<i64>>,
+}
 
 /// A job's place in [`InFlight`], given up when its send ends, however it
 /// ends.
@@ -52,19 +65,46 @@ struct Claim {
 }
 
 impl InFlight {
-    /// Claims a job for one send, unless one is already under way (which
-    /// then learns that the job was leased again).
-    fn claim(&self, job_id: i64) -> Option<Claim> {
-        let mut jobs = self.0.lock().expect("in-flight lock");
-        if let Some(leased_again) = jobs.get_mut(&job_id) {
-            *leased_again = true;
-            return None;
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlightJobs> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Called before the worker asks the store for leases.
+    fn begin_leasing(&self) {
+        self.lock().ended_while_leasing = Some(HashSet::new());
+    }
+
+    /// Claims the jobs a lease returned, each for one send. A job whose
+    /// send is under way is left to it (which learns that the job was
+    /// leased again); a job whose send ended during the lease is answered
+    /// in the second list, to be given back.
+    fn claim_leased<T>(
+        &self,
+        jobs: Vec<T>,
+        id_of: impl Fn(&T) -> i64,
+    ) -> (Vec<(T, Claim)>, Vec<i64>) {
+        let mut state = self.lock();
+        let ended = state.ended_while_leasing.take().unwrap_or_default();
+        let mut claimed = Vec::with_capacity(jobs.len());
+        let mut give_back = Vec::new();
+        for job in jobs {
+            let id = id_of(&job);
+            if let Some(leased_again) = state.sending.get_mut(&id) {
+                *leased_again = true;
+            } else if ended.contains(&id) {
+                give_back.push(id);
+            } else {
+                state.sending.insert(id, false);
+                let claim = Claim {
+                    in_flight: self.clone(),
+                    job_id: Some(id),
+                };
+                claimed.push((job, claim));
+            }
         }
-        jobs.insert(job_id, false);
-        Some(Claim {
-            in_flight: self.clone(),
-            job_id: Some(job_id),
-        })
+        (claimed, give_back)
     }
 }
 
@@ -78,8 +118,11 @@ impl Claim {
     /// Removes the entry, once; answers whether the job was leased again.
     fn release(&mut self) -> Option<bool> {
         let job_id = self.job_id.take()?;
-        let mut jobs = self.in_flight.0.lock().ok()?;
-        jobs.remove(&job_id)
+        let mut state = self.in_flight.lock();
+        if let Some(ended) = &mut state.ended_while_leasing {
+            ended.insert(job_id);
+        }
+        state.sending.remove(&job_id)
     }
 }
 
@@ -161,11 +204,12 @@ impl Dispatcher {
                 _ = handle.shutdown.cancelled() => return,
                 slots = self.pacer.slots(usize::MAX) => slots,
             };
-            let jobs = match self
+            handle.in_flight.begin_leasing();
+            let leased = self
                 .store
                 .lease_due(now_ms(), slots.len(), self.lease.as_millis() as i64)
-                .await
-            {
+                .await;
+            let jobs = match leased {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::error!(error = %e, "Could not lease jobs; retrying shortly");
@@ -174,13 +218,14 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let jobs: Vec<(Job, Claim)> = jobs
-                .into_iter()
-                .filter_map(|job| {
-                    let claim = handle.in_flight.claim(job.id)?;
-                    Some((job, claim))
-                })
-                .collect();
+            let (jobs, ended_meanwhile) = handle.in_flight.claim_leased(jobs, |job| job.id);
+            if !ended_meanwhile.is_empty() {
+                // Only a pending job's lease is cleared (one whose retry is
+                // due); a job that finished keeps its outcome.
+                if let Err(e) = self.store.release(ended_meanwhile).await {
+                    tracing::warn!(error = %e, "Could not give back the leases of jobs whose sends had just ended; they run out in two hours");
+                }
+            }
             if jobs.is_empty() {
                 drop(slots);
                 let next_due = self.store.next_due_ms().await.ok().flatten();
@@ -582,24 +627,45 @@ fn run_details(answer: &Answer) -> Option<serde_json::Value> {
 mod tests {
     use super::*;
 
+    /// Claims one job as a lease that returned it would.
+    fn claim(in_flight: &InFlight, id: i64) -> Option<Claim> {
+        in_flight.begin_leasing();
+        let (mut claimed, _) = in_flight.claim_leased(vec![id], |id| *id);
+        claimed.pop().map(|(_, claim)| claim)
+    }
+
     #[test]
     fn a_job_in_flight_is_not_claimed_again_until_its_send_ends() {
         let in_flight = InFlight::default();
-        let first = in_flight.claim(7).expect("a job not in flight is claimed");
-        let other = in_flight.claim(8).expect("other jobs are unaffected");
-        assert!(in_flight.claim(7).is_none(), "a second lease leaves it");
+        let first = claim(&in_flight, 7).expect("a job not in flight is claimed");
+        let other = claim(&in_flight, 8).expect("other jobs are unaffected");
+        assert!(claim(&in_flight, 7).is_none(), "a second lease leaves it");
         assert!(first.finish(), "the send gives the second lease back");
         assert!(
             !other.finish(),
             "a job leased once has nothing to give back"
         );
-        let again = in_flight
-            .claim(7)
-            .expect("claimed again once its send ended");
+        let again = claim(&in_flight, 7).expect("claimed again once its send ended");
         drop(again);
         assert!(
-            in_flight.claim(7).is_some(),
+            claim(&in_flight, 7).is_some(),
             "a claim dropped unfinished ends too"
         );
+    }
+
+    #[test]
+    fn a_job_whose_send_ends_during_a_lease_is_given_back_not_claimed() {
+        let in_flight = InFlight::default();
+        let sending = claim(&in_flight, 7).unwrap();
+        in_flight.begin_leasing();
+        // The store hands the job out, then its send records and ends,
+        // then the worker looks at what it leased.
+        assert!(!sending.finish());
+        let (claimed, give_back) = in_flight.claim_leased(vec![7, 9], |id| *id);
+        assert_eq!(claimed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [9]);
+        assert_eq!(give_back, [7]);
+        // The next lease takes it as usual.
+        drop(claimed);
+        assert!(claim(&in_flight, 7).is_some());
     }
 }

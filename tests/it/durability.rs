@@ -445,3 +445,42 @@ async fn a_job_whose_lease_runs_out_during_a_pause_is_sent_once() {
         "the rate-limited one and two sends"
     );
 }
+
+/// A job whose lease runs out during its send, and whose send ends while
+/// the worker is taking new leases, is not sent again by the new lease.
+/// With a 1 ms lease every job's lease runs out during its send, so the
+/// worker leases jobs still being sent all the time.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_whose_leases_run_out_during_their_sends_are_each_sent_once() {
+    let app = spawn_app_with(
+        TEST_HEAD,
+        &hmac_route("cms", TARGET),
+        &[("RELAY_TEST_LEASE_MS", "1")],
+    )
+    .await;
+    app.github.set_latency(Duration::from_millis(5));
+    let sends = (0..400).map(|n| {
+        let app = &app;
+        async move {
+            let status = app
+                .post_signed("cms", &format!(r#"{{"n":{n}}}"#))
+                .await
+                .status();
+            assert_eq!(status, 202);
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    app.wait_for_deliveries(Duration::from_secs(60), |list| {
+        list.len() == 400 && list.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    let attempts = app.github.dispatch_attempts();
+    let mut seen = std::collections::HashMap::new();
+    for request in &attempts {
+        let n = request.body.as_ref().unwrap()["client_payload"].to_string();
+        *seen.entry(n).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert_eq!(attempts.len(), 400);
+}
