@@ -52,6 +52,9 @@ pub struct AppToken {
     /// Whether this attempt already renewed a refused token: a refused App
     /// token is renewed once, not forever.
     pub retried: bool,
+    /// Time since a 404 last renewed a token for this repository; `None`
+    /// when none has.
+    pub since_not_found_renewal: Option<Duration>,
 }
 
 /// A token younger than this that GitHub refuses may simply not have
@@ -59,6 +62,13 @@ pub struct AppToken {
 /// unchanged, once it is this old. A token minted anew instead would be as
 /// young as the refused one, and as likely to be refused.
 pub const FRESH_TOKEN: Duration = Duration::from_secs(3);
+
+/// A 404 for an App token is answered with a new token from the
+/// repository's installation as GitHub names it then, unless a 404 did so
+/// for the same repository less than this long ago: a real 404 (a missing
+/// workflow file) for many jobs at once then costs one installation lookup
+/// and mint a minute for the repository, not one per job.
+pub const INSTALLATION_RECHECK: Duration = Duration::from_secs(60);
 
 /// The shortest wait before a refused fresh token is sent again.
 pub const REPLICATION_WAIT: Duration = Duration::from_secs(1);
@@ -180,7 +190,12 @@ pub fn classify(
         // installation's selection), and GitHub then answers it 404 until
         // it expires, up to an hour later. One token from the repository's
         // installation as looked up now settles whether the 404 is real.
-        if status == 404 && !token.retried {
+        if status == 404
+            && !token.retried
+            && token
+                .since_not_found_renewal
+                .is_none_or(|since| since >= INSTALLATION_RECHECK)
+        {
             return Action::Reauthenticate {
                 wait: Duration::ZERO,
                 renew: true,
@@ -784,6 +799,16 @@ mod tests {
             app_token: Some(AppToken {
                 age: Duration::from_millis(age_ms),
                 retried,
+                since_not_found_renewal: None,
+            }),
+            ..fresh()
+        };
+        // For a repository whose token a 404 renewed some seconds ago.
+        let renewed_for = |secs: u64| History {
+            app_token: Some(AppToken {
+                age: Duration::from_secs(1),
+                retried: false,
+                since_not_found_renewal: Some(Duration::from_secs(secs)),
             }),
             ..fresh()
         };
@@ -810,6 +835,11 @@ mod tests {
             (&not_found, app(200, false), Ok((0, true))),
             (&not_found, app(600_000, false), Ok((0, true))),
             (&not_found, app(600_000, true), Err(NOT_FOUND)),
+            // Not when a 404 renewed one for the repository under a minute
+            // ago: a 404 for every job of a fan-out renews once a minute,
+            // not for each job.
+            (&not_found, renewed_for(30), Err(NOT_FOUND)),
+            (&not_found, renewed_for(60), Ok((0, true))),
             (&not_found, fresh(), Err(NOT_FOUND)),
             // A 403 with an older token is a real permission problem.
             (

@@ -369,6 +369,7 @@ impl Dispatcher {
             let app_token = token.minted_at.map(|at| AppToken {
                 age: at.elapsed(),
                 retried: retried_auth,
+                since_not_found_renewal: self.credentials.since_not_found_renewal(&job.repo),
             });
             let history = self.history(&job, app_token, with_run_details);
             let outcome = match &answer {
@@ -384,6 +385,9 @@ impl Dispatcher {
                 } => {
                     if renew {
                         tracing::warn!(reason = %reason, "Sending again with a renewed App token");
+                        if answer.as_ref().is_ok_and(|a| a.status == 404) {
+                            self.credentials.note_not_found_renewal(&job.repo);
+                        }
                         self.credentials.invalidate(&job.repo, scope, &token.secret);
                         retried_auth = true;
                     } else {

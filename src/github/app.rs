@@ -205,6 +205,23 @@ impl Credentials {
         }
     }
 
+    /// Time since a 404 last made a token for `repo` be renewed.
+    pub fn since_not_found_renewal(&self, repo: &str) -> Option<Duration> {
+        match self {
+            Credentials::App(app) => lock(&app.not_found_renewals)
+                .get(&repo.to_ascii_lowercase())
+                .map(Instant::elapsed),
+            Credentials::Token(_) => None,
+        }
+    }
+
+    /// Notes that a 404 made a token for `repo` be renewed.
+    pub fn note_not_found_renewal(&self, repo: &str) {
+        if let Credentials::App(app) = self {
+            lock(&app.not_found_renewals).insert(repo.to_ascii_lowercase(), Instant::now());
+        }
+    }
+
     /// Whether tokens are App installation tokens (which can be renewed).
     pub fn is_app(&self) -> bool {
         matches!(self, Credentials::App(_))
@@ -245,6 +262,9 @@ pub struct AppAuth {
     /// GitHub's clock minus ours, in seconds, learnt from a refused JWT.
     skew_secs: AtomicI64,
     installations: Mutex<HashMap<String, u64>>,
+    /// When a 404 last made a token for each repository be renewed, so that
+    /// a fan-out of real 404s does not renew for every job.
+    not_found_renewals: Mutex<HashMap<String, Instant>>,
     /// Lookups are rare (once per repository), so one lock for all of them
     /// keeps a burst for a new repository down to one request.
     lookup: tokio::sync::Mutex<()>,
@@ -273,6 +293,7 @@ impl AppAuth {
             metrics,
             skew_secs: AtomicI64::new(0),
             installations: Mutex::default(),
+            not_found_renewals: Mutex::default(),
             lookup: tokio::sync::Mutex::new(()),
             tokens: Mutex::default(),
             minting: Mutex::default(),

@@ -347,6 +347,36 @@ async fn a_repository_moved_while_its_token_is_valid_is_found_at_its_new_install
     assert_eq!(lookups, 2);
 }
 
+/// A real 404 for many jobs at once (a missing workflow file, say) renews
+/// the token once for the repository, not once per job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_404_for_many_jobs_renews_the_token_once() {
+    let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::NotFound; 4]);
+    post_n(&app, "cms", 1).await;
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 1 && list[0]["status"] == "failed"
+    })
+    .await;
+    post_n(&app, "cms", 2).await;
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 3 && list.iter().all(|d| d["status"] == "failed")
+        })
+        .await;
+    assert!(
+        list.iter().all(|d| d["error"]
+            .as_str()
+            .unwrap()
+            .contains("repository not found")),
+        "{list:#?}"
+    );
+    // The first job sent twice (its token renewed in between), the others once.
+    assert_eq!(app.github.dispatch_attempts().len(), 4);
+    assert_eq!(app.github.requests_of(MINT).len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_401_right_after_a_mint_sends_the_same_token_again_once_github_knows_it() {
     let app = spawn_as_app(&hmac_route("cms", blog_target()), "off").await;
