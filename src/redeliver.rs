@@ -92,7 +92,8 @@ fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
             Err(e) => return Rerendering::Failed(e.to_string()),
         };
     // Rendered as its jobs were: a webhook merged by debounce saw its own
-    // time and the window's id, and the stored request is that webhook's.
+    // id and time, and the stored request is that webhook's; its jobs then
+    // took the window's id.
     let (rendered_id, rendered_at) = match &delivery.rendered_as {
         Some((id, at)) => (id.as_str(), *at),
         None => (delivery.id.as_str(), delivery.received_at_ms),
@@ -115,6 +116,12 @@ fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
         Err(e) => return Rerendering::Failed(e.to_string()),
     };
     let mut jobs = inbound::jobs(&targets);
+    if delivery.rendered_as.is_some() {
+        jobs = jobs
+            .iter()
+            .map(|job| job.with_delivery_id(rendered_id, &delivery.id))
+            .collect();
+    }
     if delivery.failed_to_render() {
         // It failed at render time, so its dedupe key may never have been
         // stored; without it, a repeat of the same event would be sent

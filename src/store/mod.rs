@@ -91,6 +91,22 @@ pub struct NewJob {
     pub body: String,
 }
 
+impl NewJob {
+    /// The job with `delivery_id` wherever its rendering printed
+    /// `rendered_as`, the id its templates saw in `delivery.id`. A webhook
+    /// merged into a debounce window was rendered before anyone knew it
+    /// would join it; the window's id takes the place of its own, which no
+    /// delivery carries. Ids are new UUIDs, so one appears in a payload or
+    /// an event type only where a template printed it.
+    pub fn with_delivery_id(&self, rendered_as: &str, delivery_id: &str) -> NewJob {
+        NewJob {
+            label: self.label.replace(rendered_as, delivery_id),
+            body: self.body.replace(rendered_as, delivery_id),
+            ..self.clone()
+        }
+    }
+}
+
 /// What the accept path commits for one webhook.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {

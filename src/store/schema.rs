@@ -133,8 +133,8 @@ fn missing_columns(
 
 /// Inserts a delivery's jobs. `rendered_as` is the delivery id and receive
 /// time their templates saw when those are not the delivery's own: a
-/// webhook merged into an open debounce window was rendered at its own
-/// time (and with the window's id).
+/// webhook merged into an open debounce window was rendered as itself (and
+/// its jobs then given the window's id, [`NewJob::with_delivery_id`]).
 fn insert_jobs_due(
     conn: &Connection,
     delivery_id: &str,
@@ -219,19 +219,12 @@ fn coalesce(
     conn.prepare_cached("DELETE FROM jobs WHERE delivery_id = ?1")?
         .execute(params![id])?;
     let due = debounce_due(window, first_ms, d.received_at_ms);
-    // The webhook was rendered before anyone knew it would join this
-    // window, with an id of its own that no delivery will carry. Where a
-    // template printed that id (`delivery.id`), the window's id takes its
-    // place, so that GitHub receives the id the sender was answered with
-    // and the admin API finds. A new UUID appears in a body only where a
-    // template printed it.
+    // GitHub receives the id the sender was answered with, which the
+    // admin API finds.
     let jobs: Vec<NewJob> = d
         .jobs
         .iter()
-        .map(|job| NewJob {
-            body: job.body.replace(&d.id, &id),
-            ..job.clone()
-        })
+        .map(|job| job.with_delivery_id(&d.id, &id))
         .collect();
     insert_jobs_due(
         conn,
@@ -239,7 +232,7 @@ fn coalesce(
         &jobs,
         d.received_at_ms,
         due,
-        Some((&id, d.received_at_ms)),
+        Some((&d.id, d.received_at_ms)),
     )?;
     conn.prepare_cached(
         "UPDATE deliveries SET request = ?2, coalesced = coalesced + 1 WHERE id = ?1",

@@ -540,10 +540,12 @@ async fn a_debounced_delivery_is_redelivered_rendered_as_the_webhook_it_sent() {
         event_type: rebuild
         client_payload:
           delivery: "{{ delivery.id }}"
+          upper: "{{ delivery.id | upper }}"
       - repo: acme/dcos
         event_type: rebuild
         client_payload:
           delivery: "{{ delivery.id }}"
+          upper: "{{ delivery.id | upper }}"
 "#;
     let app = spawn_app_with(TEST_HEAD, routes, &[("RELAY_ADMIN_TOKEN", "admin-secret")]).await;
     let first: Value = app.post("uploads", "{}").await.json().await.unwrap();
@@ -564,10 +566,13 @@ async fn a_debounced_delivery_is_redelivered_rendered_as_the_webhook_it_sent() {
         sent.iter()
             .find(|d| d.path == format!("/repos/{repo}/dispatches"))
             .and_then(|d| d.body.clone())
-            .map(|b| b["client_payload"]["delivery"].clone())
+            .map(|b| b["client_payload"].clone())
             .unwrap()
     };
     assert_eq!(payload_of("acme/docs"), payload_of("acme/blog"));
+    // The id printed as is is the window's; one printed otherwise is what
+    // the merged webhook rendered.
+    assert_eq!(payload_of("acme/blog")["delivery"], id.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread")]
