@@ -22,10 +22,14 @@ pub use state::{AppState, LiveRoutes, read_pinned_certificates};
 /// How long actix waits for open connections to finish after a stop.
 const HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Open files kept for everything but inbound connections: the store's
-/// files, connections to GitHub (at most 64 at once with pacing off) and to
-/// notify destinations, and the configuration file read on reload.
-const RESERVED_FILES: u64 = 256;
+/// Open files kept for everything but inbound connections and GitHub: the
+/// store's files, connections to notify destinations, the configuration
+/// file read on reload.
+const RESERVED_FILES: u64 = 192;
+
+/// Connections to GitHub with pacing off (decision 3), and the least kept
+/// for them.
+const GITHUB_CONNECTIONS: u64 = 64;
 
 /// Raises the soft limit on open files to the hard limit, as a server that
 /// holds one file per connection should, and returns the limit in force.
@@ -53,8 +57,9 @@ fn raise_open_file_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// How many connections each HTTP worker holds open at most: the open-file
-/// limit, less the relay's own files, shared among the workers. A worker at
+/// How many connections each HTTP worker holds open at most: the open
+/// files left after those to GitHub, less the relay's own files, shared
+/// among the workers. A worker at
 /// its share stops accepting until a connection closes, so a flood of idle
 /// connections makes new ones wait in the listen queue instead of leaving
 /// the relay unable to open its own files ("too many open files").
@@ -79,7 +84,16 @@ impl Application {
     ) -> std::io::Result<Application> {
         let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
-        let max_connections = connections_per_worker(raise_open_file_limit(), workers.max(1));
+        let github_connections = match state.routes().config.github.pacing {
+            crate::config::Pacing::Paced { concurrency, .. } => {
+                u64::from(concurrency).max(GITHUB_CONNECTIONS)
+            }
+            crate::config::Pacing::Off => GITHUB_CONNECTIONS,
+        };
+        let max_connections = connections_per_worker(
+            raise_open_file_limit().saturating_sub(github_connections),
+            workers.max(1),
+        );
         let data = web::Data::from(state);
         let server = actix_web::HttpServer::new(move || {
             App::new()
@@ -138,8 +152,8 @@ mod tests {
     fn connections_are_shared_from_the_open_file_limit() {
         // (open-file limit, workers, connections per worker)
         let cases = [
-            (1024, 2, 384),
-            (20_000, 4, 4_936),
+            (1024, 2, 416),
+            (20_000, 4, 4_952),
             (1 << 20, 2, 25_000),
             // Less than the reserve: a few connections still.
             (100, 2, 16),
