@@ -545,6 +545,40 @@ pub fn summary(route: &Route, index: usize, written: &BTreeMap<String, String>) 
     line
 }
 
+/// The file a store url names: `sqlite:PATH`, `sqlite://PATH` or a bare
+/// path. The message of a refusal never quotes the url, which may hold a
+/// password.
+pub fn sqlite_file(url: &str) -> Result<&str, String> {
+    let raw = if let Some(rest) = url.strip_prefix("sqlite://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("sqlite:") {
+        rest
+    } else if let Some((scheme, _)) = url.split_once("://") {
+        return Err(format!(
+            "the scheme `{scheme}` is not supported (the store is SQLite only)"
+        ));
+    } else {
+        url
+    };
+    if raw.is_empty() {
+        return Err("it names no file".to_string());
+    }
+    // `sqlite://user:password@host/file` is not a file name: refused
+    // without being quoted, since it holds a password. (A file name may hold
+    // an `@`, as in `sqlite://backup@2024.db`; a `:` before it may not.)
+    let first_segment = raw.split('/').next().unwrap_or("");
+    if url.starts_with("sqlite://")
+        && first_segment
+            .split_once('@')
+            .is_some_and(|(user, _)| user.contains(':'))
+    {
+        return Err(
+            "it names a user or a host; a SQLite store is a file (`sqlite:PATH`)".to_string(),
+        );
+    }
+    Ok(raw)
+}
+
 /// Reads `store.url` from the text without validating the rest, so that the
 /// inspection commands find the store even where the configuration's
 /// secrets are not set. `${VAR}` in it is substituted as `serve` does; an

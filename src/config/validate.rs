@@ -794,8 +794,18 @@ fn store(report: &mut Report, raw: raw::RawStore, path: &Path) -> Option<StoreCo
         None | Some(raw::RawSynchronous::Full) => Synchronous::Full,
         Some(raw::RawSynchronous::Normal) => Synchronous::Normal,
     };
+    let url = raw.url.filter(|url| !url.is_empty());
+    // Checked here too, so that `check` names the line; the message never
+    // quotes the url, which may hold a password.
+    if let Some(Err(problem)) = url.as_deref().map(super::sqlite_file) {
+        report.error(
+            &path.key("url"),
+            format!("invalid store url: {problem}; expected sqlite:PATH"),
+        );
+        return None;
+    }
     Some(StoreConfig {
-        url: raw.url.filter(|url| !url.is_empty()),
+        url,
         retention: retention?,
         synchronous,
     })

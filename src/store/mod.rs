@@ -377,34 +377,7 @@ impl std::fmt::Debug for Store {
 /// Turns `sqlite:PATH` (or a bare path) into a file path; relative paths are
 /// taken relative to `base`, the directory of routes.yaml.
 pub fn sqlite_path(url: &str, base: &Path) -> Result<PathBuf, StoreError> {
-    let raw = if let Some(rest) = url.strip_prefix("sqlite://") {
-        rest
-    } else if let Some(rest) = url.strip_prefix("sqlite:") {
-        rest
-    } else if let Some((scheme, _)) = url.split_once("://") {
-        return Err(StoreError::BadUrl(format!(
-            "the scheme `{scheme}` is not supported (the store is SQLite only)"
-        )));
-    } else {
-        url
-    };
-    if raw.is_empty() {
-        return Err(StoreError::BadUrl("it names no file".to_string()));
-    }
-    // `sqlite://user:password@host/file` is not a file name: refused
-    // without being quoted, since it holds a password. (A file name may hold
-    // an `@`, as in `sqlite://backup@2024.db`; a `:` before it may not.)
-    let first_segment = raw.split('/').next().unwrap_or("");
-    if url.starts_with("sqlite://")
-        && first_segment
-            .split_once('@')
-            .is_some_and(|(user, _)| user.contains(':'))
-    {
-        return Err(StoreError::BadUrl(
-            "it names a user or a host; a SQLite store is a file (`sqlite:PATH`)".to_string(),
-        ));
-    }
-    let path = PathBuf::from(raw);
+    let path = PathBuf::from(crate::config::sqlite_file(url).map_err(StoreError::BadUrl)?);
     Ok(if path.is_absolute() {
         path
     } else {

@@ -360,6 +360,10 @@ fn a_store_url_serve_would_refuse_fails_check_without_its_password() {
             "github:\n  token: t\nstore:\n  url: {url}\nroutes: []\n"
         ));
         refused_without_password(dir.path(), reason);
+        // `check` names the line, as for any other setting of the file.
+        let (_, _, stderr) = run(dir.path(), &["check"], &[]);
+        assert!(stderr.contains("routes.yaml:4:"), "{stderr}");
+        assert!(stderr.contains("store.url: invalid store url"), "{stderr}");
     }
 }
 
