@@ -129,9 +129,6 @@ pub async fn redeliver(
             let found = store.get(&id).await.map_err(runtime)?;
             return Err(invalid(match found {
                 None => anyhow::anyhow!("no delivery {id} in the store"),
-                Some((summary, _)) if summary.status == Status::Failed => anyhow::anyhow!(
-                    "delivery {id} is failed, but not on the --route or within the --since given"
-                ),
                 Some((summary, _)) => anyhow::anyhow!(
                     "delivery {id} is {}, not failed; only failed deliveries are redelivered",
                     summary.status.as_str()

@@ -94,10 +94,13 @@ pub enum Command {
         /// Every failed delivery (narrow with --route and --since).
         #[arg(long)]
         failed: bool,
-        #[arg(long, requires = "failed")]
+        /// Only failed deliveries of this route (with --failed).
+        // `requires = "failed"` is met by the flag's default, `false`; the
+        // group above leaves `--failed` whenever `--id` is not given.
+        #[arg(long, conflicts_with = "id")]
         route: Option<String>,
-        /// Only deliveries received within this long, e.g. `2h`.
-        #[arg(long, requires = "failed")]
+        /// Only deliveries received within this long, e.g. `2h` (with --failed).
+        #[arg(long, conflicts_with = "id")]
         since: Option<String>,
     },
     /// One-time setup: `setup github-app` creates the relay's GitHub App.

@@ -69,6 +69,13 @@ fn bad_flags_exit_1_and_help_exits_0() {
     // it would itself refuse.
     let (_, _, stderr) = run(dir.path(), &["redeliver", "--failed", "--id", "x"], &[]);
     assert!(stderr.contains("cannot be used with"), "{stderr}");
+    // --route and --since narrow --failed; with --id they are refused
+    // rather than quietly read as a condition on that one delivery.
+    for flag in ["--route", "--since"] {
+        let (code, _, stderr) = run(dir.path(), &["redeliver", "--id", "x", flag, "a"], &[]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("cannot be used with"), "{stderr}");
+    }
     let (_, _, stderr) = run(dir.path(), &["redeliver"], &[]);
     assert!(stderr.contains("<--id <ID>|--failed>"), "{stderr}");
     let (code, stdout, _) = run(dir.path(), &["--help"], &[]);
