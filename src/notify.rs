@@ -9,6 +9,7 @@
 //! URLs hold tokens and are never logged.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -79,16 +80,19 @@ impl Notifier {
                 .map(|(index, target)| {
                     let place = format!("{list}[{index}]");
                     let (sender, lane_receiver) = mpsc::channel::<Failure>(QUEUE);
+                    let dropped = Dropped::default();
                     tasks.spawn(run_destination(
                         place.clone(),
                         target.kind.clone(),
                         http.clone(),
                         lane_receiver,
+                        dropped.clone(),
                     ));
                     Lane {
                         place,
                         sender,
                         refusing: false,
+                        dropped,
                     }
                 })
                 .collect()
@@ -178,21 +182,43 @@ struct Lane {
     /// its sends fills its queue, and that is logged once, not for every
     /// failure that follows.
     refusing: bool,
+    /// The failures its full queue refused, counted for its next message.
+    dropped: Dropped,
+}
+
+/// Failures per route that a destination's full queue refused: its next
+/// message counts them, so that its summary says how many failed even when
+/// the destination was too slow to take them all.
+#[derive(Clone, Default)]
+struct Dropped(Arc<Mutex<BTreeMap<String, usize>>>);
+
+impl Dropped {
+    fn count(&self, route: &str) {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry(route.to_string()).or_default() += 1;
+    }
+
+    fn take(&self) -> BTreeMap<String, usize> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 impl Lane {
     fn send(&mut self, failure: Failure) {
         match self.sender.try_send(failure) {
             Ok(()) => self.refusing = false,
-            Err(mpsc::error::TrySendError::Full(_)) if !self.refusing => {
-                self.refusing = true;
-                tracing::warn!(
-                    destination = %self.place,
-                    "The destination's alert queue is full; failures are not sent to it until it drains"
-                );
+            Err(mpsc::error::TrySendError::Full(failure)) => {
+                self.dropped.count(&failure.route);
+                if !self.refusing {
+                    self.refusing = true;
+                    tracing::warn!(
+                        destination = %self.place,
+                        "The destination's alert queue is full; failures are only counted for it until it drains"
+                    );
+                }
             }
-            // Already logged; or the destination's task ended (shutdown).
-            Err(_) => {}
+            // The destination's task ended (shutdown).
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }
@@ -202,6 +228,7 @@ async fn run_destination(
     destination: NotifyKind,
     http: reqwest::Client,
     mut failures: mpsc::Receiver<Failure>,
+    dropped: Dropped,
 ) {
     let mut batch = Batch::default();
     while let Some(first) = failures.recv().await {
@@ -214,6 +241,7 @@ async fn run_destination(
             batch.push(more);
         }
         loop {
+            batch.count_refused(dropped.take());
             let message = render(&destination, &batch);
             send(&place, &destination, &http, message).await;
             batch = Batch::default();
@@ -221,6 +249,7 @@ async fn run_destination(
             while let Ok(Some(more)) = tokio::time::timeout_at(cooled, failures.recv()).await {
                 batch.push(more);
             }
+            batch.count_refused(dropped.take());
             if batch.total == 0 {
                 break;
             }
@@ -244,6 +273,14 @@ impl Batch {
         *self.per_route.entry(failure.route.clone()).or_default() += 1;
         if self.held.len() < QUEUE {
             self.held.push(failure);
+        }
+    }
+
+    /// Counts failures the destination's queue refused, per route.
+    fn count_refused(&mut self, refused: BTreeMap<String, usize>) {
+        for (route, count) in refused {
+            self.total += count;
+            *self.per_route.entry(route).or_default() += count;
         }
     }
 }
@@ -343,21 +380,33 @@ mod tests {
     #[test]
     fn a_full_lane_is_reported_once_until_it_drains() {
         let (sender, mut receiver) = mpsc::channel(1);
+        let dropped = Dropped::default();
         let mut lane = Lane {
             place: "notify[0]".into(),
             sender,
             refusing: false,
+            dropped: dropped.clone(),
         };
         lane.send(failure("r", 1));
         assert!(!lane.refusing);
         lane.send(failure("r", 2));
         assert!(lane.refusing, "the second failure finds the lane full");
-        lane.send(failure("r", 3));
+        lane.send(failure("s", 3));
         assert!(lane.refusing);
-        assert_eq!(receiver.try_recv().unwrap().delivery_id, "d1");
+        let first = receiver.try_recv().unwrap();
+        assert_eq!(first.delivery_id, "d1");
         lane.send(failure("r", 4));
         assert!(!lane.refusing, "a drained lane takes failures again");
         assert_eq!(receiver.try_recv().unwrap().delivery_id, "d4");
+        // The refused ones are counted in the destination's next message.
+        let mut batch = batch_of([first]);
+        batch.count_refused(dropped.take());
+        assert_eq!(batch.total, 3);
+        assert_eq!(
+            batch.per_route,
+            BTreeMap::from([("r".to_string(), 2), ("s".to_string(), 1)])
+        );
+        assert!(dropped.take().is_empty(), "counted once");
     }
 
     fn batch_of(failures: impl IntoIterator<Item = Failure>) -> Batch {
