@@ -724,11 +724,36 @@ fn an_empty_value_is_reported_on_its_own_line() {
 }
 
 #[test]
-fn after_an_unknown_key_the_first_other_error_in_the_file_is_reported() {
+fn after_an_unknown_key_the_other_errors_of_the_mapping_are_reported() {
     let text = "github:\n  token: t\nroutes:\n  - id: r\n    extra: 1\n    verify: none\n    rate_limit: {brst: 2}\n    debounce: {maxwait: 2s}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
     let mut paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
     paths.sort();
-    assert_eq!(paths, ["routes[0].extra", "routes[0].rate_limit.brst"]);
+    assert_eq!(
+        paths,
+        [
+            "routes[0].debounce.maxwait",
+            "routes[0].extra",
+            "routes[0].rate_limit.brst"
+        ]
+    );
+}
+
+#[test]
+fn every_value_of_the_wrong_type_in_a_section_is_reported() {
+    let text = "github:\n  token: t\nretry:\n  max_attempts: lots\n  give_up_after: [1h]\nroutes:\n  - id: r\n    verify: none\n    rate_limit: {per_second: fast, burst: many}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let found: Vec<(String, usize)> = load_err(text)
+        .into_iter()
+        .map(|e| (e.path, e.line))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("retry.max_attempts".to_string(), 4),
+            ("retry.give_up_after".to_string(), 5),
+            ("routes[0].rate_limit.per_second".to_string(), 9),
+            ("routes[0].rate_limit.burst".to_string(), 9),
+        ]
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_norway::Value;
+use serde_path_to_error::Segment;
 
 use super::env::{scalar_text, substitute_tree};
 use super::locate::{Locations, Pos};
@@ -109,7 +110,8 @@ impl Report<'_> {
     /// other unknown keys and wrong types are reported with it. The field an
     /// unknown key misspells is then missing, and the checks that follow
     /// would report its absence again, so a mapping with an unknown key is
-    /// checked no further.
+    /// checked no further. Likewise, a key whose value serde refuses is left
+    /// out and the rest read again, until serde takes what is left.
     fn parse<T: DeserializeOwned>(&mut self, mut value: Value, base: &Path) -> Option<T> {
         let mut had_unknown = false;
         if let (Value::Mapping(map), Some(fields)) = (&mut value, struct_fields::<T>()) {
@@ -129,36 +131,39 @@ impl Report<'_> {
                 had_unknown = true;
             }
         }
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(_) if had_unknown => None,
-            Ok(parsed) => Some(parsed),
-            // Only a field of this mapping itself, which an unknown key may
-            // misspell; a missing field deeper down is reported as usual.
-            Err(err)
-                if had_unknown
-                    && err.path().iter().next().is_none()
-                    && err.inner().to_string().starts_with("missing field") =>
-            {
-                None
+        // Once part of the mapping is refused, what is left only serves to
+        // find more errors: the mapping itself is not used.
+        let mut refused = had_unknown;
+        // The mappings that keys were left out of, here or below: a field
+        // missing from one of them may be the one an unknown key misspelt,
+        // or one left out, and saying so again would be no news.
+        let mut left_out: Vec<Path> = Vec::new();
+        if had_unknown {
+            left_out.push(base.clone());
+        }
+        loop {
+            let err = match serde_path_to_error::deserialize::<_, T>(&value) {
+                Ok(parsed) => return (!refused).then_some(parsed),
+                Err(err) => err,
+            };
+            let segments: Vec<Segment> = err.path().iter().cloned().collect();
+            let message = err.into_inner().to_string();
+            let path = path_of(base, &segments);
+            if missing_field(&message).is_none() || !left_out.contains(&path) {
+                self.serde_error(path, &without_value(&strip_location(&message)));
             }
-            Err(err) => {
-                let mut path = base.clone();
-                for segment in err.path().iter() {
-                    match segment {
-                        serde_path_to_error::Segment::Seq { index } => {
-                            path.0.push(Seg::Index(*index));
-                        }
-                        serde_path_to_error::Segment::Map { key } => {
-                            path.0.push(Seg::Key(key.clone()));
-                        }
-                        serde_path_to_error::Segment::Enum { .. }
-                        | serde_path_to_error::Segment::Unknown => {}
-                    }
-                }
-                let message = without_value(&strip_location(&err.into_inner().to_string()));
-                self.serde_error(path, &message);
-                None
-            }
+            // serde stops at the first error: the key that holds it is left
+            // out and the rest read again, so that every error is reported
+            // at once.
+            let Some((Segment::Map { key }, parent)) = segments.split_last() else {
+                return None;
+            };
+            match value_at(&mut value, parent) {
+                Some(Value::Mapping(map)) => map.shift_remove(key.as_str())?,
+                _ => return None,
+            };
+            left_out.push(path_of(base, parent));
+            refused = true;
         }
     }
 
@@ -214,6 +219,36 @@ fn without_struct_names(message: &str) -> String {
 /// deserialized as a struct. serde hands them to `deserialize_struct`, so a
 /// deserializer that only records them and stops finds them without any
 /// input.
+/// `base` followed by the segments of a serde path.
+fn path_of(base: &Path, segments: &[Segment]) -> Path {
+    let mut path = base.clone();
+    for segment in segments {
+        match segment {
+            Segment::Seq { index } => path.0.push(Seg::Index(*index)),
+            Segment::Map { key } => path.0.push(Seg::Key(key.clone())),
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    path
+}
+
+/// The field a serde "missing field" message names.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")?
+        .split_once('`')
+        .map(|(field, _)| field)
+}
+
+/// The value at `path` inside `value`, as serde_path_to_error names it.
+fn value_at<'a>(value: &'a mut Value, path: &[Segment]) -> Option<&'a mut Value> {
+    path.iter().try_fold(value, |value, segment| match segment {
+        Segment::Map { key } => value.get_mut(key.as_str()),
+        Segment::Seq { index } => value.get_mut(*index),
+        Segment::Enum { .. } | Segment::Unknown => None,
+    })
+}
+
 fn struct_fields<T: DeserializeOwned>() -> Option<&'static [&'static str]> {
     #[derive(Debug)]
     struct Stop;
