@@ -101,21 +101,35 @@ impl Pacer {
     /// Waits for this request's turn: after any pause, `min_interval` after
     /// the previous start, and within the per-minute budget.
     pub async fn wait_turn(&self) {
-        self.wait_unpaused().await;
-        if let Some(limiter) = &self.per_minute {
-            limiter.until_ready().await;
+        loop {
+            self.wait_unpaused().await;
+            if let Some(limiter) = &self.per_minute {
+                limiter.until_ready().await;
+            }
+            if !self.min_interval.is_zero() {
+                let start = {
+                    let mut next = self.next_start.lock().expect("pacer lock");
+                    let start = (*next).max(Instant::now());
+                    *next = start + self.min_interval;
+                    start
+                };
+                tokio::time::sleep_until(start).await;
+            }
+            // A pause may have begun while this request waited its turn.
+            // The turn is then taken again after it, so that the requests
+            // it held start `min_interval` apart rather than all together
+            // the moment it ends.
+            if !self.is_paused() {
+                return;
+            }
         }
-        if !self.min_interval.is_zero() {
-            let start = {
-                let mut next = self.next_start.lock().expect("pacer lock");
-                let start = (*next).max(Instant::now());
-                *next = start + self.min_interval;
-                start
-            };
-            tokio::time::sleep_until(start).await;
-        }
-        // A pause may have begun while this request waited its turn.
-        self.wait_unpaused().await;
+    }
+
+    fn is_paused(&self) -> bool {
+        self.paused_until
+            .lock()
+            .expect("pacer lock")
+            .is_some_and(|until| until > Instant::now())
     }
 
     /// Pauses the credential after a rate limit that did not say how long
@@ -189,6 +203,36 @@ mod tests {
             pacer.wait_turn().await;
             assert_eq!(start.elapsed().as_secs(), expected);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_held_by_a_pause_start_min_interval_apart_after_it() {
+        let pacer = Arc::new(Pacer::new(&Pacing::Paced {
+            concurrency: 3,
+            min_interval: Duration::from_secs(1),
+            per_minute: 0,
+        }));
+        let start = Instant::now();
+        pacer.wait_turn().await;
+        // Two more take their turns (at 1 s and 2 s); a rate limit then
+        // pauses the credential for 5 s before either starts.
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let pacer = pacer.clone();
+                tokio::spawn(async move {
+                    pacer.wait_turn().await;
+                    start.elapsed()
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        pacer.pause(Duration::from_secs(5));
+        let mut started = Vec::new();
+        for task in waiting {
+            started.push(task.await.unwrap().as_secs());
+        }
+        started.sort();
+        assert_eq!(started, [5, 6]);
     }
 
     #[test]
