@@ -42,6 +42,10 @@ pub struct History {
     /// Whether the job is a workflow dispatch, whose 404 usually means a
     /// missing workflow file rather than a missing repository.
     pub workflow: bool,
+    /// The pause the credential took for this answer, when it is a rate
+    /// limit that did not say how long to wait: a minute, doubling while
+    /// such limits repeat (`Pacer::pause_unstated`).
+    pub unstated_pause: Option<Duration>,
 }
 
 /// What the rules for App tokens need to know about the token that was sent.
@@ -161,9 +165,13 @@ pub fn classify(
         return Action::Delivered;
     }
     if let Some(wait) = rate_limit_wait(answer, now_epoch_secs) {
+        let wait = match wait {
+            RateLimitWait::Unstated => history.unstated_pause.unwrap_or(wait.duration()),
+            RateLimitWait::Stated(_) => wait.duration(),
+        };
         return rate_limited(
             format!("rate limited by GitHub ({status})"),
-            wait.duration(),
+            wait,
             history,
             policy,
         );
@@ -392,20 +400,24 @@ pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<RateLimit
     if !is_rate_limit(answer) {
         return None;
     }
-    if let Some(secs) = answer.rate.retry_after_secs {
+    // A wait of nothing, from a `retry-after: 0` or a reset already past,
+    // says nothing usable about a limit GitHub is enforcing right now:
+    // taken as stated, it would send again every second for as long as
+    // the answers repeat, which is what GitHub warns may get an
+    // integration banned. Such a limit waits as an unstated one does.
+    if let Some(secs) = answer.rate.retry_after_secs.filter(|secs| *secs > 0) {
         return Some(RateLimitWait::Stated(Duration::from_secs(
-            secs.clamp(1, MAX_ASKED_WAIT_SECS),
+            secs.min(MAX_ASKED_WAIT_SECS),
         )));
     }
     // The reset is GitHub's time: moved onto our clock, a host clock minutes
     // off neither hammers a limit that has not reset nor waits too long.
     if answer.rate.remaining == Some(0)
         && let Some(reset) = reset_on_our_clock(&answer.rate, now_epoch_secs)
+        && reset > now_epoch_secs
     {
         return Some(RateLimitWait::Stated(Duration::from_secs(
-            reset
-                .saturating_sub(now_epoch_secs)
-                .clamp(1, MAX_ASKED_WAIT_SECS),
+            (reset - now_epoch_secs).min(MAX_ASKED_WAIT_SECS),
         )));
     }
     Some(RateLimitWait::Unstated)
@@ -600,6 +612,27 @@ mod tests {
     }
 
     #[test]
+    fn an_unstated_limit_waits_the_pause_the_credential_took() {
+        let limited = answer(
+            403,
+            "You have exceeded a secondary rate limit.",
+            RateHeaders::default(),
+        );
+        // The second such limit in a row: the credential pauses two minutes,
+        // and the job says so and waits as long.
+        let history = History {
+            unstated_pause: Some(Duration::from_secs(120)),
+            ..fresh()
+        };
+        let action = classify(Outcome::Answer(&limited), history, &policy(), NOW, 1.0);
+        assert_eq!(retry_parts(&action), Some(retry(120, Some(120), false)));
+        let Action::Retry { reason, .. } = action else {
+            unreachable!()
+        };
+        assert!(reason.ends_with("waiting 120s"), "{reason}");
+    }
+
+    #[test]
     fn a_reset_in_githubs_time_is_moved_onto_our_clock() {
         let rate = |reset, date| RateHeaders {
             reset_epoch_secs: reset,
@@ -631,6 +664,26 @@ mod tests {
             (429, "", headers(Some(7), None, None), secs(7)),
             (403, "", headers(Some(7), Some(10), None), secs(7)),
             (429, "", headers(None, Some(0), Some(NOW + 42)), secs(42)),
+            // Waits of nothing are no statement: a `retry-after: 0`, or a
+            // reset already past while GitHub still answers with the limit.
+            (
+                429,
+                "",
+                headers(Some(0), None, None),
+                Some(RateLimitWait::Unstated),
+            ),
+            (
+                403,
+                "API rate limit exceeded",
+                headers(None, Some(0), Some(NOW - 100)),
+                Some(RateLimitWait::Unstated),
+            ),
+            (
+                403,
+                "API rate limit exceeded",
+                headers(None, Some(0), Some(NOW)),
+                Some(RateLimitWait::Unstated),
+            ),
             // A reset with requests left is not the reason for the limit.
             (
                 429,

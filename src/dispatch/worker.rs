@@ -355,13 +355,14 @@ impl Dispatcher {
             // A rate limit is the credential's, whatever becomes of this
             // job: even one that gives up (its wait would pass
             // give_up_after) holds the others back for that long.
+            let mut unstated_pause = None;
             if let Ok(a) = &answer {
                 match retry::rate_limit_wait(a, clock::now_epoch_secs()) {
                     Some(RateLimitWait::Stated(wait)) => self.pacer.pause(wait),
                     // GitHub's guidance for a secondary limit that says
                     // nothing: wait at least a minute, longer each time.
                     Some(RateLimitWait::Unstated) => {
-                        self.pacer.pause_unstated();
+                        unstated_pause = Some(self.pacer.pause_unstated());
                     }
                     None => self.pacer.answered(),
                 }
@@ -371,7 +372,10 @@ impl Dispatcher {
                 retried: retried_auth,
                 since_not_found_renewal: self.credentials.since_not_found_renewal(&job.repo),
             });
-            let history = self.history(&job, app_token, with_run_details);
+            let history = History {
+                unstated_pause,
+                ..self.history(&job, app_token, with_run_details)
+            };
             let outcome = match &answer {
                 Ok(a) => Outcome::Answer(a),
                 Err(e) => Outcome::Transport(e),
@@ -465,6 +469,7 @@ impl Dispatcher {
             app_token,
             sent_run_details,
             workflow: Scope::for_path(&job.path) == Scope::Workflow,
+            unstated_pause: None,
         }
     }
 
