@@ -35,6 +35,11 @@ const MAX_BODY_KEPT: usize = 2048;
 /// bound only protects memory from a misbehaving proxy.
 const MAX_SUCCESS_BODY: usize = 1024 * 1024;
 
+/// The longest message kept from an error body that is not GitHub's JSON
+/// (an HTML page from a proxy or load balancer), after its markup and
+/// spacing are dropped.
+const MAX_PLAIN_MESSAGE: usize = 300;
+
 /// What GitHub answered, reduced to the parts that matter.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Answer {
@@ -223,7 +228,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportError> {
+async fn read_answer(mut response: reqwest::Response) -> Result<Answer, TransportError> {
     let status = response.status().as_u16();
     let header = |name: &str| -> Option<u64> {
         response
@@ -250,20 +255,34 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
         .get("x-oauth-scopes")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    // Once GitHub has answered 2xx the dispatch happened: a body that then
-    // fails to arrive must not turn it into a transport error, which would
-    // send it again (a second workflow run). Only its details are lost.
-    let text = match response.text().await {
-        Ok(text) => text,
-        Err(_) if (200..300).contains(&status) => String::new(),
-        Err(e) => return Err(transport_error(e)),
-    };
     let keep = if (200..300).contains(&status) {
         MAX_SUCCESS_BODY
     } else {
         MAX_BODY_KEPT
     };
-    let text = truncate(&text, keep);
+    // Read only as far as is kept: a proxy answering with a huge body must
+    // not take the memory it is kept out of. The rest is left unread, and
+    // the connection is not reused.
+    let mut bytes = Vec::new();
+    let read = loop {
+        if bytes.len() > keep {
+            break Ok(());
+        }
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    // Once GitHub has answered 2xx the dispatch happened: a body that then
+    // fails to arrive must not turn it into a transport error, which would
+    // send it again (a second workflow run). Only its details are lost.
+    match read {
+        Ok(()) => {}
+        Err(_) if (200..300).contains(&status) => bytes.clear(),
+        Err(e) => return Err(transport_error(e)),
+    }
+    let text = truncate(&String::from_utf8_lossy(&bytes), keep);
     let message = if (200..300).contains(&status) {
         None
     } else {
@@ -275,7 +294,7 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
                         .and_then(|m| m.as_str())
                         .map(str::to_string)
                 })
-                .unwrap_or_else(|| text.clone()),
+                .unwrap_or_else(|| plain_message(&text)),
         )
     };
     let body = ((200..300).contains(&status) && !text.is_empty()).then_some(text);
@@ -286,6 +305,23 @@ async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportErr
         body,
         oauth_scopes,
     })
+}
+
+/// A readable message from an error body that is not GitHub's JSON: an HTML
+/// page's title, or the text with its spacing collapsed, shortened.
+fn plain_message(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let title = lower.find("<title>").and_then(|start| {
+        let start = start + "<title>".len();
+        let end = start + lower[start..].find("</title>")?;
+        // Lower-casing ASCII keeps every byte where it was.
+        Some(&text[start..end])
+    });
+    let text = title.unwrap_or(text);
+    truncate(
+        &text.split_whitespace().collect::<Vec<_>>().join(" "),
+        MAX_PLAIN_MESSAGE,
+    )
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -300,3 +336,25 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 pub use app::{AppAuth, CredentialError, Credentials, IssuedToken, Scope};
+
+#[cfg(test)]
+mod tests {
+    use super::plain_message;
+
+    #[test]
+    fn error_bodies_that_are_not_json_become_short_readable_messages() {
+        let page = "<html>\r\n<head><TITLE>502 Bad Gateway</TITLE></head>\r\n<body><center><h1>502 Bad Gateway</h1></center></body></html>";
+        assert_eq!(plain_message(page), "502 Bad Gateway");
+        assert_eq!(
+            plain_message("upstream connect error\n  or disconnect"),
+            "upstream connect error or disconnect"
+        );
+        let long = "x ".repeat(1000);
+        assert_eq!(
+            plain_message(&long).chars().count(),
+            301,
+            "300 and an ellipsis"
+        );
+        assert_eq!(plain_message("<title>unclosed"), "<title>unclosed");
+    }
+}

@@ -421,3 +421,28 @@ async fn a_dedupe_key_missing_its_field_drops_nothing() {
     })
     .await;
 }
+
+/// An HTML error page from a proxy in front of GitHub, however large, is
+/// read only as far as is kept, and the failure says what the page's title
+/// says rather than storing its markup.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_error_page_is_kept_as_its_title() {
+    let head = format!("{TEST_HEAD}  max_attempts: 2\n");
+    let app = spawn_app_with(&head, &hmac_route("cms", &one_target("acme/blog")), &[]).await;
+    let page = Scripted::ProxyPage {
+        status: 502,
+        bytes: 64 << 20,
+    };
+    app.github
+        .push_responses("acme/blog", vec![page.clone(), page]);
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && status_of(&list[0]) == "failed"
+        })
+        .await;
+    assert_eq!(
+        list[0]["targets"][0]["last_error"],
+        "gave up after 2 attempts: GitHub answered 502: 502 Bad Gateway"
+    );
+}
