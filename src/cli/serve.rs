@@ -185,12 +185,29 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         crate::github::preflight::static_targets(&config),
     ));
     let notifier = crate::notify::Notifier::start(&config);
+    let pacer = Arc::new(Pacer::new(&config.github.pacing));
+    // A pause GitHub asked for before a restart still holds: the limit is
+    // GitHub's, whatever became of this process.
+    match store.pause_until_ms().await {
+        Ok(Some(until_ms)) if until_ms > crate::clock::now_ms() => {
+            let left = Duration::from_millis((until_ms - crate::clock::now_ms()).max(0) as u64);
+            pacer.pause(left);
+            tracing::info!(
+                wait_ms = left.as_millis() as u64,
+                "Waiting out the rate-limit pause GitHub asked for before the restart"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not read the rate-limit pause kept in the store")
+        }
+    }
     let dispatcher = Dispatcher {
         store: store.clone(),
         client,
         credentials: credentials.clone(),
         retry: config.retry.clone(),
-        pacer: Arc::new(Pacer::new(&config.github.pacing)),
+        pacer,
         metrics: metrics.clone(),
         notifier: notifier.clone(),
         // Test hook: a short lease, so that the suite can let one run out

@@ -358,11 +358,13 @@ impl Dispatcher {
             let mut unstated_pause = None;
             if let Ok(a) = &answer {
                 match retry::rate_limit_wait(a, clock::now_epoch_secs()) {
-                    Some(RateLimitWait::Stated(wait)) => self.pacer.pause(wait),
+                    Some(RateLimitWait::Stated(wait)) => self.pause(wait).await,
                     // GitHub's guidance for a secondary limit that says
                     // nothing: wait at least a minute, longer each time.
                     Some(RateLimitWait::Unstated) => {
-                        unstated_pause = Some(self.pacer.pause_unstated());
+                        let wait = self.pacer.pause_unstated();
+                        self.keep_pause(wait).await;
+                        unstated_pause = Some(wait);
                     }
                     None => self.pacer.answered(),
                 }
@@ -460,6 +462,22 @@ impl Dispatcher {
         retry_scheduled
     }
 
+    /// Pauses the credential for `wait`, as GitHub asked.
+    async fn pause(&self, wait: Duration) {
+        self.pacer.pause(wait);
+        self.keep_pause(wait).await;
+    }
+
+    /// Keeps when a pause ends in the store, so that a restart inside it
+    /// waits the rest out instead of sending into a limit GitHub still
+    /// enforces.
+    async fn keep_pause(&self, wait: Duration) {
+        let until_ms = now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+        if let Err(e) = self.store.save_pause(until_ms).await {
+            tracing::warn!(error = %e, "Could not keep GitHub's rate-limit pause in the store; a restart inside it would not wait");
+        }
+    }
+
     fn history(&self, job: &Job, app_token: Option<AppToken>, sent_run_details: bool) -> History {
         History {
             failures: job.failures,
@@ -533,7 +551,7 @@ impl Dispatcher {
             } => {
                 self.metrics.dispatch(&job.route, DispatchOutcome::Retried);
                 if let Some(wait) = pause_credential {
-                    self.pacer.pause(*wait);
+                    self.pause(*wait).await;
                 }
                 tracing::warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "Dispatch will be retried");
                 JobNext::Retry {

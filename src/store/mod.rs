@@ -513,6 +513,28 @@ impl Store {
         self.call(|reply| Command::CheckWritable { reply }).await
     }
 
+    /// Keeps when GitHub's rate-limit pause ends, for [`Store::pause_until_ms`]
+    /// at the next start.
+    pub async fn save_pause(&self, until_ms: i64) -> Result<(), StoreError> {
+        self.call(|reply| Command::SavePause { until_ms, reply })
+            .await
+    }
+
+    /// When the last rate-limit pause GitHub asked for ends, if one was
+    /// kept.
+    pub async fn pause_until_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT until_ms FROM github_pause WHERE id = 1",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
     /// Replaces a failed delivery's outcome with a new rendering (see
     /// [`Rerendering`]). Delivered and pending deliveries are left alone, so
     /// redelivering twice never sends anything twice.

@@ -82,7 +82,7 @@ const ADDED_INDEXES: &[(&str, &str)] = &[
 ];
 
 /// Tables added after the first schema; `SCHEMA` creates them when missing.
-const ADDED_TABLES: &[&str] = &["readiness"];
+const ADDED_TABLES: &[&str] = &["readiness", "github_pause"];
 
 /// Whether any of these tables or indexes is missing.
 fn missing(conn: &Connection, names: &[&str]) -> Result<bool, StoreError> {
@@ -248,6 +248,17 @@ fn coalesce(
         into: id,
         coalesced: (coalesced + 1) as u32,
     }))
+}
+
+/// Keeps the end of GitHub's rate-limit pause; a later end wins, as in the
+/// pacer, where a shorter pause never shortens a longer one.
+pub(super) fn save_pause(conn: &Connection, until_ms: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO github_pause (id, until_ms) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
+    )?
+    .execute([until_ms])?;
+    Ok(())
 }
 
 /// Rewrites the readiness row: a write that commits only if the store

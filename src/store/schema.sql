@@ -65,3 +65,10 @@ CREATE TABLE IF NOT EXISTS readiness (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     checked_at  INTEGER NOT NULL
 );
+
+-- One row: when the pause GitHub's last rate limit asked for ends, so that
+-- a restart inside it does not send into a limit GitHub still enforces.
+CREATE TABLE IF NOT EXISTS github_pause (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    until_ms    INTEGER NOT NULL
+);

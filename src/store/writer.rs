@@ -73,6 +73,10 @@ pub(super) enum Command {
     CheckWritable {
         reply: Reply<()>,
     },
+    SavePause {
+        until_ms: i64,
+        reply: Reply<()>,
+    },
 }
 
 /// What a command produced, waiting for the batch's commit before it is
@@ -123,7 +127,8 @@ impl Command {
             | Command::Release { reply, .. }
             | Command::ReleaseAll { reply }
             | Command::Ping { reply }
-            | Command::CheckWritable { reply } => send(reply, outcome, |o| match o {
+            | Command::CheckWritable { reply }
+            | Command::SavePause { reply, .. } => send(reply, outcome, |o| match o {
                 Outcome::Unit => Some(()),
                 _ => None,
             }),
@@ -375,6 +380,10 @@ fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
         }
         Command::CheckWritable { .. } => {
             schema::check_writable(c, crate::clock::now_ms())?;
+            Outcome::Unit
+        }
+        Command::SavePause { until_ms, .. } => {
+            schema::save_pause(c, *until_ms)?;
             Outcome::Unit
         }
     })

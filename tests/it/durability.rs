@@ -484,3 +484,42 @@ async fn jobs_whose_leases_run_out_during_their_sends_are_each_sent_once() {
     assert!(twice.is_empty(), "sent more than once: {twice:?}");
     assert_eq!(attempts.len(), 400);
 }
+
+/// GitHub's rate-limit pause holds across a restart: a webhook accepted
+/// after the restart waits for the pause's end, instead of being sent into
+/// a limit GitHub still enforces.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_pause_outlives_a_restart() {
+    let mut app = spawn_app(&hmac_route("cms", TARGET)).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::RateLimited {
+            retry_after_secs: 5,
+        }],
+    );
+    assert_eq!(app.post_signed("cms", r#"{"n":0}"#).await.status(), 202);
+    let start = std::time::Instant::now();
+    while app.github.dispatch_attempts().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = app.github.dispatch_attempts()[0].received_at;
+    app.kill9();
+    app.restart();
+    app.wait_for_log(|line| line.contains("Waiting out the rate-limit pause"))
+        .await;
+    assert_eq!(app.post_signed("cms", r#"{"n":1}"#).await.status(), 202);
+    let sent = app
+        .github
+        .wait_for_dispatches(2, Duration::from_secs(60))
+        .await;
+    let attempts = app.github.dispatch_attempts();
+    assert_eq!(attempts.len(), 3, "the limited one, then both: {sent:?}");
+    for attempt in &attempts[1..] {
+        let after = attempt.received_at.duration_since(first);
+        assert!(
+            after >= Duration::from_millis(4_900),
+            "sent {after:?} after the limit that asked for 5 s"
+        );
+    }
+}
