@@ -739,6 +739,36 @@ fn after_an_unknown_key_the_other_errors_of_the_mapping_are_reported() {
 }
 
 #[test]
+fn errors_in_lists_tagged_maps_and_missing_keys_are_all_reported() {
+    let text = "github:\n  token: t\nserver:\n  trusted_proxies: [{a: 1}]\n  listen: [8080]\nroutes:\n  - verify: none\n    rate_limit: !t {per_second: fast, burst: many}\n    allowed_repos: [a, {b: 1}]\n    source_ips: 5\n    debounce: {max_wait: [1]}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let found: Vec<(String, usize)> = load_err(text)
+        .into_iter()
+        .map(|e| (e.path, e.line))
+        .collect();
+    let expected = [
+        ("server.trusted_proxies[0]", 4),
+        ("server.listen", 5),
+        ("routes[0]", 7),
+        ("routes[0].rate_limit.per_second", 8),
+        ("routes[0].rate_limit.burst", 8),
+        ("routes[0].allowed_repos[1]", 9),
+        ("routes[0].source_ips", 10),
+        ("routes[0].debounce", 11),
+        ("routes[0].debounce.max_wait", 11),
+    ]
+    .map(|(path, line)| (path.to_string(), line));
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn a_key_left_out_for_its_error_is_not_reported_missing_too() {
+    // `window` is required: its wrong value is the news, not its absence.
+    let errors = load_err(&with_route("    debounce: {window: [30s]}\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "routes[0].debounce.window");
+}
+
+#[test]
 fn every_value_of_the_wrong_type_in_a_section_is_reported() {
     let text = "github:\n  token: t\nretry:\n  max_attempts: lots\n  give_up_after: [1h]\nroutes:\n  - id: r\n    verify: none\n    rate_limit: {per_second: fast, burst: many}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
     let found: Vec<(String, usize)> = load_err(text)

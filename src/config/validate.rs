@@ -101,19 +101,21 @@ impl Report<'_> {
         });
     }
 
-    /// Deserializes one part of the file, reporting the first serde error
-    /// inside it at its own path.
+    /// Deserializes one part of the file, reporting every serde error inside
+    /// it at its own path.
     ///
     /// serde stops at the first unknown key, so a mapping's keys are first
     /// checked against the fields of `T`: every unknown key is reported,
     /// then left out, and the rest is deserialized, so that the mapping's
-    /// other unknown keys and wrong types are reported with it. The field an
-    /// unknown key misspells is then missing, and the checks that follow
-    /// would report its absence again, so a mapping with an unknown key is
-    /// checked no further. Likewise, a key whose value serde refuses is left
-    /// out and the rest read again, until serde takes what is left.
+    /// other unknown keys and wrong types are reported with it. serde also
+    /// stops at the first wrong value: the key that holds it is left out in
+    /// turn and the rest read again, until serde takes what is left. A
+    /// mapping with a key left out is checked no further (the checks that
+    /// follow would report the key's absence), and a field that is missing
+    /// because it was left out, or because an unknown key beside it may
+    /// misspell it, is not reported as missing.
     fn parse<T: DeserializeOwned>(&mut self, mut value: Value, base: &Path) -> Option<T> {
-        let mut had_unknown = false;
+        let mut left_out = LeftOut::default();
         if let (Value::Mapping(map), Some(fields)) = (&mut value, struct_fields::<T>()) {
             let unknown_keys: Vec<Value> = map
                 .keys()
@@ -128,42 +130,40 @@ impl Report<'_> {
                 // would then report another of the mapping's errors first
                 // than the file's order says.
                 map.shift_remove(&key);
-                had_unknown = true;
+                left_out.unknown_in.push(base.clone());
             }
-        }
-        // Once part of the mapping is refused, what is left only serves to
-        // find more errors: the mapping itself is not used.
-        let mut refused = had_unknown;
-        // The mappings that keys were left out of, here or below: a field
-        // missing from one of them may be the one an unknown key misspelt,
-        // or one left out, and saying so again would be no news.
-        let mut left_out: Vec<Path> = Vec::new();
-        if had_unknown {
-            left_out.push(base.clone());
         }
         loop {
             let err = match serde_path_to_error::deserialize::<_, T>(&value) {
-                Ok(parsed) => return (!refused).then_some(parsed),
+                Ok(parsed) => return left_out.is_empty().then_some(parsed),
                 Err(err) => err,
             };
             let segments: Vec<Segment> = err.path().iter().cloned().collect();
             let message = err.into_inner().to_string();
             let path = path_of(base, &segments);
-            if missing_field(&message).is_none() || !left_out.contains(&path) {
+            let no_news =
+                missing_field(&message).is_some_and(|field| left_out.explains(&path, field));
+            if !no_news {
                 self.serde_error(path, &without_value(&strip_location(&message)));
             }
-            // serde stops at the first error: the key that holds it is left
-            // out and the rest read again, so that every error is reported
-            // at once.
-            let Some((Segment::Map { key }, parent)) = segments.split_last() else {
+            // The key that holds the error is left out: the nearest mapping
+            // key on its path, since taking an item out of a list would
+            // move the items after it, and their errors' paths with them.
+            let at = segments
+                .iter()
+                .rposition(|segment| matches!(segment, Segment::Map { .. }))?;
+            let Segment::Map { key } = &segments[at] else {
                 return None;
             };
-            match value_at(&mut value, parent) {
+            match value_at(&mut value, &segments[..at]) {
                 Some(Value::Mapping(map)) => map.shift_remove(key.as_str())?,
                 _ => return None,
             };
-            left_out.push(path_of(base, parent));
-            refused = true;
+            let mapping = path_of(base, &segments[..at]);
+            if message.starts_with("unknown field") {
+                left_out.unknown_in.push(mapping.clone());
+            }
+            left_out.keys.push(mapping.key(key));
         }
     }
 
@@ -215,10 +215,6 @@ fn without_struct_names(message: &str) -> String {
     out
 }
 
-/// The fields of a struct `T` as serde names them, or `None` when `T` is not
-/// deserialized as a struct. serde hands them to `deserialize_struct`, so a
-/// deserializer that only records them and stops finds them without any
-/// input.
 /// `base` followed by the segments of a serde path.
 fn path_of(base: &Path, segments: &[Segment]) -> Path {
     let mut path = base.clone();
@@ -240,15 +236,53 @@ fn missing_field(message: &str) -> Option<&str> {
         .map(|(field, _)| field)
 }
 
-/// The value at `path` inside `value`, as serde_path_to_error names it.
+/// The value at `path` inside `value`, as serde_path_to_error names it,
+/// looking through YAML tags (`!tag {...}`), which serde reads through too.
 fn value_at<'a>(value: &'a mut Value, path: &[Segment]) -> Option<&'a mut Value> {
-    path.iter().try_fold(value, |value, segment| match segment {
-        Segment::Map { key } => value.get_mut(key.as_str()),
-        Segment::Seq { index } => value.get_mut(*index),
-        Segment::Enum { .. } | Segment::Unknown => None,
+    let untagged = |value: &'a mut Value| -> &'a mut Value {
+        let mut value = value;
+        while let Value::Tagged(tagged) = value {
+            value = &mut tagged.value;
+        }
+        value
+    };
+    path.iter().try_fold(untagged(value), |value, segment| {
+        let inner = match segment {
+            Segment::Map { key } => value.get_mut(key.as_str()),
+            Segment::Seq { index } => value.get_mut(*index),
+            Segment::Enum { .. } | Segment::Unknown => None,
+        }?;
+        Some(untagged(inner))
     })
 }
 
+/// What [`Report::parse`] left out of a part of the file, so that the
+/// absence it caused is not reported as news.
+#[derive(Default)]
+struct LeftOut {
+    /// Mappings that had an unknown key, which may misspell any missing
+    /// field of theirs.
+    unknown_in: Vec<Path>,
+    /// Keys left out for holding an error.
+    keys: Vec<Path>,
+}
+
+impl LeftOut {
+    fn is_empty(&self) -> bool {
+        self.unknown_in.is_empty() && self.keys.is_empty()
+    }
+
+    /// Whether a field missing from the mapping at `mapping` is missing
+    /// because of what was left out.
+    fn explains(&self, mapping: &Path, field: &str) -> bool {
+        self.unknown_in.contains(mapping) || self.keys.contains(&mapping.key(field))
+    }
+}
+
+/// The fields of a struct `T` as serde names them, or `None` when `T` is not
+/// deserialized as a struct. serde hands them to `deserialize_struct`, so a
+/// deserializer that only records them and stops finds them without any
+/// input.
 fn struct_fields<T: DeserializeOwned>() -> Option<&'static [&'static str]> {
     #[derive(Debug)]
     struct Stop;
@@ -490,7 +524,7 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
     let server = section::<raw::RawServer>(report, sections.remove("server"))
         .and_then(|(raw, path)| server(report, raw, &path));
     let store = section::<raw::RawStore>(report, sections.remove("store"))
-        .and_then(|(raw, path)| store(report, raw, &path));
+        .and_then(|(raw, path)| store(report, raw, &path, env));
     let retry = section::<raw::RawRetry>(report, sections.remove("retry"))
         .and_then(|(raw, path)| retry(report, raw, &path));
     let notify = match sections.remove("notify") {
@@ -818,7 +852,12 @@ pub fn is_listen_address(text: &str) -> bool {
     }
 }
 
-fn store(report: &mut Report, raw: raw::RawStore, path: &Path) -> Option<StoreConfig> {
+fn store(
+    report: &mut Report,
+    raw: raw::RawStore,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<StoreConfig> {
     let retention = duration(
         report,
         raw.retention,
@@ -831,8 +870,10 @@ fn store(report: &mut Report, raw: raw::RawStore, path: &Path) -> Option<StoreCo
     };
     let url = raw.url.filter(|url| !url.is_empty());
     // Checked here too, so that `check` names the line; the message never
-    // quotes the url, which may hold a password.
-    if let Some(Err(problem)) = url.as_deref().map(super::sqlite_file) {
+    // quotes the url, which may hold a password. `RELAY_DATABASE_URL`, when
+    // set, wins over the file's url, which then goes unused.
+    let overridden = env("RELAY_DATABASE_URL").is_some_and(|url| !url.trim().is_empty());
+    if !overridden && let Some(Err(problem)) = url.as_deref().map(super::sqlite_file) {
         report.error(
             &path.key("url"),
             format!("invalid store url: {problem}; expected sqlite:PATH"),

@@ -371,6 +371,14 @@ fn a_store_url_serve_would_refuse_fails_check_without_its_password() {
         let (_, _, stderr) = run(dir.path(), &["check"], &[]);
         assert!(stderr.contains("routes.yaml:4:"), "{stderr}");
         assert!(stderr.contains("store.url: invalid store url"), "{stderr}");
+        // RELAY_DATABASE_URL wins over the file's url, which then goes
+        // unused and is not held against the file.
+        let (code, _, stderr) = run(
+            dir.path(),
+            &["check"],
+            &[("RELAY_DATABASE_URL", "sqlite:elsewhere.db")],
+        );
+        assert_eq!(code, 0, "{stderr}");
     }
 }
 
