@@ -16,7 +16,7 @@ use super::reload::Reloader;
 use super::{CliError, load_config_text, runtime, store_path};
 use crate::config::Synchronous as ConfigSynchronous;
 use crate::dispatch::Dispatcher;
-use crate::dispatch::pacing::Pacer;
+use crate::dispatch::pacing::{MAX_PAUSE, Pacer};
 use crate::github::preflight::Verdict;
 use crate::github::{Credentials, GitHubClient};
 use crate::ingress::{AppState, Application, LiveRoutes};
@@ -190,7 +190,11 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     // GitHub's, whatever became of this process.
     match store.pause_until_ms().await {
         Ok(Some(until_ms)) if until_ms > crate::clock::now_ms() => {
-            let left = Duration::from_millis((until_ms - crate::clock::now_ms()).max(0) as u64);
+            // No longer than any pause can be: a pause kept under a clock
+            // that ran fast, or before the clock was set back, would
+            // otherwise hold every start that long.
+            let left = Duration::from_millis((until_ms - crate::clock::now_ms()).max(0) as u64)
+                .min(MAX_PAUSE);
             pacer.pause(left);
             tracing::info!(
                 wait_ms = left.as_millis() as u64,

@@ -22,6 +22,9 @@ use crate::config::Pacing;
 /// well below it.
 pub const UNPACED_IN_FLIGHT: usize = 64;
 
+/// The longest pause: the longest wait believed from GitHub's headers.
+pub const MAX_PAUSE: Duration = Duration::from_secs(super::retry::MAX_ASKED_WAIT_SECS);
+
 /// The longest pause after rate limits that do not say how long to wait.
 pub const MAX_UNSTATED_PAUSE: Duration = Duration::from_secs(16 * 60);
 
@@ -101,10 +104,14 @@ impl Pacer {
     /// Waits for this request's turn: after any pause, `min_interval` after
     /// the previous start, and within the per-minute budget.
     pub async fn wait_turn(&self) {
+        let mut budgeted = false;
         loop {
             self.wait_unpaused().await;
-            if let Some(limiter) = &self.per_minute {
+            // One place in the per-minute budget per request, however many
+            // times a pause makes it take its turn again.
+            if let Some(limiter) = self.per_minute.as_ref().filter(|_| !budgeted) {
                 limiter.until_ready().await;
+                budgeted = true;
             }
             if !self.min_interval.is_zero() {
                 let start = {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::pacing::Pacer;
+use super::pacing::{MAX_PAUSE, Pacer};
 use super::retry::{self, Action, AppToken, History, Outcome, RateLimitWait};
 use crate::clock::{self, now_ms};
 use crate::config::RetryConfig;
@@ -323,6 +323,11 @@ impl Dispatcher {
                 Ok(token) => token,
                 Err(e) => {
                     let reason = e.to_string();
+                    // A rate limit on the token request itself: the whole
+                    // credential waits, as for a rate-limited dispatch.
+                    if let Some(wait) = e.rate_limit_wait() {
+                        self.pause(wait).await;
+                    }
                     let outcome = Outcome::NoCredential {
                         reason: &reason,
                         permanent: e.is_permanent(),
@@ -472,8 +477,10 @@ impl Dispatcher {
     /// waits the rest out instead of sending into a limit GitHub still
     /// enforces.
     async fn keep_pause(&self, wait: Duration) {
-        let until_ms = now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
-        if let Err(e) = self.store.save_pause(until_ms).await {
+        let now = now_ms();
+        let until_ms = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+        let latest_ms = now + MAX_PAUSE.as_millis() as i64;
+        if let Err(e) = self.store.save_pause(until_ms, latest_ms).await {
             tracing::warn!(error = %e, "Could not keep GitHub's rate-limit pause in the store; a restart inside it would not wait");
         }
     }
@@ -550,8 +557,11 @@ impl Dispatcher {
                 reason,
             } => {
                 self.metrics.dispatch(&job.route, DispatchOutcome::Retried);
+                // Where the answer paused the credential (and kept the
+                // pause) already; this only makes sure the job's own wait
+                // holds the others back too.
                 if let Some(wait) = pause_credential {
-                    self.pause(*wait).await;
+                    self.pacer.pause(*wait);
                 }
                 tracing::warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "Dispatch will be retried");
                 JobNext::Retry {

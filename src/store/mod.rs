@@ -514,10 +514,15 @@ impl Store {
     }
 
     /// Keeps when GitHub's rate-limit pause ends, for [`Store::pause_until_ms`]
-    /// at the next start.
-    pub async fn save_pause(&self, until_ms: i64) -> Result<(), StoreError> {
-        self.call(|reply| Command::SavePause { until_ms, reply })
-            .await
+    /// at the next start. A kept end later than `until_ms` stays, unless it
+    /// is past `latest_ms`, the furthest a pause can reach.
+    pub async fn save_pause(&self, until_ms: i64, latest_ms: i64) -> Result<(), StoreError> {
+        self.call(|reply| Command::SavePause {
+            until_ms,
+            latest_ms,
+            reply,
+        })
+        .await
     }
 
     /// When the last rate-limit pause GitHub asked for ends, if one was

@@ -250,14 +250,22 @@ fn coalesce(
     }))
 }
 
-/// Keeps the end of GitHub's rate-limit pause; a later end wins, as in the
-/// pacer, where a shorter pause never shortens a longer one.
-pub(super) fn save_pause(conn: &Connection, until_ms: i64) -> Result<(), StoreError> {
+/// Keeps the end of GitHub's rate-limit pause. A later end wins, as in the
+/// pacer, where a shorter pause never shortens a longer one; but a kept end
+/// past `latest_ms`, further off than any pause can be (written under a
+/// clock that ran fast), is replaced.
+pub(super) fn save_pause(
+    conn: &Connection,
+    until_ms: i64,
+    latest_ms: i64,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO github_pause (id, until_ms) VALUES (1, ?1)
-         ON CONFLICT (id) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
+         ON CONFLICT (id) DO UPDATE SET until_ms =
+           CASE WHEN until_ms > excluded.until_ms AND until_ms <= ?2 THEN until_ms
+                ELSE excluded.until_ms END",
     )?
-    .execute([until_ms])?;
+    .execute([until_ms, latest_ms])?;
     Ok(())
 }
 

@@ -780,3 +780,25 @@ async fn reads_that_a_large_store_repeats_are_found_through_indexes() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_kept_pause_keeps_the_later_end_unless_it_is_past_belief() {
+    let (_dir, store) = open();
+    assert_eq!(store.pause_until_ms().await.unwrap(), None);
+    store.save_pause(5_000, 100_000).await.unwrap();
+    store.save_pause(3_000, 100_000).await.unwrap();
+    assert_eq!(
+        store.pause_until_ms().await.unwrap(),
+        Some(5_000),
+        "a shorter pause never shortens a longer one"
+    );
+    store.save_pause(9_000, 100_000).await.unwrap();
+    assert_eq!(store.pause_until_ms().await.unwrap(), Some(9_000));
+    // Kept under a clock that ran a year fast: replaced by the next pause.
+    store
+        .save_pause(31_536_000_000, 31_600_000_000)
+        .await
+        .unwrap();
+    store.save_pause(12_000, 100_000).await.unwrap();
+    assert_eq!(store.pause_until_ms().await.unwrap(), Some(12_000));
+}

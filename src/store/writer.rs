@@ -75,6 +75,7 @@ pub(super) enum Command {
     },
     SavePause {
         until_ms: i64,
+        latest_ms: i64,
         reply: Reply<()>,
     },
 }
@@ -382,8 +383,12 @@ fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
             schema::check_writable(c, crate::clock::now_ms())?;
             Outcome::Unit
         }
-        Command::SavePause { until_ms, .. } => {
-            schema::save_pause(c, *until_ms)?;
+        Command::SavePause {
+            until_ms,
+            latest_ms,
+            ..
+        } => {
+            schema::save_pause(c, *until_ms, *latest_ms)?;
             Outcome::Unit
         }
     })

@@ -105,9 +105,9 @@ pub enum Scripted {
     NotFound,
     /// The 401 GitHub gives for an unknown or revoked token.
     BadCredentials,
-    /// An HTML error page of this status from a proxy in front of GitHub, padded to about
-    /// `bytes`, so that a test sees what the relay keeps of a body that is not GitHub's JSON.
-    ProxyPage { status: u16, bytes: usize },
+    /// An HTML error page of this status from a proxy in front of GitHub, that never ends:
+    /// a client that reads a body whole before bounding it never gets past it.
+    ProxyPage { status: u16 },
 }
 
 /// One request the fake received, with the status it answered.
@@ -975,8 +975,8 @@ struct Answer {
     hang: bool,
     /// Send the status and headers, then only the start of a body.
     stall_body: bool,
-    /// Send an HTML page of about this many bytes instead of a JSON body.
-    html_page: Option<usize>,
+    /// Send an endless HTML page instead of a JSON body.
+    html_page: bool,
 }
 
 impl Answer {
@@ -987,7 +987,7 @@ impl Answer {
             headers: Vec::new(),
             hang: false,
             stall_body: false,
-            html_page: None,
+            html_page: false,
         }
     }
 
@@ -998,7 +998,7 @@ impl Answer {
             headers: Vec::new(),
             hang: false,
             stall_body: false,
-            html_page: None,
+            html_page: false,
         }
     }
 
@@ -1102,8 +1102,8 @@ fn scripted_answer(script: &Scripted, op: &Operation, request_id: &str, now: u64
             ..Answer::empty(200)
         },
         Scripted::NotFound => Answer::error(404, "Not Found", &op.docs_url),
-        Scripted::ProxyPage { status, bytes } => Answer {
-            html_page: Some(*bytes),
+        Scripted::ProxyPage { status } => Answer {
+            html_page: true,
             ..Answer::empty(*status)
         },
         Scripted::BadCredentials => bad_credentials(),
@@ -1287,15 +1287,14 @@ fn respond(shared: &Shared, answer: Answer, request_id: &str) -> HttpResponse {
             .insert_header((header::CONTENT_TYPE, "application/json; charset=utf-8"))
             .streaming(futures_util::StreamExt::chain(start, stall));
     }
-    if let Some(bytes) = answer.html_page {
+    if answer.html_page {
         let status = answer.status;
         let head = format!(
             "<html>\r\n<head><title>{status} Bad Gateway</title></head>\r\n<body><center><h1>{status} Bad Gateway</h1></center>\r\n"
         );
         let chunk = web::Bytes::from(format!("<!-- {} -->\r\n", "x".repeat(64 * 1024)));
-        let chunks = bytes / chunk.len() + 1;
         let body = std::iter::once(web::Bytes::from(head))
-            .chain(std::iter::repeat_n(chunk, chunks))
+            .chain(std::iter::repeat(chunk))
             .map(Ok::<_, actix_web::Error>);
         return response
             .insert_header((header::CONTENT_TYPE, "text/html"))
