@@ -672,9 +672,12 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
         .await
         .unwrap();
     assert_eq!(listed.len(), 1);
-    // And the later tables and indexes: readiness writes its row, and the
-    // open debounce window is found through its own index.
+    // And the later tables and indexes: readiness writes its row, a
+    // rate-limit pause is kept, and the open debounce window is found
+    // through its own index.
     store.check_writable().await.unwrap();
+    store.save_pause(1_000, 2_000).await.unwrap();
+    assert_eq!(store.pause_until_ms().await.unwrap(), Some(1_000));
     let conn = Connection::open(&path).unwrap();
     let plan: Vec<String> = conn
         .prepare(&format!("EXPLAIN QUERY PLAN {}", schema::OPEN_WINDOW))
