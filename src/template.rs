@@ -358,12 +358,24 @@ impl EngineBuilder {
                         }
                     }
                     // A list built from missing values (`[body.a, body.b] |
-                    // join(':')`) prints them as nothing too.
-                    if prints_items && value.kind() == minijinja::value::ValueKind::Seq {
-                        for item in value.try_iter()? {
-                            refuse_missing(&item)?;
+                    // join(':')`) prints them as nothing too; so does one
+                    // that another filter gives as an iterable
+                    // (`body.ids | reverse`), which is read into a list
+                    // here so that it is checked and joined alike.
+                    let value = if prints_items
+                        && matches!(
+                            value.kind(),
+                            minijinja::value::ValueKind::Seq
+                                | minijinja::value::ValueKind::Iterable
+                        ) {
+                        let items: Vec<MjValue> = value.try_iter()?.collect();
+                        for item in &items {
+                            refuse_missing(item)?;
                         }
-                    }
+                        MjValue::from(items)
+                    } else {
+                        value
+                    };
                     let mut args = Vec::with_capacity(rest.len() + 1);
                     args.push(value);
                     args.extend(rest.iter().cloned());

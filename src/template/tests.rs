@@ -551,6 +551,8 @@ fn a_key_that_prints_a_missing_value_is_no_key() {
         key("{{ 'k-%s' | format(body.missing) }}"),
         key("k-{{ body.missing | length }}"),
         key("k-{{ body.missing | list | join }}"),
+        // An iterable another filter gives holds its items as a list does.
+        key("{{ [body.model, body.nothing] | reverse | join('-') }}"),
     ];
     let tojson_indented = key("{{ body.entry | tojson(indent=2) }}");
     // Present values render as anywhere: filters that drop missing values,
@@ -565,6 +567,7 @@ fn a_key_that_prints_a_missing_value_is_no_key() {
         ("{{ [1, none, 3] | first }}", "1"),
         ("{{ body.list | batch(3, none) | list | length }}", "1"),
         ("{{ body.entry.tags | map('upper') | join('') }}", "AB"),
+        ("{{ body.entry.tags | reverse | join('-') }}", "b-a"),
         ("{{ body.__relay_field | default('ok') }}", "ok"),
     ]
     .map(|(source, expected)| (key(source), expected));
