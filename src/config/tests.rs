@@ -478,6 +478,25 @@ fn the_store_url_is_read_with_variables_and_without_the_rest() {
 }
 
 #[test]
+fn a_secret_written_as_a_number_or_a_boolean_is_not_quoted_in_the_error() {
+    let text = "github:\n  token: 1234567890\nroutes:\n  - id: a\n    verify: {slack: {secret: 0x1F2E3D}}\n    dispatch: [{repo: acme/blog, event_type: e}]\n  - id: b\n    verify: {github: {secret: true}}\n    dispatch: [{repo: acme/blog, event_type: e}]\n  - id: c\n    verify: {basic: {username: u, passwords: [8675309.5]}}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let errors = load_err(text);
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    let printed = ConfigErrors(errors).to_string();
+    for secret in ["1234567890", "2043453", "0x1F2E3D", "true", "8675309"] {
+        assert!(!printed.contains(secret), "{secret}: {printed}");
+    }
+    assert!(
+        printed.contains("invalid type: an integer, expected a string"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("invalid type: a boolean, expected a string"),
+        "{printed}"
+    );
+}
+
+#[test]
 fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
     let misplaced = [
         // A Slack URL where a destination map was expected.

@@ -348,19 +348,25 @@ fn strip_location(message: &str) -> String {
     out
 }
 
-/// Drops the quoted value from serde's "invalid type: string \"…\",
-/// expected …" and "invalid value: …" messages. `${VAR}` is substituted
-/// before the file is read into its structs, so the value may be a secret
-/// (a Slack URL given where a list was expected, an HMAC secret where a map
-/// was); the error's position already shows where it is.
+/// Drops the value from serde's "invalid type: string \"…\", expected …"
+/// and "invalid value: …" messages, whatever its type: a secret may be
+/// written as a number (`secret: 8675309`) or a boolean, and `${VAR}` is
+/// substituted before the file is read into its structs (a Slack URL given
+/// where a list was expected, an HMAC secret where a map was). The error's
+/// position already shows where the value is.
 fn without_value(message: &str) -> String {
     for kind in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = message.strip_prefix(kind)
             && let Some((unexpected, expected)) = rest.rsplit_once(", expected ")
-            && let Some((what, _value)) = unexpected.split_once(' ')
-            && matches!(what, "string" | "character")
+            && let Some(at) = unexpected.find(" `").or_else(|| unexpected.find(" \""))
         {
-            return format!("{kind}a {what}, expected {expected}");
+            let what = &unexpected[..at];
+            let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
+            return format!("{kind}{article} {what}, expected {expected}");
         }
     }
     message.to_owned()
