@@ -292,6 +292,7 @@ impl EngineBuilder {
             // The output is JSON data or identifiers, never HTML.
             env.set_auto_escape_callback(|_| AutoEscape::None);
             env.set_debug(false);
+            env.set_unknown_method_callback(python_method);
             env
         };
         let mut env = new_environment();
@@ -745,6 +746,87 @@ fn refuse_missing(value: &MjValue) -> Result<(), minijinja::Error> {
     Ok(())
 }
 
+/// The names [`python_method`] answers.
+const PYTHON_METHODS: &[&str] = &[
+    "items",
+    "keys",
+    "values",
+    "get",
+    "lower",
+    "upper",
+    "title",
+    "capitalize",
+    "replace",
+    "split",
+    "strip",
+    "startswith",
+    "endswith",
+];
+
+/// The methods of Python's `dict` and `str` that Jinja2 templates call
+/// (`body.entry.items()`, `body.name.startswith('draft-')`), which
+/// minijinja leaves to the application. Each is answered by the filter of
+/// the same meaning, so that in strict fields it refuses a missing value as
+/// the filter does.
+fn python_method(
+    state: &minijinja::State,
+    value: &MjValue,
+    method: &str,
+    args: &[MjValue],
+) -> Result<MjValue, minijinja::Error> {
+    use minijinja::value::{ValueKind, from_args};
+    let with_args = |filter: &str| {
+        let mut all = Vec::with_capacity(args.len() + 1);
+        all.push(value.clone());
+        all.extend_from_slice(args);
+        state.apply_filter(filter, &all)
+    };
+    let text = || value.as_str().unwrap_or_default();
+    match (value.kind(), method) {
+        (ValueKind::Map, "items") => with_args("items"),
+        (ValueKind::Map, "keys") => {
+            let () = from_args(args)?;
+            Ok(MjValue::from(value.try_iter()?.collect::<Vec<_>>()))
+        }
+        (ValueKind::Map, "values") => {
+            let () = from_args(args)?;
+            let values = value
+                .try_iter()?
+                .map(|key| value.get_item(&key))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(MjValue::from(values))
+        }
+        (ValueKind::Map, "get") => {
+            let (key, default): (MjValue, Option<MjValue>) = from_args(args)?;
+            let found = value.get_item(&key)?;
+            Ok(if found.is_undefined() {
+                default.unwrap_or_else(|| MjValue::from(()))
+            } else {
+                found
+            })
+        }
+        (ValueKind::String, "lower" | "upper" | "title" | "capitalize" | "replace" | "split") => {
+            with_args(method)
+        }
+        (ValueKind::String, "strip") => with_args("trim"),
+        (ValueKind::String, "startswith") => {
+            let (prefix,): (String,) = from_args(args)?;
+            Ok(MjValue::from(text().starts_with(&prefix)))
+        }
+        (ValueKind::String, "endswith") => {
+            let (suffix,): (String,) = from_args(args)?;
+            Ok(MjValue::from(text().ends_with(&suffix)))
+        }
+        _ => Err(minijinja::Error::new(
+            ErrorKind::UnknownMethod,
+            format!(
+                "{} has no method `{method}` (the Python methods a template may call are a map's items, keys, values and get, and a string's lower, upper, title, capitalize, replace, split, strip, startswith and endswith)",
+                value.kind()
+            ),
+        )),
+    }
+}
+
 /// The `urldecode` filter: form rules, so `+` is a space, then percent
 /// decoding; bytes that are not UTF-8 are replaced rather than failing the
 /// whole render.
@@ -794,7 +876,17 @@ impl BodyReads {
             if parts.next() != Some("body") {
                 continue;
             }
-            let path: Vec<String> = parts.map(str::to_owned).collect();
+            let mut path: Vec<String> = parts.map(str::to_owned).collect();
+            // The analysis spells `body.entry.items()` as the attribute
+            // `body.entry.items`: a method reads its whole object. (A key
+            // that happens to share a method's name makes its object read
+            // whole, which is never wrong.)
+            if path
+                .last()
+                .is_some_and(|last| PYTHON_METHODS.contains(&last.as_str()))
+            {
+                path.pop();
+            }
             if path.is_empty() {
                 return BodyReads::Whole;
             }

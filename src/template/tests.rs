@@ -56,6 +56,42 @@ fn string_templates_render() {
 }
 
 #[test]
+fn the_python_methods_jinja2_templates_call_work() {
+    let cases = [
+        (
+            "{% for k, v in body.entry.items() %}{{ k }}={{ v | tojson }};{% endfor %}",
+            r#"id=7;tags=["a","b"];"#,
+        ),
+        ("{{ body.entry.keys() | join(',') }}", "id,tags"),
+        ("{{ body.entry.values() | first }}", "7"),
+        (
+            "{{ body.entry.get('id') }}/{{ body.entry.get('no', 'x') }}",
+            "7/x",
+        ),
+        ("{{ body.model.upper() }}{{ ' a '.strip() }}", "POSTa"),
+        ("{{ body.model.replace('o', '0') }}", "p0st"),
+        (
+            "{{ body.model.startswith('po') }}-{{ body.model.endswith('x') }}",
+            "True-False",
+        ),
+        ("{{ 'a,b'.split(',') | last }}", "b"),
+    ];
+    let mut builder = EngineBuilder::new();
+    let compiled: Vec<_> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (source, _))| builder.string(&format!("m{i}"), source).unwrap())
+        .collect();
+    let unknown = builder.string("u", "{{ body.model.casefold() }}").unwrap();
+    builder.finish();
+    for ((source, expected), template) in cases.iter().zip(&compiled) {
+        assert_eq!(template.render(&ctx()).unwrap(), *expected, "{source}");
+    }
+    let err = unknown.render(&ctx()).unwrap_err().to_string();
+    assert!(err.contains("has no method `casefold`"), "{err}");
+}
+
+#[test]
 fn static_detection() {
     let cases = [
         ("deploy", Some("deploy")),
