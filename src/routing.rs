@@ -546,12 +546,15 @@ pub fn check_ref(git_ref: &str) -> Result<(), LimitError> {
         Some("it holds a space, a control character or one of ~ ^ : ? * [ \\")
     } else if git_ref.contains("..") || git_ref.contains("@{") || git_ref.contains("//") {
         Some("it holds `..`, `@{` or `//`")
-    } else if git_ref.starts_with(['/', '-', '.'])
-        || git_ref.ends_with(['/', '.'])
-        || git_ref.ends_with(".lock")
-        || git_ref == "@"
+    } else if git_ref.starts_with(['/', '-']) || git_ref.ends_with(['/', '.']) || git_ref == "@" {
+        Some("it starts with `/` or `-`, ends with `/` or `.`, or is `@`")
+    } else if git_ref
+        .split('/')
+        .any(|part| part.starts_with('.') || part.ends_with(".lock"))
     {
-        Some("it starts with `/`, `-` or `.`, ends with `/`, `.` or `.lock`, or is `@`")
+        // git's rules hold for each part between slashes, not only for the
+        // whole: `feature/.hidden` and `v1.lock/x` are refused too.
+        Some("a part of it between slashes starts with `.` or ends with `.lock`")
     } else {
         None
     };

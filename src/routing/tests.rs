@@ -119,6 +119,8 @@ fn workflow_inputs_and_names_are_held_to_githubs_rules() {
         "v2.0.0",
         "refs/heads/main",
         "0123abc",
+        "feature/x.y",
+        "v1.lockstep",
     ] {
         assert_eq!(check_ref(good), Ok(()), "{good}");
     }
@@ -142,6 +144,9 @@ fn workflow_inputs_and_names_are_held_to_githubs_rules() {
         "a//b",
         "@",
         "end.",
+        "feature/.hidden",
+        "foo.lock/bar",
+        "a/./b",
     ] {
         assert!(
             matches!(check_ref(bad), Err(LimitError::BadRef { .. })),
