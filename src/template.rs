@@ -287,7 +287,9 @@ impl EngineBuilder {
         let new_environment = || {
             let mut env = Environment::new();
             // Rendered text must match what the user wrote, including a final
-            // newline from a YAML block scalar, exactly as a static string does.
+            // newline from a YAML block scalar, exactly as a static string
+            // does. (A lone expression is typed, and the whitespace around
+            // it does not count: see [`lone_expression`].)
             env.set_keep_trailing_newline(true);
             // The output is JSON data or identifiers, never HTML.
             env.set_auto_escape_callback(|_| AutoEscape::None);
