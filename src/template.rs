@@ -330,7 +330,7 @@ impl EngineBuilder {
             safe, escape, upper, lower, title, capitalize, replace, length, dictsort, items,
             reverse, trim, join, split, lines, abs, int, float, sum, attr, round, first, last, min,
             max, sort, list, string, bool, slice, batch, tojson, indent, select, selectattr,
-            reject, rejectattr, map, groupby, unique, chain, zip, pprint, format,
+            reject, rejectattr, map, groupby, unique, chain, zip, pprint, format, urlencode,
         )
         .into_iter()
         .chain([

@@ -36,6 +36,7 @@ fn string_templates_render() {
         ("{{ body.key | urldecode }}", "a b cé"),
         ("{{ 'x%2By' | urldecode }}", "x+y"),
         ("{{ '%FF' | urldecode }}", "\u{FFFD}"),
+        ("{{ 'a b&c/d' | urlencode }}", "a%20b%26c/d"),
         ("{{ body.entry | tojson }}", r#"{"id":7,"tags":["a","b"]}"#),
         ("[{{ body.missing }}]", "[]"),
         ("{% if body.draft %}d{% else %}p{% endif %}", "p"),
