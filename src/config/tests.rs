@@ -780,6 +780,23 @@ fn errors_in_lists_tagged_maps_and_missing_keys_are_all_reported() {
 }
 
 #[test]
+fn a_wrong_value_in_a_route_does_not_hide_the_rest_of_the_route() {
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: {hmac: {secrets: [s], header: X-S, algorithm: md5}}\n    rate_limit: {per_second: x}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].verify.hmac.algorithm",
+            "routes[0].rate_limit.per_second"
+        ]
+    );
+    // A `dispatch` left out for its error is not reported missing.
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    dispatch: {repo: acme/blog}\n";
+    let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, ["routes[0].dispatch"]);
+}
+
+#[test]
 fn a_key_left_out_for_its_error_is_not_reported_missing_too() {
     // `window` is required: its wrong value is the news, not its absence.
     let errors = load_err(&with_route("    debounce: {window: [30s]}\n"));

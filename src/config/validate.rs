@@ -114,7 +114,21 @@ impl Report<'_> {
     /// follow would report the key's absence), and a field that is missing
     /// because it was left out, or because an unknown key beside it may
     /// misspell it, is not reported as missing.
-    fn parse<T: DeserializeOwned>(&mut self, mut value: Value, base: &Path) -> Option<T> {
+    fn parse<T: DeserializeOwned>(&mut self, value: Value, base: &Path) -> Option<T> {
+        let (parsed, left_out) = self.parse_leaving_out::<T>(value, base)?;
+        left_out.is_empty().then_some(parsed)
+    }
+
+    /// [`Report::parse`], answering also what is left when keys were left
+    /// out for their errors, with the keys of `base` itself that were, so
+    /// that a caller can check the rest without reporting those keys as
+    /// missing. `None` when the mapping had an unknown key, which may
+    /// misspell any of its fields.
+    fn parse_leaving_out<T: DeserializeOwned>(
+        &mut self,
+        mut value: Value,
+        base: &Path,
+    ) -> Option<(T, LeftOut)> {
         let mut left_out = LeftOut::default();
         if let (Value::Mapping(map), Some(fields)) = (&mut value, struct_fields::<T>()) {
             let unknown_keys: Vec<Value> = map
@@ -135,7 +149,8 @@ impl Report<'_> {
         }
         loop {
             let err = match serde_path_to_error::deserialize::<_, T>(&value) {
-                Ok(parsed) => return left_out.is_empty().then_some(parsed),
+                Ok(_) if left_out.unknown_in.contains(base) => return None,
+                Ok(parsed) => return Some((parsed, left_out)),
                 Err(err) => err,
             };
             let segments: Vec<Segment> = err.path().iter().cloned().collect();
@@ -270,6 +285,11 @@ struct LeftOut {
 impl LeftOut {
     fn is_empty(&self) -> bool {
         self.unknown_in.is_empty() && self.keys.is_empty()
+    }
+
+    /// Whether the key `name` of the mapping at `mapping` was left out.
+    fn has_key(&self, mapping: &Path, name: &str) -> bool {
+        self.keys.contains(&mapping.key(name))
     }
 
     /// Whether a field missing from the mapping at `mapping` is missing
@@ -990,10 +1010,23 @@ fn routes(
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (index, item) in list.into_iter().enumerate() {
         let route_path = path.index(index);
-        let Some(raw) = report.parse::<raw::RawRoute>(item, &route_path) else {
+        let Some((raw, left_out)) = report.parse_leaving_out::<raw::RawRoute>(item, &route_path)
+        else {
             ok = false;
             continue;
         };
+        if !left_out.is_empty() {
+            // The rest of the route is still checked, so that an error in
+            // `rate_limit` does not hide one in `verify`; unless what was
+            // left out is what the checks would then call missing.
+            ok = false;
+            if ["verify", "dispatch"]
+                .iter()
+                .any(|key| left_out.has_key(&route_path, key))
+            {
+                continue;
+            }
+        }
         if let Some(first) = seen.get(&raw.id.0) {
             report.error(
                 &route_path.key("id"),
