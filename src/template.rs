@@ -594,7 +594,10 @@ impl EngineBuilder {
             Err(err)
                 if matches!(
                     err.kind(),
-                    ErrorKind::UnknownFilter | ErrorKind::UnknownTest | ErrorKind::UnknownFunction
+                    ErrorKind::UnknownFilter
+                        | ErrorKind::UnknownTest
+                        | ErrorKind::UnknownFunction
+                        | ErrorKind::UnknownMethod
                 ) =>
             {
                 Some(describe(&err, source))
@@ -777,13 +780,28 @@ fn python_method(
     args: &[MjValue],
 ) -> Result<MjValue, minijinja::Error> {
     use minijinja::value::{ValueKind, from_args};
+    if !PYTHON_METHODS.contains(&method) {
+        // Whatever the value: so that the check at load, which sees only
+        // missing values, finds a misspelt method.
+        return Err(minijinja::Error::new(
+            ErrorKind::UnknownMethod,
+            format!(
+                "no method `{method}`; the Python methods a template may call are {}",
+                PYTHON_METHODS.join(", ")
+            ),
+        ));
+    }
+    // A method of a missing value is missing too, as its fields are: it
+    // renders as nothing, and strict fields refuse it.
+    if value.is_undefined() || value.is_none() {
+        return Ok(MjValue::UNDEFINED);
+    }
     let with_args = |filter: &str| {
         let mut all = Vec::with_capacity(args.len() + 1);
         all.push(value.clone());
         all.extend_from_slice(args);
         state.apply_filter(filter, &all)
     };
-    let text = || value.as_str().unwrap_or_default();
     match (value.kind(), method) {
         (ValueKind::Map, "items") => with_args("items"),
         (ValueKind::Map, "keys") => {
@@ -811,20 +829,35 @@ fn python_method(
             with_args(method)
         }
         (ValueKind::String, "strip") => with_args("trim"),
-        (ValueKind::String, "startswith") => {
-            let (prefix,): (String,) = from_args(args)?;
-            Ok(MjValue::from(text().starts_with(&prefix)))
-        }
-        (ValueKind::String, "endswith") => {
-            let (suffix,): (String,) = from_args(args)?;
-            Ok(MjValue::from(text().ends_with(&suffix)))
+        (ValueKind::String, "startswith" | "endswith") => {
+            let text = value.as_str().unwrap_or_default();
+            let (affixes,): (MjValue,) = from_args(args)?;
+            // Python takes one string or a tuple of them; a missing one is
+            // no affix, and matches nothing.
+            let candidates: Vec<MjValue> = match affixes.kind() {
+                ValueKind::String => vec![affixes],
+                ValueKind::Seq | ValueKind::Iterable => affixes.try_iter()?.collect(),
+                ValueKind::Undefined | ValueKind::None => Vec::new(),
+                _ => {
+                    return Err(minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("{method} takes a string or a list of strings"),
+                    ));
+                }
+            };
+            Ok(MjValue::from(candidates.iter().any(|affix| {
+                affix.as_str().is_some_and(|affix| {
+                    if method == "startswith" {
+                        text.starts_with(affix)
+                    } else {
+                        text.ends_with(affix)
+                    }
+                })
+            })))
         }
         _ => Err(minijinja::Error::new(
             ErrorKind::UnknownMethod,
-            format!(
-                "{} has no method `{method}` (the Python methods a template may call are a map's items, keys, values and get, and a string's lower, upper, title, capitalize, replace, split, strip, startswith and endswith)",
-                value.kind()
-            ),
+            format!("{} has no method `{method}`", value.kind()),
         )),
     }
 }

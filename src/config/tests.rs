@@ -486,6 +486,21 @@ fn a_secret_written_as_a_number_or_a_boolean_is_not_quoted_in_the_error() {
     for secret in ["1234567890", "2043453", "0x1F2E3D", "true", "8675309"] {
         assert!(!printed.contains(secret), "{secret}: {printed}");
     }
+    // A value holding a quote of the other kind, and an integer too large
+    // for any type, which the YAML parser itself refuses.
+    for (text, secret) in [
+        (
+            "github:\n  token: t\nroutes:\n  - id: a\n    verify: {hmac: \"hunter2 `tail\"}\n    dispatch: [{repo: acme/blog, event_type: e}]\n",
+            "hunter2",
+        ),
+        (
+            "github:\n  token: t\nroutes:\n  - id: a\n    verify: {token: {header: X, value: 12345678901234567890123}}\n    dispatch: [{repo: acme/blog, event_type: e}]\n",
+            "12345678901234567890123",
+        ),
+    ] {
+        let printed = ConfigErrors(load_err(text)).to_string();
+        assert!(!printed.contains(secret), "{printed}");
+    }
     assert!(
         printed.contains("invalid type: an integer, expected a string"),
         "{printed}"
@@ -790,10 +805,14 @@ fn a_wrong_value_in_a_route_does_not_hide_the_rest_of_the_route() {
             "routes[0].rate_limit.per_second"
         ]
     );
-    // A `dispatch` left out for its error is not reported missing.
+    // A `dispatch` left out for its error is not reported missing, nor is
+    // an `allowed_repos` that a templated repo needs.
     let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    dispatch: {repo: acme/blog}\n";
     let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
     assert_eq!(paths, ["routes[0].dispatch"]);
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    allowed_repos: \"acme/*\"\n    dispatch: [{repo: \"acme/{{ body.site }}\", event_type: e}]\n";
+    let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, ["routes[0].allowed_repos"]);
 }
 
 #[test]

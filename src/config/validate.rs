@@ -376,9 +376,15 @@ fn strip_location(message: &str) -> String {
 /// position already shows where the value is.
 fn without_value(message: &str) -> String {
     for kind in ["invalid type: ", "invalid value: "] {
-        if let Some(rest) = message.strip_prefix(kind)
-            && let Some((unexpected, expected)) = rest.rsplit_once(", expected ")
-            && let Some(at) = unexpected.find(" `").or_else(|| unexpected.find(" \""))
+        if let Some(start) = message.find(kind)
+            && let Some((unexpected, expected)) =
+                message[start + kind.len()..].rsplit_once(", expected ")
+            // The value starts at its opening quote or backtick, whichever
+            // comes first: the value itself may hold the other.
+            && let Some(at) = [" `", " \""]
+                .iter()
+                .filter_map(|quote| unexpected.find(quote))
+                .min()
         {
             let what = &unexpected[..at];
             let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
@@ -386,7 +392,9 @@ fn without_value(message: &str) -> String {
             } else {
                 "a"
             };
-            return format!("{kind}{article} {what}, expected {expected}");
+            // Whatever came before (the YAML parser names the path).
+            let before = &message[..start];
+            return format!("{before}{kind}{article} {what}, expected {expected}");
         }
     }
     message.to_owned()
@@ -449,7 +457,9 @@ pub(super) fn load(
             // A syntax error makes everything after it unreliable, so it is
             // reported alone.
             let (line, column) = err.location().map_or((1, 1), |at| (at.line(), at.column()));
-            let mut message = strip_location(&err.to_string());
+            // The parser may quote a value it refuses (an integer too large
+            // for any type), which may be a secret.
+            let mut message = without_value(&strip_location(&err.to_string()));
             // `{ per_second: ${RATE} }`: in YAML's flow style the `{` of an
             // unquoted variable is syntax.
             let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or_default();
@@ -1018,9 +1028,10 @@ fn routes(
         if !left_out.is_empty() {
             // The rest of the route is still checked, so that an error in
             // `rate_limit` does not hide one in `verify`; unless what was
-            // left out is what the checks would then call missing.
+            // left out is what the checks would then call missing (`verify`
+            // takes any value here, and is checked below).
             ok = false;
-            if ["verify", "dispatch"]
+            if ["dispatch", "allowed_repos"]
                 .iter()
                 .any(|key| left_out.has_key(&route_path, key))
             {

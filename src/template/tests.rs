@@ -76,6 +76,11 @@ fn the_python_methods_jinja2_templates_call_work() {
             "True-False",
         ),
         ("{{ 'a,b'.split(',') | last }}", "b"),
+        // Python's tuple of prefixes; a missing prefix matches nothing.
+        (
+            "{{ body.model.startswith(['x', 'po']) }}-{{ body.model.startswith(body.missing) }}",
+            "True-False",
+        ),
     ];
     let mut builder = EngineBuilder::new();
     let compiled: Vec<_> = cases
@@ -83,13 +88,23 @@ fn the_python_methods_jinja2_templates_call_work() {
         .enumerate()
         .map(|(i, (source, _))| builder.string(&format!("m{i}"), source).unwrap())
         .collect();
-    let unknown = builder.string("u", "{{ body.model.casefold() }}").unwrap();
+    // A misspelt method is found at load, as an unknown filter is.
+    let err = builder
+        .string("u", "{{ body.model.startwith('p') }}")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no method `startwith`"), "{err}");
+    // A method of a missing value is missing too: nothing in text, no key.
+    let missing = builder.string("n", "[{{ body.missing.upper() }}]").unwrap();
+    let key = builder
+        .strict_string("k", "k-{{ body.missing.lower() }}")
+        .unwrap();
     builder.finish();
     for ((source, expected), template) in cases.iter().zip(&compiled) {
         assert_eq!(template.render(&ctx()).unwrap(), *expected, "{source}");
     }
-    let err = unknown.render(&ctx()).unwrap_err().to_string();
-    assert!(err.contains("has no method `casefold`"), "{err}");
+    assert_eq!(missing.render(&ctx()).unwrap(), "[]");
+    assert_eq!(key.render_key(&ctx()).unwrap(), None);
 }
 
 #[test]
