@@ -291,6 +291,26 @@ pub fn is_s3_test_event(body: &Value) -> bool {
     body.get("Event").and_then(Value::as_str) == Some("s3:TestEvent")
 }
 
+/// [`is_s3_test_event`] for a body that is not parsed yet.
+pub fn is_raw_s3_test_event(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Event<'a> {
+        #[serde(rename = "Event", borrow)]
+        event: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Event>(body)
+        .ok()
+        .and_then(|e| e.event)
+        .is_some_and(|event| event == "s3:TestEvent")
+}
+
+/// True when SNS delivered the request: it names the message type in a
+/// header on every delivery, enveloped or raw. `headers` has lower-cased
+/// names.
+pub fn delivered_by_sns(headers: &BTreeMap<String, String>) -> bool {
+    headers.contains_key("x-amz-sns-message-type")
+}
+
 /// True when the `x-amz-sns-message-type` header names a subscription
 /// message (`SubscriptionConfirmation` or `UnsubscribeConfirmation`). SNS
 /// sends these as signed envelopes even to a subscription with raw message

@@ -727,8 +727,9 @@ fn pinned_sns_route(cert: &std::path::Path) -> String {
 /// the subscription never confirmed). Its certificate is SNS's, which tests
 /// cannot fetch, so the relay answers that it could not check it (503, and
 /// SNS sends it again) or, where AWS answers, that it has no such
-/// certificate (401). Either way nothing is stored or dispatched, while a
-/// raw notification on the same route is relayed as before.
+/// certificate (401). Either way nothing is stored or dispatched, nor is
+/// S3's test event, while a raw notification on the same route is relayed
+/// as before.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_raw_delivery_route_does_not_relay_subscription_messages() {
     let routes = r#"
@@ -781,6 +782,17 @@ async fn a_raw_delivery_route_does_not_relay_subscription_messages() {
     )
     .await;
     assert_eq!(status, 401);
+
+    // S3's test event, bare as raw delivery sends it, is answered and not
+    // relayed, as on an `sns` route.
+    let test_event = json!({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"});
+    let (status, json) = crate::helpers::json_of(
+        post("Notification", test_event.to_string().into_bytes())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &json), (200, &json!({"skipped": true})));
 
     let raw = json!({"Records": [{"s3": {"object": {"key": "a.jpg"}}}]});
     let (status, json) = crate::helpers::json_of(
