@@ -30,11 +30,8 @@ pub async fn head(
     // MinIO checks a target with HEAD before using it; answering 200 for a
     // configured route is all it needs. Never 410: some senders delete the
     // webhook on 410.
-    let routes = state.routes();
-    match routes.route(&path) {
-        Some(_) => Ok(HttpResponse::Ok().finish()),
-        None => Err(IngressError::UnknownRoute(path.into_inner())),
-    }
+    configured(&state, path)?;
+    Ok(HttpResponse::Ok().finish())
 }
 
 /// Any other method on a webhook URL: 405 naming the methods a configured
@@ -43,9 +40,14 @@ pub async fn other_method(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, IngressError> {
-    let routes = state.routes();
-    match routes.route(&path) {
-        Some(_) => Err(IngressError::MethodNotAllowed),
+    configured(&state, path)?;
+    Err(IngressError::MethodNotAllowed)
+}
+
+/// Answers 404 unless `path` names a configured route.
+fn configured(state: &AppState, path: web::Path<String>) -> Result<(), IngressError> {
+    match state.routes().route(&path) {
+        Some(_) => Ok(()),
         None => Err(IngressError::UnknownRoute(path.into_inner())),
     }
 }
