@@ -16,7 +16,7 @@ use super::reload::Reloader;
 use super::{CliError, load_config_text, runtime, store_path};
 use crate::config::Synchronous as ConfigSynchronous;
 use crate::dispatch::Dispatcher;
-use crate::dispatch::pacing::{MAX_PAUSE, Pacer};
+use crate::dispatch::pacing::Pacer;
 use crate::github::preflight::Verdict;
 use crate::github::{Credentials, GitHubClient};
 use crate::ingress::{AppState, Application, LiveRoutes};
@@ -185,33 +185,12 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         crate::github::preflight::static_targets(&config),
     ));
     let notifier = crate::notify::Notifier::start(&config);
-    let pacer = Arc::new(Pacer::new(&config.github.pacing));
-    // A pause GitHub asked for before a restart still holds: the limit is
-    // GitHub's, whatever became of this process.
-    match store.pause_until_ms().await {
-        Ok(Some(until_ms)) if until_ms > crate::clock::now_ms() => {
-            // No longer than any pause can be: a pause kept under a clock
-            // that ran fast, or before the clock was set back, would
-            // otherwise hold every start that long.
-            let left = Duration::from_millis((until_ms - crate::clock::now_ms()).max(0) as u64)
-                .min(MAX_PAUSE);
-            pacer.pause(left);
-            tracing::info!(
-                wait_ms = left.as_millis() as u64,
-                "Waiting out the rate-limit pause GitHub asked for before the restart"
-            );
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "Could not read the rate-limit pause kept in the store")
-        }
-    }
     let dispatcher = Dispatcher {
         store: store.clone(),
         client,
         credentials: credentials.clone(),
         retry: config.retry.clone(),
-        pacer,
+        pacer: Arc::new(Pacer::new(&config.github.pacing)),
         metrics: metrics.clone(),
         notifier: notifier.clone(),
         // Test hook: a short lease, so that the suite can let one run out

@@ -28,6 +28,14 @@ pub const MAX_PAUSE: Duration = Duration::from_secs(super::retry::MAX_ASKED_WAIT
 /// The longest pause after rate limits that do not say how long to wait.
 pub const MAX_UNSTATED_PAUSE: Duration = Duration::from_secs(16 * 60);
 
+/// The most requests to GitHub in flight at once under `pacing`.
+pub fn max_in_flight(pacing: &Pacing) -> usize {
+    match pacing {
+        Pacing::Off => UNPACED_IN_FLIGHT,
+        Pacing::Paced { concurrency, .. } => (*concurrency).max(1) as usize,
+    }
+}
+
 /// Pacing state for one credential.
 #[derive(Debug)]
 pub struct Pacer {
@@ -47,7 +55,7 @@ impl Pacer {
     pub fn new(pacing: &Pacing) -> Pacer {
         match pacing {
             Pacing::Off => Pacer {
-                slots: Arc::new(Semaphore::new(UNPACED_IN_FLIGHT)),
+                slots: Arc::new(Semaphore::new(max_in_flight(pacing))),
                 min_interval: Duration::ZERO,
                 per_minute: None,
                 next_start: Mutex::new(Instant::now()),
@@ -55,11 +63,11 @@ impl Pacer {
                 unstated: Mutex::new((0, None)),
             },
             Pacing::Paced {
-                concurrency,
+                concurrency: _,
                 min_interval,
                 per_minute,
             } => Pacer {
-                slots: Arc::new(Semaphore::new((*concurrency).max(1) as usize)),
+                slots: Arc::new(Semaphore::new(max_in_flight(pacing))),
                 min_interval: *min_interval,
                 // `Quota::per_minute(n)` also allows a burst of n at once,
                 // which with a short `min_interval` would let about twice n
@@ -92,12 +100,8 @@ impl Pacer {
 
     /// Waits while GitHub has paused this credential.
     pub async fn wait_unpaused(&self) {
-        loop {
-            let until = *self.paused_until.lock().expect("pacer lock");
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
-                _ => return,
-            }
+        while let Some(until) = self.paused_until_now() {
+            tokio::time::sleep_until(until).await;
         }
     }
 
@@ -126,17 +130,16 @@ impl Pacer {
             // The turn is then taken again after it, so that the requests
             // it held start `min_interval` apart rather than all together
             // the moment it ends.
-            if !self.is_paused() {
+            if self.paused_until_now().is_none() {
                 return;
             }
         }
     }
 
-    fn is_paused(&self) -> bool {
-        self.paused_until
-            .lock()
-            .expect("pacer lock")
-            .is_some_and(|until| until > Instant::now())
+    /// When the pause under way ends; `None` when there is none.
+    fn paused_until_now(&self) -> Option<Instant> {
+        let until = (*self.paused_until.lock().expect("pacer lock"))?;
+        (until > Instant::now()).then_some(until)
     }
 
     /// Pauses the credential after a rate limit that did not say how long
@@ -148,15 +151,16 @@ impl Pacer {
     ///
     /// Answers to requests that were already in flight when the pause began
     /// belong to the same limit: they neither lengthen the pause nor, for a
-    /// success, end the run.
-    pub fn pause_unstated(&self) -> Duration {
+    /// success, end the run. The second value says whether the pause's end
+    /// moved later.
+    pub fn pause_unstated(&self) -> (Duration, bool) {
         let now = Instant::now();
         let wait = {
             let mut unstated = self.unstated.lock().expect("pacer lock");
             let (in_a_row, until) = &mut *unstated;
             if let Some(until) = until.filter(|until| *until > now) {
                 // The same limit, seen by a request already in flight.
-                return until - now;
+                return (until - now, false);
             }
             *in_a_row = in_a_row.saturating_add(1);
             let wait = DEFAULT_RATE_LIMIT_WAIT
@@ -165,8 +169,7 @@ impl Pacer {
             *until = Some(now + wait);
             wait
         };
-        self.pause(wait);
-        wait
+        (wait, self.pause(wait))
     }
 
     /// Records an answer from GitHub that was not a rate limit, which ends
@@ -179,16 +182,19 @@ impl Pacer {
         }
     }
 
-    /// Pauses the credential for `wait` (GitHub's retry-after or reset).
-    pub fn pause(&self, wait: Duration) {
+    /// Pauses the credential for `wait` (GitHub's retry-after or reset), and
+    /// answers whether that moved the pause's end later.
+    pub fn pause(&self, wait: Duration) -> bool {
         // Waits come from GitHub's headers, capped, but an instant far
         // enough ahead must still not overflow the clock.
         let now = Instant::now();
         let until = now.checked_add(wait).unwrap_or(now + MAX_UNSTATED_PAUSE);
         let mut paused = self.paused_until.lock().expect("pacer lock");
-        if paused.is_none_or(|t| t < until) {
+        let later = paused.is_none_or(|t| t < until);
+        if later {
             *paused = Some(until);
         }
+        later
     }
 }
 
@@ -275,9 +281,9 @@ mod tests {
         let minutes = |n: u64| Duration::from_secs(60 * n);
         let mut pauses = Vec::new();
         for _ in 0..7 {
-            pauses.push(pacer.pause_unstated());
+            pauses.push(pacer.pause_unstated().0);
             // Answers to requests already in flight belong to this limit.
-            assert_eq!(pacer.pause_unstated(), *pauses.last().unwrap());
+            assert_eq!(pacer.pause_unstated().0, *pauses.last().unwrap());
             pacer.answered();
             pacer.wait_turn().await;
         }
@@ -288,14 +294,14 @@ mod tests {
         );
         // An answer that is not a rate limit, after the pause, ends the run.
         pacer.answered();
-        assert_eq!(pacer.pause_unstated(), minutes(1));
+        assert_eq!(pacer.pause_unstated().0, minutes(1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unstated_limit_during_a_stated_pause_still_pauses_a_minute() {
         let pacer = Pacer::new(&Pacing::Off);
         pacer.pause(Duration::from_secs(2));
-        assert_eq!(pacer.pause_unstated(), DEFAULT_RATE_LIMIT_WAIT);
+        assert_eq!(pacer.pause_unstated().0, DEFAULT_RATE_LIMIT_WAIT);
         let start = Instant::now();
         pacer.wait_turn().await;
         assert_eq!(start.elapsed(), DEFAULT_RATE_LIMIT_WAIT);

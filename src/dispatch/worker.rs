@@ -193,6 +193,7 @@ impl Dispatcher {
     }
 
     async fn run(self: Arc<Self>, handle: DispatcherHandle) {
+        self.resume_kept_pause().await;
         loop {
             tokio::select! {
                 biased;
@@ -367,8 +368,10 @@ impl Dispatcher {
                     // GitHub's guidance for a secondary limit that says
                     // nothing: wait at least a minute, longer each time.
                     Some(RateLimitWait::Unstated) => {
-                        let wait = self.pacer.pause_unstated();
-                        self.keep_pause(wait).await;
+                        let (wait, later) = self.pacer.pause_unstated();
+                        if later {
+                            self.keep_pause(wait).await;
+                        }
                         unstated_pause = Some(wait);
                     }
                     None => self.pacer.answered(),
@@ -467,10 +470,36 @@ impl Dispatcher {
         retry_scheduled
     }
 
-    /// Pauses the credential for `wait`, as GitHub asked.
+    /// Pauses the credential for `wait`, as GitHub asked. Only a pause that
+    /// ends later than the one under way is kept: the answers of a fan-out
+    /// to the same limit add no store write each.
     async fn pause(&self, wait: Duration) {
-        self.pacer.pause(wait);
-        self.keep_pause(wait).await;
+        if self.pacer.pause(wait) {
+            self.keep_pause(wait).await;
+        }
+    }
+
+    /// Takes up the pause kept by [`Dispatcher::keep_pause`] before a
+    /// restart: the limit is GitHub's, whatever became of this process.
+    async fn resume_kept_pause(&self) {
+        let now = now_ms();
+        match self.store.pause_until_ms().await {
+            Ok(Some(until_ms)) if until_ms > now => {
+                // No longer than any pause can be: a pause kept under a
+                // clock that ran fast, or before the clock was set back,
+                // would otherwise hold every start that long.
+                let left = Duration::from_millis((until_ms - now) as u64).min(MAX_PAUSE);
+                self.pacer.pause(left);
+                tracing::info!(
+                    wait_ms = left.as_millis() as u64,
+                    "Waiting out the rate-limit pause GitHub asked for before the restart"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not read the rate-limit pause kept in the store")
+            }
+        }
     }
 
     /// Keeps when a pause ends in the store, so that a restart inside it

@@ -19,6 +19,8 @@ use actix_web::{App, HttpResponse, web};
 
 pub use state::{AppState, LiveRoutes, read_pinned_certificates};
 
+use crate::dispatch::pacing::{UNPACED_IN_FLIGHT, max_in_flight};
+
 /// How long actix waits for open connections to finish after a stop.
 const HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -26,10 +28,6 @@ const HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// store's files, connections to notify destinations, the configuration
 /// file read on reload.
 const RESERVED_FILES: u64 = 192;
-
-/// Connections to GitHub with pacing off (decision 3), and the least kept
-/// for them.
-const GITHUB_CONNECTIONS: u64 = 64;
 
 /// Raises the soft limit on open files to the hard limit, as a server that
 /// holds one file per connection should, and returns the limit in force.
@@ -84,12 +82,10 @@ impl Application {
     ) -> std::io::Result<Application> {
         let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
-        let github_connections = match state.routes().config.github.pacing {
-            crate::config::Pacing::Paced { concurrency, .. } => {
-                u64::from(concurrency).max(GITHUB_CONNECTIONS)
-            }
-            crate::config::Pacing::Off => GITHUB_CONNECTIONS,
-        };
+        // Kept for GitHub: as many as the pacing lets go at once, and never
+        // fewer than pacing off does.
+        let github_connections =
+            max_in_flight(&state.routes().config.github.pacing).max(UNPACED_IN_FLIGHT) as u64;
         let max_connections = connections_per_worker(
             raise_open_file_limit().saturating_sub(github_connections),
             workers.max(1),
