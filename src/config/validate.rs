@@ -613,6 +613,23 @@ fn duration(
     }
 }
 
+/// A [`duration`] that must be longer than zero: a timeout, a window or a
+/// tolerance of nothing would refuse or cut short everything.
+fn positive_duration(
+    report: &mut Report,
+    text: Option<Text>,
+    path: &Path,
+    default: Duration,
+) -> Option<Duration> {
+    duration(report, text, path, default).filter(|duration| {
+        let zero = duration.is_zero();
+        if zero {
+            report.error(path, "must be longer than 0");
+        }
+        !zero
+    })
+}
+
 fn size(report: &mut Report, text: Option<Text>, path: &Path, default: u64) -> Option<u64> {
     match text {
         None => Some(default),
@@ -736,16 +753,12 @@ fn github(
         None => Some(default_pacing()),
         Some(value) => pacing(report, value, &path.key("pacing")),
     };
-    let timeout = duration(
+    let timeout = positive_duration(
         report,
         raw.timeout,
         &path.key("timeout"),
         Duration::from_secs(10),
     );
-    if timeout == Some(Duration::ZERO) {
-        report.error(&path.key("timeout"), "must be longer than 0");
-        ok = false;
-    }
 
     ok.then_some(())?;
     Some(GithubConfig {
@@ -840,16 +853,12 @@ fn server(report: &mut Report, raw: raw::RawServer, path: &Path) -> Option<Serve
         &path.key("max_body"),
         DEFAULT_MAX_BODY,
     );
-    let body_timeout = duration(
+    let body_timeout = positive_duration(
         report,
         raw.body_timeout,
         &path.key("body_timeout"),
         DEFAULT_BODY_TIMEOUT,
     );
-    if body_timeout == Some(Duration::ZERO) {
-        report.error(&path.key("body_timeout"), "must be longer than 0");
-        return None;
-    }
     let trusted_proxies = networks(report, &raw.trusted_proxies, &path.key("trusted_proxies"));
     let listen = raw.listen.filter(|listen| !listen.is_empty());
     if let Some(listen) = &listen
@@ -1131,11 +1140,7 @@ fn route(
     let debounce = raw.debounce.and_then(|raw| {
         let debounce_path = path.key("debounce");
         let window_path = debounce_path.key("window");
-        let window = duration(report, Some(raw.window), &window_path, Duration::ZERO)?;
-        if window.is_zero() {
-            report.error(&window_path, "must be longer than 0");
-            return None;
-        }
+        let window = positive_duration(report, Some(raw.window), &window_path, Duration::ZERO)?;
         let max_wait = match raw.max_wait {
             // Without a bound a steady stream would postpone the dispatch for
             // ever; five minutes (or the window, if longer) is the default.
@@ -1425,21 +1430,14 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                     "stripe" => (five_minutes, ANY_SECRET, Verify::Stripe),
                     _ => (five_minutes, ANY_SECRET, Verify::Slack),
                 };
-            let tolerance = duration(
+            // No signed timestamp is ever exactly now: a zero tolerance
+            // would refuse every request.
+            let tolerance = positive_duration(
                 report,
                 raw.tolerance,
                 &method_path.key("tolerance"),
                 default_tolerance,
-            )
-            .filter(|tolerance| {
-                // No signed timestamp is ever exactly now: a zero tolerance
-                // would refuse every request.
-                let zero = tolerance.is_zero();
-                if zero {
-                    report.error(&method_path.key("tolerance"), "must be longer than 0");
-                }
-                !zero
-            });
+            );
             let secrets = secret_list(
                 report,
                 &method_path,
