@@ -176,10 +176,10 @@ fn substitute_noting_defaults(
     match unset.as_slice() {
         [] => Ok(out),
         [name] => Err(format!(
-            "environment variable `{name}` is not set (write `${{{name}:-default}}` to give it a default)"
+            "environment variable `{name}` is not set (set it where the relay runs, or write `${{{name}:-default}}` for a value that is not a secret)"
         )),
         names => Err(format!(
-            "environment variables {} are not set (write `${{NAME:-default}}` to give one a default)",
+            "environment variables {} are not set (set them where the relay runs, or write `${{NAME:-default}}` for a value that is not a secret)",
             names
                 .iter()
                 .map(|name| format!("`{name}`"))
