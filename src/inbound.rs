@@ -402,6 +402,13 @@ impl<'de> Visitor<'de> for Key {
     }
 }
 
+/// The parameters of a query string, as templates see them in `query`.
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
 /// Builds the template context of a request from its parsed body (a plain
 /// `Value` converts into a [`Parsed`] without an SNS envelope).
 pub fn context(

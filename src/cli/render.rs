@@ -93,9 +93,7 @@ pub fn render(
     let content_type = headers.get("content-type").cloned();
     let parsed =
         inbound::parse_for_route(route, content_type.as_deref(), &body).map_err(invalid)?;
-    let query: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
+    let query = inbound::query_pairs(query);
     let delivery_id = "00000000-0000-0000-0000-000000000000";
     let ctx = inbound::context(
         &route.id,

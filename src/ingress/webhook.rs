@@ -200,10 +200,7 @@ async fn accept(
             WebhookOutcome::Skipped,
         ));
     }
-    let query: Vec<(String, String)> =
-        url::form_urlencoded::parse(request.query_string().as_bytes())
-            .into_owned()
-            .collect();
+    let query = inbound::query_pairs(request.query_string());
     let delivery_id = uuid::Uuid::now_v7().to_string();
     let received_at_ms = now_ms();
     let ctx = inbound::context(
