@@ -715,6 +715,11 @@ fn every_unknown_key_of_a_mapping_is_reported_at_once() {
     found.sort();
     let expected = [
         (
+            "github.pacing.concurency",
+            4,
+            "unknown key `concurency`; did you mean `concurrency`?",
+        ),
+        (
             "github.tiemout",
             3,
             "unknown key `tiemout`; did you mean `timeout`?",
@@ -921,4 +926,48 @@ fn a_secret_from_a_default_written_in_the_file_is_warned_about() {
         !warnings[0].message.contains("known-to-all"),
         "{warnings:?}"
     );
+}
+
+#[test]
+fn a_wrong_value_outside_routes_does_not_hide_the_sections_other_errors() {
+    let text = "github:\n  token: [t]\n  timeout: 0s\n  pacing: {concurrency: lots, min_interval: 5 parsecs}\nserver:\n  max_body: [1]\n  body_timeout: 0s\nstore:\n  synchronous: often\n  retention: forever\nretry:\n  max_attempts: lots\n  initial_backoff: 5 parsecs\n  max_backoff: [1]\nroutes: []\n";
+    let found: Vec<(String, usize)> = load_err(text)
+        .into_iter()
+        .map(|e| (e.path, e.line))
+        .collect();
+    let expected = [
+        ("github.token", 2),
+        ("github.timeout", 3),
+        ("github.pacing.concurrency", 4),
+        ("github.pacing.min_interval", 4),
+        ("server.max_body", 6),
+        ("server.body_timeout", 7),
+        ("store.synchronous", 9),
+        ("store.retention", 10),
+        ("retry.max_attempts", 12),
+        ("retry.initial_backoff", 13),
+        ("retry.max_backoff", 14),
+    ]
+    .map(|(path, line)| (path.to_string(), line));
+    assert_eq!(found, expected);
+    // A misspelt or wrong `max_backoff` is not read as its default: a long
+    // `initial_backoff` is not said to exceed it.
+    for retry in ["max_backof: 2h", "max_backoff: [2h]"] {
+        let text =
+            format!("github:\n  token: t\nretry:\n  initial_backoff: 1h\n  {retry}\nroutes: []\n");
+        let paths: Vec<String> = load_err(&text).into_iter().map(|e| e.path).collect();
+        assert_eq!(paths.len(), 1, "{retry}: {paths:?}");
+        assert!(
+            paths[0].starts_with("retry.max_backof"),
+            "{retry}: {paths:?}"
+        );
+    }
+    // A credential left out, or beside a key that may misspell one, is not
+    // reported missing.
+    for github in ["tokn: t", "token: t\n  app: {id: [1]}"] {
+        let text = format!("github:\n  {github}\nroutes: []\n");
+        let errors = load_err(&text);
+        assert_eq!(errors.len(), 1, "{github}: {errors:?}");
+        assert!(!errors[0].message.contains("needs a"), "{errors:?}");
+    }
 }

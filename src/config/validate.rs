@@ -120,9 +120,9 @@ impl Report<'_> {
     }
 
     /// [`Report::parse`], answering also what is left when keys were left
-    /// out for their errors, with the keys of `base` itself that were, so
-    /// that a caller can check the rest without reporting those keys as
-    /// missing. `None` when the mapping had an unknown key, which may
+    /// out for their errors or unknown, and which, so that a caller can
+    /// check the rest without reporting those keys as missing. A mapping
+    /// with an unknown key is in [`LeftOut::unknown_in`]: the key may
     /// misspell any of its fields.
     fn parse_leaving_out<T: DeserializeOwned>(
         &mut self,
@@ -149,7 +149,6 @@ impl Report<'_> {
         }
         loop {
             let err = match serde_path_to_error::deserialize::<_, T>(&value) {
-                Ok(_) if left_out.unknown_in.contains(base) => return None,
                 Ok(parsed) => return Some((parsed, left_out)),
                 Err(err) => err,
             };
@@ -557,12 +556,20 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
             None
         }
     };
-    let server = section::<raw::RawServer>(report, sections.remove("server"))
-        .and_then(|(raw, path)| server(report, raw, &path));
-    let store = section::<raw::RawStore>(report, sections.remove("store"))
-        .and_then(|(raw, path)| store(report, raw, &path, env));
-    let retry = section::<raw::RawRetry>(report, sections.remove("retry"))
-        .and_then(|(raw, path)| retry(report, raw, &path));
+    // These sections' keys are all optional: one left out for its error
+    // takes its default while the rest is checked, and the section is valid
+    // only when nothing was left out.
+    let server = section::<raw::RawServer>(report, sections.remove("server")).and_then(
+        |(raw, path, left_out)| server(report, raw, &path).filter(|_| left_out.is_empty()),
+    );
+    let store = section::<raw::RawStore>(report, sections.remove("store")).and_then(
+        |(raw, path, left_out)| store(report, raw, &path, env).filter(|_| left_out.is_empty()),
+    );
+    let retry = section::<raw::RawRetry>(report, sections.remove("retry")).and_then(
+        |(raw, path, left_out)| {
+            retry(report, raw, &path, &left_out).filter(|_| left_out.is_empty())
+        },
+    );
     let notify = match sections.remove("notify") {
         Some((value, path)) => notify(report, value, &path),
         None => Some(Vec::new()),
@@ -588,14 +595,19 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
 }
 
 /// Deserializes an optional section, falling back to its defaults when it
-/// is absent or empty.
+/// is absent or empty, with what was left out of it for an error: a
+/// section whose keys are all optional can be checked without those, so
+/// that `retry: {max_attempts: lots, initial_backoff: 5 parsecs}` reports
+/// both values.
 fn section<T: DeserializeOwned + Default>(
     report: &mut Report,
     entry: Option<(Value, Path)>,
-) -> Option<(T, Path)> {
+) -> Option<(T, Path, LeftOut)> {
     match entry {
-        None | Some((Value::Null, _)) => Some((T::default(), Path::root())),
-        Some((value, path)) => report.parse(value, &path).map(|raw| (raw, path)),
+        None | Some((Value::Null, _)) => Some((T::default(), Path::root(), LeftOut::default())),
+        Some((value, path)) => report
+            .parse_leaving_out(value, &path)
+            .map(|(raw, left_out)| (raw, path, left_out)),
     }
 }
 
@@ -692,8 +704,10 @@ fn github(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<GithubConfig> {
-    let raw: raw::RawGithub = report.parse(value, path)?;
-    let mut ok = true;
+    // A key left out for its error takes its default while the rest is
+    // checked; the section is valid only when nothing was left out.
+    let (raw, left_out) = report.parse_leaving_out::<raw::RawGithub>(value, path)?;
+    let mut ok = left_out.is_empty();
 
     let from_env = env("GITHUB_API_URL").filter(|url| !url.trim().is_empty());
     // An error in the variable is not on any line of the file: it is named
@@ -725,7 +739,11 @@ fn github(
         ok = false;
     }
 
+    // Without the credential's keys, or beside a key that may misspell
+    // one, the section is not judged to lack one.
+    let credential_known = !left_out.explains(path, "token") && !left_out.explains(path, "app");
     let credential = match (raw.token, raw.app) {
+        _ if !credential_known => None,
         (Some(token), None) => {
             if token.is_empty() {
                 report.error(&path.key("token"), "is empty");
@@ -830,7 +848,9 @@ fn pacing(report: &mut Report, value: Value, path: &Path) -> Option<Pacing> {
             return None;
         }
     }
-    let raw: raw::RawPacing = report.parse(value, path)?;
+    // Every key is optional: one left out for its error takes its default
+    // while the rest is checked.
+    let (raw, left_out) = report.parse_leaving_out::<raw::RawPacing>(value, path)?;
     let concurrency = positive(report, raw.concurrency, &path.key("concurrency"), 1);
     let min_interval = duration(
         report,
@@ -839,6 +859,7 @@ fn pacing(report: &mut Report, value: Value, path: &Path) -> Option<Pacing> {
         Duration::from_secs(1),
     );
     let per_minute = positive(report, raw.per_minute, &path.key("per_minute"), 80);
+    left_out.is_empty().then_some(())?;
     Some(Pacing::Paced {
         concurrency: concurrency?,
         min_interval: min_interval?,
@@ -932,7 +953,12 @@ fn store(
     })
 }
 
-fn retry(report: &mut Report, raw: raw::RawRetry, path: &Path) -> Option<RetryConfig> {
+fn retry(
+    report: &mut Report,
+    raw: raw::RawRetry,
+    path: &Path,
+    left_out: &LeftOut,
+) -> Option<RetryConfig> {
     let max_attempts = positive(report, raw.max_attempts, &path.key("max_attempts"), 10);
     let initial_backoff = duration(
         report,
@@ -952,8 +978,11 @@ fn retry(report: &mut Report, raw: raw::RawRetry, path: &Path) -> Option<RetryCo
         &path.key("give_up_after"),
         Duration::from_secs(86_400),
     );
+    // A `max_backoff` left out for its error is not the default it stands
+    // at here.
     if let (Some(initial), Some(max)) = (initial_backoff, max_backoff)
         && initial > max
+        && !left_out.explains(path, "max_backoff")
     {
         report.error(&path.key("initial_backoff"), "is longer than `max_backoff`");
         return None;
@@ -1034,6 +1063,11 @@ fn routes(
             ok = false;
             continue;
         };
+        // An unknown key may misspell a key the checks would call missing.
+        if left_out.unknown_in.contains(&route_path) {
+            ok = false;
+            continue;
+        }
         if !left_out.is_empty() {
             // The rest of the route is still checked, so that an error in
             // `rate_limit` does not hide one in `verify`; unless what was
