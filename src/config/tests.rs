@@ -811,13 +811,21 @@ fn a_wrong_value_in_a_route_does_not_hide_the_rest_of_the_route() {
         ]
     );
     // A `dispatch` left out for its error is not reported missing, nor is
-    // an `allowed_repos` that a templated repo needs.
-    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    dispatch: {repo: acme/blog}\n";
+    // an `allowed_repos` that a templated repo needs; the rest of the route
+    // is checked all the same.
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: {hmac: {secret: s}}\n    dispatch: {repo: acme/blog}\n";
     let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
-    assert_eq!(paths, ["routes[0].dispatch"]);
-    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    allowed_repos: \"acme/*\"\n    dispatch: [{repo: \"acme/{{ body.site }}\", event_type: e}]\n";
+    assert_eq!(paths, ["routes[0].verify.hmac", "routes[0].dispatch"]);
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    allowed_repos: \"acme/*\"\n    rate_limit: {per_second: 0}\n    dispatch: [{repo: \"acme/{{ body.site }}\", event_type: \"\"}]\n";
     let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
-    assert_eq!(paths, ["routes[0].allowed_repos"]);
+    assert_eq!(
+        paths,
+        [
+            "routes[0].allowed_repos",
+            "routes[0].rate_limit.per_second",
+            "routes[0].dispatch[0].event_type"
+        ]
+    );
 }
 
 #[test]

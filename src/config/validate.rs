@@ -1068,18 +1068,12 @@ fn routes(
             ok = false;
             continue;
         }
+        // The rest of the route is still checked, so that an error in
+        // `rate_limit` does not hide one in `verify`; what was left out is
+        // not then reported missing (`verify` takes any value here, and is
+        // checked below).
         if !left_out.is_empty() {
-            // The rest of the route is still checked, so that an error in
-            // `rate_limit` does not hide one in `verify`; unless what was
-            // left out is what the checks would then call missing (`verify`
-            // takes any value here, and is checked below).
             ok = false;
-            if ["dispatch", "allowed_repos"]
-                .iter()
-                .any(|key| left_out.has_key(&route_path, key))
-            {
-                continue;
-            }
         }
         if let Some(first) = seen.get(&raw.id.0) {
             report.error(
@@ -1090,7 +1084,14 @@ fn routes(
         } else {
             seen.insert(raw.id.0.clone(), index);
         }
-        match route(report, builder, raw, &route_path, default_max_body) {
+        match route(
+            report,
+            builder,
+            raw,
+            &route_path,
+            &left_out,
+            default_max_body,
+        ) {
             Some(route) => routes.push(route),
             None => ok = false,
         }
@@ -1117,6 +1118,7 @@ fn route(
     builder: &mut EngineBuilder,
     raw: raw::RawRoute,
     path: &Path,
+    left_out: &LeftOut,
     default_max_body: u64,
 ) -> Option<Route> {
     let errors_before = report.errors.len();
@@ -1211,9 +1213,14 @@ fn route(
         }
     }
 
+    // Patterns left out for an error are not known to be none: a templated
+    // repo is then not said to need them.
+    let allowed_repos =
+        (!left_out.has_key(path, "allowed_repos")).then_some(&raw.allowed_repos[..]);
     let dispatch_path = path.key("dispatch");
     let mut dispatch = Vec::new();
     match raw.dispatch {
+        None if left_out.has_key(path, "dispatch") => {}
         None => report.error(path, "missing key `dispatch` (the list of targets)"),
         Some(list) if list.is_empty() => {
             report.error(
@@ -1224,9 +1231,7 @@ fn route(
         Some(list) => {
             for (index, item) in list.into_iter().enumerate() {
                 let target_path = dispatch_path.index(index);
-                if let Some(target) =
-                    target(report, builder, item, &target_path, &raw.allowed_repos)
-                {
+                if let Some(target) = target(report, builder, item, &target_path, allowed_repos) {
                     dispatch.push(target);
                 }
             }
@@ -1532,7 +1537,7 @@ fn target(
     builder: &mut EngineBuilder,
     value: Value,
     path: &Path,
-    allowed_repos: &[String],
+    allowed_repos: Option<&[String]>,
 ) -> Option<Target> {
     let raw: raw::RawTarget = report.parse(value, path)?;
     let errors_before = report.errors.len();
@@ -1554,7 +1559,7 @@ fn target(
             Some(RepoSpec::Static(repo))
         }
         None => {
-            if allowed_repos.is_empty() {
+            if allowed_repos.is_some_and(<[String]>::is_empty) {
                 report.error(
                     &repo_path,
                     "is a template, so the route needs `allowed_repos` (patterns such as `acme/*`) to bound it",
