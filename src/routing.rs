@@ -221,7 +221,7 @@ pub enum LimitError {
     #[error("is empty")]
     Empty,
     /// A `ref` git would refuse as a branch or tag name.
-    #[error("`{git_ref}` is not a branch or tag name: {why}")]
+    #[error("`{git_ref}` {}", self.reason())]
     BadRef {
         /// The rendered ref.
         git_ref: String,
@@ -230,15 +230,13 @@ pub enum LimitError {
     },
     /// A workflow that names no file: `.` or `..` would change the API
     /// path itself.
-    #[error("`{workflow}` is not a workflow: give its file name (`deploy.yml`) or its id")]
+    #[error("`{workflow}` {}", self.reason())]
     BadWorkflow {
         /// The rendered workflow.
         workflow: String,
     },
     /// A repository that is not `owner/name`.
-    #[error(
-        "`{repo}` is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`"
-    )]
+    #[error("`{repo}` {}", self.reason())]
     BadRepo {
         /// The rendered repository.
         repo: String,
@@ -251,6 +249,21 @@ pub enum LimitError {
         /// The patterns, comma-separated.
         allowed: String,
     },
+}
+
+impl LimitError {
+    /// The message without the value it is about, for a check at load:
+    /// there the value may come from a variable, and is never quoted.
+    pub fn reason(&self) -> String {
+        match self {
+            LimitError::BadRef { why, .. } => format!("is not a branch or tag name: {why}"),
+            LimitError::BadWorkflow { .. } => {
+                "is not a workflow: give its file name (`deploy.yml`) or its id".to_owned()
+            }
+            LimitError::BadRepo { .. } => "is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`".to_owned(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Why a route could not be planned for one request.

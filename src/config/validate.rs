@@ -1549,12 +1549,7 @@ fn target(
             let repo = repo.to_owned();
             // Not quoted: the value may come from a variable.
             routing::check_repo(&repo)
-                .map_err(|_| {
-                    report.error(
-                        &repo_path,
-                        "is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`",
-                    )
-                })
+                .map_err(|limit| report.error(&repo_path, limit.reason()))
                 .ok()?;
             Some(RepoSpec::Static(repo))
         }
@@ -1767,12 +1762,10 @@ fn workflow_target(
     let workflow = compile_string(report, builder, &workflow_path, workflow).and_then(|t| {
         if let Some(text) = t.is_static()
             && !text.is_empty()
-            && routing::check_workflow(text).is_err()
+            && let Err(limit) = routing::check_workflow(text)
         {
-            report.error(
-                &workflow_path,
-                "is not a workflow: give its file name (`deploy.yml`) or its id",
-            );
+            // Not quoted: the value may come from a variable.
+            report.error(&workflow_path, limit.reason());
             return None;
         }
         Some(t)
@@ -1788,15 +1781,7 @@ fn workflow_target(
             if let Some(text) = t.is_static() {
                 // Not quoted: the value may come from a variable.
                 routing::check_ref(text)
-                    .map_err(|limit| {
-                        let message = match limit {
-                            routing::LimitError::BadRef { why, .. } => {
-                                format!("is not a branch or tag name: {why}")
-                            }
-                            other => other.to_string(),
-                        };
-                        report.error(&ref_path, message)
-                    })
+                    .map_err(|limit| report.error(&ref_path, limit.reason()))
                     .ok()?;
             }
             Some(t)
