@@ -942,6 +942,75 @@ impl BodyReads {
     }
 }
 
+/// Whether a template joins values with `~` in a tag that prints, or loops
+/// with `for`: there a missing value prints as nothing without passing
+/// through the formatter or a filter, so a strict field cannot catch it.
+pub fn joins_or_loops(source: &str) -> bool {
+    template_tags(source).into_iter().any(|(prints, code)| {
+        let code = code.trim_start_matches(['-', '+']).trim_start();
+        (prints && code.contains('~')) || (!prints && code.starts_with("for "))
+    })
+}
+
+/// The code of each `{{ }}` (true) and `{% %}` (false) tag of a template,
+/// with its string literals taken out, so that a `~` or a closing brace in
+/// a string is not read as code. Comments (`{# #}`) and what a `{% raw %}`
+/// block holds are text, not tags.
+fn template_tags(source: &str) -> Vec<(bool, String)> {
+    let mut tags = Vec::new();
+    let mut rest = source;
+    let mut in_raw = false;
+    while let Some(at) = rest.find('{') {
+        let after = &rest[at..];
+        let (prints, close) = if after.starts_with("{{") && !in_raw {
+            (true, "}}")
+        } else if after.starts_with("{%") {
+            (false, "%}")
+        } else if after.starts_with("{#") && !in_raw {
+            rest = after.find("#}").map_or("", |end| &after[end + 2..]);
+            continue;
+        } else {
+            rest = &after[1..];
+            continue;
+        };
+        let mut code = String::new();
+        let mut chars = after[2..].char_indices();
+        let mut end = after.len();
+        let mut quote: Option<char> = None;
+        while let Some((index, c)) = chars.next() {
+            match quote {
+                // An escaped character inside a string, quote or not.
+                Some(_) if c == '\\' => {
+                    chars.next();
+                }
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == '\'' || c == '"' => quote = Some(c),
+                None if after[2 + index..].starts_with(close) => {
+                    end = 2 + index + close.len();
+                    break;
+                }
+                None => code.push(c),
+            }
+        }
+        rest = &after[end.min(after.len())..];
+        let keyword = code
+            .trim_matches(|c: char| c.is_whitespace() || matches!(c, '-' | '+'))
+            .to_owned();
+        if in_raw {
+            // Inside a raw block only its end is a tag.
+            in_raw = keyword != "endraw";
+            continue;
+        }
+        if !prints && keyword == "raw" {
+            in_raw = true;
+            continue;
+        }
+        tags.push((prints, code));
+    }
+    tags
+}
+
 /// Whether a template has a statement whose reads the static analysis
 /// cannot be trusted to report: one that assigns a name (`set`, `with`, a
 /// macro or call block's arguments), pulls in another template (`include`,

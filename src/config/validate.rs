@@ -1644,58 +1644,12 @@ fn compile_string(
 /// template is named, since it may send a dispatch somewhere else (`cms-`
 /// for `'cms-' ~ body.model`).
 fn warn_on_unchecked_joins(report: &mut Report, path: &Path, source: &str) {
-    let unchecked = template_tags(source).into_iter().any(|(prints, code)| {
-        let code = code.trim_start_matches(['-', '+']).trim_start();
-        (prints && code.contains('~')) || (!prints && code.starts_with("for "))
-    });
-    if unchecked {
+    if crate::template::joins_or_loops(source) {
         report.warn(
             path,
             "joins with `~` or loops with `for`: a missing value there prints as nothing; print each value on its own (`cms-{{ body.model }}`) so that a missing one is caught",
         );
     }
-}
-
-/// The code of each `{{ }}` (true) and `{% %}` (false) tag of a template,
-/// with its string literals taken out, so that a `~` or a closing brace in
-/// a string is not read as code.
-fn template_tags(source: &str) -> Vec<(bool, String)> {
-    let mut tags = Vec::new();
-    let mut rest = source;
-    while let Some(at) = rest.find('{') {
-        let after = &rest[at..];
-        let (prints, close) = if after.starts_with("{{") {
-            (true, "}}")
-        } else if after.starts_with("{%") {
-            (false, "%}")
-        } else {
-            rest = &after[1..];
-            continue;
-        };
-        let mut code = String::new();
-        let mut chars = after[2..].char_indices();
-        let mut end = after.len();
-        let mut quote: Option<char> = None;
-        while let Some((index, c)) = chars.next() {
-            match quote {
-                // An escaped character inside a string, quote or not.
-                Some(_) if c == '\\' => {
-                    chars.next();
-                }
-                Some(q) if c == q => quote = None,
-                Some(_) => {}
-                None if c == '\'' || c == '"' => quote = Some(c),
-                None if after[2 + index..].starts_with(close) => {
-                    end = 2 + index + close.len();
-                    break;
-                }
-                None => code.push(c),
-            }
-        }
-        tags.push((prints, code));
-        rest = &after[end.min(after.len())..];
-    }
-    tags
 }
 
 fn compile_value(

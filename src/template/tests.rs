@@ -680,3 +680,28 @@ fn a_key_that_prints_a_missing_value_is_no_key() {
     // nothing.
     assert_eq!(order.render(&ctx()).unwrap(), "order-");
 }
+
+#[test]
+fn joins_and_loops_are_found_in_tags_not_in_comments_strings_or_raw_blocks() {
+    let cases = [
+        ("{{ 'cms-' ~ body.model }}", true),
+        ("{%- for l in body.labels %}{{ l }}{% endfor %}", true),
+        ("{{- body.a ~ body.b -}}", true),
+        ("cms-{{ body.model }}", false),
+        ("{{ body.v | replace('~', '-') }}", false),
+        ("{# 'cms-' ~ body.model #}{{ body.model }}", false),
+        ("{# {% for x in y %} #}{{ body.model }}", false),
+        (
+            "{% raw %}{{ a ~ b }}{% for x in y %}{% endraw %}{{ body.model }}",
+            false,
+        ),
+        ("{% raw %}{{ a }}{% endraw %}{{ body.a ~ body.b }}", true),
+        (
+            "{%- raw -%}x{%- endraw -%}{% for x in body.y %}{% endfor %}",
+            true,
+        ),
+    ];
+    for (source, expected) in cases {
+        assert_eq!(joins_or_loops(source), expected, "{source}");
+    }
+}
