@@ -168,25 +168,43 @@ fn substitute_noting_defaults(
         }
     }
     out.push_str(rest);
-    if let Some(name) = empty.first().filter(|_| unset.is_empty()) {
-        return Err(format!(
-            "environment variable `{name}` is set but empty (write `${{{name}:-}}` where an empty value is meant)"
-        ));
-    }
+    // Both kinds are named, every variable of each: one run of `check`
+    // tells all that the environment lacks.
+    let mut problems = Vec::new();
     match unset.as_slice() {
-        [] => Ok(out),
-        [name] => Err(format!(
+        [] => {}
+        [name] => problems.push(format!(
             "environment variable `{name}` is not set (set it where the relay runs, or write `${{{name}:-default}}` for a value that is not a secret)"
         )),
-        names => Err(format!(
+        names => problems.push(format!(
             "environment variables {} are not set (set them where the relay runs, or write `${{NAME:-default}}` for a value that is not a secret)",
-            names
-                .iter()
-                .map(|name| format!("`{name}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            quoted_list(names)
         )),
     }
+    match empty.as_slice() {
+        [] => {}
+        [name] => problems.push(format!(
+            "environment variable `{name}` is set but empty (write `${{{name}:-}}` where an empty value is meant)"
+        )),
+        names => problems.push(format!(
+            "environment variables {} are set but empty (write `${{NAME:-}}` where an empty value is meant)",
+            quoted_list(names)
+        )),
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// `` `A`, `B` `` for the names `A` and `B`.
+fn quoted_list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn is_variable_name(name: &str) -> bool {
@@ -205,10 +223,10 @@ mod tests {
     fn substitution() {
         let env = |name: &str| match name {
             "TOKEN" => Some("t:#'\"{x}".to_owned()),
-            "EMPTY" => Some(String::new()),
+            "EMPTY" | "EMPTY2" => Some(String::new()),
             _ => None,
         };
-        let cases: [(&str, Result<&str, &str>); 18] = [
+        let cases: [(&str, Result<&str, &str>); 20] = [
             ("plain", Ok("plain")),
             ("${TOKEN}", Ok("t:#'\"{x}")),
             ("a-${TOKEN}-b", Ok("a-t:#'\"{x}-b")),
@@ -238,6 +256,16 @@ mod tests {
             (
                 "${M1}-${M2}-${M1}",
                 Err("environment variables `M1`, `M2` are not set ("),
+            ),
+            (
+                "${EMPTY}:${EMPTY2}",
+                Err("environment variables `EMPTY`, `EMPTY2` are set but empty"),
+            ),
+            (
+                "${EMPTY}:${M1}",
+                Err(
+                    "`M1` is not set (set it where the relay runs, or write `${M1:-default}` for a value that is not a secret); environment variable `EMPTY` is set but empty",
+                ),
             ),
         ];
         for (text, expected) in cases {
