@@ -5,7 +5,8 @@
 //! error bodies, the state a test sets up (tokens, repositories, a GitHub App and its
 //! installations, latency, scripted failures), and the record of what the relay sent. Anything
 //! the relay does that real GitHub would reject or that the description does not allow is kept as
-//! a violation, so a test can end with `assert!(fake.violations().is_empty())`. The file depends
+//! a violation, and a fake dropped with violations it was not told to expect fails the test
+//! that dropped it, so that no path of the relay sends what GitHub would refuse unseen. The file depends
 //! on nothing else in the test tree, so a bench binary can include it with
 //! `#[path = "..."] mod fake_github;`.
 
@@ -56,11 +57,8 @@ const HANG_FOR: Duration = Duration::from_secs(3600);
 /// How long an installation token lives unless a test says otherwise; GitHub's tokens last an hour.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// GitHub refuses App JWTs that are valid for longer than ten minutes.
+/// GitHub refuses App JWTs that expire more than ten minutes ahead, or live longer than that.
 const MAX_JWT_LIFETIME_SECS: i64 = 600;
-
-/// GitHub tolerates this much clock drift on a JWT's `iat` and `exp`.
-const JWT_LEEWAY_SECS: i64 = 60;
 
 /// The two operations that carry dispatches; scripted answers apply to them only.
 const OP_REPOSITORY_DISPATCH: &str = "repos/create-dispatch-event";
@@ -92,6 +90,8 @@ pub enum Scripted {
     RateLimited { retry_after_secs: u64 },
     /// A 403 with `x-ratelimit-remaining: 0` and `x-ratelimit-reset` this many seconds ahead.
     PrimaryRateLimit { reset_in_secs: u64 },
+    /// The same primary limit answered with 429, which GitHub also uses for it.
+    PrimaryRateLimitTooMany { reset_in_secs: u64 },
     /// A 403 with GitHub's secondary-rate-limit message, with `retry-after` when given.
     SecondaryRateLimit { retry_after_secs: Option<u64> },
     /// A 422 whose message is this text.
@@ -159,6 +159,8 @@ pub struct FakeGitHub {
     handle: actix_web::dev::ServerHandle,
     /// Behind a mutex only so that the fake is `Sync` and can be shared between tasks.
     stopped: Mutex<mpsc::Receiver<()>>,
+    /// Set by a test that sends what GitHub refuses on purpose.
+    violations_expected: std::sync::atomic::AtomicBool,
 }
 
 impl FakeGitHub {
@@ -214,6 +216,7 @@ impl FakeGitHub {
             shared,
             handle,
             stopped: Mutex::new(stopped_rx),
+            violations_expected: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -273,7 +276,21 @@ impl FakeGitHub {
     pub fn enable_app(&self, app_id: u64, public_key_pem: &str) {
         let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_key_pem.as_bytes())
             .expect("enable_app needs an RSA public key in PEM form");
-        *lock(&self.shared.app) = Some(AppConfig { app_id, key });
+        let client_id = format!("Iv23li{app_id:014x}");
+        *lock(&self.shared.app) = Some(AppConfig {
+            app_id,
+            client_id,
+            key,
+        });
+    }
+
+    /// The client id of the App `enable_app` set up, which GitHub accepts as a JWT's `iss` as
+    /// well as the App id.
+    pub fn app_client_id(&self) -> String {
+        lock(&self.shared.app)
+            .as_ref()
+            .map(|app| app.client_id.clone())
+            .expect("enable_app first")
     }
 
     /// Installs the App on `owner/name` (which also makes the repository exist). Installation
@@ -390,6 +407,12 @@ impl FakeGitHub {
         lock(&self.shared.log).violations.clone()
     }
 
+    /// Lets the fake be dropped with violations: for a test that sends GitHub what it refuses
+    /// on purpose, and checks the violations itself.
+    pub fn expect_violations(&self) {
+        self.violations_expected.store(true, Ordering::Relaxed);
+    }
+
     /// Forgets recorded requests, violations and queued scripted answers. Tokens, repositories,
     /// the App and latency stay as they are.
     pub fn clear(&self) {
@@ -467,6 +490,15 @@ impl Drop for FakeGitHub {
         // Waiting for the thread makes the port reliably free afterwards, but a bounded wait
         // keeps a stuck shutdown from hanging the test.
         let _ = lock(&self.stopped).recv_timeout(Duration::from_secs(5));
+        // Every test checks, on its way out, that nothing it made the relay send would have been
+        // refused by GitHub. A test that already failed keeps its own message.
+        if !std::thread::panicking() && !self.violations_expected.load(Ordering::Relaxed) {
+            let violations = self.violations();
+            assert!(
+                violations.is_empty(),
+                "the relay sent requests GitHub would refuse: {violations:#?}"
+            );
+        }
     }
 }
 
@@ -840,6 +872,8 @@ struct Grant {
 
 struct AppConfig {
     app_id: u64,
+    /// Its client id (`Iv23...`).
+    client_id: String,
     key: jsonwebtoken::DecodingKey,
 }
 
@@ -1069,8 +1103,13 @@ fn scripted_answer(script: &Scripted, op: &Operation, request_id: &str, now: u64
             SECONDARY_LIMIT_DOCS,
         )
         .with_header("retry-after", retry_after_secs),
-        Scripted::PrimaryRateLimit { reset_in_secs } => Answer::error(
-            403,
+        Scripted::PrimaryRateLimit { reset_in_secs }
+        | Scripted::PrimaryRateLimitTooMany { reset_in_secs } => Answer::error(
+            if matches!(script, Scripted::PrimaryRateLimit { .. }) {
+                403
+            } else {
+                429
+            },
             &format!(
                 "API rate limit exceeded for user ID 1. If you reach out to GitHub Support for \
                  help, please include the request ID {request_id} and timestamp {} UTC.",
@@ -1404,16 +1443,16 @@ fn decide(
             .map_or("", |(_, v)| v.as_str())
     };
 
-    if op.is_dispatch() {
+    // A dispatch's scripted answer comes once GitHub has authenticated it, as GitHub's own
+    // failures do: a relay sending a bad or expired token is told so first.
+    let scripted = || {
         let repo = repo_key(&format!("{}/{}", param("owner"), param("repo")));
         let script = lock(&shared.scripts)
             .get_mut(&repo)
-            .and_then(VecDeque::pop_front);
-        if let Some(script) = script {
-            let now = stated_secs(shared, epoch_secs());
-            return scripted_answer(&script, op, request_id, now);
-        }
-    }
+            .and_then(VecDeque::pop_front)?;
+        let now = stated_secs(shared, epoch_secs());
+        Some(scripted_answer(&script, op, request_id, now))
+    };
 
     // New operations are new arms here: each arm authenticates the way GitHub does for that
     // operation and produces its answer.
@@ -1426,12 +1465,20 @@ fn decide(
             if let Err(answer) = require_permission(shared, req, "contents") {
                 return answer;
             }
-            // The documented limit the schema cannot state: the payload is at
-            // most 65,535 characters.
-            let payload_chars = body
+            if let Some(answer) = scripted() {
+                return answer;
+            }
+            // The documented limit the schema cannot state: the payload's JSON is less than
+            // 64 KB.
+            let payload_bytes = body
                 .and_then(|b| b.get("client_payload"))
-                .map_or(0, |payload| payload.to_string().chars().count());
-            if payload_chars > 65_535 {
+                .map_or(0, |payload| payload.to_string().len());
+            if payload_bytes >= 65_536 {
+                shared.violation(
+                    method,
+                    path,
+                    format!("client_payload is {payload_bytes} bytes as JSON, not less than 64 KB"),
+                );
                 return Answer::error(
                     422,
                     "Invalid request.\n\nclient_payload is too large.",
@@ -1447,6 +1494,25 @@ fn decide(
             }
             if let Err(answer) = require_permission(shared, req, "actions") {
                 return answer;
+            }
+            if let Some(answer) = scripted() {
+                return answer;
+            }
+            // The limit the schema cannot state: the inputs' JSON is at most 65,535 characters.
+            let inputs_chars = body
+                .and_then(|b| b.get("inputs"))
+                .map_or(0, |inputs| inputs.to_string().chars().count());
+            if inputs_chars > 65_535 {
+                shared.violation(
+                    method,
+                    path,
+                    format!("inputs are {inputs_chars} characters as JSON, more than 65,535"),
+                );
+                return Answer::error(
+                    422,
+                    "Invalid request.\n\ninputs are too large.",
+                    &op.docs_url,
+                );
             }
             let asks_details = body.and_then(|b| b.get("return_run_details")).is_some();
             if asks_details && shared.reject_run_details.load(Ordering::Relaxed) {
@@ -1799,7 +1865,8 @@ fn authenticate_app(shared: &Shared, req: &HttpRequest) -> Result<u64, Answer> {
     // Only `exp` is left to the library: it reads `iss` as a string, while GitHub also accepts
     // the App id as a number, so `iss` and `iat` are checked below.
     validation.set_required_spec_claims(&["exp"]);
-    validation.leeway = JWT_LEEWAY_SECS.unsigned_abs();
+    // GitHub documents no tolerance: a client absorbs drift by backdating `iat`.
+    validation.leeway = 0;
     // Expiry is checked below against the fake's own clock, which a test may move.
     validation.validate_exp = false;
     let claims = match jsonwebtoken::decode::<Value>(&jwt, &app.key, &validation) {
@@ -1823,31 +1890,31 @@ fn authenticate_app(shared: &Shared, req: &HttpRequest) -> Result<u64, Answer> {
         ));
     };
     let now = fake_epoch_secs(shared);
-    if exp < now - JWT_LEEWAY_SECS {
+    if exp <= now {
         return Err(Answer::error(
             401,
             "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires",
             GENERIC_DOCS,
         ));
     }
-    if iat > now + JWT_LEEWAY_SECS {
+    if iat > now {
         return Err(Answer::error(
             401,
             "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued",
             GENERIC_DOCS,
         ));
     }
-    if exp - iat > MAX_JWT_LIFETIME_SECS {
+    if exp > now + MAX_JWT_LIFETIME_SECS || exp - iat > MAX_JWT_LIFETIME_SECS {
         return Err(Answer::error(
             401,
             "'Expiration time' claim ('exp') is too far in the future",
             GENERIC_DOCS,
         ));
     }
-    // GitHub accepts the App id as a number or a string in `iss`.
+    // GitHub accepts the App id, as a number or a string, or the client id in `iss`.
     let issuer_matches = match &claims["iss"] {
         Value::Number(n) => n.as_u64() == Some(app.app_id),
-        Value::String(s) => s == &app.app_id.to_string(),
+        Value::String(s) => s == &app.app_id.to_string() || s == &app.client_id,
         _ => false,
     };
     if !issuer_matches {

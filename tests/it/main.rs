@@ -3,6 +3,8 @@
 
 // The fake GitHub server, validating every request against GitHub's OpenAPI description.
 mod fake_github;
+// The fake itself: it refuses what GitHub refuses, and says so.
+mod fake;
 // spawn_app() and the helpers every test uses.
 mod helpers;
 

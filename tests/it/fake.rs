@@ -1,0 +1,248 @@
+//! The fake GitHub itself: it refuses what GitHub refuses, with GitHub's
+//! status and error body, and records each refusal as a violation. The other
+//! tests trust it to, so it is checked here with requests written by hand.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::fake_github::{FakeGitHub, TEST_APP_KEY, TEST_APP_PUBLIC_KEY};
+
+const TOKEN: &str = "ghp_fake_selftest";
+
+async fn fake_with_repo() -> FakeGitHub {
+    let fake = FakeGitHub::start().await;
+    fake.add_token(TOKEN);
+    fake.add_repo("acme/blog");
+    fake
+}
+
+/// Posts `body` to `path` as the relay would, with `authorization`.
+async fn post(fake: &FakeGitHub, path: &str, authorization: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", fake.url()))
+        .header("accept", "application/vnd.github+json")
+        .header("x-github-api-version", "2022-11-28")
+        .header("user-agent", "fake-selftest")
+        .header("authorization", authorization)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn jwt(key_pem: &[u8], claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        claims,
+        &key,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn dispatch_bodies_beyond_githubs_limits_are_refused_and_recorded() {
+    let fake = fake_with_repo().await;
+    fake.expect_violations();
+    let auth = format!("Bearer {TOKEN}");
+    let eleven_keys: serde_json::Map<String, Value> =
+        (0..11).map(|i| (format!("k{i}"), json!(i))).collect();
+    // 30,000 three-byte characters: 90,000 bytes, fewer than 65,536 characters.
+    let wide = "€".repeat(30_000);
+    let twenty_six_inputs: serde_json::Map<String, Value> =
+        (0..26).map(|i| (format!("i{i}"), json!("x"))).collect();
+    let cases = [
+        (
+            "/repos/acme/blog/dispatches",
+            json!({"event_type": "deploy", "client_payload": eleven_keys}),
+        ),
+        (
+            "/repos/acme/blog/dispatches",
+            json!({"event_type": "e".repeat(101)}),
+        ),
+        ("/repos/acme/blog/dispatches", json!({"event_type": ""})),
+        (
+            "/repos/acme/blog/dispatches",
+            json!({"event_type": "deploy", "client_payload": {"text": wide}}),
+        ),
+        (
+            "/repos/acme/blog/actions/workflows/deploy.yml/dispatches",
+            json!({"ref": "main", "inputs": twenty_six_inputs}),
+        ),
+        (
+            "/repos/acme/blog/actions/workflows/deploy.yml/dispatches",
+            json!({"inputs": {"a": "b"}}),
+        ),
+    ];
+    for (index, (path, body)) in cases.iter().enumerate() {
+        let (status, answer) = post(&fake, path, &auth, body).await;
+        assert_eq!(status, 422, "case {index}: {answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Invalid request.")),
+            "case {index}: {answer}"
+        );
+        assert!(
+            answer["documentation_url"].is_string(),
+            "case {index}: {answer}"
+        );
+        assert_eq!(
+            fake.violations().len(),
+            index + 1,
+            "case {index}: {:?}",
+            fake.violations()
+        );
+    }
+    // Within the limits, the same requests go through and record nothing more.
+    let ten_keys: serde_json::Map<String, Value> =
+        (0..10).map(|i| (format!("k{i}"), json!(i))).collect();
+    let (status, _) = post(
+        &fake,
+        "/repos/acme/blog/dispatches",
+        &auth,
+        &json!({"event_type": "e".repeat(100), "client_payload": ten_keys}),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(fake.violations().len(), cases.len());
+}
+
+#[tokio::test]
+async fn app_jwts_are_held_to_githubs_rules() {
+    let fake = fake_with_repo().await;
+    let public = std::fs::read_to_string(TEST_APP_PUBLIC_KEY).unwrap();
+    fake.enable_app(99, &public);
+    fake.add_installation("acme/blog", 5);
+    let key = std::fs::read(TEST_APP_KEY).unwrap();
+    // Another key of the same kind: a signature GitHub cannot verify.
+    let other_key = rsa_key_other_than_the_apps();
+    let now = now();
+    let client_id = fake.app_client_id();
+    let cases = [
+        // (what, key, claims, accepted)
+        (
+            "app id",
+            &key,
+            json!({"iat": now - 60, "exp": now + 540, "iss": 99}),
+            true,
+        ),
+        (
+            "app id as text",
+            &key,
+            json!({"iat": now - 60, "exp": now + 540, "iss": "99"}),
+            true,
+        ),
+        (
+            "client id",
+            &key,
+            json!({"iat": now - 60, "exp": now + 540, "iss": client_id}),
+            true,
+        ),
+        (
+            "another app",
+            &key,
+            json!({"iat": now - 60, "exp": now + 540, "iss": 98}),
+            false,
+        ),
+        (
+            "another key",
+            &other_key,
+            json!({"iat": now - 60, "exp": now + 540, "iss": 99}),
+            false,
+        ),
+        (
+            "expired",
+            &key,
+            json!({"iat": now - 600, "exp": now - 1, "iss": 99}),
+            false,
+        ),
+        (
+            "issued ahead",
+            &key,
+            json!({"iat": now + 30, "exp": now + 540, "iss": 99}),
+            false,
+        ),
+        (
+            "eleven minutes",
+            &key,
+            json!({"iat": now - 60, "exp": now + 600, "iss": 99}),
+            false,
+        ),
+        (
+            "too far ahead",
+            &key,
+            json!({"iat": now, "exp": now + 610, "iss": 99}),
+            false,
+        ),
+    ];
+    for (what, key, claims, accepted) in cases {
+        let (status, answer) = post(
+            &fake,
+            "/app/installations/5/access_tokens",
+            &format!("Bearer {}", jwt(key, &claims)),
+            &json!({}),
+        )
+        .await;
+        if accepted {
+            assert_eq!(status, 201, "{what}: {answer}");
+            assert!(
+                answer["token"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("ghs_")),
+                "{what}: {answer}"
+            );
+        } else {
+            assert_eq!(status, 401, "{what}: {answer}");
+            assert!(answer["message"].is_string(), "{what}: {answer}");
+        }
+    }
+    // Refusals of a JWT are GitHub's answers to a client's mistake in time or
+    // key, not malformed requests.
+    assert_eq!(fake.violations(), Vec::<String>::new());
+}
+
+#[test]
+fn a_fake_dropped_with_violations_fails_the_test() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(async {
+        let fake = fake_with_repo().await;
+        let (status, _) = post(
+            &fake,
+            "/repos/acme/blog/dispatches",
+            &format!("Bearer {TOKEN}"),
+            &json!({"client_payload": {}}),
+        )
+        .await;
+        assert_eq!(status, 422);
+        fake
+    });
+    assert_eq!(fake.violations().len(), 1);
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(fake)));
+    let message = dropped.expect_err("the drop must fail");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(message.contains("would refuse"), "{message}");
+}
+
+/// An RSA key that is not the one GitHub knows for the test App.
+fn rsa_key_other_than_the_apps() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/app/test-app-rotated.pem"
+    ))
+    .unwrap()
+}
