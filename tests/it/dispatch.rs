@@ -443,3 +443,136 @@ async fn a_proxy_error_page_is_kept_as_its_title() {
         "gave up after 2 attempts: GitHub answered 502: 502 Bad Gateway"
     );
 }
+
+/// A request GitHub never answers ends at `github.timeout` and is retried
+/// like a 5xx; the webhook is delivered by the next attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_github_never_answers_times_out_and_is_retried() {
+    let head = TEST_HEAD.replace("timeout: 10s", "timeout: 1s");
+    assert_ne!(head, TEST_HEAD);
+    let app = spawn_app_with(&head, &hmac_route("cms", &one_target("acme/blog")), &[]).await;
+    app.github.push_responses("acme/blog", vec![Scripted::Hang]);
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && status_of(&list[0]) == "delivered"
+        })
+        .await;
+    assert_eq!(list[0]["targets"][0]["attempts"], 2, "{list:?}");
+    let attempts = app.github.dispatch_attempts();
+    // The hung request is never answered (status 0); the retry is.
+    assert_eq!(
+        attempts.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [0, 204]
+    );
+    let gap = attempts[1].received_at - attempts[0].received_at;
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    let line = app
+        .wait_for_log(|l| l.contains("Dispatch will be retried"))
+        .await;
+    assert!(line.contains("timed out waiting for GitHub"), "{line}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"dispatch_relay_dispatches_total{outcome="retried",route="cms"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// GitHub's secondary limit, a 403 with `retry-after`, holds back every
+/// request of the credential, not only the job that met it: a dispatch to
+/// another repository waits it out too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secondary_limit_holds_back_dispatches_to_other_repositories() {
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: \"{{ body.repo }}\"\n        event_type: deploy\n    allowed_repos: [\"acme/*\"]\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::SecondaryRateLimit {
+            retry_after_secs: Some(2),
+        }],
+    );
+    assert_eq!(
+        app.post("cms", r#"{"repo":"acme/blog"}"#).await.status(),
+        202
+    );
+    // Once the limit has been met, a webhook for another repository.
+    let start = std::time::Instant::now();
+    while app.github.dispatch_attempts().is_empty() {
+        assert!(start.elapsed() < WAIT, "the first dispatch never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        app.post("cms", r#"{"repo":"acme/docs"}"#).await.status(),
+        202
+    );
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 2 && list.iter().all(|d| status_of(d) == "delivered")
+    })
+    .await;
+    let attempts = app.github.dispatch_attempts();
+    let limited = &attempts[0];
+    assert_eq!(limited.status, 403);
+    let docs = attempts
+        .iter()
+        .find(|r| r.path == "/repos/acme/docs/dispatches")
+        .unwrap();
+    let held = docs.received_at - limited.received_at;
+    assert!(
+        held >= Duration::from_millis(1_900),
+        "acme/docs was sent {held:?} after the limit"
+    );
+    assert_eq!(app.github.dispatch_attempts_to("acme/docs"), 1);
+}
+
+/// GitHub also answers an exhausted primary limit with 429: it is waited
+/// out until `x-ratelimit-reset` as the 403 is, and counts no attempt
+/// against `max_attempts`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_limit_answered_429_is_waited_out_until_its_reset() {
+    let head = format!("{TEST_HEAD}  max_attempts: 1\n");
+    let app = spawn_app_with(&head, &hmac_route("cms", &one_target("acme/blog")), &[]).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::PrimaryRateLimitTooMany { reset_in_secs: 2 }],
+    );
+    let waited = wait_between_two_attempts(&app).await;
+    // The reset is in whole seconds on GitHub's clock.
+    assert!(
+        waited >= Duration::from_secs(1),
+        "retried after {waited:?}, before the reset"
+    );
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && status_of(&list[0]) == "delivered"
+        })
+        .await;
+    assert_eq!(list[0]["targets"][0]["attempts"], 2, "{list:?}");
+}
+
+/// GitHub's 422 to a workflow dispatch (an input the workflow does not
+/// define, say) fails the delivery at once with GitHub's words.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workflow_dispatch_refused_with_422_fails_at_once_with_githubs_message() {
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        workflow: deploy.yml\n        ref: main\n        inputs:\n          site: blog\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::Unprocessable(
+            "Unexpected inputs provided: [\"site\"]".into(),
+        )],
+    );
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && status_of(&list[0]) == "failed"
+        })
+        .await;
+    let target = &list[0]["targets"][0];
+    assert_eq!(target["attempts"], 1, "{target}");
+    let error = target["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("422") && error.contains("Unexpected inputs provided"),
+        "{target}"
+    );
+    assert_eq!(app.github.dispatch_attempts().len(), 1);
+}
