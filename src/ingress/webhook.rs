@@ -215,11 +215,15 @@ async fn accept(
     // and one that cannot be rendered must not turn a skip into a 422. A
     // dedupe key that fails to render is then a render failure like any
     // other: the webhook is authenticated, so it is stored as failed, not
-    // dropped.
+    // dropped. A webhook that failed to render holds no dedupe key: the
+    // sender's repeat of it, once routes.yaml is fixed, must be sent rather
+    // than called a duplicate of a delivery that sent nothing. It takes its
+    // key when it is rendered again (decision 31).
     let (dedupe_key, plan) = match routing::plan(route, &ctx) {
         Ok(Plan::Skipped) => (None, Ok(Plan::Skipped)),
-        plan => match routing::dedupe_key(route, &ctx) {
-            Ok(key) => (key, plan),
+        Err(e) => (None, Err(e)),
+        Ok(plan) => match routing::dedupe_key(route, &ctx) {
+            Ok(key) => (key, Ok(plan)),
             Err(e) => (None, Err(e)),
         },
     };

@@ -576,3 +576,40 @@ async fn a_workflow_dispatch_refused_with_422_fails_at_once_with_githubs_message
     );
     assert_eq!(app.github.dispatch_attempts().len(), 1);
 }
+
+/// A webhook that failed to render holds no dedupe key: the sender's
+/// repeat of it after routes.yaml is fixed is sent, not answered as a
+/// duplicate of a delivery that sent nothing. Redelivering the failed one
+/// afterwards finds the key taken and sends nothing twice (decision 31).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeat_of_a_webhook_that_failed_to_render_is_sent_once_the_route_is_fixed() {
+    let routes = "  - id: cms\n    verify: none\n    dedupe_key: \"entry-{{ body.entry.id }}\"\n    dispatch:\n      - repo: acme/blog\n        event_type: \"cms-{{ body.model }}\"\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    let body = r#"{"entry":{"id":40}}"#;
+    assert_eq!(app.post("cms", body).await.status(), 422);
+    let fixed = std::fs::read_to_string(app.config_path())
+        .unwrap()
+        .replace("\"cms-{{ body.model }}\"", "deploy");
+    app.reload_config(&fixed).await;
+    let repeat = app.post("cms", body).await;
+    assert_eq!(repeat.status(), 202, "the repeat was not sent");
+    app.github.wait_for_dispatches(1, WAIT).await;
+    // The key is now the repeat's: a third copy is a duplicate, and the
+    // failed first one stays failed when redelivered.
+    let third = app.post("cms", body).await;
+    assert_eq!(third.status(), 200);
+    assert_eq!(third.json::<Value>().await.unwrap()["duplicate"], true);
+    let output = app.cli(&["redeliver", "--failed"]);
+    let text = String::from_utf8_lossy(&output.stderr).to_string()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("has the same dedupe key"), "{text}");
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 2
+                && list.iter().any(|d| status_of(d) == "delivered")
+                && list.iter().any(|d| status_of(d) == "failed")
+        })
+        .await;
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(app.github.dispatch_attempts().len(), 1);
+}
