@@ -89,20 +89,18 @@ pub fn append_header(headers: &mut BTreeMap<String, String>, name: &str, value: 
 const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
 
 /// The headers without those that carry credentials: `authorization`,
-/// `proxy-authorization`, `cookie` and the route's own token header.
-/// Templates are given these, once the request is verified, and they are
-/// what is stored, so that no payload or dedupe key can carry a sender's
-/// secret to GitHub, and the store never holds one.
+/// `proxy-authorization`, `cookie`, and the header the route's method reads
+/// its token or signature from. Templates are given these, once the request
+/// is verified, and they are what is stored, so that no payload or dedupe
+/// key can carry a sender's secret to GitHub, and the store holds neither a
+/// secret nor a signed request that could be replayed.
 pub fn without_credentials(
     route: &Route,
     mut headers: BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    let token_header = match &route.verify {
-        Verify::Token { header, .. } => Some(header.as_str()),
-        _ => None,
-    };
     headers.retain(|name, _| {
-        !CREDENTIAL_HEADERS.contains(&name.as_str()) && Some(name.as_str()) != token_header
+        !CREDENTIAL_HEADERS.contains(&name.as_str())
+            && !crate::verify::is_credential_header(&route.verify, name)
     });
     headers
 }
@@ -573,6 +571,43 @@ mod tests {
                 "{content_type:?} {}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    #[test]
+    fn each_methods_signature_header_is_left_out() {
+        let cases = [
+            ("hmac: {secret: s, header: X-Sig}", &["x-sig"][..]),
+            (
+                "github: {secret: s}",
+                &["x-hub-signature-256", "x-hub-signature"],
+            ),
+            (
+                "standard_webhooks: {secret: whsec_c2VjcmV0}",
+                &["webhook-signature", "svix-signature"],
+            ),
+            ("contentful: {secret: s}", &["x-contentful-signature"]),
+            ("sanity: {secret: s}", &["sanity-webhook-signature"]),
+            ("ghost: {secret: s}", &["x-ghost-signature"]),
+            ("stripe: {secret: s}", &["stripe-signature"]),
+            ("slack: {secret: s}", &["x-slack-signature"]),
+        ];
+        for (verify, signatures) in cases {
+            let text = format!(
+                "github:\n  token: t\nroutes:\n  - id: r\n    verify: {{{verify}}}\n    dispatch:\n      - repo: acme/blog\n        event_type: e\n"
+            );
+            let config = crate::config::load("routes.yaml", &text, &|_| None)
+                .unwrap_or_else(|e| panic!("{verify}: {e}"))
+                .config;
+            let mut headers: BTreeMap<String, String> = signatures
+                .iter()
+                .map(|name| (name.to_string(), "sha256=0a1b".to_owned()))
+                .collect();
+            headers.insert("x-event".to_owned(), "publish".to_owned());
+            headers.insert("webhook-id".to_owned(), "msg_1".to_owned());
+            let seen = without_credentials(&config.routes[0], headers);
+            let names: Vec<&str> = seen.keys().map(String::as_str).collect();
+            assert_eq!(names, ["webhook-id", "x-event"], "{verify}");
         }
     }
 

@@ -116,6 +116,27 @@ pub fn verify_request(method: &Verify, request: &Request<'_>) -> Result<(), Veri
     }
 }
 
+/// Whether `name` (lower-cased) is a header `method` reads its signature or
+/// token from. Such headers are left out of what templates see and of what
+/// is stored: a token is the secret itself, and a signature with its body is
+/// a request anyone holding them could replay.
+pub fn is_credential_header(method: &Verify, name: &str) -> bool {
+    match method {
+        Verify::Hmac(config) => name == config.header,
+        Verify::Token { header, .. } => name == header,
+        Verify::Github { .. } => matches!(name, "x-hub-signature-256" | "x-hub-signature"),
+        Verify::StandardWebhooks(_) => matches!(name, "webhook-signature" | "svix-signature"),
+        Verify::Contentful(_) => name == schemes::CONTENTFUL_SIGNATURE,
+        Verify::Sanity(_) => name == schemes::SANITY_SIGNATURE,
+        Verify::Ghost(_) => name == schemes::GHOST_SIGNATURE,
+        Verify::Stripe(_) => name == schemes::STRIPE_SIGNATURE,
+        Verify::Slack(_) => name == schemes::SLACK_SIGNATURE,
+        // Basic's credential is `authorization`, always left out; SNS signs
+        // inside the body.
+        Verify::None | Verify::Basic { .. } | Verify::Sns(_) => false,
+    }
+}
+
 /// The header names of one Standard Webhooks request.
 pub(crate) struct StandardWebhooksHeaders {
     pub id: &'static str,

@@ -14,6 +14,13 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+/// The headers these schemes carry their signatures in.
+pub(super) const CONTENTFUL_SIGNATURE: &str = "x-contentful-signature";
+pub(super) const SANITY_SIGNATURE: &str = "sanity-webhook-signature";
+pub(super) const GHOST_SIGNATURE: &str = "x-ghost-signature";
+pub(super) const STRIPE_SIGNATURE: &str = "stripe-signature";
+pub(super) const SLACK_SIGNATURE: &str = "x-slack-signature";
+
 use super::{Request, StandardWebhooksKey, VerifyError, header_value, standard_webhooks_key};
 use crate::config::TimedSecrets;
 
@@ -151,7 +158,7 @@ pub(super) fn standard_webhooks(
 /// headers named in `x-contentful-signed-headers`, which must include the
 /// timestamp so that it cannot be changed without breaking the signature.
 pub(super) fn contentful(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), VerifyError> {
-    const SIGNATURE: &str = "x-contentful-signature";
+    const SIGNATURE: &str = CONTENTFUL_SIGNATURE;
     const SIGNED: &str = "x-contentful-signed-headers";
     const TIMESTAMP: &str = "x-contentful-timestamp";
     let signature = decode_hex(header_value(request.headers, SIGNATURE)?, SIGNATURE)?;
@@ -234,7 +241,7 @@ pub(super) fn contentful_path(path_and_query: &str) -> String {
 
 /// Sanity: `sanity-webhook-signature: t=<ms>,v1=<base64url>` over `t.body`.
 pub(super) fn sanity(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), VerifyError> {
-    const HEADER: &str = "sanity-webhook-signature";
+    const HEADER: &str = SANITY_SIGNATURE;
     let value = header_value(request.headers, HEADER)?;
     let malformed = || VerifyError::Malformed(HEADER.to_string());
     // The toolkit's pattern is `^t=(\d+)[, ]+v1=([^, ]+)$`.
@@ -260,7 +267,7 @@ pub(super) fn sanity(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), 
 /// Ghost: `X-Ghost-Signature: sha256=<hex>, t=<ms>`, the HMAC over the body
 /// immediately followed by the timestamp.
 pub(super) fn ghost(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), VerifyError> {
-    const HEADER: &str = "x-ghost-signature";
+    const HEADER: &str = GHOST_SIGNATURE;
     let value = header_value(request.headers, HEADER)?;
     let mut signature = None;
     let mut ts_text = None;
@@ -285,7 +292,7 @@ pub(super) fn ghost(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), V
 /// Stripe: `Stripe-Signature: t=<s>,v1=<hex>[,v1=…][,v0=…]` over `t.body`;
 /// the whole `whsec_…` string is the key, unlike Standard Webhooks.
 pub(super) fn stripe(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), VerifyError> {
-    const HEADER: &str = "stripe-signature";
+    const HEADER: &str = STRIPE_SIGNATURE;
     let value = header_value(request.headers, HEADER)?;
     let mut ts_text = None;
     let mut candidates = Vec::new();
@@ -318,7 +325,7 @@ pub(super) fn stripe(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), 
 /// Slack: `X-Slack-Signature: v0=<hex>` over `v0:<ts>:<body>`, the
 /// timestamp in `X-Slack-Request-Timestamp`.
 pub(super) fn slack(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), VerifyError> {
-    const SIGNATURE: &str = "x-slack-signature";
+    const SIGNATURE: &str = SLACK_SIGNATURE;
     const TIMESTAMP: &str = "x-slack-request-timestamp";
     let ts_text = header_value(request.headers, TIMESTAMP)?;
     let ts = timestamp(ts_text, TIMESTAMP)?;
