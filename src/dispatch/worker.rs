@@ -592,7 +592,7 @@ impl Dispatcher {
                 if let Some(wait) = pause_credential {
                     self.pacer.pause(*wait);
                 }
-                tracing::warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "Dispatch will be retried");
+                tracing::warn!(reason = %reason, status, retry_in_ms = delay.as_millis() as u64, "Dispatch will be retried");
                 JobNext::Retry {
                     at_ms: now_ms() + delay.as_millis() as i64,
                     counts_as_failure: *counts_as_failure,

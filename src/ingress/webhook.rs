@@ -98,7 +98,7 @@ async fn accept(
     if !route.source_ips.is_empty() {
         let client = client_ip(request, &routes.config.server.trusted_proxies);
         if !client.is_some_and(|ip| route.source_ips.iter().any(|net| net.contains(&ip))) {
-            tracing::warn!(route = %route.id, client = ?client, "Refused a webhook from an address outside source_ips");
+            tracing::warn!(route = %route.id, client = client.map(tracing::field::display), "Refused a webhook from an address outside source_ips");
             return Err(IngressError::Forbidden);
         }
     }

@@ -126,6 +126,12 @@ async fn two_bad_gateways_then_success_is_delivered_once() {
         .map(|r| r.status)
         .collect();
     assert_eq!(attempts, [502, 502, 204]);
+    // Each retry's log line carries GitHub's status as a number.
+    let line = app
+        .wait_for_log(|l| l.contains("Dispatch will be retried"))
+        .await;
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["status"], 502, "{line}");
     // Each retry goes at its backoff (at most 50 ms here), not at the
     // worker's next idle look at the store, a second later.
     let sent = app.github.dispatch_attempts();
@@ -471,6 +477,9 @@ async fn a_request_github_never_answers_times_out_and_is_retried() {
         .wait_for_log(|l| l.contains("Dispatch will be retried"))
         .await;
     assert!(line.contains("timed out waiting for GitHub"), "{line}");
+    // GitHub never answered: there is no status to give.
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert!(line.get("status").is_none(), "{line}");
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"dispatch_relay_dispatches_total{outcome="retried",route="cms"} 1"#),

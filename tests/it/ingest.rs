@@ -305,10 +305,15 @@ async fn every_status_of_the_contract() {
     assert_eq!(status, 403);
     assert_error(&body, "forbidden");
 
+    // Each outcome counted once, as it happened once (every series exists
+    // from the start, so only the count says anything).
     let metrics = app.metrics().await;
-    assert!(metrics.contains(
-        "dispatch_relay_webhooks_received_total{outcome=\"rate_limited\",route=\"limited\"}"
-    ));
+    assert!(
+        metrics.contains(
+            "dispatch_relay_webhooks_received_total{outcome=\"rate_limited\",route=\"limited\"} 1"
+        ),
+        "{metrics}"
+    );
     for outcome in [
         "accepted",
         "duplicate",
@@ -319,11 +324,15 @@ async fn every_status_of_the_contract() {
     ] {
         assert!(
             metrics.contains(&format!(
-                "dispatch_relay_webhooks_received_total{{outcome=\"{outcome}\",route=\"cms\"}}"
+                "dispatch_relay_webhooks_received_total{{outcome=\"{outcome}\",route=\"cms\"}} 1"
             )),
-            "missing {outcome} in\n{metrics}"
+            "{outcome} not counted once in\n{metrics}"
         );
     }
+    // The refusal names the client as an address, for tools that read it.
+    let line = app.wait_for_log(|l| l.contains("outside source_ips")).await;
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["client"], "127.0.0.1", "{line}");
     assert!(metrics.contains(
         "dispatch_relay_webhooks_received_total{outcome=\"forbidden\",route=\"office\"} 1"
     ));
