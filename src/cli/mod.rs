@@ -264,7 +264,7 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
     // The store's location is refused by `serve` before it opens anything.
     store_path(path, loaded.config.store.url.as_deref())?;
     for warning in &loaded.warnings {
-        eprintln!("{}: warning: {warning}", path.display());
+        eprintln!("{warning}");
     }
     println!(
         "{}: ok, {} route{}",

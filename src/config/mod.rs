@@ -467,6 +467,8 @@ impl fmt::Display for ConfigErrors {
 /// A setting that is accepted but deserves the operator's attention.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigWarning {
+    /// The file name as given to [`load`].
+    pub file: String,
     /// The path of the setting.
     pub path: String,
     /// Why it deserves attention.
@@ -479,10 +481,12 @@ pub struct ConfigWarning {
 
 impl fmt::Display for ConfigWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // As an error is written, so that an editor or a CI matcher that
+        // reads `file:line:col:` finds warnings too.
         write!(
             f,
-            "{}:{}: {}: {}",
-            self.line, self.column, self.path, self.message
+            "{}:{}:{}: warning: {}: {}",
+            self.file, self.line, self.column, self.path, self.message
         )
     }
 }

@@ -979,3 +979,14 @@ fn a_wrong_value_outside_routes_does_not_hide_the_sections_other_errors() {
         assert!(!errors[0].message.contains("needs a"), "{errors:?}");
     }
 }
+
+#[test]
+fn a_warning_is_written_as_an_error_is_with_its_file_line_and_column() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let loaded = load("routes.yaml", text, &|_| None).unwrap();
+    let lines: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        ["routes.yaml:5:13: warning: routes[0].verify: the route accepts unauthenticated requests"]
+    );
+}

@@ -94,6 +94,7 @@ impl Report<'_> {
     fn warn(&mut self, path: &Path, message: impl Into<String>) {
         let pos = self.locations.value(path);
         self.warnings.push(ConfigWarning {
+            file: self.file.to_owned(),
             path: path.to_string(),
             message: message.into(),
             line: pos.line,
