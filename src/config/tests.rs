@@ -990,3 +990,22 @@ fn a_warning_is_written_as_an_error_is_with_its_file_line_and_column() {
         ["routes.yaml:5:13: warning: routes[0].verify: the route accepts unauthenticated requests"]
     );
 }
+
+#[test]
+fn an_unknown_key_in_a_route_does_not_hide_the_routes_other_errors() {
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    whenn: x\n    dispatch: [{repo: acme/blog, event_typ: e}]\n  - id: b\n    verfy: none\n    rate_limit: {per_second: 0}\n    dispatch: [{repo: \"acme/{{ body.site }}\", event_type: e}]\n  - id: c\n    verify: none\n    allowed_repo: [\"acme/*\"]\n    dispatchh: []\n";
+    let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
+    // A misspelt `verify`, `dispatch` or `allowed_repos` is not also
+    // reported missing.
+    assert_eq!(
+        paths,
+        [
+            "routes[0].whenn",
+            "routes[0].dispatch[0].event_typ",
+            "routes[1].verfy",
+            "routes[1].rate_limit.per_second",
+            "routes[2].allowed_repo",
+            "routes[2].dispatchh",
+        ]
+    );
+}

@@ -287,11 +287,6 @@ impl LeftOut {
         self.unknown_in.is_empty() && self.keys.is_empty()
     }
 
-    /// Whether the key `name` of the mapping at `mapping` was left out.
-    fn has_key(&self, mapping: &Path, name: &str) -> bool {
-        self.keys.contains(&mapping.key(name))
-    }
-
     /// Whether a field missing from the mapping at `mapping` is missing
     /// because of what was left out.
     fn explains(&self, mapping: &Path, field: &str) -> bool {
@@ -1064,15 +1059,10 @@ fn routes(
             ok = false;
             continue;
         };
-        // An unknown key may misspell a key the checks would call missing.
-        if left_out.unknown_in.contains(&route_path) {
-            ok = false;
-            continue;
-        }
         // The rest of the route is still checked, so that an error in
         // `rate_limit` does not hide one in `verify`; what was left out is
         // not then reported missing (`verify` takes any value here, and is
-        // checked below).
+        // checked below), nor is what an unknown key may misspell.
         if !left_out.is_empty() {
             ok = false;
         }
@@ -1134,6 +1124,7 @@ fn route(
 
     let verify = match raw.verify {
         Some(value) => verify(report, value, &path.key("verify")),
+        None if left_out.explains(path, "verify") => None,
         None => {
             report.error(
                 path,
@@ -1217,11 +1208,11 @@ fn route(
     // Patterns left out for an error are not known to be none: a templated
     // repo is then not said to need them.
     let allowed_repos =
-        (!left_out.has_key(path, "allowed_repos")).then_some(&raw.allowed_repos[..]);
+        (!left_out.explains(path, "allowed_repos")).then_some(&raw.allowed_repos[..]);
     let dispatch_path = path.key("dispatch");
     let mut dispatch = Vec::new();
     match raw.dispatch {
-        None if left_out.has_key(path, "dispatch") => {}
+        None if left_out.explains(path, "dispatch") => {}
         None => report.error(path, "missing key `dispatch` (the list of targets)"),
         Some(list) if list.is_empty() => {
             report.error(
