@@ -3,7 +3,6 @@
 //! in constant time.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::error::IngressError;
@@ -24,6 +23,15 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError
     if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
         Ok(())
     } else {
+        // Said once per refusal, so that someone guessing the token shows;
+        // never with what was presented.
+        tracing::warn!(
+            path = request.path(),
+            client = request
+                .peer_addr()
+                .map(|addr| tracing::field::display(addr.ip())),
+            "Refused an admin request without the admin token"
+        );
         Err(IngressError::AdminUnauthorized)
     }
 }
@@ -37,9 +45,11 @@ fn bearer_token(value: &str) -> Option<&str> {
         .then(|| token.trim_start())
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    status: Option<String>,
+/// The listing's query, read by hand so that each wrong parameter is
+/// named in its 400 with what it takes.
+#[derive(Debug, Default)]
+struct ListQuery {
+    status: Option<Status>,
     route: Option<String>,
     limit: Option<usize>,
     /// Deliveries to skip, for paging through a long list. A 32-bit number,
@@ -47,7 +57,57 @@ pub struct ListQuery {
     /// page's length cannot overflow; a larger one is a 400.
     offset: Option<u32>,
     /// The `next_before` of the previous page: deliveries after it.
-    before: Option<String>,
+    before: Option<(i64, String)>,
+}
+
+/// The largest page.
+const MAX_LIMIT: usize = 1000;
+
+impl ListQuery {
+    fn parse(query: &str) -> Result<ListQuery, String> {
+        let mut list = ListQuery::default();
+        for (name, value) in crate::inbound::query_pairs(query) {
+            match name.as_str() {
+                "status" => {
+                    list.status = Some(Status::parse(&value).ok_or_else(|| {
+                        format!("unknown status `{value}`: use pending, delivered or failed")
+                    })?);
+                }
+                "route" if value.is_empty() => {
+                    return Err("`route` is empty: give a route id, or leave it out".into());
+                }
+                "route" => list.route = Some(value),
+                "limit" => {
+                    let limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|limit| *limit >= 1)
+                        .ok_or_else(|| {
+                            format!("`limit` must be a whole number from 1 to {MAX_LIMIT}, not `{value}`")
+                        })?;
+                    list.limit = Some(limit.min(MAX_LIMIT));
+                }
+                "offset" => {
+                    list.offset = Some(value.parse().map_err(|_| {
+                        format!(
+                            "`offset` must be a whole number from 0 to {}, not `{value}`",
+                            u32::MAX
+                        )
+                    })?);
+                }
+                "before" => {
+                    list.before = Some(parse_cursor(&value).ok_or_else(|| {
+                        format!(
+                            "`before` must be the `next_before` of a previous page, not `{value}`"
+                        )
+                    })?);
+                }
+                // Other parameters (a cache buster, say) are left alone.
+                _ => {}
+            }
+        }
+        Ok(list)
+    }
 }
 
 /// A delivery's place in the listing, as `next_before` gives it and
@@ -58,7 +118,13 @@ fn cursor(delivery: &DeliverySummary) -> String {
 
 fn parse_cursor(text: &str) -> Option<(i64, String)> {
     let (ms, id) = text.split_once('.')?;
-    Some((ms.parse().ok()?, id.to_owned()))
+    Some((ms.parse().ok()?, delivery_id(id)?))
+}
+
+/// A delivery id as the store keeps it: a UUID, lower-cased, whatever case
+/// it was given in. `None` for anything that is not a UUID.
+fn delivery_id(text: &str) -> Option<String> {
+    uuid::Uuid::try_parse(text).ok().map(|id| id.to_string())
 }
 
 pub async fn list(
@@ -68,31 +134,14 @@ pub async fn list(
     // The token first: without it, even a malformed query says nothing
     // about the endpoint.
     authorize(&state, &request)?;
-    let query = web::Query::<ListQuery>::from_query(request.query_string())
-        .map_err(|e| IngressError::BadRequest(format!("invalid query: {e}")))?;
-    let status = match query.status.as_deref() {
-        None => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            IngressError::BadRequest(format!(
-                "unknown status `{s}`: use pending, delivered or failed"
-            ))
-        })?),
-    };
-    let before = match query.before.as_deref() {
-        None => None,
-        Some(text) => Some(parse_cursor(text).ok_or_else(|| {
-            IngressError::BadRequest(format!(
-                "`before` must be the `next_before` of a previous page, not `{text}`"
-            ))
-        })?),
-    };
+    let query = ListQuery::parse(request.query_string()).map_err(IngressError::BadRequest)?;
     let filter = ListFilter {
-        status,
-        route: query.route.clone(),
+        status: query.status,
+        route: query.route,
         since_ms: None,
-        limit: query.limit.unwrap_or(50).clamp(1, 1000),
+        limit: query.limit.unwrap_or(50),
         offset: query.offset.unwrap_or(0) as usize,
-        before,
+        before: query.before,
     };
     let (filter_limit, offset) = (filter.limit, filter.offset);
     let deliveries = state
@@ -116,6 +165,9 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, IngressError> {
     authorize(&state, &request)?;
+    let Some(id) = delivery_id(&id) else {
+        return Err(IngressError::NotFound(id.into_inner()));
+    };
     match state
         .store
         .get(&id)
@@ -124,7 +176,7 @@ pub async fn get(
     {
         Some((delivery, attempts)) => Ok(HttpResponse::Ok()
             .json(serde_json::json!({"delivery": delivery, "attempts": attempts}))),
-        None => Err(IngressError::NotFound(id.into_inner())),
+        None => Err(IngressError::NotFound(id)),
     }
 }
 
@@ -134,6 +186,9 @@ pub async fn redeliver(
     id: web::Path<String>,
 ) -> Result<HttpResponse, IngressError> {
     authorize(&state, &request)?;
+    let Some(id) = delivery_id(&id) else {
+        return Err(IngressError::NotFound(id.into_inner()));
+    };
     let routes = state.routes();
     let outcome = redeliver::redeliver_one(&state.store, &routes.config, &id)
         .await
@@ -145,6 +200,7 @@ pub async fn redeliver(
             | Redelivered::RequeuedAsRendered { .. }),
         ) => {
             state.dispatcher.wake();
+            tracing::info!(delivery_id = %id, "Redelivery requested through the admin API");
             // Set when the route's targets changed since the webhook came,
             // so its failed jobs went as first rendered, and those whose
             // targets left the route stayed failed.
@@ -153,7 +209,7 @@ pub async fn redeliver(
                 _ => None,
             };
             Ok(HttpResponse::Accepted().json(serde_json::json!({
-                "delivery_id": id.into_inner(),
+                "delivery_id": id,
                 "requeued": true,
                 "as_first_rendered": dropped.is_some(),
                 "left_failed": dropped.unwrap_or(0),
@@ -163,10 +219,9 @@ pub async fn redeliver(
         // Nothing was requeued: either there is no such delivery, or it is
         // not failed.
         None => match state.store.get(&id).await {
-            Ok(None) => Err(IngressError::NotFound(id.into_inner())),
+            Ok(None) => Err(IngressError::NotFound(id)),
             Ok(Some(_)) => Err(IngressError::Conflict(format!(
-                "delivery `{}` is not failed; only failed deliveries are redelivered",
-                id.into_inner()
+                "delivery `{id}` is not failed; only failed deliveries are redelivered"
             ))),
             Err(e) => Err(IngressError::Unavailable(e.to_string())),
         },

@@ -186,6 +186,17 @@ async fn the_admin_api_lists_shows_and_redelivers_once() {
         .await
         .unwrap();
     assert_eq!(one["attempts"][0]["status_code"], 404);
+    // A UUID is the same in upper case.
+    let upper: Value = admin(
+        &format!("/admin/deliveries/{}", id.to_uppercase()),
+        "admin-secret",
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(upper["delivery"]["id"], id.as_str());
     assert!(
         one["delivery"]["error"]
             .as_str()
@@ -203,6 +214,13 @@ async fn the_admin_api_lists_shows_and_redelivers_once() {
             .send()
     };
     assert_eq!(redeliver().await.unwrap().status(), 202);
+    // Both the refusal of the wrong token and the redelivery are in the log.
+    app.wait_for_log(|l| l.contains("Refused an admin request without the admin token"))
+        .await;
+    let line = app
+        .wait_for_log(|l| l.contains("Redelivery requested through the admin API"))
+        .await;
+    assert!(line.contains(&id), "{line}");
     app.github.wait_for_dispatches(1, WAIT).await;
     app.wait_for_deliveries(WAIT, |l| l[0]["status"] == "delivered")
         .await;
@@ -469,6 +487,24 @@ async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_re
     assert_eq!(admin_get(bad_query, "admin-secret").await.status(), 400);
     let bad_cursor = "/admin/deliveries?before=nonsense".to_owned();
     assert_eq!(admin_get(bad_cursor, "admin-secret").await.status(), 400);
+    // Each wrong parameter is a 400 that names it, as the command line
+    // refuses the same: a script's mistake gets an error, not a plausible
+    // page.
+    for (query, named) in [
+        ("limit=0", "`limit`"),
+        ("limit=x", "`limit`"),
+        ("offset=-1", "`offset`"),
+        ("route=", "`route`"),
+        ("before=1795363379215.notauuid", "`before`"),
+        ("status=bogus", "status `bogus`"),
+    ] {
+        let answer = admin_get(format!("/admin/deliveries?{query}"), "admin-secret").await;
+        assert_eq!(answer.status(), 400, "{query}");
+        let body: Value = answer.json().await.unwrap();
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(named), "{query}: {body}");
+        assert!(!message.contains("deserialize"), "{query}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
