@@ -82,6 +82,9 @@ pub async fn list(
             targets.join(" ")
         );
         if let Some(error) = d.error {
+            // GitHub's messages hold blank lines ("Invalid request.\n\n...");
+            // on one line they cannot pass for rows of the table.
+            let error = error.split_whitespace().collect::<Vec<_>>().join(" ");
             println!("{:<36}  error: {error}", "");
         }
         for t in &d.targets {
@@ -106,6 +109,8 @@ pub async fn redeliver(
     since: Option<String>,
 ) -> Result<(), CliError> {
     let loaded = load_config(config_path)?;
+    // Ids are UUIDs, and the store keeps them in lower case.
+    let id = id.map(|id| id.to_ascii_lowercase());
     let since_ms = match since {
         None => None,
         Some(text) => {

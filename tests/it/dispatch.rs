@@ -567,7 +567,7 @@ async fn a_workflow_dispatch_refused_with_422_fails_at_once_with_githubs_message
     app.github.push_responses(
         "acme/blog",
         vec![Scripted::Unprocessable(
-            "Unexpected inputs provided: [\"site\"]".into(),
+            "Invalid request.\n\nUnexpected inputs provided: [\"site\"]".into(),
         )],
     );
     assert_eq!(app.post("cms", "{}").await.status(), 202);
@@ -584,6 +584,15 @@ async fn a_workflow_dispatch_refused_with_422_fails_at_once_with_githubs_message
         "{target}"
     );
     assert_eq!(app.github.dispatch_attempts().len(), 1);
+    // In the `deliveries` table GitHub's blank lines do not start rows of
+    // their own: every line is the header, a delivery or indented under one.
+    let output = app.cli(&["deliveries"]);
+    let table = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(table.contains("Unexpected inputs provided"), "{table}");
+    let id = list[0]["id"].as_str().unwrap();
+    for line in table.lines().skip(1) {
+        assert!(line.starts_with(id) || line.starts_with("    "), "{table}");
+    }
 }
 
 /// A webhook that failed to render holds no dedupe key: the sender's
