@@ -474,6 +474,7 @@ mod tests {
         let commands = [small, big, after];
         let (outcomes, commit) = commit_batch(&mut conn, &commands);
         assert!(commit.is_err(), "{commit:?}");
+        assert_eq!(outcomes.len(), 3);
         assert!(outcomes.iter().all(Result::is_err));
         assert!(
             commit.as_ref().unwrap_err().contains("full"),

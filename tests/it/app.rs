@@ -204,11 +204,13 @@ async fn mints_are_narrowed_to_the_repository_and_the_permissions_of_the_target(
         claims["exp"].as_i64().unwrap(),
     );
     assert!(exp - iat <= 600, "{claims}");
+    // Backdated from when the JWT was presented, however long ago that is.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    assert!((now - 70..=now - 50).contains(&iat), "{claims}");
+    let minted_at = now - mint.received_at.elapsed().as_secs() as i64;
+    assert!((minted_at - 70..=minted_at - 50).contains(&iat), "{claims}");
     assert_eq!(app.github.violations(), Vec::<String>::new());
 }
 
@@ -252,11 +254,10 @@ async fn the_installation_lookup_is_cached_and_tokens_are_reused_until_renewal()
         assert!(start.elapsed() < WAIT, "the token was never renewed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Renewed half way through the token's life, not at once; and before
+    // it ran out, since no dispatch was refused (below).
     let age = renewed.duration_since(minted);
-    assert!(
-        age >= Duration::from_millis(900) && age < Duration::from_secs(3),
-        "renewed after {age:?}"
-    );
+    assert!(age >= Duration::from_millis(900), "renewed after {age:?}");
     assert_eq!(app.github.requests_of(MINT).len(), 2);
     assert_eq!(app.github.requests_of(LOOKUP).len(), 1);
     // No dispatch was ever refused.
@@ -271,11 +272,13 @@ async fn a_token_expiring_mid_queue_causes_no_failed_delivery() {
         "{ concurrency: 1, min_interval: 100ms, per_minute: 6000 }",
     )
     .await;
-    post_n(&app, "cms", 12).await;
+    // 30 jobs 100 ms apart: after the fourth, well over two seconds of queue
+    // are left for the test to revoke the token in.
+    post_n(&app, "cms", 30).await;
     app.github.wait_for_dispatches(4, WAIT).await;
     // GitHub revokes the token while jobs are still queued.
     app.github.expire_installation_tokens();
-    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 12))
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 30))
         .await;
     let refused = app
         .github
@@ -284,7 +287,7 @@ async fn a_token_expiring_mid_queue_causes_no_failed_delivery() {
         .filter(|r| r.is_dispatch() && r.status == 401)
         .count();
     assert!(refused >= 1, "the expiry never showed");
-    assert_eq!(app.github.dispatches().len(), 12);
+    assert_eq!(app.github.dispatches().len(), 30);
     assert_eq!(app.github.requests_of(MINT).len(), 2);
 }
 
@@ -520,7 +523,8 @@ async fn workflow_dispatches_record_the_run_they_created() {
         .wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
         .await;
     let result = &list[0]["targets"][0]["result"];
-    assert!(result["workflow_run_id"].as_u64().is_some(), "{list:#?}");
+    // The fake numbers runs from 1: this is the run it answered with.
+    assert_eq!(result["workflow_run_id"], 1, "{list:#?}");
     assert!(
         result["html_url"]
             .as_str()

@@ -239,10 +239,11 @@ fn render_prints_a_workflow_dispatch_as_the_worker_first_sends_it() {
 
 #[test]
 fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
-    let text = "github:\n  token: ghp_test\nstore:\n  url: sqlite:relay.db\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    // The API url goes nowhere: `serve`'s start-up preflight must not reach
+    // for api.github.com.
+    let text = "github:\n  token: ghp_test\n  api_url: http://127.0.0.1:9\nstore:\n  url: sqlite:relay.db\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
     let dir = dir_with_routes(text);
     let mut child = Command::new(binary())
         .args([
@@ -260,16 +261,7 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("Listening") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx.recv_timeout(std::time::Duration::from_secs(60));
+    let line = listening_line(&mut child);
     let _ = child.kill();
     let _ = child.wait();
     let line = line.expect("the relay logs that it listens");
@@ -426,10 +418,7 @@ fn a_malformed_listen_flag_is_invalid_input_and_exits_1() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = std::io::BufReader::new(relay.stderr.take().unwrap());
-    let listening = std::io::BufRead::lines(stderr)
-        .map_while(Result::ok)
-        .find(|line| line.contains("Listening"));
+    let listening = listening_line(&mut relay);
     let _ = relay.kill();
     let _ = relay.wait();
     assert!(listening.is_some_and(|l| l.contains("127.0.0.1:")));
@@ -487,4 +476,21 @@ fn a_closed_pipe_ends_a_printing_command_quietly() {
         "{:?}: {stderr}",
         output.status
     );
+}
+
+/// The relay's "Listening" log line, read from its piped stderr on a
+/// thread of its own, so that a relay that never gets there fails the test
+/// within a minute instead of hanging it.
+fn listening_line(child: &mut std::process::Child) -> Option<String> {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("Listening") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60)).ok()
 }

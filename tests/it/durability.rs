@@ -14,8 +14,10 @@ const TARGET: &str = "      - repo: acme/blog\n        event_type: deploy\n     
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_survives_kill_9_in_the_middle_of_sending() {
     let mut app = spawn_app(&hmac_route("cms", TARGET)).await;
-    // Slow GitHub down so that the crash lands while requests are in flight.
-    app.github.set_latency(Duration::from_millis(30));
+    // Slow GitHub down so that the crash lands while requests are in flight:
+    // at 64 in flight and two seconds each, the 200 take over six seconds to
+    // arrive, however slowly the test gets to the crash.
+    app.github.set_latency(Duration::from_secs(2));
     let mut accepted = HashSet::new();
     let sends = (0..200).map(|n| {
         let body = format!(r#"{{"n":{n}}}"#);
@@ -89,7 +91,9 @@ async fn a_burst_survives_kill_9_in_the_middle_of_sending() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_refuses_new_webhooks_finishes_in_flight_and_exits_0() {
     let mut app = spawn_app(&hmac_route("cms", TARGET)).await;
-    app.github.set_latency(Duration::from_millis(1500));
+    // In flight long enough for the test to see the drain's 503s, however
+    // slowly it polls.
+    app.github.set_latency(Duration::from_secs(5));
     assert_eq!(app.post_signed("cms", r#"{"n":1}"#).await.status(), 202);
     // Wait until the dispatch is in flight at GitHub.
     let start = std::time::Instant::now();
@@ -115,7 +119,13 @@ async fn sigterm_refuses_new_webhooks_finishes_in_flight_and_exits_0() {
         }
     }
     let refused = refused.expect("a webhook during shutdown is answered 503");
-    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
     let status = app.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(
@@ -228,8 +238,10 @@ async fn a_configuration_file_that_cannot_be_read_is_reported_once_and_counted()
     let failures = r#"dispatch_relay_config_reloads_total{result="failure"} 1"#;
     assert!(app.metrics().await.contains(failures));
     // The routes in force keep serving, and the error is not repeated every
-    // second while it lasts.
+    // second while it lasts: the file stays away while the watcher looks at
+    // it twice more (a wait for something not to happen, bounded).
     assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     // The file comes back as it was: the relay says it reloaded, so that
     // the failure is no longer the latest outcome (the alert on it stops).
     let successes = r#"dispatch_relay_config_reloads_total{result="success"}"#;

@@ -89,8 +89,12 @@ async fn a_burst_of_500_gives_one_dispatch_per_target() {
         .wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "delivered")
         .await;
     assert_eq!(list[0]["coalesced"], 499);
-    // Nothing else arrives later.
+    // Nothing else arrives later: no job is left to send.
     let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"dispatch_relay_queue_depth{state="pending"} 0"#),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(r#"dispatch_relay_webhooks_coalesced_total{route="uploads"} 499"#),
         "{metrics}"
@@ -100,7 +104,9 @@ async fn a_burst_of_500_gives_one_dispatch_per_target() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_in_the_middle_of_a_window_still_sends() {
-    let mut app = spawn_app(&debounced_route("2s", "10s")).await;
+    // A window long enough that the test kills the relay inside it, however
+    // slowly it posts.
+    let mut app = spawn_app(&debounced_route("5s", "10s")).await;
     for n in 0..3 {
         let response = app.post("uploads", format!(r#"{{"n":{n}}}"#)).await;
         assert_eq!(response.status(), 202);
@@ -142,6 +148,11 @@ async fn max_wait_bounds_the_delay_under_a_continuous_stream() {
     assert!(
         waited >= Duration::from_millis(1900),
         "dispatched after {waited:?}, before max_wait"
+    );
+    // And soon after it, not at the loop's guard.
+    assert!(
+        waited < Duration::from_secs(5),
+        "dispatched after {waited:?}, long past max_wait"
     );
 }
 
@@ -570,7 +581,7 @@ async fn a_debounced_delivery_is_redelivered_rendered_as_the_webhook_it_sent() {
     let routes = r#"
   - id: uploads
     verify: none
-    debounce: { window: 300ms, max_wait: 5s }
+    debounce: { window: 2s, max_wait: 5s }
     dispatch:
       - repo: acme/blog
         event_type: rebuild
