@@ -70,6 +70,18 @@ fn blog_target() -> &'static str {
     "      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          n: \"{{ body.n }}\"\n"
 }
 
+/// The claims of a JWT, read without checking it.
+fn jwt_claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let part = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 fn bearer(request: &RecordedRequest) -> String {
     request
         .header("authorization")
@@ -188,16 +200,7 @@ async fn mints_are_narrowed_to_the_repository_and_the_permissions_of_the_target(
     // The JWT names the App and lives at most ten minutes, 60 s backdated.
     let mint = &app.github.requests_of(MINT)[0];
     let jwt = bearer(mint);
-    let claims: Value = {
-        use base64::Engine;
-        let part = jwt.split('.').nth(1).unwrap();
-        serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(part)
-                .unwrap(),
-        )
-        .unwrap()
-    };
+    let claims = jwt_claims(&jwt);
     assert_eq!(claims["iss"], json!(APP_ID));
     let (iat, exp) = (
         claims["iat"].as_i64().unwrap(),
@@ -673,4 +676,26 @@ async fn a_rotated_private_key_file_is_used_without_a_restart() {
     assert!(line.contains("is not an RSA private key"), "{line}");
     assert!(!line.contains("MIIE"), "{line}");
     assert_eq!(app.github.violations(), Vec::<String>::new());
+}
+
+/// GitHub recommends the App's client id as the JWT's `iss`; an App
+/// configured by it mints tokens and dispatches as one configured by its
+/// numeric id.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_configured_by_its_client_id_dispatches() {
+    let client_id = crate::fake_github::app_client_id(APP_ID);
+    let app = spawn_app_prepared(
+        &app_head("off"),
+        &hmac_route("cms", blog_target()),
+        &[("GITHUB_APP_ID", &client_id)],
+        enable_test_app,
+    )
+    .await;
+    post_n(&app, "cms", 1).await;
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+    let mint = &app.github.requests_of(MINT)[0];
+    let jwt = bearer(mint);
+    let claims = jwt_claims(&jwt);
+    assert_eq!(claims["iss"], client_id.as_str());
 }

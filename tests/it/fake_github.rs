@@ -152,6 +152,11 @@ impl RecordedRequest {
     }
 }
 
+/// The client id the fake gives the App `app_id`, in GitHub's form (`Iv23li...`).
+pub fn app_client_id(app_id: u64) -> String {
+    format!("Iv23li{app_id:014x}")
+}
+
 /// A running fake. Dropping it stops the server.
 pub struct FakeGitHub {
     url: String,
@@ -276,7 +281,7 @@ impl FakeGitHub {
     pub fn enable_app(&self, app_id: u64, public_key_pem: &str) {
         let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_key_pem.as_bytes())
             .expect("enable_app needs an RSA public key in PEM form");
-        let client_id = format!("Iv23li{app_id:014x}");
+        let client_id = app_client_id(app_id);
         *lock(&self.shared.app) = Some(AppConfig {
             app_id,
             client_id,
