@@ -306,6 +306,11 @@ impl AppState {
         for route in &routes.config.routes {
             self.metrics.init_route(&route.id);
         }
+        for old in &self.routes().config.routes {
+            if routes.config.route(&old.id).is_none() {
+                self.metrics.forget_route(&old.id);
+            }
+        }
         // The reloader is the only writer: the routes read now are those
         // the swap replaces, and webhooks are not held while limiters are
         // matched.

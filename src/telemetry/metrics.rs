@@ -268,6 +268,28 @@ impl Metrics {
         self.webhooks_coalesced.with_label_values(&[route]);
     }
 
+    /// Drops every series of a route that a reload removed, so that a
+    /// dashboard stops showing it. A job of the route still in the queue
+    /// brings its dispatch series back when it ends, as it should.
+    pub fn forget_route(&self, route: &str) {
+        // A series that was never created is no error to forget.
+        for outcome in WebhookOutcome::ALL {
+            let _ = self
+                .webhooks_received
+                .remove_label_values(&[route, outcome.as_str()]);
+        }
+        for outcome in DispatchOutcome::ALL {
+            let _ = self
+                .dispatches
+                .remove_label_values(&[route, outcome.as_str()]);
+        }
+        let _ = self.webhooks_coalesced.remove_label_values(&[route]);
+        let _ = self.delivery_latency.remove_label_values(&[route]);
+        for result in ["confirmed", "confirm_failed", "unsubscribed"] {
+            let _ = self.sns_subscriptions.remove_label_values(&[route, result]);
+        }
+    }
+
     /// Counts an SNS subscription event: `confirmed`, `confirm_failed` or
     /// `unsubscribed`.
     pub fn sns_subscription(&self, route: &str, result: &str) {

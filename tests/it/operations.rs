@@ -639,3 +639,53 @@ async fn a_failure_alert_still_being_gathered_is_sent_when_the_relay_stops() {
     assert_eq!(alert[0]["event"], "dispatch_failed");
     assert_eq!(alert[0]["failures"][0]["repo"], "acme/missing");
 }
+
+/// A reload that removes a route drops its metric series, and one that adds
+/// a route creates its series at zero; a route that stays keeps its counts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_forgets_the_metric_series_of_a_removed_route() {
+    let route = |id: &str| {
+        format!(
+            "  - id: {id}\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n"
+        )
+    };
+    let app = spawn_app_with(
+        TEST_HEAD,
+        &format!("{}{}", route("kept"), route("old")),
+        &[],
+    )
+    .await;
+    for id in ["kept", "old"] {
+        assert_eq!(app.post(id, "{}").await.status(), 202);
+    }
+    app.wait_for_deliveries(WAIT, |l| {
+        l.len() == 2 && l.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    assert!(app.metrics().await.contains("route=\"old\""));
+    let text = std::fs::read_to_string(app.config_path()).unwrap();
+    let changed = text.replace(&route("old"), &route("new"));
+    assert_ne!(changed, text);
+    app.reload_config(&changed).await;
+    let metrics = app.metrics().await;
+    assert!(!metrics.contains("route=\"old\""), "{metrics}");
+    for (series, count) in [
+        (
+            r#"dispatch_relay_webhooks_received_total{outcome="accepted",route="kept"}"#,
+            1,
+        ),
+        (
+            r#"dispatch_relay_dispatches_total{outcome="delivered",route="kept"}"#,
+            1,
+        ),
+        (
+            r#"dispatch_relay_webhooks_received_total{outcome="accepted",route="new"}"#,
+            0,
+        ),
+    ] {
+        assert!(
+            metrics.contains(&format!("{series} {count}")),
+            "{series}\n{metrics}"
+        );
+    }
+}
