@@ -116,14 +116,22 @@ pub fn verify_request(method: &Verify, request: &Request<'_>) -> Result<(), Veri
     }
 }
 
-/// Whether `name` (lower-cased) is a header `method` reads its signature or
-/// token from. Such headers are left out of what templates see and of what
-/// is stored: a token is the secret itself, and a signature with its body is
-/// a request anyone holding them could replay.
-pub fn is_credential_header(method: &Verify, name: &str) -> bool {
+/// Whether `name` (lower-cased) is the header a `token` route reads its
+/// token from: the secret itself, so templates never see it and it is never
+/// stored.
+pub fn is_token_header(method: &Verify, name: &str) -> bool {
+    matches!(method, Verify::Token { header, .. } if name == header)
+}
+
+/// Whether `name` (lower-cased) is a header `method` reads a signature from.
+/// A signature with its body is a request anyone holding both could send
+/// again, so its value is neither shown to templates nor stored. Its name
+/// stays: which family of headers signed (Svix's `svix-*` or `webhook-*`)
+/// says which id header the signature covers, and so which one may serve as
+/// the dedupe key, at accept and at redelivery alike.
+pub fn is_signature_header(method: &Verify, name: &str) -> bool {
     match method {
         Verify::Hmac(config) => name == config.header,
-        Verify::Token { header, .. } => name == header,
         Verify::Github { .. } => matches!(name, "x-hub-signature-256" | "x-hub-signature"),
         Verify::StandardWebhooks(_) => matches!(name, "webhook-signature" | "svix-signature"),
         Verify::Contentful(_) => name == schemes::CONTENTFUL_SIGNATURE,
@@ -133,7 +141,7 @@ pub fn is_credential_header(method: &Verify, name: &str) -> bool {
         Verify::Slack(_) => name == schemes::SLACK_SIGNATURE,
         // Basic's credential is `authorization`, always left out; SNS signs
         // inside the body.
-        Verify::None | Verify::Basic { .. } | Verify::Sns(_) => false,
+        Verify::None | Verify::Token { .. } | Verify::Basic { .. } | Verify::Sns(_) => false,
     }
 }
 

@@ -1081,3 +1081,68 @@ fn sns_like_route() -> dispatch_relay::config::Route {
         "verify: none\n    dedupe_key: \"{{ body.Records[0].s3.object.key | urldecode }}\"",
     )
 }
+
+/// A Svix delivery is deduplicated by `svix-id`, the id its signature
+/// covers, also once the signature's value is left out of what is stored:
+/// a repeat is a duplicate, and a `webhook-id` added to a replay does not
+/// make it new.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_svix_delivery_is_deduplicated_by_its_signed_id() {
+    let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let routes = format!(
+        "  - id: svix\n    verify:\n      standard_webhooks: {{secret: \"{secret}\"}}\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n"
+    );
+    let app = spawn_app_with(TEST_HEAD, &routes, &[]).await;
+    let key = STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let body = r#"{"type":"entry.published"}"#;
+    let (id, ts) = ("msg_svix_1", now_epoch_secs().to_string());
+    let signature = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{ts}.{body}").as_bytes());
+        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    };
+    let send = |extra: Option<(&'static str, &'static str)>| {
+        let mut request = app
+            .http
+            .post(app.url("/hooks/svix"))
+            .header("content-type", "application/json")
+            .header("svix-id", id)
+            .header("svix-timestamp", ts.as_str())
+            .header("svix-signature", signature.as_str())
+            .body(body);
+        if let Some((name, value)) = extra {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let first = send(None).await.unwrap();
+    assert_eq!(first.status(), 202);
+    for extra in [None, Some(("webhook-id", "forged-new-id"))] {
+        let again = send(extra).await.unwrap();
+        assert_eq!(again.status(), 200, "{extra:?}");
+        let answer: Value = again.json().await.unwrap();
+        assert_eq!(answer["duplicate"], true, "{extra:?}: {answer}");
+    }
+    // The signature's value is not in the store; its name is.
+    let stored = app.deliveries(&[]);
+    assert_eq!(stored.len(), 1);
+    let store = std::fs::read(app.dir.path().join("dispatch-relay.db")).unwrap_or_default();
+    let wal = std::fs::read(app.dir.path().join("dispatch-relay.db-wal")).unwrap_or_default();
+    let value = signature.trim_start_matches("v1,");
+    assert!(
+        ![&store, &wal]
+            .iter()
+            .any(|bytes| bytes.windows(value.len()).any(|w| w == value.as_bytes())),
+        "the signature was stored"
+    );
+}
+
+fn now_epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
