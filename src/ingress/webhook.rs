@@ -215,16 +215,15 @@ async fn accept(
     // and one that cannot be rendered must not turn a skip into a 422. A
     // dedupe key that fails to render is then a render failure like any
     // other: the webhook is authenticated, so it is stored as failed, not
-    // dropped. A webhook that failed to render holds no dedupe key: the
-    // sender's repeat of it, once routes.yaml is fixed, must be sent rather
-    // than called a duplicate of a delivery that sent nothing. It takes its
-    // key when it is rendered again (decision 31).
+    // dropped. The key of a webhook that failed to render is still looked
+    // up, so a repeat of one already delivered stays a duplicate, but the
+    // store does not keep it (see `NewDelivery::dedupe_key`).
     let (dedupe_key, plan) = match routing::plan(route, &ctx) {
         Ok(Plan::Skipped) => (None, Ok(Plan::Skipped)),
-        Err(e) => (None, Err(e)),
-        Ok(plan) => match routing::dedupe_key(route, &ctx) {
-            Ok(key) => (key, Ok(plan)),
-            Err(e) => (None, Err(e)),
+        plan => match (routing::dedupe_key(route, &ctx), plan) {
+            (Ok(key), plan) => (key, plan),
+            // The failure of the dispatch itself is the one to report.
+            (Err(_), Err(e)) | (Err(e), Ok(_)) => (None, Err(e)),
         },
     };
     let (jobs, failure, targets) = match plan {

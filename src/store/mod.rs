@@ -113,6 +113,12 @@ pub struct NewDelivery {
     pub id: String,
     pub route: String,
     pub received_at_ms: i64,
+    /// Looked up first: a delivery that holds it already makes this one a
+    /// duplicate. It is kept with the delivery only when `failure` is not
+    /// set: a webhook that failed to render sent nothing, so the sender's
+    /// repeat of it after routes.yaml is fixed must be sent, not called its
+    /// duplicate. Such a delivery takes its key when it is rendered again
+    /// (decision 31).
     pub dedupe_key: Option<String>,
     pub request: EncodedRequest,
     /// Empty when `failure` is set.

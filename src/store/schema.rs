@@ -311,6 +311,8 @@ pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, Sto
         None if d.jobs.is_empty() => (Status::Delivered, Some(d.received_at_ms)),
         None => (Status::Pending, None),
     };
+    // A delivery that failed to render holds no key (see `NewDelivery`).
+    let kept_key = d.dedupe_key.as_ref().filter(|_| d.failure.is_none());
     conn.prepare_cached(
         "INSERT INTO deliveries (id, route, received_at, status, dedupe_key, request, error, finished_at,
                                  debounce_first_at, debounce_targets)
@@ -321,7 +323,7 @@ pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, Sto
         d.route,
         d.received_at_ms,
         status.as_str(),
-        d.dedupe_key,
+        kept_key,
         request,
         d.failure,
         finished,

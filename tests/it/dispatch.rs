@@ -631,3 +631,36 @@ async fn a_repeat_of_a_webhook_that_failed_to_render_is_sent_once_the_route_is_f
     assert_eq!(list.len(), 2, "{list:?}");
     assert_eq!(app.github.dispatch_attempts().len(), 1);
 }
+
+/// A repeat of a webhook already delivered stays a duplicate when the route
+/// can no longer render it: looked up by its key, it is not stored again as
+/// a failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeat_of_a_delivered_webhook_is_a_duplicate_even_when_it_no_longer_renders() {
+    let routes = "  - id: cms\n    verify: none\n    dedupe_key: \"entry-{{ body.id }}\"\n    dispatch:\n      - repo: acme/blog\n        event_type: \"{{ body.kind }}\"\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    let body = r#"{"id":1,"kind":"deploy"}"#;
+    assert_eq!(app.post("cms", body).await.status(), 202);
+    app.github.wait_for_dispatches(1, WAIT).await;
+    let text = std::fs::read_to_string(app.config_path()).unwrap();
+    let stricter = text.replace("\"{{ body.kind }}\"", "\"{{ body.kind }}-{{ body.env }}\"");
+    assert_ne!(stricter, text);
+    app.reload_config(&stricter).await;
+    let repeat = app.post("cms", body).await;
+    assert_eq!(repeat.status(), 200);
+    assert_eq!(repeat.json::<Value>().await.unwrap()["duplicate"], true);
+    // A new event that does not render is stored as failed, as before.
+    assert_eq!(
+        app.post("cms", r#"{"id":2,"kind":"deploy"}"#)
+            .await
+            .status(),
+        422
+    );
+    let list = app.wait_for_deliveries(WAIT, |list| list.len() == 2).await;
+    assert_eq!(
+        list.iter().filter(|d| status_of(d) == "failed").count(),
+        1,
+        "{list:?}"
+    );
+    assert_eq!(app.github.dispatch_attempts().len(), 1);
+}
