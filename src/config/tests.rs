@@ -767,11 +767,15 @@ fn after_an_unknown_key_the_other_errors_of_the_mapping_are_reported() {
     let text = "github:\n  token: t\nroutes:\n  - id: r\n    extra: 1\n    verify: none\n    rate_limit: {brst: 2}\n    debounce: {maxwait: 2s}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
     let mut paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
     paths.sort();
+    // `brst` and `maxwait` misspell `burst` and `max_wait`; the required
+    // `per_second` and `window` are missing all the same, and say so.
     assert_eq!(
         paths,
         [
+            "routes[0].debounce",
             "routes[0].debounce.maxwait",
             "routes[0].extra",
+            "routes[0].rate_limit",
             "routes[0].rate_limit.brst"
         ]
     );
@@ -996,7 +1000,8 @@ fn an_unknown_key_in_a_route_does_not_hide_the_routes_other_errors() {
     let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    whenn: x\n    dispatch: [{repo: acme/blog, event_typ: e}]\n  - id: b\n    verfy: none\n    rate_limit: {per_second: 0}\n    dispatch: [{repo: \"acme/{{ body.site }}\", event_type: e}]\n  - id: c\n    verify: none\n    allowed_repo: [\"acme/*\"]\n    dispatchh: []\n";
     let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
     // A misspelt `verify`, `dispatch` or `allowed_repos` is not also
-    // reported missing.
+    // reported missing; `allowed_repos`, which route b lacks and misspells
+    // nowhere, is.
     assert_eq!(
         paths,
         [
@@ -1004,8 +1009,47 @@ fn an_unknown_key_in_a_route_does_not_hide_the_routes_other_errors() {
             "routes[0].dispatch[0].event_typ",
             "routes[1].verfy",
             "routes[1].rate_limit.per_second",
+            "routes[1].dispatch[0].repo",
             "routes[2].allowed_repo",
             "routes[2].dispatchh",
         ]
     );
+}
+
+#[test]
+fn only_the_field_an_unknown_key_misspells_is_excused_from_being_missing() {
+    let cases = [
+        // A misspelt or wrong key of the App is not also "needs a key".
+        (
+            "github:\n  app: {id: 1, private_ky: k}\nroutes: []\n",
+            vec!["github.app.private_ky"],
+        ),
+        (
+            "github:\n  app: {id: 1, private_key_file: [k]}\nroutes: []\n",
+            vec!["github.app.private_key_file"],
+        ),
+        // A wrong `initial_backoff` is not compared at its default.
+        (
+            "github:\n  token: t\nretry: {initial_backoff: [1], max_backoff: 500ms}\nroutes: []\n",
+            vec!["retry.initial_backoff"],
+        ),
+        // A typo elsewhere does not excuse a real comparison.
+        (
+            "github:\n  token: t\nretry: {max_attemps: 3, initial_backoff: 1h, max_backoff: 5m}\nroutes: []\n",
+            vec!["retry.max_attemps", "retry.initial_backoff"],
+        ),
+        // Nor does it excuse a missing `verify` or `allowed_repos`.
+        (
+            "github:\n  token: t\nroutes:\n  - id: r\n    max_bodyy: 1MiB\n    dispatch: [{repo: \"acme/{{ body.x }}\", event_type: e}]\n",
+            vec![
+                "routes[0]",
+                "routes[0].max_bodyy",
+                "routes[0].dispatch[0].repo",
+            ],
+        ),
+    ];
+    for (text, expected) in cases {
+        let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, expected, "{text}");
+    }
 }

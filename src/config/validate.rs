@@ -145,7 +145,7 @@ impl Report<'_> {
                 // would then report another of the mapping's errors first
                 // than the file's order says.
                 map.shift_remove(&key);
-                left_out.unknown_in.push(base.clone());
+                left_out.unknown(base, &name, &expected);
             }
         }
         loop {
@@ -175,8 +175,10 @@ impl Report<'_> {
                 _ => return None,
             };
             let mapping = path_of(base, &segments[..at]);
-            if message.starts_with("unknown field") {
-                left_out.unknown_in.push(mapping.clone());
+            if let Some(rest) = message.strip_prefix("unknown field `")
+                && let Some((name, expected)) = rest.split_once('`')
+            {
+                left_out.unknown(&mapping, name, &backticked(expected));
             }
             left_out.keys.push(mapping.key(key));
         }
@@ -275,9 +277,11 @@ fn value_at<'a>(value: &'a mut Value, path: &[Segment]) -> Option<&'a mut Value>
 /// absence it caused is not reported as news.
 #[derive(Default)]
 struct LeftOut {
-    /// Mappings that had an unknown key, which may misspell any missing
-    /// field of theirs.
+    /// Mappings that had an unknown key.
     unknown_in: Vec<Path>,
+    /// The fields that an unknown key was taken to misspell: those its
+    /// "did you mean" named.
+    misspelt: Vec<Path>,
     /// Keys left out for holding an error.
     keys: Vec<Path>,
 }
@@ -287,10 +291,22 @@ impl LeftOut {
         self.unknown_in.is_empty() && self.keys.is_empty()
     }
 
+    /// Notes the unknown key `name` of the mapping at `mapping`, whose
+    /// fields are `expected`.
+    fn unknown(&mut self, mapping: &Path, name: &str, expected: &[String]) {
+        self.unknown_in.push(mapping.clone());
+        if let Some(field) = did_you_mean(name, expected) {
+            self.misspelt.push(mapping.key(field));
+        }
+    }
+
     /// Whether a field missing from the mapping at `mapping` is missing
-    /// because of what was left out.
+    /// because of what was left out: it held an error, or an unknown key
+    /// misspells it. Any other missing field is news, which fixing the
+    /// errors already reported would not make go away.
     fn explains(&self, mapping: &Path, field: &str) -> bool {
-        self.unknown_in.contains(mapping) || self.keys.contains(&mapping.key(field))
+        let key = mapping.key(field);
+        self.keys.contains(&key) || self.misspelt.contains(&key)
     }
 }
 
@@ -749,7 +765,7 @@ fn github(
                 Some(Credential::Token(Secret::new(token)))
             }
         }
-        (None, Some(app)) => github_app(report, app, &path.key("app")),
+        (None, Some(app)) => github_app(report, app, &path.key("app"), &left_out),
         (Some(_), Some(_)) => {
             report.error(path, "has both `token` and `app`; keep one");
             None
@@ -783,7 +799,12 @@ fn github(
     })
 }
 
-fn github_app(report: &mut Report, app: raw::RawApp, path: &Path) -> Option<Credential> {
+fn github_app(
+    report: &mut Report,
+    app: raw::RawApp,
+    path: &Path,
+    left_out: &LeftOut,
+) -> Option<Credential> {
     let id = app.id.0.trim().to_owned();
     if id.is_empty() {
         report.error(&path.key("id"), "is empty");
@@ -808,6 +829,13 @@ fn github_app(report: &mut Report, app: raw::RawApp, path: &Path) -> Option<Cred
         }
         (None, Some(_)) => {
             report.error(&path.key("private_key"), "is empty");
+            return None;
+        }
+        // A key left out for its error, or misspelt, is not missing.
+        (None, None)
+            if left_out.explains(path, "private_key_file")
+                || left_out.explains(path, "private_key") =>
+        {
             return None;
         }
         (None, None) => {
@@ -974,10 +1002,11 @@ fn retry(
         &path.key("give_up_after"),
         Duration::from_secs(86_400),
     );
-    // A `max_backoff` left out for its error is not the default it stands
-    // at here.
+    // A backoff left out for its error, or misspelt, is not the default it
+    // stands at here.
     if let (Some(initial), Some(max)) = (initial_backoff, max_backoff)
         && initial > max
+        && !left_out.explains(path, "initial_backoff")
         && !left_out.explains(path, "max_backoff")
     {
         report.error(&path.key("initial_backoff"), "is longer than `max_backoff`");
