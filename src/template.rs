@@ -942,6 +942,25 @@ impl BodyReads {
     }
 }
 
+/// The text after the `{% endraw %}` that ends a raw block whose content
+/// starts `text`, or nothing when the block is never ended.
+fn after_endraw(text: &str) -> &str {
+    let mut rest = text;
+    while let Some(at) = rest.find("{%") {
+        let tag = &rest[at + 2..];
+        let Some(close) = tag.find("%}") else {
+            return "";
+        };
+        let keyword =
+            tag[..close].trim_matches(|c: char| c.is_whitespace() || matches!(c, '-' | '+'));
+        rest = &tag[close + 2..];
+        if keyword == "endraw" {
+            return rest;
+        }
+    }
+    ""
+}
+
 /// Whether a template joins values with `~` in a tag that prints, or loops
 /// with `for`: there a missing value prints as nothing without passing
 /// through the formatter or a filter, so a strict field cannot catch it.
@@ -959,14 +978,13 @@ pub fn joins_or_loops(source: &str) -> bool {
 fn template_tags(source: &str) -> Vec<(bool, String)> {
     let mut tags = Vec::new();
     let mut rest = source;
-    let mut in_raw = false;
     while let Some(at) = rest.find('{') {
         let after = &rest[at..];
-        let (prints, close) = if after.starts_with("{{") && !in_raw {
+        let (prints, close) = if after.starts_with("{{") {
             (true, "}}")
         } else if after.starts_with("{%") {
             (false, "%}")
-        } else if after.starts_with("{#") && !in_raw {
+        } else if after.starts_with("{#") {
             rest = after.find("#}").map_or("", |end| &after[end + 2..]);
             continue;
         } else {
@@ -994,16 +1012,11 @@ fn template_tags(source: &str) -> Vec<(bool, String)> {
             }
         }
         rest = &after[end.min(after.len())..];
-        let keyword = code
-            .trim_matches(|c: char| c.is_whitespace() || matches!(c, '-' | '+'))
-            .to_owned();
-        if in_raw {
-            // Inside a raw block only its end is a tag.
-            in_raw = keyword != "endraw";
-            continue;
-        }
+        let keyword = code.trim_matches(|c: char| c.is_whitespace() || matches!(c, '-' | '+'));
         if !prints && keyword == "raw" {
-            in_raw = true;
+            // What a raw block holds is text, quotes and all: it ends at the
+            // first `{% endraw %}`.
+            rest = after_endraw(rest);
             continue;
         }
         tags.push((prints, code));

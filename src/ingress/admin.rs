@@ -25,11 +25,10 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError
     } else {
         // Said once per refusal, so that someone guessing the token shows;
         // never with what was presented.
+        let trusted = &state.routes().config.server.trusted_proxies;
         tracing::warn!(
             path = request.path(),
-            client = request
-                .peer_addr()
-                .map(|addr| tracing::field::display(addr.ip())),
+            client = super::webhook::client_ip(request, trusted).map(tracing::field::display),
             "Refused an admin request without the admin token"
         );
         Err(IngressError::AdminUnauthorized)
@@ -78,9 +77,9 @@ impl ListQuery {
                 }
                 "route" => list.route = Some(value),
                 "limit" => {
-                    let limit = value
-                        .parse::<usize>()
-                        .ok()
+                    // Any larger number, however long, gives the largest page.
+                    let limit = digits(&value)
+                        .map(|digits| digits.parse::<usize>().unwrap_or(usize::MAX))
                         .filter(|limit| *limit >= 1)
                         .ok_or_else(|| {
                             format!("`limit` must be a whole number from 1 to {MAX_LIMIT}, not `{value}`")
@@ -88,12 +87,13 @@ impl ListQuery {
                     list.limit = Some(limit.min(MAX_LIMIT));
                 }
                 "offset" => {
-                    list.offset = Some(value.parse().map_err(|_| {
-                        format!(
-                            "`offset` must be a whole number from 0 to {}, not `{value}`",
-                            u32::MAX
-                        )
-                    })?);
+                    list.offset =
+                        Some(digits(&value).and_then(|d| d.parse().ok()).ok_or_else(|| {
+                            format!(
+                                "`offset` must be a whole number from 0 to {}, not `{value}`",
+                                u32::MAX
+                            )
+                        })?);
                 }
                 "before" => {
                     list.before = Some(parse_cursor(&value).ok_or_else(|| {
@@ -118,7 +118,13 @@ fn cursor(delivery: &DeliverySummary) -> String {
 
 fn parse_cursor(text: &str) -> Option<(i64, String)> {
     let (ms, id) = text.split_once('.')?;
-    Some((ms.parse().ok()?, delivery_id(id)?))
+    Some((digits(ms)?.parse().ok()?, delivery_id(id)?))
+}
+
+/// `text` when it is a whole number written in digits only: Rust's parsing
+/// also takes a sign, which no page or cursor has.
+fn digits(text: &str) -> Option<&str> {
+    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then_some(text)
 }
 
 /// A delivery id as the store keeps it: a UUID, lower-cased, whatever case
@@ -230,7 +236,7 @@ pub async fn redeliver(
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use super::{ListQuery, bearer_token};
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {
@@ -244,6 +250,43 @@ mod tests {
         ];
         for (value, expected) in cases {
             assert_eq!(bearer_token(value), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn the_listing_query_takes_what_the_docs_say_and_names_what_it_refuses() {
+        let id = "01a20405-fc1c-7000-8000-000000000001";
+        let upper = id.to_uppercase();
+        let taken = [
+            ("limit=7", Some(7), None),
+            ("limit=1001", Some(1000), None),
+            ("limit=99999999999999999999999", Some(1000), None),
+            (
+                &*format!("before=12.{upper}"),
+                None,
+                Some((12, id.to_owned())),
+            ),
+            ("utm=x&limit=2", Some(2), None),
+        ];
+        for (query, limit, before) in taken {
+            let parsed = ListQuery::parse(query).unwrap_or_else(|e| panic!("{query}: {e}"));
+            assert_eq!(parsed.limit, limit, "{query}");
+            assert_eq!(parsed.before, before, "{query}");
+        }
+        let refused = [
+            ("limit=0", "`limit`"),
+            ("limit=%2B2", "`limit`"),
+            ("limit=-1", "`limit`"),
+            ("offset=4294967296", "`offset`"),
+            ("offset=+1", "`offset`"),
+            ("route=", "`route`"),
+            (&*format!("before=-5.{id}"), "`before`"),
+            ("before=5.not-a-uuid", "`before`"),
+            ("status=", "status"),
+        ];
+        for (query, named) in refused {
+            let error = ListQuery::parse(query).expect_err(query);
+            assert!(error.contains(named), "{query}: {error}");
         }
     }
 }

@@ -512,7 +512,7 @@ pub fn header_map(request: &HttpRequest) -> BTreeMap<String, String> {
 /// A hop that cannot be read gives no address at all (the request is
 /// refused): skipping it would believe a hop further left, which the client
 /// wrote itself.
-fn client_ip(request: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+pub(super) fn client_ip(request: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
     let peer = request.peer_addr()?.ip().to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {

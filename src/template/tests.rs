@@ -696,6 +696,12 @@ fn joins_and_loops_are_found_in_tags_not_in_comments_strings_or_raw_blocks() {
             false,
         ),
         ("{% raw %}{{ a }}{% endraw %}{{ body.a ~ body.b }}", true),
+        // A quote inside a raw block is text, not the start of a string.
+        (
+            "{% raw %}{% don't %}{% endraw %}{{ body.a ~ body.b }}",
+            true,
+        ),
+        ("{% raw %}it's {{ a ~ b }}", false),
         (
             "{%- raw -%}x{%- endraw -%}{% for x in body.y %}{% endfor %}",
             true,
