@@ -664,3 +664,23 @@ async fn a_repeat_of_a_delivered_webhook_is_a_duplicate_even_when_it_no_longer_r
     );
     assert_eq!(app.github.dispatch_attempts().len(), 1);
 }
+
+/// With `pacing: off` the relay still keeps at most 64 requests in flight
+/// at GitHub (decision 3): a queue of 200 against a slow GitHub reaches
+/// that many at once and no more.
+#[tokio::test(flavor = "multi_thread")]
+async fn pacing_off_keeps_at_most_64_requests_in_flight() {
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    // Each answer takes two seconds: the 200 are all accepted long before
+    // the first 64 are answered.
+    app.github.set_latency(Duration::from_secs(2));
+    let posts = (0..200).map(|_| {
+        let app = &app;
+        async move { app.post("cms", "{}").await.status() }
+    });
+    let statuses = futures_util::future::join_all(posts).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    app.github.wait_for_dispatches(200, WAIT).await;
+    assert_eq!(app.github.max_in_flight(), 64);
+}

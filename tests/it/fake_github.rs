@@ -412,6 +412,11 @@ impl FakeGitHub {
         lock(&self.shared.log).violations.clone()
     }
 
+    /// The most requests the fake was answering at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Lets the fake be dropped with violations: for a test that sends GitHub what it refuses
     /// on purpose, and checks the violations itself.
     pub fn expect_violations(&self) {
@@ -908,6 +913,9 @@ struct Shared {
     token_lifetime: Mutex<Duration>,
     scripts: Mutex<HashMap<String, VecDeque<Scripted>>>,
     latency_nanos: AtomicU64,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
     rate: Mutex<RateWindow>,
     next_run_id: AtomicU64,
     log: Mutex<Log>,
@@ -937,6 +945,8 @@ impl Shared {
             token_lifetime: Mutex::new(DEFAULT_TOKEN_LIFETIME),
             scripts: Mutex::default(),
             latency_nanos: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
             rate: Mutex::new(RateWindow {
                 used: 0,
                 reset: epoch_secs() + 3600,
@@ -1214,6 +1224,7 @@ fn credential(req: &HttpRequest) -> Credential {
 
 async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
     let received_at = Instant::now();
+    let _counted = InFlight::enter(&shared);
     let method = req.method().as_str().to_owned();
     let path = req.path().to_owned();
     let query = (!req.query_string().is_empty()).then(|| req.query_string().to_owned());
@@ -1291,6 +1302,23 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
         actix_web::rt::time::sleep(latency).await;
     }
     respond(&shared, answer, &request_id)
+}
+
+/// Counts a request as in flight until it is answered or its client goes away.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> InFlight<'a> {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn respond(shared: &Shared, answer: Answer, request_id: &str) -> HttpResponse {
