@@ -684,3 +684,46 @@ async fn pacing_off_keeps_at_most_64_requests_in_flight() {
     app.github.wait_for_dispatches(200, WAIT).await;
     assert_eq!(app.github.max_in_flight(), 64);
 }
+
+/// The fake answers a workflow dispatch as GitHub does for the workflows it
+/// knows: a misspelt file is a 404, which the delivery explains as a
+/// workflow not found (decision 36); a missing ref and an input the
+/// workflow does not define are GitHub's 422s, failed at once with its
+/// words; the right dispatch goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn workflow_dispatches_github_refuses_fail_with_the_reason() {
+    let target = |workflow: &str, git_ref: &str, inputs: &str| {
+        format!(
+            "      - repo: acme/blog\n        workflow: {workflow}\n        ref: {git_ref}\n        inputs: {{{inputs}}}\n"
+        )
+    };
+    let routes = format!(
+        "  - id: cms\n    verify: none\n    dispatch:\n{}{}{}{}",
+        target("deploy.yml", "main", "site: blog"),
+        target("deplyo.yml", "main", "site: blog"),
+        target("deploy.yml", "nope", "site: blog"),
+        target("deploy.yml", "main", "site: blog, extra: x"),
+    );
+    let app = spawn_app_with(TEST_HEAD, &routes, &[]).await;
+    app.github
+        .add_workflow("acme/blog", "deploy.yml", &["main"], &["site"]);
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && status_of(&list[0]) == "failed"
+        })
+        .await;
+    let targets = list[0]["targets"].as_array().unwrap();
+    let error = |index: usize| targets[index]["last_error"].as_str().unwrap_or_default();
+    assert_eq!(targets[0]["status"], "delivered", "{targets:?}");
+    assert!(error(1).contains("workflow not found"), "{}", error(1));
+    assert!(error(2).contains("No ref found for: nope"), "{}", error(2));
+    assert!(
+        error(3).contains("Unexpected inputs provided: [\"extra\"]"),
+        "{}",
+        error(3)
+    );
+    for index in 1..4 {
+        assert_eq!(targets[index]["attempts"], 1, "{targets:?}");
+    }
+}

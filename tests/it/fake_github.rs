@@ -157,6 +157,14 @@ pub fn app_client_id(app_id: u64) -> String {
     format!("Iv23li{app_id:014x}")
 }
 
+/// A workflow file a test declared.
+#[derive(Debug, Clone)]
+struct Workflow {
+    file: String,
+    refs: Vec<String>,
+    inputs: Vec<String>,
+}
+
 /// A running fake. Dropping it stops the server.
 pub struct FakeGitHub {
     url: String,
@@ -257,6 +265,22 @@ impl FakeGitHub {
     /// Makes `owner/name` exist. Names are matched case-insensitively, as on GitHub.
     pub fn add_repo(&self, full_name: &str) {
         lock(&self.shared.repos).insert(repo_key(full_name));
+    }
+
+    /// Declares a workflow file of `owner/name`, dispatchable on `refs` with `inputs`. Once a
+    /// repository has one, the fake answers as GitHub does for the others: 404 for a workflow
+    /// the repository does not have, 422 for a ref it lacks or an input the workflow does not
+    /// define. A repository with none takes any workflow.
+    pub fn add_workflow(&self, full_name: &str, file: &str, refs: &[&str], inputs: &[&str]) {
+        let owned = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
+        lock(&self.shared.workflows)
+            .entry(repo_key(full_name))
+            .or_default()
+            .push(Workflow {
+                file: file.to_owned(),
+                refs: owned(refs),
+                inputs: owned(inputs),
+            });
     }
 
     /// Delays every answer by this much, to keep requests in flight.
@@ -908,6 +932,9 @@ struct Shared {
     base_url: OnceLock<String>,
     tokens: Mutex<HashMap<String, Grant>>,
     repos: Mutex<HashSet<String>>,
+    /// The workflows a test declared, by repository: a repository with any
+    /// knows only those, with their refs and inputs.
+    workflows: Mutex<HashMap<String, Vec<Workflow>>>,
     installations: Mutex<HashMap<String, u64>>,
     app: Mutex<Option<AppConfig>>,
     token_lifetime: Mutex<Duration>,
@@ -940,6 +967,7 @@ impl Shared {
             base_url: OnceLock::new(),
             tokens: Mutex::default(),
             repos: Mutex::default(),
+            workflows: Mutex::default(),
             installations: Mutex::default(),
             app: Mutex::default(),
             token_lifetime: Mutex::new(DEFAULT_TOKEN_LIFETIME),
@@ -1304,6 +1332,57 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
     respond(&shared, answer, &request_id)
 }
 
+/// GitHub's refusal of a workflow dispatch to a repository whose workflows the test declared:
+/// 404 for a workflow it does not have (by file name or path), 422 for a ref it lacks or for
+/// inputs the workflow does not define. `None` when the dispatch is one GitHub takes.
+fn workflow_answer(
+    shared: &Shared,
+    op: &Operation,
+    repo: &str,
+    workflow_id: &str,
+    body: Option<&Value>,
+) -> Option<Answer> {
+    let workflows = lock(&shared.workflows).get(&repo_key(repo)).cloned()?;
+    let file = workflow_id.rsplit('/').next().unwrap_or(workflow_id);
+    let Some(workflow) = workflows.iter().find(|w| w.file == file) else {
+        return Some(Answer::error(404, "Not Found", &op.docs_url));
+    };
+    let git_ref = body
+        .and_then(|b| b.get("ref"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let short = git_ref
+        .strip_prefix("refs/heads/")
+        .or_else(|| git_ref.strip_prefix("refs/tags/"))
+        .unwrap_or(git_ref);
+    if !workflow.refs.iter().any(|r| r == short) {
+        return Some(Answer::error(
+            422,
+            &format!("No ref found for: {git_ref}"),
+            &op.docs_url,
+        ));
+    }
+    let unexpected: Vec<String> = body
+        .and_then(|b| b.get("inputs"))
+        .and_then(Value::as_object)
+        .map(|inputs| {
+            inputs
+                .keys()
+                .filter(|name| !workflow.inputs.contains(name))
+                .map(|name| format!("\"{name}\""))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !unexpected.is_empty() {
+        return Some(Answer::error(
+            422,
+            &format!("Unexpected inputs provided: [{}]", unexpected.join(", ")),
+            &op.docs_url,
+        ));
+    }
+    None
+}
+
 /// Counts a request as in flight until it is answered or its client goes away.
 struct InFlight<'a>(&'a Shared);
 
@@ -1529,6 +1608,15 @@ fn decide(
                 return answer;
             }
             if let Some(answer) = scripted() {
+                return answer;
+            }
+            if let Some(answer) = workflow_answer(
+                shared,
+                op,
+                &format!("{owner}/{name}"),
+                param("workflow_id"),
+                body,
+            ) {
                 return answer;
             }
             // The limit the schema cannot state: the inputs' JSON is at most 65,535 characters.
