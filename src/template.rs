@@ -943,19 +943,21 @@ impl BodyReads {
 }
 
 /// The text after the `{% endraw %}` that ends a raw block whose content
-/// starts `text`, or nothing when the block is never ended.
+/// starts `text`, or nothing when the block is never ended. As Jinja reads
+/// a raw block, only an `endraw` tag ends it: any other `{%` in it is text.
 fn after_endraw(text: &str) -> &str {
+    let is_control = |c: char| c.is_whitespace() || matches!(c, '-' | '+');
     let mut rest = text;
     while let Some(at) = rest.find("{%") {
-        let tag = &rest[at + 2..];
-        let Some(close) = tag.find("%}") else {
-            return "";
+        rest = &rest[at + 2..];
+        let Some(after_keyword) = rest.trim_start_matches(is_control).strip_prefix("endraw") else {
+            continue;
         };
-        let keyword =
-            tag[..close].trim_matches(|c: char| c.is_whitespace() || matches!(c, '-' | '+'));
-        rest = &tag[close + 2..];
-        if keyword == "endraw" {
-            return rest;
+        if let Some(after_tag) = after_keyword
+            .trim_start_matches(is_control)
+            .strip_prefix("%}")
+        {
+            return after_tag;
         }
     }
     ""

@@ -1033,7 +1033,19 @@ fn only_the_field_an_unknown_key_misspells_is_excused_from_being_missing() {
             "github:\n  token: t\nretry: {initial_backoff: [1], max_backoff: 500ms}\nroutes: []\n",
             vec!["retry.initial_backoff"],
         ),
-        // A typo elsewhere does not excuse a real comparison.
+        // An unknown key like no field may stand for either backoff, or for
+        // the App's key, or for the token: nothing is said missing or
+        // compared at its default beside it.
+        (
+            "github:\n  token: t\nretry: {backoff_max: 2h, initial_backoff: 20m}\nroutes: []\n",
+            vec!["retry.backoff_max"],
+        ),
+        (
+            "github:\n  app: {id: 1, key: k}\nroutes: []\n",
+            vec!["github.app.key"],
+        ),
+        ("github:\n  tkn: t\nroutes: []\n", vec!["github.tkn"]),
+        // A typo of another field does not excuse a real comparison.
         (
             "github:\n  token: t\nretry: {max_attemps: 3, initial_backoff: 1h, max_backoff: 5m}\nroutes: []\n",
             vec!["retry.max_attemps", "retry.initial_backoff"],

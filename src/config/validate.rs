@@ -282,6 +282,9 @@ struct LeftOut {
     /// The fields that an unknown key was taken to misspell: those its
     /// "did you mean" named.
     misspelt: Vec<Path>,
+    /// Mappings with an unknown key like none of their fields, which may
+    /// then stand for any of them (`backoff_max`, `key`).
+    unplaced: Vec<Path>,
     /// Keys left out for holding an error.
     keys: Vec<Path>,
 }
@@ -295,18 +298,21 @@ impl LeftOut {
     /// fields are `expected`.
     fn unknown(&mut self, mapping: &Path, name: &str, expected: &[String]) {
         self.unknown_in.push(mapping.clone());
-        if let Some(field) = did_you_mean(name, expected) {
-            self.misspelt.push(mapping.key(field));
+        match did_you_mean(name, expected) {
+            Some(field) => self.misspelt.push(mapping.key(field)),
+            None => self.unplaced.push(mapping.clone()),
         }
     }
 
-    /// Whether a field missing from the mapping at `mapping` is missing
+    /// Whether a field missing from the mapping at `mapping` may be missing
     /// because of what was left out: it held an error, or an unknown key
-    /// misspells it. Any other missing field is news, which fixing the
-    /// errors already reported would not make go away.
+    /// misspells it, or an unknown key like no field may stand for it. A
+    /// field missing beside a key that plainly misspells another (`max_bodyy`
+    /// beside no `verify`) is news, which fixing the reported errors would
+    /// not make go away.
     fn explains(&self, mapping: &Path, field: &str) -> bool {
         let key = mapping.key(field);
-        self.keys.contains(&key) || self.misspelt.contains(&key)
+        self.keys.contains(&key) || self.misspelt.contains(&key) || self.unplaced.contains(mapping)
     }
 }
 

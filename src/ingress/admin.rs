@@ -25,10 +25,14 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError
     } else {
         // Said once per refusal, so that someone guessing the token shows;
         // never with what was presented.
+        // The client behind trusted proxies; when their `X-Forwarded-For`
+        // cannot be read, the peer, so that the line names someone.
         let trusted = &state.routes().config.server.trusted_proxies;
+        let client = super::webhook::client_ip(request, trusted)
+            .or_else(|| request.peer_addr().map(|addr| addr.ip()));
         tracing::warn!(
             path = request.path(),
-            client = super::webhook::client_ip(request, trusted).map(tracing::field::display),
+            client = client.map(tracing::field::display),
             "Refused an admin request without the admin token"
         );
         Err(IngressError::AdminUnauthorized)

@@ -702,6 +702,13 @@ fn joins_and_loops_are_found_in_tags_not_in_comments_strings_or_raw_blocks() {
             true,
         ),
         ("{% raw %}it's {{ a ~ b }}", false),
+        // Only `endraw` ends a raw block; a lone `{%` in it is text.
+        ("{% raw %}{%{% endraw %}{{ body.a ~ body.b }}", true),
+        (
+            "{% raw %}a {% b{% endraw %}{% for x in body.l %}{{ x }}{% endfor %}",
+            true,
+        ),
+        ("{% raw %}{% endrawx %}{{ a ~ b }}", false),
         (
             "{%- raw -%}x{%- endraw -%}{% for x in body.y %}{% endfor %}",
             true,
