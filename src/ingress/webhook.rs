@@ -228,7 +228,9 @@ async fn accept(
     };
     let (jobs, failure, targets) = match plan {
         Ok(Plan::Skipped) => {
-            tracing::debug!(route = %route.id, "Skipped a webhook: `when` is false");
+            // Nothing is stored for it, so this line is where an operator
+            // sees that a webhook came and why nothing was sent.
+            tracing::info!(route = %route.id, "Skipped a webhook: `when` is false");
             return Ok((
                 HttpResponse::Ok().json(serde_json::json!({"skipped": true})),
                 WebhookOutcome::Skipped,

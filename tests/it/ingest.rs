@@ -250,6 +250,9 @@ async fn every_status_of_the_contract() {
     )
     .await;
     assert_eq!((status, &body), (200, &json!({"skipped": true})));
+    // Nothing is stored for a skip: the log says it came.
+    let line = app.wait_for_log(|l| l.contains("Skipped a webhook")).await;
+    assert!(line.contains("\"route\":\"cms\""), "{line}");
 
     let first = r#"{"event":"publish","id":7,"kind":"deploy"}"#;
     let (status, accepted) = json_of(app.post_signed("cms", first).await).await;
