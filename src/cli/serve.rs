@@ -161,6 +161,9 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         ConfigSynchronous::Full => Synchronous::Full,
         ConfigSynchronous::Normal => Synchronous::Normal,
     };
+    // Said when it happens: a store url with a typo in it gives a new,
+    // empty store (its directory created too), not an error.
+    let new_store = !db_path.exists();
     // Held until the process exits.
     let _owner = own_store(&db_path)?;
     let store = Store::open(&db_path, synchronous)
@@ -171,6 +174,9 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         .await
         .context("cannot recover the leases of a previous run")
         .map_err(runtime)?;
+    if new_store {
+        tracing::info!(store = %db_path.display(), "Created a new, empty store");
+    }
 
     let client =
         GitHubClient::new(&config.github.api_url, config.github.timeout).map_err(runtime)?;

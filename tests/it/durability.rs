@@ -46,8 +46,21 @@ async fn a_burst_survives_kill_9_in_the_middle_of_sending() {
         "the crash should land mid-queue ({before} already sent)"
     );
 
+    // The first start made the store; the restart finds it.
+    assert!(
+        app.logs()
+            .iter()
+            .any(|l| l.contains("Created a new, empty store"))
+    );
     app.github.set_latency(Duration::ZERO);
     app.restart();
+    app.wait_for_log(|l| l.contains("\"Listening\"")).await;
+    assert!(
+        !app.logs()
+            .iter()
+            .any(|l| l.contains("Created a new, empty store")),
+        "the restart found the store"
+    );
     let delivered_ids = |app: &crate::helpers::TestApp| -> HashSet<String> {
         app.github
             .dispatches()
