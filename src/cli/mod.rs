@@ -292,9 +292,10 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
     );
     let targets = crate::github::preflight::static_targets(config);
     println!(
-        "online: asking {} about {} repositories",
+        "online: asking {} about {} repositor{}",
         config.github.api_url,
-        targets.len()
+        targets.len(),
+        if targets.len() == 1 { "y" } else { "ies" }
     );
     let findings = crate::github::preflight::check(&credentials, &client, &targets).await;
     let (mut failed, mut unanswered) = (0, 0);

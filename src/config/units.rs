@@ -19,6 +19,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: u64 = number
         .parse()
         .map_err(|_| "too large a duration".to_string())?;
+    // `1.5h` would otherwise read as the number 1 with the unit `.5h`.
+    if unit.starts_with('.') {
+        return Err(format!(
+            "a duration is a whole number; write 90m for 1.5h, or {hint}"
+        ));
+    }
     let millis_per_unit: u64 = match unit.trim() {
         "ms" => 1,
         "s" => 1_000,
@@ -48,6 +54,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         return Err(format!("not a size; {hint}"));
     }
     let value: u64 = number.parse().map_err(|_| "too large a size".to_string())?;
+    // `1.5MB` would otherwise read as the number 1 with the unit `.5MB`.
+    if unit.starts_with('.') {
+        return Err(format!(
+            "a size is a whole number; write 1536KB for 1.5MB, or {hint}"
+        ));
+    }
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" | "k" => 1_000,
@@ -69,7 +81,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        let cases: [(&str, Result<Duration, &str>); 11] = [
+        let cases: [(&str, Result<Duration, &str>); 12] = [
             ("500ms", Ok(Duration::from_millis(500))),
             ("30s", Ok(Duration::from_secs(30))),
             ("10m", Ok(Duration::from_secs(600))),
@@ -81,6 +93,7 @@ mod tests {
             ("5w", Err("not a duration unit")),
             ("s", Err("not a duration;")),
             ("99999999999999999999d", Err("too large")),
+            ("1.5h", Err("a duration is a whole number")),
         ];
         for (text, expected) in cases {
             match (parse_duration(text), expected) {
@@ -93,7 +106,7 @@ mod tests {
 
     #[test]
     fn sizes() {
-        let cases: [(&str, Result<u64, &str>); 9] = [
+        let cases: [(&str, Result<u64, &str>); 10] = [
             ("1024", Ok(1024)),
             ("64KiB", Ok(65_536)),
             ("1MiB", Ok(1_048_576)),
@@ -103,6 +116,7 @@ mod tests {
             ("10B", Ok(10)),
             ("1TB", Err("not a size unit")),
             ("MiB", Err("not a size;")),
+            ("1.5MB", Err("a size is a whole number")),
         ];
         for (text, expected) in cases {
             match (parse_size(text), expected) {

@@ -52,6 +52,10 @@ pub struct Answer {
     /// `x-oauth-scopes`: the scopes of a classic personal access token
     /// (absent for fine-grained tokens and App tokens).
     pub oauth_scopes: Option<String>,
+    /// Whether the answer carries `x-github-request-id`, as every answer of
+    /// GitHub's API (and of GitHub Enterprise Server's) does: a 404 without
+    /// it comes from a server that is not the API, such as a wrong `api_url`.
+    pub from_github: bool,
 }
 
 /// The rate-limit headers GitHub sends.
@@ -250,6 +254,7 @@ async fn read_answer(mut response: reqwest::Response) -> Result<Answer, Transpor
             .and_then(app::parse_http_date)
             .and_then(|secs| u64::try_from(secs).ok()),
     };
+    let from_github = response.headers().contains_key("x-github-request-id");
     let oauth_scopes = response
         .headers()
         .get("x-oauth-scopes")
@@ -304,6 +309,7 @@ async fn read_answer(mut response: reqwest::Response) -> Result<Answer, Transpor
         message,
         body,
         oauth_scopes,
+        from_github,
     })
 }
 

@@ -123,6 +123,13 @@ pub fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> 
     match answer.status {
         200 => {}
         401 => return Err(BAD_CREDENTIALS.to_string()),
+        404 if !answer.from_github => {
+            return Err(
+                "not found, and the server did not answer as GitHub's API does (no X-GitHub-Request-Id): \
+                 check github.api_url (GitHub Enterprise Server's API is https://HOST/api/v3)"
+                    .to_string(),
+            );
+        }
         404 => return Err(NOT_FOUND.to_string()),
         403 => {
             return Err(format!(
@@ -180,6 +187,7 @@ mod tests {
             body: (!body.is_empty()).then(|| body.to_string()),
             message: (status >= 300).then(|| "msg".to_string()),
             oauth_scopes: scopes.map(str::to_string),
+            from_github: true,
             ..Answer::default()
         }
     }
@@ -280,6 +288,18 @@ mod tests {
                 Scope::Contents,
                 false,
                 Err(NOT_FOUND),
+            ),
+            // A 404 from a server that is not GitHub's API.
+            (
+                Answer {
+                    from_github: false,
+                    ..answer(404, "", None)
+                },
+                Scope::Contents,
+                false,
+                Err(
+                    "not found, and the server did not answer as GitHub's API does (no X-GitHub-Request-Id): check github.api_url (GitHub Enterprise Server's API is https://HOST/api/v3)",
+                ),
             ),
             (
                 answer(403, "", None),
