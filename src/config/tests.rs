@@ -1065,3 +1065,23 @@ fn only_the_field_an_unknown_key_misspells_is_excused_from_being_missing() {
         assert_eq!(paths, expected, "{text}");
     }
 }
+
+#[test]
+fn yaml_syntax_errors_a_hand_edited_file_meets_get_a_hint() {
+    let cases = [
+        ("github:\n\ttoken: t\nroutes: []\n", "indent with spaces"),
+        ("github:\n  token: @weird\nroutes: []\n", "must be quoted"),
+        ("github:\n  token: `x\nroutes: []\n", "must be quoted"),
+        (
+            "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch:\n      repo: acme/weird\n      event_type: e\n",
+            "starting with `- `",
+        ),
+    ];
+    for (text, hint) in cases {
+        let errors = load_err(text);
+        assert_eq!(errors.len(), 1, "{text:?}: {errors:?}");
+        assert!(errors[0].message.contains(hint), "{text:?}: {errors:?}");
+        // The value itself is never quoted back.
+        assert!(!errors[0].message.contains("weird"), "{errors:?}");
+    }
+}

@@ -209,7 +209,12 @@ impl Report<'_> {
         } else {
             // A key with nothing after it is YAML's null, which serde calls a
             // unit value.
-            let message = message.replace("invalid type: unit value", "is empty");
+            let mut message = message.replace("invalid type: unit value", "is empty");
+            // `dispatch:` followed by `repo: ...` on the next lines is a map
+            // of one target, not the list of them.
+            if message.ends_with("expected a sequence") {
+                message.push_str("; write each item on a line of its own, starting with `- `");
+            }
             self.error(&path, without_struct_names(&message));
         }
     }
@@ -463,6 +468,21 @@ fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|name| (*name).to_owned()).collect()
 }
 
+/// A hint for the YAML syntax errors a hand-edited file meets most, from
+/// the character where the parser stopped: a tab, which YAML does not
+/// allow for indentation, and a value that starts with a character YAML
+/// reserves (`@`, `` ` ``, `%`), which needs quotes.
+fn syntax_hint(line_text: &str, column: usize) -> &'static str {
+    let at = line_text.chars().nth(column.saturating_sub(1));
+    match at {
+        Some('\t') => "; this is a tab: indent with spaces",
+        Some('@' | '`') => "; a value starting with `@` or `` ` `` must be quoted: \"@value\"",
+        Some('%') => "; a value starting with `%` must be quoted: \"%value\"",
+        _ if line_text.starts_with('\t') => "; the line starts with a tab: indent with spaces",
+        _ => "",
+    }
+}
+
 pub(super) fn load(
     file: &str,
     text: &str,
@@ -483,6 +503,7 @@ pub(super) fn load(
             if line_text.contains("${") && message.contains("flow") {
                 message.push_str("; inside `{ }` or `[ ]`, write a variable in quotes: \"${VAR}\"");
             }
+            message.push_str(syntax_hint(line_text, column));
             return Err(ConfigErrors(vec![ConfigError {
                 file: file.to_owned(),
                 line,
