@@ -249,7 +249,7 @@ pub fn store_path(config_path: &Path, configured: Option<&str>) -> Result<PathBu
 pub fn open_existing_store(path: &Path) -> Result<Store, CliError> {
     if !path.exists() {
         return Err(invalid(anyhow::anyhow!(
-            "no store at {} (has `dispatch-relay serve` run with this configuration?)",
+            "no store at {} (has `dispatch-relay serve` run with this configuration? if serve's store is set by RELAY_DATABASE_URL, set it here too)",
             path.display()
         )));
     }
