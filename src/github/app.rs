@@ -92,6 +92,12 @@ pub enum CredentialError {
         "the GitHub App is not installed on {0}: install it on the repository (Contents: write, Metadata: read; Actions: write for workflow dispatches)"
     )]
     NotInstalled(String),
+    /// A 404 without `x-github-request-id`, which every answer of GitHub's
+    /// API carries: the server at `api_url` is not the API.
+    #[error(
+        "not found, and the server did not answer as GitHub's API does (no X-GitHub-Request-Id): check github.api_url (GitHub Enterprise Server's API is https://HOST/api/v3)"
+    )]
+    NotGitHub,
     #[error(
         "GitHub App installation {installation} (github.app.installation_id) does not include {repo}: {message}"
     )]
@@ -458,6 +464,7 @@ impl AppAuth {
                 Ok(id)
             }
             401 => Err(CredentialError::AppRejected(message(&answer))),
+            404 if !answer.from_github => Err(CredentialError::NotGitHub),
             404 => Err(CredentialError::NotInstalled(repo.to_string())),
             status => Err(CredentialError::Unexpected(status, message(&answer))),
         }
@@ -555,6 +562,7 @@ impl AppAuth {
         match answer.status {
             200..=299 => {}
             401 => return Err(CredentialError::AppRejected(message(&answer))),
+            404 if !answer.from_github => return Err(CredentialError::NotGitHub),
             404 => {
                 // The installation is gone (uninstalled, or a stale cache):
                 // forget it so the next try looks it up again.

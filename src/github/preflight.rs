@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::app::{Credentials, Scope};
+use super::app::{CredentialError, Credentials, Scope};
 use super::{Answer, GitHubClient};
 use crate::dispatch::retry::{BAD_CREDENTIALS, NOT_FOUND};
 
@@ -123,13 +123,7 @@ pub fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> 
     match answer.status {
         200 => {}
         401 => return Err(BAD_CREDENTIALS.to_string()),
-        404 if !answer.from_github => {
-            return Err(
-                "not found, and the server did not answer as GitHub's API does (no X-GitHub-Request-Id): \
-                 check github.api_url (GitHub Enterprise Server's API is https://HOST/api/v3)"
-                    .to_string(),
-            );
-        }
+        404 if !answer.from_github => return Err(CredentialError::NotGitHub.to_string()),
         404 => return Err(NOT_FOUND.to_string()),
         403 => {
             return Err(format!(

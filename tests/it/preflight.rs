@@ -118,3 +118,37 @@ async fn check_online_says_when_the_app_is_not_installed() {
     );
     assert_eq!(app.github.violations(), Vec::<String>::new());
 }
+
+/// An api_url that is not GitHub's API (here the relay's own address, which
+/// answers 404 to `/repos/...` as any web server would) is named as the
+/// likely cause, for a token and for an App, rather than reported as a
+/// repository the credential cannot see.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_404_from_a_server_that_is_not_githubs_api_points_at_api_url() {
+    let one_target = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    for head in [TEST_HEAD.to_string(), app_head("off")] {
+        let app = spawn_app_prepared(
+            &head,
+            one_target,
+            &[("GITHUB_APP_ID", &APP_ID.to_string())],
+            enable_test_app,
+        )
+        .await;
+        let output = Command::new(binary())
+            .args(["check", "--online", "--config"])
+            .arg(app.config_path())
+            .env("GITHUB_API_URL", app.url(""))
+            .env("GITHUB_TOKEN", TOKEN)
+            .env("GITHUB_APP_ID", APP_ID.to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        assert_eq!(output.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains(
+                "FAIL  acme/blog: not found, and the server did not answer as GitHub's API does"
+            ) && text.contains("check github.api_url"),
+            "{head}\n{text}"
+        );
+    }
+}
