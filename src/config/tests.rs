@@ -1045,6 +1045,22 @@ fn only_the_field_an_unknown_key_misspells_is_excused_from_being_missing() {
             vec!["github.app.key"],
         ),
         ("github:\n  tkn: t\nroutes: []\n", vec!["github.tkn"]),
+        // A key that shares a word with `max_backoff` may stand for it,
+        // whatever "did you mean" guesses.
+        (
+            "github:\n  token: t\nretry: {initial_backoff: 20m, max_wait: 1h}\nroutes: []\n",
+            vec!["retry.max_wait"],
+        ),
+        // Keys that stand for nothing required excuse nothing.
+        (
+            "github:\n  token: t\nroutes:\n  - {id: r3, name: third, dispatch: [{repo: a/b, event_type: e}]}\n  - {id: r4, comment: x, verify: none}\n",
+            vec![
+                "routes[0]",
+                "routes[0].name",
+                "routes[1]",
+                "routes[1].comment",
+            ],
+        ),
         // A typo of another field does not excuse a real comparison.
         (
             "github:\n  token: t\nretry: {max_attemps: 3, initial_backoff: 1h, max_backoff: 5m}\nroutes: []\n",

@@ -57,7 +57,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     // `1.5MB` would otherwise read as the number 1 with the unit `.5MB`.
     if unit.starts_with('.') {
         return Err(format!(
-            "a size is a whole number; write 1536KB for 1.5MB, or {hint}"
+            "a size is a whole number; write 1500KB for 1.5MB, or {hint}"
         ));
     }
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {

@@ -284,12 +284,9 @@ fn value_at<'a>(value: &'a mut Value, path: &[Segment]) -> Option<&'a mut Value>
 struct LeftOut {
     /// Mappings that had an unknown key.
     unknown_in: Vec<Path>,
-    /// The fields that an unknown key was taken to misspell: those its
-    /// "did you mean" named.
-    misspelt: Vec<Path>,
-    /// Mappings with an unknown key like none of their fields, which may
-    /// then stand for any of them (`backoff_max`, `key`).
-    unplaced: Vec<Path>,
+    /// Each unknown key, with the mapping it is in and the field it plainly
+    /// misspells, when it does.
+    unknown_keys: Vec<(Path, String, Option<String>)>,
     /// Keys left out for holding an error.
     keys: Vec<Path>,
 }
@@ -302,23 +299,50 @@ impl LeftOut {
     /// Notes the unknown key `name` of the mapping at `mapping`, whose
     /// fields are `expected`.
     fn unknown(&mut self, mapping: &Path, name: &str, expected: &[String]) {
+        // A near-certain typo (`max_attemps`) stands for its field only.
+        let plainly = expected
+            .iter()
+            .map(|field| (strsim::jaro_winkler(name, field), field))
+            .filter(|(score, _)| *score >= 0.9)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, field)| field.clone());
         self.unknown_in.push(mapping.clone());
-        match did_you_mean(name, expected) {
-            Some(field) => self.misspelt.push(mapping.key(field)),
-            None => self.unplaced.push(mapping.clone()),
-        }
+        self.unknown_keys
+            .push((mapping.clone(), name.to_owned(), plainly));
     }
 
     /// Whether a field missing from the mapping at `mapping` may be missing
     /// because of what was left out: it held an error, or an unknown key
-    /// misspells it, or an unknown key like no field may stand for it. A
-    /// field missing beside a key that plainly misspells another (`max_bodyy`
-    /// beside no `verify`) is news, which fixing the reported errors would
-    /// not make go away.
+    /// may stand for it. A field missing beside keys that plainly stand for
+    /// others (`max_bodyy` or `name` beside no `verify`) is news, which
+    /// fixing the reported errors would not make go away.
     fn explains(&self, mapping: &Path, field: &str) -> bool {
-        let key = mapping.key(field);
-        self.keys.contains(&key) || self.misspelt.contains(&key) || self.unplaced.contains(mapping)
+        self.keys.contains(&mapping.key(field))
+            || self.unknown_keys.iter().any(|(at, name, plainly)| {
+                at == mapping
+                    && match plainly {
+                        Some(meant) => meant == field,
+                        None => may_stand_for(name, field),
+                    }
+            })
     }
+}
+
+/// Whether the unknown key `name` may be an attempt at writing `field`:
+/// close in spelling (`tkn`, `verfy`), or sharing a word with it
+/// (`backoff_max` and `max_wait` for `max_backoff`, `key` for
+/// `private_key`). Looser than "did you mean", which names only the
+/// closest field.
+fn may_stand_for(name: &str, field: &str) -> bool {
+    let words = |text: &str| -> Vec<String> {
+        text.split(['_', '-'])
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect()
+    };
+    let field_words = words(field);
+    strsim::jaro_winkler(&name.to_ascii_lowercase(), field) >= 0.65
+        || words(name).iter().any(|w| field_words.contains(w))
 }
 
 /// The fields of a struct `T` as serde names them, or `None` when `T` is not
@@ -478,7 +502,6 @@ fn syntax_hint(line_text: &str, column: usize) -> &'static str {
         Some('\t') => "; this is a tab: indent with spaces",
         Some('@' | '`') => "; a value starting with `@` or `` ` `` must be quoted: \"@value\"",
         Some('%') => "; a value starting with `%` must be quoted: \"%value\"",
-        _ if line_text.starts_with('\t') => "; the line starts with a tab: indent with spaces",
         _ => "",
     }
 }
@@ -503,7 +526,9 @@ pub(super) fn load(
             if line_text.contains("${") && message.contains("flow") {
                 message.push_str("; inside `{ }` or `[ ]`, write a variable in quotes: \"${VAR}\"");
             }
-            message.push_str(syntax_hint(line_text, column));
+            if message.contains("cannot start any token") {
+                message.push_str(syntax_hint(line_text, column));
+            }
             return Err(ConfigErrors(vec![ConfigError {
                 file: file.to_owned(),
                 line,
