@@ -946,17 +946,24 @@ impl BodyReads {
 /// starts `text`, or nothing when the block is never ended. As Jinja reads
 /// a raw block, only an `endraw` tag ends it: any other `{%` in it is text.
 fn after_endraw(text: &str) -> &str {
-    let is_control = |c: char| c.is_whitespace() || matches!(c, '-' | '+');
+    // As minijinja's lexer reads the end tag: at most one `-` or `+` right
+    // after `{%` and right before `%}`, ASCII whitespace around the name.
+    let spaces = |text: &'_ str| -> usize {
+        text.len()
+            - text
+                .trim_start_matches(|c: char| c.is_ascii_whitespace())
+                .len()
+    };
     let mut rest = text;
     while let Some(at) = rest.find("{%") {
         rest = &rest[at + 2..];
-        let Some(after_keyword) = rest.trim_start_matches(is_control).strip_prefix("endraw") else {
+        let tag = rest.strip_prefix(['-', '+']).unwrap_or(rest);
+        let Some(after_name) = tag[spaces(tag)..].strip_prefix("endraw") else {
             continue;
         };
-        if let Some(after_tag) = after_keyword
-            .trim_start_matches(is_control)
-            .strip_prefix("%}")
-        {
+        let after_name = &after_name[spaces(after_name)..];
+        let after_name = after_name.strip_prefix(['-', '+']).unwrap_or(after_name);
+        if let Some(after_tag) = after_name.strip_prefix("%}") {
             return after_tag;
         }
     }

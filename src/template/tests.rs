@@ -709,6 +709,12 @@ fn joins_and_loops_are_found_in_tags_not_in_comments_strings_or_raw_blocks() {
             true,
         ),
         ("{% raw %}{% endrawx %}{{ a ~ b }}", false),
+        // Only what minijinja takes as the end tag ends the block.
+        ("{% raw %}{% - endraw %}{{ x ~ y }}{% endraw %}", false),
+        (
+            "{% raw %}{% -endraw %}{# {% endraw %}{{ body.a ~ body.b }}",
+            true,
+        ),
         (
             "{%- raw -%}x{%- endraw -%}{% for x in body.y %}{% endfor %}",
             true,
