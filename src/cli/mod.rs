@@ -248,8 +248,15 @@ pub fn store_path(config_path: &Path, configured: Option<&str>) -> Result<PathBu
 /// Opens an existing store for the inspection commands.
 pub fn open_existing_store(path: &Path) -> Result<Store, CliError> {
     if !path.exists() {
+        // When the path came from the file, serve may have been given
+        // another one in its environment.
+        let hint = if process_setting("RELAY_DATABASE_URL").is_some() {
+            ""
+        } else {
+            "; if serve's store is set by RELAY_DATABASE_URL, set it here too"
+        };
         return Err(invalid(anyhow::anyhow!(
-            "no store at {} (has `dispatch-relay serve` run with this configuration? if serve's store is set by RELAY_DATABASE_URL, set it here too)",
+            "no store at {} (has `dispatch-relay serve` run with this configuration?{hint})",
             path.display()
         )));
     }

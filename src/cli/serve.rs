@@ -163,7 +163,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     };
     // Said when it happens: a store url with a typo in it gives a new,
     // empty store (its directory created too), not an error.
-    let new_store = !db_path.exists();
+    let new_store = std::fs::metadata(&db_path).map_or(true, |file| file.len() == 0);
     // Held until the process exits.
     let _owner = own_store(&db_path)?;
     let store = Store::open(&db_path, synchronous)

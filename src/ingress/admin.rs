@@ -29,7 +29,7 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError
         // cannot be read, the peer, so that the line names someone.
         let trusted = &state.routes().config.server.trusted_proxies;
         let client = super::webhook::client_ip(request, trusted)
-            .or_else(|| request.peer_addr().map(|addr| addr.ip()));
+            .or_else(|| request.peer_addr().map(|addr| addr.ip().to_canonical()));
         tracing::warn!(
             path = request.path(),
             client = client.map(tracing::field::display),
