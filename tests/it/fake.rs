@@ -246,3 +246,29 @@ fn rsa_key_other_than_the_apps() -> Vec<u8> {
     ))
     .unwrap()
 }
+
+#[tokio::test]
+async fn the_fake_names_the_api_version_it_answered_as() {
+    let fake = fake_with_repo().await;
+    // The relay is held to the version it was built against; this request
+    // is not the relay's.
+    fake.expect_violations();
+    for (asked, selected) in [("2026-03-10", "2026-03-10"), ("2022-11-28", "2022-11-28")] {
+        let response = reqwest::Client::new()
+            .post(format!("{}/repos/acme/blog/dispatches", fake.url()))
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", asked)
+            .header("user-agent", "fake-selftest")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .json(&json!({"event_type": "deploy"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 204, "{asked}");
+        assert_eq!(
+            response.headers()["x-github-api-version-selected"],
+            selected,
+            "{asked}"
+        );
+    }
+}

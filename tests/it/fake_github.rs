@@ -1329,7 +1329,16 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
     } else if !latency.is_zero() {
         actix_web::rt::time::sleep(latency).await;
     }
-    respond(&shared, answer, &request_id)
+    // GitHub names the version it answered as: the one asked for when it
+    // supports it, else its default.
+    let version = req
+        .headers()
+        .get("x-github-api-version")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|asked| SUPPORTED_API_VERSIONS.iter().find(|v| **v == asked))
+        .copied()
+        .unwrap_or(API_VERSION);
+    respond(&shared, answer, &request_id, version)
 }
 
 /// GitHub's refusal of a workflow dispatch to a repository whose workflows the test declared:
@@ -1400,7 +1409,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn respond(shared: &Shared, answer: Answer, request_id: &str) -> HttpResponse {
+fn respond(shared: &Shared, answer: Answer, request_id: &str, version: &str) -> HttpResponse {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = HttpResponse::build(status);
     let (used, remaining, reset) = shared.take_rate();
@@ -1409,7 +1418,7 @@ fn respond(shared: &Shared, answer: Answer, request_id: &str) -> HttpResponse {
     response.insert_header(("date", http_date(fake_epoch_secs(shared))));
     response.insert_header(("x-github-request-id", request_id));
     response.insert_header(("x-github-media-type", "github.v3; format=json"));
-    response.insert_header(("x-github-api-version-selected", API_VERSION));
+    response.insert_header(("x-github-api-version-selected", version));
     response.insert_header(("x-ratelimit-limit", RATE_LIMIT.to_string()));
     response.insert_header(("x-ratelimit-resource", "core"));
     if !overridden("x-ratelimit-remaining") {
