@@ -272,3 +272,39 @@ async fn the_fake_names_the_api_version_it_answered_as() {
         );
     }
 }
+
+#[tokio::test]
+async fn query_parameters_are_held_to_the_description() {
+    let fake = fake_with_repo().await;
+    fake.expect_violations();
+    let get = |query: &'static str| {
+        let url = format!("{}/repos/acme/blog/actions/runs?{query}", fake.url());
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("accept", "application/vnd.github+json")
+                .header("x-github-api-version", "2022-11-28")
+                .header("user-agent", "fake-selftest")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // The fake answers this operation with a violation of its own (it does
+    // not implement it); only the query's are counted here.
+    let query_violations = || -> Vec<String> {
+        fake.violations()
+            .into_iter()
+            .filter(|v| v.contains("query parameter"))
+            .collect()
+    };
+    get("per_page=5&branch=main").await;
+    assert_eq!(query_violations(), Vec::<String>::new());
+    get("per_page=many").await;
+    get("nonsense=1").await;
+    let violations = query_violations();
+    assert_eq!(violations.len(), 2, "{violations:?}");
+    assert!(violations[0].contains("per_page"), "{violations:?}");
+    assert!(violations[1].contains("nonsense"), "{violations:?}");
+}

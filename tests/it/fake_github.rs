@@ -547,6 +547,8 @@ struct Operation {
     operation_id: String,
     docs_url: String,
     path_params: Vec<(String, Validator)>,
+    /// The documented query parameters, with their schemas.
+    query_params: Vec<(String, Validator)>,
     body: Option<BodySpec>,
     /// Compiled schemas of the documented JSON responses, by status, used to check that the fake
     /// itself only sends what GitHub documents.
@@ -660,6 +662,7 @@ impl Operation {
             )
             .collect();
         let mut path_params = Vec::new();
+        let mut query_params = Vec::new();
         let params = shared_params
             .and_then(Value::as_array)
             .into_iter()
@@ -667,11 +670,13 @@ impl Operation {
             .chain(op["parameters"].as_array().into_iter().flatten());
         for param in params {
             let param = resolve(doc, param);
-            if param["in"] != "path" {
-                continue;
-            }
+            let list = match param["in"].as_str() {
+                Some("path") => &mut path_params,
+                Some("query") => &mut query_params,
+                _ => continue,
+            };
             if let (Some(name), Some(schema)) = (param["name"].as_str(), param.get("schema")) {
-                path_params.push((name.to_owned(), compile_schema(schema, components)));
+                list.push((name.to_owned(), compile_schema(schema, components)));
             }
         }
         let body = op.get("requestBody").map(|body| {
@@ -701,6 +706,7 @@ impl Operation {
                 .to_owned(),
             operation_id,
             path_params,
+            query_params,
             body,
             responses,
         }
@@ -836,7 +842,7 @@ fn percent_decode(segment: &str) -> String {
 
 /// A path segment is always text, but the description types some parameters as integers. The
 /// segment is accepted when either its text or its numeric reading satisfies the schema.
-fn path_param_is_valid(validator: &Validator, raw: &str) -> bool {
+fn param_is_valid(validator: &Validator, raw: &str) -> bool {
     if validator.is_valid(&Value::String(raw.to_owned())) {
         return true;
     }
@@ -1493,7 +1499,7 @@ fn decide(
             .path_params
             .iter()
             .find(|(n, _)| n == name)
-            .is_none_or(|(_, validator)| path_param_is_valid(validator, value));
+            .is_none_or(|(_, validator)| param_is_valid(validator, value));
         if !valid {
             shared.violation(
                 method,
@@ -1501,6 +1507,24 @@ fn decide(
                 format!("path parameter {name}={value:?} does not match its schema"),
             );
             return not_found_route();
+        }
+    }
+
+    // Query parameters: each must be documented for the operation and match its schema. GitHub
+    // ignores an unknown one; a client that sends one believes in a feature that is not there.
+    for (name, value) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        match op.query_params.iter().find(|(n, _)| *n == name) {
+            None => shared.violation(
+                method,
+                path,
+                format!("query parameter {name} is not documented for this operation"),
+            ),
+            Some((_, validator)) if !param_is_valid(validator, &value) => shared.violation(
+                method,
+                path,
+                format!("query parameter {name}={value:?} does not match its schema"),
+            ),
+            Some(_) => {}
         }
     }
 
