@@ -121,6 +121,13 @@ pub const BAD_CREDENTIALS: &str = "bad credentials: token invalid or expired";
 pub const NOT_FOUND: &str = "repository not found, or the credential cannot see it — a classic PAT needs `repo`, \
 a fine-grained token Contents: write, an App must be installed on the repository with Contents: write";
 
+/// Why an answer is not GitHub's: a 2xx or a 404 without the
+/// `x-github-request-id` that every answer of GitHub's API (and of GitHub
+/// Enterprise Server's) carries comes from another server, most often one
+/// that `github.api_url` names by mistake.
+pub const NOT_GITHUB: &str = "the server did not answer as GitHub's API does (no X-GitHub-Request-Id): \
+check github.api_url (GitHub Enterprise Server's API is https://HOST/api/v3)";
+
 /// Why a workflow dispatch was answered 404.
 pub const WORKFLOW_NOT_FOUND: &str = "workflow not found: the file named in `workflow` must exist on the \
 repository's default branch; or the repository is not found, or the credential cannot see it — a classic PAT \
@@ -161,6 +168,13 @@ pub fn classify(
     };
     let status = answer.status;
     let message = answer.message.as_deref().unwrap_or("").trim();
+    // Neither a dispatch made nor a repository missing: a web server that
+    // is not the API answers 200 or 404 to anything.
+    if !answer.from_github && ((200..300).contains(&status) || status == 404) {
+        return Action::Fail {
+            reason: NOT_GITHUB.to_string(),
+        };
+    }
     if (200..300).contains(&status) {
         return Action::Delivered;
     }
@@ -441,6 +455,7 @@ mod tests {
             status,
             rate,
             message: (!message.is_empty()).then(|| message.to_string()),
+            from_github: true,
             ..Answer::default()
         }
     }
@@ -519,6 +534,24 @@ mod tests {
         let cases: Vec<(Answer, Option<RetryParts>, &str)> = vec![
             (answer(204, "", none), None, "delivered"),
             (answer(200, "", none), None, "delivered"),
+            // A server that is not GitHub's API (a wrong api_url) answering
+            // 200 made no dispatch, and its 404 says nothing of the repository.
+            (
+                Answer {
+                    from_github: false,
+                    ..answer(200, "", none)
+                },
+                None,
+                NOT_GITHUB,
+            ),
+            (
+                Answer {
+                    from_github: false,
+                    ..answer(404, "Not Found", none)
+                },
+                None,
+                NOT_GITHUB,
+            ),
             (
                 answer(502, "Bad Gateway", none),
                 Some(retry(1, None, true)),

@@ -94,9 +94,7 @@ pub enum CredentialError {
     NotInstalled(String),
     /// A 404 without `x-github-request-id`, which every answer of GitHub's
     /// API carries: the server at `api_url` is not the API.
-    #[error(
-        "not found, and the server did not answer as GitHub's API does (no X-GitHub-Request-Id): check github.api_url (GitHub Enterprise Server's API is https://HOST/api/v3)"
-    )]
+    #[error("{}", crate::dispatch::retry::NOT_GITHUB)]
     NotGitHub,
     #[error(
         "GitHub App installation {installation} (github.app.installation_id) does not include {repo}: {message}"
@@ -454,6 +452,9 @@ impl AppAuth {
             return Err(limited);
         }
         match answer.status {
+            _ if !answer.from_github && matches!(answer.status, 200..=299 | 404) => {
+                Err(CredentialError::NotGitHub)
+            }
             200 => {
                 let id = parse_body(&answer)
                     .and_then(|v| v.get("id").and_then(Value::as_u64))
@@ -464,7 +465,6 @@ impl AppAuth {
                 Ok(id)
             }
             401 => Err(CredentialError::AppRejected(message(&answer))),
-            404 if !answer.from_github => Err(CredentialError::NotGitHub),
             404 => Err(CredentialError::NotInstalled(repo.to_string())),
             status => Err(CredentialError::Unexpected(status, message(&answer))),
         }
@@ -560,9 +560,11 @@ impl AppAuth {
             return Err(limited);
         }
         match answer.status {
+            _ if !answer.from_github && matches!(answer.status, 200..=299 | 404) => {
+                return Err(CredentialError::NotGitHub);
+            }
             200..=299 => {}
             401 => return Err(CredentialError::AppRejected(message(&answer))),
-            404 if !answer.from_github => return Err(CredentialError::NotGitHub),
             404 => {
                 // The installation is gone (uninstalled, or a stale cache):
                 // forget it so the next try looks it up again.

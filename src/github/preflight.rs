@@ -8,9 +8,9 @@
 
 use std::collections::BTreeSet;
 
-use super::app::{CredentialError, Credentials, Scope};
+use super::app::{Credentials, Scope};
 use super::{Answer, GitHubClient};
-use crate::dispatch::retry::{BAD_CREDENTIALS, NOT_FOUND};
+use crate::dispatch::retry::{BAD_CREDENTIALS, NOT_FOUND, NOT_GITHUB};
 
 /// One repository and what its dispatches need.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -121,9 +121,9 @@ pub fn unanswered(answer: &Answer) -> Option<String> {
 /// reason is pinned by unit tests.
 pub fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> {
     match answer.status {
+        200 | 404 if !answer.from_github => return Err(NOT_GITHUB.to_string()),
         200 => {}
         401 => return Err(BAD_CREDENTIALS.to_string()),
-        404 if !answer.from_github => return Err(CredentialError::NotGitHub.to_string()),
         404 => return Err(NOT_FOUND.to_string()),
         403 => {
             return Err(format!(
@@ -283,7 +283,7 @@ mod tests {
                 false,
                 Err(NOT_FOUND),
             ),
-            // A 404 from a server that is not GitHub's API.
+            // A 404 or a 200 from a server that is not GitHub's API.
             (
                 Answer {
                     from_github: false,
@@ -291,9 +291,16 @@ mod tests {
                 },
                 Scope::Contents,
                 false,
-                Err(
-                    "not found, and the server did not answer as GitHub's API does (no X-GitHub-Request-Id): check github.api_url (GitHub Enterprise Server's API is https://HOST/api/v3)",
-                ),
+                Err(NOT_GITHUB),
+            ),
+            (
+                Answer {
+                    from_github: false,
+                    ..answer(200, "<html></html>", None)
+                },
+                Scope::Contents,
+                false,
+                Err(NOT_GITHUB),
             ),
             (
                 answer(403, "", None),

@@ -727,3 +727,29 @@ async fn workflow_dispatches_github_refuses_fail_with_the_reason() {
         assert_eq!(targets[index]["attempts"], 1, "{targets:?}");
     }
 }
+
+/// A `github.api_url` that names a web server other than GitHub's API,
+/// which answers 200 to anything, does not make a dispatch "delivered": the
+/// delivery fails at once, and says to check the url.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_from_a_server_that_is_not_githubs_api_is_not_a_delivery() {
+    let elsewhere = crate::helpers::Recorder::start();
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let app = spawn_app_with(
+        TEST_HEAD,
+        routes,
+        &[("GITHUB_API_URL", elsewhere.url.as_str())],
+    )
+    .await;
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && status_of(&list[0]) == "failed"
+        })
+        .await;
+    let target = &list[0]["targets"][0];
+    assert_eq!(target["attempts"], 1, "{target}");
+    let error = target["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("check github.api_url"), "{target}");
+    assert!(app.github.dispatch_attempts().is_empty());
+}
