@@ -570,18 +570,10 @@ async fn a_workflow_dispatch_refused_with_422_fails_at_once_with_githubs_message
             "Invalid request.\n\nUnexpected inputs provided: [\"site\"]".into(),
         )],
     );
-    assert_eq!(app.post("cms", "{}").await.status(), 202);
-    let list = app
-        .wait_for_deliveries(WAIT, |list| {
-            list.len() == 1 && status_of(&list[0]) == "failed"
-        })
-        .await;
-    let target = &list[0]["targets"][0];
-    assert_eq!(target["attempts"], 1, "{target}");
-    let error = target["last_error"].as_str().unwrap_or_default();
+    let (list, error) = fails_at_its_first_attempt(&app).await;
     assert!(
         error.contains("422") && error.contains("Unexpected inputs provided"),
-        "{target}"
+        "{error}"
     );
     assert_eq!(app.github.dispatch_attempts().len(), 1);
     // In the `deliveries` table GitHub's blank lines do not start rows of
@@ -741,6 +733,14 @@ async fn a_200_from_a_server_that_is_not_githubs_api_is_not_a_delivery() {
         &[("GITHUB_API_URL", elsewhere.url.as_str())],
     )
     .await;
+    let (_, error) = fails_at_its_first_attempt(&app).await;
+    assert!(error.contains("check github.api_url"), "{error}");
+    assert!(app.github.dispatch_attempts().is_empty());
+}
+
+/// Posts `{}` to the `cms` route and waits for its one delivery to fail
+/// after a single attempt; answers the listing and the target's error.
+async fn fails_at_its_first_attempt(app: &crate::helpers::TestApp) -> (Vec<Value>, String) {
     assert_eq!(app.post("cms", "{}").await.status(), 202);
     let list = app
         .wait_for_deliveries(WAIT, |list| {
@@ -749,7 +749,6 @@ async fn a_200_from_a_server_that_is_not_githubs_api_is_not_a_delivery() {
         .await;
     let target = &list[0]["targets"][0];
     assert_eq!(target["attempts"], 1, "{target}");
-    let error = target["last_error"].as_str().unwrap_or_default();
-    assert!(error.contains("check github.api_url"), "{target}");
-    assert!(app.github.dispatch_attempts().is_empty());
+    let error = target["last_error"].as_str().unwrap_or_default().to_owned();
+    (list, error)
 }
