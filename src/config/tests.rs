@@ -1044,7 +1044,11 @@ fn only_the_field_an_unknown_key_misspells_is_excused_from_being_missing() {
             "github:\n  app: {id: 1, key: k}\nroutes: []\n",
             vec!["github.app.key"],
         ),
-        ("github:\n  tkn: t\nroutes: []\n", vec!["github.tkn"]),
+        // A key like nothing stands for nothing: what is missing is said.
+        (
+            "github:\n  tkn: t\nroutes: []\n",
+            vec!["github.tkn", "github"],
+        ),
         // A key that shares a word with `max_backoff` may stand for it,
         // whatever "did you mean" guesses.
         (
@@ -1075,6 +1079,18 @@ fn only_the_field_an_unknown_key_misspells_is_excused_from_being_missing() {
                 "routes[0].dispatch[0].repo",
             ],
         ),
+        // What is written is checked whatever unknown key is beside it.
+        (
+            "github:\n  token: t\nretry: {initial_backoff: 1h, max_backoff: 5m, backoff_jitter: true}\nroutes: []\n",
+            vec!["retry.initial_backoff", "retry.backoff_jitter"],
+        ),
+        (
+            "github:\n  token: \"\"\n  token_type: bearer\nroutes: []\n",
+            vec!["github.token", "github.token_type"],
+        ),
+        // A misspelt section is not also missing.
+        ("gihub:\n  token: t\nroutes: []\n", vec!["gihub"]),
+        ("github:\n  token: t\nroute: []\n", vec!["route"]),
     ];
     for (text, expected) in cases {
         let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
@@ -1086,6 +1102,10 @@ fn only_the_field_an_unknown_key_misspells_is_excused_from_being_missing() {
 fn yaml_syntax_errors_a_hand_edited_file_meets_get_a_hint() {
     let cases = [
         ("github:\n\ttoken: t\nroutes: []\n", "indent with spaces"),
+        (
+            "github:\n  token: t\nroutes:\n  - id: r\n\tverify: none\n",
+            "indent with spaces",
+        ),
         ("github:\n  token: @weird\nroutes: []\n", "must be quoted"),
         ("github:\n  token: `x\nroutes: []\n", "must be quoted"),
         (

@@ -56,9 +56,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let value: u64 = number.parse().map_err(|_| "too large a size".to_string())?;
     // `1.5MB` would otherwise read as the number 1 with the unit `.5MB`.
     if unit.starts_with('.') {
-        return Err(format!(
-            "a size is a whole number; write 1500KB for 1.5MB, or {hint}"
-        ));
+        return Err(
+            "a size is a whole number of its unit: write 1500KB for 1.5MB, or 1536KiB for 1.5MiB"
+                .to_string(),
+        );
     }
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,

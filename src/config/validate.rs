@@ -329,10 +329,11 @@ impl LeftOut {
 }
 
 /// Whether the unknown key `name` may be an attempt at writing `field`:
-/// close in spelling (`tkn`, `verfy`), or sharing a word with it
-/// (`backoff_max` and `max_wait` for `max_backoff`, `key` for
-/// `private_key`). Looser than "did you mean", which names only the
-/// closest field.
+/// as close in spelling as a "did you mean" asks (`verfy`), or sharing a
+/// word with it (`backoff_max` and `max_wait` for `max_backoff`, `key` for
+/// `private_key`). A key like nothing (`auth`, `comment`) stands for
+/// nothing, and the field it leaves missing is reported: fixing the
+/// unknown key alone would not supply it.
 fn may_stand_for(name: &str, field: &str) -> bool {
     let words = |text: &str| -> Vec<String> {
         text.split(['_', '-'])
@@ -341,7 +342,7 @@ fn may_stand_for(name: &str, field: &str) -> bool {
             .collect()
     };
     let field_words = words(field);
-    strsim::jaro_winkler(&name.to_ascii_lowercase(), field) >= 0.65
+    strsim::jaro_winkler(&name.to_ascii_lowercase(), field) >= 0.8
         || words(name).iter().any(|w| field_words.contains(w))
 }
 
@@ -526,7 +527,9 @@ pub(super) fn load(
             if line_text.contains("${") && message.contains("flow") {
                 message.push_str("; inside `{ }` or `[ ]`, write a variable in quotes: \"${VAR}\"");
             }
-            if message.contains("cannot start any token") {
+            if message.contains("tab character") {
+                message.push_str("; indent with spaces, not tabs");
+            } else if message.contains("cannot start any token") {
                 message.push_str(syntax_hint(line_text, column));
             }
             return Err(ConfigErrors(vec![ConfigError {
@@ -580,6 +583,8 @@ pub(super) fn load(
 fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
     let root_path = Path::root();
     let mut sections: HashMap<&'static str, (Value, Path)> = HashMap::new();
+    // Unknown top-level keys, which may stand for a missing section.
+    let mut unknown_sections: Vec<String> = Vec::new();
     match root {
         Value::Mapping(map) => {
             for (key, value) in map {
@@ -589,7 +594,10 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
                     Some(known) => {
                         sections.insert(known, (value, path));
                     }
-                    None => report.key_error(&path, unknown("key", &name, &names(&TOP_LEVEL_KEYS))),
+                    None => {
+                        report.key_error(&path, unknown("key", &name, &names(&TOP_LEVEL_KEYS)));
+                        unknown_sections.push(name);
+                    }
                 }
             }
         }
@@ -610,8 +618,15 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
     }
 
     let mut builder = EngineBuilder::new();
+    // `gihub:` is reported as unknown; its section is not also missing.
+    let misspelt = |section: &str| {
+        unknown_sections
+            .iter()
+            .any(|name| may_stand_for(name, section))
+    };
     let github = match sections.remove("github") {
         Some((value, path)) => github(report, value, &path, env),
+        None if misspelt("github") => None,
         None => {
             report.error(
                 &root_path,
@@ -641,6 +656,7 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
     let default_max_body = server.as_ref().map_or(DEFAULT_MAX_BODY, |s| s.max_body);
     let routes = match sections.remove("routes") {
         Some((value, path)) => routes(report, &mut builder, value, &path, default_max_body),
+        None if misspelt("routes") => None,
         None => {
             report.error(&root_path, "missing key `routes`");
             None
@@ -807,7 +823,7 @@ fn github(
     // one, the section is not judged to lack one.
     let credential_known = !left_out.explains(path, "token") && !left_out.explains(path, "app");
     let credential = match (raw.token, raw.app) {
-        _ if !credential_known => None,
+        (None, None) if !credential_known => None,
         (Some(token), None) => {
             if token.is_empty() {
                 report.error(&path.key("token"), "is empty");
@@ -1035,6 +1051,11 @@ fn retry(
     path: &Path,
     left_out: &LeftOut,
 ) -> Option<RetryConfig> {
+    // A backoff not written, and perhaps meant by a key left out or
+    // misspelt, is not the default it stands at here.
+    let unsure = |written: bool, field: &str| !written && left_out.explains(path, field);
+    let unsure_backoff = unsure(raw.initial_backoff.is_some(), "initial_backoff")
+        || unsure(raw.max_backoff.is_some(), "max_backoff");
     let max_attempts = positive(report, raw.max_attempts, &path.key("max_attempts"), 10);
     let initial_backoff = duration(
         report,
@@ -1054,12 +1075,9 @@ fn retry(
         &path.key("give_up_after"),
         Duration::from_secs(86_400),
     );
-    // A backoff left out for its error, or misspelt, is not the default it
-    // stands at here.
     if let (Some(initial), Some(max)) = (initial_backoff, max_backoff)
         && initial > max
-        && !left_out.explains(path, "initial_backoff")
-        && !left_out.explains(path, "max_backoff")
+        && !unsure_backoff
     {
         report.error(&path.key("initial_backoff"), "is longer than `max_backoff`");
         return None;
