@@ -1088,6 +1088,16 @@ fn only_the_field_an_unknown_key_misspells_is_excused_from_being_missing() {
             "github:\n  token: \"\"\n  token_type: bearer\nroutes: []\n",
             vec!["github.token", "github.token_type"],
         ),
+        // Inside a target: a misspelt `ref` is not also missing; beside a
+        // misspelt `inputs`, the missing `ref` is said.
+        (
+            "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{repo: a/b, workflow: deploy.yml, reff: main}]\n",
+            vec!["routes[0].dispatch[0].reff"],
+        ),
+        (
+            "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{repo: a/b, workflow: deploy.yml, input: {x: \"1\"}}]\n",
+            vec!["routes[0].dispatch[0]", "routes[0].dispatch[0].input"],
+        ),
         // A misspelt section is not also missing.
         ("gihub:\n  token: t\nroutes: []\n", vec!["gihub"]),
         ("github:\n  token: t\nroute: []\n", vec!["route"]),

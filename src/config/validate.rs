@@ -1630,7 +1630,9 @@ fn target(
     path: &Path,
     allowed_repos: Option<&[String]>,
 ) -> Option<Target> {
-    let raw: raw::RawTarget = report.parse(value, path)?;
+    // The rest of a target is checked beside a key left out or unknown;
+    // what such a key may stand for is not then reported missing.
+    let (raw, left_out) = report.parse_leaving_out::<raw::RawTarget>(value, path)?;
     let errors_before = report.errors.len();
 
     let repo_path = path.key("repo");
@@ -1687,6 +1689,7 @@ fn target(
                 &workflow.0,
                 raw.git_ref.map(|r| r.0),
                 raw.inputs,
+                left_out.explains(path, "ref"),
             )
         }
         (Some(_), Some(_)) => {
@@ -1694,6 +1697,11 @@ fn target(
                 path,
                 "has both `event_type` and `workflow`; a target is either a repository_dispatch or a workflow_dispatch",
             );
+            None
+        }
+        (None, None)
+            if left_out.explains(path, "event_type") || left_out.explains(path, "workflow") =>
+        {
             None
         }
         (None, None) => {
@@ -1704,7 +1712,7 @@ fn target(
             None
         }
     };
-    if report.errors.len() > errors_before {
+    if report.errors.len() > errors_before || !left_out.is_empty() {
         return None;
     }
     Some(Target {
@@ -1799,6 +1807,7 @@ fn workflow_target(
     workflow: &str,
     git_ref: Option<String>,
     inputs: Option<serde_json::Value>,
+    ref_excused: bool,
 ) -> Option<TargetKind> {
     let workflow_path = path.key("workflow");
     if workflow.is_empty() {
@@ -1831,6 +1840,8 @@ fn workflow_target(
             }
             Some(t)
         }),
+        // A `ref` left out for its error, or misspelt, is not missing.
+        None if ref_excused => None,
         None => {
             report.error(
                 path,
