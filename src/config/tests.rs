@@ -1098,6 +1098,16 @@ fn only_the_field_an_unknown_key_misspells_is_excused_from_being_missing() {
             "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{repo: a/b, workflow: deploy.yml, input: {x: \"1\"}}]\n",
             vec!["routes[0].dispatch[0]", "routes[0].dispatch[0].input"],
         ),
+        // Inside a verify method: a misspelt secret is not also missing;
+        // beside a misspelt algorithm, the missing secret is said.
+        (
+            "github:\n  token: t\nroutes:\n  - id: r\n    verify: {hmac: {header: X-Sig, secrt: s}}\n    dispatch: [{repo: a/b, event_type: e}]\n",
+            vec!["routes[0].verify.hmac.secrt"],
+        ),
+        (
+            "github:\n  token: t\nroutes:\n  - id: r\n    verify: {hmac: {header: X-Sig, algoritm: sha1}}\n    dispatch: [{repo: a/b, event_type: e}]\n",
+            vec!["routes[0].verify.hmac", "routes[0].verify.hmac.algoritm"],
+        ),
         // A misspelt section is not also missing.
         ("gihub:\n  token: t\nroutes: []\n", vec!["gihub"]),
         ("github:\n  token: t\nroute: []\n", vec!["route"]),

@@ -1367,6 +1367,7 @@ fn secret_list(
     (one_key, one): (&str, Option<String>),
     (many_key, many): (&str, Option<Vec<String>>),
     check: SecretCheck,
+    left_out: &LeftOut,
 ) -> Option<Vec<Secret>> {
     let list = match (one, many) {
         (Some(one), None) => vec![(path.key(one_key), one)],
@@ -1386,6 +1387,10 @@ fn secret_list(
                 path,
                 format!("has both `{one_key}` and `{many_key}`; keep one"),
             );
+            return None;
+        }
+        // Left out for an error, or misspelt: not missing.
+        (None, None) if left_out.explains(path, one_key) || left_out.explains(path, many_key) => {
             return None;
         }
         (None, None) => {
@@ -1471,15 +1476,17 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
     let method_path = path.key(&method);
     match method.as_str() {
         "hmac" => {
-            let raw: raw::RawHmac = report.parse(value, &method_path)?;
+            let (raw, left_out) = report.parse_leaving_out::<raw::RawHmac>(value, &method_path)?;
             let secrets = secret_list(
                 report,
                 &method_path,
                 ("secret", raw.secret),
                 ("secrets", raw.secrets),
                 ANY_SECRET,
+                &left_out,
             );
             let header = header_name(report, &method_path.key("header"), &raw.header);
+            left_out.is_empty().then_some(())?;
             Some(Verify::Hmac(HmacVerify {
                 secrets: secrets?,
                 header: header?,
@@ -1496,39 +1503,45 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
             }))
         }
         "github" => {
-            let raw: raw::RawGithubVerify = report.parse(value, &method_path)?;
+            let (raw, left_out) =
+                report.parse_leaving_out::<raw::RawGithubVerify>(value, &method_path)?;
             let secrets = secret_list(
                 report,
                 &method_path,
                 ("secret", raw.secret),
                 ("secrets", raw.secrets),
                 ANY_SECRET,
+                &left_out,
             )?;
+            left_out.is_empty().then_some(())?;
             Some(Verify::Github { secrets })
         }
         "token" => {
-            let raw: raw::RawToken = report.parse(value, &method_path)?;
+            let (raw, left_out) = report.parse_leaving_out::<raw::RawToken>(value, &method_path)?;
             let values = secret_list(
                 report,
                 &method_path,
                 ("value", raw.value),
                 ("values", raw.values),
                 ANY_SECRET,
+                &left_out,
             );
             let header = header_name(report, &method_path.key("header"), &raw.header);
+            left_out.is_empty().then_some(())?;
             Some(Verify::Token {
                 header: header?,
                 values: values?,
             })
         }
         "basic" => {
-            let raw: raw::RawBasic = report.parse(value, &method_path)?;
+            let (raw, left_out) = report.parse_leaving_out::<raw::RawBasic>(value, &method_path)?;
             let passwords = secret_list(
                 report,
                 &method_path,
                 ("password", raw.password),
                 ("passwords", raw.passwords),
                 ANY_SECRET,
+                &left_out,
             );
             if raw.username.is_empty() || raw.username.contains(':') {
                 report.error(
@@ -1537,13 +1550,14 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                 );
                 return None;
             }
+            left_out.is_empty().then_some(())?;
             Some(Verify::Basic {
                 username: raw.username,
                 passwords: passwords?,
             })
         }
         "standard_webhooks" | "contentful" | "sanity" | "ghost" | "stripe" | "slack" => {
-            let raw: raw::RawTimed = report.parse(value, &method_path)?;
+            let (raw, left_out) = report.parse_leaving_out::<raw::RawTimed>(value, &method_path)?;
             // The reference libraries use five minutes, except Contentful's
             // own toolkit, which refuses requests older than 30 s.
             let five_minutes = Duration::from_secs(300);
@@ -1574,14 +1588,16 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                 ("secret", raw.secret),
                 ("secrets", raw.secrets),
                 check,
+                &left_out,
             )?;
+            left_out.is_empty().then_some(())?;
             Some(build(TimedSecrets {
                 secrets,
                 tolerance: tolerance?,
             }))
         }
         "sns" => {
-            let raw: raw::RawSns = report.parse(value, &method_path)?;
+            let (raw, left_out) = report.parse_leaving_out::<raw::RawSns>(value, &method_path)?;
             let mut ok = true;
             for (index, arn) in raw.topic_arns.iter().enumerate() {
                 if !arn.starts_with("arn:") || arn.split(':').count() < 6 {
@@ -1609,7 +1625,7 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
                 );
                 ok = false;
             }
-            ok.then(|| {
+            (ok && left_out.is_empty()).then(|| {
                 Verify::Sns(SnsVerify {
                     topic_arns: raw.topic_arns,
                     certificates: raw.certificates.into_iter().map(PathBuf::from).collect(),
