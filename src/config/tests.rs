@@ -1111,6 +1111,17 @@ fn only_the_field_an_unknown_key_misspells_is_excused_from_being_missing() {
         // A misspelt section is not also missing.
         ("gihub:\n  token: t\nroutes: []\n", vec!["gihub"]),
         ("github:\n  token: t\nroute: []\n", vec!["route"]),
+        // ... and its contents are checked as the section it means.
+        (
+            "github:\n  token: t\nroute:\n  - {id: a, verify: nonee, dispatch: []}\n",
+            vec!["route", "route[0].verify", "route[0].dispatch"],
+        ),
+        ("GitHub:\n  token: t\nroutes: []\n", vec!["GitHub"]),
+        // A notify item is checked beside an unknown key.
+        (
+            "github:\n  token: t\nnotify: [{slack: notaurl, channel: x}]\nroutes: []\n",
+            vec!["notify[0].slack", "notify[0].channel"],
+        ),
     ];
     for (text, expected) in cases {
         let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();

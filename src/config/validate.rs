@@ -300,9 +300,10 @@ impl LeftOut {
     /// fields are `expected`.
     fn unknown(&mut self, mapping: &Path, name: &str, expected: &[String]) {
         // A near-certain typo (`max_attemps`) stands for its field only.
+        let lower = name.to_ascii_lowercase();
         let plainly = expected
             .iter()
-            .map(|field| (strsim::jaro_winkler(name, field), field))
+            .map(|field| (strsim::jaro_winkler(&lower, field), field))
             .filter(|(score, _)| *score >= 0.9)
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, field)| field.clone());
@@ -481,9 +482,11 @@ fn suggest(mut message: String, name: &str, expected: &[String]) -> String {
 
 /// The expected name closest to `name`, if it is close enough to be a typo.
 fn did_you_mean<'a>(name: &str, expected: &'a [String]) -> Option<&'a str> {
+    // Keys are lower case: `GitHub` is a slip for `github`.
+    let name = name.to_ascii_lowercase();
     expected
         .iter()
-        .map(|candidate| (strsim::jaro_winkler(name, candidate), candidate))
+        .map(|candidate| (strsim::jaro_winkler(&name, candidate), candidate))
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, candidate)| candidate.as_str())
@@ -585,6 +588,7 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
     let mut sections: HashMap<&'static str, (Value, Path)> = HashMap::new();
     // Unknown top-level keys, which may stand for a missing section.
     let mut unknown_sections: Vec<String> = Vec::new();
+    let mut misspelt_sections: Vec<(&'static str, Value, Path)> = Vec::new();
     match root {
         Value::Mapping(map) => {
             for (key, value) in map {
@@ -596,6 +600,14 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
                     }
                     None => {
                         report.key_error(&path, unknown("key", &name, &names(&TOP_LEVEL_KEYS)));
+                        // `route:` is reported, and its contents are
+                        // checked as the `routes` it means, so that one run
+                        // tells all (unless `routes` is there too).
+                        let meant = did_you_mean(&name, &names(&TOP_LEVEL_KEYS))
+                            .and_then(|meant| TOP_LEVEL_KEYS.iter().find(|k| **k == meant));
+                        if let Some(meant) = meant {
+                            misspelt_sections.push((meant, value, path));
+                        }
                         unknown_sections.push(name);
                     }
                 }
@@ -617,6 +629,9 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
         }
     }
 
+    for (meant, value, path) in misspelt_sections {
+        sections.entry(meant).or_insert((value, path));
+    }
     let mut builder = EngineBuilder::new();
     // `gihub:` is reported as unknown; its section is not also missing.
     let misspelt = |section: &str| {
@@ -1099,14 +1114,25 @@ fn notify(report: &mut Report, value: Value, path: &Path) -> Option<Vec<NotifyTa
     let mut targets = Vec::with_capacity(list.len());
     for (index, item) in list.into_iter().enumerate() {
         let item_path = path.index(index);
-        let Some(raw) = report.parse::<raw::RawNotify>(item, &item_path) else {
+        // Checked beside a key left out or unknown, as a route is.
+        let Some((raw, left_out)) = report.parse_leaving_out::<raw::RawNotify>(item, &item_path)
+        else {
             ok = false;
             continue;
         };
+        if !left_out.is_empty() {
+            ok = false;
+        }
         let (key, url, make): (&str, String, fn(Secret) -> NotifyKind) = match (raw.slack, raw.url)
         {
             (Some(url), None) => ("slack", url, NotifyKind::Slack),
             (None, Some(url)) => ("url", url, NotifyKind::Url),
+            (None, None)
+                if left_out.explains(&item_path, "slack")
+                    || left_out.explains(&item_path, "url") =>
+            {
+                continue;
+            }
             _ => {
                 report.error(&item_path, "needs exactly one of `slack` or `url`");
                 ok = false;
