@@ -1152,3 +1152,23 @@ fn yaml_syntax_errors_a_hand_edited_file_meets_get_a_hint() {
         assert!(!errors[0].message.contains("weird"), "{errors:?}");
     }
 }
+
+#[test]
+fn odd_shapes_are_named_where_they_are() {
+    // A duplicate id names the first route by the section it is in.
+    let text = "github:\n  token: t\nroute:\n  - {id: r1, verify: none, dispatch: [{repo: a/b, event_type: e}]}\n  - {id: r1, verify: none, dispatch: [{repo: a/b, event_type: e}]}\n";
+    let errors = load_err(text);
+    let duplicate = errors.iter().find(|e| e.path == "route[1].id").unwrap();
+    assert_eq!(duplicate.message, "already the id of route[0]");
+    // A null route is empty, not a route without an id.
+    let errors = load_err("github:\n  token: t\nroutes:\n  - ~\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].message.starts_with("is empty"), "{errors:?}");
+    // A tagged verify or pacing is read through its tag.
+    let text = "github:\n  token: t\n  pacing: !p {concurrency: 1, bogus: 1}\nroutes:\n  - id: r\n    verify: !v\n      hmac: {secret: x, header: X, bogus: 1}\n    dispatch: [{repo: a/b, event_type: e}]\n";
+    let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
+    assert_eq!(
+        paths,
+        ["github.pacing.bogus", "routes[0].verify.hmac.bogus"]
+    );
+}

@@ -942,6 +942,7 @@ fn default_pacing() -> Pacing {
 }
 
 fn pacing(report: &mut Report, value: Value, path: &Path) -> Option<Pacing> {
+    let value = without_tags(value);
     match value {
         Value::String(text) if text == "off" => return Some(Pacing::Off),
         Value::Bool(false) => return Some(Pacing::Off),
@@ -1179,6 +1180,15 @@ fn routes(
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (index, item) in list.into_iter().enumerate() {
         let route_path = path.index(index);
+        // `- ~` (or a `-` with nothing after it) is no route at all.
+        if item.is_null() {
+            report.error(
+                &route_path,
+                "is empty; a route needs `id`, `verify` and `dispatch`",
+            );
+            ok = false;
+            continue;
+        }
         let Some((raw, left_out)) = report.parse_leaving_out::<raw::RawRoute>(item, &route_path)
         else {
             ok = false;
@@ -1194,7 +1204,7 @@ fn routes(
         if let Some(first) = seen.get(&raw.id.0) {
             report.error(
                 &route_path.key("id"),
-                format!("already the id of routes[{first}]"),
+                format!("already the id of {}", path.index(*first)),
             );
             ok = false;
         } else {
@@ -1459,9 +1469,19 @@ fn header_name(report: &mut Report, path: &Path, header: &str) -> Option<String>
     Some(header.to_ascii_lowercase())
 }
 
+/// `value` without the YAML tags around it.
+fn without_tags(mut value: Value) -> Value {
+    while let Value::Tagged(tagged) = value {
+        value = tagged.value;
+    }
+    value
+}
+
 fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
     let methods = names(&raw::VERIFY_METHODS);
-    let map = match value {
+    // A YAML tag (`!v {hmac: ...}`) is read through, as serde reads it
+    // everywhere else.
+    let map = match without_tags(value) {
         Value::String(text) if text == "none" => {
             report.warn(path, "the route accepts unauthenticated requests");
             return Some(Verify::None);
