@@ -303,6 +303,15 @@ mod tests {
                 Err(NOT_GITHUB),
             ),
             (
+                Answer {
+                    from_github: false,
+                    ..answer(204, "", None)
+                },
+                Scope::Contents,
+                false,
+                Err(NOT_GITHUB),
+            ),
+            (
                 answer(403, "", None),
                 Scope::Contents,
                 false,

@@ -245,6 +245,8 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
     // for api.github.com.
     let text = "github:\n  token: ghp_test\n  api_url: http://127.0.0.1:9\nstore:\n  url: sqlite:relay.db\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
     let dir = dir_with_routes(text);
+    // An empty file where the store belongs is a new store, and is said so.
+    std::fs::write(dir.path().join("relay.db"), b"").unwrap();
     let mut child = Command::new(binary())
         .args([
             "serve",
@@ -261,10 +263,17 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let line = listening_line(&mut child);
+    let lines = lines_until_listening(&mut child);
     let _ = child.kill();
     let _ = child.wait();
-    let line = line.expect("the relay logs that it listens");
+    let lines = lines.expect("the relay logs that it listens");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Created a new, empty store")),
+        "{lines:#?}"
+    );
+    let line = lines.last().unwrap();
     assert!(line.contains("INFO"), "{line}");
     assert!(
         !line.contains('\u{1b}'),
@@ -418,7 +427,7 @@ fn a_malformed_listen_flag_is_invalid_input_and_exits_1() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let listening = listening_line(&mut relay);
+    let listening = lines_until_listening(&mut relay).and_then(|lines| lines.last().cloned());
     let _ = relay.kill();
     let _ = relay.wait();
     assert!(listening.is_some_and(|l| l.contains("127.0.0.1:")));
@@ -478,17 +487,20 @@ fn a_closed_pipe_ends_a_printing_command_quietly() {
     );
 }
 
-/// The relay's "Listening" log line, read from its piped stderr on a
-/// thread of its own, so that a relay that never gets there fails the test
-/// within a minute instead of hanging it.
-fn listening_line(child: &mut std::process::Child) -> Option<String> {
+/// The relay's log lines up to and including "Listening", read from its
+/// piped stderr on a thread of its own, so that a relay that never gets
+/// there fails the test within a minute instead of hanging it.
+fn lines_until_listening(child: &mut std::process::Child) -> Option<Vec<String>> {
     use std::io::{BufRead, BufReader};
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut lines = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("Listening") {
-                let _ = tx.send(line);
+            let listening = line.contains("Listening");
+            lines.push(line);
+            if listening {
+                let _ = tx.send(std::mem::take(&mut lines));
             }
         }
     });
