@@ -963,6 +963,47 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     app.github
         .wait_for_dispatches(2, Duration::from_secs(60))
         .await;
+
+    // A refused admin request names the client behind the proxy; when the
+    // proxy's header cannot be read, the proxy itself.
+    let head = format!("{TEST_HEAD}\nserver:\n  trusted_proxies: [127.0.0.1/32]\n");
+    let app = spawn_app_with(
+        &head,
+        NETWORK_ROUTE,
+        &[("RELAY_ADMIN_TOKEN", "admin-secret")],
+    )
+    .await;
+    for forwarded in ["10.1.2.3", "garbage"] {
+        let answer = app
+            .http
+            .get(app.url("/admin/deliveries"))
+            .bearer_auth("wrong")
+            .header("x-forwarded-for", forwarded)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 401);
+    }
+    let refusals: Vec<Value> = {
+        let start = std::time::Instant::now();
+        loop {
+            let lines: Vec<Value> = app
+                .logs()
+                .iter()
+                .filter(|l| l.contains("Refused an admin request"))
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if lines.len() == 2 || start.elapsed() > Duration::from_secs(30) {
+                break lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let clients: Vec<&str> = refusals
+        .iter()
+        .map(|l| l["client"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(clients, ["10.1.2.3", "127.0.0.1"], "{refusals:?}");
 }
 
 // ---------------------------------------------------------------------------
