@@ -171,30 +171,39 @@ fn substitute_noting_defaults(
     // Both kinds are named, every variable of each: one run of `check`
     // tells all that the environment lacks.
     let mut problems = Vec::new();
-    match unset.as_slice() {
-        [] => {}
-        [name] => problems.push(format!(
-            "environment variable `{name}` is not set (set it where the relay runs, or write `${{{name}:-default}}` for a value that is not a secret)"
-        )),
-        names => problems.push(format!(
-            "environment variables {} are not set (set them where the relay runs, or write `${{NAME:-default}}` for a value that is not a secret)",
-            quoted_list(names)
-        )),
+    if let Some((subject, var, them)) = named(&unset) {
+        problems.push(format!(
+            "{subject} not set (set {them} where the relay runs, or write `${{{var}:-default}}` for a value that is not a secret)"
+        ));
     }
-    match empty.as_slice() {
-        [] => {}
-        [name] => problems.push(format!(
-            "environment variable `{name}` is set but empty (write `${{{name}:-}}` where an empty value is meant)"
-        )),
-        names => problems.push(format!(
-            "environment variables {} are set but empty (write `${{NAME:-}}` where an empty value is meant)",
-            quoted_list(names)
-        )),
+    if let Some((subject, var, _)) = named(&empty) {
+        problems.push(format!(
+            "{subject} set but empty (write `${{{var}:-}}` where an empty value is meant)"
+        ));
     }
     if problems.is_empty() {
         Ok(out)
     } else {
         Err(problems.join("; "))
+    }
+}
+
+/// How a message names `names`: the subject with its verb ("environment
+/// variable `A` is", "environment variables `A`, `B` are"), the name to
+/// show in a `${...}` and the pronoun for them. `None` when there are none.
+fn named(names: &[&str]) -> Option<(String, String, &'static str)> {
+    match names {
+        [] => None,
+        [name] => Some((
+            format!("environment variable `{name}` is"),
+            (*name).to_owned(),
+            "it",
+        )),
+        many => Some((
+            format!("environment variables {} are", quoted_list(many)),
+            "NAME".to_owned(),
+            "them",
+        )),
     }
 }
 
