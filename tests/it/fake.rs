@@ -18,13 +18,22 @@ async fn fake_with_repo() -> FakeGitHub {
 }
 
 /// Posts `body` to `path` as the relay would, with `authorization`.
-async fn post(fake: &FakeGitHub, path: &str, authorization: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}{path}", fake.url()))
+/// A request with the headers the relay sends, asking for API `version`.
+fn as_the_relay(
+    request: reqwest::RequestBuilder,
+    version: &str,
+    authorization: &str,
+) -> reqwest::RequestBuilder {
+    request
         .header("accept", "application/vnd.github+json")
-        .header("x-github-api-version", "2022-11-28")
+        .header("x-github-api-version", version)
         .header("user-agent", "fake-selftest")
         .header("authorization", authorization)
+}
+
+async fn post(fake: &FakeGitHub, path: &str, authorization: &str, body: &Value) -> (u16, Value) {
+    let request = reqwest::Client::new().post(format!("{}{path}", fake.url()));
+    let response = as_the_relay(request, "2022-11-28", authorization)
         .json(body)
         .send()
         .await
@@ -254,12 +263,9 @@ async fn the_fake_names_the_api_version_it_answered_as() {
     // is not the relay's.
     fake.expect_violations();
     for (asked, selected) in [("2026-03-10", "2026-03-10"), ("2022-11-28", "2022-11-28")] {
-        let response = reqwest::Client::new()
-            .post(format!("{}/repos/acme/blog/dispatches", fake.url()))
-            .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", asked)
-            .header("user-agent", "fake-selftest")
-            .header("authorization", format!("Bearer {TOKEN}"))
+        let request =
+            reqwest::Client::new().post(format!("{}/repos/acme/blog/dispatches", fake.url()));
+        let response = as_the_relay(request, asked, &format!("Bearer {TOKEN}"))
             .json(&json!({"event_type": "deploy"}))
             .send()
             .await
@@ -280,15 +286,14 @@ async fn query_parameters_are_held_to_the_description() {
     let get = |query: &'static str| {
         let url = format!("{}/repos/acme/blog/actions/runs?{query}", fake.url());
         async move {
-            reqwest::Client::new()
-                .get(url)
-                .header("accept", "application/vnd.github+json")
-                .header("x-github-api-version", "2022-11-28")
-                .header("user-agent", "fake-selftest")
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .send()
-                .await
-                .unwrap()
+            as_the_relay(
+                reqwest::Client::new().get(url),
+                "2022-11-28",
+                &format!("Bearer {TOKEN}"),
+            )
+            .send()
+            .await
+            .unwrap()
         }
     };
     // The fake answers this operation with a violation of its own (it does
