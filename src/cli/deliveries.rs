@@ -109,8 +109,9 @@ pub async fn redeliver(
     since: Option<String>,
 ) -> Result<(), CliError> {
     let loaded = load_config(config_path)?;
-    // Ids are UUIDs, and the store keeps them in lower case.
-    let id = id.map(|id| id.to_ascii_lowercase());
+    // Ids are UUIDs, kept in lower case; other text is looked up as given,
+    // and not found.
+    let id = id.map(|id| crate::store::delivery_id(&id).unwrap_or(id));
     let since_ms = match since {
         None => None,
         Some(text) => {

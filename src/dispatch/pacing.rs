@@ -63,9 +63,9 @@ impl Pacer {
                 unstated: Mutex::new((0, None)),
             },
             Pacing::Paced {
-                concurrency: _,
                 min_interval,
                 per_minute,
+                ..
             } => Pacer {
                 slots: Arc::new(Semaphore::new(max_in_flight(pacing))),
                 min_interval: *min_interval,

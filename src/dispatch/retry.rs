@@ -170,7 +170,7 @@ pub fn classify(
     let message = answer.message.as_deref().unwrap_or("").trim();
     // Neither a dispatch made nor a repository missing: a web server that
     // is not the API answers 200 or 404 to anything.
-    if !answer.from_github && ((200..300).contains(&status) || status == 404) {
+    if answer.not_from_github() {
         return Action::Fail {
             reason: NOT_GITHUB.to_string(),
         };

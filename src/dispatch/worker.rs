@@ -326,13 +326,14 @@ impl Dispatcher {
                     let reason = e.to_string();
                     // A rate limit on the token request itself: the whole
                     // credential waits, as for a rate-limited dispatch.
-                    if let Some(wait) = e.rate_limit_wait() {
+                    let rate_limited = e.rate_limit_wait();
+                    if let Some(wait) = rate_limited {
                         self.pause(wait).await;
                     }
                     let outcome = Outcome::NoCredential {
                         reason: &reason,
                         permanent: e.is_permanent(),
-                        rate_limited: e.rate_limit_wait(),
+                        rate_limited,
                     };
                     let history = self.history(&job, None, false);
                     let action = self.classify(outcome, history);

@@ -452,9 +452,7 @@ impl AppAuth {
             return Err(limited);
         }
         match answer.status {
-            _ if !answer.from_github && matches!(answer.status, 200..=299 | 404) => {
-                Err(CredentialError::NotGitHub)
-            }
+            _ if answer.not_from_github() => Err(CredentialError::NotGitHub),
             200 => {
                 let id = parse_body(&answer)
                     .and_then(|v| v.get("id").and_then(Value::as_u64))
@@ -560,7 +558,7 @@ impl AppAuth {
             return Err(limited);
         }
         match answer.status {
-            _ if !answer.from_github && matches!(answer.status, 200..=299 | 404) => {
+            _ if answer.not_from_github() => {
                 return Err(CredentialError::NotGitHub);
             }
             200..=299 => {}

@@ -58,6 +58,15 @@ pub struct Answer {
     pub from_github: bool,
 }
 
+impl Answer {
+    /// Whether the answer is a 2xx or a 404 from a server that is not
+    /// GitHub's API (no `x-github-request-id`): neither a request GitHub
+    /// took nor a resource it lacks (decision 39).
+    pub fn not_from_github(&self) -> bool {
+        !self.from_github && matches!(self.status, 200..=299 | 404)
+    }
+}
+
 /// The rate-limit headers GitHub sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RateHeaders {

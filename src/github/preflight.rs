@@ -121,7 +121,7 @@ pub fn unanswered(answer: &Answer) -> Option<String> {
 /// reason is pinned by unit tests.
 pub fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> {
     match answer.status {
-        200..=299 | 404 if !answer.from_github => return Err(NOT_GITHUB.to_string()),
+        _ if answer.not_from_github() => return Err(NOT_GITHUB.to_string()),
         200 => {}
         401 => return Err(BAD_CREDENTIALS.to_string()),
         404 => return Err(NOT_FOUND.to_string()),

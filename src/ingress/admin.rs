@@ -8,7 +8,7 @@ use subtle::ConstantTimeEq;
 use super::error::IngressError;
 use super::state::AppState;
 use crate::redeliver::{self, Redelivered};
-use crate::store::{DeliverySummary, ListFilter, Status};
+use crate::store::{DeliverySummary, ListFilter, Status, delivery_id};
 
 fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError> {
     let Some(expected) = &state.admin_token else {
@@ -129,12 +129,6 @@ fn parse_cursor(text: &str) -> Option<(i64, String)> {
 /// also takes a sign, which no page or cursor has.
 fn digits(text: &str) -> Option<&str> {
     (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then_some(text)
-}
-
-/// A delivery id as the store keeps it: a UUID, lower-cased, whatever case
-/// it was given in. `None` for anything that is not a UUID.
-fn delivery_id(text: &str) -> Option<String> {
-    uuid::Uuid::try_parse(text).ok().map(|id| id.to_string())
 }
 
 pub async fn list(

@@ -56,9 +56,9 @@ fn raise_open_file_limit() -> u64 {
 }
 
 /// How many connections each HTTP worker holds open at most: the open
-/// files left after those to GitHub, less the relay's own files, shared
-/// among the workers. A worker at
-/// its share stops accepting until a connection closes, so a flood of idle
+/// files the caller leaves to them (the limit less GitHub's connections),
+/// less the relay's own files, shared among the workers. A worker at its
+/// share stops accepting until a connection closes, so a flood of idle
 /// connections makes new ones wait in the listen queue instead of leaving
 /// the relay unable to open its own files ("too many open files").
 fn connections_per_worker(open_file_limit: u64, workers: usize) -> usize {

@@ -36,6 +36,12 @@ pub enum StoreError {
     NotFound(String),
 }
 
+/// A delivery id as the store keeps it: a UUID, lower-cased, whatever case
+/// it was given in. `None` for anything that is not a UUID.
+pub fn delivery_id(text: &str) -> Option<String> {
+    uuid::Uuid::try_parse(text).ok().map(|id| id.to_string())
+}
+
 /// The inbound request as stored, so that a failed delivery can be rendered
 /// again later with the routes of that moment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
