@@ -122,9 +122,8 @@ impl Report<'_> {
 
     /// [`Report::parse`], answering also what is left when keys were left
     /// out for their errors or unknown, and which, so that a caller can
-    /// check the rest without reporting those keys as missing. A mapping
-    /// with an unknown key is in [`LeftOut::unknown_in`]: the key may
-    /// misspell any of its fields.
+    /// check the rest without reporting as missing what they may stand for
+    /// (see [`LeftOut::explains`]).
     fn parse_leaving_out<T: DeserializeOwned>(
         &mut self,
         mut value: Value,
@@ -282,8 +281,6 @@ fn value_at<'a>(value: &'a mut Value, path: &[Segment]) -> Option<&'a mut Value>
 /// absence it caused is not reported as news.
 #[derive(Default)]
 struct LeftOut {
-    /// Mappings that had an unknown key.
-    unknown_in: Vec<Path>,
     /// Each unknown key, with the mapping it is in and the field it plainly
     /// misspells, when it does.
     unknown_keys: Vec<(Path, String, Option<String>)>,
@@ -293,21 +290,14 @@ struct LeftOut {
 
 impl LeftOut {
     fn is_empty(&self) -> bool {
-        self.unknown_in.is_empty() && self.keys.is_empty()
+        self.unknown_keys.is_empty() && self.keys.is_empty()
     }
 
     /// Notes the unknown key `name` of the mapping at `mapping`, whose
     /// fields are `expected`.
     fn unknown(&mut self, mapping: &Path, name: &str, expected: &[String]) {
         // A near-certain typo (`max_attemps`) stands for its field only.
-        let lower = name.to_ascii_lowercase();
-        let plainly = expected
-            .iter()
-            .map(|field| (strsim::jaro_winkler(&lower, field), field))
-            .filter(|(score, _)| *score >= 0.9)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, field)| field.clone());
-        self.unknown_in.push(mapping.clone());
+        let plainly = closest(name, expected, 0.9).map(str::to_owned);
         self.unknown_keys
             .push((mapping.clone(), name.to_owned(), plainly));
     }
@@ -482,12 +472,17 @@ fn suggest(mut message: String, name: &str, expected: &[String]) -> String {
 
 /// The expected name closest to `name`, if it is close enough to be a typo.
 fn did_you_mean<'a>(name: &str, expected: &'a [String]) -> Option<&'a str> {
-    // Keys are lower case: `GitHub` is a slip for `github`.
+    closest(name, expected, 0.8)
+}
+
+/// The expected name most like `name`, when it is at least `least` alike
+/// (Jaro-Winkler). Keys are lower case: `GitHub` is a slip for `github`.
+fn closest<'a>(name: &str, expected: &'a [String], least: f64) -> Option<&'a str> {
     let name = name.to_ascii_lowercase();
     expected
         .iter()
         .map(|candidate| (strsim::jaro_winkler(&name, candidate), candidate))
-        .filter(|(score, _)| *score >= 0.8)
+        .filter(|(score, _)| *score >= least)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, candidate)| candidate.as_str())
 }
@@ -496,6 +491,9 @@ fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|name| (*name).to_owned()).collect()
 }
 
+/// YAML does not allow tabs for indentation.
+const TAB_HINT: &str = "; this is a tab: indent with spaces";
+
 /// A hint for the YAML syntax errors a hand-edited file meets most, from
 /// the character where the parser stopped: a tab, which YAML does not
 /// allow for indentation, and a value that starts with a character YAML
@@ -503,7 +501,7 @@ fn names(list: &[&str]) -> Vec<String> {
 fn syntax_hint(line_text: &str, column: usize) -> &'static str {
     let at = line_text.chars().nth(column.saturating_sub(1));
     match at {
-        Some('\t') => "; this is a tab: indent with spaces",
+        Some('\t') => TAB_HINT,
         Some('@' | '`') => "; a value starting with `@` or `` ` `` must be quoted: \"@value\"",
         Some('%') => "; a value starting with `%` must be quoted: \"%value\"",
         _ => "",
@@ -531,7 +529,7 @@ pub(super) fn load(
                 message.push_str("; inside `{ }` or `[ ]`, write a variable in quotes: \"${VAR}\"");
             }
             if message.contains("tab character") {
-                message.push_str("; indent with spaces, not tabs");
+                message.push_str(TAB_HINT);
             } else if message.contains("cannot start any token") {
                 message.push_str(syntax_hint(line_text, column));
             }

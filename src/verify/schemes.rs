@@ -14,17 +14,17 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use super::{Request, StandardWebhooksKey, VerifyError, header_value, standard_webhooks_key};
+use crate::config::TimedSecrets;
+
+type HmacSha256 = Hmac<sha2::Sha256>;
+
 /// The headers these schemes carry their signatures in.
 pub(super) const CONTENTFUL_SIGNATURE: &str = "x-contentful-signature";
 pub(super) const SANITY_SIGNATURE: &str = "sanity-webhook-signature";
 pub(super) const GHOST_SIGNATURE: &str = "x-ghost-signature";
 pub(super) const STRIPE_SIGNATURE: &str = "stripe-signature";
 pub(super) const SLACK_SIGNATURE: &str = "x-slack-signature";
-
-use super::{Request, StandardWebhooksKey, VerifyError, header_value, standard_webhooks_key};
-use crate::config::TimedSecrets;
-
-type HmacSha256 = Hmac<sha2::Sha256>;
 
 /// HMAC-SHA256 of the concatenation of `parts`.
 fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
