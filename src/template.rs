@@ -1051,16 +1051,17 @@ fn uses_statements_the_analysis_misreads(source: &str) -> bool {
         "filter",
         "autoescape",
     ];
-    source.match_indices("{%").any(|(at, _)| {
-        let rest = source[at + 2..]
-            .trim_start_matches(['-', '+', '~'])
-            .trim_start();
-        let keyword: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        STATEMENTS.contains(&keyword.as_str())
-    })
+    template_tags(source)
+        .into_iter()
+        .filter(|(prints, _)| !prints)
+        .any(|(_, code)| {
+            let code = code.trim_start_matches(['-', '+']).trim_start();
+            let keyword: String = code
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            STATEMENTS.contains(&keyword.as_str())
+        })
 }
 
 /// The parts of a request body that templates read, as a tree of object

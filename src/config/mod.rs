@@ -549,23 +549,29 @@ pub fn summary(route: &Route, index: usize, written: &BTreeMap<String, String>) 
     line
 }
 
+/// Why a store url names no SQLite file. It says what is wrong without
+/// quoting the url, which may hold a password.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid store url: {0}; expected sqlite:PATH")]
+pub struct BadStoreUrl(String);
+
 /// The file a store url names: `sqlite:PATH`, `sqlite://PATH` or a bare
 /// path. The message of a refusal never quotes the url, which may hold a
 /// password.
-pub fn sqlite_file(url: &str) -> Result<&str, String> {
+pub fn sqlite_file(url: &str) -> Result<&str, BadStoreUrl> {
     let raw = if let Some(rest) = url.strip_prefix("sqlite://") {
         rest
     } else if let Some(rest) = url.strip_prefix("sqlite:") {
         rest
     } else if let Some((scheme, _)) = url.split_once("://") {
-        return Err(format!(
+        return Err(BadStoreUrl(format!(
             "the scheme `{scheme}` is not supported (the store is SQLite only)"
-        ));
+        )));
     } else {
         url
     };
     if raw.is_empty() {
-        return Err("it names no file".to_string());
+        return Err(BadStoreUrl("it names no file".to_string()));
     }
     // `sqlite://user:password@host/file` is not a file name: refused
     // without being quoted, since it holds a password. (A file name may hold
@@ -576,9 +582,9 @@ pub fn sqlite_file(url: &str) -> Result<&str, String> {
             .split_once('@')
             .is_some_and(|(user, _)| user.contains(':'))
     {
-        return Err(
+        return Err(BadStoreUrl(
             "it names a user or a host; a SQLite store is a file (`sqlite:PATH`)".to_string(),
-        );
+        ));
     }
     Ok(raw)
 }

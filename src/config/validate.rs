@@ -174,9 +174,7 @@ impl Report<'_> {
                 _ => return None,
             };
             let mapping = path_of(base, &segments[..at]);
-            if let Some(rest) = message.strip_prefix("unknown field `")
-                && let Some((name, expected)) = rest.split_once('`')
-            {
+            if let Some((name, expected)) = unknown_field(&message) {
                 left_out.unknown(&mapping, name, &backticked(expected));
             }
             left_out.keys.push(mapping.key(key));
@@ -186,9 +184,7 @@ impl Report<'_> {
     /// Rewrites serde's messages into the file's vocabulary (keys, values)
     /// and adds a suggestion for near misses.
     fn serde_error(&mut self, path: Path, message: &str) {
-        if let Some(rest) = message.strip_prefix("unknown field `")
-            && let Some((name, expected)) = rest.split_once('`')
-        {
+        if let Some((name, expected)) = unknown_field(message) {
             let expected = backticked(expected);
             // serde_path_to_error already ends the path with the unknown key.
             let key_path = match path.0.last() {
@@ -202,8 +198,7 @@ impl Report<'_> {
         {
             let expected = backticked(expected);
             self.error(&path, unknown_value("value", name, &expected));
-        } else if let Some(rest) = message.strip_prefix("missing field `") {
-            let name = rest.trim_end_matches('`');
+        } else if let Some(name) = missing_field(message) {
             self.error(&path, format!("missing key `{name}`"));
         } else {
             // A key with nothing after it is YAML's null, which serde calls a
@@ -255,6 +250,12 @@ fn missing_field(message: &str) -> Option<&str> {
         .strip_prefix("missing field `")?
         .split_once('`')
         .map(|(field, _)| field)
+}
+
+/// The key a serde "unknown field" message names, and the rest of the
+/// message, which lists the keys expected.
+fn unknown_field(message: &str) -> Option<(&str, &str)> {
+    message.strip_prefix("unknown field `")?.split_once('`')
 }
 
 /// The value at `path` inside `value`, as serde_path_to_error names it,
@@ -1046,10 +1047,7 @@ fn store(
     // set, wins over the file's url, which then goes unused.
     let overridden = env("RELAY_DATABASE_URL").is_some_and(|url| !url.trim().is_empty());
     if !overridden && let Some(Err(problem)) = url.as_deref().map(super::sqlite_file) {
-        report.error(
-            &path.key("url"),
-            format!("invalid store url: {problem}; expected sqlite:PATH"),
-        );
+        report.error(&path.key("url"), problem.to_string());
         return None;
     }
     Some(StoreConfig {

@@ -19,7 +19,7 @@ use crate::github::outbound;
 use crate::inbound;
 use crate::routing::{self, Plan};
 use crate::store::{Accepted, DebounceWindow, NewDelivery};
-use crate::telemetry::WebhookOutcome;
+use crate::telemetry::{SnsSubscription, WebhookOutcome};
 use crate::verify;
 use crate::verify::sns::{self, Envelope, MessageType, SigningKey};
 
@@ -166,7 +166,9 @@ async fn accept(
                 // Its SubscribeURL would subscribe again: log, count, and
                 // leave it alone.
                 tracing::info!(route = %route.id, topic = %envelope.topic_arn(), "SNS subscription was deleted");
-                state.metrics.sns_subscription(&route.id, "unsubscribed");
+                state
+                    .metrics
+                    .sns_subscription(&route.id, SnsSubscription::Unsubscribed);
                 return Ok((
                     HttpResponse::Ok().json(serde_json::json!({"skipped": true})),
                     WebhookOutcome::Skipped,
@@ -419,7 +421,9 @@ async fn confirm_subscription(
     };
     let url = envelope.field("SubscribeURL").unwrap_or_default();
     if !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "https" | "http")) {
-        state.metrics.sns_subscription(route, "confirm_failed");
+        state
+            .metrics
+            .sns_subscription(route, SnsSubscription::ConfirmFailed);
         tracing::warn!(route = %route, topic = %envelope.topic_arn(), "Refused an SNS subscription confirmation whose SubscribeURL is not an http(s) URL");
         return Err(IngressError::BadRequest(
             "the SubscribeURL is not an http(s) URL; this confirmation cannot be used".into(),
@@ -433,12 +437,16 @@ async fn confirm_subscription(
     match outbound::get(url).await.map(|_| ()) {
         Ok(()) => {
             tracing::info!(route = %route, topic = %envelope.topic_arn(), "Confirmed the SNS subscription");
-            state.metrics.sns_subscription(route, "confirmed");
+            state
+                .metrics
+                .sns_subscription(route, SnsSubscription::Confirmed);
             Ok(confirmed())
         }
         Err(e) => {
             state.release_sns_confirmation(message_id);
-            state.metrics.sns_subscription(route, "confirm_failed");
+            state
+                .metrics
+                .sns_subscription(route, SnsSubscription::ConfirmFailed);
             tracing::warn!(route = %route, topic = %envelope.topic_arn(), error = %e, "Could not confirm the SNS subscription");
             Err(IngressError::Unavailable(
                 "the subscription could not be confirmed; SNS will retry".into(),

@@ -29,9 +29,8 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
-    /// Carries only the scheme: a database url may hold a password.
-    #[error("invalid store url: {0}; expected sqlite:PATH")]
-    BadUrl(String),
+    #[error(transparent)]
+    BadUrl(#[from] crate::config::BadStoreUrl),
     #[error("delivery {0} not found")]
     NotFound(String),
 }
@@ -389,7 +388,7 @@ impl std::fmt::Debug for Store {
 /// Turns `sqlite:PATH` (or a bare path) into a file path; relative paths are
 /// taken relative to `base`, the directory of routes.yaml.
 pub fn sqlite_path(url: &str, base: &Path) -> Result<PathBuf, StoreError> {
-    let path = PathBuf::from(crate::config::sqlite_file(url).map_err(StoreError::BadUrl)?);
+    let path = PathBuf::from(crate::config::sqlite_file(url)?);
     Ok(if path.is_absolute() {
         path
     } else {

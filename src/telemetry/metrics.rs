@@ -13,6 +13,30 @@ use std::sync::{Arc, Mutex};
 
 use crate::store::QueueDepth;
 
+/// What became of an SNS subscription event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnsSubscription {
+    Confirmed,
+    ConfirmFailed,
+    Unsubscribed,
+}
+
+impl SnsSubscription {
+    pub const ALL: [SnsSubscription; 3] = [
+        SnsSubscription::Confirmed,
+        SnsSubscription::ConfirmFailed,
+        SnsSubscription::Unsubscribed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnsSubscription::Confirmed => "confirmed",
+            SnsSubscription::ConfirmFailed => "confirm_failed",
+            SnsSubscription::Unsubscribed => "unsubscribed",
+        }
+    }
+}
+
 /// What happened to an incoming webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookOutcome {
@@ -285,16 +309,17 @@ impl Metrics {
         }
         let _ = self.webhooks_coalesced.remove_label_values(&[route]);
         let _ = self.delivery_latency.remove_label_values(&[route]);
-        for result in ["confirmed", "confirm_failed", "unsubscribed"] {
-            let _ = self.sns_subscriptions.remove_label_values(&[route, result]);
+        for result in SnsSubscription::ALL {
+            let _ = self
+                .sns_subscriptions
+                .remove_label_values(&[route, result.as_str()]);
         }
     }
 
-    /// Counts an SNS subscription event: `confirmed`, `confirm_failed` or
-    /// `unsubscribed`.
-    pub fn sns_subscription(&self, route: &str, result: &str) {
+    /// Counts an SNS subscription event.
+    pub fn sns_subscription(&self, route: &str, result: SnsSubscription) {
         self.sns_subscriptions
-            .with_label_values(&[route, result])
+            .with_label_values(&[route, result.as_str()])
             .inc();
     }
 

@@ -5,7 +5,7 @@ mod log_buffer;
 mod metrics;
 
 pub use log_buffer::flush;
-pub use metrics::{DispatchOutcome, Metrics, WebhookOutcome};
+pub use metrics::{DispatchOutcome, Metrics, SnsSubscription, WebhookOutcome};
 
 use tracing_subscriber::EnvFilter;
 

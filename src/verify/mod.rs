@@ -91,7 +91,7 @@ pub fn verify_request(method: &Verify, request: &Request<'_>) -> Result<(), Veri
         Verify::Github { secrets } => {
             let config = HmacVerify {
                 secrets: secrets.clone(),
-                header: "x-hub-signature-256".into(),
+                header: GITHUB_SIGNATURE.into(),
                 algorithm: HmacAlgorithm::Sha256,
                 encoding: SignatureEncoding::Hex,
                 prefix: Some("sha256=".into()),
@@ -132,8 +132,10 @@ pub fn is_token_header(method: &Verify, name: &str) -> bool {
 pub fn is_signature_header(method: &Verify, name: &str) -> bool {
     match method {
         Verify::Hmac(config) => name == config.header,
-        Verify::Github { .. } => matches!(name, "x-hub-signature-256" | "x-hub-signature"),
-        Verify::StandardWebhooks(_) => matches!(name, "webhook-signature" | "svix-signature"),
+        Verify::Github { .. } => name == GITHUB_SIGNATURE || name == GITHUB_SIGNATURE_SHA1,
+        Verify::StandardWebhooks(_) => {
+            name == STANDARD_WEBHOOKS.signature || name == SVIX.signature
+        }
         Verify::Contentful(_) => name == schemes::CONTENTFUL_SIGNATURE,
         Verify::Sanity(_) => name == schemes::SANITY_SIGNATURE,
         Verify::Ghost(_) => name == schemes::GHOST_SIGNATURE,
@@ -145,6 +147,12 @@ pub fn is_signature_header(method: &Verify, name: &str) -> bool {
     }
 }
 
+/// The header GitHub signs its webhooks in (HMAC-SHA256).
+const GITHUB_SIGNATURE: &str = "x-hub-signature-256";
+/// The older SHA-1 signature GitHub still sends beside it: a signature too,
+/// so it is emptied as well, though never checked.
+const GITHUB_SIGNATURE_SHA1: &str = "x-hub-signature";
+
 /// The header names of one Standard Webhooks request.
 pub(crate) struct StandardWebhooksHeaders {
     pub id: &'static str,
@@ -152,24 +160,30 @@ pub(crate) struct StandardWebhooksHeaders {
     pub signature: &'static str,
 }
 
+/// The specification's own header names.
+const STANDARD_WEBHOOKS: StandardWebhooksHeaders = StandardWebhooksHeaders {
+    id: "webhook-id",
+    timestamp: "webhook-timestamp",
+    signature: "webhook-signature",
+};
+
+/// Svix's names for the same headers.
+const SVIX: StandardWebhooksHeaders = StandardWebhooksHeaders {
+    id: "svix-id",
+    timestamp: "svix-timestamp",
+    signature: "svix-signature",
+};
+
 /// The header names a Standard Webhooks request uses: `webhook-*`, or
 /// Svix's `svix-*` when only a `svix-signature` is present. The signature is
 /// checked over the id of the same family, so that id is the one to trust.
 pub(crate) fn standard_webhooks_headers(
     headers: &BTreeMap<String, String>,
 ) -> StandardWebhooksHeaders {
-    if headers.contains_key("webhook-signature") || !headers.contains_key("svix-signature") {
-        StandardWebhooksHeaders {
-            id: "webhook-id",
-            timestamp: "webhook-timestamp",
-            signature: "webhook-signature",
-        }
+    if headers.contains_key(STANDARD_WEBHOOKS.signature) || !headers.contains_key(SVIX.signature) {
+        STANDARD_WEBHOOKS
     } else {
-        StandardWebhooksHeaders {
-            id: "svix-id",
-            timestamp: "svix-timestamp",
-            signature: "svix-signature",
-        }
+        SVIX
     }
 }
 
