@@ -120,6 +120,11 @@ pub async fn github_app(options: AppSetup) -> Result<(), CliError> {
     };
     let local_url = format!("http://{host}:{}", addr.port());
     let state = random_hex(32);
+    // The page hands out `state`, which is all a callback needs; only the
+    // address printed in this terminal opens it, so another user of this
+    // machine (or of the network, with `--listen 0.0.0.0`) cannot finish
+    // the setup with an App of their own.
+    let page_key = random_hex(16);
     let manifest = manifest::manifest(&name, &homepage, &format!("{local_url}/callback"));
     let page = Page {
         form_action: manifest::create_app_url(&web_url, options.org.as_deref(), &state),
@@ -147,8 +152,12 @@ pub async fn github_app(options: AppSetup) -> Result<(), CliError> {
             "[::1]".into(),
         ]);
     }
-    let (server, mut callbacks) = listener.start(page, state, hosts).map_err(runtime)?;
-    println!("Open {local_url}/ in a browser to create the GitHub App on {web_url}.");
+    let (server, mut callbacks) = listener
+        .start(page, state, page_key.clone(), hosts)
+        .map_err(runtime)?;
+    println!(
+        "Open {local_url}/?key={page_key} in a browser to create the GitHub App on {web_url}."
+    );
     println!("Waiting for GitHub to send the browser back (stop with Ctrl-C)...");
     flush_stdout();
 

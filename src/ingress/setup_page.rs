@@ -5,7 +5,7 @@
 //! The page never calls GitHub itself. A callback whose `state` matches is
 //! handed over, with its one-time code, to whoever started the server (the
 //! `setup` command), which exchanges the code and answers with an
-//! [`Outcome`] that the page then shows. The state check and the HTML are
+//! [`Outcome`] that the page then shows. The secret checks and the HTML are
 //! pure functions, unit-tested below.
 
 use std::net::{SocketAddr, TcpListener};
@@ -85,20 +85,23 @@ impl SetupListener {
         self.listener.local_addr()
     }
 
-    /// Starts serving `page`; callbacks carrying `state` arrive on the
-    /// returned receiver, at most one of them. `hosts` are the `Host` values
-    /// the browser may use (the page's address, and the local machine's
-    /// names on its port).
+    /// Starts serving `page` to requests for `/?key=` followed by
+    /// `page_key`; callbacks carrying `state` arrive on the returned
+    /// receiver, at most one of them. `hosts` are the `Host` values the
+    /// browser may use (the page's address, and the local machine's names on
+    /// its port).
     pub fn start(
         self,
         page: Page,
         state: String,
+        page_key: String,
         hosts: Vec<String>,
     ) -> std::io::Result<(SetupServer, mpsc::Receiver<Callback>)> {
         let (sender, receiver) = mpsc::channel(1);
         let shared = web::Data::new(Shared {
             page,
             state,
+            page_key,
             hosts,
             sender: Mutex::new(Some(sender)),
         });
@@ -155,6 +158,11 @@ impl SetupServer {
 struct Shared {
     page: Page,
     state: String,
+    /// The key of the page's address as the terminal printed it. The page
+    /// holds `state`, so whoever opens it can finish the setup: anyone else
+    /// who can reach the port (another user of the machine, or the network
+    /// with `--listen 0.0.0.0`) must not.
+    page_key: String,
     /// The `Host` values a request may carry. Any other is refused: a web
     /// page whose name is made to resolve to this machine (DNS rebinding)
     /// could otherwise read the `state` from `/` and send a code of its own
@@ -164,15 +172,32 @@ struct Shared {
     sender: Mutex<Option<mpsc::Sender<Callback>>>,
 }
 
-/// Whether the `state` GitHub echoed back is the one this setup sent, in
-/// constant time so that a forged callback learns nothing from the timing.
-pub fn state_matches(expected: &str, received: &str) -> bool {
+/// Whether `received` is the secret `expected` (the `state` GitHub echoes
+/// back, the page's key), in constant time so that a forged request learns
+/// nothing from the timing.
+pub fn secret_matches(expected: &str, received: &str) -> bool {
     expected.len() == received.len() && bool::from(expected.as_bytes().ct_eq(received.as_bytes()))
+}
+
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    key: Option<String>,
 }
 
 async fn start_page(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     if let Some(refused) = foreign_host(&req, &shared) {
         return refused;
+    }
+    let key = web::Query::<PageQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|query| query.into_inner().key);
+    if !key.is_some_and(|key| secret_matches(&shared.page_key, &key)) {
+        tracing::warn!("setup: refused to show the page to a request without its key");
+        return failure(
+            StatusCode::FORBIDDEN,
+            "Open the address the command printed",
+            "The setup page opens only at the address printed in the terminal, key included.",
+        );
     }
     html(StatusCode::OK, render_start(&shared.page))
 }
@@ -217,7 +242,7 @@ async fn callback(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let state_ok = query
         .state
         .as_deref()
-        .is_some_and(|state| state_matches(&shared.state, state));
+        .is_some_and(|state| secret_matches(&shared.state, state));
     if !state_ok {
         tracing::warn!("setup: refused a callback whose state does not match this setup");
         return failure(
@@ -491,12 +516,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_same_state_matches() {
-        assert!(state_matches("a1b2c3", "a1b2c3"));
-        assert!(!state_matches("a1b2c3", "a1b2c4"));
-        assert!(!state_matches("a1b2c3", "a1b2c"));
-        assert!(!state_matches("a1b2c3", "a1b2c33"));
-        assert!(!state_matches("a1b2c3", ""));
+    fn only_the_same_secret_matches() {
+        assert!(secret_matches("a1b2c3", "a1b2c3"));
+        assert!(!secret_matches("a1b2c3", "a1b2c4"));
+        assert!(!secret_matches("a1b2c3", "a1b2c"));
+        assert!(!secret_matches("a1b2c3", "a1b2c33"));
+        assert!(!secret_matches("a1b2c3", ""));
     }
 
     fn page() -> Page {

@@ -26,8 +26,11 @@ struct Setup {
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
-    /// The local page, like `http://127.0.0.1:PORT/`.
+    /// The local page as the terminal printed it, like
+    /// `http://127.0.0.1:PORT/?key=...`.
     url: String,
+    /// The local server's address, like `http://127.0.0.1:PORT/`.
+    base: String,
     key_file: PathBuf,
 }
 
@@ -64,6 +67,7 @@ impl Setup {
             stdout,
             stderr,
             url: String::new(),
+            base: String::new(),
             key_file: dir.join("github-app.pem"),
         };
         let line = setup.wait_for_line("Open ", Duration::from_secs(20));
@@ -72,6 +76,7 @@ impl Setup {
             .find(|word| word.starts_with("http://"))
             .unwrap_or_else(|| panic!("no URL in {line:?}"));
         setup.url = url.to_owned();
+        setup.base = url.split('?').next().unwrap().to_owned();
         setup
     }
 
@@ -191,7 +196,7 @@ fn assert_created(setup: &mut Setup, github: &FakeGitHub) {
     );
     assert_eq!(
         manifest["redirect_url"],
-        format!("{}callback", setup.url),
+        format!("{}callback", setup.base),
         "GitHub is told to come back to this setup"
     );
     let slug = manifest["name"].as_str().unwrap().to_ascii_lowercase();
@@ -257,7 +262,7 @@ async fn a_wrong_state_is_refused_and_the_right_one_creates_the_app() {
     let forged = http
         .get(format!(
             "{}callback?code=stolen&state={}{}",
-            setup.url,
+            setup.base,
             // One hex digit changed, so only the comparison can tell them apart.
             if state.starts_with('0') { '1' } else { '0' },
             &state[1..]
@@ -269,7 +274,7 @@ async fn a_wrong_state_is_refused_and_the_right_one_creates_the_app() {
     let text = forged.text().await.unwrap();
     assert!(text.contains("does not belong to this setup"), "{text}");
     let missing = http
-        .get(format!("{}callback?code=stolen", setup.url))
+        .get(format!("{}callback?code=stolen", setup.base))
         .send()
         .await
         .unwrap();
@@ -278,7 +283,7 @@ async fn a_wrong_state_is_refused_and_the_right_one_creates_the_app() {
     // nothing: neither the state on `/` nor a hearing on `/callback`.
     for path in ["", "callback?code=stolen&state=x"] {
         let rebound = http
-            .get(format!("{}{path}", setup.url))
+            .get(format!("{}{path}", setup.base))
             .header("host", "attacker.example")
             .send()
             .await
@@ -286,6 +291,27 @@ async fn a_wrong_state_is_refused_and_the_right_one_creates_the_app() {
         assert_eq!(rebound.status(), 421, "{path}");
         let text = rebound.text().await.unwrap();
         assert!(!text.contains(&state), "{path}: {text}");
+    }
+    // Anyone else who can reach the port (another user of the machine, or
+    // the network with `--listen 0.0.0.0`) does not get the page, and so
+    // not the state, without the key printed in the terminal.
+    let key = setup.url.split("key=").nth(1).unwrap().to_owned();
+    assert_eq!(key.len(), 32, "16 random bytes in hex");
+    let wrong_key = format!(
+        "{}{}",
+        if key.starts_with('0') { '1' } else { '0' },
+        &key[1..]
+    );
+    for query in [String::new(), "?key=".into(), format!("?key={wrong_key}")] {
+        let keyless = http
+            .get(format!("{}{query}", setup.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(keyless.status(), 403, "{query}");
+        let text = keyless.text().await.unwrap();
+        assert!(!text.contains(&state), "{query}: {text}");
+        assert!(text.contains("address printed in the terminal"), "{text}");
     }
     assert!(github.requests_of(CONVERSION).is_empty());
     assert!(setup.running(), "a forged callback does not end the setup");
@@ -310,7 +336,7 @@ async fn a_wrong_state_is_refused_and_the_right_one_creates_the_app() {
     assert_eq!(answer.status(), 302);
     let back = answer.headers()["location"].to_str().unwrap().to_owned();
     assert!(
-        back.starts_with(&format!("{}callback?code=", setup.url)),
+        back.starts_with(&format!("{}callback?code=", setup.base)),
         "{back}"
     );
     let result = http.get(&back).send().await.unwrap();
@@ -328,7 +354,7 @@ async fn an_unknown_code_fails_with_a_clear_page_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let mut setup = Setup::start(&github, dir.path(), &[]);
     let (_, state) = page_state(&setup.url).await;
-    let answer = reqwest::get(format!("{}callback?code=expired&state={state}", setup.url))
+    let answer = reqwest::get(format!("{}callback?code=expired&state={state}", setup.base))
         .await
         .unwrap();
     assert_eq!(answer.status(), 502);
