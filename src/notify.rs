@@ -66,11 +66,16 @@ impl Notifier {
         }
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // A destination's URL holds its token: a redirect is not followed
+        // (it would carry the alert somewhere not configured) and no
+        // `Referer` is sent (it would carry the URL).
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .user_agent(crate::github::USER_AGENT_VALUE)
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
             .build()
-            .unwrap_or_default();
+            .expect("an HTTP client with a timeout and no redirects always builds");
         // Each destination is named in logs by its place in routes.yaml
         // (`notify[0]`, `routes[2].notify[1]`): its URL holds a token.
         let start_lanes = |list: &str, targets: &[NotifyTarget]| -> Vec<Lane> {
@@ -313,7 +318,9 @@ fn render(destination: &NotifyKind, batch: &Batch) -> serde_json::Value {
         )
     };
     match destination {
-        NotifyKind::Slack(_) => serde_json::json!({ "text": text }),
+        // Slack reads `<...>` as a link or a mention (`<!channel>`), and a
+        // reason quotes what GitHub said about what a sender sent.
+        NotifyKind::Slack(_) => serde_json::json!({ "text": slack_escaped(&text) }),
         NotifyKind::Url(_) => serde_json::json!({
             "event": "dispatch_failed",
             "count": total,
@@ -323,6 +330,13 @@ fn render(destination: &NotifyKind, batch: &Batch) -> serde_json::Value {
             })).collect::<Vec<_>>(),
         }),
     }
+}
+
+/// Text escaped as Slack's message formatting asks: `&`, `<` and `>`.
+fn slack_escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 async fn send(
@@ -427,6 +441,23 @@ mod tests {
             text.starts_with("dispatch-relay: 10005 dispatches failed for good (cms: 10005)"),
             "the counts cover every failure, held or not: {text}"
         );
+    }
+
+    #[test]
+    fn a_reason_cannot_mention_anyone_on_slack() {
+        let mut quoting = failure("cms", 1);
+        quoting.reason = "GitHub answered 422: No ref found for: <!channel> & <@U0ADMIN>".into();
+        let batch = batch_of([quoting]);
+        let slack = NotifyKind::Slack(Secret::new("https://hooks.slack.com/services/T/B/X".into()));
+        let text = render(&slack, &batch)["text"].as_str().unwrap().to_owned();
+        assert!(
+            text.ends_with("No ref found for: &lt;!channel&gt; &amp; &lt;@U0ADMIN&gt;"),
+            "{text}"
+        );
+        // A plain URL destination gets the text as it is: it is JSON.
+        let url = NotifyKind::Url(Secret::new("https://alerts.example/x".into()));
+        let text = render(&url, &batch)["text"].as_str().unwrap().to_owned();
+        assert!(text.ends_with("<!channel> & <@U0ADMIN>"), "{text}");
     }
 
     #[test]

@@ -10,7 +10,15 @@
 //! nginx's buffered access log, a `kill -9` during a burst can lose its last
 //! few milliseconds of informational lines; deliveries themselves are in the
 //! store, not in the log.
+//!
+//! It also keeps each event on its line. The text format prints a field as
+//! it is, and some fields quote what a sender wrote (an SNS message type, a
+//! rendered repository, GitHub's echo of a ref): a line break in one would
+//! start a line that looks like the relay's own, and other control
+//! characters could drive a terminal. They are written escaped (`\n`,
+//! `\x1b`). The JSON format escapes them itself.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -60,12 +68,16 @@ pub fn flush() {
 
 /// The [`MakeWriter`] of the subscriber.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct BufferedStderr;
+pub struct BufferedStderr {
+    /// Whether the formatter writes colours, whose escape sequences must
+    /// then pass.
+    ansi: bool,
+}
 
 impl BufferedStderr {
     /// Starts the thread that writes a batch out [`FLUSH_AFTER`] its first
     /// line; it sleeps while the buffer is empty.
-    pub fn start() -> BufferedStderr {
+    pub fn start(ansi: bool) -> BufferedStderr {
         FLUSHER.get_or_init(|| {
             let _ = std::thread::Builder::new()
                 .name("log-flush".into())
@@ -80,17 +92,46 @@ impl BufferedStderr {
                     }
                 });
         });
-        BufferedStderr
+        BufferedStderr { ansi }
     }
+}
+
+/// One formatted event (a line, ending in its newline) with every other
+/// control character escaped, except a tab, and the escape that starts a
+/// colour when `ansi` is set.
+fn one_line(event: &[u8], ansi: bool) -> Cow<'_, [u8]> {
+    let (line, end) = match event.strip_suffix(b"\n") {
+        Some(line) => (line, &b"\n"[..]),
+        None => (event, &b""[..]),
+    };
+    let escaped = |b: u8| (b < 0x20 && b != b'\t' && !(ansi && b == 0x1b)) || b == 0x7f;
+    if !line.iter().any(|&b| escaped(b)) {
+        return Cow::Borrowed(event);
+    }
+    let mut out = Vec::with_capacity(event.len() + 16);
+    for &b in line {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b if escaped(b) => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            b => out.push(b),
+        }
+    }
+    out.extend_from_slice(end);
+    Cow::Owned(out)
 }
 
 /// Receives one formatted event.
 pub struct EventWriter {
     urgent: bool,
+    ansi: bool,
 }
 
 impl Write for EventWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = bytes.len();
+        let bytes = one_line(bytes, self.ansi);
+        let bytes = &bytes[..];
         let mut buffer = lock();
         let was_empty = buffer.bytes.is_empty();
         let quiet = buffer
@@ -102,7 +143,7 @@ impl Write for EventWriter {
         } else if was_empty {
             FILLED.notify_one();
         }
-        Ok(bytes.len())
+        Ok(written)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -114,12 +155,38 @@ impl<'a> MakeWriter<'a> for BufferedStderr {
     type Writer = EventWriter;
 
     fn make_writer(&'a self) -> EventWriter {
-        EventWriter { urgent: true }
+        EventWriter {
+            urgent: true,
+            ansi: self.ansi,
+        }
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> EventWriter {
         EventWriter {
             urgent: *meta.level() <= Level::WARN,
+            ansi: self.ansi,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_stays_on_its_line() {
+        let plain = b"2026-11-22T18:00:00Z  WARN Refused reason=ok\n";
+        assert!(matches!(one_line(plain, false), Cow::Borrowed(_)));
+        let forged = b"WARN reason=type `Bogus\n2026 ERROR FORGED\r\x1b[2J\x7f\tx`\n";
+        assert_eq!(
+            &one_line(forged, false)[..],
+            &b"WARN reason=type `Bogus\\n2026 ERROR FORGED\\r\\x1b[2J\\x7f\tx`\n"[..]
+        );
+        // With colours on, their escapes pass; line breaks never do.
+        let coloured = b"\x1b[33mWARN\x1b[0m a\nb\n";
+        assert_eq!(
+            &one_line(coloured, true)[..],
+            &b"\x1b[33mWARN\x1b[0m a\\nb\n"[..]
+        );
     }
 }

@@ -34,7 +34,7 @@ pub fn init(format: LogFormat, default_filter: &str) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(log_buffer::BufferedStderr::start())
+        .with_writer(log_buffer::BufferedStderr::start(ansi))
         .with_ansi(ansi)
         .with_target(false);
     let _ = match format {
