@@ -164,6 +164,7 @@ pub struct AppState {
     verify_clock_ms: Option<i64>,
     sns_certs: Mutex<HashMap<String, SigningKey>>,
     sns_cert_misses: Mutex<CertMisses>,
+    sns_cert_unreachable: Mutex<CertMisses>,
     /// Bounds the certificate fetches running at once: each is an outbound
     /// request that a forged envelope can ask for.
     sns_cert_fetches: tokio::sync::Semaphore,
@@ -174,28 +175,61 @@ pub struct AppState {
 /// without asking again.
 const CERT_MISS_TTL: Duration = Duration::from_secs(600);
 
+/// How long a certificate URL that could not be fetched at all (no such
+/// host, no answer) is answered 503 without trying again. Short, since SNS
+/// retries and a real certificate's host may have had a glitch; long enough
+/// that forged envelopes naming made-up hosts cost one lookup each, not one
+/// each time.
+const CERT_UNREACHABLE_TTL: Duration = Duration::from_secs(30);
+
+/// How long a request waits for a turn to fetch a certificate before it is
+/// answered 503. SNS waits 15 s for an answer and retries a 503, so a real
+/// message is better answered that than left behind forged ones.
+pub const CERT_TURN_WAIT: Duration = Duration::from_secs(5);
+
 /// How many SNS certificate fetches may run at once.
 const CERT_FETCHES: usize = 4;
 
-/// SNS certificate URLs that AWS said do not exist, remembered for
-/// [`CERT_MISS_TTL`], so that forged envelopes naming one cost no further
-/// outbound request.
-#[derive(Default)]
-struct CertMisses(HashMap<String, Instant>);
+/// SNS certificate URLs that could not give a key, each remembered for a
+/// while, so that forged envelopes naming one cost no further outbound
+/// request.
+struct CertMisses {
+    ttl: Duration,
+    until: HashMap<String, Instant>,
+}
 
 impl CertMisses {
-    fn remember(&mut self, url: &str, now: Instant) {
-        if self.0.len() >= MAX_CACHED_CERTS {
-            self.0.clear();
+    fn new(ttl: Duration) -> CertMisses {
+        CertMisses {
+            ttl,
+            until: HashMap::new(),
         }
-        self.0.insert(url.to_string(), now + CERT_MISS_TTL);
+    }
+
+    fn remember(&mut self, url: &str, now: Instant) {
+        if self.until.len() >= MAX_CACHED_CERTS {
+            // Expired entries go first; if none has, the one that would
+            // expire soonest, so that cycling through many URLs cannot
+            // empty the list.
+            self.until.retain(|_, until| *until > now);
+            if self.until.len() >= MAX_CACHED_CERTS
+                && let Some(soonest) = self
+                    .until
+                    .iter()
+                    .min_by_key(|(_, until)| **until)
+                    .map(|(url, _)| url.clone())
+            {
+                self.until.remove(&soonest);
+            }
+        }
+        self.until.insert(url.to_string(), now + self.ttl);
     }
 
     fn known(&mut self, url: &str, now: Instant) -> bool {
-        match self.0.get(url) {
+        match self.until.get(url) {
             Some(until) if *until > now => true,
             Some(_) => {
-                self.0.remove(url);
+                self.until.remove(url);
                 false
             }
             None => false,
@@ -223,7 +257,8 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             verify_clock_ms: None,
             sns_certs: Mutex::new(HashMap::new()),
-            sns_cert_misses: Mutex::default(),
+            sns_cert_misses: Mutex::new(CertMisses::new(CERT_MISS_TTL)),
+            sns_cert_unreachable: Mutex::new(CertMisses::new(CERT_UNREACHABLE_TTL)),
             sns_cert_fetches: tokio::sync::Semaphore::new(CERT_FETCHES),
             sns_confirmed: Mutex::new(HashSet::new()),
         }
@@ -265,9 +300,28 @@ impl AppState {
             .remember(url, Instant::now());
     }
 
-    /// Waits for a turn to fetch a certificate.
+    /// Whether fetching from `url` failed lately without any answer.
+    pub fn sns_cert_unreachable(&self, url: &str) -> bool {
+        self.sns_cert_unreachable
+            .lock()
+            .expect("cert cache lock")
+            .known(url, Instant::now())
+    }
+
+    pub fn remember_unreachable_sns_cert(&self, url: &str) {
+        self.sns_cert_unreachable
+            .lock()
+            .expect("cert cache lock")
+            .remember(url, Instant::now());
+    }
+
+    /// Waits for a turn to fetch a certificate, at most [`CERT_TURN_WAIT`];
+    /// `None` when none came.
     pub async fn sns_cert_fetch_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.sns_cert_fetches.acquire().await.ok()
+        tokio::time::timeout(CERT_TURN_WAIT, self.sns_cert_fetches.acquire())
+            .await
+            .ok()?
+            .ok()
     }
 
     pub fn cache_sns_cert(&self, url: &str, key: SigningKey) {
@@ -362,7 +416,7 @@ mod tests {
 
     #[test]
     fn a_missing_certificate_is_remembered_for_a_while() {
-        let mut misses = CertMisses::default();
+        let mut misses = CertMisses::new(CERT_MISS_TTL);
         let now = Instant::now();
         let url = "https://sns.us-east-1.amazonaws.com/x.pem";
         assert!(!misses.known(url, now));
@@ -373,5 +427,25 @@ mod tests {
             "asked again after a while"
         );
         assert!(!misses.known(url, now), "and forgotten once expired");
+    }
+
+    #[test]
+    fn cycling_through_many_missing_certificates_does_not_forget_them_all() {
+        let mut misses = CertMisses::new(CERT_MISS_TTL);
+        let start = Instant::now();
+        let url = |i: usize| format!("https://sns.us-east-{i}.amazonaws.com/x.pem");
+        for i in 0..MAX_CACHED_CERTS * 3 {
+            misses.remember(&url(i), start + Duration::from_millis(i as u64));
+        }
+        let now = start + Duration::from_secs(1);
+        let known = (0..MAX_CACHED_CERTS * 3)
+            .filter(|i| misses.known(&url(*i), now))
+            .count();
+        assert_eq!(known, MAX_CACHED_CERTS, "the list stays full");
+        assert!(
+            misses.known(&url(MAX_CACHED_CERTS * 3 - 1), now),
+            "the latest is kept"
+        );
+        assert!(!misses.known(&url(0), now), "the oldest made room");
     }
 }

@@ -321,6 +321,11 @@ async fn verify_sns(
     // The URL is fetched below: it must be SNS's before anything is asked
     // of it, whichever method brought the envelope here.
     sns::check_cert_url(envelope.signing_cert_url()).map_err(|e| refuse(&e))?;
+    // Checked before the signature only because it is cheaper; the
+    // Timestamp is signed, so a forged one fails below anyway.
+    envelope
+        .check_age(state.verify_now_ms())
+        .map_err(|e| refuse(&e))?;
     let fetched: SigningKey;
     let keys: &[SigningKey] = match routes.sns_pinned(index) {
         Some(keys) => keys,
@@ -368,7 +373,13 @@ async fn fetch_signing_key(
     if state.sns_cert_known_missing(url) {
         return Err(missing());
     }
-    let _turn = state.sns_cert_fetch_turn().await;
+    if state.sns_cert_unreachable(url) {
+        return Err(CertFetch::Unavailable);
+    }
+    let Some(_turn) = state.sns_cert_fetch_turn().await else {
+        tracing::warn!(route = %route, "Too many SNS signing certificates being fetched at once; answered 503");
+        return Err(CertFetch::Unavailable);
+    };
     // While this request waited its turn, another may have fetched the
     // certificate or learnt that there is none.
     if let Some(key) = state.cached_sns_cert(url) {
@@ -381,6 +392,9 @@ async fn fetch_signing_key(
         if names_no_certificate(&e) {
             state.remember_missing_sns_cert(url);
             return CertFetch::Refused(format!("signing certificate URL: {e}"));
+        }
+        if matches!(e, outbound::GetError::Transport(_)) {
+            state.remember_unreachable_sns_cert(url);
         }
         tracing::warn!(route = %route, error = %e, "Could not fetch the SNS signing certificate");
         CertFetch::Unavailable

@@ -41,7 +41,18 @@ pub enum SnsRefusal {
     BadSignature,
     #[error("no signing certificate is available: {0}")]
     NoCertificate(String),
+    #[error("Timestamp is not an RFC 3339 time")]
+    BadTimestamp,
+    #[error("the envelope was signed {0} minutes ago; SNS stops retrying after an hour")]
+    TooOld(i64),
 }
+
+/// The oldest envelope taken: SNS retries an HTTP(S) delivery for at most
+/// an hour (a hard limit of its delivery policies), and one more hour
+/// allows for clocks that disagree. An older envelope, signed or not, was
+/// kept and sent again by someone other than SNS, possibly after its
+/// `MessageId` was pruned from the dedupe keys.
+pub const MAX_AGE_MS: i64 = 2 * 3600 * 1000;
 
 /// The three kinds of message SNS posts to an HTTP subscription.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +149,23 @@ impl Envelope {
         self.field("SigningCertURL").unwrap_or_default()
     }
 
+    /// Refuses an envelope whose `Timestamp` is more than [`MAX_AGE_MS`]
+    /// before `now_ms`.
+    pub fn check_age(&self, now_ms: i64) -> Result<(), SnsRefusal> {
+        let signed_at = time::OffsetDateTime::parse(
+            self.field("Timestamp").unwrap_or_default(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|_| SnsRefusal::BadTimestamp)?;
+        let signed_at_ms = i64::try_from(signed_at.unix_timestamp_nanos() / 1_000_000)
+            .map_err(|_| SnsRefusal::BadTimestamp)?;
+        let age_ms = now_ms.saturating_sub(signed_at_ms);
+        if age_ms > MAX_AGE_MS {
+            return Err(SnsRefusal::TooOld(age_ms / 60_000));
+        }
+        Ok(())
+    }
+
     /// The checks that need no certificate: the certificate URL's rules
     /// and the route's topic allow-list.
     pub fn check_unsigned_parts(&self, config: &SnsVerify) -> Result<(), SnsRefusal> {
@@ -183,8 +211,11 @@ impl Envelope {
     }
 }
 
+/// The most bytes of a sender's value an SNS refusal quotes.
+const MAX_QUOTED: usize = 120;
+
 fn truncate(text: &str) -> String {
-    text.chars().take(120).collect()
+    crate::text::truncate(text, MAX_QUOTED)
 }
 
 /// The rules of the AWS validators for `SigningCertURL`: https, a host of
@@ -354,5 +385,36 @@ mod tests {
                 "{arns:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_envelope_older_than_sns_retries_is_refused() {
+        let at = |timestamp: &str| {
+            Envelope::parse(
+                format!(
+                    r#"{{"Type": "Notification", "MessageId": "m", "Message": "{{}}",
+                     "TopicArn": "arn:aws:sns:eu-west-1:111122223333:uploads",
+                     "Timestamp": "{timestamp}", "SignatureVersion": "1", "Signature": "",
+                     "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/x.pem"}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        // 2026-11-20T10:00:00Z
+        let signed_ms = 1_795_168_800_000;
+        let envelope = at("2026-11-20T10:00:00.000Z");
+        assert_eq!(envelope.check_age(signed_ms), Ok(()));
+        assert_eq!(envelope.check_age(signed_ms + MAX_AGE_MS), Ok(()));
+        assert_eq!(
+            envelope.check_age(signed_ms + MAX_AGE_MS + 60_000),
+            Err(SnsRefusal::TooOld(121))
+        );
+        // Signed ahead of this clock: a clock behind SNS's, not a replay.
+        assert_eq!(envelope.check_age(signed_ms - 600_000), Ok(()));
+        assert_eq!(
+            at("yesterday").check_age(signed_ms),
+            Err(SnsRefusal::BadTimestamp)
+        );
     }
 }

@@ -479,6 +479,26 @@ fn signed_envelope(mut fields: serde_json::Map<String, Value>, version: u8) -> V
     serde_json::to_vec_pretty(&Value::Object(fields)).unwrap()
 }
 
+/// The time now as SNS writes it in `Timestamp`.
+fn sns_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// A relay with the pinned SNS route, judging timestamps at the clock the
+/// recorded samples were signed at: SNS envelopes older than two hours are
+/// refused.
+async fn spawn_pinned_sns_at_the_samples_clock(cert: &std::path::Path) -> crate::helpers::TestApp {
+    let clock = SAMPLES_NOW_MS.to_string();
+    spawn_app_with(
+        TEST_HEAD,
+        &pinned_sns_route(cert),
+        &[("RELAY_TEST_CLOCK_MS", &clock)],
+    )
+    .await
+}
+
 fn notification(message_id: &str, message: &Value) -> serde_json::Map<String, Value> {
     json!({
         "Type": "Notification",
@@ -486,7 +506,7 @@ fn notification(message_id: &str, message: &Value) -> serde_json::Map<String, Va
         "TopicArn": TOPIC,
         "Subject": "Amazon S3 Notification",
         "Message": message.to_string(),
-        "Timestamp": "2026-11-20T09:59:59.734Z",
+        "Timestamp": sns_now(),
         "UnsubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=Unsubscribe",
     })
     .as_object()
@@ -583,7 +603,7 @@ async fn sns_confirms_once_relays_decoded_keys_and_refuses_forgeries() {
         "TopicArn": TOPIC,
         "Message": "You have chosen to subscribe to the topic.\nTo confirm the subscription, visit the SubscribeURL included in this message.",
         "SubscribeURL": format!("{base}/confirm?Token=tok-123"),
-        "Timestamp": "2026-11-20T09:50:04.751Z",
+        "Timestamp": sns_now(),
     });
     let body = signed_envelope(confirmation.as_object().unwrap().clone(), 1);
     // A forged confirmation (the URL changed after signing) is refused and
@@ -655,6 +675,24 @@ async fn sns_confirms_once_relays_decoded_keys_and_refuses_forgeries() {
         "MessageId dedupes"
     );
     assert_eq!(json2["delivery_id"], json["delivery_id"]);
+
+    // An envelope signed three hours ago is not SNS retrying (it stops
+    // after an hour) but someone sending a kept copy again: refused,
+    // however well signed.
+    let mut kept = notification("note-kept", &s3);
+    let three_hours_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(3);
+    kept.insert(
+        "Timestamp".into(),
+        json!(
+            three_hours_ago
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        ),
+    );
+    let (status, json) = post_sns(&app, "Notification", signed_envelope(kept, 2)).await;
+    assert_eq!(status, 401, "{json}");
+    app.wait_for_log(|l| l.contains("signed 180 minutes ago"))
+        .await;
 
     // Another topic, even correctly signed, is refused.
     let mut other = notification("note-2", &s3);
@@ -761,7 +799,7 @@ async fn a_raw_delivery_route_does_not_relay_subscription_messages() {
             "TopicArn": TOPIC,
             "Message": "You have chosen to subscribe to the topic.",
             "SubscribeURL": format!("{base}/confirm?Token=tok-123"),
-            "Timestamp": "2026-11-20T09:50:04.751Z",
+            "Timestamp": sns_now(),
         });
         let body = signed_envelope(message.as_object().unwrap().clone(), 1);
         let (status, json) = crate::helpers::json_of(post(kind, body).await.unwrap()).await;
@@ -821,7 +859,7 @@ async fn a_raw_delivery_route_does_not_relay_subscription_messages() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sns_refuses_cert_urls_off_amazon_over_http() {
     let cert = samples_dir().join("sns-test-signing-cert.pem");
-    let app = spawn_app_with(TEST_HEAD, &pinned_sns_route(&cert), &[]).await;
+    let app = spawn_pinned_sns_at_the_samples_clock(&cert).await;
     let sample = sample("s3-via-sns-notification");
     let original = String::from_utf8(sample.body.clone()).unwrap();
     let url = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem";
@@ -853,7 +891,7 @@ async fn a_pinned_certificate_that_cannot_be_read_is_a_configuration_error() {
     let certs = tempfile::tempdir().unwrap();
     let cert = certs.path().join("sns-test-signing-cert.pem");
     std::fs::copy(samples_dir().join("sns-test-signing-cert.pem"), &cert).unwrap();
-    let app = spawn_app_with(TEST_HEAD, &pinned_sns_route(&cert), &[]).await;
+    let app = spawn_pinned_sns_at_the_samples_clock(&cert).await;
     let sample = sample("s3-via-sns-notification");
     let post = || post_sns_to(&app, "/hooks/sns/acme-blog", None, sample.body.clone());
     let first = post().await;
