@@ -3,15 +3,23 @@
 //! resets, token lifetimes). Whatever needs the time as a number reads it
 //! here, so that every part of the relay reads it the same way.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, the store's unit of time. A clock
 /// set before 1970 reads as 0.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map(duration_ms)
         .unwrap_or(0)
+}
+
+/// A duration in the store's unit, saturating: a configured duration can
+/// be far longer than an `i64` of milliseconds holds (`retention: 150000000000d`
+/// for "keep everything"), and a wrapped value would turn "that long ago"
+/// into a time in the future. Add and subtract it with `saturating_*`.
+pub fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Seconds since the Unix epoch, GitHub's unit in its headers and tokens.
@@ -20,4 +28,20 @@ pub fn now_epoch_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_longer_than_the_store_holds_saturates() {
+        assert_eq!(duration_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(duration_ms(Duration::MAX), i64::MAX);
+        // `retention: 150000000000d` keeps everything: its cutoff lies
+        // before any time the store holds, not after them all.
+        let retention = Duration::from_secs(150_000_000_000 * 86_400);
+        let cutoff = now_ms().saturating_sub(duration_ms(retention));
+        assert!(cutoff < 0, "{cutoff}");
+    }
 }

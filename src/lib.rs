@@ -6,7 +6,8 @@
 //! - pure core: `config` (routes.yaml → validated `Config`), `template`
 //!   (typed minijinja rendering), `routing` (route + request → GitHub
 //!   requests), `verify` (sender authentication), `inbound` (body parsing,
-//!   context, stored form), `dispatch::retry` (classification);
+//!   context, stored form), `dispatch::retry` (classification), `text`
+//!   (quoting in messages);
 //! - edges: `ingress` (actix-web), `store` (SQLite), `github` and `notify`
 //!   (reqwest);
 //! - glue: `dispatch` (the worker), `redeliver`, `telemetry`, `cli`.
@@ -25,4 +26,5 @@ pub mod secret;
 pub mod store;
 pub mod telemetry;
 pub mod template;
+pub mod text;
 pub mod verify;

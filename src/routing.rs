@@ -260,7 +260,9 @@ impl LimitError {
             LimitError::BadWorkflow { .. } => {
                 "is not a workflow: give its file name (`deploy.yml`) or its id".to_owned()
             }
-            LimitError::BadRepo { .. } => "is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`".to_owned(),
+            LimitError::BadRepo { .. } => format!(
+                "is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`, at most {MAX_OWNER} and {MAX_NAME} characters long"
+            ),
             other => other.to_string(),
         }
     }
@@ -599,10 +601,18 @@ fn check_not_empty(text: &str) -> Result<(), LimitError> {
     Ok(())
 }
 
-/// Checks that `repo` is `owner/name` with GitHub's allowed characters.
+/// GitHub's longest account (user or organisation) name.
+const MAX_OWNER: usize = 39;
+/// GitHub's longest repository name.
+const MAX_NAME: usize = 100;
+
+/// Checks that `repo` is `owner/name` with GitHub's allowed characters and
+/// lengths. The lengths also bound the work of matching a rendered name
+/// against `allowed_repos` patterns, which grows with its square.
 pub fn check_repo(repo: &str) -> Result<(), LimitError> {
-    let valid_part = |part: &str| {
+    let valid_part = |part: &str, max: usize| {
         !part.is_empty()
+            && part.len() <= max
             && part
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -610,9 +620,11 @@ pub fn check_repo(repo: &str) -> Result<(), LimitError> {
             && part != ".."
     };
     match repo.split_once('/') {
-        Some((owner, name)) if valid_part(owner) && valid_part(name) => Ok(()),
+        Some((owner, name)) if valid_part(owner, MAX_OWNER) && valid_part(name, MAX_NAME) => Ok(()),
+        // A rendered repository may be anything a sender wrote; the message
+        // quotes only its start.
         _ => Err(LimitError::BadRepo {
-            repo: repo.to_owned(),
+            repo: crate::text::truncate(repo, MAX_OWNER + 1 + MAX_NAME),
         }),
     }
 }

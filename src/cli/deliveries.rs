@@ -84,7 +84,7 @@ pub async fn list(
         if let Some(error) = d.error {
             // GitHub's messages hold blank lines ("Invalid request.\n\n...");
             // on one line they cannot pass for rows of the table.
-            let error = error.split_whitespace().collect::<Vec<_>>().join(" ");
+            let error = crate::text::one_line(&error);
             println!("{:<36}  error: {error}", "");
         }
         for t in &d.targets {
@@ -117,7 +117,7 @@ pub async fn redeliver(
         Some(text) => {
             let duration = config::parse_duration(&text)
                 .map_err(|e| invalid(anyhow::anyhow!("--since `{text}`: {e}")))?;
-            Some(now_ms() - duration.as_millis() as i64)
+            Some(now_ms().saturating_sub(crate::clock::duration_ms(duration)))
         }
     };
     let store = open_existing_store(&store_path(

@@ -137,38 +137,50 @@ impl Reloader {
                 _ = hangup.recv() => true,
                 _ = tick.tick() => false,
             };
-            let read = std::fs::read_to_string(&self.path).map_err(|e| e.to_string());
+            // Reading files, compiling templates and parsing certificates
+            // block; they run beside the runtime's threads, which carry the
+            // dispatcher.
+            let path = self.path.clone();
+            let read = blocking(move || std::fs::read_to_string(&path).map_err(|e| e.to_string()))
+                .await
+                .and_then(|read| read);
             let unchanged = read.as_deref().ok() == Some(self.watch.loaded_text());
             match self.watch.step(read, forced) {
                 // Only while the file still holds the text that waits: a
                 // newer text, settling, is loaded on its own.
-                Step::Nothing if unchanged => self.retry_certificates(),
+                Step::Nothing if unchanged => self.retry_certificates().await,
                 Step::Nothing => {}
                 Step::ReportUnreadable(error) => {
                     tracing::error!(path = %self.path.display(), error = %error, "Cannot read the configuration; keeping the current one");
                     self.metrics.config_loaded(false, 0.0);
                 }
-                Step::Load(text, trigger) => self.load(&text, trigger),
+                Step::Load(text, trigger) => self.load(text, trigger).await,
             }
         }
     }
 
     /// Validates `text` and swaps it in, or keeps the configuration in
     /// force and reports why.
-    fn load(&mut self, text: &str, trigger: &str) {
+    async fn load(&mut self, text: String, trigger: &str) {
         self.waiting_for_certificates = None;
         let name = self.path.display().to_string();
-        let loaded = match config::load(&name, text, &super::process_env) {
-            Ok(loaded) => loaded,
-            Err(errors) => return self.refused(&errors.to_string()),
-        };
-        let config = Arc::new(loaded.config);
-        let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-        match LiveRoutes::new(config.clone()) {
-            Ok(routes) => self.apply(routes, &warnings, trigger),
-            Err(e) => {
-                self.refused(&e.in_file(&name));
-                self.waiting_for_certificates = Some((config, warnings));
+        let prepared = blocking(move || {
+            let loaded = config::load(&name, &text, &super::process_env)
+                .map_err(|errors| (errors.to_string(), None))?;
+            let config = Arc::new(loaded.config);
+            let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+            match LiveRoutes::new(config.clone()) {
+                Ok(routes) => Ok((routes, warnings)),
+                Err(e) => Err((e.in_file(&name), Some((config, warnings)))),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err((e, None)));
+        match prepared {
+            Ok((routes, warnings)) => self.apply(routes, &warnings, trigger),
+            Err((errors, waiting_for_certificates)) => {
+                self.refused(&errors);
+                self.waiting_for_certificates = waiting_for_certificates;
             }
         }
     }
@@ -182,11 +194,12 @@ impl Reloader {
     /// one could not be read: the file holding it may arrive after
     /// routes.yaml (two volumes synced apart), and nothing else would make
     /// the relay look again. Failures are not reported again.
-    fn retry_certificates(&mut self) {
+    async fn retry_certificates(&mut self) {
         let Some((config, _)) = &self.waiting_for_certificates else {
             return;
         };
-        if let Ok(routes) = LiveRoutes::new(config.clone())
+        let config = config.clone();
+        if let Ok(Ok(routes)) = blocking(move || LiveRoutes::new(config)).await
             && let Some((_, warnings)) = self.waiting_for_certificates.take()
         {
             self.apply(routes, &warnings, "certificates readable");
@@ -210,6 +223,17 @@ impl Reloader {
             .config_loaded(true, crate::clock::now_ms() as f64 / 1000.0);
         tracing::info!(routes = count, trigger, "Configuration reloaded");
     }
+}
+
+/// Runs `work` on the blocking pool. Its error is a panic inside `work`,
+/// as text, so that a reload that panics is refused like an invalid file
+/// instead of ending the watch.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("the reload failed: {e}"))
 }
 
 /// The sections a reload cannot apply (the worker, the credential and the

@@ -52,6 +52,23 @@ async fn preflight(
     tracing::info!(ok, of = targets.len(), "Preflight finished");
 }
 
+/// The number a test hook's variable holds. A hook changes how the relay
+/// behaves in ways no deployment wants, so one that is set is said at
+/// start, and one set to something other than a number is said and ignored.
+fn test_hook<T: std::str::FromStr>(name: &str, effect: &str) -> Option<T> {
+    let value = super::process_env(name)?;
+    match value.trim().parse() {
+        Ok(number) => {
+            tracing::warn!("{name} is set, a hook for tests only: {effect}");
+            Some(number)
+        }
+        Err(_) => {
+            tracing::warn!("{name} is set but is not a number; ignored");
+            None
+        }
+    }
+}
+
 /// How often finished deliveries past `store.retention` are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -68,7 +85,7 @@ async fn prune_periodically(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let cutoff = crate::clock::now_ms() - retention.as_millis() as i64;
+        let cutoff = crate::clock::now_ms().saturating_sub(crate::clock::duration_ms(retention));
         match store.prune_finished(cutoff).await {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "Pruned finished deliveries past the retention"),
@@ -84,37 +101,41 @@ const DRAIN_GRACE: Duration = Duration::from_secs(20);
 /// one request per destination, each with a 10 s timeout.
 const ALERT_GRACE: Duration = Duration::from_secs(10);
 
-/// Takes the store for this process: an exclusive lock on a file beside it
-/// (`<store>.lock`), held until exit. Two relays on one store would each
+/// Takes the store for this process: an exclusive lock (`flock`) on the
+/// store file itself, held until exit. Two relays on one store would each
 /// clear the other's leases at start and send the same dispatches twice;
-/// the second is refused instead. `deliveries` and `redeliver` do not take
-/// it: they may run beside the relay.
+/// the second is refused instead. The lock is the file's, not its name's,
+/// so a symbolic or hard link to the store is refused too. `deliveries` and
+/// `redeliver` do not take it: they may run beside the relay.
+///
+/// SQLite's own locks are POSIX record locks, which a `flock` does not
+/// touch; and the file opened here stays open until the process ends, as
+/// it must: closing any descriptor of the database file would drop the
+/// process's POSIX locks on it.
 fn own_store(db_path: &Path) -> Result<std::fs::File, CliError> {
-    let mut lock_path = db_path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = std::path::PathBuf::from(lock_path);
     // The store creates its directory when missing; the lock comes first.
     if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))
             .map_err(runtime)?;
     }
+    // An empty file is an empty SQLite database.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))
+        .open(db_path)
+        .with_context(|| format!("cannot open {}", db_path.display()))
         .map_err(runtime)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(runtime(anyhow::anyhow!(
-            "another `dispatch-relay serve` is using the store {} (it holds {}); two relays on one store would send dispatches twice",
+            "another `dispatch-relay serve` is using the store {} (the same file, perhaps under another name); two relays on one store would send dispatches twice",
             db_path.display(),
-            lock_path.display()
         ))),
         Err(std::fs::TryLockError::Error(e)) => Err(runtime(
-            anyhow::Error::new(e).context(format!("cannot lock {}", lock_path.display())),
+            anyhow::Error::new(e).context(format!("cannot lock {}", db_path.display())),
         )),
     }
 }
@@ -201,9 +222,11 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         notifier: notifier.clone(),
         // Test hook: a short lease, so that the suite can let one run out
         // while its job waits out a pause (docs/decisions.md, decision 10).
-        lease: super::process_env("RELAY_TEST_LEASE_MS")
-            .and_then(|v| v.trim().parse().ok())
-            .map_or(crate::dispatch::LEASE, Duration::from_millis),
+        lease: test_hook(
+            "RELAY_TEST_LEASE_MS",
+            "leases of jobs being sent run out early",
+        )
+        .map_or(crate::dispatch::LEASE, Duration::from_millis),
     }
     .spawn();
 
@@ -223,9 +246,10 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         )
         // Test hook: fixes the clock that signed timestamps are judged by, so
         // the suite can replay recorded sender samples (docs/decisions.md).
-        .with_fixed_verify_clock(
-            super::process_env("RELAY_TEST_CLOCK_MS").and_then(|v| v.trim().parse().ok()),
-        ),
+        .with_fixed_verify_clock(test_hook(
+            "RELAY_TEST_CLOCK_MS",
+            "signed timestamps are judged against a fixed time, so replays are not refused",
+        )),
     );
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -240,7 +264,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         routes = config.routes.len(),
         "Listening"
     );
-    let server = tokio::spawn(app.run_until_stopped());
+    let mut server = tokio::spawn(app.run_until_stopped());
     let stop_reloading = tokio_util::sync::CancellationToken::new();
     let reloader = Reloader {
         path: config_path.to_path_buf(),
@@ -257,10 +281,26 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         stop_reloading.clone(),
     ));
 
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
-    }
+    // The HTTP server ends on its own only if it fails; then the relay
+    // shuts down as for a signal and says why in its exit status.
+    let server_failure = tokio::select! {
+        _ = terminate.recv() => {
+            tracing::info!("SIGTERM received; shutting down");
+            None
+        }
+        _ = interrupt.recv() => {
+            tracing::info!("SIGINT received; shutting down");
+            None
+        }
+        ended = &mut server => {
+            tracing::warn!("The HTTP server stopped on its own; shutting down");
+            Some(match ended {
+                Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped"),
+                Ok(Err(e)) => anyhow::Error::new(e).context("the HTTP server failed"),
+                Err(e) => anyhow::Error::new(e).context("the HTTP server failed"),
+            })
+        }
+    };
     stop_reloading.cancel();
     state.begin_shutdown();
     if dispatcher.shutdown(DRAIN_GRACE).await {
@@ -274,9 +314,18 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     if !notifier.close(ALERT_GRACE).await {
         tracing::warn!("Some failure alerts could not be sent before stopping");
     }
-    handle.stop(true).await;
-    let _ = server.await;
+    if server_failure.is_none() {
+        handle.stop(true).await;
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "The HTTP server did not stop cleanly"),
+            Err(e) => tracing::warn!(error = %e, "The HTTP server did not stop cleanly"),
+        }
+    }
     store.close().await;
     tracing::info!("Stopped");
-    Ok(())
+    match server_failure {
+        Some(failure) => Err(runtime(failure)),
+        None => Ok(()),
+    }
 }

@@ -437,7 +437,7 @@ fn errors_print_one_per_line() {
     assert_eq!(
         errors.to_string(),
         "routes.yaml:5:13: routes[0].verify: unknown verify method; did you mean `none`?\n\
-         routes.yaml:9:23: routes[1].dispatch[0].repo: is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`"
+         routes.yaml:9:23: routes[1].dispatch[0].repo: is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`, at most 39 and 100 characters long"
     );
 }
 

@@ -208,7 +208,7 @@ impl Dispatcher {
             handle.in_flight.begin_leasing();
             let leased = self
                 .store
-                .lease_due(now_ms(), slots.len(), self.lease.as_millis() as i64)
+                .lease_due(now_ms(), slots.len(), clock::duration_ms(self.lease))
                 .await;
             let jobs = match leased {
                 Ok(jobs) => jobs,
@@ -229,7 +229,16 @@ impl Dispatcher {
             }
             if jobs.is_empty() {
                 drop(slots);
-                let next_due = self.store.next_due_ms().await.ok().flatten();
+                // Without the time of the next due job the worker waits
+                // for its next wake-up or poll, which the store's failure
+                // does not prevent.
+                let next_due = match self.store.next_due_ms().await {
+                    Ok(next_due) => next_due,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not read when the next retry is due");
+                        None
+                    }
+                };
                 let wait = next_due
                     .map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64));
                 self.idle(&handle, wait).await;
@@ -286,7 +295,9 @@ impl Dispatcher {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                let _ = self.store.release(vec![job.id]).await;
+                if let Err(e) = self.store.release(vec![job.id]).await {
+                    tracing::warn!(error = %e, "Could not give back the lease of a job not yet sent; it runs out in two hours");
+                }
                 false
             }
             _ = self.pacer.wait_turn() => true,
@@ -508,8 +519,8 @@ impl Dispatcher {
     /// enforces.
     async fn keep_pause(&self, wait: Duration) {
         let now = now_ms();
-        let until_ms = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
-        let latest_ms = now + MAX_PAUSE.as_millis() as i64;
+        let until_ms = now.saturating_add(clock::duration_ms(wait));
+        let latest_ms = now.saturating_add(clock::duration_ms(MAX_PAUSE));
         if let Err(e) = self.store.save_pause(until_ms, latest_ms).await {
             tracing::warn!(error = %e, "Could not keep GitHub's rate-limit pause in the store; a restart inside it would not wait");
         }
@@ -595,7 +606,7 @@ impl Dispatcher {
                 }
                 tracing::warn!(reason = %reason, status, retry_in_ms = delay.as_millis() as u64, "Dispatch will be retried");
                 JobNext::Retry {
-                    at_ms: now_ms() + delay.as_millis() as i64,
+                    at_ms: now_ms().saturating_add(clock::duration_ms(*delay)),
                     counts_as_failure: *counts_as_failure,
                 }
             }
@@ -626,32 +637,45 @@ impl Dispatcher {
             next,
             result,
         };
-        // A store that is briefly unavailable (another process holding the
-        // write lock past the busy timeout) must not leave the job leased
-        // until the next start, so recording is tried a few times.
+        // The outcome is known, so it is offered to the store until the store
+        // takes it, however long the store is unavailable (a full disk,
+        // another process holding the write lock): a job left leased would
+        // be sent again when its lease ran out, although GitHub has it. Only
+        // the end of the process stops this, and then the next start sends
+        // the job again, which is what at-least-once allows. The job keeps
+        // its slot meanwhile, so nothing new is sent into a store that
+        // cannot record it.
         let retry_scheduled = matches!(record.next, JobNext::Retry { .. });
-        let mut wait = Duration::from_millis(200);
-        for attempt in 1..=RECORD_TRIES {
+        let mut wait = RECORD_FIRST_WAIT;
+        let mut failures = 0u32;
+        loop {
             match self.store.record(record.clone()).await {
-                Ok(()) => return retry_scheduled,
-                Err(e) if attempt < RECORD_TRIES => {
-                    tracing::warn!(error = %e, attempt, "Could not record the attempt; trying again");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            failures,
+                            "Recorded the attempt once the store took writes again"
+                        );
+                    }
+                    return retry_scheduled;
                 }
                 Err(e) => {
-                    // The job stays leased; the next start sends it again,
-                    // which is the at-least-once promise.
-                    tracing::error!(error = %e, "Could not record the attempt");
+                    if failures == 0 {
+                        tracing::warn!(error = %e, "Could not record the attempt; trying until the store takes it");
+                    }
+                    failures += 1;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RECORD_MAX_WAIT);
                 }
             }
         }
-        false
     }
 }
 
-/// How many times an attempt's outcome is offered to the store.
-const RECORD_TRIES: u32 = 5;
+/// The first wait before an attempt's outcome is offered to the store again.
+const RECORD_FIRST_WAIT: Duration = Duration::from_millis(200);
+/// The longest wait between offers.
+const RECORD_MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// What one attempt sent and got back, as it is recorded.
 struct Sent {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
 
 use crate::secret::Secret;
+use crate::text::truncate;
 
 /// The REST API version every request pins, so that a future default change
 /// on GitHub's side cannot alter how our requests are read.
@@ -130,10 +131,6 @@ impl GitHubClient {
             api_url: api_url.trim_end_matches('/').to_string(),
             no_run_details: Arc::default(),
         })
-    }
-
-    pub fn api_url(&self) -> &str {
-        &self.api_url
     }
 
     /// The host part of the API URL, the key for what is remembered per host.
@@ -333,21 +330,7 @@ fn plain_message(text: &str) -> String {
         Some(&text[start..end])
     });
     let text = title.unwrap_or(text);
-    truncate(
-        &text.split_whitespace().collect::<Vec<_>>().join(" "),
-        MAX_PLAIN_MESSAGE,
-    )
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    truncate(&crate::text::one_line(text), MAX_PLAIN_MESSAGE)
 }
 
 pub use app::{AppAuth, CredentialError, Credentials, IssuedToken, Scope};

@@ -8,7 +8,7 @@ use subtle::ConstantTimeEq;
 use super::error::IngressError;
 use super::state::AppState;
 use crate::redeliver::{self, Redelivered};
-use crate::store::{DeliverySummary, ListFilter, Status, delivery_id};
+use crate::store::{DeliverySummary, ListFilter, Status, StoreError, delivery_id};
 
 fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError> {
     let Some(expected) = &state.admin_token else {
@@ -152,7 +152,7 @@ pub async fn list(
         .store
         .list(filter)
         .await
-        .map_err(|e| IngressError::Unavailable(e.to_string()))?;
+        .map_err(|e| store_unavailable("list deliveries", &e))?;
     let full = deliveries.len() == filter_limit;
     let next_offset = full.then_some(offset + deliveries.len());
     let next_before = deliveries.last().filter(|_| full).map(cursor);
@@ -176,7 +176,7 @@ pub async fn get(
         .store
         .get(&id)
         .await
-        .map_err(|e| IngressError::Unavailable(e.to_string()))?
+        .map_err(|e| store_unavailable("read a delivery", &e))?
     {
         Some((delivery, attempts)) => Ok(HttpResponse::Ok()
             .json(serde_json::json!({"delivery": delivery, "attempts": attempts}))),
@@ -196,7 +196,7 @@ pub async fn redeliver(
     let routes = state.routes();
     let outcome = redeliver::redeliver_one(&state.store, &routes.config, &id)
         .await
-        .map_err(|e| IngressError::Unavailable(e.to_string()))?;
+        .map_err(|e| store_unavailable("redeliver a delivery", &e))?;
     match outcome {
         Some(
             outcome @ (Redelivered::Requeued
@@ -227,9 +227,17 @@ pub async fn redeliver(
             Ok(Some(_)) => Err(IngressError::Conflict(format!(
                 "delivery `{id}` is not failed; only failed deliveries are redelivered"
             ))),
-            Err(e) => Err(IngressError::Unavailable(e.to_string())),
+            Err(e) => Err(store_unavailable("read a delivery", &e)),
         },
     }
+}
+
+/// The answer when the store fails an admin request. The error is logged
+/// here, where it is handled; the client gets a fixed message, since the
+/// store's own text names files and SQL.
+fn store_unavailable(what: &str, error: &StoreError) -> IngressError {
+    tracing::error!(error = %error, "Could not {what} for the admin API");
+    IngressError::Unavailable("the store is unavailable; retry shortly".into())
 }
 
 #[cfg(test)]

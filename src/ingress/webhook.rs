@@ -18,7 +18,7 @@ use crate::config::Verify;
 use crate::github::outbound;
 use crate::inbound;
 use crate::routing::{self, Plan};
-use crate::store::{Accepted, DebounceWindow, NewDelivery};
+use crate::store::{Accepted, DebounceWindow, NewDelivery, StoreError};
 use crate::telemetry::{SnsSubscription, WebhookOutcome};
 use crate::verify;
 use crate::verify::sns::{self, Envelope, MessageType, SigningKey};
@@ -252,12 +252,20 @@ async fn accept(
         jobs,
         failure: failure.clone(),
         debounce: route.debounce.as_ref().map(|d| DebounceWindow {
-            window_ms: d.window.as_millis() as i64,
-            max_wait_ms: d.max_wait.as_millis() as i64,
+            window_ms: crate::clock::duration_ms(d.window),
+            max_wait_ms: crate::clock::duration_ms(d.max_wait),
         }),
     };
     let accepted = state.store.accept(delivery).await.map_err(|e| {
-        tracing::error!(route = %route.id, delivery_id = %delivery_id, error = %e, "Could not store a webhook");
+        // A store that refuses commits refuses every webhook alike: the
+        // writer logs when that starts and ends, and the metric counts
+        // each refusal. Anything else is this webhook's own.
+        match &e {
+            StoreError::Unavailable(_) => {}
+            _ => {
+                tracing::error!(route = %route.id, delivery_id = %delivery_id, error = %e, "Could not store a webhook");
+            }
+        }
         IngressError::Unavailable("the store is unavailable; retry shortly".into())
     })?;
     let accepted_answer = |delivery_id: &str, coalesced: Option<u32>| {

@@ -286,6 +286,10 @@ fn rendered_limits_fail_the_whole_plan() {
 
     let eleven: Map<String, Value> = (0..11).map(|i| (format!("k{i}"), json!(i))).collect();
     let twenty_six: Map<String, Value> = (0..26).map(|i| (format!("i{i}"), json!("x"))).collect();
+    let long_name = format!("acme/{}", "-".repeat(101));
+    let long_name_refused = format!("target 1: repo `{long_name}` is not a repository name");
+    let long_owner = format!("{}/x", "a".repeat(40));
+    let long_owner_refused = format!("target 1: repo `{long_owner}` is not a repository name");
     let cases: Vec<(&str, Value, &str)> = vec![
         (
             "repo",
@@ -302,6 +306,10 @@ fn rendered_limits_fail_the_whole_plan() {
             json!("acme/a b"),
             "target 1: repo `acme/a b` is not a repository name",
         ),
+        // GitHub's longest names: 39 characters for the owner, 100 for the
+        // repository.
+        ("repo", json!(long_name), &long_name_refused),
+        ("repo", json!(long_owner), &long_owner_refused),
         (
             "event_type",
             json!("x".repeat(101)),
@@ -341,6 +349,15 @@ fn rendered_limits_fail_the_whole_plan() {
         let err = plan(route, &ctx(body)).unwrap_err();
         assert!(err.to_string().starts_with(expected), "{field}: {err}");
     }
+    // A rendered repository is the sender's text: the refusal quotes its
+    // start, not all of it.
+    let mut body = good.clone();
+    body["repo"] = json!(format!("acme/{}", "x".repeat(100_000)));
+    let err = plan(route, &ctx(body)).unwrap_err().to_string();
+    assert!(
+        err.len() < 400 && err.contains("…` is not a repository name"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -31,8 +31,6 @@ pub enum StoreError {
     Database(#[from] rusqlite::Error),
     #[error(transparent)]
     BadUrl(#[from] crate::config::BadStoreUrl),
-    #[error("delivery {0} not found")]
-    NotFound(String),
 }
 
 /// A delivery id as the store keeps it: a UUID, lower-cased, whatever case

@@ -169,7 +169,9 @@ fn insert_jobs_due(
 /// The moment a debounced dispatch is due: `window` after the latest
 /// webhook, but never later than `max_wait` after the first.
 fn debounce_due(d: &DebounceWindow, first_ms: i64, now_ms: i64) -> i64 {
-    (now_ms + d.window_ms).min(first_ms + d.max_wait_ms)
+    now_ms
+        .saturating_add(d.window_ms)
+        .min(first_ms.saturating_add(d.max_wait_ms))
 }
 
 /// What a debounced webhook's jobs are keyed by: the places they go, each

@@ -65,8 +65,9 @@ pub(super) enum Command {
     ReleaseAll {
         reply: Reply<()>,
     },
-    /// Marks the end of the queued work (closing).
-    Ping {
+    /// Marks the end of the queued work: the writer commits what came
+    /// before it, then closes its connection and stops.
+    Close {
         reply: Reply<()>,
     },
     /// Commits a write of its own (readiness).
@@ -127,7 +128,7 @@ impl Command {
             Command::Record { reply, .. }
             | Command::Release { reply, .. }
             | Command::ReleaseAll { reply }
-            | Command::Ping { reply }
+            | Command::Close { reply }
             | Command::CheckWritable { reply }
             | Command::SavePause { reply, .. } => send(reply, outcome, |o| match o {
                 Outcome::Unit => Some(()),
@@ -183,17 +184,21 @@ impl Writer {
             .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))
     }
 
+    /// Commits what is queued, then closes the writer's connection, which
+    /// checkpoints the WAL and removes it when no reader has the store open.
     pub(super) async fn close(&self) {
         self.closed
             .store(true, std::sync::atomic::Ordering::Release);
         let handle = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(handle) = handle {
             // Dropping our sender is not enough (clones live elsewhere), so a
-            // Ping answered after everything queued marks the end of work.
+            // command answered after everything queued marks the end of work.
             let (tx, rx) = oneshot::channel();
-            let _ = self.sender.send(Command::Ping { reply: tx });
+            let _ = self.sender.send(Command::Close { reply: tx });
             let _ = rx.await;
-            drop(handle);
+            // The thread ends right after answering; a panic in it has
+            // already been reported by the panic hook.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
 }
@@ -216,10 +221,89 @@ pub(super) fn tune(conn: &Connection, synchronous: Synchronous) -> Result<(), St
         "wal_autocheckpoint",
         (CHECKPOINT_BYTES / page_size.max(512)).max(1),
     )?;
+    // A long read (a backup, a large listing) keeps checkpoints from
+    // restarting the WAL, which then grows with every commit meanwhile;
+    // without a limit it keeps that size on disk for good.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     Ok(())
 }
 
+/// The size the WAL is cut back to once a checkpoint has emptied it.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// The file the store was opened from, as the file system names it. A
+/// store file deleted or replaced while the relay runs would still take
+/// commits, into a file no one will open again: those webhooks would be
+/// answered 202 and lost at the next start. So the writer looks, at most
+/// once a second, whether the path still names the file it has open, and
+/// refuses commits while it does not.
+struct OpenedFile {
+    path: std::path::PathBuf,
+    identity: (u64, u64),
+    checked_at: std::time::Instant,
+    replaced: bool,
+}
+
+impl OpenedFile {
+    fn of(conn: &Connection) -> Option<OpenedFile> {
+        let path = std::path::PathBuf::from(conn.path().filter(|p| !p.is_empty())?);
+        Some(OpenedFile {
+            identity: identity(&path)?,
+            path,
+            checked_at: std::time::Instant::now(),
+            replaced: false,
+        })
+    }
+
+    /// Why commits are refused: the path no longer names the open file.
+    fn refusal(&mut self) -> Option<String> {
+        if self.checked_at.elapsed() >= FILE_CHECK_INTERVAL {
+            self.checked_at = std::time::Instant::now();
+            self.replaced = identity(&self.path) != Some(self.identity);
+        }
+        self.replaced.then(|| {
+            format!(
+                "the store file {} was moved, deleted or replaced while the relay ran; writes are refused until it is back or the relay is restarted",
+                self.path.display()
+            )
+        })
+    }
+}
+
+/// How often the writer looks at the store's path.
+const FILE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Failed commits in a row. The first of a run is logged with its cause,
+/// and the first success after it; the commits in between fail the same
+/// way, and their callers count them (`outcome="unavailable"`).
+#[derive(Default)]
+struct FailedCommits(u64);
+
+impl FailedCommits {
+    fn note(&mut self, commit: &Result<(), String>) {
+        match commit {
+            Err(e) if self.0 == 0 => {
+                tracing::error!(error = %e, "The store refused a commit; writes are refused until one succeeds");
+                self.0 = 1;
+            }
+            Err(_) => self.0 += 1,
+            Ok(()) if self.0 > 0 => {
+                tracing::info!(failed_commits = self.0, "The store takes writes again");
+                self.0 = 0;
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
 fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>) {
+    let mut opened = OpenedFile::of(&conn);
+    let mut failed = FailedCommits::default();
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -228,14 +312,34 @@ fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        let (outcomes, commit) = commit_batch(&mut conn, &batch);
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, "Store commit failed");
-        }
+        let closing = batch.iter().any(|c| matches!(c, Command::Close { .. }));
+        let (outcomes, commit) = match opened.as_mut().and_then(OpenedFile::refusal) {
+            Some(refusal) => refused(&batch, refusal),
+            None => commit_batch(&mut conn, &batch),
+        };
+        failed.note(&commit);
         for (command, outcome) in batch.into_iter().zip(outcomes) {
             command.answer(outcome, &commit);
         }
+        if closing {
+            break;
+        }
     }
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "Could not close the store cleanly; its WAL stays until the next start");
+    }
+}
+
+/// Every command of `batch` refused for `message`, and nothing committed.
+fn refused(
+    batch: &[Command],
+    message: String,
+) -> (Vec<Result<Outcome, StoreError>>, Result<(), String>) {
+    let outcomes = batch
+        .iter()
+        .map(|_| Err(StoreError::Unavailable(message.clone())))
+        .collect();
+    (outcomes, Err(message))
 }
 
 /// Runs a batch in one transaction and commits it.
@@ -250,13 +354,7 @@ fn commit_batch(
     conn: &mut Connection,
     batch: &[Command],
 ) -> (Vec<Result<Outcome, StoreError>>, Result<(), String>) {
-    let unavailable = |message: String| {
-        let outcomes = batch
-            .iter()
-            .map(|_| Err(StoreError::Unavailable(message.clone())))
-            .collect();
-        (outcomes, Err(message))
-    };
+    let unavailable = |message: String| refused(batch, message);
     match begin(conn) {
         Ok(tx) => {
             let mut outcomes = Vec::with_capacity(batch.len());
@@ -375,10 +473,7 @@ fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
             schema::release_all(c)?;
             Outcome::Unit
         }
-        Command::Ping { .. } => {
-            c.execute_batch("SELECT 1")?;
-            Outcome::Unit
-        }
+        Command::Close { .. } => Outcome::Unit,
         Command::CheckWritable { .. } => {
             schema::check_writable(c, crate::clock::now_ms())?;
             Outcome::Unit

@@ -291,12 +291,31 @@ async fn a_second_relay_on_the_same_store_is_refused() {
         stderr.contains("another `dispatch-relay serve` is using the store"),
         "{stderr}"
     );
+    // Nor under another name: a symbolic link, or a hard link, to the same
+    // file. Each would have cleared the first relay's leases, and a hard
+    // link's own WAL would have corrupted the store.
+    let dir = app.config_path().parent().unwrap().to_owned();
+    std::os::unix::fs::symlink(app.db_path(), dir.join("symbolic.db")).unwrap();
+    std::fs::hard_link(app.db_path(), dir.join("hard.db")).unwrap();
+    for alias in ["symbolic.db", "hard.db"] {
+        let url = format!("sqlite:{}", dir.join(alias).display());
+        let (code, stderr) = app.cli_with_env_and_deadline(
+            &["serve", "--listen", "127.0.0.1:0"],
+            &[("RELAY_DATABASE_URL", &url)],
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(2), "{alias}: {stderr}");
+        assert!(
+            stderr.contains("another `dispatch-relay serve` is using the store"),
+            "{alias}: {stderr}"
+        );
+    }
     // The first keeps serving.
     assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_store_in_a_directory_that_does_not_exist_yet_is_created_with_its_lock() {
+async fn a_store_in_a_directory_that_does_not_exist_yet_is_created() {
     let head = format!(
         "{}store:\n  url: sqlite:state/nested/relay.db\n",
         crate::helpers::TEST_HEAD
@@ -305,7 +324,6 @@ async fn a_store_in_a_directory_that_does_not_exist_yet_is_created_with_its_lock
     assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
     let dir = app.config_path().parent().unwrap().join("state/nested");
     assert!(dir.join("relay.db").exists());
-    assert!(dir.join("relay.db.lock").exists());
 }
 
 /// A `systemctl reload` sent while the relay is still starting must not end
@@ -545,4 +563,79 @@ async fn a_rate_limit_pause_outlives_a_restart() {
             "sent {after:?} after the limit that asked for 5 s"
         );
     }
+}
+
+/// A store file moved away while the relay runs: the relay would go on
+/// committing into a file no one opens again. It refuses instead (503 to
+/// webhooks, `/readyz` failing), holds the outcome of the dispatch that was
+/// in flight until the store takes it, and goes on once the file is back,
+/// without sending that dispatch a second time. The short lease would have
+/// run out many times over meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_moved_away_refuses_writes_and_loses_no_outcome() {
+    let app = spawn_app_with(
+        TEST_HEAD,
+        &hmac_route("cms", TARGET),
+        &[("RELAY_TEST_LEASE_MS", "300")],
+    )
+    .await;
+    app.github.set_latency(Duration::from_secs(3));
+    let http = reqwest::Client::new();
+    let response = app.post_signed("cms", r#"{"n": 1}"#).await;
+    assert_eq!(response.status(), 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.github.dispatches_received() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no dispatch started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let away = app.db_path().with_extension("away");
+    std::fs::rename(app.db_path(), &away).unwrap();
+    loop {
+        let ready = http.get(app.url("/readyz")).send().await.unwrap();
+        if ready.status() == 503 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz stayed ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = app.post_signed("cms", r#"{"n": 2}"#).await;
+    assert_eq!(refused.status(), 503);
+    let (_, json) = crate::helpers::json_of(refused).await;
+    assert_eq!(json["error"], "unavailable", "{json}");
+    app.wait_for_log(|l| {
+        l.contains("The store refused a commit") && l.contains("moved, deleted or replaced")
+    })
+    .await;
+    // GitHub answers the dispatch; its outcome waits for the store, longer
+    // than the few tries that used to end with the job left leased.
+    app.wait_for_log(|l| {
+        l.contains("Could not record the attempt; trying until the store takes it")
+    })
+    .await;
+    let outage = std::time::Instant::now();
+    while outage.elapsed() < Duration::from_secs(4) {
+        assert_eq!(app.github.dispatches_to("acme/blog"), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    std::fs::rename(&away, app.db_path()).unwrap();
+    app.wait_for_log(|l| l.contains("Recorded the attempt once the store took writes again"))
+        .await;
+    app.wait_for_log(|l| l.contains("The store takes writes again"))
+        .await;
+    let list = app
+        .wait_for_deliveries(Duration::from_secs(30), |list| {
+            list.len() == 1 && list[0]["status"] == "delivered"
+        })
+        .await;
+    assert_eq!(list[0]["status"], "delivered");
+    // Watched for longer than a lease and a send take: the job is not sent
+    // again.
+    let after = std::time::Instant::now();
+    while after.elapsed() < Duration::from_secs(4) {
+        assert_eq!(app.github.dispatches_to("acme/blog"), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.post_signed("cms", r#"{"n": 3}"#).await.status(), 202);
 }

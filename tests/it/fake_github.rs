@@ -437,6 +437,12 @@ impl FakeGitHub {
     }
 
     /// The most requests the fake was answering at once.
+    /// Dispatch requests received so far, counted on arrival: one that is
+    /// still waiting for its answer is counted.
+    pub fn dispatches_received(&self) -> u64 {
+        self.shared.dispatches_received.load(Ordering::SeqCst)
+    }
+
     pub fn max_in_flight(&self) -> u64 {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
@@ -949,6 +955,8 @@ struct Shared {
     /// Requests being answered now, and the most there ever were at once.
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Dispatch requests (of either kind) received, answered or not.
+    dispatches_received: AtomicU64,
     rate: Mutex<RateWindow>,
     next_run_id: AtomicU64,
     log: Mutex<Log>,
@@ -981,6 +989,7 @@ impl Shared {
             latency_nanos: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            dispatches_received: AtomicU64::new(0),
             rate: Mutex::new(RateWindow {
                 used: 0,
                 reset: epoch_secs() + 3600,
@@ -1261,6 +1270,9 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
     let _counted = InFlight::enter(&shared);
     let method = req.method().as_str().to_owned();
     let path = req.path().to_owned();
+    if method == "POST" && path.ends_with("/dispatches") {
+        shared.dispatches_received.fetch_add(1, Ordering::SeqCst);
+    }
     let query = (!req.query_string().is_empty()).then(|| req.query_string().to_owned());
     let headers: Vec<(String, String)> = req
         .headers()

@@ -205,13 +205,26 @@ impl TestApp {
     /// is still running after `deadline` (a second `serve` that should have
     /// been refused).
     pub fn cli_with_deadline(&self, args: &[&str], deadline: Duration) -> (Option<i32>, String) {
+        self.cli_with_env_and_deadline(args, &[], deadline)
+    }
+
+    /// [`TestApp::cli_with_deadline`] with more environment variables.
+    pub fn cli_with_env_and_deadline(
+        &self,
+        args: &[&str],
+        extra_env: &[(&str, &str)],
+        deadline: Duration,
+    ) -> (Option<i32>, String) {
         let mut command = Command::new(binary());
         command.args(args).arg("--config").arg(self.config_path());
         for (k, v) in &self.env {
             command.env(k, v);
         }
+        command.env_remove("RELAY_DATABASE_URL");
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
         let mut child = command
-            .env_remove("RELAY_DATABASE_URL")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
