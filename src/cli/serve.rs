@@ -5,6 +5,7 @@
 //! GitHub calls in flight within a grace period (the rest stay queued on
 //! disk), stop HTTP, flush the store, exit 0.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,12 +120,15 @@ fn own_store(db_path: &Path) -> Result<std::fs::File, CliError> {
             .with_context(|| format!("cannot create {}", parent.display()))
             .map_err(runtime)?;
     }
-    // An empty file is an empty SQLite database.
+    // An empty file is an empty SQLite database. A new store is readable
+    // by its owner only, as SQLite then makes its WAL: it holds every
+    // webhook's body and query string.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o600)
         .open(db_path)
         .with_context(|| format!("cannot open {}", db_path.display()))
         .map_err(runtime)?;

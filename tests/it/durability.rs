@@ -323,7 +323,14 @@ async fn a_store_in_a_directory_that_does_not_exist_yet_is_created() {
     let app = crate::helpers::spawn_app_with(&head, &hmac_route("cms", TARGET), &[]).await;
     assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
     let dir = app.config_path().parent().unwrap().join("state/nested");
-    assert!(dir.join("relay.db").exists());
+    // It holds every webhook's body: readable by its owner only, and so is
+    // its WAL, which SQLite makes with the database's permissions.
+    for file in ["relay.db", "relay.db-wal"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.join(file)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
 }
 
 /// A `systemctl reload` sent while the relay is still starting must not end
