@@ -269,7 +269,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         "Listening"
     );
     let mut server = tokio::spawn(app.run_until_stopped());
-    let stop_reloading = tokio_util::sync::CancellationToken::new();
+    let stop_background = tokio_util::sync::CancellationToken::new();
     let reloader = Reloader {
         path: config_path.to_path_buf(),
         watch: super::reload::FileWatch::new(loaded_text),
@@ -278,11 +278,11 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         metrics,
         waiting_for_certificates: None,
     };
-    tokio::spawn(reloader.run(hangup, stop_reloading.clone()));
+    tokio::spawn(reloader.run(hangup, stop_background.clone()));
     tokio::spawn(prune_periodically(
         store.clone(),
         config.store.retention,
-        stop_reloading.clone(),
+        stop_background.clone(),
     ));
 
     // The HTTP server ends on its own only if it fails; then the relay
@@ -305,7 +305,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
             })
         }
     };
-    stop_reloading.cancel();
+    stop_background.cancel();
     state.begin_shutdown();
     if dispatcher.shutdown(DRAIN_GRACE).await {
         tracing::info!("In-flight dispatches finished");

@@ -996,6 +996,46 @@ fn a_warning_is_written_as_an_error_is_with_its_file_line_and_column() {
 }
 
 #[test]
+fn plain_http_to_github_is_warned_about_unless_it_stays_on_this_machine() {
+    let warnings = |api_url: &str, env: Option<&str>| -> Vec<String> {
+        let text = format!(
+            "github:\n  token: t\n  api_url: {api_url}\nroutes:\n  - id: r\n    verify: {{hmac: {{secret: s, header: X-Sig}}}}\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n"
+        );
+        let env = |name: &str| {
+            (name == "GITHUB_API_URL")
+                .then(|| env.map(str::to_owned))
+                .flatten()
+        };
+        load("routes.yaml", &text, &env)
+            .unwrap()
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        warnings("http://ghe.example.com/api/v3", None),
+        [
+            "routes.yaml:3:12: warning: github.api_url: uses http://: the token, or the App's tokens, would cross the network unencrypted; use https://"
+        ]
+    );
+    for local in [
+        "http://127.0.0.1:8080",
+        "http://localhost/api/v3",
+        "http://[::1]:9/",
+        "https://ghe.example.com/api/v3",
+    ] {
+        assert_eq!(warnings(local, None), Vec::<String>::new(), "{local}");
+    }
+    let from_env = warnings("https://api.github.com", Some("http://10.0.0.5/api/v3"));
+    assert_eq!(from_env.len(), 1, "{from_env:?}");
+    assert!(
+        from_env[0].contains("GITHUB_API_URL (which overrides github.api_url) uses http://"),
+        "{from_env:?}"
+    );
+}
+
+#[test]
 fn an_unknown_key_in_a_route_does_not_hide_the_routes_other_errors() {
     let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    whenn: x\n    dispatch: [{repo: acme/blog, event_typ: e}]\n  - id: b\n    verfy: none\n    rate_limit: {per_second: 0}\n    dispatch: [{repo: \"acme/{{ body.site }}\", event_type: e}]\n  - id: c\n    verify: none\n    allowed_repo: [\"acme/*\"]\n    dispatchh: []\n";
     let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();

@@ -24,6 +24,16 @@ pub const DEFAULT_API_URL: &str = "https://api.github.com";
 
 /// The API base URL without a trailing slash: `GITHUB_API_URL` when it is
 /// set and not blank, else the configured one, else GitHub.com's.
+/// Whether `url` names this machine, where plain http never leaves it.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 pub fn resolve_api_url(from_env: Option<String>, configured: Option<String>) -> String {
     from_env
         .map(|url| url.trim().to_owned())
@@ -823,7 +833,10 @@ fn github(
     if parsed.is_none() {
         report.error(&url_path, format!("{url_name}is not an http(s) URL"));
         ok = false;
-    } else if parsed.is_some_and(|url| !url.username().is_empty() || url.password().is_some()) {
+    } else if parsed
+        .as_ref()
+        .is_some_and(|url| !url.username().is_empty() || url.password().is_some())
+    {
         report.error(
             &url_path,
             format!(
@@ -831,6 +844,16 @@ fn github(
             ),
         );
         ok = false;
+    } else if parsed
+        .as_ref()
+        .is_some_and(|url| url.scheme() == "http" && !is_loopback(url))
+    {
+        report.warn(
+            &url_path,
+            format!(
+                "{url_name}uses http://: the token, or the App's tokens, would cross the network unencrypted; use https://"
+            ),
+        );
     }
 
     // Without the credential's keys, or beside a key that may misspell

@@ -273,6 +273,7 @@ pub struct ListFilter {
     pub status: Option<Status>,
     pub route: Option<String>,
     pub since_ms: Option<i64>,
+    /// The most deliveries listed; 0 lists 50.
     pub limit: usize,
     /// Deliveries to skip (newest first), for paging.
     pub offset: usize,

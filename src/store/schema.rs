@@ -29,6 +29,9 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
             "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
         )));
     }
+    if version == 0 {
+        refuse_foreign_tables(conn)?;
+    }
     let index_names: Vec<&str> = ADDED_INDEXES.iter().map(|(name, _)| *name).collect();
     let indexes_missing = build_indexes && missing(conn, &index_names)?;
     if version == SCHEMA_VERSION
@@ -53,6 +56,35 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
     }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
+}
+
+/// Refuses a database that holds tables of another program. A store of
+/// ours has schema version 0 only when it is new, or when its creation was
+/// interrupted before the version was written; either way it holds none
+/// but the relay's tables. A store url pointing at another program's
+/// SQLite file would otherwise get the relay's tables added to it.
+fn refuse_foreign_tables(conn: &Connection) -> Result<(), StoreError> {
+    let ours: Vec<&str> = SCHEMA
+        .lines()
+        .filter_map(|line| line.strip_prefix("CREATE TABLE IF NOT EXISTS "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    let mut statement = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )?;
+    let foreign: Vec<String> = statement
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|name| !ours.contains(&name.as_str()))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Unavailable(format!(
+        "the file is a SQLite database of another program (it holds the tables {}), not a dispatch-relay store",
+        foreign.join(", ")
+    )))
 }
 
 /// Indexes added after the first schema, each name with its statement.

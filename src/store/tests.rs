@@ -577,7 +577,9 @@ async fn a_new_store_has_large_pages_and_an_old_one_keeps_its_own() {
     let old = dir.path().join("old.db");
     Connection::open(&old)
         .unwrap()
-        .execute_batch("PRAGMA page_size = 4096; CREATE TABLE t (x); PRAGMA journal_mode = WAL;")
+        .execute_batch(
+            "PRAGMA page_size = 4096; CREATE TABLE t (x); DROP TABLE t; PRAGMA journal_mode = WAL;",
+        )
         .unwrap();
     let reopened = Store::open(&old, Synchronous::Full).unwrap();
     reopened.accept(delivery("d1", None, 1)).await.unwrap();
@@ -592,7 +594,9 @@ fn the_wal_is_checkpointed_every_four_megabytes_whatever_the_page_size() {
         if let Some(size) = page_size {
             Connection::open(&path)
                 .unwrap()
-                .execute_batch(&format!("PRAGMA page_size = {size}; CREATE TABLE t (x);"))
+                .execute_batch(&format!(
+                    "PRAGMA page_size = {size}; CREATE TABLE t (x); DROP TABLE t;"
+                ))
                 .unwrap();
         }
         let conn = open_connection(&path).unwrap();
@@ -804,4 +808,47 @@ async fn a_kept_pause_keeps_the_later_end_unless_it_is_past_belief() {
         .unwrap();
     store.save_pause(12_000, 100_000).await.unwrap();
     assert_eq!(store.pause_until_ms().await.unwrap(), Some(12_000));
+}
+
+#[tokio::test]
+async fn another_programs_database_is_not_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+            .unwrap();
+    }
+    let Err(error) = Store::open(&path, Synchronous::Full) else {
+        panic!("a database of another program was opened as a store");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("another program") && message.contains("users"),
+        "{message}"
+    );
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 1, "nothing was added to it");
+    // A store whose creation stopped before its version was written holds
+    // only the relay's own tables, and is opened.
+    let fresh = dir.path().join("fresh.db");
+    Store::open(&fresh, Synchronous::Full)
+        .unwrap()
+        .close()
+        .await;
+    rusqlite::Connection::open(&fresh)
+        .unwrap()
+        .pragma_update(None, "user_version", 0)
+        .unwrap();
+    Store::open(&fresh, Synchronous::Full)
+        .unwrap()
+        .close()
+        .await;
 }
