@@ -449,9 +449,8 @@ impl EngineBuilder {
     fn reads(&mut self, name: &str, source: &str) -> BodyReads {
         // minijinja's analysis records a `set`, `with` or macro target before
         // reading its value, so `{% set body = body.data %}` would count as
-        // reading nothing; and included templates are not analysed at all.
-        // Such templates are rare in routes, and reading the whole body is
-        // always right.
+        // reading nothing. Such templates are rare in routes, and reading
+        // the whole body is always right.
         let reads = if uses_statements_the_analysis_misreads(source) {
             BodyReads::Whole
         } else {
@@ -506,11 +505,19 @@ impl EngineBuilder {
                 direct: None,
             });
         }
-        let name = self.unique_name(name);
         let invalid = |detail: String| TemplateError::Template {
             at: at.to_vec(),
             detail,
         };
+        // Every template of the file is compiled into one environment, under
+        // a name like `routes[0].dispatch[0].client_payload.key`, so one
+        // could print another route's, secrets substituted in and all.
+        if let Some(keyword) = pulls_in_another_template(source) {
+            return Err(invalid(format!(
+                "`{keyword}` is not available: a template cannot use another template"
+            )));
+        }
+        let name = self.unique_name(name);
         self.env
             .add_template_owned(name.clone(), source.to_owned())
             .map_err(|err| invalid(describe(&err, source)))?;
@@ -1035,32 +1042,31 @@ fn template_tags(source: &str) -> Vec<(bool, String)> {
 
 /// Whether a template has a statement whose reads the static analysis
 /// cannot be trusted to report: one that assigns a name (`set`, `with`, a
-/// macro or call block's arguments), pulls in another template (`include`,
-/// `import`, `from`, `extends`), or takes an expression the analysis skips
-/// (`filter` and `autoescape` blocks).
+/// macro or call block's arguments), or takes an expression the analysis
+/// skips (`filter` and `autoescape` blocks).
 fn uses_statements_the_analysis_misreads(source: &str) -> bool {
-    const STATEMENTS: &[&str] = &[
-        "set",
-        "with",
-        "macro",
-        "call",
-        "include",
-        "import",
-        "from",
-        "extends",
-        "filter",
-        "autoescape",
-    ];
+    const STATEMENTS: &[&str] = &["set", "with", "macro", "call", "filter", "autoescape"];
+    statement_keywords(source).any(|keyword| STATEMENTS.contains(&keyword.as_str()))
+}
+
+/// The statement of a template that would pull in another template
+/// (`include`, `import`, `from`, `extends`), if it has one.
+fn pulls_in_another_template(source: &str) -> Option<String> {
+    const STATEMENTS: &[&str] = &["include", "import", "from", "extends"];
+    statement_keywords(source).find(|keyword| STATEMENTS.contains(&keyword.as_str()))
+}
+
+/// The keyword of each `{% %}` tag of a template.
+fn statement_keywords(source: &str) -> impl Iterator<Item = String> {
     template_tags(source)
         .into_iter()
         .filter(|(prints, _)| !prints)
-        .any(|(_, code)| {
-            let code = code.trim_start_matches(['-', '+']).trim_start();
-            let keyword: String = code
+        .map(|(_, code)| {
+            code.trim_start_matches(['-', '+'])
+                .trim_start()
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            STATEMENTS.contains(&keyword.as_str())
+                .collect()
         })
 }
 

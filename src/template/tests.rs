@@ -531,6 +531,44 @@ fn direct_evaluation_gives_what_the_engine_gives() {
 }
 
 #[test]
+fn a_template_cannot_use_another() {
+    let mut builder = EngineBuilder::new();
+    builder
+        .string(
+            "routes[0].dispatch[0].client_payload.key",
+            "{{ body.model }}-secret",
+        )
+        .unwrap();
+    for (source, keyword) in [
+        (
+            "{% include 'routes[0].dispatch[0].client_payload.key' %}",
+            "include",
+        ),
+        ("{%- import 'x' as m -%}{{ m }}", "import"),
+        ("{% from 'x' import y %}", "from"),
+        ("{% extends 'x' %}", "extends"),
+    ] {
+        let err = builder.string("t", source).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("`{keyword}` is not available")),
+            "{source}: {err}"
+        );
+        let err = builder.value("v", &json!({"a": source})).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("is not available"),
+            "{source}: {err:?}"
+        );
+    }
+    // Text that only looks like a statement is not refused.
+    builder
+        .string(
+            "u",
+            "{# {% include 'x' %} #}{% raw %}{% include 'x' %}{% endraw %}{{ body.model }}",
+        )
+        .unwrap();
+}
+
+#[test]
 fn unknown_filters_tests_and_functions_are_compile_errors() {
     let mut builder = EngineBuilder::new();
     for (source, name) in [
