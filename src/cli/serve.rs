@@ -113,7 +113,12 @@ const ALERT_GRACE: Duration = Duration::from_secs(10);
 /// touch; and the file opened here stays open until the process ends, as
 /// it must: closing any descriptor of the database file would drop the
 /// process's POSIX locks on it.
-fn own_store(db_path: &Path) -> Result<std::fs::File, CliError> {
+///
+/// Earlier versions locked `<store>.lock` beside the store instead; that
+/// file is locked too, so that a relay of either kind refuses to start
+/// while the other runs (an upgrade that starts the new relay before the
+/// old one has stopped).
+fn own_store(db_path: &Path) -> Result<[std::fs::File; 2], CliError> {
     // The store creates its directory when missing; the lock comes first.
     if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -132,16 +137,34 @@ fn own_store(db_path: &Path) -> Result<std::fs::File, CliError> {
         .open(db_path)
         .with_context(|| format!("cannot open {}", db_path.display()))
         .map_err(runtime)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(runtime(anyhow::anyhow!(
-            "another `dispatch-relay serve` is using the store {} (the same file, perhaps under another name); two relays on one store would send dispatches twice",
-            db_path.display(),
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(runtime(
-            anyhow::Error::new(e).context(format!("cannot lock {}", db_path.display())),
-        )),
+    let mut lock_path = db_path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    let earlier_lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))
+        .map_err(runtime)?;
+    for (locked, path) in [(&file, db_path), (&earlier_lock, lock_path.as_path())] {
+        match locked.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(runtime(anyhow::anyhow!(
+                    "another `dispatch-relay serve` is using the store {} (the same file, perhaps under another name); two relays on one store would send dispatches twice",
+                    db_path.display(),
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(runtime(
+                    anyhow::Error::new(e).context(format!("cannot lock {}", path.display())),
+                ));
+            }
+        }
     }
+    Ok([file, earlier_lock])
 }
 
 pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), CliError> {

@@ -22,8 +22,6 @@ use crate::template::EngineBuilder;
 /// GitHub.com's API.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
 
-/// The API base URL without a trailing slash: `GITHUB_API_URL` when it is
-/// set and not blank, else the configured one, else GitHub.com's.
 /// Whether `url` names this machine, where plain http never leaves it.
 fn is_loopback(url: &url::Url) -> bool {
     match url.host() {
@@ -34,6 +32,8 @@ fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
+/// The API base URL without a trailing slash: `GITHUB_API_URL` when it is
+/// set and not blank, else the configured one, else GitHub.com's.
 pub fn resolve_api_url(from_env: Option<String>, configured: Option<String>) -> String {
     from_env
         .map(|url| url.trim().to_owned())

@@ -22,7 +22,7 @@ use super::retry::{self, Action, AppToken, History, Outcome, RateLimitWait};
 use crate::clock::{self, now_ms};
 use crate::config::RetryConfig;
 use crate::github::{Answer, Credentials, GitHubClient, Scope};
-use crate::store::{AttemptRecord, Job, JobNext, Store};
+use crate::store::{AttemptRecord, Job, JobNext, Store, StoreError};
 use crate::telemetry::{DispatchOutcome, Metrics};
 
 /// How long a lease lasts. It only has to outlive one send including its
@@ -194,6 +194,9 @@ impl Dispatcher {
 
     async fn run(self: Arc<Self>, handle: DispatcherHandle) {
         self.resume_kept_pause().await;
+        // Leasing is tried every few seconds while the store refuses it;
+        // that is said when it starts and when it ends, not each time.
+        let mut lease_failures = 0u64;
         loop {
             tokio::select! {
                 biased;
@@ -211,9 +214,18 @@ impl Dispatcher {
                 .lease_due(now_ms(), slots.len(), clock::duration_ms(self.lease))
                 .await;
             let jobs = match leased {
-                Ok(jobs) => jobs,
+                Ok(jobs) => {
+                    if lease_failures > 0 {
+                        tracing::info!(failures = lease_failures, "Leasing jobs works again");
+                        lease_failures = 0;
+                    }
+                    jobs
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "Could not lease jobs; retrying shortly");
+                    if lease_failures == 0 {
+                        tracing::error!(error = %e, "Could not lease jobs; trying again every few seconds");
+                    }
+                    lease_failures += 1;
                     drop(slots);
                     self.idle(&handle, Some(IDLE_POLL)).await;
                     continue;
@@ -641,8 +653,9 @@ impl Dispatcher {
         // takes it, however long the store is unavailable (a full disk,
         // another process holding the write lock): a job left leased would
         // be sent again when its lease ran out, although GitHub has it. Only
-        // the end of the process stops this, and then the next start sends
-        // the job again, which is what at-least-once allows. The job keeps
+        // the end of the process stops this (the next start then sends the
+        // job again, which is what at-least-once allows), or an error of the
+        // record itself rather than of the store. The job keeps
         // its slot meanwhile, so nothing new is sent into a store that
         // cannot record it.
         let retry_scheduled = matches!(record.next, JobNext::Retry { .. });
@@ -658,6 +671,13 @@ impl Dispatcher {
                         );
                     }
                     return retry_scheduled;
+                }
+                // An error of this record itself, not of the store, will
+                // not pass: the job is left leased, and the next start
+                // sends it again, which at-least-once allows.
+                Err(e) if !matches!(e, StoreError::Unavailable(_)) && failures >= 4 => {
+                    tracing::error!(error = %e, "Could not record the attempt; the job will be sent again at the next start");
+                    return false;
                 }
                 Err(e) => {
                     if failures == 0 {

@@ -374,7 +374,8 @@ impl Rerendered {
 #[derive(Clone)]
 pub struct Store {
     writer: Writer,
-    reader: Arc<Mutex<Connection>>,
+    /// `None` once the store is closed.
+    reader: Arc<Mutex<Option<Connection>>>,
     path: Arc<PathBuf>,
 }
 
@@ -417,7 +418,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let conn = open_connection(path)?;
         schema::migrate(&conn, build_indexes)?;
-        let writer = Writer::start(conn, synchronous)?;
+        let writer = Writer::start(conn, synchronous, path)?;
         let reader = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -425,7 +426,7 @@ impl Store {
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Store {
             writer,
-            reader: Arc::new(Mutex::new(reader)),
+            reader: Arc::new(Mutex::new(Some(reader))),
             path: Arc::new(path.to_path_buf()),
         })
     }
@@ -598,7 +599,10 @@ impl Store {
             let conn = reader
                 .lock()
                 .map_err(|_| StoreError::Unavailable("reader lock poisoned".into()))?;
-            f(&conn)
+            match conn.as_ref() {
+                Some(conn) => f(conn),
+                None => Err(StoreError::Unavailable("the store is closed".into())),
+            }
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
@@ -634,8 +638,13 @@ impl Store {
         self.read(schema::depth).await
     }
 
-    /// Stops the writer after it has committed everything queued so far.
+    /// Stops the writer after it has committed everything queued so far,
+    /// and closes the reader first, so that the writer's is the last
+    /// connection: SQLite then checkpoints the WAL and removes it.
     pub async fn close(&self) {
+        if let Ok(mut reader) = self.reader.lock() {
+            drop(reader.take());
+        }
         self.writer.close().await;
     }
 }
@@ -654,6 +663,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     }
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Before anything is written to it, WAL mode included.
+    schema::refuse_foreign_database(&conn)?;
     // A new store gets 16 KiB pages. A stored webhook is a row of one or two
     // KiB: 4 KiB pages held two of them and wasted a third of each page, and
     // every commit wrote (and later checkpointed) several times as many

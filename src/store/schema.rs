@@ -29,9 +29,6 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
             "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
         )));
     }
-    if version == 0 {
-        refuse_foreign_tables(conn)?;
-    }
     let index_names: Vec<&str> = ADDED_INDEXES.iter().map(|(name, _)| *name).collect();
     let indexes_missing = build_indexes && missing(conn, &index_names)?;
     if version == SCHEMA_VERSION
@@ -63,7 +60,11 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
 /// interrupted before the version was written; either way it holds none
 /// but the relay's tables. A store url pointing at another program's
 /// SQLite file would otherwise get the relay's tables added to it.
-fn refuse_foreign_tables(conn: &Connection) -> Result<(), StoreError> {
+pub(super) fn refuse_foreign_database(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version != 0 {
+        return Ok(());
+    }
     let ours: Vec<&str> = SCHEMA
         .lines()
         .filter_map(|line| line.strip_prefix("CREATE TABLE IF NOT EXISTS "))

@@ -836,6 +836,10 @@ async fn another_programs_database_is_not_taken_over() {
         )
         .unwrap();
     assert_eq!(tables, 1, "nothing was added to it");
+    let journal: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "delete", "nor was it switched to WAL");
     // A store whose creation stopped before its version was written holds
     // only the relay's own tables, and is opened.
     let fresh = dir.path().join("fresh.db");

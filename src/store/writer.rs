@@ -161,12 +161,19 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn start(conn: Connection, synchronous: Synchronous) -> Result<Writer, StoreError> {
+    /// Starts the writer on `conn`, opened from `path` as the configuration
+    /// names it.
+    pub(super) fn start(
+        conn: Connection,
+        synchronous: Synchronous,
+        path: &std::path::Path,
+    ) -> Result<Writer, StoreError> {
         tune(&conn, synchronous)?;
         let (sender, receiver) = mpsc::channel();
+        let opened = OpenedFile::of(path);
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(conn, receiver))
+            .spawn(move || run(conn, receiver, opened))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Writer {
             sender,
@@ -245,11 +252,14 @@ struct OpenedFile {
 }
 
 impl OpenedFile {
-    fn of(conn: &Connection) -> Option<OpenedFile> {
-        let path = std::path::PathBuf::from(conn.path().filter(|p| !p.is_empty())?);
+    /// The file at `path` as the configuration names it, not as SQLite
+    /// resolved it: a symbolic link removed or pointed elsewhere leaves the
+    /// relay writing where the next start will not look. The file's
+    /// identity follows the link to the file the connection has open.
+    fn of(path: &std::path::Path) -> Option<OpenedFile> {
         Some(OpenedFile {
-            identity: identity(&path)?,
-            path,
+            identity: identity(path)?,
+            path: path.to_path_buf(),
             checked_at: std::time::Instant::now(),
             replaced: false,
         })
@@ -301,8 +311,7 @@ impl FailedCommits {
     }
 }
 
-fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>) {
-    let mut opened = OpenedFile::of(&conn);
+fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>, mut opened: Option<OpenedFile>) {
     let mut failed = FailedCommits::default();
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];

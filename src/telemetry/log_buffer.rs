@@ -69,15 +69,27 @@ pub fn flush() {
 /// The [`MakeWriter`] of the subscriber.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BufferedStderr {
-    /// Whether the formatter writes colours, whose escape sequences must
-    /// then pass.
-    ansi: bool,
+    escaping: Escaping,
+}
+
+/// What each formatted event goes through before it is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Escaping {
+    /// Nothing: JSON lines, whose formatter escapes control characters
+    /// itself (and where `\x` would not be valid JSON).
+    #[default]
+    None,
+    /// Plain text: every control character is escaped.
+    Text,
+    /// Text with colours: the formatter's colour sequences pass, and every
+    /// other control character is escaped.
+    Coloured,
 }
 
 impl BufferedStderr {
     /// Starts the thread that writes a batch out [`FLUSH_AFTER`] its first
     /// line; it sleeps while the buffer is empty.
-    pub fn start(ansi: bool) -> BufferedStderr {
+    pub fn start(escaping: Escaping) -> BufferedStderr {
         FLUSHER.get_or_init(|| {
             let _ = std::thread::Builder::new()
                 .name("log-flush".into())
@@ -92,45 +104,77 @@ impl BufferedStderr {
                     }
                 });
         });
-        BufferedStderr { ansi }
+        BufferedStderr { escaping }
     }
 }
 
-/// One formatted event (a line, ending in its newline) with every other
-/// control character escaped, except a tab, and the escape that starts a
-/// colour when `ansi` is set.
-fn one_line(event: &[u8], ansi: bool) -> Cow<'_, [u8]> {
+/// One formatted event (a line, ending in its newline) with every control
+/// character in it escaped as `\u{..}` (`\n` and `\r` for line breaks),
+/// except tabs and, when the text is coloured, the formatter's colour
+/// sequences. C1 controls and Unicode's line and paragraph separators are
+/// escaped too: a terminal or a log viewer may act on them.
+fn one_line(event: &[u8], escaping: Escaping) -> Cow<'_, [u8]> {
+    if escaping == Escaping::None {
+        return Cow::Borrowed(event);
+    }
     let (line, end) = match event.strip_suffix(b"\n") {
         Some(line) => (line, &b"\n"[..]),
         None => (event, &b""[..]),
     };
-    let escaped = |b: u8| (b < 0x20 && b != b'\t' && !(ansi && b == 0x1b)) || b == 0x7f;
-    if !line.iter().any(|&b| escaped(b)) {
+    // The characters to escape, as UTF-8: C0 controls and DEL, C1
+    // controls (0xC2 0x80..0x9F), and U+2028/U+2029 (0xE2 0x80 0xA8/0xA9).
+    let to_escape = line.iter().enumerate().any(|(at, &b)| match b {
+        0x7f => true,
+        b if b < 0x20 => b != b'\t',
+        0xc2 => line
+            .get(at + 1)
+            .is_some_and(|next| (0x80..=0x9f).contains(next)),
+        0xe2 => line.get(at + 1) == Some(&0x80) && matches!(line.get(at + 2), Some(0xa8 | 0xa9)),
+        _ => false,
+    });
+    if !to_escape {
         return Cow::Borrowed(event);
     }
-    let mut out = Vec::with_capacity(event.len() + 16);
-    for &b in line {
-        match b {
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b if escaped(b) => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
-            b => out.push(b),
+    let text = String::from_utf8_lossy(line);
+    let mut out = String::with_capacity(text.len() + 16);
+    for (at, c) in text.char_indices() {
+        match c {
+            '\t' => out.push(c),
+            '\x1b' if escaping == Escaping::Coloured && is_colour(&text[at..]) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&c.escape_unicode().to_string());
+            }
+            c => out.push(c),
         }
     }
-    out.extend_from_slice(end);
-    Cow::Owned(out)
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(end);
+    Cow::Owned(bytes)
+}
+
+/// Whether `text` starts with a colour sequence: `ESC [`, digits and `;`,
+/// then `m`. Any other escape sequence (a title change, a screen clear) is
+/// not one.
+fn is_colour(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("\x1b[") else {
+        return false;
+    };
+    let parameters = rest.trim_start_matches(|c: char| c.is_ascii_digit() || c == ';');
+    parameters.starts_with('m')
 }
 
 /// Receives one formatted event.
 pub struct EventWriter {
     urgent: bool,
-    ansi: bool,
+    escaping: Escaping,
 }
 
 impl Write for EventWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let written = bytes.len();
-        let bytes = one_line(bytes, self.ansi);
+        let bytes = one_line(bytes, self.escaping);
         let bytes = &bytes[..];
         let mut buffer = lock();
         let was_empty = buffer.bytes.is_empty();
@@ -157,14 +201,14 @@ impl<'a> MakeWriter<'a> for BufferedStderr {
     fn make_writer(&'a self) -> EventWriter {
         EventWriter {
             urgent: true,
-            ansi: self.ansi,
+            escaping: self.escaping,
         }
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> EventWriter {
         EventWriter {
             urgent: *meta.level() <= Level::WARN,
-            ansi: self.ansi,
+            escaping: self.escaping,
         }
     }
 }
@@ -173,20 +217,36 @@ impl<'a> MakeWriter<'a> for BufferedStderr {
 mod tests {
     use super::*;
 
+    fn escaped(event: &str, escaping: Escaping) -> String {
+        String::from_utf8(one_line(event.as_bytes(), escaping).into_owned()).unwrap()
+    }
+
     #[test]
     fn an_event_stays_on_its_line() {
-        let plain = b"2026-11-22T18:00:00Z  WARN Refused reason=ok\n";
-        assert!(matches!(one_line(plain, false), Cow::Borrowed(_)));
-        let forged = b"WARN reason=type `Bogus\n2026 ERROR FORGED\r\x1b[2J\x7f\tx`\n";
+        let plain = "2026-11-22T18:00:00Z  WARN Refused reason=ok … • é\n";
+        assert!(matches!(
+            one_line(plain.as_bytes(), Escaping::Text),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(escaped(plain, Escaping::Text), plain);
+        let forged = "WARN reason=type `Bogus\n2026 ERROR FORGED\r\x1b[2J\x7f\tx\u{9b}\u{2028}`\n";
         assert_eq!(
-            &one_line(forged, false)[..],
-            &b"WARN reason=type `Bogus\\n2026 ERROR FORGED\\r\\x1b[2J\\x7f\tx`\n"[..]
+            escaped(forged, Escaping::Text),
+            "WARN reason=type `Bogus\\n2026 ERROR FORGED\\r\\u{1b}[2J\\u{7f}\tx\\u{9b}\\u{2028}`\n"
         );
-        // With colours on, their escapes pass; line breaks never do.
-        let coloured = b"\x1b[33mWARN\x1b[0m a\nb\n";
+        // With colours on, the formatter's colours pass; a sender's title
+        // change or screen clear does not, nor a line break.
+        let coloured = "\x1b[33mWARN\x1b[0m a\x1b]0;pwned\x07\x1b[2J\nb\n";
         assert_eq!(
-            &one_line(coloured, true)[..],
-            &b"\x1b[33mWARN\x1b[0m a\\nb\n"[..]
+            escaped(coloured, Escaping::Coloured),
+            "\x1b[33mWARN\x1b[0m a\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\nb\n"
         );
+        // JSON lines are left alone: their formatter escapes controls, and
+        // DEL is valid JSON as it is.
+        let json = "{\"reason\":\"Bogus\x7f\\n\"}\n";
+        assert_eq!(escaped(json, Escaping::None), json);
+        let parsed: serde_json::Value =
+            serde_json::from_str(&escaped(json, Escaping::None)).unwrap();
+        assert_eq!(parsed["reason"], "Bogus\x7f\n");
     }
 }

@@ -32,9 +32,14 @@ pub fn init(format: LogFormat, default_filter: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Colours only for a terminal: a log file or a collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let escaping = match (format, ansi) {
+        (LogFormat::Json, _) => log_buffer::Escaping::None,
+        (LogFormat::Pretty, false) => log_buffer::Escaping::Text,
+        (LogFormat::Pretty, true) => log_buffer::Escaping::Coloured,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(log_buffer::BufferedStderr::start(ansi))
+        .with_writer(log_buffer::BufferedStderr::start(escaping))
         .with_ansi(ansi)
         .with_target(false);
     let _ = match format {

@@ -282,15 +282,21 @@ async fn a_configuration_file_that_cannot_be_read_is_reported_once_and_counted()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_relay_on_the_same_store_is_refused() {
     let app = spawn_app(&hmac_route("cms", TARGET)).await;
-    let (code, stderr) = app.cli_with_deadline(
-        &["serve", "--listen", "127.0.0.1:0"],
-        Duration::from_secs(30),
-    );
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("another `dispatch-relay serve` is using the store"),
-        "{stderr}"
-    );
+    // A second `serve` with the store at `url` (the app's own when `None`).
+    let refused = |url: Option<&str>| {
+        let env: Vec<(&str, &str)> = url.map(|u| ("RELAY_DATABASE_URL", u)).into_iter().collect();
+        let (code, stderr) = app.cli_with_env_and_deadline(
+            &["serve", "--listen", "127.0.0.1:0"],
+            &env,
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(2), "{url:?}: {stderr}");
+        assert!(
+            stderr.contains("another `dispatch-relay serve` is using the store"),
+            "{url:?}: {stderr}"
+        );
+    };
+    refused(None);
     // Nor under another name: a symbolic link, or a hard link, to the same
     // file. Each would have cleared the first relay's leases, and a hard
     // link's own WAL would have corrupted the store.
@@ -298,18 +304,14 @@ async fn a_second_relay_on_the_same_store_is_refused() {
     std::os::unix::fs::symlink(app.db_path(), dir.join("symbolic.db")).unwrap();
     std::fs::hard_link(app.db_path(), dir.join("hard.db")).unwrap();
     for alias in ["symbolic.db", "hard.db"] {
-        let url = format!("sqlite:{}", dir.join(alias).display());
-        let (code, stderr) = app.cli_with_env_and_deadline(
-            &["serve", "--listen", "127.0.0.1:0"],
-            &[("RELAY_DATABASE_URL", &url)],
-            Duration::from_secs(30),
-        );
-        assert_eq!(code, Some(2), "{alias}: {stderr}");
-        assert!(
-            stderr.contains("another `dispatch-relay serve` is using the store"),
-            "{alias}: {stderr}"
-        );
+        refused(Some(&format!("sqlite:{}", dir.join(alias).display())));
     }
+    // Nor beside a relay of an earlier version, which locks `<store>.lock`
+    // instead (stood in for by this test holding that lock).
+    let earlier = std::fs::File::create(dir.join("other.db.lock")).unwrap();
+    earlier.try_lock().unwrap();
+    refused(Some(&format!("sqlite:{}", dir.join("other.db").display())));
+    drop(earlier);
     // The first keeps serving.
     assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
 }
@@ -587,7 +589,9 @@ async fn a_store_moved_away_refuses_writes_and_loses_no_outcome() {
     )
     .await;
     app.github.set_latency(Duration::from_secs(3));
-    let http = reqwest::Client::new();
+    // A test hook changes what the relay promises: it says so.
+    app.wait_for_log(|l| l.contains("RELAY_TEST_LEASE_MS is set, a hook for tests only"))
+        .await;
     let response = app.post_signed("cms", r#"{"n": 1}"#).await;
     assert_eq!(response.status(), 202);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -598,14 +602,7 @@ async fn a_store_moved_away_refuses_writes_and_loses_no_outcome() {
 
     let away = app.db_path().with_extension("away");
     std::fs::rename(app.db_path(), &away).unwrap();
-    loop {
-        let ready = http.get(app.url("/readyz")).send().await.unwrap();
-        if ready.status() == 503 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "/readyz stayed ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_not_ready(&app, deadline).await;
     let refused = app.post_signed("cms", r#"{"n": 2}"#).await;
     assert_eq!(refused.status(), 503);
     let (_, json) = crate::helpers::json_of(refused).await;
@@ -645,4 +642,67 @@ async fn a_store_moved_away_refuses_writes_and_loses_no_outcome() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(app.post_signed("cms", r#"{"n": 3}"#).await.status(), 202);
+    // The worker tried to lease all along; that was said once.
+    let lease_errors = app
+        .logs()
+        .iter()
+        .filter(|l| l.contains("Could not lease jobs"))
+        .count();
+    assert!(lease_errors <= 1, "{lease_errors} lease errors logged");
+}
+
+/// A store reached through a symbolic link is watched at the link, as the
+/// configuration names it: with the link gone, the next start would open a
+/// new store there, so writes are refused now rather than answered 202. A
+/// relay that stops removes its WAL, having closed every connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_reached_through_a_link_is_watched_at_the_link() {
+    let outer = tempfile::tempdir().unwrap();
+    std::fs::create_dir(outer.path().join("real")).unwrap();
+    let link = outer.path().join("link.db");
+    std::os::unix::fs::symlink(outer.path().join("real/store.db"), &link).unwrap();
+    let head = format!("{TEST_HEAD}store:\n  url: sqlite:{}\n", link.display());
+    let mut app = spawn_app_with(&head, &hmac_route("cms", TARGET), &[]).await;
+    assert_eq!(app.post_signed("cms", r#"{"n": 1}"#).await.status(), 202);
+    app.github
+        .wait_for_dispatches(1, Duration::from_secs(30))
+        .await;
+    assert!(outer.path().join("real/store.db-wal").exists());
+
+    std::fs::remove_file(&link).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    wait_until_not_ready(&app, deadline).await;
+    assert_eq!(app.post_signed("cms", r#"{"n": 2}"#).await.status(), 503);
+
+    std::os::unix::fs::symlink(outer.path().join("real/store.db"), &link).unwrap();
+    loop {
+        let response = app.post_signed("cms", r#"{"n": 3}"#).await;
+        if response.status() == 202 {
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        assert!(std::time::Instant::now() < deadline, "writes never resumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.sigterm();
+    assert!(app.wait_exit(Duration::from_secs(60)).success());
+    for leftover in ["real/store.db-wal", "real/store.db-shm"] {
+        assert!(
+            !outer.path().join(leftover).exists(),
+            "{leftover} is left after a clean stop"
+        );
+    }
+}
+
+/// Polls `/readyz` until it answers 503, failing the test after `deadline`.
+async fn wait_until_not_ready(app: &crate::helpers::TestApp, deadline: std::time::Instant) {
+    let http = reqwest::Client::new();
+    loop {
+        let ready = http.get(app.url("/readyz")).send().await.unwrap();
+        if ready.status() == 503 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz stayed ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
