@@ -661,10 +661,20 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
         })?;
     }
+    // Another program's database is refused before anything is written to
+    // it, WAL mode included. It is looked at through a connection of its
+    // own: a connection that has read the file before its page size and
+    // journal mode are set keeps about 6 MB more memory for good.
+    if path.exists() {
+        let probe = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        probe.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::refuse_foreign_database(&probe)?;
+    }
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Before anything is written to it, WAL mode included.
-    schema::refuse_foreign_database(&conn)?;
     // A new store gets 16 KiB pages. A stored webhook is a row of one or two
     // KiB: 4 KiB pages held two of them and wasted a third of each page, and
     // every commit wrote (and later checkpointed) several times as many
