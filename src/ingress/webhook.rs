@@ -187,15 +187,9 @@ async fn accept(
         None => inbound::parse_for_route(route, content_type, &body)
             .map_err(|e| IngressError::BadRequest(e.to_string()))?,
     };
-    // S3's test event comes through SNS with an envelope, or bare to a
-    // subscription with raw message delivery, which any method may verify.
-    // A bare one is read from the bytes: the parsed body holds only what
-    // the route's templates read.
-    let s3_test_event = match &envelope {
-        Some(_) => sns::is_s3_test_event(&parsed.body),
-        None => sns::delivered_by_sns(&headers) && sns::is_raw_s3_test_event(&body),
-    };
-    if s3_test_event {
+    // Read from the bytes: the parsed body holds only what the route's
+    // templates read.
+    if sns::carries_s3_test_event(envelope.as_ref(), &headers, &body) {
         tracing::info!(route = %route.id, "Acknowledged S3's s3:TestEvent without relaying it");
         return Ok((
             HttpResponse::Ok().json(serde_json::json!({"skipped": true})),

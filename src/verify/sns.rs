@@ -316,14 +316,26 @@ pub fn unwrap(envelope: &Envelope) -> (Value, Value) {
     (body, Value::Object(envelope.fields.clone()))
 }
 
-/// True for the `s3:TestEvent` S3 sends once when a notification
-/// configuration is saved: it has no records and must not be relayed.
-pub fn is_s3_test_event(body: &Value) -> bool {
-    body.get("Event").and_then(Value::as_str) == Some("s3:TestEvent")
+/// Whether a request carries the `s3:TestEvent` S3 sends once when a
+/// notification configuration is saved: it has no records and is
+/// acknowledged, not relayed. It comes in the `Message` of an SNS envelope,
+/// or bare to a subscription with raw message delivery, which any method
+/// may verify; SNS's header then says who sent it.
+pub fn carries_s3_test_event(
+    envelope: Option<&Envelope>,
+    headers: &BTreeMap<String, String>,
+    body: &[u8],
+) -> bool {
+    match envelope {
+        Some(envelope) => {
+            is_s3_test_event(envelope.field("Message").unwrap_or_default().as_bytes())
+        }
+        None => delivered_by_sns(headers) && is_s3_test_event(body),
+    }
 }
 
-/// [`is_s3_test_event`] for a body that is not parsed yet.
-pub fn is_raw_s3_test_event(body: &[u8]) -> bool {
+/// Whether `body` is S3's test event.
+fn is_s3_test_event(body: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct Event<'a> {
         #[serde(rename = "Event", borrow)]

@@ -303,6 +303,19 @@ fn render_reads_an_sns_envelope_as_serve_does() {
         serde_json::json!({"event": "ObjectCreated:Put"}),
         "the body is the envelope's Message: {stdout}"
     );
+    // S3's test event, which serve acknowledges and does not relay.
+    let test_event = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/samples/s3-testevent-via-sns.json"
+    );
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &["render", "--route", "uploads", "--body", test_event],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("# S3's test event (s3:TestEvent)"), "{stdout}");
+    assert!(!stdout.contains("POST "), "nothing would be sent: {stdout}");
 }
 
 #[test]
