@@ -1,7 +1,9 @@
 //! How the relay quotes text it did not write (GitHub's answers, a sender's
 //! values, what a template rendered) inside its own messages: cut short,
 //! and on one line, so that a message stays readable in a log line, a JSON
-//! error or a table row whatever it quotes.
+//! error or a table row whatever it quotes, and cannot act on a terminal.
+
+use std::borrow::Cow;
 
 /// `text` cut to at most `max` bytes at a character boundary, with `…`
 /// added when something was cut.
@@ -17,9 +19,45 @@ pub fn truncate(text: &str, max: usize) -> String {
 }
 
 /// `text` with every run of whitespace, line breaks included, made one
-/// space.
+/// space, and its other control characters escaped.
 pub fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    escaped_controls(&collapsed, false).into_owned()
+}
+
+/// `text` with every control character escaped as `\u{..}` (`\n` and
+/// `\r` for line breaks), except tabs and, when `keep_colours` is set,
+/// colour sequences (`ESC [ 31 m`). C1 controls and Unicode's line and
+/// paragraph separators are escaped too: a terminal or a log viewer may act
+/// on them, and a sender's text must not start a line, change a terminal's
+/// title or clear its screen.
+pub fn escaped_controls(text: &str, keep_colours: bool) -> Cow<'_, str> {
+    let escaped = |c: char| c != '\t' && (c.is_control() || c == '\u{2028}' || c == '\u{2029}');
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for (at, c) in text.char_indices() {
+        match c {
+            '\x1b' if keep_colours && is_colour(&text[at..]) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if escaped(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Whether `text` starts with a colour sequence: `ESC [`, digits and `;`,
+/// then `m`. Any other escape sequence (a title change, a screen clear) is
+/// not one.
+fn is_colour(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("\x1b[") else {
+        return false;
+    };
+    let parameters = rest.trim_start_matches(|c: char| c.is_ascii_digit() || c == ';');
+    parameters.starts_with('m')
 }
 
 #[cfg(test)]
@@ -35,10 +73,14 @@ mod tests {
     }
 
     #[test]
-    fn one_line_collapses_every_break() {
+    fn one_line_collapses_every_break_and_escapes_controls() {
         assert_eq!(
             one_line("Invalid request.\n\n  \"x\" is\tnot"),
             "Invalid request. \"x\" is not"
+        );
+        assert_eq!(
+            one_line("x\u{1b}[31mred\u{1b}]0;t\u{7}\u{9b}\u{2028}y"),
+            "x\\u{1b}[31mred\\u{1b}]0;t\\u{7}\\u{9b} y"
         );
     }
 }

@@ -52,6 +52,9 @@ pub async fn list(
         })
         .await
         .map_err(runtime)?;
+    // Closed before printing: the last connection to close checkpoints the
+    // WAL and removes it, which a stopped relay's store should not keep.
+    store.close().await;
     if json {
         println!(
             "{}",

@@ -110,9 +110,9 @@ const ALERT_GRACE: Duration = Duration::from_secs(10);
 /// `redeliver` do not take it: they may run beside the relay.
 ///
 /// SQLite's own locks are POSIX record locks, which a `flock` does not
-/// touch; and the file opened here stays open until the process ends, as
-/// it must: closing any descriptor of the database file would drop the
-/// process's POSIX locks on it.
+/// touch; and the file opened here stays open until `serve` returns, after
+/// the store is closed, as it must: closing any descriptor of the database
+/// file would drop the process's POSIX locks on it.
 ///
 /// Earlier versions locked `<store>.lock` beside the store instead; that
 /// file is locked too, so that a relay of either kind refuses to start
@@ -212,6 +212,19 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     // Said when it happens: a store url with a typo in it gives a new,
     // empty store (its directory created too), not an error.
     let new_store = std::fs::metadata(&db_path).map_or(true, |file| file.len() == 0);
+    // A WAL without its store is what moving or deleting the store file
+    // leaves: it holds the latest commits, and a new store at the path
+    // would discard it. Starting empty must be asked for.
+    let mut wal_path = db_path.as_os_str().to_owned();
+    wal_path.push("-wal");
+    let wal_path = std::path::PathBuf::from(wal_path);
+    if new_store && std::fs::metadata(&wal_path).is_ok_and(|wal| wal.len() > 0) {
+        return Err(runtime(anyhow::anyhow!(
+            "{} holds commits of a store that is no longer at {}: put the store file back beside it, or remove it to start with an empty store (what it holds is then lost)",
+            wal_path.display(),
+            db_path.display()
+        )));
+    }
     // Held until the process exits.
     let _owner = own_store(&db_path)?;
     let store = Store::open(&db_path, synchronous)

@@ -223,7 +223,8 @@ impl Dispatcher {
                 }
                 Err(e) => {
                     if lease_failures == 0 {
-                        tracing::error!(error = %e, "Could not lease jobs; trying again every few seconds");
+                        // The writer has logged why the store refuses.
+                        tracing::warn!(error = %e, "Could not lease jobs; trying again every second");
                     }
                     lease_failures += 1;
                     drop(slots);
@@ -247,7 +248,9 @@ impl Dispatcher {
                 let next_due = match self.store.next_due_ms().await {
                     Ok(next_due) => next_due,
                     Err(e) => {
-                        tracing::warn!(error = %e, "Could not read when the next retry is due");
+                        // It changes nothing (the worker polls every
+                        // second anyway) and would repeat on each pass.
+                        tracing::debug!(error = %e, "Could not read when the next retry is due");
                         None
                     }
                 };
@@ -367,7 +370,7 @@ impl Dispatcher {
                         detail: reason,
                         result: None,
                     };
-                    break self.finish(&job, sent, action).await;
+                    break self.finish(&job, sent, action, &shutdown).await;
                 }
             };
             let body = if with_run_details {
@@ -486,7 +489,7 @@ impl Dispatcher {
                         detail,
                         result: result.map(|r| r.to_string()),
                     };
-                    break self.finish(&job, sent, action).await;
+                    break self.finish(&job, sent, action, &shutdown).await;
                 }
             }
         };
@@ -586,7 +589,13 @@ impl Dispatcher {
     }
 
     /// Records the attempt and answers whether it scheduled a retry.
-    async fn finish(&self, job: &Job, sent: Sent, action: Action) -> bool {
+    async fn finish(
+        &self,
+        job: &Job,
+        sent: Sent,
+        action: Action,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let Sent {
             started_ms,
             elapsed,
@@ -652,17 +661,18 @@ impl Dispatcher {
         // The outcome is known, so it is offered to the store until the store
         // takes it, however long the store is unavailable (a full disk,
         // another process holding the write lock): a job left leased would
-        // be sent again when its lease ran out, although GitHub has it. Only
-        // the end of the process stops this (the next start then sends the
-        // job again, which is what at-least-once allows), or an error of the
-        // record itself rather than of the store. The job keeps
-        // its slot meanwhile, so nothing new is sent into a store that
-        // cannot record it.
+        // be sent again when its lease ran out, although GitHub has it. The
+        // job keeps its slot meanwhile, so nothing new is sent into a store
+        // that cannot record it. Two things end the offers: a stop (the
+        // lease is then cleared at the next start, which sends the job
+        // again, as at-least-once allows), and an error of this record
+        // itself rather than of the store, which will not pass.
         let retry_scheduled = matches!(record.next, JobNext::Retry { .. });
         let mut wait = RECORD_FIRST_WAIT;
         let mut failures = 0u32;
+        let mut own_errors = 0u32;
         loop {
-            match self.store.record(record.clone()).await {
+            let error = match self.store.record(record.clone()).await {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(
@@ -672,25 +682,34 @@ impl Dispatcher {
                     }
                     return retry_scheduled;
                 }
-                // An error of this record itself, not of the store, will
-                // not pass: the job is left leased, and the next start
-                // sends it again, which at-least-once allows.
-                Err(e) if !matches!(e, StoreError::Unavailable(_)) && failures >= 4 => {
-                    tracing::error!(error = %e, "Could not record the attempt; the job will be sent again at the next start");
+                Err(e) => e,
+            };
+            if !matches!(error, StoreError::Unavailable(_)) {
+                own_errors += 1;
+                if own_errors >= RECORD_OWN_ERRORS {
+                    tracing::error!(error = %error, "Could not record the attempt; the job will be sent again when its lease runs out or at the next start");
                     return false;
                 }
-                Err(e) => {
-                    if failures == 0 {
-                        tracing::warn!(error = %e, "Could not record the attempt; trying until the store takes it");
-                    }
-                    failures += 1;
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(RECORD_MAX_WAIT);
-                }
             }
+            if failures == 0 {
+                tracing::warn!(error = %error, "Could not record the attempt; trying until the store takes it");
+            }
+            failures += 1;
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    tracing::warn!("Stopping with an attempt not recorded; the job will be sent again at the next start");
+                    return false;
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(RECORD_MAX_WAIT);
         }
     }
 }
+
+/// How many errors of an attempt's record itself (not of the store) end
+/// the offers.
+const RECORD_OWN_ERRORS: u32 = 5;
 
 /// The first wait before an attempt's outcome is offered to the store again.
 const RECORD_FIRST_WAIT: Duration = Duration::from_millis(200);

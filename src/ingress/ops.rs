@@ -17,9 +17,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         );
     }
     match state.store.check_writable().await {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Ok(()) => {
+            if state.readiness_changed(true) {
+                tracing::info!("Readiness check passes again: the store takes writes");
+            }
+            HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+        }
         Err(e) => {
-            tracing::error!(error = %e, "Readiness check failed: the store does not take writes");
+            if state.readiness_changed(false) {
+                tracing::error!(error = %e, "Readiness check failed: the store does not take writes");
+            }
             HttpResponse::ServiceUnavailable().json(
                 serde_json::json!({"error": "unavailable", "message": "the store is not writable"}),
             )

@@ -159,6 +159,9 @@ pub struct AppState {
     pub dispatcher: DispatcherHandle,
     pub admin_token: Option<Secret>,
     shutting_down: AtomicBool,
+    /// Whether the last readiness check found the store refusing writes:
+    /// probes come every few seconds, and the change is what is logged.
+    not_ready: AtomicBool,
     /// A fixed clock for signed timestamps, set only by the test hook
     /// `RELAY_TEST_CLOCK_MS` (see docs/decisions.md).
     verify_clock_ms: Option<i64>,
@@ -255,6 +258,7 @@ impl AppState {
             dispatcher,
             admin_token,
             shutting_down: AtomicBool::new(false),
+            not_ready: AtomicBool::new(false),
             verify_clock_ms: None,
             sns_certs: Mutex::new(HashMap::new()),
             sns_cert_misses: Mutex::new(CertMisses::new(CERT_MISS_TTL)),
@@ -378,6 +382,12 @@ impl AppState {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Notes the outcome of a readiness check; true when it differs from
+    /// the last one.
+    pub fn readiness_changed(&self, ready: bool) -> bool {
+        self.not_ready.swap(!ready, Ordering::AcqRel) == ready
     }
 }
 

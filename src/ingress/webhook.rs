@@ -379,7 +379,9 @@ async fn fetch_signing_key(
         return Err(CertFetch::Unavailable);
     }
     let Some(_turn) = state.sns_cert_fetch_turn().await else {
-        tracing::warn!(route = %route, "Too many SNS signing certificates being fetched at once; answered 503");
+        // Forged envelopes can cause this as fast as they are sent: it is
+        // counted as a 503, not logged each time.
+        tracing::debug!(route = %route, "Too many SNS signing certificates being fetched at once; answered 503");
         return Err(CertFetch::Unavailable);
     };
     // While this request waited its turn, another may have fetched the

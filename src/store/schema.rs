@@ -16,7 +16,7 @@ const SCHEMA_VERSION: i64 = 1;
 
 /// The tables and indexes. A file of its own so that the benchmarks' durable
 /// reference can write the same rows into the same schema.
-const SCHEMA: &str = include_str!("schema.sql");
+pub(super) const SCHEMA: &str = include_str!("schema.sql");
 
 /// Creates or brings up to date the store's schema. `build_indexes` is false
 /// for the inspection commands, which may open the store beside a running
@@ -24,11 +24,7 @@ const SCHEMA: &str = include_str!("schema.sql");
 /// `serve` builds the indexes added since the first schema.
 pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Unavailable(format!(
-            "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
-        )));
-    }
+    refuse_newer(version)?;
     let index_names: Vec<&str> = ADDED_INDEXES.iter().map(|(name, _)| *name).collect();
     let indexes_missing = build_indexes && missing(conn, &index_names)?;
     if version == SCHEMA_VERSION
@@ -52,40 +48,70 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
         }
     }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    conn.pragma_update(None, "application_id", APPLICATION_ID)?;
     Ok(())
 }
 
-/// Refuses a database that holds tables of another program. A store of
-/// ours has schema version 0 only when it is new, or when its creation was
-/// interrupted before the version was written; either way it holds none
-/// but the relay's tables. A store url pointing at another program's
-/// SQLite file would otherwise get the relay's tables added to it.
+/// Marks a SQLite file as a dispatch-relay store (`PRAGMA application_id`,
+/// "drly"), so that another program's database is told apart whatever
+/// schema version it claims. Stores made before it was set hold 0.
+const APPLICATION_ID: i64 = 0x6472_6c79;
+
+/// The relay's tables, as `schema.sql` and [`ADDED_TABLES`] create them.
+pub(super) const TABLES: &[&str] = &[
+    "deliveries",
+    "coalesced_keys",
+    "jobs",
+    "attempts",
+    "readiness",
+    "github_pause",
+];
+
+fn refuse_newer(version: i64) -> Result<(), StoreError> {
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a file that is not a store this relay can use, before anything
+/// is written to it: another program's database (a store url pointing at
+/// it would otherwise get the relay's tables added, and WAL mode), or a
+/// store of a newer relay. A store is known by its application id; one
+/// made before the id was set holds only the relay's tables.
 pub(super) fn refuse_foreign_database(conn: &Connection) -> Result<(), StoreError> {
+    let application_id: i64 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    let foreign = |what: String| {
+        StoreError::Unavailable(format!(
+            "the file is a SQLite database of another program ({what}), not a dispatch-relay store"
+        ))
+    };
+    if application_id != 0 && application_id != APPLICATION_ID {
+        return Err(foreign(format!(
+            "its application_id is {application_id:#x}"
+        )));
+    }
+    if application_id == 0 {
+        let mut statement = conn.prepare(
+            r"SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\' ORDER BY name",
+        )?;
+        let others: Vec<String> = statement
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|name| !TABLES.contains(&name.as_str()))
+            .collect();
+        if !others.is_empty() {
+            return Err(foreign(format!(
+                "it holds the tables {}",
+                others.join(", ")
+            )));
+        }
+    }
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version != 0 {
-        return Ok(());
-    }
-    let ours: Vec<&str> = SCHEMA
-        .lines()
-        .filter_map(|line| line.strip_prefix("CREATE TABLE IF NOT EXISTS "))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .collect();
-    let mut statement = conn.prepare(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
-    )?;
-    let foreign: Vec<String> = statement
-        .query_map([], |row| row.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .filter(|name| !ours.contains(&name.as_str()))
-        .collect();
-    if foreign.is_empty() {
-        return Ok(());
-    }
-    Err(StoreError::Unavailable(format!(
-        "the file is a SQLite database of another program (it holds the tables {}), not a dispatch-relay store",
-        foreign.join(", ")
-    )))
+    refuse_newer(version)
 }
 
 /// Indexes added after the first schema, each name with its statement.

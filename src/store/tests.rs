@@ -813,46 +813,82 @@ async fn a_kept_pause_keeps_the_later_end_unless_it_is_past_belief() {
 #[tokio::test]
 async fn another_programs_database_is_not_taken_over() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.db");
-    {
+    // Programs number their schemas too: whatever version it claims.
+    for version in [0, 1, 7] {
+        let path = dir.path().join(format!("app{version}.db"));
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+                .unwrap();
+            conn.pragma_update(None, "user_version", version).unwrap();
+        }
+        let Err(error) = Store::open(&path, Synchronous::Full) else {
+            panic!("a database of another program (version {version}) was opened as a store");
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("another program") && message.contains("users"),
+            "{version}: {message}"
+        );
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
+        assert_eq!(tables, 1, "{version}: nothing was added to it");
+        let journal: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "delete", "{version}: nor was it switched to WAL");
     }
-    let Err(error) = Store::open(&path, Synchronous::Full) else {
-        panic!("a database of another program was opened as a store");
+    // One that names itself another program's is refused, tables or not.
+    let marked = dir.path().join("marked.db");
+    rusqlite::Connection::open(&marked)
+        .unwrap()
+        .pragma_update(None, "application_id", 0x1234)
+        .unwrap();
+    let Err(error) = Store::open(&marked, Synchronous::Full) else {
+        panic!("a database with another application id was opened as a store");
     };
-    let message = error.to_string();
     assert!(
-        message.contains("another program") && message.contains("users"),
-        "{message}"
+        error.to_string().contains("application_id is 0x1234"),
+        "{error}"
     );
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let tables: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(tables, 1, "nothing was added to it");
-    let journal: String = conn
-        .pragma_query_value(None, "journal_mode", |r| r.get(0))
-        .unwrap();
-    assert_eq!(journal, "delete", "nor was it switched to WAL");
-    // A store whose creation stopped before its version was written holds
-    // only the relay's own tables, and is opened.
+
+    // A new store is marked as the relay's; one made before the mark, and
+    // one whose creation stopped before its version was written, hold only
+    // the relay's tables and are opened.
     let fresh = dir.path().join("fresh.db");
     Store::open(&fresh, Synchronous::Full)
         .unwrap()
         .close()
         .await;
-    rusqlite::Connection::open(&fresh)
-        .unwrap()
-        .pragma_update(None, "user_version", 0)
+    let conn = rusqlite::Connection::open(&fresh).unwrap();
+    let id: i64 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
         .unwrap();
+    assert_eq!(id, 0x6472_6c79);
+    conn.pragma_update(None, "application_id", 0).unwrap();
+    conn.pragma_update(None, "user_version", 0).unwrap();
+    drop(conn);
     Store::open(&fresh, Synchronous::Full)
         .unwrap()
         .close()
         .await;
+}
+
+#[test]
+fn the_list_of_the_relays_tables_is_the_schemas() {
+    let mut created: Vec<&str> = schema::SCHEMA
+        .lines()
+        .filter_map(|line| line.strip_prefix("CREATE TABLE IF NOT EXISTS "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    created.sort_unstable();
+    let mut listed = schema::TABLES.to_vec();
+    listed.sort_unstable();
+    assert_eq!(created, listed);
 }

@@ -273,7 +273,7 @@ impl OpenedFile {
         }
         self.replaced.then(|| {
             format!(
-                "the store file {} was moved, deleted or replaced while the relay ran; writes are refused until it is back or the relay is restarted",
+                "the store file {} was moved, deleted or replaced while the relay ran; writes are refused until it is back at its path, beside its -wal",
                 self.path.display()
             )
         })

@@ -19,12 +19,15 @@
 //! `\x1b`). The JSON format escapes them itself.
 
 use std::borrow::Cow;
+
 use std::io::Write;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
+
+use crate::text;
 
 /// Buffered bytes that trigger a write.
 const FLUSH_BYTES: usize = 32 * 1024;
@@ -108,12 +111,10 @@ impl BufferedStderr {
     }
 }
 
-/// One formatted event (a line, ending in its newline) with every control
-/// character in it escaped as `\u{..}` (`\n` and `\r` for line breaks),
-/// except tabs and, when the text is coloured, the formatter's colour
-/// sequences. C1 controls and Unicode's line and paragraph separators are
-/// escaped too: a terminal or a log viewer may act on them.
-fn one_line(event: &[u8], escaping: Escaping) -> Cow<'_, [u8]> {
+/// One formatted event (a line, ending in its newline) with its control
+/// characters escaped as [`text::escaped_controls`] does, unless the format
+/// escapes them itself.
+fn escaped(event: &[u8], escaping: Escaping) -> Cow<'_, [u8]> {
     if escaping == Escaping::None {
         return Cow::Borrowed(event);
     }
@@ -121,9 +122,11 @@ fn one_line(event: &[u8], escaping: Escaping) -> Cow<'_, [u8]> {
         Some(line) => (line, &b"\n"[..]),
         None => (event, &b""[..]),
     };
-    // The characters to escape, as UTF-8: C0 controls and DEL, C1
-    // controls (0xC2 0x80..0x9F), and U+2028/U+2029 (0xE2 0x80 0xA8/0xA9).
-    let to_escape = line.iter().enumerate().any(|(at, &b)| match b {
+    // Nearly every line has nothing to escape, and is written after one
+    // look at its bytes for any that can start a character to escape: a
+    // control below 0x20 or DEL, a C1 control (0xC2 0x80..0x9F), or U+2028
+    // and U+2029 (0xE2 0x80 0xA8/0xA9).
+    let may_need_escaping = line.iter().enumerate().any(|(at, &b)| match b {
         0x7f => true,
         b if b < 0x20 => b != b'\t',
         0xc2 => line
@@ -132,37 +135,19 @@ fn one_line(event: &[u8], escaping: Escaping) -> Cow<'_, [u8]> {
         0xe2 => line.get(at + 1) == Some(&0x80) && matches!(line.get(at + 2), Some(0xa8 | 0xa9)),
         _ => false,
     });
-    if !to_escape {
+    if !may_need_escaping {
         return Cow::Borrowed(event);
     }
+    // The formatter writes UTF-8; anything else is shown, not passed on.
     let text = String::from_utf8_lossy(line);
-    let mut out = String::with_capacity(text.len() + 16);
-    for (at, c) in text.char_indices() {
-        match c {
-            '\t' => out.push(c),
-            '\x1b' if escaping == Escaping::Coloured && is_colour(&text[at..]) => out.push(c),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
-                out.push_str(&c.escape_unicode().to_string());
-            }
-            c => out.push(c),
+    match text::escaped_controls(&text, escaping == Escaping::Coloured) {
+        Cow::Borrowed(_) if matches!(text, Cow::Borrowed(_)) => Cow::Borrowed(event),
+        escaped => {
+            let mut bytes = escaped.into_owned().into_bytes();
+            bytes.extend_from_slice(end);
+            Cow::Owned(bytes)
         }
     }
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(end);
-    Cow::Owned(bytes)
-}
-
-/// Whether `text` starts with a colour sequence: `ESC [`, digits and `;`,
-/// then `m`. Any other escape sequence (a title change, a screen clear) is
-/// not one.
-fn is_colour(text: &str) -> bool {
-    let Some(rest) = text.strip_prefix("\x1b[") else {
-        return false;
-    };
-    let parameters = rest.trim_start_matches(|c: char| c.is_ascii_digit() || c == ';');
-    parameters.starts_with('m')
 }
 
 /// Receives one formatted event.
@@ -174,7 +159,7 @@ pub struct EventWriter {
 impl Write for EventWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let written = bytes.len();
-        let bytes = one_line(bytes, self.escaping);
+        let bytes = escaped(bytes, self.escaping);
         let bytes = &bytes[..];
         let mut buffer = lock();
         let was_empty = buffer.bytes.is_empty();
@@ -217,36 +202,36 @@ impl<'a> MakeWriter<'a> for BufferedStderr {
 mod tests {
     use super::*;
 
-    fn escaped(event: &str, escaping: Escaping) -> String {
-        String::from_utf8(one_line(event.as_bytes(), escaping).into_owned()).unwrap()
+    fn escaped_text(event: &str, escaping: Escaping) -> String {
+        String::from_utf8(escaped(event.as_bytes(), escaping).into_owned()).unwrap()
     }
 
     #[test]
     fn an_event_stays_on_its_line() {
         let plain = "2026-11-22T18:00:00Z  WARN Refused reason=ok … • é\n";
         assert!(matches!(
-            one_line(plain.as_bytes(), Escaping::Text),
+            escaped(plain.as_bytes(), Escaping::Text),
             Cow::Borrowed(_)
         ));
-        assert_eq!(escaped(plain, Escaping::Text), plain);
+        assert_eq!(escaped_text(plain, Escaping::Text), plain);
         let forged = "WARN reason=type `Bogus\n2026 ERROR FORGED\r\x1b[2J\x7f\tx\u{9b}\u{2028}`\n";
         assert_eq!(
-            escaped(forged, Escaping::Text),
+            escaped_text(forged, Escaping::Text),
             "WARN reason=type `Bogus\\n2026 ERROR FORGED\\r\\u{1b}[2J\\u{7f}\tx\\u{9b}\\u{2028}`\n"
         );
         // With colours on, the formatter's colours pass; a sender's title
         // change or screen clear does not, nor a line break.
         let coloured = "\x1b[33mWARN\x1b[0m a\x1b]0;pwned\x07\x1b[2J\nb\n";
         assert_eq!(
-            escaped(coloured, Escaping::Coloured),
+            escaped_text(coloured, Escaping::Coloured),
             "\x1b[33mWARN\x1b[0m a\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\nb\n"
         );
         // JSON lines are left alone: their formatter escapes controls, and
         // DEL is valid JSON as it is.
         let json = "{\"reason\":\"Bogus\x7f\\n\"}\n";
-        assert_eq!(escaped(json, Escaping::None), json);
+        assert_eq!(escaped_text(json, Escaping::None), json);
         let parsed: serde_json::Value =
-            serde_json::from_str(&escaped(json, Escaping::None)).unwrap();
+            serde_json::from_str(&escaped_text(json, Escaping::None)).unwrap();
         assert_eq!(parsed["reason"], "Bogus\x7f\n");
     }
 }

@@ -314,7 +314,10 @@ fn render_reads_an_sns_envelope_as_serve_does() {
         &[],
     );
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("# S3's test event (s3:TestEvent)"), "{stdout}");
+    assert!(
+        stdout.contains("# S3's test event (s3:TestEvent)"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("POST "), "nothing would be sent: {stdout}");
 }
 

@@ -312,6 +312,24 @@ async fn a_second_relay_on_the_same_store_is_refused() {
     earlier.try_lock().unwrap();
     refused(Some(&format!("sqlite:{}", dir.join("other.db").display())));
     drop(earlier);
+    // Nor at a path that holds a WAL but not its store (the store file was
+    // moved away): a new store there would discard the WAL's commits.
+    std::fs::write(dir.join("moved.db-wal"), b"commits").unwrap();
+    let url = format!("sqlite:{}", dir.join("moved.db").display());
+    let (code, stderr) = app.cli_with_env_and_deadline(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("RELAY_DATABASE_URL", &url)],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("holds commits of a store that is no longer at"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.join("moved.db").exists(),
+        "no store was made in its place"
+    );
     // The first keeps serving.
     assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
 }
@@ -642,13 +660,16 @@ async fn a_store_moved_away_refuses_writes_and_loses_no_outcome() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(app.post_signed("cms", r#"{"n": 3}"#).await.status(), 202);
-    // The worker tried to lease all along; that was said once.
-    let lease_errors = app
-        .logs()
-        .iter()
-        .filter(|l| l.contains("Could not lease jobs"))
-        .count();
-    assert!(lease_errors <= 1, "{lease_errors} lease errors logged");
+    let ready = reqwest::get(app.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    app.wait_for_log(|l| l.contains("Readiness check passes again"))
+        .await;
+    // The worker tried to lease, and /readyz was asked, all along; each
+    // said so once.
+    let logs = app.logs();
+    let count = |text: &str| logs.iter().filter(|l| l.contains(text)).count();
+    assert!(count("Could not lease jobs") <= 1, "{logs:#?}");
+    assert_eq!(count("Readiness check failed"), 1, "{logs:#?}");
 }
 
 /// A store reached through a symbolic link is watched at the link, as the

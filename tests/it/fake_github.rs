@@ -436,13 +436,13 @@ impl FakeGitHub {
         lock(&self.shared.log).violations.clone()
     }
 
-    /// The most requests the fake was answering at once.
     /// Dispatch requests received so far, counted on arrival: one that is
     /// still waiting for its answer is counted.
     pub fn dispatches_received(&self) -> u64 {
         self.shared.dispatches_received.load(Ordering::SeqCst)
     }
 
+    /// The most requests the fake was answering at once.
     pub fn max_in_flight(&self) -> u64 {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
