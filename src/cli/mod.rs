@@ -314,6 +314,10 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
                 unanswered += 1;
                 println!("  ????  {repo}: not answered: {reason}");
             }
+            Verdict::NotAsked => {
+                unanswered += 1;
+                println!("  ????  {repo}: not asked: GitHub rate-limited an earlier request");
+            }
             Verdict::Fail(reason) => {
                 failed += 1;
                 println!("  FAIL  {repo}: {reason}");

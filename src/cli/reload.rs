@@ -218,7 +218,10 @@ impl Reloader {
                 "These settings changed but only take effect at the next restart"
             );
         }
-        self.state.replace_routes(routes);
+        let replaced = self.state.replace_routes(routes);
+        // Freed beside the runtime's threads; a webhook still holding the
+        // replaced routes frees them itself when it ends.
+        tokio::task::spawn_blocking(move || drop(replaced));
         self.metrics
             .config_loaded(true, crate::clock::now_ms() as f64 / 1000.0);
         tracing::info!(routes = count, trigger, "Configuration reloaded");

@@ -34,10 +34,11 @@ async fn preflight(
     targets: Vec<crate::github::preflight::Target>,
 ) {
     let findings = crate::github::preflight::check(&credentials, &client, &targets).await;
-    let mut ok = 0;
+    let (mut ok, mut not_asked) = (0, 0);
     for finding in findings {
         match finding.verdict {
             Verdict::Ok => ok += 1,
+            Verdict::NotAsked => not_asked += 1,
             Verdict::Unanswered(reason) => tracing::warn!(
                 repo = %finding.target.repo,
                 reason = %reason,
@@ -49,6 +50,12 @@ async fn preflight(
                 "Preflight: this repository cannot receive dispatches yet"
             ),
         }
+    }
+    if not_asked > 0 {
+        tracing::warn!(
+            not_asked,
+            "Preflight stopped at GitHub's rate limit; the repositories left were not asked about"
+        );
     }
     tracing::info!(ok, of = targets.len(), "Preflight finished");
 }

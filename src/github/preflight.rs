@@ -36,6 +36,9 @@ pub enum Verdict {
     /// timeout, a rate limit): the reason says nothing about the
     /// repository, and asking again later may.
     Unanswered(String),
+    /// Not asked about: GitHub rate-limited an earlier request of the
+    /// check.
+    NotAsked,
 }
 
 /// The distinct static targets of a configuration (templated repositories
@@ -59,44 +62,67 @@ pub fn static_targets(config: &crate::config::Config) -> Vec<Target> {
     targets.into_iter().collect()
 }
 
-/// Checks every target, one after another (a preflight is a handful of
-/// reads; doing them in turn keeps clear of secondary rate limits).
+/// Checks every target, one after another (doing them in turn keeps clear
+/// of secondary rate limits). Once GitHub answers with a rate limit, the
+/// targets left are not asked about: GitHub asks integrations to stop
+/// while limited, and the check is worth less than the dispatches sharing
+/// the credential's limits.
 pub async fn check(
     credentials: &Credentials,
     client: &GitHubClient,
     targets: &[Target],
 ) -> Vec<Finding> {
     let mut findings = Vec::with_capacity(targets.len());
+    let mut limited = false;
     for target in targets {
+        let verdict = if limited {
+            Verdict::NotAsked
+        } else {
+            let (verdict, rate_limited) = check_one(credentials, client, target).await;
+            limited = rate_limited;
+            verdict
+        };
         findings.push(Finding {
             target: target.clone(),
-            verdict: check_one(credentials, client, target).await,
+            verdict,
         });
     }
     findings
 }
 
-async fn check_one(credentials: &Credentials, client: &GitHubClient, target: &Target) -> Verdict {
+/// The verdict on one target, and whether GitHub answered with a rate
+/// limit.
+async fn check_one(
+    credentials: &Credentials,
+    client: &GitHubClient,
+    target: &Target,
+) -> (Verdict, bool) {
     let token = match credentials.token_for(&target.repo, target.scope).await {
         Ok(token) => token,
-        Err(e) if e.github_did_not_answer() => return Verdict::Unanswered(e.to_string()),
+        Err(e) if e.github_did_not_answer() => {
+            return (
+                Verdict::Unanswered(e.to_string()),
+                e.rate_limit_wait().is_some(),
+            );
+        }
         // A key file that cannot be read is the configuration's to fix, as
         // every refusal is.
-        Err(e) => return Verdict::Fail(e.to_string()),
+        Err(e) => return (Verdict::Fail(e.to_string()), false),
     };
     let answer = match client
         .get(&format!("/repos/{}", target.repo), &token.secret)
         .await
     {
         Ok(answer) => answer,
-        Err(e) => return Verdict::Unanswered(e.to_string()),
+        Err(e) => return (Verdict::Unanswered(e.to_string()), false),
     };
     if let Some(reason) = unanswered(&answer) {
-        return Verdict::Unanswered(reason);
+        let rate_limited = crate::dispatch::retry::is_rate_limit(&answer);
+        return (Verdict::Unanswered(reason), rate_limited);
     }
     match judge(&answer, target, credentials.is_app()) {
-        Ok(()) => Verdict::Ok,
-        Err(reason) => Verdict::Fail(reason),
+        Ok(()) => (Verdict::Ok, false),
+        Err(reason) => (Verdict::Fail(reason), false),
     }
 }
 

@@ -156,11 +156,20 @@ pub async fn list(
     let full = deliveries.len() == filter_limit;
     let next_offset = full.then_some(offset + deliveries.len());
     let next_before = deliveries.last().filter(|_| full).map(cursor);
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "deliveries": deliveries,
-        "next_offset": next_offset,
-        "next_before": next_before,
-    })))
+    // Written straight from the summaries: a page of fan-out deliveries can
+    // hold hundreds of thousands of targets, and a `serde_json::Value` of it
+    // first would take several times the memory of the answer.
+    #[derive(serde::Serialize)]
+    struct Page<'a> {
+        deliveries: &'a [DeliverySummary],
+        next_offset: Option<usize>,
+        next_before: Option<String>,
+    }
+    Ok(HttpResponse::Ok().json(Page {
+        deliveries: &deliveries,
+        next_offset,
+        next_before,
+    }))
 }
 
 pub async fn get(

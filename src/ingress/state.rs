@@ -360,12 +360,15 @@ impl AppState {
         self.routes.read().expect("routes lock").clone()
     }
 
-    pub fn replace_routes(&self, mut routes: LiveRoutes) {
+    /// Swaps `routes` in and hands back the routes it replaced, for the
+    /// caller to free: a large configuration takes tens of milliseconds to
+    /// free, which must not happen under the lock every webhook takes.
+    pub fn replace_routes(&self, mut routes: LiveRoutes) -> Arc<LiveRoutes> {
         for route in &routes.config.routes {
             self.metrics.init_route(&route.id);
         }
         for old in &self.routes().config.routes {
-            if routes.config.route(&old.id).is_none() {
+            if routes.route(&old.id).is_none() {
                 self.metrics.forget_route(&old.id);
             }
         }
@@ -373,7 +376,8 @@ impl AppState {
         // the swap replaces, and webhooks are not held while limiters are
         // matched.
         routes.keep_limiters_of(&self.routes());
-        *self.routes.write().expect("routes lock") = Arc::new(routes);
+        let mut current = self.routes.write().expect("routes lock");
+        std::mem::replace(&mut *current, Arc::new(routes))
     }
 
     pub fn begin_shutdown(&self) {

@@ -300,6 +300,15 @@ impl FakeGitHub {
             .extend(answers);
     }
 
+    /// Queues answers for the next `GET /repos/{owner}/{repo}` of `owner/name` (the preflight's
+    /// request), used as [`FakeGitHub::push_responses`] uses its own.
+    pub fn push_repo_responses(&self, full_name: &str, answers: Vec<Scripted>) {
+        lock(&self.shared.repo_scripts)
+            .entry(repo_key(full_name))
+            .or_default()
+            .extend(answers);
+    }
+
     /// Lets the GitHub App with this id authenticate with RS256 JWTs signed by the private key
     /// matching `public_key_pem`.
     pub fn enable_app(&self, app_id: u64, public_key_pem: &str) {
@@ -462,6 +471,7 @@ impl FakeGitHub {
         log.successful_dispatches = 0;
         drop(log);
         lock(&self.shared.scripts).clear();
+        lock(&self.shared.repo_scripts).clear();
     }
 
     /// Waits until at least `n` successful dispatches have been recorded and returns them all,
@@ -951,6 +961,8 @@ struct Shared {
     app: Mutex<Option<AppConfig>>,
     token_lifetime: Mutex<Duration>,
     scripts: Mutex<HashMap<String, VecDeque<Scripted>>>,
+    /// Scripted answers to `GET /repos/{owner}/{repo}`, by repository.
+    repo_scripts: Mutex<HashMap<String, VecDeque<Scripted>>>,
     latency_nanos: AtomicU64,
     /// Requests being answered now, and the most there ever were at once.
     in_flight: AtomicU64,
@@ -986,6 +998,7 @@ impl Shared {
             app: Mutex::default(),
             token_lifetime: Mutex::new(DEFAULT_TOKEN_LIFETIME),
             scripts: Mutex::default(),
+            repo_scripts: Mutex::default(),
             latency_nanos: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
@@ -1836,6 +1849,13 @@ fn decide(
             let (owner, name) = (param("owner"), param("repo"));
             if let Err(answer) = authorize_repo(shared, req, &format!("{owner}/{name}"), op) {
                 return answer;
+            }
+            let script = lock(&shared.repo_scripts)
+                .get_mut(&repo_key(&format!("{owner}/{name}")))
+                .and_then(VecDeque::pop_front);
+            if let Some(script) = script {
+                let now = stated_secs(shared, epoch_secs());
+                return scripted_answer(&script, op, request_id, now);
             }
             let push =
                 token_permission(shared, req, "contents").is_none_or(|level| level == "write");

@@ -5,6 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::app::{APP_ID, app_head, enable_test_app};
+use crate::fake_github::Scripted;
 use crate::helpers::{TEST_HEAD, TOKEN, binary, spawn_app_prepared, spawn_app_with};
 
 const TARGETS: &str = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/private\n        event_type: deploy\n      - repo: acme/docs\n        workflow: deploy.yml\n        ref: main\n";
@@ -24,6 +25,51 @@ fn check_online(app: &crate::helpers::TestApp, token: &str) -> (i32, String) {
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status.code().unwrap_or(-1), text)
+}
+
+/// Once GitHub answers the check with a rate limit, the repositories left
+/// are not asked about: GitHub asks integrations to stop while limited.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_online_stops_asking_at_a_rate_limit() {
+    let app = spawn_app_with(TEST_HEAD, TARGETS, &[]).await;
+    // The relay's own preflight is over, so the scripted answer and the
+    // count are the check's.
+    app.wait_for_log(|l| l.contains("Preflight finished")).await;
+    app.github.push_repo_responses(
+        "acme/blog",
+        vec![Scripted::SecondaryRateLimit {
+            retry_after_secs: Some(60),
+        }],
+    );
+    let asked_before = repository_reads(&app);
+    let (code, text) = check_online(&app, TOKEN);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("  ????  acme/blog: not answered: GitHub rate-limited the request (403)"),
+        "{text}"
+    );
+    for repo in ["acme/docs", "acme/private"] {
+        assert!(
+            text.contains(&format!(
+                "  ????  {repo}: not asked: GitHub rate-limited an earlier request"
+            )),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        repository_reads(&app) - asked_before,
+        1,
+        "only the first was asked"
+    );
+}
+
+/// How many `GET /repos/{owner}/{repo}` the fake has answered.
+fn repository_reads(app: &crate::helpers::TestApp) -> usize {
+    app.github
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/repos/"))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
