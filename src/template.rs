@@ -17,7 +17,7 @@
 //! reaches it.
 
 use std::cell::OnceCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -262,9 +262,22 @@ pub struct EngineBuilder {
     keys: Environment<'static>,
     engine: Arc<Engine>,
     names: HashSet<String>,
+    /// The engine's template of each distinct source, with what it reads:
+    /// configurations repeat the same few templates across hundreds of
+    /// routes, and each compiled template costs tens of kilobytes.
+    compiled: HashMap<Source, (String, BodyReads)>,
+    /// The templates already added to `keys`.
+    in_keys: HashSet<String>,
     /// What of the body the templates added since the last
     /// [`EngineBuilder::take_body_shape`] read.
     shape: BodyShape,
+}
+
+/// A template's source, as a text or as an expression.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    Text(String),
+    Expression(String),
 }
 
 impl Default for EngineBuilder {
@@ -394,8 +407,40 @@ impl EngineBuilder {
                 keys: OnceLock::new(),
             }),
             names: HashSet::new(),
+            compiled: HashMap::new(),
+            in_keys: HashSet::new(),
             shape: BodyShape::default(),
         }
+    }
+
+    /// The template of `source` for the field `name`: the one compiled
+    /// before from the same source, or `text` (what the engine compiles for
+    /// it) added now. The error is the description of a compile error.
+    fn compile(&mut self, name: String, source: Source, text: String) -> Result<Compiled, String> {
+        let engine = Arc::clone(&self.engine);
+        let reused = |template: String, reads: BodyReads| Compiled {
+            engine,
+            name: name.clone(),
+            template,
+            reads,
+        };
+        if let Some((template, reads)) = self.compiled.get(&source).cloned() {
+            self.shape.add(&reads);
+            return Ok(reused(template, reads));
+        }
+        let (written, expression) = match &source {
+            Source::Text(written) => (written.clone(), false),
+            Source::Expression(written) => (written.clone(), true),
+        };
+        self.env
+            .add_template_owned(name.clone(), text)
+            .map_err(|err| describe(&err, &written))?;
+        if let Some(detail) = self.unknown_name(&written, expression) {
+            return Err(detail);
+        }
+        let reads = self.reads(&name, &written);
+        self.compiled.insert(source, (name.clone(), reads.clone()));
+        Ok(reused(name.clone(), reads))
     }
 
     /// What of the body the templates compiled since the last call read,
@@ -481,9 +526,11 @@ impl EngineBuilder {
         source: &str,
     ) -> Result<StringTemplate, TemplateError> {
         let template = self.string_at(name, source, &[])?;
-        if let Some(compiled) = &template.compiled {
+        if let Some(compiled) = &template.compiled
+            && self.in_keys.insert(compiled.template.clone())
+        {
             self.keys
-                .add_template_owned(compiled.name.clone(), source.to_owned())
+                .add_template_owned(compiled.template.clone(), source.to_owned())
                 .map_err(|err| TemplateError::Template {
                     at: Vec::new(),
                     detail: describe(&err, source),
@@ -518,19 +565,12 @@ impl EngineBuilder {
             )));
         }
         let name = self.unique_name(name);
-        self.env
-            .add_template_owned(name.clone(), source.to_owned())
-            .map_err(|err| invalid(describe(&err, source)))?;
-        if let Some(detail) = self.unknown_name(source, false) {
-            return Err(invalid(detail));
-        }
+        let compiled = self
+            .compile(name, Source::Text(source.to_owned()), source.to_owned())
+            .map_err(invalid)?;
         Ok(StringTemplate {
             source: source.to_owned(),
-            compiled: Some(Compiled {
-                engine: Arc::clone(&self.engine),
-                reads: self.reads(&name, source),
-                name,
-            }),
+            compiled: Some(compiled),
             direct: direct::Text::parse(source),
         })
     }
@@ -553,20 +593,13 @@ impl EngineBuilder {
         }
         let name = self.unique_name(name);
         let wrapper = format!("{{% set {VALUE_VAR} = ({source}) %}}");
-        self.env
-            .add_template_owned(name.clone(), wrapper)
-            .map_err(|err| invalid(describe(&err, source)))?;
-        if let Some(detail) = self.unknown_name(source, true) {
-            return Err(invalid(detail));
-        }
+        let compiled = self
+            .compile(name, Source::Expression(source.to_owned()), wrapper)
+            .map_err(invalid)?;
         Ok(Expr {
             source: source.to_owned(),
             direct: direct::VarPath::parse(source),
-            compiled: Compiled {
-                engine: Arc::clone(&self.engine),
-                reads: self.reads(&name, source),
-                name,
-            },
+            compiled,
         })
     }
 
@@ -888,7 +921,11 @@ fn urldecode(value: MjValue) -> String {
 #[derive(Clone)]
 struct Compiled {
     engine: Arc<Engine>,
+    /// The field it was written in (`routes[0].dispatch[0].ref`), which
+    /// its errors name.
     name: String,
+    /// The engine's template: the first field written with the same source.
+    template: String,
     /// What of the body the template reads.
     reads: BodyReads,
 }
@@ -1176,7 +1213,7 @@ impl StringTemplate {
             return Ok(text);
         }
         let env = compiled.engine.env(&compiled.name)?;
-        env.get_template(&compiled.name)
+        env.get_template(&compiled.template)
             .and_then(|template| template.render(ctx.engine_value(&compiled.reads).as_ref()))
             .map_err(|err| compiled.error(&err, &self.source))
     }
@@ -1208,7 +1245,7 @@ impl StringTemplate {
         }
         let env = compiled.engine.keys(&compiled.name)?;
         let rendered = env
-            .get_template(&compiled.name)
+            .get_template(&compiled.template)
             .and_then(|template| template.render(ctx.engine_value(&compiled.reads).as_ref()));
         match rendered {
             Ok(text) => Ok(Some(text)),
@@ -1273,7 +1310,7 @@ impl Expr {
         let compiled = &self.compiled;
         let env = compiled.engine.env(&compiled.name)?;
         let template = env
-            .get_template(&compiled.name)
+            .get_template(&compiled.template)
             .map_err(|err| compiled.error(&err, &self.source))?;
         let captured = template
             .render_captured(ctx.engine_value(&compiled.reads).as_ref())

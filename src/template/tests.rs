@@ -776,3 +776,38 @@ fn joins_and_loops_are_found_in_tags_not_in_comments_strings_or_raw_blocks() {
         assert_eq!(joins_or_loops(source), expected, "{source}");
     }
 }
+
+#[test]
+fn a_source_written_twice_is_compiled_once_and_each_field_keeps_its_name() {
+    let mut builder = EngineBuilder::new();
+    let source = "{{ body.count // (body.count - 3) }}";
+    let first = builder
+        .string("routes[0].dispatch[0].event_type", source)
+        .unwrap();
+    let second = builder
+        .string("routes[1].dispatch[0].event_type", source)
+        .unwrap();
+    let when = builder
+        .condition("routes[0].when", "body.count > 1")
+        .unwrap();
+    let again = builder
+        .condition("routes[1].when", "body.count > 1")
+        .unwrap();
+    assert_eq!(
+        builder.compiled.len(),
+        2,
+        "one template per distinct source"
+    );
+    builder.finish();
+    let request = ctx();
+    let context = request.prepare();
+    for (template, name) in [
+        (&first, "routes[0].dispatch[0].event_type"),
+        (&second, "routes[1].dispatch[0].event_type"),
+    ] {
+        let err = template.render_prepared(&context).unwrap_err();
+        assert_eq!(err.name, name, "{err}");
+    }
+    assert!(when.eval_prepared(&context).unwrap());
+    assert!(again.eval_prepared(&context).unwrap());
+}
