@@ -527,7 +527,7 @@ impl EngineBuilder {
     ) -> Result<StringTemplate, TemplateError> {
         let template = self.string_at(name, source, &[])?;
         if let Some(compiled) = &template.compiled
-            && self.in_keys.insert(compiled.template.clone())
+            && !self.in_keys.contains(&compiled.template)
         {
             self.keys
                 .add_template_owned(compiled.template.clone(), source.to_owned())
@@ -535,6 +535,7 @@ impl EngineBuilder {
                     at: Vec::new(),
                     detail: describe(&err, source),
                 })?;
+            self.in_keys.insert(compiled.template.clone());
         }
         Ok(template)
     }
