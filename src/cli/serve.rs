@@ -77,6 +77,22 @@ fn test_hook<T: std::str::FromStr>(name: &str, effect: &str) -> Option<T> {
     }
 }
 
+/// How the HTTP server's task ended: its own error, or its task's (a panic)
+/// as one.
+fn served(ended: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
+    ended
+        .map_err(std::io::Error::other)
+        .and_then(|result| result)
+}
+
+/// `path` with `suffix` added to its file name, as SQLite names the files
+/// beside a store (`-wal`) and earlier versions named its lock (`.lock`).
+fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
 /// How often finished deliveries past `store.retention` are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -135,26 +151,20 @@ fn own_store(db_path: &Path) -> Result<[std::fs::File; 2], CliError> {
     // An empty file is an empty SQLite database. A new store is readable
     // by its owner only, as SQLite then makes its WAL: it holds every
     // webhook's body and query string.
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .open(db_path)
-        .with_context(|| format!("cannot open {}", db_path.display()))
-        .map_err(runtime)?;
-    let mut lock_path = db_path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = std::path::PathBuf::from(lock_path);
-    let earlier_lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))
-        .map_err(runtime)?;
+    let open = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))
+            .map_err(runtime)
+    };
+    let file = open(db_path)?;
+    let lock_path = beside(db_path, ".lock");
+    let earlier_lock = open(&lock_path)?;
     for (locked, path) in [(&file, db_path), (&earlier_lock, lock_path.as_path())] {
         match locked.try_lock() {
             Ok(()) => {}
@@ -222,9 +232,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     // A WAL without its store is what moving or deleting the store file
     // leaves: it holds the latest commits, and a new store at the path
     // would discard it. Starting empty must be asked for.
-    let mut wal_path = db_path.as_os_str().to_owned();
-    wal_path.push("-wal");
-    let wal_path = std::path::PathBuf::from(wal_path);
+    let wal_path = beside(&db_path, "-wal");
     if new_store && std::fs::metadata(&wal_path).is_ok_and(|wal| wal.len() > 0) {
         return Err(runtime(anyhow::anyhow!(
             "{} holds commits of a store that is no longer at {}: put the store file back beside it, or remove it to start with an empty store (what it holds is then lost)",
@@ -341,9 +349,8 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         }
         ended = &mut server => {
             tracing::warn!("The HTTP server stopped on its own; shutting down");
-            Some(match ended {
-                Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped"),
-                Ok(Err(e)) => anyhow::Error::new(e).context("the HTTP server failed"),
+            Some(match served(ended) {
+                Ok(()) => anyhow::anyhow!("the HTTP server stopped"),
                 Err(e) => anyhow::Error::new(e).context("the HTTP server failed"),
             })
         }
@@ -363,10 +370,8 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     }
     if server_failure.is_none() {
         handle.stop(true).await;
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "The HTTP server did not stop cleanly"),
-            Err(e) => tracing::warn!(error = %e, "The HTTP server did not stop cleanly"),
+        if let Err(e) = served(server.await) {
+            tracing::warn!(error = %e, "The HTTP server did not stop cleanly");
         }
     }
     store.close().await;

@@ -166,8 +166,10 @@ pub struct AppState {
     /// `RELAY_TEST_CLOCK_MS` (see docs/decisions.md).
     verify_clock_ms: Option<i64>,
     sns_certs: Mutex<HashMap<String, SigningKey>>,
-    sns_cert_misses: Mutex<CertMisses>,
-    sns_cert_unreachable: Mutex<CertMisses>,
+    /// Certificate URLs AWS said lately have no certificate.
+    pub sns_cert_missing: CertUrls,
+    /// Certificate URLs that lately gave no answer at all.
+    pub sns_cert_unreachable: CertUrls,
     /// Bounds the certificate fetches running at once: each is an outbound
     /// request that a forged envelope can ask for.
     sns_cert_fetches: tokio::sync::Semaphore,
@@ -199,6 +201,31 @@ const CERT_FETCHES: usize = 4;
 struct CertMisses {
     ttl: Duration,
     until: HashMap<String, Instant>,
+}
+
+/// A [`CertMisses`] shared by the handlers, on the clock.
+pub struct CertUrls(Mutex<CertMisses>);
+
+impl CertUrls {
+    fn new(ttl: Duration) -> CertUrls {
+        CertUrls(Mutex::new(CertMisses::new(ttl)))
+    }
+
+    /// Whether `url` was remembered, and not long enough ago to be asked
+    /// again.
+    pub fn holds(&self, url: &str) -> bool {
+        self.0
+            .lock()
+            .expect("cert cache lock")
+            .known(url, Instant::now())
+    }
+
+    pub fn remember(&self, url: &str) {
+        self.0
+            .lock()
+            .expect("cert cache lock")
+            .remember(url, Instant::now());
+    }
 }
 
 impl CertMisses {
@@ -261,8 +288,8 @@ impl AppState {
             not_ready: AtomicBool::new(false),
             verify_clock_ms: None,
             sns_certs: Mutex::new(HashMap::new()),
-            sns_cert_misses: Mutex::new(CertMisses::new(CERT_MISS_TTL)),
-            sns_cert_unreachable: Mutex::new(CertMisses::new(CERT_UNREACHABLE_TTL)),
+            sns_cert_missing: CertUrls::new(CERT_MISS_TTL),
+            sns_cert_unreachable: CertUrls::new(CERT_UNREACHABLE_TTL),
             sns_cert_fetches: tokio::sync::Semaphore::new(CERT_FETCHES),
             sns_confirmed: Mutex::new(HashSet::new()),
         }
@@ -287,36 +314,6 @@ impl AppState {
             .expect("cert cache lock")
             .get(url)
             .cloned()
-    }
-
-    /// Whether AWS said lately that there is no certificate at `url`.
-    pub fn sns_cert_known_missing(&self, url: &str) -> bool {
-        self.sns_cert_misses
-            .lock()
-            .expect("cert cache lock")
-            .known(url, Instant::now())
-    }
-
-    pub fn remember_missing_sns_cert(&self, url: &str) {
-        self.sns_cert_misses
-            .lock()
-            .expect("cert cache lock")
-            .remember(url, Instant::now());
-    }
-
-    /// Whether fetching from `url` failed lately without any answer.
-    pub fn sns_cert_unreachable(&self, url: &str) -> bool {
-        self.sns_cert_unreachable
-            .lock()
-            .expect("cert cache lock")
-            .known(url, Instant::now())
-    }
-
-    pub fn remember_unreachable_sns_cert(&self, url: &str) {
-        self.sns_cert_unreachable
-            .lock()
-            .expect("cert cache lock")
-            .remember(url, Instant::now());
     }
 
     /// Waits for a turn to fetch a certificate, at most [`CERT_TURN_WAIT`];

@@ -254,11 +254,8 @@ async fn accept(
         // A store that refuses commits refuses every webhook alike: the
         // writer logs when that starts and ends, and the metric counts
         // each refusal. Anything else is this webhook's own.
-        match &e {
-            StoreError::Unavailable(_) => {}
-            _ => {
-                tracing::error!(route = %route.id, delivery_id = %delivery_id, error = %e, "Could not store a webhook");
-            }
+        if !matches!(e, StoreError::Unavailable(_)) {
+            tracing::error!(route = %route.id, delivery_id = %delivery_id, error = %e, "Could not store a webhook");
         }
         IngressError::Unavailable("the store is unavailable; retry shortly".into())
     })?;
@@ -372,10 +369,10 @@ async fn fetch_signing_key(
 ) -> Result<SigningKey, CertFetch> {
     let missing =
         || CertFetch::Refused("signing certificate URL: AWS said lately it has none".into());
-    if state.sns_cert_known_missing(url) {
+    if state.sns_cert_missing.holds(url) {
         return Err(missing());
     }
-    if state.sns_cert_unreachable(url) {
+    if state.sns_cert_unreachable.holds(url) {
         return Err(CertFetch::Unavailable);
     }
     let Some(_turn) = state.sns_cert_fetch_turn().await else {
@@ -389,16 +386,16 @@ async fn fetch_signing_key(
     if let Some(key) = state.cached_sns_cert(url) {
         return Ok(key);
     }
-    if state.sns_cert_known_missing(url) {
+    if state.sns_cert_missing.holds(url) {
         return Err(missing());
     }
     let pem = outbound::get(url).await.map_err(|e| {
         if names_no_certificate(&e) {
-            state.remember_missing_sns_cert(url);
+            state.sns_cert_missing.remember(url);
             return CertFetch::Refused(format!("signing certificate URL: {e}"));
         }
         if matches!(e, outbound::GetError::Transport(_)) {
-            state.remember_unreachable_sns_cert(url);
+            state.sns_cert_unreachable.remember(url);
         }
         tracing::warn!(route = %route, error = %e, "Could not fetch the SNS signing certificate");
         CertFetch::Unavailable

@@ -363,7 +363,6 @@ fn commit_batch(
     conn: &mut Connection,
     batch: &[Command],
 ) -> (Vec<Result<Outcome, StoreError>>, Result<(), String>) {
-    let unavailable = |message: String| refused(batch, message);
     match begin(conn) {
         Ok(tx) => {
             let mut outcomes = Vec::with_capacity(batch.len());
@@ -381,11 +380,11 @@ fn commit_batch(
             }
             // Dropping the transaction rolls the whole batch back.
         }
-        Err(e) => return unavailable(e.to_string()),
+        Err(e) => return refused(batch, e.to_string()),
     }
     let tx = match begin(conn) {
         Ok(tx) => tx,
-        Err(e) => return unavailable(e.to_string()),
+        Err(e) => return refused(batch, e.to_string()),
     };
     let mut outcomes = Vec::with_capacity(batch.len());
     for command in batch {
@@ -396,7 +395,7 @@ fn commit_batch(
             // could not be undone. Nothing of the batch is committed, and
             // every caller is told so; running on would commit statements
             // on their own, or a failed command's half.
-            Err(BatchBroken(e)) => return unavailable(e.to_string()),
+            Err(BatchBroken(e)) => return refused(batch, e.to_string()),
         }
     }
     let commit = tx.commit().map_err(|e| e.to_string());

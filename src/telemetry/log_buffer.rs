@@ -122,23 +122,8 @@ fn escaped(event: &[u8], escaping: Escaping) -> Cow<'_, [u8]> {
         Some(line) => (line, &b"\n"[..]),
         None => (event, &b""[..]),
     };
-    // Nearly every line has nothing to escape, and is written after one
-    // look at its bytes for any that can start a character to escape: a
-    // control below 0x20 or DEL, a C1 control (0xC2 0x80..0x9F), or U+2028
-    // and U+2029 (0xE2 0x80 0xA8/0xA9).
-    let may_need_escaping = line.iter().enumerate().any(|(at, &b)| match b {
-        0x7f => true,
-        b if b < 0x20 => b != b'\t',
-        0xc2 => line
-            .get(at + 1)
-            .is_some_and(|next| (0x80..=0x9f).contains(next)),
-        0xe2 => line.get(at + 1) == Some(&0x80) && matches!(line.get(at + 2), Some(0xa8 | 0xa9)),
-        _ => false,
-    });
-    if !may_need_escaping {
-        return Cow::Borrowed(event);
-    }
     // The formatter writes UTF-8; anything else is shown, not passed on.
+    // Nearly every line has nothing to escape and is written as it came.
     let text = String::from_utf8_lossy(line);
     match text::escaped_controls(&text, escaping == Escaping::Coloured) {
         Cow::Borrowed(_) if matches!(text, Cow::Borrowed(_)) => Cow::Borrowed(event),
