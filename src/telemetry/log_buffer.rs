@@ -16,7 +16,7 @@
 //! rendered repository, GitHub's echo of a ref): a line break in one would
 //! start a line that looks like the relay's own, and other control
 //! characters could drive a terminal. They are written escaped (`\n`,
-//! `\x1b`). The JSON format escapes them itself.
+//! `\u{1b}`). The JSON format escapes them itself.
 
 use std::borrow::Cow;
 
