@@ -31,6 +31,10 @@ pub enum StoreError {
     Database(#[from] rusqlite::Error),
     #[error(transparent)]
     BadUrl(#[from] crate::config::BadStoreUrl),
+    /// The file is not a store this relay can use: another program's
+    /// database, or a store of a newer relay.
+    #[error("{0}")]
+    NotAStore(String),
 }
 
 /// A delivery id as the store keeps it: a UUID, lower-cased, whatever case

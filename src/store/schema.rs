@@ -69,7 +69,7 @@ pub(super) const TABLES: &[&str] = &[
 
 fn refuse_newer(version: i64) -> Result<(), StoreError> {
     if version > SCHEMA_VERSION {
-        return Err(StoreError::Unavailable(format!(
+        return Err(StoreError::NotAStore(format!(
             "the store was written by a newer dispatch-relay (schema {version}, this one knows {SCHEMA_VERSION})"
         )));
     }
@@ -84,7 +84,7 @@ fn refuse_newer(version: i64) -> Result<(), StoreError> {
 pub(super) fn refuse_foreign_database(conn: &Connection) -> Result<(), StoreError> {
     let application_id: i64 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
     let foreign = |what: String| {
-        StoreError::Unavailable(format!(
+        StoreError::NotAStore(format!(
             "the file is a SQLite database of another program ({what}), not a dispatch-relay store"
         ))
     };
