@@ -13,7 +13,8 @@
 //! relay loses against it is the cost of everything else the relay does.
 //!
 //! With `--rows relay` it writes instead the rows the relay writes for each
-//! webhook, into the relay's own schema (`src/store/schema.sql`): a delivery
+//! webhook, into the relay's own schema (`src/store/schema.sql` and the
+//! queue's index, `src/store/jobs_queued.sql`): a delivery
 //! holding the request as received (headers and body, as JSON text) and one
 //! job holding the rendered dispatch, with their indexes and foreign key.
 //! The two variants side by side split the relay's distance from the
@@ -149,8 +150,8 @@ fn insert(tx: &rusqlite::Transaction<'_>, row: &Row) -> rusqlite::Result<()> {
     )?
     .execute(rusqlite::params![row.id, row.received_at_ms, request.as_str()])?;
     tx.prepare_cached(
-        "INSERT INTO jobs (delivery_id, target_index, repo, label, path, body, status, next_attempt_at, created_at)
-         VALUES (?1, 0, 'acme/bench', 'cms-article', '/repos/acme/bench/dispatches', ?2, 'pending', ?3, ?3)",
+        "INSERT INTO jobs (delivery_id, route, target_index, repo, label, path, body, status, next_attempt_at, created_at)
+         VALUES (?1, 'cms', 0, 'acme/bench', 'cms-article', '/repos/acme/bench/dispatches', ?2, 'pending', ?3, ?3)",
     )?
     .execute(rusqlite::params![row.id, row.payload, row.received_at_ms])?;
     Ok(())
@@ -177,7 +178,12 @@ async fn main() -> std::io::Result<()> {
     )
     .expect("set up the store");
     let schema = if relay_rows {
-        include_str!("../src/store/schema.sql")
+        // The relay's tables, and the queue's index, which the relay adds
+        // after them.
+        concat!(
+            include_str!("../src/store/schema.sql"),
+            include_str!("../src/store/jobs_queued.sql")
+        )
     } else {
         "CREATE TABLE IF NOT EXISTS intake (
              id INTEGER PRIMARY KEY, received_at INTEGER NOT NULL, body BLOB NOT NULL, payload TEXT NOT NULL)"

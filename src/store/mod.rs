@@ -381,6 +381,9 @@ pub struct Store {
     /// `None` once the store is closed.
     reader: Arc<Mutex<Option<Connection>>>,
     path: Arc<PathBuf>,
+    /// The route of the last job leased: the next lease starts its turns
+    /// with the route after it (see [`Store::lease_due`]).
+    last_leased_route: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -432,6 +435,7 @@ impl Store {
             writer,
             reader: Arc::new(Mutex::new(Some(reader))),
             path: Arc::new(path.to_path_buf()),
+            last_leased_route: Arc::default(),
         })
     }
 
@@ -459,20 +463,37 @@ impl Store {
         .await
     }
 
-    /// Leases up to `limit` due jobs for `lease_ms`.
+    /// Leases up to `limit` due jobs for `lease_ms`, taking turns between
+    /// the routes that have jobs due, so that a burst on one route does
+    /// not hold back every other route's dispatches. Each route's jobs go
+    /// in the order they fall due; the turns carry on from one lease to
+    /// the next.
     pub async fn lease_due(
         &self,
         now_ms: i64,
         limit: usize,
         lease_ms: i64,
     ) -> Result<Vec<Job>, StoreError> {
-        self.call(|reply| Command::Lease {
-            now_ms,
-            limit,
-            lease_ms,
-            reply,
-        })
-        .await
+        // A poisoned lock only means the turns start again from the first
+        // route.
+        let after_route = self
+            .last_leased_route
+            .lock()
+            .map(|last| last.clone())
+            .unwrap_or_default();
+        let jobs: Vec<Job> = self
+            .call(|reply| Command::Lease {
+                now_ms,
+                limit,
+                lease_ms,
+                after_route,
+                reply,
+            })
+            .await?;
+        if let (Some(job), Ok(mut last)) = (jobs.last(), self.last_leased_route.lock()) {
+            *last = Some(job.route.clone());
+        }
+        Ok(jobs)
     }
 
     /// Records an attempt and moves the job (and, when its last job finishes,
@@ -577,17 +598,14 @@ impl Store {
     /// worker can sleep until then. A job being sent right now is leased and
     /// left out: its due time is in the past and would wake the worker again
     /// at once, again and again. (The worker looks at least once a second
-    /// anyway, which covers a lease that runs out.) The query walks the
-    /// `jobs_due` index from its start, so it stays quick with a deep queue.
+    /// anyway, which covers a lease that runs out.) The query seeks each
+    /// queued route's first job in the `jobs_queued` index, so it stays
+    /// quick with a deep queue.
     pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
         self.read(|conn| {
             Ok(conn
-                .query_row(
-                    "SELECT next_attempt_at FROM jobs WHERE status = 'pending' AND leased_until IS NULL
-                     ORDER BY next_attempt_at LIMIT 1",
-                    [],
-                    |row| row.get::<_, Option<i64>>(0),
-                )
+                .prepare_cached(schema::NEXT_DUE)?
+                .query_row([], |row| row.get::<_, Option<i64>>(0))
                 .optional()?
                 .flatten())
         })

@@ -26,11 +26,14 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     refuse_newer(version)?;
     let index_names: Vec<&str> = ADDED_INDEXES.iter().map(|(name, _)| *name).collect();
-    let indexes_missing = build_indexes && missing(conn, &index_names)?;
+    let indexes_to_change = build_indexes
+        && (missing(conn, &index_names)?
+            || present(conn, DROPPED_INDEXES)?
+            || has_jobs_without_route(conn)?);
     if version == SCHEMA_VERSION
         && missing_columns(conn)?.is_empty()
         && !missing(conn, ADDED_TABLES)?
-        && !indexes_missing
+        && !indexes_to_change
     {
         // Up to date: write nothing. `deliveries` and `redeliver` open the
         // store beside a running relay, and must not take its write lock.
@@ -46,6 +49,16 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
         for (_, create) in ADDED_INDEXES {
             conn.execute_batch(create)?;
         }
+        for name in DROPPED_INDEXES {
+            conn.execute_batch(&format!("DROP INDEX IF EXISTS {name}"))?;
+        }
+        // Jobs queued before jobs kept their route, or by an older relay
+        // since, would never take a turn in the queue. (A failed job is
+        // given its route when it is redelivered.)
+        conn.execute_batch(
+            "UPDATE jobs SET route = (SELECT d.route FROM deliveries d WHERE d.id = jobs.delivery_id)
+             WHERE route IS NULL AND status = 'pending'",
+        )?;
     }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     conn.pragma_update(None, "application_id", APPLICATION_ID)?;
@@ -138,7 +151,42 @@ const ADDED_INDEXES: &[(&str, &str)] = &[
         "jobs_failed",
         "CREATE INDEX IF NOT EXISTS jobs_failed ON jobs (delivery_id) WHERE status = 'failed'",
     ),
+    ("jobs_queued", JOBS_QUEUED),
 ];
+
+/// The queue's index. A file of its own so that the benchmarks' durable
+/// reference, which writes the relay's rows, keeps it as the relay does.
+pub(super) const JOBS_QUEUED: &str = include_str!("jobs_queued.sql");
+
+/// Indexes no longer used, dropped by `serve` so that accepting a webhook
+/// does not keep writing them. `jobs_due` ordered the queue by due time
+/// alone; `jobs_queued` orders each route's.
+const DROPPED_INDEXES: &[&str] = &["jobs_due"];
+
+/// Whether a pending job has no route: one queued before jobs kept it, or
+/// by an older relay since. Looked up only through `jobs_queued`, so a
+/// start costs no scan of the jobs; without the index, migrating builds it
+/// and gives every pending job its route anyway.
+fn has_jobs_without_route(conn: &Connection) -> Result<bool, StoreError> {
+    if missing(conn, &["jobs_queued"])? {
+        return Ok(false);
+    }
+    Ok(conn.prepare_cached(QUEUED_WITHOUT_ROUTE)?.exists([])?)
+}
+
+/// A pending job without a route, found through `jobs_queued`.
+pub(super) const QUEUED_WITHOUT_ROUTE: &str =
+    "SELECT 1 FROM jobs WHERE status = 'pending' AND route IS NULL LIMIT 1";
+
+/// Whether any of these tables or indexes is present.
+fn present(conn: &Connection, names: &[&str]) -> Result<bool, StoreError> {
+    for name in names {
+        if !missing(conn, &[name])? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
 
 /// Tables added after the first schema; `SCHEMA` creates them when missing.
 const ADDED_TABLES: &[&str] = &["readiness", "github_pause"];
@@ -173,6 +221,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // rendered with (debounce), for redelivery to render them alike.
     ("jobs", "rendered_as_id", "TEXT"),
     ("jobs", "rendered_as_at", "INTEGER"),
+    // The delivery's route, by which the queue takes turns.
+    ("jobs", "route", "TEXT"),
 ];
 
 fn missing_columns(
@@ -196,7 +246,7 @@ fn missing_columns(
 /// its jobs then given the window's id, [`NewJob::with_delivery_id`]).
 fn insert_jobs_due(
     conn: &Connection,
-    delivery_id: &str,
+    (delivery_id, route): (&str, &str),
     jobs: &[NewJob],
     now_ms: i64,
     due_ms: i64,
@@ -204,8 +254,8 @@ fn insert_jobs_due(
 ) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO jobs (delivery_id, target_index, repo, label, path, body, status, next_attempt_at, created_at,
-                           rendered_as_id, rendered_as_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?8, ?7, ?9, ?10)",
+                           rendered_as_id, rendered_as_at, route)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?8, ?7, ?9, ?10, ?11)",
     )?;
     let (rendered_id, rendered_at) = rendered_as.unzip();
     for job in jobs {
@@ -219,7 +269,8 @@ fn insert_jobs_due(
             now_ms,
             due_ms,
             rendered_id,
-            rendered_at
+            rendered_at,
+            route
         ])?;
     }
     Ok(())
@@ -289,7 +340,7 @@ fn coalesce(
         .collect();
     insert_jobs_due(
         conn,
-        &id,
+        (&id, &d.route),
         &jobs,
         d.received_at_ms,
         due,
@@ -394,7 +445,14 @@ pub(super) fn accept(conn: &Connection, d: &NewDelivery) -> Result<Accepted, Sto
     let due = debounce.map_or(d.received_at_ms, |w| {
         debounce_due(w, d.received_at_ms, d.received_at_ms)
     });
-    insert_jobs_due(conn, &d.id, &d.jobs, d.received_at_ms, due, None)?;
+    insert_jobs_due(
+        conn,
+        (&d.id, &d.route),
+        &d.jobs,
+        d.received_at_ms,
+        due,
+        None,
+    )?;
     Ok(Accepted::Stored)
 }
 
@@ -415,20 +473,78 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
+/// The first route, in name order, after `?1` with a pending job.
+pub(super) const NEXT_QUEUED_ROUTE: &str =
+    "SELECT route FROM jobs WHERE status = 'pending' AND route > ?1 ORDER BY route LIMIT 1";
+
+/// Up to `?3` of a route's jobs that are due at `?2` and not being sent,
+/// in the order they fell due.
+pub(super) const DUE_OF_ROUTE: &str = "SELECT id FROM jobs
+     WHERE status = 'pending' AND route = ?1 AND next_attempt_at <= ?2
+       AND (leased_until IS NULL OR leased_until < ?2)
+     ORDER BY next_attempt_at, id LIMIT ?3";
+
+/// When the earliest pending job that is not leased falls due. The queued
+/// routes are found one index seek at a time (SQLite would otherwise walk
+/// every pending job to find them), and each route's first job by another.
+pub(super) const NEXT_DUE: &str = "WITH RECURSIVE queued(route) AS (
+         SELECT (SELECT route FROM jobs WHERE status = 'pending' AND route > '' ORDER BY route LIMIT 1)
+         UNION ALL
+         SELECT (SELECT route FROM jobs WHERE status = 'pending' AND route > queued.route ORDER BY route LIMIT 1)
+         FROM queued WHERE queued.route IS NOT NULL
+     )
+     SELECT MIN((SELECT next_attempt_at FROM jobs
+                 WHERE status = 'pending' AND route = queued.route AND leased_until IS NULL
+                 ORDER BY next_attempt_at LIMIT 1))
+     FROM queued WHERE route IS NOT NULL";
+
+/// Leases up to `limit` due jobs for `lease_ms`, taking turns between
+/// routes: one job of each route that has any due, starting with the
+/// first route after `after_route` in name order and coming round to it
+/// last, then a second of each, and so on. Each route's jobs go in the
+/// order they fell due. So a burst on one route is sent between the other
+/// routes' dispatches, not ahead of them all.
+///
+/// The routes are found one index seek at a time, and the search stops as
+/// soon as `limit` routes have a job due, so a lease costs the routes it
+/// looks at, not the depth of the queue.
 pub(super) fn lease(
     conn: &Connection,
     now_ms: i64,
     limit: usize,
     lease_ms: i64,
+    after_route: Option<&str>,
 ) -> Result<Vec<Job>, StoreError> {
-    let ids: Vec<i64> = conn
-        .prepare_cached(
-            "SELECT id FROM jobs
-             WHERE status = 'pending' AND next_attempt_at <= ?1 AND (leased_until IS NULL OR leased_until < ?1)
-             ORDER BY next_attempt_at, id LIMIT ?2",
-        )?
-        .query_map(params![now_ms, limit as i64], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let mut next_route = conn.prepare_cached(NEXT_QUEUED_ROUTE)?;
+    let mut due_of_route = conn.prepare_cached(DUE_OF_ROUTE)?;
+    let mut queues: Vec<Vec<i64>> = Vec::new();
+    // Route names are never empty, so every route sorts after "".
+    let mut cursor = after_route.unwrap_or("").to_string();
+    let mut wrapped = after_route.is_none();
+    while queues.len() < limit {
+        let route: Option<String> = next_route.query_row([&cursor], |r| r.get(0)).optional()?;
+        let route = match route {
+            // Round again to the route served last, then stop.
+            Some(route) if wrapped && after_route.is_some_and(|last| route.as_str() > last) => {
+                break;
+            }
+            Some(route) => route,
+            None if wrapped => break,
+            None => {
+                wrapped = true;
+                cursor.clear();
+                continue;
+            }
+        };
+        let due: Vec<i64> = due_of_route
+            .query_map(params![route, now_ms, limit as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if !due.is_empty() {
+            queues.push(due);
+        }
+        cursor = route;
+    }
+    let ids = taking_turns(queues, limit);
     let mut jobs = Vec::with_capacity(ids.len());
     let mut mark = conn.prepare_cached("UPDATE jobs SET leased_until = ?2 WHERE id = ?1")?;
     let mut fetch = conn.prepare_cached(
@@ -441,6 +557,26 @@ pub(super) fn lease(
         jobs.push(fetch.query_row(params![id], job_from_row)?);
     }
     Ok(jobs)
+}
+
+/// Up to `limit` items taken from the queues in turn: the first of each
+/// queue, then the second of each, and so on.
+pub(super) fn taking_turns<T>(queues: Vec<Vec<T>>, limit: usize) -> Vec<T> {
+    let mut iterators: Vec<_> = queues.into_iter().map(Vec::into_iter).collect();
+    let mut taken = Vec::new();
+    while taken.len() < limit {
+        let before = taken.len();
+        for queue in &mut iterators {
+            if taken.len() == limit {
+                break;
+            }
+            taken.extend(queue.next());
+        }
+        if taken.len() == before {
+            break;
+        }
+    }
+    taken
 }
 
 pub(super) fn record(conn: &Connection, a: &AttemptRecord) -> Result<(), StoreError> {
@@ -587,17 +723,17 @@ pub(super) fn rerender(
                     params![delivery_id, key],
                 )?;
             }
-            insert_jobs_due(conn, delivery_id, jobs, now_ms, now_ms, None)?;
+            insert_jobs_due(conn, (delivery_id, &route), jobs, now_ms, now_ms, None)?;
         }
         Rerendering::AsRendered { targets } => {
             let mut requeue = conn.prepare_cached(
                 "UPDATE jobs SET status = 'pending', next_attempt_at = ?3, created_at = ?3, failures = 0,
-                     leased_until = NULL, finished_at = NULL
+                     leased_until = NULL, finished_at = NULL, route = ?4
                  WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
             )?;
             let mut requeued = 0;
             for target in targets {
-                requeued += requeue.execute(params![delivery_id, *target as i64, now_ms])?;
+                requeued += requeue.execute(params![delivery_id, *target as i64, now_ms, route])?;
             }
             if requeued == 0 {
                 return stay_failed(
@@ -610,7 +746,8 @@ pub(super) fn rerender(
             // from the redelivery, not from the webhook's arrival.
             let mut replace = conn.prepare_cached(
                 "UPDATE jobs SET repo = ?3, label = ?4, path = ?5, body = ?6, status = 'pending',
-                     next_attempt_at = ?7, created_at = ?7, failures = 0, leased_until = NULL, finished_at = NULL
+                     next_attempt_at = ?7, created_at = ?7, failures = 0, leased_until = NULL, finished_at = NULL,
+                     route = ?8
                  WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
             )?;
             let mut replaced = 0;
@@ -622,7 +759,8 @@ pub(super) fn rerender(
                     job.label,
                     job.path,
                     job.body,
-                    now_ms
+                    now_ms,
+                    route
                 ])?;
             }
             if replaced == 0 {

@@ -32,6 +32,9 @@ CREATE INDEX IF NOT EXISTS coalesced_keys_delivery ON coalesced_keys (delivery_i
 CREATE TABLE IF NOT EXISTS jobs (
     id              INTEGER PRIMARY KEY,
     delivery_id     TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    -- The delivery's route, kept beside each job so that the queue can
+    -- take turns between routes (see `jobs_queued.sql`).
+    route           TEXT,
     target_index    INTEGER NOT NULL,
     repo            TEXT NOT NULL,
     label           TEXT NOT NULL,
@@ -46,7 +49,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at      INTEGER NOT NULL,
     finished_at     INTEGER
 );
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_id);
 
 CREATE TABLE IF NOT EXISTS attempts (

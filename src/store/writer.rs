@@ -41,6 +41,7 @@ pub(super) enum Command {
         now_ms: i64,
         limit: usize,
         lease_ms: i64,
+        after_route: Option<String>,
         reply: Reply<Vec<Job>>,
     },
     Record {
@@ -458,8 +459,15 @@ fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
             now_ms,
             limit,
             lease_ms,
+            after_route,
             ..
-        } => Outcome::Jobs(schema::lease(c, *now_ms, *limit, *lease_ms)?),
+        } => Outcome::Jobs(schema::lease(
+            c,
+            *now_ms,
+            *limit,
+            *lease_ms,
+            after_route.as_deref(),
+        )?),
         Command::Record { attempt, .. } => {
             schema::record(c, attempt)?;
             Outcome::Unit

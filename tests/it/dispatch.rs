@@ -325,6 +325,58 @@ async fn a_rate_limit_holds_the_credential_back_even_when_its_job_gives_up() {
     assert!(gap >= Duration::from_millis(2_900), "sent after {gap:?}");
 }
 
+/// A burst on one route does not hold back another route's dispatch: the
+/// queue takes turns between routes. The burst queues up while GitHub's
+/// rate limit holds every dispatch back, so that what goes first when the
+/// limit ends is decided by the queue alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_on_one_route_does_not_hold_back_another_routes_dispatch() {
+    let head = TEST_HEAD.replace(
+        "pacing: off",
+        "pacing: { concurrency: 1, min_interval: 10ms, per_minute: 6000 }",
+    );
+    assert_ne!(head, TEST_HEAD);
+    let routes = "  - id: bulk\n    verify: none\n    dispatch:\n      - repo: acme/bulk\n        event_type: upload\n  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/cms\n        event_type: publish\n";
+    let app = spawn_app_with(&head, routes, &[]).await;
+    app.github.add_repo("acme/bulk");
+    app.github.add_repo("acme/cms");
+    app.github.push_responses(
+        "acme/bulk",
+        vec![Scripted::PrimaryRateLimit { reset_in_secs: 3 }],
+    );
+    assert_eq!(app.post("bulk", "{}").await.status(), 202);
+    let start = std::time::Instant::now();
+    while !app
+        .metrics()
+        .await
+        .contains("dispatch_relay_github_rate_limit_remaining{credential=\"token\"} 0")
+    {
+        assert!(start.elapsed() < WAIT, "the rate limit never showed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(app.post("bulk", "{}").await.status(), 202);
+    }
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    app.wait_for_deliveries(WAIT, |l| {
+        l.len() == 7 && l.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    let order: Vec<String> = app
+        .github
+        .dispatches()
+        .iter()
+        .map(|r| r.path.trim_start_matches("/repos/").to_string())
+        .collect();
+    assert_eq!(order.len(), 7, "{order:?}");
+    let cms = order.iter().position(|p| p.starts_with("acme/cms"));
+    assert_eq!(
+        cms,
+        Some(0),
+        "the other route goes first after the route just served: {order:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_remaining_gauge_returns_to_the_limit_once_githubs_window_resets() {
     let head = TEST_HEAD.replace("retry:\n", "retry:\n  give_up_after: 1s\n");
