@@ -970,7 +970,7 @@ pub(super) const FAILED_JOBS: &str = "SELECT COUNT(*) FROM jobs WHERE status = '
 
 pub(super) fn depth(conn: &Connection) -> Result<QueueDepth, StoreError> {
     // Each count is read from an index holding only the jobs it counts
-    // (`jobs_due`, `jobs_retrying`, `jobs_failed`), so a scrape costs what
+    // (`jobs_queued`, `jobs_retrying`, `jobs_failed`), so a scrape costs what
     // is queued or failed, not the delivered jobs kept for `retention`.
     // One statement, so that the three counts come from one snapshot:
     // `pending` is the queued jobs less the retried ones.
