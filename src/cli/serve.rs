@@ -184,6 +184,26 @@ fn own_store(db_path: &Path) -> Result<[std::fs::File; 2], CliError> {
     Ok([file, earlier_lock])
 }
 
+/// Says when the store, or its WAL, can be read by users other than its
+/// owner: it holds every webhook's body and query string. New stores are
+/// made 0600; one made by an earlier version, or copied into place, keeps
+/// whatever mode it had, which the relay leaves to the operator to change.
+fn warn_if_readable_by_others(db_path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for path in [db_path.to_path_buf(), beside(db_path, "-wal")] {
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "The store can be read by other users; it holds every webhook's body. Run chmod 600 on it and its -wal and -shm files"
+                );
+            }
+        }
+    }
+}
+
 pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), CliError> {
     // Listened for before anything that can take a while (reading the
     // configuration, opening or migrating the store): until a process
@@ -253,6 +273,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     if new_store {
         tracing::info!(store = %db_path.display(), "Created a new, empty store");
     }
+    warn_if_readable_by_others(&db_path);
 
     let client =
         GitHubClient::new(&config.github.api_url, config.github.timeout).map_err(runtime)?;

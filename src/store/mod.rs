@@ -27,14 +27,22 @@ use writer::{Command, Writer};
 pub enum StoreError {
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// SQLite's error, quoted in the message rather than given as the
+    /// source: a chain printed whole would otherwise say it twice.
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(rusqlite::Error),
     #[error(transparent)]
     BadUrl(#[from] crate::config::BadStoreUrl),
     /// The file is not a store this relay can use: another program's
     /// database, or a store of a newer relay.
     #[error("{0}")]
     NotAStore(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e)
+    }
 }
 
 /// A delivery id as the store keeps it: a UUID, lower-cased, whatever case
@@ -423,7 +431,7 @@ impl Store {
         synchronous: Synchronous,
         build_indexes: bool,
     ) -> Result<Store, StoreError> {
-        let conn = open_connection(path)?;
+        let conn = open_connection(path, build_indexes)?;
         schema::migrate(&conn, build_indexes)?;
         let writer = Writer::start(conn, synchronous, path)?;
         let reader = Connection::open_with_flags(
@@ -674,7 +682,11 @@ impl Store {
 /// The page size of a new store, in bytes.
 const PAGE_SIZE: i64 = 16 * 1024;
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+/// Opens the writer's connection. `for_serve` is false for the inspection
+/// commands: they leave an existing file's journal mode as it is, since a
+/// store `serve` made is in WAL mode already, and a backup copy (`VACUUM
+/// INTO` makes one in rollback mode) should not be changed by reading it.
+fn open_connection(path: &Path, for_serve: bool) -> Result<Connection, StoreError> {
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
         && !parent.exists()
@@ -687,7 +699,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // it, WAL mode included. It is looked at through a connection of its
     // own: a connection that has read the file before its page size and
     // journal mode are set keeps about 6 MB more memory for good.
-    if path.exists() {
+    let existed = path.exists();
+    if existed {
         let probe = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -704,7 +717,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // when the file is created; an existing store keeps its page size.
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     // WAL lets the reader connection work while the writer commits.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    if for_serve || !existed {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }

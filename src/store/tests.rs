@@ -700,6 +700,40 @@ async fn opening_an_up_to_date_store_takes_no_write_lock() {
 }
 
 #[tokio::test]
+async fn reading_a_backup_copy_leaves_its_journal_mode_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let relay = Store::open(&path, Synchronous::Full).unwrap();
+    relay.accept(delivery("d1", None, 1)).await.unwrap();
+    let copy = dir.path().join("copy.db");
+    Connection::open(&path)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+        .unwrap();
+    let journal_mode = |path: &std::path::Path| -> String {
+        Connection::open(path)
+            .unwrap()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(
+        journal_mode(&copy),
+        "delete",
+        "VACUUM INTO makes a rollback-mode copy"
+    );
+    let inspector = Store::open_beside_relay(&copy).unwrap();
+    assert_eq!(
+        inspector.list(ListFilter::default()).await.unwrap().len(),
+        1
+    );
+    inspector.close().await;
+    assert_eq!(journal_mode(&copy), "delete");
+    // `serve` puts a store it opens in WAL mode.
+    Store::open(&copy, Synchronous::Full).unwrap().close().await;
+    assert_eq!(journal_mode(&copy), "wal");
+}
+
+#[tokio::test]
 async fn a_new_store_has_large_pages_and_an_old_one_keeps_its_own() {
     let (dir, store) = open();
     let page_size = |path: &std::path::Path| -> i64 {
@@ -735,7 +769,7 @@ fn the_wal_is_checkpointed_every_four_megabytes_whatever_the_page_size() {
                 ))
                 .unwrap();
         }
-        let conn = open_connection(&path).unwrap();
+        let conn = open_connection(&path, true).unwrap();
         writer::tune(&conn, Synchronous::Full).unwrap();
         let autocheckpoint: i64 = conn
             .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
@@ -1073,4 +1107,18 @@ fn the_list_of_the_relays_tables_is_the_schemas() {
     let mut listed = schema::TABLES.to_vec();
     listed.sort_unstable();
     assert_eq!(created, listed);
+}
+
+#[test]
+fn a_database_error_says_sqlites_message_once_when_its_chain_is_printed() {
+    let sqlite = Connection::open_in_memory()
+        .unwrap()
+        .execute("INSERT INTO nowhere VALUES (1)", [])
+        .unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::new(StoreError::from(sqlite)));
+    assert_eq!(
+        chain.matches("no such table: nowhere").count(),
+        1,
+        "{chain}"
+    );
 }

@@ -343,7 +343,7 @@ async fn a_store_in_a_directory_that_does_not_exist_yet_is_created() {
         "{}store:\n  url: sqlite:state/nested/relay.db\n",
         crate::helpers::TEST_HEAD
     );
-    let app = crate::helpers::spawn_app_with(&head, &hmac_route("cms", TARGET), &[]).await;
+    let mut app = crate::helpers::spawn_app_with(&head, &hmac_route("cms", TARGET), &[]).await;
     assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
     let dir = app.config_path().parent().unwrap().join("state/nested");
     // It holds every webhook's body: readable by its owner only, and so is
@@ -354,6 +354,18 @@ async fn a_store_in_a_directory_that_does_not_exist_yet_is_created() {
         );
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
+    let readable = "The store can be read by other users";
+    assert!(!app.logs().iter().any(|l| l.contains(readable)));
+    // A store made by an earlier version, readable by everyone, is left as
+    // it is, with a warning at start.
+    std::fs::set_permissions(
+        dir.join("relay.db"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    app.restart();
+    let line = app.wait_for_log(|l| l.contains(readable)).await;
+    assert!(line.contains("relay.db") && line.contains("644"), "{line}");
 }
 
 /// A `systemctl reload` sent while the relay is still starting must not end
