@@ -303,6 +303,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
             "leases of jobs being sent run out early",
         )
         .map_or(crate::dispatch::LEASE, Duration::from_millis),
+        health: Default::default(),
     }
     .spawn();
 

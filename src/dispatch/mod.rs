@@ -1,6 +1,8 @@
 //! Sending jobs to GitHub: the worker loop (lease, pace, send, classify,
-//! record), the pure retry classification and the per-credential pacing.
+//! record), the pure retry classification, the per-credential pacing, and
+//! whether GitHub is answering at all.
 
+pub mod health;
 pub mod pacing;
 pub mod retry;
 mod worker;

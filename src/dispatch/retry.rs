@@ -32,6 +32,12 @@ pub struct History {
     /// Failed attempts before this one that count against `max_attempts`
     /// (rate-limit answers do not: waiting them out is not a failure).
     pub failures: u32,
+    /// Every attempt before this one.
+    pub attempts: u32,
+    /// Set when GitHub failed every request since the job was last tried
+    /// (or queued): a failure that may pass then does not count against
+    /// `max_attempts`, since it is GitHub's, not the job's.
+    pub github_down: bool,
     /// Time since the job was queued: with its webhook, or when its
     /// delivery was redelivered.
     pub age: Duration,
@@ -262,7 +268,7 @@ pub fn classify(
                 message,
             ),
         },
-        408 | 500..=599 => {
+        status if passing_status(status) => {
             let action = transient(
                 with_message(&format!("GitHub answered {status}"), message),
                 history,
@@ -272,7 +278,15 @@ pub fn classify(
             // A server that says when to come back (`retry-after` on a 503)
             // is not asked sooner than that.
             match (action, answer.rate.retry_after_secs) {
-                (Action::Retry { delay, reason, .. }, Some(secs)) => {
+                (
+                    Action::Retry {
+                        delay,
+                        reason,
+                        counts_as_failure,
+                        ..
+                    },
+                    Some(secs),
+                ) => {
                     let asked = Duration::from_secs(secs.min(MAX_ASKED_WAIT_SECS));
                     if history.age + asked > policy.give_up_after {
                         Action::Fail {
@@ -284,7 +298,7 @@ pub fn classify(
                         Action::Retry {
                             delay: delay.max(asked),
                             pause_credential: None,
-                            counts_as_failure: true,
+                            counts_as_failure,
                             reason,
                         }
                     }
@@ -324,8 +338,42 @@ fn with_message(lead: &str, message: &str) -> String {
     }
 }
 
+/// Whether GitHub's answer, or its absence, is a failure that may pass: no
+/// answer at all, a timeout, or a server error. It is retried (unless the
+/// answer is a rate limit, which is waited out instead).
+pub fn may_pass(answer: &Result<Answer, TransportError>) -> bool {
+    match answer {
+        Err(_) => true,
+        Ok(answer) => passing_status(answer.status),
+    }
+}
+
+/// A status that may pass: a timeout or a server error.
+fn passing_status(status: u16) -> bool {
+    matches!(status, 408 | 500..=599)
+}
+
 /// A failure that may pass: retry with backoff until the policy runs out.
+/// While GitHub fails every request, the attempt is not counted, and the
+/// backoff follows every attempt so far, so that a long outage is waited
+/// out at `max_backoff` until `give_up_after`.
 fn transient(reason: String, history: History, policy: &RetryConfig, jitter: f64) -> Action {
+    if history.github_down {
+        let delay = backoff(history.attempts + 1, policy, jitter);
+        if history.age + delay > policy.give_up_after {
+            return Action::Fail {
+                reason: format!(
+                    "gave up when retry.give_up_after was reached, GitHub failing every request: {reason}"
+                ),
+            };
+        }
+        return Action::Retry {
+            delay,
+            pause_credential: None,
+            counts_as_failure: false,
+            reason,
+        };
+    }
     let failures = history.failures + 1;
     if failures >= policy.max_attempts {
         return Action::Fail {
@@ -839,6 +887,102 @@ mod tests {
                 "gave up after 10 attempts: timed out waiting for GitHub"
             ),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn while_github_fails_every_request_attempts_are_not_spent() {
+        let timeout = TransportError::Timeout;
+        let with_retry_after = answer(
+            503,
+            "",
+            RateHeaders {
+                retry_after_secs: Some(30),
+                ..RateHeaders::default()
+            },
+        );
+        let down = History {
+            failures: 9,
+            attempts: 14,
+            age: Duration::from_secs(3_600),
+            github_down: true,
+            ..History::default()
+        };
+        // What follows: the delay in seconds and whether it is counted;
+        // `None` for a failure.
+        type Follows = Option<(u64, bool)>;
+        let table: [(Outcome<'_>, History, f64, Follows); 6] = [
+            // The tenth failure of a job while GitHub answers others: out.
+            (
+                Outcome::Transport(&timeout),
+                History {
+                    github_down: false,
+                    ..down
+                },
+                1.0,
+                None,
+            ),
+            // The same while GitHub fails everything: waited out, uncounted,
+            // at the backoff of its fifteenth attempt (the cap).
+            (Outcome::Transport(&timeout), down, 1.0, Some((600, false))),
+            // A retry-after still sets the least wait.
+            (
+                Outcome::Answer(&with_retry_after),
+                down,
+                0.0,
+                Some((30, false)),
+            ),
+            // The backoff follows every attempt, not the counted ones.
+            (
+                Outcome::Transport(&timeout),
+                History {
+                    failures: 0,
+                    attempts: 3,
+                    ..down
+                },
+                1.0,
+                Some((8, false)),
+            ),
+            // give_up_after still ends it.
+            (
+                Outcome::Transport(&timeout),
+                History {
+                    age: Duration::from_secs(24 * 3600 - 1),
+                    ..down
+                },
+                1.0,
+                None,
+            ),
+            // A failed token request while GitHub is down is not counted either.
+            (
+                Outcome::NoCredential {
+                    reason: "GitHub answered 502 to the token request",
+                    permanent: false,
+                    rate_limited: None,
+                },
+                down,
+                1.0,
+                Some((600, false)),
+            ),
+        ];
+        for (i, (outcome, history, jitter, expected)) in table.into_iter().enumerate() {
+            let action = classify(outcome, history, &policy(), NOW, jitter);
+            match (expected, action) {
+                (None, Action::Fail { .. }) => {}
+                (
+                    Some((secs, counted)),
+                    Action::Retry {
+                        delay,
+                        counts_as_failure,
+                        ..
+                    },
+                ) => assert_eq!(
+                    (delay, counts_as_failure),
+                    (Duration::from_secs(secs), counted),
+                    "case {i}"
+                ),
+                (expected, action) => panic!("case {i}: {action:?}, expected {expected:?}"),
+            }
         }
     }
 

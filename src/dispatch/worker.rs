@@ -17,11 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::health::{GitHubHealth, Since};
 use super::pacing::{MAX_PAUSE, Pacer};
 use super::retry::{self, Action, AppToken, History, Outcome, RateLimitWait};
 use crate::clock::{self, now_ms};
 use crate::config::RetryConfig;
 use crate::github::{Answer, Credentials, GitHubClient, Scope};
+use crate::secret::Secret;
 use crate::store::{AttemptRecord, Job, JobNext, Store, StoreError};
 use crate::telemetry::{DispatchOutcome, Metrics};
 
@@ -147,6 +149,8 @@ pub struct Dispatcher {
     pub notifier: crate::notify::Notifier,
     /// How long a lease lasts: [`LEASE`], except under the test hook.
     pub lease: Duration,
+    /// Whether GitHub is answering at all.
+    pub health: GitHubHealth,
 }
 
 /// Lets the accept path wake the worker and `serve` stop it.
@@ -361,7 +365,13 @@ impl Dispatcher {
                         permanent: e.is_permanent(),
                         rate_limited,
                     };
-                    let history = self.history(&job, None, false);
+                    // No request of this job reached GitHub; it is down
+                    // if nothing else was answered since the job was last
+                    // tried and a look at it failed.
+                    let history = History {
+                        github_down: self.health.since(job.since_ms) == Since::Failing,
+                        ..self.history(&job, None, false)
+                    };
                     let action = self.classify(outcome, history);
                     let sent = Sent {
                         started_ms: now_ms(),
@@ -385,6 +395,11 @@ impl Dispatcher {
             let answer = self.client.post_json(&job.path, &body, &token.secret).await;
             let elapsed = started.elapsed();
             self.observe(&job, scope, &answer, elapsed);
+            let may_pass = retry::may_pass(&answer);
+            if !may_pass && answer.as_ref().is_ok_and(|a| a.from_github) {
+                self.health.answered(now_ms());
+            }
+            let github_down = may_pass && self.github_down(&job, &token.secret).await;
             // A rate limit is the credential's, whatever becomes of this
             // job: even one that gives up (its wait would pass
             // give_up_after) holds the others back for that long.
@@ -411,6 +426,7 @@ impl Dispatcher {
             });
             let history = History {
                 unstated_pause,
+                github_down,
                 ..self.history(&job, app_token, with_run_details)
             };
             let outcome = match &answer {
@@ -541,9 +557,45 @@ impl Dispatcher {
         }
     }
 
+    /// Whether GitHub fails every request since `job` was last tried (or
+    /// queued), the job's own failed attempt aside. When nothing tells, it
+    /// looks: it asks GitHub for the job's repository with the same token,
+    /// which a working GitHub answers (a 404 or a rate limit is an answer
+    /// too). Only one look is needed while GitHub stays down, as a failed
+    /// look stands for every job tried before it.
+    async fn github_down(&self, job: &Job, token: &Secret) -> bool {
+        let down = match self.health.since(job.since_ms) {
+            Since::Answering => false,
+            Since::Failing => true,
+            Since::Unknown => {
+                let look = self
+                    .client
+                    .get(&format!("/repos/{}", job.repo), token)
+                    .await;
+                let answered =
+                    !retry::may_pass(&look) && look.as_ref().is_ok_and(|a| a.from_github);
+                if answered {
+                    self.health.answered(now_ms());
+                } else {
+                    self.health.look_failed(now_ms());
+                }
+                !answered
+            }
+        };
+        if down {
+            self.health.say_outage(&format!(
+                "a dispatch to {} failed and so did a look at GitHub",
+                job.repo
+            ));
+        }
+        down
+    }
+
     fn history(&self, job: &Job, app_token: Option<AppToken>, sent_run_details: bool) -> History {
         History {
             failures: job.failures,
+            attempts: job.attempts,
+            github_down: false,
             // Counted from when the job was queued, so that a redelivered
             // job gets the whole of `retry.give_up_after` again.
             age: Duration::from_millis(now_ms().saturating_sub(job.created_at_ms).max(0) as u64),

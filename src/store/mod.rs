@@ -189,6 +189,10 @@ pub struct Job {
     /// redelivered. `retry.give_up_after` counts from here.
     pub created_at_ms: i64,
     pub received_at_ms: i64,
+    /// When the job was last sent, or queued if that is later (it was never
+    /// sent, or redelivered since): the worker asks whether GitHub answered
+    /// anything after it.
+    pub since_ms: i64,
 }
 
 /// The result of one attempt, recorded with the job's next state.

@@ -470,6 +470,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         failures: row.get::<_, i64>(9)? as u32,
         created_at_ms: row.get(10)?,
         received_at_ms: row.get(11)?,
+        since_ms: row.get(12)?,
     })
 }
 
@@ -549,7 +550,8 @@ pub(super) fn lease(
     let mut mark = conn.prepare_cached("UPDATE jobs SET leased_until = ?2 WHERE id = ?1")?;
     let mut fetch = conn.prepare_cached(
         "SELECT j.id, j.delivery_id, d.route, j.target_index, j.repo, j.label, j.path, j.body,
-                j.attempts, j.failures, j.created_at, d.received_at
+                j.attempts, j.failures, j.created_at, d.received_at,
+                MAX(j.created_at, COALESCE((SELECT MAX(a.started_at) FROM attempts a WHERE a.job_id = j.id), 0))
          FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?1",
     )?;
     for id in ids {

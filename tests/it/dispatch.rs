@@ -499,6 +499,37 @@ async fn a_proxy_error_page_is_kept_as_its_title() {
     );
 }
 
+/// While GitHub fails every request (its dispatches and a look at the
+/// repository alike), a job's failed attempts are not spent: with
+/// `max_attempts: 2` it is still delivered once GitHub answers again,
+/// and the outage is logged once when it starts and once when it ends. A
+/// job whose failures GitHub answers around is still given up on
+/// (`a_proxy_error_page_is_kept_as_its_title`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_github_outage_does_not_spend_a_jobs_attempts() {
+    let head = format!("{TEST_HEAD}  max_attempts: 2\n");
+    let app = spawn_app_with(&head, &hmac_route("cms", &one_target("acme/blog")), &[]).await;
+    // The start-up preflight has asked about the repository already, so
+    // the scripted answers below are all the worker's.
+    app.wait_for_log(|l| l.contains("Preflight finished")).await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::Status(503); 5]);
+    app.github
+        .push_repo_responses("acme/blog", vec![Scripted::Status(502); 5]);
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && status_of(&list[0]) != "pending"
+        })
+        .await;
+    assert_eq!(status_of(&list[0]), "delivered", "{list:?}");
+    assert_eq!(list[0]["targets"][0]["attempts"], 6, "{list:?}");
+    let logs = app.logs();
+    let said = |text: &str| logs.iter().filter(|l| l.contains(text)).count();
+    assert_eq!(said("GitHub fails every request"), 1, "{logs:#?}");
+    assert_eq!(said("GitHub answers again"), 1, "{logs:#?}");
+}
+
 /// A request GitHub never answers ends at `github.timeout` and is retried
 /// like a 5xx; the webhook is delivered by the next attempt.
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,101 @@
+//! Whether GitHub is answering at all. A failure that may pass (no answer,
+//! a timeout, a 5xx) counts against `retry.max_attempts` only while GitHub
+//! answers other requests; while it fails every request (an outage, or the
+//! network to it down), the job's attempts are not spent, and it is retried
+//! until `retry.give_up_after` (docs/decisions.md, decision 42).
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+/// What is known of GitHub since a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// GitHub answered a request as it does when it works.
+    Answering,
+    /// A look at GitHub failed, and nothing was answered.
+    Failing,
+    /// Nothing was asked: a look is needed to tell.
+    Unknown,
+}
+
+/// The last moments GitHub answered, and a look at it failed, shared by
+/// every send.
+#[derive(Debug, Default)]
+pub struct GitHubHealth {
+    /// Milliseconds since the epoch; 0 when never.
+    answered_ms: AtomicI64,
+    failed_look_ms: AtomicI64,
+    /// Whether the outage has been logged: once when it starts, once when
+    /// it ends.
+    outage_said: AtomicBool,
+}
+
+impl GitHubHealth {
+    /// GitHub answered a request at `now_ms` as it does when it works.
+    pub fn answered(&self, now_ms: i64) {
+        self.answered_ms.fetch_max(now_ms, Ordering::Relaxed);
+        if self.outage_said.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                "GitHub answers again; failed attempts count against retry.max_attempts again"
+            );
+        }
+    }
+
+    /// A look at GitHub at `now_ms` failed too.
+    pub fn look_failed(&self, now_ms: i64) {
+        self.failed_look_ms.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    /// What is known of GitHub since `since_ms`.
+    pub fn since(&self, since_ms: i64) -> Since {
+        if self.answered_ms.load(Ordering::Relaxed) >= since_ms {
+            Since::Answering
+        } else if self.failed_look_ms.load(Ordering::Relaxed) >= since_ms {
+            Since::Failing
+        } else {
+            Since::Unknown
+        }
+    }
+
+    /// Says, once an outage, that attempts are not being counted.
+    pub fn say_outage(&self, reason: &str) {
+        if !self.outage_said.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                reason = %reason,
+                "GitHub fails every request; failed attempts do not count against retry.max_attempts until it answers again, and jobs are retried until retry.give_up_after"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_known_since_a_moment() {
+        let health = GitHubHealth::default();
+        assert_eq!(health.since(1_000), Since::Unknown);
+        health.look_failed(2_000);
+        assert_eq!(health.since(1_000), Since::Failing);
+        assert_eq!(
+            health.since(2_001),
+            Since::Unknown,
+            "a look before the moment says nothing"
+        );
+        health.answered(3_000);
+        assert_eq!(health.since(2_500), Since::Answering);
+        assert_eq!(
+            health.since(1_000),
+            Since::Answering,
+            "an answer outweighs a failed look"
+        );
+        health.look_failed(4_000);
+        assert_eq!(health.since(3_500), Since::Failing);
+        health.answered(2_000);
+        assert_eq!(
+            health.since(3_000),
+            Since::Answering,
+            "moments only move forward"
+        );
+    }
+}
