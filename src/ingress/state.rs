@@ -174,6 +174,8 @@ pub struct AppState {
     /// request that a forged envelope can ask for.
     sns_cert_fetches: tokio::sync::Semaphore,
     sns_confirmed: Mutex<HashSet<String>>,
+    /// Refusals are logged at most once in a while per kind and route.
+    pub refusals: crate::telemetry::throttle::Throttle,
 }
 
 /// How long a certificate URL that AWS said does not exist is refused
@@ -292,6 +294,7 @@ impl AppState {
             sns_cert_unreachable: CertUrls::new(CERT_UNREACHABLE_TTL),
             sns_cert_fetches: tokio::sync::Semaphore::new(CERT_FETCHES),
             sns_confirmed: Mutex::new(HashSet::new()),
+            refusals: Default::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Instant;
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -98,7 +99,12 @@ async fn accept(
     if !route.source_ips.is_empty() {
         let client = client_ip(request, &routes.config.server.trusted_proxies);
         if !client.is_some_and(|ip| route.source_ips.iter().any(|net| net.contains(&ip))) {
-            tracing::warn!(route = %route.id, client = client.map(tracing::field::display), "Refused a webhook from an address outside source_ips");
+            if let Some(unlogged) = state
+                .refusals
+                .turn(&format!("source_ips {}", route.id), Instant::now())
+            {
+                tracing::warn!(route = %route.id, client = client.map(tracing::field::display), unlogged, "Refused a webhook from an address outside source_ips");
+            }
             return Err(IngressError::Forbidden);
         }
     }
@@ -123,7 +129,12 @@ async fn accept(
         now_ms: state.verify_now_ms(),
     };
     if let Err(e) = verify::verify_request(&route.verify, &signed) {
-        tracing::warn!(route = %route.id, reason = %e, "Refused a webhook that failed verification");
+        if let Some(unlogged) = state
+            .refusals
+            .turn(&format!("verify {}", route.id), Instant::now())
+        {
+            tracing::warn!(route = %route.id, reason = %e, unlogged, "Refused a webhook that failed verification");
+        }
         return Err(IngressError::Unauthorized {
             basic_challenge: e.wants_basic_challenge(),
         });

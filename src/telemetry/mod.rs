@@ -3,6 +3,7 @@
 
 mod log_buffer;
 mod metrics;
+pub mod throttle;
 
 pub use log_buffer::flush;
 pub use metrics::{DispatchOutcome, Metrics, SnsSubscription, WebhookOutcome};

@@ -54,6 +54,20 @@ async fn hmac_accepts_a_signed_request_and_rejects_a_tampered_one() {
     assert_eq!(wrong_secret.status(), 401);
     let unsigned = app.post("cms", body).await;
     assert_eq!(unsigned.status(), 401);
+
+    // A sender that keeps failing does not flood the log: the first
+    // refusal is said, the next ones within ten seconds only counted.
+    for _ in 0..20 {
+        assert_eq!(app.post("cms", body).await.status(), 401);
+    }
+    let refused = "webhooks_received_total{outcome=\"unauthorized\",route=\"cms\"} 23";
+    assert!(app.metrics().await.contains(refused));
+    let lines = app
+        .logs()
+        .iter()
+        .filter(|l| l.contains("Refused a webhook that failed verification"))
+        .count();
+    assert_eq!(lines, 1, "{:#?}", app.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]

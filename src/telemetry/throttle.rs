@@ -1,0 +1,80 @@
+//! Lines said at most once in a while. A refused request is logged where it
+//! is refused, but a sender that keeps failing its signature, or someone
+//! guessing the admin token, would otherwise write one line per request:
+//! thousands a second, on a disk the store may share. Each kind of refusal
+//! (per route) is said at most once every [`EVERY`], with the number of
+//! refusals left unsaid since its last line; the metrics count them all.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The least time between two lines of one kind.
+pub const EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+pub struct Throttle {
+    kinds: Mutex<HashMap<String, Kind>>,
+}
+
+#[derive(Debug)]
+struct Kind {
+    said_at: Instant,
+    unsaid: u64,
+}
+
+impl Throttle {
+    /// Whether a line of `kind` is said now: `Some(unsaid)`, the number of
+    /// refusals of its kind not said since its last line, or `None` to say
+    /// nothing. The kinds are few (one per route and refusal), so none is
+    /// ever forgotten.
+    pub fn turn(&self, kind: &str, now: Instant) -> Option<u64> {
+        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        match kinds.get_mut(kind) {
+            Some(seen) if now.saturating_duration_since(seen.said_at) < EVERY => {
+                seen.unsaid += 1;
+                None
+            }
+            Some(seen) => {
+                let unsaid = std::mem::take(&mut seen.unsaid);
+                seen.said_at = now;
+                Some(unsaid)
+            }
+            None => {
+                kinds.insert(
+                    kind.to_string(),
+                    Kind {
+                        said_at: now,
+                        unsaid: 0,
+                    },
+                );
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_is_said_once_a_while_with_what_went_unsaid() {
+        let throttle = Throttle::default();
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let said: Vec<Option<u64>> = [
+            ("verify cms", at(0)),
+            ("verify cms", at(1)),
+            ("verify cms", at(9)),
+            ("verify s3", at(9)),
+            ("verify cms", at(10)),
+            ("verify cms", at(11)),
+            ("verify cms", at(30)),
+        ]
+        .into_iter()
+        .map(|(kind, now)| throttle.turn(kind, now))
+        .collect();
+        assert_eq!(said, [Some(0), None, None, Some(0), Some(2), None, Some(1)]);
+    }
+}
