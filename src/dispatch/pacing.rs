@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::retry::DEFAULT_RATE_LIMIT_WAIT;
@@ -49,14 +49,24 @@ pub struct Pacer {
     /// Rate limits in a row that did not say how long to wait, and when
     /// the pause the last of them set ends.
     unstated: Mutex<(u32, Option<Instant>)>,
-    /// Turns are taken one request at a time, in the order the requests
-    /// asked (tokio's mutex is fair). Without it, requests waiting on the
-    /// per-minute budget, or for a pause to end, raced when they woke
-    /// together, and a route's dispatches could start out of order.
-    turns: tokio::sync::Mutex<()>,
-    /// How many requests have asked for a turn, for the tests to follow.
-    #[cfg(test)]
-    asked: std::sync::atomic::AtomicUsize,
+    /// The last place in the line for turns (see [`Place`]).
+    last_place: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+/// A request's place in the line for turns, taken when the request is
+/// leased, in the queue's order. Turns are then waited for one place at a
+/// time, in that order, whichever task runs first: requests waiting
+/// together on the per-minute budget, or for a pause to end, used to race
+/// when they woke, and the tasks of one lease start in no set order, so a
+/// route's dispatches could start out of order. Only the waiting is one at
+/// a time; the requests themselves still run `concurrency` at once.
+#[derive(Debug)]
+pub struct Place {
+    /// Ends when the place before has had its turn, or was given up.
+    after: Option<oneshot::Receiver<()>>,
+    /// Dropped when this place has had its turn (or is given up), which
+    /// lets the next place go.
+    _done: oneshot::Sender<()>,
 }
 
 impl Pacer {
@@ -69,9 +79,7 @@ impl Pacer {
                 next_start: Mutex::new(Instant::now()),
                 paused_until: Mutex::new(None),
                 unstated: Mutex::new((0, None)),
-                turns: tokio::sync::Mutex::new(()),
-                #[cfg(test)]
-                asked: Default::default(),
+                last_place: Mutex::new(None),
             },
             Pacing::Paced {
                 min_interval,
@@ -89,9 +97,7 @@ impl Pacer {
                 next_start: Mutex::new(Instant::now()),
                 paused_until: Mutex::new(None),
                 unstated: Mutex::new((0, None)),
-                turns: tokio::sync::Mutex::new(()),
-                #[cfg(test)]
-                asked: Default::default(),
+                last_place: Mutex::new(None),
             },
         }
     }
@@ -119,14 +125,21 @@ impl Pacer {
         }
     }
 
-    /// Waits for this request's turn: after any pause, `min_interval` after
-    /// the previous start, and within the per-minute budget, and after every
-    /// request that asked before it. Only the waiting is one at a time: the
-    /// requests themselves still run `concurrency` at once.
-    pub async fn wait_turn(&self) {
-        #[cfg(test)]
-        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let _in_order = self.turns.lock().await;
+    /// Takes the next place in the line for turns.
+    pub fn place(&self) -> Place {
+        let (done, next) = oneshot::channel();
+        let after = self.last_place.lock().expect("pacer lock").replace(next);
+        Place { after, _done: done }
+    }
+
+    /// Waits for the turn of the request at `place`: after the places
+    /// before it, after any pause, `min_interval` after the previous start,
+    /// and within the per-minute budget.
+    pub async fn wait_turn(&self, place: Place) {
+        if let Some(after) = place.after {
+            // An error only means the place before was given up.
+            let _ = after.await;
+        }
         let mut budgeted = false;
         loop {
             self.wait_unpaused().await;
@@ -232,7 +245,7 @@ mod tests {
         });
         let start = Instant::now();
         for expected in 0..3u64 {
-            pacer.wait_turn().await;
+            pacer.wait_turn(pacer.place()).await;
             assert_eq!(start.elapsed().as_secs(), expected);
         }
     }
@@ -245,14 +258,14 @@ mod tests {
             per_minute: 0,
         }));
         let start = Instant::now();
-        pacer.wait_turn().await;
+        pacer.wait_turn(pacer.place()).await;
         // Two more take their turns (at 1 s and 2 s); a rate limit then
         // pauses the credential for 5 s before either starts.
         let waiting: Vec<_> = (0..2)
             .map(|_| {
                 let pacer = pacer.clone();
                 tokio::spawn(async move {
-                    pacer.wait_turn().await;
+                    pacer.wait_turn(pacer.place()).await;
                     start.elapsed()
                 })
             })
@@ -267,36 +280,44 @@ mod tests {
         assert_eq!(started, [5, 6]);
     }
 
-    /// Requests waiting together on the per-minute budget start in the
-    /// order they asked, however the runtime's threads wake them. Each is
-    /// spawned once the one before has asked. (Real time: governor does not
-    /// follow a paused test clock. Sixteen turns at 6,000 a minute take
-    /// about 160 ms.)
+    /// Requests start in the order of their places, however the runtime's
+    /// threads run their tasks: here the tasks are spawned in the reverse
+    /// order, and wait together on the per-minute budget. (Real time:
+    /// governor does not follow a paused test clock. Sixteen turns at
+    /// 6,000 a minute take about 160 ms.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn requests_waiting_on_the_budget_start_in_the_order_they_asked() {
+    async fn requests_start_in_the_order_of_their_places() {
         let pacer = Arc::new(Pacer::new(&Pacing::Paced {
             concurrency: 16,
             min_interval: Duration::ZERO,
             per_minute: 6_000,
         }));
         let started = Arc::new(Mutex::new(Vec::new()));
-        let mut waiting = Vec::new();
-        for n in 0..16 {
-            let (asking, started) = (pacer.clone(), started.clone());
-            waiting.push(tokio::spawn(async move {
-                asking.wait_turn().await;
-                started.lock().unwrap().push(n);
-            }));
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while pacer.asked.load(std::sync::atomic::Ordering::SeqCst) <= n {
-                assert!(std::time::Instant::now() < deadline, "{n} never asked");
-                tokio::task::yield_now().await;
-            }
-        }
+        let places: Vec<(usize, Place)> = (0..16).map(|n| (n, pacer.place())).collect();
+        let waiting: Vec<_> = places
+            .into_iter()
+            .rev()
+            .map(|(n, place)| {
+                let (pacer, started) = (pacer.clone(), started.clone());
+                tokio::spawn(async move {
+                    pacer.wait_turn(place).await;
+                    started.lock().unwrap().push(n);
+                })
+            })
+            .collect();
         for task in waiting {
             task.await.unwrap();
         }
         assert_eq!(*started.lock().unwrap(), (0..16).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_place_given_up_lets_the_next_go() {
+        let pacer = Pacer::new(&Pacing::Off);
+        let first = pacer.place();
+        let second = pacer.place();
+        drop(first);
+        pacer.wait_turn(second).await;
     }
 
     #[test]
@@ -318,7 +339,7 @@ mod tests {
         let start = Instant::now();
         pacer.pause(Duration::from_secs(30));
         pacer.pause(Duration::from_secs(5));
-        pacer.wait_turn().await;
+        pacer.wait_turn(pacer.place()).await;
         assert_eq!(
             start.elapsed().as_secs(),
             30,
@@ -336,7 +357,7 @@ mod tests {
             // Answers to requests already in flight belong to this limit.
             assert_eq!(pacer.pause_unstated().0, *pauses.last().unwrap());
             pacer.answered();
-            pacer.wait_turn().await;
+            pacer.wait_turn(pacer.place()).await;
         }
         assert_eq!(
             pauses,
@@ -354,7 +375,7 @@ mod tests {
         pacer.pause(Duration::from_secs(2));
         assert_eq!(pacer.pause_unstated().0, DEFAULT_RATE_LIMIT_WAIT);
         let start = Instant::now();
-        pacer.wait_turn().await;
+        pacer.wait_turn(pacer.place()).await;
         assert_eq!(start.elapsed(), DEFAULT_RATE_LIMIT_WAIT);
     }
 

@@ -355,11 +355,12 @@ fn passing_status(status: u16) -> bool {
 
 /// A failure that may pass: retry with backoff until the policy runs out.
 /// While GitHub fails every request, the attempt is not counted, and the
-/// backoff follows every attempt so far, so that a long outage is waited
-/// out at `max_backoff` until `give_up_after`.
+/// backoff bound grows with the job's age instead of its counted failures
+/// (see [`outage_backoff`]), so that a long outage is waited out at
+/// `max_backoff` until `give_up_after`.
 fn transient(reason: String, history: History, policy: &RetryConfig, jitter: f64) -> Action {
     if history.github_down {
-        let delay = backoff(history.attempts + 1, policy, jitter);
+        let delay = outage_backoff(history.age, policy, jitter);
         if history.age + delay > policy.give_up_after {
             return Action::Fail {
                 reason: format!(
@@ -394,6 +395,20 @@ fn transient(reason: String, history: History, policy: &RetryConfig, jitter: f64
         counts_as_failure: true,
         reason,
     }
+}
+
+/// The backoff while GitHub fails every request: uniform in `[0, bound]`,
+/// the bound being the job's age, kept between `initial_backoff` and
+/// `max_backoff`. A bound that doubles with each attempt reaches about the
+/// time spent so far, so this grows as the usual backoff does, without a
+/// count of the uncounted attempts; and a job redelivered during an outage
+/// starts again from `initial_backoff`, as its age does.
+pub fn outage_backoff(age: Duration, policy: &RetryConfig, jitter: f64) -> Duration {
+    age.clamp(
+        policy.initial_backoff,
+        policy.max_backoff.max(policy.initial_backoff),
+    )
+    .mul_f64(jitter.clamp(0.0, 1.0))
 }
 
 /// Full-jitter exponential backoff: uniform in `[0, min(max, initial·2^(n-1))]`.
@@ -908,10 +923,16 @@ mod tests {
             github_down: true,
             ..History::default()
         };
+        let young = |age_secs: u64| History {
+            failures: 0,
+            attempts: 30,
+            age: Duration::from_secs(age_secs),
+            ..down
+        };
         // What follows: the delay in seconds and whether it is counted;
         // `None` for a failure.
         type Follows = Option<(u64, bool)>;
-        let table: [(Outcome<'_>, History, f64, Follows); 6] = [
+        let table: [(Outcome<'_>, History, f64, Follows); 7] = [
             // The tenth failure of a job while GitHub answers others: out.
             (
                 Outcome::Transport(&timeout),
@@ -923,7 +944,7 @@ mod tests {
                 None,
             ),
             // The same while GitHub fails everything: waited out, uncounted,
-            // at the backoff of its fifteenth attempt (the cap).
+            // the bound being its age, at most max_backoff.
             (Outcome::Transport(&timeout), down, 1.0, Some((600, false))),
             // A retry-after still sets the least wait.
             (
@@ -932,16 +953,19 @@ mod tests {
                 0.0,
                 Some((30, false)),
             ),
-            // The backoff follows every attempt, not the counted ones.
+            // The bound follows the job's age, whatever its attempts: a job
+            // redelivered during an outage starts again from the first.
             (
                 Outcome::Transport(&timeout),
-                History {
-                    failures: 0,
-                    attempts: 3,
-                    ..down
-                },
+                young(8),
                 1.0,
                 Some((8, false)),
+            ),
+            (
+                Outcome::Transport(&timeout),
+                young(0),
+                1.0,
+                Some((1, false)),
             ),
             // give_up_after still ends it.
             (

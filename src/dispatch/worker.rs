@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::health::{GitHubHealth, Since};
-use super::pacing::{MAX_PAUSE, Pacer};
+use super::pacing::{MAX_PAUSE, Pacer, Place};
 use super::retry::{self, Action, AppToken, History, Outcome, RateLimitWait};
 use crate::clock::{self, now_ms};
 use crate::config::RetryConfig;
@@ -264,6 +264,9 @@ impl Dispatcher {
                 continue;
             }
             for ((job, claim), slot) in jobs.into_iter().zip(slots) {
+                // Taken here, in the lease's order, rather than when the
+                // task first runs: tasks start in no set order.
+                let place = self.pacer.place();
                 let worker = self.clone();
                 let shutdown = handle.shutdown.clone();
                 let waker = handle.clone();
@@ -271,7 +274,7 @@ impl Dispatcher {
                 handle.tracker.spawn(
                     async move {
                         let job_id = job.id;
-                        let retry_scheduled = worker.send_one(job, slot, shutdown).await;
+                        let retry_scheduled = worker.send_one(job, slot, place, shutdown).await;
                         if claim.finish() {
                             // Only a pending job's lease is cleared: one
                             // that finished keeps its outcome.
@@ -310,7 +313,7 @@ impl Dispatcher {
     /// Waits for the credential's turn. Waiting is abandoned on shutdown:
     /// nothing has been dispatched, so the job's lease is given back, it
     /// stays queued, and this answers false.
-    async fn wait_turn(&self, job: &Job, shutdown: &CancellationToken) -> bool {
+    async fn wait_turn(&self, job: &Job, place: Place, shutdown: &CancellationToken) -> bool {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -319,7 +322,7 @@ impl Dispatcher {
                 }
                 false
             }
-            _ = self.pacer.wait_turn() => true,
+            _ = self.pacer.wait_turn(place) => true,
         }
     }
 
@@ -329,9 +332,10 @@ impl Dispatcher {
         &self,
         job: Job,
         slot: OwnedSemaphorePermit,
+        place: Place,
         shutdown: CancellationToken,
     ) -> bool {
-        if !self.wait_turn(&job, &shutdown).await {
+        if !self.wait_turn(&job, place, &shutdown).await {
             return false;
         }
         let scope = Scope::for_path(&job.path);
@@ -365,11 +369,13 @@ impl Dispatcher {
                         permanent: e.is_permanent(),
                         rate_limited,
                     };
-                    // No request of this job reached GitHub; it is down
-                    // if nothing else was answered since the job was last
-                    // tried and a look at it failed.
+                    // The token request is a request to GitHub: when GitHub
+                    // did not answer it, it tells as a look would.
+                    let github_down = e.github_did_not_answer()
+                        && rate_limited.is_none()
+                        && self.github_failed_again(&job);
                     let history = History {
-                        github_down: self.health.since(job.since_ms) == Since::Failing,
+                        github_down,
                         ..self.history(&job, None, false)
                     };
                     let action = self.classify(outcome, history);
@@ -454,7 +460,7 @@ impl Dispatcher {
                     tokio::time::sleep(wait).await;
                     // The send again is a request like any other: it waits
                     // its turn, so pacing holds across follow-ups too.
-                    if !self.wait_turn(&job, &shutdown).await {
+                    if !self.wait_turn(&job, self.pacer.place(), &shutdown).await {
                         return false;
                     }
                     continue;
@@ -462,7 +468,7 @@ impl Dispatcher {
                 Action::ResendWithoutRunDetails { reason } => {
                     tracing::warn!(reason = %reason, "Sending the workflow dispatch again without return_run_details");
                     with_run_details = false;
-                    if !self.wait_turn(&job, &shutdown).await {
+                    if !self.wait_turn(&job, self.pacer.place(), &shutdown).await {
                         return false;
                     }
                     continue;
@@ -561,8 +567,9 @@ impl Dispatcher {
     /// queued), the job's own failed attempt aside. When nothing tells, it
     /// looks: it asks GitHub for the job's repository with the same token,
     /// which a working GitHub answers (a 404 or a rate limit is an answer
-    /// too). Only one look is needed while GitHub stays down, as a failed
-    /// look stands for every job tried before it.
+    /// too). A failed look stands for every job tried before it, so while
+    /// GitHub stays down a job's attempt costs at most one look, and most
+    /// cost none.
     async fn github_down(&self, job: &Job, token: &Secret) -> bool {
         let down = match self.health.since(job.since_ms) {
             Since::Answering => false,
@@ -589,6 +596,22 @@ impl Dispatcher {
             ));
         }
         down
+    }
+
+    /// Whether GitHub is down for `job`, after a request of its own that
+    /// GitHub did not answer (a token request): only if nothing else was
+    /// answered since the job was last tried. The failed request counts as
+    /// a failed look.
+    fn github_failed_again(&self, job: &Job) -> bool {
+        if self.health.since(job.since_ms) == Since::Answering {
+            return false;
+        }
+        self.health.look_failed(now_ms());
+        self.health.say_outage(&format!(
+            "an App token request for {} failed, and GitHub answered nothing else meanwhile",
+            job.repo
+        ));
+        true
     }
 
     fn history(&self, job: &Job, app_token: Option<AppToken>, sent_run_details: bool) -> History {

@@ -23,15 +23,19 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError
     if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
         Ok(())
     } else {
-        // Said at most once in a while, with how many went unsaid, so that
-        // someone guessing the token shows without flooding the log; never
-        // with what was presented. The client behind trusted proxies; when
-        // their `X-Forwarded-For` cannot be read, the peer, so that the
-        // line names someone.
-        if let Some(unlogged) = state.refusals.turn("admin", std::time::Instant::now()) {
-            let trusted = &state.routes().config.server.trusted_proxies;
-            let client = super::webhook::client_ip(request, trusted)
-                .or_else(|| request.peer_addr().map(|addr| addr.ip().to_canonical()));
+        // Said at most once in a while per client, with how many went
+        // unsaid, so that someone guessing the token shows without flooding
+        // the log; never with what was presented. The client behind trusted
+        // proxies; when their `X-Forwarded-For` cannot be read, the peer,
+        // so that the line names someone.
+        let trusted = &state.routes().config.server.trusted_proxies;
+        let client = super::webhook::client_ip(request, trusted)
+            .or_else(|| request.peer_addr().map(|addr| addr.ip().to_canonical()));
+        let kind = match client {
+            Some(client) => format!("admin {client}"),
+            None => "admin".to_string(),
+        };
+        if let Some(unlogged) = state.refusals.turn(&kind, std::time::Instant::now()) {
             tracing::warn!(
                 path = request.path(),
                 client = client.map(tracing::field::display),

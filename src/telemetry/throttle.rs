@@ -12,6 +12,13 @@ use std::time::{Duration, Instant};
 /// The least time between two lines of one kind.
 pub const EVERY: Duration = Duration::from_secs(10);
 
+/// The most kinds kept apart: enough for every route and many clients,
+/// little memory however many addresses a flood comes from.
+pub const MAX_KINDS: usize = 4096;
+
+/// The kind of every refusal past [`MAX_KINDS`].
+pub const OTHERS: &str = "(others)";
+
 #[derive(Debug, Default)]
 pub struct Throttle {
     kinds: Mutex<HashMap<String, Kind>>,
@@ -26,10 +33,15 @@ struct Kind {
 impl Throttle {
     /// Whether a line of `kind` is said now: `Some(unsaid)`, the number of
     /// refusals of its kind not said since its last line, or `None` to say
-    /// nothing. The kinds are few (one per route and refusal), so none is
-    /// ever forgotten.
+    /// nothing. Kinds come from the configuration (a route) or from a
+    /// client's address; past [`MAX_KINDS`], new ones share [`OTHERS`].
     pub fn turn(&self, kind: &str, now: Instant) -> Option<u64> {
         let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        let kind = if kinds.len() >= MAX_KINDS && !kinds.contains_key(kind) {
+            OTHERS
+        } else {
+            kind
+        };
         match kinds.get_mut(kind) {
             Some(seen) if now.saturating_duration_since(seen.said_at) < EVERY => {
                 seen.unsaid += 1;
@@ -76,5 +88,21 @@ mod tests {
         .map(|(kind, now)| throttle.turn(kind, now))
         .collect();
         assert_eq!(said, [Some(0), None, None, Some(0), Some(2), None, Some(1)]);
+    }
+
+    #[test]
+    fn kinds_past_the_bound_share_one() {
+        let throttle = Throttle::default();
+        let now = Instant::now();
+        for n in 0..MAX_KINDS {
+            assert_eq!(throttle.turn(&format!("admin 10.0.{n}"), now), Some(0));
+        }
+        assert_eq!(throttle.turn("admin 192.0.2.1", now), Some(0));
+        assert_eq!(
+            throttle.turn("admin 192.0.2.2", now),
+            None,
+            "shares the kind of the others"
+        );
+        assert_eq!(throttle.kinds.lock().unwrap().len(), MAX_KINDS + 1);
     }
 }

@@ -614,6 +614,45 @@ async fn a_server_without_run_details_is_asked_once_and_then_no_more() {
     assert!(list.iter().all(|d| d["targets"][0].get("result").is_none()));
 }
 
+/// With an App, a GitHub outage first shows as token requests that go
+/// unanswered; they do not spend the job's attempts either (decision 42).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_that_stops_app_token_requests_does_not_spend_attempts() {
+    let head = app_head("off")
+        .replace("timeout: 5s", "timeout: 300ms")
+        .replace("retry:\n", "retry:\n  max_attempts: 2\n");
+    // The repository comes from the body, so the start-up preflight has
+    // minted no token for it: the job's first request is a token request.
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: \"{{ body.repo }}\"\n        event_type: deploy\n    allowed_repos: [\"acme/*\"]\n";
+    let app = spawn_app_prepared(
+        &head,
+        routes,
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        enable_test_app,
+    )
+    .await;
+    // GitHub stops answering in time: every token request times out.
+    app.github.set_latency(Duration::from_secs(2));
+    assert_eq!(
+        app.post("cms", r#"{"repo":"acme/blog"}"#).await.status(),
+        202
+    );
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 1 && list[0]["targets"][0]["attempts"].as_u64() >= Some(3)
+    })
+    .await;
+    app.github.set_latency(Duration::ZERO);
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
+    app.wait_for_log(|l| l.contains("GitHub answers again"))
+        .await;
+    assert!(
+        app.logs()
+            .iter()
+            .any(|l| l.contains("GitHub fails every request") && l.contains("App token request"))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_private_key_mounted_after_start_is_waited_for_not_failed_on() {
     // The key file appears only after the first webhook, as a secret

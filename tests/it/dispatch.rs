@@ -524,6 +524,9 @@ async fn a_github_outage_does_not_spend_a_jobs_attempts() {
         .await;
     assert_eq!(status_of(&list[0]), "delivered", "{list:?}");
     assert_eq!(list[0]["targets"][0]["attempts"], 6, "{list:?}");
+    // The end is an info line, which may reach the log a little later.
+    app.wait_for_log(|l| l.contains("GitHub answers again"))
+        .await;
     let logs = app.logs();
     let said = |text: &str| logs.iter().filter(|l| l.contains(text)).count();
     assert_eq!(said("GitHub fails every request"), 1, "{logs:#?}");

@@ -1003,16 +1003,16 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         .await;
 
     // A refused admin request names the client behind the proxy; when the
-    // proxy's header cannot be read, the proxy itself. (A relay each, as
-    // refusals are said at most once every ten seconds.)
+    // proxy's header cannot be read, the proxy itself. (Refusals are said
+    // at most once every ten seconds per client; these are two clients.)
     let head = format!("{TEST_HEAD}\nserver:\n  trusted_proxies: [127.0.0.1/32]\n");
+    let app = spawn_app_with(
+        &head,
+        NETWORK_ROUTE,
+        &[("RELAY_ADMIN_TOKEN", "admin-secret")],
+    )
+    .await;
     for (forwarded, client) in [("10.1.2.3", "10.1.2.3"), ("garbage", "127.0.0.1")] {
-        let app = spawn_app_with(
-            &head,
-            NETWORK_ROUTE,
-            &[("RELAY_ADMIN_TOKEN", "admin-secret")],
-        )
-        .await;
         let answer = app
             .http
             .get(app.url("/admin/deliveries"))
@@ -1023,11 +1023,31 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
             .unwrap();
         assert_eq!(answer.status(), 401);
         let line = app
-            .wait_for_log(|l| l.contains("Refused an admin request"))
+            .wait_for_log(|l| {
+                l.contains("Refused an admin request")
+                    && l.contains(&format!("\"client\":\"{client}\""))
+            })
             .await;
         let line: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(line["client"], client, "{line}");
     }
+    // The same client again within ten seconds is only counted.
+    let again = app
+        .http
+        .get(app.url("/admin/deliveries"))
+        .bearer_auth("wrong")
+        .header("x-forwarded-for", "10.1.2.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 401);
+    let refusals = || {
+        app.logs()
+            .iter()
+            .filter(|l| l.contains("Refused an admin request"))
+            .count()
+    };
+    assert_eq!(refusals(), 2);
 }
 
 // ---------------------------------------------------------------------------
