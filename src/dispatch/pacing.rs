@@ -66,6 +66,14 @@ pub struct Place {
     after: Option<oneshot::Receiver<()>>,
     /// Dropped when this place has had its turn (or is given up), which
     /// lets the next place go.
+    done: oneshot::Sender<()>,
+}
+
+/// A request's turn, held until the request starts; dropping it lets the
+/// next place go, so that requests start in the order of their places even
+/// when getting a token takes a while.
+#[derive(Debug)]
+pub struct Turn {
     _done: oneshot::Sender<()>,
 }
 
@@ -129,17 +137,20 @@ impl Pacer {
     pub fn place(&self) -> Place {
         let (done, next) = oneshot::channel();
         let after = self.last_place.lock().expect("pacer lock").replace(next);
-        Place { after, _done: done }
+        Place { after, done }
     }
 
     /// Waits for the turn of the request at `place`: after the places
     /// before it, after any pause, `min_interval` after the previous start,
-    /// and within the per-minute budget.
-    pub async fn wait_turn(&self, place: Place) {
+    /// and within the per-minute budget. The turn is the caller's until it
+    /// drops it, when its request starts.
+    pub async fn wait_turn(&self, place: Place) -> Turn {
         if let Some(after) = place.after {
-            // An error only means the place before was given up.
+            // Nothing is ever sent: the place before ends by dropping its
+            // sender, when its request started or it was given up.
             let _ = after.await;
         }
+        let turn = Turn { _done: place.done };
         let mut budgeted = false;
         loop {
             self.wait_unpaused().await;
@@ -163,7 +174,7 @@ impl Pacer {
             // it held start `min_interval` apart rather than all together
             // the moment it ends.
             if self.paused_until_now().is_none() {
-                return;
+                return turn;
             }
         }
     }
@@ -300,8 +311,9 @@ mod tests {
             .map(|(n, place)| {
                 let (pacer, started) = (pacer.clone(), started.clone());
                 tokio::spawn(async move {
-                    pacer.wait_turn(place).await;
+                    let turn = pacer.wait_turn(place).await;
                     started.lock().unwrap().push(n);
+                    drop(turn);
                 })
             })
             .collect();

@@ -18,11 +18,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::health::{GitHubHealth, Since};
-use super::pacing::{MAX_PAUSE, Pacer, Place};
+use super::pacing::{MAX_PAUSE, Pacer, Place, Turn};
 use super::retry::{self, Action, AppToken, History, Outcome, RateLimitWait};
 use crate::clock::{self, now_ms};
 use crate::config::RetryConfig;
-use crate::github::{Answer, Credentials, GitHubClient, Scope};
+use crate::github::{Answer, CredentialError, Credentials, GitHubClient, Scope};
 use crate::secret::Secret;
 use crate::store::{AttemptRecord, Job, JobNext, Store, StoreError};
 use crate::telemetry::{DispatchOutcome, Metrics};
@@ -312,17 +312,22 @@ impl Dispatcher {
 
     /// Waits for the credential's turn. Waiting is abandoned on shutdown:
     /// nothing has been dispatched, so the job's lease is given back, it
-    /// stays queued, and this answers false.
-    async fn wait_turn(&self, job: &Job, place: Place, shutdown: &CancellationToken) -> bool {
+    /// stays queued, and this answers `None`.
+    async fn wait_turn(
+        &self,
+        job: &Job,
+        place: Place,
+        shutdown: &CancellationToken,
+    ) -> Option<Turn> {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
                 if let Err(e) = self.store.release(vec![job.id]).await {
                     tracing::warn!(error = %e, "Could not give back the lease of a job not yet sent; it runs out in two hours");
                 }
-                false
+                None
             }
-            _ = self.pacer.wait_turn(place) => true,
+            turn = self.pacer.wait_turn(place) => Some(turn),
         }
     }
 
@@ -335,9 +340,12 @@ impl Dispatcher {
         place: Place,
         shutdown: CancellationToken,
     ) -> bool {
-        if !self.wait_turn(&job, place, &shutdown).await {
+        // Held until the request starts (after getting a token), so that
+        // requests start in the order of their places.
+        let Some(turn) = self.wait_turn(&job, place, &shutdown).await else {
             return false;
-        }
+        };
+        let mut turn = Some(turn);
         let scope = Scope::for_path(&job.path);
         let wanted_run_details = scope == Scope::Workflow && self.client.run_details_supported();
         let mut with_run_details = wanted_run_details;
@@ -357,6 +365,7 @@ impl Dispatcher {
             let token = match token {
                 Ok(token) => token,
                 Err(e) => {
+                    drop(turn.take());
                     let reason = e.to_string();
                     // A rate limit on the token request itself: the whole
                     // credential waits, as for a rate-limited dispatch.
@@ -369,10 +378,11 @@ impl Dispatcher {
                         permanent: e.is_permanent(),
                         rate_limited,
                     };
-                    // The token request is a request to GitHub: when GitHub
-                    // did not answer it, it tells as a look would.
-                    let github_down = e.github_did_not_answer()
-                        && rate_limited.is_none()
+                    // The token request is a request to GitHub: when it got
+                    // no answer at all (the network, a timeout), it tells
+                    // as a failed look would. An answer, even a 5xx, is
+                    // not taken for an outage on its own.
+                    let github_down = matches!(e, CredentialError::Transport(_))
                         && self.github_failed_again(&job);
                     let history = History {
                         github_down,
@@ -398,6 +408,7 @@ impl Dispatcher {
             // the metric and the attempt) leave out getting a token.
             let started_ms = now_ms();
             let started = std::time::Instant::now();
+            drop(turn.take());
             let answer = self.client.post_json(&job.path, &body, &token.secret).await;
             let elapsed = started.elapsed();
             self.observe(&job, scope, &answer, elapsed);
@@ -460,16 +471,18 @@ impl Dispatcher {
                     tokio::time::sleep(wait).await;
                     // The send again is a request like any other: it waits
                     // its turn, so pacing holds across follow-ups too.
-                    if !self.wait_turn(&job, self.pacer.place(), &shutdown).await {
-                        return false;
+                    match self.wait_turn(&job, self.pacer.place(), &shutdown).await {
+                        Some(next) => turn = Some(next),
+                        None => return false,
                     }
                     continue;
                 }
                 Action::ResendWithoutRunDetails { reason } => {
                     tracing::warn!(reason = %reason, "Sending the workflow dispatch again without return_run_details");
                     with_run_details = false;
-                    if !self.wait_turn(&job, self.pacer.place(), &shutdown).await {
-                        return false;
+                    match self.wait_turn(&job, self.pacer.place(), &shutdown).await {
+                        Some(next) => turn = Some(next),
+                        None => return false,
                     }
                     continue;
                 }

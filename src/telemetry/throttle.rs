@@ -34,9 +34,17 @@ impl Throttle {
     /// Whether a line of `kind` is said now: `Some(unsaid)`, the number of
     /// refusals of its kind not said since its last line, or `None` to say
     /// nothing. Kinds come from the configuration (a route) or from a
-    /// client's address; past [`MAX_KINDS`], new ones share [`OTHERS`].
+    /// client's address. At [`MAX_KINDS`], the kinds with nothing unsaid
+    /// and no line for [`EVERY`] are forgotten (their next refusal is said
+    /// at once anyway); while the kinds are still that many, a new one
+    /// shares [`OTHERS`].
     pub fn turn(&self, kind: &str, now: Instant) -> Option<u64> {
         let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        if kinds.len() >= MAX_KINDS && !kinds.contains_key(kind) {
+            kinds.retain(|_, seen| {
+                seen.unsaid > 0 || now.saturating_duration_since(seen.said_at) < EVERY
+            });
+        }
         let kind = if kinds.len() >= MAX_KINDS && !kinds.contains_key(kind) {
             OTHERS
         } else {
@@ -104,5 +112,10 @@ mod tests {
             "shares the kind of the others"
         );
         assert_eq!(throttle.kinds.lock().unwrap().len(), MAX_KINDS + 1);
+        // Once the kinds have been quiet for a while, a new one has its own
+        // line again.
+        let later = now + EVERY;
+        assert_eq!(throttle.turn("admin 192.0.2.3", later), Some(0));
+        assert_eq!(throttle.turn("admin 192.0.2.4", later), Some(0));
     }
 }
