@@ -70,8 +70,9 @@ pub struct Place {
 }
 
 /// A request's turn, held until the request starts; dropping it lets the
-/// next place go, so that requests start in the order of their places even
-/// when getting a token takes a while.
+/// next place go. The worker gives it up early when the request must first
+/// ask GitHub for a token, so that a slow answer holds back no other
+/// request (such a request may then start after later ones).
 #[derive(Debug)]
 pub struct Turn {
     _done: oneshot::Sender<()>,

@@ -340,8 +340,9 @@ impl Dispatcher {
         place: Place,
         shutdown: CancellationToken,
     ) -> bool {
-        // Held until the request starts (after getting a token), so that
-        // requests start in the order of their places.
+        // Held until the request starts, so that requests start in the
+        // order of their places; but not while a token is asked for, which
+        // would make every other request wait on GitHub's answer to it.
         let Some(turn) = self.wait_turn(&job, place, &shutdown).await else {
             return false;
         };
@@ -358,6 +359,9 @@ impl Dispatcher {
         // refuses `return_run_details` is asked again without it. Those
         // follow-ups are part of one attempt.
         let retry_scheduled = loop {
+            if same_token.is_none() && !self.credentials.has_token(&job.repo, scope) {
+                drop(turn.take());
+            }
             let token = match same_token.take() {
                 Some(token) => Ok(token),
                 None => self.credentials.token_for(&job.repo, scope).await,

@@ -226,6 +226,15 @@ impl Credentials {
         }
     }
 
+    /// Whether a token for `repo` and `scope` is at hand without asking
+    /// GitHub (always, for a token credential).
+    pub fn has_token(&self, repo: &str, scope: Scope) -> bool {
+        match self {
+            Credentials::Token(_) => true,
+            Credentials::App(app) => app.has_token(repo, scope),
+        }
+    }
+
     /// Whether tokens are App installation tokens (which can be renewed).
     pub fn is_app(&self) -> bool {
         matches!(self, Credentials::App(_))
@@ -482,6 +491,15 @@ impl AppAuth {
         (SystemTime::now() < cached.renew_at).then(|| IssuedToken {
             secret: cached.secret.clone(),
             minted_at: Some(cached.minted_at),
+        })
+    }
+
+    /// Whether a token for `repo` and `scope` is at hand without asking
+    /// GitHub.
+    fn has_token(&self, repo: &str, scope: Scope) -> bool {
+        self.cached_installation(repo).is_some_and(|installation| {
+            self.cached_token(&(installation, repo.to_ascii_lowercase(), scope))
+                .is_some()
         })
     }
 

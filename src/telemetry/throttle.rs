@@ -21,7 +21,14 @@ pub const OTHERS: &str = "(others)";
 
 #[derive(Debug, Default)]
 pub struct Throttle {
-    kinds: Mutex<HashMap<String, Kind>>,
+    kinds: Mutex<Kinds>,
+}
+
+#[derive(Debug, Default)]
+struct Kinds {
+    kinds: HashMap<String, Kind>,
+    /// When the kinds were last looked through for ones to forget.
+    swept_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -34,16 +41,19 @@ impl Throttle {
     /// Whether a line of `kind` is said now: `Some(unsaid)`, the number of
     /// refusals of its kind not said since its last line, or `None` to say
     /// nothing. Kinds come from the configuration (a route) or from a
-    /// client's address. At [`MAX_KINDS`], the kinds with nothing unsaid
-    /// and no line for [`EVERY`] are forgotten (their next refusal is said
-    /// at once anyway); while the kinds are still that many, a new one
-    /// shares [`OTHERS`].
+    /// client's address. At [`MAX_KINDS`], the kinds without a line for
+    /// [`EVERY`] are forgotten, with what they had left unsaid (looked for
+    /// at most once every [`EVERY`]); while the kinds are still that many, a
+    /// new one shares [`OTHERS`].
     pub fn turn(&self, kind: &str, now: Instant) -> Option<u64> {
-        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
-        if kinds.len() >= MAX_KINDS && !kinds.contains_key(kind) {
-            kinds.retain(|_, seen| {
-                seen.unsaid > 0 || now.saturating_duration_since(seen.said_at) < EVERY
-            });
+        let mut guard = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        let Kinds { kinds, swept_at } = &mut *guard;
+        if kinds.len() >= MAX_KINDS
+            && !kinds.contains_key(kind)
+            && swept_at.is_none_or(|at| now.saturating_duration_since(at) >= EVERY)
+        {
+            kinds.retain(|_, seen| now.saturating_duration_since(seen.said_at) < EVERY);
+            *swept_at = Some(now);
         }
         let kind = if kinds.len() >= MAX_KINDS && !kinds.contains_key(kind) {
             OTHERS
@@ -111,11 +121,12 @@ mod tests {
             None,
             "shares the kind of the others"
         );
-        assert_eq!(throttle.kinds.lock().unwrap().len(), MAX_KINDS + 1);
-        // Once the kinds have been quiet for a while, a new one has its own
-        // line again.
+        assert_eq!(throttle.kinds.lock().unwrap().kinds.len(), MAX_KINDS + 1);
+        // Once the kinds have had no line for a while, even those still
+        // owing a count, a new one has its own line again.
         let later = now + EVERY;
         assert_eq!(throttle.turn("admin 192.0.2.3", later), Some(0));
         assert_eq!(throttle.turn("admin 192.0.2.4", later), Some(0));
+        assert_eq!(throttle.kinds.lock().unwrap().kinds.len(), 2);
     }
 }
