@@ -91,6 +91,14 @@ pub async fn list(
             println!("{:<36}  error: {error}", "");
         }
         for t in &d.targets {
+            // Why a target is still being retried, which `pending(N)` alone
+            // does not say.
+            if t.status == Status::Pending
+                && let Some(error) = &t.last_error
+            {
+                let error = crate::text::one_line(error);
+                println!("{:<36}  {}: retrying: {error}", "", t.repo);
+            }
             if let Some(result) = &t.result {
                 println!(
                     "{:<36}  {}: workflow run {} {}",

@@ -229,6 +229,29 @@ async fn retry_after_is_respected() {
         .await;
 }
 
+/// The `deliveries` table says why a target is still being retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deliveries_table_says_why_a_target_is_retried() {
+    let app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::RateLimited {
+            retry_after_secs: 600,
+        }],
+    );
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 1 && list[0]["targets"][0]["attempts"].as_u64() == Some(1)
+    })
+    .await;
+    let output = app.cli(&["deliveries"]);
+    let table = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        table.contains("acme/blog: retrying: 429 You have exceeded a secondary rate limit"),
+        "{table}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_render_failure_is_stored_answered_422_and_recovered_by_redeliver() {
     // A template that produces 11 top-level keys breaks GitHub's limit.
