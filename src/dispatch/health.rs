@@ -1,5 +1,5 @@
 //! Whether GitHub is answering at all. A failure that may pass (no answer,
-//! a timeout, a 5xx) counts against `retry.max_attempts` only while GitHub
+//! a timeout, a 408 or 5xx) counts against `retry.max_attempts` only while GitHub
 //! answers other requests; while it fails every request (an outage, or the
 //! network to it down), the job's attempts are not spent, and it is retried
 //! until `retry.give_up_after` (docs/decisions.md, decision 42).
@@ -21,8 +21,11 @@ pub enum Since {
 /// every send.
 #[derive(Debug, Default)]
 pub struct GitHubHealth {
-    /// Milliseconds since the epoch; 0 when never.
+    /// When GitHub last answered as it does when it works, in
+    /// milliseconds since the epoch; 0 when never.
     answered_ms: AtomicI64,
+    /// When a look at GitHub (or a token request standing for one) last
+    /// failed, likewise.
     failed_look_ms: AtomicI64,
     /// Whether the outage has been logged: once when it starts, once when
     /// it ends.

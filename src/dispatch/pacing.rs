@@ -4,7 +4,9 @@
 //! least a second apart, and to stay under about 80 a minute; going faster
 //! trips secondary rate limits, which then stop every dispatch. A `Pacer`
 //! enforces that per credential and, when GitHub answers with a rate limit,
-//! pauses the credential's whole queue until GitHub's wait is over.
+//! pauses the credential's whole queue until GitHub's wait is over. It
+//! gives turns in the queue's order: each leased job takes a [`Place`] in
+//! line, and its [`Turn`] lasts until its request starts.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};

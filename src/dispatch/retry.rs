@@ -32,8 +32,6 @@ pub struct History {
     /// Failed attempts before this one that count against `max_attempts`
     /// (rate-limit answers do not: waiting them out is not a failure).
     pub failures: u32,
-    /// Every attempt before this one.
-    pub attempts: u32,
     /// Set when GitHub failed every request since the job was last tried
     /// (or queued): a failure that may pass then does not count against
     /// `max_attempts`, since it is GitHub's, not the job's.
@@ -338,6 +336,13 @@ fn with_message(lead: &str, message: &str) -> String {
     }
 }
 
+/// Whether GitHub answered as it does when it works: with its request id,
+/// and not with a failure that may pass. A 404 or a rate limit is such an
+/// answer too.
+pub fn answered_by_github(answer: &Result<Answer, TransportError>) -> bool {
+    !may_pass(answer) && answer.as_ref().is_ok_and(|a| a.from_github)
+}
+
 /// Whether GitHub's answer, or its absence, is a failure that may pass: no
 /// answer at all, a timeout, or a server error. It is retried (unless the
 /// answer is a rate limit, which is waited out instead).
@@ -403,7 +408,7 @@ fn transient(reason: String, history: History, policy: &RetryConfig, jitter: f64
 /// time spent so far, so this grows as the usual backoff does, without a
 /// count of the uncounted attempts; and a job redelivered during an outage
 /// starts again from `initial_backoff`, as its age does.
-pub fn outage_backoff(age: Duration, policy: &RetryConfig, jitter: f64) -> Duration {
+fn outage_backoff(age: Duration, policy: &RetryConfig, jitter: f64) -> Duration {
     age.clamp(
         policy.initial_backoff,
         policy.max_backoff.max(policy.initial_backoff),
@@ -918,14 +923,12 @@ mod tests {
         );
         let down = History {
             failures: 9,
-            attempts: 14,
             age: Duration::from_secs(3_600),
             github_down: true,
             ..History::default()
         };
         let young = |age_secs: u64| History {
             failures: 0,
-            attempts: 30,
             age: Duration::from_secs(age_secs),
             ..down
         };
@@ -953,7 +956,7 @@ mod tests {
                 0.0,
                 Some((30, false)),
             ),
-            // The bound follows the job's age, whatever its attempts: a job
+            // The bound follows the job's age, not its failures: a job
             // redelivered during an outage starts again from the first.
             (
                 Outcome::Transport(&timeout),

@@ -1,6 +1,7 @@
 //! The dispatch worker: leases due jobs from the store, waits for the
 //! credential's turn, sends each to GitHub, classifies the answer and
-//! records it.
+//! records it. When a send fails and nothing tells whether GitHub works, it
+//! looks (see `health`), so that an outage does not spend a job's attempts.
 //!
 //! The worker never propagates an error for a single job: it classifies and
 //! records it. A store failure makes the loop back off and try again; the
@@ -359,17 +360,19 @@ impl Dispatcher {
         // refuses `return_run_details` is asked again without it. Those
         // follow-ups are part of one attempt.
         let retry_scheduled = loop {
-            if same_token.is_none() && !self.credentials.has_token(&job.repo, scope) {
-                drop(turn.take());
-            }
-            let token = match same_token.take() {
+            let at_hand = same_token
+                .take()
+                .or_else(|| self.credentials.token_at_hand(&job.repo, scope));
+            let token = match at_hand {
                 Some(token) => Ok(token),
-                None => self.credentials.token_for(&job.repo, scope).await,
+                None => {
+                    drop(turn.take());
+                    self.credentials.token_for(&job.repo, scope).await
+                }
             };
             let token = match token {
                 Ok(token) => token,
                 Err(e) => {
-                    drop(turn.take());
                     let reason = e.to_string();
                     // A rate limit on the token request itself: the whole
                     // credential waits, as for a rate-limited dispatch.
@@ -387,7 +390,7 @@ impl Dispatcher {
                     // as a failed look would. An answer, even a 5xx, is
                     // not taken for an outage on its own.
                     let github_down = matches!(e, CredentialError::Transport(_))
-                        && self.github_failed_again(&job);
+                        && self.token_request_unanswered(&job);
                     let history = History {
                         github_down,
                         ..self.history(&job, None, false)
@@ -416,11 +419,11 @@ impl Dispatcher {
             let answer = self.client.post_json(&job.path, &body, &token.secret).await;
             let elapsed = started.elapsed();
             self.observe(&job, scope, &answer, elapsed);
-            let may_pass = retry::may_pass(&answer);
-            if !may_pass && answer.as_ref().is_ok_and(|a| a.from_github) {
+            if retry::answered_by_github(&answer) {
                 self.health.answered(now_ms());
             }
-            let github_down = may_pass && self.github_down(&job, &token.secret).await;
+            let github_down =
+                retry::may_pass(&answer) && self.outage_confirmed(&job, &token.secret).await;
             // A rate limit is the credential's, whatever becomes of this
             // job: even one that gives up (its wait would pass
             // give_up_after) holds the others back for that long.
@@ -587,7 +590,7 @@ impl Dispatcher {
     /// too). A failed look stands for every job tried before it, so while
     /// GitHub stays down a job's attempt costs at most one look, and most
     /// cost none.
-    async fn github_down(&self, job: &Job, token: &Secret) -> bool {
+    async fn outage_confirmed(&self, job: &Job, token: &Secret) -> bool {
         let down = match self.health.since(job.since_ms) {
             Since::Answering => false,
             Since::Failing => true,
@@ -596,8 +599,7 @@ impl Dispatcher {
                     .client
                     .get(&format!("/repos/{}", job.repo), token)
                     .await;
-                let answered =
-                    !retry::may_pass(&look) && look.as_ref().is_ok_and(|a| a.from_github);
+                let answered = retry::answered_by_github(&look);
                 if answered {
                     self.health.answered(now_ms());
                 } else {
@@ -619,7 +621,7 @@ impl Dispatcher {
     /// GitHub did not answer (a token request): only if nothing else was
     /// answered since the job was last tried. The failed request counts as
     /// a failed look.
-    fn github_failed_again(&self, job: &Job) -> bool {
+    fn token_request_unanswered(&self, job: &Job) -> bool {
         if self.health.since(job.since_ms) == Since::Answering {
             return false;
         }
@@ -634,7 +636,6 @@ impl Dispatcher {
     fn history(&self, job: &Job, app_token: Option<AppToken>, sent_run_details: bool) -> History {
         History {
             failures: job.failures,
-            attempts: job.attempts,
             github_down: false,
             // Counted from when the job was queued, so that a redelivered
             // job gets the whole of `retry.give_up_after` again.

@@ -226,12 +226,15 @@ impl Credentials {
         }
     }
 
-    /// Whether a token for `repo` and `scope` is at hand without asking
+    /// The token for `repo` and `scope`, when it is at hand without asking
     /// GitHub (always, for a token credential).
-    pub fn has_token(&self, repo: &str, scope: Scope) -> bool {
+    pub fn token_at_hand(&self, repo: &str, scope: Scope) -> Option<IssuedToken> {
         match self {
-            Credentials::Token(_) => true,
-            Credentials::App(app) => app.has_token(repo, scope),
+            Credentials::Token(token) => Some(IssuedToken {
+                secret: token.clone(),
+                minted_at: None,
+            }),
+            Credentials::App(app) => app.token_at_hand(repo, scope),
         }
     }
 
@@ -494,13 +497,11 @@ impl AppAuth {
         })
     }
 
-    /// Whether a token for `repo` and `scope` is at hand without asking
+    /// The token for `repo` and `scope`, when it is at hand without asking
     /// GitHub.
-    fn has_token(&self, repo: &str, scope: Scope) -> bool {
-        self.cached_installation(repo).is_some_and(|installation| {
-            self.cached_token(&(installation, repo.to_ascii_lowercase(), scope))
-                .is_some()
-        })
+    fn token_at_hand(&self, repo: &str, scope: Scope) -> Option<IssuedToken> {
+        let installation = self.cached_installation(repo)?;
+        self.cached_token(&(installation, repo.to_ascii_lowercase(), scope))
     }
 
     fn mint_lock(&self, installation: u64) -> Arc<tokio::sync::Mutex<()>> {

@@ -35,7 +35,7 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError
             Some(client) => format!("admin {client}"),
             None => "admin".to_string(),
         };
-        if let Some(unlogged) = state.refusals.turn(&kind, std::time::Instant::now()) {
+        if let Some(unlogged) = state.refusals.should_log(&kind, std::time::Instant::now()) {
             tracing::warn!(
                 path = request.path(),
                 client = client.map(tracing::field::display),

@@ -174,7 +174,8 @@ pub struct AppState {
     /// request that a forged envelope can ask for.
     sns_cert_fetches: tokio::sync::Semaphore,
     sns_confirmed: Mutex<HashSet<String>>,
-    /// Refusals are logged at most once in a while per kind and route.
+    /// Refusals are logged at most once in a while: per route and kind of
+    /// refusal for webhooks, per client for the admin API.
     pub refusals: crate::telemetry::throttle::Throttle,
 }
 

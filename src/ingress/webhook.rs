@@ -101,7 +101,7 @@ async fn accept(
         if !client.is_some_and(|ip| route.source_ips.iter().any(|net| net.contains(&ip))) {
             if let Some(unlogged) = state
                 .refusals
-                .turn(&format!("source_ips {}", route.id), Instant::now())
+                .should_log(&format!("source_ips {}", route.id), Instant::now())
             {
                 tracing::warn!(route = %route.id, client = client.map(tracing::field::display), unlogged, "Refused a webhook from an address outside source_ips");
             }
@@ -131,7 +131,7 @@ async fn accept(
     if let Err(e) = verify::verify_request(&route.verify, &signed) {
         if let Some(unlogged) = state
             .refusals
-            .turn(&format!("verify {}", route.id), Instant::now())
+            .should_log(&format!("verify {}", route.id), Instant::now())
         {
             tracing::warn!(route = %route.id, reason = %e, unlogged, "Refused a webhook that failed verification");
         }

@@ -1,5 +1,7 @@
 //! The durable store: deliveries (one per accepted webhook), their jobs (one
-//! per GitHub target) and every attempt to send a job.
+//! per GitHub target) and every attempt to send a job. Leasing takes turns
+//! between the routes that have jobs due, carrying on from the route it
+//! served last.
 //!
 //! This is the only module that knows SQLite. All writes go through one
 //! writer thread that owns the write connection and commits every command

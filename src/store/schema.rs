@@ -1,4 +1,5 @@
-//! The SQLite schema and every statement the store runs.
+//! The SQLite schema and every statement the store runs, with the order in
+//! which a lease takes turns between routes.
 //!
 //! A delivery's status is kept in its row and updated in the same statement
 //! batch that finishes its last job, so listing deliveries never has to

@@ -1,5 +1,6 @@
-//! Logs and metrics: the tracing subscriber (pretty or JSON) and the
-//! Prometheus registry with one typed method per event worth counting.
+//! Logs and metrics: the tracing subscriber (pretty or JSON), the
+//! Prometheus registry with one typed method per event worth counting, and
+//! the throttle that keeps refusals from flooding the log.
 
 mod log_buffer;
 mod metrics;

@@ -2,8 +2,10 @@
 //! is refused, but a sender that keeps failing its signature, or someone
 //! guessing the admin token, would otherwise write one line per request:
 //! thousands a second, on a disk the store may share. Each kind of refusal
-//! (per route) is said at most once every [`EVERY`], with the number of
-//! refusals left unsaid since its last line; the metrics count them all.
+//! (per route for webhooks, per client for the admin API) is said at most
+//! once every [`EVERY`], with the number of refusals left unsaid since its
+//! last line. The metrics count every refused webhook; refused admin
+//! requests have no metric.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -45,7 +47,7 @@ impl Throttle {
     /// [`EVERY`] are forgotten, with what they had left unsaid (looked for
     /// at most once every [`EVERY`]); while the kinds are still that many, a
     /// new one shares [`OTHERS`].
-    pub fn turn(&self, kind: &str, now: Instant) -> Option<u64> {
+    pub fn should_log(&self, kind: &str, now: Instant) -> Option<u64> {
         let mut guard = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
         let Kinds { kinds, swept_at } = &mut *guard;
         if kinds.len() >= MAX_KINDS
@@ -103,7 +105,7 @@ mod tests {
             ("verify cms", at(30)),
         ]
         .into_iter()
-        .map(|(kind, now)| throttle.turn(kind, now))
+        .map(|(kind, now)| throttle.should_log(kind, now))
         .collect();
         assert_eq!(said, [Some(0), None, None, Some(0), Some(2), None, Some(1)]);
     }
@@ -113,11 +115,14 @@ mod tests {
         let throttle = Throttle::default();
         let now = Instant::now();
         for n in 0..MAX_KINDS {
-            assert_eq!(throttle.turn(&format!("admin 10.0.{n}"), now), Some(0));
+            assert_eq!(
+                throttle.should_log(&format!("admin 10.0.{n}"), now),
+                Some(0)
+            );
         }
-        assert_eq!(throttle.turn("admin 192.0.2.1", now), Some(0));
+        assert_eq!(throttle.should_log("admin 192.0.2.1", now), Some(0));
         assert_eq!(
-            throttle.turn("admin 192.0.2.2", now),
+            throttle.should_log("admin 192.0.2.2", now),
             None,
             "shares the kind of the others"
         );
@@ -125,8 +130,8 @@ mod tests {
         // Once the kinds have had no line for a while, even those still
         // owing a count, a new one has its own line again.
         let later = now + EVERY;
-        assert_eq!(throttle.turn("admin 192.0.2.3", later), Some(0));
-        assert_eq!(throttle.turn("admin 192.0.2.4", later), Some(0));
+        assert_eq!(throttle.should_log("admin 192.0.2.3", later), Some(0));
+        assert_eq!(throttle.should_log("admin 192.0.2.4", later), Some(0));
         assert_eq!(throttle.kinds.lock().unwrap().kinds.len(), 2);
     }
 }

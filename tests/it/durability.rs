@@ -338,7 +338,8 @@ async fn a_second_relay_on_the_same_store_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_store_in_a_directory_that_does_not_exist_yet_is_created() {
+async fn a_store_in_a_directory_that_does_not_exist_yet_is_created_private_and_a_readable_one_is_named()
+ {
     let head = format!(
         "{}store:\n  url: sqlite:state/nested/relay.db\n",
         crate::helpers::TEST_HEAD

@@ -978,7 +978,8 @@ async fn post_from(app: &crate::helpers::TestApp, forwarded: Option<&str>) -> u1
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+async fn forwarded_for_is_believed_only_from_trusted_proxies_and_admin_refusals_name_each_client_once_a_while()
+ {
     // Without trusted proxies the header is ignored: the peer is 127.0.0.1.
     let app = spawn_app_with(TEST_HEAD, NETWORK_ROUTE, &[]).await;
     assert_eq!(post_from(&app, None).await, 403);
