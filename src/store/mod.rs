@@ -417,11 +417,24 @@ pub fn sqlite_path(url: &str, base: &Path) -> Result<PathBuf, StoreError> {
     })
 }
 
+/// Who opens the store, which decides how much opening may change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opener {
+    /// `serve`, which owns the store: it puts it in WAL mode, builds new
+    /// indexes, drops old ones and gives queued jobs their route.
+    Serve,
+    /// An inspection command (`deliveries`, `redeliver`), which may run
+    /// beside the relay and read a backup copy: it adds what is missing
+    /// from the schema but leaves the rest to `serve`, since building an
+    /// index scans its table under the write lock the relay needs.
+    Inspection,
+}
+
 impl Store {
     /// Opens (and creates or migrates) the SQLite store at `path`. Leases
     /// are left as they are: see [`Store::release_all_leases`].
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Store, StoreError> {
-        Store::open_with(path, synchronous, true)
+        Store::open_with(path, synchronous, Opener::Serve)
     }
 
     /// Opens the store for an inspection command (`deliveries`,
@@ -429,16 +442,16 @@ impl Store {
     /// up to date but leaves building new indexes to `serve`, since that
     /// scans a table under the write lock the relay needs.
     pub fn open_beside_relay(path: &Path) -> Result<Store, StoreError> {
-        Store::open_with(path, Synchronous::Full, false)
+        Store::open_with(path, Synchronous::Full, Opener::Inspection)
     }
 
     fn open_with(
         path: &Path,
         synchronous: Synchronous,
-        build_indexes: bool,
+        opener: Opener,
     ) -> Result<Store, StoreError> {
-        let conn = open_connection(path, build_indexes)?;
-        schema::migrate(&conn, build_indexes)?;
+        let conn = open_connection(path, opener)?;
+        schema::migrate(&conn, opener)?;
         let writer = Writer::start(conn, synchronous, path)?;
         let reader = Connection::open_with_flags(
             path,
@@ -688,11 +701,11 @@ impl Store {
 /// The page size of a new store, in bytes.
 const PAGE_SIZE: i64 = 16 * 1024;
 
-/// Opens the writer's connection. `for_serve` is false for the inspection
-/// commands: they leave an existing file's journal mode as it is, since a
-/// store `serve` made is in WAL mode already, and a backup copy (`VACUUM
-/// INTO` makes one in rollback mode) should not be changed by reading it.
-fn open_connection(path: &Path, for_serve: bool) -> Result<Connection, StoreError> {
+/// Opens the writer's connection. The inspection commands leave an
+/// existing file's journal mode as it is, since a store `serve` made is in
+/// WAL mode already, and a backup copy (`VACUUM INTO` makes one in rollback
+/// mode) should not be changed by reading it.
+fn open_connection(path: &Path, opener: Opener) -> Result<Connection, StoreError> {
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
         && !parent.exists()
@@ -723,7 +736,7 @@ fn open_connection(path: &Path, for_serve: bool) -> Result<Connection, StoreErro
     // when the file is created; an existing store keeps its page size.
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     // WAL lets the reader connection work while the writer commits.
-    if for_serve || !existed {
+    if opener == Opener::Serve || !existed {
         conn.pragma_update(None, "journal_mode", "WAL")?;
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;

@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
     Accepted, AttemptRecord, AttemptSummary, DebounceWindow, DeliverySummary, FailedDelivery, Job,
-    JobNext, JobSummary, ListFilter, NewDelivery, NewJob, QueueDepth, Rerendered, Rerendering,
-    Status, StoreError, StoredRequest, StoredTarget,
+    JobNext, JobSummary, ListFilter, NewDelivery, NewJob, Opener, QueueDepth, Rerendered,
+    Rerendering, Status, StoreError, StoredRequest, StoredTarget,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -19,22 +19,22 @@ const SCHEMA_VERSION: i64 = 1;
 /// reference can write the same rows into the same schema.
 pub(super) const SCHEMA: &str = include_str!("schema.sql");
 
-/// Creates or brings up to date the store's schema. `build_indexes` is false
-/// for the inspection commands, which may open the store beside a running
-/// relay: building an index scans its table under the write lock, so only
-/// `serve` builds the indexes added since the first schema.
-pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), StoreError> {
+/// Creates or brings up to date the store's schema. Only `serve` builds the
+/// indexes added since the first schema, drops those no longer used and
+/// gives queued jobs their route (see [`Opener`]).
+pub(super) fn migrate(conn: &Connection, opener: Opener) -> Result<(), StoreError> {
+    let serve = opener == Opener::Serve;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     refuse_newer(version)?;
     let index_names: Vec<&str> = ADDED_INDEXES.iter().map(|(name, _)| *name).collect();
-    let indexes_to_change = build_indexes
+    let serve_work_left = serve
         && (missing(conn, &index_names)?
             || present(conn, DROPPED_INDEXES)?
             || has_jobs_without_route(conn)?);
     if version == SCHEMA_VERSION
         && missing_columns(conn)?.is_empty()
         && !missing(conn, ADDED_TABLES)?
-        && !indexes_to_change
+        && !serve_work_left
     {
         // Up to date: write nothing. `deliveries` and `redeliver` open the
         // store beside a running relay, and must not take its write lock.
@@ -46,7 +46,7 @@ pub(super) fn migrate(conn: &Connection, build_indexes: bool) -> Result<(), Stor
             "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
         ))?;
     }
-    if build_indexes {
+    if serve {
         for (_, create) in ADDED_INDEXES {
             conn.execute_batch(create)?;
         }
@@ -487,10 +487,11 @@ pub(super) const DUE_OF_ROUTE: &str = "SELECT id FROM jobs
      ORDER BY next_attempt_at, id LIMIT ?3";
 
 /// When the earliest pending job that is not leased falls due. The queued
-/// routes are found one index seek at a time (SQLite would otherwise walk
-/// every pending job to find them), and each route's first job by another.
+/// routes are found one index seek at a time, starting from "" (which sorts
+/// before every route name; SQLite would otherwise walk every pending job
+/// to find them), and each route's first job by another.
 pub(super) const NEXT_DUE: &str = "WITH RECURSIVE queued(route) AS (
-         SELECT (SELECT route FROM jobs WHERE status = 'pending' AND route > '' ORDER BY route LIMIT 1)
+         SELECT ''
          UNION ALL
          SELECT (SELECT route FROM jobs WHERE status = 'pending' AND route > queued.route ORDER BY route LIMIT 1)
          FROM queued WHERE queued.route IS NOT NULL
@@ -498,7 +499,7 @@ pub(super) const NEXT_DUE: &str = "WITH RECURSIVE queued(route) AS (
      SELECT MIN((SELECT next_attempt_at FROM jobs
                  WHERE status = 'pending' AND route = queued.route AND leased_until IS NULL
                  ORDER BY next_attempt_at LIMIT 1))
-     FROM queued WHERE route IS NOT NULL";
+     FROM queued WHERE route > ''";
 
 /// Leases up to `limit` due jobs for `lease_ms`, taking turns between
 /// routes: one job of each route that has any due, starting with the

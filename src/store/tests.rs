@@ -769,7 +769,7 @@ fn the_wal_is_checkpointed_every_four_megabytes_whatever_the_page_size() {
                 ))
                 .unwrap();
         }
-        let conn = open_connection(&path, true).unwrap();
+        let conn = open_connection(&path, Opener::Serve).unwrap();
         writer::tune(&conn, Synchronous::Full).unwrap();
         let autocheckpoint: i64 = conn
             .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))

@@ -525,7 +525,7 @@ mod tests {
     fn a_batch_with_a_failing_command_is_replayed_so_the_others_commit() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("store.db")).unwrap();
-        schema::migrate(&conn, true).unwrap();
+        schema::migrate(&conn, crate::store::Opener::Serve).unwrap();
         // One batch: the second command clashes with the first on the
         // primary key, which fails the first pass and forces the replay.
         let (commands, answers): (Vec<_>, Vec<_>) =
@@ -555,7 +555,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("store.db")).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        schema::migrate(&conn, true).unwrap();
+        schema::migrate(&conn, crate::store::Opener::Serve).unwrap();
         // A full disk: the file may not grow by a page. A request too large
         // for what is left makes SQLite roll the whole transaction back.
         let pages: i64 = conn
@@ -601,7 +601,7 @@ mod tests {
     fn a_batch_that_succeeds_commits_in_one_pass() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("store.db")).unwrap();
-        schema::migrate(&conn, true).unwrap();
+        schema::migrate(&conn, crate::store::Opener::Serve).unwrap();
         let (commands, _answers): (Vec<_>, Vec<_>) = ["a", "b"].into_iter().map(accept).unzip();
         let (outcomes, commit) = commit_batch(&mut conn, &commands);
         assert_eq!(commit, Ok(()));
