@@ -22,6 +22,14 @@ pub fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// An RFC 3339 time (GitHub's `expires_at`, SNS's `Timestamp`) in Unix
+/// milliseconds; `None` when it is not one, or out of range.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// Seconds since the Unix epoch, GitHub's unit in its headers and tokens.
 /// A clock set before 1970 reads as 0.
 pub fn now_epoch_secs() -> u64 {

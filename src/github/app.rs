@@ -716,9 +716,8 @@ pub fn parse_http_date(date: &str) -> Option<i64> {
 }
 
 fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let at =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(at.unix_timestamp()).ok()?))
+    let ms = crate::clock::parse_rfc3339_ms(text)?;
+    Some(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).ok()?))
 }
 
 #[cfg(test)]

@@ -31,11 +31,8 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError
         let trusted = &state.routes().config.server.trusted_proxies;
         let client = super::webhook::client_ip(request, trusted)
             .or_else(|| request.peer_addr().map(|addr| addr.ip().to_canonical()));
-        let kind = match client {
-            Some(client) => format!("admin {client}"),
-            None => "admin".to_string(),
-        };
-        if let Some(unlogged) = state.refusals.should_log(&kind, std::time::Instant::now()) {
+        let from = client.map_or_else(|| "(unknown)".to_string(), |c| c.to_string());
+        if let Some(unlogged) = state.refusal_to_log("admin", from) {
             tracing::warn!(
                 path = request.path(),
                 client = client.map(tracing::field::display),

@@ -176,7 +176,7 @@ pub struct AppState {
     sns_confirmed: Mutex<HashSet<String>>,
     /// Refusals are logged at most once in a while: per route and kind of
     /// refusal for webhooks, per client for the admin API.
-    pub refusals: crate::telemetry::throttle::Throttle,
+    refusals: crate::telemetry::throttle::Throttle,
 }
 
 /// How long a certificate URL that AWS said does not exist is refused
@@ -297,6 +297,14 @@ impl AppState {
             sns_confirmed: Mutex::new(HashSet::new()),
             refusals: Default::default(),
         }
+    }
+
+    /// Whether a refusal of `kind` (on a route, or from a client) is logged
+    /// now: `Some(unlogged)` with the refusals of its kind left unsaid since
+    /// its last line, or `None` to say nothing (see `telemetry::throttle`).
+    pub fn refusal_to_log(&self, kind: &str, of: impl std::fmt::Display) -> Option<u64> {
+        self.refusals
+            .should_log(&format!("{kind} {of}"), std::time::Instant::now())
     }
 
     /// Fixes the clock that signed timestamps are judged by; the test

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Instant;
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -99,10 +98,7 @@ async fn accept(
     if !route.source_ips.is_empty() {
         let client = client_ip(request, &routes.config.server.trusted_proxies);
         if !client.is_some_and(|ip| route.source_ips.iter().any(|net| net.contains(&ip))) {
-            if let Some(unlogged) = state
-                .refusals
-                .should_log(&format!("source_ips {}", route.id), Instant::now())
-            {
+            if let Some(unlogged) = state.refusal_to_log("source_ips", &route.id) {
                 tracing::warn!(route = %route.id, client = client.map(tracing::field::display), unlogged, "Refused a webhook from an address outside source_ips");
             }
             return Err(IngressError::Forbidden);
@@ -129,10 +125,7 @@ async fn accept(
         now_ms: state.verify_now_ms(),
     };
     if let Err(e) = verify::verify_request(&route.verify, &signed) {
-        if let Some(unlogged) = state
-            .refusals
-            .should_log(&format!("verify {}", route.id), Instant::now())
-        {
+        if let Some(unlogged) = state.refusal_to_log("verify", &route.id) {
             tracing::warn!(route = %route.id, reason = %e, unlogged, "Refused a webhook that failed verification");
         }
         return Err(IngressError::Unauthorized {

@@ -79,7 +79,7 @@ fn fresh(
     timed: &TimedSecrets,
     header: &str,
 ) -> Result<(), VerifyError> {
-    let tolerance = i64::try_from(timed.tolerance.as_millis()).unwrap_or(i64::MAX);
+    let tolerance = crate::clock::duration_ms(timed.tolerance);
     if request.now_ms.abs_diff(signed_ms) > tolerance.unsigned_abs() {
         return Err(VerifyError::Stale(header.to_string()));
     }

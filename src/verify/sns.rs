@@ -152,13 +152,9 @@ impl Envelope {
     /// Refuses an envelope whose `Timestamp` is more than [`MAX_AGE_MS`]
     /// before `now_ms`.
     pub fn check_age(&self, now_ms: i64) -> Result<(), SnsRefusal> {
-        let signed_at = time::OffsetDateTime::parse(
-            self.field("Timestamp").unwrap_or_default(),
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map_err(|_| SnsRefusal::BadTimestamp)?;
-        let signed_at_ms = i64::try_from(signed_at.unix_timestamp_nanos() / 1_000_000)
-            .map_err(|_| SnsRefusal::BadTimestamp)?;
+        let signed_at_ms =
+            crate::clock::parse_rfc3339_ms(self.field("Timestamp").unwrap_or_default())
+                .ok_or(SnsRefusal::BadTimestamp)?;
         let age_ms = now_ms.saturating_sub(signed_at_ms);
         if age_ms > MAX_AGE_MS {
             return Err(SnsRefusal::TooOld(age_ms / 60_000));
