@@ -324,7 +324,7 @@ impl Dispatcher {
             biased;
             _ = shutdown.cancelled() => {
                 if let Err(e) = self.store.release(vec![job.id]).await {
-                    tracing::warn!(error = %e, "Could not give back the lease of a job not yet sent; it runs out in two hours");
+                    tracing::warn!(error = %e, "Could not give back the lease of a job not yet sent; it is sent at the next start, which clears every lease");
                 }
                 None
             }
