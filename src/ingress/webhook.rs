@@ -314,21 +314,28 @@ async fn verify_sns(
     body: &[u8],
 ) -> Result<Envelope, IngressError> {
     let route = &routes.config.routes[index];
-    let refuse = |reason: &dyn std::fmt::Display| {
-        tracing::warn!(route = %route.id, reason = %reason, "Refused an SNS message that failed verification");
+    // Each step's refusals are logged at most once in a while, like other
+    // refused webhooks, but apart from the other steps', so that a flood
+    // of one kind (forged signatures) does not hide another (a sender
+    // whose clock is hours off).
+    let refuse = |step: &str, reason: &dyn std::fmt::Display| {
+        if let Some(unlogged) = state.refusal_to_log(step, &route.id) {
+            tracing::warn!(route = %route.id, reason = %reason, unlogged, "Refused an SNS message that failed verification");
+        }
         IngressError::Unauthorized {
             basic_challenge: false,
         }
     };
-    let envelope = Envelope::parse(body).map_err(|e| refuse(&e))?;
+    let envelope = Envelope::parse(body).map_err(|e| refuse("sns envelope", &e))?;
     // The URL is fetched below: it must be SNS's before anything is asked
     // of it, whichever method brought the envelope here.
-    sns::check_cert_url(envelope.signing_cert_url()).map_err(|e| refuse(&e))?;
+    sns::check_cert_url(envelope.signing_cert_url())
+        .map_err(|e| refuse("sns certificate URL", &e))?;
     // Checked before the signature only because it is cheaper; the
     // Timestamp is signed, so a forged one fails below anyway.
     envelope
         .check_age(state.verify_now_ms())
-        .map_err(|e| refuse(&e))?;
+        .map_err(|e| refuse("sns age", &e))?;
     let fetched: SigningKey;
     let keys: &[SigningKey] = match routes.sns_pinned(index) {
         Some(keys) => keys,
@@ -340,17 +347,16 @@ async fn verify_sns(
                     None => fetch_signing_key(state, &route.id, url)
                         .await
                         .map_err(|fetch| match fetch {
-                            CertFetch::Refused(reason) => refuse(&reason),
+                            CertFetch::Refused(reason) => refuse("sns certificate", &reason),
                             CertFetch::Unavailable => IngressError::Unavailable(
-                                "the signing certificate could not be fetched; retry shortly"
-                                    .into(),
+                                "the signing certificate is not at hand yet; retry shortly".into(),
                             ),
                         })?,
                 };
             std::slice::from_ref(&fetched)
         }
     };
-    sns::verify_signature(&envelope, keys).map_err(|e| refuse(&e))?;
+    sns::verify_signature(&envelope, keys).map_err(|e| refuse("sns signature", &e))?;
     Ok(envelope)
 }
 

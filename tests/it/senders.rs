@@ -689,10 +689,22 @@ async fn sns_confirms_once_relays_decoded_keys_and_refuses_forgeries() {
                 .unwrap()
         ),
     );
-    let (status, json) = post_sns(&app, "Notification", signed_envelope(kept, 2)).await;
+    let (status, json) = post_sns(&app, "Notification", signed_envelope(kept.clone(), 2)).await;
     assert_eq!(status, 401, "{json}");
     app.wait_for_log(|l| l.contains("signed 180 minutes ago"))
         .await;
+    // A sender replaying kept copies does not flood the log: the next
+    // such refusal within ten seconds is only counted.
+    let mut kept_again = notification("note-kept-2", &s3);
+    kept_again.insert("Timestamp".into(), kept["Timestamp"].clone());
+    let (status, _) = post_sns(&app, "Notification", signed_envelope(kept_again, 2)).await;
+    assert_eq!(status, 401);
+    let too_old = app
+        .logs()
+        .iter()
+        .filter(|l| l.contains("Refused an SNS message") && l.contains("minutes ago"))
+        .count();
+    assert_eq!(too_old, 1, "{:#?}", app.logs());
 
     // Another topic, even correctly signed, is refused.
     let mut other = notification("note-2", &s3);
