@@ -4,7 +4,9 @@
 //! network to it down), the job's attempts are not spent, and it is retried
 //! until `retry.give_up_after` (docs/decisions.md, decision 42).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::telemetry::Streak;
 
 /// What is known of GitHub since a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,17 +29,18 @@ pub struct GitHubHealth {
     /// When a look at GitHub (or a token request standing for one) last
     /// failed, likewise.
     failed_look_ms: AtomicI64,
-    /// Whether the outage has been logged: once when it starts, once when
-    /// it ends.
-    outage_said: AtomicBool,
+    /// Attempts not counted because GitHub failed every request: the
+    /// outage is logged once when it starts, once when it ends.
+    outage: Streak,
 }
 
 impl GitHubHealth {
     /// GitHub answered a request at `now_ms` as it does when it works.
     pub fn answered(&self, now_ms: i64) {
         self.answered_ms.fetch_max(now_ms, Ordering::Relaxed);
-        if self.outage_said.swap(false, Ordering::Relaxed) {
+        if let Some(uncounted_attempts) = self.outage.passed() {
             tracing::info!(
+                uncounted_attempts,
                 "GitHub answers again; failed attempts count against retry.max_attempts again"
             );
         }
@@ -59,9 +62,10 @@ impl GitHubHealth {
         }
     }
 
-    /// Says, once an outage, that attempts are not being counted.
+    /// Notes an attempt not counted because GitHub fails every request;
+    /// the first of an outage says so, with `reason`.
     pub fn say_outage(&self, reason: &str) {
-        if !self.outage_said.swap(true, Ordering::Relaxed) {
+        if self.outage.failed() {
             tracing::warn!(
                 reason = %reason,
                 "GitHub fails every request; failed attempts do not count against retry.max_attempts until it answers again, and jobs are retried until retry.give_up_after"

@@ -26,7 +26,7 @@ use crate::config::RetryConfig;
 use crate::github::{Answer, CredentialError, Credentials, GitHubClient, Scope};
 use crate::secret::Secret;
 use crate::store::{AttemptRecord, Job, JobNext, Store, StoreError};
-use crate::telemetry::{DispatchOutcome, Metrics};
+use crate::telemetry::{DispatchOutcome, Metrics, Streak};
 
 /// How long a lease lasts. It only has to outlive one send including its
 /// pacing wait (a primary rate-limit pause lasts at most an hour); leases are
@@ -201,7 +201,7 @@ impl Dispatcher {
         self.resume_kept_pause().await;
         // Leasing is tried every few seconds while the store refuses it;
         // that is said when it starts and when it ends, not each time.
-        let mut lease_failures = 0u64;
+        let lease_failures = Streak::default();
         loop {
             tokio::select! {
                 biased;
@@ -220,18 +220,16 @@ impl Dispatcher {
                 .await;
             let jobs = match leased {
                 Ok(jobs) => {
-                    if lease_failures > 0 {
-                        tracing::info!(failures = lease_failures, "Leasing jobs works again");
-                        lease_failures = 0;
+                    if let Some(failures) = lease_failures.passed() {
+                        tracing::info!(failures, "Leasing jobs works again");
                     }
                     jobs
                 }
                 Err(e) => {
-                    if lease_failures == 0 {
+                    if lease_failures.failed() {
                         // The writer has logged why the store refuses.
                         tracing::warn!(error = %e, "Could not lease jobs; trying again every second");
                     }
-                    lease_failures += 1;
                     drop(slots);
                     self.idle(&handle, Some(IDLE_POLL)).await;
                     continue;
@@ -762,12 +760,12 @@ impl Dispatcher {
         // itself rather than of the store, which will not pass.
         let retry_scheduled = matches!(record.next, JobNext::Retry { .. });
         let mut wait = RECORD_FIRST_WAIT;
-        let mut failures = 0u32;
+        let failures = Streak::default();
         let mut own_errors = 0u32;
         loop {
             let error = match self.store.record(record.clone()).await {
                 Ok(()) => {
-                    if failures > 0 {
+                    if let Some(failures) = failures.passed() {
                         tracing::info!(
                             failures,
                             "Recorded the attempt once the store took writes again"
@@ -784,10 +782,9 @@ impl Dispatcher {
                     return false;
                 }
             }
-            if failures == 0 {
+            if failures.failed() {
                 tracing::warn!(error = %error, "Could not record the attempt; trying until the store takes it");
             }
-            failures += 1;
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     tracing::warn!("Stopping with an attempt not recorded; the job will be sent again at the next start");

@@ -18,13 +18,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
     match state.store.check_writable().await {
         Ok(()) => {
-            if state.readiness_changed(true) {
-                tracing::info!("Readiness check passes again: the store takes writes");
+            if let Some(failed_checks) = state.not_ready.passed() {
+                tracing::info!(
+                    failed_checks,
+                    "Readiness check passes again: the store takes writes"
+                );
             }
             HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
         }
         Err(e) => {
-            if state.readiness_changed(false) {
+            if state.not_ready.failed() {
                 tracing::error!(error = %e, "Readiness check failed: the store does not take writes");
             }
             HttpResponse::ServiceUnavailable().json(

@@ -13,7 +13,7 @@ use crate::config::{Config, Verify};
 use crate::dispatch::DispatcherHandle;
 use crate::secret::Secret;
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Streak};
 use crate::verify::sns::SigningKey;
 
 /// Certificates fetched from `SigningCertURL` are kept by URL; AWS rotates
@@ -159,9 +159,9 @@ pub struct AppState {
     pub dispatcher: DispatcherHandle,
     pub admin_token: Option<Secret>,
     shutting_down: AtomicBool,
-    /// Whether the last readiness check found the store refusing writes:
+    /// Readiness checks that found the store refusing writes, in a row:
     /// probes come every few seconds, and the change is what is logged.
-    not_ready: AtomicBool,
+    pub not_ready: Streak,
     /// A fixed clock for signed timestamps, set only by the test hook
     /// `RELAY_TEST_CLOCK_MS` (see docs/decisions.md).
     verify_clock_ms: Option<i64>,
@@ -288,7 +288,7 @@ impl AppState {
             dispatcher,
             admin_token,
             shutting_down: AtomicBool::new(false),
-            not_ready: AtomicBool::new(false),
+            not_ready: Streak::default(),
             verify_clock_ms: None,
             sns_certs: Mutex::new(HashMap::new()),
             sns_cert_missing: CertUrls::new(CERT_MISS_TTL),
@@ -395,12 +395,6 @@ impl AppState {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
-    }
-
-    /// Notes the outcome of a readiness check; true when it differs from
-    /// the last one.
-    pub fn readiness_changed(&self, ready: bool) -> bool {
-        self.not_ready.swap(!ready, Ordering::AcqRel) == ready
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use super::{
     Accepted, AttemptRecord, Job, NewDelivery, Rerendered, Rerendering, StoreError, schema,
 };
+use crate::telemetry::Streak;
 
 /// How hard SQLite flushes at each commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -289,31 +290,25 @@ fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Failed commits in a row. The first of a run is logged with its cause,
-/// and the first success after it; the commits in between fail the same
-/// way, and their callers count them (`outcome="unavailable"`).
-#[derive(Default)]
-struct FailedCommits(u64);
-
-impl FailedCommits {
-    fn note(&mut self, commit: &Result<(), String>) {
-        match commit {
-            Err(e) if self.0 == 0 => {
-                tracing::error!(error = %e, "The store refused a commit; writes are refused until one succeeds");
-                self.0 = 1;
+/// Says a run of failed commits: the first with its cause, and the first
+/// success after it. The commits in between fail the same way, and their
+/// callers count them (`outcome="unavailable"`).
+fn say_commit(failed: &Streak, commit: &Result<(), String>) {
+    match commit {
+        Err(e) if failed.failed() => {
+            tracing::error!(error = %e, "The store refused a commit; writes are refused until one succeeds");
+        }
+        Err(_) => {}
+        Ok(()) => {
+            if let Some(failed_commits) = failed.passed() {
+                tracing::info!(failed_commits, "The store takes writes again");
             }
-            Err(_) => self.0 += 1,
-            Ok(()) if self.0 > 0 => {
-                tracing::info!(failed_commits = self.0, "The store takes writes again");
-                self.0 = 0;
-            }
-            Ok(()) => {}
         }
     }
 }
 
 fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>, mut opened: Option<OpenedFile>) {
-    let mut failed = FailedCommits::default();
+    let failed = Streak::default();
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -327,7 +322,7 @@ fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>, mut opened: Opti
             Some(refusal) => refused(&batch, refusal),
             None => commit_batch(&mut conn, &batch),
         };
-        failed.note(&commit);
+        say_commit(&failed, &commit);
         for (command, outcome) in batch.into_iter().zip(outcomes) {
             command.answer(outcome, &commit);
         }

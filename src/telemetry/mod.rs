@@ -1,13 +1,16 @@
 //! Logs and metrics: the tracing subscriber (pretty or JSON), the
-//! Prometheus registry with one typed method per event worth counting, and
-//! the throttle that keeps refusals from flooding the log.
+//! Prometheus registry with one typed method per event worth counting, the
+//! throttle that keeps refusals from flooding the log, and the streak that
+//! says a run of failures when it starts and when it ends.
 
 mod log_buffer;
 mod metrics;
+mod streak;
 pub mod throttle;
 
 pub use log_buffer::flush;
 pub use metrics::{DispatchOutcome, Metrics, SnsSubscription, WebhookOutcome};
+pub use streak::Streak;
 
 use tracing_subscriber::EnvFilter;
 
