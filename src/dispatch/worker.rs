@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
@@ -412,7 +412,7 @@ impl Dispatcher {
             // Timed from here, so that the request's start and duration (in
             // the metric and the attempt) leave out getting a token.
             let started_ms = now_ms();
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             drop(turn.take());
             let answer = self.client.post_json(&job.path, &body, &token.secret).await;
             let elapsed = started.elapsed();
@@ -593,10 +593,14 @@ impl Dispatcher {
             Since::Answering => false,
             Since::Failing => true,
             Since::Unknown => {
+                let started = Instant::now();
                 let look = self
                     .client
                     .get(&format!("/repos/{}", job.repo), token)
                     .await;
+                let status = look.as_ref().ok().map(|a| a.status);
+                self.metrics
+                    .github_request("repository", status, started.elapsed().as_secs_f64());
                 let answered = retry::answered_by_github(&look);
                 if answered {
                     self.health.answered(now_ms());

@@ -554,6 +554,15 @@ async fn a_github_outage_does_not_spend_a_jobs_attempts() {
     let said = |text: &str| logs.iter().filter(|l| l.contains(text)).count();
     assert_eq!(said("GitHub fails every request"), 1, "{logs:#?}");
     assert_eq!(said("GitHub answers again"), 1, "{logs:#?}");
+    // Each look is timed like any request to GitHub: every one GitHub
+    // saw after the preflight's, all answered 502.
+    let looks = app.github.requests_of("repos/get").len() - 1;
+    assert!(looks >= 1);
+    let metrics = app.metrics().await;
+    let timed = format!(
+        r#"dispatch_relay_github_request_duration_seconds_count{{endpoint="repository",status_class="5xx"}} {looks}"#
+    );
+    assert!(metrics.contains(&timed), "{timed}\n{metrics}");
 }
 
 /// A request GitHub never answers ends at `github.timeout` and is retried
