@@ -2043,6 +2043,19 @@ fn authenticate_app(shared: &Shared, req: &HttpRequest) -> Result<u64, Answer> {
     let Credential::Token(jwt) = credential(req) else {
         return Err(Answer::error(401, "Requires authentication", GENERIC_DOCS));
     };
+    // GitHub takes an App's JWT only as `Bearer`; after `token` it is read
+    // as a token, which it is not.
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("bearer "))
+        });
+    if !bearer {
+        return Err(Answer::error(401, "Bad credentials", GENERIC_DOCS));
+    }
     let app = lock(&shared.app);
     let Some(app) = app.as_ref() else {
         return Err(undecodable());

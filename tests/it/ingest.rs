@@ -62,6 +62,12 @@ async fn hmac_accepts_a_signed_request_rejects_a_tampered_one_and_logs_refusals_
     }
     let refused = "webhooks_received_total{outcome=\"unauthorized\",route=\"cms\"} 23";
     assert!(app.metrics().await.contains(refused));
+    // A line written after the refusals: once it is read, so are they.
+    let (status, answer) = json_of(app.post_signed("cms", body).await).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["delivery_id"].as_str().unwrap().to_string();
+    app.wait_for_log(|l| l.contains("Webhook accepted") && l.contains(&id))
+        .await;
     let lines = app
         .logs()
         .iter()
