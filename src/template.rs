@@ -34,6 +34,10 @@ mod tests;
 /// collide with anything a user writes.
 const VALUE_VAR: &str = "__relay_value";
 
+/// The names in every template's context (see [`Context`]); `sns` is
+/// undefined outside `sns` routes.
+const CONTEXT_NAMES: &[&str] = &["body", "headers", "query", "route", "delivery", "sns"];
+
 /// What a template sees about one inbound request.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Context {
@@ -438,6 +442,9 @@ impl EngineBuilder {
         if let Some(detail) = self.unknown_name(&written, expression) {
             return Err(detail);
         }
+        if let Some(detail) = self.unknown_variable(&name) {
+            return Err(detail);
+        }
         let reads = self.reads(&name, &written);
         self.compiled.insert(source, (name.clone(), reads.clone()));
         Ok(reused(name.clone(), reads))
@@ -645,6 +652,37 @@ impl EngineBuilder {
             }
             _ => None,
         }
+    }
+
+    /// A variable the template `name` reads that no request can have,
+    /// described. Undefined values are lenient (decision 11) because a
+    /// sender may leave a field out; but the context always holds the same
+    /// few names, and any other is a mistake that would quietly render
+    /// nothing for every webhook: most often text meant literally but not
+    /// quoted (`when: body.event == entry.publish`), or a misspelt `body`.
+    fn unknown_variable(&self, name: &str) -> Option<String> {
+        let template = self.env.get_template(name).ok()?;
+        let mut unknown: Vec<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|variable| {
+                !CONTEXT_NAMES.contains(&variable.as_str())
+                    && !self.env.globals().any(|(global, _)| global == variable)
+            })
+            .collect();
+        unknown.sort();
+        let first = unknown.first()?;
+        let hint = match CONTEXT_NAMES
+            .iter()
+            .find(|known| strsim::jaro_winkler(first, known) >= 0.8)
+        {
+            Some(known) => format!("did you mean `{known}`?"),
+            None => format!("text meant literally is quoted, as in '{first}'"),
+        };
+        Some(format!(
+            "`{first}` is not a variable (templates see {}); {hint}",
+            CONTEXT_NAMES.join(", ")
+        ))
     }
 
     fn node(

@@ -112,8 +112,8 @@ fn static_detection() {
     let cases = [
         ("deploy", Some("deploy")),
         ("a { b } $", Some("a { b } $")),
-        ("{{ x }}", None),
-        ("{% if x %}y{% endif %}", None),
+        ("{{ body.x }}", None),
+        ("{% if body.x %}y{% endif %}", None),
         ("{# note #}x", None),
     ];
     let mut builder = EngineBuilder::new();
@@ -255,7 +255,7 @@ fn compile_errors_are_reported_with_their_place() {
     let errors = builder
         .value(
             "p",
-            &json!({"ok": "{{ x }}", "bad": ["{{ x + }}", "{% if %}"]}),
+            &json!({"ok": "{{ body.x }}", "bad": ["{{ body.x + }}", "{% if %}"]}),
         )
         .unwrap_err();
     let places: Vec<_> = errors.iter().map(|e| e.at().to_vec()).collect();
@@ -810,4 +810,51 @@ fn a_source_written_twice_is_compiled_once_and_each_field_keeps_its_name() {
     }
     assert!(when.eval_prepared(&context).unwrap());
     assert!(again.eval_prepared(&context).unwrap());
+}
+
+#[test]
+fn a_variable_no_request_can_have_is_a_compile_error() {
+    let mut builder = EngineBuilder::new();
+    // Text meant literally but not quoted, and a misspelt `body`.
+    let err = builder
+        .condition("w", "body.event == entry.publish")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("`entry` is not a variable"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("as in 'entry'"), "{err}");
+    for source in ["cms-{{ bdy.model }}", "{{ delivery.id }}-{{ delivry.id }}"] {
+        let err = builder.string("t", source).unwrap_err();
+        assert!(
+            err.to_string().contains("is not a variable"),
+            "{source}: {err}"
+        );
+    }
+    let err = builder
+        .value("p", &json!({"entry": "{{ bodyy.entry }}"}))
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("`bodyy` is not a variable"),
+        "{err:?}"
+    );
+    assert!(
+        format!("{err:?}").contains("did you mean `body`?"),
+        "{err:?}"
+    );
+    // Every name of the context, the engine's functions, and names the
+    // template declares itself compile.
+    for source in [
+        "{{ body.a }}{{ headers['x-a'] }}{{ query.a }}{{ route }}{{ delivery.id }}{{ sns.MessageId }}",
+        "{% for tag in body.tags %}{{ loop.index }}{{ tag }}{% endfor %}",
+        "{% set kind = body.kind %}{{ kind }}",
+        "{% macro m(x) %}{{ x }}{% endmacro %}{{ m(body.a) }}",
+        "{{ range(3) | join }}{{ dict(a=1).a }}{{ debug() | length }}",
+        "{% with a = body.a %}{{ a }}{% endwith %}",
+    ] {
+        builder.string("ok", source).unwrap();
+    }
+    builder
+        .condition("ok", "body.tags | select('in', ['a']) | list")
+        .unwrap();
 }
