@@ -10,7 +10,7 @@ use super::{CliError, invalid, load_config};
 use crate::config::Verify;
 use crate::inbound;
 use crate::routing::{self, DispatchRequest, Plan};
-use crate::verify;
+use crate::verify::{self, sns};
 use serde_json::Value;
 
 /// The webhook to render, as given on the command line.
@@ -80,19 +80,69 @@ pub fn render(
         verify::verify_request(&route.verify, &request)
             .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
         match route.verify {
-            // The envelope's signature needs SNS's certificate, which only
-            // `serve` fetches.
-            Verify::Sns(_) => println!(
-                "# SNS envelope: ok (its signature is checked by serve, with the signing certificate)"
-            ),
+            Verify::Sns(_) => {
+                // A pinned certificate is at hand; SNS's own is fetched
+                // only by `serve`.
+                let index = config.routes.iter().position(|r| r.id == route.id);
+                let pinned = crate::ingress::read_pinned_certificates(config)
+                    .map_err(|e| invalid(anyhow::anyhow!("{e}")))?;
+                match index.and_then(|index| pinned.get(index).cloned().flatten()) {
+                    Some(keys) => {
+                        let envelope = sns::Envelope::parse(&body)
+                            .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
+                        envelope
+                            .check_age(crate::clock::now_ms())
+                            .and_then(|()| sns::verify_signature(&envelope, &keys))
+                            .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
+                        println!("# SNS envelope: ok (signed with a pinned certificate)");
+                    }
+                    None => println!(
+                        "# SNS envelope: ok (its signature is checked by serve, with the signing certificate)"
+                    ),
+                }
+            }
             _ => println!("# signature: ok"),
         }
     }
+    // As `serve` reads it: an envelope on `sns` routes, and a subscription
+    // message on any route (raw message delivery still sends those
+    // enveloped).
     let envelope = match route.verify {
-        Verify::Sns(_) => crate::verify::sns::Envelope::parse(&body).ok(),
+        Verify::Sns(_) => sns::Envelope::parse(&body).ok(),
+        _ if sns::announces_subscription_message(&headers) => {
+            let envelope = sns::Envelope::parse(&body).map_err(|e| {
+                invalid(anyhow::anyhow!(
+                    "x-amz-sns-message-type names a subscription message, but the body is not an SNS envelope: {e}"
+                ))
+            })?;
+            if envelope.kind == sns::MessageType::Notification {
+                return Err(invalid(anyhow::anyhow!(
+                    "x-amz-sns-message-type names a subscription message, but the envelope is a Notification: serve answers 400"
+                )));
+            }
+            Some(envelope)
+        }
         _ => None,
     };
-    if crate::verify::sns::carries_s3_test_event(envelope.as_ref(), &headers, &body) {
+    if let Some(envelope) = &envelope {
+        let answer = match envelope.kind {
+            sns::MessageType::Notification => None,
+            sns::MessageType::SubscriptionConfirmation => Some(
+                "SNS subscription confirmation: serve confirms it (GET SubscribeURL) and answers 200",
+            ),
+            sns::MessageType::UnsubscribeConfirmation => Some(
+                "SNS unsubscribe confirmation: serve logs that the subscription was deleted and answers 200",
+            ),
+        };
+        if let Some(answer) = answer {
+            println!(
+                "# {answer}; nothing is sent (topic {})",
+                envelope.topic_arn()
+            );
+            return Ok(());
+        }
+    }
+    if sns::carries_s3_test_event(envelope.as_ref(), &headers, &body) {
         println!("# S3's test event (s3:TestEvent): serve answers 200 and sends nothing");
         return Ok(());
     }

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::helpers::{SECRET, binary, signature};
 
-fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+pub fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = Command::new(binary());
     command
         .args(args)
@@ -23,7 +23,7 @@ fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, Stri
 }
 
 /// A temporary directory holding `text` as its routes.yaml.
-fn dir_with_routes(text: &str) -> tempfile::TempDir {
+pub fn dir_with_routes(text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("routes.yaml"), text).unwrap();
     dir
@@ -319,6 +319,24 @@ fn render_reads_an_sns_envelope_as_serve_does() {
         "{stdout}"
     );
     assert!(!stdout.contains("POST "), "nothing would be sent: {stdout}");
+    // Subscription messages, which serve answers itself.
+    for (sample, said) in [
+        ("sns-subscription-confirmation", "serve confirms it"),
+        ("sns-unsubscribe-confirmation", "subscription was deleted"),
+    ] {
+        let path = format!(
+            "{}/tests/fixtures/samples/{sample}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let (code, stdout, stderr) = run(
+            dir.path(),
+            &["render", "--route", "uploads", "--body", &path],
+            &[],
+        );
+        assert_eq!(code, 0, "{sample}: {stderr}");
+        assert!(stdout.contains(said), "{sample}: {stdout}");
+        assert!(!stdout.contains("POST "), "{sample}: {stdout}");
+    }
 }
 
 #[test]

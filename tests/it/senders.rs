@@ -1248,3 +1248,37 @@ fn now_epoch_secs() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// `render --verify` checks an envelope's signature itself when the route
+/// pins its certificate, as `serve` would: a fresh, well-signed envelope
+/// passes, one whose Message was changed fails.
+#[test]
+fn render_verifies_an_sns_envelope_with_a_pinned_certificate() {
+    let routes = format!(
+        "github:\n  token: ghp_x\nroutes:\n  - id: uploads\n    verify:\n      sns:\n        topic_arns: [\"{TOPIC}\"]\n        certificates: [\"{}\"]\n    dispatch:\n      - repo: acme/blog\n        event_type: s3-upload\n",
+        test_cert_path().display()
+    );
+    let dir = crate::cli::dir_with_routes(&routes);
+    let signed = signed_envelope(notification("note-render", &json!({"Records": []})), 2);
+    std::fs::write(dir.path().join("signed.json"), &signed).unwrap();
+    let changed = String::from_utf8(signed)
+        .unwrap()
+        .replace("Records", "Recordz");
+    std::fs::write(dir.path().join("changed.json"), changed).unwrap();
+    let render = |body: &str| {
+        crate::cli::run(
+            dir.path(),
+            &["render", "--route", "uploads", "--body", body, "--verify"],
+            &[],
+        )
+    };
+    let (code, stdout, stderr) = render("signed.json");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("# SNS envelope: ok (signed with a pinned certificate)"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = render("changed.json");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("verification failed"), "{stderr}");
+}
