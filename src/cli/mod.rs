@@ -8,6 +8,7 @@ mod render;
 mod serve;
 mod setup;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -298,44 +299,53 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
         None,
     );
     let targets = crate::github::preflight::static_targets(config);
+    // A repository is checked once for each kind of dispatch it gets (they
+    // need different permissions), and counted once.
+    let repos: BTreeSet<&str> = targets.iter().map(|t| t.repo.as_str()).collect();
     println!(
         "online: asking {} about {} repositor{}",
         config.github.api_url,
-        targets.len(),
-        if targets.len() == 1 { "y" } else { "ies" }
+        repos.len(),
+        if repos.len() == 1 { "y" } else { "ies" }
     );
     let findings = crate::github::preflight::check(&credentials, &client, &targets).await;
-    let (mut failed, mut unanswered) = (0, 0);
+    let (mut failed, mut unanswered) = (BTreeSet::new(), BTreeSet::new());
     for finding in &findings {
-        let repo = &finding.target.repo;
+        let repo = finding.target.repo.as_str();
+        let checked = match finding.target.scope {
+            crate::github::Scope::Contents => repo.to_owned(),
+            crate::github::Scope::Workflow => format!("{repo} (workflow dispatch)"),
+        };
         match &finding.verdict {
-            Verdict::Ok => println!("  ok    {repo}"),
+            Verdict::Ok => println!("  ok    {checked}"),
             Verdict::Unanswered(reason) => {
-                unanswered += 1;
-                println!("  ????  {repo}: not answered: {reason}");
+                unanswered.insert(repo);
+                println!("  ????  {checked}: not answered: {reason}");
             }
             Verdict::NotAsked => {
-                unanswered += 1;
-                println!("  ????  {repo}: not asked: GitHub rate-limited an earlier request");
+                unanswered.insert(repo);
+                println!("  ????  {checked}: not asked: GitHub rate-limited an earlier request");
             }
             Verdict::Fail(reason) => {
-                failed += 1;
-                println!("  FAIL  {repo}: {reason}");
+                failed.insert(repo);
+                println!("  FAIL  {checked}: {reason}");
             }
         }
     }
     // Exit 1 says the configuration or the credential needs fixing; exit 2
     // that GitHub could not be asked, which running it again may settle.
-    if failed > 0 {
+    if !failed.is_empty() {
         return Err(invalid(anyhow::anyhow!(
-            "{failed} of {} repositories cannot receive dispatches (reasons above)",
-            findings.len()
+            "{} of {} repositories cannot receive dispatches (reasons above)",
+            failed.len(),
+            repos.len()
         )));
     }
-    if unanswered > 0 {
+    if !unanswered.is_empty() {
         return Err(runtime(anyhow::anyhow!(
-            "GitHub could not be asked about {unanswered} of {} repositories (reasons above)",
-            findings.len()
+            "GitHub could not be asked about {} of {} repositories (reasons above)",
+            unanswered.len(),
+            repos.len()
         )));
     }
     Ok(())

@@ -48,10 +48,10 @@ async fn check_online_stops_asking_at_a_rate_limit() {
         text.contains("  ????  acme/blog: not answered: GitHub rate-limited the request (403)"),
         "{text}"
     );
-    for repo in ["acme/docs", "acme/private"] {
+    for checked in ["acme/docs (workflow dispatch)", "acme/private"] {
         assert!(
             text.contains(&format!(
-                "  ????  {repo}: not asked: GitHub rate-limited an earlier request"
+                "  ????  {checked}: not asked: GitHub rate-limited an earlier request"
             )),
             "{text}"
         );
@@ -70,6 +70,23 @@ fn repository_reads(app: &crate::helpers::TestApp) -> usize {
         .iter()
         .filter(|r| r.method == "GET" && r.path.starts_with("/repos/"))
         .count()
+}
+
+/// A repository that gets both kinds of dispatch is checked for each (they
+/// need different permissions), said on two lines that tell them apart,
+/// and counted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_online_tells_apart_the_two_kinds_of_dispatch_to_one_repository() {
+    let both = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/docs\n        event_type: deploy\n      - repo: acme/docs\n        workflow: deploy.yml\n        ref: main\n";
+    let app = spawn_app_with(TEST_HEAD, both, &[]).await;
+    let (code, text) = check_online(&app, TOKEN);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("about 1 repository\n"), "{text}");
+    assert!(text.contains("  ok    acme/docs\n"), "{text}");
+    assert!(
+        text.contains("  ok    acme/docs (workflow dispatch)\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
