@@ -257,6 +257,9 @@ impl LimitError {
     pub fn reason(&self) -> String {
         match self {
             LimitError::BadRef { why, .. } => format!("is not a branch or tag name: {why}"),
+            LimitError::BadWorkflow { workflow } if workflow.contains(['/', '\\']) => {
+                "is a path: give the workflow's file name alone (`deploy.yml`) or its id".to_owned()
+            }
             LimitError::BadWorkflow { .. } => {
                 "is not a workflow: give its file name (`deploy.yml`) or its id".to_owned()
             }
@@ -583,10 +586,13 @@ pub fn check_ref(git_ref: &str) -> Result<(), LimitError> {
 }
 
 /// Checks a rendered `workflow`: a file name or an id, not empty, and not
-/// `.` or `..`, which would change the path of the request itself.
+/// `.` or `..`, which would change the path of the request itself. A path
+/// (`.github/workflows/deploy.yml`) is not a file name: GitHub keeps
+/// workflows in that one folder, without subfolders, and finds them by
+/// file name.
 pub fn check_workflow(workflow: &str) -> Result<(), LimitError> {
     check_not_empty(workflow)?;
-    if workflow == "." || workflow == ".." {
+    if workflow == "." || workflow == ".." || workflow.contains(['/', '\\']) {
         return Err(LimitError::BadWorkflow {
             workflow: workflow.to_owned(),
         });

@@ -106,13 +106,15 @@ fn workflow_inputs_and_names_are_held_to_githubs_rules() {
         check_inputs(json!(["a"])),
         Err(LimitError::NotAnObject { .. })
     ));
-    for bad in [".", ".."] {
+    for bad in [".", "..", ".github/workflows/deploy.yml", "ci/deploy.yml"] {
         assert!(matches!(
             check_workflow(bad),
             Err(LimitError::BadWorkflow { .. })
         ));
     }
     assert!(matches!(check_workflow(""), Err(LimitError::Empty)));
+    let path = check_workflow(".github/workflows/deploy.yml").unwrap_err();
+    assert!(path.reason().starts_with("is a path"), "{}", path.reason());
     for good in [
         "main",
         "release/1.10",
