@@ -148,7 +148,10 @@ fn substitute_noting_defaults(
                 (Some(value), _) => (Some(value), false),
                 (None, default) => (default.map(str::to_owned), default.is_some()),
             };
-            if from_default && default.is_some_and(|default| !default.is_empty()) {
+            // An empty default is noted too: in a secret with text around
+            // it (`Bearer ${TOKEN:-}`) it leaves a secret that matches no
+            // request, where the variable was meant.
+            if from_default {
                 defaults.push(name.to_owned());
             }
             match value {
@@ -178,7 +181,7 @@ fn substitute_noting_defaults(
     }
     if let Some((subject, var, _)) = named(&empty) {
         problems.push(format!(
-            "{subject} set but empty (write `${{{var}:-}}` where an empty value is meant)"
+            "{subject} set but empty (set a value where the relay runs, or write `${{{var}:-}}` where an empty value is meant and is not a secret)"
         ));
     }
     if problems.is_empty() {
@@ -245,7 +248,9 @@ mod tests {
             ("$$", Ok("$")),
             (
                 "${EMPTY}",
-                Err("`EMPTY` is set but empty (write `${EMPTY:-}`"),
+                Err(
+                    "`EMPTY` is set but empty (set a value where the relay runs, or write `${EMPTY:-}`",
+                ),
             ),
             ("a-${EMPTY:-}-b", Ok("a--b")),
             ("$${TOKEN}", Ok("${TOKEN}")),

@@ -1212,3 +1212,20 @@ fn odd_shapes_are_named_where_they_are() {
         ["github.pacing.bogus", "routes[0].verify.hmac.bogus"]
     );
 }
+
+#[test]
+fn a_secret_left_with_only_its_text_by_an_empty_default_is_warned_about() {
+    // `Bearer ${TOKEN:-}` with TOKEN empty is the secret `Bearer `, which
+    // no request presents: every webhook would be refused.
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify:\n      token:\n        header: Authorization\n        value: Bearer ${EMPTY_TOKEN:-}\n    dispatch:\n      - repo: acme/a\n        event_type: e\n";
+    let env = |name: &str| (name == "EMPTY_TOKEN").then(String::new);
+    let loaded = load("routes.yaml", text, &env).unwrap();
+    let lines: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("routes[0].verify.token.value")
+                && l.contains("set `EMPTY_TOKEN` instead")),
+        "{lines:?}"
+    );
+}
