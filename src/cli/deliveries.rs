@@ -66,18 +66,36 @@ pub async fn list(
         println!("no deliveries");
         return Ok(());
     }
+    // Wide enough for the longest route listed, so the columns after it
+    // stay in line.
+    let route_width = deliveries
+        .iter()
+        .map(|d| d.route.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(16);
     println!(
-        "{:<36}  {:<16}  {:<9}  {:<24}  TARGETS",
+        "{:<36}  {:<route_width$}  {:<9}  {:<24}  TARGETS",
         "ID", "ROUTE", "STATUS", "RECEIVED"
     );
     for d in deliveries {
+        // A repository that gets two dispatches of one delivery (an event
+        // and a workflow, say) is told apart by what each sends.
+        let repeated = |repo: &str| d.targets.iter().filter(|t| t.repo == repo).count() > 1;
         let targets: Vec<String> = d
             .targets
             .iter()
-            .map(|t| format!("{}:{}({})", t.repo, t.status.as_str(), t.attempts))
+            .map(|t| {
+                let name = if repeated(&t.repo) {
+                    format!("{}[{}]", t.repo, t.label)
+                } else {
+                    t.repo.clone()
+                };
+                format!("{name}:{}({})", t.status.as_str(), t.attempts)
+            })
             .collect();
         println!(
-            "{:<36}  {:<16}  {:<9}  {:<24}  {}",
+            "{:<36}  {:<route_width$}  {:<9}  {:<24}  {}",
             d.id,
             d.route,
             d.status.as_str(),

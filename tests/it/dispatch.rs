@@ -278,6 +278,32 @@ async fn the_deliveries_table_says_why_a_target_is_retried() {
     );
 }
 
+/// The table stays in line for route ids longer than its first width, as
+/// the recipes' are, and tells apart two dispatches to one repository.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deliveries_table_fits_long_routes_and_names_each_target() {
+    let routes = "  - id: stripe-style/acme-blog\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/blog\n        event_type: reindex\n";
+    let app = spawn_app(routes).await;
+    assert_eq!(app.post("stripe-style/acme-blog", "{}").await.status(), 202);
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 1 && status_of(&list[0]) == "delivered"
+    })
+    .await;
+    let output = app.cli(&["deliveries"]);
+    let table = String::from_utf8_lossy(&output.stdout).to_string();
+    let mut lines = table.lines();
+    let (header, row) = (lines.next().unwrap(), lines.next().unwrap());
+    assert_eq!(
+        header.find("STATUS"),
+        row.find("delivered"),
+        "the status column is in line:\n{table}"
+    );
+    assert!(
+        row.ends_with("acme/blog[deploy]:delivered(1) acme/blog[reindex]:delivered(1)"),
+        "{table}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_render_failure_is_stored_answered_422_and_recovered_by_redeliver() {
     // A template that produces 11 top-level keys breaks GitHub's limit.
