@@ -111,8 +111,14 @@ impl ListQuery {
                         )
                     })?);
                 }
-                // Other parameters (a cache buster, say) are left alone.
-                _ => {}
+                // A misspelt filter (`stauts=failed`) would otherwise list
+                // every delivery, and a script walking "the failed ones"
+                // would act on all of them.
+                other => {
+                    return Err(format!(
+                        "unknown parameter `{other}`: use status, route, limit, offset or before"
+                    ));
+                }
             }
         }
         Ok(list)
@@ -286,7 +292,6 @@ mod tests {
                 None,
                 Some((12, id.to_owned())),
             ),
-            ("utm=x&limit=2", Some(2), None),
         ];
         for (query, limit, before) in taken {
             let parsed = ListQuery::parse(query).unwrap_or_else(|e| panic!("{query}: {e}"));
@@ -303,6 +308,8 @@ mod tests {
             (&*format!("before=-5.{id}"), "`before`"),
             ("before=5.not-a-uuid", "`before`"),
             ("status=", "status"),
+            ("stauts=failed", "unknown parameter `stauts`"),
+            ("limit=2&utm=x", "`utm`"),
         ];
         for (query, named) in refused {
             let error = ListQuery::parse(query).expect_err(query);

@@ -510,6 +510,7 @@ async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_re
         ("route=", "`route`"),
         ("before=1795363379215.notauuid", "`before`"),
         ("status=bogus", "status `bogus`"),
+        ("stauts=failed", "`stauts`"),
     ] {
         let answer = admin_get(format!("/admin/deliveries?{query}"), "admin-secret").await;
         assert_eq!(answer.status(), 400, "{query}");
