@@ -751,6 +751,32 @@ async fn a_workflow_dispatch_refused_with_422_fails_at_once_with_githubs_message
     }
 }
 
+/// GitHub's 422 to a repository dispatch fails the delivery at once with
+/// GitHub's words, and is not retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_dispatch_refused_with_422_fails_at_once_with_githubs_message() {
+    let app = spawn_app_with(TEST_HEAD, PLAIN_ROUTE, &[]).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::Unprocessable(
+            "Invalid request.\n\nNo more than 10 properties are allowed; 11 were supplied.".into(),
+        )],
+    );
+    let (_, error) = fails_at_its_first_attempt(&app).await;
+    assert!(
+        error.contains("422") && error.contains("No more than 10 properties"),
+        "{error}"
+    );
+    assert_eq!(app.github.dispatch_attempts().len(), 1);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"dispatch_relay_dispatches_total{outcome="failed",route="cms"} 1"#),
+        "{metrics}"
+    );
+}
+
+const PLAIN_ROUTE: &str = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+
 /// A webhook that failed to render holds no dedupe key: the sender's
 /// repeat of it after routes.yaml is fixed is sent, not answered as a
 /// duplicate of a delivery that sent nothing. Redelivering the failed one

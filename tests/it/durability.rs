@@ -153,6 +153,53 @@ async fn sigterm_refuses_new_webhooks_finishes_in_flight_and_exits_0() {
     assert_eq!(list[0]["status"], "delivered");
 }
 
+/// SIGTERM does not wait for the queue: jobs not yet started stay queued,
+/// and the next start sends each of them once.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_leaves_the_queue_for_the_next_start() {
+    let head = TEST_HEAD.replace(
+        "pacing: off",
+        "pacing: { concurrency: 1, min_interval: 2s, per_minute: 6000 }",
+    );
+    assert_ne!(head, TEST_HEAD);
+    let mut app = spawn_app_with(&head, &hmac_route("cms", TARGET), &[]).await;
+    for n in 0..4 {
+        let body = format!(r#"{{"n":{n}}}"#);
+        assert_eq!(app.post_signed("cms", &body).await.status(), 202);
+    }
+    app.github
+        .wait_for_dispatches(1, Duration::from_secs(60))
+        .await;
+    app.sigterm();
+    let status = app.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "exit status {status:?}");
+    // Two seconds apart, the next dispatch was due long after the stop.
+    let sent_before_stop = app.github.dispatches().len();
+    assert!(sent_before_stop < 4, "the stop sent the queue");
+    let pending = app
+        .deliveries(&[])
+        .iter()
+        .filter(|d| d["status"] == "pending")
+        .count();
+    assert_eq!(pending, 4 - sent_before_stop, "the rest is still queued");
+
+    app.restart();
+    app.wait_for_deliveries(Duration::from_secs(60), |list| {
+        list.len() == 4 && list.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    let mut sent: Vec<String> = app
+        .github
+        .dispatches()
+        .iter()
+        .map(|d| d.body.as_ref().unwrap()["client_payload"].to_string())
+        .collect();
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), 4, "each sent once");
+    assert_eq!(app.github.dispatches().len(), 4, "and no more");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_valid_edit_adds_a_route_and_an_invalid_one_keeps_the_old_routes() {
     let app = spawn_app(&hmac_route("cms", TARGET)).await;
