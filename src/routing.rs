@@ -258,7 +258,7 @@ impl LimitError {
         match self {
             LimitError::BadRef { why, .. } => format!("is not a branch or tag name: {why}"),
             LimitError::BadWorkflow { workflow } if workflow.contains(['/', '\\']) => {
-                "is a path: give the workflow's file name alone (`deploy.yml`) or its id".to_owned()
+                "is a path outside .github/workflows: give the workflow's file name (`deploy.yml`) or its id".to_owned()
             }
             LimitError::BadWorkflow { .. } => {
                 "is not a workflow: give its file name (`deploy.yml`) or its id".to_owned()
@@ -408,7 +408,7 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
                 git_ref,
                 inputs,
             } => {
-                let workflow = present(workflow, Field::Workflow)?;
+                let workflow = workflow_file(&present(workflow, Field::Workflow)?).to_owned();
                 check_workflow(&workflow).map_err(limit_err(Field::Workflow))?;
                 let git_ref = present(git_ref, Field::Ref)?;
                 check_ref(&git_ref).map_err(limit_err(Field::Ref))?;
@@ -585,11 +585,20 @@ pub fn check_ref(git_ref: &str) -> Result<(), LimitError> {
     }
 }
 
-/// Checks a rendered `workflow`: a file name or an id, not empty, and not
-/// `.` or `..`, which would change the path of the request itself. A path
-/// (`.github/workflows/deploy.yml`) is not a file name: GitHub keeps
-/// workflows in that one folder, without subfolders, and finds them by
-/// file name.
+/// The folder GitHub keeps workflows in; it has no subfolders.
+const WORKFLOWS_FOLDER: &str = ".github/workflows/";
+
+/// The workflow to name in the request: a workflow written with its path
+/// (`.github/workflows/deploy.yml`) as its file name, which is how GitHub's
+/// documentation names one, whatever it makes of the path.
+pub fn workflow_file(workflow: &str) -> &str {
+    workflow.strip_prefix(WORKFLOWS_FOLDER).unwrap_or(workflow)
+}
+
+/// Checks a rendered `workflow` (after [`workflow_file`]): a file name or
+/// an id, not empty, and not `.` or `..`, which would change the path of
+/// the request itself. Any other path names no workflow: GitHub keeps them
+/// in one folder, without subfolders.
 pub fn check_workflow(workflow: &str) -> Result<(), LimitError> {
     check_not_empty(workflow)?;
     if workflow == "." || workflow == ".." || workflow.contains(['/', '\\']) {

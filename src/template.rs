@@ -442,7 +442,14 @@ impl EngineBuilder {
         if let Some(detail) = self.unknown_name(&written, expression) {
             return Err(detail);
         }
-        if let Some(detail) = self.unknown_variable(&name) {
+        // The analysis forgets a name set inside an `if` or a block once
+        // the block ends, and reads a macro's body before a later `set`
+        // that the macro sees when called; either is fine at run time. In
+        // a template that sets names, an unknown one is left to render as
+        // undefined rather than refuse a template that works.
+        if !uses_statements_the_analysis_misreads(&written)
+            && let Some(detail) = self.unknown_variable(&name)
+        {
             return Err(detail);
         }
         let reads = self.reads(&name, &written);

@@ -83,10 +83,14 @@ pub fn render(
             Verify::Sns(_) => {
                 // A pinned certificate is at hand; SNS's own is fetched
                 // only by `serve`.
-                let index = config.routes.iter().position(|r| r.id == route.id);
-                let pinned = crate::ingress::read_pinned_certificates(config)
-                    .map_err(|e| invalid(anyhow::anyhow!("{e}")))?;
-                match index.and_then(|index| pinned.get(index).cloned().flatten()) {
+                let index = config
+                    .routes
+                    .iter()
+                    .position(|r| r.id == route.id)
+                    .unwrap_or_default();
+                let pinned = crate::ingress::read_route_certificates(route, index)
+                    .map_err(|lines| invalid(anyhow::anyhow!("{}", lines.join("\n"))))?;
+                match pinned {
                     Some(keys) => {
                         let envelope = sns::Envelope::parse(&body)
                             .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
@@ -100,6 +104,11 @@ pub fn render(
                         "# SNS envelope: ok (its signature is checked by serve, with the signing certificate)"
                     ),
                 }
+            }
+            // A subscription message on another route is an SNS envelope
+            // too, whose signature `serve` checks besides the route's own.
+            _ if sns::announces_subscription_message(&headers) => {
+                println!("# signature: ok (the SNS envelope's own signature is checked by serve)")
             }
             _ => println!("# signature: ok"),
         }
@@ -127,6 +136,11 @@ pub fn render(
     if let Some(envelope) = &envelope {
         let answer = match envelope.kind {
             sns::MessageType::Notification => None,
+            sns::MessageType::SubscriptionConfirmation if envelope.subscribe_url().is_none() => {
+                Some(
+                    "SNS subscription confirmation whose SubscribeURL is not an http(s) URL: serve answers 400",
+                )
+            }
             sns::MessageType::SubscriptionConfirmation => Some(
                 "SNS subscription confirmation: serve confirms it (GET SubscribeURL) and answers 200",
             ),

@@ -32,8 +32,10 @@ pub(crate) fn substitute_tree(
                 let mut defaults = Vec::new();
                 match substitute_noting_defaults(text, env, &mut defaults) {
                     Ok(done) => {
-                        if let Some(name) = defaults.into_iter().next() {
-                            defaulted.push((path.clone(), name));
+                        if !defaults.is_empty() {
+                            // Every variable whose default was taken, as the
+                            // warning names them (`A`, `B`).
+                            defaulted.push((path.clone(), defaults.join("`, `")));
                         }
                         // What the file says, for output that must not
                         // show what a variable put there.

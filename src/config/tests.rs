@@ -1228,4 +1228,14 @@ fn a_secret_left_with_only_its_text_by_an_empty_default_is_warned_about() {
                 && l.contains("set `EMPTY_TOKEN` instead")),
         "{lines:?}"
     );
+    // Every variable whose default was taken is named.
+    let two = text.replace("Bearer ${EMPTY_TOKEN:-}", "${EMPTY_TOKEN:-}${OTHER:-dev}");
+    let loaded = load("routes.yaml", &two, &env).unwrap();
+    let lines: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("set `EMPTY_TOKEN`, `OTHER` instead")),
+        "{lines:?}"
+    );
 }

@@ -69,11 +69,11 @@ impl Report<'_> {
     /// file: anyone who reads the file (or its documentation) knows it.
     fn secret_at(&mut self, path: &Path) {
         if let Some(at) = self.defaulted.iter().position(|(p, _)| p == path) {
-            let (path, name) = self.defaulted.swap_remove(at);
+            let (path, names) = self.defaulted.swap_remove(at);
             self.warn(
                 &path,
                 format!(
-                    "is a secret taken from the default of `${{{name}:-...}}`, written in the file; set `{name}` instead"
+                    "is a secret taken from a default written in the file (`${{VAR:-...}}`); set `{names}` instead"
                 ),
             );
         }
@@ -1897,7 +1897,7 @@ fn workflow_target(
     let workflow = compile_string(report, builder, &workflow_path, workflow).and_then(|t| {
         if let Some(text) = t.is_static()
             && !text.is_empty()
-            && let Err(limit) = routing::check_workflow(text)
+            && let Err(limit) = routing::check_workflow(routing::workflow_file(text))
         {
             // Not quoted: the value may come from a variable.
             report.error(&workflow_path, limit.reason());

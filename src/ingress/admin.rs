@@ -111,6 +111,8 @@ impl ListQuery {
                         )
                     })?);
                 }
+                // The cache buster browsers' scripts add (`_=1700000000`).
+                "_" => {}
                 // A misspelt filter (`stauts=failed`) would otherwise list
                 // every delivery, and a script walking "the failed ones"
                 // would act on all of them.
@@ -285,6 +287,7 @@ mod tests {
         let upper = id.to_uppercase();
         let taken = [
             ("limit=7", Some(7), None),
+            ("_=1700000000&limit=3", Some(3), None),
             ("limit=1001", Some(1000), None),
             ("limit=99999999999999999999999", Some(1000), None),
             (

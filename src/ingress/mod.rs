@@ -17,7 +17,7 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpResponse, web};
 
-pub use state::{AppState, LiveRoutes, read_pinned_certificates};
+pub use state::{AppState, LiveRoutes, read_pinned_certificates, read_route_certificates};
 
 use crate::dispatch::pacing::{UNPACED_IN_FLIGHT, max_in_flight};
 

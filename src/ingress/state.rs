@@ -120,34 +120,53 @@ pub fn read_pinned_certificates(
     let mut errors = Vec::new();
     let mut pinned = Vec::with_capacity(config.routes.len());
     for (index, route) in config.routes.iter().enumerate() {
-        let Verify::Sns(sns) = &route.verify else {
-            pinned.push(None);
-            continue;
-        };
-        if sns.certificates.is_empty() {
-            pinned.push(None);
-            continue;
-        }
-        let mut keys = Vec::with_capacity(sns.certificates.len());
-        for file in &sns.certificates {
-            let key = std::fs::read(file)
-                .map_err(|e| e.to_string())
-                .and_then(|pem| SigningKey::from_pem(&pem).map_err(|e| e.to_string()));
-            match key {
-                Ok(key) => keys.push(key),
-                Err(e) => errors.push(format!(
-                    "routes[{index}] ({}): verify.sns.certificates: cannot read {}: {e}",
-                    route.id,
-                    file.display()
-                )),
+        match read_route_certificates(route, index) {
+            Ok(keys) => pinned.push(keys),
+            Err(mut unreadable) => {
+                errors.append(&mut unreadable);
+                pinned.push(None);
             }
         }
-        pinned.push(Some(keys));
     }
     if errors.is_empty() {
         Ok(pinned)
     } else {
         Err(PinnedCertificatesError(errors))
+    }
+}
+
+/// The pinned certificates of one route, the `index`th: `None` when it
+/// pins none (or is not an `sns` route), or a line for each file that
+/// cannot be read.
+pub fn read_route_certificates(
+    route: &crate::config::Route,
+    index: usize,
+) -> Result<Option<Vec<SigningKey>>, Vec<String>> {
+    let Verify::Sns(sns) = &route.verify else {
+        return Ok(None);
+    };
+    if sns.certificates.is_empty() {
+        return Ok(None);
+    }
+    let mut errors = Vec::new();
+    let mut keys = Vec::with_capacity(sns.certificates.len());
+    for file in &sns.certificates {
+        let key = std::fs::read(file)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| SigningKey::from_pem(&pem).map_err(|e| e.to_string()));
+        match key {
+            Ok(key) => keys.push(key),
+            Err(e) => errors.push(format!(
+                "routes[{index}] ({}): verify.sns.certificates: cannot read {}: {e}",
+                route.id,
+                file.display()
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Some(keys))
+    } else {
+        Err(errors)
     }
 }
 

@@ -444,8 +444,7 @@ async fn confirm_subscription(
             WebhookOutcome::Skipped,
         )
     };
-    let url = envelope.field("SubscribeURL").unwrap_or_default();
-    if !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "https" | "http")) {
+    let Some(url) = envelope.subscribe_url() else {
         state
             .metrics
             .sns_subscription(route, SnsSubscription::ConfirmFailed);
@@ -453,7 +452,7 @@ async fn confirm_subscription(
         return Err(IngressError::BadRequest(
             "the SubscribeURL is not an http(s) URL; this confirmation cannot be used".into(),
         ));
-    }
+    };
     let message_id = envelope.message_id();
     if !state.claim_sns_confirmation(message_id) {
         tracing::info!(route = %route, message_id = %message_id, "SNS subscription confirmation repeated; already confirmed");

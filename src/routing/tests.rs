@@ -106,15 +106,24 @@ fn workflow_inputs_and_names_are_held_to_githubs_rules() {
         check_inputs(json!(["a"])),
         Err(LimitError::NotAnObject { .. })
     ));
-    for bad in [".", "..", ".github/workflows/deploy.yml", "ci/deploy.yml"] {
+    for bad in [
+        ".",
+        "..",
+        ".github/workflows/ci/deploy.yml",
+        "ci/deploy.yml",
+    ] {
         assert!(matches!(
             check_workflow(bad),
             Err(LimitError::BadWorkflow { .. })
         ));
     }
     assert!(matches!(check_workflow(""), Err(LimitError::Empty)));
-    let path = check_workflow(".github/workflows/deploy.yml").unwrap_err();
+    let path = check_workflow("ci/deploy.yml").unwrap_err();
     assert!(path.reason().starts_with("is a path"), "{}", path.reason());
+    // Written with its folder, a workflow is named by its file name.
+    assert_eq!(workflow_file(".github/workflows/deploy.yml"), "deploy.yml");
+    assert_eq!(workflow_file("deploy.yml"), "deploy.yml");
+    assert!(check_workflow(workflow_file(".github/workflows/deploy.yml")).is_ok());
     for good in [
         "main",
         "release/1.10",

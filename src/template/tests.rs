@@ -851,6 +851,10 @@ fn a_variable_no_request_can_have_is_a_compile_error() {
         "{% macro m(x) %}{{ x }}{% endmacro %}{{ m(body.a) }}",
         "{{ range(3) | join }}{{ dict(a=1).a }}{{ debug() | length }}",
         "{% with a = body.a %}{{ a }}{% endwith %}",
+        // Set in a branch and read after it, and set after a macro that
+        // reads it: both render, though the analysis loses the names.
+        "{% if body.draft %}{% set kind = 'preview' %}{% else %}{% set kind = 'publish' %}{% endif %}{{ kind }}",
+        "{% macro tag(x) %}{{ env }}-{{ x }}{% endmacro %}{% set env = body.env %}{{ tag(body.id) }}",
     ] {
         builder.string("ok", source).unwrap();
     }

@@ -139,6 +139,15 @@ impl Envelope {
         self.field("MessageId").unwrap_or_default()
     }
 
+    /// The `SubscribeURL` of a subscription confirmation, when it is an
+    /// http(s) URL: the only kind that can be visited to confirm it.
+    pub fn subscribe_url(&self) -> Option<&str> {
+        let url = self.field("SubscribeURL")?;
+        url::Url::parse(url)
+            .is_ok_and(|u| matches!(u.scheme(), "https" | "http"))
+            .then_some(url)
+    }
+
     /// `TopicArn`.
     pub fn topic_arn(&self) -> &str {
         self.field("TopicArn").unwrap_or_default()

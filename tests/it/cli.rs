@@ -215,14 +215,18 @@ fn render_reads_the_query_and_shows_the_dedupe_key_serve_would_store() {
 #[test]
 fn render_prints_a_workflow_dispatch_as_the_worker_first_sends_it() {
     let text = "github:\n  token: t\nroutes:\n  - id: build\n    verify: none\n    dispatch:\n      - repo: acme/site\n        workflow: deploy.yml\n        ref: main\n        inputs:\n          entry: \"{{ body.id }}\"\n";
-    let dir = dir_with_routes(text);
-    std::fs::write(dir.path().join("body.json"), r#"{"id":"7"}"#).unwrap();
-    let (code, stdout, stderr) = run(
-        dir.path(),
-        &["render", "--route", "build", "--body", "body.json"],
-        &[],
-    );
-    assert_eq!(code, 0, "{stderr}");
+    let render = |text: &str| {
+        let dir = dir_with_routes(text);
+        std::fs::write(dir.path().join("body.json"), r#"{"id":"7"}"#).unwrap();
+        let (code, stdout, stderr) = run(
+            dir.path(),
+            &["render", "--route", "build", "--body", "body.json"],
+            &[],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        stdout
+    };
+    let stdout = render(text);
     assert!(
         stdout.contains(
             "POST https://api.github.com/repos/acme/site/actions/workflows/deploy.yml/dispatches"
@@ -234,6 +238,12 @@ fn render_prints_a_workflow_dispatch_as_the_worker_first_sends_it() {
     assert_eq!(
         printed,
         serde_json::json!({"ref": "main", "inputs": {"entry": "7"}, "return_run_details": true})
+    );
+    // Written with its folder, the workflow is named by its file name.
+    let stdout = render(&text.replace("deploy.yml", ".github/workflows/deploy.yml"));
+    assert!(
+        stdout.contains("/repos/acme/site/actions/workflows/deploy.yml/dispatches"),
+        "{stdout}"
     );
 }
 
@@ -337,6 +347,22 @@ fn render_reads_an_sns_envelope_as_serve_does() {
         assert!(stdout.contains(said), "{sample}: {stdout}");
         assert!(!stdout.contains("POST "), "{sample}: {stdout}");
     }
+    // A confirmation that cannot be visited, which serve refuses.
+    let confirmation = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/samples/sns-subscription-confirmation.json"
+    ))
+    .unwrap();
+    let mut envelope: serde_json::Value = serde_json::from_str(&confirmation).unwrap();
+    envelope["SubscribeURL"] = serde_json::json!("file:///etc/passwd");
+    std::fs::write(dir.path().join("file-url.json"), envelope.to_string()).unwrap();
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &["render", "--route", "uploads", "--body", "file-url.json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("serve answers 400"), "{stdout}");
 }
 
 #[test]

@@ -598,9 +598,16 @@ async fn a_github_outage_does_not_spend_a_jobs_attempts() {
         .await;
     assert_eq!(status_of(&list[0]), "delivered", "{list:?}");
     assert_eq!(list[0]["targets"][0]["attempts"], 6, "{list:?}");
-    // The end is an info line, which may reach the log a little later.
-    app.wait_for_log(|l| l.contains("GitHub answers again"))
+    // The end is an info line, which may reach the log a little later; it
+    // says how many attempts went uncounted.
+    let end = app
+        .wait_for_log(|l| l.contains("GitHub answers again"))
         .await;
+    let end: Value = serde_json::from_str(&end).unwrap();
+    assert!(
+        end["uncounted_attempts"].as_u64().is_some_and(|n| n >= 1),
+        "{end}"
+    );
     let logs = app.logs();
     let said = |text: &str| logs.iter().filter(|l| l.contains(text)).count();
     assert_eq!(said("GitHub fails every request"), 1, "{logs:#?}");

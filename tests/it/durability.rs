@@ -727,8 +727,14 @@ async fn a_store_moved_away_refuses_writes_and_loses_no_outcome() {
     assert_eq!(app.post_signed("cms", r#"{"n": 3}"#).await.status(), 202);
     let ready = reqwest::get(app.url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
-    app.wait_for_log(|l| l.contains("Readiness check passes again"))
+    let passes = app
+        .wait_for_log(|l| l.contains("Readiness check passes again"))
         .await;
+    let passes: Value = serde_json::from_str(&passes).unwrap();
+    assert!(
+        passes["failed_checks"].as_u64().is_some_and(|n| n >= 1),
+        "{passes}"
+    );
     // The worker tried to lease, and /readyz was asked, all along; each
     // said so once.
     let logs = app.logs();
