@@ -191,9 +191,11 @@ async fn accept(
         None => inbound::parse_for_route(route, content_type, &body)
             .map_err(|e| IngressError::BadRequest(e.to_string()))?,
     };
-    // Read from the bytes: the parsed body holds only what the route's
+    // An envelope's Message is parsed whole already; a bare body is read
+    // from its bytes, since the parsed body holds only what the route's
     // templates read.
-    if sns::carries_s3_test_event(envelope.as_ref(), &headers, &body) {
+    let message = envelope.as_ref().map(|_| &parsed.body);
+    if sns::carries_s3_test_event(message, &headers, &body) {
         tracing::info!(route = %route.id, "Acknowledged S3's s3:TestEvent without relaying it");
         return Ok((
             HttpResponse::Ok().json(serde_json::json!({"skipped": true})),

@@ -19,7 +19,6 @@
 //! `\u{1b}`). The JSON format escapes them itself.
 
 use std::borrow::Cow;
-
 use std::io::Write;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -122,8 +121,17 @@ fn escaped(event: &[u8], escaping: Escaping) -> Cow<'_, [u8]> {
         Some(line) => (line, &b"\n"[..]),
         None => (event, &b""[..]),
     };
+    // Nearly every line has nothing to escape and is written as it came,
+    // found by one pass over its bytes: none of them can start a control
+    // character (C0 controls but tabs, DEL, and the lead bytes of the C1
+    // controls and of U+2028/U+2029).
+    let may_hold_controls = line
+        .iter()
+        .any(|&b| (b < 0x20 && b != b'\t') || matches!(b, 0x7f | 0xc2 | 0xe2));
+    if !may_hold_controls {
+        return Cow::Borrowed(event);
+    }
     // The formatter writes UTF-8; anything else is shown, not passed on.
-    // Nearly every line has nothing to escape and is written as it came.
     let text = String::from_utf8_lossy(line);
     match text::escaped_controls(&text, escaping == Escaping::Coloured) {
         Cow::Borrowed(_) if matches!(text, Cow::Borrowed(_)) => Cow::Borrowed(event),

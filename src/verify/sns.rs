@@ -323,18 +323,17 @@ pub fn unwrap(envelope: &Envelope) -> (Value, Value) {
 
 /// Whether a request carries the `s3:TestEvent` S3 sends once when a
 /// notification configuration is saved: it has no records and is
-/// acknowledged, not relayed. It comes in the `Message` of an SNS envelope,
-/// or bare to a subscription with raw message delivery, which any method
-/// may verify; SNS's header then says who sent it.
+/// acknowledged, not relayed. It comes in the `Message` of an SNS envelope
+/// (`message`, as [`unwrap`] parsed it), or bare to a subscription with raw
+/// message delivery, which any method may verify; SNS's header then says
+/// who sent it.
 pub fn carries_s3_test_event(
-    envelope: Option<&Envelope>,
+    message: Option<&Value>,
     headers: &BTreeMap<String, String>,
     body: &[u8],
 ) -> bool {
-    match envelope {
-        Some(envelope) => {
-            is_s3_test_event(envelope.field("Message").unwrap_or_default().as_bytes())
-        }
+    match message {
+        Some(message) => message.get("Event").and_then(Value::as_str) == Some("s3:TestEvent"),
         None => delivered_by_sns(headers) && is_s3_test_event(body),
     }
 }
