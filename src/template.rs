@@ -442,17 +442,27 @@ impl EngineBuilder {
         if let Some(detail) = self.unknown_name(&written, expression) {
             return Err(detail);
         }
-        // The analysis forgets a name set inside an `if` or a block once
-        // the block ends, and reads a macro's body before a later `set`
-        // that the macro sees when called; either is fine at run time. In
-        // a template that sets names, an unknown one is left to render as
-        // undefined rather than refuse a template that works.
-        if !uses_statements_the_analysis_misreads(&written)
-            && let Some(detail) = self.unknown_variable(&name)
-        {
-            return Err(detail);
-        }
-        let reads = self.reads(&name, &written);
+        // minijinja's analysis of the names a template reads misreads
+        // `set`, `with`, macros and blocks: it records a target before
+        // reading its value (`{% set body = body.data %}` would read
+        // nothing), forgets a name set inside an `if` once the branch ends,
+        // and reads a macro before a later `set` the macro sees. Such
+        // templates, rare in routes, read the whole body, which is always
+        // right, and are not checked for unknown names, which would refuse
+        // templates that work.
+        let reads = if uses_statements_the_analysis_misreads(&written) {
+            BodyReads::Whole
+        } else {
+            let template = self
+                .env
+                .get_template(&name)
+                .map_err(|err| describe(&err, &written))?;
+            if let Some(detail) = unknown_variable(&template, &self.env) {
+                return Err(detail);
+            }
+            BodyReads::of(&template)
+        };
+        self.shape.add(&reads);
         self.compiled.insert(source, (name.clone(), reads.clone()));
         Ok(reused(name.clone(), reads))
     }
@@ -501,24 +511,6 @@ impl EngineBuilder {
         let _ = self.engine.env.set(self.env);
         let _ = self.engine.keys.set(self.keys);
         self.engine
-    }
-
-    /// What of the body the template just added as `name`, written as
-    /// `source`, reads; it is also added to the shape being collected.
-    fn reads(&mut self, name: &str, source: &str) -> BodyReads {
-        // minijinja's analysis records a `set`, `with` or macro target before
-        // reading its value, so `{% set body = body.data %}` would count as
-        // reading nothing. Such templates are rare in routes, and reading
-        // the whole body is always right.
-        let reads = if uses_statements_the_analysis_misreads(source) {
-            BodyReads::Whole
-        } else {
-            self.env
-                .get_template(name)
-                .map_or(BodyReads::Whole, |template| BodyReads::of(&template))
-        };
-        self.shape.add(&reads);
-        reads
     }
 
     fn unique_name(&mut self, name: &str) -> String {
@@ -661,37 +653,6 @@ impl EngineBuilder {
         }
     }
 
-    /// A variable the template `name` reads that no request can have,
-    /// described. Undefined values are lenient (decision 11) because a
-    /// sender may leave a field out; but the context always holds the same
-    /// few names, and any other is a mistake that would quietly render
-    /// nothing for every webhook: most often text meant literally but not
-    /// quoted (`when: body.event == entry.publish`), or a misspelt `body`.
-    fn unknown_variable(&self, name: &str) -> Option<String> {
-        let template = self.env.get_template(name).ok()?;
-        let mut unknown: Vec<String> = template
-            .undeclared_variables(false)
-            .into_iter()
-            .filter(|variable| {
-                !CONTEXT_NAMES.contains(&variable.as_str())
-                    && !self.env.globals().any(|(global, _)| global == variable)
-            })
-            .collect();
-        unknown.sort();
-        let first = unknown.first()?;
-        let hint = match CONTEXT_NAMES
-            .iter()
-            .find(|known| strsim::jaro_winkler(first, known) >= 0.8)
-        {
-            Some(known) => format!("did you mean `{known}`?"),
-            None => format!("text meant literally is quoted, as in '{first}'"),
-        };
-        Some(format!(
-            "`{first}` is not a variable (templates see {}); {hint}",
-            CONTEXT_NAMES.join(", ")
-        ))
-    }
-
     fn node(
         &mut self,
         name: &str,
@@ -806,6 +767,39 @@ fn is_one_expression(inner: &str) -> bool {
 
 /// Describes a minijinja error as `kind: detail`, with the line when the
 /// template has several, followed by the chain of causes.
+/// A variable `template` reads that no request can have, described.
+/// Undefined values are lenient (decision 11) because a sender may leave a
+/// field out; but the context always holds the same few names, and any
+/// other is a mistake that would quietly render nothing for every webhook:
+/// most often text meant literally but not quoted (`when: body.event ==
+/// entry.publish`), or a misspelt `body`.
+fn unknown_variable(
+    template: &minijinja::Template<'_, '_>,
+    env: &Environment<'_>,
+) -> Option<String> {
+    let mut unknown: Vec<String> = template
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|variable| {
+            !CONTEXT_NAMES.contains(&variable.as_str())
+                && !env.globals().any(|(global, _)| global == variable)
+        })
+        .collect();
+    unknown.sort();
+    let first = unknown.first()?;
+    let hint = match CONTEXT_NAMES
+        .iter()
+        .find(|known| strsim::jaro_winkler(first, known) >= 0.8)
+    {
+        Some(known) => format!("did you mean `{known}`?"),
+        None => format!("text meant literally is quoted, as in '{first}'"),
+    };
+    Some(format!(
+        "`{first}` is not a variable (templates see {}); {hint}",
+        CONTEXT_NAMES.join(", ")
+    ))
+}
+
 fn describe(err: &minijinja::Error, source: &str) -> String {
     let mut text = match err.detail() {
         Some(detail) => format!("{}: {}", err.kind(), detail),
