@@ -37,7 +37,12 @@ pub fn render(
     let query = query.trim_start_matches('?');
     let loaded = load_config(config_path)?;
     let config = &loaded.config;
-    let Some(route) = config.routes.iter().find(|r| r.id == route_id) else {
+    let Some((index, route)) = config
+        .routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.id == route_id)
+    else {
         let known: Vec<&str> = config.routes.iter().map(|r| r.id.as_str()).collect();
         return Err(invalid(anyhow::anyhow!(
             "no route `{route_id}` in {} (routes: {})",
@@ -63,56 +68,6 @@ pub fn render(
         // A repeated header is joined with ", ", as `serve` sees it.
         inbound::append_header(&mut headers, name.trim(), value.trim());
     }
-    if check_signature {
-        // The request as the relay would see it: a POST to the route's path
-        // and query, which Contentful's signature covers.
-        let path = match query {
-            "" => format!("/hooks/{}", route.id),
-            query => format!("/hooks/{}?{query}", route.id),
-        };
-        let request = verify::Request {
-            method: "POST",
-            path: &path,
-            headers: &headers,
-            body: &body,
-            now_ms: crate::clock::now_ms(),
-        };
-        verify::verify_request(&route.verify, &request)
-            .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
-        match route.verify {
-            Verify::Sns(_) => {
-                // A pinned certificate is at hand; SNS's own is fetched
-                // only by `serve`.
-                let index = config
-                    .routes
-                    .iter()
-                    .position(|r| r.id == route.id)
-                    .unwrap_or_default();
-                let pinned = crate::ingress::read_route_certificates(route, index)
-                    .map_err(|lines| invalid(anyhow::anyhow!("{}", lines.join("\n"))))?;
-                match pinned {
-                    Some(keys) => {
-                        let envelope = sns::Envelope::parse(&body)
-                            .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
-                        envelope
-                            .check_age(crate::clock::now_ms())
-                            .and_then(|()| sns::verify_signature(&envelope, &keys))
-                            .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
-                        println!("# SNS envelope: ok (signed with a pinned certificate)");
-                    }
-                    None => println!(
-                        "# SNS envelope: ok (its signature is checked by serve, with the signing certificate)"
-                    ),
-                }
-            }
-            // A subscription message on another route is an SNS envelope
-            // too, whose signature `serve` checks besides the route's own.
-            _ if sns::announces_subscription_message(&headers) => {
-                println!("# signature: ok (the SNS envelope's own signature is checked by serve)")
-            }
-            _ => println!("# signature: ok"),
-        }
-    }
     // As `serve` reads it: an envelope on `sns` routes, and a subscription
     // message on any route (raw message delivery still sends those
     // enveloped).
@@ -133,6 +88,50 @@ pub fn render(
         }
         _ => None,
     };
+    if check_signature {
+        // The request as the relay would see it: a POST to the route's path
+        // and query, which Contentful's signature covers.
+        let path = match query {
+            "" => format!("/hooks/{}", route.id),
+            query => format!("/hooks/{}?{query}", route.id),
+        };
+        let request = verify::Request {
+            method: "POST",
+            path: &path,
+            headers: &headers,
+            body: &body,
+            now_ms: crate::clock::now_ms(),
+        };
+        verify::verify_request(&route.verify, &request)
+            .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
+        match route.verify {
+            Verify::Sns(_) => {
+                // A pinned certificate is at hand; SNS's own is fetched
+                // only by `serve`. The route's own check has read the
+                // envelope.
+                let pinned = crate::ingress::read_route_certificates(route, index)
+                    .map_err(|lines| invalid(anyhow::anyhow!("{}", lines.join("\n"))))?;
+                match (pinned, &envelope) {
+                    (Some(keys), Some(envelope)) => {
+                        envelope
+                            .check_age(crate::clock::now_ms())
+                            .and_then(|()| sns::verify_signature(envelope, &keys))
+                            .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
+                        println!("# SNS envelope: ok (signed with a pinned certificate)");
+                    }
+                    _ => println!(
+                        "# SNS envelope: ok (its signature is checked by serve, with the signing certificate)"
+                    ),
+                }
+            }
+            // A subscription message on another route is an SNS envelope
+            // too, whose signature `serve` checks besides the route's own.
+            _ if envelope.is_some() => {
+                println!("# signature: ok (the SNS envelope's own signature is checked by serve)")
+            }
+            _ => println!("# signature: ok"),
+        }
+    }
     if let Some(envelope) = &envelope {
         let answer = match envelope.kind {
             sns::MessageType::Notification => None,
@@ -156,15 +155,16 @@ pub fn render(
             return Ok(());
         }
     }
-    if sns::carries_s3_test_event(envelope.as_ref(), &headers, &body) {
-        println!("# S3's test event (s3:TestEvent): serve answers 200 and sends nothing");
-        return Ok(());
-    }
     // The body as the server reads it: on `sns` routes, the envelope's
     // Message.
     let content_type = headers.get("content-type").cloned();
     let parsed =
         inbound::parse_for_route(route, content_type.as_deref(), &body).map_err(invalid)?;
+    let message = envelope.as_ref().map(|_| &parsed.body);
+    if sns::carries_s3_test_event(message, &headers, &body) {
+        println!("# S3's test event (s3:TestEvent): serve answers 200 and sends nothing");
+        return Ok(());
+    }
     let query = inbound::query_pairs(query);
     let delivery_id = "00000000-0000-0000-0000-000000000000";
     let ctx = inbound::context(
