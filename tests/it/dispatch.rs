@@ -21,6 +21,9 @@ fn status_of(delivery: &Value) -> &str {
     delivery["status"].as_str().unwrap_or_default()
 }
 
+/// One route, `cms`, unverified, dispatching `deploy` to acme/blog.
+const PLAIN_ROUTE: &str = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn typed_rendering_reaches_github_with_the_required_headers() {
     let dispatch = r#"      - repo: acme/blog
@@ -374,7 +377,7 @@ async fn when_decides_before_the_dedupe_key_is_rendered() {
 async fn a_rate_limit_holds_the_credential_back_even_when_its_job_gives_up() {
     let head = TEST_HEAD.replace("retry:\n", "retry:\n  give_up_after: 1s\n");
     assert_ne!(head, TEST_HEAD);
-    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let routes = PLAIN_ROUTE;
     let app = spawn_app_with(&head, routes, &[]).await;
     app.github.push_responses(
         "acme/blog",
@@ -451,7 +454,7 @@ async fn a_burst_on_one_route_does_not_hold_back_another_routes_dispatch() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_remaining_gauge_returns_to_the_limit_once_githubs_window_resets() {
     let head = TEST_HEAD.replace("retry:\n", "retry:\n  give_up_after: 1s\n");
-    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let routes = PLAIN_ROUTE;
     let app = spawn_app_with(&head, routes, &[]).await;
     // An exhausted primary limit, resetting in 2 s; the job gives up, so
     // the credential is quiet afterwards.
@@ -782,8 +785,6 @@ async fn a_repository_dispatch_refused_with_422_fails_at_once_with_githubs_messa
     );
 }
 
-const PLAIN_ROUTE: &str = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
-
 /// A webhook that failed to render holds no dedupe key: the sender's
 /// repeat of it after routes.yaml is fixed is sent, not answered as a
 /// duplicate of a delivery that sent nothing. Redelivering the failed one
@@ -859,7 +860,7 @@ async fn a_repeat_of_a_delivered_webhook_is_a_duplicate_even_when_it_no_longer_r
 /// that many at once and no more.
 #[tokio::test(flavor = "multi_thread")]
 async fn pacing_off_keeps_at_most_64_requests_in_flight() {
-    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let routes = PLAIN_ROUTE;
     let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
     // Each answer takes two seconds: the 200 are all accepted long before
     // the first 64 are answered.
@@ -923,7 +924,7 @@ async fn workflow_dispatches_github_refuses_fail_with_the_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_200_from_a_server_that_is_not_githubs_api_is_not_a_delivery() {
     let elsewhere = crate::helpers::Recorder::start();
-    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let routes = PLAIN_ROUTE;
     let app = spawn_app_with(
         TEST_HEAD,
         routes,
