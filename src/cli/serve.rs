@@ -32,7 +32,12 @@ async fn preflight(
     credentials: Arc<Credentials>,
     client: GitHubClient,
     targets: Vec<crate::github::preflight::Target>,
+    pacer: Arc<Pacer>,
 ) {
+    // A rate limit GitHub announced before a restart holds the preflight's
+    // questions back as it holds dispatches: GitHub asks integrations to
+    // send nothing until it ends.
+    pacer.wait_unpaused().await;
     let findings = crate::github::preflight::check(&credentials, &client, &targets).await;
     let (mut ok, mut not_asked) = (0, 0);
     for finding in findings {
@@ -282,18 +287,14 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         client.clone(),
         Some(metrics.clone()),
     ));
-    tokio::spawn(preflight(
-        credentials.clone(),
-        client.clone(),
-        crate::github::preflight::static_targets(&config),
-    ));
+    let pacer = Arc::new(Pacer::new(&config.github.pacing));
     let notifier = crate::notify::Notifier::start(&config);
     let dispatcher = Dispatcher {
         store: store.clone(),
-        client,
+        client: client.clone(),
         credentials: credentials.clone(),
         retry: config.retry.clone(),
-        pacer: Arc::new(Pacer::new(&config.github.pacing)),
+        pacer: pacer.clone(),
         metrics: metrics.clone(),
         notifier: notifier.clone(),
         // Test hook: a short lease, so that the suite can let one run out
@@ -304,8 +305,15 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         )
         .map_or(crate::dispatch::LEASE, Duration::from_millis),
         health: Default::default(),
-    }
-    .spawn();
+    };
+    dispatcher.resume_kept_pause().await;
+    let dispatcher = dispatcher.spawn();
+    tokio::spawn(preflight(
+        credentials.clone(),
+        client,
+        crate::github::preflight::static_targets(&config),
+        pacer,
+    ));
 
     // Trimmed: a token read from a file keeps its final newline, which no
     // `Authorization` header can carry, and every request would be refused.

@@ -198,7 +198,6 @@ impl Dispatcher {
     }
 
     async fn run(self: Arc<Self>, handle: DispatcherHandle) {
-        self.resume_kept_pause().await;
         // Leasing is tried every few seconds while the store refuses it;
         // that is said when it starts and when it ends, not each time.
         let lease_failures = Streak::default();
@@ -548,7 +547,9 @@ impl Dispatcher {
 
     /// Takes up the pause kept by [`Dispatcher::keep_pause`] before a
     /// restart: the limit is GitHub's, whatever became of this process.
-    async fn resume_kept_pause(&self) {
+    /// Called before [`Dispatcher::spawn`], so that the pause is in force
+    /// before anything can ask GitHub.
+    pub async fn resume_kept_pause(&self) {
         let now = now_ms();
         match self.store.pause_until_ms().await {
             Ok(Some(until_ms)) if until_ms > now => {

@@ -313,3 +313,63 @@ async fn query_parameters_are_held_to_the_description() {
     assert!(violations[0].contains("per_page"), "{violations:?}");
     assert!(violations[1].contains("nonsense"), "{violations:?}");
 }
+
+/// A rate limit the fake announced holds back every request of the same
+/// credential until its wait ends, as GitHub's do: a request inside the wait
+/// gets the limit again, with what is left of it, and is a violation. Other
+/// credentials are not held back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_holds_its_credential_back_for_the_announced_wait() {
+    use crate::fake_github::Scripted;
+    let fake = fake_with_repo().await;
+    fake.add_token("ghp_other");
+    fake.add_repo("acme/docs");
+    fake.expect_violations();
+    fake.push_responses(
+        "acme/blog",
+        vec![Scripted::RateLimited {
+            retry_after_secs: 30,
+        }],
+    );
+    let dispatch = json!({"event_type": "deploy"});
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, _) = post(&fake, "/repos/acme/blog/dispatches", &bearer, &dispatch).await;
+    assert_eq!(status, 429);
+    assert!(fake.violations().is_empty());
+
+    // Another repository, the same token: still held back.
+    let request = reqwest::Client::new().post(format!("{}/repos/acme/docs/dispatches", fake.url()));
+    let response = as_the_relay(request, "2022-11-28", &bearer)
+        .json(&dispatch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (28..=30).contains(&retry_after),
+        "retry-after {retry_after}"
+    );
+    let violations = fake.violations();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(
+        violations[0]
+            .contains("before the end of the wait a rate limit told its credential to keep"),
+        "{violations:?}"
+    );
+
+    // Another token is not held back.
+    let (status, _) = post(
+        &fake,
+        "/repos/acme/docs/dispatches",
+        "Bearer ghp_other",
+        &dispatch,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(fake.violations().len(), 1);
+}

@@ -110,6 +110,93 @@ pub enum Scripted {
     ProxyPage { status: u16 },
 }
 
+impl Scripted {
+    /// How long this answer tells the client to hold back every request of its credential:
+    /// `retry-after`, the time left to `x-ratelimit-reset` (a whole second on GitHub's clock,
+    /// read against `since_epoch`), or the minute GitHub asks for after a secondary limit that
+    /// names no time. `None` for answers that are not rate limits.
+    fn announced_wait(&self, since_epoch: Duration) -> Option<Duration> {
+        match self {
+            Scripted::RateLimited { retry_after_secs }
+            | Scripted::SecondaryRateLimit {
+                retry_after_secs: Some(retry_after_secs),
+            } => Some(Duration::from_secs(*retry_after_secs)),
+            Scripted::SecondaryRateLimit {
+                retry_after_secs: None,
+            } => Some(Duration::from_secs(60)),
+            Scripted::PrimaryRateLimit { reset_in_secs }
+            | Scripted::PrimaryRateLimitTooMany { reset_in_secs } => Some(
+                Duration::from_secs(*reset_in_secs)
+                    .saturating_sub(Duration::from_nanos(since_epoch.subsec_nanos().into())),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The same rate limit, announcing `secs` more seconds of waiting.
+    fn with_wait(&self, secs: u64) -> Scripted {
+        match self {
+            Scripted::RateLimited { .. } => Scripted::RateLimited {
+                retry_after_secs: secs,
+            },
+            Scripted::SecondaryRateLimit {
+                retry_after_secs: Some(_),
+            } => Scripted::SecondaryRateLimit {
+                retry_after_secs: Some(secs),
+            },
+            Scripted::PrimaryRateLimit { .. } => Scripted::PrimaryRateLimit {
+                reset_in_secs: secs,
+            },
+            Scripted::PrimaryRateLimitTooMany { .. } => Scripted::PrimaryRateLimitTooMany {
+                reset_in_secs: secs,
+            },
+            other => other.clone(),
+        }
+    }
+}
+
+/// The kind of request a scripted answer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ScriptedOn {
+    /// A dispatch of either kind, by repository.
+    Dispatch,
+    /// `GET /repos/{owner}/{repo}`, by repository.
+    Repository,
+    /// The App's lookup of a repository's installation, by repository.
+    InstallationLookup,
+    /// The App's request for an installation token, by installation id.
+    TokenRequest,
+}
+
+/// A rate limit the fake announced. Until it ends, GitHub refuses every request of the
+/// credential it holds back, and a client that sends one did not wait as it was told.
+#[derive(Debug)]
+struct Hold {
+    until: Instant,
+    limit: Scripted,
+}
+
+/// How near the end of a rate limit's wait a request may come without being refused.
+const HOLD_ROUNDING: Duration = Duration::from_millis(100);
+
+/// Whom a rate limit holds back, as GitHub counts: an installation (every token minted for it
+/// alike), any other token, or the App itself for requests signed with its JWT.
+fn held_credential(shared: &Shared, req: &HttpRequest) -> Option<String> {
+    let Credential::Token(token) = credential(req) else {
+        return None;
+    };
+    match lock(&shared.tokens).get(&token) {
+        Some(Grant {
+            installation_id: Some(id),
+            ..
+        }) => Some(format!("installation {id}")),
+        Some(_) => Some(format!("token {token}")),
+        // A JWT is three dot-separated parts; no token the fake hands out has three.
+        None if token.split('.').count() == 3 => Some("app".to_owned()),
+        None => None,
+    }
+}
+
 /// One request the fake received, with the status it answered.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
@@ -294,19 +381,32 @@ impl FakeGitHub {
     /// reject before reaching the repository (bad JSON, schema failures, missing `User-Agent`) do
     /// not use up a scripted answer.
     pub fn push_responses(&self, full_name: &str, answers: Vec<Scripted>) {
-        lock(&self.shared.scripts)
-            .entry(repo_key(full_name))
-            .or_default()
-            .extend(answers);
+        self.shared
+            .push_scripts(ScriptedOn::Dispatch, repo_key(full_name), answers);
     }
 
     /// Queues answers for the next `GET /repos/{owner}/{repo}` of `owner/name` (the preflight's
     /// request), used as [`FakeGitHub::push_responses`] uses its own.
     pub fn push_repo_responses(&self, full_name: &str, answers: Vec<Scripted>) {
-        lock(&self.shared.repo_scripts)
-            .entry(repo_key(full_name))
-            .or_default()
-            .extend(answers);
+        self.shared
+            .push_scripts(ScriptedOn::Repository, repo_key(full_name), answers);
+    }
+
+    /// Queues answers for the App's next lookups of the installation that holds `owner/name`,
+    /// given once GitHub has verified the App's JWT.
+    pub fn push_installation_lookup_responses(&self, full_name: &str, answers: Vec<Scripted>) {
+        self.shared
+            .push_scripts(ScriptedOn::InstallationLookup, repo_key(full_name), answers);
+    }
+
+    /// Queues answers for the App's next token requests for installation `installation_id`,
+    /// given once GitHub has verified the App's JWT.
+    pub fn push_token_responses(&self, installation_id: u64, answers: Vec<Scripted>) {
+        self.shared.push_scripts(
+            ScriptedOn::TokenRequest,
+            installation_id.to_string(),
+            answers,
+        );
     }
 
     /// Lets the GitHub App with this id authenticate with RS256 JWTs signed by the private key
@@ -471,7 +571,7 @@ impl FakeGitHub {
         log.successful_dispatches = 0;
         drop(log);
         lock(&self.shared.scripts).clear();
-        lock(&self.shared.repo_scripts).clear();
+        lock(&self.shared.holds).clear();
     }
 
     /// Waits until at least `n` successful dispatches have been recorded and returns them all,
@@ -960,9 +1060,10 @@ struct Shared {
     installations: Mutex<HashMap<String, u64>>,
     app: Mutex<Option<AppConfig>>,
     token_lifetime: Mutex<Duration>,
-    scripts: Mutex<HashMap<String, VecDeque<Scripted>>>,
-    /// Scripted answers to `GET /repos/{owner}/{repo}`, by repository.
-    repo_scripts: Mutex<HashMap<String, VecDeque<Scripted>>>,
+    /// Scripted answers by the request they answer and its repository or installation.
+    scripts: Mutex<HashMap<(ScriptedOn, String), VecDeque<Scripted>>>,
+    /// The rate limits in force, by the credential they hold back.
+    holds: Mutex<HashMap<String, Hold>>,
     latency_nanos: AtomicU64,
     /// Requests being answered now, and the most there ever were at once.
     in_flight: AtomicU64,
@@ -998,7 +1099,7 @@ impl Shared {
             app: Mutex::default(),
             token_lifetime: Mutex::new(DEFAULT_TOKEN_LIFETIME),
             scripts: Mutex::default(),
-            repo_scripts: Mutex::default(),
+            holds: Mutex::default(),
             latency_nanos: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
@@ -1022,6 +1123,80 @@ impl Shared {
         lock(&self.log)
             .violations
             .push(format!("{method} {path}: {message}"));
+    }
+
+    fn push_scripts(&self, on: ScriptedOn, key: String, answers: Vec<Scripted>) {
+        lock(&self.scripts)
+            .entry((on, key))
+            .or_default()
+            .extend(answers);
+    }
+
+    /// The answer a test queued for this request, if any. A rate limit among them holds back
+    /// the request's credential for as long as the answer tells the client to wait.
+    fn scripted(
+        &self,
+        on: ScriptedOn,
+        key: &str,
+        req: &HttpRequest,
+        op: &Operation,
+        request_id: &str,
+    ) -> Option<Answer> {
+        let script = lock(&self.scripts)
+            .get_mut(&(on, key.to_owned()))
+            .and_then(VecDeque::pop_front)?;
+        // One reading of the clock for both the stated reset and the hold, so that they name
+        // the same second.
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        if let (Some(wait), Some(credential)) = (
+            script.announced_wait(since_epoch),
+            held_credential(self, req),
+        ) {
+            lock(&self.holds).insert(
+                credential,
+                Hold {
+                    until: Instant::now() + wait,
+                    limit: script.clone(),
+                },
+            );
+        }
+        let now = stated_secs(self, since_epoch.as_secs());
+        Some(scripted_answer(&script, op, request_id, now))
+    }
+
+    /// GitHub's answer to a request sent while a rate limit announced to its credential is in
+    /// force: the same limit again, with what is left of the wait. Such a request is a
+    /// violation: the client was told to wait and did not.
+    fn held_back(&self, req: &HttpRequest, op: &Operation, request_id: &str) -> Option<Answer> {
+        let credential = held_credential(self, req)?;
+        let left = {
+            let holds = lock(&self.holds);
+            let hold = holds.get(&credential)?;
+            (
+                hold.until.checked_duration_since(Instant::now())?,
+                hold.limit.clone(),
+            )
+        };
+        let (left, limit) = left;
+        // GitHub states its resets in whole seconds, and the relay reads them against a `Date`
+        // of whole seconds: a request in the last moments of a wait is let through rather than
+        // judged on rounding.
+        if left < HOLD_ROUNDING {
+            return None;
+        }
+        self.violation(
+            req.method().as_str(),
+            req.path(),
+            format!(
+                "sent {} ms before the end of the wait a rate limit told its credential to keep",
+                left.as_millis()
+            ),
+        );
+        let now = stated_secs(self, epoch_secs());
+        let again = limit.with_wait(left.as_secs() + 1);
+        Some(scripted_answer(&again, op, request_id, now))
     }
 
     /// Counts one request against the window and returns `(used, remaining, reset)`.
@@ -1613,16 +1788,15 @@ fn decide(
             .map_or("", |(_, v)| v.as_str())
     };
 
-    // A dispatch's scripted answer comes once GitHub has authenticated it, as GitHub's own
+    // A rate limit in force answers before anything else is looked at.
+    if let Some(answer) = shared.held_back(req, op, request_id) {
+        return answer;
+    }
+
+    // A scripted answer comes once GitHub has authenticated the request, as GitHub's own
     // failures do: a relay sending a bad or expired token is told so first.
-    let scripted = || {
-        let repo = repo_key(&format!("{}/{}", param("owner"), param("repo")));
-        let script = lock(&shared.scripts)
-            .get_mut(&repo)
-            .and_then(VecDeque::pop_front)?;
-        let now = stated_secs(shared, epoch_secs());
-        Some(scripted_answer(&script, op, request_id, now))
-    };
+    let repo = repo_key(&format!("{}/{}", param("owner"), param("repo")));
+    let scripted = |on: ScriptedOn, key: &str| shared.scripted(on, key, req, op, request_id);
 
     // New operations are new arms here: each arm authenticates the way GitHub does for that
     // operation and produces its answer.
@@ -1635,7 +1809,7 @@ fn decide(
             if let Err(answer) = require_permission(shared, req, "contents") {
                 return answer;
             }
-            if let Some(answer) = scripted() {
+            if let Some(answer) = scripted(ScriptedOn::Dispatch, &repo) {
                 return answer;
             }
             // The documented limit the schema cannot state: the payload's JSON is less than
@@ -1665,7 +1839,7 @@ fn decide(
             if let Err(answer) = require_permission(shared, req, "actions") {
                 return answer;
             }
-            if let Some(answer) = scripted() {
+            if let Some(answer) = scripted(ScriptedOn::Dispatch, &repo) {
                 return answer;
             }
             if let Some(answer) = workflow_answer(
@@ -1724,6 +1898,9 @@ fn decide(
                 Ok(app_id) => app_id,
                 Err(answer) => return answer,
             };
+            if let Some(answer) = scripted(ScriptedOn::InstallationLookup, &repo) {
+                return answer;
+            }
             let (owner, name) = (param("owner"), param("repo"));
             let installation = lock(&shared.installations)
                 .get(&repo_key(&format!("{owner}/{name}")))
@@ -1735,6 +1912,9 @@ fn decide(
         }
         OP_CREATE_INSTALLATION_TOKEN => {
             if let Err(answer) = authenticate_app(shared, req) {
+                return answer;
+            }
+            if let Some(answer) = scripted(ScriptedOn::TokenRequest, param("installation_id")) {
                 return answer;
             }
             let id: Option<u64> = param("installation_id").parse().ok();
@@ -1850,12 +2030,8 @@ fn decide(
             if let Err(answer) = authorize_repo(shared, req, &format!("{owner}/{name}"), op) {
                 return answer;
             }
-            let script = lock(&shared.repo_scripts)
-                .get_mut(&repo_key(&format!("{owner}/{name}")))
-                .and_then(VecDeque::pop_front);
-            if let Some(script) = script {
-                let now = stated_secs(shared, epoch_secs());
-                return scripted_answer(&script, op, request_id, now);
+            if let Some(answer) = scripted(ScriptedOn::Repository, &repo) {
+                return answer;
             }
             let push =
                 token_permission(shared, req, "contents").is_none_or(|level| level == "write");
