@@ -23,7 +23,7 @@ use super::pacing::{MAX_PAUSE, Pacer, Place, Turn};
 use super::retry::{self, Action, AppToken, History, Outcome, RateLimitWait};
 use crate::clock::{self, now_ms};
 use crate::config::RetryConfig;
-use crate::github::{Answer, CredentialError, Credentials, GitHubClient, Scope};
+use crate::github::{Answer, Credentials, GitHubClient, Scope};
 use crate::secret::Secret;
 use crate::store::{AttemptRecord, Job, JobNext, Store, StoreError};
 use crate::telemetry::{DispatchOutcome, Metrics, Streak};
@@ -383,10 +383,12 @@ impl Dispatcher {
                         rate_limited,
                     };
                     // The token request is a request to GitHub: when it got
-                    // no answer at all (the network, a timeout), it tells
-                    // as a failed look would. An answer, even a 5xx, is
-                    // not taken for an outage on its own.
-                    let github_down = matches!(e, CredentialError::Transport(_))
+                    // no answer, or one that says nothing (a timeout, a
+                    // 408 or 5xx), it tells as a failed look would, by the
+                    // look's own rule (decision 42). A rate limit is an
+                    // answer, and waits on its own.
+                    let github_down = rate_limited.is_none()
+                        && e.github_did_not_answer()
                         && self.token_request_unanswered(&job);
                     let history = History {
                         github_down,

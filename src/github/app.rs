@@ -126,13 +126,13 @@ impl CredentialError {
     }
 
     /// Whether GitHub could not be asked, or did not say: the network, a
-    /// rate limit, a 5xx, or a 2xx whose body could not be read (the
-    /// connection dropped mid-answer), a glitch like a 5xx.
+    /// rate limit, a 408 or 5xx, or a 2xx whose body could not be read
+    /// (the connection dropped mid-answer), a glitch like a 5xx.
     pub fn github_did_not_answer(&self) -> bool {
         matches!(
             self,
             CredentialError::Transport(_)
-                | CredentialError::Unexpected(200..=299 | 500..=599, _)
+                | CredentialError::Unexpected(200..=299 | 408 | 500..=599, _)
                 | CredentialError::RateLimited { .. }
         )
     }
@@ -810,5 +810,9 @@ mod tests {
         assert!(CredentialError::AppRejected("x".into()).is_permanent());
         assert!(!CredentialError::Transport(TransportError::Timeout).is_permanent());
         assert!(!CredentialError::Unexpected(502, "x".into()).is_permanent());
+        // GitHub's request timeout says nothing about the App either.
+        assert!(!CredentialError::Unexpected(408, "x".into()).is_permanent());
+        assert!(CredentialError::Unexpected(408, "x".into()).github_did_not_answer());
+        assert!(!CredentialError::Unexpected(418, "x".into()).github_did_not_answer());
     }
 }

@@ -740,3 +740,108 @@ async fn an_app_configured_by_its_client_id_dispatches() {
     let claims = jwt_claims(&jwt);
     assert_eq!(claims["iss"], client_id.as_str());
 }
+
+/// A route whose repository comes from the body: the start-up preflight
+/// has asked GitHub nothing for it, so a webhook's first requests are the
+/// installation lookup and the token request.
+const BODY_REPO_ROUTE: &str = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: \"{{ body.repo }}\"\n        event_type: deploy\n    allowed_repos: [\"acme/*\"]\n";
+
+/// A relay that gives each job a single attempt, so that a failure which
+/// spent one would fail the delivery.
+async fn spawn_as_app_with_one_attempt(prepare: impl FnOnce(&FakeGitHub)) -> TestApp {
+    let head = app_head("off").replace("retry:\n", "retry:\n  max_attempts: 1\n");
+    spawn_app_prepared(
+        &head,
+        BODY_REPO_ROUTE,
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        |github| {
+            enable_test_app(github);
+            prepare(github);
+        },
+    )
+    .await
+}
+
+/// Posts one webhook for acme/blog and checks it is delivered, though its
+/// job had a single attempt to spend.
+async fn post_one_and_see_it_delivered(app: &TestApp) {
+    assert_eq!(
+        app.post("cms", r#"{"repo":"acme/blog"}"#).await.status(),
+        202
+    );
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && list[0]["status"] != "pending"
+        })
+        .await;
+    assert!(all_delivered(&list, 1), "{list:#?}");
+}
+
+/// The statuses the fake answered to one operation, in order, and the time
+/// between the first two.
+fn answers_to(app: &TestApp, operation: &str) -> (Vec<u16>, Duration) {
+    let requests = app.github.requests_of(operation);
+    let gap = match requests.as_slice() {
+        [first, second, ..] => second.received_at - first.received_at,
+        _ => Duration::ZERO,
+    };
+    (requests.iter().map(|r| r.status).collect(), gap)
+}
+
+/// GitHub rate-limits the App's token request itself. The relay waits as
+/// long as GitHub said, asks nothing as the App meanwhile (the fake counts
+/// any such request as a violation), and the wait spends none of the job's
+/// attempts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_token_request_is_waited_out_without_spending_an_attempt() {
+    let app = spawn_as_app_with_one_attempt(|github| {
+        let limit = Scripted::SecondaryRateLimit {
+            retry_after_secs: Some(2),
+        };
+        github.push_token_responses(7, vec![limit]);
+    })
+    .await;
+    post_one_and_see_it_delivered(&app).await;
+    let (statuses, waited) = answers_to(&app, MINT);
+    assert_eq!(statuses, vec![403, 201]);
+    assert!(
+        waited >= Duration::from_millis(1_900),
+        "asked again after {waited:?}"
+    );
+    assert_eq!(app.github.dispatches_to("acme/blog"), 1);
+}
+
+/// A primary limit on the installation lookup (GitHub's 403 with
+/// `x-ratelimit-remaining: 0`) is waited out until its reset too.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_installation_lookup_at_the_apps_primary_limit_waits_for_the_reset() {
+    let app = spawn_as_app_with_one_attempt(|github| {
+        let limit = Scripted::PrimaryRateLimit { reset_in_secs: 2 };
+        github.push_installation_lookup_responses("acme/blog", vec![limit]);
+    })
+    .await;
+    post_one_and_see_it_delivered(&app).await;
+    let (statuses, waited) = answers_to(&app, LOOKUP);
+    assert_eq!(statuses, vec![403, 200]);
+    // The reset is a whole second on GitHub's clock.
+    assert!(
+        waited >= Duration::from_millis(1_000),
+        "asked again after {waited:?}"
+    );
+}
+
+/// GitHub failing the App's own requests (a 502 to the lookup, a 500 to
+/// the token request) while it answers nothing else is an outage, not the
+/// job's failure (decision 42): the delivery goes through once GitHub
+/// answers, though it had one attempt to spend.
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_to_the_apps_requests_spend_no_attempt() {
+    let app = spawn_as_app_with_one_attempt(|github| {
+        github.push_installation_lookup_responses("acme/blog", vec![Scripted::Status(502)]);
+        github.push_token_responses(7, vec![Scripted::Status(500)]);
+    })
+    .await;
+    post_one_and_see_it_delivered(&app).await;
+    assert_eq!(answers_to(&app, LOOKUP).0, vec![502, 200]);
+    assert_eq!(answers_to(&app, MINT).0, vec![500, 201]);
+}
