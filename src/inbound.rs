@@ -29,6 +29,55 @@ pub enum BodyError {
     Sns(crate::verify::sns::SnsRefusal),
 }
 
+/// A request a sender makes about the webhook itself rather than about an
+/// event. It is answered at once, and never stored or relayed: relayed, it
+/// would start a workflow run that no event asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderCheck {
+    /// S3's `s3:TestEvent`, sent once when a notification configuration is
+    /// saved.
+    S3TestEvent,
+    /// GitHub's `ping`, sent when a webhook is created.
+    GitHubPing,
+    /// Slack's `url_verification`: Slack saves an Events API request URL
+    /// only once the answer carries this challenge back.
+    SlackChallenge(String),
+}
+
+/// Which [`SenderCheck`] an authenticated request is, if any. `message` is
+/// the envelope's parsed `Message` on `sns` routes; otherwise the raw body
+/// is read, since the parsed body holds only what the route's templates
+/// read. Only a sender's own header or its documented body says so: a body
+/// alone decides nothing, except on a route that only Slack can sign.
+pub fn sender_check(
+    route: &Route,
+    message: Option<&Value>,
+    headers: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Option<SenderCheck> {
+    if crate::verify::sns::carries_s3_test_event(message, headers, body) {
+        return Some(SenderCheck::S3TestEvent);
+    }
+    if headers
+        .get("x-github-event")
+        .is_some_and(|event| event.trim() == "ping")
+    {
+        return Some(SenderCheck::GitHubPing);
+    }
+    if matches!(route.verify, Verify::Slack(_)) {
+        #[derive(Deserialize)]
+        struct Verification<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: Cow<'a, str>,
+            challenge: String,
+        }
+        let verification = serde_json::from_slice::<Verification>(body).ok()?;
+        return (verification.kind == "url_verification")
+            .then_some(SenderCheck::SlackChallenge(verification.challenge));
+    }
+    None
+}
+
 /// A request body as templates see it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Parsed {
@@ -639,6 +688,62 @@ mod tests {
             assert_eq!(seen["x-event"], "publish", "{verify}");
             assert_eq!(seen["webhook-id"], "msg_1", "{verify}");
             assert_eq!(seen.len(), signatures.len() + 2, "{verify}");
+        }
+    }
+
+    #[test]
+    fn senders_checks_are_told_by_the_senders_header_or_on_slack_routes_only() {
+        let route = |verify: &str| {
+            let text = format!(
+                "github:\n  token: t\nroutes:\n  - id: r\n    verify: {{{verify}}}\n    dispatch:\n      - repo: acme/blog\n        event_type: e\n"
+            );
+            crate::config::load("routes.yaml", &text, &|_| None)
+                .unwrap()
+                .config
+                .routes
+                .remove(0)
+        };
+        let (github, slack) = (route("github: {secret: s}"), route("slack: {secret: s}"));
+        let none = BTreeMap::new();
+        let ping: BTreeMap<String, String> =
+            [("x-github-event".to_owned(), "ping".to_owned())].into();
+        let push: BTreeMap<String, String> =
+            [("x-github-event".to_owned(), "push".to_owned())].into();
+        let verification = br#"{"type":"url_verification","challenge":"c-1","token":"t"}"#;
+        type Case<'a> = (
+            &'a Route,
+            &'a BTreeMap<String, String>,
+            &'a [u8],
+            Option<SenderCheck>,
+        );
+        let cases: [Case; 7] = [
+            (&github, &ping, b"{}", Some(SenderCheck::GitHubPing)),
+            (&github, &push, b"{}", None),
+            (
+                &slack,
+                &none,
+                verification,
+                Some(SenderCheck::SlackChallenge("c-1".into())),
+            ),
+            // Only a route Slack signs answers a challenge: elsewhere the
+            // body is a webhook like any other.
+            (&github, &none, verification, None),
+            (
+                &slack,
+                &none,
+                br#"{"type":"event_callback","challenge":"c-1"}"#,
+                None,
+            ),
+            (&slack, &none, br#"{"type":"url_verification"}"#, None),
+            (&slack, &none, b"payload=%7B%7D", None),
+        ];
+        for (route, headers, body, expected) in cases {
+            assert_eq!(
+                sender_check(route, None, headers, body),
+                expected,
+                "{headers:?} {}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::{CliError, invalid, load_config};
 use crate::config::Verify;
-use crate::inbound;
+use crate::inbound::{self, SenderCheck};
 use crate::routing::{self, DispatchRequest, Plan};
 use crate::verify::{self, sns};
 use serde_json::Value;
@@ -161,8 +161,18 @@ pub fn render(
     let parsed =
         inbound::parse_for_route(route, content_type.as_deref(), &body).map_err(invalid)?;
     let message = envelope.as_ref().map(|_| &parsed.body);
-    if sns::carries_s3_test_event(message, &headers, &body) {
-        println!("# S3's test event (s3:TestEvent): serve answers 200 and sends nothing");
+    if let Some(check) = inbound::sender_check(route, message, &headers, &body) {
+        match check {
+            SenderCheck::S3TestEvent => {
+                println!("# S3's test event (s3:TestEvent): serve answers 200 and sends nothing")
+            }
+            SenderCheck::GitHubPing => {
+                println!("# GitHub's ping: serve answers 200 and sends nothing")
+            }
+            SenderCheck::SlackChallenge(_) => println!(
+                "# Slack's URL verification: serve answers 200 with its challenge and sends nothing"
+            ),
+        }
         return Ok(());
     }
     let query = inbound::query_pairs(query);

@@ -16,7 +16,7 @@ use super::state::AppState;
 use crate::clock::now_ms;
 use crate::config::Verify;
 use crate::github::outbound;
-use crate::inbound;
+use crate::inbound::{self, SenderCheck};
 use crate::routing::{self, Plan};
 use crate::store::{Accepted, DebounceWindow, NewDelivery, StoreError};
 use crate::telemetry::{SnsSubscription, WebhookOutcome};
@@ -77,9 +77,35 @@ pub async fn post(
         // and reads a body as an answer to the user (a modal's
         // `response_action`): anything else shows the user an error and
         // invites a second click. The delivery id is in the log line.
-        true if slack => HttpResponse::Ok().finish(),
+        true if slack && response.extensions().get::<SlackReadsBody>().is_none() => {
+            HttpResponse::Ok().finish()
+        }
         _ => response,
     })
+}
+
+/// Marks a response on a `slack` route whose body Slack must read: the
+/// answer to its URL verification.
+struct SlackReadsBody;
+
+/// The answer to a [`SenderCheck`]: `200`, and nothing stored or sent.
+fn answer_sender_check(route: &str, check: SenderCheck) -> HttpResponse {
+    match check {
+        SenderCheck::S3TestEvent => {
+            tracing::info!(route, "Acknowledged S3's s3:TestEvent without relaying it");
+        }
+        SenderCheck::GitHubPing => {
+            tracing::info!(route, "Acknowledged GitHub's ping without relaying it");
+        }
+        SenderCheck::SlackChallenge(challenge) => {
+            tracing::info!(route, "Answered Slack's URL verification");
+            let mut response =
+                HttpResponse::Ok().json(serde_json::json!({ "challenge": challenge }));
+            response.extensions_mut().insert(SlackReadsBody);
+            return response;
+        }
+    }
+    HttpResponse::Ok().json(serde_json::json!({"skipped": true}))
 }
 
 async fn accept(
@@ -195,10 +221,9 @@ async fn accept(
     // from its bytes, since the parsed body holds only what the route's
     // templates read.
     let message = envelope.as_ref().map(|_| &parsed.body);
-    if sns::carries_s3_test_event(message, &headers, &body) {
-        tracing::info!(route = %route.id, "Acknowledged S3's s3:TestEvent without relaying it");
+    if let Some(check) = inbound::sender_check(route, message, &headers, &body) {
         return Ok((
-            HttpResponse::Ok().json(serde_json::json!({"skipped": true})),
+            answer_sender_check(&route.id, check),
             WebhookOutcome::Skipped,
         ));
     }

@@ -543,3 +543,103 @@ async fn a_body_that_stops_arriving_is_answered_408() {
         r#"dispatch_relay_webhooks_received_total{outcome="bad_request",route="open"} 1"#
     ));
 }
+
+/// Senders' own checks are answered and never relayed: GitHub's `ping`
+/// when a webhook is created, and Slack's `url_verification` of an Events
+/// API URL, which Slack saves only once its challenge comes back. Both are
+/// authenticated first, and `render` says the same of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_github_ping_and_a_slack_url_verification_are_answered_not_relayed() {
+    let routes = "  - id: gh\n    verify:\n      github:\n        secret: ${WEBHOOK_SECRET}\n    dispatch:\n      - repo: acme/blog\n        event_type: push\n  - id: slack\n    verify:\n      slack:\n        secret: ${WEBHOOK_SECRET}\n    dispatch:\n      - repo: acme/blog\n        event_type: approved\n";
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    let ping = r#"{"zen":"Design for failure.","hook_id":12345678}"#;
+    let post_ping = |signature: String| {
+        app.http
+            .post(app.url("/hooks/gh"))
+            .header("content-type", "application/json")
+            .header("x-github-event", "ping")
+            .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+            .header("x-hub-signature-256", signature)
+            .body(ping)
+            .send()
+    };
+    let forged = post_ping(signature("not the secret", ping.as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let answered = post_ping(signature(SECRET, ping.as_bytes())).await.unwrap();
+    assert_eq!(json_of(answered).await, (200, json!({"skipped": true})));
+
+    let challenge = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P";
+    let verification = format!(
+        r#"{{"token":"Jhj5dZrVaK7ZwHHjRyZWjbDl","challenge":"{challenge}","type":"url_verification"}}"#
+    );
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let slack_signature = format!(
+        "v0={}",
+        hex::encode(dispatch_relay::verify::sign(
+            dispatch_relay::config::HmacAlgorithm::Sha256,
+            SECRET,
+            format!("v0:{timestamp}:{verification}").as_bytes(),
+        ))
+    );
+    let answered = app
+        .http
+        .post(app.url("/hooks/slack"))
+        .header("content-type", "application/json")
+        .header("x-slack-request-timestamp", &timestamp)
+        .header("x-slack-signature", slack_signature)
+        .body(verification.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(answered).await,
+        (200, json!({"challenge": challenge}))
+    );
+
+    assert!(app.deliveries(&[]).is_empty());
+    let metrics = app.metrics().await;
+    for route in ["gh", "slack"] {
+        let skipped = format!(
+            r#"dispatch_relay_webhooks_received_total{{outcome="skipped",route="{route}"}} 1"#
+        );
+        assert!(metrics.contains(&skipped), "{metrics}");
+    }
+
+    let ping_file = app.dir.path().join("ping.json");
+    let verification_file = app.dir.path().join("verification.json");
+    std::fs::write(&ping_file, ping).unwrap();
+    std::fs::write(&verification_file, &verification).unwrap();
+    for (route, body, header, said) in [
+        (
+            "gh",
+            &ping_file,
+            "X-GitHub-Event: ping",
+            "# GitHub's ping: serve answers 200",
+        ),
+        (
+            "slack",
+            &verification_file,
+            "Content-Type: application/json",
+            "# Slack's URL verification: serve answers 200 with its challenge",
+        ),
+    ] {
+        let body = body.to_str().unwrap();
+        let output = app.cli(&[
+            "render", "--route", route, "--body", body, "--header", header,
+        ]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.starts_with(said), "{stdout}");
+    }
+    assert!(app.github.dispatches().is_empty());
+}
