@@ -75,7 +75,7 @@ pub async fn redeliver(
 
 /// Renders a failed delivery again with the routes in force now.
 fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
-    let route = match config.routes.iter().find(|r| r.id == delivery.route) {
+    let route = match config.route(&delivery.route) {
         Some(route) => route,
         None => {
             return Rerendering::Failed(format!(

@@ -506,11 +506,11 @@ impl EngineBuilder {
     }
 
     /// Freezes the environment; the templates compiled so far become usable.
-    pub fn finish(self) -> Arc<Engine> {
+    /// Each of them holds the environment, which lives as long as they do.
+    pub fn finish(self) {
         // The cells are new and only set here, so they cannot already be full.
         let _ = self.engine.env.set(self.env);
         let _ = self.engine.keys.set(self.keys);
-        self.engine
     }
 
     fn unique_name(&mut self, name: &str) -> String {
@@ -765,8 +765,6 @@ fn is_one_expression(inner: &str) -> bool {
     depth == 0 && quote.is_none()
 }
 
-/// Describes a minijinja error as `kind: detail`, with the line when the
-/// template has several, followed by the chain of causes.
 /// A variable `template` reads that no request can have, described.
 /// Undefined values are lenient (decision 11) because a sender may leave a
 /// field out; but the context always holds the same few names, and any
@@ -800,6 +798,8 @@ fn unknown_variable(
     ))
 }
 
+/// Describes a minijinja error as `kind: detail`, with the line when the
+/// template has several, followed by the chain of causes.
 fn describe(err: &minijinja::Error, source: &str) -> String {
     let mut text = match err.detail() {
         Some(detail) => format!("{}: {}", err.kind(), detail),

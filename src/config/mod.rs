@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::secret::Secret;
@@ -32,7 +31,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use units::{parse_duration, parse_size};
+pub use units::parse_duration;
 pub use validate::{DEFAULT_API_URL, is_listen_address, resolve_api_url};
 
 /// A validated configuration with its templates compiled.
@@ -48,10 +47,9 @@ pub struct Config {
     pub retry: RetryConfig,
     /// Where failure alerts go.
     pub notify: Vec<NotifyTarget>,
-    /// The routing table, in file order.
+    /// The routing table, in file order. Each compiled template holds the
+    /// environment it was compiled in.
     pub routes: Vec<Route>,
-    /// The environment every template of this configuration is compiled in.
-    pub templates: Arc<template::Engine>,
 }
 
 impl Config {

@@ -686,7 +686,7 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
             None
         }
     };
-    let templates = builder.finish();
+    builder.finish();
     Some(Config {
         github: github?,
         server: server?,
@@ -694,7 +694,6 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
         retry: retry?,
         notify: notify?,
         routes: routes?,
-        templates,
     })
 }
 

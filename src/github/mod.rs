@@ -333,7 +333,7 @@ fn plain_message(text: &str) -> String {
     truncate(&crate::text::one_line(text), MAX_PLAIN_MESSAGE)
 }
 
-pub use app::{AppAuth, CredentialError, Credentials, IssuedToken, Scope};
+pub use app::{CredentialError, Credentials, Scope};
 
 #[cfg(test)]
 mod tests {

@@ -533,8 +533,10 @@ impl Store {
         .await
     }
 
-    /// Gives back leases that were never used (shutdown), so the next start
-    /// sends those jobs at once instead of waiting for the lease to expire.
+    /// Gives back leases that will not be used: the worker's at shutdown, so
+    /// that the next start sends those jobs at once instead of waiting for
+    /// the lease to expire, and jobs it leased while they were already being
+    /// sent, which stay with the send in progress.
     pub async fn release(&self, job_ids: Vec<i64>) -> Result<(), StoreError> {
         self.call(|reply| Command::Release { job_ids, reply }).await
     }
