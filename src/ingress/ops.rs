@@ -42,9 +42,16 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // the gauges keep their last values, so the failure is logged, not
     // passed over: /readyz reports the store too.
     match state.store.queue_depth().await {
-        Ok(depth) => state.metrics.set_queue_depth(depth),
+        Ok(depth) => {
+            state.metrics.set_queue_depth(depth);
+            if let Some(failed_scrapes) = state.queue_depth_unread.passed() {
+                tracing::info!(failed_scrapes, "The queue depth can be read again");
+            }
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "Could not read the queue depth; the gauge keeps its last value");
+            if state.queue_depth_unread.failed() {
+                tracing::warn!(error = %e, "Could not read the queue depth; the gauge keeps its last value until it can");
+            }
         }
     }
     HttpResponse::Ok()

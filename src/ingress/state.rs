@@ -181,6 +181,9 @@ pub struct AppState {
     /// Readiness checks that found the store refusing writes, in a row:
     /// probes come every few seconds, and the change is what is logged.
     pub not_ready: Streak,
+    /// Scrapes that could not read the queue depth, in a row: scrapes come
+    /// every few seconds too.
+    pub queue_depth_unread: Streak,
     /// A fixed clock for signed timestamps, set only by the test hook
     /// `RELAY_TEST_CLOCK_MS` (see docs/decisions.md).
     verify_clock_ms: Option<i64>,
@@ -308,6 +311,7 @@ impl AppState {
             admin_token,
             shutting_down: AtomicBool::new(false),
             not_ready: Streak::default(),
+            queue_depth_unread: Streak::default(),
             verify_clock_ms: None,
             sns_certs: Mutex::new(HashMap::new()),
             sns_cert_missing: CertUrls::new(CERT_MISS_TTL),
