@@ -485,14 +485,44 @@ pub fn check_client_payload(payload: Value) -> Result<Map<String, Value>, LimitE
         });
     };
     check_payload_keys(map.len())?;
-    // Serializing to a byte counter would avoid the allocation, but the
-    // payload is serialized again when it is stored, and this keeps the
-    // check obviously equal to what GitHub measures.
-    let bytes = serde_json::to_vec(&map).map_or(0, |json| json.len());
+    let bytes = JsonLength::of(&map).bytes;
     if bytes >= MAX_CLIENT_PAYLOAD_BYTES {
         return Err(LimitError::PayloadTooLarge { bytes });
     }
     Ok(map)
+}
+
+/// The length of a value's JSON, as serde_json writes it, counted as it is
+/// written rather than kept: the limits are measured on every webhook, and
+/// the text itself is written once, when the job is stored.
+#[derive(Debug, Default)]
+struct JsonLength {
+    bytes: usize,
+    chars: usize,
+}
+
+impl JsonLength {
+    fn of(value: &impl serde::Serialize) -> JsonLength {
+        let mut length = JsonLength::default();
+        // Writing to this counter cannot fail, and a map of JSON values
+        // always serializes.
+        let _ = serde_json::to_writer(&mut length, value);
+        length
+    }
+}
+
+impl std::io::Write for JsonLength {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes += buf.len();
+        // A character is counted by its first byte; continuation bytes
+        // (`10xxxxxx`) are not, wherever the writes split the text.
+        self.chars += buf.iter().filter(|&&b| b & 0xC0 != 0x80).count();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Checks the number of top-level properties of `client_payload`.
@@ -545,7 +575,7 @@ pub fn check_inputs(inputs: Value) -> Result<Map<String, Value>, LimitError> {
         .collect::<Result<Map<String, Value>, LimitError>>()?;
     // Counted as sent: an input left out is not one of GitHub's 25.
     check_input_count(inputs.len())?;
-    let chars = serde_json::to_string(&inputs).map_or(0, |text| text.chars().count());
+    let chars = JsonLength::of(&inputs).chars;
     if chars > MAX_WORKFLOW_INPUTS_CHARS {
         return Err(LimitError::InputsTooLarge { chars });
     }

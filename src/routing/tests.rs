@@ -506,3 +506,21 @@ fn repo_names() {
         assert_eq!(check_repo(repo).is_ok(), ok, "{repo}");
     }
 }
+
+#[test]
+fn limits_are_measured_on_the_json_github_receives() {
+    // `{"k":"..."}` is 8 bytes around the text.
+    let of_length = |n: usize| json!({"k": "x".repeat(n - 8)});
+    assert!(check_client_payload(of_length(MAX_CLIENT_PAYLOAD_BYTES - 1)).is_ok());
+    assert!(matches!(
+        check_client_payload(of_length(MAX_CLIENT_PAYLOAD_BYTES)),
+        Err(LimitError::PayloadTooLarge { bytes }) if bytes == MAX_CLIENT_PAYLOAD_BYTES
+    ));
+    // `é` is two bytes and one character; escapes count as written.
+    let value = json!({"k": "é".repeat(100), "q": "\"\n\u{1}", "n": [1.5, null]});
+    let text = serde_json::to_string(&value).unwrap();
+    let length = JsonLength::of(&value);
+    assert_eq!(length.bytes, text.len());
+    assert_eq!(length.chars, text.chars().count());
+    assert_ne!(length.bytes, length.chars);
+}
