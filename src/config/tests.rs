@@ -1183,6 +1183,34 @@ fn yaml_syntax_errors_a_hand_edited_file_meets_get_a_hint() {
             "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch:\n      repo: acme/weird\n      event_type: e\n",
             "starting with `- `",
         ),
+        // A template left unquoted at the start of a value: YAML reads
+        // `{{ a }}` as a map, and the rest as broken syntax.
+        (
+            &with_route("        ref: {{ body.weird }}-x\n"),
+            "must be quoted",
+        ),
+        (
+            &with_route("        ref: {% if body.weird %}a{% endif %}\n"),
+            "must be quoted",
+        ),
+        (
+            &with_route("      - repo: {{ body.weird }}\n        event_type: e\n"),
+            "must be quoted",
+        ),
+        (
+            &with_route("        client_payload: {{ body.weird }}\n"),
+            "must be quoted",
+        ),
+        (
+            &with_route(
+                "        client_payload:\n          a: ok\n          b: {{ body.weird }}\n",
+            ),
+            "must be quoted",
+        ),
+        (
+            &with_route("        ref: {{ body.weird }}\n"),
+            "must be quoted",
+        ),
     ];
     for (text, hint) in cases {
         let errors = load_err(text);

@@ -168,7 +168,18 @@ impl Report<'_> {
             let no_news =
                 missing_field(&message).is_some_and(|field| left_out.explains(&path, field));
             if !no_news {
-                self.serde_error(path, &without_value(&strip_location(&message)));
+                let mut message = without_value(&strip_location(&message));
+                // A map key that is not text ends the path with a segment
+                // that names no place in the file.
+                let place: Vec<Segment> = segments
+                    .iter()
+                    .filter(|s| matches!(s, Segment::Map { .. } | Segment::Seq { .. }))
+                    .cloned()
+                    .collect();
+                if value_at(&mut value, &place).is_some_and(|v| is_unquoted_template(v)) {
+                    message.push_str(UNQUOTED_TEMPLATE_HINT);
+                }
+                self.serde_error(path, &message);
             }
             // The key that holds the error is left out: the nearest mapping
             // key on its path, since taking an item out of a list would
@@ -505,6 +516,37 @@ fn names(list: &[&str]) -> Vec<String> {
 /// YAML does not allow tabs for indentation.
 const TAB_HINT: &str = "; this is a tab: indent with spaces";
 
+/// YAML reads `event_type: {{ body.type }}` as a map holding a map, and
+/// `{% if %}` or `{{ a }}-b` as broken syntax: a template at the start of a
+/// value must be quoted. Like every message, the hint quotes nothing of
+/// the file back, since a value may be a secret.
+const UNQUOTED_TEMPLATE_HINT: &str =
+    "; a template that starts a value must be quoted, as in \"{{ body.id }}\"";
+
+/// Whether `value` is what YAML makes of an unquoted `{{ expression }}`: a
+/// map whose one key is a map, with no value.
+fn is_unquoted_template(value: &Value) -> bool {
+    let Value::Mapping(outer) = value else {
+        return false;
+    };
+    outer.len() == 1
+        && outer
+            .iter()
+            .all(|(key, inner)| inner.is_null() && matches!(key, Value::Mapping(_)))
+}
+
+/// Whether a line of the file holds a value, or a list item, that starts
+/// with a template unquoted.
+fn starts_value_with_template(line_text: &str) -> bool {
+    let item = line_text.trim_start().strip_prefix("- ");
+    let value = match line_text.split_once(": ") {
+        Some((_, value)) => value,
+        None => item.unwrap_or_default(),
+    };
+    let value = value.trim_start();
+    value.starts_with("{{") || value.starts_with("{%")
+}
+
 /// A hint for the YAML syntax errors a hand-edited file meets most, from
 /// the character where the parser stopped: a tab, which YAML does not
 /// allow for indentation, and a value that starts with a character YAML
@@ -539,8 +581,17 @@ pub(super) fn load(
             if line_text.contains("${") && message.contains("flow") {
                 message.push_str("; inside `{ }` or `[ ]`, write a variable in quotes: \"${VAR}\"");
             }
+            // The parser may stop on the line after the template.
+            let previous_line = match line {
+                0 | 1 => "",
+                _ => text.lines().nth(line - 2).unwrap_or_default(),
+            };
             if message.contains("tab character") {
                 message.push_str(TAB_HINT);
+            } else if starts_value_with_template(line_text)
+                || starts_value_with_template(previous_line)
+            {
+                message.push_str(UNQUOTED_TEMPLATE_HINT);
             } else if message.contains("cannot start any token") {
                 message.push_str(syntax_hint(line_text, column));
             }
