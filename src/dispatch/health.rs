@@ -51,12 +51,17 @@ impl GitHubHealth {
         self.failed_look_ms.fetch_max(now_ms, Ordering::Relaxed);
     }
 
-    /// What is known of GitHub since `since_ms`.
+    /// What is known of GitHub since `since_ms`. When both happened, the
+    /// later tells: GitHub that answered and then failed a look has gone
+    /// down since (an outage often starts degraded), and one that failed a
+    /// look and then answered is back.
     pub fn since(&self, since_ms: i64) -> Since {
-        if self.answered_ms.load(Ordering::Relaxed) >= since_ms {
-            Since::Answering
-        } else if self.failed_look_ms.load(Ordering::Relaxed) >= since_ms {
+        let answered_ms = self.answered_ms.load(Ordering::Relaxed);
+        let failed_look_ms = self.failed_look_ms.load(Ordering::Relaxed);
+        if failed_look_ms >= since_ms && failed_look_ms > answered_ms {
             Since::Failing
+        } else if answered_ms >= since_ms {
+            Since::Answering
         } else {
             Since::Unknown
         }
@@ -94,11 +99,22 @@ mod tests {
         assert_eq!(
             health.since(1_000),
             Since::Answering,
-            "an answer outweighs a failed look"
+            "an answer after a failed look: GitHub is back"
         );
         health.look_failed(4_000);
         assert_eq!(health.since(3_500), Since::Failing);
-        health.answered(2_000);
+        assert_eq!(
+            health.since(1_000),
+            Since::Failing,
+            "a failed look after an answer: GitHub has gone down since"
+        );
+        health.answered(4_000);
+        assert_eq!(
+            health.since(3_500),
+            Since::Answering,
+            "an answer at the same moment as a failed look outweighs it"
+        );
+        health.look_failed(2_000);
         assert_eq!(
             health.since(3_000),
             Since::Answering,
