@@ -464,14 +464,13 @@ pub fn is_rate_limit(answer: &Answer) -> bool {
     match answer.status {
         429 => true,
         403 => {
+            let message = answer.message.as_deref().unwrap_or("").to_ascii_lowercase();
             answer.rate.retry_after_secs.is_some()
                 || answer.rate.remaining == Some(0)
-                || answer
-                    .message
-                    .as_deref()
-                    .unwrap_or("")
-                    .to_ascii_lowercase()
-                    .contains("rate limit")
+                || message.contains("rate limit")
+                // The older wording of the secondary limit, which GitHub
+                // Enterprise Server versions still send.
+                || message.contains("abuse detection")
         }
         _ => false,
     }
@@ -664,6 +663,15 @@ mod tests {
                     retry_after,
                 ),
                 Some(retry(7, Some(7), false)),
+                "",
+            ),
+            (
+                answer(
+                    403,
+                    "You have triggered an abuse detection mechanism. Please wait a few minutes before you try again.",
+                    none,
+                ),
+                Some(retry(60, Some(60), false)),
                 "",
             ),
             (answer(401, "Bad credentials", none), None, BAD_CREDENTIALS),
