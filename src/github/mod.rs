@@ -195,7 +195,7 @@ impl GitHubClient {
                 .body(body.to_string());
         }
         let response = request.send().await.map_err(transport_error)?;
-        read_answer(response).await
+        read_answer(response, Some(auth)).await
     }
 
     /// Sends an unauthenticated POST without a body (the App manifest
@@ -207,7 +207,7 @@ impl GitHubClient {
             .send()
             .await
             .map_err(transport_error)?;
-        read_answer(response).await
+        read_answer(response, None).await
     }
 }
 
@@ -238,7 +238,13 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-async fn read_answer(mut response: reqwest::Response) -> Result<Answer, TransportError> {
+/// Reads an answer. `sent` is the credential the request carried: a proxy
+/// that quotes the request in its error page would otherwise carry it into
+/// the log, the store and alerts, so it is taken out of the text first.
+async fn read_answer(
+    mut response: reqwest::Response,
+    sent: Option<&Secret>,
+) -> Result<Answer, TransportError> {
     let status = response.status().as_u16();
     let header = |name: &str| -> Option<u64> {
         response
@@ -293,7 +299,13 @@ async fn read_answer(mut response: reqwest::Response) -> Result<Answer, Transpor
         Err(_) if (200..300).contains(&status) => bytes.clear(),
         Err(e) => return Err(transport_error(e)),
     }
-    let text = truncate(&String::from_utf8_lossy(&bytes), keep);
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if let Some(secret) = sent.map(Secret::expose).filter(|s| !s.is_empty())
+        && text.contains(secret)
+    {
+        text = text.replace(secret, "[redacted]");
+    }
+    let text = truncate(&text, keep);
     let message = if (200..300).contains(&status) {
         None
     } else {

@@ -956,3 +956,30 @@ async fn fails_at_its_first_attempt(app: &crate::helpers::TestApp) -> (Vec<Value
     let error = target["last_error"].as_str().unwrap_or_default().to_owned();
     (list, error)
 }
+
+/// A proxy in front of GitHub that quotes the request back in its error
+/// page would carry the token into the log, the store and the deliveries
+/// listing: the relay takes it out of every answer it reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_quoting_the_token_back_does_not_leak_it() {
+    let mut app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::EchoingProxy { status: 502 }]);
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    app.wait_for_deliveries(WAIT, |list| status_of(&list[0]) == "delivered")
+        .await;
+    let attempts = app.github.dispatch_attempts();
+    assert_eq!(attempts[0].status, 502);
+    let output = app.cli(&["deliveries", "--json"]);
+    let listing = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(!listing.contains(TOKEN), "{listing}");
+    let logs = app.stop_and_read_logs().join("\n");
+    assert!(logs.contains("[redacted]"), "{logs}");
+    assert!(!logs.contains(TOKEN));
+    // The attempt's detail is kept in the store, with the WAL beside it.
+    for file in [app.db_path(), app.db_path().with_extension("db-wal")] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let holds = |text: &str| bytes.windows(text.len()).any(|w| w == text.as_bytes());
+        assert!(!holds(TOKEN), "{}", file.display());
+    }
+}

@@ -108,6 +108,9 @@ pub enum Scripted {
     /// An HTML error page of this status from a proxy in front of GitHub, that never ends:
     /// a client that reads a body whole before bounding it never gets past it.
     ProxyPage { status: u16 },
+    /// An error of this status from a proxy that quotes the request's `Authorization` header
+    /// back in its body, as debugging proxies do.
+    EchoingProxy { status: u16 },
 }
 
 impl Scripted {
@@ -1163,6 +1166,20 @@ impl Shared {
             );
         }
         let now = stated_secs(self, since_epoch.as_secs());
+        if let Scripted::EchoingProxy { status } = script {
+            let authorization = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            return Some(Answer {
+                body: Some(Value::String(format!(
+                    "upstream connect error; request: POST {} authorization: {authorization}",
+                    req.path()
+                ))),
+                ..Answer::empty(status)
+            });
+        }
         Some(scripted_answer(&script, op, request_id, now))
     }
 
@@ -1392,6 +1409,8 @@ fn scripted_answer(script: &Scripted, op: &Operation, request_id: &str, now: u64
             ..Answer::empty(*status)
         },
         Scripted::BadCredentials => bad_credentials(),
+        // Answered where the request is at hand (`Shared::scripted`).
+        Scripted::EchoingProxy { status } => Answer::empty(*status),
     }
 }
 
