@@ -1166,21 +1166,7 @@ impl Shared {
             );
         }
         let now = stated_secs(self, since_epoch.as_secs());
-        if let Scripted::EchoingProxy { status } = script {
-            let authorization = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default();
-            return Some(Answer {
-                body: Some(Value::String(format!(
-                    "upstream connect error; request: POST {} authorization: {authorization}",
-                    req.path()
-                ))),
-                ..Answer::empty(status)
-            });
-        }
-        Some(scripted_answer(&script, op, request_id, now))
+        Some(scripted_answer(&script, req, op, request_id, now))
     }
 
     /// GitHub's answer to a request sent while a rate limit announced to its credential is in
@@ -1188,7 +1174,7 @@ impl Shared {
     /// violation: the client was told to wait and did not.
     fn held_back(&self, req: &HttpRequest, op: &Operation, request_id: &str) -> Option<Answer> {
         let credential = held_credential(self, req)?;
-        let left = {
+        let (left, limit) = {
             let holds = lock(&self.holds);
             let hold = holds.get(&credential)?;
             (
@@ -1196,7 +1182,6 @@ impl Shared {
                 hold.limit.clone(),
             )
         };
-        let (left, limit) = left;
         // GitHub states its resets in whole seconds, and the relay reads them against a `Date`
         // of whole seconds: a request in the last moments of a wait is let through rather than
         // judged on rounding.
@@ -1213,7 +1198,7 @@ impl Shared {
         );
         let now = stated_secs(self, epoch_secs());
         let again = limit.with_wait(left.as_secs() + 1);
-        Some(scripted_answer(&again, op, request_id, now))
+        Some(scripted_answer(&again, req, op, request_id, now))
     }
 
     /// Counts one request against the window and returns `(used, remaining, reset)`.
@@ -1339,7 +1324,13 @@ fn request_id() -> String {
 
 /// The answer a test scripted; `now` is the fake's clock, on which GitHub
 /// states its times.
-fn scripted_answer(script: &Scripted, op: &Operation, request_id: &str, now: u64) -> Answer {
+fn scripted_answer(
+    script: &Scripted,
+    req: &HttpRequest,
+    op: &Operation,
+    request_id: &str,
+    now: u64,
+) -> Answer {
     match script {
         Scripted::Status(status) => match status {
             200..=299 => Answer::empty(*status),
@@ -1409,8 +1400,21 @@ fn scripted_answer(script: &Scripted, op: &Operation, request_id: &str, now: u64
             ..Answer::empty(*status)
         },
         Scripted::BadCredentials => bad_credentials(),
-        // Answered where the request is at hand (`Shared::scripted`).
-        Scripted::EchoingProxy { status } => Answer::empty(*status),
+        Scripted::EchoingProxy { status } => {
+            let authorization = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            Answer {
+                body: Some(Value::String(format!(
+                    "upstream connect error; request: {} {} authorization: {authorization}",
+                    req.method(),
+                    req.path()
+                ))),
+                ..Answer::empty(*status)
+            }
+        }
     }
 }
 
