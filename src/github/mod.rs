@@ -299,11 +299,11 @@ async fn read_answer(
         Err(_) if (200..300).contains(&status) => bytes.clear(),
         Err(e) => return Err(transport_error(e)),
     }
-    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    let mut text = String::from_utf8_lossy(&bytes);
     if let Some(secret) = sent.map(Secret::expose).filter(|s| !s.is_empty())
         && text.contains(secret)
     {
-        text = text.replace(secret, "[redacted]");
+        text = text.replace(secret, "[redacted]").into();
     }
     let text = truncate(&text, keep);
     let message = if (200..300).contains(&status) {
