@@ -4,9 +4,9 @@
 //! routes in force now, so fixing routes.yaml (a misspelt repository, a
 //! wrong workflow, a template that did not render) and redelivering
 //! recovers it. After a failure at GitHub only the failed targets are sent
-//! again; the delivered ones were sent already. A delivered or pending
-//! delivery is never touched, so redelivering twice cannot send anything
-//! twice.
+//! again; the delivered ones were sent already, and the pending ones are
+//! still being sent. A delivery none of whose targets failed is never
+//! touched, so redelivering twice cannot send anything twice.
 
 use crate::clock::now_ms;
 use crate::config::Config;

@@ -343,7 +343,7 @@ pub struct StoredTarget {
     /// was sent with.
     pub path: String,
     pub body: String,
-    /// Failed at GitHub; otherwise delivered.
+    /// Failed at GitHub; otherwise delivered, or still being sent.
     pub failed: bool,
 }
 

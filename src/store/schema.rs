@@ -2,8 +2,8 @@
 //! which a lease takes turns between routes.
 //!
 //! A delivery's status is kept in its row and updated in the same statement
-//! batch that finishes its last job, so listing deliveries never has to
-//! aggregate jobs.
+//! batch that delivers or fails one of its jobs, so listing deliveries never
+//! has to aggregate jobs.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -627,22 +627,44 @@ pub(super) fn record(conn: &Connection, a: &AttemptRecord) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Moves a delivery to delivered or failed once none of its jobs is pending.
+/// The state of a delivery from its jobs: failed as soon as one of them
+/// failed for good, even while others are still being sent (an operator
+/// told of the failure finds it with `deliveries --status failed`, and can
+/// redeliver it, at once, not when its last sibling gives up); otherwise
+/// pending while one is; otherwise delivered. It is finished, and can be
+/// pruned, once none is pending.
+macro_rules! settle_delivery {
+    ($which:literal) => {
+        concat!(
+            "UPDATE deliveries SET
+                status = CASE
+                    WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = deliveries.id AND status = 'failed') THEN 'failed'
+                    WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = deliveries.id AND status = 'pending') THEN 'pending'
+                    ELSE 'delivered' END,
+                finished_at = CASE
+                    WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = deliveries.id AND status = 'pending') THEN NULL
+                    ELSE ?2 END,
+                error = (SELECT group_concat(repo || ': ' || last_error, '; ') FROM jobs
+                         WHERE delivery_id = deliveries.id AND status = 'failed')
+             WHERE id = ",
+            $which
+        )
+    };
+}
+
+/// Settles the delivery of a job that was just delivered or failed.
 fn settle_delivery_of_job(conn: &Connection, job_id: i64, now_ms: i64) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE deliveries SET
-            status = CASE
-                WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = deliveries.id AND status = 'pending') THEN 'pending'
-                WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = deliveries.id AND status = 'failed') THEN 'failed'
-                ELSE 'delivered' END,
-            finished_at = CASE
-                WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = deliveries.id AND status = 'pending') THEN NULL
-                ELSE ?2 END,
-            error = (SELECT group_concat(repo || ': ' || last_error, '; ') FROM jobs
-                     WHERE delivery_id = deliveries.id AND status = 'failed')
-         WHERE id = (SELECT delivery_id FROM jobs WHERE id = ?1)",
-    )?
+    conn.prepare_cached(settle_delivery!(
+        "(SELECT delivery_id FROM jobs WHERE id = ?1)"
+    ))?
     .execute(params![job_id, now_ms])?;
+    Ok(())
+}
+
+/// Settles a delivery whose failed jobs were just queued again.
+fn settle_delivery(conn: &Connection, delivery_id: &str, now_ms: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(settle_delivery!("?1"))?
+        .execute(params![delivery_id, now_ms])?;
     Ok(())
 }
 
@@ -694,8 +716,14 @@ pub(super) fn rerender(
         return Ok(Rerendered::NotFailed);
     }
     let stay_failed = |reason: &str| -> Result<Rerendered, StoreError> {
+        // Its other targets may still be being sent: it is finished only
+        // once none is.
         conn.execute(
-            "UPDATE deliveries SET error = ?2, finished_at = ?3 WHERE id = ?1",
+            "UPDATE deliveries SET error = ?2,
+                 finished_at = CASE
+                     WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND status = 'pending') THEN NULL
+                     ELSE ?3 END
+             WHERE id = ?1",
             params![delivery_id, reason, now_ms],
         )?;
         Ok(Rerendered::StillFailed(reason.to_string()))
@@ -774,10 +802,9 @@ pub(super) fn rerender(
             }
         }
     }
-    conn.execute(
-        "UPDATE deliveries SET status = 'pending', error = NULL, finished_at = NULL WHERE id = ?1",
-        params![delivery_id],
-    )?;
+    // Failed jobs left out of the queuing (their targets left the route)
+    // keep it failed.
+    settle_delivery(conn, delivery_id, now_ms)?;
     Ok(Rerendered::Queued)
 }
 
@@ -993,10 +1020,11 @@ pub(super) fn depth(conn: &Connection) -> Result<QueueDepth, StoreError> {
 /// Finished deliveries past the cutoff. A delivery finishes after it was
 /// received, so `received_at < ?1` only narrows the search, and lets the
 /// status index bound it: without it the last batch of every run read
-/// every finished delivery kept.
+/// every finished delivery kept. A failed delivery whose other targets are
+/// still being sent has no `finished_at`, and is kept.
 pub(super) const PRUNABLE: &str = "SELECT id FROM deliveries
      WHERE status IN ('delivered', 'failed') AND received_at < ?1
-       AND COALESCE(finished_at, received_at) < ?1
+       AND finished_at < ?1
      LIMIT ?2";
 
 /// Deletes up to `limit` finished deliveries (delivered or failed) that

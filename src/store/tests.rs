@@ -265,6 +265,16 @@ fn jobs_for(targets: &[usize], repo: &str, dedupe_key: Option<&str>) -> Rerender
     }
 }
 
+/// The targets of the first failed delivery, each with whether it failed.
+async fn failed_targets(store: &Store) -> Vec<(usize, bool)> {
+    let failed = store.failed_deliveries(None, None, None).await.unwrap();
+    failed[0]
+        .targets
+        .iter()
+        .map(|t| (t.index, t.failed))
+        .collect()
+}
+
 #[tokio::test]
 async fn rerendering_only_touches_failed_deliveries_and_their_failed_targets() {
     let (_dir, store) = open();
@@ -276,13 +286,7 @@ async fn rerendering_only_touches_failed_deliveries_and_their_failed_targets() {
         "pending is not failed"
     );
     deliver_first_fail_second(&store, &jobs).await;
-    let failed = store.failed_deliveries(None, None, None).await.unwrap();
-    let targets: Vec<_> = failed[0]
-        .targets
-        .iter()
-        .map(|t| (t.index, t.failed))
-        .collect();
-    assert_eq!(targets, [(0, false), (1, true)]);
+    assert_eq!(failed_targets(&store).await, [(0, false), (1, true)]);
 
     // Target 0 was delivered: a rendering of it is not sent again.
     assert_eq!(
@@ -1121,4 +1125,73 @@ fn a_database_error_says_sqlites_message_once_when_its_chain_is_printed() {
         1,
         "{chain}"
     );
+}
+
+#[tokio::test]
+async fn a_fanout_with_a_target_failed_for_good_is_failed_while_its_sibling_is_retried() {
+    let (_dir, store) = open();
+    store.accept(delivery("d1", None, 2)).await.unwrap();
+    let jobs = store.lease_due(5_000, 10, 60_000).await.unwrap();
+    let retry = JobNext::Retry {
+        at_ms: 60_000,
+        counts_as_failure: true,
+    };
+    store.record(attempt(&jobs[0], retry)).await.unwrap();
+    let failed = JobNext::Failed {
+        reason: "404".into(),
+    };
+    store.record(attempt(&jobs[1], failed)).await.unwrap();
+
+    let listed = |status| {
+        let store = store.clone();
+        async move {
+            let filter = ListFilter {
+                status: Some(status),
+                ..ListFilter::default()
+            };
+            store.list(filter).await.unwrap()
+        }
+    };
+    let failed = listed(Status::Failed).await;
+    assert_eq!(failed.len(), 1, "found by `deliveries --status failed`");
+    assert_eq!(
+        failed[0].finished_at_ms, None,
+        "not finished while one is sent"
+    );
+    assert_eq!(failed[0].error.as_deref(), Some("acme/r1: 404"));
+    assert_eq!(failed[0].targets[0].status, Status::Pending);
+    assert_eq!(failed_targets(&store).await, [(0, false), (1, true)]);
+    assert_eq!(
+        store.prune_finished(i64::MAX).await.unwrap(),
+        0,
+        "a delivery with a target still being sent is never pruned"
+    );
+
+    // Redelivering queues the failed target only, beside the one retrying.
+    assert_eq!(
+        rerender(&store, "d1", &[0, 1], "acme/fixed", 6_000).await,
+        Rerendered::Queued
+    );
+    let pending = listed(Status::Pending).await;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].error, None);
+    let requeued = store.lease_due(6_000, 10, 60_000).await.unwrap();
+    assert_eq!(requeued.len(), 1, "the retrying job is not due yet");
+    assert_eq!(
+        (requeued[0].target_index, requeued[0].repo.as_str()),
+        (1, "acme/fixed")
+    );
+    store
+        .record(attempt(&requeued[0], JobNext::Delivered))
+        .await
+        .unwrap();
+    let retried = store.lease_due(60_000, 10, 60_000).await.unwrap();
+    assert_eq!(retried[0].target_index, 0);
+    store
+        .record(attempt(&retried[0], JobNext::Delivered))
+        .await
+        .unwrap();
+    let delivered = listed(Status::Delivered).await;
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0].finished_at_ms.is_some());
 }

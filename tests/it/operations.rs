@@ -384,6 +384,18 @@ async fn a_removed_route_still_finishes_its_queued_jobs() {
     assert_eq!(list.iter().filter(|d| d["route"] == "old").count(), 1);
 }
 
+/// Corrects `acme/dcos` to `acme/docs` in routes.yaml, redelivers the
+/// failed deliveries and waits until the first listed is delivered.
+async fn fix_misspelt_target_and_redeliver(app: &TestApp) {
+    let fixed = std::fs::read_to_string(app.config_path())
+        .unwrap()
+        .replace("acme/dcos", "acme/docs");
+    app.write_config(&fixed);
+    app.redeliver_failed();
+    app.wait_for_deliveries(WAIT, |l| l[0]["status"] == "delivered")
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn redeliver_renders_a_github_failure_again_with_the_fixed_routes_and_only_its_failed_target()
 {
@@ -399,18 +411,49 @@ async fn redeliver_renders_a_github_failure_again_with_the_fixed_routes_and_only
     // Fix the spelling and redeliver: the failed target is rendered again
     // with the routes in force now and reaches the right repository; the
     // target that was delivered is not sent twice.
-    let fixed = std::fs::read_to_string(app.config_path())
-        .unwrap()
-        .replace("acme/dcos", "acme/docs");
-    app.write_config(&fixed);
-    app.redeliver_failed();
-    app.wait_for_deliveries(WAIT, |l| l[0]["status"] == "delivered")
-        .await;
+    fix_misspelt_target_and_redeliver(&app).await;
     assert_eq!(sent_to("acme/docs"), 1);
     assert_eq!(
         sent_to("acme/blog"),
         1,
         "the delivered target is not sent again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fanout_target_that_fails_for_good_can_be_redelivered_while_its_sibling_is_in_flight() {
+    // acme/blog's request hangs until the client's timeout, so its job is
+    // in flight throughout, while the misspelt acme/dcos fails at once.
+    let head = TEST_HEAD.replace("timeout: 10s", "timeout: 3s");
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/dcos\n        event_type: deploy\n";
+    let app = spawn_app_with(&head, routes, &[]).await;
+    app.github
+        .push_responses("acme/blog", vec![crate::fake_github::Scripted::Hang]);
+    assert_eq!(app.post("cms", r#"{"n":1}"#).await.status(), 202);
+
+    // The alert's commands find it at once, not when its sibling is done.
+    let failed = app
+        .wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "failed")
+        .await;
+    assert_eq!(
+        failed[0]["targets"][0]["status"], "pending",
+        "{}",
+        failed[0]
+    );
+    assert_eq!(failed[0]["finished_at_ms"], Value::Null);
+    let table = app.cli(&["deliveries", "--status", "failed"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("acme/blog:pending(0) acme/dcos:failed(1)"),
+        "{table}"
+    );
+
+    fix_misspelt_target_and_redeliver(&app).await;
+    assert_eq!(app.github.dispatches_to("acme/docs"), 1);
+    assert_eq!(
+        app.github.dispatches_to("acme/blog"),
+        1,
+        "the target in flight went on, once"
     );
 }
 
