@@ -52,9 +52,23 @@ pub async fn list(
         })
         .await
         .map_err(runtime)?;
+    let paused_until_ms = store
+        .pause_until_ms()
+        .await
+        .map_err(runtime)?
+        .filter(|&until| until > now_ms());
     // Closed before printing: the last connection to close checkpoints the
     // WAL and removes it, which a stopped relay's store should not keep.
     store.close().await;
+    if let Some(until) = paused_until_ms {
+        // On stderr: a note about the queue, not a row of the listing,
+        // which `--json` keeps a plain array of deliveries.
+        eprintln!(
+            "GitHub's rate limit holds back every dispatch until {} ({} s from now).",
+            rfc3339(until),
+            (until - now_ms() + 999) / 1000
+        );
+    }
     if json {
         println!(
             "{}",

@@ -560,8 +560,11 @@ impl Dispatcher {
                 // would otherwise hold every start that long.
                 let left = Duration::from_millis((until_ms - now) as u64).min(MAX_PAUSE);
                 self.pacer.pause(left);
+                let until_ms = now.saturating_add(clock::duration_ms(left));
+                self.metrics.github_paused_until(until_ms);
                 tracing::info!(
                     wait_ms = left.as_millis() as u64,
+                    until = %crate::inbound::rfc3339(until_ms),
                     "Waiting out the rate-limit pause GitHub asked for before the restart"
                 );
             }
@@ -579,6 +582,12 @@ impl Dispatcher {
         let now = now_ms();
         let until_ms = now.saturating_add(clock::duration_ms(wait));
         let latest_ms = now.saturating_add(clock::duration_ms(MAX_PAUSE));
+        self.metrics.github_paused_until(until_ms);
+        tracing::warn!(
+            wait_ms = clock::duration_ms(wait),
+            until = %crate::inbound::rfc3339(until_ms),
+            "GitHub's rate limit holds back every dispatch until then"
+        );
         if let Err(e) = self.store.save_pause(until_ms, latest_ms).await {
             tracing::warn!(error = %e, "Could not keep GitHub's rate-limit pause in the store; a restart inside it would not wait");
         }

@@ -7,6 +7,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::IngressError;
 use super::state::AppState;
+use crate::clock::now_ms;
 use crate::redeliver::{self, Redelivered};
 use crate::store::{DeliverySummary, ListFilter, Status, StoreError, delivery_id};
 
@@ -166,6 +167,14 @@ pub async fn list(
         .list(filter)
         .await
         .map_err(|e| store_unavailable("list deliveries", &e))?;
+    // A script asking what is stuck also learns whether, and until when,
+    // GitHub's rate limit holds every dispatch back.
+    let paused_until_ms = state
+        .store
+        .pause_until_ms()
+        .await
+        .map_err(|e| store_unavailable("read the rate-limit pause", &e))?
+        .filter(|&until| until > now_ms());
     let full = deliveries.len() == filter_limit;
     let next_offset = full.then_some(offset + deliveries.len());
     let next_before = deliveries.last().filter(|_| full).map(cursor);
@@ -177,11 +186,13 @@ pub async fn list(
         deliveries: &'a [DeliverySummary],
         next_offset: Option<usize>,
         next_before: Option<String>,
+        paused_until_ms: Option<i64>,
     }
     Ok(HttpResponse::Ok().json(Page {
         deliveries: &deliveries,
         next_offset,
         next_before,
+        paused_until_ms,
     }))
 }
 

@@ -120,6 +120,7 @@ pub struct Metrics {
     token_mints: IntCounterVec,
     config_reloads: IntCounterVec,
     config_last_reload_success: Gauge,
+    github_paused_until: Gauge,
     sns_subscriptions: IntCounterVec,
     /// Per credential, when GitHub's current rate-limit window resets and
     /// the limit it resets to, so that the remaining-requests gauge does
@@ -231,6 +232,11 @@ impl Metrics {
             "When the configuration was last loaded successfully.",
         ))
         .expect("valid metric");
+        let github_paused_until = Gauge::with_opts(opts(
+            "github_paused_until_timestamp_seconds",
+            "When the pause GitHub's last rate limit asked for ends; nothing is sent to GitHub before. In the past (or 0) when sending is not paused.",
+        ))
+        .expect("valid metric");
         let sns_subscriptions = IntCounterVec::new(
             opts(
                 "sns_subscriptions_total",
@@ -250,6 +256,7 @@ impl Metrics {
             Box::new(token_mints.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload_success.clone()),
+            Box::new(github_paused_until.clone()),
             Box::new(sns_subscriptions.clone()),
         ] {
             registry
@@ -272,6 +279,7 @@ impl Metrics {
             token_mints,
             config_reloads,
             config_last_reload_success,
+            github_paused_until,
             sns_subscriptions,
             rate_limit_windows: Arc::default(),
         }
@@ -374,6 +382,12 @@ impl Metrics {
         self.queue_depth
             .with_label_values(&["failed"])
             .set(depth.failed as i64);
+    }
+
+    /// Records when the rate-limit pause under way ends, in Unix
+    /// milliseconds.
+    pub fn github_paused_until(&self, until_ms: i64) {
+        self.github_paused_until.set(until_ms as f64 / 1000.0);
     }
 
     /// `credential` is a fixed name (`token`, `app:<installation id>`), never

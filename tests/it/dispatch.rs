@@ -403,6 +403,73 @@ async fn a_rate_limit_holds_the_credential_back_even_when_its_job_gives_up() {
     assert!(gap >= Duration::from_millis(2_900), "sent after {gap:?}");
 }
 
+/// While GitHub's rate limit holds every dispatch back, an operator can
+/// see until when: in `/metrics`, in `deliveries` and in the admin API.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_pause_says_until_when() {
+    let app = spawn_app_with(
+        TEST_HEAD,
+        PLAIN_ROUTE,
+        &[("RELAY_ADMIN_TOKEN", "admin-secret")],
+    )
+    .await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::RateLimited {
+            retry_after_secs: 60,
+        }],
+    );
+    let asked_at_ms = dispatch_relay::clock::now_ms();
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    // Written once the pause is kept.
+    app.wait_for_log(|line| line.contains("Dispatch will be retried"))
+        .await;
+    let logged = app
+        .logs()
+        .into_iter()
+        .find(|line| line.contains("GitHub's rate limit holds back every dispatch"))
+        .expect("the pause is logged");
+    let logged: Value = serde_json::from_str(&logged).unwrap();
+    let parse = dispatch_relay::clock::parse_rfc3339_ms;
+    let until = parse(logged["until"].as_str().unwrap()).expect("an RFC 3339 time");
+    assert!(
+        (asked_at_ms + 59_000..asked_at_ms + 62_000).contains(&until),
+        "{logged}"
+    );
+
+    let metrics = app.metrics().await;
+    let gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dispatch_relay_github_paused_until_timestamp_seconds "))
+        .expect("the gauge is exported");
+    assert_eq!(
+        (gauge.parse::<f64>().unwrap() * 1000.0).round() as i64,
+        until
+    );
+
+    let listing = app.cli(&["deliveries"]);
+    let note = String::from_utf8_lossy(&listing.stderr);
+    assert!(note.contains("holds back every dispatch until"), "{note}");
+    let (_, noted) = note.split_once("until ").unwrap();
+    assert_eq!(
+        parse(noted.split(' ').next().unwrap()),
+        Some(until),
+        "{note}"
+    );
+    let page: Value = app
+        .http
+        .get(app.url("/admin/deliveries"))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["paused_until_ms"], until, "{page}");
+    assert_eq!(page["deliveries"][0]["targets"][0]["status"], "pending");
+}
+
 /// A burst on one route does not hold back another route's dispatch: the
 /// queue takes turns between routes. The burst queues up while GitHub's
 /// rate limit holds every dispatch back, so that what goes first when the

@@ -641,6 +641,15 @@ async fn a_rate_limit_pause_outlives_a_restart() {
     app.restart();
     app.wait_for_log(|line| line.contains("Waiting out the rate-limit pause"))
         .await;
+    // The restarted relay says until when, as the first one did.
+    let metrics = app.metrics().await;
+    let until_secs: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dispatch_relay_github_paused_until_timestamp_seconds "))
+        .and_then(|value| value.parse().ok())
+        .expect("the gauge is exported");
+    let now_secs = dispatch_relay::clock::now_ms() as f64 / 1000.0;
+    assert!(until_secs > now_secs, "{until_secs} is past");
     assert_eq!(app.post_signed("cms", r#"{"n":1}"#).await.status(), 202);
     let sent = app
         .github

@@ -116,3 +116,71 @@ fn documented_configuration_examples_load() {
     assert!(checked > 0, "no configuration examples found in {DOCS:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// Every metric the relay exports is described in the README's list and in
+/// operations.md's table, and every metric the dashboard, the alert rules
+/// and the docs name is one the relay exports.
+#[test]
+fn every_metric_is_documented_and_every_documented_metric_exists() {
+    use dispatch_relay::telemetry::{Metrics, SnsSubscription};
+    // Labelled series appear with their first value: give each one.
+    let metrics = Metrics::new();
+    metrics.init_route("r");
+    metrics.delivered("r", 1.0);
+    metrics.github_request("repository_dispatch", Some(204), 0.1);
+    metrics.rate_limit_remaining("token", 10, None);
+    metrics.sns_subscription("r", SnsSubscription::Confirmed);
+    metrics.set_queue_depth(dispatch_relay::store::QueueDepth::default());
+    let exported: std::collections::BTreeSet<String> = metrics
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    assert!(exported.len() >= 12, "{exported:?}");
+
+    let root = repo_root();
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
+    let readme = read("README.md");
+    let operations = read("docs/operations.md");
+    for name in &exported {
+        let short = name.strip_prefix("dispatch_relay_").unwrap();
+        assert!(
+            readme.contains(&format!("`{short}")),
+            "README.md lacks {short}"
+        );
+        assert!(
+            operations.contains(&format!("| `{name}` |")),
+            "operations.md's table lacks {name}"
+        );
+    }
+    for path in [
+        "README.md",
+        "docs/operations.md",
+        "docs/github.md",
+        "docs/decisions.md",
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/dispatch-relay.json",
+    ] {
+        let text = read(path);
+        for (at, _) in text.match_indices("dispatch_relay_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name == "dispatch_relay_" {
+                // The prefix itself, as the README introduces it.
+                continue;
+            }
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            assert!(
+                exported.contains(&name) || exported.contains(base),
+                "{path} names `{name}`, which the relay does not export"
+            );
+        }
+    }
+}
