@@ -125,11 +125,17 @@ pub async fn list(
         for t in &d.targets {
             // Why a target is still being retried, which `pending(N)` alone
             // does not say.
+            // The attempts shown may include some that do not count
+            // against `retry.max_attempts` (rate limits, an outage).
             if t.status == Status::Pending
                 && let Some(error) = &t.last_error
             {
                 let error = crate::text::one_line(error);
-                println!("{:<36}  {}: retrying: {error}", "", t.repo);
+                let plural = if t.attempts == 1 { "" } else { "s" };
+                println!(
+                    "{:<36}  {}: retrying after {} attempt{plural} ({} counted against retry.max_attempts): {error}",
+                    "", t.repo, t.attempts, t.counted_attempts
+                );
             }
             if let Some(result) = &t.result {
                 println!(

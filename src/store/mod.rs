@@ -270,6 +270,9 @@ pub struct JobSummary {
     pub label: String,
     pub status: Status,
     pub attempts: u32,
+    /// The attempts that count against `retry.max_attempts`: not those
+    /// answered with a rate limit, nor those made while GitHub was down.
+    pub counted_attempts: u32,
     pub last_error: Option<String>,
     /// The run a workflow dispatch created, when GitHub said.
     #[serde(skip_serializing_if = "Option::is_none")]

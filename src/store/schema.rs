@@ -813,7 +813,7 @@ fn summary_from_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Delive
     let status: String = row.get(2)?;
     let targets = conn
         .prepare_cached(
-            "SELECT target_index, repo, label, status, attempts, last_error, result FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
+            "SELECT target_index, repo, label, status, attempts, last_error, result, failures FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
         )?
         .query_map(params![id], |r| {
             let status: String = r.get(3)?;
@@ -823,6 +823,7 @@ fn summary_from_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Delive
                 label: r.get(2)?,
                 status: Status::parse(&status).unwrap_or(Status::Pending),
                 attempts: r.get::<_, i64>(4)? as u32,
+                counted_attempts: r.get::<_, i64>(7)? as u32,
                 last_error: r.get(5)?,
                 result: r
                     .get::<_, Option<String>>(6)?

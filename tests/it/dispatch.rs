@@ -275,10 +275,12 @@ async fn the_deliveries_table_says_why_a_target_is_retried() {
     .await;
     let output = app.cli(&["deliveries"]);
     let table = String::from_utf8_lossy(&output.stdout).to_string();
+    // A rate limit does not count against retry.max_attempts.
     assert!(
-        table.contains("acme/blog: retrying: 429 You have exceeded a secondary rate limit"),
+        table.contains("acme/blog: retrying after 1 attempt (0 counted against retry.max_attempts): 429 You have exceeded a secondary rate limit"),
         "{table}"
     );
+    assert_eq!(app.deliveries(&[])[0]["targets"][0]["counted_attempts"], 0);
 }
 
 /// The table stays in line for route ids longer than its first width, as
