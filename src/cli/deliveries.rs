@@ -41,12 +41,13 @@ pub async fn list(
         })?),
     };
     let store = open_existing_store(&store_location(config_path)?)?;
-    let deliveries = store
+    // One more than asked for, to tell whether more match.
+    let mut deliveries = store
         .list(ListFilter {
             status,
             route,
             since_ms: None,
-            limit,
+            limit: limit.saturating_add(1),
             offset: 0,
             before: None,
         })
@@ -60,6 +61,14 @@ pub async fn list(
     // Closed before printing: the last connection to close checkpoints the
     // WAL and removes it, which a stopped relay's store should not keep.
     store.close().await;
+    if deliveries.len() > limit {
+        // A script counting failed deliveries would otherwise take the
+        // first page for all of them.
+        deliveries.truncate(limit);
+        eprintln!(
+            "Listed the latest {limit}; more match: raise --limit (the admin API pages through all)."
+        );
+    }
     if let Some(until) = paused_until_ms {
         // On stderr: a note about the queue, not a row of the listing,
         // which `--json` keeps a plain array of deliveries.

@@ -100,7 +100,7 @@ pub enum Command {
         // group above leaves `--failed` whenever `--id` is not given.
         #[arg(long, conflicts_with = "id")]
         route: Option<String>,
-        /// Only deliveries received within this long, e.g. `2h` (with --failed).
+        /// Only deliveries that failed within this long, e.g. `2h` (with --failed).
         #[arg(long, conflicts_with = "id")]
         since: Option<String>,
     },

@@ -23,6 +23,10 @@ pub enum IngressError {
     BodyTimeout { secs: f64 },
     #[error("{0}")]
     Unprocessable(String),
+    /// A webhook that failed to render, stored as a failed delivery: its
+    /// id is in the answer, for the sender's log and for `redeliver`.
+    #[error("{reason} (stored as failed delivery {delivery_id}; fix routes.yaml and redeliver it)")]
+    StoredUnprocessable { reason: String, delivery_id: String },
     #[error("too many requests for this route; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
@@ -48,7 +52,9 @@ impl IngressError {
             IngressError::TooLarge { .. } => "too_large",
             IngressError::BadRequest(_) => "bad_request",
             IngressError::BodyTimeout { .. } => "timeout",
-            IngressError::Unprocessable(_) => "unprocessable",
+            IngressError::Unprocessable(_) | IngressError::StoredUnprocessable { .. } => {
+                "unprocessable"
+            }
             IngressError::RateLimited { .. } => "rate_limited",
             IngressError::Unavailable(_) => "unavailable",
             IngressError::AdminDisabled => "admin_disabled",
@@ -69,7 +75,9 @@ impl IngressError {
             IngressError::BadRequest(_) | IngressError::BodyTimeout { .. } => {
                 WebhookOutcome::BadRequest
             }
-            IngressError::Unprocessable(_) => WebhookOutcome::Unprocessable,
+            IngressError::Unprocessable(_) | IngressError::StoredUnprocessable { .. } => {
+                WebhookOutcome::Unprocessable
+            }
             IngressError::RateLimited { .. } => WebhookOutcome::RateLimited,
             IngressError::Unavailable(_) => WebhookOutcome::Unavailable,
             _ => return None,
@@ -90,7 +98,9 @@ impl ResponseError for IngressError {
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
             IngressError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            IngressError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            IngressError::Unprocessable(_) | IngressError::StoredUnprocessable { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             IngressError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Conflict(_) => StatusCode::CONFLICT,
@@ -125,6 +135,10 @@ impl ResponseError for IngressError {
             }
             _ => {}
         }
-        response.json(serde_json::json!({"error": self.code(), "message": self.to_string()}))
+        let mut body = serde_json::json!({"error": self.code(), "message": self.to_string()});
+        if let IngressError::StoredUnprocessable { delivery_id, .. } = self {
+            body["delivery_id"] = delivery_id.as_str().into();
+        }
+        response.json(body)
     }
 }

@@ -317,9 +317,10 @@ async fn accept(
         Accepted::Stored => match failure {
             Some(reason) => {
                 tracing::warn!(route = %route.id, delivery_id = %delivery_id, reason = %reason, "Stored a webhook that failed to render");
-                Err(IngressError::Unprocessable(format!(
-                    "{reason} (stored as failed delivery {delivery_id}; fix routes.yaml and redeliver it)"
-                )))
+                Err(IngressError::StoredUnprocessable {
+                    reason,
+                    delivery_id: delivery_id.to_string(),
+                })
             }
             None => {
                 state.dispatcher.wake();

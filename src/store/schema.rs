@@ -760,7 +760,7 @@ pub(super) fn rerender(
         Rerendering::AsRendered { targets } => {
             let mut requeue = conn.prepare_cached(
                 "UPDATE jobs SET status = 'pending', next_attempt_at = ?3, created_at = ?3, failures = 0,
-                     leased_until = NULL, finished_at = NULL, route = ?4
+                     leased_until = NULL, finished_at = NULL, last_error = NULL, route = ?4
                  WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
             )?;
             let mut requeued = 0;
@@ -775,11 +775,14 @@ pub(super) fn rerender(
         }
         Rerendering::Jobs { jobs, .. } => {
             // A requeued job is young again: `retry.give_up_after` counts
-            // from the redelivery, not from the webhook's arrival.
+            // from the redelivery, not from the webhook's arrival, and
+            // `retry.max_attempts` from zero. The last error was the
+            // failure's: listed beside a pending job it would read as the
+            // reason of a retry.
             let mut replace = conn.prepare_cached(
                 "UPDATE jobs SET repo = ?3, label = ?4, path = ?5, body = ?6, status = 'pending',
                      next_attempt_at = ?7, created_at = ?7, failures = 0, leased_until = NULL, finished_at = NULL,
-                     route = ?8
+                     last_error = NULL, route = ?8
                  WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
             )?;
             let mut replaced = 0;
@@ -930,11 +933,31 @@ pub(super) fn get(
     Ok(Some((summary, attempts)))
 }
 
-pub(super) const FAILED_BY_ID: &str = "SELECT id, route, received_at, request FROM deliveries
-     WHERE id = ?3 AND status = 'failed' AND (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR received_at >= ?2)";
-const FAILED_DELIVERIES: &str = "SELECT id, route, received_at, request FROM deliveries
-     WHERE status = 'failed' AND (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR received_at >= ?2)
-     ORDER BY received_at, id";
+/// When a failed delivery last failed: its latest failed job's end, or,
+/// without one (it failed to render, or a redelivery left it failed), its
+/// own end. `--since` reads this, not the arrival: after an alert, a
+/// delivery that retried for hours before it failed is one of those to send
+/// again.
+macro_rules! failed_at {
+    () => {
+        "COALESCE((SELECT MAX(finished_at) FROM jobs WHERE delivery_id = deliveries.id AND status = 'failed'),
+                  finished_at, received_at)"
+    };
+}
+
+pub(super) const FAILED_BY_ID: &str = concat!(
+    "SELECT id, route, received_at, request FROM deliveries
+     WHERE id = ?3 AND status = 'failed' AND (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR ",
+    failed_at!(),
+    " >= ?2)"
+);
+const FAILED_DELIVERIES: &str = concat!(
+    "SELECT id, route, received_at, request FROM deliveries
+     WHERE status = 'failed' AND (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR ",
+    failed_at!(),
+    " >= ?2)
+     ORDER BY received_at, id"
+);
 
 pub(super) fn failed(
     conn: &Connection,

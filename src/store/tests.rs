@@ -1175,6 +1175,9 @@ async fn a_fanout_with_a_target_failed_for_good_is_failed_while_its_sibling_is_r
     let pending = listed(Status::Pending).await;
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].error, None);
+    let redelivered = &pending[0].targets[1];
+    assert_eq!(redelivered.last_error, None, "the failure's reason is gone");
+    assert_eq!(redelivered.counted_attempts, 0);
     let requeued = store.lease_due(6_000, 10, 60_000).await.unwrap();
     assert_eq!(requeued.len(), 1, "the retrying job is not due yet");
     assert_eq!(
@@ -1194,4 +1197,36 @@ async fn a_fanout_with_a_target_failed_for_good_is_failed_while_its_sibling_is_r
     let delivered = listed(Status::Delivered).await;
     assert_eq!(delivered.len(), 1);
     assert!(delivered[0].finished_at_ms.is_some());
+}
+
+#[tokio::test]
+async fn since_selects_deliveries_by_when_they_failed_not_when_they_arrived() {
+    let (_dir, store) = open();
+    // Received at 1 s; retried until it failed for good at 50 s.
+    store.accept(delivery("late", None, 1)).await.unwrap();
+    let jobs = store.lease_due(5_000, 10, 60_000).await.unwrap();
+    let mut failed = attempt(
+        &jobs[0],
+        JobNext::Failed {
+            reason: "gave up".into(),
+        },
+    );
+    failed.started_at_ms = 50_000;
+    store.record(failed).await.unwrap();
+    // Received at 40 s and failed to render then.
+    let mut early = delivery("unrendered", None, 0);
+    early.received_at_ms = 40_000;
+    early.failure = Some("render".into());
+    store.accept(early).await.unwrap();
+
+    let since = |ms| {
+        let store = store.clone();
+        async move {
+            let found = store.failed_deliveries(None, Some(ms), None).await.unwrap();
+            found.into_iter().map(|d| d.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(since(30_000).await, ["late", "unrendered"]);
+    assert_eq!(since(45_000).await, ["late"]);
+    assert_eq!(since(60_000).await, Vec::<String>::new());
 }

@@ -328,6 +328,10 @@ async fn a_render_failure_is_stored_answered_422_and_recovered_by_redeliver() {
     let list = app.deliveries(&[]);
     assert_eq!(list.len(), 1);
     assert_eq!(status_of(&list[0]), "failed");
+    // The answer names the stored delivery, for the sender's log and for
+    // `redeliver --id`.
+    assert_eq!(answer["error"], "unprocessable");
+    assert_eq!(answer["delivery_id"], list[0]["id"], "{answer}");
 
     // Fix the route, redeliver: it is rendered again and sent.
     let fixed = std::fs::read_to_string(app.config_path()).unwrap().replace(

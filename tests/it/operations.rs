@@ -503,6 +503,15 @@ async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_re
         l.len() == 5 && l.iter().all(|d| d["status"] == "failed")
     })
     .await;
+    // The command's listing says when it is not all of them.
+    let more = |limit: &str| {
+        let listing = app.cli(&["deliveries", "--json", "--limit", limit]);
+        let listed: Vec<Value> = serde_json::from_slice(&listing.stdout).unwrap();
+        let note = String::from_utf8_lossy(&listing.stderr).to_string();
+        (listed.len(), note.contains("Listed the latest"))
+    };
+    assert_eq!(more("4"), (4, true));
+    assert_eq!(more("5"), (5, false));
     app.github.add_repo("acme/missing");
     let admin_get = |path: String, token: &'static str| {
         let request = app.http.get(app.url(&path)).bearer_auth(token);
