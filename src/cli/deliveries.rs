@@ -17,7 +17,8 @@ fn store_location(config_path: &Path) -> Result<std::path::PathBuf, CliError> {
     // RELAY_DATABASE_URL wins over the file, so the file's value (and any
     // variable it needs) only matters without it.
     let from_env = super::process_setting("RELAY_DATABASE_URL").is_some();
-    let configured = match std::fs::read_to_string(config_path) {
+    let text = std::fs::read(config_path).map_err(|e| e.to_string());
+    let configured = match text.and_then(config::decode) {
         Ok(text) if !from_env => config::store_url(&text, &super::process_env)
             .map_err(|e| invalid(anyhow::anyhow!("{}: {e}", config_path.display())))?,
         _ => None,

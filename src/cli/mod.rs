@@ -220,8 +220,10 @@ pub fn load_config(path: &Path) -> Result<Loaded, CliError> {
 
 /// Like [`load_config`], also returning the text that was loaded.
 pub fn load_config_text(path: &Path) -> Result<(Loaded, String), CliError> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| invalid(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
+    let text =
+        config::decode(bytes).map_err(|e| invalid(anyhow::anyhow!("{}:{e}", path.display())))?;
     let loaded = config::load(&path.display().to_string(), &text, &process_env)
         .map_err(|errors| CliError::Config(errors.to_string()))?;
     Ok((loaded, text))

@@ -141,9 +141,13 @@ impl Reloader {
             // block; they run beside the runtime's threads, which carry the
             // dispatcher.
             let path = self.path.clone();
-            let read = blocking(move || std::fs::read_to_string(&path).map_err(|e| e.to_string()))
-                .await
-                .and_then(|read| read);
+            let read = blocking(move || {
+                std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(crate::config::decode)
+            })
+            .await
+            .and_then(|read| read);
             let unchanged = read.as_deref().ok() == Some(self.watch.loaded_text());
             match self.watch.step(read, forced) {
                 // Only while the file still holds the text that waits: a

@@ -352,7 +352,12 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     let mut server = tokio::spawn(app.run_until_stopped());
     let stop_background = tokio_util::sync::CancellationToken::new();
     let reloader = Reloader {
-        path: config_path.to_path_buf(),
+        // Made absolute from the start directory's name, without resolving
+        // links: a relative path would go on naming the file in the
+        // directory the process started in even after a deploy replaced
+        // that directory (a new checkout, a swapped release), and the
+        // edits made there would never be seen.
+        path: std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf()),
         watch: super::reload::FileWatch::new(loaded_text),
         started: state.routes().config.clone(),
         state: state.clone(),

@@ -494,6 +494,33 @@ impl fmt::Display for ConfigWarning {
 /// `env` looks up variables for `${VAR}` substitution and for the
 /// `GITHUB_API_URL` override; the caller passes the process environment,
 /// tests pass a map.
+/// The text of a configuration file's bytes. A UTF-8 byte order mark, which
+/// Windows editors write and YAML allows, is dropped (left in, it reads as
+/// a second document). Bytes that are not UTF-8 are placed by
+/// `line:column`, which the caller puts after the file's name, as the
+/// file's other errors are.
+pub fn decode(bytes: Vec<u8>) -> Result<String, String> {
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_owned(),
+            None => text,
+        }),
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&valid[line_start..])
+                .chars()
+                .count()
+                + 1;
+            let byte = e.as_bytes()[valid.len()];
+            Err(format!(
+                "{line}:{column}: byte 0x{byte:02X} is not UTF-8; save the file as UTF-8"
+            ))
+        }
+    }
+}
+
 pub fn load(
     file_name: &str,
     text: &str,

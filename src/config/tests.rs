@@ -1267,3 +1267,15 @@ fn a_secret_left_with_only_its_text_by_an_empty_default_is_warned_about() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn a_byte_order_mark_is_dropped_and_bytes_that_are_not_utf8_are_placed() {
+    let text = "github:\n  token: t\nroutes: []\n";
+    let with_bom = [b"\xef\xbb\xbf".as_slice(), text.as_bytes()].concat();
+    assert_eq!(super::decode(with_bom).unwrap(), text);
+    let latin1 = b"routes:\n  - id: caf\xe9\n".to_vec();
+    assert_eq!(
+        super::decode(latin1).unwrap_err(),
+        "2:12: byte 0xE9 is not UTF-8; save the file as UTF-8"
+    );
+}

@@ -4,8 +4,8 @@
 //! within fixed sets and a route label can only come from the configuration.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use std::collections::HashMap;
@@ -120,6 +120,7 @@ pub struct Metrics {
     token_mints: IntCounterVec,
     config_reloads: IntCounterVec,
     config_last_reload_success: Gauge,
+    config_last_reload_successful: IntGauge,
     github_paused_until: Gauge,
     sns_subscriptions: IntCounterVec,
     /// Per credential, when GitHub's current rate-limit window resets and
@@ -232,6 +233,11 @@ impl Metrics {
             "When the configuration was last loaded successfully.",
         ))
         .expect("valid metric");
+        let config_last_reload_successful = IntGauge::with_opts(opts(
+            "config_last_reload_successful",
+            "1 when the last load of the configuration succeeded, 0 while the file on disk is refused.",
+        ))
+        .expect("valid metric");
         let github_paused_until = Gauge::with_opts(opts(
             "github_paused_until_timestamp_seconds",
             "When the pause GitHub's last rate limit asked for ends; nothing is sent to GitHub before. In the past (or 0) when sending is not paused.",
@@ -256,6 +262,7 @@ impl Metrics {
             Box::new(token_mints.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload_success.clone()),
+            Box::new(config_last_reload_successful.clone()),
             Box::new(github_paused_until.clone()),
             Box::new(sns_subscriptions.clone()),
         ] {
@@ -279,6 +286,7 @@ impl Metrics {
             token_mints,
             config_reloads,
             config_last_reload_success,
+            config_last_reload_successful,
             github_paused_until,
             sns_subscriptions,
             rate_limit_windows: Arc::default(),
@@ -450,6 +458,7 @@ impl Metrics {
         if ok {
             self.config_last_reload_success.set(now_epoch_secs);
         }
+        self.config_last_reload_successful.set(i64::from(ok));
     }
 
     /// The Prometheus text exposition of every metric.

@@ -53,6 +53,26 @@ fn check_reports_every_error_with_file_line_and_column() {
     );
 }
 
+/// Windows editors start a UTF-8 file with a byte order mark, which YAML
+/// allows; another encoding is named where its first foreign byte is.
+#[test]
+fn check_reads_a_byte_order_mark_and_places_bytes_that_are_not_utf8() {
+    let good = "github:\n  token: x\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let dir = dir_with_routes(&format!("\u{feff}{good}"));
+    let (code, _, stderr) = run(dir.path(), &["check"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut latin1 = good.replace("deploy", "dXploy").into_bytes();
+    let at = latin1.iter().position(|&b| b == b'X').unwrap();
+    latin1[at] = 0xe9;
+    std::fs::write(dir.path().join("routes.yaml"), latin1).unwrap();
+    let (code, _, stderr) = run(dir.path(), &["check"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("routes.yaml:8:22: byte 0xE9 is not UTF-8"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_flags_exit_1_and_help_exits_0() {
     let dir = tempfile::tempdir().unwrap();

@@ -247,6 +247,18 @@ async fn a_valid_edit_adds_a_route_and_an_invalid_one_keeps_the_old_routes() {
     assert_eq!(app.post("new", "{}").await.status(), 202);
     app.wait_for_log(|l| l.contains("previous one stays in force") && l.contains("routes.yaml:"))
         .await;
+    // The gauge an alert reads holds the refusal until a load succeeds.
+    let successful = "dispatch_relay_config_last_reload_successful ";
+    assert!(app.metrics().await.contains(&format!("{successful}0")));
+    app.write_config(&added);
+    let start = std::time::Instant::now();
+    while !app.metrics().await.contains(&format!("{successful}1")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the fixed file was never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -806,4 +818,56 @@ async fn wait_until_not_ready(app: &crate::helpers::TestApp, deadline: std::time
         assert!(std::time::Instant::now() < deadline, "/readyz stayed ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A relative `--config` keeps naming the file where the operator edits it
+/// after a deploy replaced its directory (a new checkout, a swapped
+/// release), not the copy in the directory the relay started in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relative_config_path_follows_its_directory_when_it_is_replaced() {
+    let github = crate::fake_github::FakeGitHub::start().await;
+    github.add_token(crate::helpers::TOKEN);
+    github.add_repo("acme/blog");
+    let root = tempfile::tempdir().unwrap();
+    let conf = root.path().join("conf");
+    let routes = |id: &str| {
+        format!(
+            "{TEST_HEAD}\nroutes:\n  - id: {id}\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n"
+        )
+    };
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("routes.yaml"), routes("old")).unwrap();
+    let store = format!("sqlite:{}", root.path().join("relay.db").display());
+    let env: Vec<(String, String)> = [
+        ("GITHUB_TOKEN", crate::helpers::TOKEN.to_string()),
+        ("GITHUB_API_URL", github.url()),
+        ("RELAY_DATABASE_URL", store),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let (mut child, base_url, _logs, _reader) =
+        crate::helpers::start_relay_in(&conf, std::path::Path::new("routes.yaml"), &env);
+    let http = reqwest::Client::new();
+    let post = |route: &str| {
+        http.post(format!("{base_url}/hooks/{route}"))
+            .body("{}")
+            .send()
+    };
+    assert_eq!(post("old").await.unwrap().status(), 202);
+
+    std::fs::rename(&conf, root.path().join("conf.old")).unwrap();
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("routes.yaml"), routes("new")).unwrap();
+    let start = std::time::Instant::now();
+    while post("new").await.unwrap().status() != 202 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the routes in the new directory were never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(post("old").await.unwrap().status(), 404);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

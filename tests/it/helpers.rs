@@ -399,7 +399,7 @@ pub async fn spawn_app_prepared(
     }
 }
 
-type Started = (
+pub type Started = (
     Child,
     String,
     Arc<Mutex<Vec<String>>>,
@@ -407,10 +407,22 @@ type Started = (
 );
 
 fn start_relay(dir: &std::path::Path, env: &[(String, String)]) -> Started {
+    start_relay_in(dir, &dir.join("routes.yaml"), env)
+}
+
+/// Starts `serve` in `cwd` with `--config config`, which may be relative
+/// to it; answers the process, its base URL, its log lines so far (kept
+/// up to date) and the thread that reads them.
+pub fn start_relay_in(
+    cwd: &std::path::Path,
+    config: &std::path::Path,
+    env: &[(String, String)],
+) -> Started {
     let mut command = Command::new(binary());
     command
+        .current_dir(cwd)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(dir.join("routes.yaml"))
+        .arg(config)
         .env("RELAY_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .env_remove("RELAY_DATABASE_URL")
