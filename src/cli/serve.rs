@@ -222,6 +222,11 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     // manager.
     let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
+    // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would end the
+    // process by SIGXFSZ at the store's first write past it, with no word
+    // in the log. Handled, the write fails instead, and the relay answers
+    // 503 and says why, as for a full disk. Kept for the life of `serve`.
+    let _file_size_limit = signal(SignalKind::from_raw(libc::SIGXFSZ)).map_err(runtime)?;
     let (loaded, loaded_text) = load_config_text(config_path)?;
     // `server.listen` was checked with the file; the flag (or RELAY_LISTEN)
     // is input too: a malformed one exits 1, as a malformed file does, and
@@ -253,7 +258,8 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     };
     // Said when it happens: a store url with a typo in it gives a new,
     // empty store (its directory created too), not an error.
-    let new_store = std::fs::metadata(&db_path).map_or(true, |file| file.len() == 0);
+    let existing = std::fs::metadata(&db_path).ok().map(|file| file.len());
+    let new_store = existing.is_none_or(|len| len == 0);
     // A WAL without its store is what moving or deleting the store file
     // leaves: it holds the latest commits, and a new store at the path
     // would discard it. Starting empty must be asked for.
@@ -275,8 +281,15 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         .await
         .context("cannot recover the leases of a previous run")
         .map_err(runtime)?;
-    if new_store {
-        tracing::info!(store = %db_path.display(), "Created a new, empty store");
+    match existing {
+        None => tracing::info!(store = %db_path.display(), "Created a new, empty store"),
+        // What a failed restore or a truncation leaves: any queue the file
+        // held before is gone, which the operator must hear of.
+        Some(0) => tracing::warn!(
+            store = %db_path.display(),
+            "The store file was empty (0 bytes): started a new, empty store in it; if it held deliveries, restore it from a backup"
+        ),
+        Some(_) => {}
     }
     warn_if_readable_by_others(&db_path);
 

@@ -847,7 +847,7 @@ async fn a_relative_config_path_follows_its_directory_when_it_is_replaced() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let (mut child, base_url, _logs, _reader) =
-        crate::helpers::start_relay_in(&conf, std::path::Path::new("routes.yaml"), &env);
+        crate::helpers::start_relay_in(&conf, std::path::Path::new("routes.yaml"), &env, None);
     let http = reqwest::Client::new();
     let post = |route: &str| {
         http.post(format!("{base_url}/hooks/{route}"))
@@ -868,6 +868,97 @@ async fn a_relative_config_path_follows_its_directory_when_it_is_replaced() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(post("old").await.unwrap().status(), 404);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Under a file-size limit (`ulimit -f`, systemd's LimitFSIZE) a store
+/// write past it refuses the webhook with 503; the relay does not die of
+/// SIGXFSZ without a word.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_size_limit_refuses_webhooks_instead_of_ending_the_relay() {
+    let github = crate::fake_github::FakeGitHub::start().await;
+    github.add_token(crate::helpers::TOKEN);
+    github.add_repo("acme/blog");
+    // Held back, so that the accepted webhooks stay in the store.
+    github.set_latency(Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "{TEST_HEAD}\nroutes:\n  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n"
+    );
+    std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+    let env: Vec<(String, String)> = [
+        ("GITHUB_TOKEN", crate::helpers::TOKEN.to_string()),
+        ("GITHUB_API_URL", github.url()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    // 4 MB: room for the store, not for the webhooks below.
+    let (mut child, base_url, logs, _reader) = crate::helpers::start_relay_in(
+        dir.path(),
+        &dir.path().join("routes.yaml"),
+        &env,
+        Some(8192),
+    );
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({ "x": "a".repeat(60_000) }).to_string();
+    let mut refused = false;
+    for _ in 0..200 {
+        let status = http
+            .post(format!("{base_url}/hooks/cms"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("the relay answers")
+            .status();
+        if status == 503 {
+            refused = true;
+            break;
+        }
+        assert_eq!(status, 202);
+    }
+    assert!(refused, "the store never reached the limit");
+    assert!(child.try_wait().unwrap().is_none(), "the relay ended");
+    let said_why = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|line| line.contains("The store refused a commit"));
+    assert!(said_why);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// An empty store file is what a failed restore or a truncation leaves:
+/// the relay starts a new store in it, and says that any queue it held is
+/// gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_store_file_is_started_afresh_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "{TEST_HEAD}\nroutes:\n  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n"
+    );
+    std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+    std::fs::write(dir.path().join("dispatch-relay.db"), "").unwrap();
+    let env = vec![(
+        "GITHUB_TOKEN".to_string(),
+        crate::helpers::TOKEN.to_string(),
+    )];
+    let (mut child, _, logs, _reader) =
+        crate::helpers::start_relay_in(dir.path(), &dir.path().join("routes.yaml"), &env, None);
+    let logs = logs.lock().unwrap().clone();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("WARN") && l.contains("The store file was empty (0 bytes)")),
+        "{logs:#?}"
+    );
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.contains("Created a new, empty store"))
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -407,18 +407,30 @@ pub type Started = (
 );
 
 fn start_relay(dir: &std::path::Path, env: &[(String, String)]) -> Started {
-    start_relay_in(dir, &dir.join("routes.yaml"), env)
+    start_relay_in(dir, &dir.join("routes.yaml"), env, None)
 }
 
 /// Starts `serve` in `cwd` with `--config config`, which may be relative
-/// to it; answers the process, its base URL, its log lines so far (kept
-/// up to date) and the thread that reads them.
+/// to it, under a file-size limit in 512-byte blocks (`ulimit -f`) when
+/// one is given; answers the process, its base URL, its log lines so far
+/// (kept up to date) and the thread that reads them.
 pub fn start_relay_in(
     cwd: &std::path::Path,
     config: &std::path::Path,
     env: &[(String, String)],
+    file_size_limit_blocks: Option<u64>,
 ) -> Started {
-    let mut command = Command::new(binary());
+    let mut command = match file_size_limit_blocks {
+        None => Command::new(binary()),
+        Some(blocks) => {
+            let mut shell = Command::new("sh");
+            shell
+                .arg("-c")
+                .arg(format!("ulimit -f {blocks}; exec \"$0\" \"$@\""))
+                .arg(binary());
+            shell
+        }
+    };
     command
         .current_dir(cwd)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
