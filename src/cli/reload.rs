@@ -41,6 +41,18 @@ pub struct Reloader {
     /// be read, with its warnings: its certificates are read again every
     /// second, while the file still holds it.
     pub waiting_for_certificates: Option<(Arc<config::Config>, Vec<String>)>,
+    /// The file's settings that the environment or a flag overrides, whose
+    /// changes would not take effect at a restart either.
+    pub overridden: Overridden,
+}
+
+/// Which of the file's restart-only settings something else decides.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overridden {
+    /// `--listen` or `RELAY_LISTEN` is given.
+    pub listen: bool,
+    /// `RELAY_DATABASE_URL` is set.
+    pub store_url: bool,
 }
 
 /// What the latest read of the file calls for.
@@ -215,7 +227,7 @@ impl Reloader {
             tracing::warn!(warning = %warning, "Configuration warning");
         }
         let count = routes.config.routes.len();
-        let restart_only = restart_only_changes(&self.started, &routes.config);
+        let restart_only = restart_only_changes(&self.started, &routes.config, self.overridden);
         if !restart_only.is_empty() {
             tracing::warn!(
                 sections = %restart_only.join(", "),
@@ -246,8 +258,14 @@ async fn blocking<T: Send + 'static>(
 /// The sections a reload cannot apply (the worker, the credential and the
 /// store are built once at start) that differ between two configurations.
 /// Sections are compared by value, secrets included: a rotated token is
-/// exactly the change an operator must be told needs a restart.
-fn restart_only_changes(old: &config::Config, new: &config::Config) -> Vec<&'static str> {
+/// exactly the change an operator must be told needs a restart. A setting
+/// the environment or a flag overrides is left out: a restart would not
+/// apply its change either.
+fn restart_only_changes(
+    old: &config::Config,
+    new: &config::Config,
+    overridden: Overridden,
+) -> Vec<&'static str> {
     let mut changed = Vec::new();
     if old.github != new.github {
         changed.push("github");
@@ -255,10 +273,14 @@ fn restart_only_changes(old: &config::Config, new: &config::Config) -> Vec<&'sta
     if old.retry != new.retry {
         changed.push("retry");
     }
-    if old.store != new.store {
+    let store_url_changed = !overridden.store_url && old.store.url != new.store.url;
+    if store_url_changed
+        || old.store.retention != new.store.retention
+        || old.store.synchronous != new.store.synchronous
+    {
         changed.push("store");
     }
-    if old.server.listen != new.server.listen {
+    if !overridden.listen && old.server.listen != new.server.listen {
         changed.push("server.listen");
     }
     fn route_notify(c: &config::Config) -> Vec<(&str, &[config::NotifyTarget])> {
@@ -397,10 +419,41 @@ mod tests {
         ];
         for (index, (new, expected)) in cases.iter().enumerate() {
             assert_eq!(
-                restart_only_changes(&base(), new),
+                restart_only_changes(&base(), new, Overridden::default()),
                 *expected,
                 "case {index}"
             );
         }
+    }
+
+    #[test]
+    fn settings_the_environment_overrides_need_no_restart_when_the_file_changes_them() {
+        let with = |extra: &str| {
+            let text = format!(
+                "github:\n  token: t\n{extra}routes:\n  - id: r\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: e\n"
+            );
+            config::load("routes.yaml", &text, &|_| None)
+                .unwrap()
+                .config
+        };
+        let old = with("");
+        let new = with("store:\n  url: sqlite:other.db\nserver:\n  listen: 0.0.0.0:9000\n");
+        let changes =
+            |listen, store_url| restart_only_changes(&old, &new, Overridden { listen, store_url });
+        assert_eq!(changes(false, false), ["store", "server.listen"]);
+        assert_eq!(changes(true, true), Vec::<&str>::new());
+        let retention = with("store:\n  url: sqlite:other.db\n  retention: 1d\n");
+        assert_eq!(
+            restart_only_changes(
+                &old,
+                &retention,
+                Overridden {
+                    listen: true,
+                    store_url: true
+                }
+            ),
+            ["store"],
+            "retention is the file's whatever decides the URL"
+        );
     }
 }

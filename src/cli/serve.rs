@@ -234,6 +234,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     // empty one (`RELAY_LISTEN=` in an environment file) is unset, as an
     // empty `server.listen` is.
     let listen = listen.filter(|l| !l.is_empty());
+    let listen_overridden = listen.is_some();
     if let Some(flag) = listen
         .as_deref()
         .filter(|l| !crate::config::is_listen_address(l))
@@ -376,6 +377,10 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         state: state.clone(),
         metrics,
         waiting_for_certificates: None,
+        overridden: super::reload::Overridden {
+            listen: listen_overridden,
+            store_url: super::process_setting("RELAY_DATABASE_URL").is_some(),
+        },
     };
     tokio::spawn(reloader.run(hangup, stop_background.clone()));
     tokio::spawn(prune_periodically(

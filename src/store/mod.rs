@@ -31,7 +31,7 @@ pub enum StoreError {
     Unavailable(String),
     /// SQLite's error, quoted in the message rather than given as the
     /// source: a chain printed whole would otherwise say it twice.
-    #[error("database error: {0}")]
+    #[error("database error: {0}{hint}", hint = likely_cause(.0))]
     Database(rusqlite::Error),
     #[error(transparent)]
     BadUrl(#[from] crate::config::BadStoreUrl),
@@ -39,6 +39,21 @@ pub enum StoreError {
     /// database, or a store of a newer relay.
     #[error("{0}")]
     NotAStore(String),
+}
+
+/// What an operator can do about SQLite's terser errors, whose own words
+/// ("disk I/O error", "attempt to write a readonly database") do not name
+/// the usual cause.
+fn likely_cause(e: &rusqlite::Error) -> &'static str {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::SystemIoFailure) => {
+            " (a full disk, a file-size limit such as LimitFSIZE, or a failing device)"
+        }
+        Some(rusqlite::ErrorCode::ReadOnly) => {
+            " (the relay must be able to write the store and its directory, where SQLite keeps the -wal and -shm files)"
+        }
+        _ => "",
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {

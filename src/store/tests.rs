@@ -1230,3 +1230,17 @@ async fn since_selects_deliveries_by_when_they_failed_not_when_they_arrived() {
     assert_eq!(since(45_000).await, ["late"]);
     assert_eq!(since(60_000).await, Vec::<String>::new());
 }
+
+#[test]
+fn sqlites_terse_errors_name_their_usual_cause() {
+    let error = |code| {
+        StoreError::Database(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+        .to_string()
+    };
+    assert!(error(rusqlite::ffi::SQLITE_IOERR).contains("a file-size limit"));
+    assert!(error(rusqlite::ffi::SQLITE_READONLY).contains("and its directory"));
+    assert!(!error(rusqlite::ffi::SQLITE_BUSY).contains('('));
+}

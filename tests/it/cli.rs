@@ -275,7 +275,8 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
     // for api.github.com.
     let text = "github:\n  token: ghp_test\n  api_url: http://127.0.0.1:9\nstore:\n  url: sqlite:relay.db\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
     let dir = dir_with_routes(text);
-    // An empty file where the store belongs is a new store, and is said so.
+    // An empty file where the store belongs is started afresh, with a
+    // warning that whatever it held is gone.
     std::fs::write(dir.path().join("relay.db"), b"").unwrap();
     let mut child = Command::new(binary())
         .args([
@@ -300,7 +301,7 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("Created a new, empty store")),
+            .any(|l| l.contains("The store file was empty (0 bytes)")),
         "{lines:#?}"
     );
     let line = lines.last().unwrap();
