@@ -364,13 +364,13 @@ async fn a_404_for_many_jobs_renews_the_token_once() {
         .push_responses("acme/blog", vec![Scripted::NotFound; 4]);
     post_n(&app, "cms", 1).await;
     app.wait_for_deliveries(WAIT, |list| {
-        list.len() == 1 && list[0]["status"] == "failed"
+        list.len() == 1 && crate::helpers::finished_failed(&list[0])
     })
     .await;
     post_n(&app, "cms", 2).await;
     let list = app
         .wait_for_deliveries(WAIT, |list| {
-            list.len() == 3 && list.iter().all(|d| d["status"] == "failed")
+            list.len() == 3 && list.iter().all(crate::helpers::finished_failed)
         })
         .await;
     assert!(
@@ -419,7 +419,7 @@ async fn a_token_refused_after_its_grace_is_renewed_once_then_fails_with_the_exp
     post_n(&app, "cms", 1).await;
     let list = app
         .wait_for_deliveries(WAIT, |list| {
-            list.len() == 1 && list[0]["status"] == "failed"
+            list.len() == 1 && crate::helpers::finished_failed(&list[0])
         })
         .await;
     assert!(
@@ -442,7 +442,7 @@ async fn post_one_that_fails(app: &TestApp) -> String {
     post_n(app, "cms", 1).await;
     let list = app
         .wait_for_deliveries(WAIT, |list| {
-            list.len() == 1 && list[0]["status"] == "failed"
+            list.len() == 1 && crate::helpers::finished_failed(&list[0])
         })
         .await;
     list[0]["error"].as_str().unwrap().to_string()

@@ -172,7 +172,7 @@ async fn not_found_and_bad_credentials_fail_with_an_explanation() {
     assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
     let list = app
         .wait_for_deliveries(WAIT, |list| {
-            list.len() == 1 && status_of(&list[0]) == "failed"
+            list.len() == 1 && crate::helpers::finished_failed(&list[0])
         })
         .await;
     let targets = list[0]["targets"].as_array().unwrap();
@@ -570,7 +570,7 @@ async fn a_token_that_can_only_read_fails_as_forbidden() {
     assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
     let list = app
         .wait_for_deliveries(WAIT, |list| {
-            list.len() == 1 && status_of(&list[0]) == "failed"
+            list.len() == 1 && crate::helpers::finished_failed(&list[0])
         })
         .await;
     let target = &list[0]["targets"][0];
@@ -640,7 +640,7 @@ async fn a_proxy_error_page_is_kept_as_its_title() {
     assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
     let list = app
         .wait_for_deliveries(WAIT, |list| {
-            list.len() == 1 && status_of(&list[0]) == "failed"
+            list.len() == 1 && crate::helpers::finished_failed(&list[0])
         })
         .await;
     assert_eq!(
@@ -973,7 +973,7 @@ async fn workflow_dispatches_github_refuses_fail_with_the_reason() {
     assert_eq!(app.post("cms", "{}").await.status(), 202);
     let list = app
         .wait_for_deliveries(WAIT, |list| {
-            list.len() == 1 && status_of(&list[0]) == "failed"
+            list.len() == 1 && crate::helpers::finished_failed(&list[0])
         })
         .await;
     let targets = list[0]["targets"].as_array().unwrap();
@@ -1021,7 +1021,7 @@ async fn fails_at_its_first_attempt(app: &crate::helpers::TestApp) -> (Vec<Value
     assert_eq!(app.post("cms", "{}").await.status(), 202);
     let list = app
         .wait_for_deliveries(WAIT, |list| {
-            list.len() == 1 && status_of(&list[0]) == "failed"
+            list.len() == 1 && crate::helpers::finished_failed(&list[0])
         })
         .await;
     let target = &list[0]["targets"][0];

@@ -268,7 +268,7 @@ async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary(
     assert_eq!(app.post("quiet", "{}").await.status(), 202);
     app.wait_for_deliveries(WAIT, |l| {
         l.iter()
-            .any(|d| d["route"] == "quiet" && d["status"] == "failed")
+            .any(|d| d["route"] == "quiet" && crate::helpers::finished_failed(d))
     })
     .await;
     // A route with its own `notify` reports there, not to the top-level list.
@@ -284,7 +284,7 @@ async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary(
     }
     app.wait_for_deliveries(WAIT, |l| {
         l.iter()
-            .filter(|d| d["route"] == "cms" && d["status"] == "failed")
+            .filter(|d| d["route"] == "cms" && crate::helpers::finished_failed(d))
             .count()
             == 100
     })
@@ -500,7 +500,7 @@ async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_re
         );
     }
     app.wait_for_deliveries(WAIT, |l| {
-        l.len() == 5 && l.iter().all(|d| d["status"] == "failed")
+        l.len() == 5 && l.iter().all(crate::helpers::finished_failed)
     })
     .await;
     // The command's listing says when it is not all of them.
@@ -602,7 +602,7 @@ async fn redeliver_after_targets_changed_sends_failed_jobs_as_first_rendered_unl
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    app.wait_for_deliveries(WAIT, |l| l[0]["status"] == "failed")
+    app.wait_for_deliveries(WAIT, |l| crate::helpers::finished_failed(&l[0]))
         .await;
     assert_eq!(
         sent_to("acme/blog"),
