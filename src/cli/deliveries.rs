@@ -17,8 +17,7 @@ fn store_location(config_path: &Path) -> Result<std::path::PathBuf, CliError> {
     // RELAY_DATABASE_URL wins over the file, so the file's value (and any
     // variable it needs) only matters without it.
     let from_env = super::process_setting("RELAY_DATABASE_URL").is_some();
-    let text = std::fs::read(config_path).map_err(|e| e.to_string());
-    let configured = match text.and_then(config::decode) {
+    let configured = match super::read_config_text(config_path) {
         Ok(text) if !from_env => config::store_url(&text, &super::process_env)
             .map_err(|e| invalid(anyhow::anyhow!("{}: {e}", config_path.display())))?,
         _ => None,
@@ -134,9 +133,8 @@ pub async fn list(
         }
         for t in &d.targets {
             // Why a target is still being retried, which `pending(N)` alone
-            // does not say.
-            // The attempts shown may include some that do not count
-            // against `retry.max_attempts` (rate limits, an outage).
+            // does not say, and how many of its attempts count against
+            // `retry.max_attempts` (not rate limits, nor an outage's).
             if t.status == Status::Pending
                 && let Some(error) = &t.last_error
             {

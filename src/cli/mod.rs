@@ -218,12 +218,16 @@ pub fn load_config(path: &Path) -> Result<Loaded, CliError> {
     load_config_text(path).map(|(loaded, _)| loaded)
 }
 
+/// The text of routes.yaml as every command and the reloader read it (see
+/// [`config::decode`]); the error names the file.
+pub fn read_config_text(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    config::decode(bytes).map_err(|e| format!("{}:{e}", path.display()))
+}
+
 /// Like [`load_config`], also returning the text that was loaded.
 pub fn load_config_text(path: &Path) -> Result<(Loaded, String), CliError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| invalid(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
-    let text =
-        config::decode(bytes).map_err(|e| invalid(anyhow::anyhow!("{}:{e}", path.display())))?;
+    let text = read_config_text(path).map_err(|e| invalid(anyhow::anyhow!(e)))?;
     let loaded = config::load(&path.display().to_string(), &text, &process_env)
         .map_err(|errors| CliError::Config(errors.to_string()))?;
     Ok((loaded, text))

@@ -153,13 +153,9 @@ impl Reloader {
             // block; they run beside the runtime's threads, which carry the
             // dispatcher.
             let path = self.path.clone();
-            let read = blocking(move || {
-                std::fs::read(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(crate::config::decode)
-            })
-            .await
-            .and_then(|read| read);
+            let read = blocking(move || super::read_config_text(&path))
+                .await
+                .and_then(|read| read);
             let unchanged = read.as_deref().ok() == Some(self.watch.loaded_text());
             match self.watch.step(read, forced) {
                 // Only while the file still holds the text that waits: a
@@ -273,11 +269,12 @@ fn restart_only_changes(
     if old.retry != new.retry {
         changed.push("retry");
     }
-    let store_url_changed = !overridden.store_url && old.store.url != new.store.url;
-    if store_url_changed
-        || old.store.retention != new.store.retention
-        || old.store.synchronous != new.store.synchronous
-    {
+    // Compared whole, but for a URL the environment decides.
+    let store_of = |c: &config::Config| config::StoreConfig {
+        url: c.store.url.clone().filter(|_| !overridden.store_url),
+        ..c.store
+    };
+    if store_of(old) != store_of(new) {
         changed.push("store");
     }
     if !overridden.listen && old.server.listen != new.server.listen {

@@ -489,11 +489,6 @@ impl fmt::Display for ConfigWarning {
     }
 }
 
-/// Loads a configuration from the text of `file_name`.
-///
-/// `env` looks up variables for `${VAR}` substitution and for the
-/// `GITHUB_API_URL` override; the caller passes the process environment,
-/// tests pass a map.
 /// The text of a configuration file's bytes. A UTF-8 byte order mark, which
 /// Windows editors write and YAML allows, is dropped (left in, it reads as
 /// a second document). Bytes that are not UTF-8 are placed by
@@ -521,6 +516,11 @@ pub fn decode(bytes: Vec<u8>) -> Result<String, String> {
     }
 }
 
+/// Loads a configuration from the text of `file_name`.
+///
+/// `env` looks up variables for `${VAR}` substitution and for the
+/// `GITHUB_API_URL` override; the caller passes the process environment,
+/// tests pass a map.
 pub fn load(
     file_name: &str,
     text: &str,

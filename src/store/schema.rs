@@ -934,10 +934,10 @@ pub(super) fn get(
 }
 
 /// When a failed delivery last failed: its latest failed job's end, or,
-/// without one (it failed to render, or a redelivery left it failed), its
-/// own end. `--since` reads this, not the arrival: after an alert, a
-/// delivery that retried for hours before it failed is one of those to send
-/// again.
+/// without one (it failed to render), its own end, which a redelivery that
+/// leaves it failed moves to then. `--since` reads this, not the arrival:
+/// after an alert, a delivery that retried for hours before it failed is
+/// one of those to send again.
 macro_rules! failed_at {
     () => {
         "COALESCE((SELECT MAX(finished_at) FROM jobs WHERE delivery_id = deliveries.id AND status = 'failed'),

@@ -443,15 +443,10 @@ async fn a_rate_limit_pause_says_until_when() {
         "{logged}"
     );
 
-    let metrics = app.metrics().await;
-    let gauge = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("dispatch_relay_github_paused_until_timestamp_seconds "))
-        .expect("the gauge is exported");
-    assert_eq!(
-        (gauge.parse::<f64>().unwrap() * 1000.0).round() as i64,
-        until
-    );
+    let gauge = app
+        .gauge("dispatch_relay_github_paused_until_timestamp_seconds")
+        .await;
+    assert_eq!((gauge * 1000.0).round() as i64, until);
 
     let listing = app.cli(&["deliveries"]);
     let note = String::from_utf8_lossy(&listing.stderr);

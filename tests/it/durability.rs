@@ -654,12 +654,9 @@ async fn a_rate_limit_pause_outlives_a_restart() {
     app.wait_for_log(|line| line.contains("Waiting out the rate-limit pause"))
         .await;
     // The restarted relay says until when, as the first one did.
-    let metrics = app.metrics().await;
-    let until_secs: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("dispatch_relay_github_paused_until_timestamp_seconds "))
-        .and_then(|value| value.parse().ok())
-        .expect("the gauge is exported");
+    let until_secs = app
+        .gauge("dispatch_relay_github_paused_until_timestamp_seconds")
+        .await;
     let now_secs = dispatch_relay::clock::now_ms() as f64 / 1000.0;
     assert!(until_secs > now_secs, "{until_secs} is past");
     assert_eq!(app.post_signed("cms", r#"{"n":1}"#).await.status(), 202);
@@ -830,22 +827,12 @@ async fn a_relative_config_path_follows_its_directory_when_it_is_replaced() {
     github.add_repo("acme/blog");
     let root = tempfile::tempdir().unwrap();
     let conf = root.path().join("conf");
-    let routes = |id: &str| {
-        format!(
-            "{TEST_HEAD}\nroutes:\n  - id: {id}\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n"
-        )
-    };
+    let routes = crate::helpers::plain_routes_file;
     std::fs::create_dir(&conf).unwrap();
     std::fs::write(conf.join("routes.yaml"), routes("old")).unwrap();
     let store = format!("sqlite:{}", root.path().join("relay.db").display());
-    let env: Vec<(String, String)> = [
-        ("GITHUB_TOKEN", crate::helpers::TOKEN.to_string()),
-        ("GITHUB_API_URL", github.url()),
-        ("RELAY_DATABASE_URL", store),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let mut env = crate::helpers::relay_env(Some(&github));
+    env.push(("RELAY_DATABASE_URL".to_string(), store));
     let (mut child, base_url, _logs, _reader) =
         crate::helpers::start_relay_in(&conf, std::path::Path::new("routes.yaml"), &env, None);
     let http = reqwest::Client::new();
@@ -883,17 +870,9 @@ async fn a_file_size_limit_refuses_webhooks_instead_of_ending_the_relay() {
     // Held back, so that the accepted webhooks stay in the store.
     github.set_latency(Duration::from_secs(30));
     let dir = tempfile::tempdir().unwrap();
-    let routes = format!(
-        "{TEST_HEAD}\nroutes:\n  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n"
-    );
+    let routes = crate::helpers::plain_routes_file("cms");
     std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
-    let env: Vec<(String, String)> = [
-        ("GITHUB_TOKEN", crate::helpers::TOKEN.to_string()),
-        ("GITHUB_API_URL", github.url()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let env = crate::helpers::relay_env(Some(&github));
     // 4 MB: room for the store, not for the webhooks below.
     let (mut child, base_url, logs, _reader) = crate::helpers::start_relay_in(
         dir.path(),
@@ -937,15 +916,10 @@ async fn a_file_size_limit_refuses_webhooks_instead_of_ending_the_relay() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_empty_store_file_is_started_afresh_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
-    let routes = format!(
-        "{TEST_HEAD}\nroutes:\n  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n"
-    );
+    let routes = crate::helpers::plain_routes_file("cms");
     std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
     std::fs::write(dir.path().join("dispatch-relay.db"), "").unwrap();
-    let env = vec![(
-        "GITHUB_TOKEN".to_string(),
-        crate::helpers::TOKEN.to_string(),
-    )];
+    let env = crate::helpers::relay_env(None);
     let (mut child, _, logs, _reader) =
         crate::helpers::start_relay_in(dir.path(), &dir.path().join("routes.yaml"), &env, None);
     let logs = logs.lock().unwrap().clone();

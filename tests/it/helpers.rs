@@ -142,6 +142,16 @@ impl TestApp {
         self.logs()
     }
 
+    /// The value of an unlabelled gauge in `/metrics`.
+    pub async fn gauge(&self, name: &str) -> f64 {
+        let metrics = self.metrics().await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no gauge {name} in:\n{metrics}"))
+    }
+
     pub async fn metrics(&self) -> String {
         self.http
             .get(self.url("/metrics"))
@@ -576,4 +586,22 @@ pub async fn json_of(response: reqwest::Response) -> (u16, Value) {
 /// others may still be sent.
 pub fn finished_failed(delivery: &Value) -> bool {
     delivery["status"] == "failed" && !delivery["finished_at_ms"].is_null()
+}
+
+/// A whole routes.yaml: `TEST_HEAD` and one unverified route `id` that
+/// dispatches `deploy` to acme/blog.
+pub fn plain_routes_file(id: &str) -> String {
+    format!(
+        "{TEST_HEAD}\nroutes:\n  - id: {id}\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n"
+    )
+}
+
+/// The environment of a relay started with [`start_relay_in`]: the test
+/// token, and the fake GitHub's address when there is one.
+pub fn relay_env(github: Option<&FakeGitHub>) -> Vec<(String, String)> {
+    let mut env = vec![("GITHUB_TOKEN".to_string(), TOKEN.to_string())];
+    if let Some(github) = github {
+        env.push(("GITHUB_API_URL".to_string(), github.url()));
+    }
+    env
 }
