@@ -293,6 +293,14 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         Some(_) => {}
     }
     warn_if_readable_by_others(&db_path);
+    // Beside the work rather than before it: the check reads the whole
+    // file, and a large store would otherwise hold the start back.
+    let checked = store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = checked.check_integrity().await {
+            tracing::warn!(error = %e, "Could not check the store file for damage");
+        }
+    });
 
     let client =
         GitHubClient::new(&config.github.api_url, config.github.timeout).map_err(runtime)?;

@@ -52,7 +52,63 @@ fn likely_cause(e: &rusqlite::Error) -> &'static str {
         Some(rusqlite::ErrorCode::ReadOnly) => {
             " (the relay must be able to write the store and its directory, where SQLite keeps the -wal and -shm files)"
         }
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            " (the store file is damaged: see \"A corrupt store\" in docs/operations.md)"
+        }
         _ => "",
+    }
+}
+
+/// Whether SQLite found the store file damaged.
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+impl StoreError {
+    /// SQLite's own words, when the error says the store file is damaged.
+    fn damage(&self) -> Option<String> {
+        match self {
+            StoreError::Database(e) if is_corruption(e) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the store file was found damaged, and why; shared by the writer
+/// thread and the readers.
+///
+/// A damaged file cannot be trusted with anything more: a webhook answered
+/// `202` may land on a damaged page, and a dispatch whose answer cannot be
+/// recorded is sent again at every start. So once any statement finds
+/// damage, or the check at start does, the writer refuses every command
+/// (webhooks get `503`, `/readyz` fails, the worker leases nothing) until
+/// the relay is restarted on a sound file.
+#[derive(Clone, Default)]
+pub(crate) struct Corruption(Arc<std::sync::OnceLock<String>>);
+
+impl Corruption {
+    /// Why writes are refused, once the file was found damaged.
+    pub(crate) fn refusal(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+
+    /// Notes that `path` was found damaged, as `cause` says. The first note
+    /// is logged; the rest add nothing.
+    pub(crate) fn note(&self, path: &Path, cause: &str) {
+        let refusal = format!(
+            "the store file {} is damaged ({cause}); writes are refused and nothing is sent until the relay is restarted on a sound file (see \"A corrupt store\" in docs/operations.md)",
+            path.display()
+        );
+        if self.0.set(refusal).is_ok() {
+            tracing::error!(
+                store = %path.display(),
+                error = cause,
+                "The store file is damaged: every write is refused and nothing is sent until the relay is restarted on a restored or recovered file"
+            );
+        }
     }
 }
 
@@ -416,6 +472,7 @@ pub struct Store {
     /// The route of the last job leased: the next lease starts its turns
     /// with the route after it (see [`Store::lease_due`]).
     last_leased_route: Arc<Mutex<Option<String>>>,
+    corruption: Corruption,
 }
 
 impl std::fmt::Debug for Store {
@@ -470,7 +527,8 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let conn = open_connection(path, opener)?;
         schema::migrate(&conn, opener)?;
-        let writer = Writer::start(conn, synchronous, path)?;
+        let corruption = Corruption::default();
+        let writer = Writer::start(conn, synchronous, path, corruption.clone())?;
         let reader = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -481,6 +539,7 @@ impl Store {
             reader: Arc::new(Mutex::new(Some(reader))),
             path: Arc::new(path.to_path_buf()),
             last_leased_route: Arc::default(),
+            corruption,
         })
     }
 
@@ -596,6 +655,41 @@ impl Store {
         self.call(|reply| Command::CheckWritable { reply }).await
     }
 
+    /// Looks over the whole store file for damage (SQLite's `quick_check`)
+    /// on a connection of its own, and refuses writes from then on if it
+    /// finds any. Damage otherwise shows only when a statement happens to
+    /// read a damaged page: `/readyz`'s one-row write can go on passing
+    /// while most webhooks fail. `serve` runs it once, beside its work, at
+    /// start; its time grows with the file.
+    pub async fn check_integrity(&self) -> Result<(), StoreError> {
+        let (path, corruption) = (self.path.clone(), self.corruption.clone());
+        tokio::task::spawn_blocking(move || {
+            let verdict = Connection::open_with_flags(
+                &*path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|conn| {
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                // The first problem is enough to know, and to name.
+                conn.query_row("PRAGMA quick_check(1)", [], |row| row.get::<_, String>(0))
+            });
+            match verdict {
+                Ok(verdict) if verdict == "ok" => Ok(()),
+                Ok(problem) => {
+                    corruption.note(&path, &problem);
+                    Ok(())
+                }
+                Err(e) if is_corruption(&e) => {
+                    corruption.note(&path, &e.to_string());
+                    Ok(())
+                }
+                Err(e) => Err(StoreError::from(e)),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
     /// Keeps when GitHub's rate-limit pause ends, for [`Store::pause_until_ms`]
     /// at the next start. A kept end later than `until_ms` stays, unless it
     /// is past `latest_ms`, the furthest a pause can reach.
@@ -664,14 +758,19 @@ impl Store {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let reader = self.reader.clone();
+        let (path, corruption) = (self.path.clone(), self.corruption.clone());
         tokio::task::spawn_blocking(move || {
             let conn = reader
                 .lock()
                 .map_err(|_| StoreError::Unavailable("reader lock poisoned".into()))?;
-            match conn.as_ref() {
+            let result = match conn.as_ref() {
                 Some(conn) => f(conn),
                 None => Err(StoreError::Unavailable("the store is closed".into())),
+            };
+            if let Some(damage) = result.as_ref().err().and_then(StoreError::damage) {
+                corruption.note(&path, &damage);
             }
+            result
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?

@@ -1244,3 +1244,81 @@ fn sqlites_terse_errors_name_their_usual_cause() {
     assert!(error(rusqlite::ffi::SQLITE_READONLY).contains("and its directory"));
     assert!(!error(rusqlite::ffi::SQLITE_BUSY).contains('('));
 }
+
+/// A store of a few hundred deliveries, closed, with some of the pages
+/// that hold the deliveries' rows overwritten: the schema and the queue
+/// still read, stored webhooks do not.
+async fn damaged_store() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = Store::open(&path, Synchronous::Normal).unwrap();
+    for i in 0..300 {
+        let mut d = delivery(&format!("d{i}"), None, 1);
+        d.request = EncodedRequest::from(&StoredRequest {
+            content_type: None,
+            query: vec![],
+            headers: vec![],
+            body: "x".repeat(2_000),
+            body_base64: false,
+        });
+        store.accept(d).await.unwrap();
+    }
+    store.close().await;
+    let leaves: Vec<i64> = Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT pageno FROM dbstat WHERE name = 'deliveries' AND pagetype = 'leaf'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(leaves.len() > 10, "{leaves:?}");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = PAGE_SIZE as usize;
+    for number in &leaves[2..leaves.len() - 2] {
+        let start = (*number as usize - 1) * page;
+        bytes[start..start + page].fill(0xAB);
+    }
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+#[tokio::test]
+async fn a_damaged_store_file_is_found_at_start_and_every_write_is_refused() {
+    let (_dir, path) = damaged_store().await;
+    let store = Store::open(&path, Synchronous::Normal).unwrap();
+    store.check_writable().await.unwrap();
+    store.check_integrity().await.unwrap();
+    let refused = store.check_writable().await.unwrap_err().to_string();
+    assert!(refused.contains("is damaged"), "{refused}");
+    assert!(refused.contains("A corrupt store"), "{refused}");
+    let accepted = store.accept(delivery("new", None, 1)).await;
+    assert!(accepted.is_err(), "{accepted:?}");
+    assert!(store.lease_due(5_000, 10, 60_000).await.is_err());
+}
+
+#[tokio::test]
+async fn damage_a_read_runs_into_refuses_every_write_after_it() {
+    let (_dir, path) = damaged_store().await;
+    let store = Store::open(&path, Synchronous::Normal).unwrap();
+    let listed = store
+        .list(ListFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(listed.contains("the store file is damaged"), "{listed}");
+    let refused = store.check_writable().await.unwrap_err().to_string();
+    assert!(refused.contains("is damaged"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_sound_store_passes_the_check_at_start() {
+    let (_dir, store) = open();
+    store.accept(delivery("d1", None, 2)).await.unwrap();
+    store.check_integrity().await.unwrap();
+    store.check_writable().await.unwrap();
+    store.accept(delivery("d2", None, 1)).await.unwrap();
+}

@@ -15,7 +15,8 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::{
-    Accepted, AttemptRecord, Job, NewDelivery, Rerendered, Rerendering, StoreError, schema,
+    Accepted, AttemptRecord, Corruption, Job, NewDelivery, Rerendered, Rerendering, StoreError,
+    schema,
 };
 use crate::telemetry::Streak;
 
@@ -96,7 +97,7 @@ enum Outcome {
 impl Command {
     /// Sends the command's outcome to its caller, or the commit's error when
     /// the batch did not commit.
-    fn answer(self, outcome: Result<Outcome, StoreError>, commit: &Result<(), String>) {
+    fn answer(self, outcome: Result<Outcome, StoreError>, commit: &Result<(), Refusal>) {
         /// Sends the outcome's value when it is of the kind `pick` takes.
         /// A mismatch cannot happen (each command produces its own kind);
         /// it would answer "unavailable".
@@ -116,7 +117,7 @@ impl Command {
         }
         let outcome = match commit {
             Ok(()) => outcome,
-            Err(e) => Err(StoreError::Unavailable(e.clone())),
+            Err(e) => Err(StoreError::Unavailable(e.message.clone())),
         };
         match self {
             Command::Accept { reply, .. } => send(reply, outcome, |o| match o {
@@ -148,6 +149,41 @@ impl Command {
     }
 }
 
+/// Why a batch was not committed.
+#[derive(Debug, Clone, PartialEq)]
+struct Refusal {
+    message: String,
+    /// SQLite found the store file damaged.
+    corrupt: bool,
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Refusal {
+        Refusal {
+            message,
+            corrupt: false,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Refusal {
+    fn from(e: rusqlite::Error) -> Refusal {
+        StoreError::from(e).into()
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Refusal {
+        match e.damage() {
+            Some(damage) => Refusal {
+                message: damage,
+                corrupt: true,
+            },
+            None => e.to_string().into(),
+        }
+    }
+}
+
 /// How much of the WAL is copied back into the database at a time.
 const CHECKPOINT_BYTES: i64 = 4 * 1024 * 1024;
 
@@ -169,13 +205,15 @@ impl Writer {
         conn: Connection,
         synchronous: Synchronous,
         path: &std::path::Path,
+        corruption: Corruption,
     ) -> Result<Writer, StoreError> {
         tune(&conn, synchronous)?;
         let (sender, receiver) = mpsc::channel();
         let opened = OpenedFile::of(path);
+        let path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(conn, receiver, opened))
+            .spawn(move || run(conn, receiver, opened, &path, &corruption))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Writer {
             sender,
@@ -293,10 +331,11 @@ fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
 /// Says a run of failed commits: the first with its cause, and the first
 /// success after it. The commits in between fail the same way, and their
 /// callers count them (`outcome="unavailable"`).
-fn say_commit(failed: &Streak, commit: &Result<(), String>) {
+fn say_commit(failed: &Streak, commit: &Result<(), Refusal>) {
     match commit {
-        Err(e) if failed.failed() => {
-            tracing::error!(error = %e, "The store refused a commit; writes are refused until one succeeds");
+        // Damage is said once, where it is found (`Corruption::note`).
+        Err(e) if failed.failed() && !e.corrupt => {
+            tracing::error!(error = %e.message, "The store refused a commit; writes are refused until one succeeds");
         }
         Err(_) => {}
         Ok(()) => {
@@ -307,7 +346,13 @@ fn say_commit(failed: &Streak, commit: &Result<(), String>) {
     }
 }
 
-fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>, mut opened: Option<OpenedFile>) {
+fn run(
+    mut conn: Connection,
+    receiver: mpsc::Receiver<Command>,
+    mut opened: Option<OpenedFile>,
+    path: &std::path::Path,
+    corruption: &Corruption,
+) {
     let failed = Streak::default();
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
@@ -318,10 +363,23 @@ fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>, mut opened: Opti
             }
         }
         let closing = batch.iter().any(|c| matches!(c, Command::Close { .. }));
-        let (outcomes, commit) = match opened.as_mut().and_then(OpenedFile::refusal) {
+        let refusal = corruption
+            .refusal()
+            .map(|damaged| Refusal {
+                message: damaged.to_owned(),
+                corrupt: true,
+            })
+            .or_else(|| {
+                opened
+                    .as_mut()
+                    .and_then(OpenedFile::refusal)
+                    .map(Refusal::from)
+            });
+        let (outcomes, commit) = match refusal {
             Some(refusal) => refused(&batch, refusal),
             None => commit_batch(&mut conn, &batch),
         };
+        note_corruption(&outcomes, &commit, path, corruption);
         say_commit(&failed, &commit);
         for (command, outcome) in batch.into_iter().zip(outcomes) {
             command.answer(outcome, &commit);
@@ -335,16 +393,39 @@ fn run(mut conn: Connection, receiver: mpsc::Receiver<Command>, mut opened: Opti
     }
 }
 
-/// Every command of `batch` refused for `message`, and nothing committed.
+/// Notes damage to the store file that a batch ran into, in the commit or
+/// in one command's statements.
+fn note_corruption(
+    outcomes: &[Result<Outcome, StoreError>],
+    commit: &Result<(), Refusal>,
+    path: &std::path::Path,
+    corruption: &Corruption,
+) {
+    if corruption.refusal().is_some() {
+        return;
+    }
+    let damage = match commit {
+        Err(refusal) if refusal.corrupt => Some(refusal.message.clone()),
+        _ => outcomes
+            .iter()
+            .find_map(|outcome| outcome.as_ref().err().and_then(StoreError::damage)),
+    };
+    if let Some(cause) = damage {
+        corruption.note(path, &cause);
+    }
+}
+
+/// Every command of `batch` refused, and nothing committed.
 fn refused(
     batch: &[Command],
-    message: String,
-) -> (Vec<Result<Outcome, StoreError>>, Result<(), String>) {
+    refusal: impl Into<Refusal>,
+) -> (Vec<Result<Outcome, StoreError>>, Result<(), Refusal>) {
+    let refusal = refusal.into();
     let outcomes = batch
         .iter()
-        .map(|_| Err(StoreError::Unavailable(message.clone())))
+        .map(|_| Err(StoreError::Unavailable(refusal.message.clone())))
         .collect();
-    (outcomes, Err(message))
+    (outcomes, Err(refusal))
 }
 
 /// Runs a batch in one transaction and commits it.
@@ -358,7 +439,7 @@ fn refused(
 fn commit_batch(
     conn: &mut Connection,
     batch: &[Command],
-) -> (Vec<Result<Outcome, StoreError>>, Result<(), String>) {
+) -> (Vec<Result<Outcome, StoreError>>, Result<(), Refusal>) {
     match begin(conn) {
         Ok(tx) => {
             let mut outcomes = Vec::with_capacity(batch.len());
@@ -372,15 +453,15 @@ fn commit_batch(
                 }
             }
             if outcomes.len() == batch.len() {
-                return (outcomes, tx.commit().map_err(|e| e.to_string()));
+                return (outcomes, tx.commit().map_err(Refusal::from));
             }
             // Dropping the transaction rolls the whole batch back.
         }
-        Err(e) => return refused(batch, e.to_string()),
+        Err(e) => return refused(batch, e),
     }
     let tx = match begin(conn) {
         Ok(tx) => tx,
-        Err(e) => return refused(batch, e.to_string()),
+        Err(e) => return refused(batch, e),
     };
     let mut outcomes = Vec::with_capacity(batch.len());
     for command in batch {
@@ -391,10 +472,10 @@ fn commit_batch(
             // could not be undone. Nothing of the batch is committed, and
             // every caller is told so; running on would commit statements
             // on their own, or a failed command's half.
-            Err(BatchBroken(e)) => return refused(batch, e.to_string()),
+            Err(BatchBroken(e)) => return refused(batch, e),
         }
     }
-    let commit = tx.commit().map_err(|e| e.to_string());
+    let commit = tx.commit().map_err(Refusal::from);
     (outcomes, commit)
 }
 
@@ -583,7 +664,7 @@ mod tests {
         assert_eq!(outcomes.len(), 3);
         assert!(outcomes.iter().all(Result::is_err));
         assert!(
-            commit.as_ref().unwrap_err().contains("full"),
+            commit.as_ref().unwrap_err().message.contains("full"),
             "the cause is reported, not the lost savepoint: {commit:?}"
         );
         let stored: i64 = conn

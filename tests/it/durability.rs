@@ -936,3 +936,50 @@ async fn an_empty_store_file_is_started_afresh_with_a_warning() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Overwrites most of the pages that hold stored webhooks, as a failing
+/// disk or a stray write would, leaving the schema and the queue readable.
+fn damage_stored_webhooks(db_path: &std::path::Path) {
+    let conn = rusqlite::Connection::open(db_path).unwrap();
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    let leaves: Vec<i64> = conn
+        .prepare("SELECT pageno FROM dbstat WHERE name = 'deliveries' AND pagetype = 'leaf'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    drop(conn);
+    assert!(leaves.len() > 4, "{leaves:?}");
+    let mut bytes = std::fs::read(db_path).unwrap();
+    for number in &leaves[1..leaves.len() - 1] {
+        let start = ((number - 1) * page_size) as usize;
+        bytes[start..start + page_size as usize].fill(0xAB);
+    }
+    std::fs::write(db_path, bytes).unwrap();
+}
+
+/// A store file damaged while the relay was stopped is found at the next
+/// start, although its one-row readiness write still lands: the relay
+/// refuses webhooks with `503` and `/readyz` fails, rather than answer
+/// `202` into a file it cannot trust, and the log says what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_store_is_found_at_start_and_refuses_webhooks() {
+    let mut app = spawn_app(&hmac_route("cms", TARGET)).await;
+    let body = serde_json::json!({ "x": "a".repeat(2_000) }).to_string();
+    for _ in 0..300 {
+        assert_eq!(app.post_signed("cms", &body).await.status(), 202);
+    }
+    app.stop_and_read_logs();
+    damage_stored_webhooks(&app.db_path());
+    app.restart();
+    wait_until_not_ready(&app, std::time::Instant::now() + Duration::from_secs(30)).await;
+    let refused = app.post_signed("cms", &body).await;
+    assert_eq!(refused.status(), 503);
+    let line = app
+        .wait_for_log(|line| line.contains("The store file is damaged"))
+        .await;
+    assert!(line.contains("ERROR"), "{line}");
+}
