@@ -224,9 +224,23 @@ fn transport_error(e: reqwest::Error) -> TransportError {
     if e.is_timeout() {
         TransportError::Timeout
     } else if e.is_connect() {
-        TransportError::Connect(root_cause(&e))
+        TransportError::Connect(with_certificate_hint(root_cause(&e)))
     } else {
         TransportError::Other(root_cause(&e))
+    }
+}
+
+/// A certificate GitHub's host presented that no trusted authority signed
+/// is nearly always a GitHub Enterprise Server behind a company's own CA,
+/// which the system's trust store holds and the relay was not told of.
+/// (The words are rustls's: "invalid peer certificate: UnknownIssuer".)
+fn with_certificate_hint(cause: String) -> String {
+    if cause.contains("invalid peer certificate") {
+        format!(
+            "{cause} (a server whose certificate a private CA issued, as for many GitHub Enterprise Servers, needs that CA in the system's trust store or in the file SSL_CERT_FILE names)"
+        )
+    } else {
+        cause
     }
 }
 

@@ -605,3 +605,44 @@ pub fn relay_env(github: Option<&FakeGitHub>) -> Vec<(String, String)> {
     }
     env
 }
+
+/// A TLS front for a plain-HTTP server at `plain` (`http://127.0.0.1:PORT`),
+/// as a GitHub Enterprise Server behind a company's own CA is served: its
+/// certificate (for `127.0.0.1`) was issued by `tests/fixtures/tls/ca.pem`,
+/// which no system trusts. Returns the `https://` base URL; the front runs
+/// until the test's runtime ends.
+pub async fn tls_front(plain: &str) -> String {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let certificate = CertificateDer::from_pem_file(fixtures.join("server.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(fixtures.join("server.key")).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let backend = plain.trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (acceptor, backend) = (acceptor.clone(), backend.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake;
+                // that is what some tests look for.
+                let Ok(mut secured) = acceptor.accept(socket).await else {
+                    return;
+                };
+                let mut plain = tokio::net::TcpStream::connect(&backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut secured, &mut plain).await;
+            });
+        }
+    });
+    format!("https://127.0.0.1:{port}")
+}
+
+/// The CA that issued [`tls_front`]'s certificate, as a PEM file.
+pub fn test_ca_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem")
+}

@@ -214,3 +214,66 @@ async fn a_404_from_a_server_that_is_not_githubs_api_points_at_api_url() {
         );
     }
 }
+
+/// A GitHub Enterprise Server whose certificate a company's own CA issued
+/// is reached once that CA is in the trust store the system names
+/// (`SSL_CERT_FILE` here); without it, `check --online` says what is
+/// missing instead of a bare "UnknownIssuer".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_github_behind_a_private_ca_is_reached_through_the_systems_trust_store() {
+    let github = crate::fake_github::FakeGitHub::start().await;
+    github.add_token(TOKEN);
+    github.add_repo("acme/blog");
+    let api_url = crate::helpers::tls_front(&github.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(&config, crate::helpers::plain_routes_file("cms")).unwrap();
+    let check = |ca: Option<std::path::PathBuf>| {
+        let mut command = Command::new(binary());
+        command
+            .args(["check", "--online", "--config"])
+            .arg(&config)
+            .env("GITHUB_API_URL", &api_url)
+            .env("GITHUB_TOKEN", TOKEN)
+            .env_remove("SSL_CERT_DIR")
+            .env_remove("SSL_CERT_FILE");
+        if let Some(ca) = ca {
+            command.env("SSL_CERT_FILE", ca);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+        )
+    };
+    let (code, text) = check(None);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("invalid peer certificate") && text.contains("SSL_CERT_FILE"),
+        "{text}"
+    );
+    let (code, text) = check(Some(crate::helpers::test_ca_file()));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("ok    acme/blog"), "{text}");
+
+    // `serve` delivers through it.
+    let mut env = crate::helpers::relay_env(None);
+    env.push(("GITHUB_API_URL".into(), api_url.clone()));
+    env.push((
+        "SSL_CERT_FILE".into(),
+        crate::helpers::test_ca_file().display().to_string(),
+    ));
+    let (mut child, base_url, _logs, _reader) =
+        crate::helpers::start_relay_in(dir.path(), &config, &env, None);
+    let accepted = reqwest::Client::new()
+        .post(format!("{base_url}/hooks/cms"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    github.wait_for_dispatches(1, Duration::from_secs(30)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
