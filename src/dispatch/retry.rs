@@ -128,9 +128,11 @@ a fine-grained token Contents: write, an App must be installed on the repository
 /// Why an answer is not GitHub's: a 2xx or a 404 without the
 /// `x-github-request-id` that every answer of GitHub's API (and of GitHub
 /// Enterprise Server's) carries comes from another server, most often one
-/// that `github.api_url` names by mistake.
-pub const NOT_GITHUB: &str = "the server did not answer as GitHub's API does (no X-GitHub-Request-Id): \
-check github.api_url (GitHub Enterprise Server's API is https://HOST/api/v3)";
+/// that `github.api_url` names by mistake; an HTML page comes from
+/// GitHub's web front, which `api_url` names without `/api/v3`.
+pub const NOT_GITHUB: &str = "the server did not answer as GitHub's API does (no X-GitHub-Request-Id, \
+or a web page where the API answers JSON): check github.api_url (GitHub Enterprise Server's API is \
+https://HOST/api/v3)";
 
 /// Why a workflow dispatch was answered 404.
 pub const WORKFLOW_NOT_FOUND: &str = "workflow not found: the file named in `workflow` must exist on the \

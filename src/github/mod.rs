@@ -54,15 +54,16 @@ pub struct Answer {
     /// (absent for fine-grained tokens and App tokens).
     pub oauth_scopes: Option<String>,
     /// Whether the answer carries `x-github-request-id`, as every answer of
-    /// GitHub's API (and of GitHub Enterprise Server's) does: a 404 without
-    /// it comes from a server that is not the API, such as a wrong `api_url`.
+    /// GitHub's API (and of GitHub Enterprise Server's) does, and is not a
+    /// web page: a 404 without it, or an HTML one, comes from a server that
+    /// is not the API, such as a wrong `api_url`.
     pub from_github: bool,
 }
 
 impl Answer {
     /// Whether the answer is a 2xx or a 404 from a server that is not
-    /// GitHub's API (no `x-github-request-id`): neither a request GitHub
-    /// took nor a resource it lacks (decision 39).
+    /// GitHub's API (no `x-github-request-id`, or a web page): neither a
+    /// request GitHub took nor a resource it lacks (decision 39).
     pub fn not_from_github(&self) -> bool {
         !self.from_github && matches!(self.status, 200..=299 | 404)
     }
@@ -280,7 +281,19 @@ async fn read_answer(
             .and_then(app::parse_http_date)
             .and_then(|secs| u64::try_from(secs).ok()),
     };
-    let from_github = response.headers().contains_key("x-github-request-id");
+    // GitHub's web front (an api_url without `/api/v3` on GitHub Enterprise
+    // Server, or `https://github.com`) sends the request id too, but
+    // answers with web pages where the API always answers JSON.
+    let web_page = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/html")
+        });
+    let from_github = response.headers().contains_key("x-github-request-id") && !web_page;
     let oauth_scopes = response
         .headers()
         .get("x-oauth-scopes")

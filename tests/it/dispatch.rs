@@ -163,6 +163,27 @@ async fn two_bad_gateways_then_success_is_delivered_once() {
     );
 }
 
+/// GitHub's web front, which an `api_url` without `/api/v3` reaches on
+/// GitHub Enterprise Server, answers a dispatch with an HTML 404 page that
+/// carries GitHub's request id: it is named as a wrong `api_url`, not as a
+/// repository the token cannot see, which would send the operator off to
+/// change the token's permissions.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_404_web_page_from_githubs_web_front_points_at_api_url() {
+    let app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::WebFrontNotFound]);
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && crate::helpers::finished_failed(&list[0])
+        })
+        .await;
+    let error = list[0]["targets"][0]["last_error"].as_str().unwrap();
+    assert_eq!(error, dispatch_relay::dispatch::retry::NOT_GITHUB);
+    assert_eq!(list[0]["targets"][0]["attempts"], 1, "failed at once");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn not_found_and_bad_credentials_fail_with_an_explanation() {
     let targets = format!("{}{}", one_target("acme/private"), one_target("acme/blog"));

@@ -111,6 +111,9 @@ pub enum Scripted {
     /// An error of this status from a proxy that quotes the request's `Authorization` header
     /// back in its body, as debugging proxies do.
     EchoingProxy { status: u16 },
+    /// The 404 page of GitHub's web front, which an `api_url` without `/api/v3` reaches on
+    /// GitHub Enterprise Server: HTML, with the `x-github-request-id` every GitHub answer has.
+    WebFrontNotFound,
 }
 
 impl Scripted {
@@ -1259,6 +1262,8 @@ struct Answer {
     stall_body: bool,
     /// Send an endless HTML page instead of a JSON body.
     html_page: bool,
+    /// Send this HTML page instead of a JSON body.
+    web_page: Option<&'static str>,
 }
 
 impl Answer {
@@ -1270,6 +1275,7 @@ impl Answer {
             hang: false,
             stall_body: false,
             html_page: false,
+            web_page: None,
         }
     }
 
@@ -1281,6 +1287,7 @@ impl Answer {
             hang: false,
             stall_body: false,
             html_page: false,
+            web_page: None,
         }
     }
 
@@ -1400,6 +1407,12 @@ fn scripted_answer(
             ..Answer::empty(*status)
         },
         Scripted::BadCredentials => bad_credentials(),
+        Scripted::WebFrontNotFound => Answer {
+            web_page: Some(
+                "<!DOCTYPE html>\n<html lang=\"en\"><head><title>Page not found &middot; GitHub</title></head>\n<body><h1>404</h1><p>This is not the web page you are looking for.</p></body></html>\n",
+            ),
+            ..Answer::empty(404)
+        },
         Scripted::EchoingProxy { status } => {
             let authorization = req
                 .headers()
@@ -1675,6 +1688,11 @@ fn respond(shared: &Shared, answer: Answer, request_id: &str, version: &str) -> 
         return response
             .insert_header((header::CONTENT_TYPE, "application/json; charset=utf-8"))
             .streaming(futures_util::StreamExt::chain(start, stall));
+    }
+    if let Some(page) = answer.web_page {
+        return response
+            .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+            .body(page);
     }
     if answer.html_page {
         let status = answer.status;
