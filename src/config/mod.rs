@@ -32,7 +32,7 @@ mod validate;
 mod tests;
 
 pub use units::parse_duration;
-pub use validate::{DEFAULT_API_URL, is_listen_address, resolve_api_url};
+pub use validate::{DEFAULT_API_URL, is_listen_address, private_key_problem, resolve_api_url};
 
 /// A validated configuration with its templates compiled.
 #[derive(Debug)]

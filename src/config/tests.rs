@@ -1279,3 +1279,65 @@ fn a_byte_order_mark_is_dropped_and_bytes_that_are_not_utf8_are_placed() {
         "2:12: byte 0xE9 is not UTF-8; save the file as UTF-8"
     );
 }
+
+/// An App key given inline is checked at load, so that `check` finds a
+/// variable holding something else, and says what it holds without
+/// quoting it; one written on one line with `\n` for its line breaks (an
+/// environment file) is taken with them put back.
+#[test]
+fn an_inline_app_key_is_checked_at_load_and_may_come_on_one_line() {
+    let key_lines = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----\n";
+    let cases: [(&str, &str, Option<&str>); 6] = [
+        ("multi-line", key_lines, None),
+        (
+            "one line",
+            r"-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----\n",
+            None,
+        ),
+        (
+            "pkcs8",
+            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+            None,
+        ),
+        (
+            "public",
+            "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----\n",
+            Some("is a public key"),
+        ),
+        (
+            "ec",
+            "-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n",
+            Some("is not an RSA private key"),
+        ),
+        (
+            "garbage",
+            "hunter2-not-a-key",
+            Some("is not a private key in PEM form"),
+        ),
+    ];
+    let text = "github:\n  app:\n    id: 1\n    private_key: ${KEY}\nroutes: []\n";
+    for (name, key, problem) in cases {
+        let env = |var: &str| (var == "KEY").then(|| key.to_owned());
+        match (load("routes.yaml", text, &env), problem) {
+            (Ok(loaded), None) => match &loaded.config.github.credential {
+                Credential::App(app) => match &app.private_key {
+                    PrivateKeySource::Inline(pem) => {
+                        assert!(pem.expose().contains("KEY-----\nMII"), "{name}")
+                    }
+                    other => panic!("{name}: {other:?}"),
+                },
+                other => panic!("{name}: {other:?}"),
+            },
+            (Err(errors), Some(problem)) => {
+                let text = errors.to_string();
+                assert!(text.contains("github.app.private_key"), "{name}: {text}");
+                assert!(text.contains(problem), "{name}: {text}");
+                assert!(
+                    !text.contains("hunter2") && !text.contains("MII"),
+                    "{name}: {text}"
+                );
+            }
+            (outcome, _) => panic!("{name}: {:?}", outcome.map(|_| ())),
+        }
+    }
+}

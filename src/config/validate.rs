@@ -969,7 +969,12 @@ fn github_app(
         (Some(file), None) if !file.is_empty() => PrivateKeySource::File(PathBuf::from(file)),
         (None, Some(key)) if !key.is_empty() => {
             report.secret_at(&path.key("private_key"));
-            PrivateKeySource::Inline(Secret::new(key))
+            let pem = with_line_breaks(key);
+            if let Some(problem) = private_key_problem(&pem) {
+                report.error(&path.key("private_key"), problem);
+                return None;
+            }
+            PrivateKeySource::Inline(Secret::new(pem))
         }
         (Some(_), Some(_)) => {
             report.error(
@@ -1003,6 +1008,45 @@ fn github_app(
         private_key,
         installation_id: app.installation_id.map(|Num(id)| id),
     }))
+}
+
+/// A PEM key given on one line with its line breaks written as `\n`, as
+/// an environment file (`docker run --env-file`, systemd's
+/// `EnvironmentFile`) must hold it, with the line breaks put back.
+fn with_line_breaks(key: String) -> String {
+    if key.contains('\n') || !key.contains("\\n") {
+        key
+    } else {
+        key.replace("\\n", "\n")
+    }
+}
+
+/// Why `pem` is not the private key of a GitHub App, as far as its PEM
+/// labels tell; `None` when it looks like one. The key itself is never
+/// quoted. GitHub gives an App's key as an RSA key in PEM form
+/// (`BEGIN RSA PRIVATE KEY`); the PKCS#8 form (`BEGIN PRIVATE KEY`) that
+/// converting it gives works too.
+pub fn private_key_problem(pem: &str) -> Option<&'static str> {
+    let pem = pem.trim_start();
+    if pem.starts_with("-----BEGIN RSA PRIVATE KEY-----")
+        || pem.starts_with("-----BEGIN PRIVATE KEY-----")
+    {
+        None
+    } else if pem.contains("PUBLIC KEY-----") {
+        Some(
+            "is a public key; the App's private key is the .pem file GitHub downloads when you generate one (Private keys on the App's settings page)",
+        )
+    } else if pem.contains("ENCRYPTED PRIVATE KEY-----") {
+        Some("is an encrypted private key; give the key unencrypted, as GitHub made it")
+    } else if pem.starts_with("-----BEGIN") {
+        Some(
+            "is not an RSA private key: it must start with `-----BEGIN RSA PRIVATE KEY-----`, as the .pem file GitHub makes does",
+        )
+    } else {
+        Some(
+            "is not a private key in PEM form: it must start with `-----BEGIN RSA PRIVATE KEY-----`, as the .pem file GitHub makes does",
+        )
+    }
 }
 
 fn default_pacing() -> Pacing {

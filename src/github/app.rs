@@ -82,7 +82,7 @@ pub enum CredentialError {
     Key(String),
     /// The key file is not there (yet) or cannot be opened: a secret
     /// mounted after the relay started, a permission being fixed.
-    #[error("the GitHub App private key file cannot be read yet: {0}")]
+    #[error("the GitHub App private key file cannot be read: {0}")]
     KeyUnreadable(String),
     #[error(
         "GitHub refused the App's JWT ({0}): check github.app.id and that the private key belongs to this App"
@@ -92,6 +92,10 @@ pub enum CredentialError {
         "the GitHub App is not installed on {0}: install it on the repository (Contents: write, Metadata: read; Actions: write for workflow dispatches)"
     )]
     NotInstalled(String),
+    #[error(
+        "GitHub App installation {0} (github.app.installation_id) does not exist, or belongs to another App: check the id on the installation's settings page (its URL ends in /installations/ID), or remove installation_id to have each repository's installation looked up"
+    )]
+    PinnedInstallationNotFound(u64),
     /// A 404 without `x-github-request-id`, which every answer of GitHub's
     /// API carries: the server at `api_url` is not the API.
     #[error("{}", crate::dispatch::retry::NOT_GITHUB)]
@@ -331,8 +335,13 @@ impl AppAuth {
                         return Ok(key);
                     }
                     // Retried like a network failure: the next attempt may find it.
+                    let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        " (the relay's user must be able to read it: chown or chmod the file)"
+                    } else {
+                        ""
+                    };
                     return Err(CredentialError::KeyUnreadable(format!(
-                        "{}: {e}",
+                        "{}: {e}{hint}",
                         path.display()
                     )));
                 }
@@ -351,14 +360,14 @@ impl AppAuth {
         let key = match EncodingKey::from_rsa_pem(&pem) {
             Ok(key) => Arc::new(key),
             Err(_) => {
-                if let Some(key) = self.keep_last_key("is not an RSA private key in PEM form") {
-                    return Ok(key);
-                }
                 // The error of the PEM parser never quotes the key, but a
                 // fixed text keeps that a promise rather than an observation.
-                return Err(CredentialError::Key(
-                    "it is not an RSA private key in PEM form".to_string(),
-                ));
+                let problem = crate::config::private_key_problem(&String::from_utf8_lossy(&pem))
+                    .unwrap_or("is not an RSA private key in PEM form");
+                if let Some(key) = self.keep_last_key(problem) {
+                    return Ok(key);
+                }
+                return Err(CredentialError::Key(format!("it {problem}")));
             }
         };
         if lock(&self.key).replace((digest, key.clone())).is_some() {
@@ -582,6 +591,11 @@ impl AppAuth {
             }
             200..=299 => {}
             401 => return Err(CredentialError::AppRejected(message(&answer))),
+            // A pinned installation that GitHub does not know is the id in
+            // routes.yaml to fix, not the repository to install the App on.
+            404 if self.fixed_installation.is_some() => {
+                return Err(CredentialError::PinnedInstallationNotFound(installation));
+            }
             404 => {
                 // The installation is gone (uninstalled, or a stale cache):
                 // forget it so the next try looks it up again.

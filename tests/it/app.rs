@@ -488,6 +488,33 @@ async fn a_repository_outside_the_pinned_installation_names_the_setting() {
     assert!(app.github.dispatches().is_empty());
 }
 
+/// A pinned `installation_id` that GitHub does not know (a typo, another
+/// App's) fails naming the setting, not as an App to install on the
+/// repository, which it may well be installed on already.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_installation_that_does_not_exist_names_the_setting() {
+    let head = app_head("off").replace(
+        "    private_key_file:",
+        "    installation_id: 5\n    private_key_file:",
+    );
+    let app = spawn_app_prepared(
+        &head,
+        &hmac_route("cms", blog_target()),
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        enable_test_app,
+    )
+    .await;
+    let error = post_one_that_fails(&app).await;
+    assert!(
+        error.contains(
+            "GitHub App installation 5 (github.app.installation_id) does not exist, or belongs to another App"
+        ),
+        "{error}"
+    );
+    assert!(!error.contains("install it on the repository"), "{error}");
+    assert!(app.github.dispatches().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_skewed_clock_is_corrected_from_githubs_date_header() {
     // GitHub's clock runs 20 minutes ahead: the relay's first JWT looks
@@ -664,7 +691,7 @@ async fn a_private_key_mounted_after_start_is_waited_for_not_failed_on() {
     let head = app_head("off").replace("retry:\n", "retry:\n  max_attempts: 1000\n");
     let app = spawn_as_app_with_key_file(&head, &key_path).await;
     post_n(&app, "cms", 1).await;
-    app.wait_for_log(|line| line.contains("private key file cannot be read yet"))
+    app.wait_for_log(|line| line.contains("private key file cannot be read"))
         .await;
     assert_eq!(app.deliveries(&[])[0]["status"], "pending");
     std::fs::copy(TEST_APP_KEY, &key_path).unwrap();
