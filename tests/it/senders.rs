@@ -335,6 +335,24 @@ fn standard_webhooks_v1a_signatures_are_checked_against_the_public_keys() {
             now_ms,
             false,
         ),
+        (
+            "the good one among four",
+            &trusted,
+            format!("{0} {0} {0} {good}", other.sign(id, ts, body)),
+            body,
+            now_ms,
+            true,
+        ),
+        // Each entry costs a hash of the whole body: a header packed with
+        // them is refused before any is checked.
+        (
+            "the good one among five",
+            &trusted,
+            format!("{0} {0} {0} {0} {good}", other.sign(id, ts, body)),
+            body,
+            now_ms,
+            false,
+        ),
     ];
     for (name, method, signature, body, now_ms, accepted) in cases {
         let headers: BTreeMap<String, String> = [
