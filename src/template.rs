@@ -312,6 +312,7 @@ impl EngineBuilder {
             env.set_auto_escape_callback(|_| AutoEscape::None);
             env.set_debug(false);
             env.set_unknown_method_callback(python_method);
+            env.set_fuel(Some(MAX_FUEL));
             env
         };
         let mut env = new_environment();
@@ -798,9 +799,60 @@ fn unknown_variable(
     ))
 }
 
+/// The most steps (instructions of minijinja's machine) one rendering may
+/// take. A loop over the request's data (`range(body.n)`, nested loops)
+/// would otherwise hold an HTTP worker for as long as the sender likes; a
+/// template looping over a thousand S3 records takes some tens of
+/// thousands.
+const MAX_FUEL: u64 = 2_000_000;
+
+/// The longest text one template may render to. GitHub takes at most
+/// 64 KB in a dispatch, so nothing longer could be sent; the bound keeps a
+/// loop over the request's data from building gigabytes first.
+pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
+
+/// Renders `template` into text of at most [`MAX_RENDERED_BYTES`].
+fn render_bounded(
+    template: &minijinja::Template<'_, '_>,
+    ctx: impl serde::Serialize,
+) -> Result<String, minijinja::Error> {
+    struct Bounded(Vec<u8>);
+    impl std::io::Write for Bounded {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+                return Err(std::io::Error::other("too long"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Bounded(Vec::new());
+    template.render_captured_to(ctx, &mut out)?;
+    // minijinja writes whole UTF-8 strings; the check cannot fail.
+    String::from_utf8(out.0)
+        .map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "not UTF-8"))
+}
+
 /// Describes a minijinja error as `kind: detail`, with the line when the
 /// template has several, followed by the chain of causes.
 fn describe(err: &minijinja::Error, source: &str) -> String {
+    match err.kind() {
+        ErrorKind::WriteFailure => {
+            return format!(
+                "renders to more than {} KiB of text (GitHub takes at most 64 KB in a dispatch)",
+                MAX_RENDERED_BYTES / 1024
+            );
+        }
+        ErrorKind::OutOfFuel => {
+            return format!(
+                "takes more than {MAX_FUEL} steps to render: a loop over the request's data runs too long"
+            );
+        }
+        _ => {}
+    }
     let mut text = match err.detail() {
         Some(detail) => format!("{}: {}", err.kind(), detail),
         None => err.kind().to_string(),
@@ -1254,7 +1306,9 @@ impl StringTemplate {
         }
         let env = compiled.engine.env(&compiled.name)?;
         env.get_template(&compiled.template)
-            .and_then(|template| template.render(ctx.engine_value(&compiled.reads).as_ref()))
+            .and_then(|template| {
+                render_bounded(&template, ctx.engine_value(&compiled.reads).as_ref())
+            })
             .map_err(|err| compiled.error(&err, &self.source))
     }
 
@@ -1284,9 +1338,9 @@ impl StringTemplate {
             return Ok(text);
         }
         let env = compiled.engine.keys(&compiled.name)?;
-        let rendered = env
-            .get_template(&compiled.template)
-            .and_then(|template| template.render(ctx.engine_value(&compiled.reads).as_ref()));
+        let rendered = env.get_template(&compiled.template).and_then(|template| {
+            render_bounded(&template, ctx.engine_value(&compiled.reads).as_ref())
+        });
         match rendered {
             Ok(text) => Ok(Some(text)),
             Err(err) if err.kind() == ErrorKind::UndefinedError => Ok(None),

@@ -862,3 +862,40 @@ fn a_variable_no_request_can_have_is_a_compile_error() {
         .condition("ok", "body.tags | select('in', ['a']) | list")
         .unwrap();
 }
+
+/// A loop over the request's data stops at a bound, in text and in steps,
+/// with an error that says which; neither can hold an HTTP worker for long
+/// nor build gigabytes of text.
+#[test]
+fn a_loop_over_request_data_is_bounded_in_output_and_steps() {
+    let cases = [
+        (
+            "{% for i in range(body.n) %}{{ body.s }}{% endfor %}",
+            serde_json::json!({"n": 300, "s": "a".repeat(500_000)}),
+            "renders to more than 1024 KiB of text",
+        ),
+        (
+            "{% for i in range(body.n) %}{% for j in range(body.n) %}{% endfor %}{% endfor %}",
+            serde_json::json!({"n": 100_000, "s": ""}),
+            "steps to render",
+        ),
+    ];
+    for (source, body, expected) in cases {
+        let mut builder = EngineBuilder::new();
+        let template = builder.string("t", source).unwrap();
+        builder.finish();
+        let mut ctx = ctx();
+        ctx.body = body;
+        let err = template.render(&ctx).unwrap_err().to_string();
+        assert!(err.contains(expected), "{source}: {err}");
+    }
+    // Within the bounds, the same loop renders.
+    let mut builder = EngineBuilder::new();
+    let template = builder
+        .string("t", "{% for i in range(body.n) %}{{ body.s }}{% endfor %}")
+        .unwrap();
+    builder.finish();
+    let mut ctx = ctx();
+    ctx.body = serde_json::json!({"n": 1000, "s": "ab"});
+    assert_eq!(template.render(&ctx).unwrap().len(), 2000);
+}
