@@ -115,10 +115,14 @@ pub enum Action {
 /// GitHub's guidance for secondary limits is to wait at least a minute.
 pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 
-/// The longest wait taken from GitHub's headers. A day is longer than any
-/// real rate limit and than the default `retry.give_up_after`; a larger
-/// number in a header is not believed (and would overflow the clock).
-pub const MAX_ASKED_WAIT_SECS: u64 = 24 * 3600;
+/// The longest wait taken from GitHub's headers: an hour, GitHub's
+/// rate-limit window, within which a primary limit resets and past which
+/// no secondary limit asks to wait. A larger number comes from something
+/// else (a proxy, a fault) and pauses every dispatch of the credential:
+/// believed, one `retry-after: 999999999` held everything back for a day,
+/// and for as long again after a restart. Past the hour the relay asks
+/// again, and a limit still in force answers with a wait of its own.
+pub const MAX_ASKED_WAIT_SECS: u64 = 3600;
 
 pub const BAD_CREDENTIALS: &str = "bad credentials: token invalid or expired";
 
@@ -827,15 +831,15 @@ mod tests {
     }
 
     #[test]
-    fn absurd_waits_in_headers_are_capped_at_a_day() {
+    fn absurd_waits_in_headers_are_capped_at_an_hour() {
         let huge = RateHeaders {
             retry_after_secs: Some(u64::MAX),
             ..RateHeaders::default()
         };
-        let day = Duration::from_secs(MAX_ASKED_WAIT_SECS);
+        let hour = Duration::from_secs(3600);
         assert_eq!(
             rate_limit_wait(&answer(429, "", huge), NOW),
-            Some(RateLimitWait::Stated(day))
+            Some(RateLimitWait::Stated(hour))
         );
         let exhausted = RateHeaders {
             remaining: Some(0),
@@ -844,11 +848,12 @@ mod tests {
         };
         assert_eq!(
             rate_limit_wait(&answer(403, "", exhausted), NOW),
-            Some(RateLimitWait::Stated(day))
+            Some(RateLimitWait::Stated(hour))
         );
-        // Neither overflows when the job's age is added.
+        // Neither overflows when the job's age is added, and a job within
+        // the hour of `give_up_after` gives up.
         let old = History {
-            age: Duration::from_secs(3600),
+            age: Duration::from_secs(23 * 3600 + 1),
             ..fresh()
         };
         for status in [429, 503] {
