@@ -130,6 +130,36 @@ async fn accept(
             return Err(IngressError::Forbidden);
         }
     }
+    let headers = header_map(request);
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let verify = |body: &[u8]| {
+        let signed = verify::Request {
+            method: request.method().as_str(),
+            path: path_and_query,
+            headers: &headers,
+            body,
+            now_ms: state.verify_now_ms(),
+        };
+        verify::verify_request(&route.verify, &signed).map_err(|e| {
+            if let Some(unlogged) = state.refusal_to_log("verify", &route.id) {
+                tracing::warn!(route = %route.id, reason = %e, unlogged, "Refused a webhook that failed verification");
+            }
+            IngressError::Unauthorized {
+                basic_challenge: e.wants_basic_challenge(),
+            }
+        })
+    };
+    // Credentials in headers alone (`token`, `basic`) are checked before
+    // the body is read: a sender without them is refused at once, and its
+    // body, up to `max_body`, never takes memory.
+    let headers_only = verify::reads_headers_only(&route.verify);
+    if headers_only {
+        verify(&[])?;
+    }
     let body = read_body(
         request,
         payload,
@@ -137,26 +167,8 @@ async fn accept(
         routes.config.server.body_timeout,
     )
     .await?;
-    let headers = header_map(request);
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let signed = verify::Request {
-        method: request.method().as_str(),
-        path: path_and_query,
-        headers: &headers,
-        body: &body,
-        now_ms: state.verify_now_ms(),
-    };
-    if let Err(e) = verify::verify_request(&route.verify, &signed) {
-        if let Some(unlogged) = state.refusal_to_log("verify", &route.id) {
-            tracing::warn!(route = %route.id, reason = %e, unlogged, "Refused a webhook that failed verification");
-        }
-        return Err(IngressError::Unauthorized {
-            basic_challenge: e.wants_basic_challenge(),
-        });
+    if !headers_only {
+        verify(&body)?;
     }
     let envelope = match &route.verify {
         Verify::Sns(_) => Some(verify_sns(state, routes, index, &body).await?),

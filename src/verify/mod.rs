@@ -72,6 +72,15 @@ impl VerifyError {
 /// SNS needs the signing certificate, which is IO to obtain: for `sns`
 /// this only parses the envelope and checks the certificate URL and topic;
 /// the caller then checks the signature with [`sns::verify_signature`].
+/// Whether `method` judges a request by its headers alone, so that a
+/// request it refuses can be refused before its body is read.
+pub fn reads_headers_only(method: &Verify) -> bool {
+    matches!(
+        method,
+        Verify::None | Verify::Token { .. } | Verify::Basic { .. }
+    )
+}
+
 pub fn verify_request(method: &Verify, request: &Request<'_>) -> Result<(), VerifyError> {
     let headers = request.headers;
     let body = request.body;

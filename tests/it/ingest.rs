@@ -544,6 +544,35 @@ async fn a_body_that_stops_arriving_is_answered_408() {
     ));
 }
 
+/// A route whose credentials are in headers alone (`token`, `basic`)
+/// refuses a request without them before reading its body: the sender
+/// that announces a large body and never sends it is answered 401 at once,
+/// not 408 after `server.body_timeout`, and its body never takes memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_header_credential_is_checked_before_the_body_is_read() {
+    let head = format!("{TEST_HEAD}server:\n  body_timeout: 30s\n");
+    let route = "  - id: minio\n    verify:\n      token:\n        header: Authorization\n        value: Bearer right\n    dispatch:\n      - repo: acme/blog\n        event_type: test\n";
+    let app = spawn_app_with(&head, route, &[]).await;
+    let addr = app.url("").trim_start_matches("http://").to_string();
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+            .write_all(b"POST /hooks/minio HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer wrong\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{")
+            .unwrap();
+        let mut answer = [0u8; 4096];
+        let read = stream.read(&mut answer).unwrap_or(0);
+        String::from_utf8_lossy(&answer[..read]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains(r#""error":"unauthorized""#), "{answer}");
+}
+
 /// Senders' own checks are answered and never relayed: GitHub's `ping`
 /// when a webhook is created, and Slack's `url_verification` of an Events
 /// API URL, which Slack saves only once its challenge comes back. Both are
