@@ -22,6 +22,7 @@ ENV RELAY_CONFIG=/etc/dispatch-relay/routes.yaml \
     RELAY_LISTEN=0.0.0.0:8080 \
     RELAY_LOG_FORMAT=json
 EXPOSE 8080
-HEALTHCHECK --interval=30s --timeout=3s CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+# The port is RELAY_LISTEN's, which wins over server.listen in routes.yaml.
+HEALTHCHECK --interval=30s --timeout=3s CMD curl -fsS "http://127.0.0.1:${RELAY_LISTEN##*:}/healthz" || exit 1
 ENTRYPOINT ["dispatch-relay"]
 CMD ["serve"]

@@ -184,3 +184,17 @@ fn every_metric_is_documented_and_every_documented_metric_exists() {
         }
     }
 }
+
+/// The systemd unit operations.md shows is the one in `deploy/systemd/`.
+#[test]
+fn the_systemd_unit_in_the_docs_is_the_shipped_one() {
+    let docs = std::fs::read_to_string(repo_root().join("docs/operations.md")).unwrap();
+    let shipped =
+        std::fs::read_to_string(repo_root().join("deploy/systemd/dispatch-relay.service")).unwrap();
+    let shown = docs
+        .split("```ini\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("operations.md shows the unit in an ini block");
+    assert_eq!(shown, shipped);
+}
