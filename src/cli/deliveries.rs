@@ -25,6 +25,23 @@ fn store_location(config_path: &Path) -> Result<std::path::PathBuf, CliError> {
     store_path(config_path, configured.as_deref())
 }
 
+/// What to say of a `--route` that routes.yaml does not have: nothing when
+/// it has it (or cannot be read), else a sentence naming the routes it has.
+/// Deliveries of a route since removed are still in the store, so the
+/// caller lists them; a route neither has is most likely a typo.
+fn unknown_route(config_path: &Path, route: Option<&str>) -> Option<String> {
+    let route = route?;
+    let text = super::read_config_text(config_path).ok()?;
+    let ids = config::route_ids(&text)?;
+    (!ids.iter().any(|id| id == route)).then(|| {
+        format!(
+            "route `{route}` is not in {} (its routes: {})",
+            config_path.display(),
+            ids.join(", ")
+        )
+    })
+}
+
 pub async fn list(
     config_path: &Path,
     status: Option<String>,
@@ -41,6 +58,7 @@ pub async fn list(
         })?),
     };
     let store = open_existing_store(&store_location(config_path)?)?;
+    let unknown = unknown_route(config_path, route.as_deref());
     // One more than asked for, to tell whether more match.
     let mut deliveries = store
         .list(ListFilter {
@@ -61,6 +79,14 @@ pub async fn list(
     // Closed before printing: the last connection to close checkpoints the
     // WAL and removes it, which a stopped relay's store should not keep.
     store.close().await;
+    if let Some(unknown) = unknown {
+        if deliveries.is_empty() {
+            return Err(invalid(anyhow::anyhow!(
+                "{unknown}, and the store holds no delivery of it"
+            )));
+        }
+        eprintln!("Note: {unknown}; listing the deliveries the store holds of it.");
+    }
     if deliveries.len() > limit {
         // A script counting failed deliveries would otherwise take the
         // first page for all of them.
@@ -182,10 +208,25 @@ pub async fn redeliver(
         loaded.config.store.url.as_deref(),
     )?)?;
     let failed = store
-        .failed_deliveries(route, since_ms, id.clone())
+        .failed_deliveries(route.clone(), since_ms, id.clone())
         .await
         .map_err(runtime)?;
     if failed.is_empty() {
+        if let Some(route) = &route
+            && !loaded.config.routes.iter().any(|r| &r.id == route)
+        {
+            return Err(invalid(anyhow::anyhow!(
+                "route `{route}` is not in {} (its routes: {}), and the store holds no failed delivery of it",
+                config_path.display(),
+                loaded
+                    .config
+                    .routes
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         if let Some(id) = id {
             // Told apart, as the admin API tells 404 from 409: a typo in
             // the id is not a delivery that needs nothing.
@@ -238,7 +279,12 @@ pub async fn redeliver(
     println!("{queued} queued, {still_failing} still failing");
     if still_failing > 0 {
         return Err(invalid(anyhow::anyhow!(
-            "{still_failing} deliveries still cannot be sent"
+            "{still_failing} {} still cannot be sent",
+            if still_failing == 1 {
+                "delivery"
+            } else {
+                "deliveries"
+            }
         )));
     }
     Ok(())

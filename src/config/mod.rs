@@ -618,6 +618,20 @@ pub fn sqlite_file(url: &str) -> Result<&str, BadStoreUrl> {
 /// inspection commands find the store even where the configuration's
 /// secrets are not set. `${VAR}` in it is substituted as `serve` does; an
 /// unset variable is an error, since the store's place is then unknown.
+/// The ids of the routes in routes.yaml, read without loading the rest
+/// (whose secrets a listing command need not have): `None` when the text
+/// is not YAML with a `routes` list.
+pub fn route_ids(text: &str) -> Option<Vec<String>> {
+    let value = serde_norway::from_str::<serde_norway::Value>(text).ok()?;
+    let routes = value.get("routes")?.as_sequence()?;
+    Some(
+        routes
+            .iter()
+            .filter_map(|route| route.get("id")?.as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
 pub fn store_url(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,

@@ -705,6 +705,25 @@ fn a_bad_github_api_url_variable_is_named_as_the_variable() {
     );
 }
 
+/// Request paths are appended to `api_url`, so a query or a fragment in
+/// it would end up in the middle of every request.
+#[test]
+fn an_api_url_with_a_query_or_a_fragment_is_refused() {
+    for url in [
+        "https://ghe.example.com/api/v3?x=1",
+        "https://ghe.example.com/api/v3#top",
+    ] {
+        let text = format!("github:\n  token: t\n  api_url: \"{url}\"\nroutes: []\n");
+        let errors = load_err(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "github.api_url");
+        assert!(
+            errors[0].message.contains("has a query or a fragment"),
+            "{errors:?}"
+        );
+    }
+}
+
 #[test]
 fn every_unknown_key_of_a_mapping_is_reported_at_once() {
     let text = "github:\n  token: t\n  tiemout: 5s\n  pacing: {concurency: 2}\nroutes:\n  - id: one\n    whn: body.x\n    max_bdy: 1MB\n    verify: none\n    dispatch: [{repo: acme/blog, event_type: e}]\n  - id: two\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        evnt_type: e\n        client_payloa: {}\n";

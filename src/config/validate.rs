@@ -896,6 +896,19 @@ fn github(
         ok = false;
     } else if parsed
         .as_ref()
+        .is_some_and(|url| url.query().is_some() || url.fragment().is_some())
+    {
+        // Request paths are appended to the url as text: a query would
+        // end up in the middle of every one (`/api?x=1/repos/...`).
+        report.error(
+            &url_path,
+            format!(
+                "{url_name}has a query or a fragment (`?` or `#`); give the API's base, such as https://HOST/api/v3"
+            ),
+        );
+        ok = false;
+    } else if parsed
+        .as_ref()
         .is_some_and(|url| url.scheme() == "http" && !is_loopback(url))
     {
         report.warn(

@@ -587,3 +587,30 @@ fn lines_until_listening(child: &mut std::process::Child) -> Option<Vec<String>>
     });
     rx.recv_timeout(std::time::Duration::from_secs(60)).ok()
 }
+
+/// A `--route` that routes.yaml does not have, and of which the store
+/// holds nothing, is a typo: `deliveries` and `redeliver` say so and exit
+/// 1, naming the routes there are, rather than print an empty listing
+/// with exit 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_filter_naming_no_route_is_refused() {
+    let app = crate::helpers::spawn_app(&crate::helpers::hmac_route(
+        "cms",
+        "      - repo: acme/blog\n        event_type: deploy\n",
+    ))
+    .await;
+    assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
+    assert_eq!(app.deliveries(&["--route", "cms"]).len(), 1);
+    for args in [
+        &["deliveries", "--route", "cmss"][..],
+        &["redeliver", "--failed", "--route", "cmss"][..],
+    ] {
+        let output = app.cli(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("route `cmss` is not in") && stderr.contains("its routes: cms"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
