@@ -831,9 +831,9 @@ fn render_bounded(
     }
     let mut out = Bounded(Vec::new());
     template.render_captured_to(ctx, &mut out)?;
-    // minijinja writes whole UTF-8 strings; the check cannot fail.
-    String::from_utf8(out.0)
-        .map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "not UTF-8"))
+    // minijinja writes whole UTF-8 strings, so the text is whole too.
+    Ok(String::from_utf8(out.0)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// Describes a minijinja error as `kind: detail`, with the line when the

@@ -30,14 +30,23 @@ fn store_location(config_path: &Path) -> Result<std::path::PathBuf, CliError> {
 /// Deliveries of a route since removed are still in the store, so the
 /// caller lists them; a route neither has is most likely a typo.
 fn unknown_route(config_path: &Path, route: Option<&str>) -> Option<String> {
-    let route = route?;
     let text = super::read_config_text(config_path).ok()?;
     let ids = config::route_ids(&text)?;
-    (!ids.iter().any(|id| id == route)).then(|| {
+    not_a_route(config_path, route?, ids.iter().map(String::as_str))
+}
+
+/// The sentence for `route` when it is not one of `ids`, the routes of
+/// the file at `config_path`.
+fn not_a_route<'a>(
+    config_path: &Path,
+    route: &str,
+    ids: impl Iterator<Item = &'a str> + Clone,
+) -> Option<String> {
+    (!ids.clone().any(|id| id == route)).then(|| {
         format!(
             "route `{route}` is not in {} (its routes: {})",
             config_path.display(),
-            ids.join(", ")
+            ids.collect::<Vec<_>>().join(", ")
         )
     })
 }
@@ -212,19 +221,13 @@ pub async fn redeliver(
         .await
         .map_err(runtime)?;
     if failed.is_empty() {
-        if let Some(route) = &route
-            && !loaded.config.routes.iter().any(|r| &r.id == route)
+        let ids = loaded.config.routes.iter().map(|r| r.id.as_str());
+        if let Some(unknown) = route
+            .as_deref()
+            .and_then(|route| not_a_route(config_path, route, ids))
         {
             return Err(invalid(anyhow::anyhow!(
-                "route `{route}` is not in {} (its routes: {}), and the store holds no failed delivery of it",
-                config_path.display(),
-                loaded
-                    .config
-                    .routes
-                    .iter()
-                    .map(|r| r.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "{unknown}, and the store holds no failed delivery of it"
             )));
         }
         if let Some(id) = id {
