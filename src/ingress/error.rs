@@ -19,6 +19,8 @@ pub enum IngressError {
     TooLarge { limit: u64 },
     #[error("{0}")]
     BadRequest(String),
+    #[error("the body is sent with Content-Encoding `{0}`; the relay takes bodies uncompressed")]
+    UnsupportedEncoding(String),
     #[error("the body did not arrive within {secs} s (server.body_timeout)")]
     BodyTimeout { secs: f64 },
     #[error("{0}")]
@@ -51,6 +53,7 @@ impl IngressError {
             IngressError::Forbidden => "forbidden",
             IngressError::TooLarge { .. } => "too_large",
             IngressError::BadRequest(_) => "bad_request",
+            IngressError::UnsupportedEncoding(_) => "unsupported_encoding",
             IngressError::BodyTimeout { .. } => "timeout",
             IngressError::Unprocessable(_) | IngressError::StoredUnprocessable { .. } => {
                 "unprocessable"
@@ -71,10 +74,10 @@ impl IngressError {
             IngressError::Forbidden => WebhookOutcome::Forbidden,
             IngressError::TooLarge { .. } => WebhookOutcome::TooLarge,
             // The metric's outcomes are a fixed set: a body that never
-            // arrived is a bad request there.
-            IngressError::BadRequest(_) | IngressError::BodyTimeout { .. } => {
-                WebhookOutcome::BadRequest
-            }
+            // arrived, or came compressed, is a bad request there.
+            IngressError::BadRequest(_)
+            | IngressError::BodyTimeout { .. }
+            | IngressError::UnsupportedEncoding(_) => WebhookOutcome::BadRequest,
             IngressError::Unprocessable(_) | IngressError::StoredUnprocessable { .. } => {
                 WebhookOutcome::Unprocessable
             }
@@ -97,6 +100,7 @@ impl ResponseError for IngressError {
             IngressError::Forbidden => StatusCode::FORBIDDEN,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            IngressError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngressError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IngressError::Unprocessable(_) | IngressError::StoredUnprocessable { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -125,6 +129,11 @@ impl ResponseError for IngressError {
             }
             IngressError::MethodNotAllowed => {
                 response.insert_header((header::ALLOW, "POST, HEAD"));
+            }
+            // RFC 9110 (12.5.3): a 415 for a content coding names the
+            // codings the server takes.
+            IngressError::UnsupportedEncoding(_) => {
+                response.insert_header((header::ACCEPT_ENCODING, "identity"));
             }
             // RFC 6750: a 401 for a bearer token says so.
             IngressError::AdminUnauthorized => {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use actix_web::http::header::CONTENT_TYPE;
+use actix_web::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use governor::clock::{Clock, DefaultClock};
@@ -170,6 +170,17 @@ async fn accept(
     if !headers_only {
         verify(&body)?;
     }
+    // The relay reads bodies as sent; it does not decompress them. A
+    // compressed body would otherwise be refused as unparseable, which
+    // sends whoever reads the answer looking for a JSON error that is not
+    // there. The check follows verification, so only a sender that proved
+    // itself learns what the relay takes.
+    if let Some(encoding) = content_encoding(request) {
+        if let Some(unlogged) = state.refusal_to_log("content_encoding", &route.id) {
+            tracing::warn!(route = %route.id, encoding = %encoding, unlogged, "Refused a compressed webhook body");
+        }
+        return Err(IngressError::UnsupportedEncoding(encoding));
+    }
     let envelope = match &route.verify {
         Verify::Sns(_) => Some(verify_sns(state, routes, index, &body).await?),
         // SNS raw message delivery has no signed notifications, so such a
@@ -226,8 +237,14 @@ async fn accept(
     // body is taken from it rather than parsed a second time.
     let parsed = match &envelope {
         Some(envelope) => inbound::from_envelope(envelope),
-        None => inbound::parse_for_route(route, content_type, &body)
-            .map_err(|e| IngressError::BadRequest(e.to_string()))?,
+        None => inbound::parse_for_route(route, content_type, &body).map_err(|e| {
+            // The sender proved itself, so the operator must be able to see
+            // why its webhook was refused, not only the sender.
+            if let Some(unlogged) = state.refusal_to_log("parse", &route.id) {
+                tracing::warn!(route = %route.id, reason = %e, unlogged, "Refused an authenticated webhook whose body could not be parsed");
+            }
+            IngressError::BadRequest(e.to_string())
+        })?,
     };
     // An envelope's Message is parsed whole already; a bare body is read
     // from its bytes, since the parsed body holds only what the route's
@@ -564,6 +581,14 @@ async fn read_body_within(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// The body's content coding, when it is one other than `identity`.
+fn content_encoding(request: &HttpRequest) -> Option<String> {
+    let value = request.headers().get(CONTENT_ENCODING)?;
+    let value = String::from_utf8_lossy(value.as_bytes());
+    let coding = value.trim();
+    (!coding.is_empty() && !coding.eq_ignore_ascii_case("identity")).then(|| coding.to_string())
 }
 
 /// Lower-cased header names to values; repeated headers are joined with

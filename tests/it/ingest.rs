@@ -672,3 +672,61 @@ async fn a_github_ping_and_a_slack_url_verification_are_answered_not_relayed() {
     }
     assert!(app.github.dispatches().is_empty());
 }
+
+/// A compressed body is refused for what it is, `415` naming the coding,
+/// rather than as unparseable JSON; a sender that has not proved itself
+/// learns nothing of it. Both refusals of a signed sender are in the log,
+/// since the operator, not only the sender, must see why nothing was sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compressed_body_is_answered_415_and_an_unparseable_one_is_logged() {
+    let app = spawn_app(&hmac_route("cms", DEPLOY)).await;
+    let body = r#"{"id":1}"#;
+    let compressed = |signature: &str| {
+        app.http
+            .post(app.url("/hooks/cms"))
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .header("x-signature-256", signature.to_string())
+            .body(body)
+            .send()
+    };
+
+    let (status, answer) = json_of(compressed("sha256=00").await.unwrap()).await;
+    assert_eq!(status, 401, "verification comes first: {answer}");
+
+    let response = compressed(&signature(SECRET, body.as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    assert_eq!(response.headers()["accept-encoding"], "identity");
+    let (_, answer) = json_of(response).await;
+    assert_error(&answer, "unsupported_encoding");
+    assert!(
+        answer["message"].as_str().unwrap().contains("`gzip`"),
+        "{answer}"
+    );
+    let line = app
+        .wait_for_log(|l| l.contains("Refused a compressed webhook body"))
+        .await;
+    assert!(line.contains(r#""encoding":"gzip""#), "{line}");
+
+    // `identity` is no compression at all.
+    let identity = app
+        .post_signed_with("cms", body, &[("content-encoding", "identity")])
+        .await;
+    assert_eq!(identity.status(), 202);
+
+    let (status, _) = json_of(app.post_signed("cms", "{not json").await).await;
+    assert_eq!(status, 400);
+    let line = app
+        .wait_for_log(|l| l.contains("whose body could not be parsed"))
+        .await;
+    assert!(line.contains(r#""route":"cms""#), "{line}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"dispatch_relay_webhooks_received_total{outcome="bad_request",route="cms"} 2"#
+        ),
+        "{metrics}"
+    );
+}
