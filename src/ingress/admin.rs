@@ -75,7 +75,16 @@ const MAX_LIMIT: usize = 1000;
 impl ListQuery {
     fn parse(query: &str) -> Result<ListQuery, String> {
         let mut list = ListQuery::default();
+        let mut seen = std::collections::BTreeSet::new();
         for (name, value) in crate::inbound::query_pairs(query) {
+            // `status=failed&status=pending` reads as "either" to some and
+            // "the last" to others; a script that meant either would act on
+            // one list believing it the other.
+            if name != "_" && !seen.insert(name.clone()) {
+                return Err(format!(
+                    "`{name}` is given more than once: give each parameter once"
+                ));
+            }
             match name.as_str() {
                 "status" => {
                     list.status = Some(Status::parse(&value).ok_or_else(|| {
@@ -324,6 +333,10 @@ mod tests {
             ("status=", "status"),
             ("stauts=failed", "unknown parameter `stauts`"),
             ("limit=2&utm=x", "`utm`"),
+            (
+                "status=failed&status=pending",
+                "`status` is given more than once",
+            ),
         ];
         for (query, named) in refused {
             let error = ListQuery::parse(query).expect_err(query);

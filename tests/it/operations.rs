@@ -563,6 +563,7 @@ async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_re
         ("before=1795363379215.notauuid", "`before`"),
         ("status=bogus", "status `bogus`"),
         ("stauts=failed", "`stauts`"),
+        ("route=cms&route=other", "`route` is given more than once"),
     ] {
         let answer = admin_get(format!("/admin/deliveries?{query}"), "admin-secret").await;
         assert_eq!(answer.status(), 400, "{query}");
