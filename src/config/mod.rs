@@ -138,6 +138,9 @@ pub struct ServerConfig {
     pub listen: Option<String>,
     /// The default body limit of routes, in bytes.
     pub max_body: u64,
+    /// The most bytes all bodies being received may hold at once; a body
+    /// that would pass it is refused `503`.
+    pub max_body_memory: u64,
     /// How long a request's body may take to arrive once its headers have.
     pub body_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` is believed.

@@ -132,6 +132,7 @@ pub(crate) struct RawPacing {
 pub(crate) struct RawServer {
     pub(crate) listen: Option<String>,
     pub(crate) max_body: Option<Text>,
+    pub(crate) max_body_memory: Option<Text>,
     pub(crate) body_timeout: Option<Text>,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,

@@ -1360,3 +1360,38 @@ fn an_inline_app_key_is_checked_at_load_and_may_come_on_one_line() {
         }
     }
 }
+
+#[test]
+fn a_body_limit_must_fit_in_the_memory_all_bodies_share() {
+    let default = load_ok(&with_route("")).config;
+    assert_eq!(default.server.max_body_memory, 64 << 20);
+
+    let text = "github:\n  token: t\nserver:\n  max_body: 2MiB\n  max_body_memory: 1MiB\nroutes:\n  - id: r\n    verify: none\n    max_body: 4MiB\n    dispatch: [{repo: acme/blog, event_type: e}]\n  - id: s\n    verify: none\n    max_body: 512KiB\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let found: Vec<(String, usize, String)> = load_err(text)
+        .into_iter()
+        .map(|e| (e.path, e.line, e.message))
+        .collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!((found[0].0.as_str(), found[0].1), ("server.max_body", 4));
+    assert_eq!((found[1].0.as_str(), found[1].1), ("routes[0].max_body", 9));
+    assert!(
+        found[1]
+            .2
+            .contains("4194304 bytes is more than server.max_body_memory (1048576 bytes)"),
+        "{found:?}"
+    );
+
+    let default_too_large = "github:\n  token: t\nserver:\n  max_body_memory: 512KiB\nroutes: []\n";
+    let found = load_err(default_too_large);
+    assert_eq!(
+        (found[0].path.as_str(), found[0].line),
+        ("server.max_body_memory", 4)
+    );
+    assert!(
+        found[0].message.contains("set server.max_body"),
+        "{found:?}"
+    );
+
+    let fits = "github:\n  token: t\nserver:\n  max_body_memory: 8MiB\nroutes:\n  - id: r\n    verify: none\n    max_body: 8MiB\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    assert_eq!(load_ok(fits).config.server.max_body_memory, 8 << 20);
+}

@@ -44,6 +44,18 @@ pub fn resolve_api_url(from_env: Option<String>, configured: Option<String>) -> 
         .to_owned()
 }
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
+/// Room for 64 bodies of the default limit at once, and for tens of
+/// thousands of typical ones: far past what senders send together, far
+/// short of what would exhaust a small machine.
+const DEFAULT_MAX_BODY_MEMORY: u64 = 64 << 20;
+
+/// What a route's body limit is judged against: the default for routes
+/// that set none, and the memory all bodies being received may hold.
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    default_max_body: u64,
+    max_body_memory: u64,
+}
 /// Long enough for a large body on a slow link; short enough that a client
 /// that stops sending does not hold its connection for long.
 const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -728,9 +740,18 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
         Some((value, path)) => notify(report, value, &path),
         None => Some(Vec::new()),
     };
-    let default_max_body = server.as_ref().map_or(DEFAULT_MAX_BODY, |s| s.max_body);
+    let body_limits = server.as_ref().map_or(
+        BodyLimits {
+            default_max_body: DEFAULT_MAX_BODY,
+            max_body_memory: DEFAULT_MAX_BODY_MEMORY,
+        },
+        |s| BodyLimits {
+            default_max_body: s.max_body,
+            max_body_memory: s.max_body_memory,
+        },
+    );
     let routes = match sections.remove("routes") {
-        Some((value, path)) => routes(report, &mut builder, value, &path, default_max_body),
+        Some((value, path)) => routes(report, &mut builder, value, &path, body_limits),
         None if misspelt("routes") => None,
         None => {
             report.error(&root_path, "missing key `routes`");
@@ -1105,12 +1126,35 @@ fn pacing(report: &mut Report, value: Value, path: &Path) -> Option<Pacing> {
 }
 
 fn server(report: &mut Report, raw: raw::RawServer, path: &Path) -> Option<ServerConfig> {
+    let own_max_body = raw.max_body.is_some();
     let max_body = size(
         report,
         raw.max_body,
         &path.key("max_body"),
         DEFAULT_MAX_BODY,
     );
+    let max_body_memory = size(
+        report,
+        raw.max_body_memory,
+        &path.key("max_body_memory"),
+        DEFAULT_MAX_BODY_MEMORY,
+    );
+    // Reported, but kept: the routes' own limits are judged against the
+    // same memory, and the file fails to load either way.
+    match (max_body, max_body_memory) {
+        (Some(max_body), Some(memory)) if own_max_body => {
+            fits_body_memory(report, max_body, memory, &path.key("max_body"));
+        }
+        // The default limit was not written: the line to change is the
+        // memory's, or a `max_body` beside it.
+        (Some(max_body), Some(memory)) if max_body > memory => report.error(
+            &path.key("max_body_memory"),
+            format!(
+                "{memory} bytes is less than the default server.max_body ({max_body} bytes); set server.max_body no larger"
+            ),
+        ),
+        _ => {}
+    }
     let body_timeout = positive_duration(
         report,
         raw.body_timeout,
@@ -1131,9 +1175,25 @@ fn server(report: &mut Report, raw: raw::RawServer, path: &Path) -> Option<Serve
     Some(ServerConfig {
         listen,
         max_body: max_body?,
+        max_body_memory: max_body_memory?,
         body_timeout: body_timeout?,
         trusted_proxies: trusted_proxies?,
     })
+}
+
+/// Reports a body limit that does not fit in `server.max_body_memory`: a
+/// body larger
+/// than all bodies together may hold could never be received, and its
+/// sender would get `503`s for ever.
+fn fits_body_memory(report: &mut Report, max_body: u64, memory: u64, path: &Path) {
+    if max_body > memory {
+        report.error(
+            path,
+            format!(
+                "{max_body} bytes is more than server.max_body_memory ({memory} bytes), which all bodies being received share; raise server.max_body_memory too"
+            ),
+        );
+    }
 }
 
 /// Whether `serve` can bind `text`: a host (a name, an IPv4 address or a
@@ -1285,7 +1345,7 @@ fn routes(
     builder: &mut EngineBuilder,
     value: Value,
     path: &Path,
-    default_max_body: u64,
+    body_limits: BodyLimits,
 ) -> Option<Vec<Route>> {
     let list: Vec<Value> = match value {
         Value::Sequence(list) => list,
@@ -1336,14 +1396,7 @@ fn routes(
         } else {
             seen.insert(raw.id.0.clone(), index);
         }
-        match route(
-            report,
-            builder,
-            raw,
-            &route_path,
-            &left_out,
-            default_max_body,
-        ) {
+        match route(report, builder, raw, &route_path, &left_out, body_limits) {
             Some(route) => routes.push(route),
             None => ok = false,
         }
@@ -1371,7 +1424,7 @@ fn route(
     raw: raw::RawRoute,
     path: &Path,
     left_out: &LeftOut,
-    default_max_body: u64,
+    body_limits: BodyLimits,
 ) -> Option<Route> {
     let errors_before = report.errors.len();
     // Whatever an earlier, invalid route left in the builder is not ours.
@@ -1447,12 +1500,22 @@ fn route(
         Some(Debounce { window, max_wait })
     });
 
+    let own_max_body = raw.max_body.is_some();
     let max_body = size(
         report,
         raw.max_body,
         &path.key("max_body"),
-        default_max_body,
+        body_limits.default_max_body,
     );
+    // One inherited from `server.max_body` is judged there.
+    if let Some(max_body) = max_body.filter(|_| own_max_body) {
+        fits_body_memory(
+            report,
+            max_body,
+            body_limits.max_body_memory,
+            &path.key("max_body"),
+        );
+    }
     let source_ips = networks(report, &raw.source_ips, &path.key("source_ips"));
 
     let allowed_path = path.key("allowed_repos");

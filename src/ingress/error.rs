@@ -33,6 +33,10 @@ pub enum IngressError {
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    #[error(
+        "the relay holds as many webhook bodies as server.max_body_memory allows; retry shortly"
+    )]
+    BodyMemoryFull,
     #[error("the admin API is disabled: set RELAY_ADMIN_TOKEN to enable it")]
     AdminDisabled,
     #[error("delivery `{0}` not found")]
@@ -59,7 +63,7 @@ impl IngressError {
                 "unprocessable"
             }
             IngressError::RateLimited { .. } => "rate_limited",
-            IngressError::Unavailable(_) => "unavailable",
+            IngressError::Unavailable(_) | IngressError::BodyMemoryFull => "unavailable",
             IngressError::AdminDisabled => "admin_disabled",
             IngressError::NotFound(_) => "not_found",
             IngressError::Conflict(_) => "conflict",
@@ -82,7 +86,9 @@ impl IngressError {
                 WebhookOutcome::Unprocessable
             }
             IngressError::RateLimited { .. } => WebhookOutcome::RateLimited,
-            IngressError::Unavailable(_) => WebhookOutcome::Unavailable,
+            IngressError::Unavailable(_) | IngressError::BodyMemoryFull => {
+                WebhookOutcome::Unavailable
+            }
             _ => return None,
         })
     }
@@ -106,7 +112,9 @@ impl ResponseError for IngressError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             IngressError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Unavailable(_) | IngressError::BodyMemoryFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             IngressError::Conflict(_) => StatusCode::CONFLICT,
             IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -126,6 +134,10 @@ impl ResponseError for IngressError {
             }
             IngressError::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from(5u64)));
+            }
+            // Bodies in memory are gone within a request's time.
+            IngressError::BodyMemoryFull => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from(1u64)));
             }
             IngressError::MethodNotAllowed => {
                 response.insert_header((header::ALLOW, "POST, HEAD"));

@@ -4,6 +4,7 @@
 //! the local page of `dispatch-relay setup github-app`.
 
 mod admin;
+mod body;
 pub mod error;
 mod ops;
 pub mod setup_page;

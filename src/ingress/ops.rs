@@ -54,6 +54,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             }
         }
     }
+    state.metrics.set_body_memory(state.body_memory.held());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

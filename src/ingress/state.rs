@@ -199,6 +199,8 @@ pub struct AppState {
     /// Refusals are logged at most once in a while: per route and kind of
     /// refusal for webhooks, per client for the admin API.
     refusals: crate::telemetry::throttle::Throttle,
+    /// The memory held by the bodies of requests in flight.
+    pub body_memory: super::body::BodyMemory,
 }
 
 /// How long a certificate URL that AWS said does not exist is refused
@@ -319,6 +321,7 @@ impl AppState {
             sns_cert_fetches: tokio::sync::Semaphore::new(CERT_FETCHES),
             sns_confirmed: Mutex::new(HashSet::new()),
             refusals: Default::default(),
+            body_memory: Default::default(),
         }
     }
 

@@ -8,9 +8,9 @@ use std::net::IpAddr;
 
 use actix_web::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
 use governor::clock::{Clock, DefaultClock};
 
+use super::body;
 use super::error::IngressError;
 use super::state::AppState;
 use crate::clock::now_ms;
@@ -160,15 +160,25 @@ async fn accept(
     if headers_only {
         verify(&[])?;
     }
-    let body = read_body(
+    let body = body::read(
         request,
         payload,
+        &state.body_memory,
         route.max_body,
+        routes.config.server.max_body_memory,
         routes.config.server.body_timeout,
     )
-    .await?;
+    .await
+    .inspect_err(|e| {
+        if matches!(e, IngressError::BodyMemoryFull)
+            && let Some(unlogged) = state.refusal_to_log("max_body_memory", &route.id)
+        {
+            tracing::warn!(route = %route.id, held = state.body_memory.held(), unlogged, "Refused a webhook: the bodies in memory fill server.max_body_memory");
+        }
+    })?;
+    let body = body.bytes.as_slice();
     if !headers_only {
-        verify(&body)?;
+        verify(body)?;
     }
     // The relay reads bodies as sent; it does not decompress them. A
     // compressed body would otherwise be refused as unparseable, which
@@ -182,14 +192,14 @@ async fn accept(
         return Err(IngressError::UnsupportedEncoding(encoding));
     }
     let envelope = match &route.verify {
-        Verify::Sns(_) => Some(verify_sns(state, routes, index, &body).await?),
+        Verify::Sns(_) => Some(verify_sns(state, routes, index, body).await?),
         // SNS raw message delivery has no signed notifications, so such a
         // route verifies another way (`basic`), but the subscription's
         // confirmation still comes as a signed envelope. Taken for a
         // webhook, it would be dispatched and the subscription never
         // confirmed, so no notification would ever come.
         _ if sns::announces_subscription_message(&headers) => {
-            let envelope = verify_sns(state, routes, index, &body).await?;
+            let envelope = verify_sns(state, routes, index, body).await?;
             if envelope.kind == MessageType::Notification {
                 tracing::warn!(route = %route.id, "Refused an SNS notification sent as a subscription message");
                 return Err(IngressError::BadRequest(
@@ -237,7 +247,7 @@ async fn accept(
     // body is taken from it rather than parsed a second time.
     let parsed = match &envelope {
         Some(envelope) => inbound::from_envelope(envelope),
-        None => inbound::parse_for_route(route, content_type, &body).map_err(|e| {
+        None => inbound::parse_for_route(route, content_type, body).map_err(|e| {
             // The sender proved itself, so the operator must be able to see
             // why its webhook was refused, not only the sender.
             if let Some(unlogged) = state.refusal_to_log("parse", &route.id) {
@@ -250,7 +260,7 @@ async fn accept(
     // from its bytes, since the parsed body holds only what the route's
     // templates read.
     let message = envelope.as_ref().map(|_| &parsed.body);
-    if let Some(check) = inbound::sender_check(route, message, &headers, &body) {
+    if let Some(check) = inbound::sender_check(route, message, &headers, body) {
         return Ok((
             answer_sender_check(&route.id, check),
             WebhookOutcome::Skipped,
@@ -296,7 +306,7 @@ async fn accept(
         Err(e) => (Vec::new(), Some(e.to_string()), Vec::new()),
     };
     // Only a webhook that will be stored pays for its stored form.
-    let stored = inbound::stored_request(content_type, &query, &ctx.headers, &body);
+    let stored = inbound::stored_request(content_type, &query, &ctx.headers, body);
     let delivery = NewDelivery {
         id: delivery_id.clone(),
         route: route.id.clone(),
@@ -534,53 +544,6 @@ async fn confirm_subscription(
             ))
         }
     }
-}
-
-/// The most memory set aside for a body before its bytes arrive: a client
-/// that only claims a large `Content-Length` costs no more than this.
-const BODY_RESERVE: u64 = 64 * 1024;
-
-/// Reads the body, refusing it as soon as it passes `limit`, or when it has
-/// not all arrived within `timeout`. Without the deadline a client that
-/// stops half way would hold its connection, and a file descriptor, for as
-/// long as it likes; enough of them would shut every sender out.
-async fn read_body(
-    request: &HttpRequest,
-    payload: web::Payload,
-    limit: u64,
-    timeout: std::time::Duration,
-) -> Result<Vec<u8>, IngressError> {
-    tokio::time::timeout(timeout, read_body_within(request, payload, limit))
-        .await
-        .map_err(|_| IngressError::BodyTimeout {
-            secs: timeout.as_secs_f64(),
-        })?
-}
-
-async fn read_body_within(
-    request: &HttpRequest,
-    mut payload: web::Payload,
-    limit: u64,
-) -> Result<Vec<u8>, IngressError> {
-    let declared = request
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(IngressError::TooLarge { limit });
-    }
-    let mut body =
-        Vec::with_capacity(declared.unwrap_or(1024).min(limit).min(BODY_RESERVE) as usize);
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| IngressError::BadRequest(format!("could not read the body: {e}")))?;
-        if (body.len() + chunk.len()) as u64 > limit {
-            return Err(IngressError::TooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// The body's content coding, when it is one other than `identity`.

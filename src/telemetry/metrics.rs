@@ -123,6 +123,7 @@ pub struct Metrics {
     config_last_reload_successful: IntGauge,
     github_paused_until: Gauge,
     sns_subscriptions: IntCounterVec,
+    body_memory: IntGauge,
     /// Per credential, when GitHub's current rate-limit window resets and
     /// the limit it resets to, so that the remaining-requests gauge does
     /// not stay at its last low value once the window has reset.
@@ -251,6 +252,11 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric");
+        let body_memory = IntGauge::with_opts(opts(
+            "body_memory_bytes",
+            "Memory held by the bodies of webhooks being received and handled, against server.max_body_memory.",
+        ))
+        .expect("valid metric");
         for collector in [
             Box::new(webhooks_received.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(webhooks_coalesced.clone()),
@@ -265,6 +271,7 @@ impl Metrics {
             Box::new(config_last_reload_successful.clone()),
             Box::new(github_paused_until.clone()),
             Box::new(sns_subscriptions.clone()),
+            Box::new(body_memory.clone()),
         ] {
             registry
                 .register(collector)
@@ -289,6 +296,7 @@ impl Metrics {
             config_last_reload_successful,
             github_paused_until,
             sns_subscriptions,
+            body_memory,
             rate_limit_windows: Arc::default(),
         }
     }
@@ -390,6 +398,12 @@ impl Metrics {
         self.queue_depth
             .with_label_values(&["failed"])
             .set(depth.failed as i64);
+    }
+
+    /// Records the memory held by bodies now; read at scrape time, so the
+    /// request path pays nothing for it.
+    pub fn set_body_memory(&self, bytes: u64) {
+        self.body_memory.set(bytes as i64);
     }
 
     /// Records when the rate-limit pause under way ends, in Unix

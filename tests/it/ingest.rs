@@ -730,3 +730,85 @@ async fn a_compressed_body_is_answered_415_and_an_unparseable_one_is_logged() {
         "{metrics}"
     );
 }
+
+/// Opens a connection that announces a body of `length` bytes, sends one
+/// byte of it and holds it, as a slow or stalled sender does.
+fn hold_a_body(addr: &str, length: usize) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /hooks/open HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{"
+    )
+    .unwrap();
+    stream
+}
+
+/// The bodies being received share `server.max_body_memory`: once held
+/// bodies fill it, a webhook whose body does not fit is answered `503` with
+/// `Retry-After: 1`, one that fits still goes through, and the memory comes
+/// back when the held bodies end.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_in_memory_share_one_budget() {
+    let head = format!(
+        "{TEST_HEAD}server:\n  body_timeout: 30s\n  max_body: 60000\n  max_body_memory: 128KiB\n"
+    );
+    let route = "  - id: open\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: test\n";
+    let app = spawn_app_with(&head, route, &[]).await;
+    let addr = app.url("").trim_start_matches("http://").to_string();
+    let held_bytes = |metrics: String| -> Option<u64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("dispatch_relay_body_memory_bytes "))
+            .and_then(|v| v.parse().ok())
+    };
+    let wait_until_held = |bytes: u64| {
+        let app = &app;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while held_bytes(app.metrics().await) != Some(bytes) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{}",
+                    app.metrics().await
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(held_bytes(app.metrics().await), Some(0));
+
+    // Two stalled senders announcing 50,000 bytes each hold 100,000 of the
+    // 131,072 bytes.
+    let stalled = [hold_a_body(&addr, 50_000), hold_a_body(&addr, 50_000)];
+    wait_until_held(100_000).await;
+
+    let large = format!(r#"{{"pad":"{}"}}"#, "x".repeat(49_000));
+    let refused = app.post("open", large.clone()).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let (_, body) = json_of(refused).await;
+    assert_error(&body, "unavailable");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_body_memory"),
+        "{body}"
+    );
+    let line = app
+        .wait_for_log(|l| l.contains("fill server.max_body_memory"))
+        .await;
+    assert!(line.contains(r#""route":"open""#), "{line}");
+    // A small body still fits beside the held ones.
+    assert_eq!(app.post("open", r#"{"small":true}"#).await.status(), 202);
+
+    // The stalled senders give up: their memory comes back, and the large
+    // body goes through.
+    drop(stalled);
+    wait_until_held(0).await;
+    assert_eq!(app.post("open", large).await.status(), 202);
+    assert!(app.metrics().await.contains(
+        r#"dispatch_relay_webhooks_received_total{outcome="unavailable",route="open"} 1"#
+    ));
+}

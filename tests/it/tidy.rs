@@ -131,6 +131,7 @@ fn every_metric_is_documented_and_every_documented_metric_exists() {
     metrics.rate_limit_remaining("token", 10, None);
     metrics.sns_subscription("r", SnsSubscription::Confirmed);
     metrics.set_queue_depth(dispatch_relay::store::QueueDepth::default());
+    metrics.set_body_memory(0);
     let exported: std::collections::BTreeSet<String> = metrics
         .render()
         .lines()
