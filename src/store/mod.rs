@@ -375,7 +375,8 @@ pub struct ListFilter {
     pub before: Option<(i64, String)>,
 }
 
-/// Counts of jobs by state, for the `queue_depth` gauge.
+/// Counts of jobs by state, for the `queue_depth` gauge. `failed` also
+/// counts each delivery that failed to render, which has no jobs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueDepth {
     pub pending: u64,
@@ -801,7 +802,7 @@ impl Store {
             .await
     }
 
-    /// Counts jobs by state.
+    /// Counts jobs by state, and deliveries that failed to render.
     pub async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
         self.read(schema::depth).await
     }

@@ -1022,22 +1022,27 @@ pub(super) const QUEUED_JOBS: &str = "SELECT COUNT(*) FROM jobs WHERE status = '
 pub(super) const RETRYING_JOBS: &str =
     "SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND attempts > 0";
 pub(super) const FAILED_JOBS: &str = "SELECT COUNT(*) FROM jobs WHERE status = 'failed'";
+/// Failed deliveries with no jobs: webhooks that failed to render, each
+/// waiting for a fixed routes.yaml and `redeliver` as a failed job does.
+pub(super) const UNRENDERED_DELIVERIES: &str = "SELECT COUNT(*) FROM deliveries
+     WHERE status = 'failed' AND NOT EXISTS (SELECT 1 FROM jobs WHERE delivery_id = deliveries.id)";
 
 pub(super) fn depth(conn: &Connection) -> Result<QueueDepth, StoreError> {
     // Each count is read from an index holding only the jobs it counts
     // (`jobs_queued`, `jobs_retrying`, `jobs_failed`), so a scrape costs what
-    // is queued or failed, not the delivered jobs kept for `retention`.
-    // One statement, so that the three counts come from one snapshot:
-    // `pending` is the queued jobs less the retried ones.
-    let (queued, retrying, failed): (i64, i64, i64) = conn
+    // is queued or failed, not the delivered jobs kept for `retention`; the
+    // deliveries that failed to render are found among the failed ones
+    // (`deliveries_status`). One statement, so that the counts come from
+    // one snapshot: `pending` is the queued jobs less the retried ones.
+    let (queued, retrying, failed, unrendered): (i64, i64, i64, i64) = conn
         .prepare_cached(&format!(
-            "SELECT ({QUEUED_JOBS}), ({RETRYING_JOBS}), ({FAILED_JOBS})"
+            "SELECT ({QUEUED_JOBS}), ({RETRYING_JOBS}), ({FAILED_JOBS}), ({UNRENDERED_DELIVERIES})"
         ))?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
     Ok(QueueDepth {
         pending: queued.saturating_sub(retrying) as u64,
         retrying: retrying as u64,
-        failed: failed as u64,
+        failed: (failed + unrendered) as u64,
     })
 }
 

@@ -378,6 +378,8 @@ async fn a_render_failure_is_stored_failed_and_can_be_rerendered() {
     let failed = store.failed_deliveries(None, None, None).await.unwrap();
     assert_eq!(failed.len(), 1);
     assert!(failed[0].failed_to_render());
+    // It has no jobs, and still counts as one thing failed.
+    assert_eq!(store.queue_depth().await.unwrap().failed, 1);
     assert_eq!(
         rerender(&store, "d1", &[0], "acme/r0", 3_000).await,
         Rerendered::Queued
@@ -387,6 +389,8 @@ async fn a_render_failure_is_stored_failed_and_can_be_rerendered() {
         Rerendered::NotFailed
     );
     assert_eq!(store.lease_due(3_000, 10, 1_000).await.unwrap().len(), 1);
+    let depth = store.queue_depth().await.unwrap();
+    assert_eq!((depth.pending, depth.failed), (1, 0), "{depth:?}");
 }
 
 #[tokio::test]
@@ -964,6 +968,10 @@ async fn reads_that_a_large_store_repeats_are_found_through_indexes() {
         (schema::QUEUED_JOBS.to_string(), "jobs_queued"),
         (schema::RETRYING_JOBS.to_string(), "jobs_retrying"),
         (schema::FAILED_JOBS.to_string(), "jobs_failed"),
+        (
+            schema::UNRENDERED_DELIVERIES.to_string(),
+            "deliveries_status (status=?)",
+        ),
         (schema::FAILED_BY_ID.to_string(), "(id=?)"),
         (schema::PRUNABLE.to_string(), "received_at<?"),
         (

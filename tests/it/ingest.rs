@@ -352,6 +352,12 @@ async fn every_status_of_the_contract() {
             "{outcome} not counted once in\n{metrics}"
         );
     }
+    // The webhook stored as failed has no jobs, and is still one thing
+    // for `redeliver --failed`.
+    assert!(
+        metrics.contains(r#"dispatch_relay_queue_depth{state="failed"} 1"#),
+        "{metrics}"
+    );
     // The refusal names the client as an address, for tools that read it.
     let line = app.wait_for_log(|l| l.contains("outside source_ips")).await;
     let line: Value = serde_json::from_str(&line).unwrap();
