@@ -61,6 +61,15 @@ pub async fn post(
     let route_id = path.into_inner();
     let routes = state.routes();
     let Some((index, route)) = routes.route(&route_id) else {
+        // A sender with a mistyped URL, or a route renamed or removed by a
+        // reload, would otherwise fail without a trace; some senders give
+        // a webhook up after a few 404s. The name is the sender's, so it is
+        // shortened and escaped, and one throttle serves every name.
+        state.metrics.unknown_route();
+        if let Some(unlogged) = state.refusal_to_log("unknown_route", "") {
+            let requested: String = route_id.chars().take(MAX_LOGGED_NAME).collect();
+            tracing::warn!(requested = ?requested, unlogged, "Refused a webhook to a route routes.yaml does not have");
+        }
         return Err(IngressError::UnknownRoute(route_id));
     };
     let result = accept(&state, &routes, index, &request, payload).await;
@@ -68,6 +77,23 @@ pub async fn post(
         Ok((_, outcome)) => Some(*outcome),
         Err(e) => e.outcome(),
     };
+    // The other refusals are logged where they are found.
+    let unlogged_refusal = match &result {
+        Err(IngressError::TooLarge { limit }) => Some((
+            "max_body",
+            format!("Refused a webhook body over the route's max_body of {limit} bytes"),
+        )),
+        Err(IngressError::RateLimited { .. }) => Some((
+            "rate_limit",
+            "Refused webhooks over the route's rate_limit".to_string(),
+        )),
+        _ => None,
+    };
+    if let Some((kind, message)) = unlogged_refusal
+        && let Some(unlogged) = state.refusal_to_log(kind, &route.id)
+    {
+        tracing::warn!(route = %route.id, unlogged, "{message}");
+    }
     if let Some(outcome) = outcome {
         state.metrics.webhook(&route.id, outcome);
     }
@@ -83,6 +109,9 @@ pub async fn post(
         _ => response,
     })
 }
+
+/// The most characters of a requested route name that are logged.
+const MAX_LOGGED_NAME: usize = 100;
 
 /// Marks a response on a `slack` route whose body Slack must read: the
 /// answer to its URL verification.

@@ -4,8 +4,8 @@
 //! within fixed sets and a route label can only come from the configuration.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use std::collections::HashMap;
@@ -112,6 +112,7 @@ pub struct Metrics {
     registry: Registry,
     webhooks_received: IntCounterVec,
     webhooks_coalesced: IntCounterVec,
+    webhooks_unknown_route: IntCounter,
     dispatches: IntCounterVec,
     github_request_duration: HistogramVec,
     delivery_latency: HistogramVec,
@@ -170,6 +171,11 @@ impl Metrics {
             ),
             &["route"],
         )
+        .expect("valid metric");
+        let webhooks_unknown_route = IntCounter::with_opts(opts(
+            "webhooks_unknown_route_total",
+            "Webhooks posted to a route that routes.yaml does not have (404).",
+        ))
         .expect("valid metric");
         let dispatches = IntCounterVec::new(
             opts(
@@ -260,6 +266,7 @@ impl Metrics {
         for collector in [
             Box::new(webhooks_received.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(webhooks_coalesced.clone()),
+            Box::new(webhooks_unknown_route.clone()),
             Box::new(dispatches.clone()),
             Box::new(github_request_duration.clone()),
             Box::new(delivery_latency.clone()),
@@ -285,6 +292,7 @@ impl Metrics {
             registry,
             webhooks_received,
             webhooks_coalesced,
+            webhooks_unknown_route,
             dispatches,
             github_request_duration,
             delivery_latency,
@@ -351,6 +359,12 @@ impl Metrics {
         self.webhooks_received
             .with_label_values(&[route, outcome.as_str()])
             .inc();
+    }
+
+    /// A webhook posted to a route that is not configured. One series for
+    /// all of them: the names come from senders, so they cannot be labels.
+    pub fn unknown_route(&self) {
+        self.webhooks_unknown_route.inc();
     }
 
     /// A webhook merged into a debounce window (also counted as accepted).

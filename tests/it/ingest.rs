@@ -352,6 +352,25 @@ async fn every_status_of_the_contract() {
             "{outcome} not counted once in\n{metrics}"
         );
     }
+    // Refusals that are only counted otherwise are in the log too, the
+    // unknown route's with the name the sender used.
+    assert!(
+        metrics.contains("dispatch_relay_webhooks_unknown_route_total 1"),
+        "{metrics}"
+    );
+    let line = app
+        .wait_for_log(|l| l.contains("to a route routes.yaml does not have"))
+        .await;
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["requested"], "\"nope\"", "{line}");
+    let line = app
+        .wait_for_log(|l| l.contains("over the route's max_body"))
+        .await;
+    assert!(line.contains(r#""route":"cms""#), "{line}");
+    let line = app
+        .wait_for_log(|l| l.contains("over the route's rate_limit"))
+        .await;
+    assert!(line.contains(r#""route":"limited""#), "{line}");
     // The webhook stored as failed has no jobs, and is still one thing
     // for `redeliver --failed`.
     assert!(
