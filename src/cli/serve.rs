@@ -3,7 +3,8 @@
 //!
 //! Shutdown sequence: stop taking webhooks (503), let the worker finish the
 //! GitHub calls in flight within a grace period (the rest stay queued on
-//! disk), stop HTTP, flush the store, exit 0.
+//! disk), stop HTTP, flush the store, exit 0. A second signal cuts the
+//! grace periods short.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -418,19 +419,50 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     };
     stop_background.cancel();
     state.begin_shutdown();
-    if dispatcher.shutdown(DRAIN_GRACE).await {
-        tracing::info!("In-flight dispatches finished");
-    } else {
+    // A second signal is an operator who will not wait for the grace
+    // periods: the relay stops at once, as it would after them. What was in
+    // flight is sent again at the next start, as after a timeout.
+    let second_signal = async {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
         tracing::warn!(
-            "Some dispatches were still in flight after the grace period; they will be sent again at the next start"
+            "A second signal: stopping now; dispatches still in flight will be sent again at the next start"
         );
+    };
+    tokio::pin!(second_signal);
+    let mut hurried = false;
+    tokio::select! {
+        drained = dispatcher.shutdown(DRAIN_GRACE) => {
+            if drained {
+                tracing::info!("In-flight dispatches finished");
+            } else {
+                tracing::warn!(
+                    "Some dispatches were still in flight after the grace period; they will be sent again at the next start"
+                );
+            }
+        }
+        _ = &mut second_signal => hurried = true,
     }
     // After the dispatches, so that their failures are in the alerts too.
-    if !notifier.close(ALERT_GRACE).await {
-        tracing::warn!("Some failure alerts could not be sent before stopping");
+    if !hurried {
+        tokio::select! {
+            closed = notifier.close(ALERT_GRACE) => {
+                if !closed {
+                    tracing::warn!("Some failure alerts could not be sent before stopping");
+                }
+            }
+            _ = &mut second_signal => hurried = true,
+        }
     }
     if server_failure.is_none() {
-        handle.stop(true).await;
+        // Open connections are given their time, unless told otherwise.
+        let graceful = !hurried;
+        tokio::select! {
+            _ = handle.stop(graceful) => {}
+            _ = &mut second_signal, if graceful => handle.stop(false).await,
+        }
         if let Err(e) = served(server.await) {
             tracing::warn!(error = %e, "The HTTP server did not stop cleanly");
         }

@@ -109,14 +109,9 @@ async fn sigterm_refuses_new_webhooks_finishes_in_flight_and_exits_0() {
     app.github.set_latency(Duration::from_secs(5));
     assert_eq!(app.post_signed("cms", r#"{"n":1}"#).await.status(), 202);
     // Wait until the dispatch is in flight at GitHub.
-    let start = std::time::Instant::now();
-    while app.github.dispatch_attempts().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the dispatch never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    app.github
+        .wait_for_a_dispatch_attempt(Duration::from_secs(60))
+        .await;
     app.sigterm();
     // While draining, new webhooks get 503 with Retry-After.
     let mut refused = None;
@@ -151,6 +146,37 @@ async fn sigterm_refuses_new_webhooks_finishes_in_flight_and_exits_0() {
     );
     let list = app.deliveries(&[]);
     assert_eq!(list[0]["status"], "delivered");
+}
+
+/// A second SIGTERM stops the relay at once instead of after the grace
+/// periods (20 s for dispatches in flight, 10 s for alerts, 10 s for HTTP);
+/// the dispatch it was waiting for stays queued for the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_stops_without_waiting_for_the_grace_period() {
+    let head = TEST_HEAD.replace("timeout: 10s", "timeout: 120s");
+    assert_ne!(head, TEST_HEAD);
+    let mut app = spawn_app_with(&head, &hmac_route("cms", TARGET), &[]).await;
+    // GitHub holds the dispatch far longer than any grace period.
+    app.github.set_latency(Duration::from_secs(100));
+    assert_eq!(app.post_signed("cms", r#"{"n":1}"#).await.status(), 202);
+    app.github
+        .wait_for_a_dispatch_attempt(Duration::from_secs(60))
+        .await;
+    app.sigterm();
+    app.wait_for_log(|l| l.contains("SIGTERM received")).await;
+    app.sigterm();
+    // Well inside the 20 s the first signal alone waits for the dispatch.
+    let status = app.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status:?}");
+    let list = app.deliveries(&[]);
+    assert_eq!(list[0]["status"], "pending", "{list:?}");
+
+    app.github.set_latency(Duration::ZERO);
+    app.restart();
+    app.wait_for_deliveries(Duration::from_secs(60), |list| {
+        list.len() == 1 && list[0]["status"] == "delivered"
+    })
+    .await;
 }
 
 /// SIGTERM does not wait for the queue: jobs not yet started stay queued,

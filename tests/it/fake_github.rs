@@ -511,6 +511,16 @@ impl FakeGitHub {
         self.requests_where(RecordedRequest::is_dispatch)
     }
 
+    /// Waits until a dispatch request has arrived, however it will be
+    /// answered: with a latency set, one that is in flight.
+    pub async fn wait_for_a_dispatch_attempt(&self, deadline: Duration) {
+        let start = std::time::Instant::now();
+        while self.dispatch_attempts().is_empty() {
+            assert!(start.elapsed() < deadline, "the dispatch never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Only the dispatch requests that were answered with a 2xx.
     pub fn dispatches(&self) -> Vec<RecordedRequest> {
         self.requests_where(RecordedRequest::is_successful_dispatch)
