@@ -527,7 +527,17 @@ impl Store {
         opener: Opener,
     ) -> Result<Store, StoreError> {
         let conn = open_connection(path, opener)?;
-        schema::migrate(&conn, opener)?;
+        let upgrade = schema::migrate(&conn, opener)?;
+        if !upgrade.changes.is_empty() {
+            // An upgrade changes the file an older relay wrote: the line
+            // says what, for whoever must go back to that relay.
+            tracing::info!(
+                store = %path.display(),
+                from_schema = upgrade.from_schema,
+                changes = %upgrade.changes.join(", "),
+                "Brought the store up to date"
+            );
+        }
         let corruption = Corruption::default();
         let writer = Writer::start(conn, synchronous, path, corruption.clone())?;
         let reader = Connection::open_with_flags(

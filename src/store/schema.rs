@@ -19,10 +19,18 @@ const SCHEMA_VERSION: i64 = 1;
 /// reference can write the same rows into the same schema.
 pub(super) const SCHEMA: &str = include_str!("schema.sql");
 
+/// What bringing an existing store up to date changed in it, for the one
+/// line that says so; empty for a store that was up to date, or new.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Upgrade {
+    pub(super) from_schema: i64,
+    pub(super) changes: Vec<String>,
+}
+
 /// Creates or brings up to date the store's schema. Only `serve` builds the
 /// indexes added since the first schema, drops those no longer used and
 /// gives queued jobs their route (see [`Opener`]).
-pub(super) fn migrate(conn: &Connection, opener: Opener) -> Result<(), StoreError> {
+pub(super) fn migrate(conn: &Connection, opener: Opener) -> Result<Upgrade, StoreError> {
     let serve = opener == Opener::Serve;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     refuse_newer(version)?;
@@ -38,32 +46,57 @@ pub(super) fn migrate(conn: &Connection, opener: Opener) -> Result<(), StoreErro
     {
         // Up to date: write nothing. `deliveries` and `redeliver` open the
         // store beside a running relay, and must not take its write lock.
-        return Ok(());
+        return Ok(Upgrade::default());
+    }
+    // What an existing store was given, for the one line that says an
+    // upgrade changed the file (a new store has nothing to report).
+    let existed = !missing(conn, &["deliveries"])?;
+    let mut changes = Vec::new();
+    for table in ADDED_TABLES {
+        if existed && missing(conn, &[table])? {
+            changes.push(format!("table {table}"));
+        }
     }
     conn.execute_batch(SCHEMA)?;
     for (table, column, declaration) in missing_columns(conn)? {
         conn.execute_batch(&format!(
             "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
         ))?;
+        if existed {
+            changes.push(format!("column {table}.{column}"));
+        }
     }
     if serve {
-        for (_, create) in ADDED_INDEXES {
+        for (name, create) in ADDED_INDEXES {
+            if existed && missing(conn, &[name])? {
+                changes.push(format!("index {name}"));
+            }
             conn.execute_batch(create)?;
         }
         for name in DROPPED_INDEXES {
+            if present(conn, &[name])? {
+                changes.push(format!("dropped index {name}"));
+            }
             conn.execute_batch(&format!("DROP INDEX IF EXISTS {name}"))?;
         }
         // Jobs queued before jobs kept their route, or by an older relay
         // since, would never take a turn in the queue. (A failed job is
         // given its route when it is redelivered.)
-        conn.execute_batch(
+        let routed = conn.execute(
             "UPDATE jobs SET route = (SELECT d.route FROM deliveries d WHERE d.id = jobs.delivery_id)
              WHERE route IS NULL AND status = 'pending'",
+            [],
         )?;
+        if routed > 0 {
+            changes.push(format!("a route for {routed} queued jobs"));
+        }
     }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     conn.pragma_update(None, "application_id", APPLICATION_ID)?;
-    Ok(())
+    Ok(Upgrade {
+        from_schema: version,
+        changes,
+    })
 }
 
 /// Marks a SQLite file as a dispatch-relay store (`PRAGMA application_id`,

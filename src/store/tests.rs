@@ -842,6 +842,32 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
              PRAGMA user_version = 1;",
         )
         .unwrap();
+    // What the upgrade changes is said once, and a second open, up to
+    // date, has nothing to say.
+    let conn = Connection::open(&path).unwrap();
+    let upgrade = schema::migrate(&conn, Opener::Serve).unwrap();
+    assert_eq!(upgrade.from_schema, 1);
+    let changes = upgrade.changes.join(", ");
+    for change in [
+        "table readiness",
+        "column jobs.route",
+        "index jobs_queued",
+        "dropped index jobs_due",
+        "a route for 1 queued jobs",
+    ] {
+        assert!(changes.contains(change), "{change}: {changes}");
+    }
+    assert_eq!(
+        schema::migrate(&conn, Opener::Serve).unwrap(),
+        schema::Upgrade::default()
+    );
+    drop(conn);
+    let new_store = Connection::open(dir.path().join("new.db")).unwrap();
+    assert_eq!(
+        schema::migrate(&new_store, Opener::Serve).unwrap(),
+        schema::Upgrade::default(),
+        "a new store is made, not upgraded"
+    );
     let store = Store::open(&path, Synchronous::Full).unwrap();
     let mut debounced = delivery("d1", None, 1);
     debounced.debounce = Some(DebounceWindow {
