@@ -10,6 +10,7 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -18,7 +19,6 @@ use super::{
     Accepted, AttemptRecord, Corruption, Job, NewDelivery, Rerendered, Rerendering, StoreError,
     schema,
 };
-use crate::telemetry::Streak;
 
 /// How hard SQLite flushes at each commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -328,21 +328,70 @@ fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Says a run of failed commits: the first with its cause, and the first
-/// success after it. The commits in between fail the same way, and their
-/// callers count them (`outcome="unavailable"`).
-fn say_commit(failed: &Streak, commit: &Result<(), Refusal>) {
-    match commit {
+/// How long commits must succeed, with none refused, before a run of
+/// refusals is said to be over. A nearly full disk takes a small commit
+/// now and then between refused ones; without the wait the log alternated
+/// "refused" and "takes writes again" for as long as the disk stayed full.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// A run of refused commits, as the log tells it: the first refusal with
+/// its cause, and its end once commits have succeeded for [`SETTLE`]. The
+/// commits in between are counted by their callers
+/// (`outcome="unavailable"`), not said.
+#[derive(Debug, Default)]
+struct CommitRun {
+    /// Refused commits since the run began; 0 when there is no run.
+    refused: u64,
+    /// When commits began to succeed again, while the run settles.
+    succeeding_since: Option<Instant>,
+}
+
+/// What a commit, or the passing of time, gives the log to say.
+#[derive(Debug, PartialEq)]
+enum CommitNews {
+    Refused,
+    TakesWritesAgain { refused_commits: u64 },
+}
+
+impl CommitRun {
+    fn commit(&mut self, refused: bool, now: Instant) -> Option<CommitNews> {
+        if refused {
+            self.refused += 1;
+            self.succeeding_since = None;
+            return (self.refused == 1).then_some(CommitNews::Refused);
+        }
+        if self.refused > 0 {
+            self.succeeding_since.get_or_insert(now);
+        }
+        self.settle(now)
+    }
+
+    /// When the run will have settled, if it is settling.
+    fn settles_at(&self) -> Option<Instant> {
+        self.succeeding_since.map(|since| since + SETTLE)
+    }
+
+    fn settle(&mut self, now: Instant) -> Option<CommitNews> {
+        let settled = self.settles_at().is_some_and(|at| now >= at);
+        settled.then(|| CommitNews::TakesWritesAgain {
+            refused_commits: std::mem::take(self).refused,
+        })
+    }
+}
+
+fn say(news: Option<CommitNews>, commit: &Result<(), Refusal>) {
+    match (news, commit) {
         // Damage is said once, where it is found (`Corruption::note`).
-        Err(e) if failed.failed() && !e.corrupt => {
+        (Some(CommitNews::Refused), Err(e)) if !e.corrupt => {
             tracing::error!(error = %e.message, "The store refused a commit; writes are refused until one succeeds");
         }
-        Err(_) => {}
-        Ok(()) => {
-            if let Some(failed_commits) = failed.passed() {
-                tracing::info!(failed_commits, "The store takes writes again");
-            }
+        (Some(CommitNews::TakesWritesAgain { refused_commits }), _) => {
+            tracing::info!(
+                failed_commits = refused_commits,
+                "The store takes writes again"
+            );
         }
+        _ => {}
     }
 }
 
@@ -353,8 +402,24 @@ fn run(
     path: &std::path::Path,
     corruption: &Corruption,
 ) {
-    let failed = Streak::default();
-    while let Ok(first) = receiver.recv() {
+    let mut run = CommitRun::default();
+    loop {
+        // A run settling is said to be over when its time comes, even if
+        // no commit comes then.
+        let first = match run.settles_at() {
+            Some(at) => match receiver.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    say(run.settle(Instant::now()), &Ok(()));
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match receiver.recv() {
+                Ok(first) => first,
+                Err(_) => break,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -380,7 +445,7 @@ fn run(
             None => commit_batch(&mut conn, &batch),
         };
         note_corruption(&outcomes, &commit, path, corruption);
-        say_commit(&failed, &commit);
+        say(run.commit(commit.is_err(), Instant::now()), &commit);
         for (command, outcome) in batch.into_iter().zip(outcomes) {
             command.answer(outcome, &commit);
         }
@@ -584,6 +649,44 @@ fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_of_refused_commits_is_said_once_and_over_once_it_settles() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut run = CommitRun::default();
+        // (refused, seconds, what the log says)
+        let steps = [
+            (false, 0, None),
+            (true, 1, Some(CommitNews::Refused)),
+            (true, 2, None),
+            // A small commit gets through on a nearly full disk, and the
+            // next is refused: one run, nothing said.
+            (false, 3, None),
+            (true, 4, None),
+            (false, 5, None),
+            (false, 9, None),
+            (
+                false,
+                10,
+                Some(CommitNews::TakesWritesAgain { refused_commits: 3 }),
+            ),
+            (false, 11, None),
+            (true, 12, Some(CommitNews::Refused)),
+        ];
+        for (refused, secs, news) in steps {
+            assert_eq!(run.commit(refused, at(secs)), news, "at {secs} s");
+        }
+        // With no commit to tell it, the run settles when its time comes.
+        assert_eq!(run.commit(false, at(13)), None);
+        assert_eq!(run.settles_at(), Some(at(18)));
+        assert_eq!(run.settle(at(17)), None);
+        assert_eq!(
+            run.settle(at(18)),
+            Some(CommitNews::TakesWritesAgain { refused_commits: 1 })
+        );
+        assert_eq!(run.settles_at(), None);
+    }
 
     fn accept(id: &str) -> (Command, oneshot::Receiver<Result<Accepted, StoreError>>) {
         let (reply, answer) = oneshot::channel();
