@@ -124,6 +124,68 @@ pub async fn list(
         println!("no deliveries");
         return Ok(());
     }
+    print_table(&deliveries);
+    Ok(())
+}
+
+/// `deliveries --id`: one delivery and every attempt to send it, as the
+/// admin API's `GET /admin/deliveries/{id}` answers.
+pub async fn show(config_path: &Path, id: &str, json: bool) -> Result<(), CliError> {
+    let Some(id) = crate::store::delivery_id(id) else {
+        return Err(invalid(anyhow::anyhow!(
+            "--id `{id}` is not a delivery id (a UUID, as `deliveries` lists them)"
+        )));
+    };
+    let store = open_existing_store(&store_location(config_path)?)?;
+    let found = store.get(&id).await.map_err(runtime);
+    store.close().await;
+    let Some((delivery, attempts)) = found? else {
+        return Err(invalid(anyhow::anyhow!("no delivery `{id}` in the store")));
+    };
+    if json {
+        let answer = serde_json::json!({"delivery": delivery, "attempts": attempts});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer).map_err(runtime)?
+        );
+        return Ok(());
+    }
+    let repo_of = |index: usize| {
+        delivery
+            .targets
+            .iter()
+            .find(|t| t.target_index == index)
+            .map_or("?", |t| t.repo.as_str())
+            .to_string()
+    };
+    let attempts: Vec<String> = attempts
+        .iter()
+        .map(|a| {
+            let status = a
+                .status_code
+                .map_or_else(|| "no answer".to_string(), |code| code.to_string());
+            format!(
+                "  {}  {}  {status}  {} ms  {}",
+                rfc3339(a.started_at_ms),
+                repo_of(a.target_index),
+                a.duration_ms,
+                crate::text::one_line(&a.detail)
+            )
+        })
+        .collect();
+    print_table(std::slice::from_ref(&delivery));
+    if attempts.is_empty() {
+        println!("no attempts yet");
+    } else {
+        println!("ATTEMPTS");
+        println!("{}", attempts.join("\n"));
+    }
+    Ok(())
+}
+
+/// The deliveries as a table, each with its error and, for each target
+/// still being retried, why.
+fn print_table(deliveries: &[crate::store::DeliverySummary]) {
     // Wide enough for the longest route listed, so the columns after it
     // stay in line.
     let route_width = deliveries
@@ -160,10 +222,10 @@ pub async fn list(
             rfc3339(d.received_at_ms),
             targets.join(" ")
         );
-        if let Some(error) = d.error {
+        if let Some(error) = &d.error {
             // GitHub's messages hold blank lines ("Invalid request.\n\n...");
             // on one line they cannot pass for rows of the table.
-            let error = crate::text::one_line(&error);
+            let error = crate::text::one_line(error);
             println!("{:<36}  error: {error}", "");
         }
         for t in &d.targets {
@@ -191,7 +253,6 @@ pub async fn list(
             }
         }
     }
-    Ok(())
 }
 
 pub async fn redeliver(

@@ -79,6 +79,9 @@ pub enum Command {
         route: Option<String>,
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
         limit: u64,
+        /// One delivery by id, with every attempt to send it.
+        #[arg(long, conflicts_with_all = ["status", "route", "limit"])]
+        id: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -173,9 +176,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         ),
         Command::Deliveries {
             config,
+            id: Some(id),
+            json,
+            ..
+        } => deliveries::show(&config, &id, json).await,
+        Command::Deliveries {
+            config,
             status,
             route,
             limit,
+            id: None,
             json,
         } => {
             deliveries::list(

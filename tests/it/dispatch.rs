@@ -1072,3 +1072,50 @@ async fn a_proxy_quoting_the_token_back_does_not_leak_it() {
         assert!(!holds(TOKEN), "{}", file.display());
     }
 }
+
+/// `deliveries --id` shows one delivery with every attempt to send it, as
+/// the admin API's `GET /admin/deliveries/{id}` does; an id the store does
+/// not hold, or one that is not an id, is refused with exit 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_by_id_shows_every_attempt() {
+    let route = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let app = spawn_app(route).await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::Status(502)]);
+    let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
+    let id = accepted["delivery_id"].as_str().unwrap().to_string();
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 1 && list[0]["status"] == "delivered"
+    })
+    .await;
+
+    let output = app.cli(&["deliveries", "--id", &id.to_uppercase(), "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["delivery"]["id"], id.as_str());
+    let codes: Vec<&Value> = shown["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["status_code"])
+        .collect();
+    assert_eq!(codes, [&json!(502), &json!(204)], "{shown}");
+
+    let output = app.cli(&["deliveries", "--id", &id]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("ATTEMPTS"), "{table}");
+    assert!(table.contains("acme/blog  502"), "{table}");
+    assert!(table.contains("acme/blog  204"), "{table}");
+
+    for (wrong, says) in [
+        ("0190d6c4-0000-7000-8000-000000000000", "no delivery"),
+        ("not-an-id", "not a delivery id"),
+    ] {
+        let output = app.cli(&["deliveries", "--id", wrong]);
+        assert_eq!(output.status.code(), Some(1), "{wrong}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{wrong}: {stderr}");
+    }
+    let output = app.cli(&["deliveries", "--id", &id, "--status", "failed"]);
+    assert_eq!(output.status.code(), Some(1), "--id with a filter");
+}
