@@ -509,12 +509,13 @@ async fn a_burst_on_one_route_does_not_hold_back_another_routes_dispatch() {
     app.github.add_repo("acme/cms");
     app.github.push_responses(
         "acme/bulk",
-        vec![Scripted::PrimaryRateLimit { reset_in_secs: 6 }],
+        vec![Scripted::PrimaryRateLimit { reset_in_secs: 12 }],
     );
     assert_eq!(app.post("bulk", "{}").await.status(), 202);
     // Once the limited attempt is logged, the pause it brought is in force
     // (it is set first): nothing posted after it can be leased before the
-    // pause ends, five seconds or more later, ample for the posts below.
+    // pause ends, eleven seconds or more later (the reset is in whole
+    // seconds), ample for the posts below even on a loaded machine.
     app.wait_for_log(|l| l.contains("Dispatch will be retried"))
         .await;
     for _ in 0..5 {
