@@ -54,7 +54,16 @@ pub struct Body<'a> {
     held: u64,
 }
 
-impl Body<'_> {
+impl<'a> Body<'a> {
+    /// An empty body holding nothing of the budget yet.
+    fn empty(memory: &'a BodyMemory) -> Body<'a> {
+        Body {
+            bytes: Vec::new(),
+            memory,
+            held: 0,
+        }
+    }
+
     /// Grows the buffer's capacity to at least `needed` bytes, doubling as
     /// a `Vec` would, once the budget has room for the growth.
     fn grow_to(&mut self, needed: u64, limit: u64, budget: u64) -> Result<(), IngressError> {
@@ -116,11 +125,7 @@ async fn read_within<'a>(
     if declared.is_some_and(|len| len > limit) {
         return Err(IngressError::TooLarge { limit });
     }
-    let mut body = Body {
-        bytes: Vec::new(),
-        memory,
-        held: 0,
-    };
+    let mut body = Body::empty(memory);
     body.grow_to(
         declared.unwrap_or(1024).min(limit).min(BODY_RESERVE),
         limit,
@@ -143,21 +148,13 @@ async fn read_within<'a>(
 mod tests {
     use super::*;
 
-    fn body(memory: &BodyMemory) -> Body<'_> {
-        Body {
-            bytes: Vec::new(),
-            memory,
-            held: 0,
-        }
-    }
-
     #[test]
     fn bodies_share_the_budget_and_give_it_back_when_dropped() {
         let memory = BodyMemory::default();
-        let mut first = body(&memory);
+        let mut first = Body::empty(&memory);
         first.grow_to(600, 1000, 1000).unwrap();
         assert_eq!(memory.held(), 600);
-        let mut second = body(&memory);
+        let mut second = Body::empty(&memory);
         assert!(matches!(
             second.grow_to(600, 1000, 1000),
             Err(IngressError::BodyMemoryFull)
@@ -173,7 +170,7 @@ mod tests {
     #[test]
     fn a_buffer_doubles_up_to_the_route_limit_and_counts_its_capacity() {
         let memory = BodyMemory::default();
-        let mut growing = body(&memory);
+        let mut growing = Body::empty(&memory);
         // (bytes needed, capacity held afterwards)
         for (needed, held) in [
             (100, 100),
