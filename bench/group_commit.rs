@@ -14,7 +14,7 @@
 //!
 //! With `--rows relay` it writes instead the rows the relay writes for each
 //! webhook, into the relay's own schema (`src/store/schema.sql` and the
-//! queue's index, `src/store/jobs_queued.sql`): a delivery
+//! queue's index, `src/store/jobs_untried.sql`): a delivery
 //! holding the request as received (headers and body, as JSON text) and one
 //! job holding the rendered dispatch, with their indexes and foreign key.
 //! The two variants side by side split the relay's distance from the
@@ -182,7 +182,7 @@ async fn main() -> std::io::Result<()> {
         // after them.
         concat!(
             include_str!("../src/store/schema.sql"),
-            include_str!("../src/store/jobs_queued.sql")
+            include_str!("../src/store/jobs_untried.sql")
         )
     } else {
         "CREATE TABLE IF NOT EXISTS intake (

@@ -11,6 +11,7 @@
 //! Reads use a separate connection, so listing deliveries never waits behind
 //! the writer.
 
+mod retry_times;
 mod schema;
 mod writer;
 
@@ -473,6 +474,9 @@ pub struct Store {
     /// The route of the last job leased: the next lease starts its turns
     /// with the route after it (see [`Store::lease_due`]).
     last_leased_route: Arc<Mutex<Option<String>>>,
+    /// When each route's next retry may be due, kept by the writer; read
+    /// here for the worker's idle wait.
+    retries: Arc<Mutex<retry_times::RetryTimes>>,
     corruption: Corruption,
 }
 
@@ -539,7 +543,8 @@ impl Store {
             );
         }
         let corruption = Corruption::default();
-        let writer = Writer::start(conn, synchronous, path, corruption.clone())?;
+        let retries = Arc::new(Mutex::new(retry_times::RetryTimes::default()));
+        let writer = Writer::start(conn, synchronous, path, corruption.clone(), retries.clone())?;
         let reader = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -550,6 +555,7 @@ impl Store {
             reader: Arc::new(Mutex::new(Some(reader))),
             path: Arc::new(path.to_path_buf()),
             last_leased_route: Arc::default(),
+            retries,
             corruption,
         })
     }
@@ -750,18 +756,26 @@ impl Store {
     /// worker can sleep until then. A job being sent right now is leased and
     /// left out: its due time is in the past and would wake the worker again
     /// at once, again and again. (The worker looks at least once a second
-    /// anyway, which covers a lease that runs out.) The query seeks each
-    /// queued route's first job in the `jobs_queued` index, so it stays
-    /// quick with a deep queue.
+    /// anyway, which covers a lease that runs out.) The jobs not tried yet
+    /// are read by seeking each queued route's first in the `jobs_untried`
+    /// index, so it stays quick with a deep queue; the retries' times are
+    /// those the writer keeps for the lease.
     pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
-        self.read(|conn| {
-            Ok(conn
-                .prepare_cached(schema::NEXT_DUE)?
-                .query_row([], |row| row.get::<_, Option<i64>>(0))
-                .optional()?
-                .flatten())
-        })
-        .await
+        let untried = self
+            .read(|conn| {
+                Ok(conn
+                    .prepare_cached(schema::NEXT_UNTRIED_DUE)?
+                    .query_row([], |row| row.get::<_, Option<i64>>(0))
+                    .optional()?
+                    .flatten())
+            })
+            .await?;
+        let retry = self
+            .retries
+            .lock()
+            .map(|retries| retries.earliest())
+            .unwrap_or_default();
+        Ok(untried.into_iter().chain(retry).min())
     }
 
     async fn read<T: Send + 'static>(

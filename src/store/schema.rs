@@ -5,8 +5,11 @@
 //! batch that delivers or fails one of its jobs, so listing deliveries never
 //! has to aggregate jobs.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::retry_times::RetryTimes;
 use super::{
     Accepted, AttemptRecord, AttemptSummary, DebounceWindow, DeliverySummary, FailedDelivery, Job,
     JobNext, JobSummary, ListFilter, NewDelivery, NewJob, Opener, QueueDepth, Rerendered,
@@ -173,44 +176,56 @@ const ADDED_INDEXES: &[(&str, &str)] = &[
         "CREATE INDEX IF NOT EXISTS deliveries_debounce_open ON deliveries (route, received_at)
          WHERE debounce_first_at IS NOT NULL AND status = 'pending'",
     ),
-    // The retried and the failed jobs, counted for `queue_depth` at every
-    // scrape. A job sent and delivered at its first attempt never enters
-    // either, so the accept path and the usual send cost nothing more.
-    (
-        "jobs_retrying",
-        "CREATE INDEX IF NOT EXISTS jobs_retrying ON jobs (attempts)
-         WHERE status = 'pending' AND attempts > 0",
-    ),
+    // The failed jobs, counted for `queue_depth` at every scrape. A job
+    // delivered at its first attempt never enters it, so the accept path
+    // and the usual send cost nothing more.
     (
         "jobs_failed",
         "CREATE INDEX IF NOT EXISTS jobs_failed ON jobs (delivery_id) WHERE status = 'failed'",
     ),
-    ("jobs_queued", JOBS_QUEUED),
+    ("jobs_untried", JOBS_UNTRIED),
+    // The jobs that wait for a retry, by route, each route's in the order
+    // they fall due: the lease finds a route's due ones here, and
+    // `queue_depth` counts them. A job enters it at its first retry, so
+    // accepting a webhook does not write it.
+    (
+        "jobs_retried",
+        "CREATE INDEX IF NOT EXISTS jobs_retried ON jobs (route, next_attempt_at)
+         WHERE status = 'pending' AND attempts > 0",
+    ),
 ];
 
-/// The queue's index. A file of its own so that the benchmarks' durable
-/// reference, which writes the relay's rows, keeps it as the relay does.
-pub(super) const JOBS_QUEUED: &str = include_str!("jobs_queued.sql");
+/// The index of the jobs not tried yet. A file of its own so that the
+/// benchmarks' durable reference, which writes the relay's rows, keeps it
+/// as the relay does.
+pub(super) const JOBS_UNTRIED: &str = include_str!("jobs_untried.sql");
 
 /// Indexes no longer used, dropped by `serve` so that accepting a webhook
-/// does not keep writing them. `jobs_due` ordered the queue by due time
-/// alone; `jobs_queued` orders each route's.
-const DROPPED_INDEXES: &[&str] = &["jobs_due"];
+/// and retrying a job do not keep writing them. `jobs_due` ordered the
+/// queue by due time alone; `jobs_queued` ordered each route's pending
+/// jobs, tried or not, which made every lease walk every route with a job
+/// waiting out its backoff; `jobs_retrying` counted what `jobs_retried`
+/// now holds.
+const DROPPED_INDEXES: &[&str] = &["jobs_due", "jobs_queued", "jobs_retrying"];
 
 /// Whether a pending job has no route: one queued before jobs kept it, or
-/// by an older relay since. Looked up only through `jobs_queued`, so a
-/// start costs no scan of the jobs; without the index, migrating builds it
+/// by an older relay since. Looked up only through the queue's indexes, so
+/// a start costs no scan of the jobs; without them, migrating builds them
 /// and gives every pending job its route anyway.
 fn has_jobs_without_route(conn: &Connection) -> Result<bool, StoreError> {
-    if missing(conn, &["jobs_queued"])? {
+    if missing(conn, &["jobs_untried", "jobs_retried"])? {
         return Ok(false);
     }
     Ok(conn.prepare_cached(QUEUED_WITHOUT_ROUTE)?.exists([])?)
 }
 
-/// A pending job without a route, found through `jobs_queued`.
+/// A pending job without a route, found through `jobs_untried` and
+/// `jobs_retried`.
 pub(super) const QUEUED_WITHOUT_ROUTE: &str =
-    "SELECT 1 FROM jobs WHERE status = 'pending' AND route IS NULL LIMIT 1";
+    "SELECT 1 FROM jobs WHERE status = 'pending' AND attempts = 0 AND route IS NULL
+     UNION ALL
+     SELECT 1 FROM jobs WHERE status = 'pending' AND attempts > 0 AND route IS NULL
+     LIMIT 1";
 
 /// Whether any of these tables or indexes is present.
 fn present(conn: &Connection, names: &[&str]) -> Result<bool, StoreError> {
@@ -508,56 +523,121 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-/// The first route, in name order, after `?1` with a pending job.
-pub(super) const NEXT_QUEUED_ROUTE: &str =
-    "SELECT route FROM jobs WHERE status = 'pending' AND route > ?1 ORDER BY route LIMIT 1";
+/// The first route, in name order, after `?1` with a job not tried yet.
+pub(super) const NEXT_UNTRIED_ROUTE: &str = "SELECT route FROM jobs
+     WHERE status = 'pending' AND attempts = 0 AND route > ?1 ORDER BY route LIMIT 1";
 
-/// Up to `?3` of a route's jobs that are due at `?2` and not being sent,
-/// in the order they fell due.
-pub(super) const DUE_OF_ROUTE: &str = "SELECT id FROM jobs
-     WHERE status = 'pending' AND route = ?1 AND next_attempt_at <= ?2
+/// Up to `?3` of a route's jobs not tried yet that are due at `?2` and not
+/// being sent, with their due time, in the order they fell due.
+pub(super) const UNTRIED_DUE_OF_ROUTE: &str = "SELECT id, next_attempt_at FROM jobs
+     WHERE status = 'pending' AND attempts = 0 AND route = ?1 AND next_attempt_at <= ?2
        AND (leased_until IS NULL OR leased_until < ?2)
      ORDER BY next_attempt_at, id LIMIT ?3";
 
-/// When the earliest pending job that is not leased falls due. The queued
-/// routes are found one index seek at a time, starting from "" (which sorts
-/// before every route name; SQLite would otherwise walk every pending job
-/// to find them), and each route's first job by another.
-pub(super) const NEXT_DUE: &str = "WITH RECURSIVE queued(route) AS (
+/// The same of a route's jobs waiting for a retry.
+pub(super) const RETRIED_DUE_OF_ROUTE: &str = "SELECT id, next_attempt_at FROM jobs
+     WHERE status = 'pending' AND attempts > 0 AND route = ?1 AND next_attempt_at <= ?2
+       AND (leased_until IS NULL OR leased_until < ?2)
+     ORDER BY next_attempt_at, id LIMIT ?3";
+
+/// The first route, in name order, after `?1` with a job waiting for a
+/// retry.
+pub(super) const NEXT_RETRIED_ROUTE: &str = "SELECT route FROM jobs
+     WHERE status = 'pending' AND attempts > 0 AND route > ?1 ORDER BY route LIMIT 1";
+
+/// When the first of a route's jobs waiting for a retry that is not being
+/// sent at `?2` falls due.
+pub(super) const NEXT_RETRY_OF_ROUTE: &str = "SELECT next_attempt_at FROM jobs
+     WHERE status = 'pending' AND attempts > 0 AND route = ?1
+       AND (leased_until IS NULL OR leased_until < ?2)
+     ORDER BY next_attempt_at LIMIT 1";
+
+/// When the earliest job not tried yet and not leased falls due (the
+/// retries' times are kept in memory, see [`RetryTimes`]). The routes are
+/// found one index seek at a time, starting from "" (which sorts before
+/// every route name; SQLite would otherwise walk every pending job to find
+/// them), and each route's first job by another.
+pub(super) const NEXT_UNTRIED_DUE: &str = "WITH RECURSIVE queued(route) AS (
          SELECT ''
          UNION ALL
-         SELECT (SELECT route FROM jobs WHERE status = 'pending' AND route > queued.route ORDER BY route LIMIT 1)
+         SELECT (SELECT route FROM jobs WHERE status = 'pending' AND attempts = 0 AND route > queued.route
+                 ORDER BY route LIMIT 1)
          FROM queued WHERE queued.route IS NOT NULL
      )
      SELECT MIN((SELECT next_attempt_at FROM jobs
-                 WHERE status = 'pending' AND route = queued.route AND leased_until IS NULL
+                 WHERE status = 'pending' AND attempts = 0 AND route = queued.route AND leased_until IS NULL
                  ORDER BY next_attempt_at LIMIT 1))
      FROM queued WHERE route > ''";
+
+/// Each route's due jobs, with their due times, found for one lease.
+type DueByRoute = BTreeMap<String, Vec<(i64, i64)>>;
 
 /// Leases up to `limit` due jobs for `lease_ms`, taking turns between
 /// routes: one job of each route that has any due, starting with the
 /// first route after `after_route` in name order and coming round to it
 /// last, then a second of each, and so on. Each route's jobs go in the
-/// order they fell due. So a burst on one route is sent between the other
-/// routes' dispatches, not ahead of them all.
+/// order they fell due, retries among new jobs. So a burst on one route is
+/// sent between the other routes' dispatches, not ahead of them all.
 ///
-/// The routes are found one index seek at a time, and the search stops as
-/// soon as `limit` routes have a job due, so a lease costs the routes it
-/// looks at, not the depth of the queue.
+/// The jobs not tried yet are found one route at a time, an index seek
+/// each, and the search stops as soon as `limit` routes have a job due, so
+/// a lease costs the routes it looks at, not the depth of the queue. The
+/// jobs waiting for a retry are looked for only in the routes whose next
+/// retry `retries` says is due: a route holding a job that waits out an
+/// hour's backoff costs a lease nothing.
 pub(super) fn lease(
     conn: &Connection,
     now_ms: i64,
     limit: usize,
     lease_ms: i64,
     after_route: Option<&str>,
+    retries: &mut RetryTimes,
 ) -> Result<Vec<Job>, StoreError> {
-    let mut next_route = conn.prepare_cached(NEXT_QUEUED_ROUTE)?;
-    let mut due_of_route = conn.prepare_cached(DUE_OF_ROUTE)?;
-    let mut queues: Vec<Vec<i64>> = Vec::new();
+    let data_version: i64 = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
+    if retries.stale(now_ms, data_version) {
+        read_retry_times(conn, now_ms, data_version, retries)?;
+    }
+    let mut due = DueByRoute::new();
+    find_untried_due(conn, now_ms, limit, after_route, &mut due)?;
+    let retried_routes = find_retries_due(conn, now_ms, limit, after_route, retries, &mut due)?;
+    let ids = taking_turns(in_turn_order(due, after_route), limit);
+    let mut jobs = Vec::with_capacity(ids.len());
+    let mut mark = conn.prepare_cached("UPDATE jobs SET leased_until = ?2 WHERE id = ?1")?;
+    let mut fetch = conn.prepare_cached(
+        "SELECT j.id, j.delivery_id, d.route, j.target_index, j.repo, j.label, j.path, j.body,
+                j.attempts, j.failures, j.created_at, d.received_at,
+                MAX(j.created_at, COALESCE((SELECT MAX(a.started_at) FROM attempts a WHERE a.job_id = j.id), 0))
+         FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?1",
+    )?;
+    for id in ids {
+        mark.execute(params![id, now_ms + lease_ms])?;
+        jobs.push(fetch.query_row(params![id], job_from_row)?);
+    }
+    // The routes whose retries were leased move on to their next one, so
+    // that an idle worker does not wake for the retries it is sending.
+    let mut next_retry = conn.prepare_cached(NEXT_RETRY_OF_ROUTE)?;
+    for route in retried_routes {
+        retries.moved_on(&route, next_retry_of(&mut next_retry, &route, now_ms)?);
+    }
+    Ok(jobs)
+}
+
+/// The due jobs not tried yet of the first `limit` routes after
+/// `after_route` that have any.
+fn find_untried_due(
+    conn: &Connection,
+    now_ms: i64,
+    limit: usize,
+    after_route: Option<&str>,
+    due: &mut DueByRoute,
+) -> Result<(), StoreError> {
+    let mut next_route = conn.prepare_cached(NEXT_UNTRIED_ROUTE)?;
+    let mut due_of_route = conn.prepare_cached(UNTRIED_DUE_OF_ROUTE)?;
+    let mut found = 0;
     // Route names are never empty, so every route sorts after "".
     let mut cursor = after_route.unwrap_or("").to_string();
     let mut wrapped = after_route.is_none();
-    while queues.len() < limit {
+    while found < limit {
         let route: Option<String> = next_route.query_row([&cursor], |r| r.get(0)).optional()?;
         let route = match route {
             // Round again to the route served last, then stop.
@@ -572,28 +652,109 @@ pub(super) fn lease(
                 continue;
             }
         };
-        let due: Vec<i64> = due_of_route
-            .query_map(params![route, now_ms, limit as i64], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        if !due.is_empty() {
-            queues.push(due);
+        let jobs = due_of(&mut due_of_route, &route, now_ms, limit)?;
+        if !jobs.is_empty() {
+            found += 1;
+            due.insert(route.clone(), jobs);
         }
         cursor = route;
     }
-    let ids = taking_turns(queues, limit);
-    let mut jobs = Vec::with_capacity(ids.len());
-    let mut mark = conn.prepare_cached("UPDATE jobs SET leased_until = ?2 WHERE id = ?1")?;
-    let mut fetch = conn.prepare_cached(
-        "SELECT j.id, j.delivery_id, d.route, j.target_index, j.repo, j.label, j.path, j.body,
-                j.attempts, j.failures, j.created_at, d.received_at,
-                MAX(j.created_at, COALESCE((SELECT MAX(a.started_at) FROM attempts a WHERE a.job_id = j.id), 0))
-         FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?1",
-    )?;
-    for id in ids {
-        mark.execute(params![id, now_ms + lease_ms])?;
-        jobs.push(fetch.query_row(params![id], job_from_row)?);
+    Ok(())
+}
+
+/// The due retries of the first `limit` routes, in turn order, that
+/// `retries` lists as due and that have any; returns those routes. A
+/// listed route found with none due is moved on to its next retry.
+fn find_retries_due(
+    conn: &Connection,
+    now_ms: i64,
+    limit: usize,
+    after_route: Option<&str>,
+    retries: &mut RetryTimes,
+    due: &mut DueByRoute,
+) -> Result<Vec<String>, StoreError> {
+    let mut due_of_route = conn.prepare_cached(RETRIED_DUE_OF_ROUTE)?;
+    let mut next_retry = conn.prepare_cached(NEXT_RETRY_OF_ROUTE)?;
+    let mut found = Vec::new();
+    for route in retries.due_routes(now_ms, after_route) {
+        if found.len() == limit {
+            break;
+        }
+        let jobs = due_of(&mut due_of_route, &route, now_ms, limit)?;
+        if jobs.is_empty() {
+            retries.moved_on(&route, next_retry_of(&mut next_retry, &route, now_ms)?);
+            continue;
+        }
+        let queue = due.entry(route.clone()).or_default();
+        queue.extend(jobs);
+        queue.sort_unstable();
+        found.push(route);
     }
-    Ok(jobs)
+    Ok(found)
+}
+
+/// Reads when each route's next retry not being sent falls due, one index
+/// seek per route with retries.
+fn read_retry_times(
+    conn: &Connection,
+    now_ms: i64,
+    data_version: i64,
+    retries: &mut RetryTimes,
+) -> Result<(), StoreError> {
+    let mut next_route = conn.prepare_cached(NEXT_RETRIED_ROUTE)?;
+    let mut next_retry = conn.prepare_cached(NEXT_RETRY_OF_ROUTE)?;
+    let mut times = BTreeMap::new();
+    let mut cursor = String::new();
+    while let Some(route) = next_route
+        .query_row([&cursor], |r| r.get::<_, String>(0))
+        .optional()?
+    {
+        if let Some(at_ms) = next_retry_of(&mut next_retry, &route, now_ms)? {
+            times.insert(route.clone(), at_ms);
+        }
+        cursor = route;
+    }
+    retries.read(times, now_ms, data_version);
+    Ok(())
+}
+
+/// A route's due jobs, `(due time, id)`, from [`UNTRIED_DUE_OF_ROUTE`] or
+/// [`RETRIED_DUE_OF_ROUTE`].
+fn due_of(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    route: &str,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    Ok(statement
+        .query_map(params![route, now_ms, limit as i64], |r| {
+            Ok((r.get(1)?, r.get(0)?))
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
+/// A route's next retry not being sent, from [`NEXT_RETRY_OF_ROUTE`].
+fn next_retry_of(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    route: &str,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(statement
+        .query_row(params![route, now_ms], |r| r.get(0))
+        .optional()?)
+}
+
+/// Each route's job ids in the order they fell due, the routes after
+/// `after_route` first and coming round to it last.
+fn in_turn_order(due: DueByRoute, after_route: Option<&str>) -> Vec<Vec<i64>> {
+    let (earlier, later): (Vec<_>, Vec<_>) = due
+        .into_iter()
+        .partition(|(route, _)| after_route.is_some_and(|last| route.as_str() <= last));
+    later
+        .into_iter()
+        .chain(earlier)
+        .map(|(_, jobs)| jobs.into_iter().map(|(_, id)| id).collect())
+        .collect()
 }
 
 /// Up to `limit` items taken from the queues in turn: the first of each
@@ -616,7 +777,12 @@ pub(super) fn taking_turns<T>(queues: Vec<Vec<T>>, limit: usize) -> Vec<T> {
     taken
 }
 
-pub(super) fn record(conn: &Connection, a: &AttemptRecord) -> Result<(), StoreError> {
+/// Records an attempt and the job's next state; a retry is returned with
+/// its job's route, for the route's retry time.
+pub(super) fn record(
+    conn: &Connection,
+    a: &AttemptRecord,
+) -> Result<Option<(String, i64)>, StoreError> {
     conn.prepare_cached(
         "INSERT INTO attempts (job_id, started_at, duration_ms, status_code, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
@@ -645,6 +811,12 @@ pub(super) fn record(conn: &Connection, a: &AttemptRecord) -> Result<(), StoreEr
                  leased_until = NULL, last_error = ?4 WHERE id = ?1",
             )?
             .execute(params![a.job_id, at_ms, i64::from(*counts_as_failure), a.detail])?;
+            let route: Option<String> = conn
+                .prepare_cached("SELECT route FROM jobs WHERE id = ?1")?
+                .query_row(params![a.job_id], |r| r.get(0))
+                .optional()?
+                .flatten();
+            return Ok(route.map(|route| (route, *at_ms)));
         }
         JobNext::Failed { reason } => {
             conn.prepare_cached(
@@ -654,10 +826,8 @@ pub(super) fn record(conn: &Connection, a: &AttemptRecord) -> Result<(), StoreEr
             .execute(params![a.job_id, reason, finished_at])?;
         }
     }
-    if !matches!(a.next, JobNext::Retry { .. }) {
-        settle_delivery_of_job(conn, a.job_id, finished_at)?;
-    }
-    Ok(())
+    settle_delivery_of_job(conn, a.job_id, finished_at)?;
+    Ok(None)
 }
 
 /// The state of a delivery from its jobs: failed as soon as one of them
@@ -1051,7 +1221,8 @@ pub(super) fn failed(
     Ok(out)
 }
 
-pub(super) const QUEUED_JOBS: &str = "SELECT COUNT(*) FROM jobs WHERE status = 'pending'";
+pub(super) const UNTRIED_JOBS: &str =
+    "SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND attempts = 0";
 pub(super) const RETRYING_JOBS: &str =
     "SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND attempts > 0";
 pub(super) const FAILED_JOBS: &str = "SELECT COUNT(*) FROM jobs WHERE status = 'failed'";
@@ -1062,18 +1233,18 @@ pub(super) const UNRENDERED_DELIVERIES: &str = "SELECT COUNT(*) FROM deliveries
 
 pub(super) fn depth(conn: &Connection) -> Result<QueueDepth, StoreError> {
     // Each count is read from an index holding only the jobs it counts
-    // (`jobs_queued`, `jobs_retrying`, `jobs_failed`), so a scrape costs what
-    // is queued or failed, not the delivered jobs kept for `retention`; the
-    // deliveries that failed to render are found among the failed ones
-    // (`deliveries_status`). One statement, so that the counts come from
-    // one snapshot: `pending` is the queued jobs less the retried ones.
-    let (queued, retrying, failed, unrendered): (i64, i64, i64, i64) = conn
+    // (`jobs_untried`, `jobs_retried`, `jobs_failed`), so a scrape costs
+    // what is queued or failed, not the delivered jobs kept for
+    // `retention`; the deliveries that failed to render are found among
+    // the failed ones (`deliveries_status`). One statement, so that the
+    // counts come from one snapshot.
+    let (untried, retrying, failed, unrendered): (i64, i64, i64, i64) = conn
         .prepare_cached(&format!(
-            "SELECT ({QUEUED_JOBS}), ({RETRYING_JOBS}), ({FAILED_JOBS}), ({UNRENDERED_DELIVERIES})"
+            "SELECT ({UNTRIED_JOBS}), ({RETRYING_JOBS}), ({FAILED_JOBS}), ({UNRENDERED_DELIVERIES})"
         ))?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
     Ok(QueueDepth {
-        pending: queued.saturating_sub(retrying) as u64,
+        pending: untried as u64,
         retrying: retrying as u64,
         failed: (failed + unrendered) as u64,
     })

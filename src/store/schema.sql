@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id              INTEGER PRIMARY KEY,
     delivery_id     TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
     -- The delivery's route, kept beside each job so that the queue can
-    -- take turns between routes (see `jobs_queued.sql`).
+    -- take turns between routes (see `jobs_untried.sql`).
     route           TEXT,
     target_index    INTEGER NOT NULL,
     repo            TEXT NOT NULL,

@@ -206,6 +206,105 @@ async fn a_lease_of_several_jobs_takes_one_of_each_route_before_a_second() {
     );
 }
 
+fn delivery_ids(jobs: Vec<Job>) -> Vec<String> {
+    jobs.into_iter().map(|j| j.delivery_id).collect()
+}
+
+#[tokio::test]
+async fn retries_take_their_turns_among_new_jobs_and_a_parked_route_waits_for_its_time() {
+    let (_dir, store) = open();
+    store.accept(delivery_of("a1", "a", 1_000)).await.unwrap();
+    store.accept(delivery_of("c1", "c", 1_000)).await.unwrap();
+    for job in store.lease_due(1_000, 10, 60_000).await.unwrap() {
+        // "c" waits an hour for its retry; "a" a second.
+        let at_ms = if job.route == "a" { 2_000 } else { 3_600_000 };
+        let next = JobNext::Retry {
+            at_ms,
+            counts_as_failure: true,
+        };
+        store.record(attempt(&job, next)).await.unwrap();
+    }
+    store.accept(delivery_of("b1", "b", 1_500)).await.unwrap();
+    store.accept(delivery_of("a2", "a", 1_600)).await.unwrap();
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(1_500));
+    assert_eq!(
+        delivery_ids(store.lease_due(2_000, 10, 7_200_000).await.unwrap()),
+        ["a2", "b1", "a1"],
+        "a's new job fell due before its retry; b takes its turn between them"
+    );
+    assert_eq!(
+        store.next_due_ms().await.unwrap(),
+        Some(3_600_000),
+        "the leased jobs wake no one; c's retry does, in an hour"
+    );
+    assert!(
+        store
+            .lease_due(3_599_999, 10, 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        delivery_ids(store.lease_due(3_600_000, 10, 60_000).await.unwrap()),
+        ["c1"]
+    );
+    assert_eq!(store.queue_depth().await.unwrap().retrying, 2);
+}
+
+#[tokio::test]
+async fn a_retry_whose_lease_ran_out_is_leased_again() {
+    let (_dir, store) = open();
+    store.accept(delivery_of("a1", "a", 1_000)).await.unwrap();
+    let job = store.lease_due(1_000, 10, 60_000).await.unwrap().remove(0);
+    let next = JobNext::Retry {
+        at_ms: 2_000,
+        counts_as_failure: true,
+    };
+    store.record(attempt(&job, next)).await.unwrap();
+    // Leased for 10 s, and never recorded (its send hung).
+    assert_eq!(store.lease_due(2_000, 10, 10_000).await.unwrap().len(), 1);
+    assert!(
+        store
+            .lease_due(11_000, 10, 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        delivery_ids(store.lease_due(12_001, 10, 10_000).await.unwrap()),
+        ["a1"]
+    );
+}
+
+#[tokio::test]
+async fn a_retry_queued_again_by_another_process_is_leased_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = Store::open(&path, Synchronous::Normal).unwrap();
+    store.accept(delivery("d1", None, 1)).await.unwrap();
+    let job = store.lease_due(5_000, 10, 60_000).await.unwrap().remove(0);
+    let failed = JobNext::Failed {
+        reason: "404".into(),
+    };
+    store.record(attempt(&job, failed)).await.unwrap();
+    assert!(store.lease_due(6_000, 10, 60_000).await.unwrap().is_empty());
+    // `dispatch-relay redeliver`, beside the running relay.
+    let other = Store::open_beside_relay(&path).unwrap();
+    assert_eq!(
+        other
+            .rerender("d1", Rerendering::AsRendered { targets: vec![0] }, 6_000)
+            .await
+            .unwrap(),
+        Rerendered::Queued
+    );
+    other.close().await;
+    assert_eq!(
+        delivery_ids(store.lease_due(6_000, 10, 60_000).await.unwrap()),
+        ["d1"],
+        "found at the next lease, not a second later"
+    );
+}
+
 #[test]
 fn taking_turns_takes_the_first_of_each_queue_then_the_second() {
     // (queues, limit, what is taken)
@@ -811,6 +910,51 @@ async fn only_serve_builds_a_new_index_on_a_store_in_use() {
 }
 
 #[tokio::test]
+async fn a_store_of_the_release_before_the_split_queue_trades_its_indexes_and_keeps_its_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    Store::open(&path, Synchronous::Full).unwrap().close().await;
+    // The queue's indexes of the release before, and a retry it scheduled.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "DROP INDEX jobs_untried;
+             DROP INDEX jobs_retried;
+             CREATE INDEX jobs_queued ON jobs (route, next_attempt_at) WHERE status = 'pending';
+             CREATE INDEX jobs_retrying ON jobs (attempts) WHERE status = 'pending' AND attempts > 0;
+             INSERT INTO deliveries (id, route, received_at, status, request)
+                 VALUES ('retried', 'r', 500, 'pending', '{}');
+             INSERT INTO jobs (delivery_id, route, target_index, repo, label, path, body, status,
+                               attempts, next_attempt_at, created_at)
+                 VALUES ('retried', 'r', 0, 'acme/a', 'deploy', '/repos/acme/a/dispatches', '{}',
+                         'pending', 3, 4_000, 500);",
+        )
+        .unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let changes = schema::migrate(&conn, Opener::Serve).unwrap().changes;
+    assert_eq!(
+        changes,
+        [
+            "index jobs_untried",
+            "index jobs_retried",
+            "dropped index jobs_queued",
+            "dropped index jobs_retrying"
+        ]
+    );
+    drop(conn);
+    let store = Store::open(&path, Synchronous::Full).unwrap();
+    assert_eq!(store.next_due_ms().await.unwrap(), None, "not read yet");
+    assert!(store.lease_due(3_999, 10, 60_000).await.unwrap().is_empty());
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(4_000));
+    let leased = store.lease_due(4_000, 10, 60_000).await.unwrap();
+    assert_eq!(
+        (leased[0].delivery_id.as_str(), leased[0].attempts),
+        ("retried", 3)
+    );
+    assert_eq!(store.queue_depth().await.unwrap().retrying, 1);
+}
+
+#[tokio::test]
 async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("first.db");
@@ -851,7 +995,8 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
     for change in [
         "table readiness",
         "column jobs.route",
-        "index jobs_queued",
+        "index jobs_untried",
+        "index jobs_retried",
         "dropped index jobs_due",
         "a route for 1 queued jobs",
     ] {
@@ -991,8 +1136,8 @@ async fn reads_that_a_large_store_repeats_are_found_through_indexes() {
     // (a scan of a query's own rows, such as a common table expression's,
     // is not one).
     let cases = [
-        (schema::QUEUED_JOBS.to_string(), "jobs_queued"),
-        (schema::RETRYING_JOBS.to_string(), "jobs_retrying"),
+        (schema::UNTRIED_JOBS.to_string(), "jobs_untried"),
+        (schema::RETRYING_JOBS.to_string(), "jobs_retried"),
         (schema::FAILED_JOBS.to_string(), "jobs_failed"),
         (
             schema::UNRENDERED_DELIVERIES.to_string(),
@@ -1024,13 +1169,20 @@ async fn reads_that_a_large_store_repeats_are_found_through_indexes() {
     // queue's index: none walks it, or sorts what it found, whatever the
     // depth of the queue.
     let seeks = [
-        (schema::NEXT_QUEUED_ROUTE, "jobs_queued (route>?)"),
+        (schema::NEXT_UNTRIED_ROUTE, "jobs_untried (route>?)"),
         (
-            schema::DUE_OF_ROUTE,
-            "jobs_queued (route=? AND next_attempt_at<?)",
+            schema::UNTRIED_DUE_OF_ROUTE,
+            "jobs_untried (route=? AND next_attempt_at<?)",
         ),
-        (schema::NEXT_DUE, "jobs_queued (route=?)"),
-        (schema::QUEUED_WITHOUT_ROUTE, "jobs_queued (route=?)"),
+        (schema::NEXT_RETRIED_ROUTE, "jobs_retried (route>?)"),
+        (
+            schema::RETRIED_DUE_OF_ROUTE,
+            "jobs_retried (route=? AND next_attempt_at<?)",
+        ),
+        (schema::NEXT_RETRY_OF_ROUTE, "jobs_retried (route=?)"),
+        (schema::NEXT_UNTRIED_DUE, "jobs_untried (route=?)"),
+        (schema::QUEUED_WITHOUT_ROUTE, "jobs_untried (route=?)"),
+        (schema::QUEUED_WITHOUT_ROUTE, "jobs_retried (route=?)"),
     ];
     for (sql, wanted) in seeks {
         let plan = plan_of(&conn, sql);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::retry_times::RetryTimes;
 use super::{
     Accepted, AttemptRecord, Corruption, Job, NewDelivery, Rerendered, Rerendering, StoreError,
     schema,
@@ -206,6 +207,7 @@ impl Writer {
         synchronous: Synchronous,
         path: &std::path::Path,
         corruption: Corruption,
+        retries: Arc<Mutex<RetryTimes>>,
     ) -> Result<Writer, StoreError> {
         tune(&conn, synchronous)?;
         let (sender, receiver) = mpsc::channel();
@@ -213,7 +215,7 @@ impl Writer {
         let path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(conn, receiver, opened, &path, &corruption))
+            .spawn(move || run(conn, receiver, opened, &path, &corruption, &retries))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Writer {
             sender,
@@ -401,6 +403,7 @@ fn run(
     mut opened: Option<OpenedFile>,
     path: &std::path::Path,
     corruption: &Corruption,
+    retries: &Mutex<RetryTimes>,
 ) {
     let mut run = CommitRun::default();
     loop {
@@ -442,8 +445,12 @@ fn run(
             });
         let (outcomes, commit) = match refusal {
             Some(refusal) => refused(&batch, refusal),
-            None => commit_batch(&mut conn, &batch),
+            None => commit_batch(&mut conn, &batch, retries),
         };
+        if commit.is_err() || outcomes.iter().any(Result::is_err) {
+            // What the retry times noted may have been rolled back.
+            lock(retries).read_again();
+        }
         note_corruption(&outcomes, &commit, path, corruption);
         say(run.commit(commit.is_err(), Instant::now()), &commit);
         for (command, outcome) in batch.into_iter().zip(outcomes) {
@@ -504,12 +511,13 @@ fn refused(
 fn commit_batch(
     conn: &mut Connection,
     batch: &[Command],
+    retries: &Mutex<RetryTimes>,
 ) -> (Vec<Result<Outcome, StoreError>>, Result<(), Refusal>) {
     match begin(conn) {
         Ok(tx) => {
             let mut outcomes = Vec::with_capacity(batch.len());
             for command in batch {
-                match execute(&tx, command) {
+                match execute(&tx, command, retries) {
                     Ok(outcome) => outcomes.push(Ok(outcome)),
                     // The batch is run again with savepoints anyway; going
                     // on here could run the rest outside any transaction
@@ -530,7 +538,7 @@ fn commit_batch(
     };
     let mut outcomes = Vec::with_capacity(batch.len());
     for command in batch {
-        match scoped(&tx, command) {
+        match scoped(&tx, command, retries) {
             Ok(outcome) => outcomes.push(outcome),
             // The transaction cannot go on: SQLite rolled it back by itself
             // (a full disk, an I/O error), or a failed command's changes
@@ -560,6 +568,7 @@ fn begin(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
 fn scoped(
     conn: &Connection,
     command: &Command,
+    retries: &Mutex<RetryTimes>,
 ) -> Result<Result<Outcome, StoreError>, BatchBroken> {
     let broken = |e: rusqlite::Error| BatchBroken(e.into());
     // Cached statements rather than rusqlite's `Savepoint`, which parses its
@@ -567,7 +576,7 @@ fn scoped(
     conn.prepare_cached("SAVEPOINT command")
         .and_then(|mut s| s.execute([]))
         .map_err(broken)?;
-    match execute(conn, command) {
+    match execute(conn, command, retries) {
         Ok(v) => {
             conn.prepare_cached("RELEASE command")
                 .and_then(|mut s| s.execute([]))
@@ -592,8 +601,20 @@ fn scoped(
     }
 }
 
+/// The retry times, whose lock a panicking holder leaves usable: they are a
+/// hint, read again from the store within a second.
+fn lock(retries: &Mutex<RetryTimes>) -> std::sync::MutexGuard<'_, RetryTimes> {
+    retries
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs one command's statements.
-fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
+fn execute(
+    c: &Connection,
+    command: &Command,
+    retries: &Mutex<RetryTimes>,
+) -> Result<Outcome, StoreError> {
     Ok(match command {
         Command::Accept { delivery, .. } => Outcome::Accepted(schema::accept(c, delivery)?),
         Command::Lease {
@@ -608,13 +629,19 @@ fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
             *limit,
             *lease_ms,
             after_route.as_deref(),
+            &mut lock(retries),
         )?),
         Command::Record { attempt, .. } => {
-            schema::record(c, attempt)?;
+            if let Some((route, at_ms)) = schema::record(c, attempt)? {
+                lock(retries).scheduled(&route, at_ms);
+            }
             Outcome::Unit
         }
+        // Leases given back and failed jobs queued again can make retries
+        // due at once.
         Command::Release { job_ids, .. } => {
             schema::release(c, job_ids)?;
+            lock(retries).read_again();
             Outcome::Unit
         }
         Command::Rerender {
@@ -622,12 +649,17 @@ fn execute(c: &Connection, command: &Command) -> Result<Outcome, StoreError> {
             rendering,
             now_ms,
             ..
-        } => Outcome::Rerendered(schema::rerender(c, delivery_id, rendering, *now_ms)?),
+        } => {
+            let rerendered = schema::rerender(c, delivery_id, rendering, *now_ms)?;
+            lock(retries).read_again();
+            Outcome::Rerendered(rerendered)
+        }
         Command::Prune {
             cutoff_ms, limit, ..
         } => Outcome::Count(schema::prune(c, *cutoff_ms, *limit)?),
         Command::ReleaseAll { .. } => {
             schema::release_all(c)?;
+            lock(retries).read_again();
             Outcome::Unit
         }
         Command::Close { .. } => Outcome::Unit,
@@ -709,7 +741,7 @@ mod tests {
         // primary key, which fails the first pass and forces the replay.
         let (commands, answers): (Vec<_>, Vec<_>) =
             ["d1", "d1", "d2"].into_iter().map(accept).unzip();
-        let (outcomes, commit) = commit_batch(&mut conn, &commands);
+        let (outcomes, commit) = commit_batch(&mut conn, &commands, &Mutex::default());
         assert_eq!(commit, Ok(()));
         for (command, outcome) in commands.into_iter().zip(outcomes) {
             command.answer(outcome, &commit);
@@ -762,7 +794,7 @@ mod tests {
         };
         let (after, _d) = accept("after");
         let commands = [small, big, after];
-        let (outcomes, commit) = commit_batch(&mut conn, &commands);
+        let (outcomes, commit) = commit_batch(&mut conn, &commands, &Mutex::default());
         assert!(commit.is_err(), "{commit:?}");
         assert_eq!(outcomes.len(), 3);
         assert!(outcomes.iter().all(Result::is_err));
@@ -782,7 +814,7 @@ mod tests {
         let mut conn = Connection::open(dir.path().join("store.db")).unwrap();
         schema::migrate(&conn, crate::store::Opener::Serve).unwrap();
         let (commands, _answers): (Vec<_>, Vec<_>) = ["a", "b"].into_iter().map(accept).unzip();
-        let (outcomes, commit) = commit_batch(&mut conn, &commands);
+        let (outcomes, commit) = commit_batch(&mut conn, &commands, &Mutex::default());
         assert_eq!(commit, Ok(()));
         assert!(outcomes.iter().all(Result::is_ok));
         let count: i64 = conn
