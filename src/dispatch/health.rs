@@ -21,7 +21,7 @@ pub enum Since {
 
 /// The last moments GitHub answered, and a look at it failed, shared by
 /// every send.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GitHubHealth {
     /// When GitHub last answered as it does when it works, in
     /// milliseconds since the epoch; 0 when never.
@@ -32,18 +32,37 @@ pub struct GitHubHealth {
     /// Attempts not counted because GitHub failed every request: the
     /// outage is logged once when it starts, once when it ends.
     outage: Streak,
+    /// The earliest moment an attempt not counted in the outage under way
+    /// can have started (`i64::MAX` when none is under way), so that the
+    /// retries it scheduled can be brought forward when it ends.
+    outage_from_ms: AtomicI64,
+}
+
+impl Default for GitHubHealth {
+    fn default() -> Self {
+        GitHubHealth {
+            answered_ms: AtomicI64::new(0),
+            failed_look_ms: AtomicI64::new(0),
+            outage: Streak::default(),
+            outage_from_ms: AtomicI64::new(i64::MAX),
+        }
+    }
 }
 
 impl GitHubHealth {
     /// GitHub answered a request at `now_ms` as it does when it works.
-    pub fn answered(&self, now_ms: i64) {
+    /// When that ends an outage, returns the earliest moment an attempt it
+    /// did not count can have started: the retries scheduled since then
+    /// wait for nothing any more.
+    #[must_use = "the retries the outage scheduled are to be brought forward"]
+    pub fn answered(&self, now_ms: i64) -> Option<i64> {
         self.answered_ms.fetch_max(now_ms, Ordering::Relaxed);
-        if let Some(uncounted_attempts) = self.outage.passed() {
-            tracing::info!(
-                uncounted_attempts,
-                "GitHub answers again; failed attempts count against retry.max_attempts again"
-            );
-        }
+        let uncounted_attempts = self.outage.passed()?;
+        tracing::info!(
+            uncounted_attempts,
+            "GitHub answers again; failed attempts count against retry.max_attempts again"
+        );
+        Some(self.outage_from_ms.swap(i64::MAX, Ordering::Relaxed))
     }
 
     /// A look at GitHub at `now_ms` failed too.
@@ -67,9 +86,11 @@ impl GitHubHealth {
         }
     }
 
-    /// Notes an attempt not counted because GitHub fails every request;
-    /// the first of an outage says so, with `reason`.
-    pub fn say_outage(&self, reason: &str) {
+    /// Notes an attempt not counted because GitHub fails every request,
+    /// made by a job last tried (or queued) at `since_ms`; the first of an
+    /// outage says so, with `reason`.
+    pub fn say_outage(&self, since_ms: i64, reason: &str) {
+        self.outage_from_ms.fetch_min(since_ms, Ordering::Relaxed);
         if self.outage.failed() {
             tracing::warn!(
                 reason = %reason,
@@ -94,7 +115,7 @@ mod tests {
             Since::Unknown,
             "a look before the moment says nothing"
         );
-        health.answered(3_000);
+        assert_eq!(health.answered(3_000), None, "no outage was said");
         assert_eq!(health.since(2_500), Since::Answering);
         assert_eq!(
             health.since(1_000),
@@ -108,7 +129,7 @@ mod tests {
             Since::Failing,
             "a failed look after an answer: GitHub has gone down since"
         );
-        health.answered(4_000);
+        assert_eq!(health.answered(4_000), None);
         assert_eq!(
             health.since(3_500),
             Since::Answering,
@@ -119,6 +140,23 @@ mod tests {
             health.since(3_000),
             Since::Answering,
             "moments only move forward"
+        );
+    }
+
+    #[test]
+    fn an_outage_that_ends_gives_the_earliest_attempt_it_did_not_count() {
+        let health = GitHubHealth::default();
+        assert_eq!(health.answered(1_000), None);
+        health.say_outage(5_000, "a dispatch failed");
+        health.say_outage(3_000, "another");
+        health.say_outage(4_000, "a third");
+        assert_eq!(health.answered(9_000), Some(3_000));
+        assert_eq!(health.answered(9_500), None, "and it is over");
+        health.say_outage(8_000, "again");
+        assert_eq!(
+            health.answered(10_000),
+            Some(8_000),
+            "a new outage starts afresh"
         );
     }
 }

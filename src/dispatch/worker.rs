@@ -419,7 +419,7 @@ impl Dispatcher {
             let elapsed = started.elapsed();
             self.observe(&job, scope, &answer, elapsed);
             if retry::answered_by_github(&answer) {
-                self.health.answered(now_ms());
+                self.github_answered().await;
             }
             let github_down =
                 retry::may_pass(&answer) && self.outage_confirmed(&job, &token.secret).await;
@@ -593,6 +593,27 @@ impl Dispatcher {
         }
     }
 
+    /// GitHub answered as it does when it works. When that ends an outage,
+    /// the retries the outage scheduled are made due at once, oldest
+    /// first: they waited for GitHub, which answers again, and would
+    /// otherwise go after the webhooks that came since.
+    async fn github_answered(&self) {
+        let Some(from_ms) = self.health.answered(now_ms()) else {
+            return;
+        };
+        match self.store.bring_retries_forward(from_ms, now_ms()).await {
+            Ok(0) => {}
+            Ok(brought_forward) => tracing::info!(
+                brought_forward,
+                "The retries scheduled during the outage are due now, oldest first"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "Could not bring forward the retries scheduled during the outage; each waits for its own time"
+            ),
+        }
+    }
+
     /// Whether GitHub fails every request since `job` was last tried (or
     /// queued), the job's own failed attempt aside. When nothing tells, it
     /// looks: it asks GitHub for the job's repository with the same token,
@@ -615,7 +636,7 @@ impl Dispatcher {
                     .github_request("repository", status, started.elapsed().as_secs_f64());
                 let answered = retry::answered_by_github(&look);
                 if answered {
-                    self.health.answered(now_ms());
+                    self.github_answered().await;
                 } else {
                     self.health.look_failed(now_ms());
                 }
@@ -623,10 +644,13 @@ impl Dispatcher {
             }
         };
         if down {
-            self.health.say_outage(&format!(
-                "a dispatch to {} failed and so did a look at GitHub",
-                job.repo
-            ));
+            self.health.say_outage(
+                job.since_ms,
+                &format!(
+                    "a dispatch to {} failed and so did a look at GitHub",
+                    job.repo
+                ),
+            );
         }
         down
     }
@@ -640,10 +664,13 @@ impl Dispatcher {
             return false;
         }
         self.health.look_failed(now_ms());
-        self.health.say_outage(&format!(
-            "an App token request for {} failed, and GitHub answered nothing else meanwhile",
-            job.repo
-        ));
+        self.health.say_outage(
+            job.since_ms,
+            &format!(
+                "an App token request for {} failed, and GitHub answered nothing else meanwhile",
+                job.repo
+            ),
+        );
         true
     }
 

@@ -635,6 +635,24 @@ impl Store {
         self.call(|reply| Command::Release { job_ids, reply }).await
     }
 
+    /// Makes due at once the jobs that wait for a retry scheduled after an
+    /// attempt that started at or after `from_ms`, each as if it had just
+    /// been queued when it first was, so that they go before the jobs that
+    /// came later; returns how many. Called when a GitHub outage ends: the
+    /// retries it scheduled waited for GitHub, which answers again.
+    pub async fn bring_retries_forward(
+        &self,
+        from_ms: i64,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        self.call(|reply| Command::BringForward {
+            from_ms,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
     /// Deletes finished deliveries that finished before `cutoff_ms`, in
     /// batches so that the writer is never held for long, and returns how
     /// many went.

@@ -871,6 +871,24 @@ fn settle_delivery(conn: &Connection, delivery_id: &str, now_ms: i64) -> Result<
     Ok(())
 }
 
+/// Makes the retries scheduled after an attempt started at or after
+/// `from_ms`, and not due by `now_ms`, due since their job was queued (see
+/// [`super::Store::bring_retries_forward`]). A job being sent is due
+/// already, and left alone. It walks the jobs waiting for a retry once.
+pub(super) fn bring_forward(
+    conn: &Connection,
+    from_ms: i64,
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE jobs SET next_attempt_at = created_at
+             WHERE status = 'pending' AND attempts > 0 AND next_attempt_at > ?2
+               AND EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = jobs.id AND a.started_at >= ?1)",
+        )?
+        .execute(params![from_ms, now_ms])?)
+}
+
 /// Clears every lease; run once by `serve` at start, when no job can be in
 /// flight.
 pub(super) fn release_all(conn: &Connection) -> Result<(), StoreError> {

@@ -305,6 +305,49 @@ async fn a_retry_queued_again_by_another_process_is_leased_at_once() {
     );
 }
 
+#[tokio::test]
+async fn an_outages_retries_are_brought_forward_in_the_order_they_came() {
+    let (_dir, store) = open();
+    // "before" backs off from an attempt before the outage; "early" and
+    // "late" from attempts during it; "late" came last.
+    for (id, received_at_ms) in [("before", 100), ("early", 200), ("late", 300)] {
+        store
+            .accept(delivery_of(id, "r", received_at_ms))
+            .await
+            .unwrap();
+    }
+    for job in store.lease_due(1_000, 10, 60_000).await.unwrap() {
+        let started_at_ms = if job.delivery_id == "before" {
+            1_000
+        } else {
+            5_000
+        };
+        let record = AttemptRecord {
+            started_at_ms,
+            ..attempt(
+                &job,
+                JobNext::Retry {
+                    at_ms: 600_000,
+                    counts_as_failure: false,
+                },
+            )
+        };
+        store.record(record).await.unwrap();
+    }
+    assert_eq!(store.bring_retries_forward(4_000, 9_000).await.unwrap(), 2);
+    assert_eq!(
+        delivery_ids(store.lease_due(9_000, 10, 60_000).await.unwrap()),
+        ["early", "late"],
+        "due since they were queued, oldest first"
+    );
+    assert_eq!(
+        store.bring_retries_forward(4_000, 9_000).await.unwrap(),
+        0,
+        "the jobs being sent, and the one backing off from before, stay"
+    );
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(600_000));
+}
+
 #[test]
 fn taking_turns_takes_the_first_of_each_queue_then_the_second() {
     // (queues, limit, what is taken)

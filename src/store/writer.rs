@@ -55,6 +55,11 @@ pub(super) enum Command {
         job_ids: Vec<i64>,
         reply: Reply<()>,
     },
+    BringForward {
+        from_ms: i64,
+        now_ms: i64,
+        reply: Reply<usize>,
+    },
     Rerender {
         delivery_id: String,
         rendering: Rerendering,
@@ -142,10 +147,12 @@ impl Command {
                 Outcome::Rerendered(r) => Some(r),
                 _ => None,
             }),
-            Command::Prune { reply, .. } => send(reply, outcome, |o| match o {
-                Outcome::Count(n) => Some(n),
-                _ => None,
-            }),
+            Command::Prune { reply, .. } | Command::BringForward { reply, .. } => {
+                send(reply, outcome, |o| match o {
+                    Outcome::Count(n) => Some(n),
+                    _ => None,
+                })
+            }
         }
     }
 }
@@ -661,6 +668,13 @@ fn execute(
             schema::release_all(c)?;
             lock(retries).read_again();
             Outcome::Unit
+        }
+        Command::BringForward {
+            from_ms, now_ms, ..
+        } => {
+            let brought = schema::bring_forward(c, *from_ms, *now_ms)?;
+            lock(retries).read_again();
+            Outcome::Count(brought)
         }
         Command::Close { .. } => Outcome::Unit,
         Command::CheckWritable { .. } => {

@@ -716,6 +716,68 @@ async fn a_github_outage_does_not_spend_a_jobs_attempts() {
     assert!(metrics.contains(&timed), "{timed}\n{metrics}");
 }
 
+/// When GitHub answers again after an outage, the retries the outage
+/// scheduled are due at once, instead of each waiting out its backoff
+/// behind the webhooks that came since.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_retries_an_outage_scheduled_go_as_soon_as_github_answers_again() {
+    // Backoffs of up to an hour: a retry left to its time would come long
+    // after the deadline below.
+    let head = TEST_HEAD.replace(
+        "initial_backoff: 10ms\n  max_backoff: 50ms",
+        "initial_backoff: 1h\n  max_backoff: 1h",
+    );
+    assert_ne!(head, TEST_HEAD);
+    let app = spawn_app_with(&head, &hmac_route("cms", &one_target("acme/blog")), &[]).await;
+    app.wait_for_log(|l| l.contains("Preflight finished")).await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::Status(503)]);
+    app.github
+        .push_repo_responses("acme/blog", vec![Scripted::Status(502)]);
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 1 && list[0]["targets"][0]["attempts"] == 1
+    })
+    .await;
+    assert!(
+        app.logs()
+            .iter()
+            .any(|l| l.contains("GitHub fails every request"))
+    );
+    // GitHub is back: the next webhook's dispatch is answered.
+    assert_eq!(app.post_signed("cms", r#"{"id":2}"#).await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 2 && list.iter().all(|d| status_of(d) == "delivered")
+        })
+        .await;
+    let first = list.iter().find(|d| d["targets"][0]["attempts"] == 2);
+    assert!(first.is_some(), "{list:?}");
+    let line = app
+        .wait_for_log(|l| l.contains("The retries scheduled during the outage are due now"))
+        .await;
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["brought_forward"], 1, "{line}");
+    let sent: Vec<_> = app
+        .github
+        .dispatch_attempts()
+        .iter()
+        .map(|r| {
+            (
+                r.status,
+                r.body.as_ref().unwrap()["client_payload"]["id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[0].0, 503);
+    assert_eq!(
+        (sent[2].0, &sent[2].1),
+        (204, &sent[0].1),
+        "the first webhook, sent again: {sent:?}"
+    );
+}
+
 /// A request GitHub never answers ends at `github.timeout` and is retried
 /// like a 5xx; the webhook is delivered by the next attempt.
 #[tokio::test(flavor = "multi_thread")]
