@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Loaded};
-use crate::github::preflight::Verdict;
+use crate::github::preflight::{Budget, Verdict};
 use crate::store::{self, Store};
 
 /// A self-hosted gateway from webhooks to GitHub repository_dispatch and
@@ -324,7 +324,8 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
         repos.len(),
         if repos.len() == 1 { "y" } else { "ies" }
     );
-    let findings = crate::github::preflight::check(&credentials, &client, &targets).await;
+    let findings =
+        crate::github::preflight::check(&credentials, &client, &targets, Budget::Whole).await;
     let (mut failed, mut unanswered) = (BTreeSet::new(), BTreeSet::new());
     for finding in &findings {
         let repo = finding.target.repo.as_str();
@@ -338,7 +339,7 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
                 unanswered.insert(repo);
                 println!("  ????  {checked}: not answered: {reason}");
             }
-            Verdict::NotAsked => {
+            Verdict::NotAsked(_) => {
                 unanswered.insert(repo);
                 println!("  ????  {checked}: not asked: GitHub rate-limited an earlier request");
             }

@@ -19,7 +19,7 @@ use super::{CliError, load_config_text, runtime, store_path};
 use crate::config::Synchronous as ConfigSynchronous;
 use crate::dispatch::Dispatcher;
 use crate::dispatch::pacing::Pacer;
-use crate::github::preflight::Verdict;
+use crate::github::preflight::{Budget, Unasked, Verdict};
 use crate::github::{Credentials, GitHubClient};
 use crate::ingress::{AppState, Application, LiveRoutes};
 use crate::secret::Secret;
@@ -39,12 +39,16 @@ async fn preflight(
     // questions back as it holds dispatches: GitHub asks integrations to
     // send nothing until it ends.
     pacer.wait_unpaused().await;
-    let findings = crate::github::preflight::check(&credentials, &client, &targets).await;
-    let (mut ok, mut not_asked) = (0, 0);
+    let findings =
+        crate::github::preflight::check(&credentials, &client, &targets, Budget::Half).await;
+    let (mut ok, mut not_asked, mut stopped) = (0, 0, None);
     for finding in findings {
         match finding.verdict {
             Verdict::Ok => ok += 1,
-            Verdict::NotAsked => not_asked += 1,
+            Verdict::NotAsked(why) => {
+                not_asked += 1;
+                stopped = Some(why);
+            }
             Verdict::Unanswered(reason) => tracing::warn!(
                 repo = %finding.target.repo,
                 reason = %reason,
@@ -57,11 +61,17 @@ async fn preflight(
             ),
         }
     }
-    if not_asked > 0 {
-        tracing::warn!(
+    match stopped {
+        Some(Unasked::RateLimited) => tracing::warn!(
             not_asked,
             "Preflight stopped at GitHub's rate limit; the repositories left were not asked about"
-        );
+        ),
+        // Not a warning: nothing is wrong, and the dispatches will tell.
+        Some(Unasked::HalfTheRateLimitSpent) => tracing::info!(
+            not_asked,
+            "Preflight stopped with half the credential's hourly requests left, which it keeps for dispatches; the repositories left were not asked about"
+        ),
+        None => {}
     }
     tracing::info!(ok, of = targets.len(), "Preflight finished");
 }

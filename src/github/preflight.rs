@@ -36,9 +36,42 @@ pub enum Verdict {
     /// timeout, a rate limit): the reason says nothing about the
     /// repository, and asking again later may.
     Unanswered(String),
-    /// Not asked about: GitHub rate-limited an earlier request of the
-    /// check.
-    NotAsked,
+    /// Not asked about, for this reason.
+    NotAsked(Unasked),
+}
+
+/// Why the preflight stopped asking before a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unasked {
+    /// GitHub rate-limited an earlier request of the check.
+    RateLimited,
+    /// The credential's rate limit was down to half: the rest is left to
+    /// the dispatches.
+    HalfTheRateLimitSpent,
+}
+
+/// How much of the credential's rate limit the preflight may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// Everything until GitHub says stop: `check --online`, which someone
+    /// runs to get every answer.
+    Whole,
+    /// It stops once the requests left in the hour are fewer than half the
+    /// limit: the check `serve` runs at every start, which must not spend
+    /// what the dispatches of the hour need (a file of thousands of
+    /// repositories, a few restarts an hour).
+    Half,
+}
+
+impl Budget {
+    /// Whether an answer carrying `rate` leaves the check nothing more to
+    /// spend. Pure, so the rule is pinned by unit tests.
+    pub fn spent(self, rate: &super::RateHeaders) -> bool {
+        match (self, rate.remaining, rate.limit) {
+            (Budget::Half, Some(remaining), Some(limit)) => remaining < limit / 2,
+            _ => false,
+        }
+    }
 }
 
 /// The distinct static targets of a configuration (templated repositories
@@ -63,24 +96,32 @@ pub fn static_targets(config: &crate::config::Config) -> Vec<Target> {
 }
 
 /// Checks every target, one after another (doing them in turn keeps clear
-/// of secondary rate limits). Once GitHub answers with a rate limit, the
-/// targets left are not asked about: GitHub asks integrations to stop
-/// while limited, and the check is worth less than the dispatches sharing
-/// the credential's limits.
+/// of secondary rate limits). Once GitHub answers with a rate limit, or an
+/// answer shows `budget` spent, the targets left are not asked about:
+/// GitHub asks integrations to stop while limited, and the check is worth
+/// less than the dispatches sharing the credential's limits.
 pub async fn check(
     credentials: &Credentials,
     client: &GitHubClient,
     targets: &[Target],
+    budget: Budget,
 ) -> Vec<Finding> {
     let mut findings = Vec::with_capacity(targets.len());
-    let mut limited = false;
+    let mut stopped = None;
     for target in targets {
-        let verdict = if limited {
-            Verdict::NotAsked
-        } else {
-            let (verdict, rate_limited) = check_one(credentials, client, target).await;
-            limited = rate_limited;
-            verdict
+        let verdict = match stopped {
+            Some(why) => Verdict::NotAsked(why),
+            None => {
+                let (verdict, rate_limited, rate) = check_one(credentials, client, target).await;
+                stopped = if rate_limited {
+                    Some(Unasked::RateLimited)
+                } else if rate.is_some_and(|rate| budget.spent(&rate)) {
+                    Some(Unasked::HalfTheRateLimitSpent)
+                } else {
+                    None
+                };
+                verdict
+            }
         };
         findings.push(Finding {
             target: target.clone(),
@@ -90,39 +131,41 @@ pub async fn check(
     findings
 }
 
-/// The verdict on one target, and whether GitHub answered with a rate
-/// limit.
+/// The verdict on one target, whether GitHub answered with a rate limit,
+/// and the rate-limit headers of its answer.
 async fn check_one(
     credentials: &Credentials,
     client: &GitHubClient,
     target: &Target,
-) -> (Verdict, bool) {
+) -> (Verdict, bool, Option<super::RateHeaders>) {
     let token = match credentials.token_for(&target.repo, target.scope).await {
         Ok(token) => token,
         Err(e) if e.github_did_not_answer() => {
             return (
                 Verdict::Unanswered(e.to_string()),
                 e.rate_limit_wait().is_some(),
+                None,
             );
         }
         // A key file that cannot be read is the configuration's to fix, as
         // every refusal is.
-        Err(e) => return (Verdict::Fail(e.to_string()), false),
+        Err(e) => return (Verdict::Fail(e.to_string()), false, None),
     };
     let answer = match client
         .get(&format!("/repos/{}", target.repo), &token.secret)
         .await
     {
         Ok(answer) => answer,
-        Err(e) => return (Verdict::Unanswered(e.to_string()), false),
+        Err(e) => return (Verdict::Unanswered(e.to_string()), false, None),
     };
+    let rate = Some(answer.rate);
     if let Some(reason) = unanswered(&answer) {
         let rate_limited = crate::dispatch::retry::is_rate_limit(&answer);
-        return (Verdict::Unanswered(reason), rate_limited);
+        return (Verdict::Unanswered(reason), rate_limited, rate);
     }
     match judge(&answer, target, credentials.is_app()) {
-        Ok(()) => (Verdict::Ok, false),
-        Err(reason) => (Verdict::Fail(reason), false),
+        Ok(()) => (Verdict::Ok, false, rate),
+        Err(reason) => (Verdict::Fail(reason), false, rate),
     }
 }
 
@@ -200,6 +243,31 @@ pub fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_up_budget_is_spent_below_half_the_limit() {
+        let rate = |remaining, limit| crate::github::RateHeaders {
+            remaining,
+            limit,
+            ..Default::default()
+        };
+        // (budget, remaining, limit, spent)
+        let table = [
+            (Budget::Half, Some(2_500), Some(5_000), false),
+            (Budget::Half, Some(2_499), Some(5_000), true),
+            (Budget::Half, Some(0), Some(60), true),
+            (Budget::Half, None, Some(5_000), false),
+            (Budget::Half, Some(10), None, false),
+            (Budget::Whole, Some(1), Some(5_000), false),
+        ];
+        for (budget, remaining, limit, spent) in table {
+            assert_eq!(
+                budget.spent(&rate(remaining, limit)),
+                spent,
+                "{budget:?} {remaining:?} of {limit:?}"
+            );
+        }
+    }
 
     fn answer(status: u16, body: &str, scopes: Option<&str>) -> Answer {
         Answer {

@@ -398,6 +398,12 @@ impl FakeGitHub {
             .push_scripts(ScriptedOn::Repository, repo_key(full_name), answers);
     }
 
+    /// Counts `used` requests of the token's hour as spent, as another
+    /// client of the same token would: the next answer says the rest.
+    pub fn spend_rate(&self, used: u64) {
+        lock(&self.shared.rate).used = used;
+    }
+
     /// Queues answers for the App's next lookups of the installation that holds `owner/name`,
     /// given once GitHub has verified the App's JWT.
     pub fn push_installation_lookup_responses(&self, full_name: &str, answers: Vec<Scripted>) {

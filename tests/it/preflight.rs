@@ -63,6 +63,25 @@ async fn check_online_stops_asking_at_a_rate_limit() {
     );
 }
 
+/// The start-up preflight keeps half of the credential's hourly requests
+/// for dispatches: once an answer says fewer are left, it stops asking and
+/// says so. `check --online`, run to get every answer, asks them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_start_up_preflight_leaves_half_the_rate_limit_to_dispatches() {
+    // Another client of the token has spent 2,499 of its 5,000: the first
+    // answer leaves 2,500, the second 2,499.
+    let app = spawn_app_prepared(TEST_HEAD, TARGETS, &[], |github| github.spend_rate(2_499)).await;
+    let stopped = app
+        .wait_for_log(|l| l.contains("Preflight stopped with half"))
+        .await;
+    assert!(stopped.contains(r#""not_asked":1"#), "{stopped}");
+    app.wait_for_log(|l| l.contains("Preflight finished")).await;
+    assert_eq!(repository_reads(&app), 2);
+    let (_, text) = check_online(&app, TOKEN);
+    assert!(!text.contains("not asked"), "{text}");
+    assert_eq!(repository_reads(&app), 5);
+}
+
 /// How many `GET /repos/{owner}/{repo}` the fake has answered.
 fn repository_reads(app: &crate::helpers::TestApp) -> usize {
     app.github
