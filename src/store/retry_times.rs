@@ -21,7 +21,7 @@ use std::ops::Bound;
 pub(super) const TRUSTED_MS: i64 = 1_000;
 
 #[derive(Debug, Default)]
-pub(crate) struct RetryTimes {
+pub(super) struct RetryTimes {
     /// For each route with a job waiting for a retry, a moment before which
     /// none of its jobs is due.
     due_from: BTreeMap<String, i64>,

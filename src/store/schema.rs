@@ -806,14 +806,15 @@ pub(super) fn record(
             at_ms,
             counts_as_failure,
         } => {
-            conn.prepare_cached(
-                "UPDATE jobs SET attempts = attempts + 1, failures = failures + ?3, next_attempt_at = ?2,
-                 leased_until = NULL, last_error = ?4 WHERE id = ?1",
-            )?
-            .execute(params![a.job_id, at_ms, i64::from(*counts_as_failure), a.detail])?;
             let route: Option<String> = conn
-                .prepare_cached("SELECT route FROM jobs WHERE id = ?1")?
-                .query_row(params![a.job_id], |r| r.get(0))
+                .prepare_cached(
+                    "UPDATE jobs SET attempts = attempts + 1, failures = failures + ?3, next_attempt_at = ?2,
+                     leased_until = NULL, last_error = ?4 WHERE id = ?1 RETURNING route",
+                )?
+                .query_row(
+                    params![a.job_id, at_ms, i64::from(*counts_as_failure), a.detail],
+                    |r| r.get(0),
+                )
                 .optional()?
                 .flatten();
             return Ok(route.map(|route| (route, *at_ms)));
