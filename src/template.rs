@@ -3,8 +3,13 @@
 //! with typed rendering (`client_payload`, `inputs`) and conditions (`when`).
 //!
 //! Every template of one loaded configuration lives in one shared minijinja
-//! [`Environment`], compiled exactly once when the configuration is loaded and
-//! never parsed again while requests are served. Templates are named after
+//! [`Environment`]. Each is compiled and checked when the configuration is
+//! loaded, then dropped, and compiled again the first time a request needs
+//! the engine for it, once for the life of the configuration: minijinja
+//! keeps about 12 KB of spare room in every compiled template, so holding
+//! all of them would cost a configuration of thousands of routes hundreds
+//! of megabytes, most of it for templates the direct evaluator answers or
+//! routes that see no traffic. Templates are named after
 //! their place in the configuration (for example
 //! `routes[0].dispatch[1].client_payload.entry`), so every error names the
 //! field that failed.
@@ -218,11 +223,12 @@ pub struct RenderError {
     pub detail: String,
 }
 
-/// The compiled templates of one configuration.
+/// The templates of one configuration.
 ///
 /// Templates hold an `Arc` of their engine; the environment inside is set
 /// once, by [`EngineBuilder::finish`], after every template of the
-/// configuration has been added to it.
+/// configuration has been checked. It compiles each template the first
+/// time it is asked for it, from the source the builder kept.
 pub struct Engine {
     env: OnceLock<Environment<'static>>,
     /// Key templates again, where a missing value is an error.
@@ -231,8 +237,10 @@ pub struct Engine {
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let count = self.env.get().map_or(0, |env| env.templates().count());
-        f.debug_struct("Engine").field("templates", &count).finish()
+        let compiled = self.env.get().map_or(0, |env| env.templates().count());
+        f.debug_struct("Engine")
+            .field("compiled", &compiled)
+            .finish()
     }
 }
 
@@ -258,20 +266,23 @@ impl Engine {
     }
 }
 
-/// Collects the templates of one configuration into one environment.
+/// Checks the templates of one configuration and keeps their sources for
+/// the engine.
 pub struct EngineBuilder {
     env: Environment<'static>,
     /// Where key templates (`dedupe_key`) are compiled: a missing value is
     /// an error there.
     keys: Environment<'static>,
+    /// What `env` compiles for each template name, once finished.
+    sources: HashMap<String, String>,
+    /// What `keys` compiles for each template name, once finished.
+    key_sources: HashMap<String, String>,
     engine: Arc<Engine>,
     names: HashSet<String>,
     /// The engine's template of each distinct source, with what it reads:
     /// configurations repeat the same few templates across hundreds of
     /// routes, and each compiled template costs tens of kilobytes.
     compiled: HashMap<Source, (String, BodyReads)>,
-    /// The templates already added to `keys`.
-    in_keys: HashSet<String>,
     /// What of the body the templates added since the last
     /// [`EngineBuilder::take_body_shape`] read.
     shape: BodyShape,
@@ -413,7 +424,8 @@ impl EngineBuilder {
             }),
             names: HashSet::new(),
             compiled: HashMap::new(),
-            in_keys: HashSet::new(),
+            sources: HashMap::new(),
+            key_sources: HashMap::new(),
             shape: BodyShape::default(),
         }
     }
@@ -438,9 +450,28 @@ impl EngineBuilder {
             Source::Expression(written) => (written.clone(), true),
         };
         self.env
-            .add_template_owned(name.clone(), text)
+            .add_template_owned(name.clone(), text.clone())
             .map_err(|err| describe(&err, &written))?;
-        if let Some(detail) = self.unknown_name(&written, expression) {
+        let checked = self.check_compiled(&name, &written, expression);
+        // The compiled template is dropped at once: the engine compiles it
+        // again when a request first needs it (see the module's summary).
+        self.env.remove_template(&name);
+        let reads = checked?;
+        self.sources.insert(name.clone(), text);
+        self.shape.add(&reads);
+        self.compiled.insert(source, (name.clone(), reads.clone()));
+        Ok(reused(name.clone(), reads))
+    }
+
+    /// Checks the template just added as `name` for names that exist
+    /// nowhere, and says what of the body it reads.
+    fn check_compiled(
+        &self,
+        name: &str,
+        written: &str,
+        expression: bool,
+    ) -> Result<BodyReads, String> {
+        if let Some(detail) = self.unknown_name(written, expression) {
             return Err(detail);
         }
         // minijinja's analysis of the names a template reads misreads
@@ -451,21 +482,17 @@ impl EngineBuilder {
         // templates, rare in routes, read the whole body, which is always
         // right, and are not checked for unknown names, which would refuse
         // templates that work.
-        let reads = if uses_statements_the_analysis_misreads(&written) {
-            BodyReads::Whole
-        } else {
-            let template = self
-                .env
-                .get_template(&name)
-                .map_err(|err| describe(&err, &written))?;
-            if let Some(detail) = unknown_variable(&template, &self.env) {
-                return Err(detail);
-            }
-            BodyReads::of(&template)
-        };
-        self.shape.add(&reads);
-        self.compiled.insert(source, (name.clone(), reads.clone()));
-        Ok(reused(name.clone(), reads))
+        if uses_statements_the_analysis_misreads(written) {
+            return Ok(BodyReads::Whole);
+        }
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|err| describe(&err, written))?;
+        if let Some(detail) = unknown_variable(&template, &self.env) {
+            return Err(detail);
+        }
+        Ok(BodyReads::of(&template))
     }
 
     /// What of the body the templates compiled since the last call read,
@@ -506,12 +533,23 @@ impl EngineBuilder {
         Ok(ValueTemplate { root, static_value })
     }
 
-    /// Freezes the environment; the templates compiled so far become usable.
-    /// Each of them holds the environment, which lives as long as they do.
+    /// Freezes the environments; the templates checked so far become
+    /// usable, each compiled when first rendered. Each template holds the
+    /// environments, which live as long as they do.
     pub fn finish(self) {
+        let EngineBuilder {
+            mut env,
+            mut keys,
+            sources,
+            key_sources,
+            engine,
+            ..
+        } = self;
+        env.set_loader(move |name| Ok(sources.get(name).cloned()));
+        keys.set_loader(move |name| Ok(key_sources.get(name).cloned()));
         // The cells are new and only set here, so they cannot already be full.
-        let _ = self.engine.env.set(self.env);
-        let _ = self.engine.keys.set(self.keys);
+        let _ = engine.env.set(env);
+        let _ = engine.keys.set(keys);
     }
 
     fn unique_name(&mut self, name: &str) -> String {
@@ -534,15 +572,18 @@ impl EngineBuilder {
     ) -> Result<StringTemplate, TemplateError> {
         let template = self.string_at(name, source, &[])?;
         if let Some(compiled) = &template.compiled
-            && !self.in_keys.contains(&compiled.template)
+            && !self.key_sources.contains_key(&compiled.template)
         {
+            // Compiled here only to find its errors, as in `compile`.
             self.keys
                 .add_template_owned(compiled.template.clone(), source.to_owned())
                 .map_err(|err| TemplateError::Template {
                     at: Vec::new(),
                     detail: describe(&err, source),
                 })?;
-            self.in_keys.insert(compiled.template.clone());
+            self.keys.remove_template(&compiled.template);
+            self.key_sources
+                .insert(compiled.template.clone(), source.to_owned());
         }
         Ok(template)
     }

@@ -899,3 +899,24 @@ fn a_loop_over_request_data_is_bounded_in_output_and_steps() {
     ctx.body = serde_json::json!({"n": 1000, "s": "ab"});
     assert_eq!(template.render(&ctx).unwrap().len(), 2000);
 }
+
+#[test]
+fn a_template_is_compiled_when_a_request_first_needs_it() {
+    let mut builder = EngineBuilder::new();
+    let upper = builder.string("upper", "{{ body.model | upper }}").unwrap();
+    let key = builder
+        .strict_string("key", "k-{{ body.model | upper }}")
+        .unwrap();
+    let never_rendered = builder.string("lower", "{{ body.model | lower }}").unwrap();
+    builder.finish();
+    let engine = Arc::clone(&upper.compiled.as_ref().unwrap().engine);
+    let compiled = |cell: &OnceLock<Environment<'static>>| cell.get().unwrap().templates().count();
+    assert_eq!((compiled(&engine.env), compiled(&engine.keys)), (0, 0));
+
+    assert_eq!(upper.render(&ctx()).unwrap(), "POST");
+    assert_eq!(upper.render(&ctx()).unwrap(), "POST");
+    assert_eq!(key.render_key(&ctx()).unwrap().as_deref(), Some("k-POST"));
+    // Each once, in the environment that renders it; `lower` not at all.
+    assert_eq!((compiled(&engine.env), compiled(&engine.keys)), (1, 1));
+    assert!(never_rendered.is_static().is_none());
+}
