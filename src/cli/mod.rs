@@ -235,6 +235,25 @@ pub fn read_config_text(path: &Path) -> Result<String, String> {
     config::decode(bytes).map_err(|e| format!("{}:{e}", path.display()))
 }
 
+/// Hands the memory freed by a configuration, or by loading one, back to
+/// the system.
+///
+/// Loading a configuration makes many small allocations (the position of
+/// every node of the file among them), on whichever thread runs it, and
+/// glibc keeps what is freed in the arena of that thread for later use. Reload after reload, each
+/// arena would then hold its own high-water mark: a file of 3,000 routes
+/// took the relay from 91 MB to 340 MB over a dozen reloads. Trimming
+/// returns every free page of every arena, so the resident memory after a
+/// reload is that of the configurations in use.
+pub(super) fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free pages of the allocator's own
+    // heaps to the system; it touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Like [`load_config`], also returning the text that was loaded.
 pub fn load_config_text(path: &Path) -> Result<(Loaded, String), CliError> {
     let text = read_config_text(path).map_err(|e| invalid(anyhow::anyhow!(e)))?;

@@ -198,6 +198,8 @@ impl Reloader {
     }
 
     fn refused(&self, errors: &str) {
+        // What the refused file was loaded into is freed by now.
+        tokio::task::spawn_blocking(super::give_back_freed_memory);
         self.metrics.config_loaded(false, 0.0);
         tracing::error!(errors = %errors, "The new configuration is invalid; the previous one stays in force");
     }
@@ -233,7 +235,10 @@ impl Reloader {
         let replaced = self.state.replace_routes(routes);
         // Freed beside the runtime's threads; a webhook still holding the
         // replaced routes frees them itself when it ends.
-        tokio::task::spawn_blocking(move || drop(replaced));
+        tokio::task::spawn_blocking(move || {
+            drop(replaced);
+            super::give_back_freed_memory();
+        });
         self.metrics
             .config_loaded(true, crate::clock::now_ms() as f64 / 1000.0);
         tracing::info!(routes = count, trigger, "Configuration reloaded");

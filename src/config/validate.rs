@@ -1545,6 +1545,9 @@ fn route(
             );
         }
         Some(list) => {
+            // A target is half a kilobyte; thousands of routes of one or two
+            // targets each would otherwise hold room for four.
+            dispatch.reserve_exact(list.len());
             for (index, item) in list.into_iter().enumerate() {
                 let target_path = dispatch_path.index(index);
                 if let Some(target) = target(report, builder, item, &target_path, allowed_repos) {
