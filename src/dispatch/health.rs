@@ -1,8 +1,9 @@
-//! Whether GitHub is answering at all. A failure that may pass (no answer,
-//! a timeout, a 408 or 5xx) counts against `retry.max_attempts` only while GitHub
-//! answers other requests; while it fails every request (an outage, or the
-//! network to it down), the job's attempts are not spent, and it is retried
-//! until `retry.give_up_after` (docs/decisions.md, decision 42).
+//! Whether GitHub is answering dispatches. A failure that may pass (no
+//! answer, a timeout, a 408 or 5xx) counts against `retry.max_attempts` only
+//! while GitHub answers other dispatches; while it answers none (an outage
+//! of GitHub, of its dispatches alone, or of the network to it), the job's
+//! attempts are not spent, and it is retried until `retry.give_up_after`
+//! (docs/decisions.md, decisions 42 and 53).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -11,25 +12,26 @@ use crate::telemetry::Streak;
 /// What is known of GitHub since a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Since {
-    /// GitHub answered a request as it does when it works.
+    /// GitHub answered a dispatch as it does when it works.
     Answering,
-    /// A look at GitHub failed, and nothing was answered.
+    /// A dispatch failed, a look at GitHub confirmed it, and no dispatch
+    /// was answered after.
     Failing,
     /// Nothing was asked: a look is needed to tell.
     Unknown,
 }
 
-/// The last moments GitHub answered, and a look at it failed, shared by
-/// every send.
+/// The last moments GitHub answered a dispatch, and a look confirmed a
+/// failed one, shared by every send.
 #[derive(Debug)]
 pub struct GitHubHealth {
-    /// When GitHub last answered as it does when it works, in
+    /// When GitHub last answered a dispatch as it does when it works, in
     /// milliseconds since the epoch; 0 when never.
     answered_ms: AtomicI64,
     /// When a look at GitHub (or a token request standing for one) last
-    /// failed, likewise.
+    /// confirmed a failed dispatch, likewise.
     failed_look_ms: AtomicI64,
-    /// Attempts not counted because GitHub failed every request: the
+    /// Attempts not counted because GitHub answered no dispatch: the
     /// outage is logged once when it starts, once when it ends.
     outage: Streak,
     /// The earliest moment an attempt not counted in the outage under way
@@ -50,7 +52,7 @@ impl Default for GitHubHealth {
 }
 
 impl GitHubHealth {
-    /// GitHub answered a request at `now_ms` as it does when it works.
+    /// GitHub answered a dispatch at `now_ms` as it does when it works.
     /// When that ends an outage, returns the earliest moment an attempt it
     /// did not count can have started: the retries scheduled since then
     /// wait for nothing any more.
@@ -60,18 +62,19 @@ impl GitHubHealth {
         let uncounted_attempts = self.outage.passed()?;
         tracing::info!(
             uncounted_attempts,
-            "GitHub answers again; failed attempts count against retry.max_attempts again"
+            "GitHub answers dispatches again; failed attempts count against retry.max_attempts again"
         );
         Some(self.outage_from_ms.swap(i64::MAX, Ordering::Relaxed))
     }
 
-    /// A look at GitHub at `now_ms` failed too.
+    /// A look at GitHub at `now_ms` confirmed a failed dispatch: it failed
+    /// too, or GitHub answered it while it fails dispatches.
     pub fn look_failed(&self, now_ms: i64) {
         self.failed_look_ms.fetch_max(now_ms, Ordering::Relaxed);
     }
 
-    /// What is known of GitHub since `since_ms`. When both happened, the
-    /// later tells: GitHub that answered and then failed a look has gone
+    /// What is known of GitHub's dispatches since `since_ms`. When both
+    /// happened, the later tells: GitHub that answered and then failed a look has gone
     /// down since (an outage often starts degraded), and one that failed a
     /// look and then answered is back.
     pub fn since(&self, since_ms: i64) -> Since {
@@ -86,7 +89,7 @@ impl GitHubHealth {
         }
     }
 
-    /// Notes an attempt not counted because GitHub fails every request,
+    /// Notes an attempt not counted because GitHub answers no dispatch,
     /// made by a job last tried (or queued) at `since_ms`; the first of an
     /// outage says so, with `reason`.
     pub fn say_outage(&self, since_ms: i64, reason: &str) {
@@ -94,7 +97,7 @@ impl GitHubHealth {
         if self.outage.failed() {
             tracing::warn!(
                 reason = %reason,
-                "GitHub fails every request; failed attempts do not count against retry.max_attempts until it answers again, and jobs are retried until retry.give_up_after"
+                "GitHub answers no dispatch; failed attempts do not count against retry.max_attempts until it answers one again, and jobs are retried until retry.give_up_after"
             );
         }
     }

@@ -365,7 +365,7 @@ fn passing_status(status: u16) -> bool {
 }
 
 /// A failure that may pass: retry with backoff until the policy runs out.
-/// While GitHub fails every request, the attempt is not counted, and the
+/// While GitHub answers no dispatch, the attempt is not counted, and the
 /// backoff bound grows with the job's age instead of its counted failures
 /// (see [`outage_backoff`]), so that a long outage is waited out at
 /// `max_backoff` until `give_up_after`.
@@ -375,7 +375,7 @@ fn transient(reason: String, history: History, policy: &RetryConfig, jitter: f64
         if history.age + delay > policy.give_up_after {
             return Action::Fail {
                 reason: format!(
-                    "gave up when retry.give_up_after was reached, GitHub failing every request: {reason}"
+                    "gave up when retry.give_up_after was reached, GitHub answering no dispatch: {reason}"
                 ),
             };
         }
@@ -408,7 +408,7 @@ fn transient(reason: String, history: History, policy: &RetryConfig, jitter: f64
     }
 }
 
-/// The backoff while GitHub fails every request: uniform in `[0, bound]`,
+/// The backoff while GitHub answers no dispatch: uniform in `[0, bound]`,
 /// the bound being the job's age, kept between `initial_backoff` and
 /// `max_backoff`. A bound that doubles with each attempt reaches about the
 /// time spent so far, so this grows as the usual backoff does, without a

@@ -593,9 +593,9 @@ impl Dispatcher {
         }
     }
 
-    /// GitHub answered as it does when it works. When that ends an outage,
-    /// the retries the outage scheduled are made due at once, oldest
-    /// first: they waited for GitHub, which answers again, and would
+    /// GitHub answered a dispatch as it does when it works. When that ends
+    /// an outage, the retries the outage scheduled are made due at once,
+    /// oldest first: they waited for GitHub, which answers again, and would
     /// otherwise go after the webhooks that came since.
     async fn github_answered(&self) {
         let Some(from_ms) = self.health.answered(now_ms()) else {
@@ -614,17 +614,18 @@ impl Dispatcher {
         }
     }
 
-    /// Whether GitHub fails every request since `job` was last tried (or
-    /// queued), the job's own failed attempt aside. When nothing tells, it
-    /// looks: it asks GitHub for the job's repository with the same token,
-    /// which a working GitHub answers (a 404 or a rate limit is an answer
-    /// too). A failed look stands for every job tried before it, so while
-    /// GitHub stays down a job's attempt costs at most one look, and most
-    /// cost none.
+    /// Whether GitHub has answered no dispatch since `job` was last tried
+    /// (or queued), the job's own failed attempt aside: then the failure is
+    /// GitHub's, not the job's (decision 53). When nothing tells, it looks:
+    /// it asks GitHub for the job's repository with the same token, so
+    /// that the log can say whether GitHub fails everything or its
+    /// dispatches alone. A look stands for every job tried before it, so
+    /// while GitHub stays down a job's attempt costs at most one look, and
+    /// most cost none.
     async fn outage_confirmed(&self, job: &Job, token: &Secret) -> bool {
-        let down = match self.health.since(job.since_ms) {
-            Since::Answering => false,
-            Since::Failing => true,
+        let reason = match self.health.since(job.since_ms) {
+            Since::Answering => return false,
+            Since::Failing => format!("a dispatch to {} failed", job.repo),
             Since::Unknown => {
                 let started = Instant::now();
                 let look = self
@@ -634,29 +635,28 @@ impl Dispatcher {
                 let status = look.as_ref().ok().map(|a| a.status);
                 self.metrics
                     .github_request("repository", status, started.elapsed().as_secs_f64());
-                let answered = retry::answered_by_github(&look);
-                if answered {
-                    self.github_answered().await;
+                // A look GitHub answers says that it works, not that its
+                // dispatches do: it confirms the outage all the same.
+                self.health.look_failed(now_ms());
+                if retry::answered_by_github(&look) {
+                    format!(
+                        "a dispatch to {} failed while GitHub answers a look at the repository: its dispatches fail",
+                        job.repo
+                    )
                 } else {
-                    self.health.look_failed(now_ms());
+                    format!(
+                        "a dispatch to {} failed and so did a look at GitHub",
+                        job.repo
+                    )
                 }
-                !answered
             }
         };
-        if down {
-            self.health.say_outage(
-                job.since_ms,
-                &format!(
-                    "a dispatch to {} failed and so did a look at GitHub",
-                    job.repo
-                ),
-            );
-        }
-        down
+        self.health.say_outage(job.since_ms, &reason);
+        true
     }
 
     /// Whether GitHub is down for `job`, after a request of its own that
-    /// GitHub did not answer (a token request): only if nothing else was
+    /// GitHub did not answer (a token request): only if no dispatch was
     /// answered since the job was last tried. The failed request counts as
     /// a failed look.
     fn token_request_unanswered(&self, job: &Job) -> bool {
@@ -667,7 +667,7 @@ impl Dispatcher {
         self.health.say_outage(
             job.since_ms,
             &format!(
-                "an App token request for {} failed, and GitHub answered nothing else meanwhile",
+                "an App token request for {} failed, and GitHub answered no dispatch meanwhile",
                 job.repo
             ),
         );

@@ -673,12 +673,12 @@ async fn an_outage_that_stops_app_token_requests_does_not_spend_attempts() {
     app.github.set_latency(Duration::ZERO);
     app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
         .await;
-    app.wait_for_log(|l| l.contains("GitHub answers again"))
+    app.wait_for_log(|l| l.contains("GitHub answers dispatches again"))
         .await;
     assert!(
         app.logs()
             .iter()
-            .any(|l| l.contains("GitHub fails every request") && l.contains("App token request"))
+            .any(|l| l.contains("GitHub answers no dispatch") && l.contains("App token request"))
     );
 }
 

@@ -646,24 +646,77 @@ async fn a_dedupe_key_missing_its_field_drops_nothing() {
 
 /// An HTML error page from a proxy in front of GitHub, however large, is
 /// read only as far as is kept, and the failure says what the page's title
-/// says rather than storing its markup.
+/// says rather than storing its markup. The failures count against
+/// `max_attempts` because GitHub answers the dispatches of another route
+/// meanwhile: the repository fails on its own (decision 53).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proxy_error_page_is_kept_as_its_title() {
     let head = format!("{TEST_HEAD}  max_attempts: 2\n");
-    let app = spawn_app_with(&head, &hmac_route("cms", &one_target("acme/blog")), &[]).await;
+    let routes =
+        hmac_route("cms", &one_target("acme/blog")) + &hmac_route("docs", &one_target("acme/docs"));
+    let app = spawn_app_with(&head, &routes, &[]).await;
     let page = Scripted::ProxyPage { status: 502 };
+    app.github.push_responses("acme/blog", vec![page; 100]);
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    let failed = |list: &Vec<Value>| {
+        list.iter()
+            .any(|d| d["route"] == "cms" && crate::helpers::finished_failed(d))
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut sent_to_docs = 0;
+    let list = loop {
+        let list = app.deliveries(&[]);
+        if failed(&list) {
+            break list;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{list:#?}");
+        // One dispatch GitHub answers at a time, each waited for.
+        assert_eq!(app.post_signed("docs", r#"{"id":2}"#).await.status(), 202);
+        sent_to_docs += 1;
+        app.github.wait_for_dispatches(sent_to_docs, WAIT).await;
+    };
+    let blog = list.iter().find(|d| d["route"] == "cms").unwrap();
+    assert_eq!(
+        blog["targets"][0]["last_error"],
+        "gave up after 2 attempts: GitHub answered 502: 502 Bad Gateway"
+    );
+}
+
+/// GitHub may fail its dispatches while it answers everything else, as in
+/// an incident of Actions alone. The look at the repository is answered,
+/// yet the job's attempts are not spent: with `max_attempts: 2` it is
+/// delivered once GitHub answers dispatches again (decision 53).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_of_dispatches_alone_does_not_spend_a_jobs_attempts() {
+    let head = format!("{TEST_HEAD}  max_attempts: 2\n");
+    let app = spawn_app_with(&head, &hmac_route("cms", &one_target("acme/blog")), &[]).await;
+    app.wait_for_log(|l| l.contains("Preflight finished")).await;
     app.github
-        .push_responses("acme/blog", vec![page.clone(), page]);
+        .push_responses("acme/blog", vec![Scripted::Status(503); 5]);
     assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
     let list = app
         .wait_for_deliveries(WAIT, |list| {
-            list.len() == 1 && crate::helpers::finished_failed(&list[0])
+            list.len() == 1 && status_of(&list[0]) != "pending"
         })
         .await;
-    assert_eq!(
-        list[0]["targets"][0]["last_error"],
-        "gave up after 2 attempts: GitHub answered 502: 502 Bad Gateway"
+    assert_eq!(status_of(&list[0]), "delivered", "{list:?}");
+    assert_eq!(list[0]["targets"][0]["attempts"], 6, "{list:?}");
+    app.wait_for_log(|l| l.contains("GitHub answers dispatches again"))
+        .await;
+    let logs = app.logs();
+    let started: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("GitHub answers no dispatch"))
+        .collect();
+    assert_eq!(started.len(), 1, "{logs:#?}");
+    assert!(
+        started[0].contains("while GitHub answers a look at the repository"),
+        "{}",
+        started[0]
     );
+    // Every look GitHub saw after the preflight's was answered.
+    let looks = app.github.requests_of("repos/get");
+    assert!(looks.len() >= 2, "{looks:?}");
 }
 
 /// While GitHub fails every request (its dispatches and a look at the
@@ -694,7 +747,7 @@ async fn a_github_outage_does_not_spend_a_jobs_attempts() {
     // The end is an info line, which may reach the log a little later; it
     // says how many attempts went uncounted.
     let end = app
-        .wait_for_log(|l| l.contains("GitHub answers again"))
+        .wait_for_log(|l| l.contains("GitHub answers dispatches again"))
         .await;
     let end: Value = serde_json::from_str(&end).unwrap();
     assert!(
@@ -703,8 +756,12 @@ async fn a_github_outage_does_not_spend_a_jobs_attempts() {
     );
     let logs = app.logs();
     let said = |text: &str| logs.iter().filter(|l| l.contains(text)).count();
-    assert_eq!(said("GitHub fails every request"), 1, "{logs:#?}");
-    assert_eq!(said("GitHub answers again"), 1, "{logs:#?}");
+    assert_eq!(said("GitHub answers no dispatch"), 1, "{logs:#?}");
+    assert_eq!(said("GitHub answers dispatches again"), 1, "{logs:#?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("and so did a look at GitHub"))
+    );
     // Each look is timed like any request to GitHub: every one GitHub
     // saw after the preflight's, all answered 502.
     let looks = app.github.requests_of("repos/get").len() - 1;
@@ -742,7 +799,7 @@ async fn the_retries_an_outage_scheduled_go_as_soon_as_github_answers_again() {
     assert!(
         app.logs()
             .iter()
-            .any(|l| l.contains("GitHub fails every request"))
+            .any(|l| l.contains("GitHub answers no dispatch"))
     );
     // GitHub is back: the next webhook's dispatch is answered.
     assert_eq!(app.post_signed("cms", r#"{"id":2}"#).await.status(), 202);
