@@ -273,16 +273,14 @@ pub struct EngineBuilder {
     /// Where key templates (`dedupe_key`) are compiled: a missing value is
     /// an error there.
     keys: Environment<'static>,
-    /// What `env` compiles for each template name, once finished.
-    sources: HashMap<String, String>,
-    /// What `keys` compiles for each template name, once finished.
-    key_sources: HashMap<String, String>,
     engine: Arc<Engine>,
     names: HashSet<String>,
     /// The engine's template of each distinct source, with what it reads:
     /// configurations repeat the same few templates across hundreds of
     /// routes, and each compiled template costs tens of kilobytes.
     compiled: HashMap<Source, (String, BodyReads)>,
+    /// The templates also checked in `keys`.
+    in_keys: HashSet<String>,
     /// What of the body the templates added since the last
     /// [`EngineBuilder::take_body_shape`] read.
     shape: BodyShape,
@@ -293,6 +291,17 @@ pub struct EngineBuilder {
 enum Source {
     Text(String),
     Expression(String),
+}
+
+impl Source {
+    /// What the engine compiles for it: a text as it is, an expression as
+    /// a template that stores its value in [`VALUE_VAR`].
+    fn engine_text(&self) -> String {
+        match self {
+            Source::Text(text) => text.clone(),
+            Source::Expression(expr) => format!("{{% set {VALUE_VAR} = ({expr}) %}}"),
+        }
+    }
 }
 
 impl Default for EngineBuilder {
@@ -424,16 +433,15 @@ impl EngineBuilder {
             }),
             names: HashSet::new(),
             compiled: HashMap::new(),
-            sources: HashMap::new(),
-            key_sources: HashMap::new(),
+            in_keys: HashSet::new(),
             shape: BodyShape::default(),
         }
     }
 
     /// The template of `source` for the field `name`: the one compiled
-    /// before from the same source, or `text` (what the engine compiles for
-    /// it) added now. The error is the description of a compile error.
-    fn compile(&mut self, name: String, source: Source, text: String) -> Result<Compiled, String> {
+    /// before from the same source, or one checked now. The error is the
+    /// description of a compile error.
+    fn compile(&mut self, name: String, source: Source) -> Result<Compiled, String> {
         let engine = Arc::clone(&self.engine);
         let reused = |template: String, reads: BodyReads| Compiled {
             engine,
@@ -450,14 +458,13 @@ impl EngineBuilder {
             Source::Expression(written) => (written.clone(), true),
         };
         self.env
-            .add_template_owned(name.clone(), text.clone())
+            .add_template_owned(name.clone(), source.engine_text())
             .map_err(|err| describe(&err, &written))?;
         let checked = self.check_compiled(&name, &written, expression);
         // The compiled template is dropped at once: the engine compiles it
         // again when a request first needs it (see the module's summary).
         self.env.remove_template(&name);
         let reads = checked?;
-        self.sources.insert(name.clone(), text);
         self.shape.add(&reads);
         self.compiled.insert(source, (name.clone(), reads.clone()));
         Ok(reused(name.clone(), reads))
@@ -540,11 +547,21 @@ impl EngineBuilder {
         let EngineBuilder {
             mut env,
             mut keys,
-            sources,
-            key_sources,
+            compiled,
+            in_keys,
             engine,
             ..
         } = self;
+        // What each environment compiles for a template's name.
+        let sources: HashMap<String, String> = compiled
+            .into_iter()
+            .map(|(source, (name, _))| (name, source.engine_text()))
+            .collect();
+        let key_sources: HashMap<String, String> = sources
+            .iter()
+            .filter(|(name, _)| in_keys.contains(*name))
+            .map(|(name, text)| (name.clone(), text.clone()))
+            .collect();
         env.set_loader(move |name| Ok(sources.get(name).cloned()));
         keys.set_loader(move |name| Ok(key_sources.get(name).cloned()));
         // The cells are new and only set here, so they cannot already be full.
@@ -572,7 +589,7 @@ impl EngineBuilder {
     ) -> Result<StringTemplate, TemplateError> {
         let template = self.string_at(name, source, &[])?;
         if let Some(compiled) = &template.compiled
-            && !self.key_sources.contains_key(&compiled.template)
+            && !self.in_keys.contains(&compiled.template)
         {
             // Compiled here only to find its errors, as in `compile`.
             self.keys
@@ -582,8 +599,7 @@ impl EngineBuilder {
                     detail: describe(&err, source),
                 })?;
             self.keys.remove_template(&compiled.template);
-            self.key_sources
-                .insert(compiled.template.clone(), source.to_owned());
+            self.in_keys.insert(compiled.template.clone());
         }
         Ok(template)
     }
@@ -615,7 +631,7 @@ impl EngineBuilder {
         }
         let name = self.unique_name(name);
         let compiled = self
-            .compile(name, Source::Text(source.to_owned()), source.to_owned())
+            .compile(name, Source::Text(source.to_owned()))
             .map_err(invalid)?;
         Ok(StringTemplate {
             source: source.to_owned(),
@@ -641,9 +657,8 @@ impl EngineBuilder {
             return Err(invalid(describe(&err, source)));
         }
         let name = self.unique_name(name);
-        let wrapper = format!("{{% set {VALUE_VAR} = ({source}) %}}");
         let compiled = self
-            .compile(name, Source::Expression(source.to_owned()), wrapper)
+            .compile(name, Source::Expression(source.to_owned()))
             .map_err(invalid)?;
         Ok(Expr {
             source: source.to_owned(),

@@ -30,7 +30,7 @@ pub struct GitHubHealth {
     answered_ms: AtomicI64,
     /// When a look at GitHub (or a token request standing for one) last
     /// confirmed a failed dispatch, likewise.
-    failed_look_ms: AtomicI64,
+    confirmed_ms: AtomicI64,
     /// Attempts not counted because GitHub answered no dispatch: the
     /// outage is logged once when it starts, once when it ends.
     outage: Streak,
@@ -44,7 +44,7 @@ impl Default for GitHubHealth {
     fn default() -> Self {
         GitHubHealth {
             answered_ms: AtomicI64::new(0),
-            failed_look_ms: AtomicI64::new(0),
+            confirmed_ms: AtomicI64::new(0),
             outage: Streak::default(),
             outage_from_ms: AtomicI64::new(i64::MAX),
         }
@@ -69,18 +69,18 @@ impl GitHubHealth {
 
     /// A look at GitHub at `now_ms` confirmed a failed dispatch: it failed
     /// too, or GitHub answered it while it fails dispatches.
-    pub fn look_failed(&self, now_ms: i64) {
-        self.failed_look_ms.fetch_max(now_ms, Ordering::Relaxed);
+    pub fn outage_confirmed_at(&self, now_ms: i64) {
+        self.confirmed_ms.fetch_max(now_ms, Ordering::Relaxed);
     }
 
     /// What is known of GitHub's dispatches since `since_ms`. When both
-    /// happened, the later tells: GitHub that answered and then failed a look has gone
-    /// down since (an outage often starts degraded), and one that failed a
-    /// look and then answered is back.
+    /// happened, the later tells: GitHub that answered a dispatch and then
+    /// had an outage confirmed has gone down since (an outage often starts
+    /// degraded), and one that answered a dispatch after that is back.
     pub fn since(&self, since_ms: i64) -> Since {
         let answered_ms = self.answered_ms.load(Ordering::Relaxed);
-        let failed_look_ms = self.failed_look_ms.load(Ordering::Relaxed);
-        if failed_look_ms >= since_ms && failed_look_ms > answered_ms {
+        let confirmed_ms = self.confirmed_ms.load(Ordering::Relaxed);
+        if confirmed_ms >= since_ms && confirmed_ms > answered_ms {
             Since::Failing
         } else if answered_ms >= since_ms {
             Since::Answering
@@ -111,7 +111,7 @@ mod tests {
     fn what_is_known_since_a_moment() {
         let health = GitHubHealth::default();
         assert_eq!(health.since(1_000), Since::Unknown);
-        health.look_failed(2_000);
+        health.outage_confirmed_at(2_000);
         assert_eq!(health.since(1_000), Since::Failing);
         assert_eq!(
             health.since(2_001),
@@ -125,7 +125,7 @@ mod tests {
             Since::Answering,
             "an answer after a failed look: GitHub is back"
         );
-        health.look_failed(4_000);
+        health.outage_confirmed_at(4_000);
         assert_eq!(health.since(3_500), Since::Failing);
         assert_eq!(
             health.since(1_000),
@@ -138,7 +138,7 @@ mod tests {
             Since::Answering,
             "an answer at the same moment as a failed look outweighs it"
         );
-        health.look_failed(2_000);
+        health.outage_confirmed_at(2_000);
         assert_eq!(
             health.since(3_000),
             Since::Answering,

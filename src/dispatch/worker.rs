@@ -637,7 +637,7 @@ impl Dispatcher {
                     .github_request("repository", status, started.elapsed().as_secs_f64());
                 // A look GitHub answers says that it works, not that its
                 // dispatches do: it confirms the outage all the same.
-                self.health.look_failed(now_ms());
+                self.health.outage_confirmed_at(now_ms());
                 if retry::answered_by_github(&look) {
                     format!(
                         "a dispatch to {} failed while GitHub answers a look at the repository: its dispatches fail",
@@ -663,7 +663,7 @@ impl Dispatcher {
         if self.health.since(job.since_ms) == Since::Answering {
             return false;
         }
-        self.health.look_failed(now_ms());
+        self.health.outage_confirmed_at(now_ms());
         self.health.say_outage(
             job.since_ms,
             &format!(
