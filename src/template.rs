@@ -17,9 +17,9 @@
 //! Undefined values are lenient and chain: `{{ body.missing }}` and
 //! `{{ body.missing.id }}` render as an empty string inside text and as
 //! `null` when they are the whole value. Evaluation failures (a type error,
-//! a bad filter argument) are [`RenderError`]s; a filter, test or function
-//! that does not exist is a compile error where evaluating an empty request
-//! reaches it.
+//! a bad filter argument) are [`RenderError`]s; a filter, test, method or
+//! function that does not exist is a compile error, in whatever branch it
+//! is written (see [`tags`]).
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -29,7 +29,11 @@ use std::sync::{Arc, OnceLock};
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value as MjValue, context};
 use serde::{Deserialize, Serialize};
 
+pub use tags::joins_or_loops;
+use tags::{pulls_in_another_template, uses_statements_the_analysis_misreads};
+
 mod direct;
+mod tags;
 #[cfg(test)]
 mod tests;
 
@@ -478,6 +482,9 @@ impl EngineBuilder {
         written: &str,
         expression: bool,
     ) -> Result<BodyReads, String> {
+        if let Some(detail) = self.named_but_missing(written, expression) {
+            return Err(detail);
+        }
         if let Some(detail) = self.unknown_name(written, expression) {
             return Err(detail);
         }
@@ -667,16 +674,63 @@ impl EngineBuilder {
         })
     }
 
-    /// A filter, test or function the template names that does not exist,
+    /// A filter, test or method the template names, in any branch, that
+    /// does not exist, or a header it looks up by a name no request has,
     /// described. minijinja looks names up only when it evaluates them, so
-    /// a misspelt `| lowr` compiles, passes `check`, and then fails every
-    /// webhook. The template is therefore evaluated once against a request
-    /// with nothing in it, undefined values chaining through attribute
-    /// lookups as they always do, so that evaluation reaches the names; any
-    /// other failure of that empty request says nothing about the template
-    /// and is ignored.
-    /// A name only reached in a branch the empty request does not take is
-    /// still found at render time.
+    /// a misspelt `| lenght` behind `and`, an `if` or a `for` compiles,
+    /// passes `check`, and then fails every webhook that reaches it. The
+    /// names are read from the template's tokens, and each is asked of the
+    /// environment itself.
+    fn named_but_missing(&self, source: &str, expression: bool) -> Option<String> {
+        let tags = tags::of_source(source, expression);
+        if let Some(detail) = tags::header_misuse(&tags) {
+            return Some(detail);
+        }
+        let calls = tags::named_calls(&tags);
+        let fails_with = |probe: String, kind: ErrorKind| {
+            self.env
+                .compile_expression(&probe)
+                .and_then(|expr| expr.eval(context! {}))
+                .is_err_and(|err| err.kind() == kind)
+        };
+        if let Some(filter) = calls
+            .filters
+            .iter()
+            .find(|filter| fails_with(format!("none | {filter}"), ErrorKind::UnknownFilter))
+        {
+            return Some(format!(
+                "unknown filter `{filter}`{}",
+                did_you_mean(filter, FILTERS)
+            ));
+        }
+        if let Some(test) = calls
+            .tests
+            .iter()
+            .find(|test| fails_with(format!("none is {test}"), ErrorKind::UnknownTest))
+        {
+            return Some(format!("unknown test `{test}`"));
+        }
+        if let Some(method) = calls
+            .methods
+            .iter()
+            .find(|method| !PYTHON_METHODS.contains(&method.as_str()))
+        {
+            return Some(format!(
+                "no method `{method}`{} (the Python methods a template may call are {})",
+                did_you_mean(method, PYTHON_METHODS),
+                PYTHON_METHODS.join(", ")
+            ));
+        }
+        None
+    }
+
+    /// A filter, test or function the template names that does not exist,
+    /// described, as evaluation finds it: the template is evaluated once
+    /// against a request with nothing in it, undefined values chaining
+    /// through attribute lookups as they always do, so that evaluation
+    /// reaches the names; any other failure of that empty request says
+    /// nothing about the template and is ignored. (Most such names are
+    /// found first, in every branch, by [`Self::named_but_missing`].)
     fn unknown_name(&self, source: &str, expression: bool) -> Option<String> {
         // Names starting with `__relay_` are the relay's own (the variable
         // a compiled expression stores its value in): not a filter's or a
@@ -939,6 +993,74 @@ fn refuse_missing(value: &MjValue) -> Result<(), minijinja::Error> {
     Ok(())
 }
 
+/// The filters a template may use: minijinja's builtins, `tojson`,
+/// `urlencode` and the relay's `urldecode`. Suggestions for a misspelt one
+/// come from this list.
+const FILTERS: &[&str] = &[
+    "safe",
+    "escape",
+    "e",
+    "upper",
+    "lower",
+    "title",
+    "capitalize",
+    "replace",
+    "length",
+    "count",
+    "dictsort",
+    "items",
+    "reverse",
+    "trim",
+    "join",
+    "split",
+    "lines",
+    "abs",
+    "int",
+    "float",
+    "sum",
+    "attr",
+    "round",
+    "first",
+    "last",
+    "min",
+    "max",
+    "sort",
+    "list",
+    "string",
+    "bool",
+    "slice",
+    "batch",
+    "tojson",
+    "indent",
+    "select",
+    "selectattr",
+    "reject",
+    "rejectattr",
+    "map",
+    "groupby",
+    "unique",
+    "chain",
+    "zip",
+    "pprint",
+    "format",
+    "urlencode",
+    "urldecode",
+    "default",
+    "d",
+];
+
+/// `; did you mean `x`?` for the known name closest to a misspelt one,
+/// when one is close enough.
+fn did_you_mean(name: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|candidate| (strsim::jaro_winkler(name, candidate), candidate))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| format!("; did you mean `{candidate}`?"))
+        .unwrap_or_default()
+}
+
 /// The names [`python_method`] answers.
 const PYTHON_METHODS: &[&str] = &[
     "items",
@@ -1132,127 +1254,6 @@ impl BodyReads {
             whole => whole,
         }
     }
-}
-
-/// The text after the `{% endraw %}` that ends a raw block whose content
-/// starts `text`, or nothing when the block is never ended. As Jinja reads
-/// a raw block, only an `endraw` tag ends it: any other `{%` in it is text.
-fn after_endraw(text: &str) -> &str {
-    // As minijinja's lexer reads the end tag: at most one `-` or `+` right
-    // after `{%` and right before `%}`, ASCII whitespace around the name.
-    let spaces = |text: &'_ str| -> usize {
-        text.len()
-            - text
-                .trim_start_matches(|c: char| c.is_ascii_whitespace())
-                .len()
-    };
-    let mut rest = text;
-    while let Some(at) = rest.find("{%") {
-        rest = &rest[at + 2..];
-        let tag = rest.strip_prefix(['-', '+']).unwrap_or(rest);
-        let Some(after_name) = tag[spaces(tag)..].strip_prefix("endraw") else {
-            continue;
-        };
-        let after_name = &after_name[spaces(after_name)..];
-        let after_name = after_name.strip_prefix(['-', '+']).unwrap_or(after_name);
-        if let Some(after_tag) = after_name.strip_prefix("%}") {
-            return after_tag;
-        }
-    }
-    ""
-}
-
-/// Whether a template joins values with `~` in a tag that prints, or loops
-/// with `for`: there a missing value prints as nothing without passing
-/// through the formatter or a filter, so a strict field cannot catch it.
-pub fn joins_or_loops(source: &str) -> bool {
-    template_tags(source).into_iter().any(|(prints, code)| {
-        let code = code.trim_start_matches(['-', '+']).trim_start();
-        (prints && code.contains('~')) || (!prints && code.starts_with("for "))
-    })
-}
-
-/// The code of each `{{ }}` (true) and `{% %}` (false) tag of a template,
-/// with its string literals taken out, so that a `~` or a closing brace in
-/// a string is not read as code. Comments (`{# #}`) and what a `{% raw %}`
-/// block holds are text, not tags.
-fn template_tags(source: &str) -> Vec<(bool, String)> {
-    let mut tags = Vec::new();
-    let mut rest = source;
-    while let Some(at) = rest.find('{') {
-        let after = &rest[at..];
-        let (prints, close) = if after.starts_with("{{") {
-            (true, "}}")
-        } else if after.starts_with("{%") {
-            (false, "%}")
-        } else if after.starts_with("{#") {
-            rest = after.find("#}").map_or("", |end| &after[end + 2..]);
-            continue;
-        } else {
-            rest = &after[1..];
-            continue;
-        };
-        let mut code = String::new();
-        let mut chars = after[2..].char_indices();
-        let mut end = after.len();
-        let mut quote: Option<char> = None;
-        while let Some((index, c)) = chars.next() {
-            match quote {
-                // An escaped character inside a string, quote or not.
-                Some(_) if c == '\\' => {
-                    chars.next();
-                }
-                Some(q) if c == q => quote = None,
-                Some(_) => {}
-                None if c == '\'' || c == '"' => quote = Some(c),
-                None if after[2 + index..].starts_with(close) => {
-                    end = 2 + index + close.len();
-                    break;
-                }
-                None => code.push(c),
-            }
-        }
-        rest = &after[end.min(after.len())..];
-        let keyword = code.trim_matches(|c: char| c.is_whitespace() || matches!(c, '-' | '+'));
-        if !prints && keyword == "raw" {
-            // What a raw block holds is text, quotes and all: it ends at the
-            // first `{% endraw %}`.
-            rest = after_endraw(rest);
-            continue;
-        }
-        tags.push((prints, code));
-    }
-    tags
-}
-
-/// Whether a template has a statement whose reads the static analysis
-/// cannot be trusted to report: one that assigns a name (`set`, `with`, a
-/// macro or call block's arguments), or takes an expression the analysis
-/// skips (`filter` and `autoescape` blocks).
-fn uses_statements_the_analysis_misreads(source: &str) -> bool {
-    const STATEMENTS: &[&str] = &["set", "with", "macro", "call", "filter", "autoescape"];
-    statement_keywords(source).any(|keyword| STATEMENTS.contains(&keyword.as_str()))
-}
-
-/// The statement of a template that would pull in another template
-/// (`include`, `import`, `from`, `extends`), if it has one.
-fn pulls_in_another_template(source: &str) -> Option<String> {
-    const STATEMENTS: &[&str] = &["include", "import", "from", "extends"];
-    statement_keywords(source).find(|keyword| STATEMENTS.contains(&keyword.as_str()))
-}
-
-/// The keyword of each `{% %}` tag of a template.
-fn statement_keywords(source: &str) -> impl Iterator<Item = String> {
-    template_tags(source)
-        .into_iter()
-        .filter(|(prints, _)| !prints)
-        .map(|(_, code)| {
-            code.trim_start_matches(['-', '+'])
-                .trim_start()
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect()
-        })
 }
 
 /// The parts of a request body that templates read, as a tree of object

@@ -274,13 +274,10 @@ fn render_errors_name_the_template() {
     let text = builder
         .string("routes[0].dispatch[0].event_type", "{{ body.model + 1 }}")
         .unwrap();
-    // An unknown filter behind a branch the empty request does not take is
-    // only found when rendering.
+    // A type error behind a branch the empty request does not take is only
+    // found when rendering.
     let unknown = builder
-        .string(
-            "u",
-            "{% if body.entry %}{{ body.entry | nofilter }}{% endif %}",
-        )
+        .string("u", "{% if body.model %}{{ body.model + 1 }}{% endif %}")
         .unwrap();
     let value = builder
         .value(
@@ -299,7 +296,8 @@ fn render_errors_name_the_template() {
     let err = value.render(&ctx()).unwrap_err();
     assert_eq!(err.name, "routes[0].dispatch[0].client_payload.n");
     let err = unknown.render(&ctx()).unwrap_err();
-    assert!(err.to_string().contains("nofilter"), "{err}");
+    assert_eq!(err.name, "u");
+    assert!(err.to_string().contains("invalid operation"), "{err}");
 }
 
 #[test]
@@ -564,6 +562,102 @@ fn a_template_cannot_use_another() {
         .string(
             "u",
             "{# {% include 'x' %} #}{% raw %}{% include 'x' %}{% endraw %}{{ body.model }}",
+        )
+        .unwrap();
+}
+
+#[test]
+fn names_that_do_not_exist_are_found_in_branches_the_empty_request_skips() {
+    let mut builder = EngineBuilder::new();
+    for (source, expected) in [
+        (
+            "{% if body.x %}{{ body.x | uper }}{% endif %}",
+            "unknown filter `uper`; did you mean `upper`?",
+        ),
+        (
+            "{% for t in body.tags %}{{ t | to_json }}{% endfor %}",
+            "unknown filter `to_json`; did you mean `tojson`?",
+        ),
+        (
+            "{{ body.a if body.b is strng else 'x' }}",
+            "unknown test `strng`",
+        ),
+        (
+            "{% if body.entry %}{{ body.entry.slug.lowr() }}{% endif %}",
+            "no method `lowr`; did you mean `lower`?",
+        ),
+        (
+            "{% filter uppr %}{{ body.a }}{% endfilter %}",
+            "unknown filter `uppr`",
+        ),
+    ] {
+        let err = builder.string("t", source).unwrap_err().to_string();
+        assert!(err.contains(expected), "{source}: {err}");
+    }
+    let err = builder
+        .condition(
+            "w",
+            "body.event == 'entry.publish' and body.entry.tags | lenght > 0",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown filter `lenght`; did you mean `length`?"),
+        "{err}"
+    );
+    // What looks like a call but is not one, and the methods of minijinja's
+    // own objects, are left alone.
+    for source in [
+        "{{ body.is }}{{ body.a is not none }}{{ body.b is defined }}",
+        "{{ '| nofilter' }}{{ body.x.y }}{{ 'a.b(' }}",
+        "{% for t in body.tags %}{{ loop.cycle('a', 'b') }}{{ t.startswith('x') }}{% endfor %}",
+        "{{ body.tags | map('upper') | join(',') }}{{ body.n | d(1) }}",
+    ] {
+        builder.string("ok", source).unwrap();
+    }
+}
+
+#[test]
+fn every_filter_suggested_exists() {
+    let mut builder = EngineBuilder::new();
+    for filter in FILTERS {
+        builder
+            .string("f", &format!("{{{{ body.x | {filter} }}}}"))
+            .unwrap_or_else(|err| panic!("{filter}: {err}"));
+    }
+}
+
+#[test]
+fn a_header_is_read_by_its_lower_case_name() {
+    let mut builder = EngineBuilder::new();
+    for (source, expected) in [
+        (
+            "headers['X-GitHub-Event'] == 'push'",
+            "`headers['X-GitHub-Event']` is never defined; write `headers['x-github-event']`",
+        ),
+        (
+            "headers.get('X-Event') == 'push'",
+            "write `headers['x-event']`",
+        ),
+        (
+            "headers.x-github-event == 'push'",
+            "`headers.x-github-event` subtracts from `headers.x`; a header whose name has a `-` is read as `headers['x-github-event']`",
+        ),
+        ("headers.Host == 'a'", "write `headers['host']`"),
+    ] {
+        let err = builder.condition("w", source).unwrap_err().to_string();
+        assert!(err.contains(expected), "{source}: {err}");
+    }
+    let err = builder
+        .string("k", "{{ headers['X-Request-Id'] }}")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`headers['x-request-id']`"), "{err}");
+    // The body's own `headers`, and lower-case names, are fine.
+    builder
+        .condition(
+            "ok",
+            "body.headers['X-A'] == 'b' and headers['x-event'] == 'push' and headers.host",
         )
         .unwrap();
 }
