@@ -18,8 +18,31 @@ fn restore_default_sigpipe() {
     }
 }
 
+/// The settings the command line also reads from the environment.
+const FLAG_VARIABLES: [&str; 2] = ["RELAY_CONFIG", "RELAY_LISTEN"];
+
+/// Forgets an environment setting that is set but empty, as the relay's
+/// other variables are read: an env file that leaves `RELAY_CONFIG=`
+/// blank means the default, where clap would refuse every command with "a
+/// value is required".
+fn forget_empty_flag_variables() {
+    for name in FLAG_VARIABLES {
+        if std::env::var_os(name).is_some_and(|value| value.is_empty()) {
+            // SAFETY: this runs first in `main`, before the runtime or
+            // anything else has started a thread that could read the
+            // environment at the same time.
+            unsafe { std::env::remove_var(name) };
+        }
+    }
+}
+
+fn main() {
+    forget_empty_flag_variables();
+    run();
+}
+
 #[tokio::main]
-async fn main() {
+async fn run() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

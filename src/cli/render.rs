@@ -88,6 +88,16 @@ pub fn render(
         }
         _ => None,
     };
+    // The topic allow-list needs no signature: an envelope from a topic
+    // the route does not list is refused by `serve`, whatever it says.
+    if let (Verify::Sns(config), Some(envelope), false) =
+        (&route.verify, &envelope, check_signature)
+        && let Err(refusal @ sns::SnsRefusal::Topic(_)) = envelope.check_unsigned_parts(config)
+    {
+        return Err(invalid(anyhow::anyhow!(
+            "{refusal}: serve answers 401 and sends nothing"
+        )));
+    }
     if check_signature {
         // The request as the relay would see it: a POST to the route's path
         // and query, which Contentful's signature covers.

@@ -35,6 +35,11 @@ impl Path {
         Path(segs)
     }
 
+    /// Whether the path's last step is the key `key`.
+    pub(crate) fn ends_with_key(&self, key: &str) -> bool {
+        matches!(self.0.last(), Some(Seg::Key(last)) if last == key)
+    }
+
     /// This path followed by a path inside a value template.
     pub(crate) fn join_template(&self, at: &[PathSegment]) -> Self {
         let mut segs = self.0.clone();

@@ -59,6 +59,12 @@ where
     }
 }
 
+/// What is said of a bare decimal where text is wanted: YAML has already
+/// turned `1.10` into the number 1.1, so the text as written (a branch, a
+/// tag, a version) cannot be recovered. The number is not quoted, as it may
+/// come from a variable.
+pub(crate) const DECIMAL_MAY_HAVE_LOST_DIGITS: &str = "was read as a decimal number, which may have lost digits (1.10 reads as 1.1); write the value in quotes";
+
 /// A scalar taken as text: durations, sizes and ids may be written as
 /// strings or as bare whole numbers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,12 +89,8 @@ impl<'de> Deserialize<'de> for Text {
                 Ok(Text(v.to_string()))
             }
 
-            // YAML has already turned `1.10` into the number 1.1 here, so
-            // the text as written (a branch, a tag) cannot be recovered.
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Err(E::custom(format!(
-                    "`{v}` was read as a decimal number, which may have lost digits (1.10 reads as 1.1); write the value in quotes"
-                )))
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Err(E::custom(DECIMAL_MAY_HAVE_LOST_DIGITS))
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {

@@ -17,6 +17,8 @@ fn env(name: &str) -> Option<String> {
         "GH_HOOK_SECRET" => Some("gh".to_owned()),
         "MINIO_TOKEN" => Some("minio".to_owned()),
         "EMPTY" => Some(String::new()),
+        "TOKEN_FROM_A_FILE" => Some("ghp_from_file\n".to_owned()),
+        "TOKEN_WITH_A_SPACE" => Some("ghp_a b".to_owned()),
         _ => None,
     }
 }
@@ -369,7 +371,7 @@ fn rejections() {
         ),
         (
             format!("{base}  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/a\n        workflow: w.yml\n        ref: main\n        inputs: {{a: {{b: 1}}}}\n"),
-            vec![("routes[0].dispatch[0].inputs", 10, 17, "input `a` is an object")],
+            vec![("routes[0].dispatch[0].inputs.a", 10, 21, "is an object, and a workflow's inputs are text")],
         ),
         (
             with_route("        inputs: {a: 1}\n"),
@@ -626,6 +628,99 @@ fn a_client_payload_that_is_one_map_literal_loads() {
     load_ok(&with_route(
         "        client_payload: \"{{ {'model': body.model, 'entry': {'id': body.entry.id}} }}\"\n",
     ));
+}
+
+#[test]
+fn a_token_read_from_a_file_loses_its_line_break() {
+    let loaded = load_ok(
+        "github:\n  token: ${TOKEN_FROM_A_FILE}\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{repo: acme/a, event_type: e}]\n",
+    );
+    match &loaded.config.github.credential {
+        Credential::Token(token) => assert_eq!(token.expose(), "ghp_from_file"),
+        other => panic!("expected a token, got {other:?}"),
+    }
+    let errors = load_err(
+        "github:\n  token: ${TOKEN_WITH_A_SPACE}\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{repo: acme/a, event_type: e}]\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "github.token");
+    assert!(
+        errors[0].message.contains("no GitHub token has"),
+        "{errors:?}"
+    );
+    assert!(!errors[0].to_string().contains("ghp_a"), "{errors:?}");
+}
+
+#[test]
+fn an_empty_document_at_the_end_is_ignored_and_a_second_one_is_placed() {
+    let base = with_route("");
+    for ending in ["---\n", "---\n\n# generated\n", "--- # end\n...\n", "---"] {
+        load_ok(&format!("{base}{ending}"));
+    }
+    let errors = load_err(&format!("{base}---\nroutes: []\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].line, 9, "{errors:?}");
+    assert!(
+        errors[0]
+            .message
+            .starts_with("a second YAML document starts here"),
+        "{errors:?}"
+    );
+    // A marker before the first document is YAML's usual start.
+    load_ok(&format!("---\n{base}"));
+}
+
+#[test]
+fn a_constant_when_is_told_to_be_quoted() {
+    let errors = load_err(&with_route("    when: false\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "routes[0].when");
+    assert!(
+        errors[0].message.contains("`when: \"false\"`"),
+        "{errors:?}"
+    );
+    load_ok(&with_route("    when: \"false\"\n"));
+}
+
+#[test]
+fn a_dedupe_key_without_a_tag_is_refused() {
+    let errors = load_err(&with_route("    dedupe_key: body.entry.id\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "routes[0].dedupe_key");
+    assert!(
+        errors[0]
+            .message
+            .contains("every webhook would have the same key"),
+        "{errors:?}"
+    );
+    load_ok(&with_route("    dedupe_key: \"\"\n"));
+    load_ok(&with_route("    dedupe_key: \"k-{{ body.entry.id }}\"\n"));
+}
+
+#[test]
+fn workflow_inputs_that_cannot_be_sent_as_written_are_refused() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch:\n      - repo: acme/a\n        workflow: w.yml\n        ref: main\n        inputs:\n          list: [1, \"{{ body.a }}\"]\n          map: {a: 1}\n          version: 1.10\n          count: 3\n          dry: true\n          name: \"{{ body.name }}\"\n";
+    let errors = load_err(text);
+    let found: Vec<(&str, usize)> = errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("routes[0].dispatch[0].inputs.list", 11),
+            ("routes[0].dispatch[0].inputs.map", 12),
+            ("routes[0].dispatch[0].inputs.version", 13),
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors[0]
+            .message
+            .starts_with("is a list, and a workflow's inputs are text"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[2].message.contains("write the value in quotes"),
+        "{errors:?}"
+    );
 }
 
 #[test]

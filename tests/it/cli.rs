@@ -134,6 +134,18 @@ fn the_example_routes_yaml_passes_check() {
 }
 
 #[test]
+fn an_empty_relay_config_means_the_default_file() {
+    let dir = dir_with_routes(
+        "github:\n  token: ${GITHUB_TOKEN}\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{repo: acme/a, event_type: e}]\n",
+    );
+    // A token read from a file keeps its line break in the variable.
+    let env = [("RELAY_CONFIG", ""), ("GITHUB_TOKEN", "ghp_example\n")];
+    let (code, stdout, stderr) = run(dir.path(), &["check"], &env);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+}
+
+#[test]
 fn render_prints_the_exact_requests_and_can_verify() {
     let text = "github:\n  token: ${GITHUB_TOKEN}\nroutes:\n  - id: cms\n    verify:\n      hmac:\n        secret: ${WEBHOOK_SECRET}\n        header: X-Signature-256\n        prefix: \"sha256=\"\n    when: body.event == 'publish'\n    dispatch:\n      - repo: acme/blog\n        event_type: \"cms-{{ body.model }}\"\n        client_payload:\n          entry: \"{{ body.entry }}\"\n";
     let dir = dir_with_routes(text);
@@ -384,6 +396,20 @@ fn render_reads_an_sns_envelope_as_serve_does() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("serve answers 400"), "{stdout}");
+    // A topic the route does not list, which serve refuses whatever the
+    // signature: said without `--verify` too.
+    envelope["TopicArn"] = serde_json::json!("arn:aws:sns:eu-west-1:111122223333:other");
+    std::fs::write(dir.path().join("other-topic.json"), envelope.to_string()).unwrap();
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &["render", "--route", "uploads", "--body", "other-topic.json"],
+        &[],
+    );
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.contains("is not in this route's topic_arns: serve answers 401"),
+        "{stderr}"
+    );
 }
 
 #[test]
