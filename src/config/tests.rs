@@ -671,6 +671,24 @@ fn an_empty_document_at_the_end_is_ignored_and_a_second_one_is_placed() {
 }
 
 #[test]
+fn routes_can_share_a_block_through_a_merge_key() {
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: &cms\n      hmac: {secret: s, header: X-Sig}\n    dispatch: &blog\n      - repo: acme/blog\n        event_type: e\n  - <<: {verify: *cms, dispatch: *blog}\n    id: b\n  - id: c\n    <<: [{verify: none}, {when: \"true\"}]\n    dispatch: *blog\n";
+    let config = load_ok(text).config;
+    assert_eq!(config.routes.len(), 3);
+    assert_eq!(config.routes[1].id, "b");
+    assert_eq!(config.routes[1].verify.method(), "hmac");
+    assert_eq!(config.routes[2].verify.method(), "none");
+    assert!(config.routes[2].when.is_some());
+    let errors = load_err("github:\n  token: t\nroutes:\n  - <<: 3\n    id: a\n");
+    assert!(
+        errors[0]
+            .message
+            .starts_with("a merge key (`<<`) must name a map"),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn a_constant_when_is_told_to_be_quoted() {
     let errors = load_err(&with_route("    when: false\n"));
     assert_eq!(errors.len(), 1, "{errors:?}");

@@ -673,6 +673,20 @@ pub(super) fn load(
             }]));
         }
     };
+    // YAML's merge keys (`<<: *shared_verify`) let routes share a block;
+    // the library leaves them as keys named `<<` until asked.
+    if let Err(err) = root.apply_merge() {
+        return Err(ConfigErrors(vec![ConfigError {
+            file: file.to_owned(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message: format!(
+                "a merge key (`<<`) must name a map or a list of maps: {}",
+                strip_location(&err.to_string())
+            ),
+        }]));
+    }
     let mut report = Report {
         file,
         locations: Locations::of(text),
