@@ -261,7 +261,7 @@ impl LimitError {
                 "is a path outside .github/workflows: give the workflow's file name (`deploy.yml`) or its id".to_owned()
             }
             LimitError::BadWorkflow { .. } => {
-                "is not a workflow: give its file name (`deploy.yml`) or its id".to_owned()
+                "is not a workflow: give its file name, ending in `.yml` or `.yaml` (`deploy.yml`), or its id".to_owned()
             }
             LimitError::BadRepo { .. } => format!(
                 "is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`, at most {MAX_OWNER} and {MAX_NAME} characters long"
@@ -625,13 +625,16 @@ pub fn workflow_file(workflow: &str) -> &str {
     workflow.strip_prefix(WORKFLOWS_FOLDER).unwrap_or(workflow)
 }
 
-/// Checks a rendered `workflow` (after [`workflow_file`]): a file name or
-/// an id, not empty, and not `.` or `..`, which would change the path of
-/// the request itself. Any other path names no workflow: GitHub keeps them
-/// in one folder, without subfolders.
+/// Checks a rendered `workflow` (after [`workflow_file`]): a file name
+/// ending in `.yml` or `.yaml`, or an id (digits). Anything else names no
+/// workflow, and GitHub would answer 404: it keeps workflows in one folder,
+/// without subfolders, and only as YAML files; `.` and `..` would change
+/// the path of the request itself.
 pub fn check_workflow(workflow: &str) -> Result<(), LimitError> {
     check_not_empty(workflow)?;
-    if workflow == "." || workflow == ".." || workflow.contains(['/', '\\']) {
+    let is_id = workflow.bytes().all(|b| b.is_ascii_digit());
+    let is_file = workflow.ends_with(".yml") || workflow.ends_with(".yaml");
+    if workflow.contains(['/', '\\']) || !(is_id || is_file) {
         return Err(LimitError::BadWorkflow {
             workflow: workflow.to_owned(),
         });
