@@ -263,6 +263,10 @@ impl LimitError {
             LimitError::BadWorkflow { .. } => {
                 "is not a workflow: give its file name, ending in `.yml` or `.yaml` (`deploy.yml`), or its id".to_owned()
             }
+            LimitError::BadRepo { repo } if repo.contains("://") || repo.contains(".com/") => {
+                "is not a repository name: write the repository as `owner/name`, not its URL"
+                    .to_owned()
+            }
             LimitError::BadRepo { .. } => format!(
                 "is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`, at most {MAX_OWNER} and {MAX_NAME} characters long"
             ),

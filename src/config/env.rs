@@ -130,8 +130,15 @@ fn substitute_noting_defaults(
                 None => (spec, None),
             };
             if !is_variable_name(name) {
+                // `${NAME:default}`, `${NAME-x}`, `${NAME:=x}`: a shell's
+                // other forms, which are not read.
+                let hint = if name.contains([':', '-', '=', '?', '+']) {
+                    "; the forms read are `${NAME}` and `${NAME:-default}`"
+                } else {
+                    ""
+                };
                 return Err(format!(
-                    "`${{{spec}}}` does not name a variable; names use letters, digits and `_`"
+                    "`${{{spec}}}` does not name a variable; names use letters, digits and `_`{hint}"
                 ));
             }
             // `${A:-${B:-x}}` would end at the first `}` and leave the
@@ -240,7 +247,7 @@ mod tests {
             "EMPTY" | "EMPTY2" => Some(String::new()),
             _ => None,
         };
-        let cases: [(&str, Result<&str, &str>); 20] = [
+        let cases: [(&str, Result<&str, &str>); 22] = [
             ("plain", Ok("plain")),
             ("${TOKEN}", Ok("t:#'\"{x}")),
             ("a-${TOKEN}-b", Ok("a-t:#'\"{x}-b")),
@@ -264,6 +271,11 @@ mod tests {
             ),
             ("${TOKEN", Err("is not closed")),
             ("${1X}", Err("does not name a variable")),
+            (
+                "${TOKEN:default}",
+                Err("the forms read are `${NAME}` and `${NAME:-default}`"),
+            ),
+            ("${REPO:=blog}", Err("the forms read are")),
             ("${A:-${B:-tok}}", Err("holds another variable")),
             (
                 "${M1}-${M2}",

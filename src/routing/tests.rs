@@ -509,6 +509,13 @@ fn repo_names() {
     for (repo, ok) in cases {
         assert_eq!(check_repo(repo).is_ok(), ok, "{repo}");
     }
+    // A repository's URL, pasted from the browser, is named as one.
+    for url in ["https://github.com/acme/blog", "github.com/acme/blog"] {
+        let reason = check_repo(url).unwrap_err().reason();
+        assert!(reason.ends_with("as `owner/name`, not its URL"), "{reason}");
+    }
+    let reason = check_repo("acme/github actions").unwrap_err().reason();
+    assert!(reason.contains("expected `owner/name`"), "{reason}");
 }
 
 #[test]
