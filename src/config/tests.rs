@@ -1007,6 +1007,27 @@ fn an_unquoted_variable_in_flow_style_gets_a_hint() {
 }
 
 #[test]
+fn a_target_written_twice_is_warned_about() {
+    let text = with_route(
+        "      - repo: acme/docs\n        event_type: e\n      - {repo: acme/blog, event_type: e}\n",
+    );
+    let warnings: Vec<(String, usize, String)> = load_ok(&text)
+        .warnings
+        .into_iter()
+        .filter(|w| w.path.contains("dispatch"))
+        .map(|w| (w.path, w.line, w.message))
+        .collect();
+    assert_eq!(
+        warnings,
+        [(
+            "routes[0].dispatch[2]".to_owned(),
+            11,
+            "is the same as target 0: each webhook is sent to it twice".to_owned()
+        )]
+    );
+}
+
+#[test]
 fn a_strict_field_joined_with_a_tilde_is_warned_about() {
     let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: \"{{ 'cms-' ~ body.model }}\"\n";
     let joins = |text: &str| -> Vec<String> {

@@ -1642,6 +1642,12 @@ fn route(
             // A target is half a kilobyte; thousands of routes of one or two
             // targets each would otherwise hold room for four.
             dispatch.reserve_exact(list.len());
+            for (index, earlier) in repeated_items(&list) {
+                report.warn(
+                    &dispatch_path.index(index),
+                    format!("is the same as target {earlier}: each webhook is sent to it twice"),
+                );
+            }
             for (index, item) in list.into_iter().enumerate() {
                 let target_path = dispatch_path.index(index);
                 if let Some(target) = target(report, builder, item, &target_path, allowed_repos) {
@@ -1668,6 +1674,17 @@ fn route(
         notify: route_notify?,
         body_shape: builder.take_body_shape(),
     })
+}
+
+/// The index of each item of `list` written exactly as an earlier one,
+/// with that earlier one's index.
+fn repeated_items(list: &[Value]) -> Vec<(usize, usize)> {
+    (1..list.len())
+        .filter_map(|index| {
+            let earlier = list[..index].iter().position(|item| *item == list[index])?;
+            Some((index, earlier))
+        })
+        .collect()
 }
 
 /// `when` is an expression, but users often wrap it in `{{ }}` out of habit;
