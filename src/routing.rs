@@ -697,7 +697,7 @@ pub fn check_templated_repo(repo: &str, allowed: &[String]) -> Result<(), LimitE
 ///
 /// `*` matches any run of characters except `/`, so `acme/*` never reaches
 /// another owner. GitHub names are case-insensitive and so is the match.
-pub fn repo_matches(pattern: &str, repo: &str) -> bool {
+fn repo_matches(pattern: &str, repo: &str) -> bool {
     fn glob(pattern: &[u8], text: &[u8]) -> bool {
         match pattern.split_first() {
             None => text.is_empty(),

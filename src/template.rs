@@ -1347,6 +1347,7 @@ impl fmt::Debug for StringTemplate {
 
 impl StringTemplate {
     /// Renders the template for one request.
+    #[cfg(test)]
     pub fn render(&self, ctx: &Context) -> Result<String, RenderError> {
         self.render_prepared(&ctx.prepare())
     }
@@ -1490,6 +1491,7 @@ impl fmt::Debug for Condition {
 
 impl Condition {
     /// Evaluates the condition for one request.
+    #[cfg(test)]
     pub fn eval(&self, ctx: &Context) -> Result<bool, RenderError> {
         self.eval_prepared(&ctx.prepare())
     }
@@ -1591,6 +1593,7 @@ impl fmt::Debug for ValueTemplate {
 
 impl ValueTemplate {
     /// Renders the tree for one request.
+    #[cfg(test)]
     pub fn render(&self, ctx: &Context) -> Result<serde_json::Value, RenderError> {
         self.render_prepared(&ctx.prepare())
     }

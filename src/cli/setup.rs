@@ -381,7 +381,7 @@ fn check_key_file(path: &Path, force: bool) -> Result<(), CliError> {
 /// `force` the file is created only if absent (checked atomically by the
 /// system, not just before); with `force` the key goes to a new file beside
 /// it, which then replaces the old one, so no reader ever sees a partial key.
-pub fn write_key(path: &Path, pem: &Secret, force: bool) -> anyhow::Result<()> {
+fn write_key(path: &Path, pem: &Secret, force: bool) -> anyhow::Result<()> {
     let target = if force {
         let name = path
             .file_name()

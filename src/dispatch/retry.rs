@@ -8,7 +8,15 @@
 use std::time::Duration;
 
 use crate::config::RetryConfig;
-use crate::github::{Answer, RateHeaders, TransportError};
+use crate::github::{Answer, TransportError};
+
+// The readers of GitHub's answers live with the client that receives them;
+// the names stay reachable from here, where the rules that use them are.
+pub use crate::github::rate_limit::{
+    DEFAULT_RATE_LIMIT_WAIT, MAX_ASKED_WAIT_SECS, RateLimitWait, is_rate_limit, rate_limit_wait,
+    reset_on_our_clock,
+};
+pub use crate::github::{BAD_CREDENTIALS, NOT_FOUND, NOT_GITHUB, WORKFLOW_NOT_FOUND};
 
 /// What the worker saw for one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -110,38 +118,6 @@ pub enum Action {
         reason: String,
     },
 }
-
-/// The wait when GitHub signals a rate limit without saying for how long;
-/// GitHub's guidance for secondary limits is to wait at least a minute.
-pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
-
-/// The longest wait taken from GitHub's headers: an hour, GitHub's
-/// rate-limit window, within which a primary limit resets and past which
-/// no secondary limit asks to wait. A larger number comes from something
-/// else (a proxy, a fault) and pauses every dispatch of the credential:
-/// believed, one `retry-after: 999999999` held everything back for a day,
-/// and for as long again after a restart. Past the hour the relay asks
-/// again, and a limit still in force answers with a wait of its own.
-pub const MAX_ASKED_WAIT_SECS: u64 = 3600;
-
-pub const BAD_CREDENTIALS: &str = "bad credentials: token invalid or expired";
-
-pub const NOT_FOUND: &str = "repository not found, or the credential cannot see it — a classic PAT needs `repo`, \
-a fine-grained token Contents: write, an App must be installed on the repository with Contents: write";
-
-/// Why an answer is not GitHub's: a 2xx or a 404 without the
-/// `x-github-request-id` that every answer of GitHub's API (and of GitHub
-/// Enterprise Server's) carries comes from another server, most often one
-/// that `github.api_url` names by mistake; an HTML page comes from
-/// GitHub's web front, which `api_url` names without `/api/v3`.
-pub const NOT_GITHUB: &str = "the server did not answer as GitHub's API does (no X-GitHub-Request-Id, \
-or a web page where the API answers JSON): check github.api_url (GitHub Enterprise Server's API is \
-https://HOST/api/v3)";
-
-/// Why a workflow dispatch was answered 404.
-pub const WORKFLOW_NOT_FOUND: &str = "workflow not found: the file named in `workflow` must exist on the \
-repository's default branch; or the repository is not found, or the credential cannot see it — a classic PAT \
-needs `repo`, a fine-grained token Actions: write, an App must be installed on the repository with Actions: write";
 
 /// Decides what happens after one attempt.
 ///
@@ -423,7 +399,7 @@ fn outage_backoff(age: Duration, policy: &RetryConfig, jitter: f64) -> Duration 
 }
 
 /// Full-jitter exponential backoff: uniform in `[0, min(max, initial·2^(n-1))]`.
-pub fn backoff(failures: u32, policy: &RetryConfig, jitter: f64) -> Duration {
+fn backoff(failures: u32, policy: &RetryConfig, jitter: f64) -> Duration {
     let exponent = failures.saturating_sub(1).min(30);
     let bound = policy
         .initial_backoff
@@ -432,87 +408,10 @@ pub fn backoff(failures: u32, policy: &RetryConfig, jitter: f64) -> Duration {
     bound.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
-/// How long a rate-limited answer asks us to wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateLimitWait {
-    /// GitHub said how long: `retry-after`, or `x-ratelimit-reset` with
-    /// nothing remaining.
-    Stated(Duration),
-    /// It did not. The wait is [`DEFAULT_RATE_LIMIT_WAIT`], which the pacer
-    /// lengthens while such answers repeat.
-    Unstated,
-}
-
-impl RateLimitWait {
-    /// The wait of this one answer.
-    pub fn duration(self) -> Duration {
-        match self {
-            RateLimitWait::Stated(wait) => wait,
-            RateLimitWait::Unstated => DEFAULT_RATE_LIMIT_WAIT,
-        }
-    }
-}
-
-/// `x-ratelimit-reset` on the host's clock: GitHub states it in its own
-/// time, so it is moved by how far GitHub's `Date` is from `now_epoch_secs`.
-pub fn reset_on_our_clock(rate: &RateHeaders, now_epoch_secs: u64) -> Option<u64> {
-    let reset = rate.reset_epoch_secs?;
-    Some(match rate.date_epoch_secs {
-        // Both come from GitHub's headers, so neither is trusted not to be
-        // absurd: the arithmetic saturates rather than overflows.
-        Some(date) => reset.saturating_add(now_epoch_secs).saturating_sub(date),
-        None => reset,
-    })
-}
-
-/// Whether the answer is a rate limit: a 429, or a 403 that says so.
-pub fn is_rate_limit(answer: &Answer) -> bool {
-    match answer.status {
-        429 => true,
-        403 => {
-            let message = answer.message.as_deref().unwrap_or("").to_ascii_lowercase();
-            answer.rate.retry_after_secs.is_some()
-                || answer.rate.remaining == Some(0)
-                || message.contains("rate limit")
-                // The older wording of the secondary limit, which GitHub
-                // Enterprise Server versions still send.
-                || message.contains("abuse detection")
-        }
-        _ => false,
-    }
-}
-
-/// How long GitHub asks us to wait, when the answer is a rate limit.
-pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<RateLimitWait> {
-    if !is_rate_limit(answer) {
-        return None;
-    }
-    // A wait of nothing, from a `retry-after: 0` or a reset already past,
-    // says nothing usable about a limit GitHub is enforcing right now:
-    // taken as stated, it would send again every second for as long as
-    // the answers repeat, which is what GitHub warns may get an
-    // integration banned. Such a limit waits as an unstated one does.
-    if let Some(secs) = answer.rate.retry_after_secs.filter(|secs| *secs > 0) {
-        return Some(RateLimitWait::Stated(Duration::from_secs(
-            secs.min(MAX_ASKED_WAIT_SECS),
-        )));
-    }
-    // The reset is GitHub's time: moved onto our clock, a host clock minutes
-    // off neither hammers a limit that has not reset nor waits too long.
-    if answer.rate.remaining == Some(0)
-        && let Some(reset) = reset_on_our_clock(&answer.rate, now_epoch_secs)
-        && reset > now_epoch_secs
-    {
-        return Some(RateLimitWait::Stated(Duration::from_secs(
-            (reset - now_epoch_secs).min(MAX_ASKED_WAIT_SECS),
-        )));
-    }
-    Some(RateLimitWait::Unstated)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::github::RateHeaders;
 
     fn policy() -> RetryConfig {
         RetryConfig {

@@ -98,7 +98,7 @@ pub enum CredentialError {
     PinnedInstallationNotFound(u64),
     /// A 404 without `x-github-request-id`, which every answer of GitHub's
     /// API carries: the server at `api_url` is not the API.
-    #[error("{}", crate::dispatch::retry::NOT_GITHUB)]
+    #[error("{}", super::NOT_GITHUB)]
     NotGitHub,
     #[error(
         "GitHub App installation {installation} (github.app.installation_id) does not include {repo}: {message}"
@@ -155,12 +155,10 @@ impl CredentialError {
     /// a missing permission, which would fail the dispatch for good.
     fn rate_limited(answer: &Answer) -> Option<CredentialError> {
         let now = clock::now_epoch_secs();
-        crate::dispatch::retry::rate_limit_wait(answer, now).map(|wait| {
-            CredentialError::RateLimited {
-                status: answer.status,
-                message: message(answer),
-                wait: wait.duration(),
-            }
+        super::rate_limit::rate_limit_wait(answer, now).map(|wait| CredentialError::RateLimited {
+            status: answer.status,
+            message: message(answer),
+            wait: wait.duration(),
         })
     }
 }
@@ -680,7 +678,7 @@ impl AppAuth {
 /// When a token minted at `now` that expires at `expires_at` is replaced:
 /// five minutes before expiry, but never later than half way through its
 /// life, so that a short-lived token is still used for a while.
-pub fn renew_at(now: SystemTime, expires_at: SystemTime) -> SystemTime {
+fn renew_at(now: SystemTime, expires_at: SystemTime) -> SystemTime {
     let life = expires_at.duration_since(now).unwrap_or(Duration::ZERO);
     expires_at - RENEW_BEFORE.min(life / 2)
 }
@@ -713,7 +711,7 @@ fn is_clock_complaint(answer: &Answer) -> bool {
 }
 
 /// GitHub's clock minus ours, from the time of its `Date` header.
-pub fn skew_from(github_epoch_secs: u64) -> i64 {
+fn skew_from(github_epoch_secs: u64) -> i64 {
     i64::try_from(github_epoch_secs).unwrap_or(i64::MAX) - clock::now_epoch_secs() as i64
 }
 

@@ -1,8 +1,10 @@
 //! The GitHub REST client: the only module that knows reqwest.
 //!
 //! It sends one prepared request and reports what GitHub answered, reduced to
-//! what the retry classifier needs (status, rate-limit headers, message).
-//! It never decides what to do with the answer: that is `dispatch::retry`.
+//! what the retry classifier needs (status, rate-limit headers, message),
+//! and reads what an answer says (`rate_limit`: is it a rate limit, how long
+//! does it ask to wait; the reasons below: what a refusal means). It never
+//! decides what to do with the answer: that is `dispatch::retry`.
 //! The `app` submodule holds GitHub App authentication and its token cache;
 //! `manifest` holds the App manifest flow of `dispatch-relay setup github-app`.
 
@@ -10,6 +12,7 @@ pub mod app;
 pub mod manifest;
 pub mod outbound;
 pub mod preflight;
+pub mod rate_limit;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -26,6 +29,27 @@ pub const API_VERSION: &str = "2022-11-28";
 
 /// The user agent GitHub requires on every request.
 pub const USER_AGENT_VALUE: &str = concat!("dispatch-relay/", env!("CARGO_PKG_VERSION"));
+
+/// The reason a dispatch answered 401 fails with.
+pub const BAD_CREDENTIALS: &str = "bad credentials: token invalid or expired";
+
+/// The reason a repository dispatch answered 404 fails with.
+pub const NOT_FOUND: &str = "repository not found, or the credential cannot see it — a classic PAT needs `repo`, \
+a fine-grained token Contents: write, an App must be installed on the repository with Contents: write";
+
+/// Why an answer is not GitHub's: a 2xx or a 404 without the
+/// `x-github-request-id` that every answer of GitHub's API (and of GitHub
+/// Enterprise Server's) carries comes from another server, most often one
+/// that `github.api_url` names by mistake; an HTML page comes from
+/// GitHub's web front, which `api_url` names without `/api/v3`.
+pub const NOT_GITHUB: &str = "the server did not answer as GitHub's API does (no X-GitHub-Request-Id, \
+or a web page where the API answers JSON): check github.api_url (GitHub Enterprise Server's API is \
+https://HOST/api/v3)";
+
+/// Why a workflow dispatch was answered 404.
+pub const WORKFLOW_NOT_FOUND: &str = "workflow not found: the file named in `workflow` must exist on the \
+repository's default branch; or the repository is not found, or the credential cannot see it — a classic PAT \
+needs `repo`, a fine-grained token Actions: write, an App must be installed on the repository with Actions: write";
 
 /// How much of an error body is kept: enough for GitHub's message and
 /// documentation link, bounded so a misbehaving proxy cannot bloat the store.

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use super::app::{Credentials, Scope};
 use super::{Answer, GitHubClient};
-use crate::dispatch::retry::{BAD_CREDENTIALS, NOT_FOUND, NOT_GITHUB};
+use super::{BAD_CREDENTIALS, NOT_FOUND, NOT_GITHUB};
 
 /// One repository and what its dispatches need.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,7 +66,7 @@ pub enum Budget {
 impl Budget {
     /// Whether an answer carrying `rate` leaves the check nothing more to
     /// spend. Pure, so the rule is pinned by unit tests.
-    pub fn spent(self, rate: &super::RateHeaders) -> bool {
+    fn spent(self, rate: &super::RateHeaders) -> bool {
         match (self, rate.remaining, rate.limit) {
             (Budget::Half, Some(remaining), Some(limit)) => remaining < limit / 2,
             _ => false,
@@ -160,7 +160,7 @@ async fn check_one(
     };
     let rate = Some(answer.rate);
     if let Some(reason) = unanswered(&answer) {
-        let rate_limited = crate::dispatch::retry::is_rate_limit(&answer);
+        let rate_limited = super::rate_limit::is_rate_limit(&answer);
         return (Verdict::Unanswered(reason), rate_limited, rate);
     }
     match judge(&answer, target, credentials.is_app()) {
@@ -172,7 +172,7 @@ async fn check_one(
 /// Why an answer says nothing about the repository, when it does not: a
 /// rate limit (a 429, or a 403 that says so), a timeout or a server error.
 pub fn unanswered(answer: &Answer) -> Option<String> {
-    let what = if crate::dispatch::retry::is_rate_limit(answer) {
+    let what = if super::rate_limit::is_rate_limit(answer) {
         "rate-limited"
     } else if answer.status == 408 || answer.status >= 500 {
         "failed"
@@ -188,7 +188,7 @@ pub fn unanswered(answer: &Answer) -> Option<String> {
 
 /// Reads GitHub's answer to `GET /repos/{owner}/{repo}`. Pure, so every
 /// reason is pinned by unit tests.
-pub fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> {
+fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> {
     match answer.status {
         _ if answer.not_from_github() => return Err(NOT_GITHUB.to_string()),
         200 => {}

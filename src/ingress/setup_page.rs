@@ -175,7 +175,7 @@ struct Shared {
 /// Whether `received` is the secret `expected` (the `state` GitHub echoes
 /// back, the page's key), in constant time so that a forged request learns
 /// nothing from the timing.
-pub fn secret_matches(expected: &str, received: &str) -> bool {
+fn secret_matches(expected: &str, received: &str) -> bool {
     expected.len() == received.len() && bool::from(expected.as_bytes().ct_eq(received.as_bytes()))
 }
 
@@ -388,7 +388,7 @@ fn document(title: &str, body: &str) -> String {
 }
 
 /// The start page: what will happen, what is asked for, and the button.
-pub fn render_start(page: &Page) -> String {
+fn render_start(page: &Page) -> String {
     let owner = match &page.org {
         Some(org) => format!("the organization <strong>{}</strong>", escape(org)),
         None => "your personal account".to_owned(),
@@ -461,7 +461,7 @@ subscribes to no events. It can reach only the repositories you install it on.</
 }
 
 /// The result page after the callback.
-pub fn render_outcome(outcome: &Outcome) -> String {
+fn render_outcome(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Created {
             app_name,

@@ -585,7 +585,7 @@ fn content_encoding(request: &HttpRequest) -> Option<String> {
 
 /// Lower-cased header names to values; repeated headers are joined with
 /// ", " as HTTP allows.
-pub fn header_map(request: &HttpRequest) -> BTreeMap<String, String> {
+fn header_map(request: &HttpRequest) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
     for (name, value) in request.headers() {
         inbound::append_header(

@@ -30,6 +30,10 @@ use writer::{Command, Writer};
 pub enum StoreError {
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// A stored request the relay cannot read back (changed by another
+    /// program, or damaged): that delivery's fault, not the store's.
+    #[error("the stored request of delivery {id} cannot be read: {reason}")]
+    UnreadableRow { id: String, reason: String },
     /// SQLite's error, quoted in the message rather than given as the
     /// source: a chain printed whole would otherwise say it twice.
     #[error("database error: {0}{hint}", hint = likely_cause(.0))]

@@ -1205,8 +1205,11 @@ pub(super) fn failed(
     let mut out = Vec::new();
     for row in rows {
         let (id, route, received_at_ms, request): (String, String, i64, String) = row?;
-        let request: StoredRequest = serde_json::from_str(&request)
-            .map_err(|e| StoreError::Unavailable(format!("stored request of {id}: {e}")))?;
+        let request: StoredRequest =
+            serde_json::from_str(&request).map_err(|e| StoreError::UnreadableRow {
+                id: id.clone(),
+                reason: e.to_string(),
+            })?;
         let rendered_as = conn
             .prepare_cached(
                 "SELECT rendered_as_id, rendered_as_at FROM jobs

@@ -325,8 +325,9 @@ fn mac<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8]) -> M {
     mac
 }
 
-/// Computes a signature as a sender would, for `render --verify`'s
-/// counterpart in tests and the benchmarks.
+/// Computes a signature as a sender would. Only the integration tests
+/// sign requests, and they cannot see `cfg(test)` items.
+#[doc(hidden)]
 pub fn sign(algorithm: HmacAlgorithm, secret: &str, body: &[u8]) -> Vec<u8> {
     let key = secret.as_bytes();
     match algorithm {
