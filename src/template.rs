@@ -285,6 +285,8 @@ pub struct EngineBuilder {
     compiled: HashMap<Source, (String, BodyReads)>,
     /// The templates also checked in `keys`.
     in_keys: HashSet<String>,
+    /// The names of the filters both environments have, for suggestions.
+    filters: Vec<&'static str>,
     /// What of the body the templates added since the last
     /// [`EngineBuilder::take_body_shape`] read.
     shape: BodyShape,
@@ -380,7 +382,10 @@ impl EngineBuilder {
             ("count", MjValue::from_function(minijinja::filters::length)),
             ("urldecode", MjValue::from_function(urldecode)),
         ]);
+        // `default` is left as it is, in both environments.
+        let mut filters = vec!["default", "d"];
         for (name, original) in originals {
+            filters.push(name);
             // The filters that drop missing values are left to do so; what
             // they give is checked where it is printed.
             let drops_missing = matches!(name, "select" | "reject" | "selectattr" | "rejectattr");
@@ -438,6 +443,7 @@ impl EngineBuilder {
             names: HashSet::new(),
             compiled: HashMap::new(),
             in_keys: HashSet::new(),
+            filters,
             shape: BodyShape::default(),
         }
     }
@@ -700,7 +706,7 @@ impl EngineBuilder {
         {
             return Some(format!(
                 "unknown filter `{filter}`{}",
-                did_you_mean(filter, FILTERS)
+                did_you_mean(filter, &self.filters)
             ));
         }
         if let Some(test) = calls
@@ -896,10 +902,7 @@ fn unknown_variable(
         .collect();
     unknown.sort();
     let first = unknown.first()?;
-    let hint = match CONTEXT_NAMES
-        .iter()
-        .find(|known| strsim::jaro_winkler(first, known) >= 0.8)
-    {
+    let hint = match crate::text::closest(first, CONTEXT_NAMES, 0.8) {
         Some(known) => format!("did you mean `{known}`?"),
         None => format!("text meant literally is quoted, as in '{first}'"),
     };
@@ -993,71 +996,11 @@ fn refuse_missing(value: &MjValue) -> Result<(), minijinja::Error> {
     Ok(())
 }
 
-/// The filters a template may use: minijinja's builtins, `tojson`,
-/// `urlencode` and the relay's `urldecode`. Suggestions for a misspelt one
-/// come from this list.
-const FILTERS: &[&str] = &[
-    "safe",
-    "escape",
-    "e",
-    "upper",
-    "lower",
-    "title",
-    "capitalize",
-    "replace",
-    "length",
-    "count",
-    "dictsort",
-    "items",
-    "reverse",
-    "trim",
-    "join",
-    "split",
-    "lines",
-    "abs",
-    "int",
-    "float",
-    "sum",
-    "attr",
-    "round",
-    "first",
-    "last",
-    "min",
-    "max",
-    "sort",
-    "list",
-    "string",
-    "bool",
-    "slice",
-    "batch",
-    "tojson",
-    "indent",
-    "select",
-    "selectattr",
-    "reject",
-    "rejectattr",
-    "map",
-    "groupby",
-    "unique",
-    "chain",
-    "zip",
-    "pprint",
-    "format",
-    "urlencode",
-    "urldecode",
-    "default",
-    "d",
-];
-
 /// `; did you mean `x`?` for the known name closest to a misspelt one,
 /// when one is close enough.
-fn did_you_mean(name: &str, known: &[&str]) -> String {
-    known
-        .iter()
-        .map(|candidate| (strsim::jaro_winkler(name, candidate), candidate))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, candidate)| format!("; did you mean `{candidate}`?"))
+fn did_you_mean<S: AsRef<str>>(name: &str, known: &[S]) -> String {
+    crate::text::closest(name, known, 0.8)
+        .map(|candidate| format!("; did you mean `{candidate}`?"))
         .unwrap_or_default()
 }
 

@@ -2,8 +2,23 @@
 //! values, what a template rendered) inside its own messages: cut short,
 //! and on one line, so that a message stays readable in a log line, a JSON
 //! error or a table row whatever it quotes, and cannot act on a terminal.
+//! Also which known name a misspelt one was meant to be, for the "did you
+//! mean" of configuration errors.
 
 use std::borrow::Cow;
+
+/// The name of `known` most like `name`, when it is at least `least`
+/// alike (Jaro-Winkler, from 0 to 1). Known names are lower case, so
+/// `GitHub` is read as a slip for `github`.
+pub fn closest<'a, S: AsRef<str>>(name: &str, known: &'a [S], least: f64) -> Option<&'a str> {
+    let name = name.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|candidate| (strsim::jaro_winkler(&name, candidate.as_ref()), candidate))
+        .filter(|(score, _)| *score >= least)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate.as_ref())
+}
 
 /// `text` cut to at most `max` bytes at a character boundary, with `…`
 /// added when something was cut.

@@ -32,6 +32,8 @@ impl Pos {
 pub(crate) struct Locations {
     values: HashMap<Path, Pos>,
     keys: HashMap<Path, Pos>,
+    /// Where each YAML document starts (its `---`, when it has one).
+    documents: Vec<Pos>,
 }
 
 impl Locations {
@@ -44,10 +46,20 @@ impl Locations {
             documents: 0,
         };
         let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut recorder, false).is_err() {
+        // Every document, so that a second one can be placed; only the
+        // first one's nodes are recorded.
+        if parser.load(&mut recorder, true).is_err() {
             return Locations::default();
         }
         recorder.locations
+    }
+
+    /// Where the file's document number `index` (from 0) starts.
+    pub(crate) fn document(&self, index: usize) -> Pos {
+        self.documents
+            .get(index)
+            .copied()
+            .unwrap_or(Pos { line: 1, column: 1 })
     }
 
     /// The position of the deepest existing node on `path`.
@@ -145,7 +157,10 @@ impl Recorder {
 impl MarkedEventReceiver for Recorder {
     fn on_event(&mut self, event: Event, mark: Marker) {
         match event {
-            Event::DocumentStart => self.documents += 1,
+            Event::DocumentStart => {
+                self.documents += 1;
+                self.locations.documents.push(Pos::from_marker(mark));
+            }
             Event::Scalar(text, ..) => {
                 let is_key = self.is_key_position();
                 let path = self.node_path(Some(&text), mark);

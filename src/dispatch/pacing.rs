@@ -16,8 +16,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
-use super::retry::DEFAULT_RATE_LIMIT_WAIT;
 use crate::config::Pacing;
+use crate::github::rate_limit::DEFAULT_RATE_LIMIT_WAIT;
 
 /// The most requests in flight when pacing is off. It bounds memory and
 /// sockets under a deep queue; the fake GitHub of the benchmarks saturates
@@ -25,7 +25,7 @@ use crate::config::Pacing;
 pub const UNPACED_IN_FLIGHT: usize = 64;
 
 /// The longest pause: the longest wait believed from GitHub's headers.
-pub const MAX_PAUSE: Duration = Duration::from_secs(super::retry::MAX_ASKED_WAIT_SECS);
+pub const MAX_PAUSE: Duration = Duration::from_secs(crate::github::rate_limit::MAX_ASKED_WAIT_SECS);
 
 /// The longest pause after rate limits that do not say how long to wait.
 pub const MAX_UNSTATED_PAUSE: Duration = Duration::from_secs(16 * 60);

@@ -8,15 +8,10 @@
 use std::time::Duration;
 
 use crate::config::RetryConfig;
-use crate::github::{Answer, TransportError};
-
-// The readers of GitHub's answers live with the client that receives them;
-// the names stay reachable from here, where the rules that use them are.
-pub use crate::github::rate_limit::{
-    DEFAULT_RATE_LIMIT_WAIT, MAX_ASKED_WAIT_SECS, RateLimitWait, is_rate_limit, rate_limit_wait,
-    reset_on_our_clock,
+use crate::github::rate_limit::{MAX_ASKED_WAIT_SECS, RateLimitWait, rate_limit_wait};
+use crate::github::{
+    Answer, BAD_CREDENTIALS, NOT_FOUND, NOT_GITHUB, TransportError, WORKFLOW_NOT_FOUND,
 };
-pub use crate::github::{BAD_CREDENTIALS, NOT_FOUND, NOT_GITHUB, WORKFLOW_NOT_FOUND};
 
 /// What the worker saw for one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -412,6 +407,7 @@ fn backoff(failures: u32, policy: &RetryConfig, jitter: f64) -> Duration {
 mod tests {
     use super::*;
     use crate::github::RateHeaders;
+    use crate::github::rate_limit::{DEFAULT_RATE_LIMIT_WAIT, reset_on_our_clock};
 
     fn policy() -> RetryConfig {
         RetryConfig {

@@ -20,9 +20,10 @@ use tracing::Instrument;
 
 use super::health::{GitHubHealth, Since};
 use super::pacing::{MAX_PAUSE, Pacer, Place, Turn};
-use super::retry::{self, Action, AppToken, History, Outcome, RateLimitWait};
+use super::retry::{self, Action, AppToken, History, Outcome};
 use crate::clock::{self, now_ms};
 use crate::config::RetryConfig;
+use crate::github::rate_limit::{self, RateLimitWait};
 use crate::github::{Answer, Credentials, GitHubClient, Scope};
 use crate::secret::Secret;
 use crate::store::{AttemptRecord, Job, JobNext, Store, StoreError};
@@ -428,7 +429,7 @@ impl Dispatcher {
             // give_up_after) holds the others back for that long.
             let mut unstated_pause = None;
             if let Ok(a) = &answer {
-                match retry::rate_limit_wait(a, clock::now_epoch_secs()) {
+                match rate_limit::rate_limit_wait(a, clock::now_epoch_secs()) {
                     Some(RateLimitWait::Stated(wait)) => self.pause(wait).await,
                     // GitHub's guidance for a secondary limit that says
                     // nothing: wait at least a minute, longer each time.
@@ -713,7 +714,7 @@ impl Dispatcher {
             && let Some(remaining) = a.rate.remaining
         {
             let now = clock::now_epoch_secs();
-            let window = retry::reset_on_our_clock(&a.rate, now).zip(a.rate.limit);
+            let window = rate_limit::reset_on_our_clock(&a.rate, now).zip(a.rate.limit);
             self.metrics.rate_limit_remaining(
                 &self.credentials.label(&job.repo),
                 remaining,

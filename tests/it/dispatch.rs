@@ -180,7 +180,7 @@ async fn a_404_web_page_from_githubs_web_front_points_at_api_url() {
         })
         .await;
     let error = list[0]["targets"][0]["last_error"].as_str().unwrap();
-    assert_eq!(error, dispatch_relay::dispatch::retry::NOT_GITHUB);
+    assert_eq!(error, dispatch_relay::github::NOT_GITHUB);
     assert_eq!(list[0]["targets"][0]["attempts"], 1, "failed at once");
 }
 
