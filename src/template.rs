@@ -282,7 +282,7 @@ pub struct EngineBuilder {
     /// The engine's template of each distinct source, with what it reads:
     /// configurations repeat the same few templates across hundreds of
     /// routes, and each compiled template costs tens of kilobytes.
-    compiled: HashMap<Source, (String, BodyReads)>,
+    compiled: HashMap<Source, Checked>,
     /// The templates also checked in `keys`.
     in_keys: HashSet<String>,
     /// The names of the filters both environments have, for suggestions.
@@ -290,6 +290,19 @@ pub struct EngineBuilder {
     /// What of the body the templates added since the last
     /// [`EngineBuilder::take_body_shape`] read.
     shape: BodyShape,
+    /// Whether the templates compiled now may read `sns`: see
+    /// [`EngineBuilder::set_sns_in_context`].
+    sns_in_context: bool,
+}
+
+/// What the checks of one template found.
+#[derive(Clone, Debug)]
+struct Checked {
+    /// The template's name in the engine.
+    name: String,
+    reads: BodyReads,
+    /// Whether it reads `sns`, which only `sns` routes have.
+    reads_sns: bool,
 }
 
 /// A template's source, as a text or as an expression.
@@ -445,6 +458,7 @@ impl EngineBuilder {
             in_keys: HashSet::new(),
             filters,
             shape: BodyShape::default(),
+            sns_in_context: true,
         }
     }
 
@@ -459,9 +473,10 @@ impl EngineBuilder {
             template,
             reads,
         };
-        if let Some((template, reads)) = self.compiled.get(&source).cloned() {
-            self.shape.add(&reads);
-            return Ok(reused(template, reads));
+        if let Some(checked) = self.compiled.get(&source).cloned() {
+            self.refuse_missing_sns(&checked)?;
+            self.shape.add(&checked.reads);
+            return Ok(reused(checked.name, checked.reads));
         }
         let (written, expression) = match &source {
             Source::Text(written) => (written.clone(), false),
@@ -474,20 +489,45 @@ impl EngineBuilder {
         // The compiled template is dropped at once: the engine compiles it
         // again when a request first needs it (see the module's summary).
         self.env.remove_template(&name);
-        let reads = checked?;
-        self.shape.add(&reads);
-        self.compiled.insert(source, (name.clone(), reads.clone()));
-        Ok(reused(name.clone(), reads))
+        let (reads, reads_sns) = checked?;
+        let checked = Checked {
+            name: name.clone(),
+            reads,
+            reads_sns,
+        };
+        self.refuse_missing_sns(&checked)?;
+        self.shape.add(&checked.reads);
+        self.compiled.insert(source, checked.clone());
+        Ok(reused(checked.name, checked.reads))
+    }
+
+    /// Says whether the templates compiled from now on may read `sns`: only
+    /// an `sns` route's requests carry an envelope, and elsewhere `sns` is
+    /// always undefined, so a template that reads it renders nothing for
+    /// every webhook.
+    pub fn set_sns_in_context(&mut self, present: bool) {
+        self.sns_in_context = present;
+    }
+
+    fn refuse_missing_sns(&self, checked: &Checked) -> Result<(), String> {
+        if checked.reads_sns && !self.sns_in_context {
+            return Err(
+                "`sns` is set only on routes with `verify: sns`; on this route it is always empty"
+                    .to_owned(),
+            );
+        }
+        Ok(())
     }
 
     /// Checks the template just added as `name` for names that exist
-    /// nowhere, and says what of the body it reads.
+    /// nowhere, and says what of the body it reads and whether it reads
+    /// `sns`.
     fn check_compiled(
         &self,
         name: &str,
         written: &str,
         expression: bool,
-    ) -> Result<BodyReads, String> {
+    ) -> Result<(BodyReads, bool), String> {
         if let Some(detail) = self.named_but_missing(written, expression) {
             return Err(detail);
         }
@@ -503,7 +543,7 @@ impl EngineBuilder {
         // right, and are not checked for unknown names, which would refuse
         // templates that work.
         if uses_statements_the_analysis_misreads(written) {
-            return Ok(BodyReads::Whole);
+            return Ok((BodyReads::Whole, false));
         }
         let template = self
             .env
@@ -512,7 +552,8 @@ impl EngineBuilder {
         if let Some(detail) = unknown_variable(&template, &self.env) {
             return Err(detail);
         }
-        Ok(BodyReads::of(&template))
+        let reads_sns = template.undeclared_variables(false).contains("sns");
+        Ok((BodyReads::of(&template), reads_sns))
     }
 
     /// What of the body the templates compiled since the last call read,
@@ -568,7 +609,7 @@ impl EngineBuilder {
         // What each environment compiles for a template's name.
         let sources: HashMap<String, String> = compiled
             .into_iter()
-            .map(|(source, (name, _))| (name, source.engine_text()))
+            .map(|(source, checked)| (checked.name, source.engine_text()))
             .collect();
         let key_sources: HashMap<String, String> = sources
             .iter()

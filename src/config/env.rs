@@ -16,34 +16,49 @@ pub(crate) struct EnvError {
     pub(crate) message: String,
 }
 
-/// Substitutes variables in every string value under `value`, collecting
-/// one error per string that cannot be substituted.
+/// What substituting the variables of a tree found.
+#[derive(Debug, Default)]
+pub(crate) struct Found {
+    /// One error per string that could not be substituted.
+    pub(crate) errors: Vec<EnvError>,
+    /// What the file says at each path where a variable changed the value,
+    /// for output that must not show what a variable put there.
+    pub(crate) written: BTreeMap<String, String>,
+    /// The values that took a `${VAR:-default}` written in the file, with
+    /// the variables' names (`A`, `B`).
+    pub(crate) defaulted: Vec<(Path, String)>,
+    /// The values holding a shell's `$NAME`, without braces, which is sent
+    /// as written, with the first such name.
+    pub(crate) unbraced: Vec<(Path, String)>,
+}
+
+/// Substitutes variables in every string value under `value`, noting in
+/// `found` what it finds.
 pub(crate) fn substitute_tree(
     value: &mut Value,
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
-    errors: &mut Vec<EnvError>,
-    written: &mut BTreeMap<String, String>,
-    defaulted: &mut Vec<(Path, String)>,
+    found: &mut Found,
 ) {
     match value {
         Value::String(text) => {
             if text.contains('$') {
+                if let Some(name) = unbraced_variable(text) {
+                    found.unbraced.push((path.clone(), name.to_owned()));
+                }
                 let mut defaults = Vec::new();
                 match substitute_noting_defaults(text, env, &mut defaults) {
                     Ok(done) => {
                         if !defaults.is_empty() {
-                            // Every variable whose default was taken, as the
-                            // warning names them (`A`, `B`).
-                            defaulted.push((path.clone(), defaults.join("`, `")));
+                            found.defaulted.push((path.clone(), defaults.join("`, `")));
                         }
-                        // What the file says, for output that must not
-                        // show what a variable put there.
                         if done != *text {
-                            written.insert(path.to_string(), std::mem::replace(text, done));
+                            found
+                                .written
+                                .insert(path.to_string(), std::mem::replace(text, done));
                         }
                     }
-                    Err(message) => errors.push(EnvError {
+                    Err(message) => found.errors.push(EnvError {
                         path: path.clone(),
                         message,
                     }),
@@ -52,7 +67,7 @@ pub(crate) fn substitute_tree(
         }
         Value::Sequence(items) => {
             for (index, item) in items.iter_mut().enumerate() {
-                substitute_tree(item, &path.index(index), env, errors, written, defaulted);
+                substitute_tree(item, &path.index(index), env, found);
             }
         }
         Value::Mapping(map) => {
@@ -61,14 +76,36 @@ pub(crate) fn substitute_tree(
                     Value::String(key) => path.key(key),
                     other => path.key(&scalar_text(other)),
                 };
-                substitute_tree(item, &child, env, errors, written, defaulted);
+                substitute_tree(item, &child, env, found);
             }
         }
-        Value::Tagged(tagged) => {
-            substitute_tree(&mut tagged.value, path, env, errors, written, defaulted)
-        }
+        Value::Tagged(tagged) => substitute_tree(&mut tagged.value, path, env, found),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
+}
+
+/// The first `$NAME` in `text` written as a shell would, without braces,
+/// which is kept as it is (`deploy-$STAGE`): a name in capitals of two
+/// characters or more, so that a price (`$5`) or a `$` in prose is not
+/// taken for one. `$$NAME` is a literal `$NAME`.
+fn unbraced_variable(text: &str) -> Option<&str> {
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            rest = tail;
+            continue;
+        }
+        let length = after
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(after.len());
+        let name = &after[..length];
+        if name.len() >= 2 && name.starts_with(|c: char| c.is_ascii_uppercase()) {
+            return Some(name);
+        }
+        rest = after;
+    }
+    None
 }
 
 /// The text of a scalar key, for paths.
@@ -238,7 +275,25 @@ fn is_variable_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::substitute;
+    use super::{substitute, unbraced_variable};
+
+    #[test]
+    fn a_shell_variable_without_braces_is_found() {
+        let cases = [
+            ("deploy-$STAGE", Some("STAGE")),
+            ("$API_TOKEN", Some("API_TOKEN")),
+            ("a ${BRACED} b $LATER", Some("LATER")),
+            ("$$LITERAL", None),
+            ("${BRACED}", None),
+            ("costs $5", None),
+            ("$x and $Lower", None),
+            ("Total: ${{ body.total }}", None),
+            ("$A", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(unbraced_variable(text), expected, "{text}");
+        }
+    }
 
     #[test]
     fn substitution() {

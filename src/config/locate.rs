@@ -34,6 +34,9 @@ pub(crate) struct Locations {
     keys: HashMap<Path, Pos>,
     /// Where each YAML document starts (its `---`, when it has one).
     documents: Vec<Pos>,
+    /// Each key written a second time in its mapping, with where it was
+    /// first written and where again.
+    duplicates: Vec<(Path, Pos, Pos)>,
 }
 
 impl Locations {
@@ -60,6 +63,21 @@ impl Locations {
             .get(index)
             .copied()
             .unwrap_or(Pos { line: 1, column: 1 })
+    }
+
+    /// The first key written twice in one mapping, with where it was
+    /// first written and where again. The YAML library refuses such a
+    /// file, but places the error at the mapping.
+    pub(crate) fn first_duplicate(&self) -> Option<&(Path, Pos, Pos)> {
+        self.duplicates.first()
+    }
+
+    /// The path of the value that starts at `pos`, when one does.
+    pub(crate) fn value_at(&self, pos: Pos) -> Option<&Path> {
+        self.values
+            .iter()
+            .find(|(_, at)| **at == pos)
+            .map(|(path, _)| path)
     }
 
     /// The position of the deepest existing node on `path`.
@@ -133,7 +151,9 @@ impl Recorder {
                     let mut child = path.clone();
                     child.0.push(seg.clone());
                     let pos = Pos::from_marker(mark);
-                    self.locations.keys.insert(child, pos);
+                    if let Some(first) = self.locations.keys.insert(child.clone(), pos) {
+                        self.locations.duplicates.push((child, first, pos));
+                    }
                     // A block mapping is reported where its indicator was
                     // recognised, at the first key's `:`; its first key is
                     // where a reader looks for it.

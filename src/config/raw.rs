@@ -174,8 +174,9 @@ pub(crate) struct RawNotify {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
-    // Text, so that `id: 2024` is read as the id "2024".
-    pub(crate) id: Text,
+    // Text, so that `id: 2024` is read as the id "2024". Optional here so
+    // that a route without one is still checked; its absence is reported.
+    pub(crate) id: Option<Text>,
     pub(crate) verify: Option<Value>,
     pub(crate) rate_limit: Option<RawRateLimit>,
     pub(crate) when: Option<String>,

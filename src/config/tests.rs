@@ -1529,3 +1529,102 @@ fn a_body_limit_must_fit_in_the_memory_all_bodies_share() {
     let fits = "github:\n  token: t\nserver:\n  max_body_memory: 8MiB\nroutes:\n  - id: r\n    verify: none\n    max_body: 8MiB\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
     assert_eq!(load_ok(fits).config.server.max_body_memory, 8 << 20);
 }
+
+#[test]
+fn an_integer_too_large_to_read_does_not_hide_the_other_errors() {
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    rate_limit: {per_second: 99999999999999999999999}\n    max_body: 123456789012345678901234567890\n    dispatch: [{repo: acme/blog, event_type: e, colour: red}]\n";
+    let errors = load_err(text);
+    let found: Vec<(&str, usize, usize, &str)> = errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.line, e.column, e.message.as_str()))
+        .collect();
+    let too_large =
+        "is a whole number too large to read (more than 64 bits); write it in quotes if it is text";
+    assert_eq!(
+        found,
+        [
+            ("routes[0].rate_limit.per_second", 6, 30, too_large),
+            ("routes[0].max_body", 7, 15, too_large),
+            (
+                "routes[0].dispatch[0].colour",
+                8,
+                49,
+                "unknown key `colour`; expected one of `repo`, `event_type`, `client_payload`, `workflow`, `ref`, `inputs`"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_key_written_twice_is_placed_at_its_second_writing() {
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: e\n        repo: acme/site\n";
+    let errors = load_err(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].line, errors[0].column), (9, 9), "{errors:?}");
+    assert_eq!(
+        errors[0].message,
+        "`repo` is written twice in this map (first at line 7); YAML keeps one value per key, so remove one"
+    );
+}
+
+#[test]
+fn a_quote_never_closed_is_placed_where_it_opens() {
+    let errors = load_err("github:\n  token: \"abc\nroutes: []\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].line, errors[0].column), (2, 10), "{errors:?}");
+    assert!(errors[0].message.contains("never closed"), "{errors:?}");
+}
+
+#[test]
+fn a_route_without_an_id_is_still_checked() {
+    let text = "github:\n  token: t\nroutes:\n  - verify: none\n    when: body.tags | lenght\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let paths: Vec<(String, String)> = load_err(text)
+        .into_iter()
+        .map(|e| (e.path, e.message))
+        .collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert_eq!(paths[0].0, "routes[0]");
+    assert!(paths[0].1.starts_with("missing key `id`"), "{paths:?}");
+    assert_eq!(paths[1].0, "routes[0].when");
+    assert!(paths[1].1.contains("did you mean `length`?"), "{paths:?}");
+}
+
+#[test]
+fn sns_is_read_only_on_sns_routes() {
+    let errors = load_err(&with_route(
+        "        client_payload: {topic: \"{{ sns.TopicArn }}\"}\n",
+    ));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "routes[0].dispatch[0].client_payload.topic");
+    assert!(
+        errors[0]
+            .message
+            .contains("`sns` is set only on routes with `verify: sns`"),
+        "{errors:?}"
+    );
+    // The same template, checked first on an `sns` route, is refused on
+    // the next route too, though it is compiled once.
+    let text = "github:\n  token: t\nroutes:\n  - id: s\n    verify: {sns: {topic_arns: ['arn:aws:sns:eu-west-1:123456789012:uploads']}}\n    dispatch: [{repo: acme/blog, event_type: \"{{ sns.Subject }}\"}]\n  - id: n\n    verify: none\n    dispatch: [{repo: acme/blog, event_type: \"{{ sns.Subject }}\"}]\n";
+    let paths: Vec<String> = load_err(text).into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, ["routes[1].dispatch[0].event_type"]);
+}
+
+#[test]
+fn a_shell_variable_without_braces_is_warned_about() {
+    let loaded = load_ok(&with_route(
+        "        client_payload: {stage: deploy-$STAGE}\n",
+    ));
+    let warnings: Vec<(&str, &str)> = loaded
+        .warnings
+        .iter()
+        .map(|w| (w.path.as_str(), w.message.as_str()))
+        .filter(|(path, _)| *path != "routes[0].verify")
+        .collect();
+    assert_eq!(
+        warnings,
+        [(
+            "routes[0].dispatch[0].client_payload.stage",
+            "`$STAGE` is sent as written; a variable is substituted only when written `${STAGE}`"
+        )]
+    );
+}

@@ -2,7 +2,8 @@
 //! the module above, checking every value, compiling every template, and
 //! collecting every error and warning with its path and position.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_norway::Value;
 use serde_path_to_error::Segment;
 
-use super::env::{scalar_text, substitute_tree};
+use super::env::{Found, scalar_text, substitute_tree};
 use super::locate::{Locations, Pos};
 use super::path::{Path, Seg};
 use super::raw::{self, Num, Text};
@@ -593,59 +594,219 @@ fn first_document(text: &str) -> Result<Value, DocumentError> {
     Ok(first)
 }
 
+/// The first document of a file, read as a tree.
+struct Tree<'a> {
+    root: Value,
+    /// The text the tree was read from: the file's, with each integer too
+    /// large to read put in quotes.
+    text: Cow<'a, str>,
+    /// Where each of those integers starts.
+    oversized: Vec<Pos>,
+}
+
+/// The most integers too large to read that are quoted and read past; each
+/// costs one more reading of the file.
+const MAX_OVERSIZED: usize = 32;
+
+/// Reads the first document of `text`. An integer too large for 64 bits
+/// is a value the YAML library cannot hold, and it stops the reading of
+/// the whole file. Each is put in quotes in a copy of the text, which is
+/// read again, so that it is reported beside the file's other errors
+/// rather than alone. On failure, the text read last comes with the error.
+fn read_tree(text: &str) -> Result<Tree<'_>, (Cow<'_, str>, DocumentError)> {
+    let mut text = Cow::Borrowed(text);
+    let mut oversized = Vec::new();
+    loop {
+        let err = match first_document(&text) {
+            Ok(root) => {
+                return Ok(Tree {
+                    root,
+                    text,
+                    oversized,
+                });
+            }
+            Err(DocumentError::Syntax(err)) => err,
+            Err(other) => return Err((text, other)),
+        };
+        let at = err
+            .location()
+            .map(|at| Pos {
+                line: at.line(),
+                column: at.column(),
+            })
+            .filter(|at| {
+                is_oversized_integer(&err.to_string())
+                    && oversized.len() < MAX_OVERSIZED
+                    && !oversized.contains(at)
+            });
+        match at {
+            Some(at) if quote_scalar_at(text.to_mut(), at) => oversized.push(at),
+            _ => return Err((text, DocumentError::Syntax(err))),
+        }
+    }
+}
+
+/// Whether the YAML library refused a value for being an integer it cannot
+/// hold: "routes[0].max_body: invalid type: integer `…` as u128, expected
+/// any YAML value".
+fn is_oversized_integer(message: &str) -> bool {
+    message.contains("invalid type: integer") && message.contains("expected any YAML value")
+}
+
+/// Puts the plain scalar that starts at `at` in double quotes; `false` when
+/// no such scalar starts there.
+fn quote_scalar_at(text: &mut String, at: Pos) -> bool {
+    let Some(line_start) = (match at.line {
+        0 => None,
+        1 => Some(0),
+        line => text.match_indices('\n').nth(line - 2).map(|(i, _)| i + 1),
+    }) else {
+        return false;
+    };
+    let Some((offset, _)) = text[line_start..]
+        .char_indices()
+        .nth(at.column.saturating_sub(1))
+    else {
+        return false;
+    };
+    let start = line_start + offset;
+    let length = text[start..]
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.')))
+        .unwrap_or(text.len() - start);
+    if length == 0 {
+        return false;
+    }
+    text.insert(start + length, '"');
+    text.insert(start, '"');
+    true
+}
+
+/// The one error of a file that cannot be read as one YAML document.
+fn document_error(file: &str, text: &str, err: DocumentError) -> ConfigError {
+    let (line, column, message) = match err {
+        DocumentError::Another(index) => {
+            let at = Locations::of(text).document(index);
+            (
+                at.line,
+                at.column,
+                "a second YAML document starts here; routes.yaml holds one document, so remove this `---` and merge what follows into the first".to_owned(),
+            )
+        }
+        DocumentError::Syntax(err) => syntax_error(text, &err),
+    };
+    ConfigError {
+        file: file.to_owned(),
+        line,
+        column,
+        path: String::new(),
+        message,
+    }
+}
+
+/// A syntax error's place and message. A syntax error makes everything
+/// after it unreliable, so it is reported alone.
+fn syntax_error(text: &str, err: &serde_norway::Error) -> (usize, usize, String) {
+    let full = err.to_string();
+    let (line, column) = err.location().map_or((1, 1), |at| (at.line(), at.column()));
+    // The library places a key written twice at the mapping that holds it;
+    // the second one is where a reader looks.
+    if full.contains("duplicate entry with key")
+        && let Some((path, first, again)) = Locations::of(text).first_duplicate()
+    {
+        let key = match path.0.last() {
+            Some(Seg::Key(key)) => key.as_str(),
+            _ => "?",
+        };
+        return (
+            again.line,
+            again.column,
+            format!(
+                "`{key}` is written twice in this map (first at line {}); YAML keeps one value per key, so remove one",
+                first.line
+            ),
+        );
+    }
+    // A quote that is never closed runs to the end of the file, where the
+    // library places the error; the quote's opening is where to look.
+    if full.contains("found unexpected end of stream")
+        && let Some((context_line, context_column)) =
+            context_mark(&full, "while scanning a quoted scalar")
+    {
+        return (
+            context_line,
+            context_column,
+            "the quoted value that starts here is never closed; the file ends before its closing quote".to_owned(),
+        );
+    }
+    // The parser may quote a value it refuses, which may be a secret.
+    let mut message = without_value(&strip_location(&full));
+    // `{ per_second: ${RATE} }`: in YAML's flow style the `{` of an
+    // unquoted variable is syntax.
+    let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or_default();
+    if line_text.contains("${") && message.contains("flow") {
+        message.push_str("; inside `{ }` or `[ ]`, write a variable in quotes: \"${VAR}\"");
+    }
+    // The parser may stop on the line after the template.
+    let previous_line = match line {
+        0 | 1 => "",
+        _ => text.lines().nth(line - 2).unwrap_or_default(),
+    };
+    if message.contains("tab character") {
+        message.push_str(TAB_HINT);
+    } else if starts_value_with_template(line_text) || starts_value_with_template(previous_line) {
+        message.push_str(UNQUOTED_TEMPLATE_HINT);
+    } else if message.contains("cannot start any token") {
+        message.push_str(syntax_hint(line_text, column));
+    }
+    (line, column, message)
+}
+
+/// The line and column of the context `context` ("while scanning a quoted
+/// scalar") that the YAML library writes after a problem, as in
+/// "…, while scanning a quoted scalar at line 2 column 10".
+fn context_mark(message: &str, context: &str) -> Option<(usize, usize)> {
+    let rest = &message[message.find(context)? + context.len()..];
+    let rest = rest.strip_prefix(" at line ")?;
+    let (line, rest) = rest.split_once(" column ")?;
+    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((line.parse().ok()?, column.parse().ok()?))
+}
+
+/// Reports each integer too large to read, in place of whatever the text
+/// it was read as (in quotes) gave: a number that is "not a whole number",
+/// or nothing at all where text is taken.
+fn report_oversized(report: &mut Report, oversized: &[Pos]) {
+    report.errors.retain(|error| {
+        !oversized.contains(&Pos {
+            line: error.line,
+            column: error.column,
+        })
+    });
+    for &at in oversized {
+        let path = report
+            .locations
+            .value_at(at)
+            .cloned()
+            .unwrap_or_else(Path::root);
+        report.error_at(
+            at,
+            &path,
+            "is a whole number too large to read (more than 64 bits); write it in quotes if it is text",
+        );
+    }
+}
+
 pub(super) fn load(
     file: &str,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, ConfigErrors> {
-    let mut root: Value = match first_document(text) {
-        Ok(root) => root,
-        Err(DocumentError::Another(index)) => {
-            let at = Locations::of(text).document(index);
-            return Err(ConfigErrors(vec![ConfigError {
-                file: file.to_owned(),
-                line: at.line,
-                column: at.column,
-                path: String::new(),
-                message: "a second YAML document starts here; routes.yaml holds one document, so remove this `---` and merge what follows into the first".to_owned(),
-            }]));
-        }
-        Err(DocumentError::Syntax(err)) => {
-            // A syntax error makes everything after it unreliable, so it is
-            // reported alone.
-            let (line, column) = err.location().map_or((1, 1), |at| (at.line(), at.column()));
-            // The parser may quote a value it refuses (an integer too large
-            // for any type), which may be a secret.
-            let mut message = without_value(&strip_location(&err.to_string()));
-            // `{ per_second: ${RATE} }`: in YAML's flow style the `{` of an
-            // unquoted variable is syntax.
-            let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or_default();
-            if line_text.contains("${") && message.contains("flow") {
-                message.push_str("; inside `{ }` or `[ ]`, write a variable in quotes: \"${VAR}\"");
-            }
-            // The parser may stop on the line after the template.
-            let previous_line = match line {
-                0 | 1 => "",
-                _ => text.lines().nth(line - 2).unwrap_or_default(),
-            };
-            if message.contains("tab character") {
-                message.push_str(TAB_HINT);
-            } else if starts_value_with_template(line_text)
-                || starts_value_with_template(previous_line)
-            {
-                message.push_str(UNQUOTED_TEMPLATE_HINT);
-            } else if message.contains("cannot start any token") {
-                message.push_str(syntax_hint(line_text, column));
-            }
-            return Err(ConfigErrors(vec![ConfigError {
-                file: file.to_owned(),
-                line,
-                column,
-                path: String::new(),
-                message,
-            }]));
-        }
-    };
+    let Tree {
+        mut root,
+        text,
+        oversized,
+    } = read_tree(text)
+        .map_err(|(text, err)| ConfigErrors(vec![document_error(file, &text, err)]))?;
     // YAML's merge keys (`<<: *shared_verify`) let routes share a block;
     // the library leaves them as keys named `<<` until asked.
     if let Err(err) = root.apply_merge() {
@@ -662,27 +823,28 @@ pub(super) fn load(
     }
     let mut report = Report {
         file,
-        locations: Locations::of(text),
+        locations: Locations::of(&text),
         errors: Vec::new(),
         warnings: Vec::new(),
         defaulted: Vec::new(),
     };
 
-    let mut env_errors = Vec::new();
-    let mut written = BTreeMap::new();
-    substitute_tree(
-        &mut root,
-        &Path::root(),
-        env,
-        &mut env_errors,
-        &mut written,
-        &mut report.defaulted,
-    );
-    for error in env_errors {
+    let mut found = Found::default();
+    substitute_tree(&mut root, &Path::root(), env, &mut found);
+    for error in found.errors {
         report.error(&error.path, error.message);
     }
+    for (path, name) in found.unbraced {
+        report.warn(
+            &path,
+            format!("`${name}` is sent as written; a variable is substituted only when written `${{{name}}}`"),
+        );
+    }
+    report.defaulted = found.defaulted;
+    let written = found.written;
 
     let config = build(&mut report, root, env);
+    report_oversized(&mut report, &oversized);
     let mut errors = report.errors;
     if errors.is_empty()
         && let Some(config) = config
@@ -1442,14 +1604,28 @@ fn routes(
         if !left_out.is_empty() {
             ok = false;
         }
-        if let Some(first) = seen.get(&raw.id.0) {
-            report.error(
-                &route_path.key("id"),
-                format!("already the id of {}", path.index(*first)),
-            );
-            ok = false;
-        } else {
-            seen.insert(raw.id.0.clone(), index);
+        match &raw.id {
+            None => {
+                if !left_out.explains(&route_path, "id") {
+                    report.error(
+                        &route_path,
+                        "missing key `id`, the name the route's URL ends with (`/hooks/<id>`)",
+                    );
+                }
+                ok = false;
+            }
+            Some(id) => match seen.get(&id.0) {
+                Some(first) => {
+                    report.error(
+                        &route_path.key("id"),
+                        format!("already the id of {}", path.index(*first)),
+                    );
+                    ok = false;
+                }
+                None => {
+                    seen.insert(id.0.clone(), index);
+                }
+            },
         }
         match route(report, builder, raw, &route_path, &left_out, body_limits) {
             Some(route) => routes.push(route),
@@ -1484,7 +1660,9 @@ fn route(
     let errors_before = report.errors.len();
     // Whatever an earlier, invalid route left in the builder is not ours.
     builder.take_body_shape();
-    if !valid_route_id(&raw.id.0) {
+    if let Some(id) = &raw.id
+        && !valid_route_id(&id.0)
+    {
         report.error(
             &path.key("id"),
             "not a valid route id; use letters, digits, `_`, `.` and `-`, in segments separated by `/`",
@@ -1502,6 +1680,9 @@ fn route(
             None
         }
     };
+
+    // A route whose `verify` could not be read is not said to lack `sns`.
+    builder.set_sns_in_context(!matches!(&verify, Some(v) if !matches!(v, Verify::Sns(_))));
 
     let rate_limit = raw.rate_limit.and_then(|limit| {
         let limit_path = path.key("rate_limit");
@@ -1630,11 +1811,12 @@ fn route(
         }
     }
 
+    builder.set_sns_in_context(true);
     if report.errors.len() > errors_before {
         return None;
     }
     Some(Route {
-        id: raw.id.0,
+        id: raw.id?.0,
         verify: verify?,
         rate_limit,
         when,
