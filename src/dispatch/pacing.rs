@@ -332,7 +332,11 @@ mod tests {
         let first = pacer.place();
         let second = pacer.place();
         drop(first);
-        pacer.wait_turn(second).await;
+        // The clock is paused: were the turn never given, the timeout
+        // would fire at once rather than hang the suite.
+        tokio::time::timeout(Duration::from_secs(60), pacer.wait_turn(second))
+            .await
+            .expect("the second place got its turn");
     }
 
     #[test]

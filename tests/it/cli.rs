@@ -1,12 +1,10 @@
 //! The command line against real files: `check` with good and broken
 //! configurations, `render`'s dry run, and the example routes.yaml.
 
-use std::process::Command;
-
-use crate::helpers::{SECRET, binary, signature};
+use crate::helpers::{SECRET, relay_command, signature};
 
 pub fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut command = Command::new(binary());
+    let mut command = relay_command();
     command
         .args(args)
         .current_dir(dir)
@@ -285,12 +283,15 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
 
     // The API url goes nowhere: `serve`'s start-up preflight must not reach
     // for api.github.com.
-    let text = "github:\n  token: ghp_test\n  api_url: http://127.0.0.1:9\nstore:\n  url: sqlite:relay.db\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
-    let dir = dir_with_routes(text);
+    let text = format!(
+        "github:\n  token: ghp_test\n  api_url: {}\nstore:\n  url: sqlite:relay.db\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n",
+        crate::helpers::closed_port_url()
+    );
+    let dir = dir_with_routes(&text);
     // An empty file where the store belongs is started afresh, with a
     // warning that whatever it held is gone.
     std::fs::write(dir.path().join("relay.db"), b"").unwrap();
-    let mut child = Command::new(binary())
+    let mut child = relay_command()
         .args([
             "serve",
             "--listen",
@@ -523,10 +524,11 @@ fn a_malformed_listen_flag_is_invalid_input_and_exits_1() {
     );
     // Empty is unset (`RELAY_LISTEN=` in an environment file): the file's
     // address is used.
-    let dir = dir_with_routes(
-        "github:\n  token: t\n  api_url: http://127.0.0.1:9\nserver:\n  listen: 127.0.0.1:0\nroutes: []\n",
-    );
-    let mut relay = Command::new(binary())
+    let dir = dir_with_routes(&format!(
+        "github:\n  token: t\n  api_url: {}\nserver:\n  listen: 127.0.0.1:0\nroutes: []\n",
+        crate::helpers::closed_port_url()
+    ));
+    let mut relay = relay_command()
         .arg("serve")
         .current_dir(dir.path())
         .env_remove("RELAY_CONFIG")
@@ -573,7 +575,7 @@ fn a_closed_pipe_ends_a_printing_command_quietly() {
         .map(|i| format!("  - id: r{i}\n    verify: none\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n"))
         .collect();
     let dir = dir_with_routes(&format!("github:\n  token: t\nroutes:\n{routes}"));
-    let mut child = Command::new(binary())
+    let mut child = relay_command()
         .arg("check")
         .current_dir(dir.path())
         .env_remove("RELAY_CONFIG")

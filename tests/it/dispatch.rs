@@ -714,9 +714,12 @@ async fn an_outage_of_dispatches_alone_does_not_spend_a_jobs_attempts() {
         "{}",
         started[0]
     );
-    // Every look GitHub saw after the preflight's was answered.
+    // The relay looked at the repository during the outage, beside the
+    // preflight's look, and GitHub answered every look.
     let looks = app.github.requests_of("repos/get");
     assert!(looks.len() >= 2, "{looks:?}");
+    let statuses: Vec<u16> = looks.iter().map(|r| r.status).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
 /// While GitHub fails every request (its dispatches and a look at the

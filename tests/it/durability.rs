@@ -465,9 +465,12 @@ fn a_sighup_while_starting_is_a_reload_not_an_exit() {
     use std::process::{Command, Stdio};
 
     let dir = tempfile::tempdir().unwrap();
-    let text = "github:\n  token: t\n  api_url: http://127.0.0.1:9\nroutes:\n  - id: open\n    verify: none\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
+    let text = format!(
+        "github:\n  token: t\n  api_url: {}\nroutes:\n  - id: open\n    verify: none\n    dispatch: [{{repo: acme/blog, event_type: e}}]\n",
+        crate::helpers::closed_port_url()
+    );
     let real = dir.path().join("real.yaml");
-    std::fs::write(&real, text).unwrap();
+    std::fs::write(&real, &text).unwrap();
     let fifo = dir.path().join("fifo");
     assert!(
         Command::new("mkfifo")
@@ -479,7 +482,7 @@ fn a_sighup_while_starting_is_a_reload_not_an_exit() {
     let config = dir.path().join("routes.yaml");
     std::os::unix::fs::symlink(&fifo, &config).unwrap();
 
-    let mut relay = Command::new(crate::helpers::binary())
+    let mut relay = crate::helpers::relay_command()
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .env("RELAY_LOG_FORMAT", "json")

@@ -199,7 +199,7 @@ impl TestApp {
 
     /// Runs a CLI command against this app's configuration and store.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        let mut command = Command::new(binary());
+        let mut command = relay_command();
         command.args(args).arg("--config").arg(self.config_path());
         for (k, v) in &self.env {
             command.env(k, v);
@@ -225,7 +225,7 @@ impl TestApp {
         extra_env: &[(&str, &str)],
         deadline: Duration,
     ) -> (Option<i32>, String) {
-        let mut command = Command::new(binary());
+        let mut command = relay_command();
         command.args(args).arg("--config").arg(self.config_path());
         for (k, v) in &self.env {
             command.env(k, v);
@@ -424,6 +424,41 @@ fn start_relay(dir: &std::path::Path, env: &[(String, String)]) -> Started {
 /// to it, under a file-size limit in 512-byte blocks (`ulimit -f`) when
 /// one is given; answers the process, its base URL, its log lines so far
 /// (kept up to date) and the thread that reads them.
+/// The settings the relay reads from its environment. A test's relay
+/// starts without the caller's: a developer's shell, or a CI runner that
+/// sets `GITHUB_API_URL` for its own use, would otherwise change what the
+/// test sees. Each test sets what it means.
+const RELAY_SETTINGS: &[&str] = &[
+    "GITHUB_API_URL",
+    "GITHUB_WEB_URL",
+    "GITHUB_TOKEN",
+    "GITHUB_APP_ID",
+    "RELAY_ADMIN_TOKEN",
+    "RELAY_CONFIG",
+    "RELAY_DATABASE_URL",
+    "RELAY_LISTEN",
+    "RELAY_LOG_FORMAT",
+    "RELAY_TEST_CLOCK_MS",
+    "RELAY_TEST_LEASE_MS",
+    "RUST_LOG",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
+/// A command that runs the relay's binary without the caller's settings
+/// (see [`RELAY_SETTINGS`]).
+pub fn relay_command() -> Command {
+    let mut command = Command::new(binary());
+    without_callers_settings(&mut command);
+    command
+}
+
+fn without_callers_settings(command: &mut Command) {
+    for name in RELAY_SETTINGS {
+        command.env_remove(name);
+    }
+}
+
 pub fn start_relay_in(
     cwd: &std::path::Path,
     config: &std::path::Path,
@@ -431,9 +466,10 @@ pub fn start_relay_in(
     file_size_limit_blocks: Option<u64>,
 ) -> Started {
     let mut command = match file_size_limit_blocks {
-        None => Command::new(binary()),
+        None => relay_command(),
         Some(blocks) => {
             let mut shell = Command::new("sh");
+            without_callers_settings(&mut shell);
             shell
                 .arg("-c")
                 .arg(format!("ulimit -f {blocks}; exec \"$0\" \"$@\""))
@@ -447,9 +483,6 @@ pub fn start_relay_in(
         .arg(config)
         .env("RELAY_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
-        .env_remove("RELAY_DATABASE_URL")
-        .env_remove("RELAY_LISTEN")
-        .env_remove("RELAY_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -599,11 +632,19 @@ pub fn plain_routes_file(id: &str) -> String {
 /// The environment of a relay started with [`start_relay_in`]: the test
 /// token, and the fake GitHub's address when there is one.
 pub fn relay_env(github: Option<&FakeGitHub>) -> Vec<(String, String)> {
-    let mut env = vec![("GITHUB_TOKEN".to_string(), TOKEN.to_string())];
-    if let Some(github) = github {
-        env.push(("GITHUB_API_URL".to_string(), github.url()));
-    }
-    env
+    let api_url = github.map_or_else(closed_port_url, FakeGitHub::url);
+    vec![
+        ("GITHUB_TOKEN".to_string(), TOKEN.to_string()),
+        ("GITHUB_API_URL".to_string(), api_url),
+    ]
+}
+
+/// The URL of a port on this machine where nothing listens: the system
+/// gives a free port, which is let go at once. A relay pointed there is
+/// refused at once, and never reaches a real GitHub.
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
 }
 
 /// A TLS front for a plain-HTTP server at `plain` (`http://127.0.0.1:PORT`),

@@ -837,3 +837,45 @@ async fn bodies_in_memory_share_one_budget() {
         r#"dispatch_relay_webhooks_received_total{outcome="unavailable",route="open"} 1"#
     ));
 }
+
+/// The inbound rate limit counts only requests that passed `verify`
+/// (decision 4): a flood of unsigned requests cannot spend the quota of
+/// the sender that signs.
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_requests_do_not_spend_a_routes_rate_limit() {
+    let route = format!(
+        "{}    rate_limit: {{ per_second: 1, burst: 2 }}\n",
+        hmac_route("cms", DEPLOY)
+    );
+    let app = spawn_app(&route).await;
+    let unsigned = (0..20).map(|_| {
+        let app = &app;
+        async move { app.post("cms", "{}").await.status() }
+    });
+    let statuses = futures_util::future::join_all(unsigned).await;
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    for n in 0..2 {
+        let status = app
+            .post_signed("cms", &format!(r#"{{"n":{n}}}"#))
+            .await
+            .status();
+        assert_eq!(status, 202, "signed request {n} was refused");
+    }
+    // The signed requests do spend it: one more, at once, is over the burst.
+    let mut statuses = Vec::new();
+    for n in 2..10 {
+        let status = app
+            .post_signed("cms", &format!(r#"{{"n":{n}}}"#))
+            .await
+            .status();
+        statuses.push(status);
+        if status == 429 {
+            break;
+        }
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&reqwest::StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}

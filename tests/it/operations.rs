@@ -117,7 +117,13 @@ async fn a_restart_in_the_middle_of_a_window_still_sends() {
         "nothing was sent before the window closed"
     );
     app.restart();
-    let sent = app.github.wait_for_dispatches(2, WAIT).await;
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 1 && list[0]["status"] == "delivered"
+    })
+    .await;
+    // One dispatch to each of the route's two targets, not one more.
+    let sent = app.github.dispatches();
+    assert_eq!(sent.len(), 2, "{sent:?}");
     for request in &sent {
         assert_eq!(
             request.body.as_ref().unwrap()["client_payload"]["n"],
@@ -352,11 +358,16 @@ async fn fan_out_is_paced_per_credential_and_each_target_is_tracked_on_its_own()
 async fn a_removed_route_still_finishes_its_queued_jobs() {
     let routes = "  - id: old\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
     let app = spawn_app(routes).await;
+    // The job waits out GitHub's six seconds, longer than a reload takes
+    // (one to two), so it is still queued when its route goes.
     app.github.push_responses(
         "acme/blog",
-        vec![crate::fake_github::Scripted::Status(502); 3],
+        vec![crate::fake_github::Scripted::RateLimited {
+            retry_after_secs: 6,
+        }],
     );
     assert_eq!(app.post("old", "{}").await.status(), 202);
+    app.github.wait_for_a_dispatch_attempt(WAIT).await;
     let without = std::fs::read_to_string(app.config_path())
         .unwrap()
         .replace("id: old", "id: new");
@@ -374,7 +385,14 @@ async fn a_removed_route_still_finishes_its_queued_jobs() {
         assert!(start.elapsed() < WAIT, "the reload never happened");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let removed_at = Instant::now();
     app.github.wait_for_dispatches(1, WAIT).await;
+    let attempts = app.github.dispatch_attempts();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(
+        attempts[1].received_at > removed_at,
+        "the job was sent before its route was removed, so the test proves nothing"
+    );
     let list = app
         .wait_for_deliveries(WAIT, |l| {
             l.iter()

@@ -1,17 +1,16 @@
 //! `check --online` and the start-up preflight of `serve`: each reason a
 //! repository cannot receive dispatches, told apart.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::app::{APP_ID, app_head, enable_test_app};
 use crate::fake_github::Scripted;
-use crate::helpers::{TEST_HEAD, TOKEN, binary, spawn_app_prepared, spawn_app_with};
+use crate::helpers::{TEST_HEAD, TOKEN, relay_command, spawn_app_prepared, spawn_app_with};
 
 const TARGETS: &str = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/private\n        event_type: deploy\n      - repo: acme/docs\n        workflow: deploy.yml\n        ref: main\n";
 
 fn check_online(app: &crate::helpers::TestApp, token: &str) -> (i32, String) {
-    let output = Command::new(binary())
+    let output = relay_command()
         .args(["check", "--online", "--config"])
         .arg(app.config_path())
         .env("GITHUB_API_URL", app.github.url())
@@ -139,10 +138,10 @@ async fn check_online_explains_each_failure_of_a_token() {
 
     // GitHub out of reach says nothing about the repositories: exit 2, as
     // for any failure at run time, so that CI can tell it from a refusal.
-    let output = Command::new(binary())
+    let output = relay_command()
         .args(["check", "--online", "--config"])
         .arg(app.config_path())
-        .env("GITHUB_API_URL", "http://127.0.0.1:9")
+        .env("GITHUB_API_URL", crate::helpers::closed_port_url())
         .env("GITHUB_TOKEN", TOKEN)
         .output()
         .unwrap();
@@ -216,7 +215,7 @@ async fn a_404_from_a_server_that_is_not_githubs_api_points_at_api_url() {
             enable_test_app,
         )
         .await;
-        let output = Command::new(binary())
+        let output = relay_command()
             .args(["check", "--online", "--config"])
             .arg(app.config_path())
             .env("GITHUB_API_URL", app.url(""))
@@ -248,7 +247,7 @@ async fn a_github_behind_a_private_ca_is_reached_through_the_systems_trust_store
     let config = dir.path().join("routes.yaml");
     std::fs::write(&config, crate::helpers::plain_routes_file("cms")).unwrap();
     let check = |ca: Option<std::path::PathBuf>| {
-        let mut command = Command::new(binary());
+        let mut command = relay_command();
         command
             .args(["check", "--online", "--config"])
             .arg(&config)

@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::fake_github::{FakeGitHub, TEST_APP_KEY};
-use crate::helpers::binary;
+use crate::helpers::relay_command;
 
 const CONVERSION: &str = "apps/create-from-manifest";
 const CREATE_PAGE: &str = "web/create-app";
@@ -148,7 +148,7 @@ impl Drop for Setup {
 }
 
 fn setup_command(github: &FakeGitHub, dir: &Path, extra: &[&str]) -> Command {
-    let mut command = Command::new(binary());
+    let mut command = relay_command();
     command
         .args(["setup", "github-app", "--listen", "127.0.0.1:0"])
         .args(extra)
