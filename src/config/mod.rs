@@ -449,17 +449,43 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Every error of one load, in file order.
+/// Every error of one load, in file order, with the warnings found beside
+/// them, so that one run of `check` says everything there is to fix.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors {
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl From<Vec<ConfigError>> for ConfigErrors {
+    fn from(errors: Vec<ConfigError>) -> Self {
+        ConfigErrors {
+            errors,
+            warnings: Vec::new(),
+        }
+    }
+}
 
 impl fmt::Display for ConfigErrors {
+    /// One line each, errors and warnings together in file order.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.0.iter().enumerate() {
+        let mut lines: Vec<((usize, usize, bool), String)> = self
+            .errors
+            .iter()
+            .map(|e| ((e.line, e.column, false), e.to_string()))
+            .chain(
+                self.warnings
+                    .iter()
+                    .map(|w| ((w.line, w.column, true), w.to_string())),
+            )
+            .collect();
+        // Stable, so that errors at one place keep their order.
+        lines.sort_by_key(|(at, _)| *at);
+        for (i, (_, line)) in lines.iter().enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
             }
-            write!(f, "{error}")?;
+            f.write_str(line)?;
         }
         Ok(())
     }

@@ -33,7 +33,7 @@ fn load_ok(text: &str) -> Loaded {
 fn load_err(text: &str) -> Vec<ConfigError> {
     match load("routes.yaml", text, &env) {
         Ok(_) => panic!("expected errors for:\n{text}"),
-        Err(ConfigErrors(errors)) => errors,
+        Err(errors) => errors.errors,
     }
 }
 
@@ -99,7 +99,7 @@ fn design_example_loads() {
 #[test]
 fn design_example_needs_its_variables() {
     let text = include_str!("fixtures/design-example.yaml");
-    let errors = load("routes.yaml", text, &|_| None).unwrap_err().0;
+    let errors = load("routes.yaml", text, &|_| None).unwrap_err().errors;
     let found: Vec<(String, usize)> = errors.iter().map(|e| (e.path.clone(), e.line)).collect();
     assert_eq!(
         found,
@@ -439,6 +439,7 @@ fn errors_print_one_per_line() {
     assert_eq!(
         errors.to_string(),
         "routes.yaml:5:13: routes[0].verify: unknown verify method; did you mean `none`?\n\
+         routes.yaml:8:13: warning: routes[1].verify: the route accepts unauthenticated requests\n\
          routes.yaml:9:23: routes[1].dispatch[0].repo: is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`, at most 39 and 100 characters long"
     );
 }
@@ -484,7 +485,7 @@ fn a_secret_written_as_a_number_or_a_boolean_is_not_quoted_in_the_error() {
     let text = "github:\n  token: 1234567890\nroutes:\n  - id: a\n    verify: {slack: {secret: 0x1F2E3D}}\n    dispatch: [{repo: acme/blog, event_type: e}]\n  - id: b\n    verify: {github: {secret: true}}\n    dispatch: [{repo: acme/blog, event_type: e}]\n  - id: c\n    verify: {basic: {username: u, passwords: [8675309.5]}}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
     let errors = load_err(text);
     assert_eq!(errors.len(), 4, "{errors:?}");
-    let printed = ConfigErrors(errors).to_string();
+    let printed = ConfigErrors::from(errors).to_string();
     for secret in ["1234567890", "2043453", "0x1F2E3D", "true", "8675309"] {
         assert!(!printed.contains(secret), "{secret}: {printed}");
     }
@@ -500,7 +501,7 @@ fn a_secret_written_as_a_number_or_a_boolean_is_not_quoted_in_the_error() {
             "12345678901234567890123",
         ),
     ] {
-        let printed = ConfigErrors(load_err(text)).to_string();
+        let printed = ConfigErrors::from(load_err(text)).to_string();
         assert!(!printed.contains(secret), "{printed}");
     }
     assert!(
@@ -524,7 +525,7 @@ fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
     ];
     for text in misplaced {
         let errors = load_err(&text);
-        let printed = ConfigErrors(errors).to_string();
+        let printed = ConfigErrors::from(errors).to_string();
         assert!(
             printed.contains("invalid type: a string, expected"),
             "{printed}"
@@ -564,7 +565,7 @@ fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
         "github:\n  token: t\nroutes:\n  - id: r\n    verify: none\n    dispatch: [{repo: acme/a, workflow: w.yml, ref: \"${CMS_WEBHOOK_SECRET}\"}]\n".to_owned(),
     ];
     for text in misnamed {
-        let printed = ConfigErrors(load_err(&text)).to_string();
+        let printed = ConfigErrors::from(load_err(&text)).to_string();
         assert!(!printed.contains("s3cr3t"), "{printed}");
     }
     // A password in the GitHub url, from a variable or not.
@@ -574,7 +575,7 @@ fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
         "https://relay:hunter2@ghe.example.com/api/v3",
     ] {
         let text = format!("github:\n  token: t\n  api_url: \"{api_url}\"\nroutes: []\n");
-        let printed = ConfigErrors(load_err(&text)).to_string();
+        let printed = ConfigErrors::from(load_err(&text)).to_string();
         assert!(printed.contains("github.api_url"), "{printed}");
         assert!(
             !printed.contains("s3cr3t") && !printed.contains("hunter2"),
@@ -808,7 +809,7 @@ fn a_bad_github_api_url_variable_is_named_as_the_variable() {
     let env = |name: &str| (name == "GITHUB_API_URL").then(|| "ghe.example.com/api/v3".to_owned());
     let errors = match load("routes.yaml", text, &env) {
         Ok(_) => panic!("a bad GITHUB_API_URL must be refused"),
-        Err(ConfigErrors(errors)) => errors,
+        Err(errors) => errors.errors,
     };
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].path, "github");
@@ -1626,5 +1627,24 @@ fn a_shell_variable_without_braces_is_warned_about() {
             "routes[0].dispatch[0].client_payload.stage",
             "`$STAGE` is sent as written; a variable is substituted only when written `${STAGE}`"
         )]
+    );
+}
+
+#[test]
+fn warnings_are_printed_with_the_errors_in_file_order() {
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    dispatch: [{repo: acme/blog, event_type: e, colour: red}]\n";
+    let printed = match load("routes.yaml", text, &env) {
+        Ok(_) => panic!("expected errors"),
+        Err(errors) => errors.to_string(),
+    };
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2, "{printed}");
+    assert!(
+        lines[0].starts_with("routes.yaml:5:13: warning: routes[0].verify: "),
+        "{printed}"
+    );
+    assert!(
+        lines[1].starts_with("routes.yaml:6:49: routes[0].dispatch[0].colour: unknown key"),
+        "{printed}"
     );
 }

@@ -806,11 +806,11 @@ pub(super) fn load(
         text,
         oversized,
     } = read_tree(text)
-        .map_err(|(text, err)| ConfigErrors(vec![document_error(file, &text, err)]))?;
+        .map_err(|(text, err)| ConfigErrors::from(vec![document_error(file, &text, err)]))?;
     // YAML's merge keys (`<<: *shared_verify`) let routes share a block;
     // the library leaves them as keys named `<<` until asked.
     if let Err(err) = root.apply_merge() {
-        return Err(ConfigErrors(vec![ConfigError {
+        return Err(ConfigErrors::from(vec![ConfigError {
             file: file.to_owned(),
             line: 1,
             column: 1,
@@ -846,11 +846,11 @@ pub(super) fn load(
     let config = build(&mut report, root, env);
     report_oversized(&mut report, &oversized);
     let mut errors = report.errors;
+    let mut warnings = report.warnings;
+    warnings.sort_by_key(|w| (w.line, w.column));
     if errors.is_empty()
         && let Some(config) = config
     {
-        let mut warnings = report.warnings;
-        warnings.sort_by_key(|w| (w.line, w.column));
         return Ok(Loaded {
             config,
             warnings,
@@ -858,7 +858,7 @@ pub(super) fn load(
         });
     }
     errors.sort_by_key(|e| (e.line, e.column));
-    Err(ConfigErrors(errors))
+    Err(ConfigErrors { errors, warnings })
 }
 
 fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
