@@ -84,13 +84,20 @@ fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
             ));
         }
     };
-    let body = inbound::stored_body(&delivery.request);
-    let headers = delivery.request.headers.iter().cloned().collect();
-    let parsed =
-        match inbound::parse_for_route(route, delivery.request.content_type.as_deref(), &body) {
-            Ok(parsed) => parsed,
-            Err(e) => return Rerendering::Failed(e.to_string()),
-        };
+    let request = match &delivery.request {
+        Ok(request) => request,
+        Err(reason) => {
+            return Rerendering::Failed(format!(
+                "its stored request cannot be read, so it cannot be rendered again: {reason}"
+            ));
+        }
+    };
+    let body = inbound::stored_body(request);
+    let headers = request.headers.iter().cloned().collect();
+    let parsed = match inbound::parse_for_route(route, request.content_type.as_deref(), &body) {
+        Ok(parsed) => parsed,
+        Err(e) => return Rerendering::Failed(e.to_string()),
+    };
     // Rendered as its jobs were: a webhook merged by debounce saw its own
     // id and time, and the stored request is that webhook's; its jobs then
     // took the window's id.
@@ -102,7 +109,7 @@ fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
         &route.id,
         parsed,
         headers,
-        &delivery.request.query,
+        &request.query,
         rendered_id,
         rendered_at,
     );

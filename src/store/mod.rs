@@ -30,10 +30,6 @@ use writer::{Command, Writer};
 pub enum StoreError {
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
-    /// A stored request the relay cannot read back (changed by another
-    /// program, or damaged): that delivery's fault, not the store's.
-    #[error("the stored request of delivery {id} cannot be read: {reason}")]
-    UnreadableRow { id: String, reason: String },
     /// SQLite's error, quoted in the message rather than given as the
     /// source: a chain printed whole would otherwise say it twice.
     #[error("database error: {0}{hint}", hint = likely_cause(.0))]
@@ -395,7 +391,9 @@ pub struct FailedDelivery {
     pub id: String,
     pub route: String,
     pub received_at_ms: i64,
-    pub request: StoredRequest,
+    /// The request as received, or why it cannot be read back (the row
+    /// was changed by another program, or damaged).
+    pub request: Result<StoredRequest, String>,
     /// Its jobs, one per target of the route when it was received; empty
     /// when it failed at render time.
     pub targets: Vec<StoredTarget>,

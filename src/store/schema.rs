@@ -1205,11 +1205,9 @@ pub(super) fn failed(
     let mut out = Vec::new();
     for row in rows {
         let (id, route, received_at_ms, request): (String, String, i64, String) = row?;
-        let request: StoredRequest =
-            serde_json::from_str(&request).map_err(|e| StoreError::UnreadableRow {
-                id: id.clone(),
-                reason: e.to_string(),
-            })?;
+        // A request that cannot be read back fails its own redelivery, not
+        // the others'.
+        let request = serde_json::from_str::<StoredRequest>(&request).map_err(|e| e.to_string());
         let rendered_as = conn
             .prepare_cached(
                 "SELECT rendered_as_id, rendered_as_at FROM jobs

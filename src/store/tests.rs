@@ -459,6 +459,33 @@ async fn rerendering_only_touches_failed_deliveries_and_their_failed_targets() {
     );
 }
 
+/// A stored request damaged by another program is that delivery's
+/// problem: the other failed deliveries are still found, and it comes with
+/// the reason it cannot be read.
+#[tokio::test]
+async fn a_failed_delivery_whose_request_cannot_be_read_does_not_hide_the_others() {
+    let (dir, store) = open();
+    for id in ["d1", "d2"] {
+        store.accept(delivery(id, None, 2)).await.unwrap();
+    }
+    let jobs = store.lease_due(5_000, 10, 60_000).await.unwrap();
+    for pair in jobs.chunks(2) {
+        deliver_first_fail_second(&store, pair).await;
+    }
+    let conn = Connection::open(dir.path().join("t.db")).unwrap();
+    conn.execute(
+        "UPDATE deliveries SET request = 'not json' WHERE id = 'd1'",
+        [],
+    )
+    .unwrap();
+    let failed = store.failed_deliveries(None, None, None).await.unwrap();
+    let found: Vec<(&str, bool)> = failed
+        .iter()
+        .map(|d| (d.id.as_str(), d.request.is_ok()))
+        .collect();
+    assert_eq!(found, [("d1", false), ("d2", true)]);
+}
+
 #[tokio::test]
 async fn failed_jobs_can_go_again_as_first_rendered() {
     let (_dir, store) = open();
