@@ -1,7 +1,8 @@
 //! The wall clock, in the units the relay keeps time in: Unix milliseconds
 //! for what it stores and Unix seconds for what GitHub states (rate-limit
 //! resets, token lifetimes). Whatever needs the time as a number reads it
-//! here, so that every part of the relay reads it the same way.
+//! here, and every time written as text (RFC 3339, HTTP's `Date`) is read
+//! and written here, so that every part of the relay does so the same way.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +31,40 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+/// Formats Unix milliseconds as RFC 3339 in UTC, as the relay shows
+/// every time it stores.
+pub fn rfc3339(ms: i64) -> String {
+    // Always three decimals (`…04.510Z`, not `…04.51Z`), so that times
+    // line up and sort as text; `time`'s RFC 3339 format drops zeros.
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .map(|t| {
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The IMF-fixdate layout of HTTP's `Date` header.
+pub(crate) const HTTP_DATE: &str =
+    "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT";
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to epoch seconds.
+pub fn parse_http_date(date: &str) -> Option<i64> {
+    let format = time::format_description::parse_borrowed::<2>(HTTP_DATE).ok()?;
+    time::PrimitiveDateTime::parse(date.trim(), &format)
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
+}
+
 /// Seconds since the Unix epoch, GitHub's unit in its headers and tokens.
 /// A clock set before 1970 reads as 0.
 pub fn now_epoch_secs() -> u64 {
@@ -51,5 +86,13 @@ mod tests {
         let retention = Duration::from_secs(150_000_000_000 * 86_400);
         let cutoff = now_ms().saturating_sub(duration_ms(retention));
         assert!(cutoff < 0, "{cutoff}");
+    }
+
+    #[test]
+    fn received_at_is_rfc3339() {
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        // Always three decimals, so that times sort as text.
+        assert_eq!(rfc3339(1_700_000_000_510), "2023-11-14T22:13:20.510Z");
+        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
     }
 }

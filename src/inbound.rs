@@ -485,30 +485,9 @@ pub fn context(
         query: query.iter().cloned().collect(),
         route: route.to_string(),
         delivery_id: delivery_id.to_string(),
-        received_at: rfc3339(received_at_ms),
+        received_at: crate::clock::rfc3339(received_at_ms),
         sns: parsed.sns,
     }
-}
-
-/// Formats Unix milliseconds as RFC 3339 in UTC.
-pub fn rfc3339(ms: i64) -> String {
-    // Always three decimals (`…04.510Z`, not `…04.51Z`), so that times
-    // line up and sort as text; `time`'s RFC 3339 format drops zeros.
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .map(|t| {
-            format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second(),
-                t.millisecond()
-            )
-        })
-        .unwrap_or_default()
 }
 
 /// The jobs for a rendered plan, one per target.
@@ -901,13 +880,5 @@ mod tests {
                 expected.to_string()
             );
         }
-    }
-
-    #[test]
-    fn received_at_is_rfc3339() {
-        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        // Always three decimals, so that times sort as text.
-        assert_eq!(rfc3339(1_700_000_000_510), "2023-11-14T22:13:20.510Z");
-        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
     }
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::{CliError, invalid, load_config, open_existing_store, runtime, store_path};
 use crate::clock::now_ms;
+use crate::clock::rfc3339;
 use crate::config;
-use crate::inbound::rfc3339;
 use crate::redeliver::{self, Redelivered};
 use crate::store::{ListFilter, Status};
 

@@ -565,7 +565,7 @@ impl Dispatcher {
                 self.metrics.github_paused_until(until_ms);
                 tracing::info!(
                     wait_ms = left.as_millis() as u64,
-                    until = %crate::inbound::rfc3339(until_ms),
+                    until = %crate::clock::rfc3339(until_ms),
                     "Waiting out the rate-limit pause GitHub asked for before the restart"
                 );
             }
@@ -586,7 +586,7 @@ impl Dispatcher {
         self.metrics.github_paused_until(until_ms);
         tracing::warn!(
             wait_ms = clock::duration_ms(wait),
-            until = %crate::inbound::rfc3339(until_ms),
+            until = %crate::clock::rfc3339(until_ms),
             "GitHub's rate limit holds back every dispatch until then"
         );
         if let Err(e) = self.store.save_pause(until_ms, latest_ms).await {

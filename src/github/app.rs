@@ -715,18 +715,6 @@ fn skew_from(github_epoch_secs: u64) -> i64 {
     i64::try_from(github_epoch_secs).unwrap_or(i64::MAX) - clock::now_epoch_secs() as i64
 }
 
-/// The IMF-fixdate layout of HTTP's `Date` header.
-const HTTP_DATE: &str =
-    "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT";
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to epoch seconds.
-pub fn parse_http_date(date: &str) -> Option<i64> {
-    let format = time::format_description::parse_borrowed::<2>(HTTP_DATE).ok()?;
-    time::PrimitiveDateTime::parse(date.trim(), &format)
-        .ok()
-        .map(|t| t.assume_utc().unix_timestamp())
-}
-
 fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let ms = crate::clock::parse_rfc3339_ms(text)?;
     Some(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).ok()?))
@@ -749,13 +737,13 @@ mod tests {
     #[test]
     fn http_dates_parse_and_give_the_skew() {
         assert_eq!(
-            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            clock::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(784_111_777)
         );
-        assert_eq!(parse_http_date("yesterday"), None);
+        assert_eq!(clock::parse_http_date("yesterday"), None);
         let ahead = time::OffsetDateTime::now_utc() + time::Duration::minutes(15);
-        let format = time::format_description::parse_borrowed::<2>(HTTP_DATE).unwrap();
-        let date = parse_http_date(&ahead.format(&format).unwrap()).unwrap();
+        let format = time::format_description::parse_borrowed::<2>(clock::HTTP_DATE).unwrap();
+        let date = clock::parse_http_date(&ahead.format(&format).unwrap()).unwrap();
         let skew = skew_from(date as u64);
         assert!((899..=901).contains(&skew), "{skew}");
     }

@@ -302,7 +302,7 @@ async fn read_answer(
         limit: header("x-ratelimit-limit"),
         reset_epoch_secs: header("x-ratelimit-reset"),
         date_epoch_secs: date
-            .and_then(app::parse_http_date)
+            .and_then(crate::clock::parse_http_date)
             .and_then(|secs| u64::try_from(secs).ok()),
     };
     // GitHub's web front (an api_url without `/api/v3` on GitHub Enterprise
