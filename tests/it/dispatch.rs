@@ -1242,3 +1242,60 @@ async fn deliveries_by_id_shows_every_attempt() {
     let output = app.cli(&["deliveries", "--id", &id, "--status", "failed"]);
     assert_eq!(output.status.code(), Some(1), "--id with a filter");
 }
+
+/// `redeliver --failed` narrowed by `--route` and `--since` sends exactly
+/// the failed deliveries they name, and no other.
+#[tokio::test(flavor = "multi_thread")]
+async fn redeliver_sends_only_the_failed_deliveries_its_filters_name() {
+    // Eleven top-level keys break GitHub's limit: each webhook fails to
+    // render and is stored as failed.
+    let route = |id: &str| {
+        format!(
+            "  - id: {id}\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: from-{id}\n        client_payload: \"{{{{ body }}}}\"\n"
+        )
+    };
+    let app = spawn_app(&format!("{}{}", route("one"), route("two"))).await;
+    let body: Value = (0..11)
+        .map(|i| (format!("k{i}"), json!(i)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    for id in ["one", "two"] {
+        assert_eq!(app.post(id, body.to_string()).await.status(), 422);
+    }
+    let fixed = std::fs::read_to_string(app.config_path())
+        .unwrap()
+        .replace("\"{{ body }}\"", "{first: \"{{ body.k0 }}\"}");
+    // `redeliver` renders them again with the file as it is now.
+    app.write_config(&fixed);
+    let event_types = |app: &crate::helpers::TestApp| -> Vec<String> {
+        app.github
+            .dispatches()
+            .iter()
+            .map(|r| {
+                r.body.as_ref().unwrap()["event_type"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+
+    let output = app.cli(&["redeliver", "--failed", "--route", "one"]);
+    assert!(output.status.success(), "{output:?}");
+    app.github.wait_for_dispatches(1, WAIT).await;
+    app.wait_for_deliveries(WAIT, |list| {
+        list.iter()
+            .any(|d| d["route"] == "one" && status_of(d) == "delivered")
+    })
+    .await;
+    assert_eq!(event_types(&app), ["from-one"]);
+
+    // Received more than a millisecond ago: outside `--since 1ms`.
+    let output = app.cli(&["redeliver", "--failed", "--route", "two", "--since", "1ms"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("no failed deliveries"), "{text}");
+    let output = app.cli(&["redeliver", "--failed", "--route", "two", "--since", "1h"]);
+    assert!(output.status.success(), "{output:?}");
+    app.github.wait_for_dispatches(2, WAIT).await;
+    assert_eq!(event_types(&app), ["from-one", "from-two"]);
+}

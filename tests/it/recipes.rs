@@ -43,6 +43,7 @@ pub fn recipe_env() -> Vec<(&'static str, &'static str)> {
         ),
         ("STRIPE_STYLE_SECRET", "whsec_acmeFakeStripeStyleSecret0001"),
         ("SLACK_SIGNING_SECRET", "acmefake0slack0signing0secret000"),
+        ("GITHUB_WEBHOOK_SECRET", "acme-fake-github-webhook-secret"),
     ]
 }
 
@@ -301,9 +302,8 @@ fn every_routes_block_in_docs_loads() {
         .iter()
         .flat_map(|b| b.samples.iter().map(String::as_str))
         .collect();
-    // Every sender sample except GitHub's own (covered by the ingest tests)
-    // and the SNS confirmation (which needs a reachable SubscribeURL; see
-    // senders.rs) is run against a recipe.
+    // Every sender sample except the SNS confirmation (which needs a
+    // reachable SubscribeURL; see senders.rs) is run against a recipe.
     for name in [
         "s3-via-sns-notification",
         "s3-testevent-via-sns",
@@ -322,6 +322,8 @@ fn every_routes_block_in_docs_loads() {
         "standard-webhooks-payload-cms",
         "stripe-style-event",
         "slack-block-actions",
+        "github-push",
+        "github-push-form",
     ] {
         assert!(documented.contains(&name), "no recipe runs sample `{name}`");
     }
