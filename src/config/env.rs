@@ -1,7 +1,8 @@
 //! `${VAR}` and `${VAR:-default}` substitution in the string values of the
 //! parsed YAML tree. Substituting after parsing means a secret full of YAML
 //! syntax (`:`, `#`, quotes) is taken literally. `$$` writes a literal `$`;
-//! a `$` followed by anything else is kept as it is.
+//! a `$` followed by anything else is kept as it is, and a shell's `$NAME`
+//! kept so is noted, for a warning.
 
 use std::collections::BTreeMap;
 
@@ -43,14 +44,17 @@ pub(crate) fn substitute_tree(
     match value {
         Value::String(text) => {
             if text.contains('$') {
-                if let Some(name) = unbraced_variable(text) {
-                    found.unbraced.push((path.clone(), name.to_owned()));
+                let mut noted = Noted::default();
+                let substituted = substitute_noting(text, env, &mut noted);
+                if let Some(name) = noted.unbraced {
+                    found.unbraced.push((path.clone(), name));
                 }
-                let mut defaults = Vec::new();
-                match substitute_noting_defaults(text, env, &mut defaults) {
+                match substituted {
                     Ok(done) => {
-                        if !defaults.is_empty() {
-                            found.defaulted.push((path.clone(), defaults.join("`, `")));
+                        if !noted.defaults.is_empty() {
+                            found
+                                .defaulted
+                                .push((path.clone(), noted.defaults.join("`, `")));
                         }
                         if done != *text {
                             found
@@ -84,28 +88,16 @@ pub(crate) fn substitute_tree(
     }
 }
 
-/// The first `$NAME` in `text` written as a shell would, without braces,
-/// which is kept as it is (`deploy-$STAGE`): a name in capitals of two
-/// characters or more, so that a price (`$5`) or a `$` in prose is not
-/// taken for one. `$$NAME` is a literal `$NAME`.
-fn unbraced_variable(text: &str) -> Option<&str> {
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        let after = &rest[at + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            rest = tail;
-            continue;
-        }
-        let length = after
-            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
-            .unwrap_or(after.len());
-        let name = &after[..length];
-        if name.len() >= 2 && name.starts_with(|c: char| c.is_ascii_uppercase()) {
-            return Some(name);
-        }
-        rest = after;
-    }
-    None
+/// The name of a shell's variable at the start of `text`, which follows a
+/// `$` written without braces (`deploy-$STAGE`): capitals, digits and `_`,
+/// starting with a capital, two characters or more, so that a price (`$5`)
+/// or a `$` in prose is not taken for one.
+fn shell_variable(text: &str) -> Option<&str> {
+    let length = text
+        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .unwrap_or(text.len());
+    let name = &text[..length];
+    (name.len() >= 2 && name.starts_with(|c: char| c.is_ascii_uppercase())).then_some(name)
 }
 
 /// The text of a scalar key, for paths.
@@ -124,15 +116,26 @@ pub(crate) fn substitute(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, String> {
-    substitute_noting_defaults(text, env, &mut Vec::new())
+    substitute_noting(text, env, &mut Noted::default())
 }
 
-/// [`substitute`], adding to `defaults` the name of each variable whose
-/// non-empty default, written in the file, it took.
-fn substitute_noting_defaults(
+/// What substituting one string noticed besides its result.
+#[derive(Debug, Default)]
+struct Noted {
+    /// The name of each variable whose default, written in the file, it
+    /// took.
+    defaults: Vec<String>,
+    /// The first shell's `$NAME` written without braces, which is kept as
+    /// written (see [`shell_variable`]).
+    unbraced: Option<String>,
+}
+
+/// [`substitute`], noting in `noted` the defaults it took and a shell's
+/// `$NAME` it kept.
+fn substitute_noting(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
-    defaults: &mut Vec<String>,
+    noted: &mut Noted,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -198,7 +201,7 @@ fn substitute_noting_defaults(
             // it (`Bearer ${TOKEN:-}`) it leaves a secret that matches no
             // request, where the variable was meant.
             if from_default {
-                defaults.push(name.to_owned());
+                noted.defaults.push(name.to_owned());
             }
             match value {
                 Some(value) if value.is_empty() && default.is_none() => {
@@ -212,6 +215,9 @@ fn substitute_noting_defaults(
             }
             rest = &inner[end + 1..];
         } else {
+            if noted.unbraced.is_none() {
+                noted.unbraced = shell_variable(after).map(str::to_owned);
+            }
             out.push('$');
             rest = after;
         }
@@ -275,10 +281,17 @@ fn is_variable_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{substitute, unbraced_variable};
+    use super::{Noted, substitute, substitute_noting};
 
     #[test]
     fn a_shell_variable_without_braces_is_found() {
+        let unbraced_variable = |text: &str| {
+            let mut noted = Noted::default();
+            // Unset braced variables fail the substitution; the whole
+            // string is read all the same.
+            let _ = substitute_noting(text, &|_| None, &mut noted);
+            noted.unbraced
+        };
         let cases = [
             ("deploy-$STAGE", Some("STAGE")),
             ("$API_TOKEN", Some("API_TOKEN")),
@@ -291,7 +304,7 @@ mod tests {
             ("$A", None),
         ];
         for (text, expected) in cases {
-            assert_eq!(unbraced_variable(text), expected, "{text}");
+            assert_eq!(unbraced_variable(text).as_deref(), expected, "{text}");
         }
     }
 

@@ -105,20 +105,22 @@ async fn assert_second_delivered(app: &TestApp) {
     assert!(all_delivered(&list, 2), "{list:#?}");
 }
 
-/// Asserts that tokens were minted, each answered, from these
-/// installations in this order.
-fn assert_installations_minted(app: &TestApp, installations: &[u64]) {
+/// Asserts that, once the token of the first installation (7) was
+/// refused, one new lookup found the repository at `installation` and its
+/// token was minted there.
+fn assert_found_again_at(app: &TestApp, installation: u64) {
     let mints: Vec<(u16, String)> = app
         .github
         .requests_of(MINT)
         .iter()
         .map(|r| (r.status, r.path.clone()))
         .collect();
-    let expected: Vec<(u16, String)> = installations
+    let expected: Vec<(u16, String)> = [7, installation]
         .iter()
         .map(|id| (201, format!("/app/installations/{id}/access_tokens")))
         .collect();
     assert_eq!(mints, expected);
+    assert_eq!(app.github.requests_of(LOOKUP).len(), 2);
 }
 
 async fn post_n(app: &TestApp, route: &str, n: usize) {
@@ -150,13 +152,7 @@ async fn fifty_concurrent_dispatches_for_one_installation_cause_one_mint_and_one
     // A repository taken from the body, so that the preflight at start has
     // found and minted nothing: the first dispatches all miss the cache
     // together, while GitHub takes its time to answer.
-    let mut app = spawn_app_prepared(
-        &app_head("off"),
-        BODY_REPO_ROUTE,
-        &[("GITHUB_APP_ID", &APP_ID.to_string())],
-        enable_test_app,
-    )
-    .await;
+    let mut app = spawn_as_app(BODY_REPO_ROUTE, "off").await;
     app.github.set_latency(Duration::from_millis(200));
     let posts = (0..50).map(|i| {
         let app = &app;
@@ -334,10 +330,7 @@ async fn an_app_installed_again_under_a_new_id_keeps_delivering() {
     app.github.expire_installation_tokens();
     post_n(&app, "cms", 1).await;
     assert_second_delivered(&app).await;
-    // The old installation's token is refused; one new lookup finds the
-    // repository's installation, and its token is minted there.
-    assert_installations_minted(&app, &[7, 8]);
-    assert_eq!(app.github.requests_of(LOOKUP).len(), 2);
+    assert_found_again_at(&app, 8);
 }
 
 /// A repository transferred to an owner whose installation of the App has
@@ -354,10 +347,7 @@ async fn a_repository_moved_to_another_installation_keeps_delivering() {
     app.github.expire_installation_tokens();
     post_n(&app, "cms", 1).await;
     assert_second_delivered(&app).await;
-    // The old installation's token is refused; one new lookup finds the
-    // repository's installation, and its token is minted there.
-    assert_installations_minted(&app, &[7, 9]);
-    assert_eq!(app.github.requests_of(LOOKUP).len(), 2);
+    assert_found_again_at(&app, 9);
 }
 
 /// The same move while the token of the first installation is still

@@ -330,15 +330,21 @@ async fn the_deliveries_table_fits_long_routes_and_names_each_target() {
     );
 }
 
+/// A body of eleven top-level keys, `k0` to `k10`: rendered whole as a
+/// `client_payload`, it breaks GitHub's limit of ten.
+fn eleven_keys() -> Value {
+    (0..11)
+        .map(|i| (format!("k{i}"), json!(i)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_render_failure_is_stored_answered_422_and_recovered_by_redeliver() {
     // A template that produces 11 top-level keys breaks GitHub's limit.
     let dispatch = "      - repo: acme/blog\n        event_type: deploy\n        client_payload: \"{{ body }}\"\n";
     let app = spawn_app(&hmac_route("cms", dispatch)).await;
-    let body: Value = (0..11)
-        .map(|i| (format!("k{i}"), json!(i)))
-        .collect::<serde_json::Map<_, _>>()
-        .into();
+    let body = eleven_keys();
     let response = app.post_signed("cms", &body.to_string()).await;
     assert_eq!(response.status(), 422);
     let answer: Value = response.json().await.unwrap();
@@ -1255,10 +1261,7 @@ async fn redeliver_sends_only_the_failed_deliveries_its_filters_name() {
         )
     };
     let app = spawn_app(&format!("{}{}", route("one"), route("two"))).await;
-    let body: Value = (0..11)
-        .map(|i| (format!("k{i}"), json!(i)))
-        .collect::<serde_json::Map<_, _>>()
-        .into();
+    let body = eleven_keys();
     for id in ["one", "two"] {
         assert_eq!(app.post(id, body.to_string()).await.status(), 422);
     }

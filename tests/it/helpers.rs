@@ -420,10 +420,6 @@ fn start_relay(dir: &std::path::Path, env: &[(String, String)]) -> Started {
     start_relay_in(dir, &dir.join("routes.yaml"), env, None)
 }
 
-/// Starts `serve` in `cwd` with `--config config`, which may be relative
-/// to it, under a file-size limit in 512-byte blocks (`ulimit -f`) when
-/// one is given; answers the process, its base URL, its log lines so far
-/// (kept up to date) and the thread that reads them.
 /// The settings the relay reads from its environment. A test's relay
 /// starts without the caller's: a developer's shell, or a CI runner that
 /// sets `GITHUB_API_URL` for its own use, would otherwise change what the
@@ -459,6 +455,10 @@ fn without_callers_settings(command: &mut Command) {
     }
 }
 
+/// Starts `serve` in `cwd` with `--config config`, which may be relative
+/// to it, under a file-size limit in 512-byte blocks (`ulimit -f`) when
+/// one is given; answers the process, its base URL, its log lines so far
+/// (kept up to date) and the thread that reads them.
 pub fn start_relay_in(
     cwd: &std::path::Path,
     config: &std::path::Path,
@@ -630,7 +630,8 @@ pub fn plain_routes_file(id: &str) -> String {
 }
 
 /// The environment of a relay started with [`start_relay_in`]: the test
-/// token, and the fake GitHub's address when there is one.
+/// token, and the fake GitHub's address, or without one a port where
+/// nothing listens.
 pub fn relay_env(github: Option<&FakeGitHub>) -> Vec<(String, String)> {
     let api_url = github.map_or_else(closed_port_url, FakeGitHub::url);
     vec![
