@@ -59,6 +59,14 @@ async fn preflight(
                 reason = %reason,
                 "Preflight: this repository cannot receive dispatches yet"
             ),
+            Verdict::Moved { now } => {
+                ok += 1;
+                tracing::warn!(
+                    repo = %finding.target.repo,
+                    now = %now,
+                    "Preflight: this repository was renamed or transferred; GitHub redirects its dispatches for now, and routes.yaml should name it as it is now"
+                );
+            }
         }
     }
     match stopped {
@@ -339,6 +347,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         )
         .map_or(crate::dispatch::LEASE, Duration::from_millis),
         health: Default::default(),
+        moved: Default::default(),
     };
     dispatcher.resume_kept_pause().await;
     let dispatcher = dispatcher.spawn();

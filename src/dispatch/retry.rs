@@ -243,6 +243,14 @@ pub fn classify(
                 message,
             ),
         },
+        // GitHub's own redirects (a renamed repository) are followed on
+        // the API's host; one that comes back leads elsewhere, where the
+        // credential is not sent.
+        300..=399 => Action::Fail {
+            reason: format!(
+                "GitHub answered {status} with a redirect to another host, which is not followed: the credential is only sent to github.api_url"
+            ),
+        },
         status if passing_status(status) => {
             let action = transient(
                 with_message(&format!("GitHub answered {status}"), message),
@@ -599,6 +607,13 @@ mod tests {
                 answer(400, "Problems parsing JSON", none),
                 None,
                 "GitHub answered 400: Problems parsing JSON",
+            ),
+            // A redirect reaches the classifier only when it leads off the
+            // API's host.
+            (
+                answer(307, "Temporary Redirect", none),
+                None,
+                "GitHub answered 307 with a redirect to another host, which is not followed: the credential is only sent to github.api_url",
             ),
         ];
         for (answer, expected_retry, expected_text) in cases {

@@ -153,6 +153,9 @@ pub struct Dispatcher {
     pub lease: Duration,
     /// Whether GitHub is answering at all.
     pub health: GitHubHealth,
+    /// The repositories GitHub answered at another place (renamed or
+    /// transferred), each said once in the log.
+    pub moved: Mutex<HashSet<String>>,
 }
 
 /// Lets the accept path wake the worker and `serve` stop it.
@@ -505,13 +508,20 @@ impl Dispatcher {
                         );
                     }
                     let status = answer.as_ref().ok().map(|a| a.status);
-                    let detail = match &answer {
+                    let mut detail = match &answer {
                         Ok(a) => match &a.message {
                             Some(m) => format!("{} {}", a.status, m),
                             None => a.status.to_string(),
                         },
                         Err(e) => e.to_string(),
                     };
+                    if let Ok(Answer {
+                        redirected_to: Some(to),
+                        ..
+                    }) = &answer
+                    {
+                        detail = format!("{detail} ({})", self.moved(&job.repo, to));
+                    }
                     let result = answer
                         .as_ref()
                         .ok()
@@ -721,6 +731,23 @@ impl Dispatcher {
                 window,
             );
         }
+    }
+
+    /// What a redirect of a dispatch to `repo` means, said in the log the
+    /// first time (GitHub redirects every request that names a repository by
+    /// a former name; the dispatch got through, and routes.yaml is to fix).
+    fn moved(&self, repo: &str, to: &str) -> String {
+        let said = format!(
+            "GitHub redirected the request to {to}: the repository {repo} was renamed or transferred; \
+write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
+        );
+        let first = (self.moved.lock())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(repo.to_ascii_lowercase());
+        if first {
+            tracing::warn!(repo, redirected_to = to, "{said}");
+        }
+        said
     }
 
     /// Records the attempt and answers whether it scheduled a retry.

@@ -82,6 +82,9 @@ pub struct Answer {
     /// web page: a 404 without it, or an HTML one, comes from a server that
     /// is not the API, such as a wrong `api_url`.
     pub from_github: bool,
+    /// The path GitHub redirected the request to, when it did: a repository
+    /// renamed or transferred is answered at its id (`/repositories/{id}/…`).
+    pub redirected_to: Option<String>,
 }
 
 impl Answer {
@@ -149,6 +152,7 @@ impl GitHubClient {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(64)
+            .redirect(reqwest::redirect::Policy::custom(follow_within_origin))
             .build()
             .map_err(|e| TransportError::Other(e.to_string()))?;
         Ok(GitHubClient {
@@ -219,8 +223,16 @@ impl GitHubClient {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.to_string());
         }
-        let response = request.send().await.map_err(transport_error)?;
-        read_answer(response, Some(auth)).await
+        let request = request.build().map_err(transport_error)?;
+        let requested = request.url().clone();
+        let response = self.http.execute(request).await.map_err(transport_error)?;
+        let redirected_to =
+            (response.url() != &requested).then(|| response.url().path().to_string());
+        let answer = read_answer(response, Some(auth)).await?;
+        Ok(Answer {
+            redirected_to,
+            ..answer
+        })
     }
 
     /// Sends an unauthenticated POST without a body (the App manifest
@@ -233,6 +245,30 @@ impl GitHubClient {
             .await
             .map_err(transport_error)?;
         read_answer(response, None).await
+    }
+}
+
+/// How many redirects one request follows: GitHub sends one for a
+/// repository renamed or transferred; more is a loop.
+const MAX_REDIRECTS: usize = 3;
+
+/// GitHub answers a request to a repository's former name (renamed, or
+/// transferred to another owner) with a redirect to its id, 307 for a
+/// dispatch, which is to be repeated there. It is followed on the API's own
+/// host only: the credential is not sent anywhere else, and a redirect
+/// elsewhere comes back as the answer, which fails the dispatch by its
+/// status.
+fn follow_within_origin(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    let first = attempt.previous().first();
+    let same_origin = first.is_some_and(|first| {
+        first.scheme() == attempt.url().scheme()
+            && first.host_str() == attempt.url().host_str()
+            && first.port_or_known_default() == attempt.url().port_or_known_default()
+    });
+    if same_origin && attempt.previous().len() <= MAX_REDIRECTS {
+        attempt.follow()
+    } else {
+        attempt.stop()
     }
 }
 
@@ -379,6 +415,7 @@ async fn read_answer(
         body,
         oauth_scopes,
         from_github,
+        redirected_to: None,
     })
 }
 

@@ -38,6 +38,12 @@ pub enum Verdict {
     Unanswered(String),
     /// Not asked about, for this reason.
     NotAsked(Unasked),
+    /// It can receive dispatches, but under another name now (renamed or
+    /// transferred): GitHub redirects the former name, and routes.yaml
+    /// should say the name it has.
+    Moved {
+        now: String,
+    },
 }
 
 /// Why the preflight stopped asking before a target.
@@ -164,7 +170,10 @@ async fn check_one(
         return (Verdict::Unanswered(reason), rate_limited, rate);
     }
     match judge(&answer, target, credentials.is_app()) {
-        Ok(()) => (Verdict::Ok, false, rate),
+        Ok(()) => match name_now(&answer, target) {
+            Some(now) => (Verdict::Moved { now }, false, rate),
+            None => (Verdict::Ok, false, rate),
+        },
         Err(reason) => (Verdict::Fail(reason), false, rate),
     }
 }
@@ -184,6 +193,16 @@ pub fn unanswered(answer: &Answer) -> Option<String> {
         answer.status,
         answer.message.as_deref().unwrap_or("")
     ))
+}
+
+/// The repository's name now, when GitHub answered for it under another
+/// name than the target's: it follows a renamed or transferred repository's
+/// former name to the repository. Names differing only in case are the
+/// same name on GitHub.
+fn name_now(answer: &Answer, target: &Target) -> Option<String> {
+    let repo: serde_json::Value = serde_json::from_str(answer.body.as_deref()?).ok()?;
+    let now = repo["full_name"].as_str()?;
+    (!now.eq_ignore_ascii_case(&target.repo)).then(|| now.to_string())
 }
 
 /// Reads GitHub's answer to `GET /repos/{owner}/{repo}`. Pure, so every
@@ -327,6 +346,26 @@ mod tests {
                 "{} {:?}",
                 answer.status,
                 answer.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_repository_answered_under_another_name_has_moved() {
+        let cases = [
+            (r#"{"full_name": "acme/website"}"#, Some("acme/website")),
+            (r#"{"full_name": "new-owner/blog"}"#, Some("new-owner/blog")),
+            // GitHub's names are matched whatever their case.
+            (r#"{"full_name": "ACME/Blog"}"#, None),
+            (r#"{"full_name": "acme/blog"}"#, None),
+            (r#"{}"#, None),
+            ("", None),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(
+                name_now(&answer(200, body, None), &target(Scope::Contents)).as_deref(),
+                expected,
+                "{body}"
             );
         }
     }

@@ -1302,3 +1302,50 @@ async fn redeliver_sends_only_the_failed_deliveries_its_filters_name() {
     app.github.wait_for_dispatches(2, WAIT).await;
     assert_eq!(event_types(&app), ["from-one", "from-two"]);
 }
+
+/// A repository renamed (or transferred) after routes.yaml was written:
+/// GitHub answers its former name with a 307 to the repository's id, the
+/// dispatch is sent again there with the same body and credential, and the
+/// relay says once, and in each attempt, that routes.yaml names the
+/// repository by a name it no longer has.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dispatch_to_a_renamed_repository_follows_githubs_redirect_and_says_so() {
+    let app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
+    app.github.rename_repo("acme/blog", "acme/website");
+    for id in [1, 2] {
+        let body = format!(r#"{{"id":{id}}}"#);
+        assert_eq!(app.post_signed("cms", &body).await.status(), 202);
+    }
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 2 && list.iter().all(|d| status_of(d) == "delivered")
+        })
+        .await;
+    let requests = app.github.requests();
+    let redirected: Vec<_> = requests.iter().filter(|r| r.status == 307).collect();
+    let delivered: Vec<_> = requests.iter().filter(|r| r.status == 204).collect();
+    assert_eq!(redirected.len(), 2, "{requests:#?}");
+    assert_eq!(delivered.len(), 2, "{requests:#?}");
+    for (former, now) in redirected.iter().zip(&delivered) {
+        assert_eq!(former.path, "/repos/acme/blog/dispatches");
+        assert_eq!(now.path, "/repos/acme/website/dispatches");
+        assert_eq!(now.body, former.body, "the body is sent again whole");
+        assert_eq!(now.header("authorization"), former.header("authorization"));
+    }
+
+    let id = list[0]["id"].as_str().unwrap();
+    let output = app.cli(&["deliveries", "--id", id, "--json"]);
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let detail = shown["attempts"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("204 (GitHub redirected the request to /repositories/")
+            && detail.contains("the repository acme/blog was renamed or transferred"),
+        "{detail}"
+    );
+    let said = app
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("was renamed or transferred"))
+        .count();
+    assert_eq!(said, 1, "said once: {:#?}", app.logs());
+}

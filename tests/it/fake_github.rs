@@ -355,6 +355,27 @@ impl FakeGitHub {
         );
     }
 
+    /// Renames (or transfers) `former` to `now`, as a repository's owner can: `now` exists
+    /// from here on, with what the test gave `former` (its installation and workflows), and
+    /// GitHub redirects every request that names `former` to the repository's id.
+    pub fn rename_repo(&self, former: &str, now: &str) {
+        let (former_key, now_key) = (repo_key(former), repo_key(now));
+        lock(&self.shared.repos).remove(&former_key);
+        lock(&self.shared.repos).insert(now_key.clone());
+        if let Some(id) = lock(&self.shared.installations).remove(&former_key) {
+            lock(&self.shared.installations).insert(now_key.clone(), id);
+        }
+        if let Some(workflows) = lock(&self.shared.workflows).remove(&former_key) {
+            lock(&self.shared.workflows).insert(now_key.clone(), workflows);
+        }
+        {
+            let mut ids = lock(&self.shared.repository_ids);
+            let next = 100_000 + ids.len() as u64;
+            ids.entry(now.to_owned()).or_insert(next);
+        }
+        lock(&self.shared.moved).insert(former_key, now.to_owned());
+    }
+
     /// Makes `owner/name` exist. Names are matched case-insensitively, as on GitHub.
     pub fn add_repo(&self, full_name: &str) {
         lock(&self.shared.repos).insert(repo_key(full_name));
@@ -1107,6 +1128,11 @@ struct Shared {
     clock_offset_secs: std::sync::atomic::AtomicI64,
     /// Manifests posted to the "create app" page, by the code handed back.
     manifest_codes: Mutex<HashMap<String, Value>>,
+    /// Repositories renamed or transferred: the former name (lowercase) and the name now.
+    moved: Mutex<HashMap<String, String>>,
+    /// The numeric id of each repository a former name redirects to, by its name now:
+    /// GitHub's redirects name a repository by id.
+    repository_ids: Mutex<HashMap<String, u64>>,
 }
 
 impl Shared {
@@ -1138,6 +1164,60 @@ impl Shared {
             reject_run_details: std::sync::atomic::AtomicBool::new(false),
             clock_offset_secs: std::sync::atomic::AtomicI64::new(0),
             manifest_codes: Mutex::default(),
+            moved: Mutex::default(),
+            repository_ids: Mutex::default(),
+        }
+    }
+
+    /// GitHub's answer to a request that names a repository by a former name: a redirect to
+    /// the repository's id, 301 for a GET and 307 for anything else (which the client must
+    /// repeat, body and all, at the new place).
+    fn redirect_if_moved(&self, method: &str, path: &str) -> Option<Answer> {
+        let rest = path.strip_prefix("/repos/")?;
+        let mut parts = rest.splitn(3, '/');
+        let former = format!("{}/{}", parts.next()?, parts.next()?);
+        let now = lock(&self.moved).get(&repo_key(&former))?.clone();
+        let id = *lock(&self.repository_ids).get(&now)?;
+        let tail = parts.next().map(|t| format!("/{t}")).unwrap_or_default();
+        let base = self.base_url.get().cloned().unwrap_or_default();
+        let location = format!("{base}/repositories/{id}{tail}");
+        let (status, message) = if method == "GET" {
+            (301, "Moved Permanently")
+        } else {
+            (307, "Temporary Redirect")
+        };
+        Some(
+            Answer::json(
+                status,
+                json!({
+                    "message": message,
+                    "url": location,
+                    "documentation_url": "https://docs.github.com/rest/guides/best-practices-for-using-the-rest-api#follow-redirects",
+                }),
+            )
+            .with_header("location", location),
+        )
+    }
+
+    /// The path a request names by repository id (`/repositories/{id}/...`), written with the
+    /// repository's name as the API description does; any other path as it is.
+    fn named_path(&self, path: &str) -> String {
+        let Some(rest) = path.strip_prefix("/repositories/") else {
+            return path.to_owned();
+        };
+        let (id, tail) = rest
+            .split_once('/')
+            .map_or((rest, ""), |(id, tail)| (id, tail));
+        let name = id.parse::<u64>().ok().and_then(|id| {
+            lock(&self.repository_ids)
+                .iter()
+                .find(|(_, known)| **known == id)
+                .map(|(name, _)| name.clone())
+        });
+        match name {
+            Some(name) if tail.is_empty() => format!("/repos/{name}"),
+            Some(name) => format!("/repos/{name}/{tail}"),
+            None => path.to_owned(),
         }
     }
 
@@ -1534,17 +1614,26 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
     if let Some(response) = web_page(&shared, &method, &path, query.as_deref(), &body) {
         return response;
     }
+    let redirect = shared.redirect_if_moved(&method, &path);
+    let named_path = shared.named_path(&path);
     let spec = Arc::clone(&shared.spec);
-    let matched = spec.find(&method, &path);
+    let matched = if redirect.is_some() {
+        None
+    } else {
+        spec.find(&method, &named_path)
+    };
     let op = matched.as_ref().map(|(op, _)| *op);
-    let answer = decide(
-        &shared,
-        &req,
-        &body,
-        parsed_body.as_ref(),
-        matched,
-        &request_id,
-    );
+    let answer = match redirect {
+        Some(redirect) => redirect,
+        None => decide(
+            &shared,
+            &req,
+            &body,
+            parsed_body.as_ref(),
+            matched,
+            &request_id,
+        ),
+    };
     let operation_id = op.map(|op| op.operation_id.clone());
 
     if let (Some(op), Some(body)) = (op, &answer.body) {
@@ -1566,7 +1655,8 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
 
     let recorded = RecordedRequest {
         method,
-        path,
+        // A request that names a repository by id is recorded by its name, as the test knows it.
+        path: named_path,
         query,
         operation_id,
         headers,

@@ -295,3 +295,27 @@ async fn a_github_behind_a_private_ca_is_reached_through_the_systems_trust_store
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A repository renamed since routes.yaml was written can still receive
+/// dispatches (GitHub redirects its former name), so the check passes, and
+/// names the repository as it is now.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_online_names_a_renamed_repository_by_its_name_now() {
+    let app = spawn_app_prepared(TEST_HEAD, TARGETS, &[], |github| {
+        github.add_repo("acme/private");
+        github.rename_repo("acme/blog", "acme/Website");
+    })
+    .await;
+    let (code, text) = check_online(&app, TOKEN);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("  ok    acme/blog: renamed or transferred, now acme/Website: GitHub redirects its dispatches, and routes.yaml should say acme/Website\n"),
+        "{text}"
+    );
+    assert!(text.contains("  ok    acme/private\n"), "{text}");
+    // The start-up preflight said it too.
+    let line = app
+        .wait_for_log(|l| l.contains("Preflight: this repository was renamed or transferred"))
+        .await;
+    assert!(line.contains("acme/Website"), "{line}");
+}
