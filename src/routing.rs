@@ -267,6 +267,9 @@ impl LimitError {
                 "is not a repository name: write the repository as `owner/name`, not its URL"
                     .to_owned()
             }
+            LimitError::BadRepo { repo } if ends_in_dot_git(repo) => {
+                "is not a repository name: GitHub's never end in `.git`; write `owner/name` as the API names it, not as a clone URL does".to_owned()
+            }
             LimitError::BadRepo { .. } => format!(
                 "is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`, at most {MAX_OWNER} and {MAX_NAME} characters long"
             ),
@@ -672,13 +675,26 @@ pub fn check_repo(repo: &str) -> Result<(), LimitError> {
             && part != ".."
     };
     match repo.split_once('/') {
-        Some((owner, name)) if valid_part(owner, MAX_OWNER) && valid_part(name, MAX_NAME) => Ok(()),
+        Some((owner, name))
+            if valid_part(owner, MAX_OWNER)
+                && valid_part(name, MAX_NAME)
+                && !ends_in_dot_git(name) =>
+        {
+            Ok(())
+        }
         // A rendered repository may be anything a sender wrote; the message
         // quotes only its start.
         _ => Err(LimitError::BadRepo {
             repo: crate::text::truncate(repo, MAX_OWNER + 1 + MAX_NAME),
         }),
     }
+}
+
+/// Whether a name ends in `.git`, as a clone URL's does: GitHub takes such
+/// a name off a new repository, so no repository has one.
+fn ends_in_dot_git(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.len() >= 4 && bytes[bytes.len() - 4..].eq_ignore_ascii_case(b".git")
 }
 
 /// Checks a rendered repository against the route's `allowed_repos`.

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use super::path::{Path, Seg};
 
@@ -37,6 +37,9 @@ pub(crate) struct Locations {
     /// Each key written a second time in its mapping, with where it was
     /// first written and where again.
     duplicates: Vec<(Path, Pos, Pos)>,
+    /// Each unquoted value that YAML reads as a whole number written
+    /// otherwise than in decimal (`0x10`, `+5`).
+    renumbered: Vec<Path>,
 }
 
 impl Locations {
@@ -72,6 +75,13 @@ impl Locations {
         self.duplicates.first()
     }
 
+    /// Each unquoted value that YAML reads as a whole number written
+    /// otherwise than in decimal, so that the text sent differs from the
+    /// text written (`event_type: 0x10` is sent as `16`).
+    pub(crate) fn renumbered(&self) -> &[Path] {
+        &self.renumbered
+    }
+
     /// The path of the value that starts at `pos`, when one does.
     pub(crate) fn value_at(&self, pos: Pos) -> Option<&Path> {
         self.values
@@ -105,6 +115,20 @@ impl Locations {
                 return Pos { line: 1, column: 1 };
             }
         }
+    }
+}
+
+/// Whether the YAML library reads an unquoted `text` as a whole number
+/// whose decimal form is not `text`: a hexadecimal, octal or binary number,
+/// or one with a `+` sign.
+fn integer_read_otherwise(text: &str) -> bool {
+    // Only text that can be a number is handed to the library.
+    if !text.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-') {
+        return false;
+    }
+    match serde_norway::from_str::<serde_norway::Value>(text) {
+        Ok(serde_norway::Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string() != text,
+        _ => false,
     }
 }
 
@@ -181,10 +205,13 @@ impl MarkedEventReceiver for Recorder {
                 self.documents += 1;
                 self.locations.documents.push(Pos::from_marker(mark));
             }
-            Event::Scalar(text, ..) => {
+            Event::Scalar(text, style, ..) => {
                 let is_key = self.is_key_position();
                 let path = self.node_path(Some(&text), mark);
                 if !is_key && let Some(path) = path {
+                    if style == TScalarStyle::Plain && integer_read_otherwise(&text) {
+                        self.locations.renumbered.push(path.clone());
+                    }
                     // A value left empty (`header:` and nothing after it)
                     // is a null the parser places where the next token
                     // starts, often the next key's line; it is placed at

@@ -1610,23 +1610,69 @@ fn sns_is_read_only_on_sns_routes() {
     assert_eq!(paths, ["routes[1].dispatch[0].event_type"]);
 }
 
+/// The warnings of a file made by [`with_route`], but the one every such
+/// file gets (its route is unauthenticated), as (path, message).
+fn payload_warnings(loaded: &Loaded) -> Vec<(String, String)> {
+    loaded
+        .warnings
+        .iter()
+        .filter(|w| w.path != "routes[0].verify")
+        .map(|w| (w.path.clone(), w.message.clone()))
+        .collect()
+}
+
 #[test]
 fn a_shell_variable_without_braces_is_warned_about() {
     let loaded = load_ok(&with_route(
         "        client_payload: {stage: deploy-$STAGE}\n",
     ));
-    let warnings: Vec<(&str, &str)> = loaded
-        .warnings
-        .iter()
-        .map(|w| (w.path.as_str(), w.message.as_str()))
-        .filter(|(path, _)| *path != "routes[0].verify")
-        .collect();
+    let warnings = payload_warnings(&loaded);
     assert_eq!(
         warnings,
         [(
-            "routes[0].dispatch[0].client_payload.stage",
+            "routes[0].dispatch[0].client_payload.stage".to_owned(),
             "`$STAGE` is sent as written; a variable is substituted only when written `${STAGE}`"
+                .to_owned()
         )]
+    );
+}
+
+#[test]
+fn a_number_written_otherwise_than_in_decimal_is_warned_about() {
+    let loaded = load_ok(&with_route(
+        "        client_payload: {a: 0x10, b: +5, c: 0o17, d: 0b11, e: 12, f: \"0x10\", g: 010, h: -3, i: 1.5}\n",
+    ));
+    let warnings = payload_warnings(&loaded);
+    let message = "is a number written in hexadecimal, octal or binary, or with a `+`, which YAML reads as its decimal value and the relay sends so; write it in quotes to keep it as written";
+    let prefix = "routes[0].dispatch[0].client_payload";
+    let expected: Vec<(String, String)> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|key| (format!("{prefix}.{key}"), message.to_owned()))
+        .collect();
+    assert_eq!(warnings, expected);
+    // A text field reads the number too, and is warned about at its place.
+    let text = with_route("").replace("event_type: e", "event_type: 0x10");
+    let loaded = load_ok(&text);
+    let warning = loaded
+        .warnings
+        .iter()
+        .find(|w| w.path == "routes[0].dispatch[0].event_type")
+        .expect("a warning on event_type");
+    assert_eq!((warning.line, warning.column), (8, 21));
+    // Nothing of the value is quoted: a secret can be written so.
+    assert!(!warning.message.contains("16"), "{warning:?}");
+    let secret = with_route("").replace("token: t", "token: 0x5f3a9c");
+    let printed = match load("routes.yaml", &secret, &env) {
+        Ok(_) => panic!("a token must be text"),
+        Err(errors) => errors.to_string(),
+    };
+    assert!(
+        printed.contains("warning: github.token: is a number"),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("5f3a9c") && !printed.contains("6240924"),
+        "{printed}"
     );
 }
 

@@ -842,6 +842,15 @@ pub(super) fn load(
     }
     report.defaulted = found.defaulted;
     let written = found.written;
+    // Neither the text nor the number is quoted: a secret written in the
+    // file can be such a number.
+    let renumbered = report.locations.renumbered().to_vec();
+    for path in renumbered {
+        report.warn(
+            &path,
+            "is a number written in hexadecimal, octal or binary, or with a `+`, which YAML reads as its decimal value and the relay sends so; write it in quotes to keep it as written",
+        );
+    }
 
     let config = build(&mut report, root, env);
     report_oversized(&mut report, &oversized);

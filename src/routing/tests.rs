@@ -505,6 +505,12 @@ fn repo_names() {
         ("acme/blog/x", false),
         ("acme/bl og", false),
         ("acme/..", false),
+        ("acme/blog.git", false),
+        ("acme/blog.GIT", false),
+        ("acme.git/blog", true),
+        ("acme/blog.github.io", true),
+        ("acme/.github", true),
+        ("acme/ブログ", false),
     ];
     for (repo, ok) in cases {
         assert_eq!(check_repo(repo).is_ok(), ok, "{repo}");
@@ -514,6 +520,8 @@ fn repo_names() {
         let reason = check_repo(url).unwrap_err().reason();
         assert!(reason.ends_with("as `owner/name`, not its URL"), "{reason}");
     }
+    let reason = check_repo("acme/blog.git").unwrap_err().reason();
+    assert!(reason.contains("never end in `.git`"), "{reason}");
     let reason = check_repo("acme/github actions").unwrap_err().reason();
     assert!(reason.contains("expected `owner/name`"), "{reason}");
 }
