@@ -1012,3 +1012,50 @@ async fn a_damaged_store_is_found_at_start_and_refuses_webhooks() {
         .await;
     assert!(line.contains("ERROR"), "{line}");
 }
+
+/// Finished deliveries past `store.retention` are deleted at start, with
+/// their jobs and attempts; a pending one is kept whatever its age.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_prunes_finished_deliveries_past_the_retention_and_keeps_pending_ones() {
+    let head = format!("{TEST_HEAD}store:\n  retention: 1ms\n");
+    let mut app = spawn_app_with(&head, &hmac_route("cms", TARGET), &[]).await;
+    let wait = Duration::from_secs(60);
+    let count = |status: &str| {
+        let status = status.to_owned();
+        move |list: &[Value]| list.iter().filter(|d| d["status"] == status).count()
+    };
+
+    assert_eq!(app.post_signed("cms", r#"{"n": 1}"#).await.status(), 202);
+    app.wait_for_deliveries(wait, |list| count("delivered")(list) == 1)
+        .await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::Status(404)]);
+    assert_eq!(app.post_signed("cms", r#"{"n": 2}"#).await.status(), 202);
+    app.wait_for_deliveries(wait, |list| count("failed")(list) == 1)
+        .await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::RateLimited {
+            retry_after_secs: 600,
+        }],
+    );
+    assert_eq!(app.post_signed("cms", r#"{"n": 3}"#).await.status(), 202);
+    app.wait_for_deliveries(wait, |list| {
+        list.iter()
+            .any(|d| d["status"] == "pending" && d["targets"][0]["attempts"] == 1)
+    })
+    .await;
+    // At the first start nothing had finished, so nothing was pruned.
+    assert!(!app.logs().iter().any(|l| l.contains("Pruned finished")));
+
+    app.restart();
+    let line = app
+        .wait_for_log(|l| l.contains("Pruned finished deliveries past the retention"))
+        .await;
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["pruned"], 2, "{line}");
+    let left = app.deliveries(&[]);
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert_eq!(left[0]["status"], "pending");
+    assert_eq!(left[0]["targets"][0]["attempts"], 1, "its attempt is kept");
+}

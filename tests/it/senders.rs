@@ -1300,3 +1300,53 @@ fn render_verifies_an_sns_envelope_with_a_pinned_certificate() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("verification failed"), "{stderr}");
 }
+
+/// `server.trusted_proxies` and `server.max_body` change with a reload,
+/// without a restart: a relay put behind a proxy, or given a lower bound,
+/// applies it to the next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn trusted_proxies_and_max_body_take_effect_at_a_reload() {
+    let app = spawn_app_with(TEST_HEAD, NETWORK_ROUTE, &[]).await;
+    assert_eq!(post_from(&app, Some("10.1.2.3")).await, 403);
+    let two_kib = format!(r#"{{"pad": "{}"}}"#, "x".repeat(2048));
+    let post_large = || {
+        app.http
+            .post(app.url("/hooks/office"))
+            .header("x-token", "t0ken")
+            .header("x-forwarded-for", "10.1.2.3")
+            .header("content-type", "application/json")
+            .body(two_kib.clone())
+            .send()
+    };
+
+    let text = std::fs::read_to_string(app.config_path()).unwrap();
+    app.reload_config(&format!(
+        "{text}\nserver:\n  trusted_proxies: [127.0.0.1/32]\n"
+    ))
+    .await;
+    assert_eq!(post_from(&app, Some("10.1.2.3")).await, 202);
+    assert_eq!(post_large().await.unwrap().status(), 202);
+
+    let reloads = |app: &crate::helpers::TestApp| {
+        app.logs()
+            .iter()
+            .filter(|l| l.contains("Configuration reloaded"))
+            .count()
+    };
+    assert_eq!(reloads(&app), 1);
+    app.write_config(&format!(
+        "{text}\nserver:\n  trusted_proxies: [127.0.0.1/32]\n  max_body: 1KiB\n"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reloads(&app) < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:#?}", app.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = post_large().await.unwrap();
+    assert_eq!(refused.status(), 413);
+    assert_eq!(
+        post_from(&app, Some("10.1.2.3")).await,
+        202,
+        "small ones pass"
+    );
+}
