@@ -243,12 +243,12 @@ pub fn classify(
                 message,
             ),
         },
-        // GitHub's own redirects (a renamed repository) are followed on
-        // the API's host; one that comes back leads elsewhere, where the
-        // credential is not sent.
+        // GitHub's redirect of a renamed repository is followed on the
+        // API's host; any other comes back, and the credential is not sent
+        // where it leads.
         300..=399 => Action::Fail {
             reason: format!(
-                "GitHub answered {status} with a redirect to another host, which is not followed: the credential is only sent to github.api_url"
+                "GitHub answered {status} with a redirect that is not followed: only that of a renamed or transferred repository, on github.api_url's host, is"
             ),
         },
         status if passing_status(status) => {
@@ -608,12 +608,12 @@ mod tests {
                 None,
                 "GitHub answered 400: Problems parsing JSON",
             ),
-            // A redirect reaches the classifier only when it leads off the
-            // API's host.
+            // A redirect reaches the classifier only when it is not GitHub's
+            // redirect of a renamed repository on the API's host.
             (
                 answer(307, "Temporary Redirect", none),
                 None,
-                "GitHub answered 307 with a redirect to another host, which is not followed: the credential is only sent to github.api_url",
+                "GitHub answered 307 with a redirect that is not followed: only that of a renamed or transferred repository, on github.api_url's host, is",
             ),
         ];
         for (answer, expected_retry, expected_text) in cases {

@@ -280,6 +280,11 @@ pub struct AppAuth {
     /// GitHub's clock minus ours, in seconds, learnt from a refused JWT.
     skew_secs: AtomicI64,
     installations: Mutex<HashMap<String, u64>>,
+    /// GitHub's id of each repository whose installation GitHub looked up
+    /// through a redirect (renamed or transferred since routes.yaml named
+    /// it): its token is asked for by id, since the former name is not the
+    /// name the installation knows.
+    moved_repository_ids: Mutex<HashMap<String, u64>>,
     /// When a 404 last made a token for each repository be renewed, so that
     /// a fan-out of real 404s does not renew for every job.
     not_found_renewals: Mutex<HashMap<String, Instant>>,
@@ -311,6 +316,7 @@ impl AppAuth {
             metrics,
             skew_secs: AtomicI64::new(0),
             installations: Mutex::default(),
+            moved_repository_ids: Mutex::default(),
             not_found_renewals: Mutex::default(),
             lookup: tokio::sync::Mutex::new(()),
             tokens: Mutex::default(),
@@ -478,6 +484,9 @@ impl AppAuth {
                     .ok_or_else(|| {
                         CredentialError::Unexpected(200, "an installation without an id".into())
                     })?;
+                if let Some(moved) = answer.redirected_to.as_deref().and_then(repository_id) {
+                    lock(&self.moved_repository_ids).insert(key.clone(), moved);
+                }
                 lock(&self.installations).insert(key, id);
                 Ok(id)
             }
@@ -570,8 +579,16 @@ impl AppAuth {
         repo: &str,
         scope: Scope,
     ) -> Result<CachedToken, CredentialError> {
-        let name = repo.split_once('/').map_or(repo, |(_, name)| name);
-        let body = json!({"repositories": [name], "permissions": scope.permissions()});
+        let moved = lock(&self.moved_repository_ids)
+            .get(&repo.to_ascii_lowercase())
+            .copied();
+        let body = match moved {
+            Some(id) => json!({"repository_ids": [id], "permissions": scope.permissions()}),
+            None => {
+                let name = repo.split_once('/').map_or(repo, |(_, name)| name);
+                json!({"repositories": [name], "permissions": scope.permissions()})
+            }
+        };
         let answer = self
             .as_app(
                 "installation_token",
@@ -691,6 +708,14 @@ fn shift(at: SystemTime, secs: i64) -> SystemTime {
     }
 }
 
+/// The repository id in the path GitHub redirected a request to, as it
+/// does for a renamed or transferred repository (`/repositories/{id}/…`,
+/// after the API URL's own path).
+fn repository_id(path: &str) -> Option<u64> {
+    let (_, rest) = path.split_once("/repositories/")?;
+    rest.split('/').next()?.parse().ok()
+}
+
 fn parse_body(answer: &Answer) -> Option<Value> {
     serde_json::from_str(answer.body.as_deref()?).ok()
 }
@@ -723,6 +748,19 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_to_a_repository_id_gives_the_id() {
+        let cases = [
+            ("/repositories/123/installation", Some(123)),
+            ("/api/v3/repositories/42/installation", Some(42)),
+            ("/repositories/x/installation", None),
+            ("/repos/acme/blog/installation", None),
+        ];
+        for (path, id) in cases {
+            assert_eq!(repository_id(path), id, "{path}");
+        }
+    }
 
     #[test]
     fn tokens_are_renewed_five_minutes_before_expiry_or_half_way() {

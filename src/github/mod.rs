@@ -253,11 +253,11 @@ impl GitHubClient {
 const MAX_REDIRECTS: usize = 3;
 
 /// GitHub answers a request to a repository's former name (renamed, or
-/// transferred to another owner) with a redirect to its id, 307 for a
-/// dispatch, which is to be repeated there. It is followed on the API's own
-/// host only: the credential is not sent anywhere else, and a redirect
-/// elsewhere comes back as the answer, which fails the dispatch by its
-/// status.
+/// transferred to another owner) with a redirect to its id
+/// (`/repositories/{id}/…`), 307 for a dispatch, which is to be repeated
+/// there. That redirect, on the API's own host, is the only one followed:
+/// the credential is not sent anywhere else, and any other redirect comes
+/// back as the answer, which fails the dispatch by its status.
 fn follow_within_origin(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
     let first = attempt.previous().first();
     let same_origin = first.is_some_and(|first| {
@@ -265,7 +265,8 @@ fn follow_within_origin(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::red
             && first.host_str() == attempt.url().host_str()
             && first.port_or_known_default() == attempt.url().port_or_known_default()
     });
-    if same_origin && attempt.previous().len() <= MAX_REDIRECTS {
+    let to_a_repository_id = attempt.url().path().contains("/repositories/");
+    if same_origin && to_a_repository_id && attempt.previous().len() <= MAX_REDIRECTS {
         attempt.follow()
     } else {
         attempt.stop()

@@ -66,6 +66,21 @@ async fn spawn_as_app_with_key_file(head: &str, key_file: &std::path::Path) -> T
     .await
 }
 
+/// The test App with one route, `cms`, to acme/blog, and the fake GitHub
+/// prepared further by `prepare` before the relay starts.
+async fn spawn_blog_app(prepare: impl FnOnce(&FakeGitHub)) -> TestApp {
+    spawn_app_prepared(
+        &app_head("off"),
+        &hmac_route("cms", blog_target()),
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        |github| {
+            enable_test_app(github);
+            prepare(github);
+        },
+    )
+    .await
+}
+
 fn blog_target() -> &'static str {
     "      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          n: \"{{ body.n }}\"\n"
 }
@@ -242,21 +257,15 @@ async fn mints_are_narrowed_to_the_repository_and_the_permissions_of_the_target(
 async fn the_installation_lookup_is_cached_and_tokens_are_reused_until_renewal() {
     // Set before the relay starts, because its startup preflight already
     // mints a token.
-    let mut app = spawn_app_prepared(
-        &app_head("off"),
-        &hmac_route("cms", blog_target()),
-        &[("GITHUB_APP_ID", &APP_ID.to_string())],
-        |github| {
-            enable_test_app(github);
-            // GitHub's long token format, far beyond 40 characters, is used as is.
-            github.set_long_tokens(true);
-            // A short life: the token is renewed half way through it (or five
-            // minutes before expiry for GitHub's hour-long tokens). Half of
-            // it leaves a slow machine ample time for the first three
-            // dispatches to go with the first token.
-            github.set_token_lifetime(Duration::from_secs(10));
-        },
-    )
+    let mut app = spawn_blog_app(|github| {
+        // GitHub's long token format, far beyond 40 characters, is used as is.
+        github.set_long_tokens(true);
+        // A short life: the token is renewed half way through it (or five
+        // minutes before expiry for GitHub's hour-long tokens). Half of
+        // it leaves a slow machine ample time for the first three
+        // dispatches to go with the first token.
+        github.set_token_lifetime(Duration::from_secs(10));
+    })
     .await;
     post_n(&app, "cms", 3).await;
     let first = app.github.wait_for_dispatches(3, WAIT).await;
@@ -543,15 +552,9 @@ async fn a_skewed_clock_is_corrected_from_githubs_date_header() {
     // GitHub's clock runs 20 minutes ahead: the relay's first JWT looks
     // expired to it (whether the start-up preflight or the first dispatch
     // sends it).
-    let app = spawn_app_prepared(
-        &app_head("off"),
-        &hmac_route("cms", blog_target()),
-        &[("GITHUB_APP_ID", &APP_ID.to_string())],
-        |github| {
-            enable_test_app(github);
-            github.set_clock_offset(20 * 60);
-        },
-    )
+    let app = spawn_blog_app(|github| {
+        github.set_clock_offset(20 * 60);
+    })
     .await;
     post_n(&app, "cms", 1).await;
     app.github.wait_for_dispatches(1, WAIT).await;
@@ -894,4 +897,39 @@ async fn server_errors_to_the_apps_requests_spend_no_attempt() {
     post_one_and_see_it_delivered(&app).await;
     assert_eq!(answers_to(&app, LOOKUP).0, vec![502, 200]);
     assert_eq!(answers_to(&app, MINT).0, vec![500, 201]);
+}
+
+/// An App's repository renamed since routes.yaml named it: GitHub looks its
+/// installation up through the redirect, and the installation knows the
+/// repository by its name now only, so its token is asked for by the
+/// repository's id, which the redirect gave.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_dispatches_to_a_renamed_repository_with_a_token_asked_for_by_id() {
+    let app = spawn_blog_app(|github| {
+        github.rename_repo("acme/blog", "acme/website");
+    })
+    .await;
+    assert_eq!(app.post_signed("cms", r#"{"n": 1}"#).await.status(), 202);
+    app.wait_for_deliveries(Duration::from_secs(60), |list| {
+        list.len() == 1 && list[0]["status"] == "delivered"
+    })
+    .await;
+    let mints = app.github.requests_of(MINT);
+    let last = mints.last().expect("a token was minted");
+    assert_eq!(last.status, 201, "{mints:#?}");
+    let body = last.body.as_ref().unwrap();
+    assert!(body.get("repositories").is_none(), "{body}");
+    assert_eq!(
+        body["repository_ids"].as_array().map(Vec::len),
+        Some(1),
+        "{body}"
+    );
+    let delivered: Vec<_> = app
+        .github
+        .dispatch_attempts()
+        .into_iter()
+        .filter(|r| r.status == 204)
+        .collect();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].path, "/repos/acme/website/dispatches");
 }

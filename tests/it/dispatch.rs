@@ -1342,10 +1342,55 @@ async fn a_dispatch_to_a_renamed_repository_follows_githubs_redirect_and_says_so
             && detail.contains("the repository acme/blog was renamed or transferred"),
         "{detail}"
     );
+    // (The preflight at start may say it too, in its own words.)
     let said = app
         .logs()
         .into_iter()
-        .filter(|l| l.contains("was renamed or transferred"))
+        .filter(|l| l.contains("GitHub redirected the request"))
         .count();
     assert_eq!(said, 1, "said once: {:#?}", app.logs());
+}
+
+/// Only GitHub's redirect of a renamed repository, on the API's host, is
+/// followed: a redirect to another host would carry the dispatch (and,
+/// were it followed with it, the credential) elsewhere, and one to another
+/// path of the API's host is not a repository. Either fails the dispatch,
+/// and nothing is sent where it leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_other_than_a_renamed_repositorys_is_not_followed() {
+    let app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
+    let elsewhere = crate::helpers::Recorder::start();
+    let same_host = format!("{}/login?return_to=/repos/acme/blog", app.github.url());
+    app.github.push_responses(
+        "acme/blog",
+        vec![
+            Scripted::Redirect {
+                location: elsewhere.url.clone(),
+            },
+            Scripted::Redirect {
+                location: same_host,
+            },
+        ],
+    );
+    for id in [1, 2] {
+        let body = format!(r#"{{"id":{id}}}"#);
+        assert_eq!(app.post_signed("cms", &body).await.status(), 202);
+    }
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 2 && list.iter().all(|d| status_of(d) == "failed")
+        })
+        .await;
+    for delivery in &list {
+        let error = delivery["targets"][0]["last_error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            error.starts_with("GitHub answered 307 with a redirect that is not followed"),
+            "{delivery:#}"
+        );
+    }
+    assert!(elsewhere.bodies().is_empty(), "{:?}", elsewhere.bodies());
+    let paths: Vec<String> = app.github.requests().into_iter().map(|r| r.path).collect();
+    assert!(paths.iter().all(|p| p != "/login"), "{paths:?}");
 }

@@ -114,6 +114,9 @@ pub enum Scripted {
     /// The 404 page of GitHub's web front, which an `api_url` without `/api/v3` reaches on
     /// GitHub Enterprise Server: HTML, with the `x-github-request-id` every GitHub answer has.
     WebFrontNotFound,
+    /// A 307 to `location`, as a proxy or a misconfigured front might send, unlike GitHub's
+    /// own redirect of a renamed repository (which [`FakeGitHub::rename_repo`] plays).
+    Redirect { location: String },
 }
 
 impl Scripted {
@@ -362,11 +365,17 @@ impl FakeGitHub {
         let (former_key, now_key) = (repo_key(former), repo_key(now));
         lock(&self.shared.repos).remove(&former_key);
         lock(&self.shared.repos).insert(now_key.clone());
-        if let Some(id) = lock(&self.shared.installations).remove(&former_key) {
-            lock(&self.shared.installations).insert(now_key.clone(), id);
+        {
+            let mut installations = lock(&self.shared.installations);
+            if let Some(id) = installations.remove(&former_key) {
+                installations.insert(now_key.clone(), id);
+            }
         }
-        if let Some(workflows) = lock(&self.shared.workflows).remove(&former_key) {
-            lock(&self.shared.workflows).insert(now_key.clone(), workflows);
+        {
+            let mut workflows = lock(&self.shared.workflows);
+            if let Some(declared) = workflows.remove(&former_key) {
+                workflows.insert(now_key.clone(), declared);
+            }
         }
         {
             let mut ids = lock(&self.shared.repository_ids);
@@ -1503,6 +1512,11 @@ fn scripted_answer(
             ..Answer::empty(*status)
         },
         Scripted::BadCredentials => bad_credentials(),
+        Scripted::Redirect { location } => Answer::json(
+            307,
+            json!({ "message": "Temporary Redirect", "url": location }),
+        )
+        .with_header("location", location),
         Scripted::WebFrontNotFound => Answer {
             web_page: Some(
                 "<!DOCTYPE html>\n<html lang=\"en\"><head><title>Page not found &middot; GitHub</title></head>\n<body><h1>404</h1><p>This is not the web page you are looking for.</p></body></html>\n",
@@ -2092,7 +2106,7 @@ fn decide(
                     );
                 }
             }
-            let repositories = body
+            let by_name = body
                 .and_then(|b| b.get("repositories"))
                 .and_then(Value::as_array)
                 .map(|names| {
@@ -2102,6 +2116,31 @@ fn decide(
                         .map(str::to_ascii_lowercase)
                         .collect::<HashSet<String>>()
                 });
+            // A repository may be named by id instead; an id the fake does not know names no
+            // repository, which GitHub refuses as it refuses an unknown name.
+            let by_id = body
+                .and_then(|b| b.get("repository_ids"))
+                .and_then(Value::as_array)
+                .map(|ids| {
+                    let known = lock(&shared.repository_ids);
+                    ids.iter()
+                        .filter_map(Value::as_u64)
+                        .map(|id| {
+                            known
+                                .iter()
+                                .find(|(_, known)| **known == id)
+                                .and_then(|(name, _)| name.split_once('/'))
+                                .map_or_else(|| format!("#{id}"), |(_, n)| n.to_ascii_lowercase())
+                        })
+                        .collect::<HashSet<String>>()
+                });
+            let repositories = match (by_name, by_id) {
+                (Some(mut names), Some(ids)) => {
+                    names.extend(ids);
+                    Some(names)
+                }
+                (names, ids) => names.or(ids),
+            };
             if let Some(names) = &repositories {
                 let installations = lock(&shared.installations);
                 let all_installed = names.iter().all(|name| {
