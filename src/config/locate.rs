@@ -205,11 +205,15 @@ impl MarkedEventReceiver for Recorder {
                 self.documents += 1;
                 self.locations.documents.push(Pos::from_marker(mark));
             }
-            Event::Scalar(text, style, ..) => {
+            Event::Scalar(text, style, _, tag) => {
                 let is_key = self.is_key_position();
                 let path = self.node_path(Some(&text), mark);
                 if !is_key && let Some(path) = path {
-                    if style == TScalarStyle::Plain && integer_read_otherwise(&text) {
+                    // A tagged scalar (`!!str 0x10`) is read as its tag says.
+                    if style == TScalarStyle::Plain
+                        && tag.is_none()
+                        && integer_read_otherwise(&text)
+                    {
                         self.locations.renumbered.push(path.clone());
                     }
                     // A value left empty (`header:` and nothing after it)

@@ -1640,10 +1640,10 @@ fn a_shell_variable_without_braces_is_warned_about() {
 #[test]
 fn a_number_written_otherwise_than_in_decimal_is_warned_about() {
     let loaded = load_ok(&with_route(
-        "        client_payload: {a: 0x10, b: +5, c: 0o17, d: 0b11, e: 12, f: \"0x10\", g: 010, h: -3, i: 1.5}\n",
+        "        client_payload: {a: 0x10, b: +5, c: 0o17, d: 0b11, e: 12, f: \"0x10\", g: 010, h: -3, i: 1.5, j: !!str 0x10}\n",
     ));
     let warnings = payload_warnings(&loaded);
-    let message = "is a number written in hexadecimal, octal or binary, or with a `+`, which YAML reads as its decimal value and the relay sends so; write it in quotes to keep it as written";
+    let message = "is a number written in hexadecimal, octal or binary, or with a `+`, which YAML reads as its decimal value and the relay uses so; write the number in decimal, or the text in quotes to keep it as written";
     let prefix = "routes[0].dispatch[0].client_payload";
     let expected: Vec<(String, String)> = ["a", "b", "c", "d"]
         .iter()

@@ -848,7 +848,7 @@ pub(super) fn load(
     for path in renumbered {
         report.warn(
             &path,
-            "is a number written in hexadecimal, octal or binary, or with a `+`, which YAML reads as its decimal value and the relay sends so; write it in quotes to keep it as written",
+            "is a number written in hexadecimal, octal or binary, or with a `+`, which YAML reads as its decimal value and the relay uses so; write the number in decimal, or the text in quotes to keep it as written",
         );
     }
 
