@@ -484,7 +484,11 @@ impl AppAuth {
                     .ok_or_else(|| {
                         CredentialError::Unexpected(200, "an installation without an id".into())
                     })?;
-                if let Some(moved) = answer.redirected_to.as_deref().and_then(repository_id) {
+                if let Some(moved) = answer
+                    .redirected_to
+                    .as_deref()
+                    .and_then(super::repository_id)
+                {
                     lock(&self.moved_repository_ids).insert(key.clone(), moved);
                 }
                 lock(&self.installations).insert(key, id);
@@ -708,14 +712,6 @@ fn shift(at: SystemTime, secs: i64) -> SystemTime {
     }
 }
 
-/// The repository id in the path GitHub redirected a request to, as it
-/// does for a renamed or transferred repository (`/repositories/{id}/…`,
-/// after the API URL's own path).
-fn repository_id(path: &str) -> Option<u64> {
-    let (_, rest) = path.split_once("/repositories/")?;
-    rest.split('/').next()?.parse().ok()
-}
-
 fn parse_body(answer: &Answer) -> Option<Value> {
     serde_json::from_str(answer.body.as_deref()?).ok()
 }
@@ -758,7 +754,7 @@ mod tests {
             ("/repos/acme/blog/installation", None),
         ];
         for (path, id) in cases {
-            assert_eq!(repository_id(path), id, "{path}");
+            assert_eq!(super::super::repository_id(path), id, "{path}");
         }
     }
 

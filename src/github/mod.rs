@@ -265,12 +265,20 @@ fn follow_within_origin(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::red
             && first.host_str() == attempt.url().host_str()
             && first.port_or_known_default() == attempt.url().port_or_known_default()
     });
-    let to_a_repository_id = attempt.url().path().contains("/repositories/");
+    let to_a_repository_id = repository_id(attempt.url().path()).is_some();
     if same_origin && to_a_repository_id && attempt.previous().len() <= MAX_REDIRECTS {
         attempt.follow()
     } else {
         attempt.stop()
     }
+}
+
+/// The repository id in a path GitHub redirected a request to, as it does
+/// for a renamed or transferred repository (`/repositories/{id}/…`, after
+/// the API URL's own path); `None` for any other path.
+fn repository_id(path: &str) -> Option<u64> {
+    let (_, rest) = path.split_once("/repositories/")?;
+    rest.split('/').next()?.parse().ok()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
