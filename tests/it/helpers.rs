@@ -439,6 +439,16 @@ const RELAY_SETTINGS: &[&str] = &[
     "RUST_LOG",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
+    // A proxy in the caller's environment would carry the relay's requests
+    // to the fake GitHub, or its fetches of SNS certificates, elsewhere.
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
 ];
 
 /// A command that runs the relay's binary without the caller's settings

@@ -470,7 +470,16 @@ fn test_key_cert() -> SigningKey {
 const TOPIC: &str = "arn:aws:sns:eu-west-1:111122223333:acme-uploads";
 
 /// Signs an envelope as SNS would, with signature version 1 or 2.
-fn signed_envelope(mut fields: serde_json::Map<String, Value>, version: u8) -> Vec<u8> {
+fn signed_envelope(fields: serde_json::Map<String, Value>, version: u8) -> Vec<u8> {
+    signed_envelope_with(&test_key(), fields, version)
+}
+
+/// Signs an envelope with `key`, naming the test certificate's URL.
+fn signed_envelope_with(
+    key: &RsaPrivateKey,
+    mut fields: serde_json::Map<String, Value>,
+    version: u8,
+) -> Vec<u8> {
     fields.insert("SignatureVersion".into(), json!(version.to_string()));
     fields.insert(
         "SigningCertURL".into(),
@@ -480,7 +489,6 @@ fn signed_envelope(mut fields: serde_json::Map<String, Value>, version: u8) -> V
     let text = Envelope::parse(&serde_json::to_vec(&Value::Object(fields.clone())).unwrap())
         .unwrap()
         .string_to_sign();
-    let key = test_key();
     let signature = if version == 1 {
         key.sign(
             Pkcs1v15Sign::new::<sha1::Sha1>(),
@@ -562,6 +570,122 @@ async fn fake_subscribe_endpoint() -> (String, Arc<AtomicUsize>) {
         }
     });
     (format!("http://{addr}"), hits)
+}
+
+/// A stand-in for SNS's certificate host, reached as the relay reaches
+/// AWS through a company's proxy: an HTTP proxy, for the relay's
+/// `HTTPS_PROXY`, that tunnels `CONNECT sns.eu-west-1.amazonaws.com:443`
+/// to a TLS server whose certificate for that name the test CA issued
+/// (the relay trusts it through `SSL_CERT_FILE`). The server answers a GET
+/// of a `.pem` path with `certificate`, or 404 when there is none. The
+/// proxy refuses every other host with 502, and so does it every host
+/// when `reachable` is false, as a proxy does when AWS cannot be reached.
+struct FakeSnsHost {
+    proxy_url: String,
+    /// The paths of the certificates it was asked for, in order.
+    fetched: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+const SNS_HOST: &str = "sns.eu-west-1.amazonaws.com";
+
+impl FakeSnsHost {
+    async fn start(certificate: Option<Vec<u8>>, reachable: bool) -> Self {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let tls = repo_root().join("tests/fixtures/tls");
+        let config = tokio_rustls::rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_file(tls.join("sns-host.pem")).unwrap()],
+                PrivateKeyDer::from_pem_file(tls.join("sns-host.key")).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+        let fetched = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = fetched.clone();
+        let certificate = Arc::new(certificate);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (acceptor, log, certificate) =
+                    (acceptor.clone(), log.clone(), certificate.clone());
+                tokio::spawn(async move {
+                    let Some(head) = read_head(&mut socket).await else {
+                        return;
+                    };
+                    if !reachable || !head.starts_with(&format!("CONNECT {SNS_HOST}:443 ")) {
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    if socket
+                        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let Ok(mut tunnel) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let Some(head) = read_head(&mut tunnel).await else {
+                        return;
+                    };
+                    let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                    let answer = match certificate.as_ref() {
+                        Some(pem) if head.starts_with("GET ") && path.ends_with(".pem") => {
+                            log.lock().unwrap().push(path);
+                            let mut answer = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/x-x509-ca-cert\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                pem.len()
+                            )
+                            .into_bytes();
+                            answer.extend_from_slice(pem);
+                            answer
+                        }
+                        _ => {
+                            log.lock().unwrap().push(path);
+                            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()
+                        }
+                    };
+                    let _ = tunnel.write_all(&answer).await;
+                    let _ = tunnel.shutdown().await;
+                });
+            }
+        });
+        FakeSnsHost { proxy_url, fetched }
+    }
+
+    /// The environment that sends the relay's HTTPS requests through this
+    /// proxy and makes it trust the test CA.
+    fn env(&self) -> [(&str, String); 2] {
+        [
+            ("HTTPS_PROXY", self.proxy_url.clone()),
+            (
+                "SSL_CERT_FILE",
+                crate::helpers::test_ca_file().display().to_string(),
+            ),
+        ]
+    }
+
+    fn fetched(&self) -> Vec<String> {
+        self.fetched.lock().unwrap().clone()
+    }
+}
+
+/// Reads an HTTP request's head, byte by byte so that nothing after it
+/// (a TLS handshake after a CONNECT) is taken from the stream.
+async fn read_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<String> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return None;
+        }
+        head.push(stream.read_u8().await.ok()?);
+    }
+    String::from_utf8(head).ok()
 }
 
 fn sns_route() -> String {
@@ -797,12 +921,11 @@ fn pinned_sns_route(cert: &std::path::Path) -> String {
 /// SNS raw message delivery: the route verifies with `basic`, but SNS still
 /// sends the subscription's confirmation as a signed envelope. It must not
 /// be taken for a webhook (stored, then dispatched with empty fields, and
-/// the subscription never confirmed). Its certificate is SNS's, which tests
-/// cannot fetch, so the relay answers that it could not check it (503, and
-/// SNS sends it again) or, where AWS answers, that it has no such
-/// certificate (401). Either way nothing is stored or dispatched, nor is
-/// S3's test event, while a raw notification on the same route is relayed
-/// as before.
+/// the subscription never confirmed). Its signature is checked with the
+/// certificate fetched from SNS's host, and then the subscription is
+/// confirmed; a forged one is refused. Neither is stored or dispatched,
+/// nor is S3's test event, while a raw notification on the same route is
+/// relayed as before.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_raw_delivery_route_does_not_relay_subscription_messages() {
     let routes = r#"
@@ -815,7 +938,10 @@ async fn a_raw_delivery_route_does_not_relay_subscription_messages() {
         client_payload:
           key: "{{ body.Records[0].s3.object.key }}"
 "#;
-    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    let sns_host = FakeSnsHost::start(Some(std::fs::read(test_cert_path()).unwrap()), true).await;
+    let env = sns_host.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = spawn_app_with(TEST_HEAD, routes, &env).await;
     let (base, hits) = fake_subscribe_endpoint().await;
     let post = |kind: &'static str, body: Vec<u8>| {
         app.http
@@ -837,14 +963,26 @@ async fn a_raw_delivery_route_does_not_relay_subscription_messages() {
             "Timestamp": sns_now(),
         });
         let body = signed_envelope(message.as_object().unwrap().clone(), 1);
-        let (status, json) = crate::helpers::json_of(post(kind, body).await.unwrap()).await;
-        assert!(matches!(status, 401 | 503), "{kind}: {status} {json}");
+        // The same envelope with its token changed after signing.
+        let forged = String::from_utf8(body.clone())
+            .unwrap()
+            .replace("tok-123\"", "tok-124\"");
+        let (status, json) =
+            crate::helpers::json_of(post(kind, forged.into_bytes()).await.unwrap()).await;
+        assert_eq!(status, 401, "{kind}: {json}");
         assert!(json["message"].is_string(), "{kind}: {json}");
+        let (status, json) = crate::helpers::json_of(post(kind, body).await.unwrap()).await;
+        assert_eq!(status, 200, "{kind}: {json}");
     }
     assert_eq!(
         hits.load(Ordering::SeqCst),
-        0,
-        "nothing unverified is confirmed"
+        1,
+        "the confirmation is confirmed, the forgery and the unsubscription are not"
+    );
+    assert_eq!(
+        sns_host.fetched(),
+        ["/SimpleNotificationService-test.pem"],
+        "the certificate is fetched once and kept"
     );
     // A header naming a subscription message on a body that is no
     // envelope is refused like a forged one.
@@ -889,6 +1027,108 @@ async fn a_raw_delivery_route_does_not_relay_subscription_messages() {
         "only the notification is stored"
     );
     assert_eq!(app.github.dispatches().len(), 1);
+}
+
+/// `sns_route()` without pinned certificates: the relay fetches each
+/// envelope's `SigningCertURL`, as it does by default.
+fn fetching_sns_route() -> String {
+    let pinned = format!("        certificates: [{}]\n", test_cert_path().display());
+    let route = sns_route();
+    assert!(route.contains(&pinned));
+    route.replace(&pinned, "")
+}
+
+/// Starts a relay with `fetching_sns_route()` whose HTTPS requests go to
+/// `sns_host`.
+async fn spawn_fetching_sns(sns_host: &FakeSnsHost) -> crate::helpers::TestApp {
+    let env = sns_host.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    spawn_app_with(TEST_HEAD, &fetching_sns_route(), &env).await
+}
+
+/// The default set-up, with no certificate pinned: the signing certificate
+/// is fetched over HTTPS from SNS's host (here through a proxy, which the
+/// relay takes from `HTTPS_PROXY` as any reqwest client does), once for all
+/// the messages signed with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sns_route_fetches_the_signing_certificate_once() {
+    let sns_host = FakeSnsHost::start(Some(std::fs::read(test_cert_path()).unwrap()), true).await;
+    let app = spawn_fetching_sns(&sns_host).await;
+    for (n, key) in ["a.jpg", "b.jpg"].into_iter().enumerate() {
+        let message = json!({"Records": [{"s3": {"object": {"key": key}}}]});
+        let body = signed_envelope(notification(&format!("note-{n}"), &message), 2);
+        let (status, json) = post_sns(&app, "Notification", body).await;
+        assert_eq!(status, 202, "{json}");
+    }
+    let sent = app
+        .github
+        .wait_for_dispatches(2, Duration::from_secs(60))
+        .await;
+    let mut keys: Vec<_> = sent
+        .iter()
+        .map(|d| d.body.as_ref().unwrap()["client_payload"]["key"].clone())
+        .collect();
+    keys.sort_by_key(|k| k.to_string());
+    assert_eq!(keys, [json!("a.jpg"), json!("b.jpg")]);
+    assert_eq!(sns_host.fetched(), ["/SimpleNotificationService-test.pem"]);
+
+    // A message signed with another key, under the same certificate URL,
+    // is checked against the kept certificate and refused.
+    let other_key = {
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        let pem =
+            std::fs::read_to_string(repo_root().join("tests/fixtures/app/test-app.pem")).unwrap();
+        RsaPrivateKey::from_pkcs1_pem(&pem).unwrap()
+    };
+    let message = json!({"Records": [{"s3": {"object": {"key": "c.jpg"}}}]});
+    let body = signed_envelope_with(&other_key, notification("note-c", &message), 2);
+    let (status, json) = post_sns(&app, "Notification", body).await;
+    assert_eq!(status, 401, "{json}");
+    assert_eq!(sns_host.fetched().len(), 1);
+    assert_eq!(app.deliveries(&[]).len(), 2);
+}
+
+/// A certificate that cannot be had: when SNS's host cannot be reached the
+/// message is answered 503, so that SNS sends it again, and when the host
+/// has no such certificate it is refused 401. Nothing is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn sns_certificates_that_cannot_be_had_are_answered_for_what_they_are() {
+    let message = json!({"Records": [{"s3": {"object": {"key": "a.jpg"}}}]});
+
+    let unreachable =
+        FakeSnsHost::start(Some(std::fs::read(test_cert_path()).unwrap()), false).await;
+    let app = spawn_fetching_sns(&unreachable).await;
+    let response = app
+        .http
+        .post(app.url("/hooks/sns/uploads"))
+        .header("content-type", "text/plain; charset=UTF-8")
+        .header("x-amz-sns-message-type", "Notification")
+        .body(signed_envelope(notification("note-1", &message), 2))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, json) = crate::helpers::json_of(response).await;
+    assert_eq!(
+        (status, &json["error"]),
+        (503, &json!("unavailable")),
+        "{json}"
+    );
+    assert!(app.deliveries(&[]).is_empty());
+    drop(app);
+
+    let without = FakeSnsHost::start(None, true).await;
+    let app = spawn_fetching_sns(&without).await;
+    let body = signed_envelope(notification("note-1", &message), 2);
+    let (status, json) = post_sns(&app, "Notification", body).await;
+    assert_eq!(
+        (status, &json["error"]),
+        (401, &json!("unauthorized")),
+        "{json}"
+    );
+    assert_eq!(without.fetched(), ["/SimpleNotificationService-test.pem"]);
+    assert!(app.deliveries(&[]).is_empty());
+    assert!(app.github.dispatches().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
