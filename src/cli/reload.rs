@@ -168,6 +168,10 @@ impl Reloader {
                 }
                 Step::Load(text, trigger) => self.load(text, trigger).await,
             }
+            // Each look at the file, at the level below debug: what it found
+            // is logged above when it matters, and this line lets whoever
+            // watches (a test among them) know that a look happened.
+            tracing::trace!(forced, "Looked at the configuration file");
         }
     }
 

@@ -330,19 +330,35 @@ async fn a_rotated_token_is_named_as_needing_a_restart_until_the_relay_restarts(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_configuration_file_that_cannot_be_read_is_reported_once_and_counted() {
-    let app = spawn_app(&hmac_route("cms", TARGET)).await;
+    let app = spawn_app_with(
+        TEST_HEAD,
+        &hmac_route("cms", TARGET),
+        &[("RUST_LOG", "info,dispatch_relay::cli::reload=trace")],
+    )
+    .await;
+    let looks = || {
+        app.logs()
+            .iter()
+            .filter(|l| l.contains("Looked at the configuration file"))
+            .count()
+    };
     let path = app.config_path();
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     app.wait_for_log(|l| l.contains("Cannot read the configuration"))
         .await;
+    let looked = looks();
     let failures = r#"dispatch_relay_config_reloads_total{result="failure"} 1"#;
     assert!(app.metrics().await.contains(failures));
     // The routes in force keep serving, and the error is not repeated every
     // second while it lasts: the file stays away while the watcher looks at
-    // it twice more (a wait for something not to happen, bounded).
+    // it twice more.
     assert_eq!(app.post_signed("cms", "{}").await.status(), 202);
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while looks() < looked + 2 {
+        assert!(std::time::Instant::now() < deadline, "the watcher stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The file comes back as it was: the relay says it reloaded, so that
     // the failure is no longer the latest outcome (the alert on it stops).
     let successes = r#"dispatch_relay_config_reloads_total{result="success"}"#;
@@ -600,23 +616,32 @@ async fn a_job_whose_lease_runs_out_during_a_pause_is_sent_once() {
         list.len() == 2 && list.iter().all(|d| d["status"] == "delivered")
     })
     .await;
-    // A second send of the waiting job would start a `min_interval` after
-    // the retry of the first and be answered a second later: watched for
-    // longer than that.
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
-        assert_eq!(
-            app.github.dispatches_to("acme/blog"),
-            2,
-            "each webhook is dispatched once: {:#?}",
-            app.github.dispatch_attempts()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // A second send of the waiting job would be leased at once and take
+    // the next turn of the pacing, before any later webhook's job, and
+    // every send takes as long: so once a third webhook is delivered, a
+    // second send of the waiting job would have reached GitHub.
+    assert_eq!(app.post_signed("cms", r#"{"n":2}"#).await.status(), 202);
+    app.wait_for_deliveries(Duration::from_secs(60), |list| {
+        list.len() == 3 && list.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    let mut sent: Vec<_> = app
+        .github
+        .dispatches()
+        .iter()
+        .map(|d| d.body.as_ref().unwrap()["client_payload"]["n"].clone())
+        .collect();
+    sent.sort_by_key(|n| n.to_string());
+    assert_eq!(
+        sent,
+        [0, 1, 2],
+        "each webhook is dispatched once: {:#?}",
+        app.github.dispatch_attempts()
+    );
     assert_eq!(
         app.github.dispatch_attempts_to("acme/blog"),
-        3,
-        "the rate-limited one and two sends"
+        4,
+        "the rate-limited one and three sends"
     );
 }
 
@@ -764,14 +789,20 @@ async fn a_store_moved_away_refuses_writes_and_loses_no_outcome() {
         })
         .await;
     assert_eq!(list[0]["status"], "delivered");
-    // Watched for longer than a lease and a send take: the job is not sent
-    // again.
-    let after = std::time::Instant::now();
-    while after.elapsed() < Duration::from_secs(4) {
-        assert_eq!(app.github.dispatches_to("acme/blog"), 1);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The job is not sent again. A second send would be leased before any
+    // later webhook's job, and so would reach GitHub before a later
+    // webhook's dispatch is answered.
     assert_eq!(app.post_signed("cms", r#"{"n": 3}"#).await.status(), 202);
+    app.wait_for_deliveries(Duration::from_secs(30), |list| {
+        list.len() == 2 && list.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    assert_eq!(
+        app.github.dispatches_received(),
+        2,
+        "{:#?}",
+        app.github.dispatch_attempts()
+    );
     let ready = reqwest::get(app.url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
     let passes = app
