@@ -1650,6 +1650,20 @@ fn a_number_written_otherwise_than_in_decimal_is_warned_about() {
         .map(|key| (format!("{prefix}.{key}"), message.to_owned()))
         .collect();
     assert_eq!(warnings, expected);
+    // A numeric setting means the number, however written; a payload key
+    // of the same name is still text.
+    let text = with_route("        client_payload: {timeout: 0x10}\n")
+        + "retry:\n  max_attempts: 0x10\nserver:\n  max_body: 0o200000\n";
+    let loaded = load_ok(&text);
+    assert_eq!(loaded.config.retry.max_attempts, 16);
+    assert_eq!(loaded.config.server.max_body, 65_536);
+    let paths: Vec<&str> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("hexadecimal"))
+        .map(|w| w.path.as_str())
+        .collect();
+    assert_eq!(paths, ["routes[0].dispatch[0].client_payload.timeout"]);
     // A text field reads the number too, and is warned about at its place.
     let text = with_route("").replace("event_type: e", "event_type: 0x10");
     let loaded = load_ok(&text);

@@ -845,7 +845,10 @@ pub(super) fn load(
     // Neither the text nor the number is quoted: a secret written in the
     // file can be such a number.
     let renumbered = report.locations.renumbered().to_vec();
-    for path in renumbered {
+    for path in renumbered
+        .into_iter()
+        .filter(|path| !is_numeric_setting(path))
+    {
         report.warn(
             &path,
             "is a number written in hexadecimal, octal or binary, or with a `+`, which YAML reads as its decimal value and the relay uses so; write the number in decimal, or the text in quotes to keep it as written",
@@ -868,6 +871,31 @@ pub(super) fn load(
     }
     errors.sort_by_key(|e| (e.line, e.column));
     Err(ConfigErrors { errors, warnings })
+}
+
+/// The settings that hold a number (a count, a rate, a size in bytes),
+/// which `0x10` means as well as `16` does. Elsewhere a number written so is
+/// sent or compared as text, which its decimal value would not match.
+/// (Durations need a unit, so a bare number there is refused anyway.)
+const NUMERIC_SETTINGS: &[&str] = &[
+    "installation_id",
+    "concurrency",
+    "per_minute",
+    "max_attempts",
+    "per_second",
+    "burst",
+    "max_body",
+    "max_body_memory",
+];
+
+/// Whether `path` names one of the [`NUMERIC_SETTINGS`], rather than a key
+/// of the same name inside a payload the relay sends.
+fn is_numeric_setting(path: &Path) -> bool {
+    let in_payload = path
+        .0
+        .iter()
+        .any(|seg| matches!(seg, Seg::Key(key) if key == "client_payload" || key == "inputs"));
+    !in_payload && NUMERIC_SETTINGS.iter().any(|key| path.ends_with_key(key))
 }
 
 fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
