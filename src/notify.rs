@@ -232,24 +232,36 @@ async fn run_destination(
     place: String,
     destination: NotifyKind,
     http: reqwest::Client,
-    mut failures: mpsc::Receiver<Failure>,
+    failures: mpsc::Receiver<Failure>,
     dropped: Dropped,
 ) {
+    let (place, destination, http) = (&place, &destination, &http);
+    pace(failures, dropped, move |batch| {
+        let message = render(destination, &batch);
+        send(place, destination, http, message)
+    })
+    .await;
+}
+
+/// Gathers failures into batches and hands each to `deliver`: the first
+/// failure waits [`GATHER`] for others, and after each message the next
+/// waits out [`COOLDOWN`], collecting what fails meanwhile. Returns when the
+/// channel closes (shutdown), which ends both waits at once.
+async fn pace<F, Sent>(mut failures: mpsc::Receiver<Failure>, dropped: Dropped, mut deliver: F)
+where
+    F: FnMut(Batch) -> Sent,
+    Sent: std::future::Future<Output = ()>,
+{
     let mut batch = Batch::default();
     while let Some(first) = failures.recv().await {
         batch.push(first);
-        // Gather what arrives soon after, then keep collecting through the
-        // cooldown before the next message. A closed channel (shutdown)
-        // ends both waits at once.
         let gathered = tokio::time::Instant::now() + GATHER;
         while let Ok(Some(more)) = tokio::time::timeout_at(gathered, failures.recv()).await {
             batch.push(more);
         }
         loop {
             batch.count_refused(dropped.take());
-            let message = render(&destination, &batch);
-            send(&place, &destination, &http, message).await;
-            batch = Batch::default();
+            deliver(std::mem::take(&mut batch)).await;
             let cooled = tokio::time::Instant::now() + COOLDOWN;
             while let Ok(Some(more)) = tokio::time::timeout_at(cooled, failures.recv()).await {
                 batch.push(more);
@@ -389,6 +401,43 @@ mod tests {
             repo: "acme/blog".into(),
             reason: "repository not found".into(),
         }
+    }
+
+    /// Driven time: failures at the given seconds, and the messages that
+    /// `pace` sends, each with when and how many failures it counts.
+    #[tokio::test(start_paused = true)]
+    async fn a_destination_hears_at_most_once_a_minute_with_all_that_failed_meanwhile() {
+        let start = tokio::time::Instant::now();
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let record = sent.clone();
+        let task = tokio::spawn(pace(receiver, Dropped::default(), move |batch| {
+            record
+                .lock()
+                .unwrap()
+                .push((start.elapsed().as_secs(), batch.total));
+            std::future::ready(())
+        }));
+        let at = |seconds: u64| tokio::time::sleep_until(start + Duration::from_secs(seconds));
+        for (second, n) in [(0, 1), (0, 2), (1, 3), (11, 4), (40, 5), (200, 6)] {
+            at(second).await;
+            sender.send(failure("r", n)).await.unwrap();
+        }
+        at(300).await;
+        drop(sender);
+        task.await.unwrap();
+        assert_eq!(
+            *sent.lock().unwrap(),
+            [
+                // The first three, gathered for five seconds.
+                (5, 3),
+                // Two failed in the minute after it: sent when it ends.
+                (65, 2),
+                // Nothing failed in the minute after that, so the next
+                // failure waits only to be gathered.
+                (205, 1),
+            ]
+        );
     }
 
     #[test]

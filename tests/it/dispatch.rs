@@ -1073,6 +1073,38 @@ async fn a_repeat_of_a_delivered_webhook_is_a_duplicate_even_when_it_no_longer_r
     assert_eq!(app.github.dispatch_attempts().len(), 1);
 }
 
+/// Without a `pacing` setting, the relay follows GitHub's guidance for
+/// requests that create content: one at a time, a second apart. In a
+/// fan-out to three repositories each dispatch starts a second or more
+/// after the one before (so, as GitHub takes 300 ms to answer, after that
+/// one was answered).
+#[tokio::test(flavor = "multi_thread")]
+async fn default_pacing_sends_one_dispatch_at_a_time_a_second_apart() {
+    let head = TEST_HEAD.replace("  pacing: off\n", "");
+    assert_ne!(head, TEST_HEAD);
+    let repos = ["acme/blog", "acme/docs", "acme/shop"];
+    let targets: String = repos
+        .iter()
+        .map(|repo| format!("      - repo: {repo}\n        event_type: deploy\n"))
+        .collect();
+    let routes = format!("  - id: cms\n    verify: none\n    dispatch:\n{targets}");
+    let app = spawn_app_with(&head, &routes, &[]).await;
+    for repo in repos {
+        app.github.add_repo(repo);
+    }
+    app.github.set_latency(Duration::from_millis(300));
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    // The preflight's look at each repository may overlap a dispatch, so
+    // the fake's count of requests in flight says nothing here.
+    let sent = app.github.wait_for_dispatches(3, WAIT).await;
+    for pair in sent.windows(2) {
+        // Measured where the fake received them; a request held up on its
+        // way can shorten a gap by as much, hence the margin.
+        let gap = pair[1].received_at - pair[0].received_at;
+        assert!(gap >= Duration::from_millis(900), "{gap:?}");
+    }
+}
+
 /// With `pacing: off` the relay still keeps at most 64 requests in flight
 /// at GitHub (decision 3): a queue of 200 against a slow GitHub reaches
 /// that many at once and no more.
