@@ -11,6 +11,7 @@ use crate::config::RetryConfig;
 use crate::github::rate_limit::{MAX_ASKED_WAIT_SECS, RateLimitWait, rate_limit_wait};
 use crate::github::{
     Answer, BAD_CREDENTIALS, NOT_FOUND, NOT_GITHUB, TransportError, WORKFLOW_NOT_FOUND,
+    classic_token_not_found,
 };
 
 /// What the worker saw for one attempt.
@@ -227,12 +228,18 @@ pub fn classify(
             reason: BAD_CREDENTIALS.to_string(),
         },
         404 => Action::Fail {
-            reason: if history.workflow {
-                WORKFLOW_NOT_FOUND
-            } else {
-                NOT_FOUND
-            }
-            .to_string(),
+            reason: answer
+                .oauth_scopes
+                .as_deref()
+                .and_then(classic_token_not_found)
+                .unwrap_or_else(|| {
+                    if history.workflow {
+                        WORKFLOW_NOT_FOUND
+                    } else {
+                        NOT_FOUND
+                    }
+                    .to_string()
+                }),
         },
         422 => Action::Fail {
             reason: with_message("GitHub rejected the request (422)", message),
@@ -585,6 +592,32 @@ mod tests {
             ),
             (answer(401, "Bad credentials", none), None, BAD_CREDENTIALS),
             (answer(404, "Not Found", none), None, NOT_FOUND),
+            // A classic token says its scopes on every answer: a 404 to one
+            // without `repo` is explained by them, one with it is not.
+            (
+                Answer {
+                    oauth_scopes: Some("read:org, gist".into()),
+                    ..answer(404, "Not Found", none)
+                },
+                None,
+                "repository not found, or the credential cannot see it: the classic token has only `read:org`, `gist`, and without `repo` GitHub answers 404 for a private repository; add the `repo` scope to the token",
+            ),
+            (
+                Answer {
+                    oauth_scopes: Some(String::new()),
+                    ..answer(404, "Not Found", none)
+                },
+                None,
+                "repository not found, or the credential cannot see it: the classic token has no scope, and without `repo` GitHub answers 404 for a private repository; add the `repo` scope to the token",
+            ),
+            (
+                Answer {
+                    oauth_scopes: Some("repo, workflow".into()),
+                    ..answer(404, "Not Found", none)
+                },
+                None,
+                NOT_FOUND,
+            ),
             (
                 answer(
                     422,

@@ -37,6 +37,30 @@ pub const BAD_CREDENTIALS: &str = "bad credentials: token invalid or expired";
 pub const NOT_FOUND: &str = "repository not found, or the credential cannot see it — a classic PAT needs `repo`, \
 a fine-grained token Contents: write, an App must be installed on the repository with Contents: write";
 
+/// Why GitHub answered 404 to a classic personal access token, when the
+/// token's scopes (`x-oauth-scopes`, on every answer to such a token)
+/// explain it: without `repo`, GitHub answers 404 for a private repository
+/// as for one that does not exist. `None` when the token has `repo`.
+pub fn classic_token_not_found(scopes: &str) -> Option<String> {
+    let scopes: Vec<&str> = scopes
+        .split(',')
+        .map(str::trim)
+        .filter(|scope| !scope.is_empty())
+        .collect();
+    if scopes.contains(&"repo") {
+        return None;
+    }
+    let has = if scopes.is_empty() {
+        "no scope".to_string()
+    } else {
+        let named: Vec<String> = scopes.iter().map(|scope| format!("`{scope}`")).collect();
+        format!("only {}", named.join(", "))
+    };
+    Some(format!(
+        "repository not found, or the credential cannot see it: the classic token has {has}, and without `repo` GitHub answers 404 for a private repository; add the `repo` scope to the token"
+    ))
+}
+
 /// Why an answer is not GitHub's: a 2xx or a 404 without the
 /// `x-github-request-id` that every answer of GitHub's API (and of GitHub
 /// Enterprise Server's) carries comes from another server, most often one

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use super::app::{Credentials, Scope};
 use super::{Answer, GitHubClient};
-use super::{BAD_CREDENTIALS, NOT_FOUND, NOT_GITHUB};
+use super::{BAD_CREDENTIALS, NOT_FOUND, NOT_GITHUB, classic_token_not_found};
 
 /// One repository and what its dispatches need.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -212,7 +212,13 @@ fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> {
         _ if answer.not_from_github() => return Err(NOT_GITHUB.to_string()),
         200 => {}
         401 => return Err(BAD_CREDENTIALS.to_string()),
-        404 => return Err(NOT_FOUND.to_string()),
+        404 => {
+            return Err(answer
+                .oauth_scopes
+                .as_deref()
+                .and_then(classic_token_not_found)
+                .unwrap_or_else(|| NOT_FOUND.to_string()));
+        }
         403 => {
             return Err(format!(
                 "forbidden (403): {}",

@@ -188,6 +188,19 @@ struct Hold {
 /// How near the end of a rate limit's wait a request may come without being refused.
 const HOLD_ROUNDING: Duration = Duration::from_millis(100);
 
+impl Grant {
+    /// A personal access token's: it sees every repository and never expires.
+    fn personal(permissions: Option<Map<String, Value>>) -> Grant {
+        Grant {
+            installation_id: None,
+            expires_at: None,
+            repositories: None,
+            permissions,
+            scopes: None,
+        }
+    }
+}
+
 /// Whom a rate limit holds back, as GitHub counts: an installation (every token minted for it
 /// alike), any other token, or the App itself for requests signed with its JWT.
 fn held_credential(shared: &Shared, req: &HttpRequest) -> Option<String> {
@@ -346,16 +359,19 @@ impl FakeGitHub {
         self.add_personal_token(token, permissions.as_object().cloned());
     }
 
+    /// Accepts this classic personal access token with `scopes`. Every repository of the fake
+    /// is private, so without `repo` GitHub answers it 404 for each, as for one that does not
+    /// exist; every answer names its scopes in `x-oauth-scopes`.
+    pub fn add_classic_token(&self, token: &str, scopes: &[&str]) {
+        let grant = Grant {
+            scopes: Some(scopes.iter().map(|s| (*s).to_owned()).collect()),
+            ..Grant::personal(None)
+        };
+        lock(&self.shared.tokens).insert(token.to_owned(), grant);
+    }
+
     fn add_personal_token(&self, token: &str, permissions: Option<Map<String, Value>>) {
-        lock(&self.shared.tokens).insert(
-            token.to_owned(),
-            Grant {
-                installation_id: None,
-                expires_at: None,
-                repositories: None,
-                permissions,
-            },
-        );
+        lock(&self.shared.tokens).insert(token.to_owned(), Grant::personal(permissions));
     }
 
     /// Renames (or transfers) `former` to `now`, as a repository's owner can: `now` exists
@@ -1076,6 +1092,9 @@ struct Grant {
     repositories: Option<HashSet<String>>,
     /// The permissions the token was granted; `None` for a personal access token.
     permissions: Option<Map<String, Value>>,
+    /// The scopes of a classic personal access token, which GitHub names in `x-oauth-scopes`
+    /// on every answer to it; `None` for other tokens.
+    scopes: Option<Vec<String>>,
 }
 
 struct AppConfig {
@@ -1700,6 +1719,14 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
         .and_then(|asked| SUPPORTED_API_VERSIONS.iter().find(|v| **v == asked))
         .copied()
         .unwrap_or(API_VERSION);
+    let mut answer = answer;
+    if let Credential::Token(token) = credential(&req)
+        && let Some(scopes) = lock(&shared.tokens)
+            .get(&token)
+            .and_then(|grant| grant.scopes.clone())
+    {
+        answer.headers.push(("x-oauth-scopes", scopes.join(", ")));
+    }
     respond(&shared, answer, &request_id, version)
 }
 
@@ -2193,6 +2220,7 @@ fn decide(
                     expires_at: Some(expires_at),
                     repositories,
                     permissions: Some(permissions.clone()),
+                    scopes: None,
                 },
             );
             let expires_secs = stated_secs(
@@ -2372,6 +2400,13 @@ fn authorize_repo(
             .is_some_and(|expiry| SystemTime::now() >= expiry)
         {
             return Err(bad_credentials());
+        }
+        if grant
+            .scopes
+            .as_ref()
+            .is_some_and(|scopes| !scopes.iter().any(|scope| scope == "repo"))
+        {
+            return Err(Answer::error(404, "Not Found", &op.docs_url));
         }
         if let Some(names) = &grant.repositories {
             let name = repo

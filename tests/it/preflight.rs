@@ -180,6 +180,39 @@ async fn check_online_explains_each_failure_of_a_token() {
     }
 }
 
+/// A classic token made without the `repo` scope sees no private
+/// repository: GitHub answers 404, as for one that does not exist, but
+/// names the token's scopes on the answer. `check --online` and a failed
+/// delivery say that the scope is what is missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_classic_token_without_the_repo_scope_is_told_so() {
+    const CLASSIC: &str = "ghp_classicWithoutRepo";
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let app = spawn_app_prepared(TEST_HEAD, routes, &[("GITHUB_TOKEN", CLASSIC)], |github| {
+        github.add_classic_token(CLASSIC, &["read:org", "gist"]);
+        github.add_classic_token("ghp_classicWithRepo", &["repo", "workflow"]);
+    })
+    .await;
+    let missing = "repository not found, or the credential cannot see it: the classic token has only `read:org`, `gist`, and without `repo` GitHub answers 404 for a private repository; add the `repo` scope to the token";
+    let (code, text) = check_online(&app, CLASSIC);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!("  FAIL  acme/blog: {missing}")),
+        "{text}"
+    );
+    let (code, text) = check_online(&app, "ghp_classicWithRepo");
+    assert_eq!(code, 0, "{text}");
+
+    assert_eq!(app.post("cms", "{}").await.status(), 202);
+    let list = app
+        .wait_for_deliveries(Duration::from_secs(60), |list| {
+            list.first().is_some_and(|d| d["status"] == "failed")
+        })
+        .await;
+    assert_eq!(list[0]["targets"][0]["last_error"], missing, "{list:?}");
+    assert!(!app.logs().iter().any(|l| l.contains(CLASSIC)));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn check_online_says_when_the_app_is_not_installed() {
     let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/site\n        event_type: deploy\n";
