@@ -24,7 +24,7 @@ use super::retry::{self, Action, AppToken, History, Outcome};
 use crate::clock::{self, now_ms};
 use crate::config::RetryConfig;
 use crate::github::rate_limit::{self, RateLimitWait};
-use crate::github::{Answer, Credentials, GitHubClient, Scope};
+use crate::github::{Answer, CredentialError, Credentials, GitHubClient, Scope, TransportError};
 use crate::secret::Secret;
 use crate::store::{AttemptRecord, Job, JobNext, Store, StoreError};
 use crate::telemetry::{DispatchOutcome, Metrics, Streak};
@@ -373,41 +373,7 @@ impl Dispatcher {
             };
             let token = match token {
                 Ok(token) => token,
-                Err(e) => {
-                    let reason = e.to_string();
-                    // A rate limit on the token request itself: the whole
-                    // credential waits, as for a rate-limited dispatch.
-                    let rate_limited = e.rate_limit_wait();
-                    if let Some(wait) = rate_limited {
-                        self.pause(wait).await;
-                    }
-                    let outcome = Outcome::NoCredential {
-                        reason: &reason,
-                        permanent: e.is_permanent(),
-                        rate_limited,
-                    };
-                    // The token request is a request to GitHub: when it got
-                    // no answer, or one that says nothing (a timeout, a
-                    // 408 or 5xx), it tells as a failed look would, by the
-                    // look's own rule (decision 42). A rate limit is an
-                    // answer, and waits on its own.
-                    let github_down = rate_limited.is_none()
-                        && e.github_did_not_answer()
-                        && self.token_request_unanswered(&job);
-                    let history = History {
-                        github_down,
-                        ..self.history(&job, None, false)
-                    };
-                    let action = self.classify(outcome, history);
-                    let sent = Sent {
-                        started_ms: now_ms(),
-                        elapsed: Duration::ZERO,
-                        status: None,
-                        detail: reason,
-                        result: None,
-                    };
-                    break self.finish(&job, sent, action, &shutdown).await;
-                }
+                Err(e) => break self.no_token(&job, &e, &shutdown).await,
             };
             let body = if with_run_details {
                 std::borrow::Cow::Owned(with_run_details_asked(&job.body))
@@ -427,25 +393,10 @@ impl Dispatcher {
             }
             let github_down =
                 retry::may_pass(&answer) && self.outage_confirmed(&job, &token.secret).await;
-            // A rate limit is the credential's, whatever becomes of this
-            // job: even one that gives up (its wait would pass
-            // give_up_after) holds the others back for that long.
-            let mut unstated_pause = None;
-            if let Ok(a) = &answer {
-                match rate_limit::rate_limit_wait(a, clock::now_epoch_secs()) {
-                    Some(RateLimitWait::Stated(wait)) => self.pause(wait).await,
-                    // GitHub's guidance for a secondary limit that says
-                    // nothing: wait at least a minute, longer each time.
-                    Some(RateLimitWait::Unstated) => {
-                        let (wait, later) = self.pacer.pause_unstated();
-                        if later {
-                            self.keep_pause(wait).await;
-                        }
-                        unstated_pause = Some(wait);
-                    }
-                    None => self.pacer.answered(),
-                }
-            }
+            let unstated_pause = match &answer {
+                Ok(answer) => self.heed_rate_limit(answer).await,
+                Err(_) => None,
+            };
             let app_token = token.minted_at.map(|at| AppToken {
                 age: at.elapsed(),
                 retried: retried_auth,
@@ -497,8 +448,7 @@ impl Dispatcher {
                     continue;
                 }
                 action => {
-                    let dropped_run_details = wanted_run_details && !with_run_details;
-                    if dropped_run_details && action == Action::Delivered {
+                    if wanted_run_details && !with_run_details && action == Action::Delivered {
                         // Only a success without the field proves that the
                         // field was the problem; then it is not sent to this
                         // host again.
@@ -507,46 +457,130 @@ impl Dispatcher {
                             "This GitHub does not support return_run_details; workflow dispatches will not ask for run details"
                         );
                     }
-                    let status = answer.as_ref().ok().map(|a| a.status);
-                    let mut detail = match &answer {
-                        Ok(a) => match &a.message {
-                            Some(m) => format!("{} {}", a.status, m),
-                            None => a.status.to_string(),
-                        },
-                        Err(e) => e.to_string(),
-                    };
-                    if let Ok(Answer {
-                        redirected_to: Some(to),
-                        ..
-                    }) = &answer
-                    {
-                        detail = format!("{detail} ({})", self.moved(&job.repo, to));
-                    }
-                    let result = answer
-                        .as_ref()
-                        .ok()
-                        .filter(|_| action == Action::Delivered)
-                        .and_then(run_details);
-                    if let Some(result) = &result {
-                        tracing::info!(
-                            workflow_run_id = %result["workflow_run_id"],
-                            html_url = %result["html_url"].as_str().unwrap_or_default(),
-                            "Workflow run created"
-                        );
-                    }
-                    let sent = Sent {
-                        started_ms,
-                        elapsed,
-                        status,
-                        detail,
-                        result: result.map(|r| r.to_string()),
-                    };
+                    let sent = self.sent(&job, &answer, &action, started_ms, elapsed);
                     break self.finish(&job, sent, action, &shutdown).await;
                 }
             }
         };
         drop(slot);
         retry_scheduled
+    }
+
+    /// Ends an attempt that got no token: the App's token request failed,
+    /// or the credential has none to give. Returns whether a retry was
+    /// scheduled, as [`Self::finish`] does.
+    async fn no_token(
+        &self,
+        job: &Job,
+        error: &CredentialError,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let reason = error.to_string();
+        // A rate limit on the token request itself: the whole credential
+        // waits, as for a rate-limited dispatch.
+        let rate_limited = error.rate_limit_wait();
+        if let Some(wait) = rate_limited {
+            self.pause(wait).await;
+        }
+        let outcome = Outcome::NoCredential {
+            reason: &reason,
+            permanent: error.is_permanent(),
+            rate_limited,
+        };
+        // The token request is a request to GitHub: when it got no answer,
+        // or one that says nothing (a timeout, a 408 or 5xx), it tells as a
+        // failed look would, by the look's own rule (decision 42). A rate
+        // limit is an answer, and waits on its own.
+        let github_down = rate_limited.is_none()
+            && error.github_did_not_answer()
+            && self.token_request_unanswered(job);
+        let history = History {
+            github_down,
+            ..self.history(job, None, false)
+        };
+        let action = self.classify(outcome, history);
+        let sent = Sent {
+            started_ms: now_ms(),
+            elapsed: Duration::ZERO,
+            status: None,
+            detail: reason,
+            result: None,
+        };
+        self.finish(job, sent, action, shutdown).await
+    }
+
+    /// Holds the credential back for the rate limit an answer states, or
+    /// for GitHub's minimum when a secondary limit states none; returns
+    /// that minimum when it applies. A rate limit is the credential's,
+    /// whatever becomes of this job: even one that gives up (its wait would
+    /// pass give_up_after) holds the others back for that long.
+    async fn heed_rate_limit(&self, answer: &Answer) -> Option<Duration> {
+        match rate_limit::rate_limit_wait(answer, clock::now_epoch_secs()) {
+            Some(RateLimitWait::Stated(wait)) => {
+                self.pause(wait).await;
+                None
+            }
+            // GitHub's guidance for a secondary limit that says nothing:
+            // wait at least a minute, longer each time.
+            Some(RateLimitWait::Unstated) => {
+                let (wait, later) = self.pacer.pause_unstated();
+                if later {
+                    self.keep_pause(wait).await;
+                }
+                Some(wait)
+            }
+            None => {
+                self.pacer.answered();
+                None
+            }
+        }
+    }
+
+    /// What an attempt that ends the send records: GitHub's status and
+    /// words, the redirect of a renamed repository, and a workflow run's
+    /// details when the dispatch created one.
+    fn sent(
+        &self,
+        job: &Job,
+        answer: &Result<Answer, TransportError>,
+        action: &Action,
+        started_ms: i64,
+        elapsed: Duration,
+    ) -> Sent {
+        let status = answer.as_ref().ok().map(|a| a.status);
+        let mut detail = match answer {
+            Ok(a) => match &a.message {
+                Some(m) => format!("{} {}", a.status, m),
+                None => a.status.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if let Ok(Answer {
+            redirected_to: Some(to),
+            ..
+        }) = answer
+        {
+            detail = format!("{detail} ({})", self.moved(&job.repo, to));
+        }
+        let result = answer
+            .as_ref()
+            .ok()
+            .filter(|_| *action == Action::Delivered)
+            .and_then(run_details);
+        if let Some(result) = &result {
+            tracing::info!(
+                workflow_run_id = %result["workflow_run_id"],
+                html_url = %result["html_url"].as_str().unwrap_or_default(),
+                "Workflow run created"
+            );
+        }
+        Sent {
+            started_ms,
+            elapsed,
+            status,
+            detail,
+            result: result.map(|r| r.to_string()),
+        }
     }
 
     /// Pauses the credential for `wait`, as GitHub asked. Only a pause that
