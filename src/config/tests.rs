@@ -1652,7 +1652,7 @@ fn a_number_written_otherwise_than_in_decimal_is_warned_about() {
     assert_eq!(warnings, expected);
     // A numeric setting means the number, however written; a payload key
     // of the same name is still text.
-    let text = with_route("        client_payload: {timeout: 0x10}\n")
+    let text = with_route("        client_payload: {max_attempts: 0x10}\n")
         + "retry:\n  max_attempts: 0x10\nserver:\n  max_body: 0o200000\n";
     let loaded = load_ok(&text);
     assert_eq!(loaded.config.retry.max_attempts, 16);
@@ -1663,7 +1663,7 @@ fn a_number_written_otherwise_than_in_decimal_is_warned_about() {
         .filter(|w| w.message.contains("hexadecimal"))
         .map(|w| w.path.as_str())
         .collect();
-    assert_eq!(paths, ["routes[0].dispatch[0].client_payload.timeout"]);
+    assert_eq!(paths, ["routes[0].dispatch[0].client_payload.max_attempts"]);
     // A text field reads the number too, and is warned about at its place.
     let text = with_route("").replace("event_type: e", "event_type: 0x10");
     let loaded = load_ok(&text);

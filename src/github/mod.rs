@@ -40,24 +40,21 @@ a fine-grained token Contents: write, an App must be installed on the repository
 /// Why GitHub answered 404 to a classic personal access token, when the
 /// token's scopes (`x-oauth-scopes`, on every answer to such a token)
 /// explain it: without `repo`, GitHub answers 404 for a private repository
-/// as for one that does not exist. `None` when the token has `repo`.
+/// as for one that does not exist. `None` when the token has `repo`, and
+/// when the list is empty, which does not tell a classic token from others.
 pub fn classic_token_not_found(scopes: &str) -> Option<String> {
     let scopes: Vec<&str> = scopes
         .split(',')
         .map(str::trim)
         .filter(|scope| !scope.is_empty())
         .collect();
-    if scopes.contains(&"repo") {
+    if scopes.is_empty() || scopes.contains(&"repo") {
         return None;
     }
-    let has = if scopes.is_empty() {
-        "no scope".to_string()
-    } else {
-        let named: Vec<String> = scopes.iter().map(|scope| format!("`{scope}`")).collect();
-        format!("only {}", named.join(", "))
-    };
+    let named: Vec<String> = scopes.iter().map(|scope| format!("`{scope}`")).collect();
     Some(format!(
-        "repository not found, or the credential cannot see it: the classic token has {has}, and without `repo` GitHub answers 404 for a private repository; add the `repo` scope to the token"
+        "repository not found, or the credential cannot see it: the classic token has only {}, and without `repo` GitHub answers 404 for a private repository; add the `repo` scope to the token",
+        named.join(", ")
     ))
 }
 
@@ -387,10 +384,14 @@ async fn read_answer(
                 .starts_with("text/html")
         });
     let from_github = response.headers().contains_key("x-github-request-id") && !web_page;
+    // An empty list says nothing: it is what a classic token without any
+    // scope gets, but also, by some accounts, what other tokens get, whose
+    // access scopes do not describe.
     let oauth_scopes = response
         .headers()
         .get("x-oauth-scopes")
         .and_then(|v| v.to_str().ok())
+        .filter(|scopes| !scopes.trim().is_empty())
         .map(str::to_string);
     let keep = if (200..300).contains(&status) {
         MAX_SUCCESS_BODY

@@ -803,7 +803,7 @@ async fn a_store_moved_away_refuses_writes_and_loses_no_outcome() {
         "{:#?}",
         app.github.dispatch_attempts()
     );
-    let ready = reqwest::get(app.url("/readyz")).await.unwrap();
+    let ready = crate::helpers::get(app.url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
     let passes = app
         .wait_for_log(|l| l.contains("Readiness check passes again"))
@@ -866,7 +866,7 @@ async fn a_store_reached_through_a_link_is_watched_at_the_link() {
 
 /// Polls `/readyz` until it answers 503, failing the test after `deadline`.
 async fn wait_until_not_ready(app: &crate::helpers::TestApp, deadline: std::time::Instant) {
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
     loop {
         let ready = http.get(app.url("/readyz")).send().await.unwrap();
         if ready.status() == 503 {
@@ -895,7 +895,7 @@ async fn a_relative_config_path_follows_its_directory_when_it_is_replaced() {
     env.push(("RELAY_DATABASE_URL".to_string(), store));
     let (mut child, base_url, _logs, _reader) =
         crate::helpers::start_relay_in(&conf, std::path::Path::new("routes.yaml"), &env, None);
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
     let post = |route: &str| {
         http.post(format!("{base_url}/hooks/{route}"))
             .body("{}")
@@ -940,7 +940,7 @@ async fn a_file_size_limit_refuses_webhooks_instead_of_ending_the_relay() {
         &env,
         Some(8192),
     );
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
     let body = serde_json::json!({ "x": "a".repeat(60_000) }).to_string();
     let mut refused = false;
     for _ in 0..200 {

@@ -32,7 +32,7 @@ fn as_the_relay(
 }
 
 async fn post(fake: &FakeGitHub, path: &str, authorization: &str, body: &Value) -> (u16, Value) {
-    let request = reqwest::Client::new().post(format!("{}{path}", fake.url()));
+    let request = crate::helpers::http().post(format!("{}{path}", fake.url()));
     let response = as_the_relay(request, "2022-11-28", authorization)
         .json(body)
         .send()
@@ -264,7 +264,7 @@ async fn the_fake_names_the_api_version_it_answered_as() {
     fake.expect_violations();
     for (asked, selected) in [("2026-03-10", "2026-03-10"), ("2022-11-28", "2022-11-28")] {
         let request =
-            reqwest::Client::new().post(format!("{}/repos/acme/blog/dispatches", fake.url()));
+            crate::helpers::http().post(format!("{}/repos/acme/blog/dispatches", fake.url()));
         let response = as_the_relay(request, asked, &format!("Bearer {TOKEN}"))
             .json(&json!({"event_type": "deploy"}))
             .send()
@@ -287,7 +287,7 @@ async fn query_parameters_are_held_to_the_description() {
         let url = format!("{}/repos/acme/blog/actions/runs?{query}", fake.url());
         async move {
             as_the_relay(
-                reqwest::Client::new().get(url),
+                crate::helpers::http().get(url),
                 "2022-11-28",
                 &format!("Bearer {TOKEN}"),
             )
@@ -338,7 +338,7 @@ async fn a_rate_limit_holds_its_credential_back_for_the_announced_wait() {
     assert!(fake.violations().is_empty());
 
     // Another repository, the same token: still held back.
-    let request = reqwest::Client::new().post(format!("{}/repos/acme/docs/dispatches", fake.url()));
+    let request = crate::helpers::http().post(format!("{}/repos/acme/docs/dispatches", fake.url()));
     let response = as_the_relay(request, "2022-11-28", &bearer)
         .json(&dispatch)
         .send()

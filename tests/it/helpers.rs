@@ -401,7 +401,7 @@ pub async fn spawn_app_prepared(
         github,
         dir,
         base_url,
-        http: reqwest::Client::new(),
+        http: http(),
         child: Some(child),
         logs,
         log_reader: Some(log_reader),
@@ -637,6 +637,20 @@ pub fn plain_routes_file(id: &str) -> String {
     format!(
         "{TEST_HEAD}\nroutes:\n  - id: {id}\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n"
     )
+}
+
+/// An HTTP client for the tests' own requests, which go to this machine
+/// only: it ignores a proxy the caller's environment names.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("a client without custom settings always builds")
+}
+
+/// A GET through [`http`], as `reqwest::get` does through the default client.
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().get(url).send().await
 }
 
 /// The environment of a relay started with [`start_relay_in`]: the test

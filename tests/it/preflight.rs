@@ -316,7 +316,7 @@ async fn a_github_behind_a_private_ca_is_reached_through_the_systems_trust_store
     ));
     let (mut child, base_url, _logs, _reader) =
         crate::helpers::start_relay_in(dir.path(), &config, &env, None);
-    let accepted = reqwest::Client::new()
+    let accepted = crate::helpers::http()
         .post(format!("{base_url}/hooks/cms"))
         .header("content-type", "application/json")
         .body("{}")

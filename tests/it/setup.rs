@@ -162,7 +162,12 @@ fn setup_command(github: &FakeGitHub, dir: &Path, extra: &[&str]) -> Command {
 
 /// The state this setup sent, read from the page's form action.
 async fn page_state(url: &str) -> (String, String) {
-    let page = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let page = crate::helpers::get(url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let action = page
         .split("action=\"")
         .nth(1)
@@ -256,6 +261,7 @@ async fn a_wrong_state_is_refused_and_the_right_one_creates_the_app() {
 
     // A forged callback: its code is never sent to GitHub, and the setup goes on.
     let http = reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
@@ -354,7 +360,7 @@ async fn an_unknown_code_fails_with_a_clear_page_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let mut setup = Setup::start(&github, dir.path(), &[]);
     let (_, state) = page_state(&setup.url).await;
-    let answer = reqwest::get(format!("{}callback?code=expired&state={state}", setup.base))
+    let answer = crate::helpers::get(format!("{}callback?code=expired&state={state}", setup.base))
         .await
         .unwrap();
     assert_eq!(answer.status(), 502);
@@ -403,7 +409,7 @@ async fn the_create_page_follows_the_organization_and_the_configured_api_url() {
     let dir = tempfile::tempdir().unwrap();
     let setup = Setup::start(&github, dir.path(), &["--org", "acme"]);
     let (_, state) = page_state(&setup.url).await;
-    let page = reqwest::get(&setup.url)
+    let page = crate::helpers::get(&setup.url)
         .await
         .unwrap()
         .text()
@@ -460,7 +466,7 @@ impl Browser {
             eprintln!("\n!!!!! SKIPPED the browser test: {message} !!!!!\n");
             return None;
         }
-        let http = reqwest::Client::new();
+        let http = crate::helpers::http();
         let profile = tempfile::tempdir().unwrap();
         // chromedriver needs an explicit port: a free one is taken from the
         // system and released, and another test's server may take it in
