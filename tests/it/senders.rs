@@ -553,15 +553,10 @@ async fn fake_subscribe_endpoint() -> (String, Arc<AtomicUsize>) {
             };
             let counter = counter.clone();
             tokio::spawn(async move {
-                let mut buffer = vec![0u8; 8192];
-                let mut read = 0;
-                while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buffer[read..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read += n,
-                    }
-                }
-                if buffer.starts_with(b"GET /confirm?Token=tok-123 ") {
+                let Some(head) = read_head(&mut socket).await else {
+                    return;
+                };
+                if head.starts_with("GET /confirm?Token=tok-123 ") {
                     counter.fetch_add(1, Ordering::SeqCst);
                 }
                 let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: 29\r\nconnection: close\r\n\r\n<ConfirmSubscriptionResponse/>";
@@ -634,9 +629,9 @@ impl FakeSnsHost {
                         return;
                     };
                     let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                    log.lock().unwrap().push(path.clone());
                     let answer = match certificate.as_ref() {
                         Some(pem) if head.starts_with("GET ") && path.ends_with(".pem") => {
-                            log.lock().unwrap().push(path);
                             let mut answer = format!(
                                 "HTTP/1.1 200 OK\r\ncontent-type: application/x-x509-ca-cert\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                                 pem.len()
@@ -645,10 +640,7 @@ impl FakeSnsHost {
                             answer.extend_from_slice(pem);
                             answer
                         }
-                        _ => {
-                            log.lock().unwrap().push(path);
-                            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()
-                        }
+                        _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
                     };
                     let _ = tunnel.write_all(&answer).await;
                     let _ = tunnel.shutdown().await;
@@ -658,16 +650,15 @@ impl FakeSnsHost {
         FakeSnsHost { proxy_url, fetched }
     }
 
-    /// The environment that sends the relay's HTTPS requests through this
-    /// proxy and makes it trust the test CA.
-    fn env(&self) -> [(&str, String); 2] {
-        [
-            ("HTTPS_PROXY", self.proxy_url.clone()),
-            (
-                "SSL_CERT_FILE",
-                crate::helpers::test_ca_file().display().to_string(),
-            ),
-        ]
+    /// Starts a relay with `routes` whose HTTPS requests go through this
+    /// proxy, and which trusts the test CA.
+    async fn spawn_relay(&self, routes: &str) -> crate::helpers::TestApp {
+        let ca = crate::helpers::test_ca_file().display().to_string();
+        let env = [
+            ("HTTPS_PROXY", self.proxy_url.as_str()),
+            ("SSL_CERT_FILE", ca.as_str()),
+        ];
+        spawn_app_with(TEST_HEAD, routes, &env).await
     }
 
     fn fetched(&self) -> Vec<String> {
@@ -939,9 +930,7 @@ async fn a_raw_delivery_route_does_not_relay_subscription_messages() {
           key: "{{ body.Records[0].s3.object.key }}"
 "#;
     let sns_host = FakeSnsHost::start(Some(std::fs::read(test_cert_path()).unwrap()), true).await;
-    let env = sns_host.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let app = spawn_app_with(TEST_HEAD, routes, &env).await;
+    let app = sns_host.spawn_relay(routes).await;
     let (base, hits) = fake_subscribe_endpoint().await;
     let post = |kind: &'static str, body: Vec<u8>| {
         app.http
@@ -1038,14 +1027,6 @@ fn fetching_sns_route() -> String {
     route.replace(&pinned, "")
 }
 
-/// Starts a relay with `fetching_sns_route()` whose HTTPS requests go to
-/// `sns_host`.
-async fn spawn_fetching_sns(sns_host: &FakeSnsHost) -> crate::helpers::TestApp {
-    let env = sns_host.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    spawn_app_with(TEST_HEAD, &fetching_sns_route(), &env).await
-}
-
 /// The default set-up, with no certificate pinned: the signing certificate
 /// is fetched over HTTPS from SNS's host (here through a proxy, which the
 /// relay takes from `HTTPS_PROXY` as any reqwest client does), once for all
@@ -1053,7 +1034,7 @@ async fn spawn_fetching_sns(sns_host: &FakeSnsHost) -> crate::helpers::TestApp {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_sns_route_fetches_the_signing_certificate_once() {
     let sns_host = FakeSnsHost::start(Some(std::fs::read(test_cert_path()).unwrap()), true).await;
-    let app = spawn_fetching_sns(&sns_host).await;
+    let app = sns_host.spawn_relay(&fetching_sns_route()).await;
     for (n, key) in ["a.jpg", "b.jpg"].into_iter().enumerate() {
         let message = json!({"Records": [{"s3": {"object": {"key": key}}}]});
         let body = signed_envelope(notification(&format!("note-{n}"), &message), 2);
@@ -1097,7 +1078,7 @@ async fn sns_certificates_that_cannot_be_had_are_answered_for_what_they_are() {
 
     let unreachable =
         FakeSnsHost::start(Some(std::fs::read(test_cert_path()).unwrap()), false).await;
-    let app = spawn_fetching_sns(&unreachable).await;
+    let app = unreachable.spawn_relay(&fetching_sns_route()).await;
     let response = app
         .http
         .post(app.url("/hooks/sns/uploads"))
@@ -1118,7 +1099,7 @@ async fn sns_certificates_that_cannot_be_had_are_answered_for_what_they_are() {
     drop(app);
 
     let without = FakeSnsHost::start(None, true).await;
-    let app = spawn_fetching_sns(&without).await;
+    let app = without.spawn_relay(&fetching_sns_route()).await;
     let body = signed_envelope(notification("note-1", &message), 2);
     let (status, json) = post_sns(&app, "Notification", body).await;
     assert_eq!(
