@@ -20,8 +20,14 @@
 //! The two variants side by side split the relay's distance from the
 //! reference into what it records and how it handles a request.
 //!
-//! Usage: `group_commit ADDR DB [--rows relay]` with `BENCH_SECRET` set to
-//! the HMAC secret.
+//! With `--upto render` it answers 202 as soon as the payload is rendered,
+//! and with `--upto handoff` it passes each request to the writer thread,
+//! which answers without writing anything. The two split the reference's
+//! own distance from the ceiling into the work on the request, the passing
+//! of each request to one writer, and the commit.
+//!
+//! Usage: `group_commit ADDR DB [--rows relay] [--upto render|handoff]` with
+//! `BENCH_SECRET` set to the HMAC secret.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -42,8 +48,20 @@ struct Row {
     reply: oneshot::Sender<()>,
 }
 
+/// Where the reference stops and answers 202.
+#[derive(Clone, Copy, PartialEq)]
+enum Upto {
+    /// After rendering: no writer, nothing stored.
+    Render,
+    /// After the writer thread took the request, without writing it.
+    Handoff,
+    /// After the group commit.
+    Commit,
+}
+
 struct State {
     relay_rows: bool,
+    upto: Upto,
     secret: Vec<u8>,
     templates: minijinja::Environment<'static>,
     writer: mpsc::Sender<Row>,
@@ -86,6 +104,9 @@ async fn accept(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
                 .json(serde_json::json!({"error": e.to_string()}));
         }
     };
+    if state.upto == Upto::Render {
+        return HttpResponse::Accepted().json(serde_json::json!({"id": id}));
+    }
     let request = state.relay_rows.then(|| stored_request(&request, &body));
     let (reply, answer) = oneshot::channel();
     let row = Row {
@@ -120,15 +141,18 @@ fn stored_request(request: &HttpRequest, body: &[u8]) -> EncodedRequest {
 }
 
 /// Commits every waiting row in one transaction, then answers each.
-fn write(mut conn: rusqlite::Connection, rows: mpsc::Receiver<Row>) {
+/// With `upto` short of the commit, it answers each without writing.
+fn write(mut conn: rusqlite::Connection, rows: mpsc::Receiver<Row>, upto: Upto) {
     while let Ok(first) = rows.recv() {
         let mut batch = vec![first];
         batch.extend(rows.try_iter().take(511));
-        let tx = conn.transaction().expect("begin");
-        for row in &batch {
-            insert(&tx, row).expect("insert");
+        if upto == Upto::Commit {
+            let tx = conn.transaction().expect("begin");
+            for row in &batch {
+                insert(&tx, row).expect("insert");
+            }
+            tx.commit().expect("commit");
         }
-        tx.commit().expect("commit");
         for row in batch {
             let _ = row.reply.send(());
         }
@@ -161,13 +185,17 @@ fn insert(tx: &rusqlite::Transaction<'_>, row: &Row) -> rusqlite::Result<()> {
 async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:18083".into());
-    let usage = "usage: group_commit ADDR DB [--rows relay]";
+    let usage = "usage: group_commit ADDR DB [--rows relay] [--upto render|handoff]";
     let db = args.next().expect(usage);
-    let relay_rows = match (args.next().as_deref(), args.next().as_deref()) {
-        (None, _) => false,
-        (Some("--rows"), Some("relay")) => true,
-        _ => panic!("{usage}"),
-    };
+    let (mut relay_rows, mut upto) = (false, Upto::Commit);
+    while let Some(flag) = args.next() {
+        match (flag.as_str(), args.next().as_deref()) {
+            ("--rows", Some("relay")) => relay_rows = true,
+            ("--upto", Some("render")) => upto = Upto::Render,
+            ("--upto", Some("handoff")) => upto = Upto::Handoff,
+            _ => panic!("{usage}"),
+        }
+    }
     let secret = std::env::var("BENCH_SECRET").expect("BENCH_SECRET is not set");
 
     let conn = rusqlite::Connection::open(db).expect("open the store");
@@ -190,7 +218,7 @@ async fn main() -> std::io::Result<()> {
     };
     conn.execute_batch(schema).expect("create the tables");
     let (writer, rows) = mpsc::channel();
-    std::thread::spawn(move || write(conn, rows));
+    std::thread::spawn(move || write(conn, rows, upto));
 
     let mut templates = minijinja::Environment::new();
     templates
@@ -198,6 +226,7 @@ async fn main() -> std::io::Result<()> {
         .expect("the template parses");
     let state = web::Data::new(State {
         relay_rows,
+        upto,
         secret: secret.into_bytes(),
         templates,
         writer,
