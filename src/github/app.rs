@@ -110,6 +110,12 @@ pub enum CredentialError {
     },
     #[error("the GitHub App installation lacks a permission this dispatch needs ({0})")]
     MissingPermission(String),
+    /// GitHub keeps a suspended installation, with its repositories, but
+    /// gives it no token until it is unsuspended.
+    #[error(
+        "GitHub App installation {0} is suspended, and GitHub gives it no token until it is unsuspended: by the App's owner in the App's settings (Advanced), or by the account that installed it (Settings, Applications, Installed GitHub Apps, Configure); then redeliver what failed meanwhile"
+    )]
+    Suspended(u64),
     #[error("could not reach GitHub for an App token: {0}")]
     Transport(TransportError),
     #[error("GitHub rate-limited an App token request ({status}): {message}")]
@@ -639,6 +645,9 @@ impl AppAuth {
                 lock(&self.installations).remove(&repo.to_ascii_lowercase());
                 return Err(CredentialError::NotInstalled(repo.to_string()));
             }
+            403 if is_suspension(&answer) => {
+                return Err(CredentialError::Suspended(installation));
+            }
             403 | 422 => {
                 return Err(CredentialError::MissingPermission(format!(
                     "asked for {} on {repo}: {}",
@@ -710,6 +719,14 @@ fn shift(at: SystemTime, secs: i64) -> SystemTime {
     } else {
         at - Duration::from_secs(secs.unsigned_abs())
     }
+}
+
+/// Whether a token request was refused because the installation is
+/// suspended. GitHub says so only in its message ("This installation has
+/// been suspended").
+fn is_suspension(answer: &Answer) -> bool {
+    let message = answer.message.as_deref().unwrap_or("");
+    message.to_ascii_lowercase().contains("suspended")
 }
 
 fn parse_body(answer: &Answer) -> Option<Value> {
@@ -839,8 +856,26 @@ mod tests {
     }
 
     #[test]
+    fn a_suspension_is_told_from_a_missing_permission_by_githubs_words() {
+        let refusal = |message: &str| Answer {
+            status: 403,
+            message: Some(message.to_owned()),
+            ..Default::default()
+        };
+        assert!(is_suspension(&refusal(
+            "This installation has been suspended"
+        )));
+        assert!(!is_suspension(&refusal(
+            "Resource not accessible by integration"
+        )));
+        assert!(!is_suspension(&Answer::default()));
+    }
+
+    #[test]
     fn credential_errors_say_whether_waiting_helps() {
         assert!(CredentialError::NotInstalled("a/b".into()).is_permanent());
+        // Only whoever suspended the installation can end it.
+        assert!(CredentialError::Suspended(7).is_permanent());
         assert!(CredentialError::AppRejected("x".into()).is_permanent());
         assert!(!CredentialError::Transport(TransportError::Timeout).is_permanent());
         assert!(!CredentialError::Unexpected(502, "x".into()).is_permanent());

@@ -933,3 +933,25 @@ async fn an_app_dispatches_to_a_renamed_repository_with_a_token_asked_for_by_id(
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].path, "/repos/acme/website/dispatches");
 }
+
+/// A suspended installation fails its dispatches saying so and how to end
+/// it, not as a missing permission; `check --online` says the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suspended_installation_fails_saying_it_is_suspended() {
+    let app = spawn_blog_app(|github| github.suspend_installation(7)).await;
+    let error = post_one_that_fails(&app).await;
+    assert!(
+        error.contains("GitHub App installation 7 is suspended"),
+        "{error}"
+    );
+    assert!(error.contains("redeliver"), "{error}");
+    assert!(!error.contains("lacks a permission"), "{error}");
+    assert!(app.github.dispatches().is_empty());
+
+    let (code, text) = crate::preflight::check_online(&app, crate::helpers::TOKEN);
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("FAIL  acme/blog: GitHub App installation 7 is suspended"),
+        "{text}"
+    );
+}

@@ -497,6 +497,13 @@ impl FakeGitHub {
         lock(&self.shared.installations).insert(key, installation_id);
     }
 
+    /// Suspends installation `installation_id`: GitHub still finds it for its repositories,
+    /// saying when and by whom it was suspended, and answers every token request for it
+    /// `403 This installation has been suspended`.
+    pub fn suspend_installation(&self, installation_id: u64) {
+        lock(&self.shared.suspended).insert(installation_id);
+    }
+
     /// How long installation tokens minted from now on stay valid.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         *lock(&self.shared.token_lifetime) = lifetime;
@@ -1156,6 +1163,9 @@ struct Shared {
     clock_offset_secs: std::sync::atomic::AtomicI64,
     /// Manifests posted to the "create app" page, by the code handed back.
     manifest_codes: Mutex<HashMap<String, Value>>,
+    /// Installations suspended (by the App's owner or the account's): GitHub still names
+    /// them, with `suspended_at`, and refuses them tokens.
+    suspended: Mutex<HashSet<u64>>,
     /// Repositories renamed or transferred: the former name (lowercase) and the name now.
     moved: Mutex<HashMap<String, String>>,
     /// The numeric id of each repository a former name redirects to, by its name now:
@@ -1192,6 +1202,7 @@ impl Shared {
             reject_run_details: std::sync::atomic::AtomicBool::new(false),
             clock_offset_secs: std::sync::atomic::AtomicI64::new(0),
             manifest_codes: Mutex::default(),
+            suspended: Mutex::default(),
             moved: Mutex::default(),
             repository_ids: Mutex::default(),
         }
@@ -2110,6 +2121,9 @@ fn decide(
             let Some(id) = known else {
                 return Answer::error(404, "Not Found", &op.docs_url);
             };
+            if lock(&shared.suspended).contains(&id) {
+                return Answer::error(403, "This installation has been suspended", &op.docs_url);
+            }
             let granted = lock(&shared.installation_permissions)
                 .get(&id)
                 .cloned()
@@ -2525,9 +2539,7 @@ fn installation_body(shared: &Shared, app_id: u64, installation_id: u64, owner: 
         .base_url
         .get()
         .map_or("https://api.github.com", String::as_str);
-    json!({
-        "id": installation_id,
-        "account": {
+    let account = json!({
             "login": owner,
             "id": 1,
             "node_id": "MDEyOk9yZ2FuaXphdGlvbjE=",
@@ -2546,7 +2558,15 @@ fn installation_body(shared: &Shared, app_id: u64, installation_id: u64, owner: 
             "received_events_url": format!("https://api.github.com/users/{owner}/received_events"),
             "type": "Organization",
             "site_admin": false
-        },
+    });
+    let suspended = lock(&shared.suspended).contains(&installation_id);
+    // Whoever suspended it: an owner of the account, a user.
+    let mut suspended_by = account.clone();
+    suspended_by["login"] = json!("octocat");
+    suspended_by["type"] = json!("User");
+    json!({
+        "id": installation_id,
+        "account": account,
         "repository_selection": "selected",
         "access_tokens_url": format!("{base}/app/installations/{installation_id}/access_tokens"),
         "repositories_url": format!("{base}/installation/repositories"),
@@ -2561,8 +2581,8 @@ fn installation_body(shared: &Shared, app_id: u64, installation_id: u64, owner: 
         "updated_at": "2018-02-09T20:51:14Z",
         "single_file_name": null,
         "app_slug": "dispatch-relay",
-        "suspended_at": null,
-        "suspended_by": null
+        "suspended_at": suspended.then_some("2018-02-10T09:30:00Z"),
+        "suspended_by": suspended.then_some(suspended_by)
     })
 }
 

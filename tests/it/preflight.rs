@@ -9,13 +9,14 @@ use crate::helpers::{TEST_HEAD, TOKEN, relay_command, spawn_app_prepared, spawn_
 
 const TARGETS: &str = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/private\n        event_type: deploy\n      - repo: acme/docs\n        workflow: deploy.yml\n        ref: main\n";
 
-fn check_online(app: &crate::helpers::TestApp, token: &str) -> (i32, String) {
+pub(crate) fn check_online(app: &crate::helpers::TestApp, token: &str) -> (i32, String) {
     let output = relay_command()
         .args(["check", "--online", "--config"])
         .arg(app.config_path())
         .env("GITHUB_API_URL", app.github.url())
         .env("GITHUB_TOKEN", token)
         .env("GITHUB_APP_ID", APP_ID.to_string())
+        .env("WEBHOOK_SECRET", crate::helpers::SECRET)
         .output()
         .unwrap();
     let text = format!(
