@@ -231,7 +231,7 @@ pub fn classify(
             reason: answer
                 .oauth_scopes
                 .as_deref()
-                .and_then(classic_token_not_found)
+                .and_then(|scopes| classic_token_not_found(scopes, history.workflow))
                 .unwrap_or_else(|| {
                     if history.workflow {
                         WORKFLOW_NOT_FOUND
@@ -611,13 +611,15 @@ mod tests {
                 None,
                 NOT_FOUND,
             ),
+            // With `repo`, the scope is not the cause, nor are the
+            // fine-grained and App ones.
             (
                 Answer {
                     oauth_scopes: Some("repo, workflow".into()),
                     ..answer(404, "Not Found", none)
                 },
                 None,
-                NOT_FOUND,
+                "repository not found, or the token's owner cannot see it: the classic token has the `repo` scope, so check the repository's name, that the token's owner has access to it, and, for an organization with SAML single sign-on, that the token is authorized for the organization",
             ),
             (
                 answer(

@@ -39,17 +39,30 @@ a fine-grained token Contents: write, an App must be installed on the repository
 
 /// Why GitHub answered 404 to a classic personal access token, when the
 /// token's scopes (`x-oauth-scopes`, on every answer to such a token)
-/// explain it: without `repo`, GitHub answers 404 for a private repository
-/// as for one that does not exist. `None` when the token has `repo`, and
-/// when the list is empty, which does not tell a classic token from others.
-pub fn classic_token_not_found(scopes: &str) -> Option<String> {
+/// narrow the causes down. Without `repo`, GitHub answers 404 for a private
+/// repository as for one that does not exist. With it, the scope is not the
+/// cause, nor are the fine-grained and App ones: what is left is the name
+/// (or, for a workflow target, the workflow file), the access of the
+/// token's owner, and single sign-on. `None` when the list is empty, which
+/// does not tell a classic token from others.
+pub fn classic_token_not_found(scopes: &str, workflow: bool) -> Option<String> {
     let scopes: Vec<&str> = scopes
         .split(',')
         .map(str::trim)
         .filter(|scope| !scope.is_empty())
         .collect();
-    if scopes.is_empty() || scopes.contains(&"repo") {
+    if scopes.is_empty() {
         return None;
+    }
+    if scopes.contains(&"repo") {
+        let causes = "the classic token has the `repo` scope, so check the repository's name, that the token's owner has access to it, and, for an organization with SAML single sign-on, that the token is authorized for the organization";
+        return Some(if workflow {
+            format!(
+                "workflow not found: the file named in `workflow` must exist on the repository's default branch; or the repository is not found, or the token's owner cannot see it: {causes}"
+            )
+        } else {
+            format!("repository not found, or the token's owner cannot see it: {causes}")
+        });
     }
     let named: Vec<String> = scopes.iter().map(|scope| format!("`{scope}`")).collect();
     Some(format!(
@@ -471,7 +484,39 @@ pub use app::{CredentialError, Credentials, Scope};
 
 #[cfg(test)]
 mod tests {
-    use super::plain_message;
+    use super::{classic_token_not_found, plain_message};
+
+    #[test]
+    fn a_classic_tokens_scopes_narrow_a_404_down() {
+        let repo_causes = "the classic token has the `repo` scope, so check the repository's name, that the token's owner has access to it, and, for an organization with SAML single sign-on, that the token is authorized for the organization";
+        let cases: [(&str, bool, Option<String>); 5] = [
+            // An empty list: perhaps not a classic token at all.
+            ("", false, None),
+            (" ", true, None),
+            (
+                "read:org, gist",
+                false,
+                Some("repository not found, or the credential cannot see it: the classic token has only `read:org`, `gist`, and without `repo` GitHub answers 404 for a private repository; add the `repo` scope to the token".into()),
+            ),
+            (
+                "repo, workflow",
+                false,
+                Some(format!("repository not found, or the token's owner cannot see it: {repo_causes}")),
+            ),
+            (
+                "repo",
+                true,
+                Some(format!("workflow not found: the file named in `workflow` must exist on the repository's default branch; or the repository is not found, or the token's owner cannot see it: {repo_causes}")),
+            ),
+        ];
+        for (scopes, workflow, reason) in cases {
+            assert_eq!(
+                classic_token_not_found(scopes, workflow),
+                reason,
+                "{scopes:?} {workflow}"
+            );
+        }
+    }
 
     #[test]
     fn error_bodies_that_are_not_json_become_short_readable_messages() {

@@ -216,7 +216,8 @@ fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> {
             return Err(answer
                 .oauth_scopes
                 .as_deref()
-                .and_then(classic_token_not_found)
+                // The check reads the repository, not the workflow file.
+                .and_then(|scopes| classic_token_not_found(scopes, false))
                 .unwrap_or_else(|| NOT_FOUND.to_string()));
         }
         403 => {

@@ -195,23 +195,48 @@ async fn a_classic_token_without_the_repo_scope_is_told_so() {
     })
     .await;
     let missing = "repository not found, or the credential cannot see it: the classic token has only `read:org`, `gist`, and without `repo` GitHub answers 404 for a private repository; add the `repo` scope to the token";
-    let (code, text) = check_online(&app, CLASSIC);
-    assert_eq!(code, 1, "{text}");
-    assert!(
-        text.contains(&format!("  FAIL  acme/blog: {missing}")),
-        "{text}"
-    );
     let (code, text) = check_online(&app, "ghp_classicWithRepo");
     assert_eq!(code, 0, "{text}");
+    check_and_delivery_fail_with(&app, CLASSIC, "acme/blog", missing).await;
+    assert!(!app.logs().iter().any(|l| l.contains(CLASSIC)));
+}
 
+/// Asserts that `check --online` with `token` fails `repo` for `reason`,
+/// and that a webhook posted to route `cms` fails its delivery for it.
+async fn check_and_delivery_fail_with(
+    app: &crate::helpers::TestApp,
+    token: &str,
+    repo: &str,
+    reason: &str,
+) {
+    let (code, text) = check_online(app, token);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!("  FAIL  {repo}: {reason}")),
+        "{text}"
+    );
     assert_eq!(app.post("cms", "{}").await.status(), 202);
     let list = app
         .wait_for_deliveries(Duration::from_secs(60), |list| {
             list.first().is_some_and(|d| d["status"] == "failed")
         })
         .await;
-    assert_eq!(list[0]["targets"][0]["last_error"], missing, "{list:?}");
-    assert!(!app.logs().iter().any(|l| l.contains(CLASSIC)));
+    assert_eq!(list[0]["targets"][0]["last_error"], reason, "{list:?}");
+}
+
+/// A classic token that has `repo` and still gets 404 is not told to add
+/// the scope, nor about fine-grained tokens and Apps: what is left is the
+/// name, its owner's access and single sign-on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_404_to_a_classic_token_with_the_repo_scope_names_what_is_left() {
+    const CLASSIC: &str = "ghp_classicWithRepo";
+    let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/gone\n        event_type: deploy\n";
+    let app = spawn_app_prepared(TEST_HEAD, routes, &[("GITHUB_TOKEN", CLASSIC)], |github| {
+        github.add_classic_token(CLASSIC, &["repo", "workflow"]);
+    })
+    .await;
+    let reason = "repository not found, or the token's owner cannot see it: the classic token has the `repo` scope, so check the repository's name, that the token's owner has access to it, and, for an organization with SAML single sign-on, that the token is authorized for the organization";
+    check_and_delivery_fail_with(&app, CLASSIC, "acme/gone", reason).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
