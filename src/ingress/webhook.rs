@@ -137,6 +137,9 @@ fn answer_sender_check(route: &str, check: SenderCheck) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"skipped": true}))
 }
 
+/// A webhook, step by step: admitted, its body read and verified, rate
+/// limited, parsed, planned, stored, answered. Each step answers for
+/// itself, refusing with the error its status comes from.
 async fn accept(
     state: &AppState,
     routes: &super::state::LiveRoutes,
@@ -145,21 +148,111 @@ async fn accept(
     payload: web::Payload,
 ) -> Result<(HttpResponse, WebhookOutcome), IngressError> {
     let route = &routes.config.routes[index];
+    admit(state, routes, route, request)?;
+    let headers = header_map(request);
+    let body = read_verified_body(state, routes, route, request, &headers, payload).await?;
+    let body = body.bytes.as_slice();
+    let envelope = sns_envelope(state, routes, index, &headers, body).await?;
+    check_rate_limit(routes, index)?;
+    if let Some(envelope) = &envelope
+        && let Some(answer) = answer_subscription_message(state, &route.id, envelope).await?
+    {
+        return Ok(answer);
+    }
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let parsed = parse(state, route, envelope.as_ref(), content_type, body)?;
+    // An envelope's Message is parsed whole already; a bare body is read
+    // from its bytes, since the parsed body holds only what the route's
+    // templates read.
+    let message = envelope.as_ref().map(|_| &parsed.body);
+    if let Some(check) = inbound::sender_check(route, message, &headers, body) {
+        return Ok((
+            answer_sender_check(&route.id, check),
+            WebhookOutcome::Skipped,
+        ));
+    }
+    let query = inbound::query_pairs(request.query_string());
+    let delivery_id = uuid::Uuid::now_v7().to_string();
+    let received_at_ms = now_ms();
+    let ctx = inbound::context(
+        &route.id,
+        parsed,
+        inbound::without_credentials(route, headers),
+        &query,
+        &delivery_id,
+        received_at_ms,
+    );
+    let (dedupe_key, plan) = plan_with_dedupe_key(route, &ctx);
+    let (jobs, failure, targets) = match plan {
+        Ok(Plan::Skipped) => {
+            // Nothing is stored for it, so this line is where an operator
+            // sees that a webhook came and why nothing was sent.
+            tracing::info!(route = %route.id, "Skipped a webhook: `when` is false");
+            return Ok((
+                HttpResponse::Ok().json(serde_json::json!({"skipped": true})),
+                WebhookOutcome::Skipped,
+            ));
+        }
+        Ok(Plan::Dispatch(targets)) => (inbound::jobs(&targets), None, targets),
+        Err(e) => (Vec::new(), Some(e.to_string()), Vec::new()),
+    };
+    // Only a webhook that will be stored pays for its stored form.
+    let stored = inbound::stored_request(content_type, &query, &ctx.headers, body);
+    let delivery = NewDelivery {
+        id: delivery_id,
+        route: route.id.clone(),
+        received_at_ms,
+        dedupe_key,
+        request: stored,
+        jobs,
+        failure,
+        debounce: route.debounce.as_ref().map(|d| DebounceWindow {
+            window_ms: crate::clock::duration_ms(d.window),
+            max_wait_ms: crate::clock::duration_ms(d.max_wait),
+        }),
+    };
+    store_and_answer(state, route, delivery, &targets).await
+}
+
+/// Refuses a webhook the relay will not look at: while it shuts down, or
+/// from an address outside the route's `source_ips`.
+fn admit(
+    state: &AppState,
+    routes: &super::state::LiveRoutes,
+    route: &crate::config::Route,
+    request: &HttpRequest,
+) -> Result<(), IngressError> {
     if state.is_shutting_down() {
         return Err(IngressError::Unavailable(
             "the relay is shutting down; retry shortly".into(),
         ));
     }
-    if !route.source_ips.is_empty() {
-        let client = client_ip(request, &routes.config.server.trusted_proxies);
-        if !client.is_some_and(|ip| route.source_ips.iter().any(|net| net.contains(&ip))) {
-            if let Some(unlogged) = state.refusal_to_log("source_ips", &route.id) {
-                tracing::warn!(route = %route.id, client = client.map(tracing::field::display), unlogged, "Refused a webhook from an address outside source_ips");
-            }
-            return Err(IngressError::Forbidden);
-        }
+    if route.source_ips.is_empty() {
+        return Ok(());
     }
-    let headers = header_map(request);
+    let client = client_ip(request, &routes.config.server.trusted_proxies);
+    if client.is_some_and(|ip| route.source_ips.iter().any(|net| net.contains(&ip))) {
+        return Ok(());
+    }
+    if let Some(unlogged) = state.refusal_to_log("source_ips", &route.id) {
+        tracing::warn!(route = %route.id, client = client.map(tracing::field::display), unlogged, "Refused a webhook from an address outside source_ips");
+    }
+    Err(IngressError::Forbidden)
+}
+
+/// Reads the body of a sender that proved itself with the route's
+/// `verify`, and refuses a compressed one.
+async fn read_verified_body<'a>(
+    state: &'a AppState,
+    routes: &super::state::LiveRoutes,
+    route: &crate::config::Route,
+    request: &HttpRequest,
+    headers: &BTreeMap<String, String>,
+    payload: web::Payload,
+) -> Result<body::Body<'a>, IngressError> {
     let path_and_query = request
         .uri()
         .path_and_query()
@@ -169,7 +262,7 @@ async fn accept(
         let signed = verify::Request {
             method: request.method().as_str(),
             path: path_and_query,
-            headers: &headers,
+            headers,
             body,
             now_ms: state.verify_now_ms(),
         };
@@ -205,9 +298,8 @@ async fn accept(
             tracing::warn!(route = %route.id, held = state.body_memory.held(), unlogged, "Refused a webhook: the bodies in memory fill server.max_body_memory");
         }
     })?;
-    let body = body.bytes.as_slice();
     if !headers_only {
-        verify(body)?;
+        verify(&body.bytes)?;
     }
     // The relay reads bodies as sent; it does not decompress them. A
     // compressed body would otherwise be refused as unparseable, which
@@ -220,14 +312,27 @@ async fn accept(
         }
         return Err(IngressError::UnsupportedEncoding(encoding));
     }
-    let envelope = match &route.verify {
-        Verify::Sns(_) => Some(verify_sns(state, routes, index, body).await?),
+    Ok(body)
+}
+
+/// The SNS envelope of the body, verified, when the route takes SNS
+/// messages.
+async fn sns_envelope(
+    state: &AppState,
+    routes: &super::state::LiveRoutes,
+    index: usize,
+    headers: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Result<Option<Envelope>, IngressError> {
+    let route = &routes.config.routes[index];
+    match &route.verify {
+        Verify::Sns(_) => Ok(Some(verify_sns(state, routes, index, body).await?)),
         // SNS raw message delivery has no signed notifications, so such a
         // route verifies another way (`basic`), but the subscription's
         // confirmation still comes as a signed envelope. Taken for a
         // webhook, it would be dispatched and the subscription never
         // confirmed, so no notification would ever come.
-        _ if sns::announces_subscription_message(&headers) => {
+        _ if sns::announces_subscription_message(headers) => {
             let envelope = verify_sns(state, routes, index, body).await?;
             if envelope.kind == MessageType::Notification {
                 tracing::warn!(route = %route.id, "Refused an SNS notification sent as a subscription message");
@@ -235,120 +340,110 @@ async fn accept(
                     "x-amz-sns-message-type names a subscription message, but the envelope is a Notification".into(),
                 ));
             }
-            Some(envelope)
+            Ok(Some(envelope))
         }
-        _ => None,
-    };
-    if let Some(limiter) = routes.limiter(index)
-        && let Err(not_until) = limiter.check()
-    {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        return Err(IngressError::RateLimited {
-            retry_after_secs: retry_after_secs.max(1),
-        });
+        _ => Ok(None),
     }
-    if let Some(envelope) = &envelope {
-        match envelope.kind {
-            MessageType::Notification => {}
-            MessageType::SubscriptionConfirmation => {
-                return confirm_subscription(state, &route.id, envelope).await;
-            }
-            MessageType::UnsubscribeConfirmation => {
-                // Its SubscribeURL would subscribe again: log, count, and
-                // leave it alone.
-                tracing::info!(route = %route.id, topic = %envelope.topic_arn(), "SNS subscription was deleted");
-                state
-                    .metrics
-                    .sns_subscription(&route.id, SnsSubscription::Unsubscribed);
-                return Ok((
-                    HttpResponse::Ok().json(serde_json::json!({"skipped": true})),
-                    WebhookOutcome::Skipped,
-                ));
-            }
+}
+
+/// Refuses a webhook over the route's `rate_limit`, saying when to retry.
+fn check_rate_limit(routes: &super::state::LiveRoutes, index: usize) -> Result<(), IngressError> {
+    let Some(limiter) = routes.limiter(index) else {
+        return Ok(());
+    };
+    let Err(not_until) = limiter.check() else {
+        return Ok(());
+    };
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Err(IngressError::RateLimited {
+        retry_after_secs: retry_after_secs.max(1),
+    })
+}
+
+/// The answer to an SNS subscription message; `None` for a notification,
+/// which is relayed.
+async fn answer_subscription_message(
+    state: &AppState,
+    route: &str,
+    envelope: &Envelope,
+) -> Result<Option<(HttpResponse, WebhookOutcome)>, IngressError> {
+    match envelope.kind {
+        MessageType::Notification => Ok(None),
+        MessageType::SubscriptionConfirmation => {
+            confirm_subscription(state, route, envelope).await.map(Some)
+        }
+        MessageType::UnsubscribeConfirmation => {
+            // Its SubscribeURL would subscribe again: log, count, and
+            // leave it alone.
+            tracing::info!(route, topic = %envelope.topic_arn(), "SNS subscription was deleted");
+            state
+                .metrics
+                .sns_subscription(route, SnsSubscription::Unsubscribed);
+            Ok(Some((
+                HttpResponse::Ok().json(serde_json::json!({"skipped": true})),
+                WebhookOutcome::Skipped,
+            )))
         }
     }
-    let content_type = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    // An `sns` route's envelope was parsed to check its signature; the
-    // body is taken from it rather than parsed a second time.
-    let parsed = match &envelope {
-        Some(envelope) => inbound::from_envelope(envelope),
-        None => inbound::parse_for_route(route, content_type, body).map_err(|e| {
-            // The sender proved itself, so the operator must be able to see
-            // why its webhook was refused, not only the sender.
-            if let Some(unlogged) = state.refusal_to_log("parse", &route.id) {
-                tracing::warn!(route = %route.id, reason = %e, unlogged, "Refused an authenticated webhook whose body could not be parsed");
-            }
-            IngressError::BadRequest(e.to_string())
-        })?,
-    };
-    // An envelope's Message is parsed whole already; a bare body is read
-    // from its bytes, since the parsed body holds only what the route's
-    // templates read.
-    let message = envelope.as_ref().map(|_| &parsed.body);
-    if let Some(check) = inbound::sender_check(route, message, &headers, body) {
-        return Ok((
-            answer_sender_check(&route.id, check),
-            WebhookOutcome::Skipped,
-        ));
+}
+
+/// The body as the route's templates read it. An `sns` route's envelope
+/// was parsed to check its signature; the body is taken from it rather
+/// than parsed a second time.
+fn parse(
+    state: &AppState,
+    route: &crate::config::Route,
+    envelope: Option<&Envelope>,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<inbound::Parsed, IngressError> {
+    if let Some(envelope) = envelope {
+        return Ok(inbound::from_envelope(envelope));
     }
-    let query = inbound::query_pairs(request.query_string());
-    let delivery_id = uuid::Uuid::now_v7().to_string();
-    let received_at_ms = now_ms();
-    let ctx = inbound::context(
-        &route.id,
-        parsed,
-        inbound::without_credentials(route, headers),
-        &query,
-        &delivery_id,
-        received_at_ms,
-    );
-    // `when` decides first: a webhook the route skips needs no dedupe key,
-    // and one that cannot be rendered must not turn a skip into a 422. A
-    // dedupe key that fails to render is then a render failure like any
-    // other: the webhook is authenticated, so it is stored as failed, not
-    // dropped. The key of a webhook that failed to render is still looked
-    // up, so a repeat of one already delivered stays a duplicate, but the
-    // store does not keep it (see `NewDelivery::dedupe_key`).
-    let (dedupe_key, plan) = match routing::plan(route, &ctx) {
+    inbound::parse_for_route(route, content_type, body).map_err(|e| {
+        // The sender proved itself, so the operator must be able to see
+        // why its webhook was refused, not only the sender.
+        if let Some(unlogged) = state.refusal_to_log("parse", &route.id) {
+            tracing::warn!(route = %route.id, reason = %e, unlogged, "Refused an authenticated webhook whose body could not be parsed");
+        }
+        IngressError::BadRequest(e.to_string())
+    })
+}
+
+/// What the route makes of the webhook, and its dedupe key.
+///
+/// `when` decides first: a webhook the route skips needs no dedupe key,
+/// and one that cannot be rendered must not turn a skip into a 422. A
+/// dedupe key that fails to render is then a render failure like any
+/// other: the webhook is authenticated, so it is stored as failed, not
+/// dropped. The key of a webhook that failed to render is still looked up,
+/// so a repeat of one already delivered stays a duplicate, but the store
+/// does not keep it (see `NewDelivery::dedupe_key`).
+fn plan_with_dedupe_key(
+    route: &crate::config::Route,
+    ctx: &crate::template::Context,
+) -> (Option<String>, Result<Plan, routing::RoutingError>) {
+    match routing::plan(route, ctx) {
         Ok(Plan::Skipped) => (None, Ok(Plan::Skipped)),
-        plan => match (routing::dedupe_key(route, &ctx), plan) {
+        plan => match (routing::dedupe_key(route, ctx), plan) {
             (Ok(key), plan) => (key, plan),
             // The failure of the dispatch itself is the one to report.
             (Err(_), Err(e)) | (Err(e), Ok(_)) => (None, Err(e)),
         },
-    };
-    let (jobs, failure, targets) = match plan {
-        Ok(Plan::Skipped) => {
-            // Nothing is stored for it, so this line is where an operator
-            // sees that a webhook came and why nothing was sent.
-            tracing::info!(route = %route.id, "Skipped a webhook: `when` is false");
-            return Ok((
-                HttpResponse::Ok().json(serde_json::json!({"skipped": true})),
-                WebhookOutcome::Skipped,
-            ));
-        }
-        Ok(Plan::Dispatch(targets)) => (inbound::jobs(&targets), None, targets),
-        Err(e) => (Vec::new(), Some(e.to_string()), Vec::new()),
-    };
-    // Only a webhook that will be stored pays for its stored form.
-    let stored = inbound::stored_request(content_type, &query, &ctx.headers, body);
-    let delivery = NewDelivery {
-        id: delivery_id.clone(),
-        route: route.id.clone(),
-        received_at_ms,
-        dedupe_key,
-        request: stored,
-        jobs,
-        failure: failure.clone(),
-        debounce: route.debounce.as_ref().map(|d| DebounceWindow {
-            window_ms: crate::clock::duration_ms(d.window),
-            max_wait_ms: crate::clock::duration_ms(d.max_wait),
-        }),
-    };
+    }
+}
+
+/// Commits the delivery, then answers: 202 once it is on disk (and the
+/// worker is woken), 200 for a duplicate, 422 for one stored as failed.
+async fn store_and_answer(
+    state: &AppState,
+    route: &crate::config::Route,
+    delivery: NewDelivery,
+    targets: &[routing::RenderedTarget],
+) -> Result<(HttpResponse, WebhookOutcome), IngressError> {
+    let delivery_id = delivery.id.clone();
+    let failure = delivery.failure.clone();
     let accepted = state.store.accept(delivery).await.map_err(|e| {
         // A store that refuses commits refuses every webhook alike: the
         // writer logs when that starts and ends, and the metric counts
@@ -363,7 +458,7 @@ async fn accept(
             HttpResponse::Accepted().json(inbound::AcceptedAnswer {
                 coalesced,
                 delivery_id,
-                dispatches: inbound::dispatch_summary(&targets),
+                dispatches: inbound::dispatch_summary(targets),
             }),
             WebhookOutcome::Accepted,
         )
@@ -387,7 +482,7 @@ async fn accept(
                 tracing::warn!(route = %route.id, delivery_id = %delivery_id, reason = %reason, "Stored a webhook that failed to render");
                 Err(IngressError::StoredUnprocessable {
                     reason,
-                    delivery_id: delivery_id.to_string(),
+                    delivery_id,
                 })
             }
             None => {
