@@ -149,7 +149,6 @@ pub fn classify(
         Outcome::Answer(answer) => answer,
     };
     let status = answer.status;
-    let message = answer.message.as_deref().unwrap_or("").trim();
     // Neither a dispatch made nor a repository missing: a web server that
     // is not the API answers 200 or 404 to anything.
     if answer.not_from_github() {
@@ -172,57 +171,16 @@ pub fn classify(
             policy,
         );
     }
-    if let Some(token) = history.app_token {
-        let fresh = token.age < FRESH_TOKEN;
-        let refused = status == 401 || (status == 403 && fresh);
-        if refused && (fresh || !token.retried) {
-            return Action::Reauthenticate {
-                wait: if fresh {
-                    (FRESH_TOKEN - token.age).max(REPLICATION_WAIT)
-                } else {
-                    Duration::ZERO
-                },
-                renew: !fresh,
-                reason: with_message(
-                    &format!("GitHub refused the App installation token ({status})"),
-                    message,
-                ),
-            };
-        }
-        // A token stays valid after its repository moves to another
-        // installation of the App (a transfer, or a change to the
-        // installation's selection), and GitHub then answers it 404 until
-        // it expires, up to an hour later. One token from the repository's
-        // installation as looked up now settles whether the 404 is real.
-        if status == 404
-            && !token.retried
-            && token
-                .since_not_found_renewal
-                .is_none_or(|since| since >= INSTALLATION_RECHECK)
-        {
-            return Action::Reauthenticate {
-                wait: Duration::ZERO,
-                renew: true,
-                reason: "GitHub answered 404 to the App installation token; looking the repository's installation up again"
-                    .to_string(),
-            };
-        }
-    }
-    // Only a refusal that names the field: any other 422 (a ref not yet
-    // pushed, an input the workflow does not take) would be answered the
-    // same without it, and a resend that then succeeded by luck would stop
-    // the relay asking for run details at all.
-    if history.sent_run_details
-        && matches!(status, 400 | 422)
-        && message.contains("return_run_details")
+    if let Some(action) = history
+        .app_token
+        .and_then(|token| app_token_refused(answer, token))
     {
-        return Action::ResendWithoutRunDetails {
-            reason: with_message(
-                &format!("GitHub refused the workflow dispatch with return_run_details ({status})"),
-                message,
-            ),
-        };
+        return action;
     }
+    if let Some(action) = run_details_refused(answer, history) {
+        return action;
+    }
+    let message = message_of(answer);
     match status {
         401 => Action::Fail {
             reason: BAD_CREDENTIALS.to_string(),
@@ -258,47 +216,112 @@ pub fn classify(
                 "GitHub answered {status} with a redirect that is not followed: only that of a renamed or transferred repository, on github.api_url's host, is"
             ),
         },
-        status if passing_status(status) => {
-            let action = transient(
-                with_message(&format!("GitHub answered {status}"), message),
-                history,
-                policy,
-                jitter,
-            );
-            // A server that says when to come back (`retry-after` on a 503)
-            // is not asked sooner than that.
-            match (action, answer.rate.retry_after_secs) {
-                (
-                    Action::Retry {
-                        delay,
-                        reason,
-                        counts_as_failure,
-                        ..
-                    },
-                    Some(secs),
-                ) => {
-                    let asked = Duration::from_secs(secs.min(MAX_ASKED_WAIT_SECS));
-                    if history.age + asked > policy.give_up_after {
-                        Action::Fail {
-                            reason: format!(
-                                "{reason}: its retry-after passes retry.give_up_after, giving up"
-                            ),
-                        }
-                    } else {
-                        Action::Retry {
-                            delay: delay.max(asked),
-                            pause_credential: None,
-                            counts_as_failure,
-                            reason,
-                        }
-                    }
-                }
-                (action, _) => action,
-            }
-        }
+        status if passing_status(status) => server_error(answer, history, policy, jitter),
         _ => Action::Fail {
             reason: with_message(&format!("GitHub answered {status}"), message),
         },
+    }
+}
+
+/// What follows GitHub refusing an App installation token, when trying
+/// again may help: a token only seconds old may not have reached every
+/// GitHub server yet, and one minted before its repository moved to another
+/// installation is answered 404 until it expires.
+fn app_token_refused(answer: &Answer, token: AppToken) -> Option<Action> {
+    let status = answer.status;
+    let message = message_of(answer);
+    let fresh = token.age < FRESH_TOKEN;
+    let refused = status == 401 || (status == 403 && fresh);
+    if refused && (fresh || !token.retried) {
+        return Some(Action::Reauthenticate {
+            wait: if fresh {
+                (FRESH_TOKEN - token.age).max(REPLICATION_WAIT)
+            } else {
+                Duration::ZERO
+            },
+            renew: !fresh,
+            reason: with_message(
+                &format!("GitHub refused the App installation token ({status})"),
+                message,
+            ),
+        });
+    }
+    // A token stays valid after its repository moves to another
+    // installation of the App (a transfer, or a change to the
+    // installation's selection), and GitHub then answers it 404 until it
+    // expires, up to an hour later. One token from the repository's
+    // installation as looked up now settles whether the 404 is real.
+    let recheck = status == 404
+        && !token.retried
+        && token
+            .since_not_found_renewal
+            .is_none_or(|since| since >= INSTALLATION_RECHECK);
+    recheck.then(|| Action::Reauthenticate {
+        wait: Duration::ZERO,
+        renew: true,
+        reason:
+            "GitHub answered 404 to the App installation token; looking the repository's installation up again"
+                .to_string(),
+    })
+}
+
+/// A workflow dispatch refused because it asked for run details, which an
+/// older GitHub Enterprise Server does not take.
+///
+/// Only a refusal that names the field: any other 422 (a ref not yet
+/// pushed, an input the workflow does not take) would be answered the same
+/// without it, and a resend that then succeeded by luck would stop the
+/// relay asking for run details at all.
+fn run_details_refused(answer: &Answer, history: History) -> Option<Action> {
+    let status = answer.status;
+    let message = message_of(answer);
+    let refused = history.sent_run_details
+        && matches!(status, 400 | 422)
+        && message.contains("return_run_details");
+    refused.then(|| Action::ResendWithoutRunDetails {
+        reason: with_message(
+            &format!("GitHub refused the workflow dispatch with return_run_details ({status})"),
+            message,
+        ),
+    })
+}
+
+/// A server error or timeout: retried with backoff, and never sooner than
+/// a `retry-after` the server stated (on a 503, say).
+fn server_error(answer: &Answer, history: History, policy: &RetryConfig, jitter: f64) -> Action {
+    let message = message_of(answer);
+    let action = transient(
+        with_message(&format!("GitHub answered {}", answer.status), message),
+        history,
+        policy,
+        jitter,
+    );
+    let Some(secs) = answer.rate.retry_after_secs else {
+        return action;
+    };
+    match action {
+        Action::Retry {
+            delay,
+            reason,
+            counts_as_failure,
+            ..
+        } => {
+            let asked = Duration::from_secs(secs.min(MAX_ASKED_WAIT_SECS));
+            if history.age + asked > policy.give_up_after {
+                return Action::Fail {
+                    reason: format!(
+                        "{reason}: its retry-after passes retry.give_up_after, giving up"
+                    ),
+                };
+            }
+            Action::Retry {
+                delay: delay.max(asked),
+                pause_credential: None,
+                counts_as_failure,
+                reason,
+            }
+        }
+        action => action,
     }
 }
 
@@ -318,6 +341,11 @@ fn rate_limited(lead: String, wait: Duration, history: History, policy: &RetryCo
         counts_as_failure: false,
         reason,
     }
+}
+
+/// GitHub's message in an answer, or nothing.
+fn message_of(answer: &Answer) -> &str {
+    answer.message.as_deref().unwrap_or("").trim()
 }
 
 fn with_message(lead: &str, message: &str) -> String {
