@@ -78,6 +78,39 @@ pub fn sender_check(
     None
 }
 
+/// An authenticated request, read: either a sender's check of the webhook
+/// itself, answered and never stored, or an event for the route.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Received {
+    SenderCheck(SenderCheck),
+    Event(Parsed),
+}
+
+/// Reads an authenticated request as `serve` does, for the webhook handler
+/// and `render` alike. `envelope` is the SNS envelope of an `sns` route,
+/// parsed already to check its signature; its `Message` becomes the body
+/// rather than being parsed a second time.
+pub fn read(
+    route: &Route,
+    envelope: Option<&crate::verify::sns::Envelope>,
+    content_type: Option<&str>,
+    headers: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Result<Received, BodyError> {
+    let parsed = match envelope {
+        Some(envelope) => from_envelope(envelope),
+        None => parse_for_route(route, content_type, body)?,
+    };
+    // An envelope's Message is parsed whole already; a bare body is read
+    // from its bytes, since the parsed body holds only what the route's
+    // templates read.
+    let message = envelope.map(|_| &parsed.body);
+    Ok(match sender_check(route, message, headers, body) {
+        Some(check) => Received::SenderCheck(check),
+        None => Received::Event(parsed),
+    })
+}
+
 /// A request body as templates see it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Parsed {
@@ -724,6 +757,32 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn a_request_is_parsed_before_it_is_told_a_senders_check() {
+        let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify: {github: {secret: s}}\n    dispatch:\n      - repo: acme/blog\n        event_type: \"e-{{ body.a }}\"\n";
+        let config = crate::config::load("routes.yaml", text, &|_| None)
+            .unwrap()
+            .config;
+        let route = &config.routes[0];
+        let event = |name: &str| -> BTreeMap<String, String> {
+            [("x-github-event".to_owned(), name.to_owned())].into()
+        };
+        let json = Some("application/json");
+        assert_eq!(
+            read(route, None, json, &event("ping"), b"{}"),
+            Ok(Received::SenderCheck(SenderCheck::GitHubPing))
+        );
+        assert_eq!(
+            read(route, None, json, &event("push"), br#"{"a":1}"#),
+            Ok(Received::Event(Parsed::from(json!({"a": 1}))))
+        );
+        // `serve` answers 400 to a body it cannot parse, a ping or not.
+        assert!(matches!(
+            read(route, None, json, &event("ping"), b"{nope"),
+            Err(BodyError::Json(_))
+        ));
     }
 
     #[test]

@@ -439,6 +439,25 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
     Ok(Plan::Dispatch(rendered))
 }
 
+/// What the route makes of a webhook, and its dedupe key: the webhook
+/// handler and `render` both plan this way.
+///
+/// `when` decides first: a webhook the route skips needs no dedupe key,
+/// and one that cannot be rendered must not turn a skip into a 422. A
+/// dedupe key that fails to render is then a render failure like any
+/// other. When both the dispatch and the key fail, the dispatch's error is
+/// the one reported. The key of a webhook whose dispatch failed is still
+/// given, so that a repeat of one already delivered stays a duplicate.
+pub fn plan_with_key(route: &Route, ctx: &Context) -> (Option<String>, Result<Plan, RoutingError>) {
+    match plan(route, ctx) {
+        Ok(Plan::Skipped) => (None, Ok(Plan::Skipped)),
+        plan => match (dedupe_key(route, ctx), plan) {
+            (Ok(key), plan) => (key, plan),
+            (Err(_), Err(e)) | (Err(e), Ok(_)) => (None, Err(e)),
+        },
+    }
+}
+
 /// The key that makes a repeated delivery a duplicate, if any.
 ///
 /// A configured `dedupe_key` wins (an empty rendering means no key);

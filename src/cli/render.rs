@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::{CliError, invalid, load_config};
 use crate::config::Verify;
-use crate::inbound::{self, SenderCheck};
+use crate::inbound::{self, Received, SenderCheck};
 use crate::routing::{self, DispatchRequest, Plan};
 use crate::verify::{self, sns};
 use serde_json::Value;
@@ -29,35 +29,100 @@ pub fn render(
     request: Request<'_>,
     check_signature: bool,
 ) -> Result<(), CliError> {
-    let Request {
-        body: body_path,
-        headers: header_args,
-        query,
-    } = request;
-    let query = query.trim_start_matches('?');
     let loaded = load_config(config_path)?;
     let config = &loaded.config;
-    let Some((index, route)) = config
+    let (index, route) = find_route(config, config_path, route_id)?;
+    let body = read_body(request.body)?;
+    let headers = header_map(request.headers)?;
+    let query = request.query.trim_start_matches('?');
+    let envelope = read_envelope(route, &headers, &body)?;
+    // The topic allow-list needs no signature: an envelope from a topic
+    // the route does not list is refused by `serve`, whatever it says.
+    if let (Verify::Sns(config), Some(envelope), false) =
+        (&route.verify, &envelope, check_signature)
+        && let Err(refusal @ sns::SnsRefusal::Topic(_)) = envelope.check_unsigned_parts(config)
+    {
+        return Err(invalid(anyhow::anyhow!(
+            "{refusal}: serve answers 401 and sends nothing"
+        )));
+    }
+    if check_signature {
+        verify_as_serve_does(route, index, query, &headers, &body, envelope.as_ref())?;
+    }
+    if let Some(envelope) = &envelope
+        && let Some(answer) = subscription_answer(envelope)
+    {
+        println!(
+            "# {answer}; nothing is sent (topic {})",
+            envelope.topic_arn()
+        );
+        return Ok(());
+    }
+    let content_type = headers.get("content-type").cloned();
+    let parsed = match inbound::read(
+        route,
+        envelope.as_ref(),
+        content_type.as_deref(),
+        &headers,
+        &body,
+    )
+    .map_err(invalid)?
+    {
+        Received::SenderCheck(check) => {
+            println!("# {}", describe_sender_check(&check));
+            return Ok(());
+        }
+        Received::Event(parsed) => parsed,
+    };
+    let query = inbound::query_pairs(query);
+    let delivery_id = "00000000-0000-0000-0000-000000000000";
+    let ctx = inbound::context(
+        &route.id,
+        parsed,
+        inbound::without_credentials(route, headers),
+        &query,
+        delivery_id,
+        crate::clock::now_ms(),
+    );
+    print_plan(config, route, &ctx)
+}
+
+/// The route named on the command line, with its index, or an error that
+/// lists the routes there are.
+fn find_route<'a>(
+    config: &'a crate::config::Config,
+    config_path: &Path,
+    route_id: &str,
+) -> Result<(usize, &'a crate::config::Route), CliError> {
+    config
         .routes
         .iter()
         .enumerate()
         .find(|(_, r)| r.id == route_id)
-    else {
-        let known: Vec<&str> = config.routes.iter().map(|r| r.id.as_str()).collect();
-        return Err(invalid(anyhow::anyhow!(
-            "no route `{route_id}` in {} (routes: {})",
-            config_path.display(),
-            known.join(", ")
-        )));
-    };
-    let body = if body_path == Path::new("-") {
+        .ok_or_else(|| {
+            let known: Vec<&str> = config.routes.iter().map(|r| r.id.as_str()).collect();
+            invalid(anyhow::anyhow!(
+                "no route `{route_id}` in {} (routes: {})",
+                config_path.display(),
+                known.join(", ")
+            ))
+        })
+}
+
+/// The body from its file, or from standard input for `-`.
+fn read_body(body_path: &Path) -> Result<Vec<u8>, CliError> {
+    if body_path == Path::new("-") {
         let mut buffer = Vec::new();
         std::io::stdin().read_to_end(&mut buffer).map_err(invalid)?;
-        buffer
-    } else {
-        std::fs::read(body_path)
-            .map_err(|e| invalid(anyhow::anyhow!("cannot read {}: {e}", body_path.display())))?
-    };
+        return Ok(buffer);
+    }
+    std::fs::read(body_path)
+        .map_err(|e| invalid(anyhow::anyhow!("cannot read {}: {e}", body_path.display())))
+}
+
+/// The `--header` arguments as `serve` sees headers: names in lower case,
+/// a repeated header's values joined with ", ".
+fn header_map(header_args: &[String]) -> Result<BTreeMap<String, String>, CliError> {
     let mut headers = BTreeMap::new();
     for raw in header_args {
         let Some((name, value)) = raw.split_once(':') else {
@@ -65,16 +130,24 @@ pub fn render(
                 "--header `{raw}` is not `Name: value`"
             )));
         };
-        // A repeated header is joined with ", ", as `serve` sees it.
         inbound::append_header(&mut headers, name.trim(), value.trim());
     }
+    Ok(headers)
+}
+
+/// The SNS envelope, where `serve` reads one.
+fn read_envelope(
+    route: &crate::config::Route,
+    headers: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Result<Option<sns::Envelope>, CliError> {
     // As `serve` reads it: an envelope on `sns` routes, and a subscription
     // message on any route (raw message delivery still sends those
     // enveloped).
-    let envelope = match route.verify {
-        Verify::Sns(_) => sns::Envelope::parse(&body).ok(),
-        _ if sns::announces_subscription_message(&headers) => {
-            let envelope = sns::Envelope::parse(&body).map_err(|e| {
+    Ok(match route.verify {
+        Verify::Sns(_) => sns::Envelope::parse(body).ok(),
+        _ if sns::announces_subscription_message(headers) => {
+            let envelope = sns::Envelope::parse(body).map_err(|e| {
                 invalid(anyhow::anyhow!(
                     "x-amz-sns-message-type names a subscription message, but the body is not an SNS envelope: {e}"
                 ))
@@ -87,122 +160,96 @@ pub fn render(
             Some(envelope)
         }
         _ => None,
+    })
+}
+
+/// Checks the request's signature as `serve` would, and says so.
+fn verify_as_serve_does(
+    route: &crate::config::Route,
+    index: usize,
+    query: &str,
+    headers: &BTreeMap<String, String>,
+    body: &[u8],
+    envelope: Option<&sns::Envelope>,
+) -> Result<(), CliError> {
+    // The request as the relay would see it: a POST to the route's path
+    // and query, which Contentful's signature covers.
+    let path = match query {
+        "" => format!("/hooks/{}", route.id),
+        query => format!("/hooks/{}?{query}", route.id),
     };
-    // The topic allow-list needs no signature: an envelope from a topic
-    // the route does not list is refused by `serve`, whatever it says.
-    if let (Verify::Sns(config), Some(envelope), false) =
-        (&route.verify, &envelope, check_signature)
-        && let Err(refusal @ sns::SnsRefusal::Topic(_)) = envelope.check_unsigned_parts(config)
-    {
-        return Err(invalid(anyhow::anyhow!(
-            "{refusal}: serve answers 401 and sends nothing"
-        )));
-    }
-    if check_signature {
-        // The request as the relay would see it: a POST to the route's path
-        // and query, which Contentful's signature covers.
-        let path = match query {
-            "" => format!("/hooks/{}", route.id),
-            query => format!("/hooks/{}?{query}", route.id),
-        };
-        let request = verify::Request {
-            method: "POST",
-            path: &path,
-            headers: &headers,
-            body: &body,
-            now_ms: crate::clock::now_ms(),
-        };
-        verify::verify_request(&route.verify, &request)
-            .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
-        match route.verify {
-            Verify::Sns(_) => {
-                // A pinned certificate is at hand; SNS's own is fetched
-                // only by `serve`. The route's own check has read the
-                // envelope.
-                let pinned = crate::ingress::read_route_certificates(route, index)
-                    .map_err(|lines| invalid(anyhow::anyhow!("{}", lines.join("\n"))))?;
-                match (pinned, &envelope) {
-                    (Some(keys), Some(envelope)) => {
-                        envelope
-                            .check_age(crate::clock::now_ms())
-                            .and_then(|()| sns::verify_signature(envelope, &keys))
-                            .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
-                        println!("# SNS envelope: ok (signed with a pinned certificate)");
-                    }
-                    _ => println!(
-                        "# SNS envelope: ok (its signature is checked by serve, with the signing certificate)"
-                    ),
+    let request = verify::Request {
+        method: "POST",
+        path: &path,
+        headers,
+        body,
+        now_ms: crate::clock::now_ms(),
+    };
+    verify::verify_request(&route.verify, &request)
+        .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
+    match route.verify {
+        Verify::Sns(_) => {
+            // A pinned certificate is at hand; SNS's own is fetched
+            // only by `serve`. The route's own check has read the
+            // envelope.
+            let pinned = crate::ingress::read_route_certificates(route, index)
+                .map_err(|lines| invalid(anyhow::anyhow!("{}", lines.join("\n"))))?;
+            match (pinned, envelope) {
+                (Some(keys), Some(envelope)) => {
+                    envelope
+                        .check_age(crate::clock::now_ms())
+                        .and_then(|()| sns::verify_signature(envelope, &keys))
+                        .map_err(|e| invalid(anyhow::anyhow!("verification failed: {e}")))?;
+                    println!("# SNS envelope: ok (signed with a pinned certificate)");
                 }
+                _ => println!(
+                    "# SNS envelope: ok (its signature is checked by serve, with the signing certificate)"
+                ),
             }
-            // A subscription message on another route is an SNS envelope
-            // too, whose signature `serve` checks besides the route's own.
-            _ if envelope.is_some() => {
-                println!("# signature: ok (the SNS envelope's own signature is checked by serve)")
-            }
-            _ => println!("# signature: ok"),
         }
-    }
-    if let Some(envelope) = &envelope {
-        let answer = match envelope.kind {
-            sns::MessageType::Notification => None,
-            sns::MessageType::SubscriptionConfirmation if envelope.subscribe_url().is_none() => {
-                Some(
-                    "SNS subscription confirmation whose SubscribeURL is not an http(s) URL: serve answers 400",
-                )
-            }
-            sns::MessageType::SubscriptionConfirmation => Some(
-                "SNS subscription confirmation: serve confirms it (GET SubscribeURL) and answers 200",
-            ),
-            sns::MessageType::UnsubscribeConfirmation => Some(
-                "SNS unsubscribe confirmation: serve logs that the subscription was deleted and answers 200",
-            ),
-        };
-        if let Some(answer) = answer {
-            println!(
-                "# {answer}; nothing is sent (topic {})",
-                envelope.topic_arn()
-            );
-            return Ok(());
+        // A subscription message on another route is an SNS envelope
+        // too, whose signature `serve` checks besides the route's own.
+        _ if envelope.is_some() => {
+            println!("# signature: ok (the SNS envelope's own signature is checked by serve)")
         }
+        _ => println!("# signature: ok"),
     }
-    // The body as the server reads it: on `sns` routes, the envelope's
-    // Message.
-    let content_type = headers.get("content-type").cloned();
-    let parsed =
-        inbound::parse_for_route(route, content_type.as_deref(), &body).map_err(invalid)?;
-    let message = envelope.as_ref().map(|_| &parsed.body);
-    if let Some(check) = inbound::sender_check(route, message, &headers, &body) {
-        match check {
-            SenderCheck::S3TestEvent => {
-                println!("# S3's test event (s3:TestEvent): serve answers 200 and sends nothing")
-            }
-            SenderCheck::GitHubPing => {
-                println!("# GitHub's ping: serve answers 200 and sends nothing")
-            }
-            SenderCheck::SlackChallenge(_) => println!(
-                "# Slack's URL verification: serve answers 200 with its challenge and sends nothing"
-            ),
-        }
-        return Ok(());
+    Ok(())
+}
+
+/// What `serve` answers to an SNS subscription message, which it never
+/// relays.
+fn subscription_answer(envelope: &sns::Envelope) -> Option<&'static str> {
+    match envelope.kind {
+        sns::MessageType::Notification => None,
+        sns::MessageType::SubscriptionConfirmation if envelope.subscribe_url().is_none() => Some(
+            "SNS subscription confirmation whose SubscribeURL is not an http(s) URL: serve answers 400",
+        ),
+        sns::MessageType::SubscriptionConfirmation => Some(
+            "SNS subscription confirmation: serve confirms it (GET SubscribeURL) and answers 200",
+        ),
+        sns::MessageType::UnsubscribeConfirmation => Some(
+            "SNS unsubscribe confirmation: serve logs that the subscription was deleted and answers 200",
+        ),
     }
-    let query = inbound::query_pairs(query);
-    let delivery_id = "00000000-0000-0000-0000-000000000000";
-    let ctx = inbound::context(
-        &route.id,
-        parsed,
-        inbound::without_credentials(route, headers),
-        &query,
-        delivery_id,
-        crate::clock::now_ms(),
-    );
-    match routing::plan(route, &ctx).map_err(invalid)? {
+}
+
+/// Prints what `serve` would do with the webhook: nothing when `when` is
+/// false, otherwise its dedupe key and each request the worker would send.
+fn print_plan(
+    config: &crate::config::Config,
+    route: &crate::config::Route,
+    ctx: &crate::template::Context,
+) -> Result<(), CliError> {
+    let (dedupe_key, plan) = routing::plan_with_key(route, ctx);
+    match plan.map_err(invalid)? {
         Plan::Skipped => {
             println!("# `when` is false for this body: nothing would be sent");
         }
         Plan::Dispatch(targets) => {
             // The key `serve` would store, so that a key that cannot be
             // rendered, or is the same for every webhook, shows here.
-            match routing::dedupe_key(route, &ctx).map_err(invalid)? {
+            match dedupe_key {
                 Some(key) => println!("# dedupe key: {key}"),
                 None => println!("# dedupe key: none (every copy of this webhook is sent)"),
             }
@@ -226,4 +273,17 @@ pub fn render(
         }
     }
     Ok(())
+}
+
+/// What `serve` does with a sender's check of the webhook.
+fn describe_sender_check(check: &SenderCheck) -> &'static str {
+    match check {
+        SenderCheck::S3TestEvent => {
+            "S3's test event (s3:TestEvent): serve answers 200 and sends nothing"
+        }
+        SenderCheck::GitHubPing => "GitHub's ping: serve answers 200 and sends nothing",
+        SenderCheck::SlackChallenge(_) => {
+            "Slack's URL verification: serve answers 200 with its challenge and sends nothing"
+        }
+    }
 }

@@ -16,7 +16,7 @@ use super::state::AppState;
 use crate::clock::now_ms;
 use crate::config::Verify;
 use crate::github::outbound;
-use crate::inbound::{self, SenderCheck};
+use crate::inbound::{self, Received, SenderCheck};
 use crate::routing::{self, Plan};
 use crate::store::{Accepted, DebounceWindow, NewDelivery, StoreError};
 use crate::telemetry::{SnsSubscription, WebhookOutcome};
@@ -163,17 +163,22 @@ async fn accept(
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let parsed = parse(state, route, envelope.as_ref(), content_type, body)?;
-    // An envelope's Message is parsed whole already; a bare body is read
-    // from its bytes, since the parsed body holds only what the route's
-    // templates read.
-    let message = envelope.as_ref().map(|_| &parsed.body);
-    if let Some(check) = inbound::sender_check(route, message, &headers, body) {
-        return Ok((
-            answer_sender_check(&route.id, check),
-            WebhookOutcome::Skipped,
-        ));
-    }
+    let parsed = match read(
+        state,
+        route,
+        envelope.as_ref(),
+        content_type,
+        &headers,
+        body,
+    )? {
+        Received::SenderCheck(check) => {
+            return Ok((
+                answer_sender_check(&route.id, check),
+                WebhookOutcome::Skipped,
+            ));
+        }
+        Received::Event(parsed) => parsed,
+    };
     let query = inbound::query_pairs(request.query_string());
     let delivery_id = uuid::Uuid::now_v7().to_string();
     let received_at_ms = now_ms();
@@ -185,7 +190,7 @@ async fn accept(
         &delivery_id,
         received_at_ms,
     );
-    let (dedupe_key, plan) = plan_with_dedupe_key(route, &ctx);
+    let (dedupe_key, plan) = routing::plan_with_key(route, &ctx);
     let (jobs, failure, targets) = match plan {
         Ok(Plan::Skipped) => {
             // Nothing is stored for it, so this line is where an operator
@@ -388,50 +393,24 @@ async fn answer_subscription_message(
     }
 }
 
-/// The body as the route's templates read it. An `sns` route's envelope
-/// was parsed to check its signature; the body is taken from it rather
-/// than parsed a second time.
-fn parse(
+/// The request as the route reads it ([`inbound::read`]). A body that
+/// cannot be parsed is refused with 400, and logged: the sender proved
+/// itself, so the operator must be able to see why its webhook was
+/// refused, not only the sender.
+fn read(
     state: &AppState,
     route: &crate::config::Route,
     envelope: Option<&Envelope>,
     content_type: Option<&str>,
+    headers: &BTreeMap<String, String>,
     body: &[u8],
-) -> Result<inbound::Parsed, IngressError> {
-    if let Some(envelope) = envelope {
-        return Ok(inbound::from_envelope(envelope));
-    }
-    inbound::parse_for_route(route, content_type, body).map_err(|e| {
-        // The sender proved itself, so the operator must be able to see
-        // why its webhook was refused, not only the sender.
+) -> Result<Received, IngressError> {
+    inbound::read(route, envelope, content_type, headers, body).map_err(|e| {
         if let Some(unlogged) = state.refusal_to_log("parse", &route.id) {
             tracing::warn!(route = %route.id, reason = %e, unlogged, "Refused an authenticated webhook whose body could not be parsed");
         }
         IngressError::BadRequest(e.to_string())
     })
-}
-
-/// What the route makes of the webhook, and its dedupe key.
-///
-/// `when` decides first: a webhook the route skips needs no dedupe key,
-/// and one that cannot be rendered must not turn a skip into a 422. A
-/// dedupe key that fails to render is then a render failure like any
-/// other: the webhook is authenticated, so it is stored as failed, not
-/// dropped. The key of a webhook that failed to render is still looked up,
-/// so a repeat of one already delivered stays a duplicate, but the store
-/// does not keep it (see `NewDelivery::dedupe_key`).
-fn plan_with_dedupe_key(
-    route: &crate::config::Route,
-    ctx: &crate::template::Context,
-) -> (Option<String>, Result<Plan, routing::RoutingError>) {
-    match routing::plan(route, ctx) {
-        Ok(Plan::Skipped) => (None, Ok(Plan::Skipped)),
-        plan => match (routing::dedupe_key(route, ctx), plan) {
-            (Ok(key), plan) => (key, plan),
-            // The failure of the dispatch itself is the one to report.
-            (Err(_), Err(e)) | (Err(e), Ok(_)) => (None, Err(e)),
-        },
-    }
 }
 
 /// Commits the delivery, then answers: 202 once it is on disk (and the

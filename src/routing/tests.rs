@@ -543,3 +543,47 @@ fn limits_are_measured_on_the_json_github_receives() {
     assert_eq!(length.chars, text.chars().count());
     assert_ne!(length.bytes, length.chars);
 }
+
+#[test]
+fn a_plan_with_its_key_reports_the_dispatchs_error_first() {
+    let config = config(
+        r#"
+  - id: r
+    verify: none
+    when: body.go == true
+    dedupe_key: "{{ body.kind + 1 }}"
+    dispatch: [{repo: acme/a, event_type: "{{ body.event }}"}]
+"#,
+    );
+    let route = &config.routes[0];
+    // Body; the key; whether it plans a dispatch, a skip, or fails on the
+    // key or on the target.
+    let cases = [
+        (json!({"go": false, "kind": "x"}), None, "skipped"),
+        (
+            json!({"go": true, "kind": 1, "event": "e"}),
+            Some("2"),
+            "dispatch",
+        ),
+        (json!({"go": true, "kind": "x", "event": "e"}), None, "key"),
+        (json!({"go": true, "kind": "x"}), None, "target"),
+        // The key of a webhook that cannot be sent is still given, so
+        // that a repeat of one delivered already stays a duplicate.
+        (json!({"go": true, "kind": 1}), Some("2"), "target"),
+    ];
+    for (body, expected_key, expected_plan) in cases {
+        let (key, plan) = plan_with_key(route, &ctx(body.clone()));
+        let plan = match plan {
+            Ok(Plan::Skipped) => "skipped",
+            Ok(Plan::Dispatch(_)) => "dispatch",
+            Err(RoutingError::DedupeKey(_)) => "key",
+            Err(RoutingError::Render { .. }) => "target",
+            Err(e) => panic!("{body}: {e}"),
+        };
+        assert_eq!(
+            (key.as_deref(), plan),
+            (expected_key, expected_plan),
+            "{body}"
+        );
+    }
+}
