@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::reload::Reloader;
 use super::{CliError, load_config_text, runtime, store_path};
 use crate::config::Synchronous as ConfigSynchronous;
-use crate::dispatch::Dispatcher;
 use crate::dispatch::pacing::Pacer;
+use crate::dispatch::{Dispatcher, DispatcherHandle};
 use crate::github::preflight::{Budget, Unasked, Verdict};
 use crate::github::{Credentials, GitHubClient};
 use crate::ingress::{AppState, Application, LiveRoutes};
@@ -228,32 +228,77 @@ fn warn_if_readable_by_others(db_path: &Path) {
     }
 }
 
-pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), CliError> {
-    // Listened for before anything that can take a while (reading the
-    // configuration, opening or migrating the store): until a process
-    // handles SIGHUP, the signal ends it, and systemd counts an end by
-    // SIGHUP as a clean exit that `Restart=on-failure` does not undo. A
-    // `systemctl reload` right after a start would stop the relay for good.
-    let hangup = signal(SignalKind::hangup()).map_err(runtime)?;
-    // Likewise for stopping: a SIGTERM during start-up is kept until the
-    // relay is up and then stops it cleanly (exit 0), where the signal's
-    // default action would end it with 143, a failed stop to a service
-    // manager.
-    let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
-    // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would end the
-    // process by SIGXFSZ at the store's first write past it, with no word
-    // in the log. Handled, the write fails instead, and the relay answers
-    // 503 and says why, as for a full disk. Kept for the life of `serve`.
-    let _file_size_limit = signal(SignalKind::from_raw(libc::SIGXFSZ)).map_err(runtime)?;
-    let (loaded, loaded_text) = load_config_text(config_path)?;
-    // `server.listen` was checked with the file; the flag (or RELAY_LISTEN)
-    // is input too: a malformed one exits 1, as a malformed file does, and
-    // only an address that cannot be bound (in use, not local) exits 2. An
-    // empty one (`RELAY_LISTEN=` in an environment file) is unset, as an
-    // empty `server.listen` is.
+/// The signals `serve` handles, listened for from its first moment.
+struct Signals {
+    /// Reloads routes.yaml.
+    hangup: Signal,
+    stop: StopSignals,
+    /// Held for the life of `serve`: see [`Signals::listen`].
+    _file_size_limit: Signal,
+}
+
+/// SIGTERM and SIGINT, which stop the relay.
+struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    /// Listens before anything that can take a while (reading the
+    /// configuration, opening or migrating the store).
+    fn listen() -> Result<Signals, CliError> {
+        Ok(Signals {
+            // Until a process handles SIGHUP, the signal ends it, and
+            // systemd counts an end by SIGHUP as a clean exit that
+            // `Restart=on-failure` does not undo. A `systemctl reload` right
+            // after a start would stop the relay for good.
+            hangup: signal(SignalKind::hangup()).map_err(runtime)?,
+            // Likewise for stopping: a SIGTERM during start-up is kept until
+            // the relay is up and then stops it cleanly (exit 0), where the
+            // signal's default action would end it with 143, a failed stop
+            // to a service manager.
+            stop: StopSignals {
+                terminate: signal(SignalKind::terminate()).map_err(runtime)?,
+                interrupt: signal(SignalKind::interrupt()).map_err(runtime)?,
+            },
+            // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would
+            // end the process by SIGXFSZ at the store's first write past it,
+            // with no word in the log. Handled, the write fails instead, and
+            // the relay answers 503 and says why, as for a full disk.
+            _file_size_limit: signal(SignalKind::from_raw(libc::SIGXFSZ)).map_err(runtime)?,
+        })
+    }
+}
+
+impl StopSignals {
+    /// Waits for the first SIGTERM or SIGINT, and says which came.
+    async fn first(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+    }
+
+    /// Waits for a second one: an operator who will not wait for the
+    /// grace periods.
+    async fn second(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        tracing::warn!(
+            "A second signal: stopping now; dispatches still in flight will be sent again at the next start"
+        );
+    }
+}
+
+/// The `--listen` flag (or `RELAY_LISTEN`), checked. `server.listen` was
+/// checked with the file; the flag is input too: a malformed one exits 1,
+/// as a malformed file does, and only an address that cannot be bound (in
+/// use, not local) exits 2. An empty one (`RELAY_LISTEN=` in an
+/// environment file) is unset, as an empty `server.listen` is.
+fn listen_flag(listen: Option<String>) -> Result<Option<String>, CliError> {
     let listen = listen.filter(|l| !l.is_empty());
-    let listen_overridden = listen.is_some();
     if let Some(flag) = listen
         .as_deref()
         .filter(|l| !crate::config::is_listen_address(l))
@@ -262,16 +307,24 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
             "--listen (or RELAY_LISTEN): `{flag}` is not an address to listen on; write `host:port`, such as `0.0.0.0:8080` or `[::]:8080`"
         )));
     }
-    for warning in &loaded.warnings {
-        tracing::warn!(warning = %warning, "Configuration warning");
-    }
-    let config = Arc::new(loaded.config);
-    let routes = LiveRoutes::new(config.clone())
-        .map_err(|e| CliError::Config(e.in_file(&config_path.display().to_string())))?;
-    super::give_back_freed_memory();
-    let metrics = Metrics::new();
-    metrics.config_loaded(true, crate::clock::now_ms() as f64 / 1000.0);
+    Ok(listen)
+}
 
+/// The store, opened for this process alone, with the leases of a
+/// previous run released.
+struct OpenStore {
+    store: Store,
+    path: std::path::PathBuf,
+    /// Held until the process exits: see [`own_store`].
+    _owner: [std::fs::File; 2],
+}
+
+/// Opens (or creates) the store named by the configuration, refusing a
+/// WAL left without its store, and says what it found.
+async fn open_store(
+    config_path: &Path,
+    config: &crate::config::Config,
+) -> Result<OpenStore, CliError> {
     let db_path = store_path(config_path, config.store.url.as_deref())?;
     let synchronous = match config.store.synchronous {
         ConfigSynchronous::Full => Synchronous::Full,
@@ -292,8 +345,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
             db_path.display()
         )));
     }
-    // Held until the process exits.
-    let _owner = own_store(&db_path)?;
+    let owner = own_store(&db_path)?;
     let store = Store::open(&db_path, synchronous)
         .with_context(|| format!("cannot open the store at {}", db_path.display()))
         .map_err(runtime)?;
@@ -321,7 +373,21 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
             tracing::warn!(error = %e, "Could not check the store file for damage");
         }
     });
+    Ok(OpenStore {
+        store,
+        path: db_path,
+        _owner: owner,
+    })
+}
 
+/// Starts the worker that sends the store's jobs to GitHub, and the
+/// preflight beside it. A rate-limit pause kept from before a restart is
+/// taken up first, so that both wait it out.
+async fn start_dispatching(
+    config: &crate::config::Config,
+    store: &Store,
+    metrics: &Metrics,
+) -> Result<(DispatcherHandle, crate::notify::Notifier), CliError> {
     let client =
         GitHubClient::new(&config.github.api_url, config.github.timeout).map_err(runtime)?;
     let credentials = Arc::new(Credentials::from_config(
@@ -330,7 +396,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         Some(metrics.clone()),
     ));
     let pacer = Arc::new(Pacer::new(&config.github.pacing));
-    let notifier = crate::notify::Notifier::start(&config);
+    let notifier = crate::notify::Notifier::start(config);
     let dispatcher = Dispatcher {
         store: store.clone(),
         client: client.clone(),
@@ -352,11 +418,32 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     dispatcher.resume_kept_pause().await;
     let dispatcher = dispatcher.spawn();
     tokio::spawn(preflight(
-        credentials.clone(),
+        credentials,
         client,
-        crate::github::preflight::static_targets(&config),
+        crate::github::preflight::static_targets(config),
         pacer,
     ));
+    Ok((dispatcher, notifier))
+}
+
+pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), CliError> {
+    let signals = Signals::listen()?;
+    let (loaded, loaded_text) = load_config_text(config_path)?;
+    let listen = listen_flag(listen)?;
+    let listen_overridden = listen.is_some();
+    for warning in &loaded.warnings {
+        tracing::warn!(warning = %warning, "Configuration warning");
+    }
+    let config = Arc::new(loaded.config);
+    let routes = LiveRoutes::new(config.clone())
+        .map_err(|e| CliError::Config(e.in_file(&config_path.display().to_string())))?;
+    super::give_back_freed_memory();
+    let metrics = Metrics::new();
+    metrics.config_loaded(true, crate::clock::now_ms() as f64 / 1000.0);
+
+    let opened = open_store(config_path, &config).await?;
+    let store = opened.store.clone();
+    let (dispatcher, notifier) = start_dispatching(&config, &store, &metrics).await?;
 
     // Trimmed: a token read from a file keeps its final newline, which no
     // `Authorization` header can carry, and every request would be refused.
@@ -388,7 +475,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     let handle = app.handle();
     tracing::info!(
         addr = %app.addr(),
-        store = %db_path.display(),
+        store = %opened.path.display(),
         routes = config.routes.len(),
         "Listening"
     );
@@ -411,24 +498,21 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
             store_url: super::process_setting("RELAY_DATABASE_URL").is_some(),
         },
     };
+    let Signals {
+        hangup,
+        mut stop,
+        _file_size_limit,
+    } = signals;
     tokio::spawn(reloader.run(hangup, stop_background.clone()));
     tokio::spawn(prune_periodically(
         store.clone(),
         config.store.retention,
         stop_background.clone(),
     ));
-
     // The HTTP server ends on its own only if it fails; then the relay
     // shuts down as for a signal and says why in its exit status.
     let server_failure = tokio::select! {
-        _ = terminate.recv() => {
-            tracing::info!("SIGTERM received; shutting down");
-            None
-        }
-        _ = interrupt.recv() => {
-            tracing::info!("SIGINT received; shutting down");
-            None
-        }
+        () = stop.first() => None,
         ended = &mut server => {
             tracing::warn!("The HTTP server stopped on its own; shutting down");
             Some(match served(ended) {
@@ -439,49 +523,13 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     };
     stop_background.cancel();
     state.begin_shutdown();
-    // A second signal is an operator who will not wait for the grace
-    // periods: the relay stops at once, as it would after them. What was in
-    // flight is sent again at the next start, as after a timeout.
-    let second_signal = async {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        tracing::warn!(
-            "A second signal: stopping now; dispatches still in flight will be sent again at the next start"
-        );
-    };
-    tokio::pin!(second_signal);
-    let mut hurried = false;
-    tokio::select! {
-        drained = dispatcher.shutdown(DRAIN_GRACE) => {
-            if drained {
-                tracing::info!("In-flight dispatches finished");
-            } else {
-                tracing::warn!(
-                    "Some dispatches were still in flight after the grace period; they will be sent again at the next start"
-                );
-            }
-        }
-        _ = &mut second_signal => hurried = true,
-    }
-    // After the dispatches, so that their failures are in the alerts too.
-    if !hurried {
-        tokio::select! {
-            closed = notifier.close(ALERT_GRACE) => {
-                if !closed {
-                    tracing::warn!("Some failure alerts could not be sent before stopping");
-                }
-            }
-            _ = &mut second_signal => hurried = true,
-        }
-    }
+    let hurried = drain(&dispatcher, &notifier, &mut stop).await;
     if server_failure.is_none() {
         // Open connections are given their time, unless told otherwise.
         let graceful = !hurried;
         tokio::select! {
             _ = handle.stop(graceful) => {}
-            _ = &mut second_signal, if graceful => handle.stop(false).await,
+            _ = stop.second(), if graceful => handle.stop(false).await,
         }
         if let Err(e) = served(server.await) {
             tracing::warn!(error = %e, "The HTTP server did not stop cleanly");
@@ -492,5 +540,38 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     match server_failure {
         Some(failure) => Err(runtime(failure)),
         None => Ok(()),
+    }
+}
+
+/// Lets the dispatches in flight finish, then the failure alerts, each
+/// within its grace period. A second signal cuts both short: what was in
+/// flight is sent again at the next start, as after a timeout. Returns
+/// whether it was cut short.
+async fn drain(
+    dispatcher: &DispatcherHandle,
+    notifier: &crate::notify::Notifier,
+    stop: &mut StopSignals,
+) -> bool {
+    tokio::select! {
+        drained = dispatcher.shutdown(DRAIN_GRACE) => {
+            if drained {
+                tracing::info!("In-flight dispatches finished");
+            } else {
+                tracing::warn!(
+                    "Some dispatches were still in flight after the grace period; they will be sent again at the next start"
+                );
+            }
+        }
+        () = stop.second() => return true,
+    }
+    // After the dispatches, so that their failures are in the alerts too.
+    tokio::select! {
+        closed = notifier.close(ALERT_GRACE) => {
+            if !closed {
+                tracing::warn!("Some failure alerts could not be sent before stopping");
+            }
+            false
+        }
+        () = stop.second() => true,
     }
 }
