@@ -1721,17 +1721,9 @@ fn route(
     // A route whose `verify` could not be read is not said to lack `sns`.
     builder.set_sns_in_context(!matches!(&verify, Some(v) if !matches!(v, Verify::Sns(_))));
 
-    let rate_limit = raw.rate_limit.and_then(|limit| {
-        let limit_path = path.key("rate_limit");
-        let per_second = positive(
-            report,
-            Some(limit.per_second),
-            &limit_path.key("per_second"),
-            1,
-        )?;
-        let burst = positive(report, limit.burst, &limit_path.key("burst"), per_second)?;
-        Some(RateLimit { per_second, burst })
-    });
+    let rate_limit = raw
+        .rate_limit
+        .and_then(|limit| rate_limit(report, limit, &path.key("rate_limit")));
 
     let when = raw.when.and_then(|source| {
         let when_path = path.key("when");
@@ -1742,21 +1734,9 @@ fn route(
             .ok()
     });
 
-    let dedupe_key = raw.dedupe_key.and_then(|source| {
-        let key_path = path.key("dedupe_key");
-        let template = compile_string(report, builder, &key_path, &source)?;
-        // `dedupe_key: ""` turns deduplication off; any other text without
-        // a tag is one key for every webhook (`body.entry.id`, written as
-        // a `when` is), so all but the first would be dropped as repeats.
-        if template.is_static().is_some_and(|text| !text.is_empty()) {
-            report.error(
-                &key_path,
-                "has no `{{ }}`, so every webhook would have the same key and all but the first would be answered as duplicates; write the key as a template, as in \"{{ body.entry.id }}\" (or \"\" to turn deduplication off)",
-            );
-            return None;
-        }
-        Some(template)
-    });
+    let dedupe_key = raw
+        .dedupe_key
+        .and_then(|source| dedupe_key(report, builder, &path.key("dedupe_key"), &source));
 
     let route_notify = match raw.notify {
         // `notify:` with nothing after it says nothing either.
@@ -1764,26 +1744,9 @@ fn route(
         Some(value) => notify(report, value, &path.key("notify")).map(Some),
     };
 
-    let debounce = raw.debounce.and_then(|raw| {
-        let debounce_path = path.key("debounce");
-        let window_path = debounce_path.key("window");
-        let window = positive_duration(report, Some(raw.window), &window_path, Duration::ZERO)?;
-        let max_wait = match raw.max_wait {
-            // Without a bound a steady stream would postpone the dispatch for
-            // ever; five minutes (or the window, if longer) is the default.
-            None => window.max(DEFAULT_DEBOUNCE_MAX_WAIT),
-            Some(text) => {
-                let wait_path = debounce_path.key("max_wait");
-                let wait = duration(report, Some(text), &wait_path, Duration::ZERO)?;
-                if wait < window {
-                    report.error(&wait_path, "is shorter than `window`");
-                    return None;
-                }
-                wait
-            }
-        };
-        Some(Debounce { window, max_wait })
-    });
+    let debounce = raw
+        .debounce
+        .and_then(|raw| debounce(report, raw, &path.key("debounce")));
 
     let own_max_body = raw.max_body.is_some();
     let max_body = size(
@@ -1803,9 +1766,97 @@ fn route(
     }
     let source_ips = networks(report, &raw.source_ips, &path.key("source_ips"));
 
-    let allowed_path = path.key("allowed_repos");
-    for (index, pattern) in raw.allowed_repos.iter().enumerate() {
-        // A pattern must be a repository name once its `*`s are filled in.
+    check_allowed_repos(report, &raw.allowed_repos, &path.key("allowed_repos"));
+
+    // Patterns left out for an error are not known to be none: a templated
+    // repo is then not said to need them.
+    let allowed_repos =
+        (!left_out.explains(path, "allowed_repos")).then_some(&raw.allowed_repos[..]);
+    let dispatch = targets(report, builder, raw.dispatch, path, left_out, allowed_repos);
+
+    builder.set_sns_in_context(true);
+    if report.errors.len() > errors_before {
+        return None;
+    }
+    Some(Route {
+        id: raw.id?.0,
+        verify: verify?,
+        rate_limit,
+        when,
+        dispatch,
+        allowed_repos: raw.allowed_repos,
+        max_body: max_body?,
+        source_ips: source_ips?,
+        dedupe_key,
+        debounce,
+        notify: route_notify?,
+        body_shape: builder.take_body_shape(),
+    })
+}
+
+/// A route's `rate_limit`: `burst` defaults to `per_second`.
+fn rate_limit(
+    report: &mut Report,
+    limit: raw::RawRateLimit,
+    limit_path: &Path,
+) -> Option<RateLimit> {
+    let per_second = positive(
+        report,
+        Some(limit.per_second),
+        &limit_path.key("per_second"),
+        1,
+    )?;
+    let burst = positive(report, limit.burst, &limit_path.key("burst"), per_second)?;
+    Some(RateLimit { per_second, burst })
+}
+
+/// A route's `dedupe_key`, which must be a template.
+fn dedupe_key(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    key_path: &Path,
+    source: &str,
+) -> Option<crate::template::StringTemplate> {
+    let template = compile_string(report, builder, key_path, source)?;
+    // `dedupe_key: ""` turns deduplication off; any other text without
+    // a tag is one key for every webhook (`body.entry.id`, written as
+    // a `when` is), so all but the first would be dropped as repeats.
+    if template.is_static().is_some_and(|text| !text.is_empty()) {
+        report.error(
+            key_path,
+            "has no `{{ }}`, so every webhook would have the same key and all but the first would be answered as duplicates; write the key as a template, as in \"{{ body.entry.id }}\" (or \"\" to turn deduplication off)",
+        );
+        return None;
+    }
+    Some(template)
+}
+
+/// A route's `debounce`: `max_wait` defaults to five minutes, or the
+/// window if it is longer.
+fn debounce(report: &mut Report, raw: raw::RawDebounce, debounce_path: &Path) -> Option<Debounce> {
+    let window_path = debounce_path.key("window");
+    let window = positive_duration(report, Some(raw.window), &window_path, Duration::ZERO)?;
+    let max_wait = match raw.max_wait {
+        // Without a bound a steady stream would postpone the dispatch for
+        // ever; five minutes (or the window, if longer) is the default.
+        None => window.max(DEFAULT_DEBOUNCE_MAX_WAIT),
+        Some(text) => {
+            let wait_path = debounce_path.key("max_wait");
+            let wait = duration(report, Some(text), &wait_path, Duration::ZERO)?;
+            if wait < window {
+                report.error(&wait_path, "is shorter than `window`");
+                return None;
+            }
+            wait
+        }
+    };
+    Some(Debounce { window, max_wait })
+}
+
+/// Checks each of `allowed_repos`: a repository name once its `*`s are
+/// filled in.
+fn check_allowed_repos(report: &mut Report, allowed: &[String], allowed_path: &Path) {
+    for (index, pattern) in allowed.iter().enumerate() {
         if routing::check_repo(&pattern.replace('*', "x")).is_err() {
             report.error(
                 &allowed_path.index(index),
@@ -1813,14 +1864,21 @@ fn route(
             );
         }
     }
+}
 
-    // Patterns left out for an error are not known to be none: a templated
-    // repo is then not said to need them.
-    let allowed_repos =
-        (!left_out.explains(path, "allowed_repos")).then_some(&raw.allowed_repos[..]);
+/// A route's `dispatch` list, each target validated; a target that fails
+/// is left out, its errors reported.
+fn targets(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    list: Option<Vec<Value>>,
+    path: &Path,
+    left_out: &LeftOut,
+    allowed_repos: Option<&[String]>,
+) -> Vec<Target> {
     let dispatch_path = path.key("dispatch");
     let mut dispatch = Vec::new();
-    match raw.dispatch {
+    match list {
         None if left_out.explains(path, "dispatch") => {}
         None => report.error(path, "missing key `dispatch` (the list of targets)"),
         Some(list) if list.is_empty() => {
@@ -1847,25 +1905,7 @@ fn route(
             }
         }
     }
-
-    builder.set_sns_in_context(true);
-    if report.errors.len() > errors_before {
-        return None;
-    }
-    Some(Route {
-        id: raw.id?.0,
-        verify: verify?,
-        rate_limit,
-        when,
-        dispatch,
-        allowed_repos: raw.allowed_repos,
-        max_body: max_body?,
-        source_ips: source_ips?,
-        dedupe_key,
-        debounce,
-        notify: route_notify?,
-        body_shape: builder.take_body_shape(),
-    })
+    dispatch
 }
 
 /// The index of each item of `list` written exactly as an earlier one,
@@ -2016,168 +2056,193 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
     let method = scalar_text(&key);
     let method_path = path.key(&method);
     match method.as_str() {
-        "hmac" => {
-            let (raw, left_out) = report.parse_leaving_out::<raw::RawHmac>(value, &method_path)?;
-            let secrets = secret_list(
-                report,
-                &method_path,
-                ("secret", raw.secret),
-                ("secrets", raw.secrets),
-                ANY_SECRET,
-                &left_out,
-            );
-            let header = header_name(report, &method_path.key("header"), &raw.header);
-            left_out.is_empty().then_some(())?;
-            Some(Verify::Hmac(HmacVerify {
-                secrets: secrets?,
-                header: header?,
-                algorithm: match raw.algorithm {
-                    Some(raw::RawAlgorithm::Sha1) => HmacAlgorithm::Sha1,
-                    None | Some(raw::RawAlgorithm::Sha256) => HmacAlgorithm::Sha256,
-                    Some(raw::RawAlgorithm::Sha512) => HmacAlgorithm::Sha512,
-                },
-                encoding: match raw.encoding {
-                    None | Some(raw::RawEncoding::Hex) => SignatureEncoding::Hex,
-                    Some(raw::RawEncoding::Base64) => SignatureEncoding::Base64,
-                },
-                prefix: raw.prefix.filter(|prefix| !prefix.is_empty()),
-            }))
-        }
-        "github" => {
-            let (raw, left_out) =
-                report.parse_leaving_out::<raw::RawGithubVerify>(value, &method_path)?;
-            let secrets = secret_list(
-                report,
-                &method_path,
-                ("secret", raw.secret),
-                ("secrets", raw.secrets),
-                ANY_SECRET,
-                &left_out,
-            )?;
-            left_out.is_empty().then_some(())?;
-            Some(Verify::Github { secrets })
-        }
-        "token" => {
-            let (raw, left_out) = report.parse_leaving_out::<raw::RawToken>(value, &method_path)?;
-            let values = secret_list(
-                report,
-                &method_path,
-                ("value", raw.value),
-                ("values", raw.values),
-                ANY_SECRET,
-                &left_out,
-            );
-            let header = header_name(report, &method_path.key("header"), &raw.header);
-            left_out.is_empty().then_some(())?;
-            Some(Verify::Token {
-                header: header?,
-                values: values?,
-            })
-        }
-        "basic" => {
-            let (raw, left_out) = report.parse_leaving_out::<raw::RawBasic>(value, &method_path)?;
-            let passwords = secret_list(
-                report,
-                &method_path,
-                ("password", raw.password),
-                ("passwords", raw.passwords),
-                ANY_SECRET,
-                &left_out,
-            );
-            if raw.username.is_empty() || raw.username.contains(':') {
-                report.error(
-                    &method_path.key("username"),
-                    "must be non-empty and contain no `:`",
-                );
-                return None;
-            }
-            left_out.is_empty().then_some(())?;
-            Some(Verify::Basic {
-                username: raw.username,
-                passwords: passwords?,
-            })
-        }
+        "hmac" => hmac_verify(report, value, &method_path),
+        "github" => github_verify(report, value, &method_path),
+        "token" => token_verify(report, value, &method_path),
+        "basic" => basic_verify(report, value, &method_path),
         "standard_webhooks" | "contentful" | "sanity" | "ghost" | "stripe" | "slack" => {
-            let (raw, left_out) = report.parse_leaving_out::<raw::RawTimed>(value, &method_path)?;
-            // The reference libraries use five minutes, except Contentful's
-            // own toolkit, which refuses requests older than 30 s.
-            let five_minutes = Duration::from_secs(300);
-            let (default_tolerance, check, build): (_, SecretCheck, fn(TimedSecrets) -> Verify) =
-                match method.as_str() {
-                    "standard_webhooks" => (
-                        five_minutes,
-                        |secret| crate::verify::standard_webhooks_key(secret).err(),
-                        Verify::StandardWebhooks,
-                    ),
-                    "contentful" => (Duration::from_secs(30), ANY_SECRET, Verify::Contentful),
-                    "sanity" => (five_minutes, ANY_SECRET, Verify::Sanity),
-                    "ghost" => (five_minutes, ANY_SECRET, Verify::Ghost),
-                    "stripe" => (five_minutes, ANY_SECRET, Verify::Stripe),
-                    _ => (five_minutes, ANY_SECRET, Verify::Slack),
-                };
-            // No signed timestamp is ever exactly now: a zero tolerance
-            // would refuse every request.
-            let tolerance = positive_duration(
-                report,
-                raw.tolerance,
-                &method_path.key("tolerance"),
-                default_tolerance,
-            );
-            let secrets = secret_list(
-                report,
-                &method_path,
-                ("secret", raw.secret),
-                ("secrets", raw.secrets),
-                check,
-                &left_out,
-            )?;
-            left_out.is_empty().then_some(())?;
-            Some(build(TimedSecrets {
-                secrets,
-                tolerance: tolerance?,
-            }))
+            timed_verify(report, &method, value, &method_path)
         }
-        "sns" => {
-            let (raw, left_out) = report.parse_leaving_out::<raw::RawSns>(value, &method_path)?;
-            let mut ok = true;
-            for (index, arn) in raw.topic_arns.iter().enumerate() {
-                if !arn.starts_with("arn:") || arn.split(':').count() < 6 {
-                    report.error(
-                        &method_path.key("topic_arns").index(index),
-                        "not a topic ARN such as `arn:aws:sns:eu-west-1:111122223333:uploads`",
-                    );
-                    ok = false;
-                }
-            }
-            for (index, file) in raw.certificates.iter().enumerate() {
-                if file.trim().is_empty() {
-                    report.error(&method_path.key("certificates").index(index), "is empty");
-                    ok = false;
-                }
-            }
-            // Any AWS account can subscribe the relay's URL to a topic of
-            // its own, and SNS signs that topic's messages like any other:
-            // without a list, the relay would confirm the subscription and
-            // dispatch whatever the stranger publishes.
-            if raw.topic_arns.is_empty() {
-                report.error(
-                    &method_path.key("topic_arns"),
-                    "is required: list the topics whose messages this route takes; otherwise any AWS account could subscribe the relay to its own topic",
-                );
-                ok = false;
-            }
-            (ok && left_out.is_empty()).then(|| {
-                Verify::Sns(SnsVerify {
-                    topic_arns: raw.topic_arns,
-                    certificates: raw.certificates.into_iter().map(PathBuf::from).collect(),
-                })
-            })
-        }
+        "sns" => sns_verify(report, value, &method_path),
         other => {
             report.key_error(&method_path, unknown("verify method", other, &methods));
             None
         }
     }
+}
+
+/// `verify: {hmac: ...}`: a keyed hash of the body in a header the route names.
+fn hmac_verify(report: &mut Report, value: Value, method_path: &Path) -> Option<Verify> {
+    let (raw, left_out) = report.parse_leaving_out::<raw::RawHmac>(value, method_path)?;
+    let secrets = secret_list(
+        report,
+        method_path,
+        ("secret", raw.secret),
+        ("secrets", raw.secrets),
+        ANY_SECRET,
+        &left_out,
+    );
+    let header = header_name(report, &method_path.key("header"), &raw.header);
+    left_out.is_empty().then_some(())?;
+    Some(Verify::Hmac(HmacVerify {
+        secrets: secrets?,
+        header: header?,
+        algorithm: match raw.algorithm {
+            Some(raw::RawAlgorithm::Sha1) => HmacAlgorithm::Sha1,
+            None | Some(raw::RawAlgorithm::Sha256) => HmacAlgorithm::Sha256,
+            Some(raw::RawAlgorithm::Sha512) => HmacAlgorithm::Sha512,
+        },
+        encoding: match raw.encoding {
+            None | Some(raw::RawEncoding::Hex) => SignatureEncoding::Hex,
+            Some(raw::RawEncoding::Base64) => SignatureEncoding::Base64,
+        },
+        prefix: raw.prefix.filter(|prefix| !prefix.is_empty()),
+    }))
+}
+
+/// `verify: {github: ...}`: GitHub's `X-Hub-Signature-256`.
+fn github_verify(report: &mut Report, value: Value, method_path: &Path) -> Option<Verify> {
+    let (raw, left_out) = report.parse_leaving_out::<raw::RawGithubVerify>(value, method_path)?;
+    let secrets = secret_list(
+        report,
+        method_path,
+        ("secret", raw.secret),
+        ("secrets", raw.secrets),
+        ANY_SECRET,
+        &left_out,
+    )?;
+    left_out.is_empty().then_some(())?;
+    Some(Verify::Github { secrets })
+}
+
+/// `verify: {token: ...}`: a shared value in a header the route names.
+fn token_verify(report: &mut Report, value: Value, method_path: &Path) -> Option<Verify> {
+    let (raw, left_out) = report.parse_leaving_out::<raw::RawToken>(value, method_path)?;
+    let values = secret_list(
+        report,
+        method_path,
+        ("value", raw.value),
+        ("values", raw.values),
+        ANY_SECRET,
+        &left_out,
+    );
+    let header = header_name(report, &method_path.key("header"), &raw.header);
+    left_out.is_empty().then_some(())?;
+    Some(Verify::Token {
+        header: header?,
+        values: values?,
+    })
+}
+
+/// `verify: {basic: ...}`: HTTP Basic authentication.
+fn basic_verify(report: &mut Report, value: Value, method_path: &Path) -> Option<Verify> {
+    let (raw, left_out) = report.parse_leaving_out::<raw::RawBasic>(value, method_path)?;
+    let passwords = secret_list(
+        report,
+        method_path,
+        ("password", raw.password),
+        ("passwords", raw.passwords),
+        ANY_SECRET,
+        &left_out,
+    );
+    if raw.username.is_empty() || raw.username.contains(':') {
+        report.error(
+            &method_path.key("username"),
+            "must be non-empty and contain no `:`",
+        );
+        return None;
+    }
+    left_out.is_empty().then_some(())?;
+    Some(Verify::Basic {
+        username: raw.username,
+        passwords: passwords?,
+    })
+}
+
+/// The methods that sign a timestamp with the body, each with its
+/// sender's own tolerance by default.
+fn timed_verify(
+    report: &mut Report,
+    method: &str,
+    value: Value,
+    method_path: &Path,
+) -> Option<Verify> {
+    let (raw, left_out) = report.parse_leaving_out::<raw::RawTimed>(value, method_path)?;
+    // The reference libraries use five minutes, except Contentful's
+    // own toolkit, which refuses requests older than 30 s.
+    let five_minutes = Duration::from_secs(300);
+    let (default_tolerance, check, build): (_, SecretCheck, fn(TimedSecrets) -> Verify) =
+        match method {
+            "standard_webhooks" => (
+                five_minutes,
+                |secret| crate::verify::standard_webhooks_key(secret).err(),
+                Verify::StandardWebhooks,
+            ),
+            "contentful" => (Duration::from_secs(30), ANY_SECRET, Verify::Contentful),
+            "sanity" => (five_minutes, ANY_SECRET, Verify::Sanity),
+            "ghost" => (five_minutes, ANY_SECRET, Verify::Ghost),
+            "stripe" => (five_minutes, ANY_SECRET, Verify::Stripe),
+            _ => (five_minutes, ANY_SECRET, Verify::Slack),
+        };
+    // No signed timestamp is ever exactly now: a zero tolerance
+    // would refuse every request.
+    let tolerance = positive_duration(
+        report,
+        raw.tolerance,
+        &method_path.key("tolerance"),
+        default_tolerance,
+    );
+    let secrets = secret_list(
+        report,
+        method_path,
+        ("secret", raw.secret),
+        ("secrets", raw.secrets),
+        check,
+        &left_out,
+    )?;
+    left_out.is_empty().then_some(())?;
+    Some(build(TimedSecrets {
+        secrets,
+        tolerance: tolerance?,
+    }))
+}
+
+/// `verify: {sns: ...}`: an SNS envelope, signed by AWS, from a listed topic.
+fn sns_verify(report: &mut Report, value: Value, method_path: &Path) -> Option<Verify> {
+    let (raw, left_out) = report.parse_leaving_out::<raw::RawSns>(value, method_path)?;
+    let mut ok = true;
+    for (index, arn) in raw.topic_arns.iter().enumerate() {
+        if !arn.starts_with("arn:") || arn.split(':').count() < 6 {
+            report.error(
+                &method_path.key("topic_arns").index(index),
+                "not a topic ARN such as `arn:aws:sns:eu-west-1:111122223333:uploads`",
+            );
+            ok = false;
+        }
+    }
+    for (index, file) in raw.certificates.iter().enumerate() {
+        if file.trim().is_empty() {
+            report.error(&method_path.key("certificates").index(index), "is empty");
+            ok = false;
+        }
+    }
+    // Any AWS account can subscribe the relay's URL to a topic of
+    // its own, and SNS signs that topic's messages like any other:
+    // without a list, the relay would confirm the subscription and
+    // dispatch whatever the stranger publishes.
+    if raw.topic_arns.is_empty() {
+        report.error(
+            &method_path.key("topic_arns"),
+            "is required: list the topics whose messages this route takes; otherwise any AWS account could subscribe the relay to its own topic",
+        );
+        ok = false;
+    }
+    (ok && left_out.is_empty()).then(|| {
+        Verify::Sns(SnsVerify {
+            topic_arns: raw.topic_arns,
+            certificates: raw.certificates.into_iter().map(PathBuf::from).collect(),
+        })
+    })
 }
 
 fn target(
