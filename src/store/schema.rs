@@ -336,12 +336,24 @@ fn debounce_due(d: &DebounceWindow, first_ms: i64, now_ms: i64) -> i64 {
 /// What a debounced webhook's jobs are keyed by: the places they go, each
 /// endpoint (lower-cased, as GitHub's names ignore case) with its event
 /// type or ref, in order. Only webhooks bound for the same places share a
-/// window; one that renders another repository or event type must not
-/// replace a dispatch it has nothing to do with.
+/// window; one that renders another repository, event type or ref must
+/// not replace a dispatch it has nothing to do with. A workflow job's ref
+/// is read from its body: its label, the workflow, is in its path already.
 fn debounce_targets(jobs: &[NewJob]) -> String {
-    let mut places: Vec<(String, &str)> = jobs
+    #[derive(serde::Deserialize)]
+    struct WorkflowBody {
+        #[serde(rename = "ref")]
+        git_ref: Option<String>,
+    }
+    let mut places: Vec<(String, String)> = jobs
         .iter()
-        .map(|job| (job.path.to_ascii_lowercase(), job.label.as_str()))
+        .map(|job| {
+            let git_ref = serde_json::from_str::<WorkflowBody>(&job.body)
+                .ok()
+                .and_then(|body| body.git_ref);
+            let kind = git_ref.unwrap_or_else(|| job.label.clone());
+            (job.path.to_ascii_lowercase(), kind)
+        })
         .collect();
     places.sort();
     places.dedup();

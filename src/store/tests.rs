@@ -836,6 +836,55 @@ async fn debounce_merges_only_webhooks_bound_for_the_same_places() {
 }
 
 #[tokio::test]
+async fn debounce_keeps_a_workflow_dispatch_to_another_ref_apart() {
+    let (_dir, store) = open();
+    let window = DebounceWindow {
+        window_ms: 1_000,
+        max_wait_ms: 5_000,
+    };
+    let to = |id: &str, git_ref: &str, ms: i64| {
+        let mut d = delivery(id, None, 1);
+        d.received_at_ms = ms;
+        d.jobs[0].path = "/repos/acme/blog/actions/workflows/deploy.yml/dispatches".into();
+        d.jobs[0].label = "deploy.yml".into();
+        d.jobs[0].body = format!(r#"{{"ref":"{git_ref}","inputs":{{"at":"{ms}"}}}}"#);
+        d.debounce = Some(window);
+        d
+    };
+    assert_eq!(
+        store.accept(to("a", "release-1.2", 10_000)).await.unwrap(),
+        Accepted::Stored
+    );
+    // Another ref is another run: it must not replace the first.
+    assert_eq!(
+        store.accept(to("b", "main", 10_100)).await.unwrap(),
+        Accepted::Stored
+    );
+    assert_eq!(
+        store.accept(to("a2", "release-1.2", 10_200)).await.unwrap(),
+        Accepted::Coalesced {
+            into: "a".into(),
+            coalesced: 1
+        }
+    );
+    let mut sent: Vec<String> = store
+        .lease_due(20_000, 10, 60_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|job| job.body)
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            r#"{"ref":"main","inputs":{"at":"10100"}}"#,
+            r#"{"ref":"release-1.2","inputs":{"at":"10200"}}"#,
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_failing_command_costs_its_batch_nothing() {
     let (_dir, store) = open();
     // The second accept reuses the first one's id and fails on the primary
