@@ -93,7 +93,13 @@ impl GitHubHealth {
     /// made by a job last tried (or queued) at `since_ms`; the first of an
     /// outage says so, with `reason`.
     pub fn say_outage(&self, since_ms: i64, reason: &str) {
-        self.outage_from_ms.fetch_min(since_ms, Ordering::Relaxed);
+        // GitHub answered dispatches until its last answer: the outage
+        // began after that, however long ago a job in a deep queue was
+        // last tried. Retries scheduled before it were GitHub's answers,
+        // and keep their delays when the outage ends.
+        let answered_ms = self.answered_ms.load(Ordering::Relaxed);
+        self.outage_from_ms
+            .fetch_min(since_ms.max(answered_ms), Ordering::Relaxed);
         if self.outage.failed() {
             tracing::warn!(
                 reason = %reason,
@@ -155,11 +161,17 @@ mod tests {
         health.say_outage(4_000, "a third");
         assert_eq!(health.answered(9_000), Some(3_000));
         assert_eq!(health.answered(9_500), None, "and it is over");
-        health.say_outage(8_000, "again");
+        health.say_outage(10_500, "again");
         assert_eq!(
-            health.answered(10_000),
-            Some(8_000),
+            health.answered(11_000),
+            Some(10_500),
             "a new outage starts afresh"
         );
+        // A job last tried long before GitHub's last answer (a deep queue)
+        // does not take the outage back past that answer: the retries
+        // scheduled before it followed answers of GitHub's.
+        health.outage_confirmed_at(12_000);
+        health.say_outage(2_000, "a job queued long ago");
+        assert_eq!(health.answered(13_000), Some(11_000));
     }
 }

@@ -315,6 +315,14 @@ impl Dispatcher {
     /// Waits for the credential's turn. Waiting is abandoned on shutdown:
     /// nothing has been dispatched, so the job's lease is given back, it
     /// stays queued, and this answers `None`.
+    /// Gives back the lease of a job not yet sent, so that it goes at
+    /// once when the relay starts again.
+    async fn give_back(&self, job: &Job) {
+        if let Err(e) = self.store.release(vec![job.id]).await {
+            tracing::warn!(error = %e, "Could not give back the lease of a job not yet sent; it is sent at the next start, which clears every lease");
+        }
+    }
+
     async fn wait_turn(
         &self,
         job: &Job,
@@ -324,12 +332,23 @@ impl Dispatcher {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                if let Err(e) = self.store.release(vec![job.id]).await {
-                    tracing::warn!(error = %e, "Could not give back the lease of a job not yet sent; it is sent at the next start, which clears every lease");
-                }
+                self.give_back(job).await;
                 None
             }
             turn = self.pacer.wait_turn(place) => Some(turn),
+        }
+    }
+
+    /// Waits out a pause of the credential, unless the relay stops first:
+    /// then the job's lease is given back and this answers false.
+    async fn wait_unpaused(&self, job: &Job, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                self.give_back(job).await;
+                false
+            }
+            () = self.pacer.wait_unpaused() => true,
         }
     }
 
@@ -368,7 +387,15 @@ impl Dispatcher {
                 Some(token) => Ok(token),
                 None => {
                     drop(turn.take());
-                    self.credentials.token_for(&job.repo, scope).await
+                    let token = self.credentials.token_for(&job.repo, scope).await;
+                    // Other requests went on while the token was asked for
+                    // (with `concurrency` above 1, or pacing off), and one
+                    // may have met a rate limit: this one waits it out, as
+                    // it would have waited for its turn.
+                    if token.is_ok() && !self.wait_unpaused(&job, &shutdown).await {
+                        break false;
+                    }
+                    token
                 }
             };
             let token = match token {
@@ -478,10 +505,10 @@ impl Dispatcher {
         let reason = error.to_string();
         // A rate limit on the token request itself: the whole credential
         // waits, as for a rate-limited dispatch.
-        let rate_limited = error.rate_limit_wait();
-        if let Some(wait) = rate_limited {
-            self.pause(wait).await;
-        }
+        let rate_limited = match error.rate_limit_wait() {
+            Some(wait) => Some(self.heed(wait).await),
+            None => None,
+        };
         let outcome = Outcome::NoCredential {
             reason: &reason,
             permanent: error.is_permanent(),
@@ -516,22 +543,34 @@ impl Dispatcher {
     /// pass give_up_after) holds the others back for that long.
     async fn heed_rate_limit(&self, answer: &Answer) -> Option<Duration> {
         match rate_limit::rate_limit_wait(answer, clock::now_epoch_secs()) {
-            Some(RateLimitWait::Stated(wait)) => {
-                self.pause(wait).await;
+            Some(wait @ RateLimitWait::Stated(_)) => {
+                self.heed(wait).await;
                 None
             }
-            // GitHub's guidance for a secondary limit that says nothing:
-            // wait at least a minute, longer each time.
-            Some(RateLimitWait::Unstated) => {
+            Some(wait @ RateLimitWait::Unstated) => Some(self.heed(wait).await),
+            None => {
+                self.pacer.answered();
+                None
+            }
+        }
+    }
+
+    /// Pauses the credential for a rate limit, of a dispatch or of a token
+    /// request alike, and returns the wait: the one GitHub stated, or, for
+    /// a secondary limit that states none, GitHub's minimum of a minute,
+    /// longer each time such limits repeat.
+    async fn heed(&self, wait: RateLimitWait) -> Duration {
+        match wait {
+            RateLimitWait::Stated(wait) => {
+                self.pause(wait).await;
+                wait
+            }
+            RateLimitWait::Unstated => {
                 let (wait, later) = self.pacer.pause_unstated();
                 if later {
                     self.keep_pause(wait).await;
                 }
-                Some(wait)
-            }
-            None => {
-                self.pacer.answered();
-                None
+                wait
             }
         }
     }

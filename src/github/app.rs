@@ -122,7 +122,7 @@ pub enum CredentialError {
     RateLimited {
         status: u16,
         message: String,
-        wait: std::time::Duration,
+        wait: super::rate_limit::RateLimitWait,
     },
     #[error("GitHub answered {0} to an App token request: {1}")]
     Unexpected(u16, String),
@@ -149,7 +149,7 @@ impl CredentialError {
 
     /// How long the credential must wait, when GitHub rate-limited the
     /// token request itself.
-    pub fn rate_limit_wait(&self) -> Option<std::time::Duration> {
+    pub fn rate_limit_wait(&self) -> Option<super::rate_limit::RateLimitWait> {
         match self {
             CredentialError::RateLimited { wait, .. } => Some(*wait),
             _ => None,
@@ -164,7 +164,7 @@ impl CredentialError {
         super::rate_limit::rate_limit_wait(answer, now).map(|wait| CredentialError::RateLimited {
             status: answer.status,
             message: message(answer),
-            wait: wait.duration(),
+            wait,
         })
     }
 }
@@ -761,6 +761,7 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::github::rate_limit::RateLimitWait;
 
     #[test]
     fn a_redirect_to_a_repository_id_gives_the_id() {
@@ -810,12 +811,17 @@ mod tests {
             },
             ..Default::default()
         };
+        // A limit that states no wait says so, so that the credential's
+        // pause grows while such limits repeat, as a dispatch's does.
         let cases = [
             (
                 answer(403, "You have exceeded a secondary rate limit", None),
-                Some(60),
+                Some(RateLimitWait::Unstated),
             ),
-            (answer(429, "Too many requests", Some(30)), Some(30)),
+            (
+                answer(429, "Too many requests", Some(30)),
+                Some(RateLimitWait::Stated(Duration::from_secs(30))),
+            ),
             (
                 answer(403, "Resource not accessible by integration", None),
                 None,
@@ -826,7 +832,7 @@ mod tests {
             let error = CredentialError::rate_limited(&answer);
             assert_eq!(
                 error.as_ref().and_then(CredentialError::rate_limit_wait),
-                wait.map(Duration::from_secs),
+                wait,
                 "{answer:?}"
             );
             if let Some(error) = error {
