@@ -447,7 +447,8 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
 /// dedupe key that fails to render is then a render failure like any
 /// other. When both the dispatch and the key fail, the dispatch's error is
 /// the one reported. The key of a webhook whose dispatch failed is still
-/// given, so that a repeat of one already delivered stays a duplicate.
+/// given, so that a repeat of one already delivered stays a duplicate; the
+/// store does not keep it (see `NewDelivery::dedupe_key`).
 pub fn plan_with_key(route: &Route, ctx: &Context) -> (Option<String>, Result<Plan, RoutingError>) {
     match plan(route, ctx) {
         Ok(Plan::Skipped) => (None, Ok(Plan::Skipped)),

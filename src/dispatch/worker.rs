@@ -312,9 +312,6 @@ impl Dispatcher {
         }
     }
 
-    /// Waits for the credential's turn. Waiting is abandoned on shutdown:
-    /// nothing has been dispatched, so the job's lease is given back, it
-    /// stays queued, and this answers `None`.
     /// Gives back the lease of a job not yet sent, so that it goes at
     /// once when the relay starts again.
     async fn give_back(&self, job: &Job) {
@@ -323,6 +320,9 @@ impl Dispatcher {
         }
     }
 
+    /// Waits for the credential's turn. Waiting is abandoned on shutdown:
+    /// nothing has been dispatched, so the job's lease is given back, it
+    /// stays queued, and this answers `None`.
     async fn wait_turn(
         &self,
         job: &Job,
