@@ -864,6 +864,66 @@ async fn a_rate_limited_token_request_is_waited_out_without_spending_an_attempt(
     assert_eq!(app.github.dispatches_to("acme/blog"), 1);
 }
 
+/// A dispatch that had to wait for a new App token waits out a rate limit
+/// that another dispatch met meanwhile. With pacing off both are in flight
+/// at once: the one to acme/blog has its token at hand (the preflight asked
+/// for it) and meets GitHub's limit while the one to acme/docs, a templated
+/// repository the preflight does not know, is still being given its token.
+/// Sent as soon as the token came, the second would go into the limit,
+/// which the fake counts as a violation and answers with the limit again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dispatch_given_its_token_during_a_rate_limit_waits_it_out() {
+    let routes = "  - id: both\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: \"{{ body.repo }}\"\n        event_type: deploy\n    allowed_repos: [\"acme/*\"]\n";
+    let app = spawn_as_app(routes, "off").await;
+    app.wait_for_log(|line| line.contains("Preflight finished"))
+        .await;
+    let blog_dispatch = app.github.hold("POST", "/repos/acme/blog/dispatches");
+    let docs_token = app
+        .github
+        .hold("POST", "/app/installations/7/access_tokens");
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::SecondaryRateLimit {
+            retry_after_secs: Some(3),
+        }],
+    );
+    assert_eq!(
+        app.post("both", r#"{"repo":"acme/docs"}"#).await.status(),
+        202
+    );
+    // Both have taken their turn: one is sending, the other asks for a token.
+    blog_dispatch.wait_for_arrivals(1, WAIT).await;
+    docs_token.wait_for_arrivals(1, WAIT).await;
+    // The limit holds from GitHub's answer, which comes after this.
+    let limited_at = Instant::now();
+    blog_dispatch.open();
+    app.wait_for_log(|line| line.contains("GitHub's rate limit holds back every dispatch"))
+        .await;
+    docs_token.open();
+
+    app.github.wait_for_dispatches(2, WAIT).await;
+    let attempts = app.github.dispatch_attempts();
+    assert!(
+        attempts.iter().any(|r| r.status == 403),
+        "the dispatch to acme/blog met the limit: {attempts:#?}"
+    );
+    let to_docs: Vec<_> = attempts
+        .iter()
+        .filter(|r| r.path == "/repos/acme/docs/dispatches")
+        .collect();
+    assert_eq!(
+        to_docs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![204],
+        "{attempts:#?}"
+    );
+    let waited = to_docs[0].received_at - limited_at;
+    assert!(
+        waited >= Duration::from_millis(2_900),
+        "sent {waited:?} after the limit"
+    );
+    assert_eq!(app.github.violations(), Vec::<String>::new());
+}
+
 /// A primary limit on the installation lookup (GitHub's 403 with
 /// `x-ratelimit-remaining: 0`) is waited out until its reset too.
 #[tokio::test(flavor = "multi_thread")]

@@ -219,6 +219,47 @@ fn held_credential(shared: &Shared, req: &HttpRequest) -> Option<String> {
     }
 }
 
+/// Requests to one path, held by [`FakeGitHub::hold`] until the test opens the gate.
+pub struct Gate(Arc<GateState>);
+
+struct GateState {
+    method: String,
+    path: String,
+    open: tokio::sync::watch::Sender<bool>,
+    /// How many requests have reached the gate, held or not.
+    arrived: tokio::sync::watch::Sender<usize>,
+}
+
+impl GateState {
+    /// Lets a request through once the gate is open.
+    async fn pass(&self) {
+        let mut open = self.open.subscribe();
+        self.arrived.send_modify(|n| *n += 1);
+        // The sender lives as long as this state, so waiting cannot fail.
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
+impl Gate {
+    /// Waits until `n` requests have reached the gate, or panics after `deadline`.
+    pub async fn wait_for_arrivals(&self, n: usize, deadline: Duration) {
+        let mut arrived = self.0.arrived.subscribe();
+        let reached = tokio::time::timeout(deadline, arrived.wait_for(|count| *count >= n)).await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "{n} requests to {} {} were expected at the gate within {deadline:?}, {} came",
+            self.0.method,
+            self.0.path,
+            *self.0.arrived.borrow()
+        );
+    }
+
+    /// Lets every held request and every later one through.
+    pub fn open(&self) {
+        self.0.open.send_replace(true);
+    }
+}
+
 /// One request the fake received, with the status it answered.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
@@ -426,6 +467,21 @@ impl FakeGitHub {
     pub fn set_latency(&self, latency: Duration) {
         let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         self.shared.latency_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Holds every `method` request to `path` (as sent, without the query) until the gate is
+    /// opened, so that a test can order what the relay does meanwhile. A held request is
+    /// answered as usual once the gate opens; its arrival is what is recorded.
+    pub fn hold(&self, method: &str, path: &str) -> Gate {
+        let (open, _) = tokio::sync::watch::channel(false);
+        let state = Arc::new(GateState {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            open,
+            arrived: tokio::sync::watch::channel(0).0,
+        });
+        lock(&self.shared.gates).push(Arc::clone(&state));
+        Gate(state)
     }
 
     /// Queues answers for the next dispatches (of either kind) to `owner/name`. They are used in
@@ -1171,6 +1227,8 @@ struct Shared {
     /// The numeric id of each repository a former name redirects to, by its name now:
     /// GitHub's redirects name a repository by id.
     repository_ids: Mutex<HashMap<String, u64>>,
+    /// Gates a test set up: requests to a gate's path wait at it until the test opens it.
+    gates: Mutex<Vec<Arc<GateState>>>,
 }
 
 impl Shared {
@@ -1204,6 +1262,7 @@ impl Shared {
             manifest_codes: Mutex::default(),
             suspended: Mutex::default(),
             moved: Mutex::default(),
+            gates: Mutex::default(),
             repository_ids: Mutex::default(),
         }
     }
@@ -1654,6 +1713,13 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
         serde_json::from_slice::<Value>(&body).ok()
     };
     let request_id = request_id();
+    let gate = lock(&shared.gates)
+        .iter()
+        .find(|gate| gate.method == method && gate.path == path)
+        .cloned();
+    if let Some(gate) = gate {
+        gate.pass().await;
+    }
 
     if let Some(response) = web_page(&shared, &method, &path, query.as_deref(), &body) {
         return response;
