@@ -109,15 +109,7 @@ pub async fn github_app(options: AppSetup) -> Result<(), CliError> {
 
     let listener = bind(options.listen.as_deref())?;
     let addr = listener.local_addr().map_err(runtime)?;
-    let host = if addr.ip().is_unspecified() {
-        // The browser cannot be sent to 0.0.0.0; the local machine is the
-        // address that works both directly and through an SSH tunnel.
-        "127.0.0.1".to_owned()
-    } else if addr.is_ipv6() {
-        format!("[{}]", addr.ip())
-    } else {
-        addr.ip().to_string()
-    };
+    let host = browser_host(addr);
     let local_url = format!("http://{host}:{}", addr.port());
     let state = random_hex(32);
     // The page hands out `state`, which is all a callback needs; only the
@@ -138,20 +130,7 @@ pub async fn github_app(options: AppSetup) -> Result<(), CliError> {
             .map(|(n, l, w)| ((*n).to_owned(), (*l).to_owned(), (*w).to_owned()))
             .collect(),
     };
-    let port = addr.port();
-    let mut hosts: Vec<String> = [host.as_str(), "localhost", "127.0.0.1", "[::1]"]
-        .iter()
-        .map(|name| format!("{name}:{port}"))
-        .collect();
-    // A browser leaves the default port out of `Host`.
-    if port == 80 {
-        hosts.extend([
-            host.clone(),
-            "localhost".into(),
-            "127.0.0.1".into(),
-            "[::1]".into(),
-        ]);
-    }
+    let hosts = page_hosts(&host, addr.port());
     let (server, mut callbacks) = listener
         .start(page, state, page_key.clone(), hosts)
         .map_err(runtime)?;
@@ -186,20 +165,7 @@ pub async fn github_app(options: AppSetup) -> Result<(), CliError> {
 
     match result {
         Ok(done) => {
-            let app = &done.app;
-            println!();
-            println!("Created the GitHub App \"{}\" (id {}).", app.name, app.id);
-            println!("Its private key is in {} (mode 0600).", key_file.display());
-            println!();
-            println!("Add this to routes.yaml:");
-            println!();
-            print!("{}", done.block);
-            println!();
-            println!(
-                "Then install the App on the repositories it dispatches to (\"Only select repositories\"):"
-            );
-            println!("  {}", app.install_url());
-            flush_stdout();
+            print_created(&done, &key_file);
             Ok(())
         }
         Err(failure) => Err(runtime(anyhow!(
@@ -208,6 +174,49 @@ pub async fn github_app(options: AppSetup) -> Result<(), CliError> {
             failure.page_detail(&web_url, options.org.as_deref())
         ))),
     }
+}
+
+/// The host the browser is sent to for a listener bound to `addr`.
+fn browser_host(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        // The browser cannot be sent to 0.0.0.0; the local machine is the
+        // address that works both directly and through an SSH tunnel.
+        "127.0.0.1".to_owned()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    }
+}
+
+/// The `Host` headers the setup page answers to: the printed host and the
+/// local machine's names, with the port.
+fn page_hosts(host: &str, port: u16) -> Vec<String> {
+    let names = [host, "localhost", "127.0.0.1", "[::1]"];
+    let mut hosts: Vec<String> = names.iter().map(|name| format!("{name}:{port}")).collect();
+    // A browser leaves the default port out of `Host`.
+    if port == 80 {
+        hosts.extend(names.iter().map(|name| (*name).to_owned()));
+    }
+    hosts
+}
+
+/// Tells the terminal what was created and what to do next.
+fn print_created(done: &Done, key_file: &Path) {
+    let app = &done.app;
+    println!();
+    println!("Created the GitHub App \"{}\" (id {}).", app.name, app.id);
+    println!("Its private key is in {} (mode 0600).", key_file.display());
+    println!();
+    println!("Add this to routes.yaml:");
+    println!();
+    print!("{}", done.block);
+    println!();
+    println!(
+        "Then install the App on the repositories it dispatches to (\"Only select repositories\"):"
+    );
+    println!("  {}", app.install_url());
+    flush_stdout();
 }
 
 /// A finished setup: the App and the routes.yaml block.

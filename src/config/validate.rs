@@ -1138,49 +1138,8 @@ fn github(
         None => (path.key("api_url"), ""),
     };
     let api_url = resolve_api_url(from_env, raw.api_url);
-    // The url is printed by `check --online`, `render` and `setup`, and may
-    // come from a variable: it is never quoted, and may not carry a
-    // password (the credential is the token or the App).
-    let parsed = url::Url::parse(&api_url)
-        .ok()
-        .filter(|url| matches!(url.scheme(), "https" | "http"));
-    if parsed.is_none() {
-        report.error(&url_path, format!("{url_name}is not an http(s) URL"));
+    if !check_api_url(report, &api_url, &url_path, url_name) {
         ok = false;
-    } else if parsed
-        .as_ref()
-        .is_some_and(|url| !url.username().is_empty() || url.password().is_some())
-    {
-        report.error(
-            &url_path,
-            format!(
-                "{url_name}holds a user or a password; GitHub is authenticated with the token or the App"
-            ),
-        );
-        ok = false;
-    } else if parsed
-        .as_ref()
-        .is_some_and(|url| url.query().is_some() || url.fragment().is_some())
-    {
-        // Request paths are appended to the url as text: a query would
-        // end up in the middle of every one (`/api?x=1/repos/...`).
-        report.error(
-            &url_path,
-            format!(
-                "{url_name}has a query or a fragment (`?` or `#`); give the API's base, such as https://HOST/api/v3"
-            ),
-        );
-        ok = false;
-    } else if parsed
-        .as_ref()
-        .is_some_and(|url| url.scheme() == "http" && !is_loopback(url))
-    {
-        report.warn(
-            &url_path,
-            format!(
-                "{url_name}uses http://: the token, or the App's tokens, would cross the network unencrypted; use https://"
-            ),
-        );
     }
 
     // Without the credential's keys, or beside a key that may misspell
@@ -1188,26 +1147,7 @@ fn github(
     let credential_known = !left_out.explains(path, "token") && !left_out.explains(path, "app");
     let credential = match (raw.token, raw.app) {
         (None, None) if !credential_known => None,
-        (Some(token), None) => {
-            // A token read from a file usually ends with a line break, which
-            // no header may carry: it would fail every dispatch. GitHub's
-            // tokens have no whitespace, so what surrounds one is dropped.
-            let token = token.trim();
-            let token_path = path.key("token");
-            if token.is_empty() {
-                report.error(&token_path, "is empty");
-                None
-            } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
-                report.error(
-                    &token_path,
-                    "holds a space, a line break or a character that is not ASCII, which no GitHub token has",
-                );
-                None
-            } else {
-                report.secret_at(&token_path);
-                Some(Credential::Token(Secret::new(token.to_owned())))
-            }
-        }
+        (Some(token), None) => token_credential(report, &token, &path.key("token")),
         (None, Some(app)) => github_app(report, app, &path.key("app"), &left_out),
         (Some(_), Some(_)) => {
             report.error(path, "has both `token` and `app`; keep one");
@@ -1240,6 +1180,71 @@ fn github(
         pacing: pacing?,
         timeout: timeout?,
     })
+}
+
+/// Checks the API's url, `url_name` naming where it came from when that is
+/// not the key at `url_path`; answers whether it can be used.
+fn check_api_url(report: &mut Report, api_url: &str, url_path: &Path, url_name: &str) -> bool {
+    // The url is printed by `check --online`, `render` and `setup`, and may
+    // come from a variable: it is never quoted, and may not carry a
+    // password (the credential is the token or the App).
+    let Some(url) = url::Url::parse(api_url)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "https" | "http"))
+    else {
+        report.error(url_path, format!("{url_name}is not an http(s) URL"));
+        return false;
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        report.error(
+            url_path,
+            format!(
+                "{url_name}holds a user or a password; GitHub is authenticated with the token or the App"
+            ),
+        );
+        return false;
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        // Request paths are appended to the url as text: a query would
+        // end up in the middle of every one (`/api?x=1/repos/...`).
+        report.error(
+            url_path,
+            format!(
+                "{url_name}has a query or a fragment (`?` or `#`); give the API's base, such as https://HOST/api/v3"
+            ),
+        );
+        return false;
+    }
+    if url.scheme() == "http" && !is_loopback(&url) {
+        report.warn(
+            url_path,
+            format!(
+                "{url_name}uses http://: the token, or the App's tokens, would cross the network unencrypted; use https://"
+            ),
+        );
+    }
+    true
+}
+
+/// The token credential, from `github.token` as written.
+fn token_credential(report: &mut Report, token: &str, token_path: &Path) -> Option<Credential> {
+    // A token read from a file usually ends with a line break, which
+    // no header may carry: it would fail every dispatch. GitHub's
+    // tokens have no whitespace, so what surrounds one is dropped.
+    let token = token.trim();
+    if token.is_empty() {
+        report.error(token_path, "is empty");
+        None
+    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        report.error(
+            token_path,
+            "holds a space, a line break or a character that is not ASCII, which no GitHub token has",
+        );
+        None
+    } else {
+        report.secret_at(token_path);
+        Some(Credential::Token(Secret::new(token.to_owned())))
+    }
 }
 
 fn github_app(

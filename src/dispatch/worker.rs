@@ -24,7 +24,9 @@ use super::retry::{self, Action, AppToken, History, Outcome};
 use crate::clock::{self, now_ms};
 use crate::config::RetryConfig;
 use crate::github::rate_limit::{self, RateLimitWait};
-use crate::github::{Answer, CredentialError, Credentials, GitHubClient, Scope, TransportError};
+use crate::github::{
+    Answer, CredentialError, Credentials, GitHubClient, IssuedToken, Scope, TransportError,
+};
 use crate::secret::Secret;
 use crate::store::{AttemptRecord, Job, JobNext, Store, StoreError};
 use crate::telemetry::{DispatchOutcome, Metrics, Streak};
@@ -380,27 +382,13 @@ impl Dispatcher {
         // refuses `return_run_details` is asked again without it. Those
         // follow-ups are part of one attempt.
         let retry_scheduled = loop {
-            let at_hand = same_token
-                .take()
-                .or_else(|| self.credentials.token_at_hand(&job.repo, scope));
-            let token = match at_hand {
-                Some(token) => Ok(token),
-                None => {
-                    drop(turn.take());
-                    let token = self.credentials.token_for(&job.repo, scope).await;
-                    // Other requests went on while the token was asked for
-                    // (with `concurrency` above 1, or pacing off), and one
-                    // may have met a rate limit: this one waits it out, as
-                    // it would have waited for its turn.
-                    if token.is_ok() && !self.wait_unpaused(&job, &shutdown).await {
-                        break false;
-                    }
-                    token
-                }
-            };
-            let token = match token {
-                Ok(token) => token,
-                Err(e) => break self.no_token(&job, &e, &shutdown).await,
+            let token = match self
+                .token(&job, scope, same_token.take(), &mut turn, &shutdown)
+                .await
+            {
+                Some(Ok(token)) => token,
+                Some(Err(e)) => break self.no_token(&job, &e, &shutdown).await,
+                None => break false,
             };
             let body = if with_run_details {
                 std::borrow::Cow::Owned(with_run_details_asked(&job.body))
@@ -415,30 +403,12 @@ impl Dispatcher {
             let answer = self.client.post_json(&job.path, &body, &token.secret).await;
             let elapsed = started.elapsed();
             self.observe(&job, scope, &answer, elapsed);
-            if retry::answered_by_github(&answer) {
-                self.github_answered().await;
-            }
-            let github_down =
-                retry::may_pass(&answer) && self.outage_confirmed(&job, &token.secret).await;
-            let unstated_pause = match &answer {
-                Ok(answer) => self.heed_rate_limit(answer).await,
-                Err(_) => None,
+            let sent_as = SentAs {
+                token: &token,
+                retried_auth,
+                with_run_details,
             };
-            let app_token = token.minted_at.map(|at| AppToken {
-                age: at.elapsed(),
-                retried: retried_auth,
-                since_not_found_renewal: self.credentials.since_not_found_renewal(&job.repo),
-            });
-            let history = History {
-                unstated_pause,
-                github_down,
-                ..self.history(&job, app_token, with_run_details)
-            };
-            let outcome = match &answer {
-                Ok(a) => Outcome::Answer(a),
-                Err(e) => Outcome::Transport(e),
-            };
-            let action = self.classify(outcome, history);
+            let action = self.judge(&job, &answer, sent_as).await;
             match action {
                 Action::Reauthenticate {
                     wait,
@@ -491,6 +461,71 @@ impl Dispatcher {
         };
         drop(slot);
         retry_scheduled
+    }
+
+    /// The token to send `job` with: `same_token` when a refused token is
+    /// to go again, else the one at hand, else a new one asked of GitHub.
+    /// The turn is given up while a token is asked for, which would make
+    /// every other request wait on GitHub's answer to it. `None` when the
+    /// relay stops meanwhile: the job's lease is then given back.
+    async fn token(
+        &self,
+        job: &Job,
+        scope: Scope,
+        same_token: Option<IssuedToken>,
+        turn: &mut Option<Turn>,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<IssuedToken, CredentialError>> {
+        if let Some(token) = same_token.or_else(|| self.credentials.token_at_hand(&job.repo, scope))
+        {
+            return Some(Ok(token));
+        }
+        drop(turn.take());
+        let token = self.credentials.token_for(&job.repo, scope).await;
+        // Other requests went on while the token was asked for (with
+        // `concurrency` above 1, or pacing off), and one may have met a
+        // rate limit: this one waits it out, as it would have waited for
+        // its turn.
+        if token.is_ok() && !self.wait_unpaused(job, shutdown).await {
+            return None;
+        }
+        Some(token)
+    }
+
+    /// What GitHub's answer to a dispatch means for the job. On the way it
+    /// tells the health what the answer says of GitHub, confirms an outage
+    /// when the answer may be one, and heeds a rate limit, which holds the
+    /// whole credential back.
+    async fn judge(
+        &self,
+        job: &Job,
+        answer: &Result<Answer, TransportError>,
+        sent_as: SentAs<'_>,
+    ) -> Action {
+        if retry::answered_by_github(answer) {
+            self.github_answered().await;
+        }
+        let github_down =
+            retry::may_pass(answer) && self.outage_confirmed(job, &sent_as.token.secret).await;
+        let unstated_pause = match answer {
+            Ok(answer) => self.heed_rate_limit(answer).await,
+            Err(_) => None,
+        };
+        let app_token = sent_as.token.minted_at.map(|at| AppToken {
+            age: at.elapsed(),
+            retried: sent_as.retried_auth,
+            since_not_found_renewal: self.credentials.since_not_found_renewal(&job.repo),
+        });
+        let history = History {
+            unstated_pause,
+            github_down,
+            ..self.history(job, app_token, sent_as.with_run_details)
+        };
+        let outcome = match answer {
+            Ok(a) => Outcome::Answer(a),
+            Err(e) => Outcome::Transport(e),
+        };
+        self.classify(outcome, history)
     }
 
     /// Ends an attempt that got no token: the App's token request failed,
@@ -838,7 +873,25 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
             detail,
             result,
         } = sent;
-        let next = match &action {
+        let next = self.settle(job, &action, status);
+        let record = AttemptRecord {
+            job_id: job.id,
+            started_at_ms: started_ms,
+            duration_ms: elapsed.as_millis() as i64,
+            status_code: status,
+            detail,
+            next,
+            result,
+        };
+        self.record(record, shutdown).await
+    }
+
+    /// What becomes of the job after an attempt that ended in `action`,
+    /// counted in the metrics and said in the log. A retry that waits for
+    /// the credential holds the others back too; a failure for good is
+    /// told to the notifier.
+    fn settle(&self, job: &Job, action: &Action, status: Option<u16>) -> JobNext {
+        match action {
             Action::Delivered => {
                 self.metrics
                     .dispatch(&job.route, DispatchOutcome::Delivered);
@@ -883,16 +936,12 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
                     reason: reason.clone(),
                 }
             }
-        };
-        let record = AttemptRecord {
-            job_id: job.id,
-            started_at_ms: started_ms,
-            duration_ms: elapsed.as_millis() as i64,
-            status_code: status,
-            detail,
-            next,
-            result,
-        };
+        }
+    }
+
+    /// Offers an attempt's record to the store until it takes it, and
+    /// answers whether the record scheduled a retry.
+    async fn record(&self, record: AttemptRecord, shutdown: &CancellationToken) -> bool {
         // The outcome is known, so it is offered to the store until the store
         // takes it, however long the store is unavailable (a full disk,
         // another process holding the write lock): a job left leased would
@@ -949,6 +998,16 @@ const RECORD_OWN_ERRORS: u32 = 5;
 const RECORD_FIRST_WAIT: Duration = Duration::from_millis(200);
 /// The longest wait between offers.
 const RECORD_MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// How a dispatch was sent, which the meaning of GitHub's answer depends on.
+#[derive(Clone, Copy)]
+struct SentAs<'a> {
+    token: &'a IssuedToken,
+    /// Whether the token was renewed after GitHub refused the one before.
+    retried_auth: bool,
+    /// Whether the body asked for the run's details.
+    with_run_details: bool,
+}
 
 /// What one attempt sent and got back, as it is recorded.
 struct Sent {

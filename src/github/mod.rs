@@ -480,7 +480,7 @@ fn plain_message(text: &str) -> String {
     truncate(&crate::text::one_line(text), MAX_PLAIN_MESSAGE)
 }
 
-pub use app::{CredentialError, Credentials, Scope};
+pub use app::{CredentialError, Credentials, IssuedToken, Scope};
 
 #[cfg(test)]
 mod tests {
