@@ -467,7 +467,8 @@ async fn read_answer(
 }
 
 /// A readable message from an error body that is not GitHub's JSON: an HTML
-/// page's title, or the text with its spacing collapsed, shortened.
+/// page's title with its character references read (`&middot;` as `·`), or
+/// the text with its spacing collapsed, shortened.
 fn plain_message(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
     let title = lower.find("<title>").and_then(|start| {
@@ -476,8 +477,11 @@ fn plain_message(text: &str) -> String {
         // Lower-casing ASCII keeps every byte where it was.
         Some(&text[start..end])
     });
-    let text = title.unwrap_or(text);
-    truncate(&crate::text::one_line(text), MAX_PLAIN_MESSAGE)
+    let text = match title {
+        Some(title) => html_escape::decode_html_entities(title),
+        None => text.into(),
+    };
+    truncate(&crate::text::one_line(&text), MAX_PLAIN_MESSAGE)
 }
 
 pub use app::{CredentialError, Credentials, IssuedToken, Scope};
@@ -522,6 +526,10 @@ mod tests {
     fn error_bodies_that_are_not_json_become_short_readable_messages() {
         let page = "<html>\r\n<head><TITLE>502 Bad Gateway</TITLE></head>\r\n<body><center><h1>502 Bad Gateway</h1></center></body></html>";
         assert_eq!(plain_message(page), "502 Bad Gateway");
+        let github_page = "<!DOCTYPE html>\n<html><head><title>Page not found &middot; GitHub &#38; more</title></head></html>";
+        assert_eq!(plain_message(github_page), "Page not found · GitHub & more");
+        // Outside a page's title, text is quoted as it came.
+        assert_eq!(plain_message("a &amp; b"), "a &amp; b");
         assert_eq!(
             plain_message("upstream connect error\n  or disconnect"),
             "upstream connect error or disconnect"
