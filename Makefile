@@ -1,5 +1,5 @@
 # Everyday commands. `make test` is the test command of the README and CI.
-.PHONY: run test check fmt lint bench build
+.PHONY: run test check fmt lint doc bench build
 
 run:
 	cargo run --release -- serve
@@ -7,7 +7,7 @@ run:
 test:
 	cargo test --locked
 
-check: fmt-check lint test
+check: fmt-check lint doc test
 
 fmt:
 	cargo fmt --all
@@ -17,6 +17,9 @@ fmt-check:
 
 lint:
 	cargo clippy --all-targets --locked -- -D warnings
+
+doc:
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 
 build:
 	cargo build --release --locked

@@ -23,7 +23,7 @@ pub enum Redelivered {
     Requeued,
     /// Its failed jobs whose targets are still in the route were queued
     /// again as first rendered, because the route's targets changed since
-    /// (see [`same_places`]); `dropped` failed jobs are no longer in the
+    /// (see `same_places`); `dropped` failed jobs are no longer in the
     /// route and stay failed.
     RequeuedAsRendered { dropped: usize },
     /// It had failed to render; it was rendered again and its jobs queued.

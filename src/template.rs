@@ -19,7 +19,7 @@
 //! `null` when they are the whole value. Evaluation failures (a type error,
 //! a bad filter argument) are [`RenderError`]s; a filter, test, method or
 //! function that does not exist is a compile error, in whatever branch it
-//! is written (see [`tags`]).
+//! is written (see `tags`).
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -374,78 +374,7 @@ impl EngineBuilder {
             refuse_missing(value)?;
             minijinja::escape_formatter(out, state, value)
         });
-        // Every builtin filter but `default` (`d`), which exists to stand in
-        // for a missing value, and the relay's `urldecode`: each refuses a
-        // missing or null value it would otherwise print as nothing, `none`,
-        // `0` or `[]`, then calls the original.
-        macro_rules! originals {
-            ($($name:ident),* $(,)?) => {
-                [$((stringify!($name), MjValue::from_function(minijinja::filters::$name))),*]
-            };
-        }
-        let originals = originals!(
-            safe, escape, upper, lower, title, capitalize, replace, length, dictsort, items,
-            reverse, trim, join, split, lines, abs, int, float, sum, attr, round, first, last, min,
-            max, sort, list, string, bool, slice, batch, tojson, indent, select, selectattr,
-            reject, rejectattr, map, groupby, unique, chain, zip, pprint, format, urlencode,
-        )
-        .into_iter()
-        .chain([
-            ("e", MjValue::from_function(minijinja::filters::escape)),
-            ("count", MjValue::from_function(minijinja::filters::length)),
-            ("urldecode", MjValue::from_function(urldecode)),
-        ]);
-        // `default` is left as it is, in both environments.
-        let mut filters = vec!["default", "d"];
-        for (name, original) in originals {
-            filters.push(name);
-            // The filters that drop missing values are left to do so; what
-            // they give is checked where it is printed.
-            let drops_missing = matches!(name, "select" | "reject" | "selectattr" | "rejectattr");
-            // Those that print their arguments or their list's items.
-            let prints_arguments = matches!(name, "replace" | "format" | "join" | "indent");
-            let prints_items = name == "join";
-            keys.add_filter(
-                name,
-                move |state: &minijinja::State,
-                      value: MjValue,
-                      rest: minijinja::value::Rest<MjValue>| {
-                    refuse_missing(&value)?;
-                    if !drops_missing {
-                        for argument in rest.iter() {
-                            // A `none` written as an argument (`batch(3,
-                            // none)`) is a value; an undefined one is not.
-                            if prints_arguments || argument.is_undefined() {
-                                refuse_missing(argument)?;
-                            }
-                        }
-                    }
-                    // A list built from missing values (`[body.a, body.b] |
-                    // join(':')`) prints them as nothing too; so does one
-                    // that another filter gives as an iterable
-                    // (`body.ids | reverse`), which is read into a list
-                    // here so that it is checked and joined alike.
-                    let value = if prints_items
-                        && matches!(
-                            value.kind(),
-                            minijinja::value::ValueKind::Seq
-                                | minijinja::value::ValueKind::Iterable
-                        ) {
-                        let items: Vec<MjValue> = value.try_iter()?.collect();
-                        for item in &items {
-                            refuse_missing(item)?;
-                        }
-                        MjValue::from(items)
-                    } else {
-                        value
-                    };
-                    let mut args = Vec::with_capacity(rest.len() + 1);
-                    args.push(value);
-                    args.extend(rest.iter().cloned());
-                    original.call(state, &args)
-                },
-            );
-        }
+        let filters = add_filters_refusing_missing(&mut keys);
         EngineBuilder {
             env,
             keys,
@@ -1025,6 +954,82 @@ fn describe(err: &minijinja::Error, source: &str) -> String {
     text
 }
 
+/// Adds to `keys` every builtin filter but `default` (`d`), which exists
+/// to stand in for a missing value, and the relay's `urldecode`: each
+/// refuses a missing or null value it would otherwise print as nothing,
+/// `none`, `0` or `[]`, then calls the original. Answers the names of all
+/// filters, `default` included.
+fn add_filters_refusing_missing(keys: &mut Environment<'static>) -> Vec<&'static str> {
+    macro_rules! originals {
+        ($($name:ident),* $(,)?) => {
+            [$((stringify!($name), MjValue::from_function(minijinja::filters::$name))),*]
+        };
+    }
+    let originals = originals!(
+        safe, escape, upper, lower, title, capitalize, replace, length, dictsort, items, reverse,
+        trim, join, split, lines, abs, int, float, sum, attr, round, first, last, min, max, sort,
+        list, string, bool, slice, batch, tojson, indent, select, selectattr, reject, rejectattr,
+        map, groupby, unique, chain, zip, pprint, format, urlencode,
+    )
+    .into_iter()
+    .chain([
+        ("e", MjValue::from_function(minijinja::filters::escape)),
+        ("count", MjValue::from_function(minijinja::filters::length)),
+        ("urldecode", MjValue::from_function(urldecode)),
+    ]);
+    // `default` is left as it is, in both environments.
+    let mut filters = vec!["default", "d"];
+    for (name, original) in originals {
+        filters.push(name);
+        // The filters that drop missing values are left to do so; what
+        // they give is checked where it is printed.
+        let drops_missing = matches!(name, "select" | "reject" | "selectattr" | "rejectattr");
+        // Those that print their arguments or their list's items.
+        let prints_arguments = matches!(name, "replace" | "format" | "join" | "indent");
+        let prints_items = name == "join";
+        keys.add_filter(
+            name,
+            move |state: &minijinja::State,
+                  value: MjValue,
+                  rest: minijinja::value::Rest<MjValue>| {
+                refuse_missing(&value)?;
+                if !drops_missing {
+                    for argument in rest.iter() {
+                        // A `none` written as an argument (`batch(3,
+                        // none)`) is a value; an undefined one is not.
+                        if prints_arguments || argument.is_undefined() {
+                            refuse_missing(argument)?;
+                        }
+                    }
+                }
+                // A list built from missing values (`[body.a, body.b] |
+                // join(':')`) prints them as nothing too; so does one
+                // that another filter gives as an iterable
+                // (`body.ids | reverse`), which is read into a list
+                // here so that it is checked and joined alike.
+                let value = if prints_items
+                    && matches!(
+                        value.kind(),
+                        minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Iterable
+                    ) {
+                    let items: Vec<MjValue> = value.try_iter()?.collect();
+                    for item in &items {
+                        refuse_missing(item)?;
+                    }
+                    MjValue::from(items)
+                } else {
+                    value
+                };
+                let mut args = Vec::with_capacity(rest.len() + 1);
+                args.push(value);
+                args.extend(rest.iter().cloned());
+                original.call(state, &args)
+            },
+        );
+    }
+    filters
+}
+
 /// An undefined or null value is an error where it would be printed in a
 /// strict field.
 fn refuse_missing(value: &MjValue) -> Result<(), minijinja::Error> {
@@ -1243,7 +1248,7 @@ impl BodyReads {
 /// The parts of a request body that templates read, as a tree of object
 /// keys. A body parsed to a shape keeps, in every object on the way, only
 /// the keys the tree names; a value the tree ends on, or that is not an
-/// object, is kept whole. That is what [`convert_paths`] hands the engine,
+/// object, is kept whole. That is what `convert_paths` hands the engine,
 /// so templates render the same from the shaped body as from the whole one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BodyShape {

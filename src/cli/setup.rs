@@ -190,7 +190,7 @@ fn browser_host(addr: std::net::SocketAddr) -> String {
 }
 
 /// The `Host` headers the setup page answers to: the printed host and the
-/// local machine's names, with the port.
+/// local machine's names, with the port and, on port 80, also without it.
 fn page_hosts(host: &str, port: u16) -> Vec<String> {
     let names = [host, "localhost", "127.0.0.1", "[::1]"];
     let mut hosts: Vec<String> = names.iter().map(|name| format!("{name}:{port}")).collect();

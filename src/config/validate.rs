@@ -898,10 +898,13 @@ fn is_numeric_setting(path: &Path) -> bool {
     !in_payload && NUMERIC_SETTINGS.iter().any(|key| path.ends_with_key(key))
 }
 
-fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
-    let root_path = Path::root();
+/// The file's sections by name, each with its path, and the unknown
+/// top-level keys, which may stand for a missing section. A key that
+/// misspells a section (`route:`) is reported, and its contents are
+/// checked as the section it means, so that one run tells all (unless that
+/// section is there too). `None` when the file is not a map.
+fn top_level(report: &mut Report, root: Value, root_path: &Path) -> Option<TopLevel> {
     let mut sections: HashMap<&'static str, (Value, Path)> = HashMap::new();
-    // Unknown top-level keys, which may stand for a missing section.
     let mut unknown_sections: Vec<String> = Vec::new();
     let mut misspelt_sections: Vec<(&'static str, Value, Path)> = Vec::new();
     match root {
@@ -915,9 +918,6 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
                     }
                     None => {
                         report.key_error(&path, unknown("key", &name, &names(&TOP_LEVEL_KEYS)));
-                        // `route:` is reported, and its contents are
-                        // checked as the `routes` it means, so that one run
-                        // tells all (unless `routes` is there too).
                         let meant = did_you_mean(&name, &names(&TOP_LEVEL_KEYS))
                             .and_then(|meant| TOP_LEVEL_KEYS.iter().find(|k| **k == meant));
                         if let Some(meant) = meant {
@@ -930,23 +930,42 @@ fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>)
         }
         Value::Null => {
             report.error(
-                &root_path,
+                root_path,
                 "the file is empty; it needs a `github` section and `routes`",
             );
             return None;
         }
         _ => {
             report.error(
-                &root_path,
+                root_path,
                 "the file must be a map with `github` and `routes` at the top",
             );
             return None;
         }
     }
-
     for (meant, value, path) in misspelt_sections {
         sections.entry(meant).or_insert((value, path));
     }
+    Some(TopLevel {
+        sections,
+        unknown_sections,
+    })
+}
+
+/// The top level of routes.yaml, as [`top_level`] reads it.
+struct TopLevel {
+    /// Each known section, with its path.
+    sections: HashMap<&'static str, (Value, Path)>,
+    /// The unknown top-level keys, which may stand for a missing section.
+    unknown_sections: Vec<String>,
+}
+
+fn build(report: &mut Report, root: Value, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
+    let root_path = Path::root();
+    let TopLevel {
+        mut sections,
+        unknown_sections,
+    } = top_level(report, root, &root_path)?;
     let mut builder = EngineBuilder::new();
     // `gihub:` is reported as unknown; its section is not also missing.
     let misspelt = |section: &str| {
@@ -1226,7 +1245,9 @@ fn check_api_url(report: &mut Report, api_url: &str, url_path: &Path, url_name: 
     true
 }
 
-/// The token credential, from `github.token` as written.
+/// The token credential from `github.token`, with the whitespace around it
+/// dropped; `None`, with the error reported, when it is empty or holds a
+/// character no GitHub token has.
 fn token_credential(report: &mut Report, token: &str, token_path: &Path) -> Option<Credential> {
     // A token read from a file usually ends with a line break, which
     // no header may carry: it would fail every dispatch. GitHub's

@@ -34,7 +34,7 @@ use crate::telemetry::{DispatchOutcome, Metrics, Streak};
 /// How long a lease lasts. It only has to outlive one send including its
 /// pacing wait (a primary rate-limit pause lasts at most an hour); leases are
 /// cleared when the relay starts, so a crash never leaves jobs stuck. Pauses
-/// can follow one another past it, though: [`InFlight`] keeps a job whose
+/// can follow one another past it, though: `InFlight` keeps a job whose
 /// lease ran out while it waited here from being sent again.
 pub const LEASE: Duration = Duration::from_secs(2 * 3600);
 
@@ -464,10 +464,12 @@ impl Dispatcher {
     }
 
     /// The token to send `job` with: `same_token` when a refused token is
-    /// to go again, else the one at hand, else a new one asked of GitHub.
-    /// The turn is given up while a token is asked for, which would make
-    /// every other request wait on GitHub's answer to it. `None` when the
-    /// relay stops meanwhile: the job's lease is then given back.
+    /// to go again, else the one at hand, else a new App token. Before a
+    /// new token is asked for, the turn is given up: holding it would make
+    /// every other request wait on GitHub's answer. A new token then waits
+    /// out any rate-limit pause that began meanwhile. `Some(Err)` when no
+    /// token could be had; `None` when the relay stops during that wait,
+    /// and the job's lease is then given back.
     async fn token(
         &self,
         job: &Job,
@@ -666,7 +668,7 @@ impl Dispatcher {
         }
     }
 
-    /// Takes up the pause kept by [`Dispatcher::keep_pause`] before a
+    /// Takes up the pause kept by `Dispatcher::keep_pause` before a
     /// restart: the limit is GitHub's, whatever became of this process.
     /// Called before [`Dispatcher::spawn`], so that the pause is in force
     /// before anything can ask GitHub.
@@ -940,7 +942,9 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
     }
 
     /// Offers an attempt's record to the store until it takes it, and
-    /// answers whether the record scheduled a retry.
+    /// answers whether the record scheduled a retry. It answers false
+    /// without the record taken when the relay stops, or after
+    /// [`RECORD_OWN_ERRORS`] errors of the record itself.
     async fn record(&self, record: AttemptRecord, shutdown: &CancellationToken) -> bool {
         // The outcome is known, so it is offered to the store until the store
         // takes it, however long the store is unavailable (a full disk,

@@ -230,7 +230,7 @@ struct CertMisses {
     until: HashMap<String, Instant>,
 }
 
-/// A [`CertMisses`] shared by the handlers, on the clock.
+/// A `CertMisses` shared by the handlers, on the clock.
 pub struct CertUrls(Mutex<CertMisses>);
 
 impl CertUrls {

@@ -949,19 +949,7 @@ pub(super) fn rerender(
     if status != Status::Failed.as_str() {
         return Ok(Rerendered::NotFailed);
     }
-    let stay_failed = |reason: &str| -> Result<Rerendered, StoreError> {
-        // Its other targets may still be being sent: it is finished only
-        // once none is.
-        conn.execute(
-            "UPDATE deliveries SET error = ?2,
-                 finished_at = CASE
-                     WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND status = 'pending') THEN NULL
-                     ELSE ?3 END
-             WHERE id = ?1",
-            params![delivery_id, reason, now_ms],
-        )?;
-        Ok(Rerendered::StillFailed(reason.to_string()))
-    };
+    let stay_failed = |reason: &str| keep_failed(conn, delivery_id, reason, now_ms);
     match rendering {
         Rerendering::Failed(reason) => {
             return stay_failed(reason);
@@ -970,69 +958,23 @@ pub(super) fn rerender(
             return stay_failed("nothing to send");
         }
         Rerendering::Jobs { jobs, dedupe_key } if job_count == 0 => {
-            if let Some(key) = dedupe_key {
-                let original: Option<String> = conn
-                    .prepare_cached(
-                        "SELECT id FROM deliveries WHERE route = ?1 AND dedupe_key = ?2 AND id != ?3
-                         UNION ALL
-                         SELECT delivery_id FROM coalesced_keys WHERE route = ?1 AND dedupe_key = ?2 AND delivery_id != ?3
-                         LIMIT 1",
-                    )?
-                    .query_row(params![route, key, delivery_id], |r| r.get(0))
-                    .optional()?;
-                if let Some(original_id) = original {
-                    stay_failed(&Rerendered::duplicate_reason(&original_id))?;
-                    return Ok(Rerendered::Duplicate { original_id });
-                }
-                conn.execute(
-                    "UPDATE deliveries SET dedupe_key = ?2 WHERE id = ?1",
-                    params![delivery_id, key],
-                )?;
+            let delivery = (delivery_id, route.as_str());
+            if let Some(original_id) =
+                queue_first_jobs(conn, delivery, jobs, dedupe_key.as_deref(), now_ms)?
+            {
+                stay_failed(&Rerendered::duplicate_reason(&original_id))?;
+                return Ok(Rerendered::Duplicate { original_id });
             }
-            insert_jobs_due(conn, (delivery_id, &route), jobs, now_ms, now_ms, None)?;
         }
         Rerendering::AsRendered { targets } => {
-            let mut requeue = conn.prepare_cached(
-                "UPDATE jobs SET status = 'pending', next_attempt_at = ?3, created_at = ?3, failures = 0,
-                     leased_until = NULL, finished_at = NULL, last_error = NULL, route = ?4
-                 WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
-            )?;
-            let mut requeued = 0;
-            for target in targets {
-                requeued += requeue.execute(params![delivery_id, *target as i64, now_ms, route])?;
-            }
-            if requeued == 0 {
+            if requeue_as_rendered(conn, (delivery_id, &route), targets, now_ms)? == 0 {
                 return stay_failed(
                     "nothing to send: none of its failed targets is in the route now",
                 );
             }
         }
         Rerendering::Jobs { jobs, .. } => {
-            // A requeued job is young again: `retry.give_up_after` counts
-            // from the redelivery, not from the webhook's arrival, and
-            // `retry.max_attempts` from zero. The last error was the
-            // failure's: listed beside a pending job it would read as the
-            // reason of a retry.
-            let mut replace = conn.prepare_cached(
-                "UPDATE jobs SET repo = ?3, label = ?4, path = ?5, body = ?6, status = 'pending',
-                     next_attempt_at = ?7, created_at = ?7, failures = 0, leased_until = NULL, finished_at = NULL,
-                     last_error = NULL, route = ?8
-                 WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
-            )?;
-            let mut replaced = 0;
-            for job in jobs {
-                replaced += replace.execute(params![
-                    delivery_id,
-                    job.target_index as i64,
-                    job.repo,
-                    job.label,
-                    job.path,
-                    job.body,
-                    now_ms,
-                    route
-                ])?;
-            }
-            if replaced == 0 {
+            if replace_failed_jobs(conn, (delivery_id, &route), jobs, now_ms)? == 0 {
                 return stay_failed(
                     "nothing to send: none of its failed targets was rendered again",
                 );
@@ -1043,6 +985,112 @@ pub(super) fn rerender(
     // keep it failed.
     settle_delivery(conn, delivery_id, now_ms)?;
     Ok(Rerendered::Queued)
+}
+
+/// Keeps a failed delivery failed, with `reason` as its error.
+fn keep_failed(
+    conn: &Connection,
+    delivery_id: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<Rerendered, StoreError> {
+    // Its other targets may still be being sent: it is finished only
+    // once none is.
+    conn.execute(
+        "UPDATE deliveries SET error = ?2,
+             finished_at = CASE
+                 WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND status = 'pending') THEN NULL
+                 ELSE ?3 END
+         WHERE id = ?1",
+        params![delivery_id, reason, now_ms],
+    )?;
+    Ok(Rerendered::StillFailed(reason.to_string()))
+}
+
+/// Queues the first jobs of a delivery whose rendering failed, with its
+/// dedupe key, unless another delivery of the route has that key: then
+/// nothing is queued and this answers that delivery's id.
+fn queue_first_jobs(
+    conn: &Connection,
+    (delivery_id, route): (&str, &str),
+    jobs: &[NewJob],
+    dedupe_key: Option<&str>,
+    now_ms: i64,
+) -> Result<Option<String>, StoreError> {
+    if let Some(key) = dedupe_key {
+        let original: Option<String> = conn
+            .prepare_cached(
+                "SELECT id FROM deliveries WHERE route = ?1 AND dedupe_key = ?2 AND id != ?3
+                 UNION ALL
+                 SELECT delivery_id FROM coalesced_keys WHERE route = ?1 AND dedupe_key = ?2 AND delivery_id != ?3
+                 LIMIT 1",
+            )?
+            .query_row(params![route, key, delivery_id], |r| r.get(0))
+            .optional()?;
+        if original.is_some() {
+            return Ok(original);
+        }
+        conn.execute(
+            "UPDATE deliveries SET dedupe_key = ?2 WHERE id = ?1",
+            params![delivery_id, key],
+        )?;
+    }
+    insert_jobs_due(conn, (delivery_id, route), jobs, now_ms, now_ms, None)?;
+    Ok(None)
+}
+
+/// Queues again, as first rendered, the failed jobs of `targets`; answers
+/// how many.
+fn requeue_as_rendered(
+    conn: &Connection,
+    (delivery_id, route): (&str, &str),
+    targets: &[usize],
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    let mut requeue = conn.prepare_cached(
+        "UPDATE jobs SET status = 'pending', next_attempt_at = ?3, created_at = ?3, failures = 0,
+             leased_until = NULL, finished_at = NULL, last_error = NULL, route = ?4
+         WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
+    )?;
+    let mut requeued = 0;
+    for target in targets {
+        requeued += requeue.execute(params![delivery_id, *target as i64, now_ms, route])?;
+    }
+    Ok(requeued)
+}
+
+/// Replaces the failed jobs of the targets rendered again by `jobs`, and
+/// queues them; answers how many.
+fn replace_failed_jobs(
+    conn: &Connection,
+    (delivery_id, route): (&str, &str),
+    jobs: &[NewJob],
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    // A requeued job is young again: `retry.give_up_after` counts from the
+    // redelivery, not from the webhook's arrival, and `retry.max_attempts`
+    // from zero. The last error was the failure's: listed beside a pending
+    // job it would read as the reason of a retry.
+    let mut replace = conn.prepare_cached(
+        "UPDATE jobs SET repo = ?3, label = ?4, path = ?5, body = ?6, status = 'pending',
+             next_attempt_at = ?7, created_at = ?7, failures = 0, leased_until = NULL, finished_at = NULL,
+             last_error = NULL, route = ?8
+         WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
+    )?;
+    let mut replaced = 0;
+    for job in jobs {
+        replaced += replace.execute(params![
+            delivery_id,
+            job.target_index as i64,
+            job.repo,
+            job.label,
+            job.path,
+            job.body,
+            now_ms,
+            route
+        ])?;
+    }
+    Ok(replaced)
 }
 
 fn summary_from_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<DeliverySummary> {

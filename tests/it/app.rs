@@ -874,7 +874,15 @@ async fn a_rate_limited_token_request_is_waited_out_without_spending_an_attempt(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dispatch_given_its_token_during_a_rate_limit_waits_it_out() {
     let routes = "  - id: both\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: \"{{ body.repo }}\"\n        event_type: deploy\n    allowed_repos: [\"acme/*\"]\n";
-    let app = spawn_as_app(routes, "off").await;
+    // The held dispatch must not time out while the other gets its token.
+    let head = app_head("off").replace("timeout: 5s", "timeout: 60s");
+    let app = spawn_app_prepared(
+        &head,
+        routes,
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        enable_test_app,
+    )
+    .await;
     app.wait_for_log(|line| line.contains("Preflight finished"))
         .await;
     let blog_dispatch = app.github.hold("POST", "/repos/acme/blog/dispatches");
