@@ -45,8 +45,13 @@ pub fn enable_test_app(github: &FakeGitHub) {
 }
 
 async fn spawn_as_app(routes: &str, pacing: &str) -> TestApp {
+    spawn_as_app_with_head(&app_head(pacing), routes).await
+}
+
+/// A relay that authenticates as the test App, with `head` above its routes.
+async fn spawn_as_app_with_head(head: &str, routes: &str) -> TestApp {
     spawn_app_prepared(
-        &app_head(pacing),
+        head,
         routes,
         &[("GITHUB_APP_ID", &APP_ID.to_string())],
         enable_test_app,
@@ -57,11 +62,9 @@ async fn spawn_as_app(routes: &str, pacing: &str) -> TestApp {
 /// [`spawn_as_app`] with `head`, signing with the key file at `key_file`
 /// (which may not exist yet) instead of the fixture's.
 async fn spawn_as_app_with_key_file(head: &str, key_file: &std::path::Path) -> TestApp {
-    spawn_app_prepared(
+    spawn_as_app_with_head(
         &head.replace(TEST_APP_KEY, &key_file.display().to_string()),
         &hmac_route("cms", blog_target()),
-        &[("GITHUB_APP_ID", &APP_ID.to_string())],
-        enable_test_app,
     )
     .await
 }
@@ -529,13 +532,7 @@ async fn a_pinned_installation_that_does_not_exist_names_the_setting() {
         "    private_key_file:",
         "    installation_id: 5\n    private_key_file:",
     );
-    let app = spawn_app_prepared(
-        &head,
-        &hmac_route("cms", blog_target()),
-        &[("GITHUB_APP_ID", &APP_ID.to_string())],
-        enable_test_app,
-    )
-    .await;
+    let app = spawn_as_app_with_head(&head, &hmac_route("cms", blog_target())).await;
     let error = post_one_that_fails(&app).await;
     assert!(
         error.contains(
@@ -679,13 +676,7 @@ async fn an_outage_that_stops_app_token_requests_does_not_spend_attempts() {
     // The repository comes from the body, so the start-up preflight has
     // minted no token for it: the job's first request is a token request.
     let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: \"{{ body.repo }}\"\n        event_type: deploy\n    allowed_repos: [\"acme/*\"]\n";
-    let app = spawn_app_prepared(
-        &head,
-        routes,
-        &[("GITHUB_APP_ID", &APP_ID.to_string())],
-        enable_test_app,
-    )
-    .await;
+    let app = spawn_as_app_with_head(&head, routes).await;
     // GitHub stops answering in time: every token request times out.
     app.github.set_latency(Duration::from_secs(2));
     assert_eq!(
@@ -876,13 +867,7 @@ async fn a_dispatch_given_its_token_during_a_rate_limit_waits_it_out() {
     let routes = "  - id: both\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: \"{{ body.repo }}\"\n        event_type: deploy\n    allowed_repos: [\"acme/*\"]\n";
     // The held dispatch must not time out while the other gets its token.
     let head = app_head("off").replace("timeout: 5s", "timeout: 60s");
-    let app = spawn_app_prepared(
-        &head,
-        routes,
-        &[("GITHUB_APP_ID", &APP_ID.to_string())],
-        enable_test_app,
-    )
-    .await;
+    let app = spawn_as_app_with_head(&head, routes).await;
     app.wait_for_log(|line| line.contains("Preflight finished"))
         .await;
     let blog_dispatch = app.github.hold("POST", "/repos/acme/blog/dispatches");
