@@ -373,3 +373,39 @@ async fn a_rate_limit_holds_its_credential_back_for_the_announced_wait() {
     assert_eq!(status, 204);
     assert_eq!(fake.violations().len(), 1);
 }
+
+/// A gate holds the requests to its path, and only those, until it opens;
+/// the held requests are then answered as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gate_holds_requests_to_its_path_until_opened() {
+    let fake = std::sync::Arc::new(fake_with_repo().await);
+    fake.add_repo("acme/docs");
+    let gate = fake.hold("POST", "/repos/acme/blog/dispatches");
+    let authorization = format!("Bearer {TOKEN}");
+    let body = json!({"event_type": "deploy"});
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (fake, authorization, body) = (
+                std::sync::Arc::clone(&fake),
+                authorization.clone(),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                post(&fake, "/repos/acme/blog/dispatches", &authorization, &body).await
+            })
+        })
+        .collect();
+    gate.wait_for_arrivals(2, std::time::Duration::from_secs(10))
+        .await;
+    // Another path is not held: its answer comes while both wait.
+    let (status, _) = post(&fake, "/repos/acme/docs/dispatches", &authorization, &body).await;
+    assert_eq!(status, 204);
+    assert!(
+        held.iter().all(|request| !request.is_finished()),
+        "a request at a closed gate was answered"
+    );
+    gate.open();
+    for request in held {
+        assert_eq!(request.await.unwrap().0, 204);
+    }
+}
