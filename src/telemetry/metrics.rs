@@ -153,160 +153,156 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace("dispatch_relay")
 }
 
+/// Registers a metric in `registry` and hands it back for recording.
+fn registered<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(registry, IntCounterVec::new(opts(name, help), labels))
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    (name, help): (&str, &str),
+    buckets: Vec<f64>,
+    labels: &[&str],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help)
+        .namespace("dispatch_relay")
+        .buckets(buckets);
+    registered(registry, HistogramVec::new(opts, labels))
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let webhooks_received = IntCounterVec::new(
-            opts(
+        let metrics = Metrics {
+            webhooks_received: counter_vec(
+                &registry,
                 "webhooks_received_total",
                 "Incoming webhooks by route and outcome.",
+                &["route", "outcome"],
             ),
-            &["route", "outcome"],
-        )
-        .expect("valid metric");
-        let webhooks_coalesced = IntCounterVec::new(
-            opts(
+            webhooks_coalesced: counter_vec(
+                &registry,
                 "webhooks_coalesced_total",
                 "Accepted webhooks merged into an open debounce window instead of dispatching on their own.",
+                &["route"],
             ),
-            &["route"],
-        )
-        .expect("valid metric");
-        let webhooks_unknown_route = IntCounter::with_opts(opts(
-            "webhooks_unknown_route_total",
-            "Webhooks posted to a route that routes.yaml does not have (404).",
-        ))
-        .expect("valid metric");
-        let dispatches = IntCounterVec::new(
-            opts(
+            webhooks_unknown_route: registered(
+                &registry,
+                IntCounter::with_opts(opts(
+                    "webhooks_unknown_route_total",
+                    "Webhooks posted to a route that routes.yaml does not have (404).",
+                )),
+            ),
+            dispatches: counter_vec(
+                &registry,
                 "dispatches_total",
                 "Attempts to send a dispatch to GitHub by route and outcome.",
+                &["route", "outcome"],
             ),
-            &["route", "outcome"],
-        )
-        .expect("valid metric");
-        let github_request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "github_request_duration_seconds",
-                "Duration of requests to the GitHub API.",
-            )
-            .namespace("dispatch_relay")
-            .buckets(vec![
-                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["endpoint", "status_class"],
-        )
-        .expect("valid metric");
-        let delivery_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "delivery_latency_seconds",
-                "Time from accepting a webhook to GitHub accepting its dispatch.",
-            )
-            .namespace("dispatch_relay")
-            .buckets(vec![
-                0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0,
-            ]),
-            &["route"],
-        )
-        .expect("valid metric");
-        let queue_depth = IntGaugeVec::new(
-            opts("queue_depth", "Jobs in the store by state."),
-            &["state"],
-        )
-        .expect("valid metric");
-        let rate_limit_remaining = IntGaugeVec::new(
-            opts(
-                "github_rate_limit_remaining",
-                "GitHub's x-ratelimit-remaining for each credential.",
+            github_request_duration: histogram_vec(
+                &registry,
+                (
+                    "github_request_duration_seconds",
+                    "Duration of requests to the GitHub API.",
+                ),
+                vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                &["endpoint", "status_class"],
             ),
-            &["credential"],
-        )
-        .expect("valid metric");
-        let token_mints = IntCounterVec::new(
-            opts(
+            delivery_latency: histogram_vec(
+                &registry,
+                (
+                    "delivery_latency_seconds",
+                    "Time from accepting a webhook to GitHub accepting its dispatch.",
+                ),
+                vec![
+                    0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0,
+                ],
+                &["route"],
+            ),
+            queue_depth: registered(
+                &registry,
+                IntGaugeVec::new(
+                    opts("queue_depth", "Jobs in the store by state."),
+                    &["state"],
+                ),
+            ),
+            rate_limit_remaining: registered(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "github_rate_limit_remaining",
+                        "GitHub's x-ratelimit-remaining for each credential.",
+                    ),
+                    &["credential"],
+                ),
+            ),
+            token_mints: counter_vec(
+                &registry,
                 "github_token_mints_total",
                 "GitHub App installation token mints by result.",
+                &["result"],
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let config_reloads = IntCounterVec::new(
-            opts("config_reloads_total", "Configuration reloads by result."),
-            &["result"],
-        )
-        .expect("valid metric");
-        let config_last_reload_success = Gauge::with_opts(opts(
-            "config_last_reload_success_timestamp_seconds",
-            "When the configuration was last loaded successfully.",
-        ))
-        .expect("valid metric");
-        let config_last_reload_successful = IntGauge::with_opts(opts(
-            "config_last_reload_successful",
-            "1 when the last load of the configuration succeeded, 0 while the file on disk is refused.",
-        ))
-        .expect("valid metric");
-        let github_paused_until = Gauge::with_opts(opts(
-            "github_paused_until_timestamp_seconds",
-            "When the pause GitHub's last rate limit asked for ends; nothing is sent to GitHub before. In the past (or 0) when sending is not paused.",
-        ))
-        .expect("valid metric");
-        let sns_subscriptions = IntCounterVec::new(
-            opts(
+            config_reloads: counter_vec(
+                &registry,
+                "config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            ),
+            config_last_reload_success: registered(
+                &registry,
+                Gauge::with_opts(opts(
+                    "config_last_reload_success_timestamp_seconds",
+                    "When the configuration was last loaded successfully.",
+                )),
+            ),
+            config_last_reload_successful: registered(
+                &registry,
+                IntGauge::with_opts(opts(
+                    "config_last_reload_successful",
+                    "1 when the last load of the configuration succeeded, 0 while the file on disk is refused.",
+                )),
+            ),
+            github_paused_until: registered(
+                &registry,
+                Gauge::with_opts(opts(
+                    "github_paused_until_timestamp_seconds",
+                    "When the pause GitHub's last rate limit asked for ends; nothing is sent to GitHub before. In the past (or 0) when sending is not paused.",
+                )),
+            ),
+            sns_subscriptions: counter_vec(
+                &registry,
                 "sns_subscriptions_total",
                 "SNS subscription confirmations and unsubscriptions by route and result.",
+                &["route", "result"],
             ),
-            &["route", "result"],
-        )
-        .expect("valid metric");
-        let body_memory = IntGauge::with_opts(opts(
-            "body_memory_bytes",
-            "Memory held by the bodies of webhooks being received and handled, against server.max_body_memory.",
-        ))
-        .expect("valid metric");
-        for collector in [
-            Box::new(webhooks_received.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(webhooks_coalesced.clone()),
-            Box::new(webhooks_unknown_route.clone()),
-            Box::new(dispatches.clone()),
-            Box::new(github_request_duration.clone()),
-            Box::new(delivery_latency.clone()),
-            Box::new(queue_depth.clone()),
-            Box::new(rate_limit_remaining.clone()),
-            Box::new(token_mints.clone()),
-            Box::new(config_reloads.clone()),
-            Box::new(config_last_reload_success.clone()),
-            Box::new(config_last_reload_successful.clone()),
-            Box::new(github_paused_until.clone()),
-            Box::new(sns_subscriptions.clone()),
-            Box::new(body_memory.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric registered once");
-        }
-        for result in ["success", "failure"] {
-            token_mints.with_label_values(&[result]);
-            config_reloads.with_label_values(&[result]);
-        }
-        Metrics {
-            registry,
-            webhooks_received,
-            webhooks_coalesced,
-            webhooks_unknown_route,
-            dispatches,
-            github_request_duration,
-            delivery_latency,
-            queue_depth,
-            rate_limit_remaining,
-            token_mints,
-            config_reloads,
-            config_last_reload_success,
-            config_last_reload_successful,
-            github_paused_until,
-            sns_subscriptions,
-            body_memory,
+            body_memory: registered(
+                &registry,
+                IntGauge::with_opts(opts(
+                    "body_memory_bytes",
+                    "Memory held by the bodies of webhooks being received and handled, against server.max_body_memory.",
+                )),
+            ),
             rate_limit_windows: Arc::default(),
+            registry,
+        };
+        // Both results of these are known from the start, so they are
+        // shown at zero rather than appearing with the first event.
+        for result in ["success", "failure"] {
+            metrics.token_mints.with_label_values(&[result]);
+            metrics.config_reloads.with_label_values(&[result]);
         }
+        metrics
     }
 
     /// Creates every series of a route at zero, so that alert rules using
