@@ -104,19 +104,17 @@ async fn a_burst_survives_kill_9_in_the_middle_of_sending() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_refuses_new_webhooks_finishes_in_flight_and_exits_0() {
     let mut app = spawn_app(&hmac_route("cms", TARGET)).await;
-    // In flight long enough for the test to see the drain's 503s, however
-    // slowly it polls.
-    app.github.set_latency(Duration::from_secs(5));
+    // The dispatch is held at GitHub's door until the test has seen the
+    // drain's 503s, however slowly it polls.
+    let gate = app.github.hold("POST", "/repos/acme/blog/dispatches");
     assert_eq!(app.post_signed("cms", r#"{"n":1}"#).await.status(), 202);
-    // Wait until the dispatch is in flight at GitHub.
-    app.github
-        .wait_for_a_dispatch_attempt(Duration::from_secs(60))
-        .await;
+    gate.wait_for_arrivals(1, Duration::from_secs(60)).await;
     app.sigterm();
-    // While draining, new webhooks get 503 with Retry-After.
+    // While draining, new webhooks get 503 with Retry-After. The bound
+    // stays inside the 20 s the relay gives dispatches in flight.
     let mut refused = None;
     let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
+    while start.elapsed() < Duration::from_secs(15) {
         match app.http.post(app.url("/hooks/cms")).body("{}").send().await {
             Ok(response) if response.status() == 503 => {
                 refused = Some(response);
@@ -126,6 +124,7 @@ async fn sigterm_refuses_new_webhooks_finishes_in_flight_and_exits_0() {
             Err(_) => break,
         }
     }
+    gate.open();
     let refused = refused.expect("a webhook during shutdown is answered 503");
     assert_eq!(
         refused
@@ -745,17 +744,15 @@ async fn a_store_moved_away_refuses_writes_and_loses_no_outcome() {
         &[("RELAY_TEST_LEASE_MS", "300")],
     )
     .await;
-    app.github.set_latency(Duration::from_secs(3));
+    // The dispatch is held at GitHub's door until the store has gone.
+    let gate = app.github.hold("POST", "/repos/acme/blog/dispatches");
     // A test hook changes what the relay promises: it says so.
     app.wait_for_log(|l| l.contains("RELAY_TEST_LEASE_MS is set, a hook for tests only"))
         .await;
     let response = app.post_signed("cms", r#"{"n": 1}"#).await;
     assert_eq!(response.status(), 202);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while app.github.dispatches_received() == 0 {
-        assert!(std::time::Instant::now() < deadline, "no dispatch started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gate.wait_for_arrivals(1, Duration::from_secs(20)).await;
 
     let away = app.db_path().with_extension("away");
     std::fs::rename(app.db_path(), &away).unwrap();
@@ -768,6 +765,7 @@ async fn a_store_moved_away_refuses_writes_and_loses_no_outcome() {
         l.contains("The store refused a commit") && l.contains("moved, deleted or replaced")
     })
     .await;
+    gate.open();
     // GitHub answers the dispatch; its outcome waits for the store, longer
     // than the few tries that used to end with the job left leased.
     app.wait_for_log(|l| {

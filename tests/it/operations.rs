@@ -59,7 +59,9 @@ async fn one_failed_delivery() -> (crate::helpers::TestApp, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_500_gives_one_dispatch_per_target() {
-    let app = spawn_app(&debounced_route("2s", "30s")).await;
+    // A wide window, so that a loaded machine pausing between two of the
+    // posts does not split the burst.
+    let app = spawn_app(&debounced_route("5s", "30s")).await;
     let sends = (0..500).map(|n| {
         let app = &app;
         async move {
@@ -135,14 +137,16 @@ async fn a_restart_in_the_middle_of_a_window_still_sends() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_wait_bounds_the_delay_under_a_continuous_stream() {
-    let app = spawn_app(&debounced_route("1s", "2s")).await;
+    // The window is wide, so that a post the loaded machine delays by a
+    // few seconds does not close it early.
+    let app = spawn_app(&debounced_route("4s", "5s")).await;
     let start = Instant::now();
-    // A webhook every 200 ms keeps the 1 s window open for ever; max_wait
-    // must cut it at 2 s after the first.
+    // A webhook every 200 ms keeps the 4 s window open for ever; max_wait
+    // must cut it at 5 s after the first.
     let mut n = 0;
     while app.github.dispatches().is_empty() {
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(20),
             "max_wait never ended the window"
         );
         let response = app.post("uploads", format!(r#"{{"n":{n}}}"#)).await;
@@ -152,12 +156,12 @@ async fn max_wait_bounds_the_delay_under_a_continuous_stream() {
     }
     let waited = app.github.dispatches()[0].received_at - start;
     assert!(
-        waited >= Duration::from_millis(1900),
+        waited >= Duration::from_millis(4_900),
         "dispatched after {waited:?}, before max_wait"
     );
     // And soon after it, not at the loop's guard.
     assert!(
-        waited < Duration::from_secs(5),
+        waited < Duration::from_secs(12),
         "dispatched after {waited:?}, long past max_wait"
     );
 }
@@ -282,12 +286,16 @@ async fn a_permanent_failure_reaches_slack_once_and_a_burst_becomes_one_summary(
     let alert = team.wait_for(1, WAIT).await;
     assert_eq!(alert[0]["event"], "dispatch_failed");
     assert_eq!(alert[0]["failures"][0]["repo"], "acme/gone");
-    // Sent at once, so that all hundred fail inside the 5 s the alert is
-    // gathered for, however slow the machine.
+    // All hundred are accepted before GitHub answers the first, so that
+    // all fail inside the 5 s the alert is gathered for, however slow the
+    // machine.
+    let gate = app.github.hold("POST", "/repos/acme/missing/dispatches");
     let posts = (0..100).map(|_| app.post("cms", "{}"));
     for response in futures_util::future::join_all(posts).await {
         assert_eq!(response.status(), 202);
     }
+    gate.wait_for_arrivals(1, WAIT).await;
+    gate.open();
     app.wait_for_deliveries(WAIT, |l| {
         l.iter()
             .filter(|d| d["route"] == "cms" && crate::helpers::finished_failed(d))
@@ -358,12 +366,12 @@ async fn fan_out_is_paced_per_credential_and_each_target_is_tracked_on_its_own()
 async fn a_removed_route_still_finishes_its_queued_jobs() {
     let routes = "  - id: old\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
     let app = spawn_app(routes).await;
-    // The job waits out GitHub's six seconds, longer than a reload takes
-    // (one to two), so it is still queued when its route goes.
+    // The job waits out GitHub's twelve seconds, far longer than a reload
+    // takes (one to two), so it is still queued when its route goes.
     app.github.push_responses(
         "acme/blog",
         vec![crate::fake_github::Scripted::RateLimited {
-            retry_after_secs: 6,
+            retry_after_secs: 12,
         }],
     );
     assert_eq!(app.post("old", "{}").await.status(), 202);
@@ -655,7 +663,7 @@ async fn a_debounced_delivery_is_redelivered_rendered_as_the_webhook_it_sent() {
     let routes = r#"
   - id: uploads
     verify: none
-    debounce: { window: 2s, max_wait: 5s }
+    debounce: { window: 6s, max_wait: 10s }
     dispatch:
       - repo: acme/blog
         event_type: rebuild
