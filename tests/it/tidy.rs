@@ -199,3 +199,62 @@ fn the_systemd_unit_in_the_docs_is_the_shipped_one() {
         .expect("operations.md shows the unit in an ini block");
     assert_eq!(shown, shipped);
 }
+
+/// The shell commands of the workflows shown in a YAML block: each `run:`
+/// value, a block scalar's lines included.
+fn shell_commands(yaml: &str) -> Vec<String> {
+    let mut commands = Vec::new();
+    let mut block: Option<(usize, String)> = None;
+    for line in yaml.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some((run_indent, text)) = &mut block {
+            if line.trim().is_empty() || indent > *run_indent {
+                text.push_str(line);
+                text.push('\n');
+                continue;
+            }
+            commands.extend(block.take().map(|(_, text)| text));
+        }
+        let key = line.trim_start().trim_start_matches("- ");
+        if let Some(value) = key.strip_prefix("run:") {
+            let key_indent = line.len() - key.len();
+            if value.trim_start().starts_with(['|', '>']) {
+                block = Some((key_indent, String::new()));
+            } else {
+                commands.push(value.to_owned());
+            }
+        }
+    }
+    commands.extend(block.map(|(_, text)| text));
+    commands
+}
+
+/// A webhook's values are chosen by its sender. Pasted into a workflow's
+/// shell step as `${{ … }}`, a hostile value becomes shell code; the docs'
+/// workflows, which users copy, pass them through `env:` instead.
+#[test]
+fn no_workflow_in_the_docs_pastes_the_payload_into_a_shell() {
+    let mut files = crate::helpers::files_with_extension(&repo_root().join("docs"), "md");
+    files.push(repo_root().join("README.md"));
+    let mut pasted = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (line, yaml) in yaml_blocks(&text) {
+            for command in shell_commands(&yaml) {
+                if command.contains("${{") && command.contains("github.event") {
+                    pasted.push(format!("{}:{line}: {}", file.display(), command.trim()));
+                }
+            }
+        }
+    }
+    assert!(pasted.is_empty(), "{pasted:#?}");
+}
+
+#[test]
+fn pasting_the_payload_into_a_shell_is_noticed() {
+    let yaml = "steps:\n  - run: echo ${{ github.event.client_payload.key }}\n  - name: multi\n    run: |\n      echo one\n      echo \"${{ github.event.client_payload.by }}\"\n    env:\n      SAFE: ${{ github.event.client_payload.key }}\n";
+    let commands = shell_commands(yaml);
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    assert!(commands.iter().all(|c| c.contains("github.event")));
+    assert!(!commands.iter().any(|c| c.contains("SAFE")));
+}
