@@ -43,10 +43,40 @@ pub enum IngressError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("this route takes webhooks by POST (and answers HEAD)")]
-    MethodNotAllowed,
+    #[error("{}", .0.message())]
+    MethodNotAllowed(Methods),
     #[error("missing or wrong admin token: send `Authorization: Bearer <RELAY_ADMIN_TOKEN>`")]
     AdminUnauthorized,
+}
+
+/// The methods a path takes, named by a `405`'s `Allow` header and message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Methods {
+    /// A webhook URL: `POST`, and `HEAD` for senders that check it first.
+    Webhook,
+    /// The health, readiness and metrics endpoints, and the admin API's
+    /// reads: `GET`, and `HEAD` for a load balancer's check.
+    Get,
+    /// The admin API's redelivery.
+    Post,
+}
+
+impl Methods {
+    fn allow(self) -> &'static str {
+        match self {
+            Methods::Webhook => "POST, HEAD",
+            Methods::Get => "GET, HEAD",
+            Methods::Post => "POST",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Methods::Webhook => "this route takes webhooks by POST (and answers HEAD)",
+            Methods::Get => "this endpoint is read with GET (or HEAD)",
+            Methods::Post => "this endpoint takes POST",
+        }
+    }
 }
 
 impl IngressError {
@@ -67,7 +97,7 @@ impl IngressError {
             IngressError::AdminDisabled => "admin_disabled",
             IngressError::NotFound(_) => "not_found",
             IngressError::Conflict(_) => "conflict",
-            IngressError::MethodNotAllowed => "method_not_allowed",
+            IngressError::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
 
@@ -116,7 +146,7 @@ impl ResponseError for IngressError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             IngressError::Conflict(_) => StatusCode::CONFLICT,
-            IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            IngressError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -139,8 +169,8 @@ impl ResponseError for IngressError {
             IngressError::BodyMemoryFull => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from(1u64)));
             }
-            IngressError::MethodNotAllowed => {
-                response.insert_header((header::ALLOW, "POST, HEAD"));
+            IngressError::MethodNotAllowed(methods) => {
+                response.insert_header((header::ALLOW, methods.allow()));
             }
             // RFC 9110 (12.5.3): a 415 for a content coding names the
             // codings the server takes.

@@ -21,6 +21,7 @@ use actix_web::{App, HttpResponse, web};
 pub use state::{AppState, LiveRoutes, read_pinned_certificates, read_route_certificates};
 
 use crate::dispatch::pacing::{UNPACED_IN_FLIGHT, max_in_flight};
+use error::Methods;
 
 /// How long actix waits for open connections to finish after a stop.
 const HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,14 +102,14 @@ impl Application {
                 .route("/hooks/{route:.+}", web::post().to(webhook::post))
                 .route("/hooks/{route:.+}", web::head().to(webhook::head))
                 .route("/hooks/{route:.+}", web::route().to(webhook::other_method))
-                .route("/healthz", web::get().to(ops::healthz))
-                .route("/readyz", web::get().to(ops::readyz))
-                .route("/metrics", web::get().to(ops::metrics))
-                .route("/admin/deliveries", web::get().to(admin::list))
-                .route("/admin/deliveries/{id}", web::get().to(admin::get))
-                .route(
-                    "/admin/deliveries/{id}/redeliver",
-                    web::post().to(admin::redeliver),
+                .service(only(Methods::Get, "/healthz").route(read().to(ops::healthz)))
+                .service(only(Methods::Get, "/readyz").route(read().to(ops::readyz)))
+                .service(only(Methods::Get, "/metrics").route(read().to(ops::metrics)))
+                .service(only(Methods::Get, "/admin/deliveries").route(read().to(admin::list)))
+                .service(only(Methods::Get, "/admin/deliveries/{id}").route(read().to(admin::get)))
+                .service(
+                    only(Methods::Post, "/admin/deliveries/{id}/redeliver")
+                        .route(web::post().to(admin::redeliver)),
                 )
                 .default_service(web::to(not_found))
         })
@@ -134,6 +135,20 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// A path that takes only `methods`: any other gets a JSON `405` naming
+/// them, so that a forgotten `-X POST` does not read as a wrong URL.
+fn only(methods: Methods, path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(error::IngressError::MethodNotAllowed(methods))
+    }))
+}
+
+/// A read: `GET`, or `HEAD` for a load balancer's check, which gets the
+/// same status and headers without the body.
+fn read() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
 }
 
 async fn not_found() -> HttpResponse {

@@ -11,7 +11,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use governor::clock::{Clock, DefaultClock};
 
 use super::body;
-use super::error::IngressError;
+use super::error::{IngressError, Methods};
 use super::state::AppState;
 use crate::clock::now_ms;
 use crate::config::Verify;
@@ -41,7 +41,7 @@ pub async fn other_method(
     path: web::Path<String>,
 ) -> Result<HttpResponse, IngressError> {
     configured(&state, path)?;
-    Err(IngressError::MethodNotAllowed)
+    Err(IngressError::MethodNotAllowed(Methods::Webhook))
 }
 
 /// Answers 404 unless `path` names a configured route.

@@ -773,3 +773,54 @@ async fn a_reload_forgets_the_metric_series_of_a_removed_route() {
         );
     }
 }
+
+/// A method an endpoint does not take is answered `405` with `Allow` and a
+/// JSON error, as on webhook URLs: a forgotten `-X POST` must not read as a
+/// wrong URL. Reads also take `HEAD`, as load balancers' checks send.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_asked_with_the_wrong_method_names_the_right_one() {
+    let app = spawn_app_with(
+        TEST_HEAD,
+        MISSING_TARGET,
+        &[("RELAY_ADMIN_TOKEN", "admin-secret")],
+    )
+    .await;
+    let id = "01a20405-fc1c-7000-8000-000000000001";
+    for (method, path, allow) in [
+        ("GET", format!("/admin/deliveries/{id}/redeliver"), "POST"),
+        ("POST", "/healthz".to_owned(), "GET, HEAD"),
+        ("POST", "/readyz".to_owned(), "GET, HEAD"),
+        ("DELETE", "/metrics".to_owned(), "GET, HEAD"),
+        ("POST", "/admin/deliveries".to_owned(), "GET, HEAD"),
+        ("PUT", format!("/admin/deliveries/{id}"), "GET, HEAD"),
+    ] {
+        let response = app
+            .http
+            .request(method.parse().unwrap(), app.url(&path))
+            .bearer_auth("admin-secret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(
+            response
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+        let (_, body) = crate::helpers::json_of(response).await;
+        assert_eq!(
+            body["error"], "method_not_allowed",
+            "{method} {path}: {body}"
+        );
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let head = app.http.head(app.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), 200, "HEAD {path}");
+    }
+    let (status, body) =
+        crate::helpers::json_of(app.http.get(app.url("/nowhere")).send().await.unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+}
