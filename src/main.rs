@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use dispatch_relay::cli::{self, Cli, Command};
-use dispatch_relay::telemetry::{self, LogFormat};
+use dispatch_relay::telemetry::{self, LogSettings};
 
 /// Lets a command that prints end quietly when its reader goes away
 /// (`dispatch-relay deliveries | head`), as command-line tools do. Rust
@@ -61,13 +61,16 @@ async fn run() {
     ) {
         restore_default_sigpipe();
     }
-    let format = LogFormat::from_env_value(std::env::var("RELAY_LOG_FORMAT").ok().as_deref());
     // Inspection commands keep quiet unless asked; the server logs its work.
     let default_filter = match cli.command {
         Command::Serve { .. } => "info",
         _ => "warn",
     };
-    telemetry::init(format, default_filter);
+    telemetry::init(LogSettings::from_env_values(
+        std::env::var("RELAY_LOG_FORMAT").ok().as_deref(),
+        std::env::var("RUST_LOG").ok().as_deref(),
+        default_filter,
+    ));
     let result = cli::run(cli).await;
     telemetry::flush();
     match result {

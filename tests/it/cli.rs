@@ -642,3 +642,26 @@ async fn a_route_filter_naming_no_route_is_refused() {
         );
     }
 }
+
+/// A log setting mistyped would change the logs without a word
+/// (`RUST_LOG=infoo` hides every line of the relay's): it is named once,
+/// whatever the filter lets through.
+#[test]
+fn a_mistyped_log_setting_is_named() {
+    let dir = dir_with_routes("github:\n  token: t\nroutes: []\n");
+    for (name, value, expected) in [
+        ("RUST_LOG", "infoo", "`infoo` names no level"),
+        ("RUST_LOG", "[{", "is not a filter"),
+        ("RELAY_LOG_FORMAT", "yaml", "neither `json` nor `pretty`"),
+    ] {
+        let (code, _, stderr) = run(dir.path(), &["check"], &[(name, value)]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            stderr.matches(expected).count(),
+            1,
+            "{name}={value}: {stderr}"
+        );
+    }
+    let (_, _, stderr) = run(dir.path(), &["check"], &[("RUST_LOG", "info")]);
+    assert!(!stderr.contains("RUST_LOG"), "{stderr}");
+}
