@@ -272,7 +272,9 @@ async fn read_verified_body<'a>(
             now_ms: state.verify_now_ms(),
         };
         verify::verify_request(&route.verify, &signed).map_err(|e| {
-            if let Some(unlogged) = state.refusal_to_log("verify", &route.id) {
+            // Per kind, so that a forged signature does not hide a sender
+            // whose clock is off.
+            if let Some(unlogged) = state.refusal_to_log(e.kind(), &route.id) {
                 tracing::warn!(route = %route.id, reason = %e, unlogged, "Refused a webhook that failed verification");
             }
             IngressError::Unauthorized {

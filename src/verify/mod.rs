@@ -37,8 +37,20 @@ pub enum VerifyError {
     MissingBasic,
     #[error("basic credentials do not match")]
     BadBasic,
-    #[error("the timestamp in `{0}` is outside the route's tolerance")]
-    Stale(String),
+    #[error(
+        "the timestamp in `{header}` is {} the relay's clock, beyond the route's tolerance of {}{}",
+        describe_skew(*skew_ms),
+        describe_ms(*tolerance_ms),
+        hint.map(|hint| format!(" ({hint})")).unwrap_or_default()
+    )]
+    Stale {
+        header: String,
+        /// The signed time less the relay's, in milliseconds.
+        skew_ms: i64,
+        tolerance_ms: i64,
+        /// What the skew suggests, such as a timestamp in the wrong unit.
+        hint: Option<&'static str>,
+    },
     #[error("SNS message refused: {0}")]
     Sns(sns::SnsRefusal),
 }
@@ -59,7 +71,39 @@ pub struct Request<'a> {
     pub now_ms: i64,
 }
 
+/// How far a signed time is from the relay's clock, and which way.
+fn describe_skew(skew_ms: i64) -> String {
+    let way = if skew_ms > 0 { "ahead of" } else { "behind" };
+    format!("{} {way}", describe_ms(skew_ms.saturating_abs()))
+}
+
+/// A duration in the largest unit that keeps it readable.
+fn describe_ms(ms: i64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        ..120 => format!("{secs} s"),
+        120..7_200 => format!("{} min", secs / 60),
+        7_200..172_800 => format!("{} h", secs / 3600),
+        _ => format!("{} days", secs / 86_400),
+    }
+}
+
 impl VerifyError {
+    /// The refusal's kind, from a fixed set: refusals are logged once in a
+    /// while per kind, so that one kind does not hide another.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::MissingHeader(_) => "missing_header",
+            VerifyError::Malformed(_) => "malformed",
+            VerifyError::BadSignature(_) => "bad_signature",
+            VerifyError::BadToken(_) => "bad_token",
+            VerifyError::MissingBasic => "missing_basic",
+            VerifyError::BadBasic => "bad_basic",
+            VerifyError::Stale { .. } => "stale",
+            VerifyError::Sns(refusal) => refusal.kind(),
+        }
+    }
+
     /// True when the sender should be told how to authenticate
     /// (`WWW-Authenticate`), as HTTP Basic clients expect on a first try.
     pub fn wants_basic_challenge(&self) -> bool {

@@ -80,10 +80,25 @@ fn fresh(
     header: &str,
 ) -> Result<(), VerifyError> {
     let tolerance = crate::clock::duration_ms(timed.tolerance);
-    if request.now_ms.abs_diff(signed_ms) > tolerance.unsigned_abs() {
-        return Err(VerifyError::Stale(header.to_string()));
+    let within = |signed_ms: i64| request.now_ms.abs_diff(signed_ms) <= tolerance.unsigned_abs();
+    if within(signed_ms) {
+        return Ok(());
     }
-    Ok(())
+    // A sender that writes the other unit is the usual cause of a skew
+    // of years; saying so saves comparing clocks.
+    let hint = if within(signed_ms / 1000) {
+        Some("it reads as milliseconds; this method's timestamp is in seconds")
+    } else if within(signed_ms.saturating_mul(1000)) {
+        Some("it reads as seconds; this method's timestamp is in milliseconds")
+    } else {
+        None
+    };
+    Err(VerifyError::Stale {
+        header: header.to_string(),
+        skew_ms: signed_ms.saturating_sub(request.now_ms),
+        tolerance_ms: tolerance,
+        hint,
+    })
 }
 
 fn decode_hex(text: &str, header: &str) -> Result<Vec<u8>, VerifyError> {
@@ -349,4 +364,58 @@ pub(super) fn slack(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), V
         return Err(VerifyError::BadSignature(SIGNATURE.to_string()));
     }
     fresh(ts.saturating_mul(1000), request, timed, TIMESTAMP)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::fresh;
+    use crate::config::TimedSecrets;
+    use crate::verify::{Request, VerifyError};
+
+    /// A stale timestamp's refusal says how far off it is, which way, and
+    /// when the skew is that of a timestamp in the other unit, says so.
+    #[test]
+    fn a_stale_timestamp_says_how_far_off_it_is() {
+        let now_ms = 1_795_168_800_000;
+        let headers = BTreeMap::new();
+        let request = Request {
+            method: "POST",
+            path: "/hooks/h",
+            headers: &headers,
+            body: b"",
+            now_ms,
+        };
+        let timed = TimedSecrets {
+            secrets: Vec::new(),
+            tolerance: Duration::from_secs(300),
+        };
+        let refusal = |signed_ms: i64| match fresh(signed_ms, &request, &timed, "x-ts") {
+            Err(e @ VerifyError::Stale { .. }) => e.to_string(),
+            other => panic!("{signed_ms}: {other:?}"),
+        };
+        assert_eq!(fresh(now_ms - 299_000, &request, &timed, "x-ts"), Ok(()));
+        assert_eq!(fresh(now_ms + 299_000, &request, &timed, "x-ts"), Ok(()));
+        for (signed_ms, expected) in [
+            (
+                now_ms - 301_000,
+                "the timestamp in `x-ts` is 5 min behind the relay's clock, beyond the route's tolerance of 5 min",
+            ),
+            (now_ms + 90_000_000, "is 25 h ahead of the relay's clock"),
+            (now_ms - 86_400_000 * 400, "is 400 days behind"),
+            (
+                now_ms * 1000,
+                "(it reads as milliseconds; this method's timestamp is in seconds)",
+            ),
+            (
+                now_ms / 1000,
+                "(it reads as seconds; this method's timestamp is in milliseconds)",
+            ),
+        ] {
+            let message = refusal(signed_ms);
+            assert!(message.contains(expected), "{message}");
+        }
+    }
 }

@@ -47,6 +47,24 @@ pub enum SnsRefusal {
     TooOld(i64),
 }
 
+impl SnsRefusal {
+    /// The refusal's kind, from a fixed set (see [`super::VerifyError::kind`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SnsRefusal::NotAnEnvelope(_) => "sns_not_an_envelope",
+            SnsRefusal::UnknownType(_) => "sns_unknown_type",
+            SnsRefusal::UnknownSignatureVersion(_) => "sns_signature_version",
+            SnsRefusal::CertUrl(_) => "sns_cert_url",
+            SnsRefusal::Topic(_) => "sns_topic",
+            SnsRefusal::SignatureEncoding => "sns_signature_encoding",
+            SnsRefusal::BadSignature => "sns_bad_signature",
+            SnsRefusal::NoCertificate(_) => "sns_no_certificate",
+            SnsRefusal::BadTimestamp => "sns_bad_timestamp",
+            SnsRefusal::TooOld(_) => "sns_too_old",
+        }
+    }
+}
+
 /// The oldest envelope taken: SNS retries an HTTP(S) delivery for at most
 /// an hour (a hard limit of its delivery policies), and one more hour
 /// allows for clocks that disagree. An older envelope, signed or not, was

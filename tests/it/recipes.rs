@@ -478,7 +478,7 @@ async fn recipes_refuse_samples_outside_their_window() {
             // The answer never says which check failed; the log does.
             assert!(!json.to_string().contains("timestamp"), "{json}");
         }
-        app.wait_for_log(|l| l.contains("outside the route's tolerance"))
+        app.wait_for_log(|l| l.contains("beyond the route's tolerance"))
             .await;
     }
 }

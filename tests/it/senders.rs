@@ -109,7 +109,7 @@ fn samples_verify_at_the_fixed_clock_and_not_with_another_secret_or_clock() {
             assert!(
                 matches!(
                     check(name, SAMPLES_NOW_MS + skew, false),
-                    Err(VerifyError::Stale(_))
+                    Err(VerifyError::Stale { .. })
                 ),
                 "{name} at {skew} ms"
             );
