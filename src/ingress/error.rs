@@ -9,8 +9,17 @@ use crate::telemetry::WebhookOutcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
-    #[error("no route `{0}` is configured")]
-    UnknownRoute(String),
+    #[error(
+        "no route `{requested}` is configured{}",
+        did_you_mean.as_ref().map(|id| format!("; did you mean `{id}`?")).unwrap_or_default()
+    )]
+    UnknownRoute {
+        /// The name asked for, shortened: it is the sender's.
+        requested: String,
+        /// A configured route the name differs from only by case or by a
+        /// trailing slash, which a sender already all but knows.
+        did_you_mean: Option<String>,
+    },
     #[error("missing or invalid credentials")]
     Unauthorized { basic_challenge: bool },
     #[error("requests from this address are not allowed for this route")]
@@ -82,7 +91,7 @@ impl Methods {
 impl IngressError {
     fn code(&self) -> &'static str {
         match self {
-            IngressError::UnknownRoute(_) => "unknown_route",
+            IngressError::UnknownRoute { .. } => "unknown_route",
             IngressError::Unauthorized { .. } | IngressError::AdminUnauthorized => "unauthorized",
             IngressError::Forbidden => "forbidden",
             IngressError::TooLarge { .. } => "too_large",
@@ -127,7 +136,7 @@ impl IngressError {
 impl ResponseError for IngressError {
     fn status_code(&self) -> StatusCode {
         match self {
-            IngressError::UnknownRoute(_)
+            IngressError::UnknownRoute { .. }
             | IngressError::NotFound(_)
             | IngressError::AdminDisabled => StatusCode::NOT_FOUND,
             IngressError::Unauthorized { .. } | IngressError::AdminUnauthorized => {

@@ -67,6 +67,23 @@ impl LiveRoutes {
         Some((index, &self.config.routes[index]))
     }
 
+    /// The answer to a webhook for `requested`, which no route is: it names
+    /// the request shortened, and a route it differs from only by case or
+    /// a trailing slash, the usual slips in a URL copied by hand.
+    pub fn unknown(&self, requested: &str) -> crate::ingress::error::IngressError {
+        let trimmed = requested.trim_end_matches('/');
+        let did_you_mean = self
+            .config
+            .routes
+            .iter()
+            .find(|route| route.id.eq_ignore_ascii_case(trimmed))
+            .map(|route| route.id.clone());
+        crate::ingress::error::IngressError::UnknownRoute {
+            requested: shortened(requested),
+            did_you_mean,
+        }
+    }
+
     pub fn limiter(&self, index: usize) -> Option<&DefaultDirectRateLimiter> {
         self.limiters.get(index).and_then(|l| l.as_deref())
     }
@@ -422,6 +439,19 @@ impl AppState {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
+}
+
+/// The most characters of a requested route name that are repeated in an
+/// answer or a log line.
+pub const MAX_REQUESTED_NAME: usize = 100;
+
+/// A name a sender asked for, cut to [`MAX_REQUESTED_NAME`] characters.
+pub fn shortened(requested: &str) -> String {
+    let mut name: String = requested.chars().take(MAX_REQUESTED_NAME).collect();
+    if name.len() < requested.len() {
+        name.push('…');
+    }
+    name
 }
 
 #[cfg(test)]

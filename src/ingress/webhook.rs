@@ -46,9 +46,10 @@ pub async fn other_method(
 
 /// Answers 404 unless `path` names a configured route.
 fn configured(state: &AppState, path: web::Path<String>) -> Result<(), IngressError> {
-    match state.routes().route(&path) {
+    let routes = state.routes();
+    match routes.route(&path) {
         Some(_) => Ok(()),
-        None => Err(IngressError::UnknownRoute(path.into_inner())),
+        None => Err(routes.unknown(&path)),
     }
 }
 
@@ -67,10 +68,10 @@ pub async fn post(
         // shortened and escaped, and one throttle serves every name.
         state.metrics.unknown_route();
         if let Some(unlogged) = state.refusal_to_log("unknown_route", "") {
-            let requested: String = route_id.chars().take(MAX_LOGGED_NAME).collect();
+            let requested = super::state::shortened(&route_id);
             tracing::warn!(requested = ?requested, unlogged, "Refused a webhook to a route routes.yaml does not have");
         }
-        return Err(IngressError::UnknownRoute(route_id));
+        return Err(routes.unknown(&route_id));
     };
     let result = accept(&state, &routes, index, &request, payload).await;
     let outcome = match &result {
@@ -109,9 +110,6 @@ pub async fn post(
         _ => response,
     })
 }
-
-/// The most characters of a requested route name that are logged.
-const MAX_LOGGED_NAME: usize = 100;
 
 /// Marks a response on a `slack` route whose body Slack must read: the
 /// answer to its URL verification.

@@ -256,6 +256,22 @@ async fn every_status_of_the_contract() {
     let (status, body) = json_of(app.post("nope", "{}").await).await;
     assert_eq!(status, 404);
     assert_error(&body, "unknown_route");
+    // A URL copied with a slip is pointed at the route it almost names;
+    // a long name is not echoed whole.
+    for slip in ["cms/", "CMS"] {
+        let (status, body) = json_of(app.post(slip, "{}").await).await;
+        assert_eq!(status, 404);
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("did you mean `cms`?"),
+            "{body}"
+        );
+    }
+    let (_, body) = json_of(app.post(&"x".repeat(5_000), "{}").await).await;
+    let message = body["message"].as_str().unwrap();
+    assert!(message.len() < 200 && message.contains('…'), "{message}");
 
     let head = app.http.head(app.url("/hooks/cms")).send().await.unwrap();
     assert_eq!(head.status(), 200);
@@ -362,7 +378,7 @@ async fn every_status_of_the_contract() {
     // Refusals that are only counted otherwise are in the log too, the
     // unknown route's with the name the sender used.
     assert!(
-        metrics.contains("dispatch_relay_webhooks_unknown_route_total 1"),
+        metrics.contains("dispatch_relay_webhooks_unknown_route_total 4"),
         "{metrics}"
     );
     let line = app
