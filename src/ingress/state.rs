@@ -443,9 +443,9 @@ impl AppState {
 
 /// The most characters of a requested route name that are repeated in an
 /// answer or a log line.
-pub const MAX_REQUESTED_NAME: usize = 100;
+const MAX_REQUESTED_NAME: usize = 100;
 
-/// A name a sender asked for, cut to [`MAX_REQUESTED_NAME`] characters.
+/// A name a sender asked for, cut to `MAX_REQUESTED_NAME` characters.
 pub fn shortened(requested: &str) -> String {
     let mut name: String = requested.chars().take(MAX_REQUESTED_NAME).collect();
     if name.len() < requested.len() {

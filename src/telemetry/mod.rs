@@ -27,7 +27,7 @@ pub enum LogFormat {
 /// name to the filter, and shows nothing of the relay's.
 #[derive(Debug)]
 pub struct LogSettings {
-    pub format: LogFormat,
+    format: LogFormat,
     filter: EnvFilter,
     notes: Vec<String>,
 }
