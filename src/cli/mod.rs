@@ -29,18 +29,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
+    #[command(after_help = SERVE_ENVIRONMENT)]
     Serve {
-        /// The routing table.
-        #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// Address to listen on (overrides server.listen; default 0.0.0.0:8080).
         #[arg(long, env = "RELAY_LISTEN")]
         listen: Option<String>,
     },
     /// Validate routes.yaml exactly as `serve` would and summarise each route.
     Check {
-        #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// Also ask GitHub whether every static target repository is reachable.
         #[arg(long)]
         online: bool,
@@ -49,8 +49,8 @@ pub enum Command {
     /// print the dedupe key and the exact GitHub requests, without sending
     /// anything.
     Render {
-        #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// The route id.
         #[arg(long)]
         route: String,
@@ -70,13 +70,15 @@ pub enum Command {
     },
     /// List recent deliveries from the store.
     Deliveries {
-        #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// pending, delivered or failed.
         #[arg(long)]
         status: Option<String>,
+        /// Only deliveries of this route id.
         #[arg(long)]
         route: Option<String>,
+        /// How many deliveries to list, newest first.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
         limit: u64,
         /// One delivery by id, with every attempt to send it.
@@ -90,8 +92,8 @@ pub enum Command {
     /// their failed targets; targets already delivered are not sent again.
     #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "failed"])))]
     Redeliver {
-        #[arg(long, env = "RELAY_CONFIG", default_value = "routes.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// One delivery by id.
         #[arg(long)]
         id: Option<String>,
@@ -113,6 +115,33 @@ pub enum Command {
         target: setup::SetupTarget,
     },
 }
+
+/// The `--config` flag every command that reads routes.yaml takes.
+#[derive(Debug, clap::Args)]
+pub struct ConfigFile {
+    /// The routing table. A relative store path in it is taken from its
+    /// directory.
+    #[arg(
+        long = "config",
+        value_name = "CONFIG",
+        env = "RELAY_CONFIG",
+        default_value = "routes.yaml"
+    )]
+    pub path: PathBuf,
+}
+
+/// The rest of the environment `serve` reads, for `serve --help`: clap
+/// lists only the variables bound to a flag.
+const SERVE_ENVIRONMENT: &str = "\
+Environment:
+  RELAY_DATABASE_URL  The store, `sqlite:PATH` (overrides store.url) [default: sqlite:dispatch-relay.db beside routes.yaml]
+  RELAY_ADMIN_TOKEN   Bearer token of the admin API (/admin/...); unset, the admin API is off
+  GITHUB_API_URL      GitHub's API base URL (overrides github.api_url)
+  RUST_LOG            Log filter, such as `info` or `dispatch_relay=debug` [default: info]
+  RELAY_LOG_FORMAT    `json` for one JSON object per line, or `pretty` [default: pretty]
+  HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE ...  Outbound proxy and trusted CAs
+  ${VAR}              Any variable routes.yaml names, substituted into its values
+Every variable is described in docs/configuration.md.";
 
 /// An error with its exit code.
 #[derive(Debug)]
@@ -155,8 +184,8 @@ pub fn runtime(e: impl Into<anyhow::Error>) -> CliError {
 /// Runs a command.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve { config, listen } => serve::serve(&config, listen).await,
-        Command::Check { config, online } => check(&config, online).await,
+        Command::Serve { config, listen } => serve::serve(&config.path, listen).await,
+        Command::Check { config, online } => check(&config.path, online).await,
         Command::Render {
             config,
             route,
@@ -165,7 +194,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             query,
             verify,
         } => render::render(
-            &config,
+            &config.path,
             &route,
             render::Request {
                 body: &body,
@@ -179,7 +208,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             id: Some(id),
             json,
             ..
-        } => deliveries::show(&config, &id, json).await,
+        } => deliveries::show(&config.path, &id, json).await,
         Command::Deliveries {
             config,
             status,
@@ -189,7 +218,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             json,
         } => {
             deliveries::list(
-                &config,
+                &config.path,
                 status,
                 route,
                 usize::try_from(limit).unwrap_or(usize::MAX),
@@ -203,7 +232,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             failed: _,
             route,
             since,
-        } => deliveries::redeliver(&config, id, route, since).await,
+        } => deliveries::redeliver(&config.path, id, route, since).await,
         Command::Setup { target } => setup::run(target).await,
     }
 }

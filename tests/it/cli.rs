@@ -102,6 +102,45 @@ fn bad_flags_exit_1_and_help_exits_0() {
 }
 
 #[test]
+fn every_flag_has_help_and_serve_names_its_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [
+        &["serve"][..],
+        &["check"],
+        &["render"],
+        &["deliveries"],
+        &["redeliver"],
+        &["setup", "github-app"],
+    ] {
+        let (code, stdout, stderr) = run(dir.path(), &[command, &["--help"]].concat(), &[]);
+        assert_eq!(code, 0, "{command:?}: {stderr}");
+        // clap prints a flag with no doc comment as its name, value and
+        // defaults alone.
+        for line in stdout.lines().filter(|l| l.trim_start().starts_with("--")) {
+            let described = line
+                .split_once(">  ")
+                .or_else(|| line.trim_start().split_once("  "))
+                .map(|(_, rest)| rest.trim())
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('['));
+            assert!(described, "{command:?}: a flag without help: {line:?}");
+        }
+    }
+    // Design §2 names these for `serve`; clap alone would list only the
+    // two bound to flags.
+    let (_, stdout, _) = run(dir.path(), &["serve", "--help"], &[]);
+    for variable in [
+        "RELAY_CONFIG",
+        "RELAY_LISTEN",
+        "RELAY_DATABASE_URL",
+        "RUST_LOG",
+        "RELAY_LOG_FORMAT",
+        "RELAY_ADMIN_TOKEN",
+    ] {
+        assert!(stdout.contains(variable), "{variable}: {stdout}");
+    }
+}
+
+#[test]
 fn check_names_a_missing_environment_variable() {
     let text = "github:\n  token: ${NOT_SET_ANYWHERE}\nroutes:\n  - id: one\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
     let dir = dir_with_routes(text);
