@@ -441,6 +441,15 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     let metrics = Metrics::new();
     metrics.config_loaded(true, crate::clock::now_ms() as f64 / 1000.0);
 
+    let listen = listen
+        .or_else(|| config.server.listen.clone())
+        .unwrap_or_else(|| "0.0.0.0:8080".to_string());
+    // Bound before the store is opened or anything is sent: a relay that
+    // cannot serve (the port is taken, often by a relay already running)
+    // leaves no store files behind and sends nothing in the other's place.
+    let listener = std::net::TcpListener::bind(&listen)
+        .with_context(|| format!("cannot listen on {listen}"))
+        .map_err(runtime)?;
     let opened = open_store(config_path, &config).await?;
     let store = opened.store.clone();
     let (dispatcher, notifier) = start_dispatching(&config, &store, &metrics).await?;
@@ -448,9 +457,6 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     // Trimmed: a token read from a file keeps its final newline, which no
     // `Authorization` header can carry, and every request would be refused.
     let admin_token = super::process_setting("RELAY_ADMIN_TOKEN").map(Secret::new);
-    let listen = listen
-        .or_else(|| config.server.listen.clone())
-        .unwrap_or_else(|| "0.0.0.0:8080".to_string());
     let state = Arc::new(
         AppState::new(
             routes,
@@ -469,8 +475,8 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let app = Application::build(state.clone(), &listen, workers)
-        .with_context(|| format!("cannot listen on {listen}"))
+    let app = Application::build(state.clone(), listener, workers)
+        .with_context(|| format!("cannot serve on {listen}"))
         .map_err(runtime)?;
     let handle = app.handle();
     tracing::info!(

@@ -76,13 +76,12 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds `listen` (port 0 picks a free port) and builds the server.
+    /// Builds the server on a bound `listener`.
     pub fn build(
         state: Arc<AppState>,
-        listen: &str,
+        listener: TcpListener,
         workers: usize,
     ) -> std::io::Result<Application> {
-        let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         // Kept for GitHub: as many as the pacing lets go at once, and never
         // fewer than pacing off does.

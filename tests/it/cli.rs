@@ -582,6 +582,24 @@ fn a_malformed_listen_flag_is_invalid_input_and_exits_1() {
 }
 
 #[test]
+fn a_taken_port_fails_before_the_store_is_touched() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = dir_with_routes("github:\n  token: t\nroutes: []\n");
+    let (code, _, stderr) = run(dir.path(), &["serve", "--listen", &addr], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["routes.yaml"], "no store was made");
+}
+
+#[test]
 fn render_joins_a_repeated_header_as_serve_does() {
     let text = "github:\n  token: t\nroutes:\n  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          tags: \"{{ headers['x-tag'] }}\"\n";
     let dir = dir_with_routes(text);
