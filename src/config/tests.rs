@@ -1577,6 +1577,29 @@ fn a_quote_never_closed_is_placed_where_it_opens() {
 }
 
 #[test]
+fn a_key_where_no_key_can_be_says_why() {
+    let indented = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/site\n\n         event_type: e\n";
+    let errors = load_err(indented);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].line, errors[0].column), (9, 20), "{errors:?}");
+    assert!(
+        errors[0]
+            .message
+            .ends_with("this line is indented deeper than line 7, so it reads as the rest of that line's value: line its key up with the key it belongs beside"),
+        "{errors:?}"
+    );
+    let colon_in_value = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/site\n        event_type: Deploy: done\n";
+    let errors = load_err(colon_in_value);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0]
+            .message
+            .ends_with("a value that holds `: ` must be quoted, as in \"Deploy: done\""),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn a_route_without_an_id_is_still_checked() {
     let text = "github:\n  token: t\nroutes:\n  - verify: none\n    when: body.tags | lenght\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
     let paths: Vec<(String, String)> = load_err(text)

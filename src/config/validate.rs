@@ -757,8 +757,37 @@ fn syntax_error(text: &str, err: &serde_norway::Error) -> (usize, usize, String)
         message.push_str(UNQUOTED_TEMPLATE_HINT);
     } else if message.contains("cannot start any token") {
         message.push_str(syntax_hint(line_text, column));
+    } else if message.contains("mapping values are not allowed") {
+        message.push_str(&misplaced_key_hint(text, line, column));
     }
     (line, column, message)
+}
+
+/// Why a `key:` stands where no key can: either an unquoted value holds
+/// `: ` (`title: Deploy: done`), or the line is indented deeper than the
+/// key before it, which makes it a continuation of that key's value.
+fn misplaced_key_hint(text: &str, line: usize, column: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(line_text) = lines.get(line.saturating_sub(1)) else {
+        return String::new();
+    };
+    let before: String = line_text.chars().take(column.saturating_sub(1)).collect();
+    if before.contains(": ") {
+        return "; a value that holds `: ` must be quoted, as in \"Deploy: done\"".to_owned();
+    }
+    let indent = |text: &str| text.len() - text.trim_start_matches([' ', '-']).len();
+    let previous = lines[..line.saturating_sub(1)]
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, text)| !text.trim().is_empty() && !text.trim_start().starts_with('#'));
+    match previous {
+        Some((index, previous)) if indent(line_text) > indent(previous) => format!(
+            "; this line is indented deeper than line {}, so it reads as the rest of that line's value: line its key up with the key it belongs beside",
+            index + 1
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The line and column of the context `context` ("while scanning a quoted
