@@ -599,6 +599,56 @@ fn a_taken_port_fails_before_the_store_is_touched() {
     assert_eq!(left, ["routes.yaml"], "no store was made");
 }
 
+/// A captured request is signed for its own time: `render --verify` still
+/// says whether the secret matches, and that `serve` would refuse it now.
+#[test]
+fn render_verifies_a_captured_request_at_the_time_it_was_signed() {
+    // The reference vector of Standard Webhooks, signed in April 2022.
+    let dir = dir_with_routes(
+        "github:\n  token: t\nroutes:\n  - id: hooks\n    verify:\n      standard_webhooks: {secret: whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD}\n    dispatch:\n      - repo: acme/site\n        event_type: \"signup-{{ body.username }}\"\n",
+    );
+    let render = |body: &str| {
+        std::fs::write(dir.path().join("body.json"), body).unwrap();
+        run(
+            dir.path(),
+            &[
+                "render",
+                "--route",
+                "hooks",
+                "--body",
+                "body.json",
+                "--verify",
+                "--header",
+                "webhook-id: msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+                "--header",
+                "webhook-timestamp: 1649367553",
+                "--header",
+                "webhook-signature: v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=",
+            ],
+            &[],
+        )
+    };
+    let (code, stdout, stderr) = render(r#"{"email":"test@example.com","username":"test_user"}"#);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("# signature: ok for the time it was signed, but the timestamp in `webhook-timestamp` is ")
+            && stdout.contains("behind the relay's clock, beyond the route's tolerance of 5 min: serve would answer 401 to it now"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("signup-test_user"),
+        "still rendered: {stdout}"
+    );
+    let (code, _, stderr) = render(r#"{"email":"test@example.com","username":"someone_else"}"#);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "verification failed: signature in `webhook-signature` does not match any configured secret"
+        ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn render_joins_a_repeated_header_as_serve_does() {
     let text = "github:\n  token: t\nroutes:\n  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          tags: \"{{ headers['x-tag'] }}\"\n";

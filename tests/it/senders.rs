@@ -1520,6 +1520,18 @@ fn render_verifies_an_sns_envelope_with_a_pinned_certificate() {
     let (code, _, stderr) = render("changed.json");
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("verification failed"), "{stderr}");
+    // One captured long ago: its signature is still checked, and its age
+    // is said apart.
+    let mut old = notification("note-old", &json!({"Records": []}));
+    old.insert("Timestamp".into(), json!("2020-01-01T00:00:00.000Z"));
+    std::fs::write(dir.path().join("old.json"), signed_envelope(old, 2)).unwrap();
+    let (code, stdout, stderr) = render("old.json");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("# SNS envelope: signed with a pinned certificate, but refused now: the envelope was signed ")
+            && stdout.contains("serve would answer 401 to it"),
+        "{stdout}"
+    );
 }
 
 /// `server.trusted_proxies` and `server.max_body` change with a reload,
