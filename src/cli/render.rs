@@ -66,8 +66,14 @@ pub fn render(
         &headers,
         &body,
     )
-    .map_err(invalid)?
-    {
+    .map_err(|e| match (&e, &content_type) {
+        // The headers of a captured request are easy to leave out, and the
+        // usual one missing is a form's.
+        (inbound::BodyError::Json(_), None) => invalid(anyhow::anyhow!(
+            "{e}; like serve, render reads a body sent without Content-Type as JSON: for a form, add --header 'Content-Type: application/x-www-form-urlencoded'"
+        )),
+        _ => invalid(e),
+    })? {
         Received::SenderCheck(check) => {
             println!("# {}", describe_sender_check(&check));
             return Ok(());

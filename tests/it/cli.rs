@@ -249,6 +249,31 @@ fn render_prints_the_exact_requests_and_can_verify() {
     );
     assert_eq!(code, 0);
     assert!(stdout.contains("nothing would be sent"), "{stdout}");
+
+    // A form captured without its headers is read as JSON, as serve reads
+    // it, and the error says which header to add.
+    std::fs::write(dir.path().join("form.txt"), "event=publish&model=page").unwrap();
+    let form = |headers: &[&str]| {
+        let args = [
+            &["render", "--route", "cms", "--body", "form.txt"][..],
+            headers,
+        ]
+        .concat();
+        run(dir.path(), &args, &env)
+    };
+    let (code, _, stderr) = form(&[]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr
+            .contains("for a form, add --header 'Content-Type: application/x-www-form-urlencoded'"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = form(&[
+        "--header",
+        "Content-Type: application/x-www-form-urlencoded",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"cms-page\""), "{stdout}");
 }
 
 #[test]
