@@ -137,19 +137,24 @@ pub async fn show(config_path: &Path, id: &str, json: bool) -> Result<(), CliErr
         )));
     };
     let store = open_existing_store(&store_location(config_path)?)?;
-    let found = store.get(&id).await.map_err(runtime);
+    let found = store.detail(&id).await.map_err(runtime);
     store.close().await;
-    let Some((delivery, attempts)) = found? else {
+    let Some(detail) = found? else {
         return Err(invalid(anyhow::anyhow!("no delivery `{id}` in the store")));
     };
     if json {
-        let answer = serde_json::json!({"delivery": delivery, "attempts": attempts});
         println!(
             "{}",
-            serde_json::to_string_pretty(&answer).map_err(runtime)?
+            serde_json::to_string_pretty(&detail).map_err(runtime)?
         );
         return Ok(());
     }
+    let crate::store::DeliveryDetail {
+        delivery,
+        attempts,
+        request,
+        sent,
+    } = detail;
     let repo_of = |index: usize| {
         delivery
             .targets
@@ -174,6 +179,16 @@ pub async fn show(config_path: &Path, id: &str, json: bool) -> Result<(), CliErr
         })
         .collect();
     print_table(std::slice::from_ref(&delivery));
+    if let Some(request) = &request {
+        print_request(request);
+    }
+    if !sent.is_empty() {
+        println!("SENT");
+        for target in &sent {
+            println!("  {}  {} {}", target.repo, target.method, target.path);
+            println!("    {}", crate::text::one_line(&target.body.to_string()));
+        }
+    }
     if attempts.is_empty() {
         println!("no attempts yet");
     } else {
@@ -181,6 +196,43 @@ pub async fn show(config_path: &Path, id: &str, json: bool) -> Result<(), CliErr
         println!("{}", attempts.join("\n"));
     }
     Ok(())
+}
+
+/// The longest body `deliveries --id` prints in full; `--json` prints any.
+const SHOWN_BODY_CHARS: usize = 2_000;
+
+/// The webhook as it came in, less its credential headers (never stored).
+fn print_request(request: &crate::store::StoredRequest) {
+    println!("REQUEST");
+    if let Some(content_type) = &request.content_type {
+        println!("  content-type: {content_type}");
+    }
+    for (name, value) in &request.headers {
+        println!("  {name}: {}", crate::text::one_line(value));
+    }
+    if !request.query.is_empty() {
+        let query: Vec<String> = request
+            .query
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("  query: {}", crate::text::one_line(&query.join("&")));
+    }
+    let body = if request.body_base64 {
+        format!("{} (base64: the body is not UTF-8)", request.body)
+    } else {
+        request.body.clone()
+    };
+    let length = body.chars().count();
+    if length > SHOWN_BODY_CHARS {
+        let start: String = body.chars().take(SHOWN_BODY_CHARS).collect();
+        println!(
+            "  body: {}… ({length} characters in all; --json prints it whole)",
+            crate::text::one_line(&start)
+        );
+    } else {
+        println!("  body: {}", crate::text::one_line(&body));
+    }
 }
 
 /// The deliveries as a table, each with its error and, for each target

@@ -216,12 +216,11 @@ pub async fn get(
     };
     match state
         .store
-        .get(&id)
+        .detail(&id)
         .await
         .map_err(|e| store_unavailable("read a delivery", &e))?
     {
-        Some((delivery, attempts)) => Ok(HttpResponse::Ok()
-            .json(serde_json::json!({"delivery": delivery, "attempts": attempts}))),
+        Some(detail) => Ok(HttpResponse::Ok().json(detail)),
         None => Err(IngressError::NotFound(id)),
     }
 }

@@ -360,6 +360,29 @@ pub struct AttemptSummary {
     pub detail: String,
 }
 
+/// One delivery with everything the store knows of it: what came in,
+/// what was sent for each target, and every attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryDetail {
+    pub delivery: DeliverySummary,
+    pub attempts: Vec<AttemptSummary>,
+    /// The webhook as stored (credential headers were never kept), which
+    /// a redelivery renders again.
+    pub request: Option<StoredRequest>,
+    /// Each target's request to GitHub, as last rendered.
+    pub sent: Vec<SentRequest>,
+}
+
+/// A job's request to GitHub: always a `POST` of a JSON body.
+#[derive(Debug, Clone, Serialize)]
+pub struct SentRequest {
+    pub target_index: usize,
+    pub repo: String,
+    pub method: &'static str,
+    pub path: String,
+    pub body: serde_json::Value,
+}
+
 /// Filters for listing deliveries.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -833,6 +856,13 @@ impl Store {
     ) -> Result<Option<(DeliverySummary, Vec<AttemptSummary>)>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| schema::get(conn, &id)).await
+    }
+
+    /// One delivery with its request, what each target was sent, and its
+    /// attempts.
+    pub async fn detail(&self, id: &str) -> Result<Option<DeliveryDetail>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| schema::detail(conn, &id)).await
     }
 
     /// Failed deliveries matching the filter, oldest first.

@@ -11,9 +11,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::retry_times::RetryTimes;
 use super::{
-    Accepted, AttemptRecord, AttemptSummary, DebounceWindow, DeliverySummary, FailedDelivery, Job,
-    JobNext, JobSummary, ListFilter, NewDelivery, NewJob, Opener, QueueDepth, Rerendered,
-    Rerendering, Status, StoreError, StoredRequest, StoredTarget,
+    Accepted, AttemptRecord, AttemptSummary, DebounceWindow, DeliveryDetail, DeliverySummary,
+    FailedDelivery, Job, JobNext, JobSummary, ListFilter, NewDelivery, NewJob, Opener, QueueDepth,
+    Rerendered, Rerendering, SentRequest, Status, StoreError, StoredRequest, StoredTarget,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -1213,6 +1213,40 @@ pub(super) fn get(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some((summary, attempts)))
+}
+
+pub(super) fn detail(conn: &Connection, id: &str) -> Result<Option<DeliveryDetail>, StoreError> {
+    let Some((delivery, attempts)) = get(conn, id)? else {
+        return Ok(None);
+    };
+    // A row written by hand, or by a relay that stored requests otherwise,
+    // still shows the rest.
+    let request = conn
+        .prepare_cached("SELECT request FROM deliveries WHERE id = ?1")?
+        .query_row(params![id], |r| r.get::<_, String>(0))
+        .optional()?
+        .and_then(|text| serde_json::from_str::<StoredRequest>(&text).ok());
+    let sent = conn
+        .prepare_cached(
+            "SELECT target_index, repo, path, body FROM jobs WHERE delivery_id = ?1 ORDER BY target_index",
+        )?
+        .query_map(params![id], |r| {
+            let body: String = r.get(3)?;
+            Ok(SentRequest {
+                target_index: r.get::<_, i64>(0)? as usize,
+                repo: r.get(1)?,
+                method: "POST",
+                path: r.get(2)?,
+                body: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(DeliveryDetail {
+        delivery,
+        attempts,
+        request,
+        sent,
+    }))
 }
 
 /// When a failed delivery last failed: its latest failed job's end, or,

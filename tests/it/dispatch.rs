@@ -1250,11 +1250,12 @@ async fn a_proxy_quoting_the_token_back_does_not_leak_it() {
 /// not hold, or one that is not an id, is refused with exit 1.
 #[tokio::test(flavor = "multi_thread")]
 async fn deliveries_by_id_shows_every_attempt() {
-    let route = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n";
+    let route = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          title: \"{{ body.title }}\"\n";
     let app = spawn_app(route).await;
     app.github
         .push_responses("acme/blog", vec![Scripted::Status(502)]);
-    let accepted: Value = app.post("cms", "{}").await.json().await.unwrap();
+    let body = r#"{"title":"Hello","draft":false}"#;
+    let accepted: Value = app.post("cms", body).await.json().await.unwrap();
     let id = accepted["delivery_id"].as_str().unwrap().to_string();
     app.wait_for_deliveries(WAIT, |list| {
         list.len() == 1 && list[0]["status"] == "delivered"
@@ -1272,9 +1273,29 @@ async fn deliveries_by_id_shows_every_attempt() {
         .map(|a| &a["status_code"])
         .collect();
     assert_eq!(codes, [&json!(502), &json!(204)], "{shown}");
+    // What came in, and what each target was sent.
+    assert_eq!(shown["request"]["body"], body, "{shown}");
+    assert_eq!(
+        shown["sent"],
+        json!([{
+            "target_index": 0,
+            "repo": "acme/blog",
+            "method": "POST",
+            "path": "/repos/acme/blog/dispatches",
+            "body": {"event_type": "deploy", "client_payload": {"title": "Hello"}},
+        }]),
+        "{shown}"
+    );
 
     let output = app.cli(&["deliveries", "--id", &id]);
     let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("REQUEST\n"), "{table}");
+    assert!(table.contains(&format!("  body: {body}\n")), "{table}");
+    assert!(
+        table.contains("SENT\n  acme/blog  POST /repos/acme/blog/dispatches\n")
+            && table.contains(r#""client_payload":{"title":"Hello"}"#),
+        "{table}"
+    );
     assert!(table.contains("ATTEMPTS"), "{table}");
     assert!(table.contains("acme/blog  502"), "{table}");
     assert!(table.contains("acme/blog  204"), "{table}");

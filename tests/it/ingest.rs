@@ -542,6 +542,18 @@ async fn credential_headers_never_reach_a_payload() {
             .any(|bytes| bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
         assert!(!found, "{secret} stored");
     }
+    // Nor shown with the stored request.
+    let id = app.deliveries(&[])[0]["id"].as_str().unwrap().to_owned();
+    let shown = app.cli(&["deliveries", "--id", &id]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("x-build: 42"), "{shown}");
+    for secret in [
+        "route-secret-value",
+        "sender-bearer-value",
+        "sender-cookie-value",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown: {shown}");
+    }
 }
 
 /// A client that stops sending half way through its body is answered 408

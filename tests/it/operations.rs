@@ -207,6 +207,8 @@ async fn the_admin_api_lists_shows_and_redelivers_once() {
         .await
         .unwrap();
     assert_eq!(one["attempts"][0]["status_code"], 404);
+    assert_eq!(one["request"]["body"], "{}", "{one}");
+    assert_eq!(one["sent"][0]["method"], "POST", "{one}");
     // A UUID is the same in upper case.
     let upper: Value = admin(
         &format!("/admin/deliveries/{}", id.to_uppercase()),
