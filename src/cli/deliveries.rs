@@ -182,8 +182,10 @@ pub async fn show(config_path: &Path, id: &str, json: bool) -> Result<(), CliErr
     if let Some(request) = &request {
         print_request(request);
     }
+    // Every target is listed, those still pending too: this is what is
+    // sent to GitHub, whether or not it has been yet.
     if !sent.is_empty() {
-        println!("SENT");
+        println!("TO GITHUB");
         for target in &sent {
             println!("  {}  {} {}", target.repo, target.method, target.path);
             println!("    {}", crate::text::one_line(&target.body.to_string()));
@@ -205,7 +207,7 @@ const SHOWN_BODY_CHARS: usize = 2_000;
 fn print_request(request: &crate::store::StoredRequest) {
     println!("REQUEST");
     if let Some(content_type) = &request.content_type {
-        println!("  content-type: {content_type}");
+        println!("  content-type: {}", crate::text::one_line(content_type));
     }
     for (name, value) in &request.headers {
         println!("  {name}: {}", crate::text::one_line(value));
@@ -218,21 +220,24 @@ fn print_request(request: &crate::store::StoredRequest) {
             .collect();
         println!("  query: {}", crate::text::one_line(&query.join("&")));
     }
-    let body = if request.body_base64 {
-        format!("{} (base64: the body is not UTF-8)", request.body)
-    } else {
-        request.body.clone()
-    };
-    let length = body.chars().count();
+    // Cut first, so that the notes after the body are always shown.
+    let length = request.body.chars().count();
+    let mut body = crate::text::one_line(
+        &request
+            .body
+            .chars()
+            .take(SHOWN_BODY_CHARS)
+            .collect::<String>(),
+    );
     if length > SHOWN_BODY_CHARS {
-        let start: String = body.chars().take(SHOWN_BODY_CHARS).collect();
-        println!(
-            "  body: {}… ({length} characters in all; --json prints it whole)",
-            crate::text::one_line(&start)
-        );
-    } else {
-        println!("  body: {}", crate::text::one_line(&body));
+        body.push_str(&format!(
+            "… ({length} characters in all; --json prints it whole)"
+        ));
     }
+    if request.body_base64 {
+        body.push_str(" (base64: the body is not UTF-8)");
+    }
+    println!("  body: {body}");
 }
 
 /// The deliveries as a table, each with its error and, for each target

@@ -81,7 +81,8 @@ pub enum Command {
         /// How many deliveries to list, newest first.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
         limit: u64,
-        /// One delivery by id, with every attempt to send it.
+        /// One delivery by id: the webhook as stored, the request for each
+        /// target, and every attempt to send it.
         #[arg(long, conflicts_with_all = ["status", "route", "limit"])]
         id: Option<String>,
         /// Print JSON instead of a table.
@@ -119,8 +120,7 @@ pub enum Command {
 /// The `--config` flag every command that reads routes.yaml takes.
 #[derive(Debug, clap::Args)]
 pub struct ConfigFile {
-    /// The routing table. A relative store path in it is taken from its
-    /// directory.
+    /// The routing table.
     #[arg(
         long = "config",
         value_name = "CONFIG",
@@ -134,12 +134,13 @@ pub struct ConfigFile {
 /// lists only the variables bound to a flag.
 const SERVE_ENVIRONMENT: &str = "\
 Environment:
-  RELAY_DATABASE_URL  The store, `sqlite:PATH` (overrides store.url) [default: sqlite:dispatch-relay.db beside routes.yaml]
+  RELAY_DATABASE_URL  The store, `sqlite:PATH`; when not empty, wins over store.url (whose default is sqlite:dispatch-relay.db beside routes.yaml)
   RELAY_ADMIN_TOKEN   Bearer token of the admin API (/admin/...); unset, the admin API is off
-  GITHUB_API_URL      GitHub's API base URL (overrides github.api_url)
+  GITHUB_API_URL      GitHub's API base URL; when not empty, wins over github.api_url
   RUST_LOG            Log filter, such as `info` or `dispatch_relay=debug` [default: info]
   RELAY_LOG_FORMAT    `json` for one JSON object per line, or `pretty` [default: pretty]
-  HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE ...  Outbound proxy and trusted CAs
+  HTTPS_PROXY         Outbound HTTP proxy for every request the relay makes (NO_PROXY lists exceptions)
+  SSL_CERT_FILE       Certificate authorities to trust, in PEM, as for a private GitHub Enterprise Server
   ${VAR}              Any variable routes.yaml names, substituted into its values
 Every variable is described in docs/configuration.md.";
 

@@ -1292,7 +1292,7 @@ async fn deliveries_by_id_shows_every_attempt() {
     assert!(table.contains("REQUEST\n"), "{table}");
     assert!(table.contains(&format!("  body: {body}\n")), "{table}");
     assert!(
-        table.contains("SENT\n  acme/blog  POST /repos/acme/blog/dispatches\n")
+        table.contains("TO GITHUB\n  acme/blog  POST /repos/acme/blog/dispatches\n")
             && table.contains(r#""client_payload":{"title":"Hello"}"#),
         "{table}"
     );

@@ -1526,11 +1526,16 @@ fn render_verifies_an_sns_envelope_with_a_pinned_certificate() {
     old.insert("Timestamp".into(), json!("2020-01-01T00:00:00.000Z"));
     std::fs::write(dir.path().join("old.json"), signed_envelope(old, 2)).unwrap();
     let (code, stdout, stderr) = render("old.json");
-    assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("# SNS envelope: signed with a pinned certificate, but refused now: the envelope was signed ")
-            && stdout.contains("serve would answer 401 to it"),
+        stdout.contains(
+            "# SNS envelope: signed with a pinned certificate, but the envelope was signed "
+        ) && stdout.contains("/repos/acme/blog/dispatches"),
         "{stdout}"
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("serve would answer 401 to this request now: the envelope was signed "),
+        "{stderr}"
     );
 }
 
