@@ -46,9 +46,10 @@ pub fn render(
             "{refusal}: serve answers 401 and sends nothing"
         )));
     }
-    let refused_now = match check_signature {
-        true => verify_as_serve_does(route, index, query, &headers, &body, envelope.as_ref())?,
-        false => None,
+    let refused_now = if check_signature {
+        verify_as_serve_does(route, index, query, &headers, &body, envelope.as_ref())?
+    } else {
+        None
     };
     render_verified(config, route, envelope.as_ref(), &headers, &body, query)?;
     // Rendered all the same, so that a captured request can be checked
