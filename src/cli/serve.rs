@@ -452,6 +452,8 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         .map_err(runtime)?;
     let opened = open_store(config_path, &config).await?;
     let store = opened.store.clone();
+    let observed = metrics.clone();
+    store.observe_commits(Box::new(move |commit| observed.store_commit(commit)));
     let (dispatcher, notifier) = start_dispatching(&config, &store, &metrics).await?;
 
     // Trimmed: a token read from a file keeps its final newline, which no

@@ -16,7 +16,8 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,22 @@ use tokio::sync::oneshot;
 
 pub use writer::Synchronous;
 use writer::{Command, Writer};
+
+/// One group commit, as the writer reports it to its observer: every
+/// transaction it runs, whether or not the disk took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitReport {
+    /// The commands the transaction held: accepted webhooks, and the
+    /// dispatcher's leases and records.
+    pub commands: usize,
+    /// From opening the transaction to the end of its commit, the disk's
+    /// flush included: how long every caller in the batch waited on the
+    /// store once the writer took its command.
+    pub duration: Duration,
+}
+
+/// Told of each commit on the writer thread, so it must be quick.
+pub type CommitObserver = Box<dyn Fn(&CommitReport) + Send + Sync>;
 
 /// Errors the store reports to its callers.
 #[derive(Debug, thiserror::Error)]
@@ -503,6 +520,8 @@ pub struct Store {
     /// here for the worker's idle wait.
     retries: Arc<Mutex<retry_times::RetryTimes>>,
     corruption: Corruption,
+    /// Told of every commit once [`Store::observe_commits`] sets it.
+    commit_observer: Arc<OnceLock<CommitObserver>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -569,7 +588,15 @@ impl Store {
         }
         let corruption = Corruption::default();
         let retries = Arc::new(Mutex::new(retry_times::RetryTimes::default()));
-        let writer = Writer::start(conn, synchronous, path, corruption.clone(), retries.clone())?;
+        let commit_observer = Arc::new(OnceLock::new());
+        let writer = Writer::start(
+            conn,
+            synchronous,
+            path,
+            corruption.clone(),
+            retries.clone(),
+            commit_observer.clone(),
+        )?;
         let reader = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -582,11 +609,22 @@ impl Store {
             last_leased_route: Arc::default(),
             retries,
             corruption,
+            commit_observer,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Has `observer` told of every batch the writer commits from now on,
+    /// for the metrics. Only the first observer set is kept.
+    pub fn observe_commits(&self, observer: CommitObserver) {
+        if self.commit_observer.set(observer).is_err() {
+            tracing::debug!(
+                "The store's commits are already observed; the new observer is ignored"
+            );
+        }
     }
 
     async fn call<T>(

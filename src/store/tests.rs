@@ -1627,3 +1627,39 @@ async fn a_sound_store_passes_the_check_at_start() {
     store.check_writable().await.unwrap();
     store.accept(delivery("d2", None, 1)).await.unwrap();
 }
+
+#[tokio::test]
+async fn each_commit_is_reported_with_its_commands_once_observed() {
+    let (_dir, store) = open();
+    // A commit before an observer is set is not reported, and does not
+    // keep a later observer from being told of the next ones.
+    store.accept(delivery("d0", None, 1)).await.unwrap();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    store.observe_commits(Box::new(move |commit| seen.lock().unwrap().push(*commit)));
+    // A second observer is ignored: the first keeps every report.
+    store.observe_commits(Box::new(|_| panic!("a second observer is told nothing")));
+
+    let accepts: Vec<_> = (1..=8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.accept(delivery(&format!("d{i}"), None, 1)).await })
+        })
+        .collect();
+    for accept in accepts {
+        assert_eq!(accept.await.unwrap().unwrap(), Accepted::Stored);
+    }
+
+    let reports = reports.lock().unwrap().clone();
+    assert!(!reports.is_empty());
+    assert_eq!(
+        reports.iter().map(|r| r.commands).sum::<usize>(),
+        8,
+        "every accept is in exactly one reported commit: {reports:?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.commands >= 1 && r.duration > Duration::ZERO)
+    );
+}

@@ -8,7 +8,7 @@
 //! commit.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 
 use super::retry_times::RetryTimes;
 use super::{
-    Accepted, AttemptRecord, Corruption, Job, NewDelivery, Rerendered, Rerendering, StoreError,
-    schema,
+    Accepted, AttemptRecord, CommitObserver, CommitReport, Corruption, Job, NewDelivery,
+    Rerendered, Rerendering, StoreError, schema,
 };
 
 /// How hard SQLite flushes at each commit.
@@ -215,14 +215,21 @@ impl Writer {
         path: &std::path::Path,
         corruption: Corruption,
         retries: Arc<Mutex<RetryTimes>>,
+        observer: Arc<OnceLock<CommitObserver>>,
     ) -> Result<Writer, StoreError> {
         tune(&conn, synchronous)?;
         let (sender, receiver) = mpsc::channel();
         let opened = OpenedFile::of(path);
         let path = path.to_path_buf();
+        let shared = Shared {
+            path,
+            corruption,
+            retries,
+            observer,
+        };
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(conn, receiver, opened, &path, &corruption, &retries))
+            .spawn(move || run(conn, receiver, opened, &shared))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Writer {
             sender,
@@ -404,14 +411,28 @@ fn say(news: Option<CommitNews>, commit: &Result<(), Refusal>) {
     }
 }
 
+/// What the writer thread shares with the store's handles.
+struct Shared {
+    /// The store file, as the configuration names it.
+    path: std::path::PathBuf,
+    corruption: Corruption,
+    retries: Arc<Mutex<RetryTimes>>,
+    /// Told of every batch the writer commits, once one is set.
+    observer: Arc<OnceLock<CommitObserver>>,
+}
+
 fn run(
     mut conn: Connection,
     receiver: mpsc::Receiver<Command>,
     mut opened: Option<OpenedFile>,
-    path: &std::path::Path,
-    corruption: &Corruption,
-    retries: &Mutex<RetryTimes>,
+    shared: &Shared,
 ) {
+    let Shared {
+        path,
+        corruption,
+        retries,
+        observer,
+    } = shared;
     let mut run = CommitRun::default();
     loop {
         // A run settling is said to be over when its time comes, even if
@@ -452,7 +473,17 @@ fn run(
             });
         let (outcomes, commit) = match refusal {
             Some(refusal) => refused(&batch, refusal),
-            None => commit_batch(&mut conn, &batch, retries),
+            None => {
+                let started = Instant::now();
+                let result = commit_batch(&mut conn, &batch, retries);
+                if let Some(observe) = observer.get() {
+                    observe(&CommitReport {
+                        commands: batch.len(),
+                        duration: started.elapsed(),
+                    });
+                }
+                result
+            }
         };
         if commit.is_err() || outcomes.iter().any(Result::is_err) {
             // What the retry times noted may have been rolled back.

@@ -4,14 +4,14 @@
 //! within fixed sets and a route label can only come from the configuration.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::store::QueueDepth;
+use crate::store::{CommitReport, QueueDepth};
 
 /// What became of an SNS subscription event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +125,8 @@ pub struct Metrics {
     github_paused_until: Gauge,
     sns_subscriptions: IntCounterVec,
     body_memory: IntGauge,
+    store_commit_duration: Histogram,
+    store_commit_commands: Histogram,
     /// Per credential, when GitHub's current rate-limit window resets and
     /// the limit it resets to, so that the remaining-requests gauge does
     /// not stay at its last low value once the window has reset.
@@ -167,6 +169,13 @@ where
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     registered(registry, IntCounterVec::new(opts(name, help), labels))
+}
+
+fn histogram(registry: &Registry, (name, help): (&str, &str), buckets: Vec<f64>) -> Histogram {
+    let opts = HistogramOpts::new(name, help)
+        .namespace("dispatch_relay")
+        .buckets(buckets);
+    registered(registry, Histogram::with_opts(opts))
 }
 
 fn histogram_vec(
@@ -293,6 +302,25 @@ impl Metrics {
                     "Memory held by the bodies of webhooks being received and handled, against server.max_body_memory.",
                 )),
             ),
+            store_commit_duration: histogram(
+                &registry,
+                (
+                    "store_commit_duration_seconds",
+                    "Time the store's writer spends on each group commit, from opening the transaction to the disk's flush.",
+                ),
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5,
+                ],
+            ),
+            store_commit_commands: histogram(
+                &registry,
+                (
+                    "store_commit_commands",
+                    "Writes committed together in each group commit: accepted webhooks and the dispatcher's leases and records.",
+                ),
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            ),
             rate_limit_windows: Arc::default(),
             registry,
         };
@@ -303,6 +331,13 @@ impl Metrics {
             metrics.config_reloads.with_label_values(&[result]);
         }
         metrics
+    }
+
+    /// Counts one of the store's group commits.
+    pub fn store_commit(&self, commit: &CommitReport) {
+        self.store_commit_duration
+            .observe(commit.duration.as_secs_f64());
+        self.store_commit_commands.observe(commit.commands as f64);
     }
 
     /// Creates every series of a route at zero, so that alert rules using

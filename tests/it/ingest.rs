@@ -914,3 +914,47 @@ async fn unsigned_requests_do_not_spend_a_routes_rate_limit() {
         "{statuses:?}"
     );
 }
+
+/// The value of an unlabelled sample, such as a histogram's `_count`.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_commits_that_hold_webhooks_are_measured() {
+    let app = spawn_app(&hmac_route("cms", DEPLOY)).await;
+    let before = app.metrics().await;
+    let commits_before = sample(
+        &before,
+        "dispatch_relay_store_commit_duration_seconds_count",
+    );
+    let commands_before = sample(&before, "dispatch_relay_store_commit_commands_sum");
+
+    let body = r#"{"event":"entry.publish"}"#;
+    let posts: Vec<_> = (0..16).map(|_| app.post_signed("cms", body)).collect();
+    for response in futures_util::future::join_all(posts).await {
+        assert_eq!(response.status(), 202);
+    }
+
+    let after = app.metrics().await;
+    let commits =
+        sample(&after, "dispatch_relay_store_commit_duration_seconds_count") - commits_before;
+    let commands = sample(&after, "dispatch_relay_store_commit_commands_sum") - commands_before;
+    // Each 202 was answered after its commit, so all sixteen are counted,
+    // beside what the dispatcher wrote meanwhile; and no commit is empty.
+    assert!(commands >= 16.0, "{commands} commands in\n{after}");
+    assert!(
+        commits >= 1.0 && commits <= commands,
+        "{commits} commits of {commands} commands"
+    );
+    assert_eq!(
+        sample(&after, "dispatch_relay_store_commit_commands_count"),
+        sample(&after, "dispatch_relay_store_commit_duration_seconds_count"),
+        "both histograms see every commit"
+    );
+    assert!(sample(&after, "dispatch_relay_store_commit_duration_seconds_sum") > 0.0);
+}
