@@ -617,8 +617,8 @@ impl Store {
         &self.path
     }
 
-    /// Has `observer` told of every batch the writer commits from now on,
-    /// for the metrics. Only the first observer set is kept.
+    /// From now on, tells `observer` of every batch the writer commits, for
+    /// the metrics. Only the first observer set is kept.
     pub fn observe_commits(&self, observer: CommitObserver) {
         if self.commit_observer.set(observer).is_err() {
             tracing::debug!(

@@ -411,7 +411,8 @@ fn say(news: Option<CommitNews>, commit: &Result<(), Refusal>) {
     }
 }
 
-/// What the writer thread shares with the store's handles.
+/// What the writer thread keeps beside its connection. Apart from the
+/// path, each is shared with the store's handles.
 struct Shared {
     /// The store file, as the configuration names it.
     path: std::path::PathBuf,

@@ -171,23 +171,29 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     registered(registry, IntCounterVec::new(opts(name, help), labels))
 }
 
-fn histogram(registry: &Registry, (name, help): (&str, &str), buckets: Vec<f64>) -> Histogram {
-    let opts = HistogramOpts::new(name, help)
+fn histogram_opts((name, help): (&str, &str), buckets: Vec<f64>) -> HistogramOpts {
+    HistogramOpts::new(name, help)
         .namespace("dispatch_relay")
-        .buckets(buckets);
-    registered(registry, Histogram::with_opts(opts))
+        .buckets(buckets)
+}
+
+fn histogram(registry: &Registry, name_help: (&str, &str), buckets: Vec<f64>) -> Histogram {
+    registered(
+        registry,
+        Histogram::with_opts(histogram_opts(name_help, buckets)),
+    )
 }
 
 fn histogram_vec(
     registry: &Registry,
-    (name, help): (&str, &str),
+    name_help: (&str, &str),
     buckets: Vec<f64>,
     labels: &[&str],
 ) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help)
-        .namespace("dispatch_relay")
-        .buckets(buckets);
-    registered(registry, HistogramVec::new(opts, labels))
+    registered(
+        registry,
+        HistogramVec::new(histogram_opts(name_help, buckets), labels),
+    )
 }
 
 impl Metrics {

@@ -144,12 +144,7 @@ impl TestApp {
 
     /// The value of an unlabelled gauge in `/metrics`.
     pub async fn gauge(&self, name: &str) -> f64 {
-        let metrics = self.metrics().await;
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("no gauge {name} in:\n{metrics}"))
+        sample(&self.metrics().await, name)
     }
 
     pub async fn metrics(&self) -> String {
@@ -345,6 +340,16 @@ impl Drop for TestApp {
 }
 
 /// `sha256=<hex>` of the body under `secret`.
+/// The value of an unlabelled sample in a `/metrics` text, such as a gauge
+/// or a histogram's `_count`.
+pub fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+}
+
 pub fn signature(secret: &str, body: &[u8]) -> String {
     format!(
         "sha256={}",

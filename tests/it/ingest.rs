@@ -7,7 +7,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    SECRET, TEST_HEAD, hmac_route, json_of, signature, spawn_app, spawn_app_with,
+    SECRET, TEST_HEAD, hmac_route, json_of, sample, signature, spawn_app, spawn_app_with,
 };
 
 const DEPLOY: &str = "      - repo: acme/blog\n        event_type: deploy\n";
@@ -913,15 +913,6 @@ async fn unsigned_requests_do_not_spend_a_routes_rate_limit() {
         Some(&reqwest::StatusCode::TOO_MANY_REQUESTS),
         "{statuses:?}"
     );
-}
-
-/// The value of an unlabelled sample, such as a histogram's `_count`.
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
