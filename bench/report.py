@@ -108,6 +108,18 @@ def writer_line(f, wrk):
     ]
 
 
+def intake_line(f):
+    """Whether the reference writing the relay's rows after its answer kept
+    up: how many inbox rows it had not moved into the relay's rows when it
+    was stopped, right after wrk."""
+    if "reference_intake_left" not in f:
+        return []
+    return [
+        "",
+        f"Inbox rows the after-the-answer reference had not yet moved when wrk stopped: {int(f['reference_intake_left']):,}.",
+    ]
+
+
 def mb(kb):
     return f"{float(kb) / 1024:.1f} MB"
 
@@ -174,6 +186,19 @@ def main():
                 f["reference_relay_rss_kb"],
                 f.get("reference_relay_written"),
             ),
+        ]
+        # Runs from before the reference could build the relay's rows after
+        # its answer lack this row.
+        if "reference_intake" in f:
+            lines.append(
+                row(
+                    "durable reference writing the relay's rows after the answer (one inbox row before it, moved when idle)",
+                    pairs(f["reference_intake"]),
+                    f["reference_intake_rss_kb"],
+                    f.get("reference_intake_written"),
+                )
+            )
+        lines += [
             row(
                 "relay, default pacing (HMAC, parse, when, render, durable commit)",
                 paced,
@@ -190,6 +215,7 @@ def main():
             "",
             f"Relay (default pacing) against the durable reference: {p_rate / g_rate:.2f}× of the one-row reference,"
             f" {p_rate / gr_rate:.2f}× of the reference writing the relay's rows.",
+            *intake_line(f),
             *writer_line(f, paced),
             "",
             "| end to end (pacing off, fake GitHub) | |",
