@@ -31,6 +31,10 @@ pub(crate) struct Found {
     /// The values holding a shell's `$NAME`, without braces, which is sent
     /// as written, with the first such name.
     pub(crate) unbraced: Vec<(Path, String)>,
+    /// What the environment put into the value at each path: every
+    /// variable's name and value, so that no message about the value quotes
+    /// what a variable holds.
+    pub(crate) substituted: BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// Substitutes variables in every string value under `value`, noting in
@@ -55,6 +59,9 @@ pub(crate) fn substitute_tree(
                             found
                                 .defaulted
                                 .push((path.clone(), noted.defaults.join("`, `")));
+                        }
+                        if !noted.values.is_empty() {
+                            found.substituted.insert(path.to_string(), noted.values);
                         }
                         if done != *text {
                             found
@@ -128,6 +135,8 @@ struct Noted {
     /// The first shell's `$NAME` written without braces, which is kept as
     /// written (see [`shell_variable`]).
     unbraced: Option<String>,
+    /// Each variable the environment filled in, with its value.
+    values: Vec<(String, String)>,
 }
 
 /// [`substitute`], noting in `noted` the defaults it took and a shell's
@@ -209,7 +218,12 @@ fn substitute_noting(
                         empty.push(name);
                     }
                 }
-                Some(value) => out.push_str(&value),
+                Some(value) => {
+                    out.push_str(&value);
+                    if !from_default {
+                        noted.values.push((name.to_owned(), value));
+                    }
+                }
                 None if unset.contains(&name) => {}
                 None => unset.push(name),
             }

@@ -515,6 +515,59 @@ fn a_secret_written_as_a_number_or_a_boolean_is_not_quoted_in_the_error() {
 }
 
 #[test]
+fn a_secret_pasted_into_a_template_or_a_when_is_not_quoted_in_the_error() {
+    // Unquoted, a variable becomes code: the parsers then name the secret
+    // (or a word of it) as an unknown variable or an unexpected token.
+    let cases = [
+        (
+            "    when: headers[\"x-key\"] == ${MINIO_TOKEN}\n",
+            "routes[0].when",
+            "MINIO_TOKEN",
+            "minio",
+        ),
+        (
+            "    dedupe_key: \"{{ body.id ~ ${MINIO_TOKEN} }}\"\n",
+            "routes[0].dedupe_key",
+            "MINIO_TOKEN",
+            "minio",
+        ),
+    ];
+    for (extra, path, name, secret) in cases {
+        let errors = load_err(&with_route(extra));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, path);
+        assert!(
+            errors[0]
+                .message
+                .contains(&format!("is invalid once `${{{name}}}` is filled in"))
+                && errors[0].message.contains(&format!("'${{{name}}}'")),
+            "{}",
+            errors[0].message
+        );
+        assert!(!errors[0].message.contains(secret), "{}", errors[0].message);
+    }
+    // A message that quotes nothing of the variable keeps its details.
+    let errors = load_err(&with_route("    when: \"${MINIO_TOKEN} ==\"\n"));
+    assert!(
+        !errors[0].message.contains("is filled in"),
+        "{}",
+        errors[0].message
+    );
+}
+
+#[test]
+fn a_variable_that_is_not_set_is_the_only_error_about_its_value() {
+    let errors =
+        load_err("github:\n  app:\n    id: 1\n    private_key: ${UNSET_PRIVATE_KEY}\nroutes: []\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].message.contains("`UNSET_PRIVATE_KEY` is not set"),
+        "{}",
+        errors[0].message
+    );
+}
+
+#[test]
 fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
     let misplaced = [
         // A Slack URL where a destination map was expected.

@@ -3,7 +3,7 @@
 //! collecting every error and warning with its path and position.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -77,9 +77,41 @@ struct Report<'a> {
     /// The values that took a `${VAR:-default}` written in the file, with
     /// the variable's name.
     defaulted: Vec<(Path, String)>,
+    /// What the environment put into the value at each path (see
+    /// [`Found::substituted`]).
+    substituted: BTreeMap<String, Vec<(String, String)>>,
+    /// The paths whose variables could not be filled in. Their value is
+    /// not what the file means, so the error that says so is their only
+    /// one: a `private_key: ${KEY}` with `KEY` unset is not also "not a
+    /// private key".
+    unfilled: BTreeSet<String>,
 }
 
 impl Report<'_> {
+    /// `message`, about the value at `path`, unless it quotes what a
+    /// variable put there: then a message that names the variables instead.
+    /// A check deep inside a value (a template's parser, a `when`
+    /// expression's) may quote any part of it, and a variable there may
+    /// hold a secret: `when: headers.key == ${KEY}` pastes the key in as a
+    /// variable's name, which the parser then names as unknown.
+    fn withheld(&self, path: &str, message: String) -> String {
+        let Some(values) = self.substituted.get(path) else {
+            return message;
+        };
+        if !values.iter().any(|(_, value)| quotes(&message, value)) {
+            return message;
+        }
+        let names: Vec<String> = values
+            .iter()
+            .map(|(name, _)| format!("`${{{name}}}`"))
+            .collect();
+        let first = &values[0].0;
+        format!(
+            "is invalid once {} is filled in; the details would quote what the variable holds, so they are left out. In a template or a `when`, a variable is pasted in as code: write `'${{{first}}}'` for text",
+            names.join(", ")
+        )
+    }
+
     /// Warns when the secret at `path` came from a default written in the
     /// file: anyone who reads the file (or its documentation) knows it.
     fn secret_at(&mut self, path: &Path) {
@@ -95,12 +127,17 @@ impl Report<'_> {
     }
 
     fn error_at(&mut self, pos: Pos, path: &Path, message: impl Into<String>) {
+        let path = path.to_string();
+        if self.unfilled.contains(&path) && self.errors.iter().any(|e| e.path == path) {
+            return;
+        }
+        let message = self.withheld(&path, message.into());
         self.errors.push(ConfigError {
             file: self.file.to_owned(),
             line: pos.line,
             column: pos.column,
-            path: path.to_string(),
-            message: message.into(),
+            path,
+            message,
         });
     }
 
@@ -118,10 +155,11 @@ impl Report<'_> {
 
     fn warn(&mut self, path: &Path, message: impl Into<String>) {
         let pos = self.locations.value(path);
+        let message = self.withheld(&path.to_string(), message.into());
         self.warnings.push(ConfigWarning {
             file: self.file.to_owned(),
             path: path.to_string(),
-            message: message.into(),
+            message,
             line: pos.line,
             column: pos.column,
         });
@@ -856,12 +894,16 @@ pub(super) fn load(
         errors: Vec::new(),
         warnings: Vec::new(),
         defaulted: Vec::new(),
+        substituted: BTreeMap::new(),
+        unfilled: BTreeSet::new(),
     };
 
     let mut found = Found::default();
     substitute_tree(&mut root, &Path::root(), env, &mut found);
+    report.substituted = std::mem::take(&mut found.substituted);
     for error in found.errors {
         report.error(&error.path, error.message);
+        report.unfilled.insert(error.path.to_string());
     }
     for (path, name) in found.unbraced {
         report.warn(
@@ -900,6 +942,23 @@ pub(super) fn load(
     }
     errors.sort_by_key(|e| (e.line, e.column));
     Err(ConfigErrors { errors, warnings })
+}
+
+/// Whether `message` quotes `value`: whole, or one word of it in quotes,
+/// as a parser names one token of a value it split (`abc` of `abc-def`).
+/// A word met unquoted is taken for the message's own (`RSA` in "is not an
+/// RSA private key").
+fn quotes(message: &str, value: &str) -> bool {
+    !value.is_empty()
+        && (message.contains(value)
+            || value
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|word| !word.is_empty())
+                .any(|word| {
+                    ['`', '\'']
+                        .iter()
+                        .any(|quote| message.contains(&format!("{quote}{word}{quote}")))
+                }))
 }
 
 /// The settings that hold a number (a count, a rate, a size in bytes),
