@@ -236,6 +236,31 @@ pub fn tamper_value(value: &str) -> String {
     String::from_utf8(bytes).unwrap()
 }
 
+/// The header that carries a sample's delivery id, which the default dedupe
+/// key reads (configuration.md, `dedupe_key`).
+pub fn delivery_header(sample: &Sample) -> Option<String> {
+    const NAMES: [&str; 6] = [
+        "x-github-delivery",
+        "webhook-id",
+        "svix-id",
+        "x-amz-sns-message-id",
+        "x-contentful-idempotency-key",
+        "idempotency-key",
+    ];
+    sample
+        .headers
+        .iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .find(|k| NAMES.contains(&k.as_str()))
+}
+
+/// Samples whose sender signs nothing that tells two deliveries apart, so
+/// that a captured request sent again with a new delivery id passes as new:
+/// GitHub signs the body alone, without a timestamp, and the same push may
+/// legitimately happen twice; SNS's raw delivery is not signed at all (its
+/// route checks a Basic password). configuration.md (`dedupe_key`) says so.
+const REPLAYABLE: [&str; 3] = ["github-push", "github-push-form", "s3-via-sns-raw"];
+
 /// Samples signed with a timestamp, refused outside their window.
 pub const TIMESTAMPED: [&str; 6] = [
     "contentful-entry-publish",
@@ -349,6 +374,42 @@ fn a_broken_routes_block_would_be_caught() {
     );
 }
 
+/// Sends a sample again with its delivery header changed, as someone who
+/// captured it could: refused (the header is signed) or a duplicate (the
+/// recipe keys on what the sender signs), unless the sender signs nothing
+/// that tells deliveries apart ([`REPLAYABLE`]).
+async fn replay_with_a_new_delivery_id(
+    app: &crate::helpers::TestApp,
+    name: &str,
+    sample: &Sample,
+    expected_dispatches: &mut usize,
+) {
+    let Some(header) = delivery_header(sample) else {
+        return;
+    };
+    let headers: Vec<(String, String)> = sample
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            if k.eq_ignore_ascii_case(&header) {
+                (k.clone(), tamper_value(v))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    let (status, json) = post(app, &sample.path, &headers, sample.body.clone()).await;
+    if REPLAYABLE.contains(&name) {
+        assert_eq!(status, 202, "{name}: {json}");
+        *expected_dispatches += 1;
+    } else {
+        assert!(
+            status == 401 || (status == 200 && json["duplicate"] == true),
+            "{name}: a replay with a new `{header}` must not pass as new: {status} {json}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn recipes_accept_their_samples_and_refuse_tampering() {
     let (routes, blocks) = all_routes();
@@ -424,6 +485,13 @@ async fn recipes_accept_their_samples_and_refuse_tampering() {
                         assert_eq!(again, 200, "{name}: a repeat is a duplicate: {json2}");
                         assert_eq!(json2["duplicate"], true);
                         assert_eq!(json2["delivery_id"], json["delivery_id"]);
+                        replay_with_a_new_delivery_id(
+                            &app,
+                            name,
+                            &sample,
+                            &mut expected_dispatches,
+                        )
+                        .await;
                     } else {
                         // These senders send no delivery id: a repeat is new.
                         assert_eq!(again, 202, "{name}: {json2}");
@@ -445,12 +513,14 @@ async fn recipes_accept_their_samples_and_refuse_tampering() {
         .collect();
     // S3 (through SNS, raw or enveloped) and MinIO encode keys; the
     // recipes decode them with `urldecode`. EventBridge sends them plain.
+    // Five: the four senders, and the raw SNS delivery sent again with a
+    // new message id, which nothing signed tells apart.
     assert_eq!(
         s3_keys
             .iter()
             .filter(|k| *k == "uploads/2026/11/hero image(1).jpg")
             .count(),
-        4,
+        5,
         "{s3_keys:?}"
     );
     assert!(
