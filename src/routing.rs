@@ -32,7 +32,7 @@ pub const MAX_WORKFLOW_INPUTS: usize = 25;
 /// They are believed only on routes whose verify method authenticates the
 /// sender, since otherwise anyone could suppress a delivery by replaying an
 /// id.
-const SENDER_DELIVERY_HEADERS: [&str; 6] = [
+pub const SENDER_DELIVERY_HEADERS: [&str; 6] = [
     "x-github-delivery",
     "webhook-id",
     "svix-id",

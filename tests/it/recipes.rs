@@ -239,19 +239,26 @@ pub fn tamper_value(value: &str) -> String {
 /// The header that carries a sample's delivery id, which the default dedupe
 /// key reads (configuration.md, `dedupe_key`).
 pub fn delivery_header(sample: &Sample) -> Option<String> {
-    const NAMES: [&str; 6] = [
-        "x-github-delivery",
-        "webhook-id",
-        "svix-id",
-        "x-amz-sns-message-id",
-        "x-contentful-idempotency-key",
-        "idempotency-key",
-    ];
     sample
         .headers
         .iter()
         .map(|(k, _)| k.to_ascii_lowercase())
-        .find(|k| NAMES.contains(&k.as_str()))
+        .find(|k| dispatch_relay::routing::SENDER_DELIVERY_HEADERS.contains(&k.as_str()))
+}
+
+/// A sample's headers with one character of `header`'s value changed.
+pub fn with_header_tampered(sample: &Sample, header: &str) -> Vec<(String, String)> {
+    sample
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            if k.eq_ignore_ascii_case(header) {
+                (k.clone(), tamper_value(v))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect()
 }
 
 /// Samples whose sender signs nothing that tells two deliveries apart, so
@@ -387,17 +394,7 @@ async fn replay_with_a_new_delivery_id(
     let Some(header) = delivery_header(sample) else {
         return;
     };
-    let headers: Vec<(String, String)> = sample
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            if k.eq_ignore_ascii_case(&header) {
-                (k.clone(), tamper_value(v))
-            } else {
-                (k.clone(), v.clone())
-            }
-        })
-        .collect();
+    let headers = with_header_tampered(sample, &header);
     let (status, json) = post(app, &sample.path, &headers, sample.body.clone()).await;
     if REPLAYABLE.contains(&name) {
         assert_eq!(status, 202, "{name}: {json}");
@@ -432,17 +429,7 @@ async fn recipes_accept_their_samples_and_refuse_tampering() {
                 assert_eq!(status, 401, "{name}: a changed body byte must be refused");
             }
             if let Some(header) = credential_header(&sample) {
-                let headers: Vec<(String, String)> = sample
-                    .headers
-                    .iter()
-                    .map(|(k, v)| {
-                        if k.eq_ignore_ascii_case(&header) {
-                            (k.clone(), tamper_value(v))
-                        } else {
-                            (k.clone(), v.clone())
-                        }
-                    })
-                    .collect();
+                let headers = with_header_tampered(&sample, &header);
                 let (status, _) = post(&app, &sample.path, &headers, sample.body.clone()).await;
                 assert_eq!(status, 401, "{name}: a changed `{header}` must be refused");
             }
