@@ -949,3 +949,51 @@ async fn the_store_commits_that_hold_webhooks_are_measured() {
     );
     assert!(sample(&after, "dispatch_relay_store_commit_duration_seconds_sum") > 0.0);
 }
+
+/// A trigger with nothing to say (Jenkins' `httpRequest` without a body,
+/// `curl -X POST`) is a webhook like any other: its body is `none`, even
+/// labelled JSON, and the route's templates decide what that means
+/// (decision 61). A body that is there but not JSON is still refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_body_is_no_body_and_is_relayed() {
+    let routes = r#"
+  - id: trigger
+    verify: none
+    when: body is none
+    dispatch:
+      - repo: acme/blog
+        event_type: "rebuild"
+        client_payload:
+          reason: "{{ query.reason | default('manual') }}"
+"#;
+    let app = spawn_app(routes).await;
+    let empty = app
+        .http
+        .post(app.url("/hooks/trigger?reason=nightly"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = json_of(empty).await;
+    assert_eq!(status, 202, "{answer}");
+    let dispatches = app
+        .github
+        .wait_for_dispatches(1, std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        dispatches[0].body.as_ref().unwrap()["client_payload"],
+        json!({"reason": "nightly"})
+    );
+
+    let broken = app
+        .http
+        .post(app.url("/hooks/trigger"))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = json_of(broken).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_error(&answer, "bad_request");
+}
