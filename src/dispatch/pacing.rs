@@ -182,6 +182,11 @@ impl Pacer {
         }
     }
 
+    /// Whether GitHub has this credential paused at this moment.
+    pub fn is_paused(&self) -> bool {
+        self.paused_until_now().is_some()
+    }
+
     /// When the pause under way ends; `None` when there is none.
     fn paused_until_now(&self) -> Option<Instant> {
         let until = (*self.paused_until.lock().expect("pacer lock"))?;

@@ -218,6 +218,14 @@ impl Dispatcher {
                 _ = handle.shutdown.cancelled() => return,
                 slots = self.pacer.slots(usize::MAX) => slots,
             };
+            // The slots may have come free only because the send holding
+            // them was answered with a pause: leasing now would take the
+            // jobs due at this moment ahead of those that fall due during
+            // the pause, which then lose their turn between routes.
+            if self.pacer.is_paused() {
+                drop(slots);
+                continue;
+            }
             handle.in_flight.begin_leasing();
             let leased = self
                 .store
