@@ -286,7 +286,11 @@ fn rejections() {
         ),
         (
             format!("{base}  - id: a\n    verify:\n      hmac: {{secret: x, header: h, algorithm: sha384}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
-            vec![("routes[0].verify.hmac.algorithm", 6, 47, "unknown value; did you mean `sha1`?")],
+            vec![("routes[0].verify.hmac.algorithm", 6, 47, "unknown value; expected one of `sha1`, `sha256`")],
+        ),
+        (
+            format!("{base}  - id: a\n    verify:\n      hmac: {{secret: x, header: h, algorithm: SHA-256}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
+            vec![("routes[0].verify.hmac.algorithm", 6, 47, "unknown value; did you mean `sha256`?")],
         ),
         (
             format!("{base}  - id: a\n    verify:\n      hamc: {{secret: x}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),

@@ -95,21 +95,41 @@ impl Report<'_> {
     /// hold a secret: `when: headers.key == ${KEY}` pastes the key in as a
     /// variable's name, which the parser then names as unknown.
     fn withheld(&self, path: &str, message: String) -> String {
-        let Some(values) = self.substituted.get(path) else {
-            return message;
-        };
-        if !values.iter().any(|(_, value)| quotes(&message, value)) {
-            return message;
+        self.withholding(path, &message)
+            .map(|(text, _)| text)
+            .unwrap_or(message)
+    }
+
+    /// The message that replaces `message` when it quotes what a variable
+    /// put at `path`, with the name of the first such variable.
+    fn withholding(&self, path: &str, message: &str) -> Option<(String, &str)> {
+        let values = self.substituted.get(path)?;
+        if !values.iter().any(|(_, value)| quotes(message, value)) {
+            return None;
         }
         let names: Vec<String> = values
             .iter()
             .map(|(name, _)| format!("`${{{name}}}`"))
             .collect();
-        let first = &values[0].0;
-        format!(
-            "is invalid once {} is filled in; the details would quote what the variable holds, so they are left out. In a template or a `when`, a variable is pasted in as code: write `'${{{first}}}'` for text",
+        let text = format!(
+            "is invalid once {} is filled in; the details would quote what the variable holds, so they are left out",
             names.join(", ")
-        )
+        );
+        Some((text, &values[0].0))
+    }
+
+    /// An error in a template or a `when` expression at `path`. Such a
+    /// value is code, and a variable in it is pasted in as code: when the
+    /// message is withheld, it says how to write the variable as text.
+    fn code_error(&mut self, path: &Path, message: impl Into<String>) {
+        let message = message.into();
+        let message = match self.withholding(&path.to_string(), &message) {
+            Some((text, first)) => format!(
+                "{text}. In a template or a `when`, a variable is pasted in as code: write `'${{{first}}}'` for text"
+            ),
+            None => message,
+        };
+        self.error(path, message);
     }
 
     /// Warns when the secret at `path` came from a default written in the
@@ -551,8 +571,19 @@ fn suggest(mut message: String, name: &str, expected: &[String]) -> String {
 }
 
 /// The expected name closest to `name`, if it is close enough to be a typo.
+/// Names that differ only in their digits are not: `sha384` is another
+/// algorithm, not a misspelt `sha1`, and the list of choices answers it.
 fn did_you_mean<'a>(name: &str, expected: &'a [String]) -> Option<&'a str> {
-    closest(name, expected, 0.8)
+    let split = |text: &str| -> (String, String) {
+        text.to_ascii_lowercase()
+            .chars()
+            .partition(|c| !c.is_ascii_digit())
+    };
+    closest(name, expected, 0.8).filter(|close| {
+        let (close_letters, close_digits) = split(close);
+        let (name_letters, name_digits) = split(name);
+        close_letters != name_letters || close_digits == name_digits
+    })
 }
 
 fn names(list: &[&str]) -> Vec<String> {
@@ -1844,7 +1875,7 @@ fn route(
         let source = strip_braces(&source);
         builder
             .condition(&when_path.to_string(), source)
-            .map_err(|err| report.error(&when_path, err.to_string()))
+            .map_err(|err| report.code_error(&when_path, err.to_string()))
             .ok()
     });
 
@@ -2468,7 +2499,7 @@ fn compile_string(
     // `acme/site-{{ body.locale }}`).
     let template = builder
         .strict_string(&path.to_string(), source)
-        .map_err(|err| report.error(path, err.to_string()))
+        .map_err(|err| report.code_error(path, err.to_string()))
         .ok()?;
     warn_on_unchecked_joins(report, path, source);
     Some(template)
@@ -2497,7 +2528,7 @@ fn compile_value(
         .value(&path.to_string(), value)
         .map_err(|errors| {
             for err in errors {
-                report.error(&path.join_template(err.at()), err.to_string());
+                report.code_error(&path.join_template(err.at()), err.to_string());
             }
         })
         .ok()
