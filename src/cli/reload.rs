@@ -163,8 +163,10 @@ impl Reloader {
                 Step::Nothing if unchanged => self.retry_certificates().await,
                 Step::Nothing => {}
                 Step::ReportUnreadable(error) => {
-                    tracing::error!(path = %self.path.display(), error = %error, "Cannot read the configuration; keeping the current one");
+                    // Counted before it is said, as a refused file is: a
+                    // reader of the log finds the count already moved.
                     self.metrics.config_loaded(false, 0.0);
+                    tracing::error!(path = %self.path.display(), error = %error, "Cannot read the configuration; keeping the current one");
                 }
                 Step::Load(text, trigger) => self.load(text, trigger).await,
             }

@@ -412,6 +412,13 @@ async fn start_dispatching(
             "leases of jobs being sent run out early",
         )
         .map_or(crate::dispatch::LEASE, Duration::from_millis),
+        // Test hook: a long idle poll, so that the suite can tell a retry
+        // sent at its wake-up from one found by the poll.
+        idle_poll: test_hook(
+            "RELAY_TEST_IDLE_POLL_MS",
+            "the dispatch worker looks at the store unwoken this seldom",
+        )
+        .map_or(crate::dispatch::IDLE_POLL, Duration::from_millis),
         health: Default::default(),
         moved: Default::default(),
     };

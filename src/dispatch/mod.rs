@@ -7,4 +7,4 @@ pub mod pacing;
 pub mod retry;
 mod worker;
 
-pub use worker::{Dispatcher, DispatcherHandle, LEASE, with_run_details_asked};
+pub use worker::{Dispatcher, DispatcherHandle, IDLE_POLL, LEASE, with_run_details_asked};

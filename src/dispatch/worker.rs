@@ -140,7 +140,7 @@ impl Drop for Claim {
 
 /// How often an idle worker looks at the store even without a wake-up, as a
 /// safety net; accepted webhooks wake it at once.
-const IDLE_POLL: Duration = Duration::from_secs(1);
+pub const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// The pieces a worker needs.
 pub struct Dispatcher {
@@ -153,6 +153,10 @@ pub struct Dispatcher {
     pub notifier: crate::notify::Notifier,
     /// How long a lease lasts: [`LEASE`], except under the test hook.
     pub lease: Duration,
+    /// How often an idle worker looks at the store unwoken: [`IDLE_POLL`],
+    /// except under the test hook that lengthens it, so that the suite
+    /// can tell a missed wake-up from a slow machine.
+    pub idle_poll: Duration,
     /// Whether GitHub is answering at all.
     pub health: GitHubHealth,
     /// The repositories GitHub answered at another place (renamed or
@@ -244,7 +248,7 @@ impl Dispatcher {
                         tracing::warn!(error = %e, "Could not lease jobs; trying again every second");
                     }
                     drop(slots);
-                    self.idle(&handle, Some(IDLE_POLL)).await;
+                    self.idle(&handle, Some(self.idle_poll)).await;
                     continue;
                 }
             };
@@ -311,7 +315,7 @@ impl Dispatcher {
     /// Sleeps until woken, until `wait` passes (capped by the idle poll), or
     /// until shutdown.
     async fn idle(&self, handle: &DispatcherHandle, wait: Option<Duration>) {
-        let wait = wait.unwrap_or(IDLE_POLL).min(IDLE_POLL);
+        let wait = wait.unwrap_or(self.idle_poll).min(self.idle_poll);
         if wait.is_zero() {
             return;
         }

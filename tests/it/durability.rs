@@ -960,12 +960,21 @@ async fn a_file_size_limit_refuses_webhooks_instead_of_ending_the_relay() {
     }
     assert!(refused, "the store never reached the limit");
     assert!(child.try_wait().unwrap().is_none(), "the relay ended");
-    let said_why = logs
+    // The line is written before the answer, but read from the relay's
+    // stderr by a thread of its own, which may not have kept it yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !logs
         .lock()
         .unwrap()
         .iter()
-        .any(|line| line.contains("The store refused a commit"));
-    assert!(said_why);
+        .any(|line| line.contains("The store refused a commit"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal was never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     child.kill().unwrap();
     child.wait().unwrap();
 }

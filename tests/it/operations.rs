@@ -450,14 +450,13 @@ async fn redeliver_renders_a_github_failure_again_with_the_fixed_routes_and_only
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fanout_target_that_fails_for_good_can_be_redelivered_while_its_sibling_is_in_flight() {
-    // acme/blog's request hangs until the client's timeout, so its job is
+    // acme/blog's request is held at the fake until the end, so its job is
     // in flight throughout, while the misspelt acme/dcos fails at once.
-    let head = TEST_HEAD.replace("timeout: 10s", "timeout: 3s");
     let routes = "  - id: cms\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n      - repo: acme/dcos\n        event_type: deploy\n";
-    let app = spawn_app_with(&head, routes, &[]).await;
-    app.github
-        .push_responses("acme/blog", vec![crate::fake_github::Scripted::Hang]);
+    let app = spawn_app_with(TEST_HEAD, routes, &[]).await;
+    let blog = app.github.hold("POST", "/repos/acme/blog/dispatches");
     assert_eq!(app.post("cms", r#"{"n":1}"#).await.status(), 202);
+    blog.wait_for_arrivals(1, WAIT).await;
 
     // The alert's commands find it at once, not when its sibling is done.
     let failed = app
@@ -476,7 +475,18 @@ async fn a_fanout_target_that_fails_for_good_can_be_redelivered_while_its_siblin
         "{table}"
     );
 
-    fix_misspelt_target_and_redeliver(&app).await;
+    // Redelivered with the spelling fixed while acme/blog is still held:
+    // the fixed target goes at once, and the one in flight goes on.
+    let fixed = std::fs::read_to_string(app.config_path())
+        .unwrap()
+        .replace("acme/dcos", "acme/docs");
+    app.write_config(&fixed);
+    app.redeliver_failed();
+    let first = app.github.wait_for_dispatches(1, WAIT).await;
+    assert_eq!(first[0].path, "/repos/acme/docs/dispatches");
+    blog.open();
+    app.wait_for_deliveries(WAIT, |l| l[0]["status"] == "delivered")
+        .await;
     assert_eq!(app.github.dispatches_to("acme/docs"), 1);
     assert_eq!(
         app.github.dispatches_to("acme/blog"),
