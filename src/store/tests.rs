@@ -1551,14 +1551,15 @@ fn sqlites_terse_errors_name_their_usual_cause() {
 }
 
 /// A store of a few hundred deliveries, closed, with some of the pages
-/// that hold the deliveries' rows overwritten: the schema and the queue
-/// still read, stored webhooks do not.
-async fn damaged_store() -> (tempfile::TempDir, std::path::PathBuf) {
+/// that hold the deliveries' rows overwritten: the schema, the queue and
+/// the indexes still read, stored webhooks do not. Delivery `d{i}` has the
+/// dedupe key `k{i}`.
+pub(super) async fn damaged_store() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     let store = Store::open(&path, Synchronous::Normal).unwrap();
     for i in 0..300 {
-        let mut d = delivery(&format!("d{i}"), None, 1);
+        let mut d = delivery(&format!("d{i}"), Some(&format!("k{i}")), 1);
         d.request = EncodedRequest::from(&StoredRequest {
             content_type: None,
             query: vec![],

@@ -297,14 +297,14 @@ const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// The file the store was opened from, as the file system names it. A
 /// store file deleted or replaced while the relay runs would still take
 /// commits, into a file no one will open again: those webhooks would be
-/// answered 202 and lost at the next start. So the writer looks, at most
-/// once a second, whether the path still names the file it has open, and
-/// refuses commits while it does not.
+/// answered 202 and lost at the next start. So the writer looks, before
+/// each batch, whether the path still names the file it has open, and
+/// refuses commits while it does not. The look is one `stat`, next to the
+/// batch's flush of the disk; looking less often would let the batches of
+/// the moments after a `mv` be answered 202 and lost.
 struct OpenedFile {
     path: std::path::PathBuf,
     identity: (u64, u64),
-    checked_at: std::time::Instant,
-    replaced: bool,
 }
 
 impl OpenedFile {
@@ -316,18 +316,13 @@ impl OpenedFile {
         Some(OpenedFile {
             identity: identity(path)?,
             path: path.to_path_buf(),
-            checked_at: std::time::Instant::now(),
-            replaced: false,
         })
     }
 
     /// Why commits are refused: the path no longer names the open file.
     fn refusal(&mut self) -> Option<String> {
-        if self.checked_at.elapsed() >= FILE_CHECK_INTERVAL {
-            self.checked_at = std::time::Instant::now();
-            self.replaced = identity(&self.path) != Some(self.identity);
-        }
-        self.replaced.then(|| {
+        let replaced = identity(&self.path) != Some(self.identity);
+        replaced.then(|| {
             format!(
                 "the store file {} was moved, deleted or replaced while the relay ran; writes are refused until it is back at its path, beside its -wal",
                 self.path.display()
@@ -335,9 +330,6 @@ impl OpenedFile {
         })
     }
 }
-
-/// How often the writer looks at the store's path.
-const FILE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -626,6 +618,10 @@ fn scoped(
         // there is no savepoint to return to, and the cause is this error,
         // not "no such savepoint".
         Err(e) if conn.is_autocommit() => Err(BatchBroken(e)),
+        // A damaged file leaves the transaction open, but nothing written
+        // to it may be answered 202 (decision 46): the whole batch is
+        // refused, not only the command that met the damage.
+        Err(e) if e.damage().is_some() => Err(BatchBroken(e)),
         Err(e) => {
             let undone = conn
                 .prepare_cached("ROLLBACK TO command")
@@ -852,6 +848,36 @@ mod tests {
             .query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
             .unwrap();
         assert_eq!(stored, 0, "nothing is half stored");
+    }
+
+    #[tokio::test]
+    async fn a_batch_in_which_one_command_meets_damage_commits_nothing() {
+        let (_dir, path) = crate::store::tests::damaged_store().await;
+        let mut conn = Connection::open(&path).unwrap();
+        // A repeat of a key whose delivery lies on an overwritten page:
+        // answering it reads that page. The webhooks around it would
+        // commit, but nothing written to a damaged file may be answered
+        // 202 (decision 46).
+        let (before, _a) = accept("before");
+        let (reply, _b) = oneshot::channel();
+        let repeat = Command::Accept {
+            delivery: Box::new(crate::store::tests::delivery("again", Some("k150"), 1)),
+            reply,
+        };
+        let (after, _c) = accept("after");
+        let commands = [before, repeat, after];
+        let (outcomes, commit) = commit_batch(&mut conn, &commands, &Mutex::default());
+        let refusal = commit.unwrap_err();
+        assert!(refusal.corrupt, "{refusal:?}");
+        assert!(outcomes.iter().all(Result::is_err));
+        let stored: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM deliveries WHERE id IN ('before', 'after')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, 0);
     }
 
     #[test]
