@@ -180,14 +180,39 @@ pub fn without_credentials(
     route: &Route,
     mut headers: BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
+    let copies = hmac_signature(route, &headers);
     headers.retain(|name, value| {
-        if crate::verify::is_signature_header(&route.verify, name) {
+        let a_copy = copies
+            .as_deref()
+            .is_some_and(|signature| value.to_ascii_lowercase().contains(signature));
+        if a_copy || crate::verify::is_signature_header(&route.verify, name) {
             value.clear();
         }
         !CREDENTIAL_HEADERS.contains(&name.as_str())
             && !crate::verify::is_token_header(&route.verify, name)
     });
     headers
+}
+
+/// The signature an `hmac` route read, without its prefix and lower-cased,
+/// when it is long enough to be told apart from other values. Senders such
+/// as Gitea send the same signature under several names
+/// (`X-Gitea-Signature`, `X-Gogs-Signature`, `X-Hub-Signature-256`); any
+/// header that carries it would let whoever reads the stored request send
+/// it again under the name the route checks.
+fn hmac_signature(route: &Route, headers: &BTreeMap<String, String>) -> Option<String> {
+    let Verify::Hmac(config) = &route.verify else {
+        return None;
+    };
+    let value = headers.get(&config.header)?.trim();
+    let signature = config
+        .prefix
+        .as_deref()
+        .and_then(|prefix| value.strip_prefix(prefix))
+        .unwrap_or(value);
+    // A hex SHA-1 is 40 characters, its base64 28: far from any value
+    // another header would hold by chance.
+    (signature.len() >= 16).then(|| signature.to_ascii_lowercase())
 }
 
 /// Builds the stored form of a request and encodes it. `headers` are those
@@ -677,19 +702,14 @@ mod tests {
             ("slack: {secret: s}", &["x-slack-signature"]),
         ];
         for (verify, signatures) in cases {
-            let text = format!(
-                "github:\n  token: t\nroutes:\n  - id: r\n    verify: {{{verify}}}\n    dispatch:\n      - repo: acme/blog\n        event_type: e\n"
-            );
-            let config = crate::config::load("routes.yaml", &text, &|_| None)
-                .unwrap_or_else(|e| panic!("{verify}: {e}"))
-                .config;
+            let route = route_verified_by(verify, "e");
             let mut headers: BTreeMap<String, String> = signatures
                 .iter()
                 .map(|name| (name.to_string(), "sha256=0a1b".to_owned()))
                 .collect();
             headers.insert("x-event".to_owned(), "publish".to_owned());
             headers.insert("webhook-id".to_owned(), "msg_1".to_owned());
-            let seen = without_credentials(&config.routes[0], headers);
+            let seen = without_credentials(&route, headers);
             for name in signatures {
                 assert_eq!(
                     seen.get(*name).map(String::as_str),
@@ -703,18 +723,48 @@ mod tests {
         }
     }
 
+    /// The one route of a file whose route is verified by `verify` (a
+    /// flow mapping's inside) and dispatches with `event_type`.
+    fn route_verified_by(verify: &str, event_type: &str) -> Route {
+        let text = format!(
+            "github:\n  token: t\nroutes:\n  - id: r\n    verify: {{{verify}}}\n    dispatch:\n      - repo: acme/blog\n        event_type: {event_type}\n"
+        );
+        crate::config::load("routes.yaml", &text, &|_| None)
+            .unwrap_or_else(|e| panic!("{verify}: {e}"))
+            .config
+            .routes
+            .remove(0)
+    }
+
+    #[test]
+    fn an_hmac_signature_sent_under_other_names_too_is_emptied_in_each() {
+        let route = route_verified_by("hmac: {secret: s, header: X-Gitea-Signature}", "e");
+        let signature = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let headers: BTreeMap<String, String> = [
+            ("x-gitea-signature", signature.to_owned()),
+            ("x-gogs-signature", signature.to_owned()),
+            ("x-hub-signature-256", format!("sha256={signature}")),
+            ("x-gitea-event", "push".to_owned()),
+            ("x-gitea-delivery", "4f1b2b0b".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let seen = without_credentials(&route, headers);
+        for name in [
+            "x-gitea-signature",
+            "x-gogs-signature",
+            "x-hub-signature-256",
+        ] {
+            assert_eq!(seen[name], "", "{name}");
+        }
+        assert_eq!(seen["x-gitea-event"], "push");
+        assert_eq!(seen["x-gitea-delivery"], "4f1b2b0b");
+    }
+
     #[test]
     fn senders_checks_are_told_by_the_senders_header_or_on_slack_routes_only() {
-        let route = |verify: &str| {
-            let text = format!(
-                "github:\n  token: t\nroutes:\n  - id: r\n    verify: {{{verify}}}\n    dispatch:\n      - repo: acme/blog\n        event_type: e\n"
-            );
-            crate::config::load("routes.yaml", &text, &|_| None)
-                .unwrap()
-                .config
-                .routes
-                .remove(0)
-        };
+        let route = |verify: &str| route_verified_by(verify, "e");
         let (github, slack) = (route("github: {secret: s}"), route("slack: {secret: s}"));
         let none = BTreeMap::new();
         let ping: BTreeMap<String, String> =
@@ -761,11 +811,7 @@ mod tests {
 
     #[test]
     fn a_request_is_parsed_before_it_is_told_a_senders_check() {
-        let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify: {github: {secret: s}}\n    dispatch:\n      - repo: acme/blog\n        event_type: \"e-{{ body.a }}\"\n";
-        let config = crate::config::load("routes.yaml", text, &|_| None)
-            .unwrap()
-            .config;
-        let route = &config.routes[0];
+        let route = &route_verified_by("github: {secret: s}", "\"e-{{ body.a }}\"");
         let event = |name: &str| -> BTreeMap<String, String> {
             [("x-github-event".to_owned(), name.to_owned())].into()
         };
