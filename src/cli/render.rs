@@ -252,8 +252,10 @@ fn verify_as_serve_does(
                     }
                     println!("# SNS envelope: ok (signed with a pinned certificate)");
                 }
+                // Not "ok": nothing was checked, and a script reading
+                // the output must not take it for a verified envelope.
                 _ => println!(
-                    "# SNS envelope: ok (its signature is checked by serve, with the signing certificate)"
+                    "# SNS envelope: read, but its signature is NOT checked: serve fetches SNS's signing certificate, render does not; pin it under the route's `certificates:` for render to check it"
                 ),
             }
         }

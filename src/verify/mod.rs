@@ -111,11 +111,6 @@ impl VerifyError {
     }
 }
 
-/// Checks a request against the route's method.
-///
-/// SNS needs the signing certificate, which is IO to obtain: for `sns`
-/// this only parses the envelope and checks the certificate URL and topic;
-/// the caller then checks the signature with [`sns::verify_signature`].
 /// Whether `method` judges a request by its headers alone, so that a
 /// request it refuses can be refused before its body is read.
 pub fn reads_headers_only(method: &Verify) -> bool {
@@ -125,6 +120,11 @@ pub fn reads_headers_only(method: &Verify) -> bool {
     )
 }
 
+/// Checks a request against the route's method.
+///
+/// SNS needs the signing certificate, which is IO to obtain: for `sns`
+/// this only parses the envelope and checks the certificate URL and topic;
+/// the caller then checks the signature with [`sns::verify_signature`].
 pub fn verify_request(method: &Verify, request: &Request<'_>) -> Result<(), VerifyError> {
     let headers = request.headers;
     let body = request.body;
