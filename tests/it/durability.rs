@@ -15,9 +15,9 @@ const TARGET: &str = "      - repo: acme/blog\n        event_type: deploy\n     
 async fn a_burst_survives_kill_9_in_the_middle_of_sending() {
     let mut app = spawn_app(&hmac_route("cms", TARGET)).await;
     // Slow GitHub down so that the crash lands while requests are in flight:
-    // at 64 in flight and two seconds each, the 200 take over six seconds to
-    // arrive, however slowly the test gets to the crash.
-    app.github.set_latency(Duration::from_secs(2));
+    // at 64 in flight and three seconds each, the 200 take over nine seconds
+    // to arrive, however slowly the test gets to the crash.
+    app.github.set_latency(Duration::from_secs(3));
     let mut accepted = HashSet::new();
     let sends = (0..200).map(|n| {
         let body = format!(r#"{{"n":{n}}}"#);
