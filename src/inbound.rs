@@ -184,7 +184,7 @@ pub fn without_credentials(
     headers.retain(|name, value| {
         let a_copy = copies
             .as_deref()
-            .is_some_and(|signature| value.to_ascii_lowercase().contains(signature));
+            .is_some_and(|signature| value.contains(signature));
         if a_copy || crate::verify::is_signature_header(&route.verify, name) {
             value.clear();
         }
@@ -194,8 +194,8 @@ pub fn without_credentials(
     headers
 }
 
-/// The signature an `hmac` route read, without its prefix and lower-cased,
-/// when it is long enough to be told apart from other values. Senders such
+/// The signature an `hmac` route read, without its prefix, when it is
+/// long enough to be told apart from other values. Senders such
 /// as Gitea send the same signature under several names
 /// (`X-Gitea-Signature`, `X-Gogs-Signature`, `X-Hub-Signature-256`); any
 /// header that carries it would let whoever reads the stored request send
@@ -212,7 +212,7 @@ fn hmac_signature(route: &Route, headers: &BTreeMap<String, String>) -> Option<S
         .unwrap_or(value);
     // A hex SHA-1 is 40 characters, its base64 28: far from any value
     // another header would hold by chance.
-    (signature.len() >= 16).then(|| signature.to_ascii_lowercase())
+    (signature.len() >= 16).then(|| signature.to_owned())
 }
 
 /// Builds the stored form of a request and encodes it. `headers` are those

@@ -320,7 +320,7 @@ impl OpenedFile {
     }
 
     /// Why commits are refused: the path no longer names the open file.
-    fn refusal(&mut self) -> Option<String> {
+    fn refusal(&self) -> Option<String> {
         let replaced = identity(&self.path) != Some(self.identity);
         replaced.then(|| {
             format!(
@@ -417,7 +417,7 @@ struct Shared {
 fn run(
     mut conn: Connection,
     receiver: mpsc::Receiver<Command>,
-    mut opened: Option<OpenedFile>,
+    opened: Option<OpenedFile>,
     shared: &Shared,
 ) {
     let Shared {
@@ -460,7 +460,7 @@ fn run(
             })
             .or_else(|| {
                 opened
-                    .as_mut()
+                    .as_ref()
                     .and_then(OpenedFile::refusal)
                     .map(Refusal::from)
             });

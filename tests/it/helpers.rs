@@ -84,6 +84,23 @@ impl TestApp {
             .expect("relay answers")
     }
 
+    /// Posts `body` to `path` (with any query) labelled `content_type`,
+    /// for a route that checks no signature.
+    pub async fn post_typed(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("relay answers")
+    }
+
     /// Posts a body signed for an HMAC route.
     pub async fn post_signed(&self, route: &str, body: &str) -> reqwest::Response {
         self.post_signed_with(route, body, &[]).await
@@ -339,7 +356,6 @@ impl Drop for TestApp {
     }
 }
 
-/// `sha256=<hex>` of the body under `secret`.
 /// The value of an unlabelled sample in a `/metrics` text, such as a gauge
 /// or a histogram's `_count`.
 pub fn sample(metrics: &str, name: &str) -> f64 {
@@ -350,6 +366,7 @@ pub fn sample(metrics: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
 }
 
+/// `sha256=<hex>` of the body under `secret`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
     format!(
         "sha256={}",

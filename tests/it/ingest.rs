@@ -468,13 +468,12 @@ async fn form_bodies_with_a_json_payload_field() {
 "#;
     let app = spawn_app(routes).await;
     let response = app
-        .http
-        .post(app.url("/hooks/form"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("payload=%7B%22ref%22%3A%22refs%2Fheads%2Fmain%22%2C%22after%22%3A%22abc%22%7D&note=a+b")
-        .send()
-        .await
-        .unwrap();
+        .post_typed(
+            "/hooks/form",
+            "application/x-www-form-urlencoded",
+            "payload=%7B%22ref%22%3A%22refs%2Fheads%2Fmain%22%2C%22after%22%3A%22abc%22%7D&note=a+b",
+        )
+        .await;
     assert_eq!(response.status(), 202);
     let sent = app
         .github
@@ -968,12 +967,8 @@ async fn an_empty_body_is_no_body_and_is_relayed() {
 "#;
     let app = spawn_app(routes).await;
     let empty = app
-        .http
-        .post(app.url("/hooks/trigger?reason=nightly"))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
+        .post_typed("/hooks/trigger?reason=nightly", "application/json", "")
+        .await;
     let (status, answer) = json_of(empty).await;
     assert_eq!(status, 202, "{answer}");
     let dispatches = app
@@ -986,13 +981,8 @@ async fn an_empty_body_is_no_body_and_is_relayed() {
     );
 
     let broken = app
-        .http
-        .post(app.url("/hooks/trigger"))
-        .header("content-type", "application/json")
-        .body("{")
-        .send()
-        .await
-        .unwrap();
+        .post_typed("/hooks/trigger", "application/json", "{")
+        .await;
     let (status, answer) = json_of(broken).await;
     assert_eq!(status, 400, "{answer}");
     assert_error(&answer, "bad_request");
