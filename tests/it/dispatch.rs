@@ -794,11 +794,12 @@ async fn a_github_outage_does_not_spend_a_jobs_attempts() {
 /// behind the webhooks that came since.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_retries_an_outage_scheduled_go_as_soon_as_github_answers_again() {
-    // Backoffs of up to an hour: a retry left to its time would come long
-    // after the deadline below.
+    // Backoffs of up to a thousand hours: a retry left to its time, drawn
+    // uniformly below that, comes before the deadline below about once in
+    // a million runs.
     let head = TEST_HEAD.replace(
         "initial_backoff: 10ms\n  max_backoff: 50ms",
-        "initial_backoff: 1h\n  max_backoff: 1h",
+        "initial_backoff: 1000h\n  max_backoff: 1000h\n  give_up_after: 100000h",
     );
     assert_ne!(head, TEST_HEAD);
     let app = spawn_app_with(&head, &hmac_route("cms", &one_target("acme/blog")), &[]).await;
