@@ -43,25 +43,33 @@ const JWT_LIFETIME_SECS: i64 = 600;
 pub enum Scope {
     /// `repository_dispatch`: Contents write, Metadata read.
     Contents,
-    /// `workflow_dispatch`: also Actions write.
+    /// `workflow_dispatch`: Actions write, Metadata read.
     Workflow,
 }
 
 impl Scope {
-    /// The scope a dispatch to this API path needs.
+    /// The scope a dispatch to this API path needs. The path is
+    /// `/repos/{owner}/{repo}/…`, so the segments after the repository's
+    /// name decide: a repository may itself be called `actions/workflows`.
     pub fn for_path(path: &str) -> Scope {
-        if path.contains("/actions/workflows/") {
+        let mut after_repository = path.split('/').skip(4);
+        if after_repository.next() == Some("actions")
+            && after_repository.next() == Some("workflows")
+        {
             Scope::Workflow
         } else {
             Scope::Contents
         }
     }
 
-    /// The `permissions` object of the token request.
+    /// The `permissions` object of the token request: only what the
+    /// dispatch needs, so that an App granted Actions write alone can
+    /// start workflows (GitHub refuses a token asking for more than the
+    /// App has).
     pub fn permissions(self) -> Value {
         match self {
             Scope::Contents => json!({"contents": "write", "metadata": "read"}),
-            Scope::Workflow => json!({"actions": "write", "contents": "write", "metadata": "read"}),
+            Scope::Workflow => json!({"actions": "write", "metadata": "read"}),
         }
     }
 }
@@ -858,7 +866,19 @@ mod tests {
             Scope::Contents.permissions(),
             json!({"contents": "write", "metadata": "read"})
         );
-        assert_eq!(Scope::Workflow.permissions()["actions"], "write");
+        assert_eq!(
+            Scope::Workflow.permissions(),
+            json!({"actions": "write", "metadata": "read"})
+        );
+        // A repository named `workflows` of an owner named `actions`.
+        assert_eq!(
+            Scope::for_path("/repos/actions/workflows/dispatches"),
+            Scope::Contents
+        );
+        assert_eq!(
+            Scope::for_path("/repos/actions/workflows/actions/workflows/ci.yml/dispatches"),
+            Scope::Workflow
+        );
     }
 
     #[test]

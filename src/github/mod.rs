@@ -446,11 +446,7 @@ async fn read_answer(
         Some(
             serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
-                .and_then(|v| {
-                    v.get("message")
-                        .and_then(|m| m.as_str())
-                        .map(str::to_string)
-                })
+                .and_then(|v| github_message(&v))
                 .unwrap_or_else(|| plain_message(&text)),
         )
     };
@@ -464,6 +460,43 @@ async fn read_answer(
         from_github,
         redirected_to: None,
     })
+}
+
+/// GitHub's `message`, followed by the details of a validation error.
+/// A `422` says only "Validation Failed" in its `message`; what failed is in
+/// `errors`, each a string or an object with a `message`, or a `field` and
+/// a `code` (GitHub's `validation-error` schema).
+fn github_message(body: &serde_json::Value) -> Option<String> {
+    let message = body.get("message")?.as_str()?;
+    let details: Vec<String> = body
+        .get("errors")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(validation_detail)
+        .filter(|detail| detail != message)
+        .collect();
+    Some(if details.is_empty() {
+        message.to_string()
+    } else {
+        format!("{message} ({})", details.join("; "))
+    })
+}
+
+fn validation_detail(error: &serde_json::Value) -> Option<String> {
+    if let Some(text) = error.as_str() {
+        return Some(text.to_string());
+    }
+    if let Some(text) = error.get("message").and_then(serde_json::Value::as_str) {
+        return Some(text.to_string());
+    }
+    let field = error.get("field").and_then(serde_json::Value::as_str);
+    let code = error.get("code").and_then(serde_json::Value::as_str);
+    match (field, code) {
+        (Some(field), Some(code)) => Some(format!("{field}: {code}")),
+        (Some(only), None) | (None, Some(only)) => Some(only.to_string()),
+        (None, None) => None,
+    }
 }
 
 /// A readable message from an error body that is not GitHub's JSON: an HTML
@@ -488,7 +521,36 @@ pub use app::{CredentialError, Credentials, IssuedToken, Scope};
 
 #[cfg(test)]
 mod tests {
-    use super::{classic_token_not_found, plain_message};
+    use super::{classic_token_not_found, github_message, plain_message};
+
+    #[test]
+    fn a_validation_errors_details_follow_githubs_message() {
+        let cases = [
+            (r#"{"message":"Bad credentials"}"#, Some("Bad credentials")),
+            (
+                r#"{"message":"Validation Failed","errors":[{"resource":"Dispatch","code":"custom","field":"client_payload","message":"client_payload has too many keys"}]}"#,
+                Some("Validation Failed (client_payload has too many keys)"),
+            ),
+            (
+                r#"{"message":"Validation Failed","errors":[{"resource":"Dispatch","field":"event_type","code":"missing_field"},{"code":"invalid"}]}"#,
+                Some("Validation Failed (event_type: missing_field; invalid)"),
+            ),
+            (
+                r#"{"message":"Invalid request.","errors":["No subschema in \"oneOf\" matched."]}"#,
+                Some(r#"Invalid request. (No subschema in "oneOf" matched.)"#),
+            ),
+            // A detail that repeats the message, or says nothing, adds nothing.
+            (
+                r#"{"message":"Not Found","errors":["Not Found",{"resource":"Repo"}]}"#,
+                Some("Not Found"),
+            ),
+            (r#"{"errors":["no message"]}"#, None),
+        ];
+        for (body, expected) in cases {
+            let body: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(github_message(&body).as_deref(), expected, "{body}");
+        }
+    }
 
     #[test]
     fn a_classic_tokens_scopes_narrow_a_404_down() {

@@ -230,7 +230,7 @@ async fn mints_are_narrowed_to_the_repository_and_the_permissions_of_the_target(
             ),
             (
                 "/app/installations/7/access_tokens".to_string(),
-                json!({"repositories": ["docs"], "permissions": {"actions": "write", "contents": "write", "metadata": "read"}})
+                json!({"repositories": ["docs"], "permissions": {"actions": "write", "metadata": "read"}})
             ),
         ]
     );
@@ -253,6 +253,33 @@ async fn mints_are_narrowed_to_the_repository_and_the_permissions_of_the_target(
         .as_secs() as i64;
     let minted_at = now - mint.received_at.elapsed().as_secs() as i64;
     assert!((minted_at - 70..=minted_at - 50).contains(&iat), "{claims}");
+    assert_eq!(app.github.violations(), Vec::<String>::new());
+}
+
+/// An App granted Actions write but not Contents (least privilege for a
+/// relay that only starts workflows) gets its tokens: GitHub refuses a token
+/// request that asks for a permission the installation lacks.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_without_contents_permission_starts_workflows() {
+    let targets = "      - repo: acme/docs\n        workflow: deploy.yml\n        ref: main\n";
+    let app = spawn_app_prepared(
+        &app_head("off"),
+        &hmac_route("cms", targets),
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        |github| {
+            enable_test_app(github);
+            github.set_installation_permissions(7, json!({"actions": "write", "metadata": "read"}));
+        },
+    )
+    .await;
+    post_n(&app, "cms", 1).await;
+    let sent = app.github.wait_for_dispatches(1, WAIT).await;
+    assert_eq!(
+        sent[0].path,
+        "/repos/acme/docs/actions/workflows/deploy.yml/dispatches"
+    );
+    app.wait_for_deliveries(WAIT, |list| all_delivered(list, 1))
+        .await;
     assert_eq!(app.github.violations(), Vec::<String>::new());
 }
 
