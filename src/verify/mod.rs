@@ -105,9 +105,11 @@ impl VerifyError {
     }
 
     /// True when the sender should be told how to authenticate
-    /// (`WWW-Authenticate`), as HTTP Basic clients expect on a first try.
+    /// (`WWW-Authenticate`): HTTP Basic clients expect it on a first try,
+    /// and HTTP requires it on every `401` of a Basic route (RFC 9110
+    /// §11.6.1), wrong credentials included.
     pub fn wants_basic_challenge(&self) -> bool {
-        matches!(self, VerifyError::MissingBasic)
+        matches!(self, VerifyError::MissingBasic | VerifyError::BadBasic)
     }
 }
 
@@ -184,7 +186,13 @@ pub fn is_token_header(method: &Verify, name: &str) -> bool {
 /// the dedupe key, at accept and at redelivery alike.
 pub fn is_signature_header(method: &Verify, name: &str) -> bool {
     match method {
-        Verify::Hmac(config) => name == config.header,
+        // Senders that copy GitHub's scheme (Gitea, Gogs, Forgejo, Bitbucket
+        // Server) sign in GitHub's headers as well as their own, with the
+        // same secret: whichever one the route checks, the others would let
+        // the stored request be sent again.
+        Verify::Hmac(config) => {
+            name == config.header || name == GITHUB_SIGNATURE || name == GITHUB_SIGNATURE_SHA1
+        }
         Verify::Github { .. } => name == GITHUB_SIGNATURE || name == GITHUB_SIGNATURE_SHA1,
         Verify::StandardWebhooks(_) => {
             name == STANDARD_WEBHOOKS.signature || name == SVIX.signature
