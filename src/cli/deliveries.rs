@@ -8,8 +8,9 @@ use super::{CliError, invalid, load_config, open_existing_store, runtime, store_
 use crate::clock::now_ms;
 use crate::clock::rfc3339;
 use crate::config;
+use crate::config::Config;
 use crate::redeliver::{self, Redelivered};
-use crate::store::{ListFilter, Status};
+use crate::store::{FailedDelivery, ListFilter, Status, Store};
 
 /// The store location without requiring the configuration's secrets: the
 /// listing commands must work even where GITHUB_TOKEN is not set.
@@ -334,11 +335,22 @@ pub async fn redeliver(
         config_path,
         loaded.config.store.url.as_deref(),
     )?)?;
-    let failed = store
-        .failed_deliveries(route.clone(), since_ms, id.clone())
-        .await
-        .map_err(runtime)?;
-    if failed.is_empty() {
+    // Without an id, every failed delivery is redelivered, a page at a
+    // time: each holds its request's body in memory.
+    let mut page = match &id {
+        Some(_) => {
+            store
+                .failed_deliveries(route.clone(), since_ms, id.clone())
+                .await
+        }
+        None => {
+            store
+                .failed_deliveries_after(route.clone(), since_ms, None, REDELIVERY_PAGE)
+                .await
+        }
+    }
+    .map_err(runtime)?;
+    if page.is_empty() {
         let ids = loaded.config.routes.iter().map(|r| r.id.as_str());
         if let Some(unknown) = route
             .as_deref()
@@ -364,37 +376,25 @@ pub async fn redeliver(
         return Ok(());
     }
     let (mut queued, mut still_failing) = (0, 0);
-    for delivery in failed {
-        let id = delivery.id.clone();
-        match redeliver::redeliver(&store, &loaded.config, delivery)
-            .await
-            .map_err(runtime)?
-        {
-            Some(Redelivered::Requeued) => {
-                queued += 1;
-                println!("{id}: failed targets rendered again and queued");
-            }
-            Some(Redelivered::RequeuedAsRendered { dropped }) => {
-                queued += 1;
-                println!(
-                    "{id}: failed targets queued again as first rendered (the route's targets changed since it was received)"
-                );
-                if dropped > 0 {
-                    println!(
-                        "{id}: {dropped} failed targets are no longer in the route and stay failed"
-                    );
-                }
-            }
-            Some(Redelivered::Rerendered) => {
-                queued += 1;
-                println!("{id}: rendered again and queued");
-            }
-            Some(Redelivered::StillFailing(reason)) => {
-                still_failing += 1;
-                println!("{id}: still failed: {reason}");
-            }
-            None => println!("{id}: no longer failed, left alone"),
+    while !page.is_empty() {
+        let after = page.last().map(|d| (d.received_at_ms, d.id.clone()));
+        for delivery in page {
+            redeliver_one(
+                &store,
+                &loaded.config,
+                delivery,
+                &mut queued,
+                &mut still_failing,
+            )
+            .await?;
         }
+        page = match (&id, after) {
+            (None, Some(after)) => store
+                .failed_deliveries_after(route.clone(), since_ms, Some(after), REDELIVERY_PAGE)
+                .await
+                .map_err(runtime)?,
+            _ => Vec::new(),
+        };
     }
     store.close().await;
     println!("{queued} queued, {still_failing} still failing");
@@ -407,6 +407,50 @@ pub async fn redeliver(
                 "deliveries"
             }
         )));
+    }
+    Ok(())
+}
+
+/// How many failed deliveries `redeliver` reads at a time.
+const REDELIVERY_PAGE: usize = 100;
+
+/// Redelivers one failed delivery and says what became of it.
+async fn redeliver_one(
+    store: &Store,
+    config: &Config,
+    delivery: FailedDelivery,
+    queued: &mut usize,
+    still_failing: &mut usize,
+) -> Result<(), CliError> {
+    let id = delivery.id.clone();
+    match redeliver::redeliver(store, config, delivery)
+        .await
+        .map_err(runtime)?
+    {
+        Some(Redelivered::Requeued) => {
+            *queued += 1;
+            println!("{id}: failed targets rendered again and queued");
+        }
+        Some(Redelivered::RequeuedAsRendered { dropped }) => {
+            *queued += 1;
+            println!(
+                "{id}: failed targets queued again as first rendered (the route's targets changed since it was received)"
+            );
+            if dropped > 0 {
+                println!(
+                    "{id}: {dropped} failed targets are no longer in the route and stay failed"
+                );
+            }
+        }
+        Some(Redelivered::Rerendered) => {
+            *queued += 1;
+            println!("{id}: rendered again and queued");
+        }
+        Some(Redelivered::StillFailing(reason)) => {
+            *still_failing += 1;
+            println!("{id}: still failed: {reason}");
+        }
+        None => println!("{id}: no longer failed, left alone"),
     }
     Ok(())
 }

@@ -349,11 +349,17 @@ async fn open_store(
     let store = Store::open(&db_path, synchronous)
         .with_context(|| format!("cannot open the store at {}", db_path.display()))
         .map_err(runtime)?;
-    store
+    let orphans = store
         .release_all_leases()
         .await
         .context("cannot recover the leases of a previous run")
         .map_err(runtime)?;
+    if orphans > 0 {
+        tracing::warn!(
+            jobs = orphans,
+            "Removed queued dispatches whose delivery is missing from the store, as in a store rebuilt from a damaged file; they cannot be sent"
+        );
+    }
     match existing {
         None => tracing::info!(store = %db_path.display(), "Created a new, empty store"),
         // What a failed restore or a truncation leaves: any queue the file

@@ -23,6 +23,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+pub use schema::FailedCursor;
 pub use writer::Synchronous;
 use writer::{Command, Writer};
 
@@ -741,8 +742,10 @@ impl Store {
     /// process owns the queue, so a lease still set then belongs to a process
     /// that died mid-send, and its job must be sent again. The inspection
     /// commands never call it, so running them beside `serve` cannot make a
-    /// job in flight look free.
-    pub async fn release_all_leases(&self) -> Result<(), StoreError> {
+    /// job in flight look free. Returns how many pending jobs it removed
+    /// because their delivery is missing, as in a store rebuilt from a
+    /// damaged file.
+    pub async fn release_all_leases(&self) -> Result<usize, StoreError> {
         self.call(|reply| Command::ReleaseAll { reply }).await
     }
 
@@ -910,8 +913,37 @@ impl Store {
         since_ms: Option<i64>,
         id: Option<String>,
     ) -> Result<Vec<FailedDelivery>, StoreError> {
-        self.read(move |conn| schema::failed(conn, route.as_deref(), since_ms, id.as_deref()))
-            .await
+        self.read(move |conn| {
+            let selection = match id.as_deref() {
+                Some(id) => schema::FailedSelection::One(id),
+                None => schema::FailedSelection::Page {
+                    after: None,
+                    limit: usize::MAX,
+                },
+            };
+            schema::failed(conn, route.as_deref(), since_ms, selection)
+        })
+        .await
+    }
+
+    /// Up to `limit` of the failed deliveries [`Self::failed_deliveries`]
+    /// finds without an id, those received after `after`: a redelivery of
+    /// every failed delivery holds one page of bodies in memory at a time.
+    pub async fn failed_deliveries_after(
+        &self,
+        route: Option<String>,
+        since_ms: Option<i64>,
+        after: Option<FailedCursor>,
+        limit: usize,
+    ) -> Result<Vec<FailedDelivery>, StoreError> {
+        self.read(move |conn| {
+            let selection = schema::FailedSelection::Page {
+                after: after.as_ref(),
+                limit,
+            };
+            schema::failed(conn, route.as_deref(), since_ms, selection)
+        })
+        .await
     }
 
     /// Counts jobs by state, and deliveries that failed to render.

@@ -903,13 +903,21 @@ pub(super) fn bring_forward(
 }
 
 /// Clears every lease; run once by `serve` at start, when no job can be in
-/// flight.
-pub(super) fn release_all(conn: &Connection) -> Result<(), StoreError> {
+/// flight. Removes, too, the pending jobs whose delivery is missing, and
+/// returns how many. The relay never writes one, but a store rebuilt from a
+/// damaged file (`.recover`) keeps the jobs found on sound pages whatever
+/// became of their deliveries; such a job cannot be leased, and the first
+/// in the queue would stop every send.
+pub(super) fn release_all(conn: &Connection) -> Result<usize, StoreError> {
     conn.execute(
         "UPDATE jobs SET leased_until = NULL WHERE leased_until IS NOT NULL",
         [],
     )?;
-    Ok(())
+    Ok(conn.execute(
+        "DELETE FROM jobs WHERE status = 'pending'
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = jobs.delivery_id)",
+        [],
+    )?)
 }
 
 pub(super) fn release(conn: &Connection, job_ids: &[i64]) -> Result<(), StoreError> {
@@ -995,12 +1003,15 @@ fn keep_failed(
     now_ms: i64,
 ) -> Result<Rerendered, StoreError> {
     // Its other targets may still be being sent: it is finished only
-    // once none is.
+    // once none is. A delivery already finished keeps the time it
+    // finished: retention counts from it, and `redeliver --failed --since`
+    // reads it, so a redelivery that changes nothing must neither keep the
+    // delivery from being pruned nor offer it again at every run.
     conn.execute(
         "UPDATE deliveries SET error = ?2,
              finished_at = CASE
                  WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND status = 'pending') THEN NULL
-                 ELSE ?3 END
+                 ELSE COALESCE(finished_at, ?3) END
          WHERE id = ?1",
         params![delivery_id, reason, now_ms],
     )?;
@@ -1267,33 +1278,54 @@ pub(super) const FAILED_BY_ID: &str = concat!(
     failed_at!(),
     " >= ?2)"
 );
+/// A page of the failed deliveries, after the one received at `?3` with
+/// id `?4`: the bound on `received_at` alone lets SQLite start the page
+/// in `deliveries_status` instead of walking the pages before it.
 const FAILED_DELIVERIES: &str = concat!(
     "SELECT id, route, received_at, request FROM deliveries
      WHERE status = 'failed' AND (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR ",
     failed_at!(),
     " >= ?2)
-     ORDER BY received_at, id"
+       AND received_at >= ?3 AND (received_at > ?3 OR id > ?4)
+     ORDER BY received_at, id LIMIT ?5"
 );
+
+/// Where a page of failed deliveries starts: after the delivery received
+/// at `.0` with id `.1`.
+pub type FailedCursor = (i64, String);
+
+/// Which failed deliveries [`failed`] reads.
+pub(super) enum FailedSelection<'a> {
+    /// The one with this id.
+    One(&'a str),
+    /// Up to `limit`, in the order they were received, after `after`.
+    Page {
+        after: Option<&'a FailedCursor>,
+        limit: usize,
+    },
+}
 
 pub(super) fn failed(
     conn: &Connection,
     route: Option<&str>,
     since_ms: Option<i64>,
-    id: Option<&str>,
+    selection: FailedSelection<'_>,
 ) -> Result<Vec<FailedDelivery>, StoreError> {
     // One delivery is found by its key: with `(?3 IS NULL OR id = ?3)`
     // SQLite would walk every failed delivery to find it.
     let read = |r: &Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
     let mut by_id;
     let mut all;
-    let rows = match id {
-        Some(id) => {
+    let rows = match selection {
+        FailedSelection::One(id) => {
             by_id = conn.prepare_cached(FAILED_BY_ID)?;
             by_id.query_map(params![route, since_ms, id], read)?
         }
-        None => {
+        FailedSelection::Page { after, limit } => {
+            let (received_at, id) = after.map_or((i64::MIN, ""), |(at, id)| (*at, id.as_str()));
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             all = conn.prepare_cached(FAILED_DELIVERIES)?;
-            all.query_map(params![route, since_ms], read)?
+            all.query_map(params![route, since_ms, received_at, id, limit], read)?
         }
     };
     let mut out = Vec::new();

@@ -521,6 +521,8 @@ async fn a_rendering_that_fails_again_keeps_the_delivery_failed_with_the_new_rea
         ))
         .await
         .unwrap();
+    let (before, _) = store.get("d1").await.unwrap().unwrap();
+    assert!(before.finished_at_ms.is_some());
     let still = Rerendering::Failed("route `r` is no longer configured".into());
     assert_eq!(
         store.rerender("d1", still, 6_000).await.unwrap(),
@@ -535,6 +537,9 @@ async fn a_rendering_that_fails_again_keeps_the_delivery_failed_with_the_new_rea
     );
     let (summary, _) = store.get("d1").await.unwrap().unwrap();
     assert_eq!(summary.status, Status::Failed);
+    // It finished when it failed, not when it was redelivered: retention
+    // and `--since` count from then.
+    assert_eq!(summary.finished_at_ms, before.finished_at_ms);
     assert!(store.lease_due(6_000, 10, 60_000).await.unwrap().is_empty());
 }
 
@@ -624,10 +629,35 @@ async fn leases_survive_a_reopen_as_due_jobs() {
             .is_empty(),
         "opening the store (as the inspection commands do) leaves leases alone"
     );
-    store.release_all_leases().await.unwrap();
+    assert_eq!(store.release_all_leases().await.unwrap(), 0);
     assert_eq!(store.lease_due(5_000, 10, 600_000).await.unwrap().len(), 3);
     let depth = store.queue_depth().await.unwrap();
     assert_eq!(depth.pending, 3);
+}
+
+/// A store rebuilt from a damaged file can hold jobs whose delivery was
+/// lost; left in the queue, the first of them would fail every lease.
+#[tokio::test]
+async fn jobs_whose_delivery_is_missing_are_removed_at_start_and_the_rest_are_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let store = Store::open(&path, Synchronous::Full).unwrap();
+        store.accept(delivery("lost", None, 2)).await.unwrap();
+        store.accept(delivery("kept", None, 1)).await.unwrap();
+        store.close().await;
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+        conn.execute("DELETE FROM deliveries WHERE id = 'lost'", [])
+            .unwrap();
+    }
+    let store = Store::open(&path, Synchronous::Full).unwrap();
+    assert_eq!(store.release_all_leases().await.unwrap(), 2);
+    let leased = store.lease_due(5_000, 10, 600_000).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].delivery_id, "kept");
 }
 
 #[tokio::test]
@@ -1663,4 +1693,31 @@ async fn each_commit_is_reported_with_its_commands_once_observed() {
             .iter()
             .all(|r| r.commands >= 1 && r.duration > Duration::ZERO)
     );
+}
+
+/// `redeliver` reads failed deliveries a page at a time; the pages follow
+/// one another without a gap or a repeat, deliveries received in the same
+/// millisecond included.
+#[tokio::test]
+async fn failed_deliveries_are_read_in_pages_that_neither_skip_nor_repeat() {
+    let (_dir, store) = open();
+    for (id, received_at_ms) in [("c", 2_000), ("a", 1_000), ("b", 2_000), ("d", 3_000)] {
+        let mut failed = delivery_of(id, "r", received_at_ms);
+        failed.failure = Some("render".into());
+        store.accept(failed).await.unwrap();
+    }
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .failed_deliveries_after(None, None, after.clone(), 2)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|d| (d.received_at_ms, d.id.clone()));
+        pages.push(page.into_iter().map(|d| d.id).collect::<Vec<_>>());
+    }
+    assert_eq!(pages, [["a", "b"], ["c", "d"]]);
 }

@@ -72,7 +72,7 @@ pub(super) enum Command {
         reply: Reply<usize>,
     },
     ReleaseAll {
-        reply: Reply<()>,
+        reply: Reply<usize>,
     },
     /// Marks the end of the queued work: the writer commits what came
     /// before it, then closes its connection and stops.
@@ -136,7 +136,6 @@ impl Command {
             }),
             Command::Record { reply, .. }
             | Command::Release { reply, .. }
-            | Command::ReleaseAll { reply }
             | Command::Close { reply }
             | Command::CheckWritable { reply }
             | Command::SavePause { reply, .. } => send(reply, outcome, |o| match o {
@@ -147,12 +146,12 @@ impl Command {
                 Outcome::Rerendered(r) => Some(r),
                 _ => None,
             }),
-            Command::Prune { reply, .. } | Command::BringForward { reply, .. } => {
-                send(reply, outcome, |o| match o {
-                    Outcome::Count(n) => Some(n),
-                    _ => None,
-                })
-            }
+            Command::Prune { reply, .. }
+            | Command::BringForward { reply, .. }
+            | Command::ReleaseAll { reply } => send(reply, outcome, |o| match o {
+                Outcome::Count(n) => Some(n),
+                _ => None,
+            }),
         }
     }
 }
@@ -693,9 +692,9 @@ fn execute(
             cutoff_ms, limit, ..
         } => Outcome::Count(schema::prune(c, *cutoff_ms, *limit)?),
         Command::ReleaseAll { .. } => {
-            schema::release_all(c)?;
+            let orphans = schema::release_all(c)?;
             lock(retries).read_again();
-            Outcome::Unit
+            Outcome::Count(orphans)
         }
         Command::BringForward {
             from_ms, now_ms, ..
