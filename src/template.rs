@@ -352,6 +352,9 @@ impl EngineBuilder {
             env.set_debug(false);
             env.set_unknown_method_callback(python_method);
             env.set_fuel(Some(MAX_FUEL));
+            for (name, original) in sized_filters() {
+                env.add_filter(name, bounded_filter(name, original));
+            }
             env
         };
         let mut env = new_environment();
@@ -968,10 +971,14 @@ fn add_filters_refusing_missing(keys: &mut Environment<'static>) -> Vec<&'static
     let originals = originals!(
         safe, escape, upper, lower, title, capitalize, replace, length, dictsort, items, reverse,
         trim, join, split, lines, abs, int, float, sum, attr, round, first, last, min, max, sort,
-        list, string, bool, slice, batch, tojson, indent, select, selectattr, reject, rejectattr,
-        map, groupby, unique, chain, zip, pprint, format, urlencode,
+        list, string, bool, tojson, select, selectattr, reject, rejectattr, map, groupby, unique,
+        chain, zip, pprint, format, urlencode,
     )
     .into_iter()
+    .chain(
+        sized_filters()
+            .map(|(name, original)| (name, MjValue::from_function(bounded_filter(name, original)))),
+    )
     .chain([
         ("e", MjValue::from_function(minijinja::filters::escape)),
         ("count", MjValue::from_function(minijinja::filters::length)),
@@ -1158,6 +1165,85 @@ fn python_method(
             ErrorKind::UnknownMethod,
             format!("{} has no method `{method}`", value.kind()),
         )),
+    }
+}
+
+/// The builtin filters whose arguments say how much they build: `indent`'s
+/// width, `slice`'s and `batch`'s count. A count taken from the request
+/// (`indent(body.depth)`) would otherwise have one filter allocate
+/// gigabytes at once, before any bound on steps or output applies.
+fn sized_filters() -> [(&'static str, MjValue); 3] {
+    [
+        ("indent", MjValue::from_function(minijinja::filters::indent)),
+        ("slice", MjValue::from_function(minijinja::filters::slice)),
+        ("batch", MjValue::from_function(minijinja::filters::batch)),
+    ]
+}
+
+/// The most slices or batches `slice` and `batch` may make, and the most
+/// items a batch may be filled up to.
+const MAX_FILTER_COUNT: i64 = 10_000;
+
+/// `original`, refusing arguments that would build more than a rendering
+/// may hold: an `indent` whose result would pass [`MAX_RENDERED_BYTES`],
+/// a `slice` or `batch` count above [`MAX_FILTER_COUNT`].
+fn bounded_filter(
+    name: &'static str,
+    original: MjValue,
+) -> impl Fn(
+    &minijinja::State,
+    MjValue,
+    minijinja::value::Rest<MjValue>,
+) -> Result<MjValue, minijinja::Error>
++ Send
++ Sync
++ 'static {
+    move |state, value, rest| {
+        // Positional numbers and the values of keyword arguments
+        // (`indent(width=8)`); the flags `indent` takes are not numbers.
+        let numbers = rest.iter().flat_map(|argument| {
+            let values: Vec<MjValue> = match argument.kind() {
+                minijinja::value::ValueKind::Map => argument
+                    .try_iter()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|key| argument.get_item(&key).ok())
+                    .collect(),
+                _ => vec![argument.clone()],
+            };
+            values
+                .into_iter()
+                .filter(|v| v.kind() == minijinja::value::ValueKind::Number)
+                .filter_map(|v| i64::try_from(v).ok())
+        });
+        for number in numbers.collect::<Vec<_>>() {
+            let too_big = match name {
+                "indent" => {
+                    let text = value.as_str().map_or(0, str::len);
+                    let lines = value.as_str().map_or(1, |t| t.matches('\n').count() + 1);
+                    usize::try_from(number)
+                        .ok()
+                        .and_then(|width| width.checked_mul(lines))
+                        .and_then(|added| added.checked_add(text))
+                        .is_none_or(|total| total > MAX_RENDERED_BYTES)
+                }
+                _ => number > MAX_FILTER_COUNT,
+            };
+            if too_big {
+                let limit = match name {
+                    "indent" => format!("a text of more than {MAX_RENDERED_BYTES} bytes"),
+                    _ => format!("more than {MAX_FILTER_COUNT} items"),
+                };
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("`{name}({number})` would make {limit}"),
+                ));
+            }
+        }
+        let mut arguments = Vec::with_capacity(rest.len() + 1);
+        arguments.push(value);
+        arguments.extend(rest.iter().cloned());
+        original.call(state, &arguments)
     }
 }
 

@@ -994,6 +994,72 @@ fn a_loop_over_request_data_is_bounded_in_output_and_steps() {
     assert_eq!(template.render(&ctx).unwrap().len(), 2000);
 }
 
+/// A filter's size taken from the request cannot make it build more than a
+/// rendering may hold; within the bounds it works as Jinja's, keyword
+/// arguments and strict fields included.
+#[test]
+fn sizes_given_to_filters_are_bounded() {
+    let render = |source: &str, strict: bool, body: serde_json::Value| {
+        let mut builder = EngineBuilder::new();
+        let template = if strict {
+            builder.strict_string("t", source).unwrap()
+        } else {
+            builder.string("t", source).unwrap()
+        };
+        builder.finish();
+        let mut ctx = ctx();
+        ctx.body = body;
+        if strict {
+            template.render_key(&ctx).map(Option::unwrap_or_default)
+        } else {
+            template.render(&ctx)
+        }
+        .map_err(|e| e.to_string())
+    };
+    let refused = [
+        (
+            "{{ body.s | indent(body.n) }}",
+            "`indent(1000000000)` would make a text of more than",
+        ),
+        (
+            "{{ body.s | indent(width=body.n) }}",
+            "`indent(1000000000)` would make",
+        ),
+        (
+            "{{ body.s | list | slice(body.n) | length }}",
+            "`slice(1000000000)` would make more than 10000 items",
+        ),
+        (
+            "{{ body.s | list | batch(body.n, 'x') | length }}",
+            "`batch(1000000000)` would make",
+        ),
+    ];
+    for strict in [false, true] {
+        for (source, expected) in refused {
+            let body = serde_json::json!({"s": "a\nb", "n": 1_000_000_000});
+            let err = render(source, strict, body).unwrap_err();
+            assert!(err.contains(expected), "{source} {strict}: {err}");
+        }
+        let body = serde_json::json!({"s": "a\nb", "n": 2});
+        let within = [
+            ("{{ body.s | indent(body.n) }}", "a\n  b"),
+            (
+                "{{ body.s | indent(width=body.n, first=true) }}",
+                "  a\n  b",
+            ),
+            ("{{ body.s | list | slice(body.n) | list | length }}", "2"),
+            ("{{ body.s | list | batch(body.n) | list | length }}", "2"),
+        ];
+        for (source, expected) in within {
+            assert_eq!(
+                render(source, strict, body.clone()).unwrap(),
+                expected,
+                "{source} {strict}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_template_is_compiled_when_a_request_first_needs_it() {
     let mut builder = EngineBuilder::new();
