@@ -177,6 +177,15 @@ pub enum LimitError {
         /// Its length in characters.
         chars: usize,
     },
+    /// `event_type` begins or ends with whitespace, or holds a control
+    /// character: most often the newline a YAML block scalar (`|`) keeps.
+    #[error(
+        "is {shown}, which begins or ends with whitespace or holds a control character; GitHub takes it as it is, so a workflow's `types:` would not match it"
+    )]
+    EventTypeUntrimmed {
+        /// The value, quoted and escaped.
+        shown: String,
+    },
     /// `client_payload` or `inputs` is not an object.
     #[error("must be an object, not {found}")]
     NotAnObject {
@@ -499,6 +508,11 @@ pub fn check_event_type(event_type: &str) -> Result<(), LimitError> {
     match event_type.chars().count() {
         0 => Err(LimitError::EventTypeEmpty),
         chars if chars > MAX_EVENT_TYPE_CHARS => Err(LimitError::EventTypeTooLong { chars }),
+        _ if event_type.trim() != event_type || event_type.chars().any(char::is_control) => {
+            Err(LimitError::EventTypeUntrimmed {
+                shown: format!("{event_type:?}"),
+            })
+        }
         _ => Ok(()),
     }
 }

@@ -341,6 +341,10 @@ fn rejections() {
             vec![("routes[0].dispatch[0].repo", 7, 15, "is not a repository name")],
         ),
         (
+            with_route("      - repo: acme/b\n        event_type: \"deploy \"\n"),
+            vec![("routes[0].dispatch[1].event_type", 10, 21, r#"event_type is "deploy ", which begins or ends with whitespace"#)],
+        ),
+        (
             with_route(&format!("      - repo: acme/b\n        event_type: {}\n", "x".repeat(101))),
             vec![("routes[0].dispatch[1].event_type", 10, 21, "event_type is 101 characters long; GitHub accepts at most 100")],
         ),

@@ -332,6 +332,16 @@ fn rendered_limits_fail_the_whole_plan() {
         ),
         ("event_type", json!(""), "target 1: event_type is empty"),
         (
+            "event_type",
+            json!("cms-post\n"),
+            r#"target 1: event_type is "cms-post\n", which begins or ends with whitespace"#,
+        ),
+        (
+            "event_type",
+            json!(" deploy"),
+            r#"target 1: event_type is " deploy", which begins or ends"#,
+        ),
+        (
             "payload",
             Value::Object(eleven),
             "target 1: client_payload has 11 top-level properties; GitHub accepts at most 10",
