@@ -53,13 +53,34 @@ pub fn render(
     };
     render_verified(config, route, envelope.as_ref(), &headers, &body, query)?;
     // Rendered all the same, so that a captured request can be checked
-    // whole; the exit status still says that serve would refuse it.
-    match refused_now {
-        Some(reason) => Err(invalid(anyhow::anyhow!(
-            "serve would answer 401 to this request now: {reason}"
-        ))),
+    // whole; the exit status still says that serve would refuse it, for
+    // the first reason serve would find.
+    let refusal = too_large(route, &body)
+        .or(refused_now.map(|reason| format!("401 to this request now: {reason}")))
+        .or_else(|| encoded(&headers));
+    match refusal {
+        Some(refusal) => Err(invalid(anyhow::anyhow!("serve would answer {refusal}"))),
         None => Ok(()),
     }
+}
+
+/// Serve's `413`, for a body over the route's `max_body`.
+fn too_large(route: &crate::config::Route, body: &[u8]) -> Option<String> {
+    (body.len() as u64 > route.max_body).then(|| {
+        format!(
+            "413 to this request: its body is {} bytes, over the route's max_body of {} bytes",
+            body.len(),
+            route.max_body
+        )
+    })
+}
+
+/// Serve's `415`, for a body sent compressed (decision 47).
+fn encoded(headers: &BTreeMap<String, String>) -> Option<String> {
+    let coding = headers.get("content-encoding")?.trim();
+    (!coding.is_empty() && !coding.eq_ignore_ascii_case("identity")).then(|| {
+        format!("415 to this request: its body is sent with Content-Encoding `{coding}`, and bodies are taken as sent")
+    })
 }
 
 /// Everything after the signature check: the sender's checks, parsing,

@@ -709,6 +709,40 @@ fn render_joins_a_repeated_header_as_serve_does() {
     assert!(stdout.contains(r#""tags": "a, b""#), "{stdout}");
 }
 
+/// `render` renders a body serve would refuse for its size or its coding,
+/// and exits 1 saying so, as it does for a signature serve would refuse.
+#[test]
+fn render_says_when_serve_would_refuse_a_body_for_its_size_or_coding() {
+    let text = "github:\n  token: t\nroutes:\n  - id: cms\n    verify: none\n    max_body: 10\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          n: \"{{ body.n }}\"\n";
+    let dir = dir_with_routes(text);
+    let render = |body: &str, headers: &[&str]| {
+        std::fs::write(dir.path().join("body.json"), body).unwrap();
+        let mut args = vec!["render", "--route", "cms", "--body", "body.json"];
+        for header in headers {
+            args.extend(["--header", header]);
+        }
+        run(dir.path(), &args, &[])
+    };
+    let (code, stdout, stderr) = render(r#"{"n":1}"#, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(r#""n": 1"#), "{stdout}");
+    let (code, stdout, stderr) = render(r#"{"n":12345}"#, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.contains(r#""n": 12345"#), "still rendered: {stdout}");
+    assert!(
+        stderr.contains("serve would answer 413 to this request: its body is 11 bytes, over the route's max_body of 10 bytes"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = render(r#"{"n":1}"#, &["Content-Encoding: gzip"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "serve would answer 415 to this request: its body is sent with Content-Encoding `gzip`"
+        ),
+        "{stderr}"
+    );
+}
+
 /// A command whose reader goes away (`dispatch-relay check | head -1`) ends
 /// as command-line tools do, by SIGPIPE, not with a panic and exit 101.
 #[test]
