@@ -681,9 +681,13 @@ impl AppAuth {
             .get("expires_at")
             .and_then(Value::as_str)
             .and_then(parse_rfc3339)
-            // GitHub's clock may differ from ours; the skew learnt from JWTs
-            // moves its expiry onto our clock.
-            .map(|at| shift(at, -self.skew_secs.load(Ordering::Relaxed)))
+            .map(|at| {
+                on_our_clock(
+                    at,
+                    answer.rate.date_epoch_secs,
+                    self.skew_secs.load(Ordering::Relaxed),
+                )
+            })
             .unwrap_or(now + Duration::from_secs(3600));
         Ok(CachedToken {
             secret,
@@ -719,6 +723,17 @@ impl AppAuth {
 fn renew_at(now: SystemTime, expires_at: SystemTime) -> SystemTime {
     let life = expires_at.duration_since(now).unwrap_or(Duration::ZERO);
     expires_at - RENEW_BEFORE.min(life / 2)
+}
+
+/// A time GitHub stated (a token's `expires_at`), moved onto our clock.
+/// GitHub's clock may differ from ours: the answer's own `Date`
+/// (`github_now`) gives the difference to within a second; without one,
+/// the skew learnt from refused JWTs does. That skew alone is not enough,
+/// since a JWT is taken at up to nine minutes of skew and nothing is learnt
+/// then: a token would be used minutes after GitHub let it expire.
+fn on_our_clock(at: SystemTime, github_now: Option<u64>, learnt_skew_secs: i64) -> SystemTime {
+    let skew = github_now.map_or(learnt_skew_secs, skew_from);
+    shift(at, -skew)
 }
 
 fn shift(at: SystemTime, secs: i64) -> SystemTime {
@@ -792,6 +807,32 @@ mod tests {
         let short = now + Duration::from_secs(60);
         assert_eq!(renew_at(now, short), now + Duration::from_secs(30));
         assert_eq!(renew_at(now, now), now);
+    }
+
+    #[test]
+    fn a_tokens_expiry_is_moved_onto_our_clock_by_the_answers_date() {
+        let now = clock::now_epoch_secs();
+        let expires = UNIX_EPOCH + Duration::from_secs(now + 3600);
+        let cases = [
+            // GitHub's clock six minutes ahead, said by the answer's Date:
+            // the token ends six minutes earlier on ours.
+            (Some(now + 360), 0, now + 3600 - 360),
+            // The Date wins over a skew learnt earlier.
+            (Some(now), 900, now + 3600),
+            // Without a Date, the learnt skew is all there is.
+            (None, -120, now + 3600 + 120),
+        ];
+        for (github_now, learnt, expected) in cases {
+            let at = on_our_clock(expires, github_now, learnt)
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            // The clock may tick between the two readings.
+            assert!(
+                at.abs_diff(expected) <= 1,
+                "{github_now:?} {learnt}: {at} {expected}"
+            );
+        }
     }
 
     #[test]
