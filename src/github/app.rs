@@ -479,6 +479,16 @@ impl AppAuth {
         if let Some(id) = self.cached_installation(&key) {
             return Ok(id);
         }
+        self.look_up_installation(repo).await
+    }
+
+    /// Asks GitHub which installation `repo` is in, and remembers the
+    /// answer. A repository renamed or transferred since routes.yaml named
+    /// it is answered through a redirect to its id, which is remembered
+    /// too: the installation knows the repository by its new name only, so
+    /// its tokens are asked for by that id.
+    async fn look_up_installation(&self, repo: &str) -> Result<u64, CredentialError> {
+        let key = repo.to_ascii_lowercase();
         let answer = self
             .as_app(
                 "repo_installation",
@@ -592,6 +602,28 @@ impl AppAuth {
     }
 
     async fn mint(
+        &self,
+        installation: u64,
+        repo: &str,
+        scope: Scope,
+    ) -> Result<CachedToken, CredentialError> {
+        let minted = self.mint_once(installation, repo, scope).await;
+        // A pinned installation is not looked up before a mint, so a
+        // repository renamed or transferred within it is refused by its
+        // former name. One lookup tells that case apart (it finds the
+        // repository's id, in the pinned installation) from a repository
+        // that is not in it, which stays refused.
+        if let Err(CredentialError::OutsidePinnedInstallation { .. }) = &minted
+            && !lock(&self.moved_repository_ids).contains_key(&repo.to_ascii_lowercase())
+            && matches!(self.look_up_installation(repo).await, Ok(found) if found == installation)
+            && lock(&self.moved_repository_ids).contains_key(&repo.to_ascii_lowercase())
+        {
+            return self.mint_once(installation, repo, scope).await;
+        }
+        minted
+    }
+
+    async fn mint_once(
         &self,
         installation: u64,
         repo: &str,

@@ -1004,6 +1004,12 @@ async fn an_app_dispatches_to_a_renamed_repository_with_a_token_asked_for_by_id(
         github.rename_repo("acme/blog", "acme/website");
     })
     .await;
+    delivers_to_the_renamed_blog_with_a_token_asked_for_by_id(&app).await;
+}
+
+/// Posts one webhook to `cms`, whose target acme/blog is now acme/website,
+/// and checks that it is delivered there with a token asked for by id.
+async fn delivers_to_the_renamed_blog_with_a_token_asked_for_by_id(app: &TestApp) {
     assert_eq!(app.post_signed("cms", r#"{"n": 1}"#).await.status(), 202);
     app.wait_for_deliveries(Duration::from_secs(60), |list| {
         list.len() == 1 && list[0]["status"] == "delivered"
@@ -1027,6 +1033,29 @@ async fn an_app_dispatches_to_a_renamed_repository_with_a_token_asked_for_by_id(
         .collect();
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].path, "/repos/acme/website/dispatches");
+    assert_eq!(app.github.violations(), Vec::<String>::new());
+}
+
+/// The same with `installation_id` pinned, where no lookup comes before
+/// the mint: the token asked for by the former name is refused, and one
+/// lookup finds the repository's id in the pinned installation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_installation_dispatches_to_a_renamed_repository() {
+    let head = app_head("off").replace(
+        "    private_key_file:",
+        "    installation_id: 7\n    private_key_file:",
+    );
+    let app = spawn_app_prepared(
+        &head,
+        &hmac_route("cms", blog_target()),
+        &[("GITHUB_APP_ID", &APP_ID.to_string())],
+        |github| {
+            enable_test_app(github);
+            github.rename_repo("acme/blog", "acme/website");
+        },
+    )
+    .await;
+    delivers_to_the_renamed_blog_with_a_token_asked_for_by_id(&app).await;
 }
 
 /// A suspended installation fails its dispatches saying so and how to end
