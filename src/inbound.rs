@@ -154,6 +154,14 @@ pub fn from_envelope(envelope: &crate::verify::sns::Envelope) -> Parsed {
     }
 }
 
+/// The content coding a `Content-Encoding` value names, when it is one
+/// other than `identity`: such a body is refused with `415` (decision 47),
+/// by `serve` and, in what it says, by `render`.
+pub fn compressed_coding(content_encoding: &str) -> Option<&str> {
+    let coding = content_encoding.trim();
+    (!coding.is_empty() && !coding.eq_ignore_ascii_case("identity")).then_some(coding)
+}
+
 /// Adds a header to the map templates see: a repeated header's values are
 /// joined with ", ", as HTTP allows.
 pub fn append_header(headers: &mut BTreeMap<String, String>, name: &str, value: &str) {

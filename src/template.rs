@@ -352,8 +352,8 @@ impl EngineBuilder {
             env.set_debug(false);
             env.set_unknown_method_callback(python_method);
             env.set_fuel(Some(MAX_FUEL));
-            for (name, original) in sized_filters() {
-                env.add_filter(name, bounded_filter(name, original));
+            for (name, original, oversize) in sized_filters() {
+                env.add_filter(name, bounded_filter(name, original, oversize));
             }
             env
         };
@@ -975,10 +975,10 @@ fn add_filters_refusing_missing(keys: &mut Environment<'static>) -> Vec<&'static
         chain, zip, pprint, format, urlencode,
     )
     .into_iter()
-    .chain(
-        sized_filters()
-            .map(|(name, original)| (name, MjValue::from_function(bounded_filter(name, original)))),
-    )
+    .chain(sized_filters().map(|(name, original, oversize)| {
+        let bounded = bounded_filter(name, original, oversize);
+        (name, MjValue::from_function(bounded))
+    }))
     .chain([
         ("e", MjValue::from_function(minijinja::filters::escape)),
         ("count", MjValue::from_function(minijinja::filters::length)),
@@ -1169,27 +1169,61 @@ fn python_method(
 }
 
 /// The builtin filters whose arguments say how much they build: `indent`'s
-/// width, `slice`'s and `batch`'s count. A count taken from the request
-/// (`indent(body.depth)`) would otherwise have one filter allocate
-/// gigabytes at once, before any bound on steps or output applies.
-fn sized_filters() -> [(&'static str, MjValue); 3] {
+/// width, `slice`'s and `batch`'s count, each with what a size given to
+/// it would make when that is more than a rendering may hold. A size taken
+/// from the request (`indent(body.depth)`) would otherwise have one filter
+/// allocate gigabytes at once, before any bound on steps or output applies.
+fn sized_filters() -> [(&'static str, MjValue, Oversize); 3] {
     [
-        ("indent", MjValue::from_function(minijinja::filters::indent)),
-        ("slice", MjValue::from_function(minijinja::filters::slice)),
-        ("batch", MjValue::from_function(minijinja::filters::batch)),
+        (
+            "indent",
+            MjValue::from_function(minijinja::filters::indent),
+            indent_oversize,
+        ),
+        (
+            "slice",
+            MjValue::from_function(minijinja::filters::slice),
+            count_oversize,
+        ),
+        (
+            "batch",
+            MjValue::from_function(minijinja::filters::batch),
+            count_oversize,
+        ),
     ]
+}
+
+/// What a filter given the size `.1` on the value `.0` would make, when
+/// that is more than a rendering may hold.
+type Oversize = fn(&MjValue, i64) -> Option<String>;
+
+/// An `indent` whose result would pass [`MAX_RENDERED_BYTES`].
+fn indent_oversize(value: &MjValue, width: i64) -> Option<String> {
+    let text = value.as_str().unwrap_or_default();
+    let lines = text.matches('\n').count() + 1;
+    usize::try_from(width)
+        .ok()
+        .and_then(|width| width.checked_mul(lines))
+        .and_then(|added| added.checked_add(text.len()))
+        .is_none_or(|total| total > MAX_RENDERED_BYTES)
+        .then(|| format!("a text of more than {MAX_RENDERED_BYTES} bytes"))
 }
 
 /// The most slices or batches `slice` and `batch` may make, and the most
 /// items a batch may be filled up to.
 const MAX_FILTER_COUNT: i64 = 10_000;
 
-/// `original`, refusing arguments that would build more than a rendering
-/// may hold: an `indent` whose result would pass [`MAX_RENDERED_BYTES`],
-/// a `slice` or `batch` count above [`MAX_FILTER_COUNT`].
+/// A `slice` or `batch` count above [`MAX_FILTER_COUNT`].
+fn count_oversize(_: &MjValue, count: i64) -> Option<String> {
+    (count > MAX_FILTER_COUNT).then(|| format!("more than {MAX_FILTER_COUNT} items"))
+}
+
+/// `original`, refusing any size among its arguments that `oversize`
+/// finds too large.
 fn bounded_filter(
     name: &'static str,
     original: MjValue,
+    oversize: Oversize,
 ) -> impl Fn(
     &minijinja::State,
     MjValue,
@@ -1201,42 +1235,28 @@ fn bounded_filter(
     move |state, value, rest| {
         // Positional numbers and the values of keyword arguments
         // (`indent(width=8)`); the flags `indent` takes are not numbers.
-        let numbers = rest.iter().flat_map(|argument| {
-            let values: Vec<MjValue> = match argument.kind() {
-                minijinja::value::ValueKind::Map => argument
-                    .try_iter()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|key| argument.get_item(&key).ok())
-                    .collect(),
-                _ => vec![argument.clone()],
-            };
-            values
-                .into_iter()
-                .filter(|v| v.kind() == minijinja::value::ValueKind::Number)
-                .filter_map(|v| i64::try_from(v).ok())
-        });
-        for number in numbers.collect::<Vec<_>>() {
-            let too_big = match name {
-                "indent" => {
-                    let text = value.as_str().map_or(0, str::len);
-                    let lines = value.as_str().map_or(1, |t| t.matches('\n').count() + 1);
-                    usize::try_from(number)
-                        .ok()
-                        .and_then(|width| width.checked_mul(lines))
-                        .and_then(|added| added.checked_add(text))
-                        .is_none_or(|total| total > MAX_RENDERED_BYTES)
-                }
-                _ => number > MAX_FILTER_COUNT,
-            };
-            if too_big {
-                let limit = match name {
-                    "indent" => format!("a text of more than {MAX_RENDERED_BYTES} bytes"),
-                    _ => format!("more than {MAX_FILTER_COUNT} items"),
-                };
+        let mut given = Vec::new();
+        for argument in rest.iter() {
+            match argument.kind() {
+                minijinja::value::ValueKind::Map => given.extend(
+                    argument
+                        .try_iter()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|key| argument.get_item(&key).ok()),
+                ),
+                _ => given.push(argument.clone()),
+            }
+        }
+        let sizes = given
+            .iter()
+            .filter(|v| v.kind() == minijinja::value::ValueKind::Number)
+            .filter_map(|v| i64::try_from(v.clone()).ok());
+        for size in sizes {
+            if let Some(made) = oversize(&value, size) {
                 return Err(minijinja::Error::new(
                     ErrorKind::InvalidOperation,
-                    format!("`{name}({number})` would make {limit}"),
+                    format!("`{name}({size})` would make {made}"),
                 ));
             }
         }

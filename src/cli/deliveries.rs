@@ -376,10 +376,10 @@ pub async fn redeliver(
         return Ok(());
     }
     let (mut queued, mut still_failing) = (0, 0);
-    while !page.is_empty() {
+    loop {
         let after = page.last().map(|d| (d.received_at_ms, d.id.clone()));
         for delivery in page {
-            redeliver_one(
+            redeliver_and_report(
                 &store,
                 &loaded.config,
                 delivery,
@@ -388,13 +388,17 @@ pub async fn redeliver(
             )
             .await?;
         }
-        page = match (&id, after) {
-            (None, Some(after)) => store
-                .failed_deliveries_after(route.clone(), since_ms, Some(after), REDELIVERY_PAGE)
-                .await
-                .map_err(runtime)?,
-            _ => Vec::new(),
-        };
+        // An id names one delivery: there is no next page.
+        if id.is_some() {
+            break;
+        }
+        page = store
+            .failed_deliveries_after(route.clone(), since_ms, after, REDELIVERY_PAGE)
+            .await
+            .map_err(runtime)?;
+        if page.is_empty() {
+            break;
+        }
     }
     store.close().await;
     println!("{queued} queued, {still_failing} still failing");
@@ -414,8 +418,8 @@ pub async fn redeliver(
 /// How many failed deliveries `redeliver` reads at a time.
 const REDELIVERY_PAGE: usize = 100;
 
-/// Redelivers one failed delivery and says what became of it.
-async fn redeliver_one(
+/// Redelivers one failed delivery, prints what became of it and counts it.
+async fn redeliver_and_report(
     store: &Store,
     config: &Config,
     delivery: FailedDelivery,

@@ -77,10 +77,10 @@ fn too_large(route: &crate::config::Route, body: &[u8]) -> Option<String> {
 
 /// Serve's `415`, for a body sent compressed (decision 47).
 fn encoded(headers: &BTreeMap<String, String>) -> Option<String> {
-    let coding = headers.get("content-encoding")?.trim();
-    (!coding.is_empty() && !coding.eq_ignore_ascii_case("identity")).then(|| {
-        format!("415 to this request: its body is sent with Content-Encoding `{coding}`, and bodies are taken as sent")
-    })
+    let coding = inbound::compressed_coding(headers.get("content-encoding")?)?;
+    Some(format!(
+        "415 to this request: its body is sent with Content-Encoding `{coding}`, and bodies are taken as sent"
+    ))
 }
 
 /// Everything after the signature check: the sender's checks, parsing,

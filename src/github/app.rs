@@ -613,10 +613,12 @@ impl AppAuth {
         // former name. One lookup tells that case apart (it finds the
         // repository's id, in the pinned installation) from a repository
         // that is not in it, which stays refused.
+        let key = repo.to_ascii_lowercase();
+        let id_known = || lock(&self.moved_repository_ids).contains_key(&key);
         if let Err(CredentialError::OutsidePinnedInstallation { .. }) = &minted
-            && !lock(&self.moved_repository_ids).contains_key(&repo.to_ascii_lowercase())
+            && !id_known()
             && matches!(self.look_up_installation(repo).await, Ok(found) if found == installation)
-            && lock(&self.moved_repository_ids).contains_key(&repo.to_ascii_lowercase())
+            && id_known()
         {
             return self.mint_once(installation, repo, scope).await;
         }

@@ -653,8 +653,7 @@ async fn confirm_subscription(
 fn content_encoding(request: &HttpRequest) -> Option<String> {
     let value = request.headers().get(CONTENT_ENCODING)?;
     let value = String::from_utf8_lossy(value.as_bytes());
-    let coding = value.trim();
-    (!coding.is_empty() && !coding.eq_ignore_ascii_case("identity")).then(|| coding.to_string())
+    inbound::compressed_coding(&value).map(str::to_string)
 }
 
 /// Lower-cased header names to values; repeated headers are joined with
