@@ -213,7 +213,7 @@ pub fn classify(
         // where it leads.
         300..=399 => Action::Fail {
             reason: format!(
-                "GitHub answered {status} with a redirect that is not followed: only that of a renamed or transferred repository, on github.api_url's host, is"
+                "GitHub answered {status} with a redirect that is not followed: only that of a renamed or transferred repository, on github.api_url's host and keeping the request's method, is"
             ),
         },
         status if passing_status(status) => server_error(answer, history, policy, jitter),
@@ -677,7 +677,7 @@ mod tests {
             (
                 answer(307, "Temporary Redirect", none),
                 None,
-                "GitHub answered 307 with a redirect that is not followed: only that of a renamed or transferred repository, on github.api_url's host, is",
+                "GitHub answered 307 with a redirect that is not followed: only that of a renamed or transferred repository, on github.api_url's host and keeping the request's method, is",
             ),
         ];
         for (answer, expected_retry, expected_text) in cases {

@@ -161,7 +161,13 @@ pub enum TransportError {
 /// A configured GitHub API client; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct GitHubClient {
+    /// Sends the GETs, which follow any of GitHub's redirects.
     http: reqwest::Client,
+    /// Sends every other method, and follows only the redirects that keep
+    /// the method and the body (307 and 308): a client follows a 301, 302
+    /// or 303 with a GET and no body, which would turn a dispatch into a
+    /// read of some other resource and report that read's answer.
+    http_keeping_method: reqwest::Client,
     api_url: String,
     /// Hosts known to refuse `return_run_details` in a workflow dispatch
     /// (older GitHub Enterprise Server answers 400 or 422), so that the field
@@ -181,16 +187,21 @@ impl GitHubClient {
             HeaderValue::from_static(API_VERSION),
         );
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(64)
-            .redirect(reqwest::redirect::Policy::custom(follow_within_origin))
-            .build()
-            .map_err(|e| TransportError::Other(e.to_string()))?;
+        let client = |keeping_method_only: bool| {
+            reqwest::Client::builder()
+                .default_headers(headers.clone())
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .pool_max_idle_per_host(64)
+                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    follow_within_origin(attempt, keeping_method_only)
+                }))
+                .build()
+                .map_err(|e| TransportError::Other(e.to_string()))
+        };
         Ok(GitHubClient {
-            http,
+            http: client(false)?,
+            http_keeping_method: client(true)?,
             api_url: api_url.trim_end_matches('/').to_string(),
             no_run_details: Arc::default(),
         })
@@ -248,8 +259,8 @@ impl GitHubClient {
                 )
             })?;
         header.set_sensitive(true);
-        let mut request = self
-            .http
+        let http = self.client_for(&method);
+        let mut request = http
             .request(method, format!("{}{}", self.api_url, path))
             .header(AUTHORIZATION, header);
         if let Some(body) = body {
@@ -259,7 +270,7 @@ impl GitHubClient {
         }
         let request = request.build().map_err(transport_error)?;
         let requested = request.url().clone();
-        let response = self.http.execute(request).await.map_err(transport_error)?;
+        let response = http.execute(request).await.map_err(transport_error)?;
         let redirected_to =
             (response.url() != &requested).then(|| response.url().path().to_string());
         let answer = read_answer(response, Some(auth)).await?;
@@ -269,11 +280,21 @@ impl GitHubClient {
         })
     }
 
+    /// The client that sends `method`: only a GET may follow a redirect that
+    /// turns the request into a GET.
+    fn client_for(&self, method: &reqwest::Method) -> &reqwest::Client {
+        if method == reqwest::Method::GET {
+            &self.http
+        } else {
+            &self.http_keeping_method
+        }
+    }
+
     /// Sends an unauthenticated POST without a body (the App manifest
     /// conversion takes neither: the one-time code in the path is the proof).
     pub async fn post_anonymous(&self, path: &str) -> Result<Answer, TransportError> {
         let response = self
-            .http
+            .http_keeping_method
             .post(format!("{}{}", self.api_url, path))
             .send()
             .await
@@ -291,8 +312,14 @@ const MAX_REDIRECTS: usize = 3;
 /// (`/repositories/{id}/…`), 307 for a dispatch, which is to be repeated
 /// there. That redirect, on the API's own host, is the only one followed:
 /// the credential is not sent anywhere else, and any other redirect comes
-/// back as the answer, which fails the dispatch by its status.
-fn follow_within_origin(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+/// back as the answer, which fails the dispatch by its status. With
+/// `keeping_method_only`, so is a redirect that a client follows with a GET
+/// (301, 302, 303).
+fn follow_within_origin(
+    attempt: reqwest::redirect::Attempt<'_>,
+    keeping_method_only: bool,
+) -> reqwest::redirect::Action {
+    let keeps_method = matches!(attempt.status().as_u16(), 307 | 308);
     let first = attempt.previous().first();
     let same_origin = first.is_some_and(|first| {
         first.scheme() == attempt.url().scheme()
@@ -300,7 +327,11 @@ fn follow_within_origin(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::red
             && first.port_or_known_default() == attempt.url().port_or_known_default()
     });
     let to_a_repository_id = repository_id(attempt.url().path()).is_some();
-    if same_origin && to_a_repository_id && attempt.previous().len() <= MAX_REDIRECTS {
+    if same_origin
+        && to_a_repository_id
+        && (keeps_method || !keeping_method_only)
+        && attempt.previous().len() <= MAX_REDIRECTS
+    {
         attempt.follow()
     } else {
         attempt.stop()

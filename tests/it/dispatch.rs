@@ -1436,8 +1436,9 @@ async fn a_dispatch_to_a_renamed_repository_follows_githubs_redirect_and_says_so
 /// Only GitHub's redirect of a renamed repository, on the API's host, is
 /// followed: a redirect to another host would carry the dispatch (and,
 /// were it followed with it, the credential) elsewhere, and one to another
-/// path of the API's host is not a repository. Either fails the dispatch,
-/// and nothing is sent where it leads.
+/// path of the API's host is not a repository, and a 302 would be followed
+/// with a GET that drops the dispatch's body. Each fails the dispatch, and
+/// nothing is sent where it leads.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redirect_other_than_a_renamed_repositorys_is_not_followed() {
     let app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
@@ -1447,32 +1448,58 @@ async fn a_redirect_other_than_a_renamed_repositorys_is_not_followed() {
         "acme/blog",
         vec![
             Scripted::Redirect {
+                status: 307,
                 location: elsewhere.url.clone(),
             },
             Scripted::Redirect {
+                status: 307,
                 location: same_host,
+            },
+            // A repository's id on the API's host, but with a status that a
+            // client follows with a GET and no body.
+            Scripted::Redirect {
+                status: 302,
+                location: format!("{}/repositories/1234/dispatches", app.github.url()),
             },
         ],
     );
-    for id in [1, 2] {
+    for id in [1, 2, 3] {
         let body = format!(r#"{{"id":{id}}}"#);
         assert_eq!(app.post_signed("cms", &body).await.status(), 202);
     }
     let list = app
         .wait_for_deliveries(WAIT, |list| {
-            list.len() == 2 && list.iter().all(|d| status_of(d) == "failed")
+            list.len() == 3 && list.iter().all(|d| status_of(d) == "failed")
         })
         .await;
-    for delivery in &list {
-        let error = delivery["targets"][0]["last_error"]
-            .as_str()
-            .unwrap_or_default();
-        assert!(
-            error.starts_with("GitHub answered 307 with a redirect that is not followed"),
-            "{delivery:#}"
-        );
-    }
+    let mut statuses: Vec<&str> = list
+        .iter()
+        .map(|delivery| {
+            let error = delivery["targets"][0]["last_error"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                error.contains(" with a redirect that is not followed"),
+                "{delivery:#}"
+            );
+            &error[..error.find(" with").unwrap()]
+        })
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [
+            "GitHub answered 302",
+            "GitHub answered 307",
+            "GitHub answered 307"
+        ]
+    );
     assert!(elsewhere.bodies().is_empty(), "{:?}", elsewhere.bodies());
     let paths: Vec<String> = app.github.requests().into_iter().map(|r| r.path).collect();
-    assert!(paths.iter().all(|p| p != "/login"), "{paths:?}");
+    assert!(
+        paths
+            .iter()
+            .all(|p| p != "/login" && !p.starts_with("/repositories/")),
+        "{paths:?}"
+    );
 }

@@ -114,9 +114,10 @@ pub enum Scripted {
     /// The 404 page of GitHub's web front, which an `api_url` without `/api/v3` reaches on
     /// GitHub Enterprise Server: HTML, with the `x-github-request-id` every GitHub answer has.
     WebFrontNotFound,
-    /// A 307 to `location`, as a proxy or a misconfigured front might send, unlike GitHub's
-    /// own redirect of a renamed repository (which [`FakeGitHub::rename_repo`] plays).
-    Redirect { location: String },
+    /// A redirect of this status to `location`, as a proxy or a misconfigured front might
+    /// send, unlike GitHub's own redirect of a renamed repository (which
+    /// [`FakeGitHub::rename_repo`] plays).
+    Redirect { status: u16, location: String },
 }
 
 impl Scripted {
@@ -1601,11 +1602,10 @@ fn scripted_answer(
             ..Answer::empty(*status)
         },
         Scripted::BadCredentials => bad_credentials(),
-        Scripted::Redirect { location } => Answer::json(
-            307,
-            json!({ "message": "Temporary Redirect", "url": location }),
-        )
-        .with_header("location", location),
+        Scripted::Redirect { status, location } => {
+            Answer::json(*status, json!({ "message": "Moved", "url": location }))
+                .with_header("location", location)
+        }
         Scripted::WebFrontNotFound => Answer {
             web_page: Some(
                 "<!DOCTYPE html>\n<html lang=\"en\"><head><title>Page not found &middot; GitHub</title></head>\n<body><h1>404</h1><p>This is not the web page you are looking for.</p></body></html>\n",
