@@ -599,6 +599,18 @@ impl Dispatcher {
             Some(wait @ RateLimitWait::Unstated) => Some(self.heed(wait).await),
             None => {
                 self.pacer.answered();
+                // An answer that spent the credential's last request: the
+                // next would be refused, so the queue waits for the reset
+                // instead of sending into the limit.
+                if let Some(wait) =
+                    rate_limit::exhausted_wait(&answer.rate, clock::now_epoch_secs())
+                    && self.pause(wait).await
+                {
+                    tracing::warn!(
+                        wait_secs = wait.as_secs(),
+                        "GitHub's rate limit for this credential is spent; dispatches wait for its reset"
+                    );
+                }
                 None
             }
         }
@@ -674,10 +686,13 @@ impl Dispatcher {
     /// Pauses the credential for `wait`, as GitHub asked. Only a pause that
     /// ends later than the one under way is kept: the answers of a fan-out
     /// to the same limit add no store write each.
-    async fn pause(&self, wait: Duration) {
-        if self.pacer.pause(wait) {
+    /// Answers whether the pause now ends later than before.
+    async fn pause(&self, wait: Duration) -> bool {
+        let later = self.pacer.pause(wait);
+        if later {
             self.keep_pause(wait).await;
         }
+        later
     }
 
     /// Takes up the pause kept by `Dispatcher::keep_pause` before a

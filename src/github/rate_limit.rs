@@ -85,15 +85,64 @@ pub fn rate_limit_wait(answer: &Answer, now_epoch_secs: u64) -> Option<RateLimit
             secs.min(MAX_ASKED_WAIT_SECS),
         )));
     }
-    // The reset is GitHub's time: moved onto our clock, a host clock minutes
-    // off neither hammers a limit that has not reset nor waits too long.
-    if answer.rate.remaining == Some(0)
-        && let Some(reset) = reset_on_our_clock(&answer.rate, now_epoch_secs)
-        && reset > now_epoch_secs
-    {
-        return Some(RateLimitWait::Stated(Duration::from_secs(
-            (reset - now_epoch_secs).min(MAX_ASKED_WAIT_SECS),
-        )));
+    if let Some(wait) = exhausted_wait(&answer.rate, now_epoch_secs) {
+        return Some(RateLimitWait::Stated(wait));
     }
     Some(RateLimitWait::Unstated)
+}
+
+/// How long until the credential's primary limit resets, when an answer of
+/// any status says that nothing of it remains: the request after a 2xx
+/// that spent the last one would be refused, so it waits for the reset.
+pub fn exhausted_wait(rate: &RateHeaders, now_epoch_secs: u64) -> Option<Duration> {
+    if rate.remaining != Some(0) {
+        return None;
+    }
+    // The reset is GitHub's time: moved onto our clock, a host clock minutes
+    // off neither hammers a limit that has not reset nor waits too long.
+    let reset = reset_on_our_clock(rate, now_epoch_secs)?;
+    (reset > now_epoch_secs)
+        .then(|| Duration::from_secs((reset - now_epoch_secs).min(MAX_ASKED_WAIT_SECS)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(remaining: Option<u64>, reset: Option<u64>, date: Option<u64>) -> RateHeaders {
+        RateHeaders {
+            remaining,
+            reset_epoch_secs: reset,
+            date_epoch_secs: date,
+            ..RateHeaders::default()
+        }
+    }
+
+    #[test]
+    fn an_exhausted_limit_waits_for_its_reset_on_our_clock() {
+        let now = 1_000_000;
+        let cases = [
+            // (remaining, reset, GitHub's Date, the wait)
+            (Some(0), Some(now + 30), None, Some(30)),
+            (Some(0), Some(now + 30), Some(now - 120), Some(150)),
+            (
+                Some(0),
+                Some(now + 30 * 3600),
+                None,
+                Some(MAX_ASKED_WAIT_SECS),
+            ),
+            (Some(0), Some(now), None, None),
+            (Some(0), Some(now - 5), None, None),
+            (Some(0), None, None, None),
+            (Some(1), Some(now + 30), None, None),
+            (None, Some(now + 30), None, None),
+        ];
+        for (remaining, reset, date, expected) in cases {
+            assert_eq!(
+                exhausted_wait(&rate(remaining, reset, date), now),
+                expected.map(Duration::from_secs),
+                "remaining {remaining:?}, reset {reset:?}, date {date:?}"
+            );
+        }
+    }
 }

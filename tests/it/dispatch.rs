@@ -632,6 +632,35 @@ async fn a_rate_limit_reset_is_read_on_githubs_clock() {
     );
 }
 
+/// A dispatch answered 2xx that spent the last request of GitHub's primary
+/// limit holds the credential's queue until the limit resets: the next
+/// request would be refused (design §5 pauses on
+/// `x-ratelimit-remaining: 0`, whatever the status it comes with).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dispatch_that_spends_the_limit_holds_the_next_until_the_reset() {
+    let app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::LastOfTheLimit { reset_in_secs: 3 }],
+    );
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    app.github.wait_for_dispatches(1, WAIT).await;
+    assert_eq!(app.post_signed("cms", r#"{"id":2}"#).await.status(), 202);
+    app.github.wait_for_dispatches(2, WAIT).await;
+    // Sent before the reset, the second would have been refused (the fake
+    // counts that as a violation) and sent a third time.
+    assert_eq!(app.github.violations(), Vec::<String>::new());
+    let sent = app
+        .github
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/dispatches"))
+        .count();
+    assert_eq!(sent, 2);
+    app.wait_for_log(|l| l.contains("GitHub's rate limit for this credential is spent"))
+        .await;
+}
+
 /// A dedupe key that prints a field the webhook lacks is no key: printed
 /// as nothing, every such webhook would share the key `order-` and all but
 /// the first would be dropped as duplicates.

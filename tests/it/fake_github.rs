@@ -90,6 +90,10 @@ pub enum Scripted {
     RateLimited { retry_after_secs: u64 },
     /// A 403 with `x-ratelimit-remaining: 0` and `x-ratelimit-reset` this many seconds ahead.
     PrimaryRateLimit { reset_in_secs: u64 },
+    /// A successful dispatch (204) that spends the last request of the primary limit: it
+    /// says `x-ratelimit-remaining: 0` and `x-ratelimit-reset` this many seconds ahead, and
+    /// any request of its credential before the reset is refused, as GitHub does.
+    LastOfTheLimit { reset_in_secs: u64 },
     /// The same primary limit answered with 429, which GitHub also uses for it.
     PrimaryRateLimitTooMany { reset_in_secs: u64 },
     /// A 403 with GitHub's secondary-rate-limit message, with `retry-after` when given.
@@ -135,7 +139,8 @@ impl Scripted {
                 retry_after_secs: None,
             } => Some(Duration::from_secs(60)),
             Scripted::PrimaryRateLimit { reset_in_secs }
-            | Scripted::PrimaryRateLimitTooMany { reset_in_secs } => Some(
+            | Scripted::PrimaryRateLimitTooMany { reset_in_secs }
+            | Scripted::LastOfTheLimit { reset_in_secs } => Some(
                 Duration::from_secs(*reset_in_secs)
                     .saturating_sub(Duration::from_nanos(since_epoch.subsec_nanos().into())),
             ),
@@ -154,9 +159,12 @@ impl Scripted {
             } => Scripted::SecondaryRateLimit {
                 retry_after_secs: Some(secs),
             },
-            Scripted::PrimaryRateLimit { .. } => Scripted::PrimaryRateLimit {
-                reset_in_secs: secs,
-            },
+            // A request after the last one of the limit is refused by the limit itself.
+            Scripted::PrimaryRateLimit { .. } | Scripted::LastOfTheLimit { .. } => {
+                Scripted::PrimaryRateLimit {
+                    reset_in_secs: secs,
+                }
+            }
             Scripted::PrimaryRateLimitTooMany { .. } => Scripted::PrimaryRateLimitTooMany {
                 reset_in_secs: secs,
             },
@@ -1553,6 +1561,10 @@ fn scripted_answer(
                 Answer::error(*other, reason, GENERIC_DOCS)
             }
         },
+        Scripted::LastOfTheLimit { reset_in_secs } => Answer::empty(204)
+            .with_header("x-ratelimit-remaining", 0)
+            .with_header("x-ratelimit-used", RATE_LIMIT)
+            .with_header("x-ratelimit-reset", now + reset_in_secs),
         Scripted::RateLimited { retry_after_secs } => Answer::error(
             429,
             &secondary_limit_message(request_id),
