@@ -34,8 +34,9 @@ pub const RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
 /// How far in the past the JWT's `iat` is put, to absorb clock drift.
 const JWT_BACKDATE_SECS: i64 = 60;
 
-/// The JWT's lifetime counted from the backdated `iat`: GitHub refuses more
-/// than ten minutes.
+/// The JWT's lifetime counted from the backdated `iat`, so that `exp` is
+/// nine minutes ahead: GitHub refuses one more than ten minutes ahead of its
+/// clock, and the minute left over absorbs a host clock running ahead.
 const JWT_LIFETIME_SECS: i64 = 600;
 
 /// The permissions a dispatch needs.
