@@ -1156,6 +1156,32 @@ fn a_secret_from_a_default_written_in_the_file_is_warned_about() {
 }
 
 #[test]
+fn a_secret_with_whitespace_at_an_end_is_kept_and_warned_about() {
+    let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify:\n      hmac:\n        secrets: [\"${SECRET}\", \"${PADDED}\", \" inner space \"]\n        header: X-Sig\n    dispatch:\n      - repo: acme/a\n        event_type: deploy\n";
+    let env = |name: &str| match name {
+        "SECRET" => Some("s3cr3t".to_owned()),
+        "PADDED" => Some("s3cr3t\n".to_owned()),
+        _ => None,
+    };
+    let loaded = load("routes.yaml", text, &env).unwrap();
+    let paths: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].verify.hmac.secrets[1]",
+            "routes[0].verify.hmac.secrets[2]"
+        ],
+        "{:?}",
+        loaded.warnings
+    );
+    for warning in &loaded.warnings {
+        assert!(warning.message.contains("whitespace"), "{warning:?}");
+        assert!(!warning.message.contains("s3cr3t"), "{warning:?}");
+        assert!(!warning.message.contains("inner"), "{warning:?}");
+    }
+}
+
+#[test]
 fn a_wrong_value_outside_routes_does_not_hide_the_sections_other_errors() {
     let text = "github:\n  token: [t]\n  timeout: 0s\n  pacing: {concurrency: lots, min_interval: 5 parsecs}\nserver:\n  max_body: [1]\n  body_timeout: 0s\nstore:\n  synchronous: often\n  retention: forever\nretry:\n  max_attempts: lots\n  initial_backoff: 5 parsecs\n  max_backoff: [1]\nroutes: []\n";
     let found: Vec<(String, usize)> = load_err(text)

@@ -2124,6 +2124,15 @@ fn secret_list(
             ok = false;
         } else {
             report.secret_at(&item_path);
+            if value.trim() != value {
+                // Kept as written, since a sender may really use such a
+                // secret; but most often it is the line break a file ends
+                // with, read into the variable, and then nothing matches.
+                report.warn(
+                    &item_path,
+                    "begins or ends with whitespace (a space, a tab or a line break), which is kept: a secret read from a file often keeps its last line break, and then no request matches it",
+                );
+            }
             let secret = Secret::new(value);
             match check(&secret) {
                 Some(problem) => {
