@@ -65,40 +65,67 @@ where
 /// come from a variable.
 pub(crate) const DECIMAL_MAY_HAVE_LOST_DIGITS: &str = "was read as a decimal number, which may have lost digits (1.10 reads as 1.1); write the value in quotes";
 
-/// A scalar taken as text: durations, sizes and ids may be written as
+/// What is said of a bare decimal where a duration or a size is wanted:
+/// quoting it would not help, since both are whole numbers of their unit.
+const DECIMAL_QUANTITY: &str = "is a decimal number; a duration or a size is a whole number of its unit: write 1500ms for 1.5s, or 1536KiB for 1.5MiB";
+
+/// A scalar taken as text: ids and the fields of a target may be written as
 /// strings or as bare whole numbers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Text(pub(crate) String);
 
+/// A duration or a size as written (`10s`, `64KiB`, or a bare whole
+/// number), parsed by `units` once its field is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Quantity(pub(crate) String);
+
+/// Reads a string or a whole number as its text, and refuses a decimal with
+/// `decimal`, since YAML has already rounded it.
+struct ScalarText {
+    decimal: &'static str,
+}
+
+impl Visitor<'_> for ScalarText {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or a number")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(E::custom(self.decimal))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.to_owned())
+    }
+}
+
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
+        deserializer
+            .deserialize_any(ScalarText {
+                decimal: DECIMAL_MAY_HAVE_LOST_DIGITS,
+            })
+            .map(Text)
+    }
+}
 
-        impl Visitor<'_> for TextVisitor {
-            type Value = Text;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or a number")
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Text(v.to_string()))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Text(v.to_string()))
-            }
-
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Err(E::custom(DECIMAL_MAY_HAVE_LOST_DIGITS))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(v.to_owned()))
-            }
-        }
-
-        deserializer.deserialize_any(TextVisitor)
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(ScalarText {
+                decimal: DECIMAL_QUANTITY,
+            })
+            .map(Quantity)
     }
 }
 
@@ -109,7 +136,7 @@ pub(crate) struct RawGithub {
     pub(crate) token: Option<String>,
     pub(crate) app: Option<RawApp>,
     pub(crate) pacing: Option<Value>,
-    pub(crate) timeout: Option<Text>,
+    pub(crate) timeout: Option<Quantity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,7 +152,7 @@ pub(crate) struct RawApp {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPacing {
     pub(crate) concurrency: Option<Num<u32>>,
-    pub(crate) min_interval: Option<Text>,
+    pub(crate) min_interval: Option<Quantity>,
     pub(crate) per_minute: Option<Num<u32>>,
 }
 
@@ -133,9 +160,9 @@ pub(crate) struct RawPacing {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawServer {
     pub(crate) listen: Option<String>,
-    pub(crate) max_body: Option<Text>,
-    pub(crate) max_body_memory: Option<Text>,
-    pub(crate) body_timeout: Option<Text>,
+    pub(crate) max_body: Option<Quantity>,
+    pub(crate) max_body_memory: Option<Quantity>,
+    pub(crate) body_timeout: Option<Quantity>,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
 }
@@ -144,7 +171,7 @@ pub(crate) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawStore {
     pub(crate) url: Option<String>,
-    pub(crate) retention: Option<Text>,
+    pub(crate) retention: Option<Quantity>,
     pub(crate) synchronous: Option<RawSynchronous>,
 }
 
@@ -159,9 +186,9 @@ pub(crate) enum RawSynchronous {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRetry {
     pub(crate) max_attempts: Option<Num<u32>>,
-    pub(crate) initial_backoff: Option<Text>,
-    pub(crate) max_backoff: Option<Text>,
-    pub(crate) give_up_after: Option<Text>,
+    pub(crate) initial_backoff: Option<Quantity>,
+    pub(crate) max_backoff: Option<Quantity>,
+    pub(crate) give_up_after: Option<Quantity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,7 +210,7 @@ pub(crate) struct RawRoute {
     pub(crate) dispatch: Option<Vec<Value>>,
     #[serde(default)]
     pub(crate) allowed_repos: Vec<String>,
-    pub(crate) max_body: Option<Text>,
+    pub(crate) max_body: Option<Quantity>,
     #[serde(default)]
     pub(crate) source_ips: Vec<String>,
     pub(crate) dedupe_key: Option<String>,
@@ -201,8 +228,8 @@ pub(crate) struct RawRateLimit {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDebounce {
-    pub(crate) window: Text,
-    pub(crate) max_wait: Option<Text>,
+    pub(crate) window: Quantity,
+    pub(crate) max_wait: Option<Quantity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,7 +317,7 @@ pub(crate) struct RawBasic {
 pub(crate) struct RawTimed {
     pub(crate) secret: Option<String>,
     pub(crate) secrets: Option<Vec<String>>,
-    pub(crate) tolerance: Option<Text>,
+    pub(crate) tolerance: Option<Quantity>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -817,6 +817,21 @@ fn a_decimal_number_where_text_is_expected_is_refused_with_a_hint() {
 }
 
 #[test]
+fn a_decimal_duration_or_size_is_refused_with_its_unit_hint() {
+    let text = "github:\n  token: t\n  timeout: 1.5\nserver:\n  max_body: 1.5\nroutes: []\n";
+    let errors = load_err(text);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["github.timeout", "server.max_body"], "{errors:?}");
+    for error in &errors {
+        assert!(
+            error.message.contains("whole number of its unit")
+                && !error.message.contains("in quotes"),
+            "{error:?}"
+        );
+    }
+}
+
+#[test]
 fn an_sns_route_must_list_its_topics() {
     let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify:\n      sns: {certificates: [c.pem]}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
     let errors = load_err(text);

@@ -15,7 +15,7 @@ use serde_path_to_error::Segment;
 use super::env::{Found, scalar_text, substitute_tree};
 use super::locate::{Locations, Pos};
 use super::path::{Path, Seg};
-use super::raw::{self, Num, Text};
+use super::raw::{self, Num, Quantity};
 use super::units::{parse_duration, parse_size};
 use super::*;
 use crate::routing;
@@ -1169,13 +1169,13 @@ fn section<T: DeserializeOwned + Default>(
 
 fn duration(
     report: &mut Report,
-    text: Option<Text>,
+    text: Option<Quantity>,
     path: &Path,
     default: Duration,
 ) -> Option<Duration> {
     match text {
         None => Some(default),
-        Some(Text(text)) => parse_duration(&text)
+        Some(Quantity(text)) => parse_duration(&text)
             .map_err(|message| report.error(path, message))
             .ok(),
     }
@@ -1185,7 +1185,7 @@ fn duration(
 /// tolerance of nothing would refuse or cut short everything.
 fn positive_duration(
     report: &mut Report,
-    text: Option<Text>,
+    text: Option<Quantity>,
     path: &Path,
     default: Duration,
 ) -> Option<Duration> {
@@ -1198,10 +1198,10 @@ fn positive_duration(
     })
 }
 
-fn size(report: &mut Report, text: Option<Text>, path: &Path, default: u64) -> Option<u64> {
+fn size(report: &mut Report, text: Option<Quantity>, path: &Path, default: u64) -> Option<u64> {
     match text {
         None => Some(default),
-        Some(Text(text)) => match parse_size(&text) {
+        Some(Quantity(text)) => match parse_size(&text) {
             Ok(0) => {
                 report.error(path, "must be more than 0 bytes");
                 None
