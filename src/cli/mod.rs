@@ -334,7 +334,7 @@ async fn check(path: &Path, online: bool) -> Result<(), CliError> {
     let loaded = load_config(path)?;
     // `serve` reads them at start and at every reload; so does `check`.
     crate::ingress::read_pinned_certificates(&loaded.config)
-        .map_err(|e| CliError::Config(e.in_file(&path.display().to_string())))?;
+        .map_err(|e| CliError::Config(e.to_string()))?;
     // The store's location is refused by `serve` before it opens anything.
     store_path(path, loaded.config.store.url.as_deref())?;
     for warning in &loaded.warnings {

@@ -189,7 +189,7 @@ impl Reloader {
             let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
             match LiveRoutes::new(config.clone()) {
                 Ok(routes) => Ok((routes, warnings)),
-                Err(e) => Err((e.in_file(&name), Some((config, warnings)))),
+                Err(e) => Err((e.to_string(), Some((config, warnings)))),
             }
         })
         .await

@@ -448,8 +448,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Cli
         tracing::warn!(warning = %warning, "Configuration warning");
     }
     let config = Arc::new(loaded.config);
-    let routes = LiveRoutes::new(config.clone())
-        .map_err(|e| CliError::Config(e.in_file(&config_path.display().to_string())))?;
+    let routes = LiveRoutes::new(config.clone()).map_err(|e| CliError::Config(e.to_string()))?;
     super::give_back_freed_memory();
     let metrics = Metrics::new();
     metrics.config_loaded(true, crate::clock::now_ms() as f64 / 1000.0);

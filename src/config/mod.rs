@@ -309,7 +309,17 @@ pub struct SnsVerify {
     pub topic_arns: Vec<String>,
     /// Local PEM certificates to verify with instead of fetching
     /// `SigningCertURL`; read when the routes are loaded.
-    pub certificates: Vec<PathBuf>,
+    pub certificates: Vec<PinnedCertificate>,
+}
+
+/// A certificate file an `sns` route pins, with where routes.yaml names
+/// it: the file is read after loading, and a file that cannot be read is
+/// reported at that place, as a validation error is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedCertificate {
+    pub file: PathBuf,
+    /// `routes.yaml:LINE:COLUMN`, as validation errors begin.
+    pub written_at: String,
 }
 
 impl Verify {

@@ -2394,7 +2394,20 @@ fn sns_verify(report: &mut Report, value: Value, method_path: &Path) -> Option<V
     (ok && left_out.is_empty()).then(|| {
         Verify::Sns(SnsVerify {
             topic_arns: raw.topic_arns,
-            certificates: raw.certificates.into_iter().map(PathBuf::from).collect(),
+            certificates: raw
+                .certificates
+                .into_iter()
+                .enumerate()
+                .map(|(index, file)| {
+                    let at = report
+                        .locations
+                        .value(&method_path.key("certificates").index(index));
+                    PinnedCertificate {
+                        file: PathBuf::from(file),
+                        written_at: format!("{}:{}:{}", report.file, at.line, at.column),
+                    }
+                })
+                .collect(),
         })
     })
 }

@@ -111,22 +111,10 @@ impl LiveRoutes {
 }
 
 /// Pinned SNS certificates that could not be read, one line per file, each
-/// naming the route and the file.
+/// naming where routes.yaml pins it, the route and the file.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.join("\n"))]
 pub struct PinnedCertificatesError(pub Vec<String>);
-
-impl PinnedCertificatesError {
-    /// The lines prefixed with the configuration file they come from, as
-    /// validation errors are.
-    pub fn in_file(&self, file: &str) -> String {
-        self.0
-            .iter()
-            .map(|line| format!("{file}: {line}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
 
 /// Reads the pinned certificates of every `sns` route (PEM files, relative
 /// paths from the working directory). `check`, `serve` and every reload
@@ -167,16 +155,17 @@ pub fn read_route_certificates(
     }
     let mut errors = Vec::new();
     let mut keys = Vec::with_capacity(sns.certificates.len());
-    for file in &sns.certificates {
-        let key = std::fs::read(file)
+    for (at, pinned) in sns.certificates.iter().enumerate() {
+        let key = std::fs::read(&pinned.file)
             .map_err(|e| e.to_string())
             .and_then(|pem| SigningKey::from_pem(&pem).map_err(|e| e.to_string()));
         match key {
             Ok(key) => keys.push(key),
             Err(e) => errors.push(format!(
-                "routes[{index}] ({}): verify.sns.certificates: cannot read {}: {e}",
+                "{}: routes[{index}] ({}): verify.sns.certificates[{at}]: cannot read {}: {e}",
+                pinned.written_at,
                 route.id,
-                file.display()
+                pinned.file.display()
             )),
         }
     }

@@ -1180,14 +1180,25 @@ async fn a_pinned_certificate_that_cannot_be_read_is_a_configuration_error() {
         again.1
     );
 
-    // `check` and `serve` say the same, naming the file and the route.
+    // `check` and `serve` say the same, naming the file, the line and the
+    // route.
+    let line = 1 + broken
+        .lines()
+        .position(|l| l.contains("sns-test-signing-cert.pme"))
+        .unwrap();
+    let said = format!("routes.yaml:{line}:",);
     for command in [&["check"][..], &["serve", "--listen", "127.0.0.1:0"]] {
         let (code, stderr) = app.cli_with_deadline(command, Duration::from_secs(30));
         assert_eq!(code, Some(1), "{command:?}: {stderr}");
+        let at = stderr
+            .find(&said)
+            .unwrap_or_else(|| panic!("{command:?}: {stderr}"));
+        let rest = &stderr[at + said.len()..];
         assert!(
-            stderr.contains(
-                "routes.yaml: routes[0] (sns/acme-blog): verify.sns.certificates: cannot read"
-            ),
+            rest.split_once(": ")
+                .is_some_and(|(_column, message)| message.starts_with(
+                    "routes[0] (sns/acme-blog): verify.sns.certificates[0]: cannot read"
+                )),
             "{command:?}: {stderr}"
         );
     }
