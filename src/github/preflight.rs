@@ -253,13 +253,14 @@ fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> {
         }
     }
     if !app && repo["permissions"]["push"] == false {
+        // What a fine-grained token needs for each endpoint, as GitHub's
+        // reference lists it: a workflow dispatch needs Actions alone.
         return Err(format!(
-            "missing permission: the credential can see {} but not write to it (a dispatch needs Contents: write{})",
+            "missing permission: the credential can see {} but not write to it ({})",
             target.repo,
-            if target.scope == Scope::Workflow {
-                " and Actions: write"
-            } else {
-                ""
+            match target.scope {
+                Scope::Workflow => "a workflow dispatch needs Actions: write",
+                Scope::Contents => "a repository dispatch needs Contents: write",
             }
         ));
     }
@@ -407,7 +408,15 @@ mod tests {
                 Scope::Contents,
                 false,
                 Err(
-                    "missing permission: the credential can see acme/blog but not write to it (a dispatch needs Contents: write)",
+                    "missing permission: the credential can see acme/blog but not write to it (a repository dispatch needs Contents: write)",
+                ),
+            ),
+            (
+                answer(200, read_only, None),
+                Scope::Workflow,
+                false,
+                Err(
+                    "missing permission: the credential can see acme/blog but not write to it (a workflow dispatch needs Actions: write)",
                 ),
             ),
             (answer(200, "{}", None), Scope::Contents, true, Ok(())),

@@ -129,11 +129,11 @@ async fn check_online_explains_each_failure_of_a_token() {
     app.github.add_read_only_token("github_pat_readonly");
     let (_, text) = check_online(&app, "github_pat_readonly");
     assert!(
-        text.contains("FAIL  acme/blog: missing permission: the credential can see acme/blog but not write to it (a dispatch needs Contents: write)"),
+        text.contains("FAIL  acme/blog: missing permission: the credential can see acme/blog but not write to it (a repository dispatch needs Contents: write)"),
         "{text}"
     );
     assert!(
-        text.contains("Contents: write and Actions: write"),
+        text.contains("FAIL  acme/docs (workflow dispatch): missing permission: the credential can see acme/docs but not write to it (a workflow dispatch needs Actions: write)"),
         "{text}"
     );
 
