@@ -60,6 +60,13 @@ pub(super) fn migrate(conn: &Connection, opener: Opener) -> Result<Upgrade, Stor
             changes.push(format!("table {table}"));
         }
     }
+    // Looked at before `SCHEMA` runs, which creates the indexes it names.
+    let mut indexes_missing = Vec::new();
+    for (name, _) in ADDED_INDEXES {
+        if missing(conn, &[name])? {
+            indexes_missing.push(*name);
+        }
+    }
     conn.execute_batch(SCHEMA)?;
     for (table, column, declaration) in missing_columns(conn)? {
         conn.execute_batch(&format!(
@@ -71,7 +78,7 @@ pub(super) fn migrate(conn: &Connection, opener: Opener) -> Result<Upgrade, Stor
     }
     if serve {
         for (name, create) in ADDED_INDEXES {
-            if existed && missing(conn, &[name])? {
+            if existed && indexes_missing.contains(name) {
                 changes.push(format!("index {name}"));
             }
             conn.execute_batch(create)?;
@@ -169,6 +176,12 @@ pub(super) fn refuse_foreign_database(conn: &Connection) -> Result<(), StoreErro
 /// all are created after those.
 const ADDED_INDEXES: &[(&str, &str)] = &[
     (
+        // Each route's deliveries by arrival, in place of `deliveries_received`:
+        // listing one route no longer walks every route's deliveries.
+        "deliveries_route",
+        "CREATE INDEX IF NOT EXISTS deliveries_route ON deliveries (route, received_at)",
+    ),
+    (
         // The open debounce windows of a route, found without walking every
         // pending delivery of every route; deliveries of routes without
         // debounce are not in it, so accepting them costs nothing more.
@@ -205,8 +218,14 @@ pub(super) const JOBS_UNTRIED: &str = include_str!("jobs_untried.sql");
 /// queue by due time alone; `jobs_queued` ordered each route's pending
 /// jobs, tried or not, which made every lease walk every route with a job
 /// waiting out its backoff; `jobs_retrying` counted what `jobs_retried`
-/// now holds.
-const DROPPED_INDEXES: &[&str] = &["jobs_due", "jobs_queued", "jobs_retrying"];
+/// now holds; `deliveries_received` ordered every delivery by arrival,
+/// which `deliveries_route` does route by route.
+const DROPPED_INDEXES: &[&str] = &[
+    "jobs_due",
+    "jobs_queued",
+    "jobs_retrying",
+    "deliveries_received",
+];
 
 /// Whether a pending job has no route: one queued before jobs kept it, or
 /// by an older relay since. Looked up only through the queue's indexes, so
@@ -1140,6 +1159,9 @@ fn summary_from_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Delive
 }
 
 pub(super) fn list(conn: &Connection, f: &ListFilter) -> Result<Vec<DeliverySummary>, StoreError> {
+    if f.route.is_none() && f.status.is_none() {
+        return list_across_routes(conn, f);
+    }
     let limit = if f.limit == 0 { 50 } else { f.limit } as i64;
     // Only the filters given are written into the statement: SQLite cannot
     // use an index for `(?1 IS NULL OR status = ?1)`, and listing a status
@@ -1147,6 +1169,21 @@ pub(super) fn list(conn: &Connection, f: &ListFilter) -> Result<Vec<DeliverySumm
     // combination is its own cached statement; the parameters keep their
     // numbers whichever are used.
     let mut stmt = conn.prepare_cached(&list_statement(f))?;
+    bind_list_filter(&mut stmt, f, limit)?;
+    let mut rows = stmt.raw_query();
+    let mut listed = Vec::new();
+    while let Some(row) = rows.next()? {
+        listed.push(summary_from_row(conn, row)?);
+    }
+    Ok(listed)
+}
+
+/// Binds the filters [`list_statement_of`] wrote, each at its number.
+fn bind_list_filter(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    f: &ListFilter,
+    limit: i64,
+) -> Result<(), StoreError> {
     stmt.raw_bind_parameter(4, limit)?;
     stmt.raw_bind_parameter(5, f.offset as i64)?;
     if let Some(status) = f.status {
@@ -1162,16 +1199,71 @@ pub(super) fn list(conn: &Connection, f: &ListFilter) -> Result<Vec<DeliverySumm
         stmt.raw_bind_parameter(6, before_ms)?;
         stmt.raw_bind_parameter(7, before_id)?;
     }
-    let mut rows = stmt.raw_query();
+    Ok(())
+}
+
+/// The route after `?1` in `deliveries_route`, found by a seek: listing
+/// every route takes them one by one without reading their deliveries.
+pub(super) const NEXT_LISTED_ROUTE: &str =
+    "SELECT route FROM deliveries WHERE route > ?1 ORDER BY route LIMIT 1";
+
+/// Every route's deliveries, newest first: each route's newest are read
+/// from `deliveries_route` and merged, so that no page walks the deliveries
+/// of every route by arrival (which would need an index of their own,
+/// written by every webhook accepted). Routes are few; a page reads at
+/// most its offset and limit of each.
+fn list_across_routes(
+    conn: &Connection,
+    f: &ListFilter,
+) -> Result<Vec<DeliverySummary>, StoreError> {
+    let limit = if f.limit == 0 { 50 } else { f.limit };
+    let wanted = limit.saturating_add(f.offset);
+    let mut newest: Vec<(i64, String)> = Vec::new();
+    let mut next_route = conn.prepare_cached(NEXT_LISTED_ROUTE)?;
+    let mut route = String::new();
+    while let Some(next) = next_route
+        .query_row(params![route], |row| row.get::<_, String>(0))
+        .optional()?
+    {
+        route = next;
+        let of_route = ListFilter {
+            route: Some(route.clone()),
+            limit: wanted,
+            offset: 0,
+            ..f.clone()
+        };
+        let mut stmt = conn.prepare_cached(&list_statement_of(&of_route, "received_at, id"))?;
+        bind_list_filter(&mut stmt, &of_route, wanted as i64)?;
+        let mut rows = stmt.raw_query();
+        while let Some(row) = rows.next()? {
+            newest.push((row.get(0)?, row.get(1)?));
+        }
+    }
+    newest.sort_unstable_by(|a, b| b.cmp(a));
+    let mut by_id = conn.prepare_cached(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM deliveries WHERE id = ?1"
+    ))?;
     let mut listed = Vec::new();
-    while let Some(row) = rows.next()? {
-        listed.push(summary_from_row(conn, row)?);
+    for (_, id) in newest.into_iter().skip(f.offset).take(limit) {
+        if let Some(summary) = by_id
+            .query_row(params![id], |row| summary_from_row(conn, row))
+            .optional()?
+        {
+            listed.push(summary);
+        }
     }
     Ok(listed)
 }
 
+/// The columns [`summary_from_row`] reads.
+const SUMMARY_COLUMNS: &str = "id, route, status, received_at, finished_at, error, coalesced";
+
 /// The listing's statement with only the filters given.
 pub(super) fn list_statement(f: &ListFilter) -> String {
+    list_statement_of(f, SUMMARY_COLUMNS)
+}
+
+fn list_statement_of(f: &ListFilter, columns: &str) -> String {
     let mut conditions = Vec::new();
     if f.status.is_some() {
         conditions.push("status = ?1");
@@ -1191,7 +1283,7 @@ pub(super) fn list_statement(f: &ListFilter) -> String {
         format!("WHERE {}", conditions.join(" AND "))
     };
     format!(
-        "SELECT id, route, status, received_at, finished_at, error, coalesced FROM deliveries
+        "SELECT {columns} FROM deliveries
          {filter}
          ORDER BY received_at DESC, id DESC LIMIT ?4 OFFSET ?5"
     )
@@ -1202,7 +1294,9 @@ pub(super) fn get(
     id: &str,
 ) -> Result<Option<(DeliverySummary, Vec<AttemptSummary>)>, StoreError> {
     let summary = conn
-        .prepare_cached("SELECT id, route, status, received_at, finished_at, error, coalesced FROM deliveries WHERE id = ?1")?
+        .prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM deliveries WHERE id = ?1"
+        ))?
         .query_row(params![id], |row| summary_from_row(conn, row))
         .optional()?;
     let Some(summary) = summary else {

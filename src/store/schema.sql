@@ -16,7 +16,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     debounce_targets TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS deliveries_dedupe ON deliveries (route, dedupe_key) WHERE dedupe_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received_at);
+-- Each route's deliveries newest first: listing by route reads only its
+-- own, and listing them all merges the routes' newest (see `list`).
+CREATE INDEX IF NOT EXISTS deliveries_route ON deliveries (route, received_at);
 CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, received_at);
 
 -- The dedupe keys of webhooks merged into another delivery by debounce, so

@@ -1146,6 +1146,7 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
         "column jobs.route",
         "index jobs_untried",
         "index jobs_retried",
+        "index deliveries_route",
         "dropped index jobs_due",
         "a route for 1 queued jobs",
     ] {
@@ -1299,8 +1300,20 @@ async fn reads_that_a_large_store_repeats_are_found_through_indexes() {
             "deliveries_status (status=?)",
         ),
         (
-            listing(None, Some((1_000, "d".into()))),
-            "deliveries_received (received_at<?)",
+            listing(Some(Status::Delivered), Some((1_000, "d".into()))),
+            "deliveries_status (status=? AND received_at<?)",
+        ),
+        (
+            schema::list_statement(&ListFilter {
+                route: Some("r".into()),
+                before: Some((1_000, "d".into())),
+                ..ListFilter::default()
+            }),
+            "deliveries_route (route=? AND received_at<?)",
+        ),
+        (
+            schema::NEXT_LISTED_ROUTE.to_string(),
+            "deliveries_route (route>?)",
         ),
     ];
     for (sql, wanted) in cases {
@@ -1720,4 +1733,83 @@ async fn failed_deliveries_are_read_in_pages_that_neither_skip_nor_repeat() {
         pages.push(page.into_iter().map(|d| d.id).collect::<Vec<_>>());
     }
     assert_eq!(pages, [["a", "b"], ["c", "d"]]);
+}
+
+/// Listing every route merges each route's newest deliveries: the pages
+/// hold what one ordering of all deliveries by arrival (newest first, then
+/// by id) would, whichever way they are paged.
+#[tokio::test]
+async fn every_routes_deliveries_are_listed_newest_first_however_paged() {
+    let (_dir, store) = open();
+    let routes = ["bulk", "cms", "jenkins"];
+    let mut all = Vec::new();
+    for i in 0..30_i64 {
+        // Arrivals interleave between routes, and some share a millisecond.
+        let route = routes[(i * 7 % 3) as usize];
+        let received_at_ms = 1_000 + (i / 2) * 10;
+        let id = format!("d{i:02}");
+        store
+            .accept(delivery_of(&id, route, received_at_ms))
+            .await
+            .unwrap();
+        all.push((received_at_ms, id));
+    }
+    all.sort_unstable_by(|a, b| b.cmp(a));
+    let ids = |listed: Vec<DeliverySummary>| -> Vec<String> {
+        listed.into_iter().map(|d| d.id).collect()
+    };
+    let expected = |from: usize, n: usize| -> Vec<String> {
+        all.iter()
+            .skip(from)
+            .take(n)
+            .map(|(_, id)| id.clone())
+            .collect()
+    };
+    for offset in [0, 7, 14, 21, 28] {
+        let page = store
+            .list(ListFilter {
+                limit: 7,
+                offset,
+                ..ListFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(page), expected(offset, 7), "offset {offset}");
+    }
+    // Paging by the last one listed, and from a time on.
+    let (before_ms, before_id) = all[9].clone();
+    let page = store
+        .list(ListFilter {
+            limit: 5,
+            before: Some((before_ms, before_id)),
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(page), expected(10, 5));
+    let since = store
+        .list(ListFilter {
+            since_ms: Some(1_100),
+            limit: 50,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    let want: Vec<String> = all
+        .iter()
+        .filter(|(at, _)| *at >= 1_100)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(ids(since), want);
+    // One route alone, as before.
+    let cms = store
+        .list(ListFilter {
+            route: Some("cms".into()),
+            limit: 50,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(cms.len(), 10);
+    assert!(cms.iter().all(|d| d.route == "cms"));
 }
