@@ -519,8 +519,10 @@ impl Dispatcher {
         if retry::answered_by_github(answer) {
             self.github_answered().await;
         }
-        let github_down =
-            retry::may_pass(answer) && self.outage_confirmed(job, &sent_as.token.secret).await;
+        let github_down = retry::may_pass(answer)
+            && self
+                .outage_confirmed(job, answer, &sent_as.token.secret)
+                .await;
         let unstated_pause = match answer {
             Ok(answer) => self.heed_rate_limit(answer).await,
             Err(_) => None,
@@ -770,9 +772,25 @@ impl Dispatcher {
     /// dispatches alone. A look stands for every job tried before it, so
     /// while GitHub stays down a job's attempt costs at most one look, and
     /// most cost none.
-    async fn outage_confirmed(&self, job: &Job, token: &Secret) -> bool {
+    ///
+    /// A job that has already failed on its own (a failure of it was
+    /// counted: GitHub answered other dispatches meanwhile) and that GitHub
+    /// now answers with a server error again, with nothing known since its
+    /// last try, fails on its own again: a look GitHub answers would only
+    /// say that GitHub works, and taking it for an outage would end that
+    /// outage at the next dispatch answered, bring the job forward, and so
+    /// on, every retry of one failing repository an outage of its own.
+    async fn outage_confirmed(
+        &self,
+        job: &Job,
+        answer: &Result<Answer, TransportError>,
+        token: &Secret,
+    ) -> bool {
         let reason = match self.health.since(job.since_ms) {
             Since::Answering => return false,
+            Since::Unknown if job.failures > 0 && answer.as_ref().is_ok_and(|a| a.from_github) => {
+                return false;
+            }
             Since::Failing => format!("a dispatch to {} failed", job.repo),
             Since::Unknown => {
                 let started = Instant::now();

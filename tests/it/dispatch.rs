@@ -724,6 +724,41 @@ async fn a_proxy_error_page_is_kept_as_its_title() {
     );
 }
 
+/// A repository GitHub keeps failing on its own is not taken for an
+/// outage again at each retry. Its first failure, with nothing else
+/// answered, may be one; once GitHub answers another repository's
+/// dispatch, the job's next failure is counted, and so are the ones after
+/// it, although nothing else is answered between them: the job is given
+/// up on after `max_attempts`, and the outage is said once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_failing_on_its_own_is_not_an_outage_at_each_retry() {
+    let head = format!("{TEST_HEAD}  max_attempts: 3\n");
+    let routes =
+        hmac_route("cms", &one_target("acme/blog")) + &hmac_route("docs", &one_target("acme/docs"));
+    let app = spawn_app_with(&head, &routes, &[]).await;
+    app.wait_for_log(|l| l.contains("Preflight finished")).await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::Status(502); 10_000]);
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    app.wait_for_log(|l| l.contains("GitHub answers no dispatch"))
+        .await;
+    assert_eq!(app.post_signed("docs", r#"{"id":2}"#).await.status(), 202);
+    app.github.wait_for_dispatches(1, WAIT).await;
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.iter()
+                .any(|d| d["route"] == "cms" && crate::helpers::finished_failed(d))
+        })
+        .await;
+    let blog = list.iter().find(|d| d["route"] == "cms").unwrap();
+    let error = blog["targets"][0]["last_error"].as_str().unwrap();
+    assert!(error.starts_with("gave up after"), "{blog:#}");
+    let logs = app.logs();
+    let said = |text: &str| logs.iter().filter(|l| l.contains(text)).count();
+    assert_eq!(said("GitHub answers no dispatch"), 1, "{logs:#?}");
+    assert_eq!(said("GitHub answers dispatches again"), 1, "{logs:#?}");
+}
+
 /// GitHub may fail its dispatches while it answers everything else, as in
 /// an incident of Actions alone. The look at the repository is answered,
 /// yet the job's attempts are not spent: with `max_attempts: 2` it is
