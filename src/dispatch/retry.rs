@@ -94,6 +94,10 @@ pub enum Action {
         /// Set for rate limits: the whole credential's queue waits this long,
         /// because further requests with it would only be refused too.
         pause_credential: Option<Duration>,
+        /// A wait GitHub stated (`retry-after`, a rate limit's reset): the
+        /// job is not sent before it ends, even when an outage that ends
+        /// brings the retries it scheduled forward.
+        stated_wait: Option<Duration>,
         counts_as_failure: bool,
         reason: String,
     },
@@ -317,6 +321,7 @@ fn server_error(answer: &Answer, history: History, policy: &RetryConfig, jitter:
             Action::Retry {
                 delay: delay.max(asked),
                 pause_credential: None,
+                stated_wait: Some(asked),
                 counts_as_failure,
                 reason,
             }
@@ -338,6 +343,7 @@ fn rate_limited(lead: String, wait: Duration, history: History, policy: &RetryCo
     Action::Retry {
         delay: wait,
         pause_credential: Some(wait),
+        stated_wait: Some(wait),
         counts_as_failure: false,
         reason,
     }
@@ -396,6 +402,7 @@ fn transient(reason: String, history: History, policy: &RetryConfig, jitter: f64
         return Action::Retry {
             delay,
             pause_credential: None,
+            stated_wait: None,
             counts_as_failure: false,
             reason,
         };
@@ -417,6 +424,7 @@ fn transient(reason: String, history: History, policy: &RetryConfig, jitter: f64
     Action::Retry {
         delay,
         pause_credential: None,
+        stated_wait: None,
         counts_as_failure: true,
         reason,
     }

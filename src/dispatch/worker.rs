@@ -794,6 +794,7 @@ impl Dispatcher {
             Since::Failing => format!("a dispatch to {} failed", job.repo),
             Since::Unknown => {
                 let started = Instant::now();
+                let look_sent_ms = now_ms();
                 let look = self
                     .client
                     .get(&format!("/repos/{}", job.repo), token)
@@ -802,8 +803,12 @@ impl Dispatcher {
                 self.metrics
                     .github_request("repository", status, started.elapsed().as_secs_f64());
                 // A look GitHub answers says that it works, not that its
-                // dispatches do: it confirms the outage all the same.
-                self.health.outage_confirmed_at(now_ms());
+                // dispatches do: it confirms the outage all the same. It
+                // tells of the moment it was sent: a dispatch answered
+                // while it was on its way is the later news, and ends the
+                // outage, where a look dated by its answer would open it
+                // again with nothing left to end it.
+                self.health.outage_confirmed_at(look_sent_ms);
                 if retry::answered_by_github(&look) {
                     format!(
                         "a dispatch to {} failed while GitHub answers a look at the repository: its dispatches fail",
@@ -817,6 +822,11 @@ impl Dispatcher {
                 }
             }
         };
+        // A dispatch answered while the look was on its way settles it:
+        // GitHub answered another dispatch since the job's last try.
+        if self.health.since(job.since_ms) == Since::Answering {
+            return false;
+        }
         self.health.say_outage(job.since_ms, &reason);
         true
     }
@@ -950,6 +960,7 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
             Action::Retry {
                 delay,
                 pause_credential,
+                stated_wait,
                 counts_as_failure,
                 reason,
             } => {
@@ -961,8 +972,11 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
                     self.pacer.pause(*wait);
                 }
                 tracing::warn!(reason = %reason, status, retry_in_ms = delay.as_millis() as u64, "Dispatch will be retried");
+                let now = now_ms();
                 JobNext::Retry {
-                    at_ms: now_ms().saturating_add(clock::duration_ms(*delay)),
+                    at_ms: now.saturating_add(clock::duration_ms(*delay)),
+                    not_before_ms: stated_wait
+                        .map(|wait| now.saturating_add(clock::duration_ms(wait))),
                     counts_as_failure: *counts_as_failure,
                 }
             }

@@ -307,8 +307,16 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobNext {
     Delivered,
-    Retry { at_ms: i64, counts_as_failure: bool },
-    Failed { reason: String },
+    Retry {
+        at_ms: i64,
+        /// The end of a wait GitHub stated, before which the job is not
+        /// sent even when the retries of an outage are brought forward.
+        not_before_ms: Option<i64>,
+        counts_as_failure: bool,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 /// Job and delivery states as stored and shown to users.

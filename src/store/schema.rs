@@ -285,6 +285,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("deliveries", "debounce_targets", "TEXT"),
     // Run details of a workflow dispatch.
     ("jobs", "result", "TEXT"),
+    // The end of the wait GitHub stated for a retry; a retry scheduled
+    // before it existed is brought forward as before.
+    ("jobs", "not_before", "INTEGER"),
     // The delivery id and receive time a merged webhook's jobs were
     // rendered with (debounce), for redelivery to render them alike.
     ("jobs", "rendered_as_id", "TEXT"),
@@ -835,15 +838,22 @@ pub(super) fn record(
         }
         JobNext::Retry {
             at_ms,
+            not_before_ms,
             counts_as_failure,
         } => {
             let route: Option<String> = conn
                 .prepare_cached(
                     "UPDATE jobs SET attempts = attempts + 1, failures = failures + ?3, next_attempt_at = ?2,
-                     leased_until = NULL, last_error = ?4 WHERE id = ?1 RETURNING route",
+                     leased_until = NULL, last_error = ?4, not_before = ?5 WHERE id = ?1 RETURNING route",
                 )?
                 .query_row(
-                    params![a.job_id, at_ms, i64::from(*counts_as_failure), a.detail],
+                    params![
+                        a.job_id,
+                        at_ms,
+                        i64::from(*counts_as_failure),
+                        a.detail,
+                        not_before_ms
+                    ],
                     |r| r.get(0),
                 )
                 .optional()?
@@ -905,8 +915,10 @@ fn settle_delivery(conn: &Connection, delivery_id: &str, now_ms: i64) -> Result<
 
 /// Makes the retries scheduled after an attempt started at or after
 /// `from_ms`, and not due by `now_ms`, due since their job was queued (see
-/// [`super::Store::bring_retries_forward`]). A job being sent is due
-/// already, and left alone. It walks the jobs waiting for a retry once.
+/// [`super::Store::bring_retries_forward`]), or when the wait GitHub stated
+/// for them ends, if that is later still: such a job is not brought
+/// forward. A job being sent is due already, and left alone. It walks the
+/// jobs waiting for a retry once.
 pub(super) fn bring_forward(
     conn: &Connection,
     from_ms: i64,
@@ -916,6 +928,7 @@ pub(super) fn bring_forward(
         .prepare_cached(
             "UPDATE jobs SET next_attempt_at = created_at
              WHERE status = 'pending' AND attempts > 0 AND next_attempt_at > ?2
+               AND COALESCE(not_before, 0) <= ?2
                AND EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = jobs.id AND a.started_at >= ?1)",
         )?
         .execute(params![from_ms, now_ms])?)

@@ -111,6 +111,7 @@ async fn retry_makes_the_job_due_again_only_at_its_time() {
             &job,
             JobNext::Retry {
                 at_ms: 9_000,
+                not_before_ms: None,
                 counts_as_failure: true,
             },
         ))
@@ -220,6 +221,7 @@ async fn retries_take_their_turns_among_new_jobs_and_a_parked_route_waits_for_it
         let at_ms = if job.route == "a" { 2_000 } else { 3_600_000 };
         let next = JobNext::Retry {
             at_ms,
+            not_before_ms: None,
             counts_as_failure: true,
         };
         store.record(attempt(&job, next)).await.unwrap();
@@ -258,6 +260,7 @@ async fn a_retry_whose_lease_ran_out_is_leased_again() {
     let job = store.lease_due(1_000, 10, 60_000).await.unwrap().remove(0);
     let next = JobNext::Retry {
         at_ms: 2_000,
+        not_before_ms: None,
         counts_as_failure: true,
     };
     store.record(attempt(&job, next)).await.unwrap();
@@ -328,6 +331,7 @@ async fn an_outages_retries_are_brought_forward_in_the_order_they_came() {
                 &job,
                 JobNext::Retry {
                     at_ms: 600_000,
+                    not_before_ms: None,
                     counts_as_failure: false,
                 },
             )
@@ -1482,6 +1486,7 @@ async fn a_fanout_with_a_target_failed_for_good_is_failed_while_its_sibling_is_r
     let jobs = store.lease_due(5_000, 10, 60_000).await.unwrap();
     let retry = JobNext::Retry {
         at_ms: 60_000,
+        not_before_ms: None,
         counts_as_failure: true,
     };
     store.record(attempt(&jobs[0], retry)).await.unwrap();

@@ -759,6 +759,46 @@ async fn a_repository_failing_on_its_own_is_not_an_outage_at_each_retry() {
     assert_eq!(said("GitHub answers dispatches again"), 1, "{logs:#?}");
 }
 
+/// A retry GitHub asked to wait for (`retry-after` on a 503) is not
+/// brought forward when the outage its failure opened ends: the wait
+/// GitHub stated holds, as the retry policy promises.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_that_ends_does_not_cut_short_a_retry_after() {
+    let routes =
+        hmac_route("cms", &one_target("acme/blog")) + &hmac_route("docs", &one_target("acme/docs"));
+    let app = spawn_app_with(TEST_HEAD, &routes, &[]).await;
+    app.wait_for_log(|l| l.contains("Preflight finished")).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::Unavailable {
+            retry_after_secs: 3,
+        }],
+    );
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    app.wait_for_log(|l| l.contains("GitHub answers no dispatch"))
+        .await;
+    // GitHub answers another dispatch: the outage ends at once.
+    assert_eq!(app.post_signed("docs", r#"{"id":2}"#).await.status(), 202);
+    app.wait_for_log(|l| l.contains("GitHub answers dispatches again"))
+        .await;
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 2 && list.iter().all(|d| status_of(d) == "delivered")
+    })
+    .await;
+    let to_blog: Vec<_> = app
+        .github
+        .dispatch_attempts()
+        .into_iter()
+        .filter(|r| r.path.contains("acme/blog"))
+        .collect();
+    assert_eq!(to_blog.len(), 2, "{to_blog:?}");
+    let waited = to_blog[1].received_at - to_blog[0].received_at;
+    assert!(
+        waited >= Duration::from_millis(2_900),
+        "sent again after {waited:?}, within its retry-after"
+    );
+}
+
 /// GitHub may fail its dispatches while it answers everything else, as in
 /// an incident of Actions alone. The look at the repository is answered,
 /// yet the job's attempts are not spent: with `max_attempts: 2` it is

@@ -88,6 +88,8 @@ pub enum Scripted {
     /// Answer with this status and a GitHub-like body for it (500, 502, 503, 504, ...). A 2xx
     /// status answers with an empty body and counts as a successful dispatch.
     Status(u16),
+    /// A 503 carrying `retry-after`, as a server asks to be left alone for a while.
+    Unavailable { retry_after_secs: u64 },
     /// A 429 carrying `retry-after`, which is how GitHub signals some secondary limits.
     RateLimited { retry_after_secs: u64 },
     /// A 403 with `x-ratelimit-remaining: 0` and `x-ratelimit-reset` this many seconds ahead.
@@ -1567,6 +1569,11 @@ fn scripted_answer(
             .with_header("x-ratelimit-remaining", 0)
             .with_header("x-ratelimit-used", RATE_LIMIT)
             .with_header("x-ratelimit-reset", now + reset_in_secs),
+        Scripted::Unavailable { retry_after_secs } => Answer::json(
+            503,
+            json!({ "message": "Service Unavailable", "documentation_url": GENERIC_DOCS, "status": "503" }),
+        )
+        .with_header("retry-after", retry_after_secs),
         Scripted::RateLimited { retry_after_secs } => Answer::error(
             429,
             &secondary_limit_message(request_id),
