@@ -142,6 +142,26 @@ impl Drop for Claim {
 /// safety net; accepted webhooks wake it at once.
 pub const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// What paused a credential, said in the one line that logs the pause.
+#[derive(Debug, Clone, Copy)]
+enum PauseCause {
+    /// GitHub answered with a rate limit.
+    RateLimited,
+    /// A delivered dispatch said that nothing of the limit remains.
+    Spent,
+}
+
+impl PauseCause {
+    fn said(self) -> &'static str {
+        match self {
+            PauseCause::RateLimited => "GitHub answered with a rate limit",
+            PauseCause::Spent => {
+                "GitHub's rate limit for this credential is spent: a delivered dispatch said x-ratelimit-remaining: 0"
+            }
+        }
+    }
+}
+
 /// The pieces a worker needs.
 pub struct Dispatcher {
     pub store: Store,
@@ -606,12 +626,8 @@ impl Dispatcher {
                 // instead of sending into the limit.
                 if let Some(wait) =
                     rate_limit::exhausted_wait(&answer.rate, clock::now_epoch_secs())
-                    && self.pause(wait).await
                 {
-                    tracing::warn!(
-                        wait_secs = wait.as_secs(),
-                        "GitHub's rate limit for this credential is spent; dispatches wait for its reset"
-                    );
+                    self.pause(wait, PauseCause::Spent).await;
                 }
                 None
             }
@@ -625,13 +641,13 @@ impl Dispatcher {
     async fn heed(&self, wait: RateLimitWait) -> Duration {
         match wait {
             RateLimitWait::Stated(wait) => {
-                self.pause(wait).await;
+                self.pause(wait, PauseCause::RateLimited).await;
                 wait
             }
             RateLimitWait::Unstated => {
                 let (wait, later) = self.pacer.pause_unstated();
                 if later {
-                    self.keep_pause(wait).await;
+                    self.keep_pause(wait, PauseCause::RateLimited).await;
                 }
                 wait
             }
@@ -688,13 +704,10 @@ impl Dispatcher {
     /// Pauses the credential for `wait`, as GitHub asked. Only a pause that
     /// ends later than the one under way is kept: the answers of a fan-out
     /// to the same limit add no store write each.
-    /// Answers whether the pause now ends later than before.
-    async fn pause(&self, wait: Duration) -> bool {
-        let later = self.pacer.pause(wait);
-        if later {
-            self.keep_pause(wait).await;
+    async fn pause(&self, wait: Duration, cause: PauseCause) {
+        if self.pacer.pause(wait) {
+            self.keep_pause(wait, cause).await;
         }
-        later
     }
 
     /// Takes up the pause kept by `Dispatcher::keep_pause` before a
@@ -727,8 +740,8 @@ impl Dispatcher {
 
     /// Keeps when a pause ends in the store, so that a restart inside it
     /// waits the rest out instead of sending into a limit GitHub still
-    /// enforces.
-    async fn keep_pause(&self, wait: Duration) {
+    /// enforces. The pause is logged here, once, with what brought it.
+    async fn keep_pause(&self, wait: Duration, cause: PauseCause) {
         let now = now_ms();
         let until_ms = now.saturating_add(clock::duration_ms(wait));
         let latest_ms = now.saturating_add(clock::duration_ms(MAX_PAUSE));
@@ -736,6 +749,7 @@ impl Dispatcher {
         tracing::warn!(
             wait_ms = clock::duration_ms(wait),
             until = %crate::clock::rfc3339(until_ms),
+            cause = cause.said(),
             "GitHub's rate limit holds back every dispatch until then"
         );
         if let Err(e) = self.store.save_pause(until_ms, latest_ms).await {
