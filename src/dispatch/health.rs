@@ -73,6 +73,11 @@ impl GitHubHealth {
         self.confirmed_ms.fetch_max(now_ms, Ordering::Relaxed);
     }
 
+    /// Whether an outage has been said and no dispatch answered since.
+    pub fn outage_under_way(&self) -> bool {
+        self.outage.running()
+    }
+
     /// What is known of GitHub's dispatches since `since_ms`. When both
     /// happened, the later tells: GitHub that answered a dispatch and then
     /// had an outage confirmed has gone down since (an outage often starts

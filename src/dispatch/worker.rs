@@ -437,6 +437,7 @@ impl Dispatcher {
             self.observe(&job, scope, &answer, elapsed);
             let sent_as = SentAs {
                 token: &token,
+                started_ms,
                 retried_auth,
                 with_run_details,
             };
@@ -541,7 +542,7 @@ impl Dispatcher {
         }
         let github_down = retry::may_pass(answer)
             && self
-                .outage_confirmed(job, answer, &sent_as.token.secret)
+                .outage_confirmed(job, answer, sent_as.started_ms, &sent_as.token.secret)
                 .await;
         let unstated_pause = match answer {
             Ok(answer) => self.heed_rate_limit(answer).await,
@@ -783,9 +784,11 @@ impl Dispatcher {
     /// GitHub's, not the job's (decision 53). When nothing tells, it looks:
     /// it asks GitHub for the job's repository with the same token, so
     /// that the log can say whether GitHub fails everything or its
-    /// dispatches alone. A look stands for every job tried before it, so
-    /// while GitHub stays down a job's attempt costs at most one look, and
-    /// most cost none.
+    /// dispatches alone. The look decides nothing else (an outage ends only
+    /// when a dispatch is answered), and that line is logged once, when the
+    /// outage starts: once one is under way, the failed dispatch itself
+    /// confirms it, dated by its sending, and no look is made. So an outage
+    /// costs one look, however long it lasts and however many jobs it holds.
     ///
     /// A job that has already failed on its own (a failure of it was
     /// counted: GitHub answered other dispatches meanwhile) and that GitHub
@@ -798,6 +801,7 @@ impl Dispatcher {
         &self,
         job: &Job,
         answer: &Result<Answer, TransportError>,
+        sent_ms: i64,
         token: &Secret,
     ) -> bool {
         let reason = match self.health.since(job.since_ms) {
@@ -806,6 +810,12 @@ impl Dispatcher {
                 return false;
             }
             Since::Failing => format!("a dispatch to {} failed", job.repo),
+            Since::Unknown if self.health.outage_under_way() => {
+                // Dated by its sending, as a look is: a dispatch answered
+                // while this one was on its way is the later news.
+                self.health.outage_confirmed_at(sent_ms);
+                format!("a dispatch to {} failed", job.repo)
+            }
             Since::Unknown => {
                 let started = Instant::now();
                 let look_sent_ms = now_ms();
@@ -1080,6 +1090,8 @@ const RECORD_MAX_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy)]
 struct SentAs<'a> {
     token: &'a IssuedToken,
+    /// When the request left, in milliseconds since the epoch.
+    started_ms: i64,
     /// Whether the token was renewed after GitHub refused the one before.
     retried_auth: bool,
     /// Whether the body asked for the run's details.

@@ -16,6 +16,11 @@ impl Streak {
         self.0.fetch_add(1, Ordering::Relaxed) == 0
     }
 
+    /// Whether a run is under way: a failure counted and no end since.
+    pub fn running(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+
     /// Ends a run: `Some(failures)` when one was under way, the moment to
     /// log that it is over; `None` when nothing was failing.
     pub fn passed(&self) -> Option<u64> {
@@ -34,11 +39,14 @@ mod tests {
     fn the_first_failure_and_the_first_success_after_a_run_are_the_ones_said() {
         let streak = Streak::default();
         assert_eq!(streak.passed(), None, "nothing was failing");
+        assert!(!streak.running());
         assert!(streak.failed(), "a run starts");
+        assert!(streak.running());
         assert!(!streak.failed());
         assert!(!streak.failed());
         assert_eq!(streak.passed(), Some(3), "the run ends after three");
         assert_eq!(streak.passed(), None, "and is over");
+        assert!(!streak.running());
         assert!(streak.failed(), "a new run starts");
     }
 }
