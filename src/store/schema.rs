@@ -5,7 +5,7 @@
 //! batch that delivers or fails one of its jobs, so listing deliveries never
 //! has to aggregate jobs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -1223,15 +1223,21 @@ pub(super) const NEXT_LISTED_ROUTE: &str =
 /// Every route's deliveries, newest first: each route's newest are read
 /// from `deliveries_route` and merged, so that no page walks the deliveries
 /// of every route by arrival (which would need an index of their own,
-/// written by every webhook accepted). Routes are few; a page reads at
-/// most its offset and limit of each.
+/// written by every webhook accepted). Each route is read a batch at a
+/// time, from where its last batch ended, as the merge reaches it: a page
+/// at any offset reads about its offset and limit in all, plus one batch
+/// per route, and holds no more than a batch per route.
 fn list_across_routes(
     conn: &Connection,
     f: &ListFilter,
 ) -> Result<Vec<DeliverySummary>, StoreError> {
     let limit = if f.limit == 0 { 50 } else { f.limit };
-    let wanted = limit.saturating_add(f.offset);
-    let mut newest: Vec<(i64, String)> = Vec::new();
+    let batch = limit.saturating_add(f.offset).min(MERGE_BATCH);
+    let mut routes = Vec::new();
+    // The newest unlisted delivery of each route, newest first, with the
+    // route's place in `routes`; ties on time go to the greater id, as in
+    // the listing's `ORDER BY received_at DESC, id DESC`.
+    let mut heads = BinaryHeap::new();
     let mut next_route = conn.prepare_cached(NEXT_LISTED_ROUTE)?;
     let mut route = String::new();
     while let Some(next) = next_route
@@ -1239,25 +1245,33 @@ fn list_across_routes(
         .optional()?
     {
         route = next;
-        let of_route = ListFilter {
-            route: Some(route.clone()),
-            limit: wanted,
-            offset: 0,
-            ..f.clone()
+        let mut cursor = RouteCursor {
+            route: route.clone(),
+            read: VecDeque::new(),
+            after: f.before.clone(),
+            exhausted: false,
         };
-        let mut stmt = conn.prepare_cached(&list_statement_of(&of_route, "received_at, id"))?;
-        bind_list_filter(&mut stmt, &of_route, wanted as i64)?;
-        let mut rows = stmt.raw_query();
-        while let Some(row) = rows.next()? {
-            newest.push((row.get(0)?, row.get(1)?));
+        if let Some(head) = cursor.next(conn, f, batch)? {
+            heads.push((head, routes.len()));
         }
+        routes.push(cursor);
     }
-    newest.sort_unstable_by(|a, b| b.cmp(a));
     let mut by_id = conn.prepare_cached(&format!(
         "SELECT {SUMMARY_COLUMNS} FROM deliveries WHERE id = ?1"
     ))?;
+    let mut skipped = 0;
     let mut listed = Vec::new();
-    for (_, id) in newest.into_iter().skip(f.offset).take(limit) {
+    while listed.len() < limit {
+        let Some(((_, id), place)) = heads.pop() else {
+            break;
+        };
+        if let Some(head) = routes[place].next(conn, f, batch)? {
+            heads.push((head, place));
+        }
+        if skipped < f.offset {
+            skipped += 1;
+            continue;
+        }
         if let Some(summary) = by_id
             .query_row(params![id], |row| summary_from_row(conn, row))
             .optional()?
@@ -1266,6 +1280,49 @@ fn list_across_routes(
         }
     }
     Ok(listed)
+}
+
+/// The most deliveries of one route read at once when every route's are
+/// merged. Small in tests, so that they cross batches.
+const MERGE_BATCH: usize = if cfg!(test) { 3 } else { 256 };
+
+/// One route's deliveries in the listing's order, as (received_at, id),
+/// read from the store a batch at a time.
+struct RouteCursor {
+    route: String,
+    read: VecDeque<(i64, String)>,
+    /// Where the next batch starts: after the last one read, or after the
+    /// listing's own `before`.
+    after: Option<(i64, String)>,
+    exhausted: bool,
+}
+
+impl RouteCursor {
+    fn next(
+        &mut self,
+        conn: &Connection,
+        f: &ListFilter,
+        batch: usize,
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        if self.read.is_empty() && !self.exhausted {
+            let of_route = ListFilter {
+                route: Some(self.route.clone()),
+                limit: batch,
+                offset: 0,
+                before: self.after.clone(),
+                ..f.clone()
+            };
+            let mut stmt = conn.prepare_cached(&list_statement_of(&of_route, "received_at, id"))?;
+            bind_list_filter(&mut stmt, &of_route, batch as i64)?;
+            let mut rows = stmt.raw_query();
+            while let Some(row) = rows.next()? {
+                self.read.push_back((row.get(0)?, row.get(1)?));
+            }
+            self.exhausted = self.read.len() < batch;
+            self.after = self.read.back().cloned().or(self.after.take());
+        }
+        Ok(self.read.pop_front())
+    }
 }
 
 /// The columns [`summary_from_row`] reads.
