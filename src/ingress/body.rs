@@ -15,10 +15,6 @@ use futures_util::StreamExt;
 
 use super::error::IngressError;
 
-/// The most memory set aside for a body before its bytes arrive: a client
-/// that only claims a large `Content-Length` costs no more than this.
-const BODY_RESERVE: u64 = 64 * 1024;
-
 /// The bytes of body buffers held by requests now, shared by every worker.
 #[derive(Debug, Default)]
 pub struct BodyMemory {
@@ -125,12 +121,12 @@ async fn read_within<'a>(
     if declared.is_some_and(|len| len > limit) {
         return Err(IngressError::TooLarge { limit });
     }
+    // Nothing is set aside before a byte arrives: a client that only
+    // announces a large `Content-Length`, and sends nothing, must not hold
+    // the budget that every route's senders share. The buffer never grows
+    // past what was announced, since no more can arrive.
+    let most = declared.map_or(limit, |len| len.min(limit));
     let mut body = Body::empty(memory);
-    body.grow_to(
-        declared.unwrap_or(1024).min(limit).min(BODY_RESERVE),
-        limit,
-        budget,
-    )?;
     while let Some(chunk) = payload.next().await {
         let chunk =
             chunk.map_err(|e| IngressError::BadRequest(format!("could not read the body: {e}")))?;
@@ -138,7 +134,7 @@ async fn read_within<'a>(
         if needed > limit {
             return Err(IngressError::TooLarge { limit });
         }
-        body.grow_to(needed, limit, budget)?;
+        body.grow_to(needed, most.max(needed), budget)?;
         body.bytes.extend_from_slice(&chunk);
     }
     Ok(body)
