@@ -26,6 +26,10 @@ pub enum IngressError {
     Forbidden,
     #[error("the body is larger than this route's limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error(
+        "the request's headers and query string come to {bytes} bytes, over the {limit} a webhook may have"
+    )]
+    HeadTooLarge { bytes: usize, limit: usize },
     #[error("{0}")]
     BadRequest(String),
     #[error("the body is sent with Content-Encoding `{0}`; the relay takes bodies uncompressed")]
@@ -94,7 +98,7 @@ impl IngressError {
             IngressError::UnknownRoute { .. } => "unknown_route",
             IngressError::Unauthorized { .. } | IngressError::AdminUnauthorized => "unauthorized",
             IngressError::Forbidden => "forbidden",
-            IngressError::TooLarge { .. } => "too_large",
+            IngressError::TooLarge { .. } | IngressError::HeadTooLarge { .. } => "too_large",
             IngressError::BadRequest(_) => "bad_request",
             IngressError::UnsupportedEncoding(_) => "unsupported_encoding",
             IngressError::BodyTimeout { .. } => "timeout",
@@ -115,7 +119,9 @@ impl IngressError {
         Some(match self {
             IngressError::Unauthorized { .. } => WebhookOutcome::Unauthorized,
             IngressError::Forbidden => WebhookOutcome::Forbidden,
-            IngressError::TooLarge { .. } => WebhookOutcome::TooLarge,
+            IngressError::TooLarge { .. } | IngressError::HeadTooLarge { .. } => {
+                WebhookOutcome::TooLarge
+            }
             // The metric's outcomes are a fixed set: a body that never
             // arrived, or came compressed, is a bad request there.
             IngressError::BadRequest(_)
@@ -144,6 +150,7 @@ impl ResponseError for IngressError {
             }
             IngressError::Forbidden => StatusCode::FORBIDDEN,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
             IngressError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngressError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,

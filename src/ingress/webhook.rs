@@ -84,6 +84,10 @@ pub async fn post(
             "max_body",
             format!("Refused a webhook body over the route's max_body of {limit} bytes"),
         )),
+        Err(IngressError::HeadTooLarge { limit, .. }) => Some((
+            "head_size",
+            format!("Refused a webhook whose headers and query string pass {limit} bytes"),
+        )),
         Err(IngressError::RateLimited { .. }) => Some((
             "rate_limit",
             "Refused webhooks over the route's rate_limit".to_string(),
@@ -147,6 +151,7 @@ async fn accept(
 ) -> Result<(HttpResponse, WebhookOutcome), IngressError> {
     let route = &routes.config.routes[index];
     admit(state, routes, route, request)?;
+    check_head_size(request)?;
     let headers = header_map(request);
     let body = read_verified_body(state, routes, route, request, &headers, payload).await?;
     let body = body.bytes.as_slice();
@@ -654,6 +659,31 @@ fn content_encoding(request: &HttpRequest) -> Option<String> {
     let value = request.headers().get(CONTENT_ENCODING)?;
     let value = String::from_utf8_lossy(value.as_bytes());
     inbound::compressed_coding(&value).map(str::to_string)
+}
+
+/// The most bytes of header names and values and query string a webhook
+/// may have, as a proxy in front commonly allows (nginx's default). They
+/// are stored with the body, and `max_body` bounds only the body: without
+/// this, one webhook could store the whole request head actix reads, about
+/// 128 KiB, on a route whose bodies are held to 1 KiB.
+const MAX_HEAD_BYTES: usize = 32 * 1024;
+
+/// Refuses a request whose headers and query string pass
+/// [`MAX_HEAD_BYTES`], before its body is read.
+fn check_head_size(request: &HttpRequest) -> Result<(), IngressError> {
+    let bytes = request.query_string().len()
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum::<usize>();
+    if bytes > MAX_HEAD_BYTES {
+        return Err(IngressError::HeadTooLarge {
+            bytes,
+            limit: MAX_HEAD_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// Lower-cased header names to values; repeated headers are joined with

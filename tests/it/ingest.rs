@@ -883,6 +883,47 @@ async fn bodies_in_memory_share_one_budget() {
     ));
 }
 
+/// Headers and the query string are stored with the body, which
+/// `max_body` alone bounds: together they may come to 32 KiB. A webhook
+/// past that is answered `431` in JSON, counted as too large, and stored
+/// nowhere; one just under it is relayed whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_over_32_kib_is_refused_431_and_not_stored() {
+    let app = spawn_app(&hmac_route("cms", DEPLOY)).await;
+    let body = r#"{"event":"entry.publish"}"#;
+    let refused = app
+        .post_signed_with("cms", body, &[("x-padding", &"p".repeat(33_000))])
+        .await;
+    assert_eq!(refused.status(), 431);
+    let (_, answer) = json_of(refused).await;
+    assert_error(&answer, "too_large");
+    assert!(
+        answer["message"].as_str().unwrap().contains("32768"),
+        "{answer}"
+    );
+    let query = format!("/hooks/cms?pad={}", "q".repeat(33_000));
+    let refused = app
+        .http
+        .post(app.url(&query))
+        .header("x-signature-256", signature(SECRET, body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 431);
+    assert!(app.deliveries(&[]).is_empty());
+    assert!(
+        app.metrics().await.contains(
+            r#"dispatch_relay_webhooks_received_total{outcome="too_large",route="cms"} 2"#
+        )
+    );
+    let accepted = app
+        .post_signed_with("cms", body, &[("x-padding", &"p".repeat(30_000))])
+        .await;
+    assert_eq!(accepted.status(), 202);
+    assert_eq!(app.deliveries(&[]).len(), 1);
+}
+
 /// The inbound rate limit counts only requests that passed `verify`
 /// (decision 4): a flood of unsigned requests cannot spend the quota of
 /// the sender that signs.
