@@ -324,9 +324,13 @@ fn verify_hmac(
     body: &[u8],
 ) -> Result<(), VerifyError> {
     let raw = header_value(headers, &config.header)?;
+    // The prefix names the algorithm (`sha256=`); a sender that writes it
+    // in capitals, as some write the hex after it, signs all the same.
     let encoded = match &config.prefix {
         Some(prefix) => raw
-            .strip_prefix(prefix.as_str())
+            .get(..prefix.len())
+            .filter(|start| start.eq_ignore_ascii_case(prefix))
+            .map(|_| &raw[prefix.len()..])
             .ok_or_else(|| VerifyError::Malformed(config.header.clone()))?,
         None => raw,
     };
@@ -499,6 +503,11 @@ mod tests {
         );
         assert!(verify(&method, &headers(&[("x-signature", &wrong)]), BODY).is_err());
         let unprefixed = hex::encode(sign(HmacAlgorithm::Sha256, "new", BODY));
+        let capitals = format!("SHA256={}", unprefixed.to_uppercase());
+        assert_eq!(
+            verify(&method, &headers(&[("x-signature", &capitals)]), BODY),
+            Ok(())
+        );
         assert_eq!(
             verify(&method, &headers(&[("x-signature", &unprefixed)]), BODY),
             Err(VerifyError::Malformed("x-signature".into()))
