@@ -171,11 +171,27 @@ pub async fn list(
         before: query.before,
     };
     let (filter_limit, offset) = (filter.limit, filter.offset);
+    let first_page = offset == 0 && filter.before.is_none();
+    let unconfigured = filter
+        .route
+        .clone()
+        .filter(|route| state.routes().route(route).is_none());
     let deliveries = state
         .store
         .list(filter)
         .await
         .map_err(|e| store_unavailable("list deliveries", &e))?;
+    // A misspelt route would otherwise list nothing, and a script walking
+    // the failed ones would conclude that none failed. A route removed
+    // since still lists the deliveries the store holds of it.
+    if let Some(route) = unconfigured
+        && first_page
+        && deliveries.is_empty()
+    {
+        return Err(IngressError::BadRequest(format!(
+            "`route`: `{route}` is not a configured route, and the store holds no delivery of it that matches"
+        )));
+    }
     // A script asking what is stuck also learns whether, and until when,
     // GitHub's rate limit holds every dispatch back.
     let paused_until_ms = state
@@ -212,7 +228,7 @@ pub async fn get(
 ) -> Result<HttpResponse, IngressError> {
     authorize(&state, &request)?;
     let Some(id) = delivery_id(&id) else {
-        return Err(IngressError::NotFound(id.into_inner()));
+        return Err(IngressError::NotADeliveryId(id.into_inner()));
     };
     match state
         .store
@@ -232,7 +248,7 @@ pub async fn redeliver(
 ) -> Result<HttpResponse, IngressError> {
     authorize(&state, &request)?;
     let Some(id) = delivery_id(&id) else {
-        return Err(IngressError::NotFound(id.into_inner()));
+        return Err(IngressError::NotADeliveryId(id.into_inner()));
     };
     let routes = state.routes();
     let outcome = redeliver::redeliver_one(&state.store, &routes.config, &id)
@@ -265,8 +281,9 @@ pub async fn redeliver(
         // not failed.
         None => match state.store.get(&id).await {
             Ok(None) => Err(IngressError::NotFound(id)),
-            Ok(Some(_)) => Err(IngressError::Conflict(format!(
-                "delivery `{id}` is not failed; only failed deliveries are redelivered"
+            Ok(Some((summary, _))) => Err(IngressError::Conflict(format!(
+                "delivery `{id}` is {}, not failed; only failed deliveries are redelivered",
+                summary.status.as_str()
             ))),
             Err(e) => Err(store_unavailable("read a delivery", &e)),
         },

@@ -54,6 +54,10 @@ pub enum IngressError {
     AdminDisabled,
     #[error("delivery `{0}` not found")]
     NotFound(String),
+    /// A path that cannot name a delivery: said so, rather than "not
+    /// found", so that a typo is not taken for a delivery since pruned.
+    #[error("`{0}` is not a delivery id (a UUID, as the listing gives them)")]
+    NotADeliveryId(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{}", .0.message())]
@@ -108,7 +112,7 @@ impl IngressError {
             IngressError::RateLimited { .. } => "rate_limited",
             IngressError::Unavailable(_) | IngressError::BodyMemoryFull => "unavailable",
             IngressError::AdminDisabled => "admin_disabled",
-            IngressError::NotFound(_) => "not_found",
+            IngressError::NotFound(_) | IngressError::NotADeliveryId(_) => "not_found",
             IngressError::Conflict(_) => "conflict",
             IngressError::MethodNotAllowed(_) => "method_not_allowed",
         }
@@ -144,6 +148,7 @@ impl ResponseError for IngressError {
         match self {
             IngressError::UnknownRoute { .. }
             | IngressError::NotFound(_)
+            | IngressError::NotADeliveryId(_)
             | IngressError::AdminDisabled => StatusCode::NOT_FOUND,
             IngressError::Unauthorized { .. } | IngressError::AdminUnauthorized => {
                 StatusCode::UNAUTHORIZED

@@ -1375,7 +1375,7 @@ pub(super) fn get(
     let attempts = conn
         .prepare_cached(
             "SELECT j.target_index, a.started_at, a.duration_ms, a.status_code, a.detail
-             FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.delivery_id = ?1 ORDER BY a.id",
+             FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.delivery_id = ?1 ORDER BY a.started_at, a.id",
         )?
         .query_map(params![id], |r| {
             Ok(AttemptSummary {

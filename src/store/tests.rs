@@ -1818,3 +1818,25 @@ async fn every_routes_deliveries_are_listed_newest_first_however_paged() {
     assert_eq!(cms.len(), 10);
     assert!(cms.iter().all(|d| d.route == "cms"));
 }
+
+/// A delivery's attempts are listed in the order they started: the sends
+/// of a fan-out run at once and are recorded as each ends, so the order
+/// they were recorded in is not the timeline.
+#[tokio::test]
+async fn attempts_are_listed_by_when_they_started() {
+    let (_dir, store) = open();
+    store.accept(delivery("d1", None, 2)).await.unwrap();
+    let jobs = store.lease_due(5_000, 10, 60_000).await.unwrap();
+    for (job, started_at_ms) in [(&jobs[0], 2_500), (&jobs[1], 2_000)] {
+        store
+            .record(AttemptRecord {
+                started_at_ms,
+                ..attempt(job, JobNext::Delivered)
+            })
+            .await
+            .unwrap();
+    }
+    let (_, attempts) = store.get("d1").await.unwrap().unwrap();
+    let started: Vec<i64> = attempts.iter().map(|a| a.started_at_ms).collect();
+    assert_eq!(started, [2_000, 2_500]);
+}

@@ -247,17 +247,35 @@ async fn the_admin_api_lists_shows_and_redelivers_once() {
     app.github.wait_for_dispatches(1, WAIT).await;
     app.wait_for_deliveries(WAIT, |l| l[0]["status"] == "delivered")
         .await;
-    assert_eq!(redeliver().await.unwrap().status(), 409);
+    let (status, conflict) = crate::helpers::json_of(redeliver().await.unwrap()).await;
+    assert_eq!(status, 409);
+    assert!(
+        conflict["message"]
+            .as_str()
+            .unwrap()
+            .contains("is delivered, not failed"),
+        "{conflict}"
+    );
     assert_eq!(app.github.dispatches().len(), 1);
-    // An id the store does not know is 404, not 409.
-    let unknown = app
-        .http
-        .post(app.url("/admin/deliveries/no-such-id/redeliver"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unknown.status(), 404);
+    // An id the store does not know is 404, not 409; so is a path that
+    // is no delivery id at all, which says so.
+    let (status, unknown) = crate::helpers::json_of(
+        app.http
+            .post(app.url("/admin/deliveries/no-such-id/redeliver"))
+            .bearer_auth("admin-secret")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        unknown["message"]
+            .as_str()
+            .unwrap()
+            .contains("`no-such-id` is not a delivery id"),
+        "{unknown}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -602,6 +620,12 @@ async fn the_admin_list_pages_by_cursor_without_skipping_while_deliveries_are_re
         ("status=bogus", "status `bogus`"),
         ("stauts=failed", "`stauts`"),
         ("route=cms&route=other", "`route` is given more than once"),
+        // A route neither configured nor in the store is most likely a
+        // typo: an empty page would read as "nothing failed".
+        (
+            "route=nosuch&status=failed",
+            "`nosuch` is not a configured route",
+        ),
     ] {
         let answer = admin_get(format!("/admin/deliveries?{query}"), "admin-secret").await;
         assert_eq!(answer.status(), 400, "{query}");
