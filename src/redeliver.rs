@@ -151,7 +151,7 @@ fn render_again(config: &Config, delivery: &FailedDelivery) -> Rerendering {
             .collect::<Vec<_>>();
         if targets.is_empty() {
             return Rerendering::Failed(format!(
-                "not sent: its failed targets are no longer in route `{}`",
+                "not sent: its failed targets are no longer in route `{}`; it stays failed until store.retention prunes it (`redeliver --failed --since` can leave it out)",
                 route.id
             ));
         }

@@ -192,7 +192,11 @@ pub async fn show(config_path: &Path, id: &str, json: bool) -> Result<(), CliErr
             println!("    {}", crate::text::one_line(&target.body.to_string()));
         }
     }
-    if attempts.is_empty() {
+    if attempts.is_empty() && delivery.targets.is_empty() && delivery.status == Status::Failed {
+        // A webhook that failed to render has no target to send: nothing
+        // will be attempted until it is redelivered.
+        println!("no attempts: nothing to send until it is redelivered");
+    } else if attempts.is_empty() {
         println!("no attempts yet");
     } else {
         println!("ATTEMPTS");
@@ -300,6 +304,15 @@ fn print_table(deliveries: &[crate::store::DeliverySummary]) {
                     "", t.repo, t.attempts, t.counted_attempts
                 );
             }
+            // A failed target's error says how many attempts counted
+            // ("gave up after 2 attempts"); `failed(3)` beside it would
+            // read as a contradiction without the attempts that did not.
+            if t.status == Status::Failed && t.counted_attempts < t.attempts {
+                println!(
+                    "{:<36}  {}: {} attempts, {} counted against retry.max_attempts (rate limits and GitHub outages do not count)",
+                    "", t.repo, t.attempts, t.counted_attempts
+                );
+            }
             if let Some(result) = &t.result {
                 println!(
                     "{:<36}  {}: workflow run {} {}",
@@ -320,9 +333,16 @@ pub async fn redeliver(
     since: Option<String>,
 ) -> Result<(), CliError> {
     let loaded = load_config(config_path)?;
-    // Ids are UUIDs, kept in lower case; other text is looked up as given,
-    // and not found.
-    let id = id.map(|id| crate::store::delivery_id(&id).unwrap_or(id));
+    // Ids are UUIDs, kept in lower case: other text is a typo, said as
+    // `deliveries --id` says it, not looked up and "not found".
+    let id = match id {
+        None => None,
+        Some(text) => Some(crate::store::delivery_id(&text).ok_or_else(|| {
+            invalid(anyhow::anyhow!(
+                "--id `{text}` is not a delivery id (a UUID, as `deliveries` lists them)"
+            ))
+        })?),
+    };
     let since_ms = match since {
         None => None,
         Some(text) => {

@@ -362,6 +362,14 @@ async fn a_render_failure_is_stored_answered_422_and_recovered_by_redeliver() {
     // `redeliver --id`.
     assert_eq!(answer["error"], "unprocessable");
     assert_eq!(answer["delivery_id"], list[0]["id"], "{answer}");
+    // With no target rendered, nothing will be attempted until it is
+    // redelivered, which its page says rather than "not yet".
+    let shown = app.cli(&["deliveries", "--id", list[0]["id"].as_str().unwrap()]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("no attempts: nothing to send until it is redelivered"),
+        "{shown}"
+    );
 
     // Fix the route, redeliver: it is rendered again and sent.
     let fixed = std::fs::read_to_string(app.config_path()).unwrap().replace(
@@ -386,9 +394,18 @@ async fn a_render_failure_is_stored_answered_422_and_recovered_by_redeliver() {
     let text = String::from_utf8_lossy(&delivered.stderr);
     assert_eq!(delivered.status.code(), Some(1), "{text}");
     assert!(text.contains("is delivered, not failed"), "{text}");
-    let unknown = app.cli(&["redeliver", "--id", "no-such-id"]);
+    let unknown = app.cli(&["redeliver", "--id", "0190d6c4-0000-7000-8000-000000000000"]);
     let text = String::from_utf8_lossy(&unknown.stderr);
-    assert!(text.contains("no delivery no-such-id"), "{text}");
+    assert!(
+        text.contains("no delivery 0190d6c4-0000-7000-8000-000000000000"),
+        "{text}"
+    );
+    // Text that is no delivery id is said to be one, as `deliveries --id`
+    // says it, not looked up.
+    let typo = app.cli(&["redeliver", "--id", "no-such-id"]);
+    let text = String::from_utf8_lossy(&typo.stderr);
+    assert_eq!(typo.status.code(), Some(1), "{text}");
+    assert!(text.contains("`no-such-id` is not a delivery id"), "{text}");
     assert_eq!(app.github.dispatches().len(), 1);
 }
 
