@@ -213,11 +213,7 @@ fn hmac_signature(route: &Route, headers: &BTreeMap<String, String>) -> Option<S
         return None;
     };
     let value = headers.get(&config.header)?.trim();
-    let signature = config
-        .prefix
-        .as_deref()
-        .and_then(|prefix| value.strip_prefix(prefix))
-        .unwrap_or(value);
+    let signature = crate::verify::without_prefix(value, config.prefix.as_deref()).unwrap_or(value);
     // A hex SHA-1 is 40 characters, its base64 28: far from any value
     // another header would hold by chance.
     (signature.len() >= 16).then(|| signature.to_owned())

@@ -318,22 +318,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// An `hmac` signature header's value after the route's `prefix`, or
+/// `None` when it does not begin with it. The prefix names the algorithm
+/// (`sha256=`); a sender that writes it in capitals, as some write the hex
+/// after it, signs all the same.
+pub fn without_prefix<'a>(value: &'a str, prefix: Option<&str>) -> Option<&'a str> {
+    let Some(prefix) = prefix else {
+        return Some(value);
+    };
+    value
+        .get(..prefix.len())
+        .filter(|start| start.eq_ignore_ascii_case(prefix))
+        .map(|_| &value[prefix.len()..])
+}
+
 fn verify_hmac(
     config: &HmacVerify,
     headers: &BTreeMap<String, String>,
     body: &[u8],
 ) -> Result<(), VerifyError> {
     let raw = header_value(headers, &config.header)?;
-    // The prefix names the algorithm (`sha256=`); a sender that writes it
-    // in capitals, as some write the hex after it, signs all the same.
-    let encoded = match &config.prefix {
-        Some(prefix) => raw
-            .get(..prefix.len())
-            .filter(|start| start.eq_ignore_ascii_case(prefix))
-            .map(|_| &raw[prefix.len()..])
-            .ok_or_else(|| VerifyError::Malformed(config.header.clone()))?,
-        None => raw,
-    };
+    let encoded = without_prefix(raw, config.prefix.as_deref())
+        .ok_or_else(|| VerifyError::Malformed(config.header.clone()))?;
     let signature = match config.encoding {
         SignatureEncoding::Hex => hex::decode(encoded.trim()),
         SignatureEncoding::Base64 => STANDARD
