@@ -162,6 +162,22 @@ pub fn compressed_coding(content_encoding: &str) -> Option<&str> {
     (!coding.is_empty() && !coding.eq_ignore_ascii_case("identity")).then_some(coding)
 }
 
+/// The most bytes of header names and values and query string a webhook
+/// may have, as a proxy in front commonly allows (nginx's default). They
+/// are stored with the body, and `max_body` bounds only the body: without
+/// this, one webhook could store the whole request head actix reads, about
+/// 128 KiB, on a route whose bodies are held to 1 KiB (decision 63).
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
+/// What a request's query string and headers (each given as the length of
+/// its name and value) come to, when that passes [`MAX_HEAD_BYTES`]: such a
+/// request is refused with `431`, by `serve` and, in what it says, by
+/// `render`.
+pub fn oversized_head(query: &str, header_sizes: impl IntoIterator<Item = usize>) -> Option<usize> {
+    let bytes = query.len() + header_sizes.into_iter().sum::<usize>();
+    (bytes > MAX_HEAD_BYTES).then_some(bytes)
+}
+
 /// Adds a header to the map templates see: a repeated header's values are
 /// joined with ", ", as HTTP allows.
 pub fn append_header(headers: &mut BTreeMap<String, String>, name: &str, value: &str) {

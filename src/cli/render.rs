@@ -55,13 +55,25 @@ pub fn render(
     // Rendered all the same, so that a captured request can be checked
     // whole; the exit status still says that serve would refuse it, for
     // the first reason serve would find.
-    let refusal = too_large(route, &body)
+    let refusal = head_too_large(query, &headers)
+        .or_else(|| too_large(route, &body))
         .or(refused_now.map(|reason| format!("401 to this request now: {reason}")))
         .or_else(|| encoded(&headers));
     match refusal {
         Some(refusal) => Err(invalid(anyhow::anyhow!("serve would answer {refusal}"))),
         None => Ok(()),
     }
+}
+
+/// Serve's `431`, for headers and a query string over
+/// [`inbound::MAX_HEAD_BYTES`] together.
+fn head_too_large(query: &str, headers: &BTreeMap<String, String>) -> Option<String> {
+    let header_sizes = headers.iter().map(|(name, value)| name.len() + value.len());
+    let bytes = inbound::oversized_head(query, header_sizes)?;
+    Some(format!(
+        "431 to this request: its headers and query string come to {bytes} bytes, over the {} a webhook may have",
+        inbound::MAX_HEAD_BYTES
+    ))
 }
 
 /// Serve's `413`, for a body over the route's `max_body`.

@@ -661,29 +661,20 @@ fn content_encoding(request: &HttpRequest) -> Option<String> {
     inbound::compressed_coding(&value).map(str::to_string)
 }
 
-/// The most bytes of header names and values and query string a webhook
-/// may have, as a proxy in front commonly allows (nginx's default). They
-/// are stored with the body, and `max_body` bounds only the body: without
-/// this, one webhook could store the whole request head actix reads, about
-/// 128 KiB, on a route whose bodies are held to 1 KiB.
-const MAX_HEAD_BYTES: usize = 32 * 1024;
-
 /// Refuses a request whose headers and query string pass
-/// [`MAX_HEAD_BYTES`], before its body is read.
+/// [`inbound::MAX_HEAD_BYTES`], before its body is read.
 fn check_head_size(request: &HttpRequest) -> Result<(), IngressError> {
-    let bytes = request.query_string().len()
-        + request
-            .headers()
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len())
-            .sum::<usize>();
-    if bytes > MAX_HEAD_BYTES {
-        return Err(IngressError::HeadTooLarge {
+    let header_sizes = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len());
+    match inbound::oversized_head(request.query_string(), header_sizes) {
+        Some(bytes) => Err(IngressError::HeadTooLarge {
             bytes,
-            limit: MAX_HEAD_BYTES,
-        });
+            limit: inbound::MAX_HEAD_BYTES,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Lower-cased header names to values; repeated headers are joined with

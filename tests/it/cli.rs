@@ -710,7 +710,7 @@ fn render_joins_a_repeated_header_as_serve_does() {
 }
 
 /// `render` renders a body serve would refuse for its size or its coding,
-/// and exits 1 saying so, as it does for a signature serve would refuse.
+/// or for the size of its headers, and exits 1 saying so, as it does for a signature serve would refuse.
 #[test]
 fn render_says_when_serve_would_refuse_a_body_for_its_size_or_coding() {
     let text = "github:\n  token: t\nroutes:\n  - id: cms\n    verify: none\n    max_body: 10\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          n: \"{{ body.n }}\"\n";
@@ -739,6 +739,13 @@ fn render_says_when_serve_would_refuse_a_body_for_its_size_or_coding() {
         stderr.contains(
             "serve would answer 415 to this request: its body is sent with Content-Encoding `gzip`"
         ),
+        "{stderr}"
+    );
+    let padding = format!("X-Padding: {}", "p".repeat(33_000));
+    let (code, _, stderr) = render(r#"{"n":1}"#, &[&padding]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("serve would answer 431 to this request"),
         "{stderr}"
     );
 }
