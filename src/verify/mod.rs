@@ -307,8 +307,22 @@ fn header_value<'a>(
 ) -> Result<&'a str, VerifyError> {
     headers
         .get(name)
-        .map(|v| v.trim())
+        .map(|v| one_copy(v.trim()))
         .ok_or_else(|| VerifyError::MissingHeader(name.to_string()))
+}
+
+/// A header that a proxy on the way repeated reaches us as its copies
+/// joined with ", ". Copies that agree are the one value the sender wrote,
+/// and are read as such; copies that differ are left joined, and fail the
+/// check they are read for rather than have one of them chosen.
+fn one_copy(value: &str) -> &str {
+    let mut copies = value.split(", ");
+    let first = copies.next().unwrap_or(value);
+    if copies.all(|copy| copy.trim() == first) {
+        first
+    } else {
+        value
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -474,6 +488,34 @@ mod tests {
     }
 
     const BODY: &[u8] = br#"{"event":"entry.publish"}"#;
+
+    #[test]
+    fn a_header_repeated_on_the_way_counts_once_when_its_copies_agree() {
+        let method = Verify::Hmac(HmacVerify {
+            secrets: secrets(&["new"]),
+            header: "x-signature".into(),
+            algorithm: HmacAlgorithm::Sha256,
+            encoding: SignatureEncoding::Hex,
+            prefix: Some("sha256=".into()),
+        });
+        let good = format!(
+            "sha256={}",
+            hex::encode(sign(HmacAlgorithm::Sha256, "new", BODY))
+        );
+        let bad = format!(
+            "sha256={}",
+            hex::encode(sign(HmacAlgorithm::Sha256, "other", BODY))
+        );
+        let repeated = |copies: &[&str]| headers(&[("x-signature", &copies.join(", "))]);
+        assert_eq!(verify(&method, &repeated(&[&good, &good]), BODY), Ok(()));
+        assert_eq!(
+            verify(&method, &repeated(&[&good, &good, &good]), BODY),
+            Ok(())
+        );
+        // Copies that disagree are not a choice to make: neither is taken.
+        assert!(verify(&method, &repeated(&[&good, &bad]), BODY).is_err());
+        assert!(verify(&method, &repeated(&[&bad, &good]), BODY).is_err());
+    }
 
     #[test]
     fn hmac_accepts_each_rotated_secret_and_rejects_tampering() {
