@@ -1537,28 +1537,62 @@ fn a_byte_order_mark_is_dropped_and_bytes_that_are_not_utf8_are_placed() {
 }
 
 /// An App key given inline is checked at load, so that `check` finds a
-/// variable holding something else, and says what it holds without
-/// quoting it; one written on one line with `\n` for its line breaks (an
-/// environment file) is taken with them put back.
+/// variable holding something else, or a key cut short on its way into
+/// it, and says what it holds without quoting it; one written on one line
+/// with `\n` for its line breaks (an environment file) is taken with them
+/// put back.
 #[test]
 fn an_inline_app_key_is_checked_at_load_and_may_come_on_one_line() {
-    let key_lines = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----\n";
-    let cases: [(&str, &str, Option<&str>); 6] = [
-        ("multi-line", key_lines, None),
+    use base64::Engine as _;
+    // The outer DER value of a key: a SEQUENCE stating its length. What it
+    // holds is read only when a token is requested.
+    let mut der = vec![0x30, 0x82, 0x01, 0x00];
+    der.extend([0x02; 256]);
+    let body = base64::engine::general_purpose::STANDARD.encode(&der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|chunk| std::str::from_utf8(chunk).unwrap())
+        .collect();
+    let pem = |label: &str, lines: &[&str]| {
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    };
+    let rsa = pem("RSA PRIVATE KEY", &lines);
+    let one_line = rsa.replace('\n', r"\n");
+    let pkcs8 = pem("PRIVATE KEY", &lines);
+    let line_lost = pem("RSA PRIVATE KEY", &[&lines[..2], &lines[3..]].concat());
+    let end_lost: String = rsa.lines().take(4).collect::<Vec<_>>().join("\n");
+    let other_body = pem("RSA PRIVATE KEY", &["aHVudGVyMi1ub3QtYS1rZXk="]);
+    let not_base64 = pem("RSA PRIVATE KEY", &["MII*hunter2"]);
+    let old_encrypted = format!(
+        "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\n{}\n-----END RSA PRIVATE KEY-----\n",
+        lines.join("\n")
+    );
+    let cases: [(&str, &str, Option<&str>); 12] = [
+        ("multi-line", &rsa, None),
+        ("one line", &one_line, None),
+        ("pkcs8", &pkcs8, None),
+        ("a line lost", &line_lost, Some("is damaged")),
+        ("the end lost", &end_lost, Some("is cut short")),
+        ("another body", &other_body, Some("is damaged")),
+        ("not base64", &not_base64, Some("is damaged")),
         (
-            "one line",
-            r"-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----\n",
-            None,
-        ),
-        (
-            "pkcs8",
-            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
-            None,
+            "old encrypted form",
+            &old_encrypted,
+            Some("is an encrypted private key"),
         ),
         (
             "public",
             "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----\n",
             Some("is a public key"),
+        ),
+        (
+            "encrypted",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            Some("is an encrypted private key"),
         ),
         (
             "ec",
