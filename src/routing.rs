@@ -285,6 +285,19 @@ impl LimitError {
             other => other.to_string(),
         }
     }
+
+    /// The message without the value it is about, for a value that a
+    /// variable helped make: [`LimitError::reason`], and without the value
+    /// where even that quotes it.
+    pub fn without_value(&self) -> String {
+        match self {
+            LimitError::EventTypeUntrimmed { .. } => "begins or ends with whitespace or holds a control character; GitHub takes it as it is, so a workflow's `types:` would not match it".to_owned(),
+            LimitError::RepoNotAllowed { allowed, .. } => {
+                format!("is not in the route's allowed_repos ({allowed})")
+            }
+            other => other.reason(),
+        }
+    }
 }
 
 /// Why a route could not be planned for one request.
@@ -306,7 +319,7 @@ pub enum RoutingError {
         error: RenderError,
     },
     /// A rendered target breaks a limit.
-    #[error("target {index}: {field} {limit}")]
+    #[error("target {index}: {field} {}", if *.withheld { limit.without_value() } else { limit.to_string() })]
     Limit {
         /// The target's index in `dispatch`.
         index: usize,
@@ -314,6 +327,9 @@ pub enum RoutingError {
         field: Field,
         /// The limit broken.
         limit: LimitError,
+        /// Whether a `${VAR}` filled in the field, so that the message
+        /// must not quote what it rendered to.
+        withheld: bool,
     },
     /// The dedupe key failed to render.
     #[error("dedupe_key failed: {0}")]
@@ -382,6 +398,7 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
                 index,
                 field,
                 limit,
+                withheld: target.filled_from_variables.contains(&field),
             }
         };
         // The fields that say where the dispatch goes take only values the

@@ -389,6 +389,10 @@ pub struct Target {
     pub repo: RepoSpec,
     /// What is sent to it.
     pub kind: TargetKind,
+    /// The fields whose text a `${VAR}` filled in: a message about what one
+    /// of them rendered to does not quote it, since the variable may hold a
+    /// secret and the message goes back to whoever sent the webhook.
+    pub filled_from_variables: Vec<crate::routing::Field>,
 }
 
 /// A target's repository.

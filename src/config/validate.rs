@@ -2562,9 +2562,23 @@ fn target(
     if report.errors.len() > errors_before || !left_out.is_empty() {
         return None;
     }
+    let filled_from_variables = [
+        routing::Field::Repo,
+        routing::Field::EventType,
+        routing::Field::Workflow,
+        routing::Field::Ref,
+    ]
+    .into_iter()
+    .filter(|field| {
+        report
+            .substituted
+            .contains_key(&path.key(field.key()).to_string())
+    })
+    .collect();
     Some(Target {
         repo: repo?,
         kind: kind?,
+        filled_from_variables,
     })
 }
 

@@ -597,3 +597,73 @@ fn a_plan_with_its_key_reports_the_dispatchs_error_first() {
         );
     }
 }
+
+/// A message about a value that a `${VAR}` helped make goes back to the
+/// sender in the 422, and must not quote what the variable holds; a value
+/// made only from the request is still quoted, which is what the sender
+/// needs to see.
+#[test]
+fn a_limit_broken_by_a_value_a_variable_filled_in_does_not_quote_it() {
+    let routes = r#"
+  - id: r
+    verify: none
+    allowed_repos: ["acme/*"]
+    dispatch:
+      - repo: "{{ body.owner }}/${REPO_NAME}"
+        event_type: "{{ body.kind }}-${EVENT_SUFFIX}"
+      - repo: "{{ body.owner }}/plain"
+        event_type: "{{ body.kind }}"
+      - repo: acme/blog
+        workflow: deploy.yml
+        ref: "{{ body.branch }}${REF_SUFFIX}"
+"#;
+    let text = format!("github:\n  token: t\nroutes:\n{routes}");
+    let env = |name: &str| match name {
+        "REPO_NAME" => Some("sEcReT-repo".to_owned()),
+        "EVENT_SUFFIX" => Some("sEcReT-event".to_owned()),
+        "REF_SUFFIX" => Some("..sEcReT-ref".to_owned()),
+        _ => None,
+    };
+    let config = config::load("routes.yaml", &text, &env).unwrap().config;
+    let route = &config.routes[0];
+    let plan_error = |body: Value| plan(route, &ctx(body)).unwrap_err().to_string();
+
+    let cases = [
+        (
+            json!({"owner": "other", "kind": "k", "branch": "main"}),
+            "target 0: repo is not in the route's allowed_repos (acme/*)",
+        ),
+        (
+            json!({"owner": "acme", "kind": " ", "branch": "main"}),
+            "target 0: event_type begins or ends with whitespace",
+        ),
+        (
+            json!({"owner": "acme", "kind": "k", "branch": "main"}),
+            "target 2: ref is not a branch or tag name",
+        ),
+    ];
+    for (body, expected) in cases {
+        let message = plan_error(body);
+        assert!(message.starts_with(expected), "{message}");
+        assert!(!message.contains("sEcReT"), "{message}");
+    }
+
+    // The same rules quote a value the request alone made.
+    let plain = self::config(
+        r#"
+  - id: r
+    verify: none
+    allowed_repos: ["acme/*"]
+    dispatch:
+      - repo: "{{ body.owner }}/plain"
+        event_type: "{{ body.kind }}"
+"#,
+    );
+    let quoted = |body: Value| plan(&plain.routes[0], &ctx(body)).unwrap_err().to_string();
+    assert!(
+        quoted(json!({"owner": "other", "kind": "k"})).contains("`other/plain`"),
+        "{}",
+        quoted(json!({"owner": "other", "kind": "k"}))
+    );
+    assert!(quoted(json!({"owner": "acme", "kind": " "})).contains(r#"" ""#));
+}
