@@ -430,8 +430,7 @@ fn verify_basic(
     let Some(value) = headers.get("authorization") else {
         return Err(VerifyError::MissingBasic);
     };
-    let Some(encoded) = value
-        .trim()
+    let Some(encoded) = one_copy(value.trim())
         .split_once(' ')
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
         .map(|(_, rest)| rest.trim())
@@ -515,6 +514,20 @@ mod tests {
         // Copies that disagree are not a choice to make: neither is taken.
         assert!(verify(&method, &repeated(&[&good, &bad]), BODY).is_err());
         assert!(verify(&method, &repeated(&[&bad, &good]), BODY).is_err());
+
+        // Every method reads its headers so, HTTP Basic's among them.
+        let basic = Verify::Basic {
+            username: "jenkins".into(),
+            passwords: secrets(&["pw"]),
+        };
+        let credentials = format!("Basic {}", STANDARD.encode("jenkins:pw"));
+        let wrong = format!("Basic {}", STANDARD.encode("jenkins:other"));
+        let authorization = |copies: &[&str]| headers(&[("authorization", &copies.join(", "))]);
+        assert_eq!(
+            verify(&basic, &authorization(&[&credentials, &credentials]), BODY),
+            Ok(())
+        );
+        assert!(verify(&basic, &authorization(&[&credentials, &wrong]), BODY).is_err());
     }
 
     #[test]
