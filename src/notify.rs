@@ -39,6 +39,11 @@ pub struct Failure {
     pub delivery_id: String,
     pub repo: String,
     pub reason: String,
+    /// Set when the dispatch has not failed for good but waits, with every
+    /// other of its credential, for a credential GitHub refuses to be
+    /// replaced: the one thing a dispatch needs a person for before it
+    /// fails.
+    pub waiting: bool,
 }
 
 /// Sends failures to the alert task; cheap to clone, never blocks.
@@ -307,8 +312,13 @@ impl Batch {
 fn render(destination: &NotifyKind, batch: &Batch) -> serde_json::Value {
     let (held, total) = (&batch.held, batch.total);
     let text = if let ([one], 1) = (held.as_slice(), total) {
+        let what = if one.waiting {
+            "waits for a credential GitHub refuses"
+        } else {
+            "failed for good"
+        };
         format!(
-            "dispatch-relay: a dispatch to {} failed for good (route {}, delivery {}): {}",
+            "dispatch-relay: a dispatch to {} {what} (route {}, delivery {}): {}",
             one.repo, one.route, one.delivery_id, one.reason
         )
     } else {
@@ -322,9 +332,13 @@ fn render(destination: &NotifyKind, batch: &Batch) -> serde_json::Value {
             .take(EXAMPLES)
             .map(|f| format!("• {} (delivery {}): {}", f.repo, f.delivery_id, f.reason))
             .collect();
+        let what = if held.iter().any(|f| f.waiting) {
+            "failed for good or wait for a credential GitHub refuses"
+        } else {
+            "failed for good"
+        };
         format!(
-            "dispatch-relay: {} dispatches failed for good ({}). `dispatch-relay deliveries --status failed` lists them; `dispatch-relay redeliver --failed` sends them again.\n{}",
-            total,
+            "dispatch-relay: {total} dispatches {what} ({}). `dispatch-relay deliveries --status failed` lists those that failed; `dispatch-relay redeliver --failed` sends them again.\n{}",
             routes.join(", "),
             examples.join("\n")
         )
@@ -339,6 +353,7 @@ fn render(destination: &NotifyKind, batch: &Batch) -> serde_json::Value {
             "text": text,
             "failures": held.iter().take(100).map(|f| serde_json::json!({
                 "route": f.route, "delivery_id": f.delivery_id, "repo": f.repo, "reason": f.reason,
+                "waiting": f.waiting,
             })).collect::<Vec<_>>(),
         }),
     }
@@ -400,6 +415,7 @@ mod tests {
             delivery_id: format!("d{n}"),
             repo: "acme/blog".into(),
             reason: "repository not found".into(),
+            waiting: false,
         }
     }
 
@@ -507,6 +523,32 @@ mod tests {
         let url = NotifyKind::Url(Secret::new("https://alerts.example/x".into()));
         let text = render(&url, &batch)["text"].as_str().unwrap().to_owned();
         assert!(text.ends_with("<!channel> & <@U0ADMIN>"), "{text}");
+    }
+
+    /// A dispatch held for a refused credential has not failed, and the
+    /// alert does not say it has.
+    #[test]
+    fn a_dispatch_waiting_for_a_credential_is_not_called_failed() {
+        let waiting = Failure {
+            reason: "bad credentials: token invalid or expired; dispatches with this credential are held".into(),
+            waiting: true,
+            ..failure("cms", 1)
+        };
+        let url = NotifyKind::Url(Secret::new("https://alerts.example/x".into()));
+        let one = render(&url, &batch_of([waiting.clone()]));
+        let text = one["text"].as_str().unwrap();
+        assert!(
+            text.starts_with("dispatch-relay: a dispatch to acme/blog waits for a credential GitHub refuses (route cms, delivery d1): bad credentials"),
+            "{text}"
+        );
+        assert_eq!(one["failures"][0]["waiting"], true);
+        let mixed = render(&url, &batch_of([waiting, failure("cms", 2)]));
+        let text = mixed["text"].as_str().unwrap();
+        assert!(
+            text.starts_with("dispatch-relay: 2 dispatches failed for good or wait for a credential GitHub refuses (cms: 2)"),
+            "{text}"
+        );
+        assert_eq!(mixed["failures"][1]["waiting"], false);
     }
 
     #[test]

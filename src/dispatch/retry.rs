@@ -99,6 +99,10 @@ pub enum Action {
         /// brings the retries it scheduled forward.
         stated_wait: Option<Duration>,
         counts_as_failure: bool,
+        /// Set when GitHub refused the credential itself: the job is not
+        /// failed, but its owner must put a new credential in place, so
+        /// the notify destinations hear of it.
+        credential_refused: bool,
         reason: String,
     },
     Fail {
@@ -186,9 +190,15 @@ pub fn classify(
     }
     let message = message_of(answer);
     match status {
-        401 => Action::Fail {
-            reason: BAD_CREDENTIALS.to_string(),
-        },
+        401 => credential_refused(BAD_CREDENTIALS, history, policy),
+        403 if message.contains(LOGIN_LIMIT_MESSAGE) => credential_refused(
+            &with_message(
+                "GitHub refuses this credential for a while after too many attempts with bad credentials (403)",
+                message,
+            ),
+            history,
+            policy,
+        ),
         404 => Action::Fail {
             reason: answer
                 .oauth_scopes
@@ -323,6 +333,7 @@ fn server_error(answer: &Answer, history: History, policy: &RetryConfig, jitter:
                 pause_credential: None,
                 stated_wait: Some(asked),
                 counts_as_failure,
+                credential_refused: false,
                 reason,
             }
         }
@@ -345,7 +356,45 @@ fn rate_limited(lead: String, wait: Duration, history: History, policy: &RetryCo
         pause_credential: Some(wait),
         stated_wait: Some(wait),
         counts_as_failure: false,
+        credential_refused: false,
         reason,
+    }
+}
+
+/// How long the queue of a credential that GitHub refuses is held before
+/// one dispatch tries it again.
+pub const REFUSED_CREDENTIAL_WAIT: Duration = Duration::from_secs(60);
+
+/// What GitHub says when it refuses a user's every request for a while, a
+/// valid token's too, after too many with bad credentials ("Failed login
+/// limit" in its REST API documentation).
+const LOGIN_LIMIT_MESSAGE: &str = "Maximum number of login attempts exceeded";
+
+/// A credential GitHub refuses: most often a token that expired or was
+/// revoked. Every dispatch with it would be refused the same way until its
+/// owner puts a new one in place, and sending them all would both fail
+/// them for good and count towards GitHub's failed-login limit, which then
+/// refuses even the new token for a while. So the credential's whole queue
+/// is held, as for a rate limit, and one dispatch tries it again every
+/// [`REFUSED_CREDENTIAL_WAIT`]; the jobs fail only once waiting passes
+/// `retry.give_up_after`.
+fn credential_refused(lead: &str, history: History, policy: &RetryConfig) -> Action {
+    let wait = REFUSED_CREDENTIAL_WAIT;
+    if history.age + wait > policy.give_up_after {
+        return Action::Fail {
+            reason: format!("{lead}; held until retry.give_up_after, giving up"),
+        };
+    }
+    Action::Retry {
+        delay: wait,
+        pause_credential: Some(wait),
+        stated_wait: Some(wait),
+        counts_as_failure: false,
+        credential_refused: true,
+        reason: format!(
+            "{lead}; dispatches with this credential are held, and one tries it again every {}s until a new one is in place",
+            wait.as_secs()
+        ),
     }
 }
 
@@ -404,6 +453,7 @@ fn transient(reason: String, history: History, policy: &RetryConfig, jitter: f64
             pause_credential: None,
             stated_wait: None,
             counts_as_failure: false,
+            credential_refused: false,
             reason,
         };
     }
@@ -426,6 +476,7 @@ fn transient(reason: String, history: History, policy: &RetryConfig, jitter: f64
         pause_credential: None,
         stated_wait: None,
         counts_as_failure: true,
+        credential_refused: false,
         reason,
     }
 }
@@ -626,7 +677,22 @@ mod tests {
                 Some(retry(60, Some(60), false)),
                 "",
             ),
-            (answer(401, "Bad credentials", none), None, BAD_CREDENTIALS),
+            // A refused credential holds its queue, a minute at a time, and
+            // neither the wait nor the refusal counts against the job.
+            (
+                answer(401, "Bad credentials", none),
+                Some(retry(60, Some(60), false)),
+                "",
+            ),
+            (
+                answer(
+                    403,
+                    "Maximum number of login attempts exceeded. Please try again later.",
+                    none,
+                ),
+                Some(retry(60, Some(60), false)),
+                "",
+            ),
             (answer(404, "Not Found", none), None, NOT_FOUND),
             // A classic token says its scopes on every answer: a 404 to one
             // without `repo` is explained by them; one with it, or an empty
@@ -1069,6 +1135,7 @@ mod tests {
         let forbidden = answer(403, "Resource not accessible by integration", none);
         let unauthorized = answer(401, "Bad credentials", none);
         let not_found = answer(404, "Not Found", none);
+        const HELD: &str = "held";
         // (answer, history, expected (wait in ms, renew) or the failure text)
         type Expected<'a> = Result<(u64, bool), &'a str>;
         let cases: Vec<(&Answer, History, Expected)> = vec![
@@ -1082,8 +1149,9 @@ mod tests {
             // An older token that GitHub does not accept: mint another, now.
             (&unauthorized, app(3_000, false), Ok((0, true))),
             (&unauthorized, app(600_000, false), Ok((0, true))),
-            // Renewed once only.
-            (&unauthorized, app(3_000, true), Err(BAD_CREDENTIALS)),
+            // Renewed once only; then the credential is held (see
+            // `a_refused_credential_holds_its_queue_until_give_up_after`).
+            (&unauthorized, app(3_000, true), Err(HELD)),
             // A 404 may come from a token of the installation the repository
             // left: renewed once, young or old, then the 404 stands.
             (&not_found, app(200, false), Ok((0, true))),
@@ -1104,7 +1172,7 @@ mod tests {
                 ),
             ),
             // A personal token is never renewed.
-            (&unauthorized, fresh(), Err(BAD_CREDENTIALS)),
+            (&unauthorized, fresh(), Err(HELD)),
         ];
         for (answer, history, expected) in cases {
             let action = classify(Outcome::Answer(answer), history, &policy(), NOW, 1.0);
@@ -1116,10 +1184,59 @@ mod tests {
                         "{history:?}"
                     )
                 }
+                (
+                    Action::Retry {
+                        reason,
+                        pause_credential: Some(_),
+                        ..
+                    },
+                    Err(HELD),
+                ) => assert!(
+                    reason.starts_with(BAD_CREDENTIALS) && reason.contains("are held"),
+                    "{reason}"
+                ),
                 (Action::Fail { reason }, Err(text)) => assert_eq!(reason, text),
                 _ => panic!("{history:?} {}: unexpected {action:?}", answer.status),
             }
         }
+    }
+
+    /// A refused credential holds the job, never counting the refusal
+    /// against `max_attempts`, until waiting once more would pass
+    /// `give_up_after`: then the job fails, saying why.
+    #[test]
+    fn a_refused_credential_holds_its_queue_until_give_up_after() {
+        let unauthorized = answer(401, "Bad credentials", RateHeaders::default());
+        let policy = policy();
+        let at = |age: Duration, failures: u32| {
+            let history = History {
+                age,
+                failures,
+                ..fresh()
+            };
+            classify(Outcome::Answer(&unauthorized), history, &policy, NOW, 1.0)
+        };
+        let held = Some(retry(60, Some(60), false));
+        assert_eq!(retry_parts(&at(Duration::ZERO, 0)), held);
+        // The owner must act: the notify destinations hear of it.
+        assert!(matches!(
+            at(Duration::ZERO, 0),
+            Action::Retry {
+                credential_refused: true,
+                ..
+            }
+        ));
+        // Failures of the job before do not end the hold: the refusal is
+        // the credential's, not the job's.
+        assert_eq!(retry_parts(&at(Duration::ZERO, policy.max_attempts)), held);
+        let last = policy.give_up_after - REFUSED_CREDENTIAL_WAIT;
+        assert_eq!(retry_parts(&at(last, 0)), held);
+        assert_eq!(
+            at(last + Duration::from_secs(1), 0),
+            Action::Fail {
+                reason: format!("{BAD_CREDENTIALS}; held until retry.give_up_after, giving up")
+            }
+        );
     }
 
     #[test]

@@ -986,9 +986,19 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
                 pause_credential,
                 stated_wait,
                 counts_as_failure,
+                credential_refused,
                 reason,
             } => {
                 self.metrics.dispatch(&job.route, DispatchOutcome::Retried);
+                if *credential_refused {
+                    self.notifier.failed(crate::notify::Failure {
+                        route: job.route.clone(),
+                        delivery_id: job.delivery_id.clone(),
+                        repo: job.repo.clone(),
+                        reason: reason.clone(),
+                        waiting: true,
+                    });
+                }
                 // Where the answer paused the credential (and kept the
                 // pause) already; this only makes sure the job's own wait
                 // holds the others back too.
@@ -1016,6 +1026,7 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
                     delivery_id: job.delivery_id.clone(),
                     repo: job.repo.clone(),
                     reason: reason.clone(),
+                    waiting: false,
                 });
                 JobNext::Failed {
                     reason: reason.clone(),

@@ -188,54 +188,29 @@ async fn a_404_web_page_from_githubs_web_front_points_at_api_url() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn not_found_and_bad_credentials_fail_with_an_explanation() {
-    let targets = format!("{}{}", one_target("acme/private"), one_target("acme/blog"));
-    let mut app = spawn_app(&hmac_route("cms", &targets)).await;
-    app.github
-        .push_responses("acme/blog", vec![Scripted::BadCredentials]);
+async fn not_found_fails_with_an_explanation() {
+    let app = spawn_app(&hmac_route("cms", &one_target("acme/private"))).await;
     assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
     let list = app
         .wait_for_deliveries(WAIT, |list| {
             list.len() == 1 && crate::helpers::finished_failed(&list[0])
         })
         .await;
-    let targets = list[0]["targets"].as_array().unwrap();
-    let error_of = |repo: &str| {
-        targets
-            .iter()
-            .find(|t| t["repo"] == repo)
-            .and_then(|t| t["last_error"].as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
+    let target = &list[0]["targets"][0];
+    let error = target["last_error"].as_str().unwrap_or_default();
     assert!(
-        error_of("acme/private")
-            .starts_with("repository not found, or the credential cannot see it")
+        error.starts_with("repository not found, or the credential cannot see it"),
+        "{error}"
     );
-    assert!(error_of("acme/private").contains("Contents: write"));
-    assert_eq!(
-        error_of("acme/blog"),
-        "bad credentials: token invalid or expired"
-    );
-    for t in targets {
-        assert_eq!(
-            t["attempts"],
-            1,
-            "permanent failures are not retried: {t}\n{:#?}",
-            app.github
-                .requests()
-                .iter()
-                .map(|r| (r.path.clone(), r.status))
-                .collect::<Vec<_>>()
-        );
-    }
-    // Both failures are counted, and both jobs wait in the store for a
+    assert!(error.contains("Contents: write"), "{error}");
+    assert_eq!(target["attempts"], 1, "permanent failures are not retried");
+    // The failure is counted, and the job waits in the store for a
     // redelivery.
     let metrics = app.metrics().await;
     for series in [
-        r#"dispatch_relay_dispatches_total{outcome="failed",route="cms"} 2"#,
-        r#"dispatch_relay_github_request_duration_seconds_count{endpoint="repository_dispatch",status_class="4xx"} 2"#,
-        r#"dispatch_relay_queue_depth{state="failed"} 2"#,
+        r#"dispatch_relay_dispatches_total{outcome="failed",route="cms"} 1"#,
+        r#"dispatch_relay_github_request_duration_seconds_count{endpoint="repository_dispatch",status_class="4xx"} 1"#,
+        r#"dispatch_relay_queue_depth{state="failed"} 1"#,
     ] {
         assert!(metrics.contains(series), "{series}\n{metrics}");
     }
@@ -243,8 +218,51 @@ async fn not_found_and_bad_credentials_fail_with_an_explanation() {
     let output = app.cli(&["deliveries", "--status", "failed"]);
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("repository not found"), "{text}");
+}
+
+/// A token GitHub refuses (expired, or revoked) would be refused for every
+/// dispatch until it is replaced: the credential's queue is held instead of
+/// failing each job, the refusal says so, and neither the token nor the
+/// refusal's detail is spent as a failure of the job.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_credentials_hold_the_queue_and_say_why() {
+    let mut app = spawn_app(&hmac_route("cms", &one_target("acme/blog"))).await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::BadCredentials]);
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && list[0]["targets"][0]["attempts"].as_u64() == Some(1)
+        })
+        .await;
+    let target = &list[0]["targets"][0];
+    assert_eq!(status_of(&list[0]), "pending", "{list:?}");
+    assert_eq!(target["counted_attempts"], 0, "{target}");
+    assert_eq!(target["last_error"], "401 Bad credentials", "{target}");
+    let line = app
+        .wait_for_log(|l| l.contains("Dispatch will be retried"))
+        .await;
+    assert!(
+        line.contains(
+            "bad credentials: token invalid or expired; dispatches with this credential are held"
+        ),
+        "{line}"
+    );
+    let metrics = app.metrics().await;
+    for series in [
+        r#"dispatch_relay_dispatches_total{outcome="retried",route="cms"} 1"#,
+        r#"dispatch_relay_queue_depth{state="failed"} 0"#,
+    ] {
+        assert!(metrics.contains(series), "{series}\n{metrics}");
+    }
+    let output = app.cli(&["deliveries"]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("acme/blog: retrying after 1 attempt (0 counted against retry.max_attempts): 401 Bad credentials"),
+        "{table}"
+    );
     // No log line, stored row or listing carries the token.
-    assert!(!text.contains(TOKEN));
+    assert!(!table.contains(TOKEN));
     let logs = app.stop_and_read_logs();
     assert!(!logs.iter().any(|l| l.contains(TOKEN)));
     let store = std::fs::read(app.db_path()).unwrap();
