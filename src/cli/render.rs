@@ -51,7 +51,15 @@ pub fn render(
     } else {
         None
     };
-    render_verified(config, route, envelope.as_ref(), &headers, &body, query)?;
+    // Serve refuses these before it reads the body, so a body that would
+    // not render anyway is refused for them, as serve would.
+    let refused_unread = head_too_large(query, &headers).or_else(|| too_large(route, &body));
+    if let Err(error) = render_verified(config, route, envelope.as_ref(), &headers, &body, query) {
+        return Err(match refused_unread {
+            Some(refusal) => invalid(anyhow::anyhow!("serve would answer {refusal}")),
+            None => error,
+        });
+    }
     // Rendered all the same, so that a captured request can be checked
     // whole; the exit status still says that serve would refuse it, for
     // the first reason serve would find.
@@ -186,9 +194,24 @@ fn header_map(header_args: &[String]) -> Result<BTreeMap<String, String>, CliErr
                 "--header `{raw}` is not `Name: value`"
             )));
         };
-        inbound::append_header(&mut headers, name.trim(), value.trim());
+        let name = name.trim();
+        if !is_header_name(name) {
+            return Err(invalid(anyhow::anyhow!(
+                "--header `{name}` is not a header name: a request can carry only letters, digits and !#$%&'*+-.^_`|~ in one"
+            )));
+        }
+        inbound::append_header(&mut headers, name, value.trim());
     }
     Ok(headers)
+}
+
+/// Whether `name` is a header name HTTP allows (a `token`, RFC 9110 §5.1),
+/// so that `render` is not shown a request that no sender could make.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The SNS envelope, where `serve` reads one.

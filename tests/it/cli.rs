@@ -748,6 +748,21 @@ fn render_says_when_serve_would_refuse_a_body_for_its_size_or_coding() {
         stderr.contains("serve would answer 431 to this request"),
         "{stderr}"
     );
+    // A body too large to render is refused for its size, as serve refuses
+    // it before reading it, not for what it would render to.
+    let (code, _, stderr) = render("not json at all", &["Content-Type: application/json"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("serve would answer 413 to this request: its body is 15 bytes"),
+        "{stderr}"
+    );
+    // No request can carry a header name with a space in it.
+    let (code, _, stderr) = render(r#"{"n":1}"#, &["Bad Name: x"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("--header `Bad Name` is not a header name"),
+        "{stderr}"
+    );
 }
 
 /// A command whose reader goes away (`dispatch-relay check | head -1`) ends
