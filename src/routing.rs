@@ -261,10 +261,15 @@ pub enum LimitError {
 }
 
 impl LimitError {
-    /// The message without the value it is about, for a check at load:
-    /// there the value may come from a variable, and is never quoted.
+    /// The message without the value it is about, for a value a variable
+    /// may have made: at load, and at run time for a field a `${VAR}`
+    /// filled in. Such a value is never quoted.
     pub fn reason(&self) -> String {
         match self {
+            LimitError::EventTypeUntrimmed { .. } => "begins or ends with whitespace or holds a control character; GitHub takes it as it is, so a workflow's `types:` would not match it".to_owned(),
+            LimitError::RepoNotAllowed { allowed, .. } => {
+                format!("is not in the route's allowed_repos ({allowed})")
+            }
             LimitError::BadRef { why, .. } => format!("is not a branch or tag name: {why}"),
             LimitError::BadWorkflow { workflow } if workflow.contains(['/', '\\']) => {
                 "is a path outside .github/workflows: give the workflow's file name (`deploy.yml`) or its id".to_owned()
@@ -283,19 +288,6 @@ impl LimitError {
                 "is not a repository name: expected `owner/name` using letters, digits, `-`, `_` and `.`, at most {MAX_OWNER} and {MAX_NAME} characters long"
             ),
             other => other.to_string(),
-        }
-    }
-
-    /// The message without the value it is about, for a value that a
-    /// variable helped make: [`LimitError::reason`], and without the value
-    /// where even that quotes it.
-    pub fn without_value(&self) -> String {
-        match self {
-            LimitError::EventTypeUntrimmed { .. } => "begins or ends with whitespace or holds a control character; GitHub takes it as it is, so a workflow's `types:` would not match it".to_owned(),
-            LimitError::RepoNotAllowed { allowed, .. } => {
-                format!("is not in the route's allowed_repos ({allowed})")
-            }
-            other => other.reason(),
         }
     }
 }
@@ -319,7 +311,7 @@ pub enum RoutingError {
         error: RenderError,
     },
     /// A rendered target breaks a limit.
-    #[error("target {index}: {field} {}", if *.withheld { limit.without_value() } else { limit.to_string() })]
+    #[error("target {index}: {field} {}", if *.withheld { limit.reason() } else { limit.to_string() })]
     Limit {
         /// The target's index in `dispatch`.
         index: usize,

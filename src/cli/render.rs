@@ -63,8 +63,7 @@ pub fn render(
     // Rendered all the same, so that a captured request can be checked
     // whole; the exit status still says that serve would refuse it, for
     // the first reason serve would find.
-    let refusal = head_too_large(query, &headers)
-        .or_else(|| too_large(route, &body))
+    let refusal = refused_unread
         .or(refused_now.map(|reason| format!("401 to this request now: {reason}")))
         .or_else(|| encoded(&headers));
     match refusal {

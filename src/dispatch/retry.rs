@@ -351,12 +351,19 @@ fn rate_limited(lead: String, wait: Duration, history: History, policy: &RetryCo
             reason: format!("{reason}: that passes retry.give_up_after, giving up"),
         };
     }
+    credential_waits(wait, false, reason)
+}
+
+/// The credential's whole queue waits `wait`, and the job with it, without
+/// the wait counting as a failure of the job: for a rate limit, and for a
+/// credential GitHub refuses (`credential_refused`).
+fn credential_waits(wait: Duration, credential_refused: bool, reason: String) -> Action {
     Action::Retry {
         delay: wait,
         pause_credential: Some(wait),
         stated_wait: Some(wait),
         counts_as_failure: false,
-        credential_refused: false,
+        credential_refused,
         reason,
     }
 }
@@ -385,17 +392,14 @@ fn credential_refused(lead: &str, history: History, policy: &RetryConfig) -> Act
             reason: format!("{lead}; held until retry.give_up_after, giving up"),
         };
     }
-    Action::Retry {
-        delay: wait,
-        pause_credential: Some(wait),
-        stated_wait: Some(wait),
-        counts_as_failure: false,
-        credential_refused: true,
-        reason: format!(
+    credential_waits(
+        wait,
+        true,
+        format!(
             "{lead}; dispatches with this credential are held, and one tries it again every {}s until a new one is in place",
             wait.as_secs()
         ),
-    }
+    )
 }
 
 /// GitHub's message in an answer, or nothing.

@@ -991,13 +991,7 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
             } => {
                 self.metrics.dispatch(&job.route, DispatchOutcome::Retried);
                 if *credential_refused {
-                    self.notifier.failed(crate::notify::Failure {
-                        route: job.route.clone(),
-                        delivery_id: job.delivery_id.clone(),
-                        repo: job.repo.clone(),
-                        reason: reason.clone(),
-                        waiting: true,
-                    });
+                    self.alert(job, reason, true);
                 }
                 // Where the answer paused the credential (and kept the
                 // pause) already; this only makes sure the job's own wait
@@ -1021,18 +1015,24 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
                 // here it is recorded as the failure it describes.
                 self.metrics.dispatch(&job.route, DispatchOutcome::Failed);
                 tracing::error!(reason = %reason, status, "Dispatch failed for good");
-                self.notifier.failed(crate::notify::Failure {
-                    route: job.route.clone(),
-                    delivery_id: job.delivery_id.clone(),
-                    repo: job.repo.clone(),
-                    reason: reason.clone(),
-                    waiting: false,
-                });
+                self.alert(job, reason, false);
                 JobNext::Failed {
                     reason: reason.clone(),
                 }
             }
         }
+    }
+
+    /// Tells the notify destinations of a job that failed for good, or
+    /// that is `waiting` for a credential GitHub refuses.
+    fn alert(&self, job: &Job, reason: &str, waiting: bool) {
+        self.notifier.failed(crate::notify::Failure {
+            route: job.route.clone(),
+            delivery_id: job.delivery_id.clone(),
+            repo: job.repo.clone(),
+            reason: reason.to_owned(),
+            waiting,
+        });
     }
 
     /// Offers an attempt's record to the store until it takes it, and

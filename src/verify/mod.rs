@@ -427,10 +427,8 @@ fn verify_basic(
     passwords: &[Secret],
     headers: &BTreeMap<String, String>,
 ) -> Result<(), VerifyError> {
-    let Some(value) = headers.get("authorization") else {
-        return Err(VerifyError::MissingBasic);
-    };
-    let Some(encoded) = one_copy(value.trim())
+    let value = header_value(headers, "authorization").map_err(|_| VerifyError::MissingBasic)?;
+    let Some(encoded) = value
         .split_once(' ')
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
         .map(|(_, rest)| rest.trim())
