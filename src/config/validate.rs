@@ -1482,62 +1482,34 @@ pub fn private_key_problem(pem: &str) -> Option<&'static str> {
     }
 }
 
-/// Why the text between a private key's `BEGIN` and `END` lines is not a
-/// whole key; `None` when it is. A key cut short on its way into a variable
-/// (a line lost, the `END` line left behind) or one whose body was replaced
-/// would otherwise load, and fail every dispatch once the relay runs. The
-/// check goes as far as the outermost DER value, whose stated length must be
-/// what the body holds; what lies inside is read when a token is requested.
+/// Why a private key whose labels are right is not a whole key; `None` when
+/// it is. A key cut short on its way into a variable (a line lost, the
+/// `END` line left behind) or one whose body was replaced would otherwise
+/// load, and fail every dispatch once the relay runs. The key is read as
+/// the signing library reads it: its PEM framing, then its DER structure.
 fn pem_body_problem(pem: &str) -> Option<&'static str> {
-    use base64::Engine as _;
-    let mut lines = pem.lines().map(str::trim).skip(1);
-    let mut body = String::new();
-    loop {
-        match lines.next() {
-            None => {
-                return Some(
-                    "is cut short: it has no `-----END ...-----` line (a key copied into a variable often loses its last lines)",
-                );
-            }
-            Some(line) if line.starts_with("-----END") => break,
-            // An RFC 1421 header, which only an encrypted key in the old
-            // form has.
-            Some(line) if line.contains(':') => {
-                if line.starts_with("Proc-Type") && line.contains("ENCRYPTED") {
-                    return Some(
-                        "is an encrypted private key; give the key unencrypted, as GitHub made it",
-                    );
-                }
-            }
-            Some(line) => body.push_str(line),
-        }
-    }
     let damaged = "is damaged: the text between its BEGIN and END lines is not a whole key (a line lost or changed when the key was copied is the usual cause)";
-    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&body) else {
+    if !pem.contains("-----END ") {
+        return Some(
+            "is cut short: it has no `-----END ...-----` line (a key copied into a variable often loses its last lines)",
+        );
+    }
+    let Ok(parsed) = pem::parse(pem) else {
         return Some(damaged);
     };
-    (der_sequence_length(&der) != Some(der.len())).then_some(damaged)
-}
-
-/// The whole length (header included) that a DER `SEQUENCE` at the start of
-/// `der` says it has, as every RSA key's encoding begins with one.
-fn der_sequence_length(der: &[u8]) -> Option<usize> {
-    let (&tag, rest) = der.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    if tag != 0x30 {
-        return None;
+    // Only the old form of an encrypted key has headers, this one among them.
+    if parsed
+        .headers()
+        .get("Proc-Type")
+        .is_some_and(|kind| kind.contains("ENCRYPTED"))
+    {
+        return Some("is an encrypted private key; give the key unencrypted, as GitHub made it");
     }
-    if first < 0x80 {
-        return Some(2 + usize::from(first));
+    // Every RSA key, PKCS#1 or PKCS#8, is one DER SEQUENCE.
+    match simple_asn1::from_der(parsed.contents()).as_deref() {
+        Ok([simple_asn1::ASN1Block::Sequence(..)]) => None,
+        _ => Some(damaged),
     }
-    let count = usize::from(first & 0x7f);
-    if count == 0 || count > 4 || rest.len() < count {
-        return None;
-    }
-    let content = rest[..count]
-        .iter()
-        .fold(0usize, |length, &byte| (length << 8) | usize::from(byte));
-    Some(2 + count + content)
 }
 
 fn default_pacing() -> Pacing {
