@@ -842,6 +842,19 @@ fn an_sns_route_must_list_its_topics() {
 }
 
 #[test]
+fn a_zero_retention_is_refused() {
+    let errors = load_err("github:\n  token: t\nstore:\n  retention: 0d\nroutes: []\n");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].path, "store.retention");
+    assert_eq!(errors[0].line, 4);
+    assert!(
+        errors[0].message.starts_with("must be longer than 0"),
+        "{}",
+        errors[0].message
+    );
+}
+
+#[test]
 fn a_zero_signature_tolerance_is_refused() {
     let text = "github:\n  token: t\nroutes:\n  - id: r\n    verify:\n      slack: {secret: s, tolerance: 0s}\n    dispatch: [{repo: acme/blog, event_type: e}]\n";
     let errors = load_err(text);
@@ -988,6 +1001,27 @@ fn after_an_unknown_key_the_other_errors_of_the_mapping_are_reported() {
             "routes[0].rate_limit.brst"
         ]
     );
+}
+
+#[test]
+fn a_misspelt_dispatch_or_event_type_does_not_hide_the_targets_errors() {
+    let text = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    dispach:\n      - repo: acme/a\n        event_type: e\n        client_payload: {x: \"{{ body.x }\"}\n  - id: b\n    verify: none\n    dispatch:\n      - repo: acme/a\n        event_typ: e\n        client_payload: {x: \"{{ body.x }\"}\n      - repo: acme/a\n        workflw: w.yml\n        ref: main\n        inputs: {x: \"{{ body.x }\"}\n";
+    let found: Vec<(String, usize)> = load_err(text)
+        .into_iter()
+        .map(|e| (e.path, e.line))
+        .collect();
+    // Each template error is reported beside the misspelt key, so that
+    // fixing the key's name does not bring a second round of errors.
+    let expected = [
+        ("routes[0].dispach", 6),
+        ("routes[0].dispach[0].client_payload.x", 9),
+        ("routes[1].dispatch[0].event_typ", 14),
+        ("routes[1].dispatch[0].client_payload.x", 15),
+        ("routes[1].dispatch[1].workflw", 17),
+        ("routes[1].dispatch[1].inputs.x", 19),
+    ]
+    .map(|(path, line)| (path.to_string(), line));
+    assert_eq!(found, expected);
 }
 
 #[test]

@@ -226,8 +226,9 @@ impl Report<'_> {
                 // `remove` would move the last key into its place, and serde
                 // would then report another of the mapping's errors first
                 // than the file's order says.
-                map.shift_remove(&key);
+                let value = map.shift_remove(&key);
                 left_out.unknown(base, &name, &expected);
+                left_out.keep_if_misspelt(base, &name, value);
             }
         }
         loop {
@@ -386,6 +387,10 @@ struct LeftOut {
     unknown_keys: Vec<(Path, String, Option<String>)>,
     /// Keys left out for holding an error.
     keys: Vec<Path>,
+    /// The values of the unknown keys that plainly misspell a field, with
+    /// the mapping they are in and the key as written, so that what they
+    /// hold can still be checked (a `dispach:` list's targets).
+    misspelt_values: Vec<(Path, String, Value)>,
 }
 
 impl LeftOut {
@@ -400,6 +405,33 @@ impl LeftOut {
         let plainly = closest(name, expected, 0.9).map(str::to_owned);
         self.unknown_keys
             .push((mapping.clone(), name.to_owned(), plainly));
+    }
+
+    /// Keeps the value of the unknown key `name` of the mapping at
+    /// `mapping` when the key plainly misspells a field, as noted by
+    /// [`LeftOut::unknown`] just before.
+    fn keep_if_misspelt(&mut self, mapping: &Path, name: &str, value: Option<Value>) {
+        let noted = self.unknown_keys.last();
+        if let (Some((at, noted_name, Some(_))), Some(value)) = (noted, value)
+            && at == mapping
+            && noted_name == name
+        {
+            self.misspelt_values
+                .push((mapping.clone(), name.to_owned(), value));
+        }
+    }
+
+    /// The key and value written in the mapping at `mapping` for `field`
+    /// under a plain misspelling of its name, if there is one.
+    fn misspelt(&self, mapping: &Path, field: &str) -> Option<(&str, &Value)> {
+        self.misspelt_values.iter().find_map(|(at, name, value)| {
+            let meant = self.unknown_keys.iter().find_map(|(at, noted, plainly)| {
+                (at == mapping && noted == name)
+                    .then_some(plainly.as_deref())
+                    .flatten()
+            });
+            (at == mapping && meant == Some(field)).then_some((name.as_str(), value))
+        })
     }
 
     /// Whether a field missing from the mapping at `mapping` may be missing
@@ -1650,12 +1682,25 @@ fn store(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<StoreConfig> {
+    let retention_path = path.key("retention");
     let retention = duration(
         report,
         raw.retention,
-        &path.key("retention"),
+        &retention_path,
         Duration::from_secs(7 * 86_400),
-    );
+    )
+    .filter(|retention| {
+        // Zero would prune each delivery as it finishes: `deliveries --id`
+        // would find nothing and a sender's retry would be sent again.
+        let zero = retention.is_zero();
+        if zero {
+            report.error(
+                &retention_path,
+                "must be longer than 0: finished deliveries are kept this long for `deliveries`, `redeliver` and dedupe",
+            );
+        }
+        !zero
+    });
     let synchronous = match raw.synchronous {
         None | Some(raw::RawSynchronous::Full) => Synchronous::Full,
         Some(raw::RawSynchronous::Normal) => Synchronous::Normal,
@@ -2054,6 +2099,16 @@ fn targets(
     let dispatch_path = path.key("dispatch");
     let mut dispatch = Vec::new();
     match list {
+        // A plainly misspelt `dispach:` is reported as unknown; its targets
+        // are still checked, at the key as written, so that fixing its name
+        // does not bring a second round of errors. None of them is kept:
+        // the route already fails.
+        None if let Some((name, Value::Sequence(list))) = left_out.misspelt(path, "dispatch") => {
+            for (index, item) in list.iter().enumerate() {
+                let target_path = path.key(name).index(index);
+                target(report, builder, item.clone(), &target_path, allowed_repos);
+            }
+        }
         None if left_out.explains(path, "dispatch") => {}
         None => report.error(path, "missing key `dispatch` (the list of targets)"),
         Some(list) if list.is_empty() => {
@@ -2518,9 +2573,14 @@ fn target(
             );
             None
         }
+        // The kind's key was misspelt or left out for its error: the
+        // payload or inputs beside it are still checked, so that one run
+        // of `check` reports their errors too.
         (None, None)
             if left_out.explains(path, "event_type") || left_out.explains(path, "workflow") =>
         {
+            client_payload_template(report, builder, path, raw.client_payload);
+            inputs_template(report, builder, path, raw.inputs);
             None
         }
         (None, None) => {
@@ -2617,16 +2677,7 @@ fn repository_target(
         Some(t)
     });
 
-    let payload_path = path.key("client_payload");
-    let client_payload = object_template(
-        report,
-        builder,
-        &payload_path,
-        client_payload,
-        "client_payload",
-        routing::check_payload_keys,
-        |value| routing::check_client_payload(value).map(drop),
-    );
+    let client_payload = client_payload_template(report, builder, path, client_payload);
     Some(TargetKind::Repository {
         event_type: event_type?,
         client_payload: client_payload?,
@@ -2684,6 +2735,41 @@ fn workflow_target(
         }
     };
 
+    let inputs = inputs_template(report, builder, path, inputs);
+    Some(TargetKind::Workflow {
+        workflow: workflow?,
+        git_ref: git_ref?,
+        inputs: inputs?,
+    })
+}
+
+/// A repository target's `client_payload`, compiled and checked against
+/// GitHub's limits where it is static.
+fn client_payload_template(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    path: &Path,
+    client_payload: Option<serde_json::Value>,
+) -> Option<crate::template::ValueTemplate> {
+    object_template(
+        report,
+        builder,
+        &path.key("client_payload"),
+        client_payload,
+        "client_payload",
+        routing::check_payload_keys,
+        |value| routing::check_client_payload(value).map(drop),
+    )
+}
+
+/// A workflow target's `inputs`, compiled and checked against GitHub's
+/// limits where they are static.
+fn inputs_template(
+    report: &mut Report,
+    builder: &mut EngineBuilder,
+    path: &Path,
+    inputs: Option<serde_json::Value>,
+) -> Option<crate::template::ValueTemplate> {
     let inputs_path = path.key("inputs");
     let refused = match &inputs {
         Some(serde_json::Value::Object(written)) => {
@@ -2691,7 +2777,7 @@ fn workflow_target(
         }
         _ => false,
     };
-    let inputs = object_template(
+    object_template(
         report,
         builder,
         &inputs_path,
@@ -2705,12 +2791,7 @@ fn workflow_target(
             |value| routing::check_inputs(value).map(drop)
         },
     )
-    .filter(|_| !refused);
-    Some(TargetKind::Workflow {
-        workflow: workflow?,
-        git_ref: git_ref?,
-        inputs: inputs?,
-    })
+    .filter(|_| !refused)
 }
 
 /// Reports the workflow inputs that could never be sent as written,
