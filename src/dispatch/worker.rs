@@ -138,6 +138,10 @@ impl Drop for Claim {
     }
 }
 
+/// Added to the recorded answer of an attempt whose credential GitHub
+/// refused, so that `deliveries` and the admin API say the job is held.
+const HELD_FOR_CREDENTIAL: &str = "; held: GitHub refuses the credential, and one dispatch tries it again each minute until a new one is in place";
+
 /// How often an idle worker looks at the store even without a wake-up, as a
 /// safety net; accepted webhooks wake it at once.
 pub const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -951,9 +955,19 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
             started_ms,
             elapsed,
             status,
-            detail,
+            mut detail,
             result,
         } = sent;
+        // GitHub's answer alone ("401 Bad credentials") would read in
+        // `deliveries` as a job that is merely being retried; it is held,
+        // and waits for its owner.
+        if let Action::Retry {
+            credential_refused: true,
+            ..
+        } = action
+        {
+            detail.push_str(HELD_FOR_CREDENTIAL);
+        }
         let next = self.settle(job, &action, status);
         let record = AttemptRecord {
             job_id: job.id,

@@ -238,7 +238,12 @@ async fn bad_credentials_hold_the_queue_and_say_why() {
     let target = &list[0]["targets"][0];
     assert_eq!(status_of(&list[0]), "pending", "{list:?}");
     assert_eq!(target["counted_attempts"], 0, "{target}");
-    assert_eq!(target["last_error"], "401 Bad credentials", "{target}");
+    // The listing says the job is held, not merely retried.
+    assert_eq!(
+        target["last_error"],
+        "401 Bad credentials; held: GitHub refuses the credential, and one dispatch tries it again each minute until a new one is in place",
+        "{target}"
+    );
     let line = app
         .wait_for_log(|l| l.contains("Dispatch will be retried"))
         .await;
@@ -258,7 +263,7 @@ async fn bad_credentials_hold_the_queue_and_say_why() {
     let output = app.cli(&["deliveries"]);
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(
-        table.contains("acme/blog: retrying after 1 attempt (0 counted against retry.max_attempts): 401 Bad credentials"),
+        table.contains("acme/blog: retrying after 1 attempt (0 counted against retry.max_attempts): 401 Bad credentials; held: GitHub refuses the credential"),
         "{table}"
     );
     // No log line, stored row or listing carries the token.
