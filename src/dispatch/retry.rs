@@ -11,7 +11,7 @@ use crate::config::RetryConfig;
 use crate::github::rate_limit::{MAX_ASKED_WAIT_SECS, RateLimitWait, rate_limit_wait};
 use crate::github::{
     Answer, BAD_CREDENTIALS, NOT_FOUND, NOT_GITHUB, TransportError, WORKFLOW_NOT_FOUND,
-    classic_token_not_found,
+    classic_token_not_found, saml_refusal,
 };
 
 /// What the worker saw for one attempt.
@@ -216,6 +216,7 @@ pub fn classify(
         422 => Action::Fail {
             reason: with_message("GitHub rejected the request (422)", message),
         },
+        403 if let Some(reason) = saml_refusal(answer) => Action::Fail { reason },
         403 => Action::Fail {
             reason: with_message(
                 "forbidden (403): the credential lacks a permission this dispatch needs",
@@ -744,6 +745,32 @@ mod tests {
                 ),
                 None,
                 "forbidden (403): the credential lacks a permission this dispatch needs: Resource not accessible by personal access token",
+            ),
+            // A token not authorized for an organization's SAML single
+            // sign-on fails, naming where its owner authorizes it; without
+            // the header, GitHub's message alone says it.
+            (
+                Answer {
+                    sso_url: Some(
+                        "https://github.com/orgs/acme/sso?authorization_request=AbC1".into(),
+                    ),
+                    ..answer(
+                        403,
+                        "Resource protected by organization SAML enforcement. You must grant your Personal Access token access to this organization.",
+                        none,
+                    )
+                },
+                None,
+                "forbidden (403): the organization enforces SAML single sign-on and the token is not authorized for it; its owner authorizes it at https://github.com/orgs/acme/sso?authorization_request=AbC1, then `redeliver --failed` sends what failed",
+            ),
+            (
+                answer(
+                    403,
+                    "Resource protected by organization SAML enforcement. You must grant your Personal Access token access to this organization.",
+                    none,
+                ),
+                None,
+                "forbidden (403): the organization enforces SAML single sign-on and the token is not authorized for it; its owner authorizes it under Settings, Developer settings, Personal access tokens (Configure SSO), then `redeliver --failed` sends what failed",
             ),
             (
                 answer(400, "Problems parsing JSON", none),

@@ -119,6 +119,10 @@ pub struct Answer {
     /// The path GitHub redirected the request to, when it did: a repository
     /// renamed or transferred is answered at its id (`/repositories/{id}/…`).
     pub redirected_to: Option<String>,
+    /// The address in `x-github-sso` (`required; url=...`) where the
+    /// token's owner authorizes it for an organization that enforces SAML
+    /// single sign-on.
+    pub sso_url: Option<String>,
 }
 
 impl Answer {
@@ -437,6 +441,11 @@ async fn read_answer(
         .and_then(|v| v.to_str().ok())
         .filter(|scopes| !scopes.trim().is_empty())
         .map(str::to_string);
+    let sso_url = response
+        .headers()
+        .get("x-github-sso")
+        .and_then(|v| v.to_str().ok())
+        .and_then(sso_authorization_url);
     let keep = if (200..300).contains(&status) {
         MAX_SUCCESS_BODY
     } else {
@@ -490,6 +499,48 @@ async fn read_answer(
         oauth_scopes,
         from_github,
         redirected_to: None,
+        sso_url,
+    })
+}
+
+/// The authorization address of an `x-github-sso: required; url=...`
+/// header. Its other form (`partial-results; organizations=...`) only
+/// lists what a listing left out.
+fn sso_authorization_url(header: &str) -> Option<String> {
+    let mut parts = header.split(';').map(str::trim);
+    if !parts.next()?.eq_ignore_ascii_case("required") {
+        return None;
+    }
+    parts
+        .find_map(|part| part.strip_prefix("url="))
+        .filter(|url| url.starts_with("https://") || url.starts_with("http://"))
+        // GitHub's address is a few dozen characters; a longer one is not
+        // worth a log line.
+        .filter(|url| url.len() <= 500 && !url.chars().any(char::is_whitespace))
+        .map(str::to_owned)
+}
+
+/// Why GitHub answered `403` to a token not authorized for an organization
+/// that enforces SAML single sign-on, when that is why. Such a token works
+/// for every other organization, so the dispatch fails rather than holding
+/// the credential's queue; it names where the token's owner authorizes it.
+pub fn saml_refusal(answer: &Answer) -> Option<String> {
+    let saml = answer.status == 403
+        && (answer.sso_url.is_some()
+            || answer
+                .message
+                .as_deref()
+                .is_some_and(|message| message.contains("SAML enforcement")));
+    saml.then(|| {
+        let lead = "forbidden (403): the organization enforces SAML single sign-on and the token is not authorized for it";
+        match &answer.sso_url {
+            Some(url) => format!(
+                "{lead}; its owner authorizes it at {url}, then `redeliver --failed` sends what failed"
+            ),
+            None => format!(
+                "{lead}; its owner authorizes it under Settings, Developer settings, Personal access tokens (Configure SSO), then `redeliver --failed` sends what failed"
+            ),
+        }
     })
 }
 
@@ -552,7 +603,30 @@ pub use app::{CredentialError, Credentials, IssuedToken, Scope};
 
 #[cfg(test)]
 mod tests {
-    use super::{classic_token_not_found, github_message, plain_message};
+    use super::{classic_token_not_found, github_message, plain_message, sso_authorization_url};
+
+    #[test]
+    fn the_sso_header_gives_its_authorization_address_only_when_required() {
+        let url = "https://github.com/orgs/acme/sso?authorization_request=AbC1";
+        let cases = [
+            (format!("required; url={url}"), Some(url)),
+            (format!("Required;url={url}"), Some(url)),
+            (
+                "partial-results; organizations=21955855,20582480".to_owned(),
+                None,
+            ),
+            ("required; url=javascript:alert(1)".to_owned(), None),
+            ("required".to_owned(), None),
+            ("required; url=https://a b".to_owned(), None),
+        ];
+        for (header, expected) in cases {
+            assert_eq!(
+                sso_authorization_url(&header).as_deref(),
+                expected,
+                "{header}"
+            );
+        }
+    }
 
     #[test]
     fn a_validation_errors_details_follow_githubs_message() {

@@ -220,6 +220,7 @@ fn judge(answer: &Answer, target: &Target, app: bool) -> Result<(), String> {
                 .and_then(|scopes| classic_token_not_found(scopes, false))
                 .unwrap_or_else(|| NOT_FOUND.to_string()));
         }
+        403 if let Some(reason) = super::saml_refusal(answer) => return Err(reason),
         403 => {
             return Err(format!(
                 "forbidden (403): {}",
@@ -465,6 +466,19 @@ mod tests {
                 Scope::Contents,
                 false,
                 Err("forbidden (403): msg"),
+            ),
+            (
+                Answer {
+                    sso_url: Some(
+                        "https://github.com/orgs/acme/sso?authorization_request=AbC1".into(),
+                    ),
+                    ..answer(403, "", None)
+                },
+                Scope::Contents,
+                false,
+                Err(
+                    "forbidden (403): the organization enforces SAML single sign-on and the token is not authorized for it; its owner authorizes it at https://github.com/orgs/acme/sso?authorization_request=AbC1, then `redeliver --failed` sends what failed",
+                ),
             ),
         ];
         for (answer, scope, app, expected) in cases {

@@ -220,6 +220,31 @@ async fn not_found_fails_with_an_explanation() {
     assert!(text.contains("repository not found"), "{text}");
 }
 
+/// A token not authorized for one organization's SAML single sign-on is
+/// refused there only: that target fails, naming where the token's owner
+/// authorizes it, and the credential's other targets are sent as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_refused_by_saml_single_sign_on_fails_naming_where_to_authorize_it() {
+    let targets = format!("{}{}", one_target("acme/blog"), one_target("acme/docs"));
+    let app = spawn_app(&hmac_route("cms", &targets)).await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::SamlEnforced]);
+    assert_eq!(app.post_signed("cms", r#"{"id":1}"#).await.status(), 202);
+    let list = app
+        .wait_for_deliveries(WAIT, |list| {
+            list.len() == 1 && crate::helpers::finished_failed(&list[0])
+        })
+        .await;
+    let targets = &list[0]["targets"];
+    assert_eq!(targets[1]["status"], "delivered", "{targets}");
+    let error = targets[0]["last_error"].as_str().unwrap_or_default();
+    assert_eq!(
+        error,
+        "forbidden (403): the organization enforces SAML single sign-on and the token is not authorized for it; its owner authorizes it at https://github.com/orgs/acme/sso?authorization_request=A5VN2X7WQ3ZJ, then `redeliver --failed` sends what failed"
+    );
+    assert_eq!(app.github.dispatches_to("acme/docs"), 1);
+}
+
 /// A token GitHub refuses (expired, or revoked) would be refused for every
 /// dispatch until it is replaced: the credential's queue is held instead of
 /// failing each job, the refusal says so, and neither the token nor the

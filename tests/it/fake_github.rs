@@ -113,6 +113,9 @@ pub enum Scripted {
     NotFound,
     /// The 401 GitHub gives for an unknown or revoked token.
     BadCredentials,
+    /// The 403 GitHub gives a personal access token not authorized for an organization that
+    /// enforces SAML single sign-on, with `x-github-sso` naming where to authorize it.
+    SamlEnforced,
     /// An HTML error page of this status from a proxy in front of GitHub, that never ends:
     /// a client that reads a body whole before bounding it never gets past it.
     ProxyPage { status: u16 },
@@ -1520,6 +1523,9 @@ fn not_found_route() -> Answer {
     Answer::error(404, "Not Found", GENERIC_DOCS)
 }
 
+/// Where GitHub's SAML refusal points.
+const SAML_DOCS: &str = "https://docs.github.com/articles/authenticating-to-a-github-organization-with-saml-single-sign-on/";
+
 fn bad_credentials() -> Answer {
     Answer::error(401, "Bad credentials", GENERIC_DOCS)
 }
@@ -1623,6 +1629,19 @@ fn scripted_answer(
             ..Answer::empty(*status)
         },
         Scripted::BadCredentials => bad_credentials(),
+        Scripted::SamlEnforced => {
+            let org = req.path().split('/').nth(2).unwrap_or_default();
+            Answer::error(
+                403,
+                "Resource protected by organization SAML enforcement. You must grant your \
+                 Personal Access token access to this organization.",
+                SAML_DOCS,
+            )
+            .with_header(
+                "x-github-sso",
+                format!("required; url=https://github.com/orgs/{org}/sso?authorization_request=A5VN2X7WQ3ZJ"),
+            )
+        }
         Scripted::Redirect { status, location } => {
             Answer::json(*status, json!({ "message": "Moved", "url": location }))
                 .with_header("location", location)
