@@ -1747,6 +1747,51 @@ fn a_quote_never_closed_is_placed_where_it_opens() {
 }
 
 #[test]
+fn a_control_character_is_placed_at_its_line_and_column_and_named() {
+    let cases = [
+        (
+            "github:\n  token: t\nroutes:\n  - id: a\u{0}b\n",
+            (4, 10),
+            "U+0000",
+        ),
+        ("github:\n  token: t\u{7f}\nroutes: []\n", (2, 11), "U+007F"),
+        // Columns count characters, not bytes.
+        ("github:\n  token: é\u{80}\nroutes: []\n", (2, 11), "U+0080"),
+    ];
+    for (text, place, named) in cases {
+        let errors = load_err(text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].line, errors[0].column), place, "{errors:?}");
+        assert!(
+            errors[0]
+                .message
+                .starts_with(&format!("the character {named} is a control character")),
+            "{errors:?}"
+        );
+    }
+}
+
+#[test]
+fn aliases_that_expand_beyond_the_parsers_limit_are_refused_saying_so() {
+    let mut text = "a: &a [x, x, x, x, x, x, x, x, x]\n".to_owned();
+    for (name, previous) in ["b", "c", "d", "e", "f", "g", "h", "i"]
+        .iter()
+        .zip(["a", "b", "c", "d", "e", "f", "g", "h"])
+    {
+        let aliases = vec![format!("*{previous}"); 9].join(", ");
+        text.push_str(&format!("{name}: &{name} [{aliases}]\n"));
+    }
+    let errors = load_err(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0]
+            .message
+            .starts_with("the file's aliases (`*name`) repeat"),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn a_key_where_no_key_can_be_says_why() {
     let indented = "github:\n  token: t\nroutes:\n  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/site\n\n         event_type: e\n";
     let errors = load_err(indented);

@@ -827,6 +827,37 @@ fn syntax_error(text: &str, err: &serde_norway::Error) -> (usize, usize, String)
             ),
         );
     }
+    // The library places a character YAML refuses by its byte offset, at
+    // line 1; the reader needs its line, its column and which it is, since
+    // most are invisible.
+    if full.contains("control characters are not allowed")
+        && let Some((line, column, character)) = first_refused_character(text)
+    {
+        return (
+            line,
+            column,
+            format!(
+                "the character U+{:04X} is a control character, which YAML does not allow; remove it (it may have come with text pasted from a terminal or another program)",
+                u32::from(character)
+            ),
+        );
+    }
+    // Aliases that expand to millions of values (a "billion laughs" file)
+    // are refused by the library before they take the memory.
+    if full.contains("repetition limit exceeded") {
+        return (
+            line,
+            column,
+            "the file's aliases (`*name`) repeat their anchors' values more often than the parser allows, which no routes file needs; bring each block in fewer times".to_owned(),
+        );
+    }
+    if full.contains("recursion limit exceeded") {
+        return (
+            line,
+            column,
+            "values are nested here deeper than the parser allows".to_owned(),
+        );
+    }
     // A quote that is never closed runs to the end of the file, where the
     // library places the error; the quote's opening is where to look.
     if full.contains("found unexpected end of stream")
@@ -862,6 +893,27 @@ fn syntax_error(text: &str, err: &serde_norway::Error) -> (usize, usize, String)
         message.push_str(&misplaced_key_hint(text, line, column));
     }
     (line, column, message)
+}
+
+/// The line, column and value of the first character YAML does not allow
+/// in a file: the C0 controls but tab, line feed and carriage return, DEL,
+/// the C1 controls but NEL, and the two noncharacters U+FFFE and U+FFFF.
+fn first_refused_character(text: &str) -> Option<(usize, usize, char)> {
+    let refused = |c: char| match c {
+        '\t' | '\n' | '\r' | '\u{85}' => false,
+        c if c < ' ' => true,
+        '\u{7f}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}' => true,
+        _ => false,
+    };
+    text.split('\n').enumerate().find_map(|(index, line_text)| {
+        line_text.chars().position(refused).map(|at| {
+            (
+                index + 1,
+                at + 1,
+                line_text.chars().nth(at).unwrap_or_default(),
+            )
+        })
+    })
 }
 
 /// Why a `key:` stands where no key can: either an unquoted value holds
