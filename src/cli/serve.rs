@@ -349,14 +349,20 @@ async fn open_store(
     let store = Store::open(&db_path, synchronous)
         .with_context(|| format!("cannot open the store at {}", db_path.display()))
         .map_err(runtime)?;
-    let orphans = store
-        .release_all_leases()
+    let released = store
+        .release_all_leases(crate::clock::now_ms())
         .await
         .context("cannot recover the leases of a previous run")
         .map_err(runtime)?;
-    if orphans > 0 {
+    if released.interrupted > 0 {
         tracing::warn!(
-            jobs = orphans,
+            jobs = released.interrupted,
+            "The relay last stopped while dispatches were in flight, without recording GitHub's answers; they are sent again, and GitHub may receive them twice"
+        );
+    }
+    if released.orphans > 0 {
+        tracing::warn!(
+            jobs = released.orphans,
             "Removed queued dispatches whose delivery is missing from the store, as in a store rebuilt from a damaged file; they cannot be sent"
         );
     }

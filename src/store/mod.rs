@@ -288,6 +288,20 @@ pub struct Job {
 }
 
 /// The result of one attempt, recorded with the job's next state.
+/// What giving back the leases of a previous run found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Released {
+    /// Pending jobs that were leased: in flight, or about to be, when the
+    /// previous process stopped without recording their answer.
+    pub interrupted: usize,
+    /// Pending jobs removed because their delivery is missing, as in a
+    /// store rebuilt from a damaged file.
+    pub orphans: usize,
+}
+
+/// The recorded answer of an attempt the relay stopped in the middle of.
+pub const INTERRUPTED: &str = "no answer recorded: the relay stopped while this dispatch was in flight, so GitHub may have received it; it is sent again";
+
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub job_id: i64,
@@ -750,11 +764,12 @@ impl Store {
     /// process owns the queue, so a lease still set then belongs to a process
     /// that died mid-send, and its job must be sent again. The inspection
     /// commands never call it, so running them beside `serve` cannot make a
-    /// job in flight look free. Returns how many pending jobs it removed
-    /// because their delivery is missing, as in a store rebuilt from a
-    /// damaged file.
-    pub async fn release_all_leases(&self) -> Result<usize, StoreError> {
-        self.call(|reply| Command::ReleaseAll { reply }).await
+    /// job in flight look free. Each such job gets an attempt in its
+    /// history, since GitHub may have received the dispatch the sending
+    /// process never heard the answer to.
+    pub async fn release_all_leases(&self, now_ms: i64) -> Result<Released, StoreError> {
+        self.call(|reply| Command::ReleaseAll { now_ms, reply })
+            .await
     }
 
     /// Checks that the store accepts writes (readiness): it commits a write

@@ -12,8 +12,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::retry_times::RetryTimes;
 use super::{
     Accepted, AttemptRecord, AttemptSummary, DebounceWindow, DeliveryDetail, DeliverySummary,
-    FailedDelivery, Job, JobNext, JobSummary, ListFilter, NewDelivery, NewJob, Opener, QueueDepth,
-    Rerendered, Rerendering, SentRequest, Status, StoreError, StoredRequest, StoredTarget,
+    FailedDelivery, INTERRUPTED, Job, JobNext, JobSummary, ListFilter, NewDelivery, NewJob, Opener,
+    QueueDepth, Released, Rerendered, Rerendering, SentRequest, Status, StoreError, StoredRequest,
+    StoredTarget,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -940,16 +941,36 @@ pub(super) fn bring_forward(
 /// damaged file (`.recover`) keeps the jobs found on sound pages whatever
 /// became of their deliveries; such a job cannot be leased, and the first
 /// in the queue would stop every send.
-pub(super) fn release_all(conn: &Connection) -> Result<usize, StoreError> {
+///
+/// A pending job still leased was in flight, or about to be, when the
+/// previous process stopped: it gets an attempt saying so, counted in its
+/// attempts but not against `retry.max_attempts`, so that its history
+/// shows the dispatch GitHub may have received before the one sent now.
+pub(super) fn release_all(conn: &Connection, now_ms: i64) -> Result<Released, StoreError> {
+    conn.execute(
+        "INSERT INTO attempts (job_id, started_at, duration_ms, status_code, detail)
+           SELECT id, ?1, 0, NULL, ?2 FROM jobs
+            WHERE leased_until IS NOT NULL AND status = 'pending'",
+        params![now_ms, INTERRUPTED],
+    )?;
+    let interrupted = conn.execute(
+        "UPDATE jobs SET attempts = attempts + 1, last_error = ?1, leased_until = NULL
+          WHERE leased_until IS NOT NULL AND status = 'pending'",
+        params![INTERRUPTED],
+    )?;
     conn.execute(
         "UPDATE jobs SET leased_until = NULL WHERE leased_until IS NOT NULL",
         [],
     )?;
-    Ok(conn.execute(
+    let orphans = conn.execute(
         "DELETE FROM jobs WHERE status = 'pending'
            AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = jobs.delivery_id)",
         [],
-    )?)
+    )?;
+    Ok(Released {
+        interrupted,
+        orphans,
+    })
 }
 
 pub(super) fn release(conn: &Connection, job_ids: &[i64]) -> Result<(), StoreError> {

@@ -633,10 +633,30 @@ async fn leases_survive_a_reopen_as_due_jobs() {
             .is_empty(),
         "opening the store (as the inspection commands do) leaves leases alone"
     );
-    assert_eq!(store.release_all_leases().await.unwrap(), 0);
-    assert_eq!(store.lease_due(5_000, 10, 600_000).await.unwrap().len(), 3);
+    // Each job leased by the process that stopped gets an attempt saying
+    // GitHub may have received it; none counts against max_attempts.
+    assert_eq!(
+        store.release_all_leases(6_000).await.unwrap(),
+        Released {
+            interrupted: 3,
+            orphans: 0
+        }
+    );
+    let detail = store.detail("d1").await.unwrap().unwrap();
+    assert_eq!(detail.attempts.len(), 3);
+    assert!(
+        detail.attempts.iter().all(|a| a.detail == INTERRUPTED
+            && a.started_at_ms == 6_000
+            && a.status_code.is_none())
+    );
+    for job in &detail.delivery.targets {
+        assert_eq!((job.attempts, job.counted_attempts), (1, 0));
+        assert_eq!(job.last_error.as_deref(), Some(INTERRUPTED));
+    }
+    // Tried once, they are sent again as retries.
     let depth = store.queue_depth().await.unwrap();
-    assert_eq!(depth.pending, 3);
+    assert_eq!((depth.pending, depth.retrying), (0, 3));
+    assert_eq!(store.lease_due(5_000, 10, 600_000).await.unwrap().len(), 3);
 }
 
 /// A store rebuilt from a damaged file can hold jobs whose delivery was
@@ -658,7 +678,13 @@ async fn jobs_whose_delivery_is_missing_are_removed_at_start_and_the_rest_are_se
             .unwrap();
     }
     let store = Store::open(&path, Synchronous::Full).unwrap();
-    assert_eq!(store.release_all_leases().await.unwrap(), 2);
+    assert_eq!(
+        store.release_all_leases(5_000).await.unwrap(),
+        Released {
+            interrupted: 0,
+            orphans: 2
+        }
+    );
     let leased = store.lease_due(5_000, 10, 600_000).await.unwrap();
     assert_eq!(leased.len(), 1);
     assert_eq!(leased[0].delivery_id, "kept");

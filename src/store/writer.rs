@@ -72,7 +72,8 @@ pub(super) enum Command {
         reply: Reply<usize>,
     },
     ReleaseAll {
-        reply: Reply<usize>,
+        now_ms: i64,
+        reply: Reply<super::Released>,
     },
     /// Marks the end of the queued work: the writer commits what came
     /// before it, then closes its connection and stops.
@@ -98,6 +99,7 @@ enum Outcome {
     Unit,
     Rerendered(Rerendered),
     Count(usize),
+    Released(super::Released),
 }
 
 impl Command {
@@ -146,10 +148,14 @@ impl Command {
                 Outcome::Rerendered(r) => Some(r),
                 _ => None,
             }),
-            Command::Prune { reply, .. }
-            | Command::BringForward { reply, .. }
-            | Command::ReleaseAll { reply } => send(reply, outcome, |o| match o {
-                Outcome::Count(n) => Some(n),
+            Command::Prune { reply, .. } | Command::BringForward { reply, .. } => {
+                send(reply, outcome, |o| match o {
+                    Outcome::Count(n) => Some(n),
+                    _ => None,
+                })
+            }
+            Command::ReleaseAll { reply, .. } => send(reply, outcome, |o| match o {
+                Outcome::Released(released) => Some(released),
                 _ => None,
             }),
         }
@@ -691,10 +697,10 @@ fn execute(
         Command::Prune {
             cutoff_ms, limit, ..
         } => Outcome::Count(schema::prune(c, *cutoff_ms, *limit)?),
-        Command::ReleaseAll { .. } => {
-            let orphans = schema::release_all(c)?;
+        Command::ReleaseAll { now_ms, .. } => {
+            let released = schema::release_all(c, *now_ms)?;
             lock(retries).read_again();
-            Outcome::Count(orphans)
+            Outcome::Released(released)
         }
         Command::BringForward {
             from_ms, now_ms, ..

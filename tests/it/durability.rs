@@ -99,6 +99,34 @@ async fn a_burst_survives_kill_9_in_the_middle_of_sending() {
         })
         .await;
     assert_eq!(list.len(), 200);
+    // The restart said that dispatches were in flight, and each one GitHub
+    // received twice shows the interrupted attempt in its history.
+    let said = app
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("The relay last stopped while dispatches were in flight"))
+        .expect("the restart says dispatches were interrupted");
+    let mut sent_times: std::collections::HashMap<String, usize> = Default::default();
+    for request in app.github.dispatches() {
+        let id = request.body.as_ref().unwrap()["client_payload"]["delivery"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        *sent_times.entry(id).or_default() += 1;
+    }
+    let attempts_of = |id: &str| -> u64 {
+        let delivery = list.iter().find(|d| d["id"] == id).unwrap();
+        delivery["targets"][0]["attempts"].as_u64().unwrap()
+    };
+    assert!(
+        sent_times.values().any(|times| *times > 1),
+        "the crash fell while dispatches were in flight"
+    );
+    for (id, times) in &sent_times {
+        if *times > 1 {
+            assert!(attempts_of(id) >= 2, "{id} was sent twice: {said}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
