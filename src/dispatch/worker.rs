@@ -546,7 +546,7 @@ impl Dispatcher {
         }
         let github_down = retry::may_pass(answer)
             && self
-                .outage_confirmed(job, answer, sent_as.started_ms, &sent_as.token.secret)
+                .outage_confirmed(job, sent_as.started_ms, &sent_as.token.secret)
                 .await;
         let unstated_pause = match answer {
             Ok(answer) => self.heed_rate_limit(answer).await,
@@ -794,25 +794,14 @@ impl Dispatcher {
     /// confirms it, dated by its sending, and no look is made. So an outage
     /// costs one look, however long it lasts and however many jobs it holds.
     ///
-    /// A job that has already failed on its own (a failure of it was
-    /// counted: GitHub answered other dispatches meanwhile) and that GitHub
-    /// now answers with a server error again, with nothing known since its
-    /// last try, fails on its own again: a look GitHub answers would only
-    /// say that GitHub works, and taking it for an outage would end that
-    /// outage at the next dispatch answered, bring the job forward, and so
-    /// on, every retry of one failing repository an outage of its own.
-    async fn outage_confirmed(
-        &self,
-        job: &Job,
-        answer: &Result<Answer, TransportError>,
-        sent_ms: i64,
-        token: &Secret,
-    ) -> bool {
+    /// A job with a failure already counted is judged the same way: GitHub
+    /// going down just after it answered another dispatch is far more
+    /// common than a repository it fails alone, and counting every failure
+    /// after the first would fail such a job within minutes of the outage
+    /// starting (decision 53).
+    async fn outage_confirmed(&self, job: &Job, sent_ms: i64, token: &Secret) -> bool {
         let reason = match self.health.since(job.since_ms) {
             Since::Answering => return false,
-            Since::Unknown if job.failures > 0 && answer.as_ref().is_ok_and(|a| a.from_github) => {
-                return false;
-            }
             Since::Failing => format!("a dispatch to {} failed", job.repo),
             Since::Unknown if self.health.outage_under_way() => {
                 // Dated by its sending, as a look is: a dispatch answered
