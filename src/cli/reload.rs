@@ -232,6 +232,8 @@ impl Reloader {
         }
         let count = routes.config.routes.len();
         let restart_only = restart_only_changes(&self.started, &routes.config, self.overridden);
+        self.metrics
+            .config_restart_required(!restart_only.is_empty());
         if !restart_only.is_empty() {
             tracing::warn!(
                 sections = %restart_only.join(", "),

@@ -122,6 +122,7 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     config_last_reload_success: Gauge,
     config_last_reload_successful: IntGauge,
+    config_restart_required: IntGauge,
     github_paused_until: Gauge,
     sns_subscriptions: IntCounterVec,
     body_memory: IntGauge,
@@ -286,6 +287,13 @@ impl Metrics {
                 IntGauge::with_opts(opts(
                     "config_last_reload_successful",
                     "1 when the last load of the configuration succeeded, 0 while the file on disk is refused.",
+                )),
+            ),
+            config_restart_required: registered(
+                &registry,
+                IntGauge::with_opts(opts(
+                    "config_restart_required",
+                    "1 when the configuration in force was loaded with changes to settings that take effect only at the next restart (github, retry, store, server.listen, notify); 0 otherwise.",
                 )),
             ),
             github_paused_until: registered(
@@ -514,6 +522,12 @@ impl Metrics {
         self.token_mints
             .with_label_values(&[if ok { "success" } else { "failure" }])
             .inc();
+    }
+
+    /// Whether the file in force changed settings read only at start, so
+    /// that an alert can say the relay still runs with the old ones.
+    pub fn config_restart_required(&self, required: bool) {
+        self.config_restart_required.set(i64::from(required));
     }
 
     pub fn config_loaded(&self, ok: bool, now_epoch_secs: f64) {

@@ -347,6 +347,29 @@ async fn a_rotated_token_is_named_as_needing_a_restart_until_the_relay_restarts(
             "{:#?}",
             warnings()
         );
+        // And so does the gauge an alert reads.
+        let metrics = app.metrics().await;
+        assert!(
+            metrics.contains("dispatch_relay_config_restart_required 1"),
+            "{metrics}"
+        );
+    }
+    // A file that goes back to the settings the relay started with needs
+    // no restart any more.
+    app.write_config(&format!(
+        "{original}\n  - id: c\n    verify: none\n    dispatch:\n      - repo: acme/docs\n        event_type: e\n"
+    ));
+    let start = std::time::Instant::now();
+    while !app
+        .metrics()
+        .await
+        .contains("dispatch_relay_config_restart_required 0")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the file as started was never taken as such"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
         !app.logs()
