@@ -387,10 +387,11 @@ struct LeftOut {
     unknown_keys: Vec<(Path, String, Option<String>)>,
     /// Keys left out for holding an error.
     keys: Vec<Path>,
-    /// The values of the unknown keys that plainly misspell a field, with
-    /// the mapping they are in and the key as written, so that what they
-    /// hold can still be checked (a `dispach:` list's targets).
-    misspelt_values: Vec<(Path, String, Value)>,
+    /// The values of the unknown keys that plainly misspell a field: the
+    /// mapping they are in, the field meant, the key as written and its
+    /// value, so that what they hold can still be checked (a `dispach:`
+    /// list's targets).
+    misspelt_values: Vec<(Path, String, String, Value)>,
 }
 
 impl LeftOut {
@@ -412,26 +413,22 @@ impl LeftOut {
     /// [`LeftOut::unknown`] just before.
     fn keep_if_misspelt(&mut self, mapping: &Path, name: &str, value: Option<Value>) {
         let noted = self.unknown_keys.last();
-        if let (Some((at, noted_name, Some(_))), Some(value)) = (noted, value)
+        if let (Some((at, noted_name, Some(meant))), Some(value)) = (noted, value)
             && at == mapping
             && noted_name == name
         {
             self.misspelt_values
-                .push((mapping.clone(), name.to_owned(), value));
+                .push((mapping.clone(), meant.clone(), name.to_owned(), value));
         }
     }
 
     /// The key and value written in the mapping at `mapping` for `field`
     /// under a plain misspelling of its name, if there is one.
     fn misspelt(&self, mapping: &Path, field: &str) -> Option<(&str, &Value)> {
-        self.misspelt_values.iter().find_map(|(at, name, value)| {
-            let meant = self.unknown_keys.iter().find_map(|(at, noted, plainly)| {
-                (at == mapping && noted == name)
-                    .then_some(plainly.as_deref())
-                    .flatten()
-            });
-            (at == mapping && meant == Some(field)).then_some((name.as_str(), value))
-        })
+        self.misspelt_values
+            .iter()
+            .find(|(at, meant, _, _)| at == mapping && meant == field)
+            .map(|(_, _, name, value)| (name.as_str(), value))
     }
 
     /// Whether a field missing from the mapping at `mapping` may be missing
@@ -906,13 +903,11 @@ fn first_refused_character(text: &str) -> Option<(usize, usize, char)> {
         _ => false,
     };
     text.split('\n').enumerate().find_map(|(index, line_text)| {
-        line_text.chars().position(refused).map(|at| {
-            (
-                index + 1,
-                at + 1,
-                line_text.chars().nth(at).unwrap_or_default(),
-            )
-        })
+        line_text
+            .chars()
+            .enumerate()
+            .find(|(_, c)| refused(*c))
+            .map(|(at, c)| (index + 1, at + 1, c))
     })
 }
 
@@ -1273,10 +1268,21 @@ fn positive_duration(
     path: &Path,
     default: Duration,
 ) -> Option<Duration> {
+    positive_duration_because(report, text, path, default, "")
+}
+
+/// [`positive_duration`], whose refusal of zero ends with `why`.
+fn positive_duration_because(
+    report: &mut Report,
+    text: Option<Quantity>,
+    path: &Path,
+    default: Duration,
+    why: &str,
+) -> Option<Duration> {
     duration(report, text, path, default).filter(|duration| {
         let zero = duration.is_zero();
         if zero {
-            report.error(path, "must be longer than 0");
+            report.error(path, format!("must be longer than 0{why}"));
         }
         !zero
     })
@@ -1734,25 +1740,15 @@ fn store(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<StoreConfig> {
-    let retention_path = path.key("retention");
-    let retention = duration(
+    // Zero would prune each delivery as it finishes: `deliveries --id`
+    // would find nothing and a sender's retry would be sent again.
+    let retention = positive_duration_because(
         report,
         raw.retention,
-        &retention_path,
+        &path.key("retention"),
         Duration::from_secs(7 * 86_400),
-    )
-    .filter(|retention| {
-        // Zero would prune each delivery as it finishes: `deliveries --id`
-        // would find nothing and a sender's retry would be sent again.
-        let zero = retention.is_zero();
-        if zero {
-            report.error(
-                &retention_path,
-                "must be longer than 0: finished deliveries are kept this long for `deliveries`, `redeliver` and dedupe",
-            );
-        }
-        !zero
-    });
+        ": finished deliveries are kept this long for `deliveries`, `redeliver` and dedupe",
+    );
     let synchronous = match raw.synchronous {
         None | Some(raw::RawSynchronous::Full) => Synchronous::Full,
         Some(raw::RawSynchronous::Normal) => Synchronous::Normal,

@@ -141,6 +141,8 @@ impl Drop for Claim {
 /// Added to the recorded answer of an attempt whose credential GitHub
 /// refused, so that `deliveries` and the admin API say the job is held.
 const HELD_FOR_CREDENTIAL: &str = "; held: GitHub refuses the credential, and one dispatch tries it again each minute until a new one is in place";
+// The text above says "each minute": it must change with the wait.
+const _: () = assert!(retry::REFUSED_CREDENTIAL_WAIT.as_secs() == 60);
 
 /// How often an idle worker looks at the store even without a wake-up, as a
 /// safety net; accepted webhooks wake it at once.

@@ -287,7 +287,6 @@ pub struct Job {
     pub since_ms: i64,
 }
 
-/// The result of one attempt, recorded with the job's next state.
 /// What giving back the leases of a previous run found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Released {
@@ -302,6 +301,7 @@ pub struct Released {
 /// The recorded answer of an attempt the relay stopped in the middle of.
 pub const INTERRUPTED: &str = "no answer recorded: the relay stopped while this dispatch was in flight, so GitHub may have received it; it is sent again";
 
+/// The result of one attempt, recorded with the job's next state.
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub job_id: i64,
