@@ -984,6 +984,10 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
                 let latency = (now_ms() - job.received_at_ms).max(0) as f64 / 1000.0;
                 self.metrics.delivered(&job.route, latency);
                 tracing::info!(status, attempts = job.attempts + 1, "Dispatch delivered");
+                // A credential GitHub accepts again (its token renewed, the
+                // failed-login limit over) no longer holds its queue.
+                self.metrics
+                    .github_credential_refused(&self.credentials.label(&job.repo), false);
                 JobNext::Delivered
             }
             Action::Retry {
@@ -996,6 +1000,8 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
             } => {
                 self.metrics.dispatch(&job.route, DispatchOutcome::Retried);
                 if *credential_refused {
+                    self.metrics
+                        .github_credential_refused(&self.credentials.label(&job.repo), true);
                     self.alert(job, reason, true);
                 }
                 // Where the answer paused the credential (and kept the

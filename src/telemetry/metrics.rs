@@ -124,6 +124,7 @@ pub struct Metrics {
     config_last_reload_successful: IntGauge,
     config_restart_required: IntGauge,
     github_paused_until: Gauge,
+    github_credential_refused: IntGaugeVec,
     sns_subscriptions: IntCounterVec,
     body_memory: IntGauge,
     store_commit_duration: Histogram,
@@ -303,6 +304,16 @@ impl Metrics {
                     "When the pause GitHub's last rate limit asked for ends; nothing is sent to GitHub before. In the past (or 0) when sending is not paused.",
                 )),
             ),
+            github_credential_refused: registered(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "github_credential_refused",
+                        "1 while GitHub refuses a credential (an expired or revoked token): its dispatches are held, and one tries it again each minute. 0 once GitHub accepts a dispatch with it.",
+                    ),
+                    &["credential"],
+                ),
+            ),
             sns_subscriptions: counter_vec(
                 &registry,
                 "sns_subscriptions_total",
@@ -471,12 +482,11 @@ impl Metrics {
         self.github_paused_until.set(until_ms as f64 / 1000.0);
     }
 
-    /// `credential` is a fixed name (`token`, `app:<installation id>`), never
-    /// the secret.
     /// Records GitHub's `x-ratelimit-remaining` for a credential, with the
     /// window's reset time and limit when GitHub sent them: once the reset
     /// has passed, the gauge reads the full limit again even if no request
-    /// has been made since.
+    /// has been made since. `credential` is a fixed name (`token`,
+    /// `app:<installation id>`), never the secret.
     pub fn rate_limit_remaining(
         &self,
         credential: &str,
@@ -528,6 +538,15 @@ impl Metrics {
     /// that an alert can say the relay still runs with the old ones.
     pub fn config_restart_required(&self, required: bool) {
         self.config_restart_required.set(i64::from(required));
+    }
+
+    /// Says whether GitHub refuses `credential` (a fixed name, as for
+    /// [`Metrics::rate_limit_remaining`]), so that a queue held for a new
+    /// token is seen without reading the log.
+    pub fn github_credential_refused(&self, credential: &str, refused: bool) {
+        self.github_credential_refused
+            .with_label_values(&[credential])
+            .set(i64::from(refused));
     }
 
     pub fn config_loaded(&self, ok: bool, now_epoch_secs: f64) {

@@ -98,6 +98,7 @@ async fn typed_rendering_reaches_github_with_the_required_headers() {
         r#"dispatch_relay_delivery_latency_seconds_count{route="cms"} 1"#,
         r#"dispatch_relay_github_request_duration_seconds_count{endpoint="repository_dispatch",status_class="2xx"} 1"#,
         r#"dispatch_relay_queue_depth{state="pending"} 0"#,
+        r#"dispatch_relay_github_credential_refused{credential="token"} 0"#,
     ] {
         assert!(metrics.contains(series), "{series}\n{metrics}");
     }
@@ -282,6 +283,8 @@ async fn bad_credentials_hold_the_queue_and_say_why() {
     for series in [
         r#"dispatch_relay_dispatches_total{outcome="retried",route="cms"} 1"#,
         r#"dispatch_relay_queue_depth{state="failed"} 0"#,
+        // The hold is seen without reading the log.
+        r#"dispatch_relay_github_credential_refused{credential="token"} 1"#,
     ] {
         assert!(metrics.contains(series), "{series}\n{metrics}");
     }

@@ -129,6 +129,7 @@ fn every_metric_is_documented_and_every_documented_metric_exists() {
     metrics.delivered("r", 1.0);
     metrics.github_request("repository_dispatch", Some(204), 0.1);
     metrics.rate_limit_remaining("token", 10, None);
+    metrics.github_credential_refused("token", false);
     metrics.sns_subscription("r", SnsSubscription::Confirmed);
     metrics.set_queue_depth(dispatch_relay::store::QueueDepth::default());
     metrics.set_body_memory(0);
