@@ -156,14 +156,6 @@ pub async fn show(config_path: &Path, id: &str, json: bool) -> Result<(), CliErr
         request,
         sent,
     } = detail;
-    let repo_of = |index: usize| {
-        delivery
-            .targets
-            .iter()
-            .find(|t| t.target_index == index)
-            .map_or("?", |t| t.repo.as_str())
-            .to_string()
-    };
     let attempts: Vec<String> = attempts
         .iter()
         .map(|a| {
@@ -173,7 +165,7 @@ pub async fn show(config_path: &Path, id: &str, json: bool) -> Result<(), CliErr
             format!(
                 "  {}  {}  {status}  {} ms  {}",
                 rfc3339(a.started_at_ms),
-                repo_of(a.target_index),
+                a.repo,
                 a.duration_ms,
                 crate::text::one_line(&a.detail)
             )

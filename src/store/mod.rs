@@ -394,6 +394,9 @@ pub struct JobSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptSummary {
     pub target_index: usize,
+    /// Where the attempt was sent, which a redelivery after a fix may have
+    /// changed for the target since.
+    pub repo: String,
     pub started_at_ms: i64,
     pub duration_ms: i64,
     pub status_code: Option<u16>,

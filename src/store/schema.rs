@@ -295,6 +295,11 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "rendered_as_at", "INTEGER"),
     // The delivery's route, by which the queue takes turns.
     ("jobs", "route", "TEXT"),
+    // The repository an attempt was sent to: a redelivery after a fix in
+    // routes.yaml points the job at another one, and the attempts made
+    // before must still say where they went. An attempt recorded before
+    // the column existed shows its job's repository.
+    ("attempts", "repo", "TEXT"),
 ];
 
 fn missing_columns(
@@ -819,7 +824,8 @@ pub(super) fn record(
     a: &AttemptRecord,
 ) -> Result<Option<(String, i64)>, StoreError> {
     conn.prepare_cached(
-        "INSERT INTO attempts (job_id, started_at, duration_ms, status_code, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO attempts (job_id, started_at, duration_ms, status_code, detail, repo)
+         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT repo FROM jobs WHERE id = ?1))",
     )?
     .execute(params![
         a.job_id,
@@ -948,8 +954,8 @@ pub(super) fn bring_forward(
 /// shows the dispatch GitHub may have received before the one sent now.
 pub(super) fn release_all(conn: &Connection, now_ms: i64) -> Result<Released, StoreError> {
     conn.execute(
-        "INSERT INTO attempts (job_id, started_at, duration_ms, status_code, detail)
-           SELECT id, ?1, 0, NULL, ?2 FROM jobs
+        "INSERT INTO attempts (job_id, started_at, duration_ms, status_code, detail, repo)
+           SELECT id, ?1, 0, NULL, ?2, repo FROM jobs
             WHERE leased_until IS NOT NULL AND status = 'pending'",
         params![now_ms, INTERRUPTED],
     )?;
@@ -1010,7 +1016,15 @@ pub(super) fn rerender(
     if status != Status::Failed.as_str() {
         return Ok(Rerendered::NotFailed);
     }
-    let stay_failed = |reason: &str| keep_failed(conn, delivery_id, reason, now_ms);
+    // A delivery that failed to render says why it does not render, and a
+    // new rendering's failure is the newer reason. One that failed at
+    // GitHub keeps its targets' reasons: why it was not sent again (its
+    // route gone for a while, say) is told to whoever asked, and would
+    // otherwise hide GitHub's answer for good.
+    let stay_failed = |reason: &str| {
+        let replaces_error = job_count == 0;
+        keep_failed(conn, delivery_id, reason, replaces_error, now_ms)
+    };
     match rendering {
         Rerendering::Failed(reason) => {
             return stay_failed(reason);
@@ -1048,11 +1062,13 @@ pub(super) fn rerender(
     Ok(Rerendered::Queued)
 }
 
-/// Keeps a failed delivery failed, with `reason` as its error.
+/// Keeps a failed delivery failed, with `reason` as its error when
+/// `replaces_error`.
 fn keep_failed(
     conn: &Connection,
     delivery_id: &str,
     reason: &str,
+    replaces_error: bool,
     now_ms: i64,
 ) -> Result<Rerendered, StoreError> {
     // Its other targets may still be being sent: it is finished only
@@ -1061,12 +1077,12 @@ fn keep_failed(
     // reads it, so a redelivery that changes nothing must neither keep the
     // delivery from being pruned nor offer it again at every run.
     conn.execute(
-        "UPDATE deliveries SET error = ?2,
+        "UPDATE deliveries SET error = CASE WHEN ?4 THEN ?2 ELSE error END,
              finished_at = CASE
                  WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND status = 'pending') THEN NULL
                  ELSE COALESCE(finished_at, ?3) END
          WHERE id = ?1",
-        params![delivery_id, reason, now_ms],
+        params![delivery_id, reason, now_ms, replaces_error],
     )?;
     Ok(Rerendered::StillFailed(reason.to_string()))
 }
@@ -1395,16 +1411,17 @@ pub(super) fn get(
     };
     let attempts = conn
         .prepare_cached(
-            "SELECT j.target_index, a.started_at, a.duration_ms, a.status_code, a.detail
+            "SELECT j.target_index, COALESCE(a.repo, j.repo), a.started_at, a.duration_ms, a.status_code, a.detail
              FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.delivery_id = ?1 ORDER BY a.started_at, a.id",
         )?
         .query_map(params![id], |r| {
             Ok(AttemptSummary {
                 target_index: r.get::<_, i64>(0)? as usize,
-                started_at_ms: r.get(1)?,
-                duration_ms: r.get(2)?,
-                status_code: r.get::<_, Option<i64>>(3)?.map(|c| c as u16),
-                detail: r.get(4)?,
+                repo: r.get(1)?,
+                started_at_ms: r.get(2)?,
+                duration_ms: r.get(3)?,
+                status_code: r.get::<_, Option<i64>>(4)?.map(|c| c as u16),
+                detail: r.get(5)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

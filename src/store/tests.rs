@@ -512,7 +512,7 @@ async fn failed_jobs_can_go_again_as_first_rendered() {
 }
 
 #[tokio::test]
-async fn a_rendering_that_fails_again_keeps_the_delivery_failed_with_the_new_reason() {
+async fn a_rendering_that_fails_again_keeps_the_delivery_failed_with_githubs_reason() {
     let (_dir, store) = open();
     store.accept(delivery("d1", None, 1)).await.unwrap();
     let job = store.lease_due(5_000, 10, 60_000).await.unwrap().remove(0);
@@ -544,6 +544,14 @@ async fn a_rendering_that_fails_again_keeps_the_delivery_failed_with_the_new_rea
     // It finished when it failed, not when it was redelivered: retention
     // and `--since` count from then.
     assert_eq!(summary.finished_at_ms, before.finished_at_ms);
+    // Why it was not sent again was told to whoever asked; its error still
+    // says what GitHub answered, which a route gone for a while would
+    // otherwise hide for good.
+    assert_eq!(summary.error, before.error);
+    assert!(
+        summary.error.as_deref().unwrap().contains("404"),
+        "{summary:?}"
+    );
     assert!(store.lease_due(6_000, 10, 60_000).await.unwrap().is_empty());
 }
 
@@ -569,6 +577,25 @@ async fn a_render_failure_is_stored_failed_and_can_be_rerendered() {
     assert_eq!(store.lease_due(3_000, 10, 1_000).await.unwrap().len(), 1);
     let depth = store.queue_depth().await.unwrap();
     assert_eq!((depth.pending, depth.failed), (1, 0), "{depth:?}");
+}
+
+#[tokio::test]
+async fn a_delivery_that_still_does_not_render_says_the_newer_reason() {
+    let (_dir, store) = open();
+    let mut d = delivery("d1", None, 0);
+    d.failure = Some("client_payload has 11 keys".into());
+    store.accept(d).await.unwrap();
+    let still = Rerendering::Failed("event_type: undefined value".into());
+    assert_eq!(
+        store.rerender("d1", still, 3_000).await.unwrap(),
+        Rerendered::StillFailed("event_type: undefined value".into())
+    );
+    let (summary, _) = store.get("d1").await.unwrap().unwrap();
+    assert_eq!(summary.status, Status::Failed);
+    assert_eq!(
+        summary.error.as_deref(),
+        Some("event_type: undefined value")
+    );
 }
 
 #[tokio::test]
@@ -1162,6 +1189,8 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
                                next_attempt_at, created_at)
                  VALUES ('queued-before', 0, 'acme/a', 'deploy', '/repos/acme/a/dispatches', '{}',
                          'pending', 500, 500);
+             INSERT INTO attempts (job_id, started_at, duration_ms, status_code, detail)
+                 VALUES (1, 600, 20, 502, 'Bad Gateway');
              PRAGMA user_version = 1;",
         )
         .unwrap();
@@ -1174,6 +1203,7 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
     for change in [
         "table readiness",
         "column jobs.route",
+        "column attempts.repo",
         "index jobs_untried",
         "index jobs_retried",
         "index deliveries_route",
@@ -1186,6 +1216,11 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
         schema::migrate(&conn, Opener::Serve).unwrap(),
         schema::Upgrade::default()
     );
+    // An attempt recorded before attempts kept their repository shows its
+    // job's.
+    let (_, attempts) = schema::get(&conn, "queued-before").unwrap().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].repo, "acme/a");
     drop(conn);
     let new_store = Connection::open(dir.path().join("new.db")).unwrap();
     assert_eq!(

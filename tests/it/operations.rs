@@ -464,6 +464,34 @@ async fn redeliver_renders_a_github_failure_again_with_the_fixed_routes_and_only
         1,
         "the delivered target is not sent again"
     );
+
+    // The history still says where each attempt went: the 404 came from
+    // the misspelt repository, though the target now names the right one.
+    let id = app.deliveries(&[])[0]["id"].as_str().unwrap().to_string();
+    let shown = app.cli(&["deliveries", "--id", &id, "--json"]);
+    let detail: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let sent: Vec<(String, Value)> = detail["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["repo"].as_str().unwrap().to_string(),
+                a["status_code"].clone(),
+            )
+        })
+        .collect();
+    assert!(sent.contains(&("acme/dcos".into(), 404.into())), "{sent:?}");
+    assert!(sent.contains(&("acme/docs".into(), 204.into())), "{sent:?}");
+    assert!(
+        !sent.contains(&("acme/docs".into(), 404.into())),
+        "{sent:?}"
+    );
+    let table = String::from_utf8_lossy(&app.cli(&["deliveries", "--id", &id]).stdout).into_owned();
+    assert!(
+        table.lines().any(|l| l.contains("acme/dcos  404")),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -523,7 +551,8 @@ async fn redeliver_leaves_a_delivery_failed_when_the_route_now_skips_it() {
     app.reload_config(&skipping).await;
 
     // Nothing is sent, and the delivery is not called delivered: it stays
-    // failed and says why.
+    // failed, and the answer says why.
+    let before = app.deliveries(&[]);
     let answer = admin_redeliver(&app, &id).await;
     assert_eq!(answer.status(), 422);
     let body: Value = answer.json().await.unwrap();
@@ -534,13 +563,17 @@ async fn redeliver_leaves_a_delivery_failed_when_the_route_now_skips_it() {
             .contains("`when` is false"),
         "{body}"
     );
+    // Its error still says what GitHub answered: the route may skip it
+    // only for a while, and GitHub's reason is what a fix needs.
     let list = app.deliveries(&[]);
     assert_eq!(list[0]["status"], "failed");
+    assert_eq!(list[0]["error"], before[0]["error"]);
     assert!(
         list[0]["error"]
             .as_str()
             .unwrap()
-            .contains("`when` is false")
+            .contains("repository not found"),
+        "{list:?}"
     );
     assert_eq!(app.github.dispatch_attempts().len(), 1);
 }
