@@ -345,10 +345,11 @@ pub fn parse_body_shaped(
         }
         return Ok(Value::Object(fields));
     }
-    let is_json = mime.is_empty()
-        || mime == "application/json"
-        || mime.ends_with("+json")
-        || mime.ends_with("/json");
+    // A body labelled JSON that is not is refused, so that the sender
+    // learns of it. One with no label at all (a pipeline's step posting
+    // text, with nothing set) is taken as it comes, like one of another
+    // type: JSON when it parses, text otherwise.
+    let is_json = mime == "application/json" || mime.ends_with("+json") || mime.ends_with("/json");
     match parse_json_shaped(body, shape) {
         Ok(value) => Ok(value),
         Err(e) if is_json => Err(BodyError::Json(e.to_string())),
@@ -651,6 +652,10 @@ mod tests {
                 Ok(json!({"b": 2})),
             ),
             (None, br#"{"c":3}"#, Ok(json!({"c": 3}))),
+            // With no content type, text that is not JSON is text.
+            (None, b"hello world", Ok(json!("hello world"))),
+            (None, b"{nope", Ok(json!("{nope"))),
+            (None, b"\xff", Err(())),
             (
                 Some("text/plain; charset=UTF-8"),
                 br#"{"d":4}"#,

@@ -123,20 +123,21 @@ fn render_verified(
     }
     let content_type = headers.get("content-type").cloned();
     let parsed = match inbound::read(route, envelope, content_type.as_deref(), headers, body)
-    .map_err(|e| match (&e, &content_type) {
-        // The headers of a captured request are easy to leave out, and the
-        // usual one missing is a form's.
-        (inbound::BodyError::Json(_), None) => invalid(anyhow::anyhow!(
-            "{e}; like serve, render reads a body sent without Content-Type as JSON: for a form, add --header 'Content-Type: application/x-www-form-urlencoded'"
-        )),
-        _ => invalid(e),
-    })? {
+        .map_err(invalid)?
+    {
         Received::SenderCheck(check) => {
             println!("# {}", describe_sender_check(&check));
             return Ok(());
         }
         Received::Event(parsed) => parsed,
     };
+    // The headers of a captured request are easy to leave out, and the
+    // usual one missing is a form's, whose fields would then be one string.
+    if content_type.is_none() && parsed.body.is_string() {
+        println!(
+            "# the body has no Content-Type and is not JSON, so it is read as text, as serve reads it; for a form, add --header 'Content-Type: application/x-www-form-urlencoded'"
+        );
+    }
     let query = inbound::query_pairs(query);
     let delivery_id = "00000000-0000-0000-0000-000000000000";
     let ctx = inbound::context(

@@ -718,4 +718,65 @@ mod tests {
         assert_eq!(at("/hooks/c?env=prod"), Ok(()));
         assert!(at("/hooks/c?env=test").is_err());
     }
+
+    /// Ghost's header holds one signature and one time, so copies of it
+    /// that differ fail whichever comes first; Stripe's holds a list of
+    /// signatures, one of which must match, so copies add to the list,
+    /// but not a second time.
+    #[test]
+    fn copies_of_a_ghost_or_stripe_header_are_read_as_their_schemes_allow() {
+        let timed = || crate::config::TimedSecrets {
+            secrets: secrets(&["s"]),
+            tolerance: std::time::Duration::from_secs(300),
+        };
+        let now_ms = crate::clock::now_ms();
+        let ghost = Verify::Ghost(timed());
+        let t = now_ms.to_string();
+        let signed = [BODY, t.as_bytes()].concat();
+        let good = format!(
+            "sha256={}, t={t}",
+            hex::encode(sign(HmacAlgorithm::Sha256, "s", &signed))
+        );
+        let bad = format!("sha256={}, t={t}", "0".repeat(64));
+        let other_time = format!(
+            "sha256={}, t={}",
+            hex::encode(sign(HmacAlgorithm::Sha256, "s", &signed)),
+            now_ms - 1
+        );
+        let ghost_with = |copies: &[&str]| headers(&[("x-ghost-signature", &copies.join(", "))]);
+        assert_eq!(verify(&ghost, &ghost_with(&[&good]), BODY), Ok(()));
+        assert_eq!(verify(&ghost, &ghost_with(&[&good, &good]), BODY), Ok(()));
+        for copies in [
+            [good.as_str(), bad.as_str()],
+            [bad.as_str(), good.as_str()],
+            [good.as_str(), other_time.as_str()],
+        ] {
+            assert_eq!(
+                verify(&ghost, &ghost_with(&copies), BODY),
+                Err(VerifyError::Malformed("x-ghost-signature".into())),
+                "{copies:?}"
+            );
+        }
+
+        let stripe = Verify::Stripe(timed());
+        let secs = (now_ms / 1000).to_string();
+        let v1 = |secret: &str, t: &str| {
+            let signed = [t.as_bytes(), b".", BODY].concat();
+            hex::encode(sign(HmacAlgorithm::Sha256, secret, &signed))
+        };
+        let good = format!("t={secs},v1={}", v1("s", &secs));
+        let rolled = format!("t={secs},v1={}", v1("old", &secs));
+        let stripe_with = |copies: &[&str]| headers(&[("stripe-signature", &copies.join(", "))]);
+        assert_eq!(
+            verify(&stripe, &stripe_with(&[&rolled, &good]), BODY),
+            Ok(())
+        );
+        assert!(verify(&stripe, &stripe_with(&[&rolled, &rolled]), BODY).is_err());
+        let earlier = (now_ms / 1000 - 1).to_string();
+        let other_time = format!("t={earlier},v1={}", v1("s", &earlier));
+        assert_eq!(
+            verify(&stripe, &stripe_with(&[&other_time, &good]), BODY),
+            Err(VerifyError::Malformed("stripe-signature".into()))
+        );
+    }
 }

@@ -294,17 +294,29 @@ pub(super) fn sanity(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), 
 pub(super) fn ghost(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), VerifyError> {
     const HEADER: &str = GHOST_SIGNATURE;
     let value = header_value(request.headers, HEADER)?;
+    let malformed = || VerifyError::Malformed(HEADER.to_string());
+    // Ghost sends one signature and one time. A header repeated on the way
+    // arrives with its copies joined: identical copies say the same once,
+    // and copies that differ are refused rather than one of them chosen.
     let mut signature = None;
     let mut ts_text = None;
     for part in value.split(',').map(str::trim) {
         if let Some(sig) = part.strip_prefix("sha256=") {
-            signature = Some(decode_hex(sig, HEADER)?);
-        } else if let Some(ts) = part.strip_prefix("t=") {
-            ts_text = Some(ts);
+            let sig = decode_hex(sig, HEADER)?;
+            if signature
+                .replace(sig.clone())
+                .is_some_and(|seen| seen != sig)
+            {
+                return Err(malformed());
+            }
+        } else if let Some(ts) = part.strip_prefix("t=")
+            && ts_text.replace(ts).is_some_and(|seen| seen != ts)
+        {
+            return Err(malformed());
         }
     }
     let (Some(signature), Some(ts_text)) = (signature, ts_text) else {
-        return Err(VerifyError::Malformed(HEADER.to_string()));
+        return Err(malformed());
     };
     let ts = timestamp(ts_text, HEADER)?;
     let parts: [&[u8]; 2] = [request.body, ts_text.as_bytes()];
@@ -325,15 +337,19 @@ pub(super) fn stripe(timed: &TimedSecrets, request: &Request<'_>) -> Result<(), 
         .split(',')
         .filter_map(|part| part.trim().split_once('='))
     {
-        match key {
-            "t" => ts_text = Some(item),
-            // v0 is Stripe's test-mode scheme; it is ignored on purpose.
-            "v1" => {
-                if let Ok(sig) = hex::decode(item) {
-                    candidates.push(sig);
-                }
+        // One time is signed; a header repeated on the way with copies of
+        // other times is refused rather than one of them chosen. Its `v1`
+        // signatures are a list of which one must match, as Stripe sends
+        // while a secret is rolled, and copies add to it. v0 is Stripe's
+        // test-mode scheme; it is ignored on purpose.
+        if key == "t" {
+            if ts_text.replace(item).is_some_and(|seen| seen != item) {
+                return Err(VerifyError::Malformed(HEADER.to_string()));
             }
-            _ => {}
+        } else if key == "v1"
+            && let Ok(sig) = hex::decode(item)
+        {
+            candidates.push(sig);
         }
     }
     let Some(ts_text) = ts_text.filter(|_| !candidates.is_empty()) else {

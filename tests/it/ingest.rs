@@ -1039,3 +1039,31 @@ async fn an_empty_body_is_no_body_and_is_relayed() {
     assert_eq!(status, 400, "{answer}");
     assert_error(&answer, "bad_request");
 }
+
+/// A body sent with no Content-Type at all (a pipeline step posting text
+/// with nothing set) is taken as it comes: JSON when it parses, text
+/// otherwise, as one of any other type. Only a body labelled JSON that is
+/// not is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_without_a_content_type_that_is_not_json_is_text() {
+    let routes = r#"
+  - id: note
+    verify: none
+    dispatch:
+      - repo: acme/blog
+        event_type: "note"
+        client_payload:
+          text: "{{ body }}"
+"#;
+    let app = spawn_app(routes).await;
+    let (status, answer) = json_of(app.post("note", "build 42 finished").await).await;
+    assert_eq!(status, 202, "{answer}");
+    let dispatches = app
+        .github
+        .wait_for_dispatches(1, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        dispatches[0].body.as_ref().unwrap()["client_payload"],
+        json!({"text": "build 42 finished"})
+    );
+}
