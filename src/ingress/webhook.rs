@@ -450,7 +450,9 @@ async fn store_and_answer(
     match accepted {
         Accepted::Coalesced { into, coalesced } => {
             state.metrics.coalesced(&route.id);
-            tracing::debug!(route = %route.id, delivery_id = %into, coalesced, "Webhook merged into the open debounce window");
+            // At the level of "Webhook accepted": the sender was answered
+            // 202, and the log is where an operator looks for it.
+            tracing::info!(route = %route.id, delivery_id = %into, coalesced, "Webhook merged into the open debounce window");
             Ok(accepted_answer(&into, Some(coalesced)))
         }
         Accepted::Duplicate { original_id } => {

@@ -91,6 +91,11 @@ async fn a_burst_of_500_gives_one_dispatch_per_target() {
         .wait_for_deliveries(WAIT, |l| l.len() == 1 && l[0]["status"] == "delivered")
         .await;
     assert_eq!(list[0]["coalesced"], 499);
+    // Each merged webhook was answered 202, and the log says where it went.
+    let line = app
+        .wait_for_log(|l| l.contains("Webhook merged into the open debounce window"))
+        .await;
+    assert!(line.contains(first.as_str()), "{line}");
     // Nothing else arrives later: no job is left to send.
     let metrics = app.metrics().await;
     assert!(
