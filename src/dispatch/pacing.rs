@@ -204,33 +204,51 @@ impl Pacer {
     /// belong to the same limit: they neither lengthen the pause nor, for a
     /// success, end the run. The second value says whether the pause's end
     /// moved later.
-    pub fn pause_unstated(&self) -> (Duration, bool) {
+    pub fn pause_unstated(&self) -> UnstatedPause {
         let now = Instant::now();
-        let wait = {
+        let (wait, in_a_row) = {
             let mut unstated = self.unstated.lock().expect("pacer lock");
             let (in_a_row, until) = &mut *unstated;
             if let Some(until) = until.filter(|until| *until > now) {
                 // The same limit, seen by a request already in flight.
-                return (until - now, false);
+                return UnstatedPause {
+                    wait: until - now,
+                    later: false,
+                    in_a_row: None,
+                };
             }
             *in_a_row = in_a_row.saturating_add(1);
-            let wait = DEFAULT_RATE_LIMIT_WAIT
-                .saturating_mul(1u32 << (*in_a_row - 1).min(8))
-                .min(MAX_UNSTATED_PAUSE);
+            let wait = unstated_wait(*in_a_row);
             *until = Some(now + wait);
-            wait
+            (wait, *in_a_row)
         };
-        (wait, self.pause(wait))
+        UnstatedPause {
+            wait,
+            later: self.pause(wait),
+            in_a_row: Some(in_a_row),
+        }
     }
 
     /// Records an answer from GitHub that was not a rate limit, which ends
     /// a run of unstated ones, unless it arrives during the pause the last
-    /// of them set (it was sent before that limit).
-    pub fn answered(&self) {
+    /// of them set (it was sent before that limit). Answers whether it
+    /// ended a run, which the store must then forget.
+    pub fn answered(&self) -> bool {
         let mut unstated = self.unstated.lock().expect("pacer lock");
         if unstated.1.is_none_or(|until| until <= Instant::now()) {
+            let ended = unstated.0 > 0;
             *unstated = (0, None);
+            return ended;
         }
+        false
+    }
+
+    /// Takes up a run of unstated rate limits kept from before a restart:
+    /// `in_a_row` of them, the last pausing until `until`. GitHub asks for
+    /// longer waits while such limits repeat, and a relay that restarts
+    /// (or crashes, again and again) is still the same integration to it.
+    pub fn resume_unstated(&self, in_a_row: u32, until: Instant) {
+        *self.unstated.lock().expect("pacer lock") = (in_a_row, Some(until));
     }
 
     /// Pauses the credential for `wait` (GitHub's retry-after or reset), and
@@ -247,6 +265,28 @@ impl Pacer {
         }
         later
     }
+}
+
+/// What a rate limit that did not say how long to wait did to the pacer
+/// (see [`Pacer::pause_unstated`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnstatedPause {
+    /// How long the credential is paused for.
+    pub wait: Duration,
+    /// Whether the pause's end moved later.
+    pub later: bool,
+    /// How many such limits are now in a row; `None` when the answer
+    /// belongs to the limit already under way, which it does not lengthen.
+    pub in_a_row: Option<u32>,
+}
+
+/// The pause after `in_a_row` rate limits in a row that did not say how
+/// long to wait: GitHub's minute, doubled for each after the first, up to
+/// [`MAX_UNSTATED_PAUSE`].
+pub fn unstated_wait(in_a_row: u32) -> Duration {
+    DEFAULT_RATE_LIMIT_WAIT
+        .saturating_mul(1u32 << in_a_row.saturating_sub(1).min(8))
+        .min(MAX_UNSTATED_PAUSE)
 }
 
 #[cfg(test)]
@@ -376,11 +416,14 @@ mod tests {
         let pacer = Pacer::new(&Pacing::Off);
         let minutes = |n: u64| Duration::from_secs(60 * n);
         let mut pauses = Vec::new();
-        for _ in 0..7 {
-            pauses.push(pacer.pause_unstated().0);
+        for n in 1..=7 {
+            let limit = pacer.pause_unstated();
+            assert_eq!(limit.in_a_row, Some(n));
+            pauses.push(limit.wait);
             // Answers to requests already in flight belong to this limit.
-            assert_eq!(pacer.pause_unstated().0, *pauses.last().unwrap());
-            pacer.answered();
+            let in_flight = pacer.pause_unstated();
+            assert_eq!((in_flight.wait, in_flight.in_a_row), (limit.wait, None));
+            assert!(!pacer.answered(), "an answer sent before the limit");
             pacer.wait_turn(pacer.place()).await;
         }
         assert_eq!(
@@ -389,15 +432,33 @@ mod tests {
             "doubling from GitHub's minute, up to a cap"
         );
         // An answer that is not a rate limit, after the pause, ends the run.
-        pacer.answered();
-        assert_eq!(pacer.pause_unstated().0, minutes(1));
+        assert!(pacer.answered());
+        assert!(!pacer.answered(), "no run left to end");
+        assert_eq!(pacer.pause_unstated().wait, minutes(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_of_unstated_limits_resumed_after_a_restart_goes_on_doubling() {
+        let pacer = Pacer::new(&Pacing::Off);
+        // Three in a row before the restart, the last pause already over.
+        pacer.resume_unstated(3, Instant::now());
+        let next = pacer.pause_unstated();
+        assert_eq!(
+            (next.wait, next.in_a_row),
+            (Duration::from_secs(8 * 60), Some(4))
+        );
+        // Resumed inside the last pause: an answer then was sent before it.
+        let pacer = Pacer::new(&Pacing::Off);
+        pacer.resume_unstated(2, Instant::now() + Duration::from_secs(30));
+        assert!(!pacer.answered());
+        assert_eq!(pacer.pause_unstated().in_a_row, None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unstated_limit_during_a_stated_pause_still_pauses_a_minute() {
         let pacer = Pacer::new(&Pacing::Off);
         pacer.pause(Duration::from_secs(2));
-        assert_eq!(pacer.pause_unstated().0, DEFAULT_RATE_LIMIT_WAIT);
+        assert_eq!(pacer.pause_unstated().wait, DEFAULT_RATE_LIMIT_WAIT);
         let start = Instant::now();
         pacer.wait_turn(pacer.place()).await;
         assert_eq!(start.elapsed(), DEFAULT_RATE_LIMIT_WAIT);

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::health::{GitHubHealth, Since};
-use super::pacing::{MAX_PAUSE, Pacer, Place, Turn};
+use super::pacing::{MAX_PAUSE, MAX_UNSTATED_PAUSE, Pacer, Place, Turn, unstated_wait};
 use super::retry::{self, Action, AppToken, History, Outcome};
 use crate::clock::{self, now_ms};
 use crate::config::RetryConfig;
@@ -627,7 +627,9 @@ impl Dispatcher {
             }
             Some(wait @ RateLimitWait::Unstated) => Some(self.heed(wait).await),
             None => {
-                self.pacer.answered();
+                if self.pacer.answered() {
+                    self.keep_unstated_run(0, None).await;
+                }
                 // An answer that spent the credential's last request: the
                 // next would be refused, so the queue waits for the reset
                 // instead of sending into the limit.
@@ -652,11 +654,15 @@ impl Dispatcher {
                 wait
             }
             RateLimitWait::Unstated => {
-                let (wait, later) = self.pacer.pause_unstated();
-                if later {
-                    self.keep_pause(wait, PauseCause::RateLimited).await;
+                let limit = self.pacer.pause_unstated();
+                if limit.later {
+                    self.keep_pause(limit.wait, PauseCause::RateLimited).await;
                 }
-                wait
+                if let Some(in_a_row) = limit.in_a_row {
+                    let until_ms = now_ms().saturating_add(clock::duration_ms(limit.wait));
+                    self.keep_unstated_run(in_a_row, Some(until_ms)).await;
+                }
+                limit.wait
             }
         }
     }
@@ -742,6 +748,36 @@ impl Dispatcher {
             Err(e) => {
                 tracing::warn!(error = %e, "Could not read the rate-limit pause kept in the store")
             }
+        }
+        match self.store.unstated_run().await {
+            Ok(Some((in_a_row, until_ms))) => {
+                // What is left of the last one's pause; nothing when it
+                // is over, which lets the next answer that is not a rate
+                // limit end the run. No longer than such a pause can be,
+                // for a pause kept under a clock that ran fast.
+                let left = until_ms.map_or(0, |until_ms| until_ms.saturating_sub(now));
+                let left = Duration::from_millis(left.max(0) as u64).min(MAX_UNSTATED_PAUSE);
+                self.pacer
+                    .resume_unstated(in_a_row, tokio::time::Instant::now() + left);
+                tracing::info!(
+                    in_a_row,
+                    next_wait_ms = clock::duration_ms(unstated_wait(in_a_row.saturating_add(1))),
+                    "GitHub's rate limits that stated no wait were in a row before the restart; the next one pauses longer, until GitHub answers otherwise"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not read the count of GitHub's rate limits in a row kept in the store")
+            }
+        }
+    }
+
+    /// Keeps the run of rate limits that stated no wait in the store, so
+    /// that a restart, or a relay crashing again and again, goes on
+    /// doubling the pause instead of asking GitHub again every minute.
+    async fn keep_unstated_run(&self, in_a_row: u32, until_ms: Option<i64>) {
+        if let Err(e) = self.store.save_unstated_run(in_a_row, until_ms).await {
+            tracing::warn!(error = %e, "Could not keep the count of GitHub's rate limits in a row in the store; a restart would pause a minute after the next");
         }
     }
 

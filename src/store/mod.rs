@@ -844,6 +844,39 @@ impl Store {
         .await
     }
 
+    /// Keeps the run of rate limits that stated no wait, for
+    /// [`Store::unstated_run`] at the next start: `in_a_row` of them, the
+    /// last pausing until `until_ms`. Zero in a row forgets the run.
+    pub async fn save_unstated_run(
+        &self,
+        in_a_row: u32,
+        until_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.call(|reply| Command::SaveUnstatedRun {
+            in_a_row,
+            until_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// The run of rate limits that stated no wait kept before a restart:
+    /// how many in a row and when the last one's pause ends. `None` when
+    /// there was none.
+    pub async fn unstated_run(&self) -> Result<Option<(u32, Option<i64>)>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT unstated_in_a_row, unstated_until_ms FROM github_pause
+                     WHERE id = 1 AND unstated_in_a_row > 0",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
     /// Replaces a failed delivery's outcome with a new rendering (see
     /// [`Rerendering`]). Delivered and pending deliveries are left alone, so
     /// redelivering twice never sends anything twice.

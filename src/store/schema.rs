@@ -300,6 +300,15 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // before must still say where they went. An attempt recorded before
     // the column existed shows its job's repository.
     ("attempts", "repo", "TEXT"),
+    // The secondary rate limits in a row that stated no wait, and when the
+    // pause the last of them set ends: a restart goes on doubling the
+    // pause, as GitHub asks, instead of starting again at a minute.
+    (
+        "github_pause",
+        "unstated_in_a_row",
+        "INTEGER NOT NULL DEFAULT 0",
+    ),
+    ("github_pause", "unstated_until_ms", "INTEGER"),
 ];
 
 fn missing_columns(
@@ -467,6 +476,24 @@ pub(super) fn save_pause(
                 ELSE excluded.until_ms END",
     )?
     .execute([until_ms, latest_ms])?;
+    Ok(())
+}
+
+/// Keeps the run of rate limits that stated no wait (see
+/// `Pacer::pause_unstated`): how many in a row, and when the last one's
+/// pause ends. A run that ended is kept as none in a row. The pause's own
+/// end, `until_ms`, is left as it is; a row made here holds none yet.
+pub(super) fn save_unstated_run(
+    conn: &Connection,
+    in_a_row: u32,
+    until_ms: Option<i64>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO github_pause (id, until_ms, unstated_in_a_row, unstated_until_ms) VALUES (1, 0, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET unstated_in_a_row = excluded.unstated_in_a_row,
+                                        unstated_until_ms = excluded.unstated_until_ms",
+    )?
+    .execute(params![in_a_row, until_ms])?;
     Ok(())
 }
 

@@ -1284,6 +1284,27 @@ async fn a_store_made_by_the_first_schema_gains_the_later_columns_and_tables() {
     assert!(!old_index, "jobs_due is dropped");
 }
 
+#[tokio::test]
+async fn a_run_of_unstated_limits_is_kept_beside_the_pause_and_forgotten_when_it_ends() {
+    let (_dir, store) = open();
+    assert_eq!(store.unstated_run().await.unwrap(), None);
+    // The run is kept before any pause is: the row it makes holds none.
+    store.save_unstated_run(1, Some(60_000)).await.unwrap();
+    assert_eq!(store.unstated_run().await.unwrap(), Some((1, Some(60_000))));
+    assert_eq!(store.pause_until_ms().await.unwrap(), Some(0));
+    // Keeping the pause leaves the run, and the run leaves the pause.
+    store.save_pause(60_000, 100_000).await.unwrap();
+    store.save_unstated_run(2, Some(180_000)).await.unwrap();
+    assert_eq!(
+        store.unstated_run().await.unwrap(),
+        Some((2, Some(180_000)))
+    );
+    assert_eq!(store.pause_until_ms().await.unwrap(), Some(60_000));
+    store.save_unstated_run(0, None).await.unwrap();
+    assert_eq!(store.unstated_run().await.unwrap(), None, "the run ended");
+    assert_eq!(store.pause_until_ms().await.unwrap(), Some(60_000));
+}
+
 #[test]
 fn store_urls_name_files_and_never_repeat_a_password() {
     let base = std::path::Path::new("/etc/relay");

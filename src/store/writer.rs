@@ -89,6 +89,11 @@ pub(super) enum Command {
         latest_ms: i64,
         reply: Reply<()>,
     },
+    SaveUnstatedRun {
+        in_a_row: u32,
+        until_ms: Option<i64>,
+        reply: Reply<()>,
+    },
 }
 
 /// What a command produced, waiting for the batch's commit before it is
@@ -140,7 +145,8 @@ impl Command {
             | Command::Release { reply, .. }
             | Command::Close { reply }
             | Command::CheckWritable { reply }
-            | Command::SavePause { reply, .. } => send(reply, outcome, |o| match o {
+            | Command::SavePause { reply, .. }
+            | Command::SaveUnstatedRun { reply, .. } => send(reply, outcome, |o| match o {
                 Outcome::Unit => Some(()),
                 _ => None,
             }),
@@ -720,6 +726,12 @@ fn execute(
             ..
         } => {
             schema::save_pause(c, *until_ms, *latest_ms)?;
+            Outcome::Unit
+        }
+        Command::SaveUnstatedRun {
+            in_a_row, until_ms, ..
+        } => {
+            schema::save_unstated_run(c, *in_a_row, *until_ms)?;
             Outcome::Unit
         }
     })

@@ -781,6 +781,37 @@ async fn a_rate_limit_pause_outlives_a_restart() {
     }
 }
 
+/// A secondary limit that states no wait pauses a minute, and each one in
+/// a row doubles that, as GitHub asks. The count outlives a restart: a
+/// relay that crashes again and again must not go back to asking GitHub
+/// every minute while the limit lasts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_of_unstated_rate_limits_outlives_a_restart() {
+    let mut app = spawn_app(&hmac_route("cms", TARGET)).await;
+    app.github.push_responses(
+        "acme/blog",
+        vec![Scripted::SecondaryRateLimit {
+            retry_after_secs: None,
+        }],
+    );
+    assert_eq!(app.post_signed("cms", r#"{"n":0}"#).await.status(), 202);
+    // Logged once the pause and the run are kept in the store.
+    app.wait_for_log(|line| line.contains("Dispatch will be retried"))
+        .await;
+    app.kill9();
+    app.restart();
+    let resumed = app
+        .wait_for_log(|line| line.contains("were in a row before the restart"))
+        .await;
+    let resumed: serde_json::Value = serde_json::from_str(&resumed).unwrap();
+    assert_eq!(resumed["in_a_row"], 1, "{resumed}");
+    assert_eq!(resumed["next_wait_ms"], 120_000, "doubled: {resumed}");
+    // The minute's pause is waited out as well.
+    app.wait_for_log(|line| line.contains("Waiting out the rate-limit pause"))
+        .await;
+    assert_eq!(app.github.dispatch_attempts().len(), 1);
+}
+
 /// A store file moved away while the relay runs: the relay would go on
 /// committing into a file no one opens again. It refuses instead (503 to
 /// webhooks, `/readyz` failing), holds the outcome of the dispatch that was
