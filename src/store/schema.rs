@@ -300,6 +300,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // before must still say where they went. An attempt recorded before
     // the column existed shows its job's repository.
     ("attempts", "repo", "TEXT"),
+    // When a job was last leased, which dates the attempt of a send that
+    // a stop interrupted: the send began then, not at the next start.
+    ("jobs", "leased_at", "INTEGER"),
     // The secondary rate limits in a row that stated no wait, and when the
     // pause the last of them set ends: a restart goes on doubling the
     // pause, as GitHub asks, instead of starting again at a minute.
@@ -669,7 +672,8 @@ pub(super) fn lease(
     let retried_routes = find_retries_due(conn, now_ms, limit, after_route, retries, &mut due)?;
     let ids = taking_turns(in_turn_order(due, after_route), limit);
     let mut jobs = Vec::with_capacity(ids.len());
-    let mut mark = conn.prepare_cached("UPDATE jobs SET leased_until = ?2 WHERE id = ?1")?;
+    let mut mark =
+        conn.prepare_cached("UPDATE jobs SET leased_until = ?2, leased_at = ?3 WHERE id = ?1")?;
     let mut fetch = conn.prepare_cached(
         "SELECT j.id, j.delivery_id, d.route, j.target_index, j.repo, j.label, j.path, j.body,
                 j.attempts, j.failures, j.created_at, d.received_at,
@@ -677,7 +681,7 @@ pub(super) fn lease(
          FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?1",
     )?;
     for id in ids {
-        mark.execute(params![id, now_ms + lease_ms])?;
+        mark.execute(params![id, now_ms + lease_ms, now_ms])?;
         jobs.push(fetch.query_row(params![id], job_from_row)?);
     }
     // The routes whose retries were leased move on to their next one, so
@@ -979,10 +983,13 @@ pub(super) fn bring_forward(
 /// previous process stopped: it gets an attempt saying so, counted in its
 /// attempts but not against `retry.max_attempts`, so that its history
 /// shows the dispatch GitHub may have received before the one sent now.
+/// The attempt is dated when the job was leased, which is when its send
+/// began (after its turn under pacing); a job leased by a relay that kept
+/// no such date gets the time of this start.
 pub(super) fn release_all(conn: &Connection, now_ms: i64) -> Result<Released, StoreError> {
     conn.execute(
         "INSERT INTO attempts (job_id, started_at, duration_ms, status_code, detail, repo)
-           SELECT id, ?1, 0, NULL, ?2, repo FROM jobs
+           SELECT id, COALESCE(leased_at, ?1), 0, NULL, ?2, repo FROM jobs
             WHERE leased_until IS NOT NULL AND status = 'pending'",
         params![now_ms, INTERRUPTED],
     )?;
