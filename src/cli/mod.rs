@@ -261,7 +261,16 @@ pub fn load_config(path: &Path) -> Result<Loaded, CliError> {
 /// The text of routes.yaml as every command and the reloader read it (see
 /// [`config::decode`]); the error names the file.
 pub fn read_config_text(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    read_config_bytes(path).and_then(|bytes| decode_config(path, bytes))
+}
+
+fn read_config_bytes(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// The text of the file's bytes, or where they stop being UTF-8, placed as
+/// `file:line:column:` like every other fault of the file.
+fn decode_config(path: &Path, bytes: Vec<u8>) -> Result<String, String> {
     config::decode(bytes).map_err(|e| format!("{}:{e}", path.display()))
 }
 
@@ -287,7 +296,10 @@ pub(super) fn give_back_freed_memory() {
 
 /// Like [`load_config`], also returning the text that was loaded.
 pub fn load_config_text(path: &Path) -> Result<(Loaded, String), CliError> {
-    let text = read_config_text(path).map_err(|e| invalid(anyhow::anyhow!(e)))?;
+    let bytes = read_config_bytes(path).map_err(|e| invalid(anyhow::anyhow!(e)))?;
+    // Printed as the file's other faults are, without the `error:` of a
+    // command that failed, so that editors and CI read its place.
+    let text = decode_config(path, bytes).map_err(CliError::Config)?;
     let loaded = config::load(&path.display().to_string(), &text, &process_env)
         .map_err(|errors| CliError::Config(errors.to_string()))?;
     Ok((loaded, text))

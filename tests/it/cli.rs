@@ -66,8 +66,10 @@ fn check_reads_a_byte_order_mark_and_places_bytes_that_are_not_utf8() {
     let (code, _, stderr) = run(dir.path(), &["check"], &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains("routes.yaml:8:22: byte 0xE9 is not UTF-8"),
-        "{stderr}"
+        stderr
+            .lines()
+            .any(|l| l == "routes.yaml:8:22: byte 0xE9 is not UTF-8; save the file as UTF-8"),
+        "placed as file:line:col, as every fault of the file is: {stderr}"
     );
 }
 
