@@ -118,6 +118,45 @@ impl Locations {
     }
 }
 
+/// How deep the YAML library that loads the file lets values nest: a
+/// collection at a deeper level fails its reading.
+const MAX_NESTING: usize = 128;
+
+/// Where `text` first nests values deeper than the library that loads it
+/// allows (see [`MAX_NESTING`]), found before that library reads it. That
+/// library scans the whole file before it counts the depth, and its
+/// scanning slows with the square of the depth: a file of nothing but
+/// `[`s took seconds, and longer for each kilobyte, to be refused. The
+/// event parser here stops at the first value too deep; its scanner reads
+/// ahead to the end of a `[ ]` or `{ }`, and refuses one nested 256 deep,
+/// which is then where the nesting is said to be too deep. A file it
+/// cannot read otherwise is left to the loader, which reports its syntax.
+pub(crate) fn nested_too_deep(text: &str) -> Option<Pos> {
+    let mut parser = Parser::new_from_str(text);
+    // The root collection is the first level, as it is to the loader.
+    let mut depth = 0usize;
+    loop {
+        let event = match parser.next_token() {
+            Ok(event) => event,
+            Err(e) if e.info() == "recursion limit exceeded" => {
+                return Some(Pos::from_marker(*e.marker()));
+            }
+            Err(_) => return None,
+        };
+        match event {
+            (Event::SequenceStart(..) | Event::MappingStart(..), mark) => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(Pos::from_marker(mark));
+                }
+            }
+            (Event::SequenceEnd | Event::MappingEnd, _) => depth = depth.saturating_sub(1),
+            (Event::StreamEnd, _) => return None,
+            _ => {}
+        }
+    }
+}
+
 /// Whether the YAML library reads an unquoted `text` as a whole number
 /// whose decimal form is not `text`: a hexadecimal, octal or binary number,
 /// or one with a `+` sign.

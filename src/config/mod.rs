@@ -657,15 +657,20 @@ pub fn sqlite_file(url: &str) -> Result<&str, BadStoreUrl> {
     Ok(raw)
 }
 
-/// Reads `store.url` from the text without validating the rest, so that the
-/// inspection commands find the store even where the configuration's
-/// secrets are not set. `${VAR}` in it is substituted as `serve` does; an
-/// unset variable is an error, since the store's place is then unknown.
+/// The text as YAML, when it is; a file nested too deep is not read (see
+/// [`locate::nested_too_deep`]).
+fn any_yaml(text: &str) -> Option<serde_norway::Value> {
+    if locate::nested_too_deep(text).is_some() {
+        return None;
+    }
+    serde_norway::from_str(text).ok()
+}
+
 /// The ids of the routes in routes.yaml, read without loading the rest
 /// (whose secrets a listing command need not have): `None` when the text
 /// is not YAML with a `routes` list.
 pub fn route_ids(text: &str) -> Option<Vec<String>> {
-    let value = serde_norway::from_str::<serde_norway::Value>(text).ok()?;
+    let value = any_yaml(text)?;
     let routes = value.get("routes")?.as_sequence()?;
     Some(
         routes
@@ -675,11 +680,15 @@ pub fn route_ids(text: &str) -> Option<Vec<String>> {
     )
 }
 
+/// Reads `store.url` from the text without validating the rest, so that the
+/// inspection commands find the store even where the configuration's
+/// secrets are not set. `${VAR}` in it is substituted as `serve` does; an
+/// unset variable is an error, since the store's place is then unknown.
 pub fn store_url(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<String>, String> {
-    let Ok(value) = serde_norway::from_str::<serde_norway::Value>(text) else {
+    let Some(value) = any_yaml(text) else {
         return Ok(None);
     };
     match value

@@ -235,7 +235,11 @@ pub(crate) struct RawDebounce {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTarget {
-    pub(crate) repo: String,
+    // Required, but checked beside the target's other keys (see
+    // `validate::required`), so that a target missing several is told
+    // all at once.
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) repo: Option<String>,
     // Text, so that a workflow id (`workflow: 161335`), a numeric tag or
     // event type written without quotes is read as text.
     pub(crate) event_type: Option<Text>,
@@ -267,7 +271,9 @@ pub(crate) const VERIFY_METHODS: [&str; 11] = [
 pub(crate) struct RawHmac {
     pub(crate) secret: Option<String>,
     pub(crate) secrets: Option<Vec<String>>,
-    pub(crate) header: String,
+    // Required, checked beside the secrets (see `validate::required`).
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) header: Option<String>,
     pub(crate) algorithm: Option<RawAlgorithm>,
     pub(crate) encoding: Option<RawEncoding>,
     pub(crate) prefix: Option<String>,
@@ -298,7 +304,9 @@ pub(crate) struct RawGithubVerify {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawToken {
-    pub(crate) header: String,
+    // Required, checked beside the values (see `validate::required`).
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) header: Option<String>,
     pub(crate) value: Option<String>,
     pub(crate) values: Option<Vec<String>>,
 }
@@ -306,7 +314,9 @@ pub(crate) struct RawToken {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBasic {
-    pub(crate) username: String,
+    // Required, checked beside the passwords (see `validate::required`).
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) passwords: Option<Vec<String>>,
 }
@@ -327,4 +337,16 @@ pub(crate) struct RawSns {
     pub(crate) topic_arns: Vec<String>,
     #[serde(default)]
     pub(crate) certificates: Vec<String>,
+}
+
+/// A key that is required, but read as optional so that its absence is
+/// reported beside the map's other faults (see `validate::required`). A
+/// key written with nothing after it is still a value of the wrong type,
+/// reported where it is written, not as a missing key.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }

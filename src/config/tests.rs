@@ -293,6 +293,10 @@ fn rejections() {
             vec![("routes[0].verify.hmac.algorithm", 6, 47, "unknown value; did you mean `sha256`?")],
         ),
         (
+            format!("{base}  - id: a\n    verify: hmac\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
+            vec![("routes[0].verify", 5, 13, "`hmac` needs its settings: write it as a key under `verify:`, with the method's keys under it (`verify:` then `  hmac:` on the next line)")],
+        ),
+        (
             format!("{base}  - id: a\n    verify:\n      hamc: {{secret: x}}\n    dispatch: [{{repo: acme/a, event_type: e}}]\n"),
             vec![("routes[0].verify.hamc", 6, 7, "unknown verify method `hamc`; did you mean `hmac`?")],
         ),
@@ -1944,5 +1948,138 @@ fn warnings_are_printed_with_the_errors_in_file_order() {
     assert!(
         lines[1].starts_with("routes.yaml:6:49: routes[0].dispatch[0].colour: unknown key"),
         "{printed}"
+    );
+}
+
+/// Values nested deeper than the YAML library reads are refused where the
+/// first too deep one opens, the same place and words whichever part finds
+/// them, and before the library scans the rest: a file of nothing but
+/// brackets used to take time growing with the square of its length.
+#[test]
+fn values_nested_too_deep_are_refused_where_they_open_without_reading_the_rest() {
+    let nested = |depth: usize, tail: usize| {
+        format!(
+            "github:\n  token: x\nroutes: {}{}\n",
+            "[".repeat(depth),
+            "]".repeat(tail)
+        )
+    };
+    let too_deep_at = |errors: &[ConfigError], column: usize| {
+        errors.len() == 1
+            && errors[0].message == "values are nested here deeper than the parser allows"
+            && (errors[0].line, errors[0].column) == (3, column)
+    };
+    // The root map and 128 lists: one level more than the library reads.
+    assert!(too_deep_at(&load_err(&nested(128, 128)), 136));
+    assert!(too_deep_at(&load_err(&nested(255, 255)), 136));
+    // Deeper still, the scanner that looks first stops at its own limit.
+    assert!(too_deep_at(&load_err(&nested(200_000, 200_000)), 264));
+    assert!(
+        too_deep_at(&load_err(&nested(200_000, 0)), 264),
+        "never closed"
+    );
+    // One level less is read, and refused for what it holds.
+    let errors = load_err(&nested(127, 127));
+    assert!(
+        errors.iter().all(|e| !e.message.contains("nested")),
+        "{errors:?}"
+    );
+}
+
+/// A map that lacks several keys it needs is told all of them at once,
+/// not one per run of `check`; a key misspelt is not also missing.
+#[test]
+fn every_key_a_map_lacks_is_reported_at_once() {
+    let text = "github:\n  token: x\nroutes:\n  - id: a\n    verify:\n      hmac: {}\n    dispatch: [{}]\n  - id: b\n    verify:\n      token: {}\n    dispatch: [{repo: acme/a, event_type: e}]\n  - id: c\n    verify:\n      basic: {}\n    dispatch: [{repo: acme/a, event_type: e}]\n  - id: d\n    verify:\n      hmac: {headr: x, secret: y}\n    dispatch: [{rep: acme/a, event_type: e}]\n";
+    let found: Vec<(String, String)> = load_err(text)
+        .into_iter()
+        .map(|e| (e.path, e.message))
+        .collect();
+    let expected = [
+        ("routes[0].verify.hmac", "missing key `header`"),
+        ("routes[0].verify.hmac", "needs `secret` or `secrets`"),
+        ("routes[0].dispatch[0]", "missing key `repo`"),
+        (
+            "routes[0].dispatch[0]",
+            "needs `event_type` (repository_dispatch) or `workflow` and `ref` (workflow_dispatch)",
+        ),
+        ("routes[1].verify.token", "missing key `header`"),
+        ("routes[1].verify.token", "needs `value` or `values`"),
+        ("routes[2].verify.basic", "missing key `username`"),
+        ("routes[2].verify.basic", "needs `password` or `passwords`"),
+        (
+            "routes[3].verify.hmac.headr",
+            "unknown key `headr`; did you mean `header`?",
+        ),
+        (
+            "routes[3].dispatch[0].rep",
+            "unknown key `rep`; did you mean `repo`?",
+        ),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(path, message)| (path.to_string(), message.to_string()))
+        .collect();
+    assert_eq!(found, expected);
+}
+
+/// A number or a boolean written where text belongs is told to be quoted,
+/// without the value, which may be a secret.
+#[test]
+fn a_number_where_text_belongs_is_told_to_be_quoted() {
+    let text = "github:\n  token: x\nroutes:\n  - id: c\n    verify:\n      basic: {username: 2.5, password: 12345}\n    dispatch: [{repo: acme/a, event_type: e}]\n  - id: d\n    verify:\n      hmac: {header: true, secret: s}\n    dispatch: [{repo: acme/a, event_type: e}]\n";
+    let found: Vec<(String, String)> = load_err(text)
+        .into_iter()
+        .map(|e| (e.path, e.message))
+        .collect();
+    let quote = |found: &str, read_as: &str| {
+        format!(
+            "invalid type: {found}, expected a string; YAML reads the value as {read_as} because it is not in quotes: write it in quotes to give it as text"
+        )
+    };
+    assert_eq!(
+        found,
+        [
+            (
+                "routes[0].verify.basic.username".to_owned(),
+                quote("a floating point", "a number")
+            ),
+            (
+                "routes[0].verify.basic.password".to_owned(),
+                quote("an integer", "a number")
+            ),
+            (
+                "routes[1].verify.hmac.header".to_owned(),
+                quote("a boolean", "a boolean")
+            ),
+        ]
+    );
+    assert!(!format!("{found:?}").contains("12345"));
+}
+
+/// A quote left open in the middle of the file is closed by the next
+/// quote YAML finds, and the file fails a line or two later; the error is
+/// placed at the quote left open. A value quoted over two lines on purpose
+/// is not blamed for an error further on.
+#[test]
+fn a_quote_left_open_mid_file_is_placed_where_it_opens() {
+    let text = "github:\n  token: x\nroutes:\n  - id: a\n    verify:\n      hmac:\n        secret: s\n        header: X-Sig\n        prefix: \"sha256=\n    dispatch:\n      - repo: acme/a\n        event_type: \"deploy\"\n";
+    let errors = load_err(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].line, errors[0].column), (9, 17));
+    assert!(
+        errors[0]
+            .message
+            .starts_with("the quoted value that starts here is not closed on its line, so YAML reads it on to the next quote, at line 12"),
+        "{}",
+        errors[0].message
+    );
+    let text = "github:\n  token: x\nroutes:\n  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/a\n        event_type: 'multi\n          line'\n      - repo: acme/b\n        event_type: x: y\n";
+    let errors = load_err(text);
+    assert_eq!((errors[0].line, errors[0].column), (11, 22), "{errors:?}");
+    assert!(
+        errors[0]
+            .message
+            .starts_with("mapping values are not allowed")
     );
 }

@@ -13,7 +13,7 @@ use serde_norway::Value;
 use serde_path_to_error::Segment;
 
 use super::env::{Found, scalar_text, substitute_tree};
-use super::locate::{Locations, Pos};
+use super::locate::{self, Locations, Pos};
 use super::path::{Path, Seg};
 use super::raw::{self, Num, Quantity};
 use super::units::{parse_duration, parse_size};
@@ -308,9 +308,30 @@ impl Report<'_> {
             // expression, and YAML has read this one as a boolean.
             if path.ends_with_key("when") && message.contains("invalid type: a boolean") {
                 message.push_str("; `when` is an expression written as text: quote a constant, as in `when: \"false\"`");
+            } else if let Some(read_as) = unquoted_scalar_for_text(&message) {
+                // `password: 12345`, `username: 2.5`, `header: true`: YAML
+                // reads a number or a boolean where text belongs.
+                message.push_str(&format!(
+                    "; YAML reads the value as {read_as} because it is not in quotes: write it in quotes to give it as text"
+                ));
             }
             self.error(&path, without_struct_names(&message));
         }
+    }
+}
+
+/// What YAML read where serde expected text, when it was a number or a
+/// boolean: "a number" or "a boolean".
+fn unquoted_scalar_for_text(message: &str) -> Option<&'static str> {
+    let found = message
+        .strip_prefix("invalid type: ")?
+        .strip_suffix(", expected a string")?;
+    match found {
+        "a boolean" => Some("a boolean"),
+        _ if found.starts_with("an integer") || found.starts_with("a floating point") => {
+            Some("a number")
+        }
+        _ => None,
     }
 }
 
@@ -672,7 +693,11 @@ enum DocumentError {
     Syntax(serde_norway::Error),
     /// The file holds something in a second document, whose index this is.
     Another(usize),
+    /// Values nest deeper than the library reads, first at this place.
+    TooDeep(Pos),
 }
+
+const NESTED_TOO_DEEP: &str = "values are nested here deeper than the parser allows";
 
 /// The first YAML document of `text`. A later document that holds
 /// nothing (a `---` left at the end by a tool that joins or generates
@@ -712,6 +737,9 @@ const MAX_OVERSIZED: usize = 32;
 /// read again, so that it is reported beside the file's other errors
 /// rather than alone. On failure, the text read last comes with the error.
 fn read_tree(text: &str) -> Result<Tree<'_>, (Cow<'_, str>, DocumentError)> {
+    if let Some(at) = locate::nested_too_deep(text) {
+        return Err((Cow::Borrowed(text), DocumentError::TooDeep(at)));
+    }
     let mut text = Cow::Borrowed(text);
     let mut oversized = Vec::new();
     loop {
@@ -790,6 +818,7 @@ fn document_error(file: &str, text: &str, err: DocumentError) -> ConfigError {
                 "a second YAML document starts here; routes.yaml holds one document, so remove this `---` and merge what follows into the first".to_owned(),
             )
         }
+        DocumentError::TooDeep(at) => (at.line, at.column, NESTED_TOO_DEEP.to_owned()),
         DocumentError::Syntax(err) => syntax_error(text, &err),
     };
     ConfigError {
@@ -849,11 +878,7 @@ fn syntax_error(text: &str, err: &serde_norway::Error) -> (usize, usize, String)
         );
     }
     if full.contains("recursion limit exceeded") {
-        return (
-            line,
-            column,
-            "values are nested here deeper than the parser allows".to_owned(),
-        );
+        return (line, column, NESTED_TOO_DEEP.to_owned());
     }
     // A quote that is never closed runs to the end of the file, where the
     // library places the error; the quote's opening is where to look.
@@ -889,7 +914,84 @@ fn syntax_error(text: &str, err: &serde_norway::Error) -> (usize, usize, String)
     } else if message.contains("mapping values are not allowed") {
         message.push_str(&misplaced_key_hint(text, line, column));
     }
+    if let Some((open_line, open_column, close_line)) = quote_left_open(text, line) {
+        return (
+            open_line,
+            open_column,
+            format!(
+                "the quoted value that starts here is not closed on its line, so YAML reads it on to the next quote, at line {close_line}, and then fails ({message}); close the quote"
+            ),
+        );
+    }
     (line, column, message)
+}
+
+/// A quoted value opened on a line before `error_line` and not closed on
+/// it, which YAML reads on to the next quote in the file, ending on the
+/// line of the error or the one before: that quote, not the place YAML
+/// gave up, is what to fix. Its line and column, and the line of the
+/// quote that closes it. A value quoted over several lines on purpose,
+/// ending well before the error, is not it.
+fn quote_left_open(text: &str, error_line: usize) -> Option<(usize, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let before = lines.get(..error_line.saturating_sub(1))?;
+    let (index, at, quote) = before.iter().enumerate().rev().find_map(|(index, line)| {
+        let (at, quote) = opening_quote(line)?;
+        (!closes_on_line(&line[at + 1..], quote)).then_some((index, at, quote))
+    })?;
+    // Where YAML finds the closing quote: the next one in the rest of the
+    // file (a backslash escapes one in double quotes; in single quotes a
+    // doubled quote is one character).
+    let mut close_line = index + 1;
+    let mut rest = lines[index][at + 1..].to_owned();
+    loop {
+        if closes_on_line(&rest, quote) {
+            break;
+        }
+        rest = lines.get(close_line)?.to_string();
+        close_line += 1;
+    }
+    let column = lines[index][..at].chars().count() + 1;
+    (close_line + 1 >= error_line).then_some((index + 1, column, close_line))
+}
+
+/// Where a quoted value starts on `line`, and its quote: right after
+/// `key: ` or `- `, or at the start of the line. A line that is a comment
+/// has none.
+fn opening_quote(line: &str) -> Option<(usize, char)> {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with('#') {
+        return None;
+    }
+    let value_at = [": ", "- "]
+        .iter()
+        .filter_map(|marker| line.find(marker).map(|at| at + marker.len()))
+        .min()
+        .unwrap_or(line.len() - trimmed.len());
+    let value = &line[value_at..];
+    let at = value_at + (value.len() - value.trim_start().len());
+    match line[at..].chars().next()? {
+        quote @ ('"' | '\'') => Some((at, quote)),
+        _ => None,
+    }
+}
+
+/// Whether `rest`, the text after an opening `quote`, holds its closing one.
+fn closes_on_line(rest: &str, quote: char) -> bool {
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quote == '"' => {
+                chars.next();
+            }
+            '\'' if quote == '\'' && chars.peek() == Some(&'\'') => {
+                chars.next();
+            }
+            c if c == quote => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The line, column and value of the first character YAML does not allow
@@ -2308,6 +2410,15 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
             report.warn(path, "the route accepts unauthenticated requests");
             return Some(Verify::None);
         }
+        // A method named without its settings: the name is right, the
+        // shape is not, and "did you mean" the same name would not say so.
+        Value::String(text) if methods.contains(&text) => {
+            report.error(
+                path,
+                format!("`{text}` needs its settings: write it as a key under `verify:`, with the method's keys under it (`verify:` then `  {text}:` on the next line)"),
+            );
+            return None;
+        }
         Value::String(text) => {
             let mut expected = methods.clone();
             expected.insert(0, "none".to_owned());
@@ -2361,6 +2472,8 @@ fn verify(report: &mut Report, value: Value, path: &Path) -> Option<Verify> {
 /// `verify: {hmac: ...}`: a keyed hash of the body in a header the route names.
 fn hmac_verify(report: &mut Report, value: Value, method_path: &Path) -> Option<Verify> {
     let (raw, left_out) = report.parse_leaving_out::<raw::RawHmac>(value, method_path)?;
+    let header = required(report, method_path, "header", raw.header, &left_out)
+        .and_then(|header| header_name(report, &method_path.key("header"), &header));
     let secrets = secret_list(
         report,
         method_path,
@@ -2369,7 +2482,6 @@ fn hmac_verify(report: &mut Report, value: Value, method_path: &Path) -> Option<
         ANY_SECRET,
         &left_out,
     );
-    let header = header_name(report, &method_path.key("header"), &raw.header);
     left_out.is_empty().then_some(())?;
     Some(Verify::Hmac(HmacVerify {
         secrets: secrets?,
@@ -2402,9 +2514,30 @@ fn github_verify(report: &mut Report, value: Value, method_path: &Path) -> Optio
     Some(Verify::Github { secrets })
 }
 
+/// A key the map at `path` cannot go without. Its structure takes it as
+/// optional so that its absence is told beside the map's other faults
+/// (the other keys it needs among them), not instead of them, as a
+/// missing key that stops the map's reading would be. A key left out for
+/// an error of its own, or that a misspelt one stands for, is not
+/// reported again.
+fn required<T>(
+    report: &mut Report,
+    path: &Path,
+    key: &str,
+    value: Option<T>,
+    left_out: &LeftOut,
+) -> Option<T> {
+    if value.is_none() && !left_out.explains(path, key) {
+        report.error(path, format!("missing key `{key}`"));
+    }
+    value
+}
+
 /// `verify: {token: ...}`: a shared value in a header the route names.
 fn token_verify(report: &mut Report, value: Value, method_path: &Path) -> Option<Verify> {
     let (raw, left_out) = report.parse_leaving_out::<raw::RawToken>(value, method_path)?;
+    let header = required(report, method_path, "header", raw.header, &left_out)
+        .and_then(|header| header_name(report, &method_path.key("header"), &header));
     let values = secret_list(
         report,
         method_path,
@@ -2413,7 +2546,6 @@ fn token_verify(report: &mut Report, value: Value, method_path: &Path) -> Option
         ANY_SECRET,
         &left_out,
     );
-    let header = header_name(report, &method_path.key("header"), &raw.header);
     left_out.is_empty().then_some(())?;
     Some(Verify::Token {
         header: header?,
@@ -2424,6 +2556,7 @@ fn token_verify(report: &mut Report, value: Value, method_path: &Path) -> Option
 /// `verify: {basic: ...}`: HTTP Basic authentication.
 fn basic_verify(report: &mut Report, value: Value, method_path: &Path) -> Option<Verify> {
     let (raw, left_out) = report.parse_leaving_out::<raw::RawBasic>(value, method_path)?;
+    let username = required(report, method_path, "username", raw.username, &left_out);
     let passwords = secret_list(
         report,
         method_path,
@@ -2432,7 +2565,8 @@ fn basic_verify(report: &mut Report, value: Value, method_path: &Path) -> Option
         ANY_SECRET,
         &left_out,
     );
-    if raw.username.is_empty() || raw.username.contains(':') {
+    let username = username?;
+    if username.is_empty() || username.contains(':') {
         report.error(
             &method_path.key("username"),
             "must be non-empty and contain no `:`",
@@ -2441,7 +2575,7 @@ fn basic_verify(report: &mut Report, value: Value, method_path: &Path) -> Option
     }
     left_out.is_empty().then_some(())?;
     Some(Verify::Basic {
-        username: raw.username,
+        username,
         passwords: passwords?,
     })
 }
@@ -2558,7 +2692,8 @@ fn target(
     let errors_before = report.errors.len();
 
     let repo_path = path.key("repo");
-    let repo_template = compile_string(report, builder, &repo_path, &raw.repo);
+    let repo_template = required(report, path, "repo", raw.repo, &left_out)
+        .and_then(|repo| compile_string(report, builder, &repo_path, &repo));
     let repo = repo_template.and_then(|template| match template.is_static() {
         Some(repo) => {
             let repo = repo.to_owned();
