@@ -2074,12 +2074,28 @@ fn a_quote_left_open_mid_file_is_placed_where_it_opens() {
         "{}",
         errors[0].message
     );
-    let text = "github:\n  token: x\nroutes:\n  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/a\n        event_type: 'multi\n          line'\n      - repo: acme/b\n        event_type: x: y\n";
+    // The first value of a list item, too.
+    let text = "github:\n  token: x\nroutes:\n  - id: a\n    verify: none\n    dispatch:\n      - repo: \"acme/blog\n        event_type: \"deploy\"\n";
     let errors = load_err(text);
-    assert_eq!((errors[0].line, errors[0].column), (11, 22), "{errors:?}");
+    assert_eq!((errors[0].line, errors[0].column), (7, 15), "{errors:?}");
     assert!(
         errors[0]
             .message
-            .starts_with("mapping values are not allowed")
+            .starts_with("the quoted value that starts here")
     );
+    // Quoted over two lines on purpose, with a fault after it: the fault
+    // is reported where it is, whether on the next line or further on.
+    for text in [
+        "github:\n  token: x\nroutes:\n  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/a\n        event_type: 'multi\n          line'\n      - repo: acme/b\n        event_type: x: y\n",
+        "github:\n  token: x\nroutes:\n  - id: a\n    verify: none\n    when: \"body.a == 1 and\n      body.b == 2\"\n   dispatch:\n      - repo: acme/blog\n        event_type: deploy\n",
+    ] {
+        let errors = load_err(text);
+        assert!(!errors[0].message.contains("quoted value"), "{errors:?}");
+        assert!(errors[0].line >= 8, "{errors:?}");
+    }
+    // A quote in a block scalar is text.
+    let text = "github:\n  token: x\nroutes:\n  - id: a\n    verify: none\n    dispatch:\n      - repo: acme/blog\n        event_type: deploy\n        client_payload:\n          notes: |\n            \"Deploy the site\n            now\", said the CMS.\n         bad: x\n";
+    let errors = load_err(text);
+    assert_eq!(errors[0].line, 13, "{errors:?}");
+    assert!(!errors[0].message.contains("quoted value"), "{errors:?}");
 }

@@ -927,71 +927,109 @@ fn syntax_error(text: &str, err: &serde_norway::Error) -> (usize, usize, String)
 }
 
 /// A quoted value opened on a line before `error_line` and not closed on
-/// it, which YAML reads on to the next quote in the file, ending on the
-/// line of the error or the one before: that quote, not the place YAML
-/// gave up, is what to fix. Its line and column, and the line of the
-/// quote that closes it. A value quoted over several lines on purpose,
-/// ending well before the error, is not it.
+/// it, which YAML reads on to the next quote in the file: when that quote
+/// is on the line of the error and more text follows it (the quote that
+/// opened the next value, as in `event_type: "deploy"`), the quote left
+/// open, not the place YAML gave up, is what to fix. Its line and column,
+/// and the line of the quote that closes it. A value quoted over several
+/// lines on purpose ends at the end of a line, and is not blamed; lines
+/// of a block scalar (`|`, `>`) are text, not values.
 fn quote_left_open(text: &str, error_line: usize) -> Option<(usize, usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
+    let in_block = block_scalar_lines(&lines);
     let before = lines.get(..error_line.saturating_sub(1))?;
     let (index, at, quote) = before.iter().enumerate().rev().find_map(|(index, line)| {
+        if in_block[index] {
+            return None;
+        }
         let (at, quote) = opening_quote(line)?;
-        (!closes_on_line(&line[at + 1..], quote)).then_some((index, at, quote))
+        (closing_quote(&line[at + 1..], quote).is_none()).then_some((index, at, quote))
     })?;
     // Where YAML finds the closing quote: the next one in the rest of the
-    // file (a backslash escapes one in double quotes; in single quotes a
-    // doubled quote is one character).
-    let mut close_line = index + 1;
-    let mut rest = lines[index][at + 1..].to_owned();
-    loop {
-        if closes_on_line(&rest, quote) {
-            break;
-        }
-        rest = lines.get(close_line)?.to_string();
-        close_line += 1;
-    }
+    // file.
+    let (close_index, after) = lines
+        .iter()
+        .enumerate()
+        .skip(index + 1)
+        .find_map(|(i, line)| closing_quote(line, quote).map(|end| (i, &line[end..])))?;
+    let after = after.trim();
+    let runs_on = !after.is_empty() && !after.starts_with('#');
     let column = lines[index][..at].chars().count() + 1;
-    (close_line + 1 >= error_line).then_some((index + 1, column, close_line))
+    (close_index + 1 == error_line && runs_on).then_some((index + 1, column, close_index + 1))
 }
 
-/// Where a quoted value starts on `line`, and its quote: right after
-/// `key: ` or `- `, or at the start of the line. A line that is a comment
-/// has none.
+/// Which of `lines` belong to a block scalar: the lines after a value of
+/// `|` or `>` (with its indicators) that are blank or indented deeper
+/// than the line that opened it.
+fn block_scalar_lines(lines: &[&str]) -> Vec<bool> {
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let mut inside = vec![false; lines.len()];
+    let mut opened_at: Option<usize> = None;
+    for (index, line) in lines.iter().enumerate() {
+        if let Some(opener) = opened_at {
+            if line.trim().is_empty() || indent(line) > opener {
+                inside[index] = true;
+                continue;
+            }
+            opened_at = None;
+        }
+        let value = line.split('#').next().unwrap_or_default().trim_end();
+        let indicator = value.rsplit([' ', '-']).next().unwrap_or_default();
+        let opens = indicator.starts_with(['|', '>'])
+            && indicator[1..]
+                .chars()
+                .all(|c| matches!(c, '+' | '-' | '1'..='9'))
+            && (value.contains(": ")
+                || value.trim_start().starts_with("- ")
+                || value.trim() == indicator);
+        if opens {
+            opened_at = Some(indent(line));
+        }
+    }
+    inside
+}
+
+/// Where a quoted value starts on `line`, and its quote: the line's first
+/// value after any `- ` of list items, either itself quoted or after its
+/// key's `: `. A line that is a comment has none.
 fn opening_quote(line: &str) -> Option<(usize, char)> {
-    let trimmed = line.trim_start();
-    if trimmed.starts_with('#') {
+    let mut at = line.len() - line.trim_start().len();
+    while line[at..].starts_with("- ") {
+        at += 2;
+        at += line[at..].len() - line[at..].trim_start().len();
+    }
+    let starts_quoted = |at: usize| match line[at..].chars().next() {
+        Some(quote @ ('"' | '\'')) => Some((at, quote)),
+        _ => None,
+    };
+    if line[at..].starts_with('#') {
         return None;
     }
-    let value_at = [": ", "- "]
-        .iter()
-        .filter_map(|marker| line.find(marker).map(|at| at + marker.len()))
-        .min()
-        .unwrap_or(line.len() - trimmed.len());
-    let value = &line[value_at..];
-    let at = value_at + (value.len() - value.trim_start().len());
-    match line[at..].chars().next()? {
-        quote @ ('"' | '\'') => Some((at, quote)),
-        _ => None,
+    if let Some(found) = starts_quoted(at) {
+        return Some(found);
     }
+    let value_at = at + line[at..].find(": ")? + 2;
+    starts_quoted(value_at + (line[value_at..].len() - line[value_at..].trim_start().len()))
 }
 
-/// Whether `rest`, the text after an opening `quote`, holds its closing one.
-fn closes_on_line(rest: &str, quote: char) -> bool {
-    let mut chars = rest.chars().peekable();
-    while let Some(c) = chars.next() {
+/// Where the closing `quote` ends in `rest`, the text after its opening
+/// one (a backslash escapes a quote in double quotes; in single quotes a
+/// doubled quote is one character).
+fn closing_quote(rest: &str, quote: char) -> Option<usize> {
+    let mut chars = rest.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
         match c {
             '\\' if quote == '"' => {
                 chars.next();
             }
-            '\'' if quote == '\'' && chars.peek() == Some(&'\'') => {
+            '\'' if quote == '\'' && chars.peek().is_some_and(|(_, c)| *c == '\'') => {
                 chars.next();
             }
-            c if c == quote => return true,
+            c if c == quote => return Some(at + c.len_utf8()),
             _ => {}
         }
     }
-    false
+    None
 }
 
 /// The line, column and value of the first character YAML does not allow
