@@ -48,9 +48,9 @@ pub struct Pacer {
     next_start: Mutex<Instant>,
     /// Set while GitHub has asked us to wait.
     paused_until: Mutex<Option<Instant>>,
-    /// Rate limits in a row that did not say how long to wait, and when
-    /// the pause the last of them set ends.
-    unstated: Mutex<(u32, Option<Instant>)>,
+    /// Rate limits in a row that did not say how long to wait, and what
+    /// the store was told of them.
+    unstated: Mutex<UnstatedRun>,
     /// The last place in the line for turns (see [`Place`]).
     last_place: Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -89,7 +89,7 @@ impl Pacer {
                 per_minute: None,
                 next_start: Mutex::new(Instant::now()),
                 paused_until: Mutex::new(None),
-                unstated: Mutex::new((0, None)),
+                unstated: Mutex::new(UnstatedRun::default()),
                 last_place: Mutex::new(None),
             },
             Pacing::Paced {
@@ -107,7 +107,7 @@ impl Pacer {
                 }),
                 next_start: Mutex::new(Instant::now()),
                 paused_until: Mutex::new(None),
-                unstated: Mutex::new((0, None)),
+                unstated: Mutex::new(UnstatedRun::default()),
                 last_place: Mutex::new(None),
             },
         }
@@ -207,8 +207,13 @@ impl Pacer {
     pub fn pause_unstated(&self) -> UnstatedPause {
         let now = Instant::now();
         let (wait, in_a_row) = {
-            let mut unstated = self.unstated.lock().expect("pacer lock");
-            let (in_a_row, until) = &mut *unstated;
+            let mut run = self.unstated.lock().expect("pacer lock");
+            let UnstatedRun {
+                in_a_row,
+                until,
+                kept,
+                ..
+            } = &mut *run;
             if let Some(until) = until.filter(|until| *until > now) {
                 // The same limit, seen by a request already in flight.
                 return UnstatedPause {
@@ -218,6 +223,8 @@ impl Pacer {
                 };
             }
             *in_a_row = in_a_row.saturating_add(1);
+            // The caller keeps the run in the store.
+            *kept += 1;
             let wait = unstated_wait(*in_a_row);
             *until = Some(now + wait);
             (wait, *in_a_row)
@@ -231,16 +238,25 @@ impl Pacer {
 
     /// Records an answer from GitHub that was not a rate limit, which ends
     /// a run of unstated ones, unless it arrives during the pause the last
-    /// of them set (it was sent before that limit). Answers whether it
-    /// ended a run, which the store must then forget.
-    pub fn answered(&self) -> bool {
-        let mut unstated = self.unstated.lock().expect("pacer lock");
-        if unstated.1.is_none_or(|until| until <= Instant::now()) {
-            let ended = unstated.0 > 0;
-            *unstated = (0, None);
-            return ended;
+    /// of them set (it was sent before that limit). While no run is under
+    /// way but the store may still hold one, answers what the store was
+    /// last told, for [`Pacer::forgotten`] once the store has forgotten
+    /// it: a write that failed is then tried again at the next answer.
+    pub fn answered(&self) -> Option<u64> {
+        let mut run = self.unstated.lock().expect("pacer lock");
+        if run.until.is_some_and(|until| until > Instant::now()) {
+            return None;
         }
-        false
+        run.in_a_row = 0;
+        run.until = None;
+        (run.kept > run.forgotten).then_some(run.kept)
+    }
+
+    /// The store has forgotten the run up to `kept` (from
+    /// [`Pacer::answered`]); a run kept since is still to be forgotten.
+    pub fn forgotten(&self, kept: u64) {
+        let mut run = self.unstated.lock().expect("pacer lock");
+        run.forgotten = run.forgotten.max(kept);
     }
 
     /// Takes up a run of unstated rate limits kept from before a restart:
@@ -248,7 +264,10 @@ impl Pacer {
     /// longer waits while such limits repeat, and a relay that restarts
     /// (or crashes, again and again) is still the same integration to it.
     pub fn resume_unstated(&self, in_a_row: u32, until: Instant) {
-        *self.unstated.lock().expect("pacer lock") = (in_a_row, Some(until));
+        let mut run = self.unstated.lock().expect("pacer lock");
+        run.in_a_row = in_a_row;
+        run.until = Some(until);
+        run.kept += 1;
     }
 
     /// Pauses the credential for `wait` (GitHub's retry-after or reset), and
@@ -265,6 +284,19 @@ impl Pacer {
         }
         later
     }
+}
+
+/// The run of rate limits in a row that did not say how long to wait.
+#[derive(Debug, Default)]
+struct UnstatedRun {
+    in_a_row: u32,
+    /// When the pause the last of them set ends.
+    until: Option<Instant>,
+    /// How many times the store has been given a run (each limit in a row,
+    /// or the run taken up at start), and up to which of those it has
+    /// forgotten it again: the store may hold a run while they differ.
+    kept: u64,
+    forgotten: u64,
 }
 
 /// What a rate limit that did not say how long to wait did to the pacer
@@ -423,7 +455,7 @@ mod tests {
             // Answers to requests already in flight belong to this limit.
             let in_flight = pacer.pause_unstated();
             assert_eq!((in_flight.wait, in_flight.in_a_row), (limit.wait, None));
-            assert!(!pacer.answered(), "an answer sent before the limit");
+            assert_eq!(pacer.answered(), None, "an answer sent before the limit");
             pacer.wait_turn(pacer.place()).await;
         }
         assert_eq!(
@@ -431,9 +463,12 @@ mod tests {
             [1, 2, 4, 8, 16, 16, 16].map(minutes),
             "doubling from GitHub's minute, up to a cap"
         );
-        // An answer that is not a rate limit, after the pause, ends the run.
-        assert!(pacer.answered());
-        assert!(!pacer.answered(), "no run left to end");
+        // An answer that is not a rate limit, after the pause, ends the run,
+        // and says so until the store has forgotten it.
+        let kept = pacer.answered().expect("a run to forget");
+        assert_eq!(pacer.answered(), Some(kept), "the store did not take it");
+        pacer.forgotten(kept);
+        assert_eq!(pacer.answered(), None, "no run left to forget");
         assert_eq!(pacer.pause_unstated().wait, minutes(1));
     }
 
@@ -450,7 +485,7 @@ mod tests {
         // Resumed inside the last pause: an answer then was sent before it.
         let pacer = Pacer::new(&Pacing::Off);
         pacer.resume_unstated(2, Instant::now() + Duration::from_secs(30));
-        assert!(!pacer.answered());
+        assert_eq!(pacer.answered(), None);
         assert_eq!(pacer.pause_unstated().in_a_row, None);
     }
 

@@ -627,8 +627,10 @@ impl Dispatcher {
             }
             Some(wait @ RateLimitWait::Unstated) => Some(self.heed(wait).await),
             None => {
-                if self.pacer.answered() {
-                    self.keep_unstated_run(0, None).await;
+                if let Some(kept) = self.pacer.answered()
+                    && self.keep_unstated_run(0, None).await
+                {
+                    self.pacer.forgotten(kept);
                 }
                 // An answer that spent the credential's last request: the
                 // next would be refused, so the queue waits for the reset
@@ -775,9 +777,14 @@ impl Dispatcher {
     /// Keeps the run of rate limits that stated no wait in the store, so
     /// that a restart, or a relay crashing again and again, goes on
     /// doubling the pause instead of asking GitHub again every minute.
-    async fn keep_unstated_run(&self, in_a_row: u32, until_ms: Option<i64>) {
-        if let Err(e) = self.store.save_unstated_run(in_a_row, until_ms).await {
-            tracing::warn!(error = %e, "Could not keep the count of GitHub's rate limits in a row in the store; a restart would pause a minute after the next");
+    /// Answers whether the store took it.
+    async fn keep_unstated_run(&self, in_a_row: u32, until_ms: Option<i64>) -> bool {
+        match self.store.save_unstated_run(in_a_row, until_ms).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, in_a_row, "Could not keep the count of GitHub's rate limits in a row in the store");
+                false
+            }
         }
     }
 

@@ -300,8 +300,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // before must still say where they went. An attempt recorded before
     // the column existed shows its job's repository.
     ("attempts", "repo", "TEXT"),
-    // When a job was last leased, which dates the attempt of a send that
-    // a stop interrupted: the send began then, not at the next start.
+    // When a job's lease was taken, cleared with the lease: it dates the
+    // attempt of a send that a stop interrupted, which was taken for
+    // sending then, rather than at the next start.
     ("jobs", "leased_at", "INTEGER"),
     // The secondary rate limits in a row that stated no wait, and when the
     // pause the last of them set ends: a restart goes on doubling the
@@ -869,7 +870,7 @@ pub(super) fn record(
     match &a.next {
         JobNext::Delivered => {
             conn.prepare_cached(
-                "UPDATE jobs SET status = 'delivered', attempts = attempts + 1, leased_until = NULL,
+                "UPDATE jobs SET status = 'delivered', attempts = attempts + 1, leased_until = NULL, leased_at = NULL,
                  last_error = NULL, finished_at = ?2, result = ?3 WHERE id = ?1",
             )?
             .execute(params![a.job_id, finished_at, a.result])?;
@@ -882,7 +883,7 @@ pub(super) fn record(
             let route: Option<String> = conn
                 .prepare_cached(
                     "UPDATE jobs SET attempts = attempts + 1, failures = failures + ?3, next_attempt_at = ?2,
-                     leased_until = NULL, last_error = ?4, not_before = ?5 WHERE id = ?1 RETURNING route",
+                     leased_until = NULL, leased_at = NULL, last_error = ?4, not_before = ?5 WHERE id = ?1 RETURNING route",
                 )?
                 .query_row(
                     params![
@@ -901,7 +902,7 @@ pub(super) fn record(
         JobNext::Failed { reason } => {
             conn.prepare_cached(
                 "UPDATE jobs SET status = 'failed', attempts = attempts + 1, failures = failures + 1,
-                 leased_until = NULL, last_error = ?2, finished_at = ?3 WHERE id = ?1",
+                 leased_until = NULL, leased_at = NULL, last_error = ?2, finished_at = ?3 WHERE id = ?1",
             )?
             .execute(params![a.job_id, reason, finished_at])?;
         }
@@ -983,9 +984,9 @@ pub(super) fn bring_forward(
 /// previous process stopped: it gets an attempt saying so, counted in its
 /// attempts but not against `retry.max_attempts`, so that its history
 /// shows the dispatch GitHub may have received before the one sent now.
-/// The attempt is dated when the job was leased, which is when its send
-/// began (after its turn under pacing); a job leased by a relay that kept
-/// no such date gets the time of this start.
+/// The attempt is dated when the job was leased, taken for sending (it
+/// was sent then or after its turn under pacing, or a pause, came); a job
+/// leased by a relay that kept no such date gets the time of this start.
 pub(super) fn release_all(conn: &Connection, now_ms: i64) -> Result<Released, StoreError> {
     conn.execute(
         "INSERT INTO attempts (job_id, started_at, duration_ms, status_code, detail, repo)
@@ -994,12 +995,12 @@ pub(super) fn release_all(conn: &Connection, now_ms: i64) -> Result<Released, St
         params![now_ms, INTERRUPTED],
     )?;
     let interrupted = conn.execute(
-        "UPDATE jobs SET attempts = attempts + 1, last_error = ?1, leased_until = NULL
+        "UPDATE jobs SET attempts = attempts + 1, last_error = ?1, leased_until = NULL, leased_at = NULL
           WHERE leased_until IS NOT NULL AND status = 'pending'",
         params![INTERRUPTED],
     )?;
     conn.execute(
-        "UPDATE jobs SET leased_until = NULL WHERE leased_until IS NOT NULL",
+        "UPDATE jobs SET leased_until = NULL, leased_at = NULL WHERE leased_until IS NOT NULL",
         [],
     )?;
     let orphans = conn.execute(
@@ -1015,7 +1016,7 @@ pub(super) fn release_all(conn: &Connection, now_ms: i64) -> Result<Released, St
 
 pub(super) fn release(conn: &Connection, job_ids: &[i64]) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
-        "UPDATE jobs SET leased_until = NULL WHERE id = ?1 AND status = 'pending'",
+        "UPDATE jobs SET leased_until = NULL, leased_at = NULL WHERE id = ?1 AND status = 'pending'",
     )?;
     for id in job_ids {
         stmt.execute(params![id])?;
@@ -1163,7 +1164,7 @@ fn requeue_as_rendered(
 ) -> Result<usize, StoreError> {
     let mut requeue = conn.prepare_cached(
         "UPDATE jobs SET status = 'pending', next_attempt_at = ?3, created_at = ?3, failures = 0,
-             leased_until = NULL, finished_at = NULL, last_error = NULL, route = ?4
+             leased_until = NULL, leased_at = NULL, finished_at = NULL, last_error = NULL, route = ?4
          WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
     )?;
     let mut requeued = 0;
@@ -1187,7 +1188,7 @@ fn replace_failed_jobs(
     // job it would read as the reason of a retry.
     let mut replace = conn.prepare_cached(
         "UPDATE jobs SET repo = ?3, label = ?4, path = ?5, body = ?6, status = 'pending',
-             next_attempt_at = ?7, created_at = ?7, failures = 0, leased_until = NULL, finished_at = NULL,
+             next_attempt_at = ?7, created_at = ?7, failures = 0, leased_until = NULL, leased_at = NULL, finished_at = NULL,
              last_error = NULL, route = ?8
          WHERE delivery_id = ?1 AND target_index = ?2 AND status = 'failed'",
     )?;

@@ -700,6 +700,29 @@ async fn leases_survive_a_reopen_as_due_jobs() {
     assert_eq!(store.lease_due(5_000, 10, 600_000).await.unwrap().len(), 3);
 }
 
+/// A lease's time is kept only while the lease lasts, so that a later
+/// interrupted send is never dated by an earlier lease.
+#[tokio::test]
+async fn a_lease_time_goes_with_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = Store::open(&path, Synchronous::Full).unwrap();
+    store.accept(delivery("d1", None, 1)).await.unwrap();
+    let leased = store.lease_due(5_000, 10, 600_000).await.unwrap();
+    let lease_time = || -> Option<i64> {
+        Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT leased_at FROM jobs", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(lease_time(), Some(5_000));
+    store
+        .release(leased.iter().map(|job| job.id).collect())
+        .await
+        .unwrap();
+    assert_eq!(lease_time(), None);
+}
+
 /// A store rebuilt from a damaged file can hold jobs whose delivery was
 /// lost; left in the queue, the first of them would fail every lease.
 #[tokio::test]

@@ -812,6 +812,53 @@ async fn a_run_of_unstated_rate_limits_outlives_a_restart() {
     assert_eq!(app.github.dispatch_attempts().len(), 1);
 }
 
+/// A run of unstated limits taken up at a restart ends, in the store too,
+/// with the first answer that is not a rate limit: the restart after it
+/// starts again from a minute.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_of_unstated_rate_limits_is_forgotten_once_github_answers() {
+    let mut app = spawn_app(&hmac_route("cms", TARGET)).await;
+    app.kill9();
+    // Three in a row before this start, the last pause over a second ago.
+    let over_ms = dispatch_relay::clock::now_ms() - 1_000;
+    rusqlite::Connection::open(app.db_path())
+        .unwrap()
+        .execute(
+            "INSERT INTO github_pause (id, until_ms, unstated_in_a_row, unstated_until_ms)
+             VALUES (1, ?1, 3, ?1)",
+            [over_ms],
+        )
+        .unwrap();
+    app.restart();
+    let resumed = app
+        .wait_for_log(|line| line.contains("were in a row before the restart"))
+        .await;
+    let resumed: serde_json::Value = serde_json::from_str(&resumed).unwrap();
+    assert_eq!(resumed["in_a_row"], 3, "{resumed}");
+    assert_eq!(app.post_signed("cms", r#"{"n":0}"#).await.status(), 202);
+    app.github
+        .wait_for_dispatches(1, Duration::from_secs(20))
+        .await;
+    let kept_run = || -> i64 {
+        rusqlite::Connection::open(app.db_path())
+            .unwrap()
+            .query_row(
+                "SELECT unstated_in_a_row FROM github_pause WHERE id = 1",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while kept_run() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store still holds the run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A store file moved away while the relay runs: the relay would go on
 /// committing into a file no one opens again. It refuses instead (503 to
 /// webhooks, `/readyz` failing), holds the outcome of the dispatch that was
