@@ -86,6 +86,7 @@ pub async fn list(
         .await
         .map_err(runtime)?
         .filter(|&until| until > now_ms());
+    let refused = store.refused_credentials().await.map_err(runtime)?;
     // Closed before printing: the last connection to close checkpoints the
     // WAL and removes it, which a stopped relay's store should not keep.
     store.close().await;
@@ -112,6 +113,15 @@ pub async fn list(
             "GitHub's rate limit holds back every dispatch until {} ({} s from now).",
             rfc3339(until),
             (until - now_ms() + 999) / 1000
+        );
+    }
+    for credential in &refused {
+        // A dispatch waiting for a credential GitHub refuses has no attempt
+        // of its own to say why it waits.
+        eprintln!(
+            "GitHub refuses the credential {} (since {}): its dispatches are held, and one is tried again each minute until a new one is in place.",
+            credential.credential,
+            rfc3339(credential.since_ms)
         );
     }
     if json {

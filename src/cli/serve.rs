@@ -433,6 +433,7 @@ async fn start_dispatching(
         .map_or(crate::dispatch::IDLE_POLL, Duration::from_millis),
         health: Default::default(),
         moved: Default::default(),
+        refused: Default::default(),
     };
     dispatcher.resume_kept_pause().await;
     let dispatcher = dispatcher.spawn();

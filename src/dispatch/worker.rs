@@ -28,7 +28,7 @@ use crate::github::{
     Answer, CredentialError, Credentials, GitHubClient, IssuedToken, Scope, TransportError,
 };
 use crate::secret::Secret;
-use crate::store::{AttemptRecord, Job, JobNext, Store, StoreError};
+use crate::store::{AttemptRecord, CredentialChange, Job, JobNext, Store, StoreError};
 use crate::telemetry::{DispatchOutcome, Metrics, Streak};
 
 /// How long a lease lasts. It only has to outlive one send including its
@@ -188,6 +188,9 @@ pub struct Dispatcher {
     /// The repositories GitHub answered at another place (renamed or
     /// transferred), each said once in the log.
     pub moved: Mutex<HashSet<String>>,
+    /// The labels of the credentials GitHub refuses, so that the store is
+    /// told only when one is accepted again, not at every delivery.
+    pub refused: Mutex<HashSet<String>>,
 }
 
 /// Lets the accept path wake the worker and `serve` stop it.
@@ -1002,6 +1005,7 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
         {
             detail.push_str(HELD_FOR_CREDENTIAL);
         }
+        let credential = self.credential_change(job, &action);
         let next = self.settle(job, &action, status);
         let record = AttemptRecord {
             job_id: job.id,
@@ -1011,8 +1015,33 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
             detail,
             next,
             result,
+            credential,
         };
         self.record(record, shutdown).await
+    }
+
+    /// Whether the attempt changed what GitHub thinks of the job's
+    /// credential, for the store to keep with it: a refusal is always kept
+    /// (it keeps the first), an acceptance only of a credential refused.
+    fn credential_change(&self, job: &Job, action: &Action) -> Option<CredentialChange> {
+        let mut refused = (self.refused.lock()).unwrap_or_else(|poisoned| poisoned.into_inner());
+        match action {
+            Action::Retry {
+                credential_refused: true,
+                ..
+            } => {
+                let label = self.credentials.label(&job.repo);
+                refused.insert(label.clone());
+                Some(CredentialChange::Refused(label))
+            }
+            Action::Delivered if !refused.is_empty() => {
+                let label = self.credentials.label(&job.repo);
+                refused
+                    .remove(&label)
+                    .then_some(CredentialChange::Accepted(label))
+            }
+            _ => None,
+        }
     }
 
     /// What becomes of the job after an attempt that ended in `action`,

@@ -9,7 +9,9 @@ use super::error::IngressError;
 use super::state::AppState;
 use crate::clock::now_ms;
 use crate::redeliver::{self, Redelivered};
-use crate::store::{DeliverySummary, ListFilter, Status, StoreError, delivery_id};
+use crate::store::{
+    DeliverySummary, ListFilter, RefusedCredential, Status, StoreError, delivery_id,
+};
 
 fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError> {
     let Some(expected) = &state.admin_token else {
@@ -200,6 +202,13 @@ pub async fn list(
         .await
         .map_err(|e| store_unavailable("read the rate-limit pause", &e))?
         .filter(|&until| until > now_ms());
+    // And which credentials GitHub refuses: their untried dispatches have
+    // no attempt to say why they wait.
+    let refused_credentials = state
+        .store
+        .refused_credentials()
+        .await
+        .map_err(|e| store_unavailable("read the refused credentials", &e))?;
     let full = deliveries.len() == filter_limit;
     let next_offset = full.then_some(offset + deliveries.len());
     let next_before = deliveries.last().filter(|_| full).map(cursor);
@@ -212,12 +221,14 @@ pub async fn list(
         next_offset: Option<usize>,
         next_before: Option<String>,
         paused_until_ms: Option<i64>,
+        refused_credentials: Vec<RefusedCredential>,
     }
     Ok(HttpResponse::Ok().json(Page {
         deliveries: &deliveries,
         next_offset,
         next_before,
         paused_until_ms,
+        refused_credentials,
     }))
 }
 

@@ -315,6 +315,27 @@ pub struct AttemptRecord {
     /// What GitHub returned worth keeping on a delivered job, as JSON: the
     /// `workflow_run_id` and `html_url` of a workflow dispatch.
     pub result: Option<String>,
+    /// Whether the attempt found GitHub refusing its credential, or
+    /// accepting one it refused; `None` when neither changed.
+    pub credential: Option<CredentialChange>,
+}
+
+/// A change in whether GitHub refuses a credential, named by its label
+/// (`token`, `app:<installation id>`; never the secret). The listings show
+/// the credentials refused, since the dispatches that wait for one have
+/// no attempt of their own to say so.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CredentialChange {
+    Refused(String),
+    Accepted(String),
+}
+
+/// A credential GitHub refuses, as the listings show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RefusedCredential {
+    pub credential: String,
+    /// When the first attempt GitHub refused it ended, Unix milliseconds.
+    pub since_ms: i64,
 }
 
 /// What happens to a job after an attempt.
@@ -840,6 +861,26 @@ impl Store {
                     |row| row.get(0),
                 )
                 .optional()?)
+        })
+        .await
+    }
+
+    /// The credentials GitHub refuses, as the running relay found them,
+    /// the longest refused first.
+    pub async fn refused_credentials(&self) -> Result<Vec<RefusedCredential>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT credential, since_ms FROM refused_credentials ORDER BY since_ms, credential",
+            )?;
+            let refused = statement
+                .query_map([], |row| {
+                    Ok(RefusedCredential {
+                        credential: row.get(0)?,
+                        since_ms: row.get(1)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(refused)
         })
         .await
     }

@@ -11,10 +11,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::retry_times::RetryTimes;
 use super::{
-    Accepted, AttemptRecord, AttemptSummary, DebounceWindow, DeliveryDetail, DeliverySummary,
-    FailedDelivery, INTERRUPTED, Job, JobNext, JobSummary, ListFilter, NewDelivery, NewJob, Opener,
-    QueueDepth, Released, Rerendered, Rerendering, SentRequest, Status, StoreError, StoredRequest,
-    StoredTarget,
+    Accepted, AttemptRecord, AttemptSummary, CredentialChange, DebounceWindow, DeliveryDetail,
+    DeliverySummary, FailedDelivery, INTERRUPTED, Job, JobNext, JobSummary, ListFilter,
+    NewDelivery, NewJob, Opener, QueueDepth, Released, Rerendered, Rerendering, SentRequest,
+    Status, StoreError, StoredRequest, StoredTarget,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -123,6 +123,7 @@ pub(super) const TABLES: &[&str] = &[
     "attempts",
     "readiness",
     "github_pause",
+    "refused_credentials",
 ];
 
 fn refuse_newer(version: i64) -> Result<(), StoreError> {
@@ -258,7 +259,7 @@ fn present(conn: &Connection, names: &[&str]) -> Result<bool, StoreError> {
 }
 
 /// Tables added after the first schema; `SCHEMA` creates them when missing.
-const ADDED_TABLES: &[&str] = &["readiness", "github_pause"];
+const ADDED_TABLES: &[&str] = &["readiness", "github_pause", "refused_credentials"];
 
 /// Whether any of these tables or indexes is missing.
 fn missing(conn: &Connection, names: &[&str]) -> Result<bool, StoreError> {
@@ -867,6 +868,20 @@ pub(super) fn record(
         a.detail
     ])?;
     let finished_at = a.started_at_ms + a.duration_ms;
+    match &a.credential {
+        Some(CredentialChange::Refused(credential)) => {
+            conn.prepare_cached(
+                "INSERT INTO refused_credentials (credential, since_ms) VALUES (?1, ?2)
+                 ON CONFLICT (credential) DO NOTHING",
+            )?
+            .execute(params![credential, finished_at])?;
+        }
+        Some(CredentialChange::Accepted(credential)) => {
+            conn.prepare_cached("DELETE FROM refused_credentials WHERE credential = ?1")?
+                .execute([credential])?;
+        }
+        None => {}
+    }
     match &a.next {
         JobNext::Delivered => {
             conn.prepare_cached(
@@ -1003,6 +1018,9 @@ pub(super) fn release_all(conn: &Connection, now_ms: i64) -> Result<Released, St
         "UPDATE jobs SET leased_until = NULL, leased_at = NULL WHERE leased_until IS NOT NULL",
         [],
     )?;
+    // The process that found them refused is gone; this one tries each
+    // credential again before it says so.
+    conn.execute("DELETE FROM refused_credentials", [])?;
     let orphans = conn.execute(
         "DELETE FROM jobs WHERE status = 'pending'
            AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = jobs.delivery_id)",

@@ -76,3 +76,11 @@ CREATE TABLE IF NOT EXISTS github_pause (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     until_ms    INTEGER NOT NULL
 );
+
+-- The credentials GitHub refuses (401) and since when, while the relay that
+-- found it runs: the listings say why untried dispatches wait. A start
+-- clears it, as the relay then tries each credential afresh.
+CREATE TABLE IF NOT EXISTS refused_credentials (
+    credential  TEXT PRIMARY KEY,
+    since_ms    INTEGER NOT NULL
+) WITHOUT ROWID;

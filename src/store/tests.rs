@@ -45,6 +45,7 @@ fn attempt(job: &Job, next: JobNext) -> AttemptRecord {
         detail: "204".into(),
         next,
         result: None,
+        credential: None,
     }
 }
 
@@ -1958,4 +1959,45 @@ async fn attempts_are_listed_by_when_they_started() {
     let (_, attempts) = store.get("d1").await.unwrap().unwrap();
     let started: Vec<i64> = attempts.iter().map(|a| a.started_at_ms).collect();
     assert_eq!(started, [2_000, 2_500]);
+}
+
+#[tokio::test]
+async fn a_refused_credential_is_kept_from_its_first_refusal_until_accepted_or_a_start() {
+    let (_dir, store) = open();
+    store.accept(delivery("d1", None, 2)).await.unwrap();
+    let jobs = store.lease_due(5_000, 10, 60_000).await.unwrap();
+    let retry = JobNext::Retry {
+        at_ms: 600_000,
+        not_before_ms: None,
+        counts_as_failure: false,
+    };
+    let refused = |job: &Job, started_at_ms: i64| AttemptRecord {
+        started_at_ms,
+        credential: Some(CredentialChange::Refused("token".into())),
+        ..attempt(job, retry.clone())
+    };
+    store.record(refused(&jobs[0], 2_000)).await.unwrap();
+    store.record(refused(&jobs[1], 3_000)).await.unwrap();
+    let since_first = vec![RefusedCredential {
+        credential: "token".into(),
+        since_ms: 2_005,
+    }];
+    assert_eq!(store.refused_credentials().await.unwrap(), since_first);
+    // Another credential's acceptance leaves this one refused.
+    let jobs = store.lease_due(700_000, 10, 60_000).await.unwrap();
+    let accepted = |job: &Job, credential: &str| AttemptRecord {
+        credential: Some(CredentialChange::Accepted(credential.into())),
+        ..attempt(job, JobNext::Delivered)
+    };
+    store.record(accepted(&jobs[0], "app:7")).await.unwrap();
+    assert_eq!(store.refused_credentials().await.unwrap(), since_first);
+    store.record(accepted(&jobs[1], "token")).await.unwrap();
+    assert_eq!(store.refused_credentials().await.unwrap(), []);
+    // A start forgets a refusal, which the relay then finds anew.
+    store.accept(delivery("d2", None, 1)).await.unwrap();
+    let jobs = store.lease_due(800_000, 10, 60_000).await.unwrap();
+    store.record(refused(&jobs[0], 800_000)).await.unwrap();
+    assert_eq!(store.refused_credentials().await.unwrap().len(), 1);
+    store.release_all_leases(900_000).await.unwrap();
+    assert_eq!(store.refused_credentials().await.unwrap(), []);
 }

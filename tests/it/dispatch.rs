@@ -305,6 +305,75 @@ async fn bad_credentials_hold_the_queue_and_say_why() {
     }
 }
 
+/// The dispatches held for a refused credential that were never tried have
+/// no attempt to say why they wait: both listings name the credential GitHub
+/// refuses, and since when, until a start tries it afresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listings_name_a_refused_credential_that_holds_untried_dispatches() {
+    let mut app = spawn_app_with(
+        TEST_HEAD,
+        PLAIN_ROUTE,
+        &[("RELAY_ADMIN_TOKEN", "admin-secret")],
+    )
+    .await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::BadCredentials]);
+    let asked_at_ms = dispatch_relay::clock::now_ms();
+    assert_eq!(app.post("cms", r#"{"n":1}"#).await.status(), 202);
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 1 && list[0]["targets"][0]["attempts"].as_u64() == Some(1)
+    })
+    .await;
+    assert_eq!(app.post("cms", r#"{"n":2}"#).await.status(), 202);
+    let page = admin_page(&app).await;
+    let untried = &page["deliveries"][0];
+    assert_eq!(untried["targets"][0]["attempts"], 0, "{page}");
+    assert_eq!(untried["targets"][0]["last_error"], Value::Null, "{page}");
+    let refused = page["refused_credentials"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{page}");
+    assert_eq!(refused[0]["credential"], "token", "{page}");
+    let since_ms = refused[0]["since_ms"].as_i64().unwrap();
+    assert!(
+        (asked_at_ms..=dispatch_relay::clock::now_ms()).contains(&since_ms),
+        "{page}"
+    );
+    let listing = app.cli(&["deliveries"]);
+    let note = String::from_utf8_lossy(&listing.stderr);
+    assert!(
+        note.contains(&format!(
+            "GitHub refuses the credential token (since {}): its dispatches are held",
+            dispatch_relay::clock::rfc3339(since_ms)
+        )),
+        "{note}"
+    );
+    assert!(!note.contains(TOKEN), "{note}");
+    // A start tries the credential afresh (the fake accepts it now), so
+    // the store no longer says it is refused.
+    app.restart();
+    assert_eq!(admin_page(&app).await["refused_credentials"], json!([]));
+    // The dispatch that was held goes at once; the refused one waits out
+    // its minute.
+    app.wait_for_deliveries(WAIT, |list| {
+        list.len() == 2 && list[0]["status"] == "delivered"
+    })
+    .await;
+    let note = String::from_utf8_lossy(&app.cli(&["deliveries"]).stderr).into_owned();
+    assert!(!note.contains("refuses the credential"), "{note}");
+}
+
+/// The first page of the admin API's listing.
+async fn admin_page(app: &crate::helpers::TestApp) -> Value {
+    app.http
+        .get(app.url("/admin/deliveries"))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Posts one signed webhook whose first dispatch the test scripted to be
 /// refused, and returns how long the relay waited before the second.
 async fn wait_between_two_attempts(app: &crate::helpers::TestApp) -> Duration {
@@ -556,17 +625,9 @@ async fn a_rate_limit_pause_says_until_when() {
         Some(until),
         "{note}"
     );
-    let page: Value = app
-        .http
-        .get(app.url("/admin/deliveries"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = admin_page(&app).await;
     assert_eq!(page["paused_until_ms"], until, "{page}");
+    assert_eq!(page["refused_credentials"], json!([]), "{page}");
     assert_eq!(page["deliveries"][0]["targets"][0]["status"], "pending");
 }
 
