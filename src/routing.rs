@@ -255,7 +255,8 @@ pub enum LimitError {
     RepoNotAllowed {
         /// The rendered repository.
         repo: String,
-        /// The patterns, comma-separated.
+        /// The patterns, comma-separated, as written in routes.yaml where a
+        /// `${VAR}` filled one in.
         allowed: String,
     },
 }
@@ -406,7 +407,7 @@ pub fn plan(route: &Route, ctx: &Context) -> Result<Plan, RoutingError> {
             RepoSpec::Static(repo) => repo.clone(),
             RepoSpec::Templated(template) => {
                 let repo = present(template, Field::Repo)?;
-                check_templated_repo(&repo, &route.allowed_repos)
+                check_templated_repo(&repo, &route.allowed_repos, &route.allowed_repos_as_written)
                     .map_err(limit_err(Field::Repo))?;
                 repo
             }
@@ -740,15 +741,20 @@ fn ends_in_dot_git(name: &str) -> bool {
     bytes.len() >= 4 && bytes[bytes.len() - 4..].eq_ignore_ascii_case(b".git")
 }
 
-/// Checks a rendered repository against the route's `allowed_repos`.
-pub fn check_templated_repo(repo: &str, allowed: &[String]) -> Result<(), LimitError> {
+/// Checks a rendered repository against the route's `allowed_repos`;
+/// a refusal names them as `as_written`.
+pub fn check_templated_repo(
+    repo: &str,
+    allowed: &[String],
+    as_written: &str,
+) -> Result<(), LimitError> {
     check_repo(repo)?;
     if allowed.iter().any(|pattern| repo_matches(pattern, repo)) {
         return Ok(());
     }
     Err(LimitError::RepoNotAllowed {
         repo: repo.to_owned(),
-        allowed: allowed.join(", "),
+        allowed: as_written.to_owned(),
     })
 }
 

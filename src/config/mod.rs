@@ -211,6 +211,10 @@ pub struct Route {
     pub dispatch: Vec<Target>,
     /// Patterns a templated `repo` must match, such as `acme/*`.
     pub allowed_repos: Vec<String>,
+    /// The patterns as a `422` names them to the sender: comma-separated,
+    /// with what a `${VAR}` put into one written as the variable again,
+    /// since it may hold a secret.
+    pub allowed_repos_as_written: String,
     /// The body limit in bytes.
     pub max_body: u64,
     /// Source addresses allowed to call the route; empty allows all.

@@ -118,6 +118,27 @@ impl Report<'_> {
         Some((text, &values[0].0))
     }
 
+    /// The strings of the list at `path`, comma-separated, with what a
+    /// variable put into each written as the variable again: for a message
+    /// that quotes the list to whoever sent a webhook.
+    fn as_written(&self, path: &Path, list: &[String]) -> String {
+        let shown: Vec<String> = list
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let filled = self.substituted.get(&path.index(index).to_string());
+                filled
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, value)| !value.is_empty())
+                    .fold(text.clone(), |text, (name, value)| {
+                        text.replace(value.as_str(), &format!("${{{name}}}"))
+                    })
+            })
+            .collect();
+        shown.join(", ")
+    }
+
     /// An error in a template or a `when` expression at `path`. Such a
     /// value is code, and a variable in it is pasted in as code: when the
     /// message is withheld, it says how to write the variable as text.
@@ -2192,6 +2213,7 @@ fn route(
         rate_limit,
         when,
         dispatch,
+        allowed_repos_as_written: report.as_written(&path.key("allowed_repos"), &raw.allowed_repos),
         allowed_repos: raw.allowed_repos,
         max_body: max_body?,
         source_ips: source_ips?,

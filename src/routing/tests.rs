@@ -667,3 +667,44 @@ fn a_limit_broken_by_a_value_a_variable_filled_in_does_not_quote_it() {
     );
     assert!(quoted(json!({"owner": "acme", "kind": " "})).contains(r#"" ""#));
 }
+
+/// `allowed_repos` is quoted to the sender when a repository falls outside
+/// it; a pattern a `${VAR}` filled in is quoted as written in the file, so
+/// that the refusal says which patterns apply without what the variable
+/// holds.
+#[test]
+fn allowed_repos_filled_in_by_a_variable_are_named_as_written() {
+    let routes = r#"
+  - id: r
+    verify: none
+    allowed_repos: ["acme/site-*", "${ORG}/*", "${ORG}-${TEAM}/x-*"]
+    dispatch:
+      - repo: "acme/{{ body.name }}"
+        event_type: e
+"#;
+    let text = format!("github:\n  token: t\nroutes:\n{routes}");
+    let env = |name: &str| match name {
+        "ORG" => Some("sEcReT-org".to_owned()),
+        "TEAM" => Some("sEcReT-team".to_owned()),
+        _ => None,
+    };
+    let config = config::load("routes.yaml", &text, &env).unwrap().config;
+    let route = &config.routes[0];
+    let message = plan(route, &ctx(json!({"name": "other"})))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        message,
+        "target 0: repo `acme/other` is not in the route's allowed_repos (acme/site-*, ${ORG}/*, ${ORG}-${TEAM}/x-*)"
+    );
+    // The patterns are still matched as filled in.
+    assert!(plan(route, &ctx(json!({"name": "site-a"}))).is_ok());
+    let filled = config::load(
+        "routes.yaml",
+        &text.replace("acme/{{ body.name }}", "sEcReT-org/{{ body.name }}"),
+        &env,
+    )
+    .unwrap()
+    .config;
+    assert!(plan(&filled.routes[0], &ctx(json!({"name": "a"}))).is_ok());
+}
