@@ -242,7 +242,7 @@ fn truncate(text: &str) -> String {
 }
 
 /// The rules of the AWS validators for `SigningCertURL`: https, a host of
-/// the form `sns.<region>.amazonaws.com` (or `.com.cn`), a path ending in
+/// the form `sns.<region>.amazonaws.com` (or `.com.cn`), a URL ending in
 /// `.pem`. Without the host rule any S3 bucket on amazonaws.com would do.
 pub fn check_cert_url(text: &str) -> Result<(), SnsRefusal> {
     let url = url::Url::parse(text).map_err(|_| SnsRefusal::CertUrl("is not a URL"))?;
@@ -267,7 +267,9 @@ pub fn check_cert_url(text: &str) -> Result<(), SnsRefusal> {
     if !region_ok {
         return Err(SnsRefusal::CertUrl("is not on sns.<region>.amazonaws.com"));
     }
-    if !url.path().ends_with(".pem") {
+    // The whole URL must end in `.pem`, as AWS's validators check it: a
+    // query or a fragment after the path's `.pem` is refused too.
+    if !url.path().ends_with(".pem") || url.query().is_some() || url.fragment().is_some() {
         return Err(SnsRefusal::CertUrl("does not end in .pem"));
     }
     Ok(())

@@ -419,6 +419,10 @@ fn cert_urls_off_amazon_or_over_http_are_refused() {
         "https://sns.eu-west-1.amazonaws.com.evil.example/cert.pem",
         "https://sns.eu.amazonaws.com/x.pem",
         "https://sns.eu-west-1.amazonaws.com/cert.txt",
+        // AWS's validators look at the whole URL, not its path.
+        "https://sns.eu-west-1.amazonaws.com/x.pem?y=1",
+        "https://sns.eu-west-1.amazonaws.com/x.pem#frag",
+        "https://sns.eu-west-1.amazonaws.com/x.pem?",
         "https://user:pw@sns.eu-west-1.amazonaws.com/cert.pem",
         "not a url",
     ] {
