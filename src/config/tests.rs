@@ -2099,3 +2099,24 @@ fn a_quote_left_open_mid_file_is_placed_where_it_opens() {
     assert_eq!(errors[0].line, 13, "{errors:?}");
     assert!(!errors[0].message.contains("quoted value"), "{errors:?}");
 }
+
+#[test]
+fn a_variable_in_a_route_id_is_warned_about_as_public() {
+    let text = "github:\n  token: t\nroutes:\n  - id: \"raw/${PATH_TOKEN}\"\n    verify: none\n    dispatch:\n      - repo: acme/a\n        event_type: deploy\n";
+    let env = |name: &str| (name == "PATH_TOKEN").then(|| "hush-hush".to_owned());
+    let loaded = load("routes.yaml", text, &env).unwrap();
+    let id_warnings: Vec<_> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.path == "routes[0].id")
+        .collect();
+    assert_eq!(id_warnings.len(), 1, "{:?}", loaded.warnings);
+    let message = &id_warnings[0].message;
+    assert!(message.starts_with("a route id is public"), "{message}");
+    assert!(message.contains("`${PATH_TOKEN}`"), "{message}");
+    assert!(!message.contains("hush-hush"), "{message}");
+    assert_eq!(loaded.config.routes[0].id, "raw/hush-hush");
+    // A route id written out in full is not.
+    let plain = load_ok(&text.replace("raw/${PATH_TOKEN}", "raw/plain")).warnings;
+    assert!(plain.iter().all(|w| w.path != "routes[0].id"), "{plain:?}");
+}

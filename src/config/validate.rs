@@ -2093,6 +2093,21 @@ fn routes(
                 }
             },
         }
+        let id_path = route_path.key("id");
+        if let Some(filled) = report.substituted.get(&id_path.to_string()) {
+            // A URL path made secret by a variable is not kept secret: the
+            // id is a label and a suggestion wherever the relay names a
+            // route, to anyone who can read `/metrics`.
+            let names: Vec<String> = filled
+                .iter()
+                .map(|(name, _)| format!("`${{{name}}}`"))
+                .collect();
+            let message = format!(
+                "a route id is public: it shows in /metrics, the log, the listings and a 404's \"did you mean\"; if {} holds a secret, authenticate the route with `verify` instead",
+                names.join(", ")
+            );
+            report.warn(&id_path, message);
+        }
         match route(report, builder, raw, &route_path, &left_out, body_limits) {
             Some(route) => routes.push(route),
             None => ok = false,
