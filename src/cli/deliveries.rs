@@ -18,10 +18,16 @@ fn store_location(config_path: &Path) -> Result<std::path::PathBuf, CliError> {
     // RELAY_DATABASE_URL wins over the file, so the file's value (and any
     // variable it needs) only matters without it.
     let from_env = super::process_setting("RELAY_DATABASE_URL").is_some();
-    let configured = match super::read_config_text(config_path) {
-        Ok(text) if !from_env => config::store_url(&text, &super::process_env)
-            .map_err(|e| invalid(anyhow::anyhow!("{}: {e}", config_path.display())))?,
-        _ => None,
+    let configured = if from_env {
+        None
+    } else {
+        // A file that cannot be read is said to be so: falling back to the
+        // default store beside it would list another store, or none.
+        let bytes =
+            super::read_config_bytes(config_path).map_err(|e| invalid(anyhow::anyhow!(e)))?;
+        let text = super::decode_config(config_path, bytes).map_err(CliError::Config)?;
+        config::store_url(&text, &super::process_env)
+            .map_err(|e| invalid(anyhow::anyhow!("{}: {e}", config_path.display())))?
     };
     store_path(config_path, configured.as_deref())
 }

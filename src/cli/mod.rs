@@ -339,6 +339,20 @@ pub fn open_existing_store(path: &Path) -> Result<Store, CliError> {
             path.display()
         )));
     }
+    // Opening either would make it a new, empty store, which the
+    // inspection commands never do: `serve` says what a 0-byte file means.
+    if path.is_dir() {
+        return Err(invalid(anyhow::anyhow!(
+            "the store's path {} is a directory; name the store file in it",
+            path.display()
+        )));
+    }
+    if std::fs::metadata(path).is_ok_and(|file| file.len() == 0) {
+        return Err(invalid(anyhow::anyhow!(
+            "the store file {} is empty (0 bytes), as a failed restore or a truncation leaves it: restore it from a backup (`serve` would start a new, empty store in it)",
+            path.display()
+        )));
+    }
     Store::open_beside_relay(path).map_err(runtime)
 }
 

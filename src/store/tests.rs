@@ -2001,3 +2001,24 @@ async fn a_refused_credential_is_kept_from_its_first_refusal_until_accepted_or_a
     store.release_all_leases(900_000).await.unwrap();
     assert_eq!(store.refused_credentials().await.unwrap(), []);
 }
+
+/// `deliveries` reads, then closes its store beside a relay that may hold
+/// the write lock: closing commits nothing, so it neither waits for the
+/// lock nor says the store refused a commit.
+#[tokio::test]
+async fn closing_a_store_that_only_read_commits_nothing() {
+    let (dir, store) = open();
+    store.accept(delivery("d1", None, 1)).await.unwrap();
+    store.close().await;
+    let path = dir.path().join("t.db");
+    let inspection = Store::open_beside_relay(&path).unwrap();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    inspection.observe_commits(Box::new(move |commit| seen.lock().unwrap().push(*commit)));
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    assert!(inspection.get("d1").await.unwrap().is_some());
+    inspection.close().await;
+    assert_eq!(reports.lock().unwrap().len(), 0);
+    other.execute_batch("COMMIT").unwrap();
+}

@@ -865,3 +865,38 @@ fn a_mistyped_log_setting_is_named() {
     let (_, _, stderr) = run(dir.path(), &["check"], &[("RUST_LOG", "info")]);
     assert!(!stderr.contains("RUST_LOG"), "{stderr}");
 }
+
+/// The inspection commands never list another store than the one meant,
+/// nor make a new one: a configuration they cannot read, a store file left
+/// empty and a directory where the store should be are each said as such,
+/// and the file is left as it was.
+#[test]
+fn the_inspection_commands_refuse_what_would_list_another_store() {
+    let dir =
+        dir_with_routes("github:\n  token: t\nstore:\n  url: sqlite:data/relay.db\nroutes: []\n");
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    // A default store beside a mistyped path is not the configured one.
+    std::fs::write(dir.path().join("dispatch-relay.db"), b"").unwrap();
+    let (code, _, stderr) = run(dir.path(), &["deliveries", "--config", "routes.yml"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot read routes.yml"), "{stderr}");
+
+    let store = dir.path().join("data/relay.db");
+    std::fs::write(&store, b"").unwrap();
+    for args in [&["deliveries"][..], &["redeliver", "--failed"]] {
+        let (code, _, stderr) = run(dir.path(), args, &[]);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("data/relay.db is empty (0 bytes)"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(std::fs::metadata(&store).unwrap().len(), 0);
+    assert!(!dir.path().join("data/relay.db-wal").exists());
+
+    std::fs::remove_file(&store).unwrap();
+    std::fs::create_dir(&store).unwrap();
+    let (code, _, stderr) = run(dir.path(), &["deliveries"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is a directory"), "{stderr}");
+}
