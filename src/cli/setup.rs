@@ -258,11 +258,20 @@ async fn finish(
     // code: what failed here is fetching its key, not creating it.
     let app = manifest::convert(client, code).await.map_err(|e| Failure {
         title: "The App's key could not be fetched".to_owned(),
-        detail: format!(
-            "{e}. GitHub created the App before sending you back; delete it from your GitHub \
-             settings (Developer settings, GitHub Apps) and run `dispatch-relay setup github-app` \
-             again, or generate a private key on its settings page and configure it by hand."
-        ),
+        detail: match e {
+            // Nothing was asked of GitHub, so whether it created an App is
+            // not known.
+            manifest::ConversionError::NotACode => format!(
+                "{e}. Nothing was asked of GitHub. Run `dispatch-relay setup github-app` again; \
+                 if GitHub did create an App, delete it from your GitHub settings (Developer \
+                 settings, GitHub Apps) first."
+            ),
+            e => format!(
+                "{e}. GitHub created the App before sending you back; delete it from your GitHub \
+                 settings (Developer settings, GitHub Apps) and run `dispatch-relay setup github-app` \
+                 again, or generate a private key on its settings page and configure it by hand."
+            ),
+        },
         created_slug: None,
     })?;
     if let Err(e) = write_key(key_file, &app.pem, force) {
@@ -422,6 +431,11 @@ fn write_key(path: &Path, pem: &Secret, force: bool) -> anyhow::Result<()> {
 
 fn bind(listen: Option<&str>) -> Result<SetupListener, CliError> {
     match listen {
+        // A flag that names no address is the user's to fix (exit 1), as
+        // `serve --listen` says; only one that cannot be bound is exit 2.
+        Some(addr) if !crate::config::is_listen_address(addr) => Err(super::invalid(anyhow!(
+            "--listen: `{addr}` is not an address to listen on; write `host:port`, such as `127.0.0.1:3000`"
+        ))),
         Some(addr) => {
             SetupListener::bind(addr).map_err(|e| runtime(anyhow!("cannot listen on {addr}: {e}")))
         }

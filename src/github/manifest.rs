@@ -140,6 +140,10 @@ pub enum ConversionError {
         "GitHub does not know this code (404): it was already used, or it is more than an hour old"
     )]
     UnknownCode,
+    #[error(
+        "the callback's code is not one GitHub gives (letters and digits): the address was changed on its way back"
+    )]
+    NotACode,
     #[error("GitHub refused the code ({status}): {message}")]
     Refused { status: u16, message: String },
     #[error(transparent)]
@@ -165,7 +169,7 @@ pub async fn convert(client: &GitHubClient, code: &str) -> Result<CreatedApp, Co
     // GitHub's codes are letters and digits; anything else (`..` would
     // change the request's path) is not one.
     if code.is_empty() || !code.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(ConversionError::UnknownCode);
+        return Err(ConversionError::NotACode);
     }
     let path = format!(
         "/app-manifests/{}/conversions",

@@ -380,6 +380,52 @@ async fn an_unknown_code_fails_with_a_clear_page_and_exit_2() {
     assert_eq!(github.violations(), Vec::<String>::new());
 }
 
+/// A code GitHub never gives (changed on its way back) is not sent to
+/// GitHub, and the page does not claim GitHub answered anything.
+#[tokio::test]
+async fn a_code_that_is_not_one_is_refused_without_asking_github() {
+    let github = FakeGitHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::start(&github, dir.path(), &[]);
+    let (_, state) = page_state(&setup.url).await;
+    let answer = crate::helpers::get(format!("{}callback?code=abc-def&state={state}", setup.base))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 502);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("not one GitHub gives"), "{text}");
+    assert!(text.contains("Nothing was asked of GitHub"), "{text}");
+    assert!(!text.contains("(404)"), "{text}");
+    assert_eq!(setup.wait_exit(Duration::from_secs(20)).code(), Some(2));
+    assert!(github.requests_of(CONVERSION).is_empty());
+    assert!(!setup.key_file.exists());
+}
+
+/// `--listen` that names no address is the user's to fix: exit 1, before
+/// anything starts.
+#[tokio::test]
+async fn a_listen_flag_that_is_no_address_exits_1() {
+    let github = FakeGitHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for listen in ["127.0.0.1", "127.0.0.1:99999"] {
+        let output = relay_command()
+            .args(["setup", "github-app", "--listen", listen])
+            .current_dir(dir.path())
+            .env("GITHUB_API_URL", github.url())
+            .env("GITHUB_WEB_URL", github.url())
+            .env_remove("RELAY_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{listen}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("is not an address to listen on"),
+            "{stderr}"
+        );
+    }
+    assert!(github.requests().is_empty());
+}
+
 #[tokio::test]
 async fn an_existing_key_file_is_refused_before_anything_starts() {
     let github = FakeGitHub::start().await;
