@@ -32,19 +32,23 @@ pub enum Redelivered {
     StillFailing(String),
 }
 
-/// Redelivers one delivery; `None` when it is not (or no longer) failed.
+/// Redelivers one delivery, with its route; `None` when it is not (or no
+/// longer) failed.
 pub async fn redeliver_one(
     store: &Store,
     config: &Config,
     id: &str,
-) -> Result<Option<Redelivered>, StoreError> {
+) -> Result<Option<(String, Redelivered)>, StoreError> {
     let found = store
         .failed_deliveries(None, None, Some(id.to_string()))
         .await?;
-    match found.into_iter().next() {
-        Some(delivery) => redeliver(store, config, delivery).await,
-        None => Ok(None),
-    }
+    let Some(delivery) = found.into_iter().next() else {
+        return Ok(None);
+    };
+    let route = delivery.route.clone();
+    Ok(redeliver(store, config, delivery)
+        .await?
+        .map(|outcome| (route, outcome)))
 }
 
 /// Redelivers a failed delivery found by [`Store::failed_deliveries`].

@@ -98,8 +98,14 @@ pub async fn list(
     store.close().await;
     if let Some(unknown) = unknown {
         if deliveries.is_empty() {
+            // With `--status`, the store may hold others of it.
+            let matching = if status.is_some() {
+                " that matches"
+            } else {
+                ""
+            };
             return Err(invalid(anyhow::anyhow!(
-                "{unknown}, and the store holds no delivery of it"
+                "{unknown}, and the store holds no delivery of it{matching}"
             )));
         }
         eprintln!("Note: {unknown}; listing the deliveries the store holds of it.");

@@ -266,13 +266,14 @@ pub async fn redeliver(
         .await
         .map_err(|e| store_unavailable("redeliver a delivery", &e))?;
     match outcome {
-        Some(
+        Some((
+            route,
             outcome @ (Redelivered::Requeued
             | Redelivered::Rerendered
             | Redelivered::RequeuedAsRendered { .. }),
-        ) => {
+        )) => {
             state.dispatcher.wake();
-            tracing::info!(delivery_id = %id, "Redelivery requested through the admin API");
+            tracing::info!(delivery_id = %id, route, "Redelivery requested through the admin API");
             // Set when the route's targets changed since the webhook came,
             // so its failed jobs went as first rendered, and those whose
             // targets left the route stayed failed.
@@ -287,7 +288,7 @@ pub async fn redeliver(
                 "left_failed": dropped.unwrap_or(0),
             })))
         }
-        Some(Redelivered::StillFailing(reason)) => Err(IngressError::Unprocessable(reason)),
+        Some((_, Redelivered::StillFailing(reason))) => Err(IngressError::Unprocessable(reason)),
         // Nothing was requeued: either there is no such delivery, or it is
         // not failed.
         None => match state.store.get(&id).await {

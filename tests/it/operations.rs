@@ -249,6 +249,7 @@ async fn the_admin_api_lists_shows_and_redelivers_once() {
         .wait_for_log(|l| l.contains("Redelivery requested through the admin API"))
         .await;
     assert!(line.contains(&id), "{line}");
+    assert!(line.contains("\"route\":\"cms\""), "{line}");
     app.github.wait_for_dispatches(1, WAIT).await;
     app.wait_for_deliveries(WAIT, |l| l[0]["status"] == "delivered")
         .await;
