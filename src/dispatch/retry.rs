@@ -108,6 +108,14 @@ pub enum Action {
     Fail {
         reason: String,
     },
+    /// GitHub refuses the credential, and holding the job another
+    /// [`REFUSED_CREDENTIAL_WAIT`] would pass `give_up_after`: the job
+    /// fails, but the credential's queue is still held, as for every
+    /// refusal, so that the dispatches behind it are not sent with the
+    /// refused credential at once.
+    GiveUpRefused {
+        reason: String,
+    },
     /// Send again after `wait`: with the same App token when it is only
     /// seconds old and may merely not have reached every GitHub server yet
     /// (replication lag), else (`renew`) with a newly minted one.
@@ -389,7 +397,7 @@ const LOGIN_LIMIT_MESSAGE: &str = "Maximum number of login attempts exceeded";
 fn credential_refused(lead: &str, history: History, policy: &RetryConfig) -> Action {
     let wait = REFUSED_CREDENTIAL_WAIT;
     if history.age + wait > policy.give_up_after {
-        return Action::Fail {
+        return Action::GiveUpRefused {
             reason: format!("{lead}; held until retry.give_up_after, giving up"),
         };
     }
@@ -1234,7 +1242,8 @@ mod tests {
 
     /// A refused credential holds the job, never counting the refusal
     /// against `max_attempts`, until waiting once more would pass
-    /// `give_up_after`: then the job fails, saying why.
+    /// `give_up_after`: then the job fails, saying why, and still holds
+    /// the others (the worker pauses the credential for it).
     #[test]
     fn a_refused_credential_holds_its_queue_until_give_up_after() {
         let unauthorized = answer(401, "Bad credentials", RateHeaders::default());
@@ -1264,7 +1273,7 @@ mod tests {
         assert_eq!(retry_parts(&at(last, 0)), held);
         assert_eq!(
             at(last + Duration::from_secs(1), 0),
-            Action::Fail {
+            Action::GiveUpRefused {
                 reason: format!("{BAD_CREDENTIALS}; held until retry.give_up_after, giving up")
             }
         );

@@ -1029,7 +1029,8 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
             Action::Retry {
                 credential_refused: true,
                 ..
-            } => {
+            }
+            | Action::GiveUpRefused { .. } => {
                 let label = self.credentials.label(&job.repo);
                 refused.insert(label.clone());
                 Some(CredentialChange::Refused(label))
@@ -1089,6 +1090,20 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
                     not_before_ms: stated_wait
                         .map(|wait| now.saturating_add(clock::duration_ms(wait))),
                     counts_as_failure: *counts_as_failure,
+                }
+            }
+            Action::GiveUpRefused { reason } => {
+                self.metrics.dispatch(&job.route, DispatchOutcome::Failed);
+                self.metrics
+                    .github_credential_refused(&self.credentials.label(&job.repo), true);
+                // The job gives up, the refusal stays the credential's:
+                // the dispatches behind it wait their minute as for any
+                // refusal, rather than all going with it at once.
+                self.pacer.pause(retry::REFUSED_CREDENTIAL_WAIT);
+                tracing::error!(reason = %reason, status, "Dispatch failed for good");
+                self.alert(job, reason, false);
+                JobNext::Failed {
+                    reason: reason.clone(),
                 }
             }
             Action::Fail { reason }

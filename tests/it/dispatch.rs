@@ -576,6 +576,49 @@ async fn a_rate_limit_holds_the_credential_back_even_when_its_job_gives_up() {
     assert!(gap >= Duration::from_millis(2_900), "sent after {gap:?}");
 }
 
+/// A refused credential is the credential's, whatever becomes of the job
+/// that found it: a job that gives up (holding it another minute would
+/// pass give_up_after) still holds the others back, so that they are not
+/// all sent with the refused credential at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_credential_holds_the_queue_even_when_its_job_gives_up() {
+    let head = TEST_HEAD.replace("retry:\n", "retry:\n  give_up_after: 30s\n");
+    assert_ne!(head, TEST_HEAD);
+    let app = spawn_app_with(&head, PLAIN_ROUTE, &[]).await;
+    app.github
+        .push_responses("acme/blog", vec![Scripted::BadCredentials]);
+    assert_eq!(app.post("cms", r#"{"n":1}"#).await.status(), 202);
+    app.wait_for_one_failed_delivery().await;
+    let list = app.deliveries(&[]);
+    assert!(
+        list[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("held until retry.give_up_after, giving up"),
+        "{list:?}"
+    );
+    let metrics = app.metrics().await;
+    let series = r#"dispatch_relay_github_credential_refused{credential="token"} 1"#;
+    assert!(metrics.contains(series), "{metrics}");
+    let note = String::from_utf8_lossy(&app.cli(&["deliveries"]).stderr).into_owned();
+    assert!(
+        note.contains("GitHub refuses the credential token"),
+        "{note}"
+    );
+
+    // Sent at once before: the next dispatch waits for the credential's
+    // minute. Watched for two seconds, many times what sending takes.
+    assert_eq!(app.post("cms", r#"{"n":2}"#).await.status(), 202);
+    let watch_until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < watch_until {
+        assert_eq!(app.github.dispatch_attempts().len(), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list = app.deliveries(&[]);
+    assert_eq!(status_of(&list[0]), "pending", "{list:?}");
+    assert_eq!(list[0]["targets"][0]["attempts"], 0, "{list:?}");
+}
+
 /// While GitHub's rate limit holds every dispatch back, an operator can
 /// see until when: in `/metrics`, in `deliveries` and in the admin API.
 #[tokio::test(flavor = "multi_thread")]
