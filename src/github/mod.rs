@@ -391,6 +391,23 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// The wait a `retry-after` states, in seconds: GitHub writes seconds, and
+/// RFC 9110 also allows an HTTP-date, which a proxy or a GitHub Enterprise
+/// Server's front may send. A date is counted from the answer's own `date`
+/// where it has one, so that a clock set apart from the server's does not
+/// change the wait; one already past is no wait.
+fn retry_after_secs(value: Option<&str>, date: Option<&str>, now_epoch_secs: u64) -> Option<u64> {
+    let value = value?.trim();
+    if let Ok(secs) = value.parse() {
+        return Some(secs);
+    }
+    let until = crate::clock::parse_http_date(value)?;
+    let now = date
+        .and_then(crate::clock::parse_http_date)
+        .unwrap_or_else(|| i64::try_from(now_epoch_secs).unwrap_or(i64::MAX));
+    Some(u64::try_from(until.saturating_sub(now)).unwrap_or(0))
+}
+
 /// Reads an answer. `sent` is the credential the request carried: a proxy
 /// that quotes the request in its error page would otherwise carry it into
 /// the log, the store and alerts, so it is taken out of the text first.
@@ -410,8 +427,12 @@ async fn read_answer(
         .headers()
         .get(reqwest::header::DATE)
         .and_then(|v| v.to_str().ok());
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok());
     let rate = RateHeaders {
-        retry_after_secs: header("retry-after"),
+        retry_after_secs: retry_after_secs(retry_after, date, crate::clock::now_epoch_secs()),
         remaining: header("x-ratelimit-remaining"),
         limit: header("x-ratelimit-limit"),
         reset_epoch_secs: header("x-ratelimit-reset"),
@@ -603,6 +624,36 @@ pub use app::{CredentialError, Credentials, IssuedToken, Scope};
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_a_date() {
+        use super::retry_after_secs;
+        let date = Some("Tue, 24 Nov 2026 10:00:00 GMT");
+        // 2026-11-24T10:00:00Z.
+        let now = 1_795_514_400;
+        let cases = [
+            (Some("7"), None, Some(7)),
+            (Some(" 30 "), date, Some(30)),
+            (None, date, None),
+            (Some("soon"), date, None),
+            // Counted from the answer's date, whatever this clock says.
+            (Some("Tue, 24 Nov 2026 10:00:10 GMT"), date, Some(10)),
+            (Some("Tue, 24 Nov 2026 10:00:10 GMT"), None, Some(10)),
+            (Some("Tue, 24 Nov 2026 09:59:00 GMT"), date, Some(0)),
+        ];
+        for (value, date, wanted) in cases {
+            assert_eq!(
+                retry_after_secs(value, date, now),
+                wanted,
+                "{value:?} {date:?}"
+            );
+        }
+        let skewed = now + 3_600;
+        assert_eq!(
+            retry_after_secs(Some("Tue, 24 Nov 2026 10:00:10 GMT"), date, skewed),
+            Some(10)
+        );
+    }
+
     use super::{classic_token_not_found, github_message, plain_message, sso_authorization_url};
 
     #[test]
