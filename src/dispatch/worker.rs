@@ -162,7 +162,7 @@ impl PauseCause {
         match self {
             PauseCause::RateLimited => "GitHub answered with a rate limit",
             PauseCause::Spent => {
-                "GitHub's rate limit for this credential is spent: a delivered dispatch said x-ratelimit-remaining: 0"
+                "GitHub's rate limit for this credential is spent: an answer to a dispatch said x-ratelimit-remaining: 0"
             }
         }
     }
