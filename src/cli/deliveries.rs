@@ -87,12 +87,7 @@ pub async fn list(
         })
         .await
         .map_err(runtime)?;
-    let paused_until_ms = store
-        .pause_until_ms()
-        .await
-        .map_err(runtime)?
-        .filter(|&until| until > now_ms());
-    let refused = store.refused_credentials().await.map_err(runtime)?;
+    let holds = store.holds(now_ms()).await.map_err(runtime)?;
     // Closed before printing: the last connection to close checkpoints the
     // WAL and removes it, which a stopped relay's store should not keep.
     store.close().await;
@@ -118,7 +113,7 @@ pub async fn list(
             "Listed the latest {limit}; more match: raise --limit (the admin API pages through all)."
         );
     }
-    if let Some(until) = paused_until_ms {
+    if let Some(until) = holds.paused_until_ms {
         // On stderr: a note about the queue, not a row of the listing,
         // which `--json` keeps a plain array of deliveries.
         eprintln!(
@@ -127,9 +122,7 @@ pub async fn list(
             (until - now_ms() + 999) / 1000
         );
     }
-    for credential in &refused {
-        // A dispatch waiting for a credential GitHub refuses has no attempt
-        // of its own to say why it waits.
+    for credential in &holds.refused_credentials {
         eprintln!(
             "GitHub refuses the credential {} (since {}): its dispatches are held, and one is tried again each minute until a new one is in place.",
             credential.credential,

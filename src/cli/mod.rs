@@ -326,32 +326,35 @@ pub fn store_path(config_path: &Path, configured: Option<&str>) -> Result<PathBu
 
 /// Opens an existing store for the inspection commands.
 pub fn open_existing_store(path: &Path) -> Result<Store, CliError> {
-    if !path.exists() {
-        // When the path came from the file, serve may have been given
-        // another one in its environment.
-        let hint = if process_setting("RELAY_DATABASE_URL").is_some() {
-            ""
-        } else {
-            "; if serve's store is set by RELAY_DATABASE_URL, set it here too"
-        };
-        return Err(invalid(anyhow::anyhow!(
-            "no store at {} (has `dispatch-relay serve` run with this configuration?{hint})",
-            path.display()
-        )));
-    }
-    // Opening either would make it a new, empty store, which the
-    // inspection commands never do: `serve` says what a 0-byte file means.
-    if path.is_dir() {
-        return Err(invalid(anyhow::anyhow!(
+    let problem = match std::fs::metadata(path) {
+        Err(_) => {
+            // When the path came from the file, serve may have been given
+            // another one in its environment.
+            let hint = if process_setting("RELAY_DATABASE_URL").is_some() {
+                ""
+            } else {
+                "; if serve's store is set by RELAY_DATABASE_URL, set it here too"
+            };
+            Some(format!(
+                "no store at {} (has `dispatch-relay serve` run with this configuration?{hint})",
+                path.display()
+            ))
+        }
+        // Opening either would make it a new, empty store, which the
+        // inspection commands never do: `serve` says what a 0-byte file
+        // means.
+        Ok(found) if found.is_dir() => Some(format!(
             "the store's path {} is a directory; name the store file in it",
             path.display()
-        )));
-    }
-    if std::fs::metadata(path).is_ok_and(|file| file.len() == 0) {
-        return Err(invalid(anyhow::anyhow!(
+        )),
+        Ok(found) if found.len() == 0 => Some(format!(
             "the store file {} is empty (0 bytes), as a failed restore or a truncation leaves it: restore it from a backup (`serve` would start a new, empty store in it)",
             path.display()
-        )));
+        )),
+        Ok(_) => None,
+    };
+    if let Some(problem) = problem {
+        return Err(invalid(anyhow::anyhow!(problem)));
     }
     Store::open_beside_relay(path).map_err(runtime)
 }

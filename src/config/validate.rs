@@ -87,6 +87,16 @@ struct Report<'a> {
     unfilled: BTreeSet<String>,
 }
 
+/// The variables of what the environment put into a value (see
+/// [`Found::substituted`]), as a message names them: `` `${A}`, `${B}` ``.
+fn variable_names(values: &[(String, String)]) -> String {
+    let names: Vec<String> = values
+        .iter()
+        .map(|(name, _)| format!("`${{{name}}}`"))
+        .collect();
+    names.join(", ")
+}
+
 impl Report<'_> {
     /// `message`, about the value at `path`, unless it quotes what a
     /// variable put there: then a message that names the variables instead.
@@ -107,13 +117,9 @@ impl Report<'_> {
         if !values.iter().any(|(_, value)| quotes(message, value)) {
             return None;
         }
-        let names: Vec<String> = values
-            .iter()
-            .map(|(name, _)| format!("`${{{name}}}`"))
-            .collect();
         let text = format!(
             "is invalid once {} is filled in; the details would quote what the variable holds, so they are left out",
-            names.join(", ")
+            variable_names(values)
         );
         Some((text, &values[0].0))
     }
@@ -2098,13 +2104,9 @@ fn routes(
             // A URL path made secret by a variable is not kept secret: the
             // id is a label and a suggestion wherever the relay names a
             // route, to anyone who can read `/metrics`.
-            let names: Vec<String> = filled
-                .iter()
-                .map(|(name, _)| format!("`${{{name}}}`"))
-                .collect();
             let message = format!(
                 "a route id is public: it shows in /metrics, the log, the listings and a 404's \"did you mean\"; if {} holds a secret, authenticate the route with `verify` instead",
-                names.join(", ")
+                variable_names(filled)
             );
             report.warn(&id_path, message);
         }

@@ -1005,7 +1005,7 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
         {
             detail.push_str(HELD_FOR_CREDENTIAL);
         }
-        let credential = self.credential_change(job, &action);
+        let credential = self.note_credential(job, &action);
         let next = self.settle(job, &action, status);
         let record = AttemptRecord {
             job_id: job.id,
@@ -1020,28 +1020,33 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
         self.record(record, shutdown).await
     }
 
-    /// Whether the attempt changed what GitHub thinks of the job's
-    /// credential, for the store to keep with it: a refusal is always kept
-    /// (it keeps the first), an acceptance only of a credential refused.
-    fn credential_change(&self, job: &Job, action: &Action) -> Option<CredentialChange> {
-        let mut refused = (self.refused.lock()).unwrap_or_else(|poisoned| poisoned.into_inner());
-        match action {
+    /// Notes what the attempt said of the job's credential: whether GitHub
+    /// refuses it, for the gauge, and for the store to keep with the
+    /// attempt when that changed. A refusal is always kept (the store
+    /// keeps the first), an acceptance only of a credential refused.
+    fn note_credential(&self, job: &Job, action: &Action) -> Option<CredentialChange> {
+        let refused_now = match action {
             Action::Retry {
                 credential_refused: true,
                 ..
             }
-            | Action::GiveUpRefused { .. } => {
-                let label = self.credentials.label(&job.repo);
-                refused.insert(label.clone());
-                Some(CredentialChange::Refused(label))
-            }
-            Action::Delivered if !refused.is_empty() => {
-                let label = self.credentials.label(&job.repo);
-                refused
-                    .remove(&label)
-                    .then_some(CredentialChange::Accepted(label))
-            }
-            _ => None,
+            | Action::GiveUpRefused { .. } => true,
+            Action::Delivered => false,
+            _ => return None,
+        };
+        let label = self.credentials.label(&job.repo);
+        // The series appears with the credential's first delivered or held
+        // dispatch; a delivery clears it (a token renewed, the failed-login
+        // limit over).
+        self.metrics.github_credential_refused(&label, refused_now);
+        let mut refused = (self.refused.lock()).unwrap_or_else(|poisoned| poisoned.into_inner());
+        if refused_now {
+            refused.insert(label.clone());
+            Some(CredentialChange::Refused(label))
+        } else {
+            refused
+                .remove(&label)
+                .then_some(CredentialChange::Accepted(label))
         }
     }
 
@@ -1057,10 +1062,6 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
                 let latency = (now_ms() - job.received_at_ms).max(0) as f64 / 1000.0;
                 self.metrics.delivered(&job.route, latency);
                 tracing::info!(status, attempts = job.attempts + 1, "Dispatch delivered");
-                // A credential GitHub accepts again (its token renewed, the
-                // failed-login limit over) no longer holds its queue.
-                self.metrics
-                    .github_credential_refused(&self.credentials.label(&job.repo), false);
                 JobNext::Delivered
             }
             Action::Retry {
@@ -1073,8 +1074,6 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
             } => {
                 self.metrics.dispatch(&job.route, DispatchOutcome::Retried);
                 if *credential_refused {
-                    self.metrics
-                        .github_credential_refused(&self.credentials.label(&job.repo), true);
                     self.alert(job, reason, true);
                 }
                 // Where the answer paused the credential (and kept the
@@ -1092,23 +1091,16 @@ write its name now in routes.yaml (`dispatch-relay check --online` shows it)"
                     counts_as_failure: *counts_as_failure,
                 }
             }
-            Action::GiveUpRefused { reason } => {
-                self.metrics.dispatch(&job.route, DispatchOutcome::Failed);
-                self.metrics
-                    .github_credential_refused(&self.credentials.label(&job.repo), true);
-                // The job gives up, the refusal stays the credential's:
-                // the dispatches behind it wait their minute as for any
-                // refusal, rather than all going with it at once.
-                self.pacer.pause(retry::REFUSED_CREDENTIAL_WAIT);
-                tracing::error!(reason = %reason, status, "Dispatch failed for good");
-                self.alert(job, reason, false);
-                JobNext::Failed {
-                    reason: reason.clone(),
-                }
-            }
             Action::Fail { reason }
+            | Action::GiveUpRefused { reason }
             | Action::Reauthenticate { reason, .. }
             | Action::ResendWithoutRunDetails { reason } => {
+                if let Action::GiveUpRefused { .. } = action {
+                    // The job gives up, the refusal stays the credential's:
+                    // the dispatches behind it wait their minute as for any
+                    // refusal, rather than all going with it at once.
+                    self.pacer.pause(retry::REFUSED_CREDENTIAL_WAIT);
+                }
                 // The send loop handles the last two; should one ever reach
                 // here it is recorded as the failure it describes.
                 self.metrics.dispatch(&job.route, DispatchOutcome::Failed);

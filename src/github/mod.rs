@@ -624,9 +624,13 @@ pub use app::{CredentialError, Credentials, IssuedToken, Scope};
 
 #[cfg(test)]
 mod tests {
+    use super::{
+        classic_token_not_found, github_message, plain_message, retry_after_secs,
+        sso_authorization_url,
+    };
+
     #[test]
     fn retry_after_is_read_in_seconds_or_as_a_date() {
-        use super::retry_after_secs;
         let date = Some("Tue, 24 Nov 2026 10:00:00 GMT");
         // 2026-11-24T10:00:00Z.
         let now = 1_795_514_400;
@@ -653,8 +657,6 @@ mod tests {
             Some(10)
         );
     }
-
-    use super::{classic_token_not_found, github_message, plain_message, sso_authorization_url};
 
     #[test]
     fn the_sso_header_gives_its_authorization_address_only_when_required() {

@@ -9,9 +9,7 @@ use super::error::IngressError;
 use super::state::AppState;
 use crate::clock::now_ms;
 use crate::redeliver::{self, Redelivered};
-use crate::store::{
-    DeliverySummary, ListFilter, RefusedCredential, Status, StoreError, delivery_id,
-};
+use crate::store::{DeliverySummary, ListFilter, QueueHolds, Status, StoreError, delivery_id};
 
 fn authorize(state: &AppState, request: &HttpRequest) -> Result<(), IngressError> {
     let Some(expected) = &state.admin_token else {
@@ -195,20 +193,13 @@ pub async fn list(
         )));
     }
     // A script asking what is stuck also learns whether, and until when,
-    // GitHub's rate limit holds every dispatch back.
-    let paused_until_ms = state
+    // GitHub's rate limit holds every dispatch back, and which credentials
+    // GitHub refuses.
+    let holds = state
         .store
-        .pause_until_ms()
+        .holds(now_ms())
         .await
-        .map_err(|e| store_unavailable("read the rate-limit pause", &e))?
-        .filter(|&until| until > now_ms());
-    // And which credentials GitHub refuses: their untried dispatches have
-    // no attempt to say why they wait.
-    let refused_credentials = state
-        .store
-        .refused_credentials()
-        .await
-        .map_err(|e| store_unavailable("read the refused credentials", &e))?;
+        .map_err(|e| store_unavailable("read what holds dispatches back", &e))?;
     let full = deliveries.len() == filter_limit;
     let next_offset = full.then_some(offset + deliveries.len());
     let next_before = deliveries.last().filter(|_| full).map(cursor);
@@ -220,15 +211,14 @@ pub async fn list(
         deliveries: &'a [DeliverySummary],
         next_offset: Option<usize>,
         next_before: Option<String>,
-        paused_until_ms: Option<i64>,
-        refused_credentials: Vec<RefusedCredential>,
+        #[serde(flatten)]
+        holds: QueueHolds,
     }
     Ok(HttpResponse::Ok().json(Page {
         deliveries: &deliveries,
         next_offset,
         next_before,
-        paused_until_ms,
-        refused_credentials,
+        holds,
     }))
 }
 

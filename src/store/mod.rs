@@ -330,6 +330,16 @@ pub enum CredentialChange {
     Accepted(String),
 }
 
+/// What holds dispatches back, as both listings show it: GitHub's
+/// rate-limit pause and the credentials GitHub refuses. A dispatch held so
+/// that was never tried has no attempt of its own to say why it waits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueHolds {
+    /// When the rate-limit pause ends (Unix milliseconds), while it lasts.
+    pub paused_until_ms: Option<i64>,
+    pub refused_credentials: Vec<RefusedCredential>,
+}
+
 /// A credential GitHub refuses, as the listings show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RefusedCredential {
@@ -863,6 +873,14 @@ impl Store {
                 .optional()?)
         })
         .await
+    }
+
+    /// What holds dispatches back at `now_ms`, for the listings.
+    pub async fn holds(&self, now_ms: i64) -> Result<QueueHolds, StoreError> {
+        Ok(QueueHolds {
+            paused_until_ms: self.pause_until_ms().await?.filter(|&until| until > now_ms),
+            refused_credentials: self.refused_credentials().await?,
+        })
     }
 
     /// The credentials GitHub refuses, as the running relay found them,

@@ -354,17 +354,25 @@ async fn a_wrong_state_is_refused_and_the_right_one_creates_the_app() {
     assert_created(&mut setup, &github);
 }
 
-#[tokio::test]
-async fn an_unknown_code_fails_with_a_clear_page_and_exit_2() {
+/// Starts a setup and sends its callback `code` with the right state, as
+/// GitHub would send the browser back; answers the page's status and text.
+async fn callback_with_code(code: &str) -> (FakeGitHub, tempfile::TempDir, Setup, u16, String) {
     let github = FakeGitHub::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut setup = Setup::start(&github, dir.path(), &[]);
+    let setup = Setup::start(&github, dir.path(), &[]);
     let (_, state) = page_state(&setup.url).await;
-    let answer = crate::helpers::get(format!("{}callback?code=expired&state={state}", setup.base))
+    let answer = crate::helpers::get(format!("{}callback?code={code}&state={state}", setup.base))
         .await
         .unwrap();
-    assert_eq!(answer.status(), 502);
+    let status = answer.status().as_u16();
     let text = answer.text().await.unwrap();
+    (github, dir, setup, status, text)
+}
+
+#[tokio::test]
+async fn an_unknown_code_fails_with_a_clear_page_and_exit_2() {
+    let (github, _dir, mut setup, status, text) = callback_with_code("expired").await;
+    assert_eq!(status, 502);
     assert!(text.contains("could not be fetched"), "{text}");
     assert!(text.contains("more than an hour old"), "{text}");
 
@@ -384,15 +392,8 @@ async fn an_unknown_code_fails_with_a_clear_page_and_exit_2() {
 /// GitHub, and the page does not claim GitHub answered anything.
 #[tokio::test]
 async fn a_code_that_is_not_one_is_refused_without_asking_github() {
-    let github = FakeGitHub::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut setup = Setup::start(&github, dir.path(), &[]);
-    let (_, state) = page_state(&setup.url).await;
-    let answer = crate::helpers::get(format!("{}callback?code=abc-def&state={state}", setup.base))
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 502);
-    let text = answer.text().await.unwrap();
+    let (github, _dir, mut setup, status, text) = callback_with_code("abc-def").await;
+    assert_eq!(status, 502);
     assert!(text.contains("not one GitHub gives"), "{text}");
     assert!(text.contains("Nothing was asked of GitHub"), "{text}");
     assert!(!text.contains("(404)"), "{text}");
